@@ -1,0 +1,46 @@
+# Two commands: `make demo` and `make test`. Each sets up everything it needs and is safe to run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast setup system venv bench lint compile clean down
+
+demo: setup
+	$(BIN)/kfrelease demo
+
+test: setup
+	@# pytest exits 5 when it collected no test; that is not a failure of the suite.
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+test-fast: setup
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+setup: system venv
+
+system:
+	@bash scripts/system-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip==26.3"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check kfrelease components pipelines serving tests bench
+
+compile: setup
+	$(BIN)/kfrelease compile
+
+down:
+	-$(BIN)/kfrelease down
+
+clean: down
+	rm -rf $(VENV) build *.egg-info

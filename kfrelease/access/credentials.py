@@ -1,0 +1,54 @@
+"""Generated S3 credentials of the embedded stack: one file per identity, mode 0600, under the data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfrelease.config import Settings
+from kfrelease.errors import ConfigError
+
+#: The stack's own identity, used only to create buckets; not a team role.
+ADMIN = "stack-admin"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    identity: str
+    access_key: str
+    secret_key: str
+
+
+def _path(settings: Settings, identity: str) -> Path:
+    return settings.credentials_dir / f"{identity}.json"
+
+
+def ensure_credentials(settings: Settings, identity: str) -> Credentials:
+    """Return the identity's credentials, generating them once (file mode 0600)."""
+    path = _path(settings, identity)
+    if path.exists():
+        return load_credentials(settings, identity)
+    settings.credentials_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.credentials_dir, 0o700)
+    creds = Credentials(identity, "KF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"identity": identity, "access_key": creds.access_key, "secret_key": creds.secret_key}, fh)
+    return creds
+
+
+def load_credentials(settings: Settings, identity: str) -> Credentials:
+    path = _path(settings, identity)
+    try:
+        doc = json.loads(path.read_text())
+        return Credentials(identity, doc["access_key"], doc["secret_key"])
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no credentials for role {identity!r} at {path}; start the embedded stack with `kfrelease up` "
+            f"(it generates them), or set KFRELEASE_S3_ENDPOINT and AWS credentials for an external S3"
+        ) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"credentials file {path} is unreadable ({exc}); delete it and run `kfrelease up`") from None

@@ -1,0 +1,3 @@
+from kfrelease.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""``kfrelease access``: render the access policy for a target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kfrelease.access.policy import load_policy
+from kfrelease.access.render import iam_policies, seaweed_identities
+from kfrelease.cli.output import console, table
+from kfrelease.config import Settings
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def access() -> None:
+        """The access policy (roles x buckets x actions) and what is rendered from it."""
+
+    @access.command("show")
+    @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (default: the packaged one).")
+    def show(policy: str | None) -> None:
+        """Print the access matrix."""
+        p = load_policy(policy)
+        rows = [(role, b, ",".join(a for a in ("read", "write", "list") if a in acts)) for role, g in p.roles.items()
+                for b, acts in g.items()]
+        table("access policy", ["role", "bucket", "actions"], rows)
+
+    @access.command("render")
+    @click.option("--target", type=click.Choice(["aws", "seaweedfs"]), default="aws", show_default=True)
+    @click.option("--bucket-prefix", default="", help="Prefix of the S3 bucket names on AWS (names are global).")
+    @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (default: the packaged one).")
+    @click.option("--out", type=click.Path(file_okay=False), help="Write one JSON file per role here.")
+    def render(target: str, bucket_prefix: str, policy: str | None, out: str | None) -> None:
+        """Render IAM policy documents (aws) or the SeaweedFS identities file (seaweedfs)."""
+        p = load_policy(policy)
+        if target == "aws":
+            docs = iam_policies(p, bucket_prefix)
+        else:
+            docs = {"s3": seaweed_identities(Settings.from_env(), p)}
+            if not out:
+                raise click.UsageError("--target seaweedfs contains secrets; write it to a file with --out DIR")
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            for name, doc in docs.items():
+                path = Path(out) / f"{name}.json"
+                path.write_text(json.dumps(doc, indent=2) + "\n")
+                if target == "seaweedfs":
+                    path.chmod(0o600)
+                console.print(f"wrote {path}")
+        else:
+            click.echo(json.dumps(docs, indent=2))

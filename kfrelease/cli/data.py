@@ -1,0 +1,132 @@
+"""``kfrelease data``: the data engineers' commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kfrelease.cli.output import console, table
+from kfrelease.config import Settings
+from kfrelease.data.ingest import ingest as ingest_sources
+from kfrelease.data.ingest import read_source, source_format
+from kfrelease.data.pipeline import run_data_pipeline
+from kfrelease.data.publish import get_version, latest_version_id, list_versions
+from kfrelease.data.spec import load_spec
+from kfrelease.data.validate import validate as validate_rows
+from kfrelease.errors import DataValidationError
+from kfrelease.storage import store_for
+
+dataset_option = click.option(
+    "--dataset", "dataset", default="diabetes", show_default=True, help="Dataset spec name or path to its YAML."
+)
+source_option = click.option(
+    "--source", "sources", multiple=True, help="Key(s) in the raw bucket (default: every object under the prefix)."
+)
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def data() -> None:
+        """Data engineers: upload sources, validate, publish curated versions, inspect them."""
+
+    @data.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @dataset_option
+    @click.option("--key", help="Key in raw (default: <dataset prefix>/<file name>).")
+    def upload(file: str, dataset: str, key: str | None) -> None:
+        """Put a local CSV or Parquet file into the raw bucket (data-engineer identity)."""
+        spec = load_spec(dataset)
+        path = Path(file)
+        if not path.is_file():
+            raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
+        key = key or spec.source_prefix + path.name
+        if source_format(key) is None:
+            raise click.BadParameter(f"{key}: sources must end in .csv or .parquet", param_hint="FILE")
+        store = store_for("data-engineer")
+        etag = store.put_bytes("raw", key, path.read_bytes())
+        console.print(f"uploaded {store.uri('raw', key)} (etag {etag.strip(chr(34))})")
+
+    @data.command()
+    @dataset_option
+    def sources(dataset: str) -> None:
+        """List the source objects of a dataset in raw."""
+        spec = load_spec(dataset)
+        objs = store_for("data-engineer").list("raw", spec.source_prefix)
+        table(f"raw/{spec.source_prefix}", ["key", "bytes", "etag"], [(o.key, o.size, o.etag) for o in objs])
+
+    @data.command()
+    @dataset_option
+    @source_option
+    @click.option("--out", type=click.Path(dir_okay=False), help="Also write the rows to this Parquet file.")
+    def ingest(dataset: str, sources: tuple[str, ...], out: str | None) -> None:
+        """Read the sources of a dataset from raw and report what was read."""
+        spec = load_spec(dataset)
+        rows, read = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
+        table(f"ingested {len(rows)} rows", ["source", "rows", "etag"], [(s.key, s.rows, s.etag) for s in read])
+        if out:
+            rows.to_parquet(out, index=False)
+            console.print(f"wrote {out}")
+
+    @data.command()
+    @dataset_option
+    @source_option
+    @click.option("--file", "local_file", type=click.Path(dir_okay=False), help="Validate a local file instead.")
+    def validate(dataset: str, sources: tuple[str, ...], local_file: str | None) -> None:
+        """Check sources against the dataset spec; every violation is listed, nothing is published."""
+        spec = load_spec(dataset)
+        if local_file:
+            if not Path(local_file).is_file():
+                raise DataValidationError(f"{local_file} does not exist")
+            rows = read_source(Path(local_file).read_bytes(), local_file)
+        else:
+            rows, _ = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
+        valid = validate_rows(rows, spec)
+        console.print(f"[green]valid[/]: {len(valid)} rows match dataset spec {spec.name!r}")
+
+    @data.command()
+    @dataset_option
+    @source_option
+    @click.option("--pipeline", "via_pipeline", is_flag=True, help="Run the KFP data pipeline with kfp.local.")
+    def publish(dataset: str, sources: tuple[str, ...], via_pipeline: bool) -> None:
+        """Ingest, validate, engineer features and publish an immutable curated version; move latest.
+
+        On any error nothing is published and latest stays where it was.
+        """
+        spec = load_spec(dataset)
+        store = store_for("data-engineer")
+        if via_pipeline:
+            from kfrelease.kfp_runner import run_local
+            from kfrelease.pipelines.data_pipeline import data_pipeline
+
+            console.print(f"running the data pipeline for {spec.name!r} with kfp.local ...")
+            version = run_local(Settings.from_env(), data_pipeline, spec_yaml=spec.text).output
+            dv = get_version(store, spec.name, version)
+        else:
+            with console.status("data pipeline") as status:
+                dv = run_data_pipeline(spec, store, list(sources) or None, on_step=lambda s: status.update(s))
+        console.print(f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows); latest -> {dv.version}")
+
+    @data.command()
+    @dataset_option
+    def versions(dataset: str) -> None:
+        """List the published versions of a dataset (oldest first)."""
+        spec = load_spec(dataset)
+        store = store_for("data-scientist")
+        latest = latest_version_id(store, spec.name)
+        rows = [
+            (v.version + (" (latest)" if v.version == latest else ""), v.row_count, v.manifest["published_at"],
+             ", ".join(s["key"].rsplit("/", 1)[-1] for s in v.manifest["sources"]), v.manifest["run_id"])
+            for v in list_versions(store, spec.name)
+        ]
+        table(f"curated/{spec.name}", ["version", "rows", "published", "sources", "run"], rows)
+
+    @data.command()
+    @dataset_option
+    @click.option("--version", default="latest", show_default=True)
+    def show(dataset: str, version: str) -> None:
+        """Print a version's manifest (schema, row count, sources, code, run, time)."""
+        spec = load_spec(dataset)
+        dv = get_version(store_for("data-scientist"), spec.name, version)
+        click.echo(json.dumps({k: v for k, v in dv.manifest.items() if k != "schema"}, indent=2))

@@ -1,0 +1,49 @@
+"""``kfrelease up | status | down``: the embedded stack."""
+
+from __future__ import annotations
+
+import click
+
+from kfrelease.cli.output import console, table
+from kfrelease.config import Settings
+from kfrelease.stack import supervisor
+from kfrelease.stack.services import UP_GROUPS, declared_services
+
+
+def start_stack(settings: Settings) -> list[supervisor.ServiceStatus]:
+    """Start every service of the ``up`` groups, printing each as it becomes ready."""
+    services = declared_services(settings, UP_GROUPS)
+    console.print(f"[bold]kfrelease stack[/] in {settings.home} ({len(services)} services, 127.0.0.1 only)")
+
+    def progress(st: supervisor.ServiceStatus) -> None:
+        mark = "[green]ready[/]" if st.healthy else "[red]failed[/]"
+        console.print(f"  {st.name:<16} {mark}  {st.url:<28} pid {st.pid}  ({st.note})")
+
+    return supervisor.up(settings, services, on_progress=progress)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    def up() -> None:
+        """Start the embedded stack (SeaweedFS S3, OCI registry, monitoring) and wait until it is ready.
+
+        Safe to run twice: services already running and healthy are left as they are.
+        """
+        start_stack(Settings.from_env())
+
+    @cli.command()
+    def status() -> None:
+        """Show every service of the embedded stack: url, healthy, pid."""
+        settings = Settings.from_env()
+        rows = supervisor.status(settings, declared_services(settings))
+        table(
+            f"kfrelease stack ({settings.home})",
+            ["service", "url", "healthy", "pid", "note"],
+            [(r.name, r.url, "yes" if r.healthy else "no", r.pid or "-", r.note) for r in rows],
+        )
+
+    @cli.command()
+    def down() -> None:
+        """Stop every process of the embedded stack (data stays in KFRELEASE_HOME)."""
+        stopped = supervisor.down(Settings.from_env())
+        console.print(f"stopped {len(stopped)} service(s): {', '.join(stopped) or 'none was running'}")

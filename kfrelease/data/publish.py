@@ -1,0 +1,148 @@
+"""Publish immutable curated dataset versions and read them back.
+
+Layout in the ``curated`` bucket::
+
+    <dataset>/versions/<version>/data.parquet    the rows (written first)
+    <dataset>/versions/<version>/manifest.json   schema, row count, sources, code, run, time (written second)
+    <dataset>/latest                              pointer {"version": ...} (moved last)
+
+A version exists only once its manifest exists; the manifest is created with ``If-None-Match: *`` so a
+version is never overwritten. A publish killed before the manifest leaves an orphan ``data.parquet``
+that no reader sees (``versions`` lists manifests) and that the next publish of the same content
+overwrites with identical bytes. ``latest`` moves only after the manifest is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from kfrelease.data.ingest import META_COLUMNS, Source
+from kfrelease.data.spec import DatasetSpec
+from kfrelease.errors import Conflict, NotFound
+from kfrelease.faults import crash_point
+from kfrelease.lineage import code_version, now_iso
+from kfrelease.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+BUCKET = "curated"
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    dataset: str
+    version: str
+    manifest: dict
+
+    @property
+    def row_count(self) -> int:
+        return self.manifest["row_count"]
+
+    @property
+    def data_key(self) -> str:
+        return self.manifest["data_key"]
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A hash of the rows, column names and dtypes; the same data always gets the same version id."""
+    h = hashlib.sha256()
+    h.update(repr([(c, str(t)) for c, t in df.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()
+
+
+def _key(dataset: str, *parts: str) -> str:
+    return "/".join((dataset,) + parts)
+
+
+def publish(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    store: ObjectStore,
+    sources: list[Source],
+    run_id: str = "",
+) -> DatasetVersion:
+    """Publish validated rows as a curated version and move ``latest`` to it (idempotent per content)."""
+    df = df.drop(columns=[c for c in META_COLUMNS if c in df.columns]).reset_index(drop=True)
+    digest = content_hash(df)
+    version = digest[:16]
+    data_key = _key(spec.name, "versions", version, "data.parquet")
+    manifest_key = _key(spec.name, "versions", version, "manifest.json")
+    existing = store.stat(BUCKET, manifest_key)
+    if existing is None:
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        data_etag = store.put_bytes(BUCKET, data_key, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        crash_point("publish.after_data")
+        previous = latest_version_id(store, spec.name)
+        manifest = {
+            "dataset": spec.name,
+            "version": version,
+            "content_sha256": digest,
+            "row_count": len(df),
+            "columns": [{"name": c, "dtype": str(t)} for c, t in df.dtypes.items()],
+            "schema": spec.text,
+            "id_column": spec.id_column,
+            "target": spec.target,
+            "features_step": spec.features,
+            "sources": [s.as_dict() for s in sources],
+            "data_key": data_key,
+            "data_etag": data_etag.strip('"'),
+            "code": code_version(),
+            "run_id": run_id,
+            "published_at": now_iso(),
+            "previous_version": previous,
+        }
+        try:
+            store.put_json(BUCKET, manifest_key, manifest, if_none_match=True)
+        except Conflict:
+            log.info("version %s of %s was published concurrently with the same content", version, spec.name)
+        crash_point("publish.after_manifest")
+    else:
+        log.info("version %s of %s already published; moving latest only", version, spec.name)
+    store.put_json(BUCKET, _key(spec.name, "latest"), {"dataset": spec.name, "version": version, "moved_at": now_iso()})
+    return get_version(store, spec.name, version)
+
+
+def latest_version_id(store: ObjectStore, dataset: str) -> str | None:
+    if store.stat(BUCKET, _key(dataset, "latest")) is None:
+        return None
+    return store.get_json(BUCKET, _key(dataset, "latest"))["version"]
+
+
+def get_version(store: ObjectStore, dataset: str, version: str = "latest") -> DatasetVersion:
+    """The manifest of a version (``latest`` resolves the pointer)."""
+    if version == "latest":
+        resolved = latest_version_id(store, dataset)
+        if resolved is None:
+            raise NotFound(
+                f"dataset {dataset!r} has no published version; data engineers publish one with "
+                f"`kfrelease data publish --dataset {dataset}`"
+            )
+        version = resolved
+    key = _key(dataset, "versions", version, "manifest.json")
+    if store.stat(BUCKET, key) is None:
+        known = ", ".join(v.version for v in list_versions(store, dataset)[-5:]) or "none"
+        raise NotFound(f"dataset {dataset!r} has no version {version!r} (latest known: {known})")
+    return DatasetVersion(dataset, version, store.get_json(BUCKET, key))
+
+
+def list_versions(store: ObjectStore, dataset: str) -> list[DatasetVersion]:
+    """Published versions, oldest first (only versions with a manifest exist)."""
+    out = []
+    for obj in store.iter(BUCKET, _key(dataset, "versions") + "/"):
+        if obj.key.endswith("/manifest.json"):
+            out.append(DatasetVersion(dataset, obj.key.split("/")[-2], store.get_json(BUCKET, obj.key)))
+    return sorted(out, key=lambda v: v.manifest["published_at"])
+
+
+def load_dataset(store: ObjectStore, dataset: str, version: str = "latest") -> tuple[pd.DataFrame, DatasetVersion]:
+    """Read a curated version's rows (any role that may read ``curated``)."""
+    dv = get_version(store, dataset, version)
+    df = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, dv.data_key)))
+    return df, dv

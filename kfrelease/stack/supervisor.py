@@ -1,0 +1,262 @@
+"""Start, probe and stop embedded services as detached processes with pid records and one log each.
+
+State lives under the data directory: ``run/<name>.json`` (pid, port, url, command), ``logs/<name>.log``,
+``services/<name>/`` (the service's own data). ``up`` on a running stack changes nothing; ``down`` stops
+every recorded process group and waits until it is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from kfrelease.config import Settings
+from kfrelease.errors import StackError
+from kfrelease.stack.service import Service
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    url: str
+    healthy: bool
+    pid: int | None
+    note: str = ""
+
+
+def _record_path(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.json"
+
+
+def _read_record(settings: Settings, name: str) -> dict | None:
+    path = _record_path(settings, name)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        log.warning("pid record %s is unreadable; treating %s as stopped", path, name)
+        return None
+
+
+def records(settings: Settings) -> list[dict]:
+    if not settings.run_dir.exists():
+        return []
+    out = []
+    for path in sorted(settings.run_dir.glob("*.json")):
+        rec = _read_record(settings, path.stem)
+        if rec:
+            out.append(rec)
+    return out
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not reaped) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def probe(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return "(no log)"
+    return " | ".join(tail) or "(log is empty)"
+
+
+def _check_executables(service: Service) -> None:
+    for exe, package in service.executables.items():
+        if shutil.which(exe) is None and not Path(exe).is_file():
+            raise StackError(
+                f"{service.name}: program {exe!r} is not installed; install the Debian package {package!r} "
+                f"(`apt-get install -y {package}`, or run `make setup`)"
+            )
+
+
+def service_status(settings: Settings, name: str) -> ServiceStatus:
+    rec = _read_record(settings, name)
+    if rec is None:
+        return ServiceStatus(name, "", False, None, "not started")
+    alive = pid_alive(rec.get("pid"))
+    healthy = alive and probe(rec["health_url"])
+    note = "" if healthy else ("process exited; see " + rec.get("log", "its log") if not alive else "not answering")
+    return ServiceStatus(name, rec["url"], healthy, rec.get("pid") if alive else None, note)
+
+
+def wait_ready(settings: Settings, service: Service, proc: subprocess.Popen | None, log_path: Path) -> None:
+    deadline = time.monotonic() + service.startup_timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(
+                f"{service.name} exited with code {proc.returncode} while starting; log {log_path}: "
+                f"{_log_tail(log_path)}"
+            )
+        if probe(service.health_url) and (service.ready is None or service.ready(settings)):
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise StackError(
+        f"{service.name} did not become ready at {service.health_url} within {service.startup_timeout:.0f} s; "
+        f"log {log_path}: {_log_tail(log_path)}"
+    )
+
+
+def start_service(settings: Settings, service: Service) -> ServiceStatus:
+    """Start one service unless it already runs healthy; wait until it is ready."""
+    current = service_status(settings, service.name)
+    if current.healthy:
+        return ServiceStatus(service.name, current.url, True, current.pid, "already running")
+    rec = _read_record(settings, service.name)
+    if rec and pid_alive(rec.get("pid")):
+        stop_service(settings, service.name)  # running but unhealthy: restart it cleanly
+    _record_path(settings, service.name).unlink(missing_ok=True)
+    if port_in_use(service.port):
+        raise StackError(
+            f"{service.name}: port {service.port} on 127.0.0.1 is taken by another program; stop it, or move "
+            f"this stack with KFRELEASE_PORT_OFFSET=1000 (or KFRELEASE_{service.name.upper().replace('-', '_')}_PORT)"
+        )
+    _check_executables(service)
+    for d in (settings.run_dir, settings.log_dir, settings.service_dir(service.name)):
+        d.mkdir(parents=True, exist_ok=True)
+    if service.prepare:
+        service.prepare(settings)
+    log_path = settings.log_dir / f"{service.name}.log"
+    env = {**os.environ, **service.env}
+    with open(log_path, "ab") as log_fh:
+        log_fh.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(service.command)}\n".encode())
+        log_fh.flush()
+        proc = subprocess.Popen(
+            service.command,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=settings.service_dir(service.name),
+            env=env,
+            start_new_session=True,  # its own process group: `down` stops it and its children
+        )
+    record = {
+        "name": service.name,
+        "pid": proc.pid,
+        "port": service.port,
+        "url": service.url,
+        "health_url": service.health_url,
+        "group": service.group,
+        "command": service.command,
+        "log": str(log_path),
+        "started_at": time.time(),
+    }
+    _record_path(settings, service.name).write_text(json.dumps(record, indent=2))
+    try:
+        wait_ready(settings, service, proc, log_path)
+        if service.after_start:
+            service.after_start(settings)
+    except BaseException:
+        stop_service(settings, service.name)
+        raise
+    log.info("%s ready at %s (pid %d)", service.name, service.url, proc.pid)
+    return ServiceStatus(service.name, service.url, True, proc.pid, "started")
+
+
+def stop_service(settings: Settings, name: str) -> bool:
+    """Stop a service's whole process group; True if something was running."""
+    rec = _read_record(settings, name)
+    if rec is None:
+        return False
+    pid = rec.get("pid")
+    was_running = pid_alive(pid)
+    if was_running:
+        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while pid_alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+            if not pid_alive(pid):
+                break
+        if pid_alive(pid):
+            raise StackError(f"{name} (pid {pid}) did not stop after SIGKILL; check it with `ps -p {pid}`")
+    _record_path(settings, name).unlink(missing_ok=True)
+    return was_running
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def up(
+    settings: Settings,
+    services: Iterable[Service],
+    on_progress: Callable[[ServiceStatus], None] | None = None,
+) -> list[ServiceStatus]:
+    """Start services in order (each waits for readiness before the next starts)."""
+    out = []
+    for service in services:
+        st = start_service(settings, service)
+        out.append(st)
+        if on_progress:
+            on_progress(st)
+    return out
+
+
+def down(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Stop the named services, or every recorded one (last started first). Returns what was stopped."""
+    recs = records(settings)
+    wanted = set(names) if names is not None else None
+    recs = [r for r in recs if wanted is None or r["name"] in wanted]
+    stopped = []
+    for rec in sorted(recs, key=lambda r: r.get("started_at", 0), reverse=True):
+        if stop_service(settings, rec["name"]):
+            stopped.append(rec["name"])
+    return stopped
+
+
+def status(settings: Settings, services: Iterable[Service]) -> list[ServiceStatus]:
+    """Status of every declared service plus any other recorded one (e.g. model servers)."""
+    names = [s.name for s in services]
+    names += [r["name"] for r in records(settings) if r["name"] not in names]
+    return [service_status(settings, n) for n in names]

@@ -1,0 +1,28 @@
+"""The data engineers' pipeline: ingest -> validate -> features -> publish."""
+
+from kfp import dsl
+
+from kfrelease.components.engineer_features import engineer_features
+from kfrelease.components.ingest import ingest
+from kfrelease.components.publish_dataset import publish_dataset
+from kfrelease.components.validate_data import validate_data
+
+
+@dsl.pipeline(
+    name="kfrelease-data",
+    description="Ingest raw sources, validate them against the dataset spec, engineer features and publish an "
+    "immutable curated version.",
+)
+def data_pipeline(spec_yaml: str) -> str:
+    raw = ingest(spec_yaml=spec_yaml).set_display_name("ingest")
+    valid = validate_data(spec_yaml=spec_yaml, rows=raw.outputs["rows"]).set_display_name("validate")
+    feats = engineer_features(spec_yaml=spec_yaml, valid_rows=valid.outputs["valid_rows"]).set_display_name(
+        "features"
+    )
+    published = publish_dataset(
+        spec_yaml=spec_yaml,
+        features=feats.outputs["features"],
+        sources_json=raw.outputs["Output"],
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    ).set_display_name("publish")
+    return published.output

