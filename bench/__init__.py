@@ -1,0 +1,1 @@
+"""Benchmarks (not tests). ``python -m bench [area ...]`` runs ``bench/bench_<area>.py`` modules."""
