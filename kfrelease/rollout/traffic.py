@@ -1,0 +1,55 @@
+"""The traffic state a release is in, and the driver protocol that applies it.
+
+The release controller only ever computes ``TrafficState`` values; a driver applies them: locally the
+nginx gateway (``kfrelease.serving``), on a cluster a patch of the InferenceService / VirtualService.
+Renderers (gateway config, InferenceService, VirtualService) take a ``RolloutSpec`` and a ``TrafficState``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from kfrelease.rollout.spec import RolloutSpecError
+
+
+@dataclass(frozen=True)
+class TrafficState:
+    """Who serves: ``primary`` answers clients; ``shadow`` gets mirrored copies whose answers are
+    discarded; ``canary`` answers ``canary_weight`` percent of client requests."""
+
+    primary: str | None  # model version, e.g. "V1.1.0"
+    shadow: str | None = None
+    canary: str | None = None
+    canary_weight: int = 0
+    mirror_percent: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.canary_weight <= 100:
+            raise RolloutSpecError(f"canary weight {self.canary_weight} is outside 0..100; no traffic was moved")
+        if self.canary_weight and not self.canary:
+            raise RolloutSpecError("a canary weight above 0 needs a canary version; no traffic was moved")
+        if not 0 <= self.mirror_percent <= 100:
+            raise RolloutSpecError(f"mirror percent {self.mirror_percent} is outside 0..100; no traffic was moved")
+
+    def with_canary(self, version: str | None, weight: int) -> "TrafficState":
+        return replace(self, canary=version, canary_weight=weight)
+
+    def promoted(self) -> "TrafficState":
+        """The canary becomes the primary; no canary, no shadow."""
+        return TrafficState(primary=self.canary or self.primary)
+
+    def rolled_back(self) -> "TrafficState":
+        """The canary gets nothing; the primary is untouched."""
+        return TrafficState(primary=self.primary)
+
+    def versions(self) -> list[str]:
+        return [v for v in (self.primary, self.shadow, self.canary) if v]
+
+
+class TrafficDriver(Protocol):
+    """Applies a traffic state; must be idempotent and must not drop in-flight requests."""
+
+    def apply(self, state: TrafficState) -> None: ...
+
+    def current(self) -> TrafficState | None: ...
