@@ -1,0 +1,86 @@
+"""The embedded stack's lifecycle: up waits for readiness, up twice changes nothing, down leaves nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfrelease.config import Settings
+from kfrelease.errors import StackError
+from kfrelease.stack import supervisor
+from kfrelease.stack.service import Service
+from kfrelease.stack.services import declared_services
+from tests.conftest import free_port_offset
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "kfrelease.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env, "COLUMNS": "200"}, timeout=300)
+
+
+@pytest.fixture
+def own_stack(tmp_path):
+    """A second, private stack (core services only) for lifecycle tests."""
+    env = {"KFRELEASE_HOME": str(tmp_path / "home"), "KFRELEASE_PORT_OFFSET": str(free_port_offset())}
+    yield env
+    _cli(env, "down")
+
+
+def test_up_status_up_again_down(own_stack):
+    settings = Settings(home=Path(own_stack["KFRELEASE_HOME"]), port_offset=int(own_stack["KFRELEASE_PORT_OFFSET"]))
+    first = _cli(own_stack, "up")
+    assert first.returncode == 0, first.stderr
+    pids = {r["name"]: r["pid"] for r in supervisor.records(settings)}
+    assert {"s3", "registry"} <= set(pids)
+
+    st = _cli(own_stack, "status")
+    assert st.returncode == 0
+    for name in pids:
+        line = next(l for l in st.stdout.splitlines() if f" {name} " in l)
+        assert " yes " in line and str(pids[name]) in line
+
+    again = _cli(own_stack, "up")
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert {r["name"]: r["pid"] for r in supervisor.records(settings)} == pids  # nothing restarted
+
+    down = _cli(own_stack, "down")
+    assert down.returncode == 0
+    assert not any(supervisor.pid_alive(p) for p in pids.values())
+    assert supervisor.records(settings) == []
+    st = _cli(own_stack, "status")
+    assert " no " in st.stdout
+
+
+def test_port_taken_by_another_program_is_explained(stack, tmp_path):
+    other = Settings(home=tmp_path, port_offset=stack.port_offset)
+    s3_port = stack.port("s3")  # the session stack holds it
+    svc = Service(name="dummy", port=s3_port, command=[sys.executable, "-c", "pass"])
+    with pytest.raises(StackError, match=f"port {s3_port}.*KFRELEASE_PORT_OFFSET"):
+        supervisor.start_service(other, svc)
+
+
+def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    svc = Service(name="broken", port=settings.port("gateway"),
+                  command=[sys.executable, "-c", "import sys; print('config is bad: no listen'); sys.exit(3)"],
+                  startup_timeout=20)
+    with pytest.raises(StackError, match="broken exited with code 3.*config is bad"):
+        supervisor.start_service(settings, svc)
+    assert supervisor.records(settings) == []
+
+
+def test_missing_program_names_its_debian_package(tmp_path):
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    svc = Service(name="x", port=settings.port("gateway"), command=["no-such-program-kf"],
+                  executables={"no-such-program-kf": "kf-package"})
+    with pytest.raises(StackError, match="apt-get install -y kf-package"):
+        supervisor.start_service(settings, svc)
+
+
+def test_core_services_are_declared_for_up():
+    names = [s.name for s in declared_services(Settings.from_env(), ("core",))]
+    assert names[:2] == ["s3", "registry"]
