@@ -8,11 +8,17 @@ in ``constraints.txt`` (the Makefile installs with ``-c constraints.txt``).
 
 from setuptools import find_packages, setup
 
+import os
+
 PACKAGE_DIR = {
-    "kfrelease": "kfrelease",
-    "kfrelease.components": "components",
-    "kfrelease.pipelines": "pipelines",
-    "kfrelease.serving": "serving",
+    target: src
+    for target, src in {
+        "kfrelease": "kfrelease",
+        "kfrelease.components": "components",
+        "kfrelease.pipelines": "pipelines",
+        "kfrelease.serving": "serving",
+    }.items()
+    if os.path.isfile(os.path.join(src, "__init__.py"))
 }
 
 core_packages = find_packages(include=["kfrelease", "kfrelease.*"])
