@@ -1,0 +1,42 @@
+"""The one definition of regression metrics equals scikit-learn's, and refuses what it cannot measure."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+from kfrelease.errors import KfreleaseError
+from kfrelease.metrics import InsufficientData, regression_metrics
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(finite, finite), min_size=2, max_size=200))
+def test_equals_sklearn(pairs):
+    truth, pred = np.array(pairs).T
+    got = regression_metrics(truth, pred)
+    mse = mean_squared_error(truth, pred)
+    assert got["n"] == len(pairs)
+    assert got["mse"] == pytest.approx(mse, rel=1e-9, abs=1e-9)
+    assert got["rmse"] == pytest.approx(math.sqrt(mse), rel=1e-9, abs=1e-9)
+    assert got["mae"] == pytest.approx(mean_absolute_error(truth, pred), rel=1e-9, abs=1e-9)
+    if np.ptp(truth) > 0:
+        assert got["r2"] == pytest.approx(r2_score(truth, pred), rel=1e-9, abs=1e-9)
+    else:
+        assert got["r2"] is None  # undefined, never NaN
+
+
+def test_too_few_rows_is_insufficient_not_nan():
+    with pytest.raises(InsufficientData, match="3 labelled rows; at least 50"):
+        regression_metrics([1, 2, 3], [1, 2, 3], min_samples=50)
+
+
+def test_non_finite_and_mismatched_inputs_are_refused():
+    with pytest.raises(KfreleaseError, match="NaN or infinity"):
+        regression_metrics([1.0, float("nan")], [1.0, 2.0])
+    with pytest.raises(KfreleaseError, match="truth has 2 values but predictions have 3"):
+        regression_metrics([1.0, 2.0], [1.0, 2.0, 3.0])
