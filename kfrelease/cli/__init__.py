@@ -14,7 +14,7 @@ import click
 from kfrelease.errors import KfreleaseError
 
 #: Modules under kfrelease.cli that define ``register(cli)``; missing ones (parts not built) are skipped.
-CLI_MODULES = ("stack", "access", "data", "pipelines", "models", "serve", "release", "monitor", "workspace", "demo")
+CLI_MODULES = ("stack", "access", "data", "pipelines", "models", "serve", "release", "monitor", "workspace", "manifests", "demo")
 
 
 class KfreleaseGroup(click.Group):

@@ -1,0 +1,256 @@
+"""Gateway benchmark: what the nginx gateway adds over calling the model server directly, and what mirroring
+100 % of the requests to a shadow adds to the primary's latency.
+
+One command (``python -m bench gateway``), one run: the same model server, payload, request count and
+concurrency for each mode; modes are interleaved in rounds so that noise from other processes on the
+machine spreads over all of them. Model server: the kfrelease predictor (``kfrelease.serving.predictor``)
+on a scikit-learn model of the diabetes data when it is installed, else a minimal ``kserve.Model``.
+
+Goals (issue 5): the gateway adds <= 1 ms to p50; 100 % mirroring adds <= 5 % to the primary's p99.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REQUESTS = int(os.environ.get("BENCH_GATEWAY_REQUESTS", "1500"))  # per mode and round
+ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "3"))
+CONCURRENCY = int(os.environ.get("BENCH_GATEWAY_CONCURRENCY", "4"))
+MODEL = "diabetes-progression"
+
+
+def _model_dir(root: Path) -> tuple[Path, list[float]]:
+    """A registry-style model directory (model.joblib + model.json) of a linear model on the diabetes data."""
+    import joblib
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    data = load_diabetes(as_frame=True)
+    frame = data.frame
+    features = [c for c in frame.columns if c != "target"]
+    model = LinearRegression().fit(frame[features], frame["target"])
+    d = root / "model"
+    d.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, d / "model.joblib")
+    entry = {
+        "name": MODEL,
+        "version": "V1.1.0",
+        "input_schema": [{"name": f, "dtype": "float64"} for f in features],
+        "target": "progression",
+    }
+    (d / "model.json").write_text(json.dumps(entry))
+    return d, [float(x) for x in frame[features].iloc[0]]
+
+
+def _command_factory(model_dir: Path):
+    real = importlib.util.find_spec("kfrelease.serving.predictor") is not None
+
+    def command(stage: str, version: str, _dir: Path, port: int) -> list[str]:
+        if real:
+            return [
+                sys.executable,
+                "-m",
+                "kfrelease.serving.predictor",
+                "--model-dir",
+                str(model_dir),
+                "--name",
+                MODEL,
+                "--stage",
+                stage,
+                "--http-port",
+                str(port),
+            ]
+        return [sys.executable, "-m", "bench.bench_gateway", "serve", str(port), version]
+
+    return command, ("kfrelease predictor" if real else "minimal kserve.Model")
+
+
+def _serve_minimal(port: int, version: str) -> None:
+    import kserve
+
+    class Minimal(kserve.Model):
+        def __init__(self):
+            super().__init__(MODEL)
+            self.ready = True
+
+        async def predict(self, payload, headers=None, response_headers=None):
+            return {"predictions": [sum(r) for r in payload["instances"]], "model_version": version}
+
+    kserve.ModelServer(http_port=port, workers=1, enable_grpc=False, enable_latency_logging=False).start([Minimal()])
+
+
+def _load(url: str, payload: dict, n: int, concurrency: int) -> tuple[list[float], float, int]:
+    """``n`` requests from ``concurrency`` clients; returns latencies (ms), wall seconds, failures."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    per = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+
+    def client(count: int) -> None:
+        mine = []
+        with httpx.Client(timeout=30) as c:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                r = c.post(url, json=payload)
+                dt = (time.perf_counter() - t0) * 1000
+                if r.status_code == 200:
+                    mine.append(dt)
+                else:
+                    with lock:
+                        failures[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in per]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - t0, failures[0]
+
+
+def _free_offset() -> int:
+    import random
+    import socket
+
+    from kfrelease.config import DEFAULT_PORTS
+
+    for _ in range(100):
+        offset = random.randrange(20000, 30000, 10)
+        ports = [DEFAULT_PORTS["gateway"] + offset] + [DEFAULT_PORTS["predictor"] + offset + i for i in range(3)]
+        ok = True
+        for port in ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+        if ok:
+            return offset
+    raise RuntimeError("no free ports for the gateway benchmark")
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def main() -> dict:
+    from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
+
+    from kfrelease.config import Settings
+    from kfrelease.rollout.spec import load_rollout_spec
+    from kfrelease.rollout.traffic import TrafficState
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    settings = Settings(home=tmp, port_offset=_free_offset())
+    model_dir, row = _model_dir(tmp)
+    command, server = _command_factory(model_dir)
+    driver = LocalGatewayDriver(
+        settings,
+        load_rollout_spec(),
+        model_dir_for=lambda version: model_dir,
+        predictor_command=command,
+        predictor_env={"PYTHONPATH": str(HERE.parent)},
+    )
+    payload = {"instances": [row]}
+    path = f"/v1/models/{MODEL}:predict"
+    modes = {
+        "direct": lambda: f"http://127.0.0.1:{predictor_port(settings, 'production')}{path}",
+        "gateway": lambda: settings.url("gateway", path),
+        "gateway + 100% mirror": lambda: settings.url("gateway", path),
+    }
+    states = {
+        "direct": TrafficState(primary="V1.1.0"),
+        "gateway": TrafficState(primary="V1.1.0"),
+        "gateway + 100% mirror": TrafficState(primary="V1.1.0", shadow="V1.1.0-shadow", mirror_percent=100),
+    }
+    samples: dict[str, list[float]] = {m: [] for m in modes}
+    walls: dict[str, float] = dict.fromkeys(modes, 0.0)
+    failures: dict[str, int] = dict.fromkeys(modes, 0)
+    try:
+        for _ in range(ROUNDS):
+            for mode, url in modes.items():
+                if driver.current() != states[mode]:
+                    driver.apply(states[mode])
+                _load(url(), payload, 100, CONCURRENCY)  # warm-up
+                lat, wall, failed = _load(url(), payload, REQUESTS, CONCURRENCY)
+                samples[mode] += lat
+                walls[mode] += wall
+                failures[mode] += failed
+    finally:
+        driver.stop()
+    rows = {}
+    for mode, lat in samples.items():
+        rows[mode] = {
+            "requests": len(lat) + failures[mode],
+            "failed": failures[mode],
+            "rps": round(len(lat) / walls[mode], 1),
+            "p50_ms": round(statistics.median(lat), 3),
+            "p99_ms": round(_pct(lat, 99), 3),
+        }
+    added_p50 = rows["gateway"]["p50_ms"] - rows["direct"]["p50_ms"]
+    mirror_p99 = (rows["gateway + 100% mirror"]["p99_ms"] / rows["gateway"]["p99_ms"] - 1) * 100
+    result = {
+        "benchmark": "gateway",
+        "model_server": server,
+        "concurrency": CONCURRENCY,
+        "rounds": ROUNDS,
+        "requests_per_mode_and_round": REQUESTS,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu (shared), Python {platform.python_version()}",
+        "client_keepalive_to_gateway": False,
+        "modes": rows,
+        "gateway_added_p50_ms": round(added_p50, 3),
+        "mirror_added_p99_percent": round(mirror_p99, 1),
+        "goals": {
+            "gateway_added_p50_ms <= 1": added_p50 <= 1.0,
+            "mirror_added_p99_percent <= 5": mirror_p99 <= 5.0,
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gateway.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "### Gateway overhead and mirroring cost",
+        "",
+        (
+            f"{server}, {CONCURRENCY} concurrent clients, {ROUNDS} interleaved rounds x {REQUESTS} requests per mode, "
+            f"one instance per request; {result['machine']}."
+        ),
+        "",
+        "| mode | requests | failed | RPS | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode, r in rows.items():
+        lines.append(f"| {mode} | {r['requests']} | {r['failed']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} |")
+    lines += [
+        "",
+        f"- gateway adds **{added_p50:.3f} ms** to p50 (goal <= 1 ms: {'met' if added_p50 <= 1 else 'missed'})",
+        (
+            f"- 100 % mirroring changes the primary's p99 by **{mirror_p99:+.1f} %** (goal <= 5 %: "
+            f"{'met' if mirror_p99 <= 5 else 'missed'})"
+        ),
+    ]
+    (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "serve":
+        _serve_minimal(int(sys.argv[2]), sys.argv[3])
+    else:
+        main()

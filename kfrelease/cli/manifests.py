@@ -1,0 +1,51 @@
+"""``kfrelease manifests``: regenerate the EKS/Kubeflow/KServe manifests from their sources, or check them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kfrelease.cli.output import console
+from kfrelease.errors import ConfigError
+from kfrelease.k8s.environments import MANIFESTS_DIR
+
+
+def manifests_dir(path: str | None) -> Path:
+    root = Path(path) if path else MANIFESTS_DIR
+    if not (root / "environments.yaml").is_file():
+        raise ConfigError(f"{root} is not a manifests directory: it has no environments.yaml")
+    return root
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def manifests() -> None:
+        """EKS (eksctl, CloudFormation), Kubeflow and KServe manifests: kustomize base + overlays."""
+
+    @manifests.command("render")
+    @click.option("--dir", "directory", type=click.Path(file_okay=False),
+                  help=f"Manifests directory (default: {MANIFESTS_DIR}).")
+    @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a generated file is not current.")
+    def render(directory: str | None, check: bool) -> None:
+        """Regenerate base/, overlays/<env>/ and eks/<env>/ from the access policy, rollout spec, monitoring
+        rules and dashboard, environments.yaml and workspaces/."""
+        from kfrelease.k8s.render import check_tree, write_tree
+
+        root = manifests_dir(directory)
+        if check:
+            stale = check_tree(root)
+            if stale:
+                raise ConfigError(
+                    f"{len(stale)} generated file(s) under {root} are not current ({', '.join(stale[:5])}"
+                    f"{', ...' if len(stale) > 5 else ''}); run `kfrelease manifests render`"
+                )
+            console.print(f"{root}: every generated file is current")
+            return
+        changed, removed = write_tree(root)
+        for rel in changed:
+            console.print(f"wrote {root / rel}")
+        for rel in removed:
+            console.print(f"removed {root / rel}")
+        if not changed and not removed:
+            console.print(f"{root}: already current")

@@ -1,0 +1,91 @@
+"""The demo model project as a git repository with three merges to ``main``.
+
+1. the example spec as is: ridge regression (``alpha: 10``), tag 1 -> ``V1.1.0``;
+2. a better definition: ``build: model.py:build_model`` (standardised inputs + ridge) -> ``V1.2.0``;
+3. a deliberately worse one: 5-nearest-neighbours on unscaled inputs -> rejected against production.
+
+Each merge is a ``--no-ff`` merge commit of a feature branch, as a pull request would make it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+import kfrelease
+from kfrelease.errors import ConfigError
+
+EXAMPLE = Path(kfrelease.__file__).resolve().parents[1] / "examples" / "diabetes-model"
+HEADER = "# Model spec of the demo project (see examples/diabetes-model/model.yaml for the commented original).\n"
+_GIT_ENV = {"GIT_AUTHOR_NAME": "Data Scientist", "GIT_AUTHOR_EMAIL": "ds@example.com",
+            "GIT_COMMITTER_NAME": "Data Scientist", "GIT_COMMITTER_EMAIL": "ds@example.com"}
+
+
+def example_dir() -> Path:
+    if not (EXAMPLE / "model.yaml").is_file():
+        raise ConfigError(f"the example model project is missing at {EXAMPLE}; run from a kfrelease checkout")
+    return EXAMPLE
+
+
+def spec_variant(merge: int, base_text: str | None = None, **changes) -> str:
+    """The model.yaml text of demo merge 1, 2 or 3 (``changes`` override top-level keys, e.g. ``tag=2``)."""
+    doc = yaml.safe_load(base_text or (example_dir() / "model.yaml").read_text())
+    if merge == 2:
+        doc.pop("estimator", None)
+        doc["build"] = "model.py:build_model"
+    elif merge == 3:
+        doc.pop("build", None)
+        doc["estimator"] = {"class": "sklearn.neighbors.KNeighborsRegressor", "params": {"n_neighbors": 5}}
+    elif merge != 1:
+        raise ConfigError(f"the demo project has merges 1, 2 and 3, not {merge}")
+    doc.update(changes)
+    return HEADER + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **_GIT_ENV})
+    if proc.returncode != 0:
+        raise ConfigError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def merge_change(repo: Path, branch: str, files: dict[str, str], message: str) -> str:
+    """Commit ``files`` on a feature branch and merge it into main with a merge commit; returns its SHA."""
+    _git(repo, "checkout", "-q", "-b", branch, "main")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    _git(repo, "add", *files)
+    _git(repo, "commit", "-q", "-m", message)
+    _git(repo, "checkout", "-q", "main")
+    _git(repo, "merge", "-q", "--no-ff", "-m", f"Merge branch '{branch}': {message}", branch)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def create_demo_project(dest: str | Path, name: str | None = None, dataset: str | None = None) -> list[str]:
+    """Create the demo model project's repository at ``dest`` with its three merges; returns their SHAs.
+
+    ``name``/``dataset`` override the model name and dataset (tests use private ones)."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty; give a new folder for the demo project")
+    dest.mkdir(parents=True, exist_ok=True)
+    src = example_dir()
+    overrides = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
+    _git(dest, "init", "-q", "-b", "main")
+    shutil.copy2(src / "README.md", dest / "README.md")
+    _git(dest, "add", "README.md")
+    _git(dest, "commit", "-q", "-m", "Model project skeleton")
+    base = (src / "model.yaml").read_text()
+    shas = [
+        merge_change(dest, "ridge", {"model.yaml": spec_variant(1, base, **overrides)}, "First model: ridge regression"),
+        merge_change(dest, "scaled-ridge", {"model.yaml": spec_variant(2, base, **overrides),
+                                            "model.py": (src / "model.py").read_text()},
+                     "Standardise inputs before ridge (better RMSE)"),
+        merge_change(dest, "knn", {"model.yaml": spec_variant(3, base, **overrides)}, "Try 5-nearest-neighbours"),
+    ]
+    return shas

@@ -1,0 +1,47 @@
+"""The Evidently 0.7 regression report of a model on held-out data: metrics as data, and the HTML picture.
+
+Evidently's ``RegressionPreset`` gives RMSE, MAE, R² and more; it has no MSE metric, so the numbers this
+returns come from ``kfrelease.metrics.regression_metrics`` (equal to scikit-learn), and Evidently's own
+values are kept beside them under ``evidently`` for the record (FACTS.md, Evidently 0.7).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pandas as pd
+
+from kfrelease.metrics import regression_metrics
+
+
+def _evidently_values(snapshot) -> dict:
+    out = {}
+    for m in snapshot.dict().get("metrics", []):
+        name, value = m.get("metric_name", "").split("(")[0], m.get("value")  # e.g. "RMSE(regression_name=...)"
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
+            out[name] = float(value["mean"])
+    return out
+
+
+def regression_report(frame: pd.DataFrame, target: str, prediction: str, features: list[str]) -> tuple[dict, str]:
+    """Metrics ``{mse, rmse, mae, r2, n, evidently: {...}}`` and Evidently's regression report as HTML."""
+    from evidently import DataDefinition, Dataset, Regression, Report
+    from evidently.presets import RegressionPreset
+
+    metrics = regression_metrics(frame[target], frame[prediction])
+    cols = [*features, target, prediction]
+    data = frame[cols].astype("float64").reset_index(drop=True)
+    definition = DataDefinition(
+        numerical_columns=list(features), regression=[Regression(target=target, prediction=prediction)]
+    )
+    snapshot = Report([RegressionPreset()]).run(Dataset.from_pandas(data, data_definition=definition), None)
+    metrics["evidently"] = _evidently_values(snapshot)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "report.html")
+        snapshot.save_html(path)
+        with open(path, encoding="utf-8") as fh:
+            html = fh.read()
+    return metrics, html

@@ -1,0 +1,270 @@
+"""AWS side of an environment: the eksctl ClusterConfig and the CloudFormation template of what eksctl
+does not make (S3 buckets, ECR repositories, the GitHub OIDC role of the CI, the image-push policy).
+
+IRSA: one IAM role per access-policy role (and one per data-scientist workspace), created by eksctl with
+``roleOnly: true`` and ``attachPolicy`` = exactly ``kfrelease access render --target aws`` for that role.
+Kubernetes service accounts are annotated by the kustomize manifests (plain service accounts) or by the
+Kubeflow profile controller (``AwsIamForServiceAccount`` plugin on each Profile's ``default-editor``).
+"""
+
+from __future__ import annotations
+
+from kfrelease.access.policy import AccessPolicy
+from kfrelease.access.render import iam_policy
+from kfrelease.k8s.environments import (
+    CI_GROUP,
+    PROFILE_SA,
+    PROJECT_IMAGE_NAME,
+    WORKSPACE_IMAGE_NAME,
+    Environment,
+    Team,
+    iam_role_name,
+)
+from kfrelease.k8s.platform import role_placements
+
+CI_ROLE = "kfrelease-ci"
+GITHUB_OIDC = "token.actions.githubusercontent.com"
+
+
+def image_push_policy_name(env: Environment) -> str:
+    return f"kfrelease-{env.name}-model-image-push"
+
+
+def model_repository(model: str) -> str:
+    """ECR repository of a model's ModelCar images."""
+    return f"kfrelease-models/{model}"
+
+
+def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, workspaces=()) -> dict:
+    """The eksctl ``ClusterConfig`` (eksctl.io/v1alpha5) of one environment."""
+    placements = role_placements(serving_ns)
+    accounts = []
+    for role in policy.roles:
+        ns, sa, _ = placements[role]
+        entry = {
+            "metadata": {"name": sa, "namespace": ns},
+            "roleName": iam_role_name(role),
+            "roleOnly": True,
+            "attachPolicy": iam_policy(policy, role, env.bucket_prefix),
+        }
+        if role == "pipeline":  # the training pipeline pushes ModelCar images to ECR
+            entry["attachPolicyARNs"] = [f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"]
+        accounts.append(entry)
+    for ws in workspaces:
+        accounts.append(
+            {
+                "metadata": {"name": PROFILE_SA, "namespace": ws.namespace},
+                "roleName": iam_role_name("data-scientist", ws.name),
+                "roleOnly": True,
+                "attachPolicy": iam_policy(policy, "data-scientist", env.bucket_prefix),
+            }
+        )
+    accounts.append(
+        {
+            "metadata": {"name": "cluster-autoscaler", "namespace": "kube-system"},
+            "wellKnownPolicies": {"autoScaler": True},
+        }
+    )
+
+    def nodegroup(pool: str) -> dict:
+        n = env.nodes[pool]
+        return {
+            "name": pool,
+            "instanceType": n.instance_type,
+            "minSize": n.min,
+            "desiredCapacity": n.desired,
+            "maxSize": n.max,
+            "volumeSize": 80,
+            "privateNetworking": True,
+            "labels": {"kfrelease.io/pool": pool},
+            "propagateASGTags": True,
+            "tags": {
+                "k8s.io/cluster-autoscaler/enabled": "true",
+                f"k8s.io/cluster-autoscaler/{env.cluster}": "owned",
+                "k8s.io/cluster-autoscaler/node-template/label/kfrelease.io/pool": pool,
+            },
+            "iam": {
+                "withAddonPolicies": {
+                    "autoScaler": True,
+                    "imageBuilder": pool == "pipelines",
+                }
+            },
+        }
+
+    return {
+        "apiVersion": "eksctl.io/v1alpha5",
+        "kind": "ClusterConfig",
+        "metadata": {
+            "name": env.cluster,
+            "region": env.region,
+            "version": env.kubernetes_version,
+            "tags": {"project": "kfrelease", "environment": env.name},
+        },
+        "iam": {"withOIDC": True, "serviceAccounts": accounts},
+        "accessConfig": {
+            "authenticationMode": "API_AND_CONFIG_MAP",
+            "accessEntries": [
+                {
+                    "principalARN": env.role_arn(CI_ROLE),
+                    "kubernetesGroups": [CI_GROUP],
+                    "type": "STANDARD",
+                }
+            ],
+        },
+        "addons": [
+            {"name": "vpc-cni"},
+            {"name": "coredns"},
+            {"name": "kube-proxy"},
+            # notebook volumes (PVCs) are EBS volumes
+            {
+                "name": "aws-ebs-csi-driver",
+                "wellKnownPolicies": {"ebsCSIController": True},
+            },
+        ],
+        "managedNodeGroups": [nodegroup(p) for p in ("system", "pipelines", "serving")],
+    }
+
+
+def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, models: list[str]) -> dict:
+    """CloudFormation template (``aws cloudformation deploy``): buckets, ECR repositories, CI role."""
+    res: dict = {}
+    for bucket in policy.buckets:
+        logical = "Bucket" + "".join(p.capitalize() for p in bucket.split("-"))
+        res[logical] = {
+            "Type": "AWS::S3::Bucket",
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "BucketName": f"{env.bucket_prefix}{bucket}",
+                "VersioningConfiguration": {"Status": "Enabled"},
+                "PublicAccessBlockConfiguration": {
+                    "BlockPublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "IgnorePublicAcls": True,
+                    "RestrictPublicBuckets": True,
+                },
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+                "Tags": [
+                    {"Key": "project", "Value": "kfrelease"},
+                    {"Key": "bucket", "Value": bucket},
+                ],
+            },
+        }
+    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [model_repository(m) for m in models]
+    for repo in repos:
+        logical = "Repo" + "".join(p.capitalize() for p in repo.replace("/", "-").split("-"))
+        res[logical] = {
+            "Type": "AWS::ECR::Repository",
+            "DeletionPolicy": "Retain",
+            "Properties": {
+                "RepositoryName": repo,
+                # Model versions and release tags are immutable: a tag names one digest forever.
+                "ImageTagMutability": "IMMUTABLE",
+                "ImageScanningConfiguration": {"ScanOnPush": True},
+                "Tags": [{"Key": "project", "Value": "kfrelease"}],
+            },
+        }
+    model_arns = [f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{model_repository(m)}" for m in models]
+    res["ModelImagePushPolicy"] = {
+        "Type": "AWS::IAM::ManagedPolicy",
+        "Properties": {
+            "ManagedPolicyName": image_push_policy_name(env),
+            "Description": "Push ModelCar images of registered models (attached to the pipeline IRSA role)",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ecr:GetAuthorizationToken"],
+                        "Resource": "*",
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": [
+                            "ecr:BatchCheckLayerAvailability",
+                            "ecr:BatchGetImage",
+                            "ecr:CompleteLayerUpload",
+                            "ecr:DescribeImages",
+                            "ecr:InitiateLayerUpload",
+                            "ecr:PutImage",
+                            "ecr:UploadLayerPart",
+                        ],
+                        "Resource": model_arns,
+                    },
+                ],
+            },
+        },
+    }
+    res["GitHubOIDCProvider"] = {
+        "Type": "AWS::IAM::OIDCProvider",
+        "Condition": "CreateGitHubOIDCProvider",
+        "Properties": {
+            "Url": f"https://{GITHUB_OIDC}",
+            "ClientIdList": ["sts.amazonaws.com"],
+            "ThumbprintList": [
+                "6938fd4d98bab03faadb97b34396831e3780aea1",
+                "1c58a3a8518e8759bf075b76b750d4f2df264fcd",
+            ],
+        },
+    }
+    res["CIRole"] = {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "RoleName": CI_ROLE,
+            "Description": "GitHub Actions on pushes to main of the model repository: trigger the training pipeline",
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {
+                            "Federated": {"Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"}
+                        },
+                        "Action": "sts:AssumeRoleWithWebIdentity",
+                        "Condition": {
+                            "StringEquals": {
+                                f"{GITHUB_OIDC}:aud": "sts.amazonaws.com",
+                                f"{GITHUB_OIDC}:sub": f"repo:{team.model_repository}:ref:refs/heads/main",
+                            }
+                        },
+                    }
+                ],
+            },
+            "Policies": [
+                {
+                    "PolicyName": "describe-cluster",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": ["eks:DescribeCluster"],
+                                "Resource": f"arn:aws:eks:{env.region}:{env.account_id}:cluster/{env.cluster}",
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": f"kfrelease {env.name}: S3 buckets, ECR repositories, CI role (what eksctl does not create)",
+        "Parameters": {
+            "CreateGitHubOIDCProvider": {
+                "Type": "String",
+                "AllowedValues": ["true", "false"],
+                "Default": "true",
+                "Description": "false if the account already has the token.actions.githubusercontent.com provider",
+            }
+        },
+        "Conditions": {"CreateGitHubOIDCProvider": {"Fn::Equals": [{"Ref": "CreateGitHubOIDCProvider"}, "true"]}},
+        "Resources": res,
+        "Outputs": {
+            "CIRoleArn": {"Value": {"Fn::GetAtt": ["CIRole", "Arn"]}},
+            "Registry": {"Value": env.registry},
+        },
+    }

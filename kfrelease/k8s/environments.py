@@ -1,0 +1,150 @@
+"""The EKS environments (``manifests/environments.yaml``) and the names every manifest agrees on."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kfrelease.errors import ConfigError
+
+#: The checkout's manifests folder (``kfrelease manifests render`` writes here by default).
+MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
+
+#: Namespaces. The three Kubeflow Profiles own theirs; serving and monitoring are plain namespaces.
+DATA_NS = "kfrelease-data"
+SCIENCE_NS = "kfrelease-science"
+RELEASE_NS = "kfrelease-release"
+MONITORING_NS = "kfrelease-monitoring"
+
+#: The service account of the CI (GitHub Actions) in the release namespace: the only one that creates runs.
+CI_SERVICE_ACCOUNT = "kfrelease-ci"
+#: Kubernetes groups that EKS access entries map IAM principals to (see the ClusterConfig).
+CI_GROUP = "kfrelease:ci"
+DATA_SCIENTISTS_GROUP = "kfrelease:data-scientists"
+DATA_ENGINEERS_GROUP = "kfrelease:data-engineers"
+
+#: Kubeflow runs pipeline pods and notebooks of a Profile as this service account.
+PROFILE_SA = "default-editor"
+
+PROJECT_IMAGE_NAME = "kfrelease"
+WORKSPACE_IMAGE_NAME = "kfrelease-workspace"
+BASE_IMAGE = f"{PROJECT_IMAGE_NAME}:base"
+BASE_WORKSPACE_IMAGE = f"{WORKSPACE_IMAGE_NAME}:base"
+BASE_ACCOUNT = "ACCOUNT_ID"  # placeholder in the base; every overlay replaces it
+BASE_BUCKET_PREFIX = "BUCKET_PREFIX-"
+
+_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    instance_type: str
+    min: int
+    desired: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    account_id: str
+    region: str
+    cluster: str
+    kubernetes_version: str
+    bucket_prefix: str
+    image_tag: str
+    nodes: dict[str, NodeGroup]
+    logsink_replicas: int = 1
+    production_version: str = "V1.1.0"
+
+    @property
+    def registry(self) -> str:
+        return f"{self.account_id}.dkr.ecr.{self.region}.amazonaws.com"
+
+    @property
+    def project_image(self) -> str:
+        """The one project image (KFP components, ServingRuntime, log sink) in this environment's ECR."""
+        return BASE_IMAGE if self.name == "base" else f"{self.registry}/{PROJECT_IMAGE_NAME}:{self.image_tag}"
+
+    @property
+    def workspace_image(self) -> str:
+        return BASE_WORKSPACE_IMAGE if self.name == "base" else f"{self.registry}/{WORKSPACE_IMAGE_NAME}:{self.image_tag}"
+
+    def images(self) -> dict[str, str]:
+        """kustomize ``images`` entries: base image name -> this environment's image."""
+        return {BASE_IMAGE: self.project_image, BASE_WORKSPACE_IMAGE: self.workspace_image}
+
+    def role_arn(self, role_name: str) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{role_name}"
+
+    def pipeline_root(self) -> str:
+        return f"s3://{self.bucket_prefix}pipeline-root/v2"
+
+
+@dataclass(frozen=True)
+class Team:
+    release_owner: str
+    data_engineering_owner: str
+    data_science_owner: str
+    model_repository: str
+
+
+@dataclass(frozen=True)
+class Environments:
+    team: Team
+    environments: dict[str, Environment] = field(default_factory=dict)
+
+
+def base_environment() -> Environment:
+    """The placeholder environment the kustomize base is rendered with (overlays replace its values)."""
+    return Environment(
+        name="base",
+        account_id=BASE_ACCOUNT,
+        region="REGION",
+        cluster="CLUSTER",
+        kubernetes_version="1.33",
+        bucket_prefix=BASE_BUCKET_PREFIX,
+        image_tag="base",
+        nodes={},
+        logsink_replicas=1,
+    )
+
+
+def iam_role_name(role: str, workspace: str | None = None) -> str:
+    """The IAM role of an access-policy role (or of one data scientist's workspace)."""
+    return f"kfrelease-{role}" if workspace is None else f"kfrelease-{role}-{workspace}"
+
+
+def load_environments(path: str | Path | None = None) -> Environments:
+    path = Path(path) if path else MANIFESTS_DIR / "environments.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"environments file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"environments file {path} is not valid YAML: {exc}") from None
+    try:
+        team = Team(**doc["team"])
+        envs = {}
+        for name, body in doc["environments"].items():
+            if not _DNS.match(name):
+                raise ConfigError(f"{path}: environment name {name!r} must be a DNS label (a-z, 0-9, -)")
+            nodes = {k: NodeGroup(**v) for k, v in body.pop("nodes").items()}
+            missing = {"system", "pipelines", "serving"} - set(nodes)
+            if missing:
+                raise ConfigError(f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}")
+            env = Environment(name=name, nodes=nodes, **body)
+            if not re.fullmatch(r"\d{12}", env.account_id):
+                raise ConfigError(f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits")
+            for g, n in nodes.items():
+                if not 0 <= n.min <= n.desired <= n.max:
+                    raise ConfigError(f"{path}: {name} node group {g}: need 0 <= min <= desired <= max")
+            envs[name] = env
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"environments file {path} is malformed ({exc}); see the comments in the file") from None
+    if not envs:
+        raise ConfigError(f"environments file {path} declares no environment")
+    return Environments(team=team, environments=envs)

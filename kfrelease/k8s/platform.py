@@ -1,0 +1,336 @@
+"""Kubeflow side of the cluster: Profiles and namespaces, IRSA service accounts, RBAC, kfp-launcher, PodDefaults.
+
+Who may do what with pipeline runs (KFP multi-user authorizes every API call with a SubjectAccessReview on
+resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipelines
+``manifests/kustomize/base/installs/multi-user/view-edit-cluster-roles.yaml``):
+
+- data scientists get Kubeflow's standard ``kubeflow-view`` in the release namespace: ``runs`` get, list,
+  readArtifact; experiments get, list; Argo ``workflows`` none. They cannot create, terminate, retry,
+  delete or archive a release run;
+- the CI service account ``kfrelease-ci`` gets ``kfrelease-run-submitter``: create and read runs,
+  experiments, pipelines and versions; nothing that stops a run. Nobody on the team can stop a run: only a
+  new merge starts a new one (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from kfrelease.access.policy import AccessPolicy
+from kfrelease.access.render import bucket_name
+from kfrelease.k8s.environments import (
+    CI_GROUP,
+    CI_SERVICE_ACCOUNT,
+    DATA_ENGINEERS_GROUP,
+    DATA_NS,
+    DATA_SCIENTISTS_GROUP,
+    MONITORING_NS,
+    PROFILE_SA,
+    RELEASE_NS,
+    SCIENCE_NS,
+    Environment,
+    Team,
+    iam_role_name,
+)
+
+RBAC = "rbac.authorization.k8s.io"
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+PART_OF = {"app.kubernetes.io/part-of": "kfrelease"}
+
+RUN_SUBMITTER = "kfrelease-run-submitter"
+CI_TOKEN_ROLE = "kfrelease-ci-token"
+
+
+def role_placements(serving_ns: str) -> dict[str, tuple[str, str, bool]]:
+    """Access-policy role -> (namespace, service account, via a Kubeflow Profile)."""
+    return {
+        "data-engineer": (DATA_NS, PROFILE_SA, True),
+        "data-scientist": (SCIENCE_NS, PROFILE_SA, True),
+        "pipeline": (RELEASE_NS, PROFILE_SA, True),
+        "serving": (serving_ns, "kfrelease-serving", False),
+        "monitoring": (MONITORING_NS, "kfrelease-monitoring", False),
+    }
+
+
+def _meta(
+    name: str,
+    namespace: str | None = None,
+    labels: dict | None = None,
+    annotations: dict | None = None,
+):
+    meta: dict = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    meta["labels"] = {**PART_OF, **(labels or {})}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def profile(name: str, owner: str, env: Environment, role: str, workspace: str | None = None) -> dict:
+    """A Kubeflow Profile whose ``default-editor`` service account assumes the role's IAM role (IRSA).
+
+    ``annotateOnly: true``: the profile controller only annotates the service account; the role and its
+    trust policy are created by eksctl (``iam.serviceAccounts`` with ``roleOnly``).
+    """
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "Profile",
+        "metadata": _meta(name, labels={"kfrelease.io/role": role}),
+        "spec": {
+            "owner": {"kind": "User", "name": owner},
+            "plugins": [
+                {
+                    "kind": "AwsIamForServiceAccount",
+                    "spec": {
+                        "awsIamRole": env.role_arn(iam_role_name(role, workspace)),
+                        "annotateOnly": True,
+                    },
+                }
+            ],
+        },
+    }
+
+
+def namespace(name: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": _meta(name, labels={"istio-injection": "enabled"}),
+    }
+
+
+def service_account(name: str, ns: str, role_arn: str | None = None) -> dict:
+    doc = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns)}
+    if role_arn:
+        doc["metadata"]["annotations"] = {IRSA_ANNOTATION: role_arn}
+    return doc
+
+
+def s3_env(env: Environment, role: str) -> list[dict]:
+    """The environment that points ``kfrelease.storage`` at Amazon S3 with IRSA credentials."""
+    return [
+        {"name": "KFRELEASE_S3_ENDPOINT", "value": "s3.amazonaws.com"},
+        {"name": "KFRELEASE_S3_SECURE", "value": "true"},
+        {"name": "KFRELEASE_S3_REGION", "value": env.region},
+        {"name": "KFRELEASE_BUCKET_PREFIX", "value": env.bucket_prefix},
+        {"name": "KFRELEASE_ROLE", "value": role},
+    ]
+
+
+def pod_default(role: str, ns: str, env: Environment, service_account_name: str) -> dict:
+    """PodDefault ``access-s3-<role>``: pods labelled with it run as the role's IRSA service account."""
+    name = f"access-s3-{role}"
+    return {
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": _meta(name, ns),
+        "spec": {
+            "desc": f"Object store access as the {role!r} role of the kfrelease access policy (IRSA)",
+            "selector": {"matchLabels": {name: "true"}},
+            "serviceAccountName": service_account_name,
+            "env": s3_env(env, role),
+        },
+    }
+
+
+def kfp_launcher(env: Environment, ns: str, pipeline_root: str) -> dict:
+    """The ``kfp-launcher`` ConfigMap: S3 pipeline root, credentials from the pod's IRSA environment.
+
+    Format from kubeflow/pipelines#10625 (``providers.s3.default`` with ``credentials.fromEnv``).
+    """
+    providers = (
+        "s3:\n"
+        "  default:\n"
+        '    endpoint: "s3.amazonaws.com"\n'
+        f'    region: "{env.region}"\n'
+        "    disableSSL: false\n"
+        "    credentials:\n"
+        "      fromEnv: true\n"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta("kfp-launcher", ns),
+        "data": {"defaultPipelineRoot": pipeline_root, "providers": providers},
+    }
+
+
+def cluster_roles() -> list[dict]:
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(RUN_SUBMITTER),
+            "rules": [
+                {
+                    "apiGroups": ["pipelines.kubeflow.org"],
+                    "resources": ["runs"],
+                    "verbs": ["create", "get", "list"],
+                },
+                {
+                    "apiGroups": ["pipelines.kubeflow.org"],
+                    "resources": ["experiments", "pipelines", "pipelineversions"],
+                    "verbs": ["create", "get", "list"],
+                },
+            ],
+        }
+    ]
+
+
+def kfam_user_binding(user: str, ns: str, role: str = "view") -> list[dict]:
+    """What Kubeflow's access management (KFAM) creates for a contributor: a RoleBinding to
+    ``kubeflow-<role>`` and an Istio AuthorizationPolicy letting the user's requests reach the namespace."""
+    slug = "".join(c if c.isalnum() else "-" for c in user.lower())
+    name = f"user-{slug}-clusterrole-{role}"
+    ann = {"role": role, "user": user}
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(name, ns, annotations=ann),
+            "roleRef": {
+                "apiGroup": RBAC,
+                "kind": "ClusterRole",
+                "name": f"kubeflow-{role}",
+            },
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": user}],
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": _meta(name, ns, annotations=ann),
+            "spec": {
+                "action": "ALLOW",
+                "rules": [
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "principals": [
+                                        "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+                                    ]
+                                }
+                            }
+                        ],
+                        "when": [
+                            {
+                                "key": "request.headers[kubeflow-userid]",
+                                "values": [user],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def release_rbac() -> list[dict]:
+    """RoleBindings of the release namespace: CI creates runs; data scientists (group) only view."""
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("kfrelease-ci-submits-runs", RELEASE_NS),
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": RUN_SUBMITTER},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": CI_SERVICE_ACCOUNT,
+                    "namespace": RELEASE_NS,
+                }
+            ],
+        },
+        {
+            # The CI's IAM role (GitHub OIDC) maps to this group via an EKS access entry; it may only mint
+            # tokens for the CI service account (`kubectl create token kfrelease-ci`).
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": _meta(CI_TOKEN_ROLE, RELEASE_NS),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["serviceaccounts/token"],
+                    "verbs": ["create"],
+                    "resourceNames": [CI_SERVICE_ACCOUNT],
+                }
+            ],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(CI_TOKEN_ROLE, RELEASE_NS),
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": CI_TOKEN_ROLE},
+            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": CI_GROUP}],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("kfrelease-data-scientists-view", RELEASE_NS),
+            "roleRef": {
+                "apiGroup": RBAC,
+                "kind": "ClusterRole",
+                "name": "kubeflow-view",
+            },
+            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("kfrelease-data-scientists-edit", SCIENCE_NS),
+            "roleRef": {
+                "apiGroup": RBAC,
+                "kind": "ClusterRole",
+                "name": "kubeflow-edit",
+            },
+            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("kfrelease-data-engineers-edit", DATA_NS),
+            "roleRef": {
+                "apiGroup": RBAC,
+                "kind": "ClusterRole",
+                "name": "kubeflow-edit",
+            },
+            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_ENGINEERS_GROUP}],
+        },
+    ]
+
+
+def platform_documents(env: Environment, policy: AccessPolicy, team: Team, serving_ns: str) -> list[dict]:
+    """Profiles, namespaces, service accounts, RBAC, kfp-launcher and PodDefaults of one environment."""
+    owners = {
+        "data-engineer": team.data_engineering_owner,
+        "data-scientist": team.data_science_owner,
+        "pipeline": team.release_owner,
+    }
+    docs: list[dict] = []
+    placements = role_placements(serving_ns)
+    for role in policy.roles:
+        ns, sa, via_profile = placements[role]
+        if via_profile:
+            docs.append(profile(ns, owners[role], env, role))
+        else:
+            docs.append(namespace(ns))
+            docs.append(service_account(sa, ns, env.role_arn(iam_role_name(role))))
+    docs.append(service_account(CI_SERVICE_ACCOUNT, RELEASE_NS))
+    docs += cluster_roles() + release_rbac()
+    # Pipelines run in the release namespace (training, release, monitoring) and in the data namespace.
+    docs.append(kfp_launcher(env, RELEASE_NS, env.pipeline_root()))
+    docs.append(kfp_launcher(env, DATA_NS, data_pipeline_root(env)))
+    # One PodDefault per role, in the namespace where that role's workloads run.
+    for role in policy.roles:
+        ns, sa, _ = placements[role]
+        docs.append(pod_default(role, ns, env, sa))
+    return docs
+
+
+def data_pipeline_root(env: Environment) -> str:
+    """The data pipeline's artifacts hold raw rows, so they live in the ``raw`` bucket (data engineers only);
+    the data-engineer role has no access to ``pipeline-root``, which data scientists can read."""
+    return f"s3://{env.bucket_prefix}raw/kfp-artifacts"
+
+
+def bucket_names(policy: AccessPolicy, env: Environment) -> list[str]:
+    return [bucket_name(b, env.bucket_prefix) for b in policy.buckets]

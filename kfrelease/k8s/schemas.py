@@ -1,0 +1,157 @@
+"""Validate Kubernetes documents without a cluster.
+
+- Custom resources are checked against the ``openAPIV3Schema`` of the CRD YAML vendored under
+  ``schemas/crds/<project>/`` (every ``*.yaml`` there is read; documents that are CRDs are indexed by
+  group/version/kind). Like ``kubectl apply --validate=strict`` (server-side field validation), a field a
+  structural schema does not declare is an error, unless the schema says
+  ``x-kubernetes-preserve-unknown-fields``.
+- Built-in kinds are checked with ``kubernetes-validate`` (the Kubernetes OpenAPI schemas, strict mode) for
+  ``KFRELEASE_KUBE_VERSION`` (default: the newest version that package ships).
+- Every document needs ``metadata.name`` as a DNS-1123 subdomain.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from kfrelease.errors import ConfigError
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "schemas" / "crds"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class SchemaValidationError(ConfigError):
+    """A Kubernetes document does not match its schema; ``errors`` lists every violation found."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def _loader():
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _strict(schema: dict) -> dict:
+    """A copy of a structural schema where undeclared object fields are errors (strict field validation)."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    # apiVersion, kind and metadata belong to every object even when a CRD's schema omits them (Istio's
+    # do); metadata is checked by the API server's ObjectMeta rules, not the CRD schema.
+    props = schema.setdefault("properties", {})
+    props.setdefault("apiVersion", {"type": "string"})
+    props.setdefault("kind", {"type": "string"})
+    props["metadata"] = {"type": "object"}
+    return schema
+
+
+@functools.lru_cache(maxsize=4)
+def crd_index(crd_dir: str | None = None) -> dict[tuple[str, str, str], dict]:
+    """(group, version, kind) -> openAPIV3Schema, from every CRD YAML under ``crd_dir``."""
+    root = Path(crd_dir) if crd_dir else CRD_DIR
+    index: dict[tuple[str, str, str], dict] = {}
+    for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
+        with open(path, "rb") as fh:
+            for doc in yaml.load_all(fh, Loader=_loader()):
+                if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                    continue
+                spec = doc.get("spec", {})
+                for ver in spec.get("versions", []):
+                    schema = (ver.get("schema") or {}).get("openAPIV3Schema")
+                    if schema:
+                        index[(spec["group"], ver["name"], spec["names"]["kind"])] = schema
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _crd_validator(group: str, version: str, kind: str, crd_dir: str | None):
+    import jsonschema
+
+    schema = crd_index(crd_dir)[(group, version, kind)]
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+def kube_version() -> str:
+    import kubernetes_validate
+
+    return os.environ.get("KFRELEASE_KUBE_VERSION") or kubernetes_validate.latest_version()
+
+
+def _where(doc: dict) -> str:
+    meta = doc.get("metadata") or {}
+    return f"{doc.get('kind', '?')} {meta.get('namespace', '')}/{meta.get('name', '?')} ({doc.get('apiVersion', '?')})"
+
+
+def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
+    """Validate one document; returns how it was validated, raises ``SchemaValidationError`` listing
+    every violation."""
+    if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind"):
+        raise SchemaValidationError("a Kubernetes document needs apiVersion and kind")
+    where = _where(doc)
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
+        raise SchemaValidationError(
+            f"{where}: metadata.name {name!r} is not a DNS-1123 name (lower case, digits, '-', '.')"
+        )
+    group, _, version = doc["apiVersion"].rpartition("/")
+    key = (group, version, doc["kind"])
+    crd_key = str(crd_dir) if crd_dir else None
+    if key in crd_index(crd_key):
+        validator = _crd_validator(*key, crd_key)
+        errors = [
+            f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+            for e in sorted(
+                validator.iter_errors(doc),
+                key=lambda e: list(map(str, e.absolute_path)),
+            )
+        ]
+        if errors:
+            raise SchemaValidationError(
+                f"{where} does not match its CRD schema: {'; '.join(errors[:5])}",
+                errors,
+            )
+        return f"CRD schema {group}/{version} {doc['kind']}"
+    import kubernetes_validate
+
+    kv = kube_version()
+    try:
+        kubernetes_validate.validate(doc, kv, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        raise SchemaValidationError(
+            f"{where}: no schema for {doc['apiVersion']} {doc['kind']}: not a Kubernetes {kv} kind and no CRD under "
+            f"{crd_dir or CRD_DIR} defines it; vendor its CRD YAML there"
+        ) from None
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path) or "<root>"
+        raise SchemaValidationError(
+            f"{where} does not match the Kubernetes {kv} schema: {path}: {exc.message}",
+            [exc.message],
+        ) from None
+    return f"Kubernetes {kv} schema"
+
+
+def validate_all(docs: Iterable[dict], crd_dir: str | Path | None = None) -> list[str]:
+    return [validate(d, crd_dir) for d in docs]

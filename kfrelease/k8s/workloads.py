@@ -1,0 +1,217 @@
+"""Serving and monitoring workloads on EKS: the ServingRuntime (``kfrelease.serving.k8s``), the log sink
+(Service ``kfrelease-logsink``, the InferenceServices' default ``logger.url``) and the feedback service, the Pushgateway, ServiceMonitor/PodMonitor, the PrometheusRule and the Grafana dashboard.
+
+The InferenceServices and the VirtualService come from ``kfrelease.serving.k8s`` and the PrometheusRule from
+``kfrelease.monitoring.rules`` (their owners' renderers); this module only places them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from importlib import resources
+
+from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
+from kfrelease.k8s.platform import PART_OF, s3_env
+from kfrelease.rollout.spec import RolloutSpec
+from kfrelease.serving.k8s import render_serving_runtime
+
+HTTP_PORT = 8080
+PUSHGATEWAY_IMAGE = "quay.io/prometheus/pushgateway:v1.11.1"
+METRICS_LABEL = {"kfrelease.io/metrics": "true"}
+#: kube-prometheus-stack's Prometheus selects monitors and rules by its Helm release label (default
+#: ``release: <release name>``); our docs install it as ``kube-prometheus-stack``.
+PROMETHEUS_SELECTOR = {"release": "kube-prometheus-stack"}
+
+
+def http_service(
+    name: str,
+    ns: str,
+    module: str,
+    env: Environment,
+    role: str,
+    replicas: int,
+    sa: str,
+    image: str = BASE_IMAGE,
+    extra_args: tuple[str, ...] = (),
+) -> list[dict]:
+    """A Deployment + Service of one kfrelease HTTP process (log sink, feedback), as the role's IRSA SA."""
+    labels = {"app.kubernetes.io/name": name, **PART_OF}
+    probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 5}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": sa,
+                        "nodeSelector": {"kfrelease.io/pool": "serving"},
+                        "containers": [
+                            {
+                                "name": name,
+                                "image": image,
+                                "command": ["python", "-m", module],
+                                "args": ["--host", "0.0.0.0", "--port", str(HTTP_PORT), *extra_args],
+                                "env": s3_env(env, role),
+                                "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                                "readinessProbe": probe,
+                                "livenessProbe": {**probe, "periodSeconds": 20},
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
+                                "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": {**labels, **METRICS_LABEL}},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": name},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+def serving_documents(spec: RolloutSpec, env: Environment, serving_sa: str) -> list[dict]:
+    ns = spec.serving.namespace
+    return [
+        render_serving_runtime(spec, env.project_image),
+        *http_service(
+            "kfrelease-logsink", ns, "kfrelease.serving.logsink", env, "serving", env.logsink_replicas, serving_sa,
+            env.project_image,
+        ),
+        *http_service("kfrelease-feedback", ns, "kfrelease.serving.feedback", env, "serving", 1, serving_sa, env.project_image),
+    ]
+
+
+def pushgateway() -> list[dict]:
+    name = "kfrelease-pushgateway"
+    labels = {"app.kubernetes.io/name": name, **PART_OF}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": MONITORING_NS, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "pushgateway",
+                                "image": PUSHGATEWAY_IMAGE,
+                                "ports": [{"name": "http", "containerPort": 9091}],
+                                "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}},
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": MONITORING_NS, "labels": {**labels, **METRICS_LABEL}},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": name},
+                "ports": [{"name": "http", "port": 9091, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+def monitors(spec: RolloutSpec) -> list[dict]:
+    """ServiceMonitor (log sink, feedback, Pushgateway with honorLabels) and PodMonitor (model servers)."""
+    return [
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "kfrelease", "namespace": MONITORING_NS, "labels": {**PART_OF, **PROMETHEUS_SELECTOR}},
+            "spec": {
+                "namespaceSelector": {"matchNames": [spec.serving.namespace, MONITORING_NS]},
+                "selector": {"matchLabels": METRICS_LABEL},
+                # honorLabels keeps the model/version/stage labels pushed to the Pushgateway.
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s", "honorLabels": True}],
+            },
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PodMonitor",
+            "metadata": {
+                "name": "kfrelease-predictors",
+                "namespace": MONITORING_NS,
+                "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
+            },
+            "spec": {
+                "namespaceSelector": {"matchNames": [spec.serving.namespace]},
+                "selector": {"matchExpressions": [{"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}]},
+                # Knative names the model server's container port "user-port".
+                "podMetricsEndpoints": [{"port": "user-port", "path": "/metrics", "interval": "15s"}],
+            },
+        },
+    ]
+
+
+def prometheus_rule() -> dict | None:
+    """The PrometheusRule rendered by the monitoring part (None until ``kfrelease.monitoring.rules`` exists)."""
+    try:
+        from kfrelease.monitoring.rules import render_prometheus_rule
+    except ImportError:
+        return None
+    params = inspect.signature(render_prometheus_rule).parameters
+    kwargs = {
+        k: v
+        for k, v in {"namespace": MONITORING_NS, "labels": {**PART_OF, **PROMETHEUS_SELECTOR}}.items()
+        if k in params
+    }
+    doc = render_prometheus_rule(**kwargs)
+    meta = doc.setdefault("metadata", {})
+    meta["namespace"] = MONITORING_NS
+    meta["labels"] = {**PART_OF, **PROMETHEUS_SELECTOR, **(meta.get("labels") or {})}
+    return doc
+
+
+def dashboard_configmap() -> dict | None:
+    """The Grafana dashboard (``kfrelease/monitoring/dashboard.json``) for the kube-prometheus-stack Grafana
+    sidecar, which loads ConfigMaps labelled ``grafana_dashboard: "1"``."""
+    try:
+        text = (resources.files("kfrelease.monitoring") / "dashboard.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return None
+    json.loads(text)  # fail here, not in Grafana, on a broken dashboard
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "kfrelease-dashboard",
+            "namespace": MONITORING_NS,
+            "labels": {**PART_OF, "grafana_dashboard": "1"},
+        },
+        "data": {"kfrelease.json": text},
+    }
+
+
+def monitoring_documents(spec: RolloutSpec) -> list[dict]:
+    docs = [*pushgateway(), *monitors(spec)]
+    for doc in (prometheus_rule(), dashboard_configmap()):
+        if doc is not None:
+            docs.append(doc)
+    return docs

@@ -1,0 +1,128 @@
+"""Push window results to the Prometheus Pushgateway as gauges labelled model, version and stage.
+
+One Pushgateway group per (model, version, stage) (grouping key; job ``kfrelease-monitor``), replaced as a
+whole on every push (HTTP PUT, ``prometheus_client.push_to_gateway``): a window that became insufficient
+therefore drops its quality gauges instead of leaving stale ones behind, and
+``kfrelease_model_window_insufficient`` says so. Prometheus scrapes the Pushgateway with
+``honor_labels: true`` so these labels are kept (Pushgateway README, "About the job and instance labels").
+
+A Pushgateway that cannot be reached loses nothing: the payload is written to a spool directory
+(``$KFRELEASE_HOME/monitoring/pending-push/``) and pushed first on the next call to ``push_windows``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kfrelease.config import Settings
+
+log = logging.getLogger(__name__)
+
+JOB = "kfrelease-monitor"
+
+#: gauge name -> (WindowResult field, help)
+GAUGES = {
+    "kfrelease_model_mse": ("mse", "Mean squared error of the latest window"),
+    "kfrelease_model_rmse": ("rmse", "Root mean squared error of the latest window"),
+    "kfrelease_model_mae": ("mae", "Mean absolute error of the latest window"),
+    "kfrelease_model_r2": ("r2", "R2 (coefficient of determination) of the latest window"),
+    "kfrelease_model_drift_share": ("drift_share", "Share of input features drifted against the training data"),
+    "kfrelease_model_baseline_rmse": ("baseline_rmse", "RMSE measured at evaluation (registry entry)"),
+    "kfrelease_model_r2_floor": ("r2_floor", "Lowest acceptable R2 of the model"),
+    "kfrelease_model_window_predictions": ("predictions", "Predictions in the latest window"),
+    "kfrelease_model_window_labelled": ("labelled", "Labelled predictions in the latest window"),
+}
+
+
+@dataclass
+class PushOutcome:
+    pushed: int = 0
+    pending: int = 0
+    message: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.pending == 0
+
+
+def spool_dir(settings: Settings) -> Path:
+    return settings.home / "monitoring" / "pending-push"
+
+
+def _ts(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    import pandas as pd
+
+    return pd.Timestamp(iso).timestamp()
+
+
+def payload(window) -> dict:
+    """The gauges of one window result (a dict or ``WindowResult``) as a JSON-able payload."""
+    w = window if isinstance(window, dict) else window.as_dict()
+    values = {}
+    for name, (attr, _help) in GAUGES.items():
+        v = w.get(attr)
+        if v is not None:
+            values[name] = float(v)
+    values["kfrelease_model_window_insufficient"] = 0.0 if w["status"] == "ok" else 1.0
+    for name, attr in (("kfrelease_model_last_prediction_timestamp_seconds", "last_prediction_time"),
+                       ("kfrelease_model_last_truth_timestamp_seconds", "last_truth_time")):
+        ts = _ts(w.get(attr))
+        if ts is not None:
+            values[name] = ts
+    values["kfrelease_model_window_pushed_timestamp_seconds"] = time.time()
+    return {"labels": {"model": w["model"], "version": w["version"], "stage": w["stage"]}, "values": values}
+
+
+def _push_one(url: str, item: dict, timeout: float) -> None:
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+    for name, value in item["values"].items():
+        helptext = GAUGES.get(name, (None, name.replace("_", " ")))[1]
+        Gauge(name, helptext, registry=registry).set(value)
+    push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout)
+
+
+def push_windows(settings: Settings, windows, url: str | None = None, timeout: float = 3.0) -> PushOutcome:
+    """Push the latest window of each (version, stage); spool what cannot be pushed; flush the spool first."""
+    url = url or settings.url("pushgateway")
+    spool = spool_dir(settings)
+    spool.mkdir(parents=True, exist_ok=True)
+    for w in windows:  # spool first: a crash mid-push loses nothing
+        path = spool / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload(w)))
+        tmp.replace(path)
+    out = PushOutcome()
+    for path in sorted(spool.glob("*.json")):
+        try:
+            item = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            out.errors.append(f"{path}: unreadable ({exc}); left in place")
+            out.pending += 1
+            continue
+        try:
+            _push_one(url, item, timeout)
+        except Exception as exc:  # noqa: BLE001 - URLError, connection refused, HTTP errors
+            out.pending += 1
+            out.errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        path.unlink(missing_ok=True)
+        out.pushed += 1
+    if out.pending:
+        out.message = (
+            f"Pushgateway at {url} is not reachable ({out.errors[-1]}); {out.pending} result(s) kept in {spool} "
+            f"and pushed on the next run (`kfrelease up` starts it)"
+        )
+        log.warning(out.message)
+    else:
+        out.message = f"pushed {out.pushed} result(s) to {url}"
+    return out

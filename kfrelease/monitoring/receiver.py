@@ -1,0 +1,262 @@
+"""The Alertmanager webhook receiver: records every alert in the object store and, for firing quality or
+drift alerts, triggers an auto-revision retrain through the training trigger, rate-limited and one at a time.
+
+Alertmanager posts its webhook payload (``version: "4"``, ``alerts[]`` with ``status``, ``labels``,
+``annotations``, ``startsAt``, ``fingerprint``; prometheus.io/docs/alerting/latest/configuration/#webhook_config)
+to ``POST /alerts``. Records (``pipeline-root`` bucket, ``pipeline`` role)::
+
+    monitoring/alerts/<YYYY-MM-DD>/<HHMMSS>-<fingerprint>-<status>-<id>.json     one per alert notification
+    monitoring/retrains/<model>/<YYYYmmddTHHMMSSZ>-<id>.json                    one per retrain decision
+
+A decision is ``triggered`` (then ``result`` or ``error`` once the trigger returns), ``rate-limited`` (a
+retrain of this model was triggered less than ``KFRELEASE_RETRAIN_MIN_INTERVAL`` seconds ago, default 3600)
+or ``busy`` (another retrain is still running). If the object store cannot take the record, the receiver
+answers 503 so that Alertmanager retries the notification: nothing is lost.
+
+The trigger is ``kfrelease.training.trigger:trigger`` (docs/CONTRACTS.md), called as
+``trigger(settings, commit, repo, auto=True, reason=...)``; ``KFRELEASE_RETRAIN_TRIGGER=module:function``
+replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from kfrelease.config import Settings
+from kfrelease.errors import KfreleaseError
+
+log = logging.getLogger(__name__)
+
+BUCKET = "pipeline-root"
+RETRAIN_KINDS = ("quality", "drift")
+DEFAULT_TRIGGER = "kfrelease.training.trigger:trigger"
+
+
+def _stamp(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text or "none")
+
+
+class AlertReceiver:
+    """The receiver's logic, independent of HTTP (tested directly and through the server)."""
+
+    def __init__(self, settings: Settings, store=None, min_interval: float | None = None, trigger_path: str | None = None):
+        from kfrelease.storage import store_for
+
+        self.settings = settings
+        self.store = store or store_for("pipeline", settings)
+        self.min_interval = float(
+            min_interval if min_interval is not None else os.environ.get("KFRELEASE_RETRAIN_MIN_INTERVAL", "3600")
+        )
+        self.trigger_path = trigger_path or os.environ.get("KFRELEASE_RETRAIN_TRIGGER") or DEFAULT_TRIGGER
+        self._lock = threading.Lock()  # one retrain at a time
+        self._decide = threading.Lock()  # decisions are serialised
+        self.threads: list[threading.Thread] = []
+
+    # records ---------------------------------------------------------------------------------------
+    def record_alert(self, alert: dict, receiver: str = "") -> str:
+        now = datetime.now(timezone.utc)
+        key = (
+            f"monitoring/alerts/{now.strftime('%Y-%m-%d')}/{now.strftime('%H%M%S')}-"
+            f"{_safe(alert.get('fingerprint', ''))}-{_safe(alert.get('status', ''))}-{uuid.uuid4().hex[:8]}.json"
+        )
+        self.store.put_json(BUCKET, key, {**alert, "received_at": now.isoformat(), "receiver": receiver},
+                            if_none_match=True)
+        return key
+
+    def alerts(self) -> list[dict]:
+        return [self.store.get_json(BUCKET, o.key) for o in self.store.iter(BUCKET, "monitoring/alerts/")]
+
+    def retrains(self, model: str | None = None) -> list[dict]:
+        prefix = f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
+        return [self.store.get_json(BUCKET, o.key) for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)]
+
+    def _last_triggered(self, model: str) -> float | None:
+        last = None
+        for doc in self.retrains(model):
+            if doc.get("decision") == "triggered":
+                last = max(last or 0.0, float(doc.get("at_epoch", 0)))
+        return last
+
+    # handling --------------------------------------------------------------------------------------
+    def handle(self, payload: dict) -> dict:
+        """Record the alerts of one webhook payload and decide on retrains. Returns a summary."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            raise ValueError("expected an Alertmanager webhook payload: a JSON object with an 'alerts' list")
+        recorded, decisions = [], []
+        for alert in payload["alerts"]:
+            if not isinstance(alert, dict) or not isinstance(alert.get("labels"), dict):
+                raise ValueError("every alert needs a 'labels' object")
+        for alert in payload["alerts"]:
+            recorded.append(self.record_alert(alert, payload.get("receiver", "")))
+        for alert in payload["alerts"]:
+            labels = alert["labels"]
+            if alert.get("status") == "firing" and labels.get("kind") in RETRAIN_KINDS and labels.get("model"):
+                decisions.append(self.consider_retrain(alert))
+        return {"recorded": recorded, "decisions": decisions}
+
+    def consider_retrain(self, alert: dict) -> dict:
+        labels = alert["labels"]
+        model = labels["model"]
+        reason = f"alert {labels.get('alertname')} on {model} {labels.get('version', '')} ({labels.get('stage', '')})"
+        with self._decide:
+            now = time.time()
+            doc = {
+                "model": model,
+                "version": labels.get("version"),
+                "stage": labels.get("stage"),
+                "alert": labels.get("alertname"),
+                "fingerprint": alert.get("fingerprint"),
+                "reason": reason,
+                "at": datetime.now(timezone.utc).isoformat(),
+                "at_epoch": now,
+            }
+            last = self._last_triggered(model)
+            if last is not None and now - last < self.min_interval:
+                doc["decision"] = "rate-limited"
+                doc["detail"] = f"a retrain of {model} was triggered {now - last:.0f} s ago (< {self.min_interval:.0f} s)"
+            elif not self._lock.acquire(blocking=False):
+                doc["decision"] = "busy"
+                doc["detail"] = "another retrain is still running; only one runs at a time"
+            else:
+                doc["decision"] = "triggered"
+            key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
+            try:
+                self.store.put_json(BUCKET, key, doc, if_none_match=True)
+            except BaseException:
+                if doc["decision"] == "triggered":
+                    self._lock.release()
+                raise
+        log.info("retrain decision for %s: %s", model, doc["decision"])
+        if doc["decision"] == "triggered":
+            t = threading.Thread(target=self._run_trigger, args=(key, doc), daemon=True, name=f"retrain-{model}")
+            self.threads.append(t)
+            t.start()
+        return {**doc, "key": key}
+
+    def _trigger_function(self):
+        module, _, attr = self.trigger_path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def _run_trigger(self, key: str, doc: dict) -> None:
+        outcome = dict(doc)
+        try:
+            fn = self._trigger_function()
+            commit, repo = self._definition(doc)
+            record = fn(self.settings, commit, repo, auto=True, reason=doc["reason"])
+            outcome["result"] = _jsonable(record)
+            outcome["status"] = "done"
+        except Exception as exc:  # noqa: BLE001 - recorded, never crashes the receiver
+            outcome["status"] = "failed"
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            log.error("auto retrain of %s failed: %s", doc["model"], outcome["error"])
+        finally:
+            outcome["finished_at"] = datetime.now(timezone.utc).isoformat()
+            try:
+                self.store.put_json(BUCKET, key.replace(".json", "-result.json"), outcome, if_none_match=True)
+            except KfreleaseError as exc:
+                log.error("could not record the retrain result %s: %s", key, exc)
+            self._lock.release()
+
+    def _definition(self, doc: dict) -> tuple[str | None, str | None]:
+        """The commit of the alerting version (registry entry), and the repository (KFRELEASE_REPO)."""
+        commit = None
+        try:
+            entry = self.store.get_json("models", f"registry/{doc['model']}/versions/{doc.get('version')}/entry.json")
+            commit = entry.get("commit")
+        except KfreleaseError:
+            pass
+        return commit, os.environ.get("KFRELEASE_REPO")
+
+
+def _jsonable(obj):
+    if obj is None or isinstance(obj, (str, int, float, bool, list, dict)):
+        return obj
+    for attr in ("as_dict", "to_dict", "dict"):
+        if hasattr(obj, attr):
+            try:
+                return getattr(obj, attr)()
+            except Exception:  # noqa: BLE001
+                pass
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return json.loads(json.dumps(asdict(obj), default=str))
+    return str(obj)
+
+
+def make_handler(receiver: AlertReceiver):
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, doc: dict) -> None:
+            body = json.dumps(doc, default=str).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            if self.path == "/healthz":
+                return self._send(200, {"status": "ok"})
+            if self.path == "/metrics":
+                body = b"# TYPE kfrelease_alert_receiver_up gauge\nkfrelease_alert_receiver_up 1\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return self.wfile.write(body)
+            return self._send(404, {"error": f"no such path {self.path}; POST /alerts, GET /healthz"})
+
+        def do_POST(self):  # noqa: N802
+            if self.path != "/alerts":
+                return self._send(404, {"error": f"no such path {self.path}; POST /alerts"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"null")
+                return self._send(200, receiver.handle(payload))
+            except ValueError as exc:
+                return self._send(400, {"error": f"bad alert payload: {exc}"})
+            except KfreleaseError as exc:  # store down: 503 makes Alertmanager retry (nothing lost)
+                log.error("could not record alerts: %s", exc)
+                return self._send(503, {"error": str(exc)})
+
+        def log_message(self, fmt, *args):
+            log.info("%s " + fmt, self.address_string(), *args)
+
+    return Handler
+
+
+def serve(settings: Settings, port: int) -> None:
+    receiver = AlertReceiver(settings)
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(receiver))
+    log.info("alert receiver on 127.0.0.1:%d", port)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="kfrelease Alertmanager webhook receiver")
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    serve(settings, args.port or settings.port("alert-receiver"))
+
+
+if __name__ == "__main__":
+    main()

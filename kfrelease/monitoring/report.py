@@ -1,0 +1,85 @@
+"""The monitoring page: one self-contained HTML file (plotly.js inlined, no network needed) with the
+metrics of every window over time, one line per model version and stage, and the current table."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+
+import pandas as pd
+
+PANELS = (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("drift_share", "Drift share"))
+TABLE_COLUMNS = ("version", "stage", "window", "start", "status", "labelled", "predictions", "mse", "rmse", "mae",
+                 "r2", "drift_share", "baseline_rmse", "r2_floor")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def current_table_html(current: pd.DataFrame) -> str:
+    if len(current) == 0:
+        return "<p>No windows recorded yet. Run <code>kfrelease monitor</code> after some labelled traffic.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS if c in current.columns)
+    rows = []
+    for _, r in current.iterrows():
+        cls = "ok" if r.get("status") == "ok" else "warn"
+        cells = "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in TABLE_COLUMNS if c in current.columns)
+        rows.append(f'<tr class="{cls}">{cells}</tr>')
+    return f'<table id="current"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def figure(history: pd.DataFrame, model: str):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(PANELS), cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=[title for _, title in PANELS])
+    if len(history):
+        h = history.assign(start=pd.to_datetime(history["start"], utc=True))
+        for i, (col, _title) in enumerate(PANELS, start=1):
+            if col not in h.columns:
+                continue
+            for (version, stage), g in h.groupby(["version", "stage"], sort=True):
+                fig.add_trace(
+                    go.Scatter(x=g["start"], y=g[col], mode="lines+markers", name=f"{version} {stage}",
+                               legendgroup=f"{version} {stage}", showlegend=i == 1),
+                    row=i, col=1,
+                )
+    fig.update_layout(height=950, title=f"{model}: quality and drift per window", template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 80, "b": 40})
+    return fig
+
+
+def render_page(history: pd.DataFrame, current: pd.DataFrame, model: str, warnings: list[str] | None = None,
+                reports: list[str] | None = None) -> str:
+    """The self-contained page (a few MB: plotly.js is inlined)."""
+    chart = figure(history, model).to_html(full_html=False, include_plotlyjs=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in (warnings or []))
+    links = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in (reports or []))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kfrelease monitor: {html.escape(model)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; background: #fff; }}
+table {{ border-collapse: collapse; margin: 12px 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #2a4d69; color: #fff; }}
+tr.warn td {{ background: #fde2c8; }}
+tr.ok td {{ background: #e3f4e1; }}
+</style></head>
+<body>
+<h1>Model monitoring: {html.escape(model)}</h1>
+<p>Generated {stamp}. {len(history)} windows recorded; the table shows the latest window per version and stage.</p>
+<h2>Current</h2>
+{current_table_html(current)}
+{f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
+<h2>Over time</h2>
+{chart}
+{f"<h2>Evidently drift reports</h2><ul>{links}</ul>" if links else ""}
+</body></html>
+"""

@@ -1,0 +1,147 @@
+"""One monitoring pass over a model: read logs and ground truth, compute the windows, record them in the
+object store, write an Evidently drift report per window, push the latest windows to the Pushgateway.
+
+Records (``pipeline-root`` bucket, written by the ``pipeline`` role; the ``monitoring`` role only reads)::
+
+    monitoring/<model>/runs/<YYYYmmddTHHMMSSZ>-<id>.json       every window of one pass (immutable)
+    monitoring/<model>/reports/<run id>/<version>-<stage>-<start>.html   Evidently drift report per window
+
+``load_history`` merges the runs (a later computation of the same window wins), which is what the HTML
+page, the CLI table and the notebook show.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from kfrelease.config import Settings
+from kfrelease.errors import KfreleaseError
+from kfrelease.monitoring import sources
+from kfrelease.monitoring.window import DEFAULT_MIN_LABELS, MonitorOutcome, WindowSpec, compute_windows
+from kfrelease.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+RESULT_BUCKET = "pipeline-root"
+
+
+@dataclass
+class MonitorRun:
+    run_id: str
+    outcome: MonitorOutcome
+    record_key: str | None = None
+    report_keys: list[str] = field(default_factory=list)
+    push: object | None = None  # PushOutcome
+
+    @property
+    def windows(self):
+        return self.outcome.windows
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+
+
+def run_monitoring(
+    settings: Settings,
+    model: str,
+    *,
+    window: WindowSpec = WindowSpec(),
+    since=None,
+    until=None,
+    min_labels: int = DEFAULT_MIN_LABELS,
+    features: list[str] | None = None,
+    reference: pd.DataFrame | None = None,
+    baselines: dict[str, dict] | None = None,
+    r2_floor: float | None = None,
+    latest_only: bool = False,
+    reports: str = "latest",  # latest | all | none
+    push: bool = True,
+    read_store: ObjectStore | None = None,
+    write_store: ObjectStore | None = None,
+) -> MonitorRun:
+    """Compute, record and push the windows of ``model``; problems in the data become warnings."""
+    from kfrelease.storage import store_for
+
+    reader = read_store or store_for("monitoring", settings)
+    writer = write_store or store_for("pipeline", settings)
+    entries = sources.model_versions(reader, model)
+    features = features or sources.features_of(entries)
+    if not features:
+        raise KfreleaseError(
+            f"the input features of model {model!r} are unknown: no registry entry with an input_schema in "
+            f"s3://models/registry/{model}/; register a version first or pass features"
+        )
+    if baselines is None:
+        baselines = sources.baselines_of(entries, r2_floor)
+    if reference is None:
+        reference = sources.reference_of(reader, entries)
+    warnings: list[str] = []
+    preds = sources.read_predictions(reader, model, features, since=since, until=until, warnings=warnings)
+    truth = sources.read_feedback(reader, model, since=since, warnings=warnings)
+    outcome = compute_windows(
+        preds, truth, model=model, features=features, spec=window, min_labels=min_labels,
+        reference=reference, baselines=baselines, latest_only=latest_only,
+    )
+    outcome.warnings[:0] = warnings
+    if reference is None:
+        outcome.warnings.append(f"no training reference data for {model!r}; drift was not computed")
+    now = datetime.now(timezone.utc)
+    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+    run = MonitorRun(run_id, outcome)
+    latest_keys = {w.key for w in outcome.latest()}
+    report_windows = {} if reports == "none" else {
+        k: v for k, v in outcome.drift_reports.items() if reports == "all" or k in latest_keys
+    }
+    for w in outcome.windows:
+        dr = report_windows.get(w.key)
+        if dr is None:
+            continue
+        key = f"monitoring/{_safe(model)}/reports/{run_id}/{_safe(w.version)}-{_safe(w.stage)}-{_safe(w.start)}.html"
+        writer.put_bytes(RESULT_BUCKET, key, dr.html().encode(), content_type="text/html")
+        run.report_keys.append(key)
+    doc = {
+        "run_id": run_id,
+        "model": model,
+        "computed_at": now.isoformat(),
+        "window": {"kind": window.kind, "size": window.size},
+        "min_labels": min_labels,
+        "windows": [w.as_dict() for w in outcome.windows],
+        "warnings": outcome.warnings,
+        "reports": run.report_keys,
+    }
+    run.record_key = f"monitoring/{_safe(model)}/runs/{run_id}.json"
+    writer.put_json(RESULT_BUCKET, run.record_key, doc, if_none_match=True)
+    if push:
+        from kfrelease.monitoring.push import push_windows
+
+        run.push = push_windows(settings, outcome.latest())
+    return run
+
+
+def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.DataFrame:
+    """Every recorded window of ``model`` (the latest computation of each), oldest first."""
+    keys = sorted(o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/"))[-last_runs:]
+    rows: dict[tuple, dict] = {}
+    for key in keys:
+        doc = store.get_json(RESULT_BUCKET, key)
+        for w in doc.get("windows", []):
+            w = {**w, "run_id": doc.get("run_id"), "computed_at": doc.get("computed_at")}
+            rows[(w["version"], w["stage"], w["window"], w["start"])] = w
+    frame = pd.DataFrame(list(rows.values()))
+    if len(frame):
+        frame = frame.sort_values(["start", "version", "stage"]).reset_index(drop=True)
+    return frame
+
+
+def current_table(history: pd.DataFrame) -> pd.DataFrame:
+    """The most recent window of each (version, stage)."""
+    if len(history) == 0:
+        return history
+    return history.sort_values("start").groupby(["version", "stage"], as_index=False).tail(1).reset_index(drop=True)

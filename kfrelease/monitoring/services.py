@@ -1,0 +1,175 @@
+"""The monitoring group of the embedded stack: Prometheus, Pushgateway, Alertmanager (Debian packages) and
+our Alertmanager webhook receiver, each on 127.0.0.1 with its own data directory and rendered config.
+
+Prometheus scrapes itself, the Pushgateway (``honor_labels: true`` keeps the pushed model/version/stage
+labels), the predictors (``settings.port("predictor") + 0/1/2`` for production/staging/canary, per
+docs/CONTRACTS.md), the log sink, the feedback service, Alertmanager and the receiver. Targets that are
+not running are simply ``up == 0``.
+
+Tunables (environment, read when a service is (re)started):
+``KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL`` (default 10s), ``KFRELEASE_PROMETHEUS_EVAL_INTERVAL`` (10s),
+``KFRELEASE_ALERT_FOR`` (override every rule's ``for``; default: the rules file's values),
+``KFRELEASE_ALERTMANAGER_GROUP_WAIT`` (10s), ``..._GROUP_INTERVAL`` (1m), ``..._REPEAT_INTERVAL`` (4h).
+Readiness: ``/-/ready`` for the three Prometheus programs, ``/healthz`` for the receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import yaml
+
+from kfrelease.config import Settings
+from kfrelease.monitoring.rules import render_rules
+from kfrelease.stack.service import Service
+
+GROUP = "monitoring"
+STAGE_OFFSETS = {"production": 0, "staging": 1, "canary": 2}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: str) -> dict:
+    def job(name, ports, **extra):
+        return {"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}], **extra}
+
+    predictor = settings.port("predictor")
+    return {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": eval_interval},
+        "rule_files": [str(settings.service_dir("prometheus") / "rules.yaml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.port('alertmanager')}"]}]}]},
+        "scrape_configs": [
+            job("prometheus", [settings.port("prometheus")]),
+            job("pushgateway", [settings.port("pushgateway")], honor_labels=True),
+            {
+                "job_name": "predictors",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{predictor + off}"], "labels": {"stage": stage}}
+                    for stage, off in STAGE_OFFSETS.items()
+                ],
+            },
+            job("logsink", [settings.port("logsink")]),
+            job("feedback", [settings.port("feedback")]),
+            job("alertmanager", [settings.port("alertmanager")]),
+            job("alert-receiver", [settings.port("alert-receiver")]),
+        ],
+    }
+
+
+def alertmanager_config(settings: Settings, group_wait: str, group_interval: str, repeat_interval: str) -> dict:
+    return {
+        "route": {
+            "receiver": "kfrelease",
+            "group_by": ["alertname", "model", "version", "stage"],
+            "group_wait": group_wait,
+            "group_interval": group_interval,
+            "repeat_interval": repeat_interval,
+        },
+        "receivers": [
+            {
+                "name": "kfrelease",
+                "webhook_configs": [
+                    {"url": settings.url("alert-receiver", "/alerts"), "send_resolved": True, "max_alerts": 0}
+                ],
+            }
+        ],
+    }
+
+
+def prometheus_service(settings: Settings, scrape_interval: str | None = None, eval_interval: str | None = None,
+                       alert_for: str | None = None) -> Service:
+    d = settings.service_dir("prometheus")
+    scrape = scrape_interval or _env("KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL", "10s")
+    evaluation = eval_interval or _env("KFRELEASE_PROMETHEUS_EVAL_INTERVAL", "10s")
+    for_override = alert_for or os.environ.get("KFRELEASE_ALERT_FOR") or None
+
+    def prepare(s: Settings) -> None:
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        (d / "rules.yaml").write_text(yaml.safe_dump(render_rules(for_override), sort_keys=False))
+        (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False))
+
+    return Service(
+        name="prometheus",
+        port=settings.port("prometheus"),
+        command=[
+            "prometheus",
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{settings.port('prometheus')}",
+            "--storage.tsdb.retention.time=15d",
+            "--web.enable-lifecycle",
+        ],
+        health_path="/-/ready",
+        prepare=prepare,
+        group=GROUP,
+        executables={"prometheus": "prometheus"},
+    )
+
+
+def pushgateway_service(settings: Settings) -> Service:
+    d = settings.service_dir("pushgateway")
+    return Service(
+        name="pushgateway",
+        port=settings.port("pushgateway"),
+        command=[
+            "prometheus-pushgateway",
+            f"--web.listen-address=127.0.0.1:{settings.port('pushgateway')}",
+            f"--persistence.file={d / 'metrics.db'}",
+            "--persistence.interval=30s",
+        ],
+        health_path="/-/ready",
+        group=GROUP,
+        executables={"prometheus-pushgateway": "prometheus-pushgateway"},
+    )
+
+
+def alertmanager_service(settings: Settings, group_wait: str | None = None, group_interval: str | None = None,
+                         repeat_interval: str | None = None) -> Service:
+    d = settings.service_dir("alertmanager")
+    wait = group_wait or _env("KFRELEASE_ALERTMANAGER_GROUP_WAIT", "10s")
+    interval = group_interval or _env("KFRELEASE_ALERTMANAGER_GROUP_INTERVAL", "1m")
+    repeat = repeat_interval or _env("KFRELEASE_ALERTMANAGER_REPEAT_INTERVAL", "4h")
+
+    def prepare(s: Settings) -> None:
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        (d / "alertmanager.yml").write_text(json.dumps(alertmanager_config(s, wait, interval, repeat), indent=2))
+
+    return Service(
+        name="alertmanager",
+        port=settings.port("alertmanager"),
+        command=[
+            "prometheus-alertmanager",
+            f"--config.file={d / 'alertmanager.yml'}",
+            f"--storage.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{settings.port('alertmanager')}",
+            "--cluster.listen-address=",  # empty: no HA gossip port (one instance, 127.0.0.1 only)
+        ],
+        health_path="/-/ready",
+        prepare=prepare,
+        group=GROUP,
+        executables={"prometheus-alertmanager": "prometheus-alertmanager"},
+    )
+
+
+def receiver_service(settings: Settings) -> Service:
+    return Service(
+        name="alert-receiver",
+        port=settings.port("alert-receiver"),
+        command=[sys.executable, "-m", "kfrelease.monitoring.receiver", "--port", str(settings.port("alert-receiver"))],
+        health_path="/healthz",
+        group=GROUP,
+    )
+
+
+def services(settings: Settings) -> list[Service]:
+    """The monitoring group, in start order (the receiver first: Alertmanager posts to it)."""
+    return [
+        receiver_service(settings),
+        pushgateway_service(settings),
+        alertmanager_service(settings),
+        prometheus_service(settings),
+    ]

@@ -1,0 +1,314 @@
+"""Windowed model quality per model version and stage, from prediction logs joined with ground truth.
+
+A window is either a span of time (tumbling, aligned to the epoch: ``WindowSpec("time", 3600)``) or a count
+of labelled predictions (``WindowSpec("count", 500)``: consecutive labelled predictions in time order).
+Each window reports MSE, RMSE, MAE and R² from ``kfrelease.metrics.regression_metrics`` (the one metric
+definition of the project), input drift against the training reference (``kfrelease.drift.data_drift``),
+and counts. A window with fewer than ``min_labels`` labelled predictions is reported with status
+``insufficient`` and no quality numbers (never NaN); predictions without any ground truth give
+``no-ground-truth``.
+
+Reading is bounded: the readers (``kfrelease.serving.logs.read_predictions`` and
+``kfrelease.serving.feedback.read_feedback``) read only the day partitions between ``since`` and ``until``;
+we keep only the columns a window needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from kfrelease.errors import ConfigError, DataValidationError, KfreleaseError
+from kfrelease.metrics import InsufficientData, regression_metrics
+
+log = logging.getLogger(__name__)
+
+#: Labelled predictions a window needs before its quality numbers count (below: ``insufficient``).
+DEFAULT_MIN_LABELS = 30
+#: Default R² floor when the model's registry entry declares none (alert: R² below it).
+DEFAULT_R2_FLOOR = 0.2
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """``kind`` "time" (``size`` seconds) or "count" (``size`` labelled predictions)."""
+
+    kind: str = "time"
+    size: int = 3600
+
+    def __post_init__(self):
+        if self.kind not in ("time", "count"):
+            raise ConfigError(f"window kind {self.kind!r} is unknown; use 'time' (seconds) or 'count' (labels)")
+        if int(self.size) <= 0:
+            raise ConfigError(f"window size must be positive, got {self.size}")
+
+    @classmethod
+    def parse(cls, text: str) -> "WindowSpec":
+        """``"1h"``, ``"15m"``, ``"90s"``, ``"2d"`` (time) or ``"500"`` / ``"500n"`` (count)."""
+        t = text.strip().lower()
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        try:
+            if t.endswith("n"):
+                return cls("count", int(t[:-1]))
+            if t and t[-1] in units:
+                return cls("time", int(float(t[:-1]) * units[t[-1]]))
+            return cls("count", int(t))
+        except ValueError:
+            raise ConfigError(
+                f"window {text!r} is not understood; use a duration like 1h, 15m, 90s or a label count like 500"
+            ) from None
+
+    @property
+    def label(self) -> str:
+        return f"{self.size}s" if self.kind == "time" else f"{self.size}n"
+
+
+@dataclass
+class WindowResult:
+    """One window of one model version at one stage."""
+
+    model: str
+    version: str
+    stage: str
+    window: str
+    start: str
+    end: str
+    predictions: int
+    labelled: int
+    status: str  # ok | insufficient | no-ground-truth
+    mse: float | None = None
+    rmse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
+    drift_share: float | None = None
+    drifted: list[str] = field(default_factory=list)
+    baseline_rmse: float | None = None
+    r2_floor: float | None = None
+    last_prediction_time: str | None = None
+    last_truth_time: str | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def key(self) -> tuple:
+        return (self.version, self.stage, self.window, self.start)
+
+
+@dataclass
+class MonitorOutcome:
+    """Every window computed, and the problems met on the way (reported, not raised)."""
+
+    model: str
+    windows: list[WindowResult]
+    warnings: list[str] = field(default_factory=list)
+    drift_reports: dict[tuple, object] = field(default_factory=dict, repr=False)  # key -> DriftResult
+
+    def latest(self) -> list[WindowResult]:
+        """The most recent window of each (version, stage)."""
+        last: dict[tuple, WindowResult] = {}
+        for w in self.windows:
+            k = (w.version, w.stage)
+            if k not in last or w.start >= last[k].start:
+                last[k] = w
+        return sorted(last.values(), key=lambda w: (w.version, w.stage))
+
+
+def _iso(ts) -> str | None:
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
+        return None
+    return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _utc(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, utc=True, format="ISO8601")
+
+
+def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Keep only what a window needs; check the schema; ``instance`` defaults to 0."""
+    needed = ["request_id", "time", "model_version", "stage", "prediction"]
+    missing = [c for c in needed if c not in preds.columns]
+    if missing:
+        raise DataValidationError(
+            f"prediction logs lack the columns {missing}; expected the CONTRACTS schema "
+            f"(request_id, time, model_version, stage, <features>, prediction)"
+        )
+    absent = [f for f in features if f not in preds.columns]
+    if absent:
+        raise DataValidationError(
+            f"prediction logs lack the input features {absent}; the logged instances do not match the model's "
+            f"input schema ({len(features)} features)"
+        )
+    out = preds[needed + list(features) + (["instance"] if "instance" in preds.columns else [])].copy()
+    if "instance" not in out.columns:
+        out["instance"] = 0
+    out["instance"] = out["instance"].fillna(0).astype("int64")
+    out["time"] = _utc(out["time"])
+    out["request_id"] = out["request_id"].astype(str)
+    return out
+
+
+def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in ("request_id", "truth") if c not in truth.columns]
+    if missing:
+        raise DataValidationError(f"ground truth lacks the columns {missing}; expected request_id, instance, truth, time")
+    out = truth[[c for c in ("request_id", "instance", "truth", "time") if c in truth.columns]].copy()
+    if "instance" not in out.columns:
+        out["instance"] = 0
+    out["instance"] = out["instance"].fillna(0).astype("int64")
+    out["request_id"] = out["request_id"].astype(str)
+    out = out.rename(columns={"time": "truth_time"})
+    if "truth_time" in out.columns:
+        out["truth_time"] = _utc(out["truth_time"])
+    else:
+        out["truth_time"] = pd.NaT
+    # The latest label of a prediction wins (a correction replaces an earlier value).
+    return out.sort_values("truth_time").drop_duplicates(["request_id", "instance"], keep="last")
+
+
+def join_ground_truth(preds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Left join: every prediction, with ``truth`` (NaN when unlabelled) and ``truth_time``."""
+    joined = preds.merge(truth, on=["request_id", "instance"], how="left", validate="many_to_one")
+    bad = joined["truth"].notna() & ~np.isfinite(joined["truth"].astype("float64"))
+    if bad.any():
+        joined.loc[bad, "truth"] = np.nan
+    return joined
+
+
+def _assign_windows(frame: pd.DataFrame, spec: WindowSpec) -> pd.DataFrame:
+    frame = frame.sort_values("time", kind="stable")
+    if spec.kind == "time":
+        secs = frame["time"].astype("int64") // 1_000_000_000
+        frame = frame.assign(_w=(secs // spec.size).astype("int64"))
+    else:
+        labelled = frame["truth"].notna().to_numpy()
+        # window k holds the labelled predictions k*size .. (k+1)*size-1 (and unlabelled ones among them)
+        rank = np.cumsum(labelled) - labelled
+        frame = frame.assign(_w=(rank // spec.size).astype("int64"))
+    return frame
+
+
+def compute_window(
+    frame: pd.DataFrame,
+    *,
+    model: str,
+    version: str,
+    stage: str,
+    spec: WindowSpec,
+    features: list[str],
+    min_labels: int = DEFAULT_MIN_LABELS,
+    reference: pd.DataFrame | None = None,
+    baseline_rmse: float | None = None,
+    r2_floor: float | None = None,
+) -> tuple[WindowResult, object | None]:
+    """Quality and drift of one window's rows (predictions joined with truth)."""
+    labelled = frame[frame["truth"].notna()]
+    if spec.kind == "time":
+        w = int(frame["_w"].iloc[0])
+        start, end = pd.Timestamp(w * spec.size, unit="s", tz="UTC"), pd.Timestamp((w + 1) * spec.size, unit="s", tz="UTC")
+    else:
+        start, end = frame["time"].min(), frame["time"].max()
+    res = WindowResult(
+        model=model,
+        version=version,
+        stage=stage,
+        window=spec.label,
+        start=_iso(start),
+        end=_iso(end),
+        predictions=int(len(frame)),
+        labelled=int(len(labelled)),
+        status="ok",
+        baseline_rmse=baseline_rmse,
+        r2_floor=r2_floor,
+        last_prediction_time=_iso(frame["time"].max()),
+        last_truth_time=_iso(labelled["truth_time"].max()) if len(labelled) else None,
+    )
+    if len(labelled) == 0:
+        res.status = "no-ground-truth"
+        res.message = f"{len(frame)} predictions have no ground truth yet"
+    else:
+        try:
+            m = regression_metrics(labelled["truth"], labelled["prediction"], min_samples=min_labels)
+            res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
+        except InsufficientData as exc:
+            res.status = "insufficient"
+            res.message = str(exc)
+        except KfreleaseError as exc:
+            res.status = "insufficient"
+            res.message = f"metrics not computed: {exc}"
+    drift = None
+    if reference is not None and len(frame) >= min_labels:
+        try:
+            drift = _drift(reference, frame, features)
+            res.drift_share, res.drifted = drift.share_drifted, drift.drifted
+        except KfreleaseError as exc:
+            res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
+    return res, drift
+
+
+def _drift(reference, frame, features):
+    from kfrelease.drift import data_drift
+
+    return data_drift(reference, frame, features)
+
+
+def compute_windows(
+    preds: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    model: str,
+    features: list[str],
+    spec: WindowSpec = WindowSpec(),
+    min_labels: int = DEFAULT_MIN_LABELS,
+    reference: pd.DataFrame | None = None,
+    baselines: dict[str, dict] | None = None,
+    latest_only: bool = False,
+    drift: bool = True,
+) -> MonitorOutcome:
+    """Every window of every (version, stage) in ``preds`` (one row per predicted instance).
+
+    ``baselines`` maps a version to ``{"rmse": ..., "r2_floor": ...}``; ``latest_only`` computes only the
+    most recent window of each (version, stage) (what the alerts look at)."""
+    outcome = MonitorOutcome(model, [])
+    if len(preds) == 0:
+        outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
+        return outcome
+    p = prepare_predictions(preds, features)
+    t = prepare_feedback(truth) if truth is not None and len(truth) else None
+    if t is None:
+        outcome.warnings.append(
+            f"no ground truth for model {model!r} in the period; quality is unknown (status no-ground-truth)"
+        )
+        t = pd.DataFrame({"request_id": pd.Series(dtype=str), "instance": pd.Series(dtype="int64"),
+                          "truth": pd.Series(dtype="float64"), "truth_time": pd.Series(dtype="datetime64[ns, UTC]")})
+    joined = join_ground_truth(p, t)
+    baselines = baselines or {}
+    for (version, stage), group in joined.groupby(["model_version", "stage"], sort=True):
+        group = _assign_windows(group, spec)
+        ids = sorted(group["_w"].unique())
+        if latest_only:
+            ids = ids[-1:]
+        base = baselines.get(version, {})
+        for w in ids:
+            rows = group[group["_w"] == w]
+            res, dr = compute_window(
+                rows,
+                model=model,
+                version=str(version),
+                stage=str(stage),
+                spec=spec,
+                features=features,
+                min_labels=min_labels,
+                reference=reference if drift else None,
+                baseline_rmse=base.get("rmse"),
+                r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
+            )
+            outcome.windows.append(res)
+            if dr is not None:
+                outcome.drift_reports[res.key] = dr
+    return outcome

@@ -1,0 +1,343 @@
+"""The model registry in the ``models`` bucket (layout in docs/CONTRACTS.md).
+
+Registration is atomic without any lock server: a version number is *claimed* by creating
+``registry/<model>/claims/<V>.json`` with ``If-None-Match: *`` (S3 conditional write, enforced by SeaweedFS
+and by Amazon S3), so two runs can never take the same number: the loser gets ``Conflict``, re-reads the
+claims and takes the next number. Only the claim's winner writes the artifacts and then the immutable
+``entry.json`` (also ``If-None-Match``); a version exists once its entry exists. A run killed between claim
+and entry leaves a burnt number (a gap) and no half-written version.
+
+Entries are immutable except the write-once ``image`` field, filled by ``containerize`` with ``If-Match``
+on the entry's ETag. Stages are an append-only history of event objects; a version's current stage is its
+latest event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kfrelease.errors import Conflict, KfreleaseError, NotFound
+from kfrelease.lineage import now_iso
+from kfrelease.registry.versions import Claim, VersionNumber, find_same, next_version
+from kfrelease.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+BUCKET = "models"
+STAGES = ("staging", "production", "archived", "rejected")
+#: How long a registration waits for a concurrent run that claimed the same (tag, definition, data).
+SAME_CLAIM_WAIT_SECONDS = 60.0
+MAX_ATTEMPTS = 64
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registry entry (fields of docs/CONTRACTS.md) and, when known, its current stage."""
+
+    entry: dict
+    stage: str | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    def __getattr__(self, name: str):
+        entry = self.__dict__.get("entry") or {}
+        if name in entry:
+            return entry[name]
+        raise AttributeError(name)
+
+    @property
+    def number(self) -> VersionNumber:
+        return VersionNumber.parse(self.entry["version"])
+
+    @property
+    def features(self) -> list[str]:
+        return [c["name"] for c in self.entry["input_schema"]]
+
+    @property
+    def passed(self) -> bool:
+        return bool((self.entry.get("verdict") or {}).get("passed"))
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: ModelVersion
+    created: bool  # False: the same tag, definition and data were registered before (idempotent)
+
+
+def _compact_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+class ModelRegistry:
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._claims_cache: dict[str, Claim] = {}
+
+    # keys ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _vkey(model: str, version: str, *parts: str) -> str:
+        return "/".join(("registry", model, "versions", version, *parts))
+
+    @staticmethod
+    def artifact_prefix(model: str, version: str) -> str:
+        return f"artifacts/{model}/{version}/"
+
+    # reading ---------------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        return sorted(o.key.rstrip("/").split("/")[-1] for o in self.store.iter(BUCKET, "registry/", recursive=False))
+
+    def get(self, model: str, version: str) -> ModelVersion:
+        VersionNumber.parse(version)
+        key = self._vkey(model, version, "entry.json")
+        info = self.store.stat(BUCKET, key)
+        if info is None:
+            known = ", ".join(v.version for v in self.list(model)[-5:]) or "none"
+            raise NotFound(f"model {model!r} has no version {version} (latest known: {known})")
+        return ModelVersion(self.store.get_json(BUCKET, key), self._latest_event(model, version), info.etag)
+
+    def _events(self, model: str, version: str | None = None) -> dict[str, list[str]]:
+        """Event keys per version, oldest first (keys start with a sortable UTC time)."""
+        prefix = f"registry/{model}/versions/" + (f"{version}/" if version else "")
+        out: dict[str, list[str]] = {}
+        for obj in self.store.iter(BUCKET, prefix):
+            parts = obj.key.split("/")
+            if len(parts) == 6 and parts[4] == "events":
+                out.setdefault(parts[3], []).append(obj.key)
+        return {v: sorted(keys) for v, keys in out.items()}
+
+    def _latest_event(self, model: str, version: str) -> str | None:
+        keys = self._events(model, version).get(version)
+        return self.store.get_json(BUCKET, keys[-1])["stage"] if keys else None
+
+    def list(self, model: str) -> list[ModelVersion]:
+        """Every version of a model, oldest number first, with its current stage."""
+        entries, events = [], {}
+        for obj in self.store.iter(BUCKET, f"registry/{model}/versions/"):
+            parts = obj.key.split("/")
+            if len(parts) == 5 and parts[4] == "entry.json":
+                entries.append((parts[3], obj.key))
+            elif len(parts) == 6 and parts[4] == "events":
+                events.setdefault(parts[3], []).append(obj.key)
+        out = []
+        for version, key in entries:
+            stage = self.store.get_json(BUCKET, max(events[version]))["stage"] if version in events else None
+            out.append(ModelVersion(self.store.get_json(BUCKET, key), stage))
+        return sorted(out, key=lambda v: v.number)
+
+    def history(self, model: str, version: str) -> list[dict]:
+        """The stage events of a version, oldest first: ``{stage, who, why, when, evidence}``."""
+        self.get(model, version)
+        return [self.store.get_json(BUCKET, k) for k in self._events(model, version).get(version, [])]
+
+    def current(self, model: str, stage: str) -> ModelVersion | None:
+        """The version most recently moved to ``stage`` that is still in it (None if there is none)."""
+        self._check_stage(stage)
+        best: tuple[str, str] | None = None
+        for version, keys in self._events(model).items():
+            last = self.store.get_json(BUCKET, keys[-1])
+            if last["stage"] == stage and (best is None or keys[-1].split("/")[-1] > best[1]):
+                best = (version, keys[-1].split("/")[-1])
+        return self.get(model, best[0]) if best else None
+
+    def download(self, model: str, version: str, dest_dir: str | Path) -> Path:
+        """Write ``model.joblib`` and ``model.json`` (the entry) into ``dest_dir``."""
+        mv = self.get(model, version)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        prefix = self.artifact_prefix(model, version)
+        self.store.get_file(BUCKET, prefix + "model.joblib", str(dest / "model.joblib"))
+        import json
+
+        (dest / "model.json").write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
+        return dest
+
+    def load_model(self, model: str, version: str):
+        """The fitted estimator of a version (scikit-learn, joblib)."""
+        import joblib
+
+        data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + "model.joblib")
+        return joblib.load(io.BytesIO(data))
+
+    # registering -----------------------------------------------------------------------------------------
+    def _claims(self, model: str) -> list[Claim]:
+        for obj in self.store.iter(BUCKET, f"registry/{model}/claims/"):
+            if obj.key not in self._claims_cache:  # claims are immutable: read each once
+                doc = self.store.get_json(BUCKET, obj.key)
+                self._claims_cache[obj.key] = Claim(
+                    VersionNumber.parse(doc["version"]), doc["spec_fingerprint"], doc["dataset_version"]
+                )
+        prefix = f"registry/{model}/claims/"
+        return [c for k, c in self._claims_cache.items() if k.startswith(prefix)]
+
+    def _wait_entry(self, model: str, version: str, timeout: float) -> ModelVersion | None:
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            if self.store.stat(BUCKET, self._vkey(model, version, "entry.json")) is not None:
+                return self.get(model, version)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def register(
+        self,
+        *,
+        name: str,
+        tag: int,
+        spec_fingerprint: str,
+        dataset: str,
+        dataset_version: str,
+        commit: str,
+        run_id: str,
+        metrics: dict,
+        verdict: dict,
+        input_schema: list[dict],
+        target: str,
+        model_bytes: bytes,
+        extra: dict | None = None,
+        who: str = "training-pipeline",
+        same_claim_wait: float = SAME_CLAIM_WAIT_SECONDS,
+    ) -> Registration:
+        """Register a trained model under the next version of DESIGN.md's rules (see the module docstring).
+
+        The same (tag, fingerprint, dataset version) returns the existing version (``created=False``). A
+        model whose verdict did not pass is registered with a ``rejected`` stage event and its reasons."""
+        dead: set[VersionNumber] = set()
+        for attempt in range(MAX_ATTEMPTS):
+            claims = self._claims(name)
+            same = find_same([c for c in claims if c.version not in dead], tag, spec_fingerprint, dataset_version)
+            if same is not None:
+                existing = self._wait_entry(name, str(same.version), same_claim_wait)
+                if existing is not None:
+                    log.info("%s %s already registered for this definition and data", name, same.version)
+                    return Registration(existing, False)
+                log.warning("claim %s of %s has no entry after %.0f s; treating it as dead", same.version, name,
+                            same_claim_wait)
+                dead.add(same.version)
+                continue
+            number = next_version(claims, tag, spec_fingerprint)
+            version = str(number)
+            claim = {
+                "version": version,
+                "spec_fingerprint": spec_fingerprint,
+                "dataset_version": dataset_version,
+                "run_id": run_id,
+                "claimed_at": now_iso(),
+            }
+            try:
+                self.store.put_json(BUCKET, f"registry/{name}/claims/{version}.json", claim, if_none_match=True)
+            except Conflict:
+                log.info("version %s of %s was claimed concurrently; retrying (attempt %d)", version, name, attempt + 1)
+                time.sleep(random.uniform(0.01, 0.05 * (1 + attempt)))
+                continue
+            return Registration(
+                self._write_version(
+                    name, number, tag, spec_fingerprint, dataset, dataset_version, commit, run_id, metrics, verdict,
+                    input_schema, target, model_bytes, extra or {}, who,
+                ),
+                True,
+            )
+        raise KfreleaseError(f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run")
+
+    def _write_version(self, name, number, tag, fingerprint, dataset, dataset_version, commit, run_id, metrics,
+                       verdict, input_schema, target, model_bytes, extra, who) -> ModelVersion:
+        version = str(number)
+        prefix = self.artifact_prefix(name, version)
+        entry = {
+            **extra,
+            "name": name,
+            "version": version,
+            "tag": tag,
+            "manual": number.manual,
+            "auto": number.auto,
+            "commit": commit,
+            "spec_fingerprint": fingerprint,
+            "dataset": dataset,
+            "dataset_version": dataset_version,
+            "run_id": run_id,
+            "metrics": {k: metrics.get(k) for k in ("mse", "rmse", "mae", "r2", "n") if k in metrics},
+            "verdict": {"passed": bool(verdict.get("passed")), "reasons": list(verdict.get("reasons", [])),
+                        **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")}},
+            "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": ["model.joblib", "model.json"]},
+            "input_schema": input_schema,
+            "target": target,
+            "image": None,
+            "created_at": now_iso(),
+        }
+        self.store.put_bytes(BUCKET, prefix + "model.joblib", model_bytes)
+        self.store.put_json(BUCKET, prefix + "model.json", entry)
+        self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)
+        mv = ModelVersion(entry)
+        if not entry["verdict"]["passed"]:
+            self._event(name, version, "rejected", who, "; ".join(entry["verdict"]["reasons"]) or "validation failed",
+                        {"verdict": entry["verdict"]})
+            mv = ModelVersion(entry, "rejected")
+        log.info("registered %s %s (%s)", name, version, "passed" if mv.passed else "rejected")
+        return mv
+
+    # stages ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_stage(stage: str) -> None:
+        if stage not in STAGES:
+            raise KfreleaseError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+    def _event(self, model: str, version: str, stage: str, who: str, why: str, evidence: dict | None) -> dict:
+        event = {"stage": stage, "who": who, "why": why, "when": now_iso(), "evidence": evidence or {},
+                 "version": version}
+        key = self._vkey(model, version, "events", f"{_compact_now()}-{uuid.uuid4().hex}.json")
+        self.store.put_json(BUCKET, key, event, if_none_match=True)
+        return event
+
+    def set_stage(self, model: str, version: str, stage: str, who: str, why: str, evidence: dict | None = None) -> dict:
+        """Append a stage event. Moving a version to production archives the previous production version.
+        A rejected version can never be staged or promoted."""
+        self._check_stage(stage)
+        mv = self.get(model, version)
+        if stage in ("staging", "production") and not mv.passed:
+            raise KfreleaseError(
+                f"{model} {version} was rejected by validation ({'; '.join(mv.verdict.get('reasons', []))}); "
+                f"it cannot be moved to {stage}"
+            )
+        previous = self.current(model, "production") if stage == "production" else None
+        event = self._event(model, version, stage, who, why, evidence)
+        if previous is not None and previous.version != version:
+            self._event(model, previous.version, "archived", who, f"replaced in production by {version}",
+                        {"replaced_by": version})
+        return event
+
+    def set_image(self, model: str, version: str, ref: str, digest: str) -> ModelVersion:
+        """Fill the write-once ``image`` field of an entry (``If-Match`` on its ETag)."""
+        for _ in range(5):
+            mv = self.get(model, version)
+            image = mv.entry.get("image")
+            if image:
+                if image.get("digest") == digest:
+                    return mv
+                raise Conflict(f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}")
+            entry = {**mv.entry, "image": {"ref": ref, "digest": digest}}
+            try:
+                self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
+            except Conflict:
+                continue
+            self.store.put_json(BUCKET, self.artifact_prefix(model, version) + "model.json", entry)
+            return ModelVersion(entry, mv.stage)
+        raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry")
+
+
+def model_dir_from_bytes(model_bytes: bytes, entry: dict, dest: Path | None = None) -> Path:
+    """A model directory (model.joblib + model.json) from an artifact in memory."""
+    import json
+
+    dest = Path(dest or tempfile.mkdtemp(prefix="kfrelease-model-"))
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "model.joblib").write_bytes(model_bytes)
+    (dest / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True, default=str))
+    return dest

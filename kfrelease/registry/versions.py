@@ -1,0 +1,63 @@
+"""Model version numbers ``V<Model_Tag>.<Manual>.<Auto>`` and the rules that pick the next one (DESIGN.md).
+
+- a tag seen for the first time starts at ``V<tag>.1.0``;
+- a model definition (spec fingerprint) new within its tag gets the next manual revision, auto 0;
+- a definition already known within its tag, retrained on other data, keeps its manual revision and gets
+  the next auto revision of that manual revision;
+- the same tag, definition and dataset version is the same version (idempotent; see ``find_same``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kfrelease.errors import ConfigError
+
+_VERSION = re.compile(r"^V(\d+)\.(\d+)\.(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class VersionNumber:
+    tag: int
+    manual: int
+    auto: int
+
+    def __str__(self) -> str:
+        return f"V{self.tag}.{self.manual}.{self.auto}"
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionNumber":
+        m = _VERSION.match(text.strip())
+        if not m:
+            raise ConfigError(f"{text!r} is not a model version; versions look like V2.3.1 (tag.manual.auto)")
+        return cls(int(m[1]), int(m[2]), int(m[3]))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One taken version number and what it was taken for."""
+
+    version: VersionNumber
+    fingerprint: str
+    dataset_version: str
+
+
+def find_same(claims: list[Claim], tag: int, fingerprint: str, dataset_version: str) -> Claim | None:
+    for c in sorted(claims, key=lambda c: c.version):
+        if c.version.tag == tag and c.fingerprint == fingerprint and c.dataset_version == dataset_version:
+            return c
+    return None
+
+
+def next_version(claims: list[Claim], tag: int, fingerprint: str) -> VersionNumber:
+    """The version a new (tag, definition, data) gets, given every number already taken."""
+    in_tag = [c for c in claims if c.version.tag == tag]
+    if not in_tag:
+        return VersionNumber(tag, 1, 0)
+    known = [c.version.manual for c in in_tag if c.fingerprint == fingerprint]
+    if known:
+        manual = min(known)  # a definition keeps the manual revision it was first given
+        auto = max(c.version.auto for c in in_tag if c.version.manual == manual) + 1
+        return VersionNumber(tag, manual, auto)
+    return VersionNumber(tag, max(c.version.manual for c in in_tag) + 1, 0)

@@ -1,0 +1,184 @@
+"""The training pipeline's steps as plain functions over files and values.
+
+The KFP components (``kfrelease.components.train`` ...) call exactly these, with their artifact paths;
+``run_inline`` calls them in one process in the same order (tests, benchmark, quick local runs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from kfrelease.config import Settings
+from kfrelease.training.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ROLE = "pipeline"
+PREDICTION = "prediction"
+STEP_NAMES = ("train", "evaluate", "validate", "register", "containerize", "deploy-staging")
+
+
+def _store(settings: Settings | None = None):
+    from kfrelease.storage import store_for
+
+    return store_for(ROLE, settings)
+
+
+def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_path: str, test_path: str,
+               settings: Settings | None = None) -> dict:
+    """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
+    import joblib
+
+    from kfrelease.data.publish import load_dataset
+    from kfrelease.training.core import train
+
+    spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
+    df, dv = load_dataset(_store(settings), spec.dataset, dataset_version or "latest")
+    result = train(spec, df, dv.version)
+    joblib.dump(result.model, model_path)
+    result.train.to_parquet(train_path, index=False)
+    result.test.to_parquet(test_path, index=False)
+    return {"dataset_version": dv.version, "spec_fingerprint": spec.fingerprint, "train_rows": len(result.train),
+            "test_rows": len(result.test), "fit_seconds": result.fit_seconds}
+
+
+def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: str | None = None) -> dict:
+    """Evidently regression report on the held-out split; returns metrics, writes the HTML report."""
+    import joblib
+
+    from kfrelease.evaluation import regression_report
+    from kfrelease.training.core import predict
+
+    model = joblib.load(model_path)
+    test = pd.read_parquet(test_path)
+    test[PREDICTION] = predict(model, test, spec.features)
+    metrics, html = regression_report(test, spec.target, PREDICTION, list(spec.features))
+    if html_path:
+        Path(html_path).write_text(html, encoding="utf-8")
+    return metrics
+
+
+def validate_step(spec: ModelSpec, metrics: dict, train_path: str, test_path: str,
+                  settings: Settings | None = None) -> dict:
+    """The verdict: thresholds, champion on the same test rows, drift against the champion's data."""
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training.validate import load_champion, validate
+
+    store = _store(settings)
+    champion = load_champion(ModelRegistry(store), store, spec)
+    verdict = validate(spec, metrics, pd.read_parquet(test_path), pd.read_parquet(train_path), champion)
+    return verdict.as_dict()
+
+
+def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: str, model_path: str,
+                  metrics: dict, verdict: dict, settings: Settings | None = None) -> dict:
+    """Register under the next version (or return the existing one); rejected models are recorded as such."""
+    from kfrelease.registry import ModelRegistry
+
+    reg = ModelRegistry(_store(settings)).register(
+        name=spec.name, tag=spec.tag, spec_fingerprint=spec.fingerprint, dataset=spec.dataset,
+        dataset_version=dataset_version, commit=commit, run_id=run_id, metrics=metrics, verdict=verdict,
+        input_schema=spec.input_schema, target=spec.target, model_bytes=Path(model_path).read_bytes(),
+        extra={"spec": {"text": spec.text, "code": spec.code}, "split": {"test_size": spec.test_size, "seed": spec.seed}},
+    )
+    mv = reg.version
+    return {"version": mv.version, "created": reg.created, "passed": mv.passed, "stage": mv.stage}
+
+
+def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
+    """Build and push the version's ModelCar image; record ref and digest in its entry (once)."""
+    from kfrelease.oci import containerize, image_registry
+    from kfrelease.registry import ModelRegistry
+
+    settings = settings or Settings.from_env()
+    reg = ModelRegistry(_store(settings))
+    mv = reg.get(model, version)
+    if mv.entry.get("image"):
+        return mv.entry["image"]
+    with tempfile.TemporaryDirectory(prefix="kfrelease-modelcar-") as tmp:
+        model_dir = reg.download(model, version, tmp)
+        image = containerize(model_dir, registry or image_registry(settings), f"kfrelease/{model}", version,
+                             {"org.opencontainers.image.title": model, "org.opencontainers.image.version": version,
+                              "kfrelease.commit": mv.commit or "", "kfrelease.dataset_version": mv.dataset_version})
+    reg.set_image(model, version, image.ref, image.digest)
+    return image.as_dict()
+
+
+def deploy_staging_step(model: str, version: str, run_id: str, settings: Settings | None = None) -> str:
+    """Mark the version as the staging candidate (idempotent: no second event if it already is)."""
+    from kfrelease.registry import ModelRegistry
+
+    reg = ModelRegistry(_store(settings))
+    mv = reg.get(model, version)
+    if mv.stage is not None:  # already staged (or promoted/archived since): a re-run changes nothing
+        return mv.stage
+    reg.set_stage(model, version, "staging", "training-pipeline", f"passed validation in run {run_id}",
+                  {"run_id": run_id, "metrics": mv.metrics, "image": mv.entry.get("image")})
+    return "staging"
+
+
+@dataclass
+class InlineRun:
+    run_id: str
+    dataset_version: str = ""
+    metrics: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)
+    registration: dict = field(default_factory=dict)
+    image: dict | None = None
+    stage: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.registration.get("version", "")
+
+
+def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", run_id: str | None = None,
+               settings: Settings | None = None, containerize: bool = True) -> InlineRun:
+    """The training pipeline's steps in this process (same functions, same order, same conditions)."""
+    import time
+
+    settings = settings or Settings.from_env()
+    run = InlineRun(run_id or f"inline-{uuid.uuid4().hex[:12]}")
+    with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
+        p = {k: str(Path(tmp) / k) for k in ("model.joblib", "train.parquet", "test.parquet", "report.html")}
+
+        def timed(name, fn, *args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            run.seconds[name] = time.perf_counter() - start
+            return out
+
+        trained = timed("train", train_step, spec, dataset_version, p["model.joblib"], p["train.parquet"],
+                        p["test.parquet"], settings)
+        run.dataset_version = trained["dataset_version"]
+        run.metrics = timed("evaluate", evaluate_step, spec, p["model.joblib"], p["test.parquet"], p["report.html"])
+        run.verdict = timed("validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"],
+                            settings)
+        run.registration = timed("register", register_step, spec, commit, run.dataset_version, run.run_id,
+                                 p["model.joblib"], run.metrics, run.verdict, settings)
+        if run.registration["passed"]:
+            if containerize:
+                run.image = timed("containerize", containerize_step, spec.name, run.version, settings)
+            run.stage = timed("deploy-staging", deploy_staging_step, spec.name, run.version, run.run_id, settings)
+    return run
+
+
+def dumps(doc) -> str:
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+def model_bytes(model) -> bytes:
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    return buf.getvalue()

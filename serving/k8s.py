@@ -1,0 +1,471 @@
+"""Cluster rendering of a release: KServe InferenceServices (built with the ``kserve`` SDK's V1beta1 models)
+and the Istio VirtualService that mirrors production traffic to the staging candidate.
+
+Deployment modes (``RolloutSpec.serving.deployment_mode``):
+
+- ``Serverless`` (the EKS default, see docs/gateway.md): the production InferenceService's predictor is the
+  newest version and ``canaryTrafficPercent: N`` gives it N %, the previously rolled-out revision keeps the
+  rest (Knative revisions). Promotion removes the field. ``canaryTrafficPercent`` is silently ignored in
+  RawDeployment mode (kserve/kserve#5335), which is why the mode decides the rendering.
+- ``RawDeployment`` (KServe's Standard mode): the stable predictor stays, the candidate is an entry of the
+  ``spec.canary`` list with ``trafficPercent`` (kserve/kserve#5672, KServe 0.20; the webhook accepts it only
+  with the annotation ``serving.kserve.io/deploymentMode: Standard``, requires ``predictor.name``, and
+  refuses maxReplicas/scaleTarget/scaleMetric/autoScaling on a canary:
+  ``pkg/apis/serving/v1beta1/inference_service_validation.go``). The VirtualService then also carries
+  the weights, since it routes to the predictor Services directly.
+
+Shadow: KServe has no traffic mirroring (kserve/kserve#2978); an Istio VirtualService route to the
+production predictor with ``mirror`` (the staging predictor) and ``mirrorPercentage`` does it; Envoy
+discards mirrored responses. Envoy appends ``-shadow`` to the mirrored Host unless Istio disables it
+(istio/istio#57530, #57708); the staging predictor must accept that host (a Knative route matches the
+``-shadow`` host only if listed, so the VirtualService targets the predictor Services' cluster hosts).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+
+from kfrelease.errors import ConfigError
+from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError
+from kfrelease.rollout.traffic import TrafficState
+
+KSERVE_API = "serving.kserve.io/v1beta1"
+ISTIO_API = "networking.istio.io/v1"
+RUNTIME = "kfrelease-predictor"
+DEFAULT_INGRESS_GATEWAY = "kubeflow/kubeflow-gateway"
+DEFAULT_DOMAIN = "example.com"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# The webhook accepts spec.canary only with "Standard" (RawDeployment is its legacy name); "Serverless"
+# is accepted by every KServe version (newer ones normalise it to "Knative"): pkg/constants/constants.go.
+MODE_VALUE = {"Serverless": "Serverless", "RawDeployment": "Standard"}
+STORAGE_SCHEMES = ("oci://", "s3://")
+
+
+def _dns(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def version_slug(version: str) -> str:
+    """``V1.2.0`` -> ``v1-2-0`` (a DNS label part)."""
+    return _dns(version)
+
+
+def production_name(spec: RolloutSpec) -> str:
+    return _dns(spec.model)
+
+
+def staging_name(spec: RolloutSpec) -> str:
+    return f"{production_name(spec)}-staging"
+
+
+def predictor_name(version: str) -> str:
+    """Standard-mode predictor name of a version. Stable and canary use the same name, so promotion
+    retargets the stable predictor to the canary's Deployment without a restart (kserve/kserve#5672)."""
+    return version_slug(version)
+
+
+def default_logger_url(spec: RolloutSpec) -> str:
+    return f"http://kfrelease-logsink.{spec.serving.namespace}.svc.cluster.local/"
+
+
+def _storage_uri(storage_uris: Mapping[str, str], version: str) -> str:
+    uri = storage_uris.get(version)
+    if not uri:
+        raise ConfigError(
+            f"no storage URI for model version {version}; give its ModelCar image (oci://...) or s3:// URI"
+        )
+    if not uri.startswith(STORAGE_SCHEMES):
+        raise ConfigError(f"storage URI {uri!r} of {version} must start with oci:// (ModelCar) or s3://")
+    return uri
+
+
+def _api():
+    from kubernetes.client import ApiClient
+
+    return ApiClient()
+
+
+def to_dict(obj) -> dict:
+    """A kserve/kubernetes SDK model as the camelCase dict the API server takes (None fields dropped)."""
+    return _api().sanitize_for_serialization(obj)
+
+
+def _model_spec(spec: RolloutSpec, version: str, stage: str, uri: str, canary: bool = False):
+    from kserve import V1beta1ModelFormat, V1beta1ModelSpec
+    from kubernetes.client import V1EnvVar, V1ResourceRequirements
+
+    s = spec.serving
+    return V1beta1ModelSpec(
+        model_format=V1beta1ModelFormat(name="sklearn"),
+        runtime=RUNTIME,
+        storage_uri=uri,
+        env=[
+            V1EnvVar(name="KFRELEASE_MODEL_NAME", value=spec.model),
+            V1EnvVar(name="KFRELEASE_MODEL_VERSION", value=version),
+            V1EnvVar(name="KFRELEASE_STAGE", value=stage),
+        ],
+        resources=V1ResourceRequirements(
+            requests={"cpu": s.cpu, "memory": s.memory},
+            limits={"cpu": s.cpu, "memory": s.memory},
+        ),
+    )
+
+
+def _predictor(
+    spec: RolloutSpec,
+    version: str,
+    stage: str,
+    uri: str,
+    logger_url: str,
+    *,
+    name=None,
+    canary=False,
+):
+    from kserve import V1beta1LoggerSpec, V1beta1PredictorSpec
+
+    s = spec.serving
+    kwargs = {
+        "name": name,
+        "model": _model_spec(spec, version, stage, uri),
+        "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
+        "labels": {
+            "kfrelease.io/version": version_slug(version),
+            "kfrelease.io/stage": stage,
+        },
+    }
+    if canary:  # the Standard-mode webhook refuses autoscaling fields on a canary (fixed replicas)
+        kwargs["min_replicas"] = s.min_replicas
+    elif s.deployment_mode == "Serverless":
+        kwargs.update(
+            min_replicas=s.min_replicas,
+            max_replicas=s.max_replicas,
+            scale_metric="concurrency",
+            scale_target=s.scale_target,
+        )
+    else:  # Standard mode scales with an HPA on CPU (concurrency is a Knative metric)
+        kwargs.update(
+            min_replicas=s.min_replicas,
+            max_replicas=s.max_replicas,
+            scale_metric="cpu",
+            scale_target=75,
+        )
+    return V1beta1PredictorSpec(**kwargs)
+
+
+def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None) -> dict:
+    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
+    from kubernetes.client import V1ObjectMeta
+
+    obj = V1beta1InferenceService(
+        api_version=KSERVE_API,
+        kind="InferenceService",
+        metadata=V1ObjectMeta(
+            name=name,
+            namespace=spec.serving.namespace,
+            labels={
+                "app.kubernetes.io/part-of": "kfrelease",
+                "kfrelease.io/model": _dns(spec.model),
+                "kfrelease.io/stage": stage,
+            },
+            annotations={
+                MODE_ANNOTATION: MODE_VALUE[spec.serving.deployment_mode],
+                "serving.kserve.io/enable-prometheus-scraping": "true",
+            },
+        ),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor, canary=canary),
+    )
+    return to_dict(obj)
+
+
+def render_inference_services(
+    spec: RolloutSpec,
+    state: TrafficState,
+    storage_uris: Mapping[str, str],
+    *,
+    logger_url: str | None = None,
+) -> list[dict]:
+    """The InferenceServices of a traffic state: production (with its canary) and, when a shadow runs, the
+    staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI."""
+    spec.check()
+    if not state.primary and not state.canary:
+        raise RolloutSpecError("traffic state has no version to serve; no traffic was moved")
+    logger_url = logger_url or default_logger_url(spec)
+    mode = spec.serving.deployment_mode
+    primary = state.primary or state.canary
+    # A canary at weight 0 stays rendered: in Serverless mode ``canaryTrafficPercent: 0`` is KServe's
+    # instant rollback (no new revision); ``TrafficState.rolled_back()`` (no canary) rolls forward to the
+    # primary's spec instead.
+    canary = state.canary if state.canary and state.primary else None
+    out = []
+    if mode == "Serverless":
+        # The spec describes the newest revision; canaryTrafficPercent gives it that share, the last
+        # revision rolled out at 100 % keeps the rest. A canary at 100 % is rendered as promoted.
+        newest = canary or primary
+        pred = _predictor(
+            spec,
+            newest,
+            "canary" if canary else "production",
+            _storage_uri(storage_uris, newest),
+            logger_url,
+        )
+        if canary and state.canary_weight < 100:
+            pred.canary_traffic_percent = state.canary_weight
+        out.append(_isvc(spec, production_name(spec), "production", pred))
+    else:
+        from kserve import V1beta1CanarySpec
+
+        pred = _predictor(
+            spec,
+            primary,
+            "production",
+            _storage_uri(storage_uris, primary),
+            logger_url,
+            name=predictor_name(primary),
+        )
+        canaries = None
+        if canary:
+            cpred = _predictor(
+                spec,
+                canary,
+                "canary",
+                _storage_uri(storage_uris, canary),
+                logger_url,
+                name=predictor_name(canary),
+                canary=True,
+            )
+            canaries = [V1beta1CanarySpec(predictor=cpred, traffic_percent=state.canary_weight)]
+        out.append(_isvc(spec, production_name(spec), "production", pred, canaries))
+    if state.shadow:
+        pred = _predictor(
+            spec,
+            state.shadow,
+            "staging",
+            _storage_uri(storage_uris, state.shadow),
+            logger_url,
+        )
+        out.append(_isvc(spec, staging_name(spec), "staging", pred))
+    return out
+
+
+def _svc_host(spec: RolloutSpec, service: str) -> str:
+    return f"{service}.{spec.serving.namespace}.svc.cluster.local"
+
+
+def render_virtual_service(
+    spec: RolloutSpec,
+    state: TrafficState,
+    *,
+    host: str | None = None,
+    gateways: list[str] | None = None,
+) -> dict:
+    """The Istio VirtualService clients call: routes to production (and, in RawDeployment mode, to the
+    canary by weight) and mirrors ``mirror_percent`` of the requests to the staging candidate."""
+    spec.check()
+    ns = spec.serving.namespace
+    prod = production_name(spec)
+    host = host or f"{prod}.{ns}.{DEFAULT_DOMAIN}"
+    predictor_host = _svc_host(spec, f"{prod}-predictor")
+    if spec.serving.deployment_mode == "RawDeployment" and state.canary and state.primary and state.canary_weight > 0:
+        canary_host = _svc_host(spec, f"{prod}-{predictor_name(state.canary)}-predictor")
+        route = [
+            {
+                "destination": {"host": predictor_host, "port": {"number": 80}},
+                "weight": 100 - state.canary_weight,
+            },
+            {
+                "destination": {"host": canary_host, "port": {"number": 80}},
+                "weight": state.canary_weight,
+            },
+        ]
+        route = [r for r in route if r["weight"] > 0]
+    else:  # Serverless: Knative splits between revisions behind the predictor host
+        route = [{"destination": {"host": predictor_host, "port": {"number": 80}}}]
+    http = {
+        "name": "predict",
+        "match": [
+            {"uri": {"prefix": "/v1/models/"}},
+            {"uri": {"prefix": "/v2/models/"}},
+        ],
+        "route": route,
+        "headers": {"request": {"set": {"Host": predictor_host}}},
+        "timeout": "60s",
+    }
+    mirror = float(state.mirror_percent or spec.shadow.mirror_percent) if state.shadow else 0.0
+    if state.shadow and mirror > 0:
+        http["mirror"] = {
+            "host": _svc_host(spec, f"{staging_name(spec)}-predictor"),
+            "port": {"number": 80},
+        }
+        http["mirrorPercentage"] = {"value": mirror}
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": {
+            "name": f"{prod}-release",
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/part-of": "kfrelease",
+                "kfrelease.io/model": _dns(spec.model),
+            },
+        },
+        "spec": {
+            "hosts": [host],
+            "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
+            "http": [http],
+        },
+    }
+
+
+def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
+    """The ServingRuntime our InferenceServices use: the project image running the kfrelease predictor on
+    the model KServe puts at ``/mnt/models`` (ModelCar or storage initializer)."""
+    from kserve import (
+        V1alpha1ServingRuntime,
+        V1alpha1ServingRuntimeSpec,
+        V1alpha1SupportedModelFormat,
+    )
+    from kubernetes.client import V1Container, V1ContainerPort, V1ObjectMeta
+
+    container = V1Container(
+        name="kserve-container",
+        image=image,
+        command=["python", "-m", "kfrelease.serving.predictor"],
+        args=[
+            "--model-dir",
+            "/mnt/models",
+            "--name",
+            "{{.Name}}",
+            "--http-port",
+            "8080",
+            "--stage",
+            "$(KFRELEASE_STAGE)",
+            "--logger-url",
+            "",
+        ],
+        ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
+    )
+    obj = V1alpha1ServingRuntime(
+        api_version="serving.kserve.io/v1alpha1",
+        kind="ServingRuntime",
+        metadata=V1ObjectMeta(name=RUNTIME, namespace=spec.serving.namespace),
+        spec=V1alpha1ServingRuntimeSpec(
+            supported_model_formats=[V1alpha1SupportedModelFormat(name="sklearn", version="1", auto_select=False)],
+            protocol_versions=["v1", "v2"],
+            containers=[container],
+        ),
+    )
+    return to_dict(obj)
+
+
+def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping[str, str], **kwargs) -> list[dict]:
+    """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
+    logger_url = kwargs.pop("logger_url", None)
+    return [
+        *render_inference_services(spec, state, storage_uris, logger_url=logger_url),
+        render_virtual_service(spec, state, **kwargs),
+    ]
+
+
+# --- applying a traffic state as a patch ------------------------------------------------------------
+
+
+def merge_patch(old, new):
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new`` (``None`` deletes a key)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return copy.deepcopy(new)
+    patch = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = copy.deepcopy(value)
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+def apply_merge_patch(doc, patch):
+    """Apply a JSON merge patch (RFC 7386) to a copy of ``doc``."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(doc) if isinstance(doc, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
+
+
+def _key(doc: dict) -> tuple[str, str, str]:
+    return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+
+def traffic_patches(
+    current: list[dict],
+    spec: RolloutSpec,
+    state: TrafficState,
+    storage_uris: Mapping[str, str],
+    **kwargs,
+) -> dict[str, list[dict]]:
+    """What the release controller sends to the cluster to move to ``state``: ``{"patch": [...],
+    "create": [...], "delete": [...]}``. Each patch is ``{apiVersion, kind, namespace, name, patch}``, a
+    JSON merge patch (``kubectl patch --type merge``) of the object's spec only. Raises before anything
+    is computed if the spec or state is bad."""
+    wanted = render_release(spec, state, storage_uris, **kwargs)
+    have = {_key(d): d for d in current}
+    out: dict[str, list[dict]] = {"patch": [], "create": [], "delete": []}
+    wanted_keys = set()
+    for doc in wanted:
+        key = _key(doc)
+        wanted_keys.add(key)
+        if key not in have:
+            out["create"].append(doc)
+            continue
+        patch = merge_patch({k: have[key].get(k) for k in ("spec",)}, {k: doc.get(k) for k in ("spec",)})
+        if patch:
+            out["patch"].append(
+                {
+                    "apiVersion": doc["apiVersion"],
+                    "kind": key[0],
+                    "namespace": key[1],
+                    "name": key[2],
+                    "patch": patch,
+                }
+            )
+    for key, doc in have.items():
+        if (
+            key not in wanted_keys
+            and doc.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/part-of") == "kfrelease"
+        ):
+            out["delete"].append(
+                {
+                    "apiVersion": doc["apiVersion"],
+                    "kind": key[0],
+                    "namespace": key[1],
+                    "name": key[2],
+                }
+            )
+    return out
+
+
+def apply_traffic(
+    current: list[dict],
+    spec: RolloutSpec,
+    state: TrafficState,
+    storage_uris: Mapping[str, str],
+    **kwargs,
+) -> list[dict]:
+    """The objects after ``traffic_patches`` (what the cluster will hold); for tests and dry runs."""
+    plan = traffic_patches(current, spec, state, storage_uris, **kwargs)
+    by_key = {_key(d): copy.deepcopy(d) for d in current}
+    for p in plan["patch"]:
+        key = (p["kind"], p["namespace"], p["name"])
+        by_key[key] = apply_merge_patch(by_key[key], p["patch"])
+    for d in plan["delete"]:
+        by_key.pop((d["kind"], d["namespace"], d["name"]), None)
+    for d in plan["create"]:
+        by_key[_key(d)] = d
+    return list(by_key.values())

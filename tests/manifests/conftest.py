@@ -1,0 +1,38 @@
+"""Fixtures of the manifests tests: the sources and each overlay built with the real `kubectl kustomize`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kfrelease.k8s.environments import MANIFESTS_DIR
+from kfrelease.k8s.render import Sources
+
+UPSTREAM_ROLES = Path(__file__).parent / "upstream" / "kubeflow-cluster-roles.yaml"
+
+
+def kustomize(directory: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed for `kubectl kustomize` (see scripts/system-deps.sh)"
+    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize {directory} failed: {proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def upstream_cluster_roles() -> list[dict]:
+    return [d for d in yaml.safe_load_all(UPSTREAM_ROLES.read_text()) if d]
+
+
+@pytest.fixture(scope="session")
+def sources() -> Sources:
+    return Sources.load(MANIFESTS_DIR)
+
+
+@pytest.fixture(scope="session")
+def built(sources) -> dict[str, list[dict]]:
+    """Environment name -> documents of `kubectl kustomize manifests/overlays/<env>`."""
+    return {name: kustomize(MANIFESTS_DIR / "overlays" / name) for name in sources.envs.environments}

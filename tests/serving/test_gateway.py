@@ -1,0 +1,244 @@
+"""The local gateway (nginx rendered from the rollout spec) in front of real KServe model servers.
+
+The model servers here are a tiny ``kserve.ModelServer`` model of this test (``test_gateway_helpers``)
+that records the request ids it saw, so the shadow's share and the ids can be checked even though the
+shadow's answers never come back through the gateway.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from kfrelease.serving.gateway import (
+    GatewayError,
+    LocalGatewayDriver,
+    check_config,
+    install_config,
+    render_nginx_config,
+)
+
+from kfrelease.config import Settings
+from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
+from kfrelease.stack import supervisor
+from tests.conftest import REPO, free_port_offset
+from tests.serving.test_gateway_helpers import Load, recorded, recording_command
+
+PREDICT = "/v1/models/m:predict"
+
+
+def _render(state, prefix, backends=None):
+    return render_nginx_config(
+        load_rollout_spec(),
+        state,
+        listen_port=1,
+        backends=backends or {"primary": 2, "shadow": 3, "canary": 4},
+        prefix=prefix,
+    )
+
+
+# --- rendering, no process ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        TrafficState(primary=None),
+        TrafficState(primary="V1"),
+        TrafficState(primary="V1", shadow="V2", mirror_percent=100),
+        TrafficState(primary="V1", shadow="V2", mirror_percent=12.5),
+        TrafficState(primary="V1", canary="V2", canary_weight=20),
+        TrafficState(primary="V1", canary="V2", canary_weight=100),
+        TrafficState(primary="V1", shadow="V3", canary="V2", canary_weight=50, mirror_percent=30),
+    ],
+)
+def test_every_traffic_state_renders_a_config_nginx_accepts(state, tmp_path):
+    text = _render(state, tmp_path)
+    check_config(tmp_path, text)  # raises with nginx's message if refused
+    assert "listen 127.0.0.1:1;" in text
+    if state.canary and 0 < state.canary_weight < 100:
+        assert f"{state.canary_weight}% kf_canary;" in text
+    assert ("mirror /_kf_shadow;" in text) == bool(state.shadow)
+
+
+def test_bad_weights_and_states_are_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(RolloutSpecError, match="canary weight 150 is outside 0..100"):
+        TrafficState(primary="V1", canary="V2", canary_weight=150)
+    with pytest.raises(RolloutSpecError, match="needs a canary version"):
+        TrafficState(primary="V1", canary_weight=20)
+    with pytest.raises(RolloutSpecError, match="mirror percent 101"):
+        TrafficState(primary="V1", shadow="V2", mirror_percent=101)
+    with pytest.raises(RolloutSpecError, match="also the primary"):
+        _render(TrafficState(primary="V1", canary="V1", canary_weight=10), tmp_path)
+    with pytest.raises(RolloutSpecError, match="two decimals"):
+        _render(TrafficState(primary="V1", shadow="V2", mirror_percent=12.345), tmp_path)
+    with pytest.raises(RolloutSpecError, match="no primary"):
+        _render(TrafficState(primary=None, shadow="V2"), tmp_path)
+
+
+def test_a_config_nginx_refuses_leaves_the_installed_one_unchanged(tmp_path):
+    good = _render(TrafficState(primary="V1"), tmp_path)
+    install_config(tmp_path, good)
+    with pytest.raises(GatewayError, match="nginx refused the new gateway config.*unchanged"):
+        install_config(tmp_path, good.replace("worker_processes 1;", "worker_processes one;"))
+    assert (tmp_path / "nginx.conf").read_text() == good
+
+
+# --- the gateway in front of running model servers -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gateway-home")
+    settings = Settings(home=home, port_offset=free_port_offset())
+    records = home / "records"
+    records.mkdir()
+    driver = LocalGatewayDriver(
+        settings,
+        load_rollout_spec(),
+        model_dir_for=lambda version: records,  # the recording model loads nothing
+        predictor_command=recording_command(records),
+        predictor_health_path="/v2/models/m/ready",
+        predictor_env={"PYTHONPATH": str(REPO)},  # the recording model lives in this test package
+    )
+    yield settings, driver, records
+    driver.stop()
+    assert not supervisor.records(settings), "the gateway left a process behind"
+
+
+def _predict(client, url, rid=None):
+    headers = {"x-request-id": rid} if rid else {}
+    return client.post(url, json={"instances": [[1.0, 2.0]]}, headers=headers)
+
+
+def test_shadow_gets_every_request_and_clients_only_see_the_primary(gateway):
+    settings, driver, records = gateway
+    driver.apply(TrafficState(primary="V1", shadow="V2", mirror_percent=100))
+    assert driver.current() == TrafficState(primary="V1", shadow="V2", mirror_percent=100)
+    url = settings.url("gateway", PREDICT)
+    before_p, before_s = len(recorded(records, "V1")), len(recorded(records, "V2"))
+    n, sent_ids, got_ids = 200, [], []
+    with httpx.Client(timeout=10) as client:
+        for i in range(n):
+            rid = f"client-{uuid.uuid4()}" if i % 2 else None  # half bring their own id
+            r = _predict(client, url, rid)
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == "V1"
+            got_ids.append(r.headers["x-request-id"])
+            if rid:
+                sent_ids.append(rid)
+                assert r.headers["x-request-id"] == rid
+    assert len(set(got_ids)) == n
+    primary = recorded(records, "V1")[before_p:]
+    assert all(x == ce for x, ce in primary), "primary got different x-request-id and ce-id"
+    assert sorted(x for x, _ in primary) == sorted(got_ids)
+    # mirrored requests are asynchronous: wait (bounded) until the shadow has seen all of them
+    shadow = _wait_for(lambda: recorded(records, "V2")[before_s:], n)
+    assert sorted(x for x, _ in shadow) == sorted(got_ids), "the shadow must see the same ids as the primary"
+    assert all(x == ce for x, ce in shadow)
+
+
+def test_shadow_below_100_percent_gets_its_share(gateway):
+    settings, driver, records = gateway
+    driver.apply(TrafficState(primary="V1", shadow="V2", mirror_percent=50))
+    before = len(recorded(records, "V2"))
+    ids = _send(settings.url("gateway", PREDICT), 600)
+    assert set(ids) == {"V1"}
+    # wait for in-flight mirrors: the count stops changing once the last mirrored request was served
+    mirrored = len(_settle(lambda: recorded(records, "V2")[before:]))
+    assert 0.42 * 600 <= mirrored <= 0.58 * 600, mirrored
+
+
+def test_canary_at_20_percent_gets_20_percent_of_2000_requests(gateway):
+    settings, driver, _records = gateway
+    driver.apply(TrafficState(primary="V1", canary="V3", canary_weight=20))
+    versions = _send(settings.url("gateway", PREDICT), 2000)
+    share = versions.count("V3") / len(versions) * 100
+    assert set(versions) == {"V1", "V3"}
+    assert 15 <= share <= 25, f"canary share {share:.1f}% is not within 20 +- 5"
+    assert supervisor.service_status(settings, "predictor-staging").pid is None, "the shadow was not stopped"
+
+
+def test_weight_changes_and_promotion_under_load_fail_no_request(gateway):
+    settings, driver, _records = gateway
+    driver.apply(TrafficState(primary="V1", canary="V3", canary_weight=10))
+    with Load(settings.url("gateway", PREDICT), threads=4) as load:
+        for weight in (25, 50, 100):
+            driver.apply(TrafficState(primary="V1", canary="V3", canary_weight=weight))
+        driver.apply(TrafficState(primary="V3"))  # promotion: the production slot is reloaded with V3
+        served_after_promotion = load.ok
+        _wait_for(lambda: [None] * (load.ok - served_after_promotion), 200)
+    assert load.failures == [], f"{len(load.failures)} failed of {load.ok + len(load.failures)}: {load.failures[:3]}"
+    assert load.ok > 500 and load.versions.get("V3", 0) > 0
+    assert driver.current() == TrafficState(primary="V3")
+    assert supervisor.service_status(settings, "predictor-canary").pid is None
+    r = _predict(httpx, settings.url("gateway", PREDICT))
+    assert r.json()["model_version"] == "V3"
+
+
+def test_a_bad_state_moves_no_traffic(gateway):
+    settings, driver, _records = gateway
+    conf = Path(settings.home / "services" / "gateway" / "nginx.conf")
+    before, state = conf.read_text(), driver.current()
+    with pytest.raises(RolloutSpecError, match="also the primary"):
+        driver.apply(TrafficState(primary=state.primary, canary=state.primary, canary_weight=30))
+    with pytest.raises(RolloutSpecError, match="outside 0..100"):
+        driver.apply(TrafficState(primary=state.primary, canary="V9", canary_weight=-5))
+    assert conf.read_text() == before and driver.current() == state
+
+
+def test_oversized_body_gets_a_json_413(gateway):
+    settings, _, _ = gateway
+    r = httpx.post(settings.url("gateway", PREDICT), content=b"x" * (9 * 1024 * 1024), timeout=30)
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _send(url: str, n: int, threads: int = 4) -> list[str]:
+    def run(count):
+        out = []
+        with httpx.Client(timeout=10) as client:
+            for _ in range(count):
+                r = _predict(client, url)
+                assert r.status_code == 200, r.text
+                out.append(r.json()["model_version"])
+        return out
+
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(run, [n // threads + (1 if i < n % threads else 0) for i in range(threads)])
+    return [v for part in parts for v in part]
+
+
+def _wait_for(get, n, timeout=20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = get()
+        if len(got) >= n:
+            return got
+        time.sleep(0.05)
+    got = get()
+    assert len(got) >= n, f"only {len(got)} of {n} arrived within {timeout} s"
+    return got
+
+
+def _settle(get, quiet=1.0, timeout=20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    last, since = get(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = get()
+        if len(now) != len(last):
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    return last

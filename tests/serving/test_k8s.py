@@ -1,0 +1,210 @@
+"""Cluster rendering: InferenceServices and the VirtualService of each traffic state validate against the
+vendored KServe and Istio CRD schemas and the Kubernetes schemas, and a traffic state becomes a patch."""
+
+from __future__ import annotations
+
+import pytest
+from kfrelease.serving.k8s import (
+    apply_traffic,
+    render_inference_services,
+    render_release,
+    render_serving_runtime,
+    render_virtual_service,
+    traffic_patches,
+)
+
+from kfrelease.errors import ConfigError
+from kfrelease.k8s.schemas import SchemaValidationError, crd_index, validate
+from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
+
+V1, V2 = "V1.1.0", "V1.2.0"
+URIS = {
+    V1: "oci://123456789012.dkr.ecr.us-east-1.amazonaws.com/kfrelease/diabetes-progression@sha256:" + "a" * 64,
+    V2: "s3://models/artifacts/diabetes-progression/V1.2.0/",
+}
+SERVERLESS = load_rollout_spec()
+RAW = SERVERLESS.with_changes(serving={"deployment_mode": "RawDeployment"})
+STATES = [
+    TrafficState(primary=V1),
+    TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+    TrafficState(primary=V1, shadow=V2, mirror_percent=25),
+    TrafficState(primary=V1, canary=V2, canary_weight=20),
+    TrafficState(primary=V1, canary=V2, canary_weight=100),
+    TrafficState(primary=V1, canary=V2, canary_weight=0),
+    TrafficState(primary=V2),
+]
+
+
+def _by_name(docs):
+    return {d["metadata"]["name"]: d for d in docs}
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+@pytest.mark.parametrize(
+    "state",
+    STATES,
+    ids=lambda s: f"{s.primary}-{s.shadow}-{s.canary}@{s.canary_weight}",
+)
+def test_every_rendered_object_validates_against_the_crd_schemas(spec, state):
+    docs = render_release(spec, state, URIS) + [render_serving_runtime(spec, "123.dkr.ecr/kfrelease:0.1.0")]
+    for doc in docs:
+        assert validate(doc).startswith("CRD schema"), doc["kind"]
+
+
+def test_serverless_canary_uses_canary_traffic_percent_on_the_newest_revision():
+    isvc = _by_name(render_inference_services(SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=20), URIS))
+    pred = isvc["diabetes-progression"]["spec"]["predictor"]
+    assert pred["canaryTrafficPercent"] == 20
+    assert pred["model"]["storageUri"] == URIS[V2]  # the spec describes the newest revision
+    assert pred["logger"] == {
+        "mode": "all",
+        "url": "http://kfrelease-logsink.kfrelease-serving.svc.cluster.local/",
+    }
+    assert pred["minReplicas"] == 1 and pred["maxReplicas"] == 4 and pred["scaleMetric"] == "concurrency"
+    assert isvc["diabetes-progression"]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert "canary" not in isvc["diabetes-progression"]["spec"]
+    rollback = render_inference_services(SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=0), URIS)
+    assert rollback[0]["spec"]["predictor"]["canaryTrafficPercent"] == 0  # KServe's instant rollback
+    promoted = render_inference_services(SERVERLESS, TrafficState(primary=V2), URIS)[0]["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in promoted and promoted["model"]["storageUri"] == URIS[V2]
+
+
+def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
+    isvc = render_inference_services(RAW, TrafficState(primary=V1, canary=V2, canary_weight=20), URIS)[0]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert isvc["spec"]["predictor"]["name"] == "v1-1-0" and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    (canary,) = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == 20 and canary["predictor"]["name"] == "v1-2-0"
+    assert not {"maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"} & set(canary["predictor"])
+    vs = render_virtual_service(RAW, TrafficState(primary=V1, canary=V2, canary_weight=20))
+    weights = [(r["destination"]["host"].split(".")[0], r["weight"]) for r in vs["spec"]["http"][0]["route"]]
+    assert weights == [
+        ("diabetes-progression-predictor", 80),
+        ("diabetes-progression-v1-2-0-predictor", 20),
+    ]
+
+
+def test_shadow_is_a_staging_service_and_an_istio_mirror():
+    state = TrafficState(primary=V1, shadow=V2, mirror_percent=25)
+    isvcs = _by_name(render_inference_services(SERVERLESS, state, URIS))
+    staging = isvcs["diabetes-progression-staging"]
+    assert staging["spec"]["predictor"]["model"]["storageUri"] == URIS[V2]
+    assert staging["metadata"]["labels"]["kfrelease.io/stage"] == "staging"
+    http = render_virtual_service(SERVERLESS, state)["spec"]["http"][0]
+    assert http["mirror"]["host"] == "diabetes-progression-staging-predictor.kfrelease-serving.svc.cluster.local"
+    assert http["mirrorPercentage"] == {"value": 25.0}
+    assert "mirror" not in render_virtual_service(SERVERLESS, TrafficState(primary=V1))["spec"]["http"][0]
+
+
+def test_bad_storage_uri_state_or_spec_is_refused():
+    with pytest.raises(ConfigError, match="must start with oci:// .* or s3://"):
+        render_inference_services(SERVERLESS, TrafficState(primary=V1), {V1: "http://example.com/model"})
+    with pytest.raises(ConfigError, match="no storage URI for model version V9"):
+        render_inference_services(SERVERLESS, TrafficState(primary="V9"), URIS)
+    with pytest.raises(RolloutSpecError, match="no version"):
+        render_inference_services(SERVERLESS, TrafficState(primary=None), URIS)
+    with pytest.raises(RolloutSpecError, match="outside 0..100"):
+        TrafficState(primary=V1, canary=V2, canary_weight=120)
+
+
+def test_validation_catches_typos_wrong_types_and_unknown_kinds():
+    isvc = render_inference_services(SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=20), URIS)[0]
+    typo = {
+        **isvc,
+        "spec": {"predictor": {**isvc["spec"]["predictor"], "canaryTraficPercent": 20}},
+    }
+    with pytest.raises(SchemaValidationError, match="canaryTraficPercent"):
+        validate(typo)
+    wrong_type = {
+        **isvc,
+        "spec": {"predictor": {**isvc["spec"]["predictor"], "canaryTrafficPercent": "20"}},
+    }
+    with pytest.raises(
+        SchemaValidationError,
+        match="canaryTrafficPercent: '20' is not of type 'integer'",
+    ):
+        validate(wrong_type)
+    vs = render_virtual_service(SERVERLESS, TrafficState(primary=V1, shadow=V2))
+    vs["spec"]["http"][0]["mirrorPercentage"] = {"value": "all"}
+    with pytest.raises(SchemaValidationError, match="mirrorPercentage"):
+        validate(vs)
+    with pytest.raises(SchemaValidationError, match="not a DNS-1123 name"):
+        validate({**isvc, "metadata": {"name": "Diabetes_Model"}})
+    with pytest.raises(SchemaValidationError, match="no schema for example.com/v1 Widget"):
+        validate(
+            {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w"},
+            }
+        )
+
+
+def test_built_in_kinds_are_checked_with_the_kubernetes_schemas():
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kfrelease-logsink"},
+        "spec": {
+            "selector": {"app": "logsink"},
+            "ports": [{"port": 80, "targetPort": 8090}],
+        },
+    }
+    assert validate(svc).startswith("Kubernetes")
+    svc["spec"]["ports"][0]["port"] = "eighty"
+    with pytest.raises(SchemaValidationError, match="Kubernetes"):
+        validate(svc)
+
+
+def test_crd_index_is_generic_over_every_vendored_file(tmp_path):
+    index = crd_index()
+    assert ("serving.kserve.io", "v1beta1", "InferenceService") in index
+    assert ("networking.istio.io", "v1", "VirtualService") in index
+    (tmp_path / "widgets.yaml").write_text(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\n"
+        "spec:\n  group: example.com\n  names: {kind: Widget, plural: widgets}\n  scope: Namespaced\n"
+        "  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n"
+        "        type: object\n        properties:\n          spec:\n            type: object\n"
+        "            properties: {size: {type: integer}}\n"
+    )
+    doc = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w"},
+        "spec": {"size": 3},
+    }
+    assert validate(doc, crd_dir=tmp_path).startswith("CRD schema")
+    with pytest.raises(SchemaValidationError, match="colour"):
+        validate({**doc, "spec": {"size": 3, "colour": "red"}}, crd_dir=tmp_path)
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_a_traffic_state_becomes_a_merge_patch_of_the_rendered_objects(spec):
+    current = render_release(spec, TrafficState(primary=V1, shadow=V2, mirror_percent=100), URIS)
+    for target in (
+        TrafficState(primary=V1, canary=V2, canary_weight=20),
+        TrafficState(primary=V1, canary=V2, canary_weight=50),
+        TrafficState(primary=V2),
+        TrafficState(primary=V1),  # rolled back
+    ):
+        plan = traffic_patches(current, spec, target, URIS)
+        after = apply_traffic(current, spec, target, URIS)
+        assert _by_name(after) == _by_name(render_release(spec, target, URIS))
+        for doc in after:
+            validate(doc)
+        if target.canary and spec is SERVERLESS:
+            (isvc_patch,) = [p for p in plan["patch"] if p["kind"] == "InferenceService"]
+            assert isvc_patch["patch"]["spec"]["predictor"]["canaryTrafficPercent"] == target.canary_weight
+        current = after
+    # the staging candidate left with the shadow; nothing else was deleted
+    names = {d["metadata"]["name"] for d in current}
+    assert names == {"diabetes-progression", "diabetes-progression-release"}
+
+
+def test_promotion_removes_canary_traffic_percent_with_a_null_in_the_patch():
+    current = render_release(SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=50), URIS)
+    plan = traffic_patches(current, SERVERLESS, TrafficState(primary=V2), URIS)
+    (isvc_patch,) = [p for p in plan["patch"] if p["kind"] == "InferenceService"]
+    assert isvc_patch["patch"]["spec"]["predictor"]["canaryTrafficPercent"] is None
+    assert plan["create"] == [] and plan["delete"] == []
