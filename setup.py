@@ -59,6 +59,7 @@ setup(
         "prometheus-client==0.26.0",
         "cloudevents==1.13.0",
         "plotly==5.24.1",
+        "redis==7.4.0",
     ],
     extras_require={
         "dev": [

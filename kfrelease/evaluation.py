@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import pandas as pd
 
@@ -30,6 +31,7 @@ def regression_report(frame: pd.DataFrame, target: str, prediction: str, feature
     """Metrics ``{mse, rmse, mae, r2, n, evidently: {...}}`` and Evidently's regression report as HTML."""
     from evidently import DataDefinition, Dataset, Regression, Report
     from evidently.presets import RegressionPreset
+    from sklearn.exceptions import UndefinedMetricWarning
 
     metrics = regression_metrics(frame[target], frame[prediction])
     cols = [*features, target, prediction]
@@ -37,7 +39,9 @@ def regression_report(frame: pd.DataFrame, target: str, prediction: str, feature
     definition = DataDefinition(
         numerical_columns=list(features), regression=[Regression(target=target, prediction=prediction)]
     )
-    snapshot = Report([RegressionPreset()]).run(Dataset.from_pandas(data, data_definition=definition), None)
+    with warnings.catch_warnings():  # Evidently scores single-row slices internally; R² is undefined there
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        snapshot = Report([RegressionPreset()]).run(Dataset.from_pandas(data, data_definition=definition), None)
     metrics["evidently"] = _evidently_values(snapshot)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.html")

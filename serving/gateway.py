@@ -49,6 +49,9 @@ HEALTH_PATH = "/gateway/healthz"
 #: Largest request body the gateway accepts (kept in memory: the mirror needs the whole body).
 MAX_BODY = "8m"
 RELOAD_TIMEOUT = 20.0
+#: The shadow's model server runs at a lower CPU priority: on one machine its mirrored work must yield to
+#: the primary's (on a cluster it has its own pods).
+SHADOW_NICE = ["nice", "-n", "10"]
 
 
 class GatewayError(StackError):
@@ -170,9 +173,11 @@ def render_nginx_config(
         }}"""
     if roles:
         predict = f"""{mirror_directives}{proxy_common}{client_timeouts}
+            proxy_hide_header x-request-id;
             add_header x-request-id $kf_request_id always;
             proxy_pass http://$kf_backend;"""
         other = f"""{proxy_common}{client_timeouts}
+            proxy_hide_header x-request-id;
             add_header x-request-id $kf_request_id always;
             proxy_pass http://{"kf_primary" if state.primary else "kf_canary"};"""
     else:
@@ -483,6 +488,7 @@ class LocalGatewayDriver:
         predictor_command: PredictorCommand | None = None,
         predictor_env: dict[str, str] | None = None,
         predictor_health_path: str = "/v2/health/ready",
+        client_keepalive: bool = False,
     ):
         self.settings = settings
         self.spec = spec or load_rollout_spec()
@@ -490,6 +496,7 @@ class LocalGatewayDriver:
         self.predictor_command = predictor_command or default_predictor_command(settings, self.spec.model)
         self.predictor_env = predictor_env or {}
         self.predictor_health_path = predictor_health_path
+        self.client_keepalive = client_keepalive
         self.prefix = gateway_dir(settings)
         self._routes: dict[str, str] = {}
 
@@ -560,6 +567,7 @@ class LocalGatewayDriver:
             listen_port=self.settings.port("gateway"),
             backends=backends,
             prefix=self.prefix,
+            client_keepalive=self.client_keepalive,
         )
         self.install(text)
         ports = {predictor_port(self.settings, s): s for s in slots}
@@ -570,8 +578,10 @@ class LocalGatewayDriver:
         """Check and install a config, then start nginx or reload it; waits until the config serves."""
         status = supervisor.service_status(self.settings, "gateway")
         previous = (self.prefix / "nginx.conf").read_text() if (self.prefix / "nginx.conf").exists() else None
-        conf = install_config(self.prefix, text)
         generation = config_generation(text)
+        if status.healthy and previous == text:
+            return  # already serving exactly this config: applying a state twice changes nothing
+        conf = install_config(self.prefix, text)
         try:
             if status.healthy:
                 proc = _nginx(self.prefix, conf, "-s", "reload")
@@ -594,7 +604,8 @@ class LocalGatewayDriver:
         service = Service(
             name=f"predictor-{stage}",
             port=port,
-            command=self.predictor_command(stage, version, Path(model_dir), port),
+            command=(SHADOW_NICE if stage == "staging" else [])
+            + self.predictor_command(stage, version, Path(model_dir), port),
             health_path=self.predictor_health_path,
             group="serving",
             env={"KFRELEASE_MODEL_VERSION": version, **self.predictor_env},

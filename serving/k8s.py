@@ -339,11 +339,11 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
             "{{.Name}}",
             "--http-port",
             "8080",
+            "--host",
+            "0.0.0.0",
             "--stage",
             "$(KFRELEASE_STAGE)",
-            "--logger-url",
-            "",
-        ],
+        ],  # no --logger-url: on a cluster the InferenceService's logger (the KServe agent) sends the events
         ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
     )
     obj = V1alpha1ServingRuntime(

@@ -14,7 +14,9 @@ from kfrelease.k8s.environments import MANIFESTS_DIR
 def manifests_dir(path: str | None) -> Path:
     root = Path(path) if path else MANIFESTS_DIR
     if not (root / "environments.yaml").is_file():
-        raise ConfigError(f"{root} is not a manifests directory: it has no environments.yaml")
+        raise ConfigError(
+            f"{root} is not a manifests directory: it has no environments.yaml"
+        )
     return root
 
 
@@ -24,9 +26,17 @@ def register(cli: click.Group) -> None:
         """EKS (eksctl, CloudFormation), Kubeflow and KServe manifests: kustomize base + overlays."""
 
     @manifests.command("render")
-    @click.option("--dir", "directory", type=click.Path(file_okay=False),
-                  help=f"Manifests directory (default: {MANIFESTS_DIR}).")
-    @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a generated file is not current.")
+    @click.option(
+        "--dir",
+        "directory",
+        type=click.Path(file_okay=False),
+        help=f"Manifests directory (default: {MANIFESTS_DIR}).",
+    )
+    @click.option(
+        "--check",
+        is_flag=True,
+        help="Write nothing; exit 1 if a generated file is not current.",
+    )
     def render(directory: str | None, check: bool) -> None:
         """Regenerate base/, overlays/<env>/ and eks/<env>/ from the access policy, rollout spec, monitoring
         rules and dashboard, environments.yaml and workspaces/."""

@@ -85,3 +85,17 @@ def register(cli: click.Group) -> None:
         table("retrains", ["at", "model", "decision / status", "detail"],
               [(d.get("at", "")[:19], d.get("model"), d.get("status") or d.get("decision"),
                 d.get("error") or d.get("detail") or str(d.get("result") or "")[:80]) for d in receiver.retrains(model)])
+
+    @cli.command()
+    @click.option("--model", "models", multiple=True, help="Only these models (default: every model in production).")
+    def newdata(models) -> None:
+        """Retrain (auto revision) every production model whose curated dataset has a newer version."""
+        from kfrelease.monitoring.newdata import check_new_data
+        from kfrelease.monitoring.receiver import AlertReceiver
+
+        receiver = AlertReceiver(Settings.from_env())
+        rows = check_new_data(receiver, list(models) or None)
+        for t in receiver.threads:
+            t.join()
+        table("new data", ["model", "production", "trained on", "latest", "action"],
+              [(r["model"], r["production_version"], r["trained_on"], r["latest"], r["action"]) for r in rows])

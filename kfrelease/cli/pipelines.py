@@ -1,23 +1,127 @@
-"""``kfrelease compile``: write every pipeline as a KFP YAML package."""
+"""``kfrelease compile`` (pipelines and components to YAML), ``kfrelease trigger`` (on every merge to main)
+and ``kfrelease runs`` (training runs and their steps)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from kfrelease.cli.output import console
+from kfrelease.cli.output import console, table
+from kfrelease.config import Settings
 from kfrelease.kfp_runner import compile_pipelines
+
+#: Components published as reusable component YAML files by ``kfrelease compile``.
+COMPONENTS = ("ingest", "validate_data", "engineer_features", "publish_dataset", "train", "evaluate",
+              "validate_model", "register", "containerize", "deploy_staging")
+
+
+def compile_components(out_dir: Path) -> list[Path]:
+    """Write each component as a KFP component YAML file (load with ``kfp.components.load_component_from_file``)."""
+    import importlib
+
+    from kfp import compiler
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in COMPONENTS:
+        try:
+            module = importlib.import_module(f"kfrelease.components.{name}")
+        except ModuleNotFoundError:
+            continue
+        path = out_dir / f"{name}.yaml"
+        compiler.Compiler().compile(getattr(module, name), str(path))
+        written.append(path)
+    return written
 
 
 def register(cli: click.Group) -> None:
     @cli.command("compile")
     @click.option("--out", type=click.Path(file_okay=False), default="build/pipelines", show_default=True)
+    @click.option("--no-components", is_flag=True, help="Do not write the component YAML files.")
     @click.argument("names", nargs=-1)
-    def compile_cmd(out: str, names: tuple[str, ...]) -> None:
-        """Compile pipelines (default: all) to KFP YAML packages for the Kubeflow UI or `kfp.Client`.
+    def compile_cmd(out: str, names: tuple[str, ...], no_components: bool) -> None:
+        """Compile pipelines (default: all) to KFP YAML packages for the Kubeflow UI or `kfp.Client`, and every
+        component to OUT/components/<name>.yaml for reuse in other pipelines.
 
         KFRELEASE_IMAGE sets the components' base image (default: the public project image).
         """
         for path in compile_pipelines(Path(out), list(names) or None):
             console.print(f"wrote {path}")
+        if not no_components:
+            for path in compile_components(Path(out) / "components"):
+                console.print(f"wrote {path}")
+
+    @cli.command("trigger")
+    @click.option("--commit", help="The merged commit (SHA or ref) whose model spec is trained.")
+    @click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
+                  help="The model project's git repository.")
+    @click.option("--spec", "spec_file", default="model.yaml", show_default=True, help="Spec path in the repo.")
+    @click.option("--kfp-host", help="Submit to this KFP API server with kfp.Client instead of running locally.")
+    @click.option("--auto", is_flag=True, help="Retrain the production definition on the latest data.")
+    @click.option("--model", help="Model name (with --auto).")
+    @click.option("--reason", default=None, help="Why (recorded with the run).")
+    @click.option("--wait", "wait_", is_flag=True, help="Wait until a local run has finished and show it.")
+    def trigger_cmd(commit, repo, spec_file, kfp_host, auto, model, reason, wait_) -> None:
+        """Start the training pipeline for a merge to main (what CI runs). The same commit returns the same
+        run; a run, once started, cannot be stopped (a new merge starts a new one)."""
+        from kfrelease.training.trigger import trigger, wait
+
+        settings = Settings.from_env()
+        record = trigger(settings, commit, repo, kfp_host=kfp_host, auto=auto, model=model, spec_file=spec_file,
+                         reason=reason or ("automatic retrain" if auto else "merge to main"))
+        what = "started" if record.created else "exists already"
+        where = record.state.get("kfp_run_id") or record.state.get("log") or ""
+        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip())
+        if wait_ and not kfp_host:
+            with console.status(f"waiting for {record.run_id}"):
+                record = wait(settings, record.run_id)
+            _print_run(record)
+            if record.status != "succeeded":
+                raise click.exceptions.Exit(1)
+
+    @cli.command("runs")
+    @click.argument("run_id", required=False)
+    @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+    def runs_cmd(run_id: str | None, as_json: bool) -> None:
+        """List training runs with their step states (or show one run)."""
+        from kfrelease.storage import store_for
+        from kfrelease.training import runs
+
+        store = store_for("data-scientist")
+        records = [runs.get_run(store, run_id)] if run_id else runs.list_runs(store)
+        if as_json:
+            click.echo(json.dumps([{k: v for k, v in r.as_dict().items() if k != "spec_json"} for r in records],
+                                  indent=2, default=str))
+            return
+        if run_id:
+            _print_run(records[0])
+            return
+        console.print("steps: train evaluate validate register containerize stage (✓ ok, ✗ failed, ▶ running, "
+                      "· skipped, - pending)")
+        table("training runs", ["run", "model", "commit", "state", "version", "steps", "created"], [
+            (r.run_id, r.record.get("model"), (r.record.get("commit") or "")[:12], r.status,
+             r.state.get("version", ""), _steps(r), r.record.get("created_at")) for r in records])
+
+
+#: One character per step in `kfrelease runs` (train, evaluate, validate, register, containerize, stage).
+_MARK = {"succeeded": "✓", "failed": "✗", "running": "▶", "skipped": "·"}
+
+
+def _steps(record) -> str:
+    from kfrelease.training.steps import STEP_NAMES
+
+    return "".join(_MARK.get(record.steps.get(s, {}).get("state"), "-") for s in STEP_NAMES)
+
+
+def _print_run(record) -> None:
+    from kfrelease.training.steps import STEP_NAMES
+
+    st = record.state
+    console.print(f"run {record.run_id}: {record.status}" + (f", version {st['version']} ({st.get('verdict')})"
+                                                             if st.get("version") else "")
+                  + (f", error: {st['error']}" if st.get("error") else ""))
+    table(None, ["step", "state", "started", "finished", "error"], [
+        (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("started_at"),
+         record.steps.get(s, {}).get("finished_at"), record.steps.get(s, {}).get("error")) for s in STEP_NAMES])

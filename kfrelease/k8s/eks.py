@@ -31,11 +31,13 @@ def image_push_policy_name(env: Environment) -> str:
 
 
 def model_repository(model: str) -> str:
-    """ECR repository of a model's ModelCar images."""
-    return f"kfrelease-models/{model}"
+    """ECR repository of a model's ModelCar images (``kfrelease.training.steps`` pushes to ``kfrelease/<model>``)."""
+    return f"kfrelease/{model}"
 
 
-def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, workspaces=()) -> dict:
+def cluster_config(
+    env: Environment, policy: AccessPolicy, serving_ns: str, workspaces=()
+) -> dict:
     """The eksctl ``ClusterConfig`` (eksctl.io/v1alpha5) of one environment."""
     placements = role_placements(serving_ns)
     accounts = []
@@ -48,7 +50,9 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
             "attachPolicy": iam_policy(policy, role, env.bucket_prefix),
         }
         if role == "pipeline":  # the training pipeline pushes ModelCar images to ECR
-            entry["attachPolicyARNs"] = [f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"]
+            entry["attachPolicyARNs"] = [
+                f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"
+            ]
         accounts.append(entry)
     for ws in workspaces:
         accounts.append(
@@ -125,7 +129,9 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
     }
 
 
-def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, models: list[str]) -> dict:
+def prerequisites_template(
+    env: Environment, policy: AccessPolicy, team: Team, models: list[str]
+) -> dict:
     """CloudFormation template (``aws cloudformation deploy``): buckets, ECR repositories, CI role."""
     res: dict = {}
     for bucket in policy.buckets:
@@ -144,18 +150,26 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                     "RestrictPublicBuckets": True,
                 },
                 "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                    "ServerSideEncryptionConfiguration": [
+                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                    ]
                 },
-                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+                "OwnershipControls": {
+                    "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]
+                },
                 "Tags": [
                     {"Key": "project", "Value": "kfrelease"},
                     {"Key": "bucket", "Value": bucket},
                 ],
             },
         }
-    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [model_repository(m) for m in models]
+    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [
+        model_repository(m) for m in models
+    ]
     for repo in repos:
-        logical = "Repo" + "".join(p.capitalize() for p in repo.replace("/", "-").split("-"))
+        logical = "Repo" + "".join(
+            p.capitalize() for p in repo.replace("/", "-").split("-")
+        )
         res[logical] = {
             "Type": "AWS::ECR::Repository",
             "DeletionPolicy": "Retain",
@@ -167,7 +181,10 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                 "Tags": [{"Key": "project", "Value": "kfrelease"}],
             },
         }
-    model_arns = [f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{model_repository(m)}" for m in models]
+    model_arns = [
+        f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{model_repository(m)}"
+        for m in models
+    ]
     res["ModelImagePushPolicy"] = {
         "Type": "AWS::IAM::ManagedPolicy",
         "Properties": {
@@ -221,7 +238,9 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                     {
                         "Effect": "Allow",
                         "Principal": {
-                            "Federated": {"Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"}
+                            "Federated": {
+                                "Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"
+                            }
                         },
                         "Action": "sts:AssumeRoleWithWebIdentity",
                         "Condition": {
@@ -261,7 +280,11 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                 "Description": "false if the account already has the token.actions.githubusercontent.com provider",
             }
         },
-        "Conditions": {"CreateGitHubOIDCProvider": {"Fn::Equals": [{"Ref": "CreateGitHubOIDCProvider"}, "true"]}},
+        "Conditions": {
+            "CreateGitHubOIDCProvider": {
+                "Fn::Equals": [{"Ref": "CreateGitHubOIDCProvider"}, "true"]
+            }
+        },
         "Resources": res,
         "Outputs": {
             "CIRoleArn": {"Value": {"Fn::GetAtt": ["CIRole", "Arn"]}},

@@ -67,15 +67,26 @@ class Environment:
     @property
     def project_image(self) -> str:
         """The one project image (KFP components, ServingRuntime, log sink) in this environment's ECR."""
-        return BASE_IMAGE if self.name == "base" else f"{self.registry}/{PROJECT_IMAGE_NAME}:{self.image_tag}"
+        return (
+            BASE_IMAGE
+            if self.name == "base"
+            else f"{self.registry}/{PROJECT_IMAGE_NAME}:{self.image_tag}"
+        )
 
     @property
     def workspace_image(self) -> str:
-        return BASE_WORKSPACE_IMAGE if self.name == "base" else f"{self.registry}/{WORKSPACE_IMAGE_NAME}:{self.image_tag}"
+        return (
+            BASE_WORKSPACE_IMAGE
+            if self.name == "base"
+            else f"{self.registry}/{WORKSPACE_IMAGE_NAME}:{self.image_tag}"
+        )
 
     def images(self) -> dict[str, str]:
         """kustomize ``images`` entries: base image name -> this environment's image."""
-        return {BASE_IMAGE: self.project_image, BASE_WORKSPACE_IMAGE: self.workspace_image}
+        return {
+            BASE_IMAGE: self.project_image,
+            BASE_WORKSPACE_IMAGE: self.workspace_image,
+        }
 
     def role_arn(self, role_name: str) -> str:
         return f"arn:aws:iam::{self.account_id}:role/{role_name}"
@@ -125,26 +136,38 @@ def load_environments(path: str | Path | None = None) -> Environments:
     except FileNotFoundError:
         raise ConfigError(f"environments file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"environments file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(
+            f"environments file {path} is not valid YAML: {exc}"
+        ) from None
     try:
         team = Team(**doc["team"])
         envs = {}
         for name, body in doc["environments"].items():
             if not _DNS.match(name):
-                raise ConfigError(f"{path}: environment name {name!r} must be a DNS label (a-z, 0-9, -)")
+                raise ConfigError(
+                    f"{path}: environment name {name!r} must be a DNS label (a-z, 0-9, -)"
+                )
             nodes = {k: NodeGroup(**v) for k, v in body.pop("nodes").items()}
             missing = {"system", "pipelines", "serving"} - set(nodes)
             if missing:
-                raise ConfigError(f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}")
+                raise ConfigError(
+                    f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}"
+                )
             env = Environment(name=name, nodes=nodes, **body)
             if not re.fullmatch(r"\d{12}", env.account_id):
-                raise ConfigError(f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits")
+                raise ConfigError(
+                    f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits"
+                )
             for g, n in nodes.items():
                 if not 0 <= n.min <= n.desired <= n.max:
-                    raise ConfigError(f"{path}: {name} node group {g}: need 0 <= min <= desired <= max")
+                    raise ConfigError(
+                        f"{path}: {name} node group {g}: need 0 <= min <= desired <= max"
+                    )
             envs[name] = env
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"environments file {path} is malformed ({exc}); see the comments in the file") from None
+        raise ConfigError(
+            f"environments file {path} is malformed ({exc}); see the comments in the file"
+        ) from None
     if not envs:
         raise ConfigError(f"environments file {path} declares no environment")
     return Environments(team=team, environments=envs)

@@ -14,6 +14,8 @@ resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipeline
 
 from __future__ import annotations
 
+import json
+
 from kfrelease.access.policy import AccessPolicy
 from kfrelease.access.render import bucket_name
 from kfrelease.k8s.environments import (
@@ -65,7 +67,9 @@ def _meta(
     return meta
 
 
-def profile(name: str, owner: str, env: Environment, role: str, workspace: str | None = None) -> dict:
+def profile(
+    name: str, owner: str, env: Environment, role: str, workspace: str | None = None
+) -> dict:
     """A Kubeflow Profile whose ``default-editor`` service account assumes the role's IAM role (IRSA).
 
     ``annotateOnly: true``: the profile controller only annotates the service account; the role and its
@@ -90,11 +94,14 @@ def profile(name: str, owner: str, env: Environment, role: str, workspace: str |
     }
 
 
-def namespace(name: str) -> dict:
+def namespace(name: str, mesh: bool) -> dict:
+    """A plain namespace; ``mesh``: Istio sidecars (serving: the VirtualService mirror and KServe need them;
+    monitoring stays outside so kube-prometheus-stack's Prometheus can scrape the Pushgateway)."""
+    labels = {"istio-injection": "enabled" if mesh else "disabled"}
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": _meta(name, labels={"istio-injection": "enabled"}),
+        "metadata": _meta(name, labels=labels),
     }
 
 
@@ -116,7 +123,9 @@ def s3_env(env: Environment, role: str) -> list[dict]:
     ]
 
 
-def pod_default(role: str, ns: str, env: Environment, service_account_name: str) -> dict:
+def pod_default(
+    role: str, ns: str, env: Environment, service_account_name: str
+) -> dict:
     """PodDefault ``access-s3-<role>``: pods labelled with it run as the role's IRSA service account."""
     name = f"access-s3-{role}"
     return {
@@ -129,6 +138,57 @@ def pod_default(role: str, ns: str, env: Environment, service_account_name: str)
             "serviceAccountName": service_account_name,
             "env": s3_env(env, role),
         },
+    }
+
+
+REGISTRY_AUTH = "kfrelease-registry-auth"
+REGISTRY_AUTH_DIR = "/etc/kfrelease/registry"
+
+
+def registry_auth(env: Environment, ns: str) -> dict:
+    """containers-auth.json for skopeo: ECR credentials from ``docker-credential-ecr-login`` (Debian
+    ``amazon-ecr-credential-helper`` in the project image), which uses the pod's IRSA credentials."""
+    auth = {"credHelpers": {env.registry: "ecr-login"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(REGISTRY_AUTH, ns),
+        "data": {"auth.json": json.dumps(auth, indent=2) + "\n"},
+    }
+
+
+def pipeline_pods_env(
+    role: str, ns: str, env: Environment, registry: str | None = None
+) -> dict:
+    """PodDefault ``pipeline-pods-env``: every pod of a pipeline run (Argo labels each with
+    ``workflows.argoproj.io/workflow``) gets the role's object-store settings, so components'
+    ``store_for(role)`` reach S3 with the Profile's IRSA credentials. With ``registry``, also where the
+    containerize step pushes ModelCar images and the auth file skopeo reads (``REGISTRY_AUTH_FILE``)."""
+    spec: dict = {
+        "desc": f"Pipeline pods: object store as the {role!r} role (IRSA)",
+        "selector": {
+            "matchExpressions": [
+                {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
+            ]
+        },
+        "env": s3_env(env, role),
+    }
+    if registry:
+        spec["env"] = spec["env"] + [
+            {"name": "KFRELEASE_IMAGE_REGISTRY", "value": registry},
+            {"name": "REGISTRY_AUTH_FILE", "value": f"{REGISTRY_AUTH_DIR}/auth.json"},
+        ]
+        spec["volumes"] = [
+            {"name": "registry-auth", "configMap": {"name": REGISTRY_AUTH}}
+        ]
+        spec["volumeMounts"] = [
+            {"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True}
+        ]
+    return {
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": _meta("pipeline-pods-env", ns),
+        "spec": spec,
     }
 
 
@@ -271,7 +331,9 @@ def release_rbac() -> list[dict]:
                 "kind": "ClusterRole",
                 "name": "kubeflow-view",
             },
-            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}],
+            "subjects": [
+                {"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}
+            ],
         },
         {
             "apiVersion": f"{RBAC}/v1",
@@ -282,7 +344,9 @@ def release_rbac() -> list[dict]:
                 "kind": "ClusterRole",
                 "name": "kubeflow-edit",
             },
-            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}],
+            "subjects": [
+                {"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}
+            ],
         },
         {
             "apiVersion": f"{RBAC}/v1",
@@ -293,12 +357,16 @@ def release_rbac() -> list[dict]:
                 "kind": "ClusterRole",
                 "name": "kubeflow-edit",
             },
-            "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": DATA_ENGINEERS_GROUP}],
+            "subjects": [
+                {"apiGroup": RBAC, "kind": "Group", "name": DATA_ENGINEERS_GROUP}
+            ],
         },
     ]
 
 
-def platform_documents(env: Environment, policy: AccessPolicy, team: Team, serving_ns: str) -> list[dict]:
+def platform_documents(
+    env: Environment, policy: AccessPolicy, team: Team, serving_ns: str
+) -> list[dict]:
     """Profiles, namespaces, service accounts, RBAC, kfp-launcher and PodDefaults of one environment."""
     owners = {
         "data-engineer": team.data_engineering_owner,
@@ -312,7 +380,7 @@ def platform_documents(env: Environment, policy: AccessPolicy, team: Team, servi
         if via_profile:
             docs.append(profile(ns, owners[role], env, role))
         else:
-            docs.append(namespace(ns))
+            docs.append(namespace(ns, mesh=ns == serving_ns))
             docs.append(service_account(sa, ns, env.role_arn(iam_role_name(role))))
     docs.append(service_account(CI_SERVICE_ACCOUNT, RELEASE_NS))
     docs += cluster_roles() + release_rbac()
@@ -323,6 +391,9 @@ def platform_documents(env: Environment, policy: AccessPolicy, team: Team, servi
     for role in policy.roles:
         ns, sa, _ = placements[role]
         docs.append(pod_default(role, ns, env, sa))
+    docs.append(registry_auth(env, RELEASE_NS))
+    docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry))
+    docs.append(pipeline_pods_env("data-engineer", DATA_NS, env))
     return docs
 
 

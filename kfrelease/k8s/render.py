@@ -45,7 +45,7 @@ class Sources:
     workspaces: tuple[Workspace, ...]
 
     @classmethod
-    def load(cls, root: Path = MANIFESTS_DIR) -> "Sources":
+    def load(cls, root: Path = MANIFESTS_DIR) -> Sources:
         return cls(
             policy=load_policy(),
             spec=load_rollout_spec(),
@@ -58,7 +58,9 @@ def inference_documents(spec: RolloutSpec, env: Environment) -> list[dict]:
     """The production InferenceService and the VirtualService serving ``env.production_version``."""
     from kfrelease.serving.k8s import render_release
 
-    uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
+    uri = (
+        f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
+    )
     state = TrafficState(primary=env.production_version)
     return render_release(spec, state, {env.production_version: uri})
 
@@ -69,7 +71,8 @@ def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
     _, serving_sa, _ = role_placements(serving_ns)["serving"]
     files = {
         "platform.yaml": platform_documents(env, src.policy, src.envs.team, serving_ns),
-        "serving.yaml": serving_documents(src.spec, env, serving_sa) + inference_documents(src.spec, env),
+        "serving.yaml": serving_documents(src.spec, env, serving_sa)
+        + inference_documents(src.spec, env),
         "monitoring.yaml": monitoring_documents(src.spec),
     }
     for ws in src.workspaces:
@@ -101,22 +104,41 @@ def json_patch(old, new, path: list | None = None) -> list[dict]:
                 ops.append({"op": "remove", "path": _pointer(path + [k])})
             else:
                 ops += json_patch(old[k], new[k], path + [k])
-        ops += [{"op": "add", "path": _pointer(path + [k]), "value": new[k]} for k in new if k not in old]
+        ops += [
+            {"op": "add", "path": _pointer(path + [k]), "value": new[k]}
+            for k in new
+            if k not in old
+        ]
         return ops
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [op for i, (a, b) in enumerate(zip(old, new)) for op in json_patch(a, b, path + [i])]
+        return [
+            op
+            for i, (a, b) in enumerate(zip(old, new))
+            for op in json_patch(a, b, path + [i])
+        ]
     if old == new:
         return []
     return [{"op": "replace", "path": _pointer(path), "value": new}]
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No ``&id001`` anchors/aliases for shared lists: every file reads on its own."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def _yaml(doc) -> str:
+    return yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=120)
+
+
 def _dump_docs(docs: list[dict], sources: str) -> str:
-    body = "---\n".join(yaml.safe_dump(d, sort_keys=False, width=120) for d in docs)
+    body = "---\n".join(_yaml(d) for d in docs)
     return HEADER.format(sources=sources) + body
 
 
 def _dump(doc, sources: str) -> str:
-    return HEADER.format(sources=sources) + yaml.safe_dump(doc, sort_keys=False, width=120)
+    return HEADER.format(sources=sources) + _yaml(doc)
 
 
 SOURCES = "kfrelease/access/policy.yaml, kfrelease/rollout/default.yaml, kfrelease/monitoring/, manifests/environments.yaml, manifests/workspaces/"
@@ -125,14 +147,20 @@ SOURCES = "kfrelease/access/policy.yaml, kfrelease/rollout/default.yaml, kfrelea
 def substitute_images(node, images: dict[str, str]):
     """What kustomize's ``images`` transformer does to container ``image`` fields (exact names here)."""
     if isinstance(node, dict):
-        return {k: images.get(v, v) if k == "image" and isinstance(v, str) else substitute_images(v, images)
-                for k, v in node.items()}
+        return {
+            k: images.get(v, v)
+            if k == "image" and isinstance(v, str)
+            else substitute_images(v, images)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [substitute_images(v, images) for v in node]
     return node
 
 
-def overlay(src: Sources, env: Environment, base_docs: dict[str, list[dict]]) -> dict[str, str]:
+def overlay(
+    src: Sources, env: Environment, base_docs: dict[str, list[dict]]
+) -> dict[str, str]:
     """``overlays/<env>/``: kustomization.yaml with the environment's images, and one JSON 6902 patch per
     document that still differs."""
     env_docs = {doc_key(d): d for docs in base_files(src, env).values() for d in docs}
@@ -153,22 +181,32 @@ def overlay(src: Sources, env: Environment, base_docs: dict[str, list[dict]]) ->
             if not group:
                 del target["group"]
             patches.append({"path": fname, "target": target})
-            files[fname] = _dump(ops, f"the base and manifests/environments.yaml ({env.name})")
+            files[fname] = _dump(
+                ops, f"the base and manifests/environments.yaml ({env.name})"
+            )
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": ["../../base"],
         "images": [
-            {"name": old.partition(":")[0], "newName": new.rpartition(":")[0], "newTag": new.rpartition(":")[2]}
+            {
+                "name": old.partition(":")[0],
+                "newName": new.rpartition(":")[0],
+                "newTag": new.rpartition(":")[2],
+            }
             for old, new in images.items()
         ],
         "patches": patches,
     }
-    files["kustomization.yaml"] = _dump(kustomization, f"manifests/environments.yaml ({env.name})")
+    files["kustomization.yaml"] = _dump(
+        kustomization, f"manifests/environments.yaml ({env.name})"
+    )
     return files
 
 
-def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[str, str]:
+def render_tree(
+    src: Sources | None = None, root: Path = MANIFESTS_DIR
+) -> dict[str, str]:
     """Relative path under ``manifests/`` -> file content, for every generated file."""
     src = src or Sources.load(root)
     base = base_files(src, base_environment())
@@ -176,7 +214,11 @@ def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[
     for name, docs in base.items():
         out[f"base/{name}"] = _dump_docs(docs, SOURCES)
     out["base/kustomization.yaml"] = _dump(
-        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(base)},
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": list(base),
+        },
         "the files beside it",
     )
     models = [src.spec.model]
@@ -204,9 +246,13 @@ def _existing(root: Path) -> set[str]:
     }
 
 
-def write_tree(root: Path = MANIFESTS_DIR, src: Sources | None = None) -> tuple[list[str], list[str]]:
+def write_tree(
+    root: Path = MANIFESTS_DIR, src: Sources | None = None
+) -> tuple[list[str], list[str]]:
     """Write every generated file (atomically per file) and remove stale ones; returns (changed, removed)."""
-    tree = render_tree(src, root)  # renders fully before touching a file: a bad source writes nothing
+    tree = render_tree(
+        src, root
+    )  # renders fully before touching a file: a bad source writes nothing
     changed = []
     for rel, text in tree.items():
         path = root / rel
@@ -226,7 +272,11 @@ def write_tree(root: Path = MANIFESTS_DIR, src: Sources | None = None) -> tuple[
 def check_tree(root: Path = MANIFESTS_DIR, src: Sources | None = None) -> list[str]:
     """Generated files that differ from their sources (missing, changed or stale); empty when current."""
     tree = render_tree(src, root)
-    stale = [rel for rel in tree if not (root / rel).is_file() or (root / rel).read_text() != tree[rel]]
+    stale = [
+        rel
+        for rel in tree
+        if not (root / rel).is_file() or (root / rel).read_text() != tree[rel]
+    ]
     return sorted(stale + sorted(_existing(root) - set(tree)))
 
 

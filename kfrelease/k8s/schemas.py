@@ -105,6 +105,32 @@ def _where(doc: dict) -> str:
     return f"{doc.get('kind', '?')} {meta.get('namespace', '')}/{meta.get('name', '?')} ({doc.get('apiVersion', '?')})"
 
 
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+def _check_object_meta(doc: dict, where: str) -> None:
+    """A custom resource's metadata against the Kubernetes ObjectMeta schema (via a ConfigMap carrying it,
+    strict) and the API server's label syntax (keys: optional DNS prefix + name <= 63; values <= 63)."""
+    import kubernetes_validate
+
+    kv = kube_version()
+    try:
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}, kv, True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path) or "<root>"
+        raise SchemaValidationError(
+            f"{where}: {path} does not match Kubernetes {kv} ObjectMeta: {exc.message}"
+        ) from None
+    for key, value in (doc["metadata"].get("labels") or {}).items():
+        if not _LABEL_NAME.match(key) or len(key.rpartition("/")[2]) > 63:
+            raise SchemaValidationError(f"{where}: label key {key!r} is not a valid Kubernetes label name")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise SchemaValidationError(f"{where}: label {key}={value!r} is not a valid Kubernetes label value")
+
+
 def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
     """Validate one document; returns how it was validated, raises ``SchemaValidationError`` listing
     every violation."""
@@ -133,7 +159,8 @@ def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
                 f"{where} does not match its CRD schema: {'; '.join(errors[:5])}",
                 errors,
             )
-        return f"CRD schema {group}/{version} {doc['kind']}"
+        _check_object_meta(doc, where)
+        return f"CRD schema {group}/{version} {doc['kind']} + Kubernetes ObjectMeta"
     import kubernetes_validate
 
     kv = kube_version()

@@ -44,7 +44,6 @@ def http_service(
             "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
-                "replicas": replicas,
                 "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
                 "template": {
                     "metadata": {"labels": labels},
@@ -56,7 +55,13 @@ def http_service(
                                 "name": name,
                                 "image": image,
                                 "command": ["python", "-m", module],
-                                "args": ["--host", "0.0.0.0", "--port", str(HTTP_PORT), *extra_args],
+                                "args": [
+                                    "--host",
+                                    "0.0.0.0",
+                                    "--port",
+                                    str(HTTP_PORT),
+                                    *extra_args,
+                                ],
                                 "env": s3_env(env, role),
                                 "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                                 "readinessProbe": probe,
@@ -65,7 +70,10 @@ def http_service(
                                     "requests": {"cpu": "100m", "memory": "256Mi"},
                                     "limits": {"memory": "512Mi"},
                                 },
-                                "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                                "securityContext": {
+                                    "runAsNonRoot": True,
+                                    "allowPrivilegeEscalation": False,
+                                },
                             }
                         ],
                     },
@@ -75,24 +83,69 @@ def http_service(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": ns, "labels": {**labels, **METRICS_LABEL}},
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {**labels, **METRICS_LABEL},
+            },
             "spec": {
                 "selector": {"app.kubernetes.io/name": name},
                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
             },
         },
+        {
+            # The HPA owns the replica count (the Deployment sets none, so `kubectl apply` never resets it).
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": name,
+                },
+                "minReplicas": replicas,
+                "maxReplicas": max(4, 2 * replicas),
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+            },
+        },
     ]
 
 
-def serving_documents(spec: RolloutSpec, env: Environment, serving_sa: str) -> list[dict]:
+def serving_documents(
+    spec: RolloutSpec, env: Environment, serving_sa: str
+) -> list[dict]:
     ns = spec.serving.namespace
     return [
         render_serving_runtime(spec, env.project_image),
         *http_service(
-            "kfrelease-logsink", ns, "kfrelease.serving.logsink", env, "serving", env.logsink_replicas, serving_sa,
+            "kfrelease-logsink",
+            ns,
+            "kfrelease.serving.logsink",
+            env,
+            "serving",
+            env.logsink_replicas,
+            serving_sa,
             env.project_image,
         ),
-        *http_service("kfrelease-feedback", ns, "kfrelease.serving.feedback", env, "serving", 1, serving_sa, env.project_image),
+        *http_service(
+            "kfrelease-feedback",
+            ns,
+            "kfrelease.serving.feedback",
+            env,
+            "serving",
+            1,
+            serving_sa,
+            env.project_image,
+        ),
     ]
 
 
@@ -115,7 +168,9 @@ def pushgateway() -> list[dict]:
                                 "name": "pushgateway",
                                 "image": PUSHGATEWAY_IMAGE,
                                 "ports": [{"name": "http", "containerPort": 9091}],
-                                "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}},
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/-/ready", "port": "http"}
+                                },
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
                                     "limits": {"memory": "256Mi"},
@@ -129,7 +184,11 @@ def pushgateway() -> list[dict]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": MONITORING_NS, "labels": {**labels, **METRICS_LABEL}},
+            "metadata": {
+                "name": name,
+                "namespace": MONITORING_NS,
+                "labels": {**labels, **METRICS_LABEL},
+            },
             "spec": {
                 "selector": {"app.kubernetes.io/name": name},
                 "ports": [{"name": "http", "port": 9091, "targetPort": "http"}],
@@ -144,12 +203,25 @@ def monitors(spec: RolloutSpec) -> list[dict]:
         {
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "ServiceMonitor",
-            "metadata": {"name": "kfrelease", "namespace": MONITORING_NS, "labels": {**PART_OF, **PROMETHEUS_SELECTOR}},
+            "metadata": {
+                "name": "kfrelease",
+                "namespace": MONITORING_NS,
+                "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
+            },
             "spec": {
-                "namespaceSelector": {"matchNames": [spec.serving.namespace, MONITORING_NS]},
+                "namespaceSelector": {
+                    "matchNames": [spec.serving.namespace, MONITORING_NS]
+                },
                 "selector": {"matchLabels": METRICS_LABEL},
                 # honorLabels keeps the model/version/stage labels pushed to the Pushgateway.
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s", "honorLabels": True}],
+                "endpoints": [
+                    {
+                        "port": "http",
+                        "path": "/metrics",
+                        "interval": "30s",
+                        "honorLabels": True,
+                    }
+                ],
             },
         },
         {
@@ -162,9 +234,18 @@ def monitors(spec: RolloutSpec) -> list[dict]:
             },
             "spec": {
                 "namespaceSelector": {"matchNames": [spec.serving.namespace]},
-                "selector": {"matchExpressions": [{"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}]},
+                "selector": {
+                    "matchExpressions": [
+                        {
+                            "key": "serving.kserve.io/inferenceservice",
+                            "operator": "Exists",
+                        }
+                    ]
+                },
                 # Knative names the model server's container port "user-port".
-                "podMetricsEndpoints": [{"port": "user-port", "path": "/metrics", "interval": "15s"}],
+                "podMetricsEndpoints": [
+                    {"port": "user-port", "path": "/metrics", "interval": "15s"}
+                ],
             },
         },
     ]
@@ -179,7 +260,10 @@ def prometheus_rule() -> dict | None:
     params = inspect.signature(render_prometheus_rule).parameters
     kwargs = {
         k: v
-        for k, v in {"namespace": MONITORING_NS, "labels": {**PART_OF, **PROMETHEUS_SELECTOR}}.items()
+        for k, v in {
+            "namespace": MONITORING_NS,
+            "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
+        }.items()
         if k in params
     }
     doc = render_prometheus_rule(**kwargs)

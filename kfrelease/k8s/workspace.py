@@ -17,7 +17,13 @@ import yaml
 from kfrelease.access.policy import AccessPolicy
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS, Environment
-from kfrelease.k8s.platform import PART_OF, kfam_user_binding, pod_default, profile, s3_env
+from kfrelease.k8s.platform import (
+    PART_OF,
+    kfam_user_binding,
+    pod_default,
+    profile,
+    s3_env,
+)
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -36,14 +42,16 @@ class Workspace:
     def namespace(self) -> str:
         return f"ds-{self.name}"
 
-    def check(self, origin: str = "workspace") -> "Workspace":
+    def check(self, origin: str = "workspace") -> Workspace:
         if not _NAME.match(self.name):
             raise ConfigError(
                 f"{origin}: name {self.name!r} must be a DNS label: lower-case letters, digits and '-', "
                 "starting with a letter, at most 30 characters (e.g. 'alice')"
             )
         if not _EMAIL.match(self.email):
-            raise ConfigError(f"{origin}: email {self.email!r} is not an e-mail address (the Kubeflow user id)")
+            raise ConfigError(
+                f"{origin}: email {self.email!r} is not an e-mail address (the Kubeflow user id)"
+            )
         return self
 
 
@@ -55,10 +63,14 @@ def load_workspaces(directory: Path) -> list[Workspace]:
             doc = yaml.safe_load(path.read_text()) or {}
             ws = Workspace(**doc)
         except (yaml.YAMLError, TypeError) as exc:
-            raise ConfigError(f"workspace file {path} is malformed ({exc}); it needs 'name' and 'email'") from None
+            raise ConfigError(
+                f"workspace file {path} is malformed ({exc}); it needs 'name' and 'email'"
+            ) from None
         ws.check(str(path))
         if ws.name != path.stem:
-            raise ConfigError(f"workspace file {path} declares name {ws.name!r}; rename the file to {ws.name}.yaml")
+            raise ConfigError(
+                f"workspace file {path} declares name {ws.name!r}; rename the file to {ws.name}.yaml"
+            )
         out.append(ws)
     return out
 
@@ -91,10 +103,17 @@ def notebook(ws: Workspace, image: str) -> dict:
                                 "requests": {"cpu": ws.cpu, "memory": ws.memory},
                                 "limits": {"cpu": ws.cpu, "memory": ws.memory},
                             },
-                            "volumeMounts": [{"name": "home", "mountPath": "/home/jovyan"}],
+                            "volumeMounts": [
+                                {"name": "home", "mountPath": "/home/jovyan"}
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "workspace-home"}}],
+                    "volumes": [
+                        {
+                            "name": "home",
+                            "persistentVolumeClaim": {"claimName": "workspace-home"},
+                        }
+                    ],
                 }
             }
         },
@@ -110,15 +129,24 @@ def home_volume(ws: Workspace) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "workspace-home", "namespace": ws.namespace, "labels": dict(PART_OF)},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": ws.storage}}},
+        "metadata": {
+            "name": "workspace-home",
+            "namespace": ws.namespace,
+            "labels": dict(PART_OF),
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": ws.storage}},
+        },
     }
 
 
 def workspace_documents(ws: Workspace, env: Environment, policy: AccessPolicy):
     """Everything one data scientist needs, for one environment."""
     if ROLE not in policy.roles:
-        raise ConfigError(f"the access policy has no {ROLE!r} role; workspaces run as that role")
+        raise ConfigError(
+            f"the access policy has no {ROLE!r} role; workspaces run as that role"
+        )
     return [
         profile(ws.namespace, ws.email, env, ROLE, workspace=ws.name),
         pod_default(ROLE, ws.namespace, env, PROFILE_SA),
@@ -128,4 +156,4 @@ def workspace_documents(ws: Workspace, env: Environment, policy: AccessPolicy):
     ]
 
 
-__all__ = ["Workspace", "load_workspaces", "workspace_documents", "s3_env"]
+__all__ = ["Workspace", "load_workspaces", "s3_env", "workspace_documents"]

@@ -7,6 +7,7 @@ to ``POST /alerts``. Records (``pipeline-root`` bucket, ``pipeline`` role)::
 
     monitoring/alerts/<YYYY-MM-DD>/<HHMMSS>-<fingerprint>-<status>-<id>.json     one per alert notification
     monitoring/retrains/<model>/<YYYYmmddTHHMMSSZ>-<id>.json                    one per retrain decision
+    monitoring/retrains/<model>/<YYYYmmddTHHMMSSZ>-<id>.result.json             what the trigger returned
 
 A decision is ``triggered`` (then ``result`` or ``error`` once the trigger returns), ``rate-limited`` (a
 retrain of this model was triggered less than ``KFRELEASE_RETRAIN_MIN_INTERVAL`` seconds ago, default 3600)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -112,14 +114,20 @@ class AlertReceiver:
         labels = alert["labels"]
         model = labels["model"]
         reason = f"alert {labels.get('alertname')} on {model} {labels.get('version', '')} ({labels.get('stage', '')})"
+        return self.request_retrain(model, reason, {
+            "version": labels.get("version"),
+            "stage": labels.get("stage"),
+            "alert": labels.get("alertname"),
+            "fingerprint": alert.get("fingerprint"),
+        })
+
+    def request_retrain(self, model: str, reason: str, details: dict | None = None) -> dict:
+        """Decide (triggered, rate-limited, busy), record the decision, start the trigger in the background."""
         with self._decide:
             now = time.time()
             doc = {
                 "model": model,
-                "version": labels.get("version"),
-                "stage": labels.get("stage"),
-                "alert": labels.get("alertname"),
-                "fingerprint": alert.get("fingerprint"),
+                **(details or {}),
                 "reason": reason,
                 "at": datetime.now(timezone.utc).isoformat(),
                 "at_epoch": now,
@@ -140,7 +148,7 @@ class AlertReceiver:
                 if doc["decision"] == "triggered":
                     self._lock.release()
                 raise
-        log.info("retrain decision for %s: %s", model, doc["decision"])
+        log.info("retrain decision for %s: %s (%s)", model, doc["decision"], reason)
         if doc["decision"] == "triggered":
             t = threading.Thread(target=self._run_trigger, args=(key, doc), daemon=True, name=f"retrain-{model}")
             self.threads.append(t)
@@ -156,7 +164,10 @@ class AlertReceiver:
         try:
             fn = self._trigger_function()
             commit, repo = self._definition(doc)
-            record = fn(self.settings, commit, repo, auto=True, reason=doc["reason"])
+            kwargs = {"auto": True, "reason": doc["reason"]}
+            if "model" in inspect.signature(fn).parameters:
+                kwargs["model"] = doc["model"]
+            record = fn(self.settings, commit, repo, **kwargs)
             outcome["result"] = _jsonable(record)
             outcome["status"] = "done"
         except Exception as exc:  # noqa: BLE001 - recorded, never crashes the receiver
@@ -166,7 +177,7 @@ class AlertReceiver:
         finally:
             outcome["finished_at"] = datetime.now(timezone.utc).isoformat()
             try:
-                self.store.put_json(BUCKET, key.replace(".json", "-result.json"), outcome, if_none_match=True)
+                self.store.put_json(BUCKET, key[: -len(".json")] + ".result.json", outcome, if_none_match=True)
             except KfreleaseError as exc:
                 log.error("could not record the retrain result %s: %s", key, exc)
             self._lock.release()
@@ -243,6 +254,9 @@ def serve(settings: Settings, port: int) -> None:
     receiver = AlertReceiver(settings)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(receiver))
     log.info("alert receiver on 127.0.0.1:%d", port)
+    from kfrelease.monitoring.newdata import start_poller
+
+    start_poller(receiver)
     try:
         server.serve_forever()
     finally:

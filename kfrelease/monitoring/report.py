@@ -28,7 +28,11 @@ def current_table_html(current: pd.DataFrame) -> str:
     rows = []
     for _, r in current.iterrows():
         cls = "ok" if r.get("status") == "ok" else "warn"
-        cells = "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in TABLE_COLUMNS if c in current.columns)
+        cells = "".join(
+            f"<td>{html.escape(_fmt(r.get(c))[:19] if c == 'start' else _fmt(r.get(c)))}</td>"
+            for c in TABLE_COLUMNS
+            if c in current.columns
+        )
         rows.append(f'<tr class="{cls}">{cells}</tr>')
     return f'<table id="current"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -40,13 +44,18 @@ def figure(history: pd.DataFrame, model: str):
     fig = make_subplots(rows=len(PANELS), cols=1, shared_xaxes=True, vertical_spacing=0.05,
                         subplot_titles=[title for _, title in PANELS])
     if len(history):
+        from plotly.colors import qualitative
+
         h = history.assign(start=pd.to_datetime(history["start"], utc=True))
+        keys = sorted({(v, s) for v, s in zip(h["version"], h["stage"])})
+        colors = {k: qualitative.Plotly[i % len(qualitative.Plotly)] for i, k in enumerate(keys)}
         for i, (col, _title) in enumerate(PANELS, start=1):
             if col not in h.columns:
                 continue
             for (version, stage), g in h.groupby(["version", "stage"], sort=True):
                 fig.add_trace(
                     go.Scatter(x=g["start"], y=g[col], mode="lines+markers", name=f"{version} {stage}",
+                               line={"color": colors[(version, stage)]},
                                legendgroup=f"{version} {stage}", showlegend=i == 1),
                     row=i, col=1,
                 )

@@ -61,6 +61,7 @@ def run_monitoring(
     baselines: dict[str, dict] | None = None,
     r2_floor: float | None = None,
     latest_only: bool = False,
+    drift_for: str = "latest",  # latest | all | none
     reports: str = "latest",  # latest | all | none
     push: bool = True,
     read_store: ObjectStore | None = None,
@@ -88,6 +89,7 @@ def run_monitoring(
     outcome = compute_windows(
         preds, truth, model=model, features=features, spec=window, min_labels=min_labels,
         reference=reference, baselines=baselines, latest_only=latest_only,
+        drift_for="all" if reports == "all" and drift_for != "none" else drift_for,
     )
     outcome.warnings[:0] = warnings
     if reference is None:
@@ -133,7 +135,11 @@ def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.Dat
         doc = store.get_json(RESULT_BUCKET, key)
         for w in doc.get("windows", []):
             w = {**w, "run_id": doc.get("run_id"), "computed_at": doc.get("computed_at")}
-            rows[(w["version"], w["stage"], w["window"], w["start"])] = w
+            key = (w["version"], w["stage"], w["window"], w["start"])
+            earlier = rows.get(key)
+            if earlier is not None and w.get("drift_share") is None:  # keep drift computed by an earlier pass
+                w["drift_share"], w["drifted"] = earlier.get("drift_share"), earlier.get("drifted")
+            rows[key] = w
     frame = pd.DataFrame(list(rows.values()))
     if len(frame):
         frame = frame.sort_values(["start", "version", "stage"]).reset_index(drop=True)

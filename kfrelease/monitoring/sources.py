@@ -148,8 +148,25 @@ def baselines_of(entries: dict[str, dict], r2_floor: float | None = None) -> dic
         floor = r2_floor
         if floor is None:
             floor = (entry.get("thresholds") or {}).get("r2_min")
+        if floor is None:
+            floor = _spec_min_r2(entry)
         out[version] = {"rmse": metrics.get("rmse"), **({"r2_floor": floor} if floor is not None else {})}
     return out
+
+
+def _spec_min_r2(entry: dict) -> float | None:
+    """``validation.min_r2`` of the model spec recorded in the entry (the spec's R² floor)."""
+    spec = entry.get("spec")
+    text = spec.get("text") if isinstance(spec, dict) else None
+    if not text:
+        return None
+    import yaml
+
+    try:
+        value = ((yaml.safe_load(text) or {}).get("validation") or {}).get("min_r2")
+    except yaml.YAMLError:
+        return None
+    return float(value) if value is not None else None
 
 
 def reference_of(store: ObjectStore, entries: dict[str, dict]) -> pd.DataFrame | None:

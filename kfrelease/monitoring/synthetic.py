@@ -81,3 +81,15 @@ def register_entry(store: ObjectStore, model: str, version: str, features: list[
         entry["thresholds"] = {"r2_min": r2_min}
     store.put_json("models", f"registry/{model}/versions/{version}/entry.json", entry)
     return entry
+
+
+def publish_reference(store: ObjectStore, dataset: str, frame: pd.DataFrame) -> str:
+    """Publish ``frame`` as a curated dataset version named ``dataset`` (``data-engineer`` role) to serve as a
+    model's training reference; returns the version id."""
+    from dataclasses import replace
+
+    from kfrelease.data.publish import publish
+    from kfrelease.data.spec import load_spec
+
+    spec = replace(load_spec("diabetes"), name=dataset)
+    return publish(frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic").version

@@ -268,12 +268,16 @@ def compute_windows(
     reference: pd.DataFrame | None = None,
     baselines: dict[str, dict] | None = None,
     latest_only: bool = False,
-    drift: bool = True,
+    drift_for: str = "latest",
 ) -> MonitorOutcome:
     """Every window of every (version, stage) in ``preds`` (one row per predicted instance).
 
     ``baselines`` maps a version to ``{"rmse": ..., "r2_floor": ...}``; ``latest_only`` computes only the
-    most recent window of each (version, stage) (what the alerts look at)."""
+    most recent window of each (version, stage) (what the alerts look at). ``drift_for`` "latest" runs the
+    Evidently drift check only on each (version, stage)'s latest window (about a second each), "all" on
+    every window, "none" never."""
+    if drift_for not in ("latest", "all", "none"):
+        raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
     outcome = MonitorOutcome(model, [])
     if len(preds) == 0:
         outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
@@ -296,6 +300,7 @@ def compute_windows(
         base = baselines.get(version, {})
         for w in ids:
             rows = group[group["_w"] == w]
+            with_drift = drift_for == "all" or (drift_for == "latest" and w == ids[-1])
             res, dr = compute_window(
                 rows,
                 model=model,
@@ -304,7 +309,7 @@ def compute_windows(
                 spec=spec,
                 features=features,
                 min_labels=min_labels,
-                reference=reference if drift else None,
+                reference=reference if with_drift else None,
                 baseline_rmse=base.get("rmse"),
                 r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
             )

@@ -101,6 +101,9 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
     settings = settings or Settings.from_env()
     reg = ModelRegistry(_store(settings))
     mv = reg.get(model, version)
+    if not mv.passed:  # an existing version returned by an idempotent re-run may be a rejected one
+        log.info("%s %s was rejected by validation; no image is built", model, version)
+        return {}
     if mv.entry.get("image"):
         return mv.entry["image"]
     with tempfile.TemporaryDirectory(prefix="kfrelease-modelcar-") as tmp:
@@ -118,6 +121,8 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
 
     reg = ModelRegistry(_store(settings))
     mv = reg.get(model, version)
+    if not mv.passed:
+        return mv.stage or "rejected"
     if mv.stage is not None:  # already staged (or promoted/archived since): a re-run changes nothing
         return mv.stage
     reg.set_stage(model, version, "staging", "training-pipeline", f"passed validation in run {run_id}",

@@ -17,8 +17,16 @@ UPSTREAM_ROLES = Path(__file__).parent / "upstream" / "kubeflow-cluster-roles.ya
 
 def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is needed for `kubectl kustomize` (see scripts/system-deps.sh)"
-    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert kubectl, (
+        "kubectl is needed for `kubectl kustomize` (see scripts/system-deps.sh)"
+    )
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, f"kubectl kustomize {directory} failed: {proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -35,4 +43,7 @@ def sources() -> Sources:
 @pytest.fixture(scope="session")
 def built(sources) -> dict[str, list[dict]]:
     """Environment name -> documents of `kubectl kustomize manifests/overlays/<env>`."""
-    return {name: kustomize(MANIFESTS_DIR / "overlays" / name) for name in sources.envs.environments}
+    return {
+        name: kustomize(MANIFESTS_DIR / "overlays" / name)
+        for name in sources.envs.environments
+    }

@@ -24,10 +24,19 @@ class Subject:
 
     def identities(self) -> set[tuple[str, str, str]]:
         """Every (kind, name, namespace) a binding subject may name to match this requester."""
-        ids = {(self.kind, self.name, self.namespace if self.kind == "ServiceAccount" else "")}
+        ids = {
+            (
+                self.kind,
+                self.name,
+                self.namespace if self.kind == "ServiceAccount" else "",
+            )
+        }
         groups = set(self.groups) | {"system:authenticated"}
         if self.kind == "ServiceAccount":
-            groups |= {"system:serviceaccounts", f"system:serviceaccounts:{self.namespace}"}
+            groups |= {
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{self.namespace}",
+            }
         ids |= {("Group", g, "") for g in groups}
         return ids
 
@@ -63,26 +72,57 @@ class RBACModel:
             elif kind in ("RoleBinding", "ClusterRoleBinding"):
                 ns = meta.get("namespace", "") if kind == "RoleBinding" else ""
                 subjects = [
-                    (s["kind"], s["name"], s.get("namespace", ns) if s["kind"] == "ServiceAccount" else "")
+                    (
+                        s["kind"],
+                        s["name"],
+                        s.get("namespace", ns) if s["kind"] == "ServiceAccount" else "",
+                    )
                     for s in d.get("subjects") or []
                 ]
                 ref = d["roleRef"]
-                self.bindings.append(Binding(ns, ref["kind"], ref["name"], subjects, f"{kind} {ns}/{meta['name']}"))
+                self.bindings.append(
+                    Binding(
+                        ns,
+                        ref["kind"],
+                        ref["name"],
+                        subjects,
+                        f"{kind} {ns}/{meta['name']}",
+                    )
+                )
             elif kind == "Profile":
                 ns = meta["name"]
                 owner = d["spec"]["owner"]
                 self.bindings += [
-                    Binding(ns, "ClusterRole", "kubeflow-admin", [(owner["kind"], owner["name"], "")],
-                            f"Profile {ns} owner (namespaceAdmin)"),
-                    Binding(ns, "ClusterRole", "kubeflow-edit", [("ServiceAccount", "default-editor", ns)],
-                            f"Profile {ns} default-editor"),
-                    Binding(ns, "ClusterRole", "kubeflow-view", [("ServiceAccount", "default-viewer", ns)],
-                            f"Profile {ns} default-viewer"),
+                    Binding(
+                        ns,
+                        "ClusterRole",
+                        "kubeflow-admin",
+                        [(owner["kind"], owner["name"], "")],
+                        f"Profile {ns} owner (namespaceAdmin)",
+                    ),
+                    Binding(
+                        ns,
+                        "ClusterRole",
+                        "kubeflow-edit",
+                        [("ServiceAccount", "default-editor", ns)],
+                        f"Profile {ns} default-editor",
+                    ),
+                    Binding(
+                        ns,
+                        "ClusterRole",
+                        "kubeflow-view",
+                        [("ServiceAccount", "default-viewer", ns)],
+                        f"Profile {ns} default-viewer",
+                    ),
                 ]
 
-    def cluster_role_rules(self, name: str, seen: frozenset = frozenset()) -> list[dict]:
+    def cluster_role_rules(
+        self, name: str, seen: frozenset = frozenset()
+    ) -> list[dict]:
         if name not in self.cluster_roles:
-            raise KeyError(f"ClusterRole {name!r} is bound but not defined (rendered or vendored upstream)")
+            raise KeyError(
+                f"ClusterRole {name!r} is bound but not defined (rendered or vendored upstream)"
+            )
         role = self.cluster_roles[name]
         agg = role.get("aggregationRule")
         if not agg:
@@ -93,7 +133,10 @@ class RBACModel:
                 continue
             labels = (other.get("metadata") or {}).get("labels") or {}
             for sel in agg.get("clusterRoleSelectors") or []:
-                if all(labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items()):
+                if all(
+                    labels.get(k) == v
+                    for k, v in (sel.get("matchLabels") or {}).items()
+                ):
                     rules += self.cluster_role_rules(other_name, seen | {name})
                     break
         return rules
@@ -106,7 +149,15 @@ class RBACModel:
             raise KeyError(f"{b.origin} refers to Role {key} which is not defined")
         return list(self.roles[key].get("rules") or [])
 
-    def why(self, who: Subject, verb: str, group: str, resource: str, namespace: str, name: str = "") -> list[str]:
+    def why(
+        self,
+        who: Subject,
+        verb: str,
+        group: str,
+        resource: str,
+        namespace: str,
+        name: str = "",
+    ) -> list[str]:
         """The bindings that allow the request (empty: denied)."""
         ids = who.identities()
         reasons = []
@@ -121,7 +172,15 @@ class RBACModel:
                     break
         return reasons
 
-    def allowed(self, who: Subject, verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
+    def allowed(
+        self,
+        who: Subject,
+        verb: str,
+        group: str,
+        resource: str,
+        namespace: str,
+        name: str = "",
+    ) -> bool:
         return bool(self.why(who, verb, group, resource, namespace, name))
 
     def subjects(self, namespace: str) -> set[Subject]:
@@ -137,7 +196,11 @@ class RBACModel:
 def _matches(rule: dict, verb: str, group: str, resource: str, name: str) -> bool:
     if "nonResourceURLs" in rule and not rule.get("resources"):
         return False
-    verbs, groups, resources = rule.get("verbs") or [], rule.get("apiGroups") or [], rule.get("resources") or []
+    verbs, groups, resources = (
+        rule.get("verbs") or [],
+        rule.get("apiGroups") or [],
+        rule.get("resources") or [],
+    )
     names = rule.get("resourceNames") or []
     return (
         ("*" in verbs or verb in verbs)

@@ -14,13 +14,32 @@ from kfrelease.k8s.render import doc_key, environment_documents, json_patch
 from .conftest import kustomize
 
 EXPECTED_KINDS = {
-    "Profile", "Namespace", "ServiceAccount", "ClusterRole", "Role", "RoleBinding", "ConfigMap", "PodDefault",
-    "Notebook", "PersistentVolumeClaim", "AuthorizationPolicy", "ServingRuntime", "InferenceService",
-    "VirtualService", "Deployment", "Service", "ServiceMonitor", "PodMonitor", "PrometheusRule",
+    "Profile",
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "PodDefault",
+    "Notebook",
+    "PersistentVolumeClaim",
+    "AuthorizationPolicy",
+    "ServingRuntime",
+    "InferenceService",
+    "VirtualService",
+    "Deployment",
+    "Service",
+    "ServiceMonitor",
+    "HorizontalPodAutoscaler",
+    "PodMonitor",
+    "PrometheusRule",
 }
 
 
-def test_there_is_an_overlay_per_environment_and_both_staging_and_production_exist(sources):
+def test_there_is_an_overlay_per_environment_and_both_staging_and_production_exist(
+    sources,
+):
     assert {"staging", "production"} <= set(sources.envs.environments)
     for name in sources.envs.environments:
         assert (MANIFESTS_DIR / "overlays" / name / "kustomization.yaml").is_file()
@@ -31,9 +50,13 @@ def test_each_overlay_builds_to_exactly_the_rendered_environment(sources, built)
         env = sources.envs.environments[name]
         got = {doc_key(d): d for d in docs}
         want = {doc_key(d): d for d in environment_documents(sources, env)}
-        assert set(got) == set(want), f"{name}: documents differ: {set(got) ^ set(want)}"
+        assert set(got) == set(want), (
+            f"{name}: documents differ: {set(got) ^ set(want)}"
+        )
         diffs = {k: json_patch(want[k], got[k]) for k in want if got[k] != want[k]}
-        assert diffs == {}, f"{name}: kustomize output differs from the renderers: {diffs}"
+        assert diffs == {}, (
+            f"{name}: kustomize output differs from the renderers: {diffs}"
+        )
         assert len(got) == len(docs), f"{name}: duplicate documents"
 
 
@@ -73,43 +96,94 @@ def test_environment_values_reach_every_document(sources, built):
     for name, docs in built.items():
         env = sources.envs.environments[name]
         text = yaml.safe_dump_all(docs)
-        for placeholder in (r"\bACCOUNT_ID\b", r"\bBUCKET_PREFIX-", r"\bREGION\b", r"\bkfrelease(-workspace)?:base\b"):
-            assert not re.search(placeholder, text), f"{name}: placeholder {placeholder} left in the overlay"
+        for placeholder in (
+            r"\bACCOUNT_ID\b",
+            r"\bBUCKET_PREFIX-",
+            r"\bREGION\b",
+            r"\bkfrelease(-workspace)?:base\b",
+        ):
+            assert not re.search(placeholder, text), (
+                f"{name}: placeholder {placeholder} left in the overlay"
+            )
         assert env.account_id in text and env.bucket_prefix in text
         runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
         assert runtime["spec"]["containers"][0]["image"] == env.project_image
         notebook = next(d for d in docs if d["kind"] == "Notebook")
-        assert notebook["spec"]["template"]["spec"]["containers"][0]["image"] == env.workspace_image
+        assert (
+            notebook["spec"]["template"]["spec"]["containers"][0]["image"]
+            == env.workspace_image
+        )
         isvc = next(d for d in docs if d["kind"] == "InferenceService")
-        assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(f"oci://{env.registry}/")
-        sink = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kfrelease-logsink")
-        assert sink["spec"]["replicas"] == env.logsink_replicas
+        assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(
+            f"oci://{env.registry}/"
+        )
+        sink = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment"
+            and d["metadata"]["name"] == "kfrelease-logsink"
+        )
+        hpa = next(
+            d
+            for d in docs
+            if d["kind"] == "HorizontalPodAutoscaler"
+            and d["metadata"]["name"] == "kfrelease-logsink"
+        )
+        assert "replicas" not in sink["spec"]
+        assert hpa["spec"]["minReplicas"] == env.logsink_replicas
         assert isvc["spec"]["predictor"]["logger"]["url"].startswith(
-            f"http://kfrelease-logsink.{sink['metadata']['namespace']}.svc")
+            f"http://kfrelease-logsink.{sink['metadata']['namespace']}.svc"
+        )
 
 
 def test_eksctl_cluster_config_has_oidc_autoscaling_node_groups(sources):
     for name, env in sources.envs.environments.items():
-        cfg = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
-        assert cfg["apiVersion"] == "eksctl.io/v1alpha5" and cfg["kind"] == "ClusterConfig"
+        cfg = yaml.safe_load(
+            (MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text()
+        )
+        assert (
+            cfg["apiVersion"] == "eksctl.io/v1alpha5" and cfg["kind"] == "ClusterConfig"
+        )
         assert cfg["metadata"]["name"] == env.cluster and cfg["iam"]["withOIDC"] is True
         groups = {g["name"]: g for g in cfg["managedNodeGroups"]}
         assert set(groups) == {"system", "pipelines", "serving"}
         for g in groups.values():
-            assert g["minSize"] <= g["desiredCapacity"] <= g["maxSize"] and g["maxSize"] > g["minSize"]
+            assert (
+                g["minSize"] <= g["desiredCapacity"] <= g["maxSize"]
+                and g["maxSize"] > g["minSize"]
+            )
             assert g["tags"][f"k8s.io/cluster-autoscaler/{env.cluster}"] == "owned"
-        autoscaler = [s for s in cfg["iam"]["serviceAccounts"] if s["metadata"]["name"] == "cluster-autoscaler"]
+        autoscaler = [
+            s
+            for s in cfg["iam"]["serviceAccounts"]
+            if s["metadata"]["name"] == "cluster-autoscaler"
+        ]
         assert autoscaler and autoscaler[0]["wellKnownPolicies"]["autoScaler"] is True
 
 
 def test_cloudformation_creates_the_policy_buckets_and_ecr_repositories(sources):
     for name, env in sources.envs.environments.items():
-        tpl = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text())
+        tpl = yaml.safe_load(
+            (MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text()
+        )
         res = tpl["Resources"].values()
-        buckets = {r["Properties"]["BucketName"] for r in res if r["Type"] == "AWS::S3::Bucket"}
+        buckets = {
+            r["Properties"]["BucketName"] for r in res if r["Type"] == "AWS::S3::Bucket"
+        }
         assert buckets == {f"{env.bucket_prefix}{b}" for b in sources.policy.buckets}
-        repos = {r["Properties"]["RepositoryName"] for r in res if r["Type"] == "AWS::ECR::Repository"}
-        assert {"kfrelease", "kfrelease-workspace", f"kfrelease-models/{sources.spec.model}"} <= repos
-        ci = tpl["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
-        assert ci["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"] == (
-            f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main")
+        repos = {
+            r["Properties"]["RepositoryName"]
+            for r in res
+            if r["Type"] == "AWS::ECR::Repository"
+        }
+        assert {
+            "kfrelease",
+            "kfrelease-workspace",
+            f"kfrelease/{sources.spec.model}",
+        } <= repos
+        ci = tpl["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"][
+            "Statement"
+        ][0]
+        assert ci["Condition"]["StringEquals"][
+            "token.actions.githubusercontent.com:sub"
+        ] == (f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main")

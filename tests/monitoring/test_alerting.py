@@ -1,30 +1,39 @@
-"""End to end on the real local Prometheus, Pushgateway, Alertmanager and our receiver: degraded traffic
-fires an alert that reaches the receiver, which records it and triggers one auto-revision retrain;
-healthy traffic raises nothing.
+"""End to end on the real local Prometheus, Pushgateway, Alertmanager, our receiver and the real training
+trigger: a model trained by the training pipeline is in production; new curated data has arrived; healthy
+traffic raises no alert; degraded traffic (noisy predictions on shifted inputs) fires the quality and drift
+alerts, Alertmanager routes them to the receiver, which records them and triggers exactly one
+auto-revision retrain (the others are rate-limited or wait), and the retrain registers V1.1.1.
 
-Prometheus and Alertmanager are restarted for this module with fast intervals (1 s scrape/evaluation,
+Prometheus and Alertmanager are restarted for this module with fast intervals (1 s scrape and evaluation,
 ``for: 0s``, 1 s group wait) and restored afterwards.
 """
 
+import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from kfrelease.data.features import diabetes_features
+from kfrelease.data.pipeline import run_data_pipeline
+from kfrelease.data.spec import load_spec, parse_spec
+from kfrelease.demo.data import demo_batches
 from kfrelease.monitoring import services as mon
+from kfrelease.monitoring.newdata import check_new_data
 from kfrelease.monitoring.receiver import AlertReceiver
 from kfrelease.monitoring.run import run_monitoring
-from kfrelease.monitoring.synthetic import register_entry, write_traffic
+from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
 
 pytestmark = pytest.mark.integration
-FEATURES = ["x1", "x2", "x3"]
 
 
 def wait_for(check, timeout=60.0, what="condition"):
@@ -53,12 +62,37 @@ def fast_alerting(stack):
     supervisor.start_service(stack, mon.prometheus_service(stack))
 
 
-def traffic(n, seed, noise=1.0, shift=0.0):
-    rng = np.random.default_rng(seed)
-    x = pd.DataFrame(rng.normal(size=(n, 3)), columns=FEATURES)
-    y = 10 * x["x1"] - 5 * x["x2"] + 2 * x["x3"] + 50
-    pred = y + rng.normal(scale=noise, size=n)
-    return x + shift, pred, y
+@pytest.fixture(scope="module")
+def production_model(fast_alerting):
+    """A private dataset (batch 1), the demo model trained on it by the real training trigger and promoted
+    to production, then batch 2 published as a newer curated version."""
+    from kfrelease.demo.project import create_demo_project
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training import trigger as training
+
+    settings = fast_alerting
+    name = f"diabetes-{uuid.uuid4().hex[:8]}"
+    doc = yaml.safe_load(load_spec("diabetes").text)
+    doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
+    spec = parse_spec(yaml.safe_dump(doc), name)
+    engineer = store_for("data-engineer", settings)
+
+    def add_batch(n):
+        engineer.put_bytes("raw", f"{spec.source_prefix}batch-{n}.csv",
+                           demo_batches()[n - 1].to_csv(index=False).encode())
+        return run_data_pipeline(spec, engineer).version
+
+    first = add_batch(1)
+    model = f"mon-e2e-{uuid.uuid4().hex[:6]}"
+    repo = Path(tempfile.mkdtemp(prefix="mon-project-")) / "project"
+    shas = create_demo_project(repo, name=model, dataset=name)
+    run = training.wait(settings, training.trigger(settings, shas[0], str(repo)).run_id, timeout=240)
+    assert run.status == "succeeded", run.state
+    registry = ModelRegistry(store_for("pipeline", settings))
+    registry.set_stage(model, "V1.1.0", "production", who="test", why="monitoring end-to-end test")
+    second = add_batch(2)
+    assert second != first
+    return {"model": model, "dataset": name, "first": first, "second": second, "registry": registry}
 
 
 def prom(stack, query):
@@ -73,68 +107,82 @@ def am_alerts(stack, model):
     return r.json()
 
 
-def test_degraded_traffic_fires_alerts_and_one_retrain_healthy_traffic_does_not(fast_alerting):
-    stack = fast_alerting
-    serving, pipeline = store_for("serving", stack), store_for("pipeline", stack)
-    model = f"mon-it-{uuid.uuid4().hex[:6]}"
-    reference, _, _ = traffic(500, seed=0)
-    register_entry(pipeline, model, "V1.1.0", FEATURES, rmse=1.0)
+def inputs(features):
+    """Batch 2's rows (the training population) as the model's inputs, and their truth."""
+    rows = diabetes_features(demo_batches()[1])  # with the curated engineered feature
+    return rows[features], rows["progression"].to_numpy()
+
+
+def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does_not(fast_alerting, production_model):
+    stack, model, registry = fast_alerting, production_model["model"], production_model["registry"]
+    entry = registry.get(model, "V1.1.0").entry
+    features = [c["name"] for c in entry["input_schema"]]
+    baseline = entry["metrics"]["rmse"]
+    serving = store_for("serving", stack)
+    x, truth = inputs(features)
+    rng = np.random.default_rng(7)
     now = datetime.now(timezone.utc)
 
-    # healthy: good predictions, inputs like training -> gauges visible in Prometheus, no alert
-    x, pred, y = traffic(200, seed=3)
-    write_traffic(serving, model, "V1.1.0", "production", x, pred, y, start=now - timedelta(minutes=30))
-    run = run_monitoring(stack, model, window=WindowSpec("count", 200), min_labels=50, latest_only=True,
-                         reference=reference, r2_floor=0.8)
+    # healthy: inputs from the training population, predictions within the model's own error
+    write_traffic(serving, model, "V1.1.0", "production", x, truth + rng.normal(scale=0.5 * baseline, size=len(x)),
+                  truth, start=now - timedelta(minutes=30), step_seconds=1)
+    run = run_monitoring(stack, model, window=WindowSpec("count", len(x)), min_labels=50, latest_only=True)
     (healthy,) = run.windows
-    assert healthy.status == "ok" and healthy.r2 > 0.95 and healthy.drift_share < 0.5 and run.push.ok
+    assert healthy.status == "ok" and healthy.rmse < 1.5 * baseline and healthy.r2 > healthy.r2_floor
+    assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
+    assert healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline  # from the spec and the registry
     sel = f'{{model="{model}"}}'
     wait_for(lambda: prom(stack, f"kfrelease_model_r2{sel}"), what="Prometheus to scrape the pushed R2")
     evaluated = time.time()
-    wait_for(lambda: all(g["lastEvaluation"] and pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
+    wait_for(lambda: all(pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
                          for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]),
-             what="three more rule evaluations")
+             what="more rule evaluations")
     assert prom(stack, f"ALERTS{sel}") == []
     assert am_alerts(stack, model) == []
 
-    # degraded: noisy predictions on shifted inputs -> R2, RMSE and drift alerts fire and reach the receiver
-    x, pred, y = traffic(200, seed=2, noise=15.0, shift=3.0)
-    write_traffic(serving, model, "V1.1.0", "production", x, pred, y, start=now - timedelta(minutes=5))
-    run = run_monitoring(stack, model, window=WindowSpec("count", 200), min_labels=50, latest_only=True,
-                         reference=reference, r2_floor=0.8)
+    # degraded: shifted inputs and noisy predictions -> R2, RMSE and drift alerts
+    shifted = x.assign(bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8)
+    shifted = shifted.assign(**{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")})
+    write_traffic(serving, model, "V1.1.0", "production", shifted, truth + rng.normal(scale=4 * baseline, size=len(x)),
+                  truth, start=now - timedelta(minutes=5), step_seconds=1)
+    run = run_monitoring(stack, model, window=WindowSpec("count", len(x)), min_labels=50, latest_only=True)
     (bad,) = run.windows
-    assert bad.r2 < 0.8 and bad.rmse > 1.5 and bad.drift_share == 1.0
-    firing = wait_for(lambda: {a["labels"]["alertname"] for a in am_alerts(stack, model)} >= {
-        "ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"} and am_alerts(stack, model),
-        what="the quality and drift alerts in Alertmanager")
+    assert bad.r2 < 0.2 and bad.rmse > 1.5 * baseline and bad.drift_share > 0.5
+    expected = {"ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"}
+    firing = wait_for(lambda: (a := am_alerts(stack, model)) and {x["labels"]["alertname"] for x in a} >= expected
+                      and a, what="the quality and drift alerts in Alertmanager")
     assert {a["labels"]["version"] for a in firing} == {"V1.1.0"}
 
-    receiver = AlertReceiver(stack, store=pipeline)
-    recorded = wait_for(lambda: [a for a in receiver.alerts() if a["labels"].get("model") == model
-                                 and a["status"] == "firing"] or None,
-                        what="the receiver to record the alerts")
-    assert {a["labels"]["alertname"] for a in recorded} <= {"ModelR2BelowFloor", "ModelRMSEAboveBaseline",
-                                                            "ModelInputDrift", "ModelNoGroundTruth"}
-    decisions = wait_for(lambda: [d for d in receiver.retrains(model) if "decision" in d and "status" not in d]
-                         if len(receiver.retrains(model)) >= 2 else None, what="a retrain decision")
-    triggered = [d for d in decisions if d["decision"] == "triggered"]
-    assert len(triggered) == 1, decisions  # one retrain; the other alerts are rate-limited or busy
-    assert all(d["decision"] in ("rate-limited", "busy") for d in decisions if d is not triggered[0])
-    result = wait_for(lambda: [d for d in receiver.retrains(model) if d.get("status")], timeout=120,
-                      what="the retrain result record")[0]
-    assert result["reason"].startswith("alert ") and model in result["reason"]
-    # see test_retrain_result below for what the training trigger produced
-    pytest.retrain_result = result
-
-
-def test_retrain_result_is_an_auto_revision(fast_alerting):
-    result = getattr(pytest, "retrain_result", None)
-    if result is None:
-        pytest.skip("the alerting test did not get to a retrain")
-    try:
-        import kfrelease.training.trigger  # noqa: F401
-    except ImportError:
-        assert result["status"] == "failed" and "kfrelease.training.trigger" in result["error"]
-        pytest.skip("kfrelease.training.trigger does not exist yet: the receiver called the trigger path, "
-                    "which failed with ModuleNotFoundError (recorded)")
+    receiver = AlertReceiver(stack, store=store_for("pipeline", stack))
+    recorded = wait_for(lambda: {a["labels"]["alertname"] for a in receiver.alerts()
+                                 if a["labels"].get("model") == model and a["status"] == "firing"} >= expected,
+                        what="the receiver to record the three alerts")
+    assert recorded
+    decisions = wait_for(lambda: (d := [r for r in receiver.retrains(model) if "status" not in r]) and len(d) >= 3 and d,
+                         what="a retrain decision per alert")
+    assert [d["decision"] for d in decisions].count("triggered") == 1, decisions
+    assert all(d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions)
+    result = wait_for(lambda: [r for r in receiver.retrains(model) if r.get("status")], timeout=60,
+                      what="the trigger's answer")[0]
     assert result["status"] == "done", result
+    run_id = result["result"]["run_id"]
+    assert run_id.startswith(f"auto-{model}-V1.1.0-") and result["result"]["auto"] is True
+
+    from kfrelease.training import trigger as training
+
+    final = training.wait(stack, run_id, timeout=240)
+    assert final.status == "succeeded", final.state
+    retrained = registry.get(model, "V1.1.1")  # same tag and definition, newer data: auto revision + 1
+    assert retrained.entry["dataset_version"] == production_model["second"]
+    assert retrained.entry["run_id"] == run_id
+
+    # the new-data hook takes the same path: the retrain for this data version exists already (idempotent)
+    hook = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0)
+    (row,) = check_new_data(hook, [model])
+    assert row["latest"] == production_model["second"] and row["trained_on"] == production_model["first"]
+    assert row["action"] == "triggered"
+    for t in hook.threads:
+        t.join(timeout=60)
+    again = [r for r in hook.retrains(model) if r.get("status") and "new curated data" in r["reason"]]
+    assert again and again[0]["result"]["run_id"] == run_id and again[0]["result"]["created"] is False
+    assert check_new_data(hook, [model])[0]["action"] == "already-handled"

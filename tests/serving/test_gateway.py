@@ -163,17 +163,19 @@ def test_canary_at_20_percent_gets_20_percent_of_2000_requests(gateway):
     assert supervisor.service_status(settings, "predictor-staging").pid is None, "the shadow was not stopped"
 
 
-def test_weight_changes_and_promotion_under_load_fail_no_request(gateway):
+def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gateway):
     settings, driver, _records = gateway
     driver.apply(TrafficState(primary="V1", canary="V3", canary_weight=10))
     with Load(settings.url("gateway", PREDICT), threads=4) as load:
         for weight in (25, 50, 100):
             driver.apply(TrafficState(primary="V1", canary="V3", canary_weight=weight))
         driver.apply(TrafficState(primary="V3"))  # promotion: the production slot is reloaded with V3
+        driver.apply(TrafficState(primary="V3", canary="V4", canary_weight=50))
+        driver.apply(TrafficState(primary="V3", canary="V4", canary_weight=50).rolled_back())  # canary stops
         served_after_promotion = load.ok
         _wait_for(lambda: [None] * (load.ok - served_after_promotion), 200)
     assert load.failures == [], f"{len(load.failures)} failed of {load.ok + len(load.failures)}: {load.failures[:3]}"
-    assert load.ok > 500 and load.versions.get("V3", 0) > 0
+    assert load.ok > 500 and load.versions.get("V3", 0) > 0 and load.versions.get("V4", 0) > 0
     assert driver.current() == TrafficState(primary="V3")
     assert supervisor.service_status(settings, "predictor-canary").pid is None
     r = _predict(httpx, settings.url("gateway", PREDICT))
@@ -189,6 +191,15 @@ def test_a_bad_state_moves_no_traffic(gateway):
     with pytest.raises(RolloutSpecError, match="outside 0..100"):
         driver.apply(TrafficState(primary=state.primary, canary="V9", canary_weight=-5))
     assert conf.read_text() == before and driver.current() == state
+
+
+def test_applying_the_same_state_twice_changes_nothing(gateway):
+    settings, driver, _ = gateway
+    conf = Path(settings.home / "services" / "gateway" / "nginx.conf")
+    state = driver.current()
+    before = (conf.stat().st_mtime_ns, supervisor.service_status(settings, "predictor-production").pid)
+    driver.apply(state)
+    assert (conf.stat().st_mtime_ns, supervisor.service_status(settings, "predictor-production").pid) == before
 
 
 def test_oversized_body_gets_a_json_413(gateway):

@@ -131,6 +131,10 @@ def test_validation_catches_typos_wrong_types_and_unknown_kinds():
         validate(vs)
     with pytest.raises(SchemaValidationError, match="not a DNS-1123 name"):
         validate({**isvc, "metadata": {"name": "Diabetes_Model"}})
+    with pytest.raises(SchemaValidationError, match="label kfrelease.io/version='V1.1.0!'"):
+        validate({**isvc, "metadata": {**isvc["metadata"], "labels": {"kfrelease.io/version": "V1.1.0!"}}})
+    with pytest.raises(SchemaValidationError, match="ObjectMeta"):
+        validate({**isvc, "metadata": {**isvc["metadata"], "annotations": {"a": 1}}})
     with pytest.raises(SchemaValidationError, match="no schema for example.com/v1 Widget"):
         validate(
             {

@@ -1,0 +1,50 @@
+# The one kfrelease image (target `project`): the base image of every KFP component (`KFRELEASE_IMAGE`,
+# kfrelease/images.py) and the image of the KServe ServingRuntime `kfrelease-predictor`, the log sink and
+# the feedback service on EKS. Target `workspace` adds JupyterLab + jupyterlab-git for the data scientists'
+# Kubeflow Notebooks (same library, same versions).
+#
+#   docker build --target project   -t $REGISTRY/kfrelease:0.1.0 .
+#   docker build --target workspace -t $REGISTRY/kfrelease-workspace:0.1.0 .
+#
+# No secrets: object-store credentials come from IRSA (web identity) at run time, never from the image.
+# Python dependencies are pinned by constraints.txt, the same file `make setup` installs with.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS project
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# git: training runs the model code at a commit; skopeo + umoci + busybox-static: the containerize
+# component builds ModelCar images (models under /models, `ln` and `sleep` from busybox) and pushes them;
+# amazon-ecr-credential-helper: skopeo's ECR login with the pod's IRSA credentials (REGISTRY_AUTH_FILE,
+# set by the release namespace's PodDefault `pipeline-pods-env`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates git skopeo umoci busybox-static \
+      amazon-ecr-credential-helper \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/kfrelease
+COPY setup.py constraints.txt ./
+COPY kfrelease ./kfrelease
+COPY components ./components
+COPY pipelines ./pipelines
+COPY serving ./serving
+RUN pip install -c constraints.txt . \
+ && python -c "import kfrelease, kserve, kfp; print('kfrelease image ok')"
+# A numeric non-root user (KServe's runAsNonRoot needs a numeric UID to verify); uid 1000 "jovyan" with
+# home /home/jovyan is also what Kubeflow Notebooks expect.
+RUN useradd --uid 1000 --gid 100 --create-home --home-dir /home/jovyan jovyan
+USER 1000
+ENV HOME=/home/jovyan
+EXPOSE 8080
+CMD ["kfrelease", "--help"]
+
+FROM project AS workspace
+USER root
+RUN pip install -c constraints.txt "jupyterlab==4.6.6" "jupyterlab-git==0.55.0"
+USER 1000
+WORKDIR /home/jovyan
+EXPOSE 8888
+# Kubeflow's notebook controller routes /notebook/<ns>/<name>/ to port 8888 and sets NB_PREFIX.
+ENV NB_PREFIX=/
+CMD ["sh", "-c", "exec jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --ServerApp.token='' --ServerApp.password='' --ServerApp.allow_origin='*' --ServerApp.base_url=${NB_PREFIX} --ServerApp.authenticate_prometheus=False"]

@@ -1,0 +1,34 @@
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def containerize(spec_json: str, version: str, image_registry: str, run_id: str) -> str:
+    """Build the version's KServe ModelCar image (model under /models, static busybox) without a daemon,
+    push it and record its digest in the registry entry.
+
+    Args:
+        spec_json: the model spec (its name is the registered model).
+        version: its version.
+        image_registry: e.g. ``<account>.dkr.ecr.<region>.amazonaws.com``; empty: the embedded registry
+            (or ``KFRELEASE_IMAGE_REGISTRY``).
+        run_id: the trigger's run id (may be empty).
+
+    Returns:
+        The pushed image pinned by digest (``registry/kfrelease/<model>@sha256:...``); empty when the
+        version's recorded verdict is a rejection (nothing is built for a rejected model).
+    """
+    import logging
+
+    from kfrelease.oci import ImageRef
+    from kfrelease.training.runs import step_record
+    from kfrelease.training.spec import ModelSpec
+    from kfrelease.training.steps import containerize_step
+
+    logging.basicConfig(level=logging.INFO)
+    with step_record(run_id, "containerize"):
+        image = containerize_step(ModelSpec.from_json(spec_json).name, version, registry=image_registry)
+    if not image:
+        return ""
+    pinned = ImageRef(image["ref"], image["digest"]).pinned
+    print(f"pushed {pinned}")
+    return pinned

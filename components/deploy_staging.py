@@ -1,0 +1,29 @@
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_name: str) -> str:
+    """Mark the version as the staging candidate (the release pipeline shadows it against production).
+
+    Args:
+        spec_json: the model spec (its name is the registered model).
+        version: its version (validated and containerized).
+        image: the pushed image (orders this step after containerize; recorded in the stage event).
+        run_id: the trigger's run id (may be empty).
+        job_name: the KFP pipeline job name.
+
+    Returns:
+        The version's stage.
+    """
+    import logging
+
+    from kfrelease.training.runs import step_record
+    from kfrelease.training.spec import ModelSpec
+    from kfrelease.training.steps import deploy_staging_step
+
+    logging.basicConfig(level=logging.INFO)
+    with step_record(run_id, "deploy-staging"):
+        model_name = ModelSpec.from_json(spec_json).name
+        stage = deploy_staging_step(model_name, version, run_id or job_name)
+    print(f"{model_name} {version}: {stage} ({image})")
+    return stage

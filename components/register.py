@@ -1,0 +1,48 @@
+from kfp.dsl import Artifact, Input, Model
+
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def register(
+    spec_json: str,
+    commit: str,
+    dataset_version: str,
+    run_id: str,
+    job_name: str,
+    metrics_json: str,
+    verdict: Input[Artifact],
+    model: Input[Model],
+) -> str:
+    """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
+
+    A model that failed validation is registered with a ``rejected`` stage event and its reasons.
+
+    Args:
+        spec_json: the model spec (name, tag, fingerprint, input schema).
+        commit: the git commit the spec was read from.
+        dataset_version: the curated dataset version it was trained on.
+        run_id: the trigger's run id (recorded as lineage; the KFP job name when empty).
+        job_name: the KFP pipeline job name.
+        metrics_json: held-out metrics.
+        verdict: the validation verdict (JSON).
+        model: the fitted estimator.
+
+    Returns:
+        The registered version (or the existing one for the same tag, definition and data).
+    """
+    import json
+    import logging
+
+    from kfrelease.training.runs import step_record
+    from kfrelease.training.spec import ModelSpec
+    from kfrelease.training.steps import register_step
+
+    logging.basicConfig(level=logging.INFO)
+    spec = ModelSpec.from_json(spec_json)
+    with step_record(run_id, "register"):
+        out = register_step(spec, commit, dataset_version, run_id or job_name, model.path,
+                            json.loads(metrics_json), json.loads(open(verdict.path).read()))
+    print(f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "
+          f"{'passed' if out['passed'] else 'rejected'})")
+    return out["version"]

@@ -1,0 +1,181 @@
+"""The merge trigger: what CI runs on every merge to main (``kfrelease trigger --commit SHA``).
+
+It reads the model spec at that commit and starts the training pipeline:
+
+- locally (default): a detached background process (``kfrelease.training.runner``) runs the pipeline with
+  ``kfp.local``; the run is recorded in the ``models`` bucket (``runs/<run_id>/``) and its log is
+  ``$KFRELEASE_HOME/runs/<run_id>.log``;
+- with ``kfp_host``: the compiled pipeline package is submitted with ``kfp.Client(host).
+  create_run_from_pipeline_package`` (KFP SDK), and the KFP run id is recorded.
+
+The run id is derived from the commit (``train-<sha[:12]>``), and the record is created with
+``If-None-Match``: a second trigger of the same commit returns the first run. No command stops a run.
+``auto=True`` retrains the production model's definition on the latest curated data (new data or an
+alert); its run id is derived from the production version and the data version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from kfrelease.config import Settings
+from kfrelease.errors import KfreleaseError
+from kfrelease.training import runs
+from kfrelease.training.spec import SPEC_FILE, ModelSpec, load_project_at_commit, parse_spec
+
+log = logging.getLogger(__name__)
+
+ROLE = "pipeline"
+EXPERIMENT = "kfrelease-training"
+
+
+def log_path(settings: Settings, run_id: str) -> Path:
+    return settings.home / "runs" / f"{run_id}.log"
+
+
+def _store(settings: Settings):
+    from kfrelease.storage import store_for
+
+    return store_for(ROLE, settings)
+
+
+def _auto_target(settings: Settings, model: str | None) -> tuple[ModelSpec, str, str, str]:
+    """(spec, commit, dataset version, production version) of an automatic retrain."""
+    from kfrelease.data.publish import get_version
+    from kfrelease.registry import ModelRegistry
+
+    store = _store(settings)
+    reg = ModelRegistry(store)
+    if model is None:
+        names = reg.models()
+        if len(names) != 1:
+            raise KfreleaseError(f"auto retrain needs the model name (registered models: {', '.join(names) or 'none'})")
+        model = names[0]
+    mv = reg.current(model, "production")
+    if mv is None:
+        raise KfreleaseError(f"model {model!r} has no production version to retrain; promote one first")
+    spec_doc = mv.entry.get("spec")
+    if not spec_doc:
+        raise KfreleaseError(f"{model} {mv.version} has no recorded spec; retrain it from its commit instead")
+    spec = parse_spec(spec_doc["text"], f"{model} {mv.version} spec", spec_doc.get("code") or {})
+    dataset_version = get_version(store, spec.dataset).version
+    return spec, mv.commit, dataset_version, mv.version
+
+
+def trigger(
+    settings: Settings,
+    commit: str | None,
+    repo: str | Path | None = ".",
+    kfp_host: str | None = None,
+    auto: bool = False,
+    reason: str = "merge to main",
+    model: str | None = None,
+    spec_file: str = SPEC_FILE,
+    dataset_version: str = "latest",
+) -> runs.RunRecord:
+    """Start the training pipeline for a commit (or an automatic retrain); idempotent per run id."""
+    if auto:
+        spec, commit, dataset_version, prod_version = _auto_target(settings, model)
+        run_id = f"auto-{spec.name}-{prod_version}-{dataset_version[:12]}"
+        source = {"production_version": prod_version}
+    else:
+        if not commit:
+            raise KfreleaseError("give the merged commit: kfrelease trigger --commit SHA [--repo PATH]")
+        spec, commit = load_project_at_commit(repo or ".", commit, spec_file)
+        spec.build_estimator()  # unknown estimator / bad hyper-parameter: refuse before any run exists
+        run_id = f"train-{commit[:12]}"
+        source = {"repo": str(Path(repo or ".").resolve())}
+    store = _store(settings)
+    record = runs.create_run(store, run_id, {
+        **source,
+        "commit": commit,
+        "model": spec.name,
+        "tag": spec.tag,
+        "spec_fingerprint": spec.fingerprint,
+        "spec_json": spec.to_json(),
+        "dataset": spec.dataset,
+        "dataset_version": dataset_version,
+        "auto": auto,
+        "reason": reason,
+        "target": kfp_host or "local",
+    })
+    if not record.created:
+        log.info("run %s exists already (%s); not starting another", run_id, record.status)
+        return record
+    try:
+        if kfp_host:
+            kfp_run = submit_to_kfp(kfp_host, spec, commit, dataset_version, run_id)
+            record.state = runs.set_state(store, run_id, "submitted", kfp_run_id=kfp_run, kfp_host=kfp_host)
+        else:
+            pid = start_local(settings, run_id)
+            record.state = runs.set_state(store, run_id, "queued", pid=pid, log=str(log_path(settings, run_id)))
+    except Exception as exc:
+        record.state = runs.set_state(store, run_id, "failed", error=f"could not start: {exc}"[:500])
+        raise
+    return record
+
+
+def start_local(settings: Settings, run_id: str) -> int:
+    """Start the detached local runner (own session: it outlives the caller and ignores its Ctrl-C)."""
+    path = log_path(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
+    with open(path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kfrelease.training.runner", run_id],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            close_fds=True,
+        )
+    log.info("run %s started locally (pid %d, log %s)", run_id, proc.pid, path)
+    return proc.pid
+
+
+def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str, run_id: str) -> str:
+    """Submit the compiled training pipeline to a KFP API server; returns the KFP run id."""
+    from kfp import Client, compiler
+
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(Path(tmp) / "training_pipeline.yaml")
+        compiler.Compiler().compile(training_pipeline, package)
+        client = Client(host=host)
+        result = client.create_run_from_pipeline_package(
+            package,
+            arguments={"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version,
+                       "run_id": run_id},
+            run_name=run_id,
+            experiment_name=EXPERIMENT,
+            enable_caching=False,  # a merge always trains; idempotency is the registry's and the run record's job
+        )
+    return result.run_id
+
+
+def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> runs.RunRecord:
+    """Wait until a local run has finished (succeeded or failed); raises on timeout."""
+    import time
+
+    store = _store(settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        record = runs.get_run(store, run_id)
+        if record.status in ("succeeded", "failed"):
+            return record
+        if record.status in ("queued", "running") and record.state.get("pid") and not _alive(record.state["pid"]):
+            record = runs.get_run(store, run_id)  # it may have just written its final state
+            if record.status not in ("succeeded", "failed"):
+                return record
+        if time.monotonic() > deadline:
+            raise KfreleaseError(f"run {run_id} still {record.status} after {timeout:.0f} s; see `kfrelease runs`")
+        time.sleep(poll)
+
+
+def _alive(pid: int) -> bool:
+    from kfrelease.stack.supervisor import pid_alive
+
+    return pid_alive(pid)

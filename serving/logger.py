@@ -1,0 +1,282 @@
+"""The predictor's prediction logger: KServe InferenceLogger CloudEvents, posted without ever slowing a
+prediction down.
+
+Format (KServe ``pkg/logger``, see /work/shared/FACTS.md): one HTTP POST per event in CloudEvents *binary*
+mode, ``content-type: application/json``, headers ``ce-specversion: 1.0``, ``ce-id`` (the request id, the
+same for a request and its response), ``ce-type`` ``org.kubeflow.serving.inference.request`` /
+``org.kubeflow.serving.inference.response``, ``ce-source``, ``ce-time`` and the extensions
+``ce-inferenceservicename``, ``ce-namespace``, ``ce-component``, ``ce-endpoint`` (``default`` or ``canary``).
+kfrelease adds extensions of its own so the sink needs no lookup: ``ce-model``, ``ce-modelversion``,
+``ce-stage`` and ``ce-features`` (the input schema's feature names, comma separated). The request event's data is the
+checked request as v1 ``{"instances": [[...]]}`` in schema order; the response's is
+``{"predictions": [...], "model_name", "model_version"}``.
+
+Never failing, never stalling:
+- ``log()`` only appends to a bounded in-memory queue (``max_buffer`` events); a full queue drops the new
+  event and counts it (``kfrelease_predictor_log_events_total{result="dropped"}``).
+- one background thread posts the events. When the sink does not answer 2xx, the event and every later
+  one go to a local write-ahead file (``<wal_dir>/<n>.jsonl``, capped at ``max_wal_bytes``) and are
+  replayed, oldest first, once the sink answers again (exponential back-off up to 5 s). A replay that is
+  interrupted re-sends a few events; the sink drops duplicates by (id, type). The WAL survives a restart
+  of the predictor: it is replayed on start.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+
+LOG_EVENTS = Counter(
+    "kfrelease_predictor_log_events",
+    "Prediction-log events by result: sent (acknowledged by the sink), spooled (written to the local "
+    "write-ahead file while the sink was unreachable), dropped (lost: queue or WAL full).",
+    ["model", "version", "stage", "result"],
+)
+LOG_BACKLOG = Gauge(
+    "kfrelease_predictor_log_backlog",
+    "Prediction-log events not yet acknowledged by the sink (in memory and in the write-ahead file).",
+    ["model", "version", "stage"],
+)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class InferenceLogger:
+    def __init__(
+        self,
+        url: str,
+        wal_dir: str | Path,
+        model: str,
+        version: str,
+        stage: str,
+        features: list[str],
+        namespace: str = "kfrelease",
+        inference_service: str | None = None,
+        component: str = "predictor",
+        max_buffer: int = 50_000,
+        max_wal_bytes: int = 512 * 1024 * 1024,
+        timeout: float = 2.0,
+    ):
+        self.url = url
+        self.wal_dir = Path(wal_dir)
+        self.model, self.version, self.stage = model, version, stage
+        self.max_buffer = max_buffer
+        self.max_wal_bytes = max_wal_bytes
+        self.timeout = timeout
+        self.base_headers = {
+            "content-type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-source": f"http://kfrelease/{namespace}/{inference_service or model}/{stage}",
+            "ce-inferenceservicename": inference_service or model,
+            "ce-namespace": namespace,
+            "ce-component": component,
+            "ce-endpoint": "canary" if stage == "canary" else "default",
+            "ce-model": model,
+            "ce-modelversion": version,
+            "ce-stage": stage,
+            "ce-features": ",".join(features),
+        }
+        self._queue: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+        labels = (model, version, stage)
+        self._sent = LOG_EVENTS.labels(*labels, "sent")
+        self._spooled = LOG_EVENTS.labels(*labels, "spooled")
+        self._dropped = LOG_EVENTS.labels(*labels, "dropped")
+        self._backlog = LOG_BACKLOG.labels(*labels)
+        self.sent = self.spooled = self.dropped = 0
+        # write-ahead file state (only the sender thread touches these)
+        self._wal_fh = None
+        self._wal_seq = 0
+        self._wal_bytes = 0
+        self._wal_pending = 0
+        self._retry_at = 0.0
+        self._backoff = 0.1
+
+    # --- request path ------------------------------------------------------------------------------
+    def log(self, request_id: str, rows, predictions) -> None:
+        """Queue the request and response events of one prediction; O(1), never raises."""
+        try:
+            if len(self._queue) >= self.max_buffer:
+                self.dropped += 2
+                self._dropped.inc(2)
+                return
+            self._queue.append((request_id, _now_iso(), rows, predictions))
+            self._wake.set()
+        except Exception:  # noqa: BLE001 - logging must never fail a prediction
+            log.exception("could not queue a prediction-log event")
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        existing = self._wal_segments()
+        self._wal_seq = (int(existing[-1].stem) + 1) if existing else 0
+        self._wal_pending = sum(self._count_lines(p) for p in existing)
+        self._wal_bytes = self._disk_bytes()
+        self._client = httpx.Client(timeout=self.timeout)
+        self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what can be sent within ``timeout``; the rest is kept in the write-ahead file."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 1)
+        self._close_segment()
+        if self._client is not None:
+            self._client.close()
+
+    def backlog(self) -> int:
+        return len(self._queue) * 2 + self._wal_pending
+
+    # --- sender thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        deadline = None
+        while True:
+            if self._stop.is_set():
+                deadline = deadline or time.monotonic() + 5.0
+                if not self._queue or time.monotonic() > deadline:
+                    self._spool_queue()
+                    return
+            if not self._queue and not (self._wal_pending and time.monotonic() >= self._retry_at):
+                self._wake.wait(timeout=max(0.05, min(1.0, self._retry_at - time.monotonic())))
+                self._wake.clear()
+            try:
+                if self._wal_pending and time.monotonic() >= self._retry_at:
+                    self._replay()
+                while self._queue:
+                    item = self._queue.popleft()
+                    for event in self._events(*item):
+                        if self._wal_pending or time.monotonic() < self._retry_at:
+                            self._spool(event)
+                        elif not self._post(event):
+                            self._spool(event)
+                    if self._wal_pending and time.monotonic() >= self._retry_at:
+                        break  # the sink may be back: replay before sending newer events
+            except Exception:  # noqa: BLE001 - the sender must survive anything
+                log.exception("prediction-log sender error")
+                time.sleep(0.1)
+            self._backlog.set(self.backlog())
+
+    def _events(self, request_id: str, when: str, rows, predictions) -> list[dict]:
+        request = orjson.dumps({"instances": rows.tolist()})
+        response = orjson.dumps(
+            {"predictions": predictions.tolist(), "model_name": self.model, "model_version": self.version}
+        )
+        return [
+            {"id": request_id, "type": REQUEST_TYPE, "time": when, "data": request.decode()},
+            {"id": request_id, "type": RESPONSE_TYPE, "time": when, "data": response.decode()},
+        ]
+
+    def _post(self, event: dict) -> bool:
+        headers = dict(self.base_headers)
+        headers["ce-id"] = event["id"]
+        headers["ce-type"] = event["type"]
+        headers["ce-time"] = event["time"]
+        try:
+            resp = self._client.post(self.url, content=event["data"], headers=headers)
+            ok = 200 <= resp.status_code < 300
+            if not ok:
+                log.warning("log sink answered %s: %s", resp.status_code, resp.text[:200])
+        except httpx.HTTPError as exc:
+            log.warning("log sink %s unreachable (%s); spooling to %s", self.url, type(exc).__name__, self.wal_dir)
+            ok = False
+        if ok:
+            self.sent += 1
+            self._sent.inc()
+            self._backoff = 0.1
+        else:
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 5.0)
+        return ok
+
+    # --- write-ahead file ------------------------------------------------------------------------------
+    def _wal_segments(self) -> list[Path]:
+        return sorted(self.wal_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
+
+    @staticmethod
+    def _count_lines(path: Path) -> int:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    def _spool(self, event: dict) -> None:
+        line = orjson.dumps(event) + b"\n"
+        if self._wal_bytes + len(line) > self.max_wal_bytes:
+            self.dropped += 1
+            self._dropped.inc()
+            return
+        if self._wal_fh is None:
+            self._wal_fh = open(self.wal_dir / f"{self._wal_seq}.jsonl", "ab")
+            self._wal_seq += 1
+        self._wal_fh.write(line)
+        self._wal_bytes += len(line)
+        self._wal_pending += 1
+        self.spooled += 1
+        self._spooled.inc()
+        if self._wal_pending % 64 == 0:
+            self._wal_fh.flush()
+
+    def _spool_queue(self) -> None:
+        while self._queue:
+            for event in self._events(*self._queue.popleft()):
+                self._spool(event)
+
+    def _close_segment(self) -> None:
+        if self._wal_fh is not None:
+            self._wal_fh.flush()
+            os.fsync(self._wal_fh.fileno())
+            self._wal_fh.close()
+            self._wal_fh = None
+
+    def _replay(self) -> None:
+        """Send spooled events oldest first; a segment is deleted once every event in it is acknowledged."""
+        self._close_segment()  # new events go to a new segment while this one is replayed
+        for segment in self._wal_segments():
+            with open(segment, "rb") as fh:
+                lines = [line for line in fh if line.strip()]
+            for i, line in enumerate(lines):
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:  # a torn last line after a crash
+                    self._wal_pending -= 1
+                    continue
+                if not self._post(event):
+                    # keep the unsent rest (the sent part may be re-sent later: the sink dedups)
+                    self._rewrite(segment, lines[i:])
+                    self._wal_bytes = self._disk_bytes()
+                    return
+                self._wal_pending -= 1
+            segment.unlink()
+        self._wal_bytes = self._disk_bytes()
+        self._wal_pending = max(self._wal_pending, 0)
+
+    def _disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._wal_segments())
+
+    @staticmethod
+    def _rewrite(segment: Path, lines: list[bytes]) -> None:
+        tmp = segment.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, segment)

@@ -1,0 +1,704 @@
+"""The predictor: a small ``kserve.Model`` for one registered regression model version.
+
+Run it as ``python -m kfrelease.serving.predictor --model-dir DIR --name MODEL --stage production
+--http-port P [--logger-url URL] [--cache lru|redis://...]`` (docs/CONTRACTS.md, "Serving processes").
+KServe's ``ModelServer`` owns HTTP, the protocols and ``/metrics``; this module owns the model:
+
+- ``load_model_dir``: a model directory (``model.joblib`` + ``model.json``, the registry entry), a ModelCar
+  (``/models`` in the image, ``/mnt/models`` in the pod) or ``s3://.../artifacts/<model>/<V>/`` (copied
+  once under the data directory).
+- ``rows_from_v1`` / ``rows_from_v2``: each request is checked against the entry's ``input_schema``
+  (feature names, count, numbers only, finite) and turned into one float64 matrix in schema order; any
+  problem is a 400 with a JSON ``error`` saying where and what (``InvalidInput``).
+- every answer names the version: header ``x-model-version`` and ``model_version`` in the body; the
+  request id (``ce-id``, else ``x-request-id``, else a new uuid) comes back as ``x-request-id``.
+- predictions are logged (request + response CloudEvents) by ``InferenceLogger`` off the request path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prometheus_client import Counter, Histogram
+
+from kfrelease.errors import ConfigError, KfreleaseError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("production", "staging", "canary")
+#: Largest request body accepted (bytes); larger ones get 413 before any parsing.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Most instances in one request.
+DEFAULT_MAX_INSTANCES = 10_000
+#: ModelCar paths: the image holds the model in /models; KServe mounts it at /mnt/models (FACTS.md).
+MODELCAR_DIRS = ("/mnt/models", "/models")
+
+INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+FLOAT_DTYPES = {"float16", "float32", "float64"}
+V2_FLOAT = {"FP16", "FP32", "FP64"}
+V2_INT = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+
+REQUESTS = Counter(
+    "kfrelease_predictor_requests",
+    "Prediction requests answered, by protocol and outcome (ok, invalid).",
+    ["model", "version", "stage", "protocol", "outcome"],
+)
+INSTANCES = Counter(
+    "kfrelease_predictor_instances", "Instances predicted.", ["model", "version", "stage"]
+)
+LATENCY = Histogram(
+    "kfrelease_predictor_request_seconds",
+    "Time from a decoded request to its answer (validation, cache, model), seconds.",
+    ["model", "version", "stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+class InvalidRequest(KfreleaseError):
+    """Raised by the request checks; turned into kserve's ``InvalidInput`` (HTTP 400)."""
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    estimator: Any
+    entry: dict
+    name: str
+    version: str
+    features: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    path: Path
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """The estimator's predictions on a float64 matrix in schema order (same call as training's)."""
+        frame = pd.DataFrame(rows, columns=list(self.features), copy=False)
+        return np.asarray(self.estimator.predict(frame), dtype="float64").ravel()
+
+
+def load_model_dir(path: str | Path, expected_name: str | None = None) -> LoadedModel:
+    """Load ``model.joblib`` and ``model.json`` from a directory; errors say which file is wrong."""
+    import joblib
+
+    d = Path(path)
+    entry_path, model_path = d / "model.json", d / "model.joblib"
+    for p in (entry_path, model_path):
+        if not p.is_file():
+            raise ConfigError(
+                f"model directory {d} has no {p.name}; it needs model.joblib and model.json "
+                f"(`kfrelease models download` or the registry's download() writes both)"
+            )
+    try:
+        entry = json.loads(entry_path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{entry_path} is not valid JSON: {exc}") from None
+    schema = entry.get("input_schema")
+    if not isinstance(schema, list) or not schema or not all(isinstance(c, dict) and c.get("name") for c in schema):
+        raise ConfigError(f"{entry_path}: input_schema must be a non-empty list of {{name, dtype}}")
+    dtypes = tuple(str(c.get("dtype", "float64")) for c in schema)
+    unknown = sorted(set(dtypes) - INT_DTYPES - FLOAT_DTYPES)
+    if unknown:
+        raise ConfigError(f"{entry_path}: input_schema dtypes {unknown} are not numeric; the predictor serves numbers")
+    name = str(entry.get("name") or "")
+    if expected_name and name and name != expected_name:
+        raise ConfigError(f"{entry_path} is model {name!r}, but the predictor was asked to serve {expected_name!r}")
+    try:
+        estimator = joblib.load(model_path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad model file
+        raise ConfigError(f"{model_path} could not be loaded with joblib: {type(exc).__name__}: {exc}") from None
+    if not hasattr(estimator, "predict"):
+        raise ConfigError(f"{model_path} holds a {type(estimator).__name__}, which has no predict()")
+    return LoadedModel(
+        estimator=estimator,
+        entry=entry,
+        name=name or (expected_name or d.name),
+        version=str(entry.get("version") or os.environ.get("KFRELEASE_MODEL_VERSION") or "unknown"),
+        features=tuple(str(c["name"]) for c in schema),
+        dtypes=dtypes,
+        path=d,
+    )
+
+
+def resolve_model_dir(source: str, settings=None) -> Path:
+    """A local directory for ``source``: a directory, a ModelCar path, or ``s3://<bucket>/<prefix>/``
+    (copied with the ``serving`` role into ``<home>/services/models/<bucket>/<prefix>`` once)."""
+    if source.startswith("s3://"):
+        from kfrelease.config import Settings
+        from kfrelease.storage import store_for
+
+        settings = settings or Settings.from_env()
+        bucket, _, prefix = source[len("s3://") :].partition("/")
+        prefix = prefix.strip("/") + "/"
+        store = store_for("serving", settings)
+        logical = bucket[len(settings.bucket_prefix) :] if bucket.startswith(settings.bucket_prefix) else bucket
+        dest = settings.home / "services" / "models" / logical / prefix.strip("/")
+        if (dest / "model.joblib").is_file() and (dest / "model.json").is_file():
+            return dest
+        tmp = dest.with_name(dest.name + f".partial-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            for name in ("model.joblib", "model.json"):
+                store.get_file(logical, prefix + name, str(tmp / name))
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+    path = Path(source)
+    if path.is_dir():
+        return path
+    for candidate in MODELCAR_DIRS:  # a ModelCar image mounted where KServe puts it
+        if source in MODELCAR_DIRS and Path(candidate).is_dir():
+            return Path(candidate)
+    raise ConfigError(f"model directory {source} does not exist; pass a directory, /mnt/models or s3://models/artifacts/<model>/<V>/")
+
+
+# --- request checks ---------------------------------------------------------------------------------
+
+
+def _number(value, where: str, feature: str, integral: bool) -> float:
+    t = type(value)
+    if t is float:
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted")
+        if integral and not value.is_integer():
+            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers")
+        return value
+    if t is int:
+        f = float(value)
+        if not math.isfinite(f):  # ints beyond float range
+            raise InvalidRequest(f"{where} (feature {feature!r}) is too large for a float64")
+        return f
+    kind = "a string" if t is str else "null" if value is None else "a boolean" if t is bool else f"a JSON {t.__name__}"
+    raise InvalidRequest(f"{where} (feature {feature!r}) is {kind}; expected a finite number")
+
+
+def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+    """``{"instances": [[...], ...]}`` or ``{"instances": [{"name": value, ...}, ...]}`` -> float64 matrix."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f'the request body must be a JSON object like {{"instances": [[...]]}}, not a JSON {_json_kind(body)}'
+        )
+    extra = sorted(set(body) - {"instances", "parameters", "id"})
+    if "instances" not in body:
+        hint = " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
+        raise InvalidRequest(f"the request has no 'instances' field{hint}; fields given: {sorted(body)}")
+    if extra:
+        raise InvalidRequest(f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')")
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidRequest(f"'instances' must be a list, not a JSON {_json_kind(instances)}")
+    n, k = len(instances), len(model.features)
+    if n == 0:
+        raise InvalidRequest("'instances' is empty; send at least one instance")
+    if n > max_instances:
+        raise InvalidRequest(f"'instances' holds {n} instances; at most {max_instances} per request")
+    rows = np.empty((n, k), dtype="float64")
+    integral = [d in INT_DTYPES for d in model.dtypes]
+    features = model.features
+    for i, inst in enumerate(instances):
+        if type(inst) is list:
+            if len(inst) != k:
+                raise InvalidRequest(
+                    f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {list(features)}"
+                )
+            for j in range(k):
+                rows[i, j] = _number(inst[j], f"instances[{i}][{j}]", features[j], integral[j])
+        elif type(inst) is dict:
+            if len(inst) != k or any(f not in inst for f in features):
+                missing = [f for f in features if f not in inst]
+                unknown = sorted(set(inst) - set(features))
+                raise InvalidRequest(
+                    f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
+                    f"expected exactly {list(features)}"
+                )
+            for j, f in enumerate(features):
+                rows[i, j] = _number(inst[f], f"instances[{i}].{f}", f, integral[j])
+        else:
+            raise InvalidRequest(
+                f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} numbers or an "
+                f"object with keys {list(features)}"
+            )
+    return rows
+
+
+def _json_body(raw: bytes | str):
+    import orjson
+
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def diagnose_v2_body(raw: bytes) -> str:
+    """What is wrong with a v2 body that did not parse as an inference request (for the 400 message)."""
+    from pydantic import ValidationError
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+
+    try:
+        doc = _json_body(raw)
+    except InvalidRequest as exc:
+        return str(exc)
+    if not isinstance(doc, dict):
+        return f'the request body must be a JSON object like {{"inputs": [...]}}, not a JSON {_json_kind(doc)}'
+    if "inputs" not in doc:
+        hint = " (v1 'instances' go to /v1/models/<name>:predict)" if "instances" in doc else ""
+        return f"the request has no 'inputs' field{hint}; fields given: {sorted(doc)}"
+    try:
+        InferenceRequest.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return f"the v2 inference request is malformed: {problems}"
+    return "the v2 inference request could not be decoded"
+
+
+def _json_kind(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _flatten(data, where: str, out: list) -> None:
+    for i, v in enumerate(data):
+        if type(v) is list:
+            _flatten(v, f"{where}[{i}]", out)
+        else:
+            out.append((v, f"{where}[{i}]"))
+
+
+def _tensor_values(inp, where: str, integral_type: bool) -> list[float]:
+    data = inp.data
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{where}.data must be a list of numbers")
+    flat: list = []
+    _flatten(data, f"{where}.data", flat)
+    values = []
+    for v, w in flat:
+        values.append(_number(v, w, inp.name, integral_type))
+    return values
+
+
+def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+    """Open Inference Protocol inputs -> float64 matrix. Two layouts are accepted:
+
+    - one tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order;
+    - one tensor per feature, named after it, each of shape ``[n]`` or ``[n, 1]``.
+    """
+    inputs = list(request.inputs or [])
+    k = len(model.features)
+    if not inputs:
+        raise InvalidRequest("'inputs' is empty; send one [n, k] tensor or one tensor per feature")
+    for idx, inp in enumerate(inputs):
+        if inp.datatype not in V2_FLOAT | V2_INT:
+            raise InvalidRequest(
+                f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; use FP64/FP32 or an INT type"
+            )
+        shape = inp.shape
+        if not isinstance(shape, list) or not shape or any(type(s) is not int or s < 0 for s in shape):
+            raise InvalidRequest(f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes")
+    names = [inp.name for inp in inputs]
+    if len(inputs) == 1 and names[0] not in model.features or (len(inputs) == 1 and k == 1 and len(inputs[0].shape) == 2):
+        inp = inputs[0]
+        shape = inp.shape
+        if len(shape) == 1:
+            shape = [1, shape[0]]
+        if len(shape) != 2 or shape[1] != k:
+            raise InvalidRequest(
+                f"inputs[0] ({inp.name!r}) has shape {inp.shape}; expected [n, {k}] with the features in this "
+                f"order: {list(model.features)}"
+            )
+        n = shape[0]
+        values = _tensor_values(inp, "inputs[0]", inp.datatype in V2_INT)
+        if len(values) != n * k:
+            raise InvalidRequest(f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}")
+        rows = np.asarray(values, dtype="float64").reshape(n, k)
+    else:
+        if sorted(names) != sorted(model.features) or len(set(names)) != len(names):
+            missing = [f for f in model.features if f not in names]
+            unknown = sorted(set(names) - set(model.features))
+            raise InvalidRequest(
+                f"v2 inputs do not match the input schema: missing {missing}, unknown {unknown}; send one tensor "
+                f"named after each of {list(model.features)}, or one [n, {k}] tensor"
+            )
+        by_name = {inp.name: (i, inp) for i, inp in enumerate(inputs)}
+        columns = []
+        n = None
+        for f in model.features:
+            i, inp = by_name[f]
+            if not (len(inp.shape) == 1 or (len(inp.shape) == 2 and inp.shape[1] == 1)):
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]")
+            if n is None:
+                n = inp.shape[0]
+            elif inp.shape[0] != n:
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}")
+            values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
+            if len(values) != n:
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}")
+            columns.append(values)
+        rows = np.asarray(columns, dtype="float64").T.reshape(n, k)
+    if rows.shape[0] == 0:
+        raise InvalidRequest("the request holds no instances; send at least one")
+    if rows.shape[0] > max_instances:
+        raise InvalidRequest(f"the request holds {rows.shape[0]} instances; at most {max_instances} per request")
+    for j, d in enumerate(model.dtypes):
+        if d in INT_DTYPES and not np.all(np.mod(rows[:, j], 1) == 0):
+            raise InvalidRequest(f"feature {model.features[j]!r} takes whole numbers")
+    return rows
+
+
+# --- the kserve model ----------------------------------------------------------------------------
+
+
+def request_id_from(headers: dict | None) -> str:
+    """The gateway's id (``ce-id`` then ``x-request-id``), else a new one."""
+    if headers:
+        for name in ("ce-id", "x-request-id"):
+            value = headers.get(name)
+            if value:
+                return value[:200]
+    return uuid.uuid4().hex
+
+
+@dataclass
+class _Decoded:
+    rows: np.ndarray
+    protocol: str  # "v1" | "v2"
+    request_id: str
+    v2_id: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def make_predictor_class():
+    """The ``kserve.Model`` subclass (built on first use so that importing this module stays cheap)."""
+    from kserve import Model
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class RegressionPredictor(Model):  # noqa: F811 - the real class
+        """One model version. ``load()`` reads the directory; ``predict()`` checks, caches, predicts, logs."""
+
+        def __init__(
+            self,
+            name: str,
+            model_dir: Path,
+            stage: str = "production",
+            logger=None,
+            cache=None,
+            max_instances: int = DEFAULT_MAX_INSTANCES,
+        ):
+            super().__init__(name, return_response_headers=True)
+            self.model_dir = Path(model_dir)
+            self.stage = stage
+            self.logger = logger
+            self.cache = cache
+            self.max_instances = max_instances
+            self.model: LoadedModel | None = None
+
+        def load(self) -> bool:
+            self.model = load_model_dir(self.model_dir, expected_name=self.name)
+            m = self.model
+            self._ok = {p: REQUESTS.labels(m.name, m.version, self.stage, p, "ok") for p in ("v1", "v2")}
+            self._invalid = {p: REQUESTS.labels(m.name, m.version, self.stage, p, "invalid") for p in ("v1", "v2")}
+            self._instances = INSTANCES.labels(m.name, m.version, self.stage)
+            self._latency = LATENCY.labels(m.name, m.version, self.stage)
+            self.ready = True
+            log.info("loaded %s %s (%d features) from %s", m.name, m.version, len(m.features), self.model_dir)
+            return self.ready
+
+        def get_input_types(self) -> list[dict]:
+            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.model.features)]}]
+
+        def get_output_types(self) -> list[dict]:
+            return [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+
+        async def preprocess(self, payload, headers=None):
+            protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+            try:
+                if isinstance(payload, (bytes, str)):  # sent without content-type: application/json
+                    payload = _json_body(payload)
+                if protocol == "v2":
+                    rows = rows_from_v2(payload, self.model, self.max_instances)
+                else:
+                    rows = rows_from_v1(payload, self.model, self.max_instances)
+            except InvalidRequest as exc:
+                self._invalid[protocol].inc()
+                raise InvalidInput(str(exc)) from None
+            v2_id = payload.id if protocol == "v2" else None
+            rid = request_id_from(headers) if headers and (headers.get("ce-id") or headers.get("x-request-id")) else None
+            return _Decoded(rows, protocol, rid or v2_id or uuid.uuid4().hex, v2_id)
+
+        def validate(self, payload):
+            return payload  # preprocess has checked it against the input schema
+
+        async def predict(self, payload: _Decoded, headers=None, response_headers=None):
+            started = time.perf_counter()
+            rows = payload.rows
+            if self.cache is not None:
+                predictions = self._predict_cached(rows)
+            else:
+                predictions = self.model.predict(rows)
+            if response_headers is not None:
+                response_headers["x-model-version"] = self.model.version
+                response_headers["x-request-id"] = payload.request_id
+            self._ok[payload.protocol].inc()
+            self._instances.inc(len(predictions))
+            self._latency.observe(time.perf_counter() - started)
+            if self.logger is not None:
+                self.logger.log(payload.request_id, rows, predictions)
+            values = predictions.tolist()
+            if payload.protocol == "v2":
+                return InferResponse(
+                    response_id=payload.v2_id or payload.request_id,
+                    model_name=self.name,
+                    model_version=self.model.version,
+                    infer_outputs=[InferOutput(name="predict", shape=[len(values)], datatype="FP64", data=values)],
+                )
+            return {"predictions": values, "model_name": self.name, "model_version": self.model.version}
+
+        def _predict_cached(self, rows: np.ndarray) -> np.ndarray:
+            found = self.cache.get_many(rows)
+            missing = [i for i, v in enumerate(found) if v is None]
+            if not missing:
+                return np.asarray(found, dtype="float64")
+            computed = self.model.predict(rows[missing])
+            self.cache.put_many(rows[missing], computed)
+            out = np.asarray([0.0 if v is None else v for v in found], dtype="float64")
+            out[missing] = computed
+            return out
+
+        def stop(self):
+            if self.logger is not None:
+                self.logger.close()
+            super().stop()
+
+    return RegressionPredictor
+
+
+# --- HTTP guard (body size, decode errors) ---------------------------------------------------------
+
+
+class RequestGuard:
+    """ASGI middleware: bodies over ``max_body`` get 413 before anything parses them, and a request that
+    kserve's decoders fail on with a plain Python error (ValueError, TypeError, ...) gets 400, not 500."""
+
+    DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, OverflowError, RecursionError)
+
+    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES):
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reply(send, 413, f"request body is {int(value)} bytes; the limit is {self.max_body}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return await self._reply(send, 413, f"request body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        started = False
+        binary_v2 = any(n == b"inference-header-content-length" for n, _ in scope.get("headers", []))
+        held = None
+
+        async def tracking_send(message):
+            # kserve's messages for a body that is not JSON / not an inference request are vague; hold each
+            # 400 and say what is actually wrong.
+            nonlocal started, held
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] in (400, 422):
+                    held = message
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                content = message.get("body", b"")
+                try:
+                    has_error = isinstance(json.loads(content).get("error"), str)
+                except (ValueError, AttributeError):
+                    has_error = False
+                if not has_error:  # FastAPI's own answers ({"detail": ...}) for bodies it could not parse
+                    return await self._reply(send, 400, diagnose_v2_body(body))
+                if not binary_v2 and b"inference-header-content-length" in content:
+                    return await self._reply(send, 400, diagnose_v2_body(body))
+                if b"Unrecognized request format" in content:
+                    detail = json.loads(content).get("error", "").split(":", 1)[-1].strip()
+                    return await self._reply(send, 400, f"the request body is not valid JSON: {detail}")
+                await send(held)
+                held = None
+            await send(message)
+
+        try:
+            await self.app(scope, replay, tracking_send)
+        except self.DECODE_ERRORS as exc:
+            if started:
+                raise
+            log.info("request could not be decoded: %s: %s", type(exc).__name__, exc)
+            await self._reply(send, 400, f"the request could not be decoded: {type(exc).__name__}: {exc}"[:2000])
+
+    @staticmethod
+    async def _reply(send, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- process entry --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m kfrelease.serving.predictor",
+        description="Serve one registered regression model version with KServe's ModelServer.",
+    )
+    p.add_argument("--model-dir", required=True, help="model directory, /mnt/models (ModelCar) or s3://models/artifacts/<model>/<V>/")
+    p.add_argument("--name", required=True, help="model name (the URL's /v1/models/<name>)")
+    p.add_argument("--stage", default="production", choices=STAGES)
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
+    p.add_argument("--logger-url", default=None, help="log sink URL; no logging without it")
+    p.add_argument("--cache", default=None, help="off (default), lru, lru:N or redis://host:port/db")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kfrelease"))
+    p.add_argument("--inference-service", default=None, help="InferenceService name in log events (default: the model name)")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    """The predictor object for parsed arguments (loaded; its logger started). Used by main and tests."""
+    from kfrelease.config import Settings
+    from kfrelease.serving.cache import cache_from_option
+
+    settings = Settings.from_env()
+    model_dir = resolve_model_dir(args.model_dir, settings)
+    predictor = make_predictor_class()(args.name, model_dir, stage=args.stage, max_instances=args.max_instances)
+    predictor.load()
+    loaded = predictor.model
+    if args.logger_url:
+        from kfrelease.serving.logger import InferenceLogger
+
+        predictor.logger = InferenceLogger(
+            url=args.logger_url,
+            wal_dir=settings.service_dir(f"predictor-{args.stage}") / "log-wal",
+            model=loaded.name,
+            version=loaded.version,
+            stage=args.stage,
+            features=list(loaded.features),
+            namespace=args.namespace,
+            inference_service=args.inference_service or loaded.name,
+        )
+        predictor.logger.start()
+    predictor.cache = cache_from_option(args.cache, loaded.name, loaded.version)
+    return predictor
+
+
+def serve(predictor, http_port: int, host: str = "127.0.0.1", max_body: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Run KServe's ModelServer (REST only, one worker) for ``predictor`` on ``host:http_port``."""
+    import asyncio
+
+    from kserve import ModelServer
+    from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
+    from kserve.protocol.rest.server import RESTServer
+
+    class LocalModelServer(ModelServer):
+        # kserve's RESTServer binds 0.0.0.0; this binds ``host`` (127.0.0.1 on the embedded stack).
+        def start(self, models):
+            self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = RESTServer(
+                FASTAPI_APP_IMPORT_STRING,
+                self.dataplane,
+                self.model_repository_extension,
+                self.http_port,
+                workers=1,
+                grace_period=self.grace_period,
+                event_loop=self.event_loop,
+                timeout_keep_alive=self.timeout_keep_alive,
+            )
+            self._rest_server.config.host = host
+            self.servers.append(self._rest_server.start())
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    app.add_middleware(RequestGuard, max_body=max_body)
+    server = LocalModelServer(
+        http_port=http_port, enable_grpc=False, workers=1, grace_period=5, enable_latency_logging=False
+    )
+    # Per-request trace and access lines cost more than the prediction itself; errors are still logged.
+    for name in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    try:
+        server.start([predictor])
+    finally:
+        predictor.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # kserve.model_server parses sys.argv when imported; give it only the program name.
+    sys.argv = sys.argv[:1]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        predictor = build(args)
+    except KfreleaseError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    serve(predictor, args.http_port, args.host, args.max_body_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The serving group of the embedded stack: the log sink, the feedback service and the gateway
+(``kfrelease serve`` starts them), plus ``predictor_service`` for the model servers started per version."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kfrelease.config import Settings
+from kfrelease.stack.service import Service
+
+#: Port of each predictor slot, from ``settings.port("predictor")`` (docs/CONTRACTS.md).
+STAGE_PORT_OFFSET = {"production": 0, "staging": 1, "canary": 2}
+
+
+def logsink_service(settings: Settings) -> Service:
+    return Service(
+        name="logsink",
+        port=settings.port("logsink"),
+        command=[sys.executable, "-m", "kfrelease.serving.sink", "--port", str(settings.port("logsink"))],
+        health_path="/healthz",
+        group="serving",
+        startup_timeout=60,
+    )
+
+
+def feedback_service(settings: Settings, model: str | None = None) -> Service:
+    command = [sys.executable, "-m", "kfrelease.serving.feedback", "--port", str(settings.port("feedback"))]
+    if model:
+        command += ["--model", model]
+    return Service(
+        name="feedback", port=settings.port("feedback"), command=command, health_path="/healthz", group="serving",
+        startup_timeout=60,
+    )
+
+
+def predictor_port(settings: Settings, stage: str) -> int:
+    return settings.port("predictor") + STAGE_PORT_OFFSET[stage]
+
+
+def predictor_service(
+    settings: Settings,
+    stage: str,
+    model_dir: str | Path,
+    model_name: str,
+    port: int | None = None,
+    logger_url: str | None = "default",
+    cache: str | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Service:
+    """A model server for one version as a stack service ``predictor-<stage>`` (start it with
+    ``supervisor.start_service``). ``logger_url="default"`` logs to the stack's sink; ``None`` disables logging."""
+    if stage not in STAGE_PORT_OFFSET:
+        from kfrelease.errors import ConfigError
+
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGE_PORT_OFFSET)}")
+    port = port or predictor_port(settings, stage)
+    command = [
+        sys.executable, "-m", "kfrelease.serving.predictor",
+        "--model-dir", str(model_dir), "--name", model_name, "--stage", stage, "--http-port", str(port),
+    ]
+    if logger_url:
+        command += ["--logger-url", settings.url("logsink", "/") if logger_url == "default" else logger_url]
+    if cache:
+        command += ["--cache", cache]
+    command += list(extra_args)
+    return Service(
+        name=f"predictor-{stage}",
+        port=port,
+        command=command,
+        health_path="/v2/health/ready",
+        group="serving-models",  # started per version by the gateway driver, not by `kfrelease serve` itself
+        startup_timeout=90,
+    )
+
+
+def services(settings: Settings) -> list[Service]:
+    """The ``serving`` group: log sink and feedback first (model servers log from their first request), then
+    the gateway when that part is present."""
+    out = [logsink_service(settings), feedback_service(settings)]
+    try:
+        from kfrelease.serving.gateway import gateway_service
+    except ImportError:
+        return out
+    return out + [gateway_service(settings)]

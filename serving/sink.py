@@ -1,0 +1,495 @@
+"""The log sink: receives KServe InferenceLogger CloudEvents and writes them to ``inference-logs``.
+
+``POST /`` takes one event in CloudEvents binary mode (``ce-*`` headers, JSON body: what KServe's logger
+and ``kfrelease.serving.logger`` send), structured mode (``application/cloudevents+json``) or a batch
+(``application/cloudevents-batch+json``, a JSON array of structured events). Each event becomes one JSON
+line (fields in docs/CONTRACTS.md, "Prediction logs").
+
+Acknowledged means durable: an event is appended to the local write-ahead file (``services/logsink/wal/``)
+and fsync'ed before the 200 goes out (concurrent requests share one fsync). A background uploader turns
+each closed WAL segment into JSON Lines objects ``inference-logs/<model>/<YYYY-MM-DD>/<HHMMSS>-<uuid>.jsonl``
+(one per model and day, the uuid derived from the segment, written with ``If-None-Match`` so a retried
+upload never doubles a batch) and deletes the segment only once every object of it is stored. While the
+object store is down, segments pile up locally and are flushed, oldest first, when it is back.
+
+Duplicates: an event is identified by its CloudEvents ``source`` + ``id`` and its type (the primary, the
+shadow and the canary answer the same request id from different sources); a repeated (source, id, type) is
+acknowledged and dropped. The sink remembers the last ``dedup_window`` keys (and every key still in its
+WAL across restarts); readers drop any older duplicate too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime as dt
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from kfrelease.config import Settings
+from kfrelease.errors import Conflict, KfreleaseError
+
+log = logging.getLogger(__name__)
+
+BUCKET = "inference-logs"
+TYPES = {
+    "org.kubeflow.serving.inference.request": "request",
+    "org.kubeflow.serving.inference.response": "response",
+}
+NAMESPACE_UUID = uuid.UUID("6f1c1f52-8d7e-4a51-9a47-0c3b2f3f6c11")
+
+EVENTS = Counter("kfrelease_logsink_events", "CloudEvents received, by result (written, duplicate, invalid).", ["result"])
+UPLOADED = Counter("kfrelease_logsink_uploaded_events", "Events written to the object store.")
+PENDING = Gauge("kfrelease_logsink_pending_events", "Events acknowledged but not yet in the object store.")
+STORE_UP = Gauge("kfrelease_logsink_store_up", "1 when the last upload to the object store succeeded.")
+
+
+class InvalidEvent(KfreleaseError):
+    """A request that is not an inference CloudEvent; answered with 400."""
+
+
+# --- event -> JSON line ----------------------------------------------------------------------------
+
+
+def _stage(headers: dict, isvc: str) -> str:
+    stage = headers.get("ce-stage")
+    if stage:
+        return stage
+    if headers.get("ce-endpoint") == "canary":
+        return "canary"
+    return "staging" if isvc.endswith(("-staging", "-shadow")) else "production"
+
+
+def _instances(data, features: list[str] | None) -> tuple[list | None, list[str] | None]:
+    """Instances as lists in feature order, from a v1 or v2 request body."""
+    if not isinstance(data, dict):
+        return None, features
+    if isinstance(data.get("instances"), list):
+        inst = data["instances"]
+        if inst and all(isinstance(i, dict) for i in inst):
+            names = features or list(inst[0])
+            return [[i.get(f) for f in names] for i in inst], names
+        return inst, features
+    inputs = data.get("inputs")
+    if isinstance(inputs, list) and inputs and all(isinstance(t, dict) for t in inputs):
+        if len(inputs) == 1 and len(inputs[0].get("shape") or []) in (1, 2) and inputs[0].get("name") not in (features or []):
+            t = inputs[0]
+            shape = t["shape"] if len(t["shape"]) == 2 else [1, t["shape"][0]]
+            flat = _flat(t.get("data") or [])
+            k = shape[1] or 1
+            return [flat[i : i + k] for i in range(0, len(flat), k)], features
+        names = [t.get("name") for t in inputs]
+        cols = {t.get("name"): _flat(t.get("data") or []) for t in inputs}
+        order = features if features and set(features) == set(names) else names
+        n = len(cols[order[0]])
+        return [[cols[f][i] for f in order] for i in range(n)], order
+    return None, features
+
+
+def _flat(data) -> list:
+    out = []
+    for v in data:
+        out.extend(_flat(v) if isinstance(v, list) else [v])
+    return out
+
+
+def _predictions(data) -> list | None:
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("predictions"), list):
+        return data["predictions"]
+    outputs = data.get("outputs")
+    if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
+        return _flat(outputs[0].get("data") or [])
+    return None
+
+
+def event_line(headers: dict, body: bytes) -> dict:
+    """One binary-mode CloudEvent (lower-case header names) -> the JSON line of docs/CONTRACTS.md."""
+    missing = [h for h in ("ce-id", "ce-type", "ce-specversion", "ce-source") if not headers.get(h)]
+    if missing:
+        raise InvalidEvent(f"not a binary-mode CloudEvent: headers {missing} are missing")
+    kind = TYPES.get(headers["ce-type"])
+    if kind is None:
+        raise InvalidEvent(f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}")
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"the event data is not JSON: {exc}") from None
+    isvc = headers.get("ce-inferenceservicename", "")
+    features = [f for f in headers.get("ce-features", "").split(",") if f] or None
+    model = headers.get("ce-model") or (data.get("model_name") if isinstance(data, dict) else None) or isvc
+    for suffix in ("-staging", "-shadow", "-canary"):
+        if not headers.get("ce-model") and model.endswith(suffix):
+            model = model[: -len(suffix)]
+    if not model or "/" in model or model.startswith("."):
+        raise InvalidEvent("the event names no usable model (ce-model or ce-inferenceservicename)")
+    version = headers.get("ce-modelversion") or (data.get("model_version") if isinstance(data, dict) else None)
+    line = {
+        "id": headers["ce-id"],
+        "type": kind,
+        "time": headers.get("ce-time") or dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "source": headers["ce-source"],
+        "model": model,
+        "model_version": version,
+        "stage": _stage(headers, isvc),
+        "endpoint": headers.get("ce-endpoint", "default"),
+        "component": headers.get("ce-component", "predictor"),
+        "inferenceservicename": isvc,
+        "namespace": headers.get("ce-namespace", ""),
+    }
+    if kind == "request":
+        try:
+            instances, features = _instances(data, features)
+        except (KeyError, IndexError, TypeError):
+            instances = None
+        line["instances"] = instances
+        if features:
+            line["features"] = features
+    else:
+        line["predictions"] = _predictions(data)
+    if (line.get("instances") if kind == "request" else line.get("predictions")) is None:
+        line["data"] = data  # kept as sent; readers skip it
+    return line
+
+
+def structured_to_binary(event: dict) -> tuple[dict, bytes]:
+    """A structured-mode event (dict) -> (headers, body) as in binary mode."""
+    if not isinstance(event, dict):
+        raise InvalidEvent("a structured CloudEvent must be a JSON object")
+    headers = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "data_base64", "datacontenttype")}
+    data = event.get("data")
+    body = data.encode() if isinstance(data, str) else orjson.dumps(data) if data is not None else b""
+    return headers, body
+
+
+# --- write-ahead file and uploader -------------------------------------------------------------------
+
+
+class WriteAheadLog:
+    """Segments ``<seq>-<uuid>.jsonl``; the newest is open for appends, the others wait for upload."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        for tmp in self.dir.glob("*.tmp"):
+            tmp.unlink()
+        segments = self.closed_segments()
+        self.seq = (int(segments[-1].name.split("-")[0]) + 1) if segments else 0
+        self.fh = None
+        self.current: Path | None = None
+        self.current_events = 0
+        self.opened_at = 0.0
+
+    def closed_segments(self) -> list[Path]:
+        current = getattr(self, "current", None)
+        return sorted((p for p in self.dir.glob("*.jsonl") if p != current), key=lambda p: int(p.name.split("-")[0]))
+
+    def append(self, lines: list[bytes]) -> None:
+        """Append and fsync (called from a worker thread)."""
+        with self.lock:
+            if self.fh is None:
+                self.current = self.dir / f"{self.seq:012d}-{uuid.uuid4().hex}.jsonl"
+                self.seq += 1
+                self.fh = open(self.current, "ab")
+                self.opened_at = time.monotonic()
+                self.current_events = 0
+            self.fh.write(b"".join(lines))
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.current_events += len(lines)
+
+    def rotate(self) -> None:
+        with self.lock:
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+                self.current = None
+
+    def age(self) -> float:
+        return time.monotonic() - self.opened_at if self.fh is not None else 0.0
+
+
+def batch_objects(segment: Path) -> dict[str, bytes]:
+    """The objects one segment becomes: key -> JSON Lines bytes (one object per model and UTC day)."""
+    groups: dict[tuple[str, str], list[tuple[str, bytes]]] = collections.defaultdict(list)
+    with open(segment, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("skipping a torn line in %s", segment)
+                continue
+            t = str(line.get("time") or "")
+            groups[(line["model"], t[:10])].append((t, raw if raw.endswith(b"\n") else raw + b"\n"))
+    out = {}
+    for (model, day), items in groups.items():
+        first = min(t for t, _ in items)
+        hhmmss = first[11:19].replace(":", "") or "000000"
+        batch = uuid.uuid5(NAMESPACE_UUID, f"{segment.name}/{model}/{day}")
+        out[f"{model}/{day}/{hhmmss}-{batch}.jsonl"] = b"".join(raw for _, raw in items)
+    return out
+
+
+class Uploader(threading.Thread):
+    """Moves closed WAL segments of a ``BatchWriter`` into its bucket (retrying with back-off)."""
+
+    def __init__(self, writer: "BatchWriter", interval: float):
+        super().__init__(name=f"{writer.bucket}-uploader", daemon=True)
+        self.writer = writer
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.backoff = 0.5
+
+    def run(self) -> None:
+        while not self.stop_event.wait(min(self.interval, 0.5)):
+            self.flush_once()
+
+    def flush_once(self, force: bool = False) -> bool:
+        """Rotate the open segment if due and upload every closed one; True if nothing is left."""
+        w = self.writer
+        wal = w.wal
+        if wal.fh is not None and (force or wal.age() >= self.interval or wal.current_events >= w.max_segment_events):
+            wal.rotate()
+        for segment in wal.closed_segments():
+            try:
+                objects = batch_objects(segment)
+                for key, data in objects.items():
+                    try:
+                        w.store.put_bytes(w.bucket, key, data, content_type="application/x-ndjson", if_none_match=True)
+                    except Conflict:
+                        pass  # uploaded before a crash or retry: the same key holds the same lines
+                n = sum(d.count(b"\n") for d in objects.values())
+                segment.unlink()
+                w.uploaded(n)
+                self.backoff = 0.5
+            except Exception as exc:  # noqa: BLE001 - keep the segment, retry later
+                w.store_up(False)
+                log.warning("upload of %s failed (%s); kept locally, retrying in %.1f s", segment.name, exc, self.backoff)
+                self.stop_event.wait(self.backoff)
+                self.backoff = min(self.backoff * 2, 10.0)
+                return False
+        w.store_up(True)
+        return True
+
+
+class BatchWriter:
+    """Durable JSON-lines batches for one bucket: ``append`` returns once the lines are fsync'ed in the
+    local WAL (group commit); the uploader moves them to ``<bucket>/<model>/<day>/<HHMMSS>-<uuid>.jsonl``."""
+
+    def __init__(self, store, bucket: str, wal_dir: Path, flush_interval: float = 2.0, max_segment_events: int = 20_000):
+        self.store = store
+        self.bucket = bucket
+        self.wal = WriteAheadLog(wal_dir)
+        self.max_segment_events = max_segment_events
+        self.pending = 0
+        self.last_store_ok = True
+        self._lock = threading.Lock()
+        self._buffer: list[tuple[bytes, int, asyncio.Future]] = []
+        self._flushing = False
+        self.uploader = Uploader(self, flush_interval)
+
+    def existing_lines(self) -> Iterator[dict]:
+        """Lines still in the WAL from an earlier run (not yet uploaded)."""
+        for segment in self.wal.closed_segments():
+            with open(segment, "rb") as fh:
+                for raw in fh:
+                    try:
+                        yield orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        continue
+
+    def _pending_add(self, n: int) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending + n)
+            if self.bucket == BUCKET:
+                PENDING.set(self.pending)
+
+    def uploaded(self, n: int) -> None:
+        self._pending_add(-n)
+        if self.bucket == BUCKET:
+            UPLOADED.inc(n)
+
+    def store_up(self, ok: bool) -> None:
+        self.last_store_ok = ok
+        if self.bucket == BUCKET:
+            STORE_UP.set(1 if ok else 0)
+
+    async def append(self, lines: list[bytes]) -> None:
+        # Group commit: whoever arrives while an fsync runs waits for the next one, shared by all.
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._buffer.append((b"".join(lines), len(lines), fut))
+        if not self._flushing:
+            self._flushing = True
+            loop.create_task(self._flush_buffer())
+        await fut
+
+    async def _flush_buffer(self) -> None:
+        try:
+            while self._buffer:
+                batch, self._buffer = self._buffer, []
+                try:
+                    await asyncio.to_thread(self.wal.append, [b for b, _, _ in batch])
+                except Exception as exc:  # noqa: BLE001
+                    for _, _, f in batch:
+                        f.set_exception(exc)
+                else:
+                    self._pending_add(sum(n for _, n, _ in batch))
+                    for _, _, f in batch:
+                        f.set_result(None)
+        finally:
+            self._flushing = False
+
+    def start(self) -> None:
+        self.uploader.start()
+
+    def stop(self) -> None:
+        """Stop the uploader and try one last upload; what fails stays in the WAL for the next start."""
+        self.uploader.stop_event.set()
+        if self.uploader.is_alive():
+            self.uploader.join(15)
+        self.wal.rotate()
+        try:
+            self.uploader.flush_once(force=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class LogSink:
+    def __init__(self, settings: Settings, wal_dir: Path | None = None, store=None, flush_interval: float = 2.0,
+                 dedup_window: int = 500_000, max_segment_events: int = 20_000):
+        from kfrelease.storage import store_for
+
+        self.settings = settings
+        self.writer = BatchWriter(
+            store or store_for("serving", settings), BUCKET, wal_dir or settings.service_dir("logsink") / "wal",
+            flush_interval, max_segment_events,
+        )
+        self.dedup_window = dedup_window
+        self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        n = 0
+        for line in self.writer.existing_lines():  # not yet uploaded: remember their keys
+            if {"source", "id", "type"} <= set(line):
+                self._remember((line["source"], line["id"], line["type"]))
+                n += 1
+        self.writer._pending_add(n)
+
+    @property
+    def pending(self) -> int:
+        return self.writer.pending
+
+    def _remember(self, key: tuple) -> None:
+        self.seen[key] = None
+        if len(self.seen) > self.dedup_window:
+            self.seen.popitem(last=False)
+
+    async def accept(self, lines: list[dict]) -> dict:
+        """Dedup, append durably, then return (the caller acknowledges)."""
+        fresh, keys = [], []
+        for line in lines:
+            key = (line["source"], line["id"], line["type"])
+            if key in self.seen:
+                EVENTS.labels("duplicate").inc()
+                continue
+            self._remember(key)
+            keys.append(key)
+            fresh.append(orjson.dumps(line) + b"\n")
+        if fresh:
+            try:
+                await self.writer.append(fresh)
+            except Exception:
+                for key in keys:  # not durable: let a retry through
+                    self.seen.pop(key, None)
+                raise
+            EVENTS.labels("written").inc(len(fresh))
+        return {"written": len(fresh), "duplicates": len(lines) - len(fresh)}
+
+
+def create_app(sink: LogSink):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    max_body = 8 * 1024 * 1024
+
+    async def receive(request: Request):
+        body = await request.body()
+        if len(body) > max_body:
+            return JSONResponse({"error": f"event body is {len(body)} bytes; the limit is {max_body}"}, 413)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        ctype = headers.get("content-type", "").split(";")[0].strip()
+        try:
+            if ctype == "application/cloudevents-batch+json":
+                events = orjson.loads(body)
+                if not isinstance(events, list):
+                    raise InvalidEvent("a CloudEvents batch must be a JSON array")
+                lines = [event_line(*structured_to_binary(e)) for e in events]
+            elif ctype == "application/cloudevents+json":
+                lines = [event_line(*structured_to_binary(orjson.loads(body)))]
+            else:
+                lines = [event_line(headers, body)]
+        except (InvalidEvent, orjson.JSONDecodeError) as exc:
+            EVENTS.labels("invalid").inc()
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            result = await sink.accept(lines)
+        except OSError as exc:
+            log.error("write-ahead file not writable: %s", exc)
+            return JSONResponse({"error": f"the sink could not store the event durably: {exc}"}, 503)
+        return JSONResponse(result, 200)
+
+    async def health(_request):
+        return JSONResponse({"ok": True, "pending": sink.pending})
+
+    async def metrics(_request):
+        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+    return Starlette(
+        routes=[
+            Route("/", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.sink", description="Prediction-log sink.")
+    p.add_argument("--port", type=int, default=None, help="default: the stack's logsink port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--flush-interval", type=float, default=2.0, help="seconds between uploads of the WAL")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    sink = LogSink(settings, flush_interval=args.flush_interval)
+    sink.writer.start()
+    try:
+        uvicorn.run(create_app(sink), host=args.host, port=args.port or settings.port("logsink"),
+                    log_level="warning", access_log=False)
+    finally:
+        sink.writer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The IAM policies in the eksctl ClusterConfigs are exactly `kfrelease access render --target aws` (the
+access matrix that tests/test_access_matrix.py enforces on the embedded SeaweedFS), bound to the service
+accounts that the Kubernetes manifests annotate; the compiled pipelines use the project image and the
+S3 pipeline root of the kfp-launcher ConfigMap, a bucket the pipeline role may write."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kfrelease.k8s.environments import (
+    MANIFESTS_DIR,
+    PROFILE_SA,
+    RELEASE_NS,
+    iam_role_name,
+)
+from kfrelease.k8s.platform import IRSA_ANNOTATION, role_placements
+from kfrelease.k8s.render import iam_policies_in_cluster_config
+from tests.iam_eval import allowed
+
+
+def cli(*args, env=None):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfrelease.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, f"kfrelease {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout
+
+
+def cluster_config(name):
+    return yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+
+
+def test_cluster_iam_policies_equal_the_access_render_output(sources):
+    for name, env in sources.envs.environments.items():
+        rendered = json.loads(
+            cli(
+                "access",
+                "render",
+                "--target",
+                "aws",
+                "--bucket-prefix",
+                env.bucket_prefix,
+            )
+        )
+        in_cluster = iam_policies_in_cluster_config(cluster_config(name))
+        for role, doc in rendered.items():
+            assert in_cluster[iam_role_name(role)] == doc, (
+                f"{name}: IAM policy of {role} differs"
+            )
+        for ws in sources.workspaces:
+            assert (
+                in_cluster[iam_role_name("data-scientist", ws.name)]
+                == rendered["data-scientist"]
+            )
+        assert len(in_cluster) == len(rendered) + len(sources.workspaces)
+
+
+def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
+    for name, env in sources.envs.environments.items():
+        in_cluster = iam_policies_in_cluster_config(cluster_config(name))
+        mismatches, checked = [], 0
+        for (role, bucket, action), expected in sources.policy.matrix().items():
+            got = allowed(
+                in_cluster[iam_role_name(role)], f"{env.bucket_prefix}{bucket}", action
+            )
+            checked += 1
+            if got != expected:
+                mismatches.append((role, bucket, action, expected, got))
+        assert checked == len(sources.policy.roles) * len(sources.policy.buckets) * 3
+        assert mismatches == [], name
+        # A data scientist's policy never reaches the raw sources, whatever its workspace.
+        assert not allowed(
+            in_cluster[iam_role_name("data-scientist")],
+            f"{env.bucket_prefix}raw",
+            "read",
+        )
+
+
+def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(
+    sources, built
+):
+    serving_ns = sources.spec.serving.namespace
+    for name, env in sources.envs.environments.items():
+        trusted = {
+            sa["roleName"]: (sa["metadata"]["namespace"], sa["metadata"]["name"])
+            for sa in cluster_config(name)["iam"]["serviceAccounts"]
+            if sa.get("roleOnly")
+        }
+        annotated = {}
+        for doc in built[name]:
+            if doc["kind"] == "ServiceAccount" and IRSA_ANNOTATION in doc[
+                "metadata"
+            ].get("annotations", {}):
+                arn = doc["metadata"]["annotations"][IRSA_ANNOTATION]
+                annotated[arn] = (doc["metadata"]["namespace"], doc["metadata"]["name"])
+            if doc["kind"] == "Profile":
+                for plugin in doc["spec"]["plugins"]:
+                    if plugin["kind"] == "AwsIamForServiceAccount":
+                        annotated[plugin["spec"]["awsIamRole"]] = (
+                            doc["metadata"]["name"],
+                            PROFILE_SA,
+                        )
+        assert annotated == {
+            env.role_arn(role): where for role, where in trusted.items()
+        }
+        for role, (ns, sa, _) in role_placements(serving_ns).items():
+            assert trusted[iam_role_name(role)] == (ns, sa)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, sources):
+    """`kfrelease compile` with KFRELEASE_IMAGE set to the production overlay's image."""
+    env = sources.envs.environments["production"]
+    out = tmp_path_factory.mktemp("compiled")
+    cli("compile", "--out", str(out), env={"KFRELEASE_IMAGE": env.project_image})
+    files = sorted(out.glob("*.yaml"))
+    assert files, "kfrelease compile wrote no pipeline"
+    return env, {f.stem: list(yaml.safe_load_all(f.read_text())) for f in files}
+
+
+def test_compiled_pipelines_run_on_the_project_image(compiled):
+    env, pipelines = compiled
+    for name, docs in pipelines.items():
+        executors = docs[0]["deploymentSpec"]["executors"]
+        images = {e["container"]["image"] for e in executors.values()}
+        assert images == {env.project_image}, f"{name} uses {images}"
+    print(f"\n{len(pipelines)} compiled pipelines, all on {env.project_image}")
+
+
+def test_pipeline_root_is_the_s3_bucket_the_pipeline_role_writes(
+    compiled, built, sources
+):
+    env, pipelines = compiled
+    launcher = next(
+        d
+        for d in built["production"]
+        if d["kind"] == "ConfigMap"
+        and d["metadata"]
+        == {**d["metadata"], "name": "kfp-launcher", "namespace": RELEASE_NS}
+    )
+    root = launcher["data"]["defaultPipelineRoot"]
+    assert root == env.pipeline_root() and root.startswith(
+        f"s3://{env.bucket_prefix}pipeline-root/"
+    )
+    providers = yaml.safe_load(launcher["data"]["providers"])
+    assert providers["s3"]["default"]["credentials"] == {"fromEnv": True}
+    assert providers["s3"]["default"]["region"] == env.region
+    for (
+        name,
+        docs,
+    ) in (
+        pipelines.items()
+    ):  # a compiled-in root would override the ConfigMap: none may differ
+        assert docs[0].get("defaultPipelineRoot", root) == root, name
+    bucket = root.removeprefix("s3://").split("/")[0]
+    policy = iam_policies_in_cluster_config(cluster_config("production"))[
+        iam_role_name("pipeline")
+    ]
+    assert allowed(policy, bucket, "write") and allowed(policy, bucket, "read")
+    # The data pipeline keeps its artifacts (raw rows) where only data engineers can read.
+    data_launcher = next(
+        d
+        for d in built["production"]
+        if d["kind"] == "ConfigMap"
+        and d["metadata"]["name"] == "kfp-launcher"
+        and d["metadata"]["namespace"] != RELEASE_NS
+    )
+    data_bucket = (
+        data_launcher["data"]["defaultPipelineRoot"].removeprefix("s3://").split("/")[0]
+    )
+    de = iam_policies_in_cluster_config(cluster_config("production"))[
+        iam_role_name("data-engineer")
+    ]
+    ds = iam_policies_in_cluster_config(cluster_config("production"))[
+        iam_role_name("data-scientist")
+    ]
+    assert allowed(de, data_bucket, "write") and not allowed(ds, data_bucket, "read")
+
+
+def test_pipeline_pods_get_the_object_store_and_registry_settings(built, sources):
+    for name, docs in built.items():
+        env = sources.envs.environments[name]
+        pd = next(
+            d
+            for d in docs
+            if d["kind"] == "PodDefault"
+            and d["metadata"]["name"] == "pipeline-pods-env"
+            and d["metadata"]["namespace"] == RELEASE_NS
+        )
+        assert pd["spec"]["selector"] == {
+            "matchExpressions": [
+                {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
+            ]
+        }
+        envs = {e["name"]: e["value"] for e in pd["spec"]["env"]}
+        assert (
+            envs["KFRELEASE_S3_ENDPOINT"] == "s3.amazonaws.com"
+            and envs["KFRELEASE_ROLE"] == "pipeline"
+        )
+        assert (
+            envs["KFRELEASE_BUCKET_PREFIX"] == env.bucket_prefix
+            and envs["KFRELEASE_S3_REGION"] == env.region
+        )
+        assert envs["KFRELEASE_IMAGE_REGISTRY"] == env.registry
+        auth = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap"
+            and d["metadata"]["name"] == "kfrelease-registry-auth"
+        )
+        assert json.loads(auth["data"]["auth.json"]) == {
+            "credHelpers": {env.registry: "ecr-login"}
+        }
+        mount = pd["spec"]["volumeMounts"][0]["mountPath"]
+        assert envs["REGISTRY_AUTH_FILE"] == f"{mount}/auth.json"

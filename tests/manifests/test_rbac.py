@@ -1,0 +1,166 @@
+"""RBAC of the built overlays, evaluated with the Kubeflow roles the cluster has (vendored upstream
+aggregated ClusterRoles + ours + what the profile controller binds for each Profile).
+
+KFP multi-user authorizes run operations as verbs on ``runs`` in API group ``pipelines.kubeflow.org``
+(kubeflow/pipelines ``view-edit-cluster-roles.yaml``); Argo ``workflows`` are the runs' Kubernetes objects.
+"""
+
+import pytest
+
+from kfrelease.k8s.environments import (
+    CI_GROUP,
+    CI_SERVICE_ACCOUNT,
+    DATA_SCIENTISTS_GROUP,
+    PROFILE_SA,
+    RELEASE_NS,
+)
+
+from .conftest import upstream_cluster_roles
+from .rbac_eval import RBACModel, service_account, user
+
+KFP = "pipelines.kubeflow.org"
+ARGO = "argoproj.io"
+STOP_OR_START = ["create", "terminate", "delete", "retry", "archive", "unarchive"]
+WORKFLOW_WRITES = ["create", "update", "patch", "delete", "deletecollection"]
+
+
+@pytest.fixture(scope="module", params=["staging", "production"])
+def model(request, built):
+    return request.param, RBACModel(built[request.param] + upstream_cluster_roles())
+
+
+def data_scientists(sources):
+    """Each workspace owner, as the Kubeflow user, also a member of the data scientists' group."""
+    assert sources.workspaces, (
+        "the manifests should carry at least one example workspace"
+    )
+    return [user(ws.email, DATA_SCIENTISTS_GROUP) for ws in sources.workspaces]
+
+
+def test_a_data_scientist_cannot_start_stop_retry_delete_or_archive_a_release_run(
+    model, sources
+):
+    env, rbac = model
+    for ds in data_scientists(sources):
+        for verb in STOP_OR_START:
+            assert not rbac.allowed(ds, verb, KFP, "runs", RELEASE_NS), (
+                f"{env}: {ds.name} may {verb} runs: {rbac.why(ds, verb, KFP, 'runs', RELEASE_NS)}"
+            )
+        for verb in WORKFLOW_WRITES:
+            assert not rbac.allowed(ds, verb, ARGO, "workflows", RELEASE_NS), (
+                f"{env}: {ds.name} may {verb} workflows: {rbac.why(ds, verb, ARGO, 'workflows', RELEASE_NS)}"
+            )
+        for verb in ("create", "delete", "disable", "enable"):  # recurring runs
+            assert not rbac.allowed(ds, verb, KFP, "jobs", RELEASE_NS)
+        assert not rbac.allowed(
+            ds, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT
+        )
+
+
+def test_a_data_scientist_can_view_release_runs_experiments_and_artifacts(
+    model, sources
+):
+    env, rbac = model
+    for ds in data_scientists(sources):
+        for verb in ("get", "list", "readArtifact"):
+            assert rbac.allowed(ds, verb, KFP, "runs", RELEASE_NS), (
+                f"{env}: {ds.name} cannot {verb} runs"
+            )
+        for verb in ("get", "list"):
+            assert rbac.allowed(ds, verb, KFP, "experiments", RELEASE_NS)
+        # ... and experiments freely in their own workspace (they own that Profile).
+        own = f"ds-{ds.name.split('@')[0]}"
+        assert rbac.allowed(ds, "create", KFP, "runs", own), (
+            f"{env}: {ds.name} cannot experiment in {own}"
+        )
+
+
+def test_the_group_alone_gives_view_only(model):
+    _, rbac = model
+    someone = user("new-hire@example.com", DATA_SCIENTISTS_GROUP)
+    assert rbac.allowed(someone, "get", KFP, "runs", RELEASE_NS)
+    assert not any(
+        rbac.allowed(someone, v, KFP, "runs", RELEASE_NS) for v in STOP_OR_START
+    )
+
+
+def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(
+    model, sources
+):
+    env, rbac = model
+    ci = service_account(RELEASE_NS, CI_SERVICE_ACCOUNT)
+    assert rbac.allowed(ci, "create", KFP, "runs", RELEASE_NS), (
+        f"{env}: the CI cannot create runs"
+    )
+    assert rbac.allowed(ci, "create", KFP, "pipelineversions", RELEASE_NS)
+    for verb in ("terminate", "delete", "retry", "archive"):
+        assert not rbac.allowed(ci, verb, KFP, "runs", RELEASE_NS), (
+            f"{env}: the CI may {verb} runs"
+        )
+    for verb in WORKFLOW_WRITES:
+        assert not rbac.allowed(ci, verb, ARGO, "workflows", RELEASE_NS)
+    # Who else can create a run in the release namespace: only the pipeline runs' own service account
+    # and the break-glass Profile owner (a platform account, not a person on the team).
+    creators = {
+        (s.kind, s.name)
+        for s in rbac.subjects(RELEASE_NS)
+        if rbac.allowed(s, "create", KFP, "runs", RELEASE_NS)
+    }
+    assert creators == {
+        ("ServiceAccount", CI_SERVICE_ACCOUNT),
+        ("ServiceAccount", PROFILE_SA),
+        ("User", sources.envs.team.release_owner),
+    }, f"{env}: unexpected run creators {creators}"
+    team = {ws.email for ws in sources.workspaces} | {
+        sources.envs.team.data_engineering_owner,
+        sources.envs.team.data_science_owner,
+    }
+    assert sources.envs.team.release_owner not in team
+
+
+def test_the_ci_identity_can_only_mint_the_ci_service_account_token(model):
+    _, rbac = model
+    ci_iam = user("arn:aws:sts::account:assumed-role/kfrelease-ci/github", CI_GROUP)
+    assert rbac.allowed(
+        ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT
+    )
+    assert not rbac.allowed(
+        ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, PROFILE_SA
+    )
+    assert not rbac.allowed(ci_iam, "create", KFP, "runs", RELEASE_NS)
+
+
+def test_the_evaluator_sees_grants_through_aggregation(built):
+    """The evaluator is not trivially 'deny': kubeflow-edit (aggregated) grants exactly the run verbs."""
+    rbac = RBACModel(
+        built["staging"]
+        + upstream_cluster_roles()
+        + [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "probe", "namespace": RELEASE_NS},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kubeflow-edit",
+                },
+                "subjects": [{"kind": "User", "name": "probe@example.com"}],
+            }
+        ]
+    )
+    probe = user("probe@example.com")
+    assert all(rbac.allowed(probe, v, KFP, "runs", RELEASE_NS) for v in STOP_OR_START)
+    assert rbac.allowed(probe, "delete", ARGO, "workflows", RELEASE_NS)
+    with pytest.raises(KeyError):
+        RBACModel(
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": "x", "namespace": "n"},
+                    "roleRef": {"kind": "ClusterRole", "name": "unknown"},
+                    "subjects": [{"kind": "User", "name": "u"}],
+                }
+            ]
+        ).allowed(user("u"), "get", "", "pods", "n")

@@ -1,0 +1,105 @@
+"""Shadow end to end with the real parts: the gateway in front of two kfrelease predictors that log to the
+log sink; the prediction logs hold the primary's and the shadow's answers under the same request id, and
+clients only ever got the primary's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+
+import httpx
+import joblib
+import pytest
+from kfrelease.serving.gateway import LocalGatewayDriver
+
+from kfrelease.config import Settings
+from kfrelease.rollout.spec import parse_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
+from kfrelease.stack import supervisor
+from tests.conftest import free_port_offset
+
+pytestmark = pytest.mark.integration
+MODEL = "gw-logs-test"
+PARTS = ("kfrelease.serving.predictor", "kfrelease.serving.logs", "kfrelease.serving.services")
+
+
+def _missing() -> list[str]:
+    out = []
+    for name in PARTS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            out.append(name)
+    return out
+
+
+def _model_dir(root, version, offset):
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    frame = load_diabetes(as_frame=True).frame
+    features = [c for c in frame.columns if c != "target"]
+    d = root / version
+    d.mkdir(parents=True)
+    joblib.dump(LinearRegression().fit(frame[features], frame["target"] + offset), d / "model.joblib")
+    entry = {
+        "name": MODEL,
+        "version": version,
+        "input_schema": [{"name": f, "dtype": "float64"} for f in features],
+        "target": "target",
+    }
+    (d / "model.json").write_text(json.dumps(entry))
+    return d, frame[features]
+
+
+@pytest.mark.skipif(bool(_missing()), reason=f"serving parts not built yet: {', '.join(_missing())}")
+def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, tmp_path, monkeypatch):
+    from kfrelease.serving.logs import read_predictions
+
+    from kfrelease.stack.services import declared_services
+    from kfrelease.storage import store_for
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(stack.credentials_dir, home / "credentials")
+    # an isolated home and ports (for every process started here) on the session's S3
+    monkeypatch.setenv("KFRELEASE_HOME", str(home))
+    monkeypatch.setenv("KFRELEASE_PORT_OFFSET", str(free_port_offset()))
+    monkeypatch.setenv("KFRELEASE_S3_PORT", str(stack.port("s3")))
+    monkeypatch.setenv("KFRELEASE_REGISTRY_PORT", str(stack.port("registry")))
+    settings = Settings.from_env()
+    dirs = {}
+    for version, offset in (("V1.1.0", 0.0), ("V1.2.0", 25.0)):
+        dirs[version], frame = _model_dir(tmp_path / "models", version, offset)
+    driver = LocalGatewayDriver(settings, parse_rollout_spec(f"model: {MODEL}\n"), model_dir_for=dirs.__getitem__)
+    try:
+        supervisor.up(settings, [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"])
+        driver.apply(TrafficState(primary="V1.1.0", shadow="V1.2.0", mirror_percent=100))
+        url = settings.url("gateway", f"/v1/models/{MODEL}:predict")
+        ids = []
+        with httpx.Client(timeout=30) as client:
+            for i in range(40):
+                r = client.post(url, json={"instances": [frame.iloc[i].tolist()]})
+                assert r.status_code == 200, r.text
+                assert r.json()["model_version"] == "V1.1.0"
+                ids.append(r.headers["x-request-id"])
+        store = store_for("monitoring", settings)
+        deadline, logs = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            logs = read_predictions(store, MODEL)
+            mine = logs[logs["request_id"].isin(ids)] if len(logs) else logs
+            if len(mine) >= 2 * len(ids):
+                break
+            time.sleep(0.5)
+        mine = logs[logs["request_id"].isin(ids)]
+        by_version = mine.groupby("model_version")["request_id"].apply(set).to_dict()
+        assert by_version == {"V1.1.0": set(ids), "V1.2.0": set(ids)}, "sent != logged for primary or shadow"
+        assert len(mine) == 2 * len(ids), "duplicates in the logs"
+        assert set(mine[mine.model_version == "V1.2.0"]["stage"]) == {"staging"}
+    finally:
+        driver.stop()
+        supervisor.down(settings)

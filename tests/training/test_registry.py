@@ -1,0 +1,152 @@
+"""The registry on the embedded stack: the version scenario of the issue, concurrent registrations,
+idempotency, rejected models and the append-only stage history."""
+
+import threading
+import uuid
+
+import pytest
+
+from kfrelease.demo.project import spec_variant
+from kfrelease.errors import Conflict, KfreleaseError, NotFound
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import store_for
+from kfrelease.training.spec import load_project_at_commit, parse_spec
+from kfrelease.training.steps import run_inline
+
+pytestmark = pytest.mark.integration
+
+
+def registry() -> ModelRegistry:
+    return ModelRegistry(store_for("pipeline"))
+
+
+def entries(model: str) -> list[str]:
+    return [v.version for v in registry().list(model)]
+
+
+def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack):
+    """first merge -> V1.1.0; new hyper-parameters -> V1.2.0; new data, same spec -> V1.2.1; nothing changed
+    -> still V1.2.1 and no new entry; tag bumped -> V2.1.0 (the steps of the pipeline, run in-process)."""
+    repo, shas, name = project
+    first, sha1 = load_project_at_commit(repo, shas[0])
+    run1 = run_inline(first, sha1, containerize=False)
+    assert run1.version == "V1.1.0" and run1.registration["created"] and run1.stage == "staging"
+    assert run1.verdict["champion"] is None  # the first model of a tag has no champion
+
+    second, sha2 = load_project_at_commit(repo, shas[1])  # build: model.py (scaled ridge): a new definition
+    assert second.fingerprint != first.fingerprint
+    assert run_inline(second, sha2, containerize=False).version == "V1.2.0"
+
+    new_data = dataset.add_batch(2)  # batch 2 arrives in raw; the data pipeline publishes a new version
+    assert new_data != dataset.first_version
+    run3 = run_inline(second, sha2, containerize=False)
+    assert run3.version == "V1.2.1" and run3.dataset_version == new_data
+
+    again = run_inline(second, sha2, containerize=False)
+    assert again.version == "V1.2.1" and not again.registration["created"]
+    assert entries(name) == ["V1.1.0", "V1.2.0", "V1.2.1"]
+
+    bumped = parse_spec(spec_variant(2, second.text, tag=2), code=second.code)
+    assert run_inline(bumped, sha2, containerize=False).version == "V2.1.0"
+    assert entries(name) == ["V1.1.0", "V1.2.0", "V1.2.1", "V2.1.0"]
+
+    v121 = registry().get(name, "V1.2.1")
+    assert v121.commit == sha2 and v121.spec_fingerprint == second.fingerprint
+    assert v121.dataset_version == new_data and v121.run_id == run3.run_id
+    assert set(v121.metrics) >= {"mse", "rmse", "mae", "r2"} and v121.verdict["passed"] is True
+    assert [c["name"] for c in v121.input_schema] == list(second.features) and v121.target == "progression"
+    assert v121.image is None  # not containerized in this test
+
+
+def test_eight_concurrent_registrations_get_eight_distinct_versions(stack):
+    """8 threads, each with its own registry client, register 8 different definitions at the same moment."""
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    barrier = threading.Barrier(8)
+    results, errors = [None] * 8, []
+
+    def register(i: int) -> None:
+        reg = registry()
+        try:
+            barrier.wait(timeout=30)
+            results[i] = reg.register(
+                name=name, tag=1, spec_fingerprint=f"definition-{i}", dataset="d", dataset_version="v1",
+                commit=f"c{i}", run_id=f"run-{i}", metrics={"rmse": 1.0}, verdict={"passed": True, "reasons": []},
+                input_schema=[{"name": "x", "dtype": "float64"}], target="y", model_bytes=f"model {i}".encode(),
+            ).version.version
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert sorted(results) == [f"V1.{m}.0" for m in range(1, 9)]  # distinct, none lost, no gaps
+    assert entries(name) == [f"V1.{m}.0" for m in range(1, 9)]
+    reg = registry()
+    for v in reg.list(name):  # each version holds its own run's model, never another's
+        i = int(v.run_id.split("-")[1])
+        assert reg.store.get_bytes("models", f"artifacts/{name}/{v.version}/model.joblib") == f"model {i}".encode()
+
+
+def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack):
+    name = f"same-{uuid.uuid4().hex[:6]}"
+    barrier = threading.Barrier(4)
+    results = []
+
+    def register() -> None:
+        reg = registry()
+        barrier.wait(timeout=30)
+        r = reg.register(name=name, tag=1, spec_fingerprint="f", dataset="d", dataset_version="v1", commit="c",
+                         run_id=uuid.uuid4().hex, metrics={}, verdict={"passed": True}, input_schema=[], target="y",
+                         model_bytes=b"m")
+        results.append((r.version.version, r.created))
+
+    threads = [threading.Thread(target=register) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert sorted(results) == [("V1.1.0", False)] * 3 + [("V1.1.0", True)]
+
+
+def test_stage_history_is_append_only_and_production_replaces_production(stack):
+    name = f"stages-{uuid.uuid4().hex[:6]}"
+    reg = registry()
+    kw = dict(name=name, tag=1, dataset="d", commit="c", metrics={}, input_schema=[], target="y", model_bytes=b"m")
+    v1 = reg.register(spec_fingerprint="a", dataset_version="1", run_id="r1", verdict={"passed": True}, **kw).version
+    v2 = reg.register(spec_fingerprint="b", dataset_version="1", run_id="r2", verdict={"passed": True}, **kw).version
+    bad = reg.register(spec_fingerprint="c", dataset_version="1", run_id="r3",
+                       verdict={"passed": False, "reasons": ["rmse too high"]}, **kw).version
+    assert bad.stage == "rejected" and reg.history(name, bad.version)[0]["why"] == "rmse too high"
+
+    assert reg.current(name, "production") is None
+    reg.set_stage(name, v1.version, "production", "release-pipeline", "canary passed", {"rmse": 1.0})
+    reg.set_stage(name, v2.version, "staging", "training-pipeline", "passed validation")
+    assert reg.current(name, "production").version == "V1.1.0" and reg.current(name, "staging").version == "V1.2.0"
+    reg.set_stage(name, v2.version, "production", "release-pipeline", "canary passed")
+    assert reg.current(name, "production").version == "V1.2.0" and reg.current(name, "staging") is None
+    history = reg.history(name, "V1.1.0")
+    assert [e["stage"] for e in history] == ["production", "archived"]
+    assert history[0]["who"] == "release-pipeline" and history[0]["evidence"] == {"rmse": 1.0}
+    assert history[1]["why"] == "replaced in production by V1.2.0"
+
+    with pytest.raises(KfreleaseError, match="rejected by validation"):  # a rejected model is never staged
+        reg.set_stage(name, bad.version, "staging", "someone", "try anyway")
+    with pytest.raises(KfreleaseError, match="unknown stage"):
+        reg.set_stage(name, v1.version, "qa", "someone", "")
+    with pytest.raises(Conflict):  # entries are immutable: no second create
+        reg.store.put_json("models", f"registry/{name}/versions/V1.1.0/entry.json", {}, if_none_match=True)
+    with pytest.raises(NotFound, match="no version V9.9.9"):
+        reg.get(name, "V9.9.9")
+
+
+def test_image_is_written_once(stack):
+    name = f"image-{uuid.uuid4().hex[:6]}"
+    reg = registry()
+    reg.register(name=name, tag=1, spec_fingerprint="a", dataset="d", dataset_version="1", commit="c", run_id="r",
+                 metrics={}, verdict={"passed": True}, input_schema=[], target="y", model_bytes=b"m")
+    assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"
+    assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"  # same: no-op
+    with pytest.raises(Conflict, match="already has image"):
+        reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:bb")
+    assert reg.store.get_json("models", f"artifacts/{name}/V1.1.0/model.json")["image"]["digest"] == "sha256:aa"

@@ -1,0 +1,153 @@
+"""The merge trigger end to end on the embedded stack: a detached kfp.local run of the training pipeline
+(both branches of its ``dsl.If``), the same commit giving the same run, the pushed image pulled back, bad
+input refused, and submission to a KFP API server (a recording HTTP server stands in for the KFP API,
+which cannot run on this machine)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kfrelease import oci
+from kfrelease.demo.project import merge_change, spec_variant
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import store_for
+from kfrelease.training import runs
+from kfrelease.training.spec import load_project_at_commit
+from kfrelease.training.steps import STEP_NAMES, run_inline
+from kfrelease.training.trigger import trigger, wait
+
+pytestmark = pytest.mark.integration
+
+
+def registry() -> ModelRegistry:
+    return ModelRegistry(store_for("pipeline"))
+
+
+def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(project, stack, run_cli, tmp_path):
+    repo, shas, name = project
+    started = run_cli("trigger", "--commit", shas[0], "--repo", str(repo), check=True)
+    run_id = f"train-{shas[0][:12]}"
+    assert f"run {run_id} started" in started.stdout
+    again = run_cli("trigger", "--commit", shas[0], "--repo", str(repo), check=True)  # same commit: same run
+    assert f"run {run_id} exists already" in again.stdout
+
+    record = wait(stack, run_id, timeout=240)
+    assert record.status == "succeeded", record.state
+    assert record.state["version"] == "V1.1.0" and record.state["verdict"] == "passed"
+    assert {s: record.steps[s]["state"] for s in STEP_NAMES} == {s: "succeeded" for s in STEP_NAMES}
+    assert len([r for r in runs.list_runs(store_for("pipeline")) if r.record["commit"] == shas[0]]) == 1
+
+    mv = registry().get(name, "V1.1.0")
+    assert mv.stage == "staging" and mv.commit == shas[0] and mv.run_id == run_id
+    digest, rootfs = oci.pull(mv.image["ref"], tmp_path / "pulled")  # pull it back from the registry
+    assert digest == mv.image["digest"]
+    artifact = store_for("pipeline").get_bytes("models", f"artifacts/{name}/V1.1.0/model.joblib")
+    assert (rootfs / "models" / "model.joblib").read_bytes() == artifact
+    in_image = json.loads((rootfs / "models" / "model.json").read_text())
+    assert {k: in_image[k] for k in ("name", "version", "input_schema", "target")} == {
+        k: mv.entry[k] for k in ("name", "version", "input_schema", "target")}
+    assert all((rootfs / "bin" / tool).exists() for tool in ("sh", "ln", "sleep"))  # what a ModelCar needs
+
+    listed = run_cli("runs", check=True).stdout
+    assert run_id in listed and "V1.1.0" in listed
+    shown = run_cli("models", "show", name, "V1.1.0", check=True).stdout
+    assert json.loads(shown)["image"]["digest"] == mv.image["digest"]
+    assert "staging" in run_cli("models", "history", name, "V1.1.0", check=True).stdout
+
+
+def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project, stack, run_cli):
+    repo, shas, name = project
+    first, sha1 = load_project_at_commit(repo, shas[0])
+    champion = run_inline(first, sha1, containerize=False)
+    registry().set_stage(name, champion.version, "production", "release-pipeline", "promoted for this test")
+
+    run_cli("trigger", "--commit", shas[2], "--repo", str(repo), check=True)  # merge 3: 5-nearest-neighbours
+    record = wait(stack, f"train-{shas[2][:12]}", timeout=240)
+    assert record.status == "succeeded" and record.state["verdict"] == "rejected"
+    assert record.steps["containerize"]["state"] == "skipped" and record.steps["deploy-staging"]["state"] == "skipped"
+
+    rejected = registry().get(name, record.state["version"])
+    assert rejected.stage == "rejected" and rejected.image is None
+    assert any(f"production {champion.version}" in r for r in rejected.verdict["reasons"])
+    assert registry().history(name, rejected.version)[0]["stage"] == "rejected"
+    assert registry().current(name, "staging") is None  # the champion moved on to production; nothing new staged
+    assert registry().current(name, "production").version == champion.version
+    drift = next(c for c in rejected.verdict["checks"] if c["name"] == "drift")
+    assert "input columns drifted" in drift["detail"] or "unavailable" in drift["detail"]
+
+
+def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack, run_cli):
+    repo, shas, name = project
+    bad = run_cli("trigger", "--commit", "0" * 40, "--repo", str(repo))
+    assert bad.returncode == 1 and "is not in the repository" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+    unknown = merge_change(repo, "typo", {"model.yaml": spec_variant(
+        1, name=name, dataset=dataset.name, estimator={"class": "sklearn.linear_model.Ridgee"})}, "typo")
+    refused = run_cli("trigger", "--commit", unknown, "--repo", str(repo))
+    assert refused.returncode == 1 and "unknown estimator 'sklearn.linear_model.Ridgee'" in refused.stderr
+    assert store_for("pipeline").stat("models", f"runs/train-{unknown[:12]}/run.json") is None  # no run
+
+    spec, sha = load_project_at_commit(repo, shas[0])
+    from kfrelease.errors import DataValidationError, NotFound
+    from kfrelease.training.spec import parse_spec
+
+    with pytest.raises(NotFound, match="has no version 'feedfacefeedface'"):
+        run_inline(spec, sha, dataset_version="feedfacefeedface")
+    missing = parse_spec(spec_variant(1, spec.text, features=[*spec.features, "glucose"]))
+    with pytest.raises(DataValidationError, match=r"feature\(s\) \['glucose'\]"):
+        run_inline(missing, sha)
+    assert registry().list(name) == []  # nothing registered, so no image either
+
+
+class RecordingKfpApi(BaseHTTPRequestHandler):
+    """Records requests and answers like the KFP v2beta1 API for the calls the SDK makes."""
+
+    requests: list = []
+
+    def _answer(self):
+        size = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(size)) if size else None
+        self.requests.append((self.command, self.path.split("?")[0], body))
+        if self.command == "POST" and self.path.startswith("/apis/v2beta1/experiments"):
+            out = {"experiment_id": "exp-1", "display_name": body["display_name"]}
+        elif self.command == "POST" and self.path.startswith("/apis/v2beta1/runs"):
+            out = {"run_id": "kfp-run-1", "display_name": body["display_name"], "state": "PENDING"}
+        else:
+            out = {}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack):
+    repo, shas, name = project
+    RecordingKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_port}"
+    try:
+        record = trigger(stack, shas[1], repo, kfp_host=host)
+        again = trigger(stack, shas[1], repo, kfp_host=host)
+    finally:
+        server.shutdown()
+    assert record.created and not again.created and again.run_id == record.run_id
+    assert record.state["state"] == "submitted" and record.state["kfp_run_id"] == "kfp-run-1"
+    posted = [body for method, path, body in RecordingKfpApi.requests if (method, path) == ("POST", "/apis/v2beta1/runs")]
+    assert len(posted) == 1  # the second trigger found the run record and submitted nothing
+    run = posted[0]
+    assert run["display_name"] == f"train-{shas[1][:12]}" and run["experiment_id"] == "exp-1"
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfrelease-training"
+    params = run["runtime_config"]["parameters"]
+    assert params["commit"] == shas[1] and params["run_id"] == record.run_id
+    assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
+    assert registry().list(name) == []  # nothing ran locally
