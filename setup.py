@@ -70,6 +70,7 @@ setup(
             "papermill==2.7.0",
             "ipykernel==7.4.0",
             "kubernetes-validate==1.37.0",
+            "cfn-lint==1.58.0",
             "ruff==0.17.6",
         ],
     },

@@ -1,5 +1,4 @@
 from kfp.dsl import HTML, Output
-
 from kfrelease.components.base import kfrelease_component
 
 
@@ -41,11 +40,25 @@ def monitor_model(
     logging.basicConfig(level=logging.INFO)
     settings = Settings.from_env()
     lookback = WindowSpec.parse(since)
-    run = run_monitoring(settings, model, window=WindowSpec.parse(window), since=since_for(lookback.size),
-                         min_labels=min_labels, reports=reports)
+    run = run_monitoring(
+        settings,
+        model,
+        window=WindowSpec.parse(window),
+        since=since_for(lookback.size),
+        min_labels=min_labels,
+        reports=reports,
+    )
     history = load_history(store_for("pipeline", settings), model)
     with open(page.path, "w", encoding="utf-8") as fh:
-        fh.write(render_page(history, current_table(history), model, run.outcome.warnings, run.report_keys))
+        fh.write(
+            render_page(
+                history,
+                current_table(history),
+                model,
+                run.outcome.warnings,
+                run.report_keys,
+            )
+        )
     page.metadata["windows"] = len(run.windows)
     page.metadata["record"] = run.record_key
     if run.push is not None:

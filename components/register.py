@@ -1,9 +1,8 @@
 from kfp.dsl import Artifact, Input, Model
-
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component
+@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
 def register(
     spec_json: str,
     commit: str,
@@ -33,6 +32,7 @@ def register(
     """
     import json
     import logging
+    from pathlib import Path
 
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
@@ -42,7 +42,7 @@ def register(
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "register"):
         out = register_step(spec, commit, dataset_version, run_id or job_name, model.path,
-                            json.loads(metrics_json), json.loads(open(verdict.path).read()))
+                            json.loads(metrics_json), json.loads(Path(verdict.path).read_text()))
     print(f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "
           f"{'passed' if out['passed'] else 'rejected'})")
     return out["version"]

@@ -1,9 +1,8 @@
 from kfp.dsl import Artifact, Dataset, Input, Output
-
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component
+@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
 def validate_model(
     spec_json: str,
     metrics_json: str,
@@ -41,5 +40,5 @@ def validate_model(
     with open(verdict.path, "w") as fh:
         fh.write(text)
     verdict.metadata.update({"passed": result["passed"], "reasons": result["reasons"]})
-    print(("PASS" if result["passed"] else "FAIL: " + "; ".join(result["reasons"])))
+    print("PASS" if result["passed"] else "FAIL: " + "; ".join(result["reasons"]))
     return bool(result["passed"])

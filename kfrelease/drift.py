@@ -21,7 +21,9 @@ from kfrelease.errors import DataValidationError
 #: Rows of each side given to Evidently at most; larger frames are sampled without replacement (seeded).
 MAX_DRIFT_ROWS = 20_000
 
-_METRIC = re.compile(r"ValueDrift\(column=(?P<column>.+?),method=(?P<method>.+?),threshold=(?P<threshold>[^)]+)\)")
+_METRIC = re.compile(
+    r"ValueDrift\(column=(?P<column>.+?),method=(?P<method>.+?),threshold=(?P<threshold>[^)]+)\)"
+)
 
 
 @dataclass
@@ -63,7 +65,10 @@ def _sample(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 
 
 def data_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], max_rows: int = MAX_DRIFT_ROWS
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: list[str],
+    max_rows: int = MAX_DRIFT_ROWS,
 ) -> DriftResult:
     """Evidently DataDriftPreset of ``current`` against ``reference`` on the numerical ``columns``.
 
@@ -73,7 +78,9 @@ def data_drift(
 
     columns = list(columns)
     if not columns:
-        raise DataValidationError("no columns given for the drift check; pass the model's input features")
+        raise DataValidationError(
+            "no columns given for the drift check; pass the model's input features"
+        )
     for side, frame in (("reference", reference), ("current", current)):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -83,7 +90,9 @@ def data_drift(
                 [{"side": side, "column": c, "problem": "missing"} for c in missing],
             )
         if len(frame) == 0:
-            raise DataValidationError(f"{side} data is empty; a drift check needs rows on both sides")
+            raise DataValidationError(
+                f"{side} data is empty; a drift check needs rows on both sides"
+            )
     ref = _sample(reference[columns], max_rows).astype("float64")
     cur = _sample(current[columns], max_rows).astype("float64")
     definition = DataDefinition(numerical_columns=columns)
@@ -96,9 +105,18 @@ def data_drift(
         m = _METRIC.fullmatch(metric.get("metric_name", ""))
         if not m:
             continue
-        value, threshold, method = float(metric["value"]), float(m["threshold"]), m["method"]
+        value, threshold, method = (
+            float(metric["value"]),
+            float(m["threshold"]),
+            m["method"],
+        )
         drifted = value < threshold if "p_value" in method else value >= threshold
-        per_column[m["column"]] = {"score": value, "method": method, "threshold": threshold, "drifted": bool(drifted)}
+        per_column[m["column"]] = {
+            "score": value,
+            "method": method,
+            "threshold": threshold,
+            "drifted": bool(drifted),
+        }
     drifted_cols = [c for c in columns if per_column.get(c, {}).get("drifted")]
     share = len(drifted_cols) / len(columns)
     return DriftResult(share, drifted_cols, per_column, len(ref), len(cur), snapshot)

@@ -52,7 +52,7 @@ def _run(*argv: str, timeout: float = 300) -> str:
     exe = shutil.which(argv[0])
     if exe is None:
         raise ImageError(f"{argv[0]} is not installed; `make setup` installs it (Debian package {argv[0]})")
-    proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise ImageError(f"{' '.join(argv[:3])} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     return proc.stdout
@@ -61,7 +61,7 @@ def _run(*argv: str, timeout: float = 300) -> str:
 def busybox_path() -> str:
     for path in BUSYBOX_CANDIDATES:
         if os.path.isfile(path):
-            out = subprocess.run(["file", "-b", path], capture_output=True, text=True).stdout if shutil.which("file") else ""
+            out = subprocess.run(["file", "-b", path], capture_output=True, text=True, check=False).stdout if shutil.which("file") else ""
             if "dynamically" not in out:
                 return path
     raise ImageError("a static busybox is needed for ModelCar images; install the Debian package busybox-static")

@@ -3,7 +3,6 @@ one Evidently drift report per window as KFP HTML artifacts. Schedule it (a KFP 
 cluster, e.g. hourly) or run it with ``kfrelease run monitoring`` / ``kfrelease monitor``."""
 
 from kfp import dsl
-
 from kfrelease.components.monitor import monitor_model, window_report
 
 
@@ -19,7 +18,8 @@ def monitoring_pipeline(
     min_labels: int = 30,
     reports: str = "latest",
 ):
-    monitored = monitor_model(model=model, window=window, since=since, min_labels=min_labels,
-                              reports=reports).set_display_name("monitor")
+    monitored = monitor_model(
+        model=model, window=window, since=since, min_labels=min_labels, reports=reports
+    ).set_display_name("monitor")
     with dsl.ParallelFor(monitored.outputs["Output"]) as key:
         window_report(report_key=key).set_display_name("window report")

@@ -6,7 +6,6 @@ verdict is on record; it gets no image and is never staged.
 """
 
 from kfp import dsl
-
 from kfrelease.components.containerize import containerize
 from kfrelease.components.deploy_staging import deploy_staging
 from kfrelease.components.evaluate import evaluate
@@ -49,7 +48,7 @@ def training_pipeline(
         model=trained.outputs["model"],
     ).set_display_name("register")
     # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output" channels.
-    with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):  # noqa: E712 - KFP condition
+    with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):
         image = containerize(
             spec_json=spec_json, version=registered.output, image_registry=image_registry, run_id=run_id
         ).set_display_name("containerize")

@@ -169,6 +169,8 @@ def render_nginx_config(
 {proxy_common}
             proxy_connect_timeout 1s;
             proxy_read_timeout 10s;
+            # the client has its answer and closes; the shadow must still get and finish the copy
+            proxy_ignore_client_abort on;
             proxy_pass http://kf_shadow$request_uri;
         }}"""
     if roles:
@@ -519,7 +521,8 @@ class LocalGatewayDriver:
         for stage, version in wanted.items():
             if slots.get(stage) == version:
                 continue
-            if stage in slots and stage in self._routes.values():
+            serving_clients = {r for r, st in self._routes.items() if st == stage} - {"shadow"}
+            if stage in slots and serving_clients:  # a shadow's answers reach no client: replace it in place
                 if version not in slots.values():
                     raise GatewayError(
                         f"cannot load {version} into the {stage} model server while it serves {slots[stage]}; "

@@ -16,9 +16,9 @@ Deployment modes (``RolloutSpec.serving.deployment_mode``):
 
 Shadow: KServe has no traffic mirroring (kserve/kserve#2978); an Istio VirtualService route to the
 production predictor with ``mirror`` (the staging predictor) and ``mirrorPercentage`` does it; Envoy
-discards mirrored responses. Envoy appends ``-shadow`` to the mirrored Host unless Istio disables it
-(istio/istio#57530, #57708); the staging predictor must accept that host (a Knative route matches the
-``-shadow`` host only if listed, so the VirtualService targets the predictor Services' cluster hosts).
+discards mirrored responses. The mirrored request keeps the primary's Host (Envoy appends ``-shadow``
+unless Istio disables that: istio/istio#57530, #57708), which a Knative route would not match, so the
+staging InferenceService always runs in Standard mode: a plain Service that ignores the Host.
 """
 
 from __future__ import annotations
@@ -122,10 +122,12 @@ def _predictor(
     *,
     name=None,
     canary=False,
+    mode: str | None = None,
 ):
     from kserve import V1beta1LoggerSpec, V1beta1PredictorSpec
 
     s = spec.serving
+    mode = mode or s.deployment_mode
     kwargs = {
         "name": name,
         "model": _model_spec(spec, version, stage, uri),
@@ -137,7 +139,7 @@ def _predictor(
     }
     if canary:  # the Standard-mode webhook refuses autoscaling fields on a canary (fixed replicas)
         kwargs["min_replicas"] = s.min_replicas
-    elif s.deployment_mode == "Serverless":
+    elif mode == "Serverless":
         kwargs.update(
             min_replicas=s.min_replicas,
             max_replicas=s.max_replicas,
@@ -154,7 +156,7 @@ def _predictor(
     return V1beta1PredictorSpec(**kwargs)
 
 
-def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None) -> dict:
+def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None, mode: str | None = None) -> dict:
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
     from kubernetes.client import V1ObjectMeta
 
@@ -170,7 +172,7 @@ def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None) -> d
                 "kfrelease.io/stage": stage,
             },
             annotations={
-                MODE_ANNOTATION: MODE_VALUE[spec.serving.deployment_mode],
+                MODE_ANNOTATION: MODE_VALUE[mode or spec.serving.deployment_mode],
                 "serving.kserve.io/enable-prometheus-scraping": "true",
             },
         ),
@@ -238,14 +240,12 @@ def render_inference_services(
             canaries = [V1beta1CanarySpec(predictor=cpred, traffic_percent=state.canary_weight)]
         out.append(_isvc(spec, production_name(spec), "production", pred, canaries))
     if state.shadow:
-        pred = _predictor(
-            spec,
-            state.shadow,
-            "staging",
-            _storage_uri(storage_uris, state.shadow),
-            logger_url,
-        )
-        out.append(_isvc(spec, staging_name(spec), "staging", pred))
+        # The shadow always runs in Standard (raw) mode: a plain Deployment and ClusterIP Service that answer
+        # whatever Host the mirrored request carries (Envoy keeps the primary's Host, + "-shadow" on older
+        # Istio), which a Knative route would refuse.
+        uri = _storage_uri(storage_uris, state.shadow)
+        pred = _predictor(spec, state.shadow, "staging", uri, logger_url, mode="RawDeployment")
+        out.append(_isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment"))
     return out
 
 

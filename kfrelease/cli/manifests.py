@@ -50,12 +50,12 @@ def register(cli: click.Group) -> None:
                     f"{len(stale)} generated file(s) under {root} are not current ({', '.join(stale[:5])}"
                     f"{', ...' if len(stale) > 5 else ''}); run `kfrelease manifests render`"
                 )
-            console.print(f"{root}: every generated file is current")
+            console.print(f"{root}: every generated file is current", soft_wrap=True)
             return
         changed, removed = write_tree(root)
         for rel in changed:
-            console.print(f"wrote {root / rel}")
+            console.print(f"wrote {root / rel}", soft_wrap=True)
         for rel in removed:
-            console.print(f"removed {root / rel}")
+            console.print(f"removed {root / rel}", soft_wrap=True)
         if not changed and not removed:
-            console.print(f"{root}: already current")
+            console.print(f"{root}: already current", soft_wrap=True)

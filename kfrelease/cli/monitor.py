@@ -18,24 +18,69 @@ def _seconds(text: str) -> float:
 
     spec = WindowSpec.parse(text)
     if spec.kind != "time":
-        raise click.BadParameter(f"{text!r} is not a duration; use e.g. 7d, 12h, 30m", param_hint="--since")
+        raise click.BadParameter(
+            f"{text!r} is not a duration; use e.g. 7d, 12h, 30m", param_hint="--since"
+        )
     return spec.size
 
 
 def register(cli: click.Group) -> None:
     @cli.command()
-    @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model name (registry).")
-    @click.option("--window", "window_text", default="1h", show_default=True,
-                  help="Window: a duration (1h, 15m) or a count of labelled predictions (500).")
-    @click.option("--since", "since_text", default="7d", show_default=True, help="How far back to read the logs.")
-    @click.option("--min-labels", default=30, show_default=True, help="Labels a window needs for a verdict.")
-    @click.option("--r2-floor", type=float, default=None, help="R² floor (default: registry entry, else 0.2).")
-    @click.option("--out", "out", default="monitor.html", show_default=True, type=click.Path(dir_okay=False),
-                  help="Where to write the HTML page.")
-    @click.option("--push/--no-push", default=True, show_default=True, help="Push the latest windows to the Pushgateway.")
-    @click.option("--compute/--no-compute", default=True, show_default=True,
-                  help="Compute new windows first (--no-compute shows the recorded history only).")
-    def monitor(model, window_text, since_text, min_labels, r2_floor, out, push, compute) -> None:
+    @click.option(
+        "--model",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        help="Model name (registry).",
+    )
+    @click.option(
+        "--window",
+        "window_text",
+        default="1h",
+        show_default=True,
+        help="Window: a duration (1h, 15m) or a count of labelled predictions (500).",
+    )
+    @click.option(
+        "--since",
+        "since_text",
+        default="7d",
+        show_default=True,
+        help="How far back to read the logs.",
+    )
+    @click.option(
+        "--min-labels",
+        default=30,
+        show_default=True,
+        help="Labels a window needs for a verdict.",
+    )
+    @click.option(
+        "--r2-floor",
+        type=float,
+        default=None,
+        help="R² floor (default: registry entry, else 0.2).",
+    )
+    @click.option(
+        "--out",
+        "out",
+        default="monitor.html",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="Where to write the HTML page.",
+    )
+    @click.option(
+        "--push/--no-push",
+        default=True,
+        show_default=True,
+        help="Push the latest windows to the Pushgateway.",
+    )
+    @click.option(
+        "--compute/--no-compute",
+        default=True,
+        show_default=True,
+        help="Compute new windows first (--no-compute shows the recorded history only).",
+    )
+    def monitor(
+        model, window_text, since_text, min_labels, r2_floor, out, push, compute
+    ) -> None:
         """Accuracy (MSE, RMSE, MAE, R²) and drift per model version and stage, over windows."""
         from kfrelease.monitoring.report import render_page
         from kfrelease.monitoring.run import current_table, load_history, run_monitoring
@@ -47,27 +92,61 @@ def register(cli: click.Group) -> None:
         spec = WindowSpec.parse(window_text)
         warnings, reports = [], []
         if compute:
-            run = run_monitoring(settings, model, window=spec, since=since_for(_seconds(since_text)),
-                                 min_labels=min_labels, r2_floor=r2_floor, push=push)
+            run = run_monitoring(
+                settings,
+                model,
+                window=spec,
+                since=since_for(_seconds(since_text)),
+                min_labels=min_labels,
+                r2_floor=r2_floor,
+                push=push,
+            )
             warnings, reports = run.outcome.warnings, run.report_keys
             if run.push is not None:
                 (console if run.push.ok else err_console).print(run.push.message)
         history = load_history(store_for("pipeline", settings), model)
         current = current_table(history)
         rows = [
-            (r["version"], r["stage"], r["window"], r["start"][:19], r["status"], r["labelled"], r["predictions"],
-             *(None if r.get(k) is None or r.get(k) != r.get(k) else f"{r[k]:.4g}"
-               for k in ("mse", "rmse", "mae", "r2", "drift_share")))
+            (
+                r["version"],
+                r["stage"],
+                r["window"],
+                r["start"][:19],
+                r["status"],
+                r["labelled"],
+                r["predictions"],
+                *(
+                    None if r.get(k) is None or r.get(k) != r.get(k) else f"{r[k]:.4g}"
+                    for k in ("mse", "rmse", "mae", "r2", "drift_share")
+                ),
+            )
             for _, r in current.iterrows()
         ]
-        table(f"{model}: latest window per version and stage",
-              ["version", "stage", "window", "start", "status", "labelled", "predictions", "mse", "rmse", "mae",
-               "r2", "drift"], rows)
+        table(
+            f"{model}: latest window per version and stage",
+            [
+                "version",
+                "stage",
+                "window",
+                "start",
+                "status",
+                "labelled",
+                "predictions",
+                "mse",
+                "rmse",
+                "mae",
+                "r2",
+                "drift",
+            ],
+            rows,
+        )
         for w in warnings:
             err_console.print(f"warning: {w}")
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_page(history, current, model, warnings, reports), encoding="utf-8")
+        path.write_text(
+            render_page(history, current, model, warnings, reports), encoding="utf-8"
+        )
         console.print(f"wrote {path} ({len(history)} windows)")
 
     @cli.command()
@@ -78,16 +157,45 @@ def register(cli: click.Group) -> None:
 
         receiver = AlertReceiver(Settings.from_env())
         rows = sorted(receiver.alerts(), key=lambda a: a.get("received_at", ""))
-        table("alerts", ["received", "status", "alert", "model", "version", "stage"],
-              [(a.get("received_at", "")[:19], a.get("status"), a["labels"].get("alertname"), a["labels"].get("model"),
-                a["labels"].get("version"), a["labels"].get("stage")) for a in rows
-               if model is None or a["labels"].get("model") == model])
-        table("retrains", ["at", "model", "decision / status", "detail"],
-              [(d.get("at", "")[:19], d.get("model"), d.get("status") or d.get("decision"),
-                d.get("error") or d.get("detail") or str(d.get("result") or "")[:80]) for d in receiver.retrains(model)])
+        table(
+            "alerts",
+            ["received", "status", "alert", "model", "version", "stage"],
+            [
+                (
+                    a.get("received_at", "")[:19],
+                    a.get("status"),
+                    a["labels"].get("alertname"),
+                    a["labels"].get("model"),
+                    a["labels"].get("version"),
+                    a["labels"].get("stage"),
+                )
+                for a in rows
+                if model is None or a["labels"].get("model") == model
+            ],
+        )
+        table(
+            "retrains",
+            ["at", "model", "decision / status", "detail"],
+            [
+                (
+                    d.get("at", "")[:19],
+                    d.get("model"),
+                    d.get("status") or d.get("decision"),
+                    d.get("error")
+                    or d.get("detail")
+                    or str(d.get("result") or "")[:80],
+                )
+                for d in receiver.retrains(model)
+            ],
+        )
 
     @cli.command()
-    @click.option("--model", "models", multiple=True, help="Only these models (default: every model in production).")
+    @click.option(
+        "--model",
+        "models",
+        multiple=True,
+        help="Only these models (default: every model in production).",
+    )
     def newdata(models) -> None:
         """Retrain (auto revision) every production model whose curated dataset has a newer version."""
         from kfrelease.monitoring.newdata import check_new_data
@@ -97,5 +205,17 @@ def register(cli: click.Group) -> None:
         rows = check_new_data(receiver, list(models) or None)
         for t in receiver.threads:
             t.join()
-        table("new data", ["model", "production", "trained on", "latest", "action"],
-              [(r["model"], r["production_version"], r["trained_on"], r["latest"], r["action"]) for r in rows])
+        table(
+            "new data",
+            ["model", "production", "trained on", "latest", "action"],
+            [
+                (
+                    r["model"],
+                    r["production_version"],
+                    r["trained_on"],
+                    r["latest"],
+                    r["action"],
+                )
+                for r in rows
+            ],
+        )

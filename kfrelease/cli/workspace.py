@@ -71,13 +71,17 @@ def register(cli: click.Group) -> None:
             path.unlink()  # nothing half written: the source goes away with the failed render
             raise
         console.print(
-            f"added workspace {name!r} ({email}) in namespace {ws.namespace}: {path}"
+            f"added workspace {name!r} ({email}) in namespace {ws.namespace}: {path}",
+            soft_wrap=True,
         )
-        console.print(f"re-rendered {len(changed)} file(s) under {root}")
+        console.print(
+            f"re-rendered {len(changed)} file(s) under {root}", soft_wrap=True
+        )
         console.print(
             "next, per environment: eksctl create iamserviceaccount --config-file "
             f"{root}/eks/<env>/cluster.yaml --include '{ws.namespace}/default-editor' --approve; "
-            f"kubectl apply -k {root}/overlays/<env>"
+            f"kubectl apply -k {root}/overlays/<env>",
+            soft_wrap=True,
         )
 
     @workspace.command("remove")
@@ -101,7 +105,8 @@ def register(cli: click.Group) -> None:
             path.write_text(text)
             raise
         console.print(
-            f"removed workspace {name!r}; `kubectl delete profile ds-{name}` removes it from a cluster"
+            f"removed workspace {name!r}; `kubectl delete profile ds-{name}` removes it from a cluster",
+            soft_wrap=True,
         )
 
     @workspace.command("list")

@@ -50,3 +50,175 @@ STEPS: list[DemoStep] = [
     ("start the embedded stack", step_stack),
     ("load raw batch 1 and run the data pipeline", step_publish_data),
 ]
+
+
+# --- training and release (merges 1-3) ----------------------------------------------------------------
+
+#: The demo's rollout spec: the default one with samples and intervals small enough for a few minutes.
+DEMO_SPEC = {
+    "shadow": {"min_labelled_samples": 42, "max_rmse_ratio": 1.02, "max_wait_seconds": 120},
+    "canary": {"steps": [10, 25, 50, 100], "interval_seconds": 5, "min_requests": 5,
+               "checks": {"max_error_rate": 0.01, "max_p99_latency_ms": 250, "max_rmse_ratio": 1.10,
+                          "min_labelled_samples": 10}},
+}
+#: Demo traffic: requests per second through the gateway, bounds, label delay.
+TRAFFIC = {"rate": 20.0, "max_requests": 20_000, "max_seconds": 900.0, "truth_delay": 0.5}
+
+
+def create_release_demo_project(dest, name: str | None = None, dataset: str | None = None) -> list[str]:
+    """The demo project's three merges (``kfrelease.demo.project``), except that merge 3's data scientist
+    widened the offline tolerance against production to 50 % so that the worse model passes offline
+    validation: then only the shadow gate on live traffic stands between it and production."""
+    from pathlib import Path
+
+    import yaml
+
+    from kfrelease.demo import project
+
+    dest = Path(dest)
+    shas = project.create_demo_project(dest, name=name, dataset=dataset)[:2]
+    base = (project.example_dir() / "model.yaml").read_text()
+    validation = dict(yaml.safe_load(base)["validation"], tolerance=0.5)
+    overrides = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
+    text = project.spec_variant(3, base, validation=validation, **overrides)
+    # create_demo_project already merged the knn branch; this demo replaces that merge's spec
+    shas.append(project.merge_change(dest, "knn-wider-tolerance", {"model.yaml": text},
+                                     "Try 5-nearest-neighbours (offline tolerance widened to 50 %)"))
+    return shas
+
+
+def _spec_file(ctx: DemoContext):
+    import yaml
+
+    from kfrelease.rollout.spec import load_rollout_spec
+
+    path = ctx.settings.home / "demo" / "rollout.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = load_rollout_spec().to_dict()
+    for section, changes in DEMO_SPEC.items():
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                doc[section][key].update(value)
+            else:
+                doc[section][key] = value
+    doc["canary"]["steps"] = list(doc["canary"]["steps"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    load_rollout_spec(path)  # checked
+    return path
+
+
+def step_serving(ctx: DemoContext) -> None:
+    import os
+
+    from kfrelease.release.run import ensure_serving_services
+
+    ensure_serving_services(ctx.settings)
+    spec_path = _spec_file(ctx)
+    os.environ["KFRELEASE_ROLLOUT_SPEC"] = str(spec_path)  # the training pipeline's hand-over uses it
+    ctx.state["spec_path"] = str(spec_path)
+    import json
+
+    repo = ctx.settings.home / "demo" / "model-project"
+    merges = repo.parent / "merges.json"
+    if merges.exists():  # a second `kfrelease demo`: same repository, same merges (runs are idempotent)
+        shas = json.loads(merges.read_text())
+    else:
+        import shutil
+
+        shutil.rmtree(repo, ignore_errors=True)
+        shas = create_release_demo_project(repo)
+        merges.write_text(json.dumps(shas))
+    ctx.state.update(repo=str(repo), shas=shas)
+    ctx.note("serving (log sink, feedback) and demo project", f"{repo}: 3 merges to main, spec {spec_path.name}")
+
+
+def _progress(event: dict) -> None:
+    from kfrelease.cli.output import console
+
+    console.print(f"  [cyan]{event['stage']:<10}[/] {event['who']}: {event['why']}")
+
+
+def _merge(ctx: DemoContext, n: int) -> tuple[str, str]:
+    """Train merge ``n`` (the training pipeline on kfp.local), then release what it staged."""
+    from kfrelease.cli.output import console
+    from kfrelease.release.handover import start_release, wait_release
+    from kfrelease.training.trigger import trigger, wait
+
+    sha = ctx.state["shas"][n - 1]
+    record = trigger(ctx.settings, sha, ctx.state["repo"])
+    console.print(f"  merge {n} ({sha[:12]}): training run {record.run_id}")
+    record = wait(ctx.settings, record.run_id, timeout=600)
+    version, verdict = record.state.get("version"), record.state.get("verdict")
+    console.print(f"  trained {version}: validation {verdict}")
+    model = record.record["model"]
+    if verdict != "passed":
+        return version, f"rejected by offline validation ({record.state.get('stage')})"
+    start_release(ctx.settings, model, version, ctx.state["spec_path"])
+    stage = wait_release(ctx.settings, model, version, timeout=600, on_event=_progress)
+    return version, stage
+
+
+def _start_traffic(ctx: DemoContext) -> None:
+    from kfrelease.demo.traffic import TrafficGenerator
+
+    gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), "diabetes-progression",
+                           **TRAFFIC)
+    ctx.state["traffic"] = gen.start()
+
+
+def step_merge1(ctx: DemoContext) -> None:
+    version, stage = _merge(ctx, 1)
+    ctx.state["v1"] = version
+    ctx.note("merge 1: ridge", f"{version} -> {stage} (first model of tag 1: no champion)")
+    if stage == "production":
+        _start_traffic(ctx)
+
+
+def step_merge2(ctx: DemoContext) -> None:
+    version, stage = _merge(ctx, 2)
+    ctx.note("merge 2: scaled ridge (better)", f"{version} -> {stage} (shadow gate, canary steps)")
+
+
+def step_merge3(ctx: DemoContext) -> None:
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    version, stage = _merge(ctx, 3)
+    prod = ModelRegistry(store_for("pipeline", ctx.settings)).current("diabetes-progression", "production")
+    ctx.note("merge 3: 5-nearest-neighbours (worse)", f"{version} -> {stage}; production stays "
+             f"{prod.version if prod else 'none'}")
+
+
+def step_traffic_summary(ctx: DemoContext) -> None:
+    import time
+
+    from kfrelease.serving.logs import read_predictions
+    from kfrelease.storage import store_for
+
+    gen = ctx.state.get("traffic")
+    if gen is None:
+        ctx.note("client traffic", "not started")
+        return
+    stats = gen.stop()
+    store = store_for("monitoring", ctx.settings)
+    logged = 0
+    ids = set(stats.ok_ids)
+    for _ in range(30):  # the sink uploads its batches every few seconds
+        frame = read_predictions(store, "diabetes-progression")
+        logged = len(ids & set(frame.loc[frame["stage"] != "staging", "request_id"]))
+        if logged >= len(ids):
+            break
+        time.sleep(1)
+    served = ", ".join(f"{v}: {c}" for v, c in sorted(stats.versions.items()))
+    ctx.note("client traffic through the gateway",
+             f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in the "
+             f"prediction logs; answered by {served}")
+
+
+STEPS += [
+    ("start serving (log sink, feedback) and create the demo model project", step_serving),
+    ("merge 1 (ridge): train, validate, register, release", step_merge1),
+    ("merge 2 (scaled ridge, better): train, shadow, canary, promote", step_merge2),
+    ("merge 3 (5-nearest-neighbours, worse): train, shadow, reject", step_merge3),
+    ("client traffic: failures and prediction-log completeness", step_traffic_summary),
+]

@@ -47,7 +47,7 @@ def spec_variant(merge: int, base_text: str | None = None, **changes) -> str:
 
 
 def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30,
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False,
                           env={**os.environ, **_GIT_ENV})
     if proc.returncode != 0:
         raise ConfigError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
@@ -89,3 +89,40 @@ def create_demo_project(dest: str | Path, name: str | None = None, dataset: str 
         merge_change(dest, "knn", {"model.yaml": spec_variant(3, base, **overrides)}, "Try 5-nearest-neighbours"),
     ]
     return shas
+
+
+def demo_project(dest: str | Path) -> list[str]:
+    """The demo project at ``dest``: created on first use, else its three merge SHAs read back (re-runs)."""
+    dest = Path(dest)
+    if (dest / ".git").is_dir():
+        shas = _git(dest, "log", "--merges", "--first-parent", "--reverse", "--format=%H", "main").split()
+        if len(shas) >= 3:
+            return shas[:3]
+        raise ConfigError(f"{dest} is a git repository without the demo's three merges; remove it to recreate it")
+    return create_demo_project(dest)
+
+
+def _merge_step(n: int, what: str):
+    def step(ctx) -> None:
+        from kfrelease.training.trigger import trigger, wait
+
+        repo = ctx.settings.home / "demo-model-project"
+        shas = ctx.state.setdefault("merges", demo_project(repo))
+        record = trigger(ctx.settings, shas[n - 1], repo, reason=f"demo merge {n}")
+        done = wait(ctx.settings, record.run_id, timeout=600)
+        if done.status != "succeeded":
+            raise ConfigError(f"training run {done.run_id} {done.status}: {done.state.get('error')}")
+        version, verdict = done.state["version"], done.state["verdict"]
+        ctx.state.setdefault("versions", {})[n] = version
+        ctx.note(f"merge {n} ({what}) -> training pipeline", f"{version} {verdict}, stage {done.state.get('stage')}")
+
+    return step
+
+
+#: Demo steps of the training part, for ``kfrelease.demo.flow.STEPS``: merges 1 and 2 (V1.1.0, V1.2.0 staged).
+#: Merge 3 (worse) is meant to run after a release made a version production: ``MERGE_3_STEP``.
+TRAINING_STEPS = [
+    ("merge 1 to main: train, validate, register, containerize, stage", _merge_step(1, "ridge")),
+    ("merge 2 to main: a better model definition", _merge_step(2, "scaled ridge")),
+]
+MERGE_3_STEP = ("merge 3 to main: a worse model is rejected", _merge_step(3, "5-nearest-neighbours"))

@@ -23,6 +23,7 @@ from kfrelease.k8s.environments import (
 from kfrelease.k8s.platform import role_placements
 
 CI_ROLE = "kfrelease-ci"
+CI_S3_POLICY = "s3-as-pipeline"
 GITHUB_OIDC = "token.actions.githubusercontent.com"
 
 
@@ -87,12 +88,8 @@ def cluster_config(
                 f"k8s.io/cluster-autoscaler/{env.cluster}": "owned",
                 "k8s.io/cluster-autoscaler/node-template/label/kfrelease.io/pool": pool,
             },
-            "iam": {
-                "withAddonPolicies": {
-                    "autoScaler": True,
-                    "imageBuilder": pool == "pipelines",
-                }
-            },
+            # No add-on policies on the node role: the cluster-autoscaler has its own IRSA role below and
+            # image pushes use the pipeline's IRSA role; nodes only pull (eksctl's default node role).
         }
 
     return {
@@ -173,6 +170,7 @@ def prerequisites_template(
         res[logical] = {
             "Type": "AWS::ECR::Repository",
             "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
             "Properties": {
                 "RepositoryName": repo,
                 # Model versions and release tags are immutable: a tag names one digest forever.
@@ -265,7 +263,13 @@ def prerequisites_template(
                             }
                         ],
                     },
-                }
+                },
+                {
+                    # `kfrelease trigger` records the run (idempotent per commit) in the models bucket and
+                    # reads the curated dataset version, as the pipeline does: the pipeline role's S3 grants.
+                    "PolicyName": CI_S3_POLICY,
+                    "PolicyDocument": iam_policy(policy, "pipeline", env.bucket_prefix),
+                },
             ],
         },
     }

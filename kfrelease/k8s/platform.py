@@ -284,6 +284,47 @@ def kfam_user_binding(user: str, ns: str, role: str = "view") -> list[dict]:
     ]
 
 
+RELEASE_DRIVER = "kfrelease-release-driver"
+
+
+def release_driver_rbac(serving_ns: str) -> list[dict]:
+    """The release pipeline (``default-editor`` of the release namespace) moves traffic: it applies and
+    patches the InferenceServices and the VirtualService in the serving namespace, and nothing else there."""
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": _meta(RELEASE_DRIVER, serving_ns),
+            "rules": [
+                {
+                    "apiGroups": ["serving.kserve.io"],
+                    "resources": ["inferenceservices"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update"],
+                },
+                {
+                    "apiGroups": ["serving.kserve.io"],
+                    "resources": ["inferenceservices/status"],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": ["networking.istio.io"],
+                    "resources": ["virtualservices"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update"],
+                },
+            ],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(RELEASE_DRIVER, serving_ns),
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": RELEASE_DRIVER},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": PROFILE_SA, "namespace": RELEASE_NS}
+            ],
+        },
+    ]
+
+
 def release_rbac() -> list[dict]:
     """RoleBindings of the release namespace: CI creates runs; data scientists (group) only view."""
     return [
@@ -383,14 +424,17 @@ def platform_documents(
             docs.append(namespace(ns, mesh=ns == serving_ns))
             docs.append(service_account(sa, ns, env.role_arn(iam_role_name(role))))
     docs.append(service_account(CI_SERVICE_ACCOUNT, RELEASE_NS))
-    docs += cluster_roles() + release_rbac()
+    docs += cluster_roles() + release_rbac() + release_driver_rbac(serving_ns)
     # Pipelines run in the release namespace (training, release, monitoring) and in the data namespace.
     docs.append(kfp_launcher(env, RELEASE_NS, env.pipeline_root()))
     docs.append(kfp_launcher(env, DATA_NS, data_pipeline_root(env)))
-    # One PodDefault per role, in the namespace where that role's workloads run.
+    # One PodDefault per role that works in a Profile namespace: Kubeflow's PodDefault webhook acts only in
+    # namespaces labelled app.kubernetes.io/part-of=kubeflow-profile (kubeflow/manifests admission-webhook
+    # mutating-webhook-configuration.yaml). The serving workloads set the same variables themselves.
     for role in policy.roles:
-        ns, sa, _ = placements[role]
-        docs.append(pod_default(role, ns, env, sa))
+        ns, sa, via_profile = placements[role]
+        if via_profile:
+            docs.append(pod_default(role, ns, env, sa))
     docs.append(registry_auth(env, RELEASE_NS))
     docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry))
     docs.append(pipeline_pods_env("data-engineer", DATA_NS, env))

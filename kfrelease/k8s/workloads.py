@@ -17,6 +17,7 @@ from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.serving.k8s import render_serving_runtime
 
 HTTP_PORT = 8080
+STATE_DIR = "/var/lib/kfrelease"
 PUSHGATEWAY_IMAGE = "quay.io/prometheus/pushgateway:v1.11.1"
 METRICS_LABEL = {"kfrelease.io/metrics": "true"}
 #: kube-prometheus-stack's Prometheus selects monitors and rules by its Helm release label (default
@@ -35,7 +36,10 @@ def http_service(
     image: str = BASE_IMAGE,
     extra_args: tuple[str, ...] = (),
 ) -> list[dict]:
-    """A Deployment + Service of one kfrelease HTTP process (log sink, feedback), as the role's IRSA SA."""
+    """A Deployment + Service + HPA of one kfrelease HTTP process (log sink, feedback), as the role's IRSA SA.
+
+    Its write-ahead log (``$KFRELEASE_HOME/services/<name>/wal``) is on an ``emptyDir``: it survives container
+    restarts; on a normal stop the process uploads what it holds (``terminationGracePeriodSeconds``)."""
     labels = {"app.kubernetes.io/name": name, **PART_OF}
     probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 5}
     return [
@@ -50,6 +54,8 @@ def http_service(
                     "spec": {
                         "serviceAccountName": sa,
                         "nodeSelector": {"kfrelease.io/pool": "serving"},
+                        "terminationGracePeriodSeconds": 60,
+                        "volumes": [{"name": "state", "emptyDir": {}}],
                         "containers": [
                             {
                                 "name": name,
@@ -62,7 +68,13 @@ def http_service(
                                     str(HTTP_PORT),
                                     *extra_args,
                                 ],
-                                "env": s3_env(env, role),
+                                "env": [
+                                    *s3_env(env, role),
+                                    {"name": "KFRELEASE_HOME", "value": STATE_DIR},
+                                ],
+                                "volumeMounts": [
+                                    {"name": "state", "mountPath": STATE_DIR}
+                                ],
                                 "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                                 "readinessProbe": probe,
                                 "livenessProbe": {**probe, "periodSeconds": 20},
@@ -129,7 +141,7 @@ def serving_documents(
         *http_service(
             "kfrelease-logsink",
             ns,
-            "kfrelease.serving.logsink",
+            "kfrelease.serving.sink",
             env,
             "serving",
             env.logsink_replicas,

@@ -22,7 +22,6 @@ from kfrelease.k8s.platform import (
     kfam_user_binding,
     pod_default,
     profile,
-    s3_env,
 )
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
@@ -98,7 +97,9 @@ def notebook(ws: Workspace, image: str) -> dict:
                             "name": "workspace",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
-                            "env": s3_env_for_notebook(),
+                            "env": [
+                                {"name": "GIT_TERMINAL_PROMPT", "value": "0"}
+                            ],  # S3 settings: the PodDefault
                             "resources": {
                                 "requests": {"cpu": ws.cpu, "memory": ws.memory},
                                 "limits": {"cpu": ws.cpu, "memory": ws.memory},
@@ -118,11 +119,6 @@ def notebook(ws: Workspace, image: str) -> dict:
             }
         },
     }
-
-
-def s3_env_for_notebook() -> list[dict]:
-    # The object-store settings come from the PodDefault (per environment); git is set up per user.
-    return [{"name": "GIT_TERMINAL_PROMPT", "value": "0"}]
 
 
 def home_volume(ws: Workspace) -> dict:
@@ -156,4 +152,4 @@ def workspace_documents(ws: Workspace, env: Environment, policy: AccessPolicy):
     ]
 
 
-__all__ = ["Workspace", "load_workspaces", "s3_env", "workspace_documents"]
+__all__ = ["Workspace", "load_workspaces", "workspace_documents"]

@@ -30,7 +30,9 @@ BUCKET = "pipeline-root"
 
 
 def enabled() -> bool:
-    return os.environ.get("KFRELEASE_RETRAIN_ON_NEW_DATA", "on").strip().lower() not in ("off", "0", "false", "no")
+    return os.environ.get(
+        "KFRELEASE_RETRAIN_ON_NEW_DATA", "on"
+    ).strip().lower() not in ("off", "0", "false", "no")
 
 
 def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
@@ -48,12 +50,20 @@ def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
         prod = registry.current(model, "production")
         if prod is None:
             continue
-        dataset, trained_on = prod.entry.get("dataset"), prod.entry.get("dataset_version")
+        dataset, trained_on = (
+            prod.entry.get("dataset"),
+            prod.entry.get("dataset_version"),
+        )
         if not dataset:
             continue
         latest = latest_version_id(store, dataset)
-        row = {"model": model, "dataset": dataset, "production_version": prod.version, "trained_on": trained_on,
-               "latest": latest}
+        row = {
+            "model": model,
+            "dataset": dataset,
+            "production_version": prod.version,
+            "trained_on": trained_on,
+            "latest": latest,
+        }
         if not enabled():
             out.append({**row, "action": "disabled"})
             continue
@@ -61,13 +71,24 @@ def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
             out.append({**row, "action": "up-to-date"})
             continue
         try:
-            store.put_json(BUCKET, f"monitoring/newdata/{model}/{latest}.json", row, if_none_match=True)
+            store.put_json(
+                BUCKET,
+                f"monitoring/newdata/{model}/{latest}.json",
+                row,
+                if_none_match=True,
+            )
         except Conflict:
             out.append({**row, "action": "already-handled"})
             continue
         decision = receiver.request_retrain(
-            model, f"new curated data: {dataset} {latest} (production {prod.version} was trained on {trained_on})",
-            {"version": prod.version, "stage": "production", "dataset": dataset, "dataset_version": latest},
+            model,
+            f"new curated data: {dataset} {latest} (production {prod.version} was trained on {trained_on})",
+            {
+                "version": prod.version,
+                "stage": "production",
+                "dataset": dataset,
+                "dataset_version": latest,
+            },
         )
         out.append({**row, "action": decision["decision"], "key": decision["key"]})
     return out
@@ -75,7 +96,11 @@ def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
 
 def start_poller(receiver, interval: float | None = None) -> threading.Thread | None:
     """Check for new data every ``interval`` seconds in a daemon thread (None when turned off)."""
-    interval = float(interval if interval is not None else os.environ.get("KFRELEASE_NEWDATA_POLL_SECONDS", "0"))
+    interval = float(
+        interval
+        if interval is not None
+        else os.environ.get("KFRELEASE_NEWDATA_POLL_SECONDS", "0")
+    )
     if interval <= 0 or not enabled():
         return None
     stop = threading.Event()
@@ -87,8 +112,10 @@ def start_poller(receiver, interval: float | None = None) -> threading.Thread | 
                     if row["action"] not in ("up-to-date", "already-handled"):
                         log.info("new data: %s", row)
             except KfreleaseError as exc:
-                log.warning("new-data check failed (retried in %.0f s): %s", interval, exc)
-            except Exception:  # noqa: BLE001 - the poller must survive anything; the error is logged
+                log.warning(
+                    "new-data check failed (retried in %.0f s): %s", interval, exc
+                )
+            except Exception:
                 log.exception("new-data check failed")
 
     t = threading.Thread(target=loop, daemon=True, name="newdata-poller")

@@ -30,12 +30,27 @@ GAUGES = {
     "kfrelease_model_mse": ("mse", "Mean squared error of the latest window"),
     "kfrelease_model_rmse": ("rmse", "Root mean squared error of the latest window"),
     "kfrelease_model_mae": ("mae", "Mean absolute error of the latest window"),
-    "kfrelease_model_r2": ("r2", "R2 (coefficient of determination) of the latest window"),
-    "kfrelease_model_drift_share": ("drift_share", "Share of input features drifted against the training data"),
-    "kfrelease_model_baseline_rmse": ("baseline_rmse", "RMSE measured at evaluation (registry entry)"),
+    "kfrelease_model_r2": (
+        "r2",
+        "R2 (coefficient of determination) of the latest window",
+    ),
+    "kfrelease_model_drift_share": (
+        "drift_share",
+        "Share of input features drifted against the training data",
+    ),
+    "kfrelease_model_baseline_rmse": (
+        "baseline_rmse",
+        "RMSE measured at evaluation (registry entry)",
+    ),
     "kfrelease_model_r2_floor": ("r2_floor", "Lowest acceptable R2 of the model"),
-    "kfrelease_model_window_predictions": ("predictions", "Predictions in the latest window"),
-    "kfrelease_model_window_labelled": ("labelled", "Labelled predictions in the latest window"),
+    "kfrelease_model_window_predictions": (
+        "predictions",
+        "Predictions in the latest window",
+    ),
+    "kfrelease_model_window_labelled": (
+        "labelled",
+        "Labelled predictions in the latest window",
+    ),
 }
 
 
@@ -72,13 +87,18 @@ def payload(window) -> dict:
         if v is not None:
             values[name] = float(v)
     values["kfrelease_model_window_insufficient"] = 0.0 if w["status"] == "ok" else 1.0
-    for name, attr in (("kfrelease_model_last_prediction_timestamp_seconds", "last_prediction_time"),
-                       ("kfrelease_model_last_truth_timestamp_seconds", "last_truth_time")):
+    for name, attr in (
+        ("kfrelease_model_last_prediction_timestamp_seconds", "last_prediction_time"),
+        ("kfrelease_model_last_truth_timestamp_seconds", "last_truth_time"),
+    ):
         ts = _ts(w.get(attr))
         if ts is not None:
             values[name] = ts
     values["kfrelease_model_window_pushed_timestamp_seconds"] = time.time()
-    return {"labels": {"model": w["model"], "version": w["version"], "stage": w["stage"]}, "values": values}
+    return {
+        "labels": {"model": w["model"], "version": w["version"], "stage": w["stage"]},
+        "values": values,
+    }
 
 
 def _push_one(url: str, item: dict, timeout: float) -> None:
@@ -88,10 +108,14 @@ def _push_one(url: str, item: dict, timeout: float) -> None:
     for name, value in item["values"].items():
         helptext = GAUGES.get(name, (None, name.replace("_", " ")))[1]
         Gauge(name, helptext, registry=registry).set(value)
-    push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout)
+    push_to_gateway(
+        url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout
+    )
 
 
-def push_windows(settings: Settings, windows, url: str | None = None, timeout: float = 3.0) -> PushOutcome:
+def push_windows(
+    settings: Settings, windows, url: str | None = None, timeout: float = 3.0
+) -> PushOutcome:
     """Push the latest window of each (version, stage); spool what cannot be pushed; flush the spool first."""
     url = url or settings.url("pushgateway")
     spool = spool_dir(settings)

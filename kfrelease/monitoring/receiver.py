@@ -31,7 +31,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kfrelease.config import Settings
@@ -45,7 +45,7 @@ DEFAULT_TRIGGER = "kfrelease.training.trigger:trigger"
 
 
 def _stamp(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _safe(text: str) -> str:
@@ -55,36 +55,60 @@ def _safe(text: str) -> str:
 class AlertReceiver:
     """The receiver's logic, independent of HTTP (tested directly and through the server)."""
 
-    def __init__(self, settings: Settings, store=None, min_interval: float | None = None, trigger_path: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store=None,
+        min_interval: float | None = None,
+        trigger_path: str | None = None,
+    ):
         from kfrelease.storage import store_for
 
         self.settings = settings
         self.store = store or store_for("pipeline", settings)
         self.min_interval = float(
-            min_interval if min_interval is not None else os.environ.get("KFRELEASE_RETRAIN_MIN_INTERVAL", "3600")
+            min_interval
+            if min_interval is not None
+            else os.environ.get("KFRELEASE_RETRAIN_MIN_INTERVAL", "3600")
         )
-        self.trigger_path = trigger_path or os.environ.get("KFRELEASE_RETRAIN_TRIGGER") or DEFAULT_TRIGGER
+        self.trigger_path = (
+            trigger_path
+            or os.environ.get("KFRELEASE_RETRAIN_TRIGGER")
+            or DEFAULT_TRIGGER
+        )
         self._lock = threading.Lock()  # one retrain at a time
         self._decide = threading.Lock()  # decisions are serialised
         self.threads: list[threading.Thread] = []
 
     # records ---------------------------------------------------------------------------------------
     def record_alert(self, alert: dict, receiver: str = "") -> str:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         key = (
             f"monitoring/alerts/{now.strftime('%Y-%m-%d')}/{now.strftime('%H%M%S')}-"
             f"{_safe(alert.get('fingerprint', ''))}-{_safe(alert.get('status', ''))}-{uuid.uuid4().hex[:8]}.json"
         )
-        self.store.put_json(BUCKET, key, {**alert, "received_at": now.isoformat(), "receiver": receiver},
-                            if_none_match=True)
+        self.store.put_json(
+            BUCKET,
+            key,
+            {**alert, "received_at": now.isoformat(), "receiver": receiver},
+            if_none_match=True,
+        )
         return key
 
     def alerts(self) -> list[dict]:
-        return [self.store.get_json(BUCKET, o.key) for o in self.store.iter(BUCKET, "monitoring/alerts/")]
+        return [
+            self.store.get_json(BUCKET, o.key)
+            for o in self.store.iter(BUCKET, "monitoring/alerts/")
+        ]
 
     def retrains(self, model: str | None = None) -> list[dict]:
-        prefix = f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
-        return [self.store.get_json(BUCKET, o.key) for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)]
+        prefix = (
+            f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
+        )
+        return [
+            self.store.get_json(BUCKET, o.key)
+            for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)
+        ]
 
     def _last_triggered(self, model: str) -> float | None:
         last = None
@@ -97,16 +121,22 @@ class AlertReceiver:
     def handle(self, payload: dict) -> dict:
         """Record the alerts of one webhook payload and decide on retrains. Returns a summary."""
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
-            raise ValueError("expected an Alertmanager webhook payload: a JSON object with an 'alerts' list")
+            raise ValueError(  # noqa: TRY004 - a bad payload is a value problem (HTTP 400)
+                "expected an Alertmanager webhook payload: a JSON object with an 'alerts' list"
+            )
         recorded, decisions = [], []
         for alert in payload["alerts"]:
             if not isinstance(alert, dict) or not isinstance(alert.get("labels"), dict):
-                raise ValueError("every alert needs a 'labels' object")
+                raise ValueError("every alert needs a 'labels' object")  # noqa: TRY004
         for alert in payload["alerts"]:
             recorded.append(self.record_alert(alert, payload.get("receiver", "")))
         for alert in payload["alerts"]:
             labels = alert["labels"]
-            if alert.get("status") == "firing" and labels.get("kind") in RETRAIN_KINDS and labels.get("model"):
+            if (
+                alert.get("status") == "firing"
+                and labels.get("kind") in RETRAIN_KINDS
+                and labels.get("model")
+            ):
                 decisions.append(self.consider_retrain(alert))
         return {"recorded": recorded, "decisions": decisions}
 
@@ -114,14 +144,20 @@ class AlertReceiver:
         labels = alert["labels"]
         model = labels["model"]
         reason = f"alert {labels.get('alertname')} on {model} {labels.get('version', '')} ({labels.get('stage', '')})"
-        return self.request_retrain(model, reason, {
-            "version": labels.get("version"),
-            "stage": labels.get("stage"),
-            "alert": labels.get("alertname"),
-            "fingerprint": alert.get("fingerprint"),
-        })
+        return self.request_retrain(
+            model,
+            reason,
+            {
+                "version": labels.get("version"),
+                "stage": labels.get("stage"),
+                "alert": labels.get("alertname"),
+                "fingerprint": alert.get("fingerprint"),
+            },
+        )
 
-    def request_retrain(self, model: str, reason: str, details: dict | None = None) -> dict:
+    def request_retrain(
+        self, model: str, reason: str, details: dict | None = None
+    ) -> dict:
         """Decide (triggered, rate-limited, busy), record the decision, start the trigger in the background."""
         with self._decide:
             now = time.time()
@@ -129,16 +165,20 @@ class AlertReceiver:
                 "model": model,
                 **(details or {}),
                 "reason": reason,
-                "at": datetime.now(timezone.utc).isoformat(),
+                "at": datetime.now(UTC).isoformat(),
                 "at_epoch": now,
             }
             last = self._last_triggered(model)
             if last is not None and now - last < self.min_interval:
                 doc["decision"] = "rate-limited"
-                doc["detail"] = f"a retrain of {model} was triggered {now - last:.0f} s ago (< {self.min_interval:.0f} s)"
+                doc["detail"] = (
+                    f"a retrain of {model} was triggered {now - last:.0f} s ago (< {self.min_interval:.0f} s)"
+                )
             elif not self._lock.acquire(blocking=False):
                 doc["decision"] = "busy"
-                doc["detail"] = "another retrain is still running; only one runs at a time"
+                doc["detail"] = (
+                    "another retrain is still running; only one runs at a time"
+                )
             else:
                 doc["decision"] = "triggered"
             key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
@@ -150,7 +190,12 @@ class AlertReceiver:
                 raise
         log.info("retrain decision for %s: %s (%s)", model, doc["decision"], reason)
         if doc["decision"] == "triggered":
-            t = threading.Thread(target=self._run_trigger, args=(key, doc), daemon=True, name=f"retrain-{model}")
+            t = threading.Thread(
+                target=self._run_trigger,
+                args=(key, doc),
+                daemon=True,
+                name=f"retrain-{model}",
+            )
             self.threads.append(t)
             t.start()
         return {**doc, "key": key}
@@ -175,9 +220,14 @@ class AlertReceiver:
             outcome["error"] = f"{type(exc).__name__}: {exc}"
             log.error("auto retrain of %s failed: %s", doc["model"], outcome["error"])
         finally:
-            outcome["finished_at"] = datetime.now(timezone.utc).isoformat()
+            outcome["finished_at"] = datetime.now(UTC).isoformat()
             try:
-                self.store.put_json(BUCKET, key[: -len(".json")] + ".result.json", outcome, if_none_match=True)
+                self.store.put_json(
+                    BUCKET,
+                    key[: -len(".json")] + ".result.json",
+                    outcome,
+                    if_none_match=True,
+                )
             except KfreleaseError as exc:
                 log.error("could not record the retrain result %s: %s", key, exc)
             self._lock.release()
@@ -186,7 +236,10 @@ class AlertReceiver:
         """The commit of the alerting version (registry entry), and the repository (KFRELEASE_REPO)."""
         commit = None
         try:
-            entry = self.store.get_json("models", f"registry/{doc['model']}/versions/{doc.get('version')}/entry.json")
+            entry = self.store.get_json(
+                "models",
+                f"registry/{doc['model']}/versions/{doc.get('version')}/entry.json",
+            )
             commit = entry.get("commit")
         except KfreleaseError:
             pass
@@ -200,8 +253,10 @@ def _jsonable(obj):
         if hasattr(obj, attr):
             try:
                 return getattr(obj, attr)()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # noqa: BLE001 - fall back to the next representation
+                log.debug(
+                    "%s.%s() failed; trying the next form", type(obj).__name__, attr
+                )
     if hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
 
@@ -219,7 +274,7 @@ def make_handler(receiver: AlertReceiver):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/healthz":
                 return self._send(200, {"status": "ok"})
             if self.path == "/metrics":
@@ -229,18 +284,24 @@ def make_handler(receiver: AlertReceiver):
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 return self.wfile.write(body)
-            return self._send(404, {"error": f"no such path {self.path}; POST /alerts, GET /healthz"})
+            return self._send(
+                404, {"error": f"no such path {self.path}; POST /alerts, GET /healthz"}
+            )
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             if self.path != "/alerts":
-                return self._send(404, {"error": f"no such path {self.path}; POST /alerts"})
+                return self._send(
+                    404, {"error": f"no such path {self.path}; POST /alerts"}
+                )
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"null")
                 return self._send(200, receiver.handle(payload))
             except ValueError as exc:
                 return self._send(400, {"error": f"bad alert payload: {exc}"})
-            except KfreleaseError as exc:  # store down: 503 makes Alertmanager retry (nothing lost)
+            except (
+                KfreleaseError
+            ) as exc:  # store down: 503 makes Alertmanager retry (nothing lost)
                 log.error("could not record alerts: %s", exc)
                 return self._send(503, {"error": str(exc)})
 
@@ -264,10 +325,14 @@ def serve(settings: Settings, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="kfrelease Alertmanager webhook receiver")
+    parser = argparse.ArgumentParser(
+        description="kfrelease Alertmanager webhook receiver"
+    )
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.from_env()
     serve(settings, args.port or settings.port("alert-receiver"))
 

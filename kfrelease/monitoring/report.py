@@ -4,13 +4,32 @@ metrics of every window over time, one line per model version and stage, and the
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
-PANELS = (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("drift_share", "Drift share"))
-TABLE_COLUMNS = ("version", "stage", "window", "start", "status", "labelled", "predictions", "mse", "rmse", "mae",
-                 "r2", "drift_share", "baseline_rmse", "r2_floor")
+PANELS = (
+    ("rmse", "RMSE"),
+    ("mae", "MAE"),
+    ("r2", "R²"),
+    ("drift_share", "Drift share"),
+)
+TABLE_COLUMNS = (
+    "version",
+    "stage",
+    "window",
+    "start",
+    "status",
+    "labelled",
+    "predictions",
+    "mse",
+    "rmse",
+    "mae",
+    "r2",
+    "drift_share",
+    "baseline_rmse",
+    "r2_floor",
+)
 
 
 def _fmt(v) -> str:
@@ -24,7 +43,9 @@ def _fmt(v) -> str:
 def current_table_html(current: pd.DataFrame) -> str:
     if len(current) == 0:
         return "<p>No windows recorded yet. Run <code>kfrelease monitor</code> after some labelled traffic.</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS if c in current.columns)
+    head = "".join(
+        f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS if c in current.columns
+    )
     rows = []
     for _, r in current.iterrows():
         cls = "ok" if r.get("status") == "ok" else "warn"
@@ -41,34 +62,58 @@ def figure(history: pd.DataFrame, model: str):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=len(PANELS), cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=[title for _, title in PANELS])
+    fig = make_subplots(
+        rows=len(PANELS),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.05,
+        subplot_titles=[title for _, title in PANELS],
+    )
     if len(history):
         from plotly.colors import qualitative
 
         h = history.assign(start=pd.to_datetime(history["start"], utc=True))
         keys = sorted({(v, s) for v, s in zip(h["version"], h["stage"])})
-        colors = {k: qualitative.Plotly[i % len(qualitative.Plotly)] for i, k in enumerate(keys)}
+        colors = {
+            k: qualitative.Plotly[i % len(qualitative.Plotly)]
+            for i, k in enumerate(keys)
+        }
         for i, (col, _title) in enumerate(PANELS, start=1):
             if col not in h.columns:
                 continue
             for (version, stage), g in h.groupby(["version", "stage"], sort=True):
                 fig.add_trace(
-                    go.Scatter(x=g["start"], y=g[col], mode="lines+markers", name=f"{version} {stage}",
-                               line={"color": colors[(version, stage)]},
-                               legendgroup=f"{version} {stage}", showlegend=i == 1),
-                    row=i, col=1,
+                    go.Scatter(
+                        x=g["start"],
+                        y=g[col],
+                        mode="lines+markers",
+                        name=f"{version} {stage}",
+                        line={"color": colors[(version, stage)]},
+                        legendgroup=f"{version} {stage}",
+                        showlegend=i == 1,
+                    ),
+                    row=i,
+                    col=1,
                 )
-    fig.update_layout(height=950, title=f"{model}: quality and drift per window", template="plotly_white",
-                      margin={"l": 60, "r": 20, "t": 80, "b": 40})
+    fig.update_layout(
+        height=950,
+        title=f"{model}: quality and drift per window",
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 80, "b": 40},
+    )
     return fig
 
 
-def render_page(history: pd.DataFrame, current: pd.DataFrame, model: str, warnings: list[str] | None = None,
-                reports: list[str] | None = None) -> str:
+def render_page(
+    history: pd.DataFrame,
+    current: pd.DataFrame,
+    model: str,
+    warnings: list[str] | None = None,
+    reports: list[str] | None = None,
+) -> str:
     """The self-contained page (a few MB: plotly.js is inlined)."""
     chart = figure(history, model).to_html(full_html=False, include_plotlyjs=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in (warnings or []))
     links = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in (reports or []))
     return f"""<!doctype html>

@@ -38,16 +38,24 @@ def render_rules(for_override: str | None = None) -> dict:
     return doc
 
 
-def render_prometheus_rule(namespace: str = "monitoring", release: str = "kube-prometheus-stack",
-                           name: str = "kfrelease-model-alerts") -> dict:
-    """The PrometheusRule for kube-prometheus-stack, from the same rules file."""
+def render_prometheus_rule(
+    namespace: str = "monitoring",
+    release: str = "kube-prometheus-stack",
+    name: str = "kfrelease-model-alerts",
+    labels: dict | None = None,
+) -> dict:
+    """The PrometheusRule for kube-prometheus-stack, from the same rules file (``labels`` are added)."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"release": release, "app.kubernetes.io/part-of": "kfrelease"},
+            "labels": {
+                "release": release,
+                "app.kubernetes.io/part-of": "kfrelease",
+                **(labels or {}),
+            },
         },
         "spec": {"groups": load_rules()["groups"]},
     }

@@ -16,14 +16,19 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.monitoring import sources
-from kfrelease.monitoring.window import DEFAULT_MIN_LABELS, MonitorOutcome, WindowSpec, compute_windows
+from kfrelease.monitoring.window import (
+    DEFAULT_MIN_LABELS,
+    MonitorOutcome,
+    WindowSpec,
+    compute_windows,
+)
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ def run_monitoring(
     settings: Settings,
     model: str,
     *,
-    window: WindowSpec = WindowSpec(),
+    window: WindowSpec | None = None,
     since=None,
     until=None,
     min_labels: int = DEFAULT_MIN_LABELS,
@@ -70,6 +75,7 @@ def run_monitoring(
     """Compute, record and push the windows of ``model``; problems in the data become warnings."""
     from kfrelease.storage import store_for
 
+    window = window or WindowSpec()
     reader = read_store or store_for("monitoring", settings)
     writer = write_store or store_for("pipeline", settings)
     entries = sources.model_versions(reader, model)
@@ -84,29 +90,48 @@ def run_monitoring(
     if reference is None:
         reference = sources.reference_of(reader, entries)
     warnings: list[str] = []
-    preds = sources.read_predictions(reader, model, features, since=since, until=until, warnings=warnings)
+    preds = sources.read_predictions(
+        reader, model, features, since=since, until=until, warnings=warnings
+    )
     truth = sources.read_feedback(reader, model, since=since, warnings=warnings)
     outcome = compute_windows(
-        preds, truth, model=model, features=features, spec=window, min_labels=min_labels,
-        reference=reference, baselines=baselines, latest_only=latest_only,
+        preds,
+        truth,
+        model=model,
+        features=features,
+        spec=window,
+        min_labels=min_labels,
+        reference=reference,
+        baselines=baselines,
+        latest_only=latest_only,
         drift_for="all" if reports == "all" and drift_for != "none" else drift_for,
     )
     outcome.warnings[:0] = warnings
     if reference is None:
-        outcome.warnings.append(f"no training reference data for {model!r}; drift was not computed")
-    now = datetime.now(timezone.utc)
+        outcome.warnings.append(
+            f"no training reference data for {model!r}; drift was not computed"
+        )
+    now = datetime.now(UTC)
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     run = MonitorRun(run_id, outcome)
     latest_keys = {w.key for w in outcome.latest()}
-    report_windows = {} if reports == "none" else {
-        k: v for k, v in outcome.drift_reports.items() if reports == "all" or k in latest_keys
-    }
+    report_windows = (
+        {}
+        if reports == "none"
+        else {
+            k: v
+            for k, v in outcome.drift_reports.items()
+            if reports == "all" or k in latest_keys
+        }
+    )
     for w in outcome.windows:
         dr = report_windows.get(w.key)
         if dr is None:
             continue
         key = f"monitoring/{_safe(model)}/reports/{run_id}/{_safe(w.version)}-{_safe(w.stage)}-{_safe(w.start)}.html"
-        writer.put_bytes(RESULT_BUCKET, key, dr.html().encode(), content_type="text/html")
+        writer.put_bytes(
+            RESULT_BUCKET, key, dr.html().encode(), content_type="text/html"
+        )
         run.report_keys.append(key)
     doc = {
         "run_id": run_id,
@@ -129,16 +154,27 @@ def run_monitoring(
 
 def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.DataFrame:
     """Every recorded window of ``model`` (the latest computation of each), oldest first."""
-    keys = sorted(o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/"))[-last_runs:]
+    keys = sorted(
+        o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/")
+    )[-last_runs:]
     rows: dict[tuple, dict] = {}
     for key in keys:
         doc = store.get_json(RESULT_BUCKET, key)
         for w in doc.get("windows", []):
-            w = {**w, "run_id": doc.get("run_id"), "computed_at": doc.get("computed_at")}
+            w = {
+                **w,
+                "run_id": doc.get("run_id"),
+                "computed_at": doc.get("computed_at"),
+            }
             key = (w["version"], w["stage"], w["window"], w["start"])
             earlier = rows.get(key)
-            if earlier is not None and w.get("drift_share") is None:  # keep drift computed by an earlier pass
-                w["drift_share"], w["drifted"] = earlier.get("drift_share"), earlier.get("drifted")
+            if (
+                earlier is not None and w.get("drift_share") is None
+            ):  # keep drift computed by an earlier pass
+                w["drift_share"], w["drifted"] = (
+                    earlier.get("drift_share"),
+                    earlier.get("drifted"),
+                )
             rows[key] = w
     frame = pd.DataFrame(list(rows.values()))
     if len(frame):
@@ -150,4 +186,9 @@ def current_table(history: pd.DataFrame) -> pd.DataFrame:
     """The most recent window of each (version, stage)."""
     if len(history) == 0:
         return history
-    return history.sort_values("start").groupby(["version", "stage"], as_index=False).tail(1).reset_index(drop=True)
+    return (
+        history.sort_values("start")
+        .groupby(["version", "stage"], as_index=False)
+        .tail(1)
+        .reset_index(drop=True)
+    )

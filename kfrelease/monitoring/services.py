@@ -33,22 +33,42 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: str) -> dict:
+def prometheus_config(
+    settings: Settings, scrape_interval: str, eval_interval: str
+) -> dict:
     def job(name, ports, **extra):
-        return {"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}], **extra}
+        return {
+            "job_name": name,
+            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}],
+            **extra,
+        }
 
     predictor = settings.port("predictor")
     return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": eval_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": eval_interval,
+        },
         "rule_files": [str(settings.service_dir("prometheus") / "rules.yaml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.port('alertmanager')}"]}]}]},
+        "alerting": {
+            "alertmanagers": [
+                {
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{settings.port('alertmanager')}"]}
+                    ]
+                }
+            ]
+        },
         "scrape_configs": [
             job("prometheus", [settings.port("prometheus")]),
             job("pushgateway", [settings.port("pushgateway")], honor_labels=True),
             {
                 "job_name": "predictors",
                 "static_configs": [
-                    {"targets": [f"127.0.0.1:{predictor + off}"], "labels": {"stage": stage}}
+                    {
+                        "targets": [f"127.0.0.1:{predictor + off}"],
+                        "labels": {"stage": stage},
+                    }
                     for stage, off in STAGE_OFFSETS.items()
                 ],
             },
@@ -60,7 +80,9 @@ def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: s
     }
 
 
-def alertmanager_config(settings: Settings, group_wait: str, group_interval: str, repeat_interval: str) -> dict:
+def alertmanager_config(
+    settings: Settings, group_wait: str, group_interval: str, repeat_interval: str
+) -> dict:
     return {
         "route": {
             "receiver": "kfrelease",
@@ -73,15 +95,23 @@ def alertmanager_config(settings: Settings, group_wait: str, group_interval: str
             {
                 "name": "kfrelease",
                 "webhook_configs": [
-                    {"url": settings.url("alert-receiver", "/alerts"), "send_resolved": True, "max_alerts": 0}
+                    {
+                        "url": settings.url("alert-receiver", "/alerts"),
+                        "send_resolved": True,
+                        "max_alerts": 0,
+                    }
                 ],
             }
         ],
     }
 
 
-def prometheus_service(settings: Settings, scrape_interval: str | None = None, eval_interval: str | None = None,
-                       alert_for: str | None = None) -> Service:
+def prometheus_service(
+    settings: Settings,
+    scrape_interval: str | None = None,
+    eval_interval: str | None = None,
+    alert_for: str | None = None,
+) -> Service:
     d = settings.service_dir("prometheus")
     scrape = scrape_interval or _env("KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL", "10s")
     evaluation = eval_interval or _env("KFRELEASE_PROMETHEUS_EVAL_INTERVAL", "10s")
@@ -89,8 +119,12 @@ def prometheus_service(settings: Settings, scrape_interval: str | None = None, e
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
-        (d / "rules.yaml").write_text(yaml.safe_dump(render_rules(for_override), sort_keys=False))
-        (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False))
+        (d / "rules.yaml").write_text(
+            yaml.safe_dump(render_rules(for_override), sort_keys=False)
+        )
+        (d / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False)
+        )
 
     return Service(
         name="prometheus",
@@ -127,8 +161,12 @@ def pushgateway_service(settings: Settings) -> Service:
     )
 
 
-def alertmanager_service(settings: Settings, group_wait: str | None = None, group_interval: str | None = None,
-                         repeat_interval: str | None = None) -> Service:
+def alertmanager_service(
+    settings: Settings,
+    group_wait: str | None = None,
+    group_interval: str | None = None,
+    repeat_interval: str | None = None,
+) -> Service:
     d = settings.service_dir("alertmanager")
     wait = group_wait or _env("KFRELEASE_ALERTMANAGER_GROUP_WAIT", "10s")
     interval = group_interval or _env("KFRELEASE_ALERTMANAGER_GROUP_INTERVAL", "1m")
@@ -136,7 +174,9 @@ def alertmanager_service(settings: Settings, group_wait: str | None = None, grou
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
-        (d / "alertmanager.yml").write_text(json.dumps(alertmanager_config(s, wait, interval, repeat), indent=2))
+        (d / "alertmanager.yml").write_text(
+            json.dumps(alertmanager_config(s, wait, interval, repeat), indent=2)
+        )
 
     return Service(
         name="alertmanager",
@@ -159,7 +199,13 @@ def receiver_service(settings: Settings) -> Service:
     return Service(
         name="alert-receiver",
         port=settings.port("alert-receiver"),
-        command=[sys.executable, "-m", "kfrelease.monitoring.receiver", "--port", str(settings.port("alert-receiver"))],
+        command=[
+            sys.executable,
+            "-m",
+            "kfrelease.monitoring.receiver",
+            "--port",
+            str(settings.port("alert-receiver")),
+        ],
         health_path="/healthz",
         group=GROUP,
     )

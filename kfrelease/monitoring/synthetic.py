@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from kfrelease.storage import ObjectStore
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write_traffic(
@@ -38,44 +38,97 @@ def write_traffic(
 
     Returns the request ids. ``truths=None`` writes no ground truth; ``label_fraction`` < 1 labels only the
     first fraction of rows. Uses the ``serving`` role's rights (inference-logs write, feedback write)."""
-    start = start or datetime.now(timezone.utc)
+    start = start or datetime.now(UTC)
     values = inputs.to_numpy(dtype="float64").tolist()
     preds = np.asarray(predictions, dtype="float64").tolist()
     ids = [uuid.uuid4().hex for _ in values]
     times = [start + timedelta(seconds=i * step_seconds) for i in range(len(values))]
-    n_label = int(round(len(values) * label_fraction)) if truths is not None else 0
+    n_label = round(len(values) * label_fraction) if truths is not None else 0
     for lo in range(0, len(values), batch_size):
         hi = min(lo + batch_size, len(values))
         lines = []
         for i in range(lo, hi):
-            common = {"id": ids[i], "time": _iso(times[i]), "source": "synthetic", "model": model,
-                      "model_version": version, "stage": stage, "endpoint": "default", "component": "predictor",
-                      "inferenceservicename": model, "namespace": "kfrelease"}
-            lines.append(json.dumps({**common, "type": "request", "instances": [values[i]]}))
-            lines.append(json.dumps({**common, "type": "response", "predictions": [preds[i]]}))
+            common = {
+                "id": ids[i],
+                "time": _iso(times[i]),
+                "source": "synthetic",
+                "model": model,
+                "model_version": version,
+                "stage": stage,
+                "endpoint": "default",
+                "component": "predictor",
+                "inferenceservicename": model,
+                "namespace": "kfrelease",
+            }
+            lines.append(
+                json.dumps({**common, "type": "request", "instances": [values[i]]})
+            )
+            lines.append(
+                json.dumps({**common, "type": "response", "predictions": [preds[i]]})
+            )
         day = times[lo].strftime("%Y-%m-%d")
         key = f"{model}/{day}/{times[lo].strftime('%H%M%S')}-{uuid.uuid4().hex}.jsonl"
-        store.put_bytes("inference-logs", key, ("\n".join(lines) + "\n").encode(), content_type="application/jsonl")
+        store.put_bytes(
+            "inference-logs",
+            key,
+            ("\n".join(lines) + "\n").encode(),
+            content_type="application/jsonl",
+        )
         if lo < n_label:
             t = np.asarray(truths, dtype="float64").tolist()
-            fb = [json.dumps({"request_id": ids[i], "truth": t[i], "time": _iso(times[i] + timedelta(seconds=1))})
-                  for i in range(lo, min(hi, n_label))]
-            fkey = f"{model}/{day}/{times[lo].strftime('%H%M%S')}-{uuid.uuid4().hex}.jsonl"
-            store.put_bytes("feedback", fkey, ("\n".join(fb) + "\n").encode(), content_type="application/jsonl")
+            fb = [
+                json.dumps(
+                    {
+                        "request_id": ids[i],
+                        "truth": t[i],
+                        "time": _iso(times[i] + timedelta(seconds=1)),
+                    }
+                )
+                for i in range(lo, min(hi, n_label))
+            ]
+            fkey = (
+                f"{model}/{day}/{times[lo].strftime('%H%M%S')}-{uuid.uuid4().hex}.jsonl"
+            )
+            store.put_bytes(
+                "feedback",
+                fkey,
+                ("\n".join(fb) + "\n").encode(),
+                content_type="application/jsonl",
+            )
     return ids
 
 
-def register_entry(store: ObjectStore, model: str, version: str, features: list[str], rmse: float,
-                   dataset: str | None = None, dataset_version: str | None = None, commit: str = "0" * 40,
-                   r2_min: float | None = None) -> dict:
+def register_entry(
+    store: ObjectStore,
+    model: str,
+    version: str,
+    features: list[str],
+    rmse: float,
+    dataset: str | None = None,
+    dataset_version: str | None = None,
+    commit: str = "0" * 40,
+    r2_min: float | None = None,
+) -> dict:
     """A registry entry in the CONTRACTS format (``pipeline`` role) for models registered outside training."""
     tag, manual, auto = (int(x) for x in version.lstrip("V").split("."))
     entry = {
-        "name": model, "version": version, "tag": tag, "manual": manual, "auto": auto, "commit": commit,
-        "spec_fingerprint": "synthetic", "dataset": dataset, "dataset_version": dataset_version, "run_id": "synthetic",
-        "metrics": {"rmse": rmse}, "verdict": {"passed": True, "reasons": []}, "artifact": None,
-        "input_schema": [{"name": f, "dtype": "float64"} for f in features], "target": "progression",
-        "image": None, "created_at": _iso(datetime.now(timezone.utc)),
+        "name": model,
+        "version": version,
+        "tag": tag,
+        "manual": manual,
+        "auto": auto,
+        "commit": commit,
+        "spec_fingerprint": "synthetic",
+        "dataset": dataset,
+        "dataset_version": dataset_version,
+        "run_id": "synthetic",
+        "metrics": {"rmse": rmse},
+        "verdict": {"passed": True, "reasons": []},
+        "artifact": None,
+        "input_schema": [{"name": f, "dtype": "float64"} for f in features],
+        "target": "progression",
+        "image": None,
+        "created_at": _iso(datetime.now(UTC)),
     }
     if r2_min is not None:
         entry["thresholds"] = {"r2_min": r2_min}
@@ -92,4 +145,6 @@ def publish_reference(store: ObjectStore, dataset: str, frame: pd.DataFrame) -> 
     from kfrelease.data.spec import load_spec
 
     spec = replace(load_spec("diabetes"), name=dataset)
-    return publish(frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic").version
+    return publish(
+        frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic"
+    ).version

@@ -42,12 +42,14 @@ class WindowSpec:
 
     def __post_init__(self):
         if self.kind not in ("time", "count"):
-            raise ConfigError(f"window kind {self.kind!r} is unknown; use 'time' (seconds) or 'count' (labels)")
+            raise ConfigError(
+                f"window kind {self.kind!r} is unknown; use 'time' (seconds) or 'count' (labels)"
+            )
         if int(self.size) <= 0:
             raise ConfigError(f"window size must be positive, got {self.size}")
 
     @classmethod
-    def parse(cls, text: str) -> "WindowSpec":
+    def parse(cls, text: str) -> WindowSpec:
         """``"1h"``, ``"15m"``, ``"90s"``, ``"2d"`` (time) or ``"500"`` / ``"500n"`` (count)."""
         t = text.strip().lower()
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,7 +109,9 @@ class MonitorOutcome:
     model: str
     windows: list[WindowResult]
     warnings: list[str] = field(default_factory=list)
-    drift_reports: dict[tuple, object] = field(default_factory=dict, repr=False)  # key -> DriftResult
+    drift_reports: dict[tuple, object] = field(
+        default_factory=dict, repr=False
+    )  # key -> DriftResult
 
     def latest(self) -> list[WindowResult]:
         """The most recent window of each (version, stage)."""
@@ -144,7 +148,9 @@ def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFram
             f"prediction logs lack the input features {absent}; the logged instances do not match the model's "
             f"input schema ({len(features)} features)"
         )
-    out = preds[needed + list(features) + (["instance"] if "instance" in preds.columns else [])].copy()
+    out = preds[
+        needed + list(features) + (["instance"] if "instance" in preds.columns else [])
+    ].copy()
     if "instance" not in out.columns:
         out["instance"] = 0
     out["instance"] = out["instance"].fillna(0).astype("int64")
@@ -156,8 +162,12 @@ def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFram
 def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("request_id", "truth") if c not in truth.columns]
     if missing:
-        raise DataValidationError(f"ground truth lacks the columns {missing}; expected request_id, instance, truth, time")
-    out = truth[[c for c in ("request_id", "instance", "truth", "time") if c in truth.columns]].copy()
+        raise DataValidationError(
+            f"ground truth lacks the columns {missing}; expected request_id, instance, truth, time"
+        )
+    out = truth[
+        [c for c in ("request_id", "instance", "truth", "time") if c in truth.columns]
+    ].copy()
     if "instance" not in out.columns:
         out["instance"] = 0
     out["instance"] = out["instance"].fillna(0).astype("int64")
@@ -168,12 +178,16 @@ def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
     else:
         out["truth_time"] = pd.NaT
     # The latest label of a prediction wins (a correction replaces an earlier value).
-    return out.sort_values("truth_time").drop_duplicates(["request_id", "instance"], keep="last")
+    return out.sort_values("truth_time").drop_duplicates(
+        ["request_id", "instance"], keep="last"
+    )
 
 
 def join_ground_truth(preds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Left join: every prediction, with ``truth`` (NaN when unlabelled) and ``truth_time``."""
-    joined = preds.merge(truth, on=["request_id", "instance"], how="left", validate="many_to_one")
+    joined = preds.merge(
+        truth, on=["request_id", "instance"], how="left", validate="many_to_one"
+    )
     bad = joined["truth"].notna() & ~np.isfinite(joined["truth"].astype("float64"))
     if bad.any():
         joined.loc[bad, "truth"] = np.nan
@@ -210,7 +224,10 @@ def compute_window(
     labelled = frame[frame["truth"].notna()]
     if spec.kind == "time":
         w = int(frame["_w"].iloc[0])
-        start, end = pd.Timestamp(w * spec.size, unit="s", tz="UTC"), pd.Timestamp((w + 1) * spec.size, unit="s", tz="UTC")
+        start, end = (
+            pd.Timestamp(w * spec.size, unit="s", tz="UTC"),
+            pd.Timestamp((w + 1) * spec.size, unit="s", tz="UTC"),
+        )
     else:
         start, end = frame["time"].min(), frame["time"].max()
     res = WindowResult(
@@ -220,8 +237,8 @@ def compute_window(
         window=spec.label,
         start=_iso(start),
         end=_iso(end),
-        predictions=int(len(frame)),
-        labelled=int(len(labelled)),
+        predictions=len(frame),
+        labelled=len(labelled),
         status="ok",
         baseline_rmse=baseline_rmse,
         r2_floor=r2_floor,
@@ -233,7 +250,9 @@ def compute_window(
         res.message = f"{len(frame)} predictions have no ground truth yet"
     else:
         try:
-            m = regression_metrics(labelled["truth"], labelled["prediction"], min_samples=min_labels)
+            m = regression_metrics(
+                labelled["truth"], labelled["prediction"], min_samples=min_labels
+            )
             res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
         except InsufficientData as exc:
             res.status = "insufficient"
@@ -247,7 +266,9 @@ def compute_window(
             drift = _drift(reference, frame, features)
             res.drift_share, res.drifted = drift.share_drifted, drift.drifted
         except KfreleaseError as exc:
-            res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
+            res.message = (
+                res.message + "; " if res.message else ""
+            ) + f"drift not computed: {exc}"
     return res, drift
 
 
@@ -280,7 +301,9 @@ def compute_windows(
         raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
     outcome = MonitorOutcome(model, [])
     if len(preds) == 0:
-        outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
+        outcome.warnings.append(
+            f"no predictions of model {model!r} were logged in the period"
+        )
         return outcome
     p = prepare_predictions(preds, features)
     t = prepare_feedback(truth) if truth is not None and len(truth) else None
@@ -288,11 +311,26 @@ def compute_windows(
         outcome.warnings.append(
             f"no ground truth for model {model!r} in the period; quality is unknown (status no-ground-truth)"
         )
-        t = pd.DataFrame({"request_id": pd.Series(dtype=str), "instance": pd.Series(dtype="int64"),
-                          "truth": pd.Series(dtype="float64"), "truth_time": pd.Series(dtype="datetime64[ns, UTC]")})
+        t = pd.DataFrame(
+            {
+                "request_id": pd.Series(dtype=str),
+                "instance": pd.Series(dtype="int64"),
+                "truth": pd.Series(dtype="float64"),
+                "truth_time": pd.Series(dtype="datetime64[ns, UTC]"),
+            }
+        )
     joined = join_ground_truth(p, t)
+    orphans = len(t) - int(joined["truth"].notna().sum()) if len(t) else 0
+    if orphans > 0:
+        outcome.warnings.append(
+            f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "
+            f"predictions were logged outside it, or in batches skipped for not matching the input schema "
+            f"({len(features)} features); the labels are kept and count once their predictions are read"
+        )
     baselines = baselines or {}
-    for (version, stage), group in joined.groupby(["model_version", "stage"], sort=True):
+    for (version, stage), group in joined.groupby(
+        ["model_version", "stage"], sort=True
+    ):
         group = _assign_windows(group, spec)
         ids = sorted(group["_w"].unique())
         if latest_only:

@@ -1,7 +1,12 @@
 """The model registry: immutable versioned entries, model artifacts and an append-only stage history
 in the ``models`` bucket (docs/CONTRACTS.md)."""
 
-from kfrelease.registry.registry import STAGES, ModelRegistry, ModelVersion, Registration
+from kfrelease.registry.registry import (
+    STAGES,
+    ModelRegistry,
+    ModelVersion,
+    Registration,
+)
 from kfrelease.registry.versions import VersionNumber, next_version
 
 __all__ = ["STAGES", "ModelRegistry", "ModelVersion", "Registration", "VersionNumber", "next_version"]

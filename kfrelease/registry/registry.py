@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfrelease.errors import Conflict, KfreleaseError, NotFound
+from kfrelease.faults import crash_point
 from kfrelease.lineage import now_iso
 from kfrelease.registry.versions import Claim, VersionNumber, find_same, next_version
 from kfrelease.storage import ObjectStore
@@ -72,7 +73,7 @@ class Registration:
 
 
 def _compact_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 class ModelRegistry:
@@ -272,8 +273,10 @@ class ModelRegistry:
             "image": None,
             "created_at": now_iso(),
         }
+        crash_point("register.after_claim")
         self.store.put_bytes(BUCKET, prefix + "model.joblib", model_bytes)
         self.store.put_json(BUCKET, prefix + "model.json", entry)
+        crash_point("register.after_artifact")
         self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)
         mv = ModelVersion(entry)
         if not entry["verdict"]["passed"]:

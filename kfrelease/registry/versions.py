@@ -27,7 +27,7 @@ class VersionNumber:
         return f"V{self.tag}.{self.manual}.{self.auto}"
 
     @classmethod
-    def parse(cls, text: str) -> "VersionNumber":
+    def parse(cls, text: str) -> VersionNumber:
         m = _VERSION.match(text.strip())
         if not m:
             raise ConfigError(f"{text!r} is not a model version; versions look like V2.3.1 (tag.manual.auto)")

@@ -29,7 +29,7 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
                          commit=record.record["commit"], dataset_version=record.record.get("dataset_version", "latest"),
                          run_id=run_id)
         version = task.output
-    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for the exit code
+    except BaseException as exc:
         done = runs.get_run(store, run_id).steps
         for step in STEP_NAMES:
             if done.get(step, {}).get("state") == "running":

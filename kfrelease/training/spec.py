@@ -63,7 +63,7 @@ class ModelSpec:
         return json.dumps({"text": self.text, "code": self.code}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, doc: str) -> "ModelSpec":
+    def from_json(cls, doc: str) -> ModelSpec:
         data = json.loads(doc)
         return parse_spec(data["text"], code=data.get("code") or {})
 
@@ -139,7 +139,7 @@ class ModelSpec:
         module = types.ModuleType(f"kfrelease_model_{Path(file).stem}")
         module.__file__ = file
         try:
-            exec(compile(source, file, "exec"), module.__dict__)  # the project's own code, at its commit
+            exec(compile(source, file, "exec"), module.__dict__)  # noqa: S102 - the project's own code, at its commit
         except Exception as exc:  # noqa: BLE001 - any error in user code becomes one clear message
             raise ConfigError(f"model spec {self.name!r}: {file} failed to load: {type(exc).__name__}: {exc}") from None
         fn = getattr(module, func or "build_model", None)
@@ -253,7 +253,7 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
     import subprocess
 
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False)
         if proc.returncode != 0:
             raise ConfigError(f"git {' '.join(args)} in {repo} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc.stdout

@@ -26,7 +26,12 @@ from pathlib import Path
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.training import runs
-from kfrelease.training.spec import SPEC_FILE, ModelSpec, load_project_at_commit, parse_spec
+from kfrelease.training.spec import (
+    SPEC_FILE,
+    ModelSpec,
+    load_project_at_commit,
+    parse_spec,
+)
 
 log = logging.getLogger(__name__)
 

@@ -80,11 +80,20 @@ def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None)
         return {"name": "drift", "passed": True, "detail": "no production training data to compare with"}, None
     columns = [c for c in spec.features if c in champion.train_frame.columns]
     try:
-        from kfrelease.drift import data_drift  # monitoring part; optional at import time
+        from kfrelease.drift import (
+            data_drift,  # monitoring part; optional at import time
+        )
     except ImportError:
         return {"name": "drift", "passed": True, "detail": "drift check unavailable (kfrelease.drift missing)"}, {
             "available": False}
-    result = data_drift(champion.train_frame, train, columns).as_dict()
+    if not columns:
+        return {"name": "drift", "passed": True,
+                "detail": f"production {champion.version} shares no input column with this model: no drift check"}, None
+    try:
+        result = data_drift(champion.train_frame, train, columns).as_dict()
+    except Exception as exc:  # noqa: BLE001 - drift is a report; its failure is recorded, not fatal
+        log.warning("drift check failed: %s", exc)
+        return {"name": "drift", "passed": True, "detail": f"drift check failed: {exc}"}, {"available": False}
     result["available"] = True
     limit = spec.validation.get("max_drift_share")
     ok = limit is None or result["share_drifted"] <= float(limit)

@@ -55,3 +55,36 @@ def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
         assert word not in instructions.upper(), word
     for folder in ("kfrelease", "components", "pipelines", "serving"):
         assert f"COPY {folder} ./{folder}" in text
+
+
+def test_every_kfrelease_process_in_the_manifests_accepts_its_arguments(built):
+    """The modules the Deployments and the ServingRuntime run exist and know every flag given to them."""
+    import subprocess
+    import sys
+
+    checked = 0
+    for doc in built["production"]:
+        spec = doc.get("spec") or {}
+        pod = (
+            spec.get("template", {}).get("spec", spec)
+            if doc["kind"] == "Deployment"
+            else spec
+        )
+        for c in pod.get("containers") or []:
+            cmd = c.get("command") or []
+            if cmd[:2] != ["python", "-m"] or not cmd[2].startswith("kfrelease."):
+                continue
+            proc = subprocess.run(
+                [sys.executable, "-m", cmd[2], "--help"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert proc.returncode == 0, (
+                f"{doc['kind']} {doc['metadata']['name']}: {cmd[2]} --help: {proc.stderr}"
+            )
+            for flag in (a for a in c.get("args", []) if a.startswith("--")):
+                assert flag in proc.stdout, f"{cmd[2]} does not accept {flag}"
+            checked += 1
+    assert checked >= 3  # log sink, feedback, ServingRuntime

@@ -222,3 +222,38 @@ def test_pipeline_pods_get_the_object_store_and_registry_settings(built, sources
         }
         mount = pd["spec"]["volumeMounts"][0]["mountPath"]
         assert envs["REGISTRY_AUTH_FILE"] == f"{mount}/auth.json"
+
+
+def test_the_ci_role_has_the_pipeline_s3_grants_and_the_workflow_points_at_the_right_buckets(
+    sources,
+):
+    from kfrelease.k8s.eks import CI_S3_POLICY
+
+    for name, env in sources.envs.environments.items():
+        rendered = json.loads(
+            cli(
+                "access",
+                "render",
+                "--target",
+                "aws",
+                "--bucket-prefix",
+                env.bucket_prefix,
+            )
+        )
+        tpl = yaml.safe_load(
+            (MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text()
+        )
+        policies = {
+            p["PolicyName"]: p["PolicyDocument"]
+            for p in tpl["Resources"]["CIRole"]["Properties"]["Policies"]
+        }
+        assert policies[CI_S3_POLICY] == rendered["pipeline"]
+    wf = yaml.safe_load(
+        (MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text()
+    )
+    prod = sources.envs.environments["production"]
+    assert wf["env"]["KFRELEASE_BUCKET_PREFIX"] == prod.bucket_prefix
+    assert wf["env"]["KFRELEASE_S3_REGION"] == wf["env"]["AWS_REGION"] == prod.region
+    assert wf["env"]["EKS_CLUSTER"] == prod.cluster and wf["env"][
+        "AWS_ROLE_ARN"
+    ] == prod.role_arn("kfrelease-ci")

@@ -187,3 +187,48 @@ def test_cloudformation_creates_the_policy_buckets_and_ecr_repositories(sources)
         assert ci["Condition"]["StringEquals"][
             "token.actions.githubusercontent.com:sub"
         ] == (f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main")
+
+
+def test_prometheus_rule_and_dashboard_come_from_the_monitoring_part(built):
+    from importlib import resources
+
+    from kfrelease.monitoring.rules import load_rules
+
+    for name, docs in built.items():
+        rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+        assert rule["spec"]["groups"] == load_rules()["groups"], name
+        assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        monitors = [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
+        assert all(
+            m["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+            for m in monitors
+        )
+    dashboard = resources.files("kfrelease.monitoring") / "dashboard.json"
+    if not dashboard.is_file():
+        pytest.skip(
+            "kfrelease/monitoring/dashboard.json (monitoring part) does not exist yet"
+        )
+    import json
+
+    for name, docs in built.items():
+        cm = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap"
+            and d["metadata"]["name"] == "kfrelease-dashboard"
+        )
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(cm["data"]["kfrelease.json"]) == json.loads(
+            dashboard.read_text()
+        )
+
+
+def test_every_pod_default_lives_where_the_webhook_applies_it(built, sources):
+    """Kubeflow's PodDefault webhook only mutates pods in Profile namespaces; a PodDefault elsewhere
+    would silently do nothing."""
+    for name, docs in built.items():
+        profiles = {d["metadata"]["name"] for d in docs if d["kind"] == "Profile"}
+        pod_defaults = [d for d in docs if d["kind"] == "PodDefault"]
+        assert {d["metadata"]["namespace"] for d in pod_defaults} <= profiles, name
+        roles = {d["metadata"]["name"].removeprefix("access-s3-") for d in pod_defaults}
+        assert {"data-engineer", "data-scientist", "pipeline"} <= roles

@@ -164,3 +164,21 @@ def test_the_evaluator_sees_grants_through_aggregation(built):
                 }
             ]
         ).allowed(user("u"), "get", "", "pods", "n")
+
+
+def test_only_the_release_pipeline_moves_serving_traffic(model, sources):
+    env, rbac = model
+    serving_ns = sources.spec.serving.namespace
+    pipeline = service_account(RELEASE_NS, PROFILE_SA)
+    for group, resource in (
+        ("serving.kserve.io", "inferenceservices"),
+        ("networking.istio.io", "virtualservices"),
+    ):
+        assert rbac.allowed(pipeline, "patch", group, resource, serving_ns), (
+            f"{env}: pipeline cannot patch {resource}"
+        )
+        assert not rbac.allowed(pipeline, "delete", group, resource, serving_ns)
+        for ds in data_scientists(sources):
+            assert not rbac.allowed(ds, "patch", group, resource, serving_ns)
+        ci = service_account(RELEASE_NS, CI_SERVICE_ACCOUNT)
+        assert not rbac.allowed(ci, "patch", group, resource, serving_ns)

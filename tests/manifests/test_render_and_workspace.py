@@ -139,3 +139,31 @@ def test_workspace_add_refuses_bad_input_and_writes_nothing(copy_of_manifests):
         "workspace", "add", "x", "--email", "x@example.com", "--out", str(root / "nope")
     )
     assert proc.returncode == 1 and "not a manifests directory" in proc.stderr
+
+
+def test_a_bad_source_is_refused_in_one_line_and_nothing_is_written(copy_of_manifests):
+    root = copy_of_manifests
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    envs = root / "environments.yaml"
+    envs.write_text(
+        envs.read_text().replace('account_id: "111111111111"', 'account_id: "1111"')
+    )
+    proc = cli("manifests", "render", "--dir", str(root))
+    assert (
+        proc.returncode == 1 and "account_id '1111' is not 12 digits" in proc.stderr
+    ), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p != envs}
+    assert after == {p: b for p, b in before.items() if p != envs}
+
+
+def test_workspace_remove_takes_it_out_of_every_generated_file(copy_of_manifests):
+    root = copy_of_manifests
+    assert cli("workspace", "remove", "ada", "--out", str(root)).returncode == 0
+    assert not (root / "base" / "workspaces" / "ada.yaml").exists()
+    assert "ds-ada" not in (root / "eks" / "staging" / "cluster.yaml").read_text()
+    assert not any(
+        "ds-ada" in p.read_text() for p in (root / "overlays").rglob("*.yaml")
+    )
+    proc = cli("workspace", "remove", "ada", "--out", str(root))
+    assert proc.returncode == 1 and "no workspace 'ada'" in proc.stderr

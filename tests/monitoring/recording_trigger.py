@@ -14,5 +14,16 @@ release = threading.Event()
 def trigger(settings, commit, repo, kfp_host=None, auto=False, reason=""):
     release.wait(timeout=10)
     with open(os.environ[CALLS_FILE_ENV], "a") as fh:
-        fh.write(json.dumps({"commit": commit, "repo": repo, "auto": auto, "reason": reason, "t": time.time()}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "commit": commit,
+                    "repo": repo,
+                    "auto": auto,
+                    "reason": reason,
+                    "t": time.time(),
+                }
+            )
+            + "\n"
+        )
     return {"run_id": "recorded", "auto": auto}

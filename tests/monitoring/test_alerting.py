@@ -11,7 +11,7 @@ Prometheus and Alertmanager are restarted for this module with fast intervals (1
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -52,9 +52,15 @@ def wait_for(check, timeout=60.0, what="condition"):
 def fast_alerting(stack):
     for name in ("prometheus", "alertmanager"):
         supervisor.stop_service(stack, name)
-    supervisor.start_service(stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s"))
-    supervisor.start_service(stack, mon.prometheus_service(stack, scrape_interval="1s", eval_interval="1s",
-                                                           alert_for="0s"))
+    supervisor.start_service(
+        stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s")
+    )
+    supervisor.start_service(
+        stack,
+        mon.prometheus_service(
+            stack, scrape_interval="1s", eval_interval="1s", alert_for="0s"
+        ),
+    )
     yield stack
     for name in ("prometheus", "alertmanager"):
         supervisor.stop_service(stack, name)
@@ -78,31 +84,50 @@ def production_model(fast_alerting):
     engineer = store_for("data-engineer", settings)
 
     def add_batch(n):
-        engineer.put_bytes("raw", f"{spec.source_prefix}batch-{n}.csv",
-                           demo_batches()[n - 1].to_csv(index=False).encode())
+        engineer.put_bytes(
+            "raw",
+            f"{spec.source_prefix}batch-{n}.csv",
+            demo_batches()[n - 1].to_csv(index=False).encode(),
+        )
         return run_data_pipeline(spec, engineer).version
 
     first = add_batch(1)
     model = f"mon-e2e-{uuid.uuid4().hex[:6]}"
     repo = Path(tempfile.mkdtemp(prefix="mon-project-")) / "project"
     shas = create_demo_project(repo, name=model, dataset=name)
-    run = training.wait(settings, training.trigger(settings, shas[0], str(repo)).run_id, timeout=240)
+    run = training.wait(
+        settings, training.trigger(settings, shas[0], str(repo)).run_id, timeout=240
+    )
     assert run.status == "succeeded", run.state
     registry = ModelRegistry(store_for("pipeline", settings))
-    registry.set_stage(model, "V1.1.0", "production", who="test", why="monitoring end-to-end test")
+    registry.set_stage(
+        model, "V1.1.0", "production", who="test", why="monitoring end-to-end test"
+    )
     second = add_batch(2)
     assert second != first
-    return {"model": model, "dataset": name, "first": first, "second": second, "registry": registry}
+    return {
+        "model": model,
+        "dataset": name,
+        "first": first,
+        "second": second,
+        "registry": registry,
+    }
 
 
 def prom(stack, query):
-    r = httpx.get(stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5)
+    r = httpx.get(
+        stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5
+    )
     r.raise_for_status()
     return r.json()["data"]["result"]
 
 
 def am_alerts(stack, model):
-    r = httpx.get(stack.url("alertmanager", "/api/v2/alerts"), params={"filter": f'model="{model}"'}, timeout=5)
+    r = httpx.get(
+        stack.url("alertmanager", "/api/v2/alerts"),
+        params={"filter": f'model="{model}"'},
+        timeout=5,
+    )
     r.raise_for_status()
     return r.json()
 
@@ -113,76 +138,173 @@ def inputs(features):
     return rows[features], rows["progression"].to_numpy()
 
 
-def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does_not(fast_alerting, production_model):
-    stack, model, registry = fast_alerting, production_model["model"], production_model["registry"]
+def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does_not(
+    fast_alerting, production_model
+):
+    stack, model, registry = (
+        fast_alerting,
+        production_model["model"],
+        production_model["registry"],
+    )
     entry = registry.get(model, "V1.1.0").entry
     features = [c["name"] for c in entry["input_schema"]]
     baseline = entry["metrics"]["rmse"]
     serving = store_for("serving", stack)
     x, truth = inputs(features)
     rng = np.random.default_rng(7)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     # healthy: inputs from the training population, predictions within the model's own error
-    write_traffic(serving, model, "V1.1.0", "production", x, truth + rng.normal(scale=0.5 * baseline, size=len(x)),
-                  truth, start=now - timedelta(minutes=30), step_seconds=1)
-    run = run_monitoring(stack, model, window=WindowSpec("count", len(x)), min_labels=50, latest_only=True)
+    write_traffic(
+        serving,
+        model,
+        "V1.1.0",
+        "production",
+        x,
+        truth + rng.normal(scale=0.5 * baseline, size=len(x)),
+        truth,
+        start=now - timedelta(minutes=30),
+        step_seconds=1,
+    )
+    run = run_monitoring(
+        stack,
+        model,
+        window=WindowSpec("count", len(x)),
+        min_labels=50,
+        latest_only=True,
+    )
     (healthy,) = run.windows
-    assert healthy.status == "ok" and healthy.rmse < 1.5 * baseline and healthy.r2 > healthy.r2_floor
-    assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
-    assert healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline  # from the spec and the registry
+    assert (
+        healthy.status == "ok"
+        and healthy.rmse < 1.5 * baseline
+        and healthy.r2 > healthy.r2_floor
+    )
+    assert (
+        healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
+    )
+    assert (
+        healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline
+    )  # from the spec and the registry
     sel = f'{{model="{model}"}}'
-    wait_for(lambda: prom(stack, f"kfrelease_model_r2{sel}"), what="Prometheus to scrape the pushed R2")
+    wait_for(
+        lambda: prom(stack, f"kfrelease_model_r2{sel}"),
+        what="Prometheus to scrape the pushed R2",
+    )
     evaluated = time.time()
-    wait_for(lambda: all(pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
-                         for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]),
-             what="more rule evaluations")
+    wait_for(
+        lambda: all(
+            pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
+            for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"][
+                "groups"
+            ]
+        ),
+        what="more rule evaluations",
+    )
     assert prom(stack, f"ALERTS{sel}") == []
     assert am_alerts(stack, model) == []
 
     # degraded: shifted inputs and noisy predictions -> R2, RMSE and drift alerts
-    shifted = x.assign(bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8)
-    shifted = shifted.assign(**{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")})
-    write_traffic(serving, model, "V1.1.0", "production", shifted, truth + rng.normal(scale=4 * baseline, size=len(x)),
-                  truth, start=now - timedelta(minutes=5), step_seconds=1)
-    run = run_monitoring(stack, model, window=WindowSpec("count", len(x)), min_labels=50, latest_only=True)
+    shifted = x.assign(
+        bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8
+    )
+    shifted = shifted.assign(
+        **{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")}
+    )
+    write_traffic(
+        serving,
+        model,
+        "V1.1.0",
+        "production",
+        shifted,
+        truth + rng.normal(scale=4 * baseline, size=len(x)),
+        truth,
+        start=now - timedelta(minutes=5),
+        step_seconds=1,
+    )
+    run = run_monitoring(
+        stack,
+        model,
+        window=WindowSpec("count", len(x)),
+        min_labels=50,
+        latest_only=True,
+    )
     (bad,) = run.windows
     assert bad.r2 < 0.2 and bad.rmse > 1.5 * baseline and bad.drift_share > 0.5
     expected = {"ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"}
-    firing = wait_for(lambda: (a := am_alerts(stack, model)) and {x["labels"]["alertname"] for x in a} >= expected
-                      and a, what="the quality and drift alerts in Alertmanager")
+    firing = wait_for(
+        lambda: (
+            (a := am_alerts(stack, model))
+            and {x["labels"]["alertname"] for x in a} >= expected
+            and a
+        ),
+        what="the quality and drift alerts in Alertmanager",
+    )
     assert {a["labels"]["version"] for a in firing} == {"V1.1.0"}
 
     receiver = AlertReceiver(stack, store=store_for("pipeline", stack))
-    recorded = wait_for(lambda: {a["labels"]["alertname"] for a in receiver.alerts()
-                                 if a["labels"].get("model") == model and a["status"] == "firing"} >= expected,
-                        what="the receiver to record the three alerts")
+    recorded = wait_for(
+        lambda: (
+            {
+                a["labels"]["alertname"]
+                for a in receiver.alerts()
+                if a["labels"].get("model") == model and a["status"] == "firing"
+            }
+            >= expected
+        ),
+        what="the receiver to record the three alerts",
+    )
     assert recorded
-    decisions = wait_for(lambda: (d := [r for r in receiver.retrains(model) if "status" not in r]) and len(d) >= 3 and d,
-                         what="a retrain decision per alert")
+    decisions = wait_for(
+        lambda: (
+            (d := [r for r in receiver.retrains(model) if "status" not in r])
+            and len(d) >= 3
+            and d
+        ),
+        what="a retrain decision per alert",
+    )
     assert [d["decision"] for d in decisions].count("triggered") == 1, decisions
-    assert all(d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions)
-    result = wait_for(lambda: [r for r in receiver.retrains(model) if r.get("status")], timeout=60,
-                      what="the trigger's answer")[0]
+    assert all(
+        d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions
+    )
+    result = wait_for(
+        lambda: [r for r in receiver.retrains(model) if r.get("status")],
+        timeout=60,
+        what="the trigger's answer",
+    )[0]
     assert result["status"] == "done", result
     run_id = result["result"]["run_id"]
-    assert run_id.startswith(f"auto-{model}-V1.1.0-") and result["result"]["auto"] is True
+    assert (
+        run_id.startswith(f"auto-{model}-V1.1.0-") and result["result"]["auto"] is True
+    )
 
     from kfrelease.training import trigger as training
 
     final = training.wait(stack, run_id, timeout=240)
     assert final.status == "succeeded", final.state
-    retrained = registry.get(model, "V1.1.1")  # same tag and definition, newer data: auto revision + 1
+    retrained = registry.get(
+        model, "V1.1.1"
+    )  # same tag and definition, newer data: auto revision + 1
     assert retrained.entry["dataset_version"] == production_model["second"]
     assert retrained.entry["run_id"] == run_id
 
     # the new-data hook takes the same path: the retrain for this data version exists already (idempotent)
     hook = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0)
     (row,) = check_new_data(hook, [model])
-    assert row["latest"] == production_model["second"] and row["trained_on"] == production_model["first"]
+    assert (
+        row["latest"] == production_model["second"]
+        and row["trained_on"] == production_model["first"]
+    )
     assert row["action"] == "triggered"
     for t in hook.threads:
         t.join(timeout=60)
-    again = [r for r in hook.retrains(model) if r.get("status") and "new curated data" in r["reason"]]
-    assert again and again[0]["result"]["run_id"] == run_id and again[0]["result"]["created"] is False
+    again = [
+        r
+        for r in hook.retrains(model)
+        if r.get("status") and "new curated data" in r["reason"]
+    ]
+    assert (
+        again
+        and again[0]["result"]["run_id"] == run_id
+        and again[0]["result"]["created"] is False
+    )
     assert check_new_data(hook, [model])[0]["action"] == "already-handled"

@@ -5,7 +5,7 @@ import json
 import shutil
 import subprocess
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -24,63 +24,137 @@ FEATURES = ["x1", "x2"]
 def seed_model(stack, noise_by_version, n=600, hours=3):
     model = f"mon-cli-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(0)
-    start = datetime.now(timezone.utc) - timedelta(hours=hours)
+    start = datetime.now(UTC) - timedelta(hours=hours)
     for version, (stage, noise) in noise_by_version.items():
         register_entry(store_for("pipeline", stack), model, version, FEATURES, rmse=1.0)
         x = pd.DataFrame(rng.normal(size=(n, 2)), columns=FEATURES)
         y = 4 * x["x1"] + x["x2"] + 20
-        write_traffic(store_for("serving", stack), model, version, stage, x, y + rng.normal(scale=noise, size=n), y,
-                      start=start, step_seconds=hours * 3600 / n)
+        write_traffic(
+            store_for("serving", stack),
+            model,
+            version,
+            stage,
+            x,
+            y + rng.normal(scale=noise, size=n),
+            y,
+            start=start,
+            step_seconds=hours * 3600 / n,
+        )
     return model
 
 
-def test_monitor_prints_the_table_and_writes_a_page_a_browser_renders(stack, run_cli, tmp_path):
-    model = seed_model(stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("staging", 3.0)})
+def test_monitor_prints_the_table_and_writes_a_page_a_browser_renders(
+    stack, run_cli, tmp_path
+):
+    model = seed_model(
+        stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("staging", 3.0)}
+    )
     page = tmp_path / "monitor.html"
-    out = run_cli("monitor", "--model", model, "--window", "1h", "--out", str(page), check=True)
-    assert "V1.1.0" in out.stdout and "V1.2.0" in out.stdout and "production" in out.stdout
+    out = run_cli(
+        "monitor", "--model", model, "--window", "1h", "--out", str(page), check=True
+    )
+    assert (
+        "V1.1.0" in out.stdout and "V1.2.0" in out.stdout and "production" in out.stdout
+    )
     assert "pushed 2 result(s)" in out.stdout
     text = page.read_text()
     assert "plotly" in text and "V1.2.0 staging" in text and 'id="current"' in text
-    assert "https://cdn" not in text.split("<body>")[1][:2000]  # self-contained: plotly.js inlined
+    assert (
+        "https://cdn" not in text.split("<body>")[1][:2000]
+    )  # self-contained: plotly.js inlined
     if shutil.which("chromium") is None:
         pytest.skip("chromium (Debian package) is not installed")
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1200,1400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+    )
     img = Image.open(shot).convert("RGB")
     assert img.size == (1200, 1400)
     stat = ImageStat.Stat(img)
-    assert max(stat.stddev) > 20, "the screenshot is (nearly) one colour: the page did not render"
+    assert max(stat.stddev) > 20, (
+        "the screenshot is (nearly) one colour: the page did not render"
+    )
     colours = img.resize((300, 350)).getcolors(maxcolors=100000)
     assert colours is not None and len(colours) > 50
 
 
-def test_monitor_without_history_or_registry_is_one_clear_line(run_cli, stack, tmp_path):
-    out = run_cli("monitor", "--model", "no-such-model", "--out", str(tmp_path / "x.html"))
+def test_monitor_without_history_or_registry_is_one_clear_line(
+    run_cli, stack, tmp_path
+):
+    out = run_cli(
+        "monitor", "--model", "no-such-model", "--out", str(tmp_path / "x.html")
+    )
     assert out.returncode == 1
-    assert out.stderr.strip().startswith("error: the input features of model 'no-such-model' are unknown")
-    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.html").exists()
+    assert out.stderr.strip().startswith(
+        "error: the input features of model 'no-such-model' are unknown"
+    )
+    assert (
+        len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.html").exists()
+    )
 
 
 def test_bad_batches_and_missing_labels_are_reported_and_nothing_is_lost(stack):
     serving = store_for("serving", stack)
     model = seed_model(stack, {"V1.1.0": ("production", 1.0)}, n=100, hours=1)
     # a batch whose instances have 3 values for a 2-feature model, and predictions without any truth
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
     bad_key = f"{model}/{day}/235959-bad.jsonl"
-    ev = {"id": "bad-1", "time": datetime.now(timezone.utc).isoformat(), "model": model, "model_version": "V1.1.0",
-          "stage": "production"}
-    serving.put_bytes("inference-logs", bad_key, (json.dumps({**ev, "type": "request", "instances": [[1, 2, 3]]})
-                      + "\n" + json.dumps({**ev, "type": "response", "predictions": [5.0]}) + "\n").encode())
+    ev = {
+        "id": "bad-1",
+        "time": datetime.now(UTC).isoformat(),
+        "model": model,
+        "model_version": "V1.1.0",
+        "stage": "production",
+    }
+    serving.put_bytes(
+        "inference-logs",
+        bad_key,
+        (
+            json.dumps({**ev, "type": "request", "instances": [[1, 2, 3]]})
+            + "\n"
+            + json.dumps({**ev, "type": "response", "predictions": [5.0]})
+            + "\n"
+        ).encode(),
+    )
+    store_for("data-engineer", stack).put_bytes(
+        "feedback",
+        f"{model}/{day}/bad-truth.jsonl",
+        json.dumps(
+            {"request_id": "bad-1", "truth": 4.0, "time": datetime.now(UTC).isoformat()}
+        ).encode()
+        + b"\n",
+    )
     x = pd.DataFrame(np.zeros((40, 2)), columns=FEATURES)
     write_traffic(serving, model, "V1.1.0", "canary", x, np.ones(40), truths=None)
-    run = run_monitoring(stack, model, window=WindowSpec("time", 86400), min_labels=30, push=False)
+    run = run_monitoring(
+        stack, model, window=WindowSpec("time", 86400), min_labels=30, push=False
+    )
     by_stage = {w.stage: w for w in run.windows}
-    assert by_stage["production"].status == "ok" and by_stage["production"].labelled == 100
-    assert by_stage["canary"].status == "no-ground-truth" and by_stage["canary"].r2 is None
+    assert (
+        by_stage["production"].status == "ok" and by_stage["production"].labelled == 100
+    )
+    assert (
+        by_stage["canary"].status == "no-ground-truth" and by_stage["canary"].r2 is None
+    )
     assert any("do not match the model's 2 input features" in w and "bad.jsonl" in w for w in run.outcome.warnings)
+    # the skipped request's label is reported as matching no prediction
+    assert any(
+        w.startswith("1 ground-truth label(s)") and "input schema (2 features)" in w
+        for w in run.outcome.warnings
+    ), run.outcome.warnings
     assert serving.exists("inference-logs", bad_key)  # left in place
     history = load_history(store_for("pipeline", stack), model)
     assert set(history["stage"]) == {"production", "canary"}
@@ -90,10 +164,32 @@ def test_too_few_labels_is_insufficient_in_the_record_and_in_the_gauges(stack):
     model = seed_model(stack, {"V1.1.0": ("production", 1.0)}, n=10, hours=1)
     run = run_monitoring(stack, model, window=WindowSpec("time", 86400), min_labels=30)
     (w,) = run.windows
-    assert w.status == "insufficient" and w.r2 is None and "10 labelled rows" in w.message
+    assert (
+        w.status == "insufficient" and w.r2 is None and "10 labelled rows" in w.message
+    )
     import httpx
 
     metrics = httpx.get(stack.url("pushgateway", "/metrics")).text
     mine = [line for line in metrics.splitlines() if f'model="{model}"' in line]
-    assert any(line.startswith("kfrelease_model_window_insufficient{") and line.endswith(" 1") for line in mine)
-    assert not any(line.startswith(("kfrelease_model_r2{", "kfrelease_model_rmse{")) for line in mine)
+    assert any(
+        line.startswith("kfrelease_model_window_insufficient{") and line.endswith(" 1")
+        for line in mine
+    )
+    assert not any(
+        line.startswith(("kfrelease_model_r2{", "kfrelease_model_rmse{"))
+        for line in mine
+    )
+
+
+def test_columnar_reader_gives_the_serving_readers_rows(stack):
+    serving_logs = pytest.importorskip("kfrelease.serving.logs")
+    from kfrelease.monitoring.sources import read_predictions
+
+    model = seed_model(stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("canary", 2.0)}, n=120, hours=1)
+    store = store_for("monitoring", stack)
+    mine = read_predictions(store, model, FEATURES)
+    theirs = serving_logs.read_predictions(store, model, features=FEATURES)
+    key = ["request_id", "instance"]
+    mine, theirs = (f.sort_values(key).reset_index(drop=True) for f in (mine, theirs))
+    assert len(mine) == 240
+    pd.testing.assert_frame_equal(mine[theirs.columns], theirs, check_dtype=False)

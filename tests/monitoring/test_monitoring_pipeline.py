@@ -2,14 +2,19 @@
 windows recorded in the object store, drift against the registered model's curated training data."""
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kfrelease.kfp_runner import run_local
 from kfrelease.monitoring.run import load_history
-from kfrelease.monitoring.synthetic import publish_reference, register_entry, write_traffic
+from kfrelease.monitoring.synthetic import (
+    publish_reference,
+    register_entry,
+    write_traffic,
+)
 from kfrelease.storage import store_for
 
 pytestmark = pytest.mark.integration
@@ -22,22 +27,52 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
     model = f"mon-pipe-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(5)
     reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=FEATURES)
-    dataset_version = publish_reference(store_for("data-engineer", stack), f"{model}-data", reference)
-    register_entry(store_for("pipeline", stack), model, "V2.1.0", FEATURES, rmse=1.0, dataset=f"{model}-data",
-                   dataset_version=dataset_version)
-    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    dataset_version = publish_reference(
+        store_for("data-engineer", stack), f"{model}-data", reference
+    )
+    register_entry(
+        store_for("pipeline", stack),
+        model,
+        "V2.1.0",
+        FEATURES,
+        rmse=1.0,
+        dataset=f"{model}-data",
+        dataset_version=dataset_version,
+    )
+    start = datetime.now(UTC) - timedelta(hours=2)
     for stage, shift in (("production", 0.0), ("staging", 4.0)):
         x = pd.DataFrame(rng.normal(size=(240, 3)), columns=FEATURES)
         y = x.sum(axis=1)
-        write_traffic(store_for("serving", stack), model, "V2.1.0", stage, x + shift, y + rng.normal(size=240), y,
-                      start=start, step_seconds=30)
-    run_local(stack, monitoring_pipeline, model=model, window="1d", since="2d", min_labels=30,
-                     reports="latest")
-    keys = store_for("pipeline", stack).list("pipeline-root", f"monitoring/{model}/reports/")
+        write_traffic(
+            store_for("serving", stack),
+            model,
+            "V2.1.0",
+            stage,
+            x + shift,
+            y + rng.normal(size=240),
+            y,
+            start=start,
+            step_seconds=30,
+        )
+    run_local(
+        stack,
+        monitoring_pipeline,
+        model=model,
+        window="1d",
+        since="2d",
+        min_labels=30,
+        reports="latest",
+    )
+    keys = store_for("pipeline", stack).list(
+        "pipeline-root", f"monitoring/{model}/reports/"
+    )
     assert len(keys) == 2  # one per (version, stage) latest window
     history = load_history(store_for("pipeline", stack), model)
     latest = history.groupby("stage").tail(1).set_index("stage")
-    assert latest.loc["staging", "drift_share"] == 1.0 and latest.loc["production", "drift_share"] < 0.5
+    assert (
+        latest.loc["staging", "drift_share"] == 1.0
+        and latest.loc["production", "drift_share"] < 0.5
+    )
     root = stack.home / "kfp-local"
     reports = sorted(root.glob("kfrelease-monitoring-*/**/report"))
     pages = sorted(root.glob("kfrelease-monitoring-*/monitor-model/page"))
@@ -47,4 +82,21 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
     assert len(mine) == 2, mine
     for r in mine:
         text = r.read_text()
-        assert "root_metric" in text and "x1" in text and len(text) > 100_000  # an Evidently report
+        assert (
+            "root_metric" in text and "x1" in text and len(text) > 100_000
+        )  # an Evidently report
+
+
+def test_pipeline_compiles_with_a_report_task_per_window(tmp_path):
+    import yaml
+    from kfp import compiler
+
+    from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
+
+    path = tmp_path / "monitoring.yaml"
+    compiler.Compiler().compile(monitoring_pipeline, str(path))
+    doc = yaml.safe_load(path.read_text())
+    tasks = doc["root"]["dag"]["tasks"]
+    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("Output")
+    assert doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"

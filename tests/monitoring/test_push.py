@@ -11,11 +11,23 @@ from kfrelease.monitoring.window import WindowResult
 
 
 def window(status="ok", r2=0.5, version="V1.1.0"):
-    return WindowResult(model="m", version=version, stage="production", window="3600s", start="2026-11-25T00:00:00Z",
-                        end="2026-11-25T01:00:00Z", predictions=100, labelled=80 if status == "ok" else 3,
-                        status=status, mse=4.0 if status == "ok" else None, rmse=2.0 if status == "ok" else None,
-                        r2=r2 if status == "ok" else None, baseline_rmse=1.8, r2_floor=0.2,
-                        last_prediction_time="2026-11-25T00:59:00Z")
+    return WindowResult(
+        model="m",
+        version=version,
+        stage="production",
+        window="3600s",
+        start="2026-11-25T00:00:00Z",
+        end="2026-11-25T01:00:00Z",
+        predictions=100,
+        labelled=80 if status == "ok" else 3,
+        status=status,
+        mse=4.0 if status == "ok" else None,
+        rmse=2.0 if status == "ok" else None,
+        r2=r2 if status == "ok" else None,
+        baseline_rmse=1.8,
+        r2_floor=0.2,
+        last_prediction_time="2026-11-25T00:59:00Z",
+    )
 
 
 def free_port():
@@ -28,14 +40,19 @@ def test_insufficient_windows_push_no_quality_gauges():
     p = payload(window(status="insufficient"))
     assert p["labels"] == {"model": "m", "version": "V1.1.0", "stage": "production"}
     assert p["values"]["kfrelease_model_window_insufficient"] == 1.0
-    assert "kfrelease_model_r2" not in p["values"] and "kfrelease_model_rmse" not in p["values"]
+    assert (
+        "kfrelease_model_r2" not in p["values"]
+        and "kfrelease_model_rmse" not in p["values"]
+    )
     assert payload(window())["values"]["kfrelease_model_r2"] == 0.5
 
 
 def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
     settings = Settings(home=tmp_path)
     url = f"http://127.0.0.1:{free_port()}"
-    out = push_windows(settings, [window(), window(version="V1.2.0")], url=url, timeout=1)
+    out = push_windows(
+        settings, [window(), window(version="V1.2.0")], url=url, timeout=1
+    )
     assert out.pushed == 0 and out.pending == 2 and not out.ok
     assert "not reachable" in out.message and "kept in" in out.message
     assert len(list(spool_dir(settings).glob("*.json"))) == 2
@@ -44,11 +61,21 @@ def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
 @pytest.mark.integration
 def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path):
     settings = Settings(home=tmp_path, port_offset=stack.port_offset)
-    down = push_windows(settings, [window(version="V9.9.1")], url=f"http://127.0.0.1:{free_port()}", timeout=1)
+    down = push_windows(
+        settings,
+        [window(version="V9.9.1")],
+        url=f"http://127.0.0.1:{free_port()}",
+        timeout=1,
+    )
     assert down.pending == 1
-    up = push_windows(settings, [window(version="V9.9.2")], url=stack.url("pushgateway"))
+    up = push_windows(
+        settings, [window(version="V9.9.2")], url=stack.url("pushgateway")
+    )
     assert up.ok and up.pushed == 2
     text = httpx.get(stack.url("pushgateway", "/metrics")).text
     for v in ("V9.9.1", "V9.9.2"):
-        assert f'kfrelease_model_r2{{instance="",job="kfrelease-monitor",model="m",stage="production",version="{v}"}} 0.5' in text
+        assert (
+            f'kfrelease_model_r2{{instance="",job="kfrelease-monitor",model="m",stage="production",version="{v}"}} 0.5'
+            in text
+        )
     assert not list(spool_dir(settings).glob("*.json"))

@@ -20,9 +20,19 @@ TRIGGER = "tests.monitoring.recording_trigger:trigger"
 
 
 def alert(model, name="ModelR2BelowFloor", kind="quality", status="firing"):
-    return {"status": status, "labels": {"alertname": name, "kind": kind, "model": model, "version": "V1.1.0",
-                                         "stage": "production"},
-            "annotations": {}, "startsAt": "2026-11-25T00:00:00Z", "fingerprint": uuid.uuid4().hex[:16]}
+    return {
+        "status": status,
+        "labels": {
+            "alertname": name,
+            "kind": kind,
+            "model": model,
+            "version": "V1.1.0",
+            "stage": "production",
+        },
+        "annotations": {},
+        "startsAt": "2026-11-25T00:00:00Z",
+        "fingerprint": uuid.uuid4().hex[:16],
+    }
 
 
 @pytest.fixture
@@ -42,35 +52,61 @@ def serve(receiver):
 
 
 def test_one_retrain_at_a_time_then_rate_limited(stack, calls):
-    receiver = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=3600, trigger_path=TRIGGER)
+    receiver = AlertReceiver(
+        stack,
+        store=store_for("pipeline", stack),
+        min_interval=3600,
+        trigger_path=TRIGGER,
+    )
     model, other = f"rcv-{uuid.uuid4().hex[:6]}", f"rcv-{uuid.uuid4().hex[:6]}"
     first = receiver.handle({"alerts": [alert(model)]})["decisions"]
     assert [d["decision"] for d in first] == ["triggered"]
-    busy = receiver.handle({"alerts": [alert(other, "ModelInputDrift", "drift")]})["decisions"]
-    assert [d["decision"] for d in busy] == ["busy"]  # the first retrain is still running
+    busy = receiver.handle({"alerts": [alert(other, "ModelInputDrift", "drift")]})[
+        "decisions"
+    ]
+    assert [d["decision"] for d in busy] == [
+        "busy"
+    ]  # the first retrain is still running
     recording_trigger.release.set()
     for t in receiver.threads:
         t.join(timeout=10)
-    again = receiver.handle({"alerts": [alert(model, "ModelRMSEAboveBaseline")]})["decisions"]
+    again = receiver.handle({"alerts": [alert(model, "ModelRMSEAboveBaseline")]})[
+        "decisions"
+    ]
     assert [d["decision"] for d in again] == ["rate-limited"]
     lines = [json.loads(x) for x in calls.read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["auto"] is True and model in lines[0]["reason"]
     records = receiver.retrains(model)
-    assert [r.get("status") or r["decision"] for r in records] == ["triggered", "done", "rate-limited"]
+    assert [r.get("status") or r["decision"] for r in records] == [
+        "triggered",
+        "done",
+        "rate-limited",
+    ]
     assert records[1]["result"] == {"run_id": "recorded", "auto": True}
 
 
 def test_resolved_and_freshness_alerts_are_recorded_but_retrain_nothing(stack, calls):
-    receiver = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0, trigger_path=TRIGGER)
+    receiver = AlertReceiver(
+        stack, store=store_for("pipeline", stack), min_interval=0, trigger_path=TRIGGER
+    )
     model = f"rcv-{uuid.uuid4().hex[:6]}"
-    out = receiver.handle({"alerts": [alert(model, status="resolved"), alert(model, "ModelNoPredictions", "freshness")]})
+    out = receiver.handle(
+        {
+            "alerts": [
+                alert(model, status="resolved"),
+                alert(model, "ModelNoPredictions", "freshness"),
+            ]
+        }
+    )
     assert out["decisions"] == [] and len(out["recorded"]) == 2
     assert calls.read_text() == ""
     assert len([a for a in receiver.alerts() if a["labels"]["model"] == model]) == 2
 
 
 def test_bad_payload_is_400_json_and_records_nothing(stack):
-    receiver = AlertReceiver(stack, store=store_for("pipeline", stack), trigger_path=TRIGGER)
+    receiver = AlertReceiver(
+        stack, store=store_for("pipeline", stack), trigger_path=TRIGGER
+    )
     before = len(receiver.alerts())
     server, url = serve(receiver)
     try:
@@ -86,8 +122,12 @@ def test_bad_payload_is_400_json_and_records_nothing(stack):
 
 
 def test_down_object_store_is_503_so_alertmanager_retries(stack):
-    down = Settings(home=stack.home, port_offset=stack.port_offset + 7)  # same credentials, nothing listening
-    receiver = AlertReceiver(down, store=store_for("pipeline", down), trigger_path=TRIGGER)
+    down = Settings(
+        home=stack.home, port_offset=stack.port_offset + 7
+    )  # same credentials, nothing listening
+    receiver = AlertReceiver(
+        down, store=store_for("pipeline", down), trigger_path=TRIGGER
+    )
     server, url = serve(receiver)
     try:
         t0 = time.monotonic()
@@ -100,4 +140,7 @@ def test_down_object_store_is_503_so_alertmanager_retries(stack):
 
 def test_the_stack_receiver_answers_and_is_scraped(stack):
     assert httpx.get(stack.url("alert-receiver", "/healthz")).status_code == 200
-    assert "kfrelease_alert_receiver_up 1" in httpx.get(stack.url("alert-receiver", "/metrics")).text
+    assert (
+        "kfrelease_alert_receiver_up 1"
+        in httpx.get(stack.url("alert-receiver", "/metrics")).text
+    )

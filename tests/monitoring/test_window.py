@@ -12,7 +12,14 @@ from kfrelease.monitoring.window import WindowSpec, compute_windows
 FEATURES = ["a", "b"]
 
 
-def frames(n=300, seed=0, versions=("V1.1.0",), stage="production", label_every=1, start="2026-11-25T00:00:00Z"):
+def frames(
+    n=300,
+    seed=0,
+    versions=("V1.1.0",),
+    stage="production",
+    label_every=1,
+    start="2026-11-25T00:00:00Z",
+):
     rng = np.random.default_rng(seed)
     t0 = pd.Timestamp(start)
     rows, truth = [], []
@@ -21,47 +28,111 @@ def frames(n=300, seed=0, versions=("V1.1.0",), stage="production", label_every=
             rid = f"{v}-{i}"
             x = rng.normal(size=2)
             y = 3 * x[0] - x[1] + rng.normal()
-            rows.append({"request_id": rid, "time": (t0 + pd.Timedelta(seconds=10 * i)).isoformat(),
-                         "model_version": v, "stage": stage, "a": x[0], "b": x[1], "prediction": y + rng.normal()})
+            rows.append(
+                {
+                    "request_id": rid,
+                    "time": (t0 + pd.Timedelta(seconds=10 * i)).isoformat(),
+                    "model_version": v,
+                    "stage": stage,
+                    "a": x[0],
+                    "b": x[1],
+                    "prediction": y + rng.normal(),
+                }
+            )
             if i % label_every == 0:
-                truth.append({"request_id": rid, "instance": 0, "truth": y,
-                              "time": (t0 + pd.Timedelta(seconds=10 * i + 5)).isoformat()})
+                truth.append(
+                    {
+                        "request_id": rid,
+                        "instance": 0,
+                        "truth": y,
+                        "time": (t0 + pd.Timedelta(seconds=10 * i + 5)).isoformat(),
+                    }
+                )
     return pd.DataFrame(rows), pd.DataFrame(truth)
 
 
 def test_metrics_equal_sklearn_on_the_joined_rows_per_time_window():
     preds, truth = frames(n=1000, label_every=3)
-    out = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("time", 3600), min_labels=10)
+    out = compute_windows(
+        preds,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("time", 3600),
+        min_labels=10,
+    )
     assert len(out.windows) == 3  # 10 000 s of traffic in 1 h windows
     joined = preds.merge(truth, on="request_id")
-    joined["w"] = pd.to_datetime(joined["time_x"], utc=True).astype("int64") // 10**9 // 3600
+    joined["w"] = (
+        pd.to_datetime(joined["time_x"], utc=True).astype("int64") // 10**9 // 3600
+    )
     for w, res in zip(sorted(joined["w"].unique()), out.windows):
         sub = joined[joined["w"] == w]
         assert res.status == "ok" and res.labelled == len(sub)
-        assert abs(res.mse - skm.mean_squared_error(sub["truth"], sub["prediction"])) < 1e-9
-        assert abs(res.rmse - np.sqrt(skm.mean_squared_error(sub["truth"], sub["prediction"]))) < 1e-9
-        assert abs(res.mae - skm.mean_absolute_error(sub["truth"], sub["prediction"])) < 1e-9
+        assert (
+            abs(res.mse - skm.mean_squared_error(sub["truth"], sub["prediction"]))
+            < 1e-9
+        )
+        assert (
+            abs(
+                res.rmse
+                - np.sqrt(skm.mean_squared_error(sub["truth"], sub["prediction"]))
+            )
+            < 1e-9
+        )
+        assert (
+            abs(res.mae - skm.mean_absolute_error(sub["truth"], sub["prediction"]))
+            < 1e-9
+        )
         assert abs(res.r2 - skm.r2_score(sub["truth"], sub["prediction"])) < 1e-9
     assert sum(w.predictions for w in out.windows) == 1000
 
 
 def test_count_windows_hold_that_many_labelled_predictions_per_version():
     preds, truth = frames(n=250, versions=("V1.1.0", "V1.2.0"))
-    out = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("count", 100), min_labels=30)
+    out = compute_windows(
+        preds,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("count", 100),
+        min_labels=30,
+    )
     by_version = {}
     for w in out.windows:
         by_version.setdefault(w.version, []).append(w)
     assert [w.labelled for w in by_version["V1.1.0"]] == [100, 100, 50]
-    first = preds[preds.model_version == "V1.2.0"].head(100).merge(truth, on="request_id")
-    assert abs(by_version["V1.2.0"][0].r2 - skm.r2_score(first["truth"], first["prediction"])) < 1e-9
-    latest = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("count", 100),
-                             latest_only=True).windows
+    first = (
+        preds[preds.model_version == "V1.2.0"].head(100).merge(truth, on="request_id")
+    )
+    assert (
+        abs(
+            by_version["V1.2.0"][0].r2
+            - skm.r2_score(first["truth"], first["prediction"])
+        )
+        < 1e-9
+    )
+    latest = compute_windows(
+        preds,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("count", 100),
+        latest_only=True,
+    ).windows
     assert [(w.version, w.labelled) for w in latest] == [("V1.1.0", 50), ("V1.2.0", 50)]
 
 
 def test_too_few_labels_is_insufficient_not_nan():
     preds, truth = frames(n=100, label_every=10)  # 10 labels
-    out = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("time", 86400), min_labels=30)
+    out = compute_windows(
+        preds,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("time", 86400),
+        min_labels=30,
+    )
     (w,) = out.windows
     assert w.status == "insufficient" and w.labelled == 10 and w.predictions == 100
     assert w.r2 is None and w.rmse is None and "at least 30" in w.message
@@ -69,7 +140,13 @@ def test_too_few_labels_is_insufficient_not_nan():
 
 def test_logs_without_ground_truth_are_reported_not_crashed():
     preds, _ = frames(n=50)
-    out = compute_windows(preds, pd.DataFrame(), model="m", features=FEATURES, spec=WindowSpec("time", 86400))
+    out = compute_windows(
+        preds,
+        pd.DataFrame(),
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("time", 86400),
+    )
     (w,) = out.windows
     assert w.status == "no-ground-truth" and w.r2 is None and w.last_truth_time is None
     assert any("no ground truth" in m for m in out.warnings)
@@ -98,9 +175,25 @@ def test_drift_of_shifted_inputs_is_detected_and_healthy_inputs_are_not():
     preds, truth = frames(n=400)
     rng = np.random.default_rng(1)
     reference = pd.DataFrame(rng.normal(size=(400, 2)), columns=FEATURES)
-    healthy = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("time", 86400),
-                              reference=reference).windows[0]
+    healthy = compute_windows(
+        preds,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("time", 86400),
+        reference=reference,
+    ).windows[0]
     shifted = preds.assign(a=preds["a"] + 3, b=preds["b"] - 3)
-    drifted = compute_windows(shifted, truth, model="m", features=FEATURES, spec=WindowSpec("time", 86400),
-                              reference=reference).windows[0]
-    assert healthy.drift_share == 0.0 and drifted.drift_share == 1.0 and drifted.drifted == FEATURES
+    drifted = compute_windows(
+        shifted,
+        truth,
+        model="m",
+        features=FEATURES,
+        spec=WindowSpec("time", 86400),
+        reference=reference,
+    ).windows[0]
+    assert (
+        healthy.drift_share == 0.0
+        and drifted.drift_share == 1.0
+        and drifted.drifted == FEATURES
+    )

@@ -91,6 +91,8 @@ def test_shadow_is_a_staging_service_and_an_istio_mirror():
     staging = isvcs["diabetes-progression-staging"]
     assert staging["spec"]["predictor"]["model"]["storageUri"] == URIS[V2]
     assert staging["metadata"]["labels"]["kfrelease.io/stage"] == "staging"
+    # a plain Service answers the mirrored request whatever its Host; a Knative route would not
+    assert staging["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     http = render_virtual_service(SERVERLESS, state)["spec"]["http"][0]
     assert http["mirror"]["host"] == "diabetes-progression-staging-predictor.kfrelease-serving.svc.cluster.local"
     assert http["mirrorPercentage"] == {"value": 25.0}

@@ -112,7 +112,8 @@ def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack
 def test_stage_history_is_append_only_and_production_replaces_production(stack):
     name = f"stages-{uuid.uuid4().hex[:6]}"
     reg = registry()
-    kw = dict(name=name, tag=1, dataset="d", commit="c", metrics={}, input_schema=[], target="y", model_bytes=b"m")
+    kw = {"name": name, "tag": 1, "dataset": "d", "commit": "c", "metrics": {}, "input_schema": [], "target": "y",
+          "model_bytes": b"m"}
     v1 = reg.register(spec_fingerprint="a", dataset_version="1", run_id="r1", verdict={"passed": True}, **kw).version
     v2 = reg.register(spec_fingerprint="b", dataset_version="1", run_id="r2", verdict={"passed": True}, **kw).version
     bad = reg.register(spec_fingerprint="c", dataset_version="1", run_id="r3",
@@ -150,3 +151,30 @@ def test_image_is_written_once(stack):
     with pytest.raises(Conflict, match="already has image"):
         reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:bb")
     assert reg.store.get_json("models", f"artifacts/{name}/V1.1.0/model.json")["image"]["digest"] == "sha256:aa"
+
+
+def test_a_registration_killed_midway_leaves_no_version_and_the_next_run_goes_on(stack):
+    """SIGKILL after the claim and the artifact, before the entry: no version is visible; a retry of the same
+    definition and data waits for the dead claim, then registers under the next free number (V1.1.0 is burnt,
+    so the definition's next auto revision)."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"crash-{uuid.uuid4().hex[:6]}"
+    code = (
+        "import sys; from kfrelease.registry import ModelRegistry; from kfrelease.storage import store_for\n"
+        "ModelRegistry(store_for('pipeline')).register(name=sys.argv[1], tag=1, spec_fingerprint='f', dataset='d',"
+        " dataset_version='v1', commit='c', run_id='killed', metrics={}, verdict={'passed': True},"
+        " input_schema=[], target='y', model_bytes=b'm')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, name], env={**os.environ, "KFRELEASE_CRASH_AT":
+                          "register.after_artifact"}, capture_output=True, timeout=120, check=False)
+    assert proc.returncode == -9  # killed at the crash point
+    assert registry().list(name) == []  # the claim and artifact exist, but no version does
+    with pytest.raises(NotFound):
+        registry().get(name, "V1.1.0")
+    retry = registry().register(name=name, tag=1, spec_fingerprint="f", dataset="d", dataset_version="v1", commit="c",
+                                run_id="retry", metrics={}, verdict={"passed": True}, input_schema=[], target="y",
+                                model_bytes=b"m", same_claim_wait=0.5)
+    assert retry.created and retry.version.version == "V1.1.1" and entries(name) == ["V1.1.1"]

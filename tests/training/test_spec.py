@@ -1,16 +1,17 @@
 """The model spec: parsing, clear errors before any training, and the fingerprint that decides manual revisions."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from kfrelease.data.features import diabetes_features
+from kfrelease.demo.data import diabetes_frame
 from kfrelease.demo.project import spec_variant
 from kfrelease.errors import ConfigError, DataValidationError
 from kfrelease.training.core import check_data, train
 from kfrelease.training.spec import load_project, parse_spec
-from kfrelease.demo.data import diabetes_frame
-from kfrelease.data.features import diabetes_features
 
 EXAMPLE = "examples/diabetes-model"
 
@@ -27,7 +28,7 @@ def test_example_project_parses_and_builds_its_estimator():
 
 
 def test_build_function_in_project_code():
-    spec = parse_spec(spec_variant(2), code={"model.py": open(f"{EXAMPLE}/model.py").read()})
+    spec = parse_spec(spec_variant(2), code={"model.py": Path(EXAMPLE, "model.py").read_text()})
     assert type(spec.build_estimator()).__name__ == "Pipeline"
 
 

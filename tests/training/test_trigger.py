@@ -6,6 +6,7 @@ which cannot run on this machine)."""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
 class RecordingKfpApi(BaseHTTPRequestHandler):
     """Records requests and answers like the KFP v2beta1 API for the calls the SDK makes."""
 
-    requests: list = []
+    requests: ClassVar[list] = []
 
     def _answer(self):
         size = int(self.headers.get("content-length") or 0)
@@ -151,3 +152,32 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack)
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
     assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
     assert registry().list(name) == []  # nothing ran locally
+
+
+def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project, dataset, stack):
+    """What monitoring's alert receiver and new-data hook call (submitted to the recording KFP API here)."""
+    repo, shas, name = project
+    spec, sha = load_project_at_commit(repo, shas[1])
+    prod = run_inline(spec, sha, containerize=False)
+    registry().set_stage(name, prod.version, "production", "release-pipeline", "promoted for this test")
+    new_data = dataset.add_batch(2)
+
+    RecordingKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_port}"
+    try:
+        record = trigger(stack, None, None, kfp_host=host, auto=True, model=name, reason="alert: RMSE above target")
+        again = trigger(stack, None, None, kfp_host=host, auto=True, model=name, reason="second alert")
+    finally:
+        server.shutdown()
+    assert record.created and not again.created and record.run_id == f"auto-{name}-{prod.version}-{new_data[:12]}"
+    assert record.record["reason"] == "alert: RMSE above target" and record.record["commit"] == sha
+    assert record.record["spec_fingerprint"] == spec.fingerprint and record.record["dataset_version"] == new_data
+    posted = [b for m, p, b in RecordingKfpApi.requests if (m, p) == ("POST", "/apis/v2beta1/runs")]
+    assert len(posted) == 1 and posted[0]["runtime_config"]["parameters"]["dataset_version"] == new_data
+
+    from kfrelease.errors import KfreleaseError
+
+    with pytest.raises(KfreleaseError, match="no production version"):
+        trigger(stack, None, None, auto=True, model=f"{name}-none")

@@ -1,0 +1,190 @@
+"""Bounded demo traffic with delayed ground truth, to 127.0.0.1 only.
+
+``TrafficGenerator`` replays the curated held-out rows (``kfrelease.demo.data.holdout()``, which never
+entered training) in a fixed cycle through the gateway at a steady rate, each request with its own
+``x-request-id``; ``truth_delay`` seconds after an answer it posts that row's true target to the feedback
+service under the same id (as a label arriving later would). It stops after ``max_requests`` or
+``max_seconds``, whichever comes first, or on ``stop()``. ``stats()`` counts sent, ok and failed requests
+and which version answered: the loss-free checks compare ``sent`` with the prediction logs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+
+from kfrelease.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
+
+
+def _local(url: str) -> str:
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
+        raise ConfigError(f"demo traffic goes to 127.0.0.1 only, not {url}")
+    return url
+
+
+def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], float]]:
+    """(feature values in input-schema order, truth) of every held-out row, curated as the data pipeline does."""
+    from kfrelease.data.features import diabetes_features
+    from kfrelease.demo.data import holdout
+
+    frame = diabetes_features(holdout())
+    cols = features or FEATURES
+    return [([float(v) for v in row[cols]], float(row["progression"])) for _, row in frame.iterrows()]
+
+
+@dataclass
+class TrafficStats:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    labelled: int = 0
+    versions: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    ok_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"sent": self.sent, "ok": self.ok, "failed": self.failed, "labelled": self.labelled,
+                "versions": dict(self.versions), "errors": self.errors[:5]}
+
+
+class TrafficGenerator:
+    """Steady, bounded prediction traffic with delayed ground truth (see the module docstring)."""
+
+    def __init__(self, gateway_url: str, feedback_url: str, model: str, *, rate: float = 20.0,
+                 max_requests: int = 10_000, max_seconds: float = 600.0, truth_delay: float = 0.5,
+                 features: list[str] | None = None, threads: int = 2):
+        if rate <= 0 or max_requests < 1 or max_seconds <= 0:
+            raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
+        self.predict_url = _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
+        self.feedback_url = _local(feedback_url).rstrip("/") + "/v1/feedback"
+        self.model, self.rate, self.max_requests, self.max_seconds = model, rate, max_requests, max_seconds
+        self.truth_delay = truth_delay
+        self.rows = holdout_rows(features)
+        self.threads = threads
+        self._stats = TrafficStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._done_sending = threading.Event()
+        self._labels: list[tuple[float, str, float]] = []  # (due time, request id, truth)
+        self._workers: list[threading.Thread] = []
+        self._next = 0
+
+    # --- control ------------------------------------------------------------------------------------
+    def start(self) -> "TrafficGenerator":
+        self._started = time.monotonic()
+        self._workers = [threading.Thread(target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}")
+                         for k in range(self.threads)]
+        self._workers.append(threading.Thread(target=self._label_loop, daemon=True, name="traffic-labels"))
+        for w in self._workers:
+            w.start()
+        return self
+
+    def stop(self, flush_labels: bool = True, timeout: float = 30.0) -> TrafficStats:
+        """Stop sending; by default wait until every answered request's label has been posted."""
+        self._stop.set()
+        for w in self._workers[:-1]:
+            w.join(timeout)
+        self._done_sending.set()
+        if not flush_labels:
+            with self._lock:
+                self._labels.clear()
+        self._workers[-1].join(timeout)
+        return self.stats()
+
+    def wait(self, timeout: float | None = None) -> TrafficStats:
+        """Wait until the bounds are reached (then labels are flushed)."""
+        for w in self._workers[:-1]:
+            w.join(timeout)
+        return self.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stats(self) -> TrafficStats:
+        with self._lock:
+            s = self._stats
+            return TrafficStats(s.sent, s.ok, s.failed, s.labelled, Counter(s.versions), list(s.errors),
+                                list(s.ok_ids))
+
+    # --- workers ------------------------------------------------------------------------------------
+    def _claim(self) -> int | None:
+        with self._lock:
+            if self._stop.is_set() or self._next >= self.max_requests:
+                return None
+            if time.monotonic() - self._started >= self.max_seconds:
+                return None
+            n = self._next
+            self._next += 1
+            self._stats.sent += 1
+            return n
+
+    def _send_loop(self, k: int) -> None:
+        with httpx.Client(timeout=30.0) as client:
+            while True:
+                n = self._claim()
+                if n is None:
+                    return
+                due = self._started + n / self.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    if self._stop.wait(delay):
+                        with self._lock:  # claimed but never sent
+                            self._stats.sent -= 1
+                        return
+                features, truth = self.rows[n % len(self.rows)]
+                rid = f"demo-{uuid.uuid4().hex}"
+                try:
+                    r = client.post(self.predict_url, json={"instances": [features]},
+                                    headers={"x-request-id": rid, "content-type": "application/json"})
+                    ok = r.status_code == 200
+                    detail = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
+                    version = r.headers.get("x-model-version", "?") if ok else None
+                except httpx.HTTPError as exc:
+                    ok, detail, version = False, f"{type(exc).__name__}: {exc}", None
+                with self._lock:
+                    if ok:
+                        self._stats.ok += 1
+                        self._stats.versions[version] += 1
+                        self._stats.ok_ids.append(rid)
+                        heapq.heappush(self._labels, (time.monotonic() + self.truth_delay, rid, truth))
+                    else:
+                        self._stats.failed += 1
+                        self._stats.errors.append(detail)
+
+    def _label_loop(self) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            while True:
+                batch = []
+                now = time.monotonic()
+                with self._lock:
+                    while self._labels and (self._labels[0][0] <= now or self._done_sending.is_set()):
+                        _, rid, truth = heapq.heappop(self._labels)
+                        batch.append({"request_id": rid, "truth": truth, "model": self.model})
+                    empty = not self._labels
+                if batch:
+                    try:
+                        r = client.post(self.feedback_url, json=batch)
+                        r.raise_for_status()
+                        with self._lock:
+                            self._stats.labelled += len(batch)
+                    except httpx.HTTPError as exc:
+                        log.warning("ground truth for %d requests was not accepted: %s", len(batch), exc)
+                elif empty and self._done_sending.is_set():
+                    return
+                else:
+                    time.sleep(0.1)

@@ -1,0 +1,106 @@
+"""The training pipeline's hand-over to the release: ``start_release(settings, model, version)``.
+
+Called by the training pipeline's ``deploy_staging`` step once a version is in staging. Locally it starts
+the release runner (``python -m kfrelease.release.runner MODEL VERSION``) as a detached process that
+outlives the caller; its log is ``$KFRELEASE_HOME/logs/release-<model>-<V>.log``. Idempotent per version:
+a second call while (or after) that version's release runs starts nothing. ``KFRELEASE_AUTO_RELEASE=0``
+turns the hand-over off (the release is then started with ``kfrelease release run``);
+``KFRELEASE_ROLLOUT_SPEC=FILE`` names the rollout spec when the caller gives none (default: the packaged one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kfrelease.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def record_path(settings: Settings, model: str, version: str) -> Path:
+    return settings.home / "releases" / model / f"{version}.json"
+
+
+def log_path(settings: Settings, model: str, version: str) -> Path:
+    return settings.home / "logs" / f"release-{model}-{version}.log"
+
+
+def start_release(settings: Settings, model: str, version: str, spec_path: str | None = None) -> dict | None:
+    """Start the release of a staging version in the background; returns its record (None when the
+    hand-over is turned off). The record says pid and log; the outcome lands in the registry history."""
+    if os.environ.get("KFRELEASE_AUTO_RELEASE", "1") == "0":
+        log.info("KFRELEASE_AUTO_RELEASE=0: the release of %s %s is not started", model, version)
+        return None
+    spec_path = spec_path or os.environ.get("KFRELEASE_ROLLOUT_SPEC") or None
+    path = record_path(settings, model, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return json.loads(path.read_text() or "{}")
+    out = log_path(settings, model, version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
+    argv = [sys.executable, "-m", "kfrelease.release.runner", model, version] + (
+        ["--spec", spec_path] if spec_path else [])
+    with open(out, "ab") as fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env, close_fds=True)
+    record = {"model": model, "version": version, "pid": proc.pid, "log": str(out), "spec": spec_path}
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    log.info("release of %s %s started (pid %d, log %s)", model, version, proc.pid, out)
+    return record
+
+
+def wait_release(settings: Settings, model: str, version: str, timeout: float = 600.0, poll: float = 1.0,
+                 on_event=None) -> str:
+    """Wait until the release of ``version`` ends; returns its final stage (production, rejected, or staging
+    when the release stopped without a verdict). ``on_event(event)`` sees each new history event."""
+    import time
+
+    from kfrelease.errors import KfreleaseError
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.stack.supervisor import pid_alive
+    from kfrelease.storage import store_for
+
+    registry = ModelRegistry(store_for("pipeline", settings))
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        events = registry.history(model, version)
+        for event in events[seen:]:
+            if on_event:
+                on_event(event)
+        seen = len(events)
+        stage = events[-1]["stage"] if events else None
+        if stage in ("production", "rejected", "archived"):
+            return stage
+        path = record_path(settings, model, version)
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("pid") and not _alive(record["pid"], pid_alive):
+            time.sleep(poll)  # the last event may be written just before the process ends
+            events = registry.history(model, version)
+            for event in events[seen:]:
+                if on_event:
+                    on_event(event)
+            return events[-1]["stage"] if events else "unknown"
+        if time.monotonic() > deadline:
+            raise KfreleaseError(f"the release of {model} {version} did not end within {timeout:.0f} s; "
+                                 f"see {record.get('log', 'its log')}")
+        time.sleep(poll)
+
+
+def _alive(pid: int, pid_alive) -> bool:
+    try:  # reap the runner when this process started it (else it stays a zombie that looks alive)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    return pid_alive(pid)

@@ -1,0 +1,162 @@
+"""Canary health signals: request count, error rate and p99 latency of one model server over a step.
+
+Two sources (``canary.metrics_source`` of the rollout spec):
+
+- ``predictor``: the model server's own Prometheus ``/metrics``, read at the start and at the end of a
+  step. Attempts are KServe's ``request_preprocess_seconds_count`` (every request the server decoded,
+  kserve/metrics.py), answers ``kfrelease_predictor_requests_total{outcome="ok"}``, client errors
+  ``{outcome="invalid"}`` (4xx, not counted as errors); errors = attempts - ok - invalid (5xx).
+  Latency: the ``kfrelease_predictor_request_seconds`` histogram, p99 interpolated within the bucket as
+  PromQL's ``histogram_quantile`` does.
+- ``prometheus``: the same series queried from Prometheus over the step (``increase(...[Ns])``).
+
+A server that does not answer its metrics endpoint is a failed check, not a missing one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import httpx
+
+from kfrelease.errors import KfreleaseError
+
+
+class MetricSourceError(KfreleaseError):
+    """The metric source of the rollout cannot be read; no traffic was moved."""
+
+
+@dataclass
+class Snapshot:
+    attempts: float = 0.0
+    ok: float = 0.0
+    invalid: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+
+@dataclass
+class StepHealth:
+    requests: float
+    errors: float
+    error_rate: float | None
+    p99_ms: float | None
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate,
+                "p99_ms": self.p99_ms}
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """PromQL's ``histogram_quantile`` on cumulative buckets (le -> count); None without observations."""
+    items = sorted(buckets.items())
+    if not items or items[-1][1] <= 0:
+        return None
+    total = items[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in items:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def parse_snapshot(text: str, model: str, version: str | None = None) -> Snapshot:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    snap = Snapshot()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if s.name == "request_preprocess_seconds_count" and labels.get("model_name") == model:
+                snap.attempts += s.value
+            elif s.name == "kfrelease_predictor_requests_total" and labels.get("model") == model and (
+                    version is None or labels.get("version") == version):
+                if labels.get("outcome") == "ok":
+                    snap.ok += s.value
+                elif labels.get("outcome") == "invalid":
+                    snap.invalid += s.value
+            elif s.name == "kfrelease_predictor_request_seconds_bucket" and labels.get("model") == model and (
+                    version is None or labels.get("version") == version):
+                le = float(labels["le"])
+                snap.buckets[le] = snap.buckets.get(le, 0.0) + s.value
+    return snap
+
+
+def health_between(before: Snapshot, after: Snapshot) -> StepHealth:
+    """Deltas of two snapshots of one server; a restart in between (counters went down) counts from zero."""
+    reset = after.attempts < before.attempts or after.ok < before.ok
+    b = Snapshot() if reset else before
+    attempts = after.attempts - b.attempts
+    ok = after.ok - b.ok
+    invalid = after.invalid - b.invalid
+    errors = max(0.0, attempts - ok - invalid)
+    requests = max(attempts, ok + invalid)
+    buckets = {le: c - b.buckets.get(le, 0.0) for le, c in after.buckets.items()}
+    p99 = histogram_quantile(0.99, buckets)
+    return StepHealth(requests, errors, errors / requests if requests else None,
+                      None if p99 is None else p99 * 1000.0)
+
+
+class PredictorMetrics:
+    """Reads a model server's ``/metrics`` directly (``canary.metrics_source: predictor``)."""
+
+    def __init__(self, url: str, model: str, version: str | None = None, timeout: float = 3.0):
+        self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
+
+    def snapshot(self) -> Snapshot:
+        try:
+            r = httpx.get(f"{self.url}/metrics", timeout=self.timeout)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise MetricSourceError(f"metrics of {self.url} cannot be read ({exc})") from None
+        return parse_snapshot(r.text, self.model, self.version)
+
+    def start(self) -> Snapshot:
+        return self.snapshot()
+
+    def health(self, start: Snapshot, seconds: float) -> StepHealth:
+        return health_between(start, self.snapshot())
+
+
+class PrometheusMetrics:
+    """Queries Prometheus (``canary.metrics_source: prometheus``) for the canary's series over a step."""
+
+    def __init__(self, url: str, model: str, version: str, stage: str = "canary", timeout: float = 5.0):
+        self.url, self.model, self.version, self.stage, self.timeout = url.rstrip("/"), model, version, stage, timeout
+
+    def query(self, expr: str) -> float | None:
+        try:
+            r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=self.timeout)
+            r.raise_for_status()
+            result = r.json()["data"]["result"]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise MetricSourceError(f"Prometheus at {self.url} cannot be queried ({exc})") from None
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) else value
+
+    def start(self) -> None:
+        self.query("vector(1)")  # reachable?
+        return None
+
+    def health(self, _start, seconds: float) -> StepHealth:
+        w = f"{max(1, int(math.ceil(seconds)))}s"
+        sel = f'model="{self.model}",version="{self.version}",stage="{self.stage}"'
+        ok = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))') or 0.0
+        invalid = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))') or 0.0
+        attempts = self.query(
+            f'sum(increase(request_preprocess_seconds_count{{model_name="{self.model}",stage="{self.stage}"}}[{w}]))'
+        ) or 0.0
+        p99 = self.query(f"histogram_quantile(0.99, sum by (le) "
+                         f"(increase(kfrelease_predictor_request_seconds_bucket{{{sel}}}[{w}])))")
+        errors = max(0.0, attempts - ok - invalid)
+        requests = max(attempts, ok + invalid)
+        return StepHealth(requests, errors, errors / requests if requests else None,
+                          None if p99 is None else p99 * 1000.0)
