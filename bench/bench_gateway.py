@@ -26,8 +26,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-REQUESTS = int(os.environ.get("BENCH_GATEWAY_REQUESTS", "1000"))  # per mode and round
-ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "3"))
+REQUESTS = int(os.environ.get("BENCH_GATEWAY_REQUESTS", "300"))  # per mode and round
+ROUNDS = int(os.environ.get("BENCH_GATEWAY_ROUNDS", "10"))
 # One client at a time: latency, not CPU saturation (2 shared cores carry client, nginx and model servers)
 CONCURRENCY = int(os.environ.get("BENCH_GATEWAY_CONCURRENCY", "1"))
 MODEL = "diabetes-progression"
@@ -61,8 +61,6 @@ def _command_factory(model_dir: Path):
     real = importlib.util.find_spec("kfrelease.serving.predictor") is not None
 
     def command(stage: str, version: str, _dir: Path, port: int) -> list[str]:
-        if version.endswith("-idle"):  # a shadow that waits instead of computing: the gateway's own cost
-            return [sys.executable, "-m", "bench.bench_gateway", "serve-idle", str(port), str(IDLE_SHADOW_SECONDS)]
         if real:
             return [
                 sys.executable,
@@ -188,11 +186,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main() -> dict:
-    from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
+    from kfrelease.serving.gateway import (
+        LocalGatewayDriver,
+        gateway_dir,
+        predictor_port,
+        render_nginx_config,
+    )
 
     from kfrelease.config import Settings
     from kfrelease.rollout.spec import load_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
+    from kfrelease.stack import supervisor
+    from kfrelease.stack.service import Service
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     settings = Settings(home=tmp, port_offset=_free_offset())
@@ -209,32 +214,66 @@ def main() -> dict:
     path = f"/v1/models/{MODEL}:predict"
     direct = f"http://127.0.0.1:{predictor_port(settings, 'production')}{path}"
     via = settings.url("gateway", path)
-    plain = TrafficState(primary="V1.1.0")
     mirrored = TrafficState(primary="V1.1.0", shadow="V1.1.0-shadow", mirror_percent=100)
-    idle_mirrored = TrafficState(primary="V1.1.0", shadow="V1.1.0-idle", mirror_percent=100)
-    # mode -> (url, traffic state, client keep-alive at the gateway)
-    modes = {
-        "direct": (direct, plain, False),
-        "gateway": (via, plain, False),
-        "gateway, client keep-alive": (via, plain, True),
-        "gateway + 100% mirror": (via, mirrored, False),
-        "gateway + 100% mirror to an idle shadow": (via, idle_mirrored, False),
+    # Start every process once (primary, shadow model server, idle shadow), then switch modes by reloading
+    # the gateway only, in many short interleaved rounds, so that load from other processes on this shared
+    # machine spreads evenly over the modes.
+    driver.apply(mirrored)
+    idle_port = predictor_port(settings, "production") + 3
+    supervisor.start_service(
+        settings,
+        Service(
+            name="bench-idle-shadow",
+            port=idle_port,
+            command=[
+                sys.executable,
+                "-m",
+                "bench.bench_gateway",
+                "serve-idle",
+                str(idle_port),
+                str(IDLE_SHADOW_SECONDS),
+            ],
+            health_path="/v2/health/ready",
+            env={"PYTHONPATH": str(HERE.parent)},
+        ),
+    )
+    ports = {"primary": predictor_port(settings, "production"), "shadow": predictor_port(settings, "staging")}
+    spec = load_rollout_spec()
+
+    def config(state, backends, keepalive):
+        return render_nginx_config(
+            spec,
+            state,
+            listen_port=settings.port("gateway"),
+            backends=backends,
+            prefix=gateway_dir(settings),
+            client_keepalive=keepalive,
+        )
+
+    plain = TrafficState(primary="V1.1.0")
+    configs = {
+        "gateway": config(plain, ports, False),
+        "gateway, client keep-alive": config(plain, ports, True),
+        "gateway + 100% mirror": config(mirrored, ports, False),
+        "gateway + 100% mirror to an idle shadow": config(mirrored, {**ports, "shadow": idle_port}, False),
     }
+    modes = {"direct": direct, **{m: via for m in configs}}
     load_before = os.getloadavg()[0]
     samples: dict[str, list[float]] = {m: [] for m in modes}
     walls: dict[str, float] = dict.fromkeys(modes, 0.0)
     failures: dict[str, int] = dict.fromkeys(modes, 0)
     try:
         for _ in range(ROUNDS):
-            for mode, (url, state, keepalive) in modes.items():
-                driver.client_keepalive = keepalive
-                driver.apply(state)  # no-op when the gateway already serves this config
-                _load(url, payload, 100, CONCURRENCY)  # warm-up
+            for mode, url in modes.items():
+                if mode in configs:
+                    driver.install(configs[mode])  # checked with nginx -t, graceful reload, waits until served
+                _load(url, payload, 50, CONCURRENCY)  # warm-up
                 lat, wall, failed = _load(url, payload, REQUESTS, CONCURRENCY)
                 samples[mode] += lat
                 walls[mode] += wall
                 failures[mode] += failed
     finally:
+        supervisor.stop_service(settings, "bench-idle-shadow")
         driver.stop()
     rows = {}
     for mode, lat in samples.items():

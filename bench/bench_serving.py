@@ -34,26 +34,35 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "10"))
-WARMUP = float(os.environ.get("BENCH_SERVING_WARMUP", "2"))
-ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", "2"))
+SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "4"))
+WARMUP = float(os.environ.get("BENCH_SERVING_WARMUP", "1"))
+ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", "5"))
 CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", "8"))
-BATCHES = tuple(int(x) for x in os.environ.get("BENCH_SERVING_BATCHES", "1,32").split(","))
+BATCHES = tuple(
+    int(x) for x in os.environ.get("BENCH_SERVING_BATCHES", "1,32").split(",")
+)
 MODEL = "diabetes-progression"
-MLSERVER_VENV = Path(os.environ.get("BENCH_MLSERVER_VENV", Path.home() / ".cache/kfrelease-bench/mlserver-1.7.1"))
+MLSERVER_VENV = Path(
+    os.environ.get(
+        "BENCH_MLSERVER_VENV", Path.home() / ".cache/kfrelease-bench/mlserver-1.7.1"
+    )
+)
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
 
 
 # --- load client (runs in its own process) ----------------------------------------------------------
 
 
-async def _client_main(port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+async def _client_main(
+    port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float
+) -> dict:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
     errors = [0]
+    total = [0]
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
@@ -77,6 +86,7 @@ async def _client_main(port: int, path: str, body: bytes, concurrency: int, seco
                         length = int(value)
                 await reader.readexactly(length)
                 t1 = time.perf_counter()
+                total[0] += 1
                 if t0 >= measure_from:
                     if b" 200 " in status_line:
                         latencies.append((t1 - t0) * 1000)
@@ -86,17 +96,38 @@ async def _client_main(port: int, path: str, body: bytes, concurrency: int, seco
             writer.close()
 
     await asyncio.gather(*(one_connection() for _ in range(concurrency)))
-    return {"latencies_ms": latencies, "errors": errors[0], "seconds": seconds}
+    return {
+        "latencies_ms": latencies,
+        "errors": errors[0],
+        "seconds": seconds,
+        "requests_including_warmup": total[0],
+    }
 
 
-def client_process(port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+def client_process(
+    port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float
+) -> dict:
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as fh:
         fh.write(body)
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.bench_serving", "client", str(port), path, fh.name, str(concurrency),
-             str(seconds), str(warmup)],
-            capture_output=True, text=True, check=True, cwd=HERE.parent, timeout=seconds + warmup + 120,
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_serving",
+                "client",
+                str(port),
+                path,
+                fh.name,
+                str(concurrency),
+                str(seconds),
+                str(warmup),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=HERE.parent,
+            timeout=seconds + warmup + 120,
         )
     finally:
         os.unlink(fh.name)
@@ -116,7 +147,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} while starting ({url})")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} while starting ({url})"
+            )
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -137,12 +170,18 @@ def _model_dir(root: Path) -> Path:
     from kfrelease.demo.data import diabetes_frame
 
     frame = diabetes_features(diabetes_frame())
-    model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(frame[FEATURES], frame["progression"])
+    model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(
+        frame[FEATURES], frame["progression"]
+    )
     d = root / "model"
     d.mkdir(parents=True)
     joblib.dump(model, d / "model.joblib")
-    entry = {"name": MODEL, "version": "V1.1.0", "target": "progression",
-             "input_schema": [{"name": f, "dtype": "float64"} for f in FEATURES]}
+    entry = {
+        "name": MODEL,
+        "version": "V1.1.0",
+        "target": "progression",
+        "input_schema": [{"name": f, "dtype": "float64"} for f in FEATURES],
+    }
     (d / "model.json").write_text(json.dumps(entry))
     return d
 
@@ -152,34 +191,93 @@ def ensure_mlserver() -> Path:
     if exe.exists():
         return exe
     subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
-    subprocess.run([str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", "-r", str(HERE / "requirements-mlserver.txt")],
-                   check=True)
+    subprocess.run(
+        [
+            str(MLSERVER_VENV / "bin" / "pip"),
+            "install",
+            "-q",
+            "-r",
+            str(HERE / "requirements-mlserver.txt"),
+        ],
+        check=True,
+    )
     return exe
 
 
 def start_ours(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kfrelease.serving.predictor", "--model-dir", str(model_dir), "--name", MODEL,
-         "--stage", "production", "--http-port", str(port)],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kfrelease.serving.predictor",
+            "--model-dir",
+            str(model_dir),
+            "--name",
+            MODEL,
+            "--stage",
+            "production",
+            "--http-port",
+            str(port),
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
-def start_mlserver(model_dir: Path, root: Path, port: int, parallel_workers: int, log: Path) -> subprocess.Popen:
+def start_mlserver(
+    model_dir: Path, root: Path, port: int, parallel_workers: int, log: Path
+) -> subprocess.Popen:
     exe = ensure_mlserver()
     d = root / f"mlserver-pw{parallel_workers}"
     (d / MODEL).mkdir(parents=True)
     shutil.copy(model_dir / "model.joblib", d / MODEL / "model.joblib")
-    (d / "settings.json").write_text(json.dumps({
-        "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(), "host": "127.0.0.1",
-        "parallel_workers": parallel_workers, "debug": False, "metrics_endpoint": None,
-    }))
-    (d / MODEL / "model-settings.json").write_text(json.dumps({
-        "name": MODEL, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "V1.1.0"},
-    }))
-    return subprocess.Popen([str(exe), "start", str(d)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=d)
+    (d / "settings.json").write_text(
+        json.dumps(
+            {
+                "http_port": port,
+                "grpc_port": _free_port(),
+                "metrics_port": _free_port(),
+                "host": "127.0.0.1",
+                "parallel_workers": parallel_workers,
+                "debug": False,
+                "metrics_endpoint": None,
+            }
+        )
+    )
+    (d / MODEL / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": MODEL,
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib", "version": "V1.1.0"},
+            }
+        )
+    )
+    return subprocess.Popen(
+        [str(exe), "start", str(d)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=d,
+    )
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (a server and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -201,16 +299,40 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _payload(rows: list[list[float]]) -> bytes:
     flat = [v for r in rows for v in r]
-    return json.dumps({"inputs": [{"name": "input-0", "shape": [len(rows), len(FEATURES)], "datatype": "FP64",
-                                   "data": flat}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [len(rows), len(FEATURES)],
+                    "datatype": "FP64",
+                    "data": flat,
+                }
+            ]
+        }
+    ).encode()
 
 
 def _summary(samples: list[dict]) -> dict:
     lat = sorted(x for s in samples for x in s["latencies_ms"])
     secs = sum(s["seconds"] for s in samples)
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
-    return {"requests": len(lat), "errors": sum(s["errors"] for s in samples), "rps": round(len(lat) / secs, 1),
-            "p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3), "mean_ms": round(statistics.fmean(lat), 3)}
+    q = (
+        statistics.quantiles(lat, n=100, method="inclusive")
+        if len(lat) > 1
+        else [lat[0]] * 99
+    )
+    cpu = sum(s["cpu_seconds"] for s in samples) / max(
+        1, sum(s["all_requests"] for s in samples)
+    )
+    return {
+        "requests": len(lat),
+        "errors": sum(s["errors"] for s in samples),
+        "rps": round(len(lat) / secs, 1),
+        "p50_ms": round(q[49], 3),
+        "p99_ms": round(q[98], 3),
+        "mean_ms": round(statistics.fmean(lat), 3),
+        "server_cpu_ms_per_request": round(cpu * 1000, 3),
+    }
 
 
 def main() -> dict:
@@ -222,9 +344,15 @@ def main() -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     model_dir = _model_dir(root)
     servers = {
-        "kfrelease predictor (kserve 0.21)": lambda port: start_ours(model_dir, port, root / "ours.log"),
-        "MLServer 1.7.1 (defaults)": lambda port: start_mlserver(model_dir, root, port, 1, root / "mls1.log"),
-        "MLServer 1.7.1 (parallel_workers=0)": lambda port: start_mlserver(model_dir, root, port, 0, root / "mls0.log"),
+        "kfrelease predictor (kserve 0.21)": lambda port: start_ours(
+            model_dir, port, root / "ours.log"
+        ),
+        "MLServer 1.7.1 (defaults)": lambda port: start_mlserver(
+            model_dir, root, port, 1, root / "mls1.log"
+        ),
+        "MLServer 1.7.1 (parallel_workers=0)": lambda port: start_mlserver(
+            model_dir, root, port, 0, root / "mls0.log"
+        ),
     }
     running: dict[str, tuple[subprocess.Popen, int]] = {}
     samples: dict[tuple[str, int], list[dict]] = {}
@@ -237,17 +365,35 @@ def main() -> dict:
         # same answers from every server before timing anything
         answers = {}
         for name, (_, port) in running.items():
-            r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", content=_payload(rows[:5]),
-                           headers={"content-type": "application/json"}, timeout=30)
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
+                content=_payload(rows[:5]),
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
             r.raise_for_status()
             answers[name] = [round(v, 9) for v in r.json()["outputs"][0]["data"]]
-        assert len({json.dumps(a) for a in answers.values()}) == 1, f"servers disagree: {answers}"
+        assert len({json.dumps(a) for a in answers.values()}) == 1, (
+            f"servers disagree: {answers}"
+        )
         for _ in range(ROUNDS):
             for batch in BATCHES:
                 body = _payload((rows * ((batch // len(rows)) + 1))[:batch])
-                for name, (_, port) in running.items():
-                    samples.setdefault((name, batch), []).append(
-                        client_process(port, f"/v2/models/{MODEL}/infer", body, CONCURRENCY, SECONDS, WARMUP))
+                for name, (proc, port) in running.items():
+                    cpu0 = group_cpu_seconds(proc.pid)
+                    sample = client_process(
+                        port,
+                        f"/v2/models/{MODEL}/infer",
+                        body,
+                        CONCURRENCY,
+                        SECONDS,
+                        WARMUP,
+                    )
+                    sample["cpu_seconds"] = group_cpu_seconds(proc.pid) - cpu0
+                    sample["all_requests"] = sample.pop(
+                        "requests_including_warmup", None
+                    )
+                    samples.setdefault((name, batch), []).append(sample)
     finally:
         for proc, _ in running.values():
             _stop(proc)
@@ -258,21 +404,42 @@ def main() -> dict:
         results.append({"server": name, "batch": batch, **_summary(s)})
     verdicts = {}
     for batch in BATCHES:
-        ours = next(r for r in results if r["batch"] == batch and r["server"].startswith("kfrelease"))
-        peers = [r for r in results if r["batch"] == batch and r["server"].startswith("MLServer")]
+        ours = next(
+            r
+            for r in results
+            if r["batch"] == batch and r["server"].startswith("kfrelease")
+        )
+        peers = [
+            r
+            for r in results
+            if r["batch"] == batch and r["server"].startswith("MLServer")
+        ]
         best = max(peers, key=lambda r: r["rps"])
         verdicts[str(batch)] = {
             "rps_ratio": round(ours["rps"] / best["rps"], 2),
-            "p99_ours_ms": ours["p99_ms"], "p99_peer_ms": best["p99_ms"], "peer": best["server"],
-            "goal_met": ours["rps"] >= 1.5 * best["rps"] and ours["p99_ms"] <= best["p99_ms"],
+            "p99_ours_ms": ours["p99_ms"],
+            "p99_peer_ms": best["p99_ms"],
+            "peer": best["server"],
+            "goal_met": ours["rps"] >= 1.5 * best["rps"]
+            and ours["p99_ms"] <= best["p99_ms"],
         }
     doc = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": "2 cores shared with other work"},
-        "method": {"protocol": "v2 (Open Inference Protocol) JSON", "concurrency": CONCURRENCY, "seconds": SECONDS,
-                   "warmup_seconds": WARMUP, "rounds": ROUNDS, "model": "StandardScaler + Ridge on 11 curated columns",
-                   "client": "asyncio HTTP/1.1 keep-alive, separate process"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "shared": "2 cores shared with other work",
+        },
+        "method": {
+            "protocol": "v2 (Open Inference Protocol) JSON",
+            "concurrency": CONCURRENCY,
+            "seconds": SECONDS,
+            "warmup_seconds": WARMUP,
+            "rounds": ROUNDS,
+            "model": "StandardScaler + Ridge on 11 curated columns",
+            "client": "asyncio HTTP/1.1 keep-alive, separate process",
+        },
         "results": results,
         "verdicts": verdicts,
     }
@@ -280,18 +447,25 @@ def main() -> dict:
     lines = [
         "### Serving: kfrelease predictor vs MLServer",
         "",
-        f"v2 JSON, {CONCURRENCY} concurrent keep-alive clients, {ROUNDS} x {SECONDS:g} s per server and batch size "
-        f"(interleaved), same model file; {doc['when']}, {os.cpu_count()} shared CPUs.",
+        (
+            f"v2 JSON, {CONCURRENCY} concurrent keep-alive clients, {ROUNDS} x {SECONDS:g} s per server and batch "
+            f"size (interleaved), same model file; {doc['when']}, {os.cpu_count()} shared CPUs."
+        ),
         "",
-        "| server | batch | RPS | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| server | batch | RPS | p50 ms | p99 ms | server CPU ms / request | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        lines.append(f"| {r['server']} | {r['batch']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+        lines.append(
+            f"| {r['server']} | {r['batch']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{r['server_cpu_ms_per_request']} | {r['errors']} |"
+        )
     lines.append("")
     for batch, v in verdicts.items():
-        lines.append(f"- batch {batch}: {v['rps_ratio']}x the RPS of {v['peer']}, p99 {v['p99_ours_ms']} vs "
-                     f"{v['p99_peer_ms']} ms: goal (>= 1.5x at <= its p99) {'met' if v['goal_met'] else 'NOT met'}")
+        lines.append(
+            f"- batch {batch}: {v['rps_ratio']}x the RPS of {v['peer']}, p99 {v['p99_ours_ms']} vs "
+            f"{v['p99_peer_ms']} ms: goal (>= 1.5x at <= its p99) {'met' if v['goal_met'] else 'NOT met'}"
+        )
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
     return doc
 
@@ -299,7 +473,16 @@ def main() -> dict:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         port, path, body_file, conc, secs, warm = sys.argv[2:8]
-        result = asyncio.run(_client_main(int(port), path, Path(body_file).read_bytes(), int(conc), float(secs), float(warm)))
+        result = asyncio.run(
+            _client_main(
+                int(port),
+                path,
+                Path(body_file).read_bytes(),
+                int(conc),
+                float(secs),
+                float(warm),
+            )
+        )
         print(json.dumps(result))
     else:
         print(json.dumps(main()["verdicts"], indent=2))

@@ -97,7 +97,9 @@ class RedisCache(InferenceCache):
         super().__init__(model, version)
         import redis  # the PyPI client (pinned in setup.py); imported only when Redis is configured
 
-        self.client = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=0.2, socket_connect_timeout=0.2
+        )
         self.ttl = ttl_seconds
         self.prefix = f"kfrelease:cache:{model}:{version}:".encode()
 
@@ -111,7 +113,10 @@ class RedisCache(InferenceCache):
             log.warning("inference cache unavailable (%s); answering without it", exc)
             self._error.inc(len(rows))
             return [None] * len(rows)
-        out = [struct.unpack("<d", v)[0] if v is not None and len(v) == 8 else None for v in raw]
+        out = [
+            struct.unpack("<d", v)[0] if v is not None and len(v) == 8 else None
+            for v in raw
+        ]
         self._count(out)
         return out
 
@@ -125,7 +130,9 @@ class RedisCache(InferenceCache):
             log.warning("could not store results in the inference cache: %s", exc)
 
 
-def cache_from_option(option: str | None, model: str, version: str) -> InferenceCache | None:
+def cache_from_option(
+    option: str | None, model: str, version: str
+) -> InferenceCache | None:
     """``None``/``""``/``off`` -> no cache; ``lru`` or ``lru:N``; ``redis://...``."""
     from kfrelease.errors import ConfigError
 
@@ -134,9 +141,13 @@ def cache_from_option(option: str | None, model: str, version: str) -> Inference
     if option == "lru" or option.startswith("lru:"):
         size = option.partition(":")[2]
         if size and not size.isdigit():
-            raise ConfigError(f"--cache {option!r}: the LRU size must be a whole number, e.g. lru:50000")
+            raise ConfigError(
+                f"--cache {option!r}: the LRU size must be a whole number, e.g. lru:50000"
+            )
         return LRUCache(model, version, int(size) if size else 100_000)
     if option.startswith(("redis://", "rediss://", "unix://")):
         ttl = int(os.environ.get("KFRELEASE_CACHE_TTL", "3600"))
         return RedisCache(model, version, option, ttl)
-    raise ConfigError(f"--cache {option!r} is not understood; use off, lru, lru:N or redis://host:port/db")
+    raise ConfigError(
+        f"--cache {option!r} is not understood; use off, lru, lru:N or redis://host:port/db"
+    )

@@ -21,11 +21,11 @@ import uuid
 
 import orjson
 import pandas as pd
+from kfrelease.serving.logs import _ts, iter_lines
+from kfrelease.serving.sink import BatchWriter
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
-from kfrelease.serving.logs import _ts, iter_lines
-from kfrelease.serving.sink import BatchWriter
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,18 @@ class InvalidFeedback(KfreleaseError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.now(dt.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def _finite(value, where: str) -> float:
     if type(value) not in (int, float):
-        raise InvalidFeedback(f"{where} is {'a string' if isinstance(value, str) else type(value).__name__}; expected a number")
+        raise InvalidFeedback(
+            f"{where} is {'a string' if isinstance(value, str) else type(value).__name__}; expected a number"
+        )
     f = float(value)
     if not math.isfinite(f):
         raise InvalidFeedback(f"{where} is {value}; only finite numbers are accepted")
@@ -55,19 +61,27 @@ def _finite(value, where: str) -> float:
 def feedback_record(doc, default_model: str, where: str = "the record") -> dict:
     """Check one ``{"request_id", "truth"[, "model", "time"]}`` object; returns the line to store."""
     if not isinstance(doc, dict):
-        raise InvalidFeedback(f"{where} must be a JSON object with request_id and truth")
+        raise InvalidFeedback(
+            f"{where} must be a JSON object with request_id and truth"
+        )
     unknown = sorted(set(doc) - {"request_id", "truth", "model", "time"})
     if unknown:
-        raise InvalidFeedback(f"{where} has unknown field(s) {unknown}; expected request_id, truth (and optionally model)")
+        raise InvalidFeedback(
+            f"{where} has unknown field(s) {unknown}; expected request_id, truth (and optionally model)"
+        )
     rid = doc.get("request_id")
     if not isinstance(rid, str) or not rid.strip() or len(rid) > 200:
-        raise InvalidFeedback(f"{where}: request_id must be a non-empty string (the x-request-id of the prediction)")
+        raise InvalidFeedback(
+            f"{where}: request_id must be a non-empty string (the x-request-id of the prediction)"
+        )
     if "truth" not in doc:
         raise InvalidFeedback(f"{where} has no truth value")
     truth = doc["truth"]
     if isinstance(truth, list):
         if not truth or len(truth) > MAX_TRUTH_VALUES:
-            raise InvalidFeedback(f"{where}: truth must hold 1 to {MAX_TRUTH_VALUES} values, one per instance")
+            raise InvalidFeedback(
+                f"{where}: truth must hold 1 to {MAX_TRUTH_VALUES} values, one per instance"
+            )
         truth = [_finite(v, f"{where}: truth[{i}]") for i, v in enumerate(truth)]
     else:
         truth = _finite(truth, f"{where}: truth")
@@ -79,23 +93,35 @@ def feedback_record(doc, default_model: str, where: str = "the record") -> dict:
         try:
             when = pd.Timestamp(when).isoformat()
         except (ValueError, TypeError):
-            raise InvalidFeedback(f"{where}: time {when!r} is not an ISO timestamp") from None
+            raise InvalidFeedback(
+                f"{where}: time {when!r} is not an ISO timestamp"
+            ) from None
     return {"request_id": rid, "truth": truth, "time": when or _now(), "model": model}
 
 
 def write_feedback(store: ObjectStore, model: str, records: list[dict]) -> str:
     """Write checked records as one batch file (for bulk labels); returns its key."""
-    lines = [feedback_record({**r, "model": model}, model, f"record {i}") for i, r in enumerate(records)]
+    lines = [
+        feedback_record({**r, "model": model}, model, f"record {i}")
+        for i, r in enumerate(records)
+    ]
     if not lines:
         raise InvalidFeedback("no feedback records to write")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     key = f"{model}/{now:%Y-%m-%d}/{now:%H%M%S}-{uuid.uuid4()}.jsonl"
-    store.put_bytes(BUCKET, key, b"".join(orjson.dumps(x) + b"\n" for x in lines),
-                    content_type="application/x-ndjson", if_none_match=True)
+    store.put_bytes(
+        BUCKET,
+        key,
+        b"".join(orjson.dumps(x) + b"\n" for x in lines),
+        content_type="application/x-ndjson",
+        if_none_match=True,
+    )
     return key
 
 
-def read_feedback(store: ObjectStore, model: str, since=None, until=None) -> pd.DataFrame:
+def read_feedback(
+    store: ObjectStore, model: str, since=None, until=None
+) -> pd.DataFrame:
     """Ground truth of ``model``: ``request_id, instance, truth, time`` (one row per instance value). A
     request labelled twice keeps both rows; consumers keep the latest by ``time``."""
     rows = []
@@ -122,13 +148,19 @@ def create_app(writer: BatchWriter, default_model: str):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    records_total = Counter("kfrelease_feedback_records", "Feedback records, by result (stored, invalid).", ["result"])
+    records_total = Counter(
+        "kfrelease_feedback_records",
+        "Feedback records, by result (stored, invalid).",
+        ["result"],
+    )
     max_body = 4 * 1024 * 1024
 
     async def post(request):
         body = await request.body()
         if len(body) > max_body:
-            return JSONResponse({"error": f"body is {len(body)} bytes; the limit is {max_body}"}, 413)
+            return JSONResponse(
+                {"error": f"body is {len(body)} bytes; the limit is {max_body}"}, 413
+            )
         try:
             try:
                 doc = orjson.loads(body)
@@ -137,15 +169,23 @@ def create_app(writer: BatchWriter, default_model: str):
             docs = doc if isinstance(doc, list) else [doc]
             if not docs:
                 raise InvalidFeedback("the list of feedback records is empty")
-            lines = [feedback_record(d, default_model, f"record {i}" if isinstance(doc, list) else "the record")
-                     for i, d in enumerate(docs)]
+            lines = [
+                feedback_record(
+                    d,
+                    default_model,
+                    f"record {i}" if isinstance(doc, list) else "the record",
+                )
+                for i, d in enumerate(docs)
+            ]
         except InvalidFeedback as exc:
             records_total.labels("invalid").inc()
             return JSONResponse({"error": str(exc)}, 400)
         try:
             await writer.append([orjson.dumps(x) + b"\n" for x in lines])
         except OSError as exc:
-            return JSONResponse({"error": f"feedback could not be stored durably: {exc}"}, 503)
+            return JSONResponse(
+                {"error": f"feedback could not be stored durably: {exc}"}, 503
+            )
         records_total.labels("stored").inc(len(lines))
         return JSONResponse({"stored": len(lines)}, 200)
 
@@ -153,13 +193,17 @@ def create_app(writer: BatchWriter, default_model: str):
         return JSONResponse({"ok": True, "pending": writer.pending})
 
     async def metrics(_request):
-        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
+        return Response(
+            generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST}
+        )
 
-    return Starlette(routes=[
-        Route("/v1/feedback", post, methods=["POST"]),
-        Route("/healthz", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/feedback", post, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,20 +211,38 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfrelease.storage import store_for
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.feedback", description="Ground-truth service.")
-    p.add_argument("--port", type=int, default=None, help="default: the stack's feedback port")
+    p = argparse.ArgumentParser(
+        prog="python -m kfrelease.serving.feedback", description="Ground-truth service."
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="default: the stack's feedback port"
+    )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model of records that name none")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model of records that name none"
+    )
     p.add_argument("--flush-interval", type=float, default=2.0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.from_env()
-    writer = BatchWriter(store_for("serving", settings), BUCKET, settings.service_dir("feedback") / "wal", args.flush_interval)
+    writer = BatchWriter(
+        store_for("serving", settings),
+        BUCKET,
+        settings.service_dir("feedback") / "wal",
+        args.flush_interval,
+    )
     writer._pending_add(sum(1 for _ in writer.existing_lines()))
     writer.start()
     try:
-        uvicorn.run(create_app(writer, args.model), host=args.host, port=args.port or settings.port("feedback"),
-                    log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(writer, args.model),
+            host=args.host,
+            port=args.port or settings.port("feedback"),
+            log_level="warning",
+            access_log=False,
+        )
     finally:
         writer.stop()
     return 0

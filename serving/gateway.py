@@ -524,10 +524,17 @@ class LocalGatewayDriver:
             serving_clients = {r for r, st in self._routes.items() if st == stage} - {"shadow"}
             if stage in slots and serving_clients:  # a shadow's answers reach no client: replace it in place
                 if version not in slots.values():
-                    raise GatewayError(
-                        f"cannot load {version} into the {stage} model server while it serves {slots[stage]}; "
-                        "move traffic in steps (canary first, then promote); no traffic was moved"
+                    # not running anywhere: start it in a spare slot first, route there, then reload this one
+                    spare = next(
+                        (x for x in STAGE_PORT_OFFSET if x not in wanted and x not in self._routes.values()), None
                     )
+                    if spare is None:
+                        raise GatewayError(
+                            f"cannot load {version} into the {stage} model server while it serves {slots[stage]} "
+                            "and no spare model server is free; move traffic in steps; no traffic was moved"
+                        )
+                    self._stop_predictor(spare, slots)
+                    self._start_predictor(spare, version, slots)
                 deferred.append(stage)
                 continue
             self._stop_predictor(stage, slots)

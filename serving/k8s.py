@@ -203,12 +203,14 @@ def render_inference_services(
     out = []
     if mode == "Serverless":
         # The spec describes the newest revision; canaryTrafficPercent gives it that share, the last
-        # revision rolled out at 100 % keeps the rest. A canary at 100 % is rendered as promoted.
+        # revision rolled out at 100 % keeps the rest. A canary at 100 % is rendered as promoted. Its spec
+        # is the same whether canary or promoted (stage "production"; the version tells them apart), so
+        # promotion only removes canaryTrafficPercent and Knative creates no new revision.
         newest = canary or primary
         pred = _predictor(
             spec,
             newest,
-            "canary" if canary else "production",
+            "production",
             _storage_uri(storage_uris, newest),
             logger_url,
         )
@@ -231,12 +233,14 @@ def render_inference_services(
             cpred = _predictor(
                 spec,
                 canary,
-                "canary",
+                "production",
                 _storage_uri(storage_uris, canary),
                 logger_url,
                 name=predictor_name(canary),
                 canary=True,
             )
+            # stage "production" as on the stable predictor: promotion retargets the stable predictor to
+            # this Deployment without a restart only if their specs agree (kserve/kserve#5672)
             canaries = [V1beta1CanarySpec(predictor=cpred, traffic_percent=state.canary_weight)]
         out.append(_isvc(spec, production_name(spec), "production", pred, canaries))
     if state.shadow:
@@ -289,9 +293,10 @@ def render_virtual_service(
             {"uri": {"prefix": "/v2/models/"}},
         ],
         "route": route,
-        "headers": {"request": {"set": {"Host": predictor_host}}},
         "timeout": "60s",
     }
+    if spec.serving.deployment_mode == "Serverless":  # Knative's ingress routes by Host
+        http["headers"] = {"request": {"set": {"Host": predictor_host}}}
     mirror = float(state.mirror_percent or spec.shadow.mirror_percent) if state.shadow else 0.0
     if state.shadow and mirror > 0:
         http["mirror"] = {

@@ -54,7 +54,11 @@ LOG_BACKLOG = Gauge(
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.now(dt.UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class InferenceLogger:
@@ -121,7 +125,7 @@ class InferenceLogger:
                 return
             self._queue.append((request_id, _now_iso(), rows, predictions))
             self._wake.set()
-        except Exception:  # noqa: BLE001 - logging must never fail a prediction
+        except Exception:
             log.exception("could not queue a prediction-log event")
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -132,7 +136,9 @@ class InferenceLogger:
         self._wal_pending = sum(self._count_lines(p) for p in existing)
         self._wal_bytes = self._disk_bytes()
         self._client = httpx.Client(timeout=self.timeout)
-        self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="inference-logger", daemon=True
+        )
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -157,8 +163,12 @@ class InferenceLogger:
                 if not self._queue or time.monotonic() > deadline:
                     self._spool_queue()
                     return
-            if not self._queue and not (self._wal_pending and time.monotonic() >= self._retry_at):
-                self._wake.wait(timeout=max(0.05, min(1.0, self._retry_at - time.monotonic())))
+            if not self._queue and not (
+                self._wal_pending and time.monotonic() >= self._retry_at
+            ):
+                self._wake.wait(
+                    timeout=max(0.05, min(1.0, self._retry_at - time.monotonic()))
+                )
                 self._wake.clear()
             try:
                 if self._wal_pending and time.monotonic() >= self._retry_at:
@@ -166,13 +176,15 @@ class InferenceLogger:
                 while self._queue:
                     item = self._queue.popleft()
                     for event in self._events(*item):
-                        if self._wal_pending or time.monotonic() < self._retry_at:
-                            self._spool(event)
-                        elif not self._post(event):
+                        if (
+                            self._wal_pending
+                            or time.monotonic() < self._retry_at
+                            or not self._post(event)
+                        ):
                             self._spool(event)
                     if self._wal_pending and time.monotonic() >= self._retry_at:
                         break  # the sink may be back: replay before sending newer events
-            except Exception:  # noqa: BLE001 - the sender must survive anything
+            except Exception:
                 log.exception("prediction-log sender error")
                 time.sleep(0.1)
             self._backlog.set(self.backlog())
@@ -180,11 +192,25 @@ class InferenceLogger:
     def _events(self, request_id: str, when: str, rows, predictions) -> list[dict]:
         request = orjson.dumps({"instances": rows.tolist()})
         response = orjson.dumps(
-            {"predictions": predictions.tolist(), "model_name": self.model, "model_version": self.version}
+            {
+                "predictions": predictions.tolist(),
+                "model_name": self.model,
+                "model_version": self.version,
+            }
         )
         return [
-            {"id": request_id, "type": REQUEST_TYPE, "time": when, "data": request.decode()},
-            {"id": request_id, "type": RESPONSE_TYPE, "time": when, "data": response.decode()},
+            {
+                "id": request_id,
+                "type": REQUEST_TYPE,
+                "time": when,
+                "data": request.decode(),
+            },
+            {
+                "id": request_id,
+                "type": RESPONSE_TYPE,
+                "time": when,
+                "data": response.decode(),
+            },
         ]
 
     def _post(self, event: dict) -> bool:
@@ -196,9 +222,16 @@ class InferenceLogger:
             resp = self._client.post(self.url, content=event["data"], headers=headers)
             ok = 200 <= resp.status_code < 300
             if not ok:
-                log.warning("log sink answered %s: %s", resp.status_code, resp.text[:200])
+                log.warning(
+                    "log sink answered %s: %s", resp.status_code, resp.text[:200]
+                )
         except httpx.HTTPError as exc:
-            log.warning("log sink %s unreachable (%s); spooling to %s", self.url, type(exc).__name__, self.wal_dir)
+            log.warning(
+                "log sink %s unreachable (%s); spooling to %s",
+                self.url,
+                type(exc).__name__,
+                self.wal_dir,
+            )
             ok = False
         if ok:
             self.sent += 1
@@ -225,7 +258,7 @@ class InferenceLogger:
             self._dropped.inc()
             return
         if self._wal_fh is None:
-            self._wal_fh = open(self.wal_dir / f"{self._wal_seq}.jsonl", "ab")
+            self._wal_fh = open(self.wal_dir / f"{self._wal_seq}.jsonl", "ab")  # noqa: SIM115 - kept open, closed on rotation
             self._wal_seq += 1
         self._wal_fh.write(line)
         self._wal_bytes += len(line)

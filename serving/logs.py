@@ -31,7 +31,9 @@ def _ts(value) -> pd.Timestamp | None:
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
-def day_partitions(store: ObjectStore, bucket: str, model: str, since=None, until=None) -> list[str]:
+def day_partitions(
+    store: ObjectStore, bucket: str, model: str, since=None, until=None
+) -> list[str]:
     """``<model>/<day>/`` prefixes whose day overlaps [since, until)."""
     lo, hi = _ts(since), _ts(until)
     if lo is not None and hi is not None and (hi - lo) <= pd.Timedelta(days=62):
@@ -46,13 +48,17 @@ def day_partitions(store: ObjectStore, bucket: str, model: str, since=None, unti
         if len(parts) >= 3 and len(parts[1]) == 10:
             found.add(parts[1])
     keep = [
-        d for d in sorted(found)
-        if (lo is None or d >= lo.strftime("%Y-%m-%d")) and (hi is None or d <= hi.strftime("%Y-%m-%d"))
+        d
+        for d in sorted(found)
+        if (lo is None or d >= lo.strftime("%Y-%m-%d"))
+        and (hi is None or d <= hi.strftime("%Y-%m-%d"))
     ]
     return [f"{model}/{day}/" for day in keep]
 
 
-def iter_lines(store: ObjectStore, bucket: str, model: str, since=None, until=None) -> Iterator[dict]:
+def iter_lines(
+    store: ObjectStore, bucket: str, model: str, since=None, until=None
+) -> Iterator[dict]:
     """Every JSON line of the partitions in the window (not yet filtered by exact time)."""
     for prefix in day_partitions(store, bucket, model, since, until):
         try:
@@ -66,20 +72,32 @@ def iter_lines(store: ObjectStore, bucket: str, model: str, since=None, until=No
                 try:
                     yield orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    log.warning("%s line %d is not JSON; skipped", store.uri(bucket, obj.key), n)
+                    log.warning(
+                        "%s line %d is not JSON; skipped", store.uri(bucket, obj.key), n
+                    )
 
 
-def _features_from_registry(store: ObjectStore, model: str, version: str | None) -> list[str] | None:
+def _features_from_registry(
+    store: ObjectStore, model: str, version: str | None
+) -> list[str] | None:
     if not version:
         return None
     try:
-        entry = store.get_json("models", f"registry/{model}/versions/{version}/entry.json")
+        entry = store.get_json(
+            "models", f"registry/{model}/versions/{version}/entry.json"
+        )
         return [c["name"] for c in entry["input_schema"]]
     except Exception:  # noqa: BLE001 - the names are a convenience; positions still work
         return None
 
 
-def read_predictions(store: ObjectStore, model: str, since=None, until=None, features: list[str] | None = None) -> pd.DataFrame:
+def read_predictions(
+    store: ObjectStore,
+    model: str,
+    since=None,
+    until=None,
+    features: list[str] | None = None,
+) -> pd.DataFrame:
     """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features...>,
     prediction``. ``since``/``until`` (datetimes or ISO strings, UTC when naive) bound the request time."""
     lo, hi = _ts(since), _ts(until)
@@ -104,10 +122,14 @@ def read_predictions(store: ObjectStore, model: str, since=None, until=None, fea
             continue
         version = resp.get("model_version") or req.get("model_version")
         if names is None:
-            names = req.get("features") or _features_from_registry(store, model, version)
+            names = req.get("features") or _features_from_registry(
+                store, model, version
+            )
         instances, predictions = req["instances"], resp["predictions"]
         for i, (x, y) in enumerate(zip(instances, predictions)):
-            rows.append((key[0], i, ts, version, resp.get("stage") or req.get("stage"), *x, y))
+            rows.append(
+                (key[0], i, ts, version, resp.get("stage") or req.get("stage"), *x, y)
+            )
     if names is None:
         width = max((len(r) - 6 for r in rows), default=0)
         names = [f"f{j}" for j in range(width)]
@@ -117,10 +139,14 @@ def read_predictions(store: ObjectStore, model: str, since=None, until=None, fea
     frame["instance"] = frame["instance"].astype("int64")
     for c in (*names, "prediction"):
         frame[c] = pd.to_numeric(frame[c], errors="coerce")
-    return frame.sort_values(["time", "request_id", "instance"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        ["time", "request_id", "instance"], kind="stable"
+    ).reset_index(drop=True)
 
 
-def count_events(store: ObjectStore, model: str, since=None, until=None) -> dict[str, int]:
+def count_events(
+    store: ObjectStore, model: str, since=None, until=None
+) -> dict[str, int]:
     """Distinct logged events by type (dedup by source, id, type): what the loss-free checks count."""
     seen: set[tuple] = set()
     counts = {"request": 0, "response": 0}
@@ -133,4 +159,4 @@ def count_events(store: ObjectStore, model: str, since=None, until=None) -> dict
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

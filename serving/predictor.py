@@ -59,7 +59,9 @@ REQUESTS = Counter(
     ["model", "version", "stage", "protocol", "outcome"],
 )
 INSTANCES = Counter(
-    "kfrelease_predictor_instances", "Instances predicted.", ["model", "version", "stage"]
+    "kfrelease_predictor_instances",
+    "Instances predicted.",
+    ["model", "version", "stage"],
 )
 LATENCY = Histogram(
     "kfrelease_predictor_request_seconds",
@@ -137,7 +139,9 @@ def _fast_estimator(estimator, features: tuple[str, ...]):
             _warnings.simplefilter("error")
             for rows in (probe[:1], probe):
                 got = np.asarray(fast.predict(rows), dtype="float64").ravel()
-                if not np.array_equal(got, slow_model.predict_frame(rows), equal_nan=True):
+                if not np.array_equal(
+                    got, slow_model.predict_frame(rows), equal_nan=True
+                ):
                     return None
     except Exception as exc:  # noqa: BLE001 - any doubt keeps the DataFrame path
         log.info("fast path not used for this estimator: %s", exc)
@@ -162,27 +166,45 @@ def load_model_dir(path: str | Path, expected_name: str | None = None) -> Loaded
     except ValueError as exc:
         raise ConfigError(f"{entry_path} is not valid JSON: {exc}") from None
     schema = entry.get("input_schema")
-    if not isinstance(schema, list) or not schema or not all(isinstance(c, dict) and c.get("name") for c in schema):
-        raise ConfigError(f"{entry_path}: input_schema must be a non-empty list of {{name, dtype}}")
+    if (
+        not isinstance(schema, list)
+        or not schema
+        or not all(isinstance(c, dict) and c.get("name") for c in schema)
+    ):
+        raise ConfigError(
+            f"{entry_path}: input_schema must be a non-empty list of {{name, dtype}}"
+        )
     dtypes = tuple(str(c.get("dtype", "float64")) for c in schema)
     unknown = sorted(set(dtypes) - INT_DTYPES - FLOAT_DTYPES)
     if unknown:
-        raise ConfigError(f"{entry_path}: input_schema dtypes {unknown} are not numeric; the predictor serves numbers")
+        raise ConfigError(
+            f"{entry_path}: input_schema dtypes {unknown} are not numeric; the predictor serves numbers"
+        )
     name = str(entry.get("name") or "")
     if expected_name and name and name != expected_name:
-        raise ConfigError(f"{entry_path} is model {name!r}, but the predictor was asked to serve {expected_name!r}")
+        raise ConfigError(
+            f"{entry_path} is model {name!r}, but the predictor was asked to serve {expected_name!r}"
+        )
     try:
         estimator = joblib.load(model_path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad model file
-        raise ConfigError(f"{model_path} could not be loaded with joblib: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"{model_path} could not be loaded with joblib: {type(exc).__name__}: {exc}"
+        ) from None
     if not hasattr(estimator, "predict"):
-        raise ConfigError(f"{model_path} holds a {type(estimator).__name__}, which has no predict()")
+        raise ConfigError(
+            f"{model_path} holds a {type(estimator).__name__}, which has no predict()"
+        )
     features = tuple(str(c["name"]) for c in schema)
     return LoadedModel(
         estimator=estimator,
         entry=entry,
         name=name or (expected_name or d.name),
-        version=str(entry.get("version") or os.environ.get("KFRELEASE_MODEL_VERSION") or "unknown"),
+        version=str(
+            entry.get("version")
+            or os.environ.get("KFRELEASE_MODEL_VERSION")
+            or "unknown"
+        ),
         features=features,
         dtypes=dtypes,
         path=d,
@@ -201,7 +223,7 @@ def resolve_model_dir(source: str, settings=None) -> Path:
         bucket, _, prefix = source[len("s3://") :].partition("/")
         prefix = prefix.strip("/") + "/"
         store = store_for("serving", settings)
-        logical = bucket[len(settings.bucket_prefix) :] if bucket.startswith(settings.bucket_prefix) else bucket
+        logical = bucket.removeprefix(settings.bucket_prefix)
         dest = settings.home / "services" / "models" / logical / prefix.strip("/")
         if (dest / "model.joblib").is_file() and (dest / "model.json").is_file():
             return dest
@@ -221,7 +243,9 @@ def resolve_model_dir(source: str, settings=None) -> Path:
     for candidate in MODELCAR_DIRS:  # a ModelCar image mounted where KServe puts it
         if source in MODELCAR_DIRS and Path(candidate).is_dir():
             return Path(candidate)
-    raise ConfigError(f"model directory {source} does not exist; pass a directory, /mnt/models or s3://models/artifacts/<model>/<V>/")
+    raise ConfigError(
+        f"model directory {source} does not exist; pass a directory, /mnt/models or s3://models/artifacts/<model>/<V>/"
+    )
 
 
 # --- request checks ---------------------------------------------------------------------------------
@@ -231,20 +255,38 @@ def _number(value, where: str, feature: str, integral: bool) -> float:
     t = type(value)
     if t is float:
         if not math.isfinite(value):
-            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted")
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted"
+            )
         if integral and not value.is_integer():
-            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers")
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers"
+            )
         return value
     if t is int:
         f = float(value)
         if not math.isfinite(f):  # ints beyond float range
-            raise InvalidRequest(f"{where} (feature {feature!r}) is too large for a float64")
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is too large for a float64"
+            )
         return f
-    kind = "a string" if t is str else "null" if value is None else "a boolean" if t is bool else f"a JSON {t.__name__}"
-    raise InvalidRequest(f"{where} (feature {feature!r}) is {kind}; expected a finite number")
+    kind = (
+        "a string"
+        if t is str
+        else "null"
+        if value is None
+        else "a boolean"
+        if t is bool
+        else f"a JSON {t.__name__}"
+    )
+    raise InvalidRequest(
+        f"{where} (feature {feature!r}) is {kind}; expected a finite number"
+    )
 
 
-def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+def rows_from_v1(
+    body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
+) -> np.ndarray:
     """``{"instances": [[...], ...]}`` or ``{"instances": [{"name": value, ...}, ...]}`` -> float64 matrix."""
     if not isinstance(body, dict):
         raise InvalidRequest(
@@ -252,18 +294,28 @@ def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INST
         )
     extra = sorted(set(body) - {"instances", "parameters", "id"})
     if "instances" not in body:
-        hint = " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
-        raise InvalidRequest(f"the request has no 'instances' field{hint}; fields given: {sorted(body)}")
+        hint = (
+            " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
+        )
+        raise InvalidRequest(
+            f"the request has no 'instances' field{hint}; fields given: {sorted(body)}"
+        )
     if extra:
-        raise InvalidRequest(f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')")
+        raise InvalidRequest(
+            f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')"
+        )
     instances = body["instances"]
     if not isinstance(instances, list):
-        raise InvalidRequest(f"'instances' must be a list, not a JSON {_json_kind(instances)}")
+        raise InvalidRequest(
+            f"'instances' must be a list, not a JSON {_json_kind(instances)}"
+        )
     n, k = len(instances), len(model.features)
     if n == 0:
         raise InvalidRequest("'instances' is empty; send at least one instance")
     if n > max_instances:
-        raise InvalidRequest(f"'instances' holds {n} instances; at most {max_instances} per request")
+        raise InvalidRequest(
+            f"'instances' holds {n} instances; at most {max_instances} per request"
+        )
     rows = np.empty((n, k), dtype="float64")
     integral = [d in INT_DTYPES for d in model.dtypes]
     features = model.features
@@ -274,7 +326,9 @@ def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INST
                     f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {list(features)}"
                 )
             for j in range(k):
-                rows[i, j] = _number(inst[j], f"instances[{i}][{j}]", features[j], integral[j])
+                rows[i, j] = _number(
+                    inst[j], f"instances[{i}][{j}]", features[j], integral[j]
+                )
         elif type(inst) is dict:
             if len(inst) != k or any(f not in inst for f in features):
                 missing = [f for f in features if f not in inst]
@@ -304,8 +358,8 @@ def _json_body(raw: bytes | str):
 
 def diagnose_v2_body(raw: bytes) -> str:
     """What is wrong with a v2 body that did not parse as an inference request (for the 400 message)."""
-    from pydantic import ValidationError
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from pydantic import ValidationError
 
     try:
         doc = _json_body(raw)
@@ -314,22 +368,32 @@ def diagnose_v2_body(raw: bytes) -> str:
     if not isinstance(doc, dict):
         return f'the request body must be a JSON object like {{"inputs": [...]}}, not a JSON {_json_kind(doc)}'
     if "inputs" not in doc:
-        hint = " (v1 'instances' go to /v1/models/<name>:predict)" if "instances" in doc else ""
+        hint = (
+            " (v1 'instances' go to /v1/models/<name>:predict)"
+            if "instances" in doc
+            else ""
+        )
         return f"the request has no 'inputs' field{hint}; fields given: {sorted(doc)}"
     try:
         InferenceRequest.model_validate(doc)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()[:5]
         )
         return f"the v2 inference request is malformed: {problems}"
     return "the v2 inference request could not be decoded"
 
 
 def _json_kind(value) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), "null" if value is None else type(value).__name__)
 
 
 def _flatten(data, where: str, out: list) -> None:
@@ -354,7 +418,9 @@ def _tensor_values(inp, where: str, integral_type: bool) -> list[float]:
     return values
 
 
-def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+def rows_from_v2(
+    request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
+) -> np.ndarray:
     """Open Inference Protocol inputs -> float64 matrix. Two layouts are accepted:
 
     - one tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order;
@@ -363,17 +429,29 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
     inputs = list(request.inputs or [])
     k = len(model.features)
     if not inputs:
-        raise InvalidRequest("'inputs' is empty; send one [n, k] tensor or one tensor per feature")
+        raise InvalidRequest(
+            "'inputs' is empty; send one [n, k] tensor or one tensor per feature"
+        )
     for idx, inp in enumerate(inputs):
         if inp.datatype not in V2_FLOAT | V2_INT:
             raise InvalidRequest(
                 f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; use FP64/FP32 or an INT type"
             )
         shape = inp.shape
-        if not isinstance(shape, list) or not shape or any(type(s) is not int or s < 0 for s in shape):
-            raise InvalidRequest(f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or any(type(s) is not int or s < 0 for s in shape)
+        ):
+            raise InvalidRequest(
+                f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes"
+            )
     names = [inp.name for inp in inputs]
-    if len(inputs) == 1 and names[0] not in model.features or (len(inputs) == 1 and k == 1 and len(inputs[0].shape) == 2):
+    if (
+        len(inputs) == 1
+        and names[0] not in model.features
+        or (len(inputs) == 1 and k == 1 and len(inputs[0].shape) == 2)
+    ):
         inp = inputs[0]
         shape = inp.shape
         if len(shape) == 1:
@@ -386,7 +464,9 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
         n = shape[0]
         values = _tensor_values(inp, "inputs[0]", inp.datatype in V2_INT)
         if len(values) != n * k:
-            raise InvalidRequest(f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}")
+            raise InvalidRequest(
+                f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}"
+            )
         rows = np.asarray(values, dtype="float64").reshape(n, k)
     else:
         if sorted(names) != sorted(model.features) or len(set(names)) != len(names):
@@ -402,20 +482,28 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
         for f in model.features:
             i, inp = by_name[f]
             if not (len(inp.shape) == 1 or (len(inp.shape) == 2 and inp.shape[1] == 1)):
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]")
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]"
+                )
             if n is None:
                 n = inp.shape[0]
             elif inp.shape[0] != n:
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}")
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}"
+                )
             values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
             if len(values) != n:
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}")
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}"
+                )
             columns.append(values)
         rows = np.asarray(columns, dtype="float64").T.reshape(n, k)
     if rows.shape[0] == 0:
         raise InvalidRequest("the request holds no instances; send at least one")
     if rows.shape[0] > max_instances:
-        raise InvalidRequest(f"the request holds {rows.shape[0]} instances; at most {max_instances} per request")
+        raise InvalidRequest(
+            f"the request holds {rows.shape[0]} instances; at most {max_instances} per request"
+        )
     for j, d in enumerate(model.dtypes):
         if d in INT_DTYPES and not np.all(np.mod(rows[:, j], 1) == 0):
             raise InvalidRequest(f"feature {model.features[j]!r} takes whole numbers")
@@ -450,7 +538,7 @@ def make_predictor_class():
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferRequest
 
-    class RegressionPredictor(Model):  # noqa: F811 - the real class
+    class RegressionPredictor(Model):
         """One model version. ``load()`` reads the directory; ``predict()`` checks, caches, predicts, logs."""
 
         def __init__(
@@ -473,16 +561,34 @@ def make_predictor_class():
         def load(self) -> bool:
             self.model = load_model_dir(self.model_dir, expected_name=self.name)
             m = self.model
-            self._ok = {p: REQUESTS.labels(m.name, m.version, self.stage, p, "ok") for p in ("v1", "v2")}
-            self._invalid = {p: REQUESTS.labels(m.name, m.version, self.stage, p, "invalid") for p in ("v1", "v2")}
+            self._ok = {
+                p: REQUESTS.labels(m.name, m.version, self.stage, p, "ok")
+                for p in ("v1", "v2")
+            }
+            self._invalid = {
+                p: REQUESTS.labels(m.name, m.version, self.stage, p, "invalid")
+                for p in ("v1", "v2")
+            }
             self._instances = INSTANCES.labels(m.name, m.version, self.stage)
             self._latency = LATENCY.labels(m.name, m.version, self.stage)
             self.ready = True
-            log.info("loaded %s %s (%d features) from %s", m.name, m.version, len(m.features), self.model_dir)
+            log.info(
+                "loaded %s %s (%d features) from %s",
+                m.name,
+                m.version,
+                len(m.features),
+                self.model_dir,
+            )
             return self.ready
 
         def get_input_types(self) -> list[dict]:
-            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.model.features)]}]
+            return [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": [-1, len(self.model.features)],
+                }
+            ]
 
         def get_output_types(self) -> list[dict]:
             return [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
@@ -490,7 +596,9 @@ def make_predictor_class():
         async def preprocess(self, payload, headers=None):
             protocol = "v2" if isinstance(payload, InferRequest) else "v1"
             try:
-                if isinstance(payload, (bytes, str)):  # sent without content-type: application/json
+                if isinstance(
+                    payload, (bytes, str)
+                ):  # sent without content-type: application/json
                     payload = _json_body(payload)
                 if protocol == "v2":
                     rows = rows_from_v2(payload, self.model, self.max_instances)
@@ -500,7 +608,11 @@ def make_predictor_class():
                 self._invalid[protocol].inc()
                 raise InvalidInput(str(exc)) from None
             v2_id = payload.id if protocol == "v2" else None
-            rid = request_id_from(headers) if headers and (headers.get("ce-id") or headers.get("x-request-id")) else None
+            rid = (
+                request_id_from(headers)
+                if headers and (headers.get("ce-id") or headers.get("x-request-id"))
+                else None
+            )
             return _Decoded(rows, protocol, rid or v2_id or uuid.uuid4().hex, v2_id)
 
         def validate(self, payload):
@@ -525,15 +637,28 @@ def make_predictor_class():
             if payload.protocol == "v2":
                 # An Open Inference Protocol response, serialized here: kserve's v2 endpoint sends bytes as they
                 # are, which skips a pydantic round trip per request (RequestGuard adds the content type).
-                return orjson.dumps({
-                    "model_name": self.name,
-                    "model_version": self.model.version,
-                    "id": payload.v2_id or payload.request_id,
-                    "parameters": None,
-                    "outputs": [{"name": "predict", "shape": [len(values)], "datatype": "FP64", "parameters": None,
-                                 "data": values}],
-                })
-            return {"predictions": values, "model_name": self.name, "model_version": self.model.version}
+                return orjson.dumps(
+                    {
+                        "model_name": self.name,
+                        "model_version": self.model.version,
+                        "id": payload.v2_id or payload.request_id,
+                        "parameters": None,
+                        "outputs": [
+                            {
+                                "name": "predict",
+                                "shape": [len(values)],
+                                "datatype": "FP64",
+                                "parameters": None,
+                                "data": values,
+                            }
+                        ],
+                    }
+                )
+            return {
+                "predictions": values,
+                "model_name": self.name,
+                "model_version": self.model.version,
+            }
 
         def _predict_cached(self, rows: np.ndarray) -> np.ndarray:
             found = self.cache.get_many(rows)
@@ -561,11 +686,20 @@ class RequestGuard:
     """ASGI middleware: bodies over ``max_body`` get 413 before anything parses them, and a request that
     kserve's decoders fail on with a plain Python error (ValueError, TypeError, ...) gets 400, not 500."""
 
-    DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, OverflowError, RecursionError)
+    DECODE_ERRORS = (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        UnicodeDecodeError,
+        OverflowError,
+        RecursionError,
+    )
 
-    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES, fast_lane=None):
         self.app = app
         self.max_body = max_body
+        self.fast_lane = fast_lane
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
@@ -577,7 +711,11 @@ class RequestGuard:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await self._reply(send, 413, f"request body is {int(value)} bytes; the limit is {self.max_body}")
+                    return await self._reply(
+                        send,
+                        413,
+                        f"request body is {int(value)} bytes; the limit is {self.max_body}",
+                    )
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -586,11 +724,19 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return await self._reply(send, 413, f"request body is over the limit of {self.max_body} bytes")
+                return await self._reply(
+                    send,
+                    413,
+                    f"request body is over the limit of {self.max_body} bytes",
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if self.fast_lane is not None:
+            answer = await self.fast_lane.answer(scope, body)
+            if answer is not None:
+                return await self._send_answer(send, *answer)
         delivered = False
 
         async def replay():
@@ -601,7 +747,9 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         started = False
-        binary_v2 = any(n == b"inference-header-content-length" for n, _ in scope.get("headers", []))
+        binary_v2 = any(
+            n == b"inference-header-content-length" for n, _ in scope.get("headers", [])
+        )
         held = None
 
         async def tracking_send(message):
@@ -610,11 +758,34 @@ class RequestGuard:
             nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] == 200 and not any(n == b"content-type" for n, _ in message.get("headers", [])):
-                    message = {**message, "headers": [*message.get("headers", []), (b"content-type", b"application/json")]}
-                if message["status"] in (400, 422):
+                names = {n for n, _ in message.get("headers", [])}
+                if message["status"] == 200 and b"content-type" not in names:
+                    # kserve's v2 endpoint sends pre-serialized bytes without a content type or length
+                    message = {
+                        **message,
+                        "headers": [
+                            *message.get("headers", []),
+                            (b"content-type", b"application/json"),
+                        ],
+                    }
+                if message["status"] in (400, 422) or b"content-length" not in names:
                     held = message
                     return
+            elif (
+                held is not None
+                and held["status"] not in (400, 422)
+                and message["type"] == "http.response.body"
+            ):
+                if not message.get(
+                    "more_body", False
+                ):  # one body: send it with its length, not chunked
+                    length = str(len(message.get("body", b""))).encode()
+                    held = {
+                        **held,
+                        "headers": [*held["headers"], (b"content-length", length)],
+                    }
+                await send(held)
+                held = None
             elif held is not None and message["type"] == "http.response.body":
                 content = message.get("body", b"")
                 try:
@@ -626,8 +797,12 @@ class RequestGuard:
                 if not binary_v2 and b"inference-header-content-length" in content:
                     return await self._reply(send, 400, diagnose_v2_body(body))
                 if b"Unrecognized request format" in content:
-                    detail = json.loads(content).get("error", "").split(":", 1)[-1].strip()
-                    return await self._reply(send, 400, f"the request body is not valid JSON: {detail}")
+                    detail = (
+                        json.loads(content).get("error", "").split(":", 1)[-1].strip()
+                    )
+                    return await self._reply(
+                        send, 400, f"the request body is not valid JSON: {detail}"
+                    )
                 await send(held)
                 held = None
             await send(message)
@@ -641,8 +816,20 @@ class RequestGuard:
             if scope["path"].endswith("/infer") and not binary_v2:
                 message = diagnose_v2_body(body)
             else:
-                message = f"the request could not be decoded: {type(exc).__name__}: {exc}"
+                message = (
+                    f"the request could not be decoded: {type(exc).__name__}: {exc}"
+                )
             await self._reply(send, 400, message[:2000])
+
+    @staticmethod
+    async def _send_answer(send, content: bytes, headers: dict[str, str]) -> None:
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
 
     @staticmethod
     async def _reply(send, status: int, message: str) -> None:
@@ -651,10 +838,117 @@ class RequestGuard:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class _Tensor:
+    __slots__ = ("data", "datatype", "name", "shape")
+
+    def __init__(self, name, shape, datatype, data):
+        self.name, self.shape, self.datatype, self.data = name, shape, datatype, data
+
+
+class _V2Body:
+    """The fields of a JSON v2 request that ``rows_from_v2`` reads, or None when anything is unusual."""
+
+    __slots__ = ("id", "inputs")
+
+    def __init__(self, inputs, rid):
+        self.inputs, self.id = inputs, rid
+
+    @classmethod
+    def parse(cls, doc) -> _V2Body | None:
+        if (
+            type(doc) is not dict
+            or set(doc) - {"inputs", "id", "parameters"}
+            or type(doc.get("inputs")) is not list
+        ):
+            return None
+        rid = doc.get("id")
+        if rid is not None and type(rid) is not str:
+            return None
+        tensors = []
+        for t in doc["inputs"]:
+            if (
+                type(t) is not dict
+                or set(t) - {"name", "shape", "datatype", "data", "parameters"}
+                or type(t.get("name")) is not str
+                or type(t.get("datatype")) is not str
+                or type(t.get("shape")) is not list
+                or type(t.get("data")) is not list
+                or t.get("parameters") not in (None, {})
+            ):
+                return None
+            tensors.append(_Tensor(t["name"], t["shape"], t["datatype"], t["data"]))
+        return cls(tensors, rid)
+
+
+class FastLane:
+    """Answers *valid* JSON predict requests for this model straight from the ``RegressionPredictor``
+    (its ``predict``, so the same checks, cache, metrics, logging and headers), without FastAPI's routing and
+    pydantic models: about half of a request's CPU. Anything else (an invalid, unusual, binary or
+    CloudEvent request, another model, metadata, health) returns None and takes kserve's own route, which
+    gives the error answers."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.v1_path = f"/v1/models/{predictor.name}:predict"
+        self.v2_path = f"/v2/models/{predictor.name}/infer"
+
+    async def answer(self, scope, body: bytes):
+        path = scope["path"]
+        if path != self.v1_path and path != self.v2_path:
+            return None
+        p = self.predictor
+        if not p.ready:
+            return None
+        headers = {}
+        for name, value in scope.get("headers", []):
+            if name in (b"ce-id", b"x-request-id"):
+                headers[name.decode()] = value.decode("latin-1")
+            elif (
+                name == b"inference-header-content-length"
+                or name.startswith(b"ce-spec")
+                or (name == b"content-type" and b"cloudevents" in value)
+            ):
+                return None
+        try:
+            doc = orjson.loads(body)
+            if path == self.v1_path:
+                protocol, rows, v2_id = (
+                    "v1",
+                    rows_from_v1(doc, p.model, p.max_instances),
+                    None,
+                )
+            else:
+                request = _V2Body.parse(doc)
+                if request is None:
+                    return None
+                protocol, rows, v2_id = (
+                    "v2",
+                    rows_from_v2(request, p.model, p.max_instances),
+                    request.id,
+                )
+        except (orjson.JSONDecodeError, InvalidRequest):
+            return None
+        rid = (
+            (request_id_from(headers) if any(headers.values()) else None)
+            or v2_id
+            or uuid.uuid4().hex
+        )
+        response_headers: dict[str, str] = {}
+        result = await p.predict(
+            _Decoded(rows, protocol, rid, v2_id), headers, response_headers
+        )
+        return (
+            result if isinstance(result, bytes) else orjson.dumps(result)
+        ), response_headers
 
 
 # --- process entry --------------------------------------------------------------------------------
@@ -665,28 +959,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m kfrelease.serving.predictor",
         description="Serve one registered regression model version with KServe's ModelServer.",
     )
-    p.add_argument("--model-dir", required=True, help="model directory, /mnt/models (ModelCar) or s3://models/artifacts/<model>/<V>/")
-    p.add_argument("--name", required=True, help="model name (the URL's /v1/models/<name>)")
+    p.add_argument(
+        "--model-dir",
+        required=True,
+        help="model directory, /mnt/models (ModelCar) or s3://models/artifacts/<model>/<V>/",
+    )
+    p.add_argument(
+        "--name", required=True, help="model name (the URL's /v1/models/<name>)"
+    )
     p.add_argument("--stage", default="production", choices=STAGES)
     p.add_argument("--http-port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    p.add_argument("--logger-url", default=None, help="log sink URL; no logging without it")
-    p.add_argument("--cache", default=None, help="off (default), lru, lru:N or redis://host:port/db")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)"
+    )
+    p.add_argument(
+        "--logger-url", default=None, help="log sink URL; no logging without it"
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="off (default), lru, lru:N or redis://host:port/db",
+    )
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    p.add_argument(
+        "--no-fast-lane",
+        action="store_true",
+        help="answer every request through kserve's FastAPI routes (slower; same answers)",
+    )
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kfrelease"))
-    p.add_argument("--inference-service", default=None, help="InferenceService name in log events (default: the model name)")
+    p.add_argument(
+        "--inference-service",
+        default=None,
+        help="InferenceService name in log events (default: the model name)",
+    )
     return p.parse_args(argv)
 
 
 def build(args: argparse.Namespace):
     """The predictor object for parsed arguments (loaded; its logger started). Used by main and tests."""
-    from kfrelease.config import Settings
     from kfrelease.serving.cache import cache_from_option
+
+    from kfrelease.config import Settings
 
     settings = Settings.from_env()
     model_dir = resolve_model_dir(args.model_dir, settings)
-    predictor = make_predictor_class()(args.name, model_dir, stage=args.stage, max_instances=args.max_instances)
+    predictor = make_predictor_class()(
+        args.name, model_dir, stage=args.stage, max_instances=args.max_instances
+    )
     predictor.load()
     loaded = predictor.model
     if args.logger_url:
@@ -707,7 +1027,13 @@ def build(args: argparse.Namespace):
     return predictor
 
 
-def serve(predictor, http_port: int, host: str = "127.0.0.1", max_body: int = DEFAULT_MAX_BODY_BYTES) -> None:
+def serve(
+    predictor,
+    http_port: int,
+    host: str = "127.0.0.1",
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+    fast_lane: bool = True,
+) -> None:
     """Run KServe's ModelServer (REST only, one worker) for ``predictor`` on ``host:http_port``."""
     import asyncio
 
@@ -754,9 +1080,17 @@ def serve(predictor, http_port: int, host: str = "127.0.0.1", max_body: int = DE
     # Every request is checked finite by rows_from_v1/v2 before it reaches the model, so scikit-learn's own
     # per-call finiteness scan is redundant in this process (sklearn.set_config, "assume_finite").
     sklearn.set_config(assume_finite=True)
-    app.add_middleware(RequestGuard, max_body=max_body)
+    app.add_middleware(
+        RequestGuard,
+        max_body=max_body,
+        fast_lane=FastLane(predictor) if fast_lane else None,
+    )
     server = LocalModelServer(
-        http_port=http_port, enable_grpc=False, workers=1, grace_period=5, enable_latency_logging=False
+        http_port=http_port,
+        enable_grpc=False,
+        workers=1,
+        grace_period=5,
+        enable_latency_logging=False,
     )
     # Per-request trace and access lines cost more than the prediction itself; errors are still logged.
     for name in ("kserve.trace", "uvicorn.access"):
@@ -775,13 +1109,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # kserve.model_server parses sys.argv when imported; give it only the program name.
     sys.argv = sys.argv[:1]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         predictor = build(args)
     except KfreleaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
-    serve(predictor, args.http_port, args.host, args.max_body_bytes)
+    serve(
+        predictor,
+        args.http_port,
+        args.host,
+        args.max_body_bytes,
+        fast_lane=not args.no_fast_lane,
+    )
     return 0
 
 

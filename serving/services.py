@@ -17,7 +17,13 @@ def logsink_service(settings: Settings) -> Service:
     return Service(
         name="logsink",
         port=settings.port("logsink"),
-        command=[sys.executable, "-m", "kfrelease.serving.sink", "--port", str(settings.port("logsink"))],
+        command=[
+            sys.executable,
+            "-m",
+            "kfrelease.serving.sink",
+            "--port",
+            str(settings.port("logsink")),
+        ],
         health_path="/healthz",
         group="serving",
         startup_timeout=60,
@@ -25,11 +31,21 @@ def logsink_service(settings: Settings) -> Service:
 
 
 def feedback_service(settings: Settings, model: str | None = None) -> Service:
-    command = [sys.executable, "-m", "kfrelease.serving.feedback", "--port", str(settings.port("feedback"))]
+    command = [
+        sys.executable,
+        "-m",
+        "kfrelease.serving.feedback",
+        "--port",
+        str(settings.port("feedback")),
+    ]
     if model:
         command += ["--model", model]
     return Service(
-        name="feedback", port=settings.port("feedback"), command=command, health_path="/healthz", group="serving",
+        name="feedback",
+        port=settings.port("feedback"),
+        command=command,
+        health_path="/healthz",
+        group="serving",
         startup_timeout=60,
     )
 
@@ -53,14 +69,28 @@ def predictor_service(
     if stage not in STAGE_PORT_OFFSET:
         from kfrelease.errors import ConfigError
 
-        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGE_PORT_OFFSET)}")
+        raise ConfigError(
+            f"stage {stage!r} is not one of {', '.join(STAGE_PORT_OFFSET)}"
+        )
     port = port or predictor_port(settings, stage)
     command = [
-        sys.executable, "-m", "kfrelease.serving.predictor",
-        "--model-dir", str(model_dir), "--name", model_name, "--stage", stage, "--http-port", str(port),
+        sys.executable,
+        "-m",
+        "kfrelease.serving.predictor",
+        "--model-dir",
+        str(model_dir),
+        "--name",
+        model_name,
+        "--stage",
+        stage,
+        "--http-port",
+        str(port),
     ]
     if logger_url:
-        command += ["--logger-url", settings.url("logsink", "/") if logger_url == "default" else logger_url]
+        command += [
+            "--logger-url",
+            settings.url("logsink", "/") if logger_url == "default" else logger_url,
+        ]
     if cache:
         command += ["--cache", cache]
     command += list(extra_args)

@@ -47,10 +47,22 @@ TYPES = {
 }
 NAMESPACE_UUID = uuid.UUID("6f1c1f52-8d7e-4a51-9a47-0c3b2f3f6c11")
 
-EVENTS = Counter("kfrelease_logsink_events", "CloudEvents received, by result (written, duplicate, invalid).", ["result"])
-UPLOADED = Counter("kfrelease_logsink_uploaded_events", "Events written to the object store.")
-PENDING = Gauge("kfrelease_logsink_pending_events", "Events acknowledged but not yet in the object store.")
-STORE_UP = Gauge("kfrelease_logsink_store_up", "1 when the last upload to the object store succeeded.")
+EVENTS = Counter(
+    "kfrelease_logsink_events",
+    "CloudEvents received, by result (written, duplicate, invalid).",
+    ["result"],
+)
+UPLOADED = Counter(
+    "kfrelease_logsink_uploaded_events", "Events written to the object store."
+)
+PENDING = Gauge(
+    "kfrelease_logsink_pending_events",
+    "Events acknowledged but not yet in the object store.",
+)
+STORE_UP = Gauge(
+    "kfrelease_logsink_store_up",
+    "1 when the last upload to the object store succeeded.",
+)
 
 
 class InvalidEvent(KfreleaseError):
@@ -69,7 +81,9 @@ def _stage(headers: dict, isvc: str) -> str:
     return "staging" if isvc.endswith(("-staging", "-shadow")) else "production"
 
 
-def _instances(data, features: list[str] | None) -> tuple[list | None, list[str] | None]:
+def _instances(
+    data, features: list[str] | None
+) -> tuple[list | None, list[str] | None]:
     """Instances as lists in feature order, from a v1 or v2 request body."""
     if not isinstance(data, dict):
         return None, features
@@ -81,7 +95,11 @@ def _instances(data, features: list[str] | None) -> tuple[list | None, list[str]
         return inst, features
     inputs = data.get("inputs")
     if isinstance(inputs, list) and inputs and all(isinstance(t, dict) for t in inputs):
-        if len(inputs) == 1 and len(inputs[0].get("shape") or []) in (1, 2) and inputs[0].get("name") not in (features or []):
+        if (
+            len(inputs) == 1
+            and len(inputs[0].get("shape") or []) in (1, 2)
+            and inputs[0].get("name") not in (features or [])
+        ):
             t = inputs[0]
             shape = t["shape"] if len(t["shape"]) == 2 else [1, t["shape"][0]]
             flat = _flat(t.get("data") or [])
@@ -115,29 +133,46 @@ def _predictions(data) -> list | None:
 
 def event_line(headers: dict, body: bytes) -> dict:
     """One binary-mode CloudEvent (lower-case header names) -> the JSON line of docs/CONTRACTS.md."""
-    missing = [h for h in ("ce-id", "ce-type", "ce-specversion", "ce-source") if not headers.get(h)]
+    missing = [
+        h
+        for h in ("ce-id", "ce-type", "ce-specversion", "ce-source")
+        if not headers.get(h)
+    ]
     if missing:
-        raise InvalidEvent(f"not a binary-mode CloudEvent: headers {missing} are missing")
+        raise InvalidEvent(
+            f"not a binary-mode CloudEvent: headers {missing} are missing"
+        )
     kind = TYPES.get(headers["ce-type"])
     if kind is None:
-        raise InvalidEvent(f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}")
+        raise InvalidEvent(
+            f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}"
+        )
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"the event data is not JSON: {exc}") from None
     isvc = headers.get("ce-inferenceservicename", "")
     features = [f for f in headers.get("ce-features", "").split(",") if f] or None
-    model = headers.get("ce-model") or (data.get("model_name") if isinstance(data, dict) else None) or isvc
+    model = (
+        headers.get("ce-model")
+        or (data.get("model_name") if isinstance(data, dict) else None)
+        or isvc
+    )
     for suffix in ("-staging", "-shadow", "-canary"):
         if not headers.get("ce-model") and model.endswith(suffix):
             model = model[: -len(suffix)]
     if not model or "/" in model or model.startswith("."):
-        raise InvalidEvent("the event names no usable model (ce-model or ce-inferenceservicename)")
-    version = headers.get("ce-modelversion") or (data.get("model_version") if isinstance(data, dict) else None)
+        raise InvalidEvent(
+            "the event names no usable model (ce-model or ce-inferenceservicename)"
+        )
+    version = headers.get("ce-modelversion") or (
+        data.get("model_version") if isinstance(data, dict) else None
+    )
     line = {
         "id": headers["ce-id"],
         "type": kind,
-        "time": headers.get("ce-time") or dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "time": headers.get("ce-time")
+        or dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
         "source": headers["ce-source"],
         "model": model,
         "model_version": version,
@@ -157,7 +192,9 @@ def event_line(headers: dict, body: bytes) -> dict:
             line["features"] = features
     else:
         line["predictions"] = _predictions(data)
-    if (line.get("instances") if kind == "request" else line.get("predictions")) is None:
+    if (
+        line.get("instances") if kind == "request" else line.get("predictions")
+    ) is None:
         line["data"] = data  # kept as sent; readers skip it
     return line
 
@@ -166,9 +203,19 @@ def structured_to_binary(event: dict) -> tuple[dict, bytes]:
     """A structured-mode event (dict) -> (headers, body) as in binary mode."""
     if not isinstance(event, dict):
         raise InvalidEvent("a structured CloudEvent must be a JSON object")
-    headers = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "data_base64", "datacontenttype")}
+    headers = {
+        f"ce-{k}": str(v)
+        for k, v in event.items()
+        if k not in ("data", "data_base64", "datacontenttype")
+    }
     data = event.get("data")
-    body = data.encode() if isinstance(data, str) else orjson.dumps(data) if data is not None else b""
+    body = (
+        data.encode()
+        if isinstance(data, str)
+        else orjson.dumps(data)
+        if data is not None
+        else b""
+    )
     return headers, body
 
 
@@ -193,7 +240,10 @@ class WriteAheadLog:
 
     def closed_segments(self) -> list[Path]:
         current = getattr(self, "current", None)
-        return sorted((p for p in self.dir.glob("*.jsonl") if p != current), key=lambda p: int(p.name.split("-")[0]))
+        return sorted(
+            (p for p in self.dir.glob("*.jsonl") if p != current),
+            key=lambda p: int(p.name.split("-")[0]),
+        )
 
     def append(self, lines: list[bytes]) -> None:
         """Append and fsync (called from a worker thread)."""
@@ -201,7 +251,7 @@ class WriteAheadLog:
             if self.fh is None:
                 self.current = self.dir / f"{self.seq:012d}-{uuid.uuid4().hex}.jsonl"
                 self.seq += 1
-                self.fh = open(self.current, "ab")
+                self.fh = open(self.current, "ab")  # noqa: SIM115 - kept open until rotate()
                 self.opened_at = time.monotonic()
                 self.current_events = 0
             self.fh.write(b"".join(lines))
@@ -222,7 +272,9 @@ class WriteAheadLog:
 
 def batch_objects(segment: Path) -> dict[str, bytes]:
     """The objects one segment becomes: key -> JSON Lines bytes (one object per model and UTC day)."""
-    groups: dict[tuple[str, str], list[tuple[str, bytes]]] = collections.defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[str, bytes]]] = collections.defaultdict(
+        list
+    )
     with open(segment, "rb") as fh:
         for raw in fh:
             if not raw.strip():
@@ -233,7 +285,9 @@ def batch_objects(segment: Path) -> dict[str, bytes]:
                 log.warning("skipping a torn line in %s", segment)
                 continue
             t = str(line.get("time") or "")
-            groups[(line["model"], t[:10])].append((t, raw if raw.endswith(b"\n") else raw + b"\n"))
+            groups[(line["model"], t[:10])].append(
+                (t, raw if raw.endswith(b"\n") else raw + b"\n")
+            )
     out = {}
     for (model, day), items in groups.items():
         first = min(t for t, _ in items)
@@ -246,7 +300,7 @@ def batch_objects(segment: Path) -> dict[str, bytes]:
 class Uploader(threading.Thread):
     """Moves closed WAL segments of a ``BatchWriter`` into its bucket (retrying with back-off)."""
 
-    def __init__(self, writer: "BatchWriter", interval: float):
+    def __init__(self, writer: BatchWriter, interval: float):
         super().__init__(name=f"{writer.bucket}-uploader", daemon=True)
         self.writer = writer
         self.interval = interval
@@ -261,14 +315,24 @@ class Uploader(threading.Thread):
         """Rotate the open segment if due and upload every closed one; True if nothing is left."""
         w = self.writer
         wal = w.wal
-        if wal.fh is not None and (force or wal.age() >= self.interval or wal.current_events >= w.max_segment_events):
+        if wal.fh is not None and (
+            force
+            or wal.age() >= self.interval
+            or wal.current_events >= w.max_segment_events
+        ):
             wal.rotate()
         for segment in wal.closed_segments():
             try:
                 objects = batch_objects(segment)
                 for key, data in objects.items():
                     try:
-                        w.store.put_bytes(w.bucket, key, data, content_type="application/x-ndjson", if_none_match=True)
+                        w.store.put_bytes(
+                            w.bucket,
+                            key,
+                            data,
+                            content_type="application/x-ndjson",
+                            if_none_match=True,
+                        )
                     except Conflict:
                         pass  # uploaded before a crash or retry: the same key holds the same lines
                 n = sum(d.count(b"\n") for d in objects.values())
@@ -277,7 +341,12 @@ class Uploader(threading.Thread):
                 self.backoff = 0.5
             except Exception as exc:  # noqa: BLE001 - keep the segment, retry later
                 w.store_up(False)
-                log.warning("upload of %s failed (%s); kept locally, retrying in %.1f s", segment.name, exc, self.backoff)
+                log.warning(
+                    "upload of %s failed (%s); kept locally, retrying in %.1f s",
+                    segment.name,
+                    exc,
+                    self.backoff,
+                )
                 self.stop_event.wait(self.backoff)
                 self.backoff = min(self.backoff * 2, 10.0)
                 return False
@@ -289,7 +358,14 @@ class BatchWriter:
     """Durable JSON-lines batches for one bucket: ``append`` returns once the lines are fsync'ed in the
     local WAL (group commit); the uploader moves them to ``<bucket>/<model>/<day>/<HHMMSS>-<uuid>.jsonl``."""
 
-    def __init__(self, store, bucket: str, wal_dir: Path, flush_interval: float = 2.0, max_segment_events: int = 20_000):
+    def __init__(
+        self,
+        store,
+        bucket: str,
+        wal_dir: Path,
+        flush_interval: float = 2.0,
+        max_segment_events: int = 20_000,
+    ):
         self.store = store
         self.bucket = bucket
         self.wal = WriteAheadLog(wal_dir)
@@ -364,27 +440,42 @@ class BatchWriter:
         self.wal.rotate()
         try:
             self.uploader.flush_once(force=True)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "last upload before stopping failed (%s); the WAL keeps the events for the next start",
+                exc,
+            )
 
 
 # --- the service ---------------------------------------------------------------------------------
 
 
 class LogSink:
-    def __init__(self, settings: Settings, wal_dir: Path | None = None, store=None, flush_interval: float = 2.0,
-                 dedup_window: int = 500_000, max_segment_events: int = 20_000):
+    def __init__(
+        self,
+        settings: Settings,
+        wal_dir: Path | None = None,
+        store=None,
+        flush_interval: float = 2.0,
+        dedup_window: int = 500_000,
+        max_segment_events: int = 20_000,
+    ):
         from kfrelease.storage import store_for
 
         self.settings = settings
         self.writer = BatchWriter(
-            store or store_for("serving", settings), BUCKET, wal_dir or settings.service_dir("logsink") / "wal",
-            flush_interval, max_segment_events,
+            store or store_for("serving", settings),
+            BUCKET,
+            wal_dir or settings.service_dir("logsink") / "wal",
+            flush_interval,
+            max_segment_events,
         )
         self.dedup_window = dedup_window
         self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         n = 0
-        for line in self.writer.existing_lines():  # not yet uploaded: remember their keys
+        for (
+            line
+        ) in self.writer.existing_lines():  # not yet uploaded: remember their keys
             if {"source", "id", "type"} <= set(line):
                 self._remember((line["source"], line["id"], line["type"]))
                 n += 1
@@ -422,18 +513,21 @@ class LogSink:
 
 
 def create_app(sink: LogSink):
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     max_body = 8 * 1024 * 1024
 
     async def receive(request: Request):
         body = await request.body()
         if len(body) > max_body:
-            return JSONResponse({"error": f"event body is {len(body)} bytes; the limit is {max_body}"}, 413)
+            return JSONResponse(
+                {"error": f"event body is {len(body)} bytes; the limit is {max_body}"},
+                413,
+            )
         headers = {k.lower(): v for k, v in request.headers.items()}
         ctype = headers.get("content-type", "").split(";")[0].strip()
         try:
@@ -453,14 +547,18 @@ def create_app(sink: LogSink):
             result = await sink.accept(lines)
         except OSError as exc:
             log.error("write-ahead file not writable: %s", exc)
-            return JSONResponse({"error": f"the sink could not store the event durably: {exc}"}, 503)
+            return JSONResponse(
+                {"error": f"the sink could not store the event durably: {exc}"}, 503
+            )
         return JSONResponse(result, 200)
 
     async def health(_request):
         return JSONResponse({"ok": True, "pending": sink.pending})
 
     async def metrics(_request):
-        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
+        return Response(
+            generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST}
+        )
 
     return Starlette(
         routes=[
@@ -474,18 +572,34 @@ def create_app(sink: LogSink):
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.sink", description="Prediction-log sink.")
-    p.add_argument("--port", type=int, default=None, help="default: the stack's logsink port")
+    p = argparse.ArgumentParser(
+        prog="python -m kfrelease.serving.sink", description="Prediction-log sink."
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="default: the stack's logsink port"
+    )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--flush-interval", type=float, default=2.0, help="seconds between uploads of the WAL")
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=2.0,
+        help="seconds between uploads of the WAL",
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.from_env()
     sink = LogSink(settings, flush_interval=args.flush_interval)
     sink.writer.start()
     try:
-        uvicorn.run(create_app(sink), host=args.host, port=args.port or settings.port("logsink"),
-                    log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(sink),
+            host=args.host,
+            port=args.port or settings.port("logsink"),
+            log_level="warning",
+            access_log=False,
+        )
     finally:
         sink.writer.stop()
     return 0

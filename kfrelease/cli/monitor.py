@@ -111,7 +111,7 @@ def register(cli: click.Group) -> None:
                 r["version"],
                 r["stage"],
                 r["window"],
-                r["start"][:19],
+                r["start"][5:16].replace("T", " "),
                 r["status"],
                 r["labelled"],
                 r["predictions"],

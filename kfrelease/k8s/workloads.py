@@ -254,7 +254,8 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                         }
                     ]
                 },
-                # Knative names the model server's container port "user-port".
+                # Knative names the model server's container port "user-port"; scraping it directly bypasses the
+                # queue-proxy, so scrapes never count as load for the autoscaler (knative/serving#5775).
                 "podMetricsEndpoints": [
                     {"port": "user-port", "path": "/metrics", "interval": "15s"}
                 ],

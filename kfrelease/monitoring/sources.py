@@ -6,15 +6,13 @@ frame as the serving part's ``kfrelease.serving.logs.read_predictions`` (docs/CO
 fields a window needs, in float64 arrays, so one window over a million logged predictions stays within
 seconds and a few hundred MB (bench/results/monitoring.md); the serving reader builds a Python dict per
 event, which took ~8 s and 0.6 GB per 100k predictions. Batches whose instances do not match the model's
-input schema are skipped, left in place and reported. Ground truth is read by the serving part's
-``kfrelease.serving.feedback.read_feedback`` (``_read_jsonl_feedback`` where serving is not installed);
-what it logs as warnings becomes the run's warnings. Only the day partitions between ``since`` and
-``until`` are read.
+input schema are skipped, left in place and reported. Ground truth is read the same way
+(``_read_columnar_feedback``, same frame as ``kfrelease.serving.feedback.read_feedback``). Only the day
+partitions between ``since`` and ``until`` are read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -39,22 +37,6 @@ def _days(store: ObjectStore, bucket: str, model: str, since, until) -> list[str
     lo = pd.Timestamp(since).strftime("%Y-%m-%d") if since is not None else None
     hi = pd.Timestamp(until).strftime("%Y-%m-%d") if until is not None else None
     return [d for d in days if (lo is None or d >= lo) and (hi is None or d <= hi)]
-
-
-def _lines(
-    store: ObjectStore, bucket: str, model: str, since, until, warnings: list[str]
-):
-    for day in _days(store, bucket, model, since, until):
-        for obj in store.iter(bucket, f"{model}/{day}/"):
-            for n, line in enumerate(store.get_bytes(bucket, obj.key).splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield obj.key, json.loads(line)
-                except ValueError:
-                    warnings.append(
-                        f"{store.uri(bucket, obj.key)} line {n} is not JSON; skipped"
-                    )
 
 
 def _log_schema():
@@ -222,19 +204,67 @@ def _read_columnar_logs(
     return frame[columns].reset_index(drop=True)
 
 
-def _read_jsonl_feedback(
-    store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
-) -> pd.DataFrame:
-    warnings = warnings if warnings is not None else []
+def _feedback_batch(data: bytes, uri: str, warnings: list[str]) -> pd.DataFrame:
+    """One feedback batch: column-wise when every truth is a number, else line by line (lists of truths)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    schema = pa.schema(
+        [("request_id", pa.string()), ("truth", pa.float64()), ("time", pa.string())]
+    )
+    try:
+        table = pj.read_json(
+            io.BytesIO(data),
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+        frame = table.to_pandas()
+        frame.insert(1, "instance", 0)
+        return frame
+    except pa.ArrowInvalid:
+        pass
     rows = []
-    for _key, ev in _lines(store, FEEDBACK_BUCKET, model, since, None, warnings):
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            warnings.append(f"{uri} line {n} is not JSON; skipped")
+            continue
         truth = ev.get("truth")
-        values = truth if isinstance(truth, list) else [truth]
-        for i, v in enumerate(values):
+        for i, v in enumerate(truth if isinstance(truth, list) else [truth]):
             rows.append((str(ev.get("request_id")), i, v, ev.get("time")))
     frame = pd.DataFrame(rows, columns=["request_id", "instance", "truth", "time"])
     frame["truth"] = pd.to_numeric(frame["truth"], errors="coerce")
     return frame
+
+
+def _read_columnar_feedback(
+    store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
+) -> pd.DataFrame:
+    """The CONTRACTS ground-truth frame (``request_id, instance, truth, time``), read column-wise."""
+    warnings = warnings if warnings is not None else []
+    parts = [
+        _feedback_batch(
+            store.get_bytes(FEEDBACK_BUCKET, obj.key),
+            store.uri(FEEDBACK_BUCKET, obj.key),
+            warnings,
+        )
+        for day in _days(store, FEEDBACK_BUCKET, model, since, None)
+        for obj in store.iter(FEEDBACK_BUCKET, f"{model}/{day}/")
+    ]
+    columns = ["request_id", "instance", "truth", "time"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(parts, ignore_index=True)[columns]
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    if since is not None:
+        frame = frame[frame["time"] >= pd.Timestamp(since)]
+    return frame.reset_index(drop=True)
 
 
 def read_predictions(
@@ -253,33 +283,9 @@ def read_predictions(
 def read_feedback(
     store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
 ) -> pd.DataFrame:
-    """Ground truth of ``model`` since ``since`` (serving's reader when present)."""
-    try:
-        from kfrelease.serving.feedback import read_feedback as serving_reader
-    except ImportError:
-        return _read_jsonl_feedback(store, model, since, warnings)
-    with _captured_warnings("kfrelease.serving", warnings):
-        return serving_reader(store, model, since=since)
-
-
-@contextlib.contextmanager
-def _captured_warnings(logger_name: str, warnings: list[str] | None):
-    """Collect the warnings a reader logs (skipped lines, bad batches) into the run's warnings."""
-    if warnings is None:
-        yield
-        return
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            warnings.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    target = logging.getLogger(logger_name)
-    target.addHandler(handler)
-    try:
-        yield
-    finally:
-        target.removeHandler(handler)
+    """Ground truth of ``model`` since ``since``: the CONTRACTS frame of
+    ``kfrelease.serving.feedback.read_feedback``, read column-wise."""
+    return _read_columnar_feedback(store, model, since, warnings)
 
 
 def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:

@@ -130,7 +130,14 @@ def _iso(ts) -> str | None:
 
 
 def _utc(series: pd.Series) -> pd.Series:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return series.dt.tz_convert("UTC")
     return pd.to_datetime(series, utc=True, format="ISO8601")
+
+
+def _ids(series: pd.Series) -> pd.Series:
+    # readers give strings already; converting a million of them costs a second
+    return series if series.dtype == object else series.astype(str)
 
 
 def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFrame:
@@ -155,7 +162,7 @@ def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFram
         out["instance"] = 0
     out["instance"] = out["instance"].fillna(0).astype("int64")
     out["time"] = _utc(out["time"])
-    out["request_id"] = out["request_id"].astype(str)
+    out["request_id"] = _ids(out["request_id"])
     return out
 
 
@@ -171,7 +178,7 @@ def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
     if "instance" not in out.columns:
         out["instance"] = 0
     out["instance"] = out["instance"].fillna(0).astype("int64")
-    out["request_id"] = out["request_id"].astype(str)
+    out["request_id"] = _ids(out["request_id"])
     out = out.rename(columns={"time": "truth_time"})
     if "truth_time" in out.columns:
         out["truth_time"] = _utc(out["truth_time"])
@@ -186,8 +193,8 @@ def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
 def join_ground_truth(preds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Left join: every prediction, with ``truth`` (NaN when unlabelled) and ``truth_time``."""
     joined = preds.merge(
-        truth, on=["request_id", "instance"], how="left", validate="many_to_one"
-    )
+        truth, on=["request_id", "instance"], how="left"
+    )  # truth has one row per (request_id, instance): prepare_feedback keeps the latest label
     bad = joined["truth"].notna() & ~np.isfinite(joined["truth"].astype("float64"))
     if bad.any():
         joined.loc[bad, "truth"] = np.nan
@@ -332,13 +339,12 @@ def compute_windows(
         ["model_version", "stage"], sort=True
     ):
         group = _assign_windows(group, spec)
-        ids = sorted(group["_w"].unique())
+        last = int(group["_w"].max())
         if latest_only:
-            ids = ids[-1:]
+            group = group[group["_w"] == last]
         base = baselines.get(version, {})
-        for w in ids:
-            rows = group[group["_w"] == w]
-            with_drift = drift_for == "all" or (drift_for == "latest" and w == ids[-1])
+        for w, rows in group.groupby("_w", sort=True):
+            with_drift = drift_for == "all" or (drift_for == "latest" and w == last)
             res, dr = compute_window(
                 rows,
                 model=model,

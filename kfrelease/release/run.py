@@ -79,3 +79,67 @@ def run_release(settings: Settings, model: str, version: str, spec: RolloutSpec 
                      if current and current.primary else None)
         controller = ReleaseController(settings, spec, driver, preflight_url=preflight, on_decision=on_decision)
         return controller.run(version)
+
+
+# --- the release pipeline's steps (each a KFP component; see pipelines/release_pipeline.py) --------------
+
+
+def driver_for(settings: Settings, spec: RolloutSpec):
+    """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
+    from the registry entries), else the local gateway."""
+    if os.environ.get("KFRELEASE_TARGET") == "cluster":
+        from kfrelease.registry import ModelRegistry
+        from kfrelease.release.k8s_driver import KServeTrafficDriver, KubernetesObjects
+        from kfrelease.storage import store_for
+
+        uris = {}
+        for mv in ModelRegistry(store_for("pipeline", settings)).list(spec.model):
+            image = mv.entry.get("image")
+            uris[mv.version] = (f"oci://{image['ref'].split('@')[0].split(':')[0]}@{image['digest']}" if image
+                                else f"s3://models/artifacts/{spec.model}/{mv.version}/")
+        return KServeTrafficDriver(spec, uris, KubernetesObjects())
+    from kfrelease.serving.gateway import LocalGatewayDriver
+
+    ensure_serving_services(settings)
+    return LocalGatewayDriver(settings, spec)
+
+
+def _controller(settings: Settings, spec: RolloutSpec) -> ReleaseController:
+    return ReleaseController(settings, spec, driver_for(settings, spec))
+
+
+def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
+    """``first`` (promoted at once: no production model of its tag) or ``shadow`` (a champion to beat)."""
+    controller = _controller(settings, spec)
+    mv, production = controller.preflight(version)
+    if production is None or production.tag != mv.tag:
+        controller.first_of_tag(mv, production)
+        return "first"
+    return "shadow"
+
+
+def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
+    """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``wait`` (traffic back to production)."""
+    controller = _controller(settings, spec)
+    _, production = controller.preflight(version)
+    verdict = controller.shadow(version, production.version)
+    if report_path and verdict.html:
+        Path(report_path).write_text(verdict.html)
+    if verdict.decision != "pass":
+        controller.outcome_after_shadow(version, production.version, verdict)
+    return verdict.decision
+
+
+def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
+    """The canary steps after a passed shadow gate: ``promoted`` or ``rolled_back``."""
+    controller = _controller(settings, spec)
+    _, production = controller.preflight(version)
+    return controller.canary(version, production.version).result
+
+
+def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:
+    """The rollout spec a pipeline step was given (YAML text; empty: the packaged default) for ``model``."""
+    from kfrelease.rollout.spec import parse_rollout_spec
+
+    spec = parse_rollout_spec(spec_yaml, "release pipeline spec_yaml") if spec_yaml.strip() else load_rollout_spec()
+    return dataclasses.replace(spec, model=model) if spec.model != model else spec

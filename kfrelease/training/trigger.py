@@ -96,6 +96,10 @@ def trigger(
         run_id = f"train-{commit[:12]}"
         source = {"repo": str(Path(repo or ".").resolve())}
     store = _store(settings)
+    if not auto:
+        from kfrelease.data.publish import get_version
+
+        get_version(store, spec.dataset, dataset_version)  # unknown dataset (version): refuse before any run exists
     record = runs.create_run(store, run_id, {
         **source,
         "commit": commit,

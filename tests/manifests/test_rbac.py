@@ -111,6 +111,7 @@ def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(
         ("ServiceAccount", PROFILE_SA),
         ("User", sources.envs.team.release_owner),
     }, f"{env}: unexpected run creators {creators}"
+    print(f"\n{env}: may create runs in {RELEASE_NS}: {sorted(creators)}")
     team = {ws.email for ws in sources.workspaces} | {
         sources.envs.team.data_engineering_owner,
         sources.envs.team.data_science_owner,

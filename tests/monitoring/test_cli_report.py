@@ -149,7 +149,10 @@ def test_bad_batches_and_missing_labels_are_reported_and_nothing_is_lost(stack):
     assert (
         by_stage["canary"].status == "no-ground-truth" and by_stage["canary"].r2 is None
     )
-    assert any("do not match the model's 2 input features" in w and "bad.jsonl" in w for w in run.outcome.warnings)
+    assert any(
+        "do not match the model's 2 input features" in w and "bad.jsonl" in w
+        for w in run.outcome.warnings
+    )
     # the skipped request's label is reported as matching no prediction
     assert any(
         w.startswith("1 ground-truth label(s)") and "input schema (2 features)" in w
@@ -181,11 +184,17 @@ def test_too_few_labels_is_insufficient_in_the_record_and_in_the_gauges(stack):
     )
 
 
-def test_columnar_reader_gives_the_serving_readers_rows(stack):
+def test_columnar_readers_give_the_serving_readers_rows(stack):
     serving_logs = pytest.importorskip("kfrelease.serving.logs")
-    from kfrelease.monitoring.sources import read_predictions
+    serving_feedback = pytest.importorskip("kfrelease.serving.feedback")
+    from kfrelease.monitoring.sources import read_feedback, read_predictions
 
-    model = seed_model(stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("canary", 2.0)}, n=120, hours=1)
+    model = seed_model(
+        stack,
+        {"V1.1.0": ("production", 1.0), "V1.2.0": ("canary", 2.0)},
+        n=120,
+        hours=1,
+    )
     store = store_for("monitoring", stack)
     mine = read_predictions(store, model, FEATURES)
     theirs = serving_logs.read_predictions(store, model, features=FEATURES)
@@ -193,3 +202,11 @@ def test_columnar_reader_gives_the_serving_readers_rows(stack):
     mine, theirs = (f.sort_values(key).reset_index(drop=True) for f in (mine, theirs))
     assert len(mine) == 240
     pd.testing.assert_frame_equal(mine[theirs.columns], theirs, check_dtype=False)
+    mine_t = read_feedback(store, model).sort_values(key).reset_index(drop=True)
+    theirs_t = (
+        serving_feedback.read_feedback(store, model)
+        .sort_values(key)
+        .reset_index(drop=True)
+    )
+    assert len(mine_t) == 240
+    pd.testing.assert_frame_equal(mine_t[theirs_t.columns], theirs_t, check_dtype=False)

@@ -33,11 +33,7 @@ def test_drift_result_names_the_drifted_column_and_renders_html():
 def test_large_windows_are_sampled_for_evidently():
     ref, cur = frames(n=3000)
     result = data_drift(ref, cur, ["a", "b"], max_rows=1000)
-    assert (
-        result.rows_current == 1000
-        and result.rows_reference == 1000
-       
-    )
+    assert result.rows_current == 1000 and result.rows_reference == 1000
 
 
 @pytest.mark.parametrize("side", ["reference", "current"])
@@ -64,9 +60,13 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     for name in ("prometheus", "pushgateway", "alertmanager", "alert-receiver"):
         st = supervisor.service_status(stack, name)
         assert st.healthy and st.url.startswith("http://127.0.0.1:"), st
-    targets = httpx.get(stack.url("prometheus", "/api/v1/targets")).json()["data"][
-        "activeTargets"
-    ]
+    deadline = time.monotonic() + 30
+    while True:  # target discovery runs shortly after start
+        body = httpx.get(stack.url("prometheus", "/api/v1/targets")).json()
+        targets = body["data"]["activeTargets"]
+        if len(targets) >= 9 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     jobs = {t["labels"]["job"] for t in targets}
     assert {
         "prometheus",

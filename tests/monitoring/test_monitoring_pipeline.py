@@ -99,4 +99,6 @@ def test_pipeline_compiles_with_a_report_task_per_window(tmp_path):
     tasks = doc["root"]["dag"]["tasks"]
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("Output")
-    assert doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"
+    assert (
+        doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"
+    )

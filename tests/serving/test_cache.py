@@ -11,11 +11,21 @@ import time
 import numpy as np
 import pytest
 import redis as redis_client
+from kfrelease.serving.cache import (
+    CACHE_LOOKUPS,
+    RedisCache,
+    cache_from_option,
+)
+from kfrelease.serving.predictor import build, parse_args
 
 from kfrelease.errors import ConfigError
-from kfrelease.serving.cache import CACHE_LOOKUPS, LRUCache, RedisCache, cache_from_option
-from kfrelease.serving.predictor import build, parse_args
-from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, free_port, make_model_dir
+from tests.serving.serving_helpers import (
+    FEATURES,
+    curated_frame,
+    expected_predictions,
+    free_port,
+    make_model_dir,
+)
 
 
 def _count(model, version, result) -> float:
@@ -24,13 +34,17 @@ def _count(model, version, result) -> float:
 
 def _predictor(tmp_path, cache: str | None):
     model_dir = make_model_dir(tmp_path / "models", name="cache-test", version="V1.1.0")
-    args = parse_args(["--model-dir", str(model_dir), "--name", "cache-test", "--http-port", "1"]
-                      + (["--cache", cache] if cache else []))
+    args = parse_args(
+        ["--model-dir", str(model_dir), "--name", "cache-test", "--http-port", "1"]
+        + (["--cache", cache] if cache else [])
+    )
     return build(args), model_dir
 
 
 def _ask(predictor, rows) -> list[float]:
-    response, headers = asyncio.run(predictor({"instances": rows}, {"x-request-id": "r"}))
+    response, headers = asyncio.run(
+        predictor({"instances": rows}, {"x-request-id": "r"})
+    )
     assert headers["x-model-version"] == "V1.1.0"
     return response["predictions"]
 
@@ -45,7 +59,10 @@ def test_lru_answers_like_the_model_and_counts_hits_and_misses(tmp_path):
     predictor, model_dir = _predictor(tmp_path, "lru:50")
     frame = curated_frame().iloc[:30]
     rows = frame[FEATURES].values.tolist()
-    hits0, misses0 = _count("cache-test", "V1.1.0", "hit"), _count("cache-test", "V1.1.0", "miss")
+    hits0, misses0 = (
+        _count("cache-test", "V1.1.0", "hit"),
+        _count("cache-test", "V1.1.0", "miss"),
+    )
     first = _ask(predictor, rows[:20])
     mixed = _ask(predictor, rows[10:30])  # 10 cached, 10 new
     assert first == expected_predictions(model_dir, frame.iloc[:20])
@@ -63,11 +80,29 @@ def test_bad_cache_options_are_refused():
             cache_from_option(option, "m", "V1")
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server (Debian package) is not installed")
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server (Debian package) is not installed",
+)
 def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = redis_client.Redis(port=port)
         deadline = time.monotonic() + 10
@@ -80,16 +115,26 @@ def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
                     raise
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
-        a, b, other = RedisCache("m", "V1", url), RedisCache("m", "V1", url), RedisCache("m", "V2", url)
+        a, b, other = (
+            RedisCache("m", "V1", url),
+            RedisCache("m", "V1", url),
+            RedisCache("m", "V2", url),
+        )
         rows = np.array([[1.0, 2.0], [3.0, 4.0]])
         assert a.get_many(rows) == [None, None]
         a.put_many(rows, np.array([10.5, 20.25]))
         assert b.get_many(rows) == [10.5, 20.25], "replicas share entries"
-        assert other.get_many(rows) == [None, None], "another version never answers from these entries"
+        assert other.get_many(rows) == [None, None], (
+            "another version never answers from these entries"
+        )
         predictor, model_dir = _predictor(tmp_path, url)
         frame = curated_frame().iloc[:5]
-        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)
-        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)
+        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
+            model_dir, frame
+        )
+        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
+            model_dir, frame
+        )
         assert _count("cache-test", "V1.1.0", "hit") >= 5
     finally:
         proc.terminate()
@@ -97,4 +142,6 @@ def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
     errors = _count("m", "V1", "error")
     assert a.get_many(rows) == [None, None]
     assert _count("m", "V1", "error") == errors + 2
-    assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)
+    assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
+        model_dir, frame
+    )

@@ -7,6 +7,7 @@ shadow's answers never come back through the gateway.
 
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,6 +181,19 @@ def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gatewa
     assert supervisor.service_status(settings, "predictor-canary").pid is None
     r = _predict(httpx, settings.url("gateway", PREDICT))
     assert r.json()["model_version"] == "V3"
+
+
+def test_switching_the_primary_to_a_version_not_running_fails_no_request(gateway):
+    settings, driver, _ = gateway
+    driver.apply(TrafficState(primary="V3"))
+    with Load(settings.url("gateway", PREDICT), threads=4) as load:
+        driver.apply(TrafficState(primary="V5"))  # started in a spare slot, routed there, production reloaded
+        served = load.ok
+        _wait_for(lambda: [None] * (load.ok - served), 100)
+    assert load.failures == [], load.failures[:3]
+    assert load.versions.get("V5", 0) >= 100 and driver.current() == TrafficState(primary="V5")
+    rec = json.loads((settings.home / "services" / "gateway" / "traffic.json").read_text())
+    assert rec["slots"] == {"production": "V5"} and rec["routes"] == {"primary": "production"}
 
 
 def test_a_bad_state_moves_no_traffic(gateway):

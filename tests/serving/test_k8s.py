@@ -83,6 +83,7 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
         ("diabetes-progression-predictor", 80),
         ("diabetes-progression-v1-2-0-predictor", 20),
     ]
+    assert "headers" not in vs["spec"]["http"][0]  # plain Services: no Host rewrite (Knative needs one)
 
 
 def test_shadow_is_a_staging_service_and_an_istio_mirror():
@@ -212,5 +213,6 @@ def test_promotion_removes_canary_traffic_percent_with_a_null_in_the_patch():
     current = render_release(SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=50), URIS)
     plan = traffic_patches(current, SERVERLESS, TrafficState(primary=V2), URIS)
     (isvc_patch,) = [p for p in plan["patch"] if p["kind"] == "InferenceService"]
-    assert isvc_patch["patch"]["spec"]["predictor"]["canaryTrafficPercent"] is None
+    # exactly KServe's promotion: drop the field; nothing else changes, so Knative makes no new revision
+    assert isvc_patch["patch"] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
     assert plan["create"] == [] and plan["delete"] == []

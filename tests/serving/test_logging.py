@@ -15,16 +15,22 @@ import uuid
 import httpx
 import pandas as pd
 import pytest
+from kfrelease.serving.feedback import read_feedback
+from kfrelease.serving.logs import iter_lines, read_predictions
+from kfrelease.serving.services import feedback_service, logsink_service
 
 from kfrelease.config import Settings
-from kfrelease.serving.feedback import read_feedback
-from kfrelease.serving.logs import count_events, iter_lines, read_predictions
-from kfrelease.serving.services import feedback_service, logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
 from kfrelease.storage import store_for
 from tests.conftest import free_port_offset
-from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, make_model_dir, start_predictor
+from tests.serving.serving_helpers import (
+    FEATURES,
+    curated_frame,
+    expected_predictions,
+    make_model_dir,
+    start_predictor,
+)
 
 pytestmark = pytest.mark.integration
 MODEL = "logging-test-model"
@@ -42,22 +48,40 @@ def serving(stack, tmp_path_factory):
     mp.setenv("KFRELEASE_PORT_OFFSET", str(free_port_offset()))
     mp.setenv("KFRELEASE_S3_PORT", str(stack.port("s3")))
     settings = Settings.from_env()
-    sink = dataclasses.replace(logsink_service(settings), command=logsink_service(settings).command + ["--flush-interval", "0.5"])
+    sink = dataclasses.replace(
+        logsink_service(settings),
+        command=logsink_service(settings).command + ["--flush-interval", "0.5"],
+    )
     feedback = feedback_service(settings, model=MODEL)
-    feedback = dataclasses.replace(feedback, command=feedback.command + ["--flush-interval", "0.5"])
+    feedback = dataclasses.replace(
+        feedback, command=feedback.command + ["--flush-interval", "0.5"]
+    )
     try:
         supervisor.up(settings, [sink, feedback])
         model_dir = make_model_dir(root / "models", name=MODEL, version="V3.1.0")
-        url = start_predictor(settings, model_dir, name=MODEL, logger_url=settings.url("logsink", "/"))
-        yield {"settings": settings, "url": url, "model_dir": model_dir, "sink": sink,
-               "store": store_for("monitoring", settings)}
+        url = start_predictor(
+            settings, model_dir, name=MODEL, logger_url=settings.url("logsink", "/")
+        )
+        yield {
+            "settings": settings,
+            "url": url,
+            "model_dir": model_dir,
+            "sink": sink,
+            "store": store_for("monitoring", settings),
+        }
     finally:
         supervisor.down(settings)
         mp.undo()
 
 
-def _predict(client: httpx.Client, url: str, row: list[float], rid: str) -> httpx.Response:
-    return client.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [row]}, headers={"x-request-id": rid})
+def _predict(
+    client: httpx.Client, url: str, row: list[float], rid: str
+) -> httpx.Response:
+    return client.post(
+        f"{url}/v1/models/{MODEL}:predict",
+        json={"instances": [row]},
+        headers={"x-request-id": rid},
+    )
 
 
 def _wait(check, timeout: float, what: str):
@@ -90,37 +114,62 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     rows = curated_frame().iloc[100:130]
     ids = [f"join-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
     with httpx.Client(timeout=30) as client:
-        answers = [_predict(client, url, r, rid) for r, rid in zip(rows[FEATURES].values.tolist(), ids)]
+        answers = [
+            _predict(client, url, r, rid)
+            for r, rid in zip(rows[FEATURES].values.tolist(), ids)
+        ]
         assert all(a.status_code == 200 for a in answers)
         assert [a.headers["x-request-id"] for a in answers] == ids
-        truths = [{"request_id": rid, "truth": float(t)} for rid, t in zip(ids, rows["progression"])]
+        truths = [
+            {"request_id": rid, "truth": float(t)}
+            for rid, t in zip(ids, rows["progression"])
+        ]
         r = client.post(settings.url("feedback", "/v1/feedback"), json=truths[:10])
         assert r.status_code == 200 and r.json() == {"stored": 10}
         for t in truths[10:]:
-            assert client.post(settings.url("feedback", "/v1/feedback"), json=t).status_code == 200
-        bad = client.post(settings.url("feedback", "/v1/feedback"), json={"request_id": "", "truth": "x"})
+            assert (
+                client.post(
+                    settings.url("feedback", "/v1/feedback"), json=t
+                ).status_code
+                == 200
+            )
+        bad = client.post(
+            settings.url("feedback", "/v1/feedback"),
+            json={"request_id": "", "truth": "x"},
+        )
         assert bad.status_code == 400 and "request_id" in bad.json()["error"]
-        nan = client.post(settings.url("feedback", "/v1/feedback"), content=b'{"request_id": "a", "truth": NaN}')
+        nan = client.post(
+            settings.url("feedback", "/v1/feedback"),
+            content=b'{"request_id": "a", "truth": NaN}',
+        )
         assert nan.status_code == 400
 
     def joined():
         preds = read_predictions(store, MODEL)
         truth = read_feedback(store, MODEL)
-        both = preds[preds.request_id.isin(ids)].merge(truth, on=["request_id", "instance"])
+        both = preds[preds.request_id.isin(ids)].merge(
+            truth, on=["request_id", "instance"]
+        )
         return both if len(both) == len(ids) else None
 
     both = _wait(joined, 30, "30 predictions joined with their ground truth")
     both = both.set_index("request_id").loc[ids]
     assert both["truth"].tolist() == rows["progression"].tolist()
-    assert both["prediction"].tolist() == expected_predictions(serving["model_dir"], rows)
-    assert set(both["model_version"]) == {"V3.1.0"} and set(both["stage"]) == {"production"}
+    assert both["prediction"].tolist() == expected_predictions(
+        serving["model_dir"], rows
+    )
+    assert set(both["model_version"]) == {"V3.1.0"} and set(both["stage"]) == {
+        "production"
+    }
     assert both[FEATURES].values.tolist() == rows[FEATURES].values.tolist()
 
 
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith(name + "{") and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -141,14 +190,16 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
                 rid = f"outage-{i}-{uuid.uuid4().hex[:6]}"
                 try:
                     r = _predict(client, url, features[i % len(features)], rid)
-                    (sent if r.status_code == 200 else failures).append(rid if r.status_code == 200 else f"{r.status_code}")
+                    (sent if r.status_code == 200 else failures).append(
+                        rid if r.status_code == 200 else f"{r.status_code}"
+                    )
                 except httpx.HTTPError as exc:
                     failures.append(repr(exc))
                 i += 1
                 stop.wait(0.04)
 
     t0 = time.monotonic()
-    at = lambda s: time.sleep(max(0.0, t0 + s - time.monotonic()))  # noqa: E731 - the scenario's clock
+    at = lambda s: time.sleep(max(0.0, t0 + s - time.monotonic()))
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
     s3_down_for = sink_down_for = 0.0
@@ -178,13 +229,26 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
     assert len(sent) >= 800
     assert pending > 0
     ids = set(sent)
-    counts, raw = _wait(lambda: (c := _counts_for(store, ids)) and c[0]["response"] == len(ids) and c[0]["request"] == len(ids) and c,
-                        120, f"{len(ids)} requests and responses in the store")
+    counts, raw = _wait(
+        lambda: (
+            (c := _counts_for(store, ids))
+            and c[0]["response"] == len(ids)
+            and c[0]["request"] == len(ids)
+            and c
+        ),
+        120,
+        f"{len(ids)} requests and responses in the store",
+    )
     assert counts == {"request": len(ids), "response": len(ids)}, "sent != logged"
+    print(f"outage: {len(ids)} predictions sent, {counts} distinct events logged, {raw} lines, {pending} pending at 42 s")
     assert raw == 2 * len(ids), f"{raw - 2 * len(ids)} duplicate lines were written"
     metrics = httpx.get(f"{url}/metrics").text
-    assert _metric(metrics, "kfrelease_predictor_log_events_total", result="dropped") == 0
-    assert _metric(metrics, "kfrelease_predictor_log_events_total", result="spooled") > 0, "the sink outage was not seen"
+    assert (
+        _metric(metrics, "kfrelease_predictor_log_events_total", result="dropped") == 0
+    )
+    assert (
+        _metric(metrics, "kfrelease_predictor_log_events_total", result="spooled") > 0
+    ), "the sink outage was not seen"
     assert re.search(r"kfrelease_predictor_log_backlog\{[^}]*\} 0\.0", metrics)
     frame = read_predictions(store, MODEL)
     assert frame[frame.request_id.isin(ids)].groupby("request_id").size().eq(1).all()

@@ -10,11 +10,19 @@ import sys
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from kfrelease.config import Settings
 from kfrelease.stack import supervisor
-from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, make_model_dir, start_predictor
+from tests.serving.serving_helpers import (
+    FEATURES,
+    curated_frame,
+    expected_predictions,
+    make_model_dir,
+    start_predictor,
+)
 
 MODEL = "diabetes-progression"
 
@@ -24,7 +32,9 @@ def predictor(tmp_path_factory):
     root = tmp_path_factory.mktemp("predictor")
     settings = Settings(home=root / "home")
     model_dir = make_model_dir(root / "models")
-    url = start_predictor(settings, model_dir, extra_args=("--max-body-bytes", "200000"))
+    url = start_predictor(
+        settings, model_dir, extra_args=("--max-body-bytes", "200000")
+    )
     client = httpx.Client(base_url=url, timeout=30)
     yield client, model_dir
     client.close()
@@ -39,22 +49,46 @@ def rows():
 def test_v1_lists_and_named_instances_equal_the_joblib_model_exactly(predictor, rows):
     client, model_dir = predictor
     expected = expected_predictions(model_dir, rows)
-    as_lists = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[FEATURES].values.tolist()})
+    as_lists = client.post(
+        f"/v1/models/{MODEL}:predict",
+        json={"instances": rows[FEATURES].values.tolist()},
+    )
     named = rows[FEATURES].to_dict(orient="records")
-    as_objects = client.post(f"/v1/models/{MODEL}:predict", json={"instances": named[::-1]})
+    as_objects = client.post(
+        f"/v1/models/{MODEL}:predict", json={"instances": named[::-1]}
+    )
     assert as_lists.status_code == 200, as_lists.text
     assert as_lists.json()["predictions"] == expected
     assert as_objects.json()["predictions"] == expected[::-1]
 
 
-def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(predictor, rows):
+def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(
+    predictor, rows
+):
     client, model_dir = predictor
     expected = expected_predictions(model_dir, rows)
     matrix = rows[FEATURES].values
-    one_tensor = {"inputs": [{"name": "input-0", "shape": list(matrix.shape), "datatype": "FP64",
-                              "data": matrix.ravel().tolist()}]}
-    per_feature = {"inputs": [{"name": f, "shape": [len(rows)], "datatype": "FP64", "data": rows[f].tolist()}
-                              for f in reversed(FEATURES)]}
+    one_tensor = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(matrix.shape),
+                "datatype": "FP64",
+                "data": matrix.ravel().tolist(),
+            }
+        ]
+    }
+    per_feature = {
+        "inputs": [
+            {
+                "name": f,
+                "shape": [len(rows)],
+                "datatype": "FP64",
+                "data": rows[f].tolist(),
+            }
+            for f in reversed(FEATURES)
+        ]
+    }
     for body in (one_tensor, per_feature):
         r = client.post(f"/v2/models/{MODEL}/infer", json=body)
         assert r.status_code == 200, r.text
@@ -62,13 +96,18 @@ def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(predict
         assert doc["outputs"][0]["data"] == expected
         assert doc["outputs"][0]["shape"] == [len(rows)]
         assert doc["model_version"] == "V1.1.0"
+        assert r.headers["content-type"] == "application/json"
 
 
 def test_every_answer_names_the_version_and_carries_the_request_id(predictor, rows):
     client, _ = predictor
     body = {"instances": [rows[FEATURES].iloc[0].tolist()]}
-    by_ce = client.post(f"/v1/models/{MODEL}:predict", json=body, headers={"ce-id": "req-ce-1"})
-    by_xrid = client.post(f"/v1/models/{MODEL}:predict", json=body, headers={"x-request-id": "req-x-1"})
+    by_ce = client.post(
+        f"/v1/models/{MODEL}:predict", json=body, headers={"ce-id": "req-ce-1"}
+    )
+    by_xrid = client.post(
+        f"/v1/models/{MODEL}:predict", json=body, headers={"x-request-id": "req-x-1"}
+    )
     fresh = client.post(f"/v1/models/{MODEL}:predict", json=body)
     for r in (by_ce, by_xrid, fresh):
         assert r.headers["x-model-version"] == "V1.1.0"
@@ -76,8 +115,20 @@ def test_every_answer_names_the_version_and_carries_the_request_id(predictor, ro
     assert by_ce.headers["x-request-id"] == "req-ce-1"
     assert by_xrid.headers["x-request-id"] == "req-x-1"
     assert len(fresh.headers["x-request-id"]) >= 16
-    v2 = client.post(f"/v2/models/{MODEL}/infer", headers={"x-request-id": "req-v2"},
-                     json={"inputs": [{"name": "x", "shape": [1, 11], "datatype": "FP64", "data": body["instances"][0]}]})
+    v2 = client.post(
+        f"/v2/models/{MODEL}/infer",
+        headers={"x-request-id": "req-v2"},
+        json={
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 11],
+                    "datatype": "FP64",
+                    "data": body["instances"][0],
+                }
+            ]
+        },
+    )
     assert v2.headers["x-model-version"] == "V1.1.0" and v2.json()["id"] == "req-v2"
 
 
@@ -88,7 +139,10 @@ def test_health_readiness_and_metrics(predictor):
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v1/models/{MODEL}").json()["ready"] is True
     metrics = client.get("/metrics").text
-    assert 'kfrelease_predictor_requests_total{model="diabetes-progression",outcome="ok",protocol="v1"' in metrics
+    assert (
+        'kfrelease_predictor_requests_total{model="diabetes-progression",outcome="ok",protocol="v1"'
+        in metrics
+    )
     assert "kfrelease_predictor_request_seconds_bucket" in metrics
 
 
@@ -101,33 +155,126 @@ BAD_REQUESTS = [
     ("v1", b'{"instances": []}', 400, "empty"),
     ("v1", b'{"instances": 5}', 400, "must be a list"),
     ("v1", b'{"instances": [[1,2,3]]}', 400, "has 3 values; the model takes 11"),
-    ("v1", json.dumps({"instances": [[1.0] * 10 + ["7"]]}).encode(), 400, "is a string"),
+    (
+        "v1",
+        json.dumps({"instances": [[1.0] * 10 + ["7"]]}).encode(),
+        400,
+        "is a string",
+    ),
     ("v1", json.dumps({"instances": [[1.0] * 10 + [None]]}).encode(), 400, "is null"),
-    ("v1", json.dumps({"instances": [[1.0] * 10 + [True]]}).encode(), 400, "is a boolean"),
+    (
+        "v1",
+        json.dumps({"instances": [[1.0] * 10 + [True]]}).encode(),
+        400,
+        "is a boolean",
+    ),
     ("v1", json.dumps({"instances": [[1.0] * 10 + [float("nan")]]}).encode(), 400, ""),
     ("v1", json.dumps({"instances": [{"age": 1}]}).encode(), 400, "missing ['sex'"),
-    ("v1", json.dumps({"instances": [dict.fromkeys(FEATURES[:-1] + ["bmi_xx"], 1.0)]}).encode(), 400, "unknown ['bmi_xx']"),
-    ("v1", b'[1, 2]', 400, "JSON object"),
+    (
+        "v1",
+        json.dumps(
+            {"instances": [dict.fromkeys(FEATURES[:-1] + ["bmi_xx"], 1.0)]}
+        ).encode(),
+        400,
+        "unknown ['bmi_xx']",
+    ),
+    ("v1", b"[1, 2]", 400, "JSON object"),
     ("v2", b'{"inputs": 5}', 400, "inputs"),
     ("v2", b'{"inputs": [1', 400, "not valid JSON"),
     ("v2", b'{"instances": [[1]]}', 400, "/v1/models"),
-    ("v2", json.dumps({"inputs": [{"name": "x", "shape": [1, 11], "datatype": "FP64",
-                                    "data": [1.0] * 10 + [math.inf]}]}, allow_nan=True).encode(), 400, "finite"),
-    ("v2", json.dumps({"inputs": [{"name": "x", "shape": [1, 11], "datatype": "BYTES", "data": ["a"] * 11}]}).encode(),
-     400, "datatype"),
-    ("v2", json.dumps({"inputs": [{"name": "x", "shape": [2, 11], "datatype": "FP64", "data": [1.0] * 11}]}).encode(),
-     400, "needs 22"),
-    ("v2", json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1.0] * 3}]}).encode(),
-     400, "expected [n, 11]"),
-    ("v2", json.dumps({"inputs": [{"name": "age", "shape": [1], "datatype": "FP64", "data": [1.0]},
-                                   {"name": "sex", "shape": [1], "datatype": "FP64", "data": [1.0]}]}).encode(), 400, "missing"),
+    (
+        "v2",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 11],
+                        "datatype": "FP64",
+                        "data": [1.0] * 10 + [math.inf],
+                    }
+                ]
+            },
+            allow_nan=True,
+        ).encode(),
+        400,
+        "finite",
+    ),
+    (
+        "v2",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 11],
+                        "datatype": "BYTES",
+                        "data": ["a"] * 11,
+                    }
+                ]
+            }
+        ).encode(),
+        400,
+        "datatype",
+    ),
+    (
+        "v2",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [2, 11],
+                        "datatype": "FP64",
+                        "data": [1.0] * 11,
+                    }
+                ]
+            }
+        ).encode(),
+        400,
+        "needs 22",
+    ),
+    (
+        "v2",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 3],
+                        "datatype": "FP64",
+                        "data": [1.0] * 3,
+                    }
+                ]
+            }
+        ).encode(),
+        400,
+        "expected [n, 11]",
+    ),
+    (
+        "v2",
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "age", "shape": [1], "datatype": "FP64", "data": [1.0]},
+                    {"name": "sex", "shape": [1], "datatype": "FP64", "data": [1.0]},
+                ]
+            }
+        ).encode(),
+        400,
+        "missing",
+    ),
 ]
 
 
 @pytest.mark.parametrize("kind,body,status,fragment", BAD_REQUESTS)
-def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(predictor, kind, body, status, fragment):
+def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(
+    predictor, kind, body, status, fragment
+):
     client, _ = predictor
-    path = f"/v1/models/{MODEL}:predict" if kind == "v1" else f"/v2/models/{MODEL}/infer"
+    path = (
+        f"/v1/models/{MODEL}:predict" if kind == "v1" else f"/v2/models/{MODEL}/infer"
+    )
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
@@ -135,52 +282,107 @@ def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(predictor, kind, body,
 
 def test_unknown_model_oversized_body_and_missing_content_type(predictor, rows):
     client, _ = predictor
-    r = client.post("/v1/models/no-such-model:predict", json={"instances": [[1.0] * 11]})
+    r = client.post(
+        "/v1/models/no-such-model:predict", json={"instances": [[1.0] * 11]}
+    )
     assert r.status_code == 404 and "no-such-model" in r.json()["error"]
-    big = json.dumps({"instances": [[1.0] * 11] * 5000}).encode()  # > the 200 kB limit set for this server
-    r = client.post(f"/v1/models/{MODEL}:predict", content=big, headers={"content-type": "application/json"})
+    big = json.dumps(
+        {"instances": [[1.0] * 11] * 5000}
+    ).encode()  # > the 200 kB limit set for this server
+    r = client.post(
+        f"/v1/models/{MODEL}:predict",
+        content=big,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "limit" in r.json()["error"]
-    chunked = client.post(f"/v1/models/{MODEL}:predict", content=iter([big[:100_000], big[100_000:]]))
+    chunked = client.post(
+        f"/v1/models/{MODEL}:predict", content=iter([big[:100_000], big[100_000:]])
+    )
     assert chunked.status_code == 413
     # curl's default form content type: still decoded as JSON
-    r = client.post(f"/v1/models/{MODEL}:predict", content=json.dumps({"instances": [rows[FEATURES].iloc[0].tolist()]}),
-                    headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        f"/v1/models/{MODEL}:predict",
+        content=json.dumps({"instances": [rows[FEATURES].iloc[0].tolist()]}),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200, r.text
 
 
 # --- fuzzing: >= 1,000 generated bad payloads, no 5xx ------------------------------------------------
 
 LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=6),
 )
-ANY_JSON = st.recursive(LEAF, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
-                        max_leaves=16)
+ANY_JSON = st.recursive(
+    LEAF,
+    lambda c: (
+        st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4)
+    ),
+    max_leaves=16,
+)
 GOOD = st.floats(-1000, 1000, allow_nan=False)
 ROW = st.lists(st.one_of(GOOD, GOOD, GOOD, LEAF), min_size=0, max_size=13)
-NAMED = st.dictionaries(st.sampled_from(FEATURES + ["bmi_xx", "AGE", ""]), st.one_of(GOOD, LEAF), max_size=12)
-V1 = st.fixed_dictionaries({"instances": st.one_of(st.lists(st.one_of(ROW, NAMED, LEAF), max_size=3), LEAF)},
-                           optional={"parameters": ANY_JSON, "extra": ANY_JSON})
-TENSOR = st.fixed_dictionaries({
-    "name": st.one_of(st.sampled_from(FEATURES + ["input-0"]), st.text(max_size=5)),
-    "shape": st.one_of(st.lists(st.integers(-2, 12), max_size=3), ANY_JSON),
-    "datatype": st.one_of(st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "BOOL", "FP16", "UINT8"]), st.text(max_size=4)),
-    "data": st.one_of(st.lists(st.one_of(GOOD, LEAF, st.lists(GOOD, max_size=11)), max_size=24), ANY_JSON),
-})
-V2 = st.fixed_dictionaries({"inputs": st.one_of(st.lists(TENSOR, max_size=3), ANY_JSON)},
-                           optional={"id": ANY_JSON, "parameters": ANY_JSON, "outputs": ANY_JSON})
-PATHS = st.sampled_from([f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer",
-                         "/v1/models/nope:predict", "/v2/models/nope/infer"])
+NAMED = st.dictionaries(
+    st.sampled_from(FEATURES + ["bmi_xx", "AGE", ""]),
+    st.one_of(GOOD, LEAF),
+    max_size=12,
+)
+V1 = st.fixed_dictionaries(
+    {"instances": st.one_of(st.lists(st.one_of(ROW, NAMED, LEAF), max_size=3), LEAF)},
+    optional={"parameters": ANY_JSON, "extra": ANY_JSON},
+)
+TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.one_of(st.sampled_from(FEATURES + ["input-0"]), st.text(max_size=5)),
+        "shape": st.one_of(st.lists(st.integers(-2, 12), max_size=3), ANY_JSON),
+        "datatype": st.one_of(
+            st.sampled_from(
+                ["FP64", "FP32", "INT64", "BYTES", "BOOL", "FP16", "UINT8"]
+            ),
+            st.text(max_size=4),
+        ),
+        "data": st.one_of(
+            st.lists(st.one_of(GOOD, LEAF, st.lists(GOOD, max_size=11)), max_size=24),
+            ANY_JSON,
+        ),
+    }
+)
+V2 = st.fixed_dictionaries(
+    {"inputs": st.one_of(st.lists(TENSOR, max_size=3), ANY_JSON)},
+    optional={"id": ANY_JSON, "parameters": ANY_JSON, "outputs": ANY_JSON},
+)
+PATHS = st.sampled_from(
+    [
+        f"/v1/models/{MODEL}:predict",
+        f"/v2/models/{MODEL}/infer",
+        "/v1/models/nope:predict",
+        "/v2/models/nope/infer",
+    ]
+)
 HEADERS = st.one_of(
     st.just({"content-type": "application/json"}),
     st.just({"content-type": "text/plain"}),
-    st.builds(lambda n: {"content-type": "application/json", "inference-header-content-length": n},
-              st.one_of(st.text(alphabet="0123456789abcx-", min_size=1, max_size=4), st.integers(-5, 400).map(str))),
+    st.builds(
+        lambda n: {
+            "content-type": "application/json",
+            "inference-header-content-length": n,
+        },
+        st.one_of(
+            st.text(alphabet="0123456789abcx-", min_size=1, max_size=4),
+            st.integers(-5, 400).map(str),
+        ),
+    ),
 )
 
 
 def _encode(doc) -> bytes:
-    return json.dumps(doc, allow_nan=True).encode()  # NaN/Infinity tokens too: invalid JSON for strict parsers
+    return json.dumps(
+        doc, allow_nan=True
+    ).encode()  # NaN/Infinity tokens too: invalid JSON for strict parsers
 
 
 PAYLOADS = st.one_of(
@@ -193,14 +395,25 @@ PAYLOADS = st.one_of(
 FUZZ_RESULTS: list[int] = []
 
 
-@hsettings(max_examples=1100, deadline=None, database=None, derandomize=True,
-           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@hsettings(
+    max_examples=1100,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(path=PATHS, body=PAYLOADS, headers=HEADERS)
 def test_fuzzed_payloads_never_get_a_5xx(predictor, path, body, headers):
     client, _ = predictor
     r = client.post(path, content=body, headers=headers)
     FUZZ_RESULTS.append(r.status_code)
-    assert r.status_code < 500, f"{r.status_code} for {body[:300]!r} on {path} with {headers}: {r.text[:500]}"
+    assert r.status_code < 500, (
+        f"{r.status_code} for {body[:300]!r} on {path} with {headers}: {r.text[:500]}"
+    )
     if r.status_code >= 400 and r.status_code != 422:
         assert isinstance(r.json().get("error"), str) and r.json()["error"]
     if r.status_code == 422:  # FastAPI's own validation answer: JSON with a detail
@@ -215,8 +428,73 @@ def test_the_fuzzing_sent_at_least_1000_payloads_and_most_were_refused():
 
 def test_cli_refuses_a_missing_model_dir_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "kfrelease.serving.predictor", "--model-dir", str(tmp_path / "nope"), "--name", MODEL,
-         "--http-port", "1"], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "kfrelease.serving.predictor",
+            "--model-dir",
+            str(tmp_path / "nope"),
+            "--name",
+            MODEL,
+            "--http-port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: model directory") and proc.stderr.strip().count("\n") == 0
+    assert (
+        proc.stderr.strip().startswith("error: model directory")
+        and proc.stderr.strip().count("\n") == 0
+    )
+
+
+def test_kserve_routes_behind_the_fast_lane_give_the_same_answers(tmp_path, rows):
+    """Valid requests are answered by the fast lane over HTTP; the kserve route (Model.__call__: preprocess,
+    predict) that answers everything else must give the very same numbers, version and id."""
+    import asyncio
+
+    import orjson
+    from kfrelease.serving.predictor import build, parse_args
+    from kserve.protocol.infer_type import InferRequest
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+
+    model_dir = make_model_dir(tmp_path / "models")
+    predictor = build(
+        parse_args(["--model-dir", str(model_dir), "--name", MODEL, "--http-port", "1"])
+    )
+    expected = expected_predictions(model_dir, rows)
+    v1, headers = asyncio.run(
+        predictor({"instances": rows[FEATURES].values.tolist()}, {"ce-id": "k1"})
+    )
+    assert v1["predictions"] == expected and headers == {
+        "x-model-version": "V1.1.0",
+        "x-request-id": "k1",
+    }
+    doc = {
+        "id": "k2",
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [len(rows), 11],
+                "datatype": "FP64",
+                "data": rows[FEATURES].values.ravel().tolist(),
+            }
+        ],
+    }
+    request = InferRequest.from_inference_request(
+        InferenceRequest.model_validate(doc), MODEL
+    )
+    v2, _ = asyncio.run(predictor(request, {}))
+    v2 = orjson.loads(v2)
+    assert (
+        v2["outputs"][0]["data"] == expected
+        and v2["id"] == "k2"
+        and v2["model_version"] == "V1.1.0"
+    )
+    assert predictor.model.fast is not None, (
+        "the fitted pipeline should take the matrix path"
+    )
+    assert predictor.model.predict_frame(rows[FEATURES].values).tolist() == expected

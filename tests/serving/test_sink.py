@@ -7,10 +7,15 @@ import json
 
 import orjson
 import pytest
-from starlette.testclient import TestClient
-
 from kfrelease.serving.logs import count_events, read_predictions
-from kfrelease.serving.sink import InvalidEvent, LogSink, batch_objects, create_app, event_line
+from kfrelease.serving.sink import (
+    InvalidEvent,
+    LogSink,
+    batch_objects,
+    create_app,
+    event_line,
+)
+from starlette.testclient import TestClient
 
 KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensions)
     "ce-specversion": "1.0",
@@ -27,28 +32,72 @@ KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensio
 
 
 def test_kserve_v1_and_v2_requests_and_responses_become_contract_lines():
-    req = event_line(KSERVE_HEADERS, b'{"instances": [{"b": 2, "a": 1}, {"a": 3, "b": 4}]}')
-    assert req["type"] == "request" and req["stage"] == "canary" and req["model"] == "diabetes-progression"
+    req = event_line(
+        KSERVE_HEADERS, b'{"instances": [{"b": 2, "a": 1}, {"a": 3, "b": 4}]}'
+    )
+    assert (
+        req["type"] == "request"
+        and req["stage"] == "canary"
+        and req["model"] == "diabetes-progression"
+    )
     assert req["instances"] == [[2, 1], [4, 3]] and req["features"] == ["b", "a"]
-    named = event_line({**KSERVE_HEADERS, "ce-features": "a,b"}, b'{"instances": [{"b": 2, "a": 1}]}')
+    named = event_line(
+        {**KSERVE_HEADERS, "ce-features": "a,b"}, b'{"instances": [{"b": 2, "a": 1}]}'
+    )
     assert named["instances"] == [[1, 2]]
-    v2 = event_line(KSERVE_HEADERS, json.dumps({"inputs": [
-        {"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}).encode())
+    v2 = event_line(
+        KSERVE_HEADERS,
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [2, 2],
+                        "datatype": "FP64",
+                        "data": [1, 2, 3, 4],
+                    }
+                ]
+            }
+        ).encode(),
+    )
     assert v2["instances"] == [[1, 2], [3, 4]]
-    cols = event_line({**KSERVE_HEADERS, "ce-features": "a,b"}, json.dumps({"inputs": [
-        {"name": "b", "shape": [2], "datatype": "FP64", "data": [2, 4]},
-        {"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 3]}]}).encode())
+    cols = event_line(
+        {**KSERVE_HEADERS, "ce-features": "a,b"},
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "b", "shape": [2], "datatype": "FP64", "data": [2, 4]},
+                    {"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 3]},
+                ]
+            }
+        ).encode(),
+    )
     assert cols["instances"] == [[1, 2], [3, 4]]
-    resp_headers = {**KSERVE_HEADERS, "ce-type": "org.kubeflow.serving.inference.response", "ce-endpoint": "default"}
-    resp = event_line(resp_headers, b'{"model_name": "m", "model_version": "V1.0.0", "outputs": [{"data": [5.5, 6]}]}')
-    assert resp["predictions"] == [5.5, 6] and resp["model_version"] == "V1.0.0" and resp["stage"] == "production"
+    resp_headers = {
+        **KSERVE_HEADERS,
+        "ce-type": "org.kubeflow.serving.inference.response",
+        "ce-endpoint": "default",
+    }
+    resp = event_line(
+        resp_headers,
+        b'{"model_name": "m", "model_version": "V1.0.0", "outputs": [{"data": [5.5, 6]}]}',
+    )
+    assert (
+        resp["predictions"] == [5.5, 6]
+        and resp["model_version"] == "V1.0.0"
+        and resp["stage"] == "production"
+    )
 
 
 @pytest.mark.parametrize(
     "headers,body,fragment",
     [
         ({k: v for k, v in KSERVE_HEADERS.items() if k != "ce-id"}, b"{}", "ce-id"),
-        ({**KSERVE_HEADERS, "ce-type": "com.example.other"}, b"{}", "not an inference event"),
+        (
+            {**KSERVE_HEADERS, "ce-type": "com.example.other"},
+            b"{}",
+            "not an inference event",
+        ),
         (KSERVE_HEADERS, b"{not json", "not JSON"),
         ({**KSERVE_HEADERS, "ce-inferenceservicename": "../x"}, b"{}", "model"),
     ],
@@ -61,14 +110,38 @@ def test_events_that_are_not_inference_cloudevents_are_refused(headers, body, fr
 def test_a_segment_becomes_one_object_per_model_and_day_with_a_stable_key(tmp_path):
     seg = tmp_path / "000000000001-aa.jsonl"
     lines = [
-        {"id": "1", "type": "request", "time": "2026-01-02T23:59:59Z", "model": "m", "source": "s"},
-        {"id": "2", "type": "request", "time": "2026-01-03T00:00:01Z", "model": "m", "source": "s"},
-        {"id": "3", "type": "request", "time": "2026-01-03T00:00:02Z", "model": "n", "source": "s"},
+        {
+            "id": "1",
+            "type": "request",
+            "time": "2026-01-02T23:59:59Z",
+            "model": "m",
+            "source": "s",
+        },
+        {
+            "id": "2",
+            "type": "request",
+            "time": "2026-01-03T00:00:01Z",
+            "model": "m",
+            "source": "s",
+        },
+        {
+            "id": "3",
+            "type": "request",
+            "time": "2026-01-03T00:00:02Z",
+            "model": "n",
+            "source": "s",
+        },
     ]
     seg.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
     first, again = batch_objects(seg), batch_objects(seg)
-    assert first == again  # a retried upload writes the same keys (If-None-Match makes it a no-op)
-    assert sorted(k.rsplit("/", 1)[0] for k in first) == ["m/2026-01-02", "m/2026-01-03", "n/2026-01-03"]
+    assert (
+        first == again
+    )  # a retried upload writes the same keys (If-None-Match makes it a no-op)
+    assert sorted(k.rsplit("/", 1)[0] for k in first) == [
+        "m/2026-01-02",
+        "m/2026-01-03",
+        "n/2026-01-03",
+    ]
     assert all(k.split("/")[2][:6].isdigit() and k.endswith(".jsonl") for k in first)
 
 
@@ -76,36 +149,89 @@ def test_a_segment_becomes_one_object_per_model_and_day_with_a_stable_key(tmp_pa
 def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_path):
     from kfrelease.storage import store_for
 
-    sink = LogSink(stack, wal_dir=tmp_path / "wal", store=store_for("serving", stack), flush_interval=0.2)
+    sink = LogSink(
+        stack,
+        wal_dir=tmp_path / "wal",
+        store=store_for("serving", stack),
+        flush_interval=0.2,
+    )
     model = "sink-test-model"
-    headers = {**KSERVE_HEADERS, "ce-inferenceservicename": model, "ce-model": model, "ce-stage": "production",
-               "ce-modelversion": "V1.0.0", "ce-features": "a,b", "ce-time": "2026-01-02T03:04:05Z"}
+    headers = {
+        **KSERVE_HEADERS,
+        "ce-inferenceservicename": model,
+        "ce-model": model,
+        "ce-stage": "production",
+        "ce-modelversion": "V1.0.0",
+        "ce-features": "a,b",
+        "ce-time": "2026-01-02T03:04:05Z",
+    }
     with TestClient(create_app(sink)) as client:
         r = client.post("/", content=b'{"instances": [[1, 2]]}', headers=headers)
         assert r.status_code == 200 and r.json() == {"written": 1, "duplicates": 0}
         # acknowledged = in the fsync'ed write-ahead file, before any upload
-        wal_lines = [orjson.loads(x) for p in (tmp_path / "wal").glob("*.jsonl") for x in p.read_bytes().splitlines()]
+        wal_lines = [
+            orjson.loads(x)
+            for p in (tmp_path / "wal").glob("*.jsonl")
+            for x in p.read_bytes().splitlines()
+        ]
         assert [x["id"] for x in wal_lines] == ["abc-1"]
         again = client.post("/", content=b'{"instances": [[1, 2]]}', headers=headers)
-        assert again.status_code == 200 and again.json() == {"written": 0, "duplicates": 1}
-        resp = client.post("/", content=b'{"predictions": [9.5]}',
-                           headers={**headers, "ce-type": "org.kubeflow.serving.inference.response"})
+        assert again.status_code == 200 and again.json() == {
+            "written": 0,
+            "duplicates": 1,
+        }
+        resp = client.post(
+            "/",
+            content=b'{"predictions": [9.5]}',
+            headers={**headers, "ce-type": "org.kubeflow.serving.inference.response"},
+        )
         assert resp.json()["written"] == 1
-        shadow = client.post("/", content=b'{"predictions": [7.0]}', headers={
-            **headers, "ce-type": "org.kubeflow.serving.inference.response", "ce-source": "shadow", "ce-stage": "staging"})
-        assert shadow.json()["written"] == 1, "same id from another source is another event"
+        shadow = client.post(
+            "/",
+            content=b'{"predictions": [7.0]}',
+            headers={
+                **headers,
+                "ce-type": "org.kubeflow.serving.inference.response",
+                "ce-source": "shadow",
+                "ce-stage": "staging",
+            },
+        )
+        assert shadow.json()["written"] == 1, (
+            "same id from another source is another event"
+        )
         bad = client.post("/", content=b"{}", headers={"ce-id": "x"})
         assert bad.status_code == 400 and "ce-type" in bad.json()["error"]
-        batch = client.post("/", content=json.dumps([{
-            "specversion": "1.0", "id": "abc-2", "type": "org.kubeflow.serving.inference.request", "source": "b",
-            "time": "2026-01-02T03:04:06Z", "model": model, "data": {"instances": [[3, 4]]}}]),
-            headers={"content-type": "application/cloudevents-batch+json"})
+        batch = client.post(
+            "/",
+            content=json.dumps(
+                [
+                    {
+                        "specversion": "1.0",
+                        "id": "abc-2",
+                        "type": "org.kubeflow.serving.inference.request",
+                        "source": "b",
+                        "time": "2026-01-02T03:04:06Z",
+                        "model": model,
+                        "data": {"instances": [[3, 4]]},
+                    }
+                ]
+            ),
+            headers={"content-type": "application/cloudevents-batch+json"},
+        )
         assert batch.json()["written"] == 1
     sink.writer.stop()
     store = store_for("monitoring", stack)
     assert count_events(store, model) == {"request": 2, "response": 2}
-    raw = [x for o in store.list("inference-logs", f"{model}/") for x in store.get_bytes("inference-logs", o.key).splitlines()]
+    raw = [
+        x
+        for o in store.list("inference-logs", f"{model}/")
+        for x in store.get_bytes("inference-logs", o.key).splitlines()
+    ]
     assert len(raw) == 4, "the duplicate was written"
     frame = read_predictions(store, model)
-    assert frame[["request_id", "a", "b", "prediction"]].values.tolist() == [["abc-1", 1, 2, 9.5]]
-    assert not list((tmp_path / "wal").glob("*.jsonl")), "uploaded segments are removed from the WAL"
+    assert frame[["request_id", "a", "b", "prediction"]].values.tolist() == [
+        ["abc-1", 1, 2, 9.5]
+    ]
+    assert not list((tmp_path / "wal").glob("*.jsonl")), (
+        "uploaded segments are removed from the WAL"
+    )

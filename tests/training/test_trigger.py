@@ -90,6 +90,12 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
     assert refused.returncode == 1 and "unknown estimator 'sklearn.linear_model.Ridgee'" in refused.stderr
     assert store_for("pipeline").stat("models", f"runs/train-{unknown[:12]}/run.json") is None  # no run
 
+    no_data = merge_change(repo, "no-data", {"model.yaml": spec_variant(1, name=name, dataset="no-such-dataset")},
+                           "wrong dataset")
+    refused = run_cli("trigger", "--commit", no_data, "--repo", str(repo))
+    assert refused.returncode == 1 and "dataset 'no-such-dataset' has no published version" in refused.stderr
+    assert store_for("pipeline").stat("models", f"runs/train-{no_data[:12]}/run.json") is None
+
     spec, sha = load_project_at_commit(repo, shas[0])
     from kfrelease.errors import DataValidationError, NotFound
     from kfrelease.training.spec import parse_spec

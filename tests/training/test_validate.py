@@ -24,9 +24,11 @@ def trained():
     return spec, result, metrics
 
 
-def champion_of(model, result, spec, features=None) -> Champion:
-    features = features or list(spec.features)
-    return Champion("V1.1.0", model.fit(result.train[features], result.train[spec.target]), features, result.train)
+def champion_of(model, result, spec, with_training_data=False) -> Champion:
+    """A production model fitted on the same training rows (its training data only when drift is tested)."""
+    features = list(spec.features)
+    return Champion("V1.1.0", model.fit(result.train[features], result.train[spec.target]), features,
+                    result.train if with_training_data else None)
 
 
 def test_first_model_passes_on_thresholds_alone(trained):
@@ -37,7 +39,7 @@ def test_first_model_passes_on_thresholds_alone(trained):
 
 
 def test_thresholds_fail_with_the_numbers_in_the_reason(trained):
-    spec, result, metrics = trained
+    _, result, metrics = trained
     strict = parse_spec(spec_variant(1, validation={"max_rmse": 10.0, "min_r2": 0.9}))
     verdict = validate(strict, metrics, result.test, result.train, None)
     assert not verdict.passed and len(verdict.reasons) == 2
@@ -69,7 +71,7 @@ def test_a_champion_needing_other_inputs_is_not_comparable(trained):
 
 def test_drift_is_reported_and_unavailable_drift_does_not_fail(trained, monkeypatch):
     spec, result, metrics = trained
-    champ = champion_of(Ridge(alpha=10.0), result, spec)
+    champ = champion_of(Ridge(alpha=10.0), result, spec, with_training_data=True)
     shifted = result.train.assign(bmi=result.train["bmi"] + 15)
     verdict = validate(spec, metrics, result.test, shifted, champ)
     assert verdict.drift["available"] and "bmi" in verdict.drift["drifted"] and verdict.passed  # reported only

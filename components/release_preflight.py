@@ -1,0 +1,22 @@
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def release_preflight(model: str, version: str, spec_yaml: str) -> str:
+    """Check a release before any traffic moves; the first model of a tag goes to production at once.
+
+    Args:
+        model: the registered model name.
+        version: the staging candidate, e.g. V1.2.0.
+        spec_yaml: the rollout spec (YAML text; empty: the packaged default).
+
+    Returns:
+        "first" (promoted: no production model of its tag) or "shadow" (it must beat production).
+    """
+    import logging
+
+    from kfrelease.config import Settings
+    from kfrelease.release.run import pipeline_spec, preflight_step
+
+    logging.basicConfig(level=logging.INFO)
+    return preflight_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

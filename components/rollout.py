@@ -1,0 +1,25 @@
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def rollout(model: str, version: str, spec_yaml: str) -> str:
+    """Canary steps (e.g. 10 -> 25 -> 50 -> 100 %) with checks at each step, then promote or roll back.
+
+    At each step: error rate and p99 latency of the canary, and its RMSE on labelled requests against
+    production's; a failed check rolls back (canary 0 %, candidate rejected, production untouched).
+
+    Args:
+        model: the registered model name.
+        version: the candidate that passed the shadow gate.
+        spec_yaml: the rollout spec (YAML text; empty: the packaged default).
+
+    Returns:
+        "promoted" or "rolled_back".
+    """
+    import logging
+
+    from kfrelease.config import Settings
+    from kfrelease.release.run import pipeline_spec, rollout_step
+
+    logging.basicConfig(level=logging.INFO)
+    return rollout_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

@@ -1,0 +1,46 @@
+"""The release pipeline (KFP) on kfp.local with the real stack: both branches of its conditions. The first
+model skips the shadow (outer condition false); a clearly worse candidate is stopped by the shadow gate
+(outer true, inner false: the canary never starts)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.runner import run_release_pipeline
+from kfrelease.storage import store_for
+from kfrelease.training.spec import load_project_at_commit, parse_spec
+from kfrelease.training.steps import run_inline
+from tests.release.test_release_flow import bad_spec_text, release_env, small_spec, traffic  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(release_env):
+    from kfrelease.demo.flow import create_release_demo_project
+
+    settings, ds, name, tmp = release_env
+    shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
+    spec = small_spec(name, shadow={"min_labelled_samples": 20})
+    spec_file = tmp / "rollout.yaml"
+    doc = dataclasses.asdict(spec)
+    doc["canary"]["steps"] = list(doc["canary"]["steps"])
+    spec_file.write_text(yaml.safe_dump(doc))
+    registry = ModelRegistry(store_for("pipeline", settings))
+
+    model_spec, commit = load_project_at_commit(tmp / "project", shas[0])
+    v1 = run_inline(model_spec, commit, settings=settings, containerize=False)
+    assert run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
+
+    bad = run_inline(parse_spec(bad_spec_text(name, ds.name)), "c" * 40, settings=settings, containerize=False)
+    with traffic(settings, name) as gen:
+        assert run_release_pipeline(settings, name, bad.version, str(spec_file)) == "rejected"
+        stats = gen.stop()
+    assert stats.failed == 0 and bad.version not in stats.versions  # it only ever saw mirrored copies
+    last = registry.history(name, bad.version)[-1]
+    assert last["evidence"]["phase"] == "shadow" and last["evidence"]["decision"] == "fail"
+    assert not any(e["evidence"].get("phase") == "canary" for e in registry.history(name, bad.version))
+    assert registry.current(name, "production").version == v1.version
