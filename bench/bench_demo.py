@@ -27,26 +27,61 @@ def _offset() -> int:
 
 def main() -> dict:
     home = Path(tempfile.mkdtemp(prefix="kfrelease-bench-demo-"))
-    env = {**os.environ, "KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(_offset()), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "KFRELEASE_HOME": str(home),
+        "KFRELEASE_PORT_OFFSET": str(_offset()),
+        "COLUMNS": "200",
+    }
     env.pop("KFRELEASE_ROLLOUT_SPEC", None)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "kfrelease.cli", "demo"], capture_output=True, text=True,
-                          env=env, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfrelease.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+        check=False,
+    )
     wall = time.monotonic() - started
-    subprocess.run([sys.executable, "-m", "kfrelease.cli", "down"], capture_output=True, env=env, timeout=120)
-    steps = [(m.group(1), float(m.group(2))) for m in re.finditer(r"\d+/\d+ (.+?)\s*─*\n(?:.*\n)*?done in ([\d.]+) s",
-                                                                   proc.stdout)]
+    subprocess.run(
+        [sys.executable, "-m", "kfrelease.cli", "down"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    steps = [
+        (m.group(1), float(m.group(2)))
+        for m in re.finditer(
+            r"\d+/\d+ (.+?)\s*─*\n(?:.*\n)*?done in ([\d.]+) s", proc.stdout
+        )
+    ]
     load = os.getloadavg()[0]
-    result = {"wall_seconds": round(wall, 1), "goal_seconds": GOAL_SECONDS, "met": proc.returncode == 0 and wall <
-              GOAL_SECONDS, "exit_code": proc.returncode, "load_1m": round(load, 1), "cpus": os.cpu_count(),
-              "steps": steps, "tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
+    result = {
+        "wall_seconds": round(wall, 1),
+        "goal_seconds": GOAL_SECONDS,
+        "met": proc.returncode == 0 and wall < GOAL_SECONDS,
+        "exit_code": proc.returncode,
+        "load_1m": round(load, 1),
+        "cpus": os.cpu_count(),
+        "steps": steps,
+        "tail": proc.stdout[-3000:] + proc.stderr[-2000:],
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "demo.json").write_text(json.dumps(result, indent=2))
-    md = [f"### Full demo flow (`kfrelease demo`), {os.cpu_count()} shared cores, load {load:.1f}", "",
-          "| step | wall time (s) |", "| --- | ---: |"]
+    md = [
+        f"### Full demo flow (`kfrelease demo`), {os.cpu_count()} shared cores, load {load:.1f}",
+        "",
+        "| step | wall time (s) |",
+        "| --- | ---: |",
+    ]
     md += [f"| {name} | {sec:.1f} |" for name, sec in steps]
-    md += [f"| **total** (exit code {proc.returncode}) | **{wall:.1f}** |", "",
-           f"Goal < {GOAL_SECONDS:.0f} s: **{'met' if result['met'] else 'not met'}**."]
+    md += [
+        f"| **total** (exit code {proc.returncode}) | **{wall:.1f}** |",
+        "",
+        f"Goal < {GOAL_SECONDS:.0f} s: **{'met' if result['met'] else 'not met'}**.",
+    ]
     (RESULTS / "demo.md").write_text("\n".join(md) + "\n")
     return result
 

@@ -167,31 +167,43 @@ def main() -> dict:
             print(json.dumps(rows[-1]), flush=True)
     finally:
         supervisor.down(settings)
+    doc = summarize(rows)
+    write_results(doc)
+    return doc
+
+
+def summarize(rows: list[dict]) -> dict:
     largest = rows[-1]
     per_row = [(r["seconds"] - r.get("drift_s", 0)) / r["rows"] * 1e6 for r in rows]
-    doc = {
+    with_import = largest["seconds"] + largest.get("import_evidently_s", 0)
+    return {
         "benchmark": "monitoring window",
         "machine": f"{platform.machine()}, {os.cpu_count()} cpu (shared), Python {platform.python_version()}",
         "rows": rows,
         "goal": {"rows": 1_000_000, "seconds": GOAL_SECONDS, "gib": GOAL_GIB},
+        # counted with the one-time Evidently import, to be honest about a cold process
         "met": largest["rows"] >= 1_000_000
-        and largest["seconds"] < GOAL_SECONDS
+        and with_import < GOAL_SECONDS
         and largest["peak_rss_mib"] / 1024 < GOAL_GIB,
         # the size-dependent part (everything but the fixed-size drift sample) per logged prediction
         "microseconds_per_row_without_drift": [round(x, 1) for x in per_row],
     }
+
+
+def write_results(doc: dict) -> None:
+    rows, largest = doc["rows"], doc["rows"][-1]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "monitoring.json").write_text(json.dumps(doc, indent=2))
     lines = [
         "### Monitoring: one window over N logged predictions",
         "",
         (
-            f"Read logs + labels from SeaweedFS (serving readers), join, one count window, MSE/RMSE/MAE/R², "
+            "Read logs + labels from SeaweedFS (column-wise readers), join, one count window, MSE/RMSE/MAE/R², "
             f"Evidently drift on a 20k sample, record; fresh process per size; {doc['machine']}."
         ),
         "",
-        "| predictions | total s | read logs s | read labels s | drift s (sample) | rest s | peak memory MiB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| predictions | total s | + Evidently import s | read logs s | read labels s | drift s | rest s | peak MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         rest = (
@@ -201,25 +213,22 @@ def main() -> dict:
             - r.get("drift_s", 0)
         )
         lines.append(
-            f"| {r['rows']:,} | {r['seconds']} | {r['read_predictions_s']} | {r['read_feedback_s']} | "
-            f"{r.get('drift_s', '')} | {rest:.2f} | {r['peak_rss_mib']} |"
+            f"| {r['rows']:,} | {r['seconds']} | {r.get('import_evidently_s', '')} | {r['read_predictions_s']} | "
+            f"{r['read_feedback_s']} | {r.get('drift_s', '')} | {rest:.2f} | {r['peak_rss_mib']} |"
         )
+    total = largest["seconds"] + largest.get("import_evidently_s", 0)
     lines += [
         "",
         (
             f"- goal: 1M rows under {GOAL_SECONDS:.0f} s and {GOAL_GIB:.0f} GiB: "
-            f"**{'met' if doc['met'] else 'missed'}** ({largest['rows']:,} rows: {largest['seconds']} s, "
-            f"{largest['peak_rss_mib'] / 1024:.2f} GiB)"
+            f"**{'met' if doc['met'] else 'missed'}** ({largest['rows']:,} rows: {total:.1f} s including the "
+            f"Evidently import, {largest['peak_rss_mib'] / 1024:.2f} GiB)"
         ),
-        (
-            "- growth: everything but the drift check (a fixed 20k-row sample) costs "
-            + ", ".join(f"{us:.1f}" for us in per_row)
-            + " µs per prediction at these sizes; Evidently's import (not counted above) took "
-            + f"{largest.get('import_evidently_s', '?')} s per process"
-        ),
+        "- growth: everything but the drift check (a fixed 20k-row sample) costs "
+        + ", ".join(f"{us:.1f}" for us in doc["microseconds_per_row_without_drift"])
+        + " µs per prediction at 10k, 100k, 1M: per-row cost falls as fixed costs amortise, i.e. at most linear",
     ]
     (RESULTS / "monitoring.md").write_text("\n".join(lines) + "\n")
-    return doc
 
 
 if __name__ == "__main__":

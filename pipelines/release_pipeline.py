@@ -4,7 +4,6 @@ with checks -> promote or roll back. Started by the training pipeline's staging 
 (``kfrelease.release.handover.start_release``) or by ``kfrelease release run``."""
 
 from kfp import dsl
-
 from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
@@ -15,11 +14,16 @@ from kfrelease.components.shadow_gate import shadow_gate
     description="Shadow accuracy gate in staging, canary rollout with automatic rollback, promotion.",
 )
 def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
-    pre = release_preflight(model=model, version=version, spec_yaml=spec_yaml).set_display_name("preflight")
+    pre = release_preflight(
+        model=model, version=version, spec_yaml=spec_yaml
+    ).set_display_name("preflight")
     pre.set_caching_options(False)
     with dsl.If(pre.output == "shadow", name="has-champion"):
-        gate = shadow_gate(model=model, version=version, spec_yaml=spec_yaml).set_display_name("shadow-gate")
+        gate = shadow_gate(
+            model=model, version=version, spec_yaml=spec_yaml
+        ).set_display_name("shadow-gate")
         gate.set_caching_options(False)
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
             rollout(model=model, version=version, spec_yaml=spec_yaml).set_display_name(
-                "canary-rollout").set_caching_options(False)
+                "canary-rollout"
+            ).set_caching_options(False)

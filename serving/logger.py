@@ -166,9 +166,8 @@ class InferenceLogger:
             if not self._queue and not (
                 self._wal_pending and time.monotonic() >= self._retry_at
             ):
-                self._wake.wait(
-                    timeout=max(0.05, min(1.0, self._retry_at - time.monotonic()))
-                )
+                idle = 1.0 if not self._wal_pending else min(1.0, self._retry_at - time.monotonic())
+                self._wake.wait(timeout=max(0.05, idle))
                 self._wake.clear()
             try:
                 if self._wal_pending and time.monotonic() >= self._retry_at:
@@ -214,6 +213,8 @@ class InferenceLogger:
         ]
 
     def _post(self, event: dict) -> bool:
+        """True when the sink is done with the event (acknowledged, or refused for good and counted as
+        dropped); False when it should be retried."""
         headers = dict(self.base_headers)
         headers["ce-id"] = event["id"]
         headers["ce-type"] = event["type"]
@@ -221,6 +222,12 @@ class InferenceLogger:
         try:
             resp = self._client.post(self.url, content=event["data"], headers=headers)
             ok = 200 <= resp.status_code < 300
+            if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                # the sink refuses this event for good: retrying would block every later one
+                log.error("log sink refused event %s (%s): %s; dropped", event["id"], resp.status_code, resp.text[:200])
+                self.dropped += 1
+                self._dropped.inc()
+                return True
             if not ok:
                 log.warning(
                     "log sink answered %s: %s", resp.status_code, resp.text[:200]

@@ -264,7 +264,10 @@ def _number(value, where: str, feature: str, integral: bool) -> float:
             )
         return value
     if t is int:
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
         if not math.isfinite(f):  # ints beyond float range
             raise InvalidRequest(
                 f"{where} (feature {feature!r}) is too large for a float64"
@@ -316,8 +319,14 @@ def rows_from_v1(
         raise InvalidRequest(
             f"'instances' holds {n} instances; at most {max_instances} per request"
         )
-    rows = np.empty((n, k), dtype="float64")
     integral = [d in INT_DTYPES for d in model.dtypes]
+    fast = _all_numbers(instances, k)
+    if fast is not None and (
+        not any(integral) or np.all(np.mod(fast[:, integral], 1) == 0)
+    ):
+        return fast
+    # the element-by-element check below finds and names the first bad value
+    rows = np.empty((n, k), dtype="float64")
     features = model.features
     for i, inst in enumerate(instances):
         if type(inst) is list:
@@ -404,12 +413,39 @@ def _flatten(data, where: str, out: list) -> None:
             out.append((v, f"{where}[{i}]"))
 
 
-def _tensor_values(inp, where: str, integral_type: bool) -> list[float]:
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _all_numbers(instances: list, k: int) -> np.ndarray | None:
+    """The float64 matrix when every instance is a list of ``k`` finite JSON numbers (one vectorized pass),
+    else None (then the slow check names the first bad value)."""
+    try:
+        if not all(type(i) is list and len(i) == k for i in instances):
+            return None
+        if not {type(v) for inst in instances for v in inst} <= _NUMBER_TYPES:
+            return None
+        rows = np.array(instances, dtype="float64")
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return (
+        rows if rows.shape == (len(instances), k) and np.isfinite(rows).all() else None
+    )
+
+
+def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.ndarray:
     data = inp.data
     if isinstance(data, np.ndarray):
         data = data.tolist()
     if not isinstance(data, list):
         raise InvalidRequest(f"{where}.data must be a list of numbers")
+    kinds = {type(v) for v in data}
+    if kinds <= ({int} if integral_type else _NUMBER_TYPES) and kinds:
+        try:
+            values = np.asarray(data, dtype="float64")
+            if np.isfinite(values).all():
+                return values
+        except OverflowError:
+            pass
     flat: list = []
     _flatten(data, f"{where}.data", flat)
     values = []

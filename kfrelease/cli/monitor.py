@@ -82,7 +82,8 @@ def register(cli: click.Group) -> None:
         model, window_text, since_text, min_labels, r2_floor, out, push, compute
     ) -> None:
         """Accuracy (MSE, RMSE, MAE, R²) and drift per model version and stage, over windows."""
-        from kfrelease.monitoring.report import render_page
+        from kfrelease.monitoring.report import TABLE_COLUMNS, render_page
+        from kfrelease.monitoring.report import fmt as cell
         from kfrelease.monitoring.run import current_table, load_history, run_monitoring
         from kfrelease.monitoring.sources import since_for
         from kfrelease.monitoring.window import WindowSpec
@@ -106,40 +107,15 @@ def register(cli: click.Group) -> None:
                 (console if run.push.ok else err_console).print(run.push.message)
         history = load_history(store_for("pipeline", settings), model)
         current = current_table(history)
+        columns = [c for c in TABLE_COLUMNS if c not in ("baseline_rmse", "r2_floor")]
         rows = [
-            (
-                r["version"],
-                r["stage"],
-                r["window"],
-                r["start"][5:16].replace("T", " "),
-                r["status"],
-                r["labelled"],
-                r["predictions"],
-                *(
-                    None if r.get(k) is None or r.get(k) != r.get(k) else f"{r[k]:.4g}"
-                    for k in ("mse", "rmse", "mae", "r2", "drift_share")
-                ),
-            )
+            [
+                r[c][5:16].replace("T", " ") if c == "start" else cell(r.get(c))
+                for c in columns
+            ]
             for _, r in current.iterrows()
         ]
-        table(
-            f"{model}: latest window per version and stage",
-            [
-                "version",
-                "stage",
-                "window",
-                "start",
-                "status",
-                "labelled",
-                "predictions",
-                "mse",
-                "rmse",
-                "mae",
-                "r2",
-                "drift",
-            ],
-            rows,
-        )
+        table(f"{model}: latest window per version and stage", columns, rows)
         for w in warnings:
             err_console.print(f"warning: {w}")
         path = Path(out)

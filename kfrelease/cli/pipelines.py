@@ -12,26 +12,36 @@ from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
 from kfrelease.kfp_runner import compile_pipelines
 
-#: Components published as reusable component YAML files by ``kfrelease compile``.
-COMPONENTS = ("ingest", "validate_data", "engineer_features", "publish_dataset", "train", "evaluate",
-              "validate_model", "register", "containerize", "deploy_staging")
+
+def components() -> dict[str, object]:
+    """Every KFP component of ``kfrelease.components`` (one module per component), by name."""
+    import importlib
+    import pkgutil
+
+    from kfp.dsl.base_component import BaseComponent
+
+    import kfrelease.components as package
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for attr, obj in vars(module).items():
+            if isinstance(obj, BaseComponent) and not attr.startswith("_"):
+                found.setdefault(attr, obj)
+    return found
 
 
 def compile_components(out_dir: Path) -> list[Path]:
     """Write each component as a KFP component YAML file (load with ``kfp.components.load_component_from_file``)."""
-    import importlib
-
     from kfp import compiler
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in COMPONENTS:
-        try:
-            module = importlib.import_module(f"kfrelease.components.{name}")
-        except ModuleNotFoundError:
-            continue
+    for name, component in components().items():
         path = out_dir / f"{name}.yaml"
-        compiler.Compiler().compile(getattr(module, name), str(path))
+        compiler.Compiler().compile(component, str(path))
         written.append(path)
     return written
 

@@ -22,26 +22,43 @@ def register(cli: click.Group) -> None:
     @release.command("run")
     @click.argument("model")
     @click.argument("version")
-    @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
-                  help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).")
-    @click.option("--background", is_flag=True, help="Start it detached (as the training pipeline does) and return.")
-    def run_cmd(model: str, version: str, spec_path: str | None, background: bool) -> None:
+    @click.option(
+        "--spec",
+        "spec_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
+    )
+    @click.option(
+        "--background",
+        is_flag=True,
+        help="Start it detached (as the training pipeline does) and return.",
+    )
+    def run_cmd(
+        model: str, version: str, spec_path: str | None, background: bool
+    ) -> None:
         """Release VERSION of MODEL (it must be in staging) on the embedded stack."""
         from kfrelease.rollout.spec import load_rollout_spec
 
         settings = Settings.from_env()
-        spec = load_rollout_spec(spec_path)  # a bad spec fails here, before anything moves
+        spec = load_rollout_spec(
+            spec_path
+        )  # a bad spec fails here, before anything moves
         if background:
             from kfrelease.release.handover import start_release
 
             record = start_release(settings, model, version, spec_path)
-            console.print(f"release of {model} {version} started (pid {record['pid']}); log {record['log']}")
+            console.print(
+                f"release of {model} {version} started (pid {record['pid']}); log {record['log']}"
+            )
             return
         from kfrelease.release.run import run_release
 
         console.print(f"[bold]release[/] {model} {version}")
         outcome = run_release(settings, model, version, spec, on_decision=_print_event)
-        console.print(f"{model} {version}: [bold]{outcome.result}[/]; production is {outcome.production_after}")
+        console.print(
+            f"{model} {version}: [bold]{outcome.result}[/]; production is {outcome.production_after}"
+        )
 
     @release.command("status")
     @click.argument("model", default=DEFAULT_MODEL)
@@ -54,8 +71,11 @@ def register(cli: click.Group) -> None:
         settings = Settings.from_env()
         registry = ModelRegistry(store_for("data-scientist", settings))
         versions = registry.list(model)
-        table(f"{model}: versions", ["version", "stage", "commit"],
-              [(v.version, v.stage or "", (v.commit or "")[:12]) for v in versions])
+        table(
+            f"{model}: versions",
+            ["version", "stage", "commit"],
+            [(v.version, v.stage or "", (v.commit or "")[:12]) for v in versions],
+        )
         rec = read_gateway_record(settings) or {}
         state = rec.get("state")
         if state:
@@ -66,9 +86,14 @@ def register(cli: click.Group) -> None:
                 parts.append(f"shadow {state['shadow']}")
             console.print("traffic: " + ", ".join(parts))
         else:
-            console.print("traffic: the gateway has no traffic state (run `kfrelease serve`)")
+            console.print(
+                "traffic: the gateway has no traffic state (run `kfrelease serve`)"
+            )
         latest = versions[-1] if versions else None
         if latest is not None:
             events = registry.history(model, latest.version)
-            table(f"{model} {latest.version}: decisions", ["when", "stage", "who", "why"],
-                  [(e["when"], e["stage"], e["who"], e["why"]) for e in events])
+            table(
+                f"{model} {latest.version}: decisions",
+                ["when", "stage", "who", "why"],
+                [(e["when"], e["stage"], e["who"], e["why"]) for e in events],
+            )

@@ -41,7 +41,10 @@ def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], f
 
     frame = diabetes_features(holdout())
     cols = features or FEATURES
-    return [([float(v) for v in row[cols]], float(row["progression"])) for _, row in frame.iterrows()]
+    return [
+        ([float(v) for v in row[cols]], float(row["progression"]))
+        for _, row in frame.iterrows()
+    ]
 
 
 @dataclass
@@ -55,21 +58,44 @@ class TrafficStats:
     ok_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"sent": self.sent, "ok": self.ok, "failed": self.failed, "labelled": self.labelled,
-                "versions": dict(self.versions), "errors": self.errors[:5]}
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "failed": self.failed,
+            "labelled": self.labelled,
+            "versions": dict(self.versions),
+            "errors": self.errors[:5],
+        }
 
 
 class TrafficGenerator:
     """Steady, bounded prediction traffic with delayed ground truth (see the module docstring)."""
 
-    def __init__(self, gateway_url: str, feedback_url: str, model: str, *, rate: float = 20.0,
-                 max_requests: int = 10_000, max_seconds: float = 600.0, truth_delay: float = 0.5,
-                 features: list[str] | None = None, threads: int = 2):
+    def __init__(
+        self,
+        gateway_url: str,
+        feedback_url: str,
+        model: str,
+        *,
+        rate: float = 20.0,
+        max_requests: int = 10_000,
+        max_seconds: float = 600.0,
+        truth_delay: float = 0.5,
+        features: list[str] | None = None,
+        threads: int = 2,
+    ):
         if rate <= 0 or max_requests < 1 or max_seconds <= 0:
             raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
-        self.predict_url = _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
+        self.predict_url = (
+            _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
+        )
         self.feedback_url = _local(feedback_url).rstrip("/") + "/v1/feedback"
-        self.model, self.rate, self.max_requests, self.max_seconds = model, rate, max_requests, max_seconds
+        self.model, self.rate, self.max_requests, self.max_seconds = (
+            model,
+            rate,
+            max_requests,
+            max_seconds,
+        )
         self.truth_delay = truth_delay
         self.rows = holdout_rows(features)
         self.threads = threads
@@ -77,16 +103,26 @@ class TrafficGenerator:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._done_sending = threading.Event()
-        self._labels: list[tuple[float, str, float]] = []  # (due time, request id, truth)
+        self._labels: list[
+            tuple[float, str, float]
+        ] = []  # (due time, request id, truth)
         self._workers: list[threading.Thread] = []
         self._next = 0
 
     # --- control ------------------------------------------------------------------------------------
-    def start(self) -> "TrafficGenerator":
+    def start(self) -> TrafficGenerator:
         self._started = time.monotonic()
-        self._workers = [threading.Thread(target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}")
-                         for k in range(self.threads)]
-        self._workers.append(threading.Thread(target=self._label_loop, daemon=True, name="traffic-labels"))
+        self._workers = [
+            threading.Thread(
+                target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}"
+            )
+            for k in range(self.threads)
+        ]
+        self._workers.append(
+            threading.Thread(
+                target=self._label_loop, daemon=True, name="traffic-labels"
+            )
+        )
         for w in self._workers:
             w.start()
         return self
@@ -118,8 +154,15 @@ class TrafficGenerator:
     def stats(self) -> TrafficStats:
         with self._lock:
             s = self._stats
-            return TrafficStats(s.sent, s.ok, s.failed, s.labelled, Counter(s.versions), list(s.errors),
-                                list(s.ok_ids))
+            return TrafficStats(
+                s.sent,
+                s.ok,
+                s.failed,
+                s.labelled,
+                Counter(s.versions),
+                list(s.errors),
+                list(s.ok_ids),
+            )
 
     # --- workers ------------------------------------------------------------------------------------
     def _claim(self) -> int | None:
@@ -141,16 +184,21 @@ class TrafficGenerator:
                     return
                 due = self._started + n / self.rate
                 delay = due - time.monotonic()
-                if delay > 0:
-                    if self._stop.wait(delay):
-                        with self._lock:  # claimed but never sent
-                            self._stats.sent -= 1
-                        return
+                if delay > 0 and self._stop.wait(delay):
+                    with self._lock:  # claimed but never sent
+                        self._stats.sent -= 1
+                    return
                 features, truth = self.rows[n % len(self.rows)]
                 rid = f"demo-{uuid.uuid4().hex}"
                 try:
-                    r = client.post(self.predict_url, json={"instances": [features]},
-                                    headers={"x-request-id": rid, "content-type": "application/json"})
+                    r = client.post(
+                        self.predict_url,
+                        json={"instances": [features]},
+                        headers={
+                            "x-request-id": rid,
+                            "content-type": "application/json",
+                        },
+                    )
                     ok = r.status_code == 200
                     detail = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
                     version = r.headers.get("x-model-version", "?") if ok else None
@@ -161,7 +209,10 @@ class TrafficGenerator:
                         self._stats.ok += 1
                         self._stats.versions[version] += 1
                         self._stats.ok_ids.append(rid)
-                        heapq.heappush(self._labels, (time.monotonic() + self.truth_delay, rid, truth))
+                        heapq.heappush(
+                            self._labels,
+                            (time.monotonic() + self.truth_delay, rid, truth),
+                        )
                     else:
                         self._stats.failed += 1
                         self._stats.errors.append(detail)
@@ -172,9 +223,13 @@ class TrafficGenerator:
                 batch = []
                 now = time.monotonic()
                 with self._lock:
-                    while self._labels and (self._labels[0][0] <= now or self._done_sending.is_set()):
+                    while self._labels and (
+                        self._labels[0][0] <= now or self._done_sending.is_set()
+                    ):
                         _, rid, truth = heapq.heappop(self._labels)
-                        batch.append({"request_id": rid, "truth": truth, "model": self.model})
+                        batch.append(
+                            {"request_id": rid, "truth": truth, "model": self.model}
+                        )
                     empty = not self._labels
                 if batch:
                     try:
@@ -183,7 +238,11 @@ class TrafficGenerator:
                         with self._lock:
                             self._stats.labelled += len(batch)
                     except httpx.HTTPError as exc:
-                        log.warning("ground truth for %d requests was not accepted: %s", len(batch), exc)
+                        log.warning(
+                            "ground truth for %d requests was not accepted: %s",
+                            len(batch),
+                            exc,
+                        )
                 elif empty and self._done_sending.is_set():
                     return
                 else:

@@ -32,7 +32,8 @@ TABLE_COLUMNS = (
 )
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A table cell: 4 significant digits, an em dash for a missing value."""
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return "—"
     if isinstance(v, float):
@@ -50,7 +51,7 @@ def current_table_html(current: pd.DataFrame) -> str:
     for _, r in current.iterrows():
         cls = "ok" if r.get("status") == "ok" else "warn"
         cells = "".join(
-            f"<td>{html.escape(_fmt(r.get(c))[:19] if c == 'start' else _fmt(r.get(c)))}</td>"
+            f"<td>{html.escape(fmt(r.get(c))[:19] if c == 'start' else fmt(r.get(c)))}</td>"
             for c in TABLE_COLUMNS
             if c in current.columns
         )

@@ -1,13 +1,13 @@
 """Where a monitoring window's inputs come from: prediction logs, ground truth, the model's registry entry
 (input features, baseline RMSE) and its training reference data.
 
-Prediction logs are read column-wise with Arrow's JSON reader (``_read_columnar_logs``): it returns the same
+Prediction logs are read column-wise with Arrow's JSON reader (``read_predictions``): it returns the same
 frame as the serving part's ``kfrelease.serving.logs.read_predictions`` (docs/CONTRACTS.md) but keeps only the
 fields a window needs, in float64 arrays, so one window over a million logged predictions stays within
 seconds and a few hundred MB (bench/results/monitoring.md); the serving reader builds a Python dict per
 event, which took ~8 s and 0.6 GB per 100k predictions. Batches whose instances do not match the model's
 input schema are skipped, left in place and reported. Ground truth is read the same way
-(``_read_columnar_feedback``, same frame as ``kfrelease.serving.feedback.read_feedback``). Only the day
+(``read_feedback``, same frame as ``kfrelease.serving.feedback.read_feedback``). Only the day
 partitions between ``since`` and ``until`` are read.
 """
 
@@ -86,7 +86,7 @@ def _parse_batch(data: bytes, uri: str, warnings: list[str]):
     return pa.concat_tables(tables) if tables else _log_schema().empty_table()
 
 
-def _read_columnar_logs(
+def read_predictions(
     store: ObjectStore,
     model: str,
     features: list[str],
@@ -94,7 +94,8 @@ def _read_columnar_logs(
     until=None,
     warnings: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The CONTRACTS prediction frame, read column-wise with Arrow's JSON reader (bounded: only the needed
+    """Logged predictions of ``model`` between ``since`` and ``until``: the CONTRACTS frame of
+    ``kfrelease.serving.logs.read_predictions``, read column-wise with Arrow's JSON reader (bounded: only the needed
     fields, float64 arrays for features; ~100 bytes per predicted instance beyond the raw batch)."""
     import numpy as np
     import pyarrow as pa
@@ -243,10 +244,11 @@ def _feedback_batch(data: bytes, uri: str, warnings: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _read_columnar_feedback(
+def read_feedback(
     store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
 ) -> pd.DataFrame:
-    """The CONTRACTS ground-truth frame (``request_id, instance, truth, time``), read column-wise."""
+    """Ground truth of ``model`` since ``since``: the CONTRACTS frame of
+    ``kfrelease.serving.feedback.read_feedback`` (``request_id, instance, truth, time``), read column-wise."""
     warnings = warnings if warnings is not None else []
     parts = [
         _feedback_batch(
@@ -265,27 +267,6 @@ def _read_columnar_feedback(
     if since is not None:
         frame = frame[frame["time"] >= pd.Timestamp(since)]
     return frame.reset_index(drop=True)
-
-
-def read_predictions(
-    store: ObjectStore,
-    model: str,
-    features: list[str],
-    since=None,
-    until=None,
-    warnings: list[str] | None = None,
-) -> pd.DataFrame:
-    """Logged predictions of ``model`` between ``since`` and ``until``: the CONTRACTS frame of
-    ``kfrelease.serving.logs.read_predictions``, read column-wise (see ``_read_columnar_logs``)."""
-    return _read_columnar_logs(store, model, features, since, until, warnings)
-
-
-def read_feedback(
-    store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
-) -> pd.DataFrame:
-    """Ground truth of ``model`` since ``since``: the CONTRACTS frame of
-    ``kfrelease.serving.feedback.read_feedback``, read column-wise."""
-    return _read_columnar_feedback(store, model, since, warnings)
 
 
 def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:

@@ -18,7 +18,6 @@ import datetime as dt
 import io
 import logging
 import random
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -334,13 +333,3 @@ class ModelRegistry:
             return ModelVersion(entry, mv.stage)
         raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry")
 
-
-def model_dir_from_bytes(model_bytes: bytes, entry: dict, dest: Path | None = None) -> Path:
-    """A model directory (model.joblib + model.json) from an artifact in memory."""
-    import json
-
-    dest = Path(dest or tempfile.mkdtemp(prefix="kfrelease-model-"))
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "model.joblib").write_bytes(model_bytes)
-    (dest / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True, default=str))
-    return dest

@@ -27,7 +27,12 @@ from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.metrics import InsufficientData, regression_metrics
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow, latest_truth
-from kfrelease.release.signals import MetricSourceError, PredictorMetrics, PrometheusMetrics, StepHealth
+from kfrelease.release.signals import (
+    MetricSourceError,
+    PredictorMetrics,
+    PrometheusMetrics,
+    StepHealth,
+)
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficDriver, TrafficState
 
@@ -58,7 +63,7 @@ class ReleaseOutcome:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _fmt(value, digits=3) -> str:
@@ -71,7 +76,9 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
         return PrometheusMetrics(settings.url("prometheus"), spec.model, candidate)
     from kfrelease.serving.services import predictor_port
 
-    return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate)
+    return PredictorMetrics(
+        f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate
+    )
 
 
 class ReleaseController:
@@ -104,9 +111,13 @@ class ReleaseController:
         self.decisions: list[dict] = []
 
     # --- recording --------------------------------------------------------------------------------
-    def _record(self, version: str, stage: str, phase: str, why: str, evidence: dict) -> dict:
+    def _record(
+        self, version: str, stage: str, phase: str, why: str, evidence: dict
+    ) -> dict:
         evidence = {"phase": phase, **evidence}
-        event = self.registry.set_stage(self.spec.model, version, stage, self.who, why, evidence)
+        event = self.registry.set_stage(
+            self.spec.model, version, stage, self.who, why, evidence
+        )
         self.decisions.append(event)
         log.info("%s %s: %s", self.spec.model, version, why)
         if self.on_decision:
@@ -121,20 +132,27 @@ class ReleaseController:
         if mv.stage != "staging":
             raise ReleaseError(
                 f"{model} {candidate} is {mv.stage or 'not staged'}, not in staging; only a validated staging "
-                "candidate can be released (train it on a merge to main first); no traffic was moved")
+                "candidate can be released (train it on a merge to main first); no traffic was moved"
+            )
         production = self.registry.current(model, "production")
         if production is not None and production.version == candidate:
-            raise ReleaseError(f"{model} {candidate} is already in production; no traffic was moved")
+            raise ReleaseError(
+                f"{model} {candidate} is already in production; no traffic was moved"
+            )
         if self.spec.canary.metrics_source == "prometheus" or self.preflight_url:
-            source = (PrometheusMetrics(self.settings.url("prometheus"), model, candidate)
-                      if self.spec.canary.metrics_source == "prometheus"
-                      else PredictorMetrics(self.preflight_url, model))
+            source = (
+                PrometheusMetrics(self.settings.url("prometheus"), model, candidate)
+                if self.spec.canary.metrics_source == "prometheus"
+                else PredictorMetrics(self.preflight_url, model)
+            )
             try:
                 source.start()
             except MetricSourceError as exc:
-                raise ReleaseError(f"metric source {self.spec.canary.metrics_source!r}: {exc}; start it "
-                                   "(`kfrelease up` / `kfrelease serve`) or change canary.metrics_source; "
-                                   "no traffic was moved") from None
+                raise ReleaseError(
+                    f"metric source {self.spec.canary.metrics_source!r}: {exc}; start it "
+                    "(`kfrelease up` / `kfrelease serve`) or change canary.metrics_source; "
+                    "no traffic was moved"
+                ) from None
         return mv, production
 
     # --- the whole release ------------------------------------------------------------------------
@@ -153,83 +171,185 @@ class ReleaseController:
         if current is not None and current.primary and current.primary != mv.version:
             # the model server that answers clients cannot be swapped in place: move all traffic through
             # the canary first, then make it the primary (no request is dropped)
-            self.driver.apply(TrafficState(primary=current.primary, canary=mv.version, canary_weight=100))
+            self.driver.apply(
+                TrafficState(
+                    primary=current.primary, canary=mv.version, canary_weight=100
+                )
+            )
         self.driver.apply(TrafficState(primary=mv.version))
-        why = (f"first model of tag {mv.tag}: no production model to compare against; promoted directly" +
-               (f" (replaces {production.version} of tag {production.tag})" if production else ""))
-        self._record(mv.version, "production", "promote", why,
-                     {"metrics": mv.metrics, "replaces": production.version if production else None})
-        return ReleaseOutcome(self.spec.model, mv.version, production.version if production else None,
-                              "promoted", list(self.decisions))
+        why = (
+            f"first model of tag {mv.tag}: no production model to compare against; promoted directly"
+            + (
+                f" (replaces {production.version} of tag {production.tag})"
+                if production
+                else ""
+            )
+        )
+        self._record(
+            mv.version,
+            "production",
+            "promote",
+            why,
+            {
+                "metrics": mv.metrics,
+                "replaces": production.version if production else None,
+            },
+        )
+        return ReleaseOutcome(
+            self.spec.model,
+            mv.version,
+            production.version if production else None,
+            "promoted",
+            list(self.decisions),
+        )
 
     # --- shadow -----------------------------------------------------------------------------------
     def shadow(self, candidate: str, production: str) -> ShadowVerdict:
         """Mirror traffic to the candidate until the shadow gate decides (or ``max_wait_seconds`` pass)."""
         s = self.spec.shadow
-        self.driver.apply(TrafficState(primary=production, shadow=candidate, mirror_percent=s.mirror_percent))
+        self.driver.apply(
+            TrafficState(
+                primary=production, shadow=candidate, mirror_percent=s.mirror_percent
+            )
+        )
         since = _now()
         deadline = time.monotonic() + s.max_wait_seconds
         while True:
             last = time.monotonic() >= deadline
-            verdict = evaluate_shadow(self.store, self.spec.model, candidate, production, since,
-                                      min_samples=s.min_labelled_samples, max_rmse_ratio=s.max_rmse_ratio,
-                                      report=self.report)
+            verdict = evaluate_shadow(
+                self.store,
+                self.spec.model,
+                candidate,
+                production,
+                since,
+                min_samples=s.min_labelled_samples,
+                max_rmse_ratio=s.max_rmse_ratio,
+                report=self.report,
+            )
             if verdict.decision != "wait" or last:
                 break
             time.sleep(self.poll_seconds)
         report_uri = None
         if verdict.html:
             key = f"{REPORT_PREFIX}/{self.spec.model}/{candidate}/shadow-gate.html"
-            self.store.put_bytes("models", key, verdict.html.encode(), content_type="text/html")
+            self.store.put_bytes(
+                "models", key, verdict.html.encode(), content_type="text/html"
+            )
             report_uri = self.store.uri("models", key)
         self.shadow_report_uri = report_uri
         evidence = {**verdict.as_dict(), "report": report_uri}
         if verdict.decision == "pass":
             self._record(candidate, "staging", "shadow", verdict.summary(), evidence)
         elif verdict.decision == "wait":
-            verdict.reasons.append(f"no verdict within shadow.max_wait_seconds={s.max_wait_seconds:g}")
+            verdict.reasons.append(
+                f"no verdict within shadow.max_wait_seconds={s.max_wait_seconds:g}"
+            )
             evidence = {**verdict.as_dict(), "report": report_uri}
         return verdict
 
-    def outcome_after_shadow(self, candidate: str, production: str, verdict: ShadowVerdict) -> ReleaseOutcome:
+    def outcome_after_shadow(
+        self, candidate: str, production: str, verdict: ShadowVerdict
+    ) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=production))
-        evidence = {**verdict.as_dict(), "report": getattr(self, "shadow_report_uri", None)}
+        evidence = {
+            **verdict.as_dict(),
+            "report": getattr(self, "shadow_report_uri", None),
+        }
         if verdict.decision == "fail":
             stage = "rejected" if self.spec.rollback.reject_candidate else "staging"
-            self._record(candidate, stage, "shadow", verdict.summary() + "; shadow stopped, production unchanged",
-                         evidence)
+            self._record(
+                candidate,
+                stage,
+                "shadow",
+                verdict.summary() + "; shadow stopped, production unchanged",
+                evidence,
+            )
             result = "rejected"
         else:
-            self._record(candidate, "staging", "shadow",
-                         f"shadow gate: insufficient evidence ({'; '.join(verdict.reasons)}); shadow stopped, "
-                         "candidate stays in staging", evidence)
+            self._record(
+                candidate,
+                "staging",
+                "shadow",
+                f"shadow gate: insufficient evidence ({'; '.join(verdict.reasons)}); shadow stopped, "
+                "candidate stays in staging",
+                evidence,
+            )
             result = "stopped"
-        return ReleaseOutcome(self.spec.model, candidate, production, result, list(self.decisions),
-                              getattr(self, "shadow_report_uri", None))
+        return ReleaseOutcome(
+            self.spec.model,
+            candidate,
+            production,
+            result,
+            list(self.decisions),
+            getattr(self, "shadow_report_uri", None),
+        )
 
     # --- canary -----------------------------------------------------------------------------------
-    def accuracy(self, candidate: str, production: str, step_since, canary_since) -> dict:
-        """Canary RMSE on its labelled requests of this step vs production's since the canary began."""
+    def _champion(self, production: str):
+        """The production model itself (from the registry, once): it scores the canary's logged inputs."""
+        if getattr(self, "_champion_cache", (None,))[0] != production:
+            mv = self.registry.get(self.spec.model, production)
+            self._champion_cache = (
+                production,
+                self.registry.load_model(self.spec.model, production),
+                mv.features,
+            )
+        return self._champion_cache[1], self._champion_cache[2]
+
+    def accuracy(
+        self, candidate: str, production: str, step_since, canary_since
+    ) -> dict:
+        """Canary RMSE on its labelled requests of this step against production's RMSE on the *same*
+        requests: the production model scores the inputs the canary logged (a paired comparison, as in
+        the shadow gate; two disjoint request samples would differ by chance far more than the models do)."""
+        import numpy as np
+
         from kfrelease.serving.feedback import read_feedback
         from kfrelease.serving.logs import read_predictions
 
         c = self.spec.canary.checks
-        preds = read_predictions(self.store, self.spec.model, since=canary_since)
-        truth = latest_truth(read_feedback(self.store, self.spec.model, since=canary_since))
+        preds = read_predictions(self.store, self.spec.model, since=step_since)
+        truth = latest_truth(
+            read_feedback(self.store, self.spec.model, since=canary_since)
+        )
         labelled = preds.merge(truth, on=["request_id", "instance"])
-        cand = labelled[(labelled["model_version"] == candidate) & (labelled["time"] >= step_since)]
-        prod = labelled[(labelled["model_version"] == production) & (labelled["stage"] == "production")]
-        out = {"canary_n": len(cand), "production_n": len(prod), "min_labelled_samples": c.min_labelled_samples,
-               "max_rmse_ratio": c.max_rmse_ratio}
+        cand = labelled[
+            (labelled["model_version"] == candidate) & (labelled["stage"] != "staging")
+        ]
+        out = {
+            "canary_n": len(cand),
+            "min_labelled_samples": c.min_labelled_samples,
+            "max_rmse_ratio": c.max_rmse_ratio,
+            "compared_on": "the same labelled canary requests",
+        }
+        if len(cand) < c.min_labelled_samples:
+            out["status"] = "skipped"
+            return out
+        model, features = self._champion(production)
+        missing = [f for f in features if f not in cand.columns]
+        if missing:
+            out.update(status="skipped", detail=f"logged inputs lack {missing}")
+            return out
+        champion = np.asarray(
+            model.predict(cand[features].astype("float64")), dtype="float64"
+        ).ravel()
         try:
-            cm = regression_metrics(cand["truth"], cand["prediction"], min_samples=c.min_labelled_samples)
-            pm = regression_metrics(prod["truth"], prod["prediction"], min_samples=c.min_labelled_samples)
+            cm = regression_metrics(
+                cand["truth"], cand["prediction"], min_samples=c.min_labelled_samples
+            )
+            pm = regression_metrics(
+                cand["truth"], champion, min_samples=c.min_labelled_samples
+            )
         except InsufficientData:
             out["status"] = "skipped"
             return out
         ratio = cm["rmse"] / pm["rmse"] if pm["rmse"] > 0 else float("inf")
-        out.update(canary=cm, production=pm, rmse_ratio=ratio,
-                   status="passed" if ratio <= c.max_rmse_ratio else "failed")
+        out.update(
+            canary=cm,
+            production=pm,
+            rmse_ratio=ratio,
+            status="passed" if ratio <= c.max_rmse_ratio else "failed",
+        )
         return out
 
     def checks(self, health: StepHealth, accuracy: dict) -> tuple[list[dict], bool]:
@@ -237,16 +357,39 @@ class ReleaseController:
         c = self.spec.canary.checks
         enough = health.requests >= self.spec.canary.min_requests
         checks = [
-            {"name": "requests", "value": health.requests, "limit": self.spec.canary.min_requests,
-             "status": "passed" if enough else "held"},
-            {"name": "error_rate", "value": health.error_rate, "limit": c.max_error_rate,
-             "status": "skipped" if health.error_rate is None else
-             "passed" if health.error_rate <= c.max_error_rate else "failed"},
-            {"name": "p99_latency_ms", "value": health.p99_ms, "limit": c.max_p99_latency_ms,
-             "status": "skipped" if health.p99_ms is None else
-             "passed" if health.p99_ms <= c.max_p99_latency_ms else "failed"},
-            {"name": "rmse_ratio", "value": accuracy.get("rmse_ratio"), "limit": c.max_rmse_ratio,
-             "status": accuracy["status"], "n": accuracy["canary_n"]},
+            {
+                "name": "requests",
+                "value": health.requests,
+                "limit": self.spec.canary.min_requests,
+                "status": "passed" if enough else "held",
+            },
+            {
+                "name": "error_rate",
+                "value": health.error_rate,
+                "limit": c.max_error_rate,
+                "status": "skipped"
+                if health.error_rate is None
+                else "passed"
+                if health.error_rate <= c.max_error_rate
+                else "failed",
+            },
+            {
+                "name": "p99_latency_ms",
+                "value": health.p99_ms,
+                "limit": c.max_p99_latency_ms,
+                "status": "skipped"
+                if health.p99_ms is None
+                else "passed"
+                if health.p99_ms <= c.max_p99_latency_ms
+                else "failed",
+            },
+            {
+                "name": "rmse_ratio",
+                "value": accuracy.get("rmse_ratio"),
+                "limit": c.max_rmse_ratio,
+                "status": accuracy["status"],
+                "n": accuracy["canary_n"],
+            },
         ]
         return checks, enough
 
@@ -257,11 +400,17 @@ class ReleaseController:
             if ch["name"] == "requests":
                 parts.append(f"{ch['value']:.0f} requests (min {ch['limit']})")
             elif ch["name"] == "error_rate":
-                parts.append(f"error rate {_fmt(ch['value'], 4)} (max {ch['limit']:g}) {ch['status']}")
+                parts.append(
+                    f"error rate {_fmt(ch['value'], 4)} (max {ch['limit']:g}) {ch['status']}"
+                )
             elif ch["name"] == "p99_latency_ms":
-                parts.append(f"p99 {_fmt(ch['value'], 1)} ms (max {ch['limit']:g}) {ch['status']}")
+                parts.append(
+                    f"p99 {_fmt(ch['value'], 1)} ms (max {ch['limit']:g}) {ch['status']}"
+                )
             else:
-                parts.append(f"rmse ratio {_fmt(ch['value'])} (max {ch['limit']:g}, n={ch['n']}) {ch['status']}")
+                parts.append(
+                    f"rmse ratio {_fmt(ch['value'])} (max {ch['limit']:g}, n={ch['n']}) {ch['status']}"
+                )
         return f"canary {weight}%: " + ", ".join(parts)
 
     def canary(self, candidate: str, production: str) -> ReleaseOutcome:
@@ -275,7 +424,11 @@ class ReleaseController:
             holds = 0
             while i < len(steps):
                 weight = steps[i]
-                self.driver.apply(TrafficState(primary=production, canary=candidate, canary_weight=weight))
+                self.driver.apply(
+                    TrafficState(
+                        primary=production, canary=candidate, canary_weight=weight
+                    )
+                )
                 step_since = _now()
                 signals = self.signals(candidate)
                 try:
@@ -284,14 +437,19 @@ class ReleaseController:
                     start = None
                 time.sleep(cs.interval_seconds)
                 try:
-                    health = signals.health(start, cs.interval_seconds) if start is not None or isinstance(
-                        signals, PrometheusMetrics) else None
+                    health = (
+                        signals.health(start, cs.interval_seconds)
+                        if start is not None or isinstance(signals, PrometheusMetrics)
+                        else None
+                    )
                 except MetricSourceError as exc:
                     health, unreadable = None, str(exc)
                 else:
                     unreadable = "the canary's metrics could not be read at the start of the step"
                 if health is None:
-                    checks = [{"name": "metrics", "status": "failed", "detail": unreadable}]
+                    checks = [
+                        {"name": "metrics", "status": "failed", "detail": unreadable}
+                    ]
                     failed, enough = True, True
                     why = f"canary {weight}%: {unreadable}"
                 else:
@@ -299,50 +457,106 @@ class ReleaseController:
                     checks, enough = self.checks(health, acc)
                     failed = any(ch["status"] == "failed" for ch in checks)
                     why = self._describe(weight, checks)
-                evidence = {"step": i + 1, "weight": weight, "checks": checks,
-                            "window": {"since": step_since.isoformat(), "until": _now().isoformat()}}
+                evidence = {
+                    "step": i + 1,
+                    "weight": weight,
+                    "checks": checks,
+                    "window": {
+                        "since": step_since.isoformat(),
+                        "until": _now().isoformat(),
+                    },
+                }
                 if failed:
                     failures += 1
                     if failures >= cs.failure_threshold:
                         return self.roll_back(candidate, production, why, evidence)
-                    self._record(candidate, "staging", "canary", f"{why}; hold ({failures} failed "
-                                 f"check(s) of {cs.failure_threshold} tolerated)", {**evidence, "action": "hold"})
+                    self._record(
+                        candidate,
+                        "staging",
+                        "canary",
+                        f"{why}; hold ({failures} failed "
+                        f"check(s) of {cs.failure_threshold} tolerated)",
+                        {**evidence, "action": "hold"},
+                    )
                     continue
                 if not enough:
                     holds += 1
                     if holds > MAX_HOLDS:
-                        return self.roll_back(candidate, production,
-                                              f"{why}; too little canary traffic after {MAX_HOLDS} extra intervals",
-                                              evidence)
-                    self._record(candidate, "staging", "canary", f"{why}; hold (too few requests)",
-                                 {**evidence, "action": "hold"})
+                        return self.roll_back(
+                            candidate,
+                            production,
+                            f"{why}; too little canary traffic after {MAX_HOLDS} extra intervals",
+                            evidence,
+                        )
+                    self._record(
+                        candidate,
+                        "staging",
+                        "canary",
+                        f"{why}; hold (too few requests)",
+                        {**evidence, "action": "hold"},
+                    )
                     continue
                 holds = 0
                 if i + 1 < len(steps):
-                    self._record(candidate, "staging", "canary", f"{why}; advance to {steps[i + 1]}%",
-                                 {**evidence, "action": "advance"})
+                    self._record(
+                        candidate,
+                        "staging",
+                        "canary",
+                        f"{why}; advance to {steps[i + 1]}%",
+                        {**evidence, "action": "advance"},
+                    )
                 else:
                     return self.promote(candidate, production, why, evidence)
                 i += 1
         except BaseException:
-            log.exception("release of %s interrupted; moving all traffic back to %s", candidate, production)
+            log.exception(
+                "release of %s interrupted; moving all traffic back to %s",
+                candidate,
+                production,
+            )
             try:
                 self.driver.apply(TrafficState(primary=production))
-            except Exception:  # noqa: BLE001 - the original error is the one to report
+            except Exception:
                 log.exception("could not move traffic back to %s", production)
             raise
 
-    def promote(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
+    def promote(
+        self, candidate: str, production: str, why: str, evidence: dict
+    ) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=candidate))
-        self._record(candidate, "production", "promote", f"{why}; promoted: all traffic to {candidate}, "
-                     f"{production} archived", {**evidence, "action": "promote", "replaces": production})
-        return ReleaseOutcome(self.spec.model, candidate, production, "promoted", list(self.decisions),
-                              getattr(self, "shadow_report_uri", None))
+        self._record(
+            candidate,
+            "production",
+            "promote",
+            f"{why}; promoted: all traffic to {candidate}, {production} archived",
+            {**evidence, "action": "promote", "replaces": production},
+        )
+        return ReleaseOutcome(
+            self.spec.model,
+            candidate,
+            production,
+            "promoted",
+            list(self.decisions),
+            getattr(self, "shadow_report_uri", None),
+        )
 
-    def roll_back(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
+    def roll_back(
+        self, candidate: str, production: str, why: str, evidence: dict
+    ) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=production))
         stage = "rejected" if self.spec.rollback.reject_candidate else "staging"
-        self._record(candidate, stage, "rollback", f"{why}; rolled back: canary 0%, {production} unchanged",
-                     {**evidence, "action": "rollback"})
-        return ReleaseOutcome(self.spec.model, candidate, production, "rolled_back", list(self.decisions),
-                              getattr(self, "shadow_report_uri", None))
+        self._record(
+            candidate,
+            stage,
+            "rollback",
+            f"{why}; rolled back: canary 0%, {production} unchanged",
+            {**evidence, "action": "rollback"},
+        )
+        return ReleaseOutcome(
+            self.spec.model,
+            candidate,
+            production,
+            "rolled_back",
+            list(self.decisions),
+            getattr(self, "shadow_report_uri", None),
+        )

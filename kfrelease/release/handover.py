@@ -30,11 +30,17 @@ def log_path(settings: Settings, model: str, version: str) -> Path:
     return settings.home / "logs" / f"release-{model}-{version}.log"
 
 
-def start_release(settings: Settings, model: str, version: str, spec_path: str | None = None) -> dict | None:
+def start_release(
+    settings: Settings, model: str, version: str, spec_path: str | None = None
+) -> dict | None:
     """Start the release of a staging version in the background; returns its record (None when the
     hand-over is turned off). The record says pid and log; the outcome lands in the registry history."""
     if os.environ.get("KFRELEASE_AUTO_RELEASE", "1") == "0":
-        log.info("KFRELEASE_AUTO_RELEASE=0: the release of %s %s is not started", model, version)
+        log.info(
+            "KFRELEASE_AUTO_RELEASE=0: the release of %s %s is not started",
+            model,
+            version,
+        )
         return None
     spec_path = spec_path or os.environ.get("KFRELEASE_ROLLOUT_SPEC") or None
     path = record_path(settings, model, version)
@@ -45,21 +51,45 @@ def start_release(settings: Settings, model: str, version: str, spec_path: str |
         return json.loads(path.read_text() or "{}")
     out = log_path(settings, model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
+    env = {
+        **os.environ,
+        "KFRELEASE_HOME": str(settings.home),
+        "KFRELEASE_PORT_OFFSET": str(settings.port_offset),
+    }
     argv = [sys.executable, "-m", "kfrelease.release.runner", model, version] + (
-        ["--spec", spec_path] if spec_path else [])
+        ["--spec", spec_path] if spec_path else []
+    )
     with open(out, "ab") as fh:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, close_fds=True)
-    record = {"model": model, "version": version, "pid": proc.pid, "log": str(out), "spec": spec_path}
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
+    record = {
+        "model": model,
+        "version": version,
+        "pid": proc.pid,
+        "log": str(out),
+        "spec": spec_path,
+    }
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh)
     log.info("release of %s %s started (pid %d, log %s)", model, version, proc.pid, out)
     return record
 
 
-def wait_release(settings: Settings, model: str, version: str, timeout: float = 600.0, poll: float = 1.0,
-                 on_event=None) -> str:
+def wait_release(
+    settings: Settings,
+    model: str,
+    version: str,
+    timeout: float = 600.0,
+    poll: float = 1.0,
+    on_event=None,
+) -> str:
     """Wait until the release of ``version`` ends; returns its final stage (production, rejected, or staging
     when the release stopped without a verdict). ``on_event(event)`` sees each new history event."""
     import time
@@ -84,15 +114,19 @@ def wait_release(settings: Settings, model: str, version: str, timeout: float = 
         path = record_path(settings, model, version)
         record = json.loads(path.read_text()) if path.exists() else {}
         if record.get("pid") and not _alive(record["pid"], pid_alive):
-            time.sleep(poll)  # the last event may be written just before the process ends
+            time.sleep(
+                poll
+            )  # the last event may be written just before the process ends
             events = registry.history(model, version)
             for event in events[seen:]:
                 if on_event:
                     on_event(event)
             return events[-1]["stage"] if events else "unknown"
         if time.monotonic() > deadline:
-            raise KfreleaseError(f"the release of {model} {version} did not end within {timeout:.0f} s; "
-                                 f"see {record.get('log', 'its log')}")
+            raise KfreleaseError(
+                f"the release of {model} {version} did not end within {timeout:.0f} s; "
+                f"see {record.get('log', 'its log')}"
+            )
         time.sleep(poll)
 
 

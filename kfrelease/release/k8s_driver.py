@@ -40,7 +40,11 @@ class ClusterObjects(Protocol):
 
 def _key(doc: dict) -> tuple[str, str, str]:
     meta = doc.get("metadata") or {}
-    return (doc["kind"], meta.get("namespace", doc.get("namespace", "")), meta.get("name", doc.get("name")))
+    return (
+        doc["kind"],
+        meta.get("namespace", doc.get("namespace", "")),
+        meta.get("name", doc.get("name")),
+    )
 
 
 class InMemoryObjects:
@@ -57,8 +61,10 @@ class InMemoryObjects:
         from kfrelease.serving.k8s import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
-        self.docs[key] = apply_merge_patch(self.docs[key], {"spec": ref["patch"]["spec"]} if "spec" in ref[
-            "patch"] else ref["patch"])
+        self.docs[key] = apply_merge_patch(
+            self.docs[key],
+            {"spec": ref["patch"]["spec"]} if "spec" in ref["patch"] else ref["patch"],
+        )
         self.calls.append(("patch", copy.deepcopy(ref)))
 
     def create(self, doc: dict) -> None:
@@ -91,37 +97,62 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
 
     def list(self, spec: RolloutSpec) -> list[dict]:
         out = []
-        for api_version, kind in (("serving.kserve.io/v1beta1", "InferenceService"),
-                                  ("networking.istio.io/v1", "VirtualService")):
+        for api_version, kind in (
+            ("serving.kserve.io/v1beta1", "InferenceService"),
+            ("networking.istio.io/v1", "VirtualService"),
+        ):
             group, version = self._gv(api_version)
-            items = self.api.list_namespaced_custom_object(group, version, spec.serving.namespace, PLURALS[kind],
-                                                           label_selector="app.kubernetes.io/part-of=kfrelease")
+            items = self.api.list_namespaced_custom_object(
+                group,
+                version,
+                spec.serving.namespace,
+                PLURALS[kind],
+                label_selector="app.kubernetes.io/part-of=kfrelease",
+            )
             out += items.get("items", [])
         return out
 
     def patch(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self.api.patch_namespaced_custom_object(group, version, ref["namespace"], PLURALS[ref["kind"]],
-                                                ref["name"], ref["patch"])
+        self.api.patch_namespaced_custom_object(
+            group,
+            version,
+            ref["namespace"],
+            PLURALS[ref["kind"]],
+            ref["name"],
+            ref["patch"],
+        )
 
     def create(self, doc: dict) -> None:
         group, version = self._gv(doc["apiVersion"])
-        self.api.create_namespaced_custom_object(group, version, doc["metadata"]["namespace"],
-                                                 PLURALS[doc["kind"]], doc)
+        self.api.create_namespaced_custom_object(
+            group, version, doc["metadata"]["namespace"], PLURALS[doc["kind"]], doc
+        )
 
     def delete(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
-        self.api.delete_namespaced_custom_object(group, version, ref["namespace"], PLURALS[ref["kind"]],
-                                                 ref["name"])
+        self.api.delete_namespaced_custom_object(
+            group, version, ref["namespace"], PLURALS[ref["kind"]], ref["name"]
+        )
 
 
 class KServeTrafficDriver:
     """Implements ``kfrelease.rollout.traffic.TrafficDriver`` on a cluster (see the module docstring)."""
 
-    def __init__(self, spec: RolloutSpec, storage_uris: Mapping[str, str], objects: ClusterObjects,
-                 logger_url: str | None = None):
-        self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
+    def __init__(
+        self,
+        spec: RolloutSpec,
+        storage_uris: Mapping[str, str],
+        objects: ClusterObjects,
+        logger_url: str | None = None,
+    ):
+        self.spec, self.storage_uris, self.objects, self.logger_url = (
+            spec,
+            dict(storage_uris),
+            objects,
+            logger_url,
+        )
         self._state: TrafficState | None = None
 
     def current(self) -> TrafficState | None:
@@ -130,8 +161,13 @@ class KServeTrafficDriver:
     def _move(self, state: TrafficState) -> None:
         from kfrelease.serving.k8s import traffic_patches
 
-        plan = traffic_patches(self.objects.list(self.spec), self.spec, state, self.storage_uris,
-                               logger_url=self.logger_url)  # raises on a bad state before anything is sent
+        plan = traffic_patches(
+            self.objects.list(self.spec),
+            self.spec,
+            state,
+            self.storage_uris,
+            logger_url=self.logger_url,
+        )  # raises on a bad state before anything is sent
         for doc in plan["create"]:
             self.objects.create(doc)
         for ref in plan["patch"]:
@@ -141,8 +177,13 @@ class KServeTrafficDriver:
 
     def apply(self, state: TrafficState) -> None:
         before = self._state
-        if before and before.canary and before.canary_weight > 0 and not state.canary and \
-                state.primary == before.primary:
+        if (
+            before
+            and before.canary
+            and before.canary_weight > 0
+            and not state.canary
+            and state.primary == before.primary
+        ):
             # rollback: the canary's share to 0 first (instant), then the spec back to production
             self._move(before.with_canary(before.canary, 0))
         self._move(state)

@@ -21,7 +21,9 @@ def ensure_serving_services(settings: Settings) -> None:
     from kfrelease.stack import supervisor
     from kfrelease.stack.services import declared_services
 
-    others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
+    others = [
+        s for s in declared_services(settings, ("serving",)) if s.name != "gateway"
+    ]
     supervisor.up(settings, others)
 
 
@@ -50,8 +52,10 @@ class ReleaseLock:
                 except (OSError, ValueError):
                     alive, version = False, "?"
                 if alive:
-                    raise Conflict(f"a release of {version} is running ({self.path}); wait for it "
-                                   "(`kfrelease release status`)") from None
+                    raise Conflict(
+                        f"a release of {version} is running ({self.path}); wait for it "
+                        "(`kfrelease release status`)"
+                    ) from None
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:
@@ -63,8 +67,13 @@ class ReleaseLock:
         self.path.unlink(missing_ok=True)
 
 
-def run_release(settings: Settings, model: str, version: str, spec: RolloutSpec | None = None,
-                on_decision: Callable[[dict], None] | None = None) -> ReleaseOutcome:
+def run_release(
+    settings: Settings,
+    model: str,
+    version: str,
+    spec: RolloutSpec | None = None,
+    on_decision: Callable[[dict], None] | None = None,
+) -> ReleaseOutcome:
     """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
     from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
 
@@ -75,9 +84,14 @@ def run_release(settings: Settings, model: str, version: str, spec: RolloutSpec 
         ensure_serving_services(settings)
         driver = LocalGatewayDriver(settings, spec)
         current = driver.current()
-        preflight = (f"http://127.0.0.1:{predictor_port(settings, 'production')}"
-                     if current and current.primary else None)
-        controller = ReleaseController(settings, spec, driver, preflight_url=preflight, on_decision=on_decision)
+        preflight = (
+            f"http://127.0.0.1:{predictor_port(settings, 'production')}"
+            if current and current.primary
+            else None
+        )
+        controller = ReleaseController(
+            settings, spec, driver, preflight_url=preflight, on_decision=on_decision
+        )
         return controller.run(version)
 
 
@@ -95,8 +109,11 @@ def driver_for(settings: Settings, spec: RolloutSpec):
         uris = {}
         for mv in ModelRegistry(store_for("pipeline", settings)).list(spec.model):
             image = mv.entry.get("image")
-            uris[mv.version] = (f"oci://{image['ref'].split('@')[0].split(':')[0]}@{image['digest']}" if image
-                                else f"s3://models/artifacts/{spec.model}/{mv.version}/")
+            uris[mv.version] = (
+                f"oci://{image['ref'].split('@')[0].split(':')[0]}@{image['digest']}"
+                if image
+                else f"s3://models/artifacts/{spec.model}/{mv.version}/"
+            )
         return KServeTrafficDriver(spec, uris, KubernetesObjects())
     from kfrelease.serving.gateway import LocalGatewayDriver
 
@@ -118,7 +135,9 @@ def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     return "shadow"
 
 
-def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
+def shadow_step(
+    settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None
+) -> str:
     """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``wait`` (traffic back to production)."""
     controller = _controller(settings, spec)
     _, production = controller.preflight(version)
@@ -141,5 +160,9 @@ def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:
     """The rollout spec a pipeline step was given (YAML text; empty: the packaged default) for ``model``."""
     from kfrelease.rollout.spec import parse_rollout_spec
 
-    spec = parse_rollout_spec(spec_yaml, "release pipeline spec_yaml") if spec_yaml.strip() else load_rollout_spec()
+    spec = (
+        parse_rollout_spec(spec_yaml, "release pipeline spec_yaml")
+        if spec_yaml.strip()
+        else load_rollout_spec()
+    )
     return dataclasses.replace(spec, model=model) if spec.model != model else spec

@@ -34,7 +34,9 @@ class ShadowVerdict:
     decision: str  # pass | fail | wait
     reasons: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
-    html: str | None = None  # Evidently report of both models on the joined requests (when rendered)
+    html: str | None = (
+        None  # Evidently report of both models on the joined requests (when rendered)
+    )
 
     @property
     def passed(self) -> bool:
@@ -61,44 +63,95 @@ def latest_truth(feedback: pd.DataFrame) -> pd.DataFrame:
     """One truth per (request id, instance): the latest label wins."""
     if feedback.empty:
         return pd.DataFrame(columns=["request_id", "instance", "truth"])
-    f = feedback.sort_values("time", kind="stable").drop_duplicates(["request_id", "instance"], keep="last")
+    f = feedback.sort_values("time", kind="stable").drop_duplicates(
+        ["request_id", "instance"], keep="last"
+    )
     return f[["request_id", "instance", "truth"]]
 
 
-def join_shadow(predictions: pd.DataFrame, feedback: pd.DataFrame, candidate: str, production: str) -> pd.DataFrame:
+def join_shadow(
+    predictions: pd.DataFrame, feedback: pd.DataFrame, candidate: str, production: str
+) -> pd.DataFrame:
     """Rows ``request_id, instance, truth, candidate, production``: requests answered by both versions
     (the candidate as the staging shadow, production as the primary) and labelled."""
     if predictions.empty:
         return pd.DataFrame(columns=PAIR_COLUMNS)
     keys = ["request_id", "instance"]
-    cand = predictions[(predictions["model_version"] == candidate) & (predictions["stage"] == "staging")]
-    prod = predictions[(predictions["model_version"] == production) & (predictions["stage"] != "staging")]
-    cand = cand.drop_duplicates(keys)[[*keys, "prediction"]].rename(columns={"prediction": "candidate"})
+    cand = predictions[
+        (predictions["model_version"] == candidate)
+        & (predictions["stage"] == "staging")
+    ]
+    prod = predictions[
+        (predictions["model_version"] == production)
+        & (predictions["stage"] != "staging")
+    ]
+    cand = cand.drop_duplicates(keys)[[*keys, "prediction"]].rename(
+        columns={"prediction": "candidate"}
+    )
     prod = prod.drop_duplicates(keys)
-    features = [c for c in prod.columns if c not in ("request_id", "instance", "time", "model_version", "stage",
-                                                     "prediction")]
-    prod = prod[[*keys, *features, "prediction"]].rename(columns={"prediction": "production"})
+    features = [
+        c
+        for c in prod.columns
+        if c
+        not in (
+            "request_id",
+            "instance",
+            "time",
+            "model_version",
+            "stage",
+            "prediction",
+        )
+    ]
+    prod = prod[[*keys, *features, "prediction"]].rename(
+        columns={"prediction": "production"}
+    )
     pairs = cand.merge(prod, on=keys).merge(latest_truth(feedback), on=keys)
     pairs = pairs.dropna(subset=["truth", "candidate", "production"])
     return pairs[[*PAIR_COLUMNS, *features]].reset_index(drop=True)
 
 
-def shadow_verdict(pairs: pd.DataFrame, candidate: str, production: str, min_samples: int, max_rmse_ratio: float,
-                   window: dict | None = None) -> ShadowVerdict:
+def shadow_verdict(
+    pairs: pd.DataFrame,
+    candidate: str,
+    production: str,
+    min_samples: int,
+    max_rmse_ratio: float,
+    window: dict | None = None,
+) -> ShadowVerdict:
     """The gate's decision on joined rows (see the module docstring)."""
     n = len(pairs)
-    evidence = {"candidate_version": candidate, "production_version": production, "n": n,
-                "min_labelled_samples": min_samples, "max_rmse_ratio": max_rmse_ratio, "window": window or {}}
+    evidence = {
+        "candidate_version": candidate,
+        "production_version": production,
+        "n": n,
+        "min_labelled_samples": min_samples,
+        "max_rmse_ratio": max_rmse_ratio,
+        "window": window or {},
+    }
     if n < min_samples:
-        return ShadowVerdict("wait", [f"{n} labelled shadow requests so far; {min_samples} are needed"], evidence)
-    cand = regression_metrics(pairs["truth"], pairs["candidate"], min_samples=min_samples)
-    prod = regression_metrics(pairs["truth"], pairs["production"], min_samples=min_samples)
-    ratio = cand["rmse"] / prod["rmse"] if prod["rmse"] > 0 else (1.0 if cand["rmse"] == 0 else float("inf"))
+        return ShadowVerdict(
+            "wait",
+            [f"{n} labelled shadow requests so far; {min_samples} are needed"],
+            evidence,
+        )
+    cand = regression_metrics(
+        pairs["truth"], pairs["candidate"], min_samples=min_samples
+    )
+    prod = regression_metrics(
+        pairs["truth"], pairs["production"], min_samples=min_samples
+    )
+    ratio = (
+        cand["rmse"] / prod["rmse"]
+        if prod["rmse"] > 0
+        else (1.0 if cand["rmse"] == 0 else float("inf"))
+    )
     evidence.update(candidate=cand, production=prod, rmse_ratio=ratio)
     if ratio <= max_rmse_ratio:
         return ShadowVerdict("pass", [], evidence)
-    reason = (f"candidate {candidate} rmse {cand['rmse']:.3f} > production {production} rmse {prod['rmse']:.3f} "
-              f"x {max_rmse_ratio:g} on the same {n} labelled requests")
+    reason = (
+        f"candidate {candidate} rmse {cand['rmse']:.3f} > production {production} rmse {prod['rmse']:.3f} "
+        f"x {max_rmse_ratio:g} on the same {n} labelled requests"
+    )
     return ShadowVerdict("fail", [reason], evidence)
 
 
@@ -115,15 +168,27 @@ def shadow_report_html(pairs: pd.DataFrame, verdict: ShadowVerdict) -> str:
     head = html_lib.escape(verdict.summary())
     frames = "".join(
         f"<h2>{html_lib.escape(title)}</h2><iframe style='width:100%;height:1400px;border:0' "
-        f"srcdoc=\"{html_lib.escape(page, quote=True)}\"></iframe>"
+        f'srcdoc="{html_lib.escape(page, quote=True)}"></iframe>'
         for title, page in parts
     )
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>kfrelease shadow gate</title></head>"
-            f"<body><h1>Shadow gate: {html_lib.escape(verdict.decision)}</h1><p>{head}</p>{frames}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>kfrelease shadow gate</title></head>"
+        f"<body><h1>Shadow gate: {html_lib.escape(verdict.decision)}</h1><p>{head}</p>{frames}</body></html>"
+    )
 
 
-def evaluate_shadow(store, model: str, candidate: str, production: str, since, until=None, *, min_samples: int,
-                    max_rmse_ratio: float, report: bool = False) -> ShadowVerdict:
+def evaluate_shadow(
+    store,
+    model: str,
+    candidate: str,
+    production: str,
+    since,
+    until=None,
+    *,
+    min_samples: int,
+    max_rmse_ratio: float,
+    report: bool = False,
+) -> ShadowVerdict:
     """Read the prediction logs and ground truth of ``[since, until)`` and decide (see ``shadow_verdict``)."""
     from kfrelease.serving.feedback import read_feedback
     from kfrelease.serving.logs import read_predictions
@@ -131,8 +196,13 @@ def evaluate_shadow(store, model: str, candidate: str, production: str, since, u
     predictions = read_predictions(store, model, since=since, until=until)
     feedback = read_feedback(store, model, since=since)
     pairs = join_shadow(predictions, feedback, candidate, production)
-    window = {"since": pd.Timestamp(since).isoformat(), "until": pd.Timestamp(until).isoformat() if until else None}
-    verdict = shadow_verdict(pairs, candidate, production, min_samples, max_rmse_ratio, window)
+    window = {
+        "since": pd.Timestamp(since).isoformat(),
+        "until": pd.Timestamp(until).isoformat() if until else None,
+    }
+    verdict = shadow_verdict(
+        pairs, candidate, production, min_samples, max_rmse_ratio, window
+    )
     if report and verdict.decision != "wait":
         try:
             verdict.html = shadow_report_html(pairs, verdict)

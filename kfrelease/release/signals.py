@@ -43,8 +43,12 @@ class StepHealth:
     p99_ms: float | None
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "error_rate": self.error_rate,
-                "p99_ms": self.p99_ms}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "p99_ms": self.p99_ms,
+        }
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -73,16 +77,25 @@ def parse_snapshot(text: str, model: str, version: str | None = None) -> Snapsho
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
-            if s.name == "request_preprocess_seconds_count" and labels.get("model_name") == model:
+            if (
+                s.name == "request_preprocess_seconds_count"
+                and labels.get("model_name") == model
+            ):
                 snap.attempts += s.value
-            elif s.name == "kfrelease_predictor_requests_total" and labels.get("model") == model and (
-                    version is None or labels.get("version") == version):
+            elif (
+                s.name == "kfrelease_predictor_requests_total"
+                and labels.get("model") == model
+                and (version is None or labels.get("version") == version)
+            ):
                 if labels.get("outcome") == "ok":
                     snap.ok += s.value
                 elif labels.get("outcome") == "invalid":
                     snap.invalid += s.value
-            elif s.name == "kfrelease_predictor_request_seconds_bucket" and labels.get("model") == model and (
-                    version is None or labels.get("version") == version):
+            elif (
+                s.name == "kfrelease_predictor_request_seconds_bucket"
+                and labels.get("model") == model
+                and (version is None or labels.get("version") == version)
+            ):
                 le = float(labels["le"])
                 snap.buckets[le] = snap.buckets.get(le, 0.0) + s.value
     return snap
@@ -99,22 +112,35 @@ def health_between(before: Snapshot, after: Snapshot) -> StepHealth:
     requests = max(attempts, ok + invalid)
     buckets = {le: c - b.buckets.get(le, 0.0) for le, c in after.buckets.items()}
     p99 = histogram_quantile(0.99, buckets)
-    return StepHealth(requests, errors, errors / requests if requests else None,
-                      None if p99 is None else p99 * 1000.0)
+    return StepHealth(
+        requests,
+        errors,
+        errors / requests if requests else None,
+        None if p99 is None else p99 * 1000.0,
+    )
 
 
 class PredictorMetrics:
     """Reads a model server's ``/metrics`` directly (``canary.metrics_source: predictor``)."""
 
-    def __init__(self, url: str, model: str, version: str | None = None, timeout: float = 3.0):
-        self.url, self.model, self.version, self.timeout = url.rstrip("/"), model, version, timeout
+    def __init__(
+        self, url: str, model: str, version: str | None = None, timeout: float = 3.0
+    ):
+        self.url, self.model, self.version, self.timeout = (
+            url.rstrip("/"),
+            model,
+            version,
+            timeout,
+        )
 
     def snapshot(self) -> Snapshot:
         try:
             r = httpx.get(f"{self.url}/metrics", timeout=self.timeout)
             r.raise_for_status()
         except httpx.HTTPError as exc:
-            raise MetricSourceError(f"metrics of {self.url} cannot be read ({exc})") from None
+            raise MetricSourceError(
+                f"metrics of {self.url} cannot be read ({exc})"
+            ) from None
         return parse_snapshot(r.text, self.model, self.version)
 
     def start(self) -> Snapshot:
@@ -127,16 +153,33 @@ class PredictorMetrics:
 class PrometheusMetrics:
     """Queries Prometheus (``canary.metrics_source: prometheus``) for the canary's series over a step."""
 
-    def __init__(self, url: str, model: str, version: str, stage: str = "canary", timeout: float = 5.0):
-        self.url, self.model, self.version, self.stage, self.timeout = url.rstrip("/"), model, version, stage, timeout
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        version: str,
+        stage: str = "canary",
+        timeout: float = 5.0,
+    ):
+        self.url, self.model, self.version, self.stage, self.timeout = (
+            url.rstrip("/"),
+            model,
+            version,
+            stage,
+            timeout,
+        )
 
     def query(self, expr: str) -> float | None:
         try:
-            r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=self.timeout)
+            r = httpx.get(
+                f"{self.url}/api/v1/query", params={"query": expr}, timeout=self.timeout
+            )
             r.raise_for_status()
             result = r.json()["data"]["result"]
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise MetricSourceError(f"Prometheus at {self.url} cannot be queried ({exc})") from None
+            raise MetricSourceError(
+                f"Prometheus at {self.url} cannot be queried ({exc})"
+            ) from None
         if not result:
             return None
         value = float(result[0]["value"][1])
@@ -144,19 +187,37 @@ class PrometheusMetrics:
 
     def start(self) -> None:
         self.query("vector(1)")  # reachable?
-        return None
 
     def health(self, _start, seconds: float) -> StepHealth:
-        w = f"{max(1, int(math.ceil(seconds)))}s"
+        w = f"{max(1, math.ceil(seconds))}s"
         sel = f'model="{self.model}",version="{self.version}",stage="{self.stage}"'
-        ok = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))') or 0.0
-        invalid = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))') or 0.0
-        attempts = self.query(
-            f'sum(increase(request_preprocess_seconds_count{{model_name="{self.model}",stage="{self.stage}"}}[{w}]))'
-        ) or 0.0
-        p99 = self.query(f"histogram_quantile(0.99, sum by (le) "
-                         f"(increase(kfrelease_predictor_request_seconds_bucket{{{sel}}}[{w}])))")
+        ok = (
+            self.query(
+                f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))'
+            )
+            or 0.0
+        )
+        invalid = (
+            self.query(
+                f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))'
+            )
+            or 0.0
+        )
+        attempts = (
+            self.query(
+                f'sum(increase(request_preprocess_seconds_count{{model_name="{self.model}",stage="{self.stage}"}}[{w}]))'
+            )
+            or 0.0
+        )
+        p99 = self.query(
+            f"histogram_quantile(0.99, sum by (le) "
+            f"(increase(kfrelease_predictor_request_seconds_bucket{{{sel}}}[{w}])))"
+        )
         errors = max(0.0, attempts - ok - invalid)
         requests = max(attempts, ok + invalid)
-        return StepHealth(requests, errors, errors / requests if requests else None,
-                          None if p99 is None else p99 * 1000.0)
+        return StepHealth(
+            requests,
+            errors,
+            errors / requests if requests else None,
+            None if p99 is None else p99 * 1000.0,
+        )

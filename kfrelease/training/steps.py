@@ -6,15 +6,11 @@ The KFP components (``kfrelease.components.train`` ...) call exactly these, with
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
 
 from kfrelease.config import Settings
 from kfrelease.training.spec import ModelSpec
@@ -53,6 +49,7 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
 def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: str | None = None) -> dict:
     """Evidently regression report on the held-out split; returns metrics, writes the HTML report."""
     import joblib
+    import pandas as pd
 
     from kfrelease.evaluation import regression_report
     from kfrelease.training.core import predict
@@ -69,6 +66,8 @@ def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: s
 def validate_step(spec: ModelSpec, metrics: dict, train_path: str, test_path: str,
                   settings: Settings | None = None) -> dict:
     """The verdict: thresholds, champion on the same test rows, drift against the champion's data."""
+    import pandas as pd
+
     from kfrelease.registry import ModelRegistry
     from kfrelease.training.validate import load_champion, validate
 
@@ -176,14 +175,3 @@ def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", ru
             run.stage = timed("deploy-staging", deploy_staging_step, spec.name, run.version, run.run_id, settings)
     return run
 
-
-def dumps(doc) -> str:
-    return json.dumps(doc, sort_keys=True, default=str)
-
-
-def model_bytes(model) -> bytes:
-    import joblib
-
-    buf = io.BytesIO()
-    joblib.dump(model, buf)
-    return buf.getvalue()

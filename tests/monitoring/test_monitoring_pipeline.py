@@ -90,7 +90,6 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
 def test_pipeline_compiles_with_a_report_task_per_window(tmp_path):
     import yaml
     from kfp import compiler
-
     from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
 
     path = tmp_path / "monitoring.yaml"

@@ -9,68 +9,25 @@ is in the prediction logs."""
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import pandas as pd
 import pytest
-
-from kfrelease.demo.flow import create_release_demo_project
-from kfrelease.demo.traffic import TrafficGenerator
-from kfrelease.registry import ModelRegistry
-from kfrelease.release.run import run_release
-from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.logs import read_predictions
+
+from kfrelease.demo.flow import create_release_demo_project
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.run import run_release
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline
-from tests.training.conftest import PrivateDataset
+from tests.release.conftest import bad_spec_text, small_spec, traffic, wait_logged
 
 pytestmark = pytest.mark.integration
 
 
-def small_spec(model: str, **sections):
-    base = load_rollout_spec().with_changes(
-        shadow={"min_labelled_samples": 42, "max_rmse_ratio": 1.02, "max_wait_seconds": 60},
-        canary={"steps": (25, 50, 100), "interval_seconds": 3, "min_requests": 5,
-                "checks": load_rollout_spec().canary.checks.__class__(
-                    max_error_rate=0.01, max_p99_latency_ms=250, max_rmse_ratio=1.10, min_labelled_samples=8)},
-    )
-    import dataclasses
-
-    spec = dataclasses.replace(base, model=model)
-    return spec.with_changes(**sections) if sections else spec
-
-
-@pytest.fixture
-def release_env(stack, tmp_path):
-    ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
-    ds.add_batch(1)
-    name = f"diabetes-progression-{uuid.uuid4().hex[:6]}"
-    yield stack, ds, name, tmp_path
-    LocalGatewayDriver(stack, load_rollout_spec()).stop()
-
-
-def traffic(settings, model: str) -> TrafficGenerator:
-    return TrafficGenerator(settings.url("gateway"), settings.url("feedback"), model, rate=25.0,
-                            max_requests=6000, max_seconds=240, truth_delay=0.3).start()
-
-
-def wait_logged(settings, model: str, ids: list[str], timeout: float = 30.0) -> int:
-    """Answered request ids found in the prediction logs (client-facing answers: not the shadow's)."""
-    store = store_for("monitoring", settings)
-    deadline = time.monotonic() + timeout
-    want = set(ids)
-    while True:
-        frame = read_predictions(store, model)
-        got = want & set(frame.loc[frame["stage"] != "staging", "request_id"])
-        if len(got) == len(want) or time.monotonic() > deadline:
-            return len(got)
-        time.sleep(0.5)
-
-
-def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(release_env):
+def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(
+    release_env, run_cli
+):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
     spec = small_spec(name)
@@ -83,7 +40,10 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     v1 = train(1)
     assert v1.version == "V1.1.0" and v1.stage == "staging"
     first = run_release(settings, name, v1.version, spec)
-    assert first.result == "promoted" and registry.current(name, "production").version == "V1.1.0"
+    assert (
+        first.result == "promoted"
+        and registry.current(name, "production").version == "V1.1.0"
+    )
     assert "first model of tag 1" in registry.history(name, "V1.1.0")[-1]["why"]
 
     gen = traffic(settings, name)
@@ -96,7 +56,9 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
         assert registry.get(name, "V1.1.0").stage == "archived"
 
         v3 = train(3)
-        assert v3.stage == "staging", v3.verdict  # passed offline thanks to the widened tolerance
+        assert v3.stage == "staging", (
+            v3.verdict
+        )  # passed offline thanks to the widened tolerance
         third = run_release(settings, name, v3.version, spec)
         # worse on live traffic: stopped by the shadow gate, or at the latest by the first canary check
         assert third.result in ("rejected", "rolled_back"), third.decisions[-1]["why"]
@@ -107,7 +69,9 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
 
     assert stats.failed == 0, stats.errors
     assert stats.sent == stats.ok > 200
-    if third.result == "rejected":  # rejected in shadow: the worse model never answered a client
+    if (
+        third.result == "rejected"
+    ):  # rejected in shadow: the worse model never answered a client
         assert set(stats.versions) <= {"V1.1.0", "V1.2.0"}
     assert wait_logged(settings, name, stats.ok_ids) == stats.sent
 
@@ -120,7 +84,10 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     assert [e["evidence"]["weight"] for e in canary] == [25, 50, 100]
     assert all("error rate" in e["why"] and "p99" in e["why"] for e in canary)
     h3 = registry.history(name, v3.version)
-    assert h3[-1]["stage"] == "rejected" and h3[-1]["evidence"]["phase"] in ("shadow", "rollback")
+    assert h3[-1]["stage"] == "rejected" and h3[-1]["evidence"]["phase"] in (
+        "shadow",
+        "rollback",
+    )
     if third.result == "rejected":
         assert h3[-1]["evidence"]["rmse_ratio"] > 1.02 and h3[-1]["evidence"]["n"] >= 42
         assert h3[-1]["evidence"]["report"].endswith("shadow-gate.html")
@@ -129,30 +96,38 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
         assert acc["status"] == "failed" and acc["value"] > 1.10
     assert h2[1]["evidence"]["report"].endswith("shadow-gate.html")
 
-
-def bad_spec_text(name: str, dataset: str) -> str:
-    return f"""name: {name}
-tag: 1
-dataset: {dataset}
-features: [age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, bmi_bp]
-target: progression
-estimator: {{class: sklearn.dummy.DummyRegressor, params: {{strategy: constant, constant: 100.0}}}}
-split: {{test_size: 0.2, seed: 42}}
-validation: {{max_rmse: 200.0, min_r2: -100.0, tolerance: 10.0}}
-"""
+    # the CLI shows every decision with its numbers
+    shown = run_cli("models", "history", name, "V1.2.0", check=True).stdout
+    assert (
+        f"{h2[1]['evidence']['rmse_ratio']:.3f}" in shown
+        and "p99" in shown
+        and "promoted" in shown
+    )
+    status = run_cli("release", "status", name, check=True).stdout
+    assert "primary V1.2.0" in status and "rejected" in status
 
 
-def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(release_env):
+def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(
+    release_env,
+):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
     registry = ModelRegistry(store_for("pipeline", settings))
     model_spec, commit = load_project_at_commit(tmp / "project", shas[0])
     v1 = run_inline(model_spec, commit, settings=settings, containerize=False)
     # the shadow gate is lenient here (ratio 10), the canary's accuracy check is not (1.10)
-    spec = small_spec(name, shadow={"max_rmse_ratio": 10.0, "min_labelled_samples": 20},
-                      canary={"steps": (20, 50, 100), "interval_seconds": 6})
+    spec = small_spec(
+        name,
+        shadow={"max_rmse_ratio": 10.0, "min_labelled_samples": 20},
+        canary={"steps": (20, 50, 100), "interval_seconds": 6},
+    )
     assert run_release(settings, name, v1.version, spec).result == "promoted"
-    bad = run_inline(parse_spec(bad_spec_text(name, ds.name)), "b" * 40, settings=settings, containerize=False)
+    bad = run_inline(
+        parse_spec(bad_spec_text(name, ds.name)),
+        "b" * 40,
+        settings=settings,
+        containerize=False,
+    )
     assert bad.stage == "staging" and bad.version == "V1.2.0"
 
     with traffic(settings, name) as gen:
@@ -166,7 +141,9 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     assert acc["status"] == "failed" and acc["value"] > 1.10
     # rolled back within one interval of the failed check
     checked = pd.Timestamp(last["evidence"]["window"]["until"])
-    assert (pd.Timestamp(last["when"]) - checked).total_seconds() < spec.canary.interval_seconds
+    assert (
+        pd.Timestamp(last["when"]) - checked
+    ).total_seconds() < spec.canary.interval_seconds
     assert registry.current(name, "production").version == v1.version
     assert LocalGatewayDriver(settings, spec).current().canary is None
 
@@ -174,9 +151,16 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     assert stats.failed == 0, stats.errors
     assert wait_logged(settings, name, stats.ok_ids) == stats.sent
     frame = read_predictions(store_for("monitoring", settings), name)
-    client = frame[frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")]  # not the shadow
+    client = frame[
+        frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")
+    ]  # not the shadow
     served_bad = client[client["model_version"] == bad.version]
-    during = client[(client["time"] >= served_bad["time"].min()) & (client["time"] <= pd.Timestamp(last["when"]))]
+    during = client[
+        (client["time"] >= served_bad["time"].min())
+        & (client["time"] <= pd.Timestamp(last["when"]))
+    ]
     share = len(served_bad) / len(during)
     assert len(served_bad) > 0 and share <= 0.20 + 0.10, (len(served_bad), len(during))
-    assert served_bad["time"].max() <= pd.Timestamp(last["when"])  # nothing after the rollback
+    assert served_bad["time"].max() <= pd.Timestamp(
+        last["when"]
+    )  # nothing after the rollback

@@ -14,12 +14,14 @@ from kfrelease.release.runner import run_release_pipeline
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline
-from tests.release.test_release_flow import bad_spec_text, release_env, small_spec, traffic  # noqa: F401
+from tests.release.conftest import bad_spec_text, small_spec, traffic
 
 pytestmark = pytest.mark.integration
 
 
-def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(release_env):
+def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(
+    release_env,
+):
     from kfrelease.demo.flow import create_release_demo_project
 
     settings, ds, name, tmp = release_env
@@ -33,14 +35,31 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
 
     model_spec, commit = load_project_at_commit(tmp / "project", shas[0])
     v1 = run_inline(model_spec, commit, settings=settings, containerize=False)
-    assert run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
+    assert (
+        run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
+    )
 
-    bad = run_inline(parse_spec(bad_spec_text(name, ds.name)), "c" * 40, settings=settings, containerize=False)
+    bad = run_inline(
+        parse_spec(bad_spec_text(name, ds.name)),
+        "c" * 40,
+        settings=settings,
+        containerize=False,
+    )
     with traffic(settings, name) as gen:
-        assert run_release_pipeline(settings, name, bad.version, str(spec_file)) == "rejected"
+        assert (
+            run_release_pipeline(settings, name, bad.version, str(spec_file))
+            == "rejected"
+        )
         stats = gen.stop()
-    assert stats.failed == 0 and bad.version not in stats.versions  # it only ever saw mirrored copies
+    assert (
+        stats.failed == 0 and bad.version not in stats.versions
+    )  # it only ever saw mirrored copies
     last = registry.history(name, bad.version)[-1]
-    assert last["evidence"]["phase"] == "shadow" and last["evidence"]["decision"] == "fail"
-    assert not any(e["evidence"].get("phase") == "canary" for e in registry.history(name, bad.version))
+    assert (
+        last["evidence"]["phase"] == "shadow" and last["evidence"]["decision"] == "fail"
+    )
+    assert not any(
+        e["evidence"].get("phase") == "canary"
+        for e in registry.history(name, bad.version)
+    )
     assert registry.current(name, "production").version == v1.version

@@ -22,10 +22,40 @@ def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):
     t = pd.Timestamp("2026-01-01", tz="UTC")
     rows = []
     for i in range(n):
-        rows.append((ids[i], 0, t, "V1.1.0", "production", 1.0, truth[i] + rng.normal(0, prod_noise)))
-        rows.append((ids[i], 0, t, "V1.2.0", "staging", 1.0, truth[i] + rng.normal(0, cand_noise)))
-    preds = pd.DataFrame(rows, columns=["request_id", "instance", "time", "model_version", "stage", "bmi",
-                                        "prediction"])
+        rows.append(
+            (
+                ids[i],
+                0,
+                t,
+                "V1.1.0",
+                "production",
+                1.0,
+                truth[i] + rng.normal(0, prod_noise),
+            )
+        )
+        rows.append(
+            (
+                ids[i],
+                0,
+                t,
+                "V1.2.0",
+                "staging",
+                1.0,
+                truth[i] + rng.normal(0, cand_noise),
+            )
+        )
+    preds = pd.DataFrame(
+        rows,
+        columns=[
+            "request_id",
+            "instance",
+            "time",
+            "model_version",
+            "stage",
+            "bmi",
+            "prediction",
+        ],
+    )
     fb = pd.DataFrame({"request_id": ids, "instance": 0, "truth": truth, "time": t})
     return preds, fb
 
@@ -33,13 +63,19 @@ def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):
 def test_both_models_are_scored_on_exactly_the_same_labelled_requests():
     preds, fb = logs(50, 10, 20)
     fb = fb.iloc[:40]  # 10 requests not labelled yet
-    preds = preds[~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))]  # shadow missed r0
+    preds = preds[
+        ~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))
+    ]  # shadow missed r0
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
     assert len(pairs) == 39 and "r0" not in set(pairs["request_id"])
     v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.0)
     assert v.decision == "pass"
-    assert v.evidence["candidate"] == regression_metrics(pairs["truth"], pairs["candidate"])
-    assert v.evidence["production"] == regression_metrics(pairs["truth"], pairs["production"])
+    assert v.evidence["candidate"] == regression_metrics(
+        pairs["truth"], pairs["candidate"]
+    )
+    assert v.evidence["production"] == regression_metrics(
+        pairs["truth"], pairs["production"]
+    )
     assert "on the same 39 labelled requests" in v.summary()
 
 
@@ -47,14 +83,22 @@ def test_a_worse_candidate_fails_and_too_few_labels_wait():
     preds, fb = logs(60, 30, 10)
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
     v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.05)
-    assert v.decision == "fail" and v.evidence["rmse_ratio"] > 1.05 and "x 1.05" in v.reasons[0]
-    w = shadow_verdict(pairs.iloc[:29], "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.05)
+    assert (
+        v.decision == "fail"
+        and v.evidence["rmse_ratio"] > 1.05
+        and "x 1.05" in v.reasons[0]
+    )
+    w = shadow_verdict(
+        pairs.iloc[:29], "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.05
+    )
     assert w.decision == "wait" and "29 labelled" in w.reasons[0]
 
 
 def test_the_latest_label_wins():
     preds, fb = logs(30, 1, 1)
-    later = fb.assign(truth=fb["truth"] + 1000, time=fb["time"] + pd.Timedelta(seconds=1))
+    later = fb.assign(
+        truth=fb["truth"] + 1000, time=fb["time"] + pd.Timedelta(seconds=1)
+    )
     pairs = join_shadow(preds, pd.concat([fb, later]), "V1.2.0", "V1.1.0")
     assert len(pairs) == 30 and (pairs["truth"] > 900).all()
 
@@ -70,10 +114,19 @@ def test_histogram_quantile_interpolates_like_promql():
 def metrics_text(ok: int, invalid: int, attempts: int, latencies: list[float]) -> str:
     """What a predictor's /metrics serves (the same metric names and labels, made by prometheus_client)."""
     reg = CollectorRegistry()
-    requests = Counter("kfrelease_predictor_requests", "", ["model", "version", "stage", "protocol", "outcome"],
-                       registry=reg)
-    latency = Histogram("kfrelease_predictor_request_seconds", "", ["model", "version", "stage"], registry=reg,
-                        buckets=(0.001, 0.01, 0.1, 1.0))
+    requests = Counter(
+        "kfrelease_predictor_requests",
+        "",
+        ["model", "version", "stage", "protocol", "outcome"],
+        registry=reg,
+    )
+    latency = Histogram(
+        "kfrelease_predictor_request_seconds",
+        "",
+        ["model", "version", "stage"],
+        registry=reg,
+        buckets=(0.001, 0.01, 0.1, 1.0),
+    )
     pre = Histogram("request_preprocess_seconds", "", ["model_name"], registry=reg)
     requests.labels("m", "V1.2.0", "canary", "v1", "ok").inc(ok)
     requests.labels("m", "V1.2.0", "canary", "v1", "invalid").inc(invalid)
@@ -86,10 +139,18 @@ def metrics_text(ok: int, invalid: int, attempts: int, latencies: list[float]) -
 
 def test_error_rate_and_p99_come_from_the_deltas_of_two_scrapes():
     before = parse_snapshot(metrics_text(10, 0, 10, [0.0005] * 10), "m", "V1.2.0")
-    after = parse_snapshot(metrics_text(105, 5, 120, [0.0005] * 10 + [0.05] * 95), "m", "V1.2.0")
+    after = parse_snapshot(
+        metrics_text(105, 5, 120, [0.0005] * 10 + [0.05] * 95), "m", "V1.2.0"
+    )
     h = health_between(before, after)
-    assert h.requests == 110 and h.errors == 10  # 110 attempts: 95 ok, 5 invalid (4xx, not errors), 10 failed
+    assert (
+        h.requests == 110 and h.errors == 10
+    )  # 110 attempts: 95 ok, 5 invalid (4xx, not errors), 10 failed
     assert h.error_rate == pytest.approx(10 / 110)
     assert 10 < h.p99_ms <= 100
-    restarted = health_between(after, parse_snapshot(metrics_text(3, 0, 3, [0.0005] * 3), "m", "V1.2.0"))
-    assert restarted.requests == 3 and restarted.errors == 0  # counters went down: the server restarted
+    restarted = health_between(
+        after, parse_snapshot(metrics_text(3, 0, 3, [0.0005] * 3), "m", "V1.2.0")
+    )
+    assert (
+        restarted.requests == 3 and restarted.errors == 0
+    )  # counters went down: the server restarted

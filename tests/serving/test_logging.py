@@ -164,6 +164,62 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     assert both[FEATURES].values.tolist() == rows[FEATURES].values.tolist()
 
 
+def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_block(
+    serving, tmp_path
+):
+    """Events spooled while the sink was unreachable are replayed by the next logger on the same WAL; an
+    event the sink refuses for good (400) is counted as dropped instead of blocking the ones behind it."""
+    import numpy as np
+    from kfrelease.serving.logger import InferenceLogger
+
+    from tests.serving.serving_helpers import free_port
+
+    settings, store = serving["settings"], serving["store"]
+    wal = tmp_path / "wal"
+    kwargs = {"model": MODEL, "version": "V3.1.0", "stage": "staging", "features": FEATURES}
+    rows = np.asarray(curated_frame()[FEATURES].values[:1], dtype="float64")
+    ids = [f"restart-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    down = InferenceLogger(
+        url=f"http://127.0.0.1:{free_port()}/", wal_dir=wal, **kwargs
+    )
+    down.start()
+    for rid in ids:
+        down.log(rid, rows, np.array([1.5]))
+    _wait(lambda: down.spooled == 6 or None, 20, "6 events spooled")
+    down.close()
+    assert down.sent == 0 and list(wal.glob("*.jsonl"))
+
+    refused = InferenceLogger(
+        url=settings.url("logsink", "/"),
+        wal_dir=tmp_path / "wal-bad",
+        **{**kwargs, "model": "../not-a-model"},
+    )
+    refused.start()
+    refused.log("refused-1", rows, np.array([1.0]))
+    _wait(lambda: refused.dropped == 2 or None, 20, "the refused events to be dropped")
+    refused.close()
+
+    again = InferenceLogger(url=settings.url("logsink", "/"), wal_dir=wal, **kwargs)
+    again.start()
+    try:
+        counts = _wait(
+            lambda: (
+                (c := _counts_for(store, set(ids))[0]) == {"request": 3, "response": 3}
+                and c
+            ),
+            30,
+            "the replayed events in the store",
+        )
+        assert counts == {"request": 3, "response": 3}
+        _wait(
+            lambda: not list(wal.glob("*.jsonl")) or None,
+            10,
+            "the replayed WAL segment to be deleted",
+        )
+    finally:
+        again.close()
+
+
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -240,7 +296,9 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
         f"{len(ids)} requests and responses in the store",
     )
     assert counts == {"request": len(ids), "response": len(ids)}, "sent != logged"
-    print(f"outage: {len(ids)} predictions sent, {counts} distinct events logged, {raw} lines, {pending} pending at 42 s")
+    print(
+        f"outage: {len(ids)} predictions sent, {counts} distinct events logged, {raw} lines, {pending} pending at 42 s"
+    )
     assert raw == 2 * len(ids), f"{raw - 2 * len(ids)} duplicate lines were written"
     metrics = httpx.get(f"{url}/metrics").text
     assert (

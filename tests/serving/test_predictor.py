@@ -179,6 +179,14 @@ BAD_REQUESTS = [
         "unknown ['bmi_xx']",
     ),
     ("v1", b"[1, 2]", 400, "JSON object"),
+    (
+        "v2",
+        b'{"inputs": [{"name": "x", "shape": [1, 11], "datatype": "INT64", "data": ['
+        + b"1" * 400
+        + b"]}]}",
+        400,
+        "too large",
+    ),
     ("v2", b'{"inputs": 5}', 400, "inputs"),
     ("v2", b'{"inputs": [1', 400, "not valid JSON"),
     ("v2", b'{"instances": [[1]]}', 400, "/v1/models"),

@@ -121,3 +121,14 @@ def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, 
     stopped = run_cli("serve", "stop", env=env, check=True).stdout
     assert "gateway" in stopped and "predictor-production" in stopped
     assert "predictor-production" not in run_cli("serve", "status", env=env, check=True).stdout
+
+
+def test_a_bad_rollout_spec_is_refused_in_one_line_and_starts_nothing(run_cli, serve_env, tmp_path):
+    env, _ = serve_env
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"model: {MODEL}\ncanary: {{steps: [50, 20, 100]}}\n")
+    proc = run_cli("serve", "--spec", str(bad), env=env)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "not strictly increasing" in proc.stderr and "nothing was changed" in proc.stderr
+    settings = Settings(home=Path(env["KFRELEASE_HOME"]), port_offset=int(env["KFRELEASE_PORT_OFFSET"]))
+    assert not supervisor.service_status(settings, "gateway").healthy

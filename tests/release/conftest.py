@@ -1,0 +1,86 @@
+"""Helpers of the release tests: a private dataset and model name per test (other parts' tests on the
+shared session stack never see them), a small rollout spec, bounded demo traffic, the loss-free check."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+import pytest
+from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.serving.logs import read_predictions
+
+from kfrelease.demo.traffic import TrafficGenerator
+from kfrelease.rollout.spec import CanaryChecks, load_rollout_spec
+from kfrelease.storage import store_for
+from tests.training.conftest import PrivateDataset
+
+
+def small_spec(model: str, **sections):
+    base = load_rollout_spec().with_changes(
+        shadow={
+            "min_labelled_samples": 168,
+            "max_rmse_ratio": 1.0,
+            "max_wait_seconds": 60,
+        },
+        canary={
+            "steps": (25, 50, 100),
+            "interval_seconds": 3,
+            "min_requests": 5,
+            "checks": CanaryChecks(
+                max_error_rate=0.01,
+                max_p99_latency_ms=250,
+                max_rmse_ratio=1.10,
+                min_labelled_samples=8,
+            ),
+        },
+    )
+    spec = dataclasses.replace(base, model=model)
+    return spec.with_changes(**sections) if sections else spec
+
+
+@pytest.fixture
+def release_env(stack, tmp_path):
+    ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
+    ds.add_batch(1)
+    name = f"diabetes-progression-{uuid.uuid4().hex[:6]}"
+    yield stack, ds, name, tmp_path
+    LocalGatewayDriver(stack, load_rollout_spec()).stop()
+
+
+def traffic(settings, model: str) -> TrafficGenerator:
+    return TrafficGenerator(
+        settings.url("gateway"),
+        settings.url("feedback"),
+        model,
+        rate=25.0,
+        max_requests=6000,
+        max_seconds=240,
+        truth_delay=0.3,
+    ).start()
+
+
+def wait_logged(settings, model: str, ids: list[str], timeout: float = 30.0) -> int:
+    """Answered request ids found in the prediction logs (client-facing answers: not the shadow's)."""
+    store = store_for("monitoring", settings)
+    deadline = time.monotonic() + timeout
+    want = set(ids)
+    while True:
+        frame = read_predictions(store, model)
+        got = want & set(frame.loc[frame["stage"] != "staging", "request_id"])
+        if len(got) == len(want) or time.monotonic() > deadline:
+            return len(got)
+        time.sleep(0.5)
+
+
+def bad_spec_text(name: str, dataset: str) -> str:
+    return f"""name: {name}
+tag: 1
+dataset: {dataset}
+features: [age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, bmi_bp]
+target: progression
+estimator: {{class: sklearn.dummy.DummyRegressor, params: {{strategy: constant, constant: 100.0}}}}
+split: {{test_size: 0.2, seed: 42}}
+validation: {{max_rmse: 200.0, min_r2: -100.0, tolerance: 10.0}}
+"""
