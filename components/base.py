@@ -6,4 +6,6 @@ from kfp import dsl
 
 from kfrelease.images import project_image
 
-kfrelease_component = functools.partial(dsl.component, base_image=project_image())
+# The project image already has kfp and kfrelease installed, so no component runs a per-step
+# `pip install kfp` (it cost ~1.7 s per step locally and needs PyPI from the cluster).
+kfrelease_component = functools.partial(dsl.component, base_image=project_image(), install_kfp_package=False)

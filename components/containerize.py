@@ -1,7 +1,7 @@
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
+@kfrelease_component
 def containerize(spec_json: str, version: str, image_registry: str, run_id: str) -> str:
     """Build the version's KServe ModelCar image (model under /models, static busybox) without a daemon,
     push it and record its digest in the registry entry.

@@ -1,7 +1,7 @@
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
+@kfrelease_component
 def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_name: str) -> str:
     """Mark the version as the staging candidate (the release pipeline shadows it against production).
 

@@ -2,7 +2,7 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
+@kfrelease_component
 def evaluate(
     spec_json: str,
     run_id: str,

@@ -2,7 +2,7 @@ from kfp.dsl import Artifact, Input, Model
 from kfrelease.components.base import kfrelease_component
 
 
-@kfrelease_component(install_kfp_package=False)  # the project image has kfp; skip the per-step pip run
+@kfrelease_component
 def register(
     spec_json: str,
     commit: str,
