@@ -55,7 +55,7 @@ V2_INT = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT6
 
 REQUESTS = Counter(
     "kfrelease_predictor_requests",
-    "Prediction requests answered, by protocol and outcome (ok, invalid).",
+    "Prediction requests answered, by protocol and outcome (ok; invalid: 4xx; error: the model failed, 500).",
     ["model", "version", "stage", "protocol", "outcome"],
 )
 INSTANCES = Counter(
@@ -605,6 +605,10 @@ def make_predictor_class():
                 p: REQUESTS.labels(m.name, m.version, self.stage, p, "invalid")
                 for p in ("v1", "v2")
             }
+            self._error = {
+                p: REQUESTS.labels(m.name, m.version, self.stage, p, "error")
+                for p in ("v1", "v2")
+            }
             self._instances = INSTANCES.labels(m.name, m.version, self.stage)
             self._latency = LATENCY.labels(m.name, m.version, self.stage)
             self.ready = True
@@ -657,10 +661,16 @@ def make_predictor_class():
         async def predict(self, payload: _Decoded, headers=None, response_headers=None):
             started = time.perf_counter()
             rows = payload.rows
-            if self.cache is not None:
-                predictions = self._predict_cached(rows)
-            else:
-                predictions = self.model.predict(rows)
+            try:
+                if self.cache is not None:
+                    predictions = self._predict_cached(rows)
+                else:
+                    predictions = self.model.predict(rows)
+            except Exception:
+                self._error[
+                    payload.protocol
+                ].inc()  # answered 500 by kserve: the canary's error rate
+                raise
             if response_headers is not None:
                 response_headers["x-model-version"] = self.model.version
                 response_headers["x-request-id"] = payload.request_id

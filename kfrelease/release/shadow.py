@@ -43,9 +43,8 @@ class ShadowVerdict:
         return self.decision == "pass"
 
     def as_dict(self) -> dict:
-        doc = asdict(self)
-        doc.pop("html")
-        return doc
+        """Flat: the decision and reasons beside the numbers (what the registry event's evidence holds)."""
+        return {"decision": self.decision, "reasons": list(self.reasons), **self.evidence}
 
     def summary(self) -> str:
         e = self.evidence
