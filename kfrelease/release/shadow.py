@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html as html_lib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pandas as pd
 

