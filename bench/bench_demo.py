@@ -66,7 +66,7 @@ def main() -> dict:
         "load_1m": round(load, 1),
         "cpus": os.cpu_count(),
         "steps": steps,
-        "tail": proc.stdout[-3000:] + proc.stderr[-2000:],
+        "tail": proc.stdout[-1500:],
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "demo.json").write_text(json.dumps(result, indent=2))

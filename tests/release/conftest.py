@@ -80,7 +80,7 @@ tag: 1
 dataset: {dataset}
 features: [age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, bmi_bp]
 target: progression
-estimator: {{class: sklearn.dummy.DummyRegressor, params: {{strategy: constant, constant: 100.0}}}}
+estimator: {{class: sklearn.dummy.DummyRegressor, params: {{strategy: constant, constant: 0.0}}}}
 split: {{test_size: 0.2, seed: 42}}
 validation: {{max_rmse: 200.0, min_r2: -100.0, tolerance: 10.0}}
 """
