@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from kfrelease.config import Settings
-from kfrelease.errors import KfreleaseError
+from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.training import runs
 from kfrelease.training.spec import (
     SPEC_FILE,
@@ -153,9 +153,24 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "training_pipeline.yaml")
         compiler.Compiler().compile(training_pipeline, package)
-        client = Client(host=host)
+        # Multi-user KFP: authenticate as the CI service account (its projected token, path in
+        # KF_PIPELINES_SA_TOKEN_PATH; the CI workflow mints it) and submit into the release namespace
+        # (KFRELEASE_NAMESPACE, default kfrelease-release), the only one where kfrelease-ci may create runs.
+        namespace = os.environ.get("KFRELEASE_NAMESPACE", "kfrelease-release")
+        credentials = None
+        token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+        if token_path:
+            if not Path(token_path).is_file():
+                raise ConfigError(
+                    f"KF_PIPELINES_SA_TOKEN_PATH={token_path} does not exist; mint the CI token first "
+                    "(kubectl create token kfrelease-ci) or unset it for an unauthenticated KFP")
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            credentials = ServiceAccountTokenVolumeCredentials(path=token_path)
+        client = Client(host=host, namespace=namespace, credentials=credentials)
         result = client.create_run_from_pipeline_package(
             package,
+            namespace=namespace,
             arguments={"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version,
                        "run_id": run_id},
             run_name=run_id,

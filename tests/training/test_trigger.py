@@ -112,11 +112,13 @@ class RecordingKfpApi(BaseHTTPRequestHandler):
     """Records requests and answers like the KFP v2beta1 API for the calls the SDK makes."""
 
     requests: ClassVar[list] = []
+    headers_seen: ClassVar[list] = []
 
     def _answer(self):
         size = int(self.headers.get("content-length") or 0)
         body = json.loads(self.rfile.read(size)) if size else None
         self.requests.append((self.command, self.path.split("?")[0], body))
+        self.headers_seen.append((self.command, self.path.split("?")[0], dict(self.headers)))
         if self.command == "POST" and self.path.startswith("/apis/v2beta1/experiments"):
             out = {"experiment_id": "exp-1", "display_name": body["display_name"]}
         elif self.command == "POST" and self.path.startswith("/apis/v2beta1/runs"):
@@ -136,9 +138,13 @@ class RecordingKfpApi(BaseHTTPRequestHandler):
         pass
 
 
-def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack):
+def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack, tmp_path, monkeypatch):
     repo, shas, name = project
+    token = tmp_path / "kfp-token"
+    token.write_text("ci-token-123")  # what the CI workflow mints with `kubectl create token kfrelease-ci`
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
     RecordingKfpApi.requests = []
+    RecordingKfpApi.headers_seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host = f"http://127.0.0.1:{server.server_port}"
@@ -158,6 +164,11 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack)
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
     assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
     assert registry().list(name) == []  # nothing ran locally
+    # multi-user KFP: the CI service account's token and the release namespace
+    run_headers = [h for m, p, h in RecordingKfpApi.headers_seen if (m, p) == ("POST", "/apis/v2beta1/runs")]
+    assert {k.lower(): v for k, v in run_headers[0].items()}["authorization"] == "Bearer ci-token-123"
+    experiments = [b for m, p, b in RecordingKfpApi.requests if (m, p) == ("POST", "/apis/v2beta1/experiments")]
+    assert experiments and experiments[0]["namespace"] == "kfrelease-release"
 
 
 def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project, dataset, stack):
