@@ -62,19 +62,9 @@ def _command_factory(model_dir: Path):
 
     def command(stage: str, version: str, _dir: Path, port: int) -> list[str]:
         if real:
-            return [
-                sys.executable,
-                "-m",
-                "kfrelease.serving.predictor",
-                "--model-dir",
-                str(model_dir),
-                "--name",
-                MODEL,
-                "--stage",
-                stage,
-                "--http-port",
-                str(port),
-            ]
+            from kfrelease.serving.services import predictor_argv
+
+            return predictor_argv(model_dir, MODEL, stage, port)
         return [sys.executable, "-m", "bench.bench_gateway", "serve", str(port), version]
 
     return command, ("kfrelease predictor" if real else "minimal kserve.Model")

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+from kfrelease.serving.services import predictor_argv
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -206,19 +207,7 @@ def ensure_mlserver() -> Path:
 
 def start_ours(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kfrelease.serving.predictor",
-            "--model-dir",
-            str(model_dir),
-            "--name",
-            MODEL,
-            "--stage",
-            "production",
-            "--http-port",
-            str(port),
-        ],
+        predictor_argv(model_dir, MODEL, "production", port),
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -428,24 +427,9 @@ def default_predictor_command(settings: Settings, model: str) -> PredictorComman
     """The serving part's predictor CLI (docs/CONTRACTS.md, "Serving processes")."""
 
     def command(stage: str, version: str, model_dir: Path, port: int) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "kfrelease.serving.predictor",
-            "--model-dir",
-            str(model_dir),
-            "--name",
-            model,
-        ]
-        argv += [
-            "--stage",
-            stage,
-            "--http-port",
-            str(port),
-            "--logger-url",
-            settings.url("logsink", "/"),
-        ]
-        return argv
+        from kfrelease.serving.services import predictor_argv
+
+        return predictor_argv(model_dir, model, stage, port, logger_url=settings.url("logsink", "/"))
 
     return command
 

@@ -13,6 +13,35 @@ from kfrelease.stack.service import Service
 STAGE_PORT_OFFSET = {"production": 0, "staging": 1, "canary": 2}
 
 
+def predictor_argv(
+    model_dir: str | Path,
+    model_name: str,
+    stage: str,
+    port: int,
+    logger_url: str | None = None,
+    cache: str | None = None,
+) -> list[str]:
+    """The predictor's command line (docs/CONTRACTS.md, "Serving processes"): one place for every caller."""
+    argv = [
+        sys.executable,
+        "-m",
+        "kfrelease.serving.predictor",
+        "--model-dir",
+        str(model_dir),
+        "--name",
+        model_name,
+        "--stage",
+        stage,
+        "--http-port",
+        str(port),
+    ]
+    if logger_url:
+        argv += ["--logger-url", logger_url]
+    if cache:
+        argv += ["--cache", cache]
+    return argv
+
+
 def logsink_service(settings: Settings) -> Service:
     return Service(
         name="logsink",
@@ -73,26 +102,14 @@ def predictor_service(
             f"stage {stage!r} is not one of {', '.join(STAGE_PORT_OFFSET)}"
         )
     port = port or predictor_port(settings, stage)
-    command = [
-        sys.executable,
-        "-m",
-        "kfrelease.serving.predictor",
-        "--model-dir",
-        str(model_dir),
-        "--name",
+    command = predictor_argv(
+        model_dir,
         model_name,
-        "--stage",
         stage,
-        "--http-port",
-        str(port),
-    ]
-    if logger_url:
-        command += [
-            "--logger-url",
-            settings.url("logsink", "/") if logger_url == "default" else logger_url,
-        ]
-    if cache:
-        command += ["--cache", cache]
+        port,
+        logger_url=settings.url("logsink", "/") if logger_url == "default" else logger_url,
+        cache=cache,
+    )
     command += list(extra_args)
     return Service(
         name=f"predictor-{stage}",
