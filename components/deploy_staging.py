@@ -3,7 +3,9 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_name: str) -> str:
-    """Mark the version as the staging candidate (the release pipeline shadows it against production).
+    """Mark the version as the staging candidate and hand it over to the release pipeline (shadow gate,
+    canary steps, promotion or rollback): locally a detached release runner, on a cluster a new KFP run
+    (``kfrelease.release.handover``; ``KFRELEASE_AUTO_RELEASE=0`` turns the hand-over off).
 
     Args:
         spec_json: the model spec (its name is the registered model).
@@ -17,6 +19,8 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
     """
     import logging
 
+    from kfrelease.config import Settings
+    from kfrelease.release.handover import start_release
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import deploy_staging_step
@@ -25,5 +29,8 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
     with step_record(run_id, "deploy-staging"):
         model_name = ModelSpec.from_json(spec_json).name
         stage = deploy_staging_step(model_name, version, run_id or job_name)
+        if stage == "staging":
+            release = start_release(Settings.from_env(), model_name, version)
+            print(f"{model_name} {version}: release handed over: {release or 'off (KFRELEASE_AUTO_RELEASE=0)'}")
     print(f"{model_name} {version}: {stage} ({image})")
     return stage

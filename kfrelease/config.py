@@ -52,7 +52,7 @@ class Settings:
     bucket_prefix: str = ""
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         home = Path(os.environ.get("KFRELEASE_HOME") or Path.home() / ".kfrelease").expanduser().resolve()
         endpoint = os.environ.get("KFRELEASE_S3_ENDPOINT") or None
         return cls(
@@ -101,3 +101,14 @@ class Settings:
 
 def settings() -> Settings:
     return Settings.from_env()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment for a detached kfrelease process (a training or release run) on ``settings``' stack.
+
+    Started from inside a KFP component, the environment has ``_KFP_RUNTIME=true``, under which ``kfp.dsl``
+    exports only the runtime API (kfp/dsl/__init__.py: ``if os.environ.get('_KFP_RUNTIME') != 'true'``) and
+    a pipeline could not even be defined; the child is an authoring process, not a step, so it is dropped."""
+    env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+    env.update(KFRELEASE_HOME=str(settings.home), KFRELEASE_PORT_OFFSET=str(settings.port_offset))
+    return env

@@ -46,9 +46,13 @@ def free_port_offset() -> int:
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory) -> dict[str, str]:
     """Environment of the test stack: its own KFRELEASE_HOME and port offset, exported to os.environ so
-    that subprocesses (CLI calls, kfp.local components) use the same stack."""
+    that subprocesses (CLI calls, kfp.local components) use the same stack.
+
+    ``KFRELEASE_AUTO_RELEASE=0``: a staged model is not handed over to a background release runner, so no
+    release moves registry stages or traffic behind a test's back; the hand-over tests turn it on."""
     home = tmp_path_factory.mktemp("kfrelease-home")
-    env = {"KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset())}
+    env = {"KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+           "KFRELEASE_AUTO_RELEASE": "0"}
     for key in [k for k in os.environ if k.startswith("KFRELEASE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)

@@ -1,11 +1,19 @@
 """The training pipeline's hand-over to the release: ``start_release(settings, model, version)``.
 
-Called by the training pipeline's ``deploy_staging`` step once a version is in staging. Locally it starts
-the release runner (``python -m kfrelease.release.runner MODEL VERSION``) as a detached process that
-outlives the caller; its log is ``$KFRELEASE_HOME/logs/release-<model>-<V>.log``. Idempotent per version:
-a second call while (or after) that version's release runs starts nothing. ``KFRELEASE_AUTO_RELEASE=0``
-turns the hand-over off (the release is then started with ``kfrelease release run``);
-``KFRELEASE_ROLLOUT_SPEC=FILE`` names the rollout spec when the caller gives none (default: the packaged one).
+Called by the training pipeline's ``deploy_staging`` component once a version is in staging, so that one
+merge runs the whole path unattended. Two targets, one decision:
+
+- **embedded stack** (default): it starts the release runner (``python -m kfrelease.release.runner MODEL
+  VERSION``, which runs the release pipeline on ``kfp.local``) as a detached process that outlives the
+  caller; its log is ``$KFRELEASE_HOME/logs/release-<model>-<V>.log``;
+- **cluster**: with ``KFRELEASE_KFP_HOST`` set (the pipeline pods' PodDefault sets it to Kubeflow's
+  ``ml-pipeline`` service), it submits the release pipeline to the KFP API server as a new run
+  (``kfrelease.kfp_submit``), authenticated with the pod's projected token.
+
+Idempotent per version: a second call while (or after) that version's release runs starts nothing.
+``KFRELEASE_AUTO_RELEASE=0`` turns the hand-over off (the release is then started with ``kfrelease release
+run``); ``KFRELEASE_ROLLOUT_SPEC=FILE`` names the rollout spec when the caller gives none (default: the
+packaged one).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, child_env
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,9 @@ def start_release(
         )
         return None
     spec_path = spec_path or os.environ.get("KFRELEASE_ROLLOUT_SPEC") or None
+    host = os.environ.get("KFRELEASE_KFP_HOST")
+    if host:
+        return submit_release(host, model, version, spec_path)
     path = record_path(settings, model, version)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -51,11 +62,7 @@ def start_release(
         return json.loads(path.read_text() or "{}")
     out = log_path(settings, model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "KFRELEASE_HOME": str(settings.home),
-        "KFRELEASE_PORT_OFFSET": str(settings.port_offset),
-    }
+    env = child_env(settings)
     argv = [sys.executable, "-m", "kfrelease.release.runner", model, version] + (
         ["--spec", spec_path] if spec_path else []
     )
@@ -80,6 +87,23 @@ def start_release(
         json.dump(record, fh)
     log.info("release of %s %s started (pid %d, log %s)", model, version, proc.pid, out)
     return record
+
+
+RELEASE_EXPERIMENT = "kfrelease-release"
+
+
+def submit_release(host: str, model: str, version: str, spec_path: str | None = None) -> dict:
+    """Submit the release pipeline for ``version`` to a KFP API server; the run name is derived from the
+    version (``release-<model>-<V>``), so the Kubeflow UI shows which candidate each run releases."""
+    from kfrelease.kfp_submit import submit_run
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+
+    spec_yaml = Path(spec_path).read_text() if spec_path else ""
+    run_name = f"release-{model}-{version}"
+    run_id = submit_run(host, release_pipeline, {"model": model, "version": version, "spec_yaml": spec_yaml},
+                        run_name=run_name, experiment=RELEASE_EXPERIMENT)
+    log.info("release of %s %s submitted to %s as run %s", model, version, host, run_id)
+    return {"model": model, "version": version, "kfp_host": host, "kfp_run_id": run_id, "run_name": run_name}
 
 
 def wait_release(

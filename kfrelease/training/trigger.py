@@ -17,14 +17,12 @@ alert); its run id is derived from the production version and the data version.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from kfrelease.config import Settings
-from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.config import Settings, child_env
+from kfrelease.errors import KfreleaseError
 from kfrelease.training import runs
 from kfrelease.training.spec import (
     SPEC_FILE,
@@ -133,7 +131,7 @@ def start_local(settings: Settings, run_id: str) -> int:
     """Start the detached local runner (own session: it outlives the caller and ignores its Ctrl-C)."""
     path = log_path(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
+    env = child_env(settings)
     with open(path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kfrelease.training.runner", run_id],
@@ -145,39 +143,13 @@ def start_local(settings: Settings, run_id: str) -> int:
 
 
 def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str, run_id: str) -> str:
-    """Submit the compiled training pipeline to a KFP API server; returns the KFP run id."""
-    from kfp import Client, compiler
-
+    """Submit the compiled training pipeline to a KFP API server as the CI service account; returns the KFP
+    run id (``kfrelease.kfp_submit``)."""
+    from kfrelease.kfp_submit import submit_run
     from kfrelease.pipelines.training_pipeline import training_pipeline
 
-    with tempfile.TemporaryDirectory() as tmp:
-        package = str(Path(tmp) / "training_pipeline.yaml")
-        compiler.Compiler().compile(training_pipeline, package)
-        # Multi-user KFP: authenticate as the CI service account (its projected token, path in
-        # KF_PIPELINES_SA_TOKEN_PATH; the CI workflow mints it) and submit into the release namespace
-        # (KFRELEASE_NAMESPACE, default kfrelease-release), the only one where kfrelease-ci may create runs.
-        namespace = os.environ.get("KFRELEASE_NAMESPACE", "kfrelease-release")
-        credentials = None
-        token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
-        if token_path:
-            if not Path(token_path).is_file():
-                raise ConfigError(
-                    f"KF_PIPELINES_SA_TOKEN_PATH={token_path} does not exist; mint the CI token first "
-                    "(kubectl create token kfrelease-ci) or unset it for an unauthenticated KFP")
-            from kfp.client import ServiceAccountTokenVolumeCredentials
-
-            credentials = ServiceAccountTokenVolumeCredentials(path=token_path)
-        client = Client(host=host, namespace=namespace, credentials=credentials)
-        result = client.create_run_from_pipeline_package(
-            package,
-            namespace=namespace,
-            arguments={"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version,
-                       "run_id": run_id},
-            run_name=run_id,
-            experiment_name=EXPERIMENT,
-            enable_caching=False,  # a merge always trains; idempotency is the registry's and the run record's job
-        )
-    return result.run_id
+    arguments = {"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version, "run_id": run_id}
+    return submit_run(host, training_pipeline, arguments, run_name=run_id, experiment=EXPERIMENT)
 
 
 def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> runs.RunRecord:

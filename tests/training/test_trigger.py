@@ -5,8 +5,7 @@ which cannot run on this machine)."""
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -18,6 +17,7 @@ from kfrelease.training import runs
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import STEP_NAMES, run_inline
 from kfrelease.training.trigger import trigger, wait
+from tests.recording_kfp import RecordingKfpApi
 
 pytestmark = pytest.mark.integration
 
@@ -106,36 +106,6 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
     with pytest.raises(DataValidationError, match=r"feature\(s\) \['glucose'\]"):
         run_inline(missing, sha)
     assert registry().list(name) == []  # nothing registered, so no image either
-
-
-class RecordingKfpApi(BaseHTTPRequestHandler):
-    """Records requests and answers like the KFP v2beta1 API for the calls the SDK makes."""
-
-    requests: ClassVar[list] = []
-    headers_seen: ClassVar[list] = []
-
-    def _answer(self):
-        size = int(self.headers.get("content-length") or 0)
-        body = json.loads(self.rfile.read(size)) if size else None
-        self.requests.append((self.command, self.path.split("?")[0], body))
-        self.headers_seen.append((self.command, self.path.split("?")[0], dict(self.headers)))
-        if self.command == "POST" and self.path.startswith("/apis/v2beta1/experiments"):
-            out = {"experiment_id": "exp-1", "display_name": body["display_name"]}
-        elif self.command == "POST" and self.path.startswith("/apis/v2beta1/runs"):
-            out = {"run_id": "kfp-run-1", "display_name": body["display_name"], "state": "PENDING"}
-        else:
-            out = {}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args):
-        pass
 
 
 def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack, tmp_path, monkeypatch):

@@ -1,0 +1,62 @@
+"""Submitting a pipeline to a KFP API server (multi-user Kubeflow), shared by the merge trigger and the
+training pipeline's hand-over to the release pipeline.
+
+Authentication follows KFP's in-cluster pattern: a projected service-account token with audience
+``pipelines.kubeflow.org`` whose path is ``KF_PIPELINES_SA_TOKEN_PATH`` (``kfp.client.
+ServiceAccountTokenVolumeCredentials``); runs go into ``KFRELEASE_NAMESPACE`` (default ``kfrelease-release``),
+the only namespace where runs may be created (docs/eks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from kfrelease.errors import ConfigError
+
+#: Where runs are created on the cluster, unless ``KFRELEASE_NAMESPACE`` says otherwise.
+DEFAULT_NAMESPACE = "kfrelease-release"
+#: The in-cluster KFP API server (Kubeflow's ``ml-pipeline`` service), named in the pipeline pods' env.
+IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+
+
+def namespace() -> str:
+    return os.environ.get("KFRELEASE_NAMESPACE", DEFAULT_NAMESPACE)
+
+
+def client(host: str):
+    """A ``kfp.Client`` for ``host`` in the release namespace, with the service-account token when one is set."""
+    from kfp import Client
+
+    credentials = None
+    token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if token_path:
+        if not Path(token_path).is_file():
+            raise ConfigError(
+                f"KF_PIPELINES_SA_TOKEN_PATH={token_path} does not exist; mint the token first "
+                "(kubectl create token kfrelease-ci, or the PodDefault's projected token in a pipeline pod) "
+                "or unset it for an unauthenticated KFP")
+        from kfp.client import ServiceAccountTokenVolumeCredentials
+
+        credentials = ServiceAccountTokenVolumeCredentials(path=token_path)
+    return Client(host=host, namespace=namespace(), credentials=credentials)
+
+
+def submit_run(host: str, pipeline: Callable, arguments: dict, run_name: str, experiment: str) -> str:
+    """Compile ``pipeline`` and create one run of it (caching off: every run really runs); returns the run id."""
+    from kfp import compiler
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(Path(tmp) / "pipeline.yaml")
+        compiler.Compiler().compile(pipeline, package)
+        result = client(host).create_run_from_pipeline_package(
+            package,
+            namespace=namespace(),
+            arguments=arguments,
+            run_name=run_name,
+            experiment_name=experiment,
+            enable_caching=False,  # idempotency is the registry's and the run record's job
+        )
+    return result.run_id

@@ -1,0 +1,75 @@
+"""The training pipeline's staging step hands over to the release, so one merge runs the whole path
+unattended: locally a detached release runner (real stack, real kfp.local runs); on a cluster a new run
+of the release pipeline on the KFP API server (a recording HTTP server stands in for the KFP API, which
+cannot run on this machine)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.handover import record_path, start_release, wait_release
+from kfrelease.storage import store_for
+from kfrelease.training.trigger import trigger, wait
+from tests.recording_kfp import recording_kfp_api
+from tests.release.conftest import small_spec
+
+pytestmark = pytest.mark.integration
+
+
+def _spec_file(tmp, name):
+    doc = dataclasses.asdict(small_spec(name))
+    doc["canary"]["steps"] = list(doc["canary"]["steps"])
+    path = tmp / "rollout.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_release(release_env, monkeypatch):
+    from kfrelease.demo.flow import create_release_demo_project
+
+    settings, ds, name, tmp = release_env
+    shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
+    monkeypatch.setenv("KFRELEASE_AUTO_RELEASE", "1")
+    monkeypatch.setenv("KFRELEASE_ROLLOUT_SPEC", str(_spec_file(tmp, name)))
+
+    record = wait(settings, trigger(settings, shas[0], tmp / "project").run_id, timeout=600)
+    version = record.state["version"]
+    assert record.state["state"] == "succeeded" and record.state["verdict"] == "passed", record.state
+
+    # nobody called start_release: the deploy-staging component did, and left its record
+    handed = json.loads(record_path(settings, name, version).read_text())
+    assert handed["pid"] > 0 and handed["spec"].endswith("rollout.yaml")
+    assert wait_release(settings, name, version, timeout=300) == "production"
+    history = ModelRegistry(store_for("pipeline", settings)).history(name, version)
+    staged = [e for e in history if e["stage"] == "staging"]
+    assert staged and staged[0]["who"] == "training-pipeline", history
+    assert history[-1]["stage"] == "production" and history[-1]["who"] != "training-pipeline", history
+    # a second hand-over of the same version starts nothing
+    assert start_release(settings, name, version) == handed
+
+
+def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path, monkeypatch):
+    token = tmp_path / "token"
+    token.write_text("pipeline-pod-token")  # the PodDefault's projected token (audience pipelines.kubeflow.org)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    spec_file = _spec_file(tmp_path, "diabetes-progression-cluster")
+    with recording_kfp_api() as (host, api):
+        monkeypatch.setenv("KFRELEASE_KFP_HOST", host)
+        monkeypatch.setenv("KFRELEASE_AUTO_RELEASE", "1")
+        record = start_release(stack, "diabetes-progression-cluster", "V1.2.0", str(spec_file))
+    assert record["kfp_run_id"] == "kfp-run-1" and record["run_name"] == "release-diabetes-progression-cluster-V1.2.0"
+    (run,) = api.posted("/apis/v2beta1/runs")
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfrelease-release"
+    params = run["runtime_config"]["parameters"]
+    assert params["model"] == "diabetes-progression-cluster" and params["version"] == "V1.2.0"
+    assert yaml.safe_load(params["spec_yaml"])["canary"]["steps"] == [25, 50, 100]
+    headers = [{k.lower(): v for k, v in h.items()} for m, p, h in api.headers_seen if (m, p) == ("POST", "/apis/v2beta1/runs")]
+    assert headers[0]["authorization"] == "Bearer pipeline-pod-token"
+    assert api.posted("/apis/v2beta1/experiments")[0]["namespace"] == "kfrelease-release"
+    # nothing was started locally
+    assert not record_path(stack, "diabetes-progression-cluster", "V1.2.0").exists()
