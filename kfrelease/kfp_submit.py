@@ -18,8 +18,13 @@ from kfrelease.errors import ConfigError
 
 #: Where runs are created on the cluster, unless ``KFRELEASE_NAMESPACE`` says otherwise.
 DEFAULT_NAMESPACE = "kfrelease-release"
-#: The in-cluster KFP API server (Kubeflow's ``ml-pipeline`` service), named in the pipeline pods' env.
-IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+#: The KFP API from inside a Kubeflow cluster, as Kubeflow documents it ("Connect the SDK to the API", Kubeflow
+#: Platform inside the cluster: ``http://ml-pipeline-ui.kubeflow.svc.cluster.local`` with a projected token);
+#: the pipeline pods' PodDefault names it in ``KFRELEASE_KFP_HOST``.
+IN_CLUSTER_HOST = "http://ml-pipeline-ui.kubeflow.svc.cluster.local"
+#: Kubeflow's projected-token convention (the ``access-ml-pipeline`` PodDefault): audience, mount, file.
+TOKEN_AUDIENCE = "pipelines.kubeflow.org"
+TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 
 
 def namespace() -> str:

@@ -158,7 +158,7 @@ def registry_auth(env: Environment, ns: str) -> dict:
 
 
 def pipeline_pods_env(
-    role: str, ns: str, env: Environment, registry: str | None = None
+    role: str, ns: str, env: Environment, registry: str | None = None, kfp_api: bool = False
 ) -> dict:
     """PodDefault ``pipeline-pods-env``: every pod of a pipeline run (Argo labels each with
     ``workflows.argoproj.io/workflow``) gets the role's object-store settings, so components'
@@ -183,6 +183,26 @@ def pipeline_pods_env(
         ]
         spec["volumeMounts"] = [
             {"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True}
+        ]
+    if kfp_api:
+        # The training pipeline's deploy-staging step submits the release pipeline as a new run
+        # (kfrelease.release.handover): Kubeflow's in-cluster pattern, a projected token with audience
+        # pipelines.kubeflow.org read by kfp.Client via KF_PIPELINES_SA_TOKEN_PATH (as the access-ml-pipeline
+        # PodDefault does), as the Profile's default-editor, which may create runs in its own namespace.
+        from kfrelease.kfp_submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
+
+        spec["env"] = spec["env"] + [
+            {"name": "KFRELEASE_KFP_HOST", "value": IN_CLUSTER_HOST},
+            {"name": "KFRELEASE_NAMESPACE", "value": ns},
+            {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
+        ]
+        spec["volumes"] = spec.get("volumes", []) + [{
+            "name": "kfp-api-token",
+            "projected": {"sources": [{"serviceAccountToken": {
+                "path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}]},
+        }]
+        spec["volumeMounts"] = spec.get("volumeMounts", []) + [
+            {"name": "kfp-api-token", "mountPath": TOKEN_DIR, "readOnly": True}
         ]
     return {
         "apiVersion": "kubeflow.org/v1alpha1",
@@ -436,7 +456,7 @@ def platform_documents(
         if via_profile:
             docs.append(pod_default(role, ns, env, sa))
     docs.append(registry_auth(env, RELEASE_NS))
-    docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry))
+    docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry, kfp_api=True))
     docs.append(pipeline_pods_env("data-engineer", DATA_NS, env))
     return docs
 

@@ -183,3 +183,34 @@ def test_only_the_release_pipeline_moves_serving_traffic(model, sources):
             assert not rbac.allowed(ds, "patch", group, resource, serving_ns)
         ci = service_account(RELEASE_NS, CI_SERVICE_ACCOUNT)
         assert not rbac.allowed(ci, "patch", group, resource, serving_ns)
+
+
+def test_release_pipeline_pods_can_hand_over_to_the_release_pipeline(model, built):
+    """The training run's deploy-staging step submits the release pipeline (kfrelease.release.handover): its
+    pods get a projected KFP token (audience pipelines.kubeflow.org) and the API address from the release
+    namespace's PodDefault, and run as default-editor, which may create runs there."""
+    env, rbac = model
+    (pod_default,) = [
+        d for d in built[env]
+        if d["kind"] == "PodDefault" and d["metadata"]["name"] == "pipeline-pods-env"
+        and d["metadata"]["namespace"] == RELEASE_NS
+    ]
+    spec = pod_default["spec"]
+    variables = {e["name"]: e.get("value") for e in spec["env"]}
+    assert variables["KFRELEASE_KFP_HOST"].startswith("http://ml-pipeline-ui.kubeflow")
+    assert variables["KFRELEASE_NAMESPACE"] == RELEASE_NS
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "kfp-api-token"]
+    (token,) = [s["serviceAccountToken"] for s in volume["projected"]["sources"]]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == "kfp-api-token"]
+    assert variables["KF_PIPELINES_SA_TOKEN_PATH"] == f"{mount['mountPath']}/{token['path']}"
+    assert rbac.allowed(service_account(RELEASE_NS, PROFILE_SA), "create", KFP, "runs", RELEASE_NS)
+    # the data namespace's pipeline pods get no KFP token: nothing there submits runs
+    data_pod_defaults = [
+        d for d in built[env]
+        if d["kind"] == "PodDefault" and d["metadata"]["name"] == "pipeline-pods-env"
+        and d["metadata"]["namespace"] != RELEASE_NS
+    ]
+    assert data_pod_defaults and all(
+        "KF_PIPELINES_SA_TOKEN_PATH" not in {e["name"] for e in d["spec"]["env"]} for d in data_pod_defaults
+    )
