@@ -192,6 +192,8 @@ def pipeline_pods_env(
         from kfrelease.kfp_submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
 
         spec["env"] = spec["env"] + [
+            # the release pipeline's steps drive KServe/Istio traffic, not the local gateway (release/run.py)
+            {"name": "KFRELEASE_TARGET", "value": "cluster"},
             {"name": "KFRELEASE_KFP_HOST", "value": IN_CLUSTER_HOST},
             {"name": "KFRELEASE_NAMESPACE", "value": ns},
             {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},

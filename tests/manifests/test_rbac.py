@@ -199,6 +199,7 @@ def test_release_pipeline_pods_can_hand_over_to_the_release_pipeline(model, buil
     variables = {e["name"]: e.get("value") for e in spec["env"]}
     assert variables["KFRELEASE_KFP_HOST"].startswith("http://ml-pipeline-ui.kubeflow")
     assert variables["KFRELEASE_NAMESPACE"] == RELEASE_NS
+    assert variables["KFRELEASE_TARGET"] == "cluster"  # the release steps patch the InferenceService
     (volume,) = [v for v in spec["volumes"] if v["name"] == "kfp-api-token"]
     (token,) = [s["serviceAccountToken"] for s in volume["projected"]["sources"]]
     assert token["audience"] == "pipelines.kubeflow.org"
