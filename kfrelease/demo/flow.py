@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kfrelease.config import Settings
 
@@ -21,6 +25,41 @@ class DemoContext:
 DemoStep = tuple[str, Callable[[DemoContext], None]]
 
 
+@contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors, so kfp.local's streamed task logs too) to
+    ``path`` for the block: the demo shows one line per pipeline, the log keeps the detail."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield path
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_data_pipeline(ctx: DemoContext) -> str:
+    """The data pipeline on kfp.local (its task logs go to ``logs/demo-data-pipeline.log``); the version id."""
+    from kfrelease.cli.output import console
+    from kfrelease.data.spec import load_spec
+    from kfrelease.kfp_runner import run_local
+    from kfrelease.pipelines.data_pipeline import data_pipeline
+
+    log = ctx.settings.home / "logs" / "demo-data-pipeline.log"
+    console.print(f"  data pipeline on kfp.local: ingest -> validate -> features -> publish (log {log})")
+    with _output_to(log):
+        return run_local(ctx.settings, data_pipeline, spec_yaml=load_spec("diabetes").text).output
+
+
 def step_stack(ctx: DemoContext) -> None:
     from kfrelease.cli.stack import start_stack
 
@@ -30,17 +69,13 @@ def step_stack(ctx: DemoContext) -> None:
 
 def step_publish_data(ctx: DemoContext) -> None:
     from kfrelease.data.publish import get_version
-    from kfrelease.data.spec import load_spec
     from kfrelease.demo.data import upload_batch
-    from kfrelease.kfp_runner import run_local
-    from kfrelease.pipelines.data_pipeline import data_pipeline
     from kfrelease.storage import store_for
 
     store = store_for("data-engineer", ctx.settings)
     key = upload_batch(store, 1)
-    spec = load_spec("diabetes")
-    version = run_local(ctx.settings, data_pipeline, spec_yaml=spec.text).output
-    dv = get_version(store, spec.name, version)
+    version = run_data_pipeline(ctx)
+    dv = get_version(store, "diabetes", version)
     ctx.state["dataset_version"] = dv.version
     ctx.note("curated data (kfp.local data pipeline)", f"diabetes {dv.version}, {dv.row_count} rows from {key}")
 
@@ -110,7 +145,6 @@ def _spec_file(ctx: DemoContext):
 
 
 def step_serving(ctx: DemoContext) -> None:
-    import os
 
     from kfrelease.release.run import ensure_serving_services
 
@@ -155,6 +189,8 @@ def _merge(ctx: DemoContext, n: int) -> tuple[str, str]:
     model = record.record["model"]
     if verdict != "passed":
         return version, f"rejected by offline validation ({record.state.get('stage')})"
+    # the training pipeline's deploy-staging step has handed over already; this returns that release's record
+    # (and starts it only when the hand-over is turned off: KFRELEASE_AUTO_RELEASE=0)
     start_release(ctx.settings, model, version, ctx.state["spec_path"])
     stage = wait_release(ctx.settings, model, version, timeout=600, on_event=_progress)
     return version, stage
@@ -217,10 +253,109 @@ def step_traffic_summary(ctx: DemoContext) -> None:
              f"prediction logs; answered by {served}")
 
 
+MODEL = "diabetes-progression"
+
+
+def _prometheus_value(ctx: DemoContext, expr: str, timeout: float = 30.0) -> float | None:
+    """Wait (bounded) until Prometheus has scraped ``expr`` from the Pushgateway; None if it never does."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = httpx.get(ctx.settings.url("prometheus", "/api/v1/query"), params={"query": expr},
+                               timeout=5).json()["data"]["result"]
+            if result:
+                return float(result[0]["value"][1])
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    return None
+
+
+def step_monitoring(ctx: DemoContext) -> None:
+    """One monitoring pass over the demo's traffic: windows of 100 labelled predictions per version and stage,
+    pushed to Prometheus (where the alert rules watch them), and the HTML page."""
+    from kfrelease.cli.output import console
+    from kfrelease.monitoring.report import fmt, render_page
+    from kfrelease.monitoring.run import current_table, load_history, run_monitoring
+    from kfrelease.monitoring.sources import since_for
+    from kfrelease.monitoring.window import WindowSpec
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    run = run_monitoring(ctx.settings, MODEL, window=WindowSpec("count", 100), since=since_for(86400), push=True)
+    history = load_history(store_for("pipeline", ctx.settings), MODEL)
+    current = current_table(history)
+    page = ctx.settings.home / "demo" / "monitoring.html"
+    page.write_text(render_page(history, current, MODEL, run.outcome.warnings, run.report_keys), encoding="utf-8")
+    for _, r in current.iterrows():
+        console.print(f"  {r['version']:<8} {r['stage']:<10} {r['status']:<13} labelled {fmt(r.get('labelled')):>4}  "
+                      f"RMSE {fmt(r.get('rmse'))}  MAE {fmt(r.get('mae'))}  R² {fmt(r.get('r2'))}  "
+                      f"drift share {fmt(r.get('drift_share'))}")
+    prod = ModelRegistry(store_for("pipeline", ctx.settings)).current(MODEL, "production")
+    rows = current[(current["version"] == prod.version) & (current["stage"] == "production")] if prod else current[:0]
+    if rows.empty:
+        ctx.note("monitoring (windows of 100 labels)", f"no production window yet; page {page}")
+        return
+    r = rows.iloc[0]
+    scraped = _prometheus_value(
+        ctx, f'kfrelease_model_rmse{{model="{MODEL}",version="{prod.version}",stage="production"}}')
+    firing = _prometheus_value(ctx, f'count(ALERTS{{model="{MODEL}",alertstate="firing"}}) or vector(0)', 5)
+    ctx.note("monitoring (windows of 100 labels)",
+             f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
+             f"drift share {fmt(r.get('drift_share'))}; Prometheus kfrelease_model_rmse "
+             f"{'= ' + fmt(scraped) if scraped is not None else 'not scraped yet'}; alerts firing: "
+             f"{int(firing or 0)}; page {page}")
+
+
+def step_new_data(ctx: DemoContext) -> None:
+    """Data engineers publish batch 2; the new-data hook retrains production's definition on it (auto revision
+    +1), and that candidate goes through staging, shadow and canary like any merge."""
+
+    from kfrelease.cli.output import console
+    from kfrelease.demo.data import upload_batch
+    from kfrelease.monitoring.newdata import check_new_data
+    from kfrelease.monitoring.receiver import AlertReceiver
+    from kfrelease.release.handover import start_release, wait_release
+    from kfrelease.storage import store_for
+    from kfrelease.training.trigger import wait
+
+    upload_batch(store_for("data-engineer", ctx.settings), 2)
+    version = run_data_pipeline(ctx)
+    console.print(f"  curated diabetes {version} published (batches 1 and 2)")
+    os.environ["KFRELEASE_REPO"] = ctx.state["repo"]  # where the receiver finds the production definition
+    receiver = AlertReceiver(ctx.settings)
+    rows = check_new_data(receiver, [MODEL])
+    for t in receiver.threads:
+        t.join()
+    action = rows[0]["action"] if rows else "no production model"
+    console.print(f"  new-data hook: {action}")
+    done = [r for r in receiver.retrains(MODEL) if r.get("status") == "done"
+            and r.get("dataset_version") == version]
+    if not done:
+        ctx.note("new data -> auto revision", f"diabetes {version}: {action}, no retrain run")
+        return
+    run_id = done[-1]["result"]["run_id"]
+    record = wait(ctx.settings, run_id, timeout=600)
+    new_version, verdict = record.state.get("version"), record.state.get("verdict")
+    console.print(f"  retrain run {run_id}: {new_version}, validation {verdict}")
+    if verdict != "passed":
+        ctx.note("new data -> auto revision", f"{new_version} rejected by offline validation")
+        return
+    start_release(ctx.settings, MODEL, new_version, ctx.state["spec_path"])  # already handed over: returns its record
+    stage = wait_release(ctx.settings, MODEL, new_version, timeout=600, on_event=_progress)
+    ctx.note("new data -> auto revision", f"diabetes {version} -> {new_version} (auto revision) -> {stage}")
+
+
 STEPS += [
     ("start serving (log sink, feedback) and create the demo model project", step_serving),
     ("merge 1 (ridge): train, validate, register, release", step_merge1),
     ("merge 2 (scaled ridge, better): train, shadow, canary, promote", step_merge2),
     ("merge 3 (5-nearest-neighbours, worse): train, shadow, reject", step_merge3),
+    ("monitoring: MSE, RMSE, MAE, R² and drift per version, pushed to Prometheus", step_monitoring),
+    ("new curated data: auto-revision retrain, shadow, canary", step_new_data),
     ("client traffic: failures and prediction-log completeness", step_traffic_summary),
 ]

@@ -183,12 +183,18 @@ def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.Dat
 
 
 def current_table(history: pd.DataFrame) -> pd.DataFrame:
-    """The most recent window of each (version, stage)."""
+    """The most recent complete window of each (version, stage), else its most recent one
+    (``kfrelease.monitoring.window.is_complete``)."""
     if len(history) == 0:
         return history
+    from kfrelease.monitoring.window import is_complete
+
+    complete = [is_complete(w, n) for w, n in zip(history["window"], history["labelled"])]
     return (
-        history.sort_values("start")
+        history.assign(_complete=complete)
+        .sort_values(["_complete", "start"], kind="stable")
         .groupby(["version", "stage"], as_index=False)
         .tail(1)
+        .drop(columns="_complete")
         .reset_index(drop=True)
     )

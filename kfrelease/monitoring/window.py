@@ -114,13 +114,30 @@ class MonitorOutcome:
     )  # key -> DriftResult
 
     def latest(self) -> list[WindowResult]:
-        """The most recent window of each (version, stage)."""
+        """The most recent complete window of each (version, stage) (see ``is_complete``), else its most
+        recent window: what is pushed to Prometheus and what the alerts look at."""
         last: dict[tuple, WindowResult] = {}
         for w in self.windows:
             k = (w.version, w.stage)
-            if k not in last or w.start >= last[k].start:
+            if k not in last or latest_rank(w.window, w.labelled, w.start) >= latest_rank(
+                last[k].window, last[k].labelled, last[k].start
+            ):
                 last[k] = w
         return sorted(last.values(), key=lambda w: (w.version, w.stage))
+
+
+def is_complete(window: str, labelled: int) -> bool:
+    """A time window (label ``3600s``) counts as it is; a count window (label ``500n``) is complete once it
+    holds its 500 labelled predictions. The trailing count window is still filling: reporting it as the
+    latest would replace a full window's numbers with a handful of labels (or none: ``insufficient``)."""
+    if window.endswith("n"):
+        return int(labelled) >= int(window[:-1])
+    return True
+
+
+def latest_rank(window: str, labelled: int, start: str) -> tuple[bool, str]:
+    """Sort key of the 'latest' window: complete ones first, then by start."""
+    return is_complete(window, labelled), str(start)
 
 
 def _iso(ts) -> str | None:
@@ -340,6 +357,10 @@ def compute_windows(
     ):
         group = _assign_windows(group, spec)
         last = int(group["_w"].max())
+        if spec.kind == "count":  # the latest complete window (see is_complete), if there is one
+            counts = group.groupby("_w")["truth"].count()
+            complete = counts[counts >= spec.size]
+            last = int(complete.index.max()) if len(complete) else last
         if latest_only:
             group = group[group["_w"] == last]
         base = baselines.get(version, {})

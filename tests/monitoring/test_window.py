@@ -120,7 +120,15 @@ def test_count_windows_hold_that_many_labelled_predictions_per_version():
         spec=WindowSpec("count", 100),
         latest_only=True,
     ).windows
-    assert [(w.version, w.labelled) for w in latest] == [("V1.1.0", 50), ("V1.2.0", 50)]
+    # the trailing window (50 labels) is still filling: the latest is the last complete one (labels 100..199)
+    assert [(w.version, w.labelled) for w in latest] == [("V1.1.0", 100), ("V1.2.0", 100)]
+    assert [(w.version, w.start) for w in out.latest()] == [(w.version, w.start) for w in latest]
+    second = [w for w in by_version["V1.1.0"]][1]
+    assert latest[0].start == second.start and latest[0].rmse == second.rmse
+    # with no complete window yet, the latest is the filling one, reported as such
+    preds, truth = frames(n=20)
+    only = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("count", 100))
+    assert [(w.labelled, w.status) for w in only.latest()] == [(20, "insufficient")]
 
 
 def test_too_few_labels_is_insufficient_not_nan():
