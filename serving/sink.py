@@ -239,11 +239,13 @@ class WriteAheadLog:
         self.opened_at = 0.0
 
     def closed_segments(self) -> list[Path]:
-        current = getattr(self, "current", None)
-        return sorted(
-            (p for p in self.dir.glob("*.jsonl") if p != current),
-            key=lambda p: int(p.name.split("-")[0]),
-        )
+        # Under the lock: an append may open a new segment at any moment, and a listing taken outside it
+        # could see that open file but not yet know it is the current one (then it was uploaded half
+        # written and deleted, and the lines appended after went to a deleted file).
+        with self.lock:
+            current = getattr(self, "current", None)
+            paths = [p for p in self.dir.glob("*.jsonl") if p != current]
+        return sorted(paths, key=lambda p: int(p.name.split("-")[0]))
 
     def append(self, lines: list[bytes]) -> None:
         """Append and fsync (called from a worker thread)."""
