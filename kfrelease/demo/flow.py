@@ -230,6 +230,8 @@ def step_merge3(ctx: DemoContext) -> None:
 def step_traffic_summary(ctx: DemoContext) -> None:
     import time
 
+    import httpx
+
     from kfrelease.serving.logs import read_predictions
     from kfrelease.storage import store_for
 
@@ -239,14 +241,18 @@ def step_traffic_summary(ctx: DemoContext) -> None:
         return
     stats = gen.stop()
     store = store_for("monitoring", ctx.settings)
-    logged = 0
     ids = set(stats.ok_ids)
-    for _ in range(15):  # the sink uploads its batches every few seconds
-        frame = read_predictions(store, "diabetes-progression")
-        logged = len(ids & set(frame.loc[frame["stage"] != "staging", "request_id"]))
-        if logged >= len(ids):
-            break
-        time.sleep(1)
+    # wait (bounded) until the sink has uploaded everything it acknowledged, then read the logs once
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(1)  # the model servers post their last events right after answering
+        try:
+            if httpx.get(ctx.settings.url("logsink", "/healthz"), timeout=5).json().get("pending") == 0:
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+    frame = read_predictions(store, MODEL)
+    logged = len(ids & set(frame.loc[frame["stage"] != "staging", "request_id"]))
     served = ", ".join(f"{v}: {c}" for v, c in sorted(stats.versions.items()))
     ctx.note("client traffic through the gateway",
              f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in the "
