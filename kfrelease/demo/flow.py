@@ -193,6 +193,8 @@ def _merge(ctx: DemoContext, n: int) -> tuple[str, str]:
     # (and starts it only when the hand-over is turned off: KFRELEASE_AUTO_RELEASE=0)
     start_release(ctx.settings, model, version, ctx.state["spec_path"])
     stage = wait_release(ctx.settings, model, version, timeout=600, on_event=_progress)
+    if stage == "archived":  # a second `kfrelease demo`: the runs are the first run's (idempotent)
+        stage = "archived (was production; replaced since, in an earlier demo run)"
     return version, stage
 
 
