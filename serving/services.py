@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
-from kfrelease.stack.service import Service
+from kfrelease.stack.service import Service, python_service
 
 #: Port of each predictor slot, from ``settings.port("predictor")`` (docs/CONTRACTS.md).
 STAGE_PORT_OFFSET = {"production": 0, "staging": 1, "canary": 2}
@@ -43,40 +43,13 @@ def predictor_argv(
 
 
 def logsink_service(settings: Settings) -> Service:
-    return Service(
-        name="logsink",
-        port=settings.port("logsink"),
-        command=[
-            sys.executable,
-            "-m",
-            "kfrelease.serving.sink",
-            "--port",
-            str(settings.port("logsink")),
-        ],
-        health_path="/healthz",
-        group="serving",
-        startup_timeout=60,
-    )
+    return python_service(settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60)
 
 
 def feedback_service(settings: Settings, model: str | None = None) -> Service:
-    command = [
-        sys.executable,
-        "-m",
-        "kfrelease.serving.feedback",
-        "--port",
-        str(settings.port("feedback")),
-    ]
-    if model:
-        command += ["--model", model]
-    return Service(
-        name="feedback",
-        port=settings.port("feedback"),
-        command=command,
-        health_path="/healthz",
-        group="serving",
-        startup_timeout=60,
-    )
+    args = ("--model", model) if model else ()
+    return python_service(settings, "feedback", "kfrelease.serving.feedback", *args, group="serving",
+                          startup_timeout=60)
 
 
 def predictor_port(settings: Settings, stage: str) -> int:

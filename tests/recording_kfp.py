@@ -45,6 +45,11 @@ class RecordingKfpApi(BaseHTTPRequestHandler):
         """Bodies of the POSTs to ``path`` (e.g. ``/apis/v2beta1/runs``)."""
         return [body for method, p, body in cls.requests if (method, p) == ("POST", path)]
 
+    @classmethod
+    def posted_headers(cls, path: str) -> list[dict]:
+        """Headers (lower-case names) of the POSTs to ``path``."""
+        return [{k.lower(): v for k, v in h.items()} for method, p, h in cls.headers_seen if (method, p) == ("POST", path)]
+
 
 @contextmanager
 def recording_kfp_api():

@@ -177,15 +177,23 @@ def _progress(event: dict) -> None:
 def _merge(ctx: DemoContext, n: int) -> tuple[str, str]:
     """Train merge ``n`` (the training pipeline on kfp.local), then release what it staged."""
     from kfrelease.cli.output import console
-    from kfrelease.release.handover import start_release, wait_release
-    from kfrelease.training.trigger import trigger, wait
+    from kfrelease.training.trigger import trigger
 
     sha = ctx.state["shas"][n - 1]
     record = trigger(ctx.settings, sha, ctx.state["repo"])
     console.print(f"  merge {n} ({sha[:12]}): training run {record.run_id}")
-    record = wait(ctx.settings, record.run_id, timeout=600)
+    return _trained_and_released(ctx, record.run_id)
+
+
+def _trained_and_released(ctx: DemoContext, run_id: str) -> tuple[str, str]:
+    """Wait for a training run, then for the release it handed over; (version, final stage)."""
+    from kfrelease.cli.output import console
+    from kfrelease.release.handover import start_release, wait_release
+    from kfrelease.training.trigger import wait
+
+    record = wait(ctx.settings, run_id, timeout=600)
     version, verdict = record.state.get("version"), record.state.get("verdict")
-    console.print(f"  trained {version}: validation {verdict}")
+    console.print(f"  training run {run_id}: {version}, validation {verdict}")
     model = record.record["model"]
     if verdict != "passed":
         return version, f"rejected by offline validation ({record.state.get('stage')})"
@@ -268,16 +276,15 @@ def _prometheus_value(ctx: DemoContext, expr: str, timeout: float = 30.0) -> flo
     """Wait (bounded) until Prometheus has scraped ``expr`` from the Pushgateway; None if it never does."""
     import time
 
-    import httpx
+    from kfrelease.release.signals import MetricSourceError, prometheus_query
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            result = httpx.get(ctx.settings.url("prometheus", "/api/v1/query"), params={"query": expr},
-                               timeout=5).json()["data"]["result"]
-            if result:
-                return float(result[0]["value"][1])
-        except (httpx.HTTPError, KeyError, ValueError):
+            value = prometheus_query(ctx.settings.url("prometheus"), expr)
+            if value is not None:
+                return value
+        except MetricSourceError:
             pass
         time.sleep(1)
     return None
@@ -322,14 +329,11 @@ def step_monitoring(ctx: DemoContext) -> None:
 def step_new_data(ctx: DemoContext) -> None:
     """Data engineers publish batch 2; the new-data hook retrains production's definition on it (auto revision
     +1), and that candidate goes through staging, shadow and canary like any merge."""
-
     from kfrelease.cli.output import console
     from kfrelease.demo.data import upload_batch
     from kfrelease.monitoring.newdata import check_new_data
     from kfrelease.monitoring.receiver import AlertReceiver
-    from kfrelease.release.handover import start_release, wait_release
     from kfrelease.storage import store_for
-    from kfrelease.training.trigger import wait
 
     upload_batch(store_for("data-engineer", ctx.settings), 2)
     version = run_data_pipeline(ctx)
@@ -346,15 +350,7 @@ def step_new_data(ctx: DemoContext) -> None:
     if not done:
         ctx.note("new data -> auto revision", f"diabetes {version}: {action}, no retrain run")
         return
-    run_id = done[-1]["result"]["run_id"]
-    record = wait(ctx.settings, run_id, timeout=600)
-    new_version, verdict = record.state.get("version"), record.state.get("verdict")
-    console.print(f"  retrain run {run_id}: {new_version}, validation {verdict}")
-    if verdict != "passed":
-        ctx.note("new data -> auto revision", f"{new_version} rejected by offline validation")
-        return
-    start_release(ctx.settings, MODEL, new_version, ctx.state["spec_path"])  # already handed over: returns its record
-    stage = wait_release(ctx.settings, MODEL, new_version, timeout=600, on_event=_progress)
+    new_version, stage = _trained_and_released(ctx, done[-1]["result"]["run_id"])
     ctx.note("new data -> auto revision", f"diabetes {version} -> {new_version} (auto revision) -> {stage}")
 
 

@@ -187,14 +187,8 @@ def current_table(history: pd.DataFrame) -> pd.DataFrame:
     (``kfrelease.monitoring.window.is_complete``)."""
     if len(history) == 0:
         return history
-    from kfrelease.monitoring.window import is_complete
+    from kfrelease.monitoring.window import latest_rank
 
-    complete = [is_complete(w, n) for w, n in zip(history["window"], history["labelled"])]
-    return (
-        history.assign(_complete=complete)
-        .sort_values(["_complete", "start"], kind="stable")
-        .groupby(["version", "stage"], as_index=False)
-        .tail(1)
-        .drop(columns="_complete")
-        .reset_index(drop=True)
-    )
+    rank = [latest_rank(w, n, s) for w, n, s in zip(history["window"], history["labelled"], history["start"])]
+    order = sorted(range(len(history)), key=rank.__getitem__)
+    return history.iloc[order].groupby(["version", "stage"], as_index=False).tail(1).reset_index(drop=True)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import yaml
 
 from kfrelease.config import Settings
 from kfrelease.monitoring.rules import render_rules
-from kfrelease.stack.service import Service
+from kfrelease.stack.service import Service, python_service
 
 GROUP = "monitoring"
 STAGE_OFFSETS = {"production": 0, "staging": 1, "canary": 2}
@@ -196,19 +195,7 @@ def alertmanager_service(
 
 
 def receiver_service(settings: Settings) -> Service:
-    return Service(
-        name="alert-receiver",
-        port=settings.port("alert-receiver"),
-        command=[
-            sys.executable,
-            "-m",
-            "kfrelease.monitoring.receiver",
-            "--port",
-            str(settings.port("alert-receiver")),
-        ],
-        health_path="/healthz",
-        group=GROUP,
-    )
+    return python_service(settings, "alert-receiver", "kfrelease.monitoring.receiver", group=GROUP)
 
 
 def services(settings: Settings) -> list[Service]:

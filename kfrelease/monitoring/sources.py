@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from kfrelease.errors import NotFound
+from kfrelease.serving.logs import BASE_COLUMNS
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -134,15 +135,7 @@ def read_predictions(
                     ["id", "source", "time", "model_version", "stage", "predictions"]
                 )
             )
-    columns = [
-        "request_id",
-        "instance",
-        "time",
-        "model_version",
-        "stage",
-        *features,
-        "prediction",
-    ]
+    columns = [*BASE_COLUMNS, *features, "prediction"]
     if not req_parts:
         return pd.DataFrame(columns=columns)
     req = pa.concat_tables(req_parts)

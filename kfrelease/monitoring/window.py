@@ -117,12 +117,8 @@ class MonitorOutcome:
         """The most recent complete window of each (version, stage) (see ``is_complete``), else its most
         recent window: what is pushed to Prometheus and what the alerts look at."""
         last: dict[tuple, WindowResult] = {}
-        for w in self.windows:
-            k = (w.version, w.stage)
-            if k not in last or latest_rank(w.window, w.labelled, w.start) >= latest_rank(
-                last[k].window, last[k].labelled, last[k].start
-            ):
-                last[k] = w
+        for w in sorted(self.windows, key=lambda w: latest_rank(w.window, w.labelled, w.start)):
+            last[(w.version, w.stage)] = w
         return sorted(last.values(), key=lambda w: (w.version, w.stage))
 
 
@@ -357,10 +353,9 @@ def compute_windows(
     ):
         group = _assign_windows(group, spec)
         last = int(group["_w"].max())
-        if spec.kind == "count":  # the latest complete window (see is_complete), if there is one
-            counts = group.groupby("_w")["truth"].count()
-            complete = counts[counts >= spec.size]
-            last = int(complete.index.max()) if len(complete) else last
+        labels = group.groupby("_w")["truth"].count()
+        complete = [w for w, n in labels.items() if is_complete(spec.label, n)]
+        last = int(max(complete, default=last))  # the latest complete window (is_complete), if any
         if latest_only:
             group = group[group["_w"] == last]
         base = baselines.get(version, {})

@@ -363,26 +363,8 @@ class ReleaseController:
                 "limit": self.spec.canary.min_requests,
                 "status": "passed" if enough else "held",
             },
-            {
-                "name": "error_rate",
-                "value": health.error_rate,
-                "limit": c.max_error_rate,
-                "status": "skipped"
-                if health.error_rate is None
-                else "passed"
-                if health.error_rate <= c.max_error_rate
-                else "failed",
-            },
-            {
-                "name": "p99_latency_ms",
-                "value": health.p99_ms,
-                "limit": c.max_p99_latency_ms,
-                "status": "skipped"
-                if health.p99_ms is None
-                else "passed"
-                if health.p99_ms <= c.max_p99_latency_ms
-                else "failed",
-            },
+            _at_most("error_rate", health.error_rate, c.max_error_rate),
+            _at_most("p99_latency_ms", health.p99_ms, c.max_p99_latency_ms),
             {
                 "name": "rmse_ratio",
                 "value": accuracy.get("rmse_ratio"),
@@ -560,3 +542,9 @@ class ReleaseController:
             list(self.decisions),
             getattr(self, "shadow_report_uri", None),
         )
+
+
+def _at_most(name: str, value: float | None, limit: float) -> dict:
+    """A check that ``value`` is at most ``limit``; ``skipped`` when there is no value to judge."""
+    status = "skipped" if value is None else "passed" if value <= limit else "failed"
+    return {"name": name, "value": value, "limit": limit, "status": status}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kfrelease.metrics import regression_metrics
+from kfrelease.serving.logs import BASE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,7 @@ def join_shadow(
         columns={"prediction": "candidate"}
     )
     prod = prod.drop_duplicates(keys)
-    features = [
-        c
-        for c in prod.columns
-        if c
-        not in (
-            "request_id",
-            "instance",
-            "time",
-            "model_version",
-            "stage",
-            "prediction",
-        )
-    ]
+    features = [c for c in prod.columns if c not in (*BASE_COLUMNS, "prediction")]
     prod = prod[[*keys, *features, "prediction"]].rename(
         columns={"prediction": "production"}
     )

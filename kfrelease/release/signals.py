@@ -150,6 +150,21 @@ class PredictorMetrics:
         return health_between(start, self.snapshot())
 
 
+def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> float | None:
+    """The first sample of an instant query (None when the result is empty or NaN); raises
+    ``MetricSourceError`` when Prometheus at ``url`` cannot be queried."""
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/api/v1/query", params={"query": expr}, timeout=timeout)
+        r.raise_for_status()
+        result = r.json()["data"]["result"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise MetricSourceError(f"Prometheus at {url} cannot be queried ({exc})") from None
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return None if math.isnan(value) else value
+
+
 class PrometheusMetrics:
     """Queries Prometheus (``canary.metrics_source: prometheus``) for the canary's series over a step."""
 
@@ -170,20 +185,7 @@ class PrometheusMetrics:
         )
 
     def query(self, expr: str) -> float | None:
-        try:
-            r = httpx.get(
-                f"{self.url}/api/v1/query", params={"query": expr}, timeout=self.timeout
-            )
-            r.raise_for_status()
-            result = r.json()["data"]["result"]
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise MetricSourceError(
-                f"Prometheus at {self.url} cannot be queried ({exc})"
-            ) from None
-        if not result:
-            return None
-        value = float(result[0]["value"][1])
-        return None if math.isnan(value) else value
+        return prometheus_query(self.url, expr, self.timeout)
 
     def start(self) -> None:
         self.query("vector(1)")  # reachable?

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,3 +50,11 @@ class Service:
     @property
     def health_url(self) -> str:
         return self.url + self.health_path
+
+
+def python_service(settings: Settings, name: str, module: str, *args: str, group: str, **fields) -> Service:
+    """A service that is one of our Python modules listening on its stack port (``python -m MODULE --port N
+    ARGS``), ready when ``/healthz`` answers; ``fields`` are any other ``Service`` attributes."""
+    port = settings.port(name)
+    return Service(name=name, port=port, command=[sys.executable, "-m", module, "--port", str(port), *args],
+                   health_path="/healthz", group=group, **fields)

@@ -68,8 +68,7 @@ def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path
     params = run["runtime_config"]["parameters"]
     assert params["model"] == "diabetes-progression-cluster" and params["version"] == "V1.2.0"
     assert yaml.safe_load(params["spec_yaml"])["canary"]["steps"] == [25, 50, 100]
-    headers = [{k.lower(): v for k, v in h.items()} for m, p, h in api.headers_seen if (m, p) == ("POST", "/apis/v2beta1/runs")]
-    assert headers[0]["authorization"] == "Bearer pipeline-pod-token"
+    assert api.posted_headers("/apis/v2beta1/runs")[0]["authorization"] == "Bearer pipeline-pod-token"
     assert api.posted("/apis/v2beta1/experiments")[0]["namespace"] == "kfrelease-release"
     # nothing was started locally
     assert not record_path(stack, "diabetes-progression-cluster", "V1.2.0").exists()

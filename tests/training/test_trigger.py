@@ -4,8 +4,6 @@ input refused, and submission to a KFP API server (a recording HTTP server stand
 which cannot run on this machine)."""
 
 import json
-import threading
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -17,7 +15,7 @@ from kfrelease.training import runs
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import STEP_NAMES, run_inline
 from kfrelease.training.trigger import trigger, wait
-from tests.recording_kfp import RecordingKfpApi
+from tests.recording_kfp import recording_kfp_api
 
 pytestmark = pytest.mark.integration
 
@@ -113,19 +111,12 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     token = tmp_path / "kfp-token"
     token.write_text("ci-token-123")  # what the CI workflow mints with `kubectl create token kfrelease-ci`
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
-    RecordingKfpApi.requests = []
-    RecordingKfpApi.headers_seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with recording_kfp_api() as (host, api):
         record = trigger(stack, shas[1], repo, kfp_host=host)
         again = trigger(stack, shas[1], repo, kfp_host=host)
-    finally:
-        server.shutdown()
     assert record.created and not again.created and again.run_id == record.run_id
     assert record.state["state"] == "submitted" and record.state["kfp_run_id"] == "kfp-run-1"
-    posted = [body for method, path, body in RecordingKfpApi.requests if (method, path) == ("POST", "/apis/v2beta1/runs")]
+    posted = api.posted("/apis/v2beta1/runs")
     assert len(posted) == 1  # the second trigger found the run record and submitted nothing
     run = posted[0]
     assert run["display_name"] == f"train-{shas[1][:12]}" and run["experiment_id"] == "exp-1"
@@ -135,9 +126,8 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
     assert registry().list(name) == []  # nothing ran locally
     # multi-user KFP: the CI service account's token and the release namespace
-    run_headers = [h for m, p, h in RecordingKfpApi.headers_seen if (m, p) == ("POST", "/apis/v2beta1/runs")]
-    assert {k.lower(): v for k, v in run_headers[0].items()}["authorization"] == "Bearer ci-token-123"
-    experiments = [b for m, p, b in RecordingKfpApi.requests if (m, p) == ("POST", "/apis/v2beta1/experiments")]
+    assert api.posted_headers("/apis/v2beta1/runs")[0]["authorization"] == "Bearer ci-token-123"
+    experiments = api.posted("/apis/v2beta1/experiments")
     assert experiments and experiments[0]["namespace"] == "kfrelease-release"
 
 
@@ -149,19 +139,13 @@ def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project,
     registry().set_stage(name, prod.version, "production", "release-pipeline", "promoted for this test")
     new_data = dataset.add_batch(2)
 
-    RecordingKfpApi.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with recording_kfp_api() as (host, api):
         record = trigger(stack, None, None, kfp_host=host, auto=True, model=name, reason="alert: RMSE above target")
         again = trigger(stack, None, None, kfp_host=host, auto=True, model=name, reason="second alert")
-    finally:
-        server.shutdown()
     assert record.created and not again.created and record.run_id == f"auto-{name}-{prod.version}-{new_data[:12]}"
     assert record.record["reason"] == "alert: RMSE above target" and record.record["commit"] == sha
     assert record.record["spec_fingerprint"] == spec.fingerprint and record.record["dataset_version"] == new_data
-    posted = [b for m, p, b in RecordingKfpApi.requests if (m, p) == ("POST", "/apis/v2beta1/runs")]
+    posted = api.posted("/apis/v2beta1/runs")
     assert len(posted) == 1 and posted[0]["runtime_config"]["parameters"]["dataset_version"] == new_data
 
     from kfrelease.errors import KfreleaseError
