@@ -6,9 +6,28 @@ Top-level folders are mapped into the package with ``package_dir`` (works with `
 in ``constraints.txt`` (the Makefile installs with ``-c constraints.txt``).
 """
 
-from setuptools import find_packages, setup
-
 import os
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+#: Checkout folders the library reads at run time (kfrelease/resources.py RESOURCE_DIRS): a built wheel
+#: carries them as package data under kfrelease/_resources/; an editable install reads the checkout.
+RESOURCE_DIRS = ("schemas", "manifests", "examples")
+
+
+class build_py_with_resources(build_py):
+    """build_py that also copies RESOURCE_DIRS into the built package (not in editable mode)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for name in RESOURCE_DIRS:
+            dest = os.path.join(self.build_lib, "kfrelease", "_resources", name)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(name, dest, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
 
 PACKAGE_DIR = {
     target: src
@@ -75,4 +94,5 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["kfrelease=kfrelease.cli:main"]},
+    cmdclass={"build_py": build_py_with_resources},
 )

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-import kfrelease
 from kfrelease.errors import ConfigError
+from kfrelease.resources import resource_path
 
-EXAMPLE = Path(kfrelease.__file__).resolve().parents[1] / "examples" / "diabetes-model"
+EXAMPLE = resource_path("examples") / "diabetes-model"
 HEADER = "# Model spec of the demo project (see examples/diabetes-model/model.yaml for the commented original).\n"
 _GIT_ENV = {"GIT_AUTHOR_NAME": "Data Scientist", "GIT_AUTHOR_EMAIL": "ds@example.com",
             "GIT_COMMITTER_NAME": "Data Scientist", "GIT_COMMITTER_EMAIL": "ds@example.com"}

@@ -9,9 +9,12 @@ from pathlib import Path
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.versions import KUBEFLOW_KSERVE, KServeVersion, kserve_version
+from kfrelease.resources import resource_path
 
-#: The checkout's manifests folder (``kfrelease manifests render`` writes here by default).
-MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
+#: The checkout's manifests folder (``kfrelease manifests render`` writes here by default); in an installed
+#: wheel, its packaged copy (read-only use: environments.yaml, workspaces).
+MANIFESTS_DIR = resource_path("manifests")
 
 #: Namespaces. The three Kubeflow Profiles own theirs; serving and monitoring are plain namespaces.
 DATA_NS = "kfrelease-data"
@@ -59,6 +62,14 @@ class Environment:
     nodes: dict[str, NodeGroup]
     logsink_replicas: int = 1
     production_version: str = "V1.1.0"
+    #: The Kubeflow release installed on the cluster and the KServe version serving runs (kfrelease/k8s/versions.py).
+    kubeflow_version: str = "1.11.0"
+    kserve_version: str = "0.20.0"
+
+    @property
+    def kserve(self) -> KServeVersion:
+        """What this environment's KServe supports (deployment modes, spec.canary, scale metrics)."""
+        return kserve_version(self.kserve_version)
 
     @property
     def registry(self) -> str:
@@ -153,7 +164,18 @@ def load_environments(path: str | Path | None = None) -> Environments:
                 raise ConfigError(
                     f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}"
                 )
+            body["kubeflow_version"] = str(body.get("kubeflow_version", Environment.kubeflow_version))
+            body["kserve_version"] = str(body.get("kserve_version", Environment.kserve_version))
             env = Environment(name=name, nodes=nodes, **body)
+            try:  # an unsupported KServe version is an error here, not at render time
+                env.kserve  # noqa: B018
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: environment {name!r} kserve_version: {exc}") from None
+            if env.kubeflow_version not in KUBEFLOW_KSERVE:
+                raise ConfigError(
+                    f"{path}: environment {name!r} kubeflow_version {env.kubeflow_version!r} is not supported; "
+                    f"use one of {', '.join(KUBEFLOW_KSERVE)} (kfrelease/k8s/versions.py)"
+                )
             if not re.fullmatch(r"\d{12}", env.account_id):
                 raise ConfigError(
                     f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits"

@@ -2,7 +2,11 @@
 
 - Custom resources are checked against the ``openAPIV3Schema`` of the CRD YAML vendored under
   ``schemas/crds/<project>/`` (every ``*.yaml`` there is read; documents that are CRDs are indexed by
-  group/version/kind). Like ``kubectl apply --validate=strict`` (server-side field validation), a field a
+  group/version/kind). KServe's CRDs differ per release: they live under ``schemas/crds/kserve/<version>/``
+  and a document is checked against one chosen KServe version (``kserve=``, default
+  ``KFRELEASE_KSERVE_VERSION`` or the newest supported one, ``kfrelease.k8s.versions``); an
+  InferenceService is also checked against that version's admission rules (deployment mode, scale
+  metric, ``spec.canary``: ``KServeVersion.admission_errors``). Like ``kubectl apply --validate=strict`` (server-side field validation), a field a
   structural schema does not declare is an error, unless the schema says
   ``x-kubernetes-preserve-unknown-fields``.
 - Built-in kinds are checked with ``kubernetes-validate`` (the Kubernetes OpenAPI schemas, strict mode) for
@@ -22,8 +26,10 @@ from pathlib import Path
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.versions import KServeVersion, kserve_version, newest
+from kfrelease.resources import resource_dir
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "schemas" / "crds"
+KSERVE_CRDS = "kserve"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -68,29 +74,62 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
-@functools.lru_cache(maxsize=4)
-def crd_index(crd_dir: str | None = None) -> dict[tuple[str, str, str], dict]:
-    """(group, version, kind) -> openAPIV3Schema, from every CRD YAML under ``crd_dir``."""
-    root = Path(crd_dir) if crd_dir else CRD_DIR
+def vendored_crds() -> Path:
+    """The vendored CRDs (``schemas/crds`` of the checkout, or the copy packaged into the wheel)."""
+    return resource_dir("schemas") / "crds"
+
+
+def target_kserve(kserve: str | KServeVersion | None = None) -> KServeVersion:
+    if isinstance(kserve, KServeVersion):
+        return kserve
+    return kserve_version(kserve or os.environ.get("KFRELEASE_KSERVE_VERSION") or newest().version)
+
+
+def _crd_files(root: Path, kserve: str | None) -> list[Path]:
+    files = sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml"))
+    if kserve is None:
+        return files
+    kserve_root = root / KSERVE_CRDS
+    return [p for p in files if kserve_root not in p.parents] + sorted((kserve_root / kserve).glob("*.yaml"))
+
+
+def crd_index(crd_dir: str | None = None, kserve: str | None = None) -> dict[tuple[str, str, str], dict]:
+    """(group, version, kind) -> openAPIV3Schema, from every CRD YAML under ``crd_dir`` (default: the
+    vendored CRDs, with KServe's of version ``kserve``, default the newest supported)."""
+    if crd_dir:
+        return _index(str(crd_dir), None)
+    return _index(str(vendored_crds()), target_kserve(kserve).crd_dir_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _index(root: str, kserve: str | None) -> dict[tuple[str, str, str], dict]:
     index: dict[tuple[str, str, str], dict] = {}
-    for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
-        with open(path, "rb") as fh:
-            for doc in yaml.load_all(fh, Loader=_loader()):
-                if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                spec = doc.get("spec", {})
-                for ver in spec.get("versions", []):
-                    schema = (ver.get("schema") or {}).get("openAPIV3Schema")
-                    if schema:
-                        index[(spec["group"], ver["name"], spec["names"]["kind"])] = schema
+    for path in _crd_files(Path(root), kserve):
+        index.update(_file_index(str(path)))
     return index
 
 
 @functools.lru_cache(maxsize=64)
-def _crd_validator(group: str, version: str, kind: str, crd_dir: str | None):
+def _file_index(path: str) -> dict[tuple[str, str, str], dict]:
+    """(group, version, kind) -> openAPIV3Schema of the CRDs in one file (each file is parsed once)."""
+    index: dict[tuple[str, str, str], dict] = {}
+    with open(path, "rb") as fh:
+        for doc in yaml.load_all(fh, Loader=_loader()):
+            if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = doc.get("spec", {})
+            for ver in spec.get("versions", []):
+                schema = (ver.get("schema") or {}).get("openAPIV3Schema")
+                if schema:
+                    index[(spec["group"], ver["name"], spec["names"]["kind"])] = schema
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _crd_validator(group: str, version: str, kind: str, crd_dir: str | None, kserve: str | None):
     import jsonschema
 
-    schema = crd_index(crd_dir)[(group, version, kind)]
+    schema = crd_index(crd_dir, kserve)[(group, version, kind)]
     return jsonschema.Draft7Validator(_strict(schema))
 
 
@@ -131,9 +170,9 @@ def _check_object_meta(doc: dict, where: str) -> None:
             raise SchemaValidationError(f"{where}: label {key}={value!r} is not a valid Kubernetes label value")
 
 
-def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
-    """Validate one document; returns how it was validated, raises ``SchemaValidationError`` listing
-    every violation."""
+def validate(doc: dict, crd_dir: str | Path | None = None, kserve: str | KServeVersion | None = None) -> str:
+    """Validate one document (KServe kinds against KServe ``kserve``); returns how it was validated,
+    raises ``SchemaValidationError`` listing every violation."""
     if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind"):
         raise SchemaValidationError("a Kubernetes document needs apiVersion and kind")
     where = _where(doc)
@@ -145,8 +184,10 @@ def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
     group, _, version = doc["apiVersion"].rpartition("/")
     key = (group, version, doc["kind"])
     crd_key = str(crd_dir) if crd_dir else None
-    if key in crd_index(crd_key):
-        validator = _crd_validator(*key, crd_key)
+    target = None if crd_dir else target_kserve(kserve)
+    kserve_key = target.version if target else None
+    if key in crd_index(crd_key, kserve_key):
+        validator = _crd_validator(*key, crd_key, kserve_key)
         errors = [
             f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
             for e in sorted(
@@ -160,6 +201,12 @@ def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
                 errors,
             )
         _check_object_meta(doc, where)
+        if target and key == ("serving.kserve.io", "v1beta1", "InferenceService"):
+            errors = target.admission_errors(doc)
+            if errors:
+                raise SchemaValidationError("; ".join(errors), errors)
+        if target and group == "serving.kserve.io":
+            return f"CRD schema {group}/{version} {doc['kind']} (KServe {target.version}) + Kubernetes ObjectMeta"
         return f"CRD schema {group}/{version} {doc['kind']} + Kubernetes ObjectMeta"
     import kubernetes_validate
 
@@ -169,7 +216,9 @@ def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
     except kubernetes_validate.SchemaNotFoundError:
         raise SchemaValidationError(
             f"{where}: no schema for {doc['apiVersion']} {doc['kind']}: not a Kubernetes {kv} kind and no CRD under "
-            f"{crd_dir or CRD_DIR} defines it; vendor its CRD YAML there"
+            f"{crd_dir or vendored_crds()} defines it"
+            + (f" for KServe {target.version}" if target and group.endswith("kserve.io") else "")
+            + "; vendor its CRD YAML there"
         ) from None
     except kubernetes_validate.ValidationError as exc:
         path = ".".join(str(p) for p in exc.path) or "<root>"
@@ -180,5 +229,7 @@ def validate(doc: dict, crd_dir: str | Path | None = None) -> str:
     return f"Kubernetes {kv} schema"
 
 
-def validate_all(docs: Iterable[dict], crd_dir: str | Path | None = None) -> list[str]:
-    return [validate(d, crd_dir) for d in docs]
+def validate_all(
+    docs: Iterable[dict], crd_dir: str | Path | None = None, kserve: str | KServeVersion | None = None
+) -> list[str]:
+    return [validate(d, crd_dir, kserve) for d in docs]
