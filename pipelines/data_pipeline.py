@@ -22,6 +22,7 @@ def data_pipeline(spec_yaml: str) -> str:
     published = publish_dataset(
         spec_yaml=spec_yaml,
         features=feats.outputs["features"],
+        quarantined=valid.outputs["quarantined"],
         sources_json=raw.outputs["Output"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("publish")

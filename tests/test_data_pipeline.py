@@ -139,3 +139,94 @@ def test_data_pipeline_compiles_to_yaml(tmp_path, run_cli):
     images = {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
     json.dumps(doc)
+
+
+def spec_file(tmp_path, spec, name: str, edit) -> str:
+    doc = yaml.safe_load(spec.text)
+    edit(doc)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def test_quarantine_publishes_the_valid_rows_and_keeps_the_rest_beside_them(dataset, run_cli, tmp_path):
+    from kfrelease.data.publish import load_dataset, load_quarantine
+
+    _, spec = dataset
+    path = spec_file(tmp_path, spec, "q", lambda d: d.update(on_invalid="quarantine"))
+    bad = demo_batches()[0].copy()
+    bad.loc[3, "bmi"] = 900.0
+    lines = bad.to_csv(index=False).splitlines()
+    lines[10] = "2.5" + lines[10][lines[10].index(","):]
+    key = f"{spec.source_prefix}batch-1.csv"
+    store_for("data-engineer").put_bytes("raw", key, ("\n".join(lines) + "\n").encode())
+    out = run_cli("data", "publish", "--dataset", path, check=True).stdout
+    assert "248 rows, 2 quarantined" in out
+    reader = store_for("data-scientist")
+    df, dv = load_dataset(reader, spec.name)
+    assert dv.manifest["row_count"] == 248 and dv.manifest["quarantined_count"] == 2
+    assert dv.manifest["on_invalid"] == "quarantine"
+    assert sorted(df["patient_id"]) == sorted(set(bad["patient_id"]) - {bad.loc[3, "patient_id"], bad.loc[9, "patient_id"]})
+    q = load_quarantine(reader, spec.name)
+    assert q["line"].tolist() == [5, 11] and (q["source"] == f"s3://raw/{key}").all()
+    assert q["reason"].tolist() == ["column 'bmi': above the maximum 70 (value '900.0')",
+                                    "column 'patient_id': not a whole number (expected int64) (value '2.5')"]
+
+
+def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path):
+    """An optional column may be added; removing or retyping a column a production model uses is refused."""
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from kfrelease.data.publish import load_dataset
+    from kfrelease.registry import ModelRegistry
+
+    path, spec = dataset
+    upload(spec, 1)
+    run_cli("data", "publish", "--dataset", path, check=True)
+    reader = store_for("data-scientist")
+    v1, dv1 = load_dataset(reader, spec.name)
+    features = ["age", "bmi", "bp"]
+    model = LinearRegression().fit(v1[features], v1["progression"])
+    import io
+
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    reg = ModelRegistry(store_for("pipeline"))
+    name = f"evolution-{uuid.uuid4().hex[:6]}"
+    mv = reg.register(name=name, tag=1, spec_fingerprint="f" * 64, dataset=spec.name, dataset_version=dv1.version,
+                      commit="c" * 40, run_id="test", metrics={}, verdict={"passed": True, "reasons": []},
+                      input_schema=[{"name": f, "dtype": "float64"} for f in features], target="progression",
+                      model_bytes=buf.getvalue()).version
+    reg.set_stage(name, mv.version, "production", "test", "production model of this test")
+
+    def add_optional(d):
+        d["columns"]["glucose"] = {"dtype": "float64", "nullable": True}
+
+    upload(spec, 2)
+    run_cli("data", "publish", "--dataset", spec_file(tmp_path, spec, "added", add_optional), check=True)
+    v2, dv2 = load_dataset(reader, spec.name)
+    assert dv2.version != dv1.version and v2["glucose"].isna().all() and len(v2) == 400
+    again, _ = load_dataset(reader, spec.name, dv1.version)  # the older version reads as it was published
+    assert list(again.columns) == list(v1.columns) and len(again) == 250
+    served = reg.load_model(name, mv.version).predict(v2[features])  # the model still serves the new version
+    assert len(served) == 400 and np.isfinite(served).all()
+
+    before = state(spec)
+    without = upload(spec, 3, demo_batches()[1].drop(columns=["bmi"]))  # a new source without the column
+    removed = run_cli("data", "publish", "--dataset", spec_file(tmp_path, spec, "removed",
+                                                                  lambda d: (d["columns"].pop("bmi"), d.pop("features"))),
+                      "--source", without)
+    assert removed.returncode == 1
+    assert f"production model {name} {mv.version} uses column 'bmi', which this version removes" in removed.stderr
+
+    def retype(d):
+        d["columns"]["age"] = {"dtype": "int64", "nullable": False, "min": 0, "max": 120}
+
+    retyped = run_cli("data", "publish", "--dataset", spec_file(tmp_path, spec, "retyped", retype),
+                      "--source", f"{spec.source_prefix}batch-1.csv", "--source", f"{spec.source_prefix}batch-2.csv")
+    assert retyped.returncode == 1
+    assert f"production model {name} {mv.version} was trained on column 'age' as float64" in retyped.stderr
+    assert state(spec) == before  # nothing was published either time

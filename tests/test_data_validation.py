@@ -1,9 +1,11 @@
 """Bad source data gets an error naming the file, column and rows; every violation is reported at once."""
 
 import io
+import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from kfrelease.data.ingest import read_source
 from kfrelease.data.spec import load_spec, parse_spec
@@ -29,7 +31,7 @@ def check(df: pd.DataFrame) -> DataValidationError:
 
 
 def test_good_batch_passes_with_declared_dtypes():
-    out = validate(read_source(good_csv().to_csv(index=False).encode(), WHERE), SPEC)
+    out = validate(read_source(good_csv().to_csv(index=False).encode(), WHERE), SPEC).valid
     assert len(out) == 60 and str(out["patient_id"].dtype) == "int64" and str(out["bmi"].dtype) == "float64"
 
 
@@ -96,9 +98,147 @@ def test_header_only_file():
         read_source(b"patient_id,age\n", WHERE)
 
 
-def test_unparseable_csv():
-    with pytest.raises(DataValidationError, match=f"{WHERE}: not a readable CSV file.*line 3"):
-        read_source(b'a,b\n1,2\n3,4,5,6\n"unterminated\n', WHERE)
+def test_unreadable_csv():
+    with pytest.raises(DataValidationError, match=f"{WHERE}: not a readable CSV file.*UTF8"):
+        read_source(b"a,b\n1,\xff\n", WHERE)
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False)
+
+
+def check_text(text: str, spec=SPEC) -> DataValidationError:
+    with pytest.raises(DataValidationError) as info:
+        validate(read_source(text.encode(), WHERE), spec)
+    return info.value
+
+
+def test_a_fraction_in_an_integer_column_is_refused_not_truncated():
+    lines = csv_text(good_csv()).splitlines()
+    lines[5] = "2.5" + lines[5][lines[5].index(","):]  # patient_id of data row 5 (file line 6)
+    err = str(check_text("\n".join(lines) + "\n"))
+    assert "column 'patient_id': not a whole number (expected int64): 1 row(s) of 60" in err
+    assert f"{WHERE} line 6 (value '2.5')" in err
+
+
+def test_an_integer_beyond_int64_is_refused():
+    lines = csv_text(good_csv()).splitlines()
+    lines[3] = "9223372036854775808" + lines[3][lines[3].index(","):]
+    err = str(check_text("\n".join(lines) + "\n"))
+    assert "column 'patient_id': out of the int64 range" in err and f"{WHERE} line 4 (value '9223372036854775808')" in err
+
+
+def test_a_whole_number_written_as_a_decimal_converts_exactly():
+    lines = csv_text(good_csv()).splitlines()
+    lines[1] = "7001.0" + lines[1][lines[1].index(","):]
+    out = validate(read_source(("\n".join(lines) + "\n").encode(), WHERE), SPEC).valid
+    assert out["patient_id"].dtype == "int64" and out["patient_id"].iloc[0] == 7001
+
+
+def test_a_fraction_in_an_integer_parquet_column_is_refused():
+    df = good_csv().astype({"patient_id": "float64"})
+    df.loc[2, "patient_id"] = 3.5
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    with pytest.raises(DataValidationError, match=r"not a whole number.*b\.parquet line 3 \(value 3\.5\)"):
+        validate(read_source(buf.getvalue(), "s3://raw/diabetes/b.parquet"), SPEC)
+
+
+def test_a_date_that_does_not_parse_is_refused():
+    spec = parse_spec("name: visits\nsource: {prefix: visits}\ncolumns:\n  id: {dtype: int64}\n"
+                      "  seen: {dtype: 'datetime64[ns]'}\n")
+    err = str(check_text("id,seen\n1,2024-03-01\n2,2024-02-30\n3,2024-03-02T10:00:00\n4,yesterday\n", spec))
+    assert "column 'seen': not a date/time" in err and "2 row(s) of 4" in err
+    assert f"{WHERE} line 3 (value '2024-02-30'); {WHERE} line 5 (value 'yesterday')" in err
+    ok = validate(read_source(b"id,seen\n1,2024-03-01\n2,2024-03-02T10:00:00\n", WHERE), spec).valid
+    assert str(ok["seen"].dtype) == "datetime64[ns]" and str(ok["seen"].iloc[1]) == "2024-03-02 10:00:00"
+
+
+def test_ragged_lines_are_reported_as_such_in_line_order():
+    lines = csv_text(good_csv()).splitlines()
+    for i in (50, 12, 30):  # out of order on purpose
+        lines[i] += ",extra"
+    lines[40] = lines[40].rsplit(",", 2)[0]
+    err = check_text("\n".join(lines) + "\n")
+    text = str(err)
+    assert "wrong number of fields (ragged line): 4 row(s) of 60" in text
+    assert (f"{WHERE} line 13 (13 fields, expected 12); {WHERE} line 31 (13 fields, expected 12); "
+            f"{WHERE} line 41 (10 fields, expected 12); {WHERE} line 51 (13 fields, expected 12)") in text
+    assert "wrong type" not in text and "missing value" not in text  # a ragged row is not blamed on its values
+    assert len(err.violations) == 1
+
+
+def test_lines_are_sorted_and_each_problem_counts_all_its_rows():
+    df = good_csv()
+    for i in (40, 3, 22, 9, 51, 17, 30):
+        df.loc[i, "bp"] = 900.0
+    err = str(check(df))
+    assert "column 'bp': above the maximum 200: 7 row(s) of 60, at " in err
+    assert f"{WHERE} line 5 (value '900.0'); {WHERE} line 11 " in err and "and 2 more" in err
+    named = [int(x) for x in re.findall(r"line (\d+) \(value '900", err)]
+    assert named == sorted(named) == [5, 11, 19, 24, 32]
+
+
+def quarantining(spec=SPEC):
+    doc = yaml.safe_load(spec.text)
+    doc["on_invalid"] = "quarantine"
+    return parse_spec(yaml.safe_dump(doc))
+
+
+def test_quarantine_keeps_exactly_the_valid_rows_and_says_why_for_the_rest():
+    df = good_csv()
+    df.loc[4, "bp"] = 900.0
+    df.loc[7, "s5"] = float("nan")
+    df.loc[11, "patient_id"] = df.loc[12, "patient_id"]  # both rows of the duplicate id are refused
+    lines = csv_text(df).splitlines()
+    lines[20] += ",extra"
+    lines[30] = "3.5" + lines[30][lines[30].index(","):]
+    checked = validate(read_source(("\n".join(lines) + "\n").encode(), WHERE), quarantining())
+    refused = {4, 7, 11, 12, 19, 29}  # data rows (0-based); file line = row + 2
+    expected = df.drop(index=sorted(refused)).reset_index(drop=True)
+    got = checked.valid.drop(columns=["__source", "__line"])
+    pd.testing.assert_frame_equal(got, expected.astype({"patient_id": "int64"}), check_dtype=True)
+    assert checked.valid["__line"].tolist() == [i + 2 for i in range(60) if i not in refused]
+    q = checked.invalid
+    assert q["line"].tolist() == sorted(i + 2 for i in refused)
+    reasons = dict(zip(q["line"], q["reason"]))
+    assert reasons[6] == "column 'bp': above the maximum 200 (value '900.0')"
+    assert reasons[9].startswith("column 's5': missing value")
+    assert "duplicate value" in reasons[13] and "duplicate value" in reasons[14]
+    assert reasons[21] == "wrong number of fields (ragged line): 13 fields, expected 12"
+    assert q.loc[q["line"] == 21, "text"].iloc[0] == lines[20]
+    assert reasons[31] == "column 'patient_id': not a whole number (expected int64) (value '3.5')"
+    assert (q["source"] == WHERE).all() and q.loc[q["line"] == 6, "bp"].iloc[0] == "900.0"
+
+
+def test_quarantine_still_rejects_a_problem_of_the_whole_dataset():
+    with pytest.raises(DataValidationError, match="column 'bmi': column is missing"):
+        validate(read_source(csv_text(good_csv().drop(columns=["bmi"])).encode(), WHERE), quarantining())
+    df = good_csv()
+    df.loc[:20, "bp"] = 900.0
+    with pytest.raises(DataValidationError, match="at least 50 rows required, got 39 valid of 60"):
+        validate(read_source(csv_text(df).encode(), WHERE), quarantining())
+
+
+def test_sources_that_differ_in_a_refused_value_get_different_version_ids():
+    from kfrelease.data.publish import version_digest
+
+    def digest(text: str) -> str:
+        checked = validate(read_source(text.encode(), WHERE), quarantining())
+        return version_digest(checked.valid.drop(columns=["__source", "__line"]), checked.invalid)
+
+    lines = csv_text(good_csv()).splitlines()
+    two = "\n".join(lines[:5] + ["2" + lines[5][lines[5].index(","):]] + lines[6:]) + "\n"
+    fraction = "\n".join(lines[:5] + ["2.5" + lines[5][lines[5].index(","):]] + lines[6:]) + "\n"
+    assert digest(two) != digest(fraction)
+    assert digest(two) == digest(two)
+
+
+def test_an_optional_column_missing_from_a_source_is_empty_not_an_error():
+    doc = yaml.safe_load(SPEC.text)
+    doc["columns"]["glucose"] = {"dtype": "float64", "nullable": True}
+    out = validate(read_source(csv_text(good_csv()).encode(), WHERE), parse_spec(yaml.safe_dump(doc))).valid
+    assert out["glucose"].isna().all() and len(out) == 60
 
 
 def test_corrupt_parquet():
@@ -118,5 +258,7 @@ def test_spec_errors_are_explained(tmp_path):
         parse_spec("name: x\nsource: {prefix: x}\ncolumns: {a: {dtype: float}}\n")
     with pytest.raises(ConfigError, match="no dataset spec named 'nope'"):
         load_spec("nope")
+    with pytest.raises(ConfigError, match="on_invalid is 'drop'; use one of reject, quarantine"):
+        parse_spec("name: x\nsource: {prefix: x}\non_invalid: drop\ncolumns: {a: {dtype: float64}}\n")
     with pytest.raises(ConfigError, match="id_column 'id' is not one of the declared columns"):
         parse_spec("name: x\nsource: {prefix: x}\nid_column: id\ncolumns: {a: {dtype: float64}}\n")

@@ -82,8 +82,11 @@ def register(cli: click.Group) -> None:
             rows = read_source(Path(local_file).read_bytes(), local_file)
         else:
             rows, _ = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
-        valid = validate_rows(rows, spec)
-        console.print(f"[green]valid[/]: {len(valid)} rows match dataset spec {spec.name!r}")
+        checked = validate_rows(rows, spec)
+        if len(checked.invalid):
+            console.print(f"[yellow]{len(checked.invalid)} of {checked.total_rows} rows would be quarantined[/]: "
+                          + " | ".join(f"{p.label()}: {len(p.rows)} row(s)" for p in checked.problems))
+        console.print(f"[green]valid[/]: {len(checked.valid)} rows match dataset spec {spec.name!r}")
 
     @data.command()
     @dataset_option
@@ -106,7 +109,10 @@ def register(cli: click.Group) -> None:
         else:
             with console.status("data pipeline") as status:
                 dv = run_data_pipeline(spec, store, list(sources) or None, on_step=lambda s: status.update(s))
-        console.print(f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows); latest -> {dv.version}")
+        quarantined = dv.manifest.get("quarantined_count") or 0
+        console.print(f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows"
+                      + (f", {quarantined} quarantined in curated/{dv.manifest['quarantine']['key']}" if quarantined
+                         else "") + f"); latest -> {dv.version}")
 
     @data.command()
     @dataset_option

@@ -21,13 +21,14 @@ def run_data_pipeline(
     run_id: str | None = None,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> DatasetVersion:
-    """ingest -> validate -> features -> publish. Any failure leaves ``curated`` and ``latest`` untouched."""
+    """ingest -> validate -> features -> publish. Any failure leaves ``curated`` and ``latest`` untouched;
+    with ``on_invalid: quarantine`` the rows validation refused are published beside the version."""
     run_id = run_id or f"inline-{uuid.uuid4().hex[:12]}"
     on_step("ingest")
     rows, sources = ingest(spec, store, keys)
     on_step(f"validate ({len(rows)} rows from {len(sources)} source(s))")
-    valid = validate(rows, spec)
+    checked = validate(rows, spec)
     on_step("features")
-    feats = apply_features(valid, spec)
+    feats = apply_features(checked.valid, spec)
     on_step("publish")
-    return publish(feats, spec, store, sources, run_id)
+    return publish(feats, spec, store, sources, run_id, quarantined=checked.invalid)

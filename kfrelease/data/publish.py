@@ -3,7 +3,9 @@
 Layout in the ``curated`` bucket::
 
     <dataset>/versions/<version>/data.parquet    the rows (written first)
-    <dataset>/versions/<version>/manifest.json   schema, row count, sources, code, run, time (written second)
+    <dataset>/versions/<version>/quarantine.parquet  rows refused by validation, with reason and source line
+                                                  (only with ``on_invalid: quarantine``; written first too)
+    <dataset>/versions/<version>/manifest.json   schema, row counts, sources, code, run, time (written second)
     <dataset>/latest                              pointer {"version": ...} (moved last)
 
 A version exists only once its manifest exists; the manifest is created with ``If-None-Match: *`` so a
@@ -56,6 +58,15 @@ def content_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def version_digest(df: pd.DataFrame, quarantined: pd.DataFrame | None) -> str:
+    """The version's content id: the published rows and, when some were quarantined, those rows too, so that
+    sources that differ only in refused rows never share a version (or a manifest with the wrong counts)."""
+    digest = content_hash(df)
+    if quarantined is None or quarantined.empty:
+        return digest
+    return hashlib.sha256((digest + content_hash(quarantined.reset_index(drop=True))).encode()).hexdigest()
+
+
 def _key(dataset: str, *parts: str) -> str:
     return "/".join((dataset,) + parts)
 
@@ -66,18 +77,34 @@ def publish(
     store: ObjectStore,
     sources: list[Source],
     run_id: str = "",
+    quarantined: pd.DataFrame | None = None,
+    registry: ObjectStore | None = None,
 ) -> DatasetVersion:
-    """Publish validated rows as a curated version and move ``latest`` to it (idempotent per content)."""
+    """Publish validated rows as a curated version and move ``latest`` to it (idempotent per content).
+
+    ``quarantined`` (rows validation refused, ``validate.Checked.invalid``) is written beside the data and
+    counted in the manifest. Before anything is written, a schema change that breaks a production model
+    (``evolution.check_compatible``) is refused."""
+    from kfrelease.data.evolution import check_compatible
+
     df = df.drop(columns=[c for c in META_COLUMNS if c in df.columns]).reset_index(drop=True)
-    digest = content_hash(df)
+    check_compatible(store, spec, df, registry)
+    digest = version_digest(df, quarantined)
     version = digest[:16]
     data_key = _key(spec.name, "versions", version, "data.parquet")
+    quarantine_key = _key(spec.name, "versions", version, "quarantine.parquet")
     manifest_key = _key(spec.name, "versions", version, "manifest.json")
     existing = store.stat(BUCKET, manifest_key)
     if existing is None:
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         data_etag = store.put_bytes(BUCKET, data_key, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        quarantine = None
+        if quarantined is not None and len(quarantined):
+            qbuf = io.BytesIO()
+            quarantined.reset_index(drop=True).to_parquet(qbuf, index=False)
+            store.put_bytes(BUCKET, quarantine_key, qbuf.getvalue(), content_type="application/vnd.apache.parquet")
+            quarantine = {"key": quarantine_key, "row_count": len(quarantined)}
         crash_point("publish.after_data")
         previous = latest_version_id(store, spec.name)
         manifest = {
@@ -85,6 +112,9 @@ def publish(
             "version": version,
             "content_sha256": digest,
             "row_count": len(df),
+            "quarantined_count": len(quarantined) if quarantined is not None else 0,
+            "quarantine": quarantine,
+            "on_invalid": spec.on_invalid,
             "columns": [{"name": c, "dtype": str(t)} for c, t in df.dtypes.items()],
             "schema": spec.text,
             "id_column": spec.id_column,
@@ -141,8 +171,18 @@ def list_versions(store: ObjectStore, dataset: str) -> list[DatasetVersion]:
     return sorted(out, key=lambda v: v.manifest["published_at"])
 
 
-def load_dataset(store: ObjectStore, dataset: str, version: str = "latest") -> tuple[pd.DataFrame, DatasetVersion]:
-    """Read a curated version's rows (any role that may read ``curated``)."""
+def load_dataset(store: ObjectStore, dataset: str, version: str = "latest",
+                 columns: list[str] | None = None) -> tuple[pd.DataFrame, DatasetVersion]:
+    """Read a curated version's rows (any role that may read ``curated``); ``columns`` reads only those."""
     dv = get_version(store, dataset, version)
-    df = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, dv.data_key)))
+    df = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, dv.data_key)), columns=columns)
     return df, dv
+
+
+def load_quarantine(store: ObjectStore, dataset: str, version: str = "latest") -> pd.DataFrame:
+    """The rows a version's validation refused (empty when none were): source, line, reason, values."""
+    dv = get_version(store, dataset, version)
+    q = dv.manifest.get("quarantine")
+    if not q:
+        return pd.DataFrame(columns=["source", "line", "reason"])
+    return pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, q["key"])))

@@ -11,6 +11,9 @@ import yaml
 from kfrelease.errors import ConfigError
 
 DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
+#: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
+#: ``quarantine`` them beside the new version and publish the valid rows.
+ON_INVALID = ("reject", "quarantine")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class DatasetSpec:
     min_rows: int = 1
     features: str | None = None
     description: str = ""
+    on_invalid: str = "reject"
     text: str = field(default="", repr=False, compare=False)  # the YAML it was read from
 
     @property
@@ -81,7 +85,11 @@ def parse_spec(text: str, origin: str = "<dataset spec>") -> DatasetSpec:
     prefix = source.get("prefix") if isinstance(source, dict) else None
     if not prefix:
         raise ConfigError(f"{origin}: source.prefix (the folder under the raw bucket) is required")
+    on_invalid = doc.get("on_invalid", "reject")
+    if on_invalid not in ON_INVALID:
+        raise ConfigError(f"{origin}: on_invalid is {on_invalid!r}; use one of {', '.join(ON_INVALID)}")
     spec = DatasetSpec(
+        on_invalid=on_invalid,
         name=str(doc["name"]),
         columns=tuple(columns),
         source_prefix=prefix.rstrip("/") + "/",
