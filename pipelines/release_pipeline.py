@@ -8,6 +8,8 @@ from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
 
+from kfrelease.k8s.platform import RELEASE_DRIVER_STEP, step_label
+
 
 @dsl.pipeline(
     name="kfrelease-release",
@@ -18,12 +20,14 @@ def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
         model=model, version=version, spec_yaml=spec_yaml
     ).set_display_name("preflight")
     pre.set_caching_options(False)
+    step_label(pre, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
     with dsl.If(pre.output == "shadow", name="has-champion"):
         gate = shadow_gate(
             model=model, version=version, spec_yaml=spec_yaml
         ).set_display_name("shadow-gate")
         gate.set_caching_options(False)
+        step_label(gate, RELEASE_DRIVER_STEP)
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
-            rollout(model=model, version=version, spec_yaml=spec_yaml).set_display_name(
+            step_label(rollout(model=model, version=version, spec_yaml=spec_yaml).set_display_name(
                 "canary-rollout"
-            ).set_caching_options(False)
+            ).set_caching_options(False), RELEASE_DRIVER_STEP)

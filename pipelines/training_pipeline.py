@@ -13,6 +13,8 @@ from kfrelease.components.register import register
 from kfrelease.components.train import train
 from kfrelease.components.validate_model import validate_model
 
+from kfrelease.k8s.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
+
 
 @dsl.pipeline(
     name="kfrelease-training",
@@ -30,6 +32,9 @@ def training_pipeline(
     evaluated = evaluate(
         spec_json=spec_json, run_id=run_id, model=trained.outputs["model"], test_data=trained.outputs["test_data"]
     ).set_display_name("evaluate")
+    # the merged model code runs as an identity that can stop nothing (kfrelease.k8s.platform.step_identities)
+    step_label(trained, UNTRUSTED)
+    step_label(evaluated, UNTRUSTED)
     validated = validate_model(
         spec_json=spec_json,
         metrics_json=evaluated.outputs["Output"],
@@ -52,11 +57,12 @@ def training_pipeline(
         image = containerize(
             spec_json=spec_json, version=registered.output, image_registry=image_registry, run_id=run_id
         ).set_display_name("containerize")
-        deploy_staging(
+        staged = deploy_staging(
             spec_json=spec_json,
             version=registered.output,
             image=image.output,
             run_id=run_id,
             job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).set_display_name("deploy-staging")
+        step_label(staged, KFP_SUBMITTER_STEP)  # the only step with a KFP API token: it hands over
     return registered.output

@@ -24,6 +24,7 @@ staging InferenceService always runs in Standard mode: a plain Service that igno
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping
 
@@ -41,6 +42,27 @@ MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # is accepted by every KServe version (newer ones normalise it to "Knative"): pkg/constants/constants.go.
 MODE_VALUE = {"Serverless": "Serverless", "RawDeployment": "Standard"}
 STORAGE_SCHEMES = ("oci://", "s3://")
+#: The predictors' own service account: the log sink's ALLOW policy names it (``kfrelease.k8s.mesh``).
+PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
+#: KServe version the cluster runs when the caller names none (``spec.canary`` needs 0.20).
+DEFAULT_KSERVE_VERSION = "0.20"
+#: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
+STATE_ANNOTATION = "kfrelease.io/traffic-state"
+FEEDBACK_SERVICE = "kfrelease-feedback"
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    return int(major), int(minor)
+
+
+def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
+    """The Service KServe gives a predictor: from 0.20 a named predictor's is ``<isvc>-<name>-predictor``
+    (kserve/kserve ``pkg/constants/constants.go`` ``PredictorServiceName(name, predictorName...)`` at v0.20.0);
+    before, always ``<isvc>-predictor`` (the same function at v0.15.2 takes no predictor name)."""
+    if predictor and _version_tuple(kserve_version) >= (0, 20):
+        return f"{isvc}-{predictor}-predictor"
+    return f"{isvc}-predictor"
 
 
 def _dns(text: str) -> str:
@@ -132,6 +154,7 @@ def _predictor(
         "name": name,
         "model": _model_spec(spec, version, stage, uri),
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
+        "service_account_name": PREDICTOR_SERVICE_ACCOUNT,
         "labels": {
             "kfrelease.io/version": version_slug(version),
             "kfrelease.io/stage": stage,
@@ -257,31 +280,69 @@ def _svc_host(spec: RolloutSpec, service: str) -> str:
     return f"{service}.{spec.serving.namespace}.svc.cluster.local"
 
 
+def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN, predictor: str | None = None,
+                 kserve_version: str = DEFAULT_KSERVE_VERSION) -> list[str]:
+    """Every host a client can call the production model by, so that the release's VirtualService (and its
+    mirror) sees all of them:
+
+    - the InferenceService's own hosts: ``<isvc>.<ns>.<domain>`` (Serverless: Knative's domain template
+      ``{{.Name}}.{{.Namespace}}.{{.Domain}}``, from which KServe derives the top-level host in
+      ``reconcilers/ingress/ingress_reconciler.go`` ``getServiceHost``), ``<isvc>-<ns>.<domain>`` (KServe's
+      default ``domainTemplate`` ``{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}``,
+      ``config/configmap/inferenceservice.yaml``, used by the raw ingress) and the mesh-internal
+      ``<isvc>.<ns>.svc.cluster.local`` (``network.GetServiceHostname``);
+    - the predictor's hosts, by the same templates, with its Service name (``predictor_service``).
+
+    KServe also writes a VirtualService for the top-level host; with two VirtualServices on one host and
+    gateway the route order is undefined, so the platform sets ``ingress.disableIstioVirtualHost: true`` in
+    KServe's ``inferenceservice-config`` (docs/eks.md) and this VirtualService is the only one."""
+    ns, prod = spec.serving.namespace, production_name(spec)
+    pred = predictor_service(prod, predictor, kserve_version)
+    hosts = []
+    for name in (prod, pred):
+        for h in (f"{name}.{ns}.{domain}", f"{name}-{ns}.{domain}", _svc_host(spec, name)):
+            if h not in hosts:
+                hosts.append(h)
+    return hosts
+
+
+def traffic_state_annotation(state: TrafficState) -> str:
+    return json.dumps({"primary": state.primary, "shadow": state.shadow, "canary": state.canary,
+                       "canary_weight": state.canary_weight, "mirror_percent": state.mirror_percent},
+                      sort_keys=True)
+
+
+def recorded_state(doc: dict) -> TrafficState | None:
+    """The traffic state a VirtualService rendered here records (None when it records none)."""
+    text = ((doc.get("metadata") or {}).get("annotations") or {}).get(STATE_ANNOTATION)
+    return TrafficState(**json.loads(text)) if text else None
+
+
 def render_virtual_service(
     spec: RolloutSpec,
     state: TrafficState,
     *,
     host: str | None = None,
     gateways: list[str] | None = None,
+    domain: str = DEFAULT_DOMAIN,
+    kserve_version: str = DEFAULT_KSERVE_VERSION,
 ) -> dict:
     """The Istio VirtualService clients call: routes to production (and, in RawDeployment mode, to the
-    canary by weight) and mirrors ``mirror_percent`` of the requests to the staging candidate."""
+    canary by weight), mirrors ``mirror_percent`` of the requests to the staging candidate, and routes
+    ``/v1/feedback`` to the feedback service. Its hosts are every host clients use (``client_hosts``); it
+    records the traffic state in the annotation ``kfrelease.io/traffic-state``."""
     spec.check()
     ns = spec.serving.namespace
     prod = production_name(spec)
-    host = host or f"{prod}.{ns}.{DEFAULT_DOMAIN}"
-    predictor_host = _svc_host(spec, f"{prod}-predictor")
-    if spec.serving.deployment_mode == "RawDeployment" and state.canary and state.primary and state.canary_weight > 0:
-        canary_host = _svc_host(spec, f"{prod}-{predictor_name(state.canary)}-predictor")
+    raw = spec.serving.deployment_mode == "RawDeployment"
+    primary = state.primary or state.canary
+    stable_predictor = predictor_name(primary) if raw and primary else None
+    predictor_host = _svc_host(spec, predictor_service(prod, stable_predictor, kserve_version))
+    if raw and state.canary and state.primary and state.canary_weight > 0:
+        canary_host = _svc_host(spec, predictor_service(prod, predictor_name(state.canary), kserve_version))
         route = [
-            {
-                "destination": {"host": predictor_host, "port": {"number": 80}},
-                "weight": 100 - state.canary_weight,
-            },
-            {
-                "destination": {"host": canary_host, "port": {"number": 80}},
-                "weight": state.canary_weight,
-            },
+            {"destination": {"host": predictor_host, "port": {"number": 80}}, "weight": 100 - state.canary_weight},
+            {"destination": {"host": canary_host, "port": {"number": 80}}, "weight": state.canary_weight},
         ]
         route = [r for r in route if r["weight"] > 0]
     else:  # Serverless: Knative splits between revisions behind the predictor host
@@ -295,15 +356,24 @@ def render_virtual_service(
         "route": route,
         "timeout": "60s",
     }
-    if spec.serving.deployment_mode == "Serverless":  # Knative's ingress routes by Host
+    if not raw:  # Knative's ingress routes by Host
         http["headers"] = {"request": {"set": {"Host": predictor_host}}}
     mirror = float(state.mirror_percent or spec.shadow.mirror_percent) if state.shadow else 0.0
     if state.shadow and mirror > 0:
         http["mirror"] = {
-            "host": _svc_host(spec, f"{staging_name(spec)}-predictor"),
+            "host": _svc_host(spec, predictor_service(staging_name(spec), None, kserve_version)),
             "port": {"number": 80},
         }
         http["mirrorPercentage"] = {"value": mirror}
+    feedback = {
+        "name": "feedback",
+        "match": [{"uri": {"prefix": "/v1/feedback"}}],
+        "route": [{"destination": {"host": _svc_host(spec, FEEDBACK_SERVICE), "port": {"number": 80}}}],
+        "timeout": "30s",
+    }
+    hosts = client_hosts(spec, domain, stable_predictor, kserve_version)
+    if host and host not in hosts:
+        hosts.insert(0, host)
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
@@ -314,11 +384,12 @@ def render_virtual_service(
                 "app.kubernetes.io/part-of": "kfrelease",
                 "kfrelease.io/model": _dns(spec.model),
             },
+            "annotations": {STATE_ANNOTATION: traffic_state_annotation(state)},
         },
         "spec": {
-            "hosts": [host],
+            "hosts": hosts,
             "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
-            "http": [http],
+            "http": [http, feedback],
         },
     }
 
@@ -408,6 +479,16 @@ def _key(doc: dict) -> tuple[str, str, str]:
     return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
 
 
+def _owned(doc: dict, rendered: dict) -> dict:
+    """The part of ``doc`` a release owns: its ``spec`` and the annotations the renderer sets."""
+    keys = ((rendered.get("metadata") or {}).get("annotations") or {}).keys()
+    have = (doc.get("metadata") or {}).get("annotations") or {}
+    out: dict = {"spec": doc.get("spec")}
+    if keys:
+        out["metadata"] = {"annotations": {k: have.get(k) for k in keys if k in have}}
+    return out
+
+
 def traffic_patches(
     current: list[dict],
     spec: RolloutSpec,
@@ -417,7 +498,8 @@ def traffic_patches(
 ) -> dict[str, list[dict]]:
     """What the release controller sends to the cluster to move to ``state``: ``{"patch": [...],
     "create": [...], "delete": [...]}``. Each patch is ``{apiVersion, kind, namespace, name, patch}``, a
-    JSON merge patch (``kubectl patch --type merge``) of the object's spec only. Raises before anything
+    JSON merge patch (``kubectl patch --type merge``) of the object's spec and of the annotations rendered
+    here (the recorded traffic state), never of anything else. Raises before anything
     is computed if the spec or state is bad."""
     wanted = render_release(spec, state, storage_uris, **kwargs)
     have = {_key(d): d for d in current}
@@ -429,7 +511,7 @@ def traffic_patches(
         if key not in have:
             out["create"].append(doc)
             continue
-        patch = merge_patch({k: have[key].get(k) for k in ("spec",)}, {k: doc.get(k) for k in ("spec",)})
+        patch = merge_patch(_owned(have[key], doc), _owned(doc, doc))
         if patch:
             out["patch"].append(
                 {

@@ -9,7 +9,10 @@ resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipeline
   delete or archive a release run;
 - the CI service account ``kfrelease-ci`` gets ``kfrelease-run-submitter``: create and read runs,
   experiments, pipelines and versions; nothing that stops a run. Nobody on the team can stop a run: only a
-  new merge starts a new one (DESIGN.md).
+  new merge starts a new one (DESIGN.md);
+- the merged model code (train, evaluate) runs as ``kfrelease-untrusted-step``, which holds only what the Argo
+  executor and the KFP launcher need; the release steps run as ``kfrelease-release-driver`` (the driver's
+  Role in the serving namespace); only the hand-over step gets a KFP API token (``step_identities``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ from kfrelease.access.render import bucket_name
 from kfrelease.k8s.environments import (
     CI_GROUP,
     CI_SERVICE_ACCOUNT,
-    DATA_ENGINEERS_GROUP,
     DATA_NS,
-    DATA_SCIENTISTS_GROUP,
     MONITORING_NS,
     PROFILE_SA,
     RELEASE_NS,
@@ -157,9 +158,7 @@ def registry_auth(env: Environment, ns: str) -> dict:
     }
 
 
-def pipeline_pods_env(
-    role: str, ns: str, env: Environment, registry: str | None = None, kfp_api: bool = False
-) -> dict:
+def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None = None) -> dict:
     """PodDefault ``pipeline-pods-env``: every pod of a pipeline run (Argo labels each with
     ``workflows.argoproj.io/workflow``) gets the role's object-store settings, so components'
     ``store_for(role)`` reach S3 with the Profile's IRSA credentials. With ``registry``, also where the
@@ -184,34 +183,117 @@ def pipeline_pods_env(
         spec["volumeMounts"] = [
             {"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True}
         ]
-    if kfp_api:
-        # The training pipeline's deploy-staging step submits the release pipeline as a new run
-        # (kfrelease.release.handover): Kubeflow's in-cluster pattern, a projected token with audience
-        # pipelines.kubeflow.org read by kfp.Client via KF_PIPELINES_SA_TOKEN_PATH (as the access-ml-pipeline
-        # PodDefault does), as the Profile's default-editor, which may create runs in its own namespace.
-        from kfrelease.kfp_submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
-
-        spec["env"] = spec["env"] + [
-            # the release pipeline's steps drive KServe/Istio traffic, not the local gateway (release/run.py)
-            {"name": "KFRELEASE_TARGET", "value": "cluster"},
-            {"name": "KFRELEASE_KFP_HOST", "value": IN_CLUSTER_HOST},
-            {"name": "KFRELEASE_NAMESPACE", "value": ns},
-            {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
-        ]
-        spec["volumes"] = spec.get("volumes", []) + [{
-            "name": "kfp-api-token",
-            "projected": {"sources": [{"serviceAccountToken": {
-                "path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}]},
-        }]
-        spec["volumeMounts"] = spec.get("volumeMounts", []) + [
-            {"name": "kfp-api-token", "mountPath": TOKEN_DIR, "readOnly": True}
-        ]
     return {
         "apiVersion": "kubeflow.org/v1alpha1",
         "kind": "PodDefault",
         "metadata": _meta("pipeline-pods-env", ns),
         "spec": spec,
     }
+
+
+# --- which pipeline step runs as whom --------------------------------------------------------------
+#
+# KFP runs every pod of a run as the run's service account (``default-editor`` in a Profile namespace, which
+# the profile controller binds to ``kubeflow-edit``: runs terminate/delete, Argo workflows ``*``, pods
+# delete/exec). kfp-kubernetes 2.17.3 has no per-task service account (its API: pod labels/annotations,
+# volumes, secrets, node selectors, tolerations, image pull, security context, timeouts), so the steps carry a
+# pod label (``kfp.kubernetes.add_pod_label``; KFP's Argo compiler copies it to the pod template:
+# kubeflow/pipelines ``backend/src/v2/compiler/argocompiler/container.go`` ``extendPodMetadata``) and a
+# Kubeflow PodDefault selected by that label sets the pod's ``serviceAccountName`` (the admission webhook
+# overwrites it: kubeflow/kubeflow ``components/admission-webhook/main.go`` ``applyPodDefaultsOnPod``).
+
+STEP_LABEL = "kfrelease.io/step-identity"
+#: train and evaluate run the merged model code (``estimator.class``, ``build:``): no KFP token, no
+#: kubeflow-edit, no driver rights.
+UNTRUSTED = "untrusted"
+#: the release steps (preflight, shadow gate, canary rollout): the release driver's Role in serving.
+RELEASE_DRIVER_STEP = "release-driver"
+#: the step that hands over to the release pipeline (deploy-staging): a projected KFP API token.
+KFP_SUBMITTER_STEP = "kfp-submitter"
+UNTRUSTED_SA = "kfrelease-untrusted-step"
+RELEASE_DRIVER_SA = "kfrelease-release-driver"
+PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
+
+
+def pipeline_step_role(ns: str) -> dict:
+    """What any pipeline pod's own token must be able to do, and nothing more: the Argo emissary executor
+    reports outputs as ``workflowtaskresults`` (argoproj/argo-workflows
+    ``manifests/quick-start/base/executor/emissary/executor-role.yaml``) and the KFP launcher reads the
+    ``kfp-launcher`` ConfigMap (kubeflow/pipelines ``backend/src/v2/config/env.go`` ``FetchLauncherConfigMap``)."""
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "Role",
+        "metadata": _meta(PIPELINE_STEP_ROLE, ns),
+        "rules": [
+            {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["kfp-launcher"]},
+        ],
+    }
+
+
+def step_identities(env: Environment, ns: str) -> list[dict]:
+    """The service accounts of the untrusted steps and of the release steps (both with the pipeline role's
+    IRSA for the object store), the minimal step Role bound to both, and the PodDefaults that select them."""
+    arn = env.role_arn(iam_role_name("pipeline"))
+    docs = [service_account(UNTRUSTED_SA, ns, arn), service_account(RELEASE_DRIVER_SA, ns, arn), pipeline_step_role(ns)]
+    docs.append({
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(PIPELINE_STEP_ROLE, ns),
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": PIPELINE_STEP_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in (UNTRUSTED_SA, RELEASE_DRIVER_SA)],
+    })
+    for step, sa, desc in (
+        (UNTRUSTED, UNTRUSTED_SA, "merged model code (train, evaluate): no KFP token, no kubeflow-edit"),
+        (RELEASE_DRIVER_STEP, RELEASE_DRIVER_SA, "release steps: the release driver's rights in the serving namespace"),
+    ):
+        spec: dict = {
+            "desc": f"Pipeline steps running {desc}",
+            "selector": {"matchLabels": {STEP_LABEL: step}},
+            "serviceAccountName": sa,
+        }
+        if step == RELEASE_DRIVER_STEP:  # the release steps patch the InferenceService, not the local gateway
+            spec["env"] = [{"name": "KFRELEASE_TARGET", "value": "cluster"}]
+        docs.append({"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
+                     "metadata": _meta(f"kfrelease-{step}-step", ns), "spec": spec})
+    return docs
+
+
+def kfp_api_access(ns: str) -> dict:
+    """PodDefault ``kfrelease-kfp-api``: only the step that submits the release pipeline as a new run
+    (deploy-staging, ``kfrelease.release.handover``) gets a projected token with audience
+    pipelines.kubeflow.org, read by kfp.Client via ``KF_PIPELINES_SA_TOKEN_PATH`` (Kubeflow's in-cluster
+    pattern, as its ``access-ml-pipeline`` PodDefault), as the Profile's default-editor (may create runs)."""
+    from kfrelease.kfp_submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
+
+    return {
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": _meta("kfrelease-kfp-api", ns),
+        "spec": {
+            "desc": "The hand-over step: a KFP API token to submit the release pipeline",
+            "selector": {"matchLabels": {STEP_LABEL: KFP_SUBMITTER_STEP}},
+            "env": [
+                {"name": "KFRELEASE_TARGET", "value": "cluster"},
+                {"name": "KFRELEASE_KFP_HOST", "value": IN_CLUSTER_HOST},
+                {"name": "KFRELEASE_NAMESPACE", "value": ns},
+                {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
+            ],
+            "volumes": [{
+                "name": "kfp-api-token",
+                "projected": {"sources": [{"serviceAccountToken": {
+                    "path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}]},
+            }],
+            "volumeMounts": [{"name": "kfp-api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+        },
+    }
+
+
+def step_label(task, identity: str):
+    """Label a pipeline task's pod with the identity it runs as (see ``step_identities``); returns the task."""
+    from kfp import kubernetes
+
+    return kubernetes.add_pod_label(task, STEP_LABEL, identity)
 
 
 def kfp_launcher(env: Environment, ns: str, pipeline_root: str) -> dict:
@@ -309,9 +391,21 @@ def kfam_user_binding(user: str, ns: str, role: str = "view") -> list[dict]:
 RELEASE_DRIVER = "kfrelease-release-driver"
 
 
-def release_driver_rbac(serving_ns: str) -> list[dict]:
-    """The release pipeline (``default-editor`` of the release namespace) moves traffic: it applies and
-    patches the InferenceServices and the VirtualService in the serving namespace, and nothing else there."""
+def release_lease_name(model_slug: str) -> str:
+    """The ``coordination.k8s.io`` Lease that is a model's release lock on the cluster."""
+    return f"kfrelease-release-{model_slug}"
+
+
+def release_driver_rbac(serving_ns: str, models: list[str]) -> list[dict]:
+    """Role ``kfrelease-release-driver`` in the serving namespace, bound to the release steps' service account
+    only: exactly the operations ``kfrelease.release.k8s_driver`` sends for a whole release (shadow, canary
+    steps, promotion, rollback) and its lock. ``models`` are DNS slugs (``kfrelease.serving.k8s.production_name``).
+
+    Delete is granted on the staging InferenceServices by name only (the shadow ends by deleting it), never
+    on production; the Lease verbs that name an object are limited to each model's lock (RBAC cannot limit
+    ``create`` by name: the authorizer does not know the name of an object being created)."""
+    staging = [f"{m}-staging" for m in models]
+    leases = [release_lease_name(m) for m in models]
     return [
         {
             "apiVersion": f"{RBAC}/v1",
@@ -321,7 +415,13 @@ def release_driver_rbac(serving_ns: str) -> list[dict]:
                 {
                     "apiGroups": ["serving.kserve.io"],
                     "resources": ["inferenceservices"],
-                    "verbs": ["get", "list", "watch", "create", "patch", "update"],
+                    "verbs": ["get", "list", "watch", "create", "patch"],
+                },
+                {
+                    "apiGroups": ["serving.kserve.io"],
+                    "resources": ["inferenceservices"],
+                    "verbs": ["delete"],
+                    "resourceNames": staging,
                 },
                 {
                     "apiGroups": ["serving.kserve.io"],
@@ -331,7 +431,14 @@ def release_driver_rbac(serving_ns: str) -> list[dict]:
                 {
                     "apiGroups": ["networking.istio.io"],
                     "resources": ["virtualservices"],
-                    "verbs": ["get", "list", "watch", "create", "patch", "update"],
+                    "verbs": ["get", "list", "watch", "create", "patch"],
+                },
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "update"],
+                    "resourceNames": leases,
                 },
             ],
         },
@@ -340,15 +447,20 @@ def release_driver_rbac(serving_ns: str) -> list[dict]:
             "kind": "RoleBinding",
             "metadata": _meta(RELEASE_DRIVER, serving_ns),
             "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": RELEASE_DRIVER},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": PROFILE_SA, "namespace": RELEASE_NS}
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": RELEASE_DRIVER_SA, "namespace": RELEASE_NS}],
         },
     ]
 
 
 def release_rbac() -> list[dict]:
-    """RoleBindings of the release namespace: CI creates runs; data scientists (group) only view."""
+    """RoleBindings of the release namespace: the CI service account creates runs; the CI's IAM role may
+    only mint that service account's tokens.
+
+    People get no Group binding: a person signed in to Kubeflow reaches KFP, whose SubjectAccessReview
+    carries the user only (``kfrelease.k8s.authz``), and no EKS access entry maps people to a group. Each
+    data scientist is bound by user name (``kfrelease.k8s.workspace``: view in the release namespace, edit in
+    the science namespace, as KFAM binds a Profile contributor); the Profile owners are bound by the profile
+    controller. Only the CI group is real: the CI role's access entry maps it (``kfrelease.k8s.eks``)."""
     return [
         {
             "apiVersion": f"{RBAC}/v1",
@@ -385,45 +497,6 @@ def release_rbac() -> list[dict]:
             "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": CI_TOKEN_ROLE},
             "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": CI_GROUP}],
         },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta("kfrelease-data-scientists-view", RELEASE_NS),
-            "roleRef": {
-                "apiGroup": RBAC,
-                "kind": "ClusterRole",
-                "name": "kubeflow-view",
-            },
-            "subjects": [
-                {"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}
-            ],
-        },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta("kfrelease-data-scientists-edit", SCIENCE_NS),
-            "roleRef": {
-                "apiGroup": RBAC,
-                "kind": "ClusterRole",
-                "name": "kubeflow-edit",
-            },
-            "subjects": [
-                {"apiGroup": RBAC, "kind": "Group", "name": DATA_SCIENTISTS_GROUP}
-            ],
-        },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta("kfrelease-data-engineers-edit", DATA_NS),
-            "roleRef": {
-                "apiGroup": RBAC,
-                "kind": "ClusterRole",
-                "name": "kubeflow-edit",
-            },
-            "subjects": [
-                {"apiGroup": RBAC, "kind": "Group", "name": DATA_ENGINEERS_GROUP}
-            ],
-        },
     ]
 
 
@@ -446,7 +519,7 @@ def platform_documents(
             docs.append(namespace(ns, mesh=ns == serving_ns))
             docs.append(service_account(sa, ns, env.role_arn(iam_role_name(role))))
     docs.append(service_account(CI_SERVICE_ACCOUNT, RELEASE_NS))
-    docs += cluster_roles() + release_rbac() + release_driver_rbac(serving_ns)
+    docs += cluster_roles() + release_rbac() + step_identities(env, RELEASE_NS)
     # Pipelines run in the release namespace (training, release, monitoring) and in the data namespace.
     docs.append(kfp_launcher(env, RELEASE_NS, env.pipeline_root()))
     docs.append(kfp_launcher(env, DATA_NS, data_pipeline_root(env)))
@@ -458,7 +531,8 @@ def platform_documents(
         if via_profile:
             docs.append(pod_default(role, ns, env, sa))
     docs.append(registry_auth(env, RELEASE_NS))
-    docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry, kfp_api=True))
+    docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry))
+    docs.append(kfp_api_access(RELEASE_NS))
     docs.append(pipeline_pods_env("data-engineer", DATA_NS, env))
     return docs
 

@@ -12,9 +12,14 @@ import json
 from importlib import resources
 
 from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
-from kfrelease.k8s.platform import PART_OF, s3_env
+from kfrelease.k8s.mesh import serving_policies
+from kfrelease.k8s.platform import PART_OF, release_driver_rbac, s3_env, service_account
 from kfrelease.rollout.spec import RolloutSpec
-from kfrelease.serving.k8s import render_serving_runtime
+from kfrelease.serving.k8s import (
+    PREDICTOR_SERVICE_ACCOUNT,
+    production_name,
+    render_serving_runtime,
+)
 
 HTTP_PORT = 8080
 STATE_DIR = "/var/lib/kfrelease"
@@ -135,9 +140,15 @@ def http_service(
 def serving_documents(
     spec: RolloutSpec, env: Environment, serving_sa: str
 ) -> list[dict]:
+    """The serving namespace: runtime, log sink, feedback, the predictors' own service account (no IRSA, no
+    RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
+    policies (``kfrelease.k8s.mesh``)."""
     ns = spec.serving.namespace
     return [
         render_serving_runtime(spec, env.project_image),
+        service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
+        *release_driver_rbac(ns, [production_name(spec)]),
+        *serving_policies(ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback"),
         *http_service(
             "kfrelease-logsink",
             ns,

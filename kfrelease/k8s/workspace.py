@@ -1,5 +1,6 @@
 """A data scientist's workspace: Profile (namespace ``ds-<name>``), Notebook with jupyterlab-git, volume,
-object-store access as the ``data-scientist`` role (IRSA) and read-only access to the release namespace.
+object-store access as the ``data-scientist`` role (IRSA), read-only access to the release namespace and
+edit access to the shared science namespace (both bound to the user's name, as KFAM does).
 
 Source of a workspace: ``manifests/workspaces/<name>.yaml`` (``name``, ``email``), written by
 ``kfrelease workspace add``; ``kfrelease manifests render`` renders it with everything else (its documents,
@@ -16,7 +17,7 @@ import yaml
 
 from kfrelease.access.policy import AccessPolicy
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS, Environment
+from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS, SCIENCE_NS, Environment
 from kfrelease.k8s.platform import (
     PART_OF,
     kfam_user_binding,
@@ -148,7 +149,9 @@ def workspace_documents(ws: Workspace, env: Environment, policy: AccessPolicy):
         pod_default(ROLE, ws.namespace, env, PROFILE_SA),
         home_volume(ws),
         notebook(ws, env.workspace_image),
+        # as KFAM binds a Profile contributor: by user name, the only subject KFP's SubjectAccessReview carries
         *kfam_user_binding(ws.email, RELEASE_NS, "view"),
+        *kfam_user_binding(ws.email, SCIENCE_NS, "edit"),
     ]
 
 

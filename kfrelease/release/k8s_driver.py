@@ -1,41 +1,69 @@
 """``KServeTrafficDriver``: the ``TrafficDriver`` of a cluster. It moves a release by patching the KServe
 InferenceService(s) and the Istio VirtualService that ``kfrelease.serving.k8s`` renders from the rollout
-spec: ``traffic_patches`` gives JSON merge patches of the objects' ``spec`` (``kubectl patch --type
-merge``), objects to create (the staging shadow) and to delete (it again).
+spec: ``traffic_patches`` gives JSON merge patches (``kubectl patch --type merge``), objects to create (the
+staging shadow) and to delete (it again).
 
 Rollback in Serverless mode first sets ``canaryTrafficPercent: 0`` (KServe's instant rollback: all traffic
 back to the last revision that had 100 %, no new revision; FACTS.md, KServe canary docs), then rolls the
 spec forward to the production version. In RawDeployment (Standard) mode the ``spec.canary`` entry's
 ``trafficPercent`` goes to 0 first, then the entry is removed.
 
+Nothing is half moved by a refusal: before the first write of a move the driver asks the API server whether
+it may do every operation of it (``SelfSubjectAccessReview``; ``check_rights`` asks for a whole release up
+front), and sends nothing when one is refused. Creates go first, deletes last, so the object that answers
+clients is never the one missing.
+
+One release per model at a time: the driver holds the model's ``coordination.k8s.io`` Lease
+(``ClusterReleaseLock``) from its first move to the move that leaves one version serving, renewing it on each
+move; a second release of the same model is refused before it sends anything (``Conflict``). The traffic
+state is recorded on the VirtualService (``kfrelease.io/traffic-state``), so a re-run after an eviction
+starts from ``current()`` as the cluster holds it, and the same candidate's re-run takes its lock back.
+
 The objects go through a small ``ClusterObjects`` interface: ``KubernetesObjects`` (the ``kubernetes``
-client's ``CustomObjectsApi``, in a pod with its service account) or ``InMemoryObjects`` (the rendered
-manifests held in memory: what the tests drive, there being no Kubernetes API here).
+client, in a pod with its service account) or ``InMemoryObjects`` (the objects held in memory, no
+authorization; the tests' cluster stand-in in ``tests/cluster_standin`` enforces RBAC and schemas).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Protocol
 
+from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
 log = logging.getLogger(__name__)
 
-PLURALS = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices"}
+PLURALS = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices", "Lease": "leases"}
+GROUPS = {"InferenceService": "serving.kserve.io", "VirtualService": "networking.istio.io",
+          "Lease": "coordination.k8s.io"}
+LEASE_API = "coordination.k8s.io/v1"
+
+
+class DriverForbidden(KfreleaseError):
+    """The release driver's service account may not do an operation a move needs; nothing was sent."""
 
 
 class ClusterObjects(Protocol):
     def list(self, spec: RolloutSpec) -> list[dict]: ...
 
+    def get(self, ref: dict) -> dict | None: ...
+
     def patch(self, ref: dict) -> None: ...
 
     def create(self, doc: dict) -> None: ...
 
+    def replace(self, doc: dict) -> None:
+        """Update with optimistic concurrency: raises ``Conflict`` when ``metadata.resourceVersion`` is stale."""
+
     def delete(self, ref: dict) -> None: ...
+
+    def can(self, verb: str, ref: dict) -> bool:
+        """Whether this identity may ``verb`` the object (a SelfSubjectAccessReview)."""
 
 
 def _key(doc: dict) -> tuple[str, str, str]:
@@ -47,94 +75,222 @@ def _key(doc: dict) -> tuple[str, str, str]:
     )
 
 
+def ref_of(doc: dict) -> dict:
+    kind, ns, name = _key(doc)
+    return {"apiVersion": doc["apiVersion"], "kind": kind, "namespace": ns, "name": name}
+
+
 class InMemoryObjects:
-    """The cluster's objects as dicts; applies merge patches as the API server does (RFC 7386)."""
+    """The cluster's objects as dicts, no authorization; merge patches as RFC 7386, resourceVersions checked
+    on ``replace``. Use the tests' cluster stand-in where what the API server enforces matters."""
 
     def __init__(self, docs: list[dict] | None = None):
         self.docs = {_key(d): copy.deepcopy(d) for d in docs or []}
         self.calls: list[tuple[str, dict]] = []
+        self._rv = 0
+
+    def _stamp(self, doc: dict) -> dict:
+        self._rv += 1
+        doc.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+        return doc
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        return [copy.deepcopy(d) for d in self.docs.values()]
+        return [copy.deepcopy(d) for d in self.docs.values() if d["kind"] in ("InferenceService", "VirtualService")]
+
+    def get(self, ref: dict) -> dict | None:
+        doc = self.docs.get((ref["kind"], ref["namespace"], ref["name"]))
+        return copy.deepcopy(doc) if doc else None
 
     def patch(self, ref: dict) -> None:
         from kfrelease.serving.k8s import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
-        self.docs[key] = apply_merge_patch(
-            self.docs[key],
-            {"spec": ref["patch"]["spec"]} if "spec" in ref["patch"] else ref["patch"],
-        )
+        self.docs[key] = self._stamp(apply_merge_patch(self.docs[key], ref["patch"]))
         self.calls.append(("patch", copy.deepcopy(ref)))
 
     def create(self, doc: dict) -> None:
-        self.docs[_key(doc)] = copy.deepcopy(doc)
+        if _key(doc) in self.docs:
+            raise Conflict(f"{doc['kind']} {_key(doc)[2]} already exists")
+        self.docs[_key(doc)] = self._stamp(copy.deepcopy(doc))
         self.calls.append(("create", copy.deepcopy(doc)))
+
+    def replace(self, doc: dict) -> None:
+        have = self.docs.get(_key(doc))
+        if have is None or have["metadata"].get("resourceVersion") != doc["metadata"].get("resourceVersion"):
+            raise Conflict(f"{doc['kind']} {_key(doc)[2]} changed meanwhile")
+        self.docs[_key(doc)] = self._stamp(copy.deepcopy(doc))
+        self.calls.append(("replace", copy.deepcopy(doc)))
 
     def delete(self, ref: dict) -> None:
         self.docs.pop((ref["kind"], ref["namespace"], ref["name"]), None)
         self.calls.append(("delete", copy.deepcopy(ref)))
 
+    def can(self, verb: str, ref: dict) -> bool:
+        return True
+
 
 class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
-    """The InferenceServices and VirtualServices of the serving namespace through ``CustomObjectsApi``."""
+    """The InferenceServices, VirtualService and Lease of the serving namespace through the ``kubernetes``
+    client (``CustomObjectsApi``, ``CoordinationV1Api``, ``AuthorizationV1Api``)."""
 
     def __init__(self, api=None):
-        if api is None:
-            from kubernetes import client, config
+        from kubernetes import client, config
 
+        if api is None:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
             api = client.CustomObjectsApi()
-        self.api = api
+        self.api, self._client = api, client
 
     @staticmethod
     def _gv(api_version: str) -> tuple[str, str]:
         group, _, version = api_version.partition("/")
         return group, version
 
+    def _call(self, fn, *args, **kwargs):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"the API server refused a write: {exc.reason}") from None
+            if exc.status == 403:
+                raise DriverForbidden(f"the API server refused: {exc.reason} ({exc.body})") from None
+            if exc.status == 404:
+                return None
+            raise
+
     def list(self, spec: RolloutSpec) -> list[dict]:
         out = []
-        for api_version, kind in (
-            ("serving.kserve.io/v1beta1", "InferenceService"),
-            ("networking.istio.io/v1", "VirtualService"),
-        ):
+        for api_version, kind in (("serving.kserve.io/v1beta1", "InferenceService"),
+                                  ("networking.istio.io/v1", "VirtualService")):
             group, version = self._gv(api_version)
             items = self.api.list_namespaced_custom_object(
-                group,
-                version,
-                spec.serving.namespace,
-                PLURALS[kind],
+                group, version, spec.serving.namespace, PLURALS[kind],
                 label_selector="app.kubernetes.io/part-of=kfrelease",
             )
             out += items.get("items", [])
         return out
 
+    def get(self, ref: dict) -> dict | None:
+        if ref["kind"] == "Lease":
+            api = self._client.CoordinationV1Api()
+            lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
+            return None if lease is None else api.api_client.sanitize_for_serialization(lease)
+        group, version = self._gv(ref["apiVersion"])
+        return self._call(self.api.get_namespaced_custom_object, group, version, ref["namespace"],
+                          PLURALS[ref["kind"]], ref["name"])
+
     def patch(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self.api.patch_namespaced_custom_object(
-            group,
-            version,
-            ref["namespace"],
-            PLURALS[ref["kind"]],
-            ref["name"],
-            ref["patch"],
-        )
+        self._call(self.api.patch_namespaced_custom_object, group, version, ref["namespace"],
+                   PLURALS[ref["kind"]], ref["name"], ref["patch"])
 
     def create(self, doc: dict) -> None:
+        if doc["kind"] == "Lease":
+            self._call(self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc)
+            return
         group, version = self._gv(doc["apiVersion"])
-        self.api.create_namespaced_custom_object(
-            group, version, doc["metadata"]["namespace"], PLURALS[doc["kind"]], doc
-        )
+        self._call(self.api.create_namespaced_custom_object, group, version, doc["metadata"]["namespace"],
+                   PLURALS[doc["kind"]], doc)
+
+    def replace(self, doc: dict) -> None:
+        meta = doc["metadata"]
+        self._call(self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc)
 
     def delete(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
-        self.api.delete_namespaced_custom_object(
-            group, version, ref["namespace"], PLURALS[ref["kind"]], ref["name"]
-        )
+        self._call(self.api.delete_namespaced_custom_object, group, version, ref["namespace"],
+                   PLURALS[ref["kind"]], ref["name"])
+
+    def can(self, verb: str, ref: dict) -> bool:
+        c = self._client
+        review = c.V1SelfSubjectAccessReview(spec=c.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=c.V1ResourceAttributes(
+                verb=verb, group=GROUPS[ref["kind"]], resource=PLURALS[ref["kind"]],
+                namespace=ref["namespace"], name=ref.get("name") if verb != "create" else None)))
+        return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _micro_time(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
+
+
+class ClusterReleaseLock:
+    """A model's release lock: the Lease ``kfrelease-release-<model>`` in the serving namespace, as client-go's
+    leader election uses one (``holderIdentity``, ``leaseDurationSeconds``, ``renewTime``; a write with a stale
+    ``resourceVersion`` loses). ``holder`` names the release (the candidate version): a re-run of the same
+    release takes the lock back at once; another release waits until the holder releases it or stops renewing
+    it for ``duration_seconds``."""
+
+    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int,
+                 clock=_now):
+        from kfrelease.k8s.platform import release_lease_name
+        from kfrelease.serving.k8s import production_name
+
+        self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
+        self.ref = {"apiVersion": LEASE_API, "kind": "Lease", "namespace": spec.serving.namespace,
+                    "name": release_lease_name(production_name(spec))}
+
+    def _expired(self, lease: dict) -> bool:
+        spec = lease.get("spec") or {}
+        if not spec.get("holderIdentity"):
+            return True
+        renewed = dt.datetime.strptime(spec["renewTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        return self.clock() > renewed + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+
+    def acquire(self) -> None:
+        """Take or renew the lock; ``Conflict`` when another release holds it."""
+        now = _micro_time(self.clock())
+        lease = self.objects.get(self.ref)
+        if lease is None:
+            self.objects.create({
+                "apiVersion": LEASE_API, "kind": "Lease",
+                "metadata": {"name": self.ref["name"], "namespace": self.ref["namespace"],
+                             "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
+                "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
+                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
+            })
+            return
+        spec = lease.setdefault("spec", {})
+        if spec.get("holderIdentity") != self.holder:
+            if not self._expired(lease):
+                raise Conflict(
+                    f"the release of {spec.get('holderIdentity')} holds the lock {self.ref['namespace']}/"
+                    f"{self.ref['name']} (renewed {spec.get('renewTime')}); this release moved no traffic; it "
+                    "can start when that one ends")
+            spec.update(holderIdentity=self.holder, acquireTime=now,
+                        leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1)
+        spec.update(renewTime=now, leaseDurationSeconds=self.duration)
+        self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
+
+    def release(self) -> None:
+        lease = self.objects.get(self.ref)
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
+            return
+        lease["spec"].update(holderIdentity="", renewTime=_micro_time(self.clock()), leaseDurationSeconds=1)
+        self.objects.replace(lease)
+
+
+def lease_duration(spec: RolloutSpec) -> int:
+    """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
+    with a margin: the lock must outlive it or a second release could take it mid-rollout."""
+    from kfrelease.release.controller import MAX_HOLDS
+
+    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (MAX_HOLDS + 1))
+    return int(gap) + 300
+
+
+def _terminal(state: TrafficState) -> bool:
+    return not state.shadow and not (state.canary and state.canary_weight > 0 and state.primary)
 
 
 class KServeTrafficDriver:
@@ -146,28 +302,70 @@ class KServeTrafficDriver:
         storage_uris: Mapping[str, str],
         objects: ClusterObjects,
         logger_url: str | None = None,
+        *,
+        holder: str | None = None,
+        kserve_version: str | None = None,
+        clock=_now,
     ):
-        self.spec, self.storage_uris, self.objects, self.logger_url = (
-            spec,
-            dict(storage_uris),
-            objects,
-            logger_url,
-        )
+        from kfrelease.serving.k8s import DEFAULT_KSERVE_VERSION
+
+        self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
+        self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
+        self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
     def current(self) -> TrafficState | None:
+        """The state this driver moved to, else the one the cluster's VirtualService records."""
+        if self._state is None:
+            from kfrelease.serving.k8s import recorded_state
+
+            for doc in self.objects.list(self.spec):
+                if doc["kind"] == "VirtualService":
+                    self._state = recorded_state(doc)
         return self._state
 
-    def _move(self, state: TrafficState) -> None:
+    def _plan(self, state: TrafficState) -> dict[str, list[dict]]:
         from kfrelease.serving.k8s import traffic_patches
 
-        plan = traffic_patches(
-            self.objects.list(self.spec),
-            self.spec,
-            state,
-            self.storage_uris,
-            logger_url=self.logger_url,
-        )  # raises on a bad state before anything is sent
+        return traffic_patches(self.objects.list(self.spec), self.spec, state, self.storage_uris,
+                               logger_url=self.logger_url, kserve_version=self.kserve_version)
+
+    def _refused(self, plan: dict[str, list[dict]]) -> list[str]:
+        ops = [("create", ref_of(d)) for d in plan["create"]]
+        ops += [("patch", r) for r in plan["patch"]] + [("delete", r) for r in plan["delete"]]
+        return [f"{verb} {r['kind']} {r['namespace']}/{r['name']}" for verb, r in ops if not self.objects.can(verb, r)]
+
+    def check_rights(self, states: list[TrafficState]) -> None:
+        """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
+        planned against the objects it would leave behind."""
+        from kfrelease.serving.k8s import apply_traffic
+
+        docs = self.objects.list(self.spec)
+        refused: list[str] = []
+        for state in states:
+            from kfrelease.serving.k8s import traffic_patches
+
+            plan = traffic_patches(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
+                                   kserve_version=self.kserve_version)
+            refused += [r for r in self._refused(plan) if r not in refused]
+            docs = apply_traffic(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
+                                 kserve_version=self.kserve_version)
+        if self.lock:
+            for verb in ("get", "update"):
+                if not self.objects.can(verb, self.lock.ref):
+                    refused.append(f"{verb} Lease {self.lock.ref['namespace']}/{self.lock.ref['name']}")
+        if refused:
+            raise DriverForbidden(
+                "the release driver may not " + "; ".join(refused) + "; no traffic was moved. Grant them in "
+                "Role kfrelease-release-driver (`kfrelease manifests render`) or run the release step as its "
+                "service account")
+
+    def _move(self, state: TrafficState) -> None:
+        plan = self._plan(state)  # raises on a bad state before anything is sent
+        refused = self._refused(plan)
+        if refused:
+            raise DriverForbidden(f"the release driver may not {'; '.join(refused)}; nothing was sent, traffic is "
+                                  f"where it was ({self.current()})")
         for doc in plan["create"]:
             self.objects.create(doc)
         for ref in plan["patch"]:
@@ -176,7 +374,9 @@ class KServeTrafficDriver:
             self.objects.delete(ref)
 
     def apply(self, state: TrafficState) -> None:
-        before = self._state
+        before = self.current()
+        if self.lock:
+            self.lock.acquire()  # Conflict before anything moves when another release holds the model
         if (
             before
             and before.canary
@@ -188,3 +388,5 @@ class KServeTrafficDriver:
             self._move(before.with_canary(before.canary, 0))
         self._move(state)
         self._state = state
+        if self.lock and _terminal(state):
+            self.lock.release()

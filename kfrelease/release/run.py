@@ -98,9 +98,10 @@ def run_release(
 # --- the release pipeline's steps (each a KFP component; see pipelines/release_pipeline.py) --------------
 
 
-def driver_for(settings: Settings, spec: RolloutSpec):
+def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None):
     """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
-    from the registry entries), else the local gateway."""
+    from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
+    names the cluster's KServe), else the local gateway."""
     if os.environ.get("KFRELEASE_TARGET") == "cluster":
         from kfrelease.registry import ModelRegistry
         from kfrelease.release.k8s_driver import KServeTrafficDriver, KubernetesObjects
@@ -114,20 +115,21 @@ def driver_for(settings: Settings, spec: RolloutSpec):
                 if image
                 else f"s3://models/artifacts/{spec.model}/{mv.version}/"
             )
-        return KServeTrafficDriver(spec, uris, KubernetesObjects())
+        return KServeTrafficDriver(spec, uris, KubernetesObjects(), holder=version,
+                                   kserve_version=os.environ.get("KFRELEASE_KSERVE_VERSION") or None)
     from kfrelease.serving.gateway import LocalGatewayDriver
 
     ensure_serving_services(settings)
     return LocalGatewayDriver(settings, spec)
 
 
-def _controller(settings: Settings, spec: RolloutSpec) -> ReleaseController:
-    return ReleaseController(settings, spec, driver_for(settings, spec))
+def _controller(settings: Settings, spec: RolloutSpec, version: str | None = None) -> ReleaseController:
+    return ReleaseController(settings, spec, driver_for(settings, spec, version))
 
 
 def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """``first`` (promoted at once: no production model of its tag) or ``shadow`` (a champion to beat)."""
-    controller = _controller(settings, spec)
+    controller = _controller(settings, spec, version)
     mv, production = controller.preflight(version)
     if production is None or production.tag != mv.tag:
         controller.first_of_tag(mv, production)
@@ -139,7 +141,7 @@ def shadow_step(
     settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None
 ) -> str:
     """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``wait`` (traffic back to production)."""
-    controller = _controller(settings, spec)
+    controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
     verdict = controller.shadow(version, production.version)
     if report_path and verdict.html:
@@ -151,7 +153,7 @@ def shadow_step(
 
 def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """The canary steps after a passed shadow gate: ``promoted`` or ``rolled_back``."""
-    controller = _controller(settings, spec)
+    controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
     return controller.canary(version, production.version).result
 

@@ -12,8 +12,6 @@ import yaml
 from kfrelease.k8s.environments import MANIFESTS_DIR
 from kfrelease.k8s.render import Sources
 
-UPSTREAM_ROLES = Path(__file__).parent / "upstream" / "kubeflow-cluster-roles.yaml"
-
 
 def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
@@ -32,7 +30,9 @@ def kustomize(directory: Path) -> list[dict]:
 
 
 def upstream_cluster_roles() -> list[dict]:
-    return [d for d in yaml.safe_load_all(UPSTREAM_ROLES.read_text()) if d]
+    from kfrelease.k8s.authz import upstream_cluster_roles as vendored
+
+    return vendored()
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,50 @@
-"""RBAC of the built overlays, evaluated with the Kubeflow roles the cluster has (vendored upstream
-aggregated ClusterRoles + ours + what the profile controller binds for each Profile).
+"""RBAC of the built overlays, evaluated as the cluster would (``kfrelease.k8s.authz``): vendored upstream
+Kubeflow ClusterRoles aggregated as the controller manager does, ours, and what the profile controller binds
+for each Profile; people as KFP sees them (user name only, kubeflow/pipelines
+``backend/src/apiserver/resource/resource_manager.go``), the CI's IAM role through its EKS access entry.
 
 KFP multi-user authorizes run operations as verbs on ``runs`` in API group ``pipelines.kubeflow.org``
 (kubeflow/pipelines ``view-edit-cluster-roles.yaml``); Argo ``workflows`` are the runs' Kubernetes objects.
 """
 
 import pytest
+import yaml
 
 from kfrelease.k8s.environments import (
     CI_GROUP,
     CI_SERVICE_ACCOUNT,
     DATA_SCIENTISTS_GROUP,
+    MANIFESTS_DIR,
     PROFILE_SA,
     RELEASE_NS,
 )
+from kfrelease.k8s.platform import (
+    KFP_SUBMITTER_STEP,
+    RELEASE_DRIVER_SA,
+    RELEASE_DRIVER_STEP,
+    STEP_LABEL,
+    UNTRUSTED,
+    UNTRUSTED_SA,
+)
+from kfrelease.kfp_submit import TOKEN_AUDIENCE
+from tests.cluster_standin import Cluster
 
 from .conftest import upstream_cluster_roles
-from .rbac_eval import RBACModel, service_account, user
+from .rbac_eval import (
+    RBACModel,
+    Requester,
+    access_entry_requester,
+    kfp_requester,
+    person,
+    requester_of,
+    service_account,
+)
 
 KFP = "pipelines.kubeflow.org"
 ARGO = "argoproj.io"
 STOP_OR_START = ["create", "terminate", "delete", "retry", "archive", "unarchive"]
 WORKFLOW_WRITES = ["create", "update", "patch", "delete", "deletecollection"]
+CI_ROLE_ARN = "arn:aws:iam::{account}:role/kfrelease-ci"
 
 
 @pytest.fixture(scope="module", params=["staging", "production"])
@@ -29,17 +52,17 @@ def model(request, built):
     return request.param, RBACModel(built[request.param] + upstream_cluster_roles())
 
 
+def cluster_config(env: str) -> dict:
+    return yaml.safe_load((MANIFESTS_DIR / "eks" / env / "cluster.yaml").read_text())
+
+
 def data_scientists(sources):
-    """Each workspace owner, as the Kubeflow user, also a member of the data scientists' group."""
-    assert sources.workspaces, (
-        "the manifests should carry at least one example workspace"
-    )
-    return [user(ws.email, DATA_SCIENTISTS_GROUP) for ws in sources.workspaces]
+    """Each workspace owner, as KFP authorizes them: the user name, no groups."""
+    assert sources.workspaces, "the manifests should carry at least one example workspace"
+    return [kfp_requester(person(ws.email)) for ws in sources.workspaces]
 
 
-def test_a_data_scientist_cannot_start_stop_retry_delete_or_archive_a_release_run(
-    model, sources
-):
+def test_a_data_scientist_cannot_start_stop_retry_delete_or_archive_a_release_run(model, sources):
     env, rbac = model
     for ds in data_scientists(sources):
         for verb in STOP_OR_START:
@@ -47,71 +70,56 @@ def test_a_data_scientist_cannot_start_stop_retry_delete_or_archive_a_release_ru
                 f"{env}: {ds.name} may {verb} runs: {rbac.why(ds, verb, KFP, 'runs', RELEASE_NS)}"
             )
         for verb in WORKFLOW_WRITES:
-            assert not rbac.allowed(ds, verb, ARGO, "workflows", RELEASE_NS), (
-                f"{env}: {ds.name} may {verb} workflows: {rbac.why(ds, verb, ARGO, 'workflows', RELEASE_NS)}"
-            )
+            assert not rbac.allowed(ds, verb, ARGO, "workflows", RELEASE_NS)
         for verb in ("create", "delete", "disable", "enable"):  # recurring runs
             assert not rbac.allowed(ds, verb, KFP, "jobs", RELEASE_NS)
-        assert not rbac.allowed(
-            ds, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT
-        )
+        assert not rbac.allowed(ds, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT)
 
 
-def test_a_data_scientist_can_view_release_runs_experiments_and_artifacts(
-    model, sources
-):
+def test_a_data_scientist_can_view_release_runs_experiments_and_artifacts(model, sources):
     env, rbac = model
     for ds in data_scientists(sources):
         for verb in ("get", "list", "readArtifact"):
-            assert rbac.allowed(ds, verb, KFP, "runs", RELEASE_NS), (
-                f"{env}: {ds.name} cannot {verb} runs"
-            )
+            assert rbac.allowed(ds, verb, KFP, "runs", RELEASE_NS), f"{env}: {ds.name} cannot {verb} runs"
         for verb in ("get", "list"):
             assert rbac.allowed(ds, verb, KFP, "experiments", RELEASE_NS)
-        # ... and experiments freely in their own workspace (they own that Profile).
         own = f"ds-{ds.name.split('@')[0]}"
-        assert rbac.allowed(ds, "create", KFP, "runs", own), (
-            f"{env}: {ds.name} cannot experiment in {own}"
-        )
+        assert rbac.allowed(ds, "create", KFP, "runs", own), f"{env}: {ds.name} cannot experiment in {own}"
 
 
-def test_the_group_alone_gives_view_only(model):
-    _, rbac = model
-    someone = user("new-hire@example.com", DATA_SCIENTISTS_GROUP)
-    assert rbac.allowed(someone, "get", KFP, "runs", RELEASE_NS)
-    assert not any(
-        rbac.allowed(someone, v, KFP, "runs", RELEASE_NS) for v in STOP_OR_START
-    )
-
-
-def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(
-    model, sources
-):
+def test_a_group_binding_grants_nobody_anything_through_kfp(model):
+    """KFP's SubjectAccessReview drops groups, so the only group binding rendered is the CI's (used on the
+    Kubernetes API, where its access entry maps the CI role to the group); a person 'in' a group gets nothing."""
     env, rbac = model
-    ci = service_account(RELEASE_NS, CI_SERVICE_ACCOUNT)
-    assert rbac.allowed(ci, "create", KFP, "runs", RELEASE_NS), (
-        f"{env}: the CI cannot create runs"
-    )
+    assert [b for b in rbac.group_bindings() if "ci-token" not in b] == [], f"{env}: people bound by group"
+    someone = kfp_requester(Requester("new-hire@example.com", (DATA_SCIENTISTS_GROUP, "system:authenticated")))
+    assert someone.groups == ()
+    assert not rbac.allowed(someone, "get", KFP, "runs", RELEASE_NS)
+    groups_mapped = {g for e in cluster_config(env)["accessConfig"]["accessEntries"] for g in e["kubernetesGroups"]}
+    for origin in rbac.group_bindings():
+        assert CI_GROUP in groups_mapped, f"{env}: {origin} names a group no access entry maps"
+
+
+def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(model, sources):
+    env, rbac = model
+    ci = kfp_requester(service_account(RELEASE_NS, CI_SERVICE_ACCOUNT))
+    assert rbac.allowed(ci, "create", KFP, "runs", RELEASE_NS), f"{env}: the CI cannot create runs"
     assert rbac.allowed(ci, "create", KFP, "pipelineversions", RELEASE_NS)
     for verb in ("terminate", "delete", "retry", "archive"):
-        assert not rbac.allowed(ci, verb, KFP, "runs", RELEASE_NS), (
-            f"{env}: the CI may {verb} runs"
-        )
+        assert not rbac.allowed(ci, verb, KFP, "runs", RELEASE_NS), f"{env}: the CI may {verb} runs"
     for verb in WORKFLOW_WRITES:
-        assert not rbac.allowed(ci, verb, ARGO, "workflows", RELEASE_NS)
-    # Who else can create a run in the release namespace: only the pipeline runs' own service account
-    # and the break-glass Profile owner (a platform account, not a person on the team).
+        assert not rbac.allowed(service_account(RELEASE_NS, CI_SERVICE_ACCOUNT), verb, ARGO, "workflows", RELEASE_NS)
     creators = {
-        (s.kind, s.name)
+        (s["kind"], s["name"])
         for s in rbac.subjects(RELEASE_NS)
-        if rbac.allowed(s, "create", KFP, "runs", RELEASE_NS)
+        if s["kind"] != "Group"
+        and rbac.allowed(kfp_requester(requester_of(s, s["bound_in"])), "create", KFP, "runs", RELEASE_NS)
     }
     assert creators == {
         ("ServiceAccount", CI_SERVICE_ACCOUNT),
         ("ServiceAccount", PROFILE_SA),
         ("User", sources.envs.team.release_owner),
     }, f"{env}: unexpected run creators {creators}"
-    print(f"\n{env}: may create runs in {RELEASE_NS}: {sorted(creators)}")
     team = {ws.email for ws in sources.workspaces} | {
         sources.envs.team.data_engineering_owner,
         sources.envs.team.data_science_owner,
@@ -119,99 +127,121 @@ def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(
     assert sources.envs.team.release_owner not in team
 
 
-def test_the_ci_identity_can_only_mint_the_ci_service_account_token(model):
-    _, rbac = model
-    ci_iam = user("arn:aws:sts::account:assumed-role/kfrelease-ci/github", CI_GROUP)
-    assert rbac.allowed(
-        ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT
-    )
-    assert not rbac.allowed(
-        ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, PROFILE_SA
-    )
-    assert not rbac.allowed(ci_iam, "create", KFP, "runs", RELEASE_NS)
+def test_the_ci_identity_can_only_mint_the_ci_service_account_token(model, sources):
+    env, rbac = model
+    account = sources.envs.environments[env].account_id
+    ci_iam = access_entry_requester(cluster_config(env), CI_ROLE_ARN.format(account=account))
+    assert rbac.allowed(ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, CI_SERVICE_ACCOUNT)
+    assert not rbac.allowed(ci_iam, "create", "", "serviceaccounts/token", RELEASE_NS, PROFILE_SA)
+    assert not rbac.allowed(kfp_requester(ci_iam), "create", KFP, "runs", RELEASE_NS)
 
 
 def test_the_evaluator_sees_grants_through_aggregation(built):
     """The evaluator is not trivially 'deny': kubeflow-edit (aggregated) grants exactly the run verbs."""
-    rbac = RBACModel(
-        built["staging"]
-        + upstream_cluster_roles()
-        + [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": "probe", "namespace": RELEASE_NS},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "kubeflow-edit",
-                },
-                "subjects": [{"kind": "User", "name": "probe@example.com"}],
-            }
-        ]
-    )
-    probe = user("probe@example.com")
+    probe_binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "probe", "namespace": RELEASE_NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"},
+        "subjects": [{"kind": "User", "name": "probe@example.com"}],
+    }
+    rbac = RBACModel(built["staging"] + upstream_cluster_roles() + [probe_binding])
+    probe = person("probe@example.com")
     assert all(rbac.allowed(probe, v, KFP, "runs", RELEASE_NS) for v in STOP_OR_START)
     assert rbac.allowed(probe, "delete", ARGO, "workflows", RELEASE_NS)
+    group_binding = {**probe_binding, "subjects": [{"kind": "Group", "name": "team"}]}
+    rbac = RBACModel(built["staging"] + upstream_cluster_roles() + [group_binding])
+    assert rbac.allowed(Requester("x", ("team",)), "delete", ARGO, "workflows", RELEASE_NS)  # on the Kubernetes API
+    assert not rbac.allowed(kfp_requester(Requester("x", ("team",))), "terminate", KFP, "runs", RELEASE_NS)  # KFP
     with pytest.raises(KeyError):
-        RBACModel(
-            [
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "RoleBinding",
-                    "metadata": {"name": "x", "namespace": "n"},
-                    "roleRef": {"kind": "ClusterRole", "name": "unknown"},
-                    "subjects": [{"kind": "User", "name": "u"}],
-                }
-            ]
-        ).allowed(user("u"), "get", "", "pods", "n")
+        RBACModel([{**probe_binding, "roleRef": {"kind": "ClusterRole", "name": "unknown"}}]).allowed(
+            probe, "get", "", "pods", RELEASE_NS)
 
 
-def test_only_the_release_pipeline_moves_serving_traffic(model, sources):
+def test_only_the_release_steps_move_serving_traffic(model, sources):
     env, rbac = model
     serving_ns = sources.spec.serving.namespace
-    pipeline = service_account(RELEASE_NS, PROFILE_SA)
-    for group, resource in (
-        ("serving.kserve.io", "inferenceservices"),
-        ("networking.istio.io", "virtualservices"),
-    ):
-        assert rbac.allowed(pipeline, "patch", group, resource, serving_ns), (
-            f"{env}: pipeline cannot patch {resource}"
-        )
-        assert not rbac.allowed(pipeline, "delete", group, resource, serving_ns)
-        for ds in data_scientists(sources):
-            assert not rbac.allowed(ds, "patch", group, resource, serving_ns)
-        ci = service_account(RELEASE_NS, CI_SERVICE_ACCOUNT)
-        assert not rbac.allowed(ci, "patch", group, resource, serving_ns)
+    driver = service_account(RELEASE_NS, RELEASE_DRIVER_SA)
+    others = [service_account(RELEASE_NS, PROFILE_SA), service_account(RELEASE_NS, UNTRUSTED_SA),
+              service_account(RELEASE_NS, CI_SERVICE_ACCOUNT), *data_scientists(sources)]
+    for group, resource in (("serving.kserve.io", "inferenceservices"), ("networking.istio.io", "virtualservices")):
+        assert rbac.allowed(driver, "patch", group, resource, serving_ns), f"{env}: driver cannot patch {resource}"
+        assert not rbac.allowed(driver, "delete", group, resource, serving_ns, "diabetes-progression")
+        for who in others:
+            assert not rbac.allowed(who, "patch", group, resource, serving_ns), f"{env}: {who.name} may patch"
 
 
-def test_release_pipeline_pods_can_hand_over_to_the_release_pipeline(model, built):
-    """The training run's deploy-staging step submits the release pipeline (kfrelease.release.handover): its
-    pods get a projected KFP token (audience pipelines.kubeflow.org) and the API address from the release
-    namespace's PodDefault, and run as default-editor, which may create runs there."""
+def test_the_merged_model_code_runs_as_an_identity_that_cannot_stop_anything(model):
+    """train/evaluate run as the untrusted steps' service account: refused run terminate/delete (KFP),
+    Argo workflow and pod deletes, and every write to serving."""
     env, rbac = model
-    (pod_default,) = [
-        d for d in built[env]
-        if d["kind"] == "PodDefault" and d["metadata"]["name"] == "pipeline-pods-env"
-        and d["metadata"]["namespace"] == RELEASE_NS
-    ]
-    spec = pod_default["spec"]
-    variables = {e["name"]: e.get("value") for e in spec["env"]}
-    assert variables["KFRELEASE_KFP_HOST"].startswith("http://ml-pipeline-ui.kubeflow")
-    assert variables["KFRELEASE_NAMESPACE"] == RELEASE_NS
-    assert variables["KFRELEASE_TARGET"] == "cluster"  # the release steps patch the InferenceService
-    (volume,) = [v for v in spec["volumes"] if v["name"] == "kfp-api-token"]
-    (token,) = [s["serviceAccountToken"] for s in volume["projected"]["sources"]]
-    assert token["audience"] == "pipelines.kubeflow.org"
-    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == "kfp-api-token"]
-    assert variables["KF_PIPELINES_SA_TOKEN_PATH"] == f"{mount['mountPath']}/{token['path']}"
-    assert rbac.allowed(service_account(RELEASE_NS, PROFILE_SA), "create", KFP, "runs", RELEASE_NS)
-    # the data namespace's pipeline pods get no KFP token: nothing there submits runs
-    data_pod_defaults = [
-        d for d in built[env]
-        if d["kind"] == "PodDefault" and d["metadata"]["name"] == "pipeline-pods-env"
-        and d["metadata"]["namespace"] != RELEASE_NS
-    ]
-    assert data_pod_defaults and all(
-        "KF_PIPELINES_SA_TOKEN_PATH" not in {e["name"] for e in d["spec"]["env"]} for d in data_pod_defaults
-    )
+    untrusted = service_account(RELEASE_NS, UNTRUSTED_SA)
+    for verb in ("terminate", "delete", "retry", "archive", "create"):
+        assert not rbac.allowed(kfp_requester(untrusted), verb, KFP, "runs", RELEASE_NS), f"{env}: may {verb} runs"
+    for verb in WORKFLOW_WRITES:
+        assert not rbac.allowed(untrusted, verb, ARGO, "workflows", RELEASE_NS)
+    for verb in ("delete", "deletecollection", "patch"):
+        assert not rbac.allowed(untrusted, verb, "", "pods", RELEASE_NS)
+    assert not rbac.allowed(untrusted, "create", "", "pods/exec", RELEASE_NS)
+    assert rbac.allowed(untrusted, "create", ARGO, "workflowtaskresults", RELEASE_NS)  # the Argo executor's minimum
+    # ... while the Profile's default-editor, which it would otherwise run as, can stop runs:
+    assert rbac.allowed(kfp_requester(service_account(RELEASE_NS, PROFILE_SA)), "terminate", KFP, "runs", RELEASE_NS)
+
+
+def pipeline_pod(labels: dict) -> dict:
+    """A pod as KFP's Argo workflow creates it for a task (the run's service account, the task's labels)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "step", "namespace": RELEASE_NS,
+                     "labels": {"workflows.argoproj.io/workflow": "run-1", **labels}},
+        "spec": {"serviceAccountName": PROFILE_SA, "containers": [{"name": "main", "image": "kfrelease"}]},
+    }
+
+
+def token_volumes(pod: dict) -> list[dict]:
+    return [s["serviceAccountToken"] for v in pod["spec"]["volumes"] if "projected" in v
+            for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_the_pod_defaults_give_each_step_its_identity_and_the_kfp_token_only_to_the_hand_over(env, built):
+    cluster = Cluster(built[env])
+    train = cluster.admit_pod(pipeline_pod({STEP_LABEL: UNTRUSTED}))
+    assert train["spec"]["serviceAccountName"] == UNTRUSTED_SA and token_volumes(train) == []
+    assert "KF_PIPELINES_SA_TOKEN_PATH" not in {e["name"] for e in train["spec"]["containers"][0]["env"]}
+    release = cluster.admit_pod(pipeline_pod({STEP_LABEL: RELEASE_DRIVER_STEP}))
+    assert release["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA and token_volumes(release) == []
+    assert {"name": "KFRELEASE_TARGET", "value": "cluster"} in release["spec"]["containers"][0]["env"]
+    trusted = cluster.admit_pod(pipeline_pod({}))
+    assert trusted["spec"]["serviceAccountName"] == PROFILE_SA and token_volumes(trusted) == []
+    hand_over = cluster.admit_pod(pipeline_pod({STEP_LABEL: KFP_SUBMITTER_STEP}))
+    (token,) = token_volumes(hand_over)
+    assert token["audience"] == TOKEN_AUDIENCE
+    env_vars = {e["name"]: e.get("value") for e in hand_over["spec"]["containers"][0]["env"]}
+    assert env_vars["KFRELEASE_KFP_HOST"].startswith("http://ml-pipeline-ui.kubeflow")
+    assert env_vars["KFRELEASE_NAMESPACE"] == RELEASE_NS
+    (mount,) = [m for m in hand_over["spec"]["containers"][0]["volumeMounts"] if m["name"] == "kfp-api-token"]
+    assert env_vars["KF_PIPELINES_SA_TOKEN_PATH"] == f"{mount['mountPath']}/{token['path']}"
+    assert cluster.kfp(service_account(RELEASE_NS, PROFILE_SA), "create", "runs", RELEASE_NS)
+    # every pipeline pod still gets the object-store settings
+    for pod in (train, release, trusted, hand_over):
+        assert "KFRELEASE_S3_ENDPOINT" in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_the_compiled_pipelines_label_each_step_with_its_identity(tmp_path):
+    """The labels the PodDefaults select (kfp-kubernetes ``add_pod_label`` -> ``podMetadata`` of the executor)."""
+    from kfp import compiler
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+
+    labels = {}
+    for pipeline in (training_pipeline, release_pipeline):
+        path = tmp_path / f"{pipeline.name}.yaml"
+        compiler.Compiler().compile(pipeline, str(path))
+        _, platform = list(yaml.safe_load_all(path.read_text()))
+        for executor, cfg in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+            labels[executor] = cfg.get("podMetadata", {}).get("labels", {}).get(STEP_LABEL)
+    assert labels["exec-train"] == labels["exec-evaluate"] == UNTRUSTED
+    assert labels["exec-deploy-staging"] == KFP_SUBMITTER_STEP
+    assert labels["exec-release-preflight"] == labels["exec-shadow-gate"] == labels["exec-rollout"] == RELEASE_DRIVER_STEP
+    assert "exec-register" not in labels and "exec-containerize" not in labels  # trusted library code

@@ -9,11 +9,11 @@ import sys
 import pytest
 import yaml
 
-from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS
+from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS, SCIENCE_NS
 from kfrelease.k8s.render import Sources, check_tree, render_tree
 
 from .conftest import kustomize, upstream_cluster_roles
-from .rbac_eval import RBACModel, user
+from .rbac_eval import RBACModel, kfp_requester, person
 
 
 def cli(*args):
@@ -108,7 +108,7 @@ def test_workspace_add_is_one_command(copy_of_manifests):
             "namespace": "ds-grace",
         }
         rbac = RBACModel(docs + upstream_cluster_roles())
-        grace = user("grace@example.com")
+        grace = kfp_requester(person("grace@example.com"))
         assert rbac.allowed(grace, "get", "pipelines.kubeflow.org", "runs", RELEASE_NS)
         assert not rbac.allowed(
             grace, "terminate", "pipelines.kubeflow.org", "runs", RELEASE_NS
@@ -116,6 +116,7 @@ def test_workspace_add_is_one_command(copy_of_manifests):
         assert not rbac.allowed(
             grace, "create", "pipelines.kubeflow.org", "runs", RELEASE_NS
         )
+        assert rbac.allowed(grace, "create", "pipelines.kubeflow.org", "runs", SCIENCE_NS)
     assert check_tree(root) == []
 
 

@@ -1,112 +1,200 @@
-"""The cluster traffic driver on the manifests ``kfrelease.serving.k8s`` renders: the same sequence of
-traffic states the release controller produces, applied as merge patches to the objects (held in memory:
-no Kubernetes API server runs here), every resulting object valid against the vendored KServe/Istio CRDs."""
+"""The cluster traffic driver, replayed on the cluster stand-in (``tests/cluster_standin``: the Kubernetes API
+cannot run here) loaded with every document an environment renders: the whole release (shadow -> canary
+steps -> promote, and a rollback) as the release steps' service account, every object admitted against its
+CRD schema, the Role's rights checked on each request, the model's Lease as the release lock."""
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
+
 import pytest
+from kfrelease.serving.k8s import production_name, recorded_state
 
-from kfrelease.errors import ConfigError
-from kfrelease.k8s.schemas import validate
-from kfrelease.release.k8s_driver import InMemoryObjects, KServeTrafficDriver
-from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
+from kfrelease.errors import ConfigError, Conflict
+from kfrelease.k8s.authz import service_account
+from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
+from kfrelease.k8s.render import Sources, environment_documents
+from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
+from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
+from tests.cluster_standin import Cluster
 
-V1, V2 = "V1.1.0", "V1.2.0"
-URIS = {
-    V1: "oci://123.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/diabetes-progression@sha256:"
-    + "a" * 64,
-    V2: "oci://123.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/diabetes-progression@sha256:"
-    + "b" * 64,
-}
-SERVERLESS = load_rollout_spec()
+SOURCES = Sources.load()
+ENV = SOURCES.envs.environments["staging"]
+V1, V2, V3 = ENV.production_version, "V1.2.0", "V1.3.0"
+REPO = f"oci://{ENV.registry}/kfrelease/diabetes-progression"
+URIS = {V1: f"{REPO}:{V1}", V2: f"{REPO}@sha256:" + "b" * 64, V3: f"{REPO}@sha256:" + "c" * 64}
+DRIVER = service_account(RELEASE_NS, RELEASE_DRIVER_SA)
+SERVERLESS = SOURCES.spec
 RAW = SERVERLESS.with_changes(serving={"deployment_mode": "RawDeployment"})
 
 
-def production(objects: InMemoryObjects) -> dict:
-    return next(
-        d
-        for d in objects.docs.values()
-        if d["kind"] == "InferenceService"
-        and d["metadata"]["labels"]["kfrelease.io/stage"] == "production"
-    )
+def cluster_for(spec, docs=None) -> Cluster:
+    """The stand-in holding what the platform engineer applied for ``spec``'s serving mode."""
+    src = Sources(**{**SOURCES.__dict__, "spec": spec})
+    return Cluster(docs if docs is not None else environment_documents(src, ENV))
 
 
-def release(spec, objects, driver, steps, fail_at=None):
-    driver.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
-    assert {
-        d["metadata"]["labels"]["kfrelease.io/stage"]
-        for d in objects.docs.values()
-        if d["kind"] == "InferenceService"
-    } == {"production", "staging"}
+def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
+    return KServeTrafficDriver(spec, URIS, cluster.client(DRIVER), holder=holder, **kwargs)
+
+
+def isvcs(cluster, spec) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for (k, ns, _), d in cluster.objects.items()
+            if k == "InferenceService" and ns == spec.serving.namespace}
+
+
+def weight(cluster, spec) -> int | None:
+    pred = isvcs(cluster, spec)[production_name(spec)]["spec"]
+    if spec.serving.deployment_mode == "Serverless":
+        return pred["predictor"].get("canaryTrafficPercent")
+    return (pred.get("canary") or [{}])[0].get("trafficPercent")
+
+
+def release(d, cluster, spec, steps, fail_at=None):
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    assert set(isvcs(cluster, spec)) == {production_name(spec), f"{production_name(spec)}-staging"}
     for w in steps:
-        driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=w))
-        for doc in objects.docs.values():
-            validate(doc)
-        pred = production(objects)["spec"]
-        if spec.serving.deployment_mode == "Serverless":
-            assert pred["predictor"]["canaryTrafficPercent"] == w
-        else:
-            assert pred["canary"][0]["trafficPercent"] == w
+        d.apply(TrafficState(primary=V1, canary=V2, canary_weight=w))
+        # Serverless renders a canary at 100 % as promoted (no canaryTrafficPercent)
+        assert weight(cluster, spec) == (None if w == 100 and spec.serving.deployment_mode == "Serverless" else w)
         if w == fail_at:
-            driver.apply(TrafficState(primary=V1))
+            d.apply(TrafficState(primary=V1))
             return
-    driver.apply(TrafficState(primary=V2))
+    d.apply(TrafficState(primary=V2))
+
+
+def traffic_objects(cluster) -> dict:
+    """Everything but the release lock (which a refused move may still have renewed)."""
+    return {k: v for k, v in cluster.objects.items() if k[0] != "Lease"}
+
+
+def env_of(doc) -> dict:
+    return {e["name"]: e["value"] for e in doc["spec"]["predictor"]["model"]["env"]}
 
 
 @pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
-def test_promotion_patches_the_canary_share_step_by_step_then_serves_the_candidate(
-    spec,
-):
-    objects = InMemoryObjects()
-    driver = KServeTrafficDriver(spec, URIS, objects)
-    driver.apply(TrafficState(primary=V1))
-    release(spec, objects, driver, [10, 25, 50])
-    isvcs = [d for d in objects.docs.values() if d["kind"] == "InferenceService"]
-    assert len(isvcs) == 1  # the staging shadow was deleted
-    pred = isvcs[0]["spec"]["predictor"]
-    assert "canaryTrafficPercent" not in pred and not isvcs[0]["spec"].get("canary")
-    env = {e["name"]: e["value"] for e in pred["model"]["env"]}
-    assert (
-        env["KFRELEASE_MODEL_VERSION"] == V2 and pred["model"]["storageUri"] == URIS[V2]
-    )
-    assert driver.current() == TrafficState(primary=V2)
-    for doc in objects.docs.values():
-        validate(doc)
+def test_the_whole_release_runs_as_the_driver_service_account_with_no_403(spec):
+    cluster = cluster_for(spec)
+    d = driver(cluster, spec)
+    d.check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+                    *[TrafficState(primary=V1, canary=V2, canary_weight=w) for w in spec.canary.steps],
+                    TrafficState(primary=V2)])
+    release(d, cluster, spec, spec.canary.steps)
+    assert cluster.refused == []
+    (prod,) = isvcs(cluster, spec).values()  # the staging shadow was deleted
+    assert env_of(prod)["KFRELEASE_MODEL_VERSION"] == V2 and weight(cluster, spec) is None
+    assert prod["spec"]["predictor"]["model"]["storageUri"] == URIS[V2]
+    assert d.current() == TrafficState(primary=V2)
+    lease = cluster.objects[("Lease", spec.serving.namespace, release_lease_name(production_name(spec)))]
+    assert lease["spec"]["holderIdentity"] == ""  # released once one version serves
 
 
 @pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
-def test_rollback_sets_the_canary_to_zero_first_then_back_to_production(spec):
-    objects = InMemoryObjects()
-    driver = KServeTrafficDriver(spec, URIS, objects)
-    driver.apply(TrafficState(primary=V1))
-    release(spec, objects, driver, [10, 25], fail_at=25)
-    patches = [
-        ref["patch"]["spec"]
-        for kind, ref in objects.calls
-        if kind == "patch" and ref["kind"] == "InferenceService"
-    ]
+def test_a_rollback_sets_the_canary_to_zero_first_then_back_to_production_with_no_403(spec):
+    cluster = cluster_for(spec)
+    d = driver(cluster, spec)
+    release(d, cluster, spec, [10, 25], fail_at=25)
+    assert cluster.refused == []
+    patches = [ref["patch"]["spec"] for kind, ref in d.objects.calls
+               if kind == "patch" and ref["kind"] == "InferenceService"]
     zero = patches[-2]
     if spec.serving.deployment_mode == "Serverless":
-        assert (
-            zero["predictor"]["canaryTrafficPercent"] == 0
-        )  # KServe's instant rollback
+        assert zero["predictor"]["canaryTrafficPercent"] == 0  # KServe's instant rollback
     else:
         assert zero["canary"][0]["trafficPercent"] == 0
-    pred = production(objects)["spec"]["predictor"]
-    env = {e["name"]: e["value"] for e in pred["model"]["env"]}
-    assert env["KFRELEASE_MODEL_VERSION"] == V1 and "canaryTrafficPercent" not in pred
+    (prod,) = isvcs(cluster, spec).values()
+    assert env_of(prod)["KFRELEASE_MODEL_VERSION"] == V1 and weight(cluster, spec) is None
+
+
+def without_staging_delete(docs: list[dict]) -> list[dict]:
+    """The Role as it was rendered before: no delete on InferenceServices."""
+    docs = copy.deepcopy(docs)
+    for doc in docs:
+        if doc["kind"] == "Role" and doc["metadata"]["name"] == RELEASE_DRIVER:
+            doc["rules"] = [r for r in doc["rules"] if "delete" not in r["verbs"]]
+    return docs
+
+
+def test_a_move_the_role_does_not_allow_sends_nothing_so_no_canary_is_left_half_moved():
+    cluster = cluster_for(SERVERLESS, without_staging_delete(environment_documents(SOURCES, ENV)))
+    d = driver(cluster, SERVERLESS)
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    before = copy.deepcopy(traffic_objects(cluster))
+    with pytest.raises(DriverForbidden, match="delete InferenceService .*diabetes-progression-staging"):
+        d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))  # ends the shadow: deletes staging
+    assert traffic_objects(cluster) == before, "production was patched although the move could not complete"
+    assert weight(cluster, SERVERLESS) is None
+    with pytest.raises(DriverForbidden, match="no traffic was moved"):  # and the up-front check says so
+        driver(cluster_for(SERVERLESS, without_staging_delete(environment_documents(SOURCES, ENV))),
+               SERVERLESS).check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+                                         TrafficState(primary=V1, canary=V2, canary_weight=10)])
+
+
+def test_the_driver_may_not_delete_production():
+    cluster = cluster_for(SERVERLESS)
+    assert not cluster.can(DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace,
+                           production_name(SERVERLESS))
+    assert cluster.can(DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace,
+                       f"{production_name(SERVERLESS)}-staging")
+
+
+def test_two_releases_of_one_model_never_patch_the_same_objects():
+    cluster = cluster_for(SERVERLESS)
+    first, second = driver(cluster, SERVERLESS, holder=V2), driver(cluster, SERVERLESS, holder=V3)
+    first.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    before = copy.deepcopy(cluster.objects)
+    with pytest.raises(Conflict, match=f"the release of {V2} holds the lock"):
+        second.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
+    assert cluster.objects == before  # not even the lock changed
+    first.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    first.apply(TrafficState(primary=V2))  # one version serves: the lock is free
+    second.apply(TrafficState(primary=V2, shadow=V3, mirror_percent=100))
+    assert env_of(isvcs(cluster, SERVERLESS)[f"{production_name(SERVERLESS)}-staging"])["KFRELEASE_MODEL_VERSION"] == V3
+
+
+def test_a_lock_nobody_renews_expires_and_a_stale_write_loses():
+    cluster = cluster_for(SERVERLESS)
+    now = [dt.datetime(2026, 12, 1, tzinfo=dt.UTC)]
+    first = driver(cluster, SERVERLESS, holder=V2, clock=lambda: now[0])
+    first.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    second = driver(cluster, SERVERLESS, holder=V3, clock=lambda: now[0])
+    now[0] += dt.timedelta(seconds=first.lock.duration - 1)
+    with pytest.raises(Conflict):
+        second.lock.acquire()
+    now[0] += dt.timedelta(seconds=2)
+    lease = second.objects.get(second.lock.ref)
+    first.lock.acquire()  # the holder renews between the other's read and write ...
+    with pytest.raises(Conflict, match="modified"):
+        second.objects.replace({**lease, "spec": {**lease["spec"], "holderIdentity": V3}})  # ... which loses
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_an_evicted_release_resumes_from_the_state_the_cluster_records(spec):
+    cluster = cluster_for(spec)
+    d = driver(cluster, spec)
+    release_states = [TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+                      TrafficState(primary=V1, canary=V2, canary_weight=10),
+                      TrafficState(primary=V1, canary=V2, canary_weight=25)]
+    for state in release_states:
+        d.apply(state)
+    # the pod is evicted; KFP retries the step: a new process, a new driver, the same release
+    again = driver(cluster, spec)
+    assert again.current() == release_states[-1]
+    again.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))  # takes its own lock back at once
+    assert weight(cluster, spec) == 50 and cluster.refused == []
+    vs = next(doc for (k, _, _), doc in cluster.objects.items() if k == "VirtualService")
+    assert recorded_state(vs) == TrafficState(primary=V1, canary=V2, canary_weight=50)
 
 
 def test_a_bad_state_sends_nothing():
-    objects = InMemoryObjects()
-    driver = KServeTrafficDriver(SERVERLESS, URIS, objects)
-    driver.apply(TrafficState(primary=V1))
-    n = len(objects.calls)
+    cluster = cluster_for(SERVERLESS)
+    d = driver(cluster, SERVERLESS)
+    before = copy.deepcopy(traffic_objects(cluster))
     with pytest.raises(ConfigError, match="no storage URI"):
-        driver.apply(
-            TrafficState(primary=V1, canary="V9.9.9", canary_weight=10)
-        )  # no image for it
+        d.apply(TrafficState(primary=V1, canary="V9.9.9", canary_weight=10))  # no image for it
     with pytest.raises(RolloutSpecError):
         TrafficState(primary=V1, canary=V2, canary_weight=120)
-    assert len(objects.calls) == n and driver.current() == TrafficState(primary=V1)
+    assert traffic_objects(cluster) == before

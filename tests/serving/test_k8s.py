@@ -79,11 +79,42 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
     assert not {"maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"} & set(canary["predictor"])
     vs = render_virtual_service(RAW, TrafficState(primary=V1, canary=V2, canary_weight=20))
     weights = [(r["destination"]["host"].split(".")[0], r["weight"]) for r in vs["spec"]["http"][0]["route"]]
+    # KServe 0.20 names every named predictor's Service <isvc>-<predictor name>-predictor, the stable one too
+    # (kserve/kserve pkg/constants/constants.go PredictorServiceName at v0.20.0)
     assert weights == [
-        ("diabetes-progression-predictor", 80),
+        ("diabetes-progression-v1-1-0-predictor", 80),
         ("diabetes-progression-v1-2-0-predictor", 20),
     ]
     assert "headers" not in vs["spec"]["http"][0]  # plain Services: no Host rewrite (Knative needs one)
+    promoted = render_virtual_service(RAW, TrafficState(primary=V2))["spec"]["http"][0]["route"]
+    assert [r["destination"]["host"].split(".")[0] for r in promoted] == ["diabetes-progression-v1-2-0-predictor"]
+
+
+def test_predictor_service_names_follow_the_kserve_version():
+    from kfrelease.serving.k8s import predictor_service
+
+    assert predictor_service("m", "v1-1-0", "0.20") == "m-v1-1-0-predictor"
+    assert predictor_service("m", "v1-1-0", "0.15") == "m-predictor"  # v0.15.2: PredictorServiceName(name)
+    assert predictor_service("m", None, "0.20") == "m-predictor"
+    vs = render_virtual_service(RAW, TrafficState(primary=V1), kserve_version="0.15")
+    assert vs["spec"]["http"][0]["route"][0]["destination"]["host"].startswith("diabetes-progression-predictor.")
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_every_host_clients_use_is_mirrored_to_the_shadow(spec):
+    """Clients of KServe's own hosts (``<isvc>.<ns>.<domain>``, the domainTemplate ``<isvc>-<ns>.<domain>``,
+    the predictor's, the mesh-internal ``*.svc.cluster.local``) go through the mirroring route too."""
+    state = TrafficState(primary=V1, shadow=V2, mirror_percent=100)
+    vs = render_virtual_service(spec, state, domain="models.example.org")
+    ns, isvc = spec.serving.namespace, "diabetes-progression"
+    predictor = "diabetes-progression-v1-1-0-predictor" if spec is RAW else "diabetes-progression-predictor"
+    expected = {f"{isvc}.{ns}.models.example.org", f"{isvc}-{ns}.models.example.org", f"{isvc}.{ns}.svc.cluster.local",
+                f"{predictor}.{ns}.models.example.org", f"{predictor}-{ns}.models.example.org",
+                f"{predictor}.{ns}.svc.cluster.local"}
+    assert expected <= set(vs["spec"]["hosts"])
+    (predict,) = [h for h in vs["spec"]["http"] if h["name"] == "predict"]
+    assert predict["mirror"]["host"].startswith("diabetes-progression-staging-predictor.")
+    assert validate(vs).startswith("CRD schema")
 
 
 def test_shadow_is_a_staging_service_and_an_istio_mirror():

@@ -1,0 +1,242 @@
+"""The Istio ALLOW policies of the serving namespace, and an evaluator of Istio authorization.
+
+Kubeflow installs a mesh-wide ``global-deny-all`` (kubeflow/manifests
+``common/istio/istio-install/base/deny_all_authorizationpolicy.yaml``: ``spec: {}`` in the root namespace
+``istio-system``, an ALLOW policy without rules, which applies to every workload and matches nothing). A
+Profile namespace gets ``ns-owner-access-istio`` from the profile controller; the serving namespace is no
+Profile, so every request into it is denied until a policy of its own allows it. ``serving_policies``
+renders those, one per workload kind, each allowing only the flows the release needs:
+
+| to | from | ports, paths |
+| --- | --- | --- |
+| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
+| log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
+| feedback | the ingress gateway (clients post ground truth) | ``POST /v1/feedback`` on 8080 |
+| all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
+
+Ports are the workload's (container) ports, as Istio matches them on the inbound side; principals are
+``<trust domain>/ns/<ns>/sa/<sa>`` (the workloads of kubeflow/manifests: gateway
+``istio-system/istio-ingressgateway-service-account``, which also serves ``knative-local-gateway``;
+activator ``knative-serving/activator``; autoscaler ``knative-serving/controller``: ``serving-core.yaml``).
+
+``allowed(policies, request)`` evaluates a request as Istio does
+(https://istio.io/latest/docs/reference/config/security/authorization-policy/; istio/istio
+``pilot/pkg/security/authz``): CUSTOM is not used here; a matching DENY policy denies; with no ALLOW policy
+applying to the workload the request is allowed; otherwise some ALLOW policy must match. A policy applies to
+a workload when it is in the root namespace or the workload's namespace and its selector (if any) matches the
+workload's labels. A policy without rules matches nothing; a rule ``{}`` matches everything; within a rule
+``from``, ``to`` and ``when`` must all match, each list matching when any entry does; within an entry every
+field given must match. Strings match exactly, by prefix (``abc*``), suffix (``*abc``) or presence (``*``).
+A field it does not know raises, so it never allows by ignoring a condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kfrelease.k8s.platform import PART_OF
+
+SECURITY_API = "security.istio.io/v1"
+ROOT_NS = "istio-system"
+TRUST_DOMAIN = "cluster.local"
+INGRESS_GATEWAY = f"{TRUST_DOMAIN}/ns/istio-system/sa/istio-ingressgateway-service-account"
+KNATIVE_ACTIVATOR = f"{TRUST_DOMAIN}/ns/knative-serving/sa/activator"
+KNATIVE_AUTOSCALER = f"{TRUST_DOMAIN}/ns/knative-serving/sa/controller"
+#: KServe's pod label of every predictor pod (``pkg/constants/constants.go`` ``KServiceComponentLabel``).
+PREDICTOR_SELECTOR = {"component": "predictor"}
+#: queue-proxy (Knative), KServe agent (``InferenceServiceDefaultAgentPortStr``), model server.
+PREDICTOR_PORTS = ["8012", "9081", "8080"]
+MODEL_PATHS = ["/v1/models/*", "/v2/models/*"]
+HTTP_PORT = "8080"
+FEEDBACK_PATH = "/v1/feedback"
+
+
+def principal(namespace: str, service_account: str) -> str:
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+def _policy(name: str, ns: str, selector: dict, rules: list[dict]) -> dict:
+    return {
+        "apiVersion": SECURITY_API,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns, "labels": dict(PART_OF)},
+        "spec": {"selector": {"matchLabels": selector}, "action": "ALLOW", "rules": rules},
+    }
+
+
+def _scrape() -> dict:
+    return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
+
+
+def serving_policies(ns: str, predictor_sa: str, logsink: str, feedback: str) -> list[dict]:
+    """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider."""
+    return [
+        _policy("kfrelease-predictors", ns, PREDICTOR_SELECTOR, [
+            {"from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
+             "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}]},
+            {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
+            {"from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}], "to": [{"operation": {"ports": ["9090"]}}]},
+            _scrape(),
+        ]),
+        _policy("kfrelease-logsink", ns, {"app.kubernetes.io/name": logsink}, [
+            {"from": [{"source": {"principals": [principal(ns, predictor_sa)]}}],
+             "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT]}}]},
+            _scrape(),
+        ]),
+        _policy("kfrelease-feedback", ns, {"app.kubernetes.io/name": feedback}, [
+            {"from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
+             "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}]},
+            _scrape(),
+        ]),
+    ]
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    labels: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the destination's sidecar sees it. ``principal`` is the peer's mTLS identity (None for
+    a caller without a sidecar: plain text carries no identity, so it has no namespace either)."""
+
+    to: Workload
+    port: int
+    path: str = "/"
+    method: str = "GET"
+    principal: str | None = None
+    headers: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def source_namespace(self) -> str | None:
+        if not self.principal:
+            return None
+        parts = self.principal.split("/")
+        return parts[2] if len(parts) >= 5 and parts[1] == "ns" else None
+
+
+def _match(value: str | None, patterns: list[str]) -> bool:
+    if value is None:
+        return False
+    for p in patterns:
+        if p == "*" or p == value:
+            return True
+        if p.endswith("*") and value.startswith(p[:-1]):
+            return True
+        if p.startswith("*") and value.endswith(p[1:]):
+            return True
+    return False
+
+
+_SOURCE = {"principals", "notPrincipals", "namespaces", "notNamespaces"}
+_OPERATION = {"ports", "notPorts", "paths", "notPaths", "methods", "notMethods"}
+
+
+def _source_matches(src: dict, req: Request) -> bool:
+    unknown = set(src) - _SOURCE
+    if unknown:
+        raise ValueError(f"AuthorizationPolicy source field(s) {sorted(unknown)} are not evaluated here")
+    checks = {
+        "principals": lambda v: _match(req.principal, v),
+        "notPrincipals": lambda v: not _match(req.principal, v),
+        "namespaces": lambda v: _match(req.source_namespace, v),
+        "notNamespaces": lambda v: not _match(req.source_namespace, v),
+    }
+    return all(checks[k](v) for k, v in src.items())
+
+
+def _operation_matches(op: dict, req: Request) -> bool:
+    unknown = set(op) - _OPERATION
+    if unknown:
+        raise ValueError(f"AuthorizationPolicy operation field(s) {sorted(unknown)} are not evaluated here")
+    port, path = str(req.port), req.path.split("?")[0]
+    checks = {
+        "ports": lambda v: port in v,
+        "notPorts": lambda v: port not in v,
+        "paths": lambda v: _match(path, v),
+        "notPaths": lambda v: not _match(path, v),
+        "methods": lambda v: _match(req.method, v),
+        "notMethods": lambda v: not _match(req.method, v),
+    }
+    return all(checks[k](v) for k, v in op.items())
+
+
+def _condition_matches(cond: dict, req: Request) -> bool:
+    key = cond["key"]
+    if key.startswith("request.headers[") and key.endswith("]"):
+        value = req.headers.get(key[len("request.headers[") : -1])
+    elif key == "source.namespace":
+        value = req.source_namespace
+    elif key == "source.principal":
+        value = req.principal
+    elif key == "destination.port":
+        value = str(req.port)
+    else:
+        raise ValueError(f"AuthorizationPolicy condition key {key!r} is not evaluated here")
+    ok = True
+    if "values" in cond:
+        ok = _match(value, cond["values"])
+    if "notValues" in cond:
+        ok = ok and not _match(value, cond["notValues"])
+    return ok
+
+
+def _rule_matches(rule: dict, req: Request) -> bool:
+    unknown = set(rule) - {"from", "to", "when"}
+    if unknown:
+        raise ValueError(f"AuthorizationPolicy rule field(s) {sorted(unknown)} are not evaluated here")
+    if "from" in rule and not any(_source_matches(f["source"], req) for f in rule["from"]):
+        return False
+    if "to" in rule and not any(_operation_matches(t["operation"], req) for t in rule["to"]):
+        return False
+    return all(_condition_matches(c, req) for c in rule.get("when") or [])
+
+
+def applies(policy: dict, workload: Workload) -> bool:
+    ns = policy["metadata"]["namespace"]
+    if ns not in (ROOT_NS, workload.namespace):
+        return False
+    spec = policy.get("spec") or {}
+    if "targetRef" in spec or "targetRefs" in spec:
+        raise ValueError("AuthorizationPolicy targetRef(s) are not evaluated here")
+    labels = (spec.get("selector") or {}).get("matchLabels")
+    return not labels or all(workload.labels.get(k) == v for k, v in labels.items())
+
+
+def decide(policies: list[dict], req: Request) -> tuple[bool, str]:
+    """(allowed, why): Istio's decision on ``req`` under ``policies``."""
+    applying = [p for p in policies if p.get("kind") == "AuthorizationPolicy" and applies(p, req.to)]
+    by_action: dict[str, list[dict]] = {}
+    for p in applying:
+        by_action.setdefault((p.get("spec") or {}).get("action", "ALLOW"), []).append(p)
+    if by_action.get("CUSTOM"):
+        raise ValueError("CUSTOM AuthorizationPolicies are not evaluated here")
+    for p in by_action.get("DENY", []):
+        if any(_rule_matches(r, req) for r in (p.get("spec") or {}).get("rules") or []):
+            return False, f"denied by DENY policy {p['metadata']['namespace']}/{p['metadata']['name']}"
+    allows = by_action.get("ALLOW", [])
+    if not allows:
+        return True, "no ALLOW policy applies to the workload"
+    for p in allows:
+        if any(_rule_matches(r, req) for r in (p.get("spec") or {}).get("rules") or []):
+            return True, f"allowed by {p['metadata']['namespace']}/{p['metadata']['name']}"
+    names = ", ".join(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in allows)
+    return False, f"no rule of the ALLOW policies that apply ({names}) matches"
+
+
+def allowed(policies: list[dict], req: Request) -> bool:
+    return decide(policies, req)[0]
+
+
+def upstream_policies() -> list[dict]:
+    """Kubeflow's ``global-deny-all`` and its ingress gateway policy (vendored in ``upstream/``)."""
+    path = Path(__file__).parent / "upstream" / "kubeflow-istio-policies.yaml"
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]

@@ -1,0 +1,350 @@
+"""A stand-in for the Kubernetes API server of an EKS cluster with Kubeflow and KServe.
+
+It is a stand-in because the Kubernetes API cannot run on these machines. It enforces what the real one would
+for the operations kfrelease sends, and says so when it cannot:
+
+- **Authentication**: a requester is a user name and groups (``kfrelease.k8s.authz.Requester``): service
+  accounts as the token authenticator presents them, IAM principals only through an EKS access entry.
+- **Authorization**: RBAC from the rendered Roles/ClusterRoles/Bindings, the Kubeflow profile controller's
+  bindings and the vendored upstream Kubeflow ClusterRoles, aggregation settled as the controller manager
+  does (``kfrelease.k8s.authz.RBACModel``); each verb is checked on the object's name as the request names
+  it (``create`` has no name). ``kfp`` answers KFP's SubjectAccessReview, which carries the user only.
+  Every refusal is a 403 ``Forbidden`` and is recorded in ``refused``.
+- **Admission**: every object written is checked against its schema (``kfrelease.k8s.schemas.validate``: the
+  vendored CRD schemas, the Kubernetes OpenAPI for built-in kinds), once per validator given (one per
+  supported KServe version); a failure is a 422 and nothing is stored. Pods are mutated by the Kubeflow
+  PodDefault webhook as ``components/admission-webhook/main.go`` does (selector and namespace match, env /
+  volume conflicts refuse the pod, ``serviceAccountName`` overwritten).
+- **Writes**: ``metadata.resourceVersion`` on every write; ``replace`` with a stale one is a 409; ``create``
+  of an existing object is a 409. ``patch`` is a JSON merge patch (RFC 7386: ``null`` deletes a key, objects
+  merge, anything else replaces). ``apply`` is server-side apply: each field manager owns the fields it
+  applied, applying a field another manager owns with a different value is a 409 conflict unless forced
+  (then ownership moves), fields a manager stops applying are removed unless another manager owns them, and a
+  merge patch makes its manager the owner of the fields it sets (lists are atomic, as for CRDs without
+  ``x-kubernetes-list-type: map``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+from kfrelease.serving.k8s import apply_merge_patch
+
+from kfrelease.errors import Conflict
+from kfrelease.k8s.authz import (
+    RBACModel,
+    Requester,
+    kfp_requester,
+    upstream_cluster_roles,
+)
+from kfrelease.k8s.schemas import SchemaValidationError, validate
+from kfrelease.release.k8s_driver import DriverForbidden
+
+#: kind -> (API group, resource) for the kinds the release touches (others: group of apiVersion, kind + "s").
+RESOURCES = {
+    "InferenceService": ("serving.kserve.io", "inferenceservices"),
+    "VirtualService": ("networking.istio.io", "virtualservices"),
+    "Lease": ("coordination.k8s.io", "leases"),
+    "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies"),
+    "Pod": ("", "pods"),
+    "Workflow": ("argoproj.io", "workflows"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason = status, reason
+
+
+def resource_of(kind: str, api_version: str = "") -> tuple[str, str]:
+    if kind in RESOURCES:
+        return RESOURCES[kind]
+    return api_version.rpartition("/")[0], kind.lower() + "s"
+
+
+def _key(doc: dict) -> tuple[str, str, str]:
+    meta = doc.get("metadata") or {}
+    return doc["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def _leaves(node, prefix=()) -> dict[tuple, object]:
+    """Field path -> value of every leaf (lists are atomic)."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, (*prefix, k)))
+        return out
+    return {prefix: node}
+
+
+def _get(doc, path):
+    for p in path:
+        if not isinstance(doc, dict) or p not in doc:
+            return _MISSING
+        doc = doc[p]
+    return doc
+
+
+def _set(doc: dict, path, value) -> None:
+    for p in path[:-1]:
+        doc = doc.setdefault(p, {})
+    doc[path[-1]] = copy.deepcopy(value)
+
+
+def _remove(doc: dict, path) -> None:
+    parents = []
+    for p in path[:-1]:
+        if not isinstance(doc, dict) or p not in doc:
+            return
+        parents.append((doc, p))
+        doc = doc[p]
+    if isinstance(doc, dict):
+        doc.pop(path[-1], None)
+    for parent, p in reversed(parents):  # drop maps the removal left empty
+        if parent[p] == {}:
+            del parent[p]
+
+
+_MISSING = object()
+_IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}
+
+
+class Cluster:
+    """See the module docstring. ``docs``: what the platform engineer applied (as cluster admin)."""
+
+    def __init__(self, docs: Iterable[dict], validators: Iterable[Callable[[dict], object]] = (validate,)):
+        docs = [copy.deepcopy(d) for d in docs]
+        self.rbac = RBACModel(docs + upstream_cluster_roles())
+        self.validators = list(validators)
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.managers: dict[tuple[str, str, str], dict[str, set]] = {}
+        self.refused: list[str] = []
+        self._rv = 0
+        for d in docs:
+            if d.get("kind") not in ("Namespace", "CustomResourceDefinition"):
+                self._store(d)
+                self.managers[_key(d)] = {"kubectl": set(_leaves(d)) - _IDENTITY}
+
+    # --- the API server's checks -------------------------------------------------------------------
+    def authorize(self, who: Requester, verb: str, kind: str, namespace: str, name: str = "", api_version: str = ""):
+        group, resource = resource_of(kind, api_version)
+        if not self.rbac.allowed(who, verb, group, resource, namespace, name if verb != "create" else ""):
+            what = f"{who.name} cannot {verb} {resource}.{group or 'core'} {name!r} in {namespace}"
+            self.refused.append(what)
+            raise ApiError(403, "Forbidden", what)
+
+    def can(self, who: Requester, verb: str, kind: str, namespace: str, name: str = "") -> bool:
+        group, resource = resource_of(kind)
+        return self.rbac.allowed(who, verb, group, resource, namespace, name if verb != "create" else "")
+
+    def kfp(self, who: Requester, verb: str, resource: str, namespace: str) -> bool:
+        """KFP's SubjectAccessReview (``resource_manager.go`` ``IsAuthorized``): the user name only."""
+        return self.rbac.allowed(kfp_requester(who), verb, "pipelines.kubeflow.org", resource, namespace)
+
+    def _admit(self, doc: dict) -> None:
+        for check in self.validators:
+            try:
+                check(doc)
+            except SchemaValidationError as exc:  # the API server's 422
+                raise ApiError(422, "Invalid", str(exc)) from None
+
+    def _store(self, doc: dict) -> dict:
+        self._rv += 1
+        doc = copy.deepcopy(doc)
+        doc.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+        self.objects[_key(doc)] = doc
+        return doc
+
+    # --- verbs -------------------------------------------------------------------------------------
+    def get(self, who: Requester, kind: str, namespace: str, name: str) -> dict:
+        self.authorize(who, "get", kind, namespace, name)
+        doc = self.objects.get((kind, namespace, name))
+        if doc is None:
+            raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} not found")
+        return copy.deepcopy(doc)
+
+    def list(self, who: Requester, kind: str, namespace: str, labels: dict | None = None) -> list[dict]:
+        self.authorize(who, "list", kind, namespace)
+        out = []
+        for (k, ns, _), doc in sorted(self.objects.items()):
+            have = (doc.get("metadata") or {}).get("labels") or {}
+            if k == kind and ns == namespace and all(have.get(a) == b for a, b in (labels or {}).items()):
+                out.append(copy.deepcopy(doc))
+        return out
+
+    def create(self, who: Requester, doc: dict, manager: str = "kfrelease") -> dict:
+        kind, ns, name = _key(doc)
+        self.authorize(who, "create", kind, ns, name, doc.get("apiVersion", ""))
+        if (kind, ns, name) in self.objects:
+            raise ApiError(409, "AlreadyExists", f"{kind} {ns}/{name} already exists")
+        doc = copy.deepcopy(doc)
+        (doc.get("metadata") or {}).pop("resourceVersion", None)
+        self._admit(doc)
+        self.managers[(kind, ns, name)] = {manager: set(_leaves(doc)) - _IDENTITY}
+        return self._store(doc)
+
+    def replace(self, who: Requester, doc: dict, manager: str = "kfrelease") -> dict:
+        kind, ns, name = _key(doc)
+        self.authorize(who, "update", kind, ns, name)
+        have = self.objects.get((kind, ns, name))
+        if have is None:
+            raise ApiError(404, "NotFound", f"{kind} {ns}/{name} not found")
+        if doc["metadata"].get("resourceVersion") != have["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f"{kind} {ns}/{name}: the object has been modified")
+        self._admit(doc)
+        self._own(manager, (kind, ns, name), have, doc)
+        return self._store(doc)
+
+    def patch(self, who: Requester, kind: str, namespace: str, name: str, patch: dict,
+              manager: str = "kfrelease") -> dict:
+        self.authorize(who, "patch", kind, namespace, name)
+        have = self.objects.get((kind, namespace, name))
+        if have is None:
+            raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} not found")
+        new = apply_merge_patch(have, patch)
+        new["metadata"].pop("resourceVersion", None)
+        self._admit(new)
+        self._own(manager, (kind, namespace, name), have, new)
+        return self._store(new)
+
+    def delete(self, who: Requester, kind: str, namespace: str, name: str) -> None:
+        self.authorize(who, "delete", kind, namespace, name)
+        if self.objects.pop((kind, namespace, name), None) is None:
+            raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} not found")
+        self.managers.pop((kind, namespace, name), None)
+
+    def apply(self, who: Requester, doc: dict, manager: str, force: bool = False) -> dict:
+        """Server-side apply (``kubectl apply --server-side --field-manager=<manager> [--force-conflicts]``)."""
+        kind, ns, name = key = _key(doc)
+        have = self.objects.get(key)
+        if have is None:
+            return self.create(who, doc, manager)
+        self.authorize(who, "patch", kind, ns, name)
+        applied = {p: v for p, v in _leaves(doc).items() if p not in _IDENTITY and p[:2] != ("metadata", "resourceVersion")}
+        owners = self.managers.setdefault(key, {})
+        conflicts = [
+            f"{'.'.join(map(str, p))} (owned by {m})"
+            for p, v in applied.items()
+            for m, fields in owners.items()
+            if m != manager and p in fields and _get(have, p) != v
+        ]
+        if conflicts and not force:
+            raise ApiError(409, "Conflict", f"apply by {manager} conflicts: {', '.join(sorted(conflicts))}")
+        new = copy.deepcopy(have)
+        new["metadata"].pop("resourceVersion", None)
+        others = set().union(*(f for m, f in owners.items() if m != manager)) if owners else set()
+        for p in owners.get(manager, set()) - set(applied) - others:
+            _remove(new, p)
+        for p, v in applied.items():
+            _set(new, p, v)
+        self._admit(new)
+        for m, fields in owners.items():
+            if m != manager:
+                fields -= set(applied)
+        owners[manager] = set(applied)
+        return self._store(new)
+
+    def _own(self, manager: str, key, old: dict, new: dict) -> None:
+        """An update/patch: its manager owns every field whose value it set or changed."""
+        before, after = _leaves(old), _leaves(new)
+        changed = {p for p, v in after.items() if before.get(p, _MISSING) != v} - _IDENTITY
+        changed = {p for p in changed if p[:2] != ("metadata", "resourceVersion")}
+        owners = self.managers.setdefault(key, {})
+        for m, fields in owners.items():
+            if m != manager:
+                fields -= changed
+        owners.setdefault(manager, set()).update(changed)
+        owners[manager] &= set(after)
+
+    # --- Kubeflow's PodDefault webhook -----------------------------------------------------------------
+    def admit_pod(self, pod: dict) -> dict:
+        """The pod as Kubeflow's PodDefault admission webhook leaves it (``applyPodDefaultsOnPod``)."""
+        from kfrelease.k8s.authz import _selector_matches
+
+        pod = copy.deepcopy(pod)
+        ns, labels = pod["metadata"]["namespace"], pod["metadata"].get("labels") or {}
+        matching = [d for (k, n, _), d in sorted(self.objects.items())
+                    if k == "PodDefault" and n == ns and _selector_matches(d["spec"]["selector"], labels)]
+        spec = pod["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        for pd in matching:
+            pds = pd["spec"]
+            for v in pds.get("volumes") or []:
+                if v["name"] in volumes and volumes[v["name"]] != v:
+                    raise ApiError(400, "BadRequest", f"PodDefault {pd['metadata']['name']}: volume {v['name']} conflicts")
+                volumes[v["name"]] = v
+            for c in spec["containers"]:
+                env = {e["name"]: e for e in c.get("env") or []}
+                for e in pds.get("env") or []:
+                    if e["name"] in env and env[e["name"]] != e:
+                        raise ApiError(400, "BadRequest", f"PodDefault {pd['metadata']['name']}: env {e['name']} conflicts")
+                    env[e["name"]] = e
+                c["env"] = list(env.values())
+                c["volumeMounts"] = (c.get("volumeMounts") or []) + [
+                    m for m in pds.get("volumeMounts") or [] if m not in (c.get("volumeMounts") or [])]
+            if pds.get("serviceAccountName"):
+                spec["serviceAccountName"] = pds["serviceAccountName"]
+            if "automountServiceAccountToken" in pds:
+                spec["automountServiceAccountToken"] = pds["automountServiceAccountToken"]
+        spec["volumes"] = list(volumes.values())
+        pod["metadata"].setdefault("annotations", {}).update(
+            {f"poddefault.admission.kubeflow.org/poddefault-{pd['metadata']['name']}": "1" for pd in matching})
+        return pod
+
+    def client(self, who: Requester, manager: str = "kfrelease-release") -> StandInObjects:
+        return StandInObjects(self, who, manager)
+
+
+class StandInObjects:
+    """``kfrelease.release.k8s_driver.ClusterObjects`` on the stand-in, as one requester (errors mapped as
+    ``KubernetesObjects`` maps the real client's: 403 -> ``DriverForbidden``, 409 -> ``Conflict``)."""
+
+    def __init__(self, cluster: Cluster, who: Requester, manager: str):
+        self.cluster, self.who, self.manager = cluster, who, manager
+        self.calls: list[tuple[str, dict]] = []
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            if exc.status == 403:
+                raise DriverForbidden(str(exc)) from None
+            if exc.status == 409:
+                raise Conflict(str(exc)) from None
+            raise
+
+    def list(self, spec) -> list[dict]:
+        out = []
+        for kind in ("InferenceService", "VirtualService"):
+            out += self._call(self.cluster.list, self.who, kind, spec.serving.namespace,
+                              {"app.kubernetes.io/part-of": "kfrelease"})
+        return out
+
+    def get(self, ref: dict) -> dict | None:
+        try:
+            return self._call(self.cluster.get, self.who, ref["kind"], ref["namespace"], ref["name"])
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch(self, ref: dict) -> None:
+        self.calls.append(("patch", copy.deepcopy(ref)))
+        self._call(self.cluster.patch, self.who, ref["kind"], ref["namespace"], ref["name"], ref["patch"], self.manager)
+
+    def create(self, doc: dict) -> None:
+        self.calls.append(("create", copy.deepcopy(doc)))
+        self._call(self.cluster.create, self.who, doc, self.manager)
+
+    def replace(self, doc: dict) -> None:
+        self.calls.append(("replace", copy.deepcopy(doc)))
+        self._call(self.cluster.replace, self.who, doc, self.manager)
+
+    def delete(self, ref: dict) -> None:
+        self.calls.append(("delete", copy.deepcopy(ref)))
+        self._call(self.cluster.delete, self.who, ref["kind"], ref["namespace"], ref["name"])
+
+    def can(self, verb: str, ref: dict) -> bool:
+        return self.cluster.can(self.who, verb, ref["kind"], ref["namespace"], ref.get("name", ""))
