@@ -38,29 +38,24 @@ RUNTIME = "kfrelease-predictor"
 DEFAULT_INGRESS_GATEWAY = "kubeflow/kubeflow-gateway"
 DEFAULT_DOMAIN = "example.com"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-# The webhook accepts spec.canary only with "Standard" (RawDeployment is its legacy name); "Serverless"
-# is accepted by every KServe version (newer ones normalise it to "Knative"): pkg/constants/constants.go.
-MODE_VALUE = {"Serverless": "Serverless", "RawDeployment": "Standard"}
 STORAGE_SCHEMES = ("oci://", "s3://")
 #: The predictors' own service account: the log sink's ALLOW policy names it (``kfrelease.k8s.mesh``).
 PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
-#: KServe version the cluster runs when the caller names none (``spec.canary`` needs 0.20).
-DEFAULT_KSERVE_VERSION = "0.20"
+#: KServe version the cluster runs when the caller names none (``kfrelease.k8s.versions``: the newest).
+DEFAULT_KSERVE_VERSION = "0.20.0"
 #: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
 STATE_ANNOTATION = "kfrelease.io/traffic-state"
 FEEDBACK_SERVICE = "kfrelease-feedback"
 
 
-def _version_tuple(version: str) -> tuple[int, int]:
-    major, minor = version.lstrip("v").split(".")[:2]
-    return int(major), int(minor)
-
-
 def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
     """The Service KServe gives a predictor: from 0.20 a named predictor's is ``<isvc>-<name>-predictor``
     (kserve/kserve ``pkg/constants/constants.go`` ``PredictorServiceName(name, predictorName...)`` at v0.20.0);
-    before, always ``<isvc>-predictor`` (the same function at v0.15.2 takes no predictor name)."""
-    if predictor and _version_tuple(kserve_version) >= (0, 20):
+    before, always ``<isvc>-predictor`` (the same function at v0.15.2 takes no predictor name). Named
+    predictors' Services came with the ``spec.canary`` list (kserve/kserve#5672)."""
+    from kfrelease.k8s.versions import kserve_version as capabilities
+
+    if predictor and capabilities(kserve_version).has_canary_list:
         return f"{isvc}-{predictor}-predictor"
     return f"{isvc}-predictor"
 
@@ -179,7 +174,16 @@ def _predictor(
     return V1beta1PredictorSpec(**kwargs)
 
 
-def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None, mode: str | None = None) -> dict:
+def _mode_value(mode: str, kserve_version: str) -> str:
+    """The deploymentMode annotation of ``mode`` on that KServe (``Standard`` from 0.16, ``RawDeployment``
+    before: ``kfrelease.k8s.versions``)."""
+    from kfrelease.k8s.versions import kserve_version as capabilities
+
+    return capabilities(kserve_version).mode_annotation(mode)
+
+
+def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None, mode: str | None = None,
+          kserve_version: str = DEFAULT_KSERVE_VERSION) -> dict:
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
     from kubernetes.client import V1ObjectMeta
 
@@ -195,7 +199,7 @@ def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None, mode
                 "kfrelease.io/stage": stage,
             },
             annotations={
-                MODE_ANNOTATION: MODE_VALUE[mode or spec.serving.deployment_mode],
+                MODE_ANNOTATION: _mode_value(mode or spec.serving.deployment_mode, kserve_version),
                 "serving.kserve.io/enable-prometheus-scraping": "true",
             },
         ),
@@ -210,9 +214,11 @@ def render_inference_services(
     storage_uris: Mapping[str, str],
     *,
     logger_url: str | None = None,
+    kserve_version: str = DEFAULT_KSERVE_VERSION,
 ) -> list[dict]:
     """The InferenceServices of a traffic state: production (with its canary) and, when a shadow runs, the
-    staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI."""
+    staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI;
+    ``kserve_version`` is the cluster's (its deploymentMode annotation values)."""
     spec.check()
     if not state.primary and not state.canary:
         raise RolloutSpecError("traffic state has no version to serve; no traffic was moved")
@@ -239,7 +245,7 @@ def render_inference_services(
         )
         if canary and state.canary_weight < 100:
             pred.canary_traffic_percent = state.canary_weight
-        out.append(_isvc(spec, production_name(spec), "production", pred))
+        out.append(_isvc(spec, production_name(spec), "production", pred, kserve_version=kserve_version))
     else:
         from kserve import V1beta1CanarySpec
 
@@ -265,14 +271,15 @@ def render_inference_services(
             # stage "production" as on the stable predictor: promotion retargets the stable predictor to
             # this Deployment without a restart only if their specs agree (kserve/kserve#5672)
             canaries = [V1beta1CanarySpec(predictor=cpred, traffic_percent=state.canary_weight)]
-        out.append(_isvc(spec, production_name(spec), "production", pred, canaries))
+        out.append(_isvc(spec, production_name(spec), "production", pred, canaries, kserve_version=kserve_version))
     if state.shadow:
         # The shadow always runs in Standard (raw) mode: a plain Deployment and ClusterIP Service that answer
         # whatever Host the mirrored request carries (Envoy keeps the primary's Host, + "-shadow" on older
         # Istio), which a Knative route would refuse.
         uri = _storage_uri(storage_uris, state.shadow)
         pred = _predictor(spec, state.shadow, "staging", uri, logger_url, mode="RawDeployment")
-        out.append(_isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment"))
+        out.append(_isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment",
+                         kserve_version=kserve_version))
     return out
 
 
@@ -438,8 +445,9 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
 def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping[str, str], **kwargs) -> list[dict]:
     """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
     logger_url = kwargs.pop("logger_url", None)
+    kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
     return [
-        *render_inference_services(spec, state, storage_uris, logger_url=logger_url),
+        *render_inference_services(spec, state, storage_uris, logger_url=logger_url, kserve_version=kserve_version),
         render_virtual_service(spec, state, **kwargs),
     ]
 

@@ -112,12 +112,16 @@ _IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "nam
 
 
 class Cluster:
-    """See the module docstring. ``docs``: what the platform engineer applied (as cluster admin)."""
+    """See the module docstring. ``docs``: what the platform engineer applied (as cluster admin); ``kserve``:
+    the KServe version installed (default: ``KFRELEASE_KSERVE_VERSION`` or the newest supported)."""
 
-    def __init__(self, docs: Iterable[dict], validators: Iterable[Callable[[dict], object]] = (validate,)):
+    def __init__(self, docs: Iterable[dict], kserve: str | None = None,
+                 validators: Iterable[Callable[[dict], object]] | None = None):
         docs = [copy.deepcopy(d) for d in docs]
         self.rbac = RBACModel(docs + upstream_cluster_roles())
-        self.validators = list(validators)
+        #: the cluster's KServe: its CRD schemas and admission rules (``kfrelease.k8s.versions``)
+        self.kserve = kserve
+        self.validators = list(validators) if validators is not None else [lambda d: validate(d, kserve=kserve)]
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.managers: dict[tuple[str, str, str], dict[str, set]] = {}
         self.refused: list[str] = []

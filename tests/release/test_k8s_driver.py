@@ -31,14 +31,16 @@ SERVERLESS = SOURCES.spec
 RAW = SERVERLESS.with_changes(serving={"deployment_mode": "RawDeployment"})
 
 
-def cluster_for(spec, docs=None) -> Cluster:
-    """The stand-in holding what the platform engineer applied for ``spec``'s serving mode."""
+def cluster_for(spec, docs=None, kserve=ENV.kserve_version) -> Cluster:
+    """The stand-in holding what the platform engineer applied for ``spec``'s serving mode, on the
+    environment's KServe (its CRD schemas and admission rules check every write)."""
     src = Sources(**{**SOURCES.__dict__, "spec": spec})
-    return Cluster(docs if docs is not None else environment_documents(src, ENV))
+    return Cluster(docs if docs is not None else environment_documents(src, ENV), kserve=kserve)
 
 
 def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
-    return KServeTrafficDriver(spec, URIS, cluster.client(DRIVER), holder=holder, **kwargs)
+    return KServeTrafficDriver(spec, URIS, cluster.client(DRIVER), holder=holder,
+                               kserve_version=cluster.kserve or ENV.kserve_version, **kwargs)
 
 
 def isvcs(cluster, spec) -> dict[str, dict]:
@@ -75,9 +77,13 @@ def env_of(doc) -> dict:
     return {e["name"]: e["value"] for e in doc["spec"]["predictor"]["model"]["env"]}
 
 
-@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
-def test_the_whole_release_runs_as_the_driver_service_account_with_no_403(spec):
-    cluster = cluster_for(spec)
+@pytest.mark.parametrize(
+    "spec,kserve",
+    [(SERVERLESS, ENV.kserve_version), (RAW, ENV.kserve_version), (SERVERLESS, "0.15.2")],
+    ids=["serverless", "raw", "serverless-kserve-0.15.2"],
+)
+def test_the_whole_release_runs_as_the_driver_service_account_with_no_403(spec, kserve):
+    cluster = cluster_for(spec, kserve=kserve)
     d = driver(cluster, spec)
     d.check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
                     *[TrafficState(primary=V1, canary=V2, canary_weight=w) for w in spec.canary.steps],

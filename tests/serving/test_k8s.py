@@ -93,10 +93,10 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
 def test_predictor_service_names_follow_the_kserve_version():
     from kfrelease.serving.k8s import predictor_service
 
-    assert predictor_service("m", "v1-1-0", "0.20") == "m-v1-1-0-predictor"
-    assert predictor_service("m", "v1-1-0", "0.15") == "m-predictor"  # v0.15.2: PredictorServiceName(name)
-    assert predictor_service("m", None, "0.20") == "m-predictor"
-    vs = render_virtual_service(RAW, TrafficState(primary=V1), kserve_version="0.15")
+    assert predictor_service("m", "v1-1-0", "0.20.0") == "m-v1-1-0-predictor"
+    assert predictor_service("m", "v1-1-0", "0.15.2") == "m-predictor"  # v0.15.2: PredictorServiceName(name)
+    assert predictor_service("m", None, "0.20.0") == "m-predictor"
+    vs = render_virtual_service(RAW, TrafficState(primary=V1), kserve_version="0.15.2")
     assert vs["spec"]["http"][0]["route"][0]["destination"]["host"].startswith("diabetes-progression-predictor.")
 
 
