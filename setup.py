@@ -75,6 +75,7 @@ setup(
         "click==8.5.1",
         "rich==15.0.0",
         "httpx==0.28.1",
+        "Jinja2==3.1.6",
         "prometheus-client==0.26.0",
         "cloudevents==1.13.0",
         "plotly==5.24.1",

@@ -24,6 +24,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "gateway": 8080,  # nginx in front of the model servers
     "logsink": 8090,  # prediction-log sink (KServe logger CloudEvents)
     "feedback": 8091,  # ground-truth endpoint
+    "watchdog": 8097,  # restarts stack services that die (kfrelease.stack.watchdog)
     "predictor": 8100,  # first model-server port; each model server takes the next free one
     "prometheus": 9090,
     "pushgateway": 9091,

@@ -1,5 +1,13 @@
-"""The local gateway: nginx in front of the model servers, rendered from a ``RolloutSpec`` and a ``TrafficState``.
+"""The local gateway: nginx in front of the model servers, keyed by model, rendered from each model's
+``RolloutSpec`` and ``TrafficState`` (``templates/gateway.nginx.j2``, Jinja2).
 
+- ``/v1/models/<name>:predict``, ``/v2/models/<name>/infer`` and the other ``/v[12]/models/<name>...`` paths
+  (ready, metadata) go to that model's own primary, canary and shadow; every model has its own traffic
+  state (``traffic.json``: ``models.<name>``). An unknown model gets a JSON 404 naming the models served;
+  ``GET /v1/models`` lists them.
+- a role with several replicas is an upstream with several servers; a prediction that fails on one (refused,
+  reset, 502/503) is retried once on another (``proxy_next_upstream ... non_idempotent``): one replica's
+  crash fails no request.
 - **primary** answers clients; **canary** answers ``canary_weight`` percent of them, chosen by hashing the
   request id with ``split_clients`` (nginx ngx_http_split_clients_module, MurmurHash2 of the key).
 - **shadow** gets a copy of each prediction request (nginx ``mirror``, ngx_http_mirror_module); its
@@ -18,39 +26,48 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import jinja2
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+from kfrelease.serving.hosts import HostCommand, ModelServers
+from kfrelease.serving.model_files import local_model_dir
+from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 
 log = logging.getLogger(__name__)
 
-#: Which predictor slot (stack service ``predictor-<stage>``) serves which role.
-ROLE_STAGE = {"primary": "production", "shadow": "staging", "canary": "canary"}
-#: Predictor port offsets from ``settings.port("predictor")`` (docs/CONTRACTS.md).
-STAGE_PORT_OFFSET = {"production": 0, "staging": 1, "canary": 2}
+__all__ = ["GatewayError", "LocalGatewayDriver", "ModelRoute", "predictor_port", "render_nginx_config"]
+
 HEALTH_PATH = "/gateway/healthz"
 #: Largest request body the gateway accepts (kept in memory: the mirror needs the whole body).
 MAX_BODY = "8m"
 RELOAD_TIMEOUT = 20.0
-#: The shadow's model server runs at a lower CPU priority: on one machine its mirrored work must yield to
-#: the primary's (on a cluster it has its own pods).
-SHADOW_NICE = ["nice", "-n", "10"]
+#: Model names the gateway routes (they become part of nginx location regexes).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: A prediction that fails on one replica (refused, reset, 502/503) is sent once more to another replica:
+#: predictions are idempotent, so POST may be retried (``non_idempotent``, ngx_http_upstream_module).
+RETRY = """            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_next_upstream_timeout 10s;"""
 
 
 class GatewayError(StackError):
@@ -59,10 +76,6 @@ class GatewayError(StackError):
 
 def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def predictor_port(settings: Settings, stage: str) -> int:
-    return settings.port("predictor") + STAGE_PORT_OFFSET[stage]
 
 
 def gateway_dir(settings: Settings) -> Path:
@@ -82,8 +95,17 @@ def effective_mirror_percent(spec: RolloutSpec, state: TrafficState) -> float:
     return float(state.mirror_percent or spec.shadow.mirror_percent)
 
 
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.match(name or ""):
+        raise RolloutSpecError(
+            f"model name {name!r} cannot be routed: use letters, digits, '.', '_' or '-' (at most 63, starting "
+            "with a letter or digit); no traffic was moved"
+        )
+
+
 def check_state(spec: RolloutSpec, state: TrafficState) -> None:
     """Refuse a traffic state the gateway cannot serve, before anything is written."""
+    check_model_name(spec.model)
     if not state.primary and (state.shadow or (state.canary and state.canary_weight < 100)):
         raise RolloutSpecError(
             "traffic state has no primary version; only a canary at weight 100 may serve alone; no traffic was moved"
@@ -99,165 +121,116 @@ def check_state(spec: RolloutSpec, state: TrafficState) -> None:
         raise RolloutSpecError(f"mirror percent {mirror} has more than two decimals; no traffic was moved")
 
 
+def state_roles(state: TrafficState) -> list[str]:
+    return [role for role in ROLES if getattr(state, role)]
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """One model's routes: its traffic state, the share mirrored to its shadow, and the ports of the model
+    servers playing each of its roles (several ports: replicas, tried in turn)."""
+
+    name: str
+    state: TrafficState
+    mirror_percent: float
+    backends: dict[str, list[int]]
+
+    @classmethod
+    def of(cls, spec: RolloutSpec, state: TrafficState, backends: dict[str, list[int] | int]) -> "ModelRoute":
+        check_state(spec, state)
+        ports = {role: [p] if isinstance(p, int) else list(p) for role, p in backends.items()}
+        for role in state_roles(state):
+            if not ports.get(role):
+                raise GatewayError(f"no backend port for the {role} ({getattr(state, role)}) of {spec.model}; nothing was changed")
+        return cls(spec.model, state, effective_mirror_percent(spec, state), ports)
+
+    def as_record(self) -> dict:
+        return {"state": asdict(self.state), "mirror_percent": self.mirror_percent, "backends": self.backends}
+
+    @classmethod
+    def from_record(cls, name: str, rec: dict) -> "ModelRoute":
+        return cls(name, TrafficState(**rec["state"]), float(rec["mirror_percent"]), dict(rec["backends"]))
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("kfrelease.serving", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # nginx config, not HTML; every value is checked (names, numbers) before rendering
+)
+
+PROXY_COMMON = """            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header x-request-id $kf_request_id;
+            proxy_set_header ce-id $kf_request_id;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 60s;
+""" + RETRY + """
+            proxy_hide_header x-request-id;
+            add_header x-request-id $kf_request_id always;"""
+
+
+def _model_view(i: int, route: ModelRoute) -> dict:
+    state = route.state
+    check_model_name(route.name)
+    weight = state.canary_weight if state.canary else 0
+    if weight >= 100 or not state.primary:
+        mode = "canary"
+    elif weight > 0:
+        mode = "split"
+    else:
+        mode = "primary"
+    mirror = route.mirror_percent if state.shadow else 0.0
+    return {
+        "name": route.name,
+        "id": f"kf_m{i}",
+        "regex": re.escape(route.name).replace("\\-", "-"),
+        "state": state,
+        "weight": weight,
+        "weight_text": _percent(weight),
+        "route": mode,
+        "other": "primary" if state.primary else "canary",
+        "mirror_split": bool(state.shadow) and 0 < mirror < 100,
+        "mirror_all": bool(state.shadow) and mirror >= 100,
+        "mirror_text": _percent(mirror),
+        "replicas": len(route.backends.get("primary", [])),
+        "upstreams": {role: route.backends[role] for role in state_roles(state)},
+    }
+
+
 def render_nginx_config(
-    spec: RolloutSpec,
-    state: TrafficState,
+    routes: list[ModelRoute],
     *,
     listen_port: int,
-    backends: dict[str, int],
     prefix: Path,
     run_as_root: bool | None = None,
     client_keepalive: bool = False,
 ) -> str:
-    """The nginx config for a traffic state. ``backends`` maps role (primary, shadow, canary) to the port of
-    the model server playing it. Pure: same inputs, same text."""
-    check_state(spec, state)
-    for role in state_roles(state):
-        if role not in backends:
-            raise GatewayError(f"no backend port for the {role} ({getattr(state, role)}); nothing was changed")
+    """The nginx config for every model's routes (``templates/gateway.nginx.j2``). Pure: same inputs, same
+    text; a model with no primary and no canary is not routed (its paths answer 404)."""
     if run_as_root is None:
         run_as_root = os.geteuid() == 0
-    prefix = Path(prefix)
-    tmp = prefix / "tmp"
-    roles = state_roles(state)
-    weight = state.canary_weight if state.canary else 0
-    mirror = effective_mirror_percent(spec, state)
-
-    upstreams = "\n".join(
-        f"    upstream kf_{role} {{\n        server 127.0.0.1:{backends[role]} max_fails=0;\n        keepalive 32;\n    }}"
-        for role in roles
+    routes = sorted((r for r in routes if r.state.primary or r.state.canary), key=lambda r: r.name)
+    generation = hashlib.sha256(
+        json.dumps([[r.name, r.as_record()] for r in routes], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    served = [r.name for r in routes]
+    return _TEMPLATES.get_template("gateway.nginx.j2").render(
+        generation=generation,
+        models=[_model_view(i, r) for i, r in enumerate(routes)],
+        run_as_root=run_as_root,
+        prefix=str(Path(prefix)),
+        max_body=MAX_BODY,
+        client_keepalive=client_keepalive,
+        listen_port=int(listen_port),
+        health_path=HEALTH_PATH,
+        served_json=json.dumps(served),
+        served_text=", ".join(served) or "none yet (run `kfrelease serve`)",
+        proxy_common=PROXY_COMMON,
     )
-    if not roles:
-        route = '    map $kf_request_id $kf_backend { default ""; }'
-    elif weight >= 100 or not state.primary:
-        route = "    map $kf_request_id $kf_backend { default kf_canary; }"
-    elif weight > 0:
-        route = (
-            '    split_clients "${kf_request_id}" $kf_backend {\n'
-            f"        {_percent(weight)} kf_canary;\n"
-            "        * kf_primary;\n    }"
-        )
-    else:
-        route = "    map $kf_request_id $kf_backend { default kf_primary; }"
-    if state.shadow and 0 < mirror < 100:
-        mirror_map = (
-            '    split_clients "mirror-${kf_request_id}" $kf_mirror {\n'
-            f"        {_percent(mirror)} 1;\n"
-            '        * "";\n    }'
-        )
-    else:
-        mirror_map = f'    map $kf_request_id $kf_mirror {{ default "{1 if state.shadow and mirror > 0 else ""}"; }}'
-
-    versions = {role: getattr(state, role) for role in ("primary", "shadow", "canary")}
-    generation = hashlib.sha256(json.dumps([asdict(state), backends, mirror], sort_keys=True).encode()).hexdigest()[:16]
-    proxy_common = """            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header x-request-id $kf_request_id;
-            proxy_set_header ce-id $kf_request_id;"""
-    client_timeouts = "\n            proxy_connect_timeout 2s;\n            proxy_read_timeout 60s;"
-    shadow_location = ""
-    mirror_directives = ""
-    if state.shadow:
-        mirror_directives = "            mirror /_kf_shadow;\n            mirror_request_body on;\n"
-        shadow_location = f"""
-        # Mirrored copies: nginx discards their responses; errors here never reach the client.
-        location = /_kf_shadow {{
-            internal;
-            if ($kf_mirror = "") {{ return 204; }}
-{proxy_common}
-            proxy_connect_timeout 1s;
-            proxy_read_timeout 10s;
-            # the client has its answer and closes; the shadow must still get and finish the copy
-            proxy_ignore_client_abort on;
-            proxy_pass http://kf_shadow$request_uri;
-        }}"""
-    if roles:
-        predict = f"""{mirror_directives}{proxy_common}{client_timeouts}
-            proxy_hide_header x-request-id;
-            add_header x-request-id $kf_request_id always;
-            proxy_pass http://$kf_backend;"""
-        other = f"""{proxy_common}{client_timeouts}
-            proxy_hide_header x-request-id;
-            add_header x-request-id $kf_request_id always;
-            proxy_pass http://{"kf_primary" if state.primary else "kf_canary"};"""
-    else:
-        predict = other = "            return 503;"
-    user = "user nobody nogroup;\n" if run_as_root else ""
-    if client_keepalive:
-        client_keepalive = "    keepalive_requests 100000;\n    keepalive_timeout 65s;"
-    else:
-        # Each client connection carries one request (``Connection: close``). On ``nginx -s reload`` the old
-        # workers close their idle keep-alive connections at once; a request a client sends on such a
-        # connection at that instant is lost (the client sees a reset). Without client keep-alive every
-        # request is accepted from the listening socket the new workers share, and the old workers finish
-        # the ones they hold: no request fails during a weight change. Upstream keep-alive stays on.
-        client_keepalive = "    keepalive_timeout 0;"
-    return f"""# Rendered by kfrelease.serving.gateway from the rollout spec of {spec.model!r}; do not edit.
-# generation {generation}: primary={versions["primary"]} canary={versions["canary"]}@{weight}% shadow={versions["shadow"]}@{mirror:g}%
-{user}worker_processes 1;
-daemon off;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "logs" / "error.log"} warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {tmp / "client_body"};
-    proxy_temp_path {tmp / "proxy"};
-    fastcgi_temp_path {tmp / "fastcgi"};
-    uwsgi_temp_path {tmp / "uwsgi"};
-    scgi_temp_path {tmp / "scgi"};
-    # Bodies stay in memory (the mirror needs the whole body; workers never write files).
-    client_max_body_size {MAX_BODY};
-    client_body_buffer_size {MAX_BODY};
-    proxy_max_temp_file_size 0;
-    proxy_buffer_size 16k;
-    proxy_buffers 16 16k;
-{client_keepalive}
-    server_tokens off;
-    default_type application/json;
-
-    # One id per client request: x-request-id, else ce-id, else a fresh random one.
-    map $http_x_request_id $kf_request_id {{
-        "" $kf_ce_id;
-        default $http_x_request_id;
-    }}
-    map $http_ce_id $kf_ce_id {{
-        "" $request_id;
-        default $http_ce_id;
-    }}
-{route}
-{mirror_map}
-
-{upstreams}
-
-    server {{
-        listen 127.0.0.1:{listen_port};
-        error_page 413 = @kf_too_large;
-        error_page 502 503 504 = @kf_unavailable;
-
-        location = {HEALTH_PATH} {{
-            return 200 '{{"status": "ok", "generation": "{generation}"}}';
-        }}
-        location ~ ^/v[12]/models/[^/]+(:predict|/infer)$ {{
-{predict}
-        }}
-        location / {{
-{other}
-        }}{shadow_location}
-        location @kf_too_large {{
-            add_header x-request-id $kf_request_id always;
-            return 413 '{{"error": "request body is larger than {MAX_BODY.upper()}B; send fewer instances per request"}}';
-        }}
-        location @kf_unavailable {{
-            add_header x-request-id $kf_request_id always;
-            return 503 '{{"error": "no model server is available for this request; check `kfrelease serve status`"}}';
-        }}
-    }}
-}}
-"""
 
 
 def config_generation(config: str) -> str:
@@ -265,10 +238,6 @@ def config_generation(config: str) -> str:
         if line.startswith("# generation "):
             return line.split()[2].rstrip(":")
     raise GatewayError("rendered gateway config has no generation line")
-
-
-def state_roles(state: TrafficState) -> list[str]:
-    return [role for role in ("primary", "shadow", "canary") if getattr(state, role)]
 
 
 def _nginx(prefix: Path, conf: Path, *args: str) -> subprocess.CompletedProcess:
@@ -319,35 +288,16 @@ def install_config(prefix: Path, text: str) -> Path:
     return conf
 
 
+
+
 # --- the gateway as a stack service -----------------------------------------------------------------
-
-
-def _state_path(settings: Settings) -> Path:
-    return gateway_dir(settings) / "traffic.json"
-
-
-def read_gateway_record(settings: Settings) -> dict | None:
-    try:
-        return json.loads(_state_path(settings).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GatewayError(
-            f"gateway state {_state_path(settings)} is unreadable ({exc}); remove it and apply again"
-        ) from None
 
 
 def _prepare_gateway(settings: Settings) -> None:
     prefix = gateway_dir(settings)
     _ensure_dirs(prefix)
-    if not (prefix / "nginx.conf").exists():  # first start: nothing to route yet, every prediction gets 503
-        text = render_nginx_config(
-            load_rollout_spec(),
-            TrafficState(primary=None),
-            listen_port=settings.port("gateway"),
-            backends={},
-            prefix=prefix,
-        )
+    if not (prefix / "nginx.conf").exists():  # first start: nothing to route yet, every prediction gets 404
+        text = render_nginx_config([], listen_port=settings.port("gateway"), prefix=prefix)
         install_config(prefix, text)
 
 
@@ -371,6 +321,7 @@ def gateway_service(settings: Settings) -> Service:
         group="serving",
         executables={"nginx": "nginx"},
         startup_timeout=20,
+        restart=True,
     )
 
 
@@ -417,52 +368,71 @@ def wait_drained(master_pid: int, timeout: float = 60.0) -> None:
     log.warning("old nginx workers of %d still run after %.0f s", master_pid, timeout)
 
 
+
+# --- the record of every model's routes --------------------------------------------------------------
+
+
+def _state_path(settings: Settings) -> Path:
+    return gateway_dir(settings) / "traffic.json"
+
+
+def read_gateway_record(settings: Settings) -> dict | None:
+    """``{"models": {name: {"state", "mirror_percent", "backends", "slots"}}}`` as last applied, or None."""
+    try:
+        return json.loads(_state_path(settings).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GatewayError(
+            f"gateway state {_state_path(settings)} is unreadable ({exc}); remove it and apply again"
+        ) from None
+
+
+def model_states(settings: Settings) -> dict[str, TrafficState]:
+    """Every routed model's traffic state, by model name."""
+    rec = read_gateway_record(settings) or {}
+    return {name: TrafficState(**m["state"]) for name, m in sorted(rec.get("models", {}).items())}
+
+
+def _write_record(settings: Settings, doc: dict) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def gateway_lock(settings: Settings):
+    """One traffic change at a time on this stack (releases of different models apply in turn; each
+    change takes a second or two). An flock: a holder that dies releases it."""
+    path = gateway_dir(settings) / "apply.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # --- the traffic driver -----------------------------------------------------------------------------
 
-PredictorCommand = Callable[[str, str, Path, int], list[str]]
-ModelDirFor = Callable[[str], Path]
-
-
-def default_predictor_command(settings: Settings, model: str) -> PredictorCommand:
-    """The serving part's predictor CLI (docs/CONTRACTS.md, "Serving processes")."""
-
-    def command(stage: str, version: str, model_dir: Path, port: int) -> list[str]:
-        from kfrelease.serving.services import predictor_argv
-
-        return predictor_argv(model_dir, model, stage, port, logger_url=settings.url("logsink", "/"))
-
-    return command
-
-
-def registry_model_dir(settings: Settings, model: str) -> ModelDirFor:
-    """Download a registered version into ``services/models/<model>/<V>/`` (once) and return that directory."""
-
-    def model_dir(version: str) -> Path:
-        dest = settings.home / "services" / "models" / model / version
-        if (dest / "model.joblib").exists() and (dest / "model.json").exists():
-            return dest
-        from kfrelease.registry import ModelRegistry  # the training part's registry
-        from kfrelease.storage import store_for
-
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        ModelRegistry(store_for("serving", settings)).download(model, version, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-        return dest
-
-    return model_dir
+ModelDirFor = Callable[[str, str], Path]
 
 
 class LocalGatewayDriver:
-    """Applies a ``TrafficState`` to the embedded stack: starts the model servers it needs (one per stage,
-    ``predictor-production|staging|canary``), renders the nginx config, checks it, reloads nginx
-    gracefully, and stops model servers no longer needed. Implements ``kfrelease.rollout.traffic.TrafficDriver``.
+    """Applies one model's ``TrafficState`` to the embedded stack. Implements
+    ``kfrelease.rollout.traffic.TrafficDriver``.
 
-    Promotion without dropped requests: when the production slot must change version, the primary is first
-    routed to the slot that already serves that version (the canary), the production slot is restarted with
-    it, then the primary moves back to the production slot.
+    The model's versions go into the shared model servers of their roles (``kfrelease.serving.slots``:
+    primary -> ``predictor-production`` and its replicas, shadow -> ``predictor-staging``, canary ->
+    ``predictor-canary``), loaded in place; nginx is re-rendered with every model's routes and reloaded
+    gracefully; versions no longer routed are unloaded once the old nginx workers have drained. Other
+    models' versions, servers and routes are never touched.
+
+    No request is dropped on a promotion: the new primary version replaces the old one inside the
+    production server atomically (requests in flight finish on the old one).
     """
 
     def __init__(
@@ -471,102 +441,69 @@ class LocalGatewayDriver:
         spec: RolloutSpec | None = None,
         *,
         model_dir_for: ModelDirFor | None = None,
-        predictor_command: PredictorCommand | None = None,
-        predictor_env: dict[str, str] | None = None,
-        predictor_health_path: str = "/v2/health/ready",
+        host_command: HostCommand | None = None,
+        host_env: dict[str, str] | None = None,
         client_keepalive: bool = False,
     ):
         self.settings = settings
         self.spec = spec or load_rollout_spec()
-        self.model_dir_for = model_dir_for or registry_model_dir(settings, self.spec.model)
-        self.predictor_command = predictor_command or default_predictor_command(settings, self.spec.model)
-        self.predictor_env = predictor_env or {}
-        self.predictor_health_path = predictor_health_path
+        check_model_name(self.spec.model)
+        self.model = self.spec.model
+        self.model_dir_for = model_dir_for or (lambda model, version: local_model_dir(settings, model, version))
+        self.servers = ModelServers(settings, host_command, host_env)
         self.client_keepalive = client_keepalive
         self.prefix = gateway_dir(settings)
-        self._routes: dict[str, str] = {}
+
+    @property
+    def replicas(self) -> int:
+        return int(self.spec.serving.min_replicas)
 
     # TrafficDriver -----------------------------------------------------------------------------
     def current(self) -> TrafficState | None:
-        rec = read_gateway_record(self.settings)
-        return TrafficState(**rec["state"]) if rec else None
+        return model_states(self.settings).get(self.model)
 
     def apply(self, state: TrafficState) -> None:
         check_state(self.spec, state)
-        rec = read_gateway_record(self.settings) or {}
-        slots: dict[str, str] = dict(rec.get("slots", {}))  # stage -> version running there
-        self._routes = dict(rec.get("routes", {}))  # role -> stage it is routed to
-        self._sync_slots(slots)
-        wanted = {ROLE_STAGE[role]: getattr(state, role) for role in state_roles(state)}
+        placement = {role: slots_for(role, self.replicas) for role in state_roles(state)}
+        with gateway_lock(self.settings):
+            rec = read_gateway_record(self.settings) or {}
+            models = dict(rec.get("models", {}))
+            before = set(models.get(self.model, {}).get("slots", {}))
+            wanted = {slot.name: getattr(state, role) for role, slots in placement.items() for slot in slots}
+            # 1. every version where its role needs it (in place: a server's other models are untouched)
+            for name, version in sorted(wanted.items()):
+                self.servers.put(slot_named(name), self.model, version, self.model_dir_for(self.model, version))
+            # 2. route: every model's routes, this one's new
+            route = ModelRoute.of(
+                self.spec, state, {role: [s.port(self.settings) for s in slots] for role, slots in placement.items()}
+            )
+            models[self.model] = {**route.as_record(), "slots": wanted, "replicas": self.replicas}
+            self._route(models)
+            _write_record(self.settings, {**rec, "models": models})
+            # 3. versions nothing routes to any more (the old nginx workers have drained by now)
+            for name in sorted(before - set(wanted)):
+                self.servers.remove(slot_named(name), self.model)
 
-        # 1. Load each wanted version into its slot when that slot serves no traffic now; a busy slot
-        #    (promotion) waits until traffic has moved to the slot that already runs the version.
-        deferred = []
-        for stage, version in wanted.items():
-            if slots.get(stage) == version:
-                continue
-            serving_clients = {r for r, st in self._routes.items() if st == stage} - {"shadow"}
-            if stage in slots and serving_clients:  # a shadow's answers reach no client: replace it in place
-                if version not in slots.values():
-                    # not running anywhere: start it in a spare slot first, route there, then reload this one
-                    spare = next(
-                        (x for x in STAGE_PORT_OFFSET if x not in wanted and x not in self._routes.values()), None
-                    )
-                    if spare is None:
-                        raise GatewayError(
-                            f"cannot load {version} into the {stage} model server while it serves {slots[stage]} "
-                            "and no spare model server is free; move traffic in steps; no traffic was moved"
-                        )
-                    self._stop_predictor(spare, slots)
-                    self._start_predictor(spare, version, slots)
-                deferred.append(stage)
-                continue
-            self._stop_predictor(stage, slots)
-            self._start_predictor(stage, version, slots)
-        # 2. Route with what runs now.
-        self._route(state, slots)
-        # 3. Reload the slots that were busy, then route to them.
-        for stage in deferred:
-            self._stop_predictor(stage, slots)
-            self._start_predictor(stage, wanted[stage], slots)
-        if deferred:
-            self._route(state, slots)
-        # 4. Stop model servers nothing routes to any more (old workers have drained by now).
-        for stage in [s for s in slots if s not in wanted]:
-            self._stop_predictor(stage, slots)
-        self._save(state, slots)
+    def forget(self) -> None:
+        """Stop routing this model and unload it from every model server (other models stay)."""
+        with gateway_lock(self.settings):
+            rec = read_gateway_record(self.settings) or {}
+            models = dict(rec.get("models", {}))
+            gone = models.pop(self.model, None)
+            if gone is None:
+                return
+            self._route(models)
+            _write_record(self.settings, {**rec, "models": models})
+            for name in sorted(gone.get("slots", {})):
+                self.servers.remove(slot_named(name), self.model)
 
     # internals ---------------------------------------------------------------------------------
-    def _sync_slots(self, slots: dict[str, str]) -> None:
-        for stage in list(slots):
-            if not supervisor.service_status(self.settings, f"predictor-{stage}").healthy:
-                slots.pop(stage)
-
-    def _backends(self, state: TrafficState, slots: dict[str, str]) -> dict[str, int]:
-        out = {}
-        for role in state_roles(state):
-            version = getattr(state, role)
-            stage = ROLE_STAGE[role] if slots.get(ROLE_STAGE[role]) == version else None
-            stage = stage or next((s for s, v in slots.items() if v == version), None)
-            if stage is None:
-                raise GatewayError(f"{role} version {version} is not running in any model server; no traffic was moved")
-            out[role] = predictor_port(self.settings, stage)
-        return out
-
-    def _route(self, state: TrafficState, slots: dict[str, str]) -> None:
-        backends = self._backends(state, slots)
+    def _route(self, models: dict[str, dict]) -> None:
+        routes = [ModelRoute.from_record(name, m) for name, m in models.items()]
         text = render_nginx_config(
-            self.spec,
-            state,
-            listen_port=self.settings.port("gateway"),
-            backends=backends,
-            prefix=self.prefix,
-            client_keepalive=self.client_keepalive,
+            routes, listen_port=self.settings.port("gateway"), prefix=self.prefix, client_keepalive=self.client_keepalive
         )
         self.install(text)
-        ports = {predictor_port(self.settings, s): s for s in slots}
-        self._routes = {role: ports[p] for role, p in backends.items()}
-        self._save_partial()
 
     def install(self, text: str) -> None:
         """Check and install a config, then start nginx or reload it; waits until the config serves."""
@@ -592,60 +529,11 @@ class LocalGatewayDriver:
             raise
         log.info("gateway serves config %s", generation)
 
-    def _start_predictor(self, stage: str, version: str, slots: dict[str, str]) -> None:
-        port = predictor_port(self.settings, stage)
-        model_dir = self.model_dir_for(version)
-        service = Service(
-            name=f"predictor-{stage}",
-            port=port,
-            command=(SHADOW_NICE if stage == "staging" else [])
-            + self.predictor_command(stage, version, Path(model_dir), port),
-            health_path=self.predictor_health_path,
-            group="serving",
-            env={"KFRELEASE_MODEL_VERSION": version, **self.predictor_env},
-            startup_timeout=90,
-        )
-        supervisor.start_service(self.settings, service)
-        slots[stage] = version
-        self._save_slots(slots)
-
-    def _stop_predictor(self, stage: str, slots: dict[str, str]) -> None:
-        supervisor.stop_service(self.settings, f"predictor-{stage}")
-        slots.pop(stage, None)
-        self._save_slots(slots)
-
-    # the record: last applied state, which version each slot runs, which slot each role routes to
-    def _write(self, doc: dict) -> None:
-        path = _state_path(self.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, path)
-
-    def _save_slots(self, slots: dict[str, str]) -> None:
-        doc = read_gateway_record(self.settings) or {}
-        doc["slots"] = dict(slots)
-        self._write(doc)
-
-    def _save_partial(self) -> None:
-        doc = read_gateway_record(self.settings) or {}
-        doc["routes"] = dict(self._routes)
-        self._write(doc)
-
-    def _save(self, state: TrafficState, slots: dict[str, str]) -> None:
-        doc = read_gateway_record(self.settings) or {}
-        doc.update(
-            state=asdict(state),
-            slots=dict(slots),
-            routes=dict(self._routes),
-            spec_model=self.spec.model,
-        )
-        self._write(doc)
-
     def stop(self) -> list[str]:
-        """Stop the gateway and every model server it started; forget the state."""
-        rec = read_gateway_record(self.settings) or {}
-        names = ["gateway"] + [f"predictor-{s}" for s in rec.get("slots", {})]
-        stopped = supervisor.down(self.settings, names)
-        _state_path(self.settings).unlink(missing_ok=True)
+        """Stop the gateway and every model server; forget every model's routes."""
+        with gateway_lock(self.settings):
+            stopped = supervisor.down(self.settings, ["gateway"])
+            stopped += self.servers.stop_all()
+            _state_path(self.settings).unlink(missing_ok=True)
+            (self.prefix / "nginx.conf").unlink(missing_ok=True)
         return stopped

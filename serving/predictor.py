@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 import warnings
@@ -37,10 +36,10 @@ import pandas as pd
 from prometheus_client import Counter, Histogram
 
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.serving.slots import STAGES
 
 log = logging.getLogger(__name__)
 
-STAGES = ("production", "staging", "canary")
 #: Largest request body accepted (bytes); larger ones get 413 before any parsing.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Most instances in one request.
@@ -213,30 +212,14 @@ def load_model_dir(path: str | Path, expected_name: str | None = None) -> Loaded
 
 
 def resolve_model_dir(source: str, settings=None) -> Path:
-    """A local directory for ``source``: a directory, a ModelCar path, or ``s3://<bucket>/<prefix>/``
-    (copied with the ``serving`` role into ``<home>/services/models/<bucket>/<prefix>`` once)."""
+    """A local directory for ``source``: a directory, a ModelCar path, or ``s3://models/artifacts/<model>/<V>/``
+    (downloaded once into the stack's model cache, ``kfrelease.serving.model_files``)."""
     if source.startswith("s3://"):
         from kfrelease.config import Settings
-        from kfrelease.storage import store_for
+        from kfrelease.serving.model_files import local_model_dir, parse_artifact_uri
 
         settings = settings or Settings.from_env()
-        bucket, _, prefix = source[len("s3://") :].partition("/")
-        prefix = prefix.strip("/") + "/"
-        store = store_for("serving", settings)
-        logical = bucket.removeprefix(settings.bucket_prefix)
-        dest = settings.home / "services" / "models" / logical / prefix.strip("/")
-        if (dest / "model.joblib").is_file() and (dest / "model.json").is_file():
-            return dest
-        tmp = dest.with_name(dest.name + f".partial-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        try:
-            for name in ("model.joblib", "model.json"):
-                store.get_file(logical, prefix + name, str(tmp / name))
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+        return local_model_dir(settings, *parse_artifact_uri(source, settings))
     path = Path(source)
     if path.is_dir():
         return path
@@ -1081,6 +1064,26 @@ def serve(
     fast_lane: bool = True,
 ) -> None:
     """Run KServe's ModelServer (REST only, one worker) for ``predictor`` on ``host:http_port``."""
+    try:
+        run_model_server(
+            [predictor], http_port, host, max_body, FastLane(predictor) if fast_lane else None
+        )
+    finally:
+        predictor.stop()
+
+
+def run_model_server(
+    models: list,
+    http_port: int,
+    host: str = "127.0.0.1",
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+    fast_lane=None,
+    middleware: tuple = (),
+    on_start=None,
+) -> None:
+    """KServe's ModelServer (REST only, one worker) for ``models`` (possibly none yet) on ``host:http_port``.
+    ``middleware`` are (class, kwargs) pairs added outside the request guard; ``on_start(server)`` runs
+    once the server object exists (the multi-model host keeps it to load and unload models)."""
     import asyncio
 
     from kserve import ModelServer
@@ -1097,7 +1100,8 @@ def serve(
     class LocalModelServer(ModelServer):
         # kserve's RESTServer binds 0.0.0.0; this binds ``host`` (127.0.0.1 on the embedded stack).
         def start(self, models):
-            self._register_and_check_atleast_one_model_is_ready(models)
+            if models:
+                self._register_and_check_atleast_one_model_is_ready(models)
             self._rest_server = LeanRESTServer(
                 FASTAPI_APP_IMPORT_STRING,
                 self.dataplane,
@@ -1126,11 +1130,9 @@ def serve(
     # Every request is checked finite by rows_from_v1/v2 before it reaches the model, so scikit-learn's own
     # per-call finiteness scan is redundant in this process (sklearn.set_config, "assume_finite").
     sklearn.set_config(assume_finite=True)
-    app.add_middleware(
-        RequestGuard,
-        max_body=max_body,
-        fast_lane=FastLane(predictor) if fast_lane else None,
-    )
+    app.add_middleware(RequestGuard, max_body=max_body, fast_lane=fast_lane)
+    for cls, kwargs in middleware:
+        app.add_middleware(cls, **kwargs)
     server = LocalModelServer(
         http_port=http_port,
         enable_grpc=False,
@@ -1138,14 +1140,13 @@ def serve(
         grace_period=5,
         enable_latency_logging=False,
     )
+    if on_start is not None:
+        on_start(server)
     # Per-request trace and access lines cost more than the prediction itself; errors are still logged.
     for name in ("kserve.trace", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    try:
-        server.start([predictor])
-    finally:
-        predictor.stop()
+    server.start(list(models))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """The serving group of the embedded stack: the log sink, the feedback service and the gateway
-(``kfrelease serve`` starts them), plus ``predictor_service`` for the model servers started per version."""
+(``kfrelease serve`` starts them), plus ``predictor_service``: one model version in a process of its own
+(tests and benchmarks; the stack's model servers host many models, ``kfrelease.serving.hosts``). The port
+table is ``kfrelease.serving.slots``."""
 
 from __future__ import annotations
 
@@ -7,10 +9,8 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
+from kfrelease.serving.slots import STAGES, predictor_port
 from kfrelease.stack.service import Service, python_service
-
-#: Port of each predictor slot, from ``settings.port("predictor")`` (docs/CONTRACTS.md).
-STAGE_PORT_OFFSET = {"production": 0, "staging": 1, "canary": 2}
 
 
 def predictor_argv(
@@ -43,17 +43,14 @@ def predictor_argv(
 
 
 def logsink_service(settings: Settings) -> Service:
-    return python_service(settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60)
+    return python_service(settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60,
+                          restart=True)
 
 
 def feedback_service(settings: Settings, model: str | None = None) -> Service:
     args = ("--model", model) if model else ()
     return python_service(settings, "feedback", "kfrelease.serving.feedback", *args, group="serving",
-                          startup_timeout=60)
-
-
-def predictor_port(settings: Settings, stage: str) -> int:
-    return settings.port("predictor") + STAGE_PORT_OFFSET[stage]
+                          startup_timeout=60, restart=True)
 
 
 def predictor_service(
@@ -68,12 +65,10 @@ def predictor_service(
 ) -> Service:
     """A model server for one version as a stack service ``predictor-<stage>`` (start it with
     ``supervisor.start_service``). ``logger_url="default"`` logs to the stack's sink; ``None`` disables logging."""
-    if stage not in STAGE_PORT_OFFSET:
+    if stage not in STAGES:
         from kfrelease.errors import ConfigError
 
-        raise ConfigError(
-            f"stage {stage!r} is not one of {', '.join(STAGE_PORT_OFFSET)}"
-        )
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     port = port or predictor_port(settings, stage)
     command = predictor_argv(
         model_dir,

@@ -29,6 +29,7 @@ class Service:
         executables: programs the command needs, mapped to the Debian package that provides them.
         env: extra environment variables for the process.
         startup_timeout: seconds to wait for readiness before giving up with the log's tail.
+        restart: the stack's watchdog restarts the process when it dies (until ``down`` stops it).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Service:
     executables: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    restart: bool = False
 
     @property
     def url(self) -> str:

@@ -119,8 +119,11 @@ def registry_service(settings: Settings) -> Service:
 
 
 def services(settings: Settings) -> list[Service]:
-    """The core services: the object store and the model-image registry."""
-    return [s3_service(settings), registry_service(settings)]
+    """The core services: the object store, the model-image registry and the watchdog (restarts services
+    that die)."""
+    from kfrelease.stack.watchdog import watchdog_service
+
+    return [s3_service(settings), registry_service(settings), watchdog_service(settings)]
 
 
 def declared_services(settings: Settings, groups: tuple[str, ...] | None = None) -> list[Service]:

@@ -7,6 +7,8 @@ every recorded process group and waits until it is gone.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +30,8 @@ from kfrelease.stack.service import Service
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
+#: The service that restarts the others when they die (``kfrelease.stack.watchdog``).
+WATCHDOG = "watchdog"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,18 @@ class ServiceStatus:
 
 def _record_path(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.json"
+
+
+@contextlib.contextmanager
+def service_lock(settings: Settings, name: str):
+    """One start or stop of a service at a time (the CLI, a release and the watchdog may race)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.run_dir / f"{name}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _read_record(settings: Settings, name: str) -> dict | None:
@@ -142,12 +158,17 @@ def wait_ready(settings: Settings, service: Service, proc: subprocess.Popen | No
 
 def start_service(settings: Settings, service: Service) -> ServiceStatus:
     """Start one service unless it already runs healthy; wait until it is ready."""
+    with service_lock(settings, service.name):
+        return _start_service(settings, service)
+
+
+def _start_service(settings: Settings, service: Service) -> ServiceStatus:
     current = service_status(settings, service.name)
     if current.healthy:
         return ServiceStatus(service.name, current.url, True, current.pid, "already running")
     rec = _read_record(settings, service.name)
     if rec and pid_alive(rec.get("pid")):
-        stop_service(settings, service.name)  # running but unhealthy: restart it cleanly
+        _stop_service(settings, service.name)  # running but unhealthy: restart it cleanly
     _record_path(settings, service.name).unlink(missing_ok=True)
     if port_in_use(service.port):
         raise StackError(
@@ -181,26 +202,39 @@ def start_service(settings: Settings, service: Service) -> ServiceStatus:
         "health_url": service.health_url,
         "group": service.group,
         "command": service.command,
+        "health_path": service.health_path,
+        "env": service.env,
+        "restart": service.restart,
+        "startup_timeout": service.startup_timeout,
         "log": str(log_path),
         "started_at": time.time(),
     }
-    _record_path(settings, service.name).write_text(json.dumps(record, indent=2))
+    _write_record(settings, service.name, record)
     try:
         wait_ready(settings, service, proc, log_path)
         if service.after_start:
             service.after_start(settings)
     except BaseException:
-        stop_service(settings, service.name)
+        _stop_service(settings, service.name)
         raise
     log.info("%s ready at %s (pid %d)", service.name, service.url, proc.pid)
     return ServiceStatus(service.name, service.url, True, proc.pid, "started")
 
 
 def stop_service(settings: Settings, name: str) -> bool:
-    """Stop a service's whole process group; True if something was running."""
+    """Stop a service's whole process group; True if something was running. The watchdog does not
+    restart it (its record says ``stopping`` until it is gone)."""
+    with service_lock(settings, name):
+        return _stop_service(settings, name)
+
+
+def _stop_service(settings: Settings, name: str) -> bool:
     rec = _read_record(settings, name)
     if rec is None:
         return False
+    if not rec.get("stopping"):
+        rec["stopping"] = True
+        _write_record(settings, name, rec)
     pid = rec.get("pid")
     was_running = pid_alive(pid)
     if was_running:
@@ -219,6 +253,40 @@ def stop_service(settings: Settings, name: str) -> bool:
             raise StackError(f"{name} (pid {pid}) did not stop after SIGKILL; check it with `ps -p {pid}`")
     _record_path(settings, name).unlink(missing_ok=True)
     return was_running
+
+
+def _write_record(settings: Settings, name: str, record: dict) -> None:
+    path = _record_path(settings, name)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def service_from_record(rec: dict) -> Service:
+    """The declaration a recorded service was started from (what the watchdog restarts)."""
+    return Service(
+        name=rec["name"],
+        port=rec["port"],
+        command=list(rec["command"]),
+        health_path=rec.get("health_path", "/"),
+        group=rec.get("group", "core"),
+        env=dict(rec.get("env") or {}),
+        startup_timeout=float(rec.get("startup_timeout", 60.0)),
+        restart=bool(rec.get("restart")),
+    )
+
+
+def restart_if_dead(settings: Settings, name: str) -> bool:
+    """Restart a service that should run (``restart``, not being stopped) and whose process is gone; True
+    if it was restarted. Its ``prepare`` is not run again: its config files are already in place."""
+    with service_lock(settings, name):
+        rec = _read_record(settings, name)
+        if not rec or not rec.get("restart") or rec.get("stopping") or pid_alive(rec.get("pid")):
+            return False
+        log.warning("%s (pid %s) died; restarting it", name, rec.get("pid"))
+        _reap(rec.get("pid") or 0)
+        _start_service(settings, service_from_record(rec))
+        return True
 
 
 def _reap(pid: int) -> None:
@@ -244,7 +312,11 @@ def up(
 
 
 def down(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
-    """Stop the named services, or every recorded one (last started first). Returns what was stopped."""
+    """Stop the named services, or every recorded one (last started first; the watchdog first of all, so
+    that nothing is restarted behind ``down``). Returns what was stopped."""
+    stopped_first = []
+    if names is None and stop_service(settings, WATCHDOG):
+        stopped_first.append(WATCHDOG)
     recs = records(settings)
     wanted = set(names) if names is not None else None
     recs = [r for r in recs if wanted is None or r["name"] in wanted]
@@ -252,7 +324,7 @@ def down(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     for rec in sorted(recs, key=lambda r: r.get("started_at", 0), reverse=True):
         if stop_service(settings, rec["name"]):
             stopped.append(rec["name"])
-    return stopped
+    return stopped_first + stopped
 
 
 def status(settings: Settings, services: Iterable[Service]) -> list[ServiceStatus]:

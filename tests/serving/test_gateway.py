@@ -14,17 +14,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kfrelease.config import Settings
+from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec, parse_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.gateway import (
     GatewayError,
     LocalGatewayDriver,
+    ModelRoute,
     check_config,
     install_config,
     render_nginx_config,
 )
-
-from kfrelease.config import Settings
-from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
-from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 from tests.conftest import REPO, free_port_offset
 from tests.serving.test_gateway_helpers import Load, recorded, recording_command
@@ -32,14 +32,11 @@ from tests.serving.test_gateway_helpers import Load, recorded, recording_command
 PREDICT = "/v1/models/m:predict"
 
 
-def _render(state, prefix, backends=None):
-    return render_nginx_config(
-        load_rollout_spec(),
-        state,
-        listen_port=1,
-        backends=backends or {"primary": 2, "shadow": 3, "canary": 4},
-        prefix=prefix,
+def _render(state, prefix, backends=None, model="m"):
+    route = ModelRoute.of(
+        parse_rollout_spec(f"model: {model}\n"), state, backends or {"primary": 2, "shadow": 3, "canary": 4}
     )
+    return render_nginx_config([route], listen_port=1, prefix=prefix)
 
 
 # --- rendering, no process ------------------------------------------------------------------------
@@ -62,11 +59,28 @@ def test_every_traffic_state_renders_a_config_nginx_accepts(state, tmp_path):
     check_config(tmp_path, text)  # raises with nginx's message if refused
     assert "listen 127.0.0.1:1;" in text
     if state.canary and 0 < state.canary_weight < 100:
-        assert f"{state.canary_weight}% kf_canary;" in text
-    assert ("mirror /_kf_shadow;" in text) == bool(state.shadow)
+        assert f"{state.canary_weight}% kf_m0_canary;" in text
+    assert ("mirror /_kf_shadow_kf_m0;" in text) == bool(state.shadow)
 
 
-def test_bad_weights_and_states_are_refused_with_a_clear_error(tmp_path):
+def test_each_model_gets_its_own_routes_and_replicas_are_retried(tmp_path):
+    a = ModelRoute.of(parse_rollout_spec("model: alpha\n"), TrafficState(primary="V1", canary="V2", canary_weight=30),
+                      {"primary": [11, 12], "canary": [13]})
+    b = ModelRoute.of(parse_rollout_spec("model: beta.v2\n"), TrafficState(primary="V7", shadow="V8"),
+                      {"primary": [11], "shadow": [14]})
+    text = render_nginx_config([b, a], listen_port=1, prefix=tmp_path)
+    check_config(tmp_path, text)
+    assert text == render_nginx_config([a, b], listen_port=1, prefix=tmp_path), "order of models must not matter"
+    assert "location ~ ^/v[12]/models/alpha(:predict|/infer)$" in text
+    assert "location ~ ^/v[12]/models/beta\\.v2(:predict|/infer)$" in text  # a dot is not a wildcard
+    primary_alpha = text.split("upstream kf_m0_primary {")[1].split("}")[0]
+    assert "127.0.0.1:11" in primary_alpha and "127.0.0.1:12" in primary_alpha
+    assert "30% kf_m0_canary;" in text and "mirror /_kf_shadow_kf_m1;" in text
+    assert "proxy_next_upstream error timeout http_502 http_503 non_idempotent;" in text
+    assert '"models": ["alpha", "beta.v2"]' in text
+
+
+def test_bad_weights_states_and_names_are_refused_with_a_clear_error(tmp_path):
     with pytest.raises(RolloutSpecError, match="canary weight 150 is outside 0..100"):
         TrafficState(primary="V1", canary="V2", canary_weight=150)
     with pytest.raises(RolloutSpecError, match="needs a canary version"):
@@ -79,6 +93,8 @@ def test_bad_weights_and_states_are_refused_with_a_clear_error(tmp_path):
         _render(TrafficState(primary="V1", shadow="V2", mirror_percent=12.345), tmp_path)
     with pytest.raises(RolloutSpecError, match="no primary"):
         _render(TrafficState(primary=None, shadow="V2"), tmp_path)
+    with pytest.raises(RolloutSpecError, match="cannot be routed"):
+        _render(TrafficState(primary="V1"), tmp_path, model="a b; }")
 
 
 def test_a_config_nginx_refuses_leaves_the_installed_one_unchanged(tmp_path):
@@ -92,20 +108,24 @@ def test_a_config_nginx_refuses_leaves_the_installed_one_unchanged(tmp_path):
 # --- the gateway in front of running model servers -------------------------------------------------
 
 
+def _driver(settings, records, model="m", replicas=1):
+    spec = parse_rollout_spec(f"model: {model}\nserving: {{min_replicas: {replicas}}}\n")
+    return LocalGatewayDriver(
+        settings,
+        spec,
+        model_dir_for=lambda model, version: records,  # the recording model loads nothing
+        host_command=recording_command(records),
+        host_env={"PYTHONPATH": str(REPO)},  # the recording host lives in this test package
+    )
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     home = tmp_path_factory.mktemp("gateway-home")
     settings = Settings(home=home, port_offset=free_port_offset())
     records = home / "records"
     records.mkdir()
-    driver = LocalGatewayDriver(
-        settings,
-        load_rollout_spec(),
-        model_dir_for=lambda version: records,  # the recording model loads nothing
-        predictor_command=recording_command(records),
-        predictor_health_path="/v2/models/m/ready",
-        predictor_env={"PYTHONPATH": str(REPO)},  # the recording model lives in this test package
-    )
+    driver = _driver(settings, records)
     yield settings, driver, records
     driver.stop()
     assert not supervisor.records(settings), "the gateway left a process behind"
@@ -161,7 +181,7 @@ def test_canary_at_20_percent_gets_20_percent_of_2000_requests(gateway):
     share = versions.count("V3") / len(versions) * 100
     assert set(versions) == {"V1", "V3"}
     assert 15 <= share <= 25, f"canary share {share:.1f}% is not within 20 +- 5"
-    assert supervisor.service_status(settings, "predictor-staging").pid is None, "the shadow was not stopped"
+    assert supervisor.service_status(settings, "predictor-staging").pid is None, "the empty shadow server was not stopped"
 
 
 def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gateway):
@@ -186,14 +206,16 @@ def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gatewa
 def test_switching_the_primary_to_a_version_not_running_fails_no_request(gateway):
     settings, driver, _ = gateway
     driver.apply(TrafficState(primary="V3"))
+    pid = supervisor.service_status(settings, "predictor-production").pid
     with Load(settings.url("gateway", PREDICT), threads=4) as load:
-        driver.apply(TrafficState(primary="V5"))  # started in a spare slot, routed there, production reloaded
+        driver.apply(TrafficState(primary="V5"))  # loaded beside V3 in the production server, swapped in place
         served = load.ok
         _wait_for(lambda: [None] * (load.ok - served), 100)
     assert load.failures == [], load.failures[:3]
     assert load.versions.get("V5", 0) >= 100 and driver.current() == TrafficState(primary="V5")
+    assert supervisor.service_status(settings, "predictor-production").pid == pid, "the server was restarted"
     rec = json.loads((settings.home / "services" / "gateway" / "traffic.json").read_text())
-    assert rec["slots"] == {"production": "V5"} and rec["routes"] == {"primary": "production"}
+    assert rec["models"]["m"]["slots"] == {"predictor-production": "V5"}
 
 
 def test_a_bad_state_moves_no_traffic(gateway):

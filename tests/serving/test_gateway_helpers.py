@@ -1,14 +1,18 @@
-"""Helpers of the gateway tests (no tests here): a tiny real KServe model server that records request ids.
+"""Helpers of the gateway tests (no tests here): a real KServe model server hosting recording models.
 
-Run as ``python -m tests.serving.test_gateway_helpers --name M --version V --http-port P --record FILE``.
-It is a real ``kserve.ModelServer`` (the same framework as our predictor); each prediction appends
-``<x-request-id> <ce-id> <version>`` to FILE and answers ``{"predictions": [...], "model_version": V}``.
+Run as ``python -m tests.serving.test_gateway_helpers --slot S --stage ST --manifest FILE --http-port P
+--record-dir DIR``. It is the stack's own multi-model host (``kfrelease.serving.host.ModelHost``: the same
+manifest, sync call and in-place swaps) whose models are tiny ``kserve.Model``s: each prediction appends
+``<x-request-id> <ce-id> <version>`` to ``DIR/<model>-<version>.log`` and answers
+``{"predictions": [...], "model_name": M, "model_version": V}``, so the shadow's share and the ids can be
+checked even though the shadow's answers never come back through the gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,17 +20,22 @@ from pathlib import Path
 import httpx
 
 
-def serve(name: str, version: str, port: int, record: str) -> None:
+def recording_model(name: str, version: str, record: Path):
     import kserve
+
+    class _Version:
+        def __init__(self, v):
+            self.version = v
 
     class RecordingModel(kserve.Model):
         def __init__(self):
             super().__init__(name)
             self.fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.model = _Version(version)
+            self.logger = None
             self.ready = True
 
         def load(self) -> bool:
-            self.ready = True
             return True
 
         async def predict(self, payload, headers=None, response_headers=None):
@@ -35,38 +44,24 @@ def serve(name: str, version: str, port: int, record: str) -> None:
             if response_headers is not None:
                 response_headers["x-model-version"] = version
             instances = payload.get("instances", []) if isinstance(payload, dict) else []
-            return {"predictions": [float(sum(row)) for row in instances], "model_version": version}
+            return {"predictions": [float(sum(row)) for row in instances], "model_name": name,
+                    "model_version": version}
 
-    kserve.ModelServer(http_port=port, workers=1, enable_grpc=False, enable_latency_logging=False).start(
-        [RecordingModel()]
-    )
+    return RecordingModel()
 
 
 def recording_command(record_dir: Path):
-    """A ``predictor_command`` for ``LocalGatewayDriver`` that starts the recording model server."""
-    import sys
+    """A ``host_command`` for ``LocalGatewayDriver`` that starts the recording model host."""
 
-    def command(stage: str, version: str, model_dir: Path, port: int) -> list[str]:
-        record = record_dir / f"{version}.log"
-        return [
-            sys.executable,
-            "-m",
-            "tests.serving.test_gateway_helpers",
-            "--name",
-            "m",
-            "--version",
-            version,
-            "--http-port",
-            str(port),
-            "--record",
-            str(record),
-        ]
+    def command(slot, manifest: Path, port: int) -> list[str]:
+        return [sys.executable, "-m", "tests.serving.test_gateway_helpers", "--slot", slot.name, "--stage",
+                slot.stage, "--manifest", str(manifest), "--http-port", str(port), "--record-dir", str(record_dir)]
 
     return command
 
 
-def recorded(record_dir: Path, version: str) -> list[tuple[str, str]]:
-    path = record_dir / f"{version}.log"
+def recorded(record_dir: Path, version: str, model: str = "m") -> list[tuple[str, str]]:
+    path = record_dir / f"{model}-{version}.log"
     if not path.exists():
         return []
     return [tuple(line.split()[:2]) for line in path.read_text().splitlines() if line.strip()]
@@ -75,12 +70,15 @@ def recorded(record_dir: Path, version: str) -> list[tuple[str, str]]:
 class Load:
     """Bounded continuous load: ``threads`` clients each sending predictions until stopped."""
 
-    def __init__(self, url: str, threads: int = 4, max_requests: int = 20000):
+    def __init__(self, url: str, threads: int = 4, max_requests: int = 20000, body: dict | None = None):
         self.url, self.threads, self.max_requests = url, threads, max_requests
+        self.body = body or {"instances": [[1.0, 2.0]]}
         self.stop_event = threading.Event()
         self.ok = 0
         self.failures: list[str] = []
         self.versions: dict[str, int] = {}
+        self.models: dict[str, int] = {}
+        self.ids: list[str] = []
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(threads)
         self.futures = []
@@ -92,18 +90,21 @@ class Load:
                     if self.ok + len(self.failures) >= self.max_requests:
                         return
                 try:
-                    r = client.post(self.url, json={"instances": [[1.0, 2.0]]})
+                    r = client.post(self.url, json=self.body)
                     good = r.status_code == 200
-                    version = r.json().get("model_version") if good else None
+                    doc = r.json() if good else {}
                     err = None if good else f"HTTP {r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as exc:
-                    version, err = None, f"{type(exc).__name__}: {exc}"
+                    doc, err = {}, f"{type(exc).__name__}: {exc}"
                 with self.lock:
                     if err:
                         self.failures.append(err)
                     else:
                         self.ok += 1
-                        self.versions[version] = self.versions.get(version, 0) + 1
+                        v, m = doc.get("model_version"), doc.get("model_name")
+                        self.versions[v] = self.versions.get(v, 0) + 1
+                        self.models[m] = self.models.get(m, 0) + 1
+                        self.ids.append(r.headers.get("x-request-id", ""))
 
     def __enter__(self):
         self.futures = [self.pool.submit(self._client) for _ in range(self.threads)]
@@ -118,12 +119,31 @@ class Load:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--slot", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--record", required=True)
+    p.add_argument("--record-dir", required=True, type=Path)
     a = p.parse_args()
-    serve(a.name, a.version, a.http_port, a.record)
+    sys.argv = sys.argv[:1]
+    from kfrelease.serving.host import HostControl, ModelHost
+    from kfrelease.serving.predictor import run_model_server
+
+    class RecordingHost(ModelHost):
+        def _build(self, name, entry):
+            return recording_model(name, entry["version"], a.record_dir / f"{name}-{entry['version']}.log")
+
+        def fast_lane(self, predictor):
+            return None
+
+    host = RecordingHost(a.slot, a.stage, a.manifest, None, a.record_dir)
+    host.sync()
+
+    def keep(server) -> None:
+        host.repository = server.registered_models
+
+    run_model_server(list(host.predictors.values()), a.http_port, fast_lane=host,
+                     middleware=((HostControl, {"host": host}),), on_start=keep)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The one model-download cache of the embedded stack: a registered version's files on local disk.
+
+A version is downloaded once, with the ``serving`` identity, into ``<home>/services/models/<model>/<V>/``
+(``model.joblib`` + ``model.json``, the registry entry): first into a ``.partial-*`` folder, then moved into
+place, so a half-written download is never served. Both ways of naming a version end here: the registry's
+(model, version) and its artifact URI ``s3://models/artifacts/<model>/<V>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from kfrelease.config import Settings
+from kfrelease.errors import ConfigError
+
+FILES = ("model.joblib", "model.json")
+
+
+def cache_dir(settings: Settings, model: str, version: str) -> Path:
+    return settings.home / "services" / "models" / model / version
+
+
+def is_complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in FILES)
+
+
+def local_model_dir(settings: Settings, model: str, version: str) -> Path:
+    """The local directory of a registered version, downloaded from the registry on first use."""
+    dest = cache_dir(settings, model, version)
+    if is_complete(dest):
+        return dest
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        ModelRegistry(store_for("serving", settings)).download(model, version, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def parse_artifact_uri(uri: str, settings: Settings) -> tuple[str, str]:
+    """``s3://<prefix>models/artifacts/<model>/<V>/`` -> (model, version); anything else is a ConfigError."""
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    parts = prefix.strip("/").split("/")
+    if bucket.removeprefix(settings.bucket_prefix) != "models" or len(parts) != 3 or parts[0] != "artifacts":
+        raise ConfigError(f"{uri} is not a registered model's artifacts; use s3://models/artifacts/<model>/<V>/")
+    return parts[1], parts[2]

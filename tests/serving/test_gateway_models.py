@@ -1,0 +1,133 @@
+"""Many models behind one gateway: each model's own routes and traffic state, shared model servers that
+host many models, replicas with retries, and the watchdog that restarts a server that dies.
+
+The model servers are the stack's multi-model host with recording models (``test_gateway_helpers``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from kfrelease.config import Settings
+from kfrelease.rollout.traffic import TrafficState
+from kfrelease.stack import supervisor
+from kfrelease.stack.watchdog import watchdog_service
+from tests.conftest import free_port_offset
+from tests.serving.test_gateway import _driver
+from tests.serving.test_gateway_helpers import Load
+
+
+def predict(settings, model):
+    return httpx.post(settings.url("gateway", f"/v1/models/{model}:predict"), json={"instances": [[1.0, 2.0]]},
+                      timeout=10)
+
+
+@pytest.fixture()
+def stack(tmp_path):
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    records = tmp_path / "records"
+    records.mkdir()
+    yield settings, records
+    supervisor.down(settings)
+    assert not supervisor.records(settings), "a process was left behind"
+
+
+def test_two_models_route_by_name_and_an_unknown_model_is_a_json_404(stack):
+    settings, records = stack
+    alpha, beta = _driver(settings, records, "alpha"), _driver(settings, records, "beta")
+    alpha.apply(TrafficState(primary="V1.1.0"))
+    beta.apply(TrafficState(primary="V3.1.0"))
+    for model, version in (("alpha", "V1.1.0"), ("beta", "V3.1.0")):
+        r = predict(settings, model)
+        assert r.status_code == 200 and r.json()["model_name"] == model and r.json()["model_version"] == version
+    assert httpx.get(settings.url("gateway", "/v2/models/beta/ready")).status_code == 200
+    r = predict(settings, "gamma")
+    assert r.status_code == 404 and r.json()["error"].startswith("model gamma is not served")
+    assert "alpha, beta" in r.json()["error"]
+    assert httpx.get(settings.url("gateway", "/v1/models")).json() == {"models": ["alpha", "beta"]}
+    assert alpha.current() == TrafficState(primary="V1.1.0") and beta.current() == TrafficState(primary="V3.1.0")
+    # one production server hosts both models
+    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor')}/kfrelease/host").json()["models"] == {
+        "alpha": "V1.1.0", "beta": "V3.1.0"}
+
+
+def test_one_models_release_under_load_to_both_fails_nothing_and_restarts_no_server(stack):
+    settings, records = stack
+    alpha, beta = _driver(settings, records, "alpha"), _driver(settings, records, "beta")
+    alpha.apply(TrafficState(primary="A1", shadow="A2"))  # alpha is in the middle of its own release
+    beta.apply(TrafficState(primary="B1"))
+    pids = {n: supervisor.service_status(settings, n).pid for n in ("predictor-production", "predictor-staging", "gateway")}
+    with Load(settings.url("gateway", "/v1/models/alpha:predict"), threads=2) as load_a, \
+            Load(settings.url("gateway", "/v1/models/beta:predict"), threads=2) as load_b:
+        beta.apply(TrafficState(primary="B1", shadow="B2"))
+        beta.apply(TrafficState(primary="B1", canary="B2", canary_weight=50))
+        beta.apply(TrafficState(primary="B2"))  # promoted: swapped inside the production server
+        served = load_b.ok
+        while load_b.ok - served < 100:
+            time.sleep(0.05)
+    assert load_a.failures == [] and load_b.failures == [], (load_a.failures[:3], load_b.failures[:3])
+    assert set(load_a.models) == {"alpha"} and set(load_a.versions) == {"A1"}
+    assert set(load_b.models) == {"beta"} and set(load_b.versions) == {"B1", "B2"}
+    assert alpha.current() == TrafficState(primary="A1", shadow="A2"), "beta's release touched alpha's routes"
+    assert {n: supervisor.service_status(settings, n).pid for n in pids} == pids, "a server was restarted"
+    assert predict(settings, "beta").json()["model_version"] == "B2"
+
+
+def _kill(settings, name) -> int:
+    pid = supervisor.service_status(settings, name).pid
+    os.killpg(pid, signal.SIGKILL)
+    return pid
+
+
+def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes_back(stack):
+    settings, records = stack
+    supervisor.start_service(settings, watchdog_service(settings))
+    driver = _driver(settings, records, "m", replicas=2)
+    driver.apply(TrafficState(primary="V1"))
+    with Load(settings.url("gateway", "/v1/models/m:predict"), threads=4) as load:
+        while load.ok < 200:
+            time.sleep(0.05)
+        old = _kill(settings, "predictor-production-1")
+        served = load.ok
+        while load.ok - served < 500:
+            time.sleep(0.05)
+    assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)}: {load.failures[:3]}"
+    deadline = time.monotonic() + 30
+    while not supervisor.service_status(settings, "predictor-production-1").healthy and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = supervisor.service_status(settings, "predictor-production-1")
+    assert st.healthy and st.pid != old, "the watchdog did not restart the killed replica"
+    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {"m": "V1"}
+
+
+def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack):
+    settings, records = stack
+    supervisor.start_service(settings, watchdog_service(settings))
+    driver = _driver(settings, records, "m")
+    driver.apply(TrafficState(primary="V1"))
+    _kill(settings, "predictor-production")
+    killed = time.monotonic()
+    while time.monotonic() - killed < 10:
+        try:
+            if predict(settings, "m").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    assert predict(settings, "m").json()["model_version"] == "V1"
+    assert time.monotonic() - killed < 10, f"answered again only after {time.monotonic() - killed:.1f} s"
+
+
+def test_down_stops_the_watchdog_first_and_nothing_restarts(stack):
+    settings, records = stack
+    supervisor.start_service(settings, watchdog_service(settings))
+    _driver(settings, records, "m").apply(TrafficState(primary="V1"))
+    stopped = supervisor.down(settings)
+    assert stopped[0] == "watchdog" and {"gateway", "predictor-production"} <= set(stopped)
+    time.sleep(1.5)  # three watchdog intervals: a watchdog still running would have restarted something
+    assert supervisor.records(settings) == []
