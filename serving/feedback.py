@@ -58,7 +58,7 @@ def _finite(value, where: str) -> float:
     return f
 
 
-def feedback_record(doc, default_model: str, where: str = "the record") -> dict:
+def feedback_record(doc, default_model: str | None, where: str = "the record") -> dict:
     """Check one ``{"request_id", "truth"[, "model", "time"]}`` object; returns the line to store."""
     if not isinstance(doc, dict):
         raise InvalidFeedback(
@@ -86,6 +86,10 @@ def feedback_record(doc, default_model: str, where: str = "the record") -> dict:
     else:
         truth = _finite(truth, f"{where}: truth")
     model = doc.get("model") or default_model
+    if model is None:  # several models share this service: a label filed under a guessed one is lost
+        raise InvalidFeedback(
+            f'{where} names no model; add "model": "<name>" (the model that answered request {rid}); nothing was stored'
+        )
     if not isinstance(model, str) or "/" in model or model.startswith("."):
         raise InvalidFeedback(f"{where}: model must be a model name")
     when = doc.get("time")
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, help="model of records that name none"
+        "--model", default=None, help="model of records that name none (default: such records are refused)"
     )
     p.add_argument("--flush-interval", type=float, default=2.0)
     args = p.parse_args(argv)

@@ -7,9 +7,6 @@ import click
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
 
-DEFAULT_MODEL = "diabetes-progression"
-
-
 def _print_event(event: dict) -> None:
     console.print(f"  [cyan]{event['stage']:<10}[/] {event['why']}")
 
@@ -61,34 +58,38 @@ def register(cli: click.Group) -> None:
         )
 
     @release.command("status")
-    @click.argument("model", default=DEFAULT_MODEL)
-    def status_cmd(model: str) -> None:
-        """Production and staging versions, the traffic state, and the staging candidate's decisions."""
+    @click.argument("model_arg", metavar="[MODEL]", required=False)
+    @click.option("--model", default=None, help="Show one model in detail (default: every model, one row each).")
+    def status_cmd(model_arg: str | None, model: str | None) -> None:
+        """Where each model's release stands: production and staging versions, traffic, the last decision;
+        with --model, that model's versions and its latest version's decisions."""
         from kfrelease.registry import ModelRegistry
-        from kfrelease.serving.gateway import read_gateway_record
+        from kfrelease.serving.gateway import model_states
         from kfrelease.storage import store_for
 
         settings = Settings.from_env()
         registry = ModelRegistry(store_for("data-scientist", settings))
+        states = model_states(settings)
+        model = model or model_arg
+        if model is None:
+            rows = []
+            for name in sorted(set(registry.models()) | set(states)):
+                versions = registry.list(name)
+                prod = next((v.version for v in reversed(versions) if v.stage == "production"), "-")
+                staging = next((v.version for v in reversed(versions) if v.stage == "staging"), "-")
+                latest = versions[-1] if versions else None
+                last = registry.history(name, latest.version)[-1:] if latest else []
+                decision = f"{latest.version} {last[0]['stage']}: {last[0]['why'][:60]}" if last else "-"
+                rows.append((name, prod, staging, _traffic(states.get(name)), decision))
+            table("releases by model", ["model", "production", "staging", "traffic", "last decision"], rows)
+            return
         versions = registry.list(model)
         table(
             f"{model}: versions",
             ["version", "stage", "commit"],
             [(v.version, v.stage or "", (v.commit or "")[:12]) for v in versions],
         )
-        rec = read_gateway_record(settings) or {}
-        state = rec.get("state")
-        if state:
-            parts = [f"primary {state['primary']}"]
-            if state.get("canary"):
-                parts.append(f"canary {state['canary']} at {state['canary_weight']}%")
-            if state.get("shadow"):
-                parts.append(f"shadow {state['shadow']}")
-            console.print("traffic: " + ", ".join(parts))
-        else:
-            console.print(
-                "traffic: the gateway has no traffic state (run `kfrelease serve`)"
-            )
+        console.print(f"{model} traffic: " + _traffic(states.get(model)))
         latest = versions[-1] if versions else None
         if latest is not None:
             events = registry.history(model, latest.version)
@@ -97,3 +98,14 @@ def register(cli: click.Group) -> None:
                 ["when", "stage", "who", "why"],
                 [(e["when"], e["stage"], e["who"], e["why"]) for e in events],
             )
+
+
+def _traffic(state) -> str:
+    if state is None:
+        return "not routed (run `kfrelease serve`)"
+    parts = [f"primary {state.primary}"]
+    if state.canary:
+        parts.append(f"canary {state.canary} at {state.canary_weight}%")
+    if state.shadow:
+        parts.append(f"shadow {state.shadow}")
+    return ", ".join(parts)

@@ -1,5 +1,6 @@
-"""``kfrelease serve``: the serving group of the embedded stack (gateway, log sink, feedback and one model
-server per version the registry marks production and staging, plus a canary the release left running)."""
+"""``kfrelease serve``: the serving group of the embedded stack (gateway, log sink, feedback and the model
+servers hosting, for every model in production, the versions the registry marks production and staging,
+plus a canary a release left running)."""
 
 from __future__ import annotations
 
@@ -62,70 +63,135 @@ def describe(state: TrafficState | None) -> str:
     return ", ".join(parts)
 
 
-def start_serving(settings: Settings, spec: RolloutSpec) -> TrafficState:
+def served_models(settings: Settings, spec_path: str | None, model: str | None) -> list[RolloutSpec]:
+    """The models ``kfrelease serve`` brings up, each with its rollout spec: ``--model``, else the model a
+    ``--spec`` names, else every model the registry has a production version of."""
+    import dataclasses
+
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    spec = load_rollout_spec(spec_path)  # a bad spec fails here, before anything starts
+    if model or spec_path:
+        return [dataclasses.replace(spec, model=model) if model else spec]
+    registry = ModelRegistry(store_for("serving", settings))
+    names = [m for m in registry.models() if registry.current(m, "production") is not None]
+    if not names:
+        raise NotFound(
+            "no model has a version in production in the model registry; train one on a merge to main "
+            "(`kfrelease trigger`), release it, then run `kfrelease serve` again"
+        )
+    return [dataclasses.replace(spec, model=m) for m in names]
+
+
+def start_serving(settings: Settings, specs: list[RolloutSpec] | RolloutSpec) -> dict[str, TrafficState]:
+    """Bring up the serving services and every given model's traffic state (production as primary, staging
+    as shadow); models already routed keep their servers (applying the same state changes nothing)."""
     from kfrelease.serving.gateway import LocalGatewayDriver
     from kfrelease.stack.services import declared_services
+    from kfrelease.stack.watchdog import watchdog_service
 
-    production, staging = registry_versions(settings, spec.model)
-    driver = LocalGatewayDriver(settings, spec)
-    state = serving_state(spec, production, staging, driver.current())
+    specs = [specs] if isinstance(specs, RolloutSpec) else list(specs)
+    wanted = {}
+    for spec in specs:  # every model is checked before anything starts
+        production, staging = registry_versions(settings, spec.model)
+        driver = LocalGatewayDriver(settings, spec)
+        wanted[spec.model] = (driver, serving_state(spec, production, staging, driver.current()))
     # the sink and the feedback service first: model servers log to the sink from their first request
     others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
-    for st in supervisor.up(settings, others):
+    for st in supervisor.up(settings, [watchdog_service(settings), *others]):
         console.print(f"  {st.name:<22} [green]ready[/]  {st.url:<28} ({st.note})")
-    driver.apply(state)
-    return state
+    for driver, state in wanted.values():
+        driver.apply(state)
+    return {model: state for model, (_, state) in wanted.items()}
 
 
 def status_rows(settings: Settings) -> list[tuple]:
-    from kfrelease.serving.gateway import read_gateway_record
+    """One row per serving service; a model server's row lists the model versions it hosts."""
+    from kfrelease.serving.hosts import hosted
+    from kfrelease.serving.slots import all_slots
     from kfrelease.stack.services import declared_services
 
-    rec = read_gateway_record(settings) or {}
-    slots = rec.get("slots", {})
+    models = hosted(settings)
     names = ["gateway"] + [s.name for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
-    names += [f"predictor-{stage}" for stage in ("production", "staging", "canary")]
+    names += [slot.name for slot in all_slots()]
     rows = []
     for name in dict.fromkeys(names):
         st = supervisor.service_status(settings, name)
-        version = slots.get(name.removeprefix("predictor-"), "") if name.startswith("predictor-") else ""
         if st.note == "not started" and name.startswith("predictor-"):
             continue
-        rows.append((name, version, st.url, "yes" if st.healthy else "no", st.pid or "-", st.note))
+        held = ", ".join(f"{m} {v}" for m, v in models.get(name, {}).items())
+        rows.append((name, held, st.url, "yes" if st.healthy else "no", st.pid or "-", st.note))
     return rows
+
+
+def model_rows(settings: Settings) -> list[tuple]:
+    """One row per routed model: its versions by role and the model servers playing each role."""
+    from kfrelease.serving.gateway import read_gateway_record
+
+    rows = []
+    for name, m in sorted((read_gateway_record(settings) or {}).get("models", {}).items()):
+        state = TrafficState(**m["state"])
+        by_role: dict[str, list[str]] = {}
+        for slot_name, version in sorted(m.get("slots", {}).items()):
+            by_role.setdefault(version, []).append(slot_name)
+        for role in ("primary", "canary", "shadow"):
+            version = getattr(state, role)
+            if not version:
+                continue
+            share = (
+                f"{state.canary_weight}%" if role == "canary"
+                else f"{100 - (state.canary_weight if state.canary else 0)}%" if role == "primary"
+                else f"{m.get('mirror_percent', 0):g}% mirrored"
+            )
+            rows.append((name, role, version, share, ", ".join(by_role.get(version, []))))
+    return rows
+
+
+def print_traffic(settings: Settings) -> None:
+    from kfrelease.serving.gateway import model_states
+
+    states = model_states(settings)
+    if not states:
+        console.print("traffic: no traffic state applied (run `kfrelease serve`)")
+    for model, state in states.items():
+        console.print(f"{model} traffic: {describe(state)}")
 
 
 def register(cli: click.Group) -> None:
     @cli.group(invoke_without_command=True)
     @spec_option
+    @click.option("--model", default=None, help="Serve only this model (default: every model in production).")
     @click.pass_context
-    def serve(ctx: click.Context, spec_path: str | None) -> None:
-        """Start serving: gateway, log sink, feedback and the model servers of the registry's production and
-        staging (shadow) versions. Safe to run twice; `kfrelease serve status` shows it, `kfrelease down`
-        (or `kfrelease serve stop`) stops it."""
+    def serve(ctx: click.Context, spec_path: str | None, model: str | None) -> None:
+        """Start serving: gateway, log sink, feedback and, for every model with a production version (or
+        only --model), its production version as primary and its staging version as shadow. Safe to run
+        twice; `kfrelease serve status` shows it, `kfrelease down` (or `kfrelease serve stop`) stops it."""
         if ctx.invoked_subcommand is not None:
             return
         settings = Settings.from_env()
-        spec = load_rollout_spec(spec_path)
-        console.print(f"[bold]kfrelease serve[/] {spec.model} in {settings.home}")
-        state = start_serving(settings, spec)
-        console.print(f"gateway {settings.url('gateway')}: {describe(state)}")
-        console.print(f"predict: POST {settings.url('gateway', f'/v1/models/{spec.model}:predict')}")
+        specs = served_models(settings, spec_path, model)
+        console.print(f"[bold]kfrelease serve[/] {', '.join(s.model for s in specs)} in {settings.home}")
+        states = start_serving(settings, specs)
+        for name, state in states.items():
+            console.print(f"{name} traffic: {describe(state)}")
+            console.print(f"  predict: POST {settings.url('gateway', f'/v1/models/{name}:predict')}")
 
     @serve.command("status")
     def serve_status() -> None:
-        """Show the serving services, which version each model server runs, and the traffic state."""
-        from kfrelease.serving.gateway import read_gateway_record
-
+        """Show every model's routes (versions by role, the servers playing each) and the serving services."""
         settings = Settings.from_env()
-        rec = read_gateway_record(settings) or {}
-        state = TrafficState(**rec["state"]) if rec.get("state") else None
         table(
-            f"kfrelease serving ({settings.home})",
-            ["service", "version", "url", "healthy", "pid", "note"],
+            f"kfrelease models served ({settings.home})",
+            ["model", "role", "version", "traffic", "model servers"],
+            model_rows(settings),
+        )
+        table(
+            "serving services",
+            ["service", "hosts", "url", "healthy", "pid", "note"],
             status_rows(settings),
         )
-        console.print(f"traffic: {describe(state)}")
+        print_traffic(settings)
 
     @serve.command("stop")
     def serve_stop() -> None:

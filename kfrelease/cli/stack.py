@@ -25,11 +25,17 @@ def start_stack(settings: Settings) -> list[supervisor.ServiceStatus]:
 def register(cli: click.Group) -> None:
     @cli.command()
     def up() -> None:
-        """Start the embedded stack (SeaweedFS S3, OCI registry, monitoring) and wait until it is ready.
+        """Start the embedded stack (SeaweedFS S3, OCI registry, monitoring) and wait until it is ready;
+        then start again every release that `kfrelease down` interrupted (from the shadow gate).
 
         Safe to run twice: services already running and healthy are left as they are.
         """
-        start_stack(Settings.from_env())
+        from kfrelease.release.lifecycle import resume_releases
+
+        settings = Settings.from_env()
+        start_stack(settings)
+        for release in resume_releases(settings):
+            console.print(f"  release of {release} resumed (interrupted by `kfrelease down`)")
 
     @cli.command()
     def status() -> None:
@@ -44,6 +50,13 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     def down() -> None:
-        """Stop every process of the embedded stack (data stays in KFRELEASE_HOME)."""
-        stopped = supervisor.down(Settings.from_env())
+        """Stop every release in flight, then every process of the embedded stack (data stays in
+        KFRELEASE_HOME); nothing restarts until `kfrelease up`."""
+        from kfrelease.release.lifecycle import stop_releases
+
+        settings = Settings.from_env()
+        releases = stop_releases(settings)  # first: a release must not start anything after `down`
+        if releases:
+            console.print(f"stopped {len(releases)} release(s) in flight: {', '.join(releases)} (`kfrelease up` resumes them)")
+        stopped = supervisor.down(settings)
         console.print(f"stopped {len(stopped)} service(s): {', '.join(stopped) or 'none was running'}")

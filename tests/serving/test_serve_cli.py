@@ -94,6 +94,7 @@ def test_serve_without_a_production_version_says_so_and_starts_nothing(run_cli, 
     assert "traffic: no traffic state applied" in status
 
 
+
 @pytest.mark.skipif(not _has_predictor(), reason="the predictor (kfrelease.serving.predictor) is not built yet")
 def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, serve_env):
     env, spec = serve_env
@@ -104,8 +105,9 @@ def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, 
 
     run_cli("serve", "--spec", spec, env=env, check=True, timeout=300)
     status = run_cli("serve", "status", env=env, check=True).stdout
-    assert f"traffic: primary {v1}, shadow {v2} (100% mirrored)" in status
+    assert f"{MODEL} traffic: primary {v1}, shadow {v2} (100% mirrored)" in status
     assert "predictor-production" in status and "predictor-staging" in status
+    assert f"{MODEL} {v1}" in status  # the production server's row names what it hosts
 
     settings = Settings(home=Path(env["KFRELEASE_HOME"]), port_offset=int(env["KFRELEASE_PORT_OFFSET"]))
     url = settings.url("gateway", f"/v1/models/{MODEL}:predict")

@@ -1,0 +1,249 @@
+"""Many-models benchmark: 1, 5 and 10 models in production at once on the embedded stack's serving part.
+
+One command (``python -m bench models``). For each N, from nothing: the gateway and the production model
+server are brought up with N models (each a different scikit-learn model: ridge, gradient boosting or
+k-nearest-neighbours on the diabetes data or on ``make_friedman1``), routed by name through the gateway
+by ``LocalGatewayDriver`` as a release would. Measured:
+
+- time to bring all N up (first ``apply`` to the last model answering through the gateway);
+- total memory: the proportional set size (PSS, /proc/<pid>/smaps_rollup: shared pages split between the
+  processes that share them) of every process of the gateway and of the model servers;
+- memory per added model: (total(N) - total(1)) / (N - 1);
+- p99 latency per model at a fixed load: every model gets ``RATE`` requests/s (open loop, one instance per
+  request) for ``SECONDS`` seconds through the gateway, bounded, to 127.0.0.1 only.
+
+The model servers run without their prediction logger (no log sink is started here), the way a
+benchmark of the serving path alone should; the logger adds one thread and a bounded queue per model.
+Goal (issue 13): 10 models in production under 2 GiB in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+COUNTS = tuple(int(x) for x in os.environ.get("BENCH_MODELS_COUNTS", "1,5,10").split(","))
+RATE = float(os.environ.get("BENCH_MODELS_RATE", "10"))  # requests/s per model
+SECONDS = float(os.environ.get("BENCH_MODELS_SECONDS", "10"))
+GOAL_BYTES = 2 * 1024**3
+
+
+def _models(root: Path, n: int) -> dict[str, tuple[Path, list[float]]]:
+    """``n`` registry-style model directories of different estimators and data; name -> (dir, one row)."""
+    import joblib
+    from sklearn.datasets import load_diabetes, make_friedman1
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.neighbors import KNeighborsRegressor
+
+    diabetes = load_diabetes(as_frame=True).frame
+    dx, dy = diabetes.drop(columns="target"), diabetes["target"]
+    fx, fy = make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=0)
+    import pandas as pd
+
+    fx = pd.DataFrame(fx, columns=[f"x{i}" for i in range(10)])
+    kinds = [
+        lambda: Ridge(alpha=1.0),
+        lambda: GradientBoostingRegressor(n_estimators=50, random_state=0),
+        lambda: KNeighborsRegressor(n_neighbors=5),
+    ]
+    out = {}
+    for i in range(n):
+        x, y = (dx, dy) if i % 2 == 0 else (fx, fy)
+        name = f"bench-model-{i}"
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        joblib.dump(kinds[i % 3]().fit(x, y), d / "model.joblib")
+        entry = {"name": name, "version": "V1.1.0", "input_schema": [{"name": c, "dtype": "float64"} for c in x.columns]}
+        (d / "model.json").write_text(json.dumps(entry))
+        out[name] = (d, [float(v) for v in x.iloc[0]])
+    return out
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _group_pids(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _memory(settings) -> dict[str, int]:
+    from kfrelease.stack import supervisor
+
+    out = {}
+    for rec in supervisor.records(settings):
+        out[rec["name"]] = sum(_pss_bytes(p) for p in _group_pids(rec["pid"]))
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))] if values else float("nan")
+
+
+def _load(url: str, row: list[float], rate: float, seconds: float, out: dict) -> None:
+    """Open loop: one request every 1/rate s (a late one is sent at once, never skipped)."""
+    latencies, failed = [], 0
+    with httpx.Client(timeout=10.0) as client:
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            wait = start + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            t0 = time.perf_counter()
+            try:
+                ok = client.post(url, json={"instances": [row]}).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - t0) * 1000)
+            failed += not ok
+    out.update(latencies=latencies, failed=failed)
+
+
+def _host_command(settings):
+    from kfrelease.serving.hosts import default_host_command
+
+    base = default_host_command(settings)
+
+    def command(slot, manifest, port):  # the stack's host, without the prediction logger (no sink here)
+        argv = base(slot, manifest, port)
+        i = argv.index("--logger-url")
+        return argv[:i] + argv[i + 2 :]
+
+    return command
+
+
+def run_count(n: int, root: Path) -> dict:
+    from kfrelease.config import Settings
+    from kfrelease.rollout.spec import parse_rollout_spec
+    from kfrelease.rollout.traffic import TrafficState
+    from kfrelease.serving.gateway import LocalGatewayDriver
+    from kfrelease.stack import supervisor
+    from tests.conftest import free_port_offset
+
+    home = Path(tempfile.mkdtemp(prefix=f"bench-models-{n}-", dir=root))
+    settings = Settings(home=home, port_offset=free_port_offset())
+    models = _models(root / "models", n)
+    drivers = {
+        name: LocalGatewayDriver(settings, parse_rollout_spec(f"model: {name}\n"),
+                                 model_dir_for=lambda model, version: models[model][0],
+                                 host_command=_host_command(settings))
+        for name in models
+    }
+    try:
+        t0 = time.monotonic()
+        for driver in drivers.values():
+            driver.apply(TrafficState(primary="V1.1.0"))
+        for name, (_, row) in models.items():
+            r = httpx.post(settings.url("gateway", f"/v1/models/{name}:predict"), json={"instances": [row]}, timeout=30)
+            assert r.status_code == 200 and r.json()["model_name"] == name, r.text
+        up_seconds = time.monotonic() - t0
+        results: dict[str, dict] = {name: {} for name in models}
+        threads = [threading.Thread(target=_load, args=(settings.url("gateway", f"/v1/models/{name}:predict"), row,
+                                                        RATE, SECONDS, results[name])) for name, (_, row) in models.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        memory = _memory(settings)
+    finally:
+        supervisor.down(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    p99 = {name: round(_pct(r["latencies"], 99), 3) for name, r in results.items()}
+    return {
+        "models": n,
+        "up_seconds": round(up_seconds, 2),
+        "memory_bytes": sum(memory.values()),
+        "memory_by_process": memory,
+        "p99_ms_by_model": p99,
+        "p99_ms_worst": max(p99.values()),
+        "p50_ms_median": round(_pct([x for r in results.values() for x in r["latencies"]], 50), 3),
+        "requests": sum(len(r["latencies"]) for r in results.values()),
+        "failed": sum(r["failed"] for r in results.values()),
+    }
+
+
+def main() -> dict:
+    load_before = os.getloadavg()[0]
+    root = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        runs = [run_count(n, root) for n in COUNTS]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    load_after = os.getloadavg()[0]
+    one = next((r for r in runs if r["models"] == 1), runs[0])
+    for r in runs:
+        r["memory_per_added_model_bytes"] = (
+            round((r["memory_bytes"] - one["memory_bytes"]) / (r["models"] - one["models"]))
+            if r["models"] > one["models"] else None
+        )
+    biggest = runs[-1]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpu (shared), Python {platform.python_version()}",
+        "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
+        "rate_per_model": RATE,
+        "seconds": SECONDS,
+        "runs": runs,
+        "goal": {"models": biggest["models"], "bytes": GOAL_BYTES, "met": biggest["memory_bytes"] < GOAL_BYTES},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "models.json").write_text(json.dumps(result, indent=2))
+    mib = 1024**2
+    lines = [
+        "### Many models in production at once",
+        "",
+        f"Gateway + one production model server hosting every model (`kfrelease.serving.host`); {RATE:g} requests/s "
+        f"per model for {SECONDS:g} s through the gateway, one instance per request; memory is PSS of all their "
+        f"processes; {result['machine']}; 1-minute load average before/after: {load_before:.2f}/{load_after:.2f}.",
+        "",
+        "| models | bring-up s | total MiB | MiB per added model | p99 ms (worst model) | p50 ms | requests | failed |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in runs:
+        per = r["memory_per_added_model_bytes"]
+        lines.append(
+            f"| {r['models']} | {r['up_seconds']} | {r['memory_bytes'] / mib:.1f} | "
+            f"{'-' if per is None else f'{per / mib:.1f}'} | {r['p99_ms_worst']} | {r['p50_ms_median']} | "
+            f"{r['requests']} | {r['failed']} |"
+        )
+    lines += [
+        "",
+        f"- goal: {biggest['models']} models under 2 GiB in all: **{'met' if result['goal']['met'] else 'missed'}** "
+        f"({biggest['memory_bytes'] / mib:.0f} MiB)",
+        "- a process per (model, role) instead would cost ~230 MiB of private memory per model (measured: PSS of one "
+        "`kfrelease.serving.predictor` process with one small model), over 2 GiB at 10 models",
+    ]
+    (RESULTS / "models.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    main()
