@@ -11,7 +11,6 @@ Goals (issue 5): the gateway adds <= 1 ms to p50; 100 % mirroring adds <= 5 % to
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -34,7 +33,7 @@ MODEL = "diabetes-progression"
 IDLE_SHADOW_SECONDS = 0.05
 
 
-def _model_dir(root: Path) -> tuple[Path, list[float]]:
+def _model_dir(root: Path, version: str = "V1.1.0") -> tuple[Path, list[float]]:
     """A registry-style model directory (model.joblib + model.json) of a linear model on the diabetes data."""
     import joblib
     from sklearn.datasets import load_diabetes
@@ -44,12 +43,12 @@ def _model_dir(root: Path) -> tuple[Path, list[float]]:
     frame = data.frame
     features = [c for c in frame.columns if c != "target"]
     model = LinearRegression().fit(frame[features], frame["target"])
-    d = root / "model"
+    d = root / "model" / version
     d.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, d / "model.joblib")
     entry = {
         "name": MODEL,
-        "version": "V1.1.0",
+        "version": version,
         "input_schema": [{"name": f, "dtype": "float64"} for f in features],
         "target": "progression",
     }
@@ -57,31 +56,18 @@ def _model_dir(root: Path) -> tuple[Path, list[float]]:
     return d, [float(x) for x in frame[features].iloc[0]]
 
 
-def _command_factory(model_dir: Path):
-    real = importlib.util.find_spec("kfrelease.serving.predictor") is not None
+def _host_command(settings):
+    """The stack's multi-model host without its prediction logger (no log sink in this benchmark)."""
+    from kfrelease.serving.hosts import default_host_command
 
-    def command(stage: str, version: str, _dir: Path, port: int) -> list[str]:
-        if real:
-            from kfrelease.serving.services import predictor_argv
+    base = default_host_command(settings)
 
-            return predictor_argv(model_dir, MODEL, stage, port)
-        return [sys.executable, "-m", "bench.bench_gateway", "serve", str(port), version]
+    def command(slot, manifest, port):
+        argv = base(slot, manifest, port)
+        i = argv.index("--logger-url")
+        return argv[:i] + argv[i + 2 :]
 
-    return command, ("kfrelease predictor" if real else "minimal kserve.Model")
-
-
-def _serve_minimal(port: int, version: str) -> None:
-    import kserve
-
-    class Minimal(kserve.Model):
-        def __init__(self):
-            super().__init__(MODEL)
-            self.ready = True
-
-        async def predict(self, payload, headers=None, response_headers=None):
-            return {"predictions": [sum(r) for r in payload["instances"]], "model_version": version}
-
-    kserve.ModelServer(http_port=port, workers=1, enable_grpc=False, enable_latency_logging=False).start([Minimal()])
+    return command
 
 
 def _serve_idle(port: int, delay: float) -> None:
@@ -178,6 +164,7 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> dict:
     from kfrelease.serving.gateway import (
         LocalGatewayDriver,
+        ModelRoute,
         gateway_dir,
         predictor_port,
         render_nginx_config,
@@ -191,20 +178,25 @@ def main() -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     settings = Settings(home=tmp, port_offset=_free_offset())
-    model_dir, row = _model_dir(tmp)
-    command, server = _command_factory(model_dir)
+    dirs = {v: _model_dir(tmp, v) for v in ("V1.1.0", "V1.2.0")}
+    row = dirs["V1.1.0"][1]
+    server = "kfrelease model server (kfrelease.serving.host)"
+    spec = load_rollout_spec()
+    if spec.model != MODEL:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, model=MODEL)
     driver = LocalGatewayDriver(
         settings,
-        load_rollout_spec(),
-        model_dir_for=lambda version: model_dir,
-        predictor_command=command,
-        predictor_env={"PYTHONPATH": str(HERE.parent)},
+        spec,
+        model_dir_for=lambda model, version: dirs[version][0],
+        host_command=_host_command(settings),
     )
     payload = {"instances": [row]}
     path = f"/v1/models/{MODEL}:predict"
     direct = f"http://127.0.0.1:{predictor_port(settings, 'production')}{path}"
     via = settings.url("gateway", path)
-    mirrored = TrafficState(primary="V1.1.0", shadow="V1.1.0-shadow", mirror_percent=100)
+    mirrored = TrafficState(primary="V1.1.0", shadow="V1.2.0", mirror_percent=100)
     # Start every process once (primary, shadow model server, idle shadow), then switch modes by reloading
     # the gateway only, in many short interleaved rounds, so that load from other processes on this shared
     # machine spreads evenly over the modes.
@@ -228,14 +220,11 @@ def main() -> dict:
         ),
     )
     ports = {"primary": predictor_port(settings, "production"), "shadow": predictor_port(settings, "staging")}
-    spec = load_rollout_spec()
 
     def config(state, backends, keepalive):
         return render_nginx_config(
-            spec,
-            state,
+            [ModelRoute.of(spec, state, {role: backends[role] for role in ("primary", "shadow") if getattr(state, role)})],
             listen_port=settings.port("gateway"),
-            backends=backends,
             prefix=gateway_dir(settings),
             client_keepalive=keepalive,
         )
@@ -337,7 +326,5 @@ def main() -> dict:
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "serve-idle":
         _serve_idle(int(sys.argv[2]), float(sys.argv[3]))
-    elif len(sys.argv) >= 2 and sys.argv[1] == "serve":
-        _serve_minimal(int(sys.argv[2]), sys.argv[3])
     else:
         main()

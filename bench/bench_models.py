@@ -140,10 +140,11 @@ def _host_command(settings):
 
 
 def run_count(n: int, root: Path) -> dict:
+    from kfrelease.serving.gateway import LocalGatewayDriver
+
     from kfrelease.config import Settings
     from kfrelease.rollout.spec import parse_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
-    from kfrelease.serving.gateway import LocalGatewayDriver
     from kfrelease.stack import supervisor
     from tests.conftest import free_port_offset
 
@@ -219,9 +220,12 @@ def main() -> dict:
     lines = [
         "### Many models in production at once",
         "",
-        f"Gateway + one production model server hosting every model (`kfrelease.serving.host`); {RATE:g} requests/s "
-        f"per model for {SECONDS:g} s through the gateway, one instance per request; memory is PSS of all their "
-        f"processes; {result['machine']}; 1-minute load average before/after: {load_before:.2f}/{load_after:.2f}.",
+        (
+            f"Gateway + one production model server hosting every model (`kfrelease.serving.host`); {RATE:g} "
+            f"requests/s per model for {SECONDS:g} s through the gateway, one instance per request; memory is PSS "
+            f"of all their processes; {result['machine']}; 1-minute load average before/after: "
+            f"{load_before:.2f}/{load_after:.2f}."
+        ),
         "",
         "| models | bring-up s | total MiB | MiB per added model | p99 ms (worst model) | p50 ms | requests | failed |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -235,10 +239,14 @@ def main() -> dict:
         )
     lines += [
         "",
-        f"- goal: {biggest['models']} models under 2 GiB in all: **{'met' if result['goal']['met'] else 'missed'}** "
-        f"({biggest['memory_bytes'] / mib:.0f} MiB)",
-        "- a process per (model, role) instead would cost ~230 MiB of private memory per model (measured: PSS of one "
-        "`kfrelease.serving.predictor` process with one small model), over 2 GiB at 10 models",
+        (
+            f"- goal: {biggest['models']} models under 2 GiB in all: "
+            f"**{'met' if result['goal']['met'] else 'missed'}** ({biggest['memory_bytes'] / mib:.0f} MiB)"
+        ),
+        (
+            "- a process per (model, role) instead would cost ~230 MiB of private memory per model (measured: PSS "
+            "of one `kfrelease.serving.predictor` process with one small model), over 2 GiB at 10 models"
+        ),
     ]
     (RESULTS / "models.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -42,14 +42,14 @@ from pathlib import Path
 
 import httpx
 import jinja2
+from kfrelease.serving.hosts import HostCommand, ModelServers
+from kfrelease.serving.model_files import local_model_dir
+from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.hosts import HostCommand, ModelServers
-from kfrelease.serving.model_files import local_model_dir
-from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 
@@ -136,7 +136,7 @@ class ModelRoute:
     backends: dict[str, list[int]]
 
     @classmethod
-    def of(cls, spec: RolloutSpec, state: TrafficState, backends: dict[str, list[int] | int]) -> "ModelRoute":
+    def of(cls, spec: RolloutSpec, state: TrafficState, backends: dict[str, list[int] | int]) -> ModelRoute:
         check_state(spec, state)
         ports = {role: [p] if isinstance(p, int) else list(p) for role, p in backends.items()}
         for role in state_roles(state):
@@ -148,7 +148,7 @@ class ModelRoute:
         return {"state": asdict(self.state), "mirror_percent": self.mirror_percent, "backends": self.backends}
 
     @classmethod
-    def from_record(cls, name: str, rec: dict) -> "ModelRoute":
+    def from_record(cls, name: str, rec: dict) -> ModelRoute:
         return cls(name, TrafficState(**rec["state"]), float(rec["mirror_percent"]), dict(rec["backends"]))
 
 

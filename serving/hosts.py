@@ -16,11 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from kfrelease.serving.host import (
+    CONTROL_PATH,
+    SYNC_PATH,
+    read_manifest,
+    write_manifest,
+)
+from kfrelease.serving.slots import ServerSlot, all_slots
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
-from kfrelease.serving.host import CONTROL_PATH, SYNC_PATH, read_manifest, write_manifest
-from kfrelease.serving.slots import ServerSlot, all_slots
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 

@@ -7,6 +7,7 @@ import click
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
 
+
 def _print_event(event: dict) -> None:
     console.print(f"  [cyan]{event['stage']:<10}[/] {event['why']}")
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     restarts: dict[str, int] = {}
 
     class Health(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             body = json.dumps({"status": "ok", "restarts": restarts}).encode()
             self.send_response(200 if self.path == "/healthz" else 404)
             self.send_header("content-type", "application/json")

@@ -4,7 +4,6 @@ never filed under a guessed model."""
 from __future__ import annotations
 
 import pytest
-
 from kfrelease.serving.feedback import InvalidFeedback, feedback_record
 
 
