@@ -81,6 +81,14 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
     )
 
 
+def resume_step(current: TrafficState | None, candidate: str, steps: list[int]) -> int:
+    """The canary step to start at: where the traffic already is when this release's step is re-run (its pod
+    was evicted; the cluster driver reads the state back from the cluster), else the first."""
+    if current and current.canary == candidate and current.canary_weight in steps:
+        return steps.index(current.canary_weight)
+    return 0
+
+
 class ReleaseController:
     def __init__(
         self,
@@ -402,7 +410,7 @@ class ReleaseController:
         failures = 0
         steps = list(cs.steps)
         try:
-            i = 0
+            i = resume_step(self.driver.current(), candidate, steps)
             holds = 0
             while i < len(steps):
                 weight = steps[i]

@@ -16,6 +16,7 @@ from kfrelease.k8s.authz import service_account
 from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render import Sources, environment_documents
+from kfrelease.release.controller import resume_step
 from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
@@ -189,6 +190,9 @@ def test_an_evicted_release_resumes_from_the_state_the_cluster_records(spec):
     # the pod is evicted; KFP retries the step: a new process, a new driver, the same release
     again = driver(cluster, spec)
     assert again.current() == release_states[-1]
+    steps = list(spec.canary.steps)  # the controller's canary loop continues at 25 %, not at the first step
+    assert resume_step(again.current(), V2, steps) == steps.index(25) > 0
+    assert resume_step(again.current(), V3, steps) == 0  # another candidate's release starts over
     again.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))  # takes its own lock back at once
     assert weight(cluster, spec) == 50 and cluster.refused == []
     vs = next(doc for (k, _, _), doc in cluster.objects.items() if k == "VirtualService")

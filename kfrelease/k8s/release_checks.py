@@ -1,0 +1,166 @@
+"""Checks of one environment's rendered documents against what the release needs on the cluster; each returns
+findings (empty: fine). Finding classes: RBAC (who can stop a run, group bindings that never apply, what the
+merged model code's identity holds), the driver's rights against the operations of a whole release, and the
+mesh's AuthorizationPolicies against the flows of the data path.
+
+``CHECKS`` lists them by name for ``kfrelease manifests check``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kfrelease.k8s.authz import (
+    RBACModel,
+    Requester,
+    kfp_requester,
+    service_account,
+    upstream_cluster_roles,
+)
+from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, PROFILE_SA, RELEASE_NS
+from kfrelease.rollout.spec import RolloutSpec
+from kfrelease.rollout.traffic import TrafficState
+
+KFP = "pipelines.kubeflow.org"
+STOP = ("terminate", "delete", "retry", "archive")
+
+
+def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] | None = None) -> list[str]:
+    """Nobody but the platform's own identities can stop a release run; no binding names a group no EKS
+    access entry maps (``access_groups``); the untrusted steps' identity holds no write outside its minimum."""
+    from kfrelease.k8s.platform import UNTRUSTED_SA
+
+    rbac = RBACModel(docs + upstream_cluster_roles())
+    out = []
+    for b in rbac.bindings:
+        for s in b.subjects:
+            if s.get("kind") == "Group" and s["name"] not in (access_groups or set()):
+                out.append(f"RBAC: {b.origin} binds group {s['name']!r}, which no EKS access entry maps and KFP's "
+                           "SubjectAccessReview never carries (bind users or service accounts)")
+    allowed_to_stop = {f"{s['kind']} {s['name']}" for s in rbac.subjects(RELEASE_NS) if s["kind"] in ("User", "ServiceAccount")
+                       for verb in STOP if _kfp_allowed(rbac, s, verb)}
+    expected = {f"ServiceAccount {PROFILE_SA}"}  # the trusted pipeline steps (kubeflow-edit, profile controller)
+    owners = {f"User {(d.get('spec') or {}).get('owner', {}).get('name')}" for d in docs
+              if d.get("kind") == "Profile" and d["metadata"]["name"] == RELEASE_NS}
+    for who in sorted(allowed_to_stop - expected - owners):
+        out.append(f"RBAC: {who} may stop release runs in {RELEASE_NS} (terminate/delete/retry/archive)")
+    untrusted = service_account(RELEASE_NS, UNTRUSTED_SA)
+    for verb, group, resource in (("terminate", KFP, "runs"), ("delete", KFP, "runs"), ("delete", "argoproj.io", "workflows"),
+                                  ("delete", "", "pods"), ("create", "", "pods/exec")):
+        who = kfp_requester(untrusted) if group == KFP else untrusted
+        if rbac.allowed(who, verb, group, resource, RELEASE_NS):
+            out.append(f"RBAC: the untrusted steps' service account may {verb} {resource} in {RELEASE_NS}: "
+                       + "; ".join(rbac.why(who, verb, group, resource, RELEASE_NS)))
+    for verb in ("patch", "delete"):
+        if rbac.allowed(untrusted, verb, "serving.kserve.io", "inferenceservices", spec.serving.namespace):
+            out.append(f"RBAC: the untrusted steps' service account may {verb} InferenceServices")
+    ci = kfp_requester(service_account(RELEASE_NS, CI_SERVICE_ACCOUNT))
+    if not rbac.allowed(ci, "create", KFP, "runs", RELEASE_NS):
+        out.append(f"RBAC: the CI service account cannot create runs in {RELEASE_NS}")
+    return out
+
+
+def _kfp_allowed(rbac: RBACModel, subject: dict, verb: str) -> bool:
+    from kfrelease.k8s.authz import requester_of
+
+    return rbac.allowed(kfp_requester(requester_of(subject, subject["bound_in"])), verb, KFP, "runs", RELEASE_NS)
+
+
+class _RBACObjects:
+    """The rendered objects in memory, answering ``can`` from RBAC for one requester."""
+
+    def __init__(self, docs: list[dict], rbac: RBACModel, who: Requester):
+        from kfrelease.release.k8s_driver import InMemoryObjects
+
+        self.objects, self.rbac, self.who = InMemoryObjects(docs), rbac, who
+
+    def __getattr__(self, name):
+        return getattr(self.objects, name)
+
+    def can(self, verb: str, ref: dict) -> bool:
+        from kfrelease.release.k8s_driver import GROUPS, PLURALS
+
+        name = "" if verb == "create" else ref.get("name", "")
+        return self.rbac.allowed(self.who, verb, GROUPS[ref["kind"]], PLURALS[ref["kind"]], ref["namespace"], name)
+
+
+def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str) -> list[str]:
+    """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
+    against the rendered objects, is allowed to the release steps' service account."""
+    from kfrelease.k8s.platform import RELEASE_DRIVER_SA
+    from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
+
+    rbac = RBACModel(docs + upstream_cluster_roles())
+    candidate = "V0.0.0-check"
+    uris = {production: "oci://check/production", candidate: "oci://check/candidate"}
+    for d in docs:  # the production version's URI as rendered, so the plan patches only what a release changes
+        if d.get("kind") == "InferenceService":
+            uris[production] = d["spec"]["predictor"]["model"]["storageUri"]
+    shadow = TrafficState(primary=production, shadow=candidate, mirror_percent=spec.shadow.mirror_percent)
+    steps = [TrafficState(primary=production, canary=candidate, canary_weight=w) for w in spec.canary.steps]
+    out = []
+    for name, states in (("release", [shadow, *steps, TrafficState(primary=candidate)]),
+                         ("rollback", [shadow, steps[0], steps[0].with_canary(candidate, 0), TrafficState(primary=production)])):
+        objects = _RBACObjects(docs, rbac, service_account(RELEASE_NS, RELEASE_DRIVER_SA))
+        driver = KServeTrafficDriver(spec, uris, objects, holder=candidate, kserve_version=kserve_version)
+        try:
+            driver.check_rights(states)
+        except DriverForbidden as exc:
+            out.append(f"driver rights ({name}): {exc}")
+    return out
+
+
+def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
+    """Each flow of the data path is allowed under Kubeflow's global-deny-all, and a pod of another namespace
+    reaches no serving workload directly."""
+    from kfrelease.k8s import mesh
+    from kfrelease.serving.k8s import PREDICTOR_SERVICE_ACCOUNT
+
+    ns = spec.serving.namespace
+    policies = mesh.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
+    predictor = mesh.Workload(ns, dict(mesh.PREDICTOR_SELECTOR))
+    sink = mesh.Workload(ns, {"app.kubernetes.io/name": "kfrelease-logsink"})
+    feedback = mesh.Workload(ns, {"app.kubernetes.io/name": "kfrelease-feedback"})
+    agent = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
+    outsider = mesh.principal("kfrelease-science", PROFILE_SA)
+    predict = f"/v1/models/{spec.model}:predict"
+    needed = {
+        "ingress gateway -> predictor": mesh.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
+        "ingress gateway -> raw predictor (KServe agent)": mesh.Request(predictor, 9081, predict, "POST", mesh.INGRESS_GATEWAY),
+        "Knative activator -> predictor": mesh.Request(predictor, 8012, "/", "GET", mesh.KNATIVE_ACTIVATOR),
+        "KServe agent -> log sink": mesh.Request(sink, 8080, "/", "POST", agent),
+        "client -> feedback": mesh.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
+        "Prometheus -> predictor metrics": mesh.Request(predictor, 8080, "/metrics", "GET", None),
+        "Prometheus -> log sink metrics": mesh.Request(sink, 8080, "/metrics", "GET", None),
+    }
+    refused = {
+        "a pod of another namespace -> predictor": mesh.Request(predictor, 8080, predict, "POST", outsider),
+        "a pod of another namespace -> log sink": mesh.Request(sink, 8080, "/", "POST", outsider),
+    }
+    out = []
+    for flow, req in needed.items():
+        ok, why = mesh.decide(policies, req)
+        if not ok:
+            out.append(f"AuthorizationPolicy: {flow} is denied ({why})")
+    for flow, req in refused.items():
+        ok, why = mesh.decide(policies, req)
+        if ok:
+            out.append(f"AuthorizationPolicy: {flow} is allowed ({why}); allow only the flows the release needs")
+    return out
+
+
+def environment_findings(src, env) -> list[str]:
+    """Every finding above for one environment of ``Sources`` (``kfrelease.k8s.render``)."""
+    from kfrelease.k8s.eks import cluster_config
+    from kfrelease.k8s.render import environment_documents
+
+    docs = environment_documents(src, env)
+    config = cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces)
+    groups = {g for e in (config.get("accessConfig") or {}).get("accessEntries") or [] for g in e.get("kubernetesGroups", [])}
+    return [
+        *rbac_findings(docs, src.spec, groups),
+        *driver_findings(docs, src.spec, env.production_version, env.kserve_version),
+        *mesh_findings(docs, src.spec),
+    ]
+
+
+CHECKS: dict[str, Callable] = {"release path (RBAC, driver rights, AuthorizationPolicy)": environment_findings}

@@ -1,0 +1,73 @@
+"""The release-path checks (``kfrelease.k8s.release_checks``, part of ``kfrelease manifests check``) find
+nothing on the rendered environments and report each finding class on a broken input."""
+
+import copy
+
+import pytest
+
+from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.platform import RELEASE_DRIVER, UNTRUSTED_SA
+from kfrelease.k8s.release_checks import (
+    driver_findings,
+    environment_findings,
+    mesh_findings,
+    rbac_findings,
+)
+from kfrelease.k8s.render import Sources, environment_documents
+
+SOURCES = Sources.load()
+ENV = SOURCES.envs.environments["staging"]
+SPEC = SOURCES.spec
+RBAC = "rbac.authorization.k8s.io"
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return environment_documents(SOURCES, ENV)
+
+
+def binding(name, ns, role, subject):
+    return {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role}, "subjects": [subject]}
+
+
+@pytest.mark.parametrize("env", sorted(SOURCES.envs.environments))
+def test_the_rendered_environments_have_no_finding(env):
+    assert environment_findings(SOURCES, SOURCES.envs.environments[env]) == []
+
+
+def test_a_group_binding_and_a_person_who_can_stop_runs_are_rbac_findings(docs):
+    broken = docs + [
+        binding("team-view", RELEASE_NS, "kubeflow-view", {"apiGroup": RBAC, "kind": "Group", "name": "data-scientists"}),
+        binding("ada-edit", RELEASE_NS, "kubeflow-edit", {"apiGroup": RBAC, "kind": "User", "name": "ada@example.com"}),
+    ]
+    found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
+    assert any("binds group 'data-scientists'" in f for f in found), found
+    assert any("User ada@example.com may stop release runs" in f for f in found), found
+
+
+def test_an_untrusted_step_identity_with_kubeflow_edit_is_an_rbac_finding(docs):
+    broken = docs + [binding("oops", RELEASE_NS, "kubeflow-edit",
+                             {"kind": "ServiceAccount", "name": UNTRUSTED_SA, "namespace": RELEASE_NS})]
+    found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
+    assert any("untrusted steps' service account may terminate runs" in f for f in found), found
+    assert any("may delete workflows" in f for f in found) and any("may delete pods" in f for f in found)
+
+
+def test_a_driver_role_without_the_staging_delete_is_a_driver_finding(docs):
+    broken = copy.deepcopy(docs)
+    for d in broken:
+        if d["kind"] == "Role" and d["metadata"]["name"] == RELEASE_DRIVER:
+            d["rules"] = [r for r in d["rules"] if "delete" not in r["verbs"]]
+    found = driver_findings(broken, SPEC, ENV.production_version, ENV.kserve_version)
+    assert len(found) == 2 and all("delete InferenceService" in f and "staging" in f for f in found), found
+
+
+def test_missing_or_too_wide_authorization_policies_are_findings(docs):
+    none = [d for d in docs if d["kind"] != "AuthorizationPolicy" or d["metadata"]["namespace"] != SPEC.serving.namespace]
+    found = mesh_findings(none, SPEC)
+    assert any("KServe agent -> log sink is denied" in f for f in found) and len(found) == 7, found
+    allow_all = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "allow-all", "namespace": SPEC.serving.namespace}, "spec": {"rules": [{}]}}
+    found = mesh_findings(docs + [allow_all], SPEC)
+    assert found and all("is allowed" in f for f in found), found
