@@ -6,6 +6,12 @@
 #   docker build --target project   -t $REGISTRY/kfrelease:0.1.0 .
 #   docker build --target workspace -t $REGISTRY/kfrelease-workspace:0.1.0 .
 #
+# CI builds and pushes both on every release tag (ci/github/kfrelease-image.yaml) and compiles every pipeline
+# package against the project image BY DIGEST (KFRELEASE_IMAGE=$REGISTRY/kfrelease@sha256:...).
+# `pip install .` builds a wheel that carries the folders the library reads at run time (schemas/,
+# manifests/, examples/: kfrelease/resources.py RESOURCE_DIRS) as package data, so each is COPYed below;
+# tests/manifests/test_ci_and_image.py checks that every COPY the build needs is here.
+#
 # No secrets: object-store credentials come from IRSA (web identity) at run time, never from the image.
 # Python dependencies are pinned by constraints.txt, the same file `make setup` installs with.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -29,13 +35,22 @@ COPY kfrelease ./kfrelease
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
+COPY schemas ./schemas
+COPY manifests ./manifests
+COPY examples ./examples
+# After the install only constraints.txt stays here (the workspace stage uses it): a source tree in the working
+# directory would shadow the installed package (`python -m` puts the cwd first on sys.path).
 RUN pip install -c constraints.txt . \
- && python -c "import kfrelease, kserve, kfp; print('kfrelease image ok')"
+ && find . -mindepth 1 -maxdepth 1 ! -name constraints.txt -exec rm -rf {} + \
+ && python -c "from kfrelease.resources import resource_dir; from kfrelease.k8s.environments import load_environments; import kserve, kfp; load_environments(); print('kfrelease image ok', resource_dir('schemas'))"
 # A numeric non-root user (KServe's runAsNonRoot needs a numeric UID to verify); uid 1000 "jovyan" with
 # home /home/jovyan is also what Kubeflow Notebooks expect.
 RUN useradd --uid 1000 --gid 100 --create-home --home-dir /home/jovyan jovyan
 USER 1000
 ENV HOME=/home/jovyan
+# The commit the image was built from, recorded with every registered model (kfrelease/lineage.py).
+ARG KFRELEASE_COMMIT=""
+ENV KFRELEASE_COMMIT=${KFRELEASE_COMMIT}
 EXPOSE 8080
 CMD ["kfrelease", "--help"]
 

@@ -68,7 +68,7 @@ def run_local(settings: Settings, pipeline_func, **arguments):
 
 def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Path]:
     """Write each pipeline as a KFP YAML package (uploadable in the Kubeflow UI)."""
-    from kfp import compiler
+    from kfrelease.images import compile_package
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -76,6 +76,6 @@ def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Pat
     for name in names or list(pipelines):
         func = pipelines.get(name) or pipeline_function(name)
         path = out_dir / f"{name}_pipeline.yaml"
-        compiler.Compiler().compile(func, str(path))
+        compile_package(func, path)  # every step on KFRELEASE_IMAGE as it is now (kfrelease.images)
         written.append(path)
     return written

@@ -5,6 +5,9 @@ Authentication follows KFP's in-cluster pattern: a projected service-account tok
 ``pipelines.kubeflow.org`` whose path is ``KF_PIPELINES_SA_TOKEN_PATH`` (``kfp.client.
 ServiceAccountTokenVolumeCredentials``); runs go into ``KFRELEASE_NAMESPACE`` (default ``kfrelease-release``),
 the only namespace where runs may be created (docs/eks.md).
+
+Every submitted package runs on the project image named by digest (``KFRELEASE_IMAGE``,
+``kfrelease.images``): a submission without one is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ def client(host: str):
 
 
 def submit_run(host: str, pipeline: Callable, arguments: dict, run_name: str, experiment: str) -> str:
-    """Compile ``pipeline`` and create one run of it (caching off: every run really runs); returns the run id."""
-    from kfp import compiler
+    """Compile ``pipeline`` on the pinned project image and create one run of it (caching off: every run
+    really runs); returns the run id."""
+    from kfrelease.images import compile_package, pinned_project_image
 
+    image = pinned_project_image()
     with tempfile.TemporaryDirectory() as tmp:
-        package = str(Path(tmp) / "pipeline.yaml")
-        compiler.Compiler().compile(pipeline, package)
+        package = str(compile_package(pipeline, Path(tmp) / "pipeline.yaml", image))
         result = client(host).create_run_from_pipeline_package(
             package,
             namespace=namespace(),

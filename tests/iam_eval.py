@@ -12,14 +12,16 @@ import fnmatch
 PROBES = {
     "read": ("s3:GetObject", "object"),
     "write": ("s3:PutObject", "object"),
+    "delete": ("s3:DeleteObject", "object"),
     "list": ("s3:ListBucket", "bucket"),
 }
 
 
-def allowed(doc: dict, bucket: str, action: str) -> bool:
+def allowed(doc: dict, bucket: str, action: str, key: str = "some/key") -> bool:
+    """Whether ``doc`` allows ``action`` (read, write, delete, list) on ``bucket`` (objects: at ``key``)."""
     assert doc.get("Version") == "2012-10-17", "IAM policy must use Version 2012-10-17"
     api, target = PROBES[action]
-    resource = f"arn:aws:s3:::{bucket}" + ("/some/key" if target == "object" else "")
+    resource = f"arn:aws:s3:::{bucket}" + (f"/{key}" if target == "object" else "")
     verdict = False
     for st in doc["Statement"]:
         assert set(st) <= {"Sid", "Effect", "Action", "Resource"}, f"unsupported statement keys {set(st)}"

@@ -35,13 +35,13 @@ def components() -> dict[str, object]:
 
 def compile_components(out_dir: Path) -> list[Path]:
     """Write each component as a KFP component YAML file (load with ``kfp.components.load_component_from_file``)."""
-    from kfp import compiler
+    from kfrelease.images import compile_package
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, component in components().items():
         path = out_dir / f"{name}.yaml"
-        compiler.Compiler().compile(component, str(path))
+        compile_package(component, path)
         written.append(path)
     return written
 

@@ -10,7 +10,7 @@ Kubeflow profile controller (``AwsIamForServiceAccount`` plugin on each Profile'
 from __future__ import annotations
 
 from kfrelease.access.policy import AccessPolicy
-from kfrelease.access.render import iam_policy
+from kfrelease.access.render import bucket_name, iam_policy
 from kfrelease.k8s.environments import (
     CI_GROUP,
     PROFILE_SA,
@@ -23,8 +23,49 @@ from kfrelease.k8s.environments import (
 from kfrelease.k8s.platform import role_placements
 
 CI_ROLE = "kfrelease-ci"
-CI_S3_POLICY = "s3-as-pipeline"
+CI_S3_POLICY = "s3-trigger"
+IMAGE_PUBLISHER_ROLE = "kfrelease-image-publisher"
+PIPELINE_UI_ROLE = "kfrelease-pipeline-ui"
 GITHUB_OIDC = "token.actions.githubusercontent.com"
+#: Kubeflow Pipelines' UI server (kubeflow/pipelines manifests/kustomize/base/pipeline/ml-pipeline-ui-deployment.yaml).
+PIPELINE_UI = ("kubeflow", "ml-pipeline-ui")
+
+
+def ci_trigger_policy(env: Environment) -> dict:
+    """What ``kfrelease trigger`` does with S3 (kfrelease/training/trigger.py, runs.py, data/publish.py): read
+    the curated dataset's manifests, create and update the run record under ``models/runs/``. Nothing else:
+    no write or delete of registry entries, model artifacts or datasets, and no delete at all."""
+    models, curated = bucket_name("models", env.bucket_prefix), bucket_name("curated", env.bucket_prefix)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # HeadObject of a missing key answers 404 only with ListBucket (else 403): stat() needs it
+            {"Sid": "ListModelsAndCurated", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [f"arn:aws:s3:::{models}", f"arn:aws:s3:::{curated}"]},
+            {"Sid": "ReadCurated", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": [f"arn:aws:s3:::{curated}/*"]},
+            {"Sid": "RunRecords", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+             "Resource": [f"arn:aws:s3:::{models}/runs/*"]},
+        ],
+    }
+
+
+def pipeline_ui_policy(env: Environment) -> dict:
+    """Read-only access to the KFP pipeline root for ``ml-pipeline-ui`` (IRSA), so the Kubeflow UI opens the
+    Evidently HTML reports and other artifacts. The UI server reads ``s3://`` artifacts with the AWS SDK's
+    default provider chain when it has no static keys (kubeflow/pipelines frontend/server/minio-helper.ts,
+    ``fromNodeProviderChain``), i.e. with the web-identity credentials EKS injects for an annotated
+    service account."""
+    root = bucket_name("pipeline-root", env.bucket_prefix)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ListPipelineRoot", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [f"arn:aws:s3:::{root}"]},
+            {"Sid": "ReadPipelineRoot", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": [f"arn:aws:s3:::{root}/*"]},
+        ],
+    }
 
 
 def image_push_policy_name(env: Environment) -> str:
@@ -64,10 +105,27 @@ def cluster_config(
                 "attachPolicy": iam_policy(policy, "data-scientist", env.bucket_prefix),
             }
         )
+    ui_ns, ui_sa = PIPELINE_UI
+    accounts.append(
+        {
+            # the SA exists (Kubeflow's manifests); manifests/eks/<env>/kubeflow/amendments.yaml annotates it
+            "metadata": {"name": ui_sa, "namespace": ui_ns},
+            "roleName": PIPELINE_UI_ROLE,
+            "roleOnly": True,
+            "attachPolicy": pipeline_ui_policy(env),
+        }
+    )
     accounts.append(
         {
             "metadata": {"name": "cluster-autoscaler", "namespace": "kube-system"},
             "wellKnownPolicies": {"autoScaler": True},
+        }
+    )
+    accounts.append(
+        {
+            # the internet-facing ALB in front of Kubeflow's ingress gateway (kfrelease.k8s.kubeflow.kubeflow_ingress)
+            "metadata": {"name": "aws-load-balancer-controller", "namespace": "kube-system"},
+            "wellKnownPolicies": {"awsLoadBalancerController": True},
         }
     )
 
@@ -116,7 +174,8 @@ def cluster_config(
             {"name": "vpc-cni"},
             {"name": "coredns"},
             {"name": "kube-proxy"},
-            # notebook volumes (PVCs) are EBS volumes
+            # PVCs (notebook workspaces, Kubeflow's MySQL and SeaweedFS) are EBS volumes; EKS >= 1.30 marks no
+            # StorageClass as default, so the base renders one (kfrelease.k8s.kubeflow.default_storage_class)
             {
                 "name": "aws-ebs-csi-driver",
                 "wellKnownPolicies": {"ebsCSIController": True},
@@ -265,11 +324,76 @@ def prerequisites_template(
                     },
                 },
                 {
-                    # `kfrelease trigger` records the run (idempotent per commit) in the models bucket and
-                    # reads the curated dataset version, as the pipeline does: the pipeline role's S3 grants.
-                    "PolicyName": CI_S3_POLICY,
-                    "PolicyDocument": iam_policy(policy, "pipeline", env.bucket_prefix),
+                    # resolve the immutable tag of the project image to its digest (KFRELEASE_IMAGE)
+                    "PolicyName": "describe-project-image",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": ["ecr:DescribeImages"],
+                                "Resource": f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{PROJECT_IMAGE_NAME}",
+                            }
+                        ],
+                    },
                 },
+                {
+                    # `kfrelease trigger`: read the curated dataset version, create the run record; no registry writes
+                    "PolicyName": CI_S3_POLICY,
+                    "PolicyDocument": ci_trigger_policy(env),
+                },
+            ],
+        },
+    }
+    image_arns = [
+        f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{r}" for r in (PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME)
+    ]
+    res["ImagePublisherRole"] = {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "RoleName": IMAGE_PUBLISHER_ROLE,
+            "Description": "GitHub Actions on release tags of the kfrelease repository: push the project and workspace images",
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {
+                            "Federated": {
+                                "Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"
+                            }
+                        },
+                        "Action": "sts:AssumeRoleWithWebIdentity",
+                        "Condition": {
+                            "StringEquals": {f"{GITHUB_OIDC}:aud": "sts.amazonaws.com"},
+                            "StringLike": {f"{GITHUB_OIDC}:sub": f"repo:{team.platform_repository}:ref:refs/tags/v*"},
+                        },
+                    }
+                ],
+            },
+            "Policies": [
+                {
+                    "PolicyName": "push-project-images",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "ecr:BatchCheckLayerAvailability",
+                                    "ecr:BatchGetImage",
+                                    "ecr:CompleteLayerUpload",
+                                    "ecr:DescribeImages",
+                                    "ecr:InitiateLayerUpload",
+                                    "ecr:PutImage",
+                                    "ecr:UploadLayerPart",
+                                ],
+                                "Resource": image_arns,
+                            },
+                        ],
+                    },
+                }
             ],
         },
     }
@@ -292,6 +416,7 @@ def prerequisites_template(
         "Resources": res,
         "Outputs": {
             "CIRoleArn": {"Value": {"Fn::GetAtt": ["CIRole", "Arn"]}},
+            "ImagePublisherRoleArn": {"Value": {"Fn::GetAtt": ["ImagePublisherRole", "Arn"]}},
             "Registry": {"Value": env.registry},
         },
     }

@@ -65,6 +65,12 @@ class Environment:
     #: The Kubeflow release installed on the cluster and the KServe version serving runs (kfrelease/k8s/versions.py).
     kubeflow_version: str = "1.11.0"
     kserve_version: str = "0.20.0"
+    #: Kubeflow's public host name (the istio-ingressgateway's NLB; CI reaches KFP at https://<host>/pipeline),
+    #: the ACM certificate of that name, and the cluster's OIDC issuer (`aws eks describe-cluster --query
+    #: cluster.identity.oidc.issuer`), which oauth2-proxy's m2m-dex-and-eks overlay must trust.
+    kubeflow_host: str = "kubeflow.example.com"
+    certificate_arn: str = ""
+    oidc_issuer: str = ""
 
     @property
     def kserve(self) -> KServeVersion:
@@ -112,6 +118,8 @@ class Team:
     data_engineering_owner: str
     data_science_owner: str
     model_repository: str
+    #: The GitHub repository of kfrelease itself, whose release tags build the project image (kfrelease-image.yaml).
+    platform_repository: str = "example-org/kfrelease"
 
 
 @dataclass(frozen=True)

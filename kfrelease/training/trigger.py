@@ -93,6 +93,10 @@ def trigger(
         spec.build_estimator()  # unknown estimator / bad hyper-parameter: refuse before any run exists
         run_id = f"train-{commit[:12]}"
         source = {"repo": str(Path(repo or ".").resolve())}
+    if kfp_host:
+        from kfrelease.images import pinned_project_image
+
+        pinned_project_image()  # a cluster run needs KFRELEASE_IMAGE by digest: refuse before any run exists
     store = _store(settings)
     if not auto:
         from kfrelease.data.publish import get_version

@@ -3,6 +3,7 @@ container build can run on this machine: these tests check the files themselves.
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kfrelease.k8s.eks import CI_ROLE
@@ -88,3 +89,166 @@ def test_every_kfrelease_process_in_the_manifests_accepts_its_arguments(built):
                 assert flag in proc.stdout, f"{cmd[2]} does not accept {flag}"
             checked += 1
     assert checked >= 3  # log sink, feedback, ServingRuntime
+
+
+# --- the project image: built by CI, pinned by digest, carrying every file the library reads -------------
+
+IMAGE_WORKFLOW = REPO / "ci" / "github" / "kfrelease-image.yaml"
+PINNED = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@sha256:" + "d" * 64
+
+
+def _on(wf: dict):
+    return wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as a boolean
+
+
+def test_the_image_workflow_builds_pushes_and_compiles_every_package_by_digest():
+    wf = yaml.safe_load(IMAGE_WORKFLOW.read_text())
+    assert _on(wf) == {"push": {"tags": ["v*"]}}  # one push per tag: the ECR repositories are tag-immutable
+    assert wf["permissions"] == {"id-token": "write", "contents": "read"}
+    steps = wf["jobs"]["image"]["steps"]
+    by_id = {s["id"]: s for s in steps if "id" in s}
+    pushes = [s for s in steps if s.get("uses", "").startswith("docker/build-push-action")]
+    assert {s["with"]["target"] for s in pushes} == {"project", "workspace"}
+    assert all(s["with"]["push"] is True and s["with"]["context"] == "." for s in pushes)
+    assert by_id["project"]["with"]["target"] == "project"
+    # the digest of the pushed project image, not its tag, is what the packages are compiled against
+    assert "steps.project.outputs.digest" in by_id["pin"]["run"]
+    compile_step = next(s for s in steps if "kfrelease compile" in s.get("run", ""))
+    check_step = next(s for s in steps if "kfrelease manifests check --compiled" in s.get("run", ""))
+    for step in (compile_step, check_step):
+        assert step["env"]["KFRELEASE_IMAGE"] == "${{ steps.pin.outputs.image }}"
+    assert steps.index(by_id["pin"]) < steps.index(compile_step) < steps.index(check_step)
+    assert wf["env"]["AWS_ROLE_ARN"].endswith(":role/kfrelease-image-publisher")
+    assert "secrets." not in IMAGE_WORKFLOW.read_text()
+
+
+def test_the_trigger_resolves_the_image_digest_and_submits_with_it():
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    steps = wf["jobs"]["trigger"]["steps"]
+    resolve = next(s for s in steps if "describe-images" in s.get("run", ""))
+    trigger = next(s for s in steps if "kfrelease trigger" in s.get("run", ""))
+    assert steps.index(resolve) < steps.index(trigger)
+    assert 'KFRELEASE_IMAGE=$REGISTRY/kfrelease@$digest' in resolve["run"].replace('"', "")
+    assert '>> "$GITHUB_ENV"' in resolve["run"]
+
+
+def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_are_imported(tmp_path, monkeypatch):
+    """components/base.py fixes KFP's base_image at import; compile_package writes the image of the moment."""
+    from kfrelease.pipelines.training_pipeline import (
+        training_pipeline,  # imported before the env is set
+    )
+
+    from kfrelease.images import compile_package, executors
+
+    for image in (PINNED, PINNED.replace("d" * 64, "e" * 64)):
+        monkeypatch.setenv("KFRELEASE_IMAGE", image)
+        package = yaml.safe_load(compile_package(training_pipeline, tmp_path / "p.yaml").read_text())
+        containers = executors(package)
+        assert len(containers) >= 5
+        for name, container in containers.items():
+            assert container["image"] == image, name
+            assert {"name": "KFRELEASE_IMAGE", "value": image} in container["env"], name
+
+
+def test_a_cluster_submission_refuses_an_image_not_named_by_digest(monkeypatch):
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+
+    from kfrelease.errors import ConfigError
+    from kfrelease.kfp_submit import submit_run
+
+    for image in ("", "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease:0.1.0", "kfrelease@sha256:abc"):
+        monkeypatch.setenv("KFRELEASE_IMAGE", image)
+        # port 9 (discard) would fail the connection: the refusal comes first, nothing is sent
+        with pytest.raises(ConfigError, match="does not name the project image by digest"):
+            submit_run("http://127.0.0.1:9", release_pipeline, {}, run_name="r", experiment="e")
+
+
+def _dockerfile_copies() -> set[str]:
+    """Sources of the project stage's COPY instructions (before the first RUN pip install)."""
+    sources = set()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            sources.update(parts[1:-1])
+    return sources
+
+
+def test_the_dockerfile_copies_every_folder_the_wheel_is_built_from():
+    import ast
+
+    from kfrelease.resources import RESOURCE_DIRS
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    assigned = {
+        t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    assert ast.literal_eval(assigned["RESOURCE_DIRS"]) == RESOURCE_DIRS  # setup.py and the library agree
+    package_dirs = {v.value for v in assigned["PACKAGE_DIR"].generators[0].iter.func.value.values}
+    needed = {"setup.py", "constraints.txt"} | package_dirs | set(RESOURCE_DIRS)
+    assert needed <= _dockerfile_copies(), f"the Dockerfile does not COPY {needed - _dockerfile_copies()}"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """`pip wheel .` of this checkout: what the Dockerfile's `pip install .` installs."""
+    import subprocess
+    import sys
+    import zipfile
+
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("kfrelease-*.whl")
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(out / "site")
+        names = set(zf.namelist())
+    return out / "site", names
+
+
+def test_the_wheel_carries_every_tracked_file_of_the_runtime_folders(wheel):
+    import subprocess
+
+    from kfrelease.resources import RESOURCE_DIRS
+
+    _, names = wheel
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", *RESOURCE_DIRS], capture_output=True,
+                             text=True, check=True).stdout.split()
+    tracked = [f for f in tracked if (REPO / f).is_file()]  # not those deleted in the work tree
+    assert len(tracked) > 40
+    missing = [f for f in tracked if f"kfrelease/_resources/{f}" not in names]
+    assert not missing, f"the wheel lacks {missing[:5]}"
+    for module in ("kfrelease/components/base.py", "kfrelease/pipelines/training_pipeline.py",
+                   "kfrelease/serving/k8s.py", "kfrelease/k8s/versions.py"):
+        assert module in names
+
+
+def test_the_installed_wheel_reads_schemas_environments_and_the_example_from_itself(wheel, tmp_path):
+    """Run the readers from the unpacked wheel (first on sys.path), in a folder that is not a checkout."""
+    import os
+    import subprocess
+    import sys
+
+    site, _ = wheel
+    code = (
+        "import kfrelease, pathlib\n"
+        "from kfrelease.k8s.schemas import crd_index, vendored_crds\n"
+        "from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments\n"
+        "from kfrelease.demo.project import example_dir\n"
+        "from kfrelease.k8s.versions import KSERVE_VERSIONS\n"
+        "root = pathlib.Path(kfrelease.__file__).parent\n"
+        "for p in (vendored_crds(), MANIFESTS_DIR, example_dir()):\n"
+        "    assert root in p.parents, p\n"
+        "for v in KSERVE_VERSIONS:\n"
+        "    assert ('serving.kserve.io', 'v1beta1', 'InferenceService') in crd_index(kserve=v), v\n"
+        "assert load_environments().environments\n"
+        "print('ok', root)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok " + str(site)), proc.stdout

@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 
+from kfrelease.k8s.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
 from kfrelease.k8s.environments import (
     MANIFESTS_DIR,
     PROFILE_SA,
@@ -61,7 +62,9 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
                 in_cluster[iam_role_name("data-scientist", ws.name)]
                 == rendered["data-scientist"]
             )
-        assert len(in_cluster) == len(rendered) + len(sources.workspaces)
+        # plus the Kubeflow UI's read-only role on the pipeline root (the Evidently reports)
+        assert in_cluster[PIPELINE_UI_ROLE] == pipeline_ui_policy(env)
+        assert len(in_cluster) == len(rendered) + len(sources.workspaces) + 1
 
 
 def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
@@ -96,7 +99,10 @@ def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with
             if sa.get("roleOnly")
         }
         annotated = {}
-        for doc in built[name]:
+        amendments = yaml.safe_load_all(
+            (MANIFESTS_DIR / "eks" / name / "kubeflow" / "amendments.yaml").read_text()
+        )
+        for doc in list(built[name]) + [d for d in amendments if d]:
             if doc["kind"] == "ServiceAccount" and IRSA_ANNOTATION in doc[
                 "metadata"
             ].get("annotations", {}):
@@ -224,22 +230,13 @@ def test_pipeline_pods_get_the_object_store_and_registry_settings(built, sources
         assert envs["REGISTRY_AUTH_FILE"] == f"{mount}/auth.json"
 
 
-def test_the_ci_role_has_the_pipeline_s3_grants_and_the_workflow_points_at_the_right_buckets(
-    sources,
-):
+def test_the_ci_role_may_only_record_runs_and_read_curated_data(sources):
+    """The trigger reads the curated dataset version and creates its run record under models/runs/; it may not
+    write or delete registry entries or model artifacts (a CI role that could is a way around the release)."""
     from kfrelease.k8s.eks import CI_S3_POLICY
 
+    model = sources.spec.model
     for name, env in sources.envs.environments.items():
-        rendered = json.loads(
-            cli(
-                "access",
-                "render",
-                "--target",
-                "aws",
-                "--bucket-prefix",
-                env.bucket_prefix,
-            )
-        )
         tpl = yaml.safe_load(
             (MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text()
         )
@@ -247,7 +244,47 @@ def test_the_ci_role_has_the_pipeline_s3_grants_and_the_workflow_points_at_the_r
             p["PolicyName"]: p["PolicyDocument"]
             for p in tpl["Resources"]["CIRole"]["Properties"]["Policies"]
         }
-        assert policies[CI_S3_POLICY] == rendered["pipeline"]
+        s3 = policies[CI_S3_POLICY]
+        models, curated = f"{env.bucket_prefix}models", f"{env.bucket_prefix}curated"
+        # what kfrelease trigger does (kfrelease/training/runs.py, kfrelease/data/publish.py)
+        for bucket, action, key in [
+            (models, "read", "runs/train-abc/run.json"),
+            (models, "write", "runs/train-abc/run.json"),
+            (models, "write", "runs/train-abc/state.json"),
+            (models, "list", None),
+            (curated, "read", "diabetes/latest"),
+            (curated, "list", None),
+        ]:
+            assert allowed(s3, bucket, action, key or ""), (name, bucket, action, key)
+        # and nothing else: no registry write or delete, no dataset write, no other bucket
+        for bucket, action, key in [
+            (models, "write", f"{model}/V1.1.0/entry.json"),
+            (models, "write", f"{model}/stages/production"),
+            (models, "delete", f"{model}/V1.1.0/entry.json"),
+            (models, "delete", "runs/train-abc/run.json"),
+            (models, "read", f"{model}/V1.1.0/model.joblib"),
+            (curated, "write", "diabetes/latest"),
+            (curated, "delete", "diabetes/latest"),
+        ] + [(f"{env.bucket_prefix}{b}", a, "k") for b in ("raw", "pipeline-root", "inference-logs", "feedback")
+             for a in ("read", "write", "delete")]:
+            assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
+        assert set(policies) == {"describe-cluster", "describe-project-image", CI_S3_POLICY}
+        (ecr,) = policies["describe-project-image"]["Statement"]
+        assert ecr["Action"] == ["ecr:DescribeImages"] and ecr["Resource"].endswith(":repository/kfrelease")
+
+
+def test_the_kubeflow_ui_reads_the_pipeline_root_and_nothing_else(sources):
+    for env in sources.envs.environments.values():
+        ui = pipeline_ui_policy(env)
+        root = f"{env.bucket_prefix}pipeline-root"
+        assert allowed(ui, root, "read", "v2/training/run-1/evaluate/report.html") and allowed(ui, root, "list")
+        assert not allowed(ui, root, "write") and not allowed(ui, root, "delete")
+        for bucket in sources.policy.buckets:
+            if bucket != "pipeline-root":
+                assert not any(allowed(ui, f"{env.bucket_prefix}{bucket}", a) for a in ("read", "write", "list"))
+
+
+def test_the_trigger_workflow_points_at_the_right_cluster_and_buckets(sources):
     wf = yaml.safe_load(
         (MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text()
     )

@@ -6,6 +6,7 @@ and pkg/constants/constants.go at each tag)."""
 import copy
 
 import pytest
+import yaml
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments
@@ -59,7 +60,8 @@ def test_kubeflow_releases_map_to_the_kserve_they_ship():
 def test_every_overlay_document_validates_against_each_supported_kserve(built, version):
     checked = 0
     for name, docs in built.items():
-        for doc in docs:
+        boot = (MANIFESTS_DIR / "bootstrap" / name / "release.yaml").read_text()
+        for doc in list(docs) + [d for d in yaml.safe_load_all(boot) if d]:
             try:
                 validate(doc, kserve=version)
             except SchemaValidationError as exc:

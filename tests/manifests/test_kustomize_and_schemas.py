@@ -26,14 +26,14 @@ EXPECTED_KINDS = {
     "PersistentVolumeClaim",
     "AuthorizationPolicy",
     "ServingRuntime",
-    "InferenceService",
-    "VirtualService",
     "Deployment",
     "Service",
     "ServiceMonitor",
     "HorizontalPodAutoscaler",
     "PodMonitor",
     "PrometheusRule",
+    "StorageClass",
+    "Ingress",
 }
 
 
@@ -60,14 +60,20 @@ def test_each_overlay_builds_to_exactly_the_rendered_environment(sources, built)
         assert len(got) == len(docs), f"{name}: duplicate documents"
 
 
-def test_every_document_validates_against_kubernetes_and_crd_schemas(built):
+def bootstrap(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((MANIFESTS_DIR / "bootstrap" / name / "release.yaml").read_text()) if d]
+
+
+def test_every_document_validates_against_kubernetes_and_crd_schemas(built, sources):
     checked, how = 0, {}
     docs = {f"overlay {n}": d for n, d in built.items()}
     docs["base"] = kustomize(MANIFESTS_DIR / "base")
+    docs.update({f"bootstrap {n}": bootstrap(n) for n in built})
     for where, items in docs.items():
+        kserve = sources.envs.environments[where.split()[1]].kserve if " " in where else None
         for doc in items:
             try:
-                method = validate(doc)
+                method = validate(doc, kserve=kserve)
             except SchemaValidationError as exc:
                 pytest.fail(f"{where}: {exc}")
             kind = "CRD" if method.startswith("CRD") else "Kubernetes"
@@ -78,6 +84,32 @@ def test_every_document_validates_against_kubernetes_and_crd_schemas(built):
     assert not missing, f"the production overlay lacks {missing}"
     print(f"\nvalidated {checked} documents (base + {len(built)} overlays): {how}")
     assert checked >= 3 * 30
+
+
+def test_the_re_applied_overlay_never_carries_what_the_release_owns(built, sources):
+    """Re-applying the overlay (docs/eks.md) must not reset a released model: the production InferenceService
+    and VirtualService are created once from bootstrap/<env>/ and driven by the release afterwards."""
+    for name, docs in built.items():
+        kinds = {d["kind"] for d in docs}
+        assert not kinds & {"InferenceService", "VirtualService"}, name
+        boot = bootstrap(name)
+        assert {d["kind"] for d in boot} == {"InferenceService", "VirtualService"}
+        env = sources.envs.environments[name]
+        isvc = next(d for d in boot if d["kind"] == "InferenceService")
+        assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith(f":{env.production_version}")
+
+
+def test_eks_has_a_default_storage_class_from_the_ebs_csi_addon(built, sources):
+    for name, docs in built.items():
+        classes = [d for d in docs if d["kind"] == "StorageClass"]
+        defaults = [c for c in classes
+                    if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+        assert len(defaults) == 1, name
+        assert defaults[0]["provisioner"] == "ebs.csi.aws.com" and defaults[0]["parameters"]["type"] == "gp3"
+        cfg = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+        assert any(a["name"] == "aws-ebs-csi-driver" for a in cfg["addons"]), name
+        pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+        assert pvcs and all(not p["spec"].get("storageClassName") for p in pvcs)  # they take the default
 
 
 def test_validation_catches_a_wrong_field_in_a_custom_resource(built):
@@ -113,7 +145,7 @@ def test_environment_values_reach_every_document(sources, built):
             notebook["spec"]["template"]["spec"]["containers"][0]["image"]
             == env.workspace_image
         )
-        isvc = next(d for d in docs if d["kind"] == "InferenceService")
+        isvc = next(d for d in bootstrap(name) if d["kind"] == "InferenceService")
         assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(
             f"oci://{env.registry}/"
         )

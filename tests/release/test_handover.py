@@ -57,6 +57,8 @@ def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path
     token = tmp_path / "token"
     token.write_text("pipeline-pod-token")  # the PodDefault's projected token (audience pipelines.kubeflow.org)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    image = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@sha256:" + "c" * 64
+    monkeypatch.setenv("KFRELEASE_IMAGE", image)  # the step's own image, from the compiled training package
     spec_file = _spec_file(tmp_path, "diabetes-progression-cluster")
     with recording_kfp_api() as (host, api):
         monkeypatch.setenv("KFRELEASE_KFP_HOST", host)
@@ -65,6 +67,7 @@ def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path
     assert record["kfp_run_id"] == "kfp-run-1" and record["run_name"] == "release-diabetes-progression-cluster-V1.2.0"
     (run,) = api.posted("/apis/v2beta1/runs")
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfrelease-release"
+    assert {ex["container"]["image"] for ex in run["pipeline_spec"]["deploymentSpec"]["executors"].values()} == {image}
     params = run["runtime_config"]["parameters"]
     assert params["model"] == "diabetes-progression-cluster" and params["version"] == "V1.2.0"
     assert yaml.safe_load(params["spec_yaml"])["canary"]["steps"] == [25, 50, 100]

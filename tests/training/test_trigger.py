@@ -17,6 +17,8 @@ from kfrelease.training.steps import STEP_NAMES, run_inline
 from kfrelease.training.trigger import trigger, wait
 from tests.recording_kfp import recording_kfp_api
 
+IMAGE = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@sha256:" + "b" * 64  # what CI pushed
+
 pytestmark = pytest.mark.integration
 
 
@@ -108,6 +110,12 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
 
 def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack, tmp_path, monkeypatch):
     repo, shas, name = project
+    from kfrelease.errors import ConfigError
+
+    monkeypatch.setenv("KFRELEASE_IMAGE", "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease:0.1.0")
+    with pytest.raises(ConfigError, match="does not name the project image by digest"):
+        trigger(stack, shas[1], repo, kfp_host="http://127.0.0.1:9")  # refused before any run record
+    monkeypatch.setenv("KFRELEASE_IMAGE", IMAGE)
     token = tmp_path / "kfp-token"
     token.write_text("ci-token-123")  # what the CI workflow mints with `kubectl create token kfrelease-ci`
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
@@ -121,6 +129,9 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     run = posted[0]
     assert run["display_name"] == f"train-{shas[1][:12]}" and run["experiment_id"] == "exp-1"
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfrelease-training"
+    # every step runs the pinned image and hands it on (the deploy-staging step compiles the release on it)
+    for ex in run["pipeline_spec"]["deploymentSpec"]["executors"].values():
+        assert ex["container"]["image"] == IMAGE and {"name": "KFRELEASE_IMAGE", "value": IMAGE} in ex["container"]["env"]
     params = run["runtime_config"]["parameters"]
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
     assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
@@ -131,9 +142,10 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     assert experiments and experiments[0]["namespace"] == "kfrelease-release"
 
 
-def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project, dataset, stack):
+def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project, dataset, stack, monkeypatch):
     """What monitoring's alert receiver and new-data hook call (submitted to the recording KFP API here)."""
     repo, shas, name = project
+    monkeypatch.setenv("KFRELEASE_IMAGE", IMAGE)
     spec, sha = load_project_at_commit(repo, shas[1])
     prod = run_inline(spec, sha, containerize=False)
     registry().set_stage(name, prod.version, "production", "release-pipeline", "promoted for this test")

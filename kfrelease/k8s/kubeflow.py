@@ -1,0 +1,154 @@
+"""What a Kubeflow install on EKS needs beyond Kubeflow's own manifests, and the release's one-time bootstrap.
+
+- ``default_storage_class``: EKS >= 1.30 marks no StorageClass as default, so every PVC without a class
+  (notebook workspaces, Kubeflow's MySQL and SeaweedFS) stays Pending. A gp3 class of the aws-ebs-csi-driver
+  add-on (``ebs.csi.aws.com``, eksctl config) marked default; part of the kustomize base.
+- ``oauth2_proxy_kustomization``: machine-to-machine access to KFP with an EKS-issued service-account token
+  (the CI's ``kubectl create token kfrelease-ci``) works only with oauth2-proxy's
+  ``common/oauth2-proxy/overlays/m2m-dex-and-eks`` overlay of kubeflow/manifests, whose RequestAuthentication
+  ``istio-system/m2m-token-issuer`` must name the cluster's OIDC issuer
+  (``https://oidc.eks.<region>.amazonaws.com/id/<id>``; the default ``m2m-dex-only`` trusts only the
+  in-cluster issuer). It maps the token's ``sub`` to ``kubeflow-userid``
+  (``components/istio-m2m/requestauthentication.yaml``), so KFP sees
+  ``system:serviceaccount:kfrelease-release:kfrelease-ci``.
+- ``kubeflow_ingress``: an internet-facing ALB with TLS in front of the istio-ingressgateway (GitHub-hosted
+  runners must reach KFP); part of the kustomize base.
+- ``kubeflow_amendments``: fields of Kubeflow-owned objects, applied server-side with field manager
+  ``kfrelease`` (so Kubeflow's own apply keeps the rest): ``kubeflow/ml-pipeline-ui`` gets the IRSA role that
+  reads the pipeline root (the UI opens the Evidently reports).
+- ``bootstrap_documents``: the production InferenceService and VirtualService at the first version. The
+  release driver owns them afterwards, so they are NOT in the re-applied overlay (re-applying it would reset
+  a released model to ``production_version``); ``kubectl create`` applies them once and refuses when they exist.
+"""
+
+from __future__ import annotations
+
+from kfrelease.k8s.environments import Environment
+
+FIELD_MANAGER = "kfrelease"
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+EBS_CSI = "ebs.csi.aws.com"
+STORAGE_CLASS = "gp3"
+#: kubeflow/manifests paths (at the tag of the environment's Kubeflow release).
+OAUTH2_PROXY_EKS_OVERLAY = "common/oauth2-proxy/overlays/m2m-dex-and-eks"
+M2M_REQUEST_AUTHENTICATION = ("istio-system", "m2m-token-issuer")
+INGRESS_GATEWAY = ("istio-system", "istio-ingressgateway")  # common/istio/istio-install/base
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+
+
+def default_storage_class() -> dict:
+    """gp3 EBS volumes, encrypted, bound where the pod is scheduled, marked as the cluster default."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {DEFAULT_CLASS_ANNOTATION: "true"},
+            "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+        },
+        "provisioner": EBS_CSI,
+        "parameters": {"type": "gp3", "encrypted": "true"},
+        "reclaimPolicy": "Delete",
+        "allowVolumeExpansion": True,
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }
+
+
+def oauth2_proxy_kustomization(env: Environment) -> dict:
+    """``manifests/eks/<env>/kubeflow/oauth2-proxy/kustomization.yaml``: Kubeflow's m2m-dex-and-eks overlay at
+    the environment's Kubeflow tag, its issuer replaced by the cluster's (the same patch the overlay's own
+    kustomization.yaml carries with ``AWS_REGION``/``CLUSTER_ID`` placeholders)."""
+    ns, name = M2M_REQUEST_AUTHENTICATION
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [
+            f"https://github.com/kubeflow/manifests//{OAUTH2_PROXY_EKS_OVERLAY}?ref=v{env.kubeflow_version}"
+        ],
+        "patches": [
+            {
+                "patch": f"- op: replace\n  path: /spec/jwtRules/0/issuer\n  value: {env.oidc_issuer}\n",
+                "target": {
+                    "group": "security.istio.io",
+                    "version": "v1beta1",
+                    "kind": "RequestAuthentication",
+                    "name": name,
+                    "namespace": ns,
+                },
+            }
+        ],
+    }
+
+
+def kubeflow_ingress(env: Environment) -> dict:
+    """An internet-facing ALB in front of Kubeflow's istio-ingressgateway (AWS Load Balancer Controller, IRSA in
+    the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline``. TLS ends at
+    the ALB with the ACM certificate of ``kubeflow_host`` (oauth2-proxy's ``FORCE_HTTPS`` cookies and the CI's
+    bearer token need HTTPS); the ALB forwards HTTP to the gateway's port 80, where Kubeflow's
+    ``kubeflow-gateway`` listens, and checks the gateway's readiness on its status port (15021)."""
+    gw_ns, gw_name = INGRESS_GATEWAY
+    alb = "alb.ingress.kubernetes.io/"
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": "kubeflow",
+            "namespace": gw_ns,
+            "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+            "annotations": {
+                f"{alb}scheme": "internet-facing",
+                f"{alb}target-type": "ip",
+                f"{alb}listen-ports": '[{"HTTPS": 443}]',
+                f"{alb}certificate-arn": env.certificate_arn,
+                f"{alb}ssl-redirect": "443",
+                f"{alb}healthcheck-port": "15021",
+                f"{alb}healthcheck-path": "/healthz/ready",
+            },
+        },
+        "spec": {
+            "ingressClassName": "alb",
+            "rules": [
+                {
+                    "host": env.kubeflow_host,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": gw_name, "port": {"number": 80}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+def kubeflow_amendments(env: Environment) -> list[dict]:
+    """Partial objects for ``kubectl apply --server-side --field-manager=kfrelease``: only these fields of
+    objects Kubeflow's manifests own (its own apply keeps the rest)."""
+    from kfrelease.k8s.eks import PIPELINE_UI, PIPELINE_UI_ROLE
+
+    ui_ns, ui_name = PIPELINE_UI
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": ui_name,
+                "namespace": ui_ns,
+                "annotations": {IRSA_ANNOTATION: env.role_arn(PIPELINE_UI_ROLE)},
+            },
+        },
+    ]
+
+
+def bootstrap_documents(spec, env: Environment) -> list[dict]:
+    """The production InferenceService and VirtualService serving ``env.production_version`` (created once)."""
+    from kfrelease.k8s.eks import model_repository
+    from kfrelease.rollout.traffic import TrafficState
+    from kfrelease.serving.k8s import render_release
+
+    uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
+    return render_release(spec, TrafficState(primary=env.production_version), {env.production_version: uri})
