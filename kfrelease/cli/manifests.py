@@ -59,3 +59,28 @@ def register(cli: click.Group) -> None:
             console.print(f"removed {root / rel}", soft_wrap=True)
         if not changed and not removed:
             console.print(f"{root}: already current", soft_wrap=True)
+
+    @manifests.command("check")
+    @click.option("--dir", "directory", type=click.Path(file_okay=False),
+                  help=f"Manifests directory (default: {MANIFESTS_DIR}).")
+    @click.option("--compiled", type=click.Path(file_okay=False, exists=True),
+                  help="Also check the compiled pipeline packages in this folder (`kfrelease compile --out`).")
+    @click.option("--image", help="The project image (by digest) every compiled step must run.")
+    @click.option("--only", multiple=True, help="Run only this check (repeatable).")
+    def check(directory: str | None, compiled: str | None, image: str | None, only: tuple[str, ...]) -> None:
+        """Report what would fail on a real cluster: stale generated files, documents that do not match the
+        schemas of the declared KServe version, release-owned objects in the re-applied overlay, no default
+        StorageClass, compiled steps not on the image by digest, CI authentication (m2m issuer, ingress), ...
+        Exit 1 when anything is found."""
+        from kfrelease.k8s.checks import CHECKS, CheckContext, run_checks
+
+        root = manifests_dir(directory)
+        ctx = CheckContext(root, Path(compiled) if compiled else None, image)
+        findings = run_checks(ctx, list(only) or None)
+        for finding in findings:
+            console.print(str(finding), soft_wrap=True, markup=False)
+        if findings:
+            classes = sorted({f.check for f in findings})
+            raise ConfigError(f"{len(findings)} finding(s) in {root} ({', '.join(classes)})")
+        names = [n for n, _ in CHECKS if not only or n in only]
+        console.print(f"{root}: no findings ({', '.join(names)})", soft_wrap=True)

@@ -142,7 +142,7 @@ def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_ar
 
     for image in (PINNED, PINNED.replace("d" * 64, "e" * 64)):
         monkeypatch.setenv("KFRELEASE_IMAGE", image)
-        package = yaml.safe_load(compile_package(training_pipeline, tmp_path / "p.yaml").read_text())
+        package = next(yaml.safe_load_all(compile_package(training_pipeline, tmp_path / "p.yaml").read_text()))
         containers = executors(package)
         assert len(containers) >= 5
         for name, container in containers.items():

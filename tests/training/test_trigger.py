@@ -128,9 +128,11 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     assert len(posted) == 1  # the second trigger found the run record and submitted nothing
     run = posted[0]
     assert run["display_name"] == f"train-{shas[1][:12]}" and run["experiment_id"] == "exp-1"
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kfrelease-training"
+    # with a kfp-kubernetes platform spec the SDK sends {"pipeline_spec": ..., "platform_spec": ...}
+    pipeline_spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
+    assert pipeline_spec["pipelineInfo"]["name"] == "kfrelease-training"
     # every step runs the pinned image and hands it on (the deploy-staging step compiles the release on it)
-    for ex in run["pipeline_spec"]["deploymentSpec"]["executors"].values():
+    for ex in pipeline_spec["deploymentSpec"]["executors"].values():
         assert ex["container"]["image"] == IMAGE and {"name": "KFRELEASE_IMAGE", "value": IMAGE} in ex["container"]["env"]
     params = run["runtime_config"]["parameters"]
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
