@@ -7,9 +7,14 @@ says which version of which model this server holds. On start every entry is loa
 
 - a new model is loaded, then registered under its name (``/v1/models/<name>:predict``, ``/v2/models/<name>/...``);
 - a new version of a model is loaded beside the old one, then swapped in atomically (requests in flight
-  finish on the old object; its prediction logger is closed after a short grace, then the new one starts
-  on the same write-ahead folder, so no log line is lost or sent twice);
-- a model no longer listed is unregistered (the same grace, then its logger is closed).
+  finish on the old object);
+- a model no longer listed is unregistered.
+
+A retired version's prediction logger keeps running until it has delivered everything it queued or
+spooled (bounded by ``DRAIN_TIMEOUT``), then closes: no answered request goes missing from the logs. Each
+(model, version) has its own write-ahead folder (``log-wal/<model>/<version>/``, the events there carry no
+version of their own), and a folder left behind by a crash is drained when the server starts
+(``drain_orphans``), with the logger settings recorded beside it (``logger.json``).
 
 A model that fails to load leaves every other model as it was; the sync answers 422 naming it.
 ``GET /kfrelease/host`` answers ``{"slot", "stage", "models": {name: version}, "failed": {name: error}}``
@@ -35,8 +40,10 @@ log = logging.getLogger(__name__)
 
 CONTROL_PATH = "/kfrelease/host"
 SYNC_PATH = "/kfrelease/host/sync"
-#: Seconds an unloaded or replaced version keeps its logger open for requests still in flight.
+#: Seconds an unloaded or replaced version keeps serving requests already in flight before its logger drains.
 HANDOFF_GRACE = 1.0
+#: Longest a retired version's logger keeps trying to deliver its backlog (the sink may be down).
+DRAIN_TIMEOUT = 600.0
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
@@ -82,20 +89,35 @@ class ModelHost:
                 "clear the model cache folder and apply again"
             )
         if self.logger_url:
-            from kfrelease.serving.logger import InferenceLogger
-
             m = predictor.model
-            predictor.logger = InferenceLogger(
-                url=self.logger_url,
-                wal_dir=self.wal_root / name,
-                model=m.name,
-                version=m.version,
-                stage=self.stage,
-                features=list(m.features),
-                namespace=self.namespace,
-                inference_service=m.name,
-            )
+            predictor.logger = self._logger(m.name, m.version, list(m.features))
         return predictor
+
+    def _logger(self, model: str, version: str, features: list[str]):
+        from kfrelease.serving.logger import InferenceLogger
+
+        wal = self.wal_root / model / version
+        wal.mkdir(parents=True, exist_ok=True)
+        (wal / "logger.json").write_text(json.dumps({"model": model, "version": version, "features": features}))
+        return InferenceLogger(url=self.logger_url, wal_dir=wal, model=model, version=version, stage=self.stage,
+                               features=features, namespace=self.namespace, inference_service=model)
+
+    def drain_orphans(self) -> None:
+        """Deliver what a previous run of this server spooled for versions it no longer serves."""
+        if not self.logger_url or not self.wal_root.exists():
+            return
+        serving = {(n, p.model.version) for n, p in self.predictors.items()}
+        for meta in sorted(self.wal_root.glob("*/*/logger.json")):
+            try:
+                doc = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+            if (doc["model"], doc["version"]) in serving or not any(meta.parent.glob("*.jsonl")):
+                continue
+            logger = self._logger(doc["model"], doc["version"], list(doc["features"]))
+            logger.start()
+            log.info("%s: delivering the spooled prediction logs of %s %s", self.slot, doc["model"], doc["version"])
+            threading.Thread(target=_drain_then_close, args=(logger,), name="log-drain", daemon=True).start()
 
     def fast_lane(self, predictor):
         """The request guard's fast lane for a hosted predictor (None: every request takes kserve's routes)."""
@@ -125,7 +147,7 @@ class ModelHost:
         with self._lock:
             wanted = read_manifest(self.manifest)
             for name in [n for n in self.predictors if n not in wanted]:
-                self._retire(self._unregister(name), None)
+                self._retire(self._unregister(name))
                 log.info("%s: unloaded %s", self.slot, name)
             for name, entry in sorted(wanted.items()):
                 current = self.predictors.get(name)
@@ -139,28 +161,26 @@ class ModelHost:
                     continue
                 self.failed.pop(name, None)
                 old = self._unregister(name) if current is not None else None
+                if new.logger is not None:
+                    new.logger.start()
                 self._register(name, new)
                 if old is not None:
-                    self._retire(old, new)
-                elif new.logger is not None:
-                    new.logger.start()
+                    self._retire(old)
                 log.info("%s: serves %s %s", self.slot, name, entry["version"])
             for name in [n for n in self.failed if n not in wanted]:
                 self.failed.pop(name)
             return self.status()
 
-    def _retire(self, old, successor) -> None:
-        """Close ``old`` after the grace (its in-flight requests finish), then start ``successor``'s logger."""
+    def _retire(self, old) -> None:
+        """Stop ``old`` once its in-flight requests are answered and its logger has delivered them."""
 
-        def handoff():
+        def retire():
             time.sleep(HANDOFF_GRACE)
-            try:
-                old.stop()
-            finally:
-                if successor is not None and successor.logger is not None:
-                    successor.logger.start()
+            if old.logger is not None:
+                _drain(old.logger)
+            old.stop()
 
-        threading.Thread(target=handoff, name="model-handoff", daemon=True).start()
+        threading.Thread(target=retire, name="model-retire", daemon=True).start()
 
     def status(self) -> dict:
         return {
@@ -178,6 +198,17 @@ class ModelHost:
     def stop(self) -> None:
         for name in list(self.predictors):
             self._unregister(name).stop()
+
+
+def _drain(logger, timeout: float = DRAIN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while logger.backlog() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _drain_then_close(logger) -> None:
+    _drain(logger)
+    logger.close()
 
 
 class HostControl:
@@ -233,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except KfreleaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
+    host.drain_orphans()
     models = list(host.predictors.values())
 
     def keep(server) -> None:

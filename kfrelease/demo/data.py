@@ -1,4 +1,5 @@
-"""Demo data: scikit-learn's bundled diabetes dataset (442 rows, offline), split into batches.
+"""Demo data: scikit-learn's bundled diabetes dataset (442 rows, offline), split into batches; and the
+second model's data, scikit-learn's generated Friedman #1 problem (``make_friedman1``, fixed seed).
 
 Batches arrive one by one in the ``raw`` bucket (``raw/diabetes/batch-N.csv``) so that a later batch
 is "new data". Rows are shuffled with a fixed seed; ``holdout`` rows never enter ``raw`` and serve as
@@ -41,13 +42,44 @@ def holdout() -> pd.DataFrame:
     return diabetes_frame().iloc[sum(BATCH_SIZES) :].reset_index(drop=True)
 
 
+#: The second dataset: rows generated, then split like the diabetes data (batches, then a live holdout).
+FRIEDMAN_ROWS = 460
+FRIEDMAN_FEATURES = [f"x{i}" for i in range(10)]
+
+
+def friedman_frame() -> pd.DataFrame:
+    """``FRIEDMAN_ROWS`` rows of ``make_friedman1`` (noise 1.0), with a ``row_id`` and the target ``y``."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=FRIEDMAN_ROWS, n_features=10, noise=1.0, random_state=SEED)
+    df = pd.DataFrame(x, columns=FRIEDMAN_FEATURES)
+    df["y"] = y
+    df.insert(0, "row_id", np.arange(1, len(df) + 1, dtype="int64"))
+    return df
+
+
+def batches_of(dataset: str) -> list[pd.DataFrame]:
+    df = diabetes_frame() if dataset == "diabetes" else friedman_frame()
+    out, start = [], 0
+    for size in BATCH_SIZES:
+        out.append(df.iloc[start : start + size].reset_index(drop=True))
+        start += size
+    return out
+
+
+def holdout_of(dataset: str) -> pd.DataFrame:
+    """Rows of a demo dataset never published: its live traffic."""
+    df = diabetes_frame() if dataset == "diabetes" else friedman_frame()
+    return df.iloc[sum(BATCH_SIZES) :].reset_index(drop=True)
+
+
 def batch_key(n: int, dataset: str = "diabetes") -> str:
     return f"{load_spec(dataset).source_prefix}batch-{n}.csv"
 
 
-def upload_batch(store: ObjectStore, n: int) -> str:
-    """Put batch ``n`` (1-based) into ``raw`` as CSV; returns its key. Idempotent."""
-    key = batch_key(n)
-    data = demo_batches()[n - 1].to_csv(index=False).encode()
+def upload_batch(store: ObjectStore, n: int, dataset: str = "diabetes") -> str:
+    """Put batch ``n`` (1-based) of a demo dataset into ``raw`` as CSV; returns its key. Idempotent."""
+    key = batch_key(n, dataset)
+    data = batches_of(dataset)[n - 1].to_csv(index=False).encode()
     store.put_bytes("raw", key, data, content_type="text/csv")
     return key

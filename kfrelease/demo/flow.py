@@ -47,7 +47,7 @@ def _output_to(path: Path):
             os.close(saved[1])
 
 
-def run_data_pipeline(ctx: DemoContext) -> str:
+def run_data_pipeline(ctx: DemoContext, dataset: str = "diabetes") -> str:
     """The data pipeline on kfp.local (its task logs go to ``logs/demo-data-pipeline.log``); the version id."""
     from kfrelease.cli.output import console
     from kfrelease.data.spec import load_spec
@@ -55,9 +55,9 @@ def run_data_pipeline(ctx: DemoContext) -> str:
     from kfrelease.pipelines.data_pipeline import data_pipeline
 
     log = ctx.settings.home / "logs" / "demo-data-pipeline.log"
-    console.print(f"  data pipeline on kfp.local: ingest -> validate -> features -> publish (log {log})")
+    console.print(f"  {dataset}: data pipeline on kfp.local: ingest -> validate -> features -> publish (log {log})")
     with _output_to(log):
-        return run_local(ctx.settings, data_pipeline, spec_yaml=load_spec("diabetes").text).output
+        return run_local(ctx.settings, data_pipeline, spec_yaml=load_spec(dataset).text).output
 
 
 def step_stack(ctx: DemoContext) -> None:
@@ -77,13 +77,16 @@ def step_publish_data(ctx: DemoContext) -> None:
     version = run_data_pipeline(ctx)
     dv = get_version(store, "diabetes", version)
     ctx.state["dataset_version"] = dv.version
-    ctx.note("curated data (kfp.local data pipeline)", f"diabetes {dv.version}, {dv.row_count} rows from {key}")
+    second_key = upload_batch(store, 1, "friedman")  # the second model's own data
+    second = get_version(store, "friedman", run_data_pipeline(ctx, "friedman"))
+    ctx.note("curated data (kfp.local data pipeline)", f"diabetes {dv.version}, {dv.row_count} rows from {key}; "
+             f"friedman {second.version}, {second.row_count} rows from {second_key}")
 
 
 #: The demo's steps, in order; later parts append theirs (training, release, monitoring).
 STEPS: list[DemoStep] = [
     ("start the embedded stack", step_stack),
-    ("load raw batch 1 and run the data pipeline", step_publish_data),
+    ("load raw batch 1 of both datasets and run the data pipeline", step_publish_data),
 ]
 
 
@@ -153,19 +156,24 @@ def step_serving(ctx: DemoContext) -> None:
     os.environ["KFRELEASE_ROLLOUT_SPEC"] = str(spec_path)  # the training pipeline's hand-over uses it
     ctx.state["spec_path"] = str(spec_path)
     import json
+    import shutil
+
+    from kfrelease.demo.project import create_second_project
 
     repo = ctx.settings.home / "demo" / "model-project"
     merges = repo.parent / "merges.json"
-    if merges.exists():  # a second `kfrelease demo`: same repository, same merges (runs are idempotent)
-        shas = json.loads(merges.read_text())
+    second = ctx.settings.home / "demo" / "second-model-project"
+    if merges.exists() and (second / ".git").is_dir():  # a second `kfrelease demo`: same repositories, same merges
+        shas, second_shas = json.loads(merges.read_text())
     else:
-        import shutil
-
         shutil.rmtree(repo, ignore_errors=True)
-        shas = create_release_demo_project(repo)
-        merges.write_text(json.dumps(shas))
-    ctx.state.update(repo=str(repo), shas=shas)
-    ctx.note("serving (log sink, feedback) and demo project", f"{repo}: merges to main (ridge, scaled ridge, knn), spec {spec_path.name}")
+        shutil.rmtree(second, ignore_errors=True)
+        shas, second_shas = create_release_demo_project(repo), create_second_project(second)
+        merges.write_text(json.dumps([shas, second_shas]))
+    ctx.state.update(repo=str(repo), shas=shas, second_repo=str(second), second_shas=second_shas)
+    ctx.note("serving (log sink, feedback) and demo projects",
+             f"{repo.name}: ridge, scaled ridge, knn; {second.name} ({SECOND_MODEL}): ridge, gradient boosting; "
+             f"spec {spec_path.name}")
 
 
 def _progress(event: dict) -> None:
@@ -176,13 +184,18 @@ def _progress(event: dict) -> None:
 
 def _merge(ctx: DemoContext, n: int) -> tuple[str, str]:
     """Train merge ``n`` (the training pipeline on kfp.local), then release what it staged."""
+    return _trained_and_released(ctx, _trigger(ctx, n))
+
+
+def _trigger(ctx: DemoContext, n: int, second: bool = False) -> str:
+    """Start the training run of merge ``n`` of the first (or the second) model's project; its run id."""
     from kfrelease.cli.output import console
     from kfrelease.training.trigger import trigger
 
-    sha = ctx.state["shas"][n - 1]
-    record = trigger(ctx.settings, sha, ctx.state["repo"])
-    console.print(f"  merge {n} ({sha[:12]}): training run {record.run_id}")
-    return _trained_and_released(ctx, record.run_id)
+    sha = ctx.state["second_shas" if second else "shas"][n - 1]
+    record = trigger(ctx.settings, sha, ctx.state["second_repo" if second else "repo"])
+    console.print(f"  {SECOND_MODEL if second else MODEL} merge {n} ({sha[:12]}): training run {record.run_id}")
+    return record.run_id
 
 
 def _trained_and_released(ctx: DemoContext, run_id: str) -> tuple[str, str]:
@@ -206,25 +219,33 @@ def _trained_and_released(ctx: DemoContext, run_id: str) -> tuple[str, str]:
     return version, stage
 
 
-def _start_traffic(ctx: DemoContext) -> None:
-    from kfrelease.demo.traffic import TrafficGenerator
+def _start_traffic(ctx: DemoContext, model: str = "diabetes-progression") -> None:
+    from kfrelease.demo.traffic import TrafficGenerator, friedman_rows
 
-    gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), "diabetes-progression",
-                           **TRAFFIC)
-    ctx.state["traffic"] = gen.start()
+    rows = friedman_rows() if model == SECOND_MODEL else None
+    gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), model, rows=rows, **TRAFFIC)
+    ctx.state.setdefault("traffic", {})[model] = gen.start()
 
 
 def step_merge1(ctx: DemoContext) -> None:
+    second_run = _trigger(ctx, 1, second=True)  # both models' first merges train at once
     version, stage = _merge(ctx, 1)
+    second_version, second_stage = _trained_and_released(ctx, second_run)
     ctx.state["v1"] = version
-    ctx.note("merge 1: ridge", f"{version} -> {stage} (first model of tag 1: no champion)")
-    if stage == "production":
-        _start_traffic(ctx)
+    ctx.note("merge 1 of both models: ridge", f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} -> "
+             f"{second_stage} (first models of tag 1: no champion)")
+    for model, st in ((MODEL, stage), (SECOND_MODEL, second_stage)):
+        if st == "production":
+            _start_traffic(ctx, model)
 
 
 def step_merge2(ctx: DemoContext) -> None:
+    second_run = _trigger(ctx, 2, second=True)  # the two releases run at the same time, each its own shadow and canary
     version, stage = _merge(ctx, 2)
-    ctx.note("merge 2: scaled ridge (better)", f"{version} -> {stage} (shadow gate, canary steps)")
+    second_version, second_stage = _trained_and_released(ctx, second_run)
+    ctx.note("merge 2 of both models (better), released in parallel",
+             f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} (gradient boosting) -> {second_stage} "
+             "(each: shadow gate, canary steps)")
 
 
 def step_merge3(ctx: DemoContext) -> None:
@@ -245,13 +266,12 @@ def step_traffic_summary(ctx: DemoContext) -> None:
     from kfrelease.serving.logs import read_predictions
     from kfrelease.storage import store_for
 
-    gen = ctx.state.get("traffic")
-    if gen is None:
+    gens = ctx.state.get("traffic") or {}
+    if not gens:
         ctx.note("client traffic", "not started")
         return
-    stats = gen.stop()
+    stats_by_model = {model: gen.stop() for model, gen in gens.items()}
     store = store_for("monitoring", ctx.settings)
-    ids = set(stats.ok_ids)
     # wait (bounded) until the sink has uploaded everything it acknowledged, then read the logs once
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -261,15 +281,19 @@ def step_traffic_summary(ctx: DemoContext) -> None:
                 break
         except (httpx.HTTPError, ValueError):
             pass
-    frame = read_predictions(store, MODEL)
-    logged = len(ids & set(frame.loc[frame["stage"] != "staging", "request_id"]))
-    served = ", ".join(f"{v}: {c}" for v, c in sorted(stats.versions.items()))
-    ctx.note("client traffic through the gateway",
-             f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in the "
-             f"prediction logs; answered by {served}")
+    for model, stats in stats_by_model.items():
+        frame = read_predictions(store, model)
+        logged = len(set(stats.ok_ids) & set(frame.loc[frame["stage"] != "staging", "request_id"]))
+        served = ", ".join(f"{v}: {c}" for v, c in sorted(stats.versions.items()))
+        others = sorted(set(stats.models) - {model})
+        ctx.note(f"client traffic to {model} through the gateway",
+                 f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in its "
+                 f"prediction logs; answered by {served}"
+                 + (f"; ANSWERED BY OTHER MODELS: {others}" if others else "; every answer from this model"))
 
 
 MODEL = "diabetes-progression"
+SECOND_MODEL = "friedman-response"  # kfrelease.demo.project.SECOND_MODEL
 
 
 def _prometheus_value(ctx: DemoContext, expr: str, timeout: float = 30.0) -> float | None:
@@ -326,6 +350,28 @@ def step_monitoring(ctx: DemoContext) -> None:
              f"{int(firing or 0)}; page {page}")
 
 
+def step_monitoring_second(ctx: DemoContext) -> None:
+    """The same monitoring pass for the second model: its own windows, metrics and alerts."""
+    from kfrelease.monitoring.report import fmt
+    from kfrelease.monitoring.run import current_table, load_history, run_monitoring
+    from kfrelease.monitoring.sources import since_for
+    from kfrelease.monitoring.window import WindowSpec
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    run_monitoring(ctx.settings, SECOND_MODEL, window=WindowSpec("count", 100), since=since_for(86400), push=True)
+    current = current_table(load_history(store_for("pipeline", ctx.settings), SECOND_MODEL))
+    prod = ModelRegistry(store_for("pipeline", ctx.settings)).current(SECOND_MODEL, "production")
+    rows = current[(current["version"] == prod.version) & (current["stage"] == "production")] if prod else current[:0]
+    if rows.empty:
+        ctx.note(f"monitoring {SECOND_MODEL}", "no production window yet")
+        return
+    r = rows.iloc[0]
+    ctx.note(f"monitoring {SECOND_MODEL} (windows of 100 labels)",
+             f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
+             f"drift share {fmt(r.get('drift_share'))}")
+
+
 def step_new_data(ctx: DemoContext) -> None:
     """Data engineers publish batch 2; the new-data hook retrains production's definition on it (auto revision
     +1), and that candidate goes through staging, shadow and canary like any merge."""
@@ -356,10 +402,11 @@ def step_new_data(ctx: DemoContext) -> None:
 
 STEPS += [
     ("start serving (log sink, feedback) and create the demo model project", step_serving),
-    ("merge 1 (ridge): train, validate, register, release", step_merge1),
-    ("merge 2 (scaled ridge, better): train, shadow, canary, promote", step_merge2),
+    ("merge 1 of both models (ridge): train, validate, register, release", step_merge1),
+    ("merge 2 of both models (better), two releases at once: shadow, canary, promote", step_merge2),
     ("merge 3 (5-nearest-neighbours, worse): train, shadow, reject", step_merge3),
     ("monitoring: MSE, RMSE, MAE, R² and drift per version, pushed to Prometheus", step_monitoring),
+    (f"monitoring of the second model ({SECOND_MODEL})", step_monitoring_second),
     ("new curated data: auto-revision retrain, shadow, canary", step_new_data),
     ("client traffic: failures and prediction-log completeness", step_traffic_summary),
 ]

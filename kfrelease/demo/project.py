@@ -91,6 +91,51 @@ def create_demo_project(dest: str | Path, name: str | None = None, dataset: str 
     return shas
 
 
+#: The demo's second model: its own data (``friedman``), its own project and history.
+SECOND_MODEL = "friedman-response"
+_SECOND_SPEC = {
+    "name": SECOND_MODEL,
+    "description": "The Friedman #1 response from ten uniform inputs (the demo's second model, its own data).",
+    "tag": 1,
+    "dataset": "friedman",
+    "features": [f"x{i}" for i in range(10)],
+    "target": "y",
+    "estimator": {"class": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
+    "split": {"test_size": 0.2, "seed": 42},
+    "validation": {"max_rmse": 6.0, "min_r2": 0.3, "tolerance": 0.02},
+}
+
+
+def second_spec_variant(merge: int, **changes) -> str:
+    """model.yaml of the second project: merge 1 ridge; merge 2 gradient boosting (it fits the non-linear
+    terms: better)."""
+    doc = {**_SECOND_SPEC, **changes}
+    if merge == 2:
+        doc["estimator"] = {"class": "sklearn.ensemble.GradientBoostingRegressor",
+                            "params": {"n_estimators": 150, "max_depth": 3, "random_state": 0}}
+    elif merge != 1:
+        raise ConfigError(f"the second demo project has merges 1 and 2, not {merge}")
+    return "# Model spec of the demo's second model project.\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def create_second_project(dest: str | Path, name: str | None = None, dataset: str | None = None) -> list[str]:
+    """The second model's project (Friedman #1 data) with two merges to main; returns their SHAs."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty; give a new folder for the second demo project")
+    dest.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
+    _git(dest, "init", "-q", "-b", "main")
+    (dest / "README.md").write_text("# friedman-response\n\nThe demo's second model: the Friedman #1 response.\n")
+    _git(dest, "add", "README.md")
+    _git(dest, "commit", "-q", "-m", "Model project skeleton")
+    return [
+        merge_change(dest, "ridge", {"model.yaml": second_spec_variant(1, **overrides)}, "First model: ridge"),
+        merge_change(dest, "boosting", {"model.yaml": second_spec_variant(2, **overrides)},
+                     "Gradient boosting fits the non-linear terms (better RMSE)"),
+    ]
+
+
 def demo_project(dest: str | Path) -> list[str]:
     """The demo project at ``dest``: created on first use, else its three merge SHAs read back (re-runs)."""
     dest = Path(dest)

@@ -34,6 +34,14 @@ def _local(url: str) -> str:
     return url
 
 
+def friedman_rows() -> list[tuple[list[float], float]]:
+    """(x0..x9, y) of every held-out row of the demo's second dataset."""
+    from kfrelease.demo.data import FRIEDMAN_FEATURES, holdout_of
+
+    frame = holdout_of("friedman")
+    return [([float(v) for v in row[FRIEDMAN_FEATURES]], float(row["y"])) for _, row in frame.iterrows()]
+
+
 def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], float]]:
     """(feature values in input-schema order, truth) of every held-out row, curated as the data pipeline does."""
     from kfrelease.data.features import diabetes_features
@@ -47,6 +55,13 @@ def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], f
     ]
 
 
+def _model_name(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("model_name", "?"))
+    except ValueError:
+        return "?"
+
+
 @dataclass
 class TrafficStats:
     sent: int = 0
@@ -54,6 +69,7 @@ class TrafficStats:
     failed: int = 0
     labelled: int = 0
     versions: Counter = field(default_factory=Counter)
+    models: Counter = field(default_factory=Counter)  # model_name of each answer (the model asked for?)
     errors: list[str] = field(default_factory=list)
     ok_ids: list[str] = field(default_factory=list)
 
@@ -64,6 +80,7 @@ class TrafficStats:
             "failed": self.failed,
             "labelled": self.labelled,
             "versions": dict(self.versions),
+            "models": dict(self.models),
             "errors": self.errors[:5],
         }
 
@@ -83,6 +100,7 @@ class TrafficGenerator:
         truth_delay: float = 0.5,
         features: list[str] | None = None,
         threads: int = 2,
+        rows: list[tuple[list[float], float]] | None = None,
     ):
         if rate <= 0 or max_requests < 1 or max_seconds <= 0:
             raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
@@ -97,7 +115,7 @@ class TrafficGenerator:
             max_seconds,
         )
         self.truth_delay = truth_delay
-        self.rows = holdout_rows(features)
+        self.rows = rows or holdout_rows(features)
         self.threads = threads
         self._stats = TrafficStats()
         self._lock = threading.Lock()
@@ -155,13 +173,14 @@ class TrafficGenerator:
         with self._lock:
             s = self._stats
             return TrafficStats(
-                s.sent,
-                s.ok,
-                s.failed,
-                s.labelled,
-                Counter(s.versions),
-                list(s.errors),
-                list(s.ok_ids),
+                sent=s.sent,
+                ok=s.ok,
+                failed=s.failed,
+                labelled=s.labelled,
+                versions=Counter(s.versions),
+                models=Counter(s.models),
+                errors=list(s.errors),
+                ok_ids=list(s.ok_ids),
             )
 
     # --- workers ------------------------------------------------------------------------------------
@@ -202,12 +221,14 @@ class TrafficGenerator:
                     ok = r.status_code == 200
                     detail = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
                     version = r.headers.get("x-model-version", "?") if ok else None
+                    answered_by = _model_name(r) if ok else None
                 except httpx.HTTPError as exc:
-                    ok, detail, version = False, f"{type(exc).__name__}: {exc}", None
+                    ok, detail, version, answered_by = False, f"{type(exc).__name__}: {exc}", None, None
                 with self._lock:
                     if ok:
                         self._stats.ok += 1
                         self._stats.versions[version] += 1
+                        self._stats.models[answered_by] += 1
                         self._stats.ok_ids.append(rid)
                         heapq.heappush(
                             self._labels,
