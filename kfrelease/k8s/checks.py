@@ -224,6 +224,27 @@ def check_m2m_auth(ctx: CheckContext) -> list[Finding]:
     return out
 
 
+@register_check("release-path")
+def check_release_path(ctx: CheckContext) -> list[Finding]:
+    """RBAC, the release driver's rights over a whole release and a rollback, and the AuthorizationPolicies
+    under global-deny-all (``kfrelease.k8s.release_checks``), on what is applied: overlay + bootstrap, with
+    the groups the committed eksctl access entries map."""
+    from kfrelease.k8s import release_checks as rc
+
+    out = []
+    for name, env in ctx.environments.items():
+        docs = ctx.overlay(name) + ctx.yaml_docs(f"bootstrap/{name}/release.yaml")
+        config = (ctx.yaml_docs(f"eks/{name}/cluster.yaml") or [{}])[0]
+        groups = {g for e in (config.get("accessConfig") or {}).get("accessEntries") or []
+                  for g in e.get("kubernetesGroups", [])}
+        spec = ctx.sources.spec
+        messages = (rc.rbac_findings(docs, spec, groups)
+                    + rc.driver_findings(docs, spec, env.production_version, env.kserve_version)
+                    + rc.mesh_findings(docs, spec))
+        out += [Finding("release-path", f"overlays/{name}", m) for m in messages]
+    return out
+
+
 def run_checks(ctx: CheckContext, only: list[str] | None = None) -> list[Finding]:
     """Every registered check (or those named in ``only``), in order; a check that cannot run is a finding."""
     unknown = set(only or []) - {n for n, _ in CHECKS}
