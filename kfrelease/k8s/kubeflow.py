@@ -151,4 +151,5 @@ def bootstrap_documents(spec, env: Environment) -> list[dict]:
     from kfrelease.serving.k8s import render_release
 
     uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
-    return render_release(spec, TrafficState(primary=env.production_version), {env.production_version: uri})
+    return render_release(spec, TrafficState(primary=env.production_version), {env.production_version: uri},
+                          kserve_version=env.kserve_version)

@@ -264,3 +264,33 @@ def test_every_pod_default_lives_where_the_webhook_applies_it(built, sources):
         assert {d["metadata"]["namespace"] for d in pod_defaults} <= profiles, name
         roles = {d["metadata"]["name"].removeprefix("access-s3-") for d in pod_defaults}
         assert {"data-engineer", "data-scientist", "pipeline"} <= roles
+
+
+def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer(sources, tmp_path):
+    """Our kustomization builds kubeflow/manifests' m2m-dex-and-eks overlay at the environment's Kubeflow tag
+    and patches the RequestAuthentication exactly as that overlay does (its target, vendored from v1.11.0),
+    with the cluster's issuer; built here on the vendored upstream object instead of the remote overlay."""
+    import shutil
+
+    upstream = MANIFESTS_DIR.parent / "tests" / "manifests" / "upstream" / "kubeflow-oauth2-proxy"
+    upstream_patch = yaml.safe_load((upstream / "m2m-dex-and-eks.kustomization.yaml").read_text())["patches"][0]
+    for name, env in sources.envs.environments.items():
+        ours = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "kubeflow" / "oauth2-proxy" / "kustomization.yaml").read_text())
+        (remote,) = ours["resources"]
+        assert remote == (
+            "https://github.com/kubeflow/manifests//common/oauth2-proxy/overlays/m2m-dex-and-eks"
+            f"?ref=v{env.kubeflow_version}"
+        )
+        assert ours["patches"][0]["target"] == upstream_patch["target"]
+        # build it on the upstream RequestAuthentication (the remote overlay needs network)
+        work = tmp_path / name
+        (work / "upstream").mkdir(parents=True)
+        shutil.copy(upstream / "requestauthentication.yaml", work / "upstream")
+        (work / "upstream" / "kustomization.yaml").write_text("resources: [requestauthentication.yaml]\n")
+        (work / "kustomization.yaml").write_text(yaml.safe_dump({**ours, "resources": ["upstream"]}))
+        (ra,) = kustomize(work)
+        rule = ra["spec"]["jwtRules"][0]
+        assert rule["issuer"] == env.oidc_issuer
+        assert env.oidc_issuer.startswith(f"https://oidc.eks.{env.region}.amazonaws.com/id/")
+        assert {"header": "kubeflow-userid", "claim": "sub"} in rule["outputClaimToHeaders"]
+        assert validate(ra).startswith("CRD schema")
