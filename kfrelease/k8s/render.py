@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from kfrelease.access.policy import AccessPolicy, load_policy
+from kfrelease.errors import ConfigError
 from kfrelease.k8s.eks import cluster_config, prerequisites_template
 from kfrelease.k8s.environments import (
     MANIFESTS_DIR,
@@ -67,6 +68,16 @@ def inference_documents(spec: RolloutSpec, env: Environment) -> list[dict]:
     """The production InferenceService and the VirtualService serving ``env.production_version``: the
     one-time bootstrap (``bootstrap/<env>/release.yaml``), never part of the re-applied overlay."""
     return bootstrap_documents(spec, env)
+
+
+def require_capabilities(spec: RolloutSpec, env: Environment) -> None:
+    """The rollout spec asks only for what the environment's KServe version has (kfrelease.k8s.versions)."""
+    if spec.serving.deployment_mode == "RawDeployment" and not env.kserve.has_canary_list:
+        raise ConfigError(
+            f"environment {env.name!r} declares KServe {env.kserve_version}, which has no spec.canary: the rollout "
+            "spec's serving.deployment_mode RawDeployment needs KServe 0.20 or newer; use Serverless "
+            "(canaryTrafficPercent) or declare kserve_version 0.20.0 in manifests/environments.yaml"
+        )
 
 
 def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
@@ -227,6 +238,7 @@ def render_tree(
     )
     models = [src.spec.model]
     for env in src.envs.environments.values():
+        require_capabilities(src.spec, env)
         for name, text in overlay(src, env, base).items():
             out[f"overlays/{env.name}/{name}"] = text
         out[f"eks/{env.name}/cluster.yaml"] = _dump(

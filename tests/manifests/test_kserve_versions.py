@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import yaml
+from kfrelease.serving.k8s import render_release
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments
@@ -17,6 +18,8 @@ from kfrelease.k8s.schemas import (
     vendored_crds,
 )
 from kfrelease.k8s.versions import KSERVE_VERSIONS, KUBEFLOW_KSERVE, kserve_version
+from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
 
 ISVC = ("serving.kserve.io", "v1beta1", "InferenceService")
 
@@ -134,3 +137,48 @@ def test_environments_declare_supported_kubeflow_and_kserve_versions(sources):
     for env in sources.envs.environments.values():
         assert env.kubeflow_version in KUBEFLOW_KSERVE
         assert env.kserve.version == env.kserve_version
+
+
+V1, V2 = "V1.1.0", "V1.2.0"
+STATES = {
+    "production only": TrafficState(primary=V1),
+    "shadow": TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+    "canary 10 %": TrafficState(primary=V1, canary=V2, canary_weight=10),
+    "rolled back": TrafficState(primary=V1, canary=V2, canary_weight=0),
+}
+URIS = {V1: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.1.0",
+        V2: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.2.0"}
+
+
+@pytest.mark.parametrize("version", list(KSERVE_VERSIONS))
+def test_every_release_state_renders_valid_objects_for_each_supported_kserve(version):
+    """Serverless canaries (the default spec) on every version; RawDeployment canaries only where spec.canary
+    exists. What the release driver writes is checked with each version's schema and webhook rules."""
+    serverless = load_rollout_spec()
+    raw = serverless.with_changes(serving={"deployment_mode": "RawDeployment"})
+    for spec in (serverless, raw):
+        for state_name, state in STATES.items():
+            docs = render_release(spec, state, URIS, kserve_version=version)
+            errors = []
+            for doc in docs:
+                try:
+                    validate(doc, kserve=version)
+                except SchemaValidationError as exc:
+                    errors.append(str(exc))
+            if spec is serverless or kserve_version(version).has_canary_list:
+                assert errors == [], (spec.serving.deployment_mode, state_name, errors)
+            elif state.canary:
+                assert any("canary" in e for e in errors), (state_name, errors)
+
+
+def test_render_refuses_a_rollout_mode_the_declared_kserve_lacks(tmp_path):
+    from kfrelease.k8s.render import Sources, render_tree
+
+    text = (MANIFESTS_DIR / "environments.yaml").read_text()
+    (tmp_path / "environments.yaml").write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
+    (tmp_path / "workspaces").mkdir()
+    src = Sources.load(tmp_path)
+    raw = Sources(**{**src.__dict__, "spec": src.spec.with_changes(serving={"deployment_mode": "RawDeployment"})})
+    with pytest.raises(ConfigError, match="'staging' declares KServe 0.15.2, which has no spec.canary"):
+        render_tree(raw, tmp_path)
+    assert render_tree(src, tmp_path)  # Serverless renders for 0.15.2
