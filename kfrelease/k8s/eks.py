@@ -20,7 +20,7 @@ from kfrelease.k8s.environments import (
     Team,
     iam_role_name,
 )
-from kfrelease.k8s.platform import role_placements
+from kfrelease.k8s.platform import STEP_IAM_ROLES, role_placements
 
 CI_ROLE = "kfrelease-ci"
 CI_S3_POLICY = "s3-trigger"
@@ -95,6 +95,10 @@ def cluster_config(
             entry["attachPolicyARNs"] = [
                 f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"
             ]
+            # the untrusted and the release steps' own service accounts: the same S3 policy, no image push
+            for step_sa, step_role in STEP_IAM_ROLES.items():
+                accounts.append({"metadata": {"name": step_sa, "namespace": ns}, "roleName": step_role,
+                                 "roleOnly": True, "attachPolicy": entry["attachPolicy"]})
         accounts.append(entry)
     for ws in workspaces:
         accounts.append(

@@ -213,6 +213,9 @@ KFP_SUBMITTER_STEP = "kfp-submitter"
 UNTRUSTED_SA = "kfrelease-untrusted-step"
 RELEASE_DRIVER_SA = "kfrelease-release-driver"
 PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
+#: Their IAM roles (IRSA; eksctl trusts one service account per role): the pipeline role's S3 policy, and no
+#: ECR push (only containerize pushes, as default-editor).
+STEP_IAM_ROLES = {UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step", RELEASE_DRIVER_SA: "kfrelease-pipeline-release-driver"}
 
 
 def pipeline_step_role(ns: str) -> dict:
@@ -232,10 +235,11 @@ def pipeline_step_role(ns: str) -> dict:
 
 
 def step_identities(env: Environment, ns: str) -> list[dict]:
-    """The service accounts of the untrusted steps and of the release steps (both with the pipeline role's
-    IRSA for the object store), the minimal step Role bound to both, and the PodDefaults that select them."""
-    arn = env.role_arn(iam_role_name("pipeline"))
-    docs = [service_account(UNTRUSTED_SA, ns, arn), service_account(RELEASE_DRIVER_SA, ns, arn), pipeline_step_role(ns)]
+    """The service accounts of the untrusted steps and of the release steps (each with its IRSA role carrying
+    the pipeline role's object-store policy: ``STEP_IAM_ROLES``), the minimal step Role bound to both, and
+    the PodDefaults that select them."""
+    docs = [service_account(sa, ns, env.role_arn(role)) for sa, role in STEP_IAM_ROLES.items()]
+    docs.append(pipeline_step_role(ns))
     docs.append({
         "apiVersion": f"{RBAC}/v1",
         "kind": "RoleBinding",

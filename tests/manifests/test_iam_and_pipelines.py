@@ -64,7 +64,11 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
             )
         # plus the Kubeflow UI's read-only role on the pipeline root (the Evidently reports)
         assert in_cluster[PIPELINE_UI_ROLE] == pipeline_ui_policy(env)
-        assert len(in_cluster) == len(rendered) + len(sources.workspaces) + 1
+        from kfrelease.k8s.platform import STEP_IAM_ROLES
+
+        for step_role in STEP_IAM_ROLES.values():  # the untrusted and release steps: the pipeline's S3 policy
+            assert in_cluster[step_role] == rendered["pipeline"]
+        assert len(in_cluster) == len(rendered) + len(sources.workspaces) + 1 + len(STEP_IAM_ROLES)
 
 
 def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):

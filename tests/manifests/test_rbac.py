@@ -27,7 +27,7 @@ from kfrelease.k8s.platform import (
     UNTRUSTED_SA,
 )
 from kfrelease.kfp_submit import TOKEN_AUDIENCE
-from tests.cluster_standin import Cluster
+from tests.cluster_standin import ApiError, Cluster
 
 from .conftest import upstream_cluster_roles
 from .rbac_eval import (
@@ -245,3 +245,15 @@ def test_the_compiled_pipelines_label_each_step_with_its_identity(tmp_path):
     assert labels["exec-deploy-staging"] == KFP_SUBMITTER_STEP
     assert labels["exec-release-preflight"] == labels["exec-shadow-gate"] == labels["exec-rollout"] == RELEASE_DRIVER_STEP
     assert "exec-register" not in labels and "exec-containerize" not in labels  # trusted library code
+
+
+def test_on_the_stand_in_the_untrusted_steps_are_refused_run_workflow_and_pod_deletes(built):
+    cluster = Cluster(built["staging"])
+    untrusted = service_account(RELEASE_NS, UNTRUSTED_SA)
+    for verb in ("terminate", "delete"):
+        assert not cluster.kfp(untrusted, verb, "runs", RELEASE_NS)
+    for kind in ("Workflow", "Pod"):
+        with pytest.raises(ApiError) as err:
+            cluster.delete(untrusted, kind, RELEASE_NS, "training-run-1")
+        assert err.value.status == 403
+    assert len(cluster.refused) == 2
