@@ -1,13 +1,10 @@
 """Checks of one environment's rendered documents against what the release needs on the cluster; each returns
 findings (empty: fine). Finding classes: RBAC (who can stop a run, group bindings that never apply, what the
 merged model code's identity holds), the driver's rights against the operations of a whole release, and the
-mesh's AuthorizationPolicies against the flows of the data path.
-
-``CHECKS`` lists them by name for ``kfrelease manifests check``."""
+mesh's AuthorizationPolicies against the flows of the data path. ``kfrelease manifests check`` runs them
+as its ``release-path`` check (``kfrelease.k8s.checks``)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from kfrelease.k8s.authz import (
     RBACModel,
@@ -148,19 +145,20 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
     return out
 
 
-def environment_findings(src, env) -> list[str]:
-    """Every finding above for one environment of ``Sources`` (``kfrelease.k8s.render``)."""
-    from kfrelease.k8s.eks import cluster_config
-    from kfrelease.k8s.render import environment_documents
+def _access_groups(config: dict) -> set[str]:
+    return {g for e in (config.get("accessConfig") or {}).get("accessEntries") or [] for g in e.get("kubernetesGroups", [])}
 
-    docs = environment_documents(src, env)
-    config = cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces)
-    groups = {g for e in (config.get("accessConfig") or {}).get("accessEntries") or [] for g in e.get("kubernetesGroups", [])}
+
+def environment_findings(src, env) -> list[str]:
+    """Every finding above for one environment of ``Sources``, on what the renderers produce now (the
+    overlay's documents and the one-time bootstrap)."""
+    from kfrelease.k8s.eks import cluster_config
+    from kfrelease.k8s.render import environment_documents, inference_documents
+
+    docs = environment_documents(src, env) + inference_documents(src.spec, env)
+    groups = _access_groups(cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces))
     return [
         *rbac_findings(docs, src.spec, groups),
         *driver_findings(docs, src.spec, env.production_version, env.kserve_version),
         *mesh_findings(docs, src.spec),
     ]
-
-
-CHECKS: dict[str, Callable] = {"release path (RBAC, driver rights, AuthorizationPolicy)": environment_findings}

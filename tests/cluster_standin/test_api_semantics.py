@@ -7,7 +7,7 @@ import pytest
 from kfrelease.serving.k8s import production_name
 
 from kfrelease.k8s.authz import Requester, service_account
-from kfrelease.k8s.render import Sources, environment_documents
+from kfrelease.k8s.render import Sources, environment_documents, inference_documents
 
 from . import ApiError, Cluster
 
@@ -28,7 +28,7 @@ ADMIN = Requester("platform@example.com", ("system:authenticated",))
 
 @pytest.fixture(scope="module")
 def docs():
-    return environment_documents(SOURCES, ENV) + [ADMIN_ROLE, ADMIN_BINDING]
+    return environment_documents(SOURCES, ENV) + inference_documents(SOURCES.spec, ENV) + [ADMIN_ROLE, ADMIN_BINDING]
 
 
 @pytest.fixture

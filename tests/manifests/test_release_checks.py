@@ -13,7 +13,7 @@ from kfrelease.k8s.release_checks import (
     mesh_findings,
     rbac_findings,
 )
-from kfrelease.k8s.render import Sources, environment_documents
+from kfrelease.k8s.render import Sources, environment_documents, inference_documents
 
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]
@@ -23,7 +23,7 @@ RBAC = "rbac.authorization.k8s.io"
 
 @pytest.fixture(scope="module")
 def docs():
-    return environment_documents(SOURCES, ENV)
+    return environment_documents(SOURCES, ENV) + inference_documents(SPEC, ENV)
 
 
 def binding(name, ns, role, subject):
@@ -71,3 +71,28 @@ def test_missing_or_too_wide_authorization_policies_are_findings(docs):
                  "metadata": {"name": "allow-all", "namespace": SPEC.serving.namespace}, "spec": {"rules": [{}]}}
     found = mesh_findings(docs + [allow_all], SPEC)
     assert found and all("is allowed" in f for f in found), found
+
+
+def test_manifests_check_reports_the_release_path_classes_on_broken_files(tmp_path):
+    """On disk, as ``kfrelease manifests check`` reads them: a driver Role without the staging delete, no
+    AuthorizationPolicy in serving, a people's group binding."""
+    import shutil
+
+    import yaml
+
+    from kfrelease.k8s.checks import CheckContext, run_checks
+    from kfrelease.k8s.environments import MANIFESTS_DIR
+
+    root = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS_DIR, root)
+    serving = root / "base" / "serving.yaml"
+    docs = [d for d in yaml.safe_load_all(serving.read_text()) if d and d["kind"] != "AuthorizationPolicy"]
+    for d in docs:
+        if d["kind"] == "Role" and d["metadata"]["name"] == RELEASE_DRIVER:
+            d["rules"] = [r for r in d["rules"] if "delete" not in r["verbs"]]
+    docs.append(binding("team", RELEASE_NS, "kubeflow-view", {"apiGroup": RBAC, "kind": "Group", "name": "everyone"}))
+    serving.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    found = [str(f) for f in run_checks(CheckContext(root), ["release-path"])]
+    for finding_class in ("RBAC: ", "driver rights (release)", "driver rights (rollback)", "AuthorizationPolicy: "):
+        assert any(finding_class in f for f in found), (finding_class, found)
+    assert all(f.startswith("[release-path] overlays/") for f in found)

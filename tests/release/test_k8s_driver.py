@@ -15,7 +15,7 @@ from kfrelease.errors import ConfigError, Conflict
 from kfrelease.k8s.authz import service_account
 from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
-from kfrelease.k8s.render import Sources, environment_documents
+from kfrelease.k8s.render import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
 from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
 from kfrelease.rollout.spec import RolloutSpecError
@@ -35,8 +35,13 @@ RAW = SERVERLESS.with_changes(serving={"deployment_mode": "RawDeployment"})
 def cluster_for(spec, docs=None, kserve=ENV.kserve_version) -> Cluster:
     """The stand-in holding what the platform engineer applied for ``spec``'s serving mode, on the
     environment's KServe (its CRD schemas and admission rules check every write)."""
+    return Cluster(docs if docs is not None else applied(spec), kserve=kserve)
+
+
+def applied(spec) -> list[dict]:
+    """The overlay and the one-time bootstrap (production InferenceService + VirtualService)."""
     src = Sources(**{**SOURCES.__dict__, "spec": spec})
-    return Cluster(docs if docs is not None else environment_documents(src, ENV), kserve=kserve)
+    return environment_documents(src, ENV) + inference_documents(spec, ENV)
 
 
 def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
@@ -126,7 +131,7 @@ def without_staging_delete(docs: list[dict]) -> list[dict]:
 
 
 def test_a_move_the_role_does_not_allow_sends_nothing_so_no_canary_is_left_half_moved():
-    cluster = cluster_for(SERVERLESS, without_staging_delete(environment_documents(SOURCES, ENV)))
+    cluster = cluster_for(SERVERLESS, without_staging_delete(applied(SERVERLESS)))
     d = driver(cluster, SERVERLESS)
     d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
     before = copy.deepcopy(traffic_objects(cluster))
@@ -135,7 +140,7 @@ def test_a_move_the_role_does_not_allow_sends_nothing_so_no_canary_is_left_half_
     assert traffic_objects(cluster) == before, "production was patched although the move could not complete"
     assert weight(cluster, SERVERLESS) is None
     with pytest.raises(DriverForbidden, match="no traffic was moved"):  # and the up-front check says so
-        driver(cluster_for(SERVERLESS, without_staging_delete(environment_documents(SOURCES, ENV))),
+        driver(cluster_for(SERVERLESS, without_staging_delete(applied(SERVERLESS))),
                SERVERLESS).check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
                                          TrafficState(primary=V1, canary=V2, canary_weight=10)])
 
