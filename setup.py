@@ -80,6 +80,8 @@ setup(
         "cloudevents==1.13.0",
         "plotly==5.24.1",
         "redis==7.4.0",
+        "psutil==5.9.8",
+        "tenacity==9.2.1",
     ],
     extras_require={
         "dev": [

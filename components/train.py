@@ -26,14 +26,15 @@ def train(
     """
     import logging
 
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.runs import resume_or_run
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import train_step
 
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
-    with step_record(run_id, "train"):
-        out = train_step(spec, dataset_version, model.path, train_data.path, test_data.path)
+    out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
+        run_id, "train", {"model": model.path, "train_data": train_data.path, "test_data": test_data.path},
+        lambda: train_step(spec, dataset_version, model.path, train_data.path, test_data.path))
     model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": out["spec_fingerprint"],
                            "dataset_version": out["dataset_version"]})
     train_data.metadata.update({"rows": out["train_rows"]})

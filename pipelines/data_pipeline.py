@@ -6,6 +6,7 @@ from kfrelease.components.engineer_features import engineer_features
 from kfrelease.components.ingest import ingest
 from kfrelease.components.publish_dataset import publish_dataset
 from kfrelease.components.validate_data import validate_data
+from kfrelease.training.resources import apply_step_policy
 
 
 @dsl.pipeline(
@@ -26,4 +27,9 @@ def data_pipeline(spec_yaml: str) -> str:
         sources_json=raw.outputs["Output"],
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("publish")
+    # Ingest reads the raw bucket and publish moves `latest`: never cached; validate and features are pure
+    # functions of their inputs and may be.
+    for task, step, caching in ((raw, "ingest", False), (valid, "validate", True), (feats, "features", True),
+                                (published, "publish", False)):
+        apply_step_policy(task, step, None, caching=caching)
     return published.output

@@ -12,6 +12,7 @@ from kfrelease.components.evaluate import evaluate
 from kfrelease.components.register import register
 from kfrelease.components.train import train
 from kfrelease.components.validate_model import validate_model
+from kfrelease.training.resources import MODEL_DEFAULT, apply_step_policy
 
 from kfrelease.k8s.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
 
@@ -27,7 +28,14 @@ def training_pipeline(
     dataset_version: str = "latest",
     run_id: str = "",
     image_registry: str = "",
+    model_cpu: str = MODEL_DEFAULT.cpu,
+    model_memory: str = MODEL_DEFAULT.memory,
+    model_cpu_limit: str = MODEL_DEFAULT.cpu_limit,
+    model_memory_limit: str = MODEL_DEFAULT.memory_limit,
+    model_node_selector: dict = {},  # noqa: B006 - KFP reads the default from the signature
 ) -> str:
+    model = {"cpu": model_cpu, "memory": model_memory, "cpu_limit": model_cpu_limit,
+             "memory_limit": model_memory_limit, "node_selector": model_node_selector}
     trained = train(spec_json=spec_json, dataset_version=dataset_version, run_id=run_id).set_display_name("train")
     evaluated = evaluate(
         spec_json=spec_json, run_id=run_id, model=trained.outputs["model"], test_data=trained.outputs["test_data"]
@@ -65,4 +73,8 @@ def training_pipeline(
             job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).set_display_name("deploy-staging")
         step_label(staged, KFP_SUBMITTER_STEP)  # the only step with a KFP API token: it hands over
+    # Resources, retries (infrastructure causes only: see kfrelease.training.resources) and no caching.
+    for task, step in ((trained, "train"), (evaluated, "evaluate"), (validated, "validate"),
+                       (registered, "register"), (image, "containerize"), (staged, "deploy-staging")):
+        apply_step_policy(task, step, model if step in ("train", "evaluate") else None)
     return registered.output

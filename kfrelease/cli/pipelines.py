@@ -73,17 +73,27 @@ def register(cli: click.Group) -> None:
     @click.option("--model", help="Model name (with --auto).")
     @click.option("--reason", default=None, help="Why (recorded with the run).")
     @click.option("--wait", "wait_", is_flag=True, help="Wait until a local run has finished and show it.")
-    def trigger_cmd(commit, repo, spec_file, kfp_host, auto, model, reason, wait_) -> None:
+    @click.option("--resume", is_flag=True, help="Start again every local run an infrastructure failure or a "
+                  "machine restart interrupted (no commit needed).")
+    def trigger_cmd(commit, repo, spec_file, kfp_host, auto, model, reason, wait_, resume) -> None:
         """Start the training pipeline for a merge to main (what CI runs). The same commit returns the same
-        run; a run, once started, cannot be stopped (a new merge starts a new one)."""
-        from kfrelease.training.trigger import trigger, wait
+        run, or starts it again when an infrastructure cause interrupted it; a run, once started, cannot be
+        stopped (a new merge starts a new one)."""
+        from kfrelease.training.trigger import resume_interrupted, trigger, wait
 
         settings = Settings.from_env()
+        if resume:
+            resumed = resume_interrupted(settings)
+            for r in resumed:
+                console.print(f"run {r.run_id} started again: {r.state.get('retried_because')}")
+            console.print(f"{len(resumed)} interrupted run(s) started again")
+            return
         record = trigger(settings, commit, repo, kfp_host=kfp_host, auto=auto, model=model, spec_file=spec_file,
                          reason=reason or ("automatic retrain" if auto else "merge to main"))
-        what = "started" if record.created else "exists already"
+        what = "started" if record.created else "started again" if record.retried else "exists already"
         where = record.state.get("kfp_run_id") or record.state.get("log") or ""
-        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip())
+        why = record.state.get("retried_because") if record.retried else record.state.get("error")
+        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""))
         if wait_ and not kfp_host:
             with console.status(f"waiting for {record.run_id}"):
                 record = wait(settings, record.run_id)
@@ -110,13 +120,26 @@ def register(cli: click.Group) -> None:
             return
         console.print("steps: train evaluate validate register containerize stage (✓ ok, ✗ failed, ▶ running, "
                       "· skipped, - pending)")
-        table("training runs", ["run", "model", "commit", "state", "version", "steps", "created"], [
+        table("training runs", ["run", "model", "commit", "state", "version", "steps", "created", "why"], [
             (r.run_id, r.record.get("model"), (r.record.get("commit") or "")[:12], r.status,
-             r.state.get("version", ""), _steps(r), r.record.get("created_at")) for r in records])
+             r.state.get("version", ""), _steps(r), r.record.get("created_at"), _why(r)) for r in records])
 
 
 #: One character per step in `kfrelease runs` (train, evaluate, validate, register, containerize, stage).
 _MARK = {"succeeded": "✓", "failed": "✗", "running": "▶", "skipped": "·"}
+
+
+def _why(record) -> str:
+    """One line: why a run waits, is being retried or failed; its attempt and peak memory otherwise."""
+    st = record.state
+    if record.status == "queued":
+        return st.get("waiting") or "queued: its runner is starting"
+    if record.status in ("retrying", "failed"):
+        return st.get("error") or ""
+    bits = [f"attempt {st['attempt']}"] if st.get("attempt", 1) > 1 else []
+    if (st.get("peak_rss_mb") or {}).get("train"):
+        bits.append(f"train peak {st['peak_rss_mb']['train']:.0f} MB")
+    return ", ".join(bits)
 
 
 def _steps(record) -> str:
@@ -131,7 +154,8 @@ def _print_run(record) -> None:
     st = record.state
     console.print(f"run {record.run_id}: {record.status}" + (f", version {st['version']} ({st.get('verdict')})"
                                                              if st.get("version") else "")
-                  + (f", error: {st['error']}" if st.get("error") else ""))
-    table(None, ["step", "state", "started", "finished", "error"], [
-        (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("started_at"),
-         record.steps.get(s, {}).get("finished_at"), record.steps.get(s, {}).get("error")) for s in STEP_NAMES])
+                  + (f", {_why(record)}" if _why(record) else ""))
+    table(None, ["step", "state", "attempt", "started", "finished", "peak MB", "error"], [
+        (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("attempt"),
+         record.steps.get(s, {}).get("started_at"), record.steps.get(s, {}).get("finished_at"),
+         record.steps.get(s, {}).get("peak_rss_mb"), record.steps.get(s, {}).get("error")) for s in STEP_NAMES])

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from kfrelease.errors import Conflict
+from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.lineage import now_iso
 from kfrelease.storage import ObjectStore
 
@@ -32,6 +32,7 @@ class RunRecord:
     state: dict = field(default_factory=dict)  # state.json (empty if the runner has not written it yet)
     steps: dict = field(default_factory=dict)  # step -> {state, started_at, finished_at, error}
     created: bool = False  # True when this trigger created the run
+    retried: bool = False  # True when this trigger started an interrupted run again
 
     @property
     def status(self) -> str:
@@ -81,26 +82,85 @@ def set_state(store: ObjectStore, run_id: str, state: str, **fields) -> dict:
     return doc
 
 
+def get_step(store: ObjectStore, run_id: str, step: str) -> dict:
+    key = _key(run_id, "steps", f"{step}.json")
+    return store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
+
+
 def set_step(store: ObjectStore, run_id: str, step: str, state: str, **fields) -> None:
     key = _key(run_id, "steps", f"{step}.json")
     previous = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
     store.put_json(BUCKET, key, {**previous, **fields, "state": state})
 
 
+class StepNotRetried(KfreleaseError):
+    """A retried attempt of a step whose previous attempt failed for a cause that retrying cannot fix."""
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 @contextlib.contextmanager
 def step_record(run_id: str, step: str, store: ObjectStore | None = None):
-    """Record a pipeline step's state (running -> succeeded | failed) when the run has a record."""
+    """Record a pipeline step's state (running -> succeeded | failed, with the failure's cause and the step
+    process's peak memory) when the run has a record.
+
+    KFP retries a failed step whatever the cause (see ``kfrelease.training.resources``): when the previous
+    attempt of this step failed because of the model code or the data, this attempt fails at once with
+    that reason instead of running the model code again."""
+    from kfrelease.training.failures import cause_of, one_line, retryable
+
     if not run_id:
-        yield
+        yield {}
         return
     if store is None:
         from kfrelease.storage import store_for
 
         store = store_for("pipeline")
-    set_step(store, run_id, step, "running", started_at=now_iso())
+    key = _key(run_id, "steps", f"{step}.json")
+    previous = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
+    attempt = int(previous.get("attempt", 0)) + 1
+    if previous.get("state") == "failed" and previous.get("cause") and not retryable(previous["cause"]):
+        reason = (f"{step} is not retried: its previous attempt failed because of the "
+                  f"{one_line(previous['cause'], previous.get('error', ''))}")
+        set_step(store, run_id, step, "failed", attempt=attempt, finished_at=now_iso(), not_retried=True)
+        raise StepNotRetried(reason)
+    set_step(store, run_id, step, "running", started_at=now_iso(), attempt=attempt, error=None, cause=None)
+    extra: dict = {}
     try:
-        yield
+        yield extra
     except BaseException as exc:
-        set_step(store, run_id, step, "failed", finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}"[:500])
+        set_step(store, run_id, step, "failed", finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}"[:500],
+                 cause=cause_of(exc), peak_rss_mb=peak_rss_mb(), **extra)
         raise
-    set_step(store, run_id, step, "succeeded", finished_at=now_iso())
+    set_step(store, run_id, step, "succeeded", finished_at=now_iso(), peak_rss_mb=peak_rss_mb(), **extra)
+
+
+def resume_or_run(run_id: str, step: str, outputs: dict[str, str], run, store: ObjectStore | None = None) -> dict:
+    """Run an idempotent step, or, when an earlier attempt of the same run finished it and its output files
+    are still there (a local run retried after an infrastructure failure), reuse them: copy the files to
+    ``outputs`` and return the recorded result. ``run()`` returns a JSON-able result dict."""
+    import shutil
+    from pathlib import Path
+
+    if run_id:
+        if store is None:
+            from kfrelease.storage import store_for
+
+            store = store_for("pipeline")
+        key = _key(run_id, "steps", f"{step}.json")
+        done = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
+        kept = done.get("outputs") or {}
+        if done.get("state") == "succeeded" and set(kept) == set(outputs) and all(Path(p).is_file() for p in kept.values()):
+            for name, path in outputs.items():
+                shutil.copyfile(kept[name], path)
+            log.info("%s of run %s finished in an earlier attempt; its outputs are reused", step, run_id)
+            return done["result"]
+    with step_record(run_id, step, store) as extra:
+        result = run()
+        extra.update(result=result, outputs=dict(outputs))
+    return result

@@ -17,10 +17,12 @@ Example (``examples/diabetes-model/model.yaml``)::
       min_r2: 0.3
       tolerance: 0.02              # may be at most 2 % worse (RMSE) than production on the same test data
       max_drift_share: null        # drift is reported; set a share to also fail on it
+    resources: {cpu: "2", memory: 8Gi} # optional: what train/evaluate may use (requests; limits and
+                                       # node_selector too), see kfrelease.training.resources
 
 The **fingerprint** is a SHA-256 of the model *definition* only: features, target, estimator (class and
-hyper-parameters) or the build code's text, and the split. Name, tag, dataset, thresholds and data
-versions are not part of it: a new fingerprint within a tag means a new manual revision.
+hyper-parameters) or the build code's text, and the split. Name, tag, dataset, thresholds, resources and
+data versions are not part of it: a new fingerprint within a tag means a new manual revision.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from pathlib import Path
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.training.resources import MODEL_DEFAULT, Resources, parse_resources
 
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
 VALIDATION_KEYS = (*THRESHOLD_KEYS, "tolerance", "max_drift_share")
-TOP_KEYS = ("name", "tag", "dataset", "features", "target", "estimator", "build", "split", "validation", "description")
+TOP_KEYS = ("name", "tag", "dataset", "features", "target", "estimator", "build", "split", "validation", "description",
+            "resources")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ModelSpec:
     validation: dict = field(default_factory=dict)
     code: dict = field(default_factory=dict)  # file name -> source text (for ``build``)
     description: str = ""
+    resources: Resources = MODEL_DEFAULT  # what train/evaluate may use (kfrelease.training.resources)
     text: str = field(default="", repr=False, compare=False)
 
     # serialisation: components receive the spec as JSON (text + code) ---------------------------------
@@ -217,6 +222,7 @@ def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> 
         validation=dict(validation),
         code=dict(code or {}),
         description=str(doc.get("description", "")),
+        resources=parse_resources(doc.get("resources"), origin),
         text=text,
     )
 

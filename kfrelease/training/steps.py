@@ -33,11 +33,19 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
     """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
     import joblib
 
-    from kfrelease.data.publish import load_dataset
+    from kfrelease.data.publish import get_version, load_dataset
+    from kfrelease.faults import crash_point
     from kfrelease.training.core import train
+    from kfrelease.training.memory import check_fits
 
     spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
-    df, dv = load_dataset(_store(settings), spec.dataset, dataset_version or "latest")
+    store = _store(settings)
+    dv = get_version(store, spec.dataset, dataset_version or "latest")
+    columns = [*spec.features, spec.target]
+    check_fits(spec, dv, columns)  # too large for this step: fail now, with the size and the limit
+    known = {c["name"] for c in dv.manifest["columns"]}
+    df, dv = load_dataset(store, spec.dataset, dv.version, columns=[c for c in columns if c in known])
+    crash_point("train.loaded")
     result = train(spec, df, dv.version)
     joblib.dump(result.model, model_path)
     result.train.to_parquet(train_path, index=False)
@@ -94,10 +102,12 @@ def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: st
 
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
     """Build and push the version's ModelCar image; record ref and digest in its entry (once)."""
+    from kfrelease.faults import crash_point
     from kfrelease.oci import containerize, image_registry
     from kfrelease.registry import ModelRegistry
 
     settings = settings or Settings.from_env()
+    crash_point("containerize.start")
     reg = ModelRegistry(_store(settings))
     mv = reg.get(model, version)
     if not mv.passed:  # an existing version returned by an idempotent re-run may be a rejected one

@@ -9,7 +9,10 @@ It reads the model spec at that commit and starts the training pipeline:
   create_run_from_pipeline_package`` (KFP SDK), and the KFP run id is recorded.
 
 The run id is derived from the commit (``train-<sha[:12]>``), and the record is created with
-``If-None-Match``: a second trigger of the same commit returns the first run. No command stops a run.
+``If-None-Match``: a second trigger of the same commit returns the first run, unless that run was
+interrupted by an infrastructure cause (it failed so, or its runner is gone): then it is started again
+under the same run id. A run that failed because of its model code or data is returned as it is, with
+the reason. No command stops a run. Local runs are admitted by ``admission`` and retried by ``runner``.
 ``auto=True`` retrains the production model's definition on the latest curated data (new data or an
 alert); its run id is derived from the production version and the data version.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings, child_env
 from kfrelease.errors import KfreleaseError
+from kfrelease.lineage import now_iso
 from kfrelease.training import runs
 from kfrelease.training.spec import (
     SPEC_FILE,
@@ -116,6 +120,8 @@ def trigger(
         "target": kfp_host or "local",
     })
     if not record.created:
+        if not kfp_host and retry_interrupted(settings, store, record):
+            return record
         log.info("run %s exists already (%s); not starting another", run_id, record.status)
         return record
     try:
@@ -123,12 +129,71 @@ def trigger(
             kfp_run = submit_to_kfp(kfp_host, spec, commit, dataset_version, run_id)
             record.state = runs.set_state(store, run_id, "submitted", kfp_run_id=kfp_run, kfp_host=kfp_host)
         else:
-            pid = start_local(settings, run_id)
-            record.state = runs.set_state(store, run_id, "queued", pid=pid, log=str(log_path(settings, run_id)))
+            # queued before the runner starts: the runner writes its own pid and states from then on
+            record.state = runs.set_state(store, run_id, "queued", log=str(log_path(settings, run_id)))
+            start_local(settings, run_id)
     except Exception as exc:
         record.state = runs.set_state(store, run_id, "failed", error=f"could not start: {exc}"[:500])
         raise
     return record
+
+
+ACTIVE = ("queued", "running", "retrying")
+#: A runner that has not written its pid yet (it is importing) is given this long before it counts as gone.
+STARTING_GRACE_SECONDS = 60.0
+
+
+def interruption(record: runs.RunRecord) -> str | None:
+    """Why a local run should be started again, or None: it failed of an infrastructure cause, or it is
+    recorded as active while its runner process is gone (killed, or the machine restarted)."""
+    import datetime as dt
+
+    from kfrelease.training.failures import retryable
+    from kfrelease.training.runner import runner_alive
+
+    st = record.state
+    if record.status == "failed" and retryable(st.get("cause")):
+        return st.get("error") or "infrastructure failure"
+    if record.status in ACTIVE:
+        if not st.get("pid"):
+            updated = dt.datetime.fromisoformat(st.get("updated_at") or record.record["created_at"])
+            if (dt.datetime.now(dt.UTC) - updated).total_seconds() < STARTING_GRACE_SECONDS:
+                return None
+            return "infrastructure: the runner never started (machine restart?)"
+        if not runner_alive(st):
+            return f"infrastructure: the runner (pid {st['pid']}) is gone while the run was {record.status}"
+    return None
+
+
+def retry_interrupted(settings: Settings, store, record: runs.RunRecord) -> bool:
+    """Start an interrupted run again (same run id, its attempts go on counting); False if it was not."""
+    from kfrelease.errors import Conflict
+
+    why = interruption(record)
+    if why is None:
+        return False
+    info = store.stat(runs.BUCKET, f"runs/{record.run_id}/state.json")
+    doc = {**record.state, "state": "queued", "retried_because": why, "error": None, "cause": None, "pid": None,
+           "updated_at": now_iso()}
+    try:  # two triggers at once restart it once
+        store.put_json(runs.BUCKET, f"runs/{record.run_id}/state.json", doc, if_match=info.etag if info else None)
+    except Conflict:
+        return False
+    record.state = doc
+    record.retried = True
+    start_local(settings, record.run_id)
+    log.info("run %s started again: %s", record.run_id, why)
+    return True
+
+
+def resume_interrupted(settings: Settings) -> list[runs.RunRecord]:
+    """Start again every local run interrupted by an infrastructure cause (after a machine restart)."""
+    store = _store(settings)
+    resumed = []
+    for record in runs.list_runs(store):
+        if record.record.get("target", "local") == "local" and retry_interrupted(settings, store, record):
+            resumed.append(record)
+    return resumed
 
 
 def start_local(settings: Settings, run_id: str) -> int:
@@ -151,8 +216,10 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
     run id (``kfrelease.kfp_submit``)."""
     from kfrelease.kfp_submit import submit_run
     from kfrelease.pipelines.training_pipeline import training_pipeline
+    from kfrelease.training.resources import pipeline_arguments
 
-    arguments = {"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version, "run_id": run_id}
+    arguments = {"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version, "run_id": run_id,
+                 **pipeline_arguments(spec.resources)}
     return submit_run(host, training_pipeline, arguments, run_name=run_id, experiment=EXPERIMENT)
 
 
@@ -166,16 +233,10 @@ def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.
         record = runs.get_run(store, run_id)
         if record.status in ("succeeded", "failed"):
             return record
-        if record.status in ("queued", "running") and record.state.get("pid") and not _alive(record.state["pid"]):
+        if record.status in ACTIVE and record.state.get("pid") and interruption(record):
             record = runs.get_run(store, run_id)  # it may have just written its final state
             if record.status not in ("succeeded", "failed"):
                 return record
         if time.monotonic() > deadline:
             raise KfreleaseError(f"run {run_id} still {record.status} after {timeout:.0f} s; see `kfrelease runs`")
         time.sleep(poll)
-
-
-def _alive(pid: int) -> bool:
-    from kfrelease.stack.supervisor import pid_alive
-
-    return pid_alive(pid)

@@ -128,8 +128,8 @@ def load_champion(registry, store, spec: ModelSpec) -> Champion | None:
     model = registry.load_model(spec.name, mv.version)
     train_frame = None
     try:
-        df, _ = load_dataset(store, mv.dataset, mv.dataset_version)
         features = mv.features
+        df, _ = load_dataset(store, mv.dataset, mv.dataset_version, columns=[*features, mv.target])
         if all(c in df.columns for c in (*features, mv.target)):
             champ_spec = ModelSpec(spec.name, mv.tag, mv.dataset, tuple(features), mv.target,
                                    test_size=mv.entry.get("split", {}).get("test_size", spec.test_size),

@@ -1,5 +1,6 @@
 """`kfrelease compile` writes the training pipeline as a KFP package and every component as reusable YAML."""
 
+import pytest
 import yaml
 from kfp import components
 
@@ -7,7 +8,7 @@ from kfp import components
 def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     out = tmp_path / "build"
     result = run_cli("compile", "--out", str(out), "training", "data", check=True)
-    package = yaml.safe_load((out / "training_pipeline.yaml").read_text())
+    package = next(yaml.safe_load_all((out / "training_pipeline.yaml").read_text()))  # then the platform spec
     assert package["pipelineInfo"]["name"] == "kfrelease-training"
     tasks = package["root"]["dag"]["tasks"]
     assert {"train", "evaluate", "validate-model", "register", "condition-1"} <= set(tasks)
@@ -25,3 +26,74 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     outputs = evaluate["root"]["outputDefinitions"]["artifacts"]
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+
+
+def compiled_training(tmp_path) -> dict:
+    from kfp import compiler
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+
+    path = tmp_path / "training.yaml"
+    compiler.Compiler().compile(training_pipeline, str(path))
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def all_tasks(package: dict) -> dict:
+    tasks = dict(package["root"]["dag"]["tasks"])
+    for comp in package["components"].values():
+        tasks.update((comp.get("dag") or {}).get("tasks") or {})
+    return {name: t for name, t in tasks.items() if not name.startswith("condition-")}
+
+
+def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
+    from kfrelease.training.resources import RETRIES, STEP_DEFAULT
+
+    package, platform = compiled_training(tmp_path)
+    tasks = all_tasks(package)
+    assert set(tasks) == {"train", "evaluate", "validate-model", "register", "containerize", "deploy-staging"}
+    executors = package["deploymentSpec"]["executors"]
+    for name, task in tasks.items():
+        assert task["cachingOptions"].get("enableCache", False) is False, name  # outputs never reused across merges
+        assert task["retryPolicy"]["maxRetryCount"] == RETRIES and task["retryPolicy"]["backoffDuration"] == "30s"
+        resources = executors[task["componentRef"]["name"].replace("comp-", "exec-")]["container"]["resources"]
+        if name in ("train", "evaluate"):  # the model spec's resources, passed as run parameters
+            assert resources["resourceMemoryLimit"] == "{{$.inputs.parameters['pipelinechannel--model_memory_limit']}}"
+            assert resources["resourceMemoryRequest"] == "{{$.inputs.parameters['pipelinechannel--model_memory']}}"
+            assert resources["resourceCpuRequest"] == "{{$.inputs.parameters['pipelinechannel--model_cpu']}}"
+        else:
+            assert resources["resourceMemoryLimit"] == STEP_DEFAULT.memory_limit
+            assert resources["resourceCpuRequest"] == STEP_DEFAULT.cpu
+    selectors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert selectors["exec-train"]["nodeSelector"]["nodeSelectorJson"] == {"componentInputParameter": "model_node_selector"}
+    params = package["root"]["inputDefinitions"]["parameters"]
+    assert params["model_memory"]["defaultValue"] == "2Gi" and params["model_memory_limit"]["defaultValue"] == "4Gi"
+
+
+def test_data_pipeline_caches_only_the_pure_steps(tmp_path):
+    from kfp import compiler
+    from kfrelease.pipelines.data_pipeline import data_pipeline
+
+    path = tmp_path / "data.yaml"
+    compiler.Compiler().compile(data_pipeline, str(path))
+    tasks = yaml.safe_load(path.read_text())["root"]["dag"]["tasks"]
+    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in tasks.items()}
+    assert caching == {"ingest": False, "validate-data": True, "engineer-features": True, "publish-dataset": False}
+    assert all(t["retryPolicy"]["maxRetryCount"] == 2 for t in tasks.values())
+
+
+def test_model_spec_resources_become_run_parameters():
+    from kfrelease.errors import ConfigError
+    from kfrelease.training.resources import MODEL_DEFAULT, pipeline_arguments
+    from kfrelease.training.spec import parse_spec
+
+    base = ("name: m\ntag: 1\ndataset: d\nfeatures: [a]\ntarget: y\n"
+            "estimator: {class: sklearn.linear_model.Ridge}\n")
+    assert parse_spec(base).resources == MODEL_DEFAULT
+    spec = parse_spec(base + "resources: {cpu: '2', memory: 8Gi, node_selector: {pool: training}}\n")
+    assert pipeline_arguments(spec.resources) == {
+        "model_cpu": "2", "model_memory": "8Gi", "model_cpu_limit": "2", "model_memory_limit": "8Gi",
+        "model_node_selector": {"pool": "training"}}
+    assert parse_spec(base + "resources: {memory: 8Gi}\n").fingerprint == parse_spec(base).fingerprint
+    with pytest.raises(ConfigError, match="memory_limit 1Gi is below memory 2Gi"):
+        parse_spec(base + "resources: {memory: 2Gi, memory_limit: 1Gi}\n")
+    with pytest.raises(ConfigError, match="resources.memory '8 GB' is not a memory quantity"):
+        parse_spec(base + "resources: {memory: 8 GB}\n")

@@ -1,0 +1,180 @@
+"""Local runs under load and faults: admission to a machine-sized number of slots, retries of infrastructure
+failures only (from the first unfinished step), and a one-line reason for failures that are not retried.
+
+The pure parts (causes, the limit, the slots, the memory check) are tested without the stack; the runs
+themselves on the embedded stack, triggered as CI would (``trigger``), with SIGKILL injected by
+``KFRELEASE_CRASH_AT`` (the step kills itself, no clean-up: what the out-of-memory killer does)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from kfrelease.demo.project import merge_change, spec_variant
+from kfrelease.errors import (
+    ConfigError,
+    DataValidationError,
+    NotFound,
+    StoreUnavailable,
+)
+from kfrelease.storage import store_for
+from kfrelease.training import admission, failures, runs
+from kfrelease.training.trigger import interruption, trigger, wait
+
+RIDGE = "sklearn.linear_model.Ridge"
+
+
+# -- without the stack --------------------------------------------------------------------------------
+def test_only_infrastructure_causes_are_retried():
+    assert failures.cause_of(StoreUnavailable("s3 down")) == failures.INFRASTRUCTURE
+    assert failures.cause_of(ConnectionResetError()) == failures.INFRASTRUCTURE
+    assert failures.cause_of(MemoryError()) == failures.INFRASTRUCTURE
+    assert failures.cause_of(DataValidationError("bad rows")) == failures.DATA
+    assert failures.cause_of(NotFound("no version")) == failures.DATA
+    assert failures.cause_of(ConfigError("bad hyper-parameter")) == failures.MODEL_CODE
+    assert failures.cause_of(ValueError("raised in fit")) == failures.MODEL_CODE
+    assert failures.cause_of_exit(-9) == failures.cause_of_exit(137) == failures.INFRASTRUCTURE
+    assert failures.cause_of_exit(1) is None
+    assert [failures.retryable(c) for c in (failures.INFRASTRUCTURE, failures.MODEL_CODE, failures.DATA)] == [
+        True, False, False]
+
+
+def test_the_run_limit_comes_from_cores_and_memory(monkeypatch):
+    gib = 2**30
+    assert admission.machine_limit(4 * gib, cores=2, total_memory=24 * gib) == 2  # cores bound
+    assert admission.machine_limit(4 * gib, cores=16, total_memory=24 * gib) == 4  # 75 % of 24 GiB / 4 GiB
+    assert admission.machine_limit(64 * gib, cores=8, total_memory=24 * gib) == 1  # never 0
+    monkeypatch.setenv("KFRELEASE_MAX_RUNS", "5")
+    assert admission.concurrency_limit(4 * gib) == 5
+    monkeypatch.setenv("KFRELEASE_MAX_RUNS", "none")
+    with pytest.raises(ConfigError, match="KFRELEASE_MAX_RUNS"):
+        admission.concurrency_limit(4 * gib)
+
+
+def test_a_full_machine_queues_the_next_run_and_a_dead_holder_frees_its_slot(tmp_path):
+    from kfrelease.config import Settings
+
+    settings = Settings(home=tmp_path)
+    waits = []
+    with admission.slot(settings, 1) as first:
+        assert first == 0 and admission.busy_slots(settings, 1) == 1
+        with pytest.raises(TimeoutError, match="no run slot of 1"), admission.slot(settings, 1, waits.append, timeout=0.6):
+            pass
+    assert waits and "all 1 are taken" in waits[0]
+    # a holder killed with SIGKILL keeps nothing: the kernel drops its lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, signal, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); os.kill(os.getpid(), signal.SIGKILL)"), str(admission.slots_dir(settings) / "0.lock")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.wait(timeout=30)
+    with admission.slot(settings, 1, timeout=5) as again:
+        assert again == 0
+
+
+def test_a_run_whose_runner_is_gone_counts_as_interrupted():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    now = datetime.now().astimezone().isoformat()
+    record = runs.RunRecord("train-x", {"created_at": now}, {"state": "running", "pid": gone.pid, "updated_at": now})
+    assert "the runner (pid" in interruption(record) and "is gone while the run was running" in interruption(record)
+    record.state = {"state": "failed", "cause": failures.MODEL_CODE, "error": "model code: boom"}
+    assert interruption(record) is None  # the model code's failure is returned, not retried
+    record.state = {"state": "failed", "cause": failures.INFRASTRUCTURE, "error": "infrastructure: killed"}
+    assert interruption(record) == "infrastructure: killed"
+
+
+def test_a_dataset_too_large_for_the_step_fails_early_with_its_size_and_the_limit():
+    from kfrelease.data.publish import DatasetVersion
+    from kfrelease.training.memory import check_fits
+    from kfrelease.training.spec import parse_spec
+
+    spec = parse_spec("name: m\ntag: 1\ndataset: d\nfeatures: [a, b]\ntarget: y\nestimator: {class: " + RIDGE + "}\n"
+                      "resources: {memory: 512Mi, memory_limit: 1Gi}\n")
+    big = DatasetVersion("d", "v1", {"row_count": 50_000_000})
+    with pytest.raises(DataValidationError, match=r"50,000,000 rows x 3 columns need about \d+\.\d GiB, the limit is "
+                                                  r"1\.0 GiB \(resources\.memory_limit 1Gi in the model spec\)"):
+        check_fits(spec, big, ["a", "b", "y"])
+    assert check_fits(spec, DatasetVersion("d", "v2", {"row_count": 10_000}), ["a", "b", "y"]) < 2**30
+
+
+# -- on the embedded stack ------------------------------------------------------------------------------
+def ridge_merges(repo, name, dataset, n: int) -> list[str]:
+    return [merge_change(repo, f"alpha-{i}", {"model.yaml": spec_variant(
+        1, name=name, dataset=dataset.name, estimator={"class": RIDGE, "params": {"alpha": round(0.5 + i * 0.25, 2)}})},
+        f"ridge alpha {0.5 + i * 0.25}") for i in range(n)]
+
+
+@pytest.mark.integration
+def test_a_step_killed_with_sigkill_is_retried_and_the_run_finishes(project, stack, monkeypatch, tmp_path):
+    repo, shas, _ = project
+    monkeypatch.setenv("KFRELEASE_CRASH_AT", "train.loaded")  # the train step kills itself once, mid-step
+    monkeypatch.setenv("KFRELEASE_CRASH_ONCE", str(tmp_path / "crashed-once"))
+    record = trigger(stack, shas[0], repo)
+    done = wait(stack, record.run_id, timeout=420)
+    assert (tmp_path / "crashed-once").exists()  # attempt 1 of the step really was killed
+    assert done.status == "succeeded", (done.state, done.steps)
+    assert done.state["version"] == "V1.1.0" and done.state["stage"] == "staging"
+    assert done.steps["train"]["attempt"] == 2 and done.steps["train"]["state"] == "succeeded"  # retried in place
+    assert done.steps["evaluate"]["attempt"] == 1 and done.state["attempt"] == 1
+    assert done.steps["train"]["peak_rss_mb"] > 50 and done.state["peak_rss_mb"]["train"] == done.steps["train"]["peak_rss_mb"]
+
+
+@pytest.mark.integration
+def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, dataset, stack, run_cli):
+    repo, _, name = project
+    code = ('class Broken:\n    def fit(self, X, y):\n        raise ValueError("the merged model code cannot fit")\n\n'
+            '    def predict(self, X):\n        return X\n\n\ndef build_model():\n    return Broken()\n')
+    sha = merge_change(repo, "broken", {"model.yaml": spec_variant(2, name=name, dataset=dataset.name),
+                                        "model.py": code}, "a model whose fit raises")
+    record = trigger(stack, sha, repo)
+    done = wait(stack, record.run_id, timeout=300)
+    assert done.status == "failed" and done.state["attempt"] == 1  # no second attempt
+    assert done.state["cause"] == "model code"
+    assert done.state["error"].startswith("model code: step train: ValueError: the merged model code cannot fit")
+    assert "(not retried: it would fail the same way)" in done.state["error"]
+    again = run_cli("trigger", "--commit", sha, "--repo", str(repo), check=True).stdout
+    assert f"run {record.run_id} exists already (failed)" in again and "not retried" in again
+    listed = run_cli("runs", check=True).stdout
+    assert "the merged model code" in listed
+    assert runs.get_run(store_for("pipeline"), record.run_id).state["attempt"] == 1  # the trigger started nothing
+
+
+@pytest.mark.integration
+def test_an_infrastructure_failure_on_every_attempt_is_retried_by_the_next_trigger(project, stack, monkeypatch):
+    repo, shas, _ = project
+    monkeypatch.setenv("KFRELEASE_CRASH_AT", "containerize.start")  # every attempt of containerize is killed
+    record = trigger(stack, shas[0], repo)
+    done = wait(stack, record.run_id, timeout=600)
+    assert done.status == "failed" and done.state["cause"] == "infrastructure", done.state
+    assert done.state["attempt"] == 2 and "gave up after 2 attempts" in done.state["error"]
+    assert "step containerize" in done.state["error"]
+    assert done.steps["train"]["attempt"] == 1  # the second attempt resumed after train: train was not refitted
+    monkeypatch.delenv("KFRELEASE_CRASH_AT")
+    again = trigger(stack, shas[0], repo)  # the same commit: the same run, started again
+    assert again.retried and again.run_id == record.run_id and "gave up" in again.state["retried_because"]
+    done = wait(stack, record.run_id, timeout=420)
+    assert done.status == "succeeded" and done.state["attempt"] == 3 and done.state["version"] == "V1.1.0"
+    assert done.steps["train"]["attempt"] == 1 and done.steps["containerize"]["state"] == "succeeded"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1500)
+def test_sixteen_merges_at_once_finish_with_sixteen_versions_and_no_run_killed(project, dataset, stack):
+    repo, _, name = project
+    merges = ridge_merges(repo, name, dataset, 16)
+    records = [trigger(stack, sha, repo) for sha in merges]  # all at once, as CI would on 16 merges
+    assert len({r.run_id for r in records}) == 16
+    done = [wait(stack, r.run_id, timeout=1400) for r in records]
+    assert [d.status for d in done] == ["succeeded"] * 16, [d.state.get("error") for d in done]
+    assert all(d.state["attempt"] == 1 for d in done)  # none was killed and retried
+    assert sorted(d.state["version"] for d in done) == sorted(f"V1.{i}.0" for i in range(1, 17))
+    limit = done[0].state["slot_limit"]
+    assert limit == admission.concurrency_limit(4 * 2**30)
+    spans = sorted((d.state["admitted_at"], d.state["finished_at"]) for d in done)
+    overlap = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
+    assert overlap <= limit  # never more runs at once than the machine's slots
+    assert sum(1 for d in done if d.state["queued_seconds"] > 0) >= 16 - limit  # the rest waited in the queue
