@@ -134,8 +134,10 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     # every step runs the pinned image and hands it on (the deploy-staging step compiles the release on it)
     for ex in pipeline_spec["deploymentSpec"]["executors"].values():
         assert ex["container"]["image"] == IMAGE and {"name": "KFRELEASE_IMAGE", "value": IMAGE} in ex["container"]["env"]
+    assert "exec-train" in run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     params = run["runtime_config"]["parameters"]
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
+    assert params["model_memory"] == "2Gi" and params["model_memory_limit"] == "4Gi"  # the spec's (default) resources
     assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
     assert registry().list(name) == []  # nothing ran locally
     # multi-user KFP: the CI service account's token and the release namespace
