@@ -45,7 +45,7 @@ def all_tasks(package: dict) -> dict:
 
 
 def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
-    from kfrelease.training.resources import RETRIES, STEP_DEFAULT
+    from kfrelease.training.resources import BACKOFF, RETRIES, STEP_DEFAULT
 
     package, platform = compiled_training(tmp_path)
     tasks = all_tasks(package)
@@ -53,7 +53,7 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
     executors = package["deploymentSpec"]["executors"]
     for name, task in tasks.items():
         assert task["cachingOptions"].get("enableCache", False) is False, name  # outputs never reused across merges
-        assert task["retryPolicy"]["maxRetryCount"] == RETRIES and task["retryPolicy"]["backoffDuration"] == "30s"
+        assert task["retryPolicy"]["maxRetryCount"] == RETRIES and task["retryPolicy"]["backoffDuration"] == BACKOFF["backoff_duration"]
         resources = executors[task["componentRef"]["name"].replace("comp-", "exec-")]["container"]["resources"]
         if name in ("train", "evaluate"):  # the model spec's resources, passed as run parameters
             assert resources["resourceMemoryLimit"] == "{{$.inputs.parameters['pipelinechannel--model_memory_limit']}}"
