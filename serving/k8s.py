@@ -510,7 +510,10 @@ def traffic_patches(
     here (the recorded traffic state), never of anything else. Raises before anything
     is computed if the spec or state is bad."""
     wanted = render_release(spec, state, storage_uris, **kwargs)
-    have = {_key(d): d for d in current}
+    # only this model's objects: other models in the namespace are never patched or deleted
+    model = _dns(spec.model)
+    have = {_key(d): d for d in current
+            if ((d.get("metadata") or {}).get("labels") or {}).get("kfrelease.io/model") == model}
     out: dict[str, list[dict]] = {"patch": [], "create": [], "delete": []}
     wanted_keys = set()
     for doc in wanted:

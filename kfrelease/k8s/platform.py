@@ -237,7 +237,12 @@ def pipeline_step_role(ns: str) -> dict:
 def step_identities(env: Environment, ns: str) -> list[dict]:
     """The service accounts of the untrusted steps and of the release steps (each with its IRSA role carrying
     the pipeline role's object-store policy: ``STEP_IAM_ROLES``), the minimal step Role bound to both, and
-    the PodDefaults that select them."""
+    the PodDefaults that select them.
+
+    The untrusted pods keep a Kubernetes token of their own service account (the Argo executor in the same
+    pod needs it, and a PodDefault cannot remove the token volume the ServiceAccount admission plugin adds
+    before the webhook runs); it can only write ``workflowtaskresults`` and read ``kfp-launcher``. They get
+    no KFP API token (audience pipelines.kubeflow.org): only ``kfp_api_access`` mounts one."""
     docs = [service_account(sa, ns, env.role_arn(role)) for sa, role in STEP_IAM_ROLES.items()]
     docs.append(pipeline_step_role(ns))
     docs.append({

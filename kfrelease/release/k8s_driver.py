@@ -164,13 +164,15 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             raise
 
     def list(self, spec: RolloutSpec) -> list[dict]:
+        from kfrelease.serving.k8s import production_name
+
         out = []
         for api_version, kind in (("serving.kserve.io/v1beta1", "InferenceService"),
                                   ("networking.istio.io/v1", "VirtualService")):
             group, version = self._gv(api_version)
             items = self.api.list_namespaced_custom_object(
                 group, version, spec.serving.namespace, PLURALS[kind],
-                label_selector="app.kubernetes.io/part-of=kfrelease",
+                label_selector=f"app.kubernetes.io/part-of=kfrelease,kfrelease.io/model={production_name(spec)}",
             )
             out += items.get("items", [])
         return out
@@ -318,10 +320,10 @@ class KServeTrafficDriver:
     def current(self) -> TrafficState | None:
         """The state this driver moved to, else the one the cluster's VirtualService records."""
         if self._state is None:
-            from kfrelease.serving.k8s import recorded_state
+            from kfrelease.serving.k8s import production_name, recorded_state
 
             for doc in self.objects.list(self.spec):
-                if doc["kind"] == "VirtualService":
+                if doc["kind"] == "VirtualService" and doc["metadata"]["name"] == f"{production_name(self.spec)}-release":
                     self._state = recorded_state(doc)
         return self._state
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 
-from kfrelease.serving.k8s import apply_merge_patch
+from kfrelease.serving.k8s import apply_merge_patch, production_name
 
 from kfrelease.errors import Conflict
 from kfrelease.k8s.authz import (
@@ -323,7 +323,7 @@ class StandInObjects:
         out = []
         for kind in ("InferenceService", "VirtualService"):
             out += self._call(self.cluster.list, self.who, kind, spec.serving.namespace,
-                              {"app.kubernetes.io/part-of": "kfrelease"})
+                              {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": production_name(spec)})
         return out
 
     def get(self, ref: dict) -> dict | None:

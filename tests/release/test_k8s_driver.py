@@ -51,7 +51,8 @@ def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
 
 def isvcs(cluster, spec) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for (k, ns, _), d in cluster.objects.items()
-            if k == "InferenceService" and ns == spec.serving.namespace}
+            if k == "InferenceService" and ns == spec.serving.namespace
+            and d["metadata"]["labels"]["kfrelease.io/model"] == production_name(spec)}
 
 
 def weight(cluster, spec) -> int | None:
@@ -213,3 +214,20 @@ def test_a_bad_state_sends_nothing():
     with pytest.raises(RolloutSpecError):
         TrafficState(primary=V1, canary=V2, canary_weight=120)
     assert traffic_objects(cluster) == before
+
+
+def test_a_release_never_touches_another_models_objects():
+    import dataclasses
+
+    from kfrelease.serving.k8s import render_release
+
+    other = dataclasses.replace(SERVERLESS, model="housing-prices")
+    theirs = render_release(other, TrafficState(primary="V3.1.0", shadow="V3.2.0", mirror_percent=100),
+                            {"V3.1.0": f"{REPO}:V3.1.0", "V3.2.0": f"{REPO}:V3.2.0"})
+    cluster = cluster_for(SERVERLESS, applied(SERVERLESS) + theirs)
+    before = {k: copy.deepcopy(v) for k, v in cluster.objects.items() if "housing-prices" in k[2]}
+    assert len(before) == 3
+    d = driver(cluster, SERVERLESS)
+    release(d, cluster, SERVERLESS, SERVERLESS.canary.steps)
+    assert {k: v for k, v in cluster.objects.items() if "housing-prices" in k[2]} == before
+    assert cluster.refused == []
