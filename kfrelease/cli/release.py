@@ -78,7 +78,8 @@ def register(cli: click.Group) -> None:
                 versions = registry.list(name)
                 prod = next((v.version for v in reversed(versions) if v.stage == "production"), "-")
                 staging = next((v.version for v in reversed(versions) if v.stage == "staging"), "-")
-                latest = versions[-1] if versions else None
+                # the candidate in flight, else the newest version
+                latest = next((v for v in reversed(versions) if v.stage == "staging"), versions[-1] if versions else None)
                 last = registry.history(name, latest.version)[-1:] if latest else []
                 decision = f"{latest.version} {last[0]['stage']}: {last[0]['why'][:60]}" if last else "-"
                 rows.append((name, prod, staging, _traffic(states.get(name)), decision))
