@@ -12,7 +12,7 @@ def test_default_spec_loads_with_documented_defaults():
     spec = load_rollout_spec()
     assert spec.model == "diabetes-progression"
     assert spec.canary.steps == (10, 25, 50, 100)
-    assert spec.shadow.mirror_percent == 100 and spec.canary.metrics_source == "predictor"
+    assert spec.shadow.mirror_percent == 100 and spec.canary.metrics_source == "auto"
 
 
 @pytest.mark.parametrize(
@@ -26,9 +26,14 @@ def test_default_spec_loads_with_documented_defaults():
         ("steps: []", "empty"),
         ("interval_seconds: 0", "interval_seconds must be above 0"),
         ("metrics_source: graphite", "metrics_source 'graphite' is unknown"),
-        ("checks: {max_error_rate: 2}", "max_error_rate 2 is outside 0..1"),
-        ("checks: {max_rmse_ratio: -1}", "max_rmse_ratio must be above 0"),
-        ("checks: {p99: 5}", "unknown key"),
+        ("checks: {max_error_rate: 0.01}", "canary.checks is a list of checks"),
+        ("checks: [{name: e, series: errors}]", "series 'errors' is unknown"),
+        ("checks: [{name: e, series: error_rate, query: x}]", "exactly one of series"),
+        ("checks: [{name: e, query: 'vector(1)'}]", "queries need canary.metrics_source: prometheus"),
+        ("checks: [{name: a, source: labels, max: 2}]", "a labels check takes no series"),
+        ("checks: [{name: a, source: labels}, {name: a, source: labels}]", "not unique"),
+        ("checks: [{name: e, series: error_rate, p99: 5}]", "unknown key"),
+        ("min_requests: 5", "canary.min_requests is no longer a setting"),
     ],
 )
 def test_bad_canary_sections_are_refused(canary, message):
@@ -45,6 +50,28 @@ def test_bad_shadow_and_unknown_sections_are_refused():
         parse_rollout_spec("canary: {}\n")
     with pytest.raises(RolloutSpecError, match="does not exist"):
         load_rollout_spec("/nonexistent/rollout.yaml")
+
+
+@pytest.mark.parametrize(
+    "shadow, message",
+    [
+        ("max_rmse_ratio: 1.0", "shadow.max_rmse_ratio is no longer a setting; it was replaced by shadow.margin"),
+        ("error_rate: 0.6", "error_rate 0.6 must be above 0 and below 0.5"),
+        ("margin: -0.1", "margin -0.1 must be at least 0"),
+        ("loss: huber", "loss 'huber' is unknown"),
+        ("boundary: magic", "boundary 'magic' is unknown"),
+        ("at_limit: promote", "at_limit 'promote' is unknown"),
+        ("min_labelled_samples: 100, max_samples: 50", "max_samples 50 is below min_samples 100"),
+    ],
+)
+def test_bad_shadow_gates_are_refused(shadow, message):
+    with pytest.raises(RolloutSpecError, match=message):
+        parse_rollout_spec(BASE + "shadow: {" + shadow + "}\n")
+
+
+def test_the_shadow_section_is_the_decision_rule():
+    rule = parse_rollout_spec(BASE + "shadow: {margin: 0.05, error_rate: 0.01, min_labelled_samples: 50}\n").shadow.rule()
+    assert (rule.margin, rule.error_rate, rule.min_samples, rule.loss) == (0.05, 0.01, 50, "squared")
 
 
 def test_with_changes_rechecks():

@@ -94,12 +94,15 @@ STEPS: list[DemoStep] = [
 
 #: The demo's rollout spec: the default one with samples and intervals small enough for a few minutes.
 DEMO_SPEC = {
-    # 168 labelled requests = 4 passes over the 42 held-out rows: the gate then compares the models on
-    # (nearly) whole passes, and the candidate must be at least as good as production (ratio 1.0)
-    "shadow": {"min_labelled_samples": 168, "max_rmse_ratio": 1.0, "max_wait_seconds": 120},
-    "canary": {"steps": [10, 25, 50, 100], "interval_seconds": 5, "min_requests": 5,
-               "checks": {"max_error_rate": 0.01, "max_p99_latency_ms": 250, "max_rmse_ratio": 1.10,
-                          "min_labelled_samples": 10}},
+    # the paired sequential test of the default spec (margin 2 % of production's MSE, error rate 5 %),
+    # looking from 42 labelled requests (one pass over the held-out rows) and giving up after 90 s
+    "shadow": {"min_labelled_samples": 42, "margin": 0.02, "error_rate": 0.05, "max_wait_seconds": 90},
+    # the default checks with 5 requests per step (the accuracy test runs over the whole canary)
+    "canary": {"steps": [10, 25, 50, 100], "interval_seconds": 5,
+               "checks": [{"name": "requests", "series": "requests", "min_samples": 5},
+                          {"name": "error_rate", "series": "error_rate", "max": 0.01, "min_samples": 5},
+                          {"name": "p99_latency_ms", "series": "p99_latency_ms", "max": 250, "min_samples": 5},
+                          {"name": "accuracy", "source": "labels", "min_samples": 10}]},
 }
 #: Demo traffic: requests per second through the gateway, bounds, label delay.
 TRAFFIC = {"rate": 20.0, "max_requests": 20_000, "max_seconds": 900.0, "truth_delay": 0.5}

@@ -4,8 +4,9 @@ cluster).
 
     preflight -> [first model of its tag: production at once]
               -> shadow (mirror to the staging candidate until the shadow gate decides)
-              -> canary step 1 .. n (each: wait ``interval_seconds``, then check error rate, p99 latency
-                 and accuracy on labelled canary traffic against production: advance, hold or roll back)
+              -> canary step 1 .. n (each: wait ``interval_seconds``, measure the declared checks
+                 (requests, error rate, p99 latency, the paired accuracy test on labelled canary traffic),
+                 ask the judge (``kfrelease.release.checks``): advance, hold or roll back)
               -> promote (registry ``production``, previous production ``archived``, all traffic)
               or roll back (canary 0 %, candidate ``rejected``, production untouched)
 
@@ -17,21 +18,24 @@ traffic moves.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
-from kfrelease.metrics import InsufficientData, regression_metrics
+from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
+from kfrelease.release.decision import decide
+from kfrelease.release.decision import PairSequence
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow, latest_truth
 from kfrelease.release.signals import (
     MetricSourceError,
     PredictorMetrics,
     PrometheusMetrics,
-    StepHealth,
 )
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficDriver, TrafficState
@@ -39,8 +43,6 @@ from kfrelease.rollout.traffic import TrafficDriver, TrafficState
 log = logging.getLogger(__name__)
 
 WHO = "release-controller"
-#: Intervals a step may be held for lack of canary requests before the release is rolled back.
-MAX_HOLDS = 3
 REPORT_PREFIX = "reports"
 
 
@@ -66,14 +68,57 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _fmt(value, digits=3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+class SystemClock:
+    """Time as the controller sees it; tests pass a fake one (``monotonic``, ``sleep``)."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+Clock = SystemClock
+
+
+def on_cluster() -> bool:
+    return os.environ.get("KFRELEASE_TARGET") == "cluster"
+
+
+def metrics_source(spec: RolloutSpec) -> str:
+    """``canary.metrics_source`` resolved: ``auto`` is the model servers' /metrics on the embedded stack
+    and Prometheus on a cluster (``KFRELEASE_TARGET=cluster``)."""
+    source = spec.canary.metrics_source
+    if source == "auto":
+        return "prometheus" if on_cluster() else "predictor"
+    return source
+
+
+def prometheus_url(settings: Settings, spec: RolloutSpec) -> str:
+    """The canary's Prometheus: ``canary.prometheus_url``, else ``KFRELEASE_PROMETHEUS_URL``, else (embedded
+    stack only) the stack's own. A pipeline pod on a cluster has no Prometheus on 127.0.0.1."""
+    url = spec.canary.prometheus_url or os.environ.get("KFRELEASE_PROMETHEUS_URL", "")
+    if url:
+        return url
+    if on_cluster():
+        raise ReleaseError(
+            "canary.metrics_source is prometheus but no Prometheus URL is configured for the cluster; set "
+            "canary.prometheus_url in the rollout spec (or KFRELEASE_PROMETHEUS_URL), e.g. "
+            "http://prometheus-operated.monitoring:9090; no traffic was moved"
+        )
+    return settings.url("prometheus")
 
 
 def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
     """The canary's signal source as the spec names it."""
-    if spec.canary.metrics_source == "prometheus":
-        return PrometheusMetrics(settings.url("prometheus"), spec.model, candidate)
+    if metrics_source(spec) == "prometheus":
+        return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate)
+    if on_cluster():
+        raise ReleaseError(
+            "canary.metrics_source predictor reads the model servers on 127.0.0.1 (the embedded stack); on a "
+            "cluster use metrics_source: prometheus with canary.prometheus_url (queries on the predictors' or "
+            "Istio's series as the canary checks declare them); no traffic was moved"
+        )
     from kfrelease.serving.services import predictor_port
 
     return PredictorMetrics(
@@ -103,6 +148,7 @@ class ReleaseController:
         poll_seconds: float = 1.0,
         on_decision: Callable[[dict], None] | None = None,
         report: bool = True,
+        clock: "Clock | None" = None,
     ):
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
@@ -116,6 +162,7 @@ class ReleaseController:
         self.poll_seconds = poll_seconds
         self.on_decision = on_decision
         self.report = report
+        self.clock = clock or SystemClock()
         self.decisions: list[dict] = []
 
     # --- recording --------------------------------------------------------------------------------
@@ -147,17 +194,18 @@ class ReleaseController:
             raise ReleaseError(
                 f"{model} {candidate} is already in production; no traffic was moved"
             )
-        if self.spec.canary.metrics_source == "prometheus" or self.preflight_url:
+        kind = metrics_source(self.spec)
+        if kind == "prometheus" or self.preflight_url or on_cluster():
             source = (
-                PrometheusMetrics(self.settings.url("prometheus"), model, candidate)
-                if self.spec.canary.metrics_source == "prometheus"
-                else PredictorMetrics(self.preflight_url, model)
+                PredictorMetrics(self.preflight_url, model)
+                if self.preflight_url and kind != "prometheus"
+                else signals_for(self.settings, self.spec, candidate)
             )
             try:
                 source.start()
             except MetricSourceError as exc:
                 raise ReleaseError(
-                    f"metric source {self.spec.canary.metrics_source!r}: {exc}; start it "
+                    f"metric source {kind!r}: {exc}; start it "
                     "(`kfrelease up` / `kfrelease serve`) or change canary.metrics_source; "
                     "no traffic was moved"
                 ) from None
@@ -221,22 +269,25 @@ class ReleaseController:
             )
         )
         since = _now()
-        deadline = time.monotonic() + s.max_wait_seconds
+        rule, scale, order = s.rule(), self.reference_rmse(production), PairSequence()
+        deadline = self.clock.monotonic() + s.max_wait_seconds
         while True:
-            last = time.monotonic() >= deadline
+            last = self.clock.monotonic() >= deadline
             verdict = evaluate_shadow(
                 self.store,
                 self.spec.model,
                 candidate,
                 production,
                 since,
-                min_samples=s.min_labelled_samples,
-                max_rmse_ratio=s.max_rmse_ratio,
+                rule=rule,
+                scale=scale,
+                order=order,
+                at_limit=last,
                 report=self.report,
             )
-            if verdict.decision != "wait" or last:
+            if verdict.decided:
                 break
-            time.sleep(self.poll_seconds)
+            self.clock.sleep(self.poll_seconds)
         report_uri = None
         if verdict.html:
             key = f"{REPORT_PREFIX}/{self.spec.model}/{candidate}/shadow-gate.html"
@@ -248,12 +299,16 @@ class ReleaseController:
         evidence = {**verdict.as_dict(), "report": report_uri}
         if verdict.decision == "pass":
             self._record(candidate, "staging", "shadow", verdict.summary(), evidence)
-        elif verdict.decision == "wait":
+        elif verdict.decision == "insufficient":
             verdict.reasons.append(
-                f"no verdict within shadow.max_wait_seconds={s.max_wait_seconds:g}"
+                f"shadow.max_wait_seconds={s.max_wait_seconds:g} or shadow.max_samples reached"
             )
-            evidence = {**verdict.as_dict(), "report": report_uri}
         return verdict
+
+    def reference_rmse(self, production: str) -> float | None:
+        """Production's held-out RMSE from its registry entry: fixes the gate's clip before the first pair."""
+        rmse = (self.registry.get(self.spec.model, production).metrics or {}).get("rmse")
+        return float(rmse) if rmse else None
 
     def outcome_after_shadow(
         self, candidate: str, production: str, verdict: ShadowVerdict
@@ -263,7 +318,8 @@ class ReleaseController:
             **verdict.as_dict(),
             "report": getattr(self, "shadow_report_uri", None),
         }
-        if verdict.decision == "fail":
+        reject = verdict.decision == "fail" or self.spec.shadow.at_limit == "reject"
+        if reject:
             stage = "rejected" if self.spec.rollback.reject_candidate else "staging"
             self._record(
                 candidate,
@@ -278,7 +334,7 @@ class ReleaseController:
                 candidate,
                 "staging",
                 "shadow",
-                f"shadow gate: insufficient evidence ({'; '.join(verdict.reasons)}); shadow stopped, "
+                f"{verdict.summary()}; insufficient evidence: shadow stopped, production unchanged, "
                 "candidate stays in staging",
                 evidence,
             )
@@ -304,200 +360,128 @@ class ReleaseController:
             )
         return self._champion_cache[1], self._champion_cache[2]
 
-    def accuracy(
-        self, candidate: str, production: str, step_since, canary_since
-    ) -> dict:
-        """Canary RMSE on its labelled requests of this step against production's RMSE on the *same*
-        requests: the production model scores the inputs the canary logged (a paired comparison, as in
-        the shadow gate; two disjoint request samples would differ by chance far more than the models do)."""
+    def canary_pairs(
+        self, candidate: str, production: str, canary_since, order: PairSequence
+    ):
+        """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
+        answer, and the production model's answer to the *same* logged inputs (the production model scores
+        them: a paired comparison as in the shadow gate; two disjoint request samples would differ by
+        chance far more than the models do). The pairs come only from the canary's share of traffic, so
+        they accumulate over the steps (the test is anytime-valid) at about share x labelled rate."""
         import numpy as np
+        import pandas as pd
 
         from kfrelease.serving.feedback import read_feedback
         from kfrelease.serving.logs import read_predictions
 
-        c = self.spec.canary.checks
-        preds = read_predictions(self.store, self.spec.model, since=step_since)
+        preds = read_predictions(self.store, self.spec.model, since=canary_since)
         truth = latest_truth(
             read_feedback(self.store, self.spec.model, since=canary_since)
         )
         labelled = preds.merge(truth, on=["request_id", "instance"])
         cand = labelled[
             (labelled["model_version"] == candidate) & (labelled["stage"] != "staging")
-        ]
-        out = {
-            "canary_n": len(cand),
-            "min_labelled_samples": c.min_labelled_samples,
-            "max_rmse_ratio": c.max_rmse_ratio,
-            "compared_on": "the same labelled canary requests",
-        }
-        if len(cand) < c.min_labelled_samples:
-            out["status"] = "skipped"
-            return out
+        ].drop_duplicates(["request_id", "instance"])
         model, features = self._champion(production)
         missing = [f for f in features if f not in cand.columns]
-        if missing:
-            out.update(status="skipped", detail=f"logged inputs lack {missing}")
-            return out
+        if cand.empty or missing:
+            return pd.DataFrame(columns=["request_id", "instance", "truth", "candidate", "production"])
         champion = np.asarray(
             model.predict(cand[features].astype("float64")), dtype="float64"
         ).ravel()
-        try:
-            cm = regression_metrics(
-                cand["truth"], cand["prediction"], min_samples=c.min_labelled_samples
-            )
-            pm = regression_metrics(
-                cand["truth"], champion, min_samples=c.min_labelled_samples
-            )
-        except InsufficientData:
-            out["status"] = "skipped"
-            return out
-        ratio = cm["rmse"] / pm["rmse"] if pm["rmse"] > 0 else float("inf")
-        out.update(
-            canary=cm,
-            production=pm,
-            rmse_ratio=ratio,
-            status="passed" if ratio <= c.max_rmse_ratio else "failed",
+        pairs = pd.DataFrame(
+            {
+                "request_id": cand["request_id"].to_numpy(),
+                "instance": cand["instance"].to_numpy(),
+                "truth": cand["truth"].to_numpy(dtype="float64"),
+                "candidate": cand["prediction"].to_numpy(dtype="float64"),
+                "production": champion,
+            }
         )
+        return order.extend(pairs)
+
+    def measure(
+        self, source, start, seconds: float, candidate: str, production: str, canary_since, order
+    ) -> dict[str, Measurement]:
+        """One measurement per declared check (nothing judged here)."""
+        out: dict[str, Measurement] = {}
+        health, unreadable = None, None
+        if start is None and not isinstance(source, PrometheusMetrics):
+            unreadable = "the canary's metrics could not be read at the start of the step"
+        else:
+            try:
+                health = source.health(start, seconds)
+            except MetricSourceError as exc:
+                unreadable = str(exc)
+        pairs = None
+        for check in self.spec.canary.checks:
+            if check.source == "labels":
+                if pairs is None:
+                    pairs = self.canary_pairs(candidate, production, canary_since, order)
+                rule = dataclasses.replace(
+                    self.spec.shadow.rule(),
+                    min_samples=max(2, check.min_samples),
+                    max_samples=None,
+                    **{k: getattr(check, k) for k in ("margin", "error_rate") if getattr(check, k) is not None},
+                )
+                d = decide(pairs["truth"], pairs["candidate"], pairs["production"], rule, self.reference_rmse(production))
+                out[check.name] = Measurement(d.ratio, len(pairs), d.as_dict())
+            elif unreadable:
+                out[check.name] = Measurement(error=unreadable)
+            elif check.query:
+                try:
+                    value = source.query(render_query(check.query, self.spec.model, candidate, "canary", seconds))
+                except MetricSourceError as exc:
+                    out[check.name] = Measurement(error=str(exc))
+                    continue
+                out[check.name] = Measurement(value, health.requests)
+            else:
+                value = {"requests": health.requests, "error_rate": health.error_rate,
+                         "p99_latency_ms": health.p99_ms}[check.series]
+                out[check.name] = Measurement(value, health.requests)
         return out
 
-    def checks(self, health: StepHealth, accuracy: dict) -> tuple[list[dict], bool]:
-        """(checks with their numbers, enough traffic?)."""
-        c = self.spec.canary.checks
-        enough = health.requests >= self.spec.canary.min_requests
-        checks = [
-            {
-                "name": "requests",
-                "value": health.requests,
-                "limit": self.spec.canary.min_requests,
-                "status": "passed" if enough else "held",
-            },
-            _at_most("error_rate", health.error_rate, c.max_error_rate),
-            _at_most("p99_latency_ms", health.p99_ms, c.max_p99_latency_ms),
-            {
-                "name": "rmse_ratio",
-                "value": accuracy.get("rmse_ratio"),
-                "limit": c.max_rmse_ratio,
-                "status": accuracy["status"],
-                "n": accuracy["canary_n"],
-            },
-        ]
-        return checks, enough
-
-    @staticmethod
-    def _describe(weight: int, checks: list[dict]) -> str:
-        parts = []
-        for ch in checks:
-            if ch["name"] == "requests":
-                parts.append(f"{ch['value']:.0f} requests (min {ch['limit']})")
-            elif ch["name"] == "error_rate":
-                parts.append(
-                    f"error rate {_fmt(ch['value'], 4)} (max {ch['limit']:g}) {ch['status']}"
-                )
-            elif ch["name"] == "p99_latency_ms":
-                parts.append(
-                    f"p99 {_fmt(ch['value'], 1)} ms (max {ch['limit']:g}) {ch['status']}"
-                )
-            else:
-                parts.append(
-                    f"rmse ratio {_fmt(ch['value'])} (max {ch['limit']:g}, n={ch['n']}) {ch['status']}"
-                )
-        return f"canary {weight}%: " + ", ".join(parts)
-
     def canary(self, candidate: str, production: str) -> ReleaseOutcome:
-        """Walk the canary steps; promote after the last one passes, roll back on a failed check."""
+        """Walk the canary steps: each interval measure every declared check, ask the judge
+        (``kfrelease.release.checks``), record; promote after the last step, roll back when it says so."""
         cs = self.spec.canary
-        canary_since = _now()
-        failures = 0
-        steps = list(cs.steps)
+        analysis = CanaryAnalysis(tuple(cs.steps), cs.failure_threshold, cs.max_holds)
+        # a re-run of this release's step (its pod was evicted) resumes where the traffic already is
+        analysis.index = resume_step(self.driver.current(), candidate, list(cs.steps))
+        canary_since, order = _now(), PairSequence()
         try:
-            i = resume_step(self.driver.current(), candidate, steps)
-            holds = 0
-            while i < len(steps):
-                weight = steps[i]
+            while True:
+                weight, step = analysis.weight, analysis.index + 1
                 self.driver.apply(
-                    TrafficState(
-                        primary=production, canary=candidate, canary_weight=weight
-                    )
+                    TrafficState(primary=production, canary=candidate, canary_weight=weight)
                 )
                 step_since = _now()
-                signals = self.signals(candidate)
+                source = self.signals(candidate)
                 try:
-                    start = signals.start()
+                    start = source.start()
                 except MetricSourceError:
                     start = None
-                time.sleep(cs.interval_seconds)
-                try:
-                    health = (
-                        signals.health(start, cs.interval_seconds)
-                        if start is not None or isinstance(signals, PrometheusMetrics)
-                        else None
-                    )
-                except MetricSourceError as exc:
-                    health, unreadable = None, str(exc)
-                else:
-                    unreadable = "the canary's metrics could not be read at the start of the step"
-                if health is None:
-                    checks = [
-                        {"name": "metrics", "status": "failed", "detail": unreadable}
-                    ]
-                    failed, enough = True, True
-                    why = f"canary {weight}%: {unreadable}"
-                else:
-                    acc = self.accuracy(candidate, production, step_since, canary_since)
-                    checks, enough = self.checks(health, acc)
-                    failed = any(ch["status"] == "failed" for ch in checks)
-                    why = self._describe(weight, checks)
+                self.clock.sleep(cs.interval_seconds)
+                measured = self.measure(
+                    source, start, cs.interval_seconds, candidate, production, canary_since, order
+                )
+                results = [judge(check, measured[check.name]) for check in cs.checks]
+                action, reason = analysis.next(results)
+                why = f"canary {weight}%: " + ", ".join(r.describe() for r in results) + f"; {action}: {reason}"
                 evidence = {
-                    "step": i + 1,
+                    "step": step,
                     "weight": weight,
-                    "checks": checks,
-                    "window": {
-                        "since": step_since.isoformat(),
-                        "until": _now().isoformat(),
-                    },
+                    "checks": [r.as_dict() for r in results],
+                    "action": action,
+                    "failures": analysis.failures,
+                    "holds": analysis.holds,
+                    "window": {"since": step_since.isoformat(), "until": _now().isoformat()},
                 }
-                if failed:
-                    failures += 1
-                    if failures >= cs.failure_threshold:
-                        return self.roll_back(candidate, production, why, evidence)
-                    self._record(
-                        candidate,
-                        "staging",
-                        "canary",
-                        f"{why}; hold ({failures} failed "
-                        f"check(s) of {cs.failure_threshold} tolerated)",
-                        {**evidence, "action": "hold"},
-                    )
-                    continue
-                if not enough:
-                    holds += 1
-                    if holds > MAX_HOLDS:
-                        return self.roll_back(
-                            candidate,
-                            production,
-                            f"{why}; too little canary traffic after {MAX_HOLDS} extra intervals",
-                            evidence,
-                        )
-                    self._record(
-                        candidate,
-                        "staging",
-                        "canary",
-                        f"{why}; hold (too few requests)",
-                        {**evidence, "action": "hold"},
-                    )
-                    continue
-                holds = 0
-                if i + 1 < len(steps):
-                    self._record(
-                        candidate,
-                        "staging",
-                        "canary",
-                        f"{why}; advance to {steps[i + 1]}%",
-                        {**evidence, "action": "advance"},
-                    )
-                else:
+                if action == "rollback":
+                    return self.roll_back(candidate, production, why, evidence)
+                if action == "promote":
                     return self.promote(candidate, production, why, evidence)
-                i += 1
+                self._record(candidate, "staging", "canary", why, evidence)
         except BaseException:
             log.exception(
                 "release of %s interrupted; moving all traffic back to %s",
@@ -552,7 +536,3 @@ class ReleaseController:
         )
 
 
-def _at_most(name: str, value: float | None, limit: float) -> dict:
-    """A check that ``value`` is at most ``limit``; ``skipped`` when there is no value to judge."""
-    status = "skipped" if value is None else "passed" if value <= limit else "failed"
-    return {"name": name, "value": value, "limit": limit, "status": status}

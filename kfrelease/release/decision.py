@@ -89,7 +89,7 @@ class GateRule:
 
         if not 0 < self.error_rate < 0.5:
             bad(f"error_rate {self.error_rate} must be above 0 and below 0.5 (e.g. 0.05)")
-        if not 0 <= self.margin < 10:
+        if not (0 <= self.margin and math.isfinite(self.margin)):
             bad(f"margin {self.margin} must be at least 0 (a share of production's loss, e.g. 0.02)")
         if self.loss not in LOSSES:
             bad(f"loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")

@@ -140,7 +140,8 @@ def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
 def shadow_step(
     settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None
 ) -> str:
-    """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``wait`` (traffic back to production)."""
+    """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``insufficient`` (traffic back to
+    production)."""
     controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
     verdict = controller.shadow(version, production.version)

@@ -3,15 +3,21 @@
 The gateway mirrors production requests to the staging candidate with the same request id; both model
 servers log their answers (``kfrelease.serving.logs``) and ground truth arrives later through the feedback
 service (``kfrelease.serving.feedback``). ``join_shadow`` pairs, per (request id, instance), the
-production answer, the candidate's answer and the truth; ``shadow_verdict`` computes MSE, RMSE, MAE and R²
-of both on exactly those rows (``kfrelease.metrics.regression_metrics``) and decides:
+production answer, the candidate's answer and the truth; ``shadow_verdict`` decides on exactly those rows
+with the paired, anytime-valid sequential test of ``kfrelease.release.decision`` (the spec's ``shadow``
+section: margin, error rate, loss, clip, ``min_labelled_samples``, ``max_samples``):
 
-- ``wait``: fewer labelled pairs than ``shadow.min_labelled_samples`` (no verdict on too little evidence);
-- ``pass``: candidate RMSE <= production RMSE x ``shadow.max_rmse_ratio``;
-- ``fail``: otherwise.
+- ``continue``: the evidence does not decide yet (or fewer than ``min_labelled_samples`` pairs: the gate
+  does not even look);
+- ``pass``: the upper confidence bound says the candidate's loss is at most ``1 + margin`` times
+  production's;
+- ``fail``: the lower confidence bound says the candidate is worse;
+- ``insufficient``: still undecided at ``max_samples`` or ``max_wait_seconds`` (production unchanged).
 
-``evaluate_shadow`` reads the logs and labels of a window from the object store and, when asked, renders
-Evidently's regression report of both models on the joined rows (``kfrelease.evaluation.regression_report``).
+MSE, RMSE, MAE and R² of both (``kfrelease.metrics.regression_metrics``) and their RMSE ratio are reported
+beside the decision, never decided on. ``evaluate_shadow`` reads the logs and labels of a window from the
+object store and, when asked, renders Evidently's regression report of both models on the joined rows
+(``kfrelease.evaluation.regression_report``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kfrelease.metrics import regression_metrics
+from kfrelease.release.decision import GateRule, PairSequence, decide
 from kfrelease.serving.logs import BASE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ PAIR_COLUMNS = ["request_id", "instance", "truth", "candidate", "production"]
 
 @dataclass
 class ShadowVerdict:
-    decision: str  # pass | fail | wait
+    decision: str  # pass | fail | continue | insufficient
     reasons: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
     html: str | None = (
@@ -43,20 +50,35 @@ class ShadowVerdict:
     def passed(self) -> bool:
         return self.decision == "pass"
 
+    @property
+    def decided(self) -> bool:
+        """No more polling: pass, fail or insufficient evidence."""
+        return self.decision != "continue"
+
     def as_dict(self) -> dict:
         """Flat: the decision and reasons beside the numbers (what the registry event's evidence holds)."""
         return {"decision": self.decision, "reasons": list(self.reasons), **self.evidence}
 
     def summary(self) -> str:
         e = self.evidence
-        if "candidate" not in e:
+        test = e.get("test") or {}
+        if "candidate" not in e or not test.get("ratio_interval"):
             return f"shadow gate {self.decision}: {'; '.join(self.reasons)}"
+        lo, hi = test["ratio_interval"]
+        what = "MSE" if test["loss"] == "squared" else "MAE"
         return (
-            f"shadow gate {self.decision}: candidate {e['candidate_version']} rmse {e['candidate']['rmse']:.3f} vs "
-            f"production {e['production_version']} rmse {e['production']['rmse']:.3f} (ratio {e['rmse_ratio']:.3f}, "
-            f"limit {e['max_rmse_ratio']:g}) on the same {e['n']} labelled requests; "
-            f"mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}"
+            f"shadow gate {self.decision}: candidate {e['candidate_version']} vs production "
+            f"{e['production_version']} on the same n={test['n']} labelled requests: {what} ratio "
+            f"{test['ratio']:.3f} [{_bound(lo)}, {_bound(hi)}] ({100 * (1 - 2 * test['error_rate']):g}% "
+            f"confidence sequence; pass below {1 + test['margin']:g}, fail above "
+            f"{1 + (test['margin'] if e.get('fail_above') == 'margin' else 0):g}); rmse "
+            f"{e['candidate']['rmse']:.3f} vs {e['production']['rmse']:.3f} (ratio {e['rmse_ratio']:.3f}, "
+            f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}"
         )
+
+
+def _bound(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.3f}"
 
 
 def latest_truth(feedback: pd.DataFrame) -> pd.DataFrame:
@@ -102,45 +124,46 @@ def shadow_verdict(
     pairs: pd.DataFrame,
     candidate: str,
     production: str,
-    min_samples: int,
-    max_rmse_ratio: float,
+    rule: GateRule,
+    scale: float | None = None,
     window: dict | None = None,
+    *,
+    at_limit: bool = False,
 ) -> ShadowVerdict:
-    """The gate's decision on joined rows (see the module docstring)."""
+    """The gate's decision on joined rows in arrival order (see the module docstring). ``scale``:
+    production's reference (held-out) RMSE, which fixes the clip before the first pair."""
     n = len(pairs)
+    test = decide(
+        pairs["truth"] if n else [],
+        pairs["candidate"] if n else [],
+        pairs["production"] if n else [],
+        rule,
+        scale,
+        at_limit=at_limit,
+    )
     evidence = {
         "candidate_version": candidate,
         "production_version": production,
         "n": n,
-        "min_labelled_samples": min_samples,
-        "max_rmse_ratio": max_rmse_ratio,
+        "min_labelled_samples": rule.min_samples,
+        "margin": rule.margin,
+        "error_rate": rule.error_rate,
+        "fail_above": rule.fail_above,
+        "reference_rmse": scale,
+        "test": test.as_dict(),
         "window": window or {},
     }
-    if n < min_samples:
-        return ShadowVerdict(
-            "wait",
-            [f"{n} labelled shadow requests so far; {min_samples} are needed"],
-            evidence,
+    if test.ratio_interval is not None:
+        cand = regression_metrics(pairs["truth"], pairs["candidate"])
+        prod = regression_metrics(pairs["truth"], pairs["production"])
+        ratio = (
+            cand["rmse"] / prod["rmse"]
+            if prod["rmse"] > 0
+            else (1.0 if cand["rmse"] == 0 else float("inf"))
         )
-    cand = regression_metrics(
-        pairs["truth"], pairs["candidate"], min_samples=min_samples
-    )
-    prod = regression_metrics(
-        pairs["truth"], pairs["production"], min_samples=min_samples
-    )
-    ratio = (
-        cand["rmse"] / prod["rmse"]
-        if prod["rmse"] > 0
-        else (1.0 if cand["rmse"] == 0 else float("inf"))
-    )
-    evidence.update(candidate=cand, production=prod, rmse_ratio=ratio)
-    if ratio <= max_rmse_ratio:
-        return ShadowVerdict("pass", [], evidence)
-    reason = (
-        f"candidate {candidate} rmse {cand['rmse']:.3f} > production {production} rmse {prod['rmse']:.3f} "
-        f"x {max_rmse_ratio:g} on the same {n} labelled requests"
-    )
-    return ShadowVerdict("fail", [reason], evidence)
+        evidence.update(candidate=cand, production=prod, rmse_ratio=ratio)
+    reasons = [] if test.decision == "pass" else [test.reason]
+    return ShadowVerdict(test.decision, reasons, evidence)
 
 
 def shadow_report_html(pairs: pd.DataFrame, verdict: ShadowVerdict) -> str:
@@ -173,25 +196,30 @@ def evaluate_shadow(
     since,
     until=None,
     *,
-    min_samples: int,
-    max_rmse_ratio: float,
+    rule: GateRule,
+    scale: float | None = None,
+    order: PairSequence | None = None,
+    at_limit: bool = False,
     report: bool = False,
 ) -> ShadowVerdict:
-    """Read the prediction logs and ground truth of ``[since, until)`` and decide (see ``shadow_verdict``)."""
+    """Read the prediction logs and ground truth of ``[since, until)`` and decide (see ``shadow_verdict``);
+    ``order`` keeps the pairs' arrival order across the polls of one gate."""
     from kfrelease.serving.feedback import read_feedback
     from kfrelease.serving.logs import read_predictions
 
     predictions = read_predictions(store, model, since=since, until=until)
     feedback = read_feedback(store, model, since=since)
     pairs = join_shadow(predictions, feedback, candidate, production)
+    if order is not None:
+        pairs = order.extend(pairs)
     window = {
         "since": pd.Timestamp(since).isoformat(),
         "until": pd.Timestamp(until).isoformat() if until else None,
     }
     verdict = shadow_verdict(
-        pairs, candidate, production, min_samples, max_rmse_ratio, window
+        pairs, candidate, production, rule, scale, window, at_limit=at_limit
     )
-    if report and verdict.decision != "wait":
+    if report and verdict.decided and "candidate" in verdict.evidence:
         try:
             verdict.html = shadow_report_html(pairs, verdict)
         except Exception as exc:  # noqa: BLE001 - the report is a picture of the evidence; the verdict stands

@@ -12,7 +12,8 @@ from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.logs import read_predictions
 
 from kfrelease.demo.traffic import TrafficGenerator
-from kfrelease.rollout.spec import CanaryChecks, load_rollout_spec
+from kfrelease.release.checks import CheckSpec
+from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.storage import store_for
 from tests.training.conftest import PrivateDataset
 
@@ -20,19 +21,19 @@ from tests.training.conftest import PrivateDataset
 def small_spec(model: str, **sections):
     base = load_rollout_spec().with_changes(
         shadow={
-            "min_labelled_samples": 168,
-            "max_rmse_ratio": 1.0,
+            "min_labelled_samples": 42,
+            "margin": 0.02,
+            "error_rate": 0.05,
             "max_wait_seconds": 60,
         },
         canary={
             "steps": (25, 50, 100),
             "interval_seconds": 3,
-            "min_requests": 5,
-            "checks": CanaryChecks(
-                max_error_rate=0.01,
-                max_p99_latency_ms=250,
-                max_rmse_ratio=1.10,
-                min_labelled_samples=8,
+            "checks": (
+                CheckSpec("requests", series="requests", min_samples=5),
+                CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=5),
+                CheckSpec("p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=5),
+                CheckSpec("accuracy", source="labels", min_samples=8),
             ),
         },
     )

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from kfrelease.metrics import regression_metrics
+from kfrelease.release.decision import GateRule
 from kfrelease.release.shadow import join_shadow, shadow_verdict
 from kfrelease.release.signals import health_between, histogram_quantile, parse_snapshot
 
@@ -61,14 +62,14 @@ def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):
 
 
 def test_both_models_are_scored_on_exactly_the_same_labelled_requests():
-    preds, fb = logs(50, 10, 20)
-    fb = fb.iloc[:40]  # 10 requests not labelled yet
+    preds, fb = logs(500, 10, 20)
+    fb = fb.iloc[:400]  # 100 requests not labelled yet
     preds = preds[
         ~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))
     ]  # shadow missed r0
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
-    assert len(pairs) == 39 and "r0" not in set(pairs["request_id"])
-    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.0)
+    assert len(pairs) == 399 and "r0" not in set(pairs["request_id"])
+    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=20.0)
     assert v.decision == "pass"
     assert v.evidence["candidate"] == regression_metrics(
         pairs["truth"], pairs["candidate"]
@@ -76,22 +77,30 @@ def test_both_models_are_scored_on_exactly_the_same_labelled_requests():
     assert v.evidence["production"] == regression_metrics(
         pairs["truth"], pairs["production"]
     )
-    assert "on the same 39 labelled requests" in v.summary()
+    assert v.evidence["test"]["n"] == 399
+    lo, hi = v.evidence["test"]["ratio_interval"]
+    assert f"on the same n=399 labelled requests: MSE ratio {v.evidence['test']['ratio']:.3f} [{lo:.3f}, {hi:.3f}]" in v.summary()
 
 
-def test_a_worse_candidate_fails_and_too_few_labels_wait():
-    preds, fb = logs(60, 30, 10)
+def test_a_worse_candidate_fails_and_too_few_labels_continue():
+    preds, fb = logs(300, 30, 10)
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
-    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.05)
-    assert (
-        v.decision == "fail"
-        and v.evidence["rmse_ratio"] > 1.05
-        and "x 1.05" in v.reasons[0]
-    )
-    w = shadow_verdict(
-        pairs.iloc[:29], "V1.2.0", "V1.1.0", min_samples=30, max_rmse_ratio=1.05
-    )
-    assert w.decision == "wait" and "29 labelled" in w.reasons[0]
+    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=10.0)
+    assert v.decision == "fail" and v.evidence["test"]["ratio_interval"][0] > 1.0
+    assert "worse than production" in v.reasons[0]
+    w = shadow_verdict(pairs.iloc[:29], "V1.2.0", "V1.1.0", GateRule(min_samples=30), scale=10.0)
+    assert w.decision == "continue" and "29 labelled pairs" in w.reasons[0]
+    assert "candidate" not in w.evidence  # no numbers shown on too little evidence
+
+
+def test_a_close_call_is_not_decided_on_a_noisy_ratio():
+    """The issue's case: RMSE ratio 0.99 on 168 pairs decided ``pass`` before; its interval contains 1."""
+    preds, fb = logs(168, 19.8, 20, seed=3)
+    pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
+    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=20.0)
+    assert v.decision == "continue"
+    late = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=20.0, at_limit=True)
+    assert late.decision == "insufficient"
 
 
 def test_the_latest_label_wins():

@@ -1,0 +1,223 @@
+"""Canary checks as data, judged by pure functions (like Flagger's ``analysis.metrics`` and Argo Rollouts'
+``AnalysisTemplate`` metrics with ``successCondition``/``failureLimit``, whose ``assessMetricStatus`` is a
+pure function: argoproj/argo-rollouts ``analysis/analysis.go``).
+
+A check (``CheckSpec``, a list under ``canary.checks`` of the rollout spec) names its ``source`` and what it
+reads: ``traffic`` checks read the canary's metric source (``canary.metrics_source``) through a built-in
+``series`` (``requests``, ``error_rate``, ``p99_latency_ms``) or, with Prometheus, a declared PromQL
+``query`` (placeholders ``{model}``, ``{version}``, ``{stage}``, ``{window}``); ``labels`` checks run the
+paired sequential accuracy test (``kfrelease.release.decision``) on the canary's labelled requests against
+production's answers on the same requests. ``judge`` turns one measurement into a status; ``CanaryAnalysis``
+turns one step's statuses into an action (advance, hold, roll back, promote) with ``failure_threshold``
+and ``max_holds``. The controller only measures, asks, and records; nothing here reads a clock or sleeps.
+
+Statuses: ``passed``; ``failed`` (counts toward ``failure_threshold``); ``held`` (too few requests for
+the check to count: the step is measured again, at most ``max_holds`` times in a row); ``skipped`` (the
+check does not count at this step: too few labelled pairs yet, or an inconclusive accuracy test).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+SOURCES = ("traffic", "labels")
+SERIES = ("requests", "error_rate", "p99_latency_ms")
+ON_SHORT = ("hold", "skip")
+ON_INCONCLUSIVE = ("advance", "hold")
+ACTIONS = ("advance", "hold", "rollback", "promote")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One declared canary check (an entry of ``canary.checks``)."""
+
+    name: str
+    source: str = "traffic"  # traffic | labels
+    series: str | None = None  # traffic: requests | error_rate | p99_latency_ms
+    query: str | None = None  # traffic, metrics_source prometheus: a PromQL expression returning one number
+    max: float | None = None  # failed above
+    min: float | None = None  # failed below
+    min_samples: int = 0  # step requests (traffic) or labelled pairs (labels) before the check counts
+    on_short: str | None = None  # below min_samples: hold | skip (default: hold for traffic, skip for labels)
+    # labels only: the paired test; None takes the shadow gate's value
+    margin: float | None = None
+    error_rate: float | None = None
+    on_inconclusive: str = "advance"  # labels: an undecided test lets the step advance, or holds it
+
+    @property
+    def short_status(self) -> str:
+        mode = self.on_short or ("hold" if self.source == "traffic" else "skip")
+        return "held" if mode == "hold" else "skipped"
+
+    def problems(self) -> list[str]:
+        """What is wrong with this declaration (empty when it is well formed)."""
+        out = []
+        if not self.name:
+            out.append("a check needs a name")
+        if self.source not in SOURCES:
+            out.append(f"source {self.source!r} is unknown; use one of {', '.join(SOURCES)}")
+        if self.source == "traffic":
+            if (self.series is None) == (self.query is None):
+                out.append(f"give exactly one of series ({', '.join(SERIES)}) or query (PromQL)")
+            if self.series is not None and self.series not in SERIES:
+                out.append(f"series {self.series!r} is unknown; use one of {', '.join(SERIES)}")
+        elif self.series or self.query or self.max is not None or self.min is not None:
+            out.append("a labels check takes no series, query, min or max: the paired test decides")
+        if self.on_short is not None and self.on_short not in ON_SHORT:
+            out.append(f"on_short {self.on_short!r} is unknown; use one of {', '.join(ON_SHORT)}")
+        if self.on_inconclusive not in ON_INCONCLUSIVE:
+            out.append(f"on_inconclusive {self.on_inconclusive!r} is unknown; use one of {', '.join(ON_INCONCLUSIVE)}")
+        if self.min_samples < 0:
+            out.append("min_samples must be at least 0")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            out.append(f"min {self.min} is above max {self.max}")
+        return out
+
+
+#: The default checks (what ``kfrelease/rollout/default.yaml`` declares).
+DEFAULT_CHECKS = (
+    CheckSpec("requests", series="requests", min_samples=20),
+    CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=20),
+    CheckSpec("p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=20),
+    CheckSpec("accuracy", source="labels", min_samples=10),
+)
+
+
+@dataclass
+class Measurement:
+    """What was measured for one check over one step: a value (traffic) or a decision (labels)."""
+
+    value: float | None = None
+    samples: float = 0.0  # requests of the step (traffic) or labelled pairs so far (labels)
+    decision: dict | None = None  # labels: ``Decision.as_dict()``
+    error: str | None = None  # the source could not be read
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # passed | failed | held | skipped
+    value: float | None = None
+    n: float = 0.0
+    max: float | None = None
+    min: float | None = None
+    detail: str = ""
+    interval: list | None = None  # labels: the confidence sequence on the loss ratio
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.status == "failed" and self.value is None:
+            return f"{self.name} failed ({self.detail})"
+        if self.interval is not None:
+            lo, hi = self.interval
+            return (f"{self.name} {_fmt(self.value)} [{_fmt(lo)}, {_fmt(hi)}] n={self.n:.0f} {self.status}"
+                    + (f" ({self.detail})" if self.detail else ""))
+        bound = ", ".join(f"{k} {v:g}" for k, v in (("max", self.max), ("min", self.min)) if v is not None)
+        return (f"{self.name} {_fmt(self.value)}" + (f" ({bound})" if bound else "")
+                + f" n={self.n:.0f} {self.status}" + (f" ({self.detail})" if self.detail and self.status != "passed" else ""))
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.4g}"
+
+
+def judge(check: CheckSpec, m: Measurement) -> CheckResult:
+    """The status of one check on one measurement (pure)."""
+    r = CheckResult(check.name, "passed", m.value, m.samples, check.max, check.min)
+    if m.error:
+        r.status, r.detail = "failed", m.error  # an unreadable source is a failed check, not a missing one
+        return r
+    if m.samples < check.min_samples:
+        r.status, r.detail = check.short_status, f"{m.samples:.0f} of {check.min_samples} samples"
+        return r
+    if check.source == "labels":
+        d = m.decision or {}
+        r.value, r.interval = d.get("ratio"), d.get("ratio_interval")
+        outcome = d.get("decision")
+        if outcome == "fail":
+            r.status, r.detail = "failed", d.get("reason", "")
+        elif outcome == "pass":
+            r.status = "passed"
+        else:
+            r.status = "held" if check.on_inconclusive == "hold" else "skipped"
+            r.detail = "inconclusive: " + d.get("reason", "no decision")
+        return r
+    if m.value is None:
+        r.status, r.detail = "skipped", "no observations"
+        return r
+    if check.max is not None and m.value > check.max:
+        r.status, r.detail = "failed", f"above {check.max:g}"
+    elif check.min is not None and m.value < check.min:
+        r.status, r.detail = "failed", f"below {check.min:g}"
+    return r
+
+
+@dataclass
+class CanaryAnalysis:
+    """The canary's state machine over its steps (pure: each ``next`` takes one step's check results).
+
+    A failed check counts toward ``failure_threshold`` (over the whole canary, as Flagger's ``threshold``):
+    below it the step is held and measured again, at it the release rolls back. A held check (too few
+    requests) holds the step; more than ``max_holds`` holds in a row roll back. Otherwise the step
+    advances, and after the last one the candidate is promoted."""
+
+    steps: tuple[int, ...]
+    failure_threshold: int = 1
+    max_holds: int = 3
+    index: int = 0
+    failures: int = 0
+    holds: int = 0
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def weight(self) -> int:
+        return self.steps[self.index]
+
+    @property
+    def done(self) -> bool:
+        return bool(self.history) and self.history[-1] in ("rollback", "promote")
+
+    def next(self, results: list[CheckResult]) -> tuple[str, str]:
+        """(action, why) after one step's results; moves to the next step on ``advance``."""
+        statuses = [r.status for r in results]
+        if "failed" in statuses:
+            self.failures += 1
+            if self.failures >= self.failure_threshold:
+                return self._act("rollback", f"{self.failures} failed check(s), failure_threshold {self.failure_threshold}")
+            return self._act("hold", f"{self.failures} failed check(s) of {self.failure_threshold} tolerated")
+        if "held" in statuses:
+            self.holds += 1
+            if self.holds > self.max_holds:
+                return self._act("rollback", f"held {self.holds} intervals in a row (max_holds {self.max_holds})")
+            return self._act("hold", f"hold {self.holds} of {self.max_holds}: "
+                             + ", ".join(r.name for r in results if r.status == "held") + " not counted yet")
+        self.holds = 0
+        if self.index + 1 < len(self.steps):
+            self.index += 1
+            return self._act("advance", f"advance to {self.steps[self.index]}%")
+        return self._act("promote", "last step passed")
+
+    def _act(self, action: str, why: str) -> tuple[str, str]:
+        self.history.append(action)
+        return action, why
+
+
+def render_query(query: str, model: str, version: str, stage: str, window_seconds: float) -> str:
+    """A declared PromQL expression with the step's placeholders filled in."""
+    window = f"{max(1, math.ceil(window_seconds))}s"
+    try:
+        return query.format(model=model, version=version, stage=stage, window=window)
+    except (KeyError, IndexError, ValueError) as exc:
+        from kfrelease.errors import ConfigError
+
+        raise ConfigError(
+            f"canary check query {query!r}: {exc}; the placeholders are {{model}}, {{version}}, {{stage}}, "
+            "{window} (write literal braces of PromQL selectors as {{ and }})"
+        ) from None
