@@ -56,5 +56,24 @@ def register(cli: click.Group) -> None:
     def history(model: str, version: str) -> None:
         """A version's stage history (append-only): when, stage, who, why."""
         events = _registry().history(model, version)
-        table(f"{model} {version}", ["when", "stage", "who", "why"], [(e["when"], e["stage"], e["who"], e["why"])
-                                                                    for e in events])
+        table(f"{model} {version}", ["when", "stage", "who", "decision", "interval", "n", "why"],
+              [(e["when"], e["stage"], e["who"], *_decision_columns(e.get("evidence") or {}), e["why"])
+               for e in events])
+
+
+def _decision_columns(evidence: dict) -> tuple[str, str, str]:
+    """(decision, interval, n) of a shadow, canary or plan event: the paired test's loss ratio with its
+    confidence sequence and sample count; blank for events without one."""
+    test = evidence.get("test")
+    if test is None:  # a canary step: its accuracy check
+        test = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
+        if test is not None:
+            test = {"decision": test["status"], "ratio": test["value"], "ratio_interval": test["interval"],
+                    "n": test["n"]}
+    if not test or test.get("ratio_interval") is None:
+        if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:
+            return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])
+        return "", "", ""
+    lo, hi = test["ratio_interval"]
+    fmt = lambda x: "inf" if x == float("inf") else f"{x:.3f}"  # noqa: E731
+    return (str(test.get("decision", "")), f"{fmt(test['ratio'])} [{fmt(lo)}, {fmt(hi)}]", f"{test['n']:.0f}")

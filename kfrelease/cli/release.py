@@ -58,6 +58,31 @@ def register(cli: click.Group) -> None:
             f"{model} {version}: [bold]{outcome.result}[/]; production is {outcome.production_after}"
         )
 
+    @release.command("plan")
+    @click.argument("model")
+    @click.argument("version")
+    @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
+                  help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).")
+    @click.option("--power", type=click.FloatRange(0.05, 0.99), default=0.8, show_default=True,
+                  help="Wanted probability that the shadow gate has passed by the planned count.")
+    @click.option("--max-pairs", type=click.IntRange(100, 200_000), default=20_000, show_default=True,
+                  help="Labelled requests simulated per shadow.")
+    def plan_cmd(model: str, version: str, spec_path: str | None, power: float, max_pairs: int) -> None:
+        """Estimate the labelled requests (and time) the shadow gate will need for VERSION of MODEL, from
+        the held-out split scored by both versions; recorded in the version's history."""
+        import dataclasses
+
+        from kfrelease.release.plan import plan_release
+        from kfrelease.rollout.spec import load_rollout_spec
+
+        spec = load_rollout_spec(spec_path)
+        if spec.model != model:
+            spec = dataclasses.replace(spec, model=model)
+        plan = plan_release(Settings.from_env(), spec, version, power=power, max_pairs=max_pairs)
+        console.print(plan.describe())
+        if plan.caveat:
+            console.print(f"  note: {plan.caveat}")
+
     @release.command("status")
     @click.argument("model_arg", metavar="[MODEL]", required=False)
     @click.option("--model", default=None, help="Show one model in detail (default: every model, one row each).")

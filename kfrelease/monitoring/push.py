@@ -86,6 +86,11 @@ def payload(window) -> dict:
         v = w.get(attr)
         if v is not None:
             values[name] = float(v)
+    intervals = w.get("intervals") or {}
+    for metric in ("mse", "rmse", "mae", "r2"):  # the window's 95% bounds: the quality alerts fire on them
+        bounds = intervals.get(metric) if w["status"] == "ok" else None
+        if bounds:
+            values[f"kfrelease_model_{metric}_lower"], values[f"kfrelease_model_{metric}_upper"] = map(float, bounds)
     values["kfrelease_model_window_insufficient"] = 0.0 if w["status"] == "ok" else 1.0
     for name, attr in (
         ("kfrelease_model_last_prediction_timestamp_seconds", "last_prediction_time"),

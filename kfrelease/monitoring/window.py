@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kfrelease.errors import ConfigError, DataValidationError, KfreleaseError
-from kfrelease.metrics import InsufficientData, regression_metrics
+from kfrelease.metrics import InsufficientData, metric_intervals, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class WindowResult:
     last_prediction_time: str | None = None
     last_truth_time: str | None = None
     message: str = ""
+    intervals: dict = field(default_factory=dict)  # 95% intervals of mse/rmse/mae/r2 (kfrelease.metrics)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -274,6 +275,7 @@ def compute_window(
                 labelled["truth"], labelled["prediction"], min_samples=min_labels
             )
             res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
+            res.intervals = metric_intervals(labelled["truth"], labelled["prediction"])
         except InsufficientData as exc:
             res.status = "insufficient"
             res.message = str(exc)

@@ -79,3 +79,13 @@ def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path
             in text
         )
     assert not list(spool_dir(settings).glob("*.json"))
+
+
+def test_a_window_pushes_its_confidence_bounds_for_the_alerts():
+    w = window()
+    w.intervals = {"level": 0.95, "mse": [3.0, 5.0], "rmse": [1.7, 2.2], "mae": [1.4, 1.8], "r2": [0.4, 0.6]}
+    values = payload(w)["values"]
+    assert values["kfrelease_model_rmse_lower"] == 1.7 and values["kfrelease_model_r2_upper"] == 0.6
+    insufficient = window(status="insufficient")
+    insufficient.intervals = w.intervals
+    assert "kfrelease_model_rmse_lower" not in payload(insufficient)["values"]

@@ -45,7 +45,7 @@ def test_a_broken_expectation_fails_promtool(tmp_path):
     text = (
         (rules_path().parent / "rules_test.yaml")
         .read_text()
-        .replace("0.100, below", "0.200, below")
+        .replace("at most 0.200 (95% upper bound)", "at most 0.300 (95% upper bound)")
     )
     (tmp_path / "rules.yaml").write_text(rules_path().read_text())
     (tmp_path / "t.yaml").write_text(text)

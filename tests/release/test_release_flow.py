@@ -16,6 +16,7 @@ from kfrelease.serving.logs import read_predictions
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
+from kfrelease.release.checks import CheckSpec
 from kfrelease.release.run import run_release
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
@@ -138,7 +139,14 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     spec = small_spec(
         name,
         shadow={"margin": 50.0, "fail_above": "margin", "min_labelled_samples": 20},
-        canary={"steps": (20, 50, 100), "interval_seconds": 6},
+        canary={
+            "steps": (20, 50, 100),
+            "interval_seconds": 6,
+            "checks": (
+                *small_spec(name).canary.checks[:3],
+                CheckSpec("accuracy", source="labels", min_samples=8, margin=0.02),
+            ),
+        },
     )
     assert run_release(settings, name, v1.version, spec).result == "promoted"
     bad = run_inline(
