@@ -1,5 +1,6 @@
 """The monitoring page: one self-contained HTML file (plotly.js inlined, no network needed) with the
-metrics of every window over time, one line per model version and stage, and the current table."""
+metrics of every window over time, one line per model version and stage with its 95% confidence band
+(the window's ``intervals``, ``kfrelease.metrics.metric_intervals``), and the current table."""
 
 from __future__ import annotations
 
@@ -59,6 +60,20 @@ def current_table_html(current: pd.DataFrame) -> str:
     return f'<table id="current"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _band(g: pd.DataFrame, col: str):
+    """(lower, upper) of ``col`` per window from its ``intervals``, or None when no window has one."""
+    if "intervals" not in g.columns:
+        return None
+    lows, highs = [], []
+    for iv, point in zip(g["intervals"], g[col]):
+        bounds = iv.get(col) if isinstance(iv, dict) else None
+        lows.append(bounds[0] if bounds else point)
+        highs.append(bounds[1] if bounds else point)
+    if not any(isinstance(iv, dict) and iv.get(col) for iv in g["intervals"]):
+        return None
+    return lows, highs
+
+
 def figure(history: pd.DataFrame, model: str):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -83,6 +98,24 @@ def figure(history: pd.DataFrame, model: str):
             if col not in h.columns:
                 continue
             for (version, stage), g in h.groupby(["version", "stage"], sort=True):
+                band = _band(g, col)
+                if band is not None:
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[*g["start"], *g["start"][::-1]],
+                            y=[*band[1], *band[0][::-1]],
+                            fill="toself",
+                            fillcolor=colors[(version, stage)],
+                            opacity=0.2,
+                            line={"width": 0},
+                            hoverinfo="skip",
+                            name=f"{version} {stage} 95% interval",
+                            legendgroup=f"{version} {stage}",
+                            showlegend=False,
+                        ),
+                        row=i,
+                        col=1,
+                    )
                 fig.add_trace(
                     go.Scatter(
                         x=g["start"],
