@@ -285,10 +285,7 @@ class ClusterReleaseLock:
 def lease_duration(spec: RolloutSpec) -> int:
     """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
     with a margin: the lock must outlive it or a second release could take it mid-rollout."""
-    from kfrelease.release import controller
-
-    holds = getattr(controller, "MAX_HOLDS", 3)  # intervals a canary step may be held for lack of traffic
-    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (holds + 1))
+    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (spec.canary.max_holds + 1))
     return int(gap) + 300
 
 
