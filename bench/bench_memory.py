@@ -4,7 +4,8 @@ One command (``python -m bench memory``). It starts a private embedded stack (Se
 and free ports), publishes synthetic curated datasets (float64, 9 features + target) of ``ROWS`` rows, and
 runs the real train step (``kfrelease.training.steps.train_step``: read the curated version from S3, check,
 seeded split, fit a Ridge, write model and split) in a fresh process per measurement, reading the
-process's peak resident memory (``ru_maxrss``). The slope over the sizes is the memory per 1M rows; the
+process's peak resident memory (``VmHWM``, what ``runs.peak_rss_mb`` records; not ``ru_maxrss``, which
+would include this benchmark's own memory at fork). The slope over the sizes is the memory per 1M rows; the
 intercept is the interpreter and its imports. A second dataset has 10 more columns the model does not use:
 the train step reads only its own columns, so its peak stays that of the 10-column data, where reading the
 whole version (what the step did before) costs the extra columns too.
@@ -29,13 +30,14 @@ ROWS = [int(x) for x in os.environ.get("BENCH_MEMORY_ROWS", "250000,500000,10000
 FEATURES = [f"x{i}" for i in range(9)]
 
 STEP = """
-import json, resource, sys, tempfile
+import json, sys, tempfile
 from pathlib import Path
+from kfrelease.training.runs import peak_rss_mb
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.steps import train_step
 spec = parse_spec(sys.argv[1])
 mode = sys.argv[3]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = peak_rss_mb()
 with tempfile.TemporaryDirectory() as tmp:
     p = [str(Path(tmp) / n) for n in ("m.joblib", "train.parquet", "test.parquet")]
     if mode == "step":
@@ -46,7 +48,7 @@ with tempfile.TemporaryDirectory() as tmp:
         from kfrelease.training.core import train
         df, dv = load_dataset(store_for("pipeline"), spec.dataset, sys.argv[2])
         train(spec, df, dv.version)
-print(json.dumps({"baseline_mb": base, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"baseline_mb": base, "peak_mb": peak_rss_mb()}))
 """
 
 

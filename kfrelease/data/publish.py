@@ -173,9 +173,17 @@ def list_versions(store: ObjectStore, dataset: str) -> list[DatasetVersion]:
 
 def load_dataset(store: ObjectStore, dataset: str, version: str = "latest",
                  columns: list[str] | None = None) -> tuple[pd.DataFrame, DatasetVersion]:
-    """Read a curated version's rows (any role that may read ``curated``); ``columns`` reads only those."""
+    """Read a curated version's rows (any role that may read ``curated``); ``columns`` reads only those.
+
+    The object is streamed to a temporary file, not held in memory, so that only the column chunks read
+    (and not the whole object) count in the reader's memory."""
+    import tempfile
+
     dv = get_version(store, dataset, version)
-    df = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, dv.data_key)), columns=columns)
+    with tempfile.TemporaryDirectory(prefix="kfrelease-dataset-") as tmp:
+        path = f"{tmp}/data.parquet"
+        store.get_file(BUCKET, dv.data_key, path)
+        df = pd.read_parquet(path, columns=columns)
     return df, dv
 
 

@@ -98,9 +98,18 @@ class StepNotRetried(KfreleaseError):
 
 
 def peak_rss_mb() -> float:
-    """The peak resident memory of this process so far (``ru_maxrss`` is in KiB on Linux)."""
+    """The peak resident memory of this process so far, in MB: ``VmHWM`` of /proc/self/status (the peak of
+    this program's own memory; ``ru_maxrss`` would also count the parent's resident memory at fork, which
+    Linux carries over exec), else ``ru_maxrss`` (KiB on Linux)."""
     import resource
 
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
