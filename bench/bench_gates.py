@@ -156,12 +156,12 @@ def markdown(r: dict) -> str:
     lines = [
         "### Release gates: sequential test vs today's ratio rule (simulated releases)",
         "",
-        f"{r['releases_per_scenario']} simulated releases per scenario; paired errors correlated {r['correlation']}, "
+        (f"{r['releases_per_scenario']} simulated releases per scenario; paired errors correlated {r['correlation']}, "
         f"labels at {r['labelled_per_second']:g}/s, gate polled every {r['poll_seconds']:g} s, limit "
         f"{r['max_wait_seconds']:g} s; sequential: margin {r['margin']:g}, declared error rate "
         f"{r['declared_error_rate']:g}. Cells: promoted / rejected / undecided (production unchanged), "
         f"median labelled requests to a decision. {r['machine']}; load {r['load_average_before_after'][0]}/"
-        f"{r['load_average_before_after'][1]}; {r['seconds']:g} s.",
+        f"{r['load_average_before_after'][1]}; {r['seconds']:g} s."),
         "",
         "| noise | candidate MSE | " + " | ".join(names) + " |",
         "| --- | --- | " + " | ".join("---" for _ in names) + " |",
@@ -180,9 +180,9 @@ def markdown(r: dict) -> str:
     old_worst = max(max(row["rules"][k]["promoted"] for k in names if k.startswith("ratio")) for row in worse)
     lines += [
         "",
-        f"Worse candidates promoted: sequential at most {_pct(seq_worst)} (goal <= "
+        (f"Worse candidates promoted: sequential at most {_pct(seq_worst)} (goal <= "
         f"{_pct(r['declared_error_rate'])}: **{'met' if seq_worst <= r['declared_error_rate'] else 'not met'}**); "
-        f"today's ratio rule up to {_pct(old_worst)}.",
+        f"today's ratio rule up to {_pct(old_worst)}."),
         "",
     ]
     return "\n".join(lines)

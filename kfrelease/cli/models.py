@@ -75,5 +75,5 @@ def _decision_columns(evidence: dict) -> tuple[str, str, str]:
             return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])
         return "", "", ""
     lo, hi = test["ratio_interval"]
-    fmt = lambda x: "inf" if x == float("inf") else f"{x:.3f}"  # noqa: E731
+    fmt = lambda x: "inf" if x == float("inf") else f"{x:.3f}"
     return (str(test.get("decision", "")), f"{fmt(test['ratio'])} [{fmt(lo)}, {fmt(hi)}]", f"{test['n']:.0f}")

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
-from kfrelease.release.decision import decide
-from kfrelease.release.decision import PairSequence
+from kfrelease.release.decision import PairSequence, decide
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow, latest_truth
 from kfrelease.release.signals import (
     MetricSourceError,
@@ -148,7 +147,7 @@ class ReleaseController:
         poll_seconds: float = 1.0,
         on_decision: Callable[[dict], None] | None = None,
         report: bool = True,
-        clock: "Clock | None" = None,
+        clock: Clock | None = None,
     ):
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for

@@ -304,16 +304,16 @@ def decide(
     d_upper = _bound_of_mean_g(lc, lp, 1.0, top, rule.error_rate, "upper", rule.boundary)[-1]
     d_lower = _bound_of_mean_g(lc, lp, 1.0, top, rule.error_rate, "lower", rule.boundary)[-1]
     mc, mp = float(lc.mean()), float(lp.mean())
-    numbers = dict(
-        mean_difference=float(d.mean()),
-        difference_interval=(float(d_lower), float(d_upper)),
-        candidate_loss=mc,
-        production_loss=mp,
-        ratio=(mc / mp) if mp > 0 else (1.0 if mc == 0 else math.inf),
-        ratio_interval=_ratio_interval(lc, lp, top, rule.error_rate, rule.boundary),
-        clip_at=clip_at,
-        clipped_share=float(np.mean((np.abs(ec) > clip_at) | (np.abs(ep) > clip_at))),
-    )
+    numbers = {
+        "mean_difference": float(d.mean()),
+        "difference_interval": (float(d_lower), float(d_upper)),
+        "candidate_loss": mc,
+        "production_loss": mp,
+        "ratio": (mc / mp) if mp > 0 else (1.0 if mc == 0 else math.inf),
+        "ratio_interval": _ratio_interval(lc, lp, top, rule.error_rate, rule.boundary),
+        "clip_at": clip_at,
+        "clipped_share": float(np.mean((np.abs(ec) > clip_at) | (np.abs(ep) > clip_at))),
+    }
     if fail_bound[-1] > 0:
         worse = "worse than production" if rule.fail_above == "zero" else f"worse than production by more than {rule.margin:g}"
         return Decision("fail", n, f"candidate is {worse} (lower bound {fail_bound[-1]:.4g} > 0)", **base, **numbers)

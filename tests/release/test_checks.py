@@ -9,8 +9,20 @@ import dataclasses
 import pytest
 
 from kfrelease.config import Settings
-from kfrelease.release.checks import CanaryAnalysis, CheckResult, CheckSpec, Measurement, judge, render_query
-from kfrelease.release.controller import ReleaseError, metrics_source, prometheus_url, signals_for
+from kfrelease.release.checks import (
+    CanaryAnalysis,
+    CheckResult,
+    CheckSpec,
+    Measurement,
+    judge,
+    render_query,
+)
+from kfrelease.release.controller import (
+    ReleaseError,
+    metrics_source,
+    prometheus_url,
+    signals_for,
+)
 from kfrelease.release.signals import PrometheusMetrics
 from kfrelease.rollout.spec import parse_rollout_spec
 

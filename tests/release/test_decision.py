@@ -111,7 +111,7 @@ def test_no_pairs_no_decision():
 
 
 def test_identical_models_never_fail_and_pass_within_the_margin():
-    t, c, p = errors_of(np.random.default_rng(4), 800, 50.0, 50.0)
+    t, _, p = errors_of(np.random.default_rng(4), 800, 50.0, 50.0)
     d = decide(t, p, p, GateRule(margin=0.05), scale=50.0)  # ties everywhere: d == 0
     assert d.mean_difference == 0 and d.decision == "pass" and d.ratio == 1.0
 
