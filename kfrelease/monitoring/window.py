@@ -8,9 +8,8 @@ and counts. A window with fewer than ``min_labels`` labelled predictions is repo
 ``insufficient`` and no quality numbers (never NaN); predictions without any ground truth give
 ``no-ground-truth``.
 
-Reading is bounded: the readers (``kfrelease.serving.logs.read_predictions`` and
-``kfrelease.serving.feedback.read_feedback``) read only the day partitions between ``since`` and ``until``;
-we keep only the columns a window needs.
+Reading is bounded: the one reader (``kfrelease.lake``) reads only the hour partitions between ``since``
+and ``until``; the join and the "latest label wins" rule are the lake's.
 """
 
 from __future__ import annotations
@@ -181,37 +180,23 @@ def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFram
 
 
 def prepare_feedback(truth: pd.DataFrame) -> pd.DataFrame:
+    """Check the ground-truth columns; ``instance`` defaults to 0 (labels stay as they are: the lake's
+    "latest label wins" rule is applied by the join)."""
     missing = [c for c in ("request_id", "truth") if c not in truth.columns]
     if missing:
         raise DataValidationError(
             f"ground truth lacks the columns {missing}; expected request_id, instance, truth, time"
         )
-    out = truth[
-        [c for c in ("request_id", "instance", "truth", "time") if c in truth.columns]
-    ].copy()
-    if "instance" not in out.columns:
-        out["instance"] = 0
-    out["instance"] = out["instance"].fillna(0).astype("int64")
-    out["request_id"] = _ids(out["request_id"])
-    out = out.rename(columns={"time": "truth_time"})
-    if "truth_time" in out.columns:
-        out["truth_time"] = _utc(out["truth_time"])
-    else:
-        out["truth_time"] = pd.NaT
-    # The latest label of a prediction wins (a correction replaces an earlier value).
-    return out.sort_values("truth_time").drop_duplicates(
-        ["request_id", "instance"], keep="last"
-    )
+    return truth
 
 
 def join_ground_truth(preds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """Left join: every prediction, with ``truth`` (NaN when unlabelled) and ``truth_time``."""
-    joined = preds.merge(
-        truth, on=["request_id", "instance"], how="left"
-    )  # truth has one row per (request_id, instance): prepare_feedback keeps the latest label
-    bad = joined["truth"].notna() & ~np.isfinite(joined["truth"].astype("float64"))
-    if bad.any():
-        joined.loc[bad, "truth"] = np.nan
+    """Left join (``kfrelease.lake.join_truth``: the one join, the latest label wins): every prediction,
+    with ``truth`` (NaN when unlabelled or not finite) and ``truth_time``."""
+    from kfrelease import lake
+
+    joined = lake.join_truth(preds, truth)
+    joined["truth"] = joined["truth"].astype("float64")
     return joined
 
 
@@ -342,7 +327,8 @@ def compute_windows(
             }
         )
     joined = join_ground_truth(p, t)
-    orphans = len(t) - int(joined["truth"].notna().sum()) if len(t) else 0
+    labelled_keys = len(t[["request_id", "instance"]].drop_duplicates()) if len(t) and "instance" in t else len(t)
+    orphans = labelled_keys - int(joined["truth"].notna().sum()) if len(t) else 0
     if orphans > 0:
         outcome.warnings.append(
             f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "

@@ -30,7 +30,7 @@ from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
 from kfrelease.release.decision import PairSequence, decide
-from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow, latest_truth
+from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
 from kfrelease.release.signals import (
     MetricSourceError,
     PredictorMetrics,
@@ -370,14 +370,13 @@ class ReleaseController:
         import numpy as np
         import pandas as pd
 
-        from kfrelease.serving.feedback import read_feedback
-        from kfrelease.serving.logs import read_predictions
+        from kfrelease import lake
 
-        preds = read_predictions(self.store, self.spec.model, since=canary_since)
-        truth = latest_truth(
-            read_feedback(self.store, self.spec.model, since=canary_since)
+        labelled = lake.join_truth(
+            lake.read_predictions(self.store, self.spec.model, since=canary_since),
+            lake.read_labels(self.store, self.spec.model, since=canary_since),
+            how="inner",
         )
-        labelled = preds.merge(truth, on=["request_id", "instance"])
         cand = labelled[
             (labelled["model_version"] == candidate) & (labelled["stage"] != "staging")
         ].drop_duplicates(["request_id", "instance"])

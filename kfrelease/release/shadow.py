@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kfrelease import lake
+from kfrelease.lake import PAIR_COLUMNS
 from kfrelease.metrics import regression_metrics
 from kfrelease.release.decision import GateRule, PairSequence, decide
-from kfrelease.serving.logs import BASE_COLUMNS
 
 log = logging.getLogger(__name__)
-
-PAIR_COLUMNS = ["request_id", "instance", "truth", "candidate", "production"]
 
 
 @dataclass
@@ -82,42 +81,16 @@ def _bound(x: float) -> str:
 
 
 def latest_truth(feedback: pd.DataFrame) -> pd.DataFrame:
-    """One truth per (request id, instance): the latest label wins."""
-    if feedback.empty:
-        return pd.DataFrame(columns=["request_id", "instance", "truth"])
-    f = feedback.sort_values("time", kind="stable").drop_duplicates(
-        ["request_id", "instance"], keep="last"
-    )
-    return f[["request_id", "instance", "truth"]]
+    """One truth per (request id, instance): the lake's one "latest label wins" rule."""
+    return lake.latest_truth(feedback)[["request_id", "instance", "truth"]]
 
 
 def join_shadow(
     predictions: pd.DataFrame, feedback: pd.DataFrame, candidate: str, production: str
 ) -> pd.DataFrame:
     """Rows ``request_id, instance, truth, candidate, production``: requests answered by both versions
-    (the candidate as the staging shadow, production as the primary) and labelled."""
-    if predictions.empty:
-        return pd.DataFrame(columns=PAIR_COLUMNS)
-    keys = ["request_id", "instance"]
-    cand = predictions[
-        (predictions["model_version"] == candidate)
-        & (predictions["stage"] == "staging")
-    ]
-    prod = predictions[
-        (predictions["model_version"] == production)
-        & (predictions["stage"] != "staging")
-    ]
-    cand = cand.drop_duplicates(keys)[[*keys, "prediction"]].rename(
-        columns={"prediction": "candidate"}
-    )
-    prod = prod.drop_duplicates(keys)
-    features = [c for c in prod.columns if c not in (*BASE_COLUMNS, "prediction")]
-    prod = prod[[*keys, *features, "prediction"]].rename(
-        columns={"prediction": "production"}
-    )
-    pairs = cand.merge(prod, on=keys).merge(latest_truth(feedback), on=keys)
-    pairs = pairs.dropna(subset=["truth", "candidate", "production"])
-    return pairs[[*PAIR_COLUMNS, *features]].reset_index(drop=True)
+    (the candidate as the staging shadow, production as the primary) and labelled (``kfrelease.lake``)."""
+    return lake.shadow_pairs(predictions, feedback, candidate, production)
 
 
 def shadow_verdict(
@@ -204,11 +177,8 @@ def evaluate_shadow(
 ) -> ShadowVerdict:
     """Read the prediction logs and ground truth of ``[since, until)`` and decide (see ``shadow_verdict``);
     ``order`` keeps the pairs' arrival order across the polls of one gate."""
-    from kfrelease.serving.feedback import read_feedback
-    from kfrelease.serving.logs import read_predictions
-
-    predictions = read_predictions(store, model, since=since, until=until)
-    feedback = read_feedback(store, model, since=since)
+    predictions = lake.read_predictions(store, model, since=since, until=until)
+    feedback = lake.read_labels(store, model, since=since)
     pairs = join_shadow(predictions, feedback, candidate, production)
     if order is not None:
         pairs = order.extend(pairs)

@@ -184,29 +184,42 @@ def test_too_few_labels_is_insufficient_in_the_record_and_in_the_gauges(stack):
     )
 
 
-def test_columnar_readers_give_the_serving_readers_rows(stack):
-    serving_logs = pytest.importorskip("kfrelease.serving.logs")
-    serving_feedback = pytest.importorskip("kfrelease.serving.feedback")
-    from kfrelease.monitoring.sources import read_feedback, read_predictions
+def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
+    """Logs and labels written as JSON Lines before the lake read as the same rows as their Parquet
+    copies; ``convert_legacy`` rewrites them once as lake batches and removes the originals."""
+    from kfrelease import lake
+    from kfrelease.lake.write import convert_legacy
 
-    model = seed_model(
-        stack,
-        {"V1.1.0": ("production", 1.0), "V1.2.0": ("canary", 2.0)},
-        n=120,
-        hours=1,
-    )
+    serving, engineer = store_for("serving", stack), store_for("data-engineer", stack)
+    model = seed_model(stack, {"V1.1.0": ("production", 1.0)}, n=50, hours=1)
     store = store_for("monitoring", stack)
-    mine = read_predictions(store, model, FEATURES)
-    theirs = serving_logs.read_predictions(store, model, features=FEATURES)
-    key = ["request_id", "instance"]
-    mine, theirs = (f.sort_values(key).reset_index(drop=True) for f in (mine, theirs))
-    assert len(mine) == 240
-    pd.testing.assert_frame_equal(mine[theirs.columns], theirs, check_dtype=False)
-    mine_t = read_feedback(store, model).sort_values(key).reset_index(drop=True)
-    theirs_t = (
-        serving_feedback.read_feedback(store, model)
-        .sort_values(key)
-        .reset_index(drop=True)
-    )
-    assert len(mine_t) == 240
-    pd.testing.assert_frame_equal(mine_t[theirs_t.columns], theirs_t, check_dtype=False)
+    parquet = lake.read_predictions(store, model, features=FEATURES)
+    labels = lake.read_labels(store, model)
+    legacy = f"{model}-legacy"
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = []
+    for row in parquet.itertuples():
+        ev = {"id": row.request_id, "time": row.time.isoformat(), "source": "s", "model": legacy,
+              "model_version": row.model_version, "stage": row.stage}
+        lines.append({**ev, "type": "request", "instances": [[getattr(row, f) for f in FEATURES]]})
+        lines.append({**ev, "type": "response", "predictions": [row.prediction]})
+    serving.put_bytes("inference-logs", f"{legacy}/{day}/000000-a.jsonl",
+                      "".join(json.dumps(x) + "\n" for x in lines).encode())
+    engineer.put_bytes("feedback", f"{legacy}/{day}/000000-a.jsonl", "".join(
+        json.dumps({"request_id": r.request_id, "truth": r.truth, "time": r.time.isoformat()}) + "\n"
+        for r in labels.itertuples()
+    ).encode())
+
+    def same(a, b):
+        key = ["request_id", "instance"]
+        pd.testing.assert_frame_equal(
+            a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+        )
+
+    same(lake.read_predictions(store, legacy, features=FEATURES), parquet)
+    same(lake.read_labels(store, legacy), labels)
+    assert convert_legacy(serving, "inference-logs", legacy)
+    assert convert_legacy(engineer, "feedback", legacy)
+    assert not [o for b in ("inference-logs", "feedback") for o in store.list(b, f"{legacy}/")]
+    same(lake.read_predictions(store, legacy, features=FEATURES), parquet)
+    same(lake.read_labels(store, legacy), labels)

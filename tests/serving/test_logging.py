@@ -16,10 +16,11 @@ import httpx
 import pandas as pd
 import pytest
 from kfrelease.serving.feedback import read_feedback
-from kfrelease.serving.logs import iter_lines, read_predictions
+from kfrelease.serving.logs import read_predictions
 from kfrelease.serving.services import feedback_service, logsink_service
 
 from kfrelease.config import Settings
+from kfrelease.lake.read import stored_rows
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
 from kfrelease.storage import store_for
@@ -96,16 +97,17 @@ def _wait(check, timeout: float, what: str):
 
 
 def _counts_for(store, ids: set[str]) -> tuple[dict, int]:
-    """Distinct events of these request ids by type, and the number of raw lines holding them."""
+    """Distinct events of these request ids by type, and the number of stored rows holding them (one per
+    event: every request here has one instance)."""
     seen, raw = set(), 0
     counts = {"request": 0, "response": 0}
-    for line in iter_lines(store, "inference-logs", MODEL):
-        if line.get("id") in ids:
+    for row in stored_rows(store, "inference-logs", MODEL).to_pylist():
+        if row["request_id"] in ids:
             raw += 1
-            key = (line["source"], line["id"], line["type"])
+            key = (row["source"], row["inferenceservicename"], row["endpoint"], row["request_id"], row["type"])
             if key not in seen:
                 seen.add(key)
-                counts[line["type"]] += 1
+                counts[row["type"]] += 1
     return counts, raw
 
 

@@ -1,11 +1,13 @@
-"""The log sink: KServe logger CloudEvents in, JSON Lines batches in ``inference-logs`` out; acknowledged
-only once durable, duplicates dropped, refused events get a 400 JSON."""
+"""The log sink: KServe logger CloudEvents in, Parquet batches in ``inference-logs`` out (``kfrelease.lake``);
+acknowledged only once durable, stored exactly once, duplicates dropped, refused events get a 400 JSON."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from kfrelease.serving.logs import count_events, read_predictions
 from kfrelease.serving.sink import (
@@ -13,9 +15,13 @@ from kfrelease.serving.sink import (
     LogSink,
     batch_objects,
     create_app,
+    event_key,
     event_line,
 )
 from starlette.testclient import TestClient
+
+from kfrelease.lake.read import stored_rows
+from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
 
 KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensions)
     "ce-specversion": "1.0",
@@ -89,6 +95,70 @@ def test_kserve_v1_and_v2_requests_and_responses_become_contract_lines():
     )
 
 
+AGENT_HEADERS = {
+    # Exactly what the KServe agent's logger sends (kserve/kserve pkg/logger/worker.go, sendHttpCloudEvent):
+    # a binary-mode CloudEvent with id, type, source, time (cloudevents.WithTimeNow) and only the
+    # extensions inferenceservicename, namespace, component, endpoint and metadata; content-type of the body.
+    "ce-specversion": "1.0",
+    "ce-id": "agent-1",
+    "ce-type": "org.kubeflow.serving.inference.request",
+    "ce-source": "http://diabetes-progression-predictor.kfrelease-serving/",
+    "ce-time": "2026-01-02T03:04:05.123456789Z",  # Go's RFC 3339 with nanoseconds
+    "ce-inferenceservicename": "diabetes-progression",
+    "ce-namespace": "kfrelease-serving",
+    "ce-component": "predictor",
+    "ce-endpoint": "default",
+    "ce-metadata": "{}",
+    "content-type": "application/json",
+}
+
+
+def _agent_pair(tmp_path, isvc: str, endpoint: str, version: str, rid: str):
+    request = {**AGENT_HEADERS, "ce-id": rid, "ce-inferenceservicename": isvc, "ce-endpoint": endpoint}
+    response = {**request, "ce-type": "org.kubeflow.serving.inference.response"}
+    return [
+        event_line(request, b'{"instances": [[0.1, 0.2]]}'),  # a v1 request names no model or version
+        event_line(response, json.dumps(
+            {"predictions": [151.5], "model_name": "diabetes-progression", "model_version": version}
+        ).encode()),
+    ]
+
+
+def test_the_kserve_agent_headers_alone_give_model_version_and_stage(tmp_path):
+    """No ce-model / ce-modelversion / ce-stage / ce-features: the model comes from the InferenceService
+    name, the stage from its name (``-staging``) and the endpoint, the version from the response body.
+    The primary, the shadow and the canary answer the same request id with the same (default) source,
+    and each answer stays its own prediction, in the sink's dedup as in the lake's join."""
+    import duckdb
+
+    lines = (
+        _agent_pair(tmp_path, "diabetes-progression", "default", "V1.1.0", "r1")
+        + _agent_pair(tmp_path, "diabetes-progression-staging", "default", "V1.2.0", "r1")
+        + _agent_pair(tmp_path, "diabetes-progression", "canary", "V1.3.0", "r1")
+    )
+    assert {ln["model"] for ln in lines} == {"diabetes-progression"}
+    assert len({event_key(ln) for ln in lines}) == 6, "the sink would drop the shadow's or the canary's answer"
+    seg = tmp_path / "000000000001-agent.jsonl"
+    seg.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    ((key, (data, n)),) = batch_objects(seg).items()  # one model, one hour: one batch of 6 events
+    assert n == 6 and key.startswith("model=diabetes-progression/date=2026-01-02/hour=03/")
+    (tmp_path / "b.parquet").write_bytes(data)
+    from kfrelease.lake.engine import define_views
+
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{tmp_path / 'b.parquet'}')")
+    con.execute("CREATE TABLE labels (request_id VARCHAR, instance INTEGER, truth DOUBLE, time TIMESTAMPTZ)")
+    define_views(con, ["age", "bmi"])
+    rows = con.execute(
+        "SELECT request_id, model_version, stage, age, bmi, prediction FROM predictions ORDER BY model_version"
+    ).fetchall()
+    assert rows == [
+        ("r1", "V1.1.0", "production", 0.1, 0.2, 151.5),
+        ("r1", "V1.2.0", "staging", 0.1, 0.2, 151.5),
+        ("r1", "V1.3.0", "canary", 0.1, 0.2, 151.5),
+    ]
+
+
 @pytest.mark.parametrize(
     "headers,body,fragment",
     [
@@ -107,7 +177,7 @@ def test_events_that_are_not_inference_cloudevents_are_refused(headers, body, fr
         event_line(headers, body)
 
 
-def test_a_segment_becomes_one_object_per_model_and_day_with_a_stable_key(tmp_path):
+def test_a_segment_becomes_one_parquet_object_per_model_and_hour_with_a_stable_key(tmp_path):
     seg = tmp_path / "000000000001-aa.jsonl"
     lines = [
         {
@@ -138,11 +208,15 @@ def test_a_segment_becomes_one_object_per_model_and_day_with_a_stable_key(tmp_pa
         first == again
     )  # a retried upload writes the same keys (If-None-Match makes it a no-op)
     assert sorted(k.rsplit("/", 1)[0] for k in first) == [
-        "m/2026-01-02",
-        "m/2026-01-03",
-        "n/2026-01-03",
+        "model=m/date=2026-01-02/hour=23",
+        "model=m/date=2026-01-03/hour=00",
+        "model=n/date=2026-01-03/hour=00",
     ]
-    assert all(k.split("/")[2][:6].isdigit() and k.endswith(".jsonl") for k in first)
+    assert all(k.endswith(".parquet") for k in first)
+    assert sum(n for _, n in first.values()) == 3  # every event of the segment, once
+    table = pq.read_table(io.BytesIO(first[min(first)][0]))
+    assert table.column("request_id").to_pylist() == ["1"]
+    assert schema_version_of(io.BytesIO(first[min(first)][0])) == SCHEMA_VERSION
 
 
 @pytest.mark.integration
@@ -222,12 +296,8 @@ def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_pa
     sink.writer.stop()
     store = store_for("monitoring", stack)
     assert count_events(store, model) == {"request": 2, "response": 2}
-    raw = [
-        x
-        for o in store.list("inference-logs", f"{model}/")
-        for x in store.get_bytes("inference-logs", o.key).splitlines()
-    ]
-    assert len(raw) == 4, "the duplicate was written"
+    stored = stored_rows(store, "inference-logs", model)
+    assert stored.num_rows == 4, "the duplicate was written"
     frame = read_predictions(store, model)
     assert frame[["request_id", "a", "b", "prediction"]].values.tolist() == [
         ["abc-1", 1, 2, 9.5]
@@ -246,6 +316,7 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     import uuid
 
     from kfrelease.serving.sink import BUCKET, BatchWriter
+
     from kfrelease.storage import store_for
 
     store = store_for("serving", stack)
@@ -273,10 +344,6 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     done.set()
     uploader.join()
     assert writer.uploader.flush_once(force=True)
-    ids = [
-        orjson.loads(raw)["id"]
-        for obj in store.iter(BUCKET, f"{model}/")
-        for raw in store.get_bytes(BUCKET, obj.key).splitlines()
-    ]
+    ids = stored_rows(store, BUCKET, model).column("request_id").to_pylist()
     assert len(ids) == len(set(ids)) == threads * per_thread, f"{threads * per_thread - len(set(ids))} lines lost"
     assert list((tmp_path / "wal").glob("*.jsonl")) == []

@@ -1,0 +1,153 @@
+"""The embedded engine: DuckDB over a window's Parquet files (read by ``kfrelease.lake.read``).
+
+``open_window`` downloads the window's partitions into the local cache and gives a DuckDB connection with
+three views: ``predictions`` (one row per predicted instance, the CONTRACTS frame), ``truth`` (the latest
+label of each request instance) and ``joined`` (predictions left-joined with truth), all defined by the
+one SQL of ``kfrelease.lake.join``. Frames for the release gates and the notebook come from these views.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from kfrelease.lake import join as J
+from kfrelease.lake import read as R
+from kfrelease.lake import schema as S
+
+log = logging.getLogger(__name__)
+
+#: DuckDB's memory ceiling per connection (it spills to disk beyond it).
+MEMORY_LIMIT = "1500MB"
+
+
+def connect(threads: int | None = None):
+    import duckdb
+
+    con = duckdb.connect(
+        config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False}
+    )
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def _files_view(
+    con, name: str, files: list[str], schema, filename: bool = False
+) -> None:
+    if files:
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        extra = ", filename = true" if filename else ""
+        con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}]{extra})"
+        )
+    else:
+        import pyarrow as pa
+
+        empty = schema.empty_table()
+        if filename:
+            empty = empty.append_column("filename", pa.array([], pa.string()))
+        con.register(f"{name}_empty", empty)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_empty")
+
+
+@dataclass
+class WindowData:
+    """A DuckDB connection holding one window's views (see the module docstring)."""
+
+    con: object
+    model: str
+    features: list[str]
+    since: str | None
+    until: str | None
+    log_keys: list[str] = field(default_factory=list)
+    label_keys: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def frame(self, view: str) -> pd.DataFrame:
+        return self.con.execute(f"SELECT * FROM {view}").df()
+
+
+def features_in_logs(con) -> list[str] | None:
+    row = con.execute(
+        "SELECT features FROM events WHERE type = 'request' AND features IS NOT NULL LIMIT 1"
+    ).fetchone()
+    return row[0].split(",") if row else None
+
+
+def widest_inputs(con) -> int:
+    row = con.execute(
+        "SELECT max(len(inputs)) FROM events WHERE type = 'request'"
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+def define_views(con, features: list[str], since=None, until=None) -> None:
+    """``predictions``, ``truth`` and ``joined`` over the views ``events`` and ``labels``."""
+    lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
+    con.execute(
+        "CREATE OR REPLACE VIEW predictions AS "
+        + J.predictions_sql("events", features, J.DUCKDB, lo, hi)
+    )
+    con.execute(
+        "CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo)
+    )
+    con.execute(
+        "CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth")
+    )
+
+
+def open_window(
+    store,
+    model: str,
+    since=None,
+    until=None,
+    features: list[str] | None = None,
+    warnings: list[str] | None = None,
+    registry_features=None,
+    threads: int | None = None,
+    materialize: bool = False,
+) -> WindowData:
+    """The window ``[since, until)`` of ``model``: its files downloaded and its views defined.
+
+    ``features``: the input names in order; when not given, the names the events carry, else
+    ``registry_features(version)`` of the first logged version, else ``f0, f1, ...``. With ``materialize``
+    the joined rows are computed once into a table (several queries on one window)."""
+    warnings = warnings if warnings is not None else []
+    cache = R.LakeCache.for_store(store)
+    pred_files, label_files, logs, labels = R.window_files(
+        store, model, since, until, cache, warnings
+    )
+    con = connect(threads)
+    _files_view(con, "events", pred_files, S.PREDICTION_SCHEMA, filename=True)
+    _files_view(con, "labels", label_files, S.LABEL_SCHEMA)
+    if not features:
+        features = features_in_logs(con)
+    if not features and registry_features is not None:
+        row = con.execute(
+            "SELECT model_version FROM events WHERE type = 'response' AND model_version IS NOT NULL LIMIT 1"
+        ).fetchone()
+        features = registry_features(row[0]) if row else None
+    if not features:
+        features = [f"f{j}" for j in range(widest_inputs(con))]
+    define_views(con, list(features), since, until)
+    lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
+    mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
+    bad = con.execute(
+        mismatch.replace("SELECT count(*)", "SELECT filename, count(*)")
+        + " GROUP BY filename"
+    ).fetchall()
+    if bad:
+        where = ", ".join(sorted(cache.origin.get(f, f) for f, _ in bad)[:5])
+        warnings.append(
+            f"{sum(n for _, n in bad)} logged request instance(s) of {model!r} in {len(bad)} batch(es) do not "
+            f"match the model's {len(features)} input features and were skipped (left in place): {where}"
+        )
+    if materialize:
+        con.execute("CREATE TEMP TABLE joined_rows AS SELECT * FROM joined")
+        con.execute("CREATE OR REPLACE VIEW joined AS SELECT * FROM joined_rows")
+    return WindowData(
+        con, model, list(features), lo, hi, logs.keys, labels.keys, warnings
+    )

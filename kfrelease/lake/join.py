@@ -1,0 +1,142 @@
+"""The one "latest label wins" rule and the one prediction-to-truth join, as SQL that DuckDB and Spark both run.
+
+- **Predictions**: a request row and a response row of the same request id, instance and answering server
+  make one predicted instance. The server is ``(source, inferenceservicename, endpoint)``: the primary, the
+  shadow and the canary answer the same request id, and every KServe agent sends the same default source
+  ``http://localhost:9081/`` (kserve/kserve cmd/agent/main.go ``--source-uri``), so the source alone does
+  not tell them apart. A repeated event counts once; the version and stage are the
+  response's (the KServe agent's request event names neither), else the request's.
+- **Latest label wins**: one truth per ``(request_id, instance)``: the label with the latest ``time``; among
+  labels of the same time the largest value (so the rule is deterministic on every engine). A correction
+  sent later replaces an earlier value.
+- **Join**: predictions left-joined with the latest labels on ``(request_id, instance)``; a non-finite truth
+  counts as no truth.
+
+The SQL is written once with two dialect holes (a struct constructor and the list index base), filled for
+DuckDB (``kfrelease.lake.engine``) or Spark SQL (``kfrelease.lake.spark``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAIR_COLUMNS = ["request_id", "instance", "truth", "candidate", "production"]
+KEYS = ["request_id", "instance"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    struct: str  # format with the fields, e.g. "struct_pack(a := {0}, b := {1})"
+    first_index: int  # list element index base
+    finite: str  # a predicate on {0}: the value is a finite double
+    size: str  # the length of list {0}
+    timestamp: str  # the literal of an instant
+
+    def element(self, column: str, i: int) -> str:
+        return f"{column}[{i + self.first_index}]"
+
+
+DUCKDB = Dialect(
+    "duckdb",
+    "struct_pack(t := {0}, v := {1})",
+    1,
+    "isfinite({0})",
+    "len({0})",
+    "TIMESTAMPTZ",
+)
+SPARK = Dialect(
+    "spark",
+    "struct({0}, {1})",
+    0,
+    "NOT (isnan({0}) OR abs({0}) = double('inf'))",
+    "size({0})",
+    "TIMESTAMP",
+)
+
+
+def _time_filter(
+    column: str, since: str | None, until: str | None, dialect: Dialect
+) -> str:
+    parts = []
+    if since:
+        parts.append(f"{column} >= {dialect.timestamp} '{since}'")
+    if until:
+        parts.append(f"{column} < {dialect.timestamp} '{until}'")
+    return " AND ".join(parts) or "TRUE"
+
+
+def predictions_sql(
+    events: str,
+    features: list[str],
+    dialect: Dialect,
+    since: str | None = None,
+    until: str | None = None,
+) -> str:
+    """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features>,
+    prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width)."""
+    quote = _quote(dialect)
+    server = "source, coalesce(inferenceservicename, '') AS isvc, coalesce(endpoint, '') AS ep"
+    cols = "".join(f"q.inputs_{j} AS {quote(f)}, " for j, f in enumerate(features))
+    firsts = "".join(
+        f"first({dialect.element('inputs', j)}) AS inputs_{j}, "
+        for j in range(len(features))
+    )
+    return f"""
+    WITH req AS (
+      SELECT request_id, {server}, instance, min(time) AS time, {firsts}
+             first(model_version) AS model_version, first(stage) AS stage
+      FROM {events}
+      WHERE type = 'request' AND instance IS NOT NULL AND {dialect.size.format("inputs")} = {len(features)}
+        AND {_time_filter("time", since, until, dialect)}
+      GROUP BY request_id, source, isvc, ep, instance
+    ), resp AS (
+      SELECT request_id, {server}, instance, first(model_version) AS model_version, first(stage) AS stage,
+             first(prediction) AS prediction
+      FROM {events}
+      WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL
+      GROUP BY request_id, source, isvc, ep, instance
+    )
+    SELECT q.request_id, q.instance, q.time,
+           coalesce(r.model_version, q.model_version) AS model_version,
+           coalesce(r.stage, q.stage) AS stage, {cols}r.prediction
+    FROM req q JOIN resp r
+      ON q.request_id = r.request_id AND q.instance = r.instance AND q.source = r.source
+         AND q.isvc = r.isvc AND q.ep = r.ep
+    """
+
+
+def mismatched_requests_sql(
+    events: str, width: int, dialect: Dialect, since=None, until=None
+) -> str:
+    """Request rows whose inputs do not have the model's width (skipped by ``predictions_sql``)."""
+    return (
+        f"SELECT count(*) FROM {events} WHERE type = 'request' AND instance IS NOT NULL "
+        f"AND {dialect.size.format('inputs')} <> {width} AND {_time_filter('time', since, until, dialect)}"
+    )
+
+
+def latest_labels_sql(labels: str, dialect: Dialect, since: str | None = None) -> str:
+    """The one "latest label wins" rule: ``request_id, instance, truth, truth_time``."""
+    key = dialect.struct.format("time", "truth")
+    return f"""
+    SELECT request_id, instance, max_by(truth, {key}) AS truth, max(time) AS truth_time
+    FROM {labels}
+    WHERE truth IS NOT NULL AND {dialect.finite.format("truth")} AND {_time_filter("time", since, None, dialect)}
+    GROUP BY request_id, instance
+    """
+
+
+def joined_sql(predictions: str, truth: str) -> str:
+    """The one join: every prediction, with ``truth`` (NULL when unlabelled) and ``truth_time``."""
+    return f"""
+    SELECT p.*, t.truth, t.truth_time
+    FROM {predictions} p LEFT JOIN {truth} t
+      ON p.request_id = t.request_id AND p.instance = t.instance
+    """
+
+
+def _quote(dialect: Dialect):
+    if dialect.name == "spark":
+        return lambda n: "`" + n.replace("`", "``") + "`"
+    return lambda n: '"' + n.replace('"', '""') + '"'
