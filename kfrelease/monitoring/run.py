@@ -1,5 +1,6 @@
-"""One monitoring pass over a model: read logs and ground truth, compute the windows, record them in the
-object store, write an Evidently drift report per window, push the latest windows to the Pushgateway.
+"""One monitoring pass over a model: open the window in the embedded engine (``kfrelease.lake``: DuckDB over
+the Parquet logs and labels), compute the windows there, record them in the object store, write an
+Evidently drift report per window (on a sample), push the latest windows to the Pushgateway.
 
 Records (``pipeline-root`` bucket, written by the ``pipeline`` role; the ``monitoring`` role only reads)::
 
@@ -27,7 +28,7 @@ from kfrelease.monitoring.window import (
     DEFAULT_MIN_LABELS,
     MonitorOutcome,
     WindowSpec,
-    compute_windows,
+    compute_windows_engine,
 )
 from kfrelease.storage import ObjectStore
 
@@ -89,16 +90,9 @@ def run_monitoring(
         baselines = sources.baselines_of(entries, r2_floor)
     if reference is None:
         reference = sources.reference_of(reader, entries)
-    warnings: list[str] = []
-    preds = sources.read_predictions(
-        reader, model, features, since=since, until=until, warnings=warnings
-    )
-    truth = sources.read_feedback(reader, model, since=since, warnings=warnings)
-    outcome = compute_windows(
-        preds,
-        truth,
-        model=model,
-        features=features,
+    data = sources.open_window(reader, model, features, since=since, until=until)
+    outcome = compute_windows_engine(
+        data,
         spec=window,
         min_labels=min_labels,
         reference=reference,
@@ -106,7 +100,6 @@ def run_monitoring(
         latest_only=latest_only,
         drift_for="all" if reports == "all" and drift_for != "none" else drift_for,
     )
-    outcome.warnings[:0] = warnings
     if reference is None:
         outcome.warnings.append(
             f"no training reference data for {model!r}; drift was not computed"

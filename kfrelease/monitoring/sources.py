@@ -35,6 +35,13 @@ def read_predictions(
     return lake.read_predictions(store, model, since, until, features=features, warnings=warnings)
 
 
+def open_window(store: ObjectStore, model: str, features: list[str], since=None, until=None):
+    """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised."""
+    from kfrelease.lake.engine import open_window as _open
+
+    return _open(store, model, since, until, features=features, materialize=True)
+
+
 def read_feedback(
     store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
 ) -> pd.DataFrame:

@@ -365,3 +365,86 @@ def compute_windows(
             if dr is not None:
                 outcome.drift_reports[res.key] = dr
     return outcome
+
+
+def compute_windows_engine(
+    data,
+    *,
+    spec: WindowSpec = WindowSpec(),
+    min_labels: int = DEFAULT_MIN_LABELS,
+    reference: pd.DataFrame | None = None,
+    baselines: dict[str, dict] | None = None,
+    latest_only: bool = False,
+    drift_for: str = "latest",
+) -> MonitorOutcome:
+    """``compute_windows`` inside the engine, on a ``kfrelease.lake.engine.WindowData``: the sums come
+    from one SQL scan (``kfrelease.lake.windows``), only the drift check pulls a sample of rows."""
+    from kfrelease.drift import MAX_DRIFT_ROWS
+    from kfrelease.lake import windows as LW
+
+    if drift_for not in ("latest", "all", "none"):
+        raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
+    model, features, con = data.model, data.features, data.con
+    outcome = MonitorOutcome(model, [], warnings=list(data.warnings))
+    sums = con.execute(LW.window_sums_sql("joined", spec.kind, spec.size)).df()
+    if len(sums) == 0:
+        outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
+        return outcome
+    n_truth = con.execute("SELECT count(*) FROM truth").fetchone()[0]
+    if n_truth == 0:
+        outcome.warnings.append(
+            f"no ground truth for model {model!r} in the period; quality is unknown (status no-ground-truth)"
+        )
+    else:
+        orphans = n_truth - int(sums["labelled"].sum())
+        if orphans > 0:
+            outcome.warnings.append(
+                f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "
+                f"predictions were logged outside it, or in batches skipped for not matching the input schema "
+                f"({len(features)} features); the labels are kept and count once their predictions are read"
+            )
+    baselines = baselines or {}
+    for (version, stage), group in sums.groupby(["model_version", "stage"], sort=True):
+        complete = [int(r.w) for r in group.itertuples() if is_complete(spec.label, int(r.labelled))]
+        last = int(max(complete, default=int(group["w"].max())))
+        if latest_only:
+            group = group[group["w"] == last]
+        base = baselines.get(version, {})
+        for r in group.itertuples():
+            w = int(r.w)
+            if spec.kind == "time":
+                start = pd.Timestamp(w * spec.size, unit="s", tz="UTC")
+                end = pd.Timestamp((w + 1) * spec.size, unit="s", tz="UTC")
+            else:
+                start, end = r.first_time, r.last_time
+            res = WindowResult(
+                model=model, version=str(version), stage=str(stage), window=spec.label,
+                start=_iso(start), end=_iso(end), predictions=int(r.predictions), labelled=int(r.labelled),
+                status="ok", baseline_rmse=base.get("rmse"), r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
+                last_prediction_time=_iso(r.last_time),
+                last_truth_time=_iso(r.last_truth_time) if int(r.labelled) else None,
+            )
+            if int(r.labelled) == 0:
+                res.status = "no-ground-truth"
+                res.message = f"{int(r.predictions)} predictions have no ground truth yet"
+            else:
+                try:
+                    m = LW.metrics_from_sums(int(r.labelled), float(r.sse), float(r.sae), float(r.sst), min_labels)
+                    res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
+                except InsufficientData as exc:
+                    res.status = "insufficient"
+                    res.message = str(exc)
+            with_drift = drift_for == "all" or (drift_for == "latest" and w == last)
+            if with_drift and reference is not None and int(r.predictions) >= min_labels:
+                joined = "(SELECT *, " + LW.window_id_sql(spec.kind, spec.size) + " AS _w FROM joined)"
+                sample = con.execute(
+                    LW.sample_sql(joined, str(version), str(stage), f"_w = {w}", MAX_DRIFT_ROWS)
+                ).df()
+                try:
+                    dr = _drift(reference, sample, features)
+                    res.drift_share, res.drifted = dr.share_drifted, dr.drifted
+                    outcome.drift_reports[res.key] = dr
+                except KfreleaseError as exc:
+                    res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
+            outcome.windows.append(res)
+    return outcome

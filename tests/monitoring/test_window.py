@@ -205,3 +205,47 @@ def test_drift_of_shifted_inputs_is_detected_and_healthy_inputs_are_not():
         and drifted.drift_share == 1.0
         and drifted.drifted == FEATURES
     )
+
+
+def _engine_window(preds: pd.DataFrame, truth: pd.DataFrame):
+    """The engine's views over frames (what ``kfrelease.lake.engine.open_window`` builds over Parquet)."""
+    from kfrelease.lake import join as J
+    from kfrelease.lake import latest_truth
+    from kfrelease.lake.engine import WindowData, connect
+
+    p = preds.assign(instance=0, time=pd.to_datetime(preds["time"], utc=True))
+    con = connect()
+    con.register("predictions", p)
+    con.register("truth", latest_truth(truth))
+    con.execute("CREATE VIEW joined AS " + J.joined_sql("predictions", "truth"))
+    return WindowData(con, "m", FEATURES, None, None)
+
+
+@pytest.mark.parametrize("spec", [WindowSpec("time", 3600), WindowSpec("count", 100)])
+def test_the_engine_gives_the_numbers_of_the_frame_windows_and_of_sklearn(spec):
+    from kfrelease.monitoring.window import compute_windows_engine
+
+    preds, truth = frames(n=1000, label_every=3, versions=("V1.1.0", "V1.2.0"))
+    truth = pd.concat([truth, truth.head(5).assign(truth=0.0, time="2026-11-26T00:00:00Z")])  # corrections
+    mine = compute_windows_engine(_engine_window(preds, truth), spec=spec, min_labels=10, drift_for="none")
+    theirs = compute_windows(preds, truth, model="m", features=FEATURES, spec=spec, min_labels=10, drift_for="none")
+    assert len(mine.windows) == len(theirs.windows) > 2
+    for a, b in zip(mine.windows, theirs.windows):
+        assert (a.version, a.stage, a.start, a.predictions, a.labelled, a.status) == (
+            b.version, b.stage, b.start, b.predictions, b.labelled, b.status
+        )
+        for k in ("mse", "rmse", "mae", "r2"):
+            assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-12, abs=1e-12)
+    # and scikit-learn on the first window's rows, corrections applied (the latest label wins)
+    first = mine.windows[0]
+    latest = truth.assign(time=pd.to_datetime(truth["time"], utc=True)).sort_values("time")
+    latest = latest.drop_duplicates("request_id", keep="last")
+    rows = preds.assign(time=pd.to_datetime(preds["time"], utc=True)).merge(latest[["request_id", "truth"]])
+    rows = rows[(rows.model_version == first.version)].sort_values("time")
+    if spec.kind == "time":
+        rows = rows[(rows.time >= pd.Timestamp(first.start)) & (rows.time < pd.Timestamp(first.end))]
+    else:
+        rows = rows.head(100)
+    assert first.mse == pytest.approx(skm.mean_squared_error(rows.truth, rows.prediction), rel=1e-12)
+    assert first.r2 == pytest.approx(skm.r2_score(rows.truth, rows.prediction), rel=1e-12)
+    assert first.mae == pytest.approx(skm.mean_absolute_error(rows.truth, rows.prediction), rel=1e-12)

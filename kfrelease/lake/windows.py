@@ -1,0 +1,79 @@
+"""Monitoring windows inside the engine: per (version, stage, window) counts and the sums that MSE, RMSE,
+MAE and R² come from, in one SQL that DuckDB (and Spark) run over the ``joined`` view.
+
+Only the sums leave the engine (a few numbers per window), so a window over ten million predictions costs
+one scan, not a frame in memory; ``metrics_from_sums`` turns them into the numbers of
+``kfrelease.metrics.regression_metrics`` (the project's one definition; equal to scikit-learn's). R² uses
+the two-pass sum of squares about the window's mean, as numpy does. The drift check of a window runs on a
+seeded sample of its rows (``sample_sql``), as ``kfrelease.drift`` always did.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kfrelease.lake.join import DUCKDB, Dialect
+from kfrelease.metrics import InsufficientData
+
+
+def window_id_sql(kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
+    """The window number of each joined row: time windows by epoch second, count windows by the rank of
+    the labelled predictions (in time order, per version and stage)."""
+    if kind == "time":
+        epoch = "epoch(time)" if dialect.name == "duckdb" else "unix_micros(time) / 1e6"
+        return f"CAST(floor({epoch} / {int(size)}) AS BIGINT)"
+    labelled = "CASE WHEN truth IS NOT NULL THEN 1 ELSE 0 END"
+    return (
+        f"CAST(floor((sum({labelled}) OVER (PARTITION BY model_version, stage ORDER BY time, request_id, instance "
+        f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - {labelled}) / {int(size)}) AS BIGINT)"
+    )
+
+
+def window_sums_sql(
+    joined: str, kind: str, size: int, dialect: Dialect = DUCKDB
+) -> str:
+    """Per (model_version, stage, w): predictions, labelled, first/last time, last truth time, and the
+    sums of squared and absolute errors and of squares about the labelled truth's mean."""
+    return f"""
+    WITH rows AS (
+      SELECT model_version, stage, time, truth, truth_time, prediction,
+             {window_id_sql(kind, size, dialect)} AS w
+      FROM {joined}
+    ), means AS (
+      SELECT model_version, stage, w, avg(truth) AS mean_truth FROM rows WHERE truth IS NOT NULL
+      GROUP BY model_version, stage, w
+    )
+    SELECT r.model_version, r.stage, r.w,
+           count(*) AS predictions, count(r.truth) AS labelled,
+           min(r.time) AS first_time, max(r.time) AS last_time, max(r.truth_time) AS last_truth_time,
+           sum((r.truth - r.prediction) * (r.truth - r.prediction)) AS sse,
+           sum(abs(r.truth - r.prediction)) AS sae,
+           sum((r.truth - m.mean_truth) * (r.truth - m.mean_truth)) AS sst
+    FROM rows r LEFT JOIN means m ON r.model_version = m.model_version AND r.stage = m.stage AND r.w = m.w
+    GROUP BY r.model_version, r.stage, r.w
+    ORDER BY r.model_version, r.stage, r.w
+    """
+
+
+def metrics_from_sums(
+    n: int, sse: float, sae: float, sst: float, min_samples: int = 1
+) -> dict:
+    """``regression_metrics``' numbers from the sums (same edge cases: InsufficientData, R² None)."""
+    if n < max(1, min_samples):
+        raise InsufficientData(
+            f"{n} labelled rows; at least {max(1, min_samples)} are needed for a verdict"
+        )
+    mse = sse / n
+    r2 = None if n < 2 or sst == 0.0 else 1.0 - sse / sst
+    return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / n, "r2": r2, "n": n}
+
+
+def sample_sql(
+    joined: str, version: str, stage: str, window_filter: str, rows: int
+) -> str:
+    """A seeded sample of one window's rows (what the Evidently drift check and report get)."""
+    v, s = version.replace("'", "''"), stage.replace("'", "''")
+    return (
+        f"SELECT * FROM (SELECT * FROM {joined} WHERE model_version = '{v}' AND stage = '{s}' AND {window_filter}) "
+        f"USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE (0)"
+    )
