@@ -69,8 +69,10 @@ def data_drift(
     current: pd.DataFrame,
     columns: list[str],
     max_rows: int = MAX_DRIFT_ROWS,
+    method: str | None = None,
 ) -> DriftResult:
-    """Evidently DataDriftPreset of ``current`` against ``reference`` on the numerical ``columns``.
+    """Evidently DataDriftPreset of ``current`` against ``reference`` on the numerical ``columns``
+    (``method``: one Evidently stattest for every column, e.g. ``"psi"``; default: Evidently's choice).
 
     Raises DataValidationError when a column is missing from either side or a side is empty."""
     from evidently import DataDefinition, Dataset, Report
@@ -96,7 +98,7 @@ def data_drift(
     ref = _sample(reference[columns], max_rows).astype("float64")
     cur = _sample(current[columns], max_rows).astype("float64")
     definition = DataDefinition(numerical_columns=columns)
-    snapshot = Report([DataDriftPreset()]).run(
+    snapshot = Report([DataDriftPreset(method=method)]).run(
         Dataset.from_pandas(cur.reset_index(drop=True), data_definition=definition),
         Dataset.from_pandas(ref.reset_index(drop=True), data_definition=definition),
     )

@@ -4,8 +4,7 @@ MAE and R² come from, in one SQL that DuckDB (and Spark) run over the ``joined`
 Only the sums leave the engine (a few numbers per window), so a window over ten million predictions costs
 one scan, not a frame in memory; ``metrics_from_sums`` turns them into the numbers of
 ``kfrelease.metrics.regression_metrics`` (the project's one definition; equal to scikit-learn's). R² uses
-the two-pass sum of squares about the window's mean, as numpy does. The drift check of a window runs on a
-seeded sample of its rows (``sample_sql``), as ``kfrelease.drift`` always did.
+the two-pass sum of squares about the window's mean, as numpy does. Drift: ``kfrelease.lake.drift``.
 """
 
 from __future__ import annotations
@@ -66,14 +65,3 @@ def metrics_from_sums(
     mse = sse / n
     r2 = None if n < 2 or sst == 0.0 else 1.0 - sse / sst
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / n, "r2": r2, "n": n}
-
-
-def sample_sql(
-    joined: str, version: str, stage: str, window_filter: str, rows: int
-) -> str:
-    """A seeded sample of one window's rows (what the Evidently drift check and report get)."""
-    v, s = version.replace("'", "''"), stage.replace("'", "''")
-    return (
-        f"SELECT * FROM (SELECT * FROM {joined} WHERE model_version = '{v}' AND stage = '{s}' AND {window_filter}) "
-        f"USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE (0)"
-    )

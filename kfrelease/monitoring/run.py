@@ -99,6 +99,7 @@ def run_monitoring(
         baselines=baselines,
         latest_only=latest_only,
         drift_for="all" if reports == "all" and drift_for != "none" else drift_for,
+        report_for=reports if drift_for != "none" else "none",
     )
     if reference is None:
         outcome.warnings.append(

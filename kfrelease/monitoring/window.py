@@ -279,10 +279,10 @@ def compute_window(
     return res, drift
 
 
-def _drift(reference, frame, features):
+def _drift(reference, frame, features, method=None):
     from kfrelease.drift import data_drift
 
-    return data_drift(reference, frame, features)
+    return data_drift(reference, frame, features, method=method)
 
 
 def compute_windows(
@@ -376,10 +376,12 @@ def compute_windows_engine(
     baselines: dict[str, dict] | None = None,
     latest_only: bool = False,
     drift_for: str = "latest",
+    report_for: str = "latest",
 ) -> MonitorOutcome:
     """``compute_windows`` inside the engine, on a ``kfrelease.lake.engine.WindowData``: the sums come
-    from one SQL scan (``kfrelease.lake.windows``), only the drift check pulls a sample of rows."""
-    from kfrelease.drift import MAX_DRIFT_ROWS
+    from one SQL scan (``kfrelease.lake.windows``), the drift of a window is Evidently's PSI on all its rows
+    (``kfrelease.lake.drift``); Evidently itself runs only for the windows that get a report
+    (``report_for``: latest | all | none), on a seeded sample of their rows, with the same PSI test."""
     from kfrelease.lake import windows as LW
 
     if drift_for not in ("latest", "all", "none"):
@@ -436,15 +438,36 @@ def compute_windows_engine(
                     res.message = str(exc)
             with_drift = drift_for == "all" or (drift_for == "latest" and w == last)
             if with_drift and reference is not None and int(r.predictions) >= min_labels:
-                joined = "(SELECT *, " + LW.window_id_sql(spec.kind, spec.size) + " AS _w FROM joined)"
-                sample = con.execute(
-                    LW.sample_sql(joined, str(version), str(stage), f"_w = {w}", MAX_DRIFT_ROWS)
-                ).df()
-                try:
-                    dr = _drift(reference, sample, features)
-                    res.drift_share, res.drifted = dr.share_drifted, dr.drifted
-                    outcome.drift_reports[res.key] = dr
-                except KfreleaseError as exc:
-                    res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
+                _engine_drift(con, res, outcome, spec, w, reference, features, report_for == "all" or (
+                    report_for == "latest" and w == last))
             outcome.windows.append(res)
     return outcome
+
+
+def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: bool) -> None:
+    """A window of at most ``MAX_DRIFT_ROWS`` rows: Evidently's DataDriftPreset on all of them (its own
+    choice of test, as in ``compute_windows``). A larger one: Evidently's PSI test computed by the engine on
+    all its rows (``kfrelease.lake.drift``), and, when it gets a report, Evidently's PSI report on a seeded
+    sample of ``MAX_DRIFT_ROWS`` rows."""
+    from kfrelease.drift import MAX_DRIFT_ROWS
+    from kfrelease.lake import windows as LW
+    from kfrelease.lake.drift import psi_drift
+
+    v, s = res.version.replace("'", "''"), res.stage.replace("'", "''")
+    rows = (
+        f"(SELECT * FROM (SELECT *, {LW.window_id_sql(spec.kind, spec.size)} AS _w FROM joined) "
+        f"WHERE model_version = '{v}' AND stage = '{s}' AND _w = {w})"
+    )
+    try:
+        if res.predictions <= MAX_DRIFT_ROWS:
+            dr = _drift(reference, con.execute(f"SELECT * FROM {rows}").df(), features)
+            res.drift_share, res.drifted = dr.share_drifted, dr.drifted
+            outcome.drift_reports[res.key] = dr
+            return
+        stats = psi_drift(con, rows, reference, features)
+        res.drift_share, res.drifted = stats.share_drifted, stats.drifted
+        if with_report:
+            sample = f"SELECT * FROM {rows} USING SAMPLE reservoir({MAX_DRIFT_ROWS} ROWS) REPEATABLE (0)"
+            outcome.drift_reports[res.key] = _drift(reference, con.execute(sample).df(), features, method="psi")
+    except KfreleaseError as exc:
+        res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
