@@ -95,7 +95,10 @@ setup(
             "kubernetes-validate==1.37.0",
             "cfn-lint==1.58.0",
             "ruff==0.17.6",
+            "pyspark==4.0.1",
         ],
+        # the monitoring window on Apache Spark (kfrelease.lake.spark; the SparkApplication's image)
+        "spark": ["pyspark==4.0.1"],
     },
     entry_points={"console_scripts": ["kfrelease=kfrelease.cli:main"]},
     cmdclass={"build_py": build_py_with_resources},

@@ -43,7 +43,11 @@ def _lit(x: float, dialect: Dialect) -> str:
 
 
 def _quote(name: str, dialect: Dialect) -> str:
-    return "`" + name.replace("`", "``") + "`" if dialect.name == "spark" else '"' + name.replace('"', '""') + '"'
+    return (
+        "`" + name.replace("`", "``") + "`"
+        if dialect.name == "spark"
+        else '"' + name.replace('"', '""') + '"'
+    )
 
 
 def sturges_edges(first: float, last: float, n: int) -> np.ndarray:
@@ -61,7 +65,9 @@ def bin_index_sql(column: str, edges: np.ndarray, dialect: Dialect) -> str:
     from the uniform width, corrected by one against the edges themselves."""
     n = len(edges) - 1
     first, last = _lit(edges[0], dialect), _lit(edges[-1], dialect)
-    arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(_lit(e, dialect) for e in edges)
+    arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(
+        _lit(e, dialect) for e in edges
+    )
     arr += "]" if dialect.name == "duckdb" else ")"
     est = f"least(greatest(CAST(floor(({column} - {first}) / ({last} - {first}) * {n}) AS BIGINT), 0), {n - 1})"
     b = dialect.first_index
@@ -87,15 +93,23 @@ def psi(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
 
 
 def psi_drift(
-    con, current: str, reference: pd.DataFrame, features: list[str], dialect: Dialect = DUCKDB,
+    con,
+    current: str,
+    reference: pd.DataFrame,
+    features: list[str],
+    dialect: Dialect = DUCKDB,
     threshold: float = PSI_THRESHOLD,
 ) -> DriftStats:
     """Evidently's PSI of every feature of the rows of ``current`` (a relation) against ``reference``."""
-    run = (lambda sql: con.execute(sql).fetchall()) if dialect.name == "duckdb" else (
-        lambda sql: [tuple(r) for r in con.sql(sql).collect()]
+    run = (
+        (lambda sql: con.execute(sql).fetchall())
+        if dialect.name == "duckdb"
+        else (lambda sql: [tuple(r) for r in con.sql(sql).collect()])
     )
     qs = {f: _quote(f, dialect) for f in features}
-    ok = {f: f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})" for f in features}
+    ok = {
+        f: f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})" for f in features
+    }
     aggs = ", ".join(
         f"min(CASE WHEN {ok[f]} THEN {qs[f]} END), max(CASE WHEN {ok[f]} THEN {qs[f]} END), "
         f"sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
@@ -105,27 +119,47 @@ def psi_drift(
     rows = int(stats[0])
     columns: dict[str, dict] = {}
     for j, f in enumerate(features):
-        cmin, cmax, n_cur = stats[1 + 3 * j], stats[2 + 3 * j], int(stats[3 + 3 * j] or 0)
+        cmin, cmax, n_cur = (
+            stats[1 + 3 * j],
+            stats[2 + 3 * j],
+            int(stats[3 + 3 * j] or 0),
+        )
         ref = pd.to_numeric(reference[f], errors="coerce").astype("float64")
         ref = ref[np.isfinite(ref)]
         if n_cur == 0 or len(ref) == 0:
             continue
         if ref.nunique() > 20:
-            first, last = min(float(ref.min()), float(cmin)), max(float(ref.max()), float(cmax))
+            first, last = (
+                min(float(ref.min()), float(cmin)),
+                max(float(ref.max()), float(cmax)),
+            )
             edges = sturges_edges(first, last, len(ref) + n_cur)
             ref_share = np.histogram(ref.to_numpy(), edges)[0] / len(ref)
-            counts = dict(run(
-                f"SELECT {bin_index_sql(qs[f], edges, dialect)} AS b, count(*) FROM {current} WHERE {ok[f]} GROUP BY b"
-            ))
-            cur_share = np.array([counts.get(i, 0) for i in range(len(edges) - 1)]) / n_cur
+            counts = dict(
+                run(
+                    f"SELECT {bin_index_sql(qs[f], edges, dialect)} AS b, count(*) FROM {current} WHERE {ok[f]} GROUP BY b"
+                )
+            )
+            cur_share = (
+                np.array([counts.get(i, 0) for i in range(len(edges) - 1)]) / n_cur
+            )
         else:
-            counts = dict(run(f"SELECT {qs[f]} AS v, count(*) FROM {current} WHERE {ok[f]} GROUP BY v"))
+            counts = dict(
+                run(
+                    f"SELECT {qs[f]} AS v, count(*) FROM {current} WHERE {ok[f]} GROUP BY v"
+                )
+            )
             keys = sorted(set(ref.unique().tolist()) | set(counts))
             ref_counts = ref.value_counts()
             ref_share = np.array([ref_counts.get(k, 0) for k in keys]) / len(ref)
             cur_share = np.array([counts.get(k, 0) for k in keys]) / n_cur
         value = psi(ref_share, cur_share)
-        columns[f] = {"score": value, "method": "PSI", "threshold": threshold, "drifted": bool(value >= threshold)}
+        columns[f] = {
+            "score": value,
+            "method": "PSI",
+            "threshold": threshold,
+            "drifted": bool(value >= threshold),
+        }
     drifted = [f for f in features if columns.get(f, {}).get("drifted")]
     share = len(drifted) / len(features) if features else 0.0
     return DriftStats(share, drifted, columns, rows, len(reference))

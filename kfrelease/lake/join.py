@@ -49,7 +49,7 @@ SPARK = Dialect(
     "spark",
     "struct({0}, {1})",
     0,
-    "NOT (isnan({0}) OR abs({0}) = double('inf'))",
+    "NOT (isnan({0}) OR abs({0}) = CAST('Infinity' AS DOUBLE))",
     "size({0})",
     "TIMESTAMP",
 )

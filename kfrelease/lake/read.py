@@ -48,7 +48,9 @@ def as_utc(value) -> dt.datetime | None:
 
 def sql_time(t: dt.datetime | None) -> str | None:
     return (
-        None if t is None else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        None
+        if t is None
+        else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
     )
 
 
