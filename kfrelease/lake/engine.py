@@ -84,12 +84,15 @@ def widest_inputs(con) -> int:
     return int(row[0] or 0)
 
 
-def define_views(con, features: list[str], since=None, until=None) -> None:
-    """``predictions``, ``truth`` and ``joined`` over the views ``events`` and ``labels``."""
+def define_views(con, features: list[str], since=None, until=None, dedup: bool | None = None) -> None:
+    """``predictions``, ``truth`` and ``joined`` over the views ``events`` and ``labels`` (``dedup`` None:
+    count repeated events once only if there are any)."""
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
+    if dedup is None:
+        dedup = con.execute(J.duplicates_sql("events")).fetchone()[0] > 0
     con.execute(
         "CREATE OR REPLACE VIEW predictions AS "
-        + J.predictions_sql("events", features, J.DUCKDB, lo, hi)
+        + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup)
     )
     con.execute(
         "CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo)
@@ -108,13 +111,14 @@ def open_window(
     warnings: list[str] | None = None,
     registry_features=None,
     threads: int | None = None,
-    materialize: bool = False,
+    materialize: bool | str = False,
 ) -> WindowData:
     """The window ``[since, until)`` of ``model``: its files downloaded and its views defined.
 
     ``features``: the input names in order; when not given, the names the events carry, else
     ``registry_features(version)`` of the first logged version, else ``f0, f1, ...``. With ``materialize``
-    the joined rows are computed once into a table (several queries on one window)."""
+    the joined rows a window reads are computed once into a table (several queries on one window;
+    ``"with-keys"`` keeps ``request_id`` and ``instance`` too)."""
     warnings = warnings if warnings is not None else []
     cache = R.LakeCache.for_store(store)
     pred_files, label_files, logs, labels = R.window_files(
@@ -145,8 +149,12 @@ def open_window(
             f"{sum(n for _, n in bad)} logged request instance(s) of {model!r} in {len(bad)} batch(es) do not "
             f"match the model's {len(features)} input features and were skipped (left in place): {where}"
         )
-    if materialize:
-        con.execute("CREATE TEMP TABLE joined_rows AS SELECT * FROM joined")
+    if materialize:  # only what the windows read: no ids unless the window orders by them (count windows)
+        keep = ["model_version", "stage", "time", *features, "prediction", "truth", "truth_time"]
+        if materialize == "with-keys":
+            keep += ["request_id", "instance"]
+        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in keep)
+        con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
         con.execute("CREATE OR REPLACE VIEW joined AS SELECT * FROM joined_rows")
     return WindowData(
         con, model, list(features), lo, hi, logs.keys, labels.keys, warnings

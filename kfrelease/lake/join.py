@@ -6,9 +6,10 @@
   ``http://localhost:9081/`` (kserve/kserve cmd/agent/main.go ``--source-uri``), so the source alone does
   not tell them apart. A repeated event counts once; the version and stage are the
   response's (the KServe agent's request event names neither), else the request's.
-- **Latest label wins**: one truth per ``(request_id, instance)``: the label with the latest ``time``; among
-  labels of the same time the largest value (so the rule is deterministic on every engine). A correction
-  sent later replaces an earlier value.
+- **Latest label wins**: one truth per ``(request_id, instance)``: the label with the latest ``time``. A
+  correction sent later replaces an earlier value. Two labels of one instance with the very same
+  timestamp (to the microsecond; the feedback service stamps each record when it receives it) have no
+  defined order: a tie-break on the value cost 7x the rule's time at 1M labels (a struct ordering key).
 - **Join**: predictions left-joined with the latest labels on ``(request_id, instance)``; a non-finite truth
   counts as no truth.
 
@@ -72,30 +73,44 @@ def predictions_sql(
     dialect: Dialect,
     since: str | None = None,
     until: str | None = None,
+    dedup: bool = True,
 ) -> str:
     """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features>,
-    prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width)."""
+    prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width).
+    ``dedup=False`` skips counting repeated events once: only for tables known to hold none
+    (``duplicates_sql``), where it saves two aggregations of every event."""
     quote = _quote(dialect)
     server = "source, coalesce(inferenceservicename, '') AS isvc, coalesce(endpoint, '') AS ep"
     cols = "".join(f"q.inputs_{j} AS {quote(f)}, " for j, f in enumerate(features))
-    firsts = "".join(
-        f"first({dialect.element('inputs', j)}) AS inputs_{j}, "
-        for j in range(len(features))
-    )
-    return f"""
-    WITH req AS (
+    width = f"{dialect.size.format('inputs')} = {len(features)}"
+    when = _time_filter("time", since, until, dialect)
+    if dedup:
+        firsts = "".join(f"first({dialect.element('inputs', j)}) AS inputs_{j}, " for j in range(len(features)))
+        req = f"""
       SELECT request_id, {server}, instance, min(time) AS time, {firsts}
              first(model_version) AS model_version, first(stage) AS stage
       FROM {events}
-      WHERE type = 'request' AND instance IS NOT NULL AND {dialect.size.format("inputs")} = {len(features)}
-        AND {_time_filter("time", since, until, dialect)}
-      GROUP BY request_id, source, isvc, ep, instance
-    ), resp AS (
+      WHERE type = 'request' AND instance IS NOT NULL AND {width} AND {when}
+      GROUP BY request_id, source, isvc, ep, instance"""
+        resp = f"""
       SELECT request_id, {server}, instance, first(model_version) AS model_version, first(stage) AS stage,
              first(prediction) AS prediction
       FROM {events}
       WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL
-      GROUP BY request_id, source, isvc, ep, instance
+      GROUP BY request_id, source, isvc, ep, instance"""
+    else:
+        elems = "".join(f"{dialect.element('inputs', j)} AS inputs_{j}, " for j in range(len(features)))
+        req = f"""
+      SELECT request_id, {server}, instance, time, {elems} model_version, stage
+      FROM {events}
+      WHERE type = 'request' AND instance IS NOT NULL AND {width} AND {when}"""
+        resp = f"""
+      SELECT request_id, {server}, instance, model_version, stage, prediction
+      FROM {events}
+      WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL"""
+    return f"""
+    WITH req AS ({req}
+    ), resp AS ({resp}
     )
     SELECT q.request_id, q.instance, q.time,
            coalesce(r.model_version, q.model_version) AS model_version,
@@ -104,6 +119,15 @@ def predictions_sql(
       ON q.request_id = r.request_id AND q.instance = r.instance AND q.source = r.source
          AND q.isvc = r.isvc AND q.ep = r.ep
     """
+
+
+def duplicates_sql(events: str) -> str:
+    """How many events repeat an earlier one (same server, id, type, instance); a hash collision can only
+    over-count, which merely selects the deduplicating plan. DuckDB."""
+    key = (
+        "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
+    )
+    return f"SELECT count(*) - count(DISTINCT {key}) FROM {events} WHERE instance IS NOT NULL"
 
 
 def mismatched_requests_sql(
@@ -118,9 +142,8 @@ def mismatched_requests_sql(
 
 def latest_labels_sql(labels: str, dialect: Dialect, since: str | None = None) -> str:
     """The one "latest label wins" rule: ``request_id, instance, truth, truth_time``."""
-    key = dialect.struct.format("time", "truth")
     return f"""
-    SELECT request_id, instance, max_by(truth, {key}) AS truth, max(time) AS truth_time
+    SELECT request_id, instance, max_by(truth, time) AS truth, max(time) AS truth_time
     FROM {labels}
     WHERE truth IS NOT NULL AND {dialect.finite.format("truth")} AND {_time_filter("time", since, None, dialect)}
     GROUP BY request_id, instance

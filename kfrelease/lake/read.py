@@ -250,11 +250,10 @@ def window_files(
     labels from ``since`` on (a label arrives after its prediction)."""
     warnings = warnings if warnings is not None else []
     cache = cache if cache is not None else LakeCache.for_store(store)
-    hi = as_utc(until)
-    logs = list_batches(
-        store, S.LOG_BUCKET, model, since, hi + RESPONSE_SLACK if hi else None
-    )
-    lo = as_utc(since)
+    hi, lo = as_utc(until), as_utc(since)
+    if hi is None and lo is not None:  # bound the listing: nothing is logged in the future
+        hi = dt.datetime.now(dt.UTC)
+    logs = list_batches(store, S.LOG_BUCKET, model, since, hi + RESPONSE_SLACK if hi else None)
     if labels_until is None and lo is not None:
         labels_until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     labels = list_batches(store, S.LABEL_BUCKET, model, since, labels_until)

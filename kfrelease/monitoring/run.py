@@ -90,7 +90,7 @@ def run_monitoring(
         baselines = sources.baselines_of(entries, r2_floor)
     if reference is None:
         reference = sources.reference_of(reader, entries)
-    data = sources.open_window(reader, model, features, since=since, until=until)
+    data = sources.open_window(reader, model, features, since=since, until=until, keys=window.kind == "count")
     outcome = compute_windows_engine(
         data,
         spec=window,

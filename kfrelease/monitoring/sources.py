@@ -35,11 +35,12 @@ def read_predictions(
     return lake.read_predictions(store, model, since, until, features=features, warnings=warnings)
 
 
-def open_window(store: ObjectStore, model: str, features: list[str], since=None, until=None):
-    """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised."""
+def open_window(store: ObjectStore, model: str, features: list[str], since=None, until=None, keys: bool = False):
+    """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised
+    (``keys``: with request ids, which count windows order by)."""
     from kfrelease.lake.engine import open_window as _open
 
-    return _open(store, model, since, until, features=features, materialize=True)
+    return _open(store, model, since, until, features=features, materialize="with-keys" if keys else True)
 
 
 def read_feedback(

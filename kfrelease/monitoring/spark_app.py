@@ -1,0 +1,148 @@
+"""Monitoring beyond one machine: the window as a Kubeflow Spark Operator ``SparkApplication``, and when to
+use it.
+
+``render_spark_application`` writes the ``sparkoperator.k8s.io/v1beta2`` object (schema: the CRD vendored
+from kubeflow/spark-operator v2.5.2, ``schemas/crds/spark-operator/``) that runs ``kfrelease.lake.spark``
+(the same SQL as the embedded engine) over the lake's ``s3a://`` Hive layout and writes the window's result
+as JSON. ``application_state`` reads the operator's ``status.applicationState.state``
+(``api/v1beta2/sparkapplication_types.go``: SUBMITTED, RUNNING, COMPLETED, FAILED, SUBMISSION_FAILED, ...).
+
+**When the monitoring pipeline switches engine** (``choose_engine``): the embedded engine (DuckDB) up to
+``SPARK_THRESHOLD`` logged predictions in the window, Spark beyond. The benchmark
+(``bench/results/monitoring.md``) measured 10M predictions in one DuckDB process on 2 shared cores within
+2 GiB, cost per row flat from 1M to 10M; 50M keeps a 5x margin below the memory of a 16 GiB pipeline pod
+(DuckDB spills to disk past its memory limit, so the limit is time rather than memory). Beyond it, or
+when a window spans more than ``SPARK_DAYS`` days, Spark spreads the scan over executors.
+
+The image runs Apache Spark 4.0 with Python 3 and kfrelease installed (``pip install kfrelease[spark]``)
+and the ``hadoop-aws`` jars for ``s3a://``; S3 credentials come from IRSA (web identity), never from the
+object.
+"""
+
+from __future__ import annotations
+
+from kfrelease.errors import KfreleaseError
+
+API_VERSION = "sparkoperator.k8s.io/v1beta2"
+SPARK_VERSION = "4.0.1"
+SPARK_THRESHOLD = 50_000_000
+SPARK_DAYS = 31
+DONE = {"COMPLETED"}
+FAILED = {"FAILED", "SUBMISSION_FAILED"}
+ENTRYPOINT = "local:///opt/kfrelease/kfrelease/lake/spark.py"
+
+
+class SparkApplicationFailed(KfreleaseError):
+    """The Spark Operator reported the monitoring application as failed."""
+
+
+def choose_engine(predictions: int, days: float = 1.0) -> str:
+    """``"duckdb"`` for a window the embedded engine holds comfortably, ``"spark"`` beyond (see above)."""
+    return "spark" if predictions > SPARK_THRESHOLD or days > SPARK_DAYS else "duckdb"
+
+
+def _name(model: str, run_id: str) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9-]+", "-", f"monitor-{model}-{run_id}".lower()).strip("-")
+    return base[:63].rstrip("-")
+
+
+def render_spark_application(
+    model: str,
+    features: list[str],
+    *,
+    run_id: str,
+    namespace: str,
+    image: str,
+    bucket_prefix: str,
+    service_account: str = "kfrelease-monitoring",
+    window: str = "time:86400",
+    since: str | None = None,
+    until: str | None = None,
+    executors: int = 4,
+    executor_memory: str = "4g",
+) -> dict:
+    """The SparkApplication of one monitoring window of ``model`` (validated by the tests against the CRD)."""
+    logs = f"s3a://{bucket_prefix}inference-logs/model={model}/"
+    labels = f"s3a://{bucket_prefix}feedback/model={model}/"
+    out = f"s3a://{bucket_prefix}pipeline-root/monitoring/{model}/spark/{run_id}"
+    args = ["--events", logs, "--labels", labels, "--features", ",".join(features), "--window", window, "--out", out]
+    if since:
+        args += ["--since", since]
+    if until:
+        args += ["--until", until]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SparkApplication",
+        "metadata": {
+            "name": _name(model, run_id),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": _name(model, "")[8:]},
+        },
+        "spec": {
+            "type": "Python",
+            "pythonVersion": "3",
+            "mode": "cluster",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "mainApplicationFile": ENTRYPOINT,
+            "arguments": args,
+            "sparkVersion": SPARK_VERSION,
+            "sparkConf": {
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.ansi.enabled": "false",
+                "spark.hadoop.fs.s3a.aws.credentials.provider": (
+                    "software.amazon.awssdk.auth.credentials.WebIdentityTokenFileCredentialsProvider"
+                ),
+                "spark.hadoop.mapreduce.input.fileinputformat.input.dir.recursive": "true",
+            },
+            "restartPolicy": {"type": "OnFailure", "onFailureRetries": 2, "onFailureRetryInterval": 30,
+                              "onSubmissionFailureRetries": 2, "onSubmissionFailureRetryInterval": 30},
+            "timeToLiveSeconds": 86400,
+            "driver": {"cores": 1, "memory": "2g", "serviceAccount": service_account,
+                       "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
+            "executor": {"cores": 2, "instances": int(executors), "memory": executor_memory,
+                         "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
+        },
+    }
+
+
+def application_state(obj: dict) -> str:
+    """The operator's state of a SparkApplication ("" before the operator saw it)."""
+    return str(((obj.get("status") or {}).get("applicationState") or {}).get("state") or "")
+
+
+def submit_and_wait(api, doc: dict, *, timeout: float = 3600.0, poll: float = 10.0, clock=None, sleep=None) -> dict:
+    """Create ``doc`` with ``api`` (a ``kubernetes.client.CustomObjectsApi``) and wait until the operator
+    reports COMPLETED (returns the object) or a failure (raises ``SparkApplicationFailed``). An object of
+    the same name that already exists is waited on, not duplicated (a retried pipeline step)."""
+    import time as _time
+
+    clock = clock or _time.monotonic
+    sleep = sleep or _time.sleep
+    group, version = API_VERSION.split("/")
+    ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+    try:
+        api.create_namespaced_custom_object(group, version, ns, "sparkapplications", doc)
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+    deadline = clock() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(group, version, ns, "sparkapplications", name)
+        state = application_state(obj)
+        if state in DONE:
+            return obj
+        if state in FAILED:
+            message = ((obj.get("status") or {}).get("applicationState") or {}).get("errorMessage", "")
+            raise SparkApplicationFailed(
+                f"SparkApplication {ns}/{name} ended {state}: {message or 'no message'}; see the driver's log "
+                f"(kubectl -n {ns} logs {name}-driver)"
+            )
+        if clock() >= deadline:
+            raise SparkApplicationFailed(
+                f"SparkApplication {ns}/{name} not finished after {timeout:.0f} s (state {state or 'new'}); it keeps "
+                f"running: check `kubectl -n {ns} get sparkapplication {name}`"
+            )
+        sleep(poll)
