@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from kfrelease.serving.slots import STAGES
 from prometheus_client import Counter, Histogram
 
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.serving.slots import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,8 @@ def resolve_model_dir(source: str, settings=None) -> Path:
     """A local directory for ``source``: a directory, a ModelCar path, or ``s3://models/artifacts/<model>/<V>/``
     (downloaded once into the stack's model cache, ``kfrelease.serving.model_files``)."""
     if source.startswith("s3://"):
-        from kfrelease.serving.model_files import local_model_dir, parse_artifact_uri
-
         from kfrelease.config import Settings
+        from kfrelease.serving.model_files import local_model_dir, parse_artifact_uri
 
         settings = settings or Settings.from_env()
         return local_model_dir(settings, *parse_artifact_uri(source, settings))
