@@ -347,3 +347,27 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     ids = stored_rows(store, BUCKET, model).column("request_id").to_pylist()
     assert len(ids) == len(set(ids)) == threads * per_thread, f"{threads * per_thread - len(set(ids))} lines lost"
     assert list((tmp_path / "wal").glob("*.jsonl")) == []
+
+
+@pytest.mark.integration
+def test_small_batches_of_a_closed_hour_are_compacted_into_one_with_every_row_once(stack):
+    import datetime as dt
+    import uuid
+
+    from kfrelease.lake.write import closed_partitions, compact_partition, write_records
+    from kfrelease.storage import store_for
+
+    store = store_for("serving", stack)
+    model = f"compact-{uuid.uuid4().hex[:8]}"
+    t = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    for b in range(4):
+        lines = [{"id": f"{b}-{i}", "type": "request", "time": t.isoformat(), "source": "s", "model": model,
+                  "instances": [[float(i), 1.0]]} for i in range(5)]
+        write_records(store, "inference-logs", model, lines, origin=f"segment-{b}")
+    path = f"model={model}/date={t:%Y-%m-%d}/hour={t:%H}"
+    assert path in closed_partitions(store, "inference-logs")
+    before = sorted(stored_rows(store, "inference-logs", model).column("request_id").to_pylist())
+    target = compact_partition(store, "inference-logs", path)
+    assert [o.key for o in store.list("inference-logs", path + "/")] == [target]
+    assert sorted(stored_rows(store, "inference-logs", model).column("request_id").to_pylist()) == before
+    assert len(before) == 20 and compact_partition(store, "inference-logs", path) is None  # nothing left to merge
