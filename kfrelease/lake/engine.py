@@ -9,6 +9,7 @@ one SQL of ``kfrelease.lake.join``. Frames for the release gates and the noteboo
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -26,8 +27,11 @@ MEMORY_LIMIT = "1500MB"
 def connect(threads: int | None = None):
     import duckdb
 
+    import tempfile
+
+    spill = os.path.join(tempfile.gettempdir(), "kfrelease-duckdb")  # not ./.tmp in the caller's directory
     con = duckdb.connect(
-        config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False}
+        config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False, "temp_directory": spill}
     )
     if threads:
         con.execute(f"SET threads = {int(threads)}")
