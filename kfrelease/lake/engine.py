@@ -25,9 +25,9 @@ MEMORY_LIMIT = "1500MB"
 
 
 def connect(threads: int | None = None):
-    import duckdb
-
     import tempfile
+
+    import duckdb
 
     spill = os.path.join(tempfile.gettempdir(), "kfrelease-duckdb")  # not ./.tmp in the caller's directory
     con = duckdb.connect(
