@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def registry_reader(settings=None) -> ObjectStore:
-    """The identity publish reads the registry with: the read-only data-scientist role (curated and models
-    read). The data-engineer role has no grant on ``models`` in kfrelease/access/policy.yaml."""
+    """The identity publish reads the registry with: the data engineers' own role, which may read and list
+    ``models`` (and nothing more there) in kfrelease/access/policy.yaml, so the same check runs in the data
+    pipeline's pod on EKS (its IRSA role is rendered from the same policy)."""
     from kfrelease.storage import store_for
 
-    return store_for("data-scientist", settings)
+    return store_for("data-engineer", settings)
 
 
 def production_consumers(registry: ObjectStore, dataset: str) -> list[dict]:
