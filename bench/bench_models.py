@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -83,13 +84,12 @@ def _pss_bytes(pid: int) -> int:
 
 def _group_pids(pgid: int) -> list[int]:
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in psutil.process_iter():
         try:
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getpgid(proc.pid) == pgid:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
             continue
-        if int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
     return out
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import jinja2
+import psutil
 from kfrelease.serving.hosts import HostCommand, ModelServers
 from kfrelease.serving.model_files import local_model_dir
 from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
@@ -346,15 +347,10 @@ def wait_generation(settings: Settings, generation: str, timeout: float = RELOAD
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def wait_drained(master_pid: int, timeout: float = 60.0) -> None:

@@ -189,6 +189,22 @@ def cluster_config(
     }
 
 
+def github_oidc_trust(condition: dict) -> dict:
+    """Trust policy of a role that GitHub Actions assumes with its OIDC token, limited by ``condition``
+    (which repository and ref may assume it)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": {"Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"}},
+                "Action": "sts:AssumeRoleWithWebIdentity",
+                "Condition": condition,
+            }
+        ],
+    }
+
+
 def prerequisites_template(
     env: Environment, policy: AccessPolicy, team: Team, models: list[str]
 ) -> dict:
@@ -293,26 +309,14 @@ def prerequisites_template(
         "Properties": {
             "RoleName": CI_ROLE,
             "Description": "GitHub Actions on pushes to main of the model repository: trigger the training pipeline",
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {
-                            "Federated": {
-                                "Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"
-                            }
-                        },
-                        "Action": "sts:AssumeRoleWithWebIdentity",
-                        "Condition": {
-                            "StringEquals": {
-                                f"{GITHUB_OIDC}:aud": "sts.amazonaws.com",
-                                f"{GITHUB_OIDC}:sub": f"repo:{team.model_repository}:ref:refs/heads/main",
-                            }
-                        },
+            "AssumeRolePolicyDocument": github_oidc_trust(
+                {
+                    "StringEquals": {
+                        f"{GITHUB_OIDC}:aud": "sts.amazonaws.com",
+                        f"{GITHUB_OIDC}:sub": f"repo:{team.model_repository}:ref:refs/heads/main",
                     }
-                ],
-            },
+                }
+            ),
             "Policies": [
                 {
                     "PolicyName": "describe-cluster",
@@ -357,24 +361,12 @@ def prerequisites_template(
         "Properties": {
             "RoleName": IMAGE_PUBLISHER_ROLE,
             "Description": "GitHub Actions on release tags of the kfrelease repository: push the project and workspace images",
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {
-                            "Federated": {
-                                "Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"
-                            }
-                        },
-                        "Action": "sts:AssumeRoleWithWebIdentity",
-                        "Condition": {
-                            "StringEquals": {f"{GITHUB_OIDC}:aud": "sts.amazonaws.com"},
-                            "StringLike": {f"{GITHUB_OIDC}:sub": f"repo:{team.platform_repository}:ref:refs/tags/v*"},
-                        },
-                    }
-                ],
-            },
+            "AssumeRolePolicyDocument": github_oidc_trust(
+                {
+                    "StringEquals": {f"{GITHUB_OIDC}:aud": "sts.amazonaws.com"},
+                    "StringLike": {f"{GITHUB_OIDC}:sub": f"repo:{team.platform_repository}:ref:refs/tags/v*"},
+                }
+            ),
             "Policies": [
                 {
                     "PolicyName": "push-project-images",

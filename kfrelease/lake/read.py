@@ -132,26 +132,34 @@ def list_batches(
     return out
 
 
-def legacy_table(data: bytes, bucket: str, uri: str, warnings: list[str]) -> pa.Table:
-    """A JSON Lines batch of the pre-lake format as a table of the lake schema."""
-    rows, bad = [], []
+def parse_legacy(data: bytes, bucket: str):
+    """Each line of a pre-lake JSON Lines batch as ``(line number, record, rows)``: ``record`` is None for a
+    line that is not a valid record, ``rows`` is None for a valid line that is not an event."""
     for n, raw in enumerate(data.splitlines(), 1):
         if not raw.strip():
             continue
         try:
             line = orjson.loads(raw)
             if bucket == S.LABEL_BUCKET:
-                rows.extend(S.label_rows(line))
+                rows = S.label_rows(line)
             elif line.get("type") in ("request", "response"):
-                rows.extend(S.event_rows(line))
-        except (
-            orjson.JSONDecodeError,
-            KeyError,
-            TypeError,
-            ValueError,
-            AttributeError,
-        ):
+                rows = S.event_rows(line)
+            else:
+                rows = None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            yield n, None, None
+            continue
+        yield n, line, rows
+
+
+def legacy_table(data: bytes, bucket: str, uri: str, warnings: list[str]) -> pa.Table:
+    """A JSON Lines batch of the pre-lake format as a table of the lake schema."""
+    rows, bad = [], []
+    for n, line, line_rows in parse_legacy(data, bucket):
+        if line is None:
             bad.append(n)
+        elif line_rows:
+            rows.extend(line_rows)
     if bad:
         warnings.append(
             f"{uri}: {len(bad)} line(s) are not valid records (lines {bad[:5]}); skipped"

@@ -169,31 +169,16 @@ def closed_partitions(
 def convert_legacy(store, bucket: str, model: str) -> list[str]:
     """Convert ``model``'s JSON Lines batches (``<model>/<day>/*.jsonl``) into lake batches, once: each
     becomes Parquet at a key derived from its own, then is deleted. Returns the keys written."""
-    from kfrelease.lake.read import list_batches
+    from kfrelease.lake.read import list_batches, parse_legacy
 
     written = []
     for obj in list_batches(store, bucket, model).legacy:
         records, bad = [], 0
-        for raw in store.get_bytes(bucket, obj.key).splitlines():
-            if not raw.strip():
-                continue
-            try:
-                line = orjson.loads(raw)
-                if bucket == S.LABEL_BUCKET:
-                    S.label_rows(line)
-                elif line.get("type") in ("request", "response"):
-                    S.event_rows(line)
-                else:
-                    continue
-                records.append(line)
-            except (
-                orjson.JSONDecodeError,
-                KeyError,
-                TypeError,
-                ValueError,
-                AttributeError,
-            ):
+        for _, line, rows in parse_legacy(store.get_bytes(bucket, obj.key), bucket):
+            if line is None:
                 bad += 1
+            elif rows is not None:
+                records.append(line)
         written += write_records(
             store, bucket, model, records, origin=f"legacy:{obj.key}"
         )

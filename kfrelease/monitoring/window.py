@@ -285,6 +285,14 @@ def _drift(reference, frame, features, method=None):
     return data_drift(reference, frame, features, method=method)
 
 
+def _orphan_labels(model: str, orphans: int, features: list[str]) -> str:
+    return (
+        f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "
+        f"predictions were logged outside it, or in batches skipped for not matching the input schema "
+        f"({len(features)} features); the labels are kept and count once their predictions are read"
+    )
+
+
 def compute_windows(
     preds: pd.DataFrame,
     truth: pd.DataFrame,
@@ -330,11 +338,7 @@ def compute_windows(
     labelled_keys = len(t[["request_id", "instance"]].drop_duplicates()) if len(t) and "instance" in t else len(t)
     orphans = labelled_keys - int(joined["truth"].notna().sum()) if len(t) else 0
     if orphans > 0:
-        outcome.warnings.append(
-            f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "
-            f"predictions were logged outside it, or in batches skipped for not matching the input schema "
-            f"({len(features)} features); the labels are kept and count once their predictions are read"
-        )
+        outcome.warnings.append(_orphan_labels(model, orphans, features))
     baselines = baselines or {}
     for (version, stage), group in joined.groupby(
         ["model_version", "stage"], sort=True
@@ -400,11 +404,7 @@ def compute_windows_engine(
     else:
         orphans = n_truth - int(sums["labelled"].sum())
         if orphans > 0:
-            outcome.warnings.append(
-                f"{orphans} ground-truth label(s) of {model!r} match no logged prediction in the period: their "
-                f"predictions were logged outside it, or in batches skipped for not matching the input schema "
-                f"({len(features)} features); the labels are kept and count once their predictions are read"
-            )
+            outcome.warnings.append(_orphan_labels(model, orphans, features))
     baselines = baselines or {}
     for (version, stage), group in sums.groupby(["model_version", "stage"], sort=True):
         complete = [int(r.w) for r in group.itertuples() if is_complete(spec.label, int(r.labelled))]

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import time
 from pathlib import Path
 
 from kfrelease.config import Settings
@@ -45,7 +43,7 @@ def _write(path: Path, record: dict) -> None:
 
 def stop_releases(settings: Settings) -> list[str]:
     """Stop every running release runner; returns ``model version`` of each one stopped."""
-    from kfrelease.stack.supervisor import pid_alive
+    from kfrelease.stack.supervisor import pid_alive, stop_process_group
 
     stopped = []
     for path, record in release_records(settings):
@@ -54,20 +52,7 @@ def stop_releases(settings: Settings) -> list[str]:
             continue
         record["interrupted"] = True
         _write(path, record)
-        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while pid_alive(pid) and time.monotonic() < deadline:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                time.sleep(0.05)
-            if not pid_alive(pid):
-                break
+        stop_process_group(pid, STOP_TIMEOUT)
         stopped.append(f"{record.get('model')} {record.get('version')}")
     return stopped
 

@@ -237,20 +237,8 @@ def _stop_service(settings: Settings, name: str) -> bool:
         _write_record(settings, name, rec)
     pid = rec.get("pid")
     was_running = pid_alive(pid)
-    if was_running:
-        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while pid_alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.05)
-            if not pid_alive(pid):
-                break
-        if pid_alive(pid):
-            raise StackError(f"{name} (pid {pid}) did not stop after SIGKILL; check it with `ps -p {pid}`")
+    if was_running and not stop_process_group(pid):
+        raise StackError(f"{name} (pid {pid}) did not stop after SIGKILL; check it with `ps -p {pid}`")
     _record_path(settings, name).unlink(missing_ok=True)
     return was_running
 
@@ -287,6 +275,23 @@ def restart_if_dead(settings: Settings, name: str) -> bool:
         _reap(rec.get("pid") or 0)
         _start_service(settings, service_from_record(rec))
         return True
+
+
+def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM the process group led by ``pid``, SIGKILL it if it is still there after ``timeout`` s;
+    True once it is gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while pid_alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            break
+    return not pid_alive(pid)
 
 
 def _reap(pid: int) -> None:
