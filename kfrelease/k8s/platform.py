@@ -158,6 +158,12 @@ def registry_auth(env: Environment, ns: str) -> dict:
     }
 
 
+#: The Prometheus the release steps query on a cluster: the ``prometheus-operated`` Service that the
+#: Prometheus operator creates beside its Prometheus (kube-prometheus-stack, installed in ``monitoring``;
+#: prometheus-operator ``pkg/prometheus/server/operator.go`` governing Service).
+CLUSTER_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+
+
 def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None = None) -> dict:
     """PodDefault ``pipeline-pods-env``: every pod of a pipeline run (Argo labels each with
     ``workflows.argoproj.io/workflow``) gets the role's object-store settings, so components'
@@ -262,7 +268,11 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
             "serviceAccountName": sa,
         }
         if step == RELEASE_DRIVER_STEP:  # the release steps patch the InferenceService, not the local gateway
-            spec["env"] = [{"name": "KFRELEASE_TARGET", "value": "cluster"}]
+            spec["env"] = [
+                {"name": "KFRELEASE_TARGET", "value": "cluster"},
+                # the canary's traffic checks query the cluster's Prometheus (kfrelease.release.checks)
+                {"name": "KFRELEASE_PROMETHEUS_URL", "value": CLUSTER_PROMETHEUS_URL},
+            ]
         docs.append({"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
                      "metadata": _meta(f"kfrelease-{step}-step", ns), "spec": spec})
     return docs

@@ -198,6 +198,25 @@ def pipeline_pod(labels: dict) -> dict:
     }
 
 
+def assert_release_steps_find_prometheus(pod: dict) -> None:
+    """With only the env the PodDefault gives, the canary's signals resolve to a cluster Prometheus (without
+    it every cluster release is refused before its first canary step)."""
+    from kfrelease.config import Settings
+    from kfrelease.release.controller import signals_for
+    from kfrelease.rollout.spec import load_rollout_spec
+
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("KFRELEASE_TARGET", "KFRELEASE_PROMETHEUS_URL"):
+            mp.delenv(name, raising=False)
+        for name, value in env.items():
+            if name.startswith("KFRELEASE_"):
+                mp.setenv(name, value)
+        signals = signals_for(Settings.from_env(), load_rollout_spec(), "V1.2.0")
+    assert env["KFRELEASE_PROMETHEUS_URL"].startswith("http://prometheus-operated.monitoring")
+    assert type(signals).__name__ == "PrometheusMetrics"
+
+
 def token_volumes(pod: dict) -> list[dict]:
     return [s["serviceAccountToken"] for v in pod["spec"]["volumes"] if "projected" in v
             for s in v["projected"]["sources"] if "serviceAccountToken" in s]
@@ -212,6 +231,7 @@ def test_the_pod_defaults_give_each_step_its_identity_and_the_kfp_token_only_to_
     release = cluster.admit_pod(pipeline_pod({STEP_LABEL: RELEASE_DRIVER_STEP}))
     assert release["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA and token_volumes(release) == []
     assert {"name": "KFRELEASE_TARGET", "value": "cluster"} in release["spec"]["containers"][0]["env"]
+    assert_release_steps_find_prometheus(release)
     trusted = cluster.admit_pod(pipeline_pod({}))
     assert trusted["spec"]["serviceAccountName"] == PROFILE_SA and token_volumes(trusted) == []
     hand_over = cluster.admit_pod(pipeline_pod({STEP_LABEL: KFP_SUBMITTER_STEP}))
