@@ -51,7 +51,6 @@ def metric_intervals(y_true: Sequence[float], y_pred: Sequence[float], level: fl
     ``1 - MSE / Var(truth)`` (influence function ``-(e² - MSE)/V + MSE (u - V)/V²``, ``u = (t - mean t)²``).
     O(n), so it suits windows of millions of rows (a bootstrap would not). Intervals of fewer than 2 rows,
     and R²'s with a constant truth, are None (undefined, never NaN)."""
-    from statistics import NormalDist
 
     t = np.asarray(y_true, dtype="float64").ravel()
     p = np.asarray(y_pred, dtype="float64").ravel()
@@ -65,24 +64,40 @@ def metric_intervals(y_true: Sequence[float], y_pred: Sequence[float], level: fl
         return out
     if not (np.isfinite(t).all() and np.isfinite(p).all()):
         raise KfreleaseError("truth or predictions contain NaN or infinity; drop or fix those rows first")
-    z = NormalDist().inv_cdf(0.5 + level / 2)
     sq, ab = (t - p) ** 2, np.abs(t - p)
-
-    def around(x):
-        m, half = float(x.mean()), z * float(x.std(ddof=1)) / math.sqrt(n)
-        return [m - half, m + half]
-
-    mse = around(sq)
-    mse[0] = max(mse[0], 0.0)
-    mae = around(ab)
-    mae[0] = max(mae[0], 0.0)
-    out.update(mse=mse, rmse=[math.sqrt(mse[0]), math.sqrt(mse[1])], mae=mae)
     u = (t - t.mean()) ** 2
-    v = float(u.mean())
+    cov = np.cov(np.vstack([sq, ab, u]), ddof=1)
+    return intervals_from_moments(
+        n, float(sq.mean()), float(cov[0, 0]), float(ab.mean()), float(cov[1, 1]),
+        float(u.mean()), float(cov[2, 2]), float(cov[0, 2]), level,
+    )
+
+
+def intervals_from_moments(
+    n: int, sq_mean: float, sq_var: float, ab_mean: float, ab_var: float,
+    u_mean: float, u_var: float, sq_u_cov: float, level: float = 0.95,
+) -> dict:
+    """``metric_intervals`` from the moments of the squared errors ``sq``, absolute errors ``ab`` and squared
+    deviations of the truth about its mean ``u`` (means, sample variances and the covariance of sq and u):
+    what an engine that only returns per-window sums (``kfrelease.lake.windows``) can give. The variance of
+    R²'s influence ``-(sq - a)/v + a (u - v)/v²`` is ``Var(sq)/v² + a² Var(u)/v⁴ - 2 a Cov(sq, u)/v³``."""
+    from statistics import NormalDist
+
+    out: dict = {"level": level, "mse": None, "rmse": None, "mae": None, "r2": None}
+    if n < 2:
+        return out
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+
+    def around(mean, var):
+        half = z * math.sqrt(max(var, 0.0) / n)
+        return [max(mean - half, 0.0), mean + half]
+
+    mse = around(sq_mean, sq_var)
+    out.update(mse=mse, rmse=[math.sqrt(mse[0]), math.sqrt(mse[1])], mae=around(ab_mean, ab_var))
+    a, v = sq_mean, u_mean
     if v > 0:
-        a = float(sq.mean())
-        influence = -(sq - a) / v + a * (u - v) / v**2
+        var = sq_var / v**2 + a**2 * u_var / v**4 - 2 * a * sq_u_cov / v**3
+        half = z * math.sqrt(max(var, 0.0) / n)
         r2 = 1.0 - a / v
-        half = z * float(influence.std(ddof=1)) / math.sqrt(n)
         out["r2"] = [r2 - half, min(1.0, r2 + half)]
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from kfrelease.lake.join import DUCKDB, Dialect
-from kfrelease.metrics import InsufficientData
+from kfrelease.metrics import InsufficientData, intervals_from_moments
 
 
 def window_id_sql(kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
@@ -32,7 +32,8 @@ def window_sums_sql(
     joined: str, kind: str, size: int, dialect: Dialect = DUCKDB
 ) -> str:
     """Per (model_version, stage, w): predictions, labelled, first/last time, last truth time, and the
-    sums of squared and absolute errors and of squares about the labelled truth's mean."""
+    sums of squared and absolute errors and of squares about the labelled truth's mean, and the fourth-order
+    sums their intervals need (``intervals_from_sums``)."""
     return f"""
     WITH rows AS (
       SELECT model_version, stage, time, truth, truth_time, prediction,
@@ -47,7 +48,10 @@ def window_sums_sql(
            min(r.time) AS first_time, max(r.time) AS last_time, max(r.truth_time) AS last_truth_time,
            sum((r.truth - r.prediction) * (r.truth - r.prediction)) AS sse,
            sum(abs(r.truth - r.prediction)) AS sae,
-           sum((r.truth - m.mean_truth) * (r.truth - m.mean_truth)) AS sst
+           sum((r.truth - m.mean_truth) * (r.truth - m.mean_truth)) AS sst,
+           sum(power(r.truth - r.prediction, 4)) AS se4,
+           sum(power(r.truth - m.mean_truth, 4)) AS st4,
+           sum(power(r.truth - r.prediction, 2) * power(r.truth - m.mean_truth, 2)) AS sest
     FROM rows r LEFT JOIN means m ON r.model_version = m.model_version AND r.stage = m.stage AND r.w = m.w
     GROUP BY r.model_version, r.stage, r.w
     ORDER BY r.model_version, r.stage, r.w
@@ -65,3 +69,22 @@ def metrics_from_sums(
     mse = sse / n
     r2 = None if n < 2 or sst == 0.0 else 1.0 - sse / sst
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / n, "r2": r2, "n": n}
+
+
+def intervals_from_sums(
+    n: int, sse: float, sae: float, sst: float, se4: float, st4: float, sest: float, level: float = 0.95
+) -> dict:
+    """``kfrelease.metrics.metric_intervals`` of a window from its sums (equal to it on the same rows):
+    ``se4`` = Σe⁴, ``st4`` = Σu², ``sest`` = Σe²u with e the error and u the squared deviation of the truth
+    about the window's mean."""
+    if n < 2:
+        return intervals_from_moments(n, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, level)
+    d = n - 1
+    return intervals_from_moments(
+        n,
+        sse / n, (se4 - sse * sse / n) / d,
+        sae / n, (sse - sae * sae / n) / d,
+        sst / n, (st4 - sst * sst / n) / d,
+        (sest - sse * sst / n) / d,
+        level,
+    )

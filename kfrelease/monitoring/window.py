@@ -433,6 +433,10 @@ def compute_windows_engine(
                 try:
                     m = LW.metrics_from_sums(int(r.labelled), float(r.sse), float(r.sae), float(r.sst), min_labels)
                     res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
+                    res.intervals = LW.intervals_from_sums(
+                        int(r.labelled), float(r.sse), float(r.sae), float(r.sst),
+                        float(r.se4), float(r.st4), float(r.sest),
+                    )
                 except InsufficientData as exc:
                     res.status = "insufficient"
                     res.message = str(exc)

@@ -236,6 +236,14 @@ def test_the_engine_gives_the_numbers_of_the_frame_windows_and_of_sklearn(spec):
         )
         for k in ("mse", "rmse", "mae", "r2"):
             assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-12, abs=1e-12)
+        # the same 95% intervals from the engine's sums as from the rows (alerts fire on these bounds)
+        assert set(a.intervals) == set(b.intervals), (a.intervals, b.intervals)
+        for k in ("mse", "rmse", "mae", "r2"):
+            if b.intervals.get(k) is None:
+                assert a.intervals.get(k) is None
+            else:
+                assert a.intervals[k] == pytest.approx(b.intervals[k], rel=1e-9, abs=1e-9), k
+    assert any(w.intervals.get("rmse") for w in mine.windows), "no engine window carries an interval"
     # and scikit-learn on the first window's rows, corrections applied (the latest label wins)
     first = mine.windows[0]
     latest = truth.assign(time=pd.to_datetime(truth["time"], utc=True)).sort_values("time")
