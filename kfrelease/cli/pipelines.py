@@ -93,7 +93,9 @@ def register(cli: click.Group) -> None:
         what = "started" if record.created else "started again" if record.retried else "exists already"
         where = record.state.get("kfp_run_id") or record.state.get("log") or ""
         why = record.state.get("retried_because") if record.retried else record.state.get("error")
-        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""))
+        # one line, never wrapped: scripts and people grep it for the run id and the reason
+        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""),
+                      soft_wrap=True, markup=False)
         if wait_ and not kfp_host:
             with console.status(f"waiting for {record.run_id}"):
                 record = wait(settings, record.run_id)

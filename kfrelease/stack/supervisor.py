@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
@@ -110,6 +111,17 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def port_holder(port: int) -> str:
+    """Which process listens on ``port`` (pid and command line), for an error message."""
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"pid {conn.pid}: {' '.join(psutil.Process(conn.pid).cmdline())[:160]}"
+    except psutil.Error:
+        pass
+    return "process unknown"
+
+
 def _log_tail(path: Path, lines: int = 8) -> str:
     try:
         tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
@@ -172,7 +184,8 @@ def _start_service(settings: Settings, service: Service) -> ServiceStatus:
     _record_path(settings, service.name).unlink(missing_ok=True)
     if port_in_use(service.port):
         raise StackError(
-            f"{service.name}: port {service.port} on 127.0.0.1 is taken by another program; stop it, or move "
+            f"{service.name}: port {service.port} on 127.0.0.1 is taken by another program "
+            f"({port_holder(service.port)}); stop it, or move "
             f"this stack with KFRELEASE_PORT_OFFSET=1000 (or KFRELEASE_{service.name.upper().replace('-', '_')}_PORT)"
         )
     _check_executables(service)
@@ -278,20 +291,33 @@ def restart_if_dead(settings: Settings, name: str) -> bool:
 
 
 def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
-    """SIGTERM the process group led by ``pid``, SIGKILL it if it is still there after ``timeout`` s;
-    True once it is gone."""
+    """SIGTERM the process group led by ``pid``, SIGKILL it if any of it is still there after ``timeout`` s;
+    True once the leader and every other member of the group are gone (a child can outlive its leader
+    by a moment; zombies count as gone)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while _group_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if not pid_alive(pid):
+        if not _group_alive(pid):
             break
-    return not pid_alive(pid)
+    return not _group_alive(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    if pid_alive(pgid):
+        return True
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def _reap(pid: int) -> None:

@@ -50,22 +50,26 @@ def wait_for(check, timeout=60.0, what="condition"):
 
 @pytest.fixture(scope="module")
 def fast_alerting(stack):
-    for name in ("prometheus", "alertmanager"):
-        supervisor.stop_service(stack, name)
-    supervisor.start_service(
-        stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s")
-    )
-    supervisor.start_service(
-        stack,
-        mon.prometheus_service(
-            stack, scrape_interval="1s", eval_interval="1s", alert_for="0s"
-        ),
-    )
-    yield stack
-    for name in ("prometheus", "alertmanager"):
-        supervisor.stop_service(stack, name)
-    supervisor.start_service(stack, mon.alertmanager_service(stack))
-    supervisor.start_service(stack, mon.prometheus_service(stack))
+    """Prometheus and Alertmanager with second-scale intervals for this module; the session's own are put
+    back afterwards, also when the fast ones fail to start (so later tests still find a Prometheus)."""
+    try:
+        for name in ("prometheus", "alertmanager"):
+            supervisor.stop_service(stack, name)
+        supervisor.start_service(
+            stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s")
+        )
+        supervisor.start_service(
+            stack,
+            mon.prometheus_service(
+                stack, scrape_interval="1s", eval_interval="1s", alert_for="0s"
+            ),
+        )
+        yield stack
+    finally:
+        for name in ("prometheus", "alertmanager"):
+            supervisor.stop_service(stack, name)
+        supervisor.start_service(stack, mon.alertmanager_service(stack))
+        supervisor.start_service(stack, mon.prometheus_service(stack))
 
 
 @pytest.fixture(scope="module")
