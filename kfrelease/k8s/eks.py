@@ -189,6 +189,18 @@ def cluster_config(
     }
 
 
+#: What pushing an image to an ECR repository takes (skopeo/docker push: layer upload, manifest put).
+ECR_PUSH_ACTIONS = [
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:BatchGetImage",
+    "ecr:CompleteLayerUpload",
+    "ecr:DescribeImages",
+    "ecr:InitiateLayerUpload",
+    "ecr:PutImage",
+    "ecr:UploadLayerPart",
+]
+
+
 def github_oidc_trust(condition: dict) -> dict:
     """Trust policy of a role that GitHub Actions assumes with its OIDC token, limited by ``condition``
     (which repository and ref may assume it)."""
@@ -277,15 +289,7 @@ def prerequisites_template(
                     },
                     {
                         "Effect": "Allow",
-                        "Action": [
-                            "ecr:BatchCheckLayerAvailability",
-                            "ecr:BatchGetImage",
-                            "ecr:CompleteLayerUpload",
-                            "ecr:DescribeImages",
-                            "ecr:InitiateLayerUpload",
-                            "ecr:PutImage",
-                            "ecr:UploadLayerPart",
-                        ],
+                        "Action": ECR_PUSH_ACTIONS,
                         "Resource": model_arns,
                     },
                 ],
@@ -376,15 +380,7 @@ def prerequisites_template(
                             {"Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
                             {
                                 "Effect": "Allow",
-                                "Action": [
-                                    "ecr:BatchCheckLayerAvailability",
-                                    "ecr:BatchGetImage",
-                                    "ecr:CompleteLayerUpload",
-                                    "ecr:DescribeImages",
-                                    "ecr:InitiateLayerUpload",
-                                    "ecr:PutImage",
-                                    "ecr:UploadLayerPart",
-                                ],
+                                "Action": ECR_PUSH_ACTIONS,
                                 "Resource": image_arns,
                             },
                         ],
