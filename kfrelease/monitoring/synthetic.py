@@ -16,6 +16,18 @@ import pandas as pd
 from kfrelease.storage import ObjectStore
 
 
+def span_start(hours: float, now: datetime | None = None) -> datetime:
+    """A start time for ``hours`` of past traffic that lies inside one UTC day, so that day-long windows
+    (aligned to UTC midnight) do not split it: ``now - hours`` when that is still today, else the same span
+    ending one hour before yesterday's end. At most 22 hours."""
+    if not 0 < hours <= 22:
+        raise ValueError(f"span_start: hours must be in (0, 22], got {hours}")
+    now = now or datetime.now(UTC)
+    start = now - timedelta(hours=hours)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start if start >= midnight else midnight - timedelta(hours=hours + 1)
+
+
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -5,7 +5,7 @@ import json
 import shutil
 import subprocess
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from kfrelease.monitoring.run import load_history, run_monitoring
-from kfrelease.monitoring.synthetic import register_entry, write_traffic
+from kfrelease.monitoring.synthetic import register_entry, span_start, write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.storage import store_for
 
@@ -24,7 +24,7 @@ FEATURES = ["x1", "x2"]
 def seed_model(stack, noise_by_version, n=600, hours=3):
     model = f"mon-cli-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(0)
-    start = datetime.now(UTC) - timedelta(hours=hours)
+    start = span_start(hours)  # inside one UTC day: a 1-day window holds all of it
     for version, (stage, noise) in noise_by_version.items():
         register_entry(store_for("pipeline", stack), model, version, FEATURES, rmse=1.0)
         x = pd.DataFrame(rng.normal(size=(n, 2)), columns=FEATURES)

@@ -2,7 +2,6 @@
 windows recorded in the object store, drift against the registered model's curated training data."""
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ from kfrelease.monitoring.run import load_history
 from kfrelease.monitoring.synthetic import (
     publish_reference,
     register_entry,
+    span_start,
     write_traffic,
 )
 from kfrelease.storage import store_for
@@ -39,7 +39,7 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
         dataset=f"{model}-data",
         dataset_version=dataset_version,
     )
-    start = datetime.now(UTC) - timedelta(hours=2)
+    start = span_start(2)  # inside one UTC day: the 1-day window holds all of it
     for stage, shift in (("production", 0.0), ("staging", 4.0)):
         x = pd.DataFrame(rng.normal(size=(240, 3)), columns=FEATURES)
         y = x.sum(axis=1)

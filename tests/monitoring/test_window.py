@@ -257,3 +257,15 @@ def test_the_engine_gives_the_numbers_of_the_frame_windows_and_of_sklearn(spec):
     assert first.mse == pytest.approx(skm.mean_squared_error(rows.truth, rows.prediction), rel=1e-12)
     assert first.r2 == pytest.approx(skm.r2_score(rows.truth, rows.prediction), rel=1e-12)
     assert first.mae == pytest.approx(skm.mean_absolute_error(rows.truth, rows.prediction), rel=1e-12)
+
+
+def test_a_span_of_traffic_for_day_windows_never_crosses_utc_midnight():
+    from datetime import UTC, datetime, timedelta
+
+    from kfrelease.monitoring.synthetic import span_start
+
+    just_after = datetime(2026, 12, 2, 0, 20, tzinfo=UTC)
+    start = span_start(3, now=just_after)
+    assert start.date() == (start + timedelta(hours=3)).date() and start + timedelta(hours=3) < just_after
+    noon = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert span_start(3, now=noon) == noon - timedelta(hours=3)
