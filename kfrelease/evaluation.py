@@ -2,7 +2,7 @@
 
 Evidently's ``RegressionPreset`` gives RMSE, MAE, R² and more; it has no MSE metric, so the numbers this
 returns come from ``kfrelease.metrics.regression_metrics`` (equal to scikit-learn), and Evidently's own
-values are kept beside them under ``evidently`` for the record (FACTS.md, Evidently 0.7).
+values are kept beside them under ``evidently`` for the record (Evidently 0.7, ``evidently.presets.RegressionPreset``).
 """
 
 from __future__ import annotations

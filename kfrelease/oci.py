@@ -3,7 +3,7 @@
 A ModelCar is an OCI image whose ``/models`` holds the model files; KServe runs it as a sidecar that must
 be able to run ``sh``, ``ln`` and ``sleep`` (it links ``/models`` for the predictor and sleeps), so the
 image carries a static busybox (Debian ``busybox-static``) under ``/bin`` (KServe docs, "Serving models
-with OCI images"; FACTS.md). Built with ``umoci`` (``--rootless``: no root, no daemon), pushed with
+with OCI images"). Built with ``umoci`` (``--rootless``: no root, no daemon), pushed with
 ``skopeo``, both Debian packages. The same ``push`` sends the image to the embedded stack's registry or to
 Amazon ECR (give ``KFRELEASE_IMAGE_REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com`` and registry
 credentials with ``KFRELEASE_REGISTRY_CREDS=AWS:$(aws ecr get-login-password)`` or an auth file).

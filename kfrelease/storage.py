@@ -49,7 +49,7 @@ def _http_client() -> urllib3.PoolManager:
 
 
 class ObjectStore:
-    """A role's view of the object store. Bucket names are the logical ones of DESIGN.md."""
+    """A role's view of the object store. Bucket names are the logical ones of ``BUCKETS``."""
 
     def __init__(self, client: Minio, role: str, settings: Settings):
         self.client = client
@@ -217,7 +217,7 @@ def store_for(role: str, settings: Settings | None = None) -> ObjectStore:
 
 
 def ensure_buckets(settings: Settings) -> list[str]:
-    """Create the buckets of DESIGN.md that are missing (embedded stack, admin identity)."""
+    """Create the buckets of ``BUCKETS`` that are missing (embedded stack, admin identity)."""
     store = store_for(ADMIN, settings)
     created = []
     for name in BUCKETS:

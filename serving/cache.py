@@ -1,4 +1,4 @@
-"""Optional inference cache: results of repeated identical inputs (seed 000, "caching").
+"""Optional inference cache: results of repeated identical inputs.
 
 Off by default. ``--cache lru`` (or ``lru:N`` for N entries, default 100,000) keeps results in an
 in-process LRU; ``--cache redis://host:port/db`` keeps them in Redis (shared by every replica, entries expire

@@ -1,7 +1,7 @@
 """The predictor's prediction logger: KServe InferenceLogger CloudEvents, posted without ever slowing a
 prediction down.
 
-Format (KServe ``pkg/logger``, see /work/shared/FACTS.md): one HTTP POST per event in CloudEvents *binary*
+Format (KServe ``pkg/logger/types.go`` and ``pkg/logger/worker.go``): one HTTP POST per event in CloudEvents *binary*
 mode, ``content-type: application/json``, headers ``ce-specversion: 1.0``, ``ce-id`` (the request id, the
 same for a request and its response), ``ce-type`` ``org.kubeflow.serving.inference.request`` /
 ``org.kubeflow.serving.inference.response``, ``ce-source``, ``ce-time`` and the extensions

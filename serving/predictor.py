@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Most instances in one request.
 DEFAULT_MAX_INSTANCES = 10_000
-#: ModelCar paths: the image holds the model in /models; KServe mounts it at /mnt/models (FACTS.md).
+#: ModelCar paths: the image holds the model in /models; KServe mounts it at /mnt/models (KServe docs, "Serving models with OCI images").
 MODELCAR_DIRS = ("/mnt/models", "/models")
 
 INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}

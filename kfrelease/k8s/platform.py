@@ -9,7 +9,7 @@ resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipeline
   delete or archive a release run;
 - the CI service account ``kfrelease-ci`` gets ``kfrelease-run-submitter``: create and read runs,
   experiments, pipelines and versions; nothing that stops a run. Nobody on the team can stop a run: only a
-  new merge starts a new one (DESIGN.md);
+  new merge starts a new one;
 - the merged model code (train, evaluate) runs as ``kfrelease-untrusted-step``, which holds only what the Argo
   executor and the KFP launcher need; the release steps run as ``kfrelease-release-driver`` (the driver's
   Role in the serving namespace); only the hand-over step gets a KFP API token (``step_identities``).

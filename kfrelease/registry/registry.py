@@ -206,7 +206,7 @@ class ModelRegistry:
         who: str = "training-pipeline",
         same_claim_wait: float = SAME_CLAIM_WAIT_SECONDS,
     ) -> Registration:
-        """Register a trained model under the next version of DESIGN.md's rules (see the module docstring).
+        """Register a trained model under the next version (``kfrelease.registry.versions``).
 
         The same (tag, fingerprint, dataset version) returns the existing version (``created=False``). A
         model whose verdict did not pass is registered with a ``rejected`` stage event and its reasons."""

@@ -1,4 +1,4 @@
-"""Model version numbers ``V<Model_Tag>.<Manual>.<Auto>`` and the rules that pick the next one (DESIGN.md).
+"""Model version numbers ``V<Model_Tag>.<Manual>.<Auto>`` and the rules that pick the next one.
 
 - a tag seen for the first time starts at ``V<tag>.1.0``;
 - a model definition (spec fingerprint) new within its tag gets the next manual revision, auto 0;

@@ -4,7 +4,7 @@ spec: ``traffic_patches`` gives JSON merge patches (``kubectl patch --type merge
 staging shadow) and to delete (it again).
 
 Rollback in Serverless mode first sets ``canaryTrafficPercent: 0`` (KServe's instant rollback: all traffic
-back to the last revision that had 100 %, no new revision; FACTS.md, KServe canary docs), then rolls the
+back to the last revision that had 100 %, no new revision; KServe docs, "Canary rollout strategy"), then rolls the
 spec forward to the production version. In RawDeployment (Standard) mode the ``spec.canary`` entry's
 ``trafficPercent`` goes to 0 first, then the entry is removed.
 

@@ -1,4 +1,4 @@
-"""The version rules of DESIGN.md as a pure function of the numbers already taken."""
+"""The version rules of ``kfrelease.registry.versions`` as a pure function of the numbers already taken."""
 
 import pytest
 
