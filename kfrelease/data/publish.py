@@ -79,12 +79,13 @@ def publish(
     run_id: str = "",
     quarantined: pd.DataFrame | None = None,
     registry: ObjectStore | None = None,
+    lineage: dict | None = None,
 ) -> DatasetVersion:
     """Publish validated rows as a curated version and move ``latest`` to it (idempotent per content).
 
     ``quarantined`` (rows validation refused, ``validate.Checked.invalid``) is written beside the data and
-    counted in the manifest. Before anything is written, a schema change that breaks a production model
-    (``evolution.check_compatible``) is refused."""
+    counted in the manifest, and so is ``lineage`` (where derived rows came from). Before anything is written,
+    a schema change that breaks a production model (``evolution.check_compatible``) is refused."""
     from kfrelease.data.evolution import check_compatible
 
     df = df.drop(columns=[c for c in META_COLUMNS if c in df.columns]).reset_index(drop=True)
@@ -128,6 +129,8 @@ def publish(
             "published_at": now_iso(),
             "previous_version": previous,
         }
+        if lineage:
+            manifest["lineage"] = lineage
         try:
             store.put_json(BUCKET, manifest_key, manifest, if_none_match=True)
         except Conflict:

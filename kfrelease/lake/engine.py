@@ -69,6 +69,9 @@ class WindowData:
     log_keys: list[str] = field(default_factory=list)
     label_keys: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: What was read, for lineage: ``(s3 URI, ETag, local file)`` of each log and label object.
+    log_objects: list[tuple[str, str, str]] = field(default_factory=list)
+    label_objects: list[tuple[str, str, str]] = field(default_factory=list)
 
     def frame(self, view: str) -> pd.DataFrame:
         return self.con.execute(f"SELECT * FROM {view}").df()
@@ -160,6 +163,13 @@ def open_window(
         cols = ", ".join('"' + c.replace('"', '""') + '"' for c in keep)
         con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
         con.execute("CREATE OR REPLACE VIEW joined AS SELECT * FROM joined_rows")
+    etags = {store.uri(bucket, o.key): o.etag for bucket, b in ((S.LOG_BUCKET, logs), (S.LABEL_BUCKET, labels))
+             for o in (*b.parquet, *b.legacy)}
+
+    def read(files: list[str]) -> list[tuple[str, str, str]]:
+        return [(cache.origin[f], etags.get(cache.origin[f], ""), f) for f in files if f in cache.origin]
+
     return WindowData(
-        con, model, list(features), lo, hi, logs.keys, labels.keys, warnings
+        con, model, list(features), lo, hi, logs.keys, labels.keys, warnings,
+        read(pred_files), read(label_files),
     )

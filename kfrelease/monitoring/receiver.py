@@ -9,10 +9,18 @@ to ``POST /alerts``. Records (``pipeline-root`` bucket, ``pipeline`` role)::
     monitoring/retrains/<model>/<YYYYmmddTHHMMSSZ>-<id>.json                    one per retrain decision
     monitoring/retrains/<model>/<YYYYmmddTHHMMSSZ>-<id>.result.json             what the trigger returned
 
+Before a quality or drift alert retrains, the labelled traffic is new data: the receiver builds (or finds)
+the curated version that adds the model's labelled requests of the last ``KFRELEASE_LABELLED_TRAFFIC_DAYS``
+to its dataset (``kfrelease.data.labelled_traffic:curate_for_alert``, as the data engineers' role;
+``KFRELEASE_RETRAIN_CURATE=module:function`` replaces it, an empty value skips it).
+
 A decision is ``triggered`` (then ``result`` or ``error`` once the trigger returns), ``rate-limited`` (a
-retrain of this model was triggered less than ``KFRELEASE_RETRAIN_MIN_INTERVAL`` seconds ago, default 3600)
-or ``busy`` (another retrain is still running). If the object store cannot take the record, the receiver
-answers 503 so that Alertmanager retries the notification: nothing is lost.
+retrain of this model was triggered less than ``KFRELEASE_RETRAIN_MIN_INTERVAL`` seconds ago, default 3600),
+``busy`` (another retrain is still running), ``no-new-data`` (production was trained on the latest curated
+version and the labelled traffic adds nothing to it: no run starts, ``detail`` says why) or ``data-refused``
+(the labelled traffic could not become a version, e.g. it fails the dataset spec: no run, ``detail`` is the
+error). A decision after a curation records it (``curation``: versions, counts, reason). If the object store cannot
+take the record, the receiver answers 503 so that Alertmanager retries the notification: nothing is lost.
 
 The trigger is ``kfrelease.training.trigger:trigger`` (docs/CONTRACTS.md), called as
 ``trigger(settings, commit, repo, auto=True, reason=...)``; ``KFRELEASE_RETRAIN_TRIGGER=module:function``
@@ -32,16 +40,16 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kfrelease.config import Settings
-from kfrelease.errors import KfreleaseError
+from kfrelease.errors import KfreleaseError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 BUCKET = "pipeline-root"
 RETRAIN_KINDS = ("quality", "drift")
 DEFAULT_TRIGGER = "kfrelease.training.trigger:trigger"
+DEFAULT_CURATE = "kfrelease.data.labelled_traffic:curate_for_alert"
 
 
 def _stamp(now: datetime | None = None) -> str:
@@ -61,6 +69,7 @@ class AlertReceiver:
         store=None,
         min_interval: float | None = None,
         trigger_path: str | None = None,
+        curate_path: str | None = None,
     ):
         from kfrelease.storage import store_for
 
@@ -76,6 +85,12 @@ class AlertReceiver:
             or os.environ.get("KFRELEASE_RETRAIN_TRIGGER")
             or DEFAULT_TRIGGER
         )
+        self.curate_path = (
+            curate_path
+            if curate_path is not None
+            else os.environ.get("KFRELEASE_RETRAIN_CURATE", DEFAULT_CURATE)
+        )
+        self._curation = threading.Lock()
         self._lock = threading.Lock()  # one retrain at a time
         self._decide = threading.Lock()  # decisions are serialised
         self.threads: list[threading.Thread] = []
@@ -141,19 +156,50 @@ class AlertReceiver:
         return {"recorded": recorded, "decisions": decisions}
 
     def consider_retrain(self, alert: dict) -> dict:
+        """A firing quality or drift alert: unless a retrain would be rate-limited or busy anyway, build (or
+        find) the curated version that adds the labelled traffic (``curate``); retrain only on newer data
+        than production's, else record why no run starts (``no-new-data``, or ``data-refused`` when the
+        labelled traffic cannot become a version)."""
         labels = alert["labels"]
         model = labels["model"]
         reason = f"alert {labels.get('alertname')} on {model} {labels.get('version', '')} ({labels.get('stage', '')})"
-        return self.request_retrain(
-            model,
-            reason,
-            {
-                "version": labels.get("version"),
-                "stage": labels.get("stage"),
-                "alert": labels.get("alertname"),
-                "fingerprint": alert.get("fingerprint"),
-            },
-        )
+        details = {
+            "version": labels.get("version"),
+            "stage": labels.get("stage"),
+            "alert": labels.get("alertname"),
+            "fingerprint": alert.get("fingerprint"),
+        }
+        with self._curation:  # one curation at a time; the alerts after it see its decision
+            if self.curate_path and self._would_start(model):
+                try:
+                    curation = self._curate_function()(self.settings, model)
+                except StoreUnavailable:
+                    raise  # 503: Alertmanager retries the notification
+                except KfreleaseError as exc:  # e.g. the labelled traffic fails the dataset spec
+                    return self._record_decision(model, reason, details, "data-refused", f"{exc}")
+                details["curation"] = _jsonable(curation)
+                if not curation.newer:
+                    return self._record_decision(model, reason, details, "no-new-data", curation.reason)
+                details["dataset"], details["dataset_version"] = curation.dataset, curation.version
+            return self.request_retrain(model, reason, details)
+
+    def _would_start(self, model: str) -> bool:
+        last = self._last_triggered(model)
+        return (last is None or time.time() - last >= self.min_interval) and not self._lock.locked()
+
+    def _curate_function(self):
+        module, _, attr = self.curate_path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def _record_decision(self, model: str, reason: str, details: dict, decision: str, detail: str) -> dict:
+        """Record a decision that starts no run (with why)."""
+        with self._decide:
+            doc = {"model": model, **details, "reason": reason, "at": datetime.now(UTC).isoformat(),
+                   "at_epoch": time.time(), "decision": decision, "detail": detail}
+            key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
+            self.store.put_json(BUCKET, key, doc, if_none_match=True)
+        log.info("retrain decision for %s: %s (%s)", model, decision, detail)
+        return {**doc, "key": key}
 
     def request_retrain(
         self, model: str, reason: str, details: dict | None = None
@@ -264,64 +310,59 @@ def _jsonable(obj):
     return str(obj)
 
 
-def make_handler(receiver: AlertReceiver):
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, doc: dict) -> None:
-            body = json.dumps(doc, default=str).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def create_app(receiver: AlertReceiver):
+    """The receiver's HTTP API (Starlette, served by uvicorn like the sink and the feedback service):
+    ``POST /alerts``, ``GET /healthz``, ``GET /metrics``. The handling (object store, curation) blocks, so
+    it runs in the thread pool."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
-        def do_GET(self):
-            if self.path == "/healthz":
-                return self._send(200, {"status": "ok"})
-            if self.path == "/metrics":
-                body = b"# TYPE kfrelease_alert_receiver_up gauge\nkfrelease_alert_receiver_up 1\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                return self.wfile.write(body)
-            return self._send(
-                404, {"error": f"no such path {self.path}; POST /alerts, GET /healthz"}
-            )
+    def answer(code: int, doc: dict) -> JSONResponse:
+        return JSONResponse(json.loads(json.dumps(doc, default=str)), code)
 
-        def do_POST(self):
-            if self.path != "/alerts":
-                return self._send(
-                    404, {"error": f"no such path {self.path}; POST /alerts"}
-                )
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                payload = json.loads(self.rfile.read(length) or b"null")
-                return self._send(200, receiver.handle(payload))
-            except ValueError as exc:
-                return self._send(400, {"error": f"bad alert payload: {exc}"})
-            except (
-                KfreleaseError
-            ) as exc:  # store down: 503 makes Alertmanager retry (nothing lost)
-                log.error("could not record alerts: %s", exc)
-                return self._send(503, {"error": str(exc)})
+    async def alerts(request):
+        try:
+            payload = json.loads(await request.body() or b"null")
+            return answer(200, await run_in_threadpool(receiver.handle, payload))
+        except ValueError as exc:
+            return answer(400, {"error": f"bad alert payload: {exc}"})
+        except KfreleaseError as exc:  # store down: 503 makes Alertmanager retry (nothing lost)
+            log.error("could not record alerts: %s", exc)
+            return answer(503, {"error": str(exc)})
 
-        def log_message(self, fmt, *args):
-            log.info("%s " + fmt, self.address_string(), *args)
+    async def health(_request):
+        return answer(200, {"status": "ok"})
 
-    return Handler
+    async def metrics(_request):
+        return Response(
+            "# TYPE kfrelease_alert_receiver_up gauge\nkfrelease_alert_receiver_up 1\n",
+            headers={"content-type": "text/plain; version=0.0.4"},
+        )
+
+    async def not_found(request, _exc):
+        return answer(404, {"error": f"no such path {request.method} {request.url.path}; POST /alerts, GET /healthz"})
+
+    return Starlette(
+        routes=[
+            Route("/alerts", alerts, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+    )
 
 
 def serve(settings: Settings, port: int) -> None:
-    receiver = AlertReceiver(settings)
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(receiver))
-    log.info("alert receiver on 127.0.0.1:%d", port)
+    import uvicorn
+
     from kfrelease.monitoring.newdata import start_poller
 
+    receiver = AlertReceiver(settings)
     start_poller(receiver)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    log.info("alert receiver on 127.0.0.1:%d", port)
+    uvicorn.run(create_app(receiver), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,10 @@
 """End to end on the real local Prometheus, Pushgateway, Alertmanager, our receiver and the real training
-trigger: a model trained by the training pipeline is in production; new curated data has arrived; healthy
-traffic raises no alert; degraded traffic (noisy predictions on shifted inputs) fires the quality and drift
-alerts, Alertmanager routes them to the receiver, which records them and triggers exactly one
-auto-revision retrain (the others are rate-limited or wait), and the retrain registers V1.1.1.
+trigger: a model trained by the training pipeline is in production on the latest curated data; an alert
+while no labelled traffic exists starts no run and says why; healthy traffic raises no alert; degraded
+labelled traffic (noisy predictions on shifted inputs) fires the quality and drift alerts, Alertmanager
+routes them to the receiver, which records them, builds a curated version from the labelled traffic (the
+data engineers' role) and triggers exactly one auto-revision retrain on it (the others are rate-limited
+or wait), and the retrain registers V1.1.1 trained on that version.
 
 Prometheus and Alertmanager are restarted for this module with fast intervals (1 s scrape and evaluation,
 ``for: 0s``, 1 s group wait) and restored afterwards.
@@ -22,6 +24,7 @@ import yaml
 
 from kfrelease.data.features import diabetes_features
 from kfrelease.data.pipeline import run_data_pipeline
+from kfrelease.data.publish import get_version
 from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import demo_batches
 from kfrelease.monitoring import services as mon
@@ -74,8 +77,8 @@ def fast_alerting(stack):
 
 @pytest.fixture(scope="module")
 def production_model(fast_alerting):
-    """A private dataset (batch 1), the demo model trained on it by the real training trigger and promoted
-    to production, then batch 2 published as a newer curated version."""
+    """A private dataset (batch 1; invalid rows quarantined), the demo model trained on it by the real
+    training trigger and promoted to production."""
     from kfrelease.demo.project import create_demo_project
     from kfrelease.registry import ModelRegistry
     from kfrelease.training import trigger as training
@@ -83,7 +86,7 @@ def production_model(fast_alerting):
     settings = fast_alerting
     name = f"diabetes-{uuid.uuid4().hex[:8]}"
     doc = yaml.safe_load(load_spec("diabetes").text)
-    doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
+    doc["name"], doc["source"], doc["on_invalid"] = name, {"prefix": f"{name}/"}, "quarantine"
     spec = parse_spec(yaml.safe_dump(doc), name)
     engineer = store_for("data-engineer", settings)
 
@@ -107,15 +110,7 @@ def production_model(fast_alerting):
     registry.set_stage(
         model, "V1.1.0", "production", who="test", why="monitoring end-to-end test"
     )
-    second = add_batch(2)
-    assert second != first
-    return {
-        "model": model,
-        "dataset": name,
-        "first": first,
-        "second": second,
-        "registry": registry,
-    }
+    return {"model": model, "dataset": name, "first": first, "registry": registry}
 
 
 def prom(stack, query):
@@ -142,7 +137,16 @@ def inputs(features):
     return rows[features], rows["progression"].to_numpy()
 
 
-def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does_not(
+def quality_alert(model, name="ModelR2BelowFloor"):
+    labels = {"alertname": name, "kind": "quality", "model": model, "version": "V1.1.0", "stage": "production"}
+    return {"status": "firing", "labels": labels, "fingerprint": uuid.uuid4().hex[:16]}
+
+
+def auto_runs(stack, model):
+    return [o.key for o in store_for("pipeline", stack).iter("models", f"runs/auto-{model}-")]
+
+
+def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_newer_data_starts_nothing(
     fast_alerting, production_model
 ):
     stack, model, registry = (
@@ -150,6 +154,14 @@ def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does
         production_model["model"],
         production_model["registry"],
     )
+    # no labelled traffic yet and production was trained on the latest version: no run, and why
+    quiet = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0)
+    (nothing,) = quiet.handle({"alerts": [quality_alert(model)]})["decisions"]
+    assert nothing["decision"] == "no-new-data", nothing
+    assert "no newer data than production's" in nothing["detail"] and "no labelled request" in nothing["detail"]
+    assert nothing["curation"]["trained_on"] == production_model["first"] and quiet.threads == []
+    assert auto_runs(stack, model) == []
+
     entry = registry.get(model, "V1.1.0").entry
     features = [c["name"] for c in entry["input_schema"]]
     baseline = entry["metrics"]["rmse"]
@@ -260,7 +272,7 @@ def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does
     assert recorded
     decisions = wait_for(
         lambda: (
-            (d := [r for r in receiver.retrains(model) if "status" not in r])
+            (d := [r for r in receiver.retrains(model) if "status" not in r and r["decision"] != "no-new-data"])
             and len(d) >= 3
             and d
         ),
@@ -270,6 +282,19 @@ def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does
     assert all(
         d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions
     )
+    (triggered,) = [d for d in decisions if d["decision"] == "triggered"]
+    curation = triggered["curation"]  # the labelled traffic (healthy and degraded) is the new data
+    assert curation["newer"] and curation["labelled"] == 2 * len(x) and curation["added"] > len(x)
+    assert curation["added"] + curation["quarantined"] == curation["labelled"]
+    assert curation["base_version"] == production_model["first"] != curation["version"]
+    manifest = get_version(store_for("data-scientist", stack), production_model["dataset"], curation["version"]).manifest
+    base_rows = get_version(store_for("data-scientist", stack), production_model["dataset"], curation["base_version"])
+    assert manifest["row_count"] == base_rows.row_count + curation["added"]
+    assert manifest["quarantined_count"] == curation["quarantined"]  # out-of-range shifted rows, with reasons
+    assert manifest["lineage"]["kind"] == "labelled-traffic" and manifest["lineage"]["production_version"] == "V1.1.0"
+    sources = [src["key"] for src in manifest["sources"]]
+    assert any("inference-logs" in k and f"model={model}/date=" in k for k in sources), sources
+    assert any("feedback" in k and f"model={model}/date=" in k for k in sources), sources
     result = wait_for(
         lambda: [r for r in receiver.retrains(model) if r.get("status")],
         timeout=60,
@@ -288,14 +313,14 @@ def test_degraded_traffic_fires_alerts_and_one_auto_retrain_healthy_traffic_does
     retrained = registry.get(
         model, "V1.1.1"
     )  # same tag and definition, newer data: auto revision + 1
-    assert retrained.entry["dataset_version"] == production_model["second"]
+    assert retrained.entry["dataset_version"] == curation["version"]
     assert retrained.entry["run_id"] == run_id
 
     # the new-data hook takes the same path: the retrain for this data version exists already (idempotent)
     hook = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0)
     (row,) = check_new_data(hook, [model])
     assert (
-        row["latest"] == production_model["second"]
+        row["latest"] == curation["version"]
         and row["trained_on"] == production_model["first"]
     )
     assert row["action"] == "triggered"
