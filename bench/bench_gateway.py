@@ -181,11 +181,7 @@ def main() -> dict:
     dirs = {v: _model_dir(tmp, v) for v in ("V1.1.0", "V1.2.0")}
     row = dirs["V1.1.0"][1]
     server = "kfrelease model server (kfrelease.serving.host)"
-    spec = load_rollout_spec()
-    if spec.model != MODEL:
-        import dataclasses
-
-        spec = dataclasses.replace(spec, model=MODEL)
+    spec = load_rollout_spec(model=MODEL)
     driver = LocalGatewayDriver(
         settings,
         spec,

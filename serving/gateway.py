@@ -443,7 +443,8 @@ class LocalGatewayDriver:
     ):
         self.settings = settings
         self.spec = spec or load_rollout_spec()
-        check_model_name(self.spec.model)
+        if self.spec.model:  # a driver of no model (the packaged spec names none) can only stop everything
+            check_model_name(self.spec.model)
         self.model = self.spec.model
         self.model_dir_for = model_dir_for or (lambda model, version: local_model_dir(settings, model, version))
         self.servers = ModelServers(settings, host_command, host_env)

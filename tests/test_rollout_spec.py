@@ -2,15 +2,28 @@
 
 import pytest
 
-from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec, parse_rollout_spec
+from kfrelease.rollout.spec import (
+    RolloutSpecError,
+    bind_model,
+    load_rollout_spec,
+    parse_rollout_spec,
+)
 from kfrelease.rollout.traffic import TrafficState
 
 BASE = "model: m\n"
 
 
+def test_default_spec_names_no_model_and_is_bound_to_the_model_it_is_loaded_for():
+    spec = load_rollout_spec()
+    assert spec.model == ""  # no hidden global default model
+    assert load_rollout_spec(model="alpha").model == "alpha"
+    assert parse_rollout_spec("canary: {interval_seconds: 5}\n").canary.interval_seconds == 5
+    with pytest.raises(RolloutSpecError, match="is for model 'm', not 'beta'"):
+        bind_model(parse_rollout_spec(BASE), "beta")
+
+
 def test_default_spec_loads_with_documented_defaults():
     spec = load_rollout_spec()
-    assert spec.model == "diabetes-progression"
     assert spec.canary.steps == (10, 25, 50, 100)
     assert spec.shadow.mirror_percent == 100 and spec.canary.metrics_source == "auto"
 
@@ -46,8 +59,8 @@ def test_bad_shadow_and_unknown_sections_are_refused():
         parse_rollout_spec(BASE + "shadow: {mirror_percent: 120}\n")
     with pytest.raises(RolloutSpecError, match="unknown section"):
         parse_rollout_spec(BASE + "blue_green: {}\n")
-    with pytest.raises(RolloutSpecError, match="at least 'model'"):
-        parse_rollout_spec("canary: {}\n")
+    with pytest.raises(RolloutSpecError, match="a mapping of sections"):
+        parse_rollout_spec("[canary]\n")
     with pytest.raises(RolloutSpecError, match="does not exist"):
         load_rollout_spec("/nonexistent/rollout.yaml")
 

@@ -39,9 +39,7 @@ def register(cli: click.Group) -> None:
         from kfrelease.rollout.spec import load_rollout_spec
 
         settings = Settings.from_env()
-        spec = load_rollout_spec(
-            spec_path
-        )  # a bad spec fails here, before anything moves
+        spec = load_rollout_spec(spec_path, model=model)  # a bad spec fails here, before anything moves
         if background:
             from kfrelease.release.handover import start_release
 
@@ -70,14 +68,10 @@ def register(cli: click.Group) -> None:
     def plan_cmd(model: str, version: str, spec_path: str | None, power: float, max_pairs: int) -> None:
         """Estimate the labelled requests (and time) the shadow gate will need for VERSION of MODEL, from
         the held-out split scored by both versions; recorded in the version's history."""
-        import dataclasses
-
         from kfrelease.release.plan import plan_release
         from kfrelease.rollout.spec import load_rollout_spec
 
-        spec = load_rollout_spec(spec_path)
-        if spec.model != model:
-            spec = dataclasses.replace(spec, model=model)
+        spec = load_rollout_spec(spec_path, model=model)
         plan = plan_release(Settings.from_env(), spec, version, power=power, max_pairs=max_pairs)
         console.print(plan.describe())
         if plan.caveat:

@@ -9,7 +9,7 @@ import click
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
 from kfrelease.errors import NotFound
-from kfrelease.rollout.spec import RolloutSpec, load_rollout_spec
+from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 
@@ -66,14 +66,12 @@ def describe(state: TrafficState | None) -> str:
 def served_models(settings: Settings, spec_path: str | None, model: str | None) -> list[RolloutSpec]:
     """The models ``kfrelease serve`` brings up, each with its rollout spec: ``--model``, else the model a
     ``--spec`` names, else every model the registry has a production version of."""
-    import dataclasses
-
     from kfrelease.registry import ModelRegistry
     from kfrelease.storage import store_for
 
     spec = load_rollout_spec(spec_path)  # a bad spec fails here, before anything starts
-    if model or spec_path:
-        return [dataclasses.replace(spec, model=model) if model else spec]
+    if model or spec.model:
+        return [bind_model(spec, model or spec.model, spec_path or "default rollout spec")]
     registry = ModelRegistry(store_for("serving", settings))
     names = [m for m in registry.models() if registry.current(m, "production") is not None]
     if not names:
@@ -81,7 +79,7 @@ def served_models(settings: Settings, spec_path: str | None, model: str | None) 
             "no model has a version in production in the model registry; train one on a merge to main "
             "(`kfrelease trigger`), release it, then run `kfrelease serve` again"
         )
-    return [dataclasses.replace(spec, model=m) for m in names]
+    return [bind_model(spec, m) for m in names]
 
 
 def start_serving(settings: Settings, specs: list[RolloutSpec] | RolloutSpec) -> dict[str, TrafficState]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from pathlib import Path
 from kfrelease.config import Settings
 from kfrelease.errors import Conflict
 from kfrelease.release.controller import ReleaseController, ReleaseOutcome
-from kfrelease.rollout.spec import RolloutSpec, load_rollout_spec
+from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +76,7 @@ def run_release(
     """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
     from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
 
-    spec = spec or load_rollout_spec()
-    if spec.model != model:
-        spec = dataclasses.replace(spec, model=model)
+    spec = bind_model(spec or load_rollout_spec(), model)
     with ReleaseLock(settings, model, version):
         ensure_serving_services(settings)
         driver = LocalGatewayDriver(settings, spec)
@@ -168,4 +165,4 @@ def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:
         if spec_yaml.strip()
         else load_rollout_spec()
     )
-    return dataclasses.replace(spec, model=model) if spec.model != model else spec
+    return bind_model(spec, model, "release pipeline spec_yaml")

@@ -97,7 +97,7 @@ class ServingSpec:
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    model: str
+    model: str = ""  # empty: not yet bound to a model; ``load_rollout_spec(..., model=M)`` binds it
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
     canary: CanarySpec = field(default_factory=CanarySpec)
     rollback: RollbackSpec = field(default_factory=RollbackSpec)
@@ -224,14 +224,16 @@ def parse_rollout_spec(text: str, origin: str = "rollout spec") -> RolloutSpec:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RolloutSpecError(f"{origin}: not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not doc.get("model"):
-        raise RolloutSpecError(f"{origin}: a rollout spec is a mapping with at least 'model'")
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise RolloutSpecError(f"{origin}: a rollout spec is a mapping of sections (shadow, canary, rollback, serving)")
     unknown = set(doc) - {"model", "shadow", "canary", "rollback", "serving"}
     if unknown:
         raise RolloutSpecError(f"{origin}: unknown section(s) {sorted(unknown)}")
     try:
         spec = RolloutSpec(
-            model=str(doc["model"]),
+            model=str(doc.get("model") or ""),
             shadow=_section(ShadowSpec, doc.get("shadow"), "shadow", origin),
             canary=_section(CanarySpec, doc.get("canary"), "canary", origin),
             rollback=_section(RollbackSpec, doc.get("rollback"), "rollback", origin),
@@ -243,11 +245,28 @@ def parse_rollout_spec(text: str, origin: str = "rollout spec") -> RolloutSpec:
     return spec
 
 
-def load_rollout_spec(path: str | Path | None = None) -> RolloutSpec:
-    """Load a rollout spec file, or the packaged default (``kfrelease/rollout/default.yaml``)."""
+def bind_model(spec: RolloutSpec, model: str | None, origin: str = "rollout spec") -> RolloutSpec:
+    """``spec`` for ``model``: a spec that names no model takes it; one that names another model is refused."""
+    if not model or spec.model == model:
+        return spec
+    if spec.model:
+        raise RolloutSpecError(
+            f"{origin} is for model {spec.model!r}, not {model!r}; remove its `model:` line or give that "
+            "model's own rollout.yaml; nothing was changed"
+        )
+    return dataclasses.replace(spec, model=model)
+
+
+def load_rollout_spec(path: str | Path | None = None, model: str | None = None) -> RolloutSpec:
+    """Load a rollout spec file, or the packaged default (``kfrelease/rollout/default.yaml``, which names no
+    model), bound to ``model`` when given (see ``bind_model``)."""
     if path is None:
-        return parse_rollout_spec((resources.files("kfrelease.rollout") / "default.yaml").read_text(), "default rollout spec")
-    path = Path(path)
-    if not path.is_file():
-        raise RolloutSpecError(f"rollout spec {path} does not exist")
-    return parse_rollout_spec(path.read_text(), str(path))
+        origin = "default rollout spec"
+        spec = parse_rollout_spec((resources.files("kfrelease.rollout") / "default.yaml").read_text(), origin)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise RolloutSpecError(f"rollout spec {path} does not exist")
+        origin = str(path)
+        spec = parse_rollout_spec(path.read_text(), origin)
+    return bind_model(spec, model, origin)

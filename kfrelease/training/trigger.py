@@ -138,6 +138,16 @@ def trigger(
     return record
 
 
+def start_auto_revision(settings: Settings, model: str, reason: str) -> runs.RunRecord:
+    """Start an auto revision of ``model``: its production definition retrained on the latest curated
+    version of its dataset, registered as ``V<tag>.<manual>.<auto+1>`` and then staged like any merge.
+
+    The one entry point for automatic retrains (new data, an alert); ``reason`` is recorded in the run.
+    Idempotent per (production version, data version): a second call returns the first run. Rate limits
+    are the caller's (``kfrelease.monitoring.newdata`` for new data)."""
+    return trigger(settings, None, None, auto=True, reason=reason, model=model)
+
+
 ACTIVE = ("queued", "running", "retrying")
 #: A runner that has not written its pid yet (it is importing) is given this long before it counts as gone.
 STARTING_GRACE_SECONDS = 60.0

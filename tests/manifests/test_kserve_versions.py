@@ -154,7 +154,7 @@ URIS = {V1: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.1
 def test_every_release_state_renders_valid_objects_for_each_supported_kserve(version):
     """Serverless canaries (the default spec) on every version; RawDeployment canaries only where spec.canary
     exists. What the release driver writes is checked with each version's schema and webhook rules."""
-    serverless = load_rollout_spec()
+    serverless = load_rollout_spec(model="diabetes-progression")
     raw = serverless.with_changes(serving={"deployment_mode": "RawDeployment"})
     for spec in (serverless, raw):
         for state_name, state in STATES.items():

@@ -212,7 +212,7 @@ def assert_release_steps_find_prometheus(pod: dict) -> None:
         for name, value in env.items():
             if name.startswith("KFRELEASE_"):
                 mp.setenv(name, value)
-        signals = signals_for(Settings.from_env(), load_rollout_spec(), "V1.2.0")
+        signals = signals_for(Settings.from_env(), load_rollout_spec(model="diabetes-progression"), "V1.2.0")
     assert env["KFRELEASE_PROMETHEUS_URL"].startswith("http://prometheus-operated.monitoring")
     assert type(signals).__name__ == "PrometheusMetrics"
 

@@ -23,7 +23,7 @@ URIS = {
     V1: "oci://123456789012.dkr.ecr.us-east-1.amazonaws.com/kfrelease/diabetes-progression@sha256:" + "a" * 64,
     V2: "s3://models/artifacts/diabetes-progression/V1.2.0/",
 }
-SERVERLESS = load_rollout_spec()
+SERVERLESS = load_rollout_spec(model="diabetes-progression")
 RAW = SERVERLESS.with_changes(serving={"deployment_mode": "RawDeployment"})
 STATES = [
     TrafficState(primary=V1),
