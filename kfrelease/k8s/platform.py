@@ -417,8 +417,8 @@ def release_lease_name(model_slug: str) -> str:
 
 def release_driver_rbac(serving_ns: str, models: list[str]) -> list[dict]:
     """Role ``kfrelease-release-driver`` in the serving namespace, bound to the release steps' service account
-    only: exactly the operations ``kfrelease.release.k8s_driver`` sends for a whole release (shadow, canary
-    steps, promotion, rollback) and its lock. ``models`` are DNS slugs (``kfrelease.serving.k8s.production_name``).
+    only: exactly the operations ``kfrelease.k8s.driver`` sends for a whole release (shadow, canary
+    steps, promotion, rollback) and its lock. ``models`` are DNS slugs (``kfrelease.k8s.inference.production_name``).
 
     Delete is granted on the staging InferenceServices by name only (the shadow ends by deleting it), never
     on production; the Lease verbs that name an object are limited to each model's lock (RBAC cannot limit

@@ -66,7 +66,7 @@ class _RBACObjects:
     """The rendered objects in memory, answering ``can`` from RBAC for one requester."""
 
     def __init__(self, docs: list[dict], rbac: RBACModel, who: Requester):
-        from kfrelease.release.k8s_driver import InMemoryObjects
+        from kfrelease.k8s.driver import InMemoryObjects
 
         self.objects, self.rbac, self.who = InMemoryObjects(docs), rbac, who
 
@@ -74,7 +74,7 @@ class _RBACObjects:
         return getattr(self.objects, name)
 
     def can(self, verb: str, ref: dict) -> bool:
-        from kfrelease.release.k8s_driver import GROUPS, PLURALS
+        from kfrelease.k8s.driver import GROUPS, PLURALS
 
         name = "" if verb == "create" else ref.get("name", "")
         return self.rbac.allowed(self.who, verb, GROUPS[ref["kind"]], PLURALS[ref["kind"]], ref["namespace"], name)
@@ -84,7 +84,7 @@ def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
     from kfrelease.k8s.platform import RELEASE_DRIVER_SA
-    from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
+    from kfrelease.k8s.driver import DriverForbidden, KServeTrafficDriver
 
     rbac = RBACModel(docs + upstream_cluster_roles())
     candidate = "V0.0.0-check"
@@ -110,7 +110,7 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
     """Each flow of the data path is allowed under Kubeflow's global-deny-all, and a pod of another namespace
     reaches no serving workload directly."""
     from kfrelease.k8s import mesh
-    from kfrelease.serving.k8s import PREDICTOR_SERVICE_ACCOUNT
+    from kfrelease.k8s.inference import PREDICTOR_SERVICE_ACCOUNT
 
     ns = spec.serving.namespace
     policies = mesh.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]

@@ -1,7 +1,7 @@
-"""Serving and monitoring workloads on EKS: the ServingRuntime (``kfrelease.serving.k8s``), the log sink
+"""Serving and monitoring workloads on EKS: the ServingRuntime (``kfrelease.k8s.inference``), the log sink
 (Service ``kfrelease-logsink``, the InferenceServices' default ``logger.url``) and the feedback service, the Pushgateway, ServiceMonitor/PodMonitor, the PrometheusRule and the Grafana dashboard.
 
-The InferenceServices and the VirtualService come from ``kfrelease.serving.k8s`` and the PrometheusRule from
+The InferenceServices and the VirtualService come from ``kfrelease.k8s.inference`` and the PrometheusRule from
 ``kfrelease.monitoring.rules`` (their owners' renderers); this module only places them.
 """
 
@@ -15,7 +15,7 @@ from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
 from kfrelease.k8s.mesh import serving_policies
 from kfrelease.k8s.platform import PART_OF, release_driver_rbac, s3_env, service_account
 from kfrelease.rollout.spec import RolloutSpec
-from kfrelease.serving.k8s import (
+from kfrelease.k8s.inference import (
     PREDICTOR_SERVICE_ACCOUNT,
     production_name,
     render_serving_runtime,

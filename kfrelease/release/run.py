@@ -101,7 +101,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
     names the cluster's KServe), else the local gateway."""
     if os.environ.get("KFRELEASE_TARGET") == "cluster":
         from kfrelease.registry import ModelRegistry
-        from kfrelease.release.k8s_driver import KServeTrafficDriver, KubernetesObjects
+        from kfrelease.k8s.driver import KServeTrafficDriver, KubernetesObjects
         from kfrelease.storage import store_for
 
         uris = {}

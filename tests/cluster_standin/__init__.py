@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 
-from kfrelease.serving.k8s import apply_merge_patch, production_name
+from kfrelease.k8s.inference import apply_merge_patch, production_name
 
 from kfrelease.errors import Conflict
 from kfrelease.k8s.authz import (
@@ -39,7 +39,7 @@ from kfrelease.k8s.authz import (
     upstream_cluster_roles,
 )
 from kfrelease.k8s.schemas import SchemaValidationError, validate
-from kfrelease.release.k8s_driver import DriverForbidden
+from kfrelease.k8s.driver import DriverForbidden
 
 #: kind -> (API group, resource) for the kinds the release touches (others: group of apiVersion, kind + "s").
 RESOURCES = {
@@ -302,7 +302,7 @@ class Cluster:
 
 
 class StandInObjects:
-    """``kfrelease.release.k8s_driver.ClusterObjects`` on the stand-in, as one requester (errors mapped as
+    """``kfrelease.k8s.driver.ClusterObjects`` on the stand-in, as one requester (errors mapped as
     ``KubernetesObjects`` maps the real client's: 403 -> ``DriverForbidden``, 409 -> ``Conflict``)."""
 
     def __init__(self, cluster: Cluster, who: Requester, manager: str):

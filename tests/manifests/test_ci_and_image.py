@@ -222,7 +222,7 @@ def test_the_wheel_carries_every_tracked_file_of_the_runtime_folders(wheel):
     missing = [f for f in tracked if f"kfrelease/_resources/{f}" not in names]
     assert not missing, f"the wheel lacks {missing[:5]}"
     for module in ("kfrelease/components/base.py", "kfrelease/pipelines/training_pipeline.py",
-                   "kfrelease/serving/k8s.py", "kfrelease/k8s/versions.py"):
+                   "kfrelease/k8s/inference.py", "kfrelease/k8s/versions.py"):
         assert module in names
 
 

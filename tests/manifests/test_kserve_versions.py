@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import yaml
-from kfrelease.serving.k8s import render_release
+from kfrelease.k8s.inference import render_release
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments

@@ -4,7 +4,7 @@ is allowed by the rendered ALLOW policies, evaluated as Istio evaluates them (``
 nothing wider: a pod in a data scientist's namespace reaches neither a predictor, the log sink nor feedback."""
 
 import pytest
-from kfrelease.serving.k8s import PREDICTOR_SERVICE_ACCOUNT
+from kfrelease.k8s.inference import PREDICTOR_SERVICE_ACCOUNT
 
 from kfrelease.k8s.mesh import (
     INGRESS_GATEWAY,

@@ -4,7 +4,7 @@ vendored KServe and Istio CRD schemas and the Kubernetes schemas, and a traffic 
 from __future__ import annotations
 
 import pytest
-from kfrelease.serving.k8s import (
+from kfrelease.k8s.inference import (
     apply_traffic,
     render_inference_services,
     render_release,
@@ -91,7 +91,7 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
 
 
 def test_predictor_service_names_follow_the_kserve_version():
-    from kfrelease.serving.k8s import predictor_service
+    from kfrelease.k8s.inference import predictor_service
 
     assert predictor_service("m", "v1-1-0", "0.20.0") == "m-v1-1-0-predictor"
     assert predictor_service("m", "v1-1-0", "0.15.2") == "m-predictor"  # v0.15.2: PredictorServiceName(name)

@@ -9,7 +9,7 @@ import copy
 import datetime as dt
 
 import pytest
-from kfrelease.serving.k8s import production_name, recorded_state
+from kfrelease.k8s.inference import production_name, recorded_state
 
 from kfrelease.errors import ConfigError, Conflict
 from kfrelease.k8s.authz import service_account
@@ -17,7 +17,7 @@ from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
-from kfrelease.release.k8s_driver import DriverForbidden, KServeTrafficDriver
+from kfrelease.k8s.driver import DriverForbidden, KServeTrafficDriver
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
@@ -219,7 +219,7 @@ def test_a_bad_state_sends_nothing():
 def test_a_release_never_touches_another_models_objects():
     import dataclasses
 
-    from kfrelease.serving.k8s import render_release
+    from kfrelease.k8s.inference import render_release
 
     other = dataclasses.replace(SERVERLESS, model="housing-prices")
     theirs = render_release(other, TrafficState(primary="V3.1.0", shadow="V3.2.0", mirror_percent=100),

@@ -1,5 +1,5 @@
 """``KServeTrafficDriver``: the ``TrafficDriver`` of a cluster. It moves a release by patching the KServe
-InferenceService(s) and the Istio VirtualService that ``kfrelease.serving.k8s`` renders from the rollout
+InferenceService(s) and the Istio VirtualService that ``kfrelease.k8s.inference`` renders from the rollout
 spec: ``traffic_patches`` gives JSON merge patches (``kubectl patch --type merge``), objects to create (the
 staging shadow) and to delete (it again).
 
@@ -102,7 +102,7 @@ class InMemoryObjects:
         return copy.deepcopy(doc) if doc else None
 
     def patch(self, ref: dict) -> None:
-        from kfrelease.serving.k8s import apply_merge_patch
+        from kfrelease.k8s.inference import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
         self.docs[key] = self._stamp(apply_merge_patch(self.docs[key], ref["patch"]))
@@ -164,7 +164,7 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             raise
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        from kfrelease.serving.k8s import production_name
+        from kfrelease.k8s.inference import production_name
 
         out = []
         for api_version, kind in (("serving.kserve.io/v1beta1", "InferenceService"),
@@ -236,7 +236,7 @@ class ClusterReleaseLock:
     def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int,
                  clock=_now):
         from kfrelease.k8s.platform import release_lease_name
-        from kfrelease.serving.k8s import production_name
+        from kfrelease.k8s.inference import production_name
 
         self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
         self.ref = {"apiVersion": LEASE_API, "kind": "Lease", "namespace": spec.serving.namespace,
@@ -307,7 +307,7 @@ class KServeTrafficDriver:
         kserve_version: str | None = None,
         clock=_now,
     ):
-        from kfrelease.serving.k8s import DEFAULT_KSERVE_VERSION
+        from kfrelease.k8s.inference import DEFAULT_KSERVE_VERSION
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
@@ -317,7 +317,7 @@ class KServeTrafficDriver:
     def current(self) -> TrafficState | None:
         """The state this driver moved to, else the one the cluster's VirtualService records."""
         if self._state is None:
-            from kfrelease.serving.k8s import production_name, recorded_state
+            from kfrelease.k8s.inference import production_name, recorded_state
 
             for doc in self.objects.list(self.spec):
                 if doc["kind"] == "VirtualService" and doc["metadata"]["name"] == f"{production_name(self.spec)}-release":
@@ -325,7 +325,7 @@ class KServeTrafficDriver:
         return self._state
 
     def _plan(self, state: TrafficState) -> dict[str, list[dict]]:
-        from kfrelease.serving.k8s import traffic_patches
+        from kfrelease.k8s.inference import traffic_patches
 
         return traffic_patches(self.objects.list(self.spec), self.spec, state, self.storage_uris,
                                logger_url=self.logger_url, kserve_version=self.kserve_version)
@@ -338,12 +338,12 @@ class KServeTrafficDriver:
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
         planned against the objects it would leave behind."""
-        from kfrelease.serving.k8s import apply_traffic
+        from kfrelease.k8s.inference import apply_traffic
 
         docs = self.objects.list(self.spec)
         refused: list[str] = []
         for state in states:
-            from kfrelease.serving.k8s import traffic_patches
+            from kfrelease.k8s.inference import traffic_patches
 
             plan = traffic_patches(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
                                    kserve_version=self.kserve_version)
