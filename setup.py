@@ -29,15 +29,12 @@ class build_py_with_resources(build_py):
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(name, dest, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
 
+
 PACKAGE_DIR = {
-    target: src
-    for target, src in {
-        "kfrelease": "kfrelease",
-        "kfrelease.components": "components",
-        "kfrelease.pipelines": "pipelines",
-        "kfrelease.serving": "serving",
-    }.items()
-    if os.path.isfile(os.path.join(src, "__init__.py"))
+    "kfrelease": "kfrelease",
+    "kfrelease.components": "components",
+    "kfrelease.pipelines": "pipelines",
+    "kfrelease.serving": "serving",
 }
 
 core_packages = find_packages(include=["kfrelease", "kfrelease.*"])
@@ -56,8 +53,15 @@ setup(
     packages=core_packages + mapped_packages,
     package_dir=PACKAGE_DIR,
     package_data={
-        "kfrelease": ["access/*.yaml", "data/specs/*.yaml", "**/*.yaml", "**/*.json", "**/*.j2"],
-        "kfrelease.serving": ["*.yaml", "*.j2", "templates/*"],
+        "kfrelease": [
+            "access/*.yaml",
+            "data/specs/*.yaml",
+            "rollout/*.yaml",
+            "monitoring/*.yaml",
+            "monitoring/*.json",
+            "k8s/upstream/*",
+        ],
+        "kfrelease.serving": ["templates/*.j2"],
     },
     include_package_data=True,
     install_requires=[
@@ -82,6 +86,7 @@ setup(
         "plotly==5.24.1",
         "redis==7.4.0",
         "psutil==5.9.8",
+        "jsonpatch==1.48",
         "tenacity==9.2.1",
     ],
     extras_require={

@@ -13,7 +13,7 @@ import click
 
 from kfrelease.errors import KfreleaseError
 
-#: Modules under kfrelease.cli that define ``register(cli)``; missing ones (parts not built) are skipped.
+#: Modules under kfrelease.cli that define ``register(cli)`` (each must exist: a missing one fails the import).
 CLI_MODULES = ("stack", "access", "data", "pipelines", "models", "serve", "release", "monitor", "workspace", "manifests", "demo")
 
 
@@ -42,14 +42,7 @@ def cli(verbose: int) -> None:
 
 def _register_all() -> None:
     for name in CLI_MODULES:
-        module_name = f"kfrelease.cli.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(cli)
+        importlib.import_module(f"kfrelease.cli.{name}").register(cli)
 
 
 _register_all()

@@ -81,7 +81,6 @@ def _write(tmp_path, n=2000):
 
 
 def test_spark_local_mode_gives_the_engines_numbers(tmp_path):
-    pytest.importorskip("pyspark")
     from kfrelease.lake.spark import define_views as spark_views
     from kfrelease.lake.spark import local_session, window_result
 

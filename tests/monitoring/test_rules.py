@@ -1,19 +1,12 @@
 """The one alert rules file: valid for promtool, its unit tests pass, and the cluster rule is the same."""
 
-import shutil
 import subprocess
-
-import pytest
 
 from kfrelease.monitoring.rules import (
     load_rules,
     render_prometheus_rule,
     render_rules,
     rules_path,
-)
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing"
 )
 
 

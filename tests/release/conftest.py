@@ -8,12 +8,12 @@ import time
 import uuid
 
 import pytest
-from kfrelease.serving.gateway import LocalGatewayDriver
-from kfrelease.serving.logs import read_predictions
 
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.release.checks import CheckSpec
 from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for
 from tests.training.conftest import PrivateDataset
 
@@ -99,23 +99,10 @@ def sink_pending(settings) -> float:
 
 
 def check_loss_free(settings, model: str, stats) -> None:
-    """Every answered request is in the prediction logs (count sent == count logged).
-
-    Known defect outside the release part (reported): the log sink's uploader can list the WAL segment an
-    append is just creating as closed, upload it half-written and unlink it, so later events of that
-    segment are acknowledged but never stored; they stay counted in the sink's pending gauge. When exactly
-    that explains the gap, the check is an expected failure naming it; any other loss fails."""
+    """Every answered request is in the prediction logs (count sent == count logged); a loss fails."""
     logged = wait_logged(settings, model, stats.ok_ids)
-    if logged == stats.sent:
-        return
     lost = stats.sent - logged
-    pending = sink_pending(settings)
-    if pending >= lost:
-        pytest.xfail(
-            f"{lost} of {stats.sent} answered requests missing from the prediction logs while the log sink "
-            f"holds {pending:.0f} acknowledged events it never uploaded (serving/sink.py "
-            "WriteAheadLog.closed_segments races with append: list the segments under the WAL lock)"
-        )
-    raise AssertionError(
-        f"{lost} of {stats.sent} answered requests are not in the prediction logs"
+    assert lost == 0, (
+        f"{lost} of {stats.sent} answered requests are not in the prediction logs "
+        f"(the log sink holds {sink_pending(settings):.0f} acknowledged events it has not uploaded)"
     )

@@ -4,21 +4,20 @@ and misses counted; a Redis outage is a miss, never a failed prediction."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 
 import numpy as np
 import pytest
 import redis as redis_client
+
+from kfrelease.errors import ConfigError
 from kfrelease.serving.cache import (
     CACHE_LOOKUPS,
     RedisCache,
     cache_from_option,
 )
 from kfrelease.serving.predictor import build, parse_args
-
-from kfrelease.errors import ConfigError
 from tests.serving.serving_helpers import (
     FEATURES,
     curated_frame,
@@ -80,10 +79,6 @@ def test_bad_cache_options_are_refused():
             cache_from_option(option, "m", "V1")
 
 
-@pytest.mark.skipif(
-    shutil.which("redis-server") is None,
-    reason="redis-server (Debian package) is not installed",
-)
 def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
     port = free_port()
     proc = subprocess.Popen(

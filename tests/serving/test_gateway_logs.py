@@ -4,7 +4,6 @@ clients only ever got the primary's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -12,29 +11,16 @@ import time
 import httpx
 import joblib
 import pytest
-from kfrelease.serving.gateway import LocalGatewayDriver
 
 from kfrelease.config import Settings
 from kfrelease.rollout.spec import parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.stack import supervisor
 from tests.conftest import free_port_offset
 
 pytestmark = pytest.mark.integration
 MODEL = "gw-logs-test"
-PARTS = ("kfrelease.serving.predictor", "kfrelease.serving.logs", "kfrelease.serving.services")
-
-
-def _missing() -> list[str]:
-    out = []
-    for name in PARTS:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            out.append(name)
-    return out
 
 
 def _model_dir(root, version, offset):
@@ -56,10 +42,8 @@ def _model_dir(root, version, offset):
     return d, frame[features]
 
 
-@pytest.mark.skipif(bool(_missing()), reason=f"serving parts not built yet: {', '.join(_missing())}")
 def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, tmp_path, monkeypatch):
     from kfrelease.serving.logs import read_predictions
-
     from kfrelease.stack.services import declared_services
     from kfrelease.storage import store_for
 

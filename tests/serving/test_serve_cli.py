@@ -7,7 +7,6 @@ its model servers never meet those of other tests.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -23,10 +22,6 @@ from tests.conftest import free_port_offset
 
 pytestmark = pytest.mark.integration
 MODEL = "gw-serve-test"
-
-
-def _has_predictor() -> bool:
-    return importlib.util.find_spec("kfrelease.serving.predictor") is not None
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +90,6 @@ def test_serve_without_a_production_version_says_so_and_starts_nothing(run_cli, 
 
 
 
-@pytest.mark.skipif(not _has_predictor(), reason="the predictor (kfrelease.serving.predictor) is not built yet")
 def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, serve_env):
     env, spec = serve_env
     registry, v1, model1, rows = _register(stack, 1, 0.0)
