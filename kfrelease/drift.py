@@ -2,8 +2,8 @@
 ``DataDriftPreset``: one statistical test per column, chosen by Evidently (K-S p-value for small numerical
 samples, normed Wasserstein distance above 1000 rows, ...), and the share of drifted columns.
 
-Evidently reports each column as ``ValueDrift(column=..., method=..., threshold=...)`` with the test's value;
-for p-value methods a column drifts when the p-value is below the threshold, for distance methods when the
+Evidently computes each column as a ``ValueDrift`` metric; its result is the test's value and its calculation
+holds the method and threshold it resolved (``to_metric_config().params``); for p-value methods a column drifts when the p-value is below the threshold, for distance methods when the
 distance reaches it (Evidently's own rule, `evidently/legacy/calculations/stattests`). Large windows are
 sampled (``max_rows``, seeded) so one window stays within seconds: Evidently took ~37 s on 1M rows x 10
 columns on this machine (docs/monitoring.md).
@@ -11,7 +11,6 @@ columns on this machine (docs/monitoring.md).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,11 +19,6 @@ from kfrelease.errors import DataValidationError
 
 #: Rows of each side given to Evidently at most; larger frames are sampled without replacement (seeded).
 MAX_DRIFT_ROWS = 20_000
-
-_METRIC = re.compile(
-    r"ValueDrift\(column=(?P<column>.+?),method=(?P<method>.+?),threshold=(?P<threshold>[^)]+)\)"
-)
-
 
 @dataclass
 class DriftResult:
@@ -76,6 +70,7 @@ def data_drift(
 
     Raises DataValidationError when a column is missing from either side or a side is empty."""
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
     columns = list(columns)
@@ -103,17 +98,14 @@ def data_drift(
         Dataset.from_pandas(ref.reset_index(drop=True), data_definition=definition),
     )
     per_column: dict[str, dict] = {}
-    for metric in snapshot.dict()["metrics"]:
-        m = _METRIC.fullmatch(metric.get("metric_name", ""))
-        if not m:
+    for metric_id, result in snapshot.metric_results.items():
+        calculation = snapshot.context.get_metric(metric_id)
+        if not isinstance(calculation.to_metric(), ValueDrift):
             continue
-        value, threshold, method = (
-            float(metric["value"]),
-            float(m["threshold"]),
-            m["method"],
-        )
+        params = calculation.to_metric_config().params  # with the method and threshold Evidently resolved
+        value, threshold, method = float(result.value), float(params["threshold"]), params["method"]
         drifted = value < threshold if "p_value" in method else value >= threshold
-        per_column[m["column"]] = {
+        per_column[params["column"]] = {
             "score": value,
             "method": method,
             "threshold": threshold,

@@ -11,6 +11,7 @@ so does Amazon S3 (conditional writes, 2024).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -46,6 +47,11 @@ def _http_client() -> urllib3.PoolManager:
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         maxsize=16,
     )
+
+
+#: Conditional writes go through presigned URLs (see ``ObjectStore._conditional_put``), valid this long.
+PRESIGN_TTL = dt.timedelta(minutes=5)
+_HTTP = _http_client()
 
 
 class ObjectStore:
@@ -111,14 +117,32 @@ class ObjectStore:
             headers["If-Match"] = if_match if if_match.startswith('"') else f'"{if_match}"'
         try:
             if if_none_match or if_match:
-                # put_object would turn these headers into user metadata; the low-level call sends them as is.
-                return self.client._put_object(self.bucket(bucket), key, data, headers).etag
+                return self._conditional_put(bucket, key, data, headers)
             result = self.client.put_object(
                 self.bucket(bucket), key, io.BytesIO(data), len(data), content_type=content_type
             )
             return result.etag
+        except StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001 - translated to a StorageError naming the object
             raise self._fail(exc, "write", bucket, key) from exc
+
+    def _conditional_put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> str:
+        """PUT with conditional headers through a presigned URL (``Minio.presigned_put_object``).
+
+        ``put_object`` of minio 7.2 turns every header it does not know into user metadata
+        (``minio/helpers.py`` ``normalize_headers``: ``If-None-Match`` would be sent as
+        ``x-amz-meta-if-none-match``); a presigned URL signs only the host, so the request carries the
+        conditional headers exactly as given and the store evaluates them."""
+        url = self.client.presigned_put_object(self.bucket(bucket), key, expires=PRESIGN_TTL)
+        response = _HTTP.request("PUT", url, body=data, headers=headers, preload_content=True)
+        if response.status >= 300:
+            if response.status == 412:
+                raise Conflict(f"{self.uri(bucket, key)} was written by someone else meanwhile (precondition failed)")
+            raise S3Error.fromxml(response) if response.data else StorageError(
+                f"object store answered HTTP {response.status} to a write of {self.uri(bucket, key)}"
+            )
+        return response.headers.get("ETag", "").strip('"')
 
     def put_json(self, bucket: str, key: str, doc, **kwargs) -> str:
         data = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()

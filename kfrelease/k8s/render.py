@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonpatch
 import yaml
 
 from kfrelease.access.policy import AccessPolicy, load_policy
@@ -115,35 +116,9 @@ def doc_key(doc: dict) -> tuple[str, str, str, str]:
     return (doc["apiVersion"], doc["kind"], meta.get("namespace", ""), meta["name"])
 
 
-def _pointer(parts: list) -> str:
-    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def json_patch(old, new, path: list | None = None) -> list[dict]:
-    """RFC 6902 operations turning ``old`` into ``new`` (replace at the deepest differing node)."""
-    path = path or []
-    if isinstance(old, dict) and isinstance(new, dict):
-        ops = []
-        for k in old:
-            if k not in new:
-                ops.append({"op": "remove", "path": _pointer(path + [k])})
-            else:
-                ops += json_patch(old[k], new[k], path + [k])
-        ops += [
-            {"op": "add", "path": _pointer(path + [k]), "value": new[k]}
-            for k in new
-            if k not in old
-        ]
-        return ops
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [
-            op
-            for i, (a, b) in enumerate(zip(old, new))
-            for op in json_patch(a, b, path + [i])
-        ]
-    if old == new:
-        return []
-    return [{"op": "replace", "path": _pointer(path), "value": new}]
+def json_patch(old, new) -> list[dict]:
+    """RFC 6902 operations turning ``old`` into ``new`` (``jsonpatch.make_patch``)."""
+    return jsonpatch.make_patch(old, new).patch
 
 
 class _PlainDumper(yaml.SafeDumper):
