@@ -15,18 +15,23 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
 
     Returns:
         The pushed image pinned by digest (``registry/kfrelease/<model>@sha256:...``); empty when the
-        version's recorded verdict is a rejection (nothing is built for a rejected model).
+        version's recorded verdict is a rejection or the run is an experiment (not started by the trigger).
     """
     import logging
 
     from kfrelease.oci import ImageRef
+    from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import containerize_step
+    from kfrelease.training.steps import containerize_step, is_release_run
 
     logging.basicConfig(level=logging.INFO)
+    spec = ModelSpec.from_json(spec_json)
+    if not is_release_run(store_for("pipeline"), run_id, spec):
+        print(f"{spec.name} {version}: an experiment; no image is built")
+        return ""
     with step_record(run_id, "containerize"):
-        image = containerize_step(ModelSpec.from_json(spec_json).name, version, registry=image_registry)
+        image = containerize_step(spec.name, version, registry=image_registry)
     if not image:
         return ""
     pinned = ImageRef(image["ref"], image["digest"]).pinned

@@ -15,19 +15,24 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
         job_name: the KFP pipeline job name.
 
     Returns:
-        The version's stage.
+        The version's stage; ``experiment`` for a run the merge trigger did not start (never staged).
     """
     import logging
 
     from kfrelease.config import Settings
     from kfrelease.release.handover import start_release
+    from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import deploy_staging_step
+    from kfrelease.training.steps import deploy_staging_step, is_release_run
 
     logging.basicConfig(level=logging.INFO)
+    spec = ModelSpec.from_json(spec_json)
+    if not is_release_run(store_for("pipeline"), run_id, spec):  # only the merge trigger's run stages
+        print(f"{spec.name} {version}: an experiment (not started by the merge trigger); not staged")
+        return "experiment"
     with step_record(run_id, "deploy-staging"):
-        model_name = ModelSpec.from_json(spec_json).name
+        model_name = spec.name
         stage = deploy_staging_step(model_name, version, run_id or job_name)
         if stage == "staging":
             release = start_release(Settings.from_env(), model_name, version)

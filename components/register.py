@@ -1,4 +1,4 @@
-from kfp.dsl import Artifact, Input, Model
+from kfp.dsl import HTML, Artifact, Input, Model
 from kfrelease.components.base import kfrelease_component
 
 
@@ -12,6 +12,7 @@ def register(
     metrics_json: str,
     verdict: Input[Artifact],
     model: Input[Model],
+    report: Input[HTML],
 ) -> str:
     """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
 
@@ -26,23 +27,29 @@ def register(
         metrics_json: held-out metrics.
         verdict: the validation verdict (JSON).
         model: the fitted estimator.
+        report: the evaluation report (stored beside the version's artifacts).
 
     Returns:
-        The registered version (or the existing one for the same tag, definition and data).
+        The registered version (or the existing one for the same tag, definition and data). A run the merge
+        trigger did not start (no run record for ``run_id``: a notebook, a direct ``kfp.local`` or KFP run)
+        registers an experiment, which is never containerized or staged.
     """
     import json
     import logging
     from pathlib import Path
 
+    from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import register_step
+    from kfrelease.training.steps import is_release_run, register_step
 
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
+    release = is_release_run(store_for("pipeline"), run_id, spec)
     with step_record(run_id, "register"):
         out = register_step(spec, commit, dataset_version, run_id or job_name, model.path,
-                            json.loads(metrics_json), json.loads(Path(verdict.path).read_text()))
+                            json.loads(metrics_json), json.loads(Path(verdict.path).read_text()), release=release,
+                            report_path=report.path)
     print(f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "
-          f"{'passed' if out['passed'] else 'rejected'})")
+          f"{'passed' if out['passed'] else 'rejected'}{'' if release else ', experiment'})")
     return out["version"]

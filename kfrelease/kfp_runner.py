@@ -8,7 +8,9 @@ caching: kfp.local ignores them). On a cluster the same pipeline functions are s
 from __future__ import annotations
 
 import importlib
+import io
 import logging
+import re
 from pathlib import Path
 
 from kfrelease.config import Settings
@@ -57,13 +59,75 @@ def init_local(settings: Settings) -> Path:
     return root
 
 
-def run_local(settings: Settings, pipeline_func, **arguments):
-    """Run a pipeline to completion with kfp.local; a failed task raises ``KfreleaseError`` naming it."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FINISHED = re.compile(r"Task '?([\w.-]+)'? finished with status (\w+)")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (kfp.local colours task names and statuses)."""
+    return _ANSI.sub("", text)
+
+
+class _StepStream(io.TextIOBase):
+    """Where kfp.local's output goes when it is not shown: kept (for the failure's reason) and read line by
+    line for each task's final status, which is logged (``step <task>: SUCCESS``) and passed to ``on_step``."""
+
+    def __init__(self, on_step=None):
+        self.lines: list[str] = []
+        self._partial = ""
+        self.on_step = on_step
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *done, self._partial = self._partial.split("\n")
+        for line in done:
+            line = strip_ansi(line).rstrip()
+            self.lines.append(line)
+            m = _FINISHED.search(line)
+            if m:
+                log.info("step %s: %s", m[1], m[2])
+                if self.on_step is not None:
+                    self.on_step(m[1], m[2])
+        return len(text)
+
+    def reason(self) -> str:
+        """The last error line a failed task printed (e.g. ``ConfigError: ...``), or ''."""
+        for line in reversed(self.lines):
+            text = line.strip()
+            if re.match(r"^[\w.]*(Error|Exception|Refused|Denied|NotFound|Conflict)\b.*:", text):
+                return text
+        return ""
+
+
+def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on_step=None, **arguments):
+    """Run a pipeline to completion with kfp.local; a failed task raises ``KfreleaseError`` naming it and the
+    error it printed (no colour codes).
+
+    Quiet unless ``verbose`` (default: when logging shows INFO, as ``kfrelease -v`` does): kfp.local's
+    executor JSON, streamed step logs and its "non-Python base image" warnings are kept out of the output;
+    each task's status is logged and given to ``on_step(task, status)``."""
+    import contextlib
+    import warnings
+
     init_local(settings)
+    name = getattr(pipeline_func, "name", pipeline_func)
+    if verbose is None:
+        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    stream = _StepStream(on_step)
+    quiet = contextlib.ExitStack()
+    if not verbose:
+        quiet.enter_context(contextlib.redirect_stdout(stream))
+        quiet.enter_context(contextlib.redirect_stderr(stream))
+        quiet.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     try:
-        return pipeline_func(**arguments)
+        with quiet:
+            return pipeline_func(**arguments)
     except RuntimeError as exc:
-        raise KfreleaseError(f"pipeline {getattr(pipeline_func, 'name', pipeline_func)} failed: {exc}") from None
+        why = stream.reason()
+        if not verbose and stream.lines:
+            log.info("output of pipeline %s:\n%s", name, "\n".join(stream.lines[-40:]))
+        raise KfreleaseError(f"pipeline {name} failed: {strip_ansi(str(exc))}" + (f": {why}" if why else "")) from None
 
 
 def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Path]:

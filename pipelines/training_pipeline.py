@@ -2,7 +2,8 @@
 only when the model passed validation (``dsl.If``), containerize -> deploy to staging.
 
 A rejected model is still registered (with a ``rejected`` stage event and its reasons) so that the
-verdict is on record; it gets no image and is never staged.
+verdict is on record; it gets no image and is never staged. A run the merge trigger did not start (a notebook,
+a direct ``kfp.local`` or KFP run: no run record for ``run_id``) registers an experiment, never staged.
 """
 
 from kfp import dsl
@@ -59,6 +60,7 @@ def training_pipeline(
         metrics_json=evaluated.outputs["Output"],
         verdict=validated.outputs["verdict"],
         model=trained.outputs["model"],
+        report=evaluated.outputs["report"],
     ).set_display_name("register")
     # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output" channels.
     with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):

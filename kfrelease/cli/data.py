@@ -9,17 +9,19 @@ import click
 
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
+from kfrelease.data.catalog import dataset_name, resolve_spec
 from kfrelease.data.ingest import ingest as ingest_sources
 from kfrelease.data.ingest import read_source, source_format
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version, latest_version_id, list_versions
-from kfrelease.data.spec import load_spec
 from kfrelease.data.validate import validate as validate_rows
 from kfrelease.errors import DataValidationError
 from kfrelease.storage import store_for
 
 dataset_option = click.option(
-    "--dataset", "dataset", default="diabetes", show_default=True, help="Dataset spec name or path to its YAML."
+    "--dataset", "dataset", default=None,
+    help="Dataset name (its spec is the one stored with its latest version) or path to its spec YAML; "
+    "may be left out only when a single dataset is published.",
 )
 source_option = click.option(
     "--source", "sources", multiple=True, help="Key(s) in the raw bucket (default: every object under the prefix)."
@@ -37,7 +39,7 @@ def register(cli: click.Group) -> None:
     @click.option("--key", help="Key in raw (default: <dataset prefix>/<file name>).")
     def upload(file: str, dataset: str, key: str | None) -> None:
         """Put a local CSV or Parquet file into the raw bucket (data-engineer identity)."""
-        spec = load_spec(dataset)
+        spec = resolve_spec(store_for("data-engineer"), dataset)
         path = Path(file)
         if not path.is_file():
             raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
@@ -52,7 +54,7 @@ def register(cli: click.Group) -> None:
     @dataset_option
     def sources(dataset: str) -> None:
         """List the source objects of a dataset in raw."""
-        spec = load_spec(dataset)
+        spec = resolve_spec(store_for("data-engineer"), dataset)
         objs = store_for("data-engineer").list("raw", spec.source_prefix)
         table(f"raw/{spec.source_prefix}", ["key", "bytes", "etag"], [(o.key, o.size, o.etag) for o in objs])
 
@@ -62,7 +64,7 @@ def register(cli: click.Group) -> None:
     @click.option("--out", type=click.Path(dir_okay=False), help="Also write the rows to this Parquet file.")
     def ingest(dataset: str, sources: tuple[str, ...], out: str | None) -> None:
         """Read the sources of a dataset from raw and report what was read."""
-        spec = load_spec(dataset)
+        spec = resolve_spec(store_for("data-engineer"), dataset)
         rows, read = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
         table(f"ingested {len(rows)} rows", ["source", "rows", "etag"], [(s.key, s.rows, s.etag) for s in read])
         if out:
@@ -75,7 +77,7 @@ def register(cli: click.Group) -> None:
     @click.option("--file", "local_file", type=click.Path(dir_okay=False), help="Validate a local file instead.")
     def validate(dataset: str, sources: tuple[str, ...], local_file: str | None) -> None:
         """Check sources against the dataset spec; every violation is listed, nothing is published."""
-        spec = load_spec(dataset)
+        spec = resolve_spec(store_for("data-engineer"), dataset)
         if local_file:
             if not Path(local_file).is_file():
                 raise DataValidationError(f"{local_file} does not exist")
@@ -97,8 +99,8 @@ def register(cli: click.Group) -> None:
 
         On any error nothing is published and latest stays where it was.
         """
-        spec = load_spec(dataset)
         store = store_for("data-engineer")
+        spec = resolve_spec(store, dataset)
         if via_pipeline:
             from kfrelease.kfp_runner import run_local
             from kfrelease.pipelines.data_pipeline import data_pipeline
@@ -118,21 +120,23 @@ def register(cli: click.Group) -> None:
     @dataset_option
     def versions(dataset: str) -> None:
         """List the published versions of a dataset (oldest first)."""
-        spec = load_spec(dataset)
         store = store_for("data-scientist")
-        latest = latest_version_id(store, spec.name)
+        name = dataset_name(store, dataset)
+        latest = latest_version_id(store, name)
         rows = [
             (v.version + (" (latest)" if v.version == latest else ""), v.row_count, v.manifest["published_at"],
              ", ".join(s["key"].rsplit("/", 1)[-1] for s in v.manifest["sources"]), v.manifest["run_id"])
-            for v in list_versions(store, spec.name)
+            for v in list_versions(store, name)
         ]
-        table(f"curated/{spec.name}", ["version", "rows", "published", "sources", "run"], rows)
+        if not rows:
+            get_version(store, name)  # nothing published under this name: NotFound saying how to publish
+        table(f"curated/{name}", ["version", "rows", "published", "sources", "run"], rows)
 
     @data.command()
     @dataset_option
     @click.option("--version", default="latest", show_default=True)
     def show(dataset: str, version: str) -> None:
         """Print a version's manifest (schema, row count, sources, code, run, time)."""
-        spec = load_spec(dataset)
-        dv = get_version(store_for("data-scientist"), spec.name, version)
+        store = store_for("data-scientist")
+        dv = get_version(store, dataset_name(store, dataset), version)
         click.echo(json.dumps({k: v for k, v in dv.manifest.items() if k != "schema"}, indent=2))

@@ -26,9 +26,12 @@ def register(cli: click.Group) -> None:
 
     @models.command("list")
     @click.argument("model", required=False)
-    def list_cmd(model: str | None) -> None:
+    @click.option("--experiments", is_flag=True, help="List experiments (notebook runs) instead of releases.")
+    def list_cmd(model: str | None, experiments: bool) -> None:
         """List the versions of MODEL (default: every model)."""
-        reg = _registry()
+        from kfrelease.registry import EXPERIMENTS
+
+        reg = ModelRegistry(store_for("data-scientist"), EXPERIMENTS) if experiments else _registry()
         names = [model] if model else reg.models()
         for name in names:
             rows = [
@@ -45,10 +48,62 @@ def register(cli: click.Group) -> None:
     @click.argument("model")
     @click.argument("version")
     def show(model: str, version: str) -> None:
-        """Print a version's registry entry (lineage, metrics, verdict, image) as JSON."""
-        mv = _registry().get(model, version)
-        entry = {k: v for k, v in mv.entry.items() if k != "spec"}
-        click.echo(json.dumps({**entry, "stage": mv.stage}, indent=2, sort_keys=True, default=str))
+        """Print a version's registry entry as JSON: lineage, metrics, verdict, image and its spec (estimator
+        class and parameters or build function and code). VERSION: V1.2.0, production, staging or
+        experiment:V1.1.0."""
+        from kfrelease.results import resolve_version, show_version
+
+        mv = resolve_version(store_for("data-scientist"), model, version)
+        click.echo(json.dumps(show_version(mv), indent=2, sort_keys=True, default=str))
+
+    @models.command()
+    @click.argument("model")
+    @click.argument("a")
+    @click.argument("b")
+    @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+    def diff(model: str, a: str, b: str, as_json: bool) -> None:
+        """Compare two versions of MODEL: definition (estimator, parameters, build code, features), data
+        version, lineage and held-out metrics. A and B: V1.2.0, production, staging or experiment:V1.1.0."""
+        from kfrelease.results import diff_versions, resolve_version
+
+        store = store_for("data-scientist")
+        d = diff_versions(resolve_version(store, model, a), resolve_version(store, model, b))
+        if as_json:
+            click.echo(json.dumps(d.as_dict(), indent=2, default=str))
+            return
+        table(f"{d.a} -> {d.b}: metrics", ["metric", d.a, d.b, "change"],
+              [(m, _fmt(va, 4), _fmt(vb, 4), "" if delta is None else f"{delta:+.4f}") for m, va, vb, delta in d.metrics])
+        if d.changes:
+            table("what differs", ["field", d.a, d.b], [(c.what, _fmt(c.a), _fmt(c.b)) for c in d.changes])
+        else:
+            console.print("same definition, data and lineage")
+        if d.code_diff:
+            click.echo(d.code_diff)
+
+    @cli.command("reports")
+    @click.argument("model")
+    @click.argument("version")
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="Write the reports into this folder as .html files (default: only list them).")
+    def reports_cmd(model: str, version: str, out: str | None) -> None:
+        """The evaluation, shadow-gate and drift reports of a version (VERSION: V1.2.0, production, staging
+        or experiment:V1.1.0); with --out, fetched as .html files to open in a browser."""
+        from kfrelease.registry import EXPERIMENTS
+        from kfrelease.results import fetch_reports, find_reports, resolve_version
+
+        store = store_for("data-scientist")
+        mv = resolve_version(store, model, version)
+        reg = ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
+        found = find_reports(store, reg, model, mv.version)
+        if not found:
+            console.print(f"{model} {mv.version} has no stored reports yet")
+            return
+        if out is None:
+            for r in found:
+                console.print(f"{r.kind}: {store.uri(r.bucket, r.key)}", soft_wrap=True, markup=False)
+            return
+        for r, path in zip(found, fetch_reports(store, found, out), strict=True):
+            console.print(f"{r.kind}: {path}", soft_wrap=True, markup=False)
 
     @models.command()
     @click.argument("model")

@@ -108,27 +108,40 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
     def runs_cmd(run_id: str | None, as_json: bool) -> None:
         """List training runs with their step states (or show one run)."""
+        from kfrelease.registry import ModelRegistry
+        from kfrelease.results import run_result
         from kfrelease.storage import store_for
         from kfrelease.training import runs
 
         store = store_for("data-scientist")
         records = [runs.get_run(store, run_id)] if run_id else runs.list_runs(store)
+        registry = ModelRegistry(store)
         if as_json:
-            click.echo(json.dumps([{k: v for k, v in r.as_dict().items() if k != "spec_json"} for r in records],
-                                  indent=2, default=str))
+            click.echo(json.dumps([{**{k: v for k, v in r.as_dict().items() if k != "spec_json"},
+                                    "result": run_result(r, registry)} for r in records], indent=2, default=str))
             return
         if run_id:
             _print_run(records[0])
             return
         console.print("steps: train evaluate validate register containerize stage (✓ ok, ✗ failed, ▶ running, "
                       "· skipped, - pending)")
-        table("training runs", ["run", "model", "commit", "state", "version", "steps", "created", "why"], [
+        results = {r.run_id: run_result(r, registry) for r in records}
+        table("training runs", ["run", "model", "commit", "state", "version", "verdict", "rmse", "r2", "steps",
+                                "created", "why"], [
             (r.run_id, r.record.get("model"), (r.record.get("commit") or "")[:12], r.status,
-             r.state.get("version", ""), _steps(r), r.record.get("created_at"), _why(r)) for r in records])
+             r.state.get("version", ""), results[r.run_id].get("verdict", ""),
+             _metric(results[r.run_id], "rmse"), _metric(results[r.run_id], "r2"), _steps(r),
+             r.record.get("created_at"), _why(r)) for r in records])
+        console.print("metrics, verdict and reports of one run: kfrelease runs RUN_ID")
 
 
 #: One character per step in `kfrelease runs` (train, evaluate, validate, register, containerize, stage).
 _MARK = {"succeeded": "✓", "failed": "✗", "running": "▶", "skipped": "·"}
+
+
+def _metric(result: dict, name: str) -> str:
+    value = (result.get("metrics") or {}).get(name)
+    return "" if value is None else f"{value:.4g}"
 
 
 def _why(record) -> str:
@@ -151,6 +164,9 @@ def _steps(record) -> str:
 
 
 def _print_run(record) -> None:
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.results import result_lines, run_result
+    from kfrelease.storage import store_for
     from kfrelease.training.steps import STEP_NAMES
 
     st = record.state
@@ -161,3 +177,5 @@ def _print_run(record) -> None:
         (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("attempt"),
          record.steps.get(s, {}).get("started_at"), record.steps.get(s, {}).get("finished_at"),
          record.steps.get(s, {}).get("peak_rss_mb"), record.steps.get(s, {}).get("error")) for s in STEP_NAMES])
+    for line in result_lines(run_result(record, ModelRegistry(store_for("data-scientist")))):
+        console.print(line, soft_wrap=True, markup=False)

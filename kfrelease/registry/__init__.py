@@ -2,6 +2,7 @@
 in the ``models`` bucket (docs/CONTRACTS.md)."""
 
 from kfrelease.registry.registry import (
+    EXPERIMENTS,
     STAGES,
     ModelRegistry,
     ModelVersion,
@@ -9,4 +10,4 @@ from kfrelease.registry.registry import (
 )
 from kfrelease.registry.versions import VersionNumber, next_version
 
-__all__ = ["STAGES", "ModelRegistry", "ModelVersion", "Registration", "VersionNumber", "next_version"]
+__all__ = ["EXPERIMENTS", "STAGES", "ModelRegistry", "ModelVersion", "Registration", "VersionNumber", "next_version"]

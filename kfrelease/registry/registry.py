@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 BUCKET = "models"
 STAGES = ("staging", "production", "archived", "rejected")
+REGISTRY = "registry"
+#: the registry space of experiments (notebook and other non-merge runs): compared, never staged
+EXPERIMENTS = "experiments"
 #: How long a registration waits for a concurrent run that claimed the same (tag, definition, data).
 SAME_CLAIM_WAIT_SECONDS = 60.0
 MAX_ATTEMPTS = 64
@@ -76,22 +79,26 @@ def _compact_now() -> str:
 
 
 class ModelRegistry:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, space: str = "registry"):
+        """``space``: ``registry`` (released models) or ``experiments`` (runs not started by the merge
+        trigger: the same entries and version rules, a number space of their own, never staged)."""
+        if space not in (REGISTRY, EXPERIMENTS):
+            raise KfreleaseError(f"unknown registry space {space!r}; spaces are {REGISTRY}, {EXPERIMENTS}")
         self.store = store
+        self.space = space
+        self.bucket = BUCKET
         self._claims_cache: dict[str, Claim] = {}
 
     # keys ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _vkey(model: str, version: str, *parts: str) -> str:
-        return "/".join(("registry", model, "versions", version, *parts))
+    def _vkey(self, model: str, version: str, *parts: str) -> str:
+        return "/".join((self.space, model, "versions", version, *parts))
 
-    @staticmethod
-    def artifact_prefix(model: str, version: str) -> str:
-        return f"artifacts/{model}/{version}/"
+    def artifact_prefix(self, model: str, version: str) -> str:
+        return f"{'artifacts' if self.space == REGISTRY else 'experiment-artifacts'}/{model}/{version}/"
 
     # reading ---------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        return sorted(o.key.rstrip("/").split("/")[-1] for o in self.store.iter(BUCKET, "registry/", recursive=False))
+        return sorted(o.key.rstrip("/").split("/")[-1] for o in self.store.iter(BUCKET, f"{self.space}/", recursive=False))
 
     def get(self, model: str, version: str) -> ModelVersion:
         VersionNumber.parse(version)
@@ -104,7 +111,7 @@ class ModelRegistry:
 
     def _events(self, model: str, version: str | None = None) -> dict[str, list[str]]:
         """Event keys per version, oldest first (keys start with a sortable UTC time)."""
-        prefix = f"registry/{model}/versions/" + (f"{version}/" if version else "")
+        prefix = f"{self.space}/{model}/versions/" + (f"{version}/" if version else "")
         out: dict[str, list[str]] = {}
         for obj in self.store.iter(BUCKET, prefix):
             parts = obj.key.split("/")
@@ -119,7 +126,7 @@ class ModelRegistry:
     def list(self, model: str) -> list[ModelVersion]:
         """Every version of a model, oldest number first, with its current stage."""
         entries, events = [], {}
-        for obj in self.store.iter(BUCKET, f"registry/{model}/versions/"):
+        for obj in self.store.iter(BUCKET, f"{self.space}/{model}/versions/"):
             parts = obj.key.split("/")
             if len(parts) == 5 and parts[4] == "entry.json":
                 entries.append((parts[3], obj.key))
@@ -167,13 +174,13 @@ class ModelRegistry:
 
     # registering -----------------------------------------------------------------------------------------
     def _claims(self, model: str) -> list[Claim]:
-        for obj in self.store.iter(BUCKET, f"registry/{model}/claims/"):
+        for obj in self.store.iter(BUCKET, f"{self.space}/{model}/claims/"):
             if obj.key not in self._claims_cache:  # claims are immutable: read each once
                 doc = self.store.get_json(BUCKET, obj.key)
                 self._claims_cache[obj.key] = Claim(
                     VersionNumber.parse(doc["version"]), doc["spec_fingerprint"], doc["dataset_version"]
                 )
-        prefix = f"registry/{model}/claims/"
+        prefix = f"{self.space}/{model}/claims/"
         return [c for k, c in self._claims_cache.items() if k.startswith(prefix)]
 
     def _wait_entry(self, model: str, version: str, timeout: float) -> ModelVersion | None:
@@ -233,7 +240,7 @@ class ModelRegistry:
                 "claimed_at": now_iso(),
             }
             try:
-                self.store.put_json(BUCKET, f"registry/{name}/claims/{version}.json", claim, if_none_match=True)
+                self.store.put_json(BUCKET, f"{self.space}/{name}/claims/{version}.json", claim, if_none_match=True)
             except Conflict:
                 log.info("version %s of %s was claimed concurrently; retrying (attempt %d)", version, name, attempt + 1)
                 time.sleep(random.uniform(0.01, 0.05 * (1 + attempt)))
@@ -302,6 +309,11 @@ class ModelRegistry:
         """Append a stage event. Moving a version to production archives the previous production version.
         A rejected version can never be staged or promoted."""
         self._check_stage(stage)
+        if self.space == EXPERIMENTS and stage in ("staging", "production"):
+            raise KfreleaseError(
+                f"{model} {version} is an experiment (a run the merge trigger did not start); experiments are "
+                f"never staged: merge its model.yaml to main and the pipeline of that commit releases it"
+            )
         mv = self.get(model, version)
         if stage in ("staging", "production") and not mv.passed:
             raise KfreleaseError(

@@ -85,19 +85,44 @@ def validate_step(spec: ModelSpec, metrics: dict, train_path: str, test_path: st
     return verdict.as_dict()
 
 
-def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: str, model_path: str,
-                  metrics: dict, verdict: dict, settings: Settings | None = None) -> dict:
-    """Register under the next version (or return the existing one); rejected models are recorded as such."""
-    from kfrelease.registry import ModelRegistry
+def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
+    """Whether a pipeline run may release: only a run the merge trigger (or the automatic retrain) started,
+    i.e. one with a run record (``kfrelease.training.runs``, written by the trigger as the ``pipeline``
+    identity) for this model and definition. A notebook or any other direct run is an experiment."""
+    from kfrelease.training import runs
 
-    reg = ModelRegistry(_store(settings)).register(
+    if not run_id or store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+        return False
+    record = store.get_json(runs.BUCKET, f"runs/{run_id}/run.json")
+    return record.get("model") == spec.name and record.get("spec_fingerprint") == spec.fingerprint
+
+
+def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: str, model_path: str,
+                  metrics: dict, verdict: dict, settings: Settings | None = None, release: bool = True,
+                  report_path: str | None = None) -> dict:
+    """Register under the next version (or return the existing one); rejected models are recorded as such.
+
+    ``release=False`` (an experiment) registers in the ``experiments`` space of the registry: the same entry,
+    compared with production the same way, but with numbers of its own and never staged. The evaluation
+    report (``report_path``) is stored beside the version's artifacts (``kfrelease.results``)."""
+    from kfrelease.registry import EXPERIMENTS, ModelRegistry
+    from kfrelease.results import evaluation_report_key
+
+    store = _store(settings)
+    registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
+    reg = registry.register(
         name=spec.name, tag=spec.tag, spec_fingerprint=spec.fingerprint, dataset=spec.dataset,
         dataset_version=dataset_version, commit=commit, run_id=run_id, metrics=metrics, verdict=verdict,
         input_schema=spec.input_schema, target=spec.target, model_bytes=Path(model_path).read_bytes(),
-        extra={"spec": {"text": spec.text, "code": spec.code}, "split": {"test_size": spec.test_size, "seed": spec.seed}},
+        extra={"spec": {"text": spec.text, "code": spec.code}, "split": {"test_size": spec.test_size, "seed": spec.seed},
+               "experiment": not release},
     )
     mv = reg.version
-    return {"version": mv.version, "created": reg.created, "passed": mv.passed, "stage": mv.stage}
+    key = evaluation_report_key(registry.artifact_prefix(spec.name, mv.version))
+    if report_path and Path(report_path).is_file() and store.stat(registry.bucket, key) is None:
+        store.put_bytes(registry.bucket, key, Path(report_path).read_bytes(), content_type="text/html")
+    return {"version": mv.version, "created": reg.created, "passed": mv.passed, "stage": mv.stage,
+            "experiment": not release}
 
 
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
@@ -156,8 +181,9 @@ class InlineRun:
 
 
 def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", run_id: str | None = None,
-               settings: Settings | None = None, containerize: bool = True) -> InlineRun:
-    """The training pipeline's steps in this process (same functions, same order, same conditions)."""
+               settings: Settings | None = None, containerize: bool = True, release: bool = True) -> InlineRun:
+    """The training pipeline's steps in this process (same functions, same order, same conditions), as the
+    trigger's run does them (``release=True``: staged when it passed) or as an experiment (never staged)."""
     import time
 
     settings = settings or Settings.from_env()
@@ -178,8 +204,8 @@ def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", ru
         run.verdict = timed("validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"],
                             settings)
         run.registration = timed("register", register_step, spec, commit, run.dataset_version, run.run_id,
-                                 p["model.joblib"], run.metrics, run.verdict, settings)
-        if run.registration["passed"]:
+                                 p["model.joblib"], run.metrics, run.verdict, settings, release, p["report.html"])
+        if run.registration["passed"] and release:
             if containerize:
                 run.image = timed("containerize", containerize_step, spec.name, run.version, settings)
             run.stage = timed("deploy-staging", deploy_staging_step, spec.name, run.version, run.run_id, settings)

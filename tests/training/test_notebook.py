@@ -1,4 +1,6 @@
-"""The data scientists' notebook runs top to bottom (papermill) against the embedded stack.
+"""The data scientists' notebook runs top to bottom (papermill) against the embedded stack, for the demo's
+model project and for a second dataset it knows nothing about, and what it submits is an experiment:
+registered and comparable, never staged or released.
 
 Its duration is not asserted (performance is measured by benchmarks, never by timed tests: on the shared
 machine it took 30 s to 120 s depending on the load)."""
@@ -8,8 +10,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
-from kfrelease.registry import ModelRegistry
+from kfrelease.data.pipeline import run_data_pipeline
+from kfrelease.data.spec import load_spec, parse_spec
+from kfrelease.demo.data import batches_of
+from kfrelease.demo.project import example_dir
+from kfrelease.errors import KfreleaseError
+from kfrelease.registry import EXPERIMENTS, ModelRegistry
 from kfrelease.storage import store_for
 
 pytestmark = pytest.mark.integration
@@ -17,14 +25,42 @@ pytestmark = pytest.mark.integration
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "data_scientist.ipynb"
 
 
-def test_data_scientist_notebook_trains_and_submits_locally(dataset, tmp_path):
+def run_notebook(tmp_path, **parameters) -> str:
     import papermill
 
-    model = f"notebook-{uuid.uuid4().hex[:6]}"
     out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"dataset": dataset.name, "model_name": model},
-                               kernel_name="python3", progress_bar=False)
-    text = "".join(o.get("text", "") for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
-    assert "raw sources are off limits" in text and "registered" in text
-    mv = ModelRegistry(store_for("data-scientist")).get(model, "V1.1.0")
-    assert mv.dataset == dataset.name and mv.stage == "staging"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=parameters, kernel_name="python3",
+                               progress_bar=False)
+    return "".join(o.get("text", "") for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
+
+
+def test_the_notebook_on_the_demo_project_registers_an_experiment_and_releases_nothing(dataset, tmp_path, run_cli):
+    model = f"notebook-{uuid.uuid4().hex[:6]}"
+    text = run_notebook(tmp_path, project=str(example_dir()), dataset=dataset.name, model_name=model)
+    assert "raw sources are off limits" in text and f"registered experiment {model} V1.1.0" in text
+    assert "executor" not in text.lower() and "non-Python base image" not in text  # quiet by default
+    store = store_for("data-scientist")
+    assert ModelRegistry(store).list(model) == []  # nothing registered, staged or released
+    mv = ModelRegistry(store, EXPERIMENTS).get(model, "V1.1.0")
+    assert mv.dataset == dataset.name and mv.stage is None and mv.entry["experiment"] is True
+    with pytest.raises(KfreleaseError, match="never staged"):
+        ModelRegistry(store_for("pipeline"), EXPERIMENTS).set_stage(model, "V1.1.0", "staging", "someone", "try")
+    fetched = run_cli("reports", model, "experiment:V1.1.0", "--out", str(tmp_path / "reports"), check=True)
+    assert "evaluation:" in fetched.stdout and "<html" in (tmp_path / "reports" / "evaluation.html").read_text()
+
+
+def test_the_notebook_on_a_second_dataset_uses_its_declared_features_and_target(stack, tmp_path):
+    name = f"friedman-{uuid.uuid4().hex[:8]}"
+    doc = yaml.safe_load(load_spec("friedman").text)
+    doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
+    spec = parse_spec(yaml.safe_dump(doc), name)
+    engineer = store_for("data-engineer")
+    engineer.put_bytes("raw", f"{name}/batch-1.csv", batches_of("friedman")[0].to_csv(index=False).encode())
+    run_data_pipeline(spec, engineer)
+
+    model = f"{name}-model"
+    text = run_notebook(tmp_path, dataset=name, model_name=model, submit=False)  # submitting: the test above
+    assert "features ['x0', 'x1', 'x2', 'x3', 'x4', 'x5', 'x6', 'x7', 'x8', 'x9'] -> target 'y'" in text
+    ranking = [line.split()[0] for line in text.splitlines() if " rmse " in line and " r2 " in line]
+    assert set(ranking) == {"model.yaml", "ridge", "gradient"} and ranking[0] == "gradient"  # it fits sin(x0 x1)
+    assert "compiled" in text
