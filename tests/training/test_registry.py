@@ -1,6 +1,7 @@
 """The registry on the embedded stack: the version scenario of the issue, concurrent registrations,
 idempotency, rejected models and the append-only stage history."""
 
+import json
 import threading
 import uuid
 
@@ -24,7 +25,7 @@ def entries(model: str) -> list[str]:
     return [v.version for v in registry().list(model)]
 
 
-def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack):
+def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
     """first merge -> V1.1.0; new hyper-parameters -> V1.2.0; new data, same spec -> V1.2.1; nothing changed
     -> still V1.2.1 and no new entry; tag bumped -> V2.1.0 (the steps of the pipeline, run in-process)."""
     repo, shas, name = project
@@ -56,6 +57,12 @@ def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack):
     assert set(v121.metrics) >= {"mse", "rmse", "mae", "r2"} and v121.verdict["passed"] is True
     assert [c["name"] for c in v121.input_schema] == list(second.features) and v121.target == "progression"
     assert v121.image is None  # not containerized in this test
+
+    diff = json.loads(run_cli("models", "diff", name, "V1.1.0", "V1.2.1", "--json", check=True).stdout)
+    changed = {c["what"]: (c["a"], c["b"]) for c in diff["changes"]}
+    assert changed["estimator"] == ("sklearn.linear_model.Ridge", None) and changed["build"] == (None, "model.py:build_model")
+    assert changed["dataset_version"] == (dataset.first_version, new_data) and "def build_model" in diff["code_diff"]
+    assert {m["metric"] for m in diff["metrics"]} == {"mse", "rmse", "mae", "r2"}
 
 
 def test_eight_concurrent_registrations_get_eight_distinct_versions(stack):

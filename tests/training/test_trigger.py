@@ -53,8 +53,14 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
 
     listed = run_cli("runs", check=True).stdout
     assert run_id in listed and "V1.1.0" in listed
-    shown = run_cli("models", "show", name, "V1.1.0", check=True).stdout
-    assert json.loads(shown)["image"]["digest"] == mv.image["digest"]
+    result = run_cli("runs", run_id, check=True).stdout  # what `trigger --wait` prints after the steps too
+    assert f"rmse {mv.metrics['rmse']:.4g}" in result and "verdict: passed, stage staging" in result
+    assert f"report evaluation: s3://{stack.bucket_prefix}models/artifacts/{name}/V1.1.0/evaluation.html" in result
+    shown = json.loads(run_cli("models", "show", name, "V1.1.0", check=True).stdout)
+    assert shown["image"]["digest"] == mv.image["digest"]
+    assert shown["spec"]["estimator"] == "sklearn.linear_model.Ridge" and shown["spec"]["params"] == {"alpha": 10.0}
+    fetched = run_cli("reports", name, "V1.1.0", "--out", str(tmp_path / "reports"), check=True).stdout
+    assert "evaluation:" in fetched and "<html" in (tmp_path / "reports" / "evaluation.html").read_text().lower()
     assert "staging" in run_cli("models", "history", name, "V1.1.0", check=True).stdout
 
 
