@@ -6,8 +6,9 @@ import uuid
 import pytest
 import yaml
 
+from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version, latest_version_id, list_versions
-from kfrelease.data.spec import load_spec
+from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import demo_batches
 from kfrelease.errors import AccessDenied
 from kfrelease.storage import store_for
@@ -60,8 +61,13 @@ def test_publish_then_new_batch_gives_a_new_version(dataset, run_cli):
     assert [s["key"] for s in manifest["sources"]] == [f"{spec.source_prefix}batch-1.csv", f"{spec.source_prefix}batch-2.csv"]
     assert all(s["etag"] for s in manifest["sources"])
 
-    listing = run_cli("data", "versions", "--dataset", path, check=True).stdout
+    listing = run_cli("data", "versions", "--dataset", spec.name, check=True).stdout  # by name: the stored spec
     assert v1 in listing and f"{latest} (latest)" in listing
+    assert run_cli("data", "show", "--dataset", spec.name, check=True).stdout.count(latest) >= 1
+    other = {**yaml.safe_load(spec.text), "name": f"{spec.name}-other"}  # a second dataset (the same sources)
+    run_data_pipeline(parse_spec(yaml.safe_dump(other), "other"), store_for("data-engineer"))
+    guess = run_cli("data", "versions")
+    assert guess.returncode == 1 and "several datasets are published" in guess.stderr and spec.name in guess.stderr
 
 
 def test_bad_batch_is_refused_and_nothing_changes(dataset, run_cli):
