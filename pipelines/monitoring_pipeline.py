@@ -1,15 +1,23 @@
 """The monitoring pipeline: compute the windows of a model, record and push them, and expose the page and
 one Evidently drift report per window as KFP HTML artifacts. Schedule it (a KFP recurring run on the
-cluster, e.g. hourly) or run it with ``kfrelease run monitoring`` / ``kfrelease monitor``."""
+cluster, e.g. hourly) or run it with ``kfrelease run monitoring`` / ``kfrelease monitor``.
+
+Its first step chooses the engine (``kfrelease.monitoring.spark_app.monitoring_engine``): the embedded
+engine (DuckDB, ``monitor_model``) up to 50M logged predictions in the lookback and 31 days, the Kubeflow
+Spark Operator beyond (``monitor_window_on_spark``, the same SQL); ``engine`` forces one."""
 
 from kfp import dsl
 from kfrelease.components.monitor import monitor_model, window_report
+from kfrelease.components.spark_monitor import (
+    choose_monitoring_engine,
+    monitor_window_on_spark,
+)
 
 
 @dsl.pipeline(
     name="kfrelease-monitoring",
     description="Windowed MSE, RMSE, MAE, R2 and input drift per model version and stage, pushed to Prometheus, "
-    "with an Evidently report per window.",
+    "with an Evidently report per window; on Spark beyond one machine.",
 )
 def monitoring_pipeline(
     model: str = "diabetes-progression",
@@ -17,9 +25,28 @@ def monitoring_pipeline(
     since: str = "1d",
     min_labels: int = 30,
     reports: str = "latest",
+    engine: str = "auto",
+    spark_namespace: str = "kubeflow",
+    spark_image: str = "",
+    bucket_prefix: str = "",
 ):
-    monitored = monitor_model(
-        model=model, window=window, since=since, min_labels=min_labels, reports=reports
-    ).set_display_name("monitor")
-    with dsl.ParallelFor(monitored.outputs["Output"]) as key:
-        window_report(report_key=key).set_display_name("window report")
+    chosen = choose_monitoring_engine(
+        model=model, window=window, since=since, engine=engine, spark_image=spark_image
+    ).set_display_name("choose engine")
+    with dsl.If(chosen.outputs["engine"] == "duckdb", name="embedded-engine"):
+        monitored = monitor_model(
+            model=model, window=window, since=since, min_labels=min_labels, reports=reports
+        ).set_display_name("monitor")
+        with dsl.ParallelFor(monitored.outputs["Output"]) as key:
+            window_report(report_key=key).set_display_name("window report")
+    with dsl.Else(name="spark"):
+        monitor_window_on_spark(
+            model=model,
+            features=chosen.outputs["features"],
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            namespace=spark_namespace,
+            image=spark_image,
+            bucket_prefix=bucket_prefix,
+            window=chosen.outputs["spark_window"],
+            since=chosen.outputs["since"],
+        ).set_display_name("monitor on Spark")

@@ -291,3 +291,59 @@ def stored_rows(store: ObjectStore, bucket: str, model: str) -> pa.Table:
     schema = S.LABEL_SCHEMA if bucket == S.LABEL_BUCKET else S.PREDICTION_SCHEMA
     tables = [t.replace_schema_metadata(None) for t in tables]
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class _RangeFile:
+    """A read-only file over one object, reading byte ranges on demand (what ``pq.read_metadata`` needs:
+    the footer at the end, never the whole object)."""
+
+    def __init__(self, store: ObjectStore, bucket: str, obj: ObjectInfo):
+        self.store, self.bucket, self.key, self.size, self.pos = store, bucket, obj.key, obj.size, 0
+        self.closed = False
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        resp = None
+        try:
+            resp = self.store.client.get_object(self.store.bucket(self.bucket), self.key, offset=self.pos, length=n)
+            data = resp.read()
+        except Exception as exc:
+            raise self.store._fail(exc, "read", self.bucket, self.key) from exc
+        finally:
+            if resp is not None:
+                resp.close()
+                resp.release_conn()
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def count_logged_rows(store: ObjectStore, model: str, since=None, until=None) -> int:
+    """Rows of the prediction-log batches of ``model`` whose hour overlaps ``[since, until)``, from each
+    Parquet file's footer (a ranged read of its end; legacy JSON Lines batches: their lines): what the
+    engine switch (``kfrelease.monitoring.spark_app.choose_engine``) weighs, without reading the rows."""
+    batches = list_batches(store, S.LOG_BUCKET, model, since, until)
+
+    def rows(obj: ObjectInfo) -> int:
+        return pq.read_metadata(_RangeFile(store, S.LOG_BUCKET, obj)).num_rows
+
+    with ThreadPoolExecutor(8) as pool:
+        total = sum(pool.map(rows, batches.parquet))
+    return total + sum(store.get_bytes(S.LOG_BUCKET, o.key).count(b"\n") for o in batches.legacy)

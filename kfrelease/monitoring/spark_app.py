@@ -7,8 +7,9 @@ from kubeflow/spark-operator v2.5.2, ``schemas/crds/spark-operator/``) that runs
 as JSON. ``application_state`` reads the operator's ``status.applicationState.state``
 (``api/v1beta2/sparkapplication_types.go``: SUBMITTED, RUNNING, COMPLETED, FAILED, SUBMISSION_FAILED, ...).
 
-**When the monitoring pipeline switches engine** (``choose_engine``): the embedded engine (DuckDB) up to
-``SPARK_THRESHOLD`` logged predictions in the window, Spark beyond. The benchmark
+**When the monitoring pipeline switches engine** (``choose_engine``, applied by ``monitoring_engine`` in the
+pipeline's first step): the embedded engine (DuckDB) up to ``SPARK_THRESHOLD`` logged predictions in the
+lookback, Spark beyond. The benchmark
 (``bench/results/monitoring.md``) measured 10M predictions in one DuckDB process on 2 shared cores within
 2 GiB, cost per row flat from 1M to 10M; 50M keeps a 5x margin below the memory of a 16 GiB pipeline pod
 (DuckDB spills to disk past its memory limit, so the limit is time rather than memory). Beyond it, or
@@ -21,7 +22,12 @@ object.
 
 from __future__ import annotations
 
-from kfrelease.errors import KfreleaseError
+import logging
+from dataclasses import dataclass
+
+from kfrelease.errors import ConfigError, KfreleaseError
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 SPARK_VERSION = "4.0.1"
@@ -39,6 +45,57 @@ class SparkApplicationFailed(KfreleaseError):
 def choose_engine(predictions: int, days: float = 1.0) -> str:
     """``"duckdb"`` for a window the embedded engine holds comfortably, ``"spark"`` beyond (see above)."""
     return "spark" if predictions > SPARK_THRESHOLD or days > SPARK_DAYS else "duckdb"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What the monitoring pipeline's first step decided (``monitoring_engine``)."""
+
+    engine: str  # duckdb | spark
+    predictions: int  # logged predictions in the lookback (estimated from the batches' footers)
+    days: float
+    features: list[str]  # the model's inputs, in input-schema order
+    spark_window: str  # the window in ``kfrelease.lake.spark``'s form: time:<seconds> | count:<labels>
+    since: str  # ISO start of the lookback
+    reason: str
+
+
+def monitoring_engine(
+    store, model: str, window: str, since: str, engine: str = "auto", spark_image: str = "", now=None
+) -> EngineChoice:
+    """Choose the engine of one monitoring pass of ``model``: ``engine`` ``duckdb`` or ``spark`` as given,
+    ``auto`` by ``choose_engine`` on the logged predictions of the lookback ``since`` (e.g. ``1d``), counted
+    from the Parquet footers of its batches (ranged reads, no row is read; a request and its response are
+    two logged rows). Spark needs ``spark_image``: refused with a clear error before anything runs."""
+    import datetime as dt
+
+    from kfrelease.lake.read import count_logged_rows
+    from kfrelease.monitoring.window import WindowSpec
+    from kfrelease.registry import ModelRegistry
+
+    if engine not in ("auto", "duckdb", "spark"):
+        raise ConfigError(f"engine is {engine!r}; use auto, duckdb or spark")
+    lookback, spec = WindowSpec.parse(since), WindowSpec.parse(window)
+    if lookback.kind != "time":
+        raise ConfigError(f"since is {since!r}; give a duration such as 1d")
+    now = now or dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(seconds=lookback.size)
+    days = lookback.size / 86400
+    predictions = count_logged_rows(store, model, start, now) // 2
+    chosen = engine if engine != "auto" else choose_engine(predictions, days)
+    why = (f"{engine} as asked" if engine != "auto" else
+           f"{predictions} logged predictions over {days:g} days "
+           f"({'beyond' if chosen == 'spark' else 'within'} {SPARK_THRESHOLD} / {SPARK_DAYS} days)")
+    if chosen == "spark" and not spark_image:
+        raise ConfigError(f"monitoring {model} needs Spark ({why}); give the pipeline's spark_image "
+                          "(Spark 4.0 with kfrelease[spark] and hadoop-aws), or engine=duckdb")
+    registry = ModelRegistry(store)
+    current = registry.current(model, "production") or next(iter(registry.list(model)[-1:]), None)
+    features = [c["name"] for c in (current.entry.get("input_schema") or [])] if current else []
+    if chosen == "spark" and not features:
+        raise ConfigError(f"model {model!r} has no registered version with an input schema; Spark needs the features")
+    log.info("monitoring %s on %s: %s", model, chosen, why)
+    return EngineChoice(chosen, predictions, days, features, f"{spec.kind}:{spec.size}", start.isoformat(), why)
 
 
 def _name(model: str, run_id: str) -> str:

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kfrelease.errors import ConfigError
 from kfrelease.kfp_runner import run_local
 from kfrelease.monitoring.run import load_history
+from kfrelease.monitoring.spark_app import monitoring_engine
 from kfrelease.monitoring.synthetic import (
     publish_reference,
     register_entry,
@@ -54,6 +56,12 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
             start=start,
             step_seconds=30,
         )
+    # the engine switch counts the lookback's logged predictions from the batches' footers: 480 -> DuckDB
+    store = store_for("monitoring", stack)
+    choice = monitoring_engine(store, model, "1d", "2d")
+    assert (choice.engine, choice.predictions, choice.features) == ("duckdb", 2 * 240, FEATURES)
+    with pytest.raises(ConfigError, match="needs Spark.*spark_image"):
+        monitoring_engine(store, model, "1d", "2d", engine="spark")
     run_local(
         stack,
         monitoring_pipeline,
@@ -87,7 +95,7 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
         )  # an Evidently report
 
 
-def test_pipeline_compiles_with_a_report_task_per_window(tmp_path):
+def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(tmp_path):
     import yaml
     from kfp import compiler
     from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
@@ -95,8 +103,14 @@ def test_pipeline_compiles_with_a_report_task_per_window(tmp_path):
     path = tmp_path / "monitoring.yaml"
     compiler.Compiler().compile(monitoring_pipeline, str(path))
     doc = yaml.safe_load(path.read_text())
-    tasks = doc["root"]["dag"]["tasks"]
-    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert list(doc["root"]["dag"]["tasks"]) == ["choose-monitoring-engine", "condition-branches-1"]
+    dags = {name: c["dag"]["tasks"] for name, c in doc["components"].items() if "dag" in c}
+    branches = dags["comp-condition-branches-1"]
+    conditions = {t["componentRef"]["name"]: t["triggerPolicy"]["condition"] for t in branches.values()}
+    embedded = next(c for c, cond in conditions.items() if cond.endswith("== 'duckdb'"))
+    spark = next(c for c, cond in conditions.items() if cond.startswith("!("))
+    assert "monitor-model" in dags[embedded] and list(dags[spark]) == ["monitor-window-on-spark"]
+    loop = next(t for name, t in dags[embedded].items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("Output")
     assert (
         doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"
