@@ -7,10 +7,13 @@ caching: kfp.local ignores them). On a cluster the same pipeline functions are s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import logging
+import os
 import re
+import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
@@ -76,6 +79,7 @@ class _StepStream(io.TextIOBase):
         self.lines: list[str] = []
         self._partial = ""
         self.on_step = on_step
+        self._shown = (sys.stdout, sys.stderr)  # where on_step prints: the output as it was before the run
 
     def write(self, text: str) -> int:
         self._partial += text
@@ -87,7 +91,8 @@ class _StepStream(io.TextIOBase):
             if m:
                 log.info("step %s: %s", m[1], m[2])
                 if self.on_step is not None:
-                    self.on_step(m[1], m[2])
+                    with contextlib.redirect_stdout(self._shown[0]), contextlib.redirect_stderr(self._shown[1]):
+                        self.on_step(m[1], m[2])
         return len(text)
 
     def reason(self) -> str:
@@ -103,16 +108,15 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
     """Run a pipeline to completion with kfp.local; a failed task raises ``KfreleaseError`` naming it and the
     error it printed (no colour codes).
 
-    Quiet unless ``verbose`` (default: when logging shows INFO, as ``kfrelease -v`` does): kfp.local's
-    executor JSON, streamed step logs and its "non-Python base image" warnings are kept out of the output;
-    each task's status is logged and given to ``on_step(task, status)``."""
-    import contextlib
+    Quiet unless ``verbose`` (default: ``KFRELEASE_VERBOSE=1``, which ``kfrelease -v`` sets for itself and the
+    runs it starts): kfp.local's executor JSON, streamed step logs and its "non-Python base image" warnings
+    are kept out of the output; each task's status is logged and given to ``on_step(task, status)``."""
     import warnings
 
     init_local(settings)
     name = getattr(pipeline_func, "name", pipeline_func)
     if verbose is None:
-        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+        verbose = os.environ.get("KFRELEASE_VERBOSE") == "1"
     stream = _StepStream(on_step)
     quiet = contextlib.ExitStack()
     if not verbose:

@@ -25,6 +25,15 @@ def test_only_data_engineers_read_raw_and_write_curated():
     assert policy.allows("data-scientist", "curated", "read")
 
 
+def test_only_the_pipeline_identity_writes_the_registry_so_only_its_runs_can_stage():
+    """A stage is an event object in ``models``: only the pipeline role may write it. On the cluster only runs
+    in the release namespace run as that role, and only the CI service account creates them
+    (tests/manifests/test_rbac.py); a data scientist's notebook and workspace runs hold the data-scientist role."""
+    policy = load_policy()
+    assert {r for r in policy.roles if policy.allows(r, "models", "write")} == {"pipeline"}
+    assert policy.allows("data-scientist", "models", "read") and not policy.allows("data-scientist", "models", "write")
+
+
 @pytest.mark.parametrize("prefix", ["", "acme-ml-"])
 def test_iam_policies_grant_exactly_the_access_matrix(prefix):
     policy = load_policy()

@@ -122,13 +122,15 @@ def test_data_scientists_cannot_publish(dataset):
         store_for("data-scientist").put_bytes("curated", f"{spec.name}/latest", b"{}")
 
 
-def test_kfp_local_pipeline_publishes_a_complete_manifest(dataset, stack):
-    from kfrelease.kfp_runner import run_local
-    from kfrelease.pipelines.data_pipeline import data_pipeline
-
-    _, spec = dataset
+def test_kfp_local_pipeline_publishes_a_complete_manifest_and_prints_only_steps_and_result(dataset, stack, run_cli):
+    path, spec = dataset
     upload(spec, 1)
-    version = run_local(stack, data_pipeline, spec_yaml=spec.text).output
+    out = run_cli("data", "publish", "--dataset", path, "--pipeline", check=True)
+    version = latest_version_id(store_for("data-scientist"), spec.name)
+    printed = out.stdout + out.stderr
+    assert f"version {version}" in out.stdout and "step publish-dataset: SUCCESS" in out.stdout
+    assert "executor" not in printed.lower() and "non-Python base image" not in printed and "\x1b[" not in printed
+    assert len(printed.strip().splitlines()) <= 8, printed
     manifest = get_version(store_for("data-scientist"), spec.name, version).manifest
     assert MANIFEST_FIELDS <= set(manifest)
     assert manifest["row_count"] == 250 and manifest["run_id"].startswith("kfrelease-data-")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -35,6 +36,8 @@ def cli(verbose: int) -> None:
     State lives in KFRELEASE_HOME (default ~/.kfrelease). Start with `kfrelease up`.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose:  # pipeline runs (and the runs this command starts) show kfp.local's full output
+        os.environ["KFRELEASE_VERBOSE"] = "1"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("urllib3", "httpx", "httpcore", "kfp", "evidently"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -106,7 +106,8 @@ def register(cli: click.Group) -> None:
             from kfrelease.pipelines.data_pipeline import data_pipeline
 
             console.print(f"running the data pipeline for {spec.name!r} with kfp.local ...")
-            version = run_local(Settings.from_env(), data_pipeline, spec_yaml=spec.text).output
+            version = run_local(Settings.from_env(), data_pipeline, spec_yaml=spec.text,
+                                on_step=lambda task, status: console.print(f"  step {task}: {status}")).output
             dv = get_version(store, spec.name, version)
         else:
             with console.status("data pipeline") as status:

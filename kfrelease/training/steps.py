@@ -28,6 +28,22 @@ def _store(settings: Settings | None = None):
     return store_for(ROLE, settings)
 
 
+def check_columns(spec: ModelSpec, dv) -> None:
+    """Refuse a spec whose features or target the curated version does not have (``DataValidationError``
+    naming them and the columns it has): found before training, so the trigger writes no run for it."""
+    from kfrelease.errors import DataValidationError
+
+    known = [c["name"] for c in dv.manifest["columns"]]
+    missing = [c for c in (*spec.features, spec.target) if c not in known]
+    if missing:
+        kind = "target" if missing == [spec.target] else "feature(s)"
+        raise DataValidationError(
+            f"model spec {spec.name!r}: {kind} {missing} not in dataset {spec.dataset!r} version {dv.version}; "
+            f"its columns are {known}; fix features/target in model.yaml",
+            [{"column": c, "problem": "missing"} for c in missing],
+        )
+
+
 def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_path: str, test_path: str,
                settings: Settings | None = None) -> dict:
     """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
@@ -42,6 +58,7 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
     store = _store(settings)
     dv = get_version(store, spec.dataset, dataset_version or "latest")
     columns = [*spec.features, spec.target]
+    check_columns(spec, dv)
     check_fits(spec, dv, columns)  # too large for this step: fail now, with the size and the limit
     known = {c["name"] for c in dv.manifest["columns"]}
     df, dv = load_dataset(store, spec.dataset, dv.version, columns=[c for c in columns if c in known])

@@ -104,8 +104,10 @@ def trigger(
     store = _store(settings)
     if not auto:
         from kfrelease.data.publish import get_version
+        from kfrelease.training.steps import check_columns
 
-        get_version(store, spec.dataset, dataset_version)  # unknown dataset (version): refuse before any run exists
+        # unknown dataset (version), a feature or target it lacks: refuse before any run exists
+        check_columns(spec, get_version(store, spec.dataset, dataset_version))
     record = runs.create_run(store, run_id, {
         **source,
         "commit": commit,

@@ -102,6 +102,13 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
     assert refused.returncode == 1 and "dataset 'no-such-dataset' has no published version" in refused.stderr
     assert store_for("pipeline").stat("models", f"runs/train-{no_data[:12]}/run.json") is None
 
+    no_column = merge_change(repo, "no-column", {"model.yaml": spec_variant(
+        1, name=name, dataset=dataset.name, features=["age", "glucose"])}, "a feature the data lacks")
+    refused = run_cli("trigger", "--commit", no_column, "--repo", str(repo))
+    assert refused.returncode == 1 and "feature(s) ['glucose'] not in dataset" in refused.stderr
+    assert "\x1b[" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert store_for("pipeline").stat("models", f"runs/train-{no_column[:12]}/run.json") is None
+
     spec, sha = load_project_at_commit(repo, shas[0])
     from kfrelease.errors import DataValidationError, NotFound
     from kfrelease.training.spec import parse_spec
