@@ -24,6 +24,22 @@ def _seconds(text: str) -> float:
     return spec.size
 
 
+def _fetch_drift_reports(settings, keys: list[str], folder: Path) -> list[tuple[str, str]]:
+    """The run's drift reports written beside the page, as (label, relative link) pairs."""
+    from kfrelease.monitoring.run import RESULT_BUCKET
+    from kfrelease.storage import store_for
+
+    store = store_for("pipeline", settings)
+    links = []
+    for key in keys:
+        run_id, name = key.split("/")[-2:]
+        local = folder / f"drift-{run_id}-{name}"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(store.get_bytes(RESULT_BUCKET, key))
+        links.append((name.removesuffix(".html"), f"{folder.name}/{local.name}"))
+    return links
+
+
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.option(
@@ -120,8 +136,9 @@ def register(cli: click.Group) -> None:
             err_console.print(f"warning: {w}")
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
+        links = _fetch_drift_reports(settings, reports, path.parent / "reports")
         path.write_text(
-            render_page(history, current, model, warnings, reports), encoding="utf-8"
+            render_page(history, current, model, warnings, links), encoding="utf-8"
         )
         console.print(f"wrote {path} ({len(history)} windows)")
 

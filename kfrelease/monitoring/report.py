@@ -138,18 +138,48 @@ def figure(history: pd.DataFrame, model: str):
     return fig
 
 
+def _sections(history: pd.DataFrame, current: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame, pd.DataFrame]]:
+    """(window kind, its history, its latest windows): one chart and one table per kind of window (a 1-hour
+    run and a 200-label run are not on one axis); a single kind keeps the table it was given."""
+    kinds = sorted(history["window"].dropna().unique()) if len(history) and "window" in history.columns else []
+    if len(kinds) <= 1:
+        return [(kinds[0] if kinds else None, history, current)]
+    from kfrelease.monitoring.run import current_table
+
+    out = []
+    for kind in kinds:
+        h = history[history["window"] == kind].reset_index(drop=True)
+        out.append((kind, h, current_table(h)))
+    return out
+
+
+def _report_item(report) -> str:
+    """A report as a list item: a link when given as (label, href), else its object key."""
+    if isinstance(report, tuple):
+        label, href = report
+        return f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>'
+    return f"<li><code>{html.escape(report)}</code></li>"
+
+
 def render_page(
     history: pd.DataFrame,
     current: pd.DataFrame,
     model: str,
     warnings: list[str] | None = None,
-    reports: list[str] | None = None,
+    reports: list | None = None,
 ) -> str:
-    """The self-contained page (a few MB: plotly.js is inlined)."""
-    chart = figure(history, model).to_html(full_html=False, include_plotlyjs=True)
+    """The self-contained page (a few MB: plotly.js is inlined once). ``reports``: drift reports as object
+    keys or ``(label, href)`` links (``kfrelease monitor`` fetches them beside the page)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in (warnings or []))
-    links = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in (reports or []))
+    links = "".join(_report_item(r) for r in (reports or []))
+    parts = []
+    for i, (kind, h, cur) in enumerate(_sections(history, current)):
+        title = f"{model} ({kind} windows)" if kind else model
+        chart = figure(h, title).to_html(full_html=False, include_plotlyjs=i == 0)
+        heading = f" ({html.escape(str(kind))} windows)" if kind else ""
+        parts.append(f"<h2>Current{heading}</h2>\n{current_table_html(cur)}\n<h2>Over time{heading}</h2>\n{chart}")
+    body = "\n".join(parts)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kfrelease monitor: {html.escape(model)}</title>
 <style>
@@ -163,11 +193,8 @@ tr.ok td {{ background: #e3f4e1; }}
 <body>
 <h1>Model monitoring: {html.escape(model)}</h1>
 <p>Generated {stamp}. {len(history)} windows recorded; the table shows the latest window per version and stage.</p>
-<h2>Current</h2>
-{current_table_html(current)}
 {f"<h2>Warnings</h2><ul>{warn}</ul>" if warn else ""}
-<h2>Over time</h2>
-{chart}
+{body}
 {f"<h2>Evidently drift reports</h2><ul>{links}</ul>" if links else ""}
 </body></html>
 """

@@ -26,3 +26,15 @@ def test_windows_with_intervals_get_a_band_from_lower_to_upper():
 def test_windows_recorded_before_intervals_existed_draw_no_band():
     fig = figure(history([None, None]), "m")
     assert not [t for t in fig.data if t.name.endswith("95% interval")]
+
+
+def test_each_window_kind_gets_its_own_chart_and_table_and_reports_are_links():
+    from kfrelease.monitoring.report import render_page
+    from kfrelease.monitoring.run import current_table
+
+    h = pd.concat([history([None, None]).assign(window="3600s", labelled=300),
+                   history([None, None]).assign(window="200n", labelled=200)], ignore_index=True)
+    page = render_page(h, current_table(h), "m", reports=[("V1.1.0-production", "reports/drift-r1-V1.1.0.html")])
+    assert "Over time (3600s windows)" in page and "Over time (200n windows)" in page
+    assert page.count('id="current"') == 2 and page.count("plotly.js v") == 1  # plotly inlined once
+    assert '<a href="reports/drift-r1-V1.1.0.html">V1.1.0-production</a>' in page
