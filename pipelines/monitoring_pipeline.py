@@ -26,7 +26,7 @@ def monitoring_pipeline(
     min_labels: int = 30,
     reports: str = "latest",
     engine: str = "auto",
-    spark_namespace: str = "kubeflow",
+    spark_namespace: str = "kfrelease-monitoring",
     spark_image: str = "",
     bucket_prefix: str = "",
 ):

@@ -98,7 +98,7 @@ def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
     files = {
         "platform.yaml": platform_documents(env, src.policy, src.envs.team, serving_ns),
         "serving.yaml": serving_documents(src.spec, env, serving_sa),
-        "monitoring.yaml": monitoring_documents(src.spec),
+        "monitoring.yaml": monitoring_documents(src.spec, env),
         "cluster.yaml": [default_storage_class(), kubeflow_ingress(env)],
     }
     for ws in src.workspaces:

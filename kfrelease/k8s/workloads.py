@@ -317,9 +317,31 @@ def dashboard_configmap() -> dict | None:
     }
 
 
-def monitoring_documents(spec: RolloutSpec) -> list[dict]:
+def spark_monitoring(spec: RolloutSpec, env: Environment) -> list[dict]:
+    """Monitoring on the Kubeflow Spark Operator (``kfrelease.monitoring.spark_app``): the driver's and the
+    pipeline step's RBAC in the monitoring namespace (the driver runs as its IRSA service account), and the
+    model's nightly window as a suspended ``ScheduledSparkApplication``."""
+    from kfrelease.demo.project import example_dir
+    from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
+    from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring, spark_rbac
+    from kfrelease.training.spec import load_project
+
+    sa = "kfrelease-monitoring"
+    docs = spark_rbac(MONITORING_NS, sa, RELEASE_NS, PROFILE_SA)
+    project = load_project(example_dir())
+    if spec.model and project.name == spec.model:
+        image = (f"{SPARK_IMAGE_NAME}:base" if env.name == "base"
+                 else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}")
+        docs.append(render_scheduled_monitoring(spec.model, list(project.features), namespace=MONITORING_NS,
+                                                image=image, bucket_prefix=env.bucket_prefix, service_account=sa))
+    return docs
+
+
+def monitoring_documents(spec: RolloutSpec, env: Environment | None = None) -> list[dict]:
     docs = [*pushgateway(), *monitors(spec)]
     for doc in (prometheus_rule(), dashboard_configmap()):
         if doc is not None:
             docs.append(doc)
+    if env is not None:
+        docs += spark_monitoring(spec, env)
     return docs

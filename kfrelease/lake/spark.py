@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
@@ -152,14 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--window", default="time:86400", help="time:<seconds> or count:<labels>"
     )
-    p.add_argument("--since")
+    p.add_argument("--since", help="ISO start, or a duration back from now (e.g. 1d: a scheduled application)")
     p.add_argument("--until")
     p.add_argument(
         "--reference", help="Parquet path of the drift reference (the training data)"
     )
     p.add_argument(
         "--out",
-        help="where to write the result JSON (s3a:// or a local path); default stdout",
+        help="where to write the result JSON (s3a:// or a local path; {now} becomes the UTC time, so a scheduled "
+        "application writes each run to its own path); default stdout",
     )
     args = p.parse_args(argv)
     from pyspark.sql import SparkSession
@@ -167,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.appName("kfrelease-monitoring").getOrCreate()
     kind, size = args.window.split(":")
     features = args.features.split(",")
-    define_views(spark, args.events, args.labels, features, args.since, args.until)
+    now = datetime.now(UTC)
+    since = args.since
+    if since and since[-1:] in ("s", "m", "h", "d") and since[:-1].replace(".", "", 1).isdigit():
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[since[-1]]
+        since = (now - timedelta(seconds=float(since[:-1]) * unit)).isoformat()
+    define_views(spark, args.events, args.labels, features, since, args.until)
     reference = (
         spark.read.parquet(args.reference).toPandas() if args.reference else None
     )
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         window_result(spark, features, kind, int(size), reference), default=str
     )
     if args.out:
-        spark.sparkContext.parallelize([doc], 1).saveAsTextFile(args.out)
+        out = args.out.replace("{now}", now.strftime("%Y%m%dT%H%M%SZ"))
+        spark.sparkContext.parallelize([doc], 1).saveAsTextFile(out)
     else:
         sys.stdout.write(doc + "\n")
     spark.stop()

@@ -203,3 +203,58 @@ def submit_and_wait(api, doc: dict, *, timeout: float = 3600.0, poll: float = 10
                 f"running: check `kubectl -n {ns} get sparkapplication {name}`"
             )
         sleep(poll)
+
+
+SPARK_IMAGE_NAME = "kfrelease-spark"
+SPARK_DRIVER_ROLE = "kfrelease-spark-driver"
+SPARK_SUBMITTER_ROLE = "kfrelease-spark-submitter"
+_PART_OF = {"app.kubernetes.io/part-of": "kfrelease"}
+
+
+def spark_rbac(namespace: str, service_account: str, submitter_ns: str, submitter_sa: str) -> list[dict]:
+    """What running the monitoring window on Spark needs in ``namespace``: the driver's Role (the rules of the
+    operator chart's spark Role, kubeflow/spark-operator v2.5.2
+    ``charts/spark-operator-chart/templates/spark/rbac.yaml``: the driver creates and deletes its executor
+    pods, their services and config maps) bound to ``service_account``, and the pipeline step's Role (create
+    and read SparkApplications, ``submit_and_wait``; nothing it could stop or delete) bound to
+    ``submitter_ns/submitter_sa``."""
+    rbac = "rbac.authorization.k8s.io"
+    driver_rules = [{
+        "apiGroups": [""], "resources": ["pods", "configmaps", "persistentvolumeclaims", "services"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+    }]
+    submit_rules = [{"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"],
+                     "verbs": ["create", "get"]}]
+    docs = []
+    for role, rules, (sa_ns, sa) in (
+        (SPARK_DRIVER_ROLE, driver_rules, (namespace, service_account)),
+        (SPARK_SUBMITTER_ROLE, submit_rules, (submitter_ns, submitter_sa)),
+    ):
+        meta = {"name": role, "namespace": namespace, "labels": dict(_PART_OF)}
+        docs.append({"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": meta, "rules": rules})
+        docs.append({"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": dict(meta),
+                     "roleRef": {"apiGroup": rbac, "kind": "Role", "name": role},
+                     "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]})
+    return docs
+
+
+def render_scheduled_monitoring(
+    model: str, features: list[str], *, namespace: str, image: str, bucket_prefix: str,
+    service_account: str = "kfrelease-monitoring", schedule: str = "15 0 * * *", suspend: bool = True,
+) -> dict:
+    """A ``ScheduledSparkApplication`` (CRD vendored from kubeflow/spark-operator v2.5.2,
+    ``charts/spark-operator-chart/crds/sparkoperator.k8s.io_scheduledsparkapplications.yaml``) running the
+    previous day's window of ``model`` on Spark. Rendered suspended: the monitoring pipeline chooses the
+    engine per pass (``monitoring_engine``); set ``suspend: false`` for a model whose daily logs are beyond
+    one machine (``choose_engine``), so that its window runs on Spark every night without a pipeline."""
+    app = render_spark_application(model, features, run_id="daily", namespace=namespace, image=image,
+                                   bucket_prefix=bucket_prefix, service_account=service_account, since="1d")
+    args = app["spec"]["arguments"]
+    args[args.index("--out") + 1] += "-{now}"  # each night's result to its own path
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ScheduledSparkApplication",
+        "metadata": {**app["metadata"], "name": _name(model, "daily")},
+        "spec": {"schedule": schedule, "concurrencyPolicy": "Forbid", "suspend": suspend,
+                 "successfulRunHistoryLimit": 3, "failedRunHistoryLimit": 3, "template": app["spec"]},
+    }

@@ -44,7 +44,7 @@ def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
     stages = [
         line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")
     ]
-    assert stages == ["project", "workspace"]
+    assert stages == ["spark-dist", "project", "workspace", "spark"]  # spark-dist: only copied from
     assert "pip install -c constraints.txt ." in text
     assert "jupyterlab-git==" in text
     assert "USER 1000" in text  # numeric: KServe's runAsNonRoot can verify it
@@ -56,6 +56,19 @@ def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
         assert word not in instructions.upper(), word
     for folder in ("kfrelease", "components", "pipelines", "serving"):
         assert f"COPY {folder} ./{folder}" in text
+
+
+def test_the_spark_image_runs_the_application_file_the_spark_application_names():
+    from kfrelease.lake.spark import __file__ as spark_module
+    from kfrelease.monitoring.spark_app import ENTRYPOINT, SPARK_VERSION
+
+    text = (REPO / "Dockerfile").read_text()
+    spark = text[text.index("FROM project AS spark"):]
+    path = ENTRYPOINT.removeprefix("local://")
+    assert f"COPY kfrelease/lake/spark.py {path}" in spark and Path(spark_module).name == "spark.py"
+    assert f'"pyspark=={SPARK_VERSION}"' in spark and f"apache/spark:{SPARK_VERSION}-" in text
+    assert 'ENTRYPOINT ["/opt/entrypoint.sh"]' in spark and "USER 1000" in spark
+    assert "hadoop-aws-3.4.1.jar" in spark  # the Hadoop client of Spark 4.0.1's distribution
 
 
 def test_every_kfrelease_process_in_the_manifests_accepts_its_arguments(built):

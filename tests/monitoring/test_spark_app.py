@@ -32,6 +32,24 @@ def test_the_spark_application_matches_the_operators_crd():
         validate(broken)
 
 
+def test_the_rendered_manifests_carry_the_nightly_spark_window_valid_against_the_operators_crd():
+    from kfrelease.k8s.environments import MONITORING_NS
+    from kfrelease.k8s.render import Sources, base_files
+
+    src = Sources.load()
+    env = src.envs.environments["staging"]
+    docs = {d["kind"]: d for d in base_files(src, env)["monitoring.yaml"]
+            if d["kind"] == "ScheduledSparkApplication" or d["metadata"]["name"] == "kfrelease-spark-driver"}
+    scheduled = docs["ScheduledSparkApplication"]
+    assert validate(scheduled) and scheduled["spec"]["suspend"] is True  # the pipeline's engine switch runs first
+    template = scheduled["spec"]["template"]
+    assert template["image"].endswith("/kfrelease-spark:0.1.0") and template["driver"]["serviceAccount"]
+    assert "s3a://example-kfrelease-staging-inference-logs/model=diabetes-progression/" in template["arguments"]
+    assert docs["RoleBinding"]["metadata"]["namespace"] == MONITORING_NS
+    with pytest.raises(SchemaValidationError, match="concurrencyPolicy|schedule"):
+        validate({**scheduled, "spec": {**scheduled["spec"], "schedule": 15}})
+
+
 class SparkOperatorStandIn:
     """Stands in for the Kubernetes API + Spark Operator (neither runs here): create refuses a second
     object of the same name with 409 as the API server does; each get advances the operator's
