@@ -323,7 +323,11 @@ def spark_monitoring(spec: RolloutSpec, env: Environment) -> list[dict]:
     model's nightly window as a suspended ``ScheduledSparkApplication``."""
     from kfrelease.demo.project import example_dir
     from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
-    from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring, spark_rbac
+    from kfrelease.monitoring.spark_app import (
+        SPARK_IMAGE_NAME,
+        render_scheduled_monitoring,
+        spark_rbac,
+    )
     from kfrelease.training.spec import load_project
 
     sa = "kfrelease-monitoring"
