@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 FEATURES = ["x1", "x2", "x3"]
 
 
-def test_pipeline_writes_page_and_a_report_per_window(stack):
+def test_pipeline_writes_page_and_a_report_per_window(stack, run_cli, tmp_path):
     from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
 
     model = f"mon-pipe-{uuid.uuid4().hex[:6]}"
@@ -75,6 +75,9 @@ def test_pipeline_writes_page_and_a_report_per_window(stack):
         "pipeline-root", f"monitoring/{model}/reports/"
     )
     assert len(keys) == 2  # one per (version, stage) latest window
+    fetched = run_cli("reports", model, "V2.1.0", "--out", str(tmp_path), check=True).stdout  # as .html files
+    drift = sorted(tmp_path.glob("drift-*.html"))
+    assert fetched.count("drift:") == 2 and len(drift) == 2 and "root_metric" in drift[0].read_text()
     history = load_history(store_for("pipeline", stack), model)
     latest = history.groupby("stage").tail(1).set_index("stage")
     assert (

@@ -39,6 +39,7 @@ def test_the_notebook_on_the_demo_project_registers_an_experiment_and_releases_n
     text = run_notebook(tmp_path, project=str(example_dir()), dataset=dataset.name, model_name=model)
     assert "raw sources are off limits" in text and f"registered experiment {model} V1.1.0" in text
     assert "executor" not in text.lower() and "non-Python base image" not in text  # quiet by default
+    assert "no production version of" in text and "Ridge predicts" in text  # kfrelease.load_model, one call
     store = store_for("data-scientist")
     assert ModelRegistry(store).list(model) == []  # nothing registered, staged or released
     mv = ModelRegistry(store, EXPERIMENTS).get(model, "V1.1.0")
