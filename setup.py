@@ -88,6 +88,7 @@ setup(
         "psutil==5.9.8",
         "jsonpatch==1.48",
         "tenacity==9.2.1",
+        "pydantic==2.14.4",
     ],
     extras_require={
         "dev": [
@@ -98,6 +99,7 @@ setup(
             "papermill==2.7.0",
             "ipykernel==7.4.0",
             "kubernetes-validate==1.37.0",
+            "jsonschema==4.26.0",
             "cfn-lint==1.58.0",
             "ruff==0.17.6",
             "pyspark==4.0.1",

@@ -258,7 +258,7 @@ def test_spec_errors_are_explained(tmp_path):
         parse_spec("name: x\nsource: {prefix: x}\ncolumns: {a: {dtype: float}}\n")
     with pytest.raises(ConfigError, match="no dataset spec named 'nope'"):
         load_spec("nope")
-    with pytest.raises(ConfigError, match="on_invalid is 'drop'; use one of reject, quarantine"):
+    with pytest.raises(ConfigError, match="on_invalid 'drop' is unknown; use one of reject, quarantine"):
         parse_spec("name: x\nsource: {prefix: x}\non_invalid: drop\ncolumns: {a: {dtype: float64}}\n")
     with pytest.raises(ConfigError, match="id_column 'id' is not one of the declared columns"):
         parse_spec("name: x\nsource: {prefix: x}\nid_column: id\ncolumns: {a: {dtype: float64}}\n")

@@ -57,7 +57,7 @@ def test_bad_canary_sections_are_refused(canary, message):
 def test_bad_shadow_and_unknown_sections_are_refused():
     with pytest.raises(RolloutSpecError, match="mirror_percent 120 is outside 0..100"):
         parse_rollout_spec(BASE + "shadow: {mirror_percent: 120}\n")
-    with pytest.raises(RolloutSpecError, match="unknown section"):
+    with pytest.raises(RolloutSpecError, match="unknown key 'blue_green'; known: model, shadow"):
         parse_rollout_spec(BASE + "blue_green: {}\n")
     with pytest.raises(RolloutSpecError, match="a mapping of sections"):
         parse_rollout_spec("[canary]\n")

@@ -1,19 +1,86 @@
-"""Dataset specs: the declared schema and source of a curated dataset."""
+"""Dataset specs: the declared schema and source of a curated dataset.
+
+The YAML a data engineer writes is a ``DatasetDocument`` (every key described there and in
+``docs/spec-reference.md``); ``parse_spec`` checks it and returns the ``DatasetSpec`` the pipeline uses.
+``kfrelease data init --from FILE.csv`` writes a first one inferred from the data (``kfrelease.data.infer``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from kfrelease.errors import ConfigError
+from kfrelease.specs import Number, SpecDocument, did_you_mean, validate
 
 DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
 #: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
 #: ``quarantine`` them beside the new version and publish the valid rows.
 ON_INVALID = ("reject", "quarantine")
+
+
+class ColumnDocument(SpecDocument):
+    """One declared column: its type and the checks every row must pass."""
+
+    dtype: Literal[DTYPES] = Field(description="The column's type; values that do not parse as it are refused.")
+    nullable: bool = Field(False, description="Whether a row may leave this column empty.")
+    unique: bool = Field(False, description="Whether every value must differ from every other (e.g. an id).")
+    min: Number | None = Field(None, description="Smallest allowed value (numbers); null: no lower bound.")
+    max: Number | None = Field(None, description="Largest allowed value (numbers); null: no upper bound.")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class SourceDocument(SpecDocument):
+    """Where the raw batches are."""
+
+    prefix: str = Field(
+        min_length=1,
+        description="The folder under the raw bucket (e.g. `diabetes/`); every CSV or Parquet object under it "
+        "is one batch, and all batches are unioned.",
+    )
+
+
+class DatasetDocument(SpecDocument):
+    """A dataset spec (owned by the data engineers): the source of a curated dataset and the schema every
+    published version satisfies."""
+
+    name: str = Field(min_length=1, description="The dataset's name: curated versions are published under it.")
+    description: str = Field("", description="What the data is, for the people who read it.")
+    source: SourceDocument = Field(description="Where the raw batches are (a mapping with `prefix`).")
+    columns: dict[str, ColumnDocument] = Field(
+        min_length=1, description="Each column name mapped to its declaration `{dtype: ..., ...}`, in order."
+    )
+    id_column: str | None = Field(None, description="The column that identifies a row (declare it `unique`).")
+    target: str | None = Field(None, description="The column models learn to predict (a declared column).")
+    min_rows: int = Field(1, ge=0, description="Fewer valid rows than this and nothing is published.")
+    features: str | None = Field(
+        None, description="An optional feature-engineering step, `module:function` taking and returning a DataFrame."
+    )
+    on_invalid: Literal[ON_INVALID] = Field(
+        "reject",
+        description="Rows that fail validation: `reject` the whole batch, or `quarantine` them beside the new "
+        "version and publish the valid rows.",
+    )
+
+    @model_validator(mode="after")
+    def _declared(self):
+        for key in ("id_column", "target"):
+            value = getattr(self, key)
+            if value is not None and value not in self.columns:
+                raise ValueError(
+                    f"{key} {value!r} is not one of the declared columns{did_you_mean(value, self.columns)}"
+                )
+        return self
 
 
 @dataclass(frozen=True)
@@ -51,60 +118,26 @@ class DatasetSpec:
 
 
 def parse_spec(text: str, origin: str = "<dataset spec>") -> DatasetSpec:
+    """Check a dataset spec's YAML; a ``ConfigError`` names the key that is wrong and how to fix it."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{origin}: a dataset spec is a mapping with name, source, columns")
-    missing = [k for k in ("name", "columns", "source") if k not in doc]
-    if missing:
-        raise ConfigError(f"{origin}: missing key(s) {', '.join(missing)}")
-    if not isinstance(doc["columns"], dict) or not doc["columns"]:
-        raise ConfigError(f"{origin}: 'columns' must map each column name to {{dtype: ..., ...}}")
-    columns = []
-    for name, body in doc["columns"].items():
-        body = body or {}
-        dtype = body.get("dtype")
-        if dtype not in DTYPES:
-            raise ConfigError(f"{origin}: column {name!r} has dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-        unknown = set(body) - {"dtype", "nullable", "unique", "min", "max"}
-        if unknown:
-            raise ConfigError(f"{origin}: column {name!r} has unknown key(s) {sorted(unknown)}")
-        columns.append(
-            ColumnSpec(
-                name=str(name),
-                dtype=dtype,
-                nullable=bool(body.get("nullable", False)),
-                unique=bool(body.get("unique", False)),
-                min=body.get("min"),
-                max=body.get("max"),
-            )
-        )
-    source = doc["source"] or {}
-    prefix = source.get("prefix") if isinstance(source, dict) else None
-    if not prefix:
-        raise ConfigError(f"{origin}: source.prefix (the folder under the raw bucket) is required")
-    on_invalid = doc.get("on_invalid", "reject")
-    if on_invalid not in ON_INVALID:
-        raise ConfigError(f"{origin}: on_invalid is {on_invalid!r}; use one of {', '.join(ON_INVALID)}")
-    spec = DatasetSpec(
-        on_invalid=on_invalid,
-        name=str(doc["name"]),
-        columns=tuple(columns),
-        source_prefix=prefix.rstrip("/") + "/",
-        id_column=doc.get("id_column"),
-        target=doc.get("target"),
-        min_rows=int(doc.get("min_rows", 1)),
-        features=doc.get("features"),
-        description=doc.get("description", ""),
+    d = validate(DatasetDocument, doc, origin)
+    return DatasetSpec(
+        name=d.name,
+        columns=tuple(ColumnSpec(name=n, **c.model_dump()) for n, c in d.columns.items()),
+        source_prefix=d.source.prefix.rstrip("/") + "/",
+        id_column=d.id_column,
+        target=d.target,
+        min_rows=d.min_rows,
+        features=d.features,
+        description=d.description,
+        on_invalid=d.on_invalid,
         text=text,
     )
-    for key in ("id_column", "target"):
-        value = getattr(spec, key)
-        if value is not None and value not in spec.column_names:
-            raise ConfigError(f"{origin}: {key} {value!r} is not one of the declared columns")
-    return spec
 
 
 def load_spec(name_or_path: str) -> DatasetSpec:

@@ -7,14 +7,25 @@ above 0, a known metrics source. A bad spec raises ``RolloutSpecError`` before a
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import Field, field_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.release.checks import DEFAULT_CHECKS, CheckSpec
+from kfrelease.release.checks import (
+    DEFAULT_CHECKS,
+    ON_INCONCLUSIVE,
+    ON_SHORT,
+    SERIES,
+    SOURCES,
+    CheckSpec,
+)
+from kfrelease.specs import Number, SpecDocument, validate
 
 METRICS_SOURCES = ("auto", "predictor", "prometheus")
 DEPLOYMENT_MODES = ("Serverless", "RawDeployment")
@@ -103,7 +114,7 @@ class RolloutSpec:
     rollback: RollbackSpec = field(default_factory=RollbackSpec)
     serving: ServingSpec = field(default_factory=ServingSpec)
 
-    def with_changes(self, **sections) -> "RolloutSpec":
+    def with_changes(self, **sections) -> RolloutSpec:
         """A copy with some fields of some sections replaced, e.g. ``canary={"interval_seconds": 2}``."""
         updates = {}
         for name, changes in sections.items():
@@ -135,7 +146,7 @@ class RolloutSpec:
         for w in steps:
             if not isinstance(w, int) or isinstance(w, bool) or not 0 < w <= 100:
                 bad(f"canary.steps has weight {w!r}; each step is a whole percent from 1 to 100")
-        if any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             bad(f"canary.steps {steps} are not strictly increasing")
         if steps[-1] != 100:
             bad(f"canary.steps {steps} must end at 100 (full promotion)")
@@ -171,76 +182,172 @@ class RolloutSpec:
             bad("canary.failure_threshold and shadow.min_labelled_samples must be at least 1")
 
 
-def _section(cls, doc, name: str, origin: str):
-    doc = doc or {}
-    if not isinstance(doc, dict):
-        raise RolloutSpecError(f"{origin}: section {name!r} must be a mapping")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(doc) - set(known)
-    for key in sorted(unknown):
-        if f"{name}.{key}" in REPLACED:
+# The documents a rollout.yaml holds (pydantic, for validation and the JSON Schema); defaults come from the
+# dataclasses above, so each has one home.
+def _default(cls, name: str):
+    value = getattr(cls, name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+class CheckDocument(SpecDocument):
+    """One canary check (``kfrelease.release.checks.CheckSpec``), judged at every step."""
+
+    name: str = Field(min_length=1, description="The check's name, unique within `canary.checks`.")
+    source: Literal[SOURCES] = Field(
+        "traffic", description="`traffic`: the canary's metric source; `labels`: the paired accuracy test."
+    )
+    series: Literal[SERIES] | None = Field(None, description="traffic: the built-in series read (or give `query`).")
+    query: str | None = Field(
+        None, description="traffic, `metrics_source: prometheus`: a PromQL expression returning one number "
+        "(placeholders {model} {version} {stage} {window})."
+    )
+    max: Number | None = Field(None, description="traffic: the check fails above this value.")
+    min: Number | None = Field(None, description="traffic: the check fails below this value.")
+    min_samples: int = Field(0, description="Step requests (traffic) or labelled pairs (labels) before it counts.")
+    on_short: Literal[ON_SHORT] | None = Field(
+        None, description="Below `min_samples`: `hold` the step or `skip` the check (null: hold for traffic, "
+        "skip for labels)."
+    )
+    margin: Number | None = Field(None, description="labels: the non-inferiority margin (null: the shadow gate's).")
+    error_rate: Number | None = Field(None, description="labels: the declared error rate (null: the shadow gate's).")
+    on_inconclusive: Literal[ON_INCONCLUSIVE] = Field(
+        "advance", description="labels: an undecided test lets the step `advance`, or `hold`s it."
+    )
+
+
+class ShadowDocument(SpecDocument):
+    """The shadow gate: a paired, anytime-valid sequential test on the same labelled requests."""
+
+    mirror_percent: Number = Field(_default(ShadowSpec, "mirror_percent"),
+                                  description="Share of production requests mirrored to the candidate, 0..100.")
+    min_labelled_samples: int = Field(_default(ShadowSpec, "min_labelled_samples"),
+                                      description="Do not even look before this many labelled pairs (>= 1).")
+    margin: Number = Field(_default(ShadowSpec, "margin"),
+                          description="Pass: candidate loss <= (1 + margin) x production's on the same requests.")
+    error_rate: Number = Field(_default(ShadowSpec, "error_rate"),
+                              description="Declared rate of each wrong decision, above 0 and below 0.5.")
+    loss: Literal["squared", "absolute"] = Field(_default(ShadowSpec, "loss"),
+                                                 description="`squared` (MSE) or `absolute` (MAE).")
+    fail_above: Literal["zero", "margin"] = Field(
+        _default(ShadowSpec, "fail_above"),
+        description="Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`).")
+    clip: Number = Field(_default(ShadowSpec, "clip"),
+                        description="Errors clipped at this many times production's held-out RMSE (heavy tails).")
+    boundary: Literal["asymptotic", "bernstein"] = Field(
+        _default(ShadowSpec, "boundary"), description="`asymptotic` or `bernstein` (exact, needs more pairs).")
+    max_samples: int | None = Field(_default(ShadowSpec, "max_samples"),
+                                    description="Undecided at this many pairs: insufficient evidence (null: no limit).")
+    max_wait_seconds: Number = Field(_default(ShadowSpec, "max_wait_seconds"),
+                                    description="Undecided after this long: insufficient evidence.")
+    at_limit: Literal[AT_LIMIT] = Field(
+        _default(ShadowSpec, "at_limit"),
+        description="Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way.")
+
+
+class CanaryDocument(SpecDocument):
+    """The gradual rollout: traffic steps, the checks at each step, when to roll back."""
+
+    steps: list[int] = Field(_default(CanarySpec, "steps"),
+                             description="Canary weight at each step, percent, strictly increasing, ending at 100.")
+    interval_seconds: Number = Field(_default(CanarySpec, "interval_seconds"),
+                                    description="Time at each step before its checks decide (> 0).")
+    checks: list[CheckDocument] = Field(
+        [CheckDocument(**asdict(c)) for c in DEFAULT_CHECKS], description="The checks judged at every step.")
+    failure_threshold: int = Field(_default(CanarySpec, "failure_threshold"),
+                                   description="Failed checks tolerated before rollback (Flagger's `threshold`).")
+    max_holds: int = Field(_default(CanarySpec, "max_holds"),
+                           description="Intervals in a row a step may be held (too few requests) before rollback.")
+    metrics_source: Literal[METRICS_SOURCES] = Field(
+        _default(CanarySpec, "metrics_source"),
+        description="`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.")
+    prometheus_url: str = Field(
+        _default(CanarySpec, "prometheus_url"),
+        description="metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.")
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _list(cls, value):
+        if isinstance(value, dict):
+            raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError as this key's problem
+                "is a list of checks (name, source, series or query, max/min, min_samples), not a "
+                             "mapping of limits; see kfrelease/rollout/default.yaml")
+        return value
+
+
+class RollbackDocument(SpecDocument):
+    """What a rollback does besides restoring production's traffic."""
+
+    reject_candidate: bool = Field(_default(RollbackSpec, "reject_candidate"),
+                                   description="Mark a rolled-back candidate `rejected` in the registry.")
+
+
+class ServingDocument(SpecDocument):
+    """How the model is served (KServe InferenceService settings; the embedded stack reads the namespace only)."""
+
+    namespace: str = Field(_default(ServingSpec, "namespace"), description="Kubernetes namespace of the serving.")
+    deployment_mode: Literal[DEPLOYMENT_MODES] = Field(
+        _default(ServingSpec, "deployment_mode"),
+        description="`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list).")
+    min_replicas: int = Field(_default(ServingSpec, "min_replicas"), description="Fewest predictor replicas.")
+    max_replicas: int = Field(_default(ServingSpec, "max_replicas"), description="Most predictor replicas.")
+    scale_target: int = Field(_default(ServingSpec, "scale_target"),
+                              description="Concurrent requests per replica (Knative autoscaling).")
+    cpu: str = Field(_default(ServingSpec, "cpu"), description="CPU request of a predictor replica.")
+    memory: str = Field(_default(ServingSpec, "memory"), description="Memory request of a predictor replica.")
+
+
+class RolloutDocument(SpecDocument):
+    """A rollout spec (`rollout.yaml`): how a candidate goes from staging (shadow) to production."""
+
+    model: str = Field(
+        "", description="The model (its registry name) this spec is for; usually left out: the spec in a model "
+        "project is bound to that project's model, and a spec naming another model is refused."
+    )
+    shadow: ShadowDocument | None = Field(None, description="The shadow gate.")
+    canary: CanaryDocument | None = Field(None, description="The canary steps and their checks.")
+    rollback: RollbackDocument | None = Field(None, description="The rollback rule.")
+    serving: ServingDocument | None = Field(None, description="Serving settings.")
+
+
+def _replaced(doc: dict, origin: str) -> None:
+    for path, replacement in REPLACED.items():
+        section, _, key = path.partition(".")
+        if isinstance(doc.get(section), dict) and key in doc[section]:
             raise RolloutSpecError(
-                f"{origin}: {name}.{key} is no longer a setting; it was replaced by {REPLACED[f'{name}.{key}']}; "
+                f"{origin}: {path} is no longer a setting; it was replaced by {replacement}; "
                 "see kfrelease/rollout/default.yaml; nothing was changed"
             )
-    if unknown:
-        raise RolloutSpecError(f"{origin}: unknown key(s) in {name!r}: {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {}
-    for key, value in doc.items():
-        if key == "checks":
-            kwargs[key] = _checks(value, origin)
-        elif key == "steps":
-            kwargs[key] = tuple(value or ())
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _checks(value, origin: str) -> tuple[CheckSpec, ...]:
-    if isinstance(value, dict):
-        raise RolloutSpecError(
-            f"{origin}: canary.checks is a list of checks (name, source, series or query, max/min, "
-            "min_samples), not a mapping of limits; see kfrelease/rollout/default.yaml; nothing was changed"
-        )
-    if not isinstance(value, list):
-        raise RolloutSpecError(f"{origin}: canary.checks must be a list of checks")
-    known = {f.name for f in dataclasses.fields(CheckSpec)}
-    out = []
-    for i, entry in enumerate(value):
-        if not isinstance(entry, dict):
-            raise RolloutSpecError(f"{origin}: canary.checks[{i}] must be a mapping with at least 'name'")
-        unknown = set(entry) - known
-        if unknown:
-            raise RolloutSpecError(f"{origin}: unknown key(s) in canary.checks[{i}]: {sorted(unknown)}; known: {sorted(known)}")
-        try:
-            out.append(CheckSpec(**entry))
-        except TypeError as exc:
-            raise RolloutSpecError(f"{origin}: canary.checks[{i}]: {exc}") from None
-    return tuple(out)
 
 
 def parse_rollout_spec(text: str, origin: str = "rollout spec") -> RolloutSpec:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RolloutSpecError(f"{origin}: not valid YAML: {exc}") from None
+        raise RolloutSpecError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise RolloutSpecError(f"{origin}: a rollout spec is a mapping of sections (shadow, canary, rollback, serving)")
-    unknown = set(doc) - {"model", "shadow", "canary", "rollback", "serving"}
-    if unknown:
-        raise RolloutSpecError(f"{origin}: unknown section(s) {sorted(unknown)}")
-    try:
-        spec = RolloutSpec(
-            model=str(doc.get("model") or ""),
-            shadow=_section(ShadowSpec, doc.get("shadow"), "shadow", origin),
-            canary=_section(CanarySpec, doc.get("canary"), "canary", origin),
-            rollback=_section(RollbackSpec, doc.get("rollback"), "rollback", origin),
-            serving=_section(ServingSpec, doc.get("serving"), "serving", origin),
-        )
-    except TypeError as exc:
-        raise RolloutSpecError(f"{origin}: {exc}") from None
+    _replaced(doc, origin)
+    d = validate(RolloutDocument, doc, origin, RolloutSpecError, "; nothing was changed")
+
+    def section(cls, part):
+        if part is None:
+            return cls()
+        values = part.model_dump(exclude_unset=True)
+        if "steps" in values:
+            values["steps"] = tuple(values["steps"])
+        if "checks" in values:
+            values["checks"] = tuple(CheckSpec(**c.model_dump(exclude_unset=True)) for c in part.checks)
+        return cls(**values)
+
+    spec = RolloutSpec(
+        model=d.model,
+        shadow=section(ShadowSpec, d.shadow),
+        canary=section(CanarySpec, d.canary),
+        rollback=section(RollbackSpec, d.rollback),
+        serving=section(ServingSpec, d.serving),
+    )
     spec.check(origin)
     return spec
 

@@ -27,23 +27,24 @@ data versions are not part of it: a new fingerprint within a tag means a new man
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
+from kfrelease.specs import Number, SpecDocument, did_you_mean, validate
 from kfrelease.training.resources import MODEL_DEFAULT, Resources, parse_resources
 
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
-VALIDATION_KEYS = (*THRESHOLD_KEYS, "tolerance", "max_drift_share")
-TOP_KEYS = ("name", "tag", "dataset", "features", "target", "estimator", "build", "split", "validation", "description",
-            "resources")
 
 
 @dataclass(frozen=True)
@@ -122,15 +123,15 @@ class ModelSpec:
 
     def _from_class(self):
         path = self.estimator["class"]
-        module_name, _, cls_name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), cls_name)
-        except (ImportError, AttributeError, ValueError):
-            raise ConfigError(
-                f"model spec {self.name!r}: unknown estimator {path!r}; give an import path such as "
-                "sklearn.linear_model.Ridge"
-            ) from None
+        cls = _import_estimator(path, f"model spec {self.name!r}")
         params = self.estimator.get("params") or {}
+        known = _param_names(cls)
+        unknown = [p for p in params if known and p not in known]
+        if unknown:
+            raise ConfigError(
+                f"model spec {self.name!r}: invalid hyper-parameter estimator.params.{unknown[0]}: {path} has no such "
+                f"parameter{did_you_mean(unknown[0], known)}; its parameters: {', '.join(sorted(known))}"
+            )
         try:
             return cls(**params)
         except TypeError as exc:
@@ -156,8 +157,148 @@ class ModelSpec:
             raise ConfigError(f"model spec {self.name!r}: {self.build} raised {type(exc).__name__}: {exc}") from None
 
 
-def _fail(origin: str, msg: str) -> ConfigError:
-    return ConfigError(f"{origin}: {msg}")
+def _import_estimator(path: str, where: str):
+    """The class at an import path, or a ConfigError suggesting the closest scikit-learn regressor."""
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError):
+        pass
+    hint = did_you_mean(path, _regressor_paths())
+    if not hint:  # the class name alone, in whichever module it lives
+        by_name = {p.rpartition(".")[2]: p for p in _regressor_paths()}
+        close = difflib.get_close_matches(cls_name, by_name, n=1, cutoff=0.6)
+        hint = f" (did you mean {by_name[close[0]]!r}?)" if close else ""
+    raise ConfigError(
+        f"{where}: unknown estimator {path!r}{hint}; give an import path such as sklearn.linear_model.Ridge"
+    ) from None
+
+
+def _regressor_paths() -> list[str]:
+    """Import paths of scikit-learn's public regressors (only read to suggest a name)."""
+    try:
+        from sklearn.utils import all_estimators
+
+        return [f"{c.__module__.rsplit('._', 1)[0]}.{n}" for n, c in all_estimators(type_filter="regressor")]
+    except Exception:  # noqa: BLE001 - a suggestion is optional
+        return []
+
+
+def _param_names(cls) -> list[str]:
+    """The hyper-parameters the class declares (scikit-learn's ``get_params``), or [] when it does not say."""
+    getter = getattr(cls, "_get_param_names", None)  # the classmethod behind BaseEstimator.get_params
+    try:
+        if callable(getter):
+            return list(getter())
+        return list(cls().get_params(deep=False))
+    except Exception:  # noqa: BLE001 - a class without defaults or get_params: let its constructor decide
+        return []
+
+
+class EstimatorDocument(SpecDocument):
+    """A scikit-learn compatible estimator named by its import path."""
+
+    class_: str = Field(
+        alias="class",
+        min_length=1,
+        description="The estimator's import path, e.g. `sklearn.linear_model.Ridge` (a regressor).",
+    )
+    params: dict[str, Any] | None = Field(
+        None, description="Its hyper-parameters, as keyword arguments (checked against the class's `get_params()`)."
+    )
+
+
+class SplitDocument(SpecDocument):
+    """How the curated data is split into training and held-out test rows."""
+
+    test_size: float = Field(0.2, description="Share of the rows held out for evaluation, between 0 and 1.")
+    seed: int = Field(42, description="Seed of the split, so a retrain holds out the same rows.")
+
+    @field_validator("test_size")
+    @classmethod
+    def _share(cls, value):
+        if not 0 < value < 1:
+            raise ValueError(f"must be between 0 and 1, not {value!r}")
+        return value
+
+
+class ValidationDocument(SpecDocument):
+    """What a candidate must meet to be registered as validated (any key may be left out or null)."""
+
+    max_mse: float | None = Field(None, description="Largest allowed mean squared error on the test rows.")
+    max_rmse: float | None = Field(None, description="Largest allowed root mean squared error on the test rows.")
+    max_mae: float | None = Field(None, description="Largest allowed mean absolute error on the test rows.")
+    min_r2: float | None = Field(None, description="Smallest allowed R² on the test rows.")
+    tolerance: float | None = Field(
+        None, description="How much worse (a share of RMSE) than production on the same test rows is allowed, "
+        "e.g. 0.02; null: no worse at all."
+    )
+    max_drift_share: float | None = Field(
+        None, description="Drift is always reported; a share of drifted features above this also fails validation."
+    )
+
+
+class ResourcesDocument(SpecDocument):
+    """What the train and evaluate steps may use (Kubernetes quantities; every key optional)."""
+
+    cpu: str | Number | None = Field(None, description=f"CPU request, e.g. 2 or 500m (default {MODEL_DEFAULT.cpu}).")
+    memory: str | None = Field(None, description=f"Memory request, e.g. 8Gi (default {MODEL_DEFAULT.memory}).")
+    cpu_limit: str | Number | None = Field(
+        None, description=f"CPU limit, at least the request (default {MODEL_DEFAULT.cpu_limit}, or the request)."
+    )
+    memory_limit: str | None = Field(
+        None, description=f"Memory limit, at least the request (default {MODEL_DEFAULT.memory_limit}, or the request)."
+    )
+    node_selector: dict[str, str] | None = Field(None, description="Node labels the steps must run on.")
+
+
+class ModelDocument(SpecDocument):
+    """A model spec (`model.yaml`, committed by the data scientists at the root of their model project)."""
+
+    name: str = Field(min_length=1, description="The model's name in the registry.")
+    description: str = Field("", description="What the model predicts, for the people who read it.")
+    tag: int = Field(description="The Model_Tag, a whole number >= 1: bump it when the model's kind or inputs change.")
+    dataset: str = Field(
+        min_length=1, description="The curated dataset to train on (its latest version unless a run pins one)."
+    )
+    features: list[str] = Field(description="The input columns, in order (the model's input schema).")
+    target: str = Field(min_length=1, description="The column to predict.")
+    estimator: EstimatorDocument | None = Field(
+        None, description="A scikit-learn compatible estimator `{class, params}`; give this or `build`."
+    )
+    build: str | None = Field(
+        None, pattern=r"^[^:]+\.py(:[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="`file.py:function` in the project returning an unfitted estimator (e.g. a Pipeline); "
+        "give this or `estimator`.",
+    )
+    split: SplitDocument | None = Field(None, description="How the data is split for evaluation.")
+    validation: ValidationDocument | None = Field(None, description="The thresholds a candidate must meet.")
+    resources: ResourcesDocument | None = Field(None, description="What the train and evaluate steps may use.")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, value):
+        if value < 1:
+            raise ValueError(f"must be a whole number >= 1 (the Model_Tag), not {value!r}")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value):
+        if not value:
+            raise ValueError("must be a non-empty list of column names")
+        twice = sorted({f for f in value if value.count(f) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} twice")
+        return value
+
+    @model_validator(mode="after")
+    def _one_definition(self):
+        if self.target in self.features:
+            raise ValueError(f"target {self.target!r} is also listed as a feature")
+        if (self.estimator is None) == (self.build is None):
+            raise ValueError("give exactly one of estimator {class, params} or build: file.py:function")
+        return self
 
 
 def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> ModelSpec:
@@ -165,63 +306,27 @@ def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> 
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise _fail(origin, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
-        raise _fail(origin, "a model spec is a mapping with name, tag, dataset, features, target, estimator")
-    unknown = sorted(set(doc) - set(TOP_KEYS))
-    if unknown:
-        raise _fail(origin, f"unknown key(s) {unknown}; known: {', '.join(TOP_KEYS)}")
-    missing = [k for k in ("name", "tag", "dataset", "features", "target") if not doc.get(k) and doc.get(k) != 0]
-    if missing:
-        raise _fail(origin, f"missing key(s) {', '.join(missing)}")
-    tag = doc["tag"]
-    if isinstance(tag, bool) or not isinstance(tag, int) or tag < 1:
-        raise _fail(origin, f"tag must be a whole number >= 1 (the Model_Tag), not {tag!r}")
-    features = doc["features"]
-    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
-        raise _fail(origin, "features must be a non-empty list of column names")
-    if len(set(features)) != len(features):
-        raise _fail(origin, "features lists a column twice")
-    if doc["target"] in features:
-        raise _fail(origin, f"target {doc['target']!r} is also listed as a feature")
-    estimator, build = doc.get("estimator"), doc.get("build")
-    if bool(estimator) == bool(build):
-        raise _fail(origin, "give exactly one of estimator {class, params} or build: file.py:function")
-    if estimator is not None:
-        if not isinstance(estimator, dict) or not isinstance(estimator.get("class"), str):
-            raise _fail(origin, "estimator must be {class: import.path.Class, params: {...}}")
-        if set(estimator) - {"class", "params"}:
-            raise _fail(origin, f"estimator has unknown key(s) {sorted(set(estimator) - {'class', 'params'})}")
-        if not isinstance(estimator.get("params") or {}, dict):
-            raise _fail(origin, "estimator.params must be a mapping of hyper-parameters")
-        estimator = {"class": estimator["class"], "params": dict(estimator.get("params") or {})}
-    if build is not None and (not isinstance(build, str) or not build.partition(":")[0].endswith(".py")):
-        raise _fail(origin, f"build must look like model.py:build_model, not {build!r}")
-    split = doc.get("split") or {}
-    if not isinstance(split, dict) or set(split) - {"test_size", "seed"}:
-        raise _fail(origin, "split takes test_size (0..1) and seed")
-    test_size = split.get("test_size", 0.2)
-    if not isinstance(test_size, (int, float)) or not 0 < float(test_size) < 1:
-        raise _fail(origin, f"split.test_size must be between 0 and 1, not {test_size!r}")
-    validation = doc.get("validation") or {}
-    if not isinstance(validation, dict) or set(validation) - set(VALIDATION_KEYS):
-        raise _fail(origin, f"validation takes {', '.join(VALIDATION_KEYS)}")
-    for k, v in validation.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise _fail(origin, f"validation.{k} must be a number, not {v!r}")
+        raise ConfigError(f"{origin}: a model spec is a mapping with name, tag, dataset, features, target, estimator")
+    d = validate(ModelDocument, doc, origin)
+    split = d.split or SplitDocument()
+    estimator = None
+    if d.estimator is not None:  # as written: the fingerprint hashes it
+        estimator = {"class": d.estimator.class_, "params": dict(d.estimator.params or {})}
     return ModelSpec(
-        name=str(doc["name"]),
-        tag=tag,
-        dataset=str(doc["dataset"]),
-        features=tuple(features),
-        target=str(doc["target"]),
+        name=d.name,
+        tag=d.tag,
+        dataset=d.dataset,
+        features=tuple(d.features),
+        target=d.target,
         estimator=estimator,
-        build=build,
-        test_size=float(test_size),
-        seed=int(split.get("seed", 42)),
-        validation=dict(validation),
+        build=d.build,
+        test_size=float(split.test_size),
+        seed=split.seed,
+        validation=dict(doc.get("validation") or {}),
         code=dict(code or {}),
-        description=str(doc.get("description", "")),
+        description=d.description,
         resources=parse_resources(doc.get("resources"), origin),
         text=text,
     )

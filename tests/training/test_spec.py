@@ -52,10 +52,10 @@ def test_fingerprint_changes_with_the_definition_only():
         ("- a list", "a model spec is a mapping"),
         (spec_text(tag=0), "tag must be a whole number"),
         (spec_text(target="age"), "also listed as a feature"),
-        (spec_text(features=[]), "missing key(s) features"),
+        (spec_text(features=[]), "features must be a non-empty list of column names"),
         (spec_text(split={"test_size": 2}), "test_size must be between 0 and 1"),
         (spec_text(validation={"max_rmse": "high"}), "validation.max_rmse must be a number"),
-        (spec_text(estimatr={"class": "x"}), "unknown key(s) ['estimatr']"),
+        (spec_text(estimatr={"class": "x"}), "unknown key 'estimatr' (did you mean 'estimator'?)"),
         (spec_text(build="model.py:build_model"), "exactly one of estimator"),
     ],
 )

@@ -1,0 +1,147 @@
+"""The three YAML specs teach: every key is described, an unknown key gets a did-you-mean, errors are one line,
+and the committed JSON Schemas and key reference are the generated ones."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel
+
+from kfrelease.cli import cli
+from kfrelease.data.spec import parse_spec as parse_dataset
+from kfrelease.errors import ConfigError
+from kfrelease.release.checks import CheckSpec
+from kfrelease.rollout import spec as rollout
+from kfrelease.specs import SCHEMAS, document, reference_markdown, schema_text
+from kfrelease.training.spec import parse_spec as parse_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = "name: d\nsource: {prefix: d/}\ncolumns: {a: {dtype: float64}, y: {dtype: float64}}\n"
+MODEL = "name: m\ntag: 1\ndataset: d\nfeatures: [a]\ntarget: y\n"
+RIDGE = "estimator: {class: sklearn.linear_model.Ridge}\n"
+
+
+def refused(parse, text: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse(text, "spec.yaml")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("spec.yaml: ")
+    return message
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (DATASET + "descripton: x\n", "unknown key 'descripton' (did you mean 'description'?)"),
+        (DATASET.replace("{a: {dtype:", "{a: {type:"), "unknown key 'type' in columns.a (did you mean 'dtype'?)"),
+        (DATASET.replace("source:", "sources:"), "unknown key 'sources' (did you mean 'source'?)"),
+        (DATASET.replace("float64}, y", "float}, y"), "columns.a.dtype 'float' is unknown (did you mean 'float64'?)"),
+        (DATASET + "target: yy\n", "target 'yy' is not one of the declared columns (did you mean 'y'?)"),
+        ("name: d\n", "missing key(s) source, columns"),
+        (DATASET.replace("{dtype: float64}, y", "{dtype: float64, min: 5, max: 1}, y"),
+         "columns.a: min 5 is above max 1"),
+    ],
+)
+def test_dataset_spec_mistakes_are_named_with_the_fix(text, message):
+    assert message in refused(parse_dataset, text)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (MODEL + RIDGE + "validaton: {}\n", "unknown key 'validaton' (did you mean 'validation'?)"),
+        (MODEL + "estimator: {class: sklearn.linear_model.Ridge, parms: {}}\n",
+         "unknown key 'parms' in estimator (did you mean 'params'?); known: class, params"),
+        (MODEL + RIDGE + "resources: {cpu: true}\n", "resources.cpu must be text or a number, not True"),
+        (MODEL.replace("tag: 1", "tag: '1'") + RIDGE, "tag must be a whole number, not '1'"),
+    ],
+)
+def test_model_spec_mistakes_are_named_with_the_fix(text, message):
+    assert message in refused(parse_model, text)
+
+
+@pytest.mark.parametrize(
+    "estimator, message",
+    [
+        ({"class": "sklearn.linear_model.Ridg"},
+         "unknown estimator 'sklearn.linear_model.Ridg' (did you mean 'sklearn.linear_model.Ridge'?)"),
+        ({"class": "RandomForestRegresor"}, "(did you mean 'sklearn.ensemble.RandomForestRegressor'?)"),
+        ({"class": "sklearn.linear_model.Ridge", "params": {"alpah": 1}},
+         "estimator.params.alpah: sklearn.linear_model.Ridge has no such parameter (did you mean 'alpha'?)"),
+    ],
+)
+def test_estimator_classes_and_parameters_get_a_suggestion(estimator, message):
+    spec = parse_model(MODEL + f"estimator: {json.dumps(estimator)}\n")
+    with pytest.raises(ConfigError, match="^model spec 'm': ") as err:
+        spec.build_estimator()
+    assert message in str(err.value)
+
+
+def test_rollout_spec_mistakes_are_named_and_change_nothing():
+    message = refused(rollout.parse_rollout_spec, "model: m\ncanary: {checks: [{name: a, serie: requests}]}\n")
+    assert "unknown key 'serie' in canary.checks[0] (did you mean 'series'?)" in message
+    assert message.endswith("; nothing was changed")
+
+
+def documents(model: type[BaseModel], seen=None):
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return seen
+    seen.add(model)
+    for field in model.model_fields.values():
+        for inner in _types(field.annotation):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                documents(inner, seen)
+    return seen
+
+
+def _types(annotation):
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _types(arg)
+
+
+@pytest.mark.parametrize("kind", list(SCHEMAS))
+def test_every_key_of_every_spec_is_described(kind):
+    for model in documents(document(kind)):
+        assert model.__doc__, model
+        undescribed = [name for name, f in model.model_fields.items() if not f.description]
+        assert not undescribed, f"{model.__name__}: {undescribed}"
+
+
+@pytest.mark.parametrize(
+    "doc, runtime",
+    [(rollout.ShadowDocument, rollout.ShadowSpec), (rollout.CanaryDocument, rollout.CanarySpec),
+     (rollout.RollbackDocument, rollout.RollbackSpec), (rollout.ServingDocument, rollout.ServingSpec),
+     (rollout.CheckDocument, CheckSpec)],
+)
+def test_rollout_documents_declare_the_runtime_fields_and_defaults(doc, runtime):
+    assert list(doc.model_fields) == [f.name for f in dataclasses.fields(runtime)]
+    defaults = doc.model_validate({"name": "c"} if runtime is CheckSpec else {}).model_dump()
+    expected = runtime("c") if runtime is CheckSpec else runtime()
+    assert defaults == json.loads(json.dumps(dataclasses.asdict(expected)))
+
+
+@pytest.mark.parametrize("kind", list(SCHEMAS))
+def test_committed_json_schemas_are_the_generated_ones(kind):
+    committed = ROOT / "schemas" / "specs" / f"{kind}.schema.json"
+    assert committed.read_text() == schema_text(kind), (
+        f"run: .venv/bin/kfrelease spec schema {kind} > schemas/specs/{kind}.schema.json")
+    result = CliRunner().invoke(cli, ["spec", "schema", kind])
+    assert result.exit_code == 0 and json.loads(result.output)["additionalProperties"] is False
+
+
+def test_committed_spec_reference_is_the_generated_one():
+    assert (ROOT / "docs" / "spec-reference.md").read_text() == reference_markdown(), (
+        "run: .venv/bin/kfrelease spec reference > docs/spec-reference.md")
+
+
+def test_the_packaged_specs_validate_against_their_json_schemas():
+    import jsonschema
+    import yaml
+
+    for kind, path in [("dataset", "kfrelease/data/specs/diabetes.yaml"), ("rollout", "kfrelease/rollout/default.yaml"),
+                       ("model", "examples/diabetes-model/model.yaml")]:
+        jsonschema.validate(yaml.safe_load((ROOT / path).read_text()), json.loads(schema_text(kind)))
