@@ -15,7 +15,8 @@ import click
 from kfrelease.errors import KfreleaseError
 
 #: Modules under kfrelease.cli that define ``register(cli)`` (each must exist: a missing one fails the import).
-CLI_MODULES = ("stack", "access", "data", "pipelines", "models", "serve", "release", "monitor", "workspace", "manifests", "demo")
+CLI_MODULES = ("stack", "access", "data", "specs", "pipelines", "models", "serve", "release", "monitor", "workspace",
+               "manifests", "demo")
 
 
 class KfreleaseGroup(click.Group):

@@ -1,0 +1,83 @@
+"""``kfrelease data init --from FILE.csv`` writes a dataset spec inferred from the data, for the data engineer to
+review: it validates, the file it came from passes it, the target is only suggested, nothing is overwritten."""
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from sklearn.datasets import make_friedman1
+
+from kfrelease.cli import cli
+from kfrelease.data.spec import load_spec
+
+
+def friedman_csv(path, n: int = 200):
+    """make_friedman1 as a data scientist's CSV: row_id, x0..x9, y, plus a text, a flag, a time and a gap."""
+    X, y = make_friedman1(n_samples=n, random_state=0)
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)])
+    df.insert(0, "row_id", range(1, n + 1))
+    df["y"] = y
+    df.loc[3, "x2"] = np.nan
+    df["site"] = ["north", "south"] * (n // 2)
+    df["checked"] = [True, False] * (n // 2)
+    df["seen"] = pd.date_range("2024-01-01", periods=n, freq="h")
+    df.to_csv(path, index=False)
+    return df
+
+
+def init(*args):
+    return CliRunner().invoke(cli, ["data", "init", *args])
+
+
+def test_the_inferred_spec_declares_what_the_data_shows_and_accepts_its_file(tmp_path):
+    df = friedman_csv(tmp_path / "friedman.csv")
+    out = tmp_path / "friedman.yaml"
+    result = init("--from", str(tmp_path / "friedman.csv"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    spec = load_spec(str(out))
+    assert spec.name == "friedman" and spec.source_prefix == "friedman/" and spec.id_column == "row_id"
+    assert spec.column_names == list(df.columns)
+    dtypes = {c.name: c.dtype for c in spec.columns}
+    assert dtypes == {"row_id": "int64", **{f"x{i}": "float64" for i in range(10)}, "y": "float64",
+                      "site": "string", "checked": "bool", "seen": "datetime64[ns]"}
+    assert spec.column("row_id").unique and (spec.column("row_id").min, spec.column("row_id").max) == (1, 200)
+    assert spec.column("x2").nullable and not spec.column("x0").nullable
+    y = spec.column("y")
+    assert y.min <= df.y.min() and y.max >= df.y.max()  # rounded outward, never inside the data
+    assert spec.target is None and "# target: y" in out.read_text()  # suggested, left for the engineer
+    assert not yaml.safe_load(out.read_text()).get("target")
+    result = CliRunner().invoke(cli, ["data", "validate", "--dataset", str(out), "--file", str(tmp_path / "friedman.csv")])
+    assert result.exit_code == 0 and "valid: 200 rows" in result.output
+
+
+def test_init_never_overwrites_and_names_bad_files(tmp_path):
+    friedman_csv(tmp_path / "f.csv", n=20)
+    out = tmp_path / "spec.yaml"
+    out.write_text("kept\n")
+    result = init("--from", str(tmp_path / "f.csv"), "--out", str(out))
+    assert result.exit_code == 1 and "already exists; nothing was written" in result.output
+    assert out.read_text() == "kept\n"
+
+    result = init("--from", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 1 and "missing.csv does not exist" in result.output
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
+    result = init("--from", str(tmp_path / "ragged.csv"), "--out", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 1 and "ragged.csv line 3: 1 fields, expected 2" in result.output
+    (tmp_path / "bytes.csv").write_bytes(b"\xff\xfe,b\n1,2\n")
+    result = init("--from", str(tmp_path / "bytes.csv"), "--out", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 1 and "not a readable CSV file" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.integration
+def test_a_csv_publishes_with_the_spec_inferred_from_it(stack, run_cli, tmp_path):
+    name = f"friedman-{uuid.uuid4().hex[:8]}"
+    friedman_csv(tmp_path / "friedman.csv", n=300)
+    spec = tmp_path / f"{name}.yaml"
+    run_cli("data", "init", "--from", str(tmp_path / "friedman.csv"), "--name", name, "--out", str(spec), check=True)
+    run_cli("data", "upload", str(tmp_path / "friedman.csv"), "--dataset", str(spec), check=True)
+    published = run_cli("data", "publish", "--dataset", str(spec), check=True)
+    assert "300 rows" in published.stdout
