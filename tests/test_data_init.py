@@ -12,8 +12,10 @@ from sklearn.datasets import make_friedman1
 
 from kfrelease.cli import cli
 from kfrelease.data.ingest import read_source
+from kfrelease.data.publish import get_version
 from kfrelease.data.spec import load_spec
 from kfrelease.data.validate import validate
+from kfrelease.storage import store_for
 
 
 def friedman_csv(path, n: int = 200):
@@ -75,11 +77,14 @@ def test_init_never_overwrites_and_names_bad_files(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_csv_publishes_with_the_spec_inferred_from_it(stack, run_cli, tmp_path):
+def test_a_csv_publishes_with_the_spec_inferred_from_it(stack, tmp_path):
     name = f"friedman-{uuid.uuid4().hex[:8]}"
-    friedman_csv(tmp_path / "friedman.csv", n=300)
+    source = tmp_path / "friedman.csv"
+    friedman_csv(source, n=300)
     spec = tmp_path / f"{name}.yaml"
-    run_cli("data", "init", "--from", str(tmp_path / "friedman.csv"), "--name", name, "--out", str(spec), check=True)
-    run_cli("data", "upload", str(tmp_path / "friedman.csv"), "--dataset", str(spec), check=True)
-    published = run_cli("data", "publish", "--dataset", str(spec), check=True)
-    assert "300 rows" in published.stdout
+    assert init("--from", str(source), "--name", name, "--out", str(spec)).exit_code == 0
+    for args in (["data", "upload", str(source), "--dataset", str(spec)], ["data", "publish", "--dataset", str(spec)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    assert "300 rows" in result.output
+    assert get_version(store_for("data-scientist"), name).row_count == 300
