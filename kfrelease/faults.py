@@ -9,10 +9,12 @@ a retried attempt then goes past the point. Unset (the default), ``crash_point``
 import os
 import signal
 
+from kfrelease.config import setting
+
 
 def crash_point(name: str) -> None:
-    if os.environ.get("KFRELEASE_CRASH_AT") == name:
-        once = os.environ.get("KFRELEASE_CRASH_ONCE")
+    if setting("KFRELEASE_CRASH_AT") == name:
+        once = setting("KFRELEASE_CRASH_ONCE")
         if once:
             try:
                 os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

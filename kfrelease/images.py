@@ -14,22 +14,22 @@ runs components in the current environment.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import yaml
 
+from kfrelease.config import declared, setting
 from kfrelease.errors import ConfigError
 
 IMAGE_ENV = "KFRELEASE_IMAGE"
-DEFAULT_PROJECT_IMAGE = "public.ecr.aws/kfrelease/kfrelease:0.1.0"
+DEFAULT_PROJECT_IMAGE = declared(IMAGE_ENV).default
 _BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.\-:]*(/[a-z0-9._\-]+)+@sha256:[0-9a-f]{64}$")
 
 
 def project_image() -> str:
     """The image pipelines are compiled against now: ``KFRELEASE_IMAGE``, else the public default."""
-    return os.environ.get(IMAGE_ENV) or DEFAULT_PROJECT_IMAGE
+    return setting(IMAGE_ENV)
 
 
 def is_by_digest(image: str) -> bool:

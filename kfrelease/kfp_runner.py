@@ -11,12 +11,11 @@ import contextlib
 import importlib
 import io
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
     init_local(settings)
     name = getattr(pipeline_func, "name", pipeline_func)
     if verbose is None:
-        verbose = os.environ.get("KFRELEASE_VERBOSE") == "1"
+        verbose = setting("KFRELEASE_VERBOSE")
     stream = _StepStream(on_step)
     quiet = contextlib.ExitStack()
     if not verbose:

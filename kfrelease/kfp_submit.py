@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from kfrelease.config import setting
 from kfrelease.errors import ConfigError
 
 #: Where runs are created on the cluster, unless ``KFRELEASE_NAMESPACE`` says otherwise.
@@ -31,7 +32,7 @@ TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 
 
 def namespace() -> str:
-    return os.environ.get("KFRELEASE_NAMESPACE", DEFAULT_NAMESPACE)
+    return setting("KFRELEASE_NAMESPACE")
 
 
 def client(host: str):

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def busybox_path() -> str:
 
 def image_registry(settings: Settings) -> str:
     """Where images go: ``KFRELEASE_IMAGE_REGISTRY`` (e.g. ECR), else the embedded stack's registry."""
-    return os.environ.get("KFRELEASE_IMAGE_REGISTRY") or f"127.0.0.1:{settings.port('registry')}"
+    return setting("KFRELEASE_IMAGE_REGISTRY") or f"127.0.0.1:{settings.port('registry')}"
 
 
 def _is_local(registry: str) -> bool:
@@ -112,7 +112,7 @@ def build_modelcar(model_dir: str | Path, layout: str | Path, tag: str, labels: 
 def push(layout: str | Path, tag: str, destination: str, creds: str | None = None) -> ImageRef:
     """Push ``layout:tag`` to ``destination`` (``registry/repository:tag``); returns the pushed digest."""
     registry = destination.split("/")[0]
-    creds = creds or os.environ.get("KFRELEASE_REGISTRY_CREDS")
+    creds = creds or setting("KFRELEASE_REGISTRY_CREDS")
     with tempfile.TemporaryDirectory() as tmp:
         digest_file = Path(tmp) / "digest"
         args = ["skopeo", "copy", "--retry-times", "2", "--digestfile", str(digest_file),

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import struct
 import threading
 from collections import OrderedDict
 
 import numpy as np
 from prometheus_client import Counter
+
+from kfrelease.config import setting
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def cache_from_option(
             )
         return LRUCache(model, version, int(size) if size else 100_000)
     if option.startswith(("redis://", "rediss://", "unix://")):
-        ttl = int(os.environ.get("KFRELEASE_CACHE_TTL", "3600"))
+        ttl = setting("KFRELEASE_CACHE_TTL")
         return RedisCache(model, version, option, ttl)
     raise ConfigError(
         f"--cache {option!r} is not understood; use off, lru, lru:N or redis://host:port/db"

@@ -35,6 +35,7 @@ import orjson
 import pandas as pd
 from prometheus_client import Counter, Histogram
 
+from kfrelease.config import setting
 from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.serving.slots import STAGES
 
@@ -201,7 +202,7 @@ def load_model_dir(path: str | Path, expected_name: str | None = None) -> Loaded
         name=name or (expected_name or d.name),
         version=str(
             entry.get("version")
-            or os.environ.get("KFRELEASE_MODEL_VERSION")
+            or setting("KFRELEASE_MODEL_VERSION")
             or "unknown"
         ),
         features=features,

@@ -23,12 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from kfrelease.config import setting
 from kfrelease.data.features import apply_features
 from kfrelease.data.ingest import LINE_COL, SOURCE_COL, Source
 from kfrelease.data.publish import DatasetVersion, load_dataset, publish
@@ -71,13 +71,9 @@ class Curation:
 
 
 def lookback() -> dt.timedelta:
-    raw = os.environ.get("KFRELEASE_LABELLED_TRAFFIC_DAYS", str(DEFAULT_LOOKBACK_DAYS))
-    try:
-        days = float(raw)
-    except ValueError:
-        raise ConfigError(f"KFRELEASE_LABELLED_TRAFFIC_DAYS is {raw!r}; give a number of days, e.g. 7") from None
+    days = setting("KFRELEASE_LABELLED_TRAFFIC_DAYS")
     if days <= 0:
-        raise ConfigError(f"KFRELEASE_LABELLED_TRAFFIC_DAYS is {raw!r}; give a positive number of days")
+        raise ConfigError(f"KFRELEASE_LABELLED_TRAFFIC_DAYS is {days!r}; give a positive number of days")
     return dt.timedelta(days=days)
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
+from kfrelease.config import setting
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.versions import KServeVersion, kserve_version, newest
 from kfrelease.resources import resource_dir
@@ -82,7 +82,7 @@ def vendored_crds() -> Path:
 def target_kserve(kserve: str | KServeVersion | None = None) -> KServeVersion:
     if isinstance(kserve, KServeVersion):
         return kserve
-    return kserve_version(kserve or os.environ.get("KFRELEASE_KSERVE_VERSION") or newest().version)
+    return kserve_version(kserve or setting("KFRELEASE_KSERVE_VERSION") or newest().version)
 
 
 def _crd_files(root: Path, kserve: str | None) -> list[Path]:
@@ -136,7 +136,7 @@ def _crd_validator(group: str, version: str, kind: str, crd_dir: str | None, kse
 def kube_version() -> str:
     import kubernetes_validate
 
-    return os.environ.get("KFRELEASE_KUBE_VERSION") or kubernetes_validate.latest_version()
+    return setting("KFRELEASE_KUBE_VERSION") or kubernetes_validate.latest_version()
 
 
 def _where(doc: dict) -> str:

@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kfrelease.config import setting
 from kfrelease.errors import NotFound
 from kfrelease.lake import schema as S
 from kfrelease.storage import ObjectInfo, ObjectStore
@@ -181,7 +182,7 @@ class LakeCache:
     @classmethod
     def for_store(cls, store: ObjectStore) -> LakeCache:
         settings = getattr(store, "settings", None)
-        base = os.environ.get("KFRELEASE_LAKE_CACHE") or (
+        base = setting("KFRELEASE_LAKE_CACHE") or (
             settings.home / "cache" / "lake" if settings is not None else None
         )
         return cls(Path(base) if base else None)

@@ -19,9 +19,9 @@ a step after the data pipeline) checks once.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
+from kfrelease.config import setting
 from kfrelease.errors import Conflict, KfreleaseError
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,7 @@ BUCKET = "pipeline-root"
 
 
 def enabled() -> bool:
-    return os.environ.get(
-        "KFRELEASE_RETRAIN_ON_NEW_DATA", "on"
-    ).strip().lower() not in ("off", "0", "false", "no")
+    return setting("KFRELEASE_RETRAIN_ON_NEW_DATA")
 
 
 def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
@@ -99,7 +97,7 @@ def start_poller(receiver, interval: float | None = None) -> threading.Thread | 
     interval = float(
         interval
         if interval is not None
-        else os.environ.get("KFRELEASE_NEWDATA_POLL_SECONDS", "0")
+        else setting("KFRELEASE_NEWDATA_POLL_SECONDS")
     )
     if interval <= 0 or not enabled():
         return None

@@ -34,14 +34,13 @@ import importlib
 import inspect
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,20 +74,16 @@ class AlertReceiver:
 
         self.settings = settings
         self.store = store or store_for("pipeline", settings)
-        self.min_interval = float(
-            min_interval
-            if min_interval is not None
-            else os.environ.get("KFRELEASE_RETRAIN_MIN_INTERVAL", "3600")
-        )
+        self.min_interval = float(min_interval if min_interval is not None else setting("KFRELEASE_RETRAIN_MIN_INTERVAL"))
         self.trigger_path = (
             trigger_path
-            or os.environ.get("KFRELEASE_RETRAIN_TRIGGER")
+            or setting("KFRELEASE_RETRAIN_TRIGGER")
             or DEFAULT_TRIGGER
         )
         self.curate_path = (
             curate_path
             if curate_path is not None
-            else os.environ.get("KFRELEASE_RETRAIN_CURATE", DEFAULT_CURATE)
+            else setting("KFRELEASE_RETRAIN_CURATE")
         )
         self._curation = threading.Lock()
         self._lock = threading.Lock()  # one retrain at a time
@@ -289,7 +284,7 @@ class AlertReceiver:
             commit = entry.get("commit")
         except KfreleaseError:
             pass
-        return commit, os.environ.get("KFRELEASE_REPO")
+        return commit, setting("KFRELEASE_REPO")
 
 
 def _jsonable(obj):

@@ -16,20 +16,15 @@ Readiness: ``/-/ready`` for the three Prometheus programs, ``/healthz`` for the 
 from __future__ import annotations
 
 import json
-import os
 
 import yaml
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.monitoring.rules import render_rules
 from kfrelease.stack.service import Service, python_service
 
 GROUP = "monitoring"
 STAGE_OFFSETS = {"production": 0, "staging": 1, "canary": 2}
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
 
 
 def prometheus_config(
@@ -112,9 +107,9 @@ def prometheus_service(
     alert_for: str | None = None,
 ) -> Service:
     d = settings.service_dir("prometheus")
-    scrape = scrape_interval or _env("KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL", "10s")
-    evaluation = eval_interval or _env("KFRELEASE_PROMETHEUS_EVAL_INTERVAL", "10s")
-    for_override = alert_for or os.environ.get("KFRELEASE_ALERT_FOR") or None
+    scrape = scrape_interval or setting("KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL")
+    evaluation = eval_interval or setting("KFRELEASE_PROMETHEUS_EVAL_INTERVAL")
+    for_override = alert_for or setting("KFRELEASE_ALERT_FOR")
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
@@ -167,9 +162,9 @@ def alertmanager_service(
     repeat_interval: str | None = None,
 ) -> Service:
     d = settings.service_dir("alertmanager")
-    wait = group_wait or _env("KFRELEASE_ALERTMANAGER_GROUP_WAIT", "10s")
-    interval = group_interval or _env("KFRELEASE_ALERTMANAGER_GROUP_INTERVAL", "1m")
-    repeat = repeat_interval or _env("KFRELEASE_ALERTMANAGER_REPEAT_INTERVAL", "4h")
+    wait = group_wait or setting("KFRELEASE_ALERTMANAGER_GROUP_WAIT")
+    interval = group_interval or setting("KFRELEASE_ALERTMANAGER_GROUP_INTERVAL")
+    repeat = repeat_interval or setting("KFRELEASE_ALERTMANAGER_REPEAT_INTERVAL")
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)

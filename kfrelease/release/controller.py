@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
 from kfrelease.release.decision import PairSequence, decide
@@ -81,7 +80,7 @@ Clock = SystemClock
 
 
 def on_cluster() -> bool:
-    return os.environ.get("KFRELEASE_TARGET") == "cluster"
+    return setting("KFRELEASE_TARGET") == "cluster"
 
 
 def metrics_source(spec: RolloutSpec) -> str:
@@ -96,7 +95,7 @@ def metrics_source(spec: RolloutSpec) -> str:
 def prometheus_url(settings: Settings, spec: RolloutSpec) -> str:
     """The canary's Prometheus: ``canary.prometheus_url``, else ``KFRELEASE_PROMETHEUS_URL``, else (embedded
     stack only) the stack's own. A pipeline pod on a cluster has no Prometheus on 127.0.0.1."""
-    url = spec.canary.prometheus_url or os.environ.get("KFRELEASE_PROMETHEUS_URL", "")
+    url = spec.canary.prometheus_url or (setting("KFRELEASE_PROMETHEUS_URL") or "")
     if url:
         return url
     if on_cluster():

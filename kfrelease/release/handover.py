@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kfrelease.config import Settings, child_env
+from kfrelease.config import Settings, child_env, setting
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,15 @@ def start_release(
 ) -> dict | None:
     """Start the release of a staging version in the background; returns its record (None when the
     hand-over is turned off). The record says pid and log; the outcome lands in the registry history."""
-    if os.environ.get("KFRELEASE_AUTO_RELEASE", "1") == "0":
+    if not setting("KFRELEASE_AUTO_RELEASE"):
         log.info(
             "KFRELEASE_AUTO_RELEASE=0: the release of %s %s is not started",
             model,
             version,
         )
         return None
-    spec_path = spec_path or os.environ.get("KFRELEASE_ROLLOUT_SPEC") or None
-    host = os.environ.get("KFRELEASE_KFP_HOST")
+    spec_path = spec_path or setting("KFRELEASE_ROLLOUT_SPEC")
+    host = setting("KFRELEASE_KFP_HOST")
     if host:
         return submit_release(host, model, version, spec_path)
     path = record_path(settings, model, version)

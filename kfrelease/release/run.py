@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import Conflict
 from kfrelease.release.controller import ReleaseController, ReleaseOutcome
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
@@ -99,9 +99,9 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
     """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
     from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
     names the cluster's KServe), else the local gateway."""
-    if os.environ.get("KFRELEASE_TARGET") == "cluster":
-        from kfrelease.registry import ModelRegistry
+    if setting("KFRELEASE_TARGET") == "cluster":
         from kfrelease.k8s.driver import KServeTrafficDriver, KubernetesObjects
+        from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
 
         uris = {}
@@ -113,7 +113,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
                 else f"s3://models/artifacts/{spec.model}/{mv.version}/"
             )
         return KServeTrafficDriver(spec, uris, KubernetesObjects(), holder=version,
-                                   kserve_version=os.environ.get("KFRELEASE_KSERVE_VERSION") or None)
+                                   kserve_version=setting("KFRELEASE_KSERVE_VERSION"))
     from kfrelease.serving.gateway import LocalGatewayDriver
 
     ensure_serving_services(settings)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,11 @@ def machine_limit(run_memory_bytes: int, cores: int | None = None, total_memory:
 
 
 def concurrency_limit(run_memory_bytes: int) -> int:
-    configured = os.environ.get("KFRELEASE_MAX_RUNS")
-    if configured:
-        try:
-            value = int(configured)
-        except ValueError:
-            value = 0
-        if value < 1:
+    configured = setting("KFRELEASE_MAX_RUNS")
+    if configured is not None:
+        if configured < 1:
             raise ConfigError(f"KFRELEASE_MAX_RUNS={configured!r}: give a whole number of runs >= 1")
-        return value
+        return configured
     return machine_limit(run_memory_bytes)
 
 
