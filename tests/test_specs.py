@@ -138,10 +138,14 @@ def test_committed_spec_reference_is_the_generated_one():
         "run: .venv/bin/kfrelease spec reference > docs/spec-reference.md")
 
 
-def test_the_packaged_specs_validate_against_their_json_schemas():
+def test_the_packaged_and_example_specs_validate_against_their_json_schemas():
     import jsonschema
     import yaml
 
-    for kind, path in [("dataset", "kfrelease/data/specs/diabetes.yaml"), ("rollout", "kfrelease/rollout/default.yaml"),
-                       ("model", "examples/diabetes-model/model.yaml")]:
-        jsonschema.validate(yaml.safe_load((ROOT / path).read_text()), json.loads(schema_text(kind)))
+    files = {"dataset": sorted((ROOT / "kfrelease" / "data" / "specs").glob("*.yaml")),
+             "rollout": [ROOT / "kfrelease" / "rollout" / "default.yaml", *ROOT.glob("examples/*/rollout.yaml")],
+             "model": sorted(ROOT.glob("examples/*/model.yaml"))}
+    for kind, paths in files.items():
+        assert paths, kind
+        for path in paths:
+            jsonschema.validate(yaml.safe_load(path.read_text()) or {}, json.loads(schema_text(kind)))

@@ -175,7 +175,8 @@ class RolloutSpec:
         if self.canary.max_holds < 0:
             bad("canary.max_holds must be at least 0")
         if self.canary.metrics_source not in METRICS_SOURCES:
-            bad(f"canary.metrics_source {self.canary.metrics_source!r} is unknown; use one of {', '.join(METRICS_SOURCES)}")
+            bad(f"canary.metrics_source {self.canary.metrics_source!r} is unknown; "
+                f"use one of {', '.join(METRICS_SOURCES)}")
         if self.serving.deployment_mode not in DEPLOYMENT_MODES:
             bad(f"serving.deployment_mode {self.serving.deployment_mode!r}; use one of {', '.join(DEPLOYMENT_MODES)}")
         if self.canary.failure_threshold < 1 or self.shadow.min_labelled_samples < 1:
@@ -187,6 +188,11 @@ class RolloutSpec:
 def _default(cls, name: str):
     value = getattr(cls, name)
     return list(value) if isinstance(value, tuple) else value
+
+
+def _from(cls, name: str, description: str):
+    """A document key whose default is the runtime dataclass's."""
+    return Field(_default(cls, name), description=description)
 
 
 class CheckDocument(SpecDocument):
@@ -218,51 +224,45 @@ class CheckDocument(SpecDocument):
 class ShadowDocument(SpecDocument):
     """The shadow gate: a paired, anytime-valid sequential test on the same labelled requests."""
 
-    mirror_percent: Number = Field(_default(ShadowSpec, "mirror_percent"),
-                                  description="Share of production requests mirrored to the candidate, 0..100.")
-    min_labelled_samples: int = Field(_default(ShadowSpec, "min_labelled_samples"),
-                                      description="Do not even look before this many labelled pairs (>= 1).")
-    margin: Number = Field(_default(ShadowSpec, "margin"),
-                          description="Pass: candidate loss <= (1 + margin) x production's on the same requests.")
-    error_rate: Number = Field(_default(ShadowSpec, "error_rate"),
-                              description="Declared rate of each wrong decision, above 0 and below 0.5.")
-    loss: Literal["squared", "absolute"] = Field(_default(ShadowSpec, "loss"),
-                                                 description="`squared` (MSE) or `absolute` (MAE).")
-    fail_above: Literal["zero", "margin"] = Field(
-        _default(ShadowSpec, "fail_above"),
-        description="Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`).")
-    clip: Number = Field(_default(ShadowSpec, "clip"),
-                        description="Errors clipped at this many times production's held-out RMSE (heavy tails).")
-    boundary: Literal["asymptotic", "bernstein"] = Field(
-        _default(ShadowSpec, "boundary"), description="`asymptotic` or `bernstein` (exact, needs more pairs).")
-    max_samples: int | None = Field(_default(ShadowSpec, "max_samples"),
-                                    description="Undecided at this many pairs: insufficient evidence (null: no limit).")
-    max_wait_seconds: Number = Field(_default(ShadowSpec, "max_wait_seconds"),
-                                    description="Undecided after this long: insufficient evidence.")
-    at_limit: Literal[AT_LIMIT] = Field(
-        _default(ShadowSpec, "at_limit"),
-        description="Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way.")
+    mirror_percent: Number = _from(ShadowSpec, "mirror_percent",
+        "Share of production requests mirrored to the candidate, 0..100.")
+    min_labelled_samples: int = _from(ShadowSpec, "min_labelled_samples",
+        "Do not even look before this many labelled pairs (>= 1).")
+    margin: Number = _from(ShadowSpec, "margin",
+        "Pass: candidate loss <= (1 + margin) x production's on the same requests.")
+    error_rate: Number = _from(ShadowSpec, "error_rate", "Declared rate of each wrong decision, above 0 and below 0.5.")
+    loss: Literal["squared", "absolute"] = _from(ShadowSpec, "loss", "`squared` (MSE) or `absolute` (MAE).")
+    fail_above: Literal["zero", "margin"] = _from(ShadowSpec, "fail_above",
+        "Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`).")
+    clip: Number = _from(ShadowSpec, "clip",
+        "Errors clipped at this many times production's held-out RMSE (heavy tails).")
+    boundary: Literal["asymptotic", "bernstein"] = _from(ShadowSpec, "boundary",
+        "`asymptotic` or `bernstein` (exact, needs more pairs).")
+    max_samples: int | None = _from(ShadowSpec, "max_samples",
+        "Undecided at this many pairs: insufficient evidence (null: no limit).")
+    max_wait_seconds: Number = _from(ShadowSpec, "max_wait_seconds",
+        "Undecided after this long: insufficient evidence.")
+    at_limit: Literal[AT_LIMIT] = _from(ShadowSpec, "at_limit",
+        "Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way.")
 
 
 class CanaryDocument(SpecDocument):
     """The gradual rollout: traffic steps, the checks at each step, when to roll back."""
 
-    steps: list[int] = Field(_default(CanarySpec, "steps"),
-                             description="Canary weight at each step, percent, strictly increasing, ending at 100.")
-    interval_seconds: Number = Field(_default(CanarySpec, "interval_seconds"),
-                                    description="Time at each step before its checks decide (> 0).")
+    steps: list[int] = _from(CanarySpec, "steps",
+        "Canary weight at each step, percent, strictly increasing, ending at 100.")
+    interval_seconds: Number = _from(CanarySpec, "interval_seconds",
+        "Time at each step before its checks decide (> 0).")
     checks: list[CheckDocument] = Field(
         [CheckDocument(**asdict(c)) for c in DEFAULT_CHECKS], description="The checks judged at every step.")
-    failure_threshold: int = Field(_default(CanarySpec, "failure_threshold"),
-                                   description="Failed checks tolerated before rollback (Flagger's `threshold`).")
-    max_holds: int = Field(_default(CanarySpec, "max_holds"),
-                           description="Intervals in a row a step may be held (too few requests) before rollback.")
-    metrics_source: Literal[METRICS_SOURCES] = Field(
-        _default(CanarySpec, "metrics_source"),
-        description="`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.")
-    prometheus_url: str = Field(
-        _default(CanarySpec, "prometheus_url"),
-        description="metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.")
+    failure_threshold: int = _from(CanarySpec, "failure_threshold",
+        "Failed checks tolerated before rollback (Flagger's `threshold`).")
+    max_holds: int = _from(CanarySpec, "max_holds",
+        "Intervals in a row a step may be held (too few requests) before rollback.")
+    metrics_source: Literal[METRICS_SOURCES] = _from(CanarySpec, "metrics_source",
+        "`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.")
+    prometheus_url: str = _from(CanarySpec, "prometheus_url",
+        "metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.")
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -277,23 +277,21 @@ class CanaryDocument(SpecDocument):
 class RollbackDocument(SpecDocument):
     """What a rollback does besides restoring production's traffic."""
 
-    reject_candidate: bool = Field(_default(RollbackSpec, "reject_candidate"),
-                                   description="Mark a rolled-back candidate `rejected` in the registry.")
+    reject_candidate: bool = _from(RollbackSpec, "reject_candidate",
+        "Mark a rolled-back candidate `rejected` in the registry.")
 
 
 class ServingDocument(SpecDocument):
     """How the model is served (KServe InferenceService settings; the embedded stack reads the namespace only)."""
 
-    namespace: str = Field(_default(ServingSpec, "namespace"), description="Kubernetes namespace of the serving.")
-    deployment_mode: Literal[DEPLOYMENT_MODES] = Field(
-        _default(ServingSpec, "deployment_mode"),
-        description="`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list).")
-    min_replicas: int = Field(_default(ServingSpec, "min_replicas"), description="Fewest predictor replicas.")
-    max_replicas: int = Field(_default(ServingSpec, "max_replicas"), description="Most predictor replicas.")
-    scale_target: int = Field(_default(ServingSpec, "scale_target"),
-                              description="Concurrent requests per replica (Knative autoscaling).")
-    cpu: str = Field(_default(ServingSpec, "cpu"), description="CPU request of a predictor replica.")
-    memory: str = Field(_default(ServingSpec, "memory"), description="Memory request of a predictor replica.")
+    namespace: str = _from(ServingSpec, "namespace", "Kubernetes namespace of the serving.")
+    deployment_mode: Literal[DEPLOYMENT_MODES] = _from(ServingSpec, "deployment_mode",
+        "`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list).")
+    min_replicas: int = _from(ServingSpec, "min_replicas", "Fewest predictor replicas.")
+    max_replicas: int = _from(ServingSpec, "max_replicas", "Most predictor replicas.")
+    scale_target: int = _from(ServingSpec, "scale_target", "Concurrent requests per replica (Knative autoscaling).")
+    cpu: str = _from(ServingSpec, "cpu", "CPU request of a predictor replica.")
+    memory: str = _from(ServingSpec, "memory", "Memory request of a predictor replica.")
 
 
 class RolloutDocument(SpecDocument):
