@@ -15,10 +15,12 @@ import yaml
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import batches_of
-from kfrelease.demo.project import example_dir
+from kfrelease.demo.project import example_dir, spec_variant
 from kfrelease.errors import KfreleaseError
 from kfrelease.registry import EXPERIMENTS, ModelRegistry
 from kfrelease.storage import store_for
+from kfrelease.training.spec import parse_spec as parse_model_spec
+from kfrelease.training.steps import run_inline
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +36,20 @@ def run_notebook(tmp_path, **parameters) -> str:
     return "".join(o.get("text", "") for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
 
 
-def test_the_notebook_on_the_demo_project_registers_an_experiment_and_releases_nothing(dataset, tmp_path, run_cli):
+def test_the_notebook_on_the_demo_project_registers_an_experiment_and_leaves_production_untouched(
+        dataset, tmp_path, run_cli):
     model = f"notebook-{uuid.uuid4().hex[:6]}"
+    released = parse_model_spec(spec_variant(1, name=model, dataset=dataset.name))
+    production = run_inline(released, "a" * 40, containerize=False)  # the merge's run, in-process
+    ModelRegistry(store_for("pipeline")).set_stage(model, production.version, "production", "test", "released")
+    before = [(v.version, v.stage) for v in ModelRegistry(store_for("data-scientist")).list(model)]
+
     text = run_notebook(tmp_path, project=str(example_dir()), dataset=dataset.name, model_name=model)
     assert "raw sources are off limits" in text and f"registered experiment {model} V1.1.0" in text
     assert "executor" not in text.lower() and "non-Python base image" not in text  # quiet by default
-    assert "no production version of" in text and "Ridge predicts" in text  # kfrelease.load_model, one call
+    assert "rmse  production" in text and "Ridge predicts" in text  # compared; kfrelease.load_model, one call
     store = store_for("data-scientist")
-    assert ModelRegistry(store).list(model) == []  # nothing registered, staged or released
+    assert [(v.version, v.stage) for v in ModelRegistry(store).list(model)] == before == [("V1.1.0", "production")]
     mv = ModelRegistry(store, EXPERIMENTS).get(model, "V1.1.0")
     assert mv.dataset == dataset.name and mv.stage is None and mv.entry["experiment"] is True
     with pytest.raises(KfreleaseError, match="never staged"):
