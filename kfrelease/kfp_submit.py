@@ -4,7 +4,7 @@ training pipeline's hand-over to the release pipeline.
 Authentication follows KFP's in-cluster pattern: a projected service-account token with audience
 ``pipelines.kubeflow.org`` whose path is ``KF_PIPELINES_SA_TOKEN_PATH`` (``kfp.client.
 ServiceAccountTokenVolumeCredentials``); runs go into ``KFRELEASE_NAMESPACE`` (default ``kfrelease-release``),
-the only namespace where runs may be created (docs/eks.md).
+the only namespace where runs may be created (docs/platform-engineer-eks.md).
 
 Every submitted package runs on the project image named by digest (``KFRELEASE_IMAGE``,
 ``kfrelease.images``): a submission without one is refused before anything is sent.

@@ -302,7 +302,7 @@ def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN, predictor: str
 
     KServe also writes a VirtualService for the top-level host; with two VirtualServices on one host and
     gateway the route order is undefined, so the platform sets ``ingress.disableIstioVirtualHost: true`` in
-    KServe's ``inferenceservice-config`` (docs/eks.md) and this VirtualService is the only one."""
+    KServe's ``inferenceservice-config`` (docs/platform-engineer-eks.md) and this VirtualService is the only one."""
     ns, prod = spec.serving.namespace, production_name(spec)
     pred = predictor_service(prod, predictor, kserve_version)
     hosts = []

@@ -87,8 +87,8 @@ def test_every_document_validates_against_kubernetes_and_crd_schemas(built, sour
 
 
 def test_the_re_applied_overlay_never_carries_what_the_release_owns(built, sources):
-    """Re-applying the overlay (docs/eks.md) must not reset a released model: the production InferenceService
-    and VirtualService are created once from bootstrap/<env>/ and driven by the release afterwards."""
+    """Re-applying the overlay (docs/platform-engineer-eks.md) must not reset a released model: the production
+    InferenceService and VirtualService are created once from bootstrap/<env>/ and driven by the release afterwards."""
     for name, docs in built.items():
         kinds = {d["kind"] for d in docs}
         assert not kinds & {"InferenceService", "VirtualService"}, name
