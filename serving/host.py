@@ -79,9 +79,9 @@ class ModelHost:
 
     # --- loading --------------------------------------------------------------------------------
     def _build(self, name: str, entry: dict):
-        from kfrelease.serving.predictor import make_predictor_class
+        from kfrelease.serving.predictor import RegressionPredictor
 
-        predictor = make_predictor_class()(name, Path(entry["dir"]), stage=self.stage)
+        predictor = RegressionPredictor(name, Path(entry["dir"]), stage=self.stage)
         predictor.load()
         if predictor.model.version != entry["version"]:
             raise KfreleaseError(
@@ -121,7 +121,7 @@ class ModelHost:
 
     def fast_lane(self, predictor):
         """The request guard's fast lane for a hosted predictor (None: every request takes kserve's routes)."""
-        from kfrelease.serving.predictor import FastLane
+        from kfrelease.serving.fastlane import FastLane
 
         return FastLane(predictor)
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from kfrelease.serving.predictor import run_model_server
+    from kfrelease.serving.fastlane import run_model_server
 
     from kfrelease.config import Settings
 

@@ -1,7 +1,7 @@
 """The one model-download cache of the embedded stack: a registered version's files on local disk.
 
 A version is downloaded once, with the ``serving`` identity, into ``<home>/services/models/<model>/<V>/``
-(``model.joblib`` + ``model.json``, the registry entry): first into a ``.partial-*`` folder, then moved into
+(the artifact folder of ``kfrelease.registry.artifact``: the model file and ``model.json``): first into a ``.partial-*`` folder, then moved into
 place, so a half-written download is never served. Both ways of naming a version end here: the registry's
 (model, version) and its artifact URI ``s3://models/artifacts/<model>/<V>/``.
 """
@@ -15,16 +15,11 @@ from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError
-
-FILES = ("model.joblib", "model.json")
+from kfrelease.registry.artifact import is_complete
 
 
 def cache_dir(settings: Settings, model: str, version: str) -> Path:
     return settings.home / "services" / "models" / model / version
-
-
-def is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in FILES)
 
 
 def local_model_dir(settings: Settings, model: str, version: str) -> Path:
@@ -52,3 +47,25 @@ def parse_artifact_uri(uri: str, settings: Settings) -> tuple[str, str]:
     if bucket.removeprefix(settings.bucket_prefix) != "models" or len(parts) != 3 or parts[0] != "artifacts":
         raise ConfigError(f"{uri} is not a registered model's artifacts; use s3://models/artifacts/<model>/<V>/")
     return parts[1], parts[2]
+
+
+#: ModelCar paths: the image holds the model in /models; KServe mounts it at /mnt/models (KServe docs,
+#: "Serving models with OCI images").
+MODELCAR_DIRS = ("/mnt/models", "/models")
+
+
+def resolve_model_dir(source: str, settings: Settings | None = None) -> Path:
+    """A local directory for ``source``: a directory, a ModelCar path, or ``s3://models/artifacts/<model>/<V>/``
+    (downloaded once into the stack's model cache, ``kfrelease.serving.model_files``)."""
+    if source.startswith("s3://"):
+        settings = settings or Settings.from_env()
+        return local_model_dir(settings, *parse_artifact_uri(source, settings))
+    path = Path(source)
+    if path.is_dir():
+        return path
+    for candidate in MODELCAR_DIRS:  # a ModelCar image mounted where KServe puts it
+        if source in MODELCAR_DIRS and Path(candidate).is_dir():
+            return Path(candidate)
+    raise ConfigError(
+        f"model directory {source} does not exist; pass a directory, /mnt/models or s3://models/artifacts/<model>/<V>/"
+    )

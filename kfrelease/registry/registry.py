@@ -26,6 +26,13 @@ from pathlib import Path
 from kfrelease.errors import Conflict, KfreleaseError, NotFound
 from kfrelease.faults import crash_point
 from kfrelease.lineage import now_iso
+from kfrelease.registry.artifact import (
+    DEFAULT_FLAVOUR,
+    ENTRY_FILE,
+    artifact_files,
+    flavour_named,
+    flavour_of,
+)
 from kfrelease.registry.versions import Claim, VersionNumber, find_same, next_version
 from kfrelease.storage import ObjectStore
 
@@ -154,23 +161,24 @@ class ModelRegistry:
         return self.get(model, best[0]) if best else None
 
     def download(self, model: str, version: str, dest_dir: str | Path) -> Path:
-        """Write ``model.joblib`` and ``model.json`` (the entry) into ``dest_dir``."""
+        """Write the artifact folder (the model file of its flavour and ``model.json``, the entry) into
+        ``dest_dir`` (``kfrelease.registry.artifact``)."""
         mv = self.get(model, version)
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         prefix = self.artifact_prefix(model, version)
-        self.store.get_file(BUCKET, prefix + "model.joblib", str(dest / "model.joblib"))
+        model_file = flavour_of(mv.entry).file
+        self.store.get_file(BUCKET, prefix + model_file, str(dest / model_file))
         import json
 
-        (dest / "model.json").write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
+        (dest / ENTRY_FILE).write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
         return dest
 
     def load_model(self, model: str, version: str):
-        """The fitted estimator of a version (scikit-learn, joblib)."""
-        import joblib
-
-        data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + "model.joblib")
-        return joblib.load(io.BytesIO(data))
+        """The fitted estimator of a version, read as its flavour says (``kfrelease.registry.artifact``)."""
+        flavour = flavour_of(self.get(model, version).entry)
+        data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + flavour.file)
+        return flavour.load(io.BytesIO(data))
 
     # registering -----------------------------------------------------------------------------------------
     def _claims(self, model: str) -> list[Claim]:
@@ -211,6 +219,7 @@ class ModelRegistry:
         model_bytes: bytes,
         extra: dict | None = None,
         who: str = "training-pipeline",
+        flavour: str = DEFAULT_FLAVOUR,
         same_claim_wait: float = SAME_CLAIM_WAIT_SECONDS,
     ) -> Registration:
         """Register a trained model under the next version (``kfrelease.registry.versions``).
@@ -248,14 +257,14 @@ class ModelRegistry:
             return Registration(
                 self._write_version(
                     name, number, tag, spec_fingerprint, dataset, dataset_version, commit, run_id, metrics, verdict,
-                    input_schema, target, model_bytes, extra or {}, who,
+                    input_schema, target, model_bytes, extra or {}, who, flavour_named(flavour).name,
                 ),
                 True,
             )
         raise KfreleaseError(f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run")
 
     def _write_version(self, name, number, tag, fingerprint, dataset, dataset_version, commit, run_id, metrics,
-                       verdict, input_schema, target, model_bytes, extra, who) -> ModelVersion:
+                       verdict, input_schema, target, model_bytes, extra, who, flavour) -> ModelVersion:
         version = str(number)
         prefix = self.artifact_prefix(name, version)
         entry = {
@@ -273,15 +282,15 @@ class ModelRegistry:
             "metrics": {k: metrics.get(k) for k in ("mse", "rmse", "mae", "r2", "n") if k in metrics},
             "verdict": {"passed": bool(verdict.get("passed")), "reasons": list(verdict.get("reasons", [])),
                         **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")}},
-            "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": ["model.joblib", "model.json"]},
+            "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": artifact_files(flavour), "flavour": flavour},
             "input_schema": input_schema,
             "target": target,
             "image": None,
             "created_at": now_iso(),
         }
         crash_point("register.after_claim")
-        self.store.put_bytes(BUCKET, prefix + "model.joblib", model_bytes)
-        self.store.put_json(BUCKET, prefix + "model.json", entry)
+        self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model_bytes)
+        self.store.put_json(BUCKET, prefix + ENTRY_FILE, entry)
         crash_point("register.after_artifact")
         self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)
         mv = ModelVersion(entry)
@@ -341,7 +350,7 @@ class ModelRegistry:
                 self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
             except Conflict:
                 continue
-            self.store.put_json(BUCKET, self.artifact_prefix(model, version) + "model.json", entry)
+            self.store.put_json(BUCKET, self.artifact_prefix(model, version) + ENTRY_FILE, entry)
             return ModelVersion(entry, mv.stage)
         raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfrelease.config import Settings
+from kfrelease.registry.artifact import DEFAULT_FLAVOUR, flavour_named
 from kfrelease.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def check_columns(spec: ModelSpec, dv) -> None:
 def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_path: str, test_path: str,
                settings: Settings | None = None) -> dict:
     """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
-    import joblib
-
     from kfrelease.data.publish import get_version, load_dataset
     from kfrelease.faults import crash_point
     from kfrelease.training.core import train
@@ -64,7 +63,7 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
     df, dv = load_dataset(store, spec.dataset, dv.version, columns=[c for c in columns if c in known])
     crash_point("train.loaded")
     result = train(spec, df, dv.version)
-    joblib.dump(result.model, model_path)
+    flavour_named(DEFAULT_FLAVOUR).dump(result.model, model_path)
     result.train.to_parquet(train_path, index=False)
     result.test.to_parquet(test_path, index=False)
     return {"dataset_version": dv.version, "spec_fingerprint": spec.fingerprint, "train_rows": len(result.train),
@@ -73,13 +72,12 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
 
 def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: str | None = None) -> dict:
     """Evidently regression report on the held-out split; returns metrics, writes the HTML report."""
-    import joblib
     import pandas as pd
 
     from kfrelease.evaluation import regression_report
     from kfrelease.training.core import predict
 
-    model = joblib.load(model_path)
+    model = flavour_named(DEFAULT_FLAVOUR).load(model_path)
     test = pd.read_parquet(test_path)
     test[PREDICTION] = predict(model, test, spec.features)
     metrics, html = regression_report(test, spec.target, PREDICTION, list(spec.features))
@@ -206,7 +204,8 @@ def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", ru
     settings = settings or Settings.from_env()
     run = InlineRun(run_id or f"inline-{uuid.uuid4().hex[:12]}")
     with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
-        p = {k: str(Path(tmp) / k) for k in ("model.joblib", "train.parquet", "test.parquet", "report.html")}
+        model_file = flavour_named(DEFAULT_FLAVOUR).file
+        p = {k: str(Path(tmp) / k) for k in (model_file, "train.parquet", "test.parquet", "report.html")}
 
         def timed(name, fn, *args, **kwargs):
             start = time.perf_counter()
@@ -214,14 +213,14 @@ def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", ru
             run.seconds[name] = time.perf_counter() - start
             return out
 
-        trained = timed("train", train_step, spec, dataset_version, p["model.joblib"], p["train.parquet"],
+        trained = timed("train", train_step, spec, dataset_version, p[model_file], p["train.parquet"],
                         p["test.parquet"], settings)
         run.dataset_version = trained["dataset_version"]
-        run.metrics = timed("evaluate", evaluate_step, spec, p["model.joblib"], p["test.parquet"], p["report.html"])
+        run.metrics = timed("evaluate", evaluate_step, spec, p[model_file], p["test.parquet"], p["report.html"])
         run.verdict = timed("validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"],
                             settings)
         run.registration = timed("register", register_step, spec, commit, run.dataset_version, run.run_id,
-                                 p["model.joblib"], run.metrics, run.verdict, settings, release, p["report.html"])
+                                 p[model_file], run.metrics, run.verdict, settings, release, p["report.html"])
         if run.registration["passed"] and release:
             if containerize:
                 run.image = timed("containerize", containerize_step, spec.name, run.version, settings)

@@ -126,8 +126,8 @@ def main() -> None:
     p.add_argument("--record-dir", required=True, type=Path)
     a = p.parse_args()
     sys.argv = sys.argv[:1]
+    from kfrelease.serving.fastlane import run_model_server
     from kfrelease.serving.host import HostControl, ModelHost
-    from kfrelease.serving.predictor import run_model_server
 
     class RecordingHost(ModelHost):
         def _build(self, name, entry):

@@ -1,0 +1,351 @@
+"""Request decoding for the predictor: v1 and v2 JSON bodies checked against a model's input schema.
+
+Pure functions, no HTTP: each request is checked against the entry's ``input_schema`` (feature names, count,
+numbers only, finite, whole numbers for integer features) and turned into one float64 matrix in schema
+order. Any problem raises ``InvalidRequest`` with a message saying where and what (the predictor answers it
+as a 400 with a JSON ``error``). A request whose values are all JSON numbers is converted and checked in one
+vectorized pass; only a request with a bad value takes the element-by-element check that names it.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from kfrelease.errors import KfreleaseError
+from kfrelease.registry.artifact import INT_DTYPES
+
+if TYPE_CHECKING:
+    from kfrelease.registry.artifact import LoadedModel
+
+#: Most instances in one request.
+DEFAULT_MAX_INSTANCES = 10_000
+V2_FLOAT = frozenset({"FP16", "FP32", "FP64"})
+V2_INT = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+
+
+class InvalidRequest(KfreleaseError):
+    """A request that does not fit the model's input schema (the message says where and what)."""
+
+
+@dataclass
+class Decoded:
+    """A checked request: the matrix, its protocol, the request id and the v2 body's own id."""
+
+    rows: np.ndarray
+    protocol: str  # "v1" | "v2"
+    request_id: str
+    v2_id: str | None = None
+
+
+def request_id_from(headers: dict | None) -> str | None:
+    """The gateway's id (``ce-id`` then ``x-request-id``, at most 200 characters), or None."""
+    if headers:
+        for name in ("ce-id", "x-request-id"):
+            value = headers.get(name)
+            if value:
+                return value[:200]
+    return None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def json_body(raw: bytes | str):
+    """The parsed JSON of a body, or InvalidRequest saying why it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _number(value, where: str, feature: str, integral: bool) -> float:
+    t = type(value)
+    if t is float:
+        if not math.isfinite(value):
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted"
+            )
+        if integral and not value.is_integer():
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers"
+            )
+        return value
+    if t is int:
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):  # ints beyond float range
+            raise InvalidRequest(
+                f"{where} (feature {feature!r}) is too large for a float64"
+            )
+        return f
+    kind = (
+        "a string"
+        if t is str
+        else "null"
+        if value is None
+        else "a boolean"
+        if t is bool
+        else f"a JSON {t.__name__}"
+    )
+    raise InvalidRequest(
+        f"{where} (feature {feature!r}) is {kind}; expected a finite number"
+    )
+
+
+def rows_from_v1(
+    body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
+) -> np.ndarray:
+    """``{"instances": [[...], ...]}`` or ``{"instances": [{"name": value, ...}, ...]}`` -> float64 matrix."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f'the request body must be a JSON object like {{"instances": [[...]]}}, not a JSON {_json_kind(body)}'
+        )
+    extra = sorted(set(body) - {"instances", "parameters", "id"})
+    if "instances" not in body:
+        hint = (
+            " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
+        )
+        raise InvalidRequest(
+            f"the request has no 'instances' field{hint}; fields given: {sorted(body)}"
+        )
+    if extra:
+        raise InvalidRequest(
+            f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')"
+        )
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidRequest(
+            f"'instances' must be a list, not a JSON {_json_kind(instances)}"
+        )
+    n, k = len(instances), len(model.features)
+    if n == 0:
+        raise InvalidRequest("'instances' is empty; send at least one instance")
+    if n > max_instances:
+        raise InvalidRequest(
+            f"'instances' holds {n} instances; at most {max_instances} per request"
+        )
+    integral = [d in INT_DTYPES for d in model.dtypes]
+    fast = _all_numbers(instances, k)
+    if fast is not None and (
+        not any(integral) or np.all(np.mod(fast[:, integral], 1) == 0)
+    ):
+        return fast
+    # the element-by-element check below finds and names the first bad value
+    rows = np.empty((n, k), dtype="float64")
+    features = model.features
+    for i, inst in enumerate(instances):
+        if type(inst) is list:
+            if len(inst) != k:
+                raise InvalidRequest(
+                    f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {list(features)}"
+                )
+            for j in range(k):
+                rows[i, j] = _number(
+                    inst[j], f"instances[{i}][{j}]", features[j], integral[j]
+                )
+        elif type(inst) is dict:
+            if len(inst) != k or any(f not in inst for f in features):
+                missing = [f for f in features if f not in inst]
+                unknown = sorted(set(inst) - set(features))
+                raise InvalidRequest(
+                    f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
+                    f"expected exactly {list(features)}"
+                )
+            for j, f in enumerate(features):
+                rows[i, j] = _number(inst[f], f"instances[{i}].{f}", f, integral[j])
+        else:
+            raise InvalidRequest(
+                f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} numbers or an "
+                f"object with keys {list(features)}"
+            )
+    return rows
+
+
+def diagnose_v2_body(raw: bytes) -> str:
+    """What is wrong with a v2 body that did not parse as an inference request (for the 400 message)."""
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from pydantic import ValidationError
+
+    try:
+        doc = json_body(raw)
+    except InvalidRequest as exc:
+        return str(exc)
+    if not isinstance(doc, dict):
+        return f'the request body must be a JSON object like {{"inputs": [...]}}, not a JSON {_json_kind(doc)}'
+    if "inputs" not in doc:
+        hint = (
+            " (v1 'instances' go to /v1/models/<name>:predict)"
+            if "instances" in doc
+            else ""
+        )
+        return f"the request has no 'inputs' field{hint}; fields given: {sorted(doc)}"
+    try:
+        InferenceRequest.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        return f"the v2 inference request is malformed: {problems}"
+    return "the v2 inference request could not be decoded"
+
+
+def _json_kind(value) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _flatten(data, where: str, out: list) -> None:
+    for i, v in enumerate(data):
+        if type(v) is list:
+            _flatten(v, f"{where}[{i}]", out)
+        else:
+            out.append((v, f"{where}[{i}]"))
+
+
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _all_numbers(instances: list, k: int) -> np.ndarray | None:
+    """The float64 matrix when every instance is a list of ``k`` finite JSON numbers (one vectorized pass),
+    else None (then the slow check names the first bad value)."""
+    try:
+        if not all(type(i) is list and len(i) == k for i in instances):
+            return None
+        if not {type(v) for inst in instances for v in inst} <= _NUMBER_TYPES:
+            return None
+        rows = np.array(instances, dtype="float64")
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return (
+        rows if rows.shape == (len(instances), k) and np.isfinite(rows).all() else None
+    )
+
+
+def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.ndarray:
+    data = inp.data
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{where}.data must be a list of numbers")
+    kinds = {type(v) for v in data}
+    if kinds <= ({int} if integral_type else _NUMBER_TYPES) and kinds:
+        try:
+            values = np.asarray(data, dtype="float64")
+            if np.isfinite(values).all():
+                return values
+        except OverflowError:
+            pass
+    flat: list = []
+    _flatten(data, f"{where}.data", flat)
+    values = []
+    for v, w in flat:
+        values.append(_number(v, w, inp.name, integral_type))
+    return values
+
+
+def rows_from_v2(
+    request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
+) -> np.ndarray:
+    """Open Inference Protocol inputs -> float64 matrix. Two layouts are accepted:
+
+    - one tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order;
+    - one tensor per feature, named after it, each of shape ``[n]`` or ``[n, 1]``.
+    """
+    inputs = list(request.inputs or [])
+    k = len(model.features)
+    if not inputs:
+        raise InvalidRequest(
+            "'inputs' is empty; send one [n, k] tensor or one tensor per feature"
+        )
+    for idx, inp in enumerate(inputs):
+        if inp.datatype not in V2_FLOAT | V2_INT:
+            raise InvalidRequest(
+                f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; use FP64/FP32 or an INT type"
+            )
+        shape = inp.shape
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or any(type(s) is not int or s < 0 for s in shape)
+        ):
+            raise InvalidRequest(
+                f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes"
+            )
+    names = [inp.name for inp in inputs]
+    if (
+        len(inputs) == 1
+        and names[0] not in model.features
+        or (len(inputs) == 1 and k == 1 and len(inputs[0].shape) == 2)
+    ):
+        inp = inputs[0]
+        shape = inp.shape
+        if len(shape) == 1:
+            shape = [1, shape[0]]
+        if len(shape) != 2 or shape[1] != k:
+            raise InvalidRequest(
+                f"inputs[0] ({inp.name!r}) has shape {inp.shape}; expected [n, {k}] with the features in this "
+                f"order: {list(model.features)}"
+            )
+        n = shape[0]
+        values = _tensor_values(inp, "inputs[0]", inp.datatype in V2_INT)
+        if len(values) != n * k:
+            raise InvalidRequest(
+                f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}"
+            )
+        rows = np.asarray(values, dtype="float64").reshape(n, k)
+    else:
+        if sorted(names) != sorted(model.features) or len(set(names)) != len(names):
+            missing = [f for f in model.features if f not in names]
+            unknown = sorted(set(names) - set(model.features))
+            raise InvalidRequest(
+                f"v2 inputs do not match the input schema: missing {missing}, unknown {unknown}; send one tensor "
+                f"named after each of {list(model.features)}, or one [n, {k}] tensor"
+            )
+        by_name = {inp.name: (i, inp) for i, inp in enumerate(inputs)}
+        columns = []
+        n = None
+        for f in model.features:
+            i, inp = by_name[f]
+            if not (len(inp.shape) == 1 or (len(inp.shape) == 2 and inp.shape[1] == 1)):
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]"
+                )
+            if n is None:
+                n = inp.shape[0]
+            elif inp.shape[0] != n:
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}"
+                )
+            values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
+            if len(values) != n:
+                raise InvalidRequest(
+                    f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}"
+                )
+            columns.append(values)
+        rows = np.asarray(columns, dtype="float64").T.reshape(n, k)
+    if rows.shape[0] == 0:
+        raise InvalidRequest("the request holds no instances; send at least one")
+    if rows.shape[0] > max_instances:
+        raise InvalidRequest(
+            f"the request holds {rows.shape[0]} instances; at most {max_instances} per request"
+        )
+    for j, d in enumerate(model.dtypes):
+        if d in INT_DTYPES and not np.all(np.mod(rows[:, j], 1) == 0):
+            raise InvalidRequest(f"feature {model.features[j]!r} takes whole numbers")
+    return rows

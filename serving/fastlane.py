@@ -1,0 +1,412 @@
+"""The paths of the predictor that go around KServe's own request handling, pinned to KServe 0.21.0.
+
+KServe's ``ModelServer`` owns HTTP, the protocols and ``/metrics``; three things here reach past it, each
+because KServe offers no extension point for it, each written against KServe 0.21.0's source
+(``kserve/model_server.py``, ``kserve/protocol/rest/server.py``, ``v1_endpoints.py``, ``v2_endpoints.py``)
+and refused on any other version (``check_kserve_version``; ``tests/serving/test_fastlane.py`` fails when
+the installed KServe is not the pinned one):
+
+- ``run_model_server``: KServe's ``RESTServer`` binds 0.0.0.0 and adds ``timing_asgi``'s middleware (it times
+  every request only to log it to ``kserve.trace``, about 15 % of a request's CPU); the server here binds the
+  given host and leaves that middleware out, calling ``ModelServer``'s model registration itself.
+- ``RequestGuard`` (ASGI middleware): bodies over the limit get 413 before anything parses them, and the
+  answers KServe gives a body it cannot decode (FastAPI's 422 ``detail``, a plain Python error's 500, vague
+  400s) are replaced by a 400 whose ``error`` says what is wrong (``decode.diagnose_v2_body``).
+- ``FastLane``: a *valid* JSON v1/v2 request for a served model is answered straight from the model's
+  ``predict`` (the same checks, metrics, logging and headers), skipping FastAPI's routing and pydantic
+  models: about half of a request's CPU. Anything else returns None and takes KServe's route.
+  ``tests/serving/test_fastlane.py`` sends the same 1,000 fuzzed requests to a server with the lane and one
+  without it and requires the same status and body for every one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from importlib import metadata
+
+import orjson
+from kfrelease.serving.decode import (
+    Decoded,
+    InvalidRequest,
+    diagnose_v2_body,
+    new_request_id,
+    request_id_from,
+    rows_from_v1,
+    rows_from_v2,
+)
+from kfrelease.serving.metrics import FAST_LANE
+
+from kfrelease.errors import KfreleaseError
+
+log = logging.getLogger(__name__)
+
+#: The KServe release the paths of this module were written against and tested with.
+KSERVE_VERSION = "0.21.0"
+#: Largest request body accepted (bytes); larger ones get 413 before any parsing.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class KserveVersionError(KfreleaseError):
+    """The installed KServe is not the release this module's paths were written against."""
+
+
+def check_kserve_version(installed: str | None = None) -> None:
+    """Refuse to run the paths of this module on a KServe other than ``KSERVE_VERSION``."""
+    installed = installed or metadata.version("kserve")
+    if installed != KSERVE_VERSION:
+        raise KserveVersionError(
+            f"kfrelease.serving.fastlane was written against kserve {KSERVE_VERSION}, but kserve {installed} is "
+            f"installed; install kserve=={KSERVE_VERSION} (constraints.txt), or re-read KServe's model_server.py "
+            f"and rest/ endpoints of {installed}, update this module and its differential test, then KSERVE_VERSION"
+        )
+
+
+def run_model_server(
+    models: list,
+    http_port: int,
+    host: str = "127.0.0.1",
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+    fast_lane=None,
+    middleware: tuple = (),
+    on_start=None,
+) -> None:
+    """KServe's ModelServer (REST only, one worker) for ``models`` (possibly none yet) on ``host:http_port``.
+    ``middleware`` are (class, kwargs) pairs added outside the request guard; ``on_start(server)`` runs
+    once the server object exists (the multi-model host keeps it to load and unload models)."""
+    import asyncio
+
+    check_kserve_version()
+    from kserve import ModelServer
+    from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
+    from kserve.protocol.rest.server import RESTServer
+
+    class LeanRESTServer(RESTServer):
+        # kserve adds timing_asgi's TimingMiddleware, which measures wall and CPU time of every request only
+        # to log it to kserve.trace (off here): about 15 % of a request's CPU. Our own histogram
+        # (kfrelease_predictor_request_seconds) and kserve's PREDICT_HIST_TIME keep the latency metrics.
+        def _add_middlewares(self, app):
+            return None
+
+    class LocalModelServer(ModelServer):
+        # kserve's RESTServer binds 0.0.0.0; this binds ``host`` (127.0.0.1 on the embedded stack).
+        def start(self, models):
+            if models:
+                self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = LeanRESTServer(
+                FASTAPI_APP_IMPORT_STRING,
+                self.dataplane,
+                self.model_repository_extension,
+                self.http_port,
+                workers=1,
+                grace_period=self.grace_period,
+                event_loop=self.event_loop,
+                timeout_keep_alive=self.timeout_keep_alive,
+            )
+            self._rest_server.config.host = host
+            self.servers.append(self._rest_server.start())
+            self.setup_event_loop()
+            self.register_signal_handler()
+            # kserve starts its servers inside asyncio.run, so uvicorn's own loop choice never applies; run
+            # them on uvloop (installed with uvicorn[standard]) as uvicorn would: cheaper socket I/O.
+            try:
+                import uvloop
+
+                uvloop.run(self._serve())
+            except ImportError:
+                asyncio.run(self._serve())
+
+    app.add_middleware(RequestGuard, max_body=max_body, fast_lane=fast_lane)
+    for cls, kwargs in middleware:
+        app.add_middleware(cls, **kwargs)
+    server = LocalModelServer(
+        http_port=http_port,
+        enable_grpc=False,
+        workers=1,
+        grace_period=5,
+        enable_latency_logging=False,
+    )
+    if on_start is not None:
+        on_start(server)
+    # Per-request trace and access lines cost more than the prediction itself; errors are still logged.
+    for name in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    server.start(list(models))
+
+
+class RequestGuard:
+    """ASGI middleware: bodies over ``max_body`` get 413 before anything parses them, and a request that
+    kserve's decoders fail on with a plain Python error (ValueError, TypeError, ...) gets 400, not 500."""
+
+    DECODE_ERRORS = (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        UnicodeDecodeError,
+        OverflowError,
+        RecursionError,
+    )
+
+    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES, fast_lane=None):
+        self.app = app
+        self.max_body = max_body
+        self.fast_lane = fast_lane
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reply(
+                        send,
+                        413,
+                        f"request body is {int(value)} bytes; the limit is {self.max_body}",
+                    )
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return await self._reply(
+                    send,
+                    413,
+                    f"request body is over the limit of {self.max_body} bytes",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if self.fast_lane is not None:
+            answer = await self.fast_lane.answer(scope, body)
+            if answer is not None:
+                return await self._send_answer(send, *answer)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        started = False
+        binary_v2 = any(
+            n == b"inference-header-content-length" for n, _ in scope.get("headers", [])
+        )
+        held = None
+
+        async def tracking_send(message):
+            # kserve's messages for a body that is not JSON / not an inference request are vague; hold each
+            # 400 and say what is actually wrong.
+            nonlocal started, held
+            if message["type"] == "http.response.start":
+                started = True
+                names = {n for n, _ in message.get("headers", [])}
+                if message["status"] == 200 and b"content-type" not in names:
+                    # kserve's v2 endpoint sends pre-serialized bytes without a content type or length
+                    message = {
+                        **message,
+                        "headers": [
+                            *message.get("headers", []),
+                            (b"content-type", b"application/json"),
+                        ],
+                    }
+                if message["status"] in (400, 422) or b"content-length" not in names:
+                    held = message
+                    return
+            elif (
+                held is not None
+                and held["status"] not in (400, 422)
+                and message["type"] == "http.response.body"
+            ):
+                if not message.get(
+                    "more_body", False
+                ):  # one body: send it with its length, not chunked
+                    length = str(len(message.get("body", b""))).encode()
+                    held = {
+                        **held,
+                        "headers": [*held["headers"], (b"content-length", length)],
+                    }
+                await send(held)
+                held = None
+            elif held is not None and message["type"] == "http.response.body":
+                content = message.get("body", b"")
+                try:
+                    has_error = isinstance(json.loads(content).get("error"), str)
+                except (ValueError, AttributeError):
+                    has_error = False
+                if not has_error:  # FastAPI's own answers ({"detail": ...}) for bodies it could not parse
+                    return await self._reply(send, 400, diagnose_v2_body(body))
+                if not binary_v2 and b"inference-header-content-length" in content:
+                    return await self._reply(send, 400, diagnose_v2_body(body))
+                if b"Unrecognized request format" in content:
+                    detail = (
+                        json.loads(content).get("error", "").split(":", 1)[-1].strip()
+                    )
+                    return await self._reply(
+                        send, 400, f"the request body is not valid JSON: {detail}"
+                    )
+                await send(held)
+                held = None
+            await send(message)
+
+        try:
+            await self.app(scope, replay, tracking_send)
+        except self.DECODE_ERRORS as exc:
+            if started:
+                raise
+            log.info("request could not be decoded: %s: %s", type(exc).__name__, exc)
+            if scope["path"].endswith("/infer") and not binary_v2:
+                message = diagnose_v2_body(body)
+            else:
+                message = (
+                    f"the request could not be decoded: {type(exc).__name__}: {exc}"
+                )
+            await self._reply(send, 400, message[:2000])
+
+    @staticmethod
+    async def _send_answer(send, content: bytes, headers: dict[str, str]) -> None:
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+
+    @staticmethod
+    async def _reply(send, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Tensor:
+    __slots__ = ("data", "datatype", "name", "shape")
+
+    def __init__(self, name, shape, datatype, data):
+        self.name, self.shape, self.datatype, self.data = name, shape, datatype, data
+
+
+class _V2Body:
+    """The fields of a JSON v2 request that ``rows_from_v2`` reads, or None when anything is unusual."""
+
+    __slots__ = ("id", "inputs")
+
+    def __init__(self, inputs, rid):
+        self.inputs, self.id = inputs, rid
+
+    @classmethod
+    def parse(cls, doc) -> _V2Body | None:
+        if (
+            type(doc) is not dict
+            or set(doc) - {"inputs", "id", "parameters"}
+            or type(doc.get("inputs")) is not list
+        ):
+            return None
+        rid = doc.get("id")
+        if rid is not None and type(rid) is not str:
+            return None
+        tensors = []
+        for t in doc["inputs"]:
+            if (
+                type(t) is not dict
+                or set(t) - {"name", "shape", "datatype", "data", "parameters"}
+                or type(t.get("name")) is not str
+                or type(t.get("datatype")) is not str
+                or t["datatype"] == "FP16"  # KServe refuses FP16 in JSON (infer_type.py, InferInput)
+                or type(t.get("shape")) is not list
+                or type(t.get("data")) is not list
+                or t.get("parameters") not in (None, {})
+            ):
+                return None
+            tensors.append(_Tensor(t["name"], t["shape"], t["datatype"], t["data"]))
+        return cls(tensors, rid)
+
+
+def _json_type(content_type: bytes) -> bool:
+    """Whether FastAPI parses a body of this content type as JSON (``fastapi/routing.py``, 0.115+): the v2
+    route validates only those as an inference request; any other body reaches KServe as bytes."""
+    main, _, sub = content_type.split(b";", 1)[0].strip().lower().partition(b"/")
+    return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
+
+
+class FastLane:
+    """Answers *valid* JSON predict requests for this model straight from the ``RegressionPredictor``
+    (its ``predict``, so the same checks, cache, metrics, logging and headers), without FastAPI's routing and
+    pydantic models: about half of a request's CPU. Anything else (an invalid, unusual, binary or
+    CloudEvent request, another model, metadata, health) returns None and takes kserve's own route, which
+    gives the error answers."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.v1_path = f"/v1/models/{predictor.name}:predict"
+        self.v2_path = f"/v2/models/{predictor.name}/infer"
+        self.answered = FAST_LANE.labels(predictor.name)
+
+    async def answer(self, scope, body: bytes):
+        path = scope["path"]
+        if path != self.v1_path and path != self.v2_path:
+            return None
+        p = self.predictor
+        if not p.ready:
+            return None
+        headers = {}
+        for name, value in scope.get("headers", []):
+            if name in (b"ce-id", b"x-request-id"):
+                headers[name.decode()] = value.decode("latin-1")
+            elif (
+                name == b"inference-header-content-length"
+                or name.startswith(b"ce-spec")
+                or (name == b"content-type" and b"cloudevents" in value)
+                or (name == b"content-type" and path == self.v2_path and not _json_type(value))
+            ):
+                return None
+        try:
+            doc = orjson.loads(body)
+            if path == self.v1_path:
+                protocol, rows, v2_id = (
+                    "v1",
+                    rows_from_v1(doc, p.model, p.max_instances),
+                    None,
+                )
+            else:
+                request = _V2Body.parse(doc)
+                if request is None:
+                    return None
+                protocol, rows, v2_id = (
+                    "v2",
+                    rows_from_v2(request, p.model, p.max_instances),
+                    request.id,
+                )
+        except (orjson.JSONDecodeError, InvalidRequest):
+            return None
+        rid = request_id_from(headers) or v2_id or new_request_id()
+        self.answered.inc()
+        response_headers: dict[str, str] = {}
+        result = await p.predict(
+            Decoded(rows, protocol, rid, v2_id), headers, response_headers
+        )
+        return (
+            result if isinstance(result, bytes) else orjson.dumps(result)
+        ), response_headers
