@@ -174,20 +174,25 @@ def start_service(settings: Settings, service: Service) -> ServiceStatus:
         return _start_service(settings, service)
 
 
-def _start_service(settings: Settings, service: Service) -> ServiceStatus:
+#: ``(service, env, cwd, log_path) -> process`` (``pid``, ``poll()``, ``returncode``): how a service is launched
+#: when not by ``subprocess.Popen`` (the watchdog's warm spare for model servers, ``kfrelease.serving.spare``).
+Launcher = Callable[[Service, dict, Path, Path], object]
+
+
+def _start_service(settings: Settings, service: Service, launch: Launcher | None = None) -> ServiceStatus:
     current = service_status(settings, service.name)
     if current.healthy:
         return ServiceStatus(service.name, current.url, True, current.pid, "already running")
     rec = _read_record(settings, service.name)
     if rec and pid_alive(rec.get("pid")):
         _stop_service(settings, service.name)  # running but unhealthy: restart it cleanly
-    _record_path(settings, service.name).unlink(missing_ok=True)
-    if port_in_use(service.port):
+    if port_in_use(service.port):  # checked before the record goes: a restart that fails here is retried
         raise StackError(
             f"{service.name}: port {service.port} on 127.0.0.1 is taken by another program "
             f"({port_holder(service.port)}); stop it, or move "
             f"this stack with KFRELEASE_PORT_OFFSET=1000 (or KFRELEASE_{service.name.upper().replace('-', '_')}_PORT)"
         )
+    _record_path(settings, service.name).unlink(missing_ok=True)
     _check_executables(service)
     for d in (settings.run_dir, settings.log_dir, settings.service_dir(service.name)):
         d.mkdir(parents=True, exist_ok=True)
@@ -198,7 +203,7 @@ def _start_service(settings: Settings, service: Service) -> ServiceStatus:
     with open(log_path, "ab") as log_fh:
         log_fh.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(service.command)}\n".encode())
         log_fh.flush()
-        proc = subprocess.Popen(
+        proc = launch(service, env, settings.service_dir(service.name), log_path) if launch else subprocess.Popen(
             service.command,
             stdout=log_fh,
             stderr=subprocess.STDOUT,
@@ -277,7 +282,7 @@ def service_from_record(rec: dict) -> Service:
     )
 
 
-def restart_if_dead(settings: Settings, name: str) -> bool:
+def restart_if_dead(settings: Settings, name: str, launch: Launcher | None = None) -> bool:
     """Restart a service that should run (``restart``, not being stopped) and whose process is gone; True
     if it was restarted. Its ``prepare`` is not run again: its config files are already in place."""
     with service_lock(settings, name):
@@ -286,7 +291,7 @@ def restart_if_dead(settings: Settings, name: str) -> bool:
             return False
         log.warning("%s (pid %s) died; restarting it", name, rec.get("pid"))
         _reap(rec.get("pid") or 0)
-        _start_service(settings, service_from_record(rec))
+        _start_service(settings, service_from_record(rec), launch)
         return True
 
 

@@ -4,14 +4,23 @@ Every ``INTERVAL`` seconds it looks at every recorded service whose declaration 
 gateway, the model servers, the log sink, the feedback service) and restarts the ones whose process is
 gone, with the recorded command (``supervisor.restart_if_dead``; a service being stopped is left alone).
 ``kfrelease down`` stops the watchdog first, so nothing is restarted behind it. ``GET /healthz`` answers
-``{"status": "ok", "restarts": {name: count}}``.
+``{"status": "ok", "restarts": {name: count}, "spare": "off" | "starting" | "ready"}``.
+
+A model server (group ``serving-models``) is restarted from a warm spare (``kfrelease.serving.spare``): a
+process that has already imported KServe and the model-server code forks the recorded command, so a killed
+server answers again in a second or two instead of the 10-20 s a fresh KServe process takes here. The spare
+starts with the first model server the stack records, runs in the watchdog's process group (it stops with
+the watchdog) and is started again if it dies; while it is not ready, a server is restarted the usual way.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,16 +42,62 @@ def watchdog_service(settings: Settings) -> Service:
                           startup_timeout=30, env=env)
 
 
-def sweep(settings: Settings, restarts: dict[str, int]) -> None:
+class WarmSpare:
+    """The watchdog's one warm spare for model servers (``kfrelease.serving.spare``)."""
+
+    GROUP = "serving-models"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.name = "@kfrelease-spare-" + hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:16]
+        self.proc: subprocess.Popen | None = None
+
+    def state(self) -> str:
+        from kfrelease.serving import spare
+
+        if self.proc is None or self.proc.poll() is not None:
+            return "off"
+        return "ready" if spare.is_ready(self.name) else "starting"
+
+    def keep(self, records: list[dict]) -> None:
+        """Start the spare once the stack has a model server, and again if it died."""
+        if not any(r.get("group") == self.GROUP and r.get("restart") for r in records):
+            return
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.log_dir / "watchdog-spare.log", "ab") as log_fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kfrelease.serving.spare", "--socket", self.name],
+                                         stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def launcher(self, rec: dict):
+        """The supervisor launcher that forks ``rec``'s command from the spare, or None (not ready, not a model
+        server, not a ``python -m`` command)."""
+        from kfrelease.serving import spare
+
+        if rec.get("group") != self.GROUP or spare.forkable(list(rec["command"])) is None or self.state() != "ready":
+            return None
+
+        def launch(service: Service, env: dict, cwd, log_path):
+            return spare.ask(self.name, service.command, env, cwd, log_path)
+
+        return launch
+
+
+def sweep(settings: Settings, restarts: dict[str, int], warm: WarmSpare | None = None) -> None:
     """One pass: restart every service that should run and does not."""
-    for rec in supervisor.records(settings):
+    recs = supervisor.records(settings)
+    if warm is not None:
+        warm.keep(recs)
+    for rec in recs:
         name = rec["name"]
         if name == supervisor.WATCHDOG or not rec.get("restart") or rec.get("stopping"):
             continue
         if supervisor.pid_alive(rec.get("pid")):
             continue
+        launch = warm.launcher(rec) if warm is not None else None
         try:
-            if supervisor.restart_if_dead(settings, name):
+            if supervisor.restart_if_dead(settings, name, launch):
                 restarts[name] = restarts.get(name, 0) + 1
         except Exception as exc:  # noqa: BLE001 - keep watching the others; try again next pass
             log.error("could not restart %s: %s", name, exc)
@@ -55,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     restarts: dict[str, int] = {}
+    warm = WarmSpare(settings)
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"status": "ok", "restarts": restarts}).encode()
+            body = json.dumps({"status": "ok", "restarts": restarts, "spare": warm.state()}).encode()
             self.send_response(200 if self.path == "/healthz" else 404)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -71,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     while True:
-        sweep(settings, restarts)
+        sweep(settings, restarts, warm)
         time.sleep(INTERVAL)
 
 

@@ -105,26 +105,34 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
     assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {"m": "V1"}
 
 
-def test_a_single_replica_killed_answers_again_without_any_command(stack):
-    """The watchdog restarts it; how fast (goal: within 10 s) is measured by ``python -m bench models``."""
+def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack):
+    """The watchdog restarts it from its warm spare (KServe already imported): well under the 10-20 s a fresh
+    KServe process takes to start on a busy machine."""
     settings, records = stack
     supervisor.start_service(settings, watchdog_service(settings))
     driver = _driver(settings, records, "m")
     driver.apply(TrafficState(primary="V1"))
+    health = settings.url("watchdog", "/healthz")
+    deadline = time.monotonic() + 120  # the spare imports KServe once, in the background
+    while httpx.get(health, timeout=5).json()["spare"] != "ready":
+        assert time.monotonic() < deadline, f"the warm spare did not get ready: {httpx.get(health).json()}"
+        time.sleep(0.2)
     old = _kill(settings, "predictor-production")
-    deadline = time.monotonic() + 90  # bounded; a kserve process start takes seconds on a busy machine
+    killed = time.monotonic()
     answer = None
-    while time.monotonic() < deadline:
+    while time.monotonic() - killed < 10:
         try:
             answer = predict(settings, "m")
             if answer.status_code == 200:
                 break
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
-    assert answer is not None and answer.status_code == 200, answer and answer.text
+        time.sleep(0.05)
+    took = time.monotonic() - killed
+    assert answer is not None and answer.status_code == 200, f"no answer {took:.1f} s after the kill: {answer}"
     assert answer.json()["model_version"] == "V1"
     assert supervisor.service_status(settings, "predictor-production").pid != old
+    print(f"a killed single replica answered again after {took:.2f} s")
 
 
 def test_down_stops_the_watchdog_first_and_nothing_restarts(stack):
