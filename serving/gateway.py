@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +45,14 @@ import psutil
 from kfrelease.serving.hosts import HostCommand, ModelServers
 from kfrelease.serving.model_files import local_model_dir
 from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+)
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
@@ -326,24 +333,24 @@ def gateway_service(settings: Settings) -> Service:
     )
 
 
+def _served_generation(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=1.0).json().get("generation")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def wait_generation(settings: Settings, generation: str, timeout: float = RELOAD_TIMEOUT) -> None:
     """Wait until the gateway answers with the config of ``generation`` (a reload is asynchronous)."""
-    url = settings.url("gateway", HEALTH_PATH)
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(url, timeout=1.0).json().get("generation")
-            if last == generation:
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
-    raise GatewayError(
-        f"gateway did not load config {generation} within {timeout:.0f} s (it serves {last}); see its error log"
-    )
+    polls = Retrying(stop=stop_after_delay(timeout), wait=wait_exponential(multiplier=0.02, exp_base=1.5, max=0.25),
+                     retry=retry_if_result(lambda served: served != generation))
+    try:
+        polls(_served_generation, settings.url("gateway", HEALTH_PATH))
+    except RetryError as exc:
+        raise GatewayError(
+            f"gateway did not load config {generation} within {timeout:.0f} s (it serves "
+            f"{exc.last_attempt.result()}); see its error log"
+        ) from None
 
 
 def _children(pid: int) -> list[int]:
@@ -356,13 +363,12 @@ def _children(pid: int) -> list[int]:
 def wait_drained(master_pid: int, timeout: float = 60.0) -> None:
     """After a reload, wait until nginx's old workers have finished their in-flight requests and exited,
     so that a model server no longer routed to can be stopped without cutting a request."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(_children(master_pid)) <= 1:  # worker_processes 1
-            return
-        time.sleep(0.05)
-    log.warning("old nginx workers of %d still run after %.0f s", master_pid, timeout)
-
+    polls = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.05),
+                     retry=retry_if_result(lambda workers: len(workers) > 1))  # worker_processes 1
+    try:
+        polls(_children, master_pid)
+    except RetryError:
+        log.warning("old nginx workers of %d still run after %.0f s", master_pid, timeout)
 
 
 # --- the record of every model's routes --------------------------------------------------------------
