@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from kfrelease.cli import cli
@@ -149,3 +151,31 @@ def test_the_packaged_and_example_specs_validate_against_their_json_schemas():
         assert paths, kind
         for path in paths:
             jsonschema.validate(yaml.safe_load(path.read_text()) or {}, json.loads(schema_text(kind)))
+
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(-1, 2, allow_nan=False) | st.sampled_from(
+        ["", "x", "float64", "reject", "squared", "sklearn.linear_model.Ridge", "model.py:build", "a"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "dtype", "prefix", "x"]), inner,
+                                                               max_size=3),
+    max_leaves=6,
+)
+
+
+@pytest.mark.parametrize("parse, text", [(parse_dataset, DATASET), (parse_model, MODEL + RIDGE),
+                                         (rollout.parse_rollout_spec, "canary: {steps: [50, 100]}\nshadow: {}\n")],
+                         ids=["dataset", "model", "rollout"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_edit_of_a_spec_parses_or_is_refused_in_one_line(parse, text, data):
+    """Whatever a key is changed to (or whichever key is misspelt), the answer is a spec or one ConfigError line."""
+    import yaml
+
+    doc = yaml.safe_load(text)
+    keys = sorted(doc) + ["descripton", "sources", "estimatr"]
+    key = data.draw(st.sampled_from(keys))
+    doc[key] = data.draw(VALUES)
+    try:
+        parse(yaml.safe_dump(doc), "spec.yaml")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("spec.yaml: ")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
 import json
 import types
 from dataclasses import dataclass, field
@@ -160,15 +161,20 @@ class ModelSpec:
 def _import_estimator(path: str, where: str):
     """The class at an import path, or a ConfigError suggesting the closest scikit-learn regressor."""
     module_name, _, cls_name = path.rpartition(".")
+    module = None
     try:
-        return getattr(importlib.import_module(module_name), cls_name)
+        module = importlib.import_module(module_name)
+        return getattr(module, cls_name)
     except (ImportError, AttributeError, ValueError):
         pass
-    hint = did_you_mean(path, _regressor_paths())
-    if not hint:  # the class name alone, in whichever module it lives
-        by_name = {p.rpartition(".")[2]: p for p in _regressor_paths()}
+    names = [n for n in dir(module) if not n.startswith("_")] if module is not None else []
+    close = difflib.get_close_matches(cls_name, names, n=1, cutoff=0.6)  # the module is right, the class is not
+    hint = f" (did you mean {module_name + '.' + close[0]!r}?)" if close else ""
+    if not hint:  # the module is wrong too: the closest scikit-learn regressor, by path or by class name
+        paths = _regressor_paths()
+        by_name = {p.rpartition(".")[2]: p for p in paths}
         close = difflib.get_close_matches(cls_name, by_name, n=1, cutoff=0.6)
-        hint = f" (did you mean {by_name[close[0]]!r}?)" if close else ""
+        hint = did_you_mean(path, paths) or (f" (did you mean {by_name[close[0]]!r}?)" if close else "")
     raise ConfigError(
         f"{where}: unknown estimator {path!r}{hint}; give an import path such as sklearn.linear_model.Ridge"
     ) from None
@@ -188,6 +194,8 @@ def _param_names(cls) -> list[str]:
     """The hyper-parameters the class declares (scikit-learn's ``get_params``), or [] when it does not say."""
     getter = getattr(cls, "_get_param_names", None)  # the classmethod behind BaseEstimator.get_params
     try:
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+            return []  # takes **kwargs (e.g. xgboost): any name may be valid
         if callable(getter):
             return list(getter())
         return list(cls().get_params(deep=False))
