@@ -72,7 +72,8 @@ def strip_ansi(text: str) -> str:
 
 class _StepStream(io.TextIOBase):
     """Where kfp.local's output goes when it is not shown: kept (for the failure's reason) and read line by
-    line for each task's final status, which is logged (``step <task>: SUCCESS``) and passed to ``on_step``."""
+    line for each task's final status, passed to ``on_step`` or printed (``step <task>: SUCCESS``) on the
+    output as it was before the run (a run's log file, a notebook cell)."""
 
     def __init__(self, on_step=None):
         self.lines: list[str] = []
@@ -87,11 +88,12 @@ class _StepStream(io.TextIOBase):
             line = strip_ansi(line).rstrip()
             self.lines.append(line)
             m = _FINISHED.search(line)
-            if m:
-                log.info("step %s: %s", m[1], m[2])
-                if self.on_step is not None:
-                    with contextlib.redirect_stdout(self._shown[0]), contextlib.redirect_stderr(self._shown[1]):
+            if m:  # (logging would not show it: kfp.local points the root logger at this stream meanwhile)
+                with contextlib.redirect_stdout(self._shown[0]), contextlib.redirect_stderr(self._shown[1]):
+                    if self.on_step is not None:
                         self.on_step(m[1], m[2])
+                    else:
+                        print(f"step {m[1]}: {m[2]}", flush=True)
         return len(text)
 
     def reason(self) -> str:
@@ -109,7 +111,7 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
 
     Quiet unless ``verbose`` (default: ``KFRELEASE_VERBOSE=1``, which ``kfrelease -v`` sets for itself and the
     runs it starts): kfp.local's executor JSON, streamed step logs and its "non-Python base image" warnings
-    are kept out of the output; each task's status is logged and given to ``on_step(task, status)``."""
+    are kept out of the output; each task's status is given to ``on_step(task, status)`` or printed."""
     import warnings
 
     init_local(settings)
