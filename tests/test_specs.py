@@ -179,3 +179,12 @@ def test_any_edit_of_a_spec_parses_or_is_refused_in_one_line(parse, text, data):
         parse(yaml.safe_dump(doc), "spec.yaml")
     except ConfigError as exc:
         assert "\n" not in str(exc) and str(exc).startswith("spec.yaml: ")
+
+
+def test_spec_check_answers_in_one_line_either_way(tmp_path):
+    (tmp_path / "model.yaml").write_text(MODEL + "estimator: {class: sklearn.linear_model.Ridge, params: {alpah: 1}}\n")
+    (tmp_path / "ds.yaml").write_text(DATASET)
+    bad = CliRunner().invoke(cli, ["spec", "check", str(tmp_path / "model.yaml")])
+    assert bad.exit_code == 1 and "(did you mean 'alpha'?)" in bad.output and len(bad.output.splitlines()) == 1
+    good = CliRunner().invoke(cli, ["spec", "check", str(tmp_path / "ds.yaml")])
+    assert good.exit_code == 0 and "valid dataset 'd', 2 columns" in good.output

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from kfrelease.cli.output import console
+from kfrelease.errors import ConfigError
 from kfrelease.specs import SCHEMAS, reference_markdown, schema_text
 
 
@@ -23,6 +26,33 @@ def register(cli: click.Group) -> None:
     def reference() -> None:
         """Print the reference of every key of every spec (docs/spec-reference.md)."""
         click.echo(reference_markdown(), nl=False)
+
+    @spec.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--kind", type=click.Choice(list(SCHEMAS)),
+                  help="The spec's kind (default: model for model.yaml, rollout for rollout.yaml, else dataset).")
+    def check(file: str, kind: str | None) -> None:
+        """Check a spec file as the pipelines will (a model.yaml also builds its estimator); one line either way."""
+        kind = kind or {"model.yaml": "model", "rollout.yaml": "rollout"}.get(Path(file).name, "dataset")
+        if kind == "model":
+            from kfrelease.training.spec import load_project
+
+            model = load_project(file)
+            estimator = model.build_estimator()
+            what = f"model {model.name!r} V{model.tag}, {type(estimator).__name__} on {len(model.features)} features"
+        elif kind == "rollout":
+            from kfrelease.rollout.spec import load_rollout_spec
+
+            rollout = load_rollout_spec(file)
+            what = f"rollout spec, canary steps {list(rollout.canary.steps)}"
+        else:
+            from kfrelease.data.spec import load_spec
+
+            if not Path(file).is_file():
+                raise ConfigError(f"dataset spec {file} does not exist")
+            dataset = load_spec(file)
+            what = f"dataset {dataset.name!r}, {len(dataset.columns)} columns"
+        click.echo(f"{file}: valid {what}")
 
     data = cli.commands.get("data")
     if isinstance(data, click.Group):
