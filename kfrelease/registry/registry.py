@@ -105,7 +105,8 @@ class ModelRegistry:
 
     # reading ---------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        return sorted(o.key.rstrip("/").split("/")[-1] for o in self.store.iter(BUCKET, f"{self.space}/", recursive=False))
+        top = self.store.iter(BUCKET, f"{self.space}/", recursive=False)
+        return sorted(o.key.rstrip("/").split("/")[-1] for o in top)
 
     def get(self, model: str, version: str) -> ModelVersion:
         VersionNumber.parse(version)

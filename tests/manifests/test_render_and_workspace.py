@@ -11,6 +11,7 @@ import yaml
 
 from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS, SCIENCE_NS
 from kfrelease.k8s.render import Sources, check_tree, render_tree
+from tests.iam_eval import allowed
 
 from .conftest import kustomize, upstream_cluster_roles
 from .rbac_eval import RBACModel, kfp_requester, person
@@ -107,6 +108,10 @@ def test_workspace_add_is_one_command(copy_of_manifests):
             "name": "default-editor",
             "namespace": "ds-grace",
         }
+        # the workspace's runs (a notebook's experiments) cannot write the registry, so they can never stage
+        s3 = entry[0]["attachPolicy"]
+        models = f"{env.bucket_prefix}models"
+        assert allowed(s3, models, "read") and not allowed(s3, models, "write")
         rbac = RBACModel(docs + upstream_cluster_roles())
         grace = kfp_requester(person("grace@example.com"))
         assert rbac.allowed(grace, "get", "pipelines.kubeflow.org", "runs", RELEASE_NS)
