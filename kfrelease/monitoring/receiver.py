@@ -22,8 +22,9 @@ version and the labelled traffic adds nothing to it: no run starts, ``detail`` s
 error). A decision after a curation records it (``curation``: versions, counts, reason). If the object store cannot
 take the record, the receiver answers 503 so that Alertmanager retries the notification: nothing is lost.
 
-The trigger is ``kfrelease.training.trigger:trigger`` (docs/CONTRACTS.md), called as
-``trigger(settings, commit, repo, auto=True, reason=...)``; ``KFRELEASE_RETRAIN_TRIGGER=module:function``
+The trigger is the training trigger's one entry point for automatic retrains,
+``kfrelease.training.trigger:start_auto_revision(settings, model, reason)`` (the production definition on the
+latest curated version: the one the curation just published); ``KFRELEASE_RETRAIN_TRIGGER=module:function``
 replaces it.
 """
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import logging
 import re
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 BUCKET = "pipeline-root"
 RETRAIN_KINDS = ("quality", "drift")
-DEFAULT_TRIGGER = "kfrelease.training.trigger:trigger"
+DEFAULT_TRIGGER = "kfrelease.training.trigger:start_auto_revision"
 DEFAULT_CURATE = "kfrelease.data.labelled_traffic:curate_for_alert"
 
 
@@ -248,12 +248,7 @@ class AlertReceiver:
     def _run_trigger(self, key: str, doc: dict) -> None:
         outcome = dict(doc)
         try:
-            fn = self._trigger_function()
-            commit, repo = self._definition(doc)
-            kwargs = {"auto": True, "reason": doc["reason"]}
-            if "model" in inspect.signature(fn).parameters:
-                kwargs["model"] = doc["model"]
-            record = fn(self.settings, commit, repo, **kwargs)
+            record = self._trigger_function()(self.settings, doc["model"], doc["reason"])
             outcome["result"] = _jsonable(record)
             outcome["status"] = "done"
         except Exception as exc:  # noqa: BLE001 - recorded, never crashes the receiver
@@ -272,19 +267,6 @@ class AlertReceiver:
             except KfreleaseError as exc:
                 log.error("could not record the retrain result %s: %s", key, exc)
             self._lock.release()
-
-    def _definition(self, doc: dict) -> tuple[str | None, str | None]:
-        """The commit of the alerting version (registry entry), and the repository (KFRELEASE_REPO)."""
-        commit = None
-        try:
-            entry = self.store.get_json(
-                "models",
-                f"registry/{doc['model']}/versions/{doc.get('version')}/entry.json",
-            )
-            commit = entry.get("commit")
-        except KfreleaseError:
-            pass
-        return commit, setting("KFRELEASE_REPO")
 
 
 def _jsonable(obj):

@@ -15,7 +15,7 @@ from kfrelease.storage import store_for
 from tests.monitoring import recording_trigger
 
 pytestmark = pytest.mark.integration
-TRIGGER = "tests.monitoring.recording_trigger:trigger"
+TRIGGER = "tests.monitoring.recording_trigger:start_auto_revision"
 NO_CURATION = ""  # these models have no production version: the labelled-traffic step is test_alerting's
 
 
@@ -70,7 +70,7 @@ def test_one_retrain_at_a_time_then_rate_limited(stack, calls):
     ]
     assert [d["decision"] for d in again] == ["rate-limited"]
     lines = [json.loads(x) for x in calls.read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["auto"] is True and model in lines[0]["reason"]
+    assert len(lines) == 1 and lines[0]["model"] == model and model in lines[0]["reason"]
     records = receiver.retrains(model)
     assert [r.get("status") or r["decision"] for r in records] == [
         "triggered",
