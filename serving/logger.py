@@ -1,8 +1,8 @@
 """The predictor's prediction logger: KServe InferenceLogger CloudEvents, posted without ever slowing a
 prediction down.
 
-Format (KServe ``pkg/logger/types.go`` and ``pkg/logger/worker.go``): one HTTP POST per event in CloudEvents *binary*
-mode, ``content-type: application/json``, headers ``ce-specversion: 1.0``, ``ce-id`` (the request id, the
+Format (KServe ``pkg/logger/types.go`` and ``pkg/logger/worker.go``; headers built with the ``cloudevents``
+SDK, ``event_headers``): one HTTP POST per event in CloudEvents *binary* mode, ``content-type: application/json``, headers ``ce-specversion: 1.0``, ``ce-id`` (the request id, the
 same for a request and its response), ``ce-type`` ``org.kubeflow.serving.inference.request`` /
 ``org.kubeflow.serving.inference.response``, ``ce-source``, ``ce-time`` and the extensions
 ``ce-inferenceservicename``, ``ce-namespace``, ``ce-component``, ``ce-endpoint`` (``default`` or ``canary``).
@@ -53,6 +53,18 @@ LOG_BACKLOG = Gauge(
 )
 
 
+def event_headers(attributes: dict) -> dict[str, str]:
+    """The binary-mode headers every event of one logger shares, built by the ``cloudevents`` SDK from a
+    template event (``ce-specversion``, ``ce-source``, the extensions, ``content-type``); ``_post`` adds the
+    per-event ``ce-id``, ``ce-type`` and ``ce-time``."""
+    from cloudevents.conversion import to_binary
+    from cloudevents.http import CloudEvent
+
+    template = CloudEvent({**attributes, "id": "-", "time": "-", "datacontenttype": "application/json"}, None)
+    headers, _ = to_binary(template, data_marshaller=lambda data: data)
+    return {k: v for k, v in headers.items() if k not in ("ce-id", "ce-type", "ce-time")}
+
+
 def _now_iso() -> str:
     return (
         dt.datetime.now(dt.UTC)
@@ -83,19 +95,18 @@ class InferenceLogger:
         self.max_buffer = max_buffer
         self.max_wal_bytes = max_wal_bytes
         self.timeout = timeout
-        self.base_headers = {
-            "content-type": "application/json",
-            "ce-specversion": "1.0",
-            "ce-source": f"http://kfrelease/{namespace}/{inference_service or model}/{stage}",
-            "ce-inferenceservicename": inference_service or model,
-            "ce-namespace": namespace,
-            "ce-component": component,
-            "ce-endpoint": "canary" if stage == "canary" else "default",
-            "ce-model": model,
-            "ce-modelversion": version,
-            "ce-stage": stage,
-            "ce-features": ",".join(features),
-        }
+        self.base_headers = event_headers({
+            "type": REQUEST_TYPE,
+            "source": f"http://kfrelease/{namespace}/{inference_service or model}/{stage}",
+            "inferenceservicename": inference_service or model,
+            "namespace": namespace,
+            "component": component,
+            "endpoint": "canary" if stage == "canary" else "default",
+            "model": model,
+            "modelversion": version,
+            "stage": stage,
+            "features": ",".join(features),
+        })
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()

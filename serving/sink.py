@@ -1,6 +1,6 @@
 """The log sink: receives KServe InferenceLogger CloudEvents and writes them to ``inference-logs``.
 
-``POST /`` takes one event in CloudEvents binary mode (``ce-*`` headers, JSON body: what KServe's logger
+``POST /`` takes (parsed by the ``cloudevents`` SDK, ``parse_events``) one event in CloudEvents binary mode (``ce-*`` headers, JSON body: what KServe's logger
 and ``kfrelease.serving.logger`` send), structured mode (``application/cloudevents+json``) or a batch
 (``application/cloudevents-batch+json``, a JSON array of structured events). Each event becomes one JSON
 line (fields in docs/CONTRACTS.md, "Prediction logs").
@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import CloudEvent, from_dict, from_http
 from prometheus_client import Counter, Gauge
 
 from kfrelease.config import Settings
@@ -133,24 +135,52 @@ def _predictions(data) -> list | None:
     return None
 
 
+def _raw(data):
+    return data
+
+
+def parse_events(headers: dict, body: bytes) -> list[CloudEvent]:
+    """The CloudEvents of one POST, parsed by the ``cloudevents`` SDK: binary mode (``ce-*`` headers),
+    structured mode (``application/cloudevents+json``) or a batch (``application/cloudevents-batch+json``).
+    ``headers`` have lower-case names."""
+    ctype = headers.get("content-type", "").split(";")[0].strip()
+    try:
+        if ctype == "application/cloudevents-batch+json":
+            docs = orjson.loads(body)
+            if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+                raise InvalidEvent("a CloudEvents batch must be a JSON array of objects")
+            return [from_dict(d) for d in docs]
+        if ctype == "application/cloudevents+json":
+            if not isinstance(orjson.loads(body), dict):
+                raise InvalidEvent("a structured CloudEvent must be a JSON object")
+        else:
+            missing = [h for h in ("ce-id", "ce-type", "ce-specversion", "ce-source") if not headers.get(h)]
+            if missing:
+                raise InvalidEvent(f"not a binary-mode CloudEvent: headers {missing} are missing")
+        return [from_http(headers, body, data_unmarshaller=_raw)]
+    except CloudEventError as exc:
+        raise InvalidEvent(f"not a CloudEvent: {exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"the CloudEvent is not JSON: {exc}") from None
+
+
 def event_line(headers: dict, body: bytes) -> dict:
     """One binary-mode CloudEvent (lower-case header names) -> the JSON line of docs/CONTRACTS.md."""
-    missing = [
-        h
-        for h in ("ce-id", "ce-type", "ce-specversion", "ce-source")
-        if not headers.get(h)
-    ]
-    if missing:
-        raise InvalidEvent(
-            f"not a binary-mode CloudEvent: headers {missing} are missing"
-        )
+    return line_from_event(parse_events(headers, body)[0])
+
+
+def line_from_event(event: CloudEvent) -> dict:
+    """One inference CloudEvent -> the JSON line of docs/CONTRACTS.md."""
+    attrs = event.get_attributes()
+    headers = {f"ce-{k}": v for k, v in attrs.items() if isinstance(v, str)}
     kind = TYPES.get(headers["ce-type"])
     if kind is None:
         raise InvalidEvent(
             f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}"
         )
+    data = event.data
     try:
-        data = orjson.loads(body) if body else None
+        data = orjson.loads(data) if isinstance(data, (bytes, str)) and data else (data or None)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"the event data is not JSON: {exc}") from None
     isvc = headers.get("ce-inferenceservicename", "")
@@ -222,26 +252,6 @@ def event_key(line: dict) -> tuple:
         line["id"],
         line["type"],
     )
-
-
-def structured_to_binary(event: dict) -> tuple[dict, bytes]:
-    """A structured-mode event (dict) -> (headers, body) as in binary mode."""
-    if not isinstance(event, dict):
-        raise InvalidEvent("a structured CloudEvent must be a JSON object")
-    headers = {
-        f"ce-{k}": str(v)
-        for k, v in event.items()
-        if k not in ("data", "data_base64", "datacontenttype")
-    }
-    data = event.get("data")
-    body = (
-        data.encode()
-        if isinstance(data, str)
-        else orjson.dumps(data)
-        if data is not None
-        else b""
-    )
-    return headers, body
 
 
 # --- write-ahead file and uploader -------------------------------------------------------------------
@@ -552,18 +562,9 @@ def create_app(sink: LogSink):
                 413,
             )
         headers = {k.lower(): v for k, v in request.headers.items()}
-        ctype = headers.get("content-type", "").split(";")[0].strip()
         try:
-            if ctype == "application/cloudevents-batch+json":
-                events = orjson.loads(body)
-                if not isinstance(events, list):
-                    raise InvalidEvent("a CloudEvents batch must be a JSON array")
-                lines = [event_line(*structured_to_binary(e)) for e in events]
-            elif ctype == "application/cloudevents+json":
-                lines = [event_line(*structured_to_binary(orjson.loads(body)))]
-            else:
-                lines = [event_line(headers, body)]
-        except (InvalidEvent, orjson.JSONDecodeError) as exc:
+            lines = [line_from_event(e) for e in parse_events(headers, body)]
+        except InvalidEvent as exc:
             EVENTS.labels("invalid").inc()
             return JSONResponse({"error": str(exc)}, 400)
         try:
