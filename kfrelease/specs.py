@@ -37,7 +37,7 @@ Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
 class SpecDocument(BaseModel):
     """Base of every spec document: strict types (YAML gives native ones), unknown keys refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -112,7 +112,7 @@ def describe_error(model: type[BaseModel], error: dict) -> str:
         return f"unknown key {loc[-1]!r}{where}{did_you_mean(loc[-1], known)}; known: {', '.join(known)}"
     if kind == "missing":
         return f"missing key(s) {path}"
-    if kind == "union_tag_invalid" or kind.startswith("union"):
+    if kind.startswith("union"):
         return f"{path} {value!r} is not allowed here"
     if kind == "literal_error":
         choices = literal_values(model, loc)
