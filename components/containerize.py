@@ -26,12 +26,17 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
     from kfrelease.training.steps import containerize_step, is_release_run
 
     logging.basicConfig(level=logging.INFO)
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training.steps import not_staged_reason
+
     spec = ModelSpec.from_json(spec_json)
     if not is_release_run(store_for("pipeline"), run_id, spec):
         print(f"{spec.name} {version}: an experiment; no image is built")
         return ""
-    with step_record(run_id, "containerize"):
+    with step_record(run_id, "containerize") as extra:
         image = containerize_step(spec.name, version, registry=image_registry)
+        if not image:  # skipped, never green: the version is a rejected one (an existing version re-returned)
+            extra["skipped"] = not_staged_reason(ModelRegistry(store_for("pipeline")).get(spec.name, version))
     if not image:
         return ""
     pinned = ImageRef(image["ref"], image["digest"]).pinned

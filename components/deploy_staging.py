@@ -31,11 +31,17 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
     if not is_release_run(store_for("pipeline"), run_id, spec):  # only the merge trigger's run stages
         print(f"{spec.name} {version}: an experiment (not started by the merge trigger); not staged")
         return "experiment"
-    with step_record(run_id, "deploy-staging"):
+    with step_record(run_id, "deploy-staging") as extra:
         model_name = spec.name
         stage = deploy_staging_step(model_name, version, run_id or job_name)
-        if stage == "staging":
-            release = start_release(Settings.from_env(), model_name, version)
+        if stage != "staging":  # nothing staged: skipped, never green
+            extra["skipped"] = f"{model_name} {version} is {stage}; nothing staged"
+        else:
+            from kfrelease.registry import ModelRegistry
+
+            # the rollout.yaml of the merge that registered this version (kfrelease.training.rollout_file)
+            rollout = ModelRegistry(store_for("pipeline")).get(model_name, version).entry.get("rollout")
+            release = start_release(Settings.from_env(), model_name, version, spec_yaml=rollout)
             print(f"{model_name} {version}: release handed over: {release or 'off (KFRELEASE_AUTO_RELEASE=0)'}")
     print(f"{model_name} {version}: {stage} ({image})")
     return stage

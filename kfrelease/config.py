@@ -157,8 +157,9 @@ VARIABLES: tuple[Variable, ...] = (
              "the model project repository the alert receiver retrains from", "monitoring"),
     Variable("KFRELEASE_RETRAIN_ON_NEW_DATA", "bool", True, "retrain when a new dataset version is published",
              "monitoring"),
-    Variable("KFRELEASE_NEWDATA_POLL_SECONDS", "float", 0.0,
-             "how often the receiver looks for new dataset versions; 0: never", "monitoring"),
+    Variable("KFRELEASE_NEWDATA_POLL_SECONDS", "float", 30.0,
+             "how often the receiver service looks for new dataset versions (new data retrains by default); "
+             "0: never", "monitoring"),
     Variable("KFRELEASE_LAKE_CACHE", "path", None,
              "local cache of the lake's Parquet objects; unset: KFRELEASE_HOME/cache/lake", "monitoring"),
     Variable("KFRELEASE_VERBOSE", "bool", False,

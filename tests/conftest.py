@@ -49,10 +49,12 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     that subprocesses (CLI calls, kfp.local components) use the same stack.
 
     ``KFRELEASE_AUTO_RELEASE=0``: a staged model is not handed over to a background release runner, so no
-    release moves registry stages or traffic behind a test's back; the hand-over tests turn it on."""
+    release moves registry stages or traffic behind a test's back; the hand-over tests turn it on.
+    ``KFRELEASE_NEWDATA_POLL_SECONDS=0``: the receiver service does not poll for new curated data (on by
+    default on the stack), so publishing data never starts a retrain behind a test's back."""
     home = tmp_path_factory.mktemp("kfrelease-home")
     env = {"KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-           "KFRELEASE_AUTO_RELEASE": "0"}
+           "KFRELEASE_AUTO_RELEASE": "0", "KFRELEASE_NEWDATA_POLL_SECONDS": "0"}
     for key in [k for k in os.environ if k.startswith("KFRELEASE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)

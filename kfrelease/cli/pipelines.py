@@ -102,6 +102,12 @@ def register(cli: click.Group) -> None:
             _print_run(record)
             if record.status != "succeeded":
                 raise click.exceptions.Exit(1)
+            summary = record.state.get("summary") or f"{record.state.get('version')} ({record.state.get('verdict')})"
+            # one line, never wrapped; non-zero when the merge left no staging candidate (it says what to change)
+            console.print(f"run {record.run_id}: {record.state.get('outcome', 'done')}: {summary}", soft_wrap=True,
+                          markup=False)
+            if not record.state.get("staging_candidate", True):
+                raise click.exceptions.Exit(1)
 
     @cli.command("runs")
     @click.argument("run_id", required=False)
@@ -151,6 +157,8 @@ def _why(record) -> str:
         return st.get("waiting") or "queued: its runner is starting"
     if record.status in ("retrying", "failed"):
         return st.get("error") or ""
+    if record.status == "succeeded" and st.get("outcome") and st["outcome"] != "staged":
+        return f"{st['outcome']}: {st.get('summary', '')}"
     bits = [f"attempt {st['attempt']}"] if st.get("attempt", 1) > 1 else []
     if (st.get("peak_rss_mb") or {}).get("train"):
         bits.append(f"train peak {st['peak_rss_mb']['train']:.0f} MB")
@@ -173,9 +181,10 @@ def _print_run(record) -> None:
     console.print(f"run {record.run_id}: {record.status}" + (f", version {st['version']} ({st.get('verdict')})"
                                                              if st.get("version") else "")
                   + (f", {_why(record)}" if _why(record) else ""))
-    table(None, ["step", "state", "attempt", "started", "finished", "peak MB", "error"], [
+    table(None, ["step", "state", "attempt", "started", "finished", "peak MB", "error or why skipped"], [
         (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("attempt"),
          record.steps.get(s, {}).get("started_at"), record.steps.get(s, {}).get("finished_at"),
-         record.steps.get(s, {}).get("peak_rss_mb"), record.steps.get(s, {}).get("error")) for s in STEP_NAMES])
+         record.steps.get(s, {}).get("peak_rss_mb"),
+         record.steps.get(s, {}).get("error") or record.steps.get(s, {}).get("skipped")) for s in STEP_NAMES])
     for line in result_lines(run_result(record, ModelRegistry(store_for("data-scientist")))):
         console.print(line, soft_wrap=True, markup=False)

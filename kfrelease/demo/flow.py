@@ -109,10 +109,12 @@ DEMO_SPEC = {
 TRAFFIC = {"rate": 40.0, "max_requests": 20_000, "max_seconds": 900.0, "truth_delay": 0.5}
 
 
-def create_release_demo_project(dest, name: str | None = None, dataset: str | None = None) -> list[str]:
+def create_release_demo_project(dest, name: str | None = None, dataset: str | None = None,
+                                rollout: str | None = None) -> list[str]:
     """The demo project's three merges (``kfrelease.demo.project``), except that merge 3's data scientist
     widened the offline tolerance against production to 50 % so that the worse model passes offline
-    validation: then only the shadow gate on live traffic stands between it and production."""
+    validation: then only the shadow gate on live traffic stands between it and production. ``rollout``:
+    the project's ``rollout.yaml`` (added by merge 1)."""
     from pathlib import Path
 
     import yaml
@@ -120,7 +122,7 @@ def create_release_demo_project(dest, name: str | None = None, dataset: str | No
     from kfrelease.demo import project
 
     dest = Path(dest)
-    shas = project.create_demo_project(dest, name=name, dataset=dataset)[:2]
+    shas = project.create_demo_project(dest, name=name, dataset=dataset, rollout=rollout)[:2]
     base = (project.example_dir() / "model.yaml").read_text()
     validation = dict(yaml.safe_load(base)["validation"], tolerance=0.5)
     overrides = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}

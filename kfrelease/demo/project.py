@@ -66,10 +66,12 @@ def merge_change(repo: Path, branch: str, files: dict[str, str], message: str) -
     return _git(repo, "rev-parse", "HEAD")
 
 
-def create_demo_project(dest: str | Path, name: str | None = None, dataset: str | None = None) -> list[str]:
+def create_demo_project(dest: str | Path, name: str | None = None, dataset: str | None = None,
+                        rollout: str | None = None) -> list[str]:
     """Create the demo model project's repository at ``dest`` with its three merges; returns their SHAs.
 
-    ``name``/``dataset`` override the model name and dataset (tests use private ones)."""
+    ``name``/``dataset`` override the model name and dataset (tests use private ones); ``rollout`` is the
+    text of a ``rollout.yaml`` that merge 1 adds beside ``model.yaml`` (the model's rollout spec)."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty; give a new folder for the demo project")
@@ -82,7 +84,8 @@ def create_demo_project(dest: str | Path, name: str | None = None, dataset: str 
     _git(dest, "commit", "-q", "-m", "Model project skeleton")
     base = (src / "model.yaml").read_text()
     shas = [
-        merge_change(dest, "ridge", {"model.yaml": spec_variant(1, base, **overrides)}, "First model: ridge regression"),
+        merge_change(dest, "ridge", {"model.yaml": spec_variant(1, base, **overrides),
+                                     **({"rollout.yaml": rollout} if rollout else {})}, "First model: ridge regression"),
         merge_change(dest, "scaled-ridge", {"model.yaml": spec_variant(2, base, **overrides),
                                             "model.py": (src / "model.py").read_text()},
                      "Standardise inputs before ridge (better RMSE)"),
@@ -118,8 +121,10 @@ def second_spec_variant(merge: int, **changes) -> str:
     return "# Model spec of the demo's second model project.\n" + yaml.safe_dump(doc, sort_keys=False)
 
 
-def create_second_project(dest: str | Path, name: str | None = None, dataset: str | None = None) -> list[str]:
-    """The second model's project (Friedman #1 data) with two merges to main; returns their SHAs."""
+def create_second_project(dest: str | Path, name: str | None = None, dataset: str | None = None,
+                          rollout: str | None = None) -> list[str]:
+    """The second model's project (Friedman #1 data) with two merges to main (merge 1 adds ``rollout``, if
+    given, as its ``rollout.yaml``); returns their SHAs."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty; give a new folder for the second demo project")
@@ -130,7 +135,8 @@ def create_second_project(dest: str | Path, name: str | None = None, dataset: st
     _git(dest, "add", "README.md")
     _git(dest, "commit", "-q", "-m", "Model project skeleton")
     return [
-        merge_change(dest, "ridge", {"model.yaml": second_spec_variant(1, **overrides)}, "First model: ridge"),
+        merge_change(dest, "ridge", {"model.yaml": second_spec_variant(1, **overrides),
+                                     **({"rollout.yaml": rollout} if rollout else {})}, "First model: ridge"),
         merge_change(dest, "boosting", {"model.yaml": second_spec_variant(2, **overrides)},
                      "Gradient boosting fits the non-linear terms (better RMSE)"),
     ]

@@ -12,8 +12,9 @@ merge runs the whole path unattended. Two targets, one decision:
 
 Idempotent per version: a second call while (or after) that version's release runs starts nothing.
 ``KFRELEASE_AUTO_RELEASE=0`` turns the hand-over off (the release is then started with ``kfrelease release
-run``); ``KFRELEASE_ROLLOUT_SPEC=FILE`` names the rollout spec when the caller gives none (default: the
-packaged one).
+run``). The rollout spec is, in this order: ``spec_path``; ``spec_yaml`` (the text of the model project's
+``rollout.yaml`` at the merge that registered the version, ``kfrelease.training.rollout_file``; kept as
+``releases/<model>/<V>.rollout.yaml`` locally); ``KFRELEASE_ROLLOUT_SPEC=FILE``; the packaged default.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def log_path(settings: Settings, model: str, version: str) -> Path:
 
 
 def start_release(
-    settings: Settings, model: str, version: str, spec_path: str | None = None
+    settings: Settings, model: str, version: str, spec_path: str | None = None, spec_yaml: str | None = None
 ) -> dict | None:
     """Start the release of a staging version in the background; returns its record (None when the
     hand-over is turned off). The record says pid and log; the outcome lands in the registry history."""
@@ -50,16 +51,26 @@ def start_release(
             version,
         )
         return None
-    spec_path = spec_path or setting("KFRELEASE_ROLLOUT_SPEC")
+    from kfrelease.training.rollout_file import checked
+
+    if spec_yaml and not spec_path:
+        checked(spec_yaml, model, f"the rollout spec recorded with {model} {version}")
+    else:
+        spec_yaml = None
+        spec_path = spec_path or setting("KFRELEASE_ROLLOUT_SPEC")
     host = setting("KFRELEASE_KFP_HOST")
     if host:
-        return submit_release(host, model, version, spec_path)
+        return submit_release(host, model, version, spec_path, spec_yaml)
     path = record_path(settings, model, version)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return json.loads(path.read_text() or "{}")
+    if spec_yaml:  # the merge's rollout.yaml, kept beside the record (``kfrelease up`` resumes with it)
+        kept = path.with_suffix(".rollout.yaml")
+        kept.write_text(spec_yaml)
+        spec_path = str(kept)
     out = log_path(settings, model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(settings)
@@ -92,13 +103,15 @@ def start_release(
 RELEASE_EXPERIMENT = "kfrelease-release"
 
 
-def submit_release(host: str, model: str, version: str, spec_path: str | None = None) -> dict:
+def submit_release(
+    host: str, model: str, version: str, spec_path: str | None = None, spec_yaml: str | None = None
+) -> dict:
     """Submit the release pipeline for ``version`` to a KFP API server; the run name is derived from the
     version (``release-<model>-<V>``), so the Kubeflow UI shows which candidate each run releases."""
     from kfrelease.kfp_submit import submit_run
     from kfrelease.pipelines.release_pipeline import release_pipeline
 
-    spec_yaml = Path(spec_path).read_text() if spec_path else ""
+    spec_yaml = Path(spec_path).read_text() if spec_path else (spec_yaml or "")
     run_name = f"release-{model}-{version}"
     run_id = submit_run(host, release_pipeline, {"model": model, "version": version, "spec_yaml": spec_yaml},
                         run_name=run_name, experiment=RELEASE_EXPERIMENT)

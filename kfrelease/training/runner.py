@@ -158,17 +158,21 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
                     runs.set_step(store, run_id, step, "failed", finished_at=now_iso())
             runs.set_state(store, run_id, "failed", finished_at=now_iso(), cause=failed.cause, error=why)
             raise
-        done = runs.get_run(store, run_id).steps
-        for step in STEP_NAMES:  # not run by the final attempt (the dsl.If branch of a rejected model)
-            if done.get(step, {}).get("state") != "succeeded":
-                runs.set_step(store, run_id, step, "skipped")
         from kfrelease.registry import ModelRegistry
+        from kfrelease.training.outcome import run_outcome
+        from kfrelease.training.steps import not_staged_reason
 
         mv = ModelRegistry(store).get(record.record["model"], outcome["version"])
+        result = run_outcome(run_id, spec.text, mv)
+        done = runs.get_run(store, run_id).steps
+        for step in STEP_NAMES:  # not run by the final attempt (the dsl.If branch of a rejected model)
+            if done.get(step, {}).get("state") not in ("succeeded", "skipped"):
+                runs.set_step(store, run_id, step, "skipped", skipped=not_staged_reason(mv) or result.line)
+        log.info("run %s: %s", run_id, result.line)
         peak = {s: v["peak_rss_mb"] for s, v in runs.get_run(store, run_id).steps.items() if v.get("peak_rss_mb")}
         return runs.set_state(store, run_id, "succeeded", finished_at=now_iso(), version=outcome["version"],
                               verdict="passed" if mv.passed else "rejected", stage=mv.stage, cause=None, error=None,
-                              peak_rss_mb=peak)
+                              peak_rss_mb=peak, **result.as_state())
 
 
 def main() -> None:

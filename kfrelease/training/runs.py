@@ -115,8 +115,9 @@ def peak_rss_mb() -> float:
 
 @contextlib.contextmanager
 def step_record(run_id: str, step: str, store: ObjectStore | None = None):
-    """Record a pipeline step's state (running -> succeeded | failed, with the failure's cause and the step
-    process's peak memory) when the run has a record.
+    """Record a pipeline step's state (running -> succeeded | skipped | failed, with the failure's cause and
+    the step process's peak memory) when the run has a record. The block may set ``extra["skipped"]`` to
+    why it did nothing (e.g. containerize for a version that was rejected): the step is then ``skipped``.
 
     KFP retries a failed step whatever the cause (see ``kfrelease.training.resources``): when the previous
     attempt of this step failed because of the model code or the data, this attempt fails at once with
@@ -146,7 +147,9 @@ def step_record(run_id: str, step: str, store: ObjectStore | None = None):
         set_step(store, run_id, step, "failed", finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}"[:500],
                  cause=cause_of(exc), peak_rss_mb=peak_rss_mb(), **extra)
         raise
-    set_step(store, run_id, step, "succeeded", finished_at=now_iso(), peak_rss_mb=peak_rss_mb(), **extra)
+    # a step that did nothing says so (``extra["skipped"]`` is why): it is recorded skipped, never succeeded
+    set_step(store, run_id, step, "skipped" if extra.get("skipped") else "succeeded", finished_at=now_iso(),
+             peak_rss_mb=peak_rss_mb(), **extra)
 
 
 def resume_or_run(run_id: str, step: str, outputs: dict[str, str], run, store: ObjectStore | None = None) -> dict:

@@ -43,6 +43,7 @@ from pydantic import Field, field_validator, model_validator
 from kfrelease.errors import ConfigError
 from kfrelease.specs import Number, SpecDocument, did_you_mean, validate
 from kfrelease.training.resources import MODEL_DEFAULT, Resources, parse_resources
+from kfrelease.training.retrain import NEW_DATA_MIN_INTERVAL_MINUTES
 
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
@@ -260,6 +261,19 @@ class ResourcesDocument(SpecDocument):
     node_selector: dict[str, str] | None = Field(None, description="Node labels the steps must run on.")
 
 
+class RetrainDocument(SpecDocument):
+    """When the model is retrained automatically (``kfrelease.training.retrain``; not part of the definition)."""
+
+    on_new_data: bool = Field(
+        True, description="Retrain production's definition on a newer curated version of `dataset` (an auto revision)."
+    )
+    min_interval_minutes: float = Field(
+        NEW_DATA_MIN_INTERVAL_MINUTES, ge=0,
+        description="At most one new-data retrain of this model per this many minutes (a newer version within it "
+        "is recorded as rate-limited and retrained once it has passed).",
+    )
+
+
 class ModelDocument(SpecDocument):
     """A model spec (`model.yaml`, committed by the data scientists at the root of their model project)."""
 
@@ -282,6 +296,7 @@ class ModelDocument(SpecDocument):
     split: SplitDocument | None = Field(None, description="How the data is split for evaluation.")
     validation: ValidationDocument | None = Field(None, description="The thresholds a candidate must meet.")
     resources: ResourcesDocument | None = Field(None, description="What the train and evaluate steps may use.")
+    retrain: RetrainDocument | None = Field(None, description="When new data retrains the model automatically.")
 
     @field_validator("tag")
     @classmethod

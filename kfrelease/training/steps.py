@@ -122,15 +122,17 @@ def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: st
     report (``report_path``) is stored beside the version's artifacts (``kfrelease.results``)."""
     from kfrelease.registry import EXPERIMENTS, ModelRegistry
     from kfrelease.results import evaluation_report_key
+    from kfrelease.training.rollout_file import rollout_of_run
 
     store = _store(settings)
+    rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     reg = registry.register(
         name=spec.name, tag=spec.tag, spec_fingerprint=spec.fingerprint, dataset=spec.dataset,
         dataset_version=dataset_version, commit=commit, run_id=run_id, metrics=metrics, verdict=verdict,
         input_schema=spec.input_schema, target=spec.target, model_bytes=Path(model_path).read_bytes(),
         extra={"spec": {"text": spec.text, "code": spec.code}, "split": {"test_size": spec.test_size, "seed": spec.seed},
-               "experiment": not release},
+               "experiment": not release, **({"rollout": rollout} if rollout else {})},
     )
     mv = reg.version
     key = evaluation_report_key(registry.artifact_prefix(spec.name, mv.version))
@@ -138,6 +140,15 @@ def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: st
         store.put_bytes(registry.bucket, key, Path(report_path).read_bytes(), content_type="text/html")
     return {"version": mv.version, "created": reg.created, "passed": mv.passed, "stage": mv.stage,
             "experiment": not release}
+
+
+def not_staged_reason(mv) -> str | None:
+    """Why the version ``mv`` a run ended with gets no image and no staging, or None when it does."""
+    if mv.passed:
+        return None
+    by = mv.entry.get("run_id")
+    return (f"{mv.name} {mv.version} is rejected by validation (its recorded verdict{f', run {by}' if by else ''}); "
+            "nothing to build or stage")
 
 
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
@@ -151,7 +162,7 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
     reg = ModelRegistry(_store(settings))
     mv = reg.get(model, version)
     if not mv.passed:  # an existing version returned by an idempotent re-run may be a rejected one
-        log.info("%s %s was rejected by validation; no image is built", model, version)
+        log.info("%s; no image is built", not_staged_reason(mv))
         return {}
     if mv.entry.get("image"):
         return mv.entry["image"]

@@ -28,6 +28,7 @@ from kfrelease.config import Settings, child_env
 from kfrelease.errors import KfreleaseError
 from kfrelease.lineage import now_iso
 from kfrelease.training import runs
+from kfrelease.training.rollout_file import rollout_at_commit
 from kfrelease.training.spec import (
     SPEC_FILE,
     ModelSpec,
@@ -51,8 +52,8 @@ def _store(settings: Settings):
     return store_for(ROLE, settings)
 
 
-def _auto_target(settings: Settings, model: str | None) -> tuple[ModelSpec, str, str, str]:
-    """(spec, commit, dataset version, production version) of an automatic retrain."""
+def _auto_target(settings: Settings, model: str | None) -> tuple[ModelSpec, str, str, str, str | None]:
+    """(spec, commit, dataset version, production version, its rollout spec text) of an automatic retrain."""
     from kfrelease.data.publish import get_version
     from kfrelease.registry import ModelRegistry
 
@@ -71,7 +72,7 @@ def _auto_target(settings: Settings, model: str | None) -> tuple[ModelSpec, str,
         raise KfreleaseError(f"{model} {mv.version} has no recorded spec; retrain it from its commit instead")
     spec = parse_spec(spec_doc["text"], f"{model} {mv.version} spec", spec_doc.get("code") or {})
     dataset_version = get_version(store, spec.dataset).version
-    return spec, mv.commit, dataset_version, mv.version
+    return spec, mv.commit, dataset_version, mv.version, mv.entry.get("rollout")
 
 
 def trigger(
@@ -87,7 +88,7 @@ def trigger(
 ) -> runs.RunRecord:
     """Start the training pipeline for a commit (or an automatic retrain); idempotent per run id."""
     if auto:
-        spec, commit, dataset_version, prod_version = _auto_target(settings, model)
+        spec, commit, dataset_version, prod_version, rollout_yaml = _auto_target(settings, model)
         run_id = f"auto-{spec.name}-{prod_version}-{dataset_version[:12]}"
         source = {"production_version": prod_version}
     else:
@@ -95,6 +96,8 @@ def trigger(
             raise KfreleaseError("give the merged commit: kfrelease trigger --commit SHA [--repo PATH]")
         spec, commit = load_project_at_commit(repo or ".", commit, spec_file)
         spec.build_estimator()  # unknown estimator / bad hyper-parameter: refuse before any run exists
+        # the project's rollout.yaml travels with the merge; a bad one is refused before any run exists
+        rollout_yaml = rollout_at_commit(repo or ".", commit, spec_file, spec.name)
         run_id = f"train-{commit[:12]}"
         source = {"repo": str(Path(repo or ".").resolve())}
     if kfp_host:
@@ -119,6 +122,7 @@ def trigger(
         "dataset_version": dataset_version,
         "auto": auto,
         "reason": reason,
+        "rollout_yaml": rollout_yaml,
         "target": kfp_host or "local",
     })
     if not record.created:

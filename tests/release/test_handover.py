@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,9 +34,10 @@ def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_rele
     from kfrelease.demo.flow import create_release_demo_project
 
     settings, ds, name, tmp = release_env
-    shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
+    rollout = _spec_file(tmp, name).read_text()  # the project's rollout.yaml, committed with merge 1
+    shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name, rollout=rollout)
     monkeypatch.setenv("KFRELEASE_AUTO_RELEASE", "1")
-    monkeypatch.setenv("KFRELEASE_ROLLOUT_SPEC", str(_spec_file(tmp, name)))
+    monkeypatch.delenv("KFRELEASE_ROLLOUT_SPEC", raising=False)
 
     record = wait(settings, trigger(settings, shas[0], tmp / "project").run_id, timeout=600)
     version = record.state["version"]
@@ -43,7 +45,10 @@ def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_rele
 
     # nobody called start_release: the deploy-staging component did, and left its record
     handed = json.loads(record_path(settings, name, version).read_text())
-    assert handed["pid"] > 0 and handed["spec"].endswith("rollout.yaml")
+    # the merge's rollout.yaml travelled with it: recorded in the entry, handed to the release
+    assert ModelRegistry(store_for("pipeline", settings)).get(name, version).entry["rollout"] == rollout
+    assert handed["pid"] > 0 and handed["spec"].endswith(f"{version}.rollout.yaml")
+    assert Path(handed["spec"]).read_text() == rollout
     assert wait_release(settings, name, version, timeout=300) == "production"
     history = ModelRegistry(store_for("pipeline", settings)).history(name, version)
     staged = [e for e in history if e["stage"] == "staging"]

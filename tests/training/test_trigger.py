@@ -37,6 +37,7 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
     record = wait(stack, run_id, timeout=240)
     assert record.status == "succeeded", record.state
     assert record.state["version"] == "V1.1.0" and record.state["verdict"] == "passed"
+    assert record.state["outcome"] == "staged" and record.state["staging_candidate"] is True
     assert {s: record.steps[s]["state"] for s in STEP_NAMES} == {s: "succeeded" for s in STEP_NAMES}
     assert len([r for r in runs.list_runs(store_for("pipeline")) if r.record["commit"] == shas[0]]) == 1
 
@@ -83,6 +84,25 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     assert registry().current(name, "production").version == champion.version
     drift = next(c for c in rejected.verdict["checks"] if c["name"] == "drift")
     assert "input columns drifted" in drift["detail"] or "unavailable" in drift["detail"]
+    assert record.state["outcome"] == "rejected" and "nothing staged" in record.state["summary"]
+    assert "rejected by validation" in record.steps["deploy-staging"]["skipped"]
+
+    # a thresholds-only merge (wider validation thresholds, same definition, same data): the verdict of the
+    # registered version stands; nothing is registered or staged, no step that did nothing is green, and
+    # `trigger --wait` exits non-zero saying what to change (docs/training.md, "Thresholds-only merges")
+    knn, _ = load_project_at_commit(repo, shas[2])
+    wider = spec_variant(3, knn.text, validation={"max_rmse": 1000.0, "tolerance": 10.0})
+    sha = merge_change(repo, "wider-thresholds", {"model.yaml": wider}, "Accept the knn model: wider thresholds")
+    waited = run_cli("trigger", "--commit", sha, "--repo", str(repo), "--wait")
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    (line,) = [ln for ln in waited.stdout.splitlines() if ln.startswith(f"run train-{sha[:12]}: thresholds-only")]
+    assert f"is {name} {rejected.version}" in line and "change the model definition" in line
+    again = runs.get_run(store_for("pipeline"), f"train-{sha[:12]}")
+    assert again.state["outcome"] == "thresholds-only" and again.state["version"] == rejected.version
+    assert again.state["staging_candidate"] is False
+    assert {again.steps[s]["state"] for s in ("containerize", "deploy-staging")} == {"skipped"}
+    assert [v.version for v in registry().list(name)] == [champion.version, rejected.version]
+    assert registry().current(name, "staging") is None and registry().get(name, rejected.version).image is None
 
 
 def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack, run_cli):
@@ -108,6 +128,12 @@ def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack
     assert refused.returncode == 1 and "feature(s) ['glucose'] not in dataset" in refused.stderr
     assert "\x1b[" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert store_for("pipeline").stat("models", f"runs/train-{no_column[:12]}/run.json") is None
+
+    bad_rollout = merge_change(repo, "bad-rollout", {"rollout.yaml": "canary: {steps: [50, 10, 100]}\n"},
+                               "A rollout spec with steps out of order")
+    refused = run_cli("trigger", "--commit", bad_rollout, "--repo", str(repo))
+    assert refused.returncode == 1 and "rollout.yaml@" in refused.stderr and "not strictly increasing" in refused.stderr
+    assert store_for("pipeline").stat("models", f"runs/train-{bad_rollout[:12]}/run.json") is None
 
     spec, sha = load_project_at_commit(repo, shas[0])
     from kfrelease.errors import DataValidationError, NotFound
@@ -181,3 +207,53 @@ def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project,
 
     with pytest.raises(KfreleaseError, match="no production version"):
         trigger(stack, None, None, auto=True, model=f"{name}-none")
+
+
+def test_new_curated_data_retrains_production_by_default_at_most_once_per_interval(project, dataset, stack):
+    """Publishing a newer curated version of a production model's dataset starts an auto revision (no
+    `retrain` section in model.yaml: on by default, through the receiver's poller and the training trigger);
+    a second publish within the rate limit starts nothing, and its record says why."""
+    import time
+
+    from kfrelease.data.pipeline import run_data_pipeline
+    from kfrelease.demo.data import holdout
+    from kfrelease.monitoring.newdata import (
+        BUCKET,
+        check_new_data,
+        claim_key,
+        start_poller,
+    )
+    from kfrelease.monitoring.receiver import AlertReceiver
+    from kfrelease.training.retrain import NEW_DATA_MIN_INTERVAL_MINUTES
+
+    repo, shas, name = project
+    spec, sha = load_project_at_commit(repo, shas[0])
+    champion = run_inline(spec, sha, containerize=False)
+    registry().set_stage(name, champion.version, "production", "release-pipeline", "promoted for this test")
+    store = store_for("pipeline")
+    receiver = AlertReceiver(stack, store=store, min_interval=0)
+    poller = start_poller(receiver, interval=0.5)  # what the stack's receiver service runs (every 30 s by default)
+    try:
+        second = dataset.add_batch(2)
+        run_id = f"auto-{name}-{champion.version}-{second[:12]}"
+        deadline = time.monotonic() + 60
+        while store.stat("models", f"runs/{run_id}/run.json") is None:
+            assert time.monotonic() < deadline, f"no auto revision started for {second}: {check_new_data(receiver, [name])}"
+            time.sleep(0.5)
+    finally:
+        poller.stop.set()
+    record = wait(stack, run_id, timeout=240)
+    assert record.status == "succeeded" and record.record["auto"] is True, record.state
+    assert record.state["version"] == "V1.1.1" and record.state["outcome"] == "staged"  # auto revision + 1
+    assert registry().get(name, "V1.1.1").entry["dataset_version"] == second
+    assert store.get_json(BUCKET, claim_key(name, second))["action"] == "triggered"
+
+    de = store_for("data-engineer")  # another publish, a minute later: within the rate limit
+    de.put_bytes("raw", f"{dataset.spec.source_prefix}batch-3.csv", holdout().to_csv(index=False).encode())
+    third = run_data_pipeline(dataset.spec, de).version
+    (row,) = check_new_data(receiver, [name])
+    assert row["latest"] == third and row["action"] == "rate-limited", row
+    why = store.get_json(BUCKET, claim_key(name, third))
+    assert why["action"] == "rate-limited" and f"at most one per {NEW_DATA_MIN_INTERVAL_MINUTES:g} min" in why["detail"]
+    assert f"on {dataset.name} {second}" in why["detail"]
+    assert not [r for r in runs.list_runs(store) if r.record.get("dataset_version") == third]

@@ -1,0 +1,57 @@
+"""Where a model's rollout spec comes from: ``rollout.yaml`` beside ``model.yaml`` in the model project.
+
+It travels with the merge: ``trigger`` reads it at the merged commit (a bad one is refused before any run
+exists), records its text in the run record (``rollout_yaml``), the register step keeps it in the version's
+registry entry (``rollout``), and the deploy-staging step hands it to the release of that version
+(``kfrelease.release.handover.start_release(..., spec_yaml=...)``). An auto revision takes the rollout spec
+recorded with the production version it retrains. A project without ``rollout.yaml`` is released with
+``KFRELEASE_ROLLOUT_SPEC`` (a file) or else the packaged default (``kfrelease/rollout/default.yaml``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from kfrelease.errors import ConfigError
+
+ROLLOUT_FILE = "rollout.yaml"
+
+
+def rollout_path(spec_file: str) -> str:
+    """The rollout spec's path in the repository: beside the model spec."""
+    base = str(Path(spec_file).parent)
+    return ROLLOUT_FILE if base in ("", ".") else f"{base}/{ROLLOUT_FILE}"
+
+
+def checked(text: str, model: str, origin: str) -> str:
+    """``text`` if it is a valid rollout spec for ``model`` (else a ``RolloutSpecError`` saying why)."""
+    from kfrelease.rollout.spec import bind_model, parse_rollout_spec
+
+    bind_model(parse_rollout_spec(text, origin), model, origin)
+    return text
+
+
+def rollout_at_commit(repo: str | Path, sha: str, spec_file: str, model: str) -> str | None:
+    """The text of the project's rollout spec at ``sha`` (checked for ``model``), or None if it has none."""
+    path = rollout_path(spec_file)
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", sha, "--", path],
+                            capture_output=True, text=True, timeout=30, check=False)
+    if listed.returncode != 0:
+        raise ConfigError(f"git ls-tree {sha[:12]} {path} in {repo} failed: {listed.stderr.strip()}")
+    if not listed.stdout.strip():
+        return None
+    shown = subprocess.run(["git", "-C", str(repo), "show", f"{sha}:{path}"], capture_output=True, text=True,
+                           timeout=30, check=False)
+    if shown.returncode != 0:
+        raise ConfigError(f"git show {sha[:12]}:{path} in {repo} failed: {shown.stderr.strip()}")
+    return checked(shown.stdout, model, f"{path}@{sha[:12]}")
+
+
+def rollout_of_run(store, run_id: str) -> str | None:
+    """The rollout spec text recorded with training run ``run_id`` (None: none, or no such run)."""
+    from kfrelease.training import runs
+
+    if not run_id or store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+        return None
+    return runs.get_run(store, run_id).record.get("rollout_yaml") or None
