@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
+from kfrelease.cli.choose import one_model
 from kfrelease.cli.output import console, err_console, table
 from kfrelease.config import Settings
-
-DEFAULT_MODEL = "diabetes-progression"
 
 
 def _seconds(text: str) -> float:
@@ -44,9 +43,8 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.option(
         "--model",
-        default=DEFAULT_MODEL,
-        show_default=True,
-        help="Model name (registry).",
+        default=None,
+        help="Model name (registry); may be left out only when exactly one model exists.",
     )
     @click.option(
         "--window",
@@ -106,6 +104,7 @@ def register(cli: click.Group) -> None:
         from kfrelease.storage import store_for
 
         settings = Settings.from_env()
+        model = one_model(settings, model, "monitor")
         spec = WindowSpec.parse(window_text)
         warnings, reports = [], []
         if compute:

@@ -70,16 +70,30 @@ def served_models(settings: Settings, spec_path: str | None, model: str | None) 
     from kfrelease.storage import store_for
 
     spec = load_rollout_spec(spec_path)  # a bad spec fails here, before anything starts
-    if model or spec.model:
-        return [bind_model(spec, model or spec.model, spec_path or "default rollout spec")]
     registry = ModelRegistry(store_for("serving", settings))
+    if model or spec.model:
+        return [_spec_of(registry, model or spec.model, spec, spec_path)]
     names = [m for m in registry.models() if registry.current(m, "production") is not None]
     if not names:
         raise NotFound(
             "no model has a version in production in the model registry; train one on a merge to main "
             "(`kfrelease trigger`), release it, then run `kfrelease serve` again"
         )
-    return [bind_model(spec, m) for m in names]
+    return [_spec_of(registry, m, spec, spec_path) for m in names]
+
+
+def _spec_of(registry, model: str, spec: RolloutSpec, spec_path: str | None) -> RolloutSpec:
+    """``--spec`` when given; else the rollout.yaml recorded with the model's production version (its
+    merge's, ``kfrelease.training.rollout_file``); else the packaged default; bound to ``model``."""
+    if spec_path is None:
+        prod = registry.current(model, "production")
+        recorded = prod.entry.get("rollout") if prod else None
+        if recorded:
+            from kfrelease.rollout.spec import parse_rollout_spec
+
+            origin = f"the rollout spec recorded with {model} {prod.version}"
+            return bind_model(parse_rollout_spec(recorded, origin), model, origin)
+    return bind_model(spec, model, spec_path or "default rollout spec")
 
 
 def start_serving(settings: Settings, specs: list[RolloutSpec] | RolloutSpec) -> dict[str, TrafficState]:

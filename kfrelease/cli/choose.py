@@ -1,0 +1,21 @@
+"""Which model a command about one model is about: ``--model``, or the only one there is (never a guess)."""
+
+from __future__ import annotations
+
+from kfrelease.config import Settings
+from kfrelease.errors import ConfigError
+
+
+def one_model(settings: Settings, model: str | None, command: str) -> str:
+    """``model`` if given; else the only registered model; else a one-line ``ConfigError`` naming them."""
+    if model:
+        return model
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    names = sorted(ModelRegistry(store_for("data-scientist", settings)).models())
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"kfrelease {command}: no model is registered yet; give --model NAME")
+    raise ConfigError(f"kfrelease {command}: {len(names)} models exist ({', '.join(names)}); give --model NAME")
