@@ -6,16 +6,23 @@ from kfrelease.config import Settings
 from kfrelease.errors import ConfigError
 
 
-def one_model(settings: Settings, model: str | None, command: str) -> str:
-    """``model`` if given; else the only registered model; else a one-line ``ConfigError`` naming them."""
+def pick_model(model: str | None, names: list[str], command: str) -> str:
+    """``model`` if given; else the only name in ``names``; else a one-line ``ConfigError`` naming them."""
     if model:
         return model
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
-    names = sorted(ModelRegistry(store_for("data-scientist", settings)).models())
+    names = sorted(names)
     if len(names) == 1:
         return names[0]
     if not names:
         raise ConfigError(f"kfrelease {command}: no model is registered yet; give --model NAME")
     raise ConfigError(f"kfrelease {command}: {len(names)} models exist ({', '.join(names)}); give --model NAME")
+
+
+def one_model(settings: Settings, model: str | None, command: str) -> str:
+    """``pick_model`` over the registered models (the registry is read only when ``--model`` is left out)."""
+    if model:
+        return model
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    return pick_model(None, ModelRegistry(store_for("data-scientist", settings)).models(), command)

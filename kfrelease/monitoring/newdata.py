@@ -20,7 +20,7 @@ receiver's other decisions. ``disabled`` and ``up-to-date`` are returned, not re
 Configuration (environment of the receiver service): ``KFRELEASE_RETRAIN_ON_NEW_DATA=off`` turns it off for
 every model; ``KFRELEASE_NEWDATA_POLL_SECONDS`` how often the embedded stack's receiver service looks for new
 versions (default ``POLL_SECONDS``, 30; 0 turns the poller off, as the test suite does so that publishing
-data never starts a run behind a test's back). ``kfrelease monitor newdata`` (CLI, CI, a cron job or a step
+data never starts a run behind a test's back). ``kfrelease newdata`` (CLI, CI, a cron job or a step
 after the data pipeline) checks once.
 """
 
