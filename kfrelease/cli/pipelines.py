@@ -93,6 +93,8 @@ def register(cli: click.Group) -> None:
         what = "started" if record.created else "started again" if record.retried else "exists already"
         where = record.state.get("kfp_run_id") or record.state.get("log") or ""
         why = record.state.get("retried_because") if record.retried else record.state.get("error")
+        if not why and record.state.get("outcome") not in (None, "staged"):
+            why = f"{record.state['outcome']}: {record.state.get('summary', '')}"  # an earlier run that staged nothing
         # one line, never wrapped: scripts and people grep it for the run id and the reason
         console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""),
                       soft_wrap=True, markup=False)
