@@ -22,6 +22,9 @@
   prefix, pid file, logs and temp paths under ``services/gateway/``; it never needs privileges (when the
   stack runs as root, its workers drop to ``nobody``; bodies and responses are kept in memory so the
   workers touch no file).
+
+Over 500 lines: rendering, applying (nginx reload, drain) and the record of every model's routes are one
+transaction per apply; a split is due with the next concern added here.
 """
 
 from __future__ import annotations
