@@ -240,7 +240,8 @@ def _child(code: str, env: dict, *args) -> dict:
                          timeout=3600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed: {out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # the result is the last JSON line (the library may print progress lines before it)
+    return json.loads(next(x for x in reversed(out.stdout.strip().splitlines()) if x.startswith("{")))
 
 
 def _legacy_reader(tmp: Path) -> Path:

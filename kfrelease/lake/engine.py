@@ -33,6 +33,7 @@ def connect(threads: int | None = None):
     con = duckdb.connect(
         config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False, "temp_directory": spill}
     )
+    con.execute("SET enable_progress_bar = false")  # a library never writes to its caller's stdout
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
