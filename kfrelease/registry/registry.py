@@ -17,11 +17,20 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import random
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random_exponential,
+)
 
 from kfrelease.errors import Conflict, KfreleaseError, NotFound
 from kfrelease.faults import crash_point
@@ -46,6 +55,10 @@ EXPERIMENTS = "experiments"
 #: How long a registration waits for a concurrent run that claimed the same (tag, definition, data).
 SAME_CLAIM_WAIT_SECONDS = 60.0
 MAX_ATTEMPTS = 64
+
+
+class _ClaimLost(Exception):
+    """A conditional write of the registry lost to a concurrent writer: read again and retry."""
 
 
 @dataclass(frozen=True)
@@ -193,15 +206,16 @@ class ModelRegistry:
         return [c for k, c in self._claims_cache.items() if k.startswith(prefix)]
 
     def _wait_entry(self, model: str, version: str, timeout: float) -> ModelVersion | None:
-        deadline = time.monotonic() + timeout
-        delay = 0.1
-        while True:
-            if self.store.stat(BUCKET, self._vkey(model, version, "entry.json")) is not None:
-                return self.get(model, version)
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        """The entry of a claimed version once it is written (polled with back-off), None after ``timeout``."""
+        poll = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_result(lambda written: not written),
+            retry_error_callback=lambda _: False,
+        )
+        if poll(lambda: self.store.stat(BUCKET, self._vkey(model, version, "entry.json")) is not None):
+            return self.get(model, version)
+        return None
 
     def register(
         self,
@@ -228,41 +242,51 @@ class ModelRegistry:
         The same (tag, fingerprint, dataset version) returns the existing version (``created=False``). A
         model whose verdict did not pass is registered with a ``rejected`` stage event and its reasons."""
         dead: set[VersionNumber] = set()
-        for attempt in range(MAX_ATTEMPTS):
-            claims = self._claims(name)
-            same = find_same([c for c in claims if c.version not in dead], tag, spec_fingerprint, dataset_version)
-            if same is not None:
-                existing = self._wait_entry(name, str(same.version), same_claim_wait)
-                if existing is not None:
-                    log.info("%s %s already registered for this definition and data", name, same.version)
-                    return Registration(existing, False)
-                log.warning("claim %s of %s has no entry after %.0f s; treating it as dead", same.version, name,
-                            same_claim_wait)
-                dead.add(same.version)
-                continue
-            number = next_version(claims, tag, spec_fingerprint)
-            version = str(number)
-            claim = {
-                "version": version,
-                "spec_fingerprint": spec_fingerprint,
-                "dataset_version": dataset_version,
-                "run_id": run_id,
-                "claimed_at": now_iso(),
-            }
-            try:
-                self.store.put_json(BUCKET, f"{self.space}/{name}/claims/{version}.json", claim, if_none_match=True)
-            except Conflict:
-                log.info("version %s of %s was claimed concurrently; retrying (attempt %d)", version, name, attempt + 1)
-                time.sleep(random.uniform(0.01, 0.05 * (1 + attempt)))
-                continue
-            return Registration(
-                self._write_version(
-                    name, number, tag, spec_fingerprint, dataset, dataset_version, commit, run_id, metrics, verdict,
-                    input_schema, target, model_bytes, extra or {}, who, flavour_named(flavour).name,
-                ),
-                True,
-            )
-        raise KfreleaseError(f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run")
+        # Each attempt reads the claims and claims the next free version; losing it to a concurrent run (or
+        # finding the same definition's claim dead) is a _ClaimLost, retried after a short random pause.
+        attempts = Retrying(
+            stop=stop_after_attempt(MAX_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.02, max=1.0),
+            retry=retry_if_exception_type(_ClaimLost),
+            before_sleep=lambda state: log.info("%s (attempt %d)", state.outcome.exception(), state.attempt_number),
+        )
+        try:
+            for attempt in attempts:
+                with attempt:
+                    claims = self._claims(name)
+                    same = find_same([c for c in claims if c.version not in dead], tag, spec_fingerprint,
+                                     dataset_version)
+                    if same is not None:
+                        existing = self._wait_entry(name, str(same.version), same_claim_wait)
+                        if existing is not None:
+                            log.info("%s %s already registered for this definition and data", name, same.version)
+                            return Registration(existing, False)
+                        dead.add(same.version)
+                        raise _ClaimLost(f"claim {same.version} of {name} has no entry after "
+                                         f"{same_claim_wait:.0f} s; treating it as dead")
+                    number = next_version(claims, tag, spec_fingerprint)
+                    claim = {
+                        "version": str(number),
+                        "spec_fingerprint": spec_fingerprint,
+                        "dataset_version": dataset_version,
+                        "run_id": run_id,
+                        "claimed_at": now_iso(),
+                    }
+                    try:
+                        self.store.put_json(BUCKET, f"{self.space}/{name}/claims/{number}.json", claim, if_none_match=True)
+                    except Conflict:
+                        raise _ClaimLost(f"version {number} of {name} was claimed concurrently; retrying") from None
+                    return Registration(
+                        self._write_version(
+                            name, number, tag, spec_fingerprint, dataset, dataset_version, commit, run_id, metrics,
+                            verdict, input_schema, target, model_bytes, extra or {}, who, flavour_named(flavour).name,
+                        ),
+                        True,
+                    )
+        except RetryError:
+            raise KfreleaseError(
+                f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run"
+            ) from None
 
     def _write_version(self, name, number, tag, fingerprint, dataset, dataset_version, commit, run_id, metrics,
                        verdict, input_schema, target, model_bytes, extra, who, flavour) -> ModelVersion:
@@ -339,19 +363,24 @@ class ModelRegistry:
 
     def set_image(self, model: str, version: str, ref: str, digest: str) -> ModelVersion:
         """Fill the write-once ``image`` field of an entry (``If-Match`` on its ETag)."""
-        for _ in range(5):
-            mv = self.get(model, version)
-            image = mv.entry.get("image")
-            if image:
-                if image.get("digest") == digest:
-                    return mv
-                raise Conflict(f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}")
-            entry = {**mv.entry, "image": {"ref": ref, "digest": digest}}
-            try:
-                self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
-            except Conflict:
-                continue
-            self.store.put_json(BUCKET, self.artifact_prefix(model, version) + ENTRY_FILE, entry)
-            return ModelVersion(entry, mv.stage)
-        raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry")
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(5), retry=retry_if_exception_type(_ClaimLost)):
+                with attempt:
+                    mv = self.get(model, version)
+                    image = mv.entry.get("image")
+                    if image:
+                        if image.get("digest") == digest:
+                            return mv
+                        raise Conflict(
+                            f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}"
+                        )
+                    entry = {**mv.entry, "image": {"ref": ref, "digest": digest}}
+                    try:
+                        self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
+                    except Conflict:
+                        raise _ClaimLost(f"the entry of {model} {version} changed meanwhile") from None
+                    self.store.put_json(BUCKET, self.artifact_prefix(model, version) + ENTRY_FILE, entry)
+                    return ModelVersion(entry, mv.stage)
+        except RetryError:
+            raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry") from None
 

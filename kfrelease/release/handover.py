@@ -131,6 +131,8 @@ def wait_release(
     when the release stopped without a verdict). ``on_event(event)`` sees each new history event."""
     import time
 
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
     from kfrelease.errors import KfreleaseError
     from kfrelease.registry import ModelRegistry
     from kfrelease.stack.supervisor import pid_alive
@@ -138,33 +140,43 @@ def wait_release(
 
     registry = ModelRegistry(store_for("pipeline", settings))
     seen = 0
-    deadline = time.monotonic() + timeout
-    while True:
+    record: dict = {}
+
+    def new_events() -> list[dict]:
+        nonlocal seen
         events = registry.history(model, version)
         for event in events[seen:]:
             if on_event:
                 on_event(event)
         seen = len(events)
+        return events
+
+    def final_stage() -> str | None:
+        nonlocal record
+        events = new_events()
         stage = events[-1]["stage"] if events else None
         if stage in ("production", "rejected", "archived"):
             return stage
         path = record_path(settings, model, version)
         record = json.loads(path.read_text()) if path.exists() else {}
         if record.get("pid") and not _alive(record["pid"], pid_alive):
-            time.sleep(
-                poll
-            )  # the last event may be written just before the process ends
-            events = registry.history(model, version)
-            for event in events[seen:]:
-                if on_event:
-                    on_event(event)
+            time.sleep(poll)  # the last event may be written just before the process ends
+            events = new_events()
             return events[-1]["stage"] if events else "unknown"
-        if time.monotonic() > deadline:
-            raise KfreleaseError(
-                f"the release of {model} {version} did not end within {timeout:.0f} s; "
-                f"see {record.get('log', 'its log')}"
-            )
-        time.sleep(poll)
+        return None
+
+    stage = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(poll),
+        retry=retry_if_result(lambda stage: stage is None),
+        retry_error_callback=lambda _: None,
+    )(final_stage)
+    if stage is None:
+        raise KfreleaseError(
+            f"the release of {model} {version} did not end within {timeout:.0f} s; "
+            f"see {record.get('log', 'its log')}"
+        )
+    return stage
 
 
 def _alive(pid: int, pid_alive) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
@@ -150,18 +151,25 @@ def service_status(settings: Settings, name: str) -> ServiceStatus:
 
 
 def wait_ready(settings: Settings, service: Service, proc: subprocess.Popen | None, log_path: Path) -> None:
-    deadline = time.monotonic() + service.startup_timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
+    """Probe until the service is ready (back-off 0.05 s to 0.5 s); a process that exits meanwhile, or no
+    readiness within its ``startup_timeout``, is a ``StackError`` with the tail of its log."""
+
+    def ready() -> bool:
         if proc is not None and proc.poll() is not None:
             raise StackError(
                 f"{service.name} exited with code {proc.returncode} while starting; log {log_path}: "
                 f"{_log_tail(log_path)}"
             )
-        if probe(service.health_url) and (service.ready is None or service.ready(settings)):
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        return probe(service.health_url) and (service.ready is None or service.ready(settings))
+
+    poll = Retrying(
+        stop=stop_after_delay(service.startup_timeout),
+        wait=wait_exponential(multiplier=0.05, exp_base=1.5, max=0.5),
+        retry=retry_if_result(lambda ok: not ok),
+        retry_error_callback=lambda _: False,
+    )
+    if poll(ready):
+        return
     raise StackError(
         f"{service.name} did not become ready at {service.health_url} within {service.startup_timeout:.0f} s; "
         f"log {log_path}: {_log_tail(log_path)}"

@@ -240,19 +240,26 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
 
 
 def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> runs.RunRecord:
-    """Wait until a local run has finished (succeeded or failed); raises on timeout."""
-    import time
+    """Wait until a local run has finished (succeeded or failed), polling every ``poll`` s; raises on timeout."""
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
     store = _store(settings)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ended() -> tuple[runs.RunRecord, bool]:
         record = runs.get_run(store, run_id)
         if record.status in ("succeeded", "failed"):
-            return record
+            return record, True
         if record.status in ACTIVE and record.state.get("pid") and interruption(record):
             record = runs.get_run(store, run_id)  # it may have just written its final state
-            if record.status not in ("succeeded", "failed"):
-                return record
-        if time.monotonic() > deadline:
-            raise KfreleaseError(f"run {run_id} still {record.status} after {timeout:.0f} s; see `kfrelease runs`")
-        time.sleep(poll)
+            return record, True  # finished, or interrupted (its record says how)
+        return record, False
+
+    record, done = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(poll),
+        retry=retry_if_result(lambda outcome: not outcome[1]),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(ended)
+    if not done:
+        raise KfreleaseError(f"run {run_id} still {record.status} after {timeout:.0f} s; see `kfrelease runs`")
+    return record
