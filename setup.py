@@ -59,7 +59,6 @@ setup(
             "rollout/*.yaml",
             "monitoring/*.yaml",
             "monitoring/*.json",
-            "k8s/upstream/*",
         ],
         "kfrelease.serving": ["templates/*.j2"],
     },

@@ -1,6 +1,6 @@
 """The repository folders the library reads at run time, wherever kfrelease is installed.
 
-``schemas/`` (vendored CRDs), ``manifests/`` (``environments.yaml``, workspaces) and ``examples/`` (the demo's
+``schemas/`` (vendored CRDs), ``manifests/`` (``sources/environments.yaml``, ``sources/workspaces/``) and ``examples/`` (the demo's
 model project) live at the top of a checkout. An editable install (``make setup``) reads them there; a
 built wheel (``pip install .``, the project image) carries a copy as package data under
 ``kfrelease/_resources/<folder>/`` (``setup.py``'s ``build_py`` writes it; ``RESOURCE_DIRS`` is the list both

@@ -8,14 +8,14 @@ import click
 
 from kfrelease.cli.output import console
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.environments import MANIFESTS_DIR
+from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file
 
 
 def manifests_dir(path: str | None) -> Path:
     root = Path(path) if path else MANIFESTS_DIR
-    if not (root / "environments.yaml").is_file():
+    if not environments_file(root).is_file():
         raise ConfigError(
-            f"{root} is not a manifests directory: it has no environments.yaml"
+            f"{root} is not a manifests directory: it has no {environments_file(root).relative_to(root)}"
         )
     return root
 
@@ -39,7 +39,7 @@ def register(cli: click.Group) -> None:
     )
     def render(directory: str | None, check: bool) -> None:
         """Regenerate base/, overlays/<env>/ and eks/<env>/ from the access policy, rollout spec, monitoring
-        rules and dashboard, environments.yaml and workspaces/."""
+        rules and dashboard, sources/environments.yaml and sources/workspaces/."""
         from kfrelease.k8s.render import check_tree, write_tree
 
         root = manifests_dir(directory)

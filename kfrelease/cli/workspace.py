@@ -8,6 +8,7 @@ import yaml
 from kfrelease.cli.manifests import manifests_dir
 from kfrelease.cli.output import console, table
 from kfrelease.errors import Conflict, NotFound
+from kfrelease.k8s.environments import workspaces_dir
 from kfrelease.k8s.workspace import Workspace, load_workspaces
 
 
@@ -35,7 +36,7 @@ def register(cli: click.Group) -> None:
     def add(
         name: str, email: str, cpu: str, memory: str, storage: str, out: str | None
     ) -> None:
-        """Add workspace NAME: writes workspaces/NAME.yaml and re-renders the manifests (its Profile ds-NAME,
+        """Add workspace NAME: writes sources/workspaces/NAME.yaml and re-renders the manifests (its Profile ds-NAME,
         Notebook, home volume, PodDefault, view-only access to the release namespace, and its IAM role in
         every environment's eksctl ClusterConfig)."""
         from kfrelease.k8s.render import write_tree
@@ -44,12 +45,12 @@ def register(cli: click.Group) -> None:
         ws = Workspace(
             name=name, email=email, cpu=cpu, memory=memory, storage=storage
         ).check("workspace add")
-        path = root / "workspaces" / f"{name}.yaml"
+        path = workspaces_dir(root) / f"{name}.yaml"
         if path.exists():
             raise Conflict(
                 f"workspace {name!r} already exists ({path}); remove it first or pick another name"
             )
-        others = [w for w in load_workspaces(root / "workspaces") if w.email == email]
+        others = [w for w in load_workspaces(workspaces_dir(root)) if w.email == email]
         if others:
             raise Conflict(f"{email} already has workspace {others[0].name!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def register(cli: click.Group) -> None:
         from kfrelease.k8s.render import write_tree
 
         root = manifests_dir(out)
-        path = root / "workspaces" / f"{name}.yaml"
+        path = workspaces_dir(root) / f"{name}.yaml"
         if not path.exists():
             raise NotFound(f"no workspace {name!r} under {root / 'workspaces'}")
         text = path.read_text()
@@ -121,6 +122,6 @@ def register(cli: click.Group) -> None:
             ["name", "email", "namespace", "cpu", "memory", "storage"],
             [
                 (w.name, w.email, w.namespace, w.cpu, w.memory, w.storage)
-                for w in load_workspaces(root / "workspaces")
+                for w in load_workspaces(workspaces_dir(root))
             ],
         )

@@ -23,20 +23,20 @@
   ``kubeflow-view`` (kubeflow/dashboard ``components/profile-controller/controllers/profile_controller.go``).
 
 A binding to a role that is neither rendered nor vendored raises, so the evaluator never under-approximates by
-silence. The vendored upstream ClusterRoles are ``upstream/kubeflow-cluster-roles.yaml`` beside this module.
+silence. The vendored upstream ClusterRoles are ``schemas/kubeflow/cluster-roles.yaml``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.resources import resource_path
 
 RBAC = "rbac.authorization.k8s.io"
-UPSTREAM_ROLES = Path(__file__).parent / "upstream" / "kubeflow-cluster-roles.yaml"
+UPSTREAM_ROLES = resource_path("schemas") / "kubeflow" / "cluster-roles.yaml"  # vendored, see its SOURCE.md
 SA_PREFIX = "system:serviceaccount:"
 
 

@@ -102,7 +102,7 @@ class InMemoryObjects:
         return copy.deepcopy(doc) if doc else None
 
     def patch(self, ref: dict) -> None:
-        from kfrelease.k8s.inference import apply_merge_patch
+        from kfrelease.k8s.traffic import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
         self.docs[key] = self._stamp(apply_merge_patch(self.docs[key], ref["patch"]))
@@ -235,8 +235,8 @@ class ClusterReleaseLock:
 
     def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int,
                  clock=_now):
-        from kfrelease.k8s.platform import release_lease_name
         from kfrelease.k8s.inference import production_name
+        from kfrelease.k8s.platform import release_lease_name
 
         self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
         self.ref = {"apiVersion": LEASE_API, "kind": "Lease", "namespace": spec.serving.namespace,
@@ -325,7 +325,7 @@ class KServeTrafficDriver:
         return self._state
 
     def _plan(self, state: TrafficState) -> dict[str, list[dict]]:
-        from kfrelease.k8s.inference import traffic_patches
+        from kfrelease.k8s.traffic import traffic_patches
 
         return traffic_patches(self.objects.list(self.spec), self.spec, state, self.storage_uris,
                                logger_url=self.logger_url, kserve_version=self.kserve_version)
@@ -338,12 +338,12 @@ class KServeTrafficDriver:
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
         planned against the objects it would leave behind."""
-        from kfrelease.k8s.inference import apply_traffic
+        from kfrelease.k8s.traffic import apply_traffic
 
         docs = self.objects.list(self.spec)
         refused: list[str] = []
         for state in states:
-            from kfrelease.k8s.inference import traffic_patches
+            from kfrelease.k8s.traffic import traffic_patches
 
             plan = traffic_patches(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
                                    kserve_version=self.kserve_version)

@@ -1,4 +1,4 @@
-"""The EKS environments (``manifests/environments.yaml``) and the names every manifest agrees on."""
+"""The EKS environments (``manifests/sources/environments.yaml``) and the names every manifest agrees on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,19 @@ from kfrelease.k8s.versions import KUBEFLOW_KSERVE, KServeVersion, kserve_versio
 from kfrelease.resources import resource_path
 
 #: The checkout's manifests folder (``kfrelease manifests render`` writes here by default); in an installed
-#: wheel, its packaged copy (read-only use: environments.yaml, workspaces).
+#: wheel, its packaged copy (read-only use: the sources). Its hand-written sources are under ``sources/``
+#: (``environments.yaml``, ``workspaces/<name>.yaml``); everything else in it is generated from them
+#: (``kfrelease.k8s.render.GENERATED_DIRS``).
 MANIFESTS_DIR = resource_path("manifests")
+SOURCES_DIR = "sources"
+
+
+def environments_file(root: Path) -> Path:
+    return root / SOURCES_DIR / "environments.yaml"
+
+
+def workspaces_dir(root: Path) -> Path:
+    return root / SOURCES_DIR / "workspaces"
 
 #: Namespaces. The three Kubeflow Profiles own theirs; serving and monitoring are plain namespaces.
 DATA_NS = "kfrelease-data"
@@ -149,7 +160,7 @@ def iam_role_name(role: str, workspace: str | None = None) -> str:
 
 
 def load_environments(path: str | Path | None = None) -> Environments:
-    path = Path(path) if path else MANIFESTS_DIR / "environments.yaml"
+    path = Path(path) if path else environments_file(MANIFESTS_DIR)
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:

@@ -33,11 +33,11 @@ A field it does not know raises, so it never allows by ignoring a condition.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from kfrelease.k8s.platform import PART_OF
+from kfrelease.resources import resource_dir
 
 SECURITY_API = "security.istio.io/v1"
 ROOT_NS = "istio-system"
@@ -237,6 +237,6 @@ def allowed(policies: list[dict], req: Request) -> bool:
 
 
 def upstream_policies() -> list[dict]:
-    """Kubeflow's ``global-deny-all`` and its ingress gateway policy (vendored in ``upstream/``)."""
-    path = Path(__file__).parent / "upstream" / "kubeflow-istio-policies.yaml"
+    """Kubeflow's ``global-deny-all`` and its ingress gateway policy (vendored in ``schemas/kubeflow/``)."""
+    path = resource_dir("schemas") / "kubeflow" / "istio-policies.yaml"
     return [d for d in yaml.safe_load_all(path.read_text()) if d]

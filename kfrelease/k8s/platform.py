@@ -13,6 +13,10 @@ resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipeline
 - the merged model code (train, evaluate) runs as ``kfrelease-untrusted-step``, which holds only what the Argo
   executor and the KFP launcher need; the release steps run as ``kfrelease-release-driver`` (the driver's
   Role in the serving namespace); only the hand-over step gets a KFP API token (``step_identities``).
+
+Over 500 lines on purpose: it is the one list of the Kubeflow-side objects and of who may do what, read as a
+whole when reviewing access (each function renders one kind of object; the evaluators are ``authz`` and
+``mesh``, the workloads ``workloads``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Render the generated part of ``manifests/`` from its sources, and check that what is committed is current.
 
 Sources: the access policy, the default rollout spec, the monitoring rules and dashboard,
-``manifests/environments.yaml`` and ``manifests/workspaces/*.yaml``. Generated (fully owned, stale files
+``manifests/sources/environments.yaml`` and ``manifests/sources/workspaces/*.yaml``. Generated (fully owned, stale files
 removed): ``base/``, ``overlays/<env>/``, ``eks/<env>/`` (eksctl, CloudFormation, and under ``kubeflow/``
 what the Kubeflow install needs: oauth2-proxy's m2m-dex-and-eks overlay, server-side amendments) and
 ``bootstrap/<env>/`` (the production InferenceService and VirtualService, created once: the release owns
@@ -30,7 +30,9 @@ from kfrelease.k8s.environments import (
     Environment,
     Environments,
     base_environment,
+    environments_file,
     load_environments,
+    workspaces_dir,
 )
 from kfrelease.k8s.kubeflow import (
     bootstrap_documents,
@@ -70,8 +72,8 @@ class Sources:
         return cls(
             policy=load_policy(),
             spec=example_rollout_spec(),
-            envs=load_environments(root / "environments.yaml"),
-            workspaces=tuple(load_workspaces(root / "workspaces")),
+            envs=load_environments(environments_file(root)),
+            workspaces=tuple(load_workspaces(workspaces_dir(root))),
         )
 
 
@@ -87,7 +89,7 @@ def require_capabilities(spec: RolloutSpec, env: Environment) -> None:
         raise ConfigError(
             f"environment {env.name!r} declares KServe {env.kserve_version}, which has no spec.canary: the rollout "
             "spec's serving.deployment_mode RawDeployment needs KServe 0.20 or newer; use Serverless "
-            "(canaryTrafficPercent) or declare kserve_version 0.20.0 in manifests/environments.yaml"
+            "(canaryTrafficPercent) or declare kserve_version 0.20.0 in manifests/sources/environments.yaml"
         )
 
 
@@ -141,7 +143,7 @@ def _dump(doc, sources: str) -> str:
     return HEADER.format(sources=sources) + _yaml(doc)
 
 
-SOURCES = "kfrelease/access/policy.yaml, kfrelease/rollout/default.yaml, kfrelease/monitoring/, manifests/environments.yaml, manifests/workspaces/"
+SOURCES = "kfrelease/access/policy.yaml, kfrelease/rollout/default.yaml, kfrelease/monitoring/, manifests/sources/environments.yaml, manifests/sources/workspaces/"
 
 
 def substitute_images(node, images: dict[str, str]):
@@ -182,7 +184,7 @@ def overlay(
                 del target["group"]
             patches.append({"path": fname, "target": target})
             files[fname] = _dump(
-                ops, f"the base and manifests/environments.yaml ({env.name})"
+                ops, f"the base and manifests/sources/environments.yaml ({env.name})"
             )
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -199,7 +201,7 @@ def overlay(
         "patches": patches,
     }
     files["kustomization.yaml"] = _dump(
-        kustomization, f"manifests/environments.yaml ({env.name})"
+        kustomization, f"manifests/sources/environments.yaml ({env.name})"
     )
     return files
 
@@ -228,21 +230,21 @@ def render_tree(
             out[f"overlays/{env.name}/{name}"] = text
         out[f"eks/{env.name}/cluster.yaml"] = _dump(
             cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces),
-            "kfrelease/access/policy.yaml (IAM policies), manifests/environments.yaml, manifests/workspaces/",
+            "kfrelease/access/policy.yaml (IAM policies), manifests/sources/environments.yaml, manifests/sources/workspaces/",
         )
         out[f"eks/{env.name}/prerequisites.yaml"] = _dump(
             prerequisites_template(env, src.policy, src.envs.team, models),
-            "kfrelease/access/policy.yaml (buckets), manifests/environments.yaml, the rollout spec (model)",
+            "kfrelease/access/policy.yaml (buckets), manifests/sources/environments.yaml, the rollout spec (model)",
         )
         out[f"eks/{env.name}/kubeflow/oauth2-proxy/kustomization.yaml"] = _dump(
-            oauth2_proxy_kustomization(env), f"manifests/environments.yaml ({env.name}: kubeflow_version, oidc_issuer)"
+            oauth2_proxy_kustomization(env), f"manifests/sources/environments.yaml ({env.name}: kubeflow_version, oidc_issuer)"
         )
         out[f"eks/{env.name}/kubeflow/amendments.yaml"] = _dump_docs(
-            kubeflow_amendments(env), f"manifests/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease"
+            kubeflow_amendments(env), f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease"
         )
         out[f"bootstrap/{env.name}/release.yaml"] = _dump_docs(
             inference_documents(src.spec, env),
-            f"the rollout spec and manifests/environments.yaml ({env.name}: production_version); create once",
+            f"the rollout spec and manifests/sources/environments.yaml ({env.name}: production_version); create once",
         )
     return dict(sorted(out.items()))
 

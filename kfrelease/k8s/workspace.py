@@ -2,7 +2,7 @@
 object-store access as the ``data-scientist`` role (IRSA), read-only access to the release namespace and
 edit access to the shared science namespace (both bound to the user's name, as KFAM does).
 
-Source of a workspace: ``manifests/workspaces/<name>.yaml`` (``name``, ``email``), written by
+Source of a workspace: ``manifests/sources/workspaces/<name>.yaml`` (``name``, ``email``), written by
 ``kfrelease workspace add``; ``kfrelease manifests render`` renders it with everything else (its documents,
 its overlay patches and its IAM role in each environment's eksctl ClusterConfig).
 """

@@ -14,6 +14,10 @@ Every decision is appended to the candidate's registry history (``set_stage`` ev
 ``why`` and in ``evidence``), so ``kfrelease models history MODEL VERSION`` shows the whole release.
 Bad input (a malformed spec, a candidate not in staging, an unreadable metric source) raises before any
 traffic moves.
+
+Over 500 lines on purpose: the module is one state machine (``ReleaseController``) whose phases share its
+state and its registry writes; the pure parts it relies on live beside it (``plan``, ``checks``,
+``decision``, ``signals``, ``shadow``).
 """
 
 from __future__ import annotations

@@ -29,8 +29,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 
-from kfrelease.k8s.inference import apply_merge_patch, production_name
-
 from kfrelease.errors import Conflict
 from kfrelease.k8s.authz import (
     RBACModel,
@@ -38,8 +36,10 @@ from kfrelease.k8s.authz import (
     kfp_requester,
     upstream_cluster_roles,
 )
-from kfrelease.k8s.schemas import SchemaValidationError, validate
 from kfrelease.k8s.driver import DriverForbidden
+from kfrelease.k8s.inference import production_name
+from kfrelease.k8s.schemas import SchemaValidationError, validate
+from kfrelease.k8s.traffic import apply_merge_patch
 
 #: kind -> (API group, resource) for the kinds the release touches (others: group of apiVersion, kind + "s").
 RESOURCES = {

@@ -12,7 +12,7 @@ import yaml
 
 from kfrelease.k8s.environments import MANIFESTS_DIR
 
-SCHEMA = Path(__file__).parent / "upstream" / "eksctl" / "schema.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "eksctl" / "schema.json"
 
 
 @pytest.fixture(scope="module")

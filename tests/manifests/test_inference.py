@@ -4,17 +4,16 @@ vendored KServe and Istio CRD schemas and the Kubernetes schemas, and a traffic 
 from __future__ import annotations
 
 import pytest
+
+from kfrelease.errors import ConfigError
 from kfrelease.k8s.inference import (
-    apply_traffic,
     render_inference_services,
     render_release,
     render_serving_runtime,
     render_virtual_service,
-    traffic_patches,
 )
-
-from kfrelease.errors import ConfigError
 from kfrelease.k8s.schemas import SchemaValidationError, crd_index, validate
+from kfrelease.k8s.traffic import apply_traffic, traffic_patches
 from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 

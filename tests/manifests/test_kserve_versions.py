@@ -10,7 +10,7 @@ import yaml
 from kfrelease.k8s.inference import render_release
 
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments
+from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file, load_environments, workspaces_dir
 from kfrelease.k8s.schemas import (
     SchemaValidationError,
     crd_index,
@@ -126,7 +126,7 @@ def test_the_canary_list_needs_0_20_standard_mode_and_fixed_replicas():
 def test_an_unsupported_version_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"KServe '0\.13\.0' is not a supported version; use one of 0\.14\.1"):
         validate(_isvc("Serverless"), kserve="0.13.0")
-    text = (MANIFESTS_DIR / "environments.yaml").read_text()
+    text = environments_file(MANIFESTS_DIR).read_text()
     bad = tmp_path / "environments.yaml"
     bad.write_text(text.replace("kserve_version: \"0.20.0\"", "kserve_version: \"0.13.0\"", 1))
     with pytest.raises(ConfigError, match="environment 'staging' kserve_version: KServe '0.13.0'"):
@@ -174,9 +174,9 @@ def test_every_release_state_renders_valid_objects_for_each_supported_kserve(ver
 def test_render_refuses_a_rollout_mode_the_declared_kserve_lacks(tmp_path):
     from kfrelease.k8s.render import Sources, render_tree
 
-    text = (MANIFESTS_DIR / "environments.yaml").read_text()
-    (tmp_path / "environments.yaml").write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
-    (tmp_path / "workspaces").mkdir()
+    text = environments_file(MANIFESTS_DIR).read_text()
+    workspaces_dir(tmp_path).mkdir(parents=True)
+    environments_file(tmp_path).write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
     src = Sources.load(tmp_path)
     raw = Sources(**{**src.__dict__, "spec": src.spec.with_changes(serving={"deployment_mode": "RawDeployment"})})
     with pytest.raises(ConfigError, match="'staging' declares KServe 0.15.2, which has no spec.canary"):

@@ -268,7 +268,7 @@ def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer
     with the cluster's issuer; built here on the vendored upstream object instead of the remote overlay."""
     import shutil
 
-    upstream = MANIFESTS_DIR.parent / "tests" / "manifests" / "upstream" / "kubeflow-oauth2-proxy"
+    upstream = MANIFESTS_DIR.parent / "schemas" / "kubeflow" / "oauth2-proxy"
     upstream_patch = yaml.safe_load((upstream / "m2m-dex-and-eks.kustomization.yaml").read_text())["patches"][0]
     for name, env in sources.envs.environments.items():
         ours = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "kubeflow" / "oauth2-proxy" / "kustomization.yaml").read_text())

@@ -99,16 +99,16 @@ def test_documents_are_judged_by_the_kserve_version_the_environment_declares(bro
         return docs
     _edit(broken / "bootstrap" / "staging" / "release.yaml", standard)
     assert "schema" not in classes(broken, only=["schema"])  # both environments declare 0.20.0
-    text = (broken / "environments.yaml").read_text()
-    (broken / "environments.yaml").write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
+    text = (broken / "sources" / "environments.yaml").read_text()
+    (broken / "sources" / "environments.yaml").write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
     (finding,) = classes(broken, only=["schema"])["schema"]
     assert "bootstrap/staging" in finding and "KServe 0.15.2" in finding and "falls back to Serverless" in finding
 
 
 def test_an_issuer_that_is_not_the_clusters_and_a_missing_ingress_are_found(broken):
-    text = (broken / "environments.yaml").read_text()
+    text = (broken / "sources" / "environments.yaml").read_text()
     text = text.replace("oidc_issuer: https://oidc.eks.eu-west-1.amazonaws.com/id/", "oidc_issuer: https://kubernetes.default.svc/id/", 1)
-    (broken / "environments.yaml").write_text(text)
+    (broken / "sources" / "environments.yaml").write_text(text)
     _edit(broken / "base" / "cluster.yaml", lambda docs: [d for d in docs if d["kind"] != "Ingress"])
     found = classes(broken, only=["m2m-auth"])
     assert any("oidc_issuer" in f and "staging" in f for f in found["m2m-auth"])

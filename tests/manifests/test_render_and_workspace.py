@@ -68,7 +68,7 @@ def test_workspace_add_is_one_command(copy_of_manifests):
     )
     assert proc.returncode == 0, proc.stderr
     assert (
-        yaml.safe_load((root / "workspaces" / "grace.yaml").read_text())["email"]
+        yaml.safe_load((root / "sources" / "workspaces" / "grace.yaml").read_text())["email"]
         == "grace@example.com"
     )
     src = Sources.load(root)
@@ -150,7 +150,7 @@ def test_workspace_add_refuses_bad_input_and_writes_nothing(copy_of_manifests):
 def test_a_bad_source_is_refused_in_one_line_and_nothing_is_written(copy_of_manifests):
     root = copy_of_manifests
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    envs = root / "environments.yaml"
+    envs = root / "sources" / "environments.yaml"
     envs.write_text(
         envs.read_text().replace('account_id: "111111111111"', 'account_id: "1111"')
     )
