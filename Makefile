@@ -11,6 +11,7 @@ demo: setup
 	$(BIN)/kfrelease demo
 
 test: setup
+	$(BIN)/ruff check .
 	@# pytest exits 5 when it collected no test; that is not a failure of the suite.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
@@ -34,7 +35,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 lint: setup
-	$(BIN)/ruff check kfrelease components pipelines serving tests bench
+	$(BIN)/ruff check .
 
 compile: setup
 	$(BIN)/kfrelease compile

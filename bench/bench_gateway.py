@@ -162,6 +162,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main() -> dict:
+    from kfrelease.config import Settings
+    from kfrelease.rollout.spec import load_rollout_spec
+    from kfrelease.rollout.traffic import TrafficState
     from kfrelease.serving.gateway import (
         LocalGatewayDriver,
         ModelRoute,
@@ -169,10 +172,6 @@ def main() -> dict:
         predictor_port,
         render_nginx_config,
     )
-
-    from kfrelease.config import Settings
-    from kfrelease.rollout.spec import load_rollout_spec
-    from kfrelease.rollout.traffic import TrafficState
     from kfrelease.stack import supervisor
     from kfrelease.stack.service import Service
 

@@ -162,11 +162,10 @@ def _restart_seconds(settings, model: str, row: list[float]) -> float:
 
 
 def run_count(n: int, root: Path) -> dict:
-    from kfrelease.serving.gateway import LocalGatewayDriver
-
     from kfrelease.config import Settings
     from kfrelease.rollout.spec import parse_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
+    from kfrelease.serving.gateway import LocalGatewayDriver
     from kfrelease.stack import supervisor
     from tests.conftest import free_port_offset
 

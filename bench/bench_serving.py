@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from kfrelease.serving.services import predictor_argv
 
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,5 @@
 from kfp.dsl import HTML, Artifact, Input, Model
+
 from kfrelease.components.base import kfrelease_component
 
 

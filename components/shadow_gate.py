@@ -1,4 +1,5 @@
 from kfp.dsl import HTML, Output
+
 from kfrelease.components.base import kfrelease_component
 
 

@@ -11,7 +11,7 @@ from kfrelease.config import setting
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def git_commit(path: str = ".") -> str | None:

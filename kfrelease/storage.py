@@ -124,7 +124,7 @@ class ObjectStore:
             return result.etag
         except StorageError:
             raise
-        except Exception as exc:  # noqa: BLE001 - translated to a StorageError naming the object
+        except Exception as exc:
             raise self._fail(exc, "write", bucket, key) from exc
 
     def _conditional_put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> str:
@@ -151,7 +151,7 @@ class ObjectStore:
     def put_file(self, bucket: str, key: str, path: str, content_type: str = "application/octet-stream") -> str:
         try:
             return self.client.fput_object(self.bucket(bucket), key, path, content_type=content_type).etag
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "write", bucket, key) from exc
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
@@ -159,7 +159,7 @@ class ObjectStore:
         try:
             resp = self.client.get_object(self.bucket(bucket), key)
             return resp.read()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "read", bucket, key) from exc
         finally:
             if resp is not None:
@@ -176,7 +176,7 @@ class ObjectStore:
     def get_file(self, bucket: str, key: str, path: str) -> None:
         try:
             self.client.fget_object(self.bucket(bucket), key, path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "read", bucket, key) from exc
 
     def stat(self, bucket: str, key: str) -> ObjectInfo | None:
@@ -188,7 +188,7 @@ class ObjectStore:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
                 return None
             raise self._fail(exc, "read", bucket, key) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "read", bucket, key) from exc
 
     def exists(self, bucket: str, key: str) -> bool:
@@ -201,13 +201,13 @@ class ObjectStore:
         try:
             for obj in self.client.list_objects(self.bucket(bucket), prefix=prefix, recursive=recursive):
                 yield ObjectInfo(obj.object_name, (obj.etag or "").strip('"'), obj.size or 0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "list", bucket, prefix) from exc
 
     def delete(self, bucket: str, key: str) -> None:
         try:
             self.client.remove_object(self.bucket(bucket), key)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(exc, "write", bucket, key) from exc
 
 
@@ -250,6 +250,6 @@ def ensure_buckets(settings: Settings) -> list[str]:
             if not store.client.bucket_exists(physical):
                 store.client.make_bucket(physical)
                 created.append(physical)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise store._fail(exc, "create", name) from exc
     return created

@@ -7,6 +7,7 @@ engine (DuckDB, ``monitor_model``) up to 50M logged predictions in the lookback 
 Spark Operator beyond (``monitor_window_on_spark``, the same SQL); ``engine`` forces one."""
 
 from kfp import dsl
+
 from kfrelease.components.monitor import monitor_model, window_report
 from kfrelease.components.spark_monitor import (
     choose_monitoring_engine,

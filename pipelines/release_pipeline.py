@@ -4,10 +4,10 @@ with checks -> promote or roll back. Started by the training pipeline's staging 
 (``kfrelease.release.handover.start_release``) or by ``kfrelease release run``."""
 
 from kfp import dsl
+
 from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
-
 from kfrelease.k8s.platform import RELEASE_DRIVER_STEP, step_label
 
 

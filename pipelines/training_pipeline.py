@@ -7,15 +7,15 @@ a direct ``kfp.local`` or KFP run: no run record for ``run_id``) registers an ex
 """
 
 from kfp import dsl
+
 from kfrelease.components.containerize import containerize
 from kfrelease.components.deploy_staging import deploy_staging
 from kfrelease.components.evaluate import evaluate
 from kfrelease.components.register import register
 from kfrelease.components.train import train
 from kfrelease.components.validate_model import validate_model
-from kfrelease.training.resources import MODEL_DEFAULT, apply_step_policy
-
 from kfrelease.k8s.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
+from kfrelease.training.resources import MODEL_DEFAULT, apply_step_policy
 
 
 @dsl.pipeline(

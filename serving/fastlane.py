@@ -27,6 +27,8 @@ import warnings
 from importlib import metadata
 
 import orjson
+
+from kfrelease.errors import KfreleaseError
 from kfrelease.serving.decode import (
     Decoded,
     InvalidRequest,
@@ -37,8 +39,6 @@ from kfrelease.serving.decode import (
     rows_from_v2,
 )
 from kfrelease.serving.metrics import FAST_LANE
-
-from kfrelease.errors import KfreleaseError
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import uuid
 
 import orjson
 import pandas as pd
-from kfrelease.serving.sink import BatchWriter
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake import read_labels
 from kfrelease.lake.schema import LABEL_BUCKET
+from kfrelease.serving.sink import BatchWriter
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)

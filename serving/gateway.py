@@ -45,9 +45,6 @@ from pathlib import Path
 import httpx
 import jinja2
 import psutil
-from kfrelease.serving.hosts import HostCommand, ModelServers
-from kfrelease.serving.model_files import local_model_dir
-from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
 from tenacity import (
     RetryError,
     Retrying,
@@ -61,6 +58,9 @@ from kfrelease.config import Settings
 from kfrelease.errors import StackError
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+from kfrelease.serving.hosts import HostCommand, ModelServers
+from kfrelease.serving.model_files import local_model_dir
+from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from kfrelease.config import Settings
+from kfrelease.errors import StackError
 from kfrelease.serving.host import (
     CONTROL_PATH,
     SYNC_PATH,
@@ -23,9 +26,6 @@ from kfrelease.serving.host import (
     write_manifest,
 )
 from kfrelease.serving.slots import ServerSlot, all_slots
-
-from kfrelease.config import Settings
-from kfrelease.errors import StackError
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 

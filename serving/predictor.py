@@ -23,6 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest
+
+from kfrelease.errors import KfreleaseError
+from kfrelease.registry.artifact import LoadedModel, load_model_dir
 from kfrelease.serving.decode import (
     DEFAULT_MAX_INSTANCES,
     Decoded,
@@ -40,12 +46,6 @@ from kfrelease.serving.fastlane import (
 )
 from kfrelease.serving.metrics import ModelMetrics
 from kfrelease.serving.slots import STAGES
-from kserve import Model
-from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferRequest
-
-from kfrelease.errors import KfreleaseError
-from kfrelease.registry.artifact import LoadedModel, load_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> RegressionPredictor:
     """The predictor for parsed arguments (loaded; its logger started). Used by main and tests."""
+    from kfrelease.config import Settings
     from kfrelease.serving.cache import cache_from_option
     from kfrelease.serving.model_files import resolve_model_dir
-
-    from kfrelease.config import Settings
 
     settings = Settings.from_env()
     predictor = RegressionPredictor(args.name, resolve_model_dir(args.model_dir, settings), stage=args.stage,

@@ -8,9 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kfrelease.serving.slots import STAGES, predictor_port
-
 from kfrelease.config import Settings
+from kfrelease.serving.slots import STAGES, predictor_port
 from kfrelease.stack.service import Service, python_service
 
 

@@ -75,7 +75,7 @@ def run_cli(stack_env):
     """Run ``kfrelease ARGS`` as a user would (a subprocess); returns CompletedProcess with text output."""
 
     def run(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600):
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: PLW1510 - the caller decides (check=...)
             [sys.executable, "-m", "kfrelease.cli", *args],
             capture_output=True,
             text=True,

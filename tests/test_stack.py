@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def _cli(env, *args):
     return subprocess.run([sys.executable, "-m", "kfrelease.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env, "COLUMNS": "200"}, timeout=300)
+                          env={**os.environ, **env, "COLUMNS": "200"}, timeout=300, check=False)
 
 
 @pytest.fixture
@@ -39,9 +39,9 @@ def test_up_status_up_again_down(own_stack):
 
     st = _cli(own_stack, "status")
     assert st.returncode == 0
-    for name in pids:
+    for name, pid in pids.items():
         line = next(l for l in st.stdout.splitlines() if f" {name} " in l)
-        assert " yes " in line and str(pids[name]) in line
+        assert " yes " in line and str(pid) in line
 
     again = _cli(own_stack, "up")
     assert again.returncode == 0 and "already running" in again.stdout

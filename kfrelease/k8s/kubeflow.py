@@ -147,8 +147,8 @@ def kubeflow_amendments(env: Environment) -> list[dict]:
 def bootstrap_documents(spec, env: Environment) -> list[dict]:
     """The production InferenceService and VirtualService serving ``env.production_version`` (created once)."""
     from kfrelease.k8s.eks import model_repository
-    from kfrelease.rollout.traffic import TrafficState
     from kfrelease.k8s.inference import render_release
+    from kfrelease.rollout.traffic import TrafficState
 
     uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
     return render_release(spec, TrafficState(primary=env.production_version), {env.production_version: uri},

@@ -83,8 +83,8 @@ class _RBACObjects:
 def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str) -> list[str]:
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
-    from kfrelease.k8s.platform import RELEASE_DRIVER_SA
     from kfrelease.k8s.driver import DriverForbidden, KServeTrafficDriver
+    from kfrelease.k8s.platform import RELEASE_DRIVER_SA
 
     rbac = RBACModel(docs + upstream_cluster_roles())
     candidate = "V0.0.0-check"

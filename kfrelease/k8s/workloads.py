@@ -12,14 +12,14 @@ import json
 from importlib import resources
 
 from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
-from kfrelease.k8s.mesh import serving_policies
-from kfrelease.k8s.platform import PART_OF, release_driver_rbac, s3_env, service_account
-from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.k8s.inference import (
     PREDICTOR_SERVICE_ACCOUNT,
     production_name,
     render_serving_runtime,
 )
+from kfrelease.k8s.mesh import serving_policies
+from kfrelease.k8s.platform import PART_OF, release_driver_rbac, s3_env, service_account
+from kfrelease.rollout.spec import RolloutSpec
 
 HTTP_PORT = 8080
 STATE_DIR = "/var/lib/kfrelease"

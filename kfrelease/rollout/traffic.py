@@ -32,14 +32,14 @@ class TrafficState:
         if not 0 <= self.mirror_percent <= 100:
             raise RolloutSpecError(f"mirror percent {self.mirror_percent} is outside 0..100; no traffic was moved")
 
-    def with_canary(self, version: str | None, weight: int) -> "TrafficState":
+    def with_canary(self, version: str | None, weight: int) -> TrafficState:
         return replace(self, canary=version, canary_weight=weight)
 
-    def promoted(self) -> "TrafficState":
+    def promoted(self) -> TrafficState:
         """The canary becomes the primary; no canary, no shadow."""
         return TrafficState(primary=self.canary or self.primary)
 
-    def rolled_back(self) -> "TrafficState":
+    def rolled_back(self) -> TrafficState:
         """The canary gets nothing; the primary is untouched."""
         return TrafficState(primary=self.primary)
 

@@ -4,9 +4,9 @@ concurrency (409), JSON merge patch (RFC 7386) and server-side apply field owner
 import copy
 
 import pytest
-from kfrelease.k8s.inference import production_name
 
 from kfrelease.k8s.authz import Requester, service_account
+from kfrelease.k8s.inference import production_name
 from kfrelease.k8s.render import Sources, environment_documents, inference_documents
 
 from . import ApiError, Cluster

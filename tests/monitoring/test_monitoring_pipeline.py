@@ -101,6 +101,7 @@ def test_pipeline_writes_page_and_a_report_per_window(stack, run_cli, tmp_path):
 def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(tmp_path):
     import yaml
     from kfp import compiler
+
     from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
 
     path = tmp_path / "monitoring.yaml"

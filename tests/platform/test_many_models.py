@@ -15,12 +15,12 @@ import threading
 import uuid
 
 import pytest
-from kfrelease.serving.gateway import LocalGatewayDriver, model_states
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.run import run_release
 from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.serving.gateway import LocalGatewayDriver, model_states
 from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from kfrelease.serving.gateway import LocalGatewayDriver
-from kfrelease.serving.logs import read_predictions
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.checks import CheckSpec
 from kfrelease.release.run import run_release
+from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline

@@ -10,11 +10,11 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-from kfrelease.serving.services import predictor_service
 
 from kfrelease.config import Settings
 from kfrelease.data.features import diabetes_features
 from kfrelease.demo.data import diabetes_frame
+from kfrelease.serving.services import predictor_service
 from kfrelease.stack import supervisor
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]

@@ -16,13 +16,13 @@ from importlib import metadata
 
 import httpx
 import pytest
+
+from kfrelease.config import Settings
 from kfrelease.serving.fastlane import (
     KSERVE_VERSION,
     KserveVersionError,
     check_kserve_version,
 )
-
-from kfrelease.config import Settings
 from kfrelease.stack import supervisor
 from tests.serving.serving_helpers import (
     FEATURES,

@@ -4,6 +4,7 @@ never filed under a guessed model."""
 from __future__ import annotations
 
 import pytest
+
 from kfrelease.serving.feedback import InvalidFeedback, feedback_record
 
 

@@ -14,6 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from kfrelease.config import Settings
+from kfrelease.rollout.spec import (
+    RolloutSpecError,
+    parse_rollout_spec,
+)
+from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.gateway import (
     GatewayError,
     LocalGatewayDriver,
@@ -22,13 +29,6 @@ from kfrelease.serving.gateway import (
     install_config,
     render_nginx_config,
 )
-
-from kfrelease.config import Settings
-from kfrelease.rollout.spec import (
-    RolloutSpecError,
-    parse_rollout_spec,
-)
-from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 from tests.conftest import REPO, free_port_offset
 from tests.serving.test_gateway_helpers import Load, recorded, recording_command

@@ -15,12 +15,12 @@ import uuid
 import httpx
 import pandas as pd
 import pytest
-from kfrelease.serving.feedback import read_feedback
-from kfrelease.serving.logs import read_predictions
-from kfrelease.serving.services import feedback_service, logsink_service
 
 from kfrelease.config import Settings
 from kfrelease.lake.read import stored_rows
+from kfrelease.serving.feedback import read_feedback
+from kfrelease.serving.logs import read_predictions
+from kfrelease.serving.services import feedback_service, logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
 from kfrelease.storage import store_for
@@ -172,8 +172,8 @@ def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_bloc
     """Events spooled while the sink was unreachable are replayed by the next logger on the same WAL; an
     event the sink refuses for good (400) is counted as dropped instead of blocking the ones behind it."""
     import numpy as np
-    from kfrelease.serving.logger import InferenceLogger
 
+    from kfrelease.serving.logger import InferenceLogger
     from tests.serving.serving_helpers import free_port
 
     settings, store = serving["settings"], serving["store"]

@@ -9,6 +9,10 @@ import json
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from starlette.testclient import TestClient
+
+from kfrelease.lake.read import stored_rows
+from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
 from kfrelease.serving.logs import count_events, read_predictions
 from kfrelease.serving.sink import (
     InvalidEvent,
@@ -18,10 +22,6 @@ from kfrelease.serving.sink import (
     event_key,
     event_line,
 )
-from starlette.testclient import TestClient
-
-from kfrelease.lake.read import stored_rows
-from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
 
 KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensions)
     "ce-specversion": "1.0",
@@ -316,7 +316,6 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     import uuid
 
     from kfrelease.serving.sink import BUCKET, BatchWriter
-
     from kfrelease.storage import store_for
 
     store = store_for("serving", stack)

@@ -30,6 +30,7 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
 
 def compiled_training(tmp_path) -> dict:
     from kfp import compiler
+
     from kfrelease.pipelines.training_pipeline import training_pipeline
 
     path = tmp_path / "training.yaml"
@@ -70,6 +71,7 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
 
 def test_data_pipeline_caches_only_the_pure_steps(tmp_path):
     from kfp import compiler
+
     from kfrelease.pipelines.data_pipeline import data_pipeline
 
     path = tmp_path / "data.yaml"
