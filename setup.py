@@ -59,6 +59,7 @@ setup(
             "rollout/*.yaml",
             "monitoring/*.yaml",
             "monitoring/*.json",
+            "ui/templates/*.html",
         ],
         "kfrelease.serving": ["templates/*.j2"],
     },

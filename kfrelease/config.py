@@ -26,6 +26,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "logsink": 8090,  # prediction-log sink (KServe logger CloudEvents)
     "feedback": 8091,  # ground-truth endpoint
     "watchdog": 8097,  # restarts stack services that die (kfrelease.stack.watchdog)
+    "ui": 8098,  # the read-only web UI (kfrelease.ui)
     "predictor": 8100,  # first model-server port; each model server takes the next free one
     "prometheus": 9090,
     "pushgateway": 9091,

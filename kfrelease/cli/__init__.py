@@ -16,7 +16,7 @@ from kfrelease.errors import KfreleaseError
 
 #: Modules under kfrelease.cli that define ``register(cli)`` (each must exist: a missing one fails the import).
 CLI_MODULES = ("stack", "access", "data", "specs", "pipelines", "models", "serve", "release", "monitor", "workspace",
-               "manifests", "demo")
+               "manifests", "demo", "ui")
 
 
 class KfreleaseGroup(click.Group):

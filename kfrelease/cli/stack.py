@@ -34,6 +34,7 @@ def register(cli: click.Group) -> None:
 
         settings = Settings.from_env()
         start_stack(settings)
+        console.print(f"web UI: {settings.url('ui')} (models, runs, releases, monitoring; `kfrelease ui`)")
         for release in resume_releases(settings):
             console.print(f"  release of {release} resumed (interrupted by `kfrelease down`)")
 

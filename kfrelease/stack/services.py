@@ -23,6 +23,7 @@ SERVICE_MODULES = (
     "kfrelease.stack.services",
     "kfrelease.monitoring.services",
     "kfrelease.serving.services",
+    "kfrelease.ui.services",
 )
 
 #: Groups ``kfrelease up`` starts; the ``serving`` group is started by ``kfrelease serve``.
