@@ -39,7 +39,7 @@ PACKAGE_DIR = {
 
 core_packages = find_packages(include=["kfrelease", "kfrelease.*"])
 mapped_packages = [
-    f"{target}{sub[len(src):].replace('/', '.')}"
+    f"{target}{sub[len(src) :].replace('/', '.')}"
     for target, src in PACKAGE_DIR.items()
     if target != "kfrelease"
     for sub in [src] + [f"{src}/{p.replace('.', '/')}" for p in find_packages(where=src)]

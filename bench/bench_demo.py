@@ -53,9 +53,7 @@ def main() -> dict:
     )
     steps = [
         (m.group(1), float(m.group(2)))
-        for m in re.finditer(
-            r"\d+/\d+ (.+?)\s*─*\n(?:.*\n)*?done in ([\d.]+) s", proc.stdout
-        )
+        for m in re.finditer(r"\d+/\d+ (.+?)\s*─*\n(?:.*\n)*?done in ([\d.]+) s", proc.stdout)
     ]
     load = os.getloadavg()[0]
     result = {

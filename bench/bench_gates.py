@@ -126,8 +126,11 @@ def main() -> dict:
             for m in (30, 168):
                 out[f"ratio, min {m}"] = _summary(*ratio_rule(ec, ep, looks, m))
             rows.append({"noise": kind, "scenario": label, "mse_ratio": ratio, "rules": out})
-            print(f"  {kind:<10} {label:<10} " + "  ".join(
-                f"{k}: +{v['promoted']:.3f}/-{v['rejected']:.3f}" for k, v in out.items()), flush=True)
+            print(
+                f"  {kind:<10} {label:<10} "
+                + "  ".join(f"{k}: +{v['promoted']:.3f}/-{v['rejected']:.3f}" for k, v in out.items()),
+                flush=True,
+            )
     result = {
         "releases_per_scenario": RELEASES,
         "labelled_per_second": RATE,
@@ -156,12 +159,14 @@ def markdown(r: dict) -> str:
     lines = [
         "### Release gates: sequential test vs today's ratio rule (simulated releases)",
         "",
-        (f"{r['releases_per_scenario']} simulated releases per scenario; paired errors correlated {r['correlation']}, "
-        f"labels at {r['labelled_per_second']:g}/s, gate polled every {r['poll_seconds']:g} s, limit "
-        f"{r['max_wait_seconds']:g} s; sequential: margin {r['margin']:g}, declared error rate "
-        f"{r['declared_error_rate']:g}. Cells: promoted / rejected / undecided (production unchanged), "
-        f"median labelled requests to a decision. {r['machine']}; load {r['load_average_before_after'][0]}/"
-        f"{r['load_average_before_after'][1]}; {r['seconds']:g} s."),
+        (
+            f"{r['releases_per_scenario']} simulated releases per scenario; paired errors correlated {r['correlation']}, "
+            f"labels at {r['labelled_per_second']:g}/s, gate polled every {r['poll_seconds']:g} s, limit "
+            f"{r['max_wait_seconds']:g} s; sequential: margin {r['margin']:g}, declared error rate "
+            f"{r['declared_error_rate']:g}. Cells: promoted / rejected / undecided (production unchanged), "
+            f"median labelled requests to a decision. {r['machine']}; load {r['load_average_before_after'][0]}/"
+            f"{r['load_average_before_after'][1]}; {r['seconds']:g} s."
+        ),
         "",
         "| noise | candidate MSE | " + " | ".join(names) + " |",
         "| --- | --- | " + " | ".join("---" for _ in names) + " |",
@@ -171,18 +176,22 @@ def markdown(r: dict) -> str:
         for name in names:
             s = row["rules"][name]
             med = s["median_labelled_to_decision"]
-            cells.append(f"{_pct(s['promoted'])} / {_pct(s['rejected'])} / {_pct(s['undecided'])}, "
-                         f"n {med:.0f}" if med is not None else
-                         f"{_pct(s['promoted'])} / {_pct(s['rejected'])} / {_pct(s['undecided'])}")
+            cells.append(
+                f"{_pct(s['promoted'])} / {_pct(s['rejected'])} / {_pct(s['undecided'])}, n {med:.0f}"
+                if med is not None
+                else f"{_pct(s['promoted'])} / {_pct(s['rejected'])} / {_pct(s['undecided'])}"
+            )
         lines.append(f"| {row['noise']} | {row['scenario']} (x{row['mse_ratio']:g}) | " + " | ".join(cells) + " |")
     worse = [row for row in r["rows"] if row["mse_ratio"] > 1]
     seq_worst = max(row["rules"]["sequential"]["promoted"] for row in worse)
     old_worst = max(max(row["rules"][k]["promoted"] for k in names if k.startswith("ratio")) for row in worse)
     lines += [
         "",
-        (f"Worse candidates promoted: sequential at most {_pct(seq_worst)} (goal <= "
-        f"{_pct(r['declared_error_rate'])}: **{'met' if seq_worst <= r['declared_error_rate'] else 'not met'}**); "
-        f"today's ratio rule up to {_pct(old_worst)}."),
+        (
+            f"Worse candidates promoted: sequential at most {_pct(seq_worst)} (goal <= "
+            f"{_pct(r['declared_error_rate'])}: **{'met' if seq_worst <= r['declared_error_rate'] else 'not met'}**); "
+            f"today's ratio rule up to {_pct(old_worst)}."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -218,7 +218,11 @@ def main() -> dict:
 
     def config(state, backends, keepalive):
         return render_nginx_config(
-            [ModelRoute.of(spec, state, {role: backends[role] for role in ("primary", "shadow") if getattr(state, role)})],
+            [
+                ModelRoute.of(
+                    spec, state, {role: backends[role] for role in ("primary", "shadow") if getattr(state, role)}
+                )
+            ],
             listen_port=settings.port("gateway"),
             prefix=gateway_dir(settings),
             client_keepalive=keepalive,

@@ -53,8 +53,10 @@ print(json.dumps({"baseline_mb": base, "peak_mb": peak_rss_mb()}))
 
 
 def _spec(dataset: str) -> str:
-    return (f"name: bench-memory\ntag: 1\ndataset: {dataset}\nfeatures: [{', '.join(FEATURES)}]\ntarget: y\n"
-            "estimator: {class: sklearn.linear_model.Ridge}\nresources: {memory: 8Gi}\n")
+    return (
+        f"name: bench-memory\ntag: 1\ndataset: {dataset}\nfeatures: [{', '.join(FEATURES)}]\ntarget: y\n"
+        "estimator: {class: sklearn.linear_model.Ridge}\nresources: {memory: 8Gi}\n"
+    )
 
 
 def _frame(rows: int, extra: int = 0):
@@ -75,14 +77,21 @@ def _publish(store, name: str, df) -> str:
     from kfrelease.data.publish import publish
     from kfrelease.data.spec import ColumnSpec, DatasetSpec
 
-    spec = DatasetSpec(name=name, columns=tuple(ColumnSpec(c, "float64") for c in df.columns),
-                       source_prefix=f"{name}/", min_rows=1)
+    spec = DatasetSpec(
+        name=name, columns=tuple(ColumnSpec(c, "float64") for c in df.columns), source_prefix=f"{name}/", min_rows=1
+    )
     return publish(df, replace(spec), store, sources=[], run_id="bench-memory").version
 
 
 def _measure(spec_text: str, version: str, mode: str, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", STEP, spec_text, version, mode], capture_output=True, text=True,
-                          env=env, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", STEP, spec_text, version, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"train step failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -97,8 +106,12 @@ def main() -> dict:
     from tests.conftest import free_port_offset
 
     home = Path(tempfile.mkdtemp(prefix="kfrelease-bench-memory-"))
-    env = {**os.environ, "KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-           "PYTHONPATH": str(HERE.parent)}
+    env = {
+        **os.environ,
+        "KFRELEASE_HOME": str(home),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+        "PYTHONPATH": str(HERE.parent),
+    }
     os.environ.update({k: env[k] for k in ("KFRELEASE_HOME", "KFRELEASE_PORT_OFFSET")})
     settings = Settings.from_env()
     load_before = os.getloadavg()[0]
@@ -113,8 +126,11 @@ def main() -> dict:
             print(f"{rows} rows x 10 columns: peak {m['peak_mb']:.0f} MB", flush=True)
         rows = ROWS[-1]
         version = _publish(store, f"bench20-{rows}", _frame(rows, extra=10))
-        wide = {"rows": rows, "step_reads_its_columns_mb": _measure(_spec(f"bench20-{rows}"), version, "step", env)["peak_mb"],
-                "whole_version_read_mb": _measure(_spec(f"bench20-{rows}"), version, "whole", env)["peak_mb"]}
+        wide = {
+            "rows": rows,
+            "step_reads_its_columns_mb": _measure(_spec(f"bench20-{rows}"), version, "step", env)["peak_mb"],
+            "whole_version_read_mb": _measure(_spec(f"bench20-{rows}"), version, "whole", env)["peak_mb"],
+        }
         print(f"{rows} rows x 20 columns (10 used): {wide}", flush=True)
     finally:
         supervisor.down(settings)
@@ -130,19 +146,32 @@ def main() -> dict:
         "raw_float64_mb_per_1m_rows": raw_mb_per_1m,
         "copies_of_the_data": slope / raw_mb_per_1m,
         "wide_dataset": wide,
-        "machine": {"cpus": os.cpu_count(), "load_average_1m_before": load_before,
-                    "load_average_1m_after": os.getloadavg()[0], "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1m_before": load_before,
+            "load_average_1m_after": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.json").write_text(json.dumps(result, indent=2))
-    md = [f"### Train step peak memory ({os.cpu_count()} shared cores, load {load_before:.1f})", "",
-          "| rows x columns | peak RSS (MB) | refusal estimate (MB) |", "| --- | ---: | ---: |"]
+    md = [
+        f"### Train step peak memory ({os.cpu_count()} shared cores, load {load_before:.1f})",
+        "",
+        "| rows x columns | peak RSS (MB) | refusal estimate (MB) |",
+        "| --- | ---: | ---: |",
+    ]
     md += [f"| {p['rows']:,} x 10 | {p['peak_mb']:.0f} | {p['estimate_mb']:.0f} |" for p in points]
-    md += [f"| {wide['rows']:,} x 20 (10 used; the step reads its 10) | {wide['step_reads_its_columns_mb']:.0f} | |",
-           f"| {wide['rows']:,} x 20 (the whole version read, as before) | {wide['whole_version_read_mb']:.0f} | |",
-           "", (f"**{slope:.0f} MB per 1M rows** of a 10-column float64 dataset ({slope / raw_mb_per_1m:.1f} copies of "
-                f"the {raw_mb_per_1m:.0f} MB of raw data) on top of {intercept:.0f} MB of interpreter and imports; "
-                "the refusal estimate (`kfrelease.training.memory`) stays above the measurement.")]
+    md += [
+        f"| {wide['rows']:,} x 20 (10 used; the step reads its 10) | {wide['step_reads_its_columns_mb']:.0f} | |",
+        f"| {wide['rows']:,} x 20 (the whole version read, as before) | {wide['whole_version_read_mb']:.0f} | |",
+        "",
+        (
+            f"**{slope:.0f} MB per 1M rows** of a 10-column float64 dataset ({slope / raw_mb_per_1m:.1f} copies of "
+            f"the {raw_mb_per_1m:.0f} MB of raw data) on top of {intercept:.0f} MB of interpreter and imports; "
+            "the refusal estimate (`kfrelease.training.memory`) stays above the measurement."
+        ),
+    ]
     (RESULTS / "memory.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return result

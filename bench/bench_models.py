@@ -66,7 +66,11 @@ def _models(root: Path, n: int) -> dict[str, tuple[Path, list[float]]]:
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         joblib.dump(kinds[i % 3]().fit(x, y), d / "model.joblib")
-        entry = {"name": name, "version": "V1.1.0", "input_schema": [{"name": c, "dtype": "float64"} for c in x.columns]}
+        entry = {
+            "name": name,
+            "version": "V1.1.0",
+            "input_schema": [{"name": c, "dtype": "float64"} for c in x.columns],
+        }
         (d / "model.json").write_text(json.dumps(entry))
         out[name] = (d, [float(v) for v in x.iloc[0]])
     return out
@@ -173,9 +177,12 @@ def run_count(n: int, root: Path) -> dict:
     settings = Settings(home=home, port_offset=free_port_offset())
     models = _models(root / "models", n)
     drivers = {
-        name: LocalGatewayDriver(settings, parse_rollout_spec(f"model: {name}\n"),
-                                 model_dir_for=lambda model, version: models[model][0],
-                                 host_command=_host_command(settings))
+        name: LocalGatewayDriver(
+            settings,
+            parse_rollout_spec(f"model: {name}\n"),
+            model_dir_for=lambda model, version: models[model][0],
+            host_command=_host_command(settings),
+        )
         for name in models
     }
     try:
@@ -187,8 +194,13 @@ def run_count(n: int, root: Path) -> dict:
             assert r.status_code == 200 and r.json()["model_name"] == name, r.text
         up_seconds = time.monotonic() - t0
         results: dict[str, dict] = {name: {} for name in models}
-        threads = [threading.Thread(target=_load, args=(settings.url("gateway", f"/v1/models/{name}:predict"), row,
-                                                        RATE, SECONDS, results[name])) for name, (_, row) in models.items()]
+        threads = [
+            threading.Thread(
+                target=_load,
+                args=(settings.url("gateway", f"/v1/models/{name}:predict"), row, RATE, SECONDS, results[name]),
+            )
+            for name, (_, row) in models.items()
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -226,7 +238,8 @@ def main() -> dict:
     for r in runs:
         r["memory_per_added_model_bytes"] = (
             round((r["memory_bytes"] - one["memory_bytes"]) / (r["models"] - one["models"]))
-            if r["models"] > one["models"] else None
+            if r["models"] > one["models"]
+            else None
         )
     biggest = runs[-1]
     result = {

@@ -77,23 +77,48 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
         ids = pa.array(np.char.add("r", np.arange(lo, hi).astype("U10")))
         t_us = int(start.timestamp() * 1e6) + np.arange(lo, hi, dtype="int64") * step_us
         times = pa.array(t_us, pa.timestamp("us", tz="UTC"))
+
         def const(v, k=k):
             return pa.array([v] * k, pa.string())
 
         inputs = pa.ListArray.from_arrays(pa.array(np.arange(0, (k + 1) * 10, 10, dtype="int32")), pa.array(x.ravel()))
-        common = {"request_id": ids, "source": const("bench"), "time": times, "instance": pa.array(np.zeros(k, "int32")),
-                  "model_version": const("V1.1.0"), "stage": const("production"), "endpoint": const("default"),
-                  "component": const("predictor"), "inferenceservicename": const(model), "namespace": const("kfrelease"),
-                  "features": pa.nulls(k, pa.string()), "data": pa.nulls(k, pa.string())}
+        common = {
+            "request_id": ids,
+            "source": const("bench"),
+            "time": times,
+            "instance": pa.array(np.zeros(k, "int32")),
+            "model_version": const("V1.1.0"),
+            "stage": const("production"),
+            "endpoint": const("default"),
+            "component": const("predictor"),
+            "inferenceservicename": const(model),
+            "namespace": const("kfrelease"),
+            "features": pa.nulls(k, pa.string()),
+            "data": pa.nulls(k, pa.string()),
+        }
         req = pa.table({**common, "type": const("request"), "inputs": inputs, "prediction": pa.nulls(k, pa.float64())})
-        resp = pa.table({**common, "type": const("response"), "inputs": pa.nulls(k, pa.list_(pa.float64())),
-                         "prediction": pa.array(p)})
+        resp = pa.table(
+            {
+                **common,
+                "type": const("response"),
+                "inputs": pa.nulls(k, pa.list_(pa.float64())),
+                "prediction": pa.array(p),
+            }
+        )
         events = pa.concat_tables([req.select(S.PREDICTION_SCHEMA.names), resp.select(S.PREDICTION_SCHEMA.names)])
-        labels = pa.table({"request_id": ids, "instance": pa.array(np.zeros(k, "int32")), "truth": pa.array(y),
-                           "time": pa.array(t_us + 1_000_000, pa.timestamp("us", tz="UTC"))})
+        labels = pa.table(
+            {
+                "request_id": ids,
+                "instance": pa.array(np.zeros(k, "int32")),
+                "truth": pa.array(y),
+                "time": pa.array(t_us + 1_000_000, pa.timestamp("us", tz="UTC")),
+            }
+        )
         hour = datetime.fromtimestamp(t_us[0] / 1e6, UTC)
-        for bucket, store, table, schema in (("inference-logs", serving, events, S.PREDICTION_SCHEMA),
-                                             ("feedback", engineer, labels, S.LABEL_SCHEMA)):
+        for bucket, store, table, schema in (
+            ("inference-logs", serving, events, S.PREDICTION_SCHEMA),
+            ("feedback", engineer, labels, S.LABEL_SCHEMA),
+        ):
             hours = pc.divide(pc.cast(pc.cast(table["time"], pa.int64()), pa.int64()), 3_600_000_000)
             for h in pc.unique(hours).to_pylist():  # one object per hour partition, as the sink writes them
                 part = S.partition(model, datetime.fromtimestamp(h * 3600, UTC))
@@ -109,8 +134,10 @@ def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, p, y) -> None
     lines, labels = [], []
     for i, rid in enumerate(ids.to_pylist()):
         t = datetime.fromtimestamp(t_us[i] / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        head = (f'{{"id":"{rid}","time":"{t}","source":"bench","model":"{model}","model_version":"V1.1.0",'
-                f'"stage":"production","endpoint":"default","component":"predictor",')
+        head = (
+            f'{{"id":"{rid}","time":"{t}","source":"bench","model":"{model}","model_version":"V1.1.0",'
+            f'"stage":"production","endpoint":"default","component":"predictor",'
+        )
         lines.append(head + f'"type":"request","instances":[{json.dumps(x[i].tolist())}]}}')
         lines.append(head + f'"type":"response","predictions":[{p[i]}]}}')
         labels.append(f'{{"request_id":"{rid}","truth":{y[i]},"time":"{t}"}}')
@@ -132,7 +159,9 @@ def rss():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's peak 
 def emit(d): print(json.dumps({**d, "peak_rss_mib": rss()}))
 """.replace("__FEATURES__", repr(FEATURES))
 
-ENGINE = PRELUDE + r"""
+ENGINE = (
+    PRELUDE
+    + r"""
 from kfrelease.config import Settings
 from kfrelease.lake import read as R
 from kfrelease.monitoring import window
@@ -157,8 +186,11 @@ total = time.monotonic() - t0
 emit({"seconds": round(total, 3), **phases, "labelled": w.labelled, "predictions": w.predictions, "mse": w.mse,
       "rmse": w.rmse, "mae": w.mae, "r2": w.r2, "drift_share": w.drift_share})
 """
+)
 
-BARE = PRELUDE + r"""
+BARE = (
+    PRELUDE
+    + r"""
 import glob, os, duckdb
 files = sorted(glob.glob(os.environ["KFRELEASE_LAKE_CACHE"] + "/**/model=" + model + "/**/*.parquet*", recursive=True))
 logs = [f for f in files if "inference-logs" in f]; labels = [f for f in files if "feedback" in f]
@@ -169,8 +201,11 @@ con.execute(f"SELECT count(*), sum(prediction), {cols}, count(DISTINCT request_i
 con.execute(f"SELECT count(*), sum(truth), max(time) FROM read_parquet({labels!r})").fetchall()
 emit({"seconds": round(time.monotonic() - t0, 3)})
 """
+)
 
-LEGACY = PRELUDE + r"""
+LEGACY = (
+    PRELUDE
+    + r"""
 import importlib.util
 spec = importlib.util.spec_from_file_location("legacy_sources", sys.argv[3])
 legacy = importlib.util.module_from_spec(spec); spec.loader.exec_module(legacy)
@@ -188,8 +223,11 @@ out = compute_windows(preds, truth, model=model, features=features, spec=WindowS
 emit({"seconds": round(time.monotonic() - t0, 3), "read_s": round(read_s, 3), "rmse": w.rmse, "r2": w.r2,
       "labelled": w.labelled})
 """
+)
 
-EVIDENTLY = PRELUDE + r"""
+EVIDENTLY = (
+    PRELUDE
+    + r"""
 from kfrelease import lake
 from kfrelease.config import Settings
 from kfrelease.storage import store_for
@@ -219,8 +257,11 @@ emit({"seconds": round(seconds, 3), "regression_s": round(regression_s, 3), "row
       "sklearn_mae": skm.mean_absolute_error(rows.truth, rows.prediction),
       "sklearn_r2": skm.r2_score(rows.truth, rows.prediction)})
 """
+)
 
-SPARK = PRELUDE + r"""
+SPARK = (
+    PRELUDE
+    + r"""
 import glob, os
 from kfrelease.lake.spark import define_views, local_session, window_result
 files = sorted(glob.glob(os.environ["KFRELEASE_LAKE_CACHE"] + "/**/model=" + model + "/**/*.parquet*", recursive=True))
@@ -233,11 +274,18 @@ spark.stop()
 emit({"seconds": round(time.monotonic() - t0, 3), "session_start_s": round(start_s, 3), **{k: w[k] for k in
       ("predictions", "labelled", "mse", "rmse", "mae", "r2", "drift_share")}})
 """
+)
 
 
 def _child(code: str, env: dict, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                         timeout=3600, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed: {out.stderr[-3000:]}")
     # the result is the last JSON line (the library may print progress lines before it)
@@ -246,8 +294,13 @@ def _child(code: str, env: dict, *args) -> dict:
 
 def _legacy_reader(tmp: Path) -> Path:
     path = tmp / "legacy_sources.py"
-    src = subprocess.run(["git", "show", f"{LEGACY_COMMIT}:kfrelease/monitoring/sources.py"], cwd=HERE.parent,
-                         capture_output=True, text=True, check=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{LEGACY_COMMIT}:kfrelease/monitoring/sources.py"],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path.write_text(src)
     return path
 
@@ -304,17 +357,23 @@ def summarize(rows: list[dict]) -> dict:
         if "evidently" in r:
             v = r["evidently"]
             r["equal_to_evidently_and_sklearn"] = {
-                "rmse_vs_evidently": _rel(e["rmse"], v["evidently_rmse"]), "mae_vs_evidently": _rel(e["mae"], v["evidently_mae"]),
-                "r2_vs_evidently": _rel(e["r2"], v["evidently_r2"]), "mse_vs_sklearn": _rel(e["mse"], v["sklearn_mse"]),
-                "mae_vs_sklearn": _rel(e["mae"], v["sklearn_mae"]), "r2_vs_sklearn": _rel(e["r2"], v["sklearn_r2"]),
+                "rmse_vs_evidently": _rel(e["rmse"], v["evidently_rmse"]),
+                "mae_vs_evidently": _rel(e["mae"], v["evidently_mae"]),
+                "r2_vs_evidently": _rel(e["r2"], v["evidently_r2"]),
+                "mse_vs_sklearn": _rel(e["mse"], v["sklearn_mse"]),
+                "mae_vs_sklearn": _rel(e["mae"], v["sklearn_mae"]),
+                "r2_vs_sklearn": _rel(e["r2"], v["sklearn_r2"]),
             }
         if "spark" in r:
             s = r["spark"]
             r["spark_max_abs_diff"] = max(abs(s[k] - e[k]) for k in ("mse", "rmse", "mae", "r2", "drift_share"))
-            r["spark_equal_1e9"] = r["spark_max_abs_diff"] <= 1e-9 and (s["predictions"], s["labelled"]) == (e["predictions"], e["labelled"])
-    met = all(
-        r["engine"]["seconds"] < GOALS.get(r["rows"], float("inf")) for r in rows
-    ) and all(r["engine"]["peak_rss_mib"] / 1024 < GOAL_GIB for r in rows)
+            r["spark_equal_1e9"] = r["spark_max_abs_diff"] <= 1e-9 and (s["predictions"], s["labelled"]) == (
+                e["predictions"],
+                e["labelled"],
+            )
+    met = all(r["engine"]["seconds"] < GOALS.get(r["rows"], float("inf")) for r in rows) and all(
+        r["engine"]["peak_rss_mib"] / 1024 < GOAL_GIB for r in rows
+    )
     per_row = [r["microseconds_per_row"] for r in rows]
     return {
         "benchmark": "monitoring window (lake + embedded engine)",
@@ -359,24 +418,32 @@ def write_results(doc: dict) -> None:
         "sample; plain Evidently: RegressionPreset + DataDriftPreset on all joined rows; both only up to "
         f"{LEGACY_MAX:,} rows (JSON Lines and Evidently at 10M do not fit this machine's time and memory)"
     )
-    lines.append(f"- goals (1M < 3 s, 10M < 30 s, < 2 GiB): **{'met' if doc['met'] else 'missed'}**; cost per row "
-                 f"10M / 1M: {doc['cost_per_row_ratio_last_to_first']}")
+    lines.append(
+        f"- goals (1M < 3 s, 10M < 30 s, < 2 GiB): **{'met' if doc['met'] else 'missed'}**; cost per row "
+        f"10M / 1M: {doc['cost_per_row_ratio_last_to_first']}"
+    )
     for r in doc["rows"]:
         if "equal_to_evidently_and_sklearn" in r:
             worst = max(x for x in r["equal_to_evidently_and_sklearn"].values() if x is not None)
-            lines.append(f"- {r['rows']:,} rows: engine metrics vs Evidently and scikit-learn on the same rows: "
-                         f"largest relative difference {worst:.1e}")
+            lines.append(
+                f"- {r['rows']:,} rows: engine metrics vs Evidently and scikit-learn on the same rows: "
+                f"largest relative difference {worst:.1e}"
+            )
         if "spark" in r:
-            lines.append(f"- {r['rows']:,} rows: Spark local mode vs the engine: largest difference "
-                         f"{r['spark_max_abs_diff']:.1e} ({'equal' if r['spark_equal_1e9'] else 'NOT equal'} within 1e-9; "
-                         f"Spark session start {r['spark']['session_start_s']} s)")
+            lines.append(
+                f"- {r['rows']:,} rows: Spark local mode vs the engine: largest difference "
+                f"{r['spark_max_abs_diff']:.1e} ({'equal' if r['spark_equal_1e9'] else 'NOT equal'} within 1e-9; "
+                f"Spark session start {r['spark']['session_start_s']} s)"
+            )
     lines.append(
         "- peak MiB of this run is ``ru_maxrss``, which Linux carries over from the parent (the setup process, "
         "~1.4 GiB at 1M, ~1.6 GiB at 10M) across exec: 1428.2 at 1M is the parent's, not the engine's; 1743.1 at "
         "10M exceeds it, so it is the engine's own peak (< 2 GiB). The benchmark now reads VmHWM instead."
     ) if any(r["engine"]["peak_rss_mib"] == 1428.2 for r in doc["rows"]) else None
     lines[:] = [x for x in lines if x is not None]
-    lines.append("- the machine is shared with other engineers' work: load average (1 min) before → after each size above")
+    lines.append(
+        "- the machine is shared with other engineers' work: load average (1 min) before → after each size above"
+    )
     (RESULTS / "monitoring.md").write_text("\n".join(lines) + "\n")
 
 

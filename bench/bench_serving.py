@@ -43,24 +43,16 @@ SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "4"))
 WARMUP = float(os.environ.get("BENCH_SERVING_WARMUP", "1"))
 ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", "5"))
 CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", "8"))
-BATCHES = tuple(
-    int(x) for x in os.environ.get("BENCH_SERVING_BATCHES", "1,32").split(",")
-)
+BATCHES = tuple(int(x) for x in os.environ.get("BENCH_SERVING_BATCHES", "1,32").split(","))
 MODEL = "diabetes-progression"
-MLSERVER_VENV = Path(
-    os.environ.get(
-        "BENCH_MLSERVER_VENV", Path.home() / ".cache/kfrelease-bench/mlserver-1.7.1"
-    )
-)
+MLSERVER_VENV = Path(os.environ.get("BENCH_MLSERVER_VENV", Path.home() / ".cache/kfrelease-bench/mlserver-1.7.1"))
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
 
 
 # --- load client (runs in its own process) ----------------------------------------------------------
 
 
-async def _client_main(
-    port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float
-) -> dict:
+async def _client_main(port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -126,10 +118,15 @@ def wrk_process(port: int, path: str, body: bytes, concurrency: int, seconds: fl
         fh.write(script)
     url = f"http://127.0.0.1:{port}{path}"
     try:
-        run = lambda secs: subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{secs}s", "-s", fh.name, url],
-            capture_output=True, text=True, check=True, timeout=secs + 60,
-        ).stdout
+        run = lambda secs: (
+            subprocess.run(
+                ["wrk", "-t1", f"-c{concurrency}", f"-d{secs}s", "-s", fh.name, url],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=secs + 60,
+            ).stdout
+        )
         if warmup > 0:
             run(max(1, round(warmup)))
         out = run(max(1, round(seconds)))
@@ -149,9 +146,7 @@ def wrk_process(port: int, path: str, body: bytes, concurrency: int, seconds: fl
     }
 
 
-def client_process(
-    port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float
-) -> dict:
+def client_process(port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
     if shutil.which("wrk"):
         return wrk_process(port, path, body, concurrency, seconds, warmup)
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as fh:
@@ -194,9 +189,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {proc.returncode} while starting ({url})"
-            )
+            raise RuntimeError(f"server exited with {proc.returncode} while starting ({url})")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -217,9 +210,7 @@ def _model_dir(root: Path) -> Path:
     from kfrelease.demo.data import diabetes_frame
 
     frame = diabetes_features(diabetes_frame())
-    model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(
-        frame[FEATURES], frame["progression"]
-    )
+    model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(frame[FEATURES], frame["progression"])
     d = root / "model"
     d.mkdir(parents=True)
     joblib.dump(model, d / "model.joblib")
@@ -260,9 +251,7 @@ def start_ours(model_dir: Path, port: int, log: Path, extra: tuple[str, ...] = (
     )
 
 
-def start_mlserver(
-    model_dir: Path, root: Path, port: int, parallel_workers: int, log: Path
-) -> subprocess.Popen:
+def start_mlserver(model_dir: Path, root: Path, port: int, parallel_workers: int, log: Path) -> subprocess.Popen:
     exe = ensure_mlserver()
     d = root / f"mlserver-pw{parallel_workers}"
     (d / MODEL).mkdir(parents=True)
@@ -364,14 +353,8 @@ def _summary(samples: list[dict]) -> dict:
         }
     lat = sorted(x for s in samples for x in s["latencies_ms"])
     secs = sum(s["seconds"] for s in samples)
-    q = (
-        statistics.quantiles(lat, n=100, method="inclusive")
-        if len(lat) > 1
-        else [lat[0]] * 99
-    )
-    cpu = sum(s["cpu_seconds"] for s in samples) / max(
-        1, sum(s["all_requests"] for s in samples)
-    )
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
+    cpu = sum(s["cpu_seconds"] for s in samples) / max(1, sum(s["all_requests"] for s in samples))
     return {
         "requests": len(lat),
         "errors": sum(s["errors"] for s in samples),
@@ -392,18 +375,12 @@ def main() -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     model_dir = _model_dir(root)
     servers = {
-        "kfrelease predictor (kserve 0.21)": lambda port: start_ours(
-            model_dir, port, root / "ours.log"
-        ),
+        "kfrelease predictor (kserve 0.21)": lambda port: start_ours(model_dir, port, root / "ours.log"),
         "kfrelease predictor, --no-fast-lane": lambda port: start_ours(
             model_dir, port, root / "ours-kserve.log", ("--no-fast-lane",)
         ),
-        "MLServer 1.7.1 (defaults)": lambda port: start_mlserver(
-            model_dir, root, port, 1, root / "mls1.log"
-        ),
-        "MLServer 1.7.1 (parallel_workers=0)": lambda port: start_mlserver(
-            model_dir, root, port, 0, root / "mls0.log"
-        ),
+        "MLServer 1.7.1 (defaults)": lambda port: start_mlserver(model_dir, root, port, 1, root / "mls1.log"),
+        "MLServer 1.7.1 (parallel_workers=0)": lambda port: start_mlserver(model_dir, root, port, 0, root / "mls0.log"),
     }
     running: dict[str, tuple[subprocess.Popen, int]] = {}
     samples: dict[tuple[str, int], list[dict]] = {}
@@ -425,9 +402,7 @@ def main() -> dict:
             )
             r.raise_for_status()
             answers[name] = [round(v, 9) for v in r.json()["outputs"][0]["data"]]
-        assert len({json.dumps(a) for a in answers.values()}) == 1, (
-            f"servers disagree: {answers}"
-        )
+        assert len({json.dumps(a) for a in answers.values()}) == 1, f"servers disagree: {answers}"
         for _ in range(ROUNDS):
             for batch in BATCHES:
                 body = _payload((rows * ((batch // len(rows)) + 1))[:batch])
@@ -442,9 +417,7 @@ def main() -> dict:
                         WARMUP,
                     )
                     sample["cpu_seconds"] = group_cpu_seconds(proc.pid) - cpu0
-                    sample["all_requests"] = sample.pop(
-                        "requests_including_warmup", None
-                    )
+                    sample["all_requests"] = sample.pop("requests_including_warmup", None)
                     samples.setdefault((name, batch), []).append(sample)
     finally:
         for proc, _ in running.values():
@@ -456,16 +429,8 @@ def main() -> dict:
         results.append({"server": name, "batch": batch, **_summary(s)})
     verdicts = {}
     for batch in BATCHES:
-        ours = next(
-            r
-            for r in results
-            if r["batch"] == batch and r["server"] == "kfrelease predictor (kserve 0.21)"
-        )
-        peers = [
-            r
-            for r in results
-            if r["batch"] == batch and r["server"].startswith("MLServer")
-        ]
+        ours = next(r for r in results if r["batch"] == batch and r["server"] == "kfrelease predictor (kserve 0.21)")
+        peers = [r for r in results if r["batch"] == batch and r["server"].startswith("MLServer")]
         best = max(peers, key=lambda r: r["rps"])
         verdicts[str(batch)] = {
             "rps_ratio": round(ours["rps"] / best["rps"], 2),
@@ -473,10 +438,14 @@ def main() -> dict:
             "p99_peer_ms": best["p99_ms"],
             "peer": best["server"],
             "rps_ratio_no_fast_lane": next(
-                (round(r["rps"] / best["rps"], 2) for r in results
-                 if r["batch"] == batch and r["server"].endswith("--no-fast-lane")), None),
-            "goal_met": ours["rps"] >= 1.5 * best["rps"]
-            and ours["p99_ms"] <= best["p99_ms"],
+                (
+                    round(r["rps"] / best["rps"], 2)
+                    for r in results
+                    if r["batch"] == batch and r["server"].endswith("--no-fast-lane")
+                ),
+                None,
+            ),
+            "goal_met": ours["rps"] >= 1.5 * best["rps"] and ours["p99_ms"] <= best["p99_ms"],
         }
     doc = {
         "benchmark": "serving",
@@ -495,7 +464,8 @@ def main() -> dict:
             "warmup_seconds": WARMUP,
             "rounds": ROUNDS,
             "model": "StandardScaler + Ridge on 11 curated columns",
-            "client": "wrk -t1 (keep-alive), separate process" if shutil.which("wrk")
+            "client": "wrk -t1 (keep-alive), separate process"
+            if shutil.which("wrk")
             else "asyncio HTTP/1.1 keep-alive, separate process",
         },
         "results": results,

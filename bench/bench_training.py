@@ -79,8 +79,9 @@ print(run_local(Settings.from_env(), training_pipeline, spec_json=spec.to_json()
 
 def _timed(code: str, *args: str, env: dict) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=900,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=900, check=False
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark step failed: {proc.stderr[-2000:]}")
@@ -99,8 +100,12 @@ def main() -> dict:
     from tests.conftest import free_port_offset
 
     home = Path(tempfile.mkdtemp(prefix="kfrelease-bench-training-"))
-    env = {**os.environ, "KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-           "PYTHONPATH": str(HERE.parent)}
+    env = {
+        **os.environ,
+        "KFRELEASE_HOME": str(home),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+        "PYTHONPATH": str(HERE.parent),
+    }
     os.environ.update({k: env[k] for k in ("KFRELEASE_HOME", "KFRELEASE_PORT_OFFSET")})
     settings = Settings.from_env()
     supervisor.up(settings, declared_services(settings, ("core",)))
@@ -118,7 +123,9 @@ def main() -> dict:
             samples["bare"].append(t)
             fit.append(float(out.split()[1]))
             samples["inline"].append(_timed(INLINE, str(repo), sha, f"bench-inline-{uuid.uuid4().hex[:6]}", env=env)[0])
-            samples["pipeline"].append(_timed(PIPELINE, str(repo), sha, f"bench-kfp-{uuid.uuid4().hex[:6]}", env=env)[0])
+            samples["pipeline"].append(
+                _timed(PIPELINE, str(repo), sha, f"bench-kfp-{uuid.uuid4().hex[:6]}", env=env)[0]
+            )
             print(f"round {r + 1}/{ROUNDS}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in samples.items()), flush=True)
     finally:
         supervisor.down(settings)
@@ -142,14 +149,25 @@ def main() -> dict:
         ("pipeline steps in one process (run_inline)", med["inline"], med["inline"] / med["bare"]),
         ("training pipeline, kfp.local (one process per step)", med["pipeline"], med["pipeline"] / med["bare"]),
     ]
-    md = [(f"### Training pipeline vs bare training ({dv.row_count} rows, median of {ROUNDS} rounds, "
-           f"{os.cpu_count()} shared cores, load {result['machine']['load_average_1m']:.1f})"), "",
-          "| what | wall time (s) | x bare |", "| --- | ---: | ---: |"]
+    md = [
+        (
+            f"### Training pipeline vs bare training ({dv.row_count} rows, median of {ROUNDS} rounds, "
+            f"{os.cpu_count()} shared cores, load {result['machine']['load_average_1m']:.1f})"
+        ),
+        "",
+        "| what | wall time (s) | x bare |",
+        "| --- | ---: | ---: |",
+    ]
     md += [f"| {w} | {t:.1f} | {x:.1f} |" for w, t, x in rows]
-    md += ["", (f"Goal pipeline <= {GOAL_RATIO:g}x bare training: **{'met' if result['goal_met'] else 'not met'}** "
-                f"({result['ratio_pipeline_to_bare']:.1f}x). The fit itself takes "
-                f"{result['fit_only_seconds_median'] * 1000:.0f} ms; the rest is process start, imports (Evidently "
-                f"alone takes seconds) and I/O.")]
+    md += [
+        "",
+        (
+            f"Goal pipeline <= {GOAL_RATIO:g}x bare training: **{'met' if result['goal_met'] else 'not met'}** "
+            f"({result['ratio_pipeline_to_bare']:.1f}x). The fit itself takes "
+            f"{result['fit_only_seconds_median'] * 1000:.0f} ms; the rest is process start, imports (Evidently "
+            f"alone takes seconds) and I/O."
+        ),
+    ]
     (RESULTS / "training.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return result

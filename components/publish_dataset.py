@@ -4,8 +4,9 @@ from kfrelease.components.base import kfrelease_component
 
 
 @kfrelease_component
-def publish_dataset(spec_yaml: str, features: Input[Dataset], quarantined: Input[Dataset], sources_json: str,
-                    run_id: str) -> str:
+def publish_dataset(
+    spec_yaml: str, features: Input[Dataset], quarantined: Input[Dataset], sources_json: str, run_id: str
+) -> str:
     """Publish an immutable curated version (content-hash id, manifest) and move ``latest`` to it.
 
     Refused, with the model's name, when the version would remove or retype a column that a production
@@ -33,8 +34,19 @@ def publish_dataset(spec_yaml: str, features: Input[Dataset], quarantined: Input
 
     logging.basicConfig(level=logging.INFO)
     sources = [Source(**s) for s in json.loads(sources_json)]
-    dv = publish(pd.read_parquet(features.path), parse_spec(spec_yaml), store_for("data-engineer"), sources, run_id,
-                 quarantined=pd.read_parquet(quarantined.path))
-    logging.getLogger(__name__).info("published %s version %s (%d rows, %d quarantined)", dv.dataset, dv.version,
-                                     dv.row_count, dv.manifest.get("quarantined_count", 0))
+    dv = publish(
+        pd.read_parquet(features.path),
+        parse_spec(spec_yaml),
+        store_for("data-engineer"),
+        sources,
+        run_id,
+        quarantined=pd.read_parquet(quarantined.path),
+    )
+    logging.getLogger(__name__).info(
+        "published %s version %s (%d rows, %d quarantined)",
+        dv.dataset,
+        dv.version,
+        dv.row_count,
+        dv.manifest.get("quarantined_count", 0),
+    )
     return dv.version

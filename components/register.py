@@ -48,9 +48,19 @@ def register(
     spec = ModelSpec.from_json(spec_json)
     release = is_release_run(store_for("pipeline"), run_id, spec)
     with step_record(run_id, "register"):
-        out = register_step(spec, commit, dataset_version, run_id or job_name, model.path,
-                            json.loads(metrics_json), json.loads(Path(verdict.path).read_text()), release=release,
-                            report_path=report.path)
-    print(f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "
-          f"{'passed' if out['passed'] else 'rejected'}{'' if release else ', experiment'})")
+        out = register_step(
+            spec,
+            commit,
+            dataset_version,
+            run_id or job_name,
+            model.path,
+            json.loads(metrics_json),
+            json.loads(Path(verdict.path).read_text()),
+            release=release,
+            report_path=report.path,
+        )
+    print(
+        f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "
+        f"{'passed' if out['passed'] else 'rejected'}{'' if release else ', experiment'})"
+    )
     return out["version"]

@@ -28,9 +28,7 @@ def shadow_gate(model: str, version: str, spec_yaml: str, report: Output[HTML]) 
     from kfrelease.release.run import pipeline_spec, shadow_step
 
     logging.basicConfig(level=logging.INFO)
-    decision = shadow_step(
-        Settings.from_env(), pipeline_spec(model, spec_yaml), version, report.path
-    )
+    decision = shadow_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version, report.path)
     if decision == "insufficient" or not __import__("os").path.exists(report.path):
         with open(report.path, "w") as fh:
             fh.write(f"<html><body>shadow gate: {decision}</body></html>")

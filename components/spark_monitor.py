@@ -70,8 +70,15 @@ def monitor_window_on_spark(
 
     config.load_incluster_config()
     doc = render_spark_application(
-        model, features.split(","), run_id=run_id, namespace=namespace, image=image,
-        bucket_prefix=bucket_prefix, window=window, since=since or None, executors=executors,
+        model,
+        features.split(","),
+        run_id=run_id,
+        namespace=namespace,
+        image=image,
+        bucket_prefix=bucket_prefix,
+        window=window,
+        since=since or None,
+        executors=executors,
     )
     submit_and_wait(client.CustomObjectsApi(), doc, timeout=timeout_seconds)
     args = doc["spec"]["arguments"]

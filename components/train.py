@@ -34,10 +34,18 @@ def train(
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
-        run_id, "train", {"model": model.path, "train_data": train_data.path, "test_data": test_data.path},
-        lambda: train_step(spec, dataset_version, model.path, train_data.path, test_data.path))
-    model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": out["spec_fingerprint"],
-                           "dataset_version": out["dataset_version"]})
+        run_id,
+        "train",
+        {"model": model.path, "train_data": train_data.path, "test_data": test_data.path},
+        lambda: train_step(spec, dataset_version, model.path, train_data.path, test_data.path),
+    )
+    model.metadata.update(
+        {
+            "framework": "scikit-learn",
+            "spec_fingerprint": out["spec_fingerprint"],
+            "dataset_version": out["dataset_version"],
+        }
+    )
     train_data.metadata.update({"rows": out["train_rows"]})
     test_data.metadata.update({"rows": out["test_rows"]})
     return out["dataset_version"]

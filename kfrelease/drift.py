@@ -20,6 +20,7 @@ from kfrelease.errors import DataValidationError
 #: Rows of each side given to Evidently at most; larger frames are sampled without replacement (seeded).
 MAX_DRIFT_ROWS = 20_000
 
+
 @dataclass
 class DriftResult:
     """Per-column drift and the share of drifted columns; ``html()`` is Evidently's report."""
@@ -75,9 +76,7 @@ def data_drift(
 
     columns = list(columns)
     if not columns:
-        raise DataValidationError(
-            "no columns given for the drift check; pass the model's input features"
-        )
+        raise DataValidationError("no columns given for the drift check; pass the model's input features")
     for side, frame in (("reference", reference), ("current", current)):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -87,9 +86,7 @@ def data_drift(
                 [{"side": side, "column": c, "problem": "missing"} for c in missing],
             )
         if len(frame) == 0:
-            raise DataValidationError(
-                f"{side} data is empty; a drift check needs rows on both sides"
-            )
+            raise DataValidationError(f"{side} data is empty; a drift check needs rows on both sides")
     ref = _sample(reference[columns], max_rows).astype("float64")
     cur = _sample(current[columns], max_rows).astype("float64")
     definition = DataDefinition(numerical_columns=columns)

@@ -31,9 +31,15 @@ def dataset_columns(manifest: dict) -> tuple[list[str], str]:
     return [c["name"] for c in manifest["columns"] if c["name"] not in skip], target
 
 
-def project_spec(project: str | Path | None = None, *, store=None, dataset: str | None = None,
-                 features: list[str] | None = None, target: str | None = None,
-                 name: str | None = None) -> ModelSpec:
+def project_spec(
+    project: str | Path | None = None,
+    *,
+    store=None,
+    dataset: str | None = None,
+    features: list[str] | None = None,
+    target: str | None = None,
+    name: str | None = None,
+) -> ModelSpec:
     """The model spec to start from: a model project's ``model.yaml`` (and its ``build:`` code), with
     ``dataset``/``features``/``target``/``name`` overriding it; without a project, a ridge regression on the
     dataset's declared features and target (read from its latest curated version through ``store``)."""
@@ -44,9 +50,16 @@ def project_spec(project: str | Path | None = None, *, store=None, dataset: str 
     else:
         if not dataset:
             raise ConfigError("give a model project (project=) or a dataset (dataset=) to start from")
-        doc, code = {"name": name or f"{dataset}-model", "tag": 1, "dataset": dataset,
-                     "estimator": {"class": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
-                     "split": {"test_size": 0.2, "seed": 42}}, {}
+        doc, code = (
+            {
+                "name": name or f"{dataset}-model",
+                "tag": 1,
+                "dataset": dataset,
+                "estimator": {"class": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
+                "split": {"test_size": 0.2, "seed": 42},
+            },
+            {},
+        )
     if dataset:
         doc["dataset"] = dataset
     if name:
@@ -89,8 +102,14 @@ def compare(candidates: dict[str, ModelSpec], df, dataset_version: str) -> list[
     for label, spec in candidates.items():
         result = train(spec, df, dataset_version)
         scores = regression_metrics(result.test[spec.target], predict(result.model, result.test, spec.features))
-        rows.append({"label": label, **{k: scores[k] for k in ("rmse", "mae", "r2")},
-                     "fit_seconds": round(result.fit_seconds, 3), "spec": spec})
+        rows.append(
+            {
+                "label": label,
+                **{k: scores[k] for k in ("rmse", "mae", "r2")},
+                "fit_seconds": round(result.fit_seconds, 3),
+                "spec": spec,
+            }
+        )
     return sorted(rows, key=lambda r: r["rmse"])
 
 
@@ -105,13 +124,25 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
 
     settings = settings or Settings.from_env()
     spec.build_estimator()  # a bad estimator or parameter: refused before the pipeline starts
-    version = run_local(settings, training_pipeline, spec_json=spec.to_json(), commit="experiment",
-                        dataset_version=dataset_version, run_id="").output
+    version = run_local(
+        settings,
+        training_pipeline,
+        spec_json=spec.to_json(),
+        commit="experiment",
+        dataset_version=dataset_version,
+        run_id="",
+    ).output
     return ModelRegistry(store_for("data-scientist", settings), EXPERIMENTS).get(spec.name, version)
 
 
-def load_model(name: str, stage: str | None = "production", version: str | None = None, *,
-               experiment: bool = False, settings: Settings | None = None):
+def load_model(
+    name: str,
+    stage: str | None = "production",
+    version: str | None = None,
+    *,
+    experiment: bool = False,
+    settings: Settings | None = None,
+):
     """The fitted estimator of a registered model, as the data-scientist identity reads it:
     ``load_model("diabetes-progression")`` (its production version), ``stage="staging"``, or
     ``version="V1.2.0"`` (``experiment=True`` for a version in the experiments space)."""

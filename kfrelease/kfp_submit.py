@@ -46,7 +46,8 @@ def client(host: str):
             raise ConfigError(
                 f"KF_PIPELINES_SA_TOKEN_PATH={token_path} does not exist; mint the token first "
                 "(kubectl create token kfrelease-ci, or the PodDefault's projected token in a pipeline pod) "
-                "or unset it for an unauthenticated KFP")
+                "or unset it for an unauthenticated KFP"
+            )
         from kfp.client import ServiceAccountTokenVolumeCredentials
 
         credentials = ServiceAccountTokenVolumeCredentials(path=token_path)

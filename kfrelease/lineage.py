@@ -26,6 +26,8 @@ def git_commit(path: str = ".") -> str | None:
 
 def code_version() -> dict:
     """kfrelease's version and, when known, the commit it was built from (``KFRELEASE_COMMIT`` in images)."""
-    return {"kfrelease": kfrelease.__version__, "commit": setting("KFRELEASE_COMMIT") or git_commit(
-        os.path.dirname(os.path.dirname(os.path.abspath(kfrelease.__file__)))
-    )}
+    return {
+        "kfrelease": kfrelease.__version__,
+        "commit": setting("KFRELEASE_COMMIT")
+        or git_commit(os.path.dirname(os.path.dirname(os.path.abspath(kfrelease.__file__)))),
+    }

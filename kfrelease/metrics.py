@@ -68,14 +68,28 @@ def metric_intervals(y_true: Sequence[float], y_pred: Sequence[float], level: fl
     u = (t - t.mean()) ** 2
     cov = np.cov(np.vstack([sq, ab, u]), ddof=1)
     return intervals_from_moments(
-        n, float(sq.mean()), float(cov[0, 0]), float(ab.mean()), float(cov[1, 1]),
-        float(u.mean()), float(cov[2, 2]), float(cov[0, 2]), level,
+        n,
+        float(sq.mean()),
+        float(cov[0, 0]),
+        float(ab.mean()),
+        float(cov[1, 1]),
+        float(u.mean()),
+        float(cov[2, 2]),
+        float(cov[0, 2]),
+        level,
     )
 
 
 def intervals_from_moments(
-    n: int, sq_mean: float, sq_var: float, ab_mean: float, ab_var: float,
-    u_mean: float, u_var: float, sq_u_cov: float, level: float = 0.95,
+    n: int,
+    sq_mean: float,
+    sq_var: float,
+    ab_mean: float,
+    ab_var: float,
+    u_mean: float,
+    u_var: float,
+    sq_u_cov: float,
+    level: float = 0.95,
 ) -> dict:
     """``metric_intervals`` from the moments of the squared errors ``sq``, absolute errors ``ab`` and squared
     deviations of the truth about its mean ``u`` (means, sample variances and the covariance of sq and u):

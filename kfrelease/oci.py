@@ -61,7 +61,11 @@ def _run(*argv: str, timeout: float = 300) -> str:
 def busybox_path() -> str:
     for path in BUSYBOX_CANDIDATES:
         if os.path.isfile(path):
-            out = subprocess.run(["file", "-b", path], capture_output=True, text=True, check=False).stdout if shutil.which("file") else ""
+            out = (
+                subprocess.run(["file", "-b", path], capture_output=True, text=True, check=False).stdout
+                if shutil.which("file")
+                else ""
+            )
             if "dynamically" not in out:
                 return path
     raise ImageError("a static busybox is needed for ModelCar images; install the Debian package busybox-static")
@@ -115,8 +119,15 @@ def push(layout: str | Path, tag: str, destination: str, creds: str | None = Non
     creds = creds or setting("KFRELEASE_REGISTRY_CREDS")
     with tempfile.TemporaryDirectory() as tmp:
         digest_file = Path(tmp) / "digest"
-        args = ["skopeo", "copy", "--retry-times", "2", "--digestfile", str(digest_file),
-                f"--dest-tls-verify={'false' if _is_local(registry) else 'true'}"]
+        args = [
+            "skopeo",
+            "copy",
+            "--retry-times",
+            "2",
+            "--digestfile",
+            str(digest_file),
+            f"--dest-tls-verify={'false' if _is_local(registry) else 'true'}",
+        ]
         if creds:
             args += ["--dest-creds", creds]
         _run(*args, f"oci:{layout}:{tag}", f"docker://{destination}", timeout=600)
@@ -125,8 +136,9 @@ def push(layout: str | Path, tag: str, destination: str, creds: str | None = Non
     return ImageRef(destination, digest)
 
 
-def containerize(model_dir: str | Path, registry: str, repository: str, tag: str,
-                 labels: dict[str, str] | None = None) -> ImageRef:
+def containerize(
+    model_dir: str | Path, registry: str, repository: str, tag: str, labels: dict[str, str] | None = None
+) -> ImageRef:
     """Build the ModelCar image of a model directory and push it as ``registry/repository:tag``."""
     with tempfile.TemporaryDirectory(prefix="kfrelease-oci-") as tmp:
         layout = build_modelcar(model_dir, Path(tmp) / "layout", tag, labels)

@@ -85,9 +85,13 @@ class VersionDiff:
     code_diff: str  # unified diff of the spec text and build code ("" when identical)
 
     def as_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "changes": [c.__dict__ for c in self.changes],
-                "metrics": [{"metric": m, "a": a, "b": b, "delta": d} for m, a, b, d in self.metrics],
-                "code_diff": self.code_diff}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "changes": [c.__dict__ for c in self.changes],
+            "metrics": [{"metric": m, "a": a, "b": b, "delta": d} for m, a, b, d in self.metrics],
+            "code_diff": self.code_diff,
+        }
 
 
 def _flat(prefix: str, value) -> dict:
@@ -102,16 +106,29 @@ def _flat(prefix: str, value) -> dict:
 def diff_versions(a, b) -> VersionDiff:
     """Compare two registry versions (``ModelVersion``): definition, data version, lineage, metrics, code."""
     sa, sb = version_spec(a.entry), version_spec(b.entry)
-    fields_a = {**_flat("", {k: v for k, v in sa.items() if k not in ("text", "build_code")}),
-                "dataset": a.entry.get("dataset"), "dataset_version": a.entry.get("dataset_version"),
-                "commit": a.entry.get("commit"), "spec_fingerprint": a.entry.get("spec_fingerprint"),
-                "verdict": "passed" if a.passed else "rejected", "stage": a.stage}
-    fields_b = {**_flat("", {k: v for k, v in sb.items() if k not in ("text", "build_code")}),
-                "dataset": b.entry.get("dataset"), "dataset_version": b.entry.get("dataset_version"),
-                "commit": b.entry.get("commit"), "spec_fingerprint": b.entry.get("spec_fingerprint"),
-                "verdict": "passed" if b.passed else "rejected", "stage": b.stage}
-    changes = [Change(k, fields_a.get(k), fields_b.get(k)) for k in sorted(set(fields_a) | set(fields_b))
-               if fields_a.get(k) != fields_b.get(k)]
+    fields_a = {
+        **_flat("", {k: v for k, v in sa.items() if k not in ("text", "build_code")}),
+        "dataset": a.entry.get("dataset"),
+        "dataset_version": a.entry.get("dataset_version"),
+        "commit": a.entry.get("commit"),
+        "spec_fingerprint": a.entry.get("spec_fingerprint"),
+        "verdict": "passed" if a.passed else "rejected",
+        "stage": a.stage,
+    }
+    fields_b = {
+        **_flat("", {k: v for k, v in sb.items() if k not in ("text", "build_code")}),
+        "dataset": b.entry.get("dataset"),
+        "dataset_version": b.entry.get("dataset_version"),
+        "commit": b.entry.get("commit"),
+        "spec_fingerprint": b.entry.get("spec_fingerprint"),
+        "verdict": "passed" if b.passed else "rejected",
+        "stage": b.stage,
+    }
+    changes = [
+        Change(k, fields_a.get(k), fields_b.get(k))
+        for k in sorted(set(fields_a) | set(fields_b))
+        if fields_a.get(k) != fields_b.get(k)
+    ]
     metrics = []
     for m in METRICS:
         va, vb = (a.entry.get("metrics") or {}).get(m), (b.entry.get("metrics") or {}).get(m)
@@ -153,8 +170,11 @@ def find_reports(store, registry, model: str, version: str) -> list[Report]:
     if store.stat("models", shadow) is not None:
         out.append(Report("shadow-gate", "models", shadow))
     try:
-        drift = [o.key for o in store.iter(DRIFT_BUCKET, f"monitoring/{_safe(model)}/reports/")
-                 if o.key.rsplit("/", 1)[-1].startswith(f"{_safe(version)}-")]
+        drift = [
+            o.key
+            for o in store.iter(DRIFT_BUCKET, f"monitoring/{_safe(model)}/reports/")
+            if o.key.rsplit("/", 1)[-1].startswith(f"{_safe(version)}-")
+        ]
     except KfreleaseError:  # a role without access to the monitoring results: no drift reports to show
         drift = []
     out.extend(Report("drift", DRIFT_BUCKET, k) for k in sorted(drift))
@@ -185,14 +205,20 @@ def run_result(record, registry=None) -> dict:
         mv = registry.get(model, version)
     except KfreleaseError:
         return {"version": version}
-    reports = [f"{r.kind}: {registry.store.uri(r.bucket, r.key)}"
-               for r in find_reports(registry.store, registry, model, version)]
-    return {"model": model, "version": version, "stage": mv.stage,
-            "metrics": {m: mv.entry.get("metrics", {}).get(m) for m in METRICS},
-            "n": (mv.entry.get("metrics") or {}).get("n"),
-            "verdict": "passed" if mv.passed else "rejected",
-            "reasons": list((mv.entry.get("verdict") or {}).get("reasons") or []),
-            "reports": reports}
+    reports = [
+        f"{r.kind}: {registry.store.uri(r.bucket, r.key)}"
+        for r in find_reports(registry.store, registry, model, version)
+    ]
+    return {
+        "model": model,
+        "version": version,
+        "stage": mv.stage,
+        "metrics": {m: mv.entry.get("metrics", {}).get(m) for m in METRICS},
+        "n": (mv.entry.get("metrics") or {}).get("n"),
+        "verdict": "passed" if mv.passed else "rejected",
+        "reasons": list((mv.entry.get("verdict") or {}).get("reasons") or []),
+        "reports": reports,
+    }
 
 
 def result_lines(result: dict) -> list[str]:
@@ -200,9 +226,12 @@ def result_lines(result: dict) -> list[str]:
     if not result.get("metrics"):
         return []
     metrics = "  ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items() if v is not None)
-    lines = [f"metrics ({result.get('n') or '?'} held-out rows): {metrics}",
-             f"verdict: {result['verdict']}" + (f" ({'; '.join(result['reasons'])})" if result["reasons"] else "")
-             + (f", stage {result['stage']}" if result.get("stage") else "")]
+    lines = [
+        f"metrics ({result.get('n') or '?'} held-out rows): {metrics}",
+        f"verdict: {result['verdict']}"
+        + (f" ({'; '.join(result['reasons'])})" if result["reasons"] else "")
+        + (f", stage {result['stage']}" if result.get("stage") else ""),
+    ]
     lines += [f"report {r}" for r in result["reports"]] or ["reports: none stored"]
     return lines
 

@@ -174,8 +174,9 @@ def _one_per_key(errors: list[dict]) -> list[dict]:
     for group in by_loc.values():
         kinds = [_KINDS[e["type"]] for e in group if e["type"] in _KINDS]
         if len(group) > 1 and len(kinds) == len(group):
-            kinds = list(dict.fromkeys("a number" if k == "a whole number" and "a number" in kinds else k
-                                       for k in kinds))
+            kinds = list(
+                dict.fromkeys("a number" if k == "a whole number" and "a number" in kinds else k for k in kinds)
+            )
             message = f"must be {' or '.join(kinds)}, not {group[0]['input']!r}"
             group[0] = {**group[0], "type": "value_error", "msg": message}
         out.append(group[0])
@@ -241,8 +242,14 @@ def _type_name(prop: dict, defs: dict) -> str:
         return f"list of {_type_name(prop.get('items', {}), defs)}"
     if kind == "object" and isinstance(prop.get("additionalProperties"), dict):
         return f"mapping of name to {_type_name(prop['additionalProperties'], defs)}"
-    return {"integer": "whole number", "number": "number", "string": "text", "boolean": "true/false",
-            "null": "null", "object": "mapping"}.get(kind, kind)
+    return {
+        "integer": "whole number",
+        "number": "number",
+        "string": "text",
+        "boolean": "true/false",
+        "null": "null",
+        "object": "mapping",
+    }.get(kind, kind)
 
 
 def _child_ref(prop: dict) -> str | None:
@@ -292,7 +299,14 @@ def reference_markdown() -> str:
     for kind, (_, _, file) in SCHEMAS.items():
         schema = json_schema(kind)
         defs = schema.get("$defs", {})
-        lines += ["", f"## {kind}: {file}", "", " ".join(schema.get("description", "").split()), "",
-                  "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {kind}: {file}",
+            "",
+            " ".join(schema.get("description", "").split()),
+            "",
+            "| key | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
         _rows(schema, defs, "", lines)
     return "\n".join(lines) + "\n"

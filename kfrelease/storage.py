@@ -139,8 +139,10 @@ class ObjectStore:
         if response.status >= 300:
             if response.status == 412:
                 raise Conflict(f"{self.uri(bucket, key)} was written by someone else meanwhile (precondition failed)")
-            raise S3Error.fromxml(response) if response.data else StorageError(
-                f"object store answered HTTP {response.status} to a write of {self.uri(bucket, key)}"
+            raise (
+                S3Error.fromxml(response)
+                if response.data
+                else StorageError(f"object store answered HTTP {response.status} to a write of {self.uri(bucket, key)}")
             )
         return response.headers.get("ETag", "").strip('"')
 

@@ -17,9 +17,7 @@ from kfrelease.training.resources import apply_step_policy
 def data_pipeline(spec_yaml: str) -> str:
     raw = ingest(spec_yaml=spec_yaml).set_display_name("ingest")
     valid = validate_data(spec_yaml=spec_yaml, rows=raw.outputs["rows"]).set_display_name("validate")
-    feats = engineer_features(spec_yaml=spec_yaml, valid_rows=valid.outputs["valid_rows"]).set_display_name(
-        "features"
-    )
+    feats = engineer_features(spec_yaml=spec_yaml, valid_rows=valid.outputs["valid_rows"]).set_display_name("features")
     published = publish_dataset(
         spec_yaml=spec_yaml,
         features=feats.outputs["features"],
@@ -29,7 +27,11 @@ def data_pipeline(spec_yaml: str) -> str:
     ).set_display_name("publish")
     # Ingest reads the raw bucket and publish moves `latest`: never cached; validate and features are pure
     # functions of their inputs and may be.
-    for task, step, caching in ((raw, "ingest", False), (valid, "validate", True), (feats, "features", True),
-                                (published, "publish", False)):
+    for task, step, caching in (
+        (raw, "ingest", False),
+        (valid, "validate", True),
+        (feats, "features", True),
+        (published, "publish", False),
+    ):
         apply_step_policy(task, step, None, caching=caching)
     return published.output

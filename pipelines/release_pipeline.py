@@ -16,18 +16,17 @@ from kfrelease.k8s.platform import RELEASE_DRIVER_STEP, step_label
     description="Shadow accuracy gate in staging, canary rollout with automatic rollback, promotion.",
 )
 def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
-    pre = release_preflight(
-        model=model, version=version, spec_yaml=spec_yaml
-    ).set_display_name("preflight")
+    pre = release_preflight(model=model, version=version, spec_yaml=spec_yaml).set_display_name("preflight")
     pre.set_caching_options(False)
     step_label(pre, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
     with dsl.If(pre.output == "shadow", name="has-champion"):
-        gate = shadow_gate(
-            model=model, version=version, spec_yaml=spec_yaml
-        ).set_display_name("shadow-gate")
+        gate = shadow_gate(model=model, version=version, spec_yaml=spec_yaml).set_display_name("shadow-gate")
         gate.set_caching_options(False)
         step_label(gate, RELEASE_DRIVER_STEP)
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
-            step_label(rollout(model=model, version=version, spec_yaml=spec_yaml).set_display_name(
-                "canary-rollout"
-            ).set_caching_options(False), RELEASE_DRIVER_STEP)
+            step_label(
+                rollout(model=model, version=version, spec_yaml=spec_yaml)
+                .set_display_name("canary-rollout")
+                .set_caching_options(False),
+                RELEASE_DRIVER_STEP,
+            )

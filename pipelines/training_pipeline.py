@@ -35,8 +35,13 @@ def training_pipeline(
     model_memory_limit: str = MODEL_DEFAULT.memory_limit,
     model_node_selector: dict = {},  # noqa: B006 - KFP reads the default from the signature
 ) -> str:
-    model = {"cpu": model_cpu, "memory": model_memory, "cpu_limit": model_cpu_limit,
-             "memory_limit": model_memory_limit, "node_selector": model_node_selector}
+    model = {
+        "cpu": model_cpu,
+        "memory": model_memory,
+        "cpu_limit": model_cpu_limit,
+        "memory_limit": model_memory_limit,
+        "node_selector": model_node_selector,
+    }
     trained = train(spec_json=spec_json, dataset_version=dataset_version, run_id=run_id).set_display_name("train")
     evaluated = evaluate(
         spec_json=spec_json, run_id=run_id, model=trained.outputs["model"], test_data=trained.outputs["test_data"]
@@ -76,7 +81,13 @@ def training_pipeline(
         ).set_display_name("deploy-staging")
         step_label(staged, KFP_SUBMITTER_STEP)  # the only step with a KFP API token: it hands over
     # Resources, retries (infrastructure causes only: see kfrelease.training.resources) and no caching.
-    for task, step in ((trained, "train"), (evaluated, "evaluate"), (validated, "validate"),
-                       (registered, "register"), (image, "containerize"), (staged, "deploy-staging")):
+    for task, step in (
+        (trained, "train"),
+        (evaluated, "evaluate"),
+        (validated, "validate"),
+        (registered, "register"),
+        (image, "containerize"),
+        (staged, "deploy-staging"),
+    ):
         apply_step_policy(task, step, model if step in ("train", "evaluate") else None)
     return registered.output

@@ -139,8 +139,9 @@ def check(root: Path = ROOT) -> list[str]:
     readme = root / "README.md"
     problems = []
     if render(readme.read_text(), root) != readme.read_text():
-        problems.append("README.md's table of documentation pages is not what docs/*.md say: "
-                        "run .venv/bin/python scripts/readme.py")
+        problems.append(
+            "README.md's table of documentation pages is not what docs/*.md say: run .venv/bin/python scripts/readme.py"
+        )
     for path in [readme, *sorted((root / "docs").glob("*.md"))]:
         problems.extend(broken_links(path, root))
     return problems

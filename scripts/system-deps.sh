@@ -3,7 +3,7 @@
 # Needs root (as on the CI and development machines); elsewhere it says what to install and stops.
 set -euo pipefail
 PACKAGES=(docker-registry skopeo umoci busybox-static nginx prometheus prometheus-alertmanager
-          prometheus-pushgateway redis-server chromium)
+          prometheus-pushgateway redis-server chromium wrk)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

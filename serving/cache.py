@@ -98,9 +98,7 @@ class RedisCache(InferenceCache):
         super().__init__(model, version)
         import redis  # the PyPI client (pinned in setup.py); imported only when Redis is configured
 
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=0.2, socket_connect_timeout=0.2
-        )
+        self.client = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
         self.ttl = ttl_seconds
         self.prefix = f"kfrelease:cache:{model}:{version}:".encode()
 
@@ -114,10 +112,7 @@ class RedisCache(InferenceCache):
             log.warning("inference cache unavailable (%s); answering without it", exc)
             self._error.inc(len(rows))
             return [None] * len(rows)
-        out = [
-            struct.unpack("<d", v)[0] if v is not None and len(v) == 8 else None
-            for v in raw
-        ]
+        out = [struct.unpack("<d", v)[0] if v is not None and len(v) == 8 else None for v in raw]
         self._count(out)
         return out
 
@@ -131,9 +126,7 @@ class RedisCache(InferenceCache):
             log.warning("could not store results in the inference cache: %s", exc)
 
 
-def cache_from_option(
-    option: str | None, model: str, version: str
-) -> InferenceCache | None:
+def cache_from_option(option: str | None, model: str, version: str) -> InferenceCache | None:
     """``None``/``""``/``off`` -> no cache; ``lru`` or ``lru:N``; ``redis://...``."""
     from kfrelease.errors import ConfigError
 
@@ -142,13 +135,9 @@ def cache_from_option(
     if option == "lru" or option.startswith("lru:"):
         size = option.partition(":")[2]
         if size and not size.isdigit():
-            raise ConfigError(
-                f"--cache {option!r}: the LRU size must be a whole number, e.g. lru:50000"
-            )
+            raise ConfigError(f"--cache {option!r}: the LRU size must be a whole number, e.g. lru:50000")
         return LRUCache(model, version, int(size) if size else 100_000)
     if option.startswith(("redis://", "rediss://", "unix://")):
         ttl = setting("KFRELEASE_CACHE_TTL")
         return RedisCache(model, version, option, ttl)
-    raise ConfigError(
-        f"--cache {option!r} is not understood; use off, lru, lru:N or redis://host:port/db"
-    )
+    raise ConfigError(f"--cache {option!r} is not understood; use off, lru, lru:N or redis://host:port/db")

@@ -69,13 +69,9 @@ def _number(value, where: str, feature: str, integral: bool) -> float:
     t = type(value)
     if t is float:
         if not math.isfinite(value):
-            raise InvalidRequest(
-                f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted"
-            )
+            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; only finite numbers are accepted")
         if integral and not value.is_integer():
-            raise InvalidRequest(
-                f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers"
-            )
+            raise InvalidRequest(f"{where} (feature {feature!r}) is {value}; this feature takes whole numbers")
         return value
     if t is int:
         try:
@@ -83,27 +79,13 @@ def _number(value, where: str, feature: str, integral: bool) -> float:
         except OverflowError:
             f = math.inf
         if not math.isfinite(f):  # ints beyond float range
-            raise InvalidRequest(
-                f"{where} (feature {feature!r}) is too large for a float64"
-            )
+            raise InvalidRequest(f"{where} (feature {feature!r}) is too large for a float64")
         return f
-    kind = (
-        "a string"
-        if t is str
-        else "null"
-        if value is None
-        else "a boolean"
-        if t is bool
-        else f"a JSON {t.__name__}"
-    )
-    raise InvalidRequest(
-        f"{where} (feature {feature!r}) is {kind}; expected a finite number"
-    )
+    kind = "a string" if t is str else "null" if value is None else "a boolean" if t is bool else f"a JSON {t.__name__}"
+    raise InvalidRequest(f"{where} (feature {feature!r}) is {kind}; expected a finite number")
 
 
-def rows_from_v1(
-    body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
-) -> np.ndarray:
+def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
     """``{"instances": [[...], ...]}`` or ``{"instances": [{"name": value, ...}, ...]}`` -> float64 matrix."""
     if not isinstance(body, dict):
         raise InvalidRequest(
@@ -111,33 +93,21 @@ def rows_from_v1(
         )
     extra = sorted(set(body) - {"instances", "parameters", "id"})
     if "instances" not in body:
-        hint = (
-            " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
-        )
-        raise InvalidRequest(
-            f"the request has no 'instances' field{hint}; fields given: {sorted(body)}"
-        )
+        hint = " (v2 'inputs' go to /v2/models/<name>/infer)" if "inputs" in body else ""
+        raise InvalidRequest(f"the request has no 'instances' field{hint}; fields given: {sorted(body)}")
     if extra:
-        raise InvalidRequest(
-            f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')"
-        )
+        raise InvalidRequest(f"unknown field(s) {extra}; a v1 request has 'instances' (and optionally 'parameters')")
     instances = body["instances"]
     if not isinstance(instances, list):
-        raise InvalidRequest(
-            f"'instances' must be a list, not a JSON {_json_kind(instances)}"
-        )
+        raise InvalidRequest(f"'instances' must be a list, not a JSON {_json_kind(instances)}")
     n, k = len(instances), len(model.features)
     if n == 0:
         raise InvalidRequest("'instances' is empty; send at least one instance")
     if n > max_instances:
-        raise InvalidRequest(
-            f"'instances' holds {n} instances; at most {max_instances} per request"
-        )
+        raise InvalidRequest(f"'instances' holds {n} instances; at most {max_instances} per request")
     integral = [d in INT_DTYPES for d in model.dtypes]
     fast = _all_numbers(instances, k)
-    if fast is not None and (
-        not any(integral) or np.all(np.mod(fast[:, integral], 1) == 0)
-    ):
+    if fast is not None and (not any(integral) or np.all(np.mod(fast[:, integral], 1) == 0)):
         return fast
     # the element-by-element check below finds and names the first bad value
     rows = np.empty((n, k), dtype="float64")
@@ -149,9 +119,7 @@ def rows_from_v1(
                     f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {list(features)}"
                 )
             for j in range(k):
-                rows[i, j] = _number(
-                    inst[j], f"instances[{i}][{j}]", features[j], integral[j]
-                )
+                rows[i, j] = _number(inst[j], f"instances[{i}][{j}]", features[j], integral[j])
         elif type(inst) is dict:
             if len(inst) != k or any(f not in inst for f in features):
                 missing = [f for f in features if f not in inst]
@@ -182,19 +150,12 @@ def diagnose_v2_body(raw: bytes) -> str:
     if not isinstance(doc, dict):
         return f'the request body must be a JSON object like {{"inputs": [...]}}, not a JSON {_json_kind(doc)}'
     if "inputs" not in doc:
-        hint = (
-            " (v1 'instances' go to /v1/models/<name>:predict)"
-            if "instances" in doc
-            else ""
-        )
+        hint = " (v1 'instances' go to /v1/models/<name>:predict)" if "instances" in doc else ""
         return f"the request has no 'inputs' field{hint}; fields given: {sorted(doc)}"
     try:
         InferenceRequest.model_validate(doc)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         return f"the v2 inference request is malformed: {problems}"
     return "the v2 inference request could not be decoded"
 
@@ -232,9 +193,7 @@ def _all_numbers(instances: list, k: int) -> np.ndarray | None:
         rows = np.array(instances, dtype="float64")
     except (OverflowError, ValueError, TypeError):
         return None
-    return (
-        rows if rows.shape == (len(instances), k) and np.isfinite(rows).all() else None
-    )
+    return rows if rows.shape == (len(instances), k) and np.isfinite(rows).all() else None
 
 
 def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.ndarray:
@@ -259,9 +218,7 @@ def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.nda
     return values
 
 
-def rows_from_v2(
-    request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES
-) -> np.ndarray:
+def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
     """Open Inference Protocol inputs -> float64 matrix. Two layouts are accepted:
 
     - one tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order;
@@ -270,23 +227,15 @@ def rows_from_v2(
     inputs = list(request.inputs or [])
     k = len(model.features)
     if not inputs:
-        raise InvalidRequest(
-            "'inputs' is empty; send one [n, k] tensor or one tensor per feature"
-        )
+        raise InvalidRequest("'inputs' is empty; send one [n, k] tensor or one tensor per feature")
     for idx, inp in enumerate(inputs):
         if inp.datatype not in V2_FLOAT | V2_INT:
             raise InvalidRequest(
                 f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; use FP64/FP32 or an INT type"
             )
         shape = inp.shape
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or any(type(s) is not int or s < 0 for s in shape)
-        ):
-            raise InvalidRequest(
-                f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes"
-            )
+        if not isinstance(shape, list) or not shape or any(type(s) is not int or s < 0 for s in shape):
+            raise InvalidRequest(f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes")
     names = [inp.name for inp in inputs]
     if (
         len(inputs) == 1
@@ -305,9 +254,7 @@ def rows_from_v2(
         n = shape[0]
         values = _tensor_values(inp, "inputs[0]", inp.datatype in V2_INT)
         if len(values) != n * k:
-            raise InvalidRequest(
-                f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}"
-            )
+            raise InvalidRequest(f"inputs[0] ({inp.name!r}) has {len(values)} values; shape {inp.shape} needs {n * k}")
         rows = np.asarray(values, dtype="float64").reshape(n, k)
     else:
         if sorted(names) != sorted(model.features) or len(set(names)) != len(names):
@@ -323,28 +270,20 @@ def rows_from_v2(
         for f in model.features:
             i, inp = by_name[f]
             if not (len(inp.shape) == 1 or (len(inp.shape) == 2 and inp.shape[1] == 1)):
-                raise InvalidRequest(
-                    f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]"
-                )
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]")
             if n is None:
                 n = inp.shape[0]
             elif inp.shape[0] != n:
-                raise InvalidRequest(
-                    f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}"
-                )
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}")
             values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
             if len(values) != n:
-                raise InvalidRequest(
-                    f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}"
-                )
+                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}")
             columns.append(values)
         rows = np.asarray(columns, dtype="float64").T.reshape(n, k)
     if rows.shape[0] == 0:
         raise InvalidRequest("the request holds no instances; send at least one")
     if rows.shape[0] > max_instances:
-        raise InvalidRequest(
-            f"the request holds {rows.shape[0]} instances; at most {max_instances} per request"
-        )
+        raise InvalidRequest(f"the request holds {rows.shape[0]} instances; at most {max_instances} per request")
     for j, d in enumerate(model.dtypes):
         if d in INT_DTYPES and not np.all(np.mod(rows[:, j], 1) == 0):
             raise InvalidRequest(f"feature {model.features[j]!r} takes whole numbers")

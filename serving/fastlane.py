@@ -201,9 +201,7 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         started = False
-        binary_v2 = any(
-            n == b"inference-header-content-length" for n, _ in scope.get("headers", [])
-        )
+        binary_v2 = any(n == b"inference-header-content-length" for n, _ in scope.get("headers", []))
         held = None
 
         async def tracking_send(message):
@@ -225,14 +223,8 @@ class RequestGuard:
                 if message["status"] in (400, 422) or b"content-length" not in names:
                     held = message
                     return
-            elif (
-                held is not None
-                and held["status"] not in (400, 422)
-                and message["type"] == "http.response.body"
-            ):
-                if not message.get(
-                    "more_body", False
-                ):  # one body: send it with its length, not chunked
+            elif held is not None and held["status"] not in (400, 422) and message["type"] == "http.response.body":
+                if not message.get("more_body", False):  # one body: send it with its length, not chunked
                     length = str(len(message.get("body", b""))).encode()
                     held = {
                         **held,
@@ -251,12 +243,8 @@ class RequestGuard:
                 if not binary_v2 and b"inference-header-content-length" in content:
                     return await self._reply(send, 400, diagnose_v2_body(body))
                 if b"Unrecognized request format" in content:
-                    detail = (
-                        json.loads(content).get("error", "").split(":", 1)[-1].strip()
-                    )
-                    return await self._reply(
-                        send, 400, f"the request body is not valid JSON: {detail}"
-                    )
+                    detail = json.loads(content).get("error", "").split(":", 1)[-1].strip()
+                    return await self._reply(send, 400, f"the request body is not valid JSON: {detail}")
                 await send(held)
                 held = None
             await send(message)
@@ -270,9 +258,7 @@ class RequestGuard:
             if scope["path"].endswith("/infer") and not binary_v2:
                 message = diagnose_v2_body(body)
             else:
-                message = (
-                    f"the request could not be decoded: {type(exc).__name__}: {exc}"
-                )
+                message = f"the request could not be decoded: {type(exc).__name__}: {exc}"
             await self._reply(send, 400, message[:2000])
 
     @staticmethod
@@ -318,11 +304,7 @@ class _V2Body:
 
     @classmethod
     def parse(cls, doc) -> _V2Body | None:
-        if (
-            type(doc) is not dict
-            or set(doc) - {"inputs", "id", "parameters"}
-            or type(doc.get("inputs")) is not list
-        ):
+        if type(doc) is not dict or set(doc) - {"inputs", "id", "parameters"} or type(doc.get("inputs")) is not list:
             return None
         rid = doc.get("id")
         if rid is not None and type(rid) is not str:
@@ -404,9 +386,5 @@ class FastLane:
         rid = request_id_from(headers) or v2_id or new_request_id()
         self.answered.inc()
         response_headers: dict[str, str] = {}
-        result = await p.predict(
-            Decoded(rows, protocol, rid, v2_id), headers, response_headers
-        )
-        return (
-            result if isinstance(result, bytes) else orjson.dumps(result)
-        ), response_headers
+        result = await p.predict(Decoded(rows, protocol, rid, v2_id), headers, response_headers)
+        return (result if isinstance(result, bytes) else orjson.dumps(result)), response_headers

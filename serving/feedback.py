@@ -42,11 +42,7 @@ class InvalidFeedback(KfreleaseError):
 
 
 def _now() -> str:
-    return (
-        dt.datetime.now(dt.UTC)
-        .isoformat(timespec="microseconds")
-        .replace("+00:00", "Z")
-    )
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _finite(value, where: str) -> float:
@@ -63,9 +59,7 @@ def _finite(value, where: str) -> float:
 def feedback_record(doc, default_model: str | None, where: str = "the record") -> dict:
     """Check one ``{"request_id", "truth"[, "model", "time"]}`` object; returns the line to store."""
     if not isinstance(doc, dict):
-        raise InvalidFeedback(
-            f"{where} must be a JSON object with request_id and truth"
-        )
+        raise InvalidFeedback(f"{where} must be a JSON object with request_id and truth")
     unknown = sorted(set(doc) - {"request_id", "truth", "model", "time"})
     if unknown:
         raise InvalidFeedback(
@@ -73,17 +67,13 @@ def feedback_record(doc, default_model: str | None, where: str = "the record") -
         )
     rid = doc.get("request_id")
     if not isinstance(rid, str) or not rid.strip() or len(rid) > 200:
-        raise InvalidFeedback(
-            f"{where}: request_id must be a non-empty string (the x-request-id of the prediction)"
-        )
+        raise InvalidFeedback(f"{where}: request_id must be a non-empty string (the x-request-id of the prediction)")
     if "truth" not in doc:
         raise InvalidFeedback(f"{where} has no truth value")
     truth = doc["truth"]
     if isinstance(truth, list):
         if not truth or len(truth) > MAX_TRUTH_VALUES:
-            raise InvalidFeedback(
-                f"{where}: truth must hold 1 to {MAX_TRUTH_VALUES} values, one per instance"
-            )
+            raise InvalidFeedback(f"{where}: truth must hold 1 to {MAX_TRUTH_VALUES} values, one per instance")
         truth = [_finite(v, f"{where}: truth[{i}]") for i, v in enumerate(truth)]
     else:
         truth = _finite(truth, f"{where}: truth")
@@ -99,9 +89,7 @@ def feedback_record(doc, default_model: str | None, where: str = "the record") -
         try:
             when = pd.Timestamp(when).isoformat()
         except (ValueError, TypeError):
-            raise InvalidFeedback(
-                f"{where}: time {when!r} is not an ISO timestamp"
-            ) from None
+            raise InvalidFeedback(f"{where}: time {when!r} is not an ISO timestamp") from None
     return {"request_id": rid, "truth": truth, "time": when or _now(), "model": model}
 
 
@@ -109,18 +97,13 @@ def write_feedback(store: ObjectStore, model: str, records: list[dict]) -> str:
     """Write checked records as Parquet batches (for bulk labels); returns the key of the first."""
     from kfrelease.lake.write import write_records
 
-    lines = [
-        feedback_record({**r, "model": model}, model, f"record {i}")
-        for i, r in enumerate(records)
-    ]
+    lines = [feedback_record({**r, "model": model}, model, f"record {i}") for i, r in enumerate(records)]
     if not lines:
         raise InvalidFeedback("no feedback records to write")
     return write_records(store, BUCKET, model, lines, origin=f"bulk:{uuid.uuid4()}")[0]
 
 
-def read_feedback(
-    store: ObjectStore, model: str, since=None, until=None
-) -> pd.DataFrame:
+def read_feedback(store: ObjectStore, model: str, since=None, until=None) -> pd.DataFrame:
     """Ground truth of ``model``: ``request_id, instance, truth, time`` (one row per instance value). A
     request labelled twice keeps both rows; ``kfrelease.lake.latest_truth`` keeps the latest."""
     return read_labels(store, model, since, until)
@@ -142,9 +125,7 @@ def create_app(writer: BatchWriter, default_model: str):
     async def post(request):
         body = await request.body()
         if len(body) > max_body:
-            return JSONResponse(
-                {"error": f"body is {len(body)} bytes; the limit is {max_body}"}, 413
-            )
+            return JSONResponse({"error": f"body is {len(body)} bytes; the limit is {max_body}"}, 413)
         try:
             try:
                 doc = orjson.loads(body)
@@ -167,9 +148,7 @@ def create_app(writer: BatchWriter, default_model: str):
         try:
             await writer.append([orjson.dumps(x) + b"\n" for x in lines])
         except OSError as exc:
-            return JSONResponse(
-                {"error": f"feedback could not be stored durably: {exc}"}, 503
-            )
+            return JSONResponse({"error": f"feedback could not be stored durably: {exc}"}, 503)
         records_total.labels("stored").inc(len(lines))
         return JSONResponse({"stored": len(lines)}, 200)
 
@@ -177,9 +156,7 @@ def create_app(writer: BatchWriter, default_model: str):
         return JSONResponse({"ok": True, "pending": writer.pending})
 
     async def metrics(_request):
-        return Response(
-            generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
+        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
     return Starlette(
         routes=[
@@ -195,21 +172,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfrelease.storage import store_for
 
-    p = argparse.ArgumentParser(
-        prog="python -m kfrelease.serving.feedback", description="Ground-truth service."
-    )
-    p.add_argument(
-        "--port", type=int, default=None, help="default: the stack's feedback port"
-    )
+    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.feedback", description="Ground-truth service.")
+    p.add_argument("--port", type=int, default=None, help="default: the stack's feedback port")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument(
-        "--model", default=None, help="model of records that name none (default: such records are refused)"
-    )
+    p.add_argument("--model", default=None, help="model of records that name none (default: such records are refused)")
     p.add_argument("--flush-interval", type=float, default=2.0)
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     writer = BatchWriter(
         store_for("serving", settings),

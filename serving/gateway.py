@@ -152,7 +152,9 @@ class ModelRoute:
         ports = {role: [p] if isinstance(p, int) else list(p) for role, p in backends.items()}
         for role in state_roles(state):
             if not ports.get(role):
-                raise GatewayError(f"no backend port for the {role} ({getattr(state, role)}) of {spec.model}; nothing was changed")
+                raise GatewayError(
+                    f"no backend port for the {role} ({getattr(state, role)}) of {spec.model}; nothing was changed"
+                )
         return cls(spec.model, state, effective_mirror_percent(spec, state), ports)
 
     def as_record(self) -> dict:
@@ -172,16 +174,20 @@ _TEMPLATES = jinja2.Environment(
     autoescape=False,  # nginx config, not HTML; every value is checked (names, numbers) before rendering
 )
 
-PROXY_COMMON = """            proxy_http_version 1.1;
+PROXY_COMMON = (
+    """            proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header x-request-id $kf_request_id;
             proxy_set_header ce-id $kf_request_id;
             proxy_connect_timeout 2s;
             proxy_read_timeout 60s;
-""" + RETRY + """
+"""
+    + RETRY
+    + """
             proxy_hide_header x-request-id;
             add_header x-request-id $kf_request_id always;"""
+)
 
 
 def _model_view(i: int, route: ModelRoute) -> dict:
@@ -299,8 +305,6 @@ def install_config(prefix: Path, text: str) -> Path:
     return conf
 
 
-
-
 # --- the gateway as a stack service -----------------------------------------------------------------
 
 
@@ -345,8 +349,11 @@ def _served_generation(url: str) -> str | None:
 
 def wait_generation(settings: Settings, generation: str, timeout: float = RELOAD_TIMEOUT) -> None:
     """Wait until the gateway answers with the config of ``generation`` (a reload is asynchronous)."""
-    polls = Retrying(stop=stop_after_delay(timeout), wait=wait_exponential(multiplier=0.02, exp_base=1.5, max=0.25),
-                     retry=retry_if_result(lambda served: served != generation))
+    polls = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.02, exp_base=1.5, max=0.25),
+        retry=retry_if_result(lambda served: served != generation),
+    )
     try:
         polls(_served_generation, settings.url("gateway", HEALTH_PATH))
     except RetryError as exc:
@@ -366,8 +373,9 @@ def _children(pid: int) -> list[int]:
 def wait_drained(master_pid: int, timeout: float = 60.0) -> None:
     """After a reload, wait until nginx's old workers have finished their in-flight requests and exited,
     so that a model server no longer routed to can be stopped without cutting a request."""
-    polls = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.05),
-                     retry=retry_if_result(lambda workers: len(workers) > 1))  # worker_processes 1
+    polls = Retrying(
+        stop=stop_after_delay(timeout), wait=wait_fixed(0.05), retry=retry_if_result(lambda workers: len(workers) > 1)
+    )  # worker_processes 1
     try:
         polls(_children, master_pid)
     except RetryError:
@@ -507,7 +515,10 @@ class LocalGatewayDriver:
     def _route(self, models: dict[str, dict]) -> None:
         routes = [ModelRoute.from_record(name, m) for name, m in models.items()]
         text = render_nginx_config(
-            routes, listen_port=self.settings.port("gateway"), prefix=self.prefix, client_keepalive=self.client_keepalive
+            routes,
+            listen_port=self.settings.port("gateway"),
+            prefix=self.prefix,
+            client_keepalive=self.client_keepalive,
         )
         self.install(text)
 

@@ -52,7 +52,9 @@ def read_manifest(path: Path) -> dict[str, dict]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise KfreleaseError(f"model-server manifest {path} is unreadable ({exc}); apply the traffic state again") from None
+        raise KfreleaseError(
+            f"model-server manifest {path} is unreadable ({exc}); apply the traffic state again"
+        ) from None
     return dict(doc.get("models", {}))
 
 
@@ -67,8 +69,15 @@ def write_manifest(path: Path, models: dict[str, dict]) -> None:
 class ModelHost:
     """The models of one slot, their fast lanes and loggers; ``sync`` makes them match the manifest."""
 
-    def __init__(self, slot: str, stage: str, manifest: Path, logger_url: str | None, wal_root: Path,
-                 namespace: str = "kfrelease"):
+    def __init__(
+        self,
+        slot: str,
+        stage: str,
+        manifest: Path,
+        logger_url: str | None,
+        wal_root: Path,
+        namespace: str = "kfrelease",
+    ):
         self.slot, self.stage, self.manifest = slot, stage, manifest
         self.logger_url, self.wal_root, self.namespace = logger_url, wal_root, namespace
         self.predictors: dict[str, object] = {}
@@ -99,8 +108,16 @@ class ModelHost:
         wal = self.wal_root / model / version
         wal.mkdir(parents=True, exist_ok=True)
         (wal / "logger.json").write_text(json.dumps({"model": model, "version": version, "features": features}))
-        return InferenceLogger(url=self.logger_url, wal_dir=wal, model=model, version=version, stage=self.stage,
-                               features=features, namespace=self.namespace, inference_service=model)
+        return InferenceLogger(
+            url=self.logger_url,
+            wal_dir=wal,
+            model=model,
+            version=version,
+            stage=self.stage,
+            features=features,
+            namespace=self.namespace,
+            inference_service=model,
+        )
 
     def drain_orphans(self) -> None:
         """Deliver what a previous run of this server spooled for versions it no longer serves."""
@@ -228,16 +245,23 @@ class HostControl:
         else:
             status, code = {"error": f"{scope['method']} {scope['path']} is not a model-host call"}, 404
         body = orjson.dumps(status)
-        await send({"type": "http.response.start", "status": code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from kfrelease.serving.slots import STAGES
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.host",
-                                description="One model server slot hosting the models its manifest lists.")
+    p = argparse.ArgumentParser(
+        prog="python -m kfrelease.serving.host",
+        description="One model server slot hosting the models its manifest lists.",
+    )
     p.add_argument("--slot", required=True, help="slot name, e.g. predictor-production")
     p.add_argument("--stage", required=True, choices=STAGES)
     p.add_argument("--manifest", required=True, type=Path)
@@ -256,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from kfrelease.serving.fastlane import run_model_server
 
     settings = Settings.from_env()
-    host = ModelHost(args.slot, args.stage, args.manifest, args.logger_url,
-                     settings.service_dir(args.slot) / "log-wal")
+    host = ModelHost(args.slot, args.stage, args.manifest, args.logger_url, settings.service_dir(args.slot) / "log-wal")
     try:
         host.sync()
     except KfreleaseError as exc:
@@ -270,8 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         host.repository = server.registered_models
 
     try:
-        run_model_server(models, args.http_port, "127.0.0.1", fast_lane=host,
-                         middleware=((HostControl, {"host": host}),), on_start=keep)
+        run_model_server(
+            models,
+            args.http_port,
+            "127.0.0.1",
+            fast_lane=host,
+            middleware=((HostControl, {"host": host}),),
+            on_start=keep,
+        )
     finally:
         host.stop()
     return 0

@@ -56,14 +56,27 @@ def manifest_path(settings: Settings, slot: ServerSlot) -> Path:
 def default_host_command(settings: Settings) -> HostCommand:
     def command(slot: ServerSlot, manifest: Path, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "kfrelease.serving.host", "--slot", slot.name, "--stage", slot.stage,
-            "--manifest", str(manifest), "--http-port", str(port), "--logger-url", settings.url("logsink", "/"),
+            sys.executable,
+            "-m",
+            "kfrelease.serving.host",
+            "--slot",
+            slot.name,
+            "--stage",
+            slot.stage,
+            "--manifest",
+            str(manifest),
+            "--http-port",
+            str(port),
+            "--logger-url",
+            settings.url("logsink", "/"),
         ]
 
     return command
 
 
-def host_service(settings: Settings, slot: ServerSlot, command: HostCommand, env: dict[str, str] | None = None) -> Service:
+def host_service(
+    settings: Settings, slot: ServerSlot, command: HostCommand, env: dict[str, str] | None = None
+) -> Service:
     argv = command(slot, manifest_path(settings, slot), slot.port(settings))
     return Service(
         name=slot.name,
@@ -111,7 +124,9 @@ class ModelServers:
         try:
             self._sync(slot)
             if not self._serves(slot, model, version):
-                raise ModelServerError(f"{slot.name} did not load {model} {version}; see {self.settings.log_dir / (slot.name + '.log')}")
+                raise ModelServerError(
+                    f"{slot.name} did not load {model} {version}; see {self.settings.log_dir / (slot.name + '.log')}"
+                )
         except BaseException:
             write_manifest(path, before)
             if before:

@@ -66,11 +66,7 @@ def event_headers(attributes: dict) -> dict[str, str]:
 
 
 def _now_iso() -> str:
-    return (
-        dt.datetime.now(dt.UTC)
-        .isoformat(timespec="microseconds")
-        .replace("+00:00", "Z")
-    )
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class InferenceLogger:
@@ -95,18 +91,20 @@ class InferenceLogger:
         self.max_buffer = max_buffer
         self.max_wal_bytes = max_wal_bytes
         self.timeout = timeout
-        self.base_headers = event_headers({
-            "type": REQUEST_TYPE,
-            "source": f"http://kfrelease/{namespace}/{inference_service or model}/{stage}",
-            "inferenceservicename": inference_service or model,
-            "namespace": namespace,
-            "component": component,
-            "endpoint": "canary" if stage == "canary" else "default",
-            "model": model,
-            "modelversion": version,
-            "stage": stage,
-            "features": ",".join(features),
-        })
+        self.base_headers = event_headers(
+            {
+                "type": REQUEST_TYPE,
+                "source": f"http://kfrelease/{namespace}/{inference_service or model}/{stage}",
+                "inferenceservicename": inference_service or model,
+                "namespace": namespace,
+                "component": component,
+                "endpoint": "canary" if stage == "canary" else "default",
+                "model": model,
+                "modelversion": version,
+                "stage": stage,
+                "features": ",".join(features),
+            }
+        )
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -147,9 +145,7 @@ class InferenceLogger:
         self._wal_pending = sum(self._count_lines(p) for p in existing)
         self._wal_bytes = self._disk_bytes()
         self._client = httpx.Client(timeout=self.timeout)
-        self._thread = threading.Thread(
-            target=self._run, name="inference-logger", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -174,9 +170,7 @@ class InferenceLogger:
                 if not self._queue or time.monotonic() > deadline:
                     self._spool_queue()
                     return
-            if not self._queue and not (
-                self._wal_pending and time.monotonic() >= self._retry_at
-            ):
+            if not self._queue and not (self._wal_pending and time.monotonic() >= self._retry_at):
                 idle = 1.0 if not self._wal_pending else min(1.0, self._retry_at - time.monotonic())
                 self._wake.wait(timeout=max(0.05, idle))
                 self._wake.clear()
@@ -186,11 +180,7 @@ class InferenceLogger:
                 while self._queue:
                     item = self._queue.popleft()
                     for event in self._events(*item):
-                        if (
-                            self._wal_pending
-                            or time.monotonic() < self._retry_at
-                            or not self._post(event)
-                        ):
+                        if self._wal_pending or time.monotonic() < self._retry_at or not self._post(event):
                             self._spool(event)
                     if self._wal_pending and time.monotonic() >= self._retry_at:
                         break  # the sink may be back: replay before sending newer events
@@ -240,9 +230,7 @@ class InferenceLogger:
                 self._dropped.inc()
                 return True
             if not ok:
-                log.warning(
-                    "log sink answered %s: %s", resp.status_code, resp.text[:200]
-                )
+                log.warning("log sink answered %s: %s", resp.status_code, resp.text[:200])
         except httpx.HTTPError as exc:
             log.warning(
                 "log sink %s unreachable (%s); spooling to %s",

@@ -53,8 +53,15 @@ log = logging.getLogger(__name__)
 class RegressionPredictor(Model):
     """One model version. ``load()`` reads the folder; ``preprocess()`` checks; ``predict()`` answers."""
 
-    def __init__(self, name: str, model_dir: Path, stage: str = "production", logger=None, cache=None,
-                 max_instances: int = DEFAULT_MAX_INSTANCES):
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        stage: str = "production",
+        logger=None,
+        cache=None,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+    ):
         super().__init__(name, return_response_headers=True)
         self.model_dir = Path(model_dir)
         self.stage = stage
@@ -98,8 +105,9 @@ class RegressionPredictor(Model):
     async def predict(self, payload: Decoded, headers=None, response_headers=None):
         started = time.perf_counter()
         try:
-            predictions = self._predict_cached(payload.rows) if self.cache is not None else \
-                self.model.predict(payload.rows)
+            predictions = (
+                self._predict_cached(payload.rows) if self.cache is not None else self.model.predict(payload.rows)
+            )
         except Exception:
             self.metrics.error[payload.protocol].inc()  # answered 500 by kserve: the canary's error rate
             raise
@@ -114,14 +122,17 @@ class RegressionPredictor(Model):
             return {"predictions": values, "model_name": self.name, "model_version": self.model.version}
         # An Open Inference Protocol response serialized here: kserve's v2 endpoint sends bytes as they are,
         # which skips a pydantic round trip per request.
-        return orjson.dumps({
-            "model_name": self.name,
-            "model_version": self.model.version,
-            "id": payload.v2_id or payload.request_id,
-            "parameters": None,
-            "outputs": [{"name": "predict", "shape": [len(values)], "datatype": "FP64", "parameters": None,
-                         "data": values}],
-        })
+        return orjson.dumps(
+            {
+                "model_name": self.name,
+                "model_version": self.model.version,
+                "id": payload.v2_id or payload.request_id,
+                "parameters": None,
+                "outputs": [
+                    {"name": "predict", "shape": [len(values)], "datatype": "FP64", "parameters": None, "data": values}
+                ],
+            }
+        )
 
     def _predict_cached(self, rows: np.ndarray) -> np.ndarray:
         found = self.cache.get_many(rows)
@@ -144,10 +155,15 @@ class RegressionPredictor(Model):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.predictor",
-                                description="Serve one registered regression model version with KServe's ModelServer.")
-    p.add_argument("--model-dir", required=True,
-                   help="model directory, /mnt/models (ModelCar) or s3://models/artifacts/<model>/<V>/")
+    p = argparse.ArgumentParser(
+        prog="python -m kfrelease.serving.predictor",
+        description="Serve one registered regression model version with KServe's ModelServer.",
+    )
+    p.add_argument(
+        "--model-dir",
+        required=True,
+        help="model directory, /mnt/models (ModelCar) or s3://models/artifacts/<model>/<V>/",
+    )
     p.add_argument("--name", required=True, help="model name (the URL's /v1/models/<name>)")
     p.add_argument("--stage", default="production", choices=STAGES)
     p.add_argument("--http-port", type=int, default=8080)
@@ -156,11 +172,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="off (default), lru, lru:N or redis://host:port/db")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
-    p.add_argument("--no-fast-lane", action="store_true",
-                   help="answer every request through kserve's FastAPI routes (slower; same answers)")
+    p.add_argument(
+        "--no-fast-lane",
+        action="store_true",
+        help="answer every request through kserve's FastAPI routes (slower; same answers)",
+    )
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kfrelease"))
-    p.add_argument("--inference-service", default=None,
-                   help="InferenceService name in log events (default: the model name)")
+    p.add_argument(
+        "--inference-service", default=None, help="InferenceService name in log events (default: the model name)"
+    )
     return p.parse_args(argv)
 
 
@@ -171,8 +191,9 @@ def build(args: argparse.Namespace) -> RegressionPredictor:
     from kfrelease.serving.model_files import resolve_model_dir
 
     settings = Settings.from_env()
-    predictor = RegressionPredictor(args.name, resolve_model_dir(args.model_dir, settings), stage=args.stage,
-                                    max_instances=args.max_instances)
+    predictor = RegressionPredictor(
+        args.name, resolve_model_dir(args.model_dir, settings), stage=args.stage, max_instances=args.max_instances
+    )
     predictor.load()
     loaded = predictor.model
     if args.logger_url:
@@ -193,8 +214,13 @@ def build(args: argparse.Namespace) -> RegressionPredictor:
     return predictor
 
 
-def serve(predictor: RegressionPredictor, http_port: int, host: str = "127.0.0.1",
-          max_body: int = DEFAULT_MAX_BODY_BYTES, fast_lane: bool = True) -> None:
+def serve(
+    predictor: RegressionPredictor,
+    http_port: int,
+    host: str = "127.0.0.1",
+    max_body: int = DEFAULT_MAX_BODY_BYTES,
+    fast_lane: bool = True,
+) -> None:
     """Run KServe's ModelServer (REST only, one worker) for ``predictor`` on ``host:http_port``."""
     try:
         run_model_server([predictor], http_port, host, max_body, FastLane(predictor) if fast_lane else None)

@@ -43,14 +43,16 @@ def predictor_argv(
 
 
 def logsink_service(settings: Settings) -> Service:
-    return python_service(settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60,
-                          restart=True)
+    return python_service(
+        settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60, restart=True
+    )
 
 
 def feedback_service(settings: Settings, model: str | None = None) -> Service:
     args = ("--model", model) if model else ()
-    return python_service(settings, "feedback", "kfrelease.serving.feedback", *args, group="serving",
-                          startup_timeout=60, restart=True)
+    return python_service(
+        settings, "feedback", "kfrelease.serving.feedback", *args, group="serving", startup_timeout=60, restart=True
+    )
 
 
 def predictor_service(

@@ -59,9 +59,7 @@ EVENTS = Counter(
     "CloudEvents received, by result (written, duplicate, invalid).",
     ["result"],
 )
-UPLOADED = Counter(
-    "kfrelease_logsink_uploaded_events", "Events written to the object store."
-)
+UPLOADED = Counter("kfrelease_logsink_uploaded_events", "Events written to the object store.")
 PENDING = Gauge(
     "kfrelease_logsink_pending_events",
     "Events acknowledged but not yet in the object store.",
@@ -88,9 +86,7 @@ def _stage(headers: dict, isvc: str) -> str:
     return "staging" if isvc.endswith(("-staging", "-shadow")) else "production"
 
 
-def _instances(
-    data, features: list[str] | None
-) -> tuple[list | None, list[str] | None]:
+def _instances(data, features: list[str] | None) -> tuple[list | None, list[str] | None]:
     """Instances as lists in feature order, from a v1 or v2 request body."""
     if not isinstance(data, dict):
         return None, features
@@ -178,9 +174,7 @@ def line_from_event(event: CloudEvent) -> dict:
     headers = {f"ce-{k}": v for k, v in attrs.items() if isinstance(v, str)}
     kind = TYPES.get(headers["ce-type"])
     if kind is None:
-        raise InvalidEvent(
-            f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}"
-        )
+        raise InvalidEvent(f"ce-type {headers['ce-type']!r} is not an inference event; expected one of {sorted(TYPES)}")
     data = event.data
     try:
         data = orjson.loads(data) if isinstance(data, (bytes, str)) and data else (data or None)
@@ -200,23 +194,18 @@ def line_from_event(event: CloudEvent) -> dict:
     if not model and isinstance(data, dict):
         model = str(data.get("model_name") or "")
     if not model or "/" in model or model.startswith("."):
-        raise InvalidEvent(
-            "the event names no usable model (ce-model or ce-inferenceservicename)"
-        )
+        raise InvalidEvent("the event names no usable model (ce-model or ce-inferenceservicename)")
     when = headers.get("ce-time")
     if when:
         try:
             parse_time(when)
         except ValueError:
             raise InvalidEvent(f"ce-time {when!r} is not an RFC 3339 timestamp") from None
-    version = headers.get("ce-modelversion") or (
-        data.get("model_version") if isinstance(data, dict) else None
-    )
+    version = headers.get("ce-modelversion") or (data.get("model_version") if isinstance(data, dict) else None)
     line = {
         "id": headers["ce-id"],
         "type": kind,
-        "time": headers.get("ce-time")
-        or dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "time": headers.get("ce-time") or dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
         "source": headers["ce-source"],
         "model": model,
         "model_version": version,
@@ -236,9 +225,7 @@ def line_from_event(event: CloudEvent) -> dict:
             line["features"] = features
     else:
         line["predictions"] = _predictions(data)
-    if (
-        line.get("instances") if kind == "request" else line.get("predictions")
-    ) is None:
+    if (line.get("instances") if kind == "request" else line.get("predictions")) is None:
         line["data"] = data  # kept as sent; readers skip it
     return line
 
@@ -354,11 +341,7 @@ class Uploader(threading.Thread):
         """Rotate the open segment if due and upload every closed one; True if nothing is left."""
         w = self.writer
         wal = w.wal
-        if wal.fh is not None and (
-            force
-            or wal.age() >= self.interval
-            or wal.current_events >= w.max_segment_events
-        ):
+        if wal.fh is not None and (force or wal.age() >= self.interval or wal.current_events >= w.max_segment_events):
             wal.rotate()
         for segment in wal.closed_segments():
             try:
@@ -509,9 +492,7 @@ class LogSink:
         self.dedup_window = dedup_window
         self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         n = 0
-        for (
-            line
-        ) in self.writer.existing_lines():  # not yet uploaded: remember their keys
+        for line in self.writer.existing_lines():  # not yet uploaded: remember their keys
             if {"source", "id", "type"} <= set(line):
                 self._remember(event_key(line))
                 n += 1
@@ -574,18 +555,14 @@ def create_app(sink: LogSink):
             result = await sink.accept(lines)
         except OSError as exc:
             log.error("write-ahead file not writable: %s", exc)
-            return JSONResponse(
-                {"error": f"the sink could not store the event durably: {exc}"}, 503
-            )
+            return JSONResponse({"error": f"the sink could not store the event durably: {exc}"}, 503)
         return JSONResponse(result, 200)
 
     async def health(_request):
         return JSONResponse({"ok": True, "pending": sink.pending})
 
     async def metrics(_request):
-        return Response(
-            generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
+        return Response(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
     return Starlette(
         routes=[
@@ -599,12 +576,8 @@ def create_app(sink: LogSink):
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    p = argparse.ArgumentParser(
-        prog="python -m kfrelease.serving.sink", description="Prediction-log sink."
-    )
-    p.add_argument(
-        "--port", type=int, default=None, help="default: the stack's logsink port"
-    )
+    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.sink", description="Prediction-log sink.")
+    p.add_argument("--port", type=int, default=None, help="default: the stack's logsink port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
         "--flush-interval",
@@ -613,9 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between uploads of the WAL",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     sink = LogSink(settings, flush_interval=args.flush_interval)
     sink.writer.start()

@@ -78,7 +78,9 @@ def slots_for(role: str, replicas: int) -> list[ServerSlot]:
     """The servers that play ``role`` for a model with ``replicas`` replicas (the shadow always has one)."""
     stage = ROLE_STAGE[role]
     if not 1 <= replicas <= MAX_REPLICAS:
-        raise ConfigError(f"replicas {replicas} is outside 1..{MAX_REPLICAS}; set serving.min_replicas in the rollout spec")
+        raise ConfigError(
+            f"replicas {replicas} is outside 1..{MAX_REPLICAS}; set serving.min_replicas in the rollout spec"
+        )
     return [ServerSlot(stage, r) for r in range(1 if role == "shadow" else replicas)]
 
 

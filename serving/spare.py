@@ -134,8 +134,9 @@ def serve(name: str) -> None:
                 pass  # the asker left (a readiness probe does)
 
 
-def ask(name: str, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path,
-        timeout: float = 5.0) -> ForkedProcess:
+def ask(
+    name: str, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, timeout: float = 5.0
+) -> ForkedProcess:
     """Have the spare called ``name`` start ``argv``; the new process (OSError/ValueError if it cannot)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

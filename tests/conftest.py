@@ -53,8 +53,12 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     ``KFRELEASE_NEWDATA_POLL_SECONDS=0``: the receiver service does not poll for new curated data (on by
     default on the stack), so publishing data never starts a retrain behind a test's back."""
     home = tmp_path_factory.mktemp("kfrelease-home")
-    env = {"KFRELEASE_HOME": str(home), "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-           "KFRELEASE_AUTO_RELEASE": "0", "KFRELEASE_NEWDATA_POLL_SECONDS": "0"}
+    env = {
+        "KFRELEASE_HOME": str(home),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+        "KFRELEASE_AUTO_RELEASE": "0",
+        "KFRELEASE_NEWDATA_POLL_SECONDS": "0",
+    }
     for key in [k for k in os.environ if k.startswith("KFRELEASE_") and k not in env]:
         del os.environ[key]
     os.environ.update(env)

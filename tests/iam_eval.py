@@ -27,7 +27,9 @@ def allowed(doc: dict, bucket: str, action: str, key: str = "some/key") -> bool:
         assert set(st) <= {"Sid", "Effect", "Action", "Resource"}, f"unsupported statement keys {set(st)}"
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
         resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-        if any(fnmatch.fnmatchcase(api, a) for a in actions) and any(fnmatch.fnmatchcase(resource, r) for r in resources):
+        if any(fnmatch.fnmatchcase(api, a) for a in actions) and any(
+            fnmatch.fnmatchcase(resource, r) for r in resources
+        ):
             if st["Effect"] == "Deny":
                 return False
             verdict = True

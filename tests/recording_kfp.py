@@ -48,7 +48,9 @@ class RecordingKfpApi(BaseHTTPRequestHandler):
     @classmethod
     def posted_headers(cls, path: str) -> list[dict]:
         """Headers (lower-case names) of the POSTs to ``path``."""
-        return [{k.lower(): v for k, v in h.items()} for method, p, h in cls.headers_seen if (method, p) == ("POST", path)]
+        return [
+            {k.lower(): v for k, v in h.items()} for method, p, h in cls.headers_seen if (method, p) == ("POST", path)
+        ]
 
 
 @contextmanager

@@ -48,8 +48,9 @@ def test_a_wrong_secret_is_refused_with_a_clear_message(stack):
 
     good = load_credentials(stack, "data-engineer")
     bad = Credentials("data-engineer", good.access_key, good.secret_key[::-1])
-    client = Minio(stack.s3_address, access_key=bad.access_key, secret_key=bad.secret_key, secure=False,
-                   http_client=_http_client())
+    client = Minio(
+        stack.s3_address, access_key=bad.access_key, secret_key=bad.secret_key, secure=False, http_client=_http_client()
+    )
     store = ObjectStore(client, "data-engineer", stack)
     with pytest.raises(AccessDenied, match="refused the credentials of role 'data-engineer'.*SignatureDoesNotMatch"):
         store.list("raw")

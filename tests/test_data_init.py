@@ -45,8 +45,14 @@ def test_the_inferred_spec_declares_what_the_data_shows_and_accepts_its_file(tmp
     assert spec.name == "friedman" and spec.source_prefix == "friedman/" and spec.id_column == "row_id"
     assert spec.column_names == list(df.columns)
     dtypes = {c.name: c.dtype for c in spec.columns}
-    assert dtypes == {"row_id": "int64", **{f"x{i}": "float64" for i in range(10)}, "y": "float64",
-                      "site": "string", "checked": "bool", "seen": "datetime64[ns]"}
+    assert dtypes == {
+        "row_id": "int64",
+        **{f"x{i}": "float64" for i in range(10)},
+        "y": "float64",
+        "site": "string",
+        "checked": "bool",
+        "seen": "datetime64[ns]",
+    }
     assert spec.column("row_id").unique and (spec.column("row_id").min, spec.column("row_id").max) == (1, 200)
     assert spec.column("x2").nullable and not spec.column("x0").nullable
     y = spec.column("y")

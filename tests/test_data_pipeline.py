@@ -15,8 +15,22 @@ from kfrelease.storage import store_for
 
 pytestmark = pytest.mark.integration
 
-MANIFEST_FIELDS = {"dataset", "version", "content_sha256", "row_count", "columns", "schema", "sources", "data_key",
-                   "data_etag", "code", "run_id", "published_at", "previous_version", "features_step"}
+MANIFEST_FIELDS = {
+    "dataset",
+    "version",
+    "content_sha256",
+    "row_count",
+    "columns",
+    "schema",
+    "sources",
+    "data_key",
+    "data_etag",
+    "code",
+    "run_id",
+    "published_at",
+    "previous_version",
+    "features_step",
+}
 
 
 @pytest.fixture
@@ -58,7 +72,10 @@ def test_publish_then_new_batch_gives_a_new_version(dataset, run_cli):
     assert len(versions) == 2 and latest == versions[1] != v1
     manifest = get_version(store_for("data-scientist"), spec.name).manifest
     assert manifest["row_count"] == 400 and manifest["previous_version"] == v1
-    assert [s["key"] for s in manifest["sources"]] == [f"{spec.source_prefix}batch-1.csv", f"{spec.source_prefix}batch-2.csv"]
+    assert [s["key"] for s in manifest["sources"]] == [
+        f"{spec.source_prefix}batch-1.csv",
+        f"{spec.source_prefix}batch-2.csv",
+    ]
     assert all(s["etag"] for s in manifest["sources"])
 
     listing = run_cli("data", "versions", "--dataset", spec.name, check=True).stdout  # by name: the stored spec
@@ -165,7 +182,7 @@ def test_quarantine_publishes_the_valid_rows_and_keeps_the_rest_beside_them(data
     bad = demo_batches()[0].copy()
     bad.loc[3, "bmi"] = 900.0
     lines = bad.to_csv(index=False).splitlines()
-    lines[10] = "2.5" + lines[10][lines[10].index(","):]
+    lines[10] = "2.5" + lines[10][lines[10].index(",") :]
     key = f"{spec.source_prefix}batch-1.csv"
     store_for("data-engineer").put_bytes("raw", key, ("\n".join(lines) + "\n").encode())
     out = run_cli("data", "publish", "--dataset", path, check=True).stdout
@@ -174,11 +191,15 @@ def test_quarantine_publishes_the_valid_rows_and_keeps_the_rest_beside_them(data
     df, dv = load_dataset(reader, spec.name)
     assert dv.manifest["row_count"] == 248 and dv.manifest["quarantined_count"] == 2
     assert dv.manifest["on_invalid"] == "quarantine"
-    assert sorted(df["patient_id"]) == sorted(set(bad["patient_id"]) - {bad.loc[3, "patient_id"], bad.loc[9, "patient_id"]})
+    assert sorted(df["patient_id"]) == sorted(
+        set(bad["patient_id"]) - {bad.loc[3, "patient_id"], bad.loc[9, "patient_id"]}
+    )
     q = load_quarantine(reader, spec.name)
     assert q["line"].tolist() == [5, 11] and (q["source"] == f"s3://raw/{key}").all()
-    assert q["reason"].tolist() == ["column 'bmi': above the maximum 70 (value '900.0')",
-                                    "column 'patient_id': not a whole number (expected int64) (value '2.5')"]
+    assert q["reason"].tolist() == [
+        "column 'bmi': above the maximum 70 (value '900.0')",
+        "column 'patient_id': not a whole number (expected int64) (value '2.5')",
+    ]
 
 
 def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path):
@@ -204,10 +225,20 @@ def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path)
     joblib.dump(model, buf)
     reg = ModelRegistry(store_for("pipeline"))
     name = f"evolution-{uuid.uuid4().hex[:6]}"
-    mv = reg.register(name=name, tag=1, spec_fingerprint="f" * 64, dataset=spec.name, dataset_version=dv1.version,
-                      commit="c" * 40, run_id="test", metrics={}, verdict={"passed": True, "reasons": []},
-                      input_schema=[{"name": f, "dtype": "float64"} for f in features], target="progression",
-                      model_bytes=buf.getvalue()).version
+    mv = reg.register(
+        name=name,
+        tag=1,
+        spec_fingerprint="f" * 64,
+        dataset=spec.name,
+        dataset_version=dv1.version,
+        commit="c" * 40,
+        run_id="test",
+        metrics={},
+        verdict={"passed": True, "reasons": []},
+        input_schema=[{"name": f, "dtype": "float64"} for f in features],
+        target="progression",
+        model_bytes=buf.getvalue(),
+    ).version
     reg.set_stage(name, mv.version, "production", "test", "production model of this test")
 
     def add_optional(d):
@@ -224,17 +255,30 @@ def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path)
 
     before = state(spec)
     without = upload(spec, 3, demo_batches()[1].drop(columns=["bmi"]))  # a new source without the column
-    removed = run_cli("data", "publish", "--dataset", spec_file(tmp_path, spec, "removed",
-                                                                  lambda d: (d["columns"].pop("bmi"), d.pop("features"))),
-                      "--source", without)
+    removed = run_cli(
+        "data",
+        "publish",
+        "--dataset",
+        spec_file(tmp_path, spec, "removed", lambda d: (d["columns"].pop("bmi"), d.pop("features"))),
+        "--source",
+        without,
+    )
     assert removed.returncode == 1
     assert f"production model {name} {mv.version} uses column 'bmi', which this version removes" in removed.stderr
 
     def retype(d):
         d["columns"]["age"] = {"dtype": "int64", "nullable": False, "min": 0, "max": 120}
 
-    retyped = run_cli("data", "publish", "--dataset", spec_file(tmp_path, spec, "retyped", retype),
-                      "--source", f"{spec.source_prefix}batch-1.csv", "--source", f"{spec.source_prefix}batch-2.csv")
+    retyped = run_cli(
+        "data",
+        "publish",
+        "--dataset",
+        spec_file(tmp_path, spec, "retyped", retype),
+        "--source",
+        f"{spec.source_prefix}batch-1.csv",
+        "--source",
+        f"{spec.source_prefix}batch-2.csv",
+    )
     assert retyped.returncode == 1
     assert f"production model {name} {mv.version} was trained on column 'age' as float64" in retyped.stderr
     assert state(spec) == before  # nothing was published either time

@@ -115,7 +115,7 @@ def check_text(text: str, spec=SPEC) -> DataValidationError:
 
 def test_a_fraction_in_an_integer_column_is_refused_not_truncated():
     lines = csv_text(good_csv()).splitlines()
-    lines[5] = "2.5" + lines[5][lines[5].index(","):]  # patient_id of data row 5 (file line 6)
+    lines[5] = "2.5" + lines[5][lines[5].index(",") :]  # patient_id of data row 5 (file line 6)
     err = str(check_text("\n".join(lines) + "\n"))
     assert "column 'patient_id': not a whole number (expected int64): 1 row(s) of 60" in err
     assert f"{WHERE} line 6 (value '2.5')" in err
@@ -123,14 +123,16 @@ def test_a_fraction_in_an_integer_column_is_refused_not_truncated():
 
 def test_an_integer_beyond_int64_is_refused():
     lines = csv_text(good_csv()).splitlines()
-    lines[3] = "9223372036854775808" + lines[3][lines[3].index(","):]
+    lines[3] = "9223372036854775808" + lines[3][lines[3].index(",") :]
     err = str(check_text("\n".join(lines) + "\n"))
-    assert "column 'patient_id': out of the int64 range" in err and f"{WHERE} line 4 (value '9223372036854775808')" in err
+    assert (
+        "column 'patient_id': out of the int64 range" in err and f"{WHERE} line 4 (value '9223372036854775808')" in err
+    )
 
 
 def test_a_whole_number_written_as_a_decimal_converts_exactly():
     lines = csv_text(good_csv()).splitlines()
-    lines[1] = "7001.0" + lines[1][lines[1].index(","):]
+    lines[1] = "7001.0" + lines[1][lines[1].index(",") :]
     out = validate(read_source(("\n".join(lines) + "\n").encode(), WHERE), SPEC).valid
     assert out["patient_id"].dtype == "int64" and out["patient_id"].iloc[0] == 7001
 
@@ -145,8 +147,9 @@ def test_a_fraction_in_an_integer_parquet_column_is_refused():
 
 
 def test_a_date_that_does_not_parse_is_refused():
-    spec = parse_spec("name: visits\nsource: {prefix: visits}\ncolumns:\n  id: {dtype: int64}\n"
-                      "  seen: {dtype: 'datetime64[ns]'}\n")
+    spec = parse_spec(
+        "name: visits\nsource: {prefix: visits}\ncolumns:\n  id: {dtype: int64}\n  seen: {dtype: 'datetime64[ns]'}\n"
+    )
     err = str(check_text("id,seen\n1,2024-03-01\n2,2024-02-30\n3,2024-03-02T10:00:00\n4,yesterday\n", spec))
     assert "column 'seen': not a date/time" in err and "2 row(s) of 4" in err
     assert f"{WHERE} line 3 (value '2024-02-30'); {WHERE} line 5 (value 'yesterday')" in err
@@ -162,8 +165,10 @@ def test_ragged_lines_are_reported_as_such_in_line_order():
     err = check_text("\n".join(lines) + "\n")
     text = str(err)
     assert "wrong number of fields (ragged line): 4 row(s) of 60" in text
-    assert (f"{WHERE} line 13 (13 fields, expected 12); {WHERE} line 31 (13 fields, expected 12); "
-            f"{WHERE} line 41 (10 fields, expected 12); {WHERE} line 51 (13 fields, expected 12)") in text
+    assert (
+        f"{WHERE} line 13 (13 fields, expected 12); {WHERE} line 31 (13 fields, expected 12); "
+        f"{WHERE} line 41 (10 fields, expected 12); {WHERE} line 51 (13 fields, expected 12)"
+    ) in text
     assert "wrong type" not in text and "missing value" not in text  # a ragged row is not blamed on its values
     assert len(err.violations) == 1
 
@@ -192,7 +197,7 @@ def test_quarantine_keeps_exactly_the_valid_rows_and_says_why_for_the_rest():
     df.loc[11, "patient_id"] = df.loc[12, "patient_id"]  # both rows of the duplicate id are refused
     lines = csv_text(df).splitlines()
     lines[20] += ",extra"
-    lines[30] = "3.5" + lines[30][lines[30].index(","):]
+    lines[30] = "3.5" + lines[30][lines[30].index(",") :]
     checked = validate(read_source(("\n".join(lines) + "\n").encode(), WHERE), quarantining())
     refused = {4, 7, 11, 12, 19, 29}  # data rows (0-based); file line = row + 2
     expected = df.drop(index=sorted(refused)).reset_index(drop=True)
@@ -228,8 +233,8 @@ def test_sources_that_differ_in_a_refused_value_get_different_version_ids():
         return version_digest(checked.valid.drop(columns=["__source", "__line"]), checked.invalid)
 
     lines = csv_text(good_csv()).splitlines()
-    two = "\n".join(lines[:5] + ["2" + lines[5][lines[5].index(","):]] + lines[6:]) + "\n"
-    fraction = "\n".join(lines[:5] + ["2.5" + lines[5][lines[5].index(","):]] + lines[6:]) + "\n"
+    two = "\n".join(lines[:5] + ["2" + lines[5][lines[5].index(",") :]] + lines[6:]) + "\n"
+    fraction = "\n".join(lines[:5] + ["2.5" + lines[5][lines[5].index(",") :]] + lines[6:]) + "\n"
     assert digest(two) != digest(fraction)
     assert digest(two) == digest(two)
 

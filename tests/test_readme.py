@@ -33,16 +33,22 @@ def test_the_readme_and_docs_agree():
 
 
 def test_the_check_command_exits_0_on_the_repository_and_1_naming_the_problem_when_they_disagree(copy):
-    ok = subprocess.run([sys.executable, str(REPO / "scripts" / "readme.py"), "--check"],
-                        capture_output=True, text=True, timeout=60, check=False)
+    ok = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     page = copy / "docs" / "data-scientist.md"
     page.write_text(page.read_text().replace("# Data scientists:", "# Scientists:", 1))
     script = copy / "scripts" / "readme.py"
     script.parent.mkdir()
     shutil.copy(REPO / "scripts" / "readme.py", script)
-    bad = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60,
-                         check=False)
+    bad = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert bad.returncode == 1
     assert "table of documentation pages is not what docs/*.md say" in bad.stderr
 
@@ -53,8 +59,10 @@ def test_a_new_docs_page_not_in_the_readme_fails_the_check(copy):
     assert problems and "not what docs/*.md say" in problems[0]
     (copy / "README.md").write_text(readme.render((copy / "README.md").read_text(), copy))
     assert readme.check(copy) == []
-    assert "[Spec reference](docs/spec-reference.md) | reference | [model.yaml](docs/spec-reference.md#modelyaml)" \
+    assert (
+        "[Spec reference](docs/spec-reference.md) | reference | [model.yaml](docs/spec-reference.md#modelyaml)"
         in (copy / "README.md").read_text()
+    )
 
 
 def test_a_renamed_section_breaks_the_links_to_it_and_the_check_names_each_one(copy):
@@ -73,12 +81,15 @@ def test_a_link_to_a_missing_page_is_reported_with_its_file_and_line(copy):
     assert readme.check(copy) == ["docs/extra.md:3: link to eks.md: eks.md does not exist"]
 
 
-@pytest.mark.parametrize("heading, anchor", [
-    ("`make demo`: what you are watching", "make-demo-what-you-are-watching"),
-    ("Versions `V<tag>.<manual>.<auto>`", "versions-vtagmanualauto"),
-    ("Predictor (`kfrelease.serving.predictor`)", "predictor-kfreleaseservingpredictor"),
-    ("Access policy: one source of truth", "access-policy-one-source-of-truth"),
-])
+@pytest.mark.parametrize(
+    "heading, anchor",
+    [
+        ("`make demo`: what you are watching", "make-demo-what-you-are-watching"),
+        ("Versions `V<tag>.<manual>.<auto>`", "versions-vtagmanualauto"),
+        ("Predictor (`kfrelease.serving.predictor`)", "predictor-kfreleaseservingpredictor"),
+        ("Access policy: one source of truth", "access-policy-one-source-of-truth"),
+    ],
+)
 def test_anchors_are_githubs(heading, anchor):
     assert readme.slug(heading) == anchor
 

@@ -83,7 +83,9 @@ def test_bad_shadow_gates_are_refused(shadow, message):
 
 
 def test_the_shadow_section_is_the_decision_rule():
-    rule = parse_rollout_spec(BASE + "shadow: {margin: 0.05, error_rate: 0.01, min_labelled_samples: 50}\n").shadow.rule()
+    rule = parse_rollout_spec(
+        BASE + "shadow: {margin: 0.05, error_rate: 0.01, min_labelled_samples: 50}\n"
+    ).shadow.rule()
     assert (rule.margin, rule.error_rate, rule.min_samples, rule.loss) == (0.05, 0.01, 50, "squared")
 
 

@@ -52,8 +52,11 @@ def test_values_are_typed_defaulted_and_a_malformed_one_names_the_variable(monke
     assert setting("KFRELEASE_AUTO_RELEASE") is False
     monkeypatch.setenv("KFRELEASE_RETRAIN_CURATE", "")
     assert setting("KFRELEASE_RETRAIN_CURATE") == ""  # here empty means "skip curation"
-    for name, raw in (("KFRELEASE_PORT_OFFSET", "ten"), ("KFRELEASE_S3_SECURE", "maybe"),
-                      ("KFRELEASE_RETRAIN_MIN_INTERVAL", "1h")):
+    for name, raw in (
+        ("KFRELEASE_PORT_OFFSET", "ten"),
+        ("KFRELEASE_S3_SECURE", "maybe"),
+        ("KFRELEASE_RETRAIN_MIN_INTERVAL", "1h"),
+    ):
         monkeypatch.setenv(name, raw)
         with pytest.raises(ConfigError, match=name):
             setting(name)

@@ -42,8 +42,10 @@ def refused(parse, text: str) -> str:
         (DATASET.replace("float64}, y", "float}, y"), "columns.a.dtype 'float' is unknown (did you mean 'float64'?)"),
         (DATASET + "target: yy\n", "target 'yy' is not one of the declared columns (did you mean 'y'?)"),
         ("name: d\n", "missing key(s) source, columns"),
-        (DATASET.replace("{dtype: float64}, y", "{dtype: float64, min: 5, max: 1}, y"),
-         "columns.a: min 5 is above max 1"),
+        (
+            DATASET.replace("{dtype: float64}, y", "{dtype: float64, min: 5, max: 1}, y"),
+            "columns.a: min 5 is above max 1",
+        ),
     ],
 )
 def test_dataset_spec_mistakes_are_named_with_the_fix(text, message):
@@ -54,8 +56,10 @@ def test_dataset_spec_mistakes_are_named_with_the_fix(text, message):
     "text, message",
     [
         (MODEL + RIDGE + "validaton: {}\n", "unknown key 'validaton' (did you mean 'validation'?)"),
-        (MODEL + "estimator: {class: sklearn.linear_model.Ridge, parms: {}}\n",
-         "unknown key 'parms' in estimator (did you mean 'params'?); known: class, params"),
+        (
+            MODEL + "estimator: {class: sklearn.linear_model.Ridge, parms: {}}\n",
+            "unknown key 'parms' in estimator (did you mean 'params'?); known: class, params",
+        ),
         (MODEL + RIDGE + "resources: {cpu: true}\n", "resources.cpu must be text or a number, not True"),
         (MODEL.replace("tag: 1", "tag: '1'") + RIDGE, "tag must be a whole number, not '1'"),
     ],
@@ -67,11 +71,15 @@ def test_model_spec_mistakes_are_named_with_the_fix(text, message):
 @pytest.mark.parametrize(
     "estimator, message",
     [
-        ({"class": "sklearn.linear_model.Ridg"},
-         "unknown estimator 'sklearn.linear_model.Ridg' (did you mean 'sklearn.linear_model.Ridge'?)"),
+        (
+            {"class": "sklearn.linear_model.Ridg"},
+            "unknown estimator 'sklearn.linear_model.Ridg' (did you mean 'sklearn.linear_model.Ridge'?)",
+        ),
         ({"class": "RandomForestRegresor"}, "(did you mean 'sklearn.ensemble.RandomForestRegressor'?)"),
-        ({"class": "sklearn.linear_model.Ridge", "params": {"alpah": 1}},
-         "estimator.params.alpah: sklearn.linear_model.Ridge has no such parameter (did you mean 'alpha'?)"),
+        (
+            {"class": "sklearn.linear_model.Ridge", "params": {"alpah": 1}},
+            "estimator.params.alpah: sklearn.linear_model.Ridge has no such parameter (did you mean 'alpha'?)",
+        ),
     ],
 )
 def test_estimator_classes_and_parameters_get_a_suggestion(estimator, message):
@@ -115,9 +123,13 @@ def test_every_key_of_every_spec_is_described(kind):
 
 @pytest.mark.parametrize(
     "doc, runtime",
-    [(rollout.ShadowDocument, rollout.ShadowSpec), (rollout.CanaryDocument, rollout.CanarySpec),
-     (rollout.RollbackDocument, rollout.RollbackSpec), (rollout.ServingDocument, rollout.ServingSpec),
-     (rollout.CheckDocument, CheckSpec)],
+    [
+        (rollout.ShadowDocument, rollout.ShadowSpec),
+        (rollout.CanaryDocument, rollout.CanarySpec),
+        (rollout.RollbackDocument, rollout.RollbackSpec),
+        (rollout.ServingDocument, rollout.ServingSpec),
+        (rollout.CheckDocument, CheckSpec),
+    ],
 )
 def test_rollout_documents_declare_the_runtime_fields_and_defaults(doc, runtime):
     assert list(doc.model_fields) == [f.name for f in dataclasses.fields(runtime)]
@@ -130,23 +142,27 @@ def test_rollout_documents_declare_the_runtime_fields_and_defaults(doc, runtime)
 def test_committed_json_schemas_are_the_generated_ones(kind):
     committed = ROOT / "schemas" / "specs" / f"{kind}.schema.json"
     assert committed.read_text() == schema_text(kind), (
-        f"run: .venv/bin/kfrelease spec schema {kind} > schemas/specs/{kind}.schema.json")
+        f"run: .venv/bin/kfrelease spec schema {kind} > schemas/specs/{kind}.schema.json"
+    )
     result = CliRunner().invoke(cli, ["spec", "schema", kind])
     assert result.exit_code == 0 and json.loads(result.output)["additionalProperties"] is False
 
 
 def test_committed_spec_reference_is_the_generated_one():
     assert (ROOT / "docs" / "spec-reference.md").read_text() == reference_markdown(), (
-        "run: .venv/bin/kfrelease spec reference > docs/spec-reference.md")
+        "run: .venv/bin/kfrelease spec reference > docs/spec-reference.md"
+    )
 
 
 def test_the_packaged_and_example_specs_validate_against_their_json_schemas():
     import jsonschema
     import yaml
 
-    files = {"dataset": sorted((ROOT / "kfrelease" / "data" / "specs").glob("*.yaml")),
-             "rollout": [ROOT / "kfrelease" / "rollout" / "default.yaml", *ROOT.glob("examples/*/rollout.yaml")],
-             "model": sorted(ROOT.glob("examples/*/model.yaml"))}
+    files = {
+        "dataset": sorted((ROOT / "kfrelease" / "data" / "specs").glob("*.yaml")),
+        "rollout": [ROOT / "kfrelease" / "rollout" / "default.yaml", *ROOT.glob("examples/*/rollout.yaml")],
+        "model": sorted(ROOT.glob("examples/*/model.yaml")),
+    }
     for kind, paths in files.items():
         assert paths, kind
         for path in paths:
@@ -154,17 +170,27 @@ def test_the_packaged_and_example_specs_validate_against_their_json_schemas():
 
 
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(-1, 2, allow_nan=False) | st.sampled_from(
-        ["", "x", "float64", "reject", "squared", "sklearn.linear_model.Ridge", "model.py:build", "a"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "dtype", "prefix", "x"]), inner,
-                                                               max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.floats(-1, 2, allow_nan=False)
+    | st.sampled_from(["", "x", "float64", "reject", "squared", "sklearn.linear_model.Ridge", "model.py:build", "a"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "dtype", "prefix", "x"]), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
 
-@pytest.mark.parametrize("parse, text", [(parse_dataset, DATASET), (parse_model, MODEL + RIDGE),
-                                         (rollout.parse_rollout_spec, "canary: {steps: [50, 100]}\nshadow: {}\n")],
-                         ids=["dataset", "model", "rollout"])
+@pytest.mark.parametrize(
+    "parse, text",
+    [
+        (parse_dataset, DATASET),
+        (parse_model, MODEL + RIDGE),
+        (rollout.parse_rollout_spec, "canary: {steps: [50, 100]}\nshadow: {}\n"),
+    ],
+    ids=["dataset", "model", "rollout"],
+)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_edit_of_a_spec_parses_or_is_refused_in_one_line(parse, text, data):

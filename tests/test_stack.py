@@ -18,8 +18,14 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "kfrelease.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env, "COLUMNS": "200"}, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kfrelease.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "COLUMNS": "200"},
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -65,9 +71,12 @@ def test_port_taken_by_another_program_is_explained(stack, tmp_path):
 
 def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
     settings = Settings(home=tmp_path, port_offset=free_port_offset())
-    svc = Service(name="broken", port=settings.port("gateway"),
-                  command=[sys.executable, "-c", "import sys; print('config is bad: no listen'); sys.exit(3)"],
-                  startup_timeout=20)
+    svc = Service(
+        name="broken",
+        port=settings.port("gateway"),
+        command=[sys.executable, "-c", "import sys; print('config is bad: no listen'); sys.exit(3)"],
+        startup_timeout=20,
+    )
     with pytest.raises(StackError, match="broken exited with code 3.*config is bad"):
         supervisor.start_service(settings, svc)
     assert supervisor.records(settings) == []
@@ -75,8 +84,12 @@ def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
 
 def test_missing_program_names_its_debian_package(tmp_path):
     settings = Settings(home=tmp_path, port_offset=free_port_offset())
-    svc = Service(name="x", port=settings.port("gateway"), command=["no-such-program-kf"],
-                  executables={"no-such-program-kf": "kf-package"})
+    svc = Service(
+        name="x",
+        port=settings.port("gateway"),
+        command=["no-such-program-kf"],
+        executables={"no-such-program-kf": "kf-package"},
+    )
     with pytest.raises(StackError, match="apt-get install -y kf-package"):
         supervisor.start_service(settings, svc)
 

@@ -41,11 +41,19 @@ def _register(reg, model, fingerprint, spec_text, code, rmse, run_id):
     buffer = io.BytesIO()
     joblib.dump(fitted, buffer)
     return reg.register(
-        name=model, tag=1, spec_fingerprint=fingerprint, dataset="ui-data", dataset_version="d1e2f3a4b5c6d7e8",
-        commit=uuid.uuid4().hex, run_id=run_id, metrics={"mse": rmse**2, "rmse": rmse, "mae": rmse * 0.8,
-                                                          "r2": 0.9, "n": 80},
-        verdict={"passed": True, "reasons": []}, input_schema=[{"name": f, "dtype": "float64"} for f in FEATURES],
-        target="y", model_bytes=buffer.getvalue(), extra={"spec": {"text": spec_text, "code": code}},
+        name=model,
+        tag=1,
+        spec_fingerprint=fingerprint,
+        dataset="ui-data",
+        dataset_version="d1e2f3a4b5c6d7e8",
+        commit=uuid.uuid4().hex,
+        run_id=run_id,
+        metrics={"mse": rmse**2, "rmse": rmse, "mae": rmse * 0.8, "r2": 0.9, "n": 80},
+        verdict={"passed": True, "reasons": []},
+        input_schema=[{"name": f, "dtype": "float64"} for f in FEATURES],
+        target="y",
+        model_bytes=buffer.getvalue(),
+        extra={"spec": {"text": spec_text, "code": code}},
     ).version.version
 
 
@@ -57,11 +65,16 @@ def seeded(stack):
     store = store_for("pipeline", stack)
     reg = ModelRegistry(store)
     run_id = f"train-{uuid.uuid4().hex[:12]}"
-    first = _register(reg, model, "f1", "estimator:\n  class: sklearn.linear_model.LinearRegression\n",
-                      {}, 2.0, "train-first")
+    first = _register(
+        reg, model, "f1", "estimator:\n  class: sklearn.linear_model.LinearRegression\n", {}, 2.0, "train-first"
+    )
     second = _register(reg, model, "f2", "build: model.py:build_model\n", {"model.py": BUILD_CODE}, 1.5, run_id)
-    store.put_bytes("models", evaluation_report_key(reg.artifact_prefix(model, second)),
-                    b"<html><body><h1>evaluation report</h1></body></html>", content_type="text/html")
+    store.put_bytes(
+        "models",
+        evaluation_report_key(reg.artifact_prefix(model, second)),
+        b"<html><body><h1>evaluation report</h1></body></html>",
+        content_type="text/html",
+    )
     runs.create_run(store, run_id, {"model": model, "commit": "c" * 40, "kind": "merge"})
     for step in STEP_NAMES:
         runs.set_step(store, run_id, step, "succeeded", attempt=1, peak_rss_mb=123.4)
@@ -71,23 +84,46 @@ def seeded(stack):
     reg.set_stage(model, second, "staging", "training-pipeline", f"passed validation in run {run_id}")
     rng = np.random.default_rng(3)
     truth = rng.normal(20, 5, size=400)
-    pairs = pd.DataFrame({"truth": truth, "production": truth + rng.normal(0, 2.0, 400),
-                          "candidate": truth + rng.normal(0, 1.0, 400)})
+    pairs = pd.DataFrame(
+        {"truth": truth, "production": truth + rng.normal(0, 2.0, 400), "candidate": truth + rng.normal(0, 1.0, 400)}
+    )
     verdict = shadow_verdict(pairs, second, first, GateRule(), scale=2.0)
     assert verdict.decision == "pass", verdict.reasons
-    reg.set_stage(model, second, "staging", "release-controller", verdict.summary(),
-                  {"phase": "shadow", **verdict.as_dict()})
-    store.put_bytes("models", f"reports/{model}/{second}/shadow-gate.html",
-                    b"<html><body><h1>shadow gate report</h1></body></html>", content_type="text/html")
-    reg.set_stage(model, second, "production", "release-controller", "canary steps passed: promoted",
-                  {"phase": "promote"})
+    reg.set_stage(
+        model, second, "staging", "release-controller", verdict.summary(), {"phase": "shadow", **verdict.as_dict()}
+    )
+    store.put_bytes(
+        "models",
+        f"reports/{model}/{second}/shadow-gate.html",
+        b"<html><body><h1>shadow gate report</h1></body></html>",
+        content_type="text/html",
+    )
+    reg.set_stage(
+        model, second, "production", "release-controller", "canary steps passed: promoted", {"phase": "promote"}
+    )
 
     x = pd.DataFrame(rng.normal(size=(300, 2)), columns=FEATURES)
     y = 4 * x["x1"] + x["x2"] + 20
-    write_traffic(store_for("serving", stack), model, second, "production", x, y + rng.normal(0, 1, 300), y,
-                  start=span_start(2), step_seconds=2 * 3600 / 300)
-    run_monitoring(stack, model, window=WindowSpec("time", 3600), reference=x.assign(y=y), push=False,
-                   min_labels=30, reports="latest")
+    write_traffic(
+        store_for("serving", stack),
+        model,
+        second,
+        "production",
+        x,
+        y + rng.normal(0, 1, 300),
+        y,
+        start=span_start(2),
+        step_seconds=2 * 3600 / 300,
+    )
+    run_monitoring(
+        stack,
+        model,
+        window=WindowSpec("time", 3600),
+        reference=x.assign(y=y),
+        push=False,
+        min_labels=30,
+        reports="latest",
+    )
     return {"model": model, "first": first, "second": second, "run_id": run_id, "test": verdict.evidence["test"]}
 
 
@@ -103,10 +139,25 @@ def _num(x: float) -> str:  # the UI's number format: 4 significant digits
 def _screenshots(urls: list[str], tmp_path) -> list[Image.Image]:
     """One headless Chromium screenshot per URL, the browsers run side by side (each mostly waits)."""
     paths = [tmp_path / f"page-{i}.png" for i in range(len(urls))]
-    browsers = [subprocess.Popen(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                  "--window-size=1200,900", "--virtual-time-budget=5000", f"--screenshot={path}",
-                                  url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-                for url, path in zip(urls, paths)]
+    browsers = [
+        subprocess.Popen(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1200,900",
+                "--virtual-time-budget=5000",
+                f"--screenshot={path}",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        for url, path in zip(urls, paths)
+    ]
     try:
         for browser in browsers:
             assert browser.wait(timeout=120) == 0, "chromium failed to take a screenshot"
@@ -124,11 +175,26 @@ def test_each_page_shows_the_models_runs_and_decisions_and_renders_in_chromium(s
         "/": [model, second, run_id],
         f"/models/{model}": [first, second, "production", "archived", "d1e2f3a4b5c6d7e8", run_id, _num(1.5)],
         f"/models/{model}/versions/{second}": [
-            "build: model.py:build_model", "return Ridge(alpha=0.5)", _num(1.5), _num(2.25), "passed",
-            "shadow", test["decision"], _num(test["ratio"]), f"[{_num(lo)}, {_num(hi)}]", _num(test["n"]),
-            "canary steps passed: promoted", "evaluation.html", "shadow-gate.html", "drift-"],
-        f"/models/{model}/versions/{first}": ["sklearn.linear_model.LinearRegression", "archived",
-                                              f"replaced in production by {second}"],
+            "build: model.py:build_model",
+            "return Ridge(alpha=0.5)",
+            _num(1.5),
+            _num(2.25),
+            "passed",
+            "shadow",
+            test["decision"],
+            _num(test["ratio"]),
+            f"[{_num(lo)}, {_num(hi)}]",
+            _num(test["n"]),
+            "canary steps passed: promoted",
+            "evaluation.html",
+            "shadow-gate.html",
+            "drift-",
+        ],
+        f"/models/{model}/versions/{first}": [
+            "sklearn.linear_model.LinearRegression",
+            "archived",
+            f"replaced in production by {second}",
+        ],
         "/runs": [run_id, model, "succeeded", second],
         f"/runs/{run_id}": [*STEP_NAMES, "123.4", second],
         "/releases": [model, test["decision"], _num(test["ratio"]), f"[{_num(lo)}, {_num(hi)}]"],
@@ -149,15 +215,23 @@ def test_each_page_shows_the_models_runs_and_decisions_and_renders_in_chromium(s
     for name, content in links.items():
         answer = ui.get(f"/models/{model}/versions/{second}/reports/{name}")
         assert answer.status_code == 200 and content in answer.content
-    drift = ui.get(f"/models/{model}/monitoring").text.split(f'/models/{model}/versions/{second}/reports/drift-')[1]
+    drift = ui.get(f"/models/{model}/monitoring").text.split(f"/models/{model}/versions/{second}/reports/drift-")[1]
     answer = ui.get(f"/models/{model}/versions/{second}/reports/drift-" + drift.split('"')[0])
     assert answer.status_code == 200 and "<html" in answer.text.lower()
 
 
-@pytest.mark.parametrize("path", [
-    "/models/no-such-model", "/models/{model}/versions/V9.9.9", "/models/{model}/versions/not-a-version",
-    "/models/{model}/versions/V1.1.0/reports/x.html", "/models/no-such-model/monitoring", "/runs/no-such-run",
-    "/no/such/page"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/no-such-model",
+        "/models/{model}/versions/V9.9.9",
+        "/models/{model}/versions/not-a-version",
+        "/models/{model}/versions/V1.1.0/reports/x.html",
+        "/models/no-such-model/monitoring",
+        "/runs/no-such-run",
+        "/no/such/page",
+    ],
+)
 def test_an_unknown_model_version_run_or_page_is_a_404_page_naming_what_exists(seeded, ui, path):
     answer = ui.get(path.format(model=seeded["model"]))
     assert answer.status_code == 404

@@ -24,9 +24,7 @@ class AccessPolicy:
 
     def matrix(self) -> dict[tuple[str, str, str], bool]:
         """Every role x bucket x action and whether it is allowed."""
-        return {
-            (r, b, a): self.allows(r, b, a) for r in self.roles for b in self.buckets for a in ACTIONS
-        }
+        return {(r, b, a): self.allows(r, b, a) for r in self.roles for b in self.buckets for a in ACTIONS}
 
 
 def _default_path() -> Path:

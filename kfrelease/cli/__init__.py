@@ -15,8 +15,21 @@ import click
 from kfrelease.errors import KfreleaseError
 
 #: Modules under kfrelease.cli that define ``register(cli)`` (each must exist: a missing one fails the import).
-CLI_MODULES = ("stack", "access", "data", "specs", "pipelines", "models", "serve", "release", "monitor", "workspace",
-               "manifests", "demo", "ui")
+CLI_MODULES = (
+    "stack",
+    "access",
+    "data",
+    "specs",
+    "pipelines",
+    "models",
+    "serve",
+    "release",
+    "monitor",
+    "workspace",
+    "manifests",
+    "demo",
+    "ui",
+)
 
 
 class KfreleaseGroup(click.Group):

@@ -23,8 +23,11 @@ def register(cli: click.Group) -> None:
     def show(policy: str | None) -> None:
         """Print the access matrix."""
         p = load_policy(policy)
-        rows = [(role, b, ",".join(a for a in ("read", "write", "list") if a in acts)) for role, g in p.roles.items()
-                for b, acts in g.items()]
+        rows = [
+            (role, b, ",".join(a for a in ("read", "write", "list") if a in acts))
+            for role, g in p.roles.items()
+            for b, acts in g.items()
+        ]
         table("access policy", ["role", "bucket", "actions"], rows)
 
     @access.command("render")

@@ -19,7 +19,9 @@ from kfrelease.errors import DataValidationError
 from kfrelease.storage import store_for
 
 dataset_option = click.option(
-    "--dataset", "dataset", default=None,
+    "--dataset",
+    "dataset",
+    default=None,
     help="Dataset name (its spec is the one stored with its latest version) or path to its spec YAML; "
     "may be left out only when a single dataset is published.",
 )
@@ -86,8 +88,10 @@ def register(cli: click.Group) -> None:
             rows, _ = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
         checked = validate_rows(rows, spec)
         if len(checked.invalid):
-            console.print(f"[yellow]{len(checked.invalid)} of {checked.total_rows} rows would be quarantined[/]: "
-                          + " | ".join(f"{p.label()}: {len(p.rows)} row(s)" for p in checked.problems))
+            console.print(
+                f"[yellow]{len(checked.invalid)} of {checked.total_rows} rows would be quarantined[/]: "
+                + " | ".join(f"{p.label()}: {len(p.rows)} row(s)" for p in checked.problems)
+            )
         console.print(f"[green]valid[/]: {len(checked.valid)} rows match dataset spec {spec.name!r}")
 
     @data.command()
@@ -106,16 +110,22 @@ def register(cli: click.Group) -> None:
             from kfrelease.pipelines.data_pipeline import data_pipeline
 
             console.print(f"running the data pipeline for {spec.name!r} with kfp.local ...")
-            version = run_local(Settings.from_env(), data_pipeline, spec_yaml=spec.text,
-                                on_step=lambda task, status: console.print(f"  step {task}: {status}")).output
+            version = run_local(
+                Settings.from_env(),
+                data_pipeline,
+                spec_yaml=spec.text,
+                on_step=lambda task, status: console.print(f"  step {task}: {status}"),
+            ).output
             dv = get_version(store, spec.name, version)
         else:
             with console.status("data pipeline") as status:
                 dv = run_data_pipeline(spec, store, list(sources) or None, on_step=lambda s: status.update(s))
         quarantined = dv.manifest.get("quarantined_count") or 0
-        console.print(f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows"
-                      + (f", {quarantined} quarantined in curated/{dv.manifest['quarantine']['key']}" if quarantined
-                         else "") + f"); latest -> {dv.version}")
+        console.print(
+            f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows"
+            + (f", {quarantined} quarantined in curated/{dv.manifest['quarantine']['key']}" if quarantined else "")
+            + f"); latest -> {dv.version}"
+        )
 
     @data.command()
     @dataset_option
@@ -125,8 +135,13 @@ def register(cli: click.Group) -> None:
         name = dataset_name(store, dataset)
         latest = latest_version_id(store, name)
         rows = [
-            (v.version + (" (latest)" if v.version == latest else ""), v.row_count, v.manifest["published_at"],
-             ", ".join(s["key"].rsplit("/", 1)[-1] for s in v.manifest["sources"]), v.manifest["run_id"])
+            (
+                v.version + (" (latest)" if v.version == latest else ""),
+                v.row_count,
+                v.manifest["published_at"],
+                ", ".join(s["key"].rsplit("/", 1)[-1] for s in v.manifest["sources"]),
+                v.manifest["run_id"],
+            )
             for v in list_versions(store, name)
         ]
         if not rows:

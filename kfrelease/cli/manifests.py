@@ -14,9 +14,7 @@ from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file
 def manifests_dir(path: str | None) -> Path:
     root = Path(path) if path else MANIFESTS_DIR
     if not environments_file(root).is_file():
-        raise ConfigError(
-            f"{root} is not a manifests directory: it has no {environments_file(root).relative_to(root)}"
-        )
+        raise ConfigError(f"{root} is not a manifests directory: it has no {environments_file(root).relative_to(root)}")
     return root
 
 
@@ -61,10 +59,14 @@ def register(cli: click.Group) -> None:
             console.print(f"{root}: already current", soft_wrap=True)
 
     @manifests.command("check")
-    @click.option("--dir", "directory", type=click.Path(file_okay=False),
-                  help=f"Manifests directory (default: {MANIFESTS_DIR}).")
-    @click.option("--compiled", type=click.Path(file_okay=False, exists=True),
-                  help="Also check the compiled pipeline packages in this folder (`kfrelease compile --out`).")
+    @click.option(
+        "--dir", "directory", type=click.Path(file_okay=False), help=f"Manifests directory (default: {MANIFESTS_DIR})."
+    )
+    @click.option(
+        "--compiled",
+        type=click.Path(file_okay=False, exists=True),
+        help="Also check the compiled pipeline packages in this folder (`kfrelease compile --out`).",
+    )
     @click.option("--image", help="The project image (by digest) every compiled step must run.")
     @click.option("--only", multiple=True, help="Run only this check (repeatable).")
     def check(directory: str | None, compiled: str | None, image: str | None, only: tuple[str, ...]) -> None:

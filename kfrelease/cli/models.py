@@ -35,9 +35,17 @@ def register(cli: click.Group) -> None:
         names = [model] if model else reg.models()
         for name in names:
             rows = [
-                (v.version, v.stage or "-", _fmt(v.metrics.get("rmse")), _fmt(v.metrics.get("r2")),
-                 (v.commit or "")[:12], v.dataset_version, "yes" if v.passed else "no",
-                 (v.image or {}).get("digest", "")[:19], v.created_at)
+                (
+                    v.version,
+                    v.stage or "-",
+                    _fmt(v.metrics.get("rmse")),
+                    _fmt(v.metrics.get("r2")),
+                    (v.commit or "")[:12],
+                    v.dataset_version,
+                    "yes" if v.passed else "no",
+                    (v.image or {}).get("digest", "")[:19],
+                    v.created_at,
+                )
                 for v in reg.list(name)
             ]
             table(name, ["version", "stage", "rmse", "r2", "commit", "data", "passed", "image", "created"], rows)
@@ -71,8 +79,11 @@ def register(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(d.as_dict(), indent=2, default=str))
             return
-        table(f"{d.a} -> {d.b}: metrics", ["metric", d.a, d.b, "change"],
-              [(m, _fmt(va, 4), _fmt(vb, 4), "" if delta is None else f"{delta:+.4f}") for m, va, vb, delta in d.metrics])
+        table(
+            f"{d.a} -> {d.b}: metrics",
+            ["metric", d.a, d.b, "change"],
+            [(m, _fmt(va, 4), _fmt(vb, 4), "" if delta is None else f"{delta:+.4f}") for m, va, vb, delta in d.metrics],
+        )
         if d.changes:
             table("what differs", ["field", d.a, d.b], [(c.what, _fmt(c.a), _fmt(c.b)) for c in d.changes])
         else:
@@ -83,8 +94,12 @@ def register(cli: click.Group) -> None:
     @cli.command("reports")
     @click.argument("model")
     @click.argument("version")
-    @click.option("--out", type=click.Path(file_okay=False), default=None,
-                  help="Write the reports into this folder as .html files (default: only list them).")
+    @click.option(
+        "--out",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Write the reports into this folder as .html files (default: only list them).",
+    )
     def reports_cmd(model: str, version: str, out: str | None) -> None:
         """The evaluation, shadow-gate and drift reports of a version (VERSION: V1.2.0, production, staging
         or experiment:V1.1.0); with --out, fetched as .html files to open in a browser."""
@@ -111,9 +126,11 @@ def register(cli: click.Group) -> None:
     def history(model: str, version: str) -> None:
         """A version's stage history (append-only): when, stage, who, why."""
         events = _registry().history(model, version)
-        table(f"{model} {version}", ["when", "stage", "who", "decision", "interval", "n", "why"],
-              [(e["when"], e["stage"], e["who"], *_decision_columns(e.get("evidence") or {}), e["why"])
-               for e in events])
+        table(
+            f"{model} {version}",
+            ["when", "stage", "who", "decision", "interval", "n", "why"],
+            [(e["when"], e["stage"], e["who"], *_decision_columns(e.get("evidence") or {}), e["why"]) for e in events],
+        )
 
 
 def _decision_columns(evidence: dict) -> tuple[str, str, str]:
@@ -123,8 +140,12 @@ def _decision_columns(evidence: dict) -> tuple[str, str, str]:
     if test is None:  # a canary step: its accuracy check
         test = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
         if test is not None:
-            test = {"decision": test["status"], "ratio": test["value"], "ratio_interval": test["interval"],
-                    "n": test["n"]}
+            test = {
+                "decision": test["status"],
+                "ratio": test["value"],
+                "ratio_interval": test["interval"],
+                "n": test["n"],
+            }
     if not test or test.get("ratio_interval") is None:
         if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:
             return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])

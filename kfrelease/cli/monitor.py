@@ -17,9 +17,7 @@ def _seconds(text: str) -> float:
 
     spec = WindowSpec.parse(text)
     if spec.kind != "time":
-        raise click.BadParameter(
-            f"{text!r} is not a duration; use e.g. 7d, 12h, 30m", param_hint="--since"
-        )
+        raise click.BadParameter(f"{text!r} is not a duration; use e.g. 7d, 12h, 30m", param_hint="--since")
     return spec.size
 
 
@@ -92,9 +90,7 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Compute new windows first (--no-compute shows the recorded history only).",
     )
-    def monitor(
-        model, window_text, since_text, min_labels, r2_floor, out, push, compute
-    ) -> None:
+    def monitor(model, window_text, since_text, min_labels, r2_floor, out, push, compute) -> None:
         """Accuracy (MSE, RMSE, MAE, R²) and drift per model version and stage, over windows."""
         from kfrelease.monitoring.report import TABLE_COLUMNS, render_page
         from kfrelease.monitoring.report import fmt as cell
@@ -124,10 +120,7 @@ def register(cli: click.Group) -> None:
         current = current_table(history)
         columns = [c for c in TABLE_COLUMNS if c not in ("baseline_rmse", "r2_floor")]
         rows = [
-            [
-                r[c][5:16].replace("T", " ") if c == "start" else cell(r.get(c))
-                for c in columns
-            ]
+            [r[c][5:16].replace("T", " ") if c == "start" else cell(r.get(c)) for c in columns]
             for _, r in current.iterrows()
         ]
         table(f"{model}: latest window per version and stage", columns, rows)
@@ -136,9 +129,7 @@ def register(cli: click.Group) -> None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         links = _fetch_drift_reports(settings, reports, path.parent / "reports")
-        path.write_text(
-            render_page(history, current, model, warnings, links), encoding="utf-8"
-        )
+        path.write_text(render_page(history, current, model, warnings, links), encoding="utf-8")
         console.print(f"wrote {path} ({len(history)} windows)")
 
     @cli.command()
@@ -173,9 +164,7 @@ def register(cli: click.Group) -> None:
                     d.get("at", "")[:19],
                     d.get("model"),
                     d.get("status") or d.get("decision"),
-                    d.get("error")
-                    or d.get("detail")
-                    or str(d.get("result") or "")[:80],
+                    d.get("error") or d.get("detail") or str(d.get("result") or "")[:80],
                 )
                 for d in receiver.retrains(model)
             ],

@@ -65,16 +65,25 @@ def register(cli: click.Group) -> None:
 
     @cli.command("trigger")
     @click.option("--commit", help="The merged commit (SHA or ref) whose model spec is trained.")
-    @click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
-                  help="The model project's git repository.")
+    @click.option(
+        "--repo",
+        default=".",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help="The model project's git repository.",
+    )
     @click.option("--spec", "spec_file", default="model.yaml", show_default=True, help="Spec path in the repo.")
     @click.option("--kfp-host", help="Submit to this KFP API server with kfp.Client instead of running locally.")
     @click.option("--auto", is_flag=True, help="Retrain the production definition on the latest data.")
     @click.option("--model", help="Model name (with --auto).")
     @click.option("--reason", default=None, help="Why (recorded with the run).")
     @click.option("--wait", "wait_", is_flag=True, help="Wait until a local run has finished and show it.")
-    @click.option("--resume", is_flag=True, help="Start again every local run an infrastructure failure or a "
-                  "machine restart interrupted (no commit needed).")
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Start again every local run an infrastructure failure or a "
+        "machine restart interrupted (no commit needed).",
+    )
     def trigger_cmd(commit, repo, spec_file, kfp_host, auto, model, reason, wait_, resume) -> None:
         """Start the training pipeline for a merge to main (what CI runs). The same commit returns the same
         run, or starts it again when an infrastructure cause interrupted it; a run, once started, cannot be
@@ -88,16 +97,27 @@ def register(cli: click.Group) -> None:
                 console.print(f"run {r.run_id} started again: {r.state.get('retried_because')}")
             console.print(f"{len(resumed)} interrupted run(s) started again")
             return
-        record = trigger(settings, commit, repo, kfp_host=kfp_host, auto=auto, model=model, spec_file=spec_file,
-                         reason=reason or ("automatic retrain" if auto else "merge to main"))
+        record = trigger(
+            settings,
+            commit,
+            repo,
+            kfp_host=kfp_host,
+            auto=auto,
+            model=model,
+            spec_file=spec_file,
+            reason=reason or ("automatic retrain" if auto else "merge to main"),
+        )
         what = "started" if record.created else "started again" if record.retried else "exists already"
         where = record.state.get("kfp_run_id") or record.state.get("log") or ""
         why = record.state.get("retried_because") if record.retried else record.state.get("error")
         if not why and record.state.get("outcome") not in (None, "staged"):
             why = f"{record.state['outcome']}: {record.state.get('summary', '')}"  # an earlier run that staged nothing
         # one line, never wrapped: scripts and people grep it for the run id and the reason
-        console.print(f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""),
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"run {record.run_id} {what} ({record.status}) {where}".rstrip() + (f"; {why}" if why else ""),
+            soft_wrap=True,
+            markup=False,
+        )
         if wait_ and not kfp_host:
             with console.status(f"waiting for {record.run_id}"):
                 record = wait(settings, record.run_id)
@@ -106,8 +126,9 @@ def register(cli: click.Group) -> None:
                 raise click.exceptions.Exit(1)
             summary = record.state.get("summary") or f"{record.state.get('version')} ({record.state.get('verdict')})"
             # one line, never wrapped; non-zero when the merge left no staging candidate (it says what to change)
-            console.print(f"run {record.run_id}: {record.state.get('outcome', 'done')}: {summary}", soft_wrap=True,
-                          markup=False)
+            console.print(
+                f"run {record.run_id}: {record.state.get('outcome', 'done')}: {summary}", soft_wrap=True, markup=False
+            )
             if not record.state.get("staging_candidate", True):
                 raise click.exceptions.Exit(1)
 
@@ -125,21 +146,48 @@ def register(cli: click.Group) -> None:
         records = [runs.get_run(store, run_id)] if run_id else runs.list_runs(store)
         registry = ModelRegistry(store)
         if as_json:
-            click.echo(json.dumps([{**{k: v for k, v in r.as_dict().items() if k != "spec_json"},
-                                    "result": run_result(r, registry)} for r in records], indent=2, default=str))
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            **{k: v for k, v in r.as_dict().items() if k != "spec_json"},
+                            "result": run_result(r, registry),
+                        }
+                        for r in records
+                    ],
+                    indent=2,
+                    default=str,
+                )
+            )
             return
         if run_id:
             _print_run(records[0])
             return
-        console.print("steps: train evaluate validate register containerize stage (✓ ok, ✗ failed, ▶ running, "
-                      "· skipped, - pending)")
+        console.print(
+            "steps: train evaluate validate register containerize stage (✓ ok, ✗ failed, ▶ running, "
+            "· skipped, - pending)"
+        )
         results = {r.run_id: run_result(r, registry) for r in records}
-        table("training runs", ["run", "model", "commit", "state", "version", "verdict", "rmse", "r2", "steps",
-                                "created", "why"], [
-            (r.run_id, r.record.get("model"), (r.record.get("commit") or "")[:12], r.status,
-             r.state.get("version", ""), results[r.run_id].get("verdict", ""),
-             _metric(results[r.run_id], "rmse"), _metric(results[r.run_id], "r2"), _steps(r),
-             r.record.get("created_at"), _why(r)) for r in records])
+        table(
+            "training runs",
+            ["run", "model", "commit", "state", "version", "verdict", "rmse", "r2", "steps", "created", "why"],
+            [
+                (
+                    r.run_id,
+                    r.record.get("model"),
+                    (r.record.get("commit") or "")[:12],
+                    r.status,
+                    r.state.get("version", ""),
+                    results[r.run_id].get("verdict", ""),
+                    _metric(results[r.run_id], "rmse"),
+                    _metric(results[r.run_id], "r2"),
+                    _steps(r),
+                    r.record.get("created_at"),
+                    _why(r),
+                )
+                for r in records
+            ],
+        )
         console.print("metrics, verdict and reports of one run: kfrelease runs RUN_ID")
 
 
@@ -180,13 +228,26 @@ def _print_run(record) -> None:
     from kfrelease.training.steps import STEP_NAMES
 
     st = record.state
-    console.print(f"run {record.run_id}: {record.status}" + (f", version {st['version']} ({st.get('verdict')})"
-                                                             if st.get("version") else "")
-                  + (f", {_why(record)}" if _why(record) else ""))
-    table(None, ["step", "state", "attempt", "started", "finished", "peak MB", "error or why skipped"], [
-        (s, record.steps.get(s, {}).get("state", "-"), record.steps.get(s, {}).get("attempt"),
-         record.steps.get(s, {}).get("started_at"), record.steps.get(s, {}).get("finished_at"),
-         record.steps.get(s, {}).get("peak_rss_mb"),
-         record.steps.get(s, {}).get("error") or record.steps.get(s, {}).get("skipped")) for s in STEP_NAMES])
+    console.print(
+        f"run {record.run_id}: {record.status}"
+        + (f", version {st['version']} ({st.get('verdict')})" if st.get("version") else "")
+        + (f", {_why(record)}" if _why(record) else "")
+    )
+    table(
+        None,
+        ["step", "state", "attempt", "started", "finished", "peak MB", "error or why skipped"],
+        [
+            (
+                s,
+                record.steps.get(s, {}).get("state", "-"),
+                record.steps.get(s, {}).get("attempt"),
+                record.steps.get(s, {}).get("started_at"),
+                record.steps.get(s, {}).get("finished_at"),
+                record.steps.get(s, {}).get("peak_rss_mb"),
+                record.steps.get(s, {}).get("error") or record.steps.get(s, {}).get("skipped"),
+            )
+            for s in STEP_NAMES
+        ],
+    )
     for line in result_lines(run_result(record, ModelRegistry(store_for("data-scientist")))):
         console.print(line, soft_wrap=True, markup=False)

@@ -32,9 +32,7 @@ def register(cli: click.Group) -> None:
         is_flag=True,
         help="Start it detached (as the training pipeline does) and return.",
     )
-    def run_cmd(
-        model: str, version: str, spec_path: str | None, background: bool
-    ) -> None:
+    def run_cmd(model: str, version: str, spec_path: str | None, background: bool) -> None:
         """Release VERSION of MODEL (it must be in staging) on the embedded stack."""
         from kfrelease.rollout.spec import load_rollout_spec
 
@@ -44,27 +42,38 @@ def register(cli: click.Group) -> None:
             from kfrelease.release.handover import start_release
 
             record = start_release(settings, model, version, spec_path)
-            console.print(
-                f"release of {model} {version} started (pid {record['pid']}); log {record['log']}"
-            )
+            console.print(f"release of {model} {version} started (pid {record['pid']}); log {record['log']}")
             return
         from kfrelease.release.run import run_release
 
         console.print(f"[bold]release[/] {model} {version}")
         outcome = run_release(settings, model, version, spec, on_decision=_print_event)
-        console.print(
-            f"{model} {version}: [bold]{outcome.result}[/]; production is {outcome.production_after}"
-        )
+        console.print(f"{model} {version}: [bold]{outcome.result}[/]; production is {outcome.production_after}")
 
     @release.command("plan")
     @click.argument("model")
     @click.argument("version")
-    @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
-                  help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).")
-    @click.option("--power", type=click.FloatRange(0.05, 0.99), default=0.8, show_default=True,
-                  help="Wanted probability that the shadow gate has passed by the planned count.")
-    @click.option("--max-pairs", type=click.IntRange(100, 200_000), default=20_000, show_default=True,
-                  help="Labelled requests simulated per shadow.")
+    @click.option(
+        "--spec",
+        "spec_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
+    )
+    @click.option(
+        "--power",
+        type=click.FloatRange(0.05, 0.99),
+        default=0.8,
+        show_default=True,
+        help="Wanted probability that the shadow gate has passed by the planned count.",
+    )
+    @click.option(
+        "--max-pairs",
+        type=click.IntRange(100, 200_000),
+        default=20_000,
+        show_default=True,
+        help="Labelled requests simulated per shadow.",
+    )
     def plan_cmd(model: str, version: str, spec_path: str | None, power: float, max_pairs: int) -> None:
         """Estimate the labelled requests (and time) the shadow gate will need for VERSION of MODEL, from
         the held-out split scored by both versions; recorded in the version's history."""
@@ -98,7 +107,9 @@ def register(cli: click.Group) -> None:
                 prod = next((v.version for v in reversed(versions) if v.stage == "production"), "-")
                 staging = next((v.version for v in reversed(versions) if v.stage == "staging"), "-")
                 # the candidate in flight, else the newest version
-                latest = next((v for v in reversed(versions) if v.stage == "staging"), versions[-1] if versions else None)
+                latest = next(
+                    (v for v in reversed(versions) if v.stage == "staging"), versions[-1] if versions else None
+                )
                 last = registry.history(name, latest.version)[-1:] if latest else []
                 decision = f"{latest.version} {last[0]['stage']}: {last[0]['why'][:60]}" if last else "-"
                 rows.append((name, prod, staging, _traffic(states.get(name)), decision))

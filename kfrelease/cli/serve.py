@@ -152,8 +152,10 @@ def model_rows(settings: Settings) -> list[tuple]:
             if not version:
                 continue
             share = (
-                f"{state.canary_weight}%" if role == "canary"
-                else f"{100 - (state.canary_weight if state.canary else 0)}%" if role == "primary"
+                f"{state.canary_weight}%"
+                if role == "canary"
+                else f"{100 - (state.canary_weight if state.canary else 0)}%"
+                if role == "primary"
                 else f"{m.get('mirror_percent', 0):g}% mirrored"
             )
             rows.append((name, role, version, share, ", ".join(by_role.get(version, []))))

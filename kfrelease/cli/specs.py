@@ -29,8 +29,11 @@ def register(cli: click.Group) -> None:
 
     @spec.command()
     @click.argument("file", type=click.Path(dir_okay=False))
-    @click.option("--kind", type=click.Choice(list(SCHEMAS)),
-                  help="The spec's kind (default: model for model.yaml, rollout for rollout.yaml, else dataset).")
+    @click.option(
+        "--kind",
+        type=click.Choice(list(SCHEMAS)),
+        help="The spec's kind (default: model for model.yaml, rollout for rollout.yaml, else dataset).",
+    )
     def check(file: str, kind: str | None) -> None:
         """Check a spec file as the pipelines will (a model.yaml also builds its estimator); one line either way."""
         kind = kind or {"model.yaml": "model", "rollout.yaml": "rollout"}.get(Path(file).name, "dataset")
@@ -60,17 +63,21 @@ def register(cli: click.Group) -> None:
 
 
 @click.command()
-@click.option("--from", "source", required=True, type=click.Path(dir_okay=False),
-              help="A CSV or Parquet file of the data.")
+@click.option(
+    "--from", "source", required=True, type=click.Path(dir_okay=False), help="A CSV or Parquet file of the data."
+)
 @click.option("--name", help="The dataset's name (default: from the file name).")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Where to write the spec (default: NAME.yaml); never overwritten.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="Where to write the spec (default: NAME.yaml); never overwritten."
+)
 def init(source: str, name: str | None, out: str | None) -> None:
     """Write a dataset spec inferred from a data file (dtypes, ranges, nullability, an id column) to review."""
     from kfrelease.data.infer import infer_spec, write_new
 
     text, spec = infer_spec(source, name)
     path = write_new(out or f"{spec.name}.yaml", text)
-    console.print(f"wrote {path}: dataset {spec.name!r}, {len(spec.columns)} columns, id_column "
-                  f"{spec.id_column or '(none found)'}; review it, confirm the target, then publish with "
-                  f"--dataset {path}")
+    console.print(
+        f"wrote {path}: dataset {spec.name!r}, {len(spec.columns)} columns, id_column "
+        f"{spec.id_column or '(none found)'}; review it, confirm the target, then publish with "
+        f"--dataset {path}"
+    )

@@ -58,6 +58,8 @@ def register(cli: click.Group) -> None:
         settings = Settings.from_env()
         releases = stop_releases(settings)  # first: a release must not start anything after `down`
         if releases:
-            console.print(f"stopped {len(releases)} release(s) in flight: {', '.join(releases)} (`kfrelease up` resumes them)")
+            console.print(
+                f"stopped {len(releases)} release(s) in flight: {', '.join(releases)} (`kfrelease up` resumes them)"
+            )
         stopped = supervisor.down(settings)
         console.print(f"stopped {len(stopped)} service(s): {', '.join(stopped) or 'none was running'}")

@@ -19,37 +19,27 @@ def register(cli: click.Group) -> None:
 
     @workspace.command("add")
     @click.argument("name")
-    @click.option(
-        "--email", required=True, help="The data scientist's Kubeflow user id (e-mail)."
-    )
+    @click.option("--email", required=True, help="The data scientist's Kubeflow user id (e-mail).")
     @click.option("--cpu", default="1", show_default=True)
     @click.option("--memory", default="4Gi", show_default=True)
-    @click.option(
-        "--storage", default="20Gi", show_default=True, help="Size of the home volume."
-    )
+    @click.option("--storage", default="20Gi", show_default=True, help="Size of the home volume.")
     @click.option(
         "--out",
         "out",
         type=click.Path(file_okay=False),
         help="Manifests directory to add it to (default: the checkout's manifests/).",
     )
-    def add(
-        name: str, email: str, cpu: str, memory: str, storage: str, out: str | None
-    ) -> None:
+    def add(name: str, email: str, cpu: str, memory: str, storage: str, out: str | None) -> None:
         """Add workspace NAME: writes sources/workspaces/NAME.yaml and re-renders the manifests (its Profile ds-NAME,
         Notebook, home volume, PodDefault, view-only access to the release namespace, and its IAM role in
         every environment's eksctl ClusterConfig)."""
         from kfrelease.k8s.render import write_tree
 
         root = manifests_dir(out)
-        ws = Workspace(
-            name=name, email=email, cpu=cpu, memory=memory, storage=storage
-        ).check("workspace add")
+        ws = Workspace(name=name, email=email, cpu=cpu, memory=memory, storage=storage).check("workspace add")
         path = workspaces_dir(root) / f"{name}.yaml"
         if path.exists():
-            raise Conflict(
-                f"workspace {name!r} already exists ({path}); remove it first or pick another name"
-            )
+            raise Conflict(f"workspace {name!r} already exists ({path}); remove it first or pick another name")
         others = [w for w in load_workspaces(workspaces_dir(root)) if w.email == email]
         if others:
             raise Conflict(f"{email} already has workspace {others[0].name!r}")
@@ -75,9 +65,7 @@ def register(cli: click.Group) -> None:
             f"added workspace {name!r} ({email}) in namespace {ws.namespace}: {path}",
             soft_wrap=True,
         )
-        console.print(
-            f"re-rendered {len(changed)} file(s) under {root}", soft_wrap=True
-        )
+        console.print(f"re-rendered {len(changed)} file(s) under {root}", soft_wrap=True)
         console.print(
             "next, per environment: eksctl create iamserviceaccount --config-file "
             f"{root}/eks/<env>/cluster.yaml --include '{ws.namespace}/default-editor' --approve; "
@@ -87,9 +75,7 @@ def register(cli: click.Group) -> None:
 
     @workspace.command("remove")
     @click.argument("name")
-    @click.option(
-        "--out", "out", type=click.Path(file_okay=False), help="Manifests directory."
-    )
+    @click.option("--out", "out", type=click.Path(file_okay=False), help="Manifests directory.")
     def remove(name: str, out: str | None) -> None:
         """Remove workspace NAME from the manifests (delete its Profile on the cluster yourself)."""
         from kfrelease.k8s.render import write_tree
@@ -111,17 +97,12 @@ def register(cli: click.Group) -> None:
         )
 
     @workspace.command("list")
-    @click.option(
-        "--out", "out", type=click.Path(file_okay=False), help="Manifests directory."
-    )
+    @click.option("--out", "out", type=click.Path(file_okay=False), help="Manifests directory.")
     def list_cmd(out: str | None) -> None:
         """List the workspaces."""
         root = manifests_dir(out)
         table(
             "workspaces",
             ["name", "email", "namespace", "cpu", "memory", "storage"],
-            [
-                (w.name, w.email, w.namespace, w.cpu, w.memory, w.storage)
-                for w in load_workspaces(workspaces_dir(root))
-            ],
+            [(w.name, w.email, w.namespace, w.cpu, w.memory, w.storage) for w in load_workspaces(workspaces_dir(root))],
         )

@@ -65,5 +65,6 @@ def resolve_spec(store: ObjectStore, given: str | None) -> DatasetSpec:
         return load_spec(name)
     except ConfigError as exc:
         published = ", ".join(published_datasets(store)) or "none"
-        raise ConfigError(f"{exc}; published datasets: {published}; a new dataset needs its spec file: "
-                          f"--dataset PATH.yaml") from None
+        raise ConfigError(
+            f"{exc}; published datasets: {published}; a new dataset needs its spec file: --dataset PATH.yaml"
+        ) from None

@@ -15,10 +15,29 @@ import pandas as pd
 
 #: Text that means "no value" in a CSV source (pandas' default NA tokens); a ``string`` column treats
 #: only the empty field as missing, since "NA" may be a real value there.
-MISSING_TOKENS = frozenset({
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-})
+MISSING_TOKENS = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INTEGER = r"^[+-]?\d+(?:\.0*)?$"
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
@@ -48,8 +67,13 @@ def convert(s: pd.Series, dtype: str) -> Converted:
     """Convert one source column to ``dtype`` (one of ``spec.DTYPES``) or report each value that does not fit."""
     missing = _missing(s, dtype)
     present = ~missing
-    fn = {"int64": _to_int, "float64": _to_float, "bool": _to_bool, "datetime64[ns]": _to_datetime,
-          "string": _to_string}[dtype]
+    fn = {
+        "int64": _to_int,
+        "float64": _to_float,
+        "bool": _to_bool,
+        "datetime64[ns]": _to_datetime,
+        "string": _to_string,
+    }[dtype]
     values, problems = fn(s, present)
     return Converted(values, missing, [(rule, mask) for rule, mask in problems if mask.any()])
 
@@ -78,8 +102,11 @@ def _to_int(s: pd.Series, present: np.ndarray):
         return _typed_int(s.to_numpy(dtype="int64"), s, present)
     elif pd.api.types.is_integer_dtype(s):
         raw = s.to_numpy(dtype="object", na_value=0)
-        overflow = present & np.array([not (INT64_MIN <= int(v) <= INT64_MAX) for v in raw], dtype=bool) \
-            if s.dtype == "uint64" or str(s.dtype) == "UInt64" else np.zeros(len(s), dtype=bool)
+        overflow = (
+            present & np.array([not (INT64_MIN <= int(v) <= INT64_MAX) for v in raw], dtype=bool)
+            if s.dtype == "uint64" or str(s.dtype) == "UInt64"
+            else np.zeros(len(s), dtype=bool)
+        )
         ok = present & ~overflow
         out[ok] = s[ok].to_numpy(dtype="int64")
         fraction = wrong = np.zeros(len(s), dtype=bool)
@@ -99,9 +126,11 @@ def _to_int(s: pd.Series, present: np.ndarray):
     values = pd.Series(out, index=s.index, dtype="int64")
     if (~present | bad).any():
         values = values.astype("Int64").mask(~present | bad)
-    return values, [("not a whole number (expected int64)", fraction),
-                    (f"out of the int64 range ({INT64_MIN} to {INT64_MAX})", overflow),
-                    ("wrong type (expected int64)", wrong)]
+    return values, [
+        ("not a whole number (expected int64)", fraction),
+        (f"out of the int64 range ({INT64_MIN} to {INT64_MAX})", overflow),
+        ("wrong type (expected int64)", wrong),
+    ]
 
 
 def _typed_int(values: np.ndarray, s: pd.Series, present: np.ndarray):
@@ -171,8 +200,9 @@ def _to_datetime(s: pd.Series, present: np.ndarray):
     else:
         parsed = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
         wrong = present.copy()
-    return parsed.mask(wrong), [("not a date/time (expected datetime64[ns], ISO 8601 such as 2024-03-01T12:00:00)",
-                                 wrong)]
+    return parsed.mask(wrong), [
+        ("not a date/time (expected datetime64[ns], ISO 8601 such as 2024-03-01T12:00:00)", wrong)
+    ]
 
 
 def _to_string(s: pd.Series, present: np.ndarray):

@@ -42,8 +42,14 @@ def production_consumers(registry: ObjectStore, dataset: str) -> list[dict]:
         if mv is None or mv.entry.get("dataset") != dataset:
             continue
         columns = [*mv.features, *([mv.entry["target"]] if mv.entry.get("target") else [])]
-        out.append({"model": model, "version": mv.version, "dataset_version": mv.entry.get("dataset_version"),
-                    "columns": columns})
+        out.append(
+            {
+                "model": model,
+                "version": mv.version,
+                "dataset_version": mv.entry.get("dataset_version"),
+                "columns": columns,
+            }
+        )
     return out
 
 
@@ -59,16 +65,20 @@ def breaking_changes(consumers: list[dict], trained_dtypes: dict[str, dict[str, 
         before = trained_dtypes.get(c["dataset_version"] or "", {})
         for col in c["columns"]:
             if col not in have:
-                found.append(f"production model {c['model']} {c['version']} uses column {col!r}, which this "
-                             "version removes")
+                found.append(
+                    f"production model {c['model']} {c['version']} uses column {col!r}, which this version removes"
+                )
             elif col in before and _kind(before[col]) != _kind(have[col]):
-                found.append(f"production model {c['model']} {c['version']} was trained on column {col!r} as "
-                             f"{before[col]}; this version makes it {have[col]}")
+                found.append(
+                    f"production model {c['model']} {c['version']} was trained on column {col!r} as "
+                    f"{before[col]}; this version makes it {have[col]}"
+                )
     return found
 
 
-def check_compatible(curated: ObjectStore, spec: DatasetSpec, df: pd.DataFrame,
-                     registry: ObjectStore | None = None) -> None:
+def check_compatible(
+    curated: ObjectStore, spec: DatasetSpec, df: pd.DataFrame, registry: ObjectStore | None = None
+) -> None:
     """Raise ``DataValidationError`` when publishing ``df`` would remove or retype a production model's column."""
     from kfrelease.data.publish import get_version
 
@@ -83,12 +93,18 @@ def check_compatible(curated: ObjectStore, spec: DatasetSpec, df: pd.DataFrame,
                 manifest = get_version(curated, spec.name, version).manifest
                 trained[version] = {col["name"]: col["dtype"] for col in manifest["columns"]}
             except NotFound:
-                log.warning("%s %s was trained on %s version %s, which is not published", c["model"],
-                            c["version"], spec.name, version)
+                log.warning(
+                    "%s %s was trained on %s version %s, which is not published",
+                    c["model"],
+                    c["version"],
+                    spec.name,
+                    version,
+                )
     problems = breaking_changes(consumers, trained, df)
     if problems:
         raise DataValidationError(
-            f"dataset {spec.name!r}: publishing would break production: " + "; ".join(problems)
+            f"dataset {spec.name!r}: publishing would break production: "
+            + "; ".join(problems)
             + "; keep the column with its dtype (a new column may be added, optional) until a model that does "
             "not need it is in production (nothing was published)",
             [{"column": None, "rule": p, "count": 1, "rows": []} for p in problems],

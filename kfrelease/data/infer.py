@@ -110,12 +110,16 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
     ]
     lines.append(f"id_column: {_key(id_column)}" if id_column else "# id_column: no column is all present and distinct")
     if target:
-        lines.append(f"# target: {_key(target)}   # a guess: confirm the column models learn to predict, then uncomment")
+        lines.append(
+            f"# target: {_key(target)}   # a guess: confirm the column models learn to predict, then uncomment"
+        )
     else:
         lines.append("# target: name the column models learn to predict")
-    lines += ["min_rows: 1                  # fewer valid rows than this and nothing is published",
-              "on_invalid: reject           # or quarantine: publish the valid rows, keep the others aside",
-              "columns:"]
+    lines += [
+        "min_rows: 1                  # fewer valid rows than this and nothing is published",
+        "on_invalid: reject           # or quarantine: publish the valid rows, keep the others aside",
+        "columns:",
+    ]
     for c in columns:
         body = [f"dtype: {_key(c.dtype)}", f"nullable: {str(c.nullable).lower()}"]
         if c.name == id_column:

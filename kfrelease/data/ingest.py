@@ -82,8 +82,11 @@ def _read_csv(data: bytes, where: str) -> pd.DataFrame:
             io.BytesIO(data),
             read_options=csv.ReadOptions(use_threads=False),
             parse_options=csv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=csv.ConvertOptions(column_types={c: pa.string() for c in header},
-                                               strings_can_be_null=False, quoted_strings_can_be_null=False),
+            convert_options=csv.ConvertOptions(
+                column_types={c: pa.string() for c in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _unreadable(where, "CSV", exc) from None
@@ -97,11 +100,13 @@ def _read_csv(data: bytes, where: str) -> pd.DataFrame:
     else:
         df[LINE_COL] = np.asarray(good_numbers, dtype="int64")
     if ragged:
-        extra = pd.DataFrame({
-            LINE_COL: [r[0] for r in ragged],
-            RAGGED_COL: [f"{got} fields, expected {want}" for _, got, want, _ in ragged],
-            TEXT_COL: [r[3] for r in ragged],
-        })
+        extra = pd.DataFrame(
+            {
+                LINE_COL: [r[0] for r in ragged],
+                RAGGED_COL: [f"{got} fields, expected {want}" for _, got, want, _ in ragged],
+                TEXT_COL: [r[3] for r in ragged],
+            }
+        )
         df = pd.concat([df, extra], ignore_index=True).sort_values(LINE_COL, kind="stable", ignore_index=True)
     return df
 

@@ -154,8 +154,14 @@ def curate_labelled_traffic(
     base, dv = load_dataset(store, dataset)
     spec = parse_spec(dv.manifest["schema"], f"dataset spec of {dataset} {dv.version}")
     outcome = {
-        "model": model, "dataset": dataset, "production_version": prod.version, "trained_on": trained_on,
-        "base_version": dv.version, "since": window.since, "until": window.until, "labelled": len(requests),
+        "model": model,
+        "dataset": dataset,
+        "production_version": prod.version,
+        "trained_on": trained_on,
+        "base_version": dv.version,
+        "since": window.since,
+        "until": window.until,
+        "labelled": len(requests),
     }
     new = traffic_rows(requests, spec)
     if spec.id_column and spec.id_column in base.columns:
@@ -166,24 +172,51 @@ def curate_labelled_traffic(
     outcome.update(added=added, quarantined=quarantined)
     if added == 0:
         if dv.version != trained_on:
-            return Curation(**outcome, version=dv.version, reason=(
-                f"no labelled request new to {dataset} in the window, but {dataset} {dv.version} is newer than "
-                f"{trained_on}, which {prod.version} was trained on"))
-        why = ("no labelled request in the window" if not len(requests)
-               else f"its {len(requests)} labelled request(s) are in {dataset} {dv.version} already"
-               if not quarantined else f"validation refused all {quarantined} new labelled request(s)")
-        return Curation(**outcome, version=None, reason=(
-            f"no newer data than production's: {prod.version} was trained on {dataset} {trained_on}, the latest "
-            f"version, and {why} ({window.since} to {window.until})"))
+            return Curation(
+                **outcome,
+                version=dv.version,
+                reason=(
+                    f"no labelled request new to {dataset} in the window, but {dataset} {dv.version} is newer than "
+                    f"{trained_on}, which {prod.version} was trained on"
+                ),
+            )
+        why = (
+            "no labelled request in the window"
+            if not len(requests)
+            else f"its {len(requests)} labelled request(s) are in {dataset} {dv.version} already"
+            if not quarantined
+            else f"validation refused all {quarantined} new labelled request(s)"
+        )
+        return Curation(
+            **outcome,
+            version=None,
+            reason=(
+                f"no newer data than production's: {prod.version} was trained on {dataset} {trained_on}, the latest "
+                f"version, and {why} ({window.since} to {window.until})"
+            ),
+        )
     rows = apply_features(checked.valid, spec)
-    sources = [Source(f"curated/{dv.data_key}", dv.manifest.get("data_etag", ""), len(base)),
-               *_read_sources(window.log_objects), *_read_sources(window.label_objects)]
+    sources = [
+        Source(f"curated/{dv.data_key}", dv.manifest.get("data_etag", ""), len(base)),
+        *_read_sources(window.log_objects),
+        *_read_sources(window.label_objects),
+    ]
     lineage = {"kind": "labelled-traffic", **outcome}
-    published = publish(rows, spec, store, sources, run_id or f"labelled-traffic-{model}",
-                        quarantined=checked.invalid if quarantined else None, lineage=lineage)
+    published = publish(
+        rows,
+        spec,
+        store,
+        sources,
+        run_id or f"labelled-traffic-{model}",
+        quarantined=checked.invalid if quarantined else None,
+        lineage=lineage,
+    )
     log.info("labelled traffic of %s: %d new row(s) -> %s %s", model, added, dataset, published.version)
-    return Curation(**outcome, version=published.version, reason=(
-        f"{added} labelled request(s) of {model} added to {dataset} {dv.version} as {published.version}"))
+    return Curation(
+        **outcome,
+        version=published.version,
+        reason=(f"{added} labelled request(s) of {model} added to {dataset} {dv.version} as {published.version}"),
+    )
 
 
 def curate_for_alert(settings, model: str, now: dt.datetime | None = None) -> Curation:
@@ -193,4 +226,3 @@ def curate_for_alert(settings, model: str, now: dt.datetime | None = None) -> Cu
 
     until = now or dt.datetime.now(dt.UTC)
     return curate_labelled_traffic(store_for(ROLE, settings), model, until - lookback(), until)
-

@@ -174,8 +174,9 @@ def list_versions(store: ObjectStore, dataset: str) -> list[DatasetVersion]:
     return sorted(out, key=lambda v: v.manifest["published_at"])
 
 
-def load_dataset(store: ObjectStore, dataset: str, version: str = "latest",
-                 columns: list[str] | None = None) -> tuple[pd.DataFrame, DatasetVersion]:
+def load_dataset(
+    store: ObjectStore, dataset: str, version: str = "latest", columns: list[str] | None = None
+) -> tuple[pd.DataFrame, DatasetVersion]:
     """Read a curated version's rows (any role that may read ``curated``); ``columns`` reads only those.
 
     The object is streamed to a temporary file, not held in memory, so that only the column chunks read

@@ -99,8 +99,9 @@ def check(df: pd.DataFrame, spec: DatasetSpec, quarantine: bool | None = None) -
         if not c.nullable:
             missing = conv.missing & ~ragged
             if missing.any():
-                problems.append(Problem(c.name, "missing value (NaN/empty) where none is allowed",
-                                        np.flatnonzero(missing)))
+                problems.append(
+                    Problem(c.name, "missing value (NaN/empty) where none is allowed", np.flatnonzero(missing))
+                )
                 bad |= missing
         values = conv.values
         for bound, op, words in ((c.min, np.less, "below the minimum"), (c.max, np.greater, "above the maximum")):
@@ -150,11 +151,13 @@ def _quarantine_frame(df: pd.DataFrame, problems: list[Problem], bad: np.ndarray
         for i in p.rows:
             reasons.setdefault(int(i), []).append(_row_reason(df, p, int(i)))
     rows = np.flatnonzero(bad)
-    out = pd.DataFrame({
-        "source": _meta(df, SOURCE_COL).iloc[rows].astype("string").to_numpy(),
-        "line": _meta(df, LINE_COL).iloc[rows].to_numpy(dtype="int64") if len(rows) else np.zeros(0, dtype="int64"),
-        "reason": ["; ".join(reasons.get(int(i), [])) for i in rows],
-    })
+    out = pd.DataFrame(
+        {
+            "source": _meta(df, SOURCE_COL).iloc[rows].astype("string").to_numpy(),
+            "line": _meta(df, LINE_COL).iloc[rows].to_numpy(dtype="int64") if len(rows) else np.zeros(0, dtype="int64"),
+            "reason": ["; ".join(reasons.get(int(i), [])) for i in rows],
+        }
+    )
     for col in data_cols:
         out[col] = df[col].iloc[rows].astype("string").to_numpy()
     out["text"] = _meta(df, TEXT_COL).iloc[rows].astype("string").to_numpy()
@@ -180,8 +183,9 @@ def _sorted(df: pd.DataFrame, problems: list[Problem]) -> list[Problem]:
         return problems
     for p in problems:
         if len(p.rows):
-            keys = pd.DataFrame({"s": df[SOURCE_COL].iloc[p.rows].astype(str).to_numpy(),
-                                 "l": df[LINE_COL].iloc[p.rows].to_numpy()})
+            keys = pd.DataFrame(
+                {"s": df[SOURCE_COL].iloc[p.rows].astype(str).to_numpy(), "l": df[LINE_COL].iloc[p.rows].to_numpy()}
+            )
             p.rows = p.rows[np.lexsort((keys["l"].to_numpy(), keys["s"].to_numpy()))]
     return problems
 
@@ -199,8 +203,14 @@ def validate(df: pd.DataFrame, spec: DatasetSpec) -> Checked:
 
 
 def _violation(df: pd.DataFrame, p: Problem) -> dict:
-    rows = [{"where": _where(df, int(i)), "line": int(df.at[int(i), LINE_COL]) if LINE_COL in df.columns else None,
-             "value": _row_detail(df, p, int(i))} for i in p.rows[:MAX_ROWS_NAMED]]
+    rows = [
+        {
+            "where": _where(df, int(i)),
+            "line": int(df.at[int(i), LINE_COL]) if LINE_COL in df.columns else None,
+            "value": _row_detail(df, p, int(i)),
+        }
+        for i in p.rows[:MAX_ROWS_NAMED]
+    ]
     return {"column": p.column, "rule": p.rule, "count": p.count, "rows": rows, "fatal": p.fatal}
 
 
@@ -227,7 +237,13 @@ def _message(spec: DatasetSpec, df: pd.DataFrame, checked: Checked, quarantine: 
             at = "; ".join(f"{_where(df, int(i))} (value {_value(df, p.column, int(i))!r})" for i in named)
         more = f" and {len(p.rows) - len(named)} more" if len(p.rows) > len(named) else ""
         parts.append(f"{p.label()}: {len(p.rows)} row(s) of {checked.total_rows}, at {at}{more}")
-    how = ("fix the source file(s) and ingest again" if not quarantine
-           else "a problem of the whole dataset cannot be quarantined; fix the source file(s)")
-    return (f"dataset {spec.name!r} failed validation with {len(parts)} problem(s): " + " | ".join(parts)
-            + f"; {how} (nothing was published)")
+    how = (
+        "fix the source file(s) and ingest again"
+        if not quarantine
+        else "a problem of the whole dataset cannot be quarantined; fix the source file(s)"
+    )
+    return (
+        f"dataset {spec.name!r} failed validation with {len(parts)} problem(s): "
+        + " | ".join(parts)
+        + f"; {how} (nothing was published)"
+    )

@@ -79,8 +79,11 @@ def step_publish_data(ctx: DemoContext) -> None:
     ctx.state["dataset_version"] = dv.version
     second_key = upload_batch(store, 1, "friedman")  # the second model's own data
     second = get_version(store, "friedman", run_data_pipeline(ctx, "friedman"))
-    ctx.note("curated data (kfp.local data pipeline)", f"diabetes {dv.version}, {dv.row_count} rows from {key}; "
-             f"friedman {second.version}, {second.row_count} rows from {second_key}")
+    ctx.note(
+        "curated data (kfp.local data pipeline)",
+        f"diabetes {dv.version}, {dv.row_count} rows from {key}; "
+        f"friedman {second.version}, {second.row_count} rows from {second_key}",
+    )
 
 
 #: The demo's steps, in order; later parts append theirs (training, release, monitoring).
@@ -101,18 +104,24 @@ DEMO_SPEC = {
     # gates saw too few labelled pairs and no release decided (measured 2026-12-02, load 6-9)
     "shadow": {"min_labelled_samples": 42, "margin": 0.02, "error_rate": 0.05, "max_wait_seconds": 40},
     # the default checks with 5 requests per step (the accuracy test runs over the whole canary)
-    "canary": {"steps": [10, 25, 50, 100], "interval_seconds": 5,
-               "checks": [{"name": "requests", "series": "requests", "min_samples": 5},
-                          {"name": "error_rate", "series": "error_rate", "max": 0.01, "min_samples": 5},
-                          {"name": "p99_latency_ms", "series": "p99_latency_ms", "max": 250, "min_samples": 5},
-                          {"name": "accuracy", "source": "labels", "min_samples": 10}]},
+    "canary": {
+        "steps": [10, 25, 50, 100],
+        "interval_seconds": 5,
+        "checks": [
+            {"name": "requests", "series": "requests", "min_samples": 5},
+            {"name": "error_rate", "series": "error_rate", "max": 0.01, "min_samples": 5},
+            {"name": "p99_latency_ms", "series": "p99_latency_ms", "max": 250, "min_samples": 5},
+            {"name": "accuracy", "source": "labels", "min_samples": 10},
+        ],
+    },
 }
 #: Demo traffic: requests per second through the gateway, bounds, label delay.
 TRAFFIC = {"rate": 40.0, "max_requests": 20_000, "max_seconds": 900.0, "truth_delay": 0.5}
 
 
-def create_release_demo_project(dest, name: str | None = None, dataset: str | None = None,
-                                rollout: str | None = None) -> list[str]:
+def create_release_demo_project(
+    dest, name: str | None = None, dataset: str | None = None, rollout: str | None = None
+) -> list[str]:
     """The demo project's three merges (``kfrelease.demo.project``), except that merge 3's data scientist
     widened the offline tolerance against production to 50 % so that the worse model passes offline
     validation: then only the shadow gate on live traffic stands between it and production. ``rollout``:
@@ -130,8 +139,14 @@ def create_release_demo_project(dest, name: str | None = None, dataset: str | No
     overrides = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
     text = project.spec_variant(3, base, validation=validation, **overrides)
     # create_demo_project already merged the knn branch; this demo replaces that merge's spec
-    shas.append(project.merge_change(dest, "knn-wider-tolerance", {"model.yaml": text},
-                                     "Try 5-nearest-neighbours (offline tolerance widened to 50 %)"))
+    shas.append(
+        project.merge_change(
+            dest,
+            "knn-wider-tolerance",
+            {"model.yaml": text},
+            "Try 5-nearest-neighbours (offline tolerance widened to 50 %)",
+        )
+    )
     return shas
 
 
@@ -183,9 +198,11 @@ def step_serving(ctx: DemoContext) -> None:
         second_shas = create_second_project(second, rollout=rollout)
         merges.write_text(json.dumps([shas, second_shas]))
     ctx.state.update(repo=str(repo), shas=shas, second_repo=str(second), second_shas=second_shas)
-    ctx.note("serving (log sink, feedback) and demo projects",
-             f"{repo.name}: ridge, scaled ridge, knn; {second.name} ({SECOND_MODEL}): ridge, gradient boosting; "
-             f"spec {spec_path.name}")
+    ctx.note(
+        "serving (log sink, feedback) and demo projects",
+        f"{repo.name}: ridge, scaled ridge, knn; {second.name} ({SECOND_MODEL}): ridge, gradient boosting; "
+        f"spec {spec_path.name}",
+    )
 
 
 def _progress(event: dict) -> None:
@@ -244,8 +261,11 @@ def step_merge1(ctx: DemoContext) -> None:
     version, stage = _merge(ctx, 1)
     second_version, second_stage = _trained_and_released(ctx, second_run)
     ctx.state["v1"] = version
-    ctx.note("merge 1 of both models: ridge", f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} -> "
-             f"{second_stage} (first models of tag 1: no champion)")
+    ctx.note(
+        "merge 1 of both models: ridge",
+        f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} -> "
+        f"{second_stage} (first models of tag 1: no champion)",
+    )
     for model, st in ((MODEL, stage), (SECOND_MODEL, second_stage)):
         if st == "production":
             _start_traffic(ctx, model)
@@ -257,9 +277,11 @@ def step_merge2(ctx: DemoContext) -> None:
     # merge 3 of the first model trains while the second model's release is still in shadow or canary
     ctx.state["merge3_run"] = _trigger(ctx, 3)
     second_version, second_stage = _trained_and_released(ctx, second_run)
-    ctx.note("merge 2 of both models (better), released in parallel",
-             f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} (gradient boosting) -> {second_stage} "
-             "(each: shadow gate, canary steps)")
+    ctx.note(
+        "merge 2 of both models (better), released in parallel",
+        f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} (gradient boosting) -> {second_stage} "
+        "(each: shadow gate, canary steps)",
+    )
 
 
 def step_merge3(ctx: DemoContext) -> None:
@@ -268,8 +290,10 @@ def step_merge3(ctx: DemoContext) -> None:
 
     version, stage = _trained_and_released(ctx, ctx.state.pop("merge3_run", None) or _trigger(ctx, 3))
     prod = ModelRegistry(store_for("pipeline", ctx.settings)).current("diabetes-progression", "production")
-    ctx.note("merge 3: 5-nearest-neighbours (worse)", f"{version} -> {stage}; production stays "
-             f"{prod.version if prod else 'none'}")
+    ctx.note(
+        "merge 3: 5-nearest-neighbours (worse)",
+        f"{version} -> {stage}; production stays {prod.version if prod else 'none'}",
+    )
 
 
 def step_traffic_summary(ctx: DemoContext) -> None:
@@ -300,10 +324,12 @@ def step_traffic_summary(ctx: DemoContext) -> None:
         logged = len(set(stats.ok_ids) & set(frame.loc[frame["stage"] != "staging", "request_id"]))
         served = ", ".join(f"{v}: {c}" for v, c in sorted(stats.versions.items()))
         others = sorted(set(stats.models) - {model})
-        ctx.note(f"client traffic to {model} through the gateway",
-                 f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in its "
-                 f"prediction logs; answered by {served}"
-                 + (f"; ANSWERED BY OTHER MODELS: {others}" if others else "; every answer from this model"))
+        ctx.note(
+            f"client traffic to {model} through the gateway",
+            f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in its "
+            f"prediction logs; answered by {served}"
+            + (f"; ANSWERED BY OTHER MODELS: {others}" if others else "; every answer from this model"),
+        )
 
 
 MODEL = "diabetes-progression"
@@ -345,9 +371,11 @@ def step_monitoring(ctx: DemoContext) -> None:
     page = ctx.settings.home / "demo" / "monitoring.html"
     page.write_text(render_page(history, current, MODEL, run.outcome.warnings, run.report_keys), encoding="utf-8")
     for _, r in current.iterrows():
-        console.print(f"  {r['version']:<8} {r['stage']:<10} {r['status']:<13} labelled {fmt(r.get('labelled')):>4}  "
-                      f"RMSE {fmt(r.get('rmse'))}  MAE {fmt(r.get('mae'))}  R² {fmt(r.get('r2'))}  "
-                      f"drift share {fmt(r.get('drift_share'))}")
+        console.print(
+            f"  {r['version']:<8} {r['stage']:<10} {r['status']:<13} labelled {fmt(r.get('labelled')):>4}  "
+            f"RMSE {fmt(r.get('rmse'))}  MAE {fmt(r.get('mae'))}  R² {fmt(r.get('r2'))}  "
+            f"drift share {fmt(r.get('drift_share'))}"
+        )
     prod = ModelRegistry(store_for("pipeline", ctx.settings)).current(MODEL, "production")
     rows = current[(current["version"] == prod.version) & (current["stage"] == "production")] if prod else current[:0]
     if rows.empty:
@@ -355,13 +383,16 @@ def step_monitoring(ctx: DemoContext) -> None:
         return
     r = rows.iloc[0]
     scraped = _prometheus_value(
-        ctx, f'kfrelease_model_rmse{{model="{MODEL}",version="{prod.version}",stage="production"}}')
+        ctx, f'kfrelease_model_rmse{{model="{MODEL}",version="{prod.version}",stage="production"}}'
+    )
     firing = _prometheus_value(ctx, f'count(ALERTS{{model="{MODEL}",alertstate="firing"}}) or vector(0)', 5)
-    ctx.note("monitoring (windows of 100 labels)",
-             f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
-             f"drift share {fmt(r.get('drift_share'))}; Prometheus kfrelease_model_rmse "
-             f"{'= ' + fmt(scraped) if scraped is not None else 'not scraped yet'}; alerts firing: "
-             f"{int(firing or 0)}; page {page}")
+    ctx.note(
+        "monitoring (windows of 100 labels)",
+        f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
+        f"drift share {fmt(r.get('drift_share'))}; Prometheus kfrelease_model_rmse "
+        f"{'= ' + fmt(scraped) if scraped is not None else 'not scraped yet'}; alerts firing: "
+        f"{int(firing or 0)}; page {page}",
+    )
 
 
 def step_monitoring_second(ctx: DemoContext) -> None:
@@ -381,9 +412,11 @@ def step_monitoring_second(ctx: DemoContext) -> None:
         ctx.note(f"monitoring {SECOND_MODEL}", "no production window yet")
         return
     r = rows.iloc[0]
-    ctx.note(f"monitoring {SECOND_MODEL} (windows of 100 labels)",
-             f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
-             f"drift share {fmt(r.get('drift_share'))}")
+    ctx.note(
+        f"monitoring {SECOND_MODEL} (windows of 100 labels)",
+        f"{prod.version} production: RMSE {fmt(r.get('rmse'))}, MAE {fmt(r.get('mae'))}, R² {fmt(r.get('r2'))}, "
+        f"drift share {fmt(r.get('drift_share'))}",
+    )
 
 
 def step_new_data(ctx: DemoContext) -> None:
@@ -410,7 +443,9 @@ def step_new_data(ctx: DemoContext) -> None:
     for t in receiver.threads:
         t.join()
     action = rows[0]["action"] if rows else "no production model"
-    console.print(f"  new-data hook: {action}" + (f" ({rows[0].get('detail')})" if rows and rows[0].get("detail") else ""))
+    console.print(
+        f"  new-data hook: {action}" + (f" ({rows[0].get('detail')})" if rows and rows[0].get("detail") else "")
+    )
     # the run of an auto revision is named after production's version and the data version (whoever started it)
     run_id = f"auto-{MODEL}-{prod.version}-{version[:12]}" if prod else None
     store = store_for("pipeline", ctx.settings)

@@ -21,8 +21,12 @@ from kfrelease.resources import resource_path
 
 EXAMPLE = resource_path("examples") / "diabetes-model"
 HEADER = "# Model spec of the demo project (see examples/diabetes-model/model.yaml for the commented original).\n"
-_GIT_ENV = {"GIT_AUTHOR_NAME": "Data Scientist", "GIT_AUTHOR_EMAIL": "ds@example.com",
-            "GIT_COMMITTER_NAME": "Data Scientist", "GIT_COMMITTER_EMAIL": "ds@example.com"}
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Data Scientist",
+    "GIT_AUTHOR_EMAIL": "ds@example.com",
+    "GIT_COMMITTER_NAME": "Data Scientist",
+    "GIT_COMMITTER_EMAIL": "ds@example.com",
+}
 
 
 def example_dir() -> Path:
@@ -47,8 +51,14 @@ def spec_variant(merge: int, base_text: str | None = None, **changes) -> str:
 
 
 def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False,
-                          env={**os.environ, **_GIT_ENV})
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **_GIT_ENV},
+    )
     if proc.returncode != 0:
         raise ConfigError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
     return proc.stdout.strip()
@@ -66,8 +76,9 @@ def merge_change(repo: Path, branch: str, files: dict[str, str], message: str) -
     return _git(repo, "rev-parse", "HEAD")
 
 
-def create_demo_project(dest: str | Path, name: str | None = None, dataset: str | None = None,
-                        rollout: str | None = None) -> list[str]:
+def create_demo_project(
+    dest: str | Path, name: str | None = None, dataset: str | None = None, rollout: str | None = None
+) -> list[str]:
     """Create the demo model project's repository at ``dest`` with its three merges; returns their SHAs.
 
     ``name``/``dataset`` override the model name and dataset (tests use private ones); ``rollout`` is the
@@ -84,11 +95,18 @@ def create_demo_project(dest: str | Path, name: str | None = None, dataset: str 
     _git(dest, "commit", "-q", "-m", "Model project skeleton")
     base = (src / "model.yaml").read_text()
     shas = [
-        merge_change(dest, "ridge", {"model.yaml": spec_variant(1, base, **overrides),
-                                     **({"rollout.yaml": rollout} if rollout else {})}, "First model: ridge regression"),
-        merge_change(dest, "scaled-ridge", {"model.yaml": spec_variant(2, base, **overrides),
-                                            "model.py": (src / "model.py").read_text()},
-                     "Standardise inputs before ridge (better RMSE)"),
+        merge_change(
+            dest,
+            "ridge",
+            {"model.yaml": spec_variant(1, base, **overrides), **({"rollout.yaml": rollout} if rollout else {})},
+            "First model: ridge regression",
+        ),
+        merge_change(
+            dest,
+            "scaled-ridge",
+            {"model.yaml": spec_variant(2, base, **overrides), "model.py": (src / "model.py").read_text()},
+            "Standardise inputs before ridge (better RMSE)",
+        ),
         merge_change(dest, "knn", {"model.yaml": spec_variant(3, base, **overrides)}, "Try 5-nearest-neighbours"),
     ]
     return shas
@@ -114,15 +132,18 @@ def second_spec_variant(merge: int, **changes) -> str:
     terms: better)."""
     doc = {**_SECOND_SPEC, **changes}
     if merge == 2:
-        doc["estimator"] = {"class": "sklearn.ensemble.GradientBoostingRegressor",
-                            "params": {"n_estimators": 150, "max_depth": 3, "random_state": 0}}
+        doc["estimator"] = {
+            "class": "sklearn.ensemble.GradientBoostingRegressor",
+            "params": {"n_estimators": 150, "max_depth": 3, "random_state": 0},
+        }
     elif merge != 1:
         raise ConfigError(f"the second demo project has merges 1 and 2, not {merge}")
     return "# Model spec of the demo's second model project.\n" + yaml.safe_dump(doc, sort_keys=False)
 
 
-def create_second_project(dest: str | Path, name: str | None = None, dataset: str | None = None,
-                          rollout: str | None = None) -> list[str]:
+def create_second_project(
+    dest: str | Path, name: str | None = None, dataset: str | None = None, rollout: str | None = None
+) -> list[str]:
     """The second model's project (Friedman #1 data) with two merges to main (merge 1 adds ``rollout``, if
     given, as its ``rollout.yaml``); returns their SHAs."""
     dest = Path(dest)
@@ -135,10 +156,18 @@ def create_second_project(dest: str | Path, name: str | None = None, dataset: st
     _git(dest, "add", "README.md")
     _git(dest, "commit", "-q", "-m", "Model project skeleton")
     return [
-        merge_change(dest, "ridge", {"model.yaml": second_spec_variant(1, **overrides),
-                                     **({"rollout.yaml": rollout} if rollout else {})}, "First model: ridge"),
-        merge_change(dest, "boosting", {"model.yaml": second_spec_variant(2, **overrides)},
-                     "Gradient boosting fits the non-linear terms (better RMSE)"),
+        merge_change(
+            dest,
+            "ridge",
+            {"model.yaml": second_spec_variant(1, **overrides), **({"rollout.yaml": rollout} if rollout else {})},
+            "First model: ridge",
+        ),
+        merge_change(
+            dest,
+            "boosting",
+            {"model.yaml": second_spec_variant(2, **overrides)},
+            "Gradient boosting fits the non-linear terms (better RMSE)",
+        ),
     ]
 
 

@@ -49,10 +49,7 @@ def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], f
 
     frame = diabetes_features(holdout())
     cols = features or FEATURES
-    return [
-        ([float(v) for v in row[cols]], float(row["progression"]))
-        for _, row in frame.iterrows()
-    ]
+    return [([float(v) for v in row[cols]], float(row["progression"])) for _, row in frame.iterrows()]
 
 
 def _model_name(response: httpx.Response) -> str:
@@ -104,9 +101,7 @@ class TrafficGenerator:
     ):
         if rate <= 0 or max_requests < 1 or max_seconds <= 0:
             raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
-        self.predict_url = (
-            _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
-        )
+        self.predict_url = _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
         self.feedback_url = _local(feedback_url).rstrip("/") + "/v1/feedback"
         self.model, self.rate, self.max_requests, self.max_seconds = (
             model,
@@ -121,9 +116,7 @@ class TrafficGenerator:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._done_sending = threading.Event()
-        self._labels: list[
-            tuple[float, str, float]
-        ] = []  # (due time, request id, truth)
+        self._labels: list[tuple[float, str, float]] = []  # (due time, request id, truth)
         self._workers: list[threading.Thread] = []
         self._next = 0
 
@@ -131,16 +124,10 @@ class TrafficGenerator:
     def start(self) -> TrafficGenerator:
         self._started = time.monotonic()
         self._workers = [
-            threading.Thread(
-                target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}"
-            )
+            threading.Thread(target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}")
             for k in range(self.threads)
         ]
-        self._workers.append(
-            threading.Thread(
-                target=self._label_loop, daemon=True, name="traffic-labels"
-            )
-        )
+        self._workers.append(threading.Thread(target=self._label_loop, daemon=True, name="traffic-labels"))
         for w in self._workers:
             w.start()
         return self
@@ -244,13 +231,9 @@ class TrafficGenerator:
                 batch = []
                 now = time.monotonic()
                 with self._lock:
-                    while self._labels and (
-                        self._labels[0][0] <= now or self._done_sending.is_set()
-                    ):
+                    while self._labels and (self._labels[0][0] <= now or self._done_sending.is_set()):
                         _, rid, truth = heapq.heappop(self._labels)
-                        batch.append(
-                            {"request_id": rid, "truth": truth, "model": self.model}
-                        )
+                        batch.append({"request_id": rid, "truth": truth, "model": self.model})
                     empty = not self._labels
                 if batch:
                     try:

@@ -148,10 +148,20 @@ def profile_bindings(profile: dict) -> list[Binding]:
     ns, owner = profile["metadata"]["name"], profile["spec"]["owner"]
     return [
         Binding(ns, "ClusterRole", "kubeflow-admin", [dict(owner)], f"Profile {ns} owner (namespaceAdmin)"),
-        Binding(ns, "ClusterRole", "kubeflow-edit", [{"kind": "ServiceAccount", "name": "default-editor"}],
-                f"Profile {ns} default-editor"),
-        Binding(ns, "ClusterRole", "kubeflow-view", [{"kind": "ServiceAccount", "name": "default-viewer"}],
-                f"Profile {ns} default-viewer"),
+        Binding(
+            ns,
+            "ClusterRole",
+            "kubeflow-edit",
+            [{"kind": "ServiceAccount", "name": "default-editor"}],
+            f"Profile {ns} default-editor",
+        ),
+        Binding(
+            ns,
+            "ClusterRole",
+            "kubeflow-view",
+            [{"kind": "ServiceAccount", "name": "default-viewer"}],
+            f"Profile {ns} default-viewer",
+        ),
     ]
 
 
@@ -185,8 +195,13 @@ class RBACModel:
                 ns = meta.get("namespace", "") if kind == "RoleBinding" else ""
                 ref = d["roleRef"]
                 self.bindings.append(
-                    Binding(ns, ref["kind"], ref["name"], list(d.get("subjects") or []),
-                            f"{kind} {ns + '/' if ns else ''}{meta['name']}")
+                    Binding(
+                        ns,
+                        ref["kind"],
+                        ref["name"],
+                        list(d.get("subjects") or []),
+                        f"{kind} {ns + '/' if ns else ''}{meta['name']}",
+                    )
                 )
             elif kind == "Profile":
                 self.bindings += profile_bindings(d)

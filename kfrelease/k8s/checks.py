@@ -69,8 +69,9 @@ def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if not kubectl:
         raise ConfigError("kubectl is needed to build the overlays (`kubectl kustomize`); install it first")
-    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
     if proc.returncode != 0:
         raise ConfigError(f"kubectl kustomize {directory} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -114,8 +115,10 @@ def check_schema(ctx: CheckContext) -> list[Finding]:
 
     out = []
     for name, env in ctx.environments.items():
-        for where, docs in ((f"overlays/{name}", ctx.overlay(name)),
-                            (f"bootstrap/{name}/release.yaml", ctx.yaml_docs(f"bootstrap/{name}/release.yaml"))):
+        for where, docs in (
+            (f"overlays/{name}", ctx.overlay(name)),
+            (f"bootstrap/{name}/release.yaml", ctx.yaml_docs(f"bootstrap/{name}/release.yaml")),
+        ):
             for doc in docs:
                 try:
                     validate(doc, kserve=env.kserve)
@@ -134,10 +137,14 @@ def check_release_owned(ctx: CheckContext) -> list[Finding]:
     for name in ctx.environments:
         for doc in ctx.overlay(name):
             if (doc["apiVersion"].rpartition("/")[0], doc["kind"]) in RELEASE_OWNED:
-                out.append(Finding(
-                    "release-owned-in-overlay", f"overlays/{name}: {_where(doc)}",
-                    "the release drives this object after the bootstrap; re-applying the overlay would reset it "
-                    "(move it to bootstrap/<env>/, created once)"))
+                out.append(
+                    Finding(
+                        "release-owned-in-overlay",
+                        f"overlays/{name}: {_where(doc)}",
+                        "the release drives this object after the bootstrap; re-applying the overlay would reset it "
+                        "(move it to bootstrap/<env>/, created once)",
+                    )
+                )
     return out
 
 
@@ -150,19 +157,38 @@ def check_storage_class(ctx: CheckContext) -> list[Finding]:
     out = []
     for name in ctx.environments:
         docs = ctx.overlay(name)
-        defaults = [d for d in docs if d["kind"] == "StorageClass"
-                    and (d["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+        defaults = [
+            d
+            for d in docs
+            if d["kind"] == "StorageClass"
+            and (d["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        ]
         if len(defaults) != 1:
-            out.append(Finding("storage-class", f"overlays/{name}",
-                               f"{len(defaults)} default StorageClass(es); EKS >= 1.30 has none of its own, so "
-                               "PVCs without a class stay Pending: render exactly one (kfrelease.k8s.kubeflow)"))
+            out.append(
+                Finding(
+                    "storage-class",
+                    f"overlays/{name}",
+                    f"{len(defaults)} default StorageClass(es); EKS >= 1.30 has none of its own, so "
+                    "PVCs without a class stay Pending: render exactly one (kfrelease.k8s.kubeflow)",
+                )
+            )
         elif defaults[0].get("provisioner") != EBS_CSI:
-            out.append(Finding("storage-class", f"overlays/{name}: {_where(defaults[0])}",
-                               f"provisioner {defaults[0].get('provisioner')!r} is not {EBS_CSI}"))
+            out.append(
+                Finding(
+                    "storage-class",
+                    f"overlays/{name}: {_where(defaults[0])}",
+                    f"provisioner {defaults[0].get('provisioner')!r} is not {EBS_CSI}",
+                )
+            )
         addons = {a.get("name") for a in (ctx.yaml_docs(f"eks/{name}/cluster.yaml") or [{}])[0].get("addons", [])}
         if "aws-ebs-csi-driver" not in addons:
-            out.append(Finding("storage-class", f"eks/{name}/cluster.yaml",
-                               "no aws-ebs-csi-driver add-on: nothing provisions the EBS volumes"))
+            out.append(
+                Finding(
+                    "storage-class",
+                    f"eks/{name}/cluster.yaml",
+                    "no aws-ebs-csi-driver add-on: nothing provisions the EBS volumes",
+                )
+            )
     return out
 
 
@@ -189,9 +215,14 @@ def check_image_digest(ctx: CheckContext) -> list[Finding]:
                 out.append(Finding("image-digest", where, f"image {image} is not the pushed {ctx.image}"))
             env = {e.get("name"): e.get("value") for e in container.get("env", [])}
             if env.get(IMAGE_ENV) != image:
-                out.append(Finding("image-digest", where,
-                                   f"{IMAGE_ENV} is {env.get(IMAGE_ENV)!r}, not its own image: a step that compiles a "
-                                   "pipeline would compile it on another image"))
+                out.append(
+                    Finding(
+                        "image-digest",
+                        where,
+                        f"{IMAGE_ENV} is {env.get(IMAGE_ENV)!r}, not its own image: a step that compiles a "
+                        "pipeline would compile it on another image",
+                    )
+                )
     return out
 
 
@@ -207,20 +238,43 @@ def check_m2m_auth(ctx: CheckContext) -> list[Finding]:
         docs = ctx.yaml_docs(rel)
         resources = (docs[0] if docs else {}).get("resources", [])
         if not any(OAUTH2_PROXY_EKS_OVERLAY in r for r in resources):
-            out.append(Finding("m2m-auth", rel, f"does not build {OAUTH2_PROXY_EKS_OVERLAY}: Kubeflow would refuse "
-                                                "the CI's EKS-issued token"))
+            out.append(
+                Finding(
+                    "m2m-auth",
+                    rel,
+                    f"does not build {OAUTH2_PROXY_EKS_OVERLAY}: Kubeflow would refuse the CI's EKS-issued token",
+                )
+            )
         if not env.oidc_issuer.startswith(f"https://oidc.eks.{env.region}.amazonaws.com/id/"):
-            out.append(Finding("m2m-auth", f"environments.yaml ({name})",
-                               f"oidc_issuer {env.oidc_issuer!r} is not this cluster's EKS issuer; set it from "
-                               "`aws eks describe-cluster --query cluster.identity.oidc.issuer`"))
-        ingresses = [d for d in ctx.overlay(name) if d["kind"] == "Ingress"
-                     and any(r.get("host") == env.kubeflow_host for r in d["spec"].get("rules", []))]
+            out.append(
+                Finding(
+                    "m2m-auth",
+                    f"environments.yaml ({name})",
+                    f"oidc_issuer {env.oidc_issuer!r} is not this cluster's EKS issuer; set it from "
+                    "`aws eks describe-cluster --query cluster.identity.oidc.issuer`",
+                )
+            )
+        ingresses = [
+            d
+            for d in ctx.overlay(name)
+            if d["kind"] == "Ingress" and any(r.get("host") == env.kubeflow_host for r in d["spec"].get("rules", []))
+        ]
         if not ingresses:
-            out.append(Finding("m2m-auth", f"overlays/{name}",
-                               f"no Ingress for kubeflow_host {env.kubeflow_host!r}: GitHub-hosted runners cannot reach KFP"))
+            out.append(
+                Finding(
+                    "m2m-auth",
+                    f"overlays/{name}",
+                    f"no Ingress for kubeflow_host {env.kubeflow_host!r}: GitHub-hosted runners cannot reach KFP",
+                )
+            )
         elif not (ingresses[0]["metadata"].get("annotations") or {}).get("alb.ingress.kubernetes.io/certificate-arn"):
-            out.append(Finding("m2m-auth", f"overlays/{name}: {_where(ingresses[0])}",
-                               "no ACM certificate: the CI's bearer token would cross the internet without TLS"))
+            out.append(
+                Finding(
+                    "m2m-auth",
+                    f"overlays/{name}: {_where(ingresses[0])}",
+                    "no ACM certificate: the CI's bearer token would cross the internet without TLS",
+                )
+            )
     return out
 
 
@@ -235,12 +289,17 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
     for name, env in ctx.environments.items():
         docs = ctx.overlay(name) + ctx.yaml_docs(f"bootstrap/{name}/release.yaml")
         config = (ctx.yaml_docs(f"eks/{name}/cluster.yaml") or [{}])[0]
-        groups = {g for e in (config.get("accessConfig") or {}).get("accessEntries") or []
-                  for g in e.get("kubernetesGroups", [])}
+        groups = {
+            g
+            for e in (config.get("accessConfig") or {}).get("accessEntries") or []
+            for g in e.get("kubernetesGroups", [])
+        }
         spec = ctx.sources.spec
-        messages = (rc.rbac_findings(docs, spec, groups)
-                    + rc.driver_findings(docs, spec, env.production_version, env.kserve_version)
-                    + rc.mesh_findings(docs, spec))
+        messages = (
+            rc.rbac_findings(docs, spec, groups)
+            + rc.driver_findings(docs, spec, env.production_version, env.kserve_version)
+            + rc.mesh_findings(docs, spec)
+        )
         out += [Finding("release-path", f"overlays/{name}", m) for m in messages]
     return out
 

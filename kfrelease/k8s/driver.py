@@ -39,8 +39,11 @@ from kfrelease.rollout.traffic import TrafficState
 log = logging.getLogger(__name__)
 
 PLURALS = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices", "Lease": "leases"}
-GROUPS = {"InferenceService": "serving.kserve.io", "VirtualService": "networking.istio.io",
-          "Lease": "coordination.k8s.io"}
+GROUPS = {
+    "InferenceService": "serving.kserve.io",
+    "VirtualService": "networking.istio.io",
+    "Lease": "coordination.k8s.io",
+}
 LEASE_API = "coordination.k8s.io/v1"
 
 
@@ -167,11 +170,16 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         from kfrelease.k8s.inference import production_name
 
         out = []
-        for api_version, kind in (("serving.kserve.io/v1beta1", "InferenceService"),
-                                  ("networking.istio.io/v1", "VirtualService")):
+        for api_version, kind in (
+            ("serving.kserve.io/v1beta1", "InferenceService"),
+            ("networking.istio.io/v1", "VirtualService"),
+        ):
             group, version = self._gv(api_version)
             items = self.api.list_namespaced_custom_object(
-                group, version, spec.serving.namespace, PLURALS[kind],
+                group,
+                version,
+                spec.serving.namespace,
+                PLURALS[kind],
                 label_selector=f"app.kubernetes.io/part-of=kfrelease,kfrelease.io/model={production_name(spec)}",
             )
             out += items.get("items", [])
@@ -183,22 +191,36 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
             return None if lease is None else api.api_client.sanitize_for_serialization(lease)
         group, version = self._gv(ref["apiVersion"])
-        return self._call(self.api.get_namespaced_custom_object, group, version, ref["namespace"],
-                          PLURALS[ref["kind"]], ref["name"])
+        return self._call(
+            self.api.get_namespaced_custom_object, group, version, ref["namespace"], PLURALS[ref["kind"]], ref["name"]
+        )
 
     def patch(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self._call(self.api.patch_namespaced_custom_object, group, version, ref["namespace"],
-                   PLURALS[ref["kind"]], ref["name"], ref["patch"])
+        self._call(
+            self.api.patch_namespaced_custom_object,
+            group,
+            version,
+            ref["namespace"],
+            PLURALS[ref["kind"]],
+            ref["name"],
+            ref["patch"],
+        )
 
     def create(self, doc: dict) -> None:
         if doc["kind"] == "Lease":
             self._call(self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc)
             return
         group, version = self._gv(doc["apiVersion"])
-        self._call(self.api.create_namespaced_custom_object, group, version, doc["metadata"]["namespace"],
-                   PLURALS[doc["kind"]], doc)
+        self._call(
+            self.api.create_namespaced_custom_object,
+            group,
+            version,
+            doc["metadata"]["namespace"],
+            PLURALS[doc["kind"]],
+            doc,
+        )
 
     def replace(self, doc: dict) -> None:
         meta = doc["metadata"]
@@ -206,15 +228,28 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
 
     def delete(self, ref: dict) -> None:
         group, version = self._gv(ref["apiVersion"])
-        self._call(self.api.delete_namespaced_custom_object, group, version, ref["namespace"],
-                   PLURALS[ref["kind"]], ref["name"])
+        self._call(
+            self.api.delete_namespaced_custom_object,
+            group,
+            version,
+            ref["namespace"],
+            PLURALS[ref["kind"]],
+            ref["name"],
+        )
 
     def can(self, verb: str, ref: dict) -> bool:
         c = self._client
-        review = c.V1SelfSubjectAccessReview(spec=c.V1SelfSubjectAccessReviewSpec(
-            resource_attributes=c.V1ResourceAttributes(
-                verb=verb, group=GROUPS[ref["kind"]], resource=PLURALS[ref["kind"]],
-                namespace=ref["namespace"], name=ref.get("name") if verb != "create" else None)))
+        review = c.V1SelfSubjectAccessReview(
+            spec=c.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=c.V1ResourceAttributes(
+                    verb=verb,
+                    group=GROUPS[ref["kind"]],
+                    resource=PLURALS[ref["kind"]],
+                    namespace=ref["namespace"],
+                    name=ref.get("name") if verb != "create" else None,
+                )
+            )
+        )
         return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
 
 
@@ -233,14 +268,17 @@ class ClusterReleaseLock:
     release takes the lock back at once; another release waits until the holder releases it or stops renewing
     it for ``duration_seconds``."""
 
-    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int,
-                 clock=_now):
+    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=_now):
         from kfrelease.k8s.inference import production_name
         from kfrelease.k8s.platform import release_lease_name
 
         self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
-        self.ref = {"apiVersion": LEASE_API, "kind": "Lease", "namespace": spec.serving.namespace,
-                    "name": release_lease_name(production_name(spec))}
+        self.ref = {
+            "apiVersion": LEASE_API,
+            "kind": "Lease",
+            "namespace": spec.serving.namespace,
+            "name": release_lease_name(production_name(spec)),
+        }
 
     def _expired(self, lease: dict) -> bool:
         spec = lease.get("spec") or {}
@@ -254,13 +292,24 @@ class ClusterReleaseLock:
         now = _micro_time(self.clock())
         lease = self.objects.get(self.ref)
         if lease is None:
-            self.objects.create({
-                "apiVersion": LEASE_API, "kind": "Lease",
-                "metadata": {"name": self.ref["name"], "namespace": self.ref["namespace"],
-                             "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
-                "spec": {"holderIdentity": self.holder, "leaseDurationSeconds": self.duration,
-                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
-            })
+            self.objects.create(
+                {
+                    "apiVersion": LEASE_API,
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.ref["name"],
+                        "namespace": self.ref["namespace"],
+                        "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+                    },
+                    "spec": {
+                        "holderIdentity": self.holder,
+                        "leaseDurationSeconds": self.duration,
+                        "acquireTime": now,
+                        "renewTime": now,
+                        "leaseTransitions": 0,
+                    },
+                }
+            )
             return
         spec = lease.setdefault("spec", {})
         if spec.get("holderIdentity") != self.holder:
@@ -268,9 +317,11 @@ class ClusterReleaseLock:
                 raise Conflict(
                     f"the release of {spec.get('holderIdentity')} holds the lock {self.ref['namespace']}/"
                     f"{self.ref['name']} (renewed {spec.get('renewTime')}); this release moved no traffic; it "
-                    "can start when that one ends")
-            spec.update(holderIdentity=self.holder, acquireTime=now,
-                        leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1)
+                    "can start when that one ends"
+                )
+            spec.update(
+                holderIdentity=self.holder, acquireTime=now, leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1
+            )
         spec.update(renewTime=now, leaseDurationSeconds=self.duration)
         self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
 
@@ -320,15 +371,24 @@ class KServeTrafficDriver:
             from kfrelease.k8s.inference import production_name, recorded_state
 
             for doc in self.objects.list(self.spec):
-                if doc["kind"] == "VirtualService" and doc["metadata"]["name"] == f"{production_name(self.spec)}-release":
+                if (
+                    doc["kind"] == "VirtualService"
+                    and doc["metadata"]["name"] == f"{production_name(self.spec)}-release"
+                ):
                     self._state = recorded_state(doc)
         return self._state
 
     def _plan(self, state: TrafficState) -> dict[str, list[dict]]:
         from kfrelease.k8s.traffic import traffic_patches
 
-        return traffic_patches(self.objects.list(self.spec), self.spec, state, self.storage_uris,
-                               logger_url=self.logger_url, kserve_version=self.kserve_version)
+        return traffic_patches(
+            self.objects.list(self.spec),
+            self.spec,
+            state,
+            self.storage_uris,
+            logger_url=self.logger_url,
+            kserve_version=self.kserve_version,
+        )
 
     def _refused(self, plan: dict[str, list[dict]]) -> list[str]:
         ops = [("create", ref_of(d)) for d in plan["create"]]
@@ -345,11 +405,23 @@ class KServeTrafficDriver:
         for state in states:
             from kfrelease.k8s.traffic import traffic_patches
 
-            plan = traffic_patches(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
-                                   kserve_version=self.kserve_version)
+            plan = traffic_patches(
+                docs,
+                self.spec,
+                state,
+                self.storage_uris,
+                logger_url=self.logger_url,
+                kserve_version=self.kserve_version,
+            )
             refused += [r for r in self._refused(plan) if r not in refused]
-            docs = apply_traffic(docs, self.spec, state, self.storage_uris, logger_url=self.logger_url,
-                                 kserve_version=self.kserve_version)
+            docs = apply_traffic(
+                docs,
+                self.spec,
+                state,
+                self.storage_uris,
+                logger_url=self.logger_url,
+                kserve_version=self.kserve_version,
+            )
         if self.lock:
             for verb in ("get", "update"):
                 if not self.objects.can(verb, self.lock.ref):
@@ -358,14 +430,17 @@ class KServeTrafficDriver:
             raise DriverForbidden(
                 "the release driver may not " + "; ".join(refused) + "; no traffic was moved. Grant them in "
                 "Role kfrelease-release-driver (`kfrelease manifests render`) or run the release step as its "
-                "service account")
+                "service account"
+            )
 
     def _move(self, state: TrafficState) -> None:
         plan = self._plan(state)  # raises on a bad state before anything is sent
         refused = self._refused(plan)
         if refused:
-            raise DriverForbidden(f"the release driver may not {'; '.join(refused)}; nothing was sent, traffic is "
-                                  f"where it was ({self.current()})")
+            raise DriverForbidden(
+                f"the release driver may not {'; '.join(refused)}; nothing was sent, traffic is "
+                f"where it was ({self.current()})"
+            )
         for doc in plan["create"]:
             self.objects.create(doc)
         for ref in plan["patch"]:

@@ -40,12 +40,24 @@ def ci_trigger_policy(env: Environment) -> dict:
         "Version": "2012-10-17",
         "Statement": [
             # HeadObject of a missing key answers 404 only with ListBucket (else 403): stat() needs it
-            {"Sid": "ListModelsAndCurated", "Effect": "Allow", "Action": ["s3:ListBucket"],
-             "Resource": [f"arn:aws:s3:::{models}", f"arn:aws:s3:::{curated}"]},
-            {"Sid": "ReadCurated", "Effect": "Allow", "Action": ["s3:GetObject"],
-             "Resource": [f"arn:aws:s3:::{curated}/*"]},
-            {"Sid": "RunRecords", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
-             "Resource": [f"arn:aws:s3:::{models}/runs/*"]},
+            {
+                "Sid": "ListModelsAndCurated",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{models}", f"arn:aws:s3:::{curated}"],
+            },
+            {
+                "Sid": "ReadCurated",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{curated}/*"],
+            },
+            {
+                "Sid": "RunRecords",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{models}/runs/*"],
+            },
         ],
     }
 
@@ -60,10 +72,18 @@ def pipeline_ui_policy(env: Environment) -> dict:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "ListPipelineRoot", "Effect": "Allow", "Action": ["s3:ListBucket"],
-             "Resource": [f"arn:aws:s3:::{root}"]},
-            {"Sid": "ReadPipelineRoot", "Effect": "Allow", "Action": ["s3:GetObject"],
-             "Resource": [f"arn:aws:s3:::{root}/*"]},
+            {
+                "Sid": "ListPipelineRoot",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{root}"],
+            },
+            {
+                "Sid": "ReadPipelineRoot",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{root}/*"],
+            },
         ],
     }
 
@@ -77,9 +97,7 @@ def model_repository(model: str) -> str:
     return f"kfrelease/{model}"
 
 
-def cluster_config(
-    env: Environment, policy: AccessPolicy, serving_ns: str, workspaces=()
-) -> dict:
+def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, workspaces=()) -> dict:
     """The eksctl ``ClusterConfig`` (eksctl.io/v1alpha5) of one environment."""
     placements = role_placements(serving_ns)
     accounts = []
@@ -92,13 +110,17 @@ def cluster_config(
             "attachPolicy": iam_policy(policy, role, env.bucket_prefix),
         }
         if role == "pipeline":  # the training pipeline pushes ModelCar images to ECR
-            entry["attachPolicyARNs"] = [
-                f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"
-            ]
+            entry["attachPolicyARNs"] = [f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"]
             # the untrusted and the release steps' own service accounts: the same S3 policy, no image push
             for step_sa, step_role in STEP_IAM_ROLES.items():
-                accounts.append({"metadata": {"name": step_sa, "namespace": ns}, "roleName": step_role,
-                                 "roleOnly": True, "attachPolicy": entry["attachPolicy"]})
+                accounts.append(
+                    {
+                        "metadata": {"name": step_sa, "namespace": ns},
+                        "roleName": step_role,
+                        "roleOnly": True,
+                        "attachPolicy": entry["attachPolicy"],
+                    }
+                )
         accounts.append(entry)
     for ws in workspaces:
         accounts.append(
@@ -209,7 +231,9 @@ def github_oidc_trust(condition: dict) -> dict:
         "Statement": [
             {
                 "Effect": "Allow",
-                "Principal": {"Federated": {"Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"}},
+                "Principal": {
+                    "Federated": {"Fn::Sub": f"arn:aws:iam::${{AWS::AccountId}}:oidc-provider/{GITHUB_OIDC}"}
+                },
                 "Action": "sts:AssumeRoleWithWebIdentity",
                 "Condition": condition,
             }
@@ -217,9 +241,7 @@ def github_oidc_trust(condition: dict) -> dict:
     }
 
 
-def prerequisites_template(
-    env: Environment, policy: AccessPolicy, team: Team, models: list[str]
-) -> dict:
+def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, models: list[str]) -> dict:
     """CloudFormation template (``aws cloudformation deploy``): buckets, ECR repositories, CI role."""
     res: dict = {}
     for bucket in policy.buckets:
@@ -238,26 +260,18 @@ def prerequisites_template(
                     "RestrictPublicBuckets": True,
                 },
                 "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                    ]
+                    "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
                 },
-                "OwnershipControls": {
-                    "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]
-                },
+                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
                 "Tags": [
                     {"Key": "project", "Value": "kfrelease"},
                     {"Key": "bucket", "Value": bucket},
                 ],
             },
         }
-    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [
-        model_repository(m) for m in models
-    ]
+    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [model_repository(m) for m in models]
     for repo in repos:
-        logical = "Repo" + "".join(
-            p.capitalize() for p in repo.replace("/", "-").split("-")
-        )
+        logical = "Repo" + "".join(p.capitalize() for p in repo.replace("/", "-").split("-"))
         res[logical] = {
             "Type": "AWS::ECR::Repository",
             "DeletionPolicy": "Retain",
@@ -270,10 +284,7 @@ def prerequisites_template(
                 "Tags": [{"Key": "project", "Value": "kfrelease"}],
             },
         }
-    model_arns = [
-        f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{model_repository(m)}"
-        for m in models
-    ]
+    model_arns = [f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{model_repository(m)}" for m in models]
     res["ModelImagePushPolicy"] = {
         "Type": "AWS::IAM::ManagedPolicy",
         "Properties": {
@@ -400,11 +411,7 @@ def prerequisites_template(
                 "Description": "false if the account already has the token.actions.githubusercontent.com provider",
             }
         },
-        "Conditions": {
-            "CreateGitHubOIDCProvider": {
-                "Fn::Equals": [{"Ref": "CreateGitHubOIDCProvider"}, "true"]
-            }
-        },
+        "Conditions": {"CreateGitHubOIDCProvider": {"Fn::Equals": [{"Ref": "CreateGitHubOIDCProvider"}, "true"]}},
         "Resources": res,
         "Outputs": {
             "CIRoleArn": {"Value": {"Fn::GetAtt": ["CIRole", "Arn"]}},

@@ -27,6 +27,7 @@ def environments_file(root: Path) -> Path:
 def workspaces_dir(root: Path) -> Path:
     return root / SOURCES_DIR / "workspaces"
 
+
 #: Namespaces. The three Kubeflow Profiles own theirs; serving and monitoring are plain namespaces.
 DATA_NS = "kfrelease-data"
 SCIENCE_NS = "kfrelease-science"
@@ -95,18 +96,12 @@ class Environment:
     @property
     def project_image(self) -> str:
         """The one project image (KFP components, ServingRuntime, log sink) in this environment's ECR."""
-        return (
-            BASE_IMAGE
-            if self.name == "base"
-            else f"{self.registry}/{PROJECT_IMAGE_NAME}:{self.image_tag}"
-        )
+        return BASE_IMAGE if self.name == "base" else f"{self.registry}/{PROJECT_IMAGE_NAME}:{self.image_tag}"
 
     @property
     def workspace_image(self) -> str:
         return (
-            BASE_WORKSPACE_IMAGE
-            if self.name == "base"
-            else f"{self.registry}/{WORKSPACE_IMAGE_NAME}:{self.image_tag}"
+            BASE_WORKSPACE_IMAGE if self.name == "base" else f"{self.registry}/{WORKSPACE_IMAGE_NAME}:{self.image_tag}"
         )
 
     def images(self) -> dict[str, str]:
@@ -166,23 +161,17 @@ def load_environments(path: str | Path | None = None) -> Environments:
     except FileNotFoundError:
         raise ConfigError(f"environments file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"environments file {path} is not valid YAML: {exc}"
-        ) from None
+        raise ConfigError(f"environments file {path} is not valid YAML: {exc}") from None
     try:
         team = Team(**doc["team"])
         envs = {}
         for name, body in doc["environments"].items():
             if not _DNS.match(name):
-                raise ConfigError(
-                    f"{path}: environment name {name!r} must be a DNS label (a-z, 0-9, -)"
-                )
+                raise ConfigError(f"{path}: environment name {name!r} must be a DNS label (a-z, 0-9, -)")
             nodes = {k: NodeGroup(**v) for k, v in body.pop("nodes").items()}
             missing = {"system", "pipelines", "serving"} - set(nodes)
             if missing:
-                raise ConfigError(
-                    f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}"
-                )
+                raise ConfigError(f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}")
             body["kubeflow_version"] = str(body.get("kubeflow_version", Environment.kubeflow_version))
             body["kserve_version"] = str(body.get("kserve_version", Environment.kserve_version))
             env = Environment(name=name, nodes=nodes, **body)
@@ -196,19 +185,13 @@ def load_environments(path: str | Path | None = None) -> Environments:
                     f"use one of {', '.join(KUBEFLOW_KSERVE)} (kfrelease/k8s/versions.py)"
                 )
             if not re.fullmatch(r"\d{12}", env.account_id):
-                raise ConfigError(
-                    f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits"
-                )
+                raise ConfigError(f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits")
             for g, n in nodes.items():
                 if not 0 <= n.min <= n.desired <= n.max:
-                    raise ConfigError(
-                        f"{path}: {name} node group {g}: need 0 <= min <= desired <= max"
-                    )
+                    raise ConfigError(f"{path}: {name} node group {g}: need 0 <= min <= desired <= max")
             envs[name] = env
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(
-            f"environments file {path} is malformed ({exc}); see the comments in the file"
-        ) from None
+        raise ConfigError(f"environments file {path} is malformed ({exc}); see the comments in the file") from None
     if not envs:
         raise ConfigError(f"environments file {path} declares no environment")
     return Environments(team=team, environments=envs)

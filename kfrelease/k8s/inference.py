@@ -181,8 +181,15 @@ def _mode_value(mode: str, kserve_version: str) -> str:
     return capabilities(kserve_version).mode_annotation(mode)
 
 
-def _isvc(spec: RolloutSpec, name: str, stage: str, predictor, canary=None, mode: str | None = None,
-          kserve_version: str = DEFAULT_KSERVE_VERSION) -> dict:
+def _isvc(
+    spec: RolloutSpec,
+    name: str,
+    stage: str,
+    predictor,
+    canary=None,
+    mode: str | None = None,
+    kserve_version: str = DEFAULT_KSERVE_VERSION,
+) -> dict:
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
     from kubernetes.client import V1ObjectMeta
 
@@ -277,8 +284,9 @@ def render_inference_services(
         # Istio), which a Knative route would refuse.
         uri = _storage_uri(storage_uris, state.shadow)
         pred = _predictor(spec, state.shadow, "staging", uri, logger_url, mode="RawDeployment")
-        out.append(_isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment",
-                         kserve_version=kserve_version))
+        out.append(
+            _isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment", kserve_version=kserve_version)
+        )
     return out
 
 
@@ -286,8 +294,12 @@ def _svc_host(spec: RolloutSpec, service: str) -> str:
     return f"{service}.{spec.serving.namespace}.svc.cluster.local"
 
 
-def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN, predictor: str | None = None,
-                 kserve_version: str = DEFAULT_KSERVE_VERSION) -> list[str]:
+def client_hosts(
+    spec: RolloutSpec,
+    domain: str = DEFAULT_DOMAIN,
+    predictor: str | None = None,
+    kserve_version: str = DEFAULT_KSERVE_VERSION,
+) -> list[str]:
     """Every host a client can call the production model by, so that the release's VirtualService (and its
     mirror) sees all of them:
 
@@ -313,9 +325,16 @@ def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN, predictor: str
 
 
 def traffic_state_annotation(state: TrafficState) -> str:
-    return json.dumps({"primary": state.primary, "shadow": state.shadow, "canary": state.canary,
-                       "canary_weight": state.canary_weight, "mirror_percent": state.mirror_percent},
-                      sort_keys=True)
+    return json.dumps(
+        {
+            "primary": state.primary,
+            "shadow": state.shadow,
+            "canary": state.canary,
+            "canary_weight": state.canary_weight,
+            "mirror_percent": state.mirror_percent,
+        },
+        sort_keys=True,
+    )
 
 
 def recorded_state(doc: dict) -> TrafficState | None:

@@ -62,9 +62,7 @@ def oauth2_proxy_kustomization(env: Environment) -> dict:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [
-            f"https://github.com/kubeflow/manifests//{OAUTH2_PROXY_EKS_OVERLAY}?ref=v{env.kubeflow_version}"
-        ],
+        "resources": [f"https://github.com/kubeflow/manifests//{OAUTH2_PROXY_EKS_OVERLAY}?ref=v{env.kubeflow_version}"],
         "patches": [
             {
                 "patch": f"- op: replace\n  path: /spec/jwtRules/0/issuer\n  value: {env.oidc_issuer}\n",
@@ -151,5 +149,9 @@ def bootstrap_documents(spec, env: Environment) -> list[dict]:
     from kfrelease.rollout.traffic import TrafficState
 
     uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
-    return render_release(spec, TrafficState(primary=env.production_version), {env.production_version: uri},
-                          kserve_version=env.kserve_version)
+    return render_release(
+        spec,
+        TrafficState(primary=env.production_version),
+        {env.production_version: uri},
+        kserve_version=env.kserve_version,
+    )

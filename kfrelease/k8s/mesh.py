@@ -74,23 +74,47 @@ def _scrape() -> dict:
 def serving_policies(ns: str, predictor_sa: str, logsink: str, feedback: str) -> list[dict]:
     """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider."""
     return [
-        _policy("kfrelease-predictors", ns, PREDICTOR_SELECTOR, [
-            {"from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
-             "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}]},
-            {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
-            {"from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}], "to": [{"operation": {"ports": ["9090"]}}]},
-            _scrape(),
-        ]),
-        _policy("kfrelease-logsink", ns, {"app.kubernetes.io/name": logsink}, [
-            {"from": [{"source": {"principals": [principal(ns, predictor_sa)]}}],
-             "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT]}}]},
-            _scrape(),
-        ]),
-        _policy("kfrelease-feedback", ns, {"app.kubernetes.io/name": feedback}, [
-            {"from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
-             "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}]},
-            _scrape(),
-        ]),
+        _policy(
+            "kfrelease-predictors",
+            ns,
+            PREDICTOR_SELECTOR,
+            [
+                {
+                    "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
+                    "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
+                },
+                {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
+                {
+                    "from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}],
+                    "to": [{"operation": {"ports": ["9090"]}}],
+                },
+                _scrape(),
+            ],
+        ),
+        _policy(
+            "kfrelease-logsink",
+            ns,
+            {"app.kubernetes.io/name": logsink},
+            [
+                {
+                    "from": [{"source": {"principals": [principal(ns, predictor_sa)]}}],
+                    "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT]}}],
+                },
+                _scrape(),
+            ],
+        ),
+        _policy(
+            "kfrelease-feedback",
+            ns,
+            {"app.kubernetes.io/name": feedback},
+            [
+                {
+                    "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
+                    "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
+                },
+                _scrape(),
+            ],
+        ),
     ]
 
 

@@ -72,9 +72,7 @@ def _meta(
     return meta
 
 
-def profile(
-    name: str, owner: str, env: Environment, role: str, workspace: str | None = None
-) -> dict:
+def profile(name: str, owner: str, env: Environment, role: str, workspace: str | None = None) -> dict:
     """A Kubeflow Profile whose ``default-editor`` service account assumes the role's IAM role (IRSA).
 
     ``annotateOnly: true``: the profile controller only annotates the service account; the role and its
@@ -128,9 +126,7 @@ def s3_env(env: Environment, role: str) -> list[dict]:
     ]
 
 
-def pod_default(
-    role: str, ns: str, env: Environment, service_account_name: str
-) -> dict:
+def pod_default(role: str, ns: str, env: Environment, service_account_name: str) -> dict:
     """PodDefault ``access-s3-<role>``: pods labelled with it run as the role's IRSA service account."""
     name = f"access-s3-{role}"
     return {
@@ -175,11 +171,7 @@ def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None
     containerize step pushes ModelCar images and the auth file skopeo reads (``REGISTRY_AUTH_FILE``)."""
     spec: dict = {
         "desc": f"Pipeline pods: object store as the {role!r} role (IRSA)",
-        "selector": {
-            "matchExpressions": [
-                {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
-            ]
-        },
+        "selector": {"matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]},
         "env": s3_env(env, role),
     }
     if registry:
@@ -187,12 +179,8 @@ def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None
             {"name": "KFRELEASE_IMAGE_REGISTRY", "value": registry},
             {"name": "REGISTRY_AUTH_FILE", "value": f"{REGISTRY_AUTH_DIR}/auth.json"},
         ]
-        spec["volumes"] = [
-            {"name": "registry-auth", "configMap": {"name": REGISTRY_AUTH}}
-        ]
-        spec["volumeMounts"] = [
-            {"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True}
-        ]
+        spec["volumes"] = [{"name": "registry-auth", "configMap": {"name": REGISTRY_AUTH}}]
+        spec["volumeMounts"] = [{"name": "registry-auth", "mountPath": REGISTRY_AUTH_DIR, "readOnly": True}]
     return {
         "apiVersion": "kubeflow.org/v1alpha1",
         "kind": "PodDefault",
@@ -225,7 +213,10 @@ RELEASE_DRIVER_SA = "kfrelease-release-driver"
 PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
 #: Their IAM roles (IRSA; eksctl trusts one service account per role): the pipeline role's S3 policy, and no
 #: ECR push (only containerize pushes, as default-editor).
-STEP_IAM_ROLES = {UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step", RELEASE_DRIVER_SA: "kfrelease-pipeline-release-driver"}
+STEP_IAM_ROLES = {
+    UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step",
+    RELEASE_DRIVER_SA: "kfrelease-pipeline-release-driver",
+}
 
 
 def pipeline_step_role(ns: str) -> dict:
@@ -255,13 +246,17 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
     no KFP API token (audience pipelines.kubeflow.org): only ``kfp_api_access`` mounts one."""
     docs = [service_account(sa, ns, env.role_arn(role)) for sa, role in STEP_IAM_ROLES.items()]
     docs.append(pipeline_step_role(ns))
-    docs.append({
-        "apiVersion": f"{RBAC}/v1",
-        "kind": "RoleBinding",
-        "metadata": _meta(PIPELINE_STEP_ROLE, ns),
-        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": PIPELINE_STEP_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in (UNTRUSTED_SA, RELEASE_DRIVER_SA)],
-    })
+    docs.append(
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(PIPELINE_STEP_ROLE, ns),
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": PIPELINE_STEP_ROLE},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": sa, "namespace": ns} for sa in (UNTRUSTED_SA, RELEASE_DRIVER_SA)
+            ],
+        }
+    )
     for step, sa, desc in (
         (UNTRUSTED, UNTRUSTED_SA, "merged model code (train, evaluate): no KFP token, no kubeflow-edit"),
         (RELEASE_DRIVER_STEP, RELEASE_DRIVER_SA, "release steps: the release driver's rights in the serving namespace"),
@@ -277,8 +272,14 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 # the canary's traffic checks query the cluster's Prometheus (kfrelease.release.checks)
                 {"name": "KFRELEASE_PROMETHEUS_URL", "value": CLUSTER_PROMETHEUS_URL},
             ]
-        docs.append({"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
-                     "metadata": _meta(f"kfrelease-{step}-step", ns), "spec": spec})
+        docs.append(
+            {
+                "apiVersion": "kubeflow.org/v1alpha1",
+                "kind": "PodDefault",
+                "metadata": _meta(f"kfrelease-{step}-step", ns),
+                "spec": spec,
+            }
+        )
     return docs
 
 
@@ -302,11 +303,22 @@ def kfp_api_access(ns: str) -> dict:
                 {"name": "KFRELEASE_NAMESPACE", "value": ns},
                 {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
             ],
-            "volumes": [{
-                "name": "kfp-api-token",
-                "projected": {"sources": [{"serviceAccountToken": {
-                    "path": "token", "expirationSeconds": 7200, "audience": TOKEN_AUDIENCE}}]},
-            }],
+            "volumes": [
+                {
+                    "name": "kfp-api-token",
+                    "projected": {
+                        "sources": [
+                            {
+                                "serviceAccountToken": {
+                                    "path": "token",
+                                    "expirationSeconds": 7200,
+                                    "audience": TOKEN_AUDIENCE,
+                                }
+                            }
+                        ]
+                    },
+                }
+            ],
             "volumeMounts": [{"name": "kfp-api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
         },
     }
@@ -523,9 +535,7 @@ def release_rbac() -> list[dict]:
     ]
 
 
-def platform_documents(
-    env: Environment, policy: AccessPolicy, team: Team, serving_ns: str
-) -> list[dict]:
+def platform_documents(env: Environment, policy: AccessPolicy, team: Team, serving_ns: str) -> list[dict]:
     """Profiles, namespaces, service accounts, RBAC, kfp-launcher and PodDefaults of one environment."""
     owners = {
         "data-engineer": team.data_engineering_owner,

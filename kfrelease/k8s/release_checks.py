@@ -31,22 +31,39 @@ def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] |
     for b in rbac.bindings:
         for s in b.subjects:
             if s.get("kind") == "Group" and s["name"] not in (access_groups or set()):
-                out.append(f"RBAC: {b.origin} binds group {s['name']!r}, which no EKS access entry maps and KFP's "
-                           "SubjectAccessReview never carries (bind users or service accounts)")
-    allowed_to_stop = {f"{s['kind']} {s['name']}" for s in rbac.subjects(RELEASE_NS) if s["kind"] in ("User", "ServiceAccount")
-                       for verb in STOP if _kfp_allowed(rbac, s, verb)}
+                out.append(
+                    f"RBAC: {b.origin} binds group {s['name']!r}, which no EKS access entry maps and KFP's "
+                    "SubjectAccessReview never carries (bind users or service accounts)"
+                )
+    allowed_to_stop = {
+        f"{s['kind']} {s['name']}"
+        for s in rbac.subjects(RELEASE_NS)
+        if s["kind"] in ("User", "ServiceAccount")
+        for verb in STOP
+        if _kfp_allowed(rbac, s, verb)
+    }
     expected = {f"ServiceAccount {PROFILE_SA}"}  # the trusted pipeline steps (kubeflow-edit, profile controller)
-    owners = {f"User {(d.get('spec') or {}).get('owner', {}).get('name')}" for d in docs
-              if d.get("kind") == "Profile" and d["metadata"]["name"] == RELEASE_NS}
+    owners = {
+        f"User {(d.get('spec') or {}).get('owner', {}).get('name')}"
+        for d in docs
+        if d.get("kind") == "Profile" and d["metadata"]["name"] == RELEASE_NS
+    }
     for who in sorted(allowed_to_stop - expected - owners):
         out.append(f"RBAC: {who} may stop release runs in {RELEASE_NS} (terminate/delete/retry/archive)")
     untrusted = service_account(RELEASE_NS, UNTRUSTED_SA)
-    for verb, group, resource in (("terminate", KFP, "runs"), ("delete", KFP, "runs"), ("delete", "argoproj.io", "workflows"),
-                                  ("delete", "", "pods"), ("create", "", "pods/exec")):
+    for verb, group, resource in (
+        ("terminate", KFP, "runs"),
+        ("delete", KFP, "runs"),
+        ("delete", "argoproj.io", "workflows"),
+        ("delete", "", "pods"),
+        ("create", "", "pods/exec"),
+    ):
         who = kfp_requester(untrusted) if group == KFP else untrusted
         if rbac.allowed(who, verb, group, resource, RELEASE_NS):
-            out.append(f"RBAC: the untrusted steps' service account may {verb} {resource} in {RELEASE_NS}: "
-                       + "; ".join(rbac.why(who, verb, group, resource, RELEASE_NS)))
+            out.append(
+                f"RBAC: the untrusted steps' service account may {verb} {resource} in {RELEASE_NS}: "
+                + "; ".join(rbac.why(who, verb, group, resource, RELEASE_NS))
+            )
     for verb in ("patch", "delete"):
         if rbac.allowed(untrusted, verb, "serving.kserve.io", "inferenceservices", spec.serving.namespace):
             out.append(f"RBAC: the untrusted steps' service account may {verb} InferenceServices")
@@ -95,8 +112,10 @@ def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve
     shadow = TrafficState(primary=production, shadow=candidate, mirror_percent=spec.shadow.mirror_percent)
     steps = [TrafficState(primary=production, canary=candidate, canary_weight=w) for w in spec.canary.steps]
     out = []
-    for name, states in (("release", [shadow, *steps, TrafficState(primary=candidate)]),
-                         ("rollback", [shadow, steps[0], steps[0].with_canary(candidate, 0), TrafficState(primary=production)])):
+    for name, states in (
+        ("release", [shadow, *steps, TrafficState(primary=candidate)]),
+        ("rollback", [shadow, steps[0], steps[0].with_canary(candidate, 0), TrafficState(primary=production)]),
+    ):
         objects = _RBACObjects(docs, rbac, service_account(RELEASE_NS, RELEASE_DRIVER_SA))
         driver = KServeTrafficDriver(spec, uris, objects, holder=candidate, kserve_version=kserve_version)
         try:
@@ -122,7 +141,9 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
     predict = f"/v1/models/{spec.model}:predict"
     needed = {
         "ingress gateway -> predictor": mesh.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
-        "ingress gateway -> raw predictor (KServe agent)": mesh.Request(predictor, 9081, predict, "POST", mesh.INGRESS_GATEWAY),
+        "ingress gateway -> raw predictor (KServe agent)": mesh.Request(
+            predictor, 9081, predict, "POST", mesh.INGRESS_GATEWAY
+        ),
         "Knative activator -> predictor": mesh.Request(predictor, 8012, "/", "GET", mesh.KNATIVE_ACTIVATOR),
         "KServe agent -> log sink": mesh.Request(sink, 8080, "/", "POST", agent),
         "client -> feedback": mesh.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
@@ -146,7 +167,9 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
 
 
 def _access_groups(config: dict) -> set[str]:
-    return {g for e in (config.get("accessConfig") or {}).get("accessEntries") or [] for g in e.get("kubernetesGroups", [])}
+    return {
+        g for e in (config.get("accessConfig") or {}).get("accessEntries") or [] for g in e.get("kubernetesGroups", [])
+    }
 
 
 def environment_findings(src, env) -> list[str]:

@@ -150,9 +150,7 @@ def substitute_images(node, images: dict[str, str]):
     """What kustomize's ``images`` transformer does to container ``image`` fields (exact names here)."""
     if isinstance(node, dict):
         return {
-            k: images.get(v, v)
-            if k == "image" and isinstance(v, str)
-            else substitute_images(v, images)
+            k: images.get(v, v) if k == "image" and isinstance(v, str) else substitute_images(v, images)
             for k, v in node.items()
         }
     if isinstance(node, list):
@@ -160,9 +158,7 @@ def substitute_images(node, images: dict[str, str]):
     return node
 
 
-def overlay(
-    src: Sources, env: Environment, base_docs: dict[str, list[dict]]
-) -> dict[str, str]:
+def overlay(src: Sources, env: Environment, base_docs: dict[str, list[dict]]) -> dict[str, str]:
     """``overlays/<env>/``: kustomization.yaml with the environment's images, and one JSON 6902 patch per
     document that still differs."""
     env_docs = {doc_key(d): d for docs in base_files(src, env).values() for d in docs}
@@ -183,9 +179,7 @@ def overlay(
             if not group:
                 del target["group"]
             patches.append({"path": fname, "target": target})
-            files[fname] = _dump(
-                ops, f"the base and manifests/sources/environments.yaml ({env.name})"
-            )
+            files[fname] = _dump(ops, f"the base and manifests/sources/environments.yaml ({env.name})")
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -200,15 +194,11 @@ def overlay(
         ],
         "patches": patches,
     }
-    files["kustomization.yaml"] = _dump(
-        kustomization, f"manifests/sources/environments.yaml ({env.name})"
-    )
+    files["kustomization.yaml"] = _dump(kustomization, f"manifests/sources/environments.yaml ({env.name})")
     return files
 
 
-def render_tree(
-    src: Sources | None = None, root: Path = MANIFESTS_DIR
-) -> dict[str, str]:
+def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[str, str]:
     """Relative path under ``manifests/`` -> file content, for every generated file."""
     src = src or Sources.load(root)
     base = base_files(src, base_environment())
@@ -237,10 +227,12 @@ def render_tree(
             "kfrelease/access/policy.yaml (buckets), manifests/sources/environments.yaml, the rollout spec (model)",
         )
         out[f"eks/{env.name}/kubeflow/oauth2-proxy/kustomization.yaml"] = _dump(
-            oauth2_proxy_kustomization(env), f"manifests/sources/environments.yaml ({env.name}: kubeflow_version, oidc_issuer)"
+            oauth2_proxy_kustomization(env),
+            f"manifests/sources/environments.yaml ({env.name}: kubeflow_version, oidc_issuer)",
         )
         out[f"eks/{env.name}/kubeflow/amendments.yaml"] = _dump_docs(
-            kubeflow_amendments(env), f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease"
+            kubeflow_amendments(env),
+            f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease",
         )
         out[f"bootstrap/{env.name}/release.yaml"] = _dump_docs(
             inference_documents(src.spec, env),
@@ -259,13 +251,9 @@ def _existing(root: Path) -> set[str]:
     }
 
 
-def write_tree(
-    root: Path = MANIFESTS_DIR, src: Sources | None = None
-) -> tuple[list[str], list[str]]:
+def write_tree(root: Path = MANIFESTS_DIR, src: Sources | None = None) -> tuple[list[str], list[str]]:
     """Write every generated file (atomically per file) and remove stale ones; returns (changed, removed)."""
-    tree = render_tree(
-        src, root
-    )  # renders fully before touching a file: a bad source writes nothing
+    tree = render_tree(src, root)  # renders fully before touching a file: a bad source writes nothing
     changed = []
     for rel, text in tree.items():
         path = root / rel
@@ -285,21 +273,13 @@ def write_tree(
 def check_tree(root: Path = MANIFESTS_DIR, src: Sources | None = None) -> list[str]:
     """Generated files that differ from their sources (missing, changed or stale); empty when current."""
     tree = render_tree(src, root)
-    stale = [
-        rel
-        for rel in tree
-        if not (root / rel).is_file() or (root / rel).read_text() != tree[rel]
-    ]
+    stale = [rel for rel in tree if not (root / rel).is_file() or (root / rel).read_text() != tree[rel]]
     return sorted(stale + sorted(_existing(root) - set(tree)))
 
 
 def iam_policies_in_cluster_config(doc: dict) -> dict[str, dict]:
     """IAM role name -> inline policy document, as eksctl will create them."""
-    return {
-        sa["roleName"]: sa["attachPolicy"]
-        for sa in doc["iam"]["serviceAccounts"]
-        if "attachPolicy" in sa
-    }
+    return {sa["roleName"]: sa["attachPolicy"] for sa in doc["iam"]["serviceAccounts"] if "attachPolicy" in sa}
 
 
 def to_json(doc) -> str:

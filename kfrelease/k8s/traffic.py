@@ -76,8 +76,11 @@ def traffic_patches(
     wanted = render_release(spec, state, storage_uris, **kwargs)
     # only this model's objects: other models in the namespace are never patched or deleted
     model = _dns(spec.model)
-    have = {_key(d): d for d in current
-            if ((d.get("metadata") or {}).get("labels") or {}).get("kfrelease.io/model") == model}
+    have = {
+        _key(d): d
+        for d in current
+        if ((d.get("metadata") or {}).get("labels") or {}).get("kfrelease.io/model") == model
+    }
     out: dict[str, list[dict]] = {"patch": [], "create": [], "delete": []}
     wanted_keys = set()
     for doc in wanted:

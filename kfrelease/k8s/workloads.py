@@ -77,9 +77,7 @@ def http_service(
                                     *s3_env(env, role),
                                     {"name": "KFRELEASE_HOME", "value": STATE_DIR},
                                 ],
-                                "volumeMounts": [
-                                    {"name": "state", "mountPath": STATE_DIR}
-                                ],
+                                "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
                                 "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                                 "readinessProbe": probe,
                                 "livenessProbe": {**probe, "periodSeconds": 20},
@@ -137,9 +135,7 @@ def http_service(
     ]
 
 
-def serving_documents(
-    spec: RolloutSpec, env: Environment, serving_sa: str
-) -> list[dict]:
+def serving_documents(spec: RolloutSpec, env: Environment, serving_sa: str) -> list[dict]:
     """The serving namespace: runtime, log sink, feedback, the predictors' own service account (no IRSA, no
     RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
     policies (``kfrelease.k8s.mesh``)."""
@@ -191,9 +187,7 @@ def pushgateway() -> list[dict]:
                                 "name": "pushgateway",
                                 "image": PUSHGATEWAY_IMAGE,
                                 "ports": [{"name": "http", "containerPort": 9091}],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/-/ready", "port": "http"}
-                                },
+                                "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}},
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
                                     "limits": {"memory": "256Mi"},
@@ -232,9 +226,7 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                 "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
             },
             "spec": {
-                "namespaceSelector": {
-                    "matchNames": [spec.serving.namespace, MONITORING_NS]
-                },
+                "namespaceSelector": {"matchNames": [spec.serving.namespace, MONITORING_NS]},
                 "selector": {"matchLabels": METRICS_LABEL},
                 # honorLabels keeps the model/version/stage labels pushed to the Pushgateway.
                 "endpoints": [
@@ -267,9 +259,7 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                 },
                 # Knative names the model server's container port "user-port"; scraping it directly bypasses the
                 # queue-proxy, so scrapes never count as load for the autoscaler (knative/serving#5775).
-                "podMetricsEndpoints": [
-                    {"port": "user-port", "path": "/metrics", "interval": "15s"}
-                ],
+                "podMetricsEndpoints": [{"port": "user-port", "path": "/metrics", "interval": "15s"}],
             },
         },
     ]
@@ -334,10 +324,19 @@ def spark_monitoring(spec: RolloutSpec, env: Environment) -> list[dict]:
     docs = spark_rbac(MONITORING_NS, sa, RELEASE_NS, PROFILE_SA)
     project = load_project(example_dir())
     if spec.model and project.name == spec.model:
-        image = (f"{SPARK_IMAGE_NAME}:base" if env.name == "base"
-                 else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}")
-        docs.append(render_scheduled_monitoring(spec.model, list(project.features), namespace=MONITORING_NS,
-                                                image=image, bucket_prefix=env.bucket_prefix, service_account=sa))
+        image = (
+            f"{SPARK_IMAGE_NAME}:base" if env.name == "base" else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}"
+        )
+        docs.append(
+            render_scheduled_monitoring(
+                spec.model,
+                list(project.features),
+                namespace=MONITORING_NS,
+                image=image,
+                bucket_prefix=env.bucket_prefix,
+                service_account=sa,
+            )
+        )
     return docs
 
 

@@ -49,9 +49,7 @@ class Workspace:
                 "starting with a letter, at most 30 characters (e.g. 'alice')"
             )
         if not _EMAIL.match(self.email):
-            raise ConfigError(
-                f"{origin}: email {self.email!r} is not an e-mail address (the Kubeflow user id)"
-            )
+            raise ConfigError(f"{origin}: email {self.email!r} is not an e-mail address (the Kubeflow user id)")
         return self
 
 
@@ -63,14 +61,10 @@ def load_workspaces(directory: Path) -> list[Workspace]:
             doc = yaml.safe_load(path.read_text()) or {}
             ws = Workspace(**doc)
         except (yaml.YAMLError, TypeError) as exc:
-            raise ConfigError(
-                f"workspace file {path} is malformed ({exc}); it needs 'name' and 'email'"
-            ) from None
+            raise ConfigError(f"workspace file {path} is malformed ({exc}); it needs 'name' and 'email'") from None
         ws.check(str(path))
         if ws.name != path.stem:
-            raise ConfigError(
-                f"workspace file {path} declares name {ws.name!r}; rename the file to {ws.name}.yaml"
-            )
+            raise ConfigError(f"workspace file {path} declares name {ws.name!r}; rename the file to {ws.name}.yaml")
         out.append(ws)
     return out
 
@@ -98,16 +92,12 @@ def notebook(ws: Workspace, image: str) -> dict:
                             "name": "workspace",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
-                            "env": [
-                                {"name": "GIT_TERMINAL_PROMPT", "value": "0"}
-                            ],  # S3 settings: the PodDefault
+                            "env": [{"name": "GIT_TERMINAL_PROMPT", "value": "0"}],  # S3 settings: the PodDefault
                             "resources": {
                                 "requests": {"cpu": ws.cpu, "memory": ws.memory},
                                 "limits": {"cpu": ws.cpu, "memory": ws.memory},
                             },
-                            "volumeMounts": [
-                                {"name": "home", "mountPath": "/home/jovyan"}
-                            ],
+                            "volumeMounts": [{"name": "home", "mountPath": "/home/jovyan"}],
                         }
                     ],
                     "volumes": [
@@ -141,9 +131,7 @@ def home_volume(ws: Workspace) -> dict:
 def workspace_documents(ws: Workspace, env: Environment, policy: AccessPolicy):
     """Everything one data scientist needs, for one environment."""
     if ROLE not in policy.roles:
-        raise ConfigError(
-            f"the access policy has no {ROLE!r} role; workspaces run as that role"
-        )
+        raise ConfigError(f"the access policy has no {ROLE!r} role; workspaces run as that role")
     return [
         profile(ws.namespace, ws.email, env, ROLE, workspace=ws.name),
         pod_default(ROLE, ws.namespace, env, PROFILE_SA),

@@ -41,9 +41,7 @@ def _registry_features(store, model: str):
         if not version:
             return None
         try:
-            entry = store.get_json(
-                "models", f"registry/{model}/versions/{version}/entry.json"
-            )
+            entry = store.get_json("models", f"registry/{model}/versions/{version}/entry.json")
             return [c["name"] for c in entry["input_schema"]]
         except Exception:  # noqa: BLE001 - the names are a convenience; positions still work
             return None
@@ -63,13 +61,9 @@ def read_predictions(
     ``request_id, instance, time, model_version, stage, <features...>, prediction`` (docs/CONTRACTS.md)."""
     from kfrelease.lake.engine import open_window
 
-    w = open_window(
-        store, model, since, until, features, warnings, _registry_features(store, model)
-    )
+    w = open_window(store, model, since, until, features, warnings, _registry_features(store, model))
     cols = ", ".join(f'"{c}"' for c in [*BASE_COLUMNS, *w.features, "prediction"])
-    frame = w.con.execute(
-        f"SELECT {cols} FROM predictions ORDER BY time, request_id, instance"
-    ).df()
+    frame = w.con.execute(f"SELECT {cols} FROM predictions ORDER BY time, request_id, instance").df()
     return _typed(frame)
 
 
@@ -87,9 +81,7 @@ def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
     _files_view(con, "labels", files, LABEL_SCHEMA)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     where = J._time_filter("time", lo, hi, J.DUCKDB)
-    frame = con.execute(
-        f"SELECT request_id, instance, truth, time FROM labels WHERE {where} ORDER BY time"
-    ).df()
+    frame = con.execute(f"SELECT request_id, instance, truth, time FROM labels WHERE {where} ORDER BY time").df()
     return _typed(frame)
 
 
@@ -118,11 +110,7 @@ def _label_frame(labels: pd.DataFrame) -> pd.DataFrame:
     f["instance"] = f["instance"].fillna(0).astype("int64")
     f["request_id"] = f["request_id"].astype(str)
     f["truth"] = pd.to_numeric(f["truth"], errors="coerce").astype("float64")
-    f["time"] = (
-        pd.to_datetime(f["time"], utc=True, format="ISO8601")
-        if "time" in f.columns
-        else pd.NaT
-    )
+    f["time"] = pd.to_datetime(f["time"], utc=True, format="ISO8601") if "time" in f.columns else pd.NaT
     return f[LABEL_COLUMNS]
 
 
@@ -141,9 +129,7 @@ def latest_truth(labels: pd.DataFrame) -> pd.DataFrame:
     return _typed(con.execute(J.latest_labels_sql("labels", J.DUCKDB)).df())
 
 
-def join_truth(
-    predictions: pd.DataFrame, labels: pd.DataFrame, how: str = "left"
-) -> pd.DataFrame:
+def join_truth(predictions: pd.DataFrame, labels: pd.DataFrame, how: str = "left") -> pd.DataFrame:
     """The one join on frames: predictions with ``truth`` and ``truth_time`` of the latest label
     (``how="inner"``: only labelled predictions)."""
     truth = latest_truth(labels)
@@ -154,32 +140,20 @@ def join_truth(
     return _typed(joined)
 
 
-def shadow_pairs(
-    predictions: pd.DataFrame, labels: pd.DataFrame, candidate: str, production: str
-) -> pd.DataFrame:
+def shadow_pairs(predictions: pd.DataFrame, labels: pd.DataFrame, candidate: str, production: str) -> pd.DataFrame:
     """``request_id, instance, truth, candidate, production, <features>``: labelled requests answered by
     both the candidate (as the staging shadow) and production (as the primary)."""
-    features = [
-        c for c in predictions.columns if c not in (*BASE_COLUMNS, "prediction")
-    ]
+    features = [c for c in predictions.columns if c not in (*BASE_COLUMNS, "prediction")]
     if predictions.empty:
         return pd.DataFrame(columns=[*PAIR_COLUMNS, *features])
     joined = join_truth(predictions, labels, how="inner")
-    cand = joined[
-        (joined["model_version"] == candidate) & (joined["stage"] == "staging")
-    ]
-    prod = joined[
-        (joined["model_version"] == production) & (joined["stage"] != "staging")
-    ]
-    cand = cand.drop_duplicates(KEYS)[[*KEYS, "prediction"]].rename(
-        columns={"prediction": "candidate"}
-    )
+    cand = joined[(joined["model_version"] == candidate) & (joined["stage"] == "staging")]
+    prod = joined[(joined["model_version"] == production) & (joined["stage"] != "staging")]
+    cand = cand.drop_duplicates(KEYS)[[*KEYS, "prediction"]].rename(columns={"prediction": "candidate"})
     prod = prod.drop_duplicates(KEYS)[[*KEYS, "truth", *features, "prediction"]].rename(
         columns={"prediction": "production"}
     )
-    pairs = cand.merge(prod, on=KEYS).dropna(
-        subset=["truth", "candidate", "production"]
-    )
+    pairs = cand.merge(prod, on=KEYS).dropna(subset=["truth", "candidate", "production"])
     return pairs[[*PAIR_COLUMNS, *features]].reset_index(drop=True)
 
 

@@ -43,11 +43,7 @@ def _lit(x: float, dialect: Dialect) -> str:
 
 
 def _quote(name: str, dialect: Dialect) -> str:
-    return (
-        "`" + name.replace("`", "``") + "`"
-        if dialect.name == "spark"
-        else '"' + name.replace('"', '""') + '"'
-    )
+    return "`" + name.replace("`", "``") + "`" if dialect.name == "spark" else '"' + name.replace('"', '""') + '"'
 
 
 def sturges_edges(first: float, last: float, n: int) -> np.ndarray:
@@ -65,9 +61,7 @@ def bin_index_sql(column: str, edges: np.ndarray, dialect: Dialect) -> str:
     from the uniform width, corrected by one against the edges themselves."""
     n = len(edges) - 1
     first, last = _lit(edges[0], dialect), _lit(edges[-1], dialect)
-    arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(
-        _lit(e, dialect) for e in edges
-    )
+    arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(_lit(e, dialect) for e in edges)
     arr += "]" if dialect.name == "duckdb" else ")"
     est = f"least(greatest(CAST(floor(({column} - {first}) / ({last} - {first}) * {n}) AS BIGINT), 0), {n - 1})"
     b = dialect.first_index
@@ -107,9 +101,7 @@ def psi_drift(
         else (lambda sql: [tuple(r) for r in con.sql(sql).collect()])
     )
     qs = {f: _quote(f, dialect) for f in features}
-    ok = {
-        f: f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})" for f in features
-    }
+    ok = {f: f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})" for f in features}
     aggs = ", ".join(
         f"min(CASE WHEN {ok[f]} THEN {qs[f]} END), max(CASE WHEN {ok[f]} THEN {qs[f]} END), "
         f"sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
@@ -140,15 +132,9 @@ def psi_drift(
                     f"SELECT {bin_index_sql(qs[f], edges, dialect)} AS b, count(*) FROM {current} WHERE {ok[f]} GROUP BY b"
                 )
             )
-            cur_share = (
-                np.array([counts.get(i, 0) for i in range(len(edges) - 1)]) / n_cur
-            )
+            cur_share = np.array([counts.get(i, 0) for i in range(len(edges) - 1)]) / n_cur
         else:
-            counts = dict(
-                run(
-                    f"SELECT {qs[f]} AS v, count(*) FROM {current} WHERE {ok[f]} GROUP BY v"
-                )
-            )
+            counts = dict(run(f"SELECT {qs[f]} AS v, count(*) FROM {current} WHERE {ok[f]} GROUP BY v"))
             keys = sorted(set(ref.unique().tolist()) | set(counts))
             ref_counts = ref.value_counts()
             ref_share = np.array([ref_counts.get(k, 0) for k in keys]) / len(ref)

@@ -39,15 +39,11 @@ def connect(threads: int | None = None):
     return con
 
 
-def _files_view(
-    con, name: str, files: list[str], schema, filename: bool = False
-) -> None:
+def _files_view(con, name: str, files: list[str], schema, filename: bool = False) -> None:
     if files:
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         extra = ", filename = true" if filename else ""
-        con.execute(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}]{extra})"
-        )
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}]{extra})")
     else:
         import pyarrow as pa
 
@@ -79,16 +75,12 @@ class WindowData:
 
 
 def features_in_logs(con) -> list[str] | None:
-    row = con.execute(
-        "SELECT features FROM events WHERE type = 'request' AND features IS NOT NULL LIMIT 1"
-    ).fetchone()
+    row = con.execute("SELECT features FROM events WHERE type = 'request' AND features IS NOT NULL LIMIT 1").fetchone()
     return row[0].split(",") if row else None
 
 
 def widest_inputs(con) -> int:
-    row = con.execute(
-        "SELECT max(len(inputs)) FROM events WHERE type = 'request'"
-    ).fetchone()
+    row = con.execute("SELECT max(len(inputs)) FROM events WHERE type = 'request'").fetchone()
     return int(row[0] or 0)
 
 
@@ -99,15 +91,10 @@ def define_views(con, features: list[str], since=None, until=None, dedup: bool |
     if dedup is None:
         dedup = con.execute(J.duplicates_sql("events")).fetchone()[0] > 0
     con.execute(
-        "CREATE OR REPLACE VIEW predictions AS "
-        + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup)
+        "CREATE OR REPLACE VIEW predictions AS " + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup)
     )
-    con.execute(
-        "CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo)
-    )
-    con.execute(
-        "CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth")
-    )
+    con.execute("CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo))
+    con.execute("CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth"))
 
 
 def open_window(
@@ -129,9 +116,7 @@ def open_window(
     ``"with-keys"`` keeps ``request_id`` and ``instance`` too)."""
     warnings = warnings if warnings is not None else []
     cache = R.LakeCache.for_store(store)
-    pred_files, label_files, logs, labels = R.window_files(
-        store, model, since, until, cache, warnings
-    )
+    pred_files, label_files, logs, labels = R.window_files(store, model, since, until, cache, warnings)
     con = connect(threads)
     _files_view(con, "events", pred_files, S.PREDICTION_SCHEMA, filename=True)
     _files_view(con, "labels", label_files, S.LABEL_SCHEMA)
@@ -148,8 +133,7 @@ def open_window(
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
     bad = con.execute(
-        mismatch.replace("SELECT count(*)", "SELECT filename, count(*)")
-        + " GROUP BY filename"
+        mismatch.replace("SELECT count(*)", "SELECT filename, count(*)") + " GROUP BY filename"
     ).fetchall()
     if bad:
         where = ", ".join(sorted(cache.origin.get(f, f) for f, _ in bad)[:5])
@@ -164,13 +148,24 @@ def open_window(
         cols = ", ".join('"' + c.replace('"', '""') + '"' for c in keep)
         con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
         con.execute("CREATE OR REPLACE VIEW joined AS SELECT * FROM joined_rows")
-    etags = {store.uri(bucket, o.key): o.etag for bucket, b in ((S.LOG_BUCKET, logs), (S.LABEL_BUCKET, labels))
-             for o in (*b.parquet, *b.legacy)}
+    etags = {
+        store.uri(bucket, o.key): o.etag
+        for bucket, b in ((S.LOG_BUCKET, logs), (S.LABEL_BUCKET, labels))
+        for o in (*b.parquet, *b.legacy)
+    }
 
     def read(files: list[str]) -> list[tuple[str, str, str]]:
         return [(cache.origin[f], etags.get(cache.origin[f], ""), f) for f in files if f in cache.origin]
 
     return WindowData(
-        con, model, list(features), lo, hi, logs.keys, labels.keys, warnings,
-        read(pred_files), read(label_files),
+        con,
+        model,
+        list(features),
+        lo,
+        hi,
+        logs.keys,
+        labels.keys,
+        warnings,
+        read(pred_files),
+        read(label_files),
     )

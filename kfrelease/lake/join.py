@@ -56,9 +56,7 @@ SPARK = Dialect(
 )
 
 
-def _time_filter(
-    column: str, since: str | None, until: str | None, dialect: Dialect
-) -> str:
+def _time_filter(column: str, since: str | None, until: str | None, dialect: Dialect) -> str:
     parts = []
     if since:
         parts.append(f"{column} >= {dialect.timestamp} '{since}'")
@@ -124,15 +122,11 @@ def predictions_sql(
 def duplicates_sql(events: str) -> str:
     """How many events repeat an earlier one (same server, id, type, instance); a hash collision can only
     over-count, which merely selects the deduplicating plan. DuckDB."""
-    key = (
-        "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
-    )
+    key = "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
     return f"SELECT count(*) - count(DISTINCT {key}) FROM {events} WHERE instance IS NOT NULL"
 
 
-def mismatched_requests_sql(
-    events: str, width: int, dialect: Dialect, since=None, until=None
-) -> str:
+def mismatched_requests_sql(events: str, width: int, dialect: Dialect, since=None, until=None) -> str:
     """Request rows whose inputs do not have the model's width (skipped by ``predictions_sql``)."""
     return (
         f"SELECT count(*) FROM {events} WHERE type = 'request' AND instance IS NOT NULL "

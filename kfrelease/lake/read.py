@@ -48,11 +48,7 @@ def as_utc(value) -> dt.datetime | None:
 
 
 def sql_time(t: dt.datetime | None) -> str | None:
-    return (
-        None
-        if t is None
-        else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-    )
+    return None if t is None else t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
 
 
 @dataclass
@@ -83,17 +79,11 @@ def _hour_of(key: str) -> tuple[str, int] | None:
         return None
 
 
-def list_batches(
-    store: ObjectStore, bucket: str, model: str, since=None, until=None
-) -> Batches:
+def list_batches(store: ObjectStore, bucket: str, model: str, since=None, until=None) -> Batches:
     """Batches of ``model`` whose hour (Parquet) or day (legacy) overlaps ``[since, until)``."""
     lo, hi = as_utc(since), as_utc(until)
     bounded = lo is not None and hi is not None and (hi - lo).days <= MAX_LISTED_DAYS
-    prefixes = (
-        [f"model={model}/date={d}/" for d in _days(lo, hi)]
-        if bounded
-        else [f"model={model}/"]
-    )
+    prefixes = [f"model={model}/date={d}/" for d in _days(lo, hi)] if bounded else [f"model={model}/"]
     out = Batches()
     for prefix in prefixes:
         try:
@@ -104,12 +94,8 @@ def list_batches(
             hour = _hour_of(obj.key)
             if hour is None or not obj.key.endswith(".parquet"):
                 continue
-            start = dt.datetime.fromisoformat(hour[0]).replace(
-                hour=hour[1], tzinfo=dt.UTC
-            )
-            if (lo is None or start + dt.timedelta(hours=1) > lo) and (
-                hi is None or start < hi
-            ):
+            start = dt.datetime.fromisoformat(hour[0]).replace(hour=hour[1], tzinfo=dt.UTC)
+            if (lo is None or start + dt.timedelta(hours=1) > lo) and (hi is None or start < hi):
                 out.parquet.append(obj)
     # legacy JSON Lines: <model>/<YYYY-MM-DD>/<batch>.jsonl
     legacy_days = _days(lo, hi) if bounded else None
@@ -117,18 +103,14 @@ def list_batches(
         if legacy_days is None:
             found = store.list(bucket, f"{model}/")
         else:
-            found = [
-                o for d in legacy_days for o in store.list(bucket, f"{model}/{d}/")
-            ]
+            found = [o for d in legacy_days for o in store.list(bucket, f"{model}/{d}/")]
     except NotFound:
         found = []
     for obj in found:
         day = obj.key.split("/")[1] if obj.key.count("/") >= 2 else ""
         if not obj.key.endswith(".jsonl") or len(day) != 10:
             continue
-        if (lo is None or day >= lo.date().isoformat()) and (
-            hi is None or day <= hi.date().isoformat()
-        ):
+        if (lo is None or day >= lo.date().isoformat()) and (hi is None or day <= hi.date().isoformat()):
             out.legacy.append(obj)
     return out
 
@@ -162,12 +144,8 @@ def legacy_table(data: bytes, bucket: str, uri: str, warnings: list[str]) -> pa.
         elif line_rows:
             rows.extend(line_rows)
     if bad:
-        warnings.append(
-            f"{uri}: {len(bad)} line(s) are not valid records (lines {bad[:5]}); skipped"
-        )
-    return S.to_table(
-        rows, S.LABEL_SCHEMA if bucket == S.LABEL_BUCKET else S.PREDICTION_SCHEMA
-    )
+        warnings.append(f"{uri}: {len(bad)} line(s) are not valid records (lines {bad[:5]}); skipped")
+    return S.to_table(rows, S.LABEL_SCHEMA if bucket == S.LABEL_BUCKET else S.PREDICTION_SCHEMA)
 
 
 class LakeCache:
@@ -175,21 +153,15 @@ class LakeCache:
 
     def __init__(self, directory: Path | None = None):
         self.dir = Path(directory or tempfile.mkdtemp(prefix="kfrelease-lake-"))
-        self.origin: dict[
-            str, str
-        ] = {}  # local path -> s3:// URI of the batch it holds
+        self.origin: dict[str, str] = {}  # local path -> s3:// URI of the batch it holds
 
     @classmethod
     def for_store(cls, store: ObjectStore) -> LakeCache:
         settings = getattr(store, "settings", None)
-        base = setting("KFRELEASE_LAKE_CACHE") or (
-            settings.home / "cache" / "lake" if settings is not None else None
-        )
+        base = setting("KFRELEASE_LAKE_CACHE") or (settings.home / "cache" / "lake" if settings is not None else None)
         return cls(Path(base) if base else None)
 
-    def _path(
-        self, store: ObjectStore, bucket: str, obj: ObjectInfo, suffix: str = ""
-    ) -> Path:
+    def _path(self, store: ObjectStore, bucket: str, obj: ObjectInfo, suffix: str = "") -> Path:
         tag = hashlib.sha1(f"{obj.etag}/{obj.size}".encode()).hexdigest()[:12]
         return self.dir / store.bucket(bucket) / f"{obj.key}.{tag}{suffix}"
 
@@ -204,9 +176,7 @@ class LakeCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def fetch(
-        self, store: ObjectStore, bucket: str, batches: Batches, warnings: list[str]
-    ) -> list[str]:
+    def fetch(self, store: ObjectStore, bucket: str, batches: Batches, warnings: list[str]) -> list[str]:
         """Local Parquet paths of every batch (downloaded or converted once); unreadable ones reported."""
 
         def one(obj: ObjectInfo, legacy: bool) -> str | None:
@@ -229,15 +199,11 @@ class LakeCache:
                 return None  # compacted away between the listing and the download: its rows are elsewhere
             except (pa.ArrowInvalid, OSError) as exc:
                 path.unlink(missing_ok=True)
-                warnings.append(
-                    f"{store.uri(bucket, obj.key)} is not a readable batch ({exc}); skipped"
-                )
+                warnings.append(f"{store.uri(bucket, obj.key)} is not a readable batch ({exc}); skipped")
                 return None
             return str(path)
 
-        jobs = [(o, False) for o in batches.parquet] + [
-            (o, True) for o in batches.legacy
-        ]
+        jobs = [(o, False) for o in batches.parquet] + [(o, True) for o in batches.legacy]
         with ThreadPoolExecutor(8) as pool:
             paths = list(pool.map(lambda j: one(*j), jobs))
         for (obj, _), p in zip(jobs, paths):
@@ -281,14 +247,8 @@ def stored_rows(store: ObjectStore, bucket: str, model: str) -> pa.Table:
 
     warnings: list[str] = []
     batches = list_batches(store, bucket, model)
-    tables = [
-        pq.read_table(io.BytesIO(store.get_bytes(bucket, o.key)))
-        for o in batches.parquet
-    ]
-    tables += [
-        legacy_table(store.get_bytes(bucket, o.key), bucket, o.key, warnings)
-        for o in batches.legacy
-    ]
+    tables = [pq.read_table(io.BytesIO(store.get_bytes(bucket, o.key))) for o in batches.parquet]
+    tables += [legacy_table(store.get_bytes(bucket, o.key), bucket, o.key, warnings) for o in batches.legacy]
     schema = S.LABEL_SCHEMA if bucket == S.LABEL_BUCKET else S.PREDICTION_SCHEMA
     tables = [t.replace_schema_metadata(None) for t in tables]
     return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -110,11 +110,7 @@ def event_rows(line: dict) -> list[dict]:
         "prediction": None,
         "data": None,
     }
-    values = (
-        line.get("instances")
-        if line.get("type") == "request"
-        else line.get("predictions")
-    )
+    values = line.get("instances") if line.get("type") == "request" else line.get("predictions")
     if not isinstance(values, list) or not values:
         import orjson
 
@@ -129,13 +125,9 @@ def event_rows(line: dict) -> list[dict]:
     for i, v in enumerate(values):
         row = {**common, "instance": i}
         if line.get("type") == "request":
-            row["inputs"] = (
-                [_float(x) for x in v] if isinstance(v, list) else [_float(v)]
-            )
+            row["inputs"] = [_float(x) for x in v] if isinstance(v, list) else [_float(v)]
         else:
-            row["prediction"] = _float(
-                v[0] if isinstance(v, list) and len(v) == 1 else v
-            )
+            row["prediction"] = _float(v[0] if isinstance(v, list) and len(v) == 1 else v)
         rows.append(row)
     return rows
 

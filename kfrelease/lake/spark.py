@@ -62,12 +62,8 @@ def define_views(
     view("events", event_paths, S.PREDICTION_SCHEMA)
     view("labels", label_paths, S.LABEL_SCHEMA)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
-    spark.sql(
-        J.predictions_sql("events", features, J.SPARK, lo, hi)
-    ).createOrReplaceTempView("predictions")
-    spark.sql(J.latest_labels_sql("labels", J.SPARK, lo)).createOrReplaceTempView(
-        "truth"
-    )
+    spark.sql(J.predictions_sql("events", features, J.SPARK, lo, hi)).createOrReplaceTempView("predictions")
+    spark.sql(J.latest_labels_sql("labels", J.SPARK, lo)).createOrReplaceTempView("truth")
     joined = spark.sql(J.joined_sql("predictions", "truth")).cache()
     joined.createOrReplaceTempView("joined")
     return joined
@@ -132,9 +128,7 @@ def window_result(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the SparkApplication: one window over ``--events``/``--labels`` Parquet paths."""
-    p = argparse.ArgumentParser(
-        prog="python -m kfrelease.lake.spark", description=main.__doc__
-    )
+    p = argparse.ArgumentParser(prog="python -m kfrelease.lake.spark", description=main.__doc__)
     p.add_argument(
         "--events",
         nargs="+",
@@ -147,17 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="Parquet paths or globs of the ground truth",
     )
-    p.add_argument(
-        "--features", required=True, help="comma-separated input features, in order"
-    )
-    p.add_argument(
-        "--window", default="time:86400", help="time:<seconds> or count:<labels>"
-    )
+    p.add_argument("--features", required=True, help="comma-separated input features, in order")
+    p.add_argument("--window", default="time:86400", help="time:<seconds> or count:<labels>")
     p.add_argument("--since", help="ISO start, or a duration back from now (e.g. 1d: a scheduled application)")
     p.add_argument("--until")
-    p.add_argument(
-        "--reference", help="Parquet path of the drift reference (the training data)"
-    )
+    p.add_argument("--reference", help="Parquet path of the drift reference (the training data)")
     p.add_argument(
         "--out",
         help="where to write the result JSON (s3a:// or a local path; {now} becomes the UTC time, so a scheduled "
@@ -175,12 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[since[-1]]
         since = (now - timedelta(seconds=float(since[:-1]) * unit)).isoformat()
     define_views(spark, args.events, args.labels, features, since, args.until)
-    reference = (
-        spark.read.parquet(args.reference).toPandas() if args.reference else None
-    )
-    doc = json.dumps(
-        window_result(spark, features, kind, int(size), reference), default=str
-    )
+    reference = spark.read.parquet(args.reference).toPandas() if args.reference else None
+    doc = json.dumps(window_result(spark, features, kind, int(size), reference), default=str)
     if args.out:
         out = args.out.replace("{now}", now.strftime("%Y%m%dT%H%M%SZ"))
         spark.sparkContext.parallelize([doc], 1).saveAsTextFile(out)

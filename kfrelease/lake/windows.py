@@ -28,9 +28,7 @@ def window_id_sql(kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
     )
 
 
-def window_sums_sql(
-    joined: str, kind: str, size: int, dialect: Dialect = DUCKDB
-) -> str:
+def window_sums_sql(joined: str, kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
     """Per (model_version, stage, w): predictions, labelled, first/last time, last truth time, and the
     sums of squared and absolute errors and of squares about the labelled truth's mean, and the fourth-order
     sums their intervals need (``intervals_from_sums``)."""
@@ -58,14 +56,10 @@ def window_sums_sql(
     """
 
 
-def metrics_from_sums(
-    n: int, sse: float, sae: float, sst: float, min_samples: int = 1
-) -> dict:
+def metrics_from_sums(n: int, sse: float, sae: float, sst: float, min_samples: int = 1) -> dict:
     """``regression_metrics``' numbers from the sums (same edge cases: InsufficientData, R² None)."""
     if n < max(1, min_samples):
-        raise InsufficientData(
-            f"{n} labelled rows; at least {max(1, min_samples)} are needed for a verdict"
-        )
+        raise InsufficientData(f"{n} labelled rows; at least {max(1, min_samples)} are needed for a verdict")
     mse = sse / n
     r2 = None if n < 2 or sst == 0.0 else 1.0 - sse / sst
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / n, "r2": r2, "n": n}
@@ -82,9 +76,12 @@ def intervals_from_sums(
     d = n - 1
     return intervals_from_moments(
         n,
-        sse / n, (se4 - sse * sse / n) / d,
-        sae / n, (sse - sae * sae / n) / d,
-        sst / n, (st4 - sst * sst / n) / d,
+        sse / n,
+        (se4 - sse * sse / n) / d,
+        sae / n,
+        (sse - sae * sae / n) / d,
+        sst / n,
+        (st4 - sst * sst / n) / d,
         (sest - sse * sst / n) / d,
         level,
     )

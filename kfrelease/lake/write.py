@@ -55,9 +55,7 @@ def segment_lines(segment: Path) -> list[dict]:
 def segment_objects(segment: Path, bucket: str) -> dict[str, tuple[bytes, int]]:
     """key -> (Parquet bytes, records) of the objects one WAL segment becomes (one per model and hour)."""
     lines = segment_lines(segment)
-    tables = S.group_by_partition(
-        ((ln["model"], ln) for ln in lines), _rows_of(bucket), _schema_of(bucket)
-    )
+    tables = S.group_by_partition(((ln["model"], ln) for ln in lines), _rows_of(bucket), _schema_of(bucket))
     counts: dict[tuple[str, str], int] = {}
     for ln in lines:
         rows = _rows_of(bucket)(ln)
@@ -84,13 +82,9 @@ def put_batch(store, bucket: str, key: str, data: bytes) -> bool:
         return False
 
 
-def write_records(
-    store, bucket: str, model: str, records: list[dict], origin: str
-) -> list[str]:
+def write_records(store, bucket: str, model: str, records: list[dict], origin: str) -> list[str]:
     """Records (log lines or label records) of ``model`` as Parquet batches; returns the keys."""
-    tables = S.group_by_partition(
-        ((model, r) for r in records), _rows_of(bucket), _schema_of(bucket)
-    )
+    tables = S.group_by_partition(((model, r) for r in records), _rows_of(bucket), _schema_of(bucket))
     keys = []
     for (_, path), table in tables.items():
         key = S.batch_key(path, origin)
@@ -99,17 +93,11 @@ def write_records(
     return keys
 
 
-def compact_partition(
-    store, bucket: str, partition_path: str, min_batches: int = COMPACT_MIN_BATCHES
-) -> str | None:
+def compact_partition(store, bucket: str, partition_path: str, min_batches: int = COMPACT_MIN_BATCHES) -> str | None:
     """Merge the batches of one partition into one object; returns its key (None: nothing to do)."""
     import io
 
-    objects = [
-        o
-        for o in store.list(bucket, partition_path + "/")
-        if o.key.endswith(".parquet")
-    ]
+    objects = [o for o in store.list(bucket, partition_path + "/") if o.key.endswith(".parquet")]
     if len(objects) < max(2, min_batches):
         return None
     keys = sorted(o.key for o in objects)
@@ -119,9 +107,7 @@ def compact_partition(
             tables.append(pq.read_table(io.BytesIO(store.get_bytes(bucket, key))))
         except NotFound:
             return None  # another compaction got there first
-    merged = pa.concat_tables(
-        [t.replace_schema_metadata(None) for t in tables], promote_options="default"
-    )
+    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
     merged = merged.sort_by([("time", "ascending")])
     target = S.batch_key(partition_path, "compacted:" + ",".join(keys))
     put_batch(store, bucket, target, S.parquet_bytes(merged))
@@ -156,9 +142,7 @@ def closed_partitions(
     for path, n in sorted(counts.items()):
         parts = dict(p.split("=", 1) for p in path.split("/"))
         try:
-            start = dt.datetime.fromisoformat(parts["date"]).replace(
-                hour=int(parts["hour"]), tzinfo=dt.UTC
-            )
+            start = dt.datetime.fromisoformat(parts["date"]).replace(hour=int(parts["hour"]), tzinfo=dt.UTC)
         except (KeyError, ValueError):
             continue
         if n >= min_batches and start + dt.timedelta(hours=1) + CLOSE_AFTER <= now:
@@ -179,9 +163,7 @@ def convert_legacy(store, bucket: str, model: str) -> list[str]:
                 bad += 1
             elif rows is not None:
                 records.append(line)
-        written += write_records(
-            store, bucket, model, records, origin=f"legacy:{obj.key}"
-        )
+        written += write_records(store, bucket, model, records, origin=f"legacy:{obj.key}")
         if bad:  # nothing is lost: the original stays beside its converted lines (readers skip its bad lines)
             log.warning(
                 "%s has %d unreadable line(s); kept in place",

@@ -11,11 +11,7 @@ DASHBOARD_FILE = "dashboard.json"
 
 
 def load_dashboard() -> dict:
-    return json.loads(
-        (resources.files("kfrelease.monitoring") / DASHBOARD_FILE).read_text(
-            encoding="utf-8"
-        )
-    )
+    return json.loads((resources.files("kfrelease.monitoring") / DASHBOARD_FILE).read_text(encoding="utf-8"))
 
 
 def panel_queries(dashboard: dict | None = None) -> list[str]:
@@ -29,7 +25,5 @@ def panel_queries(dashboard: dict | None = None) -> list[str]:
             walk(p.get("panels", []))
 
     walk(d.get("panels", []))
-    out.extend(
-        a["expr"] for a in d.get("annotations", {}).get("list", []) if "expr" in a
-    )
+    out.extend(a["expr"] for a in d.get("annotations", {}).get("list", []) if "expr" in a)
     return out

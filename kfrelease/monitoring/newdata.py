@@ -174,9 +174,7 @@ def start_poller(receiver, interval: float | None = None) -> threading.Thread | 
                     if row["action"] not in ("up-to-date", "already-handled", "disabled"):
                         log.info("new data: %s", row)
             except KfreleaseError as exc:
-                log.warning(
-                    "new-data check failed (retried in %.0f s): %s", interval, exc
-                )
+                log.warning("new-data check failed (retried in %.0f s): %s", interval, exc)
             except Exception:
                 log.exception("new-data check failed")
 

@@ -113,14 +113,10 @@ def _push_one(url: str, item: dict, timeout: float) -> None:
     for name, value in item["values"].items():
         helptext = GAUGES.get(name, (None, name.replace("_", " ")))[1]
         Gauge(name, helptext, registry=registry).set(value)
-    push_to_gateway(
-        url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout
-    )
+    push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout)
 
 
-def push_windows(
-    settings: Settings, windows, url: str | None = None, timeout: float = 3.0
-) -> PushOutcome:
+def push_windows(settings: Settings, windows, url: str | None = None, timeout: float = 3.0) -> PushOutcome:
     """Push the latest window of each (version, stage); spool what cannot be pushed; flush the spool first."""
     url = url or settings.url("pushgateway")
     spool = spool_dir(settings)

@@ -74,17 +74,11 @@ class AlertReceiver:
 
         self.settings = settings
         self.store = store or store_for("pipeline", settings)
-        self.min_interval = float(min_interval if min_interval is not None else setting("KFRELEASE_RETRAIN_MIN_INTERVAL"))
-        self.trigger_path = (
-            trigger_path
-            or setting("KFRELEASE_RETRAIN_TRIGGER")
-            or DEFAULT_TRIGGER
+        self.min_interval = float(
+            min_interval if min_interval is not None else setting("KFRELEASE_RETRAIN_MIN_INTERVAL")
         )
-        self.curate_path = (
-            curate_path
-            if curate_path is not None
-            else setting("KFRELEASE_RETRAIN_CURATE")
-        )
+        self.trigger_path = trigger_path or setting("KFRELEASE_RETRAIN_TRIGGER") or DEFAULT_TRIGGER
+        self.curate_path = curate_path if curate_path is not None else setting("KFRELEASE_RETRAIN_CURATE")
         self._curation = threading.Lock()
         self._lock = threading.Lock()  # one retrain at a time
         self._decide = threading.Lock()  # decisions are serialised
@@ -106,18 +100,12 @@ class AlertReceiver:
         return key
 
     def alerts(self) -> list[dict]:
-        return [
-            self.store.get_json(BUCKET, o.key)
-            for o in self.store.iter(BUCKET, "monitoring/alerts/")
-        ]
+        return [self.store.get_json(BUCKET, o.key) for o in self.store.iter(BUCKET, "monitoring/alerts/")]
 
     def retrains(self, model: str | None = None) -> list[dict]:
-        prefix = (
-            f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
-        )
+        prefix = f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
         return [
-            self.store.get_json(BUCKET, o.key)
-            for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)
+            self.store.get_json(BUCKET, o.key) for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)
         ]
 
     def _last_triggered(self, model: str) -> float | None:
@@ -142,11 +130,7 @@ class AlertReceiver:
             recorded.append(self.record_alert(alert, payload.get("receiver", "")))
         for alert in payload["alerts"]:
             labels = alert["labels"]
-            if (
-                alert.get("status") == "firing"
-                and labels.get("kind") in RETRAIN_KINDS
-                and labels.get("model")
-            ):
+            if alert.get("status") == "firing" and labels.get("kind") in RETRAIN_KINDS and labels.get("model"):
                 decisions.append(self.consider_retrain(alert))
         return {"recorded": recorded, "decisions": decisions}
 
@@ -189,16 +173,21 @@ class AlertReceiver:
     def _record_decision(self, model: str, reason: str, details: dict, decision: str, detail: str) -> dict:
         """Record a decision that starts no run (with why)."""
         with self._decide:
-            doc = {"model": model, **details, "reason": reason, "at": datetime.now(UTC).isoformat(),
-                   "at_epoch": time.time(), "decision": decision, "detail": detail}
+            doc = {
+                "model": model,
+                **details,
+                "reason": reason,
+                "at": datetime.now(UTC).isoformat(),
+                "at_epoch": time.time(),
+                "decision": decision,
+                "detail": detail,
+            }
             key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
             self.store.put_json(BUCKET, key, doc, if_none_match=True)
         log.info("retrain decision for %s: %s (%s)", model, decision, detail)
         return {**doc, "key": key}
 
-    def request_retrain(
-        self, model: str, reason: str, details: dict | None = None
-    ) -> dict:
+    def request_retrain(self, model: str, reason: str, details: dict | None = None) -> dict:
         """Decide (triggered, rate-limited, busy), record the decision, start the trigger in the background."""
         with self._decide:
             now = time.time()
@@ -217,9 +206,7 @@ class AlertReceiver:
                 )
             elif not self._lock.acquire(blocking=False):
                 doc["decision"] = "busy"
-                doc["detail"] = (
-                    "another retrain is still running; only one runs at a time"
-                )
+                doc["detail"] = "another retrain is still running; only one runs at a time"
             else:
                 doc["decision"] = "triggered"
             key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
@@ -277,9 +264,7 @@ def _jsonable(obj):
             try:
                 return getattr(obj, attr)()
             except Exception:  # noqa: BLE001 - fall back to the next representation
-                log.debug(
-                    "%s.%s() failed; trying the next form", type(obj).__name__, attr
-                )
+                log.debug("%s.%s() failed; trying the next form", type(obj).__name__, attr)
     if hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
 
@@ -343,14 +328,10 @@ def serve(settings: Settings, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="kfrelease Alertmanager webhook receiver"
-    )
+    parser = argparse.ArgumentParser(description="kfrelease Alertmanager webhook receiver")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     serve(settings, args.port or settings.port("alert-receiver"))
 

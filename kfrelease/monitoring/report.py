@@ -45,9 +45,7 @@ def fmt(v) -> str:
 def current_table_html(current: pd.DataFrame) -> str:
     if len(current) == 0:
         return "<p>No windows recorded yet. Run <code>kfrelease monitor</code> after some labelled traffic.</p>"
-    head = "".join(
-        f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS if c in current.columns
-    )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS if c in current.columns)
     rows = []
     for _, r in current.iterrows():
         cls = "ok" if r.get("status") == "ok" else "warn"
@@ -90,10 +88,7 @@ def figure(history: pd.DataFrame, model: str):
 
         h = history.assign(start=pd.to_datetime(history["start"], utc=True))
         keys = sorted({(v, s) for v, s in zip(h["version"], h["stage"])})
-        colors = {
-            k: qualitative.Plotly[i % len(qualitative.Plotly)]
-            for i, k in enumerate(keys)
-        }
+        colors = {k: qualitative.Plotly[i % len(qualitative.Plotly)] for i, k in enumerate(keys)}
         for i, (col, _title) in enumerate(PANELS, start=1):
             if col not in h.columns:
                 continue

@@ -102,9 +102,7 @@ def run_monitoring(
         report_for=reports if drift_for != "none" else "none",
     )
     if reference is None:
-        outcome.warnings.append(
-            f"no training reference data for {model!r}; drift was not computed"
-        )
+        outcome.warnings.append(f"no training reference data for {model!r}; drift was not computed")
     now = datetime.now(UTC)
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     run = MonitorRun(run_id, outcome)
@@ -112,20 +110,14 @@ def run_monitoring(
     report_windows = (
         {}
         if reports == "none"
-        else {
-            k: v
-            for k, v in outcome.drift_reports.items()
-            if reports == "all" or k in latest_keys
-        }
+        else {k: v for k, v in outcome.drift_reports.items() if reports == "all" or k in latest_keys}
     )
     for w in outcome.windows:
         dr = report_windows.get(w.key)
         if dr is None:
             continue
         key = f"monitoring/{_safe(model)}/reports/{run_id}/{_safe(w.version)}-{_safe(w.stage)}-{_safe(w.start)}.html"
-        writer.put_bytes(
-            RESULT_BUCKET, key, dr.html().encode(), content_type="text/html"
-        )
+        writer.put_bytes(RESULT_BUCKET, key, dr.html().encode(), content_type="text/html")
         run.report_keys.append(key)
     doc = {
         "run_id": run_id,
@@ -148,9 +140,7 @@ def run_monitoring(
 
 def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.DataFrame:
     """Every recorded window of ``model`` (the latest computation of each), oldest first."""
-    keys = sorted(
-        o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/")
-    )[-last_runs:]
+    keys = sorted(o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/"))[-last_runs:]
     rows: dict[tuple, dict] = {}
     for key in keys:
         doc = store.get_json(RESULT_BUCKET, key)
@@ -162,9 +152,7 @@ def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.Dat
             }
             key = (w["version"], w["stage"], w["window"], w["start"])
             earlier = rows.get(key)
-            if (
-                earlier is not None and w.get("drift_share") is None
-            ):  # keep drift computed by an earlier pass
+            if earlier is not None and w.get("drift_share") is None:  # keep drift computed by an earlier pass
                 w["drift_share"], w["drifted"] = (
                     earlier.get("drift_share"),
                     earlier.get("drifted"),

@@ -27,9 +27,7 @@ GROUP = "monitoring"
 STAGE_OFFSETS = {"production": 0, "staging": 1, "canary": 2}
 
 
-def prometheus_config(
-    settings: Settings, scrape_interval: str, eval_interval: str
-) -> dict:
+def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: str) -> dict:
     def job(name, ports, **extra):
         return {
             "job_name": name,
@@ -45,13 +43,7 @@ def prometheus_config(
         },
         "rule_files": [str(settings.service_dir("prometheus") / "rules.yaml")],
         "alerting": {
-            "alertmanagers": [
-                {
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{settings.port('alertmanager')}"]}
-                    ]
-                }
-            ]
+            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.port('alertmanager')}"]}]}]
         },
         "scrape_configs": [
             job("prometheus", [settings.port("prometheus")]),
@@ -74,9 +66,7 @@ def prometheus_config(
     }
 
 
-def alertmanager_config(
-    settings: Settings, group_wait: str, group_interval: str, repeat_interval: str
-) -> dict:
+def alertmanager_config(settings: Settings, group_wait: str, group_interval: str, repeat_interval: str) -> dict:
     return {
         "route": {
             "receiver": "kfrelease",
@@ -113,12 +103,8 @@ def prometheus_service(
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
-        (d / "rules.yaml").write_text(
-            yaml.safe_dump(render_rules(for_override), sort_keys=False)
-        )
-        (d / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False)
-        )
+        (d / "rules.yaml").write_text(yaml.safe_dump(render_rules(for_override), sort_keys=False))
+        (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False))
 
     return Service(
         name="prometheus",
@@ -168,9 +154,7 @@ def alertmanager_service(
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
-        (d / "alertmanager.yml").write_text(
-            json.dumps(alertmanager_config(s, wait, interval, repeat), indent=2)
-        )
+        (d / "alertmanager.yml").write_text(json.dumps(alertmanager_config(s, wait, interval, repeat), indent=2))
 
     return Service(
         name="alertmanager",

@@ -19,7 +19,6 @@ from kfrelease.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 
-
 def read_predictions(
     store: ObjectStore,
     model: str,
@@ -43,9 +42,7 @@ def open_window(store: ObjectStore, model: str, features: list[str], since=None,
     return _open(store, model, since, until, features=features, materialize="with-keys" if keys else True)
 
 
-def read_feedback(
-    store: ObjectStore, model: str, since=None, warnings: list[str] | None = None
-) -> pd.DataFrame:
+def read_feedback(store: ObjectStore, model: str, since=None, warnings: list[str] | None = None) -> pd.DataFrame:
     """Ground truth of ``model`` since ``since`` (``request_id, instance, truth, time``), from the lake."""
     from kfrelease import lake
 
@@ -60,9 +57,7 @@ def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:
         for obj in store.iter("models", prefix):
             if obj.key.endswith("/entry.json"):
                 entry = store.get_json("models", obj.key)
-                out[entry.get("version") or obj.key[len(prefix) :].split("/")[0]] = (
-                    entry
-                )
+                out[entry.get("version") or obj.key[len(prefix) :].split("/")[0]] = entry
     except NotFound:
         pass
     return out
@@ -77,9 +72,7 @@ def features_of(entries: dict[str, dict]) -> list[str] | None:
     return found
 
 
-def baselines_of(
-    entries: dict[str, dict], r2_floor: float | None = None
-) -> dict[str, dict]:
+def baselines_of(entries: dict[str, dict], r2_floor: float | None = None) -> dict[str, dict]:
     """Per version: the RMSE measured at evaluation (``metrics.rmse``) and the R² floor."""
     out = {}
     for version, entry in entries.items():

@@ -83,12 +83,17 @@ def monitoring_engine(
     days = lookback.size / 86400
     predictions = count_logged_rows(store, model, start, now) // 2
     chosen = engine if engine != "auto" else choose_engine(predictions, days)
-    why = (f"{engine} as asked" if engine != "auto" else
-           f"{predictions} logged predictions over {days:g} days "
-           f"({'beyond' if chosen == 'spark' else 'within'} {SPARK_THRESHOLD} / {SPARK_DAYS} days)")
+    why = (
+        f"{engine} as asked"
+        if engine != "auto"
+        else f"{predictions} logged predictions over {days:g} days "
+        f"({'beyond' if chosen == 'spark' else 'within'} {SPARK_THRESHOLD} / {SPARK_DAYS} days)"
+    )
     if chosen == "spark" and not spark_image:
-        raise ConfigError(f"monitoring {model} needs Spark ({why}); give the pipeline's spark_image "
-                          "(Spark 4.0 with kfrelease[spark] and hadoop-aws), or engine=duckdb")
+        raise ConfigError(
+            f"monitoring {model} needs Spark ({why}); give the pipeline's spark_image "
+            "(Spark 4.0 with kfrelease[spark] and hadoop-aws), or engine=duckdb"
+        )
     registry = ModelRegistry(store)
     current = registry.current(model, "production") or next(iter(registry.list(model)[-1:]), None)
     features = [c["name"] for c in (current.entry.get("input_schema") or [])] if current else []
@@ -154,13 +159,26 @@ def render_spark_application(
                 ),
                 "spark.hadoop.mapreduce.input.fileinputformat.input.dir.recursive": "true",
             },
-            "restartPolicy": {"type": "OnFailure", "onFailureRetries": 2, "onFailureRetryInterval": 30,
-                              "onSubmissionFailureRetries": 2, "onSubmissionFailureRetryInterval": 30},
+            "restartPolicy": {
+                "type": "OnFailure",
+                "onFailureRetries": 2,
+                "onFailureRetryInterval": 30,
+                "onSubmissionFailureRetries": 2,
+                "onSubmissionFailureRetryInterval": 30,
+            },
             "timeToLiveSeconds": 86400,
-            "driver": {"cores": 1, "memory": "2g", "serviceAccount": service_account,
-                       "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
-            "executor": {"cores": 2, "instances": int(executors), "memory": executor_memory,
-                         "labels": {"app.kubernetes.io/part-of": "kfrelease"}},
+            "driver": {
+                "cores": 1,
+                "memory": "2g",
+                "serviceAccount": service_account,
+                "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+            },
+            "executor": {
+                "cores": 2,
+                "instances": int(executors),
+                "memory": executor_memory,
+                "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+            },
         },
     }
 
@@ -219,12 +237,16 @@ def spark_rbac(namespace: str, service_account: str, submitter_ns: str, submitte
     and read SparkApplications, ``submit_and_wait``; nothing it could stop or delete) bound to
     ``submitter_ns/submitter_sa``."""
     rbac = "rbac.authorization.k8s.io"
-    driver_rules = [{
-        "apiGroups": [""], "resources": ["pods", "configmaps", "persistentvolumeclaims", "services"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
-    }]
-    submit_rules = [{"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"],
-                     "verbs": ["create", "get"]}]
+    driver_rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "configmaps", "persistentvolumeclaims", "services"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+        }
+    ]
+    submit_rules = [
+        {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": ["create", "get"]}
+    ]
     docs = []
     for role, rules, (sa_ns, sa) in (
         (SPARK_DRIVER_ROLE, driver_rules, (namespace, service_account)),
@@ -232,29 +254,56 @@ def spark_rbac(namespace: str, service_account: str, submitter_ns: str, submitte
     ):
         meta = {"name": role, "namespace": namespace, "labels": dict(_PART_OF)}
         docs.append({"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": meta, "rules": rules})
-        docs.append({"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": dict(meta),
-                     "roleRef": {"apiGroup": rbac, "kind": "Role", "name": role},
-                     "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]})
+        docs.append(
+            {
+                "apiVersion": f"{rbac}/v1",
+                "kind": "RoleBinding",
+                "metadata": dict(meta),
+                "roleRef": {"apiGroup": rbac, "kind": "Role", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}],
+            }
+        )
     return docs
 
 
 def render_scheduled_monitoring(
-    model: str, features: list[str], *, namespace: str, image: str, bucket_prefix: str,
-    service_account: str = "kfrelease-monitoring", schedule: str = "15 0 * * *", suspend: bool = True,
+    model: str,
+    features: list[str],
+    *,
+    namespace: str,
+    image: str,
+    bucket_prefix: str,
+    service_account: str = "kfrelease-monitoring",
+    schedule: str = "15 0 * * *",
+    suspend: bool = True,
 ) -> dict:
     """A ``ScheduledSparkApplication`` (CRD vendored from kubeflow/spark-operator v2.5.2,
     ``charts/spark-operator-chart/crds/sparkoperator.k8s.io_scheduledsparkapplications.yaml``) running the
     previous day's window of ``model`` on Spark. Rendered suspended: the monitoring pipeline chooses the
     engine per pass (``monitoring_engine``); set ``suspend: false`` for a model whose daily logs are beyond
     one machine (``choose_engine``), so that its window runs on Spark every night without a pipeline."""
-    app = render_spark_application(model, features, run_id="daily", namespace=namespace, image=image,
-                                   bucket_prefix=bucket_prefix, service_account=service_account, since="1d")
+    app = render_spark_application(
+        model,
+        features,
+        run_id="daily",
+        namespace=namespace,
+        image=image,
+        bucket_prefix=bucket_prefix,
+        service_account=service_account,
+        since="1d",
+    )
     args = app["spec"]["arguments"]
     args[args.index("--out") + 1] += "-{now}"  # each night's result to its own path
     return {
         "apiVersion": API_VERSION,
         "kind": "ScheduledSparkApplication",
         "metadata": {**app["metadata"], "name": _name(model, "daily")},
-        "spec": {"schedule": schedule, "concurrencyPolicy": "Forbid", "suspend": suspend,
-                 "successfulRunHistoryLimit": 3, "failedRunHistoryLimit": 3, "template": app["spec"]},
+        "spec": {
+            "schedule": schedule,
+            "concurrencyPolicy": "Forbid",
+            "suspend": suspend,
+            "successfulRunHistoryLimit": 3,
+            "failedRunHistoryLimit": 3,
+            "template": app["spec"],
+        },
     }

@@ -134,6 +134,4 @@ def publish_reference(store: ObjectStore, dataset: str, frame: pd.DataFrame) -> 
     from kfrelease.data.spec import load_spec
 
     spec = replace(load_spec("diabetes"), name=dataset)
-    return publish(
-        frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic"
-    ).version
+    return publish(frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic").version

@@ -41,9 +41,7 @@ class WindowSpec:
 
     def __post_init__(self):
         if self.kind not in ("time", "count"):
-            raise ConfigError(
-                f"window kind {self.kind!r} is unknown; use 'time' (seconds) or 'count' (labels)"
-            )
+            raise ConfigError(f"window kind {self.kind!r} is unknown; use 'time' (seconds) or 'count' (labels)")
         if int(self.size) <= 0:
             raise ConfigError(f"window size must be positive, got {self.size}")
 
@@ -109,9 +107,7 @@ class MonitorOutcome:
     model: str
     windows: list[WindowResult]
     warnings: list[str] = field(default_factory=list)
-    drift_reports: dict[tuple, object] = field(
-        default_factory=dict, repr=False
-    )  # key -> DriftResult
+    drift_reports: dict[tuple, object] = field(default_factory=dict, repr=False)  # key -> DriftResult
 
     def latest(self) -> list[WindowResult]:
         """The most recent complete window of each (version, stage) (see ``is_complete``), else its most
@@ -168,9 +164,7 @@ def prepare_predictions(preds: pd.DataFrame, features: list[str]) -> pd.DataFram
             f"prediction logs lack the input features {absent}; the logged instances do not match the model's "
             f"input schema ({len(features)} features)"
         )
-    out = preds[
-        needed + list(features) + (["instance"] if "instance" in preds.columns else [])
-    ].copy()
+    out = preds[needed + list(features) + (["instance"] if "instance" in preds.columns else [])].copy()
     if "instance" not in out.columns:
         out["instance"] = 0
     out["instance"] = out["instance"].fillna(0).astype("int64")
@@ -256,9 +250,7 @@ def compute_window(
         res.message = f"{len(frame)} predictions have no ground truth yet"
     else:
         try:
-            m = regression_metrics(
-                labelled["truth"], labelled["prediction"], min_samples=min_labels
-            )
+            m = regression_metrics(labelled["truth"], labelled["prediction"], min_samples=min_labels)
             res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
             res.intervals = metric_intervals(labelled["truth"], labelled["prediction"])
         except InsufficientData as exc:
@@ -273,9 +265,7 @@ def compute_window(
             drift = _drift(reference, frame, features)
             res.drift_share, res.drifted = drift.share_drifted, drift.drifted
         except KfreleaseError as exc:
-            res.message = (
-                res.message + "; " if res.message else ""
-            ) + f"drift not computed: {exc}"
+            res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
     return res, drift
 
 
@@ -316,9 +306,7 @@ def compute_windows(
         raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
     outcome = MonitorOutcome(model, [])
     if len(preds) == 0:
-        outcome.warnings.append(
-            f"no predictions of model {model!r} were logged in the period"
-        )
+        outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
         return outcome
     p = prepare_predictions(preds, features)
     t = prepare_feedback(truth) if truth is not None and len(truth) else None
@@ -340,9 +328,7 @@ def compute_windows(
     if orphans > 0:
         outcome.warnings.append(_orphan_labels(model, orphans, features))
     baselines = baselines or {}
-    for (version, stage), group in joined.groupby(
-        ["model_version", "stage"], sort=True
-    ):
+    for (version, stage), group in joined.groupby(["model_version", "stage"], sort=True):
         group = _assign_windows(group, spec)
         last = int(group["_w"].max())
         labels = group.groupby("_w")["truth"].count()
@@ -420,9 +406,17 @@ def compute_windows_engine(
             else:
                 start, end = r.first_time, r.last_time
             res = WindowResult(
-                model=model, version=str(version), stage=str(stage), window=spec.label,
-                start=_iso(start), end=_iso(end), predictions=int(r.predictions), labelled=int(r.labelled),
-                status="ok", baseline_rmse=base.get("rmse"), r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
+                model=model,
+                version=str(version),
+                stage=str(stage),
+                window=spec.label,
+                start=_iso(start),
+                end=_iso(end),
+                predictions=int(r.predictions),
+                labelled=int(r.labelled),
+                status="ok",
+                baseline_rmse=base.get("rmse"),
+                r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
                 last_prediction_time=_iso(r.last_time),
                 last_truth_time=_iso(r.last_truth_time) if int(r.labelled) else None,
             )
@@ -434,16 +428,29 @@ def compute_windows_engine(
                     m = LW.metrics_from_sums(int(r.labelled), float(r.sse), float(r.sae), float(r.sst), min_labels)
                     res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
                     res.intervals = LW.intervals_from_sums(
-                        int(r.labelled), float(r.sse), float(r.sae), float(r.sst),
-                        float(r.se4), float(r.st4), float(r.sest),
+                        int(r.labelled),
+                        float(r.sse),
+                        float(r.sae),
+                        float(r.sst),
+                        float(r.se4),
+                        float(r.st4),
+                        float(r.sest),
                     )
                 except InsufficientData as exc:
                     res.status = "insufficient"
                     res.message = str(exc)
             with_drift = drift_for == "all" or (drift_for == "latest" and w == last)
             if with_drift and reference is not None and int(r.predictions) >= min_labels:
-                _engine_drift(con, res, outcome, spec, w, reference, features, report_for == "all" or (
-                    report_for == "latest" and w == last))
+                _engine_drift(
+                    con,
+                    res,
+                    outcome,
+                    spec,
+                    w,
+                    reference,
+                    features,
+                    report_for == "all" or (report_for == "latest" and w == last),
+                )
             outcome.windows.append(res)
     return outcome
 

@@ -254,16 +254,19 @@ class ModelRegistry:
             for attempt in attempts:
                 with attempt:
                     claims = self._claims(name)
-                    same = find_same([c for c in claims if c.version not in dead], tag, spec_fingerprint,
-                                     dataset_version)
+                    same = find_same(
+                        [c for c in claims if c.version not in dead], tag, spec_fingerprint, dataset_version
+                    )
                     if same is not None:
                         existing = self._wait_entry(name, str(same.version), same_claim_wait)
                         if existing is not None:
                             log.info("%s %s already registered for this definition and data", name, same.version)
                             return Registration(existing, False)
                         dead.add(same.version)
-                        raise _ClaimLost(f"claim {same.version} of {name} has no entry after "
-                                         f"{same_claim_wait:.0f} s; treating it as dead")
+                        raise _ClaimLost(
+                            f"claim {same.version} of {name} has no entry after "
+                            f"{same_claim_wait:.0f} s; treating it as dead"
+                        )
                     number = next_version(claims, tag, spec_fingerprint)
                     claim = {
                         "version": str(number),
@@ -273,13 +276,29 @@ class ModelRegistry:
                         "claimed_at": now_iso(),
                     }
                     try:
-                        self.store.put_json(BUCKET, f"{self.space}/{name}/claims/{number}.json", claim, if_none_match=True)
+                        self.store.put_json(
+                            BUCKET, f"{self.space}/{name}/claims/{number}.json", claim, if_none_match=True
+                        )
                     except Conflict:
                         raise _ClaimLost(f"version {number} of {name} was claimed concurrently; retrying") from None
                     return Registration(
                         self._write_version(
-                            name, number, tag, spec_fingerprint, dataset, dataset_version, commit, run_id, metrics,
-                            verdict, input_schema, target, model_bytes, extra or {}, who, flavour_named(flavour).name,
+                            name,
+                            number,
+                            tag,
+                            spec_fingerprint,
+                            dataset,
+                            dataset_version,
+                            commit,
+                            run_id,
+                            metrics,
+                            verdict,
+                            input_schema,
+                            target,
+                            model_bytes,
+                            extra or {},
+                            who,
+                            flavour_named(flavour).name,
                         ),
                         True,
                     )
@@ -288,8 +307,25 @@ class ModelRegistry:
                 f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run"
             ) from None
 
-    def _write_version(self, name, number, tag, fingerprint, dataset, dataset_version, commit, run_id, metrics,
-                       verdict, input_schema, target, model_bytes, extra, who, flavour) -> ModelVersion:
+    def _write_version(
+        self,
+        name,
+        number,
+        tag,
+        fingerprint,
+        dataset,
+        dataset_version,
+        commit,
+        run_id,
+        metrics,
+        verdict,
+        input_schema,
+        target,
+        model_bytes,
+        extra,
+        who,
+        flavour,
+    ) -> ModelVersion:
         version = str(number)
         prefix = self.artifact_prefix(name, version)
         entry = {
@@ -305,8 +341,11 @@ class ModelRegistry:
             "dataset_version": dataset_version,
             "run_id": run_id,
             "metrics": {k: metrics.get(k) for k in ("mse", "rmse", "mae", "r2", "n") if k in metrics},
-            "verdict": {"passed": bool(verdict.get("passed")), "reasons": list(verdict.get("reasons", [])),
-                        **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")}},
+            "verdict": {
+                "passed": bool(verdict.get("passed")),
+                "reasons": list(verdict.get("reasons", [])),
+                **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")},
+            },
             "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": artifact_files(flavour), "flavour": flavour},
             "input_schema": input_schema,
             "target": target,
@@ -320,8 +359,14 @@ class ModelRegistry:
         self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)
         mv = ModelVersion(entry)
         if not entry["verdict"]["passed"]:
-            self._event(name, version, "rejected", who, "; ".join(entry["verdict"]["reasons"]) or "validation failed",
-                        {"verdict": entry["verdict"]})
+            self._event(
+                name,
+                version,
+                "rejected",
+                who,
+                "; ".join(entry["verdict"]["reasons"]) or "validation failed",
+                {"verdict": entry["verdict"]},
+            )
             mv = ModelVersion(entry, "rejected")
         log.info("registered %s %s (%s)", name, version, "passed" if mv.passed else "rejected")
         return mv
@@ -333,8 +378,14 @@ class ModelRegistry:
             raise KfreleaseError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
     def _event(self, model: str, version: str, stage: str, who: str, why: str, evidence: dict | None) -> dict:
-        event = {"stage": stage, "who": who, "why": why, "when": now_iso(), "evidence": evidence or {},
-                 "version": version}
+        event = {
+            "stage": stage,
+            "who": who,
+            "why": why,
+            "when": now_iso(),
+            "evidence": evidence or {},
+            "version": version,
+        }
         key = self._vkey(model, version, "events", f"{_compact_now()}-{uuid.uuid4().hex}.json")
         self.store.put_json(BUCKET, key, event, if_none_match=True)
         return event
@@ -357,8 +408,14 @@ class ModelRegistry:
         previous = self.current(model, "production") if stage == "production" else None
         event = self._event(model, version, stage, who, why, evidence)
         if previous is not None and previous.version != version:
-            self._event(model, previous.version, "archived", who, f"replaced in production by {version}",
-                        {"replaced_by": version})
+            self._event(
+                model,
+                previous.version,
+                "archived",
+                who,
+                f"replaced in production by {version}",
+                {"replaced_by": version},
+            )
         return event
 
     def set_image(self, model: str, version: str, ref: str, digest: str) -> ModelVersion:
@@ -371,9 +428,7 @@ class ModelRegistry:
                     if image:
                         if image.get("digest") == digest:
                             return mv
-                        raise Conflict(
-                            f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}"
-                        )
+                        raise Conflict(f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}")
                     entry = {**mv.entry, "image": {"ref": ref, "digest": digest}}
                     try:
                         self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
@@ -382,5 +437,6 @@ class ModelRegistry:
                     self.store.put_json(BUCKET, self.artifact_prefix(model, version) + ENTRY_FILE, entry)
                     return ModelVersion(entry, mv.stage)
         except RetryError:
-            raise Conflict(f"the entry of {model} {version} kept changing while its image was recorded; retry") from None
-
+            raise Conflict(
+                f"the entry of {model} {version} kept changing while its image was recorded; retry"
+            ) from None

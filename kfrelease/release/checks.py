@@ -113,11 +113,16 @@ class CheckResult:
             return f"{self.name} failed ({self.detail})"
         if self.interval is not None:
             lo, hi = self.interval
-            return (f"{self.name} {_fmt(self.value)} [{_fmt(lo)}, {_fmt(hi)}] n={self.n:.0f} {self.status}"
-                    + (f" ({self.detail})" if self.detail else ""))
+            return f"{self.name} {_fmt(self.value)} [{_fmt(lo)}, {_fmt(hi)}] n={self.n:.0f} {self.status}" + (
+                f" ({self.detail})" if self.detail else ""
+            )
         bound = ", ".join(f"{k} {v:g}" for k, v in (("max", self.max), ("min", self.min)) if v is not None)
-        return (f"{self.name} {_fmt(self.value)}" + (f" ({bound})" if bound else "")
-                + f" n={self.n:.0f} {self.status}" + (f" ({self.detail})" if self.detail and self.status != "passed" else ""))
+        return (
+            f"{self.name} {_fmt(self.value)}"
+            + (f" ({bound})" if bound else "")
+            + f" n={self.n:.0f} {self.status}"
+            + (f" ({self.detail})" if self.detail and self.status != "passed" else "")
+        )
 
 
 def _fmt(x) -> str:
@@ -190,14 +195,20 @@ class CanaryAnalysis:
         if "failed" in statuses:
             self.failures += 1
             if self.failures >= self.failure_threshold:
-                return self._act("rollback", f"{self.failures} failed check(s), failure_threshold {self.failure_threshold}")
+                return self._act(
+                    "rollback", f"{self.failures} failed check(s), failure_threshold {self.failure_threshold}"
+                )
             return self._act("hold", f"{self.failures} failed check(s) of {self.failure_threshold} tolerated")
         if "held" in statuses:
             self.holds += 1
             if self.holds > self.max_holds:
                 return self._act("rollback", f"held {self.holds} intervals in a row (max_holds {self.max_holds})")
-            return self._act("hold", f"hold {self.holds} of {self.max_holds}: "
-                             + ", ".join(r.name for r in results if r.status == "held") + " not counted yet")
+            return self._act(
+                "hold",
+                f"hold {self.holds} of {self.max_holds}: "
+                + ", ".join(r.name for r in results if r.status == "held")
+                + " not counted yet",
+            )
         self.holds = 0
         if self.index + 1 < len(self.steps):
             self.index += 1

@@ -123,9 +123,7 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
         )
     from kfrelease.serving.services import predictor_port
 
-    return PredictorMetrics(
-        f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate
-    )
+    return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate)
 
 
 def resume_step(current: TrafficState | None, candidate: str, steps: list[int]) -> int:
@@ -168,13 +166,9 @@ class ReleaseController:
         self.decisions: list[dict] = []
 
     # --- recording --------------------------------------------------------------------------------
-    def _record(
-        self, version: str, stage: str, phase: str, why: str, evidence: dict
-    ) -> dict:
+    def _record(self, version: str, stage: str, phase: str, why: str, evidence: dict) -> dict:
         evidence = {"phase": phase, **evidence}
-        event = self.registry.set_stage(
-            self.spec.model, version, stage, self.who, why, evidence
-        )
+        event = self.registry.set_stage(self.spec.model, version, stage, self.who, why, evidence)
         self.decisions.append(event)
         log.info("%s %s: %s", self.spec.model, version, why)
         if self.on_decision:
@@ -193,9 +187,7 @@ class ReleaseController:
             )
         production = self.registry.current(model, "production")
         if production is not None and production.version == candidate:
-            raise ReleaseError(
-                f"{model} {candidate} is already in production; no traffic was moved"
-            )
+            raise ReleaseError(f"{model} {candidate} is already in production; no traffic was moved")
         kind = metrics_source(self.spec)
         if kind == "prometheus" or self.preflight_url or on_cluster():
             source = (
@@ -229,19 +221,10 @@ class ReleaseController:
         if current is not None and current.primary and current.primary != mv.version:
             # the model server that answers clients cannot be swapped in place: move all traffic through
             # the canary first, then make it the primary (no request is dropped)
-            self.driver.apply(
-                TrafficState(
-                    primary=current.primary, canary=mv.version, canary_weight=100
-                )
-            )
+            self.driver.apply(TrafficState(primary=current.primary, canary=mv.version, canary_weight=100))
         self.driver.apply(TrafficState(primary=mv.version))
-        why = (
-            f"first model of tag {mv.tag}: no production model to compare against; promoted directly"
-            + (
-                f" (replaces {production.version} of tag {production.tag})"
-                if production
-                else ""
-            )
+        why = f"first model of tag {mv.tag}: no production model to compare against; promoted directly" + (
+            f" (replaces {production.version} of tag {production.tag})" if production else ""
         )
         self._record(
             mv.version,
@@ -265,11 +248,7 @@ class ReleaseController:
     def shadow(self, candidate: str, production: str) -> ShadowVerdict:
         """Mirror traffic to the candidate until the shadow gate decides (or ``max_wait_seconds`` pass)."""
         s = self.spec.shadow
-        self.driver.apply(
-            TrafficState(
-                primary=production, shadow=candidate, mirror_percent=s.mirror_percent
-            )
-        )
+        self.driver.apply(TrafficState(primary=production, shadow=candidate, mirror_percent=s.mirror_percent))
         since = _now()
         rule, scale, order = s.rule(), self.reference_rmse(production), PairSequence()
         deadline = self.clock.monotonic() + s.max_wait_seconds
@@ -293,18 +272,14 @@ class ReleaseController:
         report_uri = None
         if verdict.html:
             key = f"{REPORT_PREFIX}/{self.spec.model}/{candidate}/shadow-gate.html"
-            self.store.put_bytes(
-                "models", key, verdict.html.encode(), content_type="text/html"
-            )
+            self.store.put_bytes("models", key, verdict.html.encode(), content_type="text/html")
             report_uri = self.store.uri("models", key)
         self.shadow_report_uri = report_uri
         evidence = {**verdict.as_dict(), "report": report_uri}
         if verdict.decision == "pass":
             self._record(candidate, "staging", "shadow", verdict.summary(), evidence)
         elif verdict.decision == "insufficient":
-            verdict.reasons.append(
-                f"shadow.max_wait_seconds={s.max_wait_seconds:g} or shadow.max_samples reached"
-            )
+            verdict.reasons.append(f"shadow.max_wait_seconds={s.max_wait_seconds:g} or shadow.max_samples reached")
         return verdict
 
     def reference_rmse(self, production: str) -> float | None:
@@ -312,9 +287,7 @@ class ReleaseController:
         rmse = (self.registry.get(self.spec.model, production).metrics or {}).get("rmse")
         return float(rmse) if rmse else None
 
-    def outcome_after_shadow(
-        self, candidate: str, production: str, verdict: ShadowVerdict
-    ) -> ReleaseOutcome:
+    def outcome_after_shadow(self, candidate: str, production: str, verdict: ShadowVerdict) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=production))
         evidence = {
             **verdict.as_dict(),
@@ -362,9 +335,7 @@ class ReleaseController:
             )
         return self._champion_cache[1], self._champion_cache[2]
 
-    def canary_pairs(
-        self, candidate: str, production: str, canary_since, order: PairSequence
-    ):
+    def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
         """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
         answer, and the production model's answer to the *same* logged inputs (the production model scores
         them: a paired comparison as in the shadow gate; two disjoint request samples would differ by
@@ -380,16 +351,14 @@ class ReleaseController:
             lake.read_labels(self.store, self.spec.model, since=canary_since),
             how="inner",
         )
-        cand = labelled[
-            (labelled["model_version"] == candidate) & (labelled["stage"] != "staging")
-        ].drop_duplicates(["request_id", "instance"])
+        cand = labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(
+            ["request_id", "instance"]
+        )
         model, features = self._champion(production)
         missing = [f for f in features if f not in cand.columns]
         if cand.empty or missing:
             return pd.DataFrame(columns=["request_id", "instance", "truth", "candidate", "production"])
-        champion = np.asarray(
-            model.predict(cand[features].astype("float64")), dtype="float64"
-        ).ravel()
+        champion = np.asarray(model.predict(cand[features].astype("float64")), dtype="float64").ravel()
         pairs = pd.DataFrame(
             {
                 "request_id": cand["request_id"].to_numpy(),
@@ -425,7 +394,9 @@ class ReleaseController:
                     max_samples=None,
                     **{k: getattr(check, k) for k in ("margin", "error_rate") if getattr(check, k) is not None},
                 )
-                d = decide(pairs["truth"], pairs["candidate"], pairs["production"], rule, self.reference_rmse(production))
+                d = decide(
+                    pairs["truth"], pairs["candidate"], pairs["production"], rule, self.reference_rmse(production)
+                )
                 out[check.name] = Measurement(d.ratio, len(pairs), d.as_dict())
             elif unreadable:
                 out[check.name] = Measurement(error=unreadable)
@@ -437,8 +408,9 @@ class ReleaseController:
                     continue
                 out[check.name] = Measurement(value, health.requests)
             else:
-                value = {"requests": health.requests, "error_rate": health.error_rate,
-                         "p99_latency_ms": health.p99_ms}[check.series]
+                value = {"requests": health.requests, "error_rate": health.error_rate, "p99_latency_ms": health.p99_ms}[
+                    check.series
+                ]
                 out[check.name] = Measurement(value, health.requests)
         return out
 
@@ -453,9 +425,7 @@ class ReleaseController:
         try:
             while True:
                 weight, step = analysis.weight, analysis.index + 1
-                self.driver.apply(
-                    TrafficState(primary=production, canary=candidate, canary_weight=weight)
-                )
+                self.driver.apply(TrafficState(primary=production, canary=candidate, canary_weight=weight))
                 step_since = _now()
                 source = self.signals(candidate)
                 try:
@@ -463,9 +433,7 @@ class ReleaseController:
                 except MetricSourceError:
                     start = None
                 self.clock.sleep(cs.interval_seconds)
-                measured = self.measure(
-                    source, start, cs.interval_seconds, candidate, production, canary_since, order
-                )
+                measured = self.measure(source, start, cs.interval_seconds, candidate, production, canary_since, order)
                 results = [judge(check, measured[check.name]) for check in cs.checks]
                 action, reason = analysis.next(results)
                 why = f"canary {weight}%: " + ", ".join(r.describe() for r in results) + f"; {action}: {reason}"
@@ -495,9 +463,7 @@ class ReleaseController:
                 log.exception("could not move traffic back to %s", production)
             raise
 
-    def promote(
-        self, candidate: str, production: str, why: str, evidence: dict
-    ) -> ReleaseOutcome:
+    def promote(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=candidate))
         self._record(
             candidate,
@@ -515,9 +481,7 @@ class ReleaseController:
             getattr(self, "shadow_report_uri", None),
         )
 
-    def roll_back(
-        self, candidate: str, production: str, why: str, evidence: dict
-    ) -> ReleaseOutcome:
+    def roll_back(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=production))
         stage = "rejected" if self.spec.rollback.reject_candidate else "staging"
         self._record(
@@ -535,5 +499,3 @@ class ReleaseController:
             list(self.decisions),
             getattr(self, "shadow_report_uri", None),
         )
-
-

@@ -273,7 +273,9 @@ def decide(
     c = np.asarray(candidate, dtype="float64").ravel()
     p = np.asarray(production, dtype="float64").ravel()
     if not (t.size == c.size == p.size):
-        raise GateError(f"truth, candidate and production have {t.size}, {c.size}, {p.size} values; they pair up row by row")
+        raise GateError(
+            f"truth, candidate and production have {t.size}, {c.size}, {p.size} values; they pair up row by row"
+        )
     if not (np.isfinite(t).all() and np.isfinite(c).all() and np.isfinite(p).all()):
         raise GateError("pairs contain NaN or infinity; the join must drop unlabelled or failed requests")
     seen = int(t.size)
@@ -282,7 +284,9 @@ def decide(
 
     def undecided(n, reason, **numbers):
         if limit:
-            return Decision("insufficient", n, reason + "; no decision by the limit (insufficient evidence)", **base, **numbers)
+            return Decision(
+                "insufficient", n, reason + "; no decision by the limit (insufficient evidence)", **base, **numbers
+            )
         return Decision("continue", n, reason, **base, **numbers)
 
     if scale is None or not scale > 0 or not math.isfinite(scale):
@@ -315,10 +319,20 @@ def decide(
         "clipped_share": float(np.mean((np.abs(ec) > clip_at) | (np.abs(ep) > clip_at))),
     }
     if fail_bound[-1] > 0:
-        worse = "worse than production" if rule.fail_above == "zero" else f"worse than production by more than {rule.margin:g}"
+        worse = (
+            "worse than production"
+            if rule.fail_above == "zero"
+            else f"worse than production by more than {rule.margin:g}"
+        )
         return Decision("fail", n, f"candidate is {worse} (lower bound {fail_bound[-1]:.4g} > 0)", **base, **numbers)
     if pass_bound[-1] < 0:
-        return Decision("pass", n, f"candidate loss <= {1 + rule.margin:g} x production's (upper bound {pass_bound[-1]:.4g} < 0)", **base, **numbers)
+        return Decision(
+            "pass",
+            n,
+            f"candidate loss <= {1 + rule.margin:g} x production's (upper bound {pass_bound[-1]:.4g} < 0)",
+            **base,
+            **numbers,
+        )
     return undecided(n, f"neither bound has crossed after {n} pairs", **numbers)
 
 

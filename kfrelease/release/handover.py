@@ -113,8 +113,13 @@ def submit_release(
 
     spec_yaml = Path(spec_path).read_text() if spec_path else (spec_yaml or "")
     run_name = f"release-{model}-{version}"
-    run_id = submit_run(host, release_pipeline, {"model": model, "version": version, "spec_yaml": spec_yaml},
-                        run_name=run_name, experiment=RELEASE_EXPERIMENT)
+    run_id = submit_run(
+        host,
+        release_pipeline,
+        {"model": model, "version": version, "spec_yaml": spec_yaml},
+        run_name=run_name,
+        experiment=RELEASE_EXPERIMENT,
+    )
     log.info("release of %s %s submitted to %s as run %s", model, version, host, run_id)
     return {"model": model, "version": version, "kfp_host": host, "kfp_run_id": run_id, "run_name": run_name}
 
@@ -173,8 +178,7 @@ def wait_release(
     )(final_stage)
     if stage is None:
         raise KfreleaseError(
-            f"the release of {model} {version} did not end within {timeout:.0f} s; "
-            f"see {record.get('log', 'its log')}"
+            f"the release of {model} {version} did not end within {timeout:.0f} s; see {record.get('log', 'its log')}"
         )
     return stage
 

@@ -44,21 +44,39 @@ class ReleasePlan:
         return asdict(self)
 
     def describe(self) -> str:
-        need = (f"{self.labelled_needed} labelled requests for {self.power:.0%} power"
-                if self.labelled_needed is not None else
-                f"no pass with {self.power:.0%} power within {self.max_pairs} labelled requests")
-        when = (f", about {self.hours_needed:.2g} h at {self.labelled_per_hour:.0f} labelled requests/h"
-                if self.hours_needed is not None else
-                ", no labelled traffic in the last hour to time it" if self.labelled_per_hour == 0 else "")
-        return (f"{self.model} {self.candidate} vs {self.production}: held-out MSE ratio "
-                f"{self.holdout_mse_ratio:.3f} on {self.holdout_rows} rows; the shadow gate (margin {self.margin:g}, "
-                f"error rate {self.error_rate:g}) passes with probability {self.pass_probability:.2f}, fails "
-                f"{self.fail_probability:.2f}, undecided {self.undecided_probability:.2f} by {self.max_pairs}; "
-                f"{need}{when}")
+        need = (
+            f"{self.labelled_needed} labelled requests for {self.power:.0%} power"
+            if self.labelled_needed is not None
+            else f"no pass with {self.power:.0%} power within {self.max_pairs} labelled requests"
+        )
+        when = (
+            f", about {self.hours_needed:.2g} h at {self.labelled_per_hour:.0f} labelled requests/h"
+            if self.hours_needed is not None
+            else ", no labelled traffic in the last hour to time it"
+            if self.labelled_per_hour == 0
+            else ""
+        )
+        return (
+            f"{self.model} {self.candidate} vs {self.production}: held-out MSE ratio "
+            f"{self.holdout_mse_ratio:.3f} on {self.holdout_rows} rows; the shadow gate (margin {self.margin:g}, "
+            f"error rate {self.error_rate:g}) passes with probability {self.pass_probability:.2f}, fails "
+            f"{self.fail_probability:.2f}, undecided {self.undecided_probability:.2f} by {self.max_pairs}; "
+            f"{need}{when}"
+        )
 
 
-def estimate_plan(truth, candidate, production, rule: GateRule, reference_rmse: float, *, power: float = 0.8,
-                  max_pairs: int = 20_000, simulations: int = 400, seed: int = 0) -> dict:
+def estimate_plan(
+    truth,
+    candidate,
+    production,
+    rule: GateRule,
+    reference_rmse: float,
+    *,
+    power: float = 0.8,
+    max_pairs: int = 20_000,
+    simulations: int = 400,
+    seed: int = 0,
+) -> dict:
     """Resample the held-out pairs into ``simulations`` shadows of ``max_pairs`` labels and run the gate."""
     t = np.asarray(truth, dtype="float64")
     c = np.asarray(candidate, dtype="float64")
@@ -74,7 +92,7 @@ def estimate_plan(truth, candidate, production, rule: GateRule, reference_rmse: 
         rows = min(50, simulations - start)
         idx = rng.integers(0, len(t), (rows, max_pairs))
         o, n = first_decisions(lc[idx] / top, lp[idx] / top, 1.0, rule, looks)
-        outcome[start:start + rows], pairs[start:start + rows] = o, n
+        outcome[start : start + rows], pairs[start : start + rows] = o, n
     passed = outcome == 1
     share = float(passed.mean())
     needed = None
@@ -115,8 +133,9 @@ def labelled_per_hour(store, model: str, now: dt.datetime | None = None) -> floa
     return float(len(fb))
 
 
-def plan_release(settings, spec, version: str, *, power: float = 0.8, max_pairs: int = 20_000,
-                 record: bool = True) -> ReleasePlan:
+def plan_release(
+    settings, spec, version: str, *, power: float = 0.8, max_pairs: int = 20_000, record: bool = True
+) -> ReleasePlan:
     """The plan of releasing ``version`` of ``spec.model`` against its production model; recorded in the
     candidate's registry history (``phase: plan``) when ``record``."""
     from kfrelease.errors import KfreleaseError
@@ -131,7 +150,8 @@ def plan_release(settings, spec, version: str, *, power: float = 0.8, max_pairs:
     if prod is None or prod.tag != mv.tag:
         raise KfreleaseError(
             f"{model} {version}: no production model of tag {mv.tag} to compare against; its release promotes it "
-            "directly (no shadow gate), so there is nothing to plan")
+            "directly (no shadow gate), so there is nothing to plan"
+        )
     truth, cand, prodp = holdout_pairs(registry, store_for("data-scientist", settings), model, version, prod.version)
     rule = spec.shadow.rule()
     reference = float((prod.metrics or {}).get("rmse") or np.sqrt(np.mean((truth - prodp) ** 2)))
@@ -140,13 +160,30 @@ def plan_release(settings, spec, version: str, *, power: float = 0.8, max_pairs:
     needed = est["labelled_needed"]
     hours = needed / rate if needed is not None and rate > 0 else None
     plan = ReleasePlan(
-        model, version, prod.version, len(truth), est["holdout_mse_ratio"], est["pass_probability"],
-        est["fail_probability"], est["undecided_probability"], power, needed, max_pairs, rate, hours,
-        rule.margin, rule.error_rate,
+        model,
+        version,
+        prod.version,
+        len(truth),
+        est["holdout_mse_ratio"],
+        est["pass_probability"],
+        est["fail_probability"],
+        est["undecided_probability"],
+        power,
+        needed,
+        max_pairs,
+        rate,
+        hours,
+        rule.margin,
+        rule.error_rate,
         caveat=f"bootstrap of {len(truth)} held-out rows: live traffic may differ" if len(truth) < 500 else "",
     )
     if record:
-        registry.set_stage(model, version, mv.stage or "staging", "release-plan", "release plan: " + plan.describe(),
-                           {"phase": "plan", **plan.as_dict()})
+        registry.set_stage(
+            model,
+            version,
+            mv.stage or "staging",
+            "release-plan",
+            "release plan: " + plan.describe(),
+            {"phase": "plan", **plan.as_dict()},
+        )
     return plan
-

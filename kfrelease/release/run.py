@@ -20,9 +20,7 @@ def ensure_serving_services(settings: Settings) -> None:
     from kfrelease.stack import supervisor
     from kfrelease.stack.services import declared_services
 
-    others = [
-        s for s in declared_services(settings, ("serving",)) if s.name != "gateway"
-    ]
+    others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
     supervisor.up(settings, others)
 
 
@@ -52,8 +50,7 @@ class ReleaseLock:
                     alive, version = False, "?"
                 if alive:
                     raise Conflict(
-                        f"a release of {version} is running ({self.path}); wait for it "
-                        "(`kfrelease release status`)"
+                        f"a release of {version} is running ({self.path}); wait for it (`kfrelease release status`)"
                     ) from None
                 self.path.unlink(missing_ok=True)
                 continue
@@ -82,13 +79,9 @@ def run_release(
         driver = LocalGatewayDriver(settings, spec)
         current = driver.current()
         preflight = (
-            f"http://127.0.0.1:{predictor_port(settings, 'production')}"
-            if current and current.primary
-            else None
+            f"http://127.0.0.1:{predictor_port(settings, 'production')}" if current and current.primary else None
         )
-        controller = ReleaseController(
-            settings, spec, driver, preflight_url=preflight, on_decision=on_decision
-        )
+        controller = ReleaseController(settings, spec, driver, preflight_url=preflight, on_decision=on_decision)
         return controller.run(version)
 
 
@@ -112,8 +105,9 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
                 if image
                 else f"s3://models/artifacts/{spec.model}/{mv.version}/"
             )
-        return KServeTrafficDriver(spec, uris, KubernetesObjects(), holder=version,
-                                   kserve_version=setting("KFRELEASE_KSERVE_VERSION"))
+        return KServeTrafficDriver(
+            spec, uris, KubernetesObjects(), holder=version, kserve_version=setting("KFRELEASE_KSERVE_VERSION")
+        )
     from kfrelease.serving.gateway import LocalGatewayDriver
 
     ensure_serving_services(settings)
@@ -134,9 +128,7 @@ def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     return "shadow"
 
 
-def shadow_step(
-    settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None
-) -> str:
+def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
     """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``insufficient`` (traffic back to
     production)."""
     controller = _controller(settings, spec, version)
@@ -160,9 +152,5 @@ def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:
     """The rollout spec a pipeline step was given (YAML text; empty: the packaged default) for ``model``."""
     from kfrelease.rollout.spec import parse_rollout_spec
 
-    spec = (
-        parse_rollout_spec(spec_yaml, "release pipeline spec_yaml")
-        if spec_yaml.strip()
-        else load_rollout_spec()
-    )
+    spec = parse_rollout_spec(spec_yaml, "release pipeline spec_yaml") if spec_yaml.strip() else load_rollout_spec()
     return bind_model(spec, model, "release pipeline spec_yaml")

@@ -24,31 +24,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run the controller in this process, not the pipeline",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     try:
         if args.inline:
-            outcome = run_release(
-                settings, args.model, args.version, load_rollout_spec(args.spec)
-            )
-            print(
-                f"{outcome.model} {outcome.candidate}: {outcome.result}; production {outcome.production_after}"
-            )
+            outcome = run_release(settings, args.model, args.version, load_rollout_spec(args.spec))
+            print(f"{outcome.model} {outcome.candidate}: {outcome.result}; production {outcome.production_after}")
         else:
-            print(
-                f"{args.model} {args.version}: {run_release_pipeline(settings, args.model, args.version, args.spec)}"
-            )
+            print(f"{args.model} {args.version}: {run_release_pipeline(settings, args.model, args.version, args.spec)}")
     except KfreleaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     return 0
 
 
-def run_release_pipeline(
-    settings: Settings, model: str, version: str, spec_path: str | None = None
-) -> str:
+def run_release_pipeline(settings: Settings, model: str, version: str, spec_path: str | None = None) -> str:
     """The release pipeline on kfp.local (one release per model at a time); returns the version's final stage."""
     from pathlib import Path
 
@@ -68,10 +58,7 @@ def run_release_pipeline(
             version=version,
             spec_yaml=spec_yaml,
         )
-    return (
-        ModelRegistry(store_for("pipeline", settings)).get(model, version).stage
-        or "unknown"
-    )
+    return ModelRegistry(store_for("pipeline", settings)).get(model, version).stage or "unknown"
 
 
 if __name__ == "__main__":

@@ -41,9 +41,7 @@ class ShadowVerdict:
     decision: str  # pass | fail | continue | insufficient
     reasons: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
-    html: str | None = (
-        None  # Evidently report of both models on the joined requests (when rendered)
-    )
+    html: str | None = None  # Evidently report of both models on the joined requests (when rendered)
 
     @property
     def passed(self) -> bool:
@@ -85,9 +83,7 @@ def latest_truth(feedback: pd.DataFrame) -> pd.DataFrame:
     return lake.latest_truth(feedback)[["request_id", "instance", "truth"]]
 
 
-def join_shadow(
-    predictions: pd.DataFrame, feedback: pd.DataFrame, candidate: str, production: str
-) -> pd.DataFrame:
+def join_shadow(predictions: pd.DataFrame, feedback: pd.DataFrame, candidate: str, production: str) -> pd.DataFrame:
     """Rows ``request_id, instance, truth, candidate, production``: requests answered by both versions
     (the candidate as the staging shadow, production as the primary) and labelled (``kfrelease.lake``)."""
     return lake.shadow_pairs(predictions, feedback, candidate, production)
@@ -129,11 +125,7 @@ def shadow_verdict(
     if test.ratio_interval is not None:
         cand = regression_metrics(pairs["truth"], pairs["candidate"])
         prod = regression_metrics(pairs["truth"], pairs["production"])
-        ratio = (
-            cand["rmse"] / prod["rmse"]
-            if prod["rmse"] > 0
-            else (1.0 if cand["rmse"] == 0 else float("inf"))
-        )
+        ratio = cand["rmse"] / prod["rmse"] if prod["rmse"] > 0 else (1.0 if cand["rmse"] == 0 else float("inf"))
         evidence.update(candidate=cand, production=prod, rmse_ratio=ratio)
     reasons = [] if test.decision == "pass" else [test.reason]
     return ShadowVerdict(test.decision, reasons, evidence)
@@ -186,9 +178,7 @@ def evaluate_shadow(
         "since": pd.Timestamp(since).isoformat(),
         "until": pd.Timestamp(until).isoformat() if until else None,
     }
-    verdict = shadow_verdict(
-        pairs, candidate, production, rule, scale, window, at_limit=at_limit
-    )
+    verdict = shadow_verdict(pairs, candidate, production, rule, scale, window, at_limit=at_limit)
     if report and verdict.decided and "candidate" in verdict.evidence:
         try:
             verdict.html = shadow_report_html(pairs, verdict)

@@ -77,10 +77,7 @@ def parse_snapshot(text: str, model: str, version: str | None = None) -> Snapsho
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
-            if (
-                s.name == "request_preprocess_seconds_count"
-                and labels.get("model_name") == model
-            ):
+            if s.name == "request_preprocess_seconds_count" and labels.get("model_name") == model:
                 snap.attempts += s.value
             elif (
                 s.name == "kfrelease_predictor_requests_total"
@@ -123,9 +120,7 @@ def health_between(before: Snapshot, after: Snapshot) -> StepHealth:
 class PredictorMetrics:
     """Reads a model server's ``/metrics`` directly (``canary.metrics_source: predictor``)."""
 
-    def __init__(
-        self, url: str, model: str, version: str | None = None, timeout: float = 3.0
-    ):
+    def __init__(self, url: str, model: str, version: str | None = None, timeout: float = 3.0):
         self.url, self.model, self.version, self.timeout = (
             url.rstrip("/"),
             model,
@@ -138,9 +133,7 @@ class PredictorMetrics:
             r = httpx.get(f"{self.url}/metrics", timeout=self.timeout)
             r.raise_for_status()
         except httpx.HTTPError as exc:
-            raise MetricSourceError(
-                f"metrics of {self.url} cannot be read ({exc})"
-            ) from None
+            raise MetricSourceError(f"metrics of {self.url} cannot be read ({exc})") from None
         return parse_snapshot(r.text, self.model, self.version)
 
     def start(self) -> Snapshot:
@@ -193,17 +186,9 @@ class PrometheusMetrics:
     def health(self, _start, seconds: float) -> StepHealth:
         w = f"{max(1, math.ceil(seconds))}s"
         sel = f'model="{self.model}",version="{self.version}",stage="{self.stage}"'
-        ok = (
-            self.query(
-                f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))'
-            )
-            or 0.0
-        )
+        ok = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))') or 0.0
         invalid = (
-            self.query(
-                f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))'
-            )
-            or 0.0
+            self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))') or 0.0
         )
         attempts = (
             self.query(

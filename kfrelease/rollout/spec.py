@@ -175,8 +175,10 @@ class RolloutSpec:
         if self.canary.max_holds < 0:
             bad("canary.max_holds must be at least 0")
         if self.canary.metrics_source not in METRICS_SOURCES:
-            bad(f"canary.metrics_source {self.canary.metrics_source!r} is unknown; "
-                f"use one of {', '.join(METRICS_SOURCES)}")
+            bad(
+                f"canary.metrics_source {self.canary.metrics_source!r} is unknown; "
+                f"use one of {', '.join(METRICS_SOURCES)}"
+            )
         if self.serving.deployment_mode not in DEPLOYMENT_MODES:
             bad(f"serving.deployment_mode {self.serving.deployment_mode!r}; use one of {', '.join(DEPLOYMENT_MODES)}")
         if self.canary.failure_threshold < 1 or self.shadow.min_labelled_samples < 1:
@@ -204,15 +206,17 @@ class CheckDocument(SpecDocument):
     )
     series: Literal[SERIES] | None = Field(None, description="traffic: the built-in series read (or give `query`).")
     query: str | None = Field(
-        None, description="traffic, `metrics_source: prometheus`: a PromQL expression returning one number "
-        "(placeholders {model} {version} {stage} {window})."
+        None,
+        description="traffic, `metrics_source: prometheus`: a PromQL expression returning one number "
+        "(placeholders {model} {version} {stage} {window}).",
     )
     max: Number | None = Field(None, description="traffic: the check fails above this value.")
     min: Number | None = Field(None, description="traffic: the check fails below this value.")
     min_samples: int = Field(0, description="Step requests (traffic) or labelled pairs (labels) before it counts.")
     on_short: Literal[ON_SHORT] | None = Field(
-        None, description="Below `min_samples`: `hold` the step or `skip` the check (null: hold for traffic, "
-        "skip for labels)."
+        None,
+        description="Below `min_samples`: `hold` the step or `skip` the check (null: hold for traffic, "
+        "skip for labels).",
     )
     margin: Number | None = Field(None, description="labels: the non-inferiority margin (null: the shadow gate's).")
     error_rate: Number | None = Field(None, description="labels: the declared error rate (null: the shadow gate's).")
@@ -224,45 +228,65 @@ class CheckDocument(SpecDocument):
 class ShadowDocument(SpecDocument):
     """The shadow gate: a paired, anytime-valid sequential test on the same labelled requests."""
 
-    mirror_percent: Number = _from(ShadowSpec, "mirror_percent",
-        "Share of production requests mirrored to the candidate, 0..100.")
-    min_labelled_samples: int = _from(ShadowSpec, "min_labelled_samples",
-        "Do not even look before this many labelled pairs (>= 1).")
-    margin: Number = _from(ShadowSpec, "margin",
-        "Pass: candidate loss <= (1 + margin) x production's on the same requests.")
+    mirror_percent: Number = _from(
+        ShadowSpec, "mirror_percent", "Share of production requests mirrored to the candidate, 0..100."
+    )
+    min_labelled_samples: int = _from(
+        ShadowSpec, "min_labelled_samples", "Do not even look before this many labelled pairs (>= 1)."
+    )
+    margin: Number = _from(
+        ShadowSpec, "margin", "Pass: candidate loss <= (1 + margin) x production's on the same requests."
+    )
     error_rate: Number = _from(ShadowSpec, "error_rate", "Declared rate of each wrong decision, above 0 and below 0.5.")
     loss: Literal["squared", "absolute"] = _from(ShadowSpec, "loss", "`squared` (MSE) or `absolute` (MAE).")
-    fail_above: Literal["zero", "margin"] = _from(ShadowSpec, "fail_above",
-        "Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`).")
-    clip: Number = _from(ShadowSpec, "clip",
-        "Errors clipped at this many times production's held-out RMSE (heavy tails).")
-    boundary: Literal["asymptotic", "bernstein"] = _from(ShadowSpec, "boundary",
-        "`asymptotic` or `bernstein` (exact, needs more pairs).")
-    max_samples: int | None = _from(ShadowSpec, "max_samples",
-        "Undecided at this many pairs: insufficient evidence (null: no limit).")
-    max_wait_seconds: Number = _from(ShadowSpec, "max_wait_seconds",
-        "Undecided after this long: insufficient evidence.")
-    at_limit: Literal[AT_LIMIT] = _from(ShadowSpec, "at_limit",
-        "Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way.")
+    fail_above: Literal["zero", "margin"] = _from(
+        ShadowSpec, "fail_above", "Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`)."
+    )
+    clip: Number = _from(
+        ShadowSpec, "clip", "Errors clipped at this many times production's held-out RMSE (heavy tails)."
+    )
+    boundary: Literal["asymptotic", "bernstein"] = _from(
+        ShadowSpec, "boundary", "`asymptotic` or `bernstein` (exact, needs more pairs)."
+    )
+    max_samples: int | None = _from(
+        ShadowSpec, "max_samples", "Undecided at this many pairs: insufficient evidence (null: no limit)."
+    )
+    max_wait_seconds: Number = _from(
+        ShadowSpec, "max_wait_seconds", "Undecided after this long: insufficient evidence."
+    )
+    at_limit: Literal[AT_LIMIT] = _from(
+        ShadowSpec, "at_limit", "Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way."
+    )
 
 
 class CanaryDocument(SpecDocument):
     """The gradual rollout: traffic steps, the checks at each step, when to roll back."""
 
-    steps: list[int] = _from(CanarySpec, "steps",
-        "Canary weight at each step, percent, strictly increasing, ending at 100.")
-    interval_seconds: Number = _from(CanarySpec, "interval_seconds",
-        "Time at each step before its checks decide (> 0).")
+    steps: list[int] = _from(
+        CanarySpec, "steps", "Canary weight at each step, percent, strictly increasing, ending at 100."
+    )
+    interval_seconds: Number = _from(
+        CanarySpec, "interval_seconds", "Time at each step before its checks decide (> 0)."
+    )
     checks: list[CheckDocument] = Field(
-        [CheckDocument(**asdict(c)) for c in DEFAULT_CHECKS], description="The checks judged at every step.")
-    failure_threshold: int = _from(CanarySpec, "failure_threshold",
-        "Failed checks tolerated before rollback (Flagger's `threshold`).")
-    max_holds: int = _from(CanarySpec, "max_holds",
-        "Intervals in a row a step may be held (too few requests) before rollback.")
-    metrics_source: Literal[METRICS_SOURCES] = _from(CanarySpec, "metrics_source",
-        "`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.")
-    prometheus_url: str = _from(CanarySpec, "prometheus_url",
-        "metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.")
+        [CheckDocument(**asdict(c)) for c in DEFAULT_CHECKS], description="The checks judged at every step."
+    )
+    failure_threshold: int = _from(
+        CanarySpec, "failure_threshold", "Failed checks tolerated before rollback (Flagger's `threshold`)."
+    )
+    max_holds: int = _from(
+        CanarySpec, "max_holds", "Intervals in a row a step may be held (too few requests) before rollback."
+    )
+    metrics_source: Literal[METRICS_SOURCES] = _from(
+        CanarySpec,
+        "metrics_source",
+        "`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.",
+    )
+    prometheus_url: str = _from(
+        CanarySpec,
+        "prometheus_url",
+        "metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.",
+    )
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -270,23 +294,26 @@ class CanaryDocument(SpecDocument):
         if isinstance(value, dict):
             raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError as this key's problem
                 "is a list of checks (name, source, series or query, max/min, min_samples), not a "
-                             "mapping of limits; see kfrelease/rollout/default.yaml")
+                "mapping of limits; see kfrelease/rollout/default.yaml"
+            )
         return value
 
 
 class RollbackDocument(SpecDocument):
     """What a rollback does besides restoring production's traffic."""
 
-    reject_candidate: bool = _from(RollbackSpec, "reject_candidate",
-        "Mark a rolled-back candidate `rejected` in the registry.")
+    reject_candidate: bool = _from(
+        RollbackSpec, "reject_candidate", "Mark a rolled-back candidate `rejected` in the registry."
+    )
 
 
 class ServingDocument(SpecDocument):
     """How the model is served (KServe InferenceService settings; the embedded stack reads the namespace only)."""
 
     namespace: str = _from(ServingSpec, "namespace", "Kubernetes namespace of the serving.")
-    deployment_mode: Literal[DEPLOYMENT_MODES] = _from(ServingSpec, "deployment_mode",
-        "`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list).")
+    deployment_mode: Literal[DEPLOYMENT_MODES] = _from(
+        ServingSpec, "deployment_mode", "`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list)."
+    )
     min_replicas: int = _from(ServingSpec, "min_replicas", "Fewest predictor replicas.")
     max_replicas: int = _from(ServingSpec, "max_replicas", "Most predictor replicas.")
     scale_target: int = _from(ServingSpec, "scale_target", "Concurrent requests per replica (Knative autoscaling).")
@@ -298,8 +325,9 @@ class RolloutDocument(SpecDocument):
     """A rollout spec (`rollout.yaml`): how a candidate goes from staging (shadow) to production."""
 
     model: str = Field(
-        "", description="The model (its registry name) this spec is for; usually left out: the spec in a model "
-        "project is bound to that project's model, and a spec naming another model is refused."
+        "",
+        description="The model (its registry name) this spec is for; usually left out: the spec in a model "
+        "project is bound to that project's model, and a spec naming another model is refused.",
     )
     shadow: ShadowDocument | None = Field(None, description="The shadow gate.")
     canary: CanaryDocument | None = Field(None, description="The canary steps and their checks.")

@@ -58,5 +58,11 @@ def python_service(settings: Settings, name: str, module: str, *args: str, group
     """A service that is one of our Python modules listening on its stack port (``python -m MODULE --port N
     ARGS``), ready when ``/healthz`` answers; ``fields`` are any other ``Service`` attributes."""
     port = settings.port(name)
-    return Service(name=name, port=port, command=[sys.executable, "-m", module, "--port", str(port), *args],
-                   health_path="/healthz", group=group, **fields)
+    return Service(
+        name=name,
+        port=port,
+        command=[sys.executable, "-m", module, "--port", str(port), *args],
+        health_path="/healthz",
+        group=group,
+        **fields,
+    )

@@ -211,14 +211,18 @@ def _start_service(settings: Settings, service: Service, launch: Launcher | None
     with open(log_path, "ab") as log_fh:
         log_fh.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(service.command)}\n".encode())
         log_fh.flush()
-        proc = launch(service, env, settings.service_dir(service.name), log_path) if launch else subprocess.Popen(
-            service.command,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=settings.service_dir(service.name),
-            env=env,
-            start_new_session=True,  # its own process group: `down` stops it and its children
+        proc = (
+            launch(service, env, settings.service_dir(service.name), log_path)
+            if launch
+            else subprocess.Popen(
+                service.command,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=settings.service_dir(service.name),
+                env=env,
+                start_new_session=True,  # its own process group: `down` stops it and its children
+            )
         )
     record = {
         "name": service.name,

@@ -38,8 +38,9 @@ def watchdog_service(settings: Settings) -> Service:
     from kfrelease.stack.service import python_service
 
     env = {"KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
-    return python_service(settings, supervisor.WATCHDOG, "kfrelease.stack.watchdog", group="core",
-                          startup_timeout=30, env=env)
+    return python_service(
+        settings, supervisor.WATCHDOG, "kfrelease.stack.watchdog", group="core", startup_timeout=30, env=env
+    )
 
 
 class WarmSpare:
@@ -67,8 +68,12 @@ class WarmSpare:
             return
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.log_dir / "watchdog-spare.log", "ab") as log_fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kfrelease.serving.spare", "--socket", self.name],
-                                         stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kfrelease.serving.spare", "--socket", self.name],
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def launcher(self, rec: dict):
         """The supervisor launcher that forks ``rec``'s command from the spare, or None (not ready, not a model

@@ -63,8 +63,9 @@ def _try_slot(path: Path):
 
 
 @contextlib.contextmanager
-def slot(settings: Settings, limit: int, on_wait: Callable[[str], None] = lambda why: None,
-         timeout: float | None = None) -> Iterator[int]:
+def slot(
+    settings: Settings, limit: int, on_wait: Callable[[str], None] = lambda why: None, timeout: float | None = None
+) -> Iterator[int]:
     """Hold one of ``limit`` run slots for the block; ``on_wait(reason)`` is called once while queued."""
     directory = slots_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
@@ -82,8 +83,9 @@ def slot(settings: Settings, limit: int, on_wait: Callable[[str], None] = lambda
                     fh.close()
                 return
         if not told:
-            on_wait(f"waiting for a run slot: all {limit} are taken (limit from this machine; KFRELEASE_MAX_RUNS "
-                    "sets it)")
+            on_wait(
+                f"waiting for a run slot: all {limit} are taken (limit from this machine; KFRELEASE_MAX_RUNS sets it)"
+            )
             told = True
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no run slot of {limit} became free in {timeout:.0f} s")

@@ -27,8 +27,17 @@ MODEL_CODE = "model code"
 DATA = "data"
 CONFIGURATION = "configuration"
 RETRYABLE = frozenset({INFRASTRUCTURE})
-_INFRA_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EIO, errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
-                 errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+_INFRA_ERRNOS = {
+    errno.ENOSPC,
+    errno.ENOMEM,
+    errno.EIO,
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EPIPE,
+}
 
 
 def cause_of(exc: BaseException) -> str:

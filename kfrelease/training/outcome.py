@@ -52,8 +52,7 @@ def run_outcome(run_id: str, spec_text: str, mv) -> RunOutcome:
     name = f"{mv.name} {mv.version}"
     if mv.entry.get("run_id") == run_id:  # registered by this run
         if mv.passed:
-            return RunOutcome("staged", f"{name} registered and staged ({mv.stage}); its release was handed over",
-                              True)
+            return RunOutcome("staged", f"{name} registered and staged ({mv.stage}); its release was handed over", True)
         return RunOutcome(
             "rejected",
             f"{name} registered as rejected by validation ({_reasons(mv)}); nothing staged; change the model "

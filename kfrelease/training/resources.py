@@ -32,8 +32,21 @@ RETRIES = 2
 BACKOFF = {"backoff_duration": "5s", "backoff_factor": 2.0, "backoff_max_duration": "120s"}
 _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
 _CPU = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
-_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_UNITS = {
+    "": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def memory_bytes(text: str) -> int:
@@ -80,24 +93,36 @@ def parse_resources(doc, origin: str) -> Resources:
         if not _MEMORY.match(values[key]):
             raise ConfigError(f"{origin}: resources.{key} {values[key]!r} is not a memory quantity such as 4Gi")
     if "memory" in doc and "memory_limit" not in doc:
-        values["memory_limit"] = values["memory"] if memory_bytes(values["memory"]) > memory_bytes(
-            MODEL_DEFAULT.memory_limit) else MODEL_DEFAULT.memory_limit
+        values["memory_limit"] = (
+            values["memory"]
+            if memory_bytes(values["memory"]) > memory_bytes(MODEL_DEFAULT.memory_limit)
+            else MODEL_DEFAULT.memory_limit
+        )
     if "cpu" in doc and "cpu_limit" not in doc and cpu_cores(values["cpu"]) > cpu_cores(MODEL_DEFAULT.cpu_limit):
         values["cpu_limit"] = values["cpu"]
     if memory_bytes(values["memory_limit"]) < memory_bytes(values["memory"]):
-        raise ConfigError(f"{origin}: resources.memory_limit {values['memory_limit']} is below memory {values['memory']}")
+        raise ConfigError(
+            f"{origin}: resources.memory_limit {values['memory_limit']} is below memory {values['memory']}"
+        )
     if cpu_cores(values["cpu_limit"]) < cpu_cores(values["cpu"]):
         raise ConfigError(f"{origin}: resources.cpu_limit {values['cpu_limit']} is below cpu {values['cpu']}")
     selector = values["node_selector"]
-    if not isinstance(selector, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+    if not isinstance(selector, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+    ):
         raise ConfigError(f"{origin}: resources.node_selector maps node label names to values (strings)")
     return Resources(**values)
 
 
 def pipeline_arguments(resources: Resources) -> dict:
     """The training pipeline's run parameters that carry the model steps' resources."""
-    return {"model_cpu": resources.cpu, "model_memory": resources.memory, "model_cpu_limit": resources.cpu_limit,
-            "model_memory_limit": resources.memory_limit, "model_node_selector": dict(resources.node_selector)}
+    return {
+        "model_cpu": resources.cpu,
+        "model_memory": resources.memory,
+        "model_cpu_limit": resources.cpu_limit,
+        "model_memory_limit": resources.memory_limit,
+        "model_node_selector": dict(resources.node_selector),
+    }
 
 
 def apply_step_policy(task, step: str, model: dict | None = None, caching: bool = False):
@@ -111,7 +136,9 @@ def apply_step_policy(task, step: str, model: dict | None = None, caching: bool 
         kubernetes.add_node_selector_json(task, model["node_selector"])
     else:
         r = STEP_DEFAULT
-        task.set_cpu_request(r.cpu).set_memory_request(r.memory).set_cpu_limit(r.cpu_limit).set_memory_limit(r.memory_limit)
+        task.set_cpu_request(r.cpu).set_memory_request(r.memory).set_cpu_limit(r.cpu_limit).set_memory_limit(
+            r.memory_limit
+        )
     task.set_retry(RETRIES, **BACKOFF)
     task.set_caching_options(caching)
     return task

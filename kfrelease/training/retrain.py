@@ -41,8 +41,10 @@ def parse_retrain_policy(doc, origin: str = "model.yaml") -> RetrainPolicy:
     if doc is None:
         return RetrainPolicy()
     if not isinstance(doc, dict) or set(doc) - set(KEYS):
-        raise ConfigError(f"{origin}: retrain takes {', '.join(KEYS)}, e.g. retrain: {{on_new_data: true, "
-                          f"min_interval_minutes: {NEW_DATA_MIN_INTERVAL_MINUTES:g}}}")
+        raise ConfigError(
+            f"{origin}: retrain takes {', '.join(KEYS)}, e.g. retrain: {{on_new_data: true, "
+            f"min_interval_minutes: {NEW_DATA_MIN_INTERVAL_MINUTES:g}}}"
+        )
     on = doc.get("on_new_data", True)
     if not isinstance(on, bool):
         raise ConfigError(f"{origin}: retrain.on_new_data must be true or false, not {on!r}")

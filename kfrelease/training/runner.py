@@ -69,8 +69,10 @@ def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseExcep
         if (st.get("started_at") or "") < attempt_started:
             continue
         if st.get("state") == "running":
-            error = (f"step {step} was killed before it could record anything (a signal or the out-of-memory "
-                     f"killer; peak memory unknown)")
+            error = (
+                f"step {step} was killed before it could record anything (a signal or the out-of-memory "
+                f"killer; peak memory unknown)"
+            )
             runs.set_step(store, run_id, step, "failed", finished_at=now_iso(), error=error, cause=INFRASTRUCTURE)
             return INFRASTRUCTURE, error
         if st.get("state") == "failed":
@@ -89,9 +91,15 @@ def _attempt(settings: Settings, store, record: runs.RunRecord, attempt: int) ->
     runs.set_state(store, run_id, "running", started_at=started, attempt=attempt, **process_identity())
     spec = ModelSpec.from_json(record.record["spec_json"])
     try:
-        task = run_local(settings, training_pipeline, spec_json=record.record["spec_json"],
-                         commit=record.record["commit"], dataset_version=record.record.get("dataset_version", "latest"),
-                         run_id=run_id, **pipeline_arguments(spec.resources))
+        task = run_local(
+            settings,
+            training_pipeline,
+            spec_json=record.record["spec_json"],
+            commit=record.record["commit"],
+            dataset_version=record.record.get("dataset_version", "latest"),
+            run_id=run_id,
+            **pipeline_arguments(spec.resources),
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is classified below
         cause, error = _failure_of_attempt(store, run_id, started, exc)
         raise AttemptFailed(cause, error) from None
@@ -128,14 +136,27 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
 
     def before_retry(state) -> None:
         exc = state.outcome.exception()
-        runs.set_state(store, run_id, "retrying", cause=exc.cause, error=one_line(exc.cause, exc.error),
-                       retry_of_attempt=first + state.attempt_number - 1)
+        runs.set_state(
+            store,
+            run_id,
+            "retrying",
+            cause=exc.cause,
+            error=one_line(exc.cause, exc.error),
+            retry_of_attempt=first + state.attempt_number - 1,
+        )
         log.warning("run %s attempt %d failed (%s); retrying", run_id, first + state.attempt_number - 1, exc.error)
 
     with slot(settings, limit, on_wait):
-        runs.set_state(store, run_id, "running", waiting=None, slot_limit=limit, admitted_at=now_iso(),
-                       queued_seconds=round(time.monotonic() - waited["since"], 1) if waited else 0.0,
-                       **process_identity())
+        runs.set_state(
+            store,
+            run_id,
+            "running",
+            waiting=None,
+            slot_limit=limit,
+            admitted_at=now_iso(),
+            queued_seconds=round(time.monotonic() - waited["since"], 1) if waited else 0.0,
+            **process_identity(),
+        )
         counter = iter(range(first, first + MAX_ATTEMPTS))
         try:
             outcome = Retrying(
@@ -170,9 +191,19 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
                 runs.set_step(store, run_id, step, "skipped", skipped=not_staged_reason(mv) or result.line)
         log.info("run %s: %s", run_id, result.line)
         peak = {s: v["peak_rss_mb"] for s, v in runs.get_run(store, run_id).steps.items() if v.get("peak_rss_mb")}
-        return runs.set_state(store, run_id, "succeeded", finished_at=now_iso(), version=outcome["version"],
-                              verdict="passed" if mv.passed else "rejected", stage=mv.stage, cause=None, error=None,
-                              peak_rss_mb=peak, **result.as_state())
+        return runs.set_state(
+            store,
+            run_id,
+            "succeeded",
+            finished_at=now_iso(),
+            version=outcome["version"],
+            verdict="passed" if mv.passed else "rejected",
+            stage=mv.stage,
+            cause=None,
+            error=None,
+            peak_rss_mb=peak,
+            **result.as_state(),
+        )
 
 
 def main() -> None:

@@ -135,8 +135,10 @@ def step_record(run_id: str, step: str, store: ObjectStore | None = None):
     previous = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
     attempt = int(previous.get("attempt", 0)) + 1
     if previous.get("state") == "failed" and previous.get("cause") and not retryable(previous["cause"]):
-        reason = (f"{step} is not retried: its previous attempt failed because of the "
-                  f"{one_line(previous['cause'], previous.get('error', ''))}")
+        reason = (
+            f"{step} is not retried: its previous attempt failed because of the "
+            f"{one_line(previous['cause'], previous.get('error', ''))}"
+        )
         set_step(store, run_id, step, "failed", attempt=attempt, finished_at=now_iso(), not_retried=True)
         raise StepNotRetried(reason)
     set_step(store, run_id, step, "running", started_at=now_iso(), attempt=attempt, error=None, cause=None)
@@ -144,12 +146,28 @@ def step_record(run_id: str, step: str, store: ObjectStore | None = None):
     try:
         yield extra
     except BaseException as exc:
-        set_step(store, run_id, step, "failed", finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}"[:500],
-                 cause=cause_of(exc), peak_rss_mb=peak_rss_mb(), **extra)
+        set_step(
+            store,
+            run_id,
+            step,
+            "failed",
+            finished_at=now_iso(),
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            cause=cause_of(exc),
+            peak_rss_mb=peak_rss_mb(),
+            **extra,
+        )
         raise
     # a step that did nothing says so (``extra["skipped"]`` is why): it is recorded skipped, never succeeded
-    set_step(store, run_id, step, "skipped" if extra.get("skipped") else "succeeded", finished_at=now_iso(),
-             peak_rss_mb=peak_rss_mb(), **extra)
+    set_step(
+        store,
+        run_id,
+        step,
+        "skipped" if extra.get("skipped") else "succeeded",
+        finished_at=now_iso(),
+        peak_rss_mb=peak_rss_mb(),
+        **extra,
+    )
 
 
 def resume_or_run(run_id: str, step: str, outputs: dict[str, str], run, store: ObjectStore | None = None) -> dict:
@@ -167,7 +185,11 @@ def resume_or_run(run_id: str, step: str, outputs: dict[str, str], run, store: O
         key = _key(run_id, "steps", f"{step}.json")
         done = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
         kept = done.get("outputs") or {}
-        if done.get("state") == "succeeded" and set(kept) == set(outputs) and all(Path(p).is_file() for p in kept.values()):
+        if (
+            done.get("state") == "succeeded"
+            and set(kept) == set(outputs)
+            and all(Path(p).is_file() for p in kept.values())
+        ):
             for name, path in outputs.items():
                 shutil.copyfile(kept[name], path)
             log.info("%s of run %s finished in an earlier attempt; its outputs are reused", step, run_id)

@@ -239,8 +239,9 @@ class ValidationDocument(SpecDocument):
     max_mae: float | None = Field(None, description="Largest allowed mean absolute error on the test rows.")
     min_r2: float | None = Field(None, description="Smallest allowed R² on the test rows.")
     tolerance: float | None = Field(
-        None, description="How much worse (a share of RMSE) than production on the same test rows is allowed, "
-        "e.g. 0.02; null: no worse at all."
+        None,
+        description="How much worse (a share of RMSE) than production on the same test rows is allowed, "
+        "e.g. 0.02; null: no worse at all.",
     )
     max_drift_share: float | None = Field(
         None, description="Drift is always reported; a share of drifted features above this also fails validation."
@@ -268,7 +269,8 @@ class RetrainDocument(SpecDocument):
         True, description="Retrain production's definition on a newer curated version of `dataset` (an auto revision)."
     )
     min_interval_minutes: float = Field(
-        NEW_DATA_MIN_INTERVAL_MINUTES, ge=0,
+        NEW_DATA_MIN_INTERVAL_MINUTES,
+        ge=0,
         description="At most one new-data retrain of this model per this many minutes (a newer version within it "
         "is recorded as rate-limited and retrained once it has passed).",
     )
@@ -289,7 +291,8 @@ class ModelDocument(SpecDocument):
         None, description="A scikit-learn compatible estimator `{class, params}`; give this or `build`."
     )
     build: str | None = Field(
-        None, pattern=r"^[^:]+\.py(:[A-Za-z_][A-Za-z0-9_]*)?$",
+        None,
+        pattern=r"^[^:]+\.py(:[A-Za-z_][A-Za-z0-9_]*)?$",
         description="`file.py:function` in the project returning an unfitted estimator (e.g. a Pipeline); "
         "give this or `estimator`.",
     )
@@ -401,7 +404,9 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
     try:
         text = git("show", f"{sha}:{spec_file}")
     except ConfigError:
-        raise ConfigError(f"commit {sha[:12]} in {repo} has no {spec_file}; a model project has one at its root") from None
+        raise ConfigError(
+            f"commit {sha[:12]} in {repo} has no {spec_file}; a model project has one at its root"
+        ) from None
     base = str(Path(spec_file).parent)
     code = {}
     for name in _code_files(text):
@@ -409,5 +414,7 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
         try:
             code[name] = git("show", f"{sha}:{rel}")
         except ConfigError:
-            raise ConfigError(f"commit {sha[:12]}: {spec_file} names build code {name}, which is not committed") from None
+            raise ConfigError(
+                f"commit {sha[:12]}: {spec_file} names build code {name}, which is not committed"
+            ) from None
     return parse_spec(text, f"{spec_file}@{sha[:12]}", code), sha

@@ -45,8 +45,14 @@ def check_columns(spec: ModelSpec, dv) -> None:
         )
 
 
-def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_path: str, test_path: str,
-               settings: Settings | None = None) -> dict:
+def train_step(
+    spec: ModelSpec,
+    dataset_version: str,
+    model_path: str,
+    train_path: str,
+    test_path: str,
+    settings: Settings | None = None,
+) -> dict:
     """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
     from kfrelease.data.publish import get_version, load_dataset
     from kfrelease.faults import crash_point
@@ -66,8 +72,13 @@ def train_step(spec: ModelSpec, dataset_version: str, model_path: str, train_pat
     flavour_named(DEFAULT_FLAVOUR).dump(result.model, model_path)
     result.train.to_parquet(train_path, index=False)
     result.test.to_parquet(test_path, index=False)
-    return {"dataset_version": dv.version, "spec_fingerprint": spec.fingerprint, "train_rows": len(result.train),
-            "test_rows": len(result.test), "fit_seconds": result.fit_seconds}
+    return {
+        "dataset_version": dv.version,
+        "spec_fingerprint": spec.fingerprint,
+        "train_rows": len(result.train),
+        "test_rows": len(result.test),
+        "fit_seconds": result.fit_seconds,
+    }
 
 
 def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: str | None = None) -> dict:
@@ -86,8 +97,9 @@ def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: s
     return metrics
 
 
-def validate_step(spec: ModelSpec, metrics: dict, train_path: str, test_path: str,
-                  settings: Settings | None = None) -> dict:
+def validate_step(
+    spec: ModelSpec, metrics: dict, train_path: str, test_path: str, settings: Settings | None = None
+) -> dict:
     """The verdict: thresholds, champion on the same test rows, drift against the champion's data."""
     import pandas as pd
 
@@ -112,9 +124,18 @@ def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
     return record.get("model") == spec.name and record.get("spec_fingerprint") == spec.fingerprint
 
 
-def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: str, model_path: str,
-                  metrics: dict, verdict: dict, settings: Settings | None = None, release: bool = True,
-                  report_path: str | None = None) -> dict:
+def register_step(
+    spec: ModelSpec,
+    commit: str,
+    dataset_version: str,
+    run_id: str,
+    model_path: str,
+    metrics: dict,
+    verdict: dict,
+    settings: Settings | None = None,
+    release: bool = True,
+    report_path: str | None = None,
+) -> dict:
     """Register under the next version (or return the existing one); rejected models are recorded as such.
 
     ``release=False`` (an experiment) registers in the ``experiments`` space of the registry: the same entry,
@@ -128,18 +149,36 @@ def register_step(spec: ModelSpec, commit: str, dataset_version: str, run_id: st
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     reg = registry.register(
-        name=spec.name, tag=spec.tag, spec_fingerprint=spec.fingerprint, dataset=spec.dataset,
-        dataset_version=dataset_version, commit=commit, run_id=run_id, metrics=metrics, verdict=verdict,
-        input_schema=spec.input_schema, target=spec.target, model_bytes=Path(model_path).read_bytes(),
-        extra={"spec": {"text": spec.text, "code": spec.code}, "split": {"test_size": spec.test_size, "seed": spec.seed},
-               "experiment": not release, **({"rollout": rollout} if rollout else {})},
+        name=spec.name,
+        tag=spec.tag,
+        spec_fingerprint=spec.fingerprint,
+        dataset=spec.dataset,
+        dataset_version=dataset_version,
+        commit=commit,
+        run_id=run_id,
+        metrics=metrics,
+        verdict=verdict,
+        input_schema=spec.input_schema,
+        target=spec.target,
+        model_bytes=Path(model_path).read_bytes(),
+        extra={
+            "spec": {"text": spec.text, "code": spec.code},
+            "split": {"test_size": spec.test_size, "seed": spec.seed},
+            "experiment": not release,
+            **({"rollout": rollout} if rollout else {}),
+        },
     )
     mv = reg.version
     key = evaluation_report_key(registry.artifact_prefix(spec.name, mv.version))
     if report_path and Path(report_path).is_file() and store.stat(registry.bucket, key) is None:
         store.put_bytes(registry.bucket, key, Path(report_path).read_bytes(), content_type="text/html")
-    return {"version": mv.version, "created": reg.created, "passed": mv.passed, "stage": mv.stage,
-            "experiment": not release}
+    return {
+        "version": mv.version,
+        "created": reg.created,
+        "passed": mv.passed,
+        "stage": mv.stage,
+        "experiment": not release,
+    }
 
 
 def not_staged_reason(mv) -> str | None:
@@ -147,8 +186,10 @@ def not_staged_reason(mv) -> str | None:
     if mv.passed:
         return None
     by = mv.entry.get("run_id")
-    return (f"{mv.name} {mv.version} is rejected by validation (its recorded verdict{f', run {by}' if by else ''}); "
-            "nothing to build or stage")
+    return (
+        f"{mv.name} {mv.version} is rejected by validation (its recorded verdict{f', run {by}' if by else ''}); "
+        "nothing to build or stage"
+    )
 
 
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
@@ -168,9 +209,18 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
         return mv.entry["image"]
     with tempfile.TemporaryDirectory(prefix="kfrelease-modelcar-") as tmp:
         model_dir = reg.download(model, version, tmp)
-        image = containerize(model_dir, registry or image_registry(settings), f"kfrelease/{model}", version,
-                             {"org.opencontainers.image.title": model, "org.opencontainers.image.version": version,
-                              "kfrelease.commit": mv.commit or "", "kfrelease.dataset_version": mv.dataset_version})
+        image = containerize(
+            model_dir,
+            registry or image_registry(settings),
+            f"kfrelease/{model}",
+            version,
+            {
+                "org.opencontainers.image.title": model,
+                "org.opencontainers.image.version": version,
+                "kfrelease.commit": mv.commit or "",
+                "kfrelease.dataset_version": mv.dataset_version,
+            },
+        )
     reg.set_image(model, version, image.ref, image.digest)
     return image.as_dict()
 
@@ -185,8 +235,14 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
         return mv.stage or "rejected"
     if mv.stage is not None:  # already staged (or promoted/archived since): a re-run changes nothing
         return mv.stage
-    reg.set_stage(model, version, "staging", "training-pipeline", f"passed validation in run {run_id}",
-                  {"run_id": run_id, "metrics": mv.metrics, "image": mv.entry.get("image")})
+    reg.set_stage(
+        model,
+        version,
+        "staging",
+        "training-pipeline",
+        f"passed validation in run {run_id}",
+        {"run_id": run_id, "metrics": mv.metrics, "image": mv.entry.get("image")},
+    )
     return "staging"
 
 
@@ -206,8 +262,15 @@ class InlineRun:
         return self.registration.get("version", "")
 
 
-def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", run_id: str | None = None,
-               settings: Settings | None = None, containerize: bool = True, release: bool = True) -> InlineRun:
+def run_inline(
+    spec: ModelSpec,
+    commit: str,
+    dataset_version: str = "latest",
+    run_id: str | None = None,
+    settings: Settings | None = None,
+    containerize: bool = True,
+    release: bool = True,
+) -> InlineRun:
     """The training pipeline's steps in this process (same functions, same order, same conditions), as the
     trigger's run does them (``release=True``: staged when it passed) or as an experiment (never staged)."""
     import time
@@ -224,17 +287,30 @@ def run_inline(spec: ModelSpec, commit: str, dataset_version: str = "latest", ru
             run.seconds[name] = time.perf_counter() - start
             return out
 
-        trained = timed("train", train_step, spec, dataset_version, p[model_file], p["train.parquet"],
-                        p["test.parquet"], settings)
+        trained = timed(
+            "train", train_step, spec, dataset_version, p[model_file], p["train.parquet"], p["test.parquet"], settings
+        )
         run.dataset_version = trained["dataset_version"]
         run.metrics = timed("evaluate", evaluate_step, spec, p[model_file], p["test.parquet"], p["report.html"])
-        run.verdict = timed("validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"],
-                            settings)
-        run.registration = timed("register", register_step, spec, commit, run.dataset_version, run.run_id,
-                                 p[model_file], run.metrics, run.verdict, settings, release, p["report.html"])
+        run.verdict = timed(
+            "validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"], settings
+        )
+        run.registration = timed(
+            "register",
+            register_step,
+            spec,
+            commit,
+            run.dataset_version,
+            run.run_id,
+            p[model_file],
+            run.metrics,
+            run.verdict,
+            settings,
+            release,
+            p["report.html"],
+        )
         if run.registration["passed"] and release:
             if containerize:
                 run.image = timed("containerize", containerize_step, spec.name, run.version, settings)
             run.stage = timed("deploy-staging", deploy_staging_step, spec.name, run.version, run.run_id, settings)
     return run
-

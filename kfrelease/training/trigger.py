@@ -111,20 +111,24 @@ def trigger(
 
         # unknown dataset (version), a feature or target it lacks: refuse before any run exists
         check_columns(spec, get_version(store, spec.dataset, dataset_version))
-    record = runs.create_run(store, run_id, {
-        **source,
-        "commit": commit,
-        "model": spec.name,
-        "tag": spec.tag,
-        "spec_fingerprint": spec.fingerprint,
-        "spec_json": spec.to_json(),
-        "dataset": spec.dataset,
-        "dataset_version": dataset_version,
-        "auto": auto,
-        "reason": reason,
-        "rollout_yaml": rollout_yaml,
-        "target": kfp_host or "local",
-    })
+    record = runs.create_run(
+        store,
+        run_id,
+        {
+            **source,
+            "commit": commit,
+            "model": spec.name,
+            "tag": spec.tag,
+            "spec_fingerprint": spec.fingerprint,
+            "spec_json": spec.to_json(),
+            "dataset": spec.dataset,
+            "dataset_version": dataset_version,
+            "auto": auto,
+            "reason": reason,
+            "rollout_yaml": rollout_yaml,
+            "target": kfp_host or "local",
+        },
+    )
     if not record.created:
         if not kfp_host and retry_interrupted(settings, store, record):
             return record
@@ -189,8 +193,15 @@ def retry_interrupted(settings: Settings, store, record: runs.RunRecord) -> bool
     if why is None:
         return False
     info = store.stat(runs.BUCKET, f"runs/{record.run_id}/state.json")
-    doc = {**record.state, "state": "queued", "retried_because": why, "error": None, "cause": None, "pid": None,
-           "updated_at": now_iso()}
+    doc = {
+        **record.state,
+        "state": "queued",
+        "retried_because": why,
+        "error": None,
+        "cause": None,
+        "pid": None,
+        "updated_at": now_iso(),
+    }
     try:  # two triggers at once restart it once
         store.put_json(runs.BUCKET, f"runs/{record.run_id}/state.json", doc, if_match=info.etag if info else None)
     except Conflict:
@@ -220,7 +231,11 @@ def start_local(settings: Settings, run_id: str) -> int:
     with open(path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kfrelease.training.runner", run_id],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
             close_fds=True,
         )
     log.info("run %s started locally (pid %d, log %s)", run_id, proc.pid, path)
@@ -234,8 +249,13 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.training.resources import pipeline_arguments
 
-    arguments = {"spec_json": spec.to_json(), "commit": commit, "dataset_version": dataset_version, "run_id": run_id,
-                 **pipeline_arguments(spec.resources)}
+    arguments = {
+        "spec_json": spec.to_json(),
+        "commit": commit,
+        "dataset_version": dataset_version,
+        "run_id": run_id,
+        **pipeline_arguments(spec.resources),
+    }
     return submit_run(host, training_pipeline, arguments, run_name=run_id, experiment=EXPERIMENT)
 
 

@@ -51,28 +51,41 @@ def threshold_checks(spec: ModelSpec, metrics: dict) -> list[dict]:
         value = metrics.get(metric)
         if key.startswith("max_"):
             ok = value is not None and value <= limit
-            detail = f"{metric} {value:.4g} {'<=' if ok else '>'} {limit:g}" if value is not None else f"{metric} undefined"
+            detail = (
+                f"{metric} {value:.4g} {'<=' if ok else '>'} {limit:g}" if value is not None else f"{metric} undefined"
+            )
         else:
             ok = value is not None and value >= limit
-            detail = f"{metric} {value:.4g} {'>=' if ok else '<'} {limit:g}" if value is not None else f"{metric} undefined"
+            detail = (
+                f"{metric} {value:.4g} {'>=' if ok else '<'} {limit:g}" if value is not None else f"{metric} undefined"
+            )
         checks.append({"name": f"threshold:{key}", "passed": ok, "value": value, "limit": limit, "detail": detail})
     return checks
 
 
-def champion_check(spec: ModelSpec, metrics: dict, test: pd.DataFrame, champion: Champion | None) -> tuple[dict, dict | None]:
+def champion_check(
+    spec: ModelSpec, metrics: dict, test: pd.DataFrame, champion: Champion | None
+) -> tuple[dict, dict | None]:
     if champion is None:
         return {"name": "champion", "passed": True, "detail": "no production model yet: nothing to compare"}, None
     missing = [c for c in champion.features if c not in test.columns]
     if missing:
-        return {"name": "champion", "passed": True,
-                "detail": f"production {champion.version} needs inputs {missing} the new test data lacks: not comparable"}, None
+        return {
+            "name": "champion",
+            "passed": True,
+            "detail": f"production {champion.version} needs inputs {missing} the new test data lacks: not comparable",
+        }, None
     champ = regression_metrics(test[spec.target], predict(champion.model, test, champion.features))
     limit = champ["rmse"] * (1.0 + spec.tolerance())
     ok = metrics["rmse"] <= limit
-    detail = (f"rmse {metrics['rmse']:.4g} {'<=' if ok else '>'} production {champion.version} rmse "
-              f"{champ['rmse']:.4g} x {1 + spec.tolerance():g} on the same {len(test)} test rows")
-    return ({"name": "champion", "passed": ok, "value": metrics["rmse"], "limit": limit, "detail": detail},
-            {"version": champion.version, "metrics": champ})
+    detail = (
+        f"rmse {metrics['rmse']:.4g} {'<=' if ok else '>'} production {champion.version} rmse "
+        f"{champ['rmse']:.4g} x {1 + spec.tolerance():g} on the same {len(test)} test rows"
+    )
+    return (
+        {"name": "champion", "passed": ok, "value": metrics["rmse"], "limit": limit, "detail": detail},
+        {"version": champion.version, "metrics": champ},
+    )
 
 
 def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None) -> tuple[dict, dict | None]:
@@ -85,10 +98,14 @@ def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None)
         )
     except ImportError:
         return {"name": "drift", "passed": True, "detail": "drift check unavailable (kfrelease.drift missing)"}, {
-            "available": False}
+            "available": False
+        }
     if not columns:
-        return {"name": "drift", "passed": True,
-                "detail": f"production {champion.version} shares no input column with this model: no drift check"}, None
+        return {
+            "name": "drift",
+            "passed": True,
+            "detail": f"production {champion.version} shares no input column with this model: no drift check",
+        }, None
     try:
         result = data_drift(champion.train_frame, train, columns).as_dict()
     except Exception as exc:  # noqa: BLE001 - drift is a report; its failure is recorded, not fatal
@@ -97,14 +114,17 @@ def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None)
     result["available"] = True
     limit = spec.validation.get("max_drift_share")
     ok = limit is None or result["share_drifted"] <= float(limit)
-    detail = (f"{len(result['drifted'])}/{len(columns)} input columns drifted against production {champion.version}'s "
-              f"training data" + (f" (share {result['share_drifted']:.2f}, limit {limit})" if limit is not None else
-                                  " (reported only)"))
+    detail = (
+        f"{len(result['drifted'])}/{len(columns)} input columns drifted against production {champion.version}'s "
+        f"training data"
+        + (f" (share {result['share_drifted']:.2f}, limit {limit})" if limit is not None else " (reported only)")
+    )
     return {"name": "drift", "passed": ok, "value": result["share_drifted"], "limit": limit, "detail": detail}, result
 
 
-def validate(spec: ModelSpec, metrics: dict, test: pd.DataFrame, train: pd.DataFrame,
-             champion: Champion | None) -> Verdict:
+def validate(
+    spec: ModelSpec, metrics: dict, test: pd.DataFrame, train: pd.DataFrame, champion: Champion | None
+) -> Verdict:
     """The verdict on a candidate whose held-out ``metrics`` were computed on ``test``."""
     checks = threshold_checks(spec, metrics)
     champ_check, champ_info = champion_check(spec, metrics, test, champion)
@@ -131,9 +151,15 @@ def load_champion(registry, store, spec: ModelSpec) -> Champion | None:
         features = mv.features
         df, _ = load_dataset(store, mv.dataset, mv.dataset_version, columns=[*features, mv.target])
         if all(c in df.columns for c in (*features, mv.target)):
-            champ_spec = ModelSpec(spec.name, mv.tag, mv.dataset, tuple(features), mv.target,
-                                   test_size=mv.entry.get("split", {}).get("test_size", spec.test_size),
-                                   seed=mv.entry.get("split", {}).get("seed", spec.seed))
+            champ_spec = ModelSpec(
+                spec.name,
+                mv.tag,
+                mv.dataset,
+                tuple(features),
+                mv.target,
+                test_size=mv.entry.get("split", {}).get("test_size", spec.test_size),
+                seed=mv.entry.get("split", {}).get("seed", spec.seed),
+            )
             train_frame = split(champ_spec, df)[0]
     except Exception as exc:  # noqa: BLE001 - drift is a report; a missing dataset must not block validation
         log.warning("production %s training data unavailable for the drift report: %s", mv.version, exc)

@@ -61,8 +61,13 @@ def create_app(reader: views.Reader) -> Starlette:
             message = getattr(exc, "detail", None) if isinstance(exc, HTTPException) else str(exc)
             return page(request, "error.html", status=status, title="Not found", message=message or "no such page")
         if isinstance(exc, StorageError):
-            return page(request, "error.html", status=503, title="Object store unavailable",
-                        message=f"{exc} (is the stack up? `kfrelease status`)")
+            return page(
+                request,
+                "error.html",
+                status=503,
+                title="Object store unavailable",
+                message=f"{exc} (is the stack up? `kfrelease status`)",
+            )
         log.exception("page %s failed", request.url.path)
         return page(request, "error.html", status=500, title="Error", message=f"{type(exc).__name__}: {exc}")
 
@@ -100,8 +105,9 @@ def create_app(reader: views.Reader) -> Starlette:
         return page(request, "releases.html", decisions=views.decisions(reader))
 
     def plotly_js(request: Request) -> Response:
-        return FileResponse(str(resources.files("plotly") / "package_data" / "plotly.min.js"),
-                            media_type="application/javascript")
+        return FileResponse(
+            str(resources.files("plotly") / "package_data" / "plotly.min.js"), media_type="application/javascript"
+        )
 
     def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -18,11 +18,17 @@ def monitoring_page(reader, model: str) -> dict:
     if len(history):
         for kind, windows in history.groupby("window", sort=True):
             fig = figure(windows.reset_index(drop=True), f"{model}, window {kind}")
-            charts.append({"window": kind, "windows": len(windows),
-                           "html": fig.to_html(full_html=False, include_plotlyjs=False)})
+            charts.append(
+                {"window": kind, "windows": len(windows), "html": fig.to_html(full_html=False, include_plotlyjs=False)}
+            )
     current = current_table(history) if len(history) else pd.DataFrame()
     reg = reader.registry()
     versions = sorted(set(history["version"])) if len(history) else []
     drift = {v: [r for r in find_reports(reader.store, reg, model, v) if r.kind == "drift"] for v in versions}
-    return {"model": model, "windows": len(history), "charts": charts, "table": current_table_html(current),
-            "drift": drift}
+    return {
+        "model": model,
+        "windows": len(history),
+        "charts": charts,
+        "table": current_table_html(current),
+        "drift": drift,
+    }

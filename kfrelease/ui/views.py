@@ -39,10 +39,17 @@ def _versions(reg: ModelRegistry, model: str) -> list:
 
 def version_row(mv) -> dict:
     metrics = mv.entry.get("metrics") or {}
-    return {"version": mv.version, "stage": mv.stage or "-", "passed": mv.passed,
-            "metrics": {m: metrics.get(m) for m in METRICS}, "commit": (mv.entry.get("commit") or "")[:12],
-            "dataset": mv.entry.get("dataset"), "dataset_version": mv.entry.get("dataset_version"),
-            "run_id": mv.entry.get("run_id"), "created_at": mv.entry.get("created_at")}
+    return {
+        "version": mv.version,
+        "stage": mv.stage or "-",
+        "passed": mv.passed,
+        "metrics": {m: metrics.get(m) for m in METRICS},
+        "commit": (mv.entry.get("commit") or "")[:12],
+        "dataset": mv.entry.get("dataset"),
+        "dataset_version": mv.entry.get("dataset_version"),
+        "run_id": mv.entry.get("run_id"),
+        "created_at": mv.entry.get("created_at"),
+    }
 
 
 def overview(reader: Reader, recent: int = 10) -> dict:
@@ -58,9 +65,17 @@ def overview(reader: Reader, recent: int = 10) -> dict:
             by_stage = {}
             for v in reversed(versions):  # the newest version of each stage
                 by_stage.setdefault(v.stage, v.version)
-            models.append({"name": name, "space": space, "versions": len(versions),
-                           "production": by_stage.get("production"), "staging": by_stage.get("staging"),
-                           "latest": versions[-1].version, "latest_created": versions[-1].entry.get("created_at")})
+            models.append(
+                {
+                    "name": name,
+                    "space": space,
+                    "versions": len(versions),
+                    "production": by_stage.get("production"),
+                    "staging": by_stage.get("staging"),
+                    "latest": versions[-1].version,
+                    "latest_created": versions[-1].entry.get("created_at"),
+                }
+            )
     return {"models": models, "runs": run_rows(reader)[:recent], "decisions": decisions(reader)[:recent]}
 
 
@@ -79,9 +94,16 @@ def version_page(reader: Reader, model: str, version: str, space: str = REGISTRY
     shown = show_version(mv)
     events = [event_row(model, version, e) for e in reg.history(model, version)]
     reports = find_reports(reader.store, reg, model, version) if space == REGISTRY else []
-    return {"model": model, "version": version, "space": space, "entry": shown, "row": version_row(mv),
-            "events": events, "reports": reports,
-            "reasons": list((mv.entry.get("verdict") or {}).get("reasons") or [])}
+    return {
+        "model": model,
+        "version": version,
+        "space": space,
+        "entry": shown,
+        "row": version_row(mv),
+        "events": events,
+        "reports": reports,
+        "reasons": list((mv.entry.get("verdict") or {}).get("reasons") or []),
+    }
 
 
 def report(reader: Reader, model: str, version: str, name: str) -> bytes:
@@ -100,8 +122,12 @@ def test_summary(evidence: dict) -> dict | None:
     if test is None:  # a canary step: its accuracy check carries the test
         check = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
         if check is not None:
-            test = {"decision": check.get("status"), "ratio": check.get("value"),
-                    "ratio_interval": check.get("interval"), "n": check.get("n")}
+            test = {
+                "decision": check.get("status"),
+                "ratio": check.get("value"),
+                "ratio_interval": check.get("interval"),
+                "n": check.get("n"),
+            }
     if not test or test.get("ratio_interval") is None:
         return None
     lo, hi = test["ratio_interval"]
@@ -125,9 +151,16 @@ def flatten(value, prefix: str = "") -> list[tuple[str, object]]:
 
 def event_row(model: str, version: str, event: dict) -> dict:
     evidence = event.get("evidence") or {}
-    return {"model": model, "version": version, "when": event.get("when"), "stage": event.get("stage"),
-            "who": event.get("who"), "why": event.get("why"), "test": test_summary(evidence),
-            "evidence": flatten(evidence)}
+    return {
+        "model": model,
+        "version": version,
+        "when": event.get("when"),
+        "stage": event.get("stage"),
+        "who": event.get("who"),
+        "why": event.get("why"),
+        "test": test_summary(evidence),
+        "evidence": flatten(evidence),
+    }
 
 
 def decisions(reader: Reader, model: str | None = None) -> list[dict]:
@@ -149,9 +182,16 @@ def _run_row(record, registry: ModelRegistry) -> dict:
         result = run_result(record, registry)
     except KfreleaseError:  # the version's entry cannot be read: show the run without it
         result = {}
-    return {"run_id": record.run_id, "model": record.record.get("model"), "state": record.status,
-            "commit": (record.record.get("commit") or "")[:12], "created_at": record.record.get("created_at"),
-            "version": record.state.get("version"), "error": record.state.get("error"), "result": result}
+    return {
+        "run_id": record.run_id,
+        "model": record.record.get("model"),
+        "state": record.status,
+        "commit": (record.record.get("commit") or "")[:12],
+        "created_at": record.record.get("created_at"),
+        "version": record.state.get("version"),
+        "error": record.state.get("error"),
+        "result": result,
+    }
 
 
 def run_rows(reader: Reader) -> list[dict]:
@@ -170,5 +210,9 @@ def run_page(reader: Reader, run_id: str) -> dict:
     steps = [{"name": s, **record.steps.get(s, {"state": "pending"})} for s in STEP_NAMES]
     extra = [{"name": s, **v} for s, v in record.steps.items() if s not in STEP_NAMES]
     details = {k: v for k, v in record.record.items() if k not in ("spec_json",)}
-    return {"run": _run_row(record, reader.registry()), "steps": steps + extra, "record": flatten(details),
-            "state": flatten(record.state)}
+    return {
+        "run": _run_row(record, reader.registry()),
+        "steps": steps + extra,
+        "record": flatten(details),
+        "state": flatten(record.state),
+    }

@@ -115,8 +115,12 @@ class Cluster:
     """See the module docstring. ``docs``: what the platform engineer applied (as cluster admin); ``kserve``:
     the KServe version installed (default: ``KFRELEASE_KSERVE_VERSION`` or the newest supported)."""
 
-    def __init__(self, docs: Iterable[dict], kserve: str | None = None,
-                 validators: Iterable[Callable[[dict], object]] | None = None):
+    def __init__(
+        self,
+        docs: Iterable[dict],
+        kserve: str | None = None,
+        validators: Iterable[Callable[[dict], object]] | None = None,
+    ):
         docs = [copy.deepcopy(d) for d in docs]
         self.rbac = RBACModel(docs + upstream_cluster_roles())
         #: the cluster's KServe: its CRD schemas and admission rules (``kfrelease.k8s.versions``)
@@ -201,8 +205,9 @@ class Cluster:
         self._own(manager, (kind, ns, name), have, doc)
         return self._store(doc)
 
-    def patch(self, who: Requester, kind: str, namespace: str, name: str, patch: dict,
-              manager: str = "kfrelease") -> dict:
+    def patch(
+        self, who: Requester, kind: str, namespace: str, name: str, patch: dict, manager: str = "kfrelease"
+    ) -> dict:
         self.authorize(who, "patch", kind, namespace, name)
         have = self.objects.get((kind, namespace, name))
         if have is None:
@@ -226,7 +231,9 @@ class Cluster:
         if have is None:
             return self.create(who, doc, manager)
         self.authorize(who, "patch", kind, ns, name)
-        applied = {p: v for p, v in _leaves(doc).items() if p not in _IDENTITY and p[:2] != ("metadata", "resourceVersion")}
+        applied = {
+            p: v for p, v in _leaves(doc).items() if p not in _IDENTITY and p[:2] != ("metadata", "resourceVersion")
+        }
         owners = self.managers.setdefault(key, {})
         conflicts = [
             f"{'.'.join(map(str, p))} (owned by {m})"
@@ -269,32 +276,41 @@ class Cluster:
 
         pod = copy.deepcopy(pod)
         ns, labels = pod["metadata"]["namespace"], pod["metadata"].get("labels") or {}
-        matching = [d for (k, n, _), d in sorted(self.objects.items())
-                    if k == "PodDefault" and n == ns and _selector_matches(d["spec"]["selector"], labels)]
+        matching = [
+            d
+            for (k, n, _), d in sorted(self.objects.items())
+            if k == "PodDefault" and n == ns and _selector_matches(d["spec"]["selector"], labels)
+        ]
         spec = pod["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         for pd in matching:
             pds = pd["spec"]
             for v in pds.get("volumes") or []:
                 if v["name"] in volumes and volumes[v["name"]] != v:
-                    raise ApiError(400, "BadRequest", f"PodDefault {pd['metadata']['name']}: volume {v['name']} conflicts")
+                    raise ApiError(
+                        400, "BadRequest", f"PodDefault {pd['metadata']['name']}: volume {v['name']} conflicts"
+                    )
                 volumes[v["name"]] = v
             for c in spec["containers"]:
                 env = {e["name"]: e for e in c.get("env") or []}
                 for e in pds.get("env") or []:
                     if e["name"] in env and env[e["name"]] != e:
-                        raise ApiError(400, "BadRequest", f"PodDefault {pd['metadata']['name']}: env {e['name']} conflicts")
+                        raise ApiError(
+                            400, "BadRequest", f"PodDefault {pd['metadata']['name']}: env {e['name']} conflicts"
+                        )
                     env[e["name"]] = e
                 c["env"] = list(env.values())
                 c["volumeMounts"] = (c.get("volumeMounts") or []) + [
-                    m for m in pds.get("volumeMounts") or [] if m not in (c.get("volumeMounts") or [])]
+                    m for m in pds.get("volumeMounts") or [] if m not in (c.get("volumeMounts") or [])
+                ]
             if pds.get("serviceAccountName"):
                 spec["serviceAccountName"] = pds["serviceAccountName"]
             if "automountServiceAccountToken" in pds:
                 spec["automountServiceAccountToken"] = pds["automountServiceAccountToken"]
         spec["volumes"] = list(volumes.values())
         pod["metadata"].setdefault("annotations", {}).update(
-            {f"poddefault.admission.kubeflow.org/poddefault-{pd['metadata']['name']}": "1" for pd in matching})
+            {f"poddefault.admission.kubeflow.org/poddefault-{pd['metadata']['name']}": "1" for pd in matching}
+        )
         return pod
 
     def client(self, who: Requester, manager: str = "kfrelease-release") -> StandInObjects:
@@ -322,8 +338,13 @@ class StandInObjects:
     def list(self, spec) -> list[dict]:
         out = []
         for kind in ("InferenceService", "VirtualService"):
-            out += self._call(self.cluster.list, self.who, kind, spec.serving.namespace,
-                              {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": production_name(spec)})
+            out += self._call(
+                self.cluster.list,
+                self.who,
+                kind,
+                spec.serving.namespace,
+                {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": production_name(spec)},
+            )
         return out
 
     def get(self, ref: dict) -> dict | None:

@@ -16,13 +16,18 @@ ENV = SOURCES.envs.environments["staging"]
 NS = SOURCES.spec.serving.namespace
 NAME = production_name(SOURCES.spec)
 ADMIN_BINDING = {
-    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRoleBinding",
     "metadata": {"name": "platform-admin"},
     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "platform-admin"},
     "subjects": [{"kind": "User", "name": "platform@example.com"}],
 }
-ADMIN_ROLE = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "platform-admin"},
-              "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}
+ADMIN_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "platform-admin"},
+    "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+}
 ADMIN = Requester("platform@example.com", ("system:authenticated",))
 
 
@@ -37,8 +42,13 @@ def cluster(docs):
 
 
 def test_merge_patch_follows_rfc_7386(cluster):
-    doc = cluster.patch(ADMIN, "InferenceService", NS, NAME, {"metadata": {"labels": {"extra": "x"}},
-                                                                "spec": {"predictor": {"minReplicas": 2}}})
+    doc = cluster.patch(
+        ADMIN,
+        "InferenceService",
+        NS,
+        NAME,
+        {"metadata": {"labels": {"extra": "x"}}, "spec": {"predictor": {"minReplicas": 2}}},
+    )
     assert doc["metadata"]["labels"]["extra"] == "x" and doc["spec"]["predictor"]["minReplicas"] == 2
     assert doc["spec"]["predictor"]["model"]["modelFormat"] == {"name": "sklearn"}  # siblings kept
     doc = cluster.patch(ADMIN, "InferenceService", NS, NAME, {"metadata": {"labels": {"extra": None}}})
@@ -61,12 +71,17 @@ def test_rbac_refusals_are_403_and_recorded(cluster):
     with pytest.raises(ApiError) as err:
         cluster.patch(nobody, "InferenceService", NS, NAME, {"spec": {"predictor": {"minReplicas": 9}}})
     assert err.value.status == 403 and cluster.refused == [
-        f"system:serviceaccount:ds-ada:default-editor cannot patch inferenceservices.serving.kserve.io {NAME!r} in {NS}"]
+        f"system:serviceaccount:ds-ada:default-editor cannot patch inferenceservices.serving.kserve.io {NAME!r} in {NS}"
+    ]
 
 
 def test_a_stale_replace_is_a_conflict(cluster):
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-             "metadata": {"name": "l", "namespace": NS}, "spec": {"holderIdentity": "a"}}
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "l", "namespace": NS},
+        "spec": {"holderIdentity": "a"},
+    }
     stored = cluster.create(ADMIN, lease)
     cluster.replace(ADMIN, {**stored, "spec": {"holderIdentity": "b"}})
     with pytest.raises(ApiError) as err:
@@ -83,8 +98,14 @@ def test_server_side_apply_conflicts_on_a_field_another_manager_owns(cluster):
     overlay = copy.deepcopy(cluster.objects[("InferenceService", NS, NAME)])
     overlay["metadata"].pop("resourceVersion")
     released = "oci://r/m@sha256:" + "b" * 64
-    cluster.patch(ADMIN, "InferenceService", NS, NAME, {"spec": {"predictor": {"model": {"storageUri": released}}}},
-                  manager="kfrelease-release")
+    cluster.patch(
+        ADMIN,
+        "InferenceService",
+        NS,
+        NAME,
+        {"spec": {"predictor": {"model": {"storageUri": released}}}},
+        manager="kfrelease-release",
+    )
     with pytest.raises(ApiError) as err:
         cluster.apply(ADMIN, overlay, manager="kubectl")
     assert err.value.status == 409 and "storageUri (owned by kfrelease-release)" in str(err.value)
@@ -92,7 +113,9 @@ def test_server_side_apply_conflicts_on_a_field_another_manager_owns(cluster):
     cluster.apply(ADMIN, overlay, manager="kubectl", force=True)  # --force-conflicts: ownership moves
     doc = cluster.objects[("InferenceService", NS, NAME)]
     assert doc["spec"]["predictor"]["model"]["storageUri"] == overlay["spec"]["predictor"]["model"]["storageUri"]
-    assert ("spec", "predictor", "model", "storageUri") not in cluster.managers[("InferenceService", NS, NAME)]["kfrelease-release"]
+    assert ("spec", "predictor", "model", "storageUri") not in cluster.managers[("InferenceService", NS, NAME)][
+        "kfrelease-release"
+    ]
 
 
 def test_server_side_apply_removes_what_a_manager_stops_applying_unless_another_owns_it(cluster):

@@ -63,9 +63,7 @@ def _write(tmp_path, n=2000):
         ("labels", labels, S.label_rows, S.LABEL_SCHEMA),
     ):
         paths[bucket] = []
-        for (_, part), table in S.group_by_partition(
-            (("m", r) for r in rows), fn, schema
-        ).items():
+        for (_, part), table in S.group_by_partition((("m", r) for r in rows), fn, schema).items():
             f = tmp_path / bucket / part / "b.parquet"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_bytes(S.parquet_bytes(table))
@@ -118,9 +116,7 @@ def test_spark_local_mode_gives_the_engines_numbers(tmp_path):
         spark.stop()
     key = lambda r: (r["version"], r["stage"], r["w"])
     mine, theirs = sorted(mine, key=key), sorted(theirs, key=key)
-    assert [key(r) for r in mine] == [key(r) for r in theirs] and len(
-        mine
-    ) == 2  # 2 versions, one day
+    assert [key(r) for r in mine] == [key(r) for r in theirs] and len(mine) == 2  # 2 versions, one day
     assert sum(r["predictions"] for r in mine if r["version"] == "V1.1.0") == 2000
     for a, b in zip(mine, theirs):
         assert (a["predictions"], a["labelled"], a["drifted"]) == (

@@ -58,14 +58,10 @@ def fast_alerting(stack):
     try:
         for name in ("prometheus", "alertmanager"):
             supervisor.stop_service(stack, name)
-        supervisor.start_service(
-            stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s")
-        )
+        supervisor.start_service(stack, mon.alertmanager_service(stack, group_wait="1s", group_interval="2s"))
         supervisor.start_service(
             stack,
-            mon.prometheus_service(
-                stack, scrape_interval="1s", eval_interval="1s", alert_for="0s"
-            ),
+            mon.prometheus_service(stack, scrape_interval="1s", eval_interval="1s", alert_for="0s"),
         )
         yield stack
     finally:
@@ -102,21 +98,15 @@ def production_model(fast_alerting):
     model = f"mon-e2e-{uuid.uuid4().hex[:6]}"
     repo = Path(tempfile.mkdtemp(prefix="mon-project-")) / "project"
     shas = create_demo_project(repo, name=model, dataset=name)
-    run = training.wait(
-        settings, training.trigger(settings, shas[0], str(repo)).run_id, timeout=240
-    )
+    run = training.wait(settings, training.trigger(settings, shas[0], str(repo)).run_id, timeout=240)
     assert run.status == "succeeded", run.state
     registry = ModelRegistry(store_for("pipeline", settings))
-    registry.set_stage(
-        model, "V1.1.0", "production", who="test", why="monitoring end-to-end test"
-    )
+    registry.set_stage(model, "V1.1.0", "production", who="test", why="monitoring end-to-end test")
     return {"model": model, "dataset": name, "first": first, "registry": registry}
 
 
 def prom(stack, query):
-    r = httpx.get(
-        stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5
-    )
+    r = httpx.get(stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5)
     r.raise_for_status()
     return r.json()["data"]["result"]
 
@@ -190,17 +180,9 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
         latest_only=True,
     )
     (healthy,) = run.windows
-    assert (
-        healthy.status == "ok"
-        and healthy.rmse < 1.5 * baseline
-        and healthy.r2 > healthy.r2_floor
-    )
-    assert (
-        healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
-    )
-    assert (
-        healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline
-    )  # from the spec and the registry
+    assert healthy.status == "ok" and healthy.rmse < 1.5 * baseline and healthy.r2 > healthy.r2_floor
+    assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
+    assert healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline  # from the spec and the registry
     sel = f'{{model="{model}"}}'
     wait_for(
         lambda: prom(stack, f"kfrelease_model_r2{sel}"),
@@ -210,9 +192,7 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     wait_for(
         lambda: all(
             pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
-            for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"][
-                "groups"
-            ]
+            for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
         ),
         what="more rule evaluations",
     )
@@ -220,12 +200,8 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     assert am_alerts(stack, model) == []
 
     # degraded: shifted inputs and noisy predictions -> R2, RMSE and drift alerts
-    shifted = x.assign(
-        bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8
-    )
-    shifted = shifted.assign(
-        **{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")}
-    )
+    shifted = x.assign(bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8)
+    shifted = shifted.assign(**{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")})
     write_traffic(
         serving,
         model,
@@ -248,11 +224,7 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     assert bad.r2 < 0.2 and bad.rmse > 1.5 * baseline and bad.drift_share > 0.5
     expected = {"ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"}
     firing = wait_for(
-        lambda: (
-            (a := am_alerts(stack, model))
-            and {x["labels"]["alertname"] for x in a} >= expected
-            and a
-        ),
+        lambda: (a := am_alerts(stack, model)) and {x["labels"]["alertname"] for x in a} >= expected and a,
         what="the quality and drift alerts in Alertmanager",
     )
     assert {a["labels"]["version"] for a in firing} == {"V1.1.0"}
@@ -279,15 +251,15 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
         what="a retrain decision per alert",
     )
     assert [d["decision"] for d in decisions].count("triggered") == 1, decisions
-    assert all(
-        d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions
-    )
+    assert all(d["decision"] in ("triggered", "rate-limited", "busy") for d in decisions)
     (triggered,) = [d for d in decisions if d["decision"] == "triggered"]
     curation = triggered["curation"]  # the labelled traffic (healthy and degraded) is the new data
     assert curation["newer"] and curation["labelled"] == 2 * len(x) and curation["added"] > len(x)
     assert curation["added"] + curation["quarantined"] == curation["labelled"]
     assert curation["base_version"] == production_model["first"] != curation["version"]
-    manifest = get_version(store_for("data-scientist", stack), production_model["dataset"], curation["version"]).manifest
+    manifest = get_version(
+        store_for("data-scientist", stack), production_model["dataset"], curation["version"]
+    ).manifest
     base_rows = get_version(store_for("data-scientist", stack), production_model["dataset"], curation["base_version"])
     assert manifest["row_count"] == base_rows.row_count + curation["added"]
     assert manifest["quarantined_count"] == curation["quarantined"]  # out-of-range shifted rows, with reasons
@@ -302,38 +274,23 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     )[0]
     assert result["status"] == "done", result
     run_id = result["result"]["run_id"]
-    assert (
-        run_id.startswith(f"auto-{model}-V1.1.0-") and result["result"]["auto"] is True
-    )
+    assert run_id.startswith(f"auto-{model}-V1.1.0-") and result["result"]["auto"] is True
 
     from kfrelease.training import trigger as training
 
     final = training.wait(stack, run_id, timeout=240)
     assert final.status == "succeeded", final.state
-    retrained = registry.get(
-        model, "V1.1.1"
-    )  # same tag and definition, newer data: auto revision + 1
+    retrained = registry.get(model, "V1.1.1")  # same tag and definition, newer data: auto revision + 1
     assert retrained.entry["dataset_version"] == curation["version"]
     assert retrained.entry["run_id"] == run_id
 
     # the new-data hook takes the same path: the retrain for this data version exists already (idempotent)
     hook = AlertReceiver(stack, store=store_for("pipeline", stack), min_interval=0)
     (row,) = check_new_data(hook, [model])
-    assert (
-        row["latest"] == curation["version"]
-        and row["trained_on"] == production_model["first"]
-    )
+    assert row["latest"] == curation["version"] and row["trained_on"] == production_model["first"]
     assert row["action"] == "triggered"
     for t in hook.threads:
         t.join(timeout=60)
-    again = [
-        r
-        for r in hook.retrains(model)
-        if r.get("status") and "new curated data" in r["reason"]
-    ]
-    assert (
-        again
-        and again[0]["result"]["run_id"] == run_id
-        and again[0]["result"]["created"] is False
-    )
+    again = [r for r in hook.retrains(model) if r.get("status") and "new curated data" in r["reason"]]
+    assert again and again[0]["result"]["run_id"] == run_id and again[0]["result"]["created"] is False
     assert check_new_data(hook, [model])[0]["action"] == "already-handled"

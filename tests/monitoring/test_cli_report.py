@@ -42,25 +42,15 @@ def seed_model(stack, noise_by_version, n=600, hours=3):
     return model
 
 
-def test_monitor_prints_the_table_and_writes_a_page_a_browser_renders(
-    stack, run_cli, tmp_path
-):
-    model = seed_model(
-        stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("staging", 3.0)}
-    )
+def test_monitor_prints_the_table_and_writes_a_page_a_browser_renders(stack, run_cli, tmp_path):
+    model = seed_model(stack, {"V1.1.0": ("production", 1.0), "V1.2.0": ("staging", 3.0)})
     page = tmp_path / "monitor.html"
-    out = run_cli(
-        "monitor", "--model", model, "--window", "1h", "--out", str(page), check=True
-    )
-    assert (
-        "V1.1.0" in out.stdout and "V1.2.0" in out.stdout and "production" in out.stdout
-    )
+    out = run_cli("monitor", "--model", model, "--window", "1h", "--out", str(page), check=True)
+    assert "V1.1.0" in out.stdout and "V1.2.0" in out.stdout and "production" in out.stdout
     assert "pushed 2 result(s)" in out.stdout
     text = page.read_text()
     assert "plotly" in text and "V1.2.0 staging" in text and 'id="current"' in text
-    assert (
-        "https://cdn" not in text.split("<body>")[1][:2000]
-    )  # self-contained: plotly.js inlined
+    assert "https://cdn" not in text.split("<body>")[1][:2000]  # self-contained: plotly.js inlined
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
@@ -81,26 +71,16 @@ def test_monitor_prints_the_table_and_writes_a_page_a_browser_renders(
     img = Image.open(shot).convert("RGB")
     assert img.size == (1200, 1400)
     stat = ImageStat.Stat(img)
-    assert max(stat.stddev) > 20, (
-        "the screenshot is (nearly) one colour: the page did not render"
-    )
+    assert max(stat.stddev) > 20, "the screenshot is (nearly) one colour: the page did not render"
     colours = img.resize((300, 350)).getcolors(maxcolors=100000)
     assert colours is not None and len(colours) > 50
 
 
-def test_monitor_without_history_or_registry_is_one_clear_line(
-    run_cli, stack, tmp_path
-):
-    out = run_cli(
-        "monitor", "--model", "no-such-model", "--out", str(tmp_path / "x.html")
-    )
+def test_monitor_without_history_or_registry_is_one_clear_line(run_cli, stack, tmp_path):
+    out = run_cli("monitor", "--model", "no-such-model", "--out", str(tmp_path / "x.html"))
     assert out.returncode == 1
-    assert out.stderr.strip().startswith(
-        "error: the input features of model 'no-such-model' are unknown"
-    )
-    assert (
-        len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.html").exists()
-    )
+    assert out.stderr.strip().startswith("error: the input features of model 'no-such-model' are unknown")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.html").exists()
 
 
 def test_bad_batches_and_missing_labels_are_reported_and_nothing_is_lost(stack):
@@ -129,31 +109,18 @@ def test_bad_batches_and_missing_labels_are_reported_and_nothing_is_lost(stack):
     store_for("data-engineer", stack).put_bytes(
         "feedback",
         f"{model}/{day}/bad-truth.jsonl",
-        json.dumps(
-            {"request_id": "bad-1", "truth": 4.0, "time": datetime.now(UTC).isoformat()}
-        ).encode()
-        + b"\n",
+        json.dumps({"request_id": "bad-1", "truth": 4.0, "time": datetime.now(UTC).isoformat()}).encode() + b"\n",
     )
     x = pd.DataFrame(np.zeros((40, 2)), columns=FEATURES)
     write_traffic(serving, model, "V1.1.0", "canary", x, np.ones(40), truths=None)
-    run = run_monitoring(
-        stack, model, window=WindowSpec("time", 86400), min_labels=30, push=False
-    )
+    run = run_monitoring(stack, model, window=WindowSpec("time", 86400), min_labels=30, push=False)
     by_stage = {w.stage: w for w in run.windows}
-    assert (
-        by_stage["production"].status == "ok" and by_stage["production"].labelled == 100
-    )
-    assert (
-        by_stage["canary"].status == "no-ground-truth" and by_stage["canary"].r2 is None
-    )
-    assert any(
-        "do not match the model's 2 input features" in w and "bad.jsonl" in w
-        for w in run.outcome.warnings
-    )
+    assert by_stage["production"].status == "ok" and by_stage["production"].labelled == 100
+    assert by_stage["canary"].status == "no-ground-truth" and by_stage["canary"].r2 is None
+    assert any("do not match the model's 2 input features" in w and "bad.jsonl" in w for w in run.outcome.warnings)
     # the skipped request's label is reported as matching no prediction
     assert any(
-        w.startswith("1 ground-truth label(s)") and "input schema (2 features)" in w
-        for w in run.outcome.warnings
+        w.startswith("1 ground-truth label(s)") and "input schema (2 features)" in w for w in run.outcome.warnings
     ), run.outcome.warnings
     assert serving.exists("inference-logs", bad_key)  # left in place
     history = load_history(store_for("pipeline", stack), model)
@@ -164,21 +131,13 @@ def test_too_few_labels_is_insufficient_in_the_record_and_in_the_gauges(stack):
     model = seed_model(stack, {"V1.1.0": ("production", 1.0)}, n=10, hours=1)
     run = run_monitoring(stack, model, window=WindowSpec("time", 86400), min_labels=30)
     (w,) = run.windows
-    assert (
-        w.status == "insufficient" and w.r2 is None and "10 labelled rows" in w.message
-    )
+    assert w.status == "insufficient" and w.r2 is None and "10 labelled rows" in w.message
     import httpx
 
     metrics = httpx.get(stack.url("pushgateway", "/metrics")).text
     mine = [line for line in metrics.splitlines() if f'model="{model}"' in line]
-    assert any(
-        line.startswith("kfrelease_model_window_insufficient{") and line.endswith(" 1")
-        for line in mine
-    )
-    assert not any(
-        line.startswith(("kfrelease_model_r2{", "kfrelease_model_rmse{"))
-        for line in mine
-    )
+    assert any(line.startswith("kfrelease_model_window_insufficient{") and line.endswith(" 1") for line in mine)
+    assert not any(line.startswith(("kfrelease_model_r2{", "kfrelease_model_rmse{")) for line in mine)
 
 
 def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
@@ -196,16 +155,27 @@ def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     lines = []
     for row in parquet.itertuples():
-        ev = {"id": row.request_id, "time": row.time.isoformat(), "source": "s", "model": legacy,
-              "model_version": row.model_version, "stage": row.stage}
+        ev = {
+            "id": row.request_id,
+            "time": row.time.isoformat(),
+            "source": "s",
+            "model": legacy,
+            "model_version": row.model_version,
+            "stage": row.stage,
+        }
         lines.append({**ev, "type": "request", "instances": [[getattr(row, f) for f in FEATURES]]})
         lines.append({**ev, "type": "response", "predictions": [row.prediction]})
-    serving.put_bytes("inference-logs", f"{legacy}/{day}/000000-a.jsonl",
-                      "".join(json.dumps(x) + "\n" for x in lines).encode())
-    engineer.put_bytes("feedback", f"{legacy}/{day}/000000-a.jsonl", "".join(
-        json.dumps({"request_id": r.request_id, "truth": r.truth, "time": r.time.isoformat()}) + "\n"
-        for r in labels.itertuples()
-    ).encode())
+    serving.put_bytes(
+        "inference-logs", f"{legacy}/{day}/000000-a.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()
+    )
+    engineer.put_bytes(
+        "feedback",
+        f"{legacy}/{day}/000000-a.jsonl",
+        "".join(
+            json.dumps({"request_id": r.request_id, "truth": r.truth, "time": r.time.isoformat()}) + "\n"
+            for r in labels.itertuples()
+        ).encode(),
+    )
 
     def same(a, b):
         key = ["request_id", "instance"]

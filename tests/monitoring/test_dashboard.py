@@ -56,12 +56,6 @@ def test_dashboard_uses_only_pushed_gauges():
 def test_every_dashboard_query_is_valid_promql_on_the_local_prometheus(stack):
     model = f"dash-{uuid.uuid4().hex[:6]}"
     for expr in panel_queries():
-        q = (
-            expr.replace("$model", model)
-            .replace("$version", ".*")
-            .replace("$stage", ".*")
-        )
-        r = httpx.get(
-            stack.url("prometheus", "/api/v1/query"), params={"query": q}, timeout=10
-        )
+        q = expr.replace("$model", model).replace("$version", ".*").replace("$stage", ".*")
+        r = httpx.get(stack.url("prometheus", "/api/v1/query"), params={"query": q}, timeout=10)
         assert r.status_code == 200 and r.json()["status"] == "success", (q, r.text)

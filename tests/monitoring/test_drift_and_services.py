@@ -22,10 +22,7 @@ def test_drift_result_names_the_drifted_column_and_renders_html():
     ref, cur = frames(shift=2.0)
     result = data_drift(ref, cur, ["a", "b", "c"])
     assert result.drifted == ["a"] and result.share_drifted == pytest.approx(1 / 3)
-    assert (
-        result.columns["a"]["method"] == "K-S p_value"
-        and result.columns["a"]["score"] < 0.05
-    )
+    assert result.columns["a"]["method"] == "K-S p_value" and result.columns["a"]["score"] < 0.05
     assert set(result.as_dict()) >= {"share_drifted", "drifted", "columns"}
     assert "<html" in result.html().lower()
 
@@ -43,9 +40,7 @@ def test_missing_columns_or_empty_sides_are_clear_errors(side):
         "reference": (ref.drop(columns="c"), cur),
         "current": (ref, cur.drop(columns="c")),
     }[side]
-    with pytest.raises(
-        DataValidationError, match=f"{side} data lacks the columns \\['c'\\]"
-    ):
+    with pytest.raises(DataValidationError, match=f"{side} data lacks the columns \\['c'\\]"):
         data_drift(*bad, ["a", "c"])
     with pytest.raises(DataValidationError, match="current data is empty"):
         data_drift(ref, cur.iloc[:0], ["a"])
@@ -78,9 +73,7 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
         "alert-receiver",
     } <= jobs
     predictor_ports = {
-        t["scrapeUrl"].split(":")[2].split("/")[0]
-        for t in targets
-        if t["labels"]["job"] == "predictors"
+        t["scrapeUrl"].split(":")[2].split("/")[0] for t in targets if t["labels"]["job"] == "predictors"
     }
     assert predictor_ports == {str(stack.port("predictor") + i) for i in range(3)}
     rules = httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
@@ -89,7 +82,4 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
         "kfrelease-model-freshness",
     }
     status = httpx.get(stack.url("alertmanager", "/api/v2/status")).json()
-    assert (
-        f"127.0.0.1:{stack.port('alert-receiver')}/alerts"
-        in status["config"]["original"]
-    )
+    assert f"127.0.0.1:{stack.port('alert-receiver')}/alerts" in status["config"]["original"]

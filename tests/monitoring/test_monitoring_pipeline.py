@@ -29,9 +29,7 @@ def test_pipeline_writes_page_and_a_report_per_window(stack, run_cli, tmp_path):
     model = f"mon-pipe-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(5)
     reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=FEATURES)
-    dataset_version = publish_reference(
-        store_for("data-engineer", stack), f"{model}-data", reference
-    )
+    dataset_version = publish_reference(store_for("data-engineer", stack), f"{model}-data", reference)
     register_entry(
         store_for("pipeline", stack),
         model,
@@ -71,19 +69,14 @@ def test_pipeline_writes_page_and_a_report_per_window(stack, run_cli, tmp_path):
         min_labels=30,
         reports="latest",
     )
-    keys = store_for("pipeline", stack).list(
-        "pipeline-root", f"monitoring/{model}/reports/"
-    )
+    keys = store_for("pipeline", stack).list("pipeline-root", f"monitoring/{model}/reports/")
     assert len(keys) == 2  # one per (version, stage) latest window
     fetched = run_cli("reports", model, "V2.1.0", "--out", str(tmp_path), check=True).stdout  # as .html files
     drift = sorted(tmp_path.glob("drift-*.html"))
     assert fetched.count("drift:") == 2 and len(drift) == 2 and "root_metric" in drift[0].read_text()
     history = load_history(store_for("pipeline", stack), model)
     latest = history.groupby("stage").tail(1).set_index("stage")
-    assert (
-        latest.loc["staging", "drift_share"] == 1.0
-        and latest.loc["production", "drift_share"] < 0.5
-    )
+    assert latest.loc["staging", "drift_share"] == 1.0 and latest.loc["production", "drift_share"] < 0.5
     root = stack.home / "kfp-local"
     reports = sorted(root.glob("kfrelease-monitoring-*/**/report"))
     pages = sorted(root.glob("kfrelease-monitoring-*/monitor-model/page"))
@@ -93,9 +86,7 @@ def test_pipeline_writes_page_and_a_report_per_window(stack, run_cli, tmp_path):
     assert len(mine) == 2, mine
     for r in mine:
         text = r.read_text()
-        assert (
-            "root_metric" in text and "x1" in text and len(text) > 100_000
-        )  # an Evidently report
+        assert "root_metric" in text and "x1" in text and len(text) > 100_000  # an Evidently report
 
 
 def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(tmp_path):
@@ -116,6 +107,4 @@ def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(t
     assert "monitor-model" in dags[embedded] and list(dags[spark]) == ["monitor-window-on-spark"]
     loop = next(t for name, t in dags[embedded].items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("Output")
-    assert (
-        doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"
-    )
+    assert doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"

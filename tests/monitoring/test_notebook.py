@@ -39,9 +39,7 @@ def test_monitoring_notebook_loads_and_plots_the_history(stack, tmp_path):
         start=datetime.now(UTC) - timedelta(hours=3),
         step_seconds=36,
     )
-    run = run_monitoring(
-        stack, model, window=WindowSpec("time", 3600), min_labels=30, push=False
-    )
+    run = run_monitoring(stack, model, window=WindowSpec("time", 3600), min_labels=30, push=False)
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK),
@@ -54,17 +52,8 @@ def test_monitoring_notebook_loads_and_plots_the_history(stack, tmp_path):
     cells = nbformat.read(out, 4).cells
     text = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
     assert f"{len(run.windows)} windows recorded for {model}" in text
-    assert (
-        "V1.1.0" in text
-        and "production" in text
-        and f"plotted {len(run.windows)} windows" in text
-    )
-    figures = [
-        o
-        for c in cells
-        for o in c.get("outputs", [])
-        if "application/vnd.plotly.v1+json" in o.get("data", {})
-    ]
+    assert "V1.1.0" in text and "production" in text and f"plotted {len(run.windows)} windows" in text
+    figures = [o for c in cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert figures, "the notebook shows no plotly figure"
     traces = figures[0]["data"]["application/vnd.plotly.v1+json"]["data"]
     bands = [t for t in traces if t.get("name", "").endswith("95% interval")]

@@ -40,19 +40,14 @@ def test_insufficient_windows_push_no_quality_gauges():
     p = payload(window(status="insufficient"))
     assert p["labels"] == {"model": "m", "version": "V1.1.0", "stage": "production"}
     assert p["values"]["kfrelease_model_window_insufficient"] == 1.0
-    assert (
-        "kfrelease_model_r2" not in p["values"]
-        and "kfrelease_model_rmse" not in p["values"]
-    )
+    assert "kfrelease_model_r2" not in p["values"] and "kfrelease_model_rmse" not in p["values"]
     assert payload(window())["values"]["kfrelease_model_r2"] == 0.5
 
 
 def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
     settings = Settings(home=tmp_path)
     url = f"http://127.0.0.1:{free_port()}"
-    out = push_windows(
-        settings, [window(), window(version="V1.2.0")], url=url, timeout=1
-    )
+    out = push_windows(settings, [window(), window(version="V1.2.0")], url=url, timeout=1)
     assert out.pushed == 0 and out.pending == 2 and not out.ok
     assert "not reachable" in out.message and "kept in" in out.message
     assert len(list(spool_dir(settings).glob("*.json"))) == 2
@@ -68,9 +63,7 @@ def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path
         timeout=1,
     )
     assert down.pending == 1
-    up = push_windows(
-        settings, [window(version="V9.9.2")], url=stack.url("pushgateway")
-    )
+    up = push_windows(settings, [window(version="V9.9.2")], url=stack.url("pushgateway"))
     assert up.ok and up.pushed == 2
     text = httpx.get(stack.url("pushgateway", "/metrics")).text
     for v in ("V9.9.1", "V9.9.2"):

@@ -56,18 +56,12 @@ def test_one_retrain_at_a_time_then_rate_limited(stack, calls):
     model, other = f"rcv-{uuid.uuid4().hex[:6]}", f"rcv-{uuid.uuid4().hex[:6]}"
     first = receiver.handle({"alerts": [alert(model)]})["decisions"]
     assert [d["decision"] for d in first] == ["triggered"]
-    busy = receiver.handle({"alerts": [alert(other, "ModelInputDrift", "drift")]})[
-        "decisions"
-    ]
-    assert [d["decision"] for d in busy] == [
-        "busy"
-    ]  # the first retrain is still running
+    busy = receiver.handle({"alerts": [alert(other, "ModelInputDrift", "drift")]})["decisions"]
+    assert [d["decision"] for d in busy] == ["busy"]  # the first retrain is still running
     recording_trigger.release.set()
     for t in receiver.threads:
         t.join(timeout=10)
-    again = receiver.handle({"alerts": [alert(model, "ModelRMSEAboveBaseline")]})[
-        "decisions"
-    ]
+    again = receiver.handle({"alerts": [alert(model, "ModelRMSEAboveBaseline")]})["decisions"]
     assert [d["decision"] for d in again] == ["rate-limited"]
     lines = [json.loads(x) for x in calls.read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["model"] == model and model in lines[0]["reason"]
@@ -99,9 +93,7 @@ def test_resolved_and_freshness_alerts_are_recorded_but_retrain_nothing(stack, c
 
 
 def test_bad_payload_is_400_json_and_records_nothing(stack):
-    receiver = AlertReceiver(
-        stack, store=store_for("pipeline", stack), trigger_path=TRIGGER
-    )
+    receiver = AlertReceiver(stack, store=store_for("pipeline", stack), trigger_path=TRIGGER)
     before = len(receiver.alerts())
     with TestClient(create_app(receiver)) as client:
         r = client.post("/alerts", content=b"{not json")
@@ -115,12 +107,8 @@ def test_bad_payload_is_400_json_and_records_nothing(stack):
 
 
 def test_down_object_store_is_503_so_alertmanager_retries(stack):
-    down = Settings(
-        home=stack.home, port_offset=stack.port_offset + 7
-    )  # same credentials, nothing listening
-    receiver = AlertReceiver(
-        down, store=store_for("pipeline", down), trigger_path=TRIGGER
-    )
+    down = Settings(home=stack.home, port_offset=stack.port_offset + 7)  # same credentials, nothing listening
+    receiver = AlertReceiver(down, store=store_for("pipeline", down), trigger_path=TRIGGER)
     with TestClient(create_app(receiver)) as client:
         t0 = time.monotonic()
         r = client.post("/alerts", json={"alerts": [alert("m")]})
@@ -130,7 +118,4 @@ def test_down_object_store_is_503_so_alertmanager_retries(stack):
 
 def test_the_stack_receiver_answers_and_is_scraped(stack):
     assert httpx.get(stack.url("alert-receiver", "/healthz")).status_code == 200
-    assert (
-        "kfrelease_alert_receiver_up 1"
-        in httpx.get(stack.url("alert-receiver", "/metrics")).text
-    )
+    assert "kfrelease_alert_receiver_up 1" in httpx.get(stack.url("alert-receiver", "/metrics")).text

@@ -54,10 +54,7 @@ def test_a_broken_expectation_fails_promtool(tmp_path):
 
 def test_prometheus_rule_for_the_cluster_carries_the_same_groups():
     doc = render_prometheus_rule(namespace="monitoring")
-    assert (
-        doc["apiVersion"] == "monitoring.coreos.com/v1"
-        and doc["kind"] == "PrometheusRule"
-    )
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PrometheusRule"
     assert doc["spec"]["groups"] == load_rules()["groups"]
     alerts = {r["alert"]: r for g in doc["spec"]["groups"] for r in g["rules"]}
     assert {

@@ -16,8 +16,13 @@ FEATURES = ["age", "sex", "bmi"]
 
 def _app(**kw):
     return render_spark_application(
-        "diabetes-progression", FEATURES, run_id="20261201T2200Z", namespace="kfrelease-monitoring",
-        image="123.dkr.ecr.eu-west-1.amazonaws.com/kfrelease-spark:0.1.0", bucket_prefix="acme-", **kw
+        "diabetes-progression",
+        FEATURES,
+        run_id="20261201T2200Z",
+        namespace="kfrelease-monitoring",
+        image="123.dkr.ecr.eu-west-1.amazonaws.com/kfrelease-spark:0.1.0",
+        bucket_prefix="acme-",
+        **kw,
     )
 
 
@@ -38,8 +43,11 @@ def test_the_rendered_manifests_carry_the_nightly_spark_window_valid_against_the
 
     src = Sources.load()
     env = src.envs.environments["staging"]
-    docs = {d["kind"]: d for d in base_files(src, env)["monitoring.yaml"]
-            if d["kind"] == "ScheduledSparkApplication" or d["metadata"]["name"] == "kfrelease-spark-driver"}
+    docs = {
+        d["kind"]: d
+        for d in base_files(src, env)["monitoring.yaml"]
+        if d["kind"] == "ScheduledSparkApplication" or d["metadata"]["name"] == "kfrelease-spark-driver"
+    }
     scheduled = docs["ScheduledSparkApplication"]
     assert validate(scheduled) and scheduled["spec"]["suspend"] is True  # the pipeline's engine switch runs first
     template = scheduled["spec"]["template"]
@@ -71,7 +79,9 @@ class SparkOperatorStandIn:
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         obj = dict(self.objects[(namespace, name)])
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        obj["status"] = {"applicationState": {"state": state, "errorMessage": "executor lost" if "FAIL" in state else ""}}
+        obj["status"] = {
+            "applicationState": {"state": state, "errorMessage": "executor lost" if "FAIL" in state else ""}
+        }
         return obj
 
 

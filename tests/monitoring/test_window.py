@@ -63,27 +63,13 @@ def test_metrics_equal_sklearn_on_the_joined_rows_per_time_window():
     )
     assert len(out.windows) == 3  # 10 000 s of traffic in 1 h windows
     joined = preds.merge(truth, on="request_id")
-    joined["w"] = (
-        pd.to_datetime(joined["time_x"], utc=True).astype("int64") // 10**9 // 3600
-    )
+    joined["w"] = pd.to_datetime(joined["time_x"], utc=True).astype("int64") // 10**9 // 3600
     for w, res in zip(sorted(joined["w"].unique()), out.windows):
         sub = joined[joined["w"] == w]
         assert res.status == "ok" and res.labelled == len(sub)
-        assert (
-            abs(res.mse - skm.mean_squared_error(sub["truth"], sub["prediction"]))
-            < 1e-9
-        )
-        assert (
-            abs(
-                res.rmse
-                - np.sqrt(skm.mean_squared_error(sub["truth"], sub["prediction"]))
-            )
-            < 1e-9
-        )
-        assert (
-            abs(res.mae - skm.mean_absolute_error(sub["truth"], sub["prediction"]))
-            < 1e-9
-        )
+        assert abs(res.mse - skm.mean_squared_error(sub["truth"], sub["prediction"])) < 1e-9
+        assert abs(res.rmse - np.sqrt(skm.mean_squared_error(sub["truth"], sub["prediction"]))) < 1e-9
+        assert abs(res.mae - skm.mean_absolute_error(sub["truth"], sub["prediction"])) < 1e-9
         assert abs(res.r2 - skm.r2_score(sub["truth"], sub["prediction"])) < 1e-9
     assert sum(w.predictions for w in out.windows) == 1000
 
@@ -102,16 +88,8 @@ def test_count_windows_hold_that_many_labelled_predictions_per_version():
     for w in out.windows:
         by_version.setdefault(w.version, []).append(w)
     assert [w.labelled for w in by_version["V1.1.0"]] == [100, 100, 50]
-    first = (
-        preds[preds.model_version == "V1.2.0"].head(100).merge(truth, on="request_id")
-    )
-    assert (
-        abs(
-            by_version["V1.2.0"][0].r2
-            - skm.r2_score(first["truth"], first["prediction"])
-        )
-        < 1e-9
-    )
+    first = preds[preds.model_version == "V1.2.0"].head(100).merge(truth, on="request_id")
+    assert abs(by_version["V1.2.0"][0].r2 - skm.r2_score(first["truth"], first["prediction"])) < 1e-9
     latest = compute_windows(
         preds,
         truth,
@@ -200,11 +178,7 @@ def test_drift_of_shifted_inputs_is_detected_and_healthy_inputs_are_not():
         spec=WindowSpec("time", 86400),
         reference=reference,
     ).windows[0]
-    assert (
-        healthy.drift_share == 0.0
-        and drifted.drift_share == 1.0
-        and drifted.drifted == FEATURES
-    )
+    assert healthy.drift_share == 0.0 and drifted.drift_share == 1.0 and drifted.drifted == FEATURES
 
 
 def _engine_window(preds: pd.DataFrame, truth: pd.DataFrame):
@@ -232,7 +206,12 @@ def test_the_engine_gives_the_numbers_of_the_frame_windows_and_of_sklearn(spec):
     assert len(mine.windows) == len(theirs.windows) > 2
     for a, b in zip(mine.windows, theirs.windows):
         assert (a.version, a.stage, a.start, a.predictions, a.labelled, a.status) == (
-            b.version, b.stage, b.start, b.predictions, b.labelled, b.status
+            b.version,
+            b.stage,
+            b.start,
+            b.predictions,
+            b.labelled,
+            b.status,
         )
         for k in ("mse", "rmse", "mae", "r2"):
             assert getattr(a, k) == pytest.approx(getattr(b, k), rel=1e-12, abs=1e-12)

@@ -75,11 +75,11 @@ def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_
             t.join(timeout=400)
         assert not errors, errors
         assert {n: o.result for n, o in outcomes.items()} == dict.fromkeys(candidates, "promoted"), [
-            o.decisions[-1]["why"] for o in outcomes.values()]
+            o.decisions[-1]["why"] for o in outcomes.values()
+        ]
 
         # a third model's release: first of its tag, straight to production, into the shared servers in place
-        servers = {n: supervisor.service_status(settings, n).pid
-                   for n in ("gateway", "predictor-production")}
+        servers = {n: supervisor.service_status(settings, n).pid for n in ("gateway", "predictor-production")}
         routes = {n: s for n, s in model_states(settings).items() if n in candidates}
         third_ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
         third_ds.add_batch(1)

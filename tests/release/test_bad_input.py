@@ -58,11 +58,7 @@ def test_a_candidate_not_in_staging_moves_no_traffic(staged, run_cli):
         ReleaseController(settings, spec, driver).run("V9.9.9")
     assert driver.applied == []
     proc = run_cli("release", "run", name, version)
-    assert (
-        proc.returncode == 1
-        and proc.stderr.count("\n") == 1
-        and "not in staging" in proc.stderr
-    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not in staging" in proc.stderr
 
 
 def test_an_unreadable_metric_source_moves_no_traffic(staged, monkeypatch):
@@ -71,35 +67,22 @@ def test_an_unreadable_metric_source_moves_no_traffic(staged, monkeypatch):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     monkeypatch.setenv("KFRELEASE_PROMETHEUS_PORT", str(closed))
-    spec = dataclasses.replace(load_rollout_spec(), model=name).with_changes(
-        canary={"metrics_source": "prometheus"}
-    )
+    spec = dataclasses.replace(load_rollout_spec(), model=name).with_changes(canary={"metrics_source": "prometheus"})
     driver = RecordingDriver()
-    with pytest.raises(
-        ReleaseError, match="metric source 'prometheus'.*no traffic was moved"
-    ):
+    with pytest.raises(ReleaseError, match="metric source 'prometheus'.*no traffic was moved"):
         ReleaseController(settings, spec, driver).run(version)
     assert driver.applied == []
-    assert (
-        ModelRegistry(store_for("pipeline", settings)).get(name, version).stage
-        == "staging"
-    )
+    assert ModelRegistry(store_for("pipeline", settings)).get(name, version).stage == "staging"
 
 
-def test_a_malformed_rollout_spec_is_refused_before_anything_moves(
-    stack, run_cli, tmp_path
-):
+def test_a_malformed_rollout_spec_is_refused_before_anything_moves(stack, run_cli, tmp_path):
     from kfrelease.serving.gateway import read_gateway_record
 
     before = read_gateway_record(stack)
     bad = tmp_path / "rollout.yaml"
     bad.write_text("model: m\ncanary:\n  steps: [50, 25, 100]\n")
     proc = run_cli("release", "run", "m", "V1.1.0", "--spec", str(bad))
-    assert (
-        proc.returncode == 1
-        and "not strictly increasing" in proc.stderr
-        and "nothing was changed" in proc.stderr
-    )
+    assert proc.returncode == 1 and "not strictly increasing" in proc.stderr and "nothing was changed" in proc.stderr
     bad.write_text("model: m\ncanary:\n  steps: [10, 150]\n")
     proc = run_cli("release", "run", "m", "V1.1.0", "--spec", str(bad))
     assert proc.returncode == 1 and "from 1 to 100" in proc.stderr

@@ -148,9 +148,17 @@ def test_on_the_embedded_stack_auto_reads_the_model_servers(monkeypatch):
 def test_models_history_shows_each_decisions_interval_and_n():
     from kfrelease.cli.models import _decision_columns
 
-    shadow = {"phase": "shadow", "test": {"decision": "pass", "ratio": 0.968, "ratio_interval": [0.929, 1.014], "n": 346}}
+    shadow = {
+        "phase": "shadow",
+        "test": {"decision": "pass", "ratio": 0.968, "ratio_interval": [0.929, 1.014], "n": 346},
+    }
     assert _decision_columns(shadow) == ("pass", "0.968 [0.929, 1.014]", "346")
-    step = {"phase": "canary", "checks": [{"name": "error_rate", "status": "passed", "value": 0.0, "interval": None, "n": 50},
-                                          {"name": "accuracy", "status": "failed", "value": 4.6, "interval": [3.7, 6.3], "n": 256}]}
+    step = {
+        "phase": "canary",
+        "checks": [
+            {"name": "error_rate", "status": "passed", "value": 0.0, "interval": None, "n": 50},
+            {"name": "accuracy", "status": "failed", "value": 4.6, "interval": [3.7, 6.3], "n": 256},
+        ],
+    }
     assert _decision_columns(step) == ("failed", "4.600 [3.700, 6.300]", "256")
     assert _decision_columns({"phase": "promote"}) == ("", "", "")

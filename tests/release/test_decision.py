@@ -40,7 +40,9 @@ def test_a_candidate_worse_than_the_margin_passes_at_most_at_the_declared_rate(b
     rng = np.random.default_rng(7)
     rule = GateRule(margin=0.02, error_rate=0.05, boundary=boundary)
     ec, ep = paired_errors(rng, 400, int(LOOKS[-1]), 1.02, heavy)  # exactly at the margin: the hardest worse case
-    outcome, _ = first_decisions(clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS)
+    outcome, _ = first_decisions(
+        clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS
+    )
     # 400 releases: 5 % + 2.5 standard errors
     assert (outcome == 1).mean() <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 400)
 
@@ -50,7 +52,9 @@ def test_an_equal_candidate_is_failed_at_most_at_the_declared_rate(heavy):
     rng = np.random.default_rng(11)
     rule = GateRule(margin=0.02, error_rate=0.05)
     ec, ep = paired_errors(rng, 400, int(LOOKS[-1]), 1.0, heavy)
-    outcome, _ = first_decisions(clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS)
+    outcome, _ = first_decisions(
+        clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS
+    )
     assert (outcome == -1).mean() <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 400)
 
 

@@ -32,9 +32,7 @@ from tests.release.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(
-    release_env, run_cli
-):
+def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(release_env, run_cli):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
     spec = small_spec(name)
@@ -47,10 +45,7 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     v1 = train(1)
     assert v1.version == "V1.1.0" and v1.stage == "staging"
     first = run_release(settings, name, v1.version, spec)
-    assert (
-        first.result == "promoted"
-        and registry.current(name, "production").version == "V1.1.0"
-    )
+    assert first.result == "promoted" and registry.current(name, "production").version == "V1.1.0"
     assert "first model of tag 1" in registry.history(name, "V1.1.0")[-1]["why"]
 
     gen = traffic(settings, name)
@@ -63,16 +58,12 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
         assert registry.get(name, "V1.1.0").stage == "archived"
 
         v3 = train(3)
-        assert v3.stage == "staging", (
-            v3.verdict
-        )  # passed offline thanks to the widened tolerance
+        assert v3.stage == "staging", v3.verdict  # passed offline thanks to the widened tolerance
         third = run_release(settings, name, v3.version, spec)
         # worse on live traffic: failed by the shadow gate, or at the latest by a canary check, or (when
         # the evidence does not decide within shadow.max_wait_seconds) stopped with production unchanged
         assert third.result in ("rejected", "rolled_back", "stopped"), third.decisions[-1]["why"]
-        assert registry.get(name, v3.version).stage == (
-            "staging" if third.result == "stopped" else "rejected"
-        )
+        assert registry.get(name, v3.version).stage == ("staging" if third.result == "stopped" else "rejected")
         assert registry.current(name, "production").version == "V1.2.0"
     finally:
         stats = gen.stop()
@@ -122,9 +113,7 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     assert "primary V1.2.0" in status
     assert ("insufficient" if third.result == "stopped" else "rejected") in status
 
-    check_loss_free(
-        settings, name, stats
-    )  # every answered request is in the prediction logs
+    check_loss_free(settings, name, stats)  # every answered request is in the prediction logs
 
 
 def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(
@@ -168,21 +157,14 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     history = registry.history(name, bad.version)
     earlier = [e for e in history if e["evidence"].get("phase") == "canary"]
     for e in earlier:
-        assert (
-            next(c for c in e["evidence"]["checks"] if c["name"] == "accuracy")[
-                "status"
-            ]
-            == "skipped"
-        )
+        assert next(c for c in e["evidence"]["checks"] if c["name"] == "accuracy")["status"] == "skipped"
     weight = last["evidence"]["weight"]
     assert weight in (20, 50)
     acc = next(c for c in last["evidence"]["checks"] if c["name"] == "accuracy")
     assert acc["status"] == "failed" and acc["interval"][0] > 1.0 and acc["n"] >= 8
     # rolled back within one interval of the failed check
     checked = pd.Timestamp(last["evidence"]["window"]["until"])
-    assert (
-        pd.Timestamp(last["when"]) - checked
-    ).total_seconds() < spec.canary.interval_seconds
+    assert (pd.Timestamp(last["when"]) - checked).total_seconds() < spec.canary.interval_seconds
     assert registry.current(name, "production").version == v1.version
     assert LocalGatewayDriver(settings, spec).current().canary is None
 
@@ -190,20 +172,13 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     assert stats.failed == 0, stats.errors
     wait_logged(settings, name, stats.ok_ids)
     frame = read_predictions(store_for("monitoring", settings), name)
-    client = frame[
-        frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")
-    ]  # not the shadow
+    client = frame[frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")]  # not the shadow
     served_bad = client[client["model_version"] == bad.version]
-    during = client[
-        (client["time"] >= served_bad["time"].min())
-        & (client["time"] <= pd.Timestamp(last["when"]))
-    ]
+    during = client[(client["time"] >= served_bad["time"].min()) & (client["time"] <= pd.Timestamp(last["when"]))]
     share = len(served_bad) / len(during)
     assert len(served_bad) > 0 and share <= weight / 100 + 0.10, (
         len(served_bad),
         len(during),
     )
-    assert served_bad["time"].max() <= pd.Timestamp(
-        last["when"]
-    )  # nothing after the rollback
+    assert served_bad["time"].max() <= pd.Timestamp(last["when"])  # nothing after the rollback
     check_loss_free(settings, name, stats)

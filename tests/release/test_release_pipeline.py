@@ -35,9 +35,7 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
 
     model_spec, commit = load_project_at_commit(tmp / "project", shas[0])
     v1 = run_inline(model_spec, commit, settings=settings, containerize=False)
-    assert (
-        run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
-    )
+    assert run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
 
     bad = run_inline(
         parse_spec(bad_spec_text(name, ds.name)),
@@ -46,20 +44,10 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
         containerize=False,
     )
     with traffic(settings, name) as gen:
-        assert (
-            run_release_pipeline(settings, name, bad.version, str(spec_file))
-            == "rejected"
-        )
+        assert run_release_pipeline(settings, name, bad.version, str(spec_file)) == "rejected"
         stats = gen.stop()
-    assert (
-        stats.failed == 0 and bad.version not in stats.versions
-    )  # it only ever saw mirrored copies
+    assert stats.failed == 0 and bad.version not in stats.versions  # it only ever saw mirrored copies
     last = registry.history(name, bad.version)[-1]
-    assert (
-        last["evidence"]["phase"] == "shadow" and last["evidence"]["decision"] == "fail"
-    )
-    assert not any(
-        e["evidence"].get("phase") == "canary"
-        for e in registry.history(name, bad.version)
-    )
+    assert last["evidence"]["phase"] == "shadow" and last["evidence"]["decision"] == "fail"
+    assert not any(e["evidence"].get("phase") == "canary" for e in registry.history(name, bad.version))
     assert registry.current(name, "production").version == v1.version

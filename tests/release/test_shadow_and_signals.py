@@ -64,22 +64,19 @@ def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):
 def test_both_models_are_scored_on_exactly_the_same_labelled_requests():
     preds, fb = logs(500, 10, 20)
     fb = fb.iloc[:400]  # 100 requests not labelled yet
-    preds = preds[
-        ~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))
-    ]  # shadow missed r0
+    preds = preds[~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))]  # shadow missed r0
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
     assert len(pairs) == 399 and "r0" not in set(pairs["request_id"])
     v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=20.0)
     assert v.decision == "pass"
-    assert v.evidence["candidate"] == regression_metrics(
-        pairs["truth"], pairs["candidate"]
-    )
-    assert v.evidence["production"] == regression_metrics(
-        pairs["truth"], pairs["production"]
-    )
+    assert v.evidence["candidate"] == regression_metrics(pairs["truth"], pairs["candidate"])
+    assert v.evidence["production"] == regression_metrics(pairs["truth"], pairs["production"])
     assert v.evidence["test"]["n"] == 399
     lo, hi = v.evidence["test"]["ratio_interval"]
-    assert f"on the same n=399 labelled requests: MSE ratio {v.evidence['test']['ratio']:.3f} [{lo:.3f}, {hi:.3f}]" in v.summary()
+    assert (
+        f"on the same n=399 labelled requests: MSE ratio {v.evidence['test']['ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
+        in v.summary()
+    )
 
 
 def test_a_worse_candidate_fails_and_too_few_labels_continue():
@@ -105,9 +102,7 @@ def test_a_close_call_is_not_decided_on_a_noisy_ratio():
 
 def test_the_latest_label_wins():
     preds, fb = logs(30, 1, 1)
-    later = fb.assign(
-        truth=fb["truth"] + 1000, time=fb["time"] + pd.Timedelta(seconds=1)
-    )
+    later = fb.assign(truth=fb["truth"] + 1000, time=fb["time"] + pd.Timedelta(seconds=1))
     pairs = join_shadow(preds, pd.concat([fb, later]), "V1.2.0", "V1.1.0")
     assert len(pairs) == 30 and (pairs["truth"] > 900).all()
 
@@ -148,18 +143,10 @@ def metrics_text(ok: int, invalid: int, attempts: int, latencies: list[float]) -
 
 def test_error_rate_and_p99_come_from_the_deltas_of_two_scrapes():
     before = parse_snapshot(metrics_text(10, 0, 10, [0.0005] * 10), "m", "V1.2.0")
-    after = parse_snapshot(
-        metrics_text(105, 5, 120, [0.0005] * 10 + [0.05] * 95), "m", "V1.2.0"
-    )
+    after = parse_snapshot(metrics_text(105, 5, 120, [0.0005] * 10 + [0.05] * 95), "m", "V1.2.0")
     h = health_between(before, after)
-    assert (
-        h.requests == 110 and h.errors == 10
-    )  # 110 attempts: 95 ok, 5 invalid (4xx, not errors), 10 failed
+    assert h.requests == 110 and h.errors == 10  # 110 attempts: 95 ok, 5 invalid (4xx, not errors), 10 failed
     assert h.error_rate == pytest.approx(10 / 110)
     assert 10 < h.p99_ms <= 100
-    restarted = health_between(
-        after, parse_snapshot(metrics_text(3, 0, 3, [0.0005] * 3), "m", "V1.2.0")
-    )
-    assert (
-        restarted.requests == 3 and restarted.errors == 0
-    )  # counters went down: the server restarted
+    restarted = health_between(after, parse_snapshot(metrics_text(3, 0, 3, [0.0005] * 3), "m", "V1.2.0"))
+    assert restarted.requests == 3 and restarted.errors == 0  # counters went down: the server restarted

@@ -61,11 +61,7 @@ def make_model_dir(
 def expected_predictions(model_dir: Path, rows: pd.DataFrame) -> list[float]:
     """What the joblib model itself answers (the same call as training's evaluation)."""
     model = joblib.load(Path(model_dir) / "model.joblib")
-    return (
-        np.asarray(model.predict(rows[FEATURES].astype("float64")), dtype="float64")
-        .ravel()
-        .tolist()
-    )
+    return np.asarray(model.predict(rows[FEATURES].astype("float64")), dtype="float64").ravel().tolist()
 
 
 def free_port() -> int:

@@ -41,9 +41,7 @@ def _predictor(tmp_path, cache: str | None):
 
 
 def _ask(predictor, rows) -> list[float]:
-    response, headers = asyncio.run(
-        predictor({"instances": rows}, {"x-request-id": "r"})
-    )
+    response, headers = asyncio.run(predictor({"instances": rows}, {"x-request-id": "r"}))
     assert headers["x-model-version"] == "V1.1.0"
     return response["predictions"]
 
@@ -119,17 +117,11 @@ def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
         assert a.get_many(rows) == [None, None]
         a.put_many(rows, np.array([10.5, 20.25]))
         assert b.get_many(rows) == [10.5, 20.25], "replicas share entries"
-        assert other.get_many(rows) == [None, None], (
-            "another version never answers from these entries"
-        )
+        assert other.get_many(rows) == [None, None], "another version never answers from these entries"
         predictor, model_dir = _predictor(tmp_path, url)
         frame = curated_frame().iloc[:5]
-        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
-            model_dir, frame
-        )
-        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
-            model_dir, frame
-        )
+        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)
+        assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)
         assert _count("cache-test", "V1.1.0", "hit") >= 5
     finally:
         proc.terminate()
@@ -137,6 +129,4 @@ def test_redis_cache_is_shared_per_version_and_an_outage_is_a_miss(tmp_path):
     errors = _count("m", "V1", "error")
     assert a.get_many(rows) == [None, None]
     assert _count("m", "V1", "error") == errors + 2
-    assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(
-        model_dir, frame
-    )
+    assert _ask(predictor, frame[FEATURES].values.tolist()) == expected_predictions(model_dir, frame)

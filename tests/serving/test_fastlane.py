@@ -56,8 +56,11 @@ def servers(tmp_path_factory):
     model_dir = make_model_dir(root / "models")
     limit = ("--max-body-bytes", str(MAX_BODY), "--max-instances", "50")
     with ThreadPoolExecutor(2) as pool:  # both start at once: a KServe process takes seconds to import
-        fast, plain = pool.map(lambda stage, extra: start_predictor(settings, model_dir, stage=stage, extra_args=extra),
-                               ("production", "canary"), (limit, (*limit, "--no-fast-lane")))
+        fast, plain = pool.map(
+            lambda stage, extra: start_predictor(settings, model_dir, stage=stage, extra_args=extra),
+            ("production", "canary"),
+            (limit, (*limit, "--no-fast-lane")),
+        )
     with httpx.Client(base_url=fast, timeout=30) as a, httpx.Client(base_url=plain, timeout=30) as b:
         yield a, b
     supervisor.down(settings)
@@ -105,14 +108,19 @@ def _v2(rng: random.Random, rows: list[list[float]], bad: float):
     flat = [v for r in rows[:n] for v in r]
     datatype = "FP64" if rng.random() > bad else rng.choice(["FP32", "INT64", "BYTES", "BOOL", "fp64", "FP16"])
     if rng.random() < 0.3:  # one tensor per feature
-        inputs = [{"name": f, "shape": [n], "datatype": datatype, "data": [r[j] for r in rows[:n]]}
-                  for j, f in enumerate(FEATURES)]
+        inputs = [
+            {"name": f, "shape": [n], "datatype": datatype, "data": [r[j] for r in rows[:n]]}
+            for j, f in enumerate(FEATURES)
+        ]
         rng.shuffle(inputs)
         if rng.random() < bad:
             inputs.pop()
     else:
-        shape = [n, len(FEATURES)] if rng.random() > bad else rng.choice([[n], [len(FEATURES)], [n, 3], [-1, 11],
-                                                                           [n, 11, 1], [], "x", [1.5, 11]])
+        shape = (
+            [n, len(FEATURES)]
+            if rng.random() > bad
+            else rng.choice([[n], [len(FEATURES)], [n, 3], [-1, 11], [n, 11, 1], [], "x", [1.5, 11]])
+        )
         if rng.random() < 0.2 and n == 1:
             shape = [len(FEATURES)]
         data = flat if rng.random() > bad else [_value(rng, 0.5) for _ in range(rng.choice([0, 11, 22, 30]))]
@@ -161,7 +169,9 @@ def fuzzed_requests(count: int = REQUESTS, seed: int = 17) -> list[tuple[str, di
         path = V1 if v1 else V2
         if rng.random() < 0.03:
             path = rng.choice(["/v1/models/nope:predict", "/v2/models/nope/infer", V2 if v1 else V1])
-        headers = {"content-type": rng.choice(["application/json"] * 8 + ["text/plain", "application/cloudevents+json"])}
+        headers = {
+            "content-type": rng.choice(["application/json"] * 8 + ["text/plain", "application/cloudevents+json"])
+        }
         headers["ce-id" if rng.random() < 0.2 else "x-request-id"] = f"fuzz-{i}"  # the same id to both servers
         if rng.random() < 0.03:
             headers["inference-header-content-length"] = rng.choice(["0", "12", "x", "-1"])
@@ -180,8 +190,10 @@ def test_the_same_1000_fuzzed_requests_get_the_same_answers_with_and_without_the
         statuses[a.status_code] = statuses.get(a.status_code, 0) + 1
         same_headers = all(a.headers.get(h) == b.headers.get(h) for h in COMPARED_HEADERS)
         if a.status_code != b.status_code or _body(a) != _body(b) or not same_headers:
-            differences.append(f"{path} {headers} {body[:200]!r}: fast {a.status_code} {a.content[:200]!r} "
-                               f"{dict(a.headers)} / kserve {b.status_code} {b.content[:200]!r} {dict(b.headers)}")
+            differences.append(
+                f"{path} {headers} {body[:200]!r}: fast {a.status_code} {a.content[:200]!r} "
+                f"{dict(a.headers)} / kserve {b.status_code} {b.content[:200]!r} {dict(b.headers)}"
+            )
     assert not differences, f"{len(differences)} of {len(requests)} answers differ; first: {differences[:3]}"
     assert len(requests) == REQUESTS
     # both kinds are well represented, and nothing is a server error

@@ -68,10 +68,16 @@ def test_every_traffic_state_renders_a_config_nginx_accepts(state, tmp_path):
 
 
 def test_each_model_gets_its_own_routes_and_replicas_are_retried(tmp_path):
-    a = ModelRoute.of(parse_rollout_spec("model: alpha\n"), TrafficState(primary="V1", canary="V2", canary_weight=30),
-                      {"primary": [11, 12], "canary": [13]})
-    b = ModelRoute.of(parse_rollout_spec("model: beta.v2\n"), TrafficState(primary="V7", shadow="V8"),
-                      {"primary": [11], "shadow": [14]})
+    a = ModelRoute.of(
+        parse_rollout_spec("model: alpha\n"),
+        TrafficState(primary="V1", canary="V2", canary_weight=30),
+        {"primary": [11, 12], "canary": [13]},
+    )
+    b = ModelRoute.of(
+        parse_rollout_spec("model: beta.v2\n"),
+        TrafficState(primary="V7", shadow="V8"),
+        {"primary": [11], "shadow": [14]},
+    )
     text = render_nginx_config([b, a], listen_port=1, prefix=tmp_path)
     check_config(tmp_path, text)
     assert text == render_nginx_config([a, b], listen_port=1, prefix=tmp_path), "order of models must not matter"
@@ -185,7 +191,9 @@ def test_canary_at_20_percent_gets_20_percent_of_2000_requests(gateway):
     share = versions.count("V3") / len(versions) * 100
     assert set(versions) == {"V1", "V3"}
     assert 15 <= share <= 25, f"canary share {share:.1f}% is not within 20 +- 5"
-    assert supervisor.service_status(settings, "predictor-staging").pid is None, "the empty shadow server was not stopped"
+    assert supervisor.service_status(settings, "predictor-staging").pid is None, (
+        "the empty shadow server was not stopped"
+    )
 
 
 def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gateway):

@@ -44,8 +44,7 @@ def recording_model(name: str, version: str, record: Path):
             if response_headers is not None:
                 response_headers["x-model-version"] = version
             instances = payload.get("instances", []) if isinstance(payload, dict) else []
-            return {"predictions": [float(sum(row)) for row in instances], "model_name": name,
-                    "model_version": version}
+            return {"predictions": [float(sum(row)) for row in instances], "model_name": name, "model_version": version}
 
     return RecordingModel()
 
@@ -54,8 +53,21 @@ def recording_command(record_dir: Path):
     """A ``host_command`` for ``LocalGatewayDriver`` that starts the recording model host."""
 
     def command(slot, manifest: Path, port: int) -> list[str]:
-        return [sys.executable, "-m", "tests.serving.test_gateway_helpers", "--slot", slot.name, "--stage",
-                slot.stage, "--manifest", str(manifest), "--http-port", str(port), "--record-dir", str(record_dir)]
+        return [
+            sys.executable,
+            "-m",
+            "tests.serving.test_gateway_helpers",
+            "--slot",
+            slot.name,
+            "--stage",
+            slot.stage,
+            "--manifest",
+            str(manifest),
+            "--http-port",
+            str(port),
+            "--record-dir",
+            str(record_dir),
+        ]
 
     return command
 
@@ -142,8 +154,13 @@ def main() -> None:
     def keep(server) -> None:
         host.repository = server.registered_models
 
-    run_model_server(list(host.predictors.values()), a.http_port, fast_lane=host,
-                     middleware=((HostControl, {"host": host}),), on_start=keep)
+    run_model_server(
+        list(host.predictors.values()),
+        a.http_port,
+        fast_lane=host,
+        middleware=((HostControl, {"host": host}),),
+        on_start=keep,
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, t
     dirs = {}
     for version, offset in (("V1.1.0", 0.0), ("V1.2.0", 25.0)):
         dirs[version], frame = _model_dir(tmp_path / "models", version, offset)
-    driver = LocalGatewayDriver(settings, parse_rollout_spec(f"model: {MODEL}\n"), model_dir_for=lambda model, version: dirs[version])
+    driver = LocalGatewayDriver(
+        settings, parse_rollout_spec(f"model: {MODEL}\n"), model_dir_for=lambda model, version: dirs[version]
+    )
     try:
         supervisor.up(settings, [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"])
         driver.apply(TrafficState(primary="V1.1.0", shadow="V1.2.0", mirror_percent=100))

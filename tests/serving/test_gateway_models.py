@@ -23,8 +23,9 @@ from tests.serving.test_gateway_helpers import Load
 
 
 def predict(settings, model):
-    return httpx.post(settings.url("gateway", f"/v1/models/{model}:predict"), json={"instances": [[1.0, 2.0]]},
-                      timeout=10)
+    return httpx.post(
+        settings.url("gateway", f"/v1/models/{model}:predict"), json={"instances": [[1.0, 2.0]]}, timeout=10
+    )
 
 
 @pytest.fixture()
@@ -53,7 +54,9 @@ def test_two_models_route_by_name_and_an_unknown_model_is_a_json_404(stack):
     assert alpha.current() == TrafficState(primary="V1.1.0") and beta.current() == TrafficState(primary="V3.1.0")
     # one production server hosts both models
     assert httpx.get(f"http://127.0.0.1:{settings.port('predictor')}/kfrelease/host").json()["models"] == {
-        "alpha": "V1.1.0", "beta": "V3.1.0"}
+        "alpha": "V1.1.0",
+        "beta": "V3.1.0",
+    }
 
 
 def test_one_models_release_under_load_to_both_fails_nothing_and_restarts_no_server(stack):
@@ -61,9 +64,13 @@ def test_one_models_release_under_load_to_both_fails_nothing_and_restarts_no_ser
     alpha, beta = _driver(settings, records, "alpha"), _driver(settings, records, "beta")
     alpha.apply(TrafficState(primary="A1", shadow="A2"))  # alpha is in the middle of its own release
     beta.apply(TrafficState(primary="B1"))
-    pids = {n: supervisor.service_status(settings, n).pid for n in ("predictor-production", "predictor-staging", "gateway")}
-    with Load(settings.url("gateway", "/v1/models/alpha:predict"), threads=2) as load_a, \
-            Load(settings.url("gateway", "/v1/models/beta:predict"), threads=2) as load_b:
+    pids = {
+        n: supervisor.service_status(settings, n).pid for n in ("predictor-production", "predictor-staging", "gateway")
+    }
+    with (
+        Load(settings.url("gateway", "/v1/models/alpha:predict"), threads=2) as load_a,
+        Load(settings.url("gateway", "/v1/models/beta:predict"), threads=2) as load_b,
+    ):
         beta.apply(TrafficState(primary="B1", shadow="B2"))
         beta.apply(TrafficState(primary="B1", canary="B2", canary_weight=50))
         beta.apply(TrafficState(primary="B2"))  # promoted: swapped inside the production server
@@ -102,7 +109,9 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
         time.sleep(0.1)
     st = supervisor.service_status(settings, "predictor-production-1")
     assert st.healthy and st.pid != old, "the watchdog did not restart the killed replica"
-    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {"m": "V1"}
+    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {
+        "m": "V1"
+    }
 
 
 def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack):

@@ -54,15 +54,11 @@ def serving(stack, tmp_path_factory):
         command=logsink_service(settings).command + ["--flush-interval", "0.5"],
     )
     feedback = feedback_service(settings, model=MODEL)
-    feedback = dataclasses.replace(
-        feedback, command=feedback.command + ["--flush-interval", "0.5"]
-    )
+    feedback = dataclasses.replace(feedback, command=feedback.command + ["--flush-interval", "0.5"])
     try:
         supervisor.up(settings, [sink, feedback])
         model_dir = make_model_dir(root / "models", name=MODEL, version="V3.1.0")
-        url = start_predictor(
-            settings, model_dir, name=MODEL, logger_url=settings.url("logsink", "/")
-        )
+        url = start_predictor(settings, model_dir, name=MODEL, logger_url=settings.url("logsink", "/"))
         yield {
             "settings": settings,
             "url": url,
@@ -75,9 +71,7 @@ def serving(stack, tmp_path_factory):
         mp.undo()
 
 
-def _predict(
-    client: httpx.Client, url: str, row: list[float], rid: str
-) -> httpx.Response:
+def _predict(client: httpx.Client, url: str, row: list[float], rid: str) -> httpx.Response:
     return client.post(
         f"{url}/v1/models/{MODEL}:predict",
         json={"instances": [row]},
@@ -116,25 +110,14 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     rows = curated_frame().iloc[100:130]
     ids = [f"join-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
     with httpx.Client(timeout=30) as client:
-        answers = [
-            _predict(client, url, r, rid)
-            for r, rid in zip(rows[FEATURES].values.tolist(), ids)
-        ]
+        answers = [_predict(client, url, r, rid) for r, rid in zip(rows[FEATURES].values.tolist(), ids)]
         assert all(a.status_code == 200 for a in answers)
         assert [a.headers["x-request-id"] for a in answers] == ids
-        truths = [
-            {"request_id": rid, "truth": float(t)}
-            for rid, t in zip(ids, rows["progression"])
-        ]
+        truths = [{"request_id": rid, "truth": float(t)} for rid, t in zip(ids, rows["progression"])]
         r = client.post(settings.url("feedback", "/v1/feedback"), json=truths[:10])
         assert r.status_code == 200 and r.json() == {"stored": 10}
         for t in truths[10:]:
-            assert (
-                client.post(
-                    settings.url("feedback", "/v1/feedback"), json=t
-                ).status_code
-                == 200
-            )
+            assert client.post(settings.url("feedback", "/v1/feedback"), json=t).status_code == 200
         bad = client.post(
             settings.url("feedback", "/v1/feedback"),
             json={"request_id": "", "truth": "x"},
@@ -149,26 +132,18 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     def joined():
         preds = read_predictions(store, MODEL)
         truth = read_feedback(store, MODEL)
-        both = preds[preds.request_id.isin(ids)].merge(
-            truth, on=["request_id", "instance"]
-        )
+        both = preds[preds.request_id.isin(ids)].merge(truth, on=["request_id", "instance"])
         return both if len(both) == len(ids) else None
 
     both = _wait(joined, 30, "30 predictions joined with their ground truth")
     both = both.set_index("request_id").loc[ids]
     assert both["truth"].tolist() == rows["progression"].tolist()
-    assert both["prediction"].tolist() == expected_predictions(
-        serving["model_dir"], rows
-    )
-    assert set(both["model_version"]) == {"V3.1.0"} and set(both["stage"]) == {
-        "production"
-    }
+    assert both["prediction"].tolist() == expected_predictions(serving["model_dir"], rows)
+    assert set(both["model_version"]) == {"V3.1.0"} and set(both["stage"]) == {"production"}
     assert both[FEATURES].values.tolist() == rows[FEATURES].values.tolist()
 
 
-def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_block(
-    serving, tmp_path
-):
+def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_block(serving, tmp_path):
     """Events spooled while the sink was unreachable are replayed by the next logger on the same WAL; an
     event the sink refuses for good (400) is counted as dropped instead of blocking the ones behind it."""
     import numpy as np
@@ -181,9 +156,7 @@ def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_bloc
     kwargs = {"model": MODEL, "version": "V3.1.0", "stage": "staging", "features": FEATURES}
     rows = np.asarray(curated_frame()[FEATURES].values[:1], dtype="float64")
     ids = [f"restart-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
-    down = InferenceLogger(
-        url=f"http://127.0.0.1:{free_port()}/", wal_dir=wal, **kwargs
-    )
+    down = InferenceLogger(url=f"http://127.0.0.1:{free_port()}/", wal_dir=wal, **kwargs)
     down.start()
     for rid in ids:
         down.log(rid, rows, np.array([1.5]))
@@ -205,10 +178,7 @@ def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_bloc
     again.start()
     try:
         counts = _wait(
-            lambda: (
-                (c := _counts_for(store, set(ids))[0]) == {"request": 3, "response": 3}
-                and c
-            ),
+            lambda: (c := _counts_for(store, set(ids))[0]) == {"request": 3, "response": 3} and c,
             30,
             "the replayed events in the store",
         )
@@ -225,9 +195,7 @@ def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_bloc
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -288,12 +256,7 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
     assert pending > 0
     ids = set(sent)
     counts, raw = _wait(
-        lambda: (
-            (c := _counts_for(store, ids))
-            and c[0]["response"] == len(ids)
-            and c[0]["request"] == len(ids)
-            and c
-        ),
+        lambda: (c := _counts_for(store, ids)) and c[0]["response"] == len(ids) and c[0]["request"] == len(ids) and c,
         120,
         f"{len(ids)} requests and responses in the store",
     )
@@ -303,12 +266,10 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
     )
     assert raw == 2 * len(ids), f"{raw - 2 * len(ids)} duplicate lines were written"
     metrics = httpx.get(f"{url}/metrics").text
-    assert (
-        _metric(metrics, "kfrelease_predictor_log_events_total", result="dropped") == 0
+    assert _metric(metrics, "kfrelease_predictor_log_events_total", result="dropped") == 0
+    assert _metric(metrics, "kfrelease_predictor_log_events_total", result="spooled") > 0, (
+        "the sink outage was not seen"
     )
-    assert (
-        _metric(metrics, "kfrelease_predictor_log_events_total", result="spooled") > 0
-    ), "the sink outage was not seen"
     assert re.search(r"kfrelease_predictor_log_backlog\{[^}]*\} 0\.0", metrics)
     frame = read_predictions(store, MODEL)
     assert frame[frame.request_id.isin(ids)].groupby("request_id").size().eq(1).all()

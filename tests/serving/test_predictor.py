@@ -32,9 +32,7 @@ def predictor(tmp_path_factory):
     root = tmp_path_factory.mktemp("predictor")
     settings = Settings(home=root / "home")
     model_dir = make_model_dir(root / "models")
-    url = start_predictor(
-        settings, model_dir, extra_args=("--max-body-bytes", "200000")
-    )
+    url = start_predictor(settings, model_dir, extra_args=("--max-body-bytes", "200000"))
     client = httpx.Client(base_url=url, timeout=30)
     yield client, model_dir
     client.close()
@@ -54,17 +52,13 @@ def test_v1_lists_and_named_instances_equal_the_joblib_model_exactly(predictor, 
         json={"instances": rows[FEATURES].values.tolist()},
     )
     named = rows[FEATURES].to_dict(orient="records")
-    as_objects = client.post(
-        f"/v1/models/{MODEL}:predict", json={"instances": named[::-1]}
-    )
+    as_objects = client.post(f"/v1/models/{MODEL}:predict", json={"instances": named[::-1]})
     assert as_lists.status_code == 200, as_lists.text
     assert as_lists.json()["predictions"] == expected
     assert as_objects.json()["predictions"] == expected[::-1]
 
 
-def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(
-    predictor, rows
-):
+def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(predictor, rows):
     client, model_dir = predictor
     expected = expected_predictions(model_dir, rows)
     matrix = rows[FEATURES].values
@@ -102,12 +96,8 @@ def test_v2_tensor_and_per_feature_inputs_equal_the_joblib_model_exactly(
 def test_every_answer_names_the_version_and_carries_the_request_id(predictor, rows):
     client, _ = predictor
     body = {"instances": [rows[FEATURES].iloc[0].tolist()]}
-    by_ce = client.post(
-        f"/v1/models/{MODEL}:predict", json=body, headers={"ce-id": "req-ce-1"}
-    )
-    by_xrid = client.post(
-        f"/v1/models/{MODEL}:predict", json=body, headers={"x-request-id": "req-x-1"}
-    )
+    by_ce = client.post(f"/v1/models/{MODEL}:predict", json=body, headers={"ce-id": "req-ce-1"})
+    by_xrid = client.post(f"/v1/models/{MODEL}:predict", json=body, headers={"x-request-id": "req-x-1"})
     fresh = client.post(f"/v1/models/{MODEL}:predict", json=body)
     for r in (by_ce, by_xrid, fresh):
         assert r.headers["x-model-version"] == "V1.1.0"
@@ -139,10 +129,7 @@ def test_health_readiness_and_metrics(predictor):
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v1/models/{MODEL}").json()["ready"] is True
     metrics = client.get("/metrics").text
-    assert (
-        'kfrelease_predictor_requests_total{model="diabetes-progression",outcome="ok",protocol="v1"'
-        in metrics
-    )
+    assert 'kfrelease_predictor_requests_total{model="diabetes-progression",outcome="ok",protocol="v1"' in metrics
     assert "kfrelease_predictor_request_seconds_bucket" in metrics
 
 
@@ -172,18 +159,14 @@ BAD_REQUESTS = [
     ("v1", json.dumps({"instances": [{"age": 1}]}).encode(), 400, "missing ['sex'"),
     (
         "v1",
-        json.dumps(
-            {"instances": [dict.fromkeys(FEATURES[:-1] + ["bmi_xx"], 1.0)]}
-        ).encode(),
+        json.dumps({"instances": [dict.fromkeys(FEATURES[:-1] + ["bmi_xx"], 1.0)]}).encode(),
         400,
         "unknown ['bmi_xx']",
     ),
     ("v1", b"[1, 2]", 400, "JSON object"),
     (
         "v2",
-        b'{"inputs": [{"name": "x", "shape": [1, 11], "datatype": "INT64", "data": ['
-        + b"1" * 400
-        + b"]}]}",
+        b'{"inputs": [{"name": "x", "shape": [1, 11], "datatype": "INT64", "data": [' + b"1" * 400 + b"]}]}",
         400,
         "too large",
     ),
@@ -276,13 +259,9 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("kind,body,status,fragment", BAD_REQUESTS)
-def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(
-    predictor, kind, body, status, fragment
-):
+def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(predictor, kind, body, status, fragment):
     client, _ = predictor
-    path = (
-        f"/v1/models/{MODEL}:predict" if kind == "v1" else f"/v2/models/{MODEL}/infer"
-    )
+    path = f"/v1/models/{MODEL}:predict" if kind == "v1" else f"/v2/models/{MODEL}/infer"
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
@@ -290,22 +269,16 @@ def test_bad_requests_get_a_4xx_json_saying_what_is_wrong(
 
 def test_unknown_model_oversized_body_and_missing_content_type(predictor, rows):
     client, _ = predictor
-    r = client.post(
-        "/v1/models/no-such-model:predict", json={"instances": [[1.0] * 11]}
-    )
+    r = client.post("/v1/models/no-such-model:predict", json={"instances": [[1.0] * 11]})
     assert r.status_code == 404 and "no-such-model" in r.json()["error"]
-    big = json.dumps(
-        {"instances": [[1.0] * 11] * 5000}
-    ).encode()  # > the 200 kB limit set for this server
+    big = json.dumps({"instances": [[1.0] * 11] * 5000}).encode()  # > the 200 kB limit set for this server
     r = client.post(
         f"/v1/models/{MODEL}:predict",
         content=big,
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 413 and "limit" in r.json()["error"]
-    chunked = client.post(
-        f"/v1/models/{MODEL}:predict", content=iter([big[:100_000], big[100_000:]])
-    )
+    chunked = client.post(f"/v1/models/{MODEL}:predict", content=iter([big[:100_000], big[100_000:]]))
     assert chunked.status_code == 413
     # curl's default form content type: still decoded as JSON
     r = client.post(
@@ -327,9 +300,7 @@ LEAF = st.one_of(
 )
 ANY_JSON = st.recursive(
     LEAF,
-    lambda c: (
-        st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4)
-    ),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
     max_leaves=16,
 )
 GOOD = st.floats(-1000, 1000, allow_nan=False)
@@ -348,9 +319,7 @@ TENSOR = st.fixed_dictionaries(
         "name": st.one_of(st.sampled_from(FEATURES + ["input-0"]), st.text(max_size=5)),
         "shape": st.one_of(st.lists(st.integers(-2, 12), max_size=3), ANY_JSON),
         "datatype": st.one_of(
-            st.sampled_from(
-                ["FP64", "FP32", "INT64", "BYTES", "BOOL", "FP16", "UINT8"]
-            ),
+            st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "BOOL", "FP16", "UINT8"]),
             st.text(max_size=4),
         ),
         "data": st.one_of(
@@ -388,9 +357,7 @@ HEADERS = st.one_of(
 
 
 def _encode(doc) -> bytes:
-    return json.dumps(
-        doc, allow_nan=True
-    ).encode()  # NaN/Infinity tokens too: invalid JSON for strict parsers
+    return json.dumps(doc, allow_nan=True).encode()  # NaN/Infinity tokens too: invalid JSON for strict parsers
 
 
 PAYLOADS = st.one_of(
@@ -422,9 +389,7 @@ def test_1100_fuzzed_payloads_never_get_a_5xx_and_most_are_refused(predictor):
     def send(path, body, headers):
         r = client.post(path, content=body, headers=headers)
         codes.append(r.status_code)
-        assert r.status_code < 500, (
-            f"{r.status_code} for {body[:300]!r} on {path} with {headers}: {r.text[:500]}"
-        )
+        assert r.status_code < 500, f"{r.status_code} for {body[:300]!r} on {path} with {headers}: {r.text[:500]}"
         if r.status_code >= 400 and r.status_code != 422:
             assert isinstance(r.json().get("error"), str) and r.json()["error"]
         if r.status_code == 422:  # FastAPI's own validation answer: JSON with a detail
@@ -454,7 +419,4 @@ def test_cli_refuses_a_missing_model_dir_in_one_line(tmp_path):
         check=False,
     )
     assert proc.returncode == 1
-    assert (
-        proc.stderr.strip().startswith("error: model directory")
-        and proc.stderr.strip().count("\n") == 0
-    )
+    assert proc.stderr.strip().startswith("error: model directory") and proc.stderr.strip().count("\n") == 0

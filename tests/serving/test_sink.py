@@ -38,18 +38,10 @@ KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensio
 
 
 def test_kserve_v1_and_v2_requests_and_responses_become_contract_lines():
-    req = event_line(
-        KSERVE_HEADERS, b'{"instances": [{"b": 2, "a": 1}, {"a": 3, "b": 4}]}'
-    )
-    assert (
-        req["type"] == "request"
-        and req["stage"] == "canary"
-        and req["model"] == "diabetes-progression"
-    )
+    req = event_line(KSERVE_HEADERS, b'{"instances": [{"b": 2, "a": 1}, {"a": 3, "b": 4}]}')
+    assert req["type"] == "request" and req["stage"] == "canary" and req["model"] == "diabetes-progression"
     assert req["instances"] == [[2, 1], [4, 3]] and req["features"] == ["b", "a"]
-    named = event_line(
-        {**KSERVE_HEADERS, "ce-features": "a,b"}, b'{"instances": [{"b": 2, "a": 1}]}'
-    )
+    named = event_line({**KSERVE_HEADERS, "ce-features": "a,b"}, b'{"instances": [{"b": 2, "a": 1}]}')
     assert named["instances"] == [[1, 2]]
     v2 = event_line(
         KSERVE_HEADERS,
@@ -88,11 +80,7 @@ def test_kserve_v1_and_v2_requests_and_responses_become_contract_lines():
         resp_headers,
         b'{"model_name": "m", "model_version": "V1.0.0", "outputs": [{"data": [5.5, 6]}]}',
     )
-    assert (
-        resp["predictions"] == [5.5, 6]
-        and resp["model_version"] == "V1.0.0"
-        and resp["stage"] == "production"
-    )
+    assert resp["predictions"] == [5.5, 6] and resp["model_version"] == "V1.0.0" and resp["stage"] == "production"
 
 
 AGENT_HEADERS = {
@@ -118,9 +106,12 @@ def _agent_pair(tmp_path, isvc: str, endpoint: str, version: str, rid: str):
     response = {**request, "ce-type": "org.kubeflow.serving.inference.response"}
     return [
         event_line(request, b'{"instances": [[0.1, 0.2]]}'),  # a v1 request names no model or version
-        event_line(response, json.dumps(
-            {"predictions": [151.5], "model_name": "diabetes-progression", "model_version": version}
-        ).encode()),
+        event_line(
+            response,
+            json.dumps(
+                {"predictions": [151.5], "model_name": "diabetes-progression", "model_version": version}
+            ).encode(),
+        ),
     ]
 
 
@@ -204,9 +195,7 @@ def test_a_segment_becomes_one_parquet_object_per_model_and_hour_with_a_stable_k
     ]
     seg.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
     first, again = batch_objects(seg), batch_objects(seg)
-    assert (
-        first == again
-    )  # a retried upload writes the same keys (If-None-Match makes it a no-op)
+    assert first == again  # a retried upload writes the same keys (If-None-Match makes it a no-op)
     assert sorted(k.rsplit("/", 1)[0] for k in first) == [
         "model=m/date=2026-01-02/hour=23",
         "model=m/date=2026-01-03/hour=00",
@@ -243,11 +232,7 @@ def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_pa
         r = client.post("/", content=b'{"instances": [[1, 2]]}', headers=headers)
         assert r.status_code == 200 and r.json() == {"written": 1, "duplicates": 0}
         # acknowledged = in the fsync'ed write-ahead file, before any upload
-        wal_lines = [
-            orjson.loads(x)
-            for p in (tmp_path / "wal").glob("*.jsonl")
-            for x in p.read_bytes().splitlines()
-        ]
+        wal_lines = [orjson.loads(x) for p in (tmp_path / "wal").glob("*.jsonl") for x in p.read_bytes().splitlines()]
         assert [x["id"] for x in wal_lines] == ["abc-1"]
         again = client.post("/", content=b'{"instances": [[1, 2]]}', headers=headers)
         assert again.status_code == 200 and again.json() == {
@@ -270,9 +255,7 @@ def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_pa
                 "ce-stage": "staging",
             },
         )
-        assert shadow.json()["written"] == 1, (
-            "same id from another source is another event"
-        )
+        assert shadow.json()["written"] == 1, "same id from another source is another event"
         bad = client.post("/", content=b"{}", headers={"ce-id": "x"})
         assert bad.status_code == 400 and "ce-type" in bad.json()["error"]
         batch = client.post(
@@ -299,12 +282,8 @@ def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_pa
     stored = stored_rows(store, "inference-logs", model)
     assert stored.num_rows == 4, "the duplicate was written"
     frame = read_predictions(store, model)
-    assert frame[["request_id", "a", "b", "prediction"]].values.tolist() == [
-        ["abc-1", 1, 2, 9.5]
-    ]
-    assert not list((tmp_path / "wal").glob("*.jsonl")), (
-        "uploaded segments are removed from the WAL"
-    )
+    assert frame[["request_id", "a", "b", "prediction"]].values.tolist() == [["abc-1", 1, 2, 9.5]]
+    assert not list((tmp_path / "wal").glob("*.jsonl")), "uploaded segments are removed from the WAL"
 
 
 def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path):
@@ -360,8 +339,17 @@ def test_small_batches_of_a_closed_hour_are_compacted_into_one_with_every_row_on
     model = f"compact-{uuid.uuid4().hex[:8]}"
     t = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
     for b in range(4):
-        lines = [{"id": f"{b}-{i}", "type": "request", "time": t.isoformat(), "source": "s", "model": model,
-                  "instances": [[float(i), 1.0]]} for i in range(5)]
+        lines = [
+            {
+                "id": f"{b}-{i}",
+                "type": "request",
+                "time": t.isoformat(),
+                "source": "s",
+                "model": model,
+                "instances": [[float(i), 1.0]],
+            }
+            for i in range(5)
+        ]
         write_records(store, "inference-logs", model, lines, origin=f"segment-{b}")
     path = f"model={model}/date={t:%Y-%m-%d}/hour={t:%H}"
     assert path in closed_partitions(store, "inference-logs")

@@ -27,7 +27,9 @@ class PrivateDataset:
 
     def add_batch(self, n: int) -> str:
         store = store_for("data-engineer")
-        store.put_bytes("raw", f"{self.spec.source_prefix}batch-{n}.csv", demo_batches()[n - 1].to_csv(index=False).encode())
+        store.put_bytes(
+            "raw", f"{self.spec.source_prefix}batch-{n}.csv", demo_batches()[n - 1].to_csv(index=False).encode()
+        )
         return run_data_pipeline(self.spec, store).version
 
 

@@ -16,8 +16,16 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     inner = package["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"containerize", "deploy-staging"}
     assert (out / "data_pipeline.yaml").is_file()
-    for name in ("ingest", "publish_dataset", "train", "evaluate", "validate_model", "register", "containerize",
-                 "deploy_staging"):
+    for name in (
+        "ingest",
+        "publish_dataset",
+        "train",
+        "evaluate",
+        "validate_model",
+        "register",
+        "containerize",
+        "deploy_staging",
+    ):
         path = out / "components" / f"{name}.yaml"
         assert path.is_file() and str(path) in result.stdout
     train = components.load_component_from_file(str(out / "components" / "train.yaml"))
@@ -54,7 +62,10 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
     executors = package["deploymentSpec"]["executors"]
     for name, task in tasks.items():
         assert task["cachingOptions"].get("enableCache", False) is False, name  # outputs never reused across merges
-        assert task["retryPolicy"]["maxRetryCount"] == RETRIES and task["retryPolicy"]["backoffDuration"] == BACKOFF["backoff_duration"]
+        assert (
+            task["retryPolicy"]["maxRetryCount"] == RETRIES
+            and task["retryPolicy"]["backoffDuration"] == BACKOFF["backoff_duration"]
+        )
         resources = executors[task["componentRef"]["name"].replace("comp-", "exec-")]["container"]["resources"]
         if name in ("train", "evaluate"):  # the model spec's resources, passed as run parameters
             assert resources["resourceMemoryLimit"] == "{{$.inputs.parameters['pipelinechannel--model_memory_limit']}}"
@@ -64,7 +75,9 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
             assert resources["resourceMemoryLimit"] == STEP_DEFAULT.memory_limit
             assert resources["resourceCpuRequest"] == STEP_DEFAULT.cpu
     selectors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert selectors["exec-train"]["nodeSelector"]["nodeSelectorJson"] == {"componentInputParameter": "model_node_selector"}
+    assert selectors["exec-train"]["nodeSelector"]["nodeSelectorJson"] == {
+        "componentInputParameter": "model_node_selector"
+    }
     params = package["root"]["inputDefinitions"]["parameters"]
     assert params["model_memory"]["defaultValue"] == "2Gi" and params["model_memory_limit"]["defaultValue"] == "4Gi"
 
@@ -87,13 +100,16 @@ def test_model_spec_resources_become_run_parameters():
     from kfrelease.training.resources import MODEL_DEFAULT, pipeline_arguments
     from kfrelease.training.spec import parse_spec
 
-    base = ("name: m\ntag: 1\ndataset: d\nfeatures: [a]\ntarget: y\n"
-            "estimator: {class: sklearn.linear_model.Ridge}\n")
+    base = "name: m\ntag: 1\ndataset: d\nfeatures: [a]\ntarget: y\nestimator: {class: sklearn.linear_model.Ridge}\n"
     assert parse_spec(base).resources == MODEL_DEFAULT
     spec = parse_spec(base + "resources: {cpu: '2', memory: 8Gi, node_selector: {pool: training}}\n")
     assert pipeline_arguments(spec.resources) == {
-        "model_cpu": "2", "model_memory": "8Gi", "model_cpu_limit": "2", "model_memory_limit": "8Gi",
-        "model_node_selector": {"pool": "training"}}
+        "model_cpu": "2",
+        "model_memory": "8Gi",
+        "model_cpu_limit": "2",
+        "model_memory_limit": "8Gi",
+        "model_node_selector": {"pool": "training"},
+    }
     assert parse_spec(base + "resources: {memory: 8Gi}\n").fingerprint == parse_spec(base).fingerprint
     with pytest.raises(ConfigError, match="memory_limit 1Gi is below memory 2Gi"):
         parse_spec(base + "resources: {memory: 2Gi, memory_limit: 1Gi}\n")

@@ -31,13 +31,15 @@ def run_notebook(tmp_path, **parameters) -> str:
     import papermill
 
     out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=parameters, kernel_name="python3",
-                               progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out), parameters=parameters, kernel_name="python3", progress_bar=False
+    )
     return "".join(o.get("text", "") for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
 
 
 def test_the_notebook_on_the_demo_project_registers_an_experiment_and_leaves_production_untouched(
-        dataset, tmp_path, run_cli):
+    dataset, tmp_path, run_cli
+):
     model = f"notebook-{uuid.uuid4().hex[:6]}"
     released = parse_model_spec(spec_variant(1, name=model, dataset=dataset.name))
     production = run_inline(released, "a" * 40, containerize=False)  # the merge's run, in-process

@@ -60,7 +60,10 @@ def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
 
     diff = json.loads(run_cli("models", "diff", name, "V1.1.0", "V1.2.1", "--json", check=True).stdout)
     changed = {c["what"]: (c["a"], c["b"]) for c in diff["changes"]}
-    assert changed["estimator"] == ("sklearn.linear_model.Ridge", None) and changed["build"] == (None, "model.py:build_model")
+    assert changed["estimator"] == ("sklearn.linear_model.Ridge", None) and changed["build"] == (
+        None,
+        "model.py:build_model",
+    )
     assert changed["dataset_version"] == (dataset.first_version, new_data) and "def build_model" in diff["code_diff"]
     assert {m["metric"] for m in diff["metrics"]} == {"mse", "rmse", "mae", "r2"}
 
@@ -76,9 +79,18 @@ def test_eight_concurrent_registrations_get_eight_distinct_versions(stack):
         try:
             barrier.wait(timeout=30)
             results[i] = reg.register(
-                name=name, tag=1, spec_fingerprint=f"definition-{i}", dataset="d", dataset_version="v1",
-                commit=f"c{i}", run_id=f"run-{i}", metrics={"rmse": 1.0}, verdict={"passed": True, "reasons": []},
-                input_schema=[{"name": "x", "dtype": "float64"}], target="y", model_bytes=f"model {i}".encode(),
+                name=name,
+                tag=1,
+                spec_fingerprint=f"definition-{i}",
+                dataset="d",
+                dataset_version="v1",
+                commit=f"c{i}",
+                run_id=f"run-{i}",
+                metrics={"rmse": 1.0},
+                verdict={"passed": True, "reasons": []},
+                input_schema=[{"name": "x", "dtype": "float64"}],
+                target="y",
+                model_bytes=f"model {i}".encode(),
             ).version.version
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -105,9 +117,20 @@ def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack
     def register() -> None:
         reg = registry()
         barrier.wait(timeout=30)
-        r = reg.register(name=name, tag=1, spec_fingerprint="f", dataset="d", dataset_version="v1", commit="c",
-                         run_id=uuid.uuid4().hex, metrics={}, verdict={"passed": True}, input_schema=[], target="y",
-                         model_bytes=b"m")
+        r = reg.register(
+            name=name,
+            tag=1,
+            spec_fingerprint="f",
+            dataset="d",
+            dataset_version="v1",
+            commit="c",
+            run_id=uuid.uuid4().hex,
+            metrics={},
+            verdict={"passed": True},
+            input_schema=[],
+            target="y",
+            model_bytes=b"m",
+        )
         results.append((r.version.version, r.created))
 
     threads = [threading.Thread(target=register) for _ in range(4)]
@@ -119,12 +142,25 @@ def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack
 def test_stage_history_is_append_only_and_production_replaces_production(stack):
     name = f"stages-{uuid.uuid4().hex[:6]}"
     reg = registry()
-    kw = {"name": name, "tag": 1, "dataset": "d", "commit": "c", "metrics": {}, "input_schema": [], "target": "y",
-          "model_bytes": b"m"}
+    kw = {
+        "name": name,
+        "tag": 1,
+        "dataset": "d",
+        "commit": "c",
+        "metrics": {},
+        "input_schema": [],
+        "target": "y",
+        "model_bytes": b"m",
+    }
     v1 = reg.register(spec_fingerprint="a", dataset_version="1", run_id="r1", verdict={"passed": True}, **kw).version
     v2 = reg.register(spec_fingerprint="b", dataset_version="1", run_id="r2", verdict={"passed": True}, **kw).version
-    bad = reg.register(spec_fingerprint="c", dataset_version="1", run_id="r3",
-                       verdict={"passed": False, "reasons": ["rmse too high"]}, **kw).version
+    bad = reg.register(
+        spec_fingerprint="c",
+        dataset_version="1",
+        run_id="r3",
+        verdict={"passed": False, "reasons": ["rmse too high"]},
+        **kw,
+    ).version
     assert bad.stage == "rejected" and reg.history(name, bad.version)[0]["why"] == "rmse too high"
 
     assert reg.current(name, "production") is None
@@ -151,8 +187,20 @@ def test_stage_history_is_append_only_and_production_replaces_production(stack):
 def test_image_is_written_once(stack):
     name = f"image-{uuid.uuid4().hex[:6]}"
     reg = registry()
-    reg.register(name=name, tag=1, spec_fingerprint="a", dataset="d", dataset_version="1", commit="c", run_id="r",
-                 metrics={}, verdict={"passed": True}, input_schema=[], target="y", model_bytes=b"m")
+    reg.register(
+        name=name,
+        tag=1,
+        spec_fingerprint="a",
+        dataset="d",
+        dataset_version="1",
+        commit="c",
+        run_id="r",
+        metrics={},
+        verdict={"passed": True},
+        input_schema=[],
+        target="y",
+        model_bytes=b"m",
+    )
     assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"
     assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"  # same: no-op
     with pytest.raises(Conflict, match="already has image"):
@@ -175,13 +223,30 @@ def test_a_registration_killed_midway_leaves_no_version_and_the_next_run_goes_on
         " dataset_version='v1', commit='c', run_id='killed', metrics={}, verdict={'passed': True},"
         " input_schema=[], target='y', model_bytes=b'm')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, name], env={**os.environ, "KFRELEASE_CRASH_AT":
-                          "register.after_artifact"}, capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, name],
+        env={**os.environ, "KFRELEASE_CRASH_AT": "register.after_artifact"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == -9  # killed at the crash point
     assert registry().list(name) == []  # the claim and artifact exist, but no version does
     with pytest.raises(NotFound):
         registry().get(name, "V1.1.0")
-    retry = registry().register(name=name, tag=1, spec_fingerprint="f", dataset="d", dataset_version="v1", commit="c",
-                                run_id="retry", metrics={}, verdict={"passed": True}, input_schema=[], target="y",
-                                model_bytes=b"m", same_claim_wait=0.5)
+    retry = registry().register(
+        name=name,
+        tag=1,
+        spec_fingerprint="f",
+        dataset="d",
+        dataset_version="v1",
+        commit="c",
+        run_id="retry",
+        metrics={},
+        verdict={"passed": True},
+        input_schema=[],
+        target="y",
+        model_bytes=b"m",
+        same_claim_wait=0.5,
+    )
     assert retry.created and retry.version.version == "V1.1.1" and entries(name) == ["V1.1.1"]

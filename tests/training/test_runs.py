@@ -39,7 +39,10 @@ def test_only_infrastructure_causes_are_retried():
     assert failures.cause_of_exit(-9) == failures.cause_of_exit(137) == failures.INFRASTRUCTURE
     assert failures.cause_of_exit(1) is None
     assert [failures.retryable(c) for c in (failures.INFRASTRUCTURE, failures.MODEL_CODE, failures.DATA)] == [
-        True, False, False]
+        True,
+        False,
+        False,
+    ]
 
 
 def test_the_run_limit_comes_from_cores_and_memory(monkeypatch):
@@ -61,14 +64,26 @@ def test_a_full_machine_queues_the_next_run_and_a_dead_holder_frees_its_slot(tmp
     waits = []
     with admission.slot(settings, 1) as first:
         assert first == 0 and admission.busy_slots(settings, 1) == 1
-        with pytest.raises(TimeoutError, match="no run slot of 1"), admission.slot(settings, 1, waits.append, timeout=0.6):
+        with (
+            pytest.raises(TimeoutError, match="no run slot of 1"),
+            admission.slot(settings, 1, waits.append, timeout=0.6),
+        ):
             pass
     assert waits and "all 1 are taken" in waits[0]
     # a holder killed with SIGKILL keeps nothing: the kernel drops its lock
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, signal, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-        "print('held', flush=True); os.kill(os.getpid(), signal.SIGKILL)"), str(admission.slots_dir(settings) / "0.lock")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, signal, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                "print('held', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+            ),
+            str(admission.slots_dir(settings) / "0.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     holder.wait(timeout=30)
     with admission.slot(settings, 1, timeout=5) as again:
@@ -92,20 +107,38 @@ def test_a_dataset_too_large_for_the_step_fails_early_with_its_size_and_the_limi
     from kfrelease.training.memory import check_fits
     from kfrelease.training.spec import parse_spec
 
-    spec = parse_spec("name: m\ntag: 1\ndataset: d\nfeatures: [a, b]\ntarget: y\nestimator: {class: " + RIDGE + "}\n"
-                      "resources: {memory: 512Mi, memory_limit: 1Gi}\n")
+    spec = parse_spec(
+        "name: m\ntag: 1\ndataset: d\nfeatures: [a, b]\ntarget: y\nestimator: {class: " + RIDGE + "}\n"
+        "resources: {memory: 512Mi, memory_limit: 1Gi}\n"
+    )
     big = DatasetVersion("d", "v1", {"row_count": 50_000_000})
-    with pytest.raises(DataValidationError, match=r"50,000,000 rows x 3 columns need about \d+\.\d GiB, the limit is "
-                                                  r"1\.0 GiB \(resources\.memory_limit 1Gi in the model spec\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"50,000,000 rows x 3 columns need about \d+\.\d GiB, the limit is "
+        r"1\.0 GiB \(resources\.memory_limit 1Gi in the model spec\)",
+    ):
         check_fits(spec, big, ["a", "b", "y"])
     assert check_fits(spec, DatasetVersion("d", "v2", {"row_count": 10_000}), ["a", "b", "y"]) < 2**30
 
 
 # -- on the embedded stack ------------------------------------------------------------------------------
 def ridge_merges(repo, name, dataset, n: int) -> list[str]:
-    return [merge_change(repo, f"alpha-{i}", {"model.yaml": spec_variant(
-        1, name=name, dataset=dataset.name, estimator={"class": RIDGE, "params": {"alpha": round(0.5 + i * 0.25, 2)}})},
-        f"ridge alpha {0.5 + i * 0.25}") for i in range(n)]
+    return [
+        merge_change(
+            repo,
+            f"alpha-{i}",
+            {
+                "model.yaml": spec_variant(
+                    1,
+                    name=name,
+                    dataset=dataset.name,
+                    estimator={"class": RIDGE, "params": {"alpha": round(0.5 + i * 0.25, 2)}},
+                )
+            },
+            f"ridge alpha {0.5 + i * 0.25}",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.integration
@@ -120,16 +153,25 @@ def test_a_step_killed_with_sigkill_is_retried_and_the_run_finishes(project, sta
     assert done.state["version"] == "V1.1.0" and done.state["stage"] == "staging"
     assert done.steps["train"]["attempt"] == 2 and done.steps["train"]["state"] == "succeeded"  # retried in place
     assert done.steps["evaluate"]["attempt"] == 1 and done.state["attempt"] == 1
-    assert done.steps["train"]["peak_rss_mb"] > 50 and done.state["peak_rss_mb"]["train"] == done.steps["train"]["peak_rss_mb"]
+    assert (
+        done.steps["train"]["peak_rss_mb"] > 50
+        and done.state["peak_rss_mb"]["train"] == done.steps["train"]["peak_rss_mb"]
+    )
 
 
 @pytest.mark.integration
 def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, dataset, stack, run_cli):
     repo, _, name = project
-    code = ('class Broken:\n    def fit(self, X, y):\n        raise ValueError("the merged model code cannot fit")\n\n'
-            '    def predict(self, X):\n        return X\n\n\ndef build_model():\n    return Broken()\n')
-    sha = merge_change(repo, "broken", {"model.yaml": spec_variant(2, name=name, dataset=dataset.name),
-                                        "model.py": code}, "a model whose fit raises")
+    code = (
+        'class Broken:\n    def fit(self, X, y):\n        raise ValueError("the merged model code cannot fit")\n\n'
+        "    def predict(self, X):\n        return X\n\n\ndef build_model():\n    return Broken()\n"
+    )
+    sha = merge_change(
+        repo,
+        "broken",
+        {"model.yaml": spec_variant(2, name=name, dataset=dataset.name), "model.py": code},
+        "a model whose fit raises",
+    )
     record = trigger(stack, sha, repo)
     done = wait(stack, record.run_id, timeout=300)
     assert done.status == "failed" and done.state["attempt"] == 1  # no second attempt

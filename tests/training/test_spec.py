@@ -93,5 +93,7 @@ def test_split_and_fit_are_seeded():
     df = diabetes_features(diabetes_frame())
     a, b = train(parse_spec(spec_text()), df), train(parse_spec(spec_text()), df)
     assert a.test.equals(b.test) and len(a.test) == math.ceil(0.2 * len(df))
-    assert (a.model.predict(a.test[list(parse_spec(spec_text()).features)]) ==
-            b.model.predict(b.test[list(parse_spec(spec_text()).features)])).all()
+    assert (
+        a.model.predict(a.test[list(parse_spec(spec_text()).features)])
+        == b.model.predict(b.test[list(parse_spec(spec_text()).features)])
+    ).all()

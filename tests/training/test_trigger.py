@@ -49,7 +49,8 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
     assert (rootfs / "models" / "model.joblib").read_bytes() == artifact
     in_image = json.loads((rootfs / "models" / "model.json").read_text())
     assert {k: in_image[k] for k in ("name", "version", "input_schema", "target")} == {
-        k: mv.entry[k] for k in ("name", "version", "input_schema", "target")}
+        k: mv.entry[k] for k in ("name", "version", "input_schema", "target")
+    }
     assert all((rootfs / "bin" / tool).exists() for tool in ("sh", "ln", "sleep"))  # what a ModelCar needs
 
     listed = run_cli("runs", check=True).stdout
@@ -108,29 +109,48 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
 def test_bad_input_is_refused_before_anything_is_written(project, dataset, stack, run_cli):
     repo, shas, name = project
     bad = run_cli("trigger", "--commit", "0" * 40, "--repo", str(repo))
-    assert bad.returncode == 1 and "is not in the repository" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 1 and "is not in the repository" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    )
 
-    unknown = merge_change(repo, "typo", {"model.yaml": spec_variant(
-        1, name=name, dataset=dataset.name, estimator={"class": "sklearn.linear_model.Ridgee"})}, "typo")
+    unknown = merge_change(
+        repo,
+        "typo",
+        {
+            "model.yaml": spec_variant(
+                1, name=name, dataset=dataset.name, estimator={"class": "sklearn.linear_model.Ridgee"}
+            )
+        },
+        "typo",
+    )
     refused = run_cli("trigger", "--commit", unknown, "--repo", str(repo))
     assert refused.returncode == 1 and "unknown estimator 'sklearn.linear_model.Ridgee'" in refused.stderr
     assert store_for("pipeline").stat("models", f"runs/train-{unknown[:12]}/run.json") is None  # no run
 
-    no_data = merge_change(repo, "no-data", {"model.yaml": spec_variant(1, name=name, dataset="no-such-dataset")},
-                           "wrong dataset")
+    no_data = merge_change(
+        repo, "no-data", {"model.yaml": spec_variant(1, name=name, dataset="no-such-dataset")}, "wrong dataset"
+    )
     refused = run_cli("trigger", "--commit", no_data, "--repo", str(repo))
     assert refused.returncode == 1 and "dataset 'no-such-dataset' has no published version" in refused.stderr
     assert store_for("pipeline").stat("models", f"runs/train-{no_data[:12]}/run.json") is None
 
-    no_column = merge_change(repo, "no-column", {"model.yaml": spec_variant(
-        1, name=name, dataset=dataset.name, features=["age", "glucose"])}, "a feature the data lacks")
+    no_column = merge_change(
+        repo,
+        "no-column",
+        {"model.yaml": spec_variant(1, name=name, dataset=dataset.name, features=["age", "glucose"])},
+        "a feature the data lacks",
+    )
     refused = run_cli("trigger", "--commit", no_column, "--repo", str(repo))
     assert refused.returncode == 1 and "feature(s) ['glucose'] not in dataset" in refused.stderr
     assert "\x1b[" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert store_for("pipeline").stat("models", f"runs/train-{no_column[:12]}/run.json") is None
 
-    bad_rollout = merge_change(repo, "bad-rollout", {"rollout.yaml": "canary: {steps: [50, 10, 100]}\n"},
-                               "A rollout spec with steps out of order")
+    bad_rollout = merge_change(
+        repo,
+        "bad-rollout",
+        {"rollout.yaml": "canary: {steps: [50, 10, 100]}\n"},
+        "A rollout spec with steps out of order",
+    )
     refused = run_cli("trigger", "--commit", bad_rollout, "--repo", str(repo))
     assert refused.returncode == 1 and "rollout.yaml@" in refused.stderr and "not strictly increasing" in refused.stderr
     assert store_for("pipeline").stat("models", f"runs/train-{bad_rollout[:12]}/run.json") is None
@@ -172,8 +192,12 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     assert pipeline_spec["pipelineInfo"]["name"] == "kfrelease-training"
     # every step runs the pinned image and hands it on (the deploy-staging step compiles the release on it)
     for ex in pipeline_spec["deploymentSpec"]["executors"].values():
-        assert ex["container"]["image"] == IMAGE and {"name": "KFRELEASE_IMAGE", "value": IMAGE} in ex["container"]["env"]
-    assert "exec-train" in run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert (
+            ex["container"]["image"] == IMAGE and {"name": "KFRELEASE_IMAGE", "value": IMAGE} in ex["container"]["env"]
+        )
+    assert (
+        "exec-train" in run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    )
     params = run["runtime_config"]["parameters"]
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
     assert params["model_memory"] == "2Gi" and params["model_memory_limit"] == "4Gi"  # the spec's (default) resources
@@ -238,7 +262,9 @@ def test_new_curated_data_retrains_production_by_default_at_most_once_per_interv
         run_id = f"auto-{name}-{champion.version}-{second[:12]}"
         deadline = time.monotonic() + 60
         while store.stat("models", f"runs/{run_id}/run.json") is None:
-            assert time.monotonic() < deadline, f"no auto revision started for {second}: {check_new_data(receiver, [name])}"
+            assert time.monotonic() < deadline, (
+                f"no auto revision started for {second}: {check_new_data(receiver, [name])}"
+            )
             time.sleep(0.5)
     finally:
         poller.stop.set()

@@ -27,8 +27,12 @@ def trained():
 def champion_of(model, result, spec, with_training_data=False) -> Champion:
     """A production model fitted on the same training rows (its training data only when drift is tested)."""
     features = list(spec.features)
-    return Champion("V1.1.0", model.fit(result.train[features], result.train[spec.target]), features,
-                    result.train if with_training_data else None)
+    return Champion(
+        "V1.1.0",
+        model.fit(result.train[features], result.train[spec.target]),
+        features,
+        result.train if with_training_data else None,
+    )
 
 
 def test_first_model_passes_on_thresholds_alone(trained):
@@ -62,8 +66,12 @@ def test_worse_than_the_champion_on_the_same_rows_fails_beyond_the_tolerance(tra
 
 def test_a_champion_needing_other_inputs_is_not_comparable(trained):
     spec, result, metrics = trained
-    other = Champion("V1.1.0", DummyRegressor().fit(pd.DataFrame({"glucose": [1.0, 2.0]}), [1.0, 2.0]), ["glucose"],
-                     pd.DataFrame({"glucose": [1.0, 2.0]}))
+    other = Champion(
+        "V1.1.0",
+        DummyRegressor().fit(pd.DataFrame({"glucose": [1.0, 2.0]}), [1.0, 2.0]),
+        ["glucose"],
+        pd.DataFrame({"glucose": [1.0, 2.0]}),
+    )
     verdict = validate(spec, metrics, result.test, result.train, other)
     assert verdict.passed and "not comparable" in verdict.checks[2]["detail"]
     assert "no input column" in verdict.checks[3]["detail"]
