@@ -17,16 +17,18 @@ def register(cli: click.Group) -> None:
     def release() -> None:
         """Release a staging candidate: shadow accuracy gate, canary steps, automatic rollback."""
 
-    @release.command("run")
-    @click.argument("model")
-    @click.argument("version")
-    @click.option(
+    spec_option = click.option(
         "--spec",
         "spec_path",
         type=click.Path(dir_okay=False),
         default=None,
         help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
     )
+
+    @release.command("run")
+    @click.argument("model")
+    @click.argument("version")
+    @spec_option
     @click.option(
         "--background",
         is_flag=True,
@@ -53,13 +55,7 @@ def register(cli: click.Group) -> None:
     @release.command("plan")
     @click.argument("model")
     @click.argument("version")
-    @click.option(
-        "--spec",
-        "spec_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
-    )
+    @spec_option
     @click.option(
         "--power",
         type=click.FloatRange(0.05, 0.99),
