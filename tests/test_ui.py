@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import joblib
@@ -21,7 +22,7 @@ from PIL import Image, ImageStat
 from sklearn.linear_model import LinearRegression
 
 from kfrelease.monitoring.run import run_monitoring
-from kfrelease.monitoring.synthetic import span_start, write_traffic
+from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.decision import GateRule
@@ -112,7 +113,8 @@ def seeded(stack):
         x,
         y + rng.normal(0, 1, 300),
         y,
-        start=span_start(2),
+        # the two complete hours before this one: the latest 1-hour window is full whatever the minute now
+        start=datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2),
         step_seconds=2 * 3600 / 300,
     )
     run_monitoring(
