@@ -23,14 +23,14 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
     from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import containerize_step, is_release_run
+    from kfrelease.training.steps import containerize_step, is_release_run, step_store
 
     logging.basicConfig(level=logging.INFO)
     from kfrelease.registry import ModelRegistry
     from kfrelease.training.steps import not_staged_reason
 
     spec = ModelSpec.from_json(spec_json)
-    if not is_release_run(store_for("pipeline"), run_id, spec):
+    if not is_release_run(step_store(), run_id, spec):
         print(f"{spec.name} {version}: an experiment; no image is built")
         return ""
     with step_record(run_id, "containerize") as extra:

@@ -24,11 +24,11 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
     from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import deploy_staging_step, is_release_run
+    from kfrelease.training.steps import deploy_staging_step, is_release_run, step_store
 
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
-    if not is_release_run(store_for("pipeline"), run_id, spec):  # only the merge trigger's run stages
+    if not is_release_run(step_store(), run_id, spec):  # only the merge trigger's run stages
         print(f"{spec.name} {version}: an experiment (not started by the merge trigger); not staged")
         return "experiment"
     with step_record(run_id, "deploy-staging") as extra:

@@ -39,14 +39,13 @@ def register(
     import logging
     from pathlib import Path
 
-    from kfrelease.storage import store_for
     from kfrelease.training.runs import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import is_release_run, register_step
+    from kfrelease.training.steps import is_release_run, register_step, step_store
 
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
-    release = is_release_run(store_for("pipeline"), run_id, spec)
+    release = is_release_run(step_store(), run_id, spec)
     with step_record(run_id, "register"):
         out = register_step(
             spec,

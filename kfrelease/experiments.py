@@ -9,7 +9,9 @@ registry's ``experiments`` space (``kfrelease.registry.EXPERIMENTS``), where it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import yaml
@@ -19,6 +21,9 @@ from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.training.spec import ModelSpec, load_project, parse_spec
 
 log = logging.getLogger(__name__)
+
+#: the identity of a data scientist's experiment runs (kfrelease/access/policy.yaml)
+ROLE = "data-scientist"
 
 
 def dataset_columns(manifest: dict) -> tuple[list[str], str]:
@@ -116,7 +121,9 @@ def compare(candidates: dict[str, ModelSpec], df, dataset_version: str) -> list[
 def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset_version: str = "latest"):
     """Run the training pipeline (``kfp.local``) on ``spec`` as an experiment and return its registry entry
     (``ModelVersion`` in the experiments space). Nothing is staged or released: the run has no trigger run
-    record, so register files it under experiments and containerize/deploy-staging do nothing."""
+    record, so register files it under experiments and containerize/deploy-staging do nothing. Its steps
+    run as the data-scientist identity (``KFRELEASE_ROLE``, ``kfrelease.training.steps.step_role``), as a
+    notebook's run does on the cluster: it may write the experiments space and nothing else of ``models``."""
     from kfrelease.kfp_runner import run_local
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.registry import EXPERIMENTS, ModelRegistry
@@ -124,15 +131,30 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
 
     settings = settings or Settings.from_env()
     spec.build_estimator()  # a bad estimator or parameter: refused before the pipeline starts
-    version = run_local(
-        settings,
-        training_pipeline,
-        spec_json=spec.to_json(),
-        commit="experiment",
-        dataset_version=dataset_version,
-        run_id="",
-    ).output
-    return ModelRegistry(store_for("data-scientist", settings), EXPERIMENTS).get(spec.name, version)
+    with _steps_as(ROLE):
+        version = run_local(
+            settings,
+            training_pipeline,
+            spec_json=spec.to_json(),
+            commit="experiment",
+            dataset_version=dataset_version,
+            run_id="",
+        ).output
+    return ModelRegistry(store_for(ROLE, settings), EXPERIMENTS).get(spec.name, version)
+
+
+@contextlib.contextmanager
+def _steps_as(role: str):
+    """``KFRELEASE_ROLE=role`` for the pipeline steps (kfp.local runs each in a child process of this one)."""
+    before = os.environ.get("KFRELEASE_ROLE")
+    os.environ["KFRELEASE_ROLE"] = role
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KFRELEASE_ROLE", None)
+        else:
+            os.environ["KFRELEASE_ROLE"] = before
 
 
 def load_model(
@@ -149,7 +171,7 @@ def load_model(
     from kfrelease.registry import EXPERIMENTS, ModelRegistry
     from kfrelease.storage import store_for
 
-    reg = ModelRegistry(store_for("data-scientist", settings), EXPERIMENTS if experiment else "registry")
+    reg = ModelRegistry(store_for(ROLE, settings), EXPERIMENTS if experiment else "registry")
     if version is None:
         if experiment:
             versions = reg.list(name)

@@ -70,3 +70,111 @@ def test_denied_action_names_role_bucket_and_policy(stack):
         store_for("data-scientist", stack).get_bytes("raw", "anything.csv")
     msg = str(info.value)
     assert "data-scientist" in msg and "s3://raw/anything.csv" in msg and "policy.yaml" in msg
+
+
+def _raw_put(stack, role: str, path: str) -> int:
+    """A signed PUT of ``path`` sent as it is (the SDK refuses dot segments before sending): the status."""
+    import datetime as dt
+    import hashlib
+    import http.client
+    from urllib.parse import urlsplit
+
+    from minio.credentials import Credentials as SigningCredentials
+    from minio.signer import sign_v4_s3
+    from minio.time import to_amz_date
+
+    creds = load_credentials(stack, role)
+    host, port = stack.s3_address.split(":")
+    body, now = b"probe", dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    sha = hashlib.sha256(body).hexdigest()
+    headers = {"Host": stack.s3_address, "x-amz-content-sha256": sha, "x-amz-date": to_amz_date(now)}
+    headers = sign_v4_s3(
+        method="PUT",
+        url=urlsplit(f"http://{stack.s3_address}{path}"),
+        region=stack.s3_region,
+        headers=headers,
+        credentials=SigningCredentials(creds.access_key, creds.secret_key),
+        content_sha256=sha,
+        date=now,
+    )
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("PUT", path, body=body, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_the_data_scientist_registers_experiments_and_can_stage_nothing(stack):
+    """By identity, not by convention: the data-scientist's credentials register an experiment (claim, model
+    file, entry, rejected event) and are refused every write of the released registry: its entries, its stage
+    events (staging, production), model artifacts and run records."""
+    from kfrelease.registry import EXPERIMENTS, ModelRegistry
+
+    model = f"ds-exp-{uuid.uuid4().hex[:6]}"
+    ds = store_for("data-scientist", stack)
+    kw = {"tag": 1, "dataset": "d", "commit": "experiment", "run_id": "", "metrics": {}, "input_schema": []}
+    experiments = ModelRegistry(ds, EXPERIMENTS)
+    passed = experiments.register(
+        name=model,
+        spec_fingerprint="a",
+        dataset_version="1",
+        verdict={"passed": True},
+        target="y",
+        model_bytes=b"m",
+        **kw,
+    ).version
+    rejected = experiments.register(
+        name=model,
+        spec_fingerprint="b",
+        dataset_version="1",
+        verdict={"passed": False, "reasons": ["worse"]},
+        target="y",
+        model_bytes=b"m",
+        **kw,
+    ).version
+    assert (passed.version, passed.stage, rejected.stage) == ("V1.1.0", None, "rejected")
+    assert ModelRegistry(store_for("pipeline", stack), EXPERIMENTS).get(model, "V1.1.0").entry["commit"] == "experiment"
+
+    released = ModelRegistry(ds)
+    with pytest.raises(AccessDenied, match="data-scientist"):
+        released.register(
+            name=model,
+            spec_fingerprint="a",
+            dataset_version="1",
+            verdict={"passed": True},
+            target="y",
+            model_bytes=b"m",
+            **kw,
+        )
+    version = (
+        ModelRegistry(store_for("pipeline", stack))
+        .register(
+            name=model,
+            spec_fingerprint="a",
+            dataset_version="1",
+            verdict={"passed": True},
+            target="y",
+            model_bytes=b"m",
+            **kw,
+        )
+        .version.version
+    )
+    for stage in ("staging", "production"):
+        with pytest.raises(AccessDenied, match="may not write"):
+            released.set_stage(model, version, stage, "a data scientist", "by hand")
+    assert released.current(model, "staging") is None and released.current(model, "production") is None
+    for key in (
+        f"registry/{model}/versions/{version}/entry.json",
+        f"artifacts/{model}/{version}/model.joblib",
+        "runs/train-forged/run.json",
+        f"experimentsX/{model}",
+    ):
+        with pytest.raises(AccessDenied):
+            ds.put_bytes("models", key, b"forged")
+        with pytest.raises(AccessDenied):
+            ds.delete("models", key)
+    # a key that only looks like it is under the prefix is refused as a request, before any identity check
+    assert _raw_put(stack, "data-scientist", f"/models/experiments/../registry/{model}/evil") == 400
+    assert _raw_put(stack, "data-scientist", f"/models/experiments/{model}/raw-probe") == 200
+    assert store_for("pipeline", stack).stat("models", f"registry/{model}/evil") is None

@@ -7,7 +7,28 @@ import pytest
 from kfrelease.access.policy import ACTIONS, load_policy
 from kfrelease.access.render import iam_policies, iam_policy
 from kfrelease.errors import ConfigError
+from kfrelease.registry import EXPERIMENT_ARTIFACTS, EXPERIMENTS, ModelRegistry
 from tests.iam_eval import allowed
+
+#: what an experiment writes (kfrelease.registry: claim, entry, rejected event, artifact, report) and what
+#: releasing needs (the released registry's claim, entry, stage event, artifact; a run record)
+EXPERIMENT_KEYS = [
+    "experiments/m/claims/V1.1.0.json",
+    "experiments/m/versions/V1.1.0/entry.json",
+    "experiments/m/versions/V1.1.0/events/20261202T000000.000000Z-ab.json",
+    "experiment-artifacts/m/V1.1.0/model.joblib",
+    "experiment-artifacts/m/V1.1.0/evaluation.html",
+]
+RELEASE_KEYS = [
+    "registry/m/claims/V1.1.0.json",
+    "registry/m/versions/V1.1.0/entry.json",
+    "registry/m/versions/V1.1.0/events/20261202T000000.000000Z-ab.json",  # a staging or production event
+    "artifacts/m/V1.1.0/model.joblib",
+    "runs/train-abc/run.json",  # a forged run record would make a notebook run a release run
+    "experimentsX/m/entry.json",
+    "experiments",
+    "access-test/probe",
+]
 
 
 def test_every_role_and_bucket_of_the_design_is_declared():
@@ -34,6 +55,42 @@ def test_only_the_pipeline_identity_writes_the_registry_so_only_its_runs_can_sta
     assert policy.allows("data-scientist", "models", "read") and not policy.allows("data-scientist", "models", "write")
 
 
+def test_data_scientists_write_the_experiments_space_and_nothing_of_the_released_registry():
+    policy = load_policy()
+    assert policy.prefixes["data-scientist"] == {
+        ("models", f"{EXPERIMENTS}/"): {"write"},
+        ("models", f"{EXPERIMENT_ARTIFACTS}/"): {"write"},
+    }
+    assert all(not grants for role, grants in policy.prefixes.items() if role != "data-scientist")
+    spaces = ModelRegistry(None, EXPERIMENTS)  # the keys the registry itself uses for an experiment
+    assert spaces._vkey("m", "V1.1.0", "entry.json") == EXPERIMENT_KEYS[1]
+    assert spaces.artifact_prefix("m", "V1.1.0") == "experiment-artifacts/m/V1.1.0/"
+    for key in EXPERIMENT_KEYS:
+        assert policy.allows("data-scientist", "models", "write", key), key
+    for key in RELEASE_KEYS:
+        assert not policy.allows("data-scientist", "models", "write", key), key
+        assert policy.allows("pipeline", "models", "write", key), key
+
+
+@pytest.mark.parametrize("prefix", ["", "acme-ml-"])
+def test_the_rendered_iam_policy_scopes_the_experiment_writes_by_resource_arn(prefix):
+    """Object actions are scoped by the resource ARN ``arn:aws:s3:::<bucket>/<prefix>*`` (no condition key;
+    ``s3:prefix`` conditions apply to ListBucket only, and listing stays granted on the whole bucket)."""
+    doc = iam_policy(load_policy(), "data-scientist", prefix)
+    (scoped,) = [st for st in doc["Statement"] if "s3:PutObject" in st["Action"]]
+    assert scoped["Resource"] == [
+        f"arn:aws:s3:::{prefix}models/experiment-artifacts/*",
+        f"arn:aws:s3:::{prefix}models/experiments/*",
+    ]
+    models = f"{prefix}models"
+    for key in EXPERIMENT_KEYS:
+        assert allowed(doc, models, "write", key) and allowed(doc, models, "delete", key), key
+    for key in RELEASE_KEYS:
+        assert not allowed(doc, models, "write", key) and not allowed(doc, models, "delete", key), key
+        assert allowed(doc, models, "read", key)
+    assert allowed(doc, models, "list") and not allowed(doc, f"{prefix}curated", "write", "experiments/x")
+
+
 @pytest.mark.parametrize("prefix", ["", "acme-ml-"])
 def test_iam_policies_grant_exactly_the_access_matrix(prefix):
     policy = load_policy()
@@ -48,8 +105,14 @@ def test_iam_policies_grant_exactly_the_access_matrix(prefix):
 def test_iam_policy_is_least_privilege_json():
     doc = iam_policy(load_policy(), "data-scientist")
     json.dumps(doc)  # valid JSON
-    actions = {a for st in doc["Statement"] for a in st["Action"]}
-    assert actions == {"s3:GetObject", "s3:ListBucket"}
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    unscoped = {a for st in doc["Statement"] if not st["Sid"].endswith("Prefixes") for a in st["Action"]}
+    assert unscoped == {"s3:GetObject", "s3:ListBucket"}
+    assert all(
+        st["Resource"][0].startswith("arn:aws:s3:::models/experiment")
+        for st in doc["Statement"]
+        if writes & set(st["Action"])
+    )
     assert all(st["Effect"] == "Allow" and "*" not in st["Action"] for st in doc["Statement"])
     assert all(r != "*" and r != "arn:aws:s3:::*" for st in doc["Statement"] for r in st["Resource"])
 
@@ -65,6 +128,24 @@ def test_a_policy_with_an_unknown_action_is_refused(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("buckets: {raw: x}\nroles:\n  analyst:\n    grants: {raw: [read, delete]}\n")
     with pytest.raises(ConfigError, match="unknown action"):
+        load_policy(path)
+
+
+@pytest.mark.parametrize(
+    ("grant", "message"),
+    [
+        ("models/experiments/: [read, write]", r"\['read'\] cannot be scoped to a key prefix"),
+        ("models/experiments/: [list]", r"\['list'\] cannot be scoped"),
+        ("models/experiments: [write]", "ending in '/'"),
+        ("models/exp*/: [write]", "no wildcards"),
+        ("models/../raw/: [write]", "plain path segments"),
+        ("warehouse/x/: [write]", "bucket 'warehouse'.*not under 'buckets'"),
+    ],
+)
+def test_a_prefix_grant_is_a_write_under_a_plain_prefix(tmp_path, grant, message):
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"buckets: {{models: x, raw: y}}\nroles:\n  analyst:\n    grants:\n      {grant}\n")
+    with pytest.raises(ConfigError, match=message):
         load_policy(path)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +11,10 @@ import yaml
 from kfrelease.errors import ConfigError
 
 ACTIONS = ("read", "write", "list")
+#: What a grant on a key prefix (``<bucket>/<prefix>/``) may hold: SeaweedFS 4.48's identities scope writes by
+#: key prefix (``Write:<bucket>/<prefix>*``) but refuse a prefix-scoped ``Read``/``List`` even where it matches
+#: (tried on the running server), so reads and listings are granted per bucket on both targets.
+PREFIX_ACTIONS = ("write",)
 
 
 @dataclass(frozen=True)
@@ -18,9 +22,17 @@ class AccessPolicy:
     buckets: dict[str, str]
     roles: dict[str, dict[str, frozenset[str]]]  # role -> bucket -> actions
     descriptions: dict[str, str]
+    #: role -> (bucket, key prefix ending in "/") -> actions, on keys under the prefix only
+    prefixes: dict[str, dict[tuple[str, str], frozenset[str]]] = field(default_factory=dict)
 
-    def allows(self, role: str, bucket: str, action: str) -> bool:
-        return action in self.roles.get(role, {}).get(bucket, frozenset())
+    def allows(self, role: str, bucket: str, action: str, key: str | None = None) -> bool:
+        """Whether ``role`` may ``action`` on ``bucket`` (as a whole), or, given ``key``, on that object."""
+        if action in self.roles.get(role, {}).get(bucket, frozenset()):
+            return True
+        return key is not None and any(
+            b == bucket and key.startswith(prefix) and action in actions
+            for (b, prefix), actions in self.prefixes.get(role, {}).items()
+        )
 
     def matrix(self) -> dict[tuple[str, str, str], bool]:
         """Every role x bucket x action and whether it is allowed."""
@@ -44,12 +56,14 @@ def load_policy(path: str | Path | None = None) -> AccessPolicy:
         raise ConfigError(f"access policy {path} must have mappings 'buckets' and 'roles'")
     buckets = {str(k): str(v or "") for k, v in doc["buckets"].items()}
     roles: dict[str, dict[str, frozenset[str]]] = {}
+    prefixes: dict[str, dict[tuple[str, str], frozenset[str]]] = {}
     descriptions = {}
     for role, body in doc["roles"].items():
         grants = (body or {}).get("grants") or {}
         descriptions[role] = (body or {}).get("description", "")
-        roles[role] = {}
-        for bucket, actions in grants.items():
+        roles[role], prefixes[role] = {}, {}
+        for target, actions in grants.items():
+            bucket, _, prefix = str(target).partition("/")
             if bucket not in buckets:
                 raise ConfigError(
                     f"access policy {path}: role {role!r} names bucket {bucket!r}, which is not under 'buckets' "
@@ -61,5 +75,20 @@ def load_policy(path: str | Path | None = None) -> AccessPolicy:
                     f"access policy {path}: role {role!r} bucket {bucket!r} has unknown action(s) {bad}; "
                     f"use {', '.join(ACTIONS)}"
                 )
-            roles[role][bucket] = frozenset(actions)
-    return AccessPolicy(buckets=buckets, roles=roles, descriptions=descriptions)
+            if not prefix:
+                roles[role][bucket] = frozenset(actions)
+                continue
+            if not prefix.endswith("/") or "*" in prefix or "//" in prefix or ".." in prefix.split("/"):
+                raise ConfigError(
+                    f"access policy {path}: role {role!r} grant {target!r}: a key prefix is plain path segments "
+                    f"ending in '/' (e.g. models/experiments/), no wildcards"
+                )
+            unscoped = [a for a in actions if a not in PREFIX_ACTIONS]
+            if unscoped:
+                raise ConfigError(
+                    f"access policy {path}: role {role!r} grant {target!r}: {unscoped} cannot be scoped to a key "
+                    f"prefix (the embedded SeaweedFS enforces only {', '.join(PREFIX_ACTIONS)} per prefix); grant "
+                    f"them on the bucket {bucket!r}"
+                )
+            prefixes[role][(bucket, prefix)] = frozenset(actions)
+    return AccessPolicy(buckets=buckets, roles=roles, descriptions=descriptions, prefixes=prefixes)

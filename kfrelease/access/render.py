@@ -2,8 +2,11 @@
 
 IAM mapping, least privilege: ``list`` -> ``s3:ListBucket`` on the bucket ARN; ``read`` ->
 ``s3:GetObject`` on its objects; ``write`` -> ``s3:PutObject``, ``s3:DeleteObject``,
-``s3:AbortMultipartUpload`` on its objects. SeaweedFS's ``Read:<bucket>``, ``Write:<bucket>`` and
-``List:<bucket>`` actions are enforced per identity (checked in tests against the running server).
+``s3:AbortMultipartUpload`` on its objects. A write granted on a key prefix (``models/experiments/``) is
+the same object actions on ``arn:aws:s3:::<bucket>/<prefix>*`` only (object actions are scoped by the
+resource ARN; no condition key is involved). SeaweedFS's ``Read:<bucket>``, ``Write:<bucket>`` and
+``List:<bucket>`` actions, and ``Write:<bucket>/<prefix>*`` for a prefix, are enforced per identity (checked
+in tests against the running server).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def seaweed_identities(settings: Settings, policy: AccessPolicy) -> dict:
     for role, grants in policy.roles.items():
         creds = ensure_credentials(settings, role)
         actions = sorted(f"{SEAWEED_ACTIONS[a]}:{b}" for b, acts in grants.items() for a in acts)
+        # SeaweedFS matches "<Action>:<bucket>/<key>" against an action ending in "*" by prefix
+        actions += sorted(
+            f"{SEAWEED_ACTIONS[a]}:{b}/{prefix}*" for (b, prefix), acts in policy.prefixes[role].items() for a in acts
+        )
         identities.append(
             {
                 "name": role,
@@ -52,7 +59,12 @@ def seaweed_identities(settings: Settings, policy: AccessPolicy) -> dict:
 def iam_policy(policy: AccessPolicy, role: str, bucket_prefix: str = "") -> dict:
     """One IAM policy document (JSON-ready) granting exactly the role's bucket actions."""
     statements = []
-    for bucket, actions in sorted(policy.roles[role].items()):
+    scoped: dict[str, dict[str, list[str]]] = {}  # bucket -> action -> prefixes
+    for (bucket, prefix), actions in policy.prefixes.get(role, {}).items():
+        for action in actions:
+            scoped.setdefault(bucket, {}).setdefault(action, []).append(prefix)
+    for bucket in sorted(set(policy.roles[role]) | set(scoped)):
+        actions = policy.roles[role].get(bucket, frozenset())
         name = bucket_name(bucket, bucket_prefix)
         sid = "".join(part.capitalize() for part in bucket.split("-"))
         if "list" in actions:
@@ -72,6 +84,17 @@ def iam_policy(policy: AccessPolicy, role: str, bucket_prefix: str = "") -> dict
                     "Effect": "Allow",
                     "Action": object_actions,
                     "Resource": [f"arn:aws:s3:::{name}/*"],
+                }
+            )
+        for action, prefixes in sorted(scoped.get(bucket, {}).items()):
+            if action in actions:
+                continue  # the whole bucket already
+            statements.append(
+                {
+                    "Sid": f"{action.capitalize()}{sid}Prefixes",
+                    "Effect": "Allow",
+                    "Action": IAM_ACTIONS[action],
+                    "Resource": [f"arn:aws:s3:::{name}/{prefix}*" for prefix in sorted(prefixes)],
                 }
             )
     return {"Version": "2012-10-17", "Statement": statements}

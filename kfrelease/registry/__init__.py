@@ -2,6 +2,7 @@
 in the ``models`` bucket (docs/CONTRACTS.md)."""
 
 from kfrelease.registry.registry import (
+    EXPERIMENT_ARTIFACTS,
     EXPERIMENTS,
     STAGES,
     ModelRegistry,
@@ -10,4 +11,13 @@ from kfrelease.registry.registry import (
 )
 from kfrelease.registry.versions import VersionNumber, next_version
 
-__all__ = ["EXPERIMENTS", "STAGES", "ModelRegistry", "ModelVersion", "Registration", "VersionNumber", "next_version"]
+__all__ = [
+    "EXPERIMENTS",
+    "EXPERIMENT_ARTIFACTS",
+    "STAGES",
+    "ModelRegistry",
+    "ModelVersion",
+    "Registration",
+    "VersionNumber",
+    "next_version",
+]

@@ -52,6 +52,9 @@ STAGES = ("staging", "production", "archived", "rejected")
 REGISTRY = "registry"
 #: the registry space of experiments (notebook and other non-merge runs): compared, never staged
 EXPERIMENTS = "experiments"
+#: where the experiments' model files live (the released versions': ``artifacts/``); with ``EXPERIMENTS/``
+#: the only keys of ``models`` the data-scientist identity may write (kfrelease/access/policy.yaml)
+EXPERIMENT_ARTIFACTS = "experiment-artifacts"
 #: How long a registration waits for a concurrent run that claimed the same (tag, definition, data).
 SAME_CLAIM_WAIT_SECONDS = 60.0
 MAX_ATTEMPTS = 64
@@ -114,7 +117,7 @@ class ModelRegistry:
         return "/".join((self.space, model, "versions", version, *parts))
 
     def artifact_prefix(self, model: str, version: str) -> str:
-        return f"{'artifacts' if self.space == REGISTRY else 'experiment-artifacts'}/{model}/{version}/"
+        return f"{'artifacts' if self.space == REGISTRY else EXPERIMENT_ARTIFACTS}/{model}/{version}/"
 
     # reading ---------------------------------------------------------------------------------------------
     def models(self) -> list[str]:

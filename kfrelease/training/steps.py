@@ -23,10 +23,20 @@ PREDICTION = "prediction"
 STEP_NAMES = ("train", "evaluate", "validate", "register", "containerize", "deploy-staging")
 
 
-def _store(settings: Settings | None = None):
+def step_role() -> str:
+    """The access-policy role the training steps run as: ``pipeline``, unless ``KFRELEASE_ROLE`` says
+    otherwise. An experiment submitted from a notebook runs as ``data-scientist``
+    (``kfrelease.experiments.submit_experiment``; on the cluster the notebook's own IRSA role), which may
+    register experiments and write nothing of the released registry: it can stage nothing, by identity."""
+    from kfrelease.config import setting
+
+    return setting("KFRELEASE_ROLE") or ROLE
+
+
+def step_store(settings: Settings | None = None):
     from kfrelease.storage import store_for
 
-    return store_for(ROLE, settings)
+    return store_for(step_role(), settings)
 
 
 def check_columns(spec: ModelSpec, dv) -> None:
@@ -60,7 +70,7 @@ def train_step(
     from kfrelease.training.memory import check_fits
 
     spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
-    store = _store(settings)
+    store = step_store(settings)
     dv = get_version(store, spec.dataset, dataset_version or "latest")
     columns = [*spec.features, spec.target]
     check_columns(spec, dv)
@@ -106,7 +116,7 @@ def validate_step(
     from kfrelease.registry import ModelRegistry
     from kfrelease.training.validate import load_champion, validate
 
-    store = _store(settings)
+    store = step_store(settings)
     champion = load_champion(ModelRegistry(store), store, spec)
     verdict = validate(spec, metrics, pd.read_parquet(test_path), pd.read_parquet(train_path), champion)
     return verdict.as_dict()
@@ -145,7 +155,7 @@ def register_step(
     from kfrelease.results import evaluation_report_key
     from kfrelease.training.rollout_file import rollout_of_run
 
-    store = _store(settings)
+    store = step_store(settings)
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     reg = registry.register(
@@ -200,7 +210,7 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
 
     settings = settings or Settings.from_env()
     crash_point("containerize.start")
-    reg = ModelRegistry(_store(settings))
+    reg = ModelRegistry(step_store(settings))
     mv = reg.get(model, version)
     if not mv.passed:  # an existing version returned by an idempotent re-run may be a rejected one
         log.info("%s; no image is built", not_staged_reason(mv))
@@ -229,7 +239,7 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
     """Mark the version as the staging candidate (idempotent: no second event if it already is)."""
     from kfrelease.registry import ModelRegistry
 
-    reg = ModelRegistry(_store(settings))
+    reg = ModelRegistry(step_store(settings))
     mv = reg.get(model, version)
     if not mv.passed:
         return mv.stage or "rejected"

@@ -92,6 +92,24 @@ def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
         )
 
 
+def test_on_the_cluster_a_data_scientist_registers_experiments_and_stages_nothing(sources):
+    """Every data-scientist IAM role (the shared one and each workspace's) writes the experiments space and
+    nothing of the released registry: a notebook run registers its experiment, and cannot stage, by identity."""
+    from tests.test_access_policy import EXPERIMENT_KEYS, RELEASE_KEYS
+
+    for name, env in sources.envs.environments.items():
+        in_cluster = iam_policies_in_cluster_config(cluster_config(name))
+        models = f"{env.bucket_prefix}models"
+        roles = [iam_role_name("data-scientist")] + [
+            iam_role_name("data-scientist", ws.name) for ws in sources.workspaces
+        ]
+        for role in roles:
+            doc = in_cluster[role]
+            assert all(allowed(doc, models, "write", key) for key in EXPERIMENT_KEYS), (name, role)
+            refused = [k for k in RELEASE_KEYS if allowed(doc, models, "write", k) or allowed(doc, models, "delete", k)]
+            assert refused == [], (name, role)
+
+
 def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(
     sources, built
 ):
