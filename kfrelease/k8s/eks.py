@@ -20,7 +20,7 @@ from kfrelease.k8s.environments import (
     Team,
     iam_role_name,
 )
-from kfrelease.k8s.platform import STEP_IAM_ROLES, role_placements
+from kfrelease.k8s.platform import STEP_IAM_ROLES, UNTRUSTED_SA, role_placements
 
 CI_ROLE = "kfrelease-ci"
 CI_S3_POLICY = "s3-trigger"
@@ -57,6 +57,47 @@ def ci_trigger_policy(env: Environment) -> dict:
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject"],
                 "Resource": [f"arn:aws:s3:::{models}/runs/*"],
+            },
+        ],
+    }
+
+
+def untrusted_step_policy(env: Environment) -> dict:
+    """What the steps that run the merged model code (train, evaluate: ``kfrelease-untrusted-step``) do with S3,
+    and nothing else: read the curated data (``kfrelease.training.steps.train_step``); read and write their own
+    step records under ``models/runs/<run>/steps/`` (``kfrelease.training.runs.step_record``); read and write KFP
+    artifacts under the pipeline root (the KFP launcher in the same pod downloads inputs and uploads outputs
+    with the pod's IRSA credentials). No write of registry entries, stage events, model artifacts, run records or
+    run state, datasets, monitoring results: registration is the register step's, as the pipeline role."""
+    models, curated = bucket_name("models", env.bucket_prefix), bucket_name("curated", env.bucket_prefix)
+    root = env.pipeline_root().removeprefix("s3://")  # <prefix>pipeline-root/v2
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # HeadObject of a missing key answers 404 only with ListBucket (else 403): stat() needs it unconditioned
+            {
+                "Sid": "ListModelsCuratedPipelineRoot",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{b}" for b in (models, curated, root.split("/")[0])],
+            },
+            {
+                "Sid": "ReadCurated",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{curated}/*"],
+            },
+            {
+                "Sid": "StepRecords",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{models}/runs/*/steps/*"],
+            },
+            {
+                "Sid": "PipelineArtifacts",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"arn:aws:s3:::{root}/*"],
             },
         ],
     }
@@ -111,14 +152,17 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
         }
         if role == "pipeline":  # the training pipeline pushes ModelCar images to ECR
             entry["attachPolicyARNs"] = [f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"]
-            # the untrusted and the release steps' own service accounts: the same S3 policy, no image push
+            # the release steps' own service account: the same S3 policy, no image push; the untrusted steps'
+            # (the merged model code): only what train and evaluate do (untrusted_step_policy)
             for step_sa, step_role in STEP_IAM_ROLES.items():
                 accounts.append(
                     {
                         "metadata": {"name": step_sa, "namespace": ns},
                         "roleName": step_role,
                         "roleOnly": True,
-                        "attachPolicy": entry["attachPolicy"],
+                        "attachPolicy": untrusted_step_policy(env)
+                        if step_sa == UNTRUSTED_SA
+                        else entry["attachPolicy"],
                     }
                 )
         accounts.append(entry)

@@ -211,8 +211,10 @@ KFP_SUBMITTER_STEP = "kfp-submitter"
 UNTRUSTED_SA = "kfrelease-untrusted-step"
 RELEASE_DRIVER_SA = "kfrelease-release-driver"
 PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
-#: Their IAM roles (IRSA; eksctl trusts one service account per role): the pipeline role's S3 policy, and no
-#: ECR push (only containerize pushes, as default-editor).
+#: Their IAM roles (IRSA; eksctl trusts one service account per role), no ECR push (only containerize pushes,
+#: as default-editor): the release driver's has the pipeline role's S3 policy; the untrusted steps' only
+#: curated reads, their own step records and the KFP artifacts (``kfrelease.k8s.eks.untrusted_step_policy``):
+#: no registry write, so the merged model code cannot register, stage or promote anything itself.
 STEP_IAM_ROLES = {
     UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step",
     RELEASE_DRIVER_SA: "kfrelease-pipeline-release-driver",
@@ -236,9 +238,8 @@ def pipeline_step_role(ns: str) -> dict:
 
 
 def step_identities(env: Environment, ns: str) -> list[dict]:
-    """The service accounts of the untrusted steps and of the release steps (each with its IRSA role carrying
-    the pipeline role's object-store policy: ``STEP_IAM_ROLES``), the minimal step Role bound to both, and
-    the PodDefaults that select them.
+    """The service accounts of the untrusted steps and of the release steps (each with its IRSA role:
+    ``STEP_IAM_ROLES``), the minimal step Role bound to both, and the PodDefaults that select them.
 
     The untrusted pods keep a Kubernetes token of their own service account (the Argo executor in the same
     pod needs it, and a PodDefault cannot remove the token volume the ServiceAccount admission plugin adds

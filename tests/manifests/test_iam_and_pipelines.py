@@ -64,10 +64,11 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
             )
         # plus the Kubeflow UI's read-only role on the pipeline root (the Evidently reports)
         assert in_cluster[PIPELINE_UI_ROLE] == pipeline_ui_policy(env)
-        from kfrelease.k8s.platform import STEP_IAM_ROLES
+        from kfrelease.k8s.eks import untrusted_step_policy
+        from kfrelease.k8s.platform import RELEASE_DRIVER_SA, STEP_IAM_ROLES, UNTRUSTED_SA
 
-        for step_role in STEP_IAM_ROLES.values():  # the untrusted and release steps: the pipeline's S3 policy
-            assert in_cluster[step_role] == rendered["pipeline"]
+        assert in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]] == rendered["pipeline"]  # the release steps
+        assert in_cluster[STEP_IAM_ROLES[UNTRUSTED_SA]] == untrusted_step_policy(env)  # the merged model code
         assert len(in_cluster) == len(rendered) + len(sources.workspaces) + 1 + len(STEP_IAM_ROLES)
 
 
@@ -108,6 +109,45 @@ def test_on_the_cluster_a_data_scientist_registers_experiments_and_stages_nothin
             assert all(allowed(doc, models, "write", key) for key in EXPERIMENT_KEYS), (name, role)
             refused = [k for k in RELEASE_KEYS if allowed(doc, models, "write", k) or allowed(doc, models, "delete", k)]
             assert refused == [], (name, role)
+
+
+def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_records_and_artifacts(sources):
+    """train and evaluate (the data scientist's build: code) run as the untrusted steps' IAM role: what they do
+    (kfrelease.training.steps.train_step, runs.step_record, the KFP launcher's artifact I/O) is allowed, and
+    no write of the registry, run records, datasets or monitoring results: only register registers."""
+    from kfrelease.k8s.platform import STEP_IAM_ROLES, UNTRUSTED_SA
+
+    model = sources.spec.model
+    for name, env in sources.envs.environments.items():
+        s3 = iam_policies_in_cluster_config(cluster_config(name))[STEP_IAM_ROLES[UNTRUSTED_SA]]
+        p = env.bucket_prefix
+        models, curated, root = f"{p}models", f"{p}curated", f"{p}pipeline-root"
+        for bucket, action, key in [
+            (curated, "read", "diabetes/latest"),
+            (curated, "read", "diabetes/versions/abc/data.parquet"),
+            (curated, "list", None),
+            (models, "list", None),  # stat() of a missing step record answers 404, not 403
+            (models, "read", "runs/train-abc/steps/train.json"),
+            (models, "write", "runs/train-abc/steps/train.json"),
+            (root, "read", "v2/kfrelease-training/run-1/train/model"),
+            (root, "write", "v2/kfrelease-training/run-1/evaluate/report"),
+        ]:
+            assert allowed(s3, bucket, action, key or ""), (name, bucket, action, key)
+        for bucket, action, key in [
+            (models, "write", f"registry/{model}/claims/V1.1.0.json"),
+            (models, "write", f"registry/{model}/versions/V1.1.0/entry.json"),
+            (models, "write", f"registry/{model}/versions/V1.1.0/events/e.json"),  # staging, production
+            (models, "write", f"artifacts/{model}/V1.1.0/model.joblib"),
+            (models, "write", f"experiments/{model}/versions/V1.1.0/entry.json"),
+            (models, "write", "runs/train-abc/run.json"),
+            (models, "write", "runs/train-abc/state.json"),
+            (models, "read", f"registry/{model}/versions/V1.1.0/entry.json"),
+            (models, "delete", "runs/train-abc/steps/train.json"),
+            (curated, "write", "diabetes/latest"),
+            (root, "write", f"monitoring/{model}/spark/part-0.parquet"),
+            (root, "delete", "v2/kfrelease-training/run-1/train/model"),
+        ] + [(f"{p}{b}", a, "k") for b in ("raw", "inference-logs", "feedback") for a in ("read", "write", "list")]:
+            assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
 
 
 def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(
