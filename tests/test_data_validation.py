@@ -267,3 +267,41 @@ def test_spec_errors_are_explained(tmp_path):
         parse_spec("name: x\nsource: {prefix: x}\non_invalid: drop\ncolumns: {a: {dtype: float64}}\n")
     with pytest.raises(ConfigError, match="id_column 'id' is not one of the declared columns"):
         parse_spec("name: x\nsource: {prefix: x}\nid_column: id\ncolumns: {a: {dtype: float64}}\n")
+
+
+def test_validating_a_local_file_needs_no_stack_and_no_credentials(tmp_path):
+    """`kfrelease data validate --file` in a fresh shell: an empty KFRELEASE_HOME, no S3 endpoint, no stack."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFRELEASE_", "AWS_"))}
+    env.update(KFRELEASE_HOME=str(home), COLUMNS="200")
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good_csv().to_csv(good, index=False)
+    broken = good_csv()
+    broken.loc[3, "age"] = 500
+    broken.to_csv(bad, index=False)
+    spec_file = tmp_path / "diabetes.yaml"
+    spec_file.write_text(SPEC.text)
+
+    def validate_file(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "kfrelease.cli", "data", "validate", "--file", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+
+    ok = validate_file(str(good), "--dataset", "diabetes")  # a name: its packaged spec, said so
+    assert ok.returncode == 0, ok.stderr
+    assert "valid: 60 rows match dataset spec 'diabetes'" in ok.stdout
+    assert "validating against the packaged spec 'diabetes'" in ok.stderr and "no credentials" in ok.stderr
+    refused = validate_file(str(bad), "--dataset", str(spec_file))  # a spec file: the store is not even asked
+    assert refused.returncode == 1 and "age" in refused.stderr and "500" in refused.stderr, refused.stderr
+    assert "packaged" not in refused.stderr
+    assert list(home.iterdir()) == []  # nothing generated, nothing started

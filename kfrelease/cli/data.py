@@ -7,15 +7,16 @@ from pathlib import Path
 
 import click
 
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, err_console, table
 from kfrelease.config import Settings
-from kfrelease.data.catalog import dataset_name, resolve_spec
+from kfrelease.data.catalog import dataset_name, is_spec_path, resolve_spec
 from kfrelease.data.ingest import ingest as ingest_sources
 from kfrelease.data.ingest import read_source, source_format
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version, latest_version_id, list_versions
+from kfrelease.data.spec import load_spec
 from kfrelease.data.validate import validate as validate_rows
-from kfrelease.errors import DataValidationError
+from kfrelease.errors import ConfigError, DataValidationError, StorageError
 from kfrelease.storage import store_for
 
 dataset_option = click.option(
@@ -28,6 +29,25 @@ dataset_option = click.option(
 source_option = click.option(
     "--source", "sources", multiple=True, help="Key(s) in the raw bucket (default: every object under the prefix)."
 )
+
+
+def _spec_for_local_file(dataset: str | None):
+    """The spec a local file is validated against: a spec file as it is (no object store); a dataset name's
+    stored spec when the object store answers, else its packaged spec (said on stderr)."""
+    if dataset and is_spec_path(dataset):
+        return load_spec(dataset)
+    try:
+        return resolve_spec(store_for("data-engineer"), dataset)
+    except (StorageError, ConfigError) as exc:
+        if not dataset:
+            raise ConfigError(f"say which dataset the file is: --dataset NAME or --dataset PATH.yaml ({exc})") from None
+        try:
+            spec = load_spec(dataset)
+        except ConfigError as missing:
+            raise ConfigError(f"{missing}; the object store could not be asked for its stored spec: {exc}") from None
+        why = str(exc).split(";")[0]
+        err_console.print(f"note: validating against the packaged spec {dataset!r} (object store unavailable: {why})")
+        return spec
 
 
 def register(cli: click.Group) -> None:
@@ -78,13 +98,16 @@ def register(cli: click.Group) -> None:
     @source_option
     @click.option("--file", "local_file", type=click.Path(dir_okay=False), help="Validate a local file instead.")
     def validate(dataset: str, sources: tuple[str, ...], local_file: str | None) -> None:
-        """Check sources against the dataset spec; every violation is listed, nothing is published."""
-        spec = resolve_spec(store_for("data-engineer"), dataset)
+        """Check sources against the dataset spec; every violation is listed, nothing is published. With
+        --file it works offline: no stack, no credentials (a spec file, or a dataset's packaged spec when the
+        object store cannot be asked for its stored one)."""
         if local_file:
             if not Path(local_file).is_file():
                 raise DataValidationError(f"{local_file} does not exist")
+            spec = _spec_for_local_file(dataset)
             rows = read_source(Path(local_file).read_bytes(), local_file)
         else:
+            spec = resolve_spec(store_for("data-engineer"), dataset)
             rows, _ = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
         checked = validate_rows(rows, spec)
         if len(checked.invalid):

@@ -17,7 +17,8 @@ from kfrelease.storage import ObjectStore
 BUCKET = "curated"
 
 
-def _is_path(name_or_path: str) -> bool:
+def is_spec_path(name_or_path: str) -> bool:
+    """Whether a --dataset value names a spec file (rather than a dataset)."""
     return name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path or Path(name_or_path).is_file()
 
 
@@ -31,7 +32,7 @@ def dataset_name(store: ObjectStore, given: str | None) -> str:
     """The dataset a command is about: the one given (a name, or a spec file's ``name``), or the only
     published one; with none given and several (or no) datasets published, refuse to guess."""
     if given:
-        return load_spec(given).name if _is_path(given) else given
+        return load_spec(given).name if is_spec_path(given) else given
     names = published_datasets(store)
     if len(names) == 1:
         return names[0]
@@ -55,7 +56,7 @@ def stored_spec(store: ObjectStore, name: str) -> DatasetSpec | None:
 def resolve_spec(store: ObjectStore, given: str | None) -> DatasetSpec:
     """The dataset spec a command works with: a YAML file's, else the one stored with the dataset's latest
     version, else the packaged spec of that name (an unknown name lists the known ones)."""
-    if given and _is_path(given):
+    if given and is_spec_path(given):
         return load_spec(given)
     name = dataset_name(store, given)
     spec = stored_spec(store, name)
