@@ -253,3 +253,24 @@ def test_up_and_kfrelease_ui_print_the_url_of_the_running_ui(stack, run_cli):
     down = run_cli("ui", env={"KFRELEASE_UI_PORT": str(free)})
     assert down.returncode == 1
     assert f"the web UI is not running at http://127.0.0.1:{free}" in down.stderr
+
+
+def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
+    """The UI is a `restart` service: SIGKILL its process group and it answers again, as a new process."""
+    import os
+    import signal
+    import time
+
+    from kfrelease.stack import supervisor
+
+    old = supervisor.service_status(stack, "ui").pid
+    os.killpg(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = supervisor.service_status(stack, "ui")
+        if st.healthy and st.pid != old:
+            break
+        time.sleep(0.1)
+    assert st.healthy and st.pid != old, "the watchdog did not restart the killed UI"
+    assert httpx.get(stack.url("ui", "/healthz"), timeout=10).status_code == 200
+    assert httpx.get(stack.url("watchdog", "/healthz"), timeout=10).json()["restarts"].get("ui", 0) >= 1

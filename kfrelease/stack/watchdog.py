@@ -1,7 +1,7 @@
 """``python -m kfrelease.stack.watchdog --port P``: restarts the embedded stack's services that die.
 
 Every ``INTERVAL`` seconds it looks at every recorded service whose declaration says ``restart`` (the
-gateway, the model servers, the log sink, the feedback service) and restarts the ones whose process is
+gateway, the model servers, the log sink, the feedback service, the web UI) and restarts the ones whose process is
 gone, with the recorded command (``supervisor.restart_if_dead``; a service being stopped is left alone).
 ``kfrelease down`` stops the watchdog first, so nothing is restarted behind it. ``GET /healthz`` answers
 ``{"status": "ok", "restarts": {name: count}, "spare": "off" | "starting" | "ready"}``.
