@@ -4,7 +4,7 @@ One command (``python -m bench memory``). It starts a private embedded stack (Se
 and free ports), publishes synthetic curated datasets (float64, 9 features + target) of ``ROWS`` rows, and
 runs the real train step (``kfrelease.training.steps.train_step``: read the curated version from S3, check,
 seeded split, fit a Ridge, write model and split) in a fresh process per measurement, reading the
-process's peak resident memory (``VmHWM``, what ``runs.peak_rss_mb`` records; not ``ru_maxrss``, which
+process's peak resident memory (``VmHWM``, what ``run_records.peak_rss_mb`` records; not ``ru_maxrss``, which
 would include this benchmark's own memory at fork). The slope over the sizes is the memory per 1M rows; the
 intercept is the interpreter and its imports. A second dataset has 10 more columns the model does not use:
 the train step reads only its own columns, so its peak stays that of the 10-column data, where reading the
@@ -32,7 +32,7 @@ FEATURES = [f"x{i}" for i in range(9)]
 STEP = """
 import json, sys, tempfile
 from pathlib import Path
-from kfrelease.training.runs import peak_rss_mb
+from kfrelease.training.run_records import peak_rss_mb
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.steps import train_step
 spec = parse_spec(sys.argv[1])

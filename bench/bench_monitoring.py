@@ -165,7 +165,7 @@ ENGINE = (
 from kfrelease.config import Settings
 from kfrelease.lake import read as R
 from kfrelease.monitoring import window
-from kfrelease.monitoring.run import run_monitoring
+from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.window import WindowSpec
 phases = {}
 def timed(name, fn):
@@ -176,8 +176,8 @@ R.window_files = timed("download_s", R.window_files)
 import kfrelease.lake.drift as D
 D.psi_drift = timed("drift_s", D.psi_drift)
 window.compute_windows_engine = timed("compute_s", window.compute_windows_engine)
-import kfrelease.monitoring.run as run_mod
-run_mod.compute_windows_engine = window.compute_windows_engine
+import kfrelease.monitoring.passes as passes_mod
+passes_mod.compute_windows_engine = window.compute_windows_engine
 t0 = time.monotonic()
 run = run_monitoring(Settings.from_env(), model, window=WindowSpec("time", 86400), min_labels=30, latest_only=True,
                      reference=reference, reports="none", push=False)

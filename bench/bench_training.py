@@ -68,10 +68,10 @@ from kfrelease.pipelines.training_pipeline import training_pipeline
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 spec, sha = load_project_at_commit(sys.argv[1], sys.argv[2])
 from kfrelease.storage import store_for
-from kfrelease.training import runs
+from kfrelease.training import run_records
 spec = parse_spec(spec.text.replace(spec.name, sys.argv[3]), code=spec.code)
 run_id = f"bench-{sys.argv[3]}"  # a trigger's run record: the run stages (without one it is an experiment)
-runs.create_run(store_for("pipeline"), run_id, {"model": spec.name, "spec_fingerprint": spec.fingerprint,
+run_records.create_run(store_for("pipeline"), run_id, {"model": spec.name, "spec_fingerprint": spec.fingerprint,
                                                 "commit": sha, "spec_json": spec.to_json()})
 print(run_local(Settings.from_env(), training_pipeline, spec_json=spec.to_json(), commit=sha, run_id=run_id).output)
 """

@@ -21,7 +21,7 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
 
     from kfrelease.oci import ImageRef
     from kfrelease.storage import store_for
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import containerize_step, is_release_run, step_store
 

@@ -22,7 +22,7 @@ def deploy_staging(spec_json: str, version: str, image: str, run_id: str, job_na
     from kfrelease.config import Settings
     from kfrelease.release.handover import start_release
     from kfrelease.storage import store_for
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import deploy_staging_step, is_release_run, step_store
 

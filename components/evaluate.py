@@ -28,7 +28,7 @@ def evaluate(
     import json
     import logging
 
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import evaluate_step
 

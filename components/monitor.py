@@ -32,8 +32,8 @@ def monitor_model(
     import logging
 
     from kfrelease.config import Settings
+    from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
     from kfrelease.monitoring.report import render_page
-    from kfrelease.monitoring.run import current_table, load_history, run_monitoring
     from kfrelease.monitoring.sources import since_for
     from kfrelease.monitoring.window import WindowSpec
     from kfrelease.storage import store_for

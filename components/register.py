@@ -39,7 +39,7 @@ def register(
     import logging
     from pathlib import Path
 
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import is_release_run, register_step, step_store
 

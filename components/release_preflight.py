@@ -16,7 +16,7 @@ def release_preflight(model: str, version: str, spec_yaml: str) -> str:
     import logging
 
     from kfrelease.config import Settings
-    from kfrelease.release.run import pipeline_spec, preflight_step
+    from kfrelease.release.pipeline_steps import pipeline_spec, preflight_step
 
     logging.basicConfig(level=logging.INFO)
     return preflight_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

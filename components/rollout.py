@@ -19,7 +19,7 @@ def rollout(model: str, version: str, spec_yaml: str) -> str:
     import logging
 
     from kfrelease.config import Settings
-    from kfrelease.release.run import pipeline_spec, rollout_step
+    from kfrelease.release.pipeline_steps import pipeline_spec, rollout_step
 
     logging.basicConfig(level=logging.INFO)
     return rollout_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

@@ -25,7 +25,7 @@ def shadow_gate(model: str, version: str, spec_yaml: str, report: Output[HTML]) 
     import logging
 
     from kfrelease.config import Settings
-    from kfrelease.release.run import pipeline_spec, shadow_step
+    from kfrelease.release.pipeline_steps import pipeline_spec, shadow_step
 
     logging.basicConfig(level=logging.INFO)
     decision = shadow_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version, report.path)

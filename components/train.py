@@ -27,7 +27,7 @@ def train(
     """
     import logging
 
-    from kfrelease.training.runs import resume_or_run
+    from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import train_step
 

@@ -29,7 +29,7 @@ def validate_model(
     import json
     import logging
 
-    from kfrelease.training.runs import step_record
+    from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import validate_step
 

@@ -9,7 +9,7 @@ Reports live in the object store (each written once, by its producer):
 - shadow gate (the paired test of candidate and production): ``models`` bucket,
   ``reports/<model>/<version>/shadow-gate.html`` (``kfrelease.release.controller``);
 - drift (Evidently, one per monitoring window): ``pipeline-root`` bucket,
-  ``monitoring/<model>/reports/<run id>/<version>-<stage>-<start>.html`` (``kfrelease.monitoring.run``).
+  ``monitoring/<model>/reports/<run id>/<version>-<stage>-<start>.html`` (``kfrelease.monitoring.passes``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SHADOW_PREFIX = "reports"
 DRIFT_BUCKET = "pipeline-root"
 
 
-def _safe(text: str) -> str:  # the monitoring run's key escaping (kfrelease.monitoring.run._safe)
+def _safe(text: str) -> str:  # the monitoring run's key escaping (kfrelease.monitoring.passes._safe)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
 
 

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageStat
 from sklearn.linear_model import LinearRegression
 
-from kfrelease.monitoring.run import run_monitoring
+from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry
@@ -29,7 +29,7 @@ from kfrelease.release.decision import GateRule
 from kfrelease.release.shadow import shadow_verdict
 from kfrelease.results import evaluation_report_key
 from kfrelease.storage import store_for
-from kfrelease.training import runs
+from kfrelease.training import run_records
 from kfrelease.training.steps import STEP_NAMES
 
 pytestmark = pytest.mark.integration
@@ -76,10 +76,10 @@ def seeded(stack):
         b"<html><body><h1>evaluation report</h1></body></html>",
         content_type="text/html",
     )
-    runs.create_run(store, run_id, {"model": model, "commit": "c" * 40, "kind": "merge"})
+    run_records.create_run(store, run_id, {"model": model, "commit": "c" * 40, "kind": "merge"})
     for step in STEP_NAMES:
-        runs.set_step(store, run_id, step, "succeeded", attempt=1, peak_rss_mb=123.4)
-    runs.set_state(store, run_id, "succeeded", version=second)
+        run_records.set_step(store, run_id, step, "succeeded", attempt=1, peak_rss_mb=123.4)
+    run_records.set_state(store, run_id, "succeeded", version=second)
 
     reg.set_stage(model, first, "production", "release-controller", "first version of tag 1")
     reg.set_stage(model, second, "staging", "training-pipeline", f"passed validation in run {run_id}")

@@ -23,7 +23,7 @@ def _seconds(text: str) -> float:
 
 def _fetch_drift_reports(settings, keys: list[str], folder: Path) -> list[tuple[str, str]]:
     """The run's drift reports written beside the page, as (label, relative link) pairs."""
-    from kfrelease.monitoring.run import RESULT_BUCKET
+    from kfrelease.monitoring.passes import RESULT_BUCKET
     from kfrelease.storage import store_for
 
     store = store_for("pipeline", settings)
@@ -92,9 +92,9 @@ def register(cli: click.Group) -> None:
     )
     def monitor(model, window_text, since_text, min_labels, r2_floor, out, push, compute) -> None:
         """Accuracy (MSE, RMSE, MAE, R²) and drift per model version and stage, over windows."""
+        from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
         from kfrelease.monitoring.report import TABLE_COLUMNS, render_page
         from kfrelease.monitoring.report import fmt as cell
-        from kfrelease.monitoring.run import current_table, load_history, run_monitoring
         from kfrelease.monitoring.sources import since_for
         from kfrelease.monitoring.window import WindowSpec
         from kfrelease.storage import store_for

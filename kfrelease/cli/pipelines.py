@@ -140,10 +140,10 @@ def register(cli: click.Group) -> None:
         from kfrelease.registry import ModelRegistry
         from kfrelease.results import run_result
         from kfrelease.storage import store_for
-        from kfrelease.training import runs
+        from kfrelease.training import run_records
 
         store = store_for("data-scientist")
-        records = [runs.get_run(store, run_id)] if run_id else runs.list_runs(store)
+        records = [run_records.get_run(store, run_id)] if run_id else run_records.list_runs(store)
         registry = ModelRegistry(store)
         if as_json:
             click.echo(

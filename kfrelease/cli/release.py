@@ -46,7 +46,7 @@ def register(cli: click.Group) -> None:
             record = start_release(settings, model, version, spec_path)
             console.print(f"release of {model} {version} started (pid {record['pid']}); log {record['log']}")
             return
-        from kfrelease.release.run import run_release
+        from kfrelease.release.embedded import run_release
 
         console.print(f"[bold]release[/] {model} {version}")
         outcome = run_release(settings, model, version, spec, on_decision=_print_event)

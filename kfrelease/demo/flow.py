@@ -172,7 +172,7 @@ def _spec_file(ctx: DemoContext):
 
 def step_serving(ctx: DemoContext) -> None:
 
-    from kfrelease.release.run import ensure_serving_services
+    from kfrelease.release.embedded import ensure_serving_services
 
     ensure_serving_services(ctx.settings)
     spec_path = _spec_file(ctx)
@@ -358,8 +358,8 @@ def step_monitoring(ctx: DemoContext) -> None:
     """One monitoring pass over the demo's traffic: windows of 100 labelled predictions per version and stage,
     pushed to Prometheus (where the alert rules watch them), and the HTML page."""
     from kfrelease.cli.output import console
+    from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
     from kfrelease.monitoring.report import fmt, render_page
-    from kfrelease.monitoring.run import current_table, load_history, run_monitoring
     from kfrelease.monitoring.sources import since_for
     from kfrelease.monitoring.window import WindowSpec
     from kfrelease.registry import ModelRegistry
@@ -397,8 +397,8 @@ def step_monitoring(ctx: DemoContext) -> None:
 
 def step_monitoring_second(ctx: DemoContext) -> None:
     """The same monitoring pass for the second model: its own windows, metrics and alerts."""
+    from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
     from kfrelease.monitoring.report import fmt
-    from kfrelease.monitoring.run import current_table, load_history, run_monitoring
     from kfrelease.monitoring.sources import since_for
     from kfrelease.monitoring.window import WindowSpec
     from kfrelease.registry import ModelRegistry
@@ -431,7 +431,7 @@ def step_new_data(ctx: DemoContext) -> None:
     from kfrelease.monitoring.receiver import AlertReceiver
     from kfrelease.registry import ModelRegistry
     from kfrelease.storage import store_for
-    from kfrelease.training import runs
+    from kfrelease.training import run_records
 
     upload_batch(store_for("data-engineer", ctx.settings), 2)
     version = run_data_pipeline(ctx)
@@ -450,9 +450,9 @@ def step_new_data(ctx: DemoContext) -> None:
     run_id = f"auto-{MODEL}-{prod.version}-{version[:12]}" if prod else None
     store = store_for("pipeline", ctx.settings)
     deadline = time.monotonic() + 30
-    while run_id and store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None and time.monotonic() < deadline:
+    while run_id and store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None and time.monotonic() < deadline:
         time.sleep(0.5)  # the receiver service's poller may have claimed it first: its run appears shortly
-    if not run_id or store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+    if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         ctx.note("new data -> auto revision", f"diabetes {version}: {action}, no retrain run")
         return
     console.print(f"  auto revision: training run {run_id} (trains while the monitoring steps run)")

@@ -32,7 +32,7 @@ PIPELINE_UI = ("kubeflow", "ml-pipeline-ui")
 
 
 def ci_trigger_policy(env: Environment) -> dict:
-    """What ``kfrelease trigger`` does with S3 (kfrelease/training/trigger.py, runs.py, data/publish.py): read
+    """What ``kfrelease trigger`` does with S3 (kfrelease/training/trigger.py, run_records.py, data/publish.py): read
     the curated dataset's manifests, create and update the run record under ``models/runs/``. Nothing else:
     no write or delete of registry entries, model artifacts or datasets, and no delete at all."""
     models, curated = bucket_name("models", env.bucket_prefix), bucket_name("curated", env.bucket_prefix)
@@ -65,7 +65,7 @@ def ci_trigger_policy(env: Environment) -> dict:
 def untrusted_step_policy(env: Environment) -> dict:
     """What the steps that run the merged model code (train, evaluate: ``kfrelease-untrusted-step``) do with S3,
     and nothing else: read the curated data (``kfrelease.training.steps.train_step``); read and write their own
-    step records under ``models/runs/<run>/steps/`` (``kfrelease.training.runs.step_record``); read and write KFP
+    step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``); read and write KFP
     artifacts under the pipeline root (the KFP launcher in the same pod downloads inputs and uploads outputs
     with the pod's IRSA credentials). No write of registry entries, stage events, model artifacts, run records or
     run state, datasets, monitoring results: registration is the register step's, as the pipeline role."""

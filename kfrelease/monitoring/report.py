@@ -139,7 +139,7 @@ def _sections(history: pd.DataFrame, current: pd.DataFrame) -> list[tuple[str | 
     kinds = sorted(history["window"].dropna().unique()) if len(history) and "window" in history.columns else []
     if len(kinds) <= 1:
         return [(kinds[0] if kinds else None, history, current)]
-    from kfrelease.monitoring.run import current_table
+    from kfrelease.monitoring.passes import current_table
 
     out = []
     for kind in kinds:

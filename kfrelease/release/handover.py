@@ -3,7 +3,7 @@
 Called by the training pipeline's ``deploy_staging`` component once a version is in staging, so that one
 merge runs the whole path unattended. Two targets, one decision:
 
-- **embedded stack** (default): it starts the release runner (``python -m kfrelease.release.runner MODEL
+- **embedded stack** (default): it starts the release runner (``python -m kfrelease.release.embedded MODEL
   VERSION``, which runs the release pipeline on ``kfp.local``) as a detached process that outlives the
   caller; its log is ``$KFRELEASE_HOME/logs/release-<model>-<V>.log``;
 - **cluster**: with ``KFRELEASE_KFP_HOST`` set (the pipeline pods' PodDefault sets it to Kubeflow's
@@ -74,7 +74,7 @@ def start_release(
     out = log_path(settings, model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(settings)
-    argv = [sys.executable, "-m", "kfrelease.release.runner", model, version] + (
+    argv = [sys.executable, "-m", "kfrelease.release.embedded", model, version] + (
         ["--spec", spec_path] if spec_path else []
     )
     with open(out, "ab") as fh:

@@ -13,10 +13,11 @@ and no ``retryPolicy`` (kubeflow/pipelines ``backend/src/v2/compiler/argocompile
 container is retried, whatever its cause. KFP cannot filter by cause, so the step itself does: each failure
 is recorded with its cause (``kfrelease.training.failures``), and a retried attempt of a step whose previous
 attempt failed because of the model code or the data fails at once with that reason, without running the
-model code again (``runs.step_record``). An OOM kill or a lost node (exit 137, no record written) is
+model code again (``run_records.step_record``). An OOM kill or a lost node (exit 137, no record written) is
 retried in full. ``kfp.local`` (2.17) honours the same retry policy, so local steps are retried in place
-the same way; the local runner adds one retry of the whole run on top (``runner``). Caching is off for every training step: ``latest`` data and the registry change between
-merges, so a cached output would be a stale one.
+the same way; the local runner adds one retry of the whole run on top (``execution``). Caching is off for
+every training step: ``latest`` data and the registry change between merges, so a cached output would be a
+stale one.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ def rollout_at_commit(repo: str | Path, sha: str, spec_file: str, model: str) ->
 
 def rollout_of_run(store, run_id: str) -> str | None:
     """The rollout spec text recorded with training run ``run_id`` (None: none, or no such run)."""
-    from kfrelease.training import runs
+    from kfrelease.training import run_records
 
-    if not run_id or store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+    if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         return None
-    return runs.get_run(store, run_id).record.get("rollout_yaml") or None
+    return run_records.get_run(store, run_id).record.get("rollout_yaml") or None

@@ -124,13 +124,13 @@ def validate_step(
 
 def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
     """Whether a pipeline run may release: only a run the merge trigger (or the automatic retrain) started,
-    i.e. one with a run record (``kfrelease.training.runs``, written by the trigger as the ``pipeline``
+    i.e. one with a run record (``kfrelease.training.run_records``, written by the trigger as the ``pipeline``
     identity) for this model and definition. A notebook or any other direct run is an experiment."""
-    from kfrelease.training import runs
+    from kfrelease.training import run_records
 
-    if not run_id or store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+    if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         return False
-    record = store.get_json(runs.BUCKET, f"runs/{run_id}/run.json")
+    record = store.get_json(run_records.BUCKET, f"runs/{run_id}/run.json")
     return record.get("model") == spec.name and record.get("spec_fingerprint") == spec.fingerprint
 
 

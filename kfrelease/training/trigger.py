@@ -2,7 +2,7 @@
 
 It reads the model spec at that commit and starts the training pipeline:
 
-- locally (default): a detached background process (``kfrelease.training.runner``) runs the pipeline with
+- locally (default): a detached background process (``kfrelease.training.execution``) runs the pipeline with
   ``kfp.local``; the run is recorded in the ``models`` bucket (``runs/<run_id>/``) and its log is
   ``$KFRELEASE_HOME/runs/<run_id>.log``;
 - with ``kfp_host``: the compiled pipeline package is submitted with ``kfp.Client(host).
@@ -12,7 +12,7 @@ The run id is derived from the commit (``train-<sha[:12]>``), and the record is 
 ``If-None-Match``: a second trigger of the same commit returns the first run, unless that run was
 interrupted by an infrastructure cause (it failed so, or its runner is gone): then it is started again
 under the same run id. A run that failed because of its model code or data is returned as it is, with
-the reason. No command stops a run. Local runs are admitted by ``admission`` and retried by ``runner``.
+the reason. No command stops a run. Local runs are admitted by ``admission`` and retried by ``execution``.
 ``auto=True`` retrains the production model's definition on the latest curated data (new data or an
 alert); its run id is derived from the production version and the data version.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from kfrelease.config import Settings, child_env
 from kfrelease.errors import KfreleaseError
 from kfrelease.lineage import now_iso
-from kfrelease.training import runs
+from kfrelease.training import run_records
 from kfrelease.training.rollout_file import rollout_at_commit
 from kfrelease.training.spec import (
     SPEC_FILE,
@@ -85,7 +85,7 @@ def trigger(
     model: str | None = None,
     spec_file: str = SPEC_FILE,
     dataset_version: str = "latest",
-) -> runs.RunRecord:
+) -> run_records.RunRecord:
     """Start the training pipeline for a commit (or an automatic retrain); idempotent per run id."""
     if auto:
         spec, commit, dataset_version, prod_version, rollout_yaml = _auto_target(settings, model)
@@ -111,7 +111,7 @@ def trigger(
 
         # unknown dataset (version), a feature or target it lacks: refuse before any run exists
         check_columns(spec, get_version(store, spec.dataset, dataset_version))
-    record = runs.create_run(
+    record = run_records.create_run(
         store,
         run_id,
         {
@@ -137,18 +137,18 @@ def trigger(
     try:
         if kfp_host:
             kfp_run = submit_to_kfp(kfp_host, spec, commit, dataset_version, run_id)
-            record.state = runs.set_state(store, run_id, "submitted", kfp_run_id=kfp_run, kfp_host=kfp_host)
+            record.state = run_records.set_state(store, run_id, "submitted", kfp_run_id=kfp_run, kfp_host=kfp_host)
         else:
             # queued before the runner starts: the runner writes its own pid and states from then on
-            record.state = runs.set_state(store, run_id, "queued", log=str(log_path(settings, run_id)))
+            record.state = run_records.set_state(store, run_id, "queued", log=str(log_path(settings, run_id)))
             start_local(settings, run_id)
     except Exception as exc:
-        record.state = runs.set_state(store, run_id, "failed", error=f"could not start: {exc}"[:500])
+        record.state = run_records.set_state(store, run_id, "failed", error=f"could not start: {exc}"[:500])
         raise
     return record
 
 
-def start_auto_revision(settings: Settings, model: str, reason: str) -> runs.RunRecord:
+def start_auto_revision(settings: Settings, model: str, reason: str) -> run_records.RunRecord:
     """Start an auto revision of ``model``: its production definition retrained on the latest curated
     version of its dataset, registered as ``V<tag>.<manual>.<auto+1>`` and then staged like any merge.
 
@@ -163,13 +163,13 @@ ACTIVE = ("queued", "running", "retrying")
 STARTING_GRACE_SECONDS = 60.0
 
 
-def interruption(record: runs.RunRecord) -> str | None:
+def interruption(record: run_records.RunRecord) -> str | None:
     """Why a local run should be started again, or None: it failed of an infrastructure cause, or it is
     recorded as active while its runner process is gone (killed, or the machine restarted)."""
     import datetime as dt
 
+    from kfrelease.training.execution import runner_alive
     from kfrelease.training.failures import retryable
-    from kfrelease.training.runner import runner_alive
 
     st = record.state
     if record.status == "failed" and retryable(st.get("cause")):
@@ -185,14 +185,14 @@ def interruption(record: runs.RunRecord) -> str | None:
     return None
 
 
-def retry_interrupted(settings: Settings, store, record: runs.RunRecord) -> bool:
+def retry_interrupted(settings: Settings, store, record: run_records.RunRecord) -> bool:
     """Start an interrupted run again (same run id, its attempts go on counting); False if it was not."""
     from kfrelease.errors import Conflict
 
     why = interruption(record)
     if why is None:
         return False
-    info = store.stat(runs.BUCKET, f"runs/{record.run_id}/state.json")
+    info = store.stat(run_records.BUCKET, f"runs/{record.run_id}/state.json")
     doc = {
         **record.state,
         "state": "queued",
@@ -203,7 +203,9 @@ def retry_interrupted(settings: Settings, store, record: runs.RunRecord) -> bool
         "updated_at": now_iso(),
     }
     try:  # two triggers at once restart it once
-        store.put_json(runs.BUCKET, f"runs/{record.run_id}/state.json", doc, if_match=info.etag if info else None)
+        store.put_json(
+            run_records.BUCKET, f"runs/{record.run_id}/state.json", doc, if_match=info.etag if info else None
+        )
     except Conflict:
         return False
     record.state = doc
@@ -213,11 +215,11 @@ def retry_interrupted(settings: Settings, store, record: runs.RunRecord) -> bool
     return True
 
 
-def resume_interrupted(settings: Settings) -> list[runs.RunRecord]:
+def resume_interrupted(settings: Settings) -> list[run_records.RunRecord]:
     """Start again every local run interrupted by an infrastructure cause (after a machine restart)."""
     store = _store(settings)
     resumed = []
-    for record in runs.list_runs(store):
+    for record in run_records.list_runs(store):
         if record.record.get("target", "local") == "local" and retry_interrupted(settings, store, record):
             resumed.append(record)
     return resumed
@@ -230,7 +232,7 @@ def start_local(settings: Settings, run_id: str) -> int:
     env = child_env(settings)
     with open(path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kfrelease.training.runner", run_id],
+            [sys.executable, "-m", "kfrelease.training.execution", run_id],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -259,18 +261,18 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
     return submit_run(host, training_pipeline, arguments, run_name=run_id, experiment=EXPERIMENT)
 
 
-def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> runs.RunRecord:
+def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> run_records.RunRecord:
     """Wait until a local run has finished (succeeded or failed), polling every ``poll`` s; raises on timeout."""
     from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
     store = _store(settings)
 
-    def ended() -> tuple[runs.RunRecord, bool]:
-        record = runs.get_run(store, run_id)
+    def ended() -> tuple[run_records.RunRecord, bool]:
+        record = run_records.get_run(store, run_id)
         if record.status in ("succeeded", "failed"):
             return record, True
         if record.status in ACTIVE and record.state.get("pid") and interruption(record):
-            record = runs.get_run(store, run_id)  # it may have just written its final state
+            record = run_records.get_run(store, run_id)  # it may have just written its final state
             return record, True  # finished, or interrupted (its record says how)
         return record, False
 

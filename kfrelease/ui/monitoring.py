@@ -1,5 +1,5 @@
 """The UI's monitoring page: the monitoring page's own plotly figure and latest-window table
-(``kfrelease.monitoring.report``) over the recorded history (``kfrelease.monitoring.run.load_history``),
+(``kfrelease.monitoring.report``) over the recorded history (``kfrelease.monitoring.passes.load_history``),
 one chart per window kind (a 1-hour window and a 200-label window never share a chart), and a link to
 each version's drift reports. plotly.js is served once by the UI (``/static/plotly.min.js``)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kfrelease.monitoring.passes import current_table, load_history
 from kfrelease.monitoring.report import current_table_html, figure
-from kfrelease.monitoring.run import current_table, load_history
 from kfrelease.results import find_reports
 
 

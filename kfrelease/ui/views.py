@@ -13,7 +13,7 @@ from kfrelease.errors import KfreleaseError, NotFound
 from kfrelease.registry.registry import EXPERIMENTS, REGISTRY, ModelRegistry
 from kfrelease.results import METRICS, find_reports, run_result, show_version
 from kfrelease.storage import ObjectStore
-from kfrelease.training import runs
+from kfrelease.training import run_records
 
 SPACES = (REGISTRY, EXPERIMENTS)
 
@@ -197,16 +197,16 @@ def _run_row(record, registry: ModelRegistry) -> dict:
 def run_rows(reader: Reader) -> list[dict]:
     """Every training run, newest first."""
     reg = reader.registry()
-    return [_run_row(r, reg) for r in reversed(runs.list_runs(reader.store))]
+    return [_run_row(r, reg) for r in reversed(run_records.list_runs(reader.store))]
 
 
 def run_page(reader: Reader, run_id: str) -> dict:
     """One run: its record, state, each step (state, attempt, times, peak memory, error) and its result."""
     from kfrelease.training.steps import STEP_NAMES
 
-    if reader.store.stat(runs.BUCKET, f"runs/{run_id}/run.json") is None:
+    if reader.store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         raise NotFound(f"no training run {run_id!r}; the runs page lists them")
-    record = runs.get_run(reader.store, run_id)
+    record = run_records.get_run(reader.store, run_id)
     steps = [{"name": s, **record.steps.get(s, {"state": "pending"})} for s in STEP_NAMES]
     extra = [{"name": s, **v} for s, v in record.steps.items() if s not in STEP_NAMES]
     details = {k: v for k, v in record.record.items() if k not in ("spec_json",)}

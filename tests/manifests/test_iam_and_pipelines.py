@@ -113,7 +113,7 @@ def test_on_the_cluster_a_data_scientist_registers_experiments_and_stages_nothin
 
 def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_records_and_artifacts(sources):
     """train and evaluate (the data scientist's build: code) run as the untrusted steps' IAM role: what they do
-    (kfrelease.training.steps.train_step, runs.step_record, the KFP launcher's artifact I/O) is allowed, and
+    (kfrelease.training.steps.train_step, run_records.step_record, the KFP launcher's artifact I/O) is allowed, and
     no write of the registry, run records, datasets or monitoring results: only register registers."""
     from kfrelease.k8s.platform import STEP_IAM_ROLES, UNTRUSTED_SA
 
@@ -308,7 +308,7 @@ def test_the_ci_role_may_only_record_runs_and_read_curated_data(sources):
         }
         s3 = policies[CI_S3_POLICY]
         models, curated = f"{env.bucket_prefix}models", f"{env.bucket_prefix}curated"
-        # what kfrelease trigger does (kfrelease/training/runs.py, kfrelease/data/publish.py)
+        # what kfrelease trigger does (kfrelease/training/run_records.py, kfrelease/data/publish.py)
         for bucket, action, key in [
             (models, "read", "runs/train-abc/run.json"),
             (models, "write", "runs/train-abc/run.json"),

@@ -29,8 +29,8 @@ from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import demo_batches
 from kfrelease.monitoring import services as mon
 from kfrelease.monitoring.newdata import check_new_data
+from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.receiver import AlertReceiver
-from kfrelease.monitoring.run import run_monitoring
 from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.stack import supervisor

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageStat
 
-from kfrelease.monitoring.run import load_history, run_monitoring
+from kfrelease.monitoring.passes import load_history, run_monitoring
 from kfrelease.monitoring.synthetic import register_entry, span_start, write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.storage import store_for

@@ -9,7 +9,7 @@ import pytest
 
 from kfrelease.errors import ConfigError
 from kfrelease.kfp_runner import run_local
-from kfrelease.monitoring.run import load_history
+from kfrelease.monitoring.passes import load_history
 from kfrelease.monitoring.spark_app import monitoring_engine
 from kfrelease.monitoring.synthetic import (
     publish_reference,

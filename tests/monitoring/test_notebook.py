@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfrelease.monitoring.run import run_monitoring
+from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.synthetic import register_entry, write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.storage import store_for

@@ -42,8 +42,8 @@ def test_windows_recorded_before_intervals_existed_draw_no_band():
 
 
 def test_each_window_kind_gets_its_own_chart_and_table_and_reports_are_links():
+    from kfrelease.monitoring.passes import current_table
     from kfrelease.monitoring.report import render_page
-    from kfrelease.monitoring.run import current_table
 
     h = pd.concat(
         [

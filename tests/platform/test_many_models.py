@@ -18,7 +18,7 @@ import pytest
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.run import run_release
+from kfrelease.release.embedded import run_release
 from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.serving.gateway import LocalGatewayDriver, model_states
 from kfrelease.stack import supervisor

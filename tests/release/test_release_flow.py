@@ -15,7 +15,7 @@ import pytest
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.checks import CheckSpec
-from kfrelease.release.run import run_release
+from kfrelease.release.embedded import run_release
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for

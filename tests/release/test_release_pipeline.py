@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.runner import run_release_pipeline
+from kfrelease.release.embedded import run_release_pipeline
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline

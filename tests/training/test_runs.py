@@ -21,7 +21,7 @@ from kfrelease.errors import (
     StoreUnavailable,
 )
 from kfrelease.storage import store_for
-from kfrelease.training import admission, failures, runs
+from kfrelease.training import admission, failures, run_records
 from kfrelease.training.trigger import interruption, trigger, wait
 
 RIDGE = "sklearn.linear_model.Ridge"
@@ -94,7 +94,9 @@ def test_a_run_whose_runner_is_gone_counts_as_interrupted():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     now = datetime.now().astimezone().isoformat()
-    record = runs.RunRecord("train-x", {"created_at": now}, {"state": "running", "pid": gone.pid, "updated_at": now})
+    record = run_records.RunRecord(
+        "train-x", {"created_at": now}, {"state": "running", "pid": gone.pid, "updated_at": now}
+    )
     assert "the runner (pid" in interruption(record) and "is gone while the run was running" in interruption(record)
     record.state = {"state": "failed", "cause": failures.MODEL_CODE, "error": "model code: boom"}
     assert interruption(record) is None  # the model code's failure is returned, not retried
@@ -184,7 +186,9 @@ def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, da
     # when the session holds many runs; the JSON never does)
     listed = run_cli("runs", "--json", check=True).stdout
     assert record.run_id in listed and "the merged model code" in listed
-    assert runs.get_run(store_for("pipeline"), record.run_id).state["attempt"] == 1  # the trigger started nothing
+    assert (
+        run_records.get_run(store_for("pipeline"), record.run_id).state["attempt"] == 1
+    )  # the trigger started nothing
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ from kfrelease import oci
 from kfrelease.demo.project import merge_change, spec_variant
 from kfrelease.registry import ModelRegistry
 from kfrelease.storage import store_for
-from kfrelease.training import runs
+from kfrelease.training import run_records
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import STEP_NAMES, run_inline
 from kfrelease.training.trigger import trigger, wait
@@ -39,7 +39,7 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
     assert record.state["version"] == "V1.1.0" and record.state["verdict"] == "passed"
     assert record.state["outcome"] == "staged" and record.state["staging_candidate"] is True
     assert {s: record.steps[s]["state"] for s in STEP_NAMES} == {s: "succeeded" for s in STEP_NAMES}
-    assert len([r for r in runs.list_runs(store_for("pipeline")) if r.record["commit"] == shas[0]]) == 1
+    assert len([r for r in run_records.list_runs(store_for("pipeline")) if r.record["commit"] == shas[0]]) == 1
 
     mv = registry().get(name, "V1.1.0")
     assert mv.stage == "staging" and mv.commit == shas[0] and mv.run_id == run_id
@@ -98,7 +98,7 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     assert waited.returncode == 1, waited.stdout + waited.stderr
     (line,) = [ln for ln in waited.stdout.splitlines() if ln.startswith(f"run train-{sha[:12]}: thresholds-only")]
     assert f"is {name} {rejected.version}" in line and "change the model definition" in line
-    again = runs.get_run(store_for("pipeline"), f"train-{sha[:12]}")
+    again = run_records.get_run(store_for("pipeline"), f"train-{sha[:12]}")
     assert again.state["outcome"] == "thresholds-only" and again.state["version"] == rejected.version
     assert again.state["staging_candidate"] is False
     assert {again.steps[s]["state"] for s in ("containerize", "deploy-staging")} == {"skipped"}
@@ -282,4 +282,4 @@ def test_new_curated_data_retrains_production_by_default_at_most_once_per_interv
     why = store.get_json(BUCKET, claim_key(name, third))
     assert why["action"] == "rate-limited" and f"at most one per {NEW_DATA_MIN_INTERVAL_MINUTES:g} min" in why["detail"]
     assert f"on {dataset.name} {second}" in why["detail"]
-    assert not [r for r in runs.list_runs(store) if r.record.get("dataset_version") == third]
+    assert not [r for r in run_records.list_runs(store) if r.record.get("dataset_version") == third]

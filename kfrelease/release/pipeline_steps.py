@@ -1,91 +1,14 @@
-"""Run one release on the embedded stack: the serving services, the local gateway and the controller."""
+"""The release pipeline's steps (each a KFP component; see ``pipelines/release_pipeline.py``): preflight,
+shadow gate and canary rollout, each a ``ReleaseController`` over the target's traffic driver."""
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
-from kfrelease.errors import Conflict
-from kfrelease.release.controller import ReleaseController, ReleaseOutcome
+from kfrelease.release.controller import ReleaseController
+from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
-
-log = logging.getLogger(__name__)
-
-
-def ensure_serving_services(settings: Settings) -> None:
-    """The log sink and the feedback service (the gateway starts on the first traffic change)."""
-    from kfrelease.stack import supervisor
-    from kfrelease.stack.services import declared_services
-
-    others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
-    supervisor.up(settings, others)
-
-
-def lock_path(settings: Settings, model: str) -> Path:
-    return settings.home / "releases" / f"{model}.lock"
-
-
-class ReleaseLock:
-    """One release per model at a time on this stack (a pid file created exclusively; a dead holder's is
-    taken over)."""
-
-    def __init__(self, settings: Settings, model: str, version: str):
-        self.path, self.version = lock_path(settings, model), version
-
-    def __enter__(self):
-        from kfrelease.stack.supervisor import pid_alive
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                try:
-                    pid, version = self.path.read_text().split()[:2]
-                    alive = pid_alive(int(pid))
-                except (OSError, ValueError):
-                    alive, version = False, "?"
-                if alive:
-                    raise Conflict(
-                        f"a release of {version} is running ({self.path}); wait for it (`kfrelease release status`)"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {self.version}\n")
-            return self
-        raise Conflict(f"could not take the release lock {self.path}")
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def run_release(
-    settings: Settings,
-    model: str,
-    version: str,
-    spec: RolloutSpec | None = None,
-    on_decision: Callable[[dict], None] | None = None,
-) -> ReleaseOutcome:
-    """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
-    from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
-
-    spec = bind_model(spec or load_rollout_spec(), model)
-    with ReleaseLock(settings, model, version):
-        ensure_serving_services(settings)
-        driver = LocalGatewayDriver(settings, spec)
-        current = driver.current()
-        preflight = (
-            f"http://127.0.0.1:{predictor_port(settings, 'production')}" if current and current.primary else None
-        )
-        controller = ReleaseController(settings, spec, driver, preflight_url=preflight, on_decision=on_decision)
-        return controller.run(version)
-
-
-# --- the release pipeline's steps (each a KFP component; see pipelines/release_pipeline.py) --------------
 
 
 def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None):

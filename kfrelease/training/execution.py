@@ -1,9 +1,10 @@
-"""The detached local run of the training pipeline (started by ``trigger``; ``python -m ...runner RUN_ID``).
+"""The detached local execution of a training run: ``python -m kfrelease.training.execution RUN_ID``, started
+by ``trigger``.
 
 1. Admission: the run waits (``queued``) for one of the machine's run slots (``admission``).
 2. It runs the pipeline with ``kfp.local``; steps record their own states, causes and peak memory.
 3. Each step is retried in place by the compiled retry policy (``kfp.local`` honours ``set_retry`` as
-   Argo does; a retry of a model-code or data failure fails at once, see ``runs.step_record``).
+   Argo does; a retry of a model-code or data failure fails at once, see ``run_records.step_record``).
 4. When the pipeline still fails, the failure is classified (``failures``): an infrastructure cause (a
    step killed by a signal or the out-of-memory killer, the object store unavailable) gets up to
    ``MAX_ATTEMPTS`` attempts of the whole run with a backoff, resuming from the first unfinished step (a
@@ -22,7 +23,7 @@ import traceback
 
 from kfrelease.config import Settings
 from kfrelease.lineage import now_iso
-from kfrelease.training import runs
+from kfrelease.training import run_records
 from kfrelease.training.failures import INFRASTRUCTURE, cause_of, one_line, retryable
 from kfrelease.training.steps import STEP_NAMES
 
@@ -65,7 +66,7 @@ def runner_alive(state: dict) -> bool:
 def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseException) -> tuple[str, str]:
     """(cause, error) of a failed attempt, from the steps' own records; a step left 'running' was killed."""
     for step in STEP_NAMES:
-        st = runs.get_step(store, run_id, step)
+        st = run_records.get_step(store, run_id, step)
         if (st.get("started_at") or "") < attempt_started:
             continue
         if st.get("state") == "running":
@@ -73,14 +74,16 @@ def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseExcep
                 f"step {step} was killed before it could record anything (a signal or the out-of-memory "
                 f"killer; peak memory unknown)"
             )
-            runs.set_step(store, run_id, step, "failed", finished_at=now_iso(), error=error, cause=INFRASTRUCTURE)
+            run_records.set_step(
+                store, run_id, step, "failed", finished_at=now_iso(), error=error, cause=INFRASTRUCTURE
+            )
             return INFRASTRUCTURE, error
         if st.get("state") == "failed":
             return st.get("cause") or cause_of(exc), f"step {step}: {st.get('error', '')}"
     return cause_of(exc), f"{type(exc).__name__}: {exc}"
 
 
-def _attempt(settings: Settings, store, record: runs.RunRecord, attempt: int) -> dict:
+def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: int) -> dict:
     from kfrelease.kfp_runner import run_local
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.training.resources import pipeline_arguments
@@ -88,7 +91,7 @@ def _attempt(settings: Settings, store, record: runs.RunRecord, attempt: int) ->
 
     run_id = record.run_id
     started = now_iso()
-    runs.set_state(store, run_id, "running", started_at=started, attempt=attempt, **process_identity())
+    run_records.set_state(store, run_id, "running", started_at=started, attempt=attempt, **process_identity())
     spec = ModelSpec.from_json(record.record["spec_json"])
     try:
         task = run_local(
@@ -122,21 +125,21 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
 
     settings = settings or Settings.from_env()
     store = store_for("pipeline", settings)
-    record = runs.get_run(store, run_id)
+    record = run_records.get_run(store, run_id)
     spec = ModelSpec.from_json(record.record["spec_json"])
     limit = concurrency_limit(memory_bytes(spec.resources.memory_limit))
     first = int(record.state.get("attempt", 0)) + 1  # a re-triggered run goes on counting its attempts
-    runs.set_state(store, run_id, "queued", **process_identity())
+    run_records.set_state(store, run_id, "queued", **process_identity())
 
     waited = {}
 
     def on_wait(why: str) -> None:
         waited["since"] = time.monotonic()
-        runs.set_state(store, run_id, "queued", waiting=why, **process_identity())
+        run_records.set_state(store, run_id, "queued", waiting=why, **process_identity())
 
     def before_retry(state) -> None:
         exc = state.outcome.exception()
-        runs.set_state(
+        run_records.set_state(
             store,
             run_id,
             "retrying",
@@ -147,7 +150,7 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
         log.warning("run %s attempt %d failed (%s); retrying", run_id, first + state.attempt_number - 1, exc.error)
 
     with slot(settings, limit, on_wait):
-        runs.set_state(
+        run_records.set_state(
             store,
             run_id,
             "running",
@@ -168,16 +171,16 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
             )(lambda: _attempt(settings, store, record, next(counter)))
         except (AttemptFailed, RetryError) as exc:
             failed = exc.last_attempt.exception() if isinstance(exc, RetryError) else exc
-            attempts = runs.get_run(store, run_id).state.get("attempt", first)
+            attempts = run_records.get_run(store, run_id).state.get("attempt", first)
             why = one_line(failed.cause, failed.error)
             if retryable(failed.cause):
                 why += f" (gave up after {attempts - first + 1} attempts; `kfrelease trigger` on the commit retries)"
             else:
                 why += " (not retried: it would fail the same way)"
             for step in STEP_NAMES:
-                if runs.get_step(store, run_id, step).get("state") == "running":
-                    runs.set_step(store, run_id, step, "failed", finished_at=now_iso())
-            runs.set_state(store, run_id, "failed", finished_at=now_iso(), cause=failed.cause, error=why)
+                if run_records.get_step(store, run_id, step).get("state") == "running":
+                    run_records.set_step(store, run_id, step, "failed", finished_at=now_iso())
+            run_records.set_state(store, run_id, "failed", finished_at=now_iso(), cause=failed.cause, error=why)
             raise
         from kfrelease.registry import ModelRegistry
         from kfrelease.training.outcome import run_outcome
@@ -185,13 +188,15 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
 
         mv = ModelRegistry(store).get(record.record["model"], outcome["version"])
         result = run_outcome(run_id, spec.text, mv)
-        done = runs.get_run(store, run_id).steps
+        done = run_records.get_run(store, run_id).steps
         for step in STEP_NAMES:  # not run by the final attempt (the dsl.If branch of a rejected model)
             if done.get(step, {}).get("state") not in ("succeeded", "skipped"):
-                runs.set_step(store, run_id, step, "skipped", skipped=not_staged_reason(mv) or result.line)
+                run_records.set_step(store, run_id, step, "skipped", skipped=not_staged_reason(mv) or result.line)
         log.info("run %s: %s", run_id, result.line)
-        peak = {s: v["peak_rss_mb"] for s, v in runs.get_run(store, run_id).steps.items() if v.get("peak_rss_mb")}
-        return runs.set_state(
+        peak = {
+            s: v["peak_rss_mb"] for s, v in run_records.get_run(store, run_id).steps.items() if v.get("peak_rss_mb")
+        }
+        return run_records.set_state(
             store,
             run_id,
             "succeeded",
@@ -209,7 +214,7 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m kfrelease.training.runner RUN_ID")
+        sys.exit("usage: python -m kfrelease.training.execution RUN_ID")
     try:
         run(sys.argv[1])
     except BaseException:  # noqa: BLE001

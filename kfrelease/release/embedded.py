@@ -1,0 +1,143 @@
+"""A release on the embedded stack: one release per model at a time (``ReleaseLock``), either the controller
+in this process (``run_release``: the serving services, the local gateway and the controller) or the release
+pipeline on ``kfp.local`` (``run_release_pipeline``).
+
+``python -m kfrelease.release.embedded MODEL VERSION [--spec FILE] [--inline]`` runs one release in the
+foreground: the release pipeline (default) or the controller in this process (``--inline``); the hand-over
+(``kfrelease.release.handover``) starts it as a detached process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from kfrelease.config import Settings
+from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.release.controller import ReleaseController, ReleaseOutcome
+from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
+
+log = logging.getLogger(__name__)
+
+
+def ensure_serving_services(settings: Settings) -> None:
+    """The log sink and the feedback service (the gateway starts on the first traffic change)."""
+    from kfrelease.stack import supervisor
+    from kfrelease.stack.services import declared_services
+
+    others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
+    supervisor.up(settings, others)
+
+
+def lock_path(settings: Settings, model: str) -> Path:
+    return settings.home / "releases" / f"{model}.lock"
+
+
+class ReleaseLock:
+    """One release per model at a time on this stack (a pid file created exclusively; a dead holder's is
+    taken over)."""
+
+    def __init__(self, settings: Settings, model: str, version: str):
+        self.path, self.version = lock_path(settings, model), version
+
+    def __enter__(self):
+        from kfrelease.stack.supervisor import pid_alive
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                try:
+                    pid, version = self.path.read_text().split()[:2]
+                    alive = pid_alive(int(pid))
+                except (OSError, ValueError):
+                    alive, version = False, "?"
+                if alive:
+                    raise Conflict(
+                        f"a release of {version} is running ({self.path}); wait for it (`kfrelease release status`)"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()} {self.version}\n")
+            return self
+        raise Conflict(f"could not take the release lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def run_release(
+    settings: Settings,
+    model: str,
+    version: str,
+    spec: RolloutSpec | None = None,
+    on_decision: Callable[[dict], None] | None = None,
+) -> ReleaseOutcome:
+    """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
+    from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
+
+    spec = bind_model(spec or load_rollout_spec(), model)
+    with ReleaseLock(settings, model, version):
+        ensure_serving_services(settings)
+        driver = LocalGatewayDriver(settings, spec)
+        current = driver.current()
+        preflight = (
+            f"http://127.0.0.1:{predictor_port(settings, 'production')}" if current and current.primary else None
+        )
+        controller = ReleaseController(settings, spec, driver, preflight_url=preflight, on_decision=on_decision)
+        return controller.run(version)
+
+
+def run_release_pipeline(settings: Settings, model: str, version: str, spec_path: str | None = None) -> str:
+    """The release pipeline on kfp.local (one release per model at a time); returns the version's final stage."""
+    from kfrelease.kfp_runner import run_local
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.storage import store_for
+
+    spec_yaml = Path(spec_path).read_text() if spec_path else ""
+    load_rollout_spec(spec_path)  # a bad spec fails before the pipeline starts
+    with ReleaseLock(settings, model, version):
+        run_local(
+            settings,
+            release_pipeline,
+            model=model,
+            version=version,
+            spec_yaml=spec_yaml,
+        )
+    return ModelRegistry(store_for("pipeline", settings)).get(model, version).stage or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kfrelease.release.embedded")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--spec", default=None)
+    p.add_argument(
+        "--inline",
+        action="store_true",
+        help="run the controller in this process, not the pipeline",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    try:
+        if args.inline:
+            outcome = run_release(settings, args.model, args.version, load_rollout_spec(args.spec))
+            print(f"{outcome.model} {outcome.candidate}: {outcome.result}; production {outcome.production_after}")
+        else:
+            print(f"{args.model} {args.version}: {run_release_pipeline(settings, args.model, args.version, args.spec)}")
+    except KfreleaseError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
