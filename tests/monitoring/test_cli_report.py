@@ -2,6 +2,7 @@
 a headless browser renders (screenshot not blank); bad input gets one clear line."""
 
 import json
+import re
 import subprocess
 import uuid
 from datetime import UTC, datetime
@@ -190,3 +191,29 @@ def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
     assert not [o for b in ("inference-logs", "feedback") for o in store.list(b, f"{legacy}/")]
     same(lake.read_predictions(store, legacy, features=FEATURES), parquet)
     same(lake.read_labels(store, legacy), labels)
+
+
+def test_monitor_fetches_the_runs_drift_reports_beside_the_page_and_links_them(stack, tmp_path):
+    """What `kfrelease monitor` does with a run's report keys (``MonitorRun.report_keys``, written by
+    run_monitoring as ``monitoring/<model>/reports/<run>/<version>-<stage>-<start>.html``): each one is
+    downloaded next to the page and linked relative to it, so the page and its reports can be moved together."""
+    from kfrelease.cli.monitor import _fetch_drift_reports
+    from kfrelease.monitoring.report import render_page
+    from kfrelease.monitoring.run import RESULT_BUCKET
+
+    model = f"mon-links-{uuid.uuid4().hex[:6]}"
+    writer = store_for("pipeline", stack)
+    keys = []
+    for version, stage in (("V1.1.0", "production"), ("V1.2.0", "staging")):
+        key = f"monitoring/{model}/reports/20261202T000000Z-ab/{version}-{stage}-2026-12-02T00.html"
+        writer.put_bytes(RESULT_BUCKET, key, f"<html><body>drift of {version}</body></html>".encode())
+        keys.append(key)
+    page = tmp_path / "out" / "monitor.html"
+    page.parent.mkdir()
+    links = _fetch_drift_reports(stack, keys, page.parent / "reports")
+    assert [label for label, _ in links] == ["V1.1.0-production-2026-12-02T00", "V1.2.0-staging-2026-12-02T00"]
+    text = render_page(pd.DataFrame(), pd.DataFrame(), model, [], links)
+    hrefs = re.findall(r'<a href="(reports/drift-[^"]+)">', text)
+    assert len(hrefs) == 2
+    for href, version in zip(hrefs, ("V1.1.0", "V1.2.0")):
+        assert (page.parent / href).read_text() == f"<html><body>drift of {version}</body></html>"
