@@ -1,5 +1,6 @@
 """Every role x bucket x action, tried against the running SeaweedFS: allowed exactly where the policy says."""
 
+import dataclasses
 import os
 import stat
 import uuid
@@ -109,57 +110,35 @@ def test_the_data_scientist_registers_experiments_and_can_stage_nothing(stack):
     """By identity, not by convention: the data-scientist's credentials register an experiment (claim, model
     file, entry, rejected event) and are refused every write of the released registry: its entries, its stage
     events (staging, production), model artifacts and run records."""
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry
+    from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
 
     model = f"ds-exp-{uuid.uuid4().hex[:6]}"
     ds = store_for("data-scientist", stack)
-    kw = {"tag": 1, "dataset": "d", "commit": "experiment", "run_id": "", "metrics": {}, "input_schema": []}
-    experiments = ModelRegistry(ds, EXPERIMENTS)
-    passed = experiments.register(
+    first = TrainedModel(
         name=model,
+        tag=1,
         spec_fingerprint="a",
+        dataset="d",
         dataset_version="1",
+        commit="experiment",
+        run_id="",
+        metrics={},
         verdict={"passed": True},
+        input_schema=[],
         target="y",
         model_bytes=b"m",
-        **kw,
-    ).version
-    rejected = experiments.register(
-        name=model,
-        spec_fingerprint="b",
-        dataset_version="1",
-        verdict={"passed": False, "reasons": ["worse"]},
-        target="y",
-        model_bytes=b"m",
-        **kw,
-    ).version
+    )
+    worse = dataclasses.replace(first, spec_fingerprint="b", verdict={"passed": False, "reasons": ["worse"]})
+    experiments = ModelRegistry(ds, EXPERIMENTS)
+    passed = experiments.register(first).version
+    rejected = experiments.register(worse).version
     assert (passed.version, passed.stage, rejected.stage) == ("V1.1.0", None, "rejected")
     assert ModelRegistry(store_for("pipeline", stack), EXPERIMENTS).get(model, "V1.1.0").entry["commit"] == "experiment"
 
     released = ModelRegistry(ds)
     with pytest.raises(AccessDenied, match="data-scientist"):
-        released.register(
-            name=model,
-            spec_fingerprint="a",
-            dataset_version="1",
-            verdict={"passed": True},
-            target="y",
-            model_bytes=b"m",
-            **kw,
-        )
-    version = (
-        ModelRegistry(store_for("pipeline", stack))
-        .register(
-            name=model,
-            spec_fingerprint="a",
-            dataset_version="1",
-            verdict={"passed": True},
-            target="y",
-            model_bytes=b"m",
-            **kw,
-        )
-        .version.version
-    )
+        released.register(first)
+    version = ModelRegistry(store_for("pipeline", stack)).register(first).version.version
     for stage in ("staging", "production"):
         with pytest.raises(AccessDenied, match="may not write"):
             released.set_stage(model, version, stage, "a data scientist", "by hand")

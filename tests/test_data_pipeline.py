@@ -208,7 +208,7 @@ def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path)
     from sklearn.linear_model import LinearRegression
 
     from kfrelease.data.publish import load_dataset
-    from kfrelease.registry import ModelRegistry
+    from kfrelease.registry import ModelRegistry, TrainedModel
 
     path, spec = dataset
     upload(spec, 1)
@@ -226,18 +226,20 @@ def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path)
     reg = ModelRegistry(store_for("pipeline"))
     name = f"evolution-{uuid.uuid4().hex[:6]}"
     mv = reg.register(
-        name=name,
-        tag=1,
-        spec_fingerprint="f" * 64,
-        dataset=spec.name,
-        dataset_version=dv1.version,
-        commit="c" * 40,
-        run_id="test",
-        metrics={},
-        verdict={"passed": True, "reasons": []},
-        input_schema=[{"name": f, "dtype": "float64"} for f in features],
-        target="progression",
-        model_bytes=buf.getvalue(),
+        TrainedModel(
+            name=name,
+            tag=1,
+            spec_fingerprint="f" * 64,
+            dataset=spec.name,
+            dataset_version=dv1.version,
+            commit="c" * 40,
+            run_id="test",
+            metrics={},
+            verdict={"passed": True, "reasons": []},
+            input_schema=[{"name": f, "dtype": "float64"} for f in features],
+            target="progression",
+            model_bytes=buf.getvalue(),
+        )
     ).version
     reg.set_stage(name, mv.version, "production", "test", "production model of this test")
 

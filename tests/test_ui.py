@@ -24,7 +24,7 @@ from sklearn.linear_model import LinearRegression
 from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
-from kfrelease.registry import ModelRegistry
+from kfrelease.registry import ModelRegistry, TrainedModel
 from kfrelease.release.decision import GateRule
 from kfrelease.release.shadow import shadow_verdict
 from kfrelease.results import evaluation_report_key
@@ -42,19 +42,21 @@ def _register(reg, model, fingerprint, spec_text, code, rmse, run_id):
     buffer = io.BytesIO()
     joblib.dump(fitted, buffer)
     return reg.register(
-        name=model,
-        tag=1,
-        spec_fingerprint=fingerprint,
-        dataset="ui-data",
-        dataset_version="d1e2f3a4b5c6d7e8",
-        commit=uuid.uuid4().hex,
-        run_id=run_id,
-        metrics={"mse": rmse**2, "rmse": rmse, "mae": rmse * 0.8, "r2": 0.9, "n": 80},
-        verdict={"passed": True, "reasons": []},
-        input_schema=[{"name": f, "dtype": "float64"} for f in FEATURES],
-        target="y",
-        model_bytes=buffer.getvalue(),
-        extra={"spec": {"text": spec_text, "code": code}},
+        TrainedModel(
+            name=model,
+            tag=1,
+            spec_fingerprint=fingerprint,
+            dataset="ui-data",
+            dataset_version="d1e2f3a4b5c6d7e8",
+            commit=uuid.uuid4().hex,
+            run_id=run_id,
+            metrics={"mse": rmse**2, "rmse": rmse, "mae": rmse * 0.8, "r2": 0.9, "n": 80},
+            verdict={"passed": True, "reasons": []},
+            input_schema=[{"name": f, "dtype": "float64"} for f in FEATURES],
+            target="y",
+            model_bytes=buffer.getvalue(),
+            extra={"spec": {"text": spec_text, "code": code}},
+        )
     ).version.version
 
 

@@ -8,6 +8,7 @@ from kfrelease.registry.registry import (
     ModelRegistry,
     ModelVersion,
     Registration,
+    TrainedModel,
 )
 from kfrelease.registry.versions import VersionNumber, next_version
 
@@ -18,6 +19,7 @@ __all__ = [
     "ModelRegistry",
     "ModelVersion",
     "Registration",
+    "TrainedModel",
     "VersionNumber",
     "next_version",
 ]

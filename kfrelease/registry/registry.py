@@ -65,6 +65,27 @@ class _ClaimLost(Exception):
 
 
 @dataclass(frozen=True)
+class TrainedModel:
+    """What a training run registers: the fitted model (its bytes, in ``flavour``'s format), what it was
+    trained from and how it scored. ``extra`` joins the entry as it is (e.g. the spec, the split)."""
+
+    name: str
+    tag: int
+    spec_fingerprint: str
+    dataset: str
+    dataset_version: str
+    commit: str
+    run_id: str
+    metrics: dict
+    verdict: dict  # {"passed": bool, "reasons": [...], ...}
+    input_schema: list[dict]
+    target: str
+    model_bytes: bytes = field(repr=False)
+    extra: dict = field(default_factory=dict)
+    flavour: str = DEFAULT_FLAVOUR
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     """One registry entry (fields of docs/CONTRACTS.md) and, when known, its current stage."""
 
@@ -222,28 +243,16 @@ class ModelRegistry:
 
     def register(
         self,
+        model: TrainedModel,
         *,
-        name: str,
-        tag: int,
-        spec_fingerprint: str,
-        dataset: str,
-        dataset_version: str,
-        commit: str,
-        run_id: str,
-        metrics: dict,
-        verdict: dict,
-        input_schema: list[dict],
-        target: str,
-        model_bytes: bytes,
-        extra: dict | None = None,
         who: str = "training-pipeline",
-        flavour: str = DEFAULT_FLAVOUR,
         same_claim_wait: float = SAME_CLAIM_WAIT_SECONDS,
     ) -> Registration:
-        """Register a trained model under the next version (``kfrelease.registry.versions``).
+        """Register ``model`` under the next version (``kfrelease.registry.versions``).
 
         The same (tag, fingerprint, dataset version) returns the existing version (``created=False``). A
         model whose verdict did not pass is registered with a ``rejected`` stage event and its reasons."""
+        name = model.name
         dead: set[VersionNumber] = set()
         # Each attempt reads the claims and claims the next free version; losing it to a concurrent run (or
         # finding the same definition's claim dead) is a _ClaimLost, retried after a short random pause.
@@ -258,7 +267,10 @@ class ModelRegistry:
                 with attempt:
                     claims = self._claims(name)
                     same = find_same(
-                        [c for c in claims if c.version not in dead], tag, spec_fingerprint, dataset_version
+                        [c for c in claims if c.version not in dead],
+                        model.tag,
+                        model.spec_fingerprint,
+                        model.dataset_version,
                     )
                     if same is not None:
                         existing = self._wait_entry(name, str(same.version), same_claim_wait)
@@ -270,12 +282,12 @@ class ModelRegistry:
                             f"claim {same.version} of {name} has no entry after "
                             f"{same_claim_wait:.0f} s; treating it as dead"
                         )
-                    number = next_version(claims, tag, spec_fingerprint)
+                    number = next_version(claims, model.tag, model.spec_fingerprint)
                     claim = {
                         "version": str(number),
-                        "spec_fingerprint": spec_fingerprint,
-                        "dataset_version": dataset_version,
-                        "run_id": run_id,
+                        "spec_fingerprint": model.spec_fingerprint,
+                        "dataset_version": model.dataset_version,
+                        "run_id": model.run_id,
                         "claimed_at": now_iso(),
                     }
                     try:
@@ -284,65 +296,28 @@ class ModelRegistry:
                         )
                     except Conflict:
                         raise _ClaimLost(f"version {number} of {name} was claimed concurrently; retrying") from None
-                    return Registration(
-                        self._write_version(
-                            name,
-                            number,
-                            tag,
-                            spec_fingerprint,
-                            dataset,
-                            dataset_version,
-                            commit,
-                            run_id,
-                            metrics,
-                            verdict,
-                            input_schema,
-                            target,
-                            model_bytes,
-                            extra or {},
-                            who,
-                            flavour_named(flavour).name,
-                        ),
-                        True,
-                    )
+                    return Registration(self._write_version(model, number, who), True)
         except RetryError:
             raise KfreleaseError(
                 f"could not claim a version of {name} after {MAX_ATTEMPTS} attempts; retry the run"
             ) from None
 
-    def _write_version(
-        self,
-        name,
-        number,
-        tag,
-        fingerprint,
-        dataset,
-        dataset_version,
-        commit,
-        run_id,
-        metrics,
-        verdict,
-        input_schema,
-        target,
-        model_bytes,
-        extra,
-        who,
-        flavour,
-    ) -> ModelVersion:
-        version = str(number)
+    def _write_version(self, model: TrainedModel, number: VersionNumber, who: str) -> ModelVersion:
+        name, version, flavour = model.name, str(number), flavour_named(model.flavour).name
         prefix = self.artifact_prefix(name, version)
+        metrics, verdict = model.metrics, model.verdict
         entry = {
-            **extra,
+            **model.extra,
             "name": name,
             "version": version,
-            "tag": tag,
+            "tag": model.tag,
             "manual": number.manual,
             "auto": number.auto,
-            "commit": commit,
-            "spec_fingerprint": fingerprint,
-            "dataset": dataset,
-            "dataset_version": dataset_version,
-            "run_id": run_id,
+            "commit": model.commit,
+            "spec_fingerprint": model.spec_fingerprint,
+            "dataset": model.dataset,
+            "dataset_version": model.dataset_version,
+            "run_id": model.run_id,
             "metrics": {k: metrics.get(k) for k in ("mse", "rmse", "mae", "r2", "n") if k in metrics},
             "verdict": {
                 "passed": bool(verdict.get("passed")),
@@ -350,13 +325,13 @@ class ModelRegistry:
                 **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")},
             },
             "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": artifact_files(flavour), "flavour": flavour},
-            "input_schema": input_schema,
-            "target": target,
+            "input_schema": model.input_schema,
+            "target": model.target,
             "image": None,
             "created_at": now_iso(),
         }
         crash_point("register.after_claim")
-        self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model_bytes)
+        self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model.model_bytes)
         self.store.put_json(BUCKET, prefix + ENTRY_FILE, entry)
         crash_point("register.after_artifact")
         self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)

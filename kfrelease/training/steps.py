@@ -151,7 +151,7 @@ def register_step(
     ``release=False`` (an experiment) registers in the ``experiments`` space of the registry: the same entry,
     compared with production the same way, but with numbers of its own and never staged. The evaluation
     report (``report_path``) is stored beside the version's artifacts (``kfrelease.results``)."""
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry
+    from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
     from kfrelease.results import evaluation_report_key
     from kfrelease.training.rollout_file import rollout_of_run
 
@@ -159,24 +159,26 @@ def register_step(
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     reg = registry.register(
-        name=spec.name,
-        tag=spec.tag,
-        spec_fingerprint=spec.fingerprint,
-        dataset=spec.dataset,
-        dataset_version=dataset_version,
-        commit=commit,
-        run_id=run_id,
-        metrics=metrics,
-        verdict=verdict,
-        input_schema=spec.input_schema,
-        target=spec.target,
-        model_bytes=Path(model_path).read_bytes(),
-        extra={
-            "spec": {"text": spec.text, "code": spec.code},
-            "split": {"test_size": spec.test_size, "seed": spec.seed},
-            "experiment": not release,
-            **({"rollout": rollout} if rollout else {}),
-        },
+        TrainedModel(
+            name=spec.name,
+            tag=spec.tag,
+            spec_fingerprint=spec.fingerprint,
+            dataset=spec.dataset,
+            dataset_version=dataset_version,
+            commit=commit,
+            run_id=run_id,
+            metrics=metrics,
+            verdict=verdict,
+            input_schema=spec.input_schema,
+            target=spec.target,
+            model_bytes=Path(model_path).read_bytes(),
+            extra={
+                "spec": {"text": spec.text, "code": spec.code},
+                "split": {"test_size": spec.test_size, "seed": spec.seed},
+                "experiment": not release,
+                **({"rollout": rollout} if rollout else {}),
+            },
+        )
     )
     mv = reg.version
     key = evaluation_report_key(registry.artifact_prefix(spec.name, mv.version))

@@ -53,7 +53,7 @@ def _register(stack, version_tag: int, fit_offset: float):
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import LinearRegression
 
-    from kfrelease.registry import ModelRegistry
+    from kfrelease.registry import ModelRegistry, TrainedModel
     from kfrelease.storage import store_for
 
     frame = load_diabetes(as_frame=True).frame
@@ -63,18 +63,20 @@ def _register(stack, version_tag: int, fit_offset: float):
     joblib.dump(model, buf)
     registry = ModelRegistry(store_for("pipeline", stack))
     reg = registry.register(
-        name=MODEL,
-        tag=version_tag,
-        spec_fingerprint=f"fp-{version_tag}",
-        dataset="diabetes",
-        dataset_version="test",
-        commit="0" * 40,
-        run_id=f"run-{version_tag}",
-        metrics={"mse": 1.0, "rmse": 1.0, "mae": 1.0, "r2": 0.5},
-        verdict={"passed": True, "reasons": []},
-        input_schema=[{"name": f, "dtype": "float64"} for f in features],
-        target="target",
-        model_bytes=buf.getvalue(),
+        TrainedModel(
+            name=MODEL,
+            tag=version_tag,
+            spec_fingerprint=f"fp-{version_tag}",
+            dataset="diabetes",
+            dataset_version="test",
+            commit="0" * 40,
+            run_id=f"run-{version_tag}",
+            metrics={"mse": 1.0, "rmse": 1.0, "mae": 1.0, "r2": 0.5},
+            verdict={"passed": True, "reasons": []},
+            input_schema=[{"name": f, "dtype": "float64"} for f in features],
+            target="target",
+            model_bytes=buf.getvalue(),
+        )
     )
     return registry, reg.version.version, model, frame[features].iloc[:3]
 

@@ -9,7 +9,7 @@ import pytest
 
 from kfrelease.demo.project import spec_variant
 from kfrelease.errors import Conflict, KfreleaseError, NotFound
-from kfrelease.registry import ModelRegistry
+from kfrelease.registry import ModelRegistry, TrainedModel
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline
@@ -23,6 +23,24 @@ def registry() -> ModelRegistry:
 
 def entries(model: str) -> list[str]:
     return [v.version for v in registry().list(model)]
+
+
+def trained(name: str, **fields) -> TrainedModel:
+    """A model to register; what a test does not set is the same for every call."""
+    same = {
+        "tag": 1,
+        "spec_fingerprint": "f",
+        "dataset": "d",
+        "dataset_version": "v1",
+        "commit": "c",
+        "run_id": "r",
+        "metrics": {},
+        "verdict": {"passed": True},
+        "input_schema": [],
+        "target": "y",
+        "model_bytes": b"m",
+    }
+    return TrainedModel(name=name, **{**same, **fields})
 
 
 def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
@@ -78,20 +96,10 @@ def test_eight_concurrent_registrations_get_eight_distinct_versions(stack):
         reg = registry()
         try:
             barrier.wait(timeout=30)
-            results[i] = reg.register(
-                name=name,
-                tag=1,
-                spec_fingerprint=f"definition-{i}",
-                dataset="d",
-                dataset_version="v1",
-                commit=f"c{i}",
-                run_id=f"run-{i}",
-                metrics={"rmse": 1.0},
-                verdict={"passed": True, "reasons": []},
-                input_schema=[{"name": "x", "dtype": "float64"}],
-                target="y",
-                model_bytes=f"model {i}".encode(),
-            ).version.version
+            model = trained(
+                name, spec_fingerprint=f"definition-{i}", run_id=f"run-{i}", model_bytes=f"model {i}".encode()
+            )
+            results[i] = reg.register(model).version.version
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -117,20 +125,7 @@ def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack
     def register() -> None:
         reg = registry()
         barrier.wait(timeout=30)
-        r = reg.register(
-            name=name,
-            tag=1,
-            spec_fingerprint="f",
-            dataset="d",
-            dataset_version="v1",
-            commit="c",
-            run_id=uuid.uuid4().hex,
-            metrics={},
-            verdict={"passed": True},
-            input_schema=[],
-            target="y",
-            model_bytes=b"m",
-        )
+        r = reg.register(trained(name, run_id=uuid.uuid4().hex))
         results.append((r.version.version, r.created))
 
     threads = [threading.Thread(target=register) for _ in range(4)]
@@ -142,25 +137,10 @@ def test_concurrent_runs_of_the_same_definition_and_data_share_one_version(stack
 def test_stage_history_is_append_only_and_production_replaces_production(stack):
     name = f"stages-{uuid.uuid4().hex[:6]}"
     reg = registry()
-    kw = {
-        "name": name,
-        "tag": 1,
-        "dataset": "d",
-        "commit": "c",
-        "metrics": {},
-        "input_schema": [],
-        "target": "y",
-        "model_bytes": b"m",
-    }
-    v1 = reg.register(spec_fingerprint="a", dataset_version="1", run_id="r1", verdict={"passed": True}, **kw).version
-    v2 = reg.register(spec_fingerprint="b", dataset_version="1", run_id="r2", verdict={"passed": True}, **kw).version
-    bad = reg.register(
-        spec_fingerprint="c",
-        dataset_version="1",
-        run_id="r3",
-        verdict={"passed": False, "reasons": ["rmse too high"]},
-        **kw,
-    ).version
+    v1 = reg.register(trained(name, spec_fingerprint="a", run_id="r1")).version
+    v2 = reg.register(trained(name, spec_fingerprint="b", run_id="r2")).version
+    rejected = trained(name, spec_fingerprint="c", run_id="r3", verdict={"passed": False, "reasons": ["rmse too high"]})
+    bad = reg.register(rejected).version
     assert bad.stage == "rejected" and reg.history(name, bad.version)[0]["why"] == "rmse too high"
 
     assert reg.current(name, "production") is None
@@ -187,20 +167,7 @@ def test_stage_history_is_append_only_and_production_replaces_production(stack):
 def test_image_is_written_once(stack):
     name = f"image-{uuid.uuid4().hex[:6]}"
     reg = registry()
-    reg.register(
-        name=name,
-        tag=1,
-        spec_fingerprint="a",
-        dataset="d",
-        dataset_version="1",
-        commit="c",
-        run_id="r",
-        metrics={},
-        verdict={"passed": True},
-        input_schema=[],
-        target="y",
-        model_bytes=b"m",
-    )
+    reg.register(trained(name))
     assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"
     assert reg.set_image(name, "V1.1.0", "reg/x:V1.1.0", "sha256:aa").image["digest"] == "sha256:aa"  # same: no-op
     with pytest.raises(Conflict, match="already has image"):
@@ -218,10 +185,11 @@ def test_a_registration_killed_midway_leaves_no_version_and_the_next_run_goes_on
 
     name = f"crash-{uuid.uuid4().hex[:6]}"
     code = (
-        "import sys; from kfrelease.registry import ModelRegistry; from kfrelease.storage import store_for\n"
-        "ModelRegistry(store_for('pipeline')).register(name=sys.argv[1], tag=1, spec_fingerprint='f', dataset='d',"
-        " dataset_version='v1', commit='c', run_id='killed', metrics={}, verdict={'passed': True},"
-        " input_schema=[], target='y', model_bytes=b'm')\n"
+        "import sys\nfrom kfrelease.registry import ModelRegistry, TrainedModel\n"
+        "from kfrelease.storage import store_for\n"
+        "ModelRegistry(store_for('pipeline')).register(TrainedModel(name=sys.argv[1], tag=1, spec_fingerprint='f',"
+        " dataset='d', dataset_version='v1', commit='c', run_id='killed', metrics={}, verdict={'passed': True},"
+        " input_schema=[], target='y', model_bytes=b'm'))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, name],
@@ -234,19 +202,5 @@ def test_a_registration_killed_midway_leaves_no_version_and_the_next_run_goes_on
     assert registry().list(name) == []  # the claim and artifact exist, but no version does
     with pytest.raises(NotFound):
         registry().get(name, "V1.1.0")
-    retry = registry().register(
-        name=name,
-        tag=1,
-        spec_fingerprint="f",
-        dataset="d",
-        dataset_version="v1",
-        commit="c",
-        run_id="retry",
-        metrics={},
-        verdict={"passed": True},
-        input_schema=[],
-        target="y",
-        model_bytes=b"m",
-        same_claim_wait=0.5,
-    )
+    retry = registry().register(trained(name, run_id="retry"), same_claim_wait=0.5)
     assert retry.created and retry.version.version == "V1.1.1" and entries(name) == ["V1.1.1"]
