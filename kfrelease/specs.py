@@ -2,14 +2,16 @@
 
 Each spec module (``kfrelease.data.spec``, ``kfrelease.training.spec``, ``kfrelease.rollout.spec``) declares
 the document its YAML file holds as a ``SpecDocument`` (unknown keys forbidden, every key described, every
-default named) and builds its runtime dataclass from it. ``validate`` runs pydantic and turns its first
-error into one line that names the file, the key path, what was wrong and how to fix it; ``SCHEMAS`` maps
-each spec kind to its document, whose JSON Schema is committed under ``schemas/specs/`` for editors
-(``kfrelease spec schema KIND``) and rendered into ``docs/spec-reference.md`` by ``reference_markdown``.
+default named) and builds its runtime dataclass from it (``yaml_mapping``, ``validate``, ``to_dataclass``).
+``validate`` runs pydantic and turns its first error into one line that names the file, the key path, what
+was wrong and how to fix it; ``SCHEMAS`` maps each spec kind to its document, whose JSON Schema is committed
+under ``schemas/specs/`` for editors (``kfrelease spec schema KIND``) and rendered into
+``docs/spec-reference.md`` by ``reference_markdown``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import json
@@ -18,6 +20,7 @@ import types
 import typing
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from kfrelease.errors import ConfigError
@@ -208,6 +211,44 @@ def validate(model: type[BaseModel], doc: Any, origin: str, error: type[ConfigEr
             text = describe_error(model, shown[0])
         more = f" (and {len(errors) - len(shown)} more problem(s))" if len(errors) > len(shown) else ""
         raise error(f"{origin}: {text}{more}{suffix}") from None
+
+
+def yaml_mapping(text: str, origin: str, shape: str, error: type[ConfigError] = ConfigError, empty_ok: bool = False):
+    """The mapping a spec file's YAML holds, or ``error`` with one line: not YAML, or not a mapping (``shape``
+    says what it should be). ``empty_ok``: an empty file is an empty mapping."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if doc is None and empty_ok:
+        return {}
+    if not isinstance(doc, dict):
+        raise error(f"{origin}: {shape}")
+    return doc
+
+
+def to_dataclass(cls, doc: BaseModel, **values):
+    """The runtime dataclass ``cls`` of a checked document: ``values``, then each field of ``cls`` the
+    document sets (a nested document as the dataclass its field declares, a list as a tuple). A key the
+    document leaves out, or a section given as null, keeps the dataclass's default: defaults have one home."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values or f.name not in doc.model_fields_set:
+            continue
+        value = getattr(doc, f.name)
+        if value is None and f.default_factory is not dataclasses.MISSING:
+            continue  # a section given as null
+        values[f.name] = _converted(hints[f.name], value)
+    return cls(**values)
+
+
+def _converted(hint, value):
+    if isinstance(value, BaseModel):
+        return to_dataclass(next(t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), value)
+    if isinstance(value, list):
+        item = (typing.get_args(hint) or (Any,))[0]
+        return tuple(_converted(item, v) for v in value)
+    return value
 
 
 def document(kind: str) -> type[BaseModel]:

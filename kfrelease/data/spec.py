@@ -12,11 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Number, SpecDocument, did_you_mean, validate
+from kfrelease.specs import Number, SpecDocument, did_you_mean, to_dataclass, validate, yaml_mapping
 
 DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
 #: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
@@ -119,23 +118,13 @@ class DatasetSpec:
 
 def parse_spec(text: str, origin: str = "<dataset spec>") -> DatasetSpec:
     """Check a dataset spec's YAML; a ``ConfigError`` names the key that is wrong and how to fix it."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{origin}: a dataset spec is a mapping with name, source, columns")
+    doc = yaml_mapping(text, origin, "a dataset spec is a mapping with name, source, columns")
     d = validate(DatasetDocument, doc, origin)
-    return DatasetSpec(
-        name=d.name,
-        columns=tuple(ColumnSpec(name=n, **c.model_dump()) for n, c in d.columns.items()),
+    return to_dataclass(
+        DatasetSpec,
+        d,
+        columns=tuple(to_dataclass(ColumnSpec, c, name=n) for n, c in d.columns.items()),
         source_prefix=d.source.prefix.rstrip("/") + "/",
-        id_column=d.id_column,
-        target=d.target,
-        min_rows=d.min_rows,
-        features=d.features,
-        description=d.description,
-        on_invalid=d.on_invalid,
         text=text,
     )
 

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, field_validator
 
 from kfrelease.errors import ConfigError
@@ -25,7 +24,7 @@ from kfrelease.release.checks import (
     SOURCES,
     CheckSpec,
 )
-from kfrelease.specs import Number, SpecDocument, validate
+from kfrelease.specs import Number, SpecDocument, to_dataclass, validate, yaml_mapping
 
 METRICS_SOURCES = ("auto", "predictor", "prometheus")
 DEPLOYMENT_MODES = ("Serverless", "RawDeployment")
@@ -346,34 +345,11 @@ def _replaced(doc: dict, origin: str) -> None:
 
 
 def parse_rollout_spec(text: str, origin: str = "rollout spec") -> RolloutSpec:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RolloutSpecError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise RolloutSpecError(f"{origin}: a rollout spec is a mapping of sections (shadow, canary, rollback, serving)")
+    shape = "a rollout spec is a mapping of sections (shadow, canary, rollback, serving)"
+    doc = yaml_mapping(text, origin, shape, RolloutSpecError, empty_ok=True)
     _replaced(doc, origin)
     d = validate(RolloutDocument, doc, origin, RolloutSpecError, "; nothing was changed")
-
-    def section(cls, part):
-        if part is None:
-            return cls()
-        values = part.model_dump(exclude_unset=True)
-        if "steps" in values:
-            values["steps"] = tuple(values["steps"])
-        if "checks" in values:
-            values["checks"] = tuple(CheckSpec(**c.model_dump(exclude_unset=True)) for c in part.checks)
-        return cls(**values)
-
-    spec = RolloutSpec(
-        model=d.model,
-        shadow=section(ShadowSpec, d.shadow),
-        canary=section(CanarySpec, d.canary),
-        rollback=section(RollbackSpec, d.rollback),
-        serving=section(ServingSpec, d.serving),
-    )
+    spec = to_dataclass(RolloutSpec, d)
     spec.check(origin)
     return spec
 

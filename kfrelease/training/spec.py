@@ -41,7 +41,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Number, SpecDocument, did_you_mean, validate
+from kfrelease.specs import Number, SpecDocument, did_you_mean, to_dataclass, validate, yaml_mapping
 from kfrelease.training.resources import MODEL_DEFAULT, Resources, parse_resources
 from kfrelease.training.retrain import NEW_DATA_MIN_INTERVAL_MINUTES
 
@@ -329,30 +329,21 @@ class ModelDocument(SpecDocument):
 
 def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> ModelSpec:
     """Parse and check a model spec (structure only; the data is checked against it before training)."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{origin}: a model spec is a mapping with name, tag, dataset, features, target, estimator")
+    shape = "a model spec is a mapping with name, tag, dataset, features, target, estimator"
+    doc = yaml_mapping(text, origin, shape)
     d = validate(ModelDocument, doc, origin)
     split = d.split or SplitDocument()
     estimator = None
     if d.estimator is not None:  # as written: the fingerprint hashes it
         estimator = {"class": d.estimator.class_, "params": dict(d.estimator.params or {})}
-    return ModelSpec(
-        name=d.name,
-        tag=d.tag,
-        dataset=d.dataset,
-        features=tuple(d.features),
-        target=d.target,
+    return to_dataclass(
+        ModelSpec,
+        d,
         estimator=estimator,
-        build=d.build,
         test_size=float(split.test_size),
         seed=split.seed,
         validation=dict(doc.get("validation") or {}),
         code=dict(code or {}),
-        description=d.description,
         resources=parse_resources(doc.get("resources"), origin),
         text=text,
     )
