@@ -53,23 +53,18 @@ def manifest_path(settings: Settings, slot: ServerSlot) -> Path:
     return settings.service_dir(slot.name) / "manifest.json"
 
 
+def host_argv(
+    slot: ServerSlot, manifest: Path, port: int, *extra: str, module: str = "kfrelease.serving.host"
+) -> list[str]:
+    """The command line of the model server of ``slot``: ``python -m module`` (the stack's host, or a test's
+    stand-in taking the same arguments) with ``extra`` arguments after the common ones."""
+    common = ["--slot", slot.name, "--stage", slot.stage, "--manifest", str(manifest), "--http-port", str(port)]
+    return [sys.executable, "-m", module, *common, *extra]
+
+
 def default_host_command(settings: Settings) -> HostCommand:
     def command(slot: ServerSlot, manifest: Path, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "kfrelease.serving.host",
-            "--slot",
-            slot.name,
-            "--stage",
-            slot.stage,
-            "--manifest",
-            str(manifest),
-            "--http-port",
-            str(port),
-            "--logger-url",
-            settings.url("logsink", "/"),
-        ]
+        return host_argv(slot, manifest, port, "--logger-url", settings.url("logsink", "/"))
 
     return command
 

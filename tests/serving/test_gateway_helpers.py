@@ -51,23 +51,12 @@ def recording_model(name: str, version: str, record: Path):
 
 def recording_command(record_dir: Path):
     """A ``host_command`` for ``LocalGatewayDriver`` that starts the recording model host."""
+    from kfrelease.serving.hosts import host_argv
 
     def command(slot, manifest: Path, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "tests.serving.test_gateway_helpers",
-            "--slot",
-            slot.name,
-            "--stage",
-            slot.stage,
-            "--manifest",
-            str(manifest),
-            "--http-port",
-            str(port),
-            "--record-dir",
-            str(record_dir),
-        ]
+        return host_argv(
+            slot, manifest, port, "--record-dir", str(record_dir), module="tests.serving.test_gateway_helpers"
+        )
 
     return command
 
