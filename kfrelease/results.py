@@ -103,27 +103,25 @@ def _flat(prefix: str, value) -> dict:
     return {prefix: value}
 
 
+def _compared(mv, spec: dict) -> dict:
+    """What ``diff_versions`` compares of one version: its definition (flattened), data, lineage, verdict, stage."""
+    return {
+        **_flat("", {k: v for k, v in spec.items() if k not in ("text", "build_code")}),
+        **{k: mv.entry.get(k) for k in ("dataset", "dataset_version", "commit", "spec_fingerprint")},
+        "verdict": "passed" if mv.passed else "rejected",
+        "stage": mv.stage,
+    }
+
+
+def _code(spec: dict) -> str:
+    """The spec's text and its build code, as the code diff shows them."""
+    return (spec.get("text") or "") + (f"\n# {spec['build']}\n{spec['build_code']}" if spec.get("build_code") else "")
+
+
 def diff_versions(a, b) -> VersionDiff:
     """Compare two registry versions (``ModelVersion``): definition, data version, lineage, metrics, code."""
     sa, sb = version_spec(a.entry), version_spec(b.entry)
-    fields_a = {
-        **_flat("", {k: v for k, v in sa.items() if k not in ("text", "build_code")}),
-        "dataset": a.entry.get("dataset"),
-        "dataset_version": a.entry.get("dataset_version"),
-        "commit": a.entry.get("commit"),
-        "spec_fingerprint": a.entry.get("spec_fingerprint"),
-        "verdict": "passed" if a.passed else "rejected",
-        "stage": a.stage,
-    }
-    fields_b = {
-        **_flat("", {k: v for k, v in sb.items() if k not in ("text", "build_code")}),
-        "dataset": b.entry.get("dataset"),
-        "dataset_version": b.entry.get("dataset_version"),
-        "commit": b.entry.get("commit"),
-        "spec_fingerprint": b.entry.get("spec_fingerprint"),
-        "verdict": "passed" if b.passed else "rejected",
-        "stage": b.stage,
-    }
+    fields_a, fields_b = _compared(a, sa), _compared(b, sb)
     changes = [
         Change(k, fields_a.get(k), fields_b.get(k))
         for k in sorted(set(fields_a) | set(fields_b))
@@ -134,9 +132,7 @@ def diff_versions(a, b) -> VersionDiff:
         va, vb = (a.entry.get("metrics") or {}).get(m), (b.entry.get("metrics") or {}).get(m)
         metrics.append((m, va, vb, vb - va if va is not None and vb is not None else None))
     name_a, name_b = f"{a.entry['name']} {a.entry['version']}", f"{b.entry['name']} {b.entry['version']}"
-    code_a = (sa.get("text") or "") + (f"\n# {sa['build']}\n{sa['build_code']}" if sa.get("build_code") else "")
-    code_b = (sb.get("text") or "") + (f"\n# {sb['build']}\n{sb['build_code']}" if sb.get("build_code") else "")
-    code_diff = "".join(difflib.unified_diff(code_a.splitlines(True), code_b.splitlines(True), name_a, name_b))
+    code_diff = "".join(difflib.unified_diff(_code(sa).splitlines(True), _code(sb).splitlines(True), name_a, name_b))
     return VersionDiff(name_a, name_b, changes, metrics, code_diff)
 
 

@@ -152,6 +152,12 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         group, _, version = api_version.partition("/")
         return group, version
 
+    def _custom(self, verb: str, api_version: str, namespace: str, kind: str, *args):
+        """``CustomObjectsApi.<verb>_namespaced_custom_object`` for ``kind`` (its group, version and plural)."""
+        group, version = self._gv(api_version)
+        method = getattr(self.api, f"{verb}_namespaced_custom_object")
+        return self._call(method, group, version, namespace, PLURALS[kind], *args)
+
     def _call(self, fn, *args, **kwargs):
         from kubernetes.client.exceptions import ApiException
 
@@ -190,52 +196,24 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             api = self._client.CoordinationV1Api()
             lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
             return None if lease is None else api.api_client.sanitize_for_serialization(lease)
-        group, version = self._gv(ref["apiVersion"])
-        return self._call(
-            self.api.get_namespaced_custom_object, group, version, ref["namespace"], PLURALS[ref["kind"]], ref["name"]
-        )
+        return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
 
     def patch(self, ref: dict) -> None:
-        group, version = self._gv(ref["apiVersion"])
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self._call(
-            self.api.patch_namespaced_custom_object,
-            group,
-            version,
-            ref["namespace"],
-            PLURALS[ref["kind"]],
-            ref["name"],
-            ref["patch"],
-        )
+        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"])
 
     def create(self, doc: dict) -> None:
         if doc["kind"] == "Lease":
             self._call(self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc)
             return
-        group, version = self._gv(doc["apiVersion"])
-        self._call(
-            self.api.create_namespaced_custom_object,
-            group,
-            version,
-            doc["metadata"]["namespace"],
-            PLURALS[doc["kind"]],
-            doc,
-        )
+        self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc)
 
     def replace(self, doc: dict) -> None:
         meta = doc["metadata"]
         self._call(self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc)
 
     def delete(self, ref: dict) -> None:
-        group, version = self._gv(ref["apiVersion"])
-        self._call(
-            self.api.delete_namespaced_custom_object,
-            group,
-            version,
-            ref["namespace"],
-            PLURALS[ref["kind"]],
-            ref["name"],
-        )
+        self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
 
     def can(self, verb: str, ref: dict) -> bool:
         c = self._client
