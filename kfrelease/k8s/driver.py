@@ -356,11 +356,12 @@ class KServeTrafficDriver:
                     self._state = recorded_state(doc)
         return self._state
 
-    def _plan(self, state: TrafficState) -> dict[str, list[dict]]:
+    def _plan(self, state: TrafficState, current: list[dict] | None = None) -> dict[str, list[dict]]:
+        """The moves to ``state`` from ``current`` (default: what the cluster holds now)."""
         from kfrelease.k8s.traffic import traffic_patches
 
         return traffic_patches(
-            self.objects.list(self.spec),
+            self.objects.list(self.spec) if current is None else current,
             self.spec,
             state,
             self.storage_uris,
@@ -376,30 +377,14 @@ class KServeTrafficDriver:
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
         planned against the objects it would leave behind."""
-        from kfrelease.k8s.traffic import apply_traffic
+        from kfrelease.k8s.traffic import apply_plan
 
         docs = self.objects.list(self.spec)
         refused: list[str] = []
         for state in states:
-            from kfrelease.k8s.traffic import traffic_patches
-
-            plan = traffic_patches(
-                docs,
-                self.spec,
-                state,
-                self.storage_uris,
-                logger_url=self.logger_url,
-                kserve_version=self.kserve_version,
-            )
+            plan = self._plan(state, docs)
             refused += [r for r in self._refused(plan) if r not in refused]
-            docs = apply_traffic(
-                docs,
-                self.spec,
-                state,
-                self.storage_uris,
-                logger_url=self.logger_url,
-                kserve_version=self.kserve_version,
-            )
+            docs = apply_plan(docs, plan)
         if self.lock:
             for verb in ("get", "update"):
                 if not self.objects.can(verb, self.lock.ref):

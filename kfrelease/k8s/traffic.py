@@ -1,7 +1,8 @@
 """A release's traffic state applied to the cluster as JSON merge patches (RFC 7386) of the objects
 ``kfrelease.k8s.inference`` renders: ``traffic_patches`` is what the traffic driver sends (``kubectl patch
---type merge``), ``apply_traffic`` what the cluster then holds (for tests and dry runs). Only the objects of
-the release's own model, and only their ``spec`` and the annotations the renderer sets, are ever touched."""
+--type merge``), ``apply_traffic`` (``apply_plan``) what the cluster then holds (for tests and dry runs).
+Only the objects of the release's own model, and only their ``spec`` and the annotations the renderer sets,
+are ever touched."""
 
 from __future__ import annotations
 
@@ -109,7 +110,11 @@ def apply_traffic(
     **kwargs,
 ) -> list[dict]:
     """The objects after ``traffic_patches`` (what the cluster will hold); for tests and dry runs."""
-    plan = traffic_patches(current, spec, state, storage_uris, **kwargs)
+    return apply_plan(current, traffic_patches(current, spec, state, storage_uris, **kwargs))
+
+
+def apply_plan(current: list[dict], plan: dict[str, list[dict]]) -> list[dict]:
+    """The objects after a plan of ``traffic_patches`` is sent to a cluster that holds ``current``."""
     by_key = {_key(d): copy.deepcopy(d) for d in current}
     for p in plan["patch"]:
         key = (p["kind"], p["namespace"], p["name"])
