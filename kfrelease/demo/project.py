@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.git import git
 from kfrelease.resources import resource_path
 
 EXAMPLE = resource_path("examples") / "diabetes-model"
@@ -51,17 +51,7 @@ def spec_variant(merge: int, base_text: str | None = None, **changes) -> str:
 
 
 def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(repo), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, **_GIT_ENV},
-    )
-    if proc.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    return git(repo, *args, env={**os.environ, **_GIT_ENV}).strip()
 
 
 def merge_change(repo: Path, branch: str, files: dict[str, str], message: str) -> str:

@@ -10,10 +10,9 @@ recorded with the production version it retrains. A project without ``rollout.ya
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from kfrelease.errors import ConfigError
+from kfrelease.git import git
 
 ROLLOUT_FILE = "rollout.yaml"
 
@@ -35,23 +34,9 @@ def checked(text: str, model: str, origin: str) -> str:
 def rollout_at_commit(repo: str | Path, sha: str, spec_file: str, model: str) -> str | None:
     """The text of the project's rollout spec at ``sha`` (checked for ``model``), or None if it has none."""
     path = rollout_path(spec_file)
-    listed = subprocess.run(
-        ["git", "-C", str(repo), "ls-tree", "--name-only", sha, "--", path],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if listed.returncode != 0:
-        raise ConfigError(f"git ls-tree {sha[:12]} {path} in {repo} failed: {listed.stderr.strip()}")
-    if not listed.stdout.strip():
+    if not git(repo, "ls-tree", "--name-only", sha, "--", path).strip():
         return None
-    shown = subprocess.run(
-        ["git", "-C", str(repo), "show", f"{sha}:{path}"], capture_output=True, text=True, timeout=30, check=False
-    )
-    if shown.returncode != 0:
-        raise ConfigError(f"git show {sha[:12]}:{path} in {repo} failed: {shown.stderr.strip()}")
-    return checked(shown.stdout, model, f"{path}@{sha[:12]}")
+    return checked(git(repo, "show", f"{sha}:{path}"), model, f"{path}@{sha[:12]}")
 
 
 def rollout_of_run(store, run_id: str) -> str | None:

@@ -378,22 +378,16 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
     """The model spec (and its code) as committed at ``commit`` in the git repository ``repo``.
 
     Returns the spec and the full commit SHA."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False)
-        if proc.returncode != 0:
-            raise ConfigError(f"git {' '.join(args)} in {repo} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout
+    from kfrelease.git import git
 
     if not Path(repo).is_dir():
         raise ConfigError(f"repository {repo} does not exist")
     try:
-        sha = git("rev-parse", "--verify", f"{commit}^{{commit}}").strip()
+        sha = git(repo, "rev-parse", "--verify", f"{commit}^{{commit}}").strip()
     except ConfigError:
         raise ConfigError(f"commit {commit!r} is not in the repository {repo}; push or fetch it first") from None
     try:
-        text = git("show", f"{sha}:{spec_file}")
+        text = git(repo, "show", f"{sha}:{spec_file}")
     except ConfigError:
         raise ConfigError(
             f"commit {sha[:12]} in {repo} has no {spec_file}; a model project has one at its root"
@@ -403,7 +397,7 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
     for name in _code_files(text):
         rel = name if base in ("", ".") else f"{base}/{name}"
         try:
-            code[name] = git("show", f"{sha}:{rel}")
+            code[name] = git(repo, "show", f"{sha}:{rel}")
         except ConfigError:
             raise ConfigError(
                 f"commit {sha[:12]}: {spec_file} names build code {name}, which is not committed"
