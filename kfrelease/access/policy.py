@@ -43,6 +43,10 @@ def _default_path() -> Path:
     return Path(str(resources.files("kfrelease.access") / "policy.yaml"))
 
 
+def _refused(path, role: str, problem: str) -> ConfigError:
+    return ConfigError(f"access policy {path}: role {role!r} {problem}")
+
+
 def load_policy(path: str | Path | None = None) -> AccessPolicy:
     """Read and check a policy file (default: the packaged ``policy.yaml``)."""
     path = Path(path) if path else _default_path()
@@ -65,30 +69,29 @@ def load_policy(path: str | Path | None = None) -> AccessPolicy:
         for target, actions in grants.items():
             bucket, _, prefix = str(target).partition("/")
             if bucket not in buckets:
-                raise ConfigError(
-                    f"access policy {path}: role {role!r} names bucket {bucket!r}, which is not under 'buckets' "
-                    f"({', '.join(buckets)})"
+                raise _refused(
+                    path, role, f"names bucket {bucket!r}, which is not under 'buckets' ({', '.join(buckets)})"
                 )
             bad = [a for a in actions if a not in ACTIONS]
             if bad:
-                raise ConfigError(
-                    f"access policy {path}: role {role!r} bucket {bucket!r} has unknown action(s) {bad}; "
-                    f"use {', '.join(ACTIONS)}"
-                )
+                raise _refused(path, role, f"bucket {bucket!r} has unknown action(s) {bad}; use {', '.join(ACTIONS)}")
             if not prefix:
                 roles[role][bucket] = frozenset(actions)
                 continue
             if not prefix.endswith("/") or "*" in prefix or "//" in prefix or ".." in prefix.split("/"):
-                raise ConfigError(
-                    f"access policy {path}: role {role!r} grant {target!r}: a key prefix is plain path segments "
-                    f"ending in '/' (e.g. models/experiments/), no wildcards"
+                raise _refused(
+                    path,
+                    role,
+                    f"grant {target!r}: a key prefix is plain path segments ending in '/' (e.g. models/experiments/), "
+                    "no wildcards",
                 )
             unscoped = [a for a in actions if a not in PREFIX_ACTIONS]
             if unscoped:
-                raise ConfigError(
-                    f"access policy {path}: role {role!r} grant {target!r}: {unscoped} cannot be scoped to a key "
-                    f"prefix (the embedded SeaweedFS enforces only {', '.join(PREFIX_ACTIONS)} per prefix); grant "
-                    f"them on the bucket {bucket!r}"
+                raise _refused(
+                    path,
+                    role,
+                    f"grant {target!r}: {unscoped} cannot be scoped to a key prefix (the embedded SeaweedFS enforces "
+                    f"only {', '.join(PREFIX_ACTIONS)} per prefix); grant them on the bucket {bucket!r}",
                 )
             prefixes[role][(bucket, prefix)] = frozenset(actions)
     return AccessPolicy(buckets=buckets, roles=roles, descriptions=descriptions, prefixes=prefixes)
