@@ -198,8 +198,8 @@ def test_monitor_fetches_the_runs_drift_reports_beside_the_page_and_links_them(s
     run_monitoring as ``monitoring/<model>/reports/<run>/<version>-<stage>-<start>.html``): each one is
     downloaded next to the page and linked relative to it, so the page and its reports can be moved together."""
     from kfrelease.cli.monitor import _fetch_drift_reports
-    from kfrelease.monitoring.report import render_page
     from kfrelease.monitoring.passes import RESULT_BUCKET
+    from kfrelease.monitoring.report import render_page
 
     model = f"mon-links-{uuid.uuid4().hex[:6]}"
     writer = store_for("pipeline", stack)
