@@ -275,6 +275,10 @@ def test_validating_a_local_file_needs_no_stack_and_no_credentials(tmp_path):
     import subprocess
     import sys
 
+    from click.testing import CliRunner
+
+    from kfrelease.cli import cli
+
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KFRELEASE_", "AWS_"))}
@@ -287,21 +291,22 @@ def test_validating_a_local_file_needs_no_stack_and_no_credentials(tmp_path):
     spec_file = tmp_path / "diabetes.yaml"
     spec_file.write_text(SPEC.text)
 
-    def validate_file(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "kfrelease.cli", "data", "validate", "--file", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            check=False,
-        )
-
-    ok = validate_file(str(good), "--dataset", "diabetes")  # a name: its packaged spec, said so
+    ok = subprocess.run(  # a dataset name: its packaged spec, and it says so
+        [sys.executable, "-m", "kfrelease.cli", "data", "validate", "--file", str(good), "--dataset", "diabetes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "valid: 60 rows match dataset spec 'diabetes'" in ok.stdout
     assert "validating against the packaged spec 'diabetes'" in ok.stderr and "no credentials" in ok.stderr
-    refused = validate_file(str(bad), "--dataset", str(spec_file))  # a spec file: the store is not even asked
-    assert refused.returncode == 1 and "age" in refused.stderr and "500" in refused.stderr, refused.stderr
-    assert "packaged" not in refused.stderr
+    # a spec file: the object store is not even asked (in-process, same empty home)
+    unset = {k: None for k in os.environ if k.startswith(("KFRELEASE_", "AWS_"))}
+    refused = CliRunner(env={**unset, "KFRELEASE_HOME": str(home)}).invoke(
+        cli, ["data", "validate", "--file", str(bad), "--dataset", str(spec_file)]
+    )
+    assert refused.exit_code == 1 and "column 'age': above the maximum 120" in refused.output, refused.output
+    assert "value '500.0'" in refused.output and "packaged" not in refused.output
     assert list(home.iterdir()) == []  # nothing generated, nothing started
