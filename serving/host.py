@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per prediction-log POST
     from kfrelease.config import Settings
     from kfrelease.serving.fastlane import run_model_server
 

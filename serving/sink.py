@@ -2,8 +2,15 @@
 
 ``POST /`` takes (parsed by the ``cloudevents`` SDK, ``parse_events``) one event in CloudEvents binary mode (``ce-*`` headers, JSON body: what KServe's logger
 and ``kfrelease.serving.logger`` send), structured mode (``application/cloudevents+json``) or a batch
-(``application/cloudevents-batch+json``, a JSON array of structured events). Each event becomes one JSON
-line (fields in docs/CONTRACTS.md, "Prediction logs").
+(``application/cloudevents-batch+json``, a JSON array of structured events: what
+``kfrelease.serving.logger`` sends when more than one event is queued). Each event becomes one JSON line
+(fields in docs/CONTRACTS.md, "Prediction logs").
+
+A batch is all or nothing: its events are appended (and fsync'ed) together and acknowledged with one 200
+``{"written": n, "duplicates": d}``; if any event of it is not a valid inference CloudEvent the answer is a
+400 JSON error naming that event's index, and none of the batch is written (the sender can tell nothing
+apart from a retry; ``kfrelease.serving.logger`` then sends that batch's events one at a time, so only the
+invalid ones are refused). An empty batch writes nothing and is a 200.
 
 Acknowledged means durable: an event is appended to the local write-ahead file (``services/logsink/wal/``)
 and fsync'ed before the 200 goes out (concurrent requests share one fsync). A background uploader turns
@@ -146,9 +153,17 @@ def parse_events(headers: dict, body: bytes) -> list[CloudEvent]:
     try:
         if ctype == "application/cloudevents-batch+json":
             docs = orjson.loads(body)
-            if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
-                raise InvalidEvent("a CloudEvents batch must be a JSON array of objects")
-            return [from_dict(d) for d in docs]
+            if not isinstance(docs, list):
+                raise InvalidEvent("a CloudEvents batch must be a JSON array of objects; nothing was written")
+            events = []
+            for i, d in enumerate(docs):
+                if not isinstance(d, dict):
+                    raise InvalidEvent(f"{_in_batch(i, len(docs))}: not a JSON object")
+                try:
+                    events.append(from_dict(d))
+                except CloudEventError as exc:
+                    raise InvalidEvent(f"{_in_batch(i, len(docs))}: not a CloudEvent: {exc}") from None
+            return events
         if ctype == "application/cloudevents+json":
             if not isinstance(orjson.loads(body), dict):
                 raise InvalidEvent("a structured CloudEvent must be a JSON object")
@@ -161,6 +176,24 @@ def parse_events(headers: dict, body: bytes) -> list[CloudEvent]:
         raise InvalidEvent(f"not a CloudEvent: {exc}") from None
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"the CloudEvent is not JSON: {exc}") from None
+
+
+def _in_batch(index: int, size: int) -> str:
+    return f"event {index} of the batch of {size} (none of the batch was written)"
+
+
+def lines_from_events(events: list[CloudEvent], batch: bool = False) -> list[dict]:
+    """The JSON lines of one POST's events; an invalid one refuses them all (``InvalidEvent`` naming its
+    index when the POST was a batch)."""
+    out = []
+    for i, event in enumerate(events):
+        try:
+            out.append(line_from_event(event))
+        except InvalidEvent as exc:
+            if not batch:
+                raise
+            raise InvalidEvent(f"{_in_batch(i, len(events))}: {exc}") from None
+    return out
 
 
 def event_line(headers: dict, body: bytes) -> dict:
@@ -546,8 +579,9 @@ def create_app(sink: LogSink):
                 413,
             )
         headers = {k.lower(): v for k, v in request.headers.items()}
+        batch = headers.get("content-type", "").split(";")[0].strip() == "application/cloudevents-batch+json"
         try:
-            lines = [line_from_event(e) for e in parse_events(headers, body)]
+            lines = lines_from_events(parse_events(headers, body), batch)
         except InvalidEvent as exc:
             EVENTS.labels("invalid").inc()
             return JSONResponse({"error": str(exc)}, 400)

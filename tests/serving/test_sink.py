@@ -208,6 +208,49 @@ def test_a_segment_becomes_one_parquet_object_per_model_and_hour_with_a_stable_k
     assert schema_version_of(io.BytesIO(first[min(first)][0])) == SCHEMA_VERSION
 
 
+def _wal_ids(wal) -> list[str]:
+    return [orjson.loads(x)["id"] for p in sorted(wal.glob("*.jsonl")) for x in p.read_bytes().splitlines()]
+
+
+def test_a_batch_is_written_whole_or_refused_whole_and_the_logger_then_loses_only_the_invalid_events(tmp_path):
+    """Batched mode (what the prediction logger sends): every event of a valid batch is fsync'ed under one
+    200; a batch with one invalid event is a 400 JSON error naming its index, and none of it is written;
+    the logger then sends that batch one event at a time, so only the invalid event is dropped."""
+    import numpy as np
+
+    from kfrelease.config import Settings
+    from kfrelease.serving.logger import InferenceLogger
+
+    sink = LogSink(Settings(home=tmp_path), wal_dir=tmp_path / "wal", store=object())
+    logger = InferenceLogger(
+        "http://testserver/", tmp_path / "logger-wal", "batch-model", "V1.0.0", "production", ["a"]
+    )
+    with TestClient(create_app(sink)) as client:
+        logger._client = client  # the sender thread is not started: _deliver is called here
+        rows, pred = np.array([[1.0]]), np.array([2.0])
+        events = [e for i in range(50) for e in logger._events(f"ok-{i}", "2026-01-02T03:04:05Z", rows, pred)]
+        assert logger._deliver(events) == 100 and logger.sent == 100
+        assert sorted(_wal_ids(tmp_path / "wal")) == sorted(e["id"] for e in events)
+
+        bad = [e for i in range(5) for e in logger._events(f"mixed-{i}", "2026-01-02T03:04:06Z", rows, pred)]
+        bad[3] = {**bad[3], "time": "yesterday"}
+        r = client.post("/", content=logger._batch_body(bad), headers={"content-type": BATCH})
+        assert r.status_code == 400 and r.json()["error"].startswith("event 3 of the batch of 10 (none of the")
+        assert len(_wal_ids(tmp_path / "wal")) == 100, "a refused batch wrote nothing"
+        assert logger._deliver(bad) == 10  # done with all: 9 sent one at a time, the invalid one dropped
+        assert (logger.sent, logger.dropped) == (109, 1)
+        assert len(_wal_ids(tmp_path / "wal")) == 109
+
+        empty = client.post("/", content=b"[]", headers={"content-type": BATCH})
+        assert (empty.status_code, empty.json()) == (200, {"written": 0, "duplicates": 0})
+        for body, fragment in ((b"{}", "JSON array"), (b'[{"id": "x"}]', "event 0 of the batch of 1")):
+            r = client.post("/", content=body, headers={"content-type": BATCH})
+            assert r.status_code == 400 and fragment in r.json()["error"]
+
+
+BATCH = "application/cloudevents-batch+json"
+
+
 @pytest.mark.integration
 def test_acknowledged_events_are_durable_deduplicated_and_uploaded(stack, tmp_path):
     from kfrelease.storage import store_for
