@@ -288,6 +288,13 @@ VARIABLES: tuple[Variable, ...] = (
         "with KFRELEASE_CRASH_AT: crash only the first time (creates this file)",
         "tests",
     ),
+    Variable(
+        "KFRELEASE_STEP_BACKOFF_SECONDS",
+        "int",
+        None,
+        "first backoff (s) of a retried pipeline step in place of 5 (fault tests); the compiled packages keep 5",
+        "tests",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 

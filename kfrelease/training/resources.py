@@ -126,6 +126,15 @@ def pipeline_arguments(resources: Resources) -> dict:
     }
 
 
+def step_backoff() -> dict:
+    """``BACKOFF``, or with ``KFRELEASE_STEP_BACKOFF_SECONDS`` (the fault tests' local runs) that first backoff
+    (whole seconds: kfp.local reads the seconds of the compiled duration), the same factor and maximum."""
+    from kfrelease.config import setting
+
+    seconds = setting("KFRELEASE_STEP_BACKOFF_SECONDS")
+    return BACKOFF if seconds is None else {**BACKOFF, "backoff_duration": f"{seconds}s"}
+
+
 def apply_step_policy(task, step: str, model: dict | None = None, caching: bool = False):
     """Resources, retries and caching of one pipeline task. ``model`` holds the pipeline's ``model_*``
     parameters (channels) for the model steps; other steps get ``STEP_DEFAULT``."""
@@ -140,6 +149,6 @@ def apply_step_policy(task, step: str, model: dict | None = None, caching: bool 
         task.set_cpu_request(r.cpu).set_memory_request(r.memory).set_cpu_limit(r.cpu_limit).set_memory_limit(
             r.memory_limit
         )
-    task.set_retry(RETRIES, **BACKOFF)
+    task.set_retry(RETRIES, **step_backoff())
     task.set_caching_options(caching)
     return task

@@ -148,6 +148,7 @@ def test_a_step_killed_with_sigkill_is_retried_and_the_run_finishes(project, sta
     repo, shas, _ = project
     monkeypatch.setenv("KFRELEASE_CRASH_AT", "train.loaded")  # the train step kills itself once, mid-step
     monkeypatch.setenv("KFRELEASE_CRASH_ONCE", str(tmp_path / "crashed-once"))
+    monkeypatch.setenv("KFRELEASE_STEP_BACKOFF_SECONDS", "1")  # the retry is tested, not its 5 s wait
     record = trigger(stack, shas[0], repo)
     done = wait(stack, record.run_id, timeout=420)
     assert (tmp_path / "crashed-once").exists()  # attempt 1 of the step really was killed
@@ -195,6 +196,7 @@ def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, da
 def test_an_infrastructure_failure_on_every_attempt_is_retried_by_the_next_trigger(project, stack, monkeypatch):
     repo, shas, _ = project
     monkeypatch.setenv("KFRELEASE_CRASH_AT", "containerize.start")  # every attempt of containerize is killed
+    monkeypatch.setenv("KFRELEASE_STEP_BACKOFF_SECONDS", "1")  # 1 s + 2 s between its tries, not 5 s + 10 s
     record = trigger(stack, shas[0], repo)
     done = wait(stack, record.run_id, timeout=600)
     assert done.status == "failed" and done.state["cause"] == "infrastructure", done.state
