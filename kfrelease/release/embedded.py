@@ -2,9 +2,10 @@
 in this process (``run_release``: the serving services, the local gateway and the controller) or the release
 pipeline on ``kfp.local`` (``run_release_pipeline``).
 
-``python -m kfrelease.release.embedded MODEL VERSION [--spec FILE] [--inline]`` runs one release in the
-foreground: the release pipeline (default) or the controller in this process (``--inline``); the hand-over
-(``kfrelease.release.handover``) starts it as a detached process.
+``python -m kfrelease.release.embedded MODEL VERSION [--spec FILE] [--wait-for-lock SECONDS] [--inline]`` runs
+one release in the foreground: the release pipeline (default) or the controller in this process
+(``--inline``); the hand-over (``kfrelease.release.handover``) starts it as a detached process, with
+``--wait-for-lock``: a running release of the model is waited for (the hand-over's releases queue).
 """
 
 from __future__ import annotations
@@ -39,12 +40,33 @@ def lock_path(settings: Settings, model: str) -> Path:
 
 class ReleaseLock:
     """One release per model at a time on this stack (a pid file created exclusively; a dead holder's is
-    taken over)."""
+    taken over). ``wait``: seconds to wait for a running release of the model to end (the hand-over's
+    releases queue: a merge that trains while the previous candidate is still in shadow or canary is
+    released after it, against the production it leaves); 0 raises ``Conflict`` at once."""
 
-    def __init__(self, settings: Settings, model: str, version: str):
-        self.path, self.version = lock_path(settings, model), version
+    def __init__(self, settings: Settings, model: str, version: str, wait: float = 0.0, poll: float = 0.5):
+        self.path, self.version, self.wait, self.poll = lock_path(settings, model), version, wait, poll
 
     def __enter__(self):
+        import time
+
+        deadline = time.monotonic() + self.wait
+        waited = None
+        while True:
+            holder = self._try_take()
+            if holder is None:
+                return self
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"a release of {holder} is running ({self.path}); wait for it (`kfrelease release status`)"
+                )
+            if waited != holder:
+                log.info("waiting for the release of %s to end before releasing %s", holder, self.version)
+                waited = holder
+            time.sleep(self.poll)
+
+    def _try_take(self) -> str | None:
+        """Take the lock; None when taken, else the version whose release holds it."""
         from kfrelease.stack.supervisor import pid_alive
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,14 +80,12 @@ class ReleaseLock:
                 except (OSError, ValueError):
                     alive, version = False, "?"
                 if alive:
-                    raise Conflict(
-                        f"a release of {version} is running ({self.path}); wait for it (`kfrelease release status`)"
-                    ) from None
+                    return version
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:
                 fh.write(f"{os.getpid()} {self.version}\n")
-            return self
+            return None
         raise Conflict(f"could not take the release lock {self.path}")
 
     def __exit__(self, *exc):
@@ -94,8 +114,11 @@ def run_release(
         return controller.run(version)
 
 
-def run_release_pipeline(settings: Settings, model: str, version: str, spec_path: str | None = None) -> str:
-    """The release pipeline on kfp.local (one release per model at a time); returns the version's final stage."""
+def run_release_pipeline(
+    settings: Settings, model: str, version: str, spec_path: str | None = None, wait_for_lock: float = 0.0
+) -> str:
+    """The release pipeline on kfp.local (one release per model at a time: waits up to ``wait_for_lock``
+    seconds for a running one); returns the version's final stage."""
     from kfrelease.kfp_runner import run_local
     from kfrelease.pipelines.release_pipeline import release_pipeline
     from kfrelease.registry import ModelRegistry
@@ -103,7 +126,7 @@ def run_release_pipeline(settings: Settings, model: str, version: str, spec_path
 
     spec_yaml = Path(spec_path).read_text() if spec_path else ""
     load_rollout_spec(spec_path)  # a bad spec fails before the pipeline starts
-    with ReleaseLock(settings, model, version):
+    with ReleaseLock(settings, model, version, wait=wait_for_lock):
         run_local(
             settings,
             release_pipeline,
@@ -120,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("version")
     p.add_argument("--spec", default=None)
     p.add_argument(
+        "--wait-for-lock",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a running release of the model to end (default: fail at once)",
+    )
+    p.add_argument(
         "--inline",
         action="store_true",
         help="run the controller in this process, not the pipeline",
@@ -132,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_release(settings, args.model, args.version, load_rollout_spec(args.spec))
             print(f"{outcome.model} {outcome.candidate}: {outcome.result}; production {outcome.production_after}")
         else:
-            print(f"{args.model} {args.version}: {run_release_pipeline(settings, args.model, args.version, args.spec)}")
+            stage = run_release_pipeline(settings, args.model, args.version, args.spec, args.wait_for_lock)
+            print(f"{args.model} {args.version}: {stage}")
     except KfreleaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

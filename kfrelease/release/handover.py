@@ -10,7 +10,10 @@ merge runs the whole path unattended. Two targets, one decision:
   ``ml-pipeline`` service), it submits the release pipeline to the KFP API server as a new run
   (``kfrelease.kfp_submit``), authenticated with the pod's projected token.
 
-Idempotent per version: a second call while (or after) that version's release runs starts nothing.
+Idempotent per version: a second call while (or after) that version's release runs starts nothing. On
+the embedded stack the releases of one model queue: a version staged while an earlier one is still in
+shadow or canary waits (``QUEUE_SECONDS`` at most) for it to end, then is released against the production
+it leaves.
 ``KFRELEASE_AUTO_RELEASE=0`` turns the hand-over off (the release is then started with ``kfrelease release
 run``). The rollout spec is, in this order: ``spec_path``; ``spec_yaml`` (the text of the model project's
 ``rollout.yaml`` at the merge that registered the version, ``kfrelease.training.rollout_file``; kept as
@@ -29,6 +32,10 @@ from pathlib import Path
 from kfrelease.config import Settings, child_env, setting
 
 log = logging.getLogger(__name__)
+
+
+#: Longest a handed-over release waits for the model's running release to end.
+QUEUE_SECONDS = 3600
 
 
 def record_path(settings: Settings, model: str, version: str) -> Path:
@@ -74,9 +81,10 @@ def start_release(
     out = log_path(settings, model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(settings)
-    argv = [sys.executable, "-m", "kfrelease.release.embedded", model, version] + (
-        ["--spec", spec_path] if spec_path else []
-    )
+    # releases of one model queue: a version staged while an earlier one is still in shadow or canary is
+    # released after it ends (against the production it leaves)
+    argv = [sys.executable, "-m", "kfrelease.release.embedded", model, version, "--wait-for-lock", str(QUEUE_SECONDS)]
+    argv += ["--spec", spec_path] if spec_path else []
     with open(out, "ab") as fh:
         proc = subprocess.Popen(
             argv,
