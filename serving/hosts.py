@@ -159,7 +159,10 @@ class ModelServers:
     def _sync(self, slot: ServerSlot, check: bool = True) -> None:
         service = host_service(self.settings, slot, self.command, self.env)
         if not supervisor.service_status(self.settings, slot.name).healthy:
-            supervisor.start_service(self.settings, service)  # a new server loads its manifest on start
+            from kfrelease.stack.watchdog import warm_launcher
+
+            # a new server loads its manifest on start; forked from the warm spare when it is ready
+            supervisor.start_service(self.settings, service, warm_launcher(self.settings, service))
             return
         try:
             r = httpx.post(f"http://127.0.0.1:{slot.port(self.settings)}{SYNC_PATH}", timeout=SYNC_TIMEOUT)

@@ -176,10 +176,11 @@ def wait_ready(settings: Settings, service: Service, proc: subprocess.Popen | No
     )
 
 
-def start_service(settings: Settings, service: Service) -> ServiceStatus:
-    """Start one service unless it already runs healthy; wait until it is ready."""
+def start_service(settings: Settings, service: Service, launch: Launcher | None = None) -> ServiceStatus:
+    """Start one service unless it already runs healthy; wait until it is ready. ``launch``: how to start its
+    process (default ``subprocess.Popen``)."""
     with service_lock(settings, service.name):
-        return _start_service(settings, service)
+        return _start_service(settings, service, launch)
 
 
 #: ``(service, env, cwd, log_path) -> process`` (``pid``, ``poll()``, ``returncode``): how a service is launched

@@ -116,7 +116,7 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
 
 def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack):
     """The watchdog restarts it from its warm spare (KServe already imported): well under the 10-20 s a fresh
-    KServe process takes to start on a busy machine."""
+    KServe process takes to start on a busy machine. A new slot's first server is forked from it too."""
     settings, records = stack
     supervisor.start_service(settings, watchdog_service(settings))
     driver = _driver(settings, records, "m")
@@ -142,6 +142,15 @@ def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(s
     assert answer.json()["model_version"] == "V1"
     assert supervisor.service_status(settings, "predictor-production").pid != old
     print(f"a killed single replica answered again after {took:.2f} s")
+    # a model server's first start (a release's shadow in the staging slot) is forked from the same spare
+    started = time.monotonic()
+    driver.apply(TrafficState(primary="V1", shadow="V2", mirror_percent=100))
+    pid = supervisor.service_status(settings, "predictor-staging").pid
+    with open(f"/proc/{pid}/stat") as fh:
+        parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{parent}/cmdline", "rb") as fh:
+        assert b"kfrelease.serving.spare" in fh.read(), "the staging slot's server was not forked from the spare"
+    print(f"the staging slot's first server answered {time.monotonic() - started:.2f} s after the traffic change")
 
 
 def test_down_stops_the_watchdog_first_and_nothing_restarts(stack):
