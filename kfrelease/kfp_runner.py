@@ -13,6 +13,7 @@ import io
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
@@ -72,7 +73,7 @@ def strip_ansi(text: str) -> str:
 
 class _StepStream(io.TextIOBase):
     """Where kfp.local's output goes when it is not shown: kept (for the failure's reason) and read line by
-    line for each task's final status, passed to ``on_step`` or printed (``step <task>: SUCCESS``) on the
+    line for each task's final status, passed to ``on_step`` or printed (``step <task>: SUCCESS (at <s> s)``) on the
     output as it was before the run (a run's log file, a notebook cell)."""
 
     def __init__(self, on_step=None):
@@ -80,6 +81,7 @@ class _StepStream(io.TextIOBase):
         self._partial = ""
         self.on_step = on_step
         self._shown = (sys.stdout, sys.stderr)  # where on_step prints: the output as it was before the run
+        self._started = time.monotonic()
 
     def write(self, text: str) -> int:
         self._partial += text
@@ -93,7 +95,8 @@ class _StepStream(io.TextIOBase):
                     if self.on_step is not None:
                         self.on_step(m[1], m[2])
                     else:
-                        print(f"step {m[1]}: {m[2]}", flush=True)
+                        at = time.monotonic() - self._started  # seconds since the run started
+                        print(f"step {m[1]}: {m[2]} (at {at:.1f} s)", flush=True)
         return len(text)
 
     def reason(self) -> str:

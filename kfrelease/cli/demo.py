@@ -17,10 +17,18 @@ def register(cli: click.Group) -> None:
         """Run the end-to-end demo on the embedded stack (safe to run again)."""
         ctx = DemoContext(Settings.from_env())
         started = time.monotonic()
+        phases = []
         for i, (title, step) in enumerate(STEPS, 1):
             console.rule(f"[bold]{i}/{len(STEPS)} {title}")
             t0 = time.monotonic()
             step(ctx)
-            console.print(f"[dim]done in {time.monotonic() - t0:.1f} s[/]")
+            seconds = time.monotonic() - t0
+            phases.append((f"{i}/{len(STEPS)} {title}", f"{t0 - started:.0f}", f"{seconds:.1f}"))
+            console.print(f"[dim]done in {seconds:.1f} s[/] {ctx.clock()}")
         table("kfrelease demo: summary", ["what", "result"], ctx.summary)
-        console.print(f"demo finished in {time.monotonic() - started:.0f} s; state in {ctx.settings.home}")
+        total = time.monotonic() - started
+        phases.append(("total", "", f"{total:.1f}"))
+        # what runs in the background (training of the next merge, the queued releases) is inside the
+        # phase that waits for it
+        table("kfrelease demo: phase times (s)", ["phase", "started at", "took"], phases)
+        console.print(f"demo finished in {total:.0f} s; state in {ctx.settings.home}")

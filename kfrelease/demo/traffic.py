@@ -6,11 +6,18 @@ entered training) in a fixed cycle through the gateway at a steady rate, each re
 service under the same id (as a label arriving later would). It stops after ``max_requests`` or
 ``max_seconds``, whichever comes first, or on ``stop()``. ``stats()`` counts sent, ok and failed requests
 and which version answered: the loss-free checks compare ``sent`` with the prediction logs.
+
+The predictions go over the standard library's keep-alive ``http.client`` (a third of httpx's CPU per
+request: the generator shares two cores with everything it exercises). A request on a kept-alive
+connection that the gateway closed while it was idle (an nginx reload closes idle connections) is sent
+again once on a new connection, as httpx and urllib3 do; nothing was answered on the closed one.
 """
 
 from __future__ import annotations
 
 import heapq
+import http.client
+import json
 import logging
 import threading
 import time
@@ -52,11 +59,47 @@ def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], f
     return [([float(v) for v in row[cols]], float(row["progression"])) for _, row in frame.iterrows()]
 
 
-def _model_name(response: httpx.Response) -> str:
+def _model_name(body: bytes) -> str:
     try:
-        return str(response.json().get("model_name", "?"))
-    except ValueError:
+        return str(json.loads(body).get("model_name", "?"))
+    except (ValueError, AttributeError):
         return "?"
+
+
+class _KeepAlive:
+    """One keep-alive HTTP/1.1 connection (``http.client``) for a sender thread."""
+
+    def __init__(self, url: str, timeout: float):
+        parsed = urlparse(url)
+        self.host, self.port, self.path, self.timeout = parsed.hostname, parsed.port, parsed.path, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        for attempt in (0, 1):
+            reused = self.conn is not None
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self.conn.request("POST", self.path, body, headers)
+                r = self.conn.getresponse()
+                data = r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if reused and attempt == 0:  # closed while idle: nothing was answered on it
+                    continue
+                raise
+            except (OSError, http.client.HTTPException):
+                self.close()
+                raise
+            if r.getheader("connection", "").lower() == "close":
+                self.close()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        raise ConnectionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 @dataclass
@@ -183,47 +226,49 @@ class TrafficGenerator:
             return n
 
     def _send_loop(self, k: int) -> None:
-        with httpx.Client(timeout=30.0) as client:
-            while True:
-                n = self._claim()
-                if n is None:
-                    return
-                due = self._started + n / self.rate
-                delay = due - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    with self._lock:  # claimed but never sent
-                        self._stats.sent -= 1
-                    return
-                features, truth = self.rows[n % len(self.rows)]
-                rid = f"demo-{uuid.uuid4().hex}"
-                try:
-                    r = client.post(
-                        self.predict_url,
-                        json={"instances": [features]},
-                        headers={
-                            "x-request-id": rid,
-                            "content-type": "application/json",
-                        },
+        client = _KeepAlive(self.predict_url, timeout=30.0)
+        try:
+            self._send(client)
+        finally:
+            client.close()
+
+    def _send(self, client: _KeepAlive) -> None:
+        while True:
+            n = self._claim()
+            if n is None:
+                return
+            due = self._started + n / self.rate
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                with self._lock:  # claimed but never sent
+                    self._stats.sent -= 1
+                return
+            features, truth = self.rows[n % len(self.rows)]
+            rid = f"demo-{uuid.uuid4().hex}"
+            try:
+                status, headers, body = client.post(
+                    json.dumps({"instances": [features]}).encode(),
+                    {"x-request-id": rid, "content-type": "application/json"},
+                )
+                ok = status == 200
+                detail = f"HTTP {status}: {body[:200].decode(errors='replace')}" if not ok else ""
+                version = headers.get("x-model-version", "?") if ok else None
+                answered_by = _model_name(body) if ok else None
+            except (OSError, http.client.HTTPException) as exc:
+                ok, detail, version, answered_by = False, f"{type(exc).__name__}: {exc}", None, None
+            with self._lock:
+                if ok:
+                    self._stats.ok += 1
+                    self._stats.versions[version] += 1
+                    self._stats.models[answered_by] += 1
+                    self._stats.ok_ids.append(rid)
+                    heapq.heappush(
+                        self._labels,
+                        (time.monotonic() + self.truth_delay, rid, truth),
                     )
-                    ok = r.status_code == 200
-                    detail = f"HTTP {r.status_code}: {r.text[:200]}" if not ok else ""
-                    version = r.headers.get("x-model-version", "?") if ok else None
-                    answered_by = _model_name(r) if ok else None
-                except httpx.HTTPError as exc:
-                    ok, detail, version, answered_by = False, f"{type(exc).__name__}: {exc}", None, None
-                with self._lock:
-                    if ok:
-                        self._stats.ok += 1
-                        self._stats.versions[version] += 1
-                        self._stats.models[answered_by] += 1
-                        self._stats.ok_ids.append(rid)
-                        heapq.heappush(
-                            self._labels,
-                            (time.monotonic() + self.truth_delay, rid, truth),
-                        )
-                    else:
-                        self._stats.failed += 1
-                        self._stats.errors.append(detail)
+                else:
+                    self._stats.failed += 1
+                    self._stats.errors.append(detail)
 
     def _label_loop(self) -> None:
         with httpx.Client(timeout=10.0) as client:

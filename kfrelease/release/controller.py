@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,13 @@ class SystemClock:
 
 
 Clock = SystemClock
+
+
+def _import_report_library() -> None:
+    try:
+        import evidently.presets  # noqa: F401 - the shadow gate's report renders with it
+    except Exception as exc:  # noqa: BLE001 - the report, rendered later, says what failed
+        log.debug("Evidently could not be imported ahead of the shadow report: %s", exc)
 
 
 def on_cluster() -> bool:
@@ -248,6 +256,8 @@ class ReleaseController:
     def shadow(self, candidate: str, production: str) -> ShadowVerdict:
         """Mirror traffic to the candidate until the shadow gate decides (or ``max_wait_seconds`` pass)."""
         s = self.spec.shadow
+        if self.report:  # import Evidently (seconds) while the evidence arrives, not after the decision
+            threading.Thread(target=_import_report_library, name="import-evidently", daemon=True).start()
         self.driver.apply(TrafficState(primary=production, shadow=candidate, mirror_percent=s.mirror_percent))
         since = _now()
         rule, scale, order = s.rule(), self.reference_rmse(production), PairSequence()
