@@ -105,13 +105,20 @@ def loggers_scenario(settings, wal_root: Path) -> dict:
     for p in procs:
         p.join(60)
     events = 2 * PREDICTIONS * LOGGERS
-    stored = _wait_stored(settings, model, events)
-    written = acked + stored if stored is not None else None
     return {
         "scenario": "loggers",
         "loggers": LOGGERS,
-        "events": events,
         "spooled": sum(r[2] for r in results),
+        **_rates(settings, model, events, acked),
+    }
+
+
+def _rates(settings, model: str, events: int, acked: float) -> dict:
+    """Events acknowledged per second and, once the store holds them all, written per second."""
+    stored = _wait_stored(settings, model, events)
+    written = acked + stored if stored is not None else None
+    return {
+        "events": events,
         "ack_seconds": round(acked, 2),
         "ack_per_s": round(events / acked),
         "written_seconds": round(written, 2) if written else None,
@@ -156,17 +163,7 @@ def single_scenario(settings) -> dict:
     t0 = time.monotonic()
     events = asyncio.run(_single_clients(settings.url("logsink", "/"), model, SECONDS))
     acked = time.monotonic() - t0
-    stored = _wait_stored(settings, model, events)
-    written = acked + stored if stored is not None else None
-    return {
-        "scenario": "single",
-        "clients": CLIENTS,
-        "events": events,
-        "ack_seconds": round(acked, 2),
-        "ack_per_s": round(events / acked),
-        "written_seconds": round(written, 2) if written else None,
-        "written_per_s": round(events / written) if written else None,
-    }
+    return {"scenario": "single", "clients": CLIENTS, **_rates(settings, model, events, acked)}
 
 
 def main() -> dict:
