@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.training.spec import ModelSpec, load_project, parse_spec
 
@@ -146,7 +146,7 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
 @contextlib.contextmanager
 def _steps_as(role: str):
     """``KFRELEASE_ROLE=role`` for the pipeline steps (kfp.local runs each in a child process of this one)."""
-    before = os.environ.get("KFRELEASE_ROLE")
+    before = setting("KFRELEASE_ROLE")
     os.environ["KFRELEASE_ROLE"] = role
     try:
         yield
