@@ -94,6 +94,7 @@ setup(
         "dev": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
+            "pytest-xdist==3.8.0",
             "hypothesis==6.170.17",
             "nbmake==1.5.5",
             "papermill==2.7.0",

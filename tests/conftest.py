@@ -4,6 +4,8 @@ probes, never on sleeps."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import socket
@@ -30,16 +32,28 @@ def _free(port: int) -> bool:
             return False
 
 
-def free_port_offset() -> int:
-    """An offset at which every default port (and SeaweedFS's neighbours and gRPC ports) is free."""
-    for _ in range(200):
-        offset = random.randrange(10000, 20000, 10)
-        ports = [p + offset for p in DEFAULT_PORTS.values()]
-        s3 = DEFAULT_PORTS["s3"] + offset
-        ports += [s3 + i for i in range(6)] + [s3 + i + 10000 for i in range(6)]
-        ports += [DEFAULT_PORTS["predictor"] + offset + i for i in range(20)]
-        if all(_free(p) for p in ports):
-            return offset
+def free_port_offset(claims: Path | None = None) -> int:
+    """An offset at which every default port (and SeaweedFS's neighbours and gRPC ports) is free, and (with
+    ``claims``, a file the pytest-xdist workers share) claimed by no other worker: a worker's model servers
+    bind their ports long after it chose them."""
+    with contextlib.ExitStack() as held:
+        claimed: set[int] = set()
+        if claims is not None:
+            fh = held.enter_context(open(claims, "a+"))
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            claimed = {int(p) for p in fh.read().split()}
+        for _ in range(200):
+            offset = random.randrange(10000, 20000, 10)
+            ports = [p + offset for p in DEFAULT_PORTS.values()]
+            s3 = DEFAULT_PORTS["s3"] + offset
+            ports += [s3 + i for i in range(6)] + [s3 + i + 10000 for i in range(6)]
+            ports += [DEFAULT_PORTS["predictor"] + offset + i for i in range(20)]
+            if not claimed.intersection(ports) and all(_free(p) for p in ports):
+                if claims is not None:
+                    fh.write(" ".join(map(str, ports)) + "\n")
+                    fh.flush()
+                return offset
     raise RuntimeError("no free port range found for the test stack")
 
 
@@ -53,9 +67,11 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     ``KFRELEASE_NEWDATA_POLL_SECONDS=0``: the receiver service does not poll for new curated data (on by
     default on the stack), so publishing data never starts a retrain behind a test's back."""
     home = tmp_path_factory.mktemp("kfrelease-home")
+    # under pytest-xdist each worker's base temp is in the session's own folder: the workers' shared claims file
+    claims = tmp_path_factory.getbasetemp().parent / "claimed-ports" if os.environ.get("PYTEST_XDIST_WORKER") else None
     env = {
         "KFRELEASE_HOME": str(home),
-        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset(claims)),
         "KFRELEASE_AUTO_RELEASE": "0",
         "KFRELEASE_NEWDATA_POLL_SECONDS": "0",
     }
