@@ -293,31 +293,10 @@ class InferenceLogger:
     def _post_batch(self, events: list[dict]) -> bool | None:
         """One batched POST: True when acknowledged, False when it should be retried, None when the sink
         refused the batch for good (4xx other than 408/429: some event in it is invalid)."""
-        try:
-            resp = self._client.post(
-                self.url, content=self._batch_body(events), headers={"content-type": BATCH_CONTENT_TYPE}
-            )
-        except httpx.HTTPError as exc:
-            log.warning("log sink %s unreachable (%s); spooling to %s", self.url, type(exc).__name__, self.wal_dir)
-            resp = None
-        if resp is not None and 200 <= resp.status_code < 300:
-            self.sent += len(events)
-            self._sent.inc(len(events))
-            self._backoff = 0.1
-            return True
-        if resp is not None and 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-            log.warning(
-                "log sink refused a batch of %d events (%s): %s; sending them one at a time",
-                len(events),
-                resp.status_code,
-                resp.text[:200],
-            )
-            return None
-        if resp is not None:
-            log.warning("log sink answered %s: %s", resp.status_code, resp.text[:200])
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 5.0)
-        return False
+        outcome, answer = self._send(self._batch_body(events), {"content-type": BATCH_CONTENT_TYPE}, len(events))
+        if outcome is None:
+            log.warning("log sink refused a batch of %d events (%s); sending them one at a time", len(events), answer)
+        return outcome
 
     def _post(self, event: dict) -> bool:
         """True when the sink is done with the event (acknowledged, or refused for good and counted as
@@ -326,33 +305,37 @@ class InferenceLogger:
         headers["ce-id"] = event["id"]
         headers["ce-type"] = event["type"]
         headers["ce-time"] = event["time"]
+        outcome, answer = self._send(event["data"], headers, 1)
+        if outcome is None:
+            # the sink refuses this event for good: retrying would block every later one
+            log.error("log sink refused event %s (%s); dropped", event["id"], answer)
+            self.dropped += 1
+            self._dropped.inc()
+            return True
+        return outcome
+
+    def _send(self, content, headers: dict, events: int) -> tuple[bool | None, str]:
+        """One POST of ``events`` events to the sink, and the sink's answer (``status: text``): True when
+        acknowledged (counted as sent), None when refused for good (a 4xx other than 408/429), False when it
+        should be retried (after the back-off, which doubles up to 5 s)."""
         try:
-            resp = self._client.post(self.url, content=event["data"], headers=headers)
-            ok = 200 <= resp.status_code < 300
-            if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-                # the sink refuses this event for good: retrying would block every later one
-                log.error("log sink refused event %s (%s): %s; dropped", event["id"], resp.status_code, resp.text[:200])
-                self.dropped += 1
-                self._dropped.inc()
-                return True
-            if not ok:
-                log.warning("log sink answered %s: %s", resp.status_code, resp.text[:200])
+            resp = self._client.post(self.url, content=content, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning(
-                "log sink %s unreachable (%s); spooling to %s",
-                self.url,
-                type(exc).__name__,
-                self.wal_dir,
-            )
-            ok = False
-        if ok:
-            self.sent += 1
-            self._sent.inc()
+            log.warning("log sink %s unreachable (%s); spooling to %s", self.url, type(exc).__name__, self.wal_dir)
+            resp = None
+        answer = f"{resp.status_code}: {resp.text[:200]}" if resp is not None else "unreachable"
+        if resp is not None and 200 <= resp.status_code < 300:
+            self.sent += events
+            self._sent.inc(events)
             self._backoff = 0.1
-        else:
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, 5.0)
-        return ok
+            return True, answer
+        if resp is not None and 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+            return None, answer
+        if resp is not None:
+            log.warning("log sink answered %s", answer)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 5.0)
+        return False, answer
 
     # --- write-ahead file ------------------------------------------------------------------------------
     def _wal_segments(self) -> list[Path]:

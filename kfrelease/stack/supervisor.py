@@ -188,6 +188,21 @@ def start_service(settings: Settings, service: Service, launch: Launcher | None 
 Launcher = Callable[[Service, dict, Path, Path], object]
 
 
+def spawn(service: Service, env: dict, cwd: Path, log_path: Path) -> subprocess.Popen:
+    """The default launcher: ``service``'s command in its own process group (``down`` stops it and its
+    children), output appended to ``log_path``."""
+    with open(log_path, "ab") as log_fh:
+        return subprocess.Popen(
+            service.command,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def _start_service(settings: Settings, service: Service, launch: Launcher | None = None) -> ServiceStatus:
     current = service_status(settings, service.name)
     if current.healthy:
@@ -212,19 +227,7 @@ def _start_service(settings: Settings, service: Service, launch: Launcher | None
     with open(log_path, "ab") as log_fh:
         log_fh.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(service.command)}\n".encode())
         log_fh.flush()
-        proc = (
-            launch(service, env, settings.service_dir(service.name), log_path)
-            if launch
-            else subprocess.Popen(
-                service.command,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=settings.service_dir(service.name),
-                env=env,
-                start_new_session=True,  # its own process group: `down` stops it and its children
-            )
-        )
+    proc = (launch or spawn)(service, env, settings.service_dir(service.name), log_path)
     record = {
         "name": service.name,
         "pid": proc.pid,

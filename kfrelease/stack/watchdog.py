@@ -53,11 +53,20 @@ def spare_socket(settings: Settings) -> str:
 def warm_launcher(settings: Settings, service: Service) -> supervisor.Launcher | None:
     """A launcher that forks a model server from the stack's warm spare (a second or two instead of a fresh
     KServe process's 5-20 s), or None when the spare is not ready or ``service`` is not a ``python -m`` model
-    server. If the spare cannot fork it, the service is started the usual way."""
+    server."""
     from kfrelease.serving import spare
 
     name = spare_socket(settings)
-    if service.group != WarmSpare.GROUP or spare.forkable(list(service.command)) is None or not spare.is_ready(name):
+    return _spare_launcher(name, service.group, service.command, lambda: spare.is_ready(name))
+
+
+def _spare_launcher(name: str, group: str | None, command, ready) -> supervisor.Launcher | None:
+    """The supervisor launcher that forks ``command`` from the spare listening on ``name``, or None (not a
+    model server, not a ``python -m`` command, or ``ready()`` is false). If the spare cannot fork it, the
+    service is started the usual way (``supervisor.spawn``)."""
+    from kfrelease.serving import spare
+
+    if group != WarmSpare.GROUP or spare.forkable(list(command)) is None or not ready():
         return None
 
     def launch(svc: Service, env: dict, cwd, log_path):
@@ -65,16 +74,7 @@ def warm_launcher(settings: Settings, service: Service) -> supervisor.Launcher |
             return spare.ask(name, svc.command, env, cwd, log_path)
         except (OSError, ValueError) as exc:
             log.warning("the warm spare could not start %s (%s); starting it the usual way", svc.name, exc)
-        with open(log_path, "ab") as log_fh:
-            return subprocess.Popen(
-                svc.command,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
+            return supervisor.spawn(svc, env, cwd, log_path)
 
     return launch
 
@@ -114,15 +114,7 @@ class WarmSpare:
     def launcher(self, rec: dict):
         """The supervisor launcher that forks ``rec``'s command from the spare, or None (not ready, not a model
         server, not a ``python -m`` command)."""
-        from kfrelease.serving import spare
-
-        if rec.get("group") != self.GROUP or spare.forkable(list(rec["command"])) is None or self.state() != "ready":
-            return None
-
-        def launch(service: Service, env: dict, cwd, log_path):
-            return spare.ask(self.name, service.command, env, cwd, log_path)
-
-        return launch
+        return _spare_launcher(self.name, rec.get("group"), rec["command"], lambda: self.state() == "ready")
 
 
 def sweep(settings: Settings, restarts: dict[str, int], warm: WarmSpare | None = None) -> None:
