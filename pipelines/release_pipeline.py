@@ -8,7 +8,7 @@ from kfp import dsl
 from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
-from kfrelease.k8s.platform import RELEASE_DRIVER_STEP, step_label
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
 
 
 @dsl.pipeline(

@@ -14,7 +14,7 @@ from kfrelease.components.evaluate import evaluate
 from kfrelease.components.register import register
 from kfrelease.components.train import train
 from kfrelease.components.validate_model import validate_model
-from kfrelease.k8s.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
+from kfrelease.k8s.render.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
 from kfrelease.training.resources import MODEL_DEFAULT, apply_step_policy
 
 
@@ -46,7 +46,7 @@ def training_pipeline(
     evaluated = evaluate(
         spec_json=spec_json, run_id=run_id, model=trained.outputs["model"], test_data=trained.outputs["test_data"]
     ).set_display_name("evaluate")
-    # the merged model code runs as an identity that can stop nothing (kfrelease.k8s.platform.step_identities)
+    # the merged model code runs as an identity that can stop nothing (kfrelease.k8s.render.platform.step_identities)
     step_label(trained, UNTRUSTED)
     step_label(evaluated, UNTRUSTED)
     validated = validate_model(

@@ -217,7 +217,7 @@ def line_from_event(event: CloudEvent) -> dict:
     features = [f for f in headers.get("ce-features", "").split(",") if f] or None
     # The KServe agent names only the InferenceService, namespace, component and endpoint
     # (kserve/kserve pkg/logger/worker.go); the model is the InferenceService's name without the stage
-    # suffix (kfrelease/k8s/inference.py production_name / staging_name), so a request (whose body names no model) and
+    # suffix (kfrelease/k8s/render/inference.py production_name / staging_name), so a request (whose body names no model) and
     # its response land in the same partition. ce-model / ce-modelversion / ce-stage / ce-features are
     # kfrelease's own logger's extras: used when present, never required.
     model = headers.get("ce-model") or isvc

@@ -15,7 +15,7 @@ from kfrelease.resources import resource_path
 #: The checkout's manifests folder (``kfrelease manifests render`` writes here by default); in an installed
 #: wheel, its packaged copy (read-only use: the sources). Its hand-written sources are under ``sources/``
 #: (``environments.yaml``, ``workspaces/<name>.yaml``); everything else in it is generated from them
-#: (``kfrelease.k8s.render.GENERATED_DIRS``).
+#: (``kfrelease.k8s.render.tree.GENERATED_DIRS``).
 MANIFESTS_DIR = resource_path("manifests")
 SOURCES_DIR = "sources"
 

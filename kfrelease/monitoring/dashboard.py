@@ -1,6 +1,6 @@
 """The Grafana dashboard (``dashboard.json``: accuracy and drift per model version and stage, from the
 Pushgateway gauges). The manifests part ships it as a ConfigMap labelled ``grafana_dashboard: "1"`` for the
-kube-prometheus-stack Grafana sidecar (``kfrelease.k8s.workloads.dashboard_configmap``)."""
+kube-prometheus-stack Grafana sidecar (``kfrelease.k8s.render.workloads.dashboard_configmap``)."""
 
 from __future__ import annotations
 

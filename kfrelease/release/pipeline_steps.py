@@ -16,7 +16,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
     from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
     names the cluster's KServe), else the local gateway."""
     if setting("KFRELEASE_TARGET") == "cluster":
-        from kfrelease.k8s.driver import KServeTrafficDriver, KubernetesObjects
+        from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
 

@@ -3,14 +3,14 @@
 It is a stand-in because the Kubernetes API cannot run on these machines. It enforces what the real one would
 for the operations kfrelease sends, and says so when it cannot:
 
-- **Authentication**: a requester is a user name and groups (``kfrelease.k8s.authz.Requester``): service
+- **Authentication**: a requester is a user name and groups (``kfrelease.k8s.policy.rbac.Requester``): service
   accounts as the token authenticator presents them, IAM principals only through an EKS access entry.
 - **Authorization**: RBAC from the rendered Roles/ClusterRoles/Bindings, the Kubeflow profile controller's
   bindings and the vendored upstream Kubeflow ClusterRoles, aggregation settled as the controller manager
-  does (``kfrelease.k8s.authz.RBACModel``); each verb is checked on the object's name as the request names
+  does (``kfrelease.k8s.policy.rbac.RBACModel``); each verb is checked on the object's name as the request names
   it (``create`` has no name). ``kfp`` answers KFP's SubjectAccessReview, which carries the user only.
   Every refusal is a 403 ``Forbidden`` and is recorded in ``refused``.
-- **Admission**: every object written is checked against its schema (``kfrelease.k8s.schemas.validate``: the
+- **Admission**: every object written is checked against its schema (``kfrelease.k8s.policy.schemas.validate``: the
   vendored CRD schemas, the Kubernetes OpenAPI for built-in kinds), once per validator given (one per
   supported KServe version); a failure is a 422 and nothing is stored. Pods are mutated by the Kubeflow
   PodDefault webhook as ``components/admission-webhook/main.go`` does (selector and namespace match, env /
@@ -30,16 +30,16 @@ import copy
 from collections.abc import Callable, Iterable
 
 from kfrelease.errors import Conflict
-from kfrelease.k8s.authz import (
+from kfrelease.k8s.driver.kserve import DriverForbidden
+from kfrelease.k8s.driver.patches import apply_merge_patch
+from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
     kfp_requester,
     upstream_cluster_roles,
 )
-from kfrelease.k8s.driver import DriverForbidden
-from kfrelease.k8s.inference import production_name
-from kfrelease.k8s.schemas import SchemaValidationError, validate
-from kfrelease.k8s.traffic import apply_merge_patch
+from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
+from kfrelease.k8s.render.inference import production_name
 
 #: kind -> (API group, resource) for the kinds the release touches (others: group of apiVersion, kind + "s").
 RESOURCES = {
@@ -272,7 +272,7 @@ class Cluster:
     # --- Kubeflow's PodDefault webhook -----------------------------------------------------------------
     def admit_pod(self, pod: dict) -> dict:
         """The pod as Kubeflow's PodDefault admission webhook leaves it (``applyPodDefaultsOnPod``)."""
-        from kfrelease.k8s.authz import _selector_matches
+        from kfrelease.k8s.policy.rbac import _selector_matches
 
         pod = copy.deepcopy(pod)
         ns, labels = pod["metadata"]["namespace"], pod["metadata"].get("labels") or {}
@@ -318,7 +318,7 @@ class Cluster:
 
 
 class StandInObjects:
-    """``kfrelease.k8s.driver.ClusterObjects`` on the stand-in, as one requester (errors mapped as
+    """``kfrelease.k8s.driver.kserve.ClusterObjects`` on the stand-in, as one requester (errors mapped as
     ``KubernetesObjects`` maps the real client's: 403 -> ``DriverForbidden``, 409 -> ``Conflict``)."""
 
     def __init__(self, cluster: Cluster, who: Requester, manager: str):

@@ -5,9 +5,9 @@ import copy
 
 import pytest
 
-from kfrelease.k8s.authz import Requester, service_account
-from kfrelease.k8s.inference import production_name
-from kfrelease.k8s.render import Sources, environment_documents, inference_documents
+from kfrelease.k8s.policy.rbac import Requester, service_account
+from kfrelease.k8s.render.inference import production_name
+from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 
 from . import ApiError, Cluster
 

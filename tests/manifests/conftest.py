@@ -10,14 +10,12 @@ import pytest
 import yaml
 
 from kfrelease.k8s.environments import MANIFESTS_DIR
-from kfrelease.k8s.render import Sources
+from kfrelease.k8s.render.tree import Sources
 
 
 def kustomize(directory: Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
-    assert kubectl, (
-        "kubectl is needed for `kubectl kustomize` (see scripts/system-deps.sh)"
-    )
+    assert kubectl, "kubectl is needed for `kubectl kustomize` (see scripts/system-deps.sh)"
     proc = subprocess.run(
         [kubectl, "kustomize", str(directory)],
         check=False,
@@ -30,7 +28,7 @@ def kustomize(directory: Path) -> list[dict]:
 
 
 def upstream_cluster_roles() -> list[dict]:
-    from kfrelease.k8s.authz import upstream_cluster_roles as vendored
+    from kfrelease.k8s.policy.rbac import upstream_cluster_roles as vendored
 
     return vendored()
 
@@ -43,7 +41,4 @@ def sources() -> Sources:
 @pytest.fixture(scope="session")
 def built(sources) -> dict[str, list[dict]]:
     """Environment name -> documents of `kubectl kustomize manifests/overlays/<env>`."""
-    return {
-        name: kustomize(MANIFESTS_DIR / "overlays" / name)
-        for name in sources.envs.environments
-    }
+    return {name: kustomize(MANIFESTS_DIR / "overlays" / name) for name in sources.envs.environments}

@@ -1,4 +1,4 @@
-"""The RBAC evaluator the manifests tests use: ``kfrelease.k8s.authz`` (one home, shared with
+"""The RBAC evaluator the manifests tests use: ``kfrelease.k8s.policy.rbac`` (one home, shared with
 ``kfrelease manifests check`` and the cluster stand-in in ``tests/cluster_standin``).
 
 A person is a Kubeflow user (signed in through Dex / oauth2-proxy): KFP authorizes them with a
@@ -8,7 +8,7 @@ SubjectAccessReview of their user name only, and no EKS access entry maps them t
 
 from __future__ import annotations
 
-from kfrelease.k8s.authz import (  # noqa: F401 (re-exported for the tests)
+from kfrelease.k8s.policy.rbac import (  # noqa: F401 (re-exported for the tests)
     RBACModel,
     Requester,
     access_entry_requester,

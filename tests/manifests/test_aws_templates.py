@@ -22,20 +22,13 @@ def eksctl_validator():
 
 def test_cluster_configs_match_the_eksctl_schema(sources, eksctl_validator):
     for name in sources.envs.environments:
-        doc = yaml.safe_load(
-            (MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text()
-        )
-        errors = [
-            f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in eksctl_validator.iter_errors(doc)
-        ]
+        doc = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in eksctl_validator.iter_errors(doc)]
         assert errors == [], f"{name}: {errors[:5]}"
 
 
 def test_the_eksctl_schema_catches_a_misspelt_field(sources, eksctl_validator):
-    doc = yaml.safe_load(
-        (MANIFESTS_DIR / "eks" / "staging" / "cluster.yaml").read_text()
-    )
+    doc = yaml.safe_load((MANIFESTS_DIR / "eks" / "staging" / "cluster.yaml").read_text())
     doc["managedNodeGroups"][0]["maxSiz"] = 3
     assert list(eksctl_validator.iter_errors(doc))
 
@@ -52,17 +45,12 @@ def cfn_lint(*paths):
 
 
 def test_cloudformation_templates_pass_cfn_lint(sources, tmp_path):
-    paths = [
-        MANIFESTS_DIR / "eks" / name / "prerequisites.yaml"
-        for name in sources.envs.environments
-    ]
+    paths = [MANIFESTS_DIR / "eks" / name / "prerequisites.yaml" for name in sources.envs.environments]
     proc = cfn_lint(*paths)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # ... and cfn-lint does fail on a broken template.
     tpl = yaml.safe_load(paths[0].read_text())
-    tpl["Resources"]["BucketRaw"]["Properties"]["VersioningConfiguration"] = {
-        "Status": "Sometimes"
-    }
+    tpl["Resources"]["BucketRaw"]["Properties"]["VersioningConfiguration"] = {"Status": "Sometimes"}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(tpl))
     assert cfn_lint(bad).returncode != 0

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfrelease.k8s.eks import CI_ROLE
+from kfrelease.k8s.render.eks import CI_ROLE
 from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, RELEASE_NS
-from kfrelease.k8s.workloads import HTTP_PORT
+from kfrelease.k8s.render.workloads import HTTP_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "ci" / "github" / "kfrelease-trigger.yaml"
@@ -16,42 +16,30 @@ WORKFLOW = REPO / "ci" / "github" / "kfrelease-trigger.yaml"
 
 def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
     wf = yaml.safe_load(WORKFLOW.read_text())
-    on = (
-        wf[True] if True in wf else wf["on"]
-    )  # YAML 1.1 reads the key `on` as a boolean
+    on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as a boolean
     assert on == {"push": {"branches": ["main"]}}
     assert wf["concurrency"]["cancel-in-progress"] is False
     assert wf["permissions"]["id-token"] == "write"
     steps = wf["jobs"]["trigger"]["steps"]
     runs = "\n".join(s.get("run", "") for s in steps)
     assert 'kfrelease trigger --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
-    aws = next(
-        s
-        for s in steps
-        if s.get("uses", "").startswith("aws-actions/configure-aws-credentials")
-    )
+    aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials"))
     assert aws["with"]["role-to-assume"] == "${{ env.AWS_ROLE_ARN }}"
     assert wf["env"]["AWS_ROLE_ARN"].endswith(f":role/{CI_ROLE}")
     assert wf["env"]["KFRELEASE_NAMESPACE"] == RELEASE_NS
     assert wf["env"]["KFRELEASE_SERVICE_ACCOUNT"] == CI_SERVICE_ACCOUNT
-    assert "secrets." not in WORKFLOW.read_text(), (
-        "the workflow must not need stored secrets"
-    )
+    assert "secrets." not in WORKFLOW.read_text(), "the workflow must not need stored secrets"
 
 
 def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
     text = (REPO / "Dockerfile").read_text()
-    stages = [
-        line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")
-    ]
+    stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
     assert stages == ["spark-dist", "project", "workspace", "spark"]  # spark-dist: only copied from
     assert "pip install -c constraints.txt ." in text
     assert "jupyterlab-git==" in text
     assert "USER 1000" in text  # numeric: KServe's runAsNonRoot can verify it
     assert f"EXPOSE {HTTP_PORT}" in text
-    instructions = "\n".join(
-        line for line in text.splitlines() if not line.lstrip().startswith("#")
-    )
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     for word in ("SECRET", "AWS_ACCESS_KEY", "ARG TOKEN", "ENV TOKEN"):
         assert word not in instructions.upper(), word
     for folder in ("kfrelease", "components", "pipelines", "serving"):
@@ -63,7 +51,7 @@ def test_the_spark_image_runs_the_application_file_the_spark_application_names()
     from kfrelease.monitoring.spark_app import ENTRYPOINT, SPARK_VERSION
 
     text = (REPO / "Dockerfile").read_text()
-    spark = text[text.index("FROM project AS spark"):]
+    spark = text[text.index("FROM project AS spark") :]
     path = ENTRYPOINT.removeprefix("local://")
     assert f"COPY kfrelease/lake/spark.py {path}" in spark and Path(spark_module).name == "spark.py"
     assert f'"pyspark=={SPARK_VERSION}"' in spark and f"apache/spark:{SPARK_VERSION}-" in text
@@ -79,11 +67,7 @@ def test_every_kfrelease_process_in_the_manifests_accepts_its_arguments(built):
     checked = 0
     for doc in built["production"]:
         spec = doc.get("spec") or {}
-        pod = (
-            spec.get("template", {}).get("spec", spec)
-            if doc["kind"] == "Deployment"
-            else spec
-        )
+        pod = spec.get("template", {}).get("spec", spec) if doc["kind"] == "Deployment" else spec
         for c in pod.get("containers") or []:
             cmd = c.get("command") or []
             if cmd[:2] != ["python", "-m"] or not cmd[2].startswith("kfrelease."):
@@ -95,9 +79,7 @@ def test_every_kfrelease_process_in_the_manifests_accepts_its_arguments(built):
                 timeout=120,
                 check=False,
             )
-            assert proc.returncode == 0, (
-                f"{doc['kind']} {doc['metadata']['name']}: {cmd[2]} --help: {proc.stderr}"
-            )
+            assert proc.returncode == 0, f"{doc['kind']} {doc['metadata']['name']}: {cmd[2]} --help: {proc.stderr}"
             for flag in (a for a in c.get("args", []) if a.startswith("--")):
                 assert flag in proc.stdout, f"{cmd[2]} does not accept {flag}"
             checked += 1
@@ -141,7 +123,7 @@ def test_the_trigger_resolves_the_image_digest_and_submits_with_it():
     resolve = next(s for s in steps if "describe-images" in s.get("run", ""))
     trigger = next(s for s in steps if "kfrelease trigger" in s.get("run", ""))
     assert steps.index(resolve) < steps.index(trigger)
-    assert 'KFRELEASE_IMAGE=$REGISTRY/kfrelease@$digest' in resolve["run"].replace('"', "")
+    assert "KFRELEASE_IMAGE=$REGISTRY/kfrelease@$digest" in resolve["run"].replace('"', "")
     assert '>> "$GITHUB_ENV"' in resolve["run"]
 
 
@@ -193,7 +175,10 @@ def test_the_dockerfile_copies_every_folder_the_wheel_is_built_from():
 
     tree = ast.parse((REPO / "setup.py").read_text())
     assigned = {
-        t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+        t.id: node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        for t in node.targets
         if isinstance(t, ast.Name)
     }
     assert ast.literal_eval(assigned["RESOURCE_DIRS"]) == RESOURCE_DIRS  # setup.py and the library agree
@@ -212,7 +197,10 @@ def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     (path,) = out.glob("kfrelease-*.whl")
@@ -228,14 +216,19 @@ def test_the_wheel_carries_every_tracked_file_of_the_runtime_folders(wheel):
     from kfrelease.resources import RESOURCE_DIRS
 
     _, names = wheel
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", *RESOURCE_DIRS], capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", *RESOURCE_DIRS], capture_output=True, text=True, check=True
+    ).stdout.split()
     tracked = [f for f in tracked if (REPO / f).is_file()]  # not those deleted in the work tree
     assert len(tracked) > 40
     missing = [f for f in tracked if f"kfrelease/_resources/{f}" not in names]
     assert not missing, f"the wheel lacks {missing[:5]}"
-    for module in ("kfrelease/components/base.py", "kfrelease/pipelines/training_pipeline.py",
-                   "kfrelease/k8s/inference.py", "kfrelease/k8s/versions.py"):
+    for module in (
+        "kfrelease/components/base.py",
+        "kfrelease/pipelines/training_pipeline.py",
+        "kfrelease/k8s/render/inference.py",
+        "kfrelease/k8s/versions.py",
+    ):
         assert module in names
 
 
@@ -248,7 +241,7 @@ def test_the_installed_wheel_reads_schemas_environments_and_the_example_from_its
     site, _ = wheel
     code = (
         "import kfrelease, pathlib\n"
-        "from kfrelease.k8s.schemas import crd_index, vendored_crds\n"
+        "from kfrelease.k8s.policy.schemas import crd_index, vendored_crds\n"
         "from kfrelease.k8s.environments import MANIFESTS_DIR, load_environments\n"
         "from kfrelease.demo.project import example_dir\n"
         "from kfrelease.k8s.versions import KSERVE_VERSIONS\n"
@@ -261,7 +254,8 @@ def test_the_installed_wheel_reads_schemas_environments_and_the_example_from_its
         "print('ok', root)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok " + str(site)), proc.stdout

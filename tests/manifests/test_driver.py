@@ -9,15 +9,15 @@ import copy
 import datetime as dt
 
 import pytest
-from kfrelease.k8s.inference import production_name, recorded_state
+from kfrelease.k8s.render.inference import production_name, recorded_state
 
 from kfrelease.errors import ConfigError, Conflict
-from kfrelease.k8s.authz import service_account
+from kfrelease.k8s.policy.rbac import service_account
 from kfrelease.k8s.environments import RELEASE_NS
-from kfrelease.k8s.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
-from kfrelease.k8s.render import Sources, environment_documents, inference_documents
+from kfrelease.k8s.render.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
+from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
-from kfrelease.k8s.driver import DriverForbidden, KServeTrafficDriver
+from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
@@ -45,14 +45,19 @@ def applied(spec) -> list[dict]:
 
 
 def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
-    return KServeTrafficDriver(spec, URIS, cluster.client(DRIVER), holder=holder,
-                               kserve_version=cluster.kserve or ENV.kserve_version, **kwargs)
+    return KServeTrafficDriver(
+        spec, URIS, cluster.client(DRIVER), holder=holder, kserve_version=cluster.kserve or ENV.kserve_version, **kwargs
+    )
 
 
 def isvcs(cluster, spec) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for (k, ns, _), d in cluster.objects.items()
-            if k == "InferenceService" and ns == spec.serving.namespace
-            and d["metadata"]["labels"]["kfrelease.io/model"] == production_name(spec)}
+    return {
+        d["metadata"]["name"]: d
+        for (k, ns, _), d in cluster.objects.items()
+        if k == "InferenceService"
+        and ns == spec.serving.namespace
+        and d["metadata"]["labels"]["kfrelease.io/model"] == production_name(spec)
+    }
 
 
 def weight(cluster, spec) -> int | None:
@@ -92,9 +97,13 @@ def env_of(doc) -> dict:
 def test_the_whole_release_runs_as_the_driver_service_account_with_no_403(spec, kserve):
     cluster = cluster_for(spec, kserve=kserve)
     d = driver(cluster, spec)
-    d.check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
-                    *[TrafficState(primary=V1, canary=V2, canary_weight=w) for w in spec.canary.steps],
-                    TrafficState(primary=V2)])
+    d.check_rights(
+        [
+            TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+            *[TrafficState(primary=V1, canary=V2, canary_weight=w) for w in spec.canary.steps],
+            TrafficState(primary=V2),
+        ]
+    )
     release(d, cluster, spec, spec.canary.steps)
     assert cluster.refused == []
     (prod,) = isvcs(cluster, spec).values()  # the staging shadow was deleted
@@ -111,8 +120,9 @@ def test_a_rollback_sets_the_canary_to_zero_first_then_back_to_production_with_n
     d = driver(cluster, spec)
     release(d, cluster, spec, [10, 25], fail_at=25)
     assert cluster.refused == []
-    patches = [ref["patch"]["spec"] for kind, ref in d.objects.calls
-               if kind == "patch" and ref["kind"] == "InferenceService"]
+    patches = [
+        ref["patch"]["spec"] for kind, ref in d.objects.calls if kind == "patch" and ref["kind"] == "InferenceService"
+    ]
     zero = patches[-2]
     if spec.serving.deployment_mode == "Serverless":
         assert zero["predictor"]["canaryTrafficPercent"] == 0  # KServe's instant rollback
@@ -141,17 +151,22 @@ def test_a_move_the_role_does_not_allow_sends_nothing_so_no_canary_is_left_half_
     assert traffic_objects(cluster) == before, "production was patched although the move could not complete"
     assert weight(cluster, SERVERLESS) is None
     with pytest.raises(DriverForbidden, match="no traffic was moved"):  # and the up-front check says so
-        driver(cluster_for(SERVERLESS, without_staging_delete(applied(SERVERLESS))),
-               SERVERLESS).check_rights([TrafficState(primary=V1, shadow=V2, mirror_percent=100),
-                                         TrafficState(primary=V1, canary=V2, canary_weight=10)])
+        driver(cluster_for(SERVERLESS, without_staging_delete(applied(SERVERLESS))), SERVERLESS).check_rights(
+            [
+                TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+                TrafficState(primary=V1, canary=V2, canary_weight=10),
+            ]
+        )
 
 
 def test_the_driver_may_not_delete_production():
     cluster = cluster_for(SERVERLESS)
-    assert not cluster.can(DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace,
-                           production_name(SERVERLESS))
-    assert cluster.can(DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace,
-                       f"{production_name(SERVERLESS)}-staging")
+    assert not cluster.can(
+        DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace, production_name(SERVERLESS)
+    )
+    assert cluster.can(
+        DRIVER, "delete", "InferenceService", SERVERLESS.serving.namespace, f"{production_name(SERVERLESS)}-staging"
+    )
 
 
 def test_two_releases_of_one_model_never_patch_the_same_objects():
@@ -188,9 +203,11 @@ def test_a_lock_nobody_renews_expires_and_a_stale_write_loses():
 def test_an_evicted_release_resumes_from_the_state_the_cluster_records(spec):
     cluster = cluster_for(spec)
     d = driver(cluster, spec)
-    release_states = [TrafficState(primary=V1, shadow=V2, mirror_percent=100),
-                      TrafficState(primary=V1, canary=V2, canary_weight=10),
-                      TrafficState(primary=V1, canary=V2, canary_weight=25)]
+    release_states = [
+        TrafficState(primary=V1, shadow=V2, mirror_percent=100),
+        TrafficState(primary=V1, canary=V2, canary_weight=10),
+        TrafficState(primary=V1, canary=V2, canary_weight=25),
+    ]
     for state in release_states:
         d.apply(state)
     # the pod is evicted; KFP retries the step: a new process, a new driver, the same release
@@ -219,11 +236,14 @@ def test_a_bad_state_sends_nothing():
 def test_a_release_never_touches_another_models_objects():
     import dataclasses
 
-    from kfrelease.k8s.inference import render_release
+    from kfrelease.k8s.render.inference import render_release
 
     other = dataclasses.replace(SERVERLESS, model="housing-prices")
-    theirs = render_release(other, TrafficState(primary="V3.1.0", shadow="V3.2.0", mirror_percent=100),
-                            {"V3.1.0": f"{REPO}:V3.1.0", "V3.2.0": f"{REPO}:V3.2.0"})
+    theirs = render_release(
+        other,
+        TrafficState(primary="V3.1.0", shadow="V3.2.0", mirror_percent=100),
+        {"V3.1.0": f"{REPO}:V3.1.0", "V3.2.0": f"{REPO}:V3.2.0"},
+    )
     cluster = cluster_for(SERVERLESS, applied(SERVERLESS) + theirs)
     before = {k: copy.deepcopy(v) for k, v in cluster.objects.items() if "housing-prices" in k[2]}
     assert len(before) == 3

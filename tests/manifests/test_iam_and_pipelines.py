@@ -11,15 +11,15 @@ import sys
 import pytest
 import yaml
 
-from kfrelease.k8s.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
+from kfrelease.k8s.render.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
 from kfrelease.k8s.environments import (
     MANIFESTS_DIR,
     PROFILE_SA,
     RELEASE_NS,
     iam_role_name,
 )
-from kfrelease.k8s.platform import IRSA_ANNOTATION, role_placements
-from kfrelease.k8s.render import iam_policies_in_cluster_config
+from kfrelease.k8s.render.platform import IRSA_ANNOTATION, role_placements
+from kfrelease.k8s.render.tree import iam_policies_in_cluster_config
 from tests.iam_eval import allowed
 
 
@@ -54,18 +54,13 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
         )
         in_cluster = iam_policies_in_cluster_config(cluster_config(name))
         for role, doc in rendered.items():
-            assert in_cluster[iam_role_name(role)] == doc, (
-                f"{name}: IAM policy of {role} differs"
-            )
+            assert in_cluster[iam_role_name(role)] == doc, f"{name}: IAM policy of {role} differs"
         for ws in sources.workspaces:
-            assert (
-                in_cluster[iam_role_name("data-scientist", ws.name)]
-                == rendered["data-scientist"]
-            )
+            assert in_cluster[iam_role_name("data-scientist", ws.name)] == rendered["data-scientist"]
         # plus the Kubeflow UI's read-only role on the pipeline root (the Evidently reports)
         assert in_cluster[PIPELINE_UI_ROLE] == pipeline_ui_policy(env)
-        from kfrelease.k8s.eks import untrusted_step_policy
-        from kfrelease.k8s.platform import RELEASE_DRIVER_SA, STEP_IAM_ROLES, UNTRUSTED_SA
+        from kfrelease.k8s.render.eks import untrusted_step_policy
+        from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, STEP_IAM_ROLES, UNTRUSTED_SA
 
         assert in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]] == rendered["pipeline"]  # the release steps
         assert in_cluster[STEP_IAM_ROLES[UNTRUSTED_SA]] == untrusted_step_policy(env)  # the merged model code
@@ -77,9 +72,7 @@ def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
         in_cluster = iam_policies_in_cluster_config(cluster_config(name))
         mismatches, checked = [], 0
         for (role, bucket, action), expected in sources.policy.matrix().items():
-            got = allowed(
-                in_cluster[iam_role_name(role)], f"{env.bucket_prefix}{bucket}", action
-            )
+            got = allowed(in_cluster[iam_role_name(role)], f"{env.bucket_prefix}{bucket}", action)
             checked += 1
             if got != expected:
                 mismatches.append((role, bucket, action, expected, got))
@@ -115,7 +108,7 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
     """train and evaluate (the data scientist's build: code) run as the untrusted steps' IAM role: what they do
     (kfrelease.training.steps.train_step, run_records.step_record, the KFP launcher's artifact I/O) is allowed, and
     no write of the registry, run records, datasets or monitoring results: only register registers."""
-    from kfrelease.k8s.platform import STEP_IAM_ROLES, UNTRUSTED_SA
+    from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA
 
     model = sources.spec.model
     for name, env in sources.envs.environments.items():
@@ -150,9 +143,7 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
             assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
 
 
-def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(
-    sources, built
-):
+def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(sources, built):
     serving_ns = sources.spec.serving.namespace
     for name, env in sources.envs.environments.items():
         trusted = {
@@ -161,13 +152,9 @@ def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with
             if sa.get("roleOnly")
         }
         annotated = {}
-        amendments = yaml.safe_load_all(
-            (MANIFESTS_DIR / "eks" / name / "kubeflow" / "amendments.yaml").read_text()
-        )
+        amendments = yaml.safe_load_all((MANIFESTS_DIR / "eks" / name / "kubeflow" / "amendments.yaml").read_text())
         for doc in list(built[name]) + [d for d in amendments if d]:
-            if doc["kind"] == "ServiceAccount" and IRSA_ANNOTATION in doc[
-                "metadata"
-            ].get("annotations", {}):
+            if doc["kind"] == "ServiceAccount" and IRSA_ANNOTATION in doc["metadata"].get("annotations", {}):
                 arn = doc["metadata"]["annotations"][IRSA_ANNOTATION]
                 annotated[arn] = (doc["metadata"]["namespace"], doc["metadata"]["name"])
             if doc["kind"] == "Profile":
@@ -177,9 +164,7 @@ def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with
                             doc["metadata"]["name"],
                             PROFILE_SA,
                         )
-        assert annotated == {
-            env.role_arn(role): where for role, where in trusted.items()
-        }
+        assert annotated == {env.role_arn(role): where for role, where in trusted.items()}
         for role, (ns, sa, _) in role_placements(serving_ns).items():
             assert trusted[iam_role_name(role)] == (ns, sa)
 
@@ -204,35 +189,26 @@ def test_compiled_pipelines_run_on_the_project_image(compiled):
     print(f"\n{len(pipelines)} compiled pipelines, all on {env.project_image}")
 
 
-def test_pipeline_root_is_the_s3_bucket_the_pipeline_role_writes(
-    compiled, built, sources
-):
+def test_pipeline_root_is_the_s3_bucket_the_pipeline_role_writes(compiled, built, sources):
     env, pipelines = compiled
     launcher = next(
         d
         for d in built["production"]
         if d["kind"] == "ConfigMap"
-        and d["metadata"]
-        == {**d["metadata"], "name": "kfp-launcher", "namespace": RELEASE_NS}
+        and d["metadata"] == {**d["metadata"], "name": "kfp-launcher", "namespace": RELEASE_NS}
     )
     root = launcher["data"]["defaultPipelineRoot"]
-    assert root == env.pipeline_root() and root.startswith(
-        f"s3://{env.bucket_prefix}pipeline-root/"
-    )
+    assert root == env.pipeline_root() and root.startswith(f"s3://{env.bucket_prefix}pipeline-root/")
     providers = yaml.safe_load(launcher["data"]["providers"])
     assert providers["s3"]["default"]["credentials"] == {"fromEnv": True}
     assert providers["s3"]["default"]["region"] == env.region
     for (
         name,
         docs,
-    ) in (
-        pipelines.items()
-    ):  # a compiled-in root would override the ConfigMap: none may differ
+    ) in pipelines.items():  # a compiled-in root would override the ConfigMap: none may differ
         assert docs[0].get("defaultPipelineRoot", root) == root, name
     bucket = root.removeprefix("s3://").split("/")[0]
-    policy = iam_policies_in_cluster_config(cluster_config("production"))[
-        iam_role_name("pipeline")
-    ]
+    policy = iam_policies_in_cluster_config(cluster_config("production"))[iam_role_name("pipeline")]
     assert allowed(policy, bucket, "write") and allowed(policy, bucket, "read")
     # The data pipeline keeps its artifacts (raw rows) where only data engineers can read.
     data_launcher = next(
@@ -242,15 +218,9 @@ def test_pipeline_root_is_the_s3_bucket_the_pipeline_role_writes(
         and d["metadata"]["name"] == "kfp-launcher"
         and d["metadata"]["namespace"] != RELEASE_NS
     )
-    data_bucket = (
-        data_launcher["data"]["defaultPipelineRoot"].removeprefix("s3://").split("/")[0]
-    )
-    de = iam_policies_in_cluster_config(cluster_config("production"))[
-        iam_role_name("data-engineer")
-    ]
-    ds = iam_policies_in_cluster_config(cluster_config("production"))[
-        iam_role_name("data-scientist")
-    ]
+    data_bucket = data_launcher["data"]["defaultPipelineRoot"].removeprefix("s3://").split("/")[0]
+    de = iam_policies_in_cluster_config(cluster_config("production"))[iam_role_name("data-engineer")]
+    ds = iam_policies_in_cluster_config(cluster_config("production"))[iam_role_name("data-scientist")]
     assert allowed(de, data_bucket, "write") and not allowed(ds, data_bucket, "read")
 
 
@@ -265,29 +235,14 @@ def test_pipeline_pods_get_the_object_store_and_registry_settings(built, sources
             and d["metadata"]["namespace"] == RELEASE_NS
         )
         assert pd["spec"]["selector"] == {
-            "matchExpressions": [
-                {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
-            ]
+            "matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]
         }
         envs = {e["name"]: e["value"] for e in pd["spec"]["env"]}
-        assert (
-            envs["KFRELEASE_S3_ENDPOINT"] == "s3.amazonaws.com"
-            and envs["KFRELEASE_ROLE"] == "pipeline"
-        )
-        assert (
-            envs["KFRELEASE_BUCKET_PREFIX"] == env.bucket_prefix
-            and envs["KFRELEASE_S3_REGION"] == env.region
-        )
+        assert envs["KFRELEASE_S3_ENDPOINT"] == "s3.amazonaws.com" and envs["KFRELEASE_ROLE"] == "pipeline"
+        assert envs["KFRELEASE_BUCKET_PREFIX"] == env.bucket_prefix and envs["KFRELEASE_S3_REGION"] == env.region
         assert envs["KFRELEASE_IMAGE_REGISTRY"] == env.registry
-        auth = next(
-            d
-            for d in docs
-            if d["kind"] == "ConfigMap"
-            and d["metadata"]["name"] == "kfrelease-registry-auth"
-        )
-        assert json.loads(auth["data"]["auth.json"]) == {
-            "credHelpers": {env.registry: "ecr-login"}
-        }
+        auth = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kfrelease-registry-auth")
+        assert json.loads(auth["data"]["auth.json"]) == {"credHelpers": {env.registry: "ecr-login"}}
         mount = pd["spec"]["volumeMounts"][0]["mountPath"]
         assert envs["REGISTRY_AUTH_FILE"] == f"{mount}/auth.json"
 
@@ -295,17 +250,12 @@ def test_pipeline_pods_get_the_object_store_and_registry_settings(built, sources
 def test_the_ci_role_may_only_record_runs_and_read_curated_data(sources):
     """The trigger reads the curated dataset version and creates its run record under models/runs/; it may not
     write or delete registry entries or model artifacts (a CI role that could is a way around the release)."""
-    from kfrelease.k8s.eks import CI_S3_POLICY
+    from kfrelease.k8s.render.eks import CI_S3_POLICY
 
     model = sources.spec.model
     for name, env in sources.envs.environments.items():
-        tpl = yaml.safe_load(
-            (MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text()
-        )
-        policies = {
-            p["PolicyName"]: p["PolicyDocument"]
-            for p in tpl["Resources"]["CIRole"]["Properties"]["Policies"]
-        }
+        tpl = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text())
+        policies = {p["PolicyName"]: p["PolicyDocument"] for p in tpl["Resources"]["CIRole"]["Properties"]["Policies"]}
         s3 = policies[CI_S3_POLICY]
         models, curated = f"{env.bucket_prefix}models", f"{env.bucket_prefix}curated"
         # what kfrelease trigger does (kfrelease/training/run_records.py, kfrelease/data/publish.py)
@@ -327,8 +277,11 @@ def test_the_ci_role_may_only_record_runs_and_read_curated_data(sources):
             (models, "read", f"{model}/V1.1.0/model.joblib"),
             (curated, "write", "diabetes/latest"),
             (curated, "delete", "diabetes/latest"),
-        ] + [(f"{env.bucket_prefix}{b}", a, "k") for b in ("raw", "pipeline-root", "inference-logs", "feedback")
-             for a in ("read", "write", "delete")]:
+        ] + [
+            (f"{env.bucket_prefix}{b}", a, "k")
+            for b in ("raw", "pipeline-root", "inference-logs", "feedback")
+            for a in ("read", "write", "delete")
+        ]:
             assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
         assert set(policies) == {"describe-cluster", "describe-project-image", CI_S3_POLICY}
         (ecr,) = policies["describe-project-image"]["Statement"]
@@ -347,12 +300,8 @@ def test_the_kubeflow_ui_reads_the_pipeline_root_and_nothing_else(sources):
 
 
 def test_the_trigger_workflow_points_at_the_right_cluster_and_buckets(sources):
-    wf = yaml.safe_load(
-        (MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text()
-    )
+    wf = yaml.safe_load((MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text())
     prod = sources.envs.environments["production"]
     assert wf["env"]["KFRELEASE_BUCKET_PREFIX"] == prod.bucket_prefix
     assert wf["env"]["KFRELEASE_S3_REGION"] == wf["env"]["AWS_REGION"] == prod.region
-    assert wf["env"]["EKS_CLUSTER"] == prod.cluster and wf["env"][
-        "AWS_ROLE_ARN"
-    ] == prod.role_arn("kfrelease-ci")
+    assert wf["env"]["EKS_CLUSTER"] == prod.cluster and wf["env"]["AWS_ROLE_ARN"] == prod.role_arn("kfrelease-ci")

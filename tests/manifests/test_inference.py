@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.inference import (
+from kfrelease.k8s.render.inference import (
     render_inference_services,
     render_release,
     render_serving_runtime,
     render_virtual_service,
 )
-from kfrelease.k8s.schemas import SchemaValidationError, crd_index, validate
-from kfrelease.k8s.traffic import apply_traffic, traffic_patches
+from kfrelease.k8s.policy.schemas import SchemaValidationError, crd_index, validate
+from kfrelease.k8s.driver.patches import apply_traffic, traffic_patches
 from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -90,7 +90,7 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
 
 
 def test_predictor_service_names_follow_the_kserve_version():
-    from kfrelease.k8s.inference import predictor_service
+    from kfrelease.k8s.render.inference import predictor_service
 
     assert predictor_service("m", "v1-1-0", "0.20.0") == "m-v1-1-0-predictor"
     assert predictor_service("m", "v1-1-0", "0.15.2") == "m-predictor"  # v0.15.2: PredictorServiceName(name)
@@ -107,9 +107,14 @@ def test_every_host_clients_use_is_mirrored_to_the_shadow(spec):
     vs = render_virtual_service(spec, state, domain="models.example.org")
     ns, isvc = spec.serving.namespace, "diabetes-progression"
     predictor = "diabetes-progression-v1-1-0-predictor" if spec is RAW else "diabetes-progression-predictor"
-    expected = {f"{isvc}.{ns}.models.example.org", f"{isvc}-{ns}.models.example.org", f"{isvc}.{ns}.svc.cluster.local",
-                f"{predictor}.{ns}.models.example.org", f"{predictor}-{ns}.models.example.org",
-                f"{predictor}.{ns}.svc.cluster.local"}
+    expected = {
+        f"{isvc}.{ns}.models.example.org",
+        f"{isvc}-{ns}.models.example.org",
+        f"{isvc}.{ns}.svc.cluster.local",
+        f"{predictor}.{ns}.models.example.org",
+        f"{predictor}-{ns}.models.example.org",
+        f"{predictor}.{ns}.svc.cluster.local",
+    }
     assert expected <= set(vs["spec"]["hosts"])
     (predict,) = [h for h in vs["spec"]["http"] if h["name"] == "predict"]
     assert predict["mirror"]["host"].startswith("diabetes-progression-staging-predictor.")

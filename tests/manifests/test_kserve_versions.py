@@ -7,11 +7,11 @@ import copy
 
 import pytest
 import yaml
-from kfrelease.k8s.inference import render_release
+from kfrelease.k8s.render.inference import render_release
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file, load_environments, workspaces_dir
-from kfrelease.k8s.schemas import (
+from kfrelease.k8s.policy.schemas import (
     SchemaValidationError,
     crd_index,
     validate,
@@ -108,7 +108,10 @@ def test_0_16_switches_on_standard_so_legacy_raw_deployment_is_validated_as_knat
 
 def test_the_canary_list_needs_0_20_standard_mode_and_fixed_replicas():
     doc = _isvc("Standard", name="v1-1-0")
-    canary = {"trafficPercent": 10, "predictor": {"name": "v1-2-0", "model": {**doc["spec"]["predictor"]["model"], "name": "m"}}}
+    canary = {
+        "trafficPercent": 10,
+        "predictor": {"name": "v1-2-0", "model": {**doc["spec"]["predictor"]["model"], "name": "m"}},
+    }
     doc["spec"]["canary"] = [canary]
     assert validate(doc, kserve="0.20.0")
     with pytest.raises(SchemaValidationError, match="does not match its CRD schema.*canary"):
@@ -128,7 +131,7 @@ def test_an_unsupported_version_is_a_clear_error(tmp_path):
         validate(_isvc("Serverless"), kserve="0.13.0")
     text = environments_file(MANIFESTS_DIR).read_text()
     bad = tmp_path / "environments.yaml"
-    bad.write_text(text.replace("kserve_version: \"0.20.0\"", "kserve_version: \"0.13.0\"", 1))
+    bad.write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.13.0"', 1))
     with pytest.raises(ConfigError, match="environment 'staging' kserve_version: KServe '0.13.0'"):
         load_environments(bad)
 
@@ -146,8 +149,10 @@ STATES = {
     "canary 10 %": TrafficState(primary=V1, canary=V2, canary_weight=10),
     "rolled back": TrafficState(primary=V1, canary=V2, canary_weight=0),
 }
-URIS = {V1: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.1.0",
-        V2: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.2.0"}
+URIS = {
+    V1: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.1.0",
+    V2: "oci://111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease/m:V1.2.0",
+}
 
 
 @pytest.mark.parametrize("version", list(KSERVE_VERSIONS))
@@ -172,11 +177,12 @@ def test_every_release_state_renders_valid_objects_for_each_supported_kserve(ver
 
 
 def test_render_refuses_a_rollout_mode_the_declared_kserve_lacks(tmp_path):
-    from kfrelease.k8s.render import Sources, render_tree
+    from kfrelease.k8s.render.tree import Sources, models_file, render_tree
 
     text = environments_file(MANIFESTS_DIR).read_text()
     workspaces_dir(tmp_path).mkdir(parents=True)
     environments_file(tmp_path).write_text(text.replace('kserve_version: "0.20.0"', 'kserve_version: "0.15.2"', 1))
+    models_file(tmp_path).write_text(models_file(MANIFESTS_DIR).read_text())
     src = Sources.load(tmp_path)
     raw = Sources(**{**src.__dict__, "spec": src.spec.with_changes(serving={"deployment_mode": "RawDeployment"})})
     with pytest.raises(ConfigError, match="'staging' declares KServe 0.15.2, which has no spec.canary"):

@@ -7,9 +7,9 @@ import re
 import pytest
 import yaml
 
-from kfrelease.k8s import SchemaValidationError, validate
+from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 from kfrelease.k8s.environments import MANIFESTS_DIR
-from kfrelease.k8s.render import doc_key, environment_documents, json_patch
+from kfrelease.k8s.render.tree import doc_key, environment_documents, json_patch
 
 from .conftest import kustomize
 
@@ -50,13 +50,9 @@ def test_each_overlay_builds_to_exactly_the_rendered_environment(sources, built)
         env = sources.envs.environments[name]
         got = {doc_key(d): d for d in docs}
         want = {doc_key(d): d for d in environment_documents(sources, env)}
-        assert set(got) == set(want), (
-            f"{name}: documents differ: {set(got) ^ set(want)}"
-        )
+        assert set(got) == set(want), f"{name}: documents differ: {set(got) ^ set(want)}"
         diffs = {k: json_patch(want[k], got[k]) for k in want if got[k] != want[k]}
-        assert diffs == {}, (
-            f"{name}: kustomize output differs from the renderers: {diffs}"
-        )
+        assert diffs == {}, f"{name}: kustomize output differs from the renderers: {diffs}"
         assert len(got) == len(docs), f"{name}: duplicate documents"
 
 
@@ -102,8 +98,11 @@ def test_the_re_applied_overlay_never_carries_what_the_release_owns(built, sourc
 def test_eks_has_a_default_storage_class_from_the_ebs_csi_addon(built, sources):
     for name, docs in built.items():
         classes = [d for d in docs if d["kind"] == "StorageClass"]
-        defaults = [c for c in classes
-                    if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+        defaults = [
+            c
+            for c in classes
+            if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+        ]
         assert len(defaults) == 1, name
         assert defaults[0]["provisioner"] == "ebs.csi.aws.com" and defaults[0]["parameters"]["type"] == "gp3"
         cfg = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
@@ -134,32 +133,17 @@ def test_environment_values_reach_every_document(sources, built):
             r"\bREGION\b",
             r"\bkfrelease(-workspace)?:base\b",
         ):
-            assert not re.search(placeholder, text), (
-                f"{name}: placeholder {placeholder} left in the overlay"
-            )
+            assert not re.search(placeholder, text), f"{name}: placeholder {placeholder} left in the overlay"
         assert env.account_id in text and env.bucket_prefix in text
         runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
         assert runtime["spec"]["containers"][0]["image"] == env.project_image
         notebook = next(d for d in docs if d["kind"] == "Notebook")
-        assert (
-            notebook["spec"]["template"]["spec"]["containers"][0]["image"]
-            == env.workspace_image
-        )
+        assert notebook["spec"]["template"]["spec"]["containers"][0]["image"] == env.workspace_image
         isvc = next(d for d in bootstrap(name) if d["kind"] == "InferenceService")
-        assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(
-            f"oci://{env.registry}/"
-        )
-        sink = next(
-            d
-            for d in docs
-            if d["kind"] == "Deployment"
-            and d["metadata"]["name"] == "kfrelease-logsink"
-        )
+        assert isvc["spec"]["predictor"]["model"]["storageUri"].startswith(f"oci://{env.registry}/")
+        sink = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kfrelease-logsink")
         hpa = next(
-            d
-            for d in docs
-            if d["kind"] == "HorizontalPodAutoscaler"
-            and d["metadata"]["name"] == "kfrelease-logsink"
+            d for d in docs if d["kind"] == "HorizontalPodAutoscaler" and d["metadata"]["name"] == "kfrelease-logsink"
         )
         assert "replicas" not in sink["spec"]
         assert hpa["spec"]["minReplicas"] == env.logsink_replicas
@@ -170,55 +154,34 @@ def test_environment_values_reach_every_document(sources, built):
 
 def test_eksctl_cluster_config_has_oidc_autoscaling_node_groups(sources):
     for name, env in sources.envs.environments.items():
-        cfg = yaml.safe_load(
-            (MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text()
-        )
-        assert (
-            cfg["apiVersion"] == "eksctl.io/v1alpha5" and cfg["kind"] == "ClusterConfig"
-        )
+        cfg = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+        assert cfg["apiVersion"] == "eksctl.io/v1alpha5" and cfg["kind"] == "ClusterConfig"
         assert cfg["metadata"]["name"] == env.cluster and cfg["iam"]["withOIDC"] is True
         groups = {g["name"]: g for g in cfg["managedNodeGroups"]}
         assert set(groups) == {"system", "pipelines", "serving"}
         for g in groups.values():
-            assert (
-                g["minSize"] <= g["desiredCapacity"] <= g["maxSize"]
-                and g["maxSize"] > g["minSize"]
-            )
+            assert g["minSize"] <= g["desiredCapacity"] <= g["maxSize"] and g["maxSize"] > g["minSize"]
             assert g["tags"][f"k8s.io/cluster-autoscaler/{env.cluster}"] == "owned"
-        autoscaler = [
-            s
-            for s in cfg["iam"]["serviceAccounts"]
-            if s["metadata"]["name"] == "cluster-autoscaler"
-        ]
+        autoscaler = [s for s in cfg["iam"]["serviceAccounts"] if s["metadata"]["name"] == "cluster-autoscaler"]
         assert autoscaler and autoscaler[0]["wellKnownPolicies"]["autoScaler"] is True
 
 
 def test_cloudformation_creates_the_policy_buckets_and_ecr_repositories(sources):
     for name, env in sources.envs.environments.items():
-        tpl = yaml.safe_load(
-            (MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text()
-        )
+        tpl = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "prerequisites.yaml").read_text())
         res = tpl["Resources"].values()
-        buckets = {
-            r["Properties"]["BucketName"] for r in res if r["Type"] == "AWS::S3::Bucket"
-        }
+        buckets = {r["Properties"]["BucketName"] for r in res if r["Type"] == "AWS::S3::Bucket"}
         assert buckets == {f"{env.bucket_prefix}{b}" for b in sources.policy.buckets}
-        repos = {
-            r["Properties"]["RepositoryName"]
-            for r in res
-            if r["Type"] == "AWS::ECR::Repository"
-        }
+        repos = {r["Properties"]["RepositoryName"] for r in res if r["Type"] == "AWS::ECR::Repository"}
         assert {
             "kfrelease",
             "kfrelease-workspace",
             f"kfrelease/{sources.spec.model}",
         } <= repos
-        ci = tpl["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"][
-            "Statement"
-        ][0]
-        assert ci["Condition"]["StringEquals"][
-            "token.actions.githubusercontent.com:sub"
-        ] == (f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main")
+        ci = tpl["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+        assert ci["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"] == (
+            f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main"
+        )
 
 
 def test_prometheus_rule_and_dashboard_come_from_the_monitoring_part(built):
@@ -231,24 +194,14 @@ def test_prometheus_rule_and_dashboard_come_from_the_monitoring_part(built):
         assert rule["spec"]["groups"] == load_rules()["groups"], name
         assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         monitors = [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
-        assert all(
-            m["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-            for m in monitors
-        )
+        assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
     dashboard = resources.files("kfrelease.monitoring") / "dashboard.json"
     import json
 
     for name, docs in built.items():
-        cm = next(
-            d
-            for d in docs
-            if d["kind"] == "ConfigMap"
-            and d["metadata"]["name"] == "kfrelease-dashboard"
-        )
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kfrelease-dashboard")
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-        assert json.loads(cm["data"]["kfrelease.json"]) == json.loads(
-            dashboard.read_text()
-        )
+        assert json.loads(cm["data"]["kfrelease.json"]) == json.loads(dashboard.read_text())
 
 
 def test_every_pod_default_lives_where_the_webhook_applies_it(built, sources):
@@ -271,7 +224,9 @@ def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer
     upstream = MANIFESTS_DIR.parent / "schemas" / "kubeflow" / "oauth2-proxy"
     upstream_patch = yaml.safe_load((upstream / "m2m-dex-and-eks.kustomization.yaml").read_text())["patches"][0]
     for name, env in sources.envs.environments.items():
-        ours = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "kubeflow" / "oauth2-proxy" / "kustomization.yaml").read_text())
+        ours = yaml.safe_load(
+            (MANIFESTS_DIR / "eks" / name / "kubeflow" / "oauth2-proxy" / "kustomization.yaml").read_text()
+        )
         (remote,) = ours["resources"]
         assert remote == (
             "https://github.com/kubeflow/manifests//common/oauth2-proxy/overlays/m2m-dex-and-eks"

@@ -1,21 +1,12 @@
 """The serving namespace under Kubeflow's mesh-wide ``global-deny-all`` (kubeflow/manifests
 ``common/istio/istio-install/base/deny_all_authorizationpolicy.yaml``, vendored): each flow the release needs
-is allowed by the rendered ALLOW policies, evaluated as Istio evaluates them (``kfrelease.k8s.mesh``), and
+is allowed by the rendered ALLOW policies, evaluated as Istio evaluates them (``kfrelease.k8s.policy.istio``), and
 nothing wider: a pod in a data scientist's namespace reaches neither a predictor, the log sink nor feedback."""
 
 import pytest
-from kfrelease.k8s.inference import PREDICTOR_SERVICE_ACCOUNT
-
-from kfrelease.k8s.mesh import (
-    INGRESS_GATEWAY,
-    KNATIVE_ACTIVATOR,
-    KNATIVE_AUTOSCALER,
-    Request,
-    Workload,
-    decide,
-    principal,
-    upstream_policies,
-)
+from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
+from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, KNATIVE_ACTIVATOR, KNATIVE_AUTOSCALER, principal
 
 NS = "kfrelease-serving"
 PREDICTOR = Workload(NS, {"component": "predictor", "serving.kserve.io/inferenceservice": "diabetes-progression"})
@@ -28,7 +19,9 @@ PREDICT = "/v1/models/diabetes-progression:predict"
 
 NEEDED = {
     "client via the gateway to the Serverless queue-proxy": Request(PREDICTOR, 8012, PREDICT, "POST", INGRESS_GATEWAY),
-    "client via the gateway to the raw predictor's KServe agent": Request(PREDICTOR, 9081, PREDICT, "POST", INGRESS_GATEWAY),
+    "client via the gateway to the raw predictor's KServe agent": Request(
+        PREDICTOR, 9081, PREDICT, "POST", INGRESS_GATEWAY
+    ),
     "client via the gateway to a v2 endpoint": Request(PREDICTOR, 8080, "/v2/models/m/infer", "POST", INGRESS_GATEWAY),
     "Envoy's mirror to the shadow": Request(SHADOW, 9081, PREDICT, "POST", INGRESS_GATEWAY),
     "Knative activator to the queue-proxy": Request(PREDICTOR, 8012, "/", "GET", KNATIVE_ACTIVATOR),
@@ -48,7 +41,9 @@ REFUSED = {
     "a caller without identity predicting": Request(PREDICTOR, 8080, PREDICT, "POST", None),
     "the gateway writing prediction logs": Request(SINK, 8080, "/", "POST", INGRESS_GATEWAY),
     "the gateway to a predictor's non-model path": Request(PREDICTOR, 8080, "/debug", "GET", INGRESS_GATEWAY),
-    "the activator to the model server past the queue-proxy": Request(PREDICTOR, 8080, PREDICT, "POST", KNATIVE_ACTIVATOR),
+    "the activator to the model server past the queue-proxy": Request(
+        PREDICTOR, 8080, PREDICT, "POST", KNATIVE_ACTIVATOR
+    ),
     "a predictor posting ground truth": Request(FEEDBACK, 8080, "/v1/feedback", "POST", AGENT),
 }
 
@@ -79,11 +74,18 @@ def test_without_its_own_policies_the_serving_namespace_refuses_everything():
 
 def test_the_evaluator_follows_istio_semantics():
     deny_all = upstream_policies()[0]
-    allow_any = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                 "metadata": {"name": "any", "namespace": NS}, "spec": {"rules": [{}]}}
-    deny_get = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                "metadata": {"name": "no-get", "namespace": NS},
-                "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}
+    allow_any = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "any", "namespace": NS},
+        "spec": {"rules": [{}]},
+    }
+    deny_get = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "no-get", "namespace": NS},
+        "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]},
+    }
     get, post = Request(SINK, 8080, "/x", "GET", AGENT), Request(SINK, 8080, "/x", "POST", AGENT)
     assert decide([], get)[0]  # no ALLOW policy applies: allowed
     assert not decide([deny_all], get)[0]  # an ALLOW policy without rules matches nothing

@@ -1,4 +1,4 @@
-"""RBAC of the built overlays, evaluated as the cluster would (``kfrelease.k8s.authz``): vendored upstream
+"""RBAC of the built overlays, evaluated as the cluster would (``kfrelease.k8s.policy.rbac``): vendored upstream
 Kubeflow ClusterRoles aggregated as the controller manager does, ours, and what the profile controller binds
 for each Profile; people as KFP sees them (user name only, kubeflow/pipelines
 ``backend/src/apiserver/resource/resource_manager.go``), the CI's IAM role through its EKS access entry.
@@ -18,7 +18,7 @@ from kfrelease.k8s.environments import (
     PROFILE_SA,
     RELEASE_NS,
 )
-from kfrelease.k8s.platform import (
+from kfrelease.k8s.render.platform import (
     KFP_SUBMITTER_STEP,
     RELEASE_DRIVER_SA,
     RELEASE_DRIVER_STEP,
@@ -155,15 +155,20 @@ def test_the_evaluator_sees_grants_through_aggregation(built):
     assert not rbac.allowed(kfp_requester(Requester("x", ("team",))), "terminate", KFP, "runs", RELEASE_NS)  # KFP
     with pytest.raises(KeyError):
         RBACModel([{**probe_binding, "roleRef": {"kind": "ClusterRole", "name": "unknown"}}]).allowed(
-            probe, "get", "", "pods", RELEASE_NS)
+            probe, "get", "", "pods", RELEASE_NS
+        )
 
 
 def test_only_the_release_steps_move_serving_traffic(model, sources):
     env, rbac = model
     serving_ns = sources.spec.serving.namespace
     driver = service_account(RELEASE_NS, RELEASE_DRIVER_SA)
-    others = [service_account(RELEASE_NS, PROFILE_SA), service_account(RELEASE_NS, UNTRUSTED_SA),
-              service_account(RELEASE_NS, CI_SERVICE_ACCOUNT), *data_scientists(sources)]
+    others = [
+        service_account(RELEASE_NS, PROFILE_SA),
+        service_account(RELEASE_NS, UNTRUSTED_SA),
+        service_account(RELEASE_NS, CI_SERVICE_ACCOUNT),
+        *data_scientists(sources),
+    ]
     for group, resource in (("serving.kserve.io", "inferenceservices"), ("networking.istio.io", "virtualservices")):
         assert rbac.allowed(driver, "patch", group, resource, serving_ns), f"{env}: driver cannot patch {resource}"
         assert not rbac.allowed(driver, "delete", group, resource, serving_ns, "diabetes-progression")
@@ -191,9 +196,13 @@ def test_the_merged_model_code_runs_as_an_identity_that_cannot_stop_anything(mod
 def pipeline_pod(labels: dict) -> dict:
     """A pod as KFP's Argo workflow creates it for a task (the run's service account, the task's labels)."""
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "step", "namespace": RELEASE_NS,
-                     "labels": {"workflows.argoproj.io/workflow": "run-1", **labels}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "step",
+            "namespace": RELEASE_NS,
+            "labels": {"workflows.argoproj.io/workflow": "run-1", **labels},
+        },
         "spec": {"serviceAccountName": PROFILE_SA, "containers": [{"name": "main", "image": "kfrelease"}]},
     }
 
@@ -218,8 +227,13 @@ def assert_release_steps_find_prometheus(pod: dict) -> None:
 
 
 def token_volumes(pod: dict) -> list[dict]:
-    return [s["serviceAccountToken"] for v in pod["spec"]["volumes"] if "projected" in v
-            for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+    return [
+        s["serviceAccountToken"]
+        for v in pod["spec"]["volumes"]
+        if "projected" in v
+        for s in v["projected"]["sources"]
+        if "serviceAccountToken" in s
+    ]
 
 
 @pytest.mark.parametrize("env", ["staging", "production"])
@@ -263,7 +277,9 @@ def test_the_compiled_pipelines_label_each_step_with_its_identity(tmp_path):
             labels[executor] = cfg.get("podMetadata", {}).get("labels", {}).get(STEP_LABEL)
     assert labels["exec-train"] == labels["exec-evaluate"] == UNTRUSTED
     assert labels["exec-deploy-staging"] == KFP_SUBMITTER_STEP
-    assert labels["exec-release-preflight"] == labels["exec-shadow-gate"] == labels["exec-rollout"] == RELEASE_DRIVER_STEP
+    assert (
+        labels["exec-release-preflight"] == labels["exec-shadow-gate"] == labels["exec-rollout"] == RELEASE_DRIVER_STEP
+    )
     assert "exec-register" not in labels and "exec-containerize" not in labels  # trusted library code
 
 

@@ -5,23 +5,31 @@ a `kubectl create`, which the API server refuses for an object that exists."""
 
 import pytest
 import yaml
-from kfrelease.k8s.inference import production_name
+from kfrelease.k8s.render.inference import production_name
 
-from kfrelease.k8s.authz import Requester, service_account
+from kfrelease.k8s.policy.rbac import Requester, service_account
 from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS
-from kfrelease.k8s.platform import RELEASE_DRIVER_SA
-from kfrelease.k8s.driver import KServeTrafficDriver
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
+from kfrelease.k8s.driver.kserve import KServeTrafficDriver
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import ApiError, Cluster
 
 ADMIN = Requester("platform-admin", ())
 DRIVER = service_account(RELEASE_NS, RELEASE_DRIVER_SA)
 CLUSTER_ADMIN = [
-    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "test-admin"},
-     "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
-    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "test-admin"},
-     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-admin"},
-     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ADMIN.name}]},
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "test-admin"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "test-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ADMIN.name}],
+    },
 ]
 
 

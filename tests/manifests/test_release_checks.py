@@ -1,4 +1,4 @@
-"""The release-path checks (``kfrelease.k8s.release_checks``, part of ``kfrelease manifests check``) find
+"""The release-path checks (``kfrelease.k8s.policy.release_checks``, part of ``kfrelease manifests check``) find
 nothing on the rendered environments and report each finding class on a broken input."""
 
 import copy
@@ -6,14 +6,14 @@ import copy
 import pytest
 
 from kfrelease.k8s.environments import RELEASE_NS
-from kfrelease.k8s.platform import RELEASE_DRIVER, UNTRUSTED_SA
-from kfrelease.k8s.release_checks import (
+from kfrelease.k8s.render.platform import RELEASE_DRIVER, UNTRUSTED_SA
+from kfrelease.k8s.policy.release_checks import (
     driver_findings,
     environment_findings,
     mesh_findings,
     rbac_findings,
 )
-from kfrelease.k8s.render import Sources, environment_documents, inference_documents
+from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]
@@ -27,8 +27,13 @@ def docs():
 
 
 def binding(name, ns, role, subject):
-    return {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
-            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role}, "subjects": [subject]}
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": ns},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+        "subjects": [subject],
+    }
 
 
 @pytest.mark.parametrize("env", sorted(SOURCES.envs.environments))
@@ -38,7 +43,9 @@ def test_the_rendered_environments_have_no_finding(env):
 
 def test_a_group_binding_and_a_person_who_can_stop_runs_are_rbac_findings(docs):
     broken = docs + [
-        binding("team-view", RELEASE_NS, "kubeflow-view", {"apiGroup": RBAC, "kind": "Group", "name": "data-scientists"}),
+        binding(
+            "team-view", RELEASE_NS, "kubeflow-view", {"apiGroup": RBAC, "kind": "Group", "name": "data-scientists"}
+        ),
         binding("ada-edit", RELEASE_NS, "kubeflow-edit", {"apiGroup": RBAC, "kind": "User", "name": "ada@example.com"}),
     ]
     found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
@@ -47,8 +54,14 @@ def test_a_group_binding_and_a_person_who_can_stop_runs_are_rbac_findings(docs):
 
 
 def test_an_untrusted_step_identity_with_kubeflow_edit_is_an_rbac_finding(docs):
-    broken = docs + [binding("oops", RELEASE_NS, "kubeflow-edit",
-                             {"kind": "ServiceAccount", "name": UNTRUSTED_SA, "namespace": RELEASE_NS})]
+    broken = docs + [
+        binding(
+            "oops",
+            RELEASE_NS,
+            "kubeflow-edit",
+            {"kind": "ServiceAccount", "name": UNTRUSTED_SA, "namespace": RELEASE_NS},
+        )
+    ]
     found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
     assert any("untrusted steps' service account may terminate runs" in f for f in found), found
     assert any("may delete workflows" in f for f in found) and any("may delete pods" in f for f in found)
@@ -64,11 +77,17 @@ def test_a_driver_role_without_the_staging_delete_is_a_driver_finding(docs):
 
 
 def test_missing_or_too_wide_authorization_policies_are_findings(docs):
-    none = [d for d in docs if d["kind"] != "AuthorizationPolicy" or d["metadata"]["namespace"] != SPEC.serving.namespace]
+    none = [
+        d for d in docs if d["kind"] != "AuthorizationPolicy" or d["metadata"]["namespace"] != SPEC.serving.namespace
+    ]
     found = mesh_findings(none, SPEC)
     assert any("KServe agent -> log sink is denied" in f for f in found) and len(found) == 7, found
-    allow_all = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                 "metadata": {"name": "allow-all", "namespace": SPEC.serving.namespace}, "spec": {"rules": [{}]}}
+    allow_all = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-all", "namespace": SPEC.serving.namespace},
+        "spec": {"rules": [{}]},
+    }
     found = mesh_findings(docs + [allow_all], SPEC)
     assert found and all("is allowed" in f for f in found), found
 
@@ -80,7 +99,7 @@ def test_manifests_check_reports_the_release_path_classes_on_broken_files(tmp_pa
 
     import yaml
 
-    from kfrelease.k8s.checks import CheckContext, run_checks
+    from kfrelease.k8s.policy.checks import CheckContext, run_checks
     from kfrelease.k8s.environments import MANIFESTS_DIR
 
     root = tmp_path / "manifests"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS, SCIENCE_NS
-from kfrelease.k8s.render import Sources, check_tree, render_tree
+from kfrelease.k8s.render.tree import Sources, check_tree, render_tree
 from tests.iam_eval import allowed
 
 from .conftest import kustomize, upstream_cluster_roles
@@ -50,11 +50,7 @@ def test_render_check_reports_an_edited_file_and_render_restores_it(copy_of_mani
     target.write_text(target.read_text() + "# hand edit\n")
     (root / "base" / "stale.yaml").write_text("kind: Leftover\n")
     proc = cli("manifests", "render", "--dir", str(root), "--check")
-    assert (
-        proc.returncode == 1
-        and "not current" in proc.stderr
-        and len(proc.stderr.strip().splitlines()) == 1
-    )
+    assert proc.returncode == 1 and "not current" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = cli("manifests", "render", "--dir", str(root))
     assert proc.returncode == 0, proc.stderr
     assert not (root / "base" / "stale.yaml").exists()
@@ -63,23 +59,13 @@ def test_render_check_reports_an_edited_file_and_render_restores_it(copy_of_mani
 
 def test_workspace_add_is_one_command(copy_of_manifests):
     root = copy_of_manifests
-    proc = cli(
-        "workspace", "add", "grace", "--email", "grace@example.com", "--out", str(root)
-    )
+    proc = cli("workspace", "add", "grace", "--email", "grace@example.com", "--out", str(root))
     assert proc.returncode == 0, proc.stderr
-    assert (
-        yaml.safe_load((root / "sources" / "workspaces" / "grace.yaml").read_text())["email"]
-        == "grace@example.com"
-    )
+    assert yaml.safe_load((root / "sources" / "workspaces" / "grace.yaml").read_text())["email"] == "grace@example.com"
     src = Sources.load(root)
     for name, env in src.envs.environments.items():
         docs = kustomize(root / "overlays" / name)
-        ns = [
-            d
-            for d in docs
-            if d["metadata"].get("namespace") == "ds-grace"
-            or d["metadata"]["name"] == "ds-grace"
-        ]
+        ns = [d for d in docs if d["metadata"].get("namespace") == "ds-grace" or d["metadata"]["name"] == "ds-grace"]
         kinds = sorted(d["kind"] for d in ns)
         assert kinds == [
             "Notebook",
@@ -93,17 +79,10 @@ def test_workspace_add_is_one_command(copy_of_manifests):
         assert profile["spec"]["plugins"][0]["spec"]["awsIamRole"] == role_arn
         notebook = next(d for d in ns if d["kind"] == "Notebook")
         pod = notebook["spec"]["template"]["spec"]
-        assert (
-            pod["serviceAccountName"] == "default-editor"
-            and pod["containers"][0]["image"] == env.workspace_image
-        )
+        assert pod["serviceAccountName"] == "default-editor" and pod["containers"][0]["image"] == env.workspace_image
         assert notebook["metadata"]["labels"]["access-s3-data-scientist"] == "true"
         cluster = yaml.safe_load((root / "eks" / name / "cluster.yaml").read_text())
-        entry = [
-            s
-            for s in cluster["iam"]["serviceAccounts"]
-            if s.get("roleName") == "kfrelease-data-scientist-grace"
-        ]
+        entry = [s for s in cluster["iam"]["serviceAccounts"] if s.get("roleName") == "kfrelease-data-scientist-grace"]
         assert entry and entry[0]["metadata"] == {
             "name": "default-editor",
             "namespace": "ds-grace",
@@ -115,12 +94,8 @@ def test_workspace_add_is_one_command(copy_of_manifests):
         rbac = RBACModel(docs + upstream_cluster_roles())
         grace = kfp_requester(person("grace@example.com"))
         assert rbac.allowed(grace, "get", "pipelines.kubeflow.org", "runs", RELEASE_NS)
-        assert not rbac.allowed(
-            grace, "terminate", "pipelines.kubeflow.org", "runs", RELEASE_NS
-        )
-        assert not rbac.allowed(
-            grace, "create", "pipelines.kubeflow.org", "runs", RELEASE_NS
-        )
+        assert not rbac.allowed(grace, "terminate", "pipelines.kubeflow.org", "runs", RELEASE_NS)
+        assert not rbac.allowed(grace, "create", "pipelines.kubeflow.org", "runs", RELEASE_NS)
         assert rbac.allowed(grace, "create", "pipelines.kubeflow.org", "runs", SCIENCE_NS)
     assert check_tree(root) == []
 
@@ -136,14 +111,9 @@ def test_workspace_add_refuses_bad_input_and_writes_nothing(copy_of_manifests):
     ]:
         proc = cli("workspace", "add", *args, "--out", str(root))
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
-        assert (
-            proc.stderr.startswith("error: ")
-            and len(proc.stderr.strip().splitlines()) == 1
-        )
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
-    proc = cli(
-        "workspace", "add", "x", "--email", "x@example.com", "--out", str(root / "nope")
-    )
+    proc = cli("workspace", "add", "x", "--email", "x@example.com", "--out", str(root / "nope"))
     assert proc.returncode == 1 and "not a manifests directory" in proc.stderr
 
 
@@ -151,13 +121,9 @@ def test_a_bad_source_is_refused_in_one_line_and_nothing_is_written(copy_of_mani
     root = copy_of_manifests
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     envs = root / "sources" / "environments.yaml"
-    envs.write_text(
-        envs.read_text().replace('account_id: "111111111111"', 'account_id: "1111"')
-    )
+    envs.write_text(envs.read_text().replace('account_id: "111111111111"', 'account_id: "1111"'))
     proc = cli("manifests", "render", "--dir", str(root))
-    assert (
-        proc.returncode == 1 and "account_id '1111' is not 12 digits" in proc.stderr
-    ), proc.stderr
+    assert proc.returncode == 1 and "account_id '1111' is not 12 digits" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p != envs}
     assert after == {p: b for p, b in before.items() if p != envs}
@@ -168,8 +134,6 @@ def test_workspace_remove_takes_it_out_of_every_generated_file(copy_of_manifests
     assert cli("workspace", "remove", "ada", "--out", str(root)).returncode == 0
     assert not (root / "base" / "workspaces" / "ada.yaml").exists()
     assert "ds-ada" not in (root / "eks" / "staging" / "cluster.yaml").read_text()
-    assert not any(
-        "ds-ada" in p.read_text() for p in (root / "overlays").rglob("*.yaml")
-    )
+    assert not any("ds-ada" in p.read_text() for p in (root / "overlays").rglob("*.yaml"))
     proc = cli("workspace", "remove", "ada", "--out", str(root))
     assert proc.returncode == 1 and "no workspace 'ada'" in proc.stderr

@@ -2,8 +2,9 @@
 (kubeflow/spark-operator v2.5.2), submitted once and waited on until the operator's terminal state."""
 
 import pytest
+import yaml
 
-from kfrelease.k8s.schemas import SchemaValidationError, validate
+from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 from kfrelease.monitoring.spark_app import (
     SparkApplicationFailed,
     choose_engine,
@@ -38,14 +39,19 @@ def test_the_spark_application_matches_the_operators_crd():
 
 
 def test_the_rendered_manifests_carry_the_nightly_spark_window_valid_against_the_operators_crd():
+    """The platform's monitoring carries the Spark driver's RBAC; the model's nightly window is the model's
+    own (``bootstrap/<env>/monitoring.yaml``, rendered from its project, not the platform overlay)."""
     from kfrelease.k8s.environments import MONITORING_NS
-    from kfrelease.k8s.render import Sources, base_files
+    from kfrelease.k8s.render.tree import Sources, base_files, render_tree
 
     src = Sources.load()
     env = src.envs.environments["staging"]
+    platform = base_files(src, env)["monitoring.yaml"]
+    assert not [d for d in platform if d["kind"] == "ScheduledSparkApplication"]
+    model_docs = list(yaml.safe_load_all(render_tree(src)["bootstrap/staging/monitoring.yaml"]))
     docs = {
         d["kind"]: d
-        for d in base_files(src, env)["monitoring.yaml"]
+        for d in platform + model_docs
         if d["kind"] == "ScheduledSparkApplication" or d["metadata"]["name"] == "kfrelease-spark-driver"
     }
     scheduled = docs["ScheduledSparkApplication"]

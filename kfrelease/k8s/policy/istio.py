@@ -1,23 +1,4 @@
-"""The Istio ALLOW policies of the serving namespace, and an evaluator of Istio authorization.
-
-Kubeflow installs a mesh-wide ``global-deny-all`` (kubeflow/manifests
-``common/istio/istio-install/base/deny_all_authorizationpolicy.yaml``: ``spec: {}`` in the root namespace
-``istio-system``, an ALLOW policy without rules, which applies to every workload and matches nothing). A
-Profile namespace gets ``ns-owner-access-istio`` from the profile controller; the serving namespace is no
-Profile, so every request into it is denied until a policy of its own allows it. ``serving_policies``
-renders those, one per workload kind, each allowing only the flows the release needs:
-
-| to | from | ports, paths |
-| --- | --- | --- |
-| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
-| log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
-| feedback | the ingress gateway (clients post ground truth) | ``POST /v1/feedback`` on 8080 |
-| all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
-
-Ports are the workload's (container) ports, as Istio matches them on the inbound side; principals are
-``<trust domain>/ns/<ns>/sa/<sa>`` (the workloads of kubeflow/manifests: gateway
-``istio-system/istio-ingressgateway-service-account``, which also serves ``knative-local-gateway``;
-activator ``knative-serving/activator``; autoscaler ``knative-serving/controller``: ``serving-core.yaml``).
+"""Istio authorization evaluated on rendered documents (no mesh needed).
 
 ``allowed(policies, request)`` evaluates a request as Istio does
 (https://istio.io/latest/docs/reference/config/security/authorization-policy/; istio/istio
@@ -36,89 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from kfrelease.k8s.platform import PART_OF
+from kfrelease.k8s.render.mesh import ROOT_NS
 from kfrelease.resources import resource_dir
-
-SECURITY_API = "security.istio.io/v1"
-ROOT_NS = "istio-system"
-TRUST_DOMAIN = "cluster.local"
-INGRESS_GATEWAY = f"{TRUST_DOMAIN}/ns/istio-system/sa/istio-ingressgateway-service-account"
-KNATIVE_ACTIVATOR = f"{TRUST_DOMAIN}/ns/knative-serving/sa/activator"
-KNATIVE_AUTOSCALER = f"{TRUST_DOMAIN}/ns/knative-serving/sa/controller"
-#: KServe's pod label of every predictor pod (``pkg/constants/constants.go`` ``KServiceComponentLabel``).
-PREDICTOR_SELECTOR = {"component": "predictor"}
-#: queue-proxy (Knative), KServe agent (``InferenceServiceDefaultAgentPortStr``), model server.
-PREDICTOR_PORTS = ["8012", "9081", "8080"]
-MODEL_PATHS = ["/v1/models/*", "/v2/models/*"]
-HTTP_PORT = "8080"
-FEEDBACK_PATH = "/v1/feedback"
-
-
-def principal(namespace: str, service_account: str) -> str:
-    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
-
-
-def _policy(name: str, ns: str, selector: dict, rules: list[dict]) -> dict:
-    return {
-        "apiVersion": SECURITY_API,
-        "kind": "AuthorizationPolicy",
-        "metadata": {"name": name, "namespace": ns, "labels": dict(PART_OF)},
-        "spec": {"selector": {"matchLabels": selector}, "action": "ALLOW", "rules": rules},
-    }
-
-
-def _scrape() -> dict:
-    return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
-
-
-def serving_policies(ns: str, predictor_sa: str, logsink: str, feedback: str) -> list[dict]:
-    """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider."""
-    return [
-        _policy(
-            "kfrelease-predictors",
-            ns,
-            PREDICTOR_SELECTOR,
-            [
-                {
-                    "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
-                    "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
-                },
-                {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
-                {
-                    "from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}],
-                    "to": [{"operation": {"ports": ["9090"]}}],
-                },
-                _scrape(),
-            ],
-        ),
-        _policy(
-            "kfrelease-logsink",
-            ns,
-            {"app.kubernetes.io/name": logsink},
-            [
-                {
-                    "from": [{"source": {"principals": [principal(ns, predictor_sa)]}}],
-                    "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT]}}],
-                },
-                _scrape(),
-            ],
-        ),
-        _policy(
-            "kfrelease-feedback",
-            ns,
-            {"app.kubernetes.io/name": feedback},
-            [
-                {
-                    "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
-                    "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
-                },
-                _scrape(),
-            ],
-        ),
-    ]
-
-
-# --- evaluation -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

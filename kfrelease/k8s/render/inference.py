@@ -38,7 +38,7 @@ DEFAULT_INGRESS_GATEWAY = "kubeflow/kubeflow-gateway"
 DEFAULT_DOMAIN = "example.com"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 STORAGE_SCHEMES = ("oci://", "s3://")
-#: The predictors' own service account: the log sink's ALLOW policy names it (``kfrelease.k8s.mesh``).
+#: The predictors' own service account: the log sink's ALLOW policy names it (``kfrelease.k8s.render.mesh``).
 PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
 #: KServe version the cluster runs when the caller names none (``kfrelease.k8s.versions``: the newest).
 DEFAULT_KSERVE_VERSION = "0.20.0"

@@ -1,5 +1,5 @@
 """A release's traffic state applied to the cluster as JSON merge patches (RFC 7386) of the objects
-``kfrelease.k8s.inference`` renders: ``traffic_patches`` is what the traffic driver sends (``kubectl patch
+``kfrelease.k8s.render.inference`` renders: ``traffic_patches`` is what the traffic driver sends (``kubectl patch
 --type merge``), ``apply_traffic`` (``apply_plan``) what the cluster then holds (for tests and dry runs).
 Only the objects of the release's own model, and only their ``spec`` and the annotations the renderer sets,
 are ever touched."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-from kfrelease.k8s.inference import _dns, render_release
+from kfrelease.k8s.render.inference import _dns, render_release
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 

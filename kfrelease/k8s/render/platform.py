@@ -213,7 +213,7 @@ RELEASE_DRIVER_SA = "kfrelease-release-driver"
 PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
 #: Their IAM roles (IRSA; eksctl trusts one service account per role), no ECR push (only containerize pushes,
 #: as default-editor): the release driver's has the pipeline role's S3 policy; the untrusted steps' only
-#: curated reads, their own step records and the KFP artifacts (``kfrelease.k8s.eks.untrusted_step_policy``):
+#: curated reads, their own step records and the KFP artifacts (``kfrelease.k8s.render.eks.untrusted_step_policy``):
 #: no registry write, so the merged model code cannot register, stage or promote anything itself.
 STEP_IAM_ROLES = {
     UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step",
@@ -434,8 +434,8 @@ def release_lease_name(model_slug: str) -> str:
 
 def release_driver_rbac(serving_ns: str, models: list[str]) -> list[dict]:
     """Role ``kfrelease-release-driver`` in the serving namespace, bound to the release steps' service account
-    only: exactly the operations ``kfrelease.k8s.driver`` sends for a whole release (shadow, canary
-    steps, promotion, rollback) and its lock. ``models`` are DNS slugs (``kfrelease.k8s.inference.production_name``).
+    only: exactly the operations ``kfrelease.k8s.driver.kserve`` sends for a whole release (shadow, canary
+    steps, promotion, rollback) and its lock. ``models`` are DNS slugs (``kfrelease.k8s.render.inference.production_name``).
 
     Delete is granted on the staging InferenceServices by name only (the shadow ends by deleting it), never
     on production; the Lease verbs that name an object are limited to each model's lock (RBAC cannot limit
@@ -493,10 +493,10 @@ def release_rbac() -> list[dict]:
     only mint that service account's tokens.
 
     People get no Group binding: a person signed in to Kubeflow reaches KFP, whose SubjectAccessReview
-    carries the user only (``kfrelease.k8s.authz``), and no EKS access entry maps people to a group. Each
-    data scientist is bound by user name (``kfrelease.k8s.workspace``: view in the release namespace, edit in
+    carries the user only (``kfrelease.k8s.policy.rbac``), and no EKS access entry maps people to a group. Each
+    data scientist is bound by user name (``kfrelease.k8s.render.workspace``: view in the release namespace, edit in
     the science namespace, as KFAM binds a Profile contributor); the Profile owners are bound by the profile
-    controller. Only the CI group is real: the CI role's access entry maps it (``kfrelease.k8s.eks``)."""
+    controller. Only the CI group is real: the CI role's access entry maps it (``kfrelease.k8s.render.eks``)."""
     return [
         {
             "apiVersion": f"{RBAC}/v1",

@@ -1,7 +1,7 @@
-"""Serving and monitoring workloads on EKS: the ServingRuntime (``kfrelease.k8s.inference``), the log sink
+"""Serving and monitoring workloads on EKS: the ServingRuntime (``kfrelease.k8s.render.inference``), the log sink
 (Service ``kfrelease-logsink``, the InferenceServices' default ``logger.url``) and the feedback service, the Pushgateway, ServiceMonitor/PodMonitor, the PrometheusRule and the Grafana dashboard.
 
-The InferenceServices and the VirtualService come from ``kfrelease.k8s.inference`` and the PrometheusRule from
+The InferenceServices and the VirtualService come from ``kfrelease.k8s.render.inference`` and the PrometheusRule from
 ``kfrelease.monitoring.rules`` (their owners' renderers); this module only places them.
 """
 
@@ -12,17 +12,18 @@ import json
 from importlib import resources
 
 from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
-from kfrelease.k8s.inference import (
+from kfrelease.k8s.render.inference import (
     PREDICTOR_SERVICE_ACCOUNT,
     production_name,
     render_serving_runtime,
 )
-from kfrelease.k8s.mesh import serving_policies
-from kfrelease.k8s.platform import PART_OF, release_driver_rbac, s3_env, service_account
+from kfrelease.k8s.render.mesh import serving_policies
+from kfrelease.k8s.render.platform import PART_OF, release_driver_rbac, s3_env, service_account
 from kfrelease.rollout.spec import RolloutSpec
 
 HTTP_PORT = 8080
 STATE_DIR = "/var/lib/kfrelease"
+MONITORING_SA = "kfrelease-monitoring"
 PUSHGATEWAY_IMAGE = "quay.io/prometheus/pushgateway:v1.11.1"
 METRICS_LABEL = {"kfrelease.io/metrics": "true"}
 #: kube-prometheus-stack's Prometheus selects monitors and rules by its Helm release label (default
@@ -135,15 +136,17 @@ def http_service(
     ]
 
 
-def serving_documents(spec: RolloutSpec, env: Environment, serving_sa: str) -> list[dict]:
+def serving_documents(
+    spec: RolloutSpec, env: Environment, serving_sa: str, models: tuple[RolloutSpec, ...] = ()
+) -> list[dict]:
     """The serving namespace: runtime, log sink, feedback, the predictors' own service account (no IRSA, no
     RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
-    policies (``kfrelease.k8s.mesh``)."""
+    policies (``kfrelease.k8s.render.mesh``)."""
     ns = spec.serving.namespace
     return [
         render_serving_runtime(spec, env.project_image),
         service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
-        *release_driver_rbac(ns, [production_name(spec)]),
+        *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
         *serving_policies(ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback"),
         *http_service(
             "kfrelease-logsink",
@@ -307,37 +310,32 @@ def dashboard_configmap() -> dict | None:
     }
 
 
-def spark_monitoring(spec: RolloutSpec, env: Environment) -> list[dict]:
-    """Monitoring on the Kubeflow Spark Operator (``kfrelease.monitoring.spark_app``): the driver's and the
-    pipeline step's RBAC in the monitoring namespace (the driver runs as its IRSA service account), and the
-    model's nightly window as a suspended ``ScheduledSparkApplication``."""
-    from kfrelease.demo.project import example_dir
+def spark_monitoring() -> list[dict]:
+    """The platform's part of monitoring on the Kubeflow Spark Operator (``kfrelease.monitoring.spark_app``):
+    the driver's and the pipeline step's RBAC in the monitoring namespace (the driver runs as its IRSA
+    service account). Each model's scheduled window is its own (``model_monitoring``)."""
     from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
-    from kfrelease.monitoring.spark_app import (
-        SPARK_IMAGE_NAME,
-        render_scheduled_monitoring,
-        spark_rbac,
-    )
-    from kfrelease.training.spec import load_project
+    from kfrelease.monitoring.spark_app import spark_rbac
 
-    sa = "kfrelease-monitoring"
-    docs = spark_rbac(MONITORING_NS, sa, RELEASE_NS, PROFILE_SA)
-    project = load_project(example_dir())
-    if spec.model and project.name == spec.model:
-        image = (
-            f"{SPARK_IMAGE_NAME}:base" if env.name == "base" else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}"
+    return spark_rbac(MONITORING_NS, MONITORING_SA, RELEASE_NS, PROFILE_SA)
+
+
+def model_monitoring(spec: RolloutSpec, env: Environment, features: list[str]) -> list[dict]:
+    """One model's nightly monitoring window (over its ``features``) as a suspended
+    ``ScheduledSparkApplication``: it belongs to the model, not to the platform's overlay."""
+    from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring
+
+    image = f"{SPARK_IMAGE_NAME}:base" if env.name == "base" else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}"
+    return [
+        render_scheduled_monitoring(
+            spec.model,
+            list(features),
+            namespace=MONITORING_NS,
+            image=image,
+            bucket_prefix=env.bucket_prefix,
+            service_account=MONITORING_SA,
         )
-        docs.append(
-            render_scheduled_monitoring(
-                spec.model,
-                list(project.features),
-                namespace=MONITORING_NS,
-                image=image,
-                bucket_prefix=env.bucket_prefix,
-                service_account=sa,
-            )
-        )
-    return docs
+    ]
 
 
 def monitoring_documents(spec: RolloutSpec, env: Environment | None = None) -> list[dict]:
@@ -346,5 +344,5 @@ def monitoring_documents(spec: RolloutSpec, env: Environment | None = None) -> l
         if doc is not None:
             docs.append(doc)
     if env is not None:
-        docs += spark_monitoring(spec, env)
+        docs += spark_monitoring()
     return docs

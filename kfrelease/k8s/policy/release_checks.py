@@ -2,18 +2,18 @@
 findings (empty: fine). Finding classes: RBAC (who can stop a run, group bindings that never apply, what the
 merged model code's identity holds), the driver's rights against the operations of a whole release, and the
 mesh's AuthorizationPolicies against the flows of the data path. ``kfrelease manifests check`` runs them
-as its ``release-path`` check (``kfrelease.k8s.checks``)."""
+as its ``release-path`` check (``kfrelease.k8s.policy.checks``)."""
 
 from __future__ import annotations
 
-from kfrelease.k8s.authz import (
+from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, PROFILE_SA, RELEASE_NS
+from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
     kfp_requester,
     service_account,
     upstream_cluster_roles,
 )
-from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, PROFILE_SA, RELEASE_NS
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -24,7 +24,7 @@ STOP = ("terminate", "delete", "retry", "archive")
 def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] | None = None) -> list[str]:
     """Nobody but the platform's own identities can stop a release run; no binding names a group no EKS
     access entry maps (``access_groups``); the untrusted steps' identity holds no write outside its minimum."""
-    from kfrelease.k8s.platform import UNTRUSTED_SA
+    from kfrelease.k8s.render.platform import UNTRUSTED_SA
 
     rbac = RBACModel(docs + upstream_cluster_roles())
     out = []
@@ -74,7 +74,7 @@ def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] |
 
 
 def _kfp_allowed(rbac: RBACModel, subject: dict, verb: str) -> bool:
-    from kfrelease.k8s.authz import requester_of
+    from kfrelease.k8s.policy.rbac import requester_of
 
     return rbac.allowed(kfp_requester(requester_of(subject, subject["bound_in"])), verb, KFP, "runs", RELEASE_NS)
 
@@ -83,7 +83,7 @@ class _RBACObjects:
     """The rendered objects in memory, answering ``can`` from RBAC for one requester."""
 
     def __init__(self, docs: list[dict], rbac: RBACModel, who: Requester):
-        from kfrelease.k8s.driver import InMemoryObjects
+        from kfrelease.k8s.driver.kserve import InMemoryObjects
 
         self.objects, self.rbac, self.who = InMemoryObjects(docs), rbac, who
 
@@ -91,7 +91,7 @@ class _RBACObjects:
         return getattr(self.objects, name)
 
     def can(self, verb: str, ref: dict) -> bool:
-        from kfrelease.k8s.driver import GROUPS, PLURALS
+        from kfrelease.k8s.driver.kserve import GROUPS, PLURALS
 
         name = "" if verb == "create" else ref.get("name", "")
         return self.rbac.allowed(self.who, verb, GROUPS[ref["kind"]], PLURALS[ref["kind"]], ref["namespace"], name)
@@ -100,8 +100,8 @@ class _RBACObjects:
 def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str) -> list[str]:
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
-    from kfrelease.k8s.driver import DriverForbidden, KServeTrafficDriver
-    from kfrelease.k8s.platform import RELEASE_DRIVER_SA
+    from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
+    from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 
     rbac = RBACModel(docs + upstream_cluster_roles())
     candidate = "V0.0.0-check"
@@ -128,39 +128,40 @@ def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve
 def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
     """Each flow of the data path is allowed under Kubeflow's global-deny-all, and a pod of another namespace
     reaches no serving workload directly."""
-    from kfrelease.k8s import mesh
-    from kfrelease.k8s.inference import PREDICTOR_SERVICE_ACCOUNT
+    from kfrelease.k8s.policy import istio
+    from kfrelease.k8s.render import mesh
+    from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT
 
     ns = spec.serving.namespace
-    policies = mesh.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
-    predictor = mesh.Workload(ns, dict(mesh.PREDICTOR_SELECTOR))
-    sink = mesh.Workload(ns, {"app.kubernetes.io/name": "kfrelease-logsink"})
-    feedback = mesh.Workload(ns, {"app.kubernetes.io/name": "kfrelease-feedback"})
+    policies = istio.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
+    predictor = istio.Workload(ns, dict(mesh.PREDICTOR_SELECTOR))
+    sink = istio.Workload(ns, {"app.kubernetes.io/name": "kfrelease-logsink"})
+    feedback = istio.Workload(ns, {"app.kubernetes.io/name": "kfrelease-feedback"})
     agent = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
     outsider = mesh.principal("kfrelease-science", PROFILE_SA)
     predict = f"/v1/models/{spec.model}:predict"
     needed = {
-        "ingress gateway -> predictor": mesh.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
-        "ingress gateway -> raw predictor (KServe agent)": mesh.Request(
+        "ingress gateway -> predictor": istio.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
+        "ingress gateway -> raw predictor (KServe agent)": istio.Request(
             predictor, 9081, predict, "POST", mesh.INGRESS_GATEWAY
         ),
-        "Knative activator -> predictor": mesh.Request(predictor, 8012, "/", "GET", mesh.KNATIVE_ACTIVATOR),
-        "KServe agent -> log sink": mesh.Request(sink, 8080, "/", "POST", agent),
-        "client -> feedback": mesh.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
-        "Prometheus -> predictor metrics": mesh.Request(predictor, 8080, "/metrics", "GET", None),
-        "Prometheus -> log sink metrics": mesh.Request(sink, 8080, "/metrics", "GET", None),
+        "Knative activator -> predictor": istio.Request(predictor, 8012, "/", "GET", mesh.KNATIVE_ACTIVATOR),
+        "KServe agent -> log sink": istio.Request(sink, 8080, "/", "POST", agent),
+        "client -> feedback": istio.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
+        "Prometheus -> predictor metrics": istio.Request(predictor, 8080, "/metrics", "GET", None),
+        "Prometheus -> log sink metrics": istio.Request(sink, 8080, "/metrics", "GET", None),
     }
     refused = {
-        "a pod of another namespace -> predictor": mesh.Request(predictor, 8080, predict, "POST", outsider),
-        "a pod of another namespace -> log sink": mesh.Request(sink, 8080, "/", "POST", outsider),
+        "a pod of another namespace -> predictor": istio.Request(predictor, 8080, predict, "POST", outsider),
+        "a pod of another namespace -> log sink": istio.Request(sink, 8080, "/", "POST", outsider),
     }
     out = []
     for flow, req in needed.items():
-        ok, why = mesh.decide(policies, req)
+        ok, why = istio.decide(policies, req)
         if not ok:
             out.append(f"AuthorizationPolicy: {flow} is denied ({why})")
     for flow, req in refused.items():
-        ok, why = mesh.decide(policies, req)
+        ok, why = istio.decide(policies, req)
         if ok:
             out.append(f"AuthorizationPolicy: {flow} is allowed ({why}); allow only the flows the release needs")
     return out
@@ -175,8 +176,8 @@ def _access_groups(config: dict) -> set[str]:
 def environment_findings(src, env) -> list[str]:
     """Every finding above for one environment of ``Sources``, on what the renderers produce now (the
     overlay's documents and the one-time bootstrap)."""
-    from kfrelease.k8s.eks import cluster_config
-    from kfrelease.k8s.render import environment_documents, inference_documents
+    from kfrelease.k8s.render.eks import cluster_config
+    from kfrelease.k8s.render.tree import environment_documents, inference_documents
 
     docs = environment_documents(src, env) + inference_documents(src.spec, env)
     groups = _access_groups(cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces))

@@ -1,5 +1,5 @@
 """``KServeTrafficDriver``: the ``TrafficDriver`` of a cluster. It moves a release by patching the KServe
-InferenceService(s) and the Istio VirtualService that ``kfrelease.k8s.inference`` renders from the rollout
+InferenceService(s) and the Istio VirtualService that ``kfrelease.k8s.render.inference`` renders from the rollout
 spec: ``traffic_patches`` gives JSON merge patches (``kubectl patch --type merge``), objects to create (the
 staging shadow) and to delete (it again).
 
@@ -105,7 +105,7 @@ class InMemoryObjects:
         return copy.deepcopy(doc) if doc else None
 
     def patch(self, ref: dict) -> None:
-        from kfrelease.k8s.traffic import apply_merge_patch
+        from kfrelease.k8s.driver.patches import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
         self.docs[key] = self._stamp(apply_merge_patch(self.docs[key], ref["patch"]))
@@ -173,7 +173,7 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             raise
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        from kfrelease.k8s.inference import production_name
+        from kfrelease.k8s.render.inference import production_name
 
         out = []
         for api_version, kind in (
@@ -247,8 +247,8 @@ class ClusterReleaseLock:
     it for ``duration_seconds``."""
 
     def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=_now):
-        from kfrelease.k8s.inference import production_name
-        from kfrelease.k8s.platform import release_lease_name
+        from kfrelease.k8s.render.inference import production_name
+        from kfrelease.k8s.render.platform import release_lease_name
 
         self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
         self.ref = {
@@ -336,7 +336,7 @@ class KServeTrafficDriver:
         kserve_version: str | None = None,
         clock=_now,
     ):
-        from kfrelease.k8s.inference import DEFAULT_KSERVE_VERSION
+        from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
@@ -346,7 +346,7 @@ class KServeTrafficDriver:
     def current(self) -> TrafficState | None:
         """The state this driver moved to, else the one the cluster's VirtualService records."""
         if self._state is None:
-            from kfrelease.k8s.inference import production_name, recorded_state
+            from kfrelease.k8s.render.inference import production_name, recorded_state
 
             for doc in self.objects.list(self.spec):
                 if (
@@ -358,7 +358,7 @@ class KServeTrafficDriver:
 
     def _plan(self, state: TrafficState, current: list[dict] | None = None) -> dict[str, list[dict]]:
         """The moves to ``state`` from ``current`` (default: what the cluster holds now)."""
-        from kfrelease.k8s.traffic import traffic_patches
+        from kfrelease.k8s.driver.patches import traffic_patches
 
         return traffic_patches(
             self.objects.list(self.spec) if current is None else current,
@@ -377,7 +377,7 @@ class KServeTrafficDriver:
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
         planned against the objects it would leave behind."""
-        from kfrelease.k8s.traffic import apply_plan
+        from kfrelease.k8s.driver.patches import apply_plan
 
         docs = self.objects.list(self.spec)
         refused: list[str] = []

@@ -18,7 +18,7 @@ import yaml
 from kfrelease.access.policy import AccessPolicy
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS, SCIENCE_NS, Environment
-from kfrelease.k8s.platform import (
+from kfrelease.k8s.render.platform import (
     PART_OF,
     kfam_user_binding,
     pod_default,

@@ -20,7 +20,7 @@ from kfrelease.k8s.environments import (
     Team,
     iam_role_name,
 )
-from kfrelease.k8s.platform import STEP_IAM_ROLES, UNTRUSTED_SA, role_placements
+from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA, role_placements
 
 CI_ROLE = "kfrelease-ci"
 CI_S3_POLICY = "s3-trigger"
@@ -193,7 +193,7 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
     )
     accounts.append(
         {
-            # the internet-facing ALB in front of Kubeflow's ingress gateway (kfrelease.k8s.kubeflow.kubeflow_ingress)
+            # the internet-facing ALB in front of Kubeflow's ingress gateway (kfrelease.k8s.render.kubeflow.kubeflow_ingress)
             "metadata": {"name": "aws-load-balancer-controller", "namespace": "kube-system"},
             "wellKnownPolicies": {"awsLoadBalancerController": True},
         }
@@ -245,7 +245,7 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
             {"name": "coredns"},
             {"name": "kube-proxy"},
             # PVCs (notebook workspaces, Kubeflow's MySQL and SeaweedFS) are EBS volumes; EKS >= 1.30 marks no
-            # StorageClass as default, so the base renders one (kfrelease.k8s.kubeflow.default_storage_class)
+            # StorageClass as default, so the base renders one (kfrelease.k8s.render.kubeflow.default_storage_class)
             {
                 "name": "aws-ebs-csi-driver",
                 "wellKnownPolicies": {"ebsCSIController": True},

@@ -126,7 +126,7 @@ def kubeflow_ingress(env: Environment) -> dict:
 def kubeflow_amendments(env: Environment) -> list[dict]:
     """Partial objects for ``kubectl apply --server-side --field-manager=kfrelease``: only these fields of
     objects Kubeflow's manifests own (its own apply keeps the rest)."""
-    from kfrelease.k8s.eks import PIPELINE_UI, PIPELINE_UI_ROLE
+    from kfrelease.k8s.render.eks import PIPELINE_UI, PIPELINE_UI_ROLE
 
     ui_ns, ui_name = PIPELINE_UI
     return [
@@ -144,8 +144,8 @@ def kubeflow_amendments(env: Environment) -> list[dict]:
 
 def bootstrap_documents(spec, env: Environment) -> list[dict]:
     """The production InferenceService and VirtualService serving ``env.production_version`` (created once)."""
-    from kfrelease.k8s.eks import model_repository
-    from kfrelease.k8s.inference import render_release
+    from kfrelease.k8s.render.eks import model_repository
+    from kfrelease.k8s.render.inference import render_release
     from kfrelease.rollout.traffic import TrafficState
 
     uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"

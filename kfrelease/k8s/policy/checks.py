@@ -44,7 +44,7 @@ class CheckContext:
 
     @functools.cached_property
     def sources(self):
-        from kfrelease.k8s.render import Sources
+        from kfrelease.k8s.render.tree import Sources
 
         return Sources.load(self.root)
 
@@ -99,7 +99,7 @@ def _where(doc: dict) -> str:
 @register_check("stale")
 def check_stale(ctx: CheckContext) -> list[Finding]:
     """Generated files that differ from their sources (edited by hand, or sources changed without a render)."""
-    from kfrelease.k8s.render import check_tree
+    from kfrelease.k8s.render.tree import check_tree
 
     return [
         Finding("stale", str(ctx.root / rel), "differs from what `kfrelease manifests render` generates; re-render")
@@ -111,13 +111,14 @@ def check_stale(ctx: CheckContext) -> list[Finding]:
 def check_schema(ctx: CheckContext) -> list[Finding]:
     """Every document of each overlay and bootstrap against the Kubernetes and CRD schemas, KServe kinds
     against the environment's declared KServe version and its admission rules."""
-    from kfrelease.k8s.schemas import SchemaValidationError, validate
+    from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 
     out = []
     for name, env in ctx.environments.items():
         for where, docs in (
             (f"overlays/{name}", ctx.overlay(name)),
             (f"bootstrap/{name}/release.yaml", ctx.yaml_docs(f"bootstrap/{name}/release.yaml")),
+            (f"bootstrap/{name}/monitoring.yaml", ctx.yaml_docs(f"bootstrap/{name}/monitoring.yaml")),
         ):
             for doc in docs:
                 try:
@@ -152,7 +153,7 @@ def check_release_owned(ctx: CheckContext) -> list[Finding]:
 def check_storage_class(ctx: CheckContext) -> list[Finding]:
     """EKS >= 1.30 marks no StorageClass default: PVCs without a class stay Pending unless the overlay has one
     (from the aws-ebs-csi-driver add-on of the eksctl config)."""
-    from kfrelease.k8s.kubeflow import DEFAULT_CLASS_ANNOTATION, EBS_CSI
+    from kfrelease.k8s.render.kubeflow import DEFAULT_CLASS_ANNOTATION, EBS_CSI
 
     out = []
     for name in ctx.environments:
@@ -169,7 +170,7 @@ def check_storage_class(ctx: CheckContext) -> list[Finding]:
                     "storage-class",
                     f"overlays/{name}",
                     f"{len(defaults)} default StorageClass(es); EKS >= 1.30 has none of its own, so "
-                    "PVCs without a class stay Pending: render exactly one (kfrelease.k8s.kubeflow)",
+                    "PVCs without a class stay Pending: render exactly one (kfrelease.k8s.render.kubeflow)",
                 )
             )
         elif defaults[0].get("provisioner") != EBS_CSI:
@@ -230,7 +231,7 @@ def check_image_digest(ctx: CheckContext) -> list[Finding]:
 def check_m2m_auth(ctx: CheckContext) -> list[Finding]:
     """CI's EKS-issued token is accepted only by oauth2-proxy's m2m-dex-and-eks overlay trusting this
     cluster's OIDC issuer; KFP must be reachable from the internet for GitHub-hosted runners."""
-    from kfrelease.k8s.kubeflow import OAUTH2_PROXY_EKS_OVERLAY
+    from kfrelease.k8s.render.kubeflow import OAUTH2_PROXY_EKS_OVERLAY
 
     out = []
     for name, env in ctx.environments.items():
@@ -281,9 +282,9 @@ def check_m2m_auth(ctx: CheckContext) -> list[Finding]:
 @register_check("release-path")
 def check_release_path(ctx: CheckContext) -> list[Finding]:
     """RBAC, the release driver's rights over a whole release and a rollback, and the AuthorizationPolicies
-    under global-deny-all (``kfrelease.k8s.release_checks``), on what is applied: overlay + bootstrap, with
+    under global-deny-all (``kfrelease.k8s.policy.release_checks``), on what is applied: overlay + bootstrap, with
     the groups the committed eksctl access entries map."""
-    from kfrelease.k8s import release_checks as rc
+    from kfrelease.k8s.policy import release_checks as rc
 
     out = []
     for name, env in ctx.environments.items():
