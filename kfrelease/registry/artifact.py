@@ -1,24 +1,47 @@
-"""The model artifact format: what a registered version's folder holds and how it is read back.
+"""The model artifact format: a registered version's folder, its input schema and the model flavours.
 
-A version's artifact (``s3://models/artifacts/<model>/<V>/``, a ModelCar's ``/models``, a local download) is
-one folder with two files: the fitted model in its flavour's file, and ``model.json``, the registry entry
-(``input_schema``, ``version``, ...). The flavour is named in the entry (``artifact.flavour``; entries
-written before flavours existed are ``sklearn``) and the ``FLAVOURS`` table says, per flavour, the file
-name and how to write and read it: the registry, the training steps and the predictor all go through this
-table, so another model flavour is one entry here.
+A version's artifact folder (``s3://models/artifacts/<model>/<V>/``, a ModelCar's ``/models``, a local download)
+holds ``model.json`` (the registry entry: ``input_schema``, ``version``, ``artifact``) and the model file of
+each flavour it was registered with. ``artifact.flavour`` names the *served* flavour (entries written before
+flavours existed are ``sklearn``); ``artifact.flavours`` says, per flavour, its file and how it was verified;
+``artifact.fallback`` says why a version serves ``sklearn`` when a faster flavour was tried and refused.
 
-``load_model_dir`` reads a folder into a ``LoadedModel`` (the estimator, the entry, the feature order) and
-checks it; errors name the file and what is wrong with it.
+A flavour is one entry of ``FLAVOURS``: its file, how it is written from the fitted estimator (``dump``), read
+(``load``) and asked for predictions on a typed frame (``predict``), the KServe ``modelFormat`` it is served
+as and the KFP framework label of its artifact. Whether loading it runs code is part of the entry: a trusted
+step loads only flavours that run none (``runs_code``; ONNX is a protobuf graph, a pickle is a program).
+
+- ``sklearn``: the fitted estimator, pickled (joblib). The reference: every other flavour is verified against
+  its predictions. Read only inside the untrusted identity and by model servers that have nothing better.
+- ``onnx``: the estimator converted with skl2onnx (float32 inputs: the converters' own type; skl2onnx fails
+  to load a PolynomialFeatures pipeline built for float64), run by ONNX Runtime with one intra-op thread.
+  Loading it runs no code.
+
+The input schema (``input_schema``: ``{name, dtype}`` per feature, in the order the model takes them) holds
+numbers (``float64``, ``int64``, ...) and categories (``category`` or ``string``, with ``categories``: the
+known values, and ``unknown``: ``refuse``, the default, answers a value outside them with a 400; ``pass``
+hands it to the model, e.g. a ``OneHotEncoder(handle_unknown="ignore")``). A request's checked rows are a
+float64 matrix when every feature is a number, else an object matrix of Python floats and strings, always in
+schema order; ``frame`` turns either into the typed DataFrame the model was fitted on.
+
+``convert_flavours`` (where the fitted estimator is in memory: the untrusted train step) writes each flavour
+that applies and checks it on the held-out rows; ``verify_flavour`` re-checks a flavour that runs no code
+against the predictions the evaluation used (trusted: registration); ``choose_flavour`` picks the fastest
+verified one. ``load_model_dir`` reads a folder into a ``LoadedModel``; errors name the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
+import math
+import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +50,7 @@ from kfrelease.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -34,97 +58,141 @@ log = logging.getLogger(__name__)
 ENTRY_FILE = "model.json"
 INT_DTYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+#: Text features: ``category`` (known values declared) and ``string`` (known values optional).
+CATEGORY_DTYPES = frozenset({"category", "string"})
+#: What the predictor does with a category value outside the known ones: 400 (default) or hand it to the model.
+UNKNOWN_POLICIES = ("refuse", "pass")
+#: Default agreement a converted flavour must reach on the held-out rows (see ``agreement``).
+DEFAULT_TOLERANCE = 1e-4
+#: ``model.yaml``'s choice: the fastest verified flavour, or one flavour by name (falling back to sklearn).
+AUTO = "auto"
 
 
-def _joblib_dump(model: Any, path: str | Path) -> None:
+# --- the input schema ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature of an input schema."""
+
+    name: str
+    dtype: str
+    categories: tuple[str, ...] = ()  # the known values of a category feature (empty: any text)
+    unknown: str = "refuse"  # a value outside ``categories``: refused (400) or passed to the model
+
+    @property
+    def numeric(self) -> bool:
+        return self.dtype not in CATEGORY_DTYPES
+
+    @cached_property
+    def known(self) -> frozenset[str]:
+        """The known values as a set (empty: any text is accepted)."""
+        return frozenset(self.categories)
+
+    @property
+    def integral(self) -> bool:
+        return self.dtype in INT_DTYPES
+
+    def known_values(self, most: int = 30) -> str:
+        """The known values for an error message (at most ``most``, then how many more)."""
+        shown = ", ".join(repr(v) for v in self.categories[:most])
+        more = len(self.categories) - most
+        return f"[{shown}{f', ... {more} more' if more > 0 else ''}]"
+
+    def as_dict(self) -> dict:
+        doc: dict = {"name": self.name, "dtype": self.dtype}
+        if not self.numeric:
+            doc["categories"] = list(self.categories)
+            doc["unknown"] = self.unknown
+        return doc
+
+
+def input_columns(schema, where: str = "input_schema") -> tuple[Column, ...]:
+    """The checked columns of an ``input_schema`` list; ConfigError naming ``where`` and the fix otherwise."""
+    if not isinstance(schema, list) or not schema:
+        raise ConfigError(f"{where} must be a non-empty list of {{name, dtype}}")
+    columns, seen = [], set()
+    for i, c in enumerate(schema):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"]:
+            raise ConfigError(f"{where}[{i}] must be a mapping with a non-empty 'name' and a 'dtype'")
+        name, dtype = c["name"], str(c.get("dtype", "float64"))
+        if name in seen:
+            raise ConfigError(f"{where}[{i}]: feature {name!r} appears twice")
+        seen.add(name)
+        if dtype not in INT_DTYPES | FLOAT_DTYPES | CATEGORY_DTYPES:
+            raise ConfigError(
+                f"{where}[{i}] ({name!r}): dtype {dtype!r} is not served; use a number type (float64, int64, ...) "
+                f"or category / string"
+            )
+        categories = c.get("categories") or []
+        unknown = str(c.get("unknown") or "refuse")
+        if dtype in CATEGORY_DTYPES:
+            if not isinstance(categories, list) or not all(isinstance(v, str) for v in categories):
+                raise ConfigError(f"{where}[{i}] ({name!r}): categories must be a list of strings")
+            if len(set(categories)) != len(categories):
+                raise ConfigError(f"{where}[{i}] ({name!r}): categories repeat a value")
+            if dtype == "category" and not categories:
+                raise ConfigError(f"{where}[{i}] ({name!r}): a category feature needs its known values (categories)")
+            if unknown not in UNKNOWN_POLICIES:
+                raise ConfigError(f"{where}[{i}] ({name!r}): unknown must be one of {list(UNKNOWN_POLICIES)}")
+        elif categories:
+            raise ConfigError(f"{where}[{i}] ({name!r}): only category and string features have categories")
+        columns.append(Column(name, dtype, tuple(categories), unknown))
+    return tuple(columns)
+
+
+def frame(rows, columns: Sequence[Column]) -> pd.DataFrame:
+    """Checked rows (schema order) -> the typed DataFrame a model is fitted on: numbers as float64, categories
+    as Python strings (object); a DataFrame is taken in schema order and typed the same way."""
+    import numpy as np
+    import pandas as pd
+
+    names = [c.name for c in columns]
+    if isinstance(rows, pd.DataFrame):
+        rows = rows[names]
+        return pd.DataFrame(
+            {c.name: rows[c.name].astype("float64" if c.numeric else object) for c in columns}, index=rows.index
+        )
+    rows = np.asarray(rows)
+    if rows.dtype != object:
+        return pd.DataFrame(rows, columns=names, copy=False)
+    return pd.DataFrame({c.name: rows[:, j].astype("float64" if c.numeric else object) for j, c in enumerate(columns)})
+
+
+def row_matrix(data: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:
+    """A typed frame -> checked-rows form (float64 matrix, or object matrix when any feature is a category)."""
+    import numpy as np
+
+    if all(c.numeric for c in columns):
+        return data[[c.name for c in columns]].to_numpy("float64")
+    out = np.empty((len(data), len(columns)), dtype=object)
+    for j, c in enumerate(columns):
+        values = data[c.name]
+        out[:, j] = values.to_numpy("float64") if c.numeric else values.astype(object).to_numpy()
+    return out
+
+
+# --- flavours -------------------------------------------------------------------------------------------
+
+
+def _source(source) -> Any:
+    """A path, bytes or a binary file object -> something joblib / ONNX Runtime read."""
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _sklearn_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None) -> None:
     import joblib
 
-    joblib.dump(model, path)
+    joblib.dump(estimator, path)
 
 
 def _joblib_load(source) -> Any:
     import joblib
 
-    return joblib.load(source)
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """One kind of model file: its name in the artifact folder and how to write and read it."""
-
-    name: str
-    file: str
-    dump: Callable[[Any, str | Path], None]
-    load: Callable[[Any], Any]  # a path or a binary file object -> the model
-
-
-FLAVOURS: dict[str, Flavour] = {
-    "sklearn": Flavour("sklearn", "model.joblib", _joblib_dump, _joblib_load),
-}
-DEFAULT_FLAVOUR = "sklearn"
-
-
-def flavour_named(name: str) -> Flavour:
-    try:
-        return FLAVOURS[name]
-    except KeyError:
-        raise ConfigError(f"model flavour {name!r} is not known; known: {', '.join(sorted(FLAVOURS))}") from None
-
-
-def flavour_of(entry: dict) -> Flavour:
-    """The flavour a registry entry names (``artifact.flavour``; ``sklearn`` when it names none)."""
-    return flavour_named(str((entry.get("artifact") or {}).get("flavour") or DEFAULT_FLAVOUR))
-
-
-def artifact_files(flavour: str = DEFAULT_FLAVOUR) -> list[str]:
-    """The files of an artifact folder of ``flavour``: the model file, then the entry."""
-    return [flavour_named(flavour).file, ENTRY_FILE]
-
-
-def is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds an entry and the model file its flavour names."""
-    try:
-        entry = json.loads((folder / ENTRY_FILE).read_text())
-        return (folder / flavour_of(entry).file).is_file()
-    except (OSError, ValueError, ConfigError):
-        return False
-
-
-# --- reading a folder for serving -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A version ready to predict: the estimator, its entry and the feature order of its input schema."""
-
-    estimator: Any
-    entry: dict
-    name: str
-    version: str
-    features: tuple[str, ...]
-    dtypes: tuple[str, ...]
-    path: Path
-    fast: Any = None  # the estimator without its fitted column names (see ``fast_estimator``), or None
-
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """The estimator's predictions on a float64 matrix in schema order (same call as training's).
-
-        Callers check every value finite first, so scikit-learn's own finiteness scan is skipped for this
-        call only (``config_context``, not a process-wide setting)."""
-        if self.fast is None:
-            return self.predict_frame(rows)
-        import numpy as np
-        import sklearn
-
-        with sklearn.config_context(assume_finite=True):
-            return np.asarray(self.fast.predict(rows), dtype="float64").ravel()
-
-    def predict_frame(self, rows: np.ndarray) -> np.ndarray:
-        import numpy as np
-        import pandas as pd
-
-        frame = pd.DataFrame(rows, columns=list(self.features), copy=False)
-        return np.asarray(self.estimator.predict(frame), dtype="float64").ravel()
+    model = joblib.load(_source(source))
+    if not hasattr(model, "predict"):
+        raise ConfigError(f"it holds a {type(model).__name__}, which has no predict()")
+    return model
 
 
 def _forget_feature_names(estimator, seen: set[int]) -> None:
@@ -141,6 +209,28 @@ def _forget_feature_names(estimator, seen: set[int]) -> None:
                     _forget_feature_names(part, seen)
 
 
+class SklearnModel:
+    """A fitted scikit-learn estimator and, when it was fitted on exactly the schema's columns in order and
+    every feature is a number, a copy that takes the float64 matrix directly (``fast_estimator``)."""
+
+    def __init__(self, estimator, columns: Sequence[Column]):
+        self.estimator = estimator
+        self.columns = tuple(columns)
+        numeric = all(c.numeric for c in self.columns)
+        self.fast = fast_estimator(estimator, tuple(c.name for c in self.columns)) if numeric else None
+
+    def predict(self, rows) -> np.ndarray:
+        import numpy as np
+
+        if self.fast is not None and isinstance(rows, np.ndarray) and rows.dtype == np.float64:
+            import sklearn
+
+            # callers check every value finite first, so scikit-learn's own scan is skipped for this call only
+            with sklearn.config_context(assume_finite=True):
+                return np.asarray(self.fast.predict(rows), dtype="float64").ravel()
+        return np.asarray(self.estimator.predict(frame(rows, self.columns)), dtype="float64").ravel()
+
+
 def fast_estimator(estimator, features: tuple[str, ...]):
     """A copy of ``estimator`` that takes the float64 matrix directly, or None.
 
@@ -151,6 +241,7 @@ def fast_estimator(estimator, features: tuple[str, ...]):
     bit-identical answers on both paths (batches of 1 and 64, no warning), else the DataFrame path is kept.
     """
     import numpy as np
+    import pandas as pd
 
     names = getattr(estimator, "feature_names_in_", None)
     if names is None or [str(n) for n in names] != list(features):
@@ -159,12 +250,12 @@ def fast_estimator(estimator, features: tuple[str, ...]):
         fast = copy.deepcopy(estimator)
         _forget_feature_names(fast, set())
         probe = np.random.default_rng(0).normal(0.0, 10.0, size=(64, len(features)))
-        slow = LoadedModel(estimator, {}, "", "", features, (), Path("."))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for rows in (probe[:1], probe):
                 got = np.asarray(fast.predict(rows), dtype="float64").ravel()
-                if not np.array_equal(got, slow.predict_frame(rows), equal_nan=True):
+                want = np.asarray(estimator.predict(pd.DataFrame(rows, columns=list(features))), dtype="float64")
+                if not np.array_equal(got, want.ravel(), equal_nan=True):
                     return None
     except Exception as exc:  # noqa: BLE001 - any doubt keeps the DataFrame path
         log.info("fast path not used for this estimator: %s", exc)
@@ -172,23 +263,428 @@ def fast_estimator(estimator, features: tuple[str, ...]):
     return fast
 
 
+def _onnx_input_types(columns: Sequence[Column], per_column: bool) -> list:
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    if not per_column:
+        return [("X", FloatTensorType([None, len(columns)]))]
+    return [(c.name, FloatTensorType([None, 1]) if c.numeric else StringTensorType([None, 1])) for c in columns]
+
+
+def _onnx_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None, columns=()) -> None:
+    """Convert with skl2onnx: one float32 ``[n, k]`` input when every feature is a number and the model takes a
+    matrix; else one input per feature (``[n, 1]`` float32 or string), as a ColumnTransformer selects by name."""
+    from skl2onnx import convert_sklearn
+
+    numeric = all(c.numeric for c in columns)
+    errors = []
+    for per_column in (False, True) if numeric else (True,):
+        try:
+            onx = convert_sklearn(estimator, initial_types=_onnx_input_types(columns, per_column))
+        except Exception as exc:  # noqa: BLE001 - the converter's own words are the reason
+            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            continue
+        Path(path).write_bytes(onx.SerializeToString())
+        return
+    raise ConfigError(f"skl2onnx could not convert {type(estimator).__name__}: {errors[-1][:300]}")
+
+
+def _onnx_session(source):
+    """An ONNX Runtime session for a model file (path, bytes or binary file object); reading it runs no code."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    if isinstance(source, bytes):
+        data = source
+    elif hasattr(source, "read"):
+        data = source.read()
+    else:
+        data = Path(source).read_bytes()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """An ONNX graph in an ONNX Runtime session (one intra-op and one inter-op thread: a model server answers
+    one row per request, and more threads only contend on a shared machine)."""
+
+    def __init__(self, session, columns: Sequence[Column]):
+        import numpy as np
+
+        self.session = session
+        self.columns = tuple(columns)
+        inputs = self.session.get_inputs()
+        self.output = [self.session.get_outputs()[0].name]
+        names = [i.name for i in inputs]
+        self.per_column = names == [c.name for c in self.columns]
+        if not self.per_column and len(inputs) != 1:
+            raise ConfigError(f"its inputs {names} are neither one matrix nor one input per feature of the schema")
+        self.matrix_input = names[0]
+        types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
+        self.types = [types.get(i.type, object) for i in inputs]
+
+    def predict(self, rows) -> np.ndarray:
+        import numpy as np
+        import pandas as pd
+
+        if isinstance(rows, pd.DataFrame):
+            rows = row_matrix(rows, self.columns)
+        if not self.per_column:
+            feed = {self.matrix_input: np.asarray(rows, dtype=self.types[0])}
+        else:
+            feed = {c.name: rows[:, j : j + 1].astype(t) for j, (c, t) in enumerate(zip(self.columns, self.types))}
+        return np.asarray(self.session.run(self.output, feed)[0], dtype="float64").ravel()
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One kind of model file: where it lives in the artifact folder, how it is written from the fitted
+    estimator, read and asked for predictions, and how a cluster serves it."""
+
+    name: str
+    file: str
+    model_format: str  # the InferenceService's modelFormat.name (and the ServingRuntime's supported format)
+    framework: str  # the KFP artifact's ``framework`` metadata
+    runs_code: bool  # True when loading the file executes code (a pickle): never in a trusted step
+    dump: Callable[..., None]  # (estimator, path, sample frame, columns) -> writes the file
+    load: Callable[[Any], Any]  # a path, bytes or binary file object -> the model (estimator, session, ...)
+    runner: Callable[[Any, Sequence[Column]], Any]  # (model, columns) -> object with predict(rows or frame)
+    packages: tuple[str, ...] = ()  # what must be importable for this flavour
+
+    def predict(self, model, data, columns: Sequence[Column]) -> np.ndarray:
+        """The predictions of a loaded ``model`` on a typed frame (or checked rows) of ``columns``, as float64."""
+        return self.runner(model, columns).predict(data)
+
+    def available(self) -> bool:
+        from importlib.util import find_spec
+
+        return all(find_spec(p) is not None for p in self.packages)
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "sklearn": Flavour(
+        "sklearn",
+        "model.joblib",
+        "sklearn",
+        "scikit-learn",
+        True,
+        lambda est, path, sample=None, columns=(): _sklearn_dump(est, path),
+        _joblib_load,
+        SklearnModel,
+        ("sklearn", "joblib"),
+    ),
+    "onnx": Flavour(
+        "onnx",
+        "model.onnx",
+        "onnx",
+        "onnx",
+        False,
+        _onnx_dump,
+        _onnx_session,
+        OnnxModel,
+        ("onnxruntime", "skl2onnx"),
+    ),
+}
+DEFAULT_FLAVOUR = "sklearn"
+#: Flavours tried at registration besides ``sklearn``, in order of preference on a tie.
+CONVERTED = ("onnx",)
+
+
+def flavour_named(name: str) -> Flavour:
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise ConfigError(f"model flavour {name!r} is not known; known: {', '.join(sorted(FLAVOURS))}") from None
+
+
+def flavour_of(entry: dict) -> Flavour:
+    """The flavour a registry entry serves (``artifact.flavour``; ``sklearn`` when it names none)."""
+    return flavour_named(str((entry.get("artifact") or {}).get("flavour") or DEFAULT_FLAVOUR))
+
+
+def model_format(entry: dict) -> str:
+    """The KServe ``modelFormat`` name a version is served as (its served flavour's)."""
+    return flavour_of(entry).model_format
+
+
+def model_formats() -> list[str]:
+    """Every ``modelFormat`` the project's ServingRuntime serves (one per flavour)."""
+    return sorted({f.model_format for f in FLAVOURS.values()})
+
+
+def artifact_files(flavour: str = DEFAULT_FLAVOUR) -> list[str]:
+    """The files of an artifact folder of ``flavour``: the model file, then the entry."""
+    return [flavour_named(flavour).file, ENTRY_FILE]
+
+
+def is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds an entry and the model file its served flavour names."""
+    try:
+        entry = json.loads((folder / ENTRY_FILE).read_text())
+        return (folder / flavour_of(entry).file).is_file()
+    except (OSError, ValueError, ConfigError):
+        return False
+
+
+# --- converting and verifying -------------------------------------------------------------------------
+
+
+def agreement(got, reference) -> float:
+    """How far a flavour's predictions are from the reference's: the largest ``|got - ref| / (|ref| + s)``
+    over the rows, ``s`` the spread (standard deviation) of the reference predictions, or 1 when they are all
+    equal. 0 is exact; a tolerance of 1e-4 allows 0.01 % of a prediction's size or of the spread."""
+    import numpy as np
+
+    got, ref = np.asarray(got, dtype="float64").ravel(), np.asarray(reference, dtype="float64").ravel()
+    if got.shape != ref.shape:
+        return math.inf
+    if not np.isfinite(got).all():
+        return math.inf
+    spread = float(np.std(ref)) or 1.0
+    return float(np.max(np.abs(got - ref) / (np.abs(ref) + spread))) if len(ref) else 0.0
+
+
+def _per_row_microseconds(model, rows, calls: int = 200, budget: float = 1.0) -> float:
+    """The median cost of one single-row ``predict`` (what a model server pays per request), over at most
+    ``calls`` calls or ``budget`` seconds, on one thread (as model servers run: OpenMP pools pinned to 1)."""
+    import statistics
+
+    from threadpoolctl import threadpool_limits
+
+    times: list[float] = []
+    n = len(rows)
+    stop = time.perf_counter() + budget
+    with threadpool_limits(1):
+        for i in range(calls if n else 0):
+            row = rows[i % n : i % n + 1]
+            t0 = time.perf_counter()
+            model.predict(row)
+            times.append(time.perf_counter() - t0)
+            if t0 > stop and len(times) >= 5:
+                break
+    return round(statistics.median(times) * 1e6, 1) if times else math.nan
+
+
+@dataclass
+class Verification:
+    """How one flavour of a version fared against the reference predictions on the held-out rows."""
+
+    flavour: str
+    verified: bool
+    tolerance: float
+    agreement: float | None = None  # see ``agreement``; None when it was never compared
+    rows: int = 0
+    convert_seconds: float | None = None
+    predict_us: float | None = None  # median single-row predict cost, where measured
+    reason: str = ""  # why it is not verified
+
+    def as_dict(self) -> dict:
+        doc = {
+            "file": flavour_named(self.flavour).file,
+            "verified": self.verified,
+            "tolerance": self.tolerance,
+            "agreement": None if self.agreement is None or math.isinf(self.agreement) else self.agreement,
+            "rows": self.rows,
+            "convert_seconds": self.convert_seconds,
+            "predict_us": self.predict_us,
+        }
+        if self.reason:
+            doc["reason"] = self.reason
+        return doc
+
+    def describe(self) -> str:
+        if self.verified:
+            return f"{self.flavour}: agrees within {self.agreement:.2g} on {self.rows} held-out rows"
+        return f"{self.flavour}: {self.reason}"
+
+
+def verify_flavour(
+    name: str,
+    source,
+    columns: Sequence[Column],
+    rows,
+    reference,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verification:
+    """Load flavour ``name`` from ``source`` (a path or bytes), predict ``rows`` (the held-out features, checked-
+    rows form or a DataFrame) and compare with ``reference`` (the predictions the evaluation judged). Refuses a
+    flavour whose loading runs code: this is what a trusted step calls."""
+    flavour = flavour_named(name)
+    if flavour.runs_code:
+        raise ConfigError(f"flavour {name!r} runs code when loaded; it is the reference, not something to verify")
+    n = len(reference)
+    try:
+        model = flavour.runner(flavour.load(source), columns)
+        got = model.predict(rows)
+    except Exception as exc:  # noqa: BLE001 - a file that does not load or run is not verified, and says why
+        return Verification(name, False, tolerance, None, n, reason=f"does not run: {type(exc).__name__}: {exc}")
+    found = agreement(got, reference)
+    if n == 0:
+        return Verification(name, False, tolerance, None, 0, reason="no held-out rows to verify it on")
+    if not found <= tolerance:
+        worst = "not finite or of the wrong length" if math.isinf(found) else f"{found:.3g}"
+        return Verification(
+            name,
+            False,
+            tolerance,
+            found,
+            n,
+            reason=f"its predictions differ from scikit-learn's by up to {worst} on {n} held-out rows "
+            f"(tolerance {tolerance:g})",
+        )
+    return Verification(name, True, tolerance, found, n, predict_us=_per_row_microseconds(model, rows))
+
+
+@dataclass
+class Converted:
+    """What ``convert_flavours`` made: each flavour's file bytes (None when it could not be made) and its
+    verification."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    checks: dict[str, Verification] = field(default_factory=dict)
+
+
+def convert_flavours(
+    estimator,
+    columns: Sequence[Column],
+    data: pd.DataFrame,
+    wanted: str = AUTO,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Converted:
+    """Write every flavour ``wanted`` names (``auto``: each of ``CONVERTED`` whose packages are installed) from
+    the fitted ``estimator`` and verify it on ``data`` (the held-out features) against the estimator's own
+    predictions. Runs the estimator: call it where the model's code already runs (the untrusted train step).
+    The ``sklearn`` file and its single-row cost are always in the result."""
+    import tempfile
+
+    import numpy as np
+
+    out = Converted()
+    rows = row_matrix(data, columns)
+    reference = SklearnModel(estimator, columns).predict(rows)
+    with tempfile.TemporaryDirectory(prefix="kfrelease-flavours-") as tmp:
+        path = Path(tmp) / FLAVOURS["sklearn"].file
+        _sklearn_dump(estimator, path)
+        out.files["sklearn"] = path.read_bytes()
+        ref_model = SklearnModel(estimator, columns)
+        out.checks["sklearn"] = Verification(
+            "sklearn", True, 0.0, 0.0, len(rows), predict_us=_per_row_microseconds(ref_model, rows)
+        )
+        names = [n for n in CONVERTED if wanted in (AUTO, n)]
+        for name in names:
+            flavour = FLAVOURS[name]
+            if not flavour.available():
+                out.checks[name] = Verification(
+                    name, False, tolerance, reason=f"not installed: needs {', '.join(flavour.packages)}"
+                )
+                continue
+            target = Path(tmp) / flavour.file
+            started = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    flavour.dump(estimator, target, data, columns)
+            except Exception as exc:  # noqa: BLE001 - an estimator the converter does not know keeps sklearn
+                out.checks[name] = Verification(name, False, tolerance, reason=f"conversion failed: {exc}")
+                continue
+            seconds = round(time.perf_counter() - started, 3)
+            check = verify_flavour(name, target.read_bytes(), columns, rows, np.asarray(reference), tolerance)
+            check.convert_seconds = seconds
+            out.checks[name] = check
+            if check.verified:
+                out.files[name] = target.read_bytes()
+    return out
+
+
+def choose_flavour(checks: dict[str, Verification], wanted: str = AUTO) -> tuple[str, str]:
+    """The flavour to serve and, when it is ``sklearn`` although another was tried, why: the fastest verified
+    flavour (``wanted`` = ``auto``), or the one ``wanted`` names when it is verified."""
+    verified = {n: c for n, c in checks.items() if c.verified}
+    tried = [c for n, c in checks.items() if n != "sklearn" and (wanted in (AUTO, n))]
+    if wanted not in (AUTO, "sklearn") and wanted in verified:
+        return wanted, ""
+    if wanted == "sklearn":
+        return "sklearn", ""
+    if wanted == AUTO:
+        best = min(verified, key=lambda n: (verified[n].predict_us or math.inf, n == "sklearn"), default="sklearn")
+        if best != "sklearn":
+            return best, ""
+    reasons = "; ".join(c.describe() for c in tried if not c.verified)
+    return "sklearn", (f"kept sklearn: {reasons}" if reasons else "")
+
+
+def artifact_record(checks: dict[str, Verification], served: str, fallback: str) -> dict:
+    """The ``artifact`` fields of a registry entry for these checks (``uri`` is the registry's to add)."""
+    kept = {n: c.as_dict() for n, c in checks.items() if c.verified or n != "sklearn"}
+    files = sorted({flavour_named(n).file for n, c in checks.items() if c.verified})
+    return {
+        "flavour": served,
+        "flavours": kept,
+        "files": [*files, ENTRY_FILE],
+        "fallback": fallback or None,
+        "model_format": flavour_named(served).model_format,
+    }
+
+
+# --- reading a folder for serving -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version ready to predict: its served flavour's model, its entry and its input schema."""
+
+    model: Any  # the flavour's runner for the loaded file (``predict(rows)``)
+    flavour: Flavour
+    entry: dict
+    name: str
+    version: str
+    columns: tuple[Column, ...]
+    path: Path
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(c.dtype for c in self.columns)
+
+    @property
+    def numeric(self) -> bool:
+        """True when every feature is a number (checked rows are a float64 matrix)."""
+        return all(c.numeric for c in self.columns)
+
+    def categorical_features(self) -> list[str]:
+        return [c.name for c in self.columns if not c.numeric]
+
+    @property
+    def estimator(self):
+        """The fitted scikit-learn estimator (``sklearn`` flavour only)."""
+        return getattr(self.model, "estimator", None)
+
+    def predict(self, rows) -> np.ndarray:
+        """Predictions for checked rows (schema order; float64 or object matrix) or a DataFrame holding the
+        schema's columns, as float64."""
+        return self.model.predict(rows)
+
+    predict_frame = predict
+
+
 def _read_entry(path: Path) -> dict:
     try:
         entry = json.loads(path.read_text())
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    schema = entry.get("input_schema") if isinstance(entry, dict) else None
-    if not isinstance(schema, list) or not schema or not all(isinstance(c, dict) and c.get("name") for c in schema):
-        raise ConfigError(f"{path}: input_schema must be a non-empty list of {{name, dtype}}")
-    unknown = sorted({str(c.get("dtype", "float64")) for c in schema} - INT_DTYPES - FLOAT_DTYPES)
-    if unknown:
-        raise ConfigError(f"{path}: input_schema dtypes {unknown} are not numeric; the predictor serves numbers")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path} must hold a JSON object (the registry entry)")
+    input_columns(entry.get("input_schema"), f"{path}: input_schema")
     return entry
 
 
-def load_model_dir(path: str | Path, expected_name: str | None = None) -> LoadedModel:
-    """Read an artifact folder (its entry, then the model file its flavour names); errors say which file is
-    wrong and how."""
+def load_model_dir(path: str | Path, expected_name: str | None = None, flavour: str | None = None) -> LoadedModel:
+    """Read an artifact folder (its entry, then the model file of its served flavour, or of ``flavour``);
+    errors say which file is wrong and how."""
     d = Path(path)
     entry_path = d / ENTRY_FILE
     if not entry_path.is_file():
@@ -197,33 +693,29 @@ def load_model_dir(path: str | Path, expected_name: str | None = None) -> Loaded
             f"(`kfrelease models download` or the registry's download() writes both)"
         )
     entry = _read_entry(entry_path)
-    flavour = flavour_of(entry)
-    model_path = d / flavour.file
+    chosen = flavour_named(flavour) if flavour else flavour_of(entry)
+    model_path = d / chosen.file
     if not model_path.is_file():
         raise ConfigError(
-            f"model directory {d} has no {flavour.file}; it needs {' and '.join(artifact_files(flavour.name))} "
+            f"model directory {d} has no {chosen.file}; it needs {' and '.join(artifact_files(chosen.name))} "
             f"(`kfrelease models download` or the registry's download() writes both)"
         )
     name = str(entry.get("name") or "")
     if expected_name and name and name != expected_name:
         raise ConfigError(f"{entry_path} is model {name!r}, but the predictor was asked to serve {expected_name!r}")
+    columns = input_columns(entry["input_schema"], f"{entry_path}: input_schema")
     try:
-        estimator = flavour.load(model_path)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad model file
+        model = chosen.runner(chosen.load(model_path), columns)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is a bad model file
         raise ConfigError(
-            f"{model_path} could not be loaded as a {flavour.name} model: {type(exc).__name__}: {exc}"
+            f"{model_path} could not be loaded as a {chosen.name} model: {type(exc).__name__}: {exc}"
         ) from None
-    if not hasattr(estimator, "predict"):
-        raise ConfigError(f"{model_path} holds a {type(estimator).__name__}, which has no predict()")
-    schema = entry["input_schema"]
-    features = tuple(str(c["name"]) for c in schema)
     return LoadedModel(
-        estimator=estimator,
+        model=model,
+        flavour=chosen,
         entry=entry,
         name=name or (expected_name or d.name),
         version=str(entry.get("version") or setting("KFRELEASE_MODEL_VERSION") or "unknown"),
-        features=features,
-        dtypes=tuple(str(c.get("dtype", "float64")) for c in schema),
+        columns=columns,
         path=d,
-        fast=fast_estimator(estimator, features),
     )

