@@ -3,7 +3,8 @@
 Off by default. ``--cache lru`` (or ``lru:N`` for N entries, default 100,000) keeps results in an
 in-process LRU; ``--cache redis://host:port/db`` keeps them in Redis (shared by every replica, entries expire
 after ``KFRELEASE_CACHE_TTL`` seconds, default 3600). One entry is one *instance* (a feature row), keyed
-by the model name, the model version and the exact float64 bytes of the row, so a new version never
+by the model name, the model version and the exact values of the row (its float64 bytes; its JSON when
+the model takes categories), so a new version never
 answers from an old version's entries and a batch can mix hits and misses. Hits and misses are counted in
 ``kfrelease_predictor_cache_total{result="hit"|"miss"}``.
 
@@ -20,6 +21,7 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+import orjson
 from prometheus_client import Counter
 
 from kfrelease.config import setting
@@ -43,8 +45,13 @@ class InferenceCache:
         self._miss = CACHE_LOOKUPS.labels(model, version, "miss")
         self._error = CACHE_LOOKUPS.labels(model, version, "error")
 
+    @staticmethod
+    def row_bytes(row: np.ndarray) -> bytes:
+        """The exact values of one checked row: its float64 bytes, or its JSON when it holds categories."""
+        return row.tobytes() if row.dtype != object else orjson.dumps(row.tolist())
+
     def key(self, row: np.ndarray) -> bytes:
-        return row.tobytes()
+        return self.row_bytes(row)
 
     def get_many(self, rows: np.ndarray) -> list[float | None]:
         raise NotImplementedError
@@ -103,7 +110,7 @@ class RedisCache(InferenceCache):
         self.prefix = f"kfrelease:cache:{model}:{version}:".encode()
 
     def key(self, row: np.ndarray) -> bytes:
-        return self.prefix + hashlib.sha256(row.tobytes()).hexdigest().encode()
+        return self.prefix + hashlib.sha256(self.row_bytes(row)).hexdigest().encode()
 
     def get_many(self, rows: np.ndarray) -> list[float | None]:
         try:

@@ -1,10 +1,17 @@
 """Request decoding for the predictor: v1 and v2 JSON bodies checked against a model's input schema.
 
-Pure functions, no HTTP: each request is checked against the entry's ``input_schema`` (feature names, count,
-numbers only, finite, whole numbers for integer features) and turned into one float64 matrix in schema
-order. Any problem raises ``InvalidRequest`` with a message saying where and what (the predictor answers it
-as a 400 with a JSON ``error``). A request whose values are all JSON numbers is converted and checked in one
-vectorized pass; only a request with a bad value takes the element-by-element check that names it.
+Pure functions, no HTTP: each request is checked against the entry's ``input_schema``
+(``kfrelease.registry.artifact``: feature names and count; numbers finite, whole for integer features;
+categories strings, and one of the known values unless the feature passes unknown values to the model) and
+turned into the checked rows in schema order: a float64 matrix when every feature is a number, else an object
+matrix of floats and strings. Any problem raises ``InvalidRequest`` with a message naming the feature (and its
+known values), so the predictor answers a 400 and nothing reaches the model or the prediction log.
+
+Layouts: v1 ``instances`` as lists in schema order or objects keyed by feature name; v2 one ``[n, k]`` number
+tensor (numbers only), or one tensor per feature named after it (``BYTES`` for categories, as MLServer's
+pandas codec and KServe's v2 docs send a DataFrame's columns). A request whose values all have the right
+JSON types is checked in one vectorized pass per feature; only a bad one takes the element-by-element check
+that names it.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from kfrelease.errors import KfreleaseError
 from kfrelease.registry.artifact import INT_DTYPES
 
 if TYPE_CHECKING:
-    from kfrelease.registry.artifact import LoadedModel
+    from kfrelease.registry.artifact import Column, LoadedModel
 
 #: Most instances in one request.
 DEFAULT_MAX_INSTANCES = 10_000
 V2_FLOAT = frozenset({"FP16", "FP32", "FP64"})
 V2_INT = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+V2_BYTES = "BYTES"
 
 
 class InvalidRequest(KfreleaseError):
@@ -37,7 +45,7 @@ class InvalidRequest(KfreleaseError):
 class Decoded:
     """A checked request: the matrix, its protocol, the request id and the v2 body's own id."""
 
-    rows: np.ndarray
+    rows: np.ndarray  # float64 [n, k], or object [n, k] when the schema has categories
     protocol: str  # "v1" | "v2"
     request_id: str
     v2_id: str | None = None
@@ -81,8 +89,34 @@ def _number(value, where: str, feature: str, integral: bool) -> float:
         if not math.isfinite(f):  # ints beyond float range
             raise InvalidRequest(f"{where} (feature {feature!r}) is too large for a float64")
         return f
-    kind = "a string" if t is str else "null" if value is None else "a boolean" if t is bool else f"a JSON {t.__name__}"
-    raise InvalidRequest(f"{where} (feature {feature!r}) is {kind}; expected a finite number")
+    raise InvalidRequest(f"{where} (feature {feature!r}) is {_kind(value)}; expected a finite number")
+
+
+def _kind(value) -> str:
+    t = type(value)
+    if t is str:
+        return f"a string ({value[:40]!r})"
+    if t in (int, float):
+        return f"a number ({value})"
+    return "null" if value is None else "a boolean" if t is bool else f"a JSON {_json_kind(value)}"
+
+
+def _category(value, where: str, column: Column) -> str:
+    """One category value, checked: a string, and a known value unless the feature passes unknown ones on."""
+    if type(value) is not str:
+        known = f"one of {column.known_values()}" if column.categories else "text"
+        raise InvalidRequest(f"{where} (feature {column.name!r}) is {_kind(value)}; this feature takes {known}")
+    if column.categories and column.unknown == "refuse" and value not in column.known:
+        raise InvalidRequest(
+            f"{where} (feature {column.name!r}) is {value[:80]!r}, not a known value; known: {column.known_values()}"
+        )
+    return value
+
+
+def _value(value, where: str, column: Column):
+    if column.numeric:
+        return _number(value, where, column.name, column.integral)
+    return _category(value, where, column)
 
 
 def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
@@ -105,6 +139,8 @@ def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INST
         raise InvalidRequest("'instances' is empty; send at least one instance")
     if n > max_instances:
         raise InvalidRequest(f"'instances' holds {n} instances; at most {max_instances} per request")
+    if not model.numeric:
+        return _mixed_rows(instances, model.columns)
     integral = [d in INT_DTYPES for d in model.dtypes]
     fast = _all_numbers(instances, k)
     if fast is not None and (not any(integral) or np.all(np.mod(fast[:, integral], 1) == 0)):
@@ -136,6 +172,66 @@ def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INST
                 f"object with keys {list(features)}"
             )
     return rows
+
+
+def _mixed_rows(instances: list, columns: tuple[Column, ...]) -> np.ndarray:
+    """v1 instances of a schema with categories -> object matrix: one pass per feature when every value has
+    its feature's JSON type (and, for categories, is known), else the check that names the first bad value."""
+    n, k = len(instances), len(columns)
+    names = [c.name for c in columns]
+    rows = np.empty((n, k), dtype=object)
+    lists = all(type(i) is list and len(i) == k for i in instances)
+    dicts = not lists and all(type(i) is dict and len(i) == k for i in instances)
+    if lists or dicts:
+        try:
+            for j, c in enumerate(columns):
+                values = [i[j] for i in instances] if lists else [i[c.name] for i in instances]
+                if not _column_fits(values, c):
+                    break
+                rows[:, j] = values if not c.numeric else np.asarray(values, dtype="float64").tolist()
+            else:
+                return rows
+        except KeyError:  # an object without one of the names: the check below says which
+            pass
+    for i, inst in enumerate(instances):
+        if type(inst) is list:
+            if len(inst) != k:
+                raise InvalidRequest(
+                    f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {names}"
+                )
+            for j, c in enumerate(columns):
+                rows[i, j] = _value(inst[j], f"instances[{i}][{j}]", c)
+        elif type(inst) is dict:
+            if len(inst) != k or any(f not in inst for f in names):
+                missing = [f for f in names if f not in inst]
+                unknown = sorted(set(inst) - set(names))
+                raise InvalidRequest(
+                    f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
+                    f"expected exactly {names}"
+                )
+            for j, c in enumerate(columns):
+                rows[i, j] = _value(inst[c.name], f"instances[{i}].{c.name}", c)
+        else:
+            raise InvalidRequest(
+                f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} values or an "
+                f"object with keys {names}"
+            )
+    return rows
+
+
+def _column_fits(values: list, column: Column) -> bool:
+    """True when every value of one feature is right as it is (the vectorized check)."""
+    kinds = {type(v) for v in values}
+    if not column.numeric:
+        if kinds != {str}:
+            return False
+        return not column.categories or column.unknown != "refuse" or column.known.issuperset(values)
+    if not kinds <= ({int} if column.integral else _NUMBER_TYPES):
+        return False
+    try:
+        return bool(np.isfinite(np.asarray(values, dtype="float64")).all())
+    except OverflowError:
+        return False
 
 
 def diagnose_v2_body(raw: bytes) -> str:
@@ -218,30 +314,61 @@ def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.nda
     return values
 
 
-def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
-    """Open Inference Protocol inputs -> float64 matrix. Two layouts are accepted:
+def _tensor_texts(inp, where: str, column: Column) -> list[str]:
+    """A ``BYTES`` tensor's values for a category feature (JSON strings, or bytes of binary requests), checked."""
+    data = inp.data
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{where}.data must be a list of strings")
+    if data and type(data[0]) is list:
+        flat: list = []
+        _flatten(data, f"{where}.data", flat)
+        data = [v for v, _ in flat]
+    values = [v.decode("utf-8", "replace") if type(v) is bytes else v for v in data]
+    if _column_fits(values, column):
+        return values
+    return [_category(v, f"{where}.data[{i}]", column) for i, v in enumerate(values)]
 
-    - one tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order;
-    - one tensor per feature, named after it, each of shape ``[n]`` or ``[n, 1]``.
+
+def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+    """Open Inference Protocol inputs -> checked rows. Two layouts are accepted:
+
+    - one number tensor of shape ``[n, k]`` (or ``[k]`` for one instance) with the features in schema order
+      (only when every feature is a number);
+    - one tensor per feature, named after it, each of shape ``[n]`` or ``[n, 1]``: FP/INT for a number,
+      ``BYTES`` (strings) for a category.
     """
     inputs = list(request.inputs or [])
-    k = len(model.features)
+    columns = model.columns
+    k = len(columns)
     if not inputs:
         raise InvalidRequest("'inputs' is empty; send one [n, k] tensor or one tensor per feature")
+    by_column = {c.name: c for c in columns}
     for idx, inp in enumerate(inputs):
-        if inp.datatype not in V2_FLOAT | V2_INT:
+        column = by_column.get(inp.name)
+        if column is not None and not column.numeric:
+            if inp.datatype != V2_BYTES:
+                raise InvalidRequest(
+                    f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; feature {inp.name!r} is a category: "
+                    f"send a BYTES tensor of its values"
+                    + (f", each one of {column.known_values()}" if column.categories else "")
+                )
+        elif inp.datatype not in V2_FLOAT | V2_INT:
+            what = f"feature {inp.name!r} takes numbers" if column is not None else "number tensors"
             raise InvalidRequest(
-                f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; use FP64/FP32 or an INT type"
+                f"inputs[{idx}] ({inp.name!r}) has datatype {inp.datatype!r}; {what}: use FP64/FP32 or an INT type"
             )
         shape = inp.shape
         if not isinstance(shape, list) or not shape or any(type(s) is not int or s < 0 for s in shape):
             raise InvalidRequest(f"inputs[{idx}] ({inp.name!r}) has shape {shape!r}; it must be a list of sizes")
     names = [inp.name for inp in inputs]
-    if (
-        len(inputs) == 1
-        and names[0] not in model.features
-        or (len(inputs) == 1 and k == 1 and len(inputs[0].shape) == 2)
-    ):
+    if len(inputs) == 1 and (names[0] not in by_column or (k == 1 and len(inputs[0].shape) == 2)):
+        if not model.numeric:
+            raise InvalidRequest(
+                f"inputs[0] ({inputs[0].name!r}) is one tensor, but this model has category features: send one "
+                f"tensor named after each of {list(model.features)} (BYTES for {model.categorical_features()})"
+            )
         inp = inputs[0]
         shape = inp.shape
         if len(shape) == 1:
@@ -262,29 +389,39 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
             unknown = sorted(set(names) - set(model.features))
             raise InvalidRequest(
                 f"v2 inputs do not match the input schema: missing {missing}, unknown {unknown}; send one tensor "
-                f"named after each of {list(model.features)}, or one [n, {k}] tensor"
+                f"named after each of {list(model.features)}" + (f", or one [n, {k}] tensor" if model.numeric else "")
             )
         by_name = {inp.name: (i, inp) for i, inp in enumerate(inputs)}
-        columns = []
+        columns_values = []
         n = None
-        for f in model.features:
-            i, inp = by_name[f]
+        for c in columns:
+            i, inp = by_name[c.name]
             if not (len(inp.shape) == 1 or (len(inp.shape) == 2 and inp.shape[1] == 1)):
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]")
+                raise InvalidRequest(
+                    f"inputs[{i}] ({c.name!r}) has shape {inp.shape}; a feature tensor is [n] or [n, 1]"
+                )
             if n is None:
                 n = inp.shape[0]
             elif inp.shape[0] != n:
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {inp.shape[0]} rows; the other inputs have {n}")
-            values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
+                raise InvalidRequest(f"inputs[{i}] ({c.name!r}) has {inp.shape[0]} rows; the other inputs have {n}")
+            if c.numeric:
+                values = _tensor_values(inp, f"inputs[{i}]", inp.datatype in V2_INT)
+            else:
+                values = _tensor_texts(inp, f"inputs[{i}]", c)
             if len(values) != n:
-                raise InvalidRequest(f"inputs[{i}] ({f!r}) has {len(values)} values; shape {inp.shape} needs {n}")
-            columns.append(values)
-        rows = np.asarray(columns, dtype="float64").T.reshape(n, k)
+                raise InvalidRequest(f"inputs[{i}] ({c.name!r}) has {len(values)} values; shape {inp.shape} needs {n}")
+            columns_values.append(values)
+        if model.numeric:
+            rows = np.asarray(columns_values, dtype="float64").T.reshape(n, k)
+        else:
+            rows = np.empty((n, k), dtype=object)
+            for j, (c, values) in enumerate(zip(columns, columns_values)):
+                rows[:, j] = np.asarray(values, dtype="float64").tolist() if c.numeric else values
     if rows.shape[0] == 0:
         raise InvalidRequest("the request holds no instances; send at least one")
     if rows.shape[0] > max_instances:
         raise InvalidRequest(f"the request holds {rows.shape[0]} instances; at most {max_instances} per request")
-    for j, d in enumerate(model.dtypes):
-        if d in INT_DTYPES and not np.all(np.mod(rows[:, j], 1) == 0):
-            raise InvalidRequest(f"feature {model.features[j]!r} takes whole numbers")
+    for j, c in enumerate(columns):
+        if c.integral and not np.all(np.mod(rows[:, j].astype("float64"), 1) == 0):
+            raise InvalidRequest(f"feature {c.name!r} takes whole numbers")
     return rows

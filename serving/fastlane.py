@@ -319,11 +319,23 @@ class _V2Body:
                 or t["datatype"] == "FP16"  # KServe refuses FP16 in JSON (infer_type.py, InferInput)
                 or type(t.get("shape")) is not list
                 or type(t.get("data")) is not list
-                or t.get("parameters") not in (None, {})
+                or not _plain_parameters(t.get("parameters"))
             ):
                 return None
             tensors.append(_Tensor(t["name"], t["shape"], t["datatype"], t["data"]))
         return cls(tensors, rid)
+
+
+def _plain_parameters(parameters) -> bool:
+    """A tensor's parameters that change nothing here: none, or only a string ``content_type`` (MLServer's
+    pandas codec marks a column ``{"content_type": "str"}``)."""
+    if parameters is None:
+        return True
+    return (
+        type(parameters) is dict
+        and set(parameters) <= {"content_type"}
+        and all(type(v) is str for v in parameters.values())
+    )
 
 
 def _json_type(content_type: bytes) -> bool:

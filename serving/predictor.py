@@ -75,11 +75,22 @@ class RegressionPredictor(Model):
         self.model = m = load_model_dir(self.model_dir, expected_name=self.name)
         self.metrics = ModelMetrics(m.name, m.version, self.stage)
         self.ready = True
-        log.info("loaded %s %s (%d features) from %s", m.name, m.version, len(m.features), self.model_dir)
+        log.info(
+            "loaded %s %s (%d features, %s flavour) from %s",
+            m.name,
+            m.version,
+            len(m.features),
+            m.flavour.name,
+            self.model_dir,
+        )
         return self.ready
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.model.features)]}]
+        if self.model.numeric:
+            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.model.features)]}]
+        return [
+            {"name": c.name, "datatype": "FP64" if c.numeric else "BYTES", "shape": [-1]} for c in self.model.columns
+        ]
 
     def get_output_types(self) -> list[dict]:
         return [{"name": "predict", "datatype": "FP64", "shape": [-1]}]

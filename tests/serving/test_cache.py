@@ -19,10 +19,13 @@ from kfrelease.serving.cache import (
 )
 from kfrelease.serving.predictor import build, parse_args
 from tests.serving.serving_helpers import (
+    DIAMONDS_FEATURES,
     FEATURES,
     curated_frame,
+    diamonds_frame,
     expected_predictions,
     free_port,
+    make_diamonds_model_dir,
     make_model_dir,
 )
 
@@ -69,6 +72,23 @@ def test_lru_answers_like_the_model_and_counts_hits_and_misses(tmp_path):
     many = np.arange(200 * 11, dtype="float64").reshape(200, 11)
     predictor.cache.put_many(many, np.zeros(200))
     assert len(predictor.cache) == 50, "the LRU is bounded"
+
+
+def test_rows_with_categories_are_cached_by_their_values(tmp_path):
+    model_dir = make_diamonds_model_dir(tmp_path / "models", name="cache-categories")
+    predictor = build(
+        parse_args(["--model-dir", str(model_dir), "--name", "cache-categories", "--http-port", "1", "--cache", "lru"])
+    )
+    frame = diamonds_frame(200).iloc[100:120][DIAMONDS_FEATURES]
+    rows = frame.to_dict(orient="records")
+    hits0 = _count("cache-categories", "V1.1.0", "hit")
+    first = _ask(predictor, rows)
+    again = _ask(predictor, rows[::-1])
+    assert first == predictor.model.predict(frame).tolist() and again == first[::-1]
+    assert _count("cache-categories", "V1.1.0", "hit") - hits0 == 20
+    other = {**rows[0], "cut": next(c for c in ("Fair", "Good") if c != rows[0]["cut"])}
+    assert _ask(predictor, [other]) == predictor.model.predict(frame.iloc[:1].assign(cut=other["cut"])).tolist()
+    assert _count("cache-categories", "V1.1.0", "hit") - hits0 == 20  # another category is another row
 
 
 def test_bad_cache_options_are_refused():

@@ -26,8 +26,12 @@ from kfrelease.serving.fastlane import (
 )
 from kfrelease.stack import supervisor
 from tests.serving.serving_helpers import (
+    DIAMONDS_CATEGORIES,
+    DIAMONDS_FEATURES,
     FEATURES,
     curated_frame,
+    diamonds_frame,
+    make_diamonds_model_dir,
     make_model_dir,
     start_predictor,
 )
@@ -181,9 +185,8 @@ def fuzzed_requests(count: int = REQUESTS, seed: int = 17) -> list[tuple[str, di
     return out
 
 
-def test_the_same_1000_fuzzed_requests_get_the_same_answers_with_and_without_the_fast_lane(servers):
-    fast, plain = servers
-    requests = fuzzed_requests()
+def _compare(fast: httpx.Client, plain: httpx.Client, requests) -> dict[int, int]:
+    """Send each request to both servers at once; every answer must match. Returns the count per status."""
     statuses: dict[int, int] = {}
     differences = []
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -201,13 +204,90 @@ def test_the_same_1000_fuzzed_requests_get_the_same_answers_with_and_without_the
                 f"{dict(a.headers)} / kserve {b.status_code} {b.content[:200]!r} {dict(b.headers)}"
             )
     assert not differences, f"{len(differences)} of {len(requests)} answers differ; first: {differences[:3]}"
+    assert not [s for s in statuses if s >= 500], statuses
+    return statuses
+
+
+def test_the_same_1000_fuzzed_requests_get_the_same_answers_with_and_without_the_fast_lane(servers):
+    fast, plain = servers
+    requests = fuzzed_requests()
+    statuses = _compare(fast, plain, requests)
     assert len(requests) == REQUESTS
     # both kinds are well represented, and nothing is a server error
     assert statuses.get(200, 0) >= 300 and sum(n for s, n in statuses.items() if 400 <= s < 500) >= 300, statuses
-    assert not [s for s in statuses if s >= 500], statuses
     # the lane was really taken on one server (and never on the other)
     answered = [_fast_lane_answers(c) for c in (fast, plain)]
     assert answered[0] >= 0.5 * statuses[200] and answered[1] == 0, answered
+
+
+# --- a model with category features -------------------------------------------------------------------
+
+DIAMONDS = "diamond-price"
+CATEGORY_REQUESTS = 400
+
+
+@pytest.fixture(scope="module")
+def category_servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fastlane-categories")
+    settings = Settings(home=root / "home")
+    model_dir = make_diamonds_model_dir(root / "models", DIAMONDS)
+    limit = ("--max-body-bytes", str(MAX_BODY), "--max-instances", "50")
+    with ThreadPoolExecutor(2) as pool:
+        fast, plain = pool.map(
+            lambda stage, extra: start_predictor(settings, model_dir, name=DIAMONDS, stage=stage, extra_args=extra),
+            ("production", "canary"),
+            (limit, (*limit, "--no-fast-lane")),
+        )
+    with httpx.Client(base_url=fast, timeout=30) as a, httpx.Client(base_url=plain, timeout=30) as b:
+        yield a, b
+    supervisor.down(settings)
+
+
+def fuzzed_category_requests(count: int = CATEGORY_REQUESTS, seed: int = 23) -> list[tuple[str, dict, bytes]]:
+    """Mixed number / category requests: v1 lists and objects, v2 one tensor per column (BYTES for categories),
+    with unknown categories, numbers for categories, categories for numbers, wrong datatypes and shapes."""
+    rng = random.Random(seed)
+    frame = diamonds_frame(3000)[DIAMONDS_FEATURES]
+    odd = [*ODD_VALUES, "Perfect", "ideal", "", "Ideal ", 1.5]
+    out = []
+    for i in range(count):
+        bad = 0.0 if rng.random() < 0.4 else rng.choice([0.1, 0.3])
+        rows = frame.sample(rng.choice([1, 1, 2, 5, 51]), random_state=rng.randint(0, 10**6)).to_dict(orient="records")
+        for r in rows:
+            for f in DIAMONDS_FEATURES:
+                if rng.random() < bad / 3:
+                    r[f] = rng.choice(odd)
+        if rng.random() < 0.5:
+            path = f"/v1/models/{DIAMONDS}:predict"
+            instances = rows if rng.random() < 0.5 else [[r[f] for f in DIAMONDS_FEATURES] for r in rows]
+            doc: dict = {"instances": instances}
+        else:
+            path = f"/v2/models/{DIAMONDS}/infer"
+            inputs = []
+            for f in DIAMONDS_FEATURES:
+                text = f in DIAMONDS_CATEGORIES
+                datatype = "BYTES" if text else "FP64"
+                if rng.random() < bad / 2:
+                    datatype = rng.choice(["BYTES", "FP64", "INT64", "FP32"])
+                tensor = {"name": f, "shape": [len(rows), 1], "datatype": datatype, "data": [r[f] for r in rows]}
+                if text and rng.random() < 0.5:
+                    tensor["parameters"] = {"content_type": "str"}
+                inputs.append(tensor)
+            rng.shuffle(inputs)
+            if rng.random() < bad:
+                inputs.pop()
+            doc = {"inputs": inputs, **({"parameters": {"content_type": "pd"}} if rng.random() < 0.5 else {})}
+        headers = {"content-type": "application/json", "x-request-id": f"cat-{i}"}
+        out.append((path, headers, json.dumps(doc, allow_nan=True).encode()))
+    return out
+
+
+def test_category_requests_get_the_same_answers_with_and_without_the_fast_lane(category_servers):
+    fast, plain = category_servers
+    statuses = _compare(fast, plain, fuzzed_category_requests())
+    assert statuses.get(200, 0) >= 120 and statuses.get(400, 0) >= 80, statuses
+    answered = [_fast_lane_answers(c) for c in (fast, plain)]
+    assert answered[0] >= 0.9 * statuses[200] and answered[1] == 0, answered
 
 
 def _body(r: httpx.Response) -> bytes:

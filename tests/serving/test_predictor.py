@@ -17,9 +17,13 @@ from hypothesis import strategies as st
 from kfrelease.config import Settings
 from kfrelease.stack import supervisor
 from tests.serving.serving_helpers import (
+    DIAMONDS_CATEGORIES,
+    DIAMONDS_FEATURES,
     FEATURES,
     curated_frame,
+    diamonds_frame,
     expected_predictions,
+    make_diamonds_model_dir,
     make_model_dir,
     start_predictor,
 )
@@ -287,6 +291,108 @@ def test_unknown_model_oversized_body_and_missing_content_type(predictor, rows):
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 200, r.text
+
+
+# --- categories: a mixed numeric / category model served as a verified ONNX flavour ------------------
+
+DIAMONDS = "diamond-price"
+
+
+@pytest.fixture(scope="module")
+def diamonds(tmp_path_factory):
+    from kfrelease.registry.artifact import load_model_dir
+
+    root = tmp_path_factory.mktemp("diamonds")
+    settings = Settings(home=root / "home")
+    model_dir = make_diamonds_model_dir(root / "models", DIAMONDS)
+    url = start_predictor(settings, model_dir, name=DIAMONDS)
+    client = httpx.Client(base_url=url, timeout=30)
+    yield client, load_model_dir(model_dir), load_model_dir(model_dir, flavour="sklearn")
+    client.close()
+    supervisor.down(settings)
+
+
+def _v2_columns(frame) -> dict:
+    """One tensor per column, strings as BYTES (MLServer's pandas codec, KServe's v2 docs)."""
+    return {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {
+                "name": c,
+                "shape": [len(frame), 1],
+                "datatype": "BYTES" if c in DIAMONDS_CATEGORIES else "FP64",
+                "parameters": {"content_type": "str"} if c in DIAMONDS_CATEGORIES else None,
+                "data": frame[c].tolist(),
+            }
+            for c in reversed(DIAMONDS_FEATURES)
+        ],
+    }
+
+
+def test_categories_are_sent_as_values_over_v1_and_v2_and_answered_by_the_onnx_flavour(diamonds):
+    from kfrelease.registry.artifact import agreement
+
+    client, onnx, sklearn = diamonds
+    frame = diamonds_frame(3000).iloc[2900:][DIAMONDS_FEATURES]
+    assert onnx.flavour.name == "onnx"
+    expected = onnx.predict(frame).tolist()
+    assert agreement(expected, sklearn.predict(frame)) <= 1e-4  # verified at registration, and still
+    objects = client.post(f"/v1/models/{DIAMONDS}:predict", json={"instances": frame.to_dict(orient="records")})
+    lists = client.post(f"/v1/models/{DIAMONDS}:predict", json={"instances": frame.values.tolist()})
+    columns = client.post(f"/v2/models/{DIAMONDS}/infer", json=_v2_columns(frame))
+    for r in (objects, lists, columns):
+        assert r.status_code == 200, r.text
+    assert objects.json()["predictions"] == expected and lists.json()["predictions"] == expected
+    assert columns.json()["outputs"][0]["data"] == expected
+    metadata = client.get(f"/v2/models/{DIAMONDS}").json()
+    assert {i["name"]: i["datatype"] for i in metadata["inputs"]}["cut"] == "BYTES"
+
+
+def _instances_total(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("kfrelease_predictor_instances_total{") and f'model="{DIAMONDS}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    "column,value,fragment",
+    [
+        ("cut", "Perfect", "not a known value; known: ['Fair', 'Good', 'Ideal', 'Premium', 'Very Good']"),
+        ("cut", 3, "is a number (3); this feature takes one of ['Fair'"),
+        ("carat", "big", "is a string ('big'); expected a finite number"),
+        ("color", None, "is null; this feature takes one of ['D'"),
+    ],
+)
+def test_a_bad_category_or_number_gets_a_400_naming_the_column_and_reaches_no_model(diamonds, column, value, fragment):
+    client, _, _ = diamonds
+    row = diamonds_frame(10)[DIAMONDS_FEATURES].iloc[0].to_dict()
+    before = _instances_total(client)
+    v1 = client.post(f"/v1/models/{DIAMONDS}:predict", json={"instances": [row, {**row, column: value}]})
+    assert v1.status_code == 400, v1.text
+    assert f"instances[1].{column} (feature {column!r})" in v1.json()["error"] and fragment in v1.json()["error"]
+    frame = diamonds_frame(10)[DIAMONDS_FEATURES].iloc[:1].astype(object)
+    frame.loc[frame.index[0], column] = value
+    body = _v2_columns(frame)
+    v2 = client.post(f"/v2/models/{DIAMONDS}/infer", json=body)
+    assert v2.status_code == 400, v2.text
+    assert repr(column) in v2.json()["error"]
+    assert _instances_total(client) == before  # nothing was predicted (and so nothing logged)
+
+
+def test_a_number_tensor_for_a_category_column_is_refused_with_its_known_values(diamonds):
+    client, _, _ = diamonds
+    frame = diamonds_frame(10)[DIAMONDS_FEATURES].iloc[:1]
+    body = _v2_columns(frame)
+    for t in body["inputs"]:
+        if t["name"] == "clarity":
+            t.update(datatype="FP64", data=[1.0], parameters=None)
+    r = client.post(f"/v2/models/{DIAMONDS}/infer", json=body)
+    assert r.status_code == 400
+    assert "feature 'clarity' is a category: send a BYTES tensor of its values, each one of ['I1'" in r.json()["error"]
+    one = {"inputs": [{"name": "input-0", "shape": [1, 9], "datatype": "FP64", "data": [1.0] * 9}]}
+    r = client.post(f"/v2/models/{DIAMONDS}/infer", json=one)
+    assert r.status_code == 400 and "has category features: send one tensor named after each" in r.json()["error"]
 
 
 # --- fuzzing: >= 1,000 generated bad payloads, no 5xx ------------------------------------------------
