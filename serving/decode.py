@@ -17,7 +17,7 @@ that names it.
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,7 +62,8 @@ def request_id_from(headers: dict | None) -> str | None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A new random id (128 bits, hex, as ``uuid4().hex`` without building a UUID: a request's cost matters)."""
+    return os.urandom(16).hex()
 
 
 def json_body(raw: bytes | str):
@@ -276,6 +277,8 @@ def _flatten(data, where: str, out: list) -> None:
 
 
 _NUMBER_TYPES = frozenset((int, float))
+#: Up to this many values a column is checked and converted in plain Python (numpy's per-call cost dominates).
+_SMALL = 16
 
 
 def _all_numbers(instances: list, k: int) -> np.ndarray | None:
@@ -298,14 +301,22 @@ def _tensor_values(inp, where: str, integral_type: bool) -> list[float] | np.nda
         data = data.tolist()
     if not isinstance(data, list):
         raise InvalidRequest(f"{where}.data must be a list of numbers")
-    kinds = {type(v) for v in data}
+    kinds = set(map(type, data))
     if kinds <= ({int} if integral_type else _NUMBER_TYPES) and kinds:
-        try:
-            values = np.asarray(data, dtype="float64")
-            if np.isfinite(values).all():
-                return values
-        except OverflowError:
-            pass
+        if len(data) <= _SMALL:  # a few values: plain floats are cheaper than a numpy round trip
+            try:
+                values = [float(v) for v in data]
+                if all(map(math.isfinite, values)):
+                    return values
+            except OverflowError:
+                pass
+        else:
+            try:
+                values = np.asarray(data, dtype="float64")
+                if np.isfinite(values).all():
+                    return values
+            except OverflowError:
+                pass
     flat: list = []
     _flatten(data, f"{where}.data", flat)
     values = []
@@ -331,6 +342,34 @@ def _tensor_texts(inp, where: str, column: Column) -> list[str]:
     return [_category(v, f"{where}.data[{i}]", column) for i, v in enumerate(values)]
 
 
+def _one_number_tensor(inp, model: LoadedModel, max_instances: int) -> np.ndarray | None:
+    """The usual request of a numbers-only model, checked in one pass: one FP64/FP32 tensor ``[n, k]`` (or
+    ``[k]``), not named after a feature, of finite JSON floats and ints. None for anything else (then the full
+    check below decides, and names what is wrong)."""
+    shape, data, k = inp.shape, inp.data, len(model.columns)
+    if (
+        inp.datatype not in V2_FLOAT
+        or type(data) is not list
+        or inp.name in model.features
+        or type(shape) is not list
+        or not (shape == [k] or (len(shape) == 2 and shape[1] == k and type(shape[0]) is int))
+        or len(data) != (shape[0] * k if len(shape) == 2 else k)
+        or not 0 < len(data) <= max_instances * k
+        or not set(map(type, data)) <= _NUMBER_TYPES
+    ):
+        return None
+    try:
+        rows = np.array(data, dtype="float64").reshape(-1, k)
+    except OverflowError:
+        return None
+    if not np.isfinite(rows).all():
+        return None
+    integral = model.integral_positions
+    if len(integral) and not (np.mod(rows[:, integral], 1) == 0).all():
+        return None
+    return rows
+
+
 def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
     """Open Inference Protocol inputs -> checked rows. Two layouts are accepted:
 
@@ -340,11 +379,15 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
       ``BYTES`` (strings) for a category.
     """
     inputs = list(request.inputs or [])
+    if len(inputs) == 1 and model.numeric:
+        rows = _one_number_tensor(inputs[0], model, max_instances)
+        if rows is not None:
+            return rows
     columns = model.columns
     k = len(columns)
     if not inputs:
         raise InvalidRequest("'inputs' is empty; send one [n, k] tensor or one tensor per feature")
-    by_column = {c.name: c for c in columns}
+    by_column = model.column_by_name
     for idx, inp in enumerate(inputs):
         column = by_column.get(inp.name)
         if column is not None and not column.numeric:
@@ -415,13 +458,13 @@ def rows_from_v2(request, model: LoadedModel, max_instances: int = DEFAULT_MAX_I
             rows = np.asarray(columns_values, dtype="float64").T.reshape(n, k)
         else:
             rows = np.empty((n, k), dtype=object)
-            for j, (c, values) in enumerate(zip(columns, columns_values)):
-                rows[:, j] = np.asarray(values, dtype="float64").tolist() if c.numeric else values
+            for j, values in enumerate(columns_values):
+                rows[:, j] = values.tolist() if type(values) is np.ndarray else values
     if rows.shape[0] == 0:
         raise InvalidRequest("the request holds no instances; send at least one")
     if rows.shape[0] > max_instances:
         raise InvalidRequest(f"the request holds {rows.shape[0]} instances; at most {max_instances} per request")
-    for j, c in enumerate(columns):
-        if c.integral and not np.all(np.mod(rows[:, j].astype("float64"), 1) == 0):
-            raise InvalidRequest(f"feature {c.name!r} takes whole numbers")
+    for j in model.integral_positions:
+        if not np.all(np.mod(rows[:, j].astype("float64"), 1) == 0):
+            raise InvalidRequest(f"feature {columns[j].name!r} takes whole numbers")
     return rows

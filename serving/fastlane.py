@@ -14,7 +14,10 @@ the installed KServe is not the pinned one):
   400s) are replaced by a 400 whose ``error`` says what is wrong (``decode.diagnose_v2_body``).
 - ``FastLane``: a *valid* JSON v1/v2 request for a served model is answered straight from the model's
   ``predict`` (the same checks, metrics, logging and headers), skipping FastAPI's routing and pydantic
-  models: about half of a request's CPU. Anything else returns None and takes KServe's route.
+  models: about half of a request's CPU. Anything else returns None and takes KServe's route. The lane sits
+  in front of the whole application (``FastLaneFront``, uvicorn's loaded app): a valid prediction also skips
+  uvicorn's proxy-headers middleware, FastAPI's body-limit and telemetry middleware and Starlette's error
+  middleware, which together cost about as much as the lane itself (py-spy, docs/serving.md).
   ``tests/serving/test_fastlane.py`` sends the same 1,000 fuzzed requests to a server with the lane and one
   without it and requires the same status and body for every one.
 """
@@ -104,7 +107,14 @@ def run_model_server(
                 event_loop=self.event_loop,
                 timeout_keep_alive=self.timeout_keep_alive,
             )
-            self._rest_server.config.host = host
+            config = self._rest_server.config
+            config.host = host
+            if fast_lane is not None:
+                # the lane goes in front of everything (uvicorn's proxy headers, FastAPI's and Starlette's
+                # middleware, the router): a valid prediction pays for none of them. kserve's RESTServer
+                # registers its routes on the same app object later (create_application); the loaded app is it.
+                config.load()
+                config.loaded_app = FastLaneFront(config.loaded_app, fast_lane, max_body)
             self.servers.append(self._rest_server.start())
             self.setup_event_loop()
             self.register_signal_handler()
@@ -117,7 +127,7 @@ def run_model_server(
             except ImportError:
                 asyncio.run(self._serve())
 
-    app.add_middleware(RequestGuard, max_body=max_body, fast_lane=fast_lane)
+    app.add_middleware(RequestGuard, max_body=max_body)
     for cls, kwargs in middleware:
         app.add_middleware(cls, **kwargs)
     server = LocalModelServer(
@@ -136,6 +146,57 @@ def run_model_server(
     server.start(list(models))
 
 
+class FastLaneFront:
+    """The outermost ASGI app: a POST to a predict path with a body of known size within the limit is offered
+    to the fast lane first; anything it declines (and everything else) goes to the full application, the
+    request guard included, with the body replayed as it came."""
+
+    def __init__(self, app, fast_lane, max_body: int = DEFAULT_MAX_BODY_BYTES):
+        self.app = app
+        self.fast_lane = fast_lane
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith((":predict", "/infer")):
+            return await self.app(scope, receive, send)
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+                break
+        if length is None or not length.isdigit() or int(length) > self.max_body:
+            return await self.app(scope, receive, send)  # chunked, odd or too big: the guard decides
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(chunks, message, receive), send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        answer = await self.fast_lane.answer(scope, body)
+        if answer is not None:
+            return await RequestGuard._send_answer(send, *answer)
+        return await self.app(scope, _replay([body], None, receive), send)
+
+
+def _replay(chunks: list[bytes], last, receive):
+    """A ``receive`` that gives back what was already read (the chunks, then ``last`` if any), then the rest."""
+    pending = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    if last is not None:
+        pending.append(last)
+    elif pending:
+        pending[-1]["more_body"] = False
+
+    async def replay():
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 class RequestGuard:
     """ASGI middleware: bodies over ``max_body`` get 413 before anything parses them, and a request that
     kserve's decoders fail on with a plain Python error (ValueError, TypeError, ...) gets 400, not 500."""
@@ -150,10 +211,9 @@ class RequestGuard:
         RecursionError,
     )
 
-    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES, fast_lane=None):
+    def __init__(self, app, max_body: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
         self.max_body = max_body
-        self.fast_lane = fast_lane
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
@@ -187,10 +247,6 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if self.fast_lane is not None:
-            answer = await self.fast_lane.answer(scope, body)
-            if answer is not None:
-                return await self._send_answer(send, *answer)
         delivered = False
 
         async def replay():
@@ -294,6 +350,10 @@ class _Tensor:
         self.name, self.shape, self.datatype, self.data = name, shape, datatype, data
 
 
+_REQUEST_KEYS = frozenset({"inputs", "id", "parameters"})
+_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
+
+
 class _V2Body:
     """The fields of a JSON v2 request that ``rows_from_v2`` reads, or None when anything is unusual."""
 
@@ -304,7 +364,7 @@ class _V2Body:
 
     @classmethod
     def parse(cls, doc) -> _V2Body | None:
-        if type(doc) is not dict or set(doc) - {"inputs", "id", "parameters"} or type(doc.get("inputs")) is not list:
+        if type(doc) is not dict or not doc.keys() <= _REQUEST_KEYS or type(doc.get("inputs")) is not list:
             return None
         rid = doc.get("id")
         if rid is not None and type(rid) is not str:
@@ -313,7 +373,7 @@ class _V2Body:
         for t in doc["inputs"]:
             if (
                 type(t) is not dict
-                or set(t) - {"name", "shape", "datatype", "data", "parameters"}
+                or not t.keys() <= _TENSOR_KEYS
                 or type(t.get("name")) is not str
                 or type(t.get("datatype")) is not str
                 or t["datatype"] == "FP16"  # KServe refuses FP16 in JSON (infer_type.py, InferInput)

@@ -313,6 +313,7 @@ class OnnxModel:
         import numpy as np
 
         self.session = session
+        self._run = session._sess.run
         self.columns = tuple(columns)
         inputs = self.session.get_inputs()
         self.output = [self.session.get_outputs()[0].name]
@@ -326,15 +327,15 @@ class OnnxModel:
 
     def predict(self, rows) -> np.ndarray:
         import numpy as np
-        import pandas as pd
 
-        if isinstance(rows, pd.DataFrame):
-            rows = row_matrix(rows, self.columns)
+        if type(rows) is not np.ndarray:
+            rows = row_matrix(rows, self.columns)  # a DataFrame
         if not self.per_column:
-            feed = {self.matrix_input: np.asarray(rows, dtype=self.types[0])}
+            feed = {self.matrix_input: rows.astype(self.types[0])}
         else:
             feed = {c.name: rows[:, j : j + 1].astype(t) for j, (c, t) in enumerate(zip(self.columns, self.types))}
-        return np.asarray(self.session.run(self.output, feed)[0], dtype="float64").ravel()
+        # the C++ session's run: Session.run only re-checks the feed's names, which are the session's own here
+        return self._run(self.output, feed, None)[0].astype("float64").ravel()
 
 
 @dataclass(frozen=True)
@@ -642,7 +643,7 @@ class LoadedModel:
     columns: tuple[Column, ...]
     path: Path
 
-    @property
+    @cached_property
     def features(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
@@ -650,10 +651,19 @@ class LoadedModel:
     def dtypes(self) -> tuple[str, ...]:
         return tuple(c.dtype for c in self.columns)
 
-    @property
+    @cached_property
     def numeric(self) -> bool:
         """True when every feature is a number (checked rows are a float64 matrix)."""
         return all(c.numeric for c in self.columns)
+
+    @cached_property
+    def column_by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
+
+    @cached_property
+    def integral_positions(self) -> list[int]:
+        """The schema positions of integer features (whole numbers only)."""
+        return [j for j, c in enumerate(self.columns) if c.integral]
 
     def categorical_features(self) -> list[str]:
         return [c.name for c in self.columns if not c.numeric]
