@@ -42,7 +42,8 @@ def connect(threads: int | None = None):
 def _files_view(con, name: str, files: list[str], schema, filename: bool = False) -> None:
     if files:
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        extra = ", filename = true" if filename else ""
+        # union by name: files written before a column was added (schema version 1 has no inputs_text) read as null
+        extra = ", union_by_name = true" + (", filename = true" if filename else "")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}]{extra})")
     else:
         import pyarrow as pa

@@ -251,7 +251,7 @@ def stored_rows(store: ObjectStore, bucket: str, model: str) -> pa.Table:
     tables += [legacy_table(store.get_bytes(bucket, o.key), bucket, o.key, warnings) for o in batches.legacy]
     schema = S.LABEL_SCHEMA if bucket == S.LABEL_BUCKET else S.PREDICTION_SCHEMA
     tables = [t.replace_schema_metadata(None) for t in tables]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default") if tables else schema.empty_table()
 
 
 class _RangeFile:

@@ -6,7 +6,8 @@ Spark and DuckDB all read as one table::
     inference-logs/model=<model>/date=<YYYY-MM-DD>/hour=<HH>/<batch>.parquet   one row per event and instance
     feedback/model=<model>/date=<YYYY-MM-DD>/hour=<HH>/<batch>.parquet         one row per label and instance
 
-A request event gives one row per instance (``inputs``: the feature values in input-schema order), a response
+A request event gives one row per instance (``inputs``: the feature values in input-schema order, numbers; a
+category value is in ``inputs_text`` at its position), a response
 event one row per predicted value (``prediction``); the primary, the shadow and the canary answer the same
 request id from their own ``source``. Every file carries ``kfrelease.schema_version`` in its Parquet
 key-value metadata. ``<batch>`` is derived from what was written (a WAL segment, a compaction's inputs), so
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOG_BUCKET = "inference-logs"
 LABEL_BUCKET = "feedback"
 NAMESPACE_UUID = uuid.UUID("6f1c1f52-8d7e-4a51-9a47-0c3b2f3f6c11")
@@ -57,6 +58,10 @@ PREDICTION_SCHEMA = pa.schema(
             "data",
             pa.string(),
         ),  # the event data as sent, when it was not understood (readers skip it)
+        # request rows of a model with category features: the instance's category values as sent, in input-
+        # schema order, null where the feature is a number (``inputs`` is null there); null for numbers-only
+        # models. Added in schema version 2: readers take files without it as all null (union by name).
+        ("inputs_text", pa.list_(pa.string())),
     ]
 )
 LABEL_SCHEMA = pa.schema(
@@ -107,6 +112,7 @@ def event_rows(line: dict) -> list[dict]:
         "namespace": line.get("namespace"),
         "features": ",".join(line["features"]) if line.get("features") else None,
         "inputs": None,
+        "inputs_text": None,
         "prediction": None,
         "data": None,
     }
@@ -125,7 +131,10 @@ def event_rows(line: dict) -> list[dict]:
     for i, v in enumerate(values):
         row = {**common, "instance": i}
         if line.get("type") == "request":
-            row["inputs"] = [_float(x) for x in v] if isinstance(v, list) else [_float(v)]
+            values = v if isinstance(v, list) else [v]
+            row["inputs"] = [_float(x) for x in values]
+            if any(type(x) is str for x in values):
+                row["inputs_text"] = [x if type(x) is str else None for x in values]
         else:
             row["prediction"] = _float(v[0] if isinstance(v, list) and len(v) == 1 else v)
         rows.append(row)

@@ -54,7 +54,7 @@ def define_views(
 
     def view(name, paths, schema):
         if paths:
-            df = spark.read.parquet(*paths)
+            df = spark.read.option("mergeSchema", "true").parquet(*paths)  # version 1 files lack inputs_text
         else:
             df = spark.createDataFrame(schema.empty_table().to_pandas())
         df.createOrReplaceTempView(name)

@@ -1,0 +1,53 @@
+"""Category values are logged as values: a request event's strings land in ``inputs_text`` at their positions
+(numbers stay in ``inputs``), and files written before the column existed (schema version 1) still read,
+with the column null, through every reader (DuckDB, Arrow)."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kfrelease.lake import schema as S
+from kfrelease.lake.engine import _files_view, connect
+
+MIXED = {
+    "id": "r1",
+    "type": "request",
+    "time": "2026-12-06T10:00:00Z",
+    "source": "s",
+    "features": ["carat", "cut", "color"],
+    "instances": [[0.23, "Ideal", "E"], [1.5, "Fair", "J"]],
+}
+NUMBERS = {**MIXED, "id": "r0", "features": ["a", "b"], "instances": [[1.0, 2]]}
+
+
+def test_a_mixed_request_keeps_its_numbers_and_its_category_values():
+    rows = S.event_rows(MIXED)
+    assert [r["inputs"] for r in rows] == [[0.23, None, None], [1.5, None, None]]
+    assert [r["inputs_text"] for r in rows] == [[None, "Ideal", "E"], [None, "Fair", "J"]]
+    assert S.event_rows(NUMBERS)[0]["inputs_text"] is None  # a numbers-only model's rows are as before
+    table = S.to_table(rows, S.PREDICTION_SCHEMA)
+    assert table.column("inputs_text").to_pylist()[0] == [None, "Ideal", "E"]
+
+
+def _version_1_file(path) -> None:
+    """A file as schema version 1 wrote it: no inputs_text column."""
+    old = pa.schema([f for f in S.PREDICTION_SCHEMA if f.name != "inputs_text"])
+    rows = [{k: v for k, v in r.items() if k != "inputs_text"} for r in S.event_rows(NUMBERS)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), path)
+
+
+def test_files_of_both_versions_read_together(tmp_path):
+    _version_1_file(tmp_path / "old.parquet")
+    (tmp_path / "new.parquet").write_bytes(S.parquet_bytes(S.to_table(S.event_rows(MIXED), S.PREDICTION_SCHEMA)))
+    assert S.schema_version_of(io.BytesIO((tmp_path / "new.parquet").read_bytes())) == 2
+    for order in (["new", "old"], ["old", "new"]):  # DuckDB takes the first file's columns unless told
+        con = connect()
+        _files_view(con, "events", [str(tmp_path / f"{n}.parquet") for n in order], S.PREDICTION_SCHEMA)
+        got = dict(con.execute("SELECT request_id || ':' || instance, inputs_text FROM events").fetchall())
+        assert got == {"r0:0": None, "r1:0": [None, "Ideal", "E"], "r1:1": [None, "Fair", "J"]}
+    tables = [pq.read_table(tmp_path / f"{n}.parquet").replace_schema_metadata(None) for n in ("old", "new")]
+    merged = pa.concat_tables(tables, promote_options="default")
+    assert merged.column("inputs_text").to_pylist() == [None, [None, "Ideal", "E"], [None, "Fair", "J"]]
