@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kfrelease.release.decision import GateRule, clipped_losses, decision_bounds
+from kfrelease.release.decision import clipped_losses, decision_bounds
+from kfrelease.rollout.spec import GateRule
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

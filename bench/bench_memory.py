@@ -72,15 +72,11 @@ def _frame(rows: int, extra: int = 0):
 
 
 def _publish(store, name: str, df) -> str:
-    from dataclasses import replace
-
     from kfrelease.data.publish import publish
-    from kfrelease.data.spec import ColumnSpec, DatasetSpec
+    from kfrelease.data.spec import DatasetSpec
 
-    spec = DatasetSpec(
-        name=name, columns=tuple(ColumnSpec(c, "float64") for c in df.columns), source_prefix=f"{name}/", min_rows=1
-    )
-    return publish(df, replace(spec), store, sources=[], run_id="bench-memory").version
+    spec = DatasetSpec(name=name, source={"prefix": f"{name}/"}, columns={c: {"dtype": "float64"} for c in df.columns})
+    return publish(df, spec, store, sources=[], run_id="bench-memory").version
 
 
 def _measure(spec_text: str, version: str, mode: str, env: dict) -> dict:

@@ -1,52 +1,161 @@
-"""The YAML specs as pydantic v2 documents: one-line errors with a did-you-mean, JSON Schemas, a key reference.
+"""The YAML specs as frozen pydantic v2 models: the one declaration of each spec, its runtime type, one-line
+errors with a did-you-mean, JSON Schemas and a key reference.
 
 Each spec module (``kfrelease.data.spec``, ``kfrelease.training.spec``, ``kfrelease.rollout.spec``) declares
-the document its YAML file holds as a ``SpecDocument`` (unknown keys forbidden, every key described, every
-default named) and builds its runtime dataclass from it (``yaml_mapping``, ``validate``, ``to_dataclass``).
+the spec its YAML file holds as a ``SpecDocument`` (unknown keys forbidden, every key described, every
+default named, cross-field rules as ``model_validator``s); the validated model is what the code uses.
 ``validate`` runs pydantic and turns its first error into one line that names the file, the key path, what
-was wrong and how to fix it; ``SCHEMAS`` maps each spec kind to its document, whose JSON Schema is committed
-under ``schemas/specs/`` for editors (``kfrelease spec schema KIND``) and rendered into
-``docs/spec-reference.md`` by ``reference_markdown``.
+was wrong and how to fix it; ``with_changes`` is the only way to change a spec, and validates again.
+``SCHEMAS`` maps each spec kind to its model, whose JSON Schema is committed under ``schemas/specs/`` for
+editors (``kfrelease spec schema KIND``) and rendered into ``docs/spec-reference.md`` by
+``reference_markdown``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 import json
 import re
 import types
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from kfrelease.errors import ConfigError
 
-#: Spec kind -> (module, document class, file name the data scientist or engineer edits).
+#: Spec kind -> (module, spec class, file name the data scientist or engineer edits).
 SCHEMAS = {
-    "dataset": ("kfrelease.data.spec", "DatasetDocument", "dataset spec (e.g. diabetes.yaml)"),
-    "model": ("kfrelease.training.spec", "ModelDocument", "model.yaml"),
-    "rollout": ("kfrelease.rollout.spec", "RolloutDocument", "rollout.yaml"),
+    "dataset": ("kfrelease.data.spec", "DatasetSpec", "dataset spec (e.g. diabetes.yaml)"),
+    "model": ("kfrelease.training.spec", "ModelSpec", "model.yaml"),
+    "rollout": ("kfrelease.rollout.spec", "RolloutSpec", "rollout.yaml"),
 }
 
 
 #: A number as written: ``100`` stays an int, ``0.5`` a float (a bool is refused); "number" in the schema.
 Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
 
+T = TypeVar("T")
+S = TypeVar("S", bound="SpecDocument")
+
+#: A YAML list held as a tuple, so a frozen spec cannot change in place; "array" in the schema.
+Items = Annotated[tuple[T, ...], BeforeValidator(lambda value: tuple(value) if isinstance(value, list) else value)]
+
+
+def at_least(minimum: float, above: bool = False) -> AfterValidator:
+    """The rule of a number key: at least ``minimum`` (``above``: more than it), e.g.
+    ``Annotated[int, at_least(1)]``; null passes, and the JSON Schema is unchanged."""
+
+    def check(value):
+        if value is not None and (value < minimum or (above and value == minimum)):
+            raise ValueError(f"must be {'above' if above else 'at least'} {minimum:g}, not {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+def at_most(maximum: float) -> AfterValidator:
+    """The rule of a number key: at most ``maximum`` (see ``at_least``)."""
+
+    def check(value):
+        if value is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum:g}, not {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+class _Section:
+    """Marks a key whose value is a mapping of its own (see ``Section``)."""
+
+
+_SECTION = _Section()
+
+#: A section of a spec (a mapping of its own): left out or given as null, it is the section with its defaults.
+Section = Annotated[T | None, _SECTION]
+
 
 class SpecDocument(BaseModel):
-    """Base of every spec document: strict types (YAML gives native ones), unknown keys refused."""
+    """Base of every spec: strict types (YAML gives native ones), unknown keys refused, frozen (a changed spec
+    is a new one, validated again: ``with_changes``). ``text`` is the YAML it was read from (``parse``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    #: What a bad spec of this kind raises, and what its one line ends with.
+    error: ClassVar[type[ConfigError]] = ConfigError
+    error_suffix: ClassVar[str] = ""
+    _text: str = PrivateAttr("")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        """Each ``Section`` left out or given as null takes its defaults (an empty mapping)."""
+        if not isinstance(data, dict):
+            return data
+        empty = {
+            key: {}
+            for name, field in cls.model_fields.items()
+            if _SECTION in field.metadata and data.get(key := field.alias or name) is None
+        }
+        return {**data, **empty} if empty else data
+
+    @property
+    def text(self) -> str:
+        """The YAML the spec was read from, or (built or changed in code) its YAML with every key."""
+        return self._text or self.to_yaml()
+
+    def to_yaml(self) -> str:
+        """The spec as YAML with every key, defaults included."""
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+    def with_changes(self, **changes) -> Self:
+        """A copy with some keys changed, validated again (``error`` with one line when the change is not
+        valid). A section's changes are a mapping merged into it, e.g. ``canary={"interval_seconds": 2}``.
+        What the spec carries besides its keys (e.g. a model project's code) is kept; its ``text`` is the new
+        spec's YAML."""
+        data = self.model_dump(by_alias=True)
+        for key, value in changes.items():
+            value = _plain(value)
+            data[key] = {**data[key], **value} if isinstance(data.get(key), dict) and isinstance(value, dict) else value
+        origin = f"{type(self).__name__.removesuffix('Spec').lower()} spec"
+        changed = validate(type(self), data, origin, self.error, self.error_suffix)
+        for name, value in (self.__pydantic_private__ or {}).items():
+            if name != "_text":
+                setattr(changed, name, value)
+        return changed
+
+
+def _plain(value):
+    """Plain data of a changed value (a spec inside it is its mapping, validated again with the rest)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def repeated(values) -> list[str]:
+    """The values that occur more than once, sorted (for a key that lists names, each once)."""
+    values = [str(v) for v in values]
+    return sorted({v for v in values if values.count(v) > 1})
 
 
 def key_path(loc) -> str:
@@ -144,6 +253,7 @@ _PLAIN = {
     "Input should be a valid string": "must be text",
     "Input should be a valid boolean": "must be true or false",
     "Input should be a valid list": "must be a list",
+    "Input should be a valid tuple": "must be a list",
     "Input should be a valid dictionary": "must be a mapping",
     "Input should be ": "must be ",
     "String should ": "must ",
@@ -227,28 +337,13 @@ def yaml_mapping(text: str, origin: str, shape: str, error: type[ConfigError] = 
     return doc
 
 
-def to_dataclass(cls, doc: BaseModel, **values):
-    """The runtime dataclass ``cls`` of a checked document: ``values``, then each field of ``cls`` the
-    document sets (a nested document as the dataclass its field declares, a list as a tuple). A key the
-    document leaves out, or a section given as null, keeps the dataclass's default: defaults have one home."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in values or f.name not in doc.model_fields_set:
-            continue
-        value = getattr(doc, f.name)
-        if value is None and f.default_factory is not dataclasses.MISSING:
-            continue  # a section given as null
-        values[f.name] = _converted(hints[f.name], value)
-    return cls(**values)
-
-
-def _converted(hint, value):
-    if isinstance(value, BaseModel):
-        return to_dataclass(next(t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), value)
-    if isinstance(value, list):
-        item = (typing.get_args(hint) or (Any,))[0]
-        return tuple(_converted(item, v) for v in value)
-    return value
+def parse(model: type[S], text: str, origin: str, shape: str, empty_ok: bool = False) -> S:
+    """The spec ``model`` a YAML text holds (its ``text`` kept), or the model's ``error`` with one line
+    (``yaml_mapping``, ``validate``)."""
+    doc = yaml_mapping(text, origin, shape, model.error, empty_ok)
+    spec = validate(model, doc, origin, model.error, model.error_suffix)
+    spec._text = text
+    return spec
 
 
 def document(kind: str) -> type[BaseModel]:
@@ -338,16 +433,14 @@ def reference_markdown() -> str:
         "`# yaml-language-server: $schema=<path to>/schemas/specs/model.schema.json` at the top of `model.yaml`.",
     ]
     for kind, (_, _, file) in SCHEMAS.items():
-        schema = json_schema(kind)
-        defs = schema.get("$defs", {})
-        lines += [
-            "",
-            f"## {kind}: {file}",
-            "",
-            " ".join(schema.get("description", "").split()),
-            "",
-            "| key | type | default | meaning |",
-            "| --- | --- | --- | --- |",
-        ]
-        _rows(schema, defs, "", lines)
+        spec = document(kind)
+        lines += ["", f"## {kind}: {file}", "", " ".join((spec.__doc__ or "").split()), "", *key_rows(spec)]
     return "\n".join(lines) + "\n"
+
+
+def key_rows(spec: type[BaseModel]) -> list[str]:
+    """The reference table of a spec: a row per key (nested keys as paths), from its JSON Schema."""
+    schema = spec.model_json_schema()
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    _rows(schema, schema.get("$defs", {}), "", lines)
+    return lines

@@ -44,7 +44,7 @@ def test_the_inferred_spec_declares_what_the_data_shows_and_accepts_its_file(tmp
     spec = load_spec(str(out))
     assert spec.name == "friedman" and spec.source_prefix == "friedman/" and spec.id_column == "row_id"
     assert spec.column_names == list(df.columns)
-    dtypes = {c.name: c.dtype for c in spec.columns}
+    dtypes = {name: c.dtype for name, c in spec.columns.items()}
     assert dtypes == {
         "row_id": "int64",
         **{f"x{i}": "float64" for i in range(10)},

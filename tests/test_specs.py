@@ -1,22 +1,21 @@
 """The three YAML specs teach: every key is described, an unknown key gets a did-you-mean, errors are one line,
 and the committed JSON Schemas and key reference are the generated ones."""
 
-import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
 from kfrelease.cli import cli
 from kfrelease.data.spec import parse_spec as parse_dataset
 from kfrelease.errors import ConfigError
-from kfrelease.release.checks import CheckSpec
 from kfrelease.rollout import spec as rollout
-from kfrelease.specs import SCHEMAS, document, reference_markdown, schema_text
+from kfrelease.specs import SCHEMAS, Section, document, key_rows, parse, reference_markdown, schema_text
 from kfrelease.training.spec import parse_spec as parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,21 +120,40 @@ def test_every_key_of_every_spec_is_described(kind):
         assert not undescribed, f"{model.__name__}: {undescribed}"
 
 
-@pytest.mark.parametrize(
-    "doc, runtime",
-    [
-        (rollout.ShadowDocument, rollout.ShadowSpec),
-        (rollout.CanaryDocument, rollout.CanarySpec),
-        (rollout.RollbackDocument, rollout.RollbackSpec),
-        (rollout.ServingDocument, rollout.ServingSpec),
-        (rollout.CheckDocument, CheckSpec),
-    ],
-)
-def test_rollout_documents_declare_the_runtime_fields_and_defaults(doc, runtime):
-    assert list(doc.model_fields) == [f.name for f in dataclasses.fields(runtime)]
-    defaults = doc.model_validate({"name": "c"} if runtime is CheckSpec else {}).model_dump()
-    expected = runtime("c") if runtime is CheckSpec else runtime()
-    assert defaults == json.loads(json.dumps(dataclasses.asdict(expected)))
+def test_the_packaged_default_rollout_spec_is_the_declared_defaults():
+    """default.yaml (what a data scientist copies) and the defaults in the declaration are the same values."""
+    assert rollout.load_rollout_spec().model_dump() == rollout.RolloutSpec().model_dump()
+
+
+def test_a_spec_is_frozen_and_a_change_is_checked_again():
+    spec = rollout.load_rollout_spec()
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.canary.interval_seconds = 0
+    with pytest.raises(AttributeError):
+        spec.canary.steps.append(7)  # a list in YAML is a tuple in the spec
+    with pytest.raises(ConfigError, match=r"^rollout spec: canary.interval_seconds must be above 0, not 0; "):
+        spec.with_changes(canary={"interval_seconds": 0})
+    with pytest.raises(ConfigError, match=r"canary.checks\[0\]: a labels check takes no series"):
+        spec.with_changes(canary={"checks": [{"name": "a", "source": "labels", "max": 1}]})
+    model = parse_model(MODEL + RIDGE, "spec.yaml", code={"model.py": "x = 1\n"})
+    changed = model.with_changes(validation={"max_rmse": 5})
+    assert changed.thresholds() == {"max_rmse": 5.0} and changed.code == model.code
+    assert parse_model(changed.text).thresholds() == {"max_rmse": 5.0}  # its text is the changed spec
+    with pytest.raises(ConfigError, match="features lists a twice"):
+        model.with_changes(features=["a", "a"])
+
+
+def test_sections_left_out_or_null_take_their_defaults():
+    model = parse_model(MODEL + RIDGE + "split: null\n")
+    assert (model.split.test_size, model.split.seed, model.retrain.on_new_data) == (0.2, 42, True)
+    assert model.resources.memory_limit == "4Gi" and model.validation.max_rmse is None
+    assert rollout.parse_rollout_spec("shadow: null\n").shadow == rollout.ShadowSpec()
+
+
+def test_dataset_columns_know_their_names_and_the_source_folder_ends_in_a_slash():
+    spec = parse_dataset(DATASET.replace("prefix: d/", "prefix: d"))
+    assert [c.name for c in spec.columns.values()] == spec.column_names == ["a", "y"]
+    assert spec.column("y").dtype == "float64" and spec.source_prefix == "d/"
 
 
 @pytest.mark.parametrize("kind", list(SCHEMAS))
@@ -214,3 +232,32 @@ def test_spec_check_answers_in_one_line_either_way(tmp_path):
     assert bad.exit_code == 1 and "(did you mean 'alpha'?)" in bad.output and len(bad.output.splitlines()) == 1
     good = CliRunner().invoke(cli, ["spec", "check", str(tmp_path / "ds.yaml")])
     assert good.exit_code == 0 and "valid dataset 'd', 2 columns" in good.output
+
+
+def test_the_readme_example_of_a_new_spec_key_is_one_declaration():
+    """README, "Adding a spec key is one declaration plus its use": the declaration it shows, added to
+    ``ServingSpec``, is accepted, defaulted, checked in one line (also on ``with_changes``), described in the
+    JSON Schema and in the reference, with no other edit."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Adding a spec key is one declaration plus its use", 1)[1]
+    declaration = section.split("```python\n", 1)[1].split("```", 1)[0]
+    refused = re.search(r"`(rollout\.yaml: serving\.timeout_seconds [^`]+)`", section).group(1)
+    namespace = vars(rollout).copy()
+    exec(f"class Serving(ServingSpec):\n{declaration}", namespace)  # noqa: S102 - the README's own example
+    with_timeout = namespace["Serving"]
+
+    class Rollout(rollout.RolloutSpec):
+        serving: Section[with_timeout] = Field(None, description="Serving settings.")
+
+    def load(text: str):
+        return parse(Rollout, text, "rollout.yaml", "a mapping", empty_ok=True)
+
+    assert load("serving: {timeout_seconds: 30}\n").serving.timeout_seconds == 30
+    assert load("canary: {interval_seconds: 5}\n").serving.timeout_seconds == 60
+    with pytest.raises(rollout.RolloutSpecError) as err:
+        load("serving: {timeout_seconds: soon}\n")
+    assert str(err.value) == refused
+    with pytest.raises(rollout.RolloutSpecError, match="serving.timeout_seconds must be at least 1, not 0"):
+        load("").with_changes(serving={"timeout_seconds": 0})
+    row = "| `serving.timeout_seconds` | number | `60` | Seconds a predictor may take to answer one request. |"
+    assert row in key_rows(Rollout) and row not in key_rows(rollout.RolloutSpec)

@@ -100,7 +100,7 @@ def traffic_rows(requests: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Labelled requests as rows of the dataset spec's columns (the id derived, the target from the label,
     the feature columns from the logged inputs), with the request as each row's origin for validation."""
     rows = pd.DataFrame(index=requests.index)
-    for c in spec.columns:
+    for c in spec.columns.values():
         if c.name == spec.id_column:
             rows[c.name] = row_ids(requests, c.dtype)
         elif c.name == spec.target:

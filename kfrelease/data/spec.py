@@ -1,21 +1,20 @@
 """Dataset specs: the declared schema and source of a curated dataset.
 
-The YAML a data engineer writes is a ``DatasetDocument`` (every key described there and in
-``docs/spec-reference.md``); ``parse_spec`` checks it and returns the ``DatasetSpec`` the pipeline uses.
+The YAML a data engineer writes is a ``DatasetSpec`` (every key described there and in
+``docs/spec-reference.md``); ``parse_spec`` checks it and returns it, and the pipeline uses it as it is.
 ``kfrelease data init --from FILE.csv`` writes a first one inferred from the data (``kfrelease.data.infer``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Number, SpecDocument, did_you_mean, to_dataclass, validate, yaml_mapping
+from kfrelease.specs import Number, SpecDocument, did_you_mean, parse
 
 DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
 #: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
@@ -23,7 +22,7 @@ DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
 ON_INVALID = ("reject", "quarantine")
 
 
-class ColumnDocument(SpecDocument):
+class ColumnSpec(SpecDocument):
     """One declared column: its type and the checks every row must pass."""
 
     dtype: Literal[DTYPES] = Field(description="The column's type; values that do not parse as it are refused.")
@@ -31,6 +30,7 @@ class ColumnDocument(SpecDocument):
     unique: bool = Field(False, description="Whether every value must differ from every other (e.g. an id).")
     min: Number | None = Field(None, description="Smallest allowed value (numbers); null: no lower bound.")
     max: Number | None = Field(None, description="Largest allowed value (numbers); null: no upper bound.")
+    _name: str = PrivateAttr("")  # its key under `columns` (set by the dataset spec)
 
     @model_validator(mode="after")
     def _range(self):
@@ -38,8 +38,12 @@ class ColumnDocument(SpecDocument):
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
         return self
 
+    @property
+    def name(self) -> str:
+        return self._name
 
-class SourceDocument(SpecDocument):
+
+class SourceSpec(SpecDocument):
     """Where the raw batches are."""
 
     prefix: str = Field(
@@ -49,14 +53,14 @@ class SourceDocument(SpecDocument):
     )
 
 
-class DatasetDocument(SpecDocument):
+class DatasetSpec(SpecDocument):
     """A dataset spec (owned by the data engineers): the source of a curated dataset and the schema every
     published version satisfies."""
 
     name: str = Field(min_length=1, description="The dataset's name: curated versions are published under it.")
     description: str = Field("", description="What the data is, for the people who read it.")
-    source: SourceDocument = Field(description="Where the raw batches are (a mapping with `prefix`).")
-    columns: dict[str, ColumnDocument] = Field(
+    source: SourceSpec = Field(description="Where the raw batches are (a mapping with `prefix`).")
+    columns: dict[str, ColumnSpec] = Field(
         min_length=1, description="Each column name mapped to its declaration `{dtype: ..., ...}`, in order."
     )
     id_column: str | None = Field(None, description="The column that identifies a row (declare it `unique`).")
@@ -79,54 +83,26 @@ class DatasetDocument(SpecDocument):
                 raise ValueError(
                     f"{key} {value!r} is not one of the declared columns{did_you_mean(value, self.columns)}"
                 )
+        for name, column in self.columns.items():
+            column._name = name
         return self
 
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    name: str
-    dtype: str
-    nullable: bool = False
-    unique: bool = False
-    min: float | None = None
-    max: float | None = None
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    columns: tuple[ColumnSpec, ...]
-    source_prefix: str
-    id_column: str | None = None
-    target: str | None = None
-    min_rows: int = 1
-    features: str | None = None
-    description: str = ""
-    on_invalid: str = "reject"
-    text: str = field(default="", repr=False, compare=False)  # the YAML it was read from
+    @property
+    def source_prefix(self) -> str:
+        """The raw bucket's folder of the batches, ending in ``/``."""
+        return self.source.prefix.rstrip("/") + "/"
 
     @property
     def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        return list(self.columns)
 
     def column(self, name: str) -> ColumnSpec:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return self.columns[name]
 
 
 def parse_spec(text: str, origin: str = "<dataset spec>") -> DatasetSpec:
     """Check a dataset spec's YAML; a ``ConfigError`` names the key that is wrong and how to fix it."""
-    doc = yaml_mapping(text, origin, "a dataset spec is a mapping with name, source, columns")
-    d = validate(DatasetDocument, doc, origin)
-    return to_dataclass(
-        DatasetSpec,
-        d,
-        columns=tuple(to_dataclass(ColumnSpec, c, name=n) for n, c in d.columns.items()),
-        source_prefix=d.source.prefix.rstrip("/") + "/",
-        text=text,
-    )
+    return parse(DatasetSpec, text, origin, "a dataset spec is a mapping with name, source, columns")
 
 
 def load_spec(name_or_path: str) -> DatasetSpec:

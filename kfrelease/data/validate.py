@@ -81,7 +81,7 @@ def check(df: pd.DataFrame, spec: DatasetSpec, quarantine: bool | None = None) -
             problems.append(Problem(col, "column is not declared in the spec", fatal=True))
     typed: dict[str, pd.Series] = {}
     bad = ragged.copy()
-    for c in spec.columns:
+    for c in spec.columns.values():
         if c.name not in df.columns:
             if c.nullable:  # an optional column older sources do not have: no value in any row
                 typed[c.name] = convert(pd.Series(pd.NA, index=df.index, dtype="string"), c.dtype).values

@@ -182,22 +182,11 @@ def create_release_demo_project(
 
 
 def _spec_file(ctx: DemoContext):
-    import yaml
-
     from kfrelease.rollout.spec import load_rollout_spec
 
     path = ctx.settings.home / "demo" / "rollout.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = load_rollout_spec().to_dict()
-    for section, changes in DEMO_SPEC.items():
-        for key, value in changes.items():
-            if isinstance(value, dict):
-                doc[section][key].update(value)
-            else:
-                doc[section][key] = value
-    doc["canary"]["steps"] = list(doc["canary"]["steps"])
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    load_rollout_spec(path)  # checked
+    path.write_text(load_rollout_spec().with_changes(**DEMO_SPEC).to_yaml())  # checked by with_changes
     return path
 
 

@@ -2,7 +2,7 @@
 ``AnalysisTemplate`` metrics with ``successCondition``/``failureLimit``, whose ``assessMetricStatus`` is a
 pure function: argoproj/argo-rollouts ``analysis/analysis.go``).
 
-A check (``CheckSpec``, a list under ``canary.checks`` of the rollout spec) names its ``source`` and what it
+A check (``kfrelease.rollout.spec.CheckSpec``, a list under ``canary.checks`` of the rollout spec) names its ``source`` and what it
 reads: ``traffic`` checks read the canary's metric source (``canary.metrics_source``) through a built-in
 ``series`` (``requests``, ``error_rate``, ``p99_latency_ms``) or, with Prometheus, a declared PromQL
 ``query`` (placeholders ``{model}``, ``{version}``, ``{stage}``, ``{window}``); ``labels`` checks run the
@@ -21,67 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-SOURCES = ("traffic", "labels")
-SERIES = ("requests", "error_rate", "p99_latency_ms")
-ON_SHORT = ("hold", "skip")
-ON_INCONCLUSIVE = ("advance", "hold")
+from kfrelease.rollout.spec import CheckSpec
+
 ACTIONS = ("advance", "hold", "rollback", "promote")
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    """One declared canary check (an entry of ``canary.checks``)."""
-
-    name: str
-    source: str = "traffic"  # traffic | labels
-    series: str | None = None  # traffic: requests | error_rate | p99_latency_ms
-    query: str | None = None  # traffic, metrics_source prometheus: a PromQL expression returning one number
-    max: float | None = None  # failed above
-    min: float | None = None  # failed below
-    min_samples: int = 0  # step requests (traffic) or labelled pairs (labels) before the check counts
-    on_short: str | None = None  # below min_samples: hold | skip (default: hold for traffic, skip for labels)
-    # labels only: the paired test; None takes the shadow gate's value
-    margin: float | None = None
-    error_rate: float | None = None
-    on_inconclusive: str = "advance"  # labels: an undecided test lets the step advance, or holds it
-
-    @property
-    def short_status(self) -> str:
-        mode = self.on_short or ("hold" if self.source == "traffic" else "skip")
-        return "held" if mode == "hold" else "skipped"
-
-    def problems(self) -> list[str]:
-        """What is wrong with this declaration (empty when it is well formed)."""
-        out = []
-        if not self.name:
-            out.append("a check needs a name")
-        if self.source not in SOURCES:
-            out.append(f"source {self.source!r} is unknown; use one of {', '.join(SOURCES)}")
-        if self.source == "traffic":
-            if (self.series is None) == (self.query is None):
-                out.append(f"give exactly one of series ({', '.join(SERIES)}) or query (PromQL)")
-            if self.series is not None and self.series not in SERIES:
-                out.append(f"series {self.series!r} is unknown; use one of {', '.join(SERIES)}")
-        elif self.series or self.query or self.max is not None or self.min is not None:
-            out.append("a labels check takes no series, query, min or max: the paired test decides")
-        if self.on_short is not None and self.on_short not in ON_SHORT:
-            out.append(f"on_short {self.on_short!r} is unknown; use one of {', '.join(ON_SHORT)}")
-        if self.on_inconclusive not in ON_INCONCLUSIVE:
-            out.append(f"on_inconclusive {self.on_inconclusive!r} is unknown; use one of {', '.join(ON_INCONCLUSIVE)}")
-        if self.min_samples < 0:
-            out.append("min_samples must be at least 0")
-        if self.max is not None and self.min is not None and self.min > self.max:
-            out.append(f"min {self.min} is above max {self.max}")
-        return out
-
-
-#: The default checks (what ``kfrelease/rollout/default.yaml`` declares).
-DEFAULT_CHECKS = (
-    CheckSpec("requests", series="requests", min_samples=20),
-    CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=20),
-    CheckSpec("p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=20),
-    CheckSpec("accuracy", source="labels", min_samples=10),
-)
 
 
 @dataclass

@@ -161,7 +161,6 @@ class ReleaseController:
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
 
-        spec.check()
         self.settings, self.spec, self.driver, self.who = settings, spec, driver, who
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)

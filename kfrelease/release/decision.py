@@ -56,53 +56,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kfrelease.errors import KfreleaseError
+from kfrelease.rollout.spec import GateError, GateRule
 
-LOSSES = ("squared", "absolute")
 DECISIONS = ("pass", "fail", "continue", "insufficient")
-BOUNDARIES = ("asymptotic", "bernstein")
 #: Intrinsic time of the normal mixture (in pairs): the boundary is tightest near a few hundred pairs.
 MIXTURE_PAIRS = 100.0
-
-
-class GateError(KfreleaseError):
-    """The decision rule or its input is malformed (nothing was decided)."""
-
-
-@dataclass(frozen=True)
-class GateRule:
-    """What the spec declares about one paired decision (``shadow`` and ``canary`` accuracy checks)."""
-
-    margin: float = 0.02  # non-inferiority margin: candidate loss <= (1 + margin) x production's
-    error_rate: float = 0.05  # declared error rate of each wrong decision (wrong pass, wrong fail)
-    loss: str = "squared"  # squared | absolute: the loss the decision is taken on
-    fail_above: str = "zero"  # zero: fail when surely worse; margin: only when worse by more than the margin
-    clip: float = 4.0  # absolute errors are clipped at clip x production's reference RMSE
-    min_samples: int = 30  # do not even look before this many pairs
-    max_samples: int | None = None  # undecided at this many pairs: insufficient evidence
-    burn_in: int = 30  # without a reference RMSE: pairs used to fix the clip (left out of the test)
-    boundary: str = "asymptotic"  # asymptotic | bernstein (see the module docstring)
-
-    def check(self, where: str = "decision rule") -> None:
-        def bad(msg: str):
-            raise GateError(f"{where}: {msg}")
-
-        if not 0 < self.error_rate < 0.5:
-            bad(f"error_rate {self.error_rate} must be above 0 and below 0.5 (e.g. 0.05)")
-        if not (0 <= self.margin and math.isfinite(self.margin)):
-            bad(f"margin {self.margin} must be at least 0 (a share of production's loss, e.g. 0.02)")
-        if self.loss not in LOSSES:
-            bad(f"loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
-        if self.boundary not in BOUNDARIES:
-            bad(f"boundary {self.boundary!r} is unknown; use one of {', '.join(BOUNDARIES)}")
-        if self.fail_above not in ("zero", "margin"):
-            bad(f"fail_above {self.fail_above!r} is unknown; use zero or margin")
-        if not self.clip > 0:
-            bad(f"clip {self.clip} must be above 0 (e.g. 4 reference RMSEs)")
-        if self.min_samples < 2 or self.burn_in < 2:
-            bad("min_samples and burn_in must be at least 2")
-        if self.max_samples is not None and self.max_samples < self.min_samples:
-            bad(f"max_samples {self.max_samples} is below min_samples {self.min_samples}")
 
 
 @dataclass

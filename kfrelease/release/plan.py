@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from kfrelease.release.decision import GateRule, clipped_losses, first_decisions
+from kfrelease.release.decision import clipped_losses, first_decisions
+from kfrelease.rollout.spec import GateRule
 
 
 @dataclass

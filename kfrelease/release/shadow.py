@@ -31,7 +31,8 @@ import pandas as pd
 from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
 from kfrelease.metrics import regression_metrics
-from kfrelease.release.decision import GateRule, PairSequence, decide
+from kfrelease.release.decision import PairSequence, decide
+from kfrelease.rollout.spec import GateRule
 
 log = logging.getLogger(__name__)
 

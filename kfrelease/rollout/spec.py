@@ -1,40 +1,38 @@
 """``RolloutSpec``: shadow gate, canary steps with checks, rollback rule and serving settings.
 
-Checked on load: steps strictly increasing within 1..100 and ending at 100, positive interval, ratios
-above 0, a known metrics source. A bad spec raises ``RolloutSpecError`` before any traffic moves.
+One declaration: each class below is at once the YAML a ``rollout.yaml`` holds (every key described, its
+default named, unknown keys refused) and the frozen value the release uses. Its rules are checked when it
+is built (steps strictly increasing within 1..100 and ending at 100, a positive interval, a well-formed
+decision rule and checks), so a bad spec raises ``RolloutSpecError`` before any traffic moves, and a spec
+changed in code (``with_changes``) is checked again. ``GateRule`` is what the shadow gate and a canary's
+accuracy check declare about one paired decision (the release's sequential test decides with it), and a
+``CheckSpec`` is one declared canary check (the release's pure ``judge`` judges it). The release imports
+this package; this package imports nothing of the release.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from kfrelease.errors import ConfigError
-from kfrelease.release.checks import (
-    DEFAULT_CHECKS,
-    ON_INCONCLUSIVE,
-    ON_SHORT,
-    SERIES,
-    SOURCES,
-    CheckSpec,
-)
-from kfrelease.specs import Number, SpecDocument, to_dataclass, validate, yaml_mapping
+from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.specs import Items, Number, Section, SpecDocument, at_least, at_most, parse, repeated
 
 METRICS_SOURCES = ("auto", "predictor", "prometheus")
 DEPLOYMENT_MODES = ("Serverless", "RawDeployment")
-
-
-class RolloutSpecError(ConfigError):
-    """The rollout spec is malformed; nothing was changed."""
-
-
 AT_LIMIT = ("keep_staging", "reject")
+LOSSES = ("squared", "absolute")
+BOUNDARIES = ("asymptotic", "bernstein")
+SOURCES = ("traffic", "labels")
+SERIES = ("requests", "error_rate", "p99_latency_ms")
+ON_SHORT = ("hold", "skip")
+ON_INCONCLUSIVE = ("advance", "hold")
 #: Keys of older specs and what replaced them (a spec that still has one gets an error saying so).
 REPLACED = {
     "shadow.max_rmse_ratio": "shadow.margin and shadow.error_rate (a paired sequential test, issue 15)",
@@ -42,162 +40,52 @@ REPLACED = {
 }
 
 
-@dataclass(frozen=True)
-class ShadowSpec:
-    """The shadow gate: a paired anytime-valid sequential test (``kfrelease.release.decision``)."""
+class RolloutSpecError(ConfigError):
+    """The rollout spec is malformed; nothing was changed."""
 
-    mirror_percent: float = 100.0
-    min_labelled_samples: int = 30  # do not even look before this many labelled pairs
-    margin: float = 0.02  # pass: candidate loss <= (1 + margin) x production's, on the same requests
-    error_rate: float = 0.05  # declared rate of each wrong decision (worse passed, at-least-as-good failed)
-    loss: str = "squared"  # squared | absolute
-    fail_above: str = "zero"  # zero: fail when surely worse; margin: when surely worse by more than margin
-    clip: float = 4.0  # errors clipped at clip x production's held-out RMSE (heavy tails)
-    boundary: str = "asymptotic"  # asymptotic | bernstein
+
+class GateError(KfreleaseError):
+    """The decision rule or its input is malformed (nothing was decided)."""
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """What the spec declares about one paired decision (``shadow`` and ``canary`` accuracy checks)."""
+
+    margin: float = 0.02  # non-inferiority margin: candidate loss <= (1 + margin) x production's
+    error_rate: float = 0.05  # declared error rate of each wrong decision (wrong pass, wrong fail)
+    loss: str = "squared"  # squared | absolute: the loss the decision is taken on
+    fail_above: str = "zero"  # zero: fail when surely worse; margin: only when worse by more than the margin
+    clip: float = 4.0  # absolute errors are clipped at clip x production's reference RMSE
+    min_samples: int = 30  # do not even look before this many pairs
     max_samples: int | None = None  # undecided at this many pairs: insufficient evidence
-    max_wait_seconds: float = 900.0  # undecided after this long: insufficient evidence
-    at_limit: str = "keep_staging"  # insufficient evidence: keep_staging | reject (production unchanged)
+    burn_in: int = 30  # without a reference RMSE: pairs used to fix the clip (left out of the test)
+    boundary: str = "asymptotic"  # asymptotic | bernstein (see the release's decision module)
 
-    def rule(self):
-        from kfrelease.release.decision import GateRule
-
-        return GateRule(
-            margin=self.margin,
-            error_rate=self.error_rate,
-            loss=self.loss,
-            fail_above=self.fail_above,
-            clip=self.clip,
-            min_samples=self.min_labelled_samples,
-            max_samples=self.max_samples,
-            boundary=self.boundary,
-        )
-
-
-@dataclass(frozen=True)
-class CanarySpec:
-    steps: tuple[int, ...] = (10, 25, 50, 100)
-    interval_seconds: float = 30.0
-    checks: tuple[CheckSpec, ...] = DEFAULT_CHECKS  # judged by kfrelease.release.checks.judge
-    failure_threshold: int = 1
-    max_holds: int = 3  # intervals in a row a step may be held (too few requests) before rolling back
-    metrics_source: str = "auto"  # auto: predictor on the embedded stack, prometheus on a cluster
-    # where the canary's metrics come from with metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL,
-    # else (embedded stack only) the stack's Prometheus; on a cluster, e.g. http://prometheus-operated.monitoring:9090
-    prometheus_url: str = ""
-
-    def check_named(self, name: str) -> CheckSpec | None:
-        return next((c for c in self.checks if c.name == name), None)
-
-
-@dataclass(frozen=True)
-class RollbackSpec:
-    reject_candidate: bool = True
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    namespace: str = "kfrelease-serving"
-    deployment_mode: str = "Serverless"
-    min_replicas: int = 1
-    max_replicas: int = 4
-    scale_target: int = 10
-    cpu: str = "500m"
-    memory: str = "512Mi"
-
-
-@dataclass(frozen=True)
-class RolloutSpec:
-    model: str = ""  # empty: not yet bound to a model; ``load_rollout_spec(..., model=M)`` binds it
-    shadow: ShadowSpec = field(default_factory=ShadowSpec)
-    canary: CanarySpec = field(default_factory=CanarySpec)
-    rollback: RollbackSpec = field(default_factory=RollbackSpec)
-    serving: ServingSpec = field(default_factory=ServingSpec)
-
-    def with_changes(self, **sections) -> RolloutSpec:
-        """A copy with some fields of some sections replaced, e.g. ``canary={"interval_seconds": 2}``."""
-        updates = {}
-        for name, changes in sections.items():
-            current = getattr(self, name)
-            updates[name] = dataclasses.replace(current, **changes) if dataclasses.is_dataclass(current) else changes
-        spec = dataclasses.replace(self, **updates)
-        spec.check()
-        return spec
-
-    def to_dict(self) -> dict:
-        """Plain YAML-able data (lists, not tuples)."""
-
-        def plain(x):
-            if isinstance(x, dict):
-                return {k: plain(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [plain(v) for v in x]
-            return x
-
-        return plain(dataclasses.asdict(self))
-
-    def check(self, origin: str = "rollout spec") -> None:
+    def check(self, where: str = "decision rule") -> None:
         def bad(msg: str):
-            raise RolloutSpecError(f"{origin}: {msg}; nothing was changed")
+            raise GateError(f"{where}: {msg}")
 
-        steps = list(self.canary.steps)
-        if not steps:
-            bad("canary.steps is empty; give weights such as [10, 25, 50, 100]")
-        for w in steps:
-            if not isinstance(w, int) or isinstance(w, bool) or not 0 < w <= 100:
-                bad(f"canary.steps has weight {w!r}; each step is a whole percent from 1 to 100")
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            bad(f"canary.steps {steps} are not strictly increasing")
-        if steps[-1] != 100:
-            bad(f"canary.steps {steps} must end at 100 (full promotion)")
-        if not 0 <= self.shadow.mirror_percent <= 100:
-            bad(f"shadow.mirror_percent {self.shadow.mirror_percent} is outside 0..100")
-        if self.canary.interval_seconds <= 0:
-            bad("canary.interval_seconds must be above 0")
-        from kfrelease.release.decision import GateError
-
-        try:
-            self.shadow.rule().check("shadow")
-        except GateError as exc:
-            bad(str(exc))
-        if self.shadow.at_limit not in AT_LIMIT:
-            bad(f"shadow.at_limit {self.shadow.at_limit!r} is unknown; use one of {', '.join(AT_LIMIT)}")
-        if not self.shadow.max_wait_seconds > 0:
-            bad("shadow.max_wait_seconds must be above 0")
-        names = [c.name for c in self.canary.checks]
-        if len(set(names)) != len(names):
-            bad(f"canary.checks names {names} are not unique")
-        for c in self.canary.checks:
-            for problem in c.problems():
-                bad(f"canary check {c.name!r}: {problem}")
-            if c.query and self.canary.metrics_source != "prometheus":
-                bad(f"canary check {c.name!r} has a query; queries need canary.metrics_source: prometheus")
-        if self.canary.max_holds < 0:
-            bad("canary.max_holds must be at least 0")
-        if self.canary.metrics_source not in METRICS_SOURCES:
-            bad(
-                f"canary.metrics_source {self.canary.metrics_source!r} is unknown; "
-                f"use one of {', '.join(METRICS_SOURCES)}"
-            )
-        if self.serving.deployment_mode not in DEPLOYMENT_MODES:
-            bad(f"serving.deployment_mode {self.serving.deployment_mode!r}; use one of {', '.join(DEPLOYMENT_MODES)}")
-        if self.canary.failure_threshold < 1 or self.shadow.min_labelled_samples < 1:
-            bad("canary.failure_threshold and shadow.min_labelled_samples must be at least 1")
+        if not 0 < self.error_rate < 0.5:
+            bad(f"error_rate {self.error_rate} must be above 0 and below 0.5 (e.g. 0.05)")
+        if not (0 <= self.margin and math.isfinite(self.margin)):
+            bad(f"margin {self.margin} must be at least 0 (a share of production's loss, e.g. 0.02)")
+        if self.loss not in LOSSES:
+            bad(f"loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+        if self.boundary not in BOUNDARIES:
+            bad(f"boundary {self.boundary!r} is unknown; use one of {', '.join(BOUNDARIES)}")
+        if self.fail_above not in ("zero", "margin"):
+            bad(f"fail_above {self.fail_above!r} is unknown; use zero or margin")
+        if not self.clip > 0:
+            bad(f"clip {self.clip} must be above 0 (e.g. 4 reference RMSEs)")
+        if self.min_samples < 2 or self.burn_in < 2:
+            bad("min_samples and burn_in must be at least 2")
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            bad(f"max_samples {self.max_samples} is below min_samples {self.min_samples}")
 
 
-# The documents a rollout.yaml holds (pydantic, for validation and the JSON Schema); defaults come from the
-# dataclasses above, so each has one home.
-def _default(cls, name: str):
-    value = getattr(cls, name)
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _from(cls, name: str, description: str):
-    """A document key whose default is the runtime dataclass's."""
-    return Field(_default(cls, name), description=description)
-
-
-class CheckDocument(SpecDocument):
-    """One canary check (``kfrelease.release.checks.CheckSpec``), judged at every step."""
+class CheckSpec(SpecDocument):
+    """One canary check, judged at every step."""
 
     name: str = Field(min_length=1, description="The check's name, unique within `canary.checks`.")
     source: Literal[SOURCES] = Field(
@@ -211,7 +99,9 @@ class CheckDocument(SpecDocument):
     )
     max: Number | None = Field(None, description="traffic: the check fails above this value.")
     min: Number | None = Field(None, description="traffic: the check fails below this value.")
-    min_samples: int = Field(0, description="Step requests (traffic) or labelled pairs (labels) before it counts.")
+    min_samples: Annotated[int, at_least(0)] = Field(
+        0, description="Step requests (traffic) or labelled pairs (labels) before it counts."
+    )
     on_short: Literal[ON_SHORT] | None = Field(
         None,
         description="Below `min_samples`: `hold` the step or `skip` the check (null: hold for traffic, "
@@ -223,69 +113,118 @@ class CheckDocument(SpecDocument):
         "advance", description="labels: an undecided test lets the step `advance`, or `hold`s it."
     )
 
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.source == "traffic" and (self.series is None) == (self.query is None):
+            raise ValueError(f"give exactly one of series ({', '.join(SERIES)}) or query (PromQL)")
+        if self.source == "labels" and (self.series or self.query or self.max is not None or self.min is not None):
+            raise ValueError("a labels check takes no series, query, min or max: the paired test decides")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
 
-class ShadowDocument(SpecDocument):
+    @property
+    def short_status(self) -> str:
+        mode = self.on_short or ("hold" if self.source == "traffic" else "skip")
+        return "held" if mode == "hold" else "skipped"
+
+
+#: The default checks (what ``kfrelease/rollout/default.yaml`` declares).
+DEFAULT_CHECKS = (
+    CheckSpec(name="requests", series="requests", min_samples=20),
+    CheckSpec(name="error_rate", series="error_rate", max=0.01, min_samples=20),
+    CheckSpec(name="p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=20),
+    CheckSpec(name="accuracy", source="labels", min_samples=10),
+)
+
+
+class ShadowSpec(SpecDocument):
     """The shadow gate: a paired, anytime-valid sequential test on the same labelled requests."""
 
-    mirror_percent: Number = _from(
-        ShadowSpec, "mirror_percent", "Share of production requests mirrored to the candidate, 0..100."
+    mirror_percent: Annotated[Number, at_least(0), at_most(100)] = Field(
+        100.0, description="Share of production requests mirrored to the candidate, 0..100."
     )
-    min_labelled_samples: int = _from(
-        ShadowSpec, "min_labelled_samples", "Do not even look before this many labelled pairs (>= 1)."
+    min_labelled_samples: int = Field(30, description="Do not even look before this many labelled pairs (>= 1).")
+    margin: Number = Field(
+        0.02, description="Pass: candidate loss <= (1 + margin) x production's on the same requests."
     )
-    margin: Number = _from(
-        ShadowSpec, "margin", "Pass: candidate loss <= (1 + margin) x production's on the same requests."
+    error_rate: Number = Field(0.05, description="Declared rate of each wrong decision, above 0 and below 0.5.")
+    loss: Literal[LOSSES] = Field("squared", description="`squared` (MSE) or `absolute` (MAE).")
+    fail_above: Literal["zero", "margin"] = Field(
+        "zero", description="Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`)."
     )
-    error_rate: Number = _from(ShadowSpec, "error_rate", "Declared rate of each wrong decision, above 0 and below 0.5.")
-    loss: Literal["squared", "absolute"] = _from(ShadowSpec, "loss", "`squared` (MSE) or `absolute` (MAE).")
-    fail_above: Literal["zero", "margin"] = _from(
-        ShadowSpec, "fail_above", "Fail when surely worse (`zero`) or surely worse by more than the margin (`margin`)."
+    clip: Number = Field(4.0, description="Errors clipped at this many times production's held-out RMSE (heavy tails).")
+    boundary: Literal[BOUNDARIES] = Field(
+        "asymptotic", description="`asymptotic` or `bernstein` (exact, needs more pairs)."
     )
-    clip: Number = _from(
-        ShadowSpec, "clip", "Errors clipped at this many times production's held-out RMSE (heavy tails)."
+    max_samples: int | None = Field(
+        None, description="Undecided at this many pairs: insufficient evidence (null: no limit)."
     )
-    boundary: Literal["asymptotic", "bernstein"] = _from(
-        ShadowSpec, "boundary", "`asymptotic` or `bernstein` (exact, needs more pairs)."
+    max_wait_seconds: Annotated[Number, at_least(0, above=True)] = Field(
+        900.0, description="Undecided after this long: insufficient evidence."
     )
-    max_samples: int | None = _from(
-        ShadowSpec, "max_samples", "Undecided at this many pairs: insufficient evidence (null: no limit)."
-    )
-    max_wait_seconds: Number = _from(
-        ShadowSpec, "max_wait_seconds", "Undecided after this long: insufficient evidence."
-    )
-    at_limit: Literal[AT_LIMIT] = _from(
-        ShadowSpec, "at_limit", "Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way."
+    at_limit: Literal[AT_LIMIT] = Field(
+        "keep_staging",
+        description="Insufficient evidence: `keep_staging` or `reject`; production is unchanged either way.",
     )
 
+    @model_validator(mode="after")
+    def _rule(self):
+        try:
+            self.rule().check("shadow")
+        except GateError as exc:
+            raise ValueError(str(exc).removeprefix("shadow: ")) from None
+        return self
 
-class CanaryDocument(SpecDocument):
+    def rule(self) -> GateRule:
+        return GateRule(
+            margin=self.margin,
+            error_rate=self.error_rate,
+            loss=self.loss,
+            fail_above=self.fail_above,
+            clip=self.clip,
+            min_samples=self.min_labelled_samples,
+            max_samples=self.max_samples,
+            boundary=self.boundary,
+        )
+
+
+class CanarySpec(SpecDocument):
     """The gradual rollout: traffic steps, the checks at each step, when to roll back."""
 
-    steps: list[int] = _from(
-        CanarySpec, "steps", "Canary weight at each step, percent, strictly increasing, ending at 100."
+    steps: Items[int] = Field(
+        (10, 25, 50, 100), description="Canary weight at each step, percent, strictly increasing, ending at 100."
     )
-    interval_seconds: Number = _from(
-        CanarySpec, "interval_seconds", "Time at each step before its checks decide (> 0)."
+    interval_seconds: Annotated[Number, at_least(0, above=True)] = Field(
+        30.0, description="Time at each step before its checks decide (> 0)."
     )
-    checks: list[CheckDocument] = Field(
-        [CheckDocument(**asdict(c)) for c in DEFAULT_CHECKS], description="The checks judged at every step."
+    checks: Items[CheckSpec] = Field(DEFAULT_CHECKS, description="The checks judged at every step.")
+    failure_threshold: Annotated[int, at_least(1)] = Field(
+        1, description="Failed checks tolerated before rollback (Flagger's `threshold`)."
     )
-    failure_threshold: int = _from(
-        CanarySpec, "failure_threshold", "Failed checks tolerated before rollback (Flagger's `threshold`)."
+    max_holds: Annotated[int, at_least(0)] = Field(
+        3, description="Intervals in a row a step may be held (too few requests) before rollback."
     )
-    max_holds: int = _from(
-        CanarySpec, "max_holds", "Intervals in a row a step may be held (too few requests) before rollback."
+    metrics_source: Literal[METRICS_SOURCES] = Field(
+        "auto", description="`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`."
     )
-    metrics_source: Literal[METRICS_SOURCES] = _from(
-        CanarySpec,
-        "metrics_source",
-        "`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`.",
+    prometheus_url: str = Field(
+        "", description="metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's."
     )
-    prometheus_url: str = _from(
-        CanarySpec,
-        "prometheus_url",
-        "metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's.",
-    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps):
+        if not steps:
+            raise ValueError("is empty; give weights such as [10, 25, 50, 100]")
+        wrong = [w for w in steps if not 0 < w <= 100]
+        if wrong:
+            raise ValueError(f"lists weight {wrong[0]!r}; each step is a whole percent from 1 to 100")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"must be strictly increasing, not {list(steps)}")
+        if steps[-1] != 100:
+            raise ValueError(f"must end at 100 (full promotion), not {list(steps)}")
+        return steps
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -297,61 +236,76 @@ class CanaryDocument(SpecDocument):
             )
         return value
 
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, checks):
+        twice = repeated(c.name for c in checks)
+        if twice:
+            raise ValueError(f"lists the name(s) {', '.join(twice)} twice; give each check its own name")
+        return checks
 
-class RollbackDocument(SpecDocument):
+    @model_validator(mode="after")
+    def _queries(self):
+        queried = [c.name for c in self.checks if c.query]
+        if queried and self.metrics_source != "prometheus":
+            raise ValueError(f"check {queried[0]!r} has a query; queries need canary.metrics_source: prometheus")
+        return self
+
+    def check_named(self, name: str) -> CheckSpec | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+class RollbackSpec(SpecDocument):
     """What a rollback does besides restoring production's traffic."""
 
-    reject_candidate: bool = _from(
-        RollbackSpec, "reject_candidate", "Mark a rolled-back candidate `rejected` in the registry."
-    )
+    reject_candidate: bool = Field(True, description="Mark a rolled-back candidate `rejected` in the registry.")
 
 
-class ServingDocument(SpecDocument):
+class ServingSpec(SpecDocument):
     """How the model is served (KServe InferenceService settings; the embedded stack reads the namespace only)."""
 
-    namespace: str = _from(ServingSpec, "namespace", "Kubernetes namespace of the serving.")
-    deployment_mode: Literal[DEPLOYMENT_MODES] = _from(
-        ServingSpec, "deployment_mode", "`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list)."
+    namespace: str = Field("kfrelease-serving", description="Kubernetes namespace of the serving.")
+    deployment_mode: Literal[DEPLOYMENT_MODES] = Field(
+        "Serverless", description="`Serverless` (canaryTrafficPercent) or `RawDeployment` (spec.canary list)."
     )
-    min_replicas: int = _from(ServingSpec, "min_replicas", "Fewest predictor replicas.")
-    max_replicas: int = _from(ServingSpec, "max_replicas", "Most predictor replicas.")
-    scale_target: int = _from(ServingSpec, "scale_target", "Concurrent requests per replica (Knative autoscaling).")
-    cpu: str = _from(ServingSpec, "cpu", "CPU request of a predictor replica.")
-    memory: str = _from(ServingSpec, "memory", "Memory request of a predictor replica.")
+    min_replicas: int = Field(1, description="Fewest predictor replicas.")
+    max_replicas: int = Field(4, description="Most predictor replicas.")
+    scale_target: int = Field(10, description="Concurrent requests per replica (Knative autoscaling).")
+    cpu: str = Field("500m", description="CPU request of a predictor replica.")
+    memory: str = Field("512Mi", description="Memory request of a predictor replica.")
 
 
-class RolloutDocument(SpecDocument):
+class RolloutSpec(SpecDocument):
     """A rollout spec (`rollout.yaml`): how a candidate goes from staging (shadow) to production."""
 
+    error: ClassVar[type[ConfigError]] = RolloutSpecError
+    error_suffix: ClassVar[str] = "; nothing was changed"
     model: str = Field(
         "",
         description="The model (its registry name) this spec is for; usually left out: the spec in a model "
         "project is bound to that project's model, and a spec naming another model is refused.",
     )
-    shadow: ShadowDocument | None = Field(None, description="The shadow gate.")
-    canary: CanaryDocument | None = Field(None, description="The canary steps and their checks.")
-    rollback: RollbackDocument | None = Field(None, description="The rollback rule.")
-    serving: ServingDocument | None = Field(None, description="Serving settings.")
+    shadow: Section[ShadowSpec] = Field(None, description="The shadow gate.")
+    canary: Section[CanarySpec] = Field(None, description="The canary steps and their checks.")
+    rollback: Section[RollbackSpec] = Field(None, description="The rollback rule.")
+    serving: Section[ServingSpec] = Field(None, description="Serving settings.")
 
-
-def _replaced(doc: dict, origin: str) -> None:
-    for path, replacement in REPLACED.items():
-        section, _, key = path.partition(".")
-        if isinstance(doc.get(section), dict) and key in doc[section]:
-            raise RolloutSpecError(
-                f"{origin}: {path} is no longer a setting; it was replaced by {replacement}; "
-                "see kfrelease/rollout/default.yaml; nothing was changed"
-            )
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        for path, replacement in REPLACED.items():
+            section, _, key = path.partition(".")
+            if isinstance(data, dict) and isinstance(data.get(section), dict) and key in data[section]:
+                raise ValueError(
+                    f"{path} is no longer a setting; it was replaced by {replacement}; "
+                    "see kfrelease/rollout/default.yaml"
+                )
+        return data
 
 
 def parse_rollout_spec(text: str, origin: str = "rollout spec") -> RolloutSpec:
     shape = "a rollout spec is a mapping of sections (shadow, canary, rollback, serving)"
-    doc = yaml_mapping(text, origin, shape, RolloutSpecError, empty_ok=True)
-    _replaced(doc, origin)
-    d = validate(RolloutDocument, doc, origin, RolloutSpecError, "; nothing was changed")
-    spec = to_dataclass(RolloutSpec, d)
-    spec.check(origin)
-    return spec
+    return parse(RolloutSpec, text, origin, shape, empty_ok=True)
 
 
 def bind_model(spec: RolloutSpec, model: str | None, origin: str = "rollout spec") -> RolloutSpec:
@@ -363,7 +317,7 @@ def bind_model(spec: RolloutSpec, model: str | None, origin: str = "rollout spec
             f"{origin} is for model {spec.model!r}, not {model!r}; remove its `model:` line or give that "
             "model's own rollout.yaml; nothing was changed"
         )
-    return dataclasses.replace(spec, model=model)
+    return spec.with_changes(model=model)
 
 
 def load_rollout_spec(path: str | Path | None = None, model: str | None = None) -> RolloutSpec:

@@ -49,7 +49,7 @@ def split(spec: ModelSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
 
     cols = [*spec.features, spec.target]
     frame = df[cols].astype("float64")
-    train, test = train_test_split(frame, test_size=spec.test_size, random_state=spec.seed, shuffle=True)
+    train, test = train_test_split(frame, test_size=spec.split.test_size, random_state=spec.split.seed, shuffle=True)
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
@@ -60,7 +60,7 @@ def train(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> Train
     train_df, test_df = split(spec, df)
     if hasattr(estimator, "random_state") and getattr(estimator, "random_state", None) is None:
         try:
-            estimator.set_params(random_state=spec.seed)
+            estimator.set_params(random_state=spec.split.seed)
         except ValueError:
             pass
     start = time.perf_counter()

@@ -23,9 +23,12 @@ stale one.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
+from kfrelease.specs import Number, SpecDocument
 
 #: Steps whose code is the merged model code.
 MODEL_STEPS = ("train", "evaluate")
@@ -63,56 +66,59 @@ def cpu_cores(text: str) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpu: str
-    memory: str
-    cpu_limit: str
-    memory_limit: str
-    node_selector: dict = field(default_factory=dict)
+#: What the model steps get by default: they hold the data and the fit (FACTS: ~2.5 GB for 4.7M rows).
+_MODEL = {"cpu": "1", "memory": "2Gi", "cpu_limit": "2", "memory_limit": "4Gi"}
 
 
-#: Defaults: the model steps hold the data and the fit (FACTS: ~2.5 GB for 4.7M rows); the rest is small.
-MODEL_DEFAULT = Resources(cpu="1", memory="2Gi", cpu_limit="2", memory_limit="4Gi")
+class Resources(SpecDocument):
+    """What the train and evaluate steps may use (Kubernetes quantities; every key optional)."""
+
+    cpu: str | Number | None = Field(None, description=f"CPU request, e.g. 2 or 500m (default {_MODEL['cpu']}).")
+    memory: str | None = Field(None, description=f"Memory request, e.g. 8Gi (default {_MODEL['memory']}).")
+    cpu_limit: str | Number | None = Field(
+        None, description=f"CPU limit, at least the request (default {_MODEL['cpu_limit']}, or the request)."
+    )
+    memory_limit: str | None = Field(
+        None, description=f"Memory limit, at least the request (default {_MODEL['memory_limit']}, or the request)."
+    )
+    node_selector: dict[str, str] | None = Field(None, description="Node labels the steps must run on.")
+
+    @field_validator("cpu", "cpu_limit")
+    @classmethod
+    def _cpu(cls, value):
+        if value is not None and not _CPU.match(str(value)):
+            raise ValueError(f"must be a CPU quantity such as 2 or 500m, not {value!r}")
+        return None if value is None else str(value)
+
+    @field_validator("memory", "memory_limit")
+    @classmethod
+    def _memory(cls, value):
+        if value is not None and not _MEMORY.match(value):
+            raise ValueError(f"must be a memory quantity such as 4Gi, not {value!r}")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _effective(cls, data: Any, handler) -> Resources:
+        """What a step gets: a key left out takes the model steps' default; a request above the default limit
+        (and no limit given) is the limit too; a limit is at least its request."""
+        declared = handler(data)
+        given = {k: v for k, v in declared.model_dump().items() if v is not None}
+        values = {**_MODEL, "node_selector": {}, **given}
+        if "memory" in given and "memory_limit" not in given:
+            big = memory_bytes(values["memory"]) > memory_bytes(_MODEL["memory_limit"])
+            values["memory_limit"] = values["memory"] if big else _MODEL["memory_limit"]
+        if "cpu" in given and "cpu_limit" not in given and cpu_cores(values["cpu"]) > cpu_cores(_MODEL["cpu_limit"]):
+            values["cpu_limit"] = values["cpu"]
+        if memory_bytes(values["memory_limit"]) < memory_bytes(values["memory"]):
+            raise ValueError(f"memory_limit {values['memory_limit']} is below memory {values['memory']}")
+        if cpu_cores(values["cpu_limit"]) < cpu_cores(values["cpu"]):
+            raise ValueError(f"cpu_limit {values['cpu_limit']} is below cpu {values['cpu']}")
+        return handler(values)
+
+
+MODEL_DEFAULT = Resources()
 STEP_DEFAULT = Resources(cpu="250m", memory="512Mi", cpu_limit="1", memory_limit="1Gi")
-KEYS = ("cpu", "memory", "cpu_limit", "memory_limit", "node_selector")
-
-
-def parse_resources(doc, origin: str) -> Resources:
-    """The model spec's ``resources`` mapping, checked (limits at least the requests)."""
-    if doc is None:
-        return MODEL_DEFAULT
-    if not isinstance(doc, dict) or set(doc) - set(KEYS):
-        raise ConfigError(f"{origin}: resources takes {', '.join(KEYS)} (e.g. {{cpu: '2', memory: 8Gi}})")
-    values = {**asdict(MODEL_DEFAULT), **{k: v for k, v in doc.items() if v is not None}}
-    for key in ("cpu", "cpu_limit"):
-        values[key] = str(values[key])
-        if not _CPU.match(values[key]):
-            raise ConfigError(f"{origin}: resources.{key} {values[key]!r} is not a CPU quantity such as 2 or 500m")
-    for key in ("memory", "memory_limit"):
-        values[key] = str(values[key])
-        if not _MEMORY.match(values[key]):
-            raise ConfigError(f"{origin}: resources.{key} {values[key]!r} is not a memory quantity such as 4Gi")
-    if "memory" in doc and "memory_limit" not in doc:
-        values["memory_limit"] = (
-            values["memory"]
-            if memory_bytes(values["memory"]) > memory_bytes(MODEL_DEFAULT.memory_limit)
-            else MODEL_DEFAULT.memory_limit
-        )
-    if "cpu" in doc and "cpu_limit" not in doc and cpu_cores(values["cpu"]) > cpu_cores(MODEL_DEFAULT.cpu_limit):
-        values["cpu_limit"] = values["cpu"]
-    if memory_bytes(values["memory_limit"]) < memory_bytes(values["memory"]):
-        raise ConfigError(
-            f"{origin}: resources.memory_limit {values['memory_limit']} is below memory {values['memory']}"
-        )
-    if cpu_cores(values["cpu_limit"]) < cpu_cores(values["cpu"]):
-        raise ConfigError(f"{origin}: resources.cpu_limit {values['cpu_limit']} is below cpu {values['cpu']}")
-    selector = values["node_selector"]
-    if not isinstance(selector, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
-    ):
-        raise ConfigError(f"{origin}: resources.node_selector maps node label names to values (strings)")
-    return Resources(**values)
 
 
 def pipeline_arguments(resources: Resources) -> dict:

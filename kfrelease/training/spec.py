@@ -33,130 +33,19 @@ import importlib
 import inspect
 import json
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Number, SpecDocument, did_you_mean, to_dataclass, validate, yaml_mapping
-from kfrelease.training.resources import MODEL_DEFAULT, Resources, parse_resources
-from kfrelease.training.retrain import NEW_DATA_MIN_INTERVAL_MINUTES
+from kfrelease.specs import Items, Section, SpecDocument, did_you_mean, parse, repeated
+from kfrelease.training.resources import Resources
+from kfrelease.training.retrain import RetrainPolicy
 
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    tag: int
-    dataset: str
-    features: tuple[str, ...]
-    target: str
-    estimator: dict | None = None  # {"class": "pkg.mod.Class", "params": {...}}
-    build: str | None = None  # "file.py:function"
-    test_size: float = 0.2
-    seed: int = 42
-    validation: dict = field(default_factory=dict)
-    code: dict = field(default_factory=dict)  # file name -> source text (for ``build``)
-    description: str = ""
-    resources: Resources = MODEL_DEFAULT  # what train/evaluate may use (kfrelease.training.resources)
-    text: str = field(default="", repr=False, compare=False)
-
-    # serialisation: components receive the spec as JSON (text + code) ---------------------------------
-    def to_json(self) -> str:
-        return json.dumps({"text": self.text, "code": self.code}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, doc: str) -> ModelSpec:
-        data = json.loads(doc)
-        return parse_spec(data["text"], code=data.get("code") or {})
-
-    @property
-    def definition(self) -> dict:
-        """What decides the manual revision (see the module docstring)."""
-        build_code = None
-        if self.build:
-            file = self.build.partition(":")[0]
-            build_code = {"entry": self.build, "source": self.code.get(file, "")}
-        return {
-            "features": list(self.features),
-            "target": self.target,
-            "estimator": self.estimator,
-            "build": build_code,
-            "split": {"test_size": self.test_size, "seed": self.seed},
-        }
-
-    @property
-    def fingerprint(self) -> str:
-        canonical = json.dumps(self.definition, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    @property
-    def input_schema(self) -> list[dict]:
-        return [{"name": f, "dtype": "float64"} for f in self.features]
-
-    def tolerance(self) -> float:
-        return float(self.validation.get("tolerance") or 0.0)
-
-    def thresholds(self) -> dict[str, float]:
-        return {k: float(self.validation[k]) for k in THRESHOLD_KEYS if self.validation.get(k) is not None}
-
-    # the estimator ----------------------------------------------------------------------------------
-    def build_estimator(self):
-        """A fresh, unfitted estimator. Raises ConfigError for an unknown class, a build function that
-        fails, or invalid hyper-parameters (scikit-learn's own parameter validation, before any fit)."""
-        if self.build:
-            est = self._from_build()
-        else:
-            est = self._from_class()
-        if not (hasattr(est, "fit") and hasattr(est, "predict")):
-            raise ConfigError(f"model spec {self.name!r}: {type(est).__name__} has no fit/predict; use a regressor")
-        validate = getattr(est, "_validate_params", None)  # scikit-learn >= 1.2 parameter constraints
-        if callable(validate):
-            try:
-                validate()
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"model spec {self.name!r}: invalid hyper-parameter: {exc}") from None
-        return est
-
-    def _from_class(self):
-        path = self.estimator["class"]
-        cls = _import_estimator(path, f"model spec {self.name!r}")
-        params = self.estimator.get("params") or {}
-        known = _param_names(cls)
-        unknown = [p for p in params if known and p not in known]
-        if unknown:
-            raise ConfigError(
-                f"model spec {self.name!r}: invalid hyper-parameter estimator.params.{unknown[0]}: {path} has no such "
-                f"parameter{did_you_mean(unknown[0], known)}; its parameters: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**params)
-        except TypeError as exc:
-            raise ConfigError(f"model spec {self.name!r}: invalid hyper-parameter for {path}: {exc}") from None
-
-    def _from_build(self):
-        file, _, func = self.build.partition(":")
-        source = self.code.get(file)
-        if source is None:
-            raise ConfigError(f"model spec {self.name!r}: build code {file!r} is not in the project")
-        module = types.ModuleType(f"kfrelease_model_{Path(file).stem}")
-        module.__file__ = file
-        try:
-            exec(compile(source, file, "exec"), module.__dict__)  # noqa: S102 - the project's own code, at its commit
-        except Exception as exc:  # noqa: BLE001 - any error in user code becomes one clear message
-            raise ConfigError(f"model spec {self.name!r}: {file} failed to load: {type(exc).__name__}: {exc}") from None
-        fn = getattr(module, func or "build_model", None)
-        if not callable(fn):
-            raise ConfigError(f"model spec {self.name!r}: {file} defines no function {func or 'build_model'!r}")
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"model spec {self.name!r}: {self.build} raised {type(exc).__name__}: {exc}") from None
 
 
 def _import_estimator(path: str, where: str):
@@ -204,7 +93,7 @@ def _param_names(cls) -> list[str]:
         return []
 
 
-class EstimatorDocument(SpecDocument):
+class EstimatorSpec(SpecDocument):
     """A scikit-learn compatible estimator named by its import path."""
 
     class_: str = Field(
@@ -217,7 +106,7 @@ class EstimatorDocument(SpecDocument):
     )
 
 
-class SplitDocument(SpecDocument):
+class SplitSpec(SpecDocument):
     """How the curated data is split into training and held-out test rows."""
 
     test_size: float = Field(0.2, description="Share of the rows held out for evaluation, between 0 and 1.")
@@ -231,7 +120,7 @@ class SplitDocument(SpecDocument):
         return value
 
 
-class ValidationDocument(SpecDocument):
+class ValidationSpec(SpecDocument):
     """What a candidate must meet to be registered as validated (any key may be left out or null)."""
 
     max_mse: float | None = Field(None, description="Largest allowed mean squared error on the test rows.")
@@ -248,35 +137,7 @@ class ValidationDocument(SpecDocument):
     )
 
 
-class ResourcesDocument(SpecDocument):
-    """What the train and evaluate steps may use (Kubernetes quantities; every key optional)."""
-
-    cpu: str | Number | None = Field(None, description=f"CPU request, e.g. 2 or 500m (default {MODEL_DEFAULT.cpu}).")
-    memory: str | None = Field(None, description=f"Memory request, e.g. 8Gi (default {MODEL_DEFAULT.memory}).")
-    cpu_limit: str | Number | None = Field(
-        None, description=f"CPU limit, at least the request (default {MODEL_DEFAULT.cpu_limit}, or the request)."
-    )
-    memory_limit: str | None = Field(
-        None, description=f"Memory limit, at least the request (default {MODEL_DEFAULT.memory_limit}, or the request)."
-    )
-    node_selector: dict[str, str] | None = Field(None, description="Node labels the steps must run on.")
-
-
-class RetrainDocument(SpecDocument):
-    """When the model is retrained automatically (``kfrelease.training.retrain``; not part of the definition)."""
-
-    on_new_data: bool = Field(
-        True, description="Retrain production's definition on a newer curated version of `dataset` (an auto revision)."
-    )
-    min_interval_minutes: float = Field(
-        NEW_DATA_MIN_INTERVAL_MINUTES,
-        ge=0,
-        description="At most one new-data retrain of this model per this many minutes (a newer version within it "
-        "is recorded as rate-limited and retrained once it has passed).",
-    )
-
-
-class ModelDocument(SpecDocument):
+class ModelSpec(SpecDocument):
     """A model spec (`model.yaml`, committed by the data scientists at the root of their model project)."""
 
     name: str = Field(min_length=1, description="The model's name in the registry.")
@@ -285,9 +146,9 @@ class ModelDocument(SpecDocument):
     dataset: str = Field(
         min_length=1, description="The curated dataset to train on (its latest version unless a run pins one)."
     )
-    features: list[str] = Field(description="The input columns, in order (the model's input schema).")
+    features: Items[str] = Field(description="The input columns, in order (the model's input schema).")
     target: str = Field(min_length=1, description="The column to predict.")
-    estimator: EstimatorDocument | None = Field(
+    estimator: EstimatorSpec | None = Field(
         None, description="A scikit-learn compatible estimator `{class, params}`; give this or `build`."
     )
     build: str | None = Field(
@@ -296,10 +157,11 @@ class ModelDocument(SpecDocument):
         description="`file.py:function` in the project returning an unfitted estimator (e.g. a Pipeline); "
         "give this or `estimator`.",
     )
-    split: SplitDocument | None = Field(None, description="How the data is split for evaluation.")
-    validation: ValidationDocument | None = Field(None, description="The thresholds a candidate must meet.")
-    resources: ResourcesDocument | None = Field(None, description="What the train and evaluate steps may use.")
-    retrain: RetrainDocument | None = Field(None, description="When new data retrains the model automatically.")
+    split: Section[SplitSpec] = Field(None, description="How the data is split for evaluation.")
+    validation: Section[ValidationSpec] = Field(None, description="The thresholds a candidate must meet.")
+    resources: Section[Resources] = Field(None, description="What the train and evaluate steps may use.")
+    retrain: Section[RetrainPolicy] = Field(None, description="When new data retrains the model automatically.")
+    _code: dict = PrivateAttr(default_factory=dict)  # file name -> source text (for ``build``)
 
     @field_validator("tag")
     @classmethod
@@ -313,7 +175,7 @@ class ModelDocument(SpecDocument):
     def _features(cls, value):
         if not value:
             raise ValueError("must be a non-empty list of column names")
-        twice = sorted({f for f in value if value.count(f) > 1})
+        twice = repeated(value)
         if twice:
             raise ValueError(f"lists {', '.join(twice)} twice")
         return value
@@ -326,27 +188,114 @@ class ModelDocument(SpecDocument):
             raise ValueError("give exactly one of estimator {class, params} or build: file.py:function")
         return self
 
+    # serialisation: components receive the spec as JSON (text + code) ---------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"text": self.text, "code": self.code}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, doc: str) -> ModelSpec:
+        data = json.loads(doc)
+        return parse_spec(data["text"], code=data.get("code") or {})
+
+    @property
+    def code(self) -> dict:
+        """The project's code the spec names (file name -> source text), for ``build``."""
+        return self._code
+
+    @property
+    def definition(self) -> dict:
+        """What decides the manual revision (see the module docstring)."""
+        estimator = None
+        if self.estimator is not None:  # as written: the fingerprint hashes it
+            estimator = {"class": self.estimator.class_, "params": dict(self.estimator.params or {})}
+        build_code = None
+        if self.build:
+            file = self.build.partition(":")[0]
+            build_code = {"entry": self.build, "source": self.code.get(file, "")}
+        return {
+            "features": list(self.features),
+            "target": self.target,
+            "estimator": estimator,
+            "build": build_code,
+            "split": {"test_size": float(self.split.test_size), "seed": self.split.seed},
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.definition, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def input_schema(self) -> list[dict]:
+        return [{"name": f, "dtype": "float64"} for f in self.features]
+
+    def tolerance(self) -> float:
+        return float(self.validation.tolerance or 0.0)
+
+    def thresholds(self) -> dict[str, float]:
+        limits = {k: getattr(self.validation, k) for k in THRESHOLD_KEYS}
+        return {k: float(v) for k, v in limits.items() if v is not None}
+
+    # the estimator ----------------------------------------------------------------------------------
+    def build_estimator(self):
+        """A fresh, unfitted estimator. Raises ConfigError for an unknown class, a build function that
+        fails, or invalid hyper-parameters (scikit-learn's own parameter validation, before any fit)."""
+        if self.build:
+            est = self._from_build()
+        else:
+            est = self._from_class()
+        if not (hasattr(est, "fit") and hasattr(est, "predict")):
+            raise ConfigError(f"model spec {self.name!r}: {type(est).__name__} has no fit/predict; use a regressor")
+        validate = getattr(est, "_validate_params", None)  # scikit-learn >= 1.2 parameter constraints
+        if callable(validate):
+            try:
+                validate()
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"model spec {self.name!r}: invalid hyper-parameter: {exc}") from None
+        return est
+
+    def _from_class(self):
+        path = self.estimator.class_
+        cls = _import_estimator(path, f"model spec {self.name!r}")
+        params = self.estimator.params or {}
+        known = _param_names(cls)
+        unknown = [p for p in params if known and p not in known]
+        if unknown:
+            raise ConfigError(
+                f"model spec {self.name!r}: invalid hyper-parameter estimator.params.{unknown[0]}: {path} has no such "
+                f"parameter{did_you_mean(unknown[0], known)}; its parameters: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise ConfigError(f"model spec {self.name!r}: invalid hyper-parameter for {path}: {exc}") from None
+
+    def _from_build(self):
+        file, _, func = self.build.partition(":")
+        source = self.code.get(file)
+        if source is None:
+            raise ConfigError(f"model spec {self.name!r}: build code {file!r} is not in the project")
+        module = types.ModuleType(f"kfrelease_model_{Path(file).stem}")
+        module.__file__ = file
+        try:
+            exec(compile(source, file, "exec"), module.__dict__)  # noqa: S102 - the project's own code, at its commit
+        except Exception as exc:  # noqa: BLE001 - any error in user code becomes one clear message
+            raise ConfigError(f"model spec {self.name!r}: {file} failed to load: {type(exc).__name__}: {exc}") from None
+        fn = getattr(module, func or "build_model", None)
+        if not callable(fn):
+            raise ConfigError(f"model spec {self.name!r}: {file} defines no function {func or 'build_model'!r}")
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"model spec {self.name!r}: {self.build} raised {type(exc).__name__}: {exc}") from None
+
 
 def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> ModelSpec:
     """Parse and check a model spec (structure only; the data is checked against it before training)."""
     shape = "a model spec is a mapping with name, tag, dataset, features, target, estimator"
-    doc = yaml_mapping(text, origin, shape)
-    d = validate(ModelDocument, doc, origin)
-    split = d.split or SplitDocument()
-    estimator = None
-    if d.estimator is not None:  # as written: the fingerprint hashes it
-        estimator = {"class": d.estimator.class_, "params": dict(d.estimator.params or {})}
-    return to_dataclass(
-        ModelSpec,
-        d,
-        estimator=estimator,
-        test_size=float(split.test_size),
-        seed=split.seed,
-        validation=dict(doc.get("validation") or {}),
-        code=dict(code or {}),
-        resources=parse_resources(doc.get("resources"), origin),
-        text=text,
-    )
+    spec = parse(ModelSpec, text, origin, shape)
+    spec._code = dict(code or {})
+    return spec
 
 
 def _code_files(spec_text: str) -> list[str]:

@@ -174,7 +174,7 @@ def register_step(
             model_bytes=Path(model_path).read_bytes(),
             extra={
                 "spec": {"text": spec.text, "code": spec.code},
-                "split": {"test_size": spec.test_size, "seed": spec.seed},
+                "split": {"test_size": spec.split.test_size, "seed": spec.split.seed},
                 "experiment": not release,
                 **({"rollout": rollout} if rollout else {}),
             },

@@ -112,7 +112,7 @@ def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None)
         log.warning("drift check failed: %s", exc)
         return {"name": "drift", "passed": True, "detail": f"drift check failed: {exc}"}, {"available": False}
     result["available"] = True
-    limit = spec.validation.get("max_drift_share")
+    limit = spec.validation.max_drift_share
     ok = limit is None or result["share_drifted"] <= float(limit)
     detail = (
         f"{len(result['drifted'])}/{len(columns)} input columns drifted against production {champion.version}'s "
@@ -151,14 +151,8 @@ def load_champion(registry, store, spec: ModelSpec) -> Champion | None:
         features = mv.features
         df, _ = load_dataset(store, mv.dataset, mv.dataset_version, columns=[*features, mv.target])
         if all(c in df.columns for c in (*features, mv.target)):
-            champ_spec = ModelSpec(
-                spec.name,
-                mv.tag,
-                mv.dataset,
-                tuple(features),
-                mv.target,
-                test_size=mv.entry.get("split", {}).get("test_size", spec.test_size),
-                seed=mv.entry.get("split", {}).get("seed", spec.seed),
+            champ_spec = spec.with_changes(
+                tag=mv.tag, dataset=mv.dataset, features=features, target=mv.target, split=mv.entry.get("split", {})
             )
             train_frame = split(champ_spec, df)[0]
     except Exception as exc:  # noqa: BLE001 - drift is a report; a missing dataset must not block validation

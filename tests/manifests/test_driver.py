@@ -234,11 +234,9 @@ def test_a_bad_state_sends_nothing():
 
 
 def test_a_release_never_touches_another_models_objects():
-    import dataclasses
-
     from kfrelease.k8s.render.inference import render_release
 
-    other = dataclasses.replace(SERVERLESS, model="housing-prices")
+    other = SERVERLESS.with_changes(model="housing-prices")
     theirs = render_release(
         other,
         TrafficState(primary="V3.1.0", shadow="V3.2.0", mirror_percent=100),

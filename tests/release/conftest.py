@@ -3,15 +3,13 @@ shared session stack never see them), a small rollout spec, bounded demo traffic
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 
 import pytest
 
 from kfrelease.demo.traffic import TrafficGenerator
-from kfrelease.release.checks import CheckSpec
-from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.rollout.spec import CheckSpec, load_rollout_spec
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for
@@ -30,14 +28,14 @@ def small_spec(model: str, **sections):
             "steps": (25, 50, 100),
             "interval_seconds": 3,
             "checks": (
-                CheckSpec("requests", series="requests", min_samples=5),
-                CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=5),
-                CheckSpec("p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=5),
-                CheckSpec("accuracy", source="labels", min_samples=8),
+                CheckSpec(name="requests", series="requests", min_samples=5),
+                CheckSpec(name="error_rate", series="error_rate", max=0.01, min_samples=5),
+                CheckSpec(name="p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=5),
+                CheckSpec(name="accuracy", source="labels", min_samples=8),
             ),
         },
     )
-    spec = dataclasses.replace(base, model=model)
+    spec = base.with_changes(model=model)
     return spec.with_changes(**sections) if sections else spec
 
 

@@ -3,7 +3,6 @@ that is not in staging, an unreadable metric source."""
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import uuid
 
@@ -51,7 +50,7 @@ def test_a_candidate_not_in_staging_moves_no_traffic(staged, run_cli):
     registry = ModelRegistry(store_for("pipeline", settings))
     registry.set_stage(name, version, "production", "test", "first model")
     driver = RecordingDriver()
-    spec = dataclasses.replace(load_rollout_spec(), model=name)
+    spec = load_rollout_spec(model=name)
     with pytest.raises(ReleaseError, match="not in staging"):
         ReleaseController(settings, spec, driver).run(version)
     with pytest.raises(Exception, match="no version V9.9.9"):
@@ -67,7 +66,7 @@ def test_an_unreadable_metric_source_moves_no_traffic(staged, monkeypatch):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     monkeypatch.setenv("KFRELEASE_PROMETHEUS_PORT", str(closed))
-    spec = dataclasses.replace(load_rollout_spec(), model=name).with_changes(canary={"metrics_source": "prometheus"})
+    spec = load_rollout_spec(model=name).with_changes(canary={"metrics_source": "prometheus"})
     driver = RecordingDriver()
     with pytest.raises(ReleaseError, match="metric source 'prometheus'.*no traffic was moved"):
         ReleaseController(settings, spec, driver).run(version)

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from kfrelease.config import Settings
@@ -26,8 +24,8 @@ from kfrelease.release.controller import (
 from kfrelease.release.signals import PrometheusMetrics
 from kfrelease.rollout.spec import parse_rollout_spec
 
-ERRORS = CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=20)
-ACCURACY = CheckSpec("accuracy", source="labels", min_samples=10)
+ERRORS = CheckSpec(name="error_rate", series="error_rate", max=0.01, min_samples=20)
+ACCURACY = CheckSpec(name="accuracy", source="labels", min_samples=10)
 
 
 def test_a_bound_is_judged_on_the_value_once_there_are_enough_requests():
@@ -36,7 +34,7 @@ def test_a_bound_is_judged_on_the_value_once_there_are_enough_requests():
     assert failed.status == "failed" and "above 0.01" in failed.describe()
     held = judge(ERRORS, Measurement(0.5, 19))  # too few requests: not counted yet, the step is held
     assert held.status == "held" and "19 of 20" in held.detail
-    assert judge(CheckSpec("r2", series="error_rate", min=0.5), Measurement(0.4, 1)).status == "failed"
+    assert judge(CheckSpec(name="r2", series="error_rate", min=0.5), Measurement(0.4, 1)).status == "failed"
 
 
 def test_an_unreadable_source_fails_and_no_observation_skips():
@@ -52,7 +50,7 @@ def test_the_accuracy_check_follows_the_paired_test():
     assert judge(ACCURACY, Measurement(0.9, 50, {"decision": "pass", "ratio": 0.9})).status == "passed"
     undecided = {"decision": "continue", "ratio": 1.0, "reason": "neither bound has crossed"}
     assert judge(ACCURACY, Measurement(1.0, 50, undecided)).status == "skipped"  # inconclusive: advance
-    holding = dataclasses.replace(ACCURACY, on_inconclusive="hold")
+    holding = ACCURACY.with_changes(on_inconclusive="hold")
     assert judge(holding, Measurement(1.0, 50, undecided)).status == "held"
     assert judge(ACCURACY, Measurement(None, 3, None)).status == "skipped"  # too few labels: does not count
 

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from kfrelease.release.decision import (
-    GateError,
-    GateRule,
     PairSequence,
     clipped_losses,
     decide,
@@ -17,6 +15,7 @@ from kfrelease.release.decision import (
     mixture_bounds,
     upper_bounds,
 )
+from kfrelease.rollout.spec import GateError, GateRule
 
 LOOKS = np.arange(30, 1501, 5)  # the gate looks every 5 labels, from 30 to 1,500
 

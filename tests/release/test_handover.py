@@ -5,7 +5,6 @@ cannot run on this machine)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -23,10 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 def _spec_file(tmp, name):
-    doc = dataclasses.asdict(small_spec(name))
-    doc["canary"]["steps"] = list(doc["canary"]["steps"])
     path = tmp / "rollout.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(small_spec(name).to_yaml())
     return path
 
 

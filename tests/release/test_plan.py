@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kfrelease.release.decision import GateRule
 from kfrelease.release.plan import estimate_plan
+from kfrelease.rollout.spec import GateRule
 
 
 def holdout(mse_ratio: float, n: int = 88, seed: int = 0):

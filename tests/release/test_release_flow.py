@@ -14,8 +14,8 @@ import pytest
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.checks import CheckSpec
 from kfrelease.release.embedded import run_release
+from kfrelease.rollout.spec import CheckSpec
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for
@@ -135,7 +135,7 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
             "interval_seconds": 6,
             "checks": (
                 *small_spec(name).canary.checks[:3],
-                CheckSpec("accuracy", source="labels", min_samples=8, margin=0.02),
+                CheckSpec(name="accuracy", source="labels", min_samples=8, margin=0.02),
             ),
         },
     )

@@ -4,10 +4,7 @@ model skips the shadow (outer condition false); a clearly worse candidate is sto
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import yaml
 
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.embedded import run_release_pipeline
@@ -28,9 +25,7 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
     spec = small_spec(name, shadow={"min_labelled_samples": 20})
     spec_file = tmp / "rollout.yaml"
-    doc = dataclasses.asdict(spec)
-    doc["canary"]["steps"] = list(doc["canary"]["steps"])
-    spec_file.write_text(yaml.safe_dump(doc))
+    spec_file.write_text(spec.to_yaml())
     registry = ModelRegistry(store_for("pipeline", settings))
 
     model_spec, commit = load_project_at_commit(tmp / "project", shas[0])

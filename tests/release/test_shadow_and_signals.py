@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from kfrelease.metrics import regression_metrics
-from kfrelease.release.decision import GateRule
 from kfrelease.release.shadow import join_shadow, shadow_verdict
 from kfrelease.release.signals import health_between, histogram_quantile, parse_snapshot
+from kfrelease.rollout.spec import GateRule
 
 
 def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):

@@ -113,5 +113,5 @@ def test_model_spec_resources_become_run_parameters():
     assert parse_spec(base + "resources: {memory: 8Gi}\n").fingerprint == parse_spec(base).fingerprint
     with pytest.raises(ConfigError, match="memory_limit 1Gi is below memory 2Gi"):
         parse_spec(base + "resources: {memory: 2Gi, memory_limit: 1Gi}\n")
-    with pytest.raises(ConfigError, match="resources.memory '8 GB' is not a memory quantity"):
+    with pytest.raises(ConfigError, match="resources.memory must be a memory quantity such as 4Gi, not '8 GB'"):
         parse_spec(base + "resources: {memory: 8 GB}\n")

@@ -225,7 +225,6 @@ def render_inference_services(
     """The InferenceServices of a traffic state: production (with its canary) and, when a shadow runs, the
     staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI;
     ``kserve_version`` is the cluster's (its deploymentMode annotation values)."""
-    spec.check()
     if not state.primary and not state.canary:
         raise RolloutSpecError("traffic state has no version to serve; no traffic was moved")
     logger_url = logger_url or default_logger_url(spec)
@@ -356,7 +355,6 @@ def render_virtual_service(
     canary by weight), mirrors ``mirror_percent`` of the requests to the staging candidate, and routes
     ``/v1/feedback`` to the feedback service. Its hosts are every host clients use (``client_hosts``); it
     records the traffic state in the annotation ``kfrelease.io/traffic-state``."""
-    spec.check()
     ns = spec.serving.namespace
     prod = production_name(spec)
     raw = spec.serving.deployment_mode == "RawDeployment"
