@@ -32,8 +32,8 @@ def test_default_spec_loads_with_documented_defaults():
 @pytest.mark.parametrize(
     "canary, message",
     [
-        ("steps: [25, 10, 100]", "canary.steps must be strictly increasing, not [25, 10, 100]"),
-        ("steps: [10, 10, 100]", "must be strictly increasing"),
+        ("steps: [25, 10, 100]", "canary.steps is not strictly increasing: [25, 10, 100]"),
+        ("steps: [10, 10, 100]", "not strictly increasing"),
         ("steps: [10, 150]", "canary.steps lists weight 150; each step is a whole percent from 1 to 100"),
         ("steps: [0, 100]", "weight 0"),
         ("steps: [10, 50]", "must end at 100"),
@@ -103,7 +103,7 @@ def test_with_changes_rechecks():
     spec = load_rollout_spec()
     assert spec.with_changes(canary={"interval_seconds": 2}).canary.interval_seconds == 2
     assert spec.with_changes(canary={"interval_seconds": 2}).canary.checks == spec.canary.checks  # merged
-    with pytest.raises(RolloutSpecError, match="canary.steps must be strictly increasing, not \\[50, 20, 100\\]"):
+    with pytest.raises(RolloutSpecError, match="canary.steps is not strictly increasing: \\[50, 20, 100\\]"):
         spec.with_changes(canary={"steps": (50, 20, 100)})
     with pytest.raises(RolloutSpecError, match="canary.min_requests is no longer a setting"):
         spec.with_changes(canary={"min_requests": 5})

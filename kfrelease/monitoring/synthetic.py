@@ -128,10 +128,8 @@ def register_entry(
 def publish_reference(store: ObjectStore, dataset: str, frame: pd.DataFrame) -> str:
     """Publish ``frame`` as a curated dataset version named ``dataset`` (``data-engineer`` role) to serve as a
     model's training reference; returns the version id."""
-    from dataclasses import replace
-
     from kfrelease.data.publish import publish
     from kfrelease.data.spec import load_spec
 
-    spec = replace(load_spec("diabetes"), name=dataset)
+    spec = load_spec("diabetes").with_changes(name=dataset)
     return publish(frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic").version

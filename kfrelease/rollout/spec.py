@@ -221,7 +221,7 @@ class CanarySpec(SpecDocument):
         if wrong:
             raise ValueError(f"lists weight {wrong[0]!r}; each step is a whole percent from 1 to 100")
         if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(f"must be strictly increasing, not {list(steps)}")
+            raise ValueError(f"is not strictly increasing: {list(steps)}")
         if steps[-1] != 100:
             raise ValueError(f"must end at 100 (full promotion), not {list(steps)}")
         return steps
