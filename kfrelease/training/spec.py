@@ -19,10 +19,13 @@ Example (``examples/diabetes-model/model.yaml``)::
       max_drift_share: null        # drift is reported; set a share to also fail on it
     resources: {cpu: "2", memory: 8Gi} # optional: what train/evaluate may use (requests; limits and
                                        # node_selector too), see kfrelease.training.resources
+    flavour: auto                  # the model file served: the fastest verified flavour (or onnx, sklearn)
+    flavour_tolerance: 0.0001      # how far a converted flavour may be from scikit-learn on held-out rows
 
 The **fingerprint** is a SHA-256 of the model *definition* only: features, target, estimator (class and
-hyper-parameters) or the build code's text, and the split. Name, tag, dataset, thresholds, resources and
-data versions are not part of it: a new fingerprint within a tag means a new manual revision.
+hyper-parameters) or the build code's text, and the split. Name, tag, dataset, thresholds, resources, the
+flavour keys and data versions are not part of it: a new fingerprint within a tag means a new manual revision
+(the flavour keys apply from the next version trained).
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import inspect
 import json
 import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Items, Section, SpecDocument, did_you_mean, parse, repeated
+from kfrelease.registry.artifact import AUTO, DEFAULT_TOLERANCE, FLAVOURS
+from kfrelease.specs import Items, Section, SpecDocument, at_least, did_you_mean, parse, repeated
 from kfrelease.training.resources import Resources
 from kfrelease.training.retrain import RetrainPolicy
 
@@ -161,6 +165,17 @@ class ModelSpec(SpecDocument):
     validation: Section[ValidationSpec] = Field(None, description="The thresholds a candidate must meet.")
     resources: Section[Resources] = Field(None, description="What the train and evaluate steps may use.")
     retrain: Section[RetrainPolicy] = Field(None, description="When new data retrains the model automatically.")
+    flavour: str = Field(
+        AUTO,
+        description="The model file served: `auto` (the fastest flavour whose predictions on the held-out rows "
+        "agree with scikit-learn's within `flavour_tolerance`), or one flavour by name (`onnx`, `sklearn`); a "
+        "flavour that does not verify is not served: the version keeps `sklearn` and its registry entry says why.",
+    )
+    flavour_tolerance: Annotated[float, at_least(0, above=True)] = Field(
+        DEFAULT_TOLERANCE,
+        description="How far a converted flavour's predictions may be from scikit-learn's on the held-out rows: "
+        "the largest |flavour - sklearn| / (|sklearn| + spread of sklearn's predictions).",
+    )
     _code: dict = PrivateAttr(default_factory=dict)  # file name -> source text (for ``build``)
 
     @field_validator("tag")
@@ -168,6 +183,14 @@ class ModelSpec(SpecDocument):
     def _tag(cls, value):
         if value < 1:
             raise ValueError(f"must be a whole number >= 1 (the Model_Tag), not {value!r}")
+        return value
+
+    @field_validator("flavour")
+    @classmethod
+    def _flavour(cls, value):
+        known = [AUTO, *FLAVOURS]
+        if value not in known:
+            raise ValueError(f"{value!r} is not a model flavour; use one of {', '.join(known)}")
         return value
 
     @field_validator("features")

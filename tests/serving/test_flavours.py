@@ -197,3 +197,20 @@ def test_input_schema_errors_name_the_feature_and_the_fix(schema, fragment):
     with pytest.raises(ConfigError, match=None) as exc:
         input_columns(schema, "model.json: input_schema")
     assert fragment in str(exc.value) and "model.json: input_schema" in str(exc.value)
+
+
+def test_model_yaml_names_a_flavour_and_its_tolerance_outside_the_definition():
+    from pathlib import Path
+
+    from kfrelease.training.spec import parse_spec
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "diabetes-model" / "model.yaml").read_text()
+    default = parse_spec(text)
+    assert (default.flavour, default.flavour_tolerance) == ("auto", 1e-4)
+    chosen = parse_spec(text + "\nflavour: onnx\nflavour_tolerance: 0.001\n")
+    assert (chosen.flavour, chosen.flavour_tolerance) == ("onnx", 0.001)
+    assert chosen.fingerprint == default.fingerprint  # the served file is no new model definition
+    with pytest.raises(ConfigError, match="flavour: 'tflite' is not a model flavour; use one of auto, sklearn, onnx"):
+        parse_spec(text + "\nflavour: tflite\n")
+    with pytest.raises(ConfigError, match="flavour_tolerance must be above 0"):
+        parse_spec(text + "\nflavour_tolerance: 0\n")
