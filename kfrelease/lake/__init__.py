@@ -18,6 +18,7 @@ import pandas as pd
 
 from kfrelease.lake import join as J
 from kfrelease.lake.join import KEYS, PAIR_COLUMNS
+from kfrelease.registry import ModelRegistry
 
 BASE_COLUMNS = ["request_id", "instance", "time", "model_version", "stage"]
 LABEL_COLUMNS = ["request_id", "instance", "truth", "time"]
@@ -41,8 +42,7 @@ def _registry_features(store, model: str):
         if not version:
             return None
         try:
-            entry = store.get_json("models", f"registry/{model}/versions/{version}/entry.json")
-            return [c["name"] for c in entry["input_schema"]]
+            return [c["name"] for c in ModelRegistry(store).entry(model, version)["input_schema"]]
         except Exception:  # noqa: BLE001 - the names are a convenience; positions still work
             return None
 

@@ -19,21 +19,6 @@ from kfrelease.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 
-def read_predictions(
-    store: ObjectStore,
-    model: str,
-    features: list[str],
-    since=None,
-    until=None,
-    warnings: list[str] | None = None,
-) -> pd.DataFrame:
-    """Logged predictions of ``model`` between ``since`` and ``until``: the CONTRACTS frame of the one
-    reader (``kfrelease.lake.read_predictions``)."""
-    from kfrelease import lake
-
-    return lake.read_predictions(store, model, since, until, features=features, warnings=warnings)
-
-
 def open_window(store: ObjectStore, model: str, features: list[str], since=None, until=None, keys: bool = False):
     """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised
     (``keys``: with request ids, which count windows order by)."""
@@ -42,25 +27,14 @@ def open_window(store: ObjectStore, model: str, features: list[str], since=None,
     return _open(store, model, since, until, features=features, materialize="with-keys" if keys else True)
 
 
-def read_feedback(store: ObjectStore, model: str, since=None, warnings: list[str] | None = None) -> pd.DataFrame:
-    """Ground truth of ``model`` since ``since`` (``request_id, instance, truth, time``), from the lake."""
-    from kfrelease import lake
-
-    return lake.read_labels(store, model, since)
-
-
 def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:
     """Registry entries by version (empty when the registry is not there or lists nothing)."""
-    out: dict[str, dict] = {}
-    prefix = f"registry/{model}/versions/"
+    from kfrelease.registry import ModelRegistry
+
     try:
-        for obj in store.iter("models", prefix):
-            if obj.key.endswith("/entry.json"):
-                entry = store.get_json("models", obj.key)
-                out[entry.get("version") or obj.key[len(prefix) :].split("/")[0]] = entry
+        return ModelRegistry(store).entries(model)
     except NotFound:
-        pass
-    return out
+        return {}
 
 
 def features_of(entries: dict[str, dict]) -> list[str] | None:

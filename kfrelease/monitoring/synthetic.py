@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from kfrelease.registry import ModelRegistry
 from kfrelease.storage import ObjectStore
 
 
@@ -121,7 +122,7 @@ def register_entry(
     }
     if r2_min is not None:
         entry["thresholds"] = {"r2_min": r2_min}
-    store.put_json("models", f"registry/{model}/versions/{version}/entry.json", entry)
+    ModelRegistry(store).put_entry(entry)
     return entry
 
 

@@ -48,6 +48,8 @@ from kfrelease.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 BUCKET = "models"
+#: a version's entry, under ``<space>/<model>/versions/<V>/``
+ENTRY = "entry.json"
 STAGES = ("staging", "production", "archived", "rejected")
 REGISTRY = "registry"
 #: the registry space of experiments (notebook and other non-merge runs): compared, never staged
@@ -133,9 +135,12 @@ class ModelRegistry:
         self.bucket = BUCKET
         self._claims_cache: dict[str, Claim] = {}
 
-    # keys ------------------------------------------------------------------------------------------------
+    # keys: built here only (docs/CONTRACTS.md, "Model registry") ---------------------------------------
     def _vkey(self, model: str, version: str, *parts: str) -> str:
         return "/".join((self.space, model, "versions", version, *parts))
+
+    def _versions_prefix(self, model: str) -> str:
+        return f"{self.space}/{model}/versions/"
 
     def artifact_prefix(self, model: str, version: str) -> str:
         return f"{'artifacts' if self.space == REGISTRY else EXPERIMENT_ARTIFACTS}/{model}/{version}/"
@@ -147,16 +152,33 @@ class ModelRegistry:
 
     def get(self, model: str, version: str) -> ModelVersion:
         VersionNumber.parse(version)
-        key = self._vkey(model, version, "entry.json")
+        key = self._vkey(model, version, ENTRY)
         info = self.store.stat(BUCKET, key)
         if info is None:
             known = ", ".join(v.version for v in self.list(model)[-5:]) or "none"
             raise NotFound(f"model {model!r} has no version {version} (latest known: {known})")
         return ModelVersion(self.store.get_json(BUCKET, key), self._latest_event(model, version), info.etag)
 
+    def entry(self, model: str, version: str) -> dict:
+        """A version's entry alone (one read; ``get`` adds its current stage); ``NotFound`` when absent."""
+        return self.store.get_json(BUCKET, self._vkey(model, version, ENTRY))
+
+    def entries(self, model: str) -> dict[str, dict]:
+        """Every version's entry (no stages: one listing and a read each), by version; empty when none."""
+        out = {}
+        for obj in self.store.iter(BUCKET, self._versions_prefix(model)):
+            parts = obj.key.split("/")
+            if len(parts) == 5 and parts[4] == ENTRY:
+                out[parts[3]] = self.store.get_json(BUCKET, obj.key)
+        return out
+
+    def put_entry(self, entry: dict) -> None:
+        """Write the entry of a version registered outside training (synthetic monitoring data), as it is."""
+        self.store.put_json(BUCKET, self._vkey(entry["name"], entry["version"], ENTRY), entry)
+
     def _events(self, model: str, version: str | None = None) -> dict[str, list[str]]:
         """Event keys per version, oldest first (keys start with a sortable UTC time)."""
-        prefix = f"{self.space}/{model}/versions/" + (f"{version}/" if version else "")
+        prefix = self._versions_prefix(model) + (f"{version}/" if version else "")
         out: dict[str, list[str]] = {}
         for obj in self.store.iter(BUCKET, prefix):
             parts = obj.key.split("/")
@@ -171,9 +193,9 @@ class ModelRegistry:
     def list(self, model: str) -> list[ModelVersion]:
         """Every version of a model, oldest number first, with its current stage."""
         entries, events = [], {}
-        for obj in self.store.iter(BUCKET, f"{self.space}/{model}/versions/"):
+        for obj in self.store.iter(BUCKET, self._versions_prefix(model)):
             parts = obj.key.split("/")
-            if len(parts) == 5 and parts[4] == "entry.json":
+            if len(parts) == 5 and parts[4] == ENTRY:
                 entries.append((parts[3], obj.key))
             elif len(parts) == 6 and parts[4] == "events":
                 events.setdefault(parts[3], []).append(obj.key)
@@ -237,7 +259,7 @@ class ModelRegistry:
             retry=retry_if_result(lambda written: not written),
             retry_error_callback=lambda _: False,
         )
-        if poll(lambda: self.store.stat(BUCKET, self._vkey(model, version, "entry.json")) is not None):
+        if poll(lambda: self.store.stat(BUCKET, self._vkey(model, version, ENTRY)) is not None):
             return self.get(model, version)
         return None
 
@@ -334,7 +356,7 @@ class ModelRegistry:
         self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model.model_bytes)
         self.store.put_json(BUCKET, prefix + ENTRY_FILE, entry)
         crash_point("register.after_artifact")
-        self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)
+        self.store.put_json(BUCKET, self._vkey(name, version, ENTRY), entry, if_none_match=True)
         mv = ModelVersion(entry)
         if not entry["verdict"]["passed"]:
             self._event(
@@ -409,7 +431,7 @@ class ModelRegistry:
                         raise Conflict(f"{model} {version} already has image {image.get('ref')}@{image.get('digest')}")
                     entry = {**mv.entry, "image": {"ref": ref, "digest": digest}}
                     try:
-                        self.store.put_json(BUCKET, self._vkey(model, version, "entry.json"), entry, if_match=mv.etag)
+                        self.store.put_json(BUCKET, self._vkey(model, version, ENTRY), entry, if_match=mv.etag)
                     except Conflict:
                         raise _ClaimLost(f"the entry of {model} {version} changed meanwhile") from None
                     self.store.put_json(BUCKET, self.artifact_prefix(model, version) + ENTRY_FILE, entry)
