@@ -15,23 +15,20 @@ Reports live in the object store (each written once, by its producer):
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from kfrelease.errors import KfreleaseError
+from kfrelease.monitoring.keys import key as monitoring_key
+from kfrelease.monitoring.keys import safe
 
 METRICS = ("mse", "rmse", "mae", "r2")
 EVALUATION_REPORT = "evaluation.html"
 #: where the release controller writes a candidate's shadow-gate report (``REPORT_PREFIX`` there)
 SHADOW_PREFIX = "reports"
 DRIFT_BUCKET = "pipeline-root"
-
-
-def _safe(text: str) -> str:  # the monitoring run's key escaping (kfrelease.monitoring.passes._safe)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
 
 
 # the spec of a version ---------------------------------------------------------------------------------
@@ -168,8 +165,8 @@ def find_reports(store, registry, model: str, version: str) -> list[Report]:
     try:
         drift = [
             o.key
-            for o in store.iter(DRIFT_BUCKET, f"monitoring/{_safe(model)}/reports/")
-            if o.key.rsplit("/", 1)[-1].startswith(f"{_safe(version)}-")
+            for o in store.iter(DRIFT_BUCKET, monitoring_key(model, "reports", prefix=True))
+            if o.key.rsplit("/", 1)[-1].startswith(f"{safe(version)}-")
         ]
     except KfreleaseError:  # a role without access to the monitoring results: no drift reports to show
         drift = []

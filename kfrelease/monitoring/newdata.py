@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from kfrelease.config import setting
 from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.monitoring.keys import key as monitoring_key
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,12 @@ def enabled() -> bool:
 
 
 def claim_key(model: str, dataset_version: str) -> str:
-    return f"monitoring/newdata/{model}/{dataset_version}.json"
+    return monitoring_key("newdata", model, f"{dataset_version}.json")
 
 
 def records(store, model: str) -> list[dict]:
     """The model's new-data records, oldest first."""
-    docs = [store.get_json(BUCKET, o.key) for o in store.iter(BUCKET, f"monitoring/newdata/{model}/")]
+    docs = [store.get_json(BUCKET, o.key) for o in store.iter(BUCKET, monitoring_key("newdata", model, prefix=True))]
     return sorted(docs, key=lambda d: d.get("at_epoch", 0))
 
 

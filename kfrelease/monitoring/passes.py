@@ -14,7 +14,6 @@ page, the CLI table and the notebook show.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ import pandas as pd
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.monitoring import sources
+from kfrelease.monitoring.keys import key as monitoring_key
 from kfrelease.monitoring.window import (
     DEFAULT_MIN_LABELS,
     MonitorOutcome,
@@ -48,10 +48,6 @@ class MonitorRun:
     @property
     def windows(self):
         return self.outcome.windows
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
 
 
 def run_monitoring(
@@ -116,7 +112,7 @@ def run_monitoring(
         dr = report_windows.get(w.key)
         if dr is None:
             continue
-        key = f"monitoring/{_safe(model)}/reports/{run_id}/{_safe(w.version)}-{_safe(w.stage)}-{_safe(w.start)}.html"
+        key = monitoring_key(model, "reports", run_id, f"{w.version}-{w.stage}-{w.start}.html")
         writer.put_bytes(RESULT_BUCKET, key, dr.html().encode(), content_type="text/html")
         run.report_keys.append(key)
     doc = {
@@ -129,7 +125,7 @@ def run_monitoring(
         "warnings": outcome.warnings,
         "reports": run.report_keys,
     }
-    run.record_key = f"monitoring/{_safe(model)}/runs/{run_id}.json"
+    run.record_key = monitoring_key(model, "runs", f"{run_id}.json")
     writer.put_json(RESULT_BUCKET, run.record_key, doc, if_none_match=True)
     if push:
         from kfrelease.monitoring.push import push_windows
@@ -140,7 +136,7 @@ def run_monitoring(
 
 def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.DataFrame:
     """Every recorded window of ``model`` (the latest computation of each), oldest first."""
-    keys = sorted(o.key for o in store.iter(RESULT_BUCKET, f"monitoring/{_safe(model)}/runs/"))[-last_runs:]
+    keys = sorted(o.key for o in store.iter(RESULT_BUCKET, monitoring_key(model, "runs", prefix=True)))[-last_runs:]
     rows: dict[tuple, dict] = {}
     for key in keys:
         doc = store.get_json(RESULT_BUCKET, key)

@@ -34,7 +34,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -42,6 +41,8 @@ from datetime import UTC, datetime
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError, StoreUnavailable
+from kfrelease.monitoring.keys import key as monitoring_key
+from kfrelease.monitoring.keys import safe
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ DEFAULT_CURATE = "kfrelease.data.labelled_traffic:curate_for_alert"
 
 def _stamp(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text or "none")
 
 
 class AlertReceiver:
@@ -87,9 +84,11 @@ class AlertReceiver:
     # records ---------------------------------------------------------------------------------------
     def record_alert(self, alert: dict, receiver: str = "") -> str:
         now = datetime.now(UTC)
-        key = (
-            f"monitoring/alerts/{now.strftime('%Y-%m-%d')}/{now.strftime('%H%M%S')}-"
-            f"{_safe(alert.get('fingerprint', ''))}-{_safe(alert.get('status', ''))}-{uuid.uuid4().hex[:8]}.json"
+        key = monitoring_key(
+            "alerts",
+            now.strftime("%Y-%m-%d"),
+            f"{now.strftime('%H%M%S')}-{safe(alert.get('fingerprint'))}-{safe(alert.get('status'))}-"
+            f"{uuid.uuid4().hex[:8]}.json",
         )
         self.store.put_json(
             BUCKET,
@@ -100,10 +99,16 @@ class AlertReceiver:
         return key
 
     def alerts(self) -> list[dict]:
-        return [self.store.get_json(BUCKET, o.key) for o in self.store.iter(BUCKET, "monitoring/alerts/")]
+        return [
+            self.store.get_json(BUCKET, o.key) for o in self.store.iter(BUCKET, monitoring_key("alerts", prefix=True))
+        ]
+
+    @staticmethod
+    def _retrain_key(model: str) -> str:
+        return monitoring_key("retrains", model, f"{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json")
 
     def retrains(self, model: str | None = None) -> list[dict]:
-        prefix = f"monitoring/retrains/{_safe(model)}/" if model else "monitoring/retrains/"
+        prefix = monitoring_key("retrains", *([model] if model else []), prefix=True)
         return [
             self.store.get_json(BUCKET, o.key) for o in sorted(self.store.iter(BUCKET, prefix), key=lambda o: o.key)
         ]
@@ -182,7 +187,7 @@ class AlertReceiver:
                 "decision": decision,
                 "detail": detail,
             }
-            key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
+            key = self._retrain_key(model)
             self.store.put_json(BUCKET, key, doc, if_none_match=True)
         log.info("retrain decision for %s: %s (%s)", model, decision, detail)
         return {**doc, "key": key}
@@ -209,7 +214,7 @@ class AlertReceiver:
                 doc["detail"] = "another retrain is still running; only one runs at a time"
             else:
                 doc["decision"] = "triggered"
-            key = f"monitoring/retrains/{_safe(model)}/{_stamp()}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
+            key = self._retrain_key(model)
             try:
                 self.store.put_json(BUCKET, key, doc, if_none_match=True)
             except BaseException:
