@@ -2,8 +2,8 @@
 our Alertmanager webhook receiver, each on 127.0.0.1 with its own data directory and rendered config.
 
 Prometheus scrapes itself, the Pushgateway (``honor_labels: true`` keeps the pushed model/version/stage
-labels), the predictors (``settings.port("predictor") + 0/1/2`` for production/staging/canary, per
-docs/CONTRACTS.md), the log sink, the feedback service, Alertmanager and the receiver. Targets that are
+labels), every model server of the stack's table (``kfrelease.serving.slots``: each stage and replica, with
+a ``stage`` label), the log sink, the feedback service, Alertmanager and the receiver. Targets that are
 not running are simply ``up == 0``.
 
 Tunables (environment, read when a service is (re)started):
@@ -21,10 +21,10 @@ import yaml
 
 from kfrelease.config import Settings, setting
 from kfrelease.monitoring.rules import render_rules
+from kfrelease.serving.slots import all_slots
 from kfrelease.stack.service import Service, python_service
 
 GROUP = "monitoring"
-STAGE_OFFSETS = {"production": 0, "staging": 1, "canary": 2}
 
 
 def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: str) -> dict:
@@ -35,7 +35,6 @@ def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: s
             **extra,
         }
 
-    predictor = settings.port("predictor")
     return {
         "global": {
             "scrape_interval": scrape_interval,
@@ -51,11 +50,8 @@ def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: s
             {
                 "job_name": "predictors",
                 "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{predictor + off}"],
-                        "labels": {"stage": stage},
-                    }
-                    for stage, off in STAGE_OFFSETS.items()
+                    {"targets": [f"127.0.0.1:{slot.port(settings)}"], "labels": {"stage": slot.stage}}
+                    for slot in all_slots()
                 ],
             },
             job("logsink", [settings.port("logsink")]),

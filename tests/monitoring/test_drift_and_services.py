@@ -8,6 +8,7 @@ import pytest
 
 from kfrelease.drift import data_drift
 from kfrelease.errors import DataValidationError
+from kfrelease.serving.slots import all_slots
 
 
 def frames(shift=0.0, n=300):
@@ -59,7 +60,7 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     while True:  # target discovery runs shortly after start
         body = httpx.get(stack.url("prometheus", "/api/v1/targets")).json()
         targets = body["data"]["activeTargets"]
-        if len(targets) >= 9 or time.monotonic() > deadline:
+        if len(targets) >= 6 + len(all_slots()) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     jobs = {t["labels"]["job"] for t in targets}
@@ -75,7 +76,7 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     predictor_ports = {
         t["scrapeUrl"].split(":")[2].split("/")[0] for t in targets if t["labels"]["job"] == "predictors"
     }
-    assert predictor_ports == {str(stack.port("predictor") + i) for i in range(3)}
+    assert predictor_ports == {str(slot.port(stack)) for slot in all_slots()}  # every stage and replica
     rules = httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
     assert {g["name"] for g in rules} == {
         "kfrelease-model-quality",
