@@ -49,10 +49,7 @@ def _log_worker(url: str, wal_root: str, model: str, stages: list[str], n: int, 
 
     from kfrelease.serving.logger import InferenceLogger
 
-    loggers = [
-        InferenceLogger(url, Path(wal_root) / stage, model, "V1.0.0", stage, FEATURES, max_buffer=10 * n)
-        for stage in stages
-    ]
+    loggers = [InferenceLogger(url, Path(wal_root) / stage, model, "V1.0.0", stage, FEATURES) for stage in stages]
     for lg in loggers:
         lg.start()
     rows = np.arange(len(FEATURES), dtype="float64").reshape(1, -1)

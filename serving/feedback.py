@@ -1,15 +1,16 @@
-"""Ground truth: the feedback service (``POST /v1/feedback``), batch files in ``feedback`` and ``read_feedback``.
+"""Ground truth: the feedback service (``POST /v1/feedback``) and batch files in ``feedback``.
 
 ``POST /v1/feedback`` with ``{"request_id": "...", "truth": 151.0}`` (or ``"truth": [..]``, one value per
 instance of that request, in order; optionally ``"model"``, default the service's ``--model``), or a JSON
 array of such objects. Each record is checked (a non-empty request id, finite numbers), made durable in the
-local write-ahead file like the log sink's, acknowledged, then written in Parquet batches to
+local write-ahead file (the log sink's ``BatchWriter``), acknowledged, then written in Parquet batches to
 ``feedback/model=<model>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`` (``kfrelease.lake.schema``: one row per
 instance, ``request_id, instance, truth, time``). Data engineers who hold labels in bulk write the same
 batches with ``write_feedback``.
 
 The request id is the one the gateway returns to the client as ``x-request-id`` (and logs as the
-CloudEvent id), so ``read_feedback`` joins ``read_predictions`` on (request_id, instance).
+CloudEvent id), so the lake's ``read_labels`` joins ``read_predictions`` on (request_id, instance)
+(``kfrelease.lake``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pandas as pd
 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
-from kfrelease.lake import read_labels
 from kfrelease.lake.schema import LABEL_BUCKET
 from kfrelease.serving.sink import BatchWriter
 from kfrelease.storage import ObjectStore
@@ -101,12 +101,6 @@ def write_feedback(store: ObjectStore, model: str, records: list[dict]) -> str:
     if not lines:
         raise InvalidFeedback("no feedback records to write")
     return write_records(store, BUCKET, model, lines, origin=f"bulk:{uuid.uuid4()}")[0]
-
-
-def read_feedback(store: ObjectStore, model: str, since=None, until=None) -> pd.DataFrame:
-    """Ground truth of ``model``: ``request_id, instance, truth, time`` (one row per instance value). A
-    request labelled twice keeps both rows; ``kfrelease.lake.latest_truth`` keeps the latest."""
-    return read_labels(store, model, since, until)
 
 
 def create_app(writer: BatchWriter, default_model: str):
@@ -186,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         settings.service_dir("feedback") / "wal",
         args.flush_interval,
     )
-    writer._pending_add(sum(1 for _ in writer.existing_lines()))
     writer.start()
     try:
         uvicorn.run(

@@ -16,35 +16,35 @@ request event's data is the
 checked request as v1 ``{"instances": [[...]]}`` in schema order; the response's is
 ``{"predictions": [...], "model_name", "model_version"}``.
 
-Never failing, never stalling:
-- ``log()`` only appends to a bounded in-memory queue (``max_buffer`` events); a full queue drops the new
-  event and counts it (``kfrelease_predictor_log_events_total{result="dropped"}``).
-- one background thread posts the events, everything queued at once (one fsync in the sink per batch, not
-  per event: a sender that waited for each event's fsync kept up with about 500 events/s), after letting
-  a batch gather for ``linger`` seconds (0.1: at most ten POSTs a second per logger at any rate; the
-  sink's uploads are seconds apart anyway). A batch the
-  sink refuses as a whole (4xx: the sink writes none of a batch with an invalid event) is sent again one
-  event at a time, so that only the events the sink refuses themselves are dropped.
-- When the sink does not answer 2xx, the events and every later
-  one go to a local write-ahead file (``<wal_dir>/<n>.jsonl``, capped at ``max_wal_bytes``) and are
-  replayed, oldest first, once the sink answers again (exponential back-off up to 5 s). A replay that is
-  interrupted re-sends a few events; the sink drops duplicates by (id, type). The WAL survives a restart
-  of the predictor: it is replayed on start.
+Never failing, never stalling, never losing an answered request:
+- ``log()`` writes the request and response events of a prediction to the write-ahead file
+  (``kfrelease.lake.spool.Spool`` in ``wal_dir``, one unbuffered write, no fsync: the events survive a kill
+  of the model server, which is what takes a predictor down) and returns; a full write-ahead file
+  (``max_wal_bytes``) drops the new events and counts them (``kfrelease_predictor_log_events_total{result="dropped"}``).
+- one background thread posts what was written, everything at once (one fsync in the sink per batch, not
+  per event: a sender that waited for each event's fsync kept up with about 500 events/s), after letting a
+  batch gather for ``linger`` seconds (0.1: at most ten POSTs a second per logger at any rate; the sink's
+  uploads are seconds apart anyway), oldest first. A batch the sink refuses as a whole (4xx: the sink writes
+  none of a batch with an invalid event) is sent again one event at a time, so that only the events the
+  sink refuses themselves are dropped.
+- When the sink does not answer 2xx, the events stay in the write-ahead file (counted once as ``spooled``)
+  and are sent, oldest first, once the sink answers again (the spool's back-off: 0.1 s doubling up to 5 s).
+  A delivery that is interrupted re-sends a few events; the sink drops duplicates by (id, type). The
+  write-ahead file survives a restart of the predictor: it is delivered on start.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import logging
-import os
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import orjson
 from prometheus_client import Counter, Gauge
+
+from kfrelease.lake.spool import Backoff, Spool
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 LOG_EVENTS = Counter(
     "kfrelease_predictor_log_events",
-    "Prediction-log events by result: sent (acknowledged by the sink), spooled (written to the local "
-    "write-ahead file while the sink was unreachable), dropped (lost: queue or WAL full).",
+    "Prediction-log events by result: sent (acknowledged by the sink), spooled (kept in the local "
+    "write-ahead file after a failed delivery, sent later), dropped (lost: write-ahead file full, or refused "
+    "by the sink for good).",
     ["model", "version", "stage", "result"],
 )
 LOG_BACKLOG = Gauge(
@@ -107,7 +108,6 @@ class InferenceLogger:
         namespace: str = "kfrelease",
         inference_service: str | None = None,
         component: str = "predictor",
-        max_buffer: int = 50_000,
         max_wal_bytes: int = 512 * 1024 * 1024,
         timeout: float = 2.0,
         max_batch: int = 500,
@@ -116,8 +116,6 @@ class InferenceLogger:
         self.url = url
         self.wal_dir = Path(wal_dir)
         self.model, self.version, self.stage = model, version, stage
-        self.max_buffer = max_buffer
-        self.max_wal_bytes = max_wal_bytes
         self.timeout = timeout
         self.max_batch = max(1, max_batch)
         self.linger = linger
@@ -135,7 +133,7 @@ class InferenceLogger:
         }
         self.base_headers = event_headers(attributes)
         self.structured_prefix = event_template(attributes)
-        self._queue: collections.deque = collections.deque()
+        self.spool = Spool(self.wal_dir, sync=False, max_bytes=max_wal_bytes, backoff=Backoff(0.1, 5.0))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,85 +144,87 @@ class InferenceLogger:
         self._dropped = LOG_EVENTS.labels(*labels, "dropped")
         self._backlog = LOG_BACKLOG.labels(*labels)
         self.sent = self.spooled = self.dropped = 0
-        # write-ahead file state (only the sender thread touches these)
-        self._wal_fh = None
-        self._wal_seq = 0
-        self._wal_bytes = 0
-        self._wal_pending = 0
-        self._retry_at = 0.0
-        self._backoff = 0.1
+        # events in the order written (a previous run's backlog first): how many were delivered, and up to
+        # which one they were counted as spooled (only the sender thread touches these)
+        self._delivered, self._counted = 0, self.spool.pending
 
     # --- request path ------------------------------------------------------------------------------
     def log(self, request_id: str, rows, predictions) -> None:
-        """Queue the request and response events of one prediction; O(1), never raises."""
+        """Write the request and response events of one prediction to the write-ahead file (it survives a
+        kill of this process) for the sender thread to post; never raises."""
         try:
-            if len(self._queue) >= self.max_buffer:
+            events = self._events(request_id, _now_iso(), rows, predictions)
+            if not self.spool.append([orjson.dumps(e) + b"\n" for e in events]):
                 self.dropped += 2
                 self._dropped.inc(2)
                 return
-            self._queue.append((request_id, _now_iso(), rows, predictions))
             self._wake.set()
         except Exception:
-            log.exception("could not queue a prediction-log event")
+            log.exception("could not write a prediction-log event")
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
-        existing = self._wal_segments()
-        self._wal_seq = (int(existing[-1].stem) + 1) if existing else 0
-        self._wal_pending = sum(self._count_lines(p) for p in existing)
-        self._wal_bytes = self._disk_bytes()
         self._client = httpx.Client(timeout=self.timeout)
         self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what can be sent within ``timeout``; the rest is kept in the write-ahead file."""
+        """Send what can be sent now (one try); the rest stays in the write-ahead file."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout + 1)
-        self._close_segment()
+        self.spool.close()
         if self._client is not None:
             self._client.close()
 
     def backlog(self) -> int:
-        return len(self._queue) * 2 + self._wal_pending
+        """Events not yet acknowledged by the sink (all in the write-ahead file)."""
+        return self.spool.pending
 
     # --- sender thread ------------------------------------------------------------------------------
     def _run(self) -> None:
-        deadline = None
-        while True:
-            if self._stop.is_set():
-                deadline = deadline or time.monotonic() + 5.0
-                if not self._queue or time.monotonic() > deadline:
-                    self._spool_queue()
-                    return
-            if not self._queue and not (self._wal_pending and time.monotonic() >= self._retry_at):
-                idle = 1.0 if not self._wal_pending else min(1.0, self._retry_at - time.monotonic())
-                self._wake.wait(timeout=max(0.05, idle))
+        while not self._stop.is_set():
+            if not self.spool.backoff.ready():
+                self._stop.wait(min(1.0, self.spool.backoff.remaining()))
+                continue
+            if not self.spool.pending:
+                self._wake.wait(1.0)
                 self._wake.clear()
-            if self._queue and len(self._queue) * 2 < self.max_batch and not self._stop.is_set():
-                time.sleep(self.linger)  # let a batch gather: one POST per linger, not per prediction
+                continue
+            if self.spool.open_lines < self.max_batch:
+                self._stop.wait(self.linger)  # let a batch gather: one POST per linger, not per prediction
+            self._send_spooled()
+        if self.spool.pending and self.spool.backoff.ready():
+            self._send_spooled()
+
+    def _send_spooled(self) -> None:
+        try:
+            self.spool.rotate()
+            self.spool.drain(self._deliver_segment)
+        except Exception:
+            log.exception("prediction-log sender error")
+            self._stop.wait(0.1)
+        self._backlog.set(self.backlog())
+
+    def _deliver_segment(self, segment: Path, lines: list[bytes]) -> int:
+        """Post one write-ahead segment's events; how many of its lines, from the first, the sink is done with."""
+        events = []
+        for i, line in enumerate(lines):
             try:
-                if self._wal_pending and time.monotonic() >= self._retry_at:
-                    self._replay()
-                while self._queue:
-                    events = []
-                    while self._queue and len(events) < self.max_batch:
-                        events += self._events(*self._queue.popleft())
-                    if self._wal_pending or time.monotonic() < self._retry_at:
-                        done = 0
-                    else:
-                        done = self._deliver(events)
-                    for event in events[done:]:
-                        self._spool(event)
-                    if self._wal_pending and time.monotonic() >= self._retry_at:
-                        break  # the sink may be back: replay before sending newer events
-            except Exception:
-                log.exception("prediction-log sender error")
-                time.sleep(0.1)
-            self._backlog.set(self.backlog())
+                events.append((i, orjson.loads(line)))
+            except orjson.JSONDecodeError:
+                log.error("skipping an unreadable line %d of %s", i, segment)
+        done = self._deliver([e for _, e in events])
+        taken = len(lines) if done == len(events) else events[done][0]
+        written = self._delivered + self.spool.pending  # every event written so far, oldest first
+        self._delivered += taken
+        if taken < len(lines):  # the sink is down: every event waiting now counts as spooled, once
+            fresh = written - max(self._counted, self._delivered)
+            self.spooled += fresh
+            self._spooled.inc(fresh)
+            self._counted = written
+        return taken
 
     def _events(self, request_id: str, when: str, rows, predictions) -> list[dict]:
         request = orjson.dumps({"instances": rows.tolist()})
@@ -317,97 +317,19 @@ class InferenceLogger:
     def _send(self, content, headers: dict, events: int) -> tuple[bool | None, str]:
         """One POST of ``events`` events to the sink, and the sink's answer (``status: text``): True when
         acknowledged (counted as sent), None when refused for good (a 4xx other than 408/429), False when it
-        should be retried (after the back-off, which doubles up to 5 s)."""
+        should be retried (after the spool's back-off)."""
         try:
             resp = self._client.post(self.url, content=content, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning("log sink %s unreachable (%s); spooling to %s", self.url, type(exc).__name__, self.wal_dir)
+            log.warning("log sink %s unreachable (%s); kept in %s", self.url, type(exc).__name__, self.wal_dir)
             resp = None
         answer = f"{resp.status_code}: {resp.text[:200]}" if resp is not None else "unreachable"
         if resp is not None and 200 <= resp.status_code < 300:
             self.sent += events
             self._sent.inc(events)
-            self._backoff = 0.1
             return True, answer
         if resp is not None and 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
             return None, answer
         if resp is not None:
             log.warning("log sink answered %s", answer)
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 5.0)
         return False, answer
-
-    # --- write-ahead file ------------------------------------------------------------------------------
-    def _wal_segments(self) -> list[Path]:
-        return sorted(self.wal_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
-
-    @staticmethod
-    def _count_lines(path: Path) -> int:
-        with open(path, "rb") as fh:
-            return sum(1 for line in fh if line.strip())
-
-    def _spool(self, event: dict) -> None:
-        line = orjson.dumps(event) + b"\n"
-        if self._wal_bytes + len(line) > self.max_wal_bytes:
-            self.dropped += 1
-            self._dropped.inc()
-            return
-        if self._wal_fh is None:
-            self._wal_fh = open(self.wal_dir / f"{self._wal_seq}.jsonl", "ab")  # noqa: SIM115 - kept open, closed on rotation
-            self._wal_seq += 1
-        self._wal_fh.write(line)
-        self._wal_bytes += len(line)
-        self._wal_pending += 1
-        self.spooled += 1
-        self._spooled.inc()
-        if self._wal_pending % 64 == 0:
-            self._wal_fh.flush()
-
-    def _spool_queue(self) -> None:
-        while self._queue:
-            for event in self._events(*self._queue.popleft()):
-                self._spool(event)
-
-    def _close_segment(self) -> None:
-        if self._wal_fh is not None:
-            self._wal_fh.flush()
-            os.fsync(self._wal_fh.fileno())
-            self._wal_fh.close()
-            self._wal_fh = None
-
-    def _replay(self) -> None:
-        """Send spooled events oldest first; a segment is deleted once every event in it is acknowledged."""
-        self._close_segment()  # new events go to a new segment while this one is replayed
-        for segment in self._wal_segments():
-            with open(segment, "rb") as fh:
-                lines = [line for line in fh if line.strip()]
-            events = []
-            for line in lines:
-                try:
-                    events.append(orjson.loads(line))
-                except orjson.JSONDecodeError:  # a torn last line after a crash
-                    self._wal_pending -= 1
-            for start in range(0, len(events), self.max_batch):
-                chunk = events[start : start + self.max_batch]
-                done = self._deliver(chunk)
-                self._wal_pending -= done
-                if done < len(chunk):
-                    # keep the unsent rest (the sent part may be re-sent later: the sink dedups)
-                    self._rewrite(segment, [orjson.dumps(e) + b"\n" for e in events[start + done :]])
-                    self._wal_bytes = self._disk_bytes()
-                    return
-            segment.unlink()
-        self._wal_bytes = self._disk_bytes()
-        self._wal_pending = max(self._wal_pending, 0)
-
-    def _disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._wal_segments())
-
-    @staticmethod
-    def _rewrite(segment: Path, lines: list[bytes]) -> None:
-        tmp = segment.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, segment)

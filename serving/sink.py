@@ -12,12 +12,13 @@ A batch is all or nothing: its events are appended (and fsync'ed) together and a
 apart from a retry; ``kfrelease.serving.logger`` then sends that batch's events one at a time, so only the
 invalid ones are refused). An empty batch writes nothing and is a 200.
 
-Acknowledged means durable: an event is appended to the local write-ahead file (``services/logsink/wal/``)
-and fsync'ed before the 200 goes out (concurrent requests share one fsync). A background uploader turns
-each closed WAL segment into Parquet batches ``inference-logs/model=<m>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet``
-(``kfrelease.lake``: one per model and hour, the uuid derived from the segment, written with ``If-None-Match``
-so a retried upload never doubles a batch) and deletes the segment only once every object of it is stored.
-While the object store is down, segments pile up locally and are flushed, oldest first, when it is back.
+Acknowledged means durable: an event is appended to the local write-ahead file (``services/logsink/wal/``,
+a ``kfrelease.lake.spool.Spool``) and fsync'ed before the 200 goes out (concurrent requests share one
+fsync). A background uploader turns each closed segment into Parquet batches
+``inference-logs/model=<m>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`` (``kfrelease.lake``: one per model
+and hour, the uuid derived from the segment, written with ``If-None-Match`` so a retried upload never
+doubles a batch) and deletes the segment only once every object of it is stored. While the object store is
+down, segments pile up locally and are flushed, oldest first, when it is back (the spool's back-off).
 Closed hours with many small batches are compacted into one (``kfrelease.lake.write.compact_partition``).
 
 Duplicates: an event is identified by its server (CloudEvents ``source``, InferenceService, endpoint), its
@@ -25,8 +26,6 @@ Duplicates: an event is identified by its server (CloudEvents ``source``, Infere
 every KServe agent sends the same default source); a repeated event is acknowledged and dropped. The sink remembers the last ``dedup_window`` keys (and every key still in its
 WAL across restarts); readers drop any older duplicate too.
 
-Over 500 lines: the event parsing, the write-ahead file, the uploader and the HTTP app share one durability
-contract (acknowledged = fsync'ed, deleted = stored); a split is due with the next concern added here.
 """
 
 from __future__ import annotations
@@ -36,10 +35,8 @@ import asyncio
 import collections
 import datetime as dt
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +48,8 @@ from prometheus_client import Counter, Gauge
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import parse_time
-from kfrelease.lake.write import put_batch
+from kfrelease.lake.spool import Spool
+from kfrelease.lake.write import put_batch, segment_objects
 
 log = logging.getLogger(__name__)
 
@@ -280,73 +278,15 @@ def event_key(line: dict) -> tuple:
 # --- write-ahead file and uploader -------------------------------------------------------------------
 
 
-class WriteAheadLog:
-    """Segments ``<seq>-<uuid>.jsonl``; the newest is open for appends, the others wait for upload."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        for tmp in self.dir.glob("*.tmp"):
-            tmp.unlink()
-        segments = self.closed_segments()
-        self.seq = (int(segments[-1].name.split("-")[0]) + 1) if segments else 0
-        self.fh = None
-        self.current: Path | None = None
-        self.current_events = 0
-        self.opened_at = 0.0
-
-    def closed_segments(self) -> list[Path]:
-        # Under the lock: an append may open a new segment at any moment, and a listing taken outside it
-        # could see that open file but not yet know it is the current one (then it was uploaded half
-        # written and deleted, and the lines appended after went to a deleted file).
-        with self.lock:
-            current = getattr(self, "current", None)
-            paths = [p for p in self.dir.glob("*.jsonl") if p != current]
-        return sorted(paths, key=lambda p: int(p.name.split("-")[0]))
-
-    def append(self, lines: list[bytes]) -> None:
-        """Append and fsync (called from a worker thread)."""
-        with self.lock:
-            if self.fh is None:
-                self.current = self.dir / f"{self.seq:012d}-{uuid.uuid4().hex}.jsonl"
-                self.seq += 1
-                self.fh = open(self.current, "ab")  # noqa: SIM115 - kept open until rotate()
-                self.opened_at = time.monotonic()
-                self.current_events = 0
-            self.fh.write(b"".join(lines))
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.current_events += len(lines)
-
-    def rotate(self) -> None:
-        with self.lock:
-            if self.fh is not None:
-                self.fh.close()
-                self.fh = None
-                self.current = None
-
-    def age(self) -> float:
-        return time.monotonic() - self.opened_at if self.fh is not None else 0.0
-
-
-def batch_objects(segment: Path, bucket: str = BUCKET) -> dict[str, tuple[bytes, int]]:
-    """The objects one segment becomes: key -> (Parquet bytes, records), one per model and UTC hour
-    (``kfrelease.lake.write.segment_objects``)."""
-    from kfrelease.lake.write import segment_objects
-
-    return segment_objects(segment, bucket)
-
-
 class Uploader(threading.Thread):
-    """Moves closed WAL segments of a ``BatchWriter`` into its bucket (retrying with back-off)."""
+    """Moves closed write-ahead segments of a ``BatchWriter`` into its bucket (the spool's back-off between
+    failed tries)."""
 
     def __init__(self, writer: BatchWriter, interval: float):
         super().__init__(name=f"{writer.bucket}-uploader", daemon=True)
         self.writer = writer
         self.interval = interval
         self.stop_event = threading.Event()
-        self.backoff = 0.5
 
     def run(self) -> None:
         last_compaction = time.monotonic()
@@ -371,34 +311,26 @@ class Uploader(threading.Thread):
         return done
 
     def flush_once(self, force: bool = False) -> bool:
-        """Rotate the open segment if due and upload every closed one; True if nothing is left."""
+        """Rotate the open segment if due and upload every closed one (``force``: now, whatever the
+        back-off); True if nothing is left."""
         w = self.writer
-        wal = w.wal
-        if wal.fh is not None and (force or wal.age() >= self.interval or wal.current_events >= w.max_segment_events):
-            wal.rotate()
-        for segment in wal.closed_segments():
-            try:
-                objects = batch_objects(segment, w.bucket)
-                for key, (data, _) in objects.items():
-                    # False: uploaded before a crash or retry; the same key holds the same rows
-                    put_batch(w.store, w.bucket, key, data)
-                n = sum(count for _, count in objects.values())
-                segment.unlink()
-                w.uploaded(n)
-                self.backoff = 0.5
-            except Exception as exc:  # noqa: BLE001 - keep the segment, retry later
-                w.store_up(False)
-                log.warning(
-                    "upload of %s failed (%s); kept locally, retrying in %.1f s",
-                    segment.name,
-                    exc,
-                    self.backoff,
-                )
-                self.stop_event.wait(self.backoff)
-                self.backoff = min(self.backoff * 2, 10.0)
-                return False
-        w.store_up(True)
-        return True
+        spool = w.spool
+        if not (force or spool.backoff.ready()):
+            return False
+        if force or spool.age() >= self.interval or spool.open_lines >= w.max_segment_events:
+            spool.rotate()
+        ok = spool.drain(self._upload)
+        w.store_up(ok)
+        return ok
+
+    def _upload(self, segment: Path, lines: list[bytes]) -> int:
+        """One segment's objects, each created once (a retried upload finds the same key with the same rows)."""
+        objects = segment_objects(segment, self.writer.bucket)
+        for key, (data, _) in objects.items():
+            put_batch(self.writer.store, self.writer.bucket, key, data)
+        if self.writer.bucket == BUCKET:
+            UPLOADED.inc(sum(count for _, count in objects.values()))
+        return len(lines)
 
 
 class BatchWriter:
@@ -418,40 +350,31 @@ class BatchWriter:
         self.store = store
         self.bucket = bucket
         self.compact_interval = compact_interval  # seconds between compactions; 0: never
-        self.wal = WriteAheadLog(wal_dir)
+        self.spool = Spool(wal_dir, sync=True)
         self.max_segment_events = max_segment_events
-        self.pending = 0
         self.last_store_ok = True
-        self._lock = threading.Lock()
         self._buffer: list[tuple[bytes, int, asyncio.Future]] = []
         self._flushing = False
         self.uploader = Uploader(self, flush_interval)
 
+    @property
+    def pending(self) -> int:
+        """Lines acknowledged but not yet in the object store."""
+        return self.spool.pending
+
     def existing_lines(self) -> Iterator[dict]:
-        """Lines still in the WAL from an earlier run (not yet uploaded)."""
-        for segment in self.wal.closed_segments():
-            with open(segment, "rb") as fh:
-                for raw in fh:
-                    try:
-                        yield orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        continue
-
-    def _pending_add(self, n: int) -> None:
-        with self._lock:
-            self.pending = max(0, self.pending + n)
-            if self.bucket == BUCKET:
-                PENDING.set(self.pending)
-
-    def uploaded(self, n: int) -> None:
-        self._pending_add(-n)
-        if self.bucket == BUCKET:
-            UPLOADED.inc(n)
+        """Lines still in the write-ahead file from an earlier run (not yet uploaded)."""
+        for raw in self.spool.lines():
+            try:
+                yield orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
 
     def store_up(self, ok: bool) -> None:
         self.last_store_ok = ok
         if self.bucket == BUCKET:
             STORE_UP.set(1 if ok else 0)
+            PENDING.set(self.pending)
 
     async def append(self, lines: list[bytes]) -> None:
         # Group commit: whoever arrives while an fsync runs waits for the next one, shared by all.
@@ -468,12 +391,13 @@ class BatchWriter:
             while self._buffer:
                 batch, self._buffer = self._buffer, []
                 try:
-                    await asyncio.to_thread(self.wal.append, [b for b, _, _ in batch])
+                    await asyncio.to_thread(self.spool.append, [b for b, _, _ in batch])
                 except Exception as exc:  # noqa: BLE001
                     for _, _, f in batch:
                         f.set_exception(exc)
                 else:
-                    self._pending_add(sum(n for _, n, _ in batch))
+                    if self.bucket == BUCKET:
+                        PENDING.set(self.pending)
                     for _, _, f in batch:
                         f.set_result(None)
         finally:
@@ -487,7 +411,7 @@ class BatchWriter:
         self.uploader.stop_event.set()
         if self.uploader.is_alive():
             self.uploader.join(15)
-        self.wal.rotate()
+        self.spool.rotate()
         try:
             self.uploader.flush_once(force=True)
         except Exception as exc:  # noqa: BLE001
@@ -524,12 +448,9 @@ class LogSink:
         )
         self.dedup_window = dedup_window
         self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
-        n = 0
         for line in self.writer.existing_lines():  # not yet uploaded: remember their keys
             if {"source", "id", "type"} <= set(line):
                 self._remember(event_key(line))
-                n += 1
-        self.writer._pending_add(n)
 
     @property
     def pending(self) -> int:

@@ -364,7 +364,7 @@ def step_traffic_summary(ctx: DemoContext) -> None:
 
     import httpx
 
-    from kfrelease.serving.logs import read_predictions
+    from kfrelease.lake import read_predictions
     from kfrelease.storage import store_for
 
     gens = ctx.state.get("traffic") or {}

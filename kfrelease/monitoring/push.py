@@ -6,20 +6,22 @@ therefore drops its quality gauges instead of leaving stale ones behind, and
 ``kfrelease_model_window_insufficient`` says so. Prometheus scrapes the Pushgateway with
 ``honor_labels: true`` so these labels are kept (Pushgateway README, "About the job and instance labels").
 
-A Pushgateway that cannot be reached loses nothing: the payload is written to a spool directory
-(``$KFRELEASE_HOME/monitoring/pending-push/``) and pushed first on the next call to ``push_windows``.
+A Pushgateway that cannot be reached loses nothing: every payload is first written to a spool
+(``kfrelease.lake.spool.Spool`` in ``$KFRELEASE_HOME/monitoring/pending-push/``), then pushed, oldest
+first; what could not be pushed is pushed first on the next call to ``push_windows``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from kfrelease.config import Settings
+from kfrelease.lake.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -117,35 +119,35 @@ def _push_one(url: str, item: dict, timeout: float) -> None:
 
 
 def push_windows(settings: Settings, windows, url: str | None = None, timeout: float = 3.0) -> PushOutcome:
-    """Push the latest window of each (version, stage); spool what cannot be pushed; flush the spool first."""
+    """Push the latest window of each (version, stage), after what an earlier call could not push; what
+    cannot be pushed stays spooled."""
     url = url or settings.url("pushgateway")
-    spool = spool_dir(settings)
-    spool.mkdir(parents=True, exist_ok=True)
-    for w in windows:  # spool first: a crash mid-push loses nothing
-        path = spool / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload(w)))
-        tmp.replace(path)
+    spool = Spool(spool_dir(settings))
+    if windows:  # spooled first: a crash mid-push loses nothing
+        spool.append([orjson.dumps(payload(w)) + b"\n" for w in windows])
+    spool.rotate()
     out = PushOutcome()
-    for path in sorted(spool.glob("*.json")):
-        try:
-            item = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            out.errors.append(f"{path}: unreadable ({exc}); left in place")
-            out.pending += 1
-            continue
-        try:
-            _push_one(url, item, timeout)
-        except Exception as exc:  # noqa: BLE001 - URLError, connection refused, HTTP errors
-            out.pending += 1
-            out.errors.append(f"{type(exc).__name__}: {exc}")
-            continue
-        path.unlink(missing_ok=True)
-        out.pushed += 1
+
+    def push(segment: Path, lines: list[bytes]) -> int:
+        for i, line in enumerate(lines):
+            try:
+                _push_one(url, orjson.loads(line), timeout)
+            except orjson.JSONDecodeError as exc:
+                log.error("%s: skipping an unreadable result (%s)", segment, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - URLError, connection refused, HTTP errors
+                out.errors.append(f"{type(exc).__name__}: {exc}")
+                return i
+            out.pushed += 1
+        return len(lines)
+
+    spool.drain(push)
+    out.pending = len(spool.lines())
     if out.pending:
+        reason = f"is not reachable ({out.errors[-1]})" if out.errors else "was busy with another run's push"
         out.message = (
-            f"Pushgateway at {url} is not reachable ({out.errors[-1]}); {out.pending} result(s) kept in {spool} "
-            f"and pushed on the next run (`kfrelease up` starts it)"
+            f"Pushgateway at {url} {reason}; {out.pending} result(s) kept in {spool.dir} and pushed on the next "
+            "run (`kfrelease up` starts it)"
         )
         log.warning(out.message)
     else:

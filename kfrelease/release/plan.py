@@ -127,10 +127,10 @@ def holdout_pairs(registry, store, model: str, version: str, production: str):
 
 def labelled_per_hour(store, model: str, now: dt.datetime | None = None) -> float:
     """Labels received in the last hour (the feedback service's records)."""
-    from kfrelease.serving.feedback import read_feedback
+    from kfrelease.lake import read_labels
 
     now = now or dt.datetime.now(dt.UTC)
-    fb = read_feedback(store, model, since=now - dt.timedelta(hours=1))
+    fb = read_labels(store, model, since=now - dt.timedelta(hours=1))
     return float(len(fb))
 
 

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from kfrelease.config import Settings
+from kfrelease.lake.spool import Spool
 from kfrelease.monitoring.push import payload, push_windows, spool_dir
 from kfrelease.monitoring.window import WindowResult
 
@@ -50,7 +51,7 @@ def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
     out = push_windows(settings, [window(), window(version="V1.2.0")], url=url, timeout=1)
     assert out.pushed == 0 and out.pending == 2 and not out.ok
     assert "not reachable" in out.message and "kept in" in out.message
-    assert len(list(spool_dir(settings).glob("*.json"))) == 2
+    assert len(Spool(spool_dir(settings)).lines()) == 2  # kept, one line each
 
 
 @pytest.mark.integration
@@ -71,7 +72,7 @@ def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path
             f'kfrelease_model_r2{{instance="",job="kfrelease-monitor",model="m",stage="production",version="{v}"}} 0.5'
             in text
         )
-    assert not list(spool_dir(settings).glob("*.json"))
+    assert Spool(spool_dir(settings)).lines() == []
 
 
 def test_a_window_pushes_its_confidence_bounds_for_the_alerts():

@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from kfrelease.demo.traffic import TrafficGenerator
+from kfrelease.lake import read_predictions
 from kfrelease.rollout.spec import CheckSpec, load_rollout_spec
 from kfrelease.serving.gateway import LocalGatewayDriver
-from kfrelease.serving.logs import read_predictions
 from kfrelease.storage import store_for
 from tests.training.conftest import PrivateDataset
 

@@ -43,7 +43,7 @@ def _model_dir(root, version, offset):
 
 
 def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, tmp_path, monkeypatch):
-    from kfrelease.serving.logs import read_predictions
+    from kfrelease.lake import read_predictions
     from kfrelease.stack.services import declared_services
     from kfrelease.storage import store_for
 

@@ -17,9 +17,8 @@ import pandas as pd
 import pytest
 
 from kfrelease.config import Settings
+from kfrelease.lake import read_labels, read_predictions
 from kfrelease.lake.read import stored_rows
-from kfrelease.serving.feedback import read_feedback
-from kfrelease.serving.logs import read_predictions
 from kfrelease.serving.services import feedback_service, logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
@@ -131,7 +130,7 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
 
     def joined():
         preds = read_predictions(store, MODEL)
-        truth = read_feedback(store, MODEL)
+        truth = read_labels(store, MODEL)
         both = preds[preds.request_id.isin(ids)].merge(truth, on=["request_id", "instance"])
         return both if len(both) == len(ids) else None
 

@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
 
+from kfrelease.lake import count_events, read_predictions
 from kfrelease.lake.read import stored_rows
 from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
-from kfrelease.serving.logs import count_events, read_predictions
+from kfrelease.lake.write import segment_objects
 from kfrelease.serving.sink import (
+    BUCKET,
     InvalidEvent,
     LogSink,
-    batch_objects,
     create_app,
     event_key,
     event_line,
@@ -131,7 +132,7 @@ def test_the_kserve_agent_headers_alone_give_model_version_and_stage(tmp_path):
     assert len({event_key(ln) for ln in lines}) == 6, "the sink would drop the shadow's or the canary's answer"
     seg = tmp_path / "000000000001-agent.jsonl"
     seg.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
-    ((key, (data, n)),) = batch_objects(seg).items()  # one model, one hour: one batch of 6 events
+    ((key, (data, n)),) = segment_objects(seg, BUCKET).items()  # one model, one hour: one batch of 6 events
     assert n == 6 and key.startswith("model=diabetes-progression/date=2026-01-02/hour=03/")
     (tmp_path / "b.parquet").write_bytes(data)
     from kfrelease.lake.engine import define_views
@@ -194,7 +195,7 @@ def test_a_segment_becomes_one_parquet_object_per_model_and_hour_with_a_stable_k
         },
     ]
     seg.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
-    first, again = batch_objects(seg), batch_objects(seg)
+    first, again = segment_objects(seg, BUCKET), segment_objects(seg, BUCKET)
     assert first == again  # a retried upload writes the same keys (If-None-Match makes it a no-op)
     assert sorted(k.rsplit("/", 1)[0] for k in first) == [
         "model=m/date=2026-01-02/hour=23",
@@ -249,6 +250,25 @@ def test_a_batch_is_written_whole_or_refused_whole_and_the_logger_then_loses_onl
 
 
 BATCH = "application/cloudevents-batch+json"
+
+
+def test_a_logged_prediction_is_in_the_write_ahead_file_when_log_returns_and_is_sent_from_there(tmp_path):
+    """The prediction logger writes before the answer leaves (a killed model server loses no answered
+    request: ``tests/lake/test_spool.py`` kills one), and its sender posts from that file and empties it."""
+    import numpy as np
+
+    from kfrelease.config import Settings
+    from kfrelease.serving.logger import InferenceLogger
+
+    sink = LogSink(Settings(home=tmp_path), wal_dir=tmp_path / "wal", store=object())
+    logger = InferenceLogger("http://testserver/", tmp_path / "logger-wal", "wal-model", "V1.0.0", "production", ["a"])
+    logger.log("first", np.array([[1.0]]), np.array([2.0]))
+    assert _wal_ids(tmp_path / "logger-wal") == ["first", "first"] and logger.backlog() == 2  # request, response
+    with TestClient(create_app(sink)) as client:
+        logger._client = client  # the sender thread is not started: one round is run here
+        logger._send_spooled()
+    assert _wal_ids(tmp_path / "wal") == ["first", "first"] and (logger.sent, logger.backlog()) == (2, 0)
+    assert _wal_ids(tmp_path / "logger-wal") == []
 
 
 @pytest.mark.integration
@@ -337,7 +357,7 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     import threading
     import uuid
 
-    from kfrelease.serving.sink import BUCKET, BatchWriter
+    from kfrelease.serving.sink import BatchWriter
     from kfrelease.storage import store_for
 
     store = store_for("serving", stack)
@@ -349,7 +369,7 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     def append(t: int) -> None:
         for i in range(per_thread):
             line = {"model": model, "time": "2026-01-02T03:04:05Z", "id": f"{t}-{i}", "type": "request"}
-            writer.wal.append([orjson.dumps(line) + b"\n"])
+            writer.spool.append([orjson.dumps(line) + b"\n"])
 
     def upload() -> None:
         while not done.is_set():
