@@ -1,7 +1,7 @@
 """The shadow accuracy gate: the staging candidate against production on the *same* live requests.
 
 The gateway mirrors production requests to the staging candidate with the same request id; both model
-servers log their answers (``kfrelease.serving.logs``) and ground truth arrives later through the feedback
+servers log their answers (read back by ``kfrelease.lake``) and ground truth arrives later through the feedback
 service (``kfrelease.serving.feedback``). ``join_shadow`` pairs, per (request id, instance), the
 production answer, the candidate's answer and the truth; ``shadow_verdict`` decides on exactly those rows
 with the paired, anytime-valid sequential test of ``kfrelease.release.decision`` (the spec's ``shadow``
