@@ -249,3 +249,36 @@ def test_a_release_never_touches_another_models_objects():
     release(d, cluster, SERVERLESS, SERVERLESS.canary.steps)
     assert {k: v for k, v in cluster.objects.items() if "housing-prices" in k[2]} == before
     assert cluster.refused == []
+
+
+def test_the_lock_reads_the_lease_as_a_real_api_server_and_client_return_it():
+    """Finding: the Lease's ``renewTime`` comes back from a real server as ``...123456Z`` and out of the
+    ``kubernetes`` client's typed ``V1Lease`` as ``...123456+00:00``; the lock parsed only the first and
+    crashed every later release of the model. The stand-in now hands the Lease through ``V1Lease``."""
+    from kfrelease.k8s.driver.lease import lease_as_dict, parse_micro_time
+    from tests.cluster_standin import typed
+
+    server_json = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "kfrelease-release-x", "namespace": "ns", "resourceVersion": "7"},
+        "spec": {"holderIdentity": V2, "leaseDurationSeconds": 60, "renewTime": "2026-01-01T10:00:00.123456Z"},
+    }
+    as_client_returns = lease_as_dict(typed(server_json, "V1Lease"))
+    assert as_client_returns["spec"]["renewTime"] == "2026-01-01T10:00:00.123456+00:00"
+    expected = dt.datetime(2026, 1, 1, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    for form in ("2026-01-01T10:00:00.123456Z", "2026-01-01T10:00:00.123456+00:00", "2026-01-01T11:00:00.123456+01:00"):
+        assert parse_micro_time(form) == expected
+
+    cluster = cluster_for(SERVERLESS)
+    now = [dt.datetime(2026, 12, 1, tzinfo=dt.UTC)]
+    first = driver(cluster, SERVERLESS, holder=V2, clock=lambda: now[0])
+    first.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    stored = cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]
+    assert stored["spec"]["renewTime"].endswith("Z")  # the server's own form
+    later = driver(cluster, SERVERLESS, holder=V3, clock=lambda: now[0])
+    with pytest.raises(Conflict, match="holds the lock"):  # read through V1Lease, parsed, still held
+        later.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
+    now[0] += dt.timedelta(seconds=first.lock.duration + 1)
+    later.lock.acquire()  # expired: taken over
+    assert cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]["spec"]["holderIdentity"] == V3

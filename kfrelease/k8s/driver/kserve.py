@@ -27,12 +27,12 @@ authorization; the tests' cluster stand-in in ``tests/cluster_standin`` enforces
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Protocol
 
 from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.k8s.driver.lease import ClusterReleaseLock, lease_as_dict, lease_duration, now_utc
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -44,7 +44,6 @@ GROUPS = {
     "VirtualService": "networking.istio.io",
     "Lease": "coordination.k8s.io",
 }
-LEASE_API = "coordination.k8s.io/v1"
 
 
 class DriverForbidden(KfreleaseError):
@@ -195,7 +194,7 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         if ref["kind"] == "Lease":
             api = self._client.CoordinationV1Api()
             lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
-            return None if lease is None else api.api_client.sanitize_for_serialization(lease)
+            return None if lease is None else lease_as_dict(lease)
         return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
 
     def patch(self, ref: dict) -> None:
@@ -231,93 +230,6 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _micro_time(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
-
-
-class ClusterReleaseLock:
-    """A model's release lock: the Lease ``kfrelease-release-<model>`` in the serving namespace, as client-go's
-    leader election uses one (``holderIdentity``, ``leaseDurationSeconds``, ``renewTime``; a write with a stale
-    ``resourceVersion`` loses). ``holder`` names the release (the candidate version): a re-run of the same
-    release takes the lock back at once; another release waits until the holder releases it or stops renewing
-    it for ``duration_seconds``."""
-
-    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=_now):
-        from kfrelease.k8s.render.inference import production_name
-        from kfrelease.k8s.render.platform import release_lease_name
-
-        self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
-        self.ref = {
-            "apiVersion": LEASE_API,
-            "kind": "Lease",
-            "namespace": spec.serving.namespace,
-            "name": release_lease_name(production_name(spec)),
-        }
-
-    def _expired(self, lease: dict) -> bool:
-        spec = lease.get("spec") or {}
-        if not spec.get("holderIdentity"):
-            return True
-        renewed = dt.datetime.strptime(spec["renewTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-        return self.clock() > renewed + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
-
-    def acquire(self) -> None:
-        """Take or renew the lock; ``Conflict`` when another release holds it."""
-        now = _micro_time(self.clock())
-        lease = self.objects.get(self.ref)
-        if lease is None:
-            self.objects.create(
-                {
-                    "apiVersion": LEASE_API,
-                    "kind": "Lease",
-                    "metadata": {
-                        "name": self.ref["name"],
-                        "namespace": self.ref["namespace"],
-                        "labels": {"app.kubernetes.io/part-of": "kfrelease"},
-                    },
-                    "spec": {
-                        "holderIdentity": self.holder,
-                        "leaseDurationSeconds": self.duration,
-                        "acquireTime": now,
-                        "renewTime": now,
-                        "leaseTransitions": 0,
-                    },
-                }
-            )
-            return
-        spec = lease.setdefault("spec", {})
-        if spec.get("holderIdentity") != self.holder:
-            if not self._expired(lease):
-                raise Conflict(
-                    f"the release of {spec.get('holderIdentity')} holds the lock {self.ref['namespace']}/"
-                    f"{self.ref['name']} (renewed {spec.get('renewTime')}); this release moved no traffic; it "
-                    "can start when that one ends"
-                )
-            spec.update(
-                holderIdentity=self.holder, acquireTime=now, leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1
-            )
-        spec.update(renewTime=now, leaseDurationSeconds=self.duration)
-        self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
-
-    def release(self) -> None:
-        lease = self.objects.get(self.ref)
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
-            return
-        lease["spec"].update(holderIdentity="", renewTime=_micro_time(self.clock()), leaseDurationSeconds=1)
-        self.objects.replace(lease)
-
-
-def lease_duration(spec: RolloutSpec) -> int:
-    """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
-    with a margin: the lock must outlive it or a second release could take it mid-rollout."""
-    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (spec.canary.max_holds + 1))
-    return int(gap) + 300
-
-
 def _terminal(state: TrafficState) -> bool:
     return not state.shadow and not (state.canary and state.canary_weight > 0 and state.primary)
 
@@ -334,7 +246,7 @@ class KServeTrafficDriver:
         *,
         holder: str | None = None,
         kserve_version: str | None = None,
-        clock=_now,
+        clock=now_utc,
     ):
         from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
