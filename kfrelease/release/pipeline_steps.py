@@ -14,7 +14,8 @@ from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None):
     """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
     from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
-    names the cluster's KServe), else the local gateway."""
+    names the cluster's KServe, ``KFRELEASE_SERVING_DOMAIN`` its model domain: both set by the release steps'
+    PodDefault from the environment), else the local gateway."""
     if setting("KFRELEASE_TARGET") == "cluster":
         from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
         from kfrelease.registry import ModelRegistry
@@ -29,7 +30,12 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
                 else f"s3://models/artifacts/{spec.model}/{mv.version}/"
             )
         return KServeTrafficDriver(
-            spec, uris, KubernetesObjects(), holder=version, kserve_version=setting("KFRELEASE_KSERVE_VERSION")
+            spec,
+            uris,
+            KubernetesObjects(),
+            holder=version,
+            kserve_version=setting("KFRELEASE_KSERVE_VERSION"),
+            domain=setting("KFRELEASE_SERVING_DOMAIN"),
         )
     from kfrelease.serving.gateway import LocalGatewayDriver
 

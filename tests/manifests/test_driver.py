@@ -46,7 +46,13 @@ def applied(spec) -> list[dict]:
 
 def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
     return KServeTrafficDriver(
-        spec, URIS, cluster.client(DRIVER), holder=holder, kserve_version=cluster.kserve or ENV.kserve_version, **kwargs
+        spec,
+        URIS,
+        cluster.client(DRIVER),
+        holder=holder,
+        kserve_version=cluster.kserve or ENV.kserve_version,
+        domain=ENV.model_domain,
+        **kwargs,
     )
 
 
@@ -281,4 +287,6 @@ def test_the_lock_reads_the_lease_as_a_real_api_server_and_client_return_it():
         later.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
     now[0] += dt.timedelta(seconds=first.lock.duration + 1)
     later.lock.acquire()  # expired: taken over
-    assert cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]["spec"]["holderIdentity"] == V3
+    assert (
+        cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]["spec"]["holderIdentity"] == V3
+    )

@@ -246,12 +246,14 @@ class KServeTrafficDriver:
         *,
         holder: str | None = None,
         kserve_version: str | None = None,
+        domain: str | None = None,
         clock=now_utc,
     ):
         from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
+        self.domain = domain
         self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
@@ -279,6 +281,7 @@ class KServeTrafficDriver:
             self.storage_uris,
             logger_url=self.logger_url,
             kserve_version=self.kserve_version,
+            domain=self.domain,
         )
 
     def _refused(self, plan: dict[str, list[dict]]) -> list[str]:

@@ -44,6 +44,17 @@ PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
 DEFAULT_KSERVE_VERSION = "0.20.0"
 #: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
 STATE_ANNOTATION = "kfrelease.io/traffic-state"
+#: The model server's container port: named ``http1`` in the ServingRuntime (kept in raw mode), renamed
+#: ``user-port`` by Knative in Serverless mode (knative/serving ``pkg/reconciler/revision/resources``).
+PREDICTOR_PORT_NAME = "http1"
+KNATIVE_USER_PORT_NAME = "user-port"
+#: Pod label of each predictor pod naming its model version (a DNS slug); the PodMonitor copies it onto every
+#: series of the pod as ``kfrelease_io_version`` (``podTargetLabels``), KServe's own series included.
+VERSION_LABEL = "kfrelease.io/version"
+#: The ``stage`` label a release's canary carries on the cluster: the canary predictor is rendered with the
+#: production spec (promotion must not restart it), so its series say stage="production"; the version tells
+#: the canary apart.
+CANARY_SERIES_STAGE = "production"
 FEEDBACK_SERVICE = "kfrelease-feedback"
 
 
@@ -150,7 +161,7 @@ def _predictor(
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
         "service_account_name": PREDICTOR_SERVICE_ACCOUNT,
         "labels": {
-            "kfrelease.io/version": version_slug(version),
+            VERSION_LABEL: version_slug(version),
             "kfrelease.io/stage": stage,
         },
     }
@@ -431,10 +442,16 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
         name="kserve-container",
         image=image,
         command=["python", "-m", "kfrelease.serving.predictor"],
+        # The model's name, not the InferenceService's: the staging InferenceService answers the mirrored
+        # copies of requests for /v1/models/<model>, and the series carry model=<model> on every predictor.
+        # ``$(VAR)`` is expanded by the kubelet from the container's env (KServe merges the predictor's model
+        # env into this container: ``MergeRuntimeContainers``), ``{{.Name}}`` by KServe (the InferenceService).
         args=[
             "--model-dir",
             "/mnt/models",
             "--name",
+            "$(KFRELEASE_MODEL_NAME)",
+            "--inference-service",
             "{{.Name}}",
             "--http-port",
             "8080",
@@ -443,7 +460,8 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
             "--stage",
             "$(KFRELEASE_STAGE)",
         ],  # no --logger-url: on a cluster the InferenceService's logger (the KServe agent) sends the events
-        ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
+        # "http1": Knative accepts only h2c/http1 (and renames it user-port in the pod); raw mode keeps it
+        ports=[V1ContainerPort(name=PREDICTOR_PORT_NAME, container_port=8080, protocol="TCP")],
     )
     obj = V1alpha1ServingRuntime(
         api_version="serving.kserve.io/v1alpha1",
@@ -462,6 +480,8 @@ def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping
     """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
     logger_url = kwargs.pop("logger_url", None)
     kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
+    if kwargs.get("domain") is None:
+        kwargs.pop("domain", None)
     return [
         *render_inference_services(spec, state, storage_uris, logger_url=logger_url, kserve_version=kserve_version),
         render_virtual_service(spec, state, **kwargs),

@@ -78,14 +78,34 @@ def oauth2_proxy_kustomization(env: Environment) -> dict:
     }
 
 
-def kubeflow_ingress(env: Environment) -> dict:
+def ingress_hosts(env: Environment, serving_ns: str) -> list[str]:
+    """The host rules of the ALB: Kubeflow's host and the models' hosts (``client_hosts`` on the environment's
+    model domain). A Kubernetes Ingress wildcard stands for exactly one DNS label (``*.foo.com`` matches
+    ``bar.foo.com``, not ``baz.bar.foo.com``: networking.k8s.io/v1 ``IngressRule.host``), so KServe's
+    ``<isvc>-<ns>.<domain>`` needs ``*.<domain>`` and Knative's ``<isvc>.<ns>.<domain>`` needs
+    ``*.<ns>.<domain>``."""
+    return [env.kubeflow_host, f"*.{env.model_domain}", f"*.{serving_ns}.{env.model_domain}"]
+
+
+def kubeflow_ingress(env: Environment, serving_ns: str) -> dict:
     """An internet-facing ALB in front of Kubeflow's istio-ingressgateway (AWS Load Balancer Controller, IRSA in
-    the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline``. TLS ends at
-    the ALB with the ACM certificate of ``kubeflow_host`` (oauth2-proxy's ``FORCE_HTTPS`` cookies and the CI's
-    bearer token need HTTPS); the ALB forwards HTTP to the gateway's port 80, where Kubeflow's
-    ``kubeflow-gateway`` listens, and checks the gateway's readiness on its status port (15021)."""
+    the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline`` and clients
+    reach the models at their hosts (``ingress_hosts``); any other host gets the ALB's 404. TLS ends at the ALB
+    with the ACM certificate ``certificate_arn``, which must cover every host rule (the docs request it with
+    those names as subject alternative names); oauth2-proxy's ``FORCE_HTTPS`` cookies and the CI's bearer
+    token need HTTPS. The ALB forwards HTTP to the gateway's port 80, where Kubeflow's ``kubeflow-gateway``
+    listens for every host, and checks the gateway's readiness on its status port (15021)."""
     gw_ns, gw_name = INGRESS_GATEWAY
     alb = "alb.ingress.kubernetes.io/"
+    backend = {
+        "paths": [
+            {
+                "path": "/",
+                "pathType": "Prefix",
+                "backend": {"service": {"name": gw_name, "port": {"number": 80}}},
+            }
+        ]
+    }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -105,20 +125,7 @@ def kubeflow_ingress(env: Environment) -> dict:
         },
         "spec": {
             "ingressClassName": "alb",
-            "rules": [
-                {
-                    "host": env.kubeflow_host,
-                    "http": {
-                        "paths": [
-                            {
-                                "path": "/",
-                                "pathType": "Prefix",
-                                "backend": {"service": {"name": gw_name, "port": {"number": 80}}},
-                            }
-                        ]
-                    },
-                }
-            ],
+            "rules": [{"host": host, "http": backend} for host in ingress_hosts(env, serving_ns)],
         },
     }
 
@@ -154,4 +161,5 @@ def bootstrap_documents(spec, env: Environment) -> list[dict]:
         TrafficState(primary=env.production_version),
         {env.production_version: uri},
         kserve_version=env.kserve_version,
+        domain=env.model_domain,
     )

@@ -272,6 +272,10 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 {"name": "KFRELEASE_TARGET", "value": "cluster"},
                 # the canary's traffic checks query the cluster's Prometheus (kfrelease.release.checks)
                 {"name": "KFRELEASE_PROMETHEUS_URL", "value": CLUSTER_PROMETHEUS_URL},
+                # what the driver renders must be what this cluster runs: its KServe (deployment mode values,
+                # spec.canary) and its model domain (the VirtualService's hosts, as the bootstrap rendered them)
+                {"name": "KFRELEASE_KSERVE_VERSION", "value": env.kserve_version},
+                {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
             ]
         docs.append(
             {

@@ -1,0 +1,107 @@
+"""Blocking findings of the EKS review (issue 24), each on what an overlay builds to (`kubectl kustomize`)
+and the one-time bootstrap: the paths a request, a mirrored copy and a release step take on the cluster."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS
+from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
+from kfrelease.k8s.render.inference import production_name, staging_name
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, PREDICTOR_SELECTOR, principal
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, STEP_LABEL
+
+
+def bootstrap(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((MANIFESTS_DIR / "bootstrap" / name / "release.yaml").read_text()) if d]
+
+
+def ingress_admits(rule_host: str, host: str) -> bool:
+    """networking.k8s.io/v1 IngressRule.host: exact, or ``*.`` + suffix where ``*`` is exactly one DNS label."""
+    if rule_host.startswith("*."):
+        return re.fullmatch(r"[^.]+" + re.escape(rule_host[1:]), host) is not None
+    return rule_host == host
+
+
+def test_the_alb_ingress_accepts_every_model_host_the_virtualservice_serves(built):
+    """Finding: the ALB Ingress had only ``kubeflow_host``, so every request for a model host got the ALB's
+    404 and the shadow never saw traffic. Each external host of the release's VirtualService must match a
+    rule; a host of no rule still gets the 404."""
+    for name, docs in built.items():
+        ingress = next(d for d in docs if d["kind"] == "Ingress")
+        rules = [r["host"] for r in ingress["spec"]["rules"]]
+        vs = next(d for d in bootstrap(name) if d["kind"] == "VirtualService")
+        external = [h for h in vs["spec"]["hosts"] if not h.endswith(".svc.cluster.local")]
+        assert external, vs["spec"]["hosts"]
+        for host in external:
+            assert any(ingress_admits(r, host) for r in rules), f"{name}: ALB answers 404 for {host} ({rules})"
+        assert not any(ingress_admits(r, "a.b.c.unrelated.example.org") for r in rules)
+        assert ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/certificate-arn"]
+
+
+def test_a_mirrored_copy_from_an_in_mesh_clients_sidecar_passes_the_rendered_policies(built, sources):
+    """Finding: an in-mesh client's own sidecar applies the VirtualService (gateway ``mesh``) and sends the
+    mirrored copy with the client's identity, but the predictors trusted only the ingress gateway, so every
+    copy got Envoy's 403 and the shadow gate saw 0 pairs. The copy now passes; a pod of a namespace that is
+    not a declared client is still refused."""
+    spec = sources.spec
+    ns = spec.serving.namespace
+    predict = f"/v1/models/{spec.model}:predict"
+    for name, docs in built.items():
+        env = sources.envs.environments[name]
+        assert env.mesh_clients, "the example environments declare an in-mesh client namespace"
+        policies = upstream_policies() + [d for d in docs if d["kind"] == "AuthorizationPolicy"]
+        shadow = Workload(ns, {**PREDICTOR_SELECTOR, "serving.kserve.io/inferenceservice": staging_name(spec)})
+        stable = Workload(ns, {**PREDICTOR_SELECTOR, "serving.kserve.io/inferenceservice": production_name(spec)})
+        for client in env.mesh_clients:
+            sidecar = principal(client, "default")
+            for port in (8080, 9081):  # model server, KServe agent (logger on)
+                ok, why = decide(policies, Request(shadow, port, predict, "POST", sidecar))
+                assert ok, f"{name}: mirrored copy from {sidecar} refused: {why}"
+                assert decide(policies, Request(stable, port, predict, "POST", sidecar))[0]
+        assert decide(policies, Request(shadow, 8080, predict, "POST", INGRESS_GATEWAY))[0]
+        outsider = principal("kfrelease-science", "default-editor")
+        assert not decide(policies, Request(shadow, 8080, predict, "POST", outsider))[0]
+
+
+@pytest.mark.parametrize("env_name", ["staging", "production"])
+def test_release_steps_are_told_the_clusters_kserve_version_and_model_domain(built, sources, env_name, monkeypatch):
+    """Finding: no pod was told ``KFRELEASE_KSERVE_VERSION``, so on KServe 0.14/0.15 the driver rendered
+    ``deploymentMode: Standard`` (unknown there: Serverless) and the shadow was refused. The release steps'
+    PodDefault carries the environment's version and model domain, and the driver built from that env renders
+    what the bootstrap rendered: its first move patches no host of the VirtualService."""
+    from kfrelease.k8s.driver.kserve import InMemoryObjects
+    from kfrelease.release.pipeline_steps import driver_for
+    from kfrelease.rollout.traffic import TrafficState
+
+    env = sources.envs.environments[env_name]
+    docs = built[env_name]
+    pod_default = next(
+        d
+        for d in docs
+        if d["kind"] == "PodDefault"
+        and (d["spec"]["selector"].get("matchLabels") or {}).get(STEP_LABEL) == RELEASE_DRIVER_STEP
+    )
+    assert pod_default["metadata"]["namespace"] == RELEASE_NS
+    values = {e["name"]: e["value"] for e in pod_default["spec"]["env"]}
+    assert values["KFRELEASE_KSERVE_VERSION"] == env.kserve_version
+    assert values["KFRELEASE_SERVING_DOMAIN"] == env.model_domain
+    for k, v in values.items():  # the step's pod, as the PodDefault webhook leaves it
+        monkeypatch.setenv(k, v)
+    import kfrelease.k8s.driver.kserve as kserve_driver
+    import kfrelease.registry
+
+    monkeypatch.setattr(kserve_driver, "KubernetesObjects", lambda: InMemoryObjects(bootstrap(env_name)))
+    monkeypatch.setattr(kfrelease.registry.ModelRegistry, "list", lambda self, model: [])
+    monkeypatch.setattr("kfrelease.storage.store_for", lambda *a, **k: None)
+    driver = driver_for(None, sources.spec, "V9.9.9")
+    assert driver.kserve_version == env.kserve_version and driver.domain == env.model_domain
+    isvc = next(d for d in bootstrap(env_name) if d["kind"] == "InferenceService")
+    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    driver.storage_uris = {env.production_version: uri, "V9.9.9": "oci://x/y@sha256:" + "a" * 64}
+    plan = driver._plan(TrafficState(primary=env.production_version, shadow="V9.9.9", mirror_percent=100))
+    vs_patches = [p for p in plan["patch"] if p["kind"] == "VirtualService"]
+    assert all("hosts" not in (p["patch"].get("spec") or {}) for p in vs_patches), vs_patches
