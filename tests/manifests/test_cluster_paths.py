@@ -105,3 +105,44 @@ def test_release_steps_are_told_the_clusters_kserve_version_and_model_domain(bui
     plan = driver._plan(TrafficState(primary=env.production_version, shadow="V9.9.9", mirror_percent=100))
     vs_patches = [p for p in plan["patch"] if p["kind"] == "VirtualService"]
     assert all("hosts" not in (p["patch"].get("spec") or {}) for p in vs_patches), vs_patches
+
+
+def _tasks(package: dict) -> dict[str, dict]:
+    """Task name -> task of every DAG of a compiled pipeline (``root`` and the components' DAGs)."""
+    out = {}
+    for comp in [package["root"], *package["components"].values()]:
+        out.update((comp.get("dag") or {}).get("tasks") or {})
+    return out
+
+
+def _compile(pipeline, tmp_path) -> dict:
+    from kfp import compiler
+
+    path = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipeline, str(path))
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def test_release_steps_have_resources_retries_no_cache_and_are_not_evicted_by_the_autoscaler(tmp_path):
+    """Finding: the release steps had no resources, no retries and could be evicted by a scale-down in the
+    middle of a canary step; monitoring steps were cached, so a scheduled run replayed an old window."""
+    from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
+    from kfrelease.pipelines.release_pipeline import SAFE_TO_EVICT, release_pipeline
+
+    package, platform = _compile(release_pipeline, tmp_path)[:2]
+    tasks = _tasks(package)
+    release = {k: v for k, v in tasks.items() if not k.startswith("condition")}
+    assert set(release) == {"release-preflight", "shadow-gate", "rollout"}, set(release)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    containers = package["deploymentSpec"]["executors"]
+    for name, task in release.items():
+        assert task["cachingOptions"] == {}, name  # enableCache false is the empty message
+        assert task["retryPolicy"]["maxRetryCount"] >= 1, name
+        exe = task["componentRef"]["name"].replace("comp-", "exec-")
+        assert containers[exe]["container"]["resources"]["resourceCpuLimit"], name
+        assert executors[exe]["podMetadata"]["annotations"][SAFE_TO_EVICT] == "false", name
+        assert executors[exe]["podMetadata"]["labels"][STEP_LABEL] == RELEASE_DRIVER_STEP, name
+    monitoring = _compile(monitoring_pipeline, tmp_path)[0]
+    for name, task in _tasks(monitoring).items():
+        if not name.startswith(("condition", "for-loop")):
+            assert task["cachingOptions"] == {}, name

@@ -290,3 +290,61 @@ def test_the_lock_reads_the_lease_as_a_real_api_server_and_client_return_it():
     assert (
         cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]["spec"]["holderIdentity"] == V3
     )
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_a_release_step_that_gets_sigterm_leaves_production_serving_and_the_lease_free(spec):
+    """Finding: no release step handled SIGTERM, so a KFP Terminate or an eviction left the canary at N %
+    with the Lease held, and the model's next release was refused until the Lease expired. A real SIGTERM to
+    this process, inside the step's ``terminable`` block, moves all traffic back and frees the Lease."""
+    import os
+    import signal
+    import time
+
+    from kfrelease.release.pipeline_steps import ReleaseTerminated, terminable
+
+    cluster = cluster_for(spec)
+    release = driver(cluster, spec, holder=V2)
+    release.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ReleaseTerminated, match="signal 15"):
+        with terminable(release, V1):
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the step's work; the signal interrupts it
+                time.sleep(0.01)
+            raise AssertionError("SIGTERM did not reach the step within 10 s")
+    assert signal.getsignal(signal.SIGTERM) == before
+    vs = next(
+        d for (k, _, n), d in cluster.objects.items() if k == "VirtualService" and n == f"{production_name(spec)}-release"
+    )
+    assert recorded_state(vs) == TrafficState(primary=V1)
+    assert all(d["metadata"]["name"] != f"{production_name(spec)}-staging" for d in isvcs(cluster, spec).values())
+    lease = cluster.objects[("Lease", spec.serving.namespace, release.lock.ref["name"])]
+    assert lease["spec"]["holderIdentity"] == ""
+    driver(cluster, spec, holder=V3).apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # not blocked
+
+
+def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_measured():
+    """Finding: the release steps measured right after a move, while KServe was still starting the
+    candidate. With ``ready_timeout`` the driver waits for ``Ready`` on the generation it wrote, and says
+    which InferenceService is not ready when the time is up."""
+    from kfrelease.k8s.driver.kserve import NotReady
+
+    cluster = cluster_for(SERVERLESS)
+    waited = []
+    release = driver(cluster, SERVERLESS, ready_timeout=0.0, sleep=waited.append)
+    with pytest.raises(NotReady, match=r"diabetes-progression-staging is not Ready .*none yet"):
+        release.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    ns = SERVERLESS.serving.namespace
+    for (kind, namespace, _), doc in cluster.objects.items():  # what KServe's controller then writes
+        if kind == "InferenceService" and namespace == ns:
+            doc["status"] = {
+                "observedGeneration": doc["metadata"]["generation"],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+    release.wait_ready(
+        [{"kind": "InferenceService", "apiVersion": "serving.kserve.io/v1beta1", "namespace": ns, "name": n}
+         for n in isvcs(cluster, SERVERLESS)],
+        timeout=0.0,
+    )

@@ -50,6 +50,10 @@ class DriverForbidden(KfreleaseError):
     """The release driver's service account may not do an operation a move needs; nothing was sent."""
 
 
+class NotReady(KfreleaseError):
+    """An InferenceService of the release did not become Ready in time after a move; nothing was measured."""
+
+
 class ClusterObjects(Protocol):
     def list(self, spec: RolloutSpec) -> list[dict]: ...
 
@@ -247,13 +251,18 @@ class KServeTrafficDriver:
         holder: str | None = None,
         kserve_version: str | None = None,
         domain: str | None = None,
+        ready_timeout: float | None = None,
         clock=now_utc,
+        sleep=None,
     ):
         from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
         self.domain = domain
+        #: seconds to wait after a move until every InferenceService it wrote is Ready (None: do not wait)
+        self.ready_timeout = ready_timeout
+        self._sleep = sleep or __import__("time").sleep
         self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
@@ -325,6 +334,45 @@ class KServeTrafficDriver:
             self.objects.patch(ref)
         for ref in plan["delete"]:
             self.objects.delete(ref)
+        written = [ref_of(d) for d in plan["create"]] + plan["patch"]
+        if self.ready_timeout is not None:
+            self.wait_ready([r for r in written if r["kind"] == "InferenceService"], self.ready_timeout)
+
+    def wait_ready(self, refs: list[dict], timeout: float) -> None:
+        """Until each InferenceService has observed its latest spec and says ``Ready`` (KServe sets the
+        ``Ready`` condition once every component's is: ``pkg/apis/serving/v1beta1/inference_service_status.go``;
+        ``status.observedGeneration`` catches up with ``metadata.generation``), or ``NotReady`` after
+        ``timeout`` seconds: a step never measures traffic on a predictor that is not serving yet."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        pending = list(refs)
+        while pending:
+            still = []
+            for ref in pending:
+                doc = self.objects.get(ref) or {}
+                status = doc.get("status") or {}
+                generation = (doc.get("metadata") or {}).get("generation")
+                ready = any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+                )
+                if not (ready and (generation is None or status.get("observedGeneration", 0) >= generation)):
+                    still.append((ref, status))
+            if not still:
+                return
+            if time.monotonic() >= deadline:
+                ref, status = still[0]
+                conditions = [
+                    f"{c.get('type')}={c.get('status')} ({c.get('reason') or c.get('message') or ''})"
+                    for c in status.get("conditions") or []
+                ]
+                raise NotReady(
+                    f"InferenceService {ref['namespace']}/{ref['name']} is not Ready after {timeout:g} s "
+                    f"(conditions: {', '.join(conditions) or 'none yet'}); see `kubectl describe inferenceservice "
+                    f"-n {ref['namespace']} {ref['name']}`"
+                )
+            pending = [ref for ref, _ in still]
+            self._sleep(2.0)
 
     def apply(self, state: TrafficState) -> None:
         before = self.current()
