@@ -146,3 +146,140 @@ def test_release_steps_have_resources_retries_no_cache_and_are_not_evicted_by_th
     for name, task in _tasks(monitoring).items():
         if not name.startswith(("condition", "for-loop")):
             assert task["cachingOptions"] == {}, name
+
+
+def test_kubeflow_manifests_are_fetched_at_the_tags_upstream_has(sources):
+    """Finding: Kubeflow 26.03 was rendered and documented as ``ref=v26.03``; kubeflow/manifests tags its
+    calendar releases without the ``v`` (tags ``v1.11.0`` and ``26.03``)."""
+    import dataclasses
+
+    from kfrelease.k8s.render.kubeflow import dex_kustomization, oauth2_proxy_kustomization
+    from kfrelease.k8s.versions import KUBEFLOW_KSERVE, kubeflow_ref
+
+    assert kubeflow_ref("26.03") == "26.03" and kubeflow_ref("1.11.0") == "v1.11.0"
+    assert "26.03" in KUBEFLOW_KSERVE
+    env = dataclasses.replace(
+        sources.envs.environments["staging"], kubeflow_version="26.03", kserve_version="0.16.0"
+    )
+    for doc in (oauth2_proxy_kustomization(env), dex_kustomization(env)):
+        assert doc["resources"][0].endswith("?ref=26.03"), doc["resources"]
+
+
+def _upstream_stand_in(root):
+    """The objects of kubeflow/manifests (26.03) our kustomizations replace, with upstream's published values:
+    ``common/oauth2-proxy/base/kustomization.yaml`` (secretGenerator ``oauth2-proxy``),
+    ``common/oauth2-proxy/components/istio-m2m/requestauthentication.yaml`` (``m2m-token-issuer``, no
+    audiences), ``common/dex/base/kustomization.yaml`` + ``secret_params.env`` (``dex-oidc-client``) and
+    ``dex-passwords.yaml`` (the hash of ``12341234``). Written here, not vendored: the shapes are what count."""
+    oauth = root / "oauth2-proxy"
+    oauth.mkdir(parents=True)
+    (oauth / "ra.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "security.istio.io/v1beta1",
+                "kind": "RequestAuthentication",
+                "metadata": {"name": "m2m-token-issuer", "namespace": "istio-system"},
+                "spec": {"jwtRules": [{"issuer": "PATCH_ME", "forwardOriginalToken": True}]},
+            }
+        )
+    )
+    (oauth / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["ra.yaml"],
+                "secretGenerator": [
+                    {
+                        "name": "oauth2-proxy",
+                        "namespace": "oauth2-proxy",
+                        "literals": [
+                            "client-id=kubeflow-oidc-authservice",
+                            "client-secret=pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok",
+                            "cookie-secret=7d16fee92f8d11b8940b081b3f8b8acb",
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    dex = root / "dex"
+    dex.mkdir()
+    (dex / "passwords.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "dex-passwords", "namespace": "auth"},
+                "stringData": {"DEX_USER_PASSWORD": "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72"},
+            }
+        )
+    )
+    (dex / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["passwords.yaml"],
+                "generatorOptions": {"disableNameSuffixHash": True},
+                "secretGenerator": [
+                    {
+                        "name": "dex-oidc-client",
+                        "namespace": "auth",
+                        "literals": [
+                            "OIDC_CLIENT_ID=kubeflow-oidc-authservice",
+                            "OIDC_CLIENT_SECRET=pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok",
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    return oauth, dex
+
+
+def test_the_public_endpoint_keeps_none_of_kubeflows_published_credentials(tmp_path, sources):
+    """Finding: the internet-facing ALB kept Dex's default user and password and oauth2-proxy re-applied
+    Kubeflow's published client and cookie secrets. The rendered kustomizations replace all three from the
+    environment's own files (built here with the real ``kubectl kustomize`` over a stand-in of upstream's
+    objects), a missing file fails the build instead of falling back, and the m2m RequestAuthentication
+    accepts only tokens minted for KFP."""
+    import base64
+    import shutil as sh
+    import subprocess
+
+    from kfrelease.k8s.render.kubeflow import (
+        DEX_CLIENT_SECRET_FILE,
+        DEX_PASSWORDS_FILE,
+        OAUTH2_PROXY_SECRET_FILE,
+        dex_kustomization,
+        oauth2_proxy_kustomization,
+    )
+
+    env = sources.envs.environments["staging"]
+    upstream_oauth, upstream_dex = _upstream_stand_in(tmp_path / "upstream")
+    built = {}
+    for name, doc, upstream, files in (
+        ("oauth2-proxy", oauth2_proxy_kustomization(env), upstream_oauth,
+         {OAUTH2_PROXY_SECRET_FILE: "client-id=kubeflow-oidc-authservice\nclient-secret=ours-0123\ncookie-secret=" + "c" * 32 + "\n"}),
+        ("dex", dex_kustomization(env), upstream_dex,
+         {DEX_CLIENT_SECRET_FILE: "OIDC_CLIENT_ID=kubeflow-oidc-authservice\nOIDC_CLIENT_SECRET=ours-0123\n",
+          DEX_PASSWORDS_FILE: yaml.safe_dump({"apiVersion": "v1", "kind": "Secret",
+                                               "metadata": {"name": "dex-passwords", "namespace": "auth"},
+                                               "stringData": {"DEX_USER_PASSWORD": "$2y$12$ours"}})}),
+    ):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "kustomization.yaml").write_text(yaml.safe_dump({**doc, "resources": [f"../upstream/{upstream.name}"]}))
+        proc = subprocess.run([sh.which("kubectl"), "kustomize", str(d)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and "secret" in proc.stderr.lower(), "a missing secret file must fail the build"
+        for fname, text in files.items():
+            (d / fname).write_text(text)
+        proc = subprocess.run([sh.which("kubectl"), "kustomize", str(d)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        built[name] = {(x["kind"], x["metadata"]["name"].rsplit("-", 1)[0] if x["kind"] == "Secret" and name ==
+                        "oauth2-proxy" else x["metadata"]["name"]): x for x in yaml.safe_load_all(proc.stdout)}
+    text = yaml.safe_dump(built)
+    for published in ("pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok", "7d16fee92f8d11b8940b081b3f8b8acb", "4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72"):
+        encoded = base64.b64encode(published.encode()).decode()
+        assert published not in text and encoded not in text, published
+    ra = built["oauth2-proxy"][("RequestAuthentication", "m2m-token-issuer")]
+    assert ra["spec"]["jwtRules"][0]["audiences"] == ["pipelines.kubeflow.org"]
+    assert ra["spec"]["jwtRules"][0]["issuer"] == env.oidc_issuer
+    assert built["dex"][("Secret", "dex-passwords")]["stringData"]["DEX_USER_PASSWORD"] == "$2y$12$ours"
