@@ -372,8 +372,14 @@ def cluster_roles() -> list[dict]:
                 },
                 {
                     "apiGroups": ["pipelines.kubeflow.org"],
-                    "resources": ["experiments", "pipelines", "pipelineversions"],
+                    "resources": ["experiments"],
                     "verbs": ["create", "get", "list"],
+                },
+                {
+                    # read only: the CI may not upload a pipeline or a version (only the platform does)
+                    "apiGroups": ["pipelines.kubeflow.org"],
+                    "resources": ["pipelines", "pipelineversions"],
+                    "verbs": ["get", "list"],
                 },
             ],
         }
