@@ -17,7 +17,7 @@ from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.render.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
-from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
+from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver, ref_of
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
@@ -348,3 +348,55 @@ def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_me
          for n in isvcs(cluster, SERVERLESS)],
         timeout=0.0,
     )
+
+
+def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_pruning_them():
+    """Finding: the client sent no ``fieldValidation``, so the server's default ``Warn`` pruned fields an
+    older KServe's CRD does not know and answered 200. Every write of ``KubernetesObjects`` now carries
+    ``fieldValidation=Strict``; checked on the HTTP requests the real ``kubernetes`` client sends to a
+    recording server (a stand-in for the API server: it only records and answers 200)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from kfrelease.k8s.driver.kserve import KubernetesObjects
+
+    seen = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append((self.command, self.path))
+            body = json.dumps({"apiVersion": "v1", "kind": "Status", "metadata": {}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PATCH = do_PUT = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    previous = client.Configuration.get_default_copy()
+    try:
+        config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        client.Configuration.set_default(config)
+        objects = KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+        ns = SERVERLESS.serving.namespace
+        isvc = next(d for d in applied(SERVERLESS) if d["kind"] == "InferenceService")
+        objects.create(isvc)
+        objects.patch({**ref_of(isvc), "patch": {"spec": {"predictor": {"minReplicas": 2}}}})
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": ns}}
+        objects.create(lease)
+        objects.replace(lease)
+    finally:
+        client.Configuration.set_default(previous)
+        server.shutdown()
+    assert [m for m, _ in seen] == ["POST", "PATCH", "POST", "PUT"]
+    assert all("fieldValidation=Strict" in path for _, path in seen), seen

@@ -46,6 +46,13 @@ GROUPS = {
 }
 
 
+#: Every write asks the server to refuse unknown or duplicate fields (``fieldValidation=Strict``). A client that
+#: sends none gets the server's default, ``Warn``, which prunes the fields a CRD's schema does not know and
+#: answers 200 (Kubernetes API conventions, "Field validation", GA in 1.27): a field of KServe 0.20 sent to
+#: an older KServe would vanish silently instead of failing the move.
+STRICT = {"field_validation": "Strict"}
+
+
 class DriverForbidden(KfreleaseError):
     """The release driver's service account may not do an operation a move needs; nothing was sent."""
 
@@ -155,11 +162,11 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         group, _, version = api_version.partition("/")
         return group, version
 
-    def _custom(self, verb: str, api_version: str, namespace: str, kind: str, *args):
+    def _custom(self, verb: str, api_version: str, namespace: str, kind: str, *args, **kwargs):
         """``CustomObjectsApi.<verb>_namespaced_custom_object`` for ``kind`` (its group, version and plural)."""
         group, version = self._gv(api_version)
         method = getattr(self.api, f"{verb}_namespaced_custom_object")
-        return self._call(method, group, version, namespace, PLURALS[kind], *args)
+        return self._call(method, group, version, namespace, PLURALS[kind], *args, **kwargs)
 
     def _call(self, fn, *args, **kwargs):
         from kubernetes.client.exceptions import ApiException
@@ -203,17 +210,21 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
 
     def patch(self, ref: dict) -> None:
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"])
+        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"], **STRICT)
 
     def create(self, doc: dict) -> None:
         if doc["kind"] == "Lease":
-            self._call(self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc)
+            self._call(
+                self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc, **STRICT
+            )
             return
-        self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc)
+        self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc, **STRICT)
 
     def replace(self, doc: dict) -> None:
         meta = doc["metadata"]
-        self._call(self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc)
+        self._call(
+            self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc, **STRICT
+        )
 
     def delete(self, ref: dict) -> None:
         self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
