@@ -83,10 +83,9 @@ class Environment:
     kubeflow_host: str = "kubeflow.example.com"
     certificate_arn: str = ""
     oidc_issuer: str = ""
-    #: The DNS domain of the models' hosts (``<isvc>-<ns>.<domain>``, ``<isvc>.<ns>.<domain>``: the release's
-    #: VirtualService, ``kfrelease.k8s.render.inference.client_hosts``); the ALB Ingress accepts them and the
-    #: ACM certificate must cover ``*.<domain>`` and ``*.<serving namespace>.<domain>``. Empty:
-    #: ``models.<kubeflow_host>``.
+    #: The DNS domain of the models' release hosts (``<model>.<domain>``: the release's VirtualService,
+    #: ``kfrelease.k8s.render.inference.client_hosts``); the ALB Ingress accepts them and the ACM certificate
+    #: must cover ``*.<domain>``. Empty: ``models.<kubeflow_host>``.
     serving_domain: str = ""
     #: Namespaces whose pods call the models inside the mesh (their sidecars route by the release's
     #: VirtualService and mirror to the shadow themselves, with their own identity).

@@ -304,34 +304,40 @@ def _svc_host(spec: RolloutSpec, service: str) -> str:
     return f"{service}.{spec.serving.namespace}.svc.cluster.local"
 
 
-def client_hosts(
-    spec: RolloutSpec,
-    domain: str = DEFAULT_DOMAIN,
-    predictor: str | None = None,
-    kserve_version: str = DEFAULT_KSERVE_VERSION,
-) -> list[str]:
-    """Every host a client can call the production model by, so that the release's VirtualService (and its
-    mirror) sees all of them:
+def release_service_name(spec: RolloutSpec) -> str:
+    """The Service that names a model's release host inside the mesh (``<model>-release``): selector-less, it
+    exists so that DNS resolves and the in-mesh clients' sidecars apply the release's VirtualService to it."""
+    return f"{production_name(spec)}-release"
 
-    - the InferenceService's own hosts: ``<isvc>.<ns>.<domain>`` (Serverless: Knative's domain template
-      ``{{.Name}}.{{.Namespace}}.{{.Domain}}``, from which KServe derives the top-level host in
-      ``reconcilers/ingress/ingress_reconciler.go`` ``getServiceHost``), ``<isvc>-<ns>.<domain>`` (KServe's
-      default ``domainTemplate`` ``{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}``,
-      ``config/configmap/inferenceservice.yaml``, used by the raw ingress) and the mesh-internal
-      ``<isvc>.<ns>.svc.cluster.local`` (``network.GetServiceHostname``);
-    - the predictor's hosts, by the same templates, with its Service name (``predictor_service``).
 
-    KServe also writes a VirtualService for the top-level host; with two VirtualServices on one host and
-    gateway the route order is undefined, so the platform sets ``ingress.disableIstioVirtualHost: true`` in
-    KServe's ``inferenceservice-config`` (docs/platform-engineer-eks.md) and this VirtualService is the only one."""
+def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN) -> list[str]:
+    """The release hosts of a model: ``<model>.<domain>`` (the public one, behind the ALB's ``*.<domain>``
+    rule) and ``<model>-release.<ns>.svc.cluster.local`` (in the mesh, ``render_release_service``).
+
+    They are the release's own, never KServe's or Knative's hosts (``<isvc>-<ns>.<domain>``,
+    ``<isvc>-predictor.<ns>.svc.cluster.local``...): two VirtualServices on one host and gateway have an
+    undefined route order (Istio merges them; net-istio writes the mesh VirtualService of every Knative
+    Service's hosts, KServe the top-level one of every InferenceService), and the only way to keep KServe's
+    off the hosts would be ``ingress.disableIstioVirtualHost``, which holds for every InferenceService of the
+    cluster. So clients call the release hosts (the shadow's mirror and the canary's weights are on them);
+    KServe's own hosts still answer, without the mirror, and are not given to clients."""
     ns, prod = spec.serving.namespace, production_name(spec)
-    pred = predictor_service(prod, predictor, kserve_version)
-    hosts = []
-    for name in (prod, pred):
-        for h in (f"{name}.{ns}.{domain}", f"{name}-{ns}.{domain}", _svc_host(spec, name)):
-            if h not in hosts:
-                hosts.append(h)
-    return hosts
+    return [f"{prod}.{domain}", f"{release_service_name(spec)}.{ns}.svc.cluster.local"]
+
+
+def render_release_service(spec: RolloutSpec) -> dict:
+    """The selector-less Service ``<model>-release`` (see ``client_hosts``): no pod behind it, the sidecars
+    route its requests by the release's VirtualService."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": release_service_name(spec),
+            "namespace": spec.serving.namespace,
+            "labels": {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": _dns(spec.model)},
+        },
+        "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }
 
 
 def traffic_state_annotation(state: TrafficState) -> str:
@@ -405,7 +411,7 @@ def render_virtual_service(
         "route": [{"destination": {"host": _svc_host(spec, FEEDBACK_SERVICE), "port": {"number": 80}}}],
         "timeout": "30s",
     }
-    hosts = client_hosts(spec, domain, stable_predictor, kserve_version)
+    hosts = client_hosts(spec, domain)
     if host and host not in hosts:
         hosts.insert(0, host)
     return {

@@ -138,16 +138,15 @@ def dex_kustomization(env: Environment) -> dict:
     }
 
 
-def ingress_hosts(env: Environment, serving_ns: str) -> list[str]:
-    """The host rules of the ALB: Kubeflow's host and the models' hosts (``client_hosts`` on the environment's
-    model domain). A Kubernetes Ingress wildcard stands for exactly one DNS label (``*.foo.com`` matches
-    ``bar.foo.com``, not ``baz.bar.foo.com``: networking.k8s.io/v1 ``IngressRule.host``), so KServe's
-    ``<isvc>-<ns>.<domain>`` needs ``*.<domain>`` and Knative's ``<isvc>.<ns>.<domain>`` needs
-    ``*.<ns>.<domain>``."""
-    return [env.kubeflow_host, f"*.{env.model_domain}", f"*.{serving_ns}.{env.model_domain}"]
+def ingress_hosts(env: Environment) -> list[str]:
+    """The host rules of the ALB: Kubeflow's host and the models' release hosts ``<model>.<model_domain>``
+    (``kfrelease.k8s.render.inference.client_hosts``). A Kubernetes Ingress wildcard stands for exactly one DNS
+    label (``*.foo.com`` matches ``bar.foo.com``, not ``baz.bar.foo.com``: networking.k8s.io/v1
+    ``IngressRule.host``), as does an ACM certificate's."""
+    return [env.kubeflow_host, f"*.{env.model_domain}"]
 
 
-def kubeflow_ingress(env: Environment, serving_ns: str) -> dict:
+def kubeflow_ingress(env: Environment) -> dict:
     """An internet-facing ALB in front of Kubeflow's istio-ingressgateway (AWS Load Balancer Controller, IRSA in
     the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline`` and clients
     reach the models at their hosts (``ingress_hosts``); any other host gets the ALB's 404. TLS ends at the ALB
@@ -185,7 +184,7 @@ def kubeflow_ingress(env: Environment, serving_ns: str) -> dict:
         },
         "spec": {
             "ingressClassName": "alb",
-            "rules": [{"host": host, "http": backend} for host in ingress_hosts(env, serving_ns)],
+            "rules": [{"host": host, "http": backend} for host in ingress_hosts(env)],
         },
     }
 

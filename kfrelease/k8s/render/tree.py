@@ -150,7 +150,7 @@ def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
         "platform.yaml": platform_documents(env, src.policy, src.envs.team, serving_ns),
         "serving.yaml": serving_documents(src.spec, env, serving_sa, models=src.model_specs),
         "monitoring.yaml": monitoring_documents(src.spec, env),
-        "cluster.yaml": [default_storage_class(), kubeflow_ingress(env, serving_ns)],
+        "cluster.yaml": [default_storage_class(), kubeflow_ingress(env)],
     }
     for ws in src.workspaces:
         files[f"workspaces/{ws.name}.yaml"] = workspace_documents(ws, env, src.policy)

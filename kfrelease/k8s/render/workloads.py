@@ -18,6 +18,7 @@ from kfrelease.k8s.render.inference import (
     PREDICTOR_SERVICE_ACCOUNT,
     VERSION_LABEL,
     production_name,
+    render_release_service,
     render_serving_runtime,
 )
 from kfrelease.k8s.render.mesh import serving_policies
@@ -150,6 +151,7 @@ def serving_documents(
         render_serving_runtime(spec, env.project_image),
         service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
+        *[render_release_service(s) for s in models or (spec,)],
         *serving_policies(
             ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback", clients=env.mesh_clients
         ),
