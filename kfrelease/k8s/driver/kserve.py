@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -273,7 +274,7 @@ class KServeTrafficDriver:
         self.domain = domain
         #: seconds to wait after a move until every InferenceService it wrote is Ready (None: do not wait)
         self.ready_timeout = ready_timeout
-        self._sleep = sleep or __import__("time").sleep
+        self._sleep = sleep or time.sleep
         self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
@@ -354,8 +355,6 @@ class KServeTrafficDriver:
         ``Ready`` condition once every component's is: ``pkg/apis/serving/v1beta1/inference_service_status.go``;
         ``status.observedGeneration`` catches up with ``metadata.generation``), or ``NotReady`` after
         ``timeout`` seconds: a step never measures traffic on a predictor that is not serving yet."""
-        import time
-
         deadline = time.monotonic() + timeout
         pending = list(refs)
         while pending:
