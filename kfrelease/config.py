@@ -191,6 +191,13 @@ VARIABLES: tuple[Variable, ...] = (
         "release",
     ),
     Variable(
+        "KFRELEASE_SERVING_DOMAIN",
+        "str",
+        None,
+        "the cluster's model domain: hosts of the release's VirtualService (set on the release steps' pods)",
+        "release",
+    ),
+    Variable(
         "KFRELEASE_PROMETHEUS_URL",
         "str",
         None,

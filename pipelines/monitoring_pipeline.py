@@ -13,6 +13,7 @@ from kfrelease.components.spark_monitor import (
     choose_monitoring_engine,
     monitor_window_on_spark,
 )
+from kfrelease.training.resources import apply_step_policy
 
 
 @dsl.pipeline(
@@ -31,17 +32,21 @@ def monitoring_pipeline(
     spark_image: str = "",
     bucket_prefix: str = "",
 ):
+    # Every step is uncached: a scheduled run must read the logs and labels of its own time, not replay the
+    # outputs of an earlier run with the same parameters (KFP caches by inputs unless told not to).
     chosen = choose_monitoring_engine(
         model=model, window=window, since=since, engine=engine, spark_image=spark_image
     ).set_display_name("choose engine")
+    apply_step_policy(chosen, "choose engine", None, caching=False)
     with dsl.If(chosen.outputs["engine"] == "duckdb", name="embedded-engine"):
         monitored = monitor_model(
             model=model, window=window, since=since, min_labels=min_labels, reports=reports
         ).set_display_name("monitor")
+        apply_step_policy(monitored, "monitor", None, caching=False)
         with dsl.ParallelFor(monitored.outputs["Output"]) as key:
-            window_report(report_key=key).set_display_name("window report")
+            apply_step_policy(window_report(report_key=key).set_display_name("window report"), "report", None)
     with dsl.Else(name="spark"):
-        monitor_window_on_spark(
+        spark = monitor_window_on_spark(
             model=model,
             features=chosen.outputs["features"],
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -51,3 +56,4 @@ def monitoring_pipeline(
             window=chosen.outputs["spark_window"],
             since=chosen.outputs["since"],
         ).set_display_name("monitor on Spark")
+        apply_step_policy(spark, "monitor on Spark", None, caching=False)

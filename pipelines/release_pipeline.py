@@ -9,6 +9,24 @@ from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
+from kfrelease.training.resources import apply_step_policy
+
+#: The cluster autoscaler never evicts a pod with this annotation "false" to scale a node down
+#: (kubernetes/autoscaler ``cluster-autoscaler/FAQ.md``, "What types of pods can prevent CA from removing a
+#: node?"): a release step moved by a scale-down would interrupt a shadow or a canary step.
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+
+
+def release_step(task, name: str):
+    """A release step: its display name, resources and retries (infrastructure causes: a re-run resumes
+    from the traffic state the cluster records, or starts again after a SIGTERM moved traffic back), never
+    cached (a release acts on the cluster), not evicted by the autoscaler, as the release driver."""
+    from kfp import kubernetes
+
+    task.set_display_name(name)
+    apply_step_policy(task, name, None, caching=False)
+    kubernetes.add_pod_annotation(task, SAFE_TO_EVICT, "false")
+    return step_label(task, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
 
 
 @dsl.pipeline(
@@ -16,17 +34,8 @@ from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
     description="Shadow accuracy gate in staging, canary rollout with automatic rollback, promotion.",
 )
 def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
-    pre = release_preflight(model=model, version=version, spec_yaml=spec_yaml).set_display_name("preflight")
-    pre.set_caching_options(False)
-    step_label(pre, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
+    pre = release_step(release_preflight(model=model, version=version, spec_yaml=spec_yaml), "preflight")
     with dsl.If(pre.output == "shadow", name="has-champion"):
-        gate = shadow_gate(model=model, version=version, spec_yaml=spec_yaml).set_display_name("shadow-gate")
-        gate.set_caching_options(False)
-        step_label(gate, RELEASE_DRIVER_STEP)
+        gate = release_step(shadow_gate(model=model, version=version, spec_yaml=spec_yaml), "shadow-gate")
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
-            step_label(
-                rollout(model=model, version=version, spec_yaml=spec_yaml)
-                .set_display_name("canary-rollout")
-                .set_caching_options(False),
-                RELEASE_DRIVER_STEP,
-            )
+            release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "canary-rollout")

@@ -83,6 +83,17 @@ class Environment:
     kubeflow_host: str = "kubeflow.example.com"
     certificate_arn: str = ""
     oidc_issuer: str = ""
+    #: The DNS domain of the models' release hosts (``<model>.<domain>``: the release's VirtualService,
+    #: ``kfrelease.k8s.render.inference.client_hosts``); the ALB Ingress accepts them and the ACM certificate
+    #: must cover ``*.<domain>``. Empty: ``models.<kubeflow_host>``.
+    serving_domain: str = ""
+    #: Namespaces whose pods call the models inside the mesh (their sidecars route by the release's
+    #: VirtualService and mirror to the shadow themselves, with their own identity).
+    mesh_clients: tuple[str, ...] = ()
+
+    @property
+    def model_domain(self) -> str:
+        return self.serving_domain or f"models.{self.kubeflow_host}"
 
     @property
     def kserve(self) -> KServeVersion:
@@ -174,6 +185,7 @@ def load_environments(path: str | Path | None = None) -> Environments:
                 raise ConfigError(f"{path}: environment {name!r} lacks node group(s) {sorted(missing)}")
             body["kubeflow_version"] = str(body.get("kubeflow_version", Environment.kubeflow_version))
             body["kserve_version"] = str(body.get("kserve_version", Environment.kserve_version))
+            body["mesh_clients"] = tuple(str(n) for n in body.get("mesh_clients") or ())
             env = Environment(name=name, nodes=nodes, **body)
             try:  # an unsupported KServe version is an error here, not at render time
                 env.kserve  # noqa: B018

@@ -139,6 +139,13 @@ KSERVE_VERSIONS: dict[str, KServeVersion] = {
 KUBEFLOW_KSERVE = {kf: v.version for v in KSERVE_VERSIONS.values() for kf in v.kubeflow}
 
 
+def kubeflow_ref(version: str) -> str:
+    """The git tag of a Kubeflow manifests release: ``v1.11.0`` up to 1.x, then the calendar releases are
+    tagged without the ``v`` (kubeflow/manifests has tags ``v1.11.0`` and ``26.03``, no ``v26.03``)."""
+    version = str(version).removeprefix("v")
+    return version if int(version.split(".")[0]) >= 20 else f"v{version}"
+
+
 def kserve_version(version: str) -> KServeVersion:
     """The capabilities of a supported KServe version; a clear error for any other."""
     try:

@@ -122,7 +122,10 @@ def prometheus_url(settings: Settings, spec: RolloutSpec) -> str:
 def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
     """The canary's signal source as the spec names it."""
     if metrics_source(spec) == "prometheus":
-        return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate)
+        from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE
+
+        stage = CANARY_SERIES_STAGE if on_cluster() else "canary"
+        return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate, stage=stage)
     if on_cluster():
         raise ReleaseError(
             "canary.metrics_source predictor reads the model servers on 127.0.0.1 (the embedded stack); on a "
@@ -411,7 +414,7 @@ class ReleaseController:
                 out[check.name] = Measurement(error=unreadable)
             elif check.query:
                 try:
-                    value = source.query(render_query(check.query, self.spec.model, candidate, "canary", seconds))
+                    value = source.query(render_query(check.query, self.spec.model, candidate, source.stage, seconds))
                 except MetricSourceError as exc:
                     out[check.name] = Measurement(error=str(exc))
                     continue

@@ -3,18 +3,62 @@ shadow gate and canary rollout, each a ``ReleaseController`` over the target's t
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
+from kfrelease.errors import KfreleaseError
 from kfrelease.release.controller import ReleaseController
 from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
+from kfrelease.rollout.traffic import TrafficState
+
+log = logging.getLogger(__name__)
+#: How long a release step waits for the InferenceServices a move wrote to be Ready before it measures.
+READY_TIMEOUT_SECONDS = 600
+
+
+class ReleaseTerminated(KfreleaseError):
+    """The release step was told to stop (SIGTERM: a KFP Terminate, an eviction, a node drain); all traffic
+    went back to production and the model's release lock was released."""
+
+
+@contextmanager
+def terminable(driver, production: str) -> Iterator[None]:
+    """Run a release step so that SIGTERM leaves the cluster sane: the signal raises ``ReleaseTerminated``
+    in the step's thread, all traffic goes back to ``production`` (the shadow and canary are removed), and the
+    driver's move to that one-version state releases the model's Lease, so the next release of the model is
+    not blocked until the Lease expires. Kubernetes sends SIGTERM and waits ``terminationGracePeriodSeconds``
+    (30 s by default) before SIGKILL: the move back is two writes. Only in the main thread (signals are
+    delivered there); elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _stop(signum, _frame):
+        raise ReleaseTerminated(f"the release step got signal {signum}; moving all traffic back to {production}")
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    except ReleaseTerminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the move back
+        log.warning("release step terminated; moving all traffic back to %s", production)
+        driver.apply(TrafficState(primary=production))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None):
     """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
     from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
-    names the cluster's KServe), else the local gateway."""
+    names the cluster's KServe, ``KFRELEASE_SERVING_DOMAIN`` its model domain: both set by the release steps'
+    PodDefault from the environment), else the local gateway."""
     if setting("KFRELEASE_TARGET") == "cluster":
         from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
         from kfrelease.registry import ModelRegistry
@@ -29,7 +73,13 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
                 else f"s3://models/artifacts/{spec.model}/{mv.version}/"
             )
         return KServeTrafficDriver(
-            spec, uris, KubernetesObjects(), holder=version, kserve_version=setting("KFRELEASE_KSERVE_VERSION")
+            spec,
+            uris,
+            KubernetesObjects(),
+            holder=version,
+            kserve_version=setting("KFRELEASE_KSERVE_VERSION"),
+            domain=setting("KFRELEASE_SERVING_DOMAIN"),
+            ready_timeout=READY_TIMEOUT_SECONDS,
         )
     from kfrelease.serving.gateway import LocalGatewayDriver
 
@@ -56,7 +106,8 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
     production)."""
     controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
-    verdict = controller.shadow(version, production.version)
+    with terminable(controller.driver, production.version):
+        verdict = controller.shadow(version, production.version)
     if report_path and verdict.html:
         Path(report_path).write_text(verdict.html)
     if verdict.decision != "pass":
@@ -68,7 +119,8 @@ def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """The canary steps after a passed shadow gate: ``promoted`` or ``rolled_back``."""
     controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
-    return controller.canary(version, production.version).result
+    with terminable(controller.driver, production.version):
+        return controller.canary(version, production.version).result
 
 
 def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:

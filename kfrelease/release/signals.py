@@ -8,7 +8,8 @@ Two sources (``canary.metrics_source`` of the rollout spec):
   ``{outcome="invalid"}`` (4xx, not counted as errors); errors = attempts - ok - invalid (5xx).
   Latency: the ``kfrelease_predictor_request_seconds`` histogram, p99 interpolated within the bucket as
   PromQL's ``histogram_quantile`` does.
-- ``prometheus``: the same series queried from Prometheus over the step (``increase(...[Ns])``).
+- ``prometheus``: the same series queried from Prometheus over the step (``increase(...[Ns])``), selected by
+  the labels the rendered predictor pod sets (``series_selectors``): model and version, never the stage.
 
 A server that does not answer its metrics endpoint is a failed check, not a missing one.
 """
@@ -158,8 +159,29 @@ def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> float | None:
     return None if math.isnan(value) else value
 
 
+def series_selectors(model: str, version: str) -> dict[str, str]:
+    """PromQL label matchers of one model version's series, exactly as the rendered predictor pod sets them:
+
+    - the predictor's own series (``kfrelease_predictor_*``) carry ``model`` (its ``--name``, the model's name
+      on every predictor, ``kfrelease.k8s.render.inference.render_serving_runtime``) and ``version`` (the
+      loaded model's); their ``stage`` is the pod's ``--stage``, which is ``production`` for a cluster canary
+      (it is rendered with the production spec), so the stage never selects the canary: the version does;
+    - KServe's ``request_preprocess_seconds`` carries only ``model_name``; the PodMonitor copies the pod's
+      ``kfrelease.io/version`` label onto it as ``kfrelease_io_version`` (``podTargetLabels``).
+    """
+    from kfrelease.k8s.render.inference import version_slug
+
+    return {
+        "predictor": f'model="{model}",version="{version}"',
+        "kserve": f'model_name="{model}",kfrelease_io_version="{version_slug(version)}"',
+    }
+
+
 class PrometheusMetrics:
-    """Queries Prometheus (``canary.metrics_source: prometheus``) for the canary's series over a step."""
+    """Queries Prometheus (``canary.metrics_source: prometheus``) for the candidate's series over a step.
+
+    ``stage`` is the ``stage`` label the candidate's series carry on this target (``{stage}`` of declared
+    queries): ``production`` on a cluster (``CANARY_SERIES_STAGE``), ``canary`` on the embedded stack."""
 
     def __init__(
         self,
@@ -183,25 +205,30 @@ class PrometheusMetrics:
     def start(self) -> None:
         self.query("vector(1)")  # reachable?
 
-    def health(self, _start, seconds: float) -> StepHealth:
+    def queries(self, seconds: float) -> dict[str, str]:
+        """The PromQL the step sends (``attempts``, ``ok``, ``invalid``, ``error``, ``p99``) for a window."""
         w = f"{max(1, math.ceil(seconds))}s"
-        sel = f'model="{self.model}",version="{self.version}",stage="{self.stage}"'
-        ok = self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="ok"}}[{w}]))') or 0.0
-        invalid = (
-            self.query(f'sum(increase(kfrelease_predictor_requests_total{{{sel},outcome="invalid"}}[{w}]))') or 0.0
-        )
-        attempts = (
-            self.query(
-                f'sum(increase(request_preprocess_seconds_count{{model_name="{self.model}",stage="{self.stage}"}}[{w}]))'
-            )
-            or 0.0
-        )
-        p99 = self.query(
-            f"histogram_quantile(0.99, sum by (le) "
-            f"(increase(kfrelease_predictor_request_seconds_bucket{{{sel}}}[{w}])))"
-        )
-        errors = max(0.0, attempts - ok - invalid)
-        requests = max(attempts, ok + invalid)
+        sel = series_selectors(self.model, self.version)
+        mine = sel["predictor"]
+        return {
+            "attempts": f"sum(increase(request_preprocess_seconds_count{{{sel['kserve']}}}[{w}]))",
+            **{
+                outcome: f'sum(increase(kfrelease_predictor_requests_total{{{mine},outcome="{outcome}"}}[{w}]))'
+                for outcome in ("ok", "invalid", "error")
+            },
+            "p99": f"histogram_quantile(0.99, sum by (le) (increase(kfrelease_predictor_request_seconds_bucket{{{mine}}}[{w}])))",
+        }
+
+    def health(self, _start, seconds: float) -> StepHealth:
+        q = self.queries(seconds)
+        ok = self.query(q["ok"]) or 0.0
+        invalid = self.query(q["invalid"]) or 0.0
+        failed = self.query(q["error"]) or 0.0
+        attempts = self.query(q["attempts"]) or 0.0
+        p99 = self.query(q["p99"])
+        # 5xx: what KServe decoded but the predictor never answered, or what it answered with an error
+        errors = max(0.0, attempts - ok - invalid, failed)
+        requests = max(attempts, ok + invalid + failed)
         return StepHealth(
             requests,
             errors,

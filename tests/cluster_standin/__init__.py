@@ -15,22 +15,47 @@ for the operations kfrelease sends, and says so when it cannot:
   supported KServe version); a failure is a 422 and nothing is stored. Pods are mutated by the Kubeflow
   PodDefault webhook as ``components/admission-webhook/main.go`` does (selector and namespace match, env /
   volume conflicts refuse the pod, ``serviceAccountName`` overwritten).
+- **Namespaces**: a namespaced object is refused (404 ``NotFound``) unless its namespace exists: a
+  ``Namespace`` or Kubeflow ``Profile`` applied, or one of the namespaces an EKS cluster with Kubeflow,
+  KServe and kube-prometheus-stack already has (``INSTALLED_NAMESPACES``).
+- **Objects as the server returns them**: every stored object gets ``metadata.uid``, ``creationTimestamp``
+  (RFC 3339) and ``generation``; a Lease's ``acquireTime``/``renewTime`` are ``MicroTime`` and are stored as
+  the server writes them (``2026-01-01T10:00:00.123456Z``; a value that is not RFC 3339 is a 422), and
+  ``StandInObjects.get`` hands a Lease through the ``kubernetes`` client's typed ``V1Lease`` exactly as
+  ``KubernetesObjects.get`` does (so the driver reads ``...+00:00`` as it would on a real cluster).
 - **Writes**: ``metadata.resourceVersion`` on every write; ``replace`` with a stale one is a 409; ``create``
-  of an existing object is a 409. ``patch`` is a JSON merge patch (RFC 7386: ``null`` deletes a key, objects
+  of an existing object is a 409, and so is a create while a deleted object's finalizers still hold it
+  (``delete`` of an object with ``metadata.finalizers`` only sets ``deletionTimestamp``; it goes when a
+  write empties them); ``create`` with ``metadata.resourceVersion`` set is refused as etcd3's store refuses
+  it (``resourceVersion should not be set on objects to be created``, k8s.io/apiserver
+  ``pkg/storage/etcd3/store.go``). ``patch`` is a JSON merge patch (RFC 7386: ``null`` deletes a key, objects
   merge, anything else replaces). ``apply`` is server-side apply: each field manager owns the fields it
   applied, applying a field another manager owns with a different value is a 409 conflict unless forced
   (then ownership moves), fields a manager stops applying are removed unless another manager owns them, and a
   merge patch makes its manager the owner of the fields it sets (lists are atomic, as for CRDs without
   ``x-kubernetes-list-type: map``).
+
+What it still does not enforce (a real cluster would): ``fieldValidation`` (it always validates strictly,
+as ``Strict`` does; the server's default for a client that sends none, ``Warn``, prunes unknown fields of
+custom resources silently, which is why ``KubernetesObjects`` sends ``Strict``); server-side apply of
+``x-kubernetes-list-type: map`` lists as maps (lists are atomic here); admission webhooks other than
+KServe's validation rules and Kubeflow's PodDefault mutation (Istio's, Knative's, KServe's defaulting);
+controllers (no InferenceService ever becomes Ready, no Deployment or Pod is created from it, no garbage
+collection by owner references); watches, ``generateName``, label selectors beyond equality, quotas and
+LimitRanges; authentication itself (a requester is given, never derived from a token).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as _dt
+import json
+import uuid as _uuid
 from collections.abc import Callable, Iterable
 
 from kfrelease.errors import Conflict
 from kfrelease.k8s.driver.kserve import DriverForbidden
+from kfrelease.k8s.driver.lease import lease_as_dict
 from kfrelease.k8s.driver.patches import apply_merge_patch
 from kfrelease.k8s.policy.rbac import (
     RBACModel,
@@ -52,10 +77,55 @@ RESOURCES = {
 }
 
 
+#: Namespaces an EKS cluster has once Kubeflow (its ``example/``), KServe and kube-prometheus-stack are installed.
+INSTALLED_NAMESPACES = {
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "istio-system",
+    "auth",
+    "oauth2-proxy",
+    "cert-manager",
+    "knative-serving",
+    "kubeflow",
+    "kserve",
+    "monitoring",
+}
+#: ``metav1.MicroTime`` fields of the kinds the release writes.
+MICRO_TIMES = {"Lease": ("acquireTime", "renewTime")}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(f"{status} {reason}: {message}")
         self.status, self.reason = status, reason
+
+
+def _micro_time(value, where: str) -> str:
+    """A MicroTime as the server stores and returns it (``metav1.MicroTime``, ``RFC3339Micro``)."""
+    try:
+        parsed = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ApiError(422, "Invalid", f"{where}: {value!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise ApiError(422, "Invalid", f"{where}: {value!r} has no time zone")
+    return parsed.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Response:
+    """What ``ApiClient.deserialize`` reads: the body of an HTTP response."""
+
+    def __init__(self, doc: dict):
+        self.data = json.dumps(doc)
+
+
+def typed(doc: dict, klass: str):
+    """``doc`` (the server's JSON) deserialized by the ``kubernetes`` client into its model ``klass``, as a
+    read through the client returns it (kubernetes-client/python ``api_client.py`` ``deserialize``)."""
+    from kubernetes.client import ApiClient
+
+    return ApiClient().deserialize(_Response(doc), klass)
 
 
 def resource_of(kind: str, api_version: str = "") -> tuple[str, str]:
@@ -130,6 +200,8 @@ class Cluster:
         self.managers: dict[tuple[str, str, str], dict[str, set]] = {}
         self.refused: list[str] = []
         self._rv = 0
+        self.namespaces = set(INSTALLED_NAMESPACES)
+        self.namespaces |= {d["metadata"]["name"] for d in docs if d.get("kind") in ("Namespace", "Profile")}
         for d in docs:
             if d.get("kind") not in ("Namespace", "CustomResourceDefinition"):
                 self._store(d)
@@ -159,10 +231,29 @@ class Cluster:
                 raise ApiError(422, "Invalid", str(exc)) from None
 
     def _store(self, doc: dict) -> dict:
+        kind, ns, name = _key(doc)
+        if ns and ns not in self.namespaces:
+            raise ApiError(404, "NotFound", f"namespaces {ns!r} not found ({kind} {name})")
         self._rv += 1
         doc = copy.deepcopy(doc)
-        doc.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
-        self.objects[_key(doc)] = doc
+        meta = doc.setdefault("metadata", {})
+        old = (self.objects.get((kind, ns, name)) or {}).get("metadata") or {}
+        meta["resourceVersion"] = str(self._rv)
+        meta["uid"] = old.get("uid") or str(_uuid.uuid4())
+        meta["creationTimestamp"] = old.get("creationTimestamp") or _dt.datetime.now(_dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        before = self.objects.get((kind, ns, name))
+        changed = before is None or before.get("spec") != doc.get("spec")
+        meta["generation"] = int(old.get("generation") or 0) + (1 if changed else 0)
+        for field in MICRO_TIMES.get(kind, ()):
+            value = (doc.get("spec") or {}).get(field)
+            if value is not None:
+                doc["spec"][field] = _micro_time(value, f"{kind} {ns}/{name} spec.{field}")
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self.objects.pop((kind, ns, name), None)  # the last finalizer went: the object goes
+            return doc
+        self.objects[(kind, ns, name)] = doc
         return doc
 
     # --- verbs -------------------------------------------------------------------------------------
@@ -186,9 +277,12 @@ class Cluster:
         kind, ns, name = _key(doc)
         self.authorize(who, "create", kind, ns, name, doc.get("apiVersion", ""))
         if (kind, ns, name) in self.objects:
-            raise ApiError(409, "AlreadyExists", f"{kind} {ns}/{name} already exists")
+            held = (self.objects[(kind, ns, name)]["metadata"]).get("deletionTimestamp")
+            why = " and is being deleted (its finalizers still hold it)" if held else ""
+            raise ApiError(409, "AlreadyExists", f"{kind} {ns}/{name} already exists{why}")
+        if (doc.get("metadata") or {}).get("resourceVersion"):
+            raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
         doc = copy.deepcopy(doc)
-        (doc.get("metadata") or {}).pop("resourceVersion", None)
         self._admit(doc)
         self.managers[(kind, ns, name)] = {manager: set(_leaves(doc)) - _IDENTITY}
         return self._store(doc)
@@ -220,8 +314,13 @@ class Cluster:
 
     def delete(self, who: Requester, kind: str, namespace: str, name: str) -> None:
         self.authorize(who, "delete", kind, namespace, name)
-        if self.objects.pop((kind, namespace, name), None) is None:
+        have = self.objects.get((kind, namespace, name))
+        if have is None:
             raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} not found")
+        if have["metadata"].get("finalizers"):  # graceful: the object stays until its finalizers are removed
+            have["metadata"].setdefault("deletionTimestamp", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            return
+        del self.objects[(kind, namespace, name)]
         self.managers.pop((kind, namespace, name), None)
 
     def apply(self, who: Requester, doc: dict, manager: str, force: bool = False) -> dict:
@@ -349,11 +448,14 @@ class StandInObjects:
 
     def get(self, ref: dict) -> dict | None:
         try:
-            return self._call(self.cluster.get, self.who, ref["kind"], ref["namespace"], ref["name"])
+            doc = self._call(self.cluster.get, self.who, ref["kind"], ref["namespace"], ref["name"])
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        if ref["kind"] == "Lease":  # as KubernetesObjects.get: the client's typed V1Lease, then lease_as_dict
+            return lease_as_dict(typed(doc, "V1Lease"))
+        return doc
 
     def patch(self, ref: dict) -> None:
         self.calls.append(("patch", copy.deepcopy(ref)))

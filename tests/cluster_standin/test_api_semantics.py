@@ -129,3 +129,45 @@ def test_server_side_apply_removes_what_a_manager_stops_applying_unless_another_
     cluster.apply(ADMIN, mine, manager="kubectl")
     labels = cluster.objects[key]["metadata"]["labels"]
     assert "owned-by-apply" not in labels and labels["patched"] == "yes"
+
+
+def _config_map(ns, name="kfrelease-probe", **meta):
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, **meta}, "data": {}}
+
+
+def test_an_object_in_a_namespace_that_does_not_exist_is_refused(cluster):
+    with pytest.raises(ApiError, match="404 NotFound: namespaces 'nowhere' not found"):
+        cluster.create(ADMIN, _config_map("nowhere"))
+    cluster.create(ADMIN, _config_map(NS))  # the serving namespace is applied by the overlay
+
+
+def test_a_create_with_a_resource_version_is_refused_as_the_server_refuses_it(cluster):
+    with pytest.raises(ApiError, match="resourceVersion should not be set on objects to be created"):
+        cluster.create(ADMIN, _config_map(NS, resourceVersion="12"))
+
+
+def test_an_object_held_by_a_finalizer_cannot_be_created_again_until_the_finalizer_goes(cluster):
+    cluster.create(ADMIN, _config_map(NS, finalizers=["example.com/cleanup"]))
+    cluster.delete(ADMIN, "ConfigMap", NS, "kfrelease-probe")
+    held = cluster.get(ADMIN, "ConfigMap", NS, "kfrelease-probe")
+    assert held["metadata"]["deletionTimestamp"]
+    with pytest.raises(ApiError, match="being deleted"):
+        cluster.create(ADMIN, _config_map(NS))
+    cluster.patch(ADMIN, "ConfigMap", NS, "kfrelease-probe", {"metadata": {"finalizers": None}})
+    assert ("ConfigMap", NS, "kfrelease-probe") not in cluster.objects
+    cluster.create(ADMIN, _config_map(NS))
+
+
+def test_stored_objects_carry_the_servers_metadata_and_lease_times_in_its_form(cluster):
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "kfrelease-release-probe", "namespace": NS},
+        "spec": {"holderIdentity": "V1.2.0", "renewTime": "2026-01-01T11:00:00.5+01:00", "leaseDurationSeconds": 9},
+    }
+    stored = cluster.create(ADMIN, lease)
+    assert stored["metadata"]["uid"] and stored["metadata"]["creationTimestamp"].endswith("Z")
+    assert stored["metadata"]["generation"] == 1
+    assert stored["spec"]["renewTime"] == "2026-01-01T10:00:00.500000Z"
+    with pytest.raises(ApiError, match="422 Invalid: .*renewTime"):
+        cluster.create(ADMIN, {**lease, "metadata": {**lease["metadata"], "name": "x"}, "spec": {"renewTime": "soon"}})

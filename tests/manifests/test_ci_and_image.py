@@ -12,6 +12,7 @@ from kfrelease.k8s.render.workloads import HTTP_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "ci" / "github" / "kfrelease-trigger.yaml"
+TRAIN_WORKFLOW = REPO / "ci" / "github" / "kfrelease-train.yaml"
 
 
 def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
@@ -20,15 +21,46 @@ def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
     assert on == {"push": {"branches": ["main"]}}
     assert wf["concurrency"]["cancel-in-progress"] is False
     assert wf["permissions"]["id-token"] == "write"
-    steps = wf["jobs"]["trigger"]["steps"]
+    assert set(wf["jobs"]) == {"trigger"} and "steps" not in wf["jobs"]["trigger"]  # only the platform's workflow
+    train = yaml.safe_load(TRAIN_WORKFLOW.read_text())
+    assert set((train[True] if True in train else train["on"])) == {"workflow_call"}
+    steps = train["jobs"]["trigger"]["steps"]
     runs = "\n".join(s.get("run", "") for s in steps)
     assert 'kfrelease trigger --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
+    assert "--audience pipelines.kubeflow.org" in runs  # the only audience the m2m RequestAuthentication accepts
     aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials"))
     assert aws["with"]["role-to-assume"] == "${{ env.AWS_ROLE_ARN }}"
-    assert wf["env"]["AWS_ROLE_ARN"].endswith(f":role/{CI_ROLE}")
-    assert wf["env"]["KFRELEASE_NAMESPACE"] == RELEASE_NS
-    assert wf["env"]["KFRELEASE_SERVICE_ACCOUNT"] == CI_SERVICE_ACCOUNT
-    assert "secrets." not in WORKFLOW.read_text(), "the workflow must not need stored secrets"
+    assert wf["jobs"]["trigger"]["with"]["aws-role-arn"].endswith(f":role/{CI_ROLE}")
+    assert train["env"]["KFRELEASE_NAMESPACE"] == RELEASE_NS
+    assert train["env"]["KFRELEASE_SERVICE_ACCOUNT"] == CI_SERVICE_ACCOUNT
+    for path in (WORKFLOW, TRAIN_WORKFLOW):
+        assert "secrets." not in path.read_text(), "the workflows must not need stored secrets"
+
+
+def test_the_ci_role_trusts_only_the_platforms_reusable_workflow_at_its_release_tag():
+    """Finding: the CI role trusted any workflow on main of the model repository, and the job installed whatever
+    KFRELEASE_PACKAGE the model repository named: whoever could merge could run their code with the role. The
+    role now trusts one platform-owned reusable workflow at the environment's release tag, which pins the
+    package itself; the model repository's workflow only calls it."""
+    from kfrelease.k8s.render.eks import ci_workflow_ref, prerequisites_template
+    from kfrelease.k8s.render.tree import Sources
+
+    src = Sources.load()
+    env = src.envs.environments["production"]
+    template = prerequisites_template(env, src.policy, src.envs.team, [src.spec.model])
+    trust = template["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]
+    ref = ci_workflow_ref(src.envs.team, env)
+    assert trust["StringEquals"]["token.actions.githubusercontent.com:job_workflow_ref"] == ref
+    assert ref == f"{src.envs.team.platform_repository}/.github/workflows/kfrelease-train.yaml@refs/tags/v{env.image_tag}"
+    caller = yaml.safe_load(WORKFLOW.read_text())["jobs"]["trigger"]["uses"]
+    assert caller.replace("@v", "@refs/tags/v").startswith(src.envs.team.platform_repository)
+    assert caller.endswith(f"/.github/workflows/kfrelease-train.yaml@v{env.image_tag}")
+    train = yaml.safe_load(TRAIN_WORKFLOW.read_text())
+    assert train["env"]["KFRELEASE_VERSION"] == env.image_tag
+    assert "inputs." not in train["env"]["KFRELEASE_PACKAGE"] and train["env"]["KFRELEASE_PACKAGE"].endswith(
+        f"@v{env.image_tag}"
+    )
+    assert "package" not in str((train[True] if True in train else train["on"])["workflow_call"]["inputs"])
 
 
 def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
@@ -103,7 +135,7 @@ def test_the_image_workflow_builds_pushes_and_compiles_every_package_by_digest()
     steps = wf["jobs"]["image"]["steps"]
     by_id = {s["id"]: s for s in steps if "id" in s}
     pushes = [s for s in steps if s.get("uses", "").startswith("docker/build-push-action")]
-    assert {s["with"]["target"] for s in pushes} == {"project", "workspace"}
+    assert {s["with"]["target"] for s in pushes} == {"project", "workspace", "spark"}
     assert all(s["with"]["push"] is True and s["with"]["context"] == "." for s in pushes)
     assert by_id["project"]["with"]["target"] == "project"
     # the digest of the pushed project image, not its tag, is what the packages are compiled against
@@ -113,12 +145,22 @@ def test_the_image_workflow_builds_pushes_and_compiles_every_package_by_digest()
     for step in (compile_step, check_step):
         assert step["env"]["KFRELEASE_IMAGE"] == "${{ steps.pin.outputs.image }}"
     assert steps.index(by_id["pin"]) < steps.index(compile_step) < steps.index(check_step)
-    assert wf["env"]["AWS_ROLE_ARN"].endswith(":role/kfrelease-image-publisher")
+    # every environment's registry gets the images (separate accounts)
+    from kfrelease.k8s.render.tree import Sources
+
+    envs = Sources.load().envs.environments
+    matrix = {m["environment"]: m for m in wf["jobs"]["image"]["strategy"]["matrix"]["include"]}
+    assert set(matrix) == set(envs)
+    for name, env in envs.items():
+        assert matrix[name]["registry"] == env.registry and matrix[name]["aws-role-arn"] == env.role_arn(
+            "kfrelease-image-publisher"
+        )
+    assert wf["jobs"]["image"]["env"]["REGISTRY"] == "${{ matrix.registry }}"
     assert "secrets." not in IMAGE_WORKFLOW.read_text()
 
 
 def test_the_trigger_resolves_the_image_digest_and_submits_with_it():
-    wf = yaml.safe_load(WORKFLOW.read_text())
+    wf = yaml.safe_load(TRAIN_WORKFLOW.read_text())
     steps = wf["jobs"]["trigger"]["steps"]
     resolve = next(s for s in steps if "describe-images" in s.get("run", ""))
     trigger = next(s for s in steps if "kfrelease trigger" in s.get("run", ""))

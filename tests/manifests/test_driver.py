@@ -17,7 +17,7 @@ from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.render.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
-from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
+from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver, ref_of
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
@@ -46,7 +46,13 @@ def applied(spec) -> list[dict]:
 
 def driver(cluster, spec, holder=V2, **kwargs) -> KServeTrafficDriver:
     return KServeTrafficDriver(
-        spec, URIS, cluster.client(DRIVER), holder=holder, kserve_version=cluster.kserve or ENV.kserve_version, **kwargs
+        spec,
+        URIS,
+        cluster.client(DRIVER),
+        holder=holder,
+        kserve_version=cluster.kserve or ENV.kserve_version,
+        domain=ENV.model_domain,
+        **kwargs,
     )
 
 
@@ -249,3 +255,148 @@ def test_a_release_never_touches_another_models_objects():
     release(d, cluster, SERVERLESS, SERVERLESS.canary.steps)
     assert {k: v for k, v in cluster.objects.items() if "housing-prices" in k[2]} == before
     assert cluster.refused == []
+
+
+def test_the_lock_reads_the_lease_as_a_real_api_server_and_client_return_it():
+    """Finding: the Lease's ``renewTime`` comes back from a real server as ``...123456Z`` and out of the
+    ``kubernetes`` client's typed ``V1Lease`` as ``...123456+00:00``; the lock parsed only the first and
+    crashed every later release of the model. The stand-in now hands the Lease through ``V1Lease``."""
+    from kfrelease.k8s.driver.lease import lease_as_dict, parse_micro_time
+    from tests.cluster_standin import typed
+
+    server_json = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "kfrelease-release-x", "namespace": "ns", "resourceVersion": "7"},
+        "spec": {"holderIdentity": V2, "leaseDurationSeconds": 60, "renewTime": "2026-01-01T10:00:00.123456Z"},
+    }
+    as_client_returns = lease_as_dict(typed(server_json, "V1Lease"))
+    assert as_client_returns["spec"]["renewTime"] == "2026-01-01T10:00:00.123456+00:00"
+    expected = dt.datetime(2026, 1, 1, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    for form in ("2026-01-01T10:00:00.123456Z", "2026-01-01T10:00:00.123456+00:00", "2026-01-01T11:00:00.123456+01:00"):
+        assert parse_micro_time(form) == expected
+
+    cluster = cluster_for(SERVERLESS)
+    now = [dt.datetime(2026, 12, 1, tzinfo=dt.UTC)]
+    first = driver(cluster, SERVERLESS, holder=V2, clock=lambda: now[0])
+    first.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    stored = cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]
+    assert stored["spec"]["renewTime"].endswith("Z")  # the server's own form
+    later = driver(cluster, SERVERLESS, holder=V3, clock=lambda: now[0])
+    with pytest.raises(Conflict, match="holds the lock"):  # read through V1Lease, parsed, still held
+        later.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
+    now[0] += dt.timedelta(seconds=first.lock.duration + 1)
+    later.lock.acquire()  # expired: taken over
+    assert (
+        cluster.objects[("Lease", SERVERLESS.serving.namespace, first.lock.ref["name"])]["spec"]["holderIdentity"] == V3
+    )
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_a_release_step_that_gets_sigterm_leaves_production_serving_and_the_lease_free(spec):
+    """Finding: no release step handled SIGTERM, so a KFP Terminate or an eviction left the canary at N %
+    with the Lease held, and the model's next release was refused until the Lease expired. A real SIGTERM to
+    this process, inside the step's ``terminable`` block, moves all traffic back and frees the Lease."""
+    import os
+    import signal
+    import time
+
+    from kfrelease.release.pipeline_steps import ReleaseTerminated, terminable
+
+    cluster = cluster_for(spec)
+    release = driver(cluster, spec, holder=V2)
+    release.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ReleaseTerminated, match="signal 15"):
+        with terminable(release, V1):
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the step's work; the signal interrupts it
+                time.sleep(0.01)
+            raise AssertionError("SIGTERM did not reach the step within 10 s")
+    assert signal.getsignal(signal.SIGTERM) == before
+    vs = next(
+        d for (k, _, n), d in cluster.objects.items() if k == "VirtualService" and n == f"{production_name(spec)}-release"
+    )
+    assert recorded_state(vs) == TrafficState(primary=V1)
+    assert all(d["metadata"]["name"] != f"{production_name(spec)}-staging" for d in isvcs(cluster, spec).values())
+    lease = cluster.objects[("Lease", spec.serving.namespace, release.lock.ref["name"])]
+    assert lease["spec"]["holderIdentity"] == ""
+    driver(cluster, spec, holder=V3).apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # not blocked
+
+
+def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_measured():
+    """Finding: the release steps measured right after a move, while KServe was still starting the
+    candidate. With ``ready_timeout`` the driver waits for ``Ready`` on the generation it wrote, and says
+    which InferenceService is not ready when the time is up."""
+    from kfrelease.k8s.driver.kserve import NotReady
+
+    cluster = cluster_for(SERVERLESS)
+    waited = []
+    release = driver(cluster, SERVERLESS, ready_timeout=0.0, sleep=waited.append)
+    with pytest.raises(NotReady, match=r"diabetes-progression-staging is not Ready .*none yet"):
+        release.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    ns = SERVERLESS.serving.namespace
+    for (kind, namespace, _), doc in cluster.objects.items():  # what KServe's controller then writes
+        if kind == "InferenceService" and namespace == ns:
+            doc["status"] = {
+                "observedGeneration": doc["metadata"]["generation"],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+    release.wait_ready(
+        [{"kind": "InferenceService", "apiVersion": "serving.kserve.io/v1beta1", "namespace": ns, "name": n}
+         for n in isvcs(cluster, SERVERLESS)],
+        timeout=0.0,
+    )
+
+
+def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_pruning_them():
+    """Finding: the client sent no ``fieldValidation``, so the server's default ``Warn`` pruned fields an
+    older KServe's CRD does not know and answered 200. Every write of ``KubernetesObjects`` now carries
+    ``fieldValidation=Strict``; checked on the HTTP requests the real ``kubernetes`` client sends to a
+    recording server (a stand-in for the API server: it only records and answers 200)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from kfrelease.k8s.driver.kserve import KubernetesObjects
+
+    seen = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append((self.command, self.path))
+            body = json.dumps({"apiVersion": "v1", "kind": "Status", "metadata": {}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PATCH = do_PUT = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    previous = client.Configuration.get_default_copy()
+    try:
+        config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        client.Configuration.set_default(config)
+        objects = KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+        ns = SERVERLESS.serving.namespace
+        isvc = next(d for d in applied(SERVERLESS) if d["kind"] == "InferenceService")
+        objects.create(isvc)
+        objects.patch({**ref_of(isvc), "patch": {"spec": {"predictor": {"minReplicas": 2}}}})
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": ns}}
+        objects.create(lease)
+        objects.replace(lease)
+    finally:
+        client.Configuration.set_default(previous)
+        server.shutdown()
+    assert [m for m, _ in seen] == ["POST", "PATCH", "POST", "PUT"]
+    assert all("fieldValidation=Strict" in path for _, path in seen), seen

@@ -301,7 +301,9 @@ def test_the_kubeflow_ui_reads_the_pipeline_root_and_nothing_else(sources):
 
 def test_the_trigger_workflow_points_at_the_right_cluster_and_buckets(sources):
     wf = yaml.safe_load((MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text())
+    given = wf["jobs"]["trigger"]["with"]  # the inputs of the platform's reusable workflow
     prod = sources.envs.environments["production"]
-    assert wf["env"]["KFRELEASE_BUCKET_PREFIX"] == prod.bucket_prefix
-    assert wf["env"]["KFRELEASE_S3_REGION"] == wf["env"]["AWS_REGION"] == prod.region
-    assert wf["env"]["EKS_CLUSTER"] == prod.cluster and wf["env"]["AWS_ROLE_ARN"] == prod.role_arn("kfrelease-ci")
+    assert given["bucket-prefix"] == prod.bucket_prefix
+    assert given["aws-region"] == prod.region and given["registry"] == prod.registry
+    assert given["eks-cluster"] == prod.cluster and given["aws-role-arn"] == prod.role_arn("kfrelease-ci")
+    assert given["kfp-host"] == f"https://{prod.kubeflow_host}/pipeline"

@@ -100,22 +100,33 @@ def test_predictor_service_names_follow_the_kserve_version():
 
 
 @pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
-def test_every_host_clients_use_is_mirrored_to_the_shadow(spec):
-    """Clients of KServe's own hosts (``<isvc>.<ns>.<domain>``, the domainTemplate ``<isvc>-<ns>.<domain>``,
-    the predictor's, the mesh-internal ``*.svc.cluster.local``) go through the mirroring route too."""
+def test_the_release_hosts_are_the_releases_own_and_overlap_no_kserve_or_knative_host(spec):
+    """Clients call the release hosts (``<model>.<domain>``, ``<model>-release.<ns>.svc.cluster.local``), which
+    go through the mirroring route; none is a host KServe's top-level VirtualService or net-istio's mesh
+    VirtualService of the predictor's Knative Service holds (two VirtualServices on one host and gateway have
+    an undefined route order), so the cluster needs no cluster-wide ``disableIstioVirtualHost``."""
+    from kfrelease.k8s.render.inference import client_hosts, release_service_name, render_release_service
+
     state = TrafficState(primary=V1, shadow=V2, mirror_percent=100)
     vs = render_virtual_service(spec, state, domain="models.example.org")
     ns, isvc = spec.serving.namespace, "diabetes-progression"
-    predictor = "diabetes-progression-v1-1-0-predictor" if spec is RAW else "diabetes-progression-predictor"
-    expected = {
-        f"{isvc}.{ns}.models.example.org",
-        f"{isvc}-{ns}.models.example.org",
-        f"{isvc}.{ns}.svc.cluster.local",
-        f"{predictor}.{ns}.models.example.org",
-        f"{predictor}-{ns}.models.example.org",
-        f"{predictor}.{ns}.svc.cluster.local",
-    }
-    assert expected <= set(vs["spec"]["hosts"])
+    assert vs["spec"]["hosts"] == client_hosts(spec, "models.example.org") == [
+        f"{isvc}.models.example.org",
+        f"{isvc}-release.{ns}.svc.cluster.local",
+    ]
+    kserve_and_knative = set()
+    for name in (isvc, "diabetes-progression-predictor", "diabetes-progression-v1-1-0-predictor"):
+        kserve_and_knative |= {
+            f"{name}.{ns}.models.example.org",
+            f"{name}-{ns}.models.example.org",
+            f"{name}.{ns}.svc.cluster.local",
+            f"{name}.{ns}.svc",
+            f"{name}.{ns}",
+        }
+    assert not kserve_and_knative & set(vs["spec"]["hosts"])
+    service = render_release_service(spec)
+    assert service["metadata"]["name"] == release_service_name(spec) and "selector" not in service["spec"]
+    assert validate(service)
     (predict,) = [h for h in vs["spec"]["http"] if h["name"] == "predict"]
     assert predict["mirror"]["host"].startswith("diabetes-progression-staging-predictor.")
     assert validate(vs).startswith("CRD schema")

@@ -221,6 +221,8 @@ def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer
     with the cluster's issuer; built here on the vendored upstream object instead of the remote overlay."""
     import shutil
 
+    from kfrelease.k8s.versions import kubeflow_ref
+
     upstream = MANIFESTS_DIR.parent / "schemas" / "kubeflow" / "oauth2-proxy"
     upstream_patch = yaml.safe_load((upstream / "m2m-dex-and-eks.kustomization.yaml").read_text())["patches"][0]
     for name, env in sources.envs.environments.items():
@@ -230,7 +232,7 @@ def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer
         (remote,) = ours["resources"]
         assert remote == (
             "https://github.com/kubeflow/manifests//common/oauth2-proxy/overlays/m2m-dex-and-eks"
-            f"?ref=v{env.kubeflow_version}"
+            f"?ref={kubeflow_ref(env.kubeflow_version)}"
         )
         assert ours["patches"][0]["target"] == upstream_patch["target"]
         # build it on the upstream RequestAuthentication (the remote overlay needs network)
@@ -238,10 +240,14 @@ def test_the_oauth2_proxy_kustomization_makes_kubeflow_trust_the_clusters_issuer
         (work / "upstream").mkdir(parents=True)
         shutil.copy(upstream / "requestauthentication.yaml", work / "upstream")
         (work / "upstream" / "kustomization.yaml").write_text("resources: [requestauthentication.yaml]\n")
-        (work / "kustomization.yaml").write_text(yaml.safe_dump({**ours, "resources": ["upstream"]}))
+        # the secret replacement is built in test_cluster_paths (it needs upstream's Secret and your file)
+        (work / "kustomization.yaml").write_text(
+            yaml.safe_dump({**ours, "resources": ["upstream"], "secretGenerator": []})
+        )
         (ra,) = kustomize(work)
         rule = ra["spec"]["jwtRules"][0]
         assert rule["issuer"] == env.oidc_issuer
+        assert rule["audiences"] == ["pipelines.kubeflow.org"]  # no other token of the issuer is a KFP credential
         assert env.oidc_issuer.startswith(f"https://oidc.eks.{env.region}.amazonaws.com/id/")
         assert {"header": "kubeflow-userid", "claim": "sub"} in rule["outputClaimToHeaders"]
         assert validate(ra).startswith("CRD schema")

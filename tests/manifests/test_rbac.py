@@ -104,7 +104,9 @@ def test_only_the_ci_service_account_creates_runs_and_it_cannot_stop_them(model,
     env, rbac = model
     ci = kfp_requester(service_account(RELEASE_NS, CI_SERVICE_ACCOUNT))
     assert rbac.allowed(ci, "create", KFP, "runs", RELEASE_NS), f"{env}: the CI cannot create runs"
-    assert rbac.allowed(ci, "create", KFP, "pipelineversions", RELEASE_NS)
+    for resource in ("pipelines", "pipelineversions"):  # no upload: the platform's pipelines only
+        assert not rbac.allowed(ci, "create", KFP, resource, RELEASE_NS), f"{env}: the CI may upload {resource}"
+        assert rbac.allowed(ci, "get", KFP, resource, RELEASE_NS)
     for verb in ("terminate", "delete", "retry", "archive"):
         assert not rbac.allowed(ci, verb, KFP, "runs", RELEASE_NS), f"{env}: the CI may {verb} runs"
     for verb in WORKFLOW_WRITES:

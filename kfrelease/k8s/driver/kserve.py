@@ -27,12 +27,13 @@ authorization; the tests' cluster stand-in in ``tests/cluster_standin`` enforces
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
 from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.k8s.driver.lease import ClusterReleaseLock, lease_as_dict, lease_duration, now_utc
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -44,11 +45,21 @@ GROUPS = {
     "VirtualService": "networking.istio.io",
     "Lease": "coordination.k8s.io",
 }
-LEASE_API = "coordination.k8s.io/v1"
+
+
+#: Every write asks the server to refuse unknown or duplicate fields (``fieldValidation=Strict``). A client that
+#: sends none gets the server's default, ``Warn``, which prunes the fields a CRD's schema does not know and
+#: answers 200 (Kubernetes API conventions, "Field validation", GA in 1.27): a field of KServe 0.20 sent to
+#: an older KServe would vanish silently instead of failing the move.
+STRICT = {"field_validation": "Strict"}
 
 
 class DriverForbidden(KfreleaseError):
     """The release driver's service account may not do an operation a move needs; nothing was sent."""
+
+
+class NotReady(KfreleaseError):
+    """An InferenceService of the release did not become Ready in time after a move; nothing was measured."""
 
 
 class ClusterObjects(Protocol):
@@ -152,11 +163,11 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         group, _, version = api_version.partition("/")
         return group, version
 
-    def _custom(self, verb: str, api_version: str, namespace: str, kind: str, *args):
+    def _custom(self, verb: str, api_version: str, namespace: str, kind: str, *args, **kwargs):
         """``CustomObjectsApi.<verb>_namespaced_custom_object`` for ``kind`` (its group, version and plural)."""
         group, version = self._gv(api_version)
         method = getattr(self.api, f"{verb}_namespaced_custom_object")
-        return self._call(method, group, version, namespace, PLURALS[kind], *args)
+        return self._call(method, group, version, namespace, PLURALS[kind], *args, **kwargs)
 
     def _call(self, fn, *args, **kwargs):
         from kubernetes.client.exceptions import ApiException
@@ -195,22 +206,26 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         if ref["kind"] == "Lease":
             api = self._client.CoordinationV1Api()
             lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
-            return None if lease is None else api.api_client.sanitize_for_serialization(lease)
+            return None if lease is None else lease_as_dict(lease)
         return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
 
     def patch(self, ref: dict) -> None:
         # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"])
+        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"], **STRICT)
 
     def create(self, doc: dict) -> None:
         if doc["kind"] == "Lease":
-            self._call(self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc)
+            self._call(
+                self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc, **STRICT
+            )
             return
-        self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc)
+        self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc, **STRICT)
 
     def replace(self, doc: dict) -> None:
         meta = doc["metadata"]
-        self._call(self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc)
+        self._call(
+            self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc, **STRICT
+        )
 
     def delete(self, ref: dict) -> None:
         self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
@@ -231,93 +246,6 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _micro_time(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
-
-
-class ClusterReleaseLock:
-    """A model's release lock: the Lease ``kfrelease-release-<model>`` in the serving namespace, as client-go's
-    leader election uses one (``holderIdentity``, ``leaseDurationSeconds``, ``renewTime``; a write with a stale
-    ``resourceVersion`` loses). ``holder`` names the release (the candidate version): a re-run of the same
-    release takes the lock back at once; another release waits until the holder releases it or stops renewing
-    it for ``duration_seconds``."""
-
-    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=_now):
-        from kfrelease.k8s.render.inference import production_name
-        from kfrelease.k8s.render.platform import release_lease_name
-
-        self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
-        self.ref = {
-            "apiVersion": LEASE_API,
-            "kind": "Lease",
-            "namespace": spec.serving.namespace,
-            "name": release_lease_name(production_name(spec)),
-        }
-
-    def _expired(self, lease: dict) -> bool:
-        spec = lease.get("spec") or {}
-        if not spec.get("holderIdentity"):
-            return True
-        renewed = dt.datetime.strptime(spec["renewTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-        return self.clock() > renewed + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
-
-    def acquire(self) -> None:
-        """Take or renew the lock; ``Conflict`` when another release holds it."""
-        now = _micro_time(self.clock())
-        lease = self.objects.get(self.ref)
-        if lease is None:
-            self.objects.create(
-                {
-                    "apiVersion": LEASE_API,
-                    "kind": "Lease",
-                    "metadata": {
-                        "name": self.ref["name"],
-                        "namespace": self.ref["namespace"],
-                        "labels": {"app.kubernetes.io/part-of": "kfrelease"},
-                    },
-                    "spec": {
-                        "holderIdentity": self.holder,
-                        "leaseDurationSeconds": self.duration,
-                        "acquireTime": now,
-                        "renewTime": now,
-                        "leaseTransitions": 0,
-                    },
-                }
-            )
-            return
-        spec = lease.setdefault("spec", {})
-        if spec.get("holderIdentity") != self.holder:
-            if not self._expired(lease):
-                raise Conflict(
-                    f"the release of {spec.get('holderIdentity')} holds the lock {self.ref['namespace']}/"
-                    f"{self.ref['name']} (renewed {spec.get('renewTime')}); this release moved no traffic; it "
-                    "can start when that one ends"
-                )
-            spec.update(
-                holderIdentity=self.holder, acquireTime=now, leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1
-            )
-        spec.update(renewTime=now, leaseDurationSeconds=self.duration)
-        self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
-
-    def release(self) -> None:
-        lease = self.objects.get(self.ref)
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
-            return
-        lease["spec"].update(holderIdentity="", renewTime=_micro_time(self.clock()), leaseDurationSeconds=1)
-        self.objects.replace(lease)
-
-
-def lease_duration(spec: RolloutSpec) -> int:
-    """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
-    with a margin: the lock must outlive it or a second release could take it mid-rollout."""
-    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (spec.canary.max_holds + 1))
-    return int(gap) + 300
-
-
 def _terminal(state: TrafficState) -> bool:
     return not state.shadow and not (state.canary and state.canary_weight > 0 and state.primary)
 
@@ -334,12 +262,19 @@ class KServeTrafficDriver:
         *,
         holder: str | None = None,
         kserve_version: str | None = None,
-        clock=_now,
+        domain: str | None = None,
+        ready_timeout: float | None = None,
+        clock=now_utc,
+        sleep=None,
     ):
         from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
+        self.domain = domain
+        #: seconds to wait after a move until every InferenceService it wrote is Ready (None: do not wait)
+        self.ready_timeout = ready_timeout
+        self._sleep = sleep or time.sleep
         self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
@@ -367,6 +302,7 @@ class KServeTrafficDriver:
             self.storage_uris,
             logger_url=self.logger_url,
             kserve_version=self.kserve_version,
+            domain=self.domain,
         )
 
     def _refused(self, plan: dict[str, list[dict]]) -> list[str]:
@@ -410,6 +346,43 @@ class KServeTrafficDriver:
             self.objects.patch(ref)
         for ref in plan["delete"]:
             self.objects.delete(ref)
+        written = [ref_of(d) for d in plan["create"]] + plan["patch"]
+        if self.ready_timeout is not None:
+            self.wait_ready([r for r in written if r["kind"] == "InferenceService"], self.ready_timeout)
+
+    def wait_ready(self, refs: list[dict], timeout: float) -> None:
+        """Until each InferenceService has observed its latest spec and says ``Ready`` (KServe sets the
+        ``Ready`` condition once every component's is: ``pkg/apis/serving/v1beta1/inference_service_status.go``;
+        ``status.observedGeneration`` catches up with ``metadata.generation``), or ``NotReady`` after
+        ``timeout`` seconds: a step never measures traffic on a predictor that is not serving yet."""
+        deadline = time.monotonic() + timeout
+        pending = list(refs)
+        while pending:
+            still = []
+            for ref in pending:
+                doc = self.objects.get(ref) or {}
+                status = doc.get("status") or {}
+                generation = (doc.get("metadata") or {}).get("generation")
+                ready = any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+                )
+                if not (ready and (generation is None or status.get("observedGeneration", 0) >= generation)):
+                    still.append((ref, status))
+            if not still:
+                return
+            if time.monotonic() >= deadline:
+                ref, status = still[0]
+                conditions = [
+                    f"{c.get('type')}={c.get('status')} ({c.get('reason') or c.get('message') or ''})"
+                    for c in status.get("conditions") or []
+                ]
+                raise NotReady(
+                    f"InferenceService {ref['namespace']}/{ref['name']} is not Ready after {timeout:g} s "
+                    f"(conditions: {', '.join(conditions) or 'none yet'}); see `kubectl describe inferenceservice "
+                    f"-n {ref['namespace']} {ref['name']}`"
+                )
+            pending = [ref for ref, _ in still]
+            self._sleep(2.0)
 
     def apply(self, state: TrafficState) -> None:
         before = self.current()

@@ -97,7 +97,9 @@ class _RBACObjects:
         return self.rbac.allowed(self.who, verb, GROUPS[ref["kind"]], PLURALS[ref["kind"]], ref["namespace"], name)
 
 
-def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str) -> list[str]:
+def driver_findings(
+    docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str, domain: str | None = None
+) -> list[str]:
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
     from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
@@ -117,7 +119,9 @@ def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve
         ("rollback", [shadow, steps[0], steps[0].with_canary(candidate, 0), TrafficState(primary=production)]),
     ):
         objects = _RBACObjects(docs, rbac, service_account(RELEASE_NS, RELEASE_DRIVER_SA))
-        driver = KServeTrafficDriver(spec, uris, objects, holder=candidate, kserve_version=kserve_version)
+        driver = KServeTrafficDriver(
+            spec, uris, objects, holder=candidate, kserve_version=kserve_version, domain=domain
+        )
         try:
             driver.check_rights(states)
         except DriverForbidden as exc:
@@ -125,12 +129,13 @@ def driver_findings(docs: list[dict], spec: RolloutSpec, production: str, kserve
     return out
 
 
-def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
-    """Each flow of the data path is allowed under Kubeflow's global-deny-all, and a pod of another namespace
-    reaches no serving workload directly."""
+def mesh_findings(docs: list[dict], spec: RolloutSpec, clients: tuple[str, ...] = ()) -> list[str]:
+    """Each flow of the data path is allowed under Kubeflow's global-deny-all (requests and the shadow's
+    mirrored copies from the ingress gateway and from each in-mesh client namespace), and a pod of another
+    namespace reaches no serving workload directly."""
     from kfrelease.k8s.policy import istio
     from kfrelease.k8s.render import mesh
-    from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT
+    from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, staging_name
 
     ns = spec.serving.namespace
     policies = istio.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
@@ -151,6 +156,13 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec) -> list[str]:
         "Prometheus -> predictor metrics": istio.Request(predictor, 8080, "/metrics", "GET", None),
         "Prometheus -> log sink metrics": istio.Request(sink, 8080, "/metrics", "GET", None),
     }
+    shadow = istio.Workload(ns, {**mesh.PREDICTOR_SELECTOR, "serving.kserve.io/inferenceservice": staging_name(spec)})
+    for client in clients:
+        who = mesh.principal(client, "default")
+        needed[f"in-mesh client {client} -> predictor"] = istio.Request(predictor, 8080, predict, "POST", who)
+        needed[f"in-mesh client {client}'s sidecar -> shadow (mirrored copy)"] = istio.Request(
+            shadow, 9081, predict, "POST", who
+        )
     refused = {
         "a pod of another namespace -> predictor": istio.Request(predictor, 8080, predict, "POST", outsider),
         "a pod of another namespace -> log sink": istio.Request(sink, 8080, "/", "POST", outsider),
@@ -183,6 +195,6 @@ def environment_findings(src, env) -> list[str]:
     groups = _access_groups(cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces))
     return [
         *rbac_findings(docs, src.spec, groups),
-        *driver_findings(docs, src.spec, env.production_version, env.kserve_version),
-        *mesh_findings(docs, src.spec),
+        *driver_findings(docs, src.spec, env.production_version, env.kserve_version, env.model_domain),
+        *mesh_findings(docs, src.spec, env.mesh_clients),
     ]

@@ -21,8 +21,19 @@ from kfrelease.k8s.environments import (
     iam_role_name,
 )
 from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA, role_placements
+from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME  # the Dockerfile's target spark
 
 CI_ROLE = "kfrelease-ci"
+#: The platform's reusable workflow that alone may assume the CI role (ci/github/kfrelease-train.yaml).
+CI_REUSABLE_WORKFLOW = ".github/workflows/kfrelease-train.yaml"
+
+
+def ci_workflow_ref(team: Team, env: Environment) -> str:
+    """GitHub's ``job_workflow_ref`` claim of the platform's reusable workflow at this environment's release
+    tag (``<owner>/<repo>/<path>@<ref>``: GitHub's OIDC reference, "Custom claims provided by GitHub")."""
+    return f"{team.platform_repository}/{CI_REUSABLE_WORKFLOW}@refs/tags/v{env.image_tag}"
+
+
 CI_S3_POLICY = "s3-trigger"
 IMAGE_PUBLISHER_ROLE = "kfrelease-image-publisher"
 PIPELINE_UI_ROLE = "kfrelease-pipeline-ui"
@@ -313,7 +324,7 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                 ],
             },
         }
-    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME] + [model_repository(m) for m in models]
+    repos = [PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME, SPARK_IMAGE_NAME] + [model_repository(m) for m in models]
     for repo in repos:
         logical = "Repo" + "".join(p.capitalize() for p in repo.replace("/", "-").split("-"))
         res[logical] = {
@@ -373,6 +384,9 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
                     "StringEquals": {
                         f"{GITHUB_OIDC}:aud": "sts.amazonaws.com",
                         f"{GITHUB_OIDC}:sub": f"repo:{team.model_repository}:ref:refs/heads/main",
+                        # only the platform's reusable workflow at this platform release may use the role
+                        # (AWS STS validates GitHub's job_workflow_ref claim: provider-specific claim keys, 2026)
+                        f"{GITHUB_OIDC}:job_workflow_ref": ci_workflow_ref(team, env),
                     }
                 }
             ),
@@ -413,7 +427,8 @@ def prerequisites_template(env: Environment, policy: AccessPolicy, team: Team, m
         },
     }
     image_arns = [
-        f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{r}" for r in (PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME)
+        f"arn:aws:ecr:{env.region}:{env.account_id}:repository/{r}"
+        for r in (PROJECT_IMAGE_NAME, WORKSPACE_IMAGE_NAME, SPARK_IMAGE_NAME)
     ]
     res["ImagePublisherRole"] = {
         "Type": "AWS::IAM::Role",

@@ -44,6 +44,17 @@ PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
 DEFAULT_KSERVE_VERSION = "0.20.0"
 #: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
 STATE_ANNOTATION = "kfrelease.io/traffic-state"
+#: The model server's container port: named ``http1`` in the ServingRuntime (kept in raw mode), renamed
+#: ``user-port`` by Knative in Serverless mode (knative/serving ``pkg/reconciler/revision/resources``).
+PREDICTOR_PORT_NAME = "http1"
+KNATIVE_USER_PORT_NAME = "user-port"
+#: Pod label of each predictor pod naming its model version (a DNS slug); the PodMonitor copies it onto every
+#: series of the pod as ``kfrelease_io_version`` (``podTargetLabels``), KServe's own series included.
+VERSION_LABEL = "kfrelease.io/version"
+#: The ``stage`` label a release's canary carries on the cluster: the canary predictor is rendered with the
+#: production spec (promotion must not restart it), so its series say stage="production"; the version tells
+#: the canary apart.
+CANARY_SERIES_STAGE = "production"
 FEEDBACK_SERVICE = "kfrelease-feedback"
 
 
@@ -150,7 +161,7 @@ def _predictor(
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
         "service_account_name": PREDICTOR_SERVICE_ACCOUNT,
         "labels": {
-            "kfrelease.io/version": version_slug(version),
+            VERSION_LABEL: version_slug(version),
             "kfrelease.io/stage": stage,
         },
     }
@@ -293,34 +304,40 @@ def _svc_host(spec: RolloutSpec, service: str) -> str:
     return f"{service}.{spec.serving.namespace}.svc.cluster.local"
 
 
-def client_hosts(
-    spec: RolloutSpec,
-    domain: str = DEFAULT_DOMAIN,
-    predictor: str | None = None,
-    kserve_version: str = DEFAULT_KSERVE_VERSION,
-) -> list[str]:
-    """Every host a client can call the production model by, so that the release's VirtualService (and its
-    mirror) sees all of them:
+def release_service_name(spec: RolloutSpec) -> str:
+    """The Service that names a model's release host inside the mesh (``<model>-release``): selector-less, it
+    exists so that DNS resolves and the in-mesh clients' sidecars apply the release's VirtualService to it."""
+    return f"{production_name(spec)}-release"
 
-    - the InferenceService's own hosts: ``<isvc>.<ns>.<domain>`` (Serverless: Knative's domain template
-      ``{{.Name}}.{{.Namespace}}.{{.Domain}}``, from which KServe derives the top-level host in
-      ``reconcilers/ingress/ingress_reconciler.go`` ``getServiceHost``), ``<isvc>-<ns>.<domain>`` (KServe's
-      default ``domainTemplate`` ``{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}``,
-      ``config/configmap/inferenceservice.yaml``, used by the raw ingress) and the mesh-internal
-      ``<isvc>.<ns>.svc.cluster.local`` (``network.GetServiceHostname``);
-    - the predictor's hosts, by the same templates, with its Service name (``predictor_service``).
 
-    KServe also writes a VirtualService for the top-level host; with two VirtualServices on one host and
-    gateway the route order is undefined, so the platform sets ``ingress.disableIstioVirtualHost: true`` in
-    KServe's ``inferenceservice-config`` (docs/platform-engineer-eks.md) and this VirtualService is the only one."""
+def client_hosts(spec: RolloutSpec, domain: str = DEFAULT_DOMAIN) -> list[str]:
+    """The release hosts of a model: ``<model>.<domain>`` (the public one, behind the ALB's ``*.<domain>``
+    rule) and ``<model>-release.<ns>.svc.cluster.local`` (in the mesh, ``render_release_service``).
+
+    They are the release's own, never KServe's or Knative's hosts (``<isvc>-<ns>.<domain>``,
+    ``<isvc>-predictor.<ns>.svc.cluster.local``...): two VirtualServices on one host and gateway have an
+    undefined route order (Istio merges them; net-istio writes the mesh VirtualService of every Knative
+    Service's hosts, KServe the top-level one of every InferenceService), and the only way to keep KServe's
+    off the hosts would be ``ingress.disableIstioVirtualHost``, which holds for every InferenceService of the
+    cluster. So clients call the release hosts (the shadow's mirror and the canary's weights are on them);
+    KServe's own hosts still answer, without the mirror, and are not given to clients."""
     ns, prod = spec.serving.namespace, production_name(spec)
-    pred = predictor_service(prod, predictor, kserve_version)
-    hosts = []
-    for name in (prod, pred):
-        for h in (f"{name}.{ns}.{domain}", f"{name}-{ns}.{domain}", _svc_host(spec, name)):
-            if h not in hosts:
-                hosts.append(h)
-    return hosts
+    return [f"{prod}.{domain}", f"{release_service_name(spec)}.{ns}.svc.cluster.local"]
+
+
+def render_release_service(spec: RolloutSpec) -> dict:
+    """The selector-less Service ``<model>-release`` (see ``client_hosts``): no pod behind it, the sidecars
+    route its requests by the release's VirtualService."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": release_service_name(spec),
+            "namespace": spec.serving.namespace,
+            "labels": {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": _dns(spec.model)},
+        },
+        "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }
 
 
 def traffic_state_annotation(state: TrafficState) -> str:
@@ -394,7 +411,7 @@ def render_virtual_service(
         "route": [{"destination": {"host": _svc_host(spec, FEEDBACK_SERVICE), "port": {"number": 80}}}],
         "timeout": "30s",
     }
-    hosts = client_hosts(spec, domain, stable_predictor, kserve_version)
+    hosts = client_hosts(spec, domain)
     if host and host not in hosts:
         hosts.insert(0, host)
     return {
@@ -431,10 +448,16 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
         name="kserve-container",
         image=image,
         command=["python", "-m", "kfrelease.serving.predictor"],
+        # The model's name, not the InferenceService's: the staging InferenceService answers the mirrored
+        # copies of requests for /v1/models/<model>, and the series carry model=<model> on every predictor.
+        # ``$(VAR)`` is expanded by the kubelet from the container's env (KServe merges the predictor's model
+        # env into this container: ``MergeRuntimeContainers``), ``{{.Name}}`` by KServe (the InferenceService).
         args=[
             "--model-dir",
             "/mnt/models",
             "--name",
+            "$(KFRELEASE_MODEL_NAME)",
+            "--inference-service",
             "{{.Name}}",
             "--http-port",
             "8080",
@@ -443,7 +466,8 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
             "--stage",
             "$(KFRELEASE_STAGE)",
         ],  # no --logger-url: on a cluster the InferenceService's logger (the KServe agent) sends the events
-        ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
+        # "http1": Knative accepts only h2c/http1 (and renames it user-port in the pod); raw mode keeps it
+        ports=[V1ContainerPort(name=PREDICTOR_PORT_NAME, container_port=8080, protocol="TCP")],
     )
     obj = V1alpha1ServingRuntime(
         api_version="serving.kserve.io/v1alpha1",
@@ -462,6 +486,8 @@ def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping
     """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
     logger_url = kwargs.pop("logger_url", None)
     kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
+    if kwargs.get("domain") is None:
+        kwargs.pop("domain", None)
     return [
         *render_inference_services(spec, state, storage_uris, logger_url=logger_url, kserve_version=kserve_version),
         render_virtual_service(spec, state, **kwargs),

@@ -54,38 +54,117 @@ def default_storage_class() -> dict:
     }
 
 
+#: Files beside the rendered kustomizations that hold this environment's own secrets: never committed
+#: (``manifests/.gitignore``), written by the platform engineer (docs/platform-engineer-eks.md, step 4).
+OAUTH2_PROXY_SECRET_FILE = "oauth2-proxy.secret.env"
+DEX_CLIENT_SECRET_FILE = "oidc-client.secret.env"
+DEX_PASSWORDS_FILE = "dex-passwords.secret.yaml"
+DEX_OVERLAY = "common/dex/overlays/oauth2-proxy"
+
+
+def _kubeflow_resource(path: str, env: Environment) -> str:
+    from kfrelease.k8s.versions import kubeflow_ref
+
+    return f"https://github.com/kubeflow/manifests//{path}?ref={kubeflow_ref(env.kubeflow_version)}"
+
+
 def oauth2_proxy_kustomization(env: Environment) -> dict:
     """``manifests/eks/<env>/kubeflow/oauth2-proxy/kustomization.yaml``: Kubeflow's m2m-dex-and-eks overlay at
-    the environment's Kubeflow tag, its issuer replaced by the cluster's (the same patch the overlay's own
-    kustomization.yaml carries with ``AWS_REGION``/``CLUSTER_ID`` placeholders)."""
+    the environment's Kubeflow tag, with
+
+    - its issuer replaced by the cluster's (the same patch the overlay's own kustomization.yaml carries with
+      ``AWS_REGION``/``CLUSTER_ID`` placeholders);
+    - ``audiences`` on the ``m2m-token-issuer`` RequestAuthentication: without them Istio accepts every token
+      of the cluster's issuer (``common/oauth2-proxy/components/istio-m2m/requestauthentication.yaml`` sets
+      none), so any pod's service-account token would be a KFP credential at the gateway; only tokens minted
+      for ``pipelines.kubeflow.org`` (the CI's ``kubectl create token --audience``, the hand-over step's
+      projected token) pass;
+    - the ``oauth2-proxy`` Secret replaced from this environment's own file: the base generates it with
+      Kubeflow's published client secret and cookie secret (``common/oauth2-proxy/base/kustomization.yaml``
+      ``secretGenerator``), which an internet-facing ALB must not keep."""
+    from kfrelease.kfp_submit import TOKEN_AUDIENCE
+
     ns, name = M2M_REQUEST_AUTHENTICATION
+    target = {
+        "group": "security.istio.io",
+        "version": "v1beta1",
+        "kind": "RequestAuthentication",
+        "name": name,
+        "namespace": ns,
+    }
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [f"https://github.com/kubeflow/manifests//{OAUTH2_PROXY_EKS_OVERLAY}?ref=v{env.kubeflow_version}"],
+        "resources": [_kubeflow_resource(OAUTH2_PROXY_EKS_OVERLAY, env)],
+        "secretGenerator": [
+            {
+                "name": "oauth2-proxy",
+                "namespace": "oauth2-proxy",
+                "behavior": "replace",
+                "type": "Opaque",
+                "envs": [OAUTH2_PROXY_SECRET_FILE],
+            }
+        ],
         "patches": [
             {
-                "patch": f"- op: replace\n  path: /spec/jwtRules/0/issuer\n  value: {env.oidc_issuer}\n",
-                "target": {
-                    "group": "security.istio.io",
-                    "version": "v1beta1",
-                    "kind": "RequestAuthentication",
-                    "name": name,
-                    "namespace": ns,
-                },
+                "patch": f"- op: replace\n  path: /spec/jwtRules/0/issuer\n  value: {env.oidc_issuer}\n"
+                f"- op: add\n  path: /spec/jwtRules/0/audiences\n  value: [{TOKEN_AUDIENCE}]\n",
+                "target": target,
             }
         ],
     }
 
 
+def dex_kustomization(env: Environment) -> dict:
+    """``manifests/eks/<env>/kubeflow/dex/kustomization.yaml``: Kubeflow's Dex at the environment's tag with
+    its two published credentials replaced: the OIDC client secret it shares with oauth2-proxy
+    (``common/dex/base/secret_params.env``) and the static user's password hash
+    (``common/dex/base/dex-passwords.yaml``: ``user@example.com`` / ``12341234``, README "Change default user
+    password"), both from this environment's own files."""
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [_kubeflow_resource(DEX_OVERLAY, env)],
+        "secretGenerator": [
+            {
+                "name": "dex-oidc-client",
+                "namespace": "auth",
+                "behavior": "replace",
+                "type": "Opaque",
+                "envs": [DEX_CLIENT_SECRET_FILE],
+            }
+        ],
+        "patches": [{"path": DEX_PASSWORDS_FILE}],
+    }
+
+
+def ingress_hosts(env: Environment) -> list[str]:
+    """The host rules of the ALB: Kubeflow's host and the models' release hosts ``<model>.<model_domain>``
+    (``kfrelease.k8s.render.inference.client_hosts``). A Kubernetes Ingress wildcard stands for exactly one DNS
+    label (``*.foo.com`` matches ``bar.foo.com``, not ``baz.bar.foo.com``: networking.k8s.io/v1
+    ``IngressRule.host``), as does an ACM certificate's."""
+    return [env.kubeflow_host, f"*.{env.model_domain}"]
+
+
 def kubeflow_ingress(env: Environment) -> dict:
     """An internet-facing ALB in front of Kubeflow's istio-ingressgateway (AWS Load Balancer Controller, IRSA in
-    the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline``. TLS ends at
-    the ALB with the ACM certificate of ``kubeflow_host`` (oauth2-proxy's ``FORCE_HTTPS`` cookies and the CI's
-    bearer token need HTTPS); the ALB forwards HTTP to the gateway's port 80, where Kubeflow's
-    ``kubeflow-gateway`` listens, and checks the gateway's readiness on its status port (15021)."""
+    the eksctl config), so GitHub-hosted runners reach KFP at ``https://<kubeflow_host>/pipeline`` and clients
+    reach the models at their hosts (``ingress_hosts``); any other host gets the ALB's 404. TLS ends at the ALB
+    with the ACM certificate ``certificate_arn``, which must cover every host rule (the docs request it with
+    those names as subject alternative names); oauth2-proxy's ``FORCE_HTTPS`` cookies and the CI's bearer
+    token need HTTPS. The ALB forwards HTTP to the gateway's port 80, where Kubeflow's ``kubeflow-gateway``
+    listens for every host, and checks the gateway's readiness on its status port (15021)."""
     gw_ns, gw_name = INGRESS_GATEWAY
     alb = "alb.ingress.kubernetes.io/"
+    backend = {
+        "paths": [
+            {
+                "path": "/",
+                "pathType": "Prefix",
+                "backend": {"service": {"name": gw_name, "port": {"number": 80}}},
+            }
+        ]
+    }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -105,20 +184,7 @@ def kubeflow_ingress(env: Environment) -> dict:
         },
         "spec": {
             "ingressClassName": "alb",
-            "rules": [
-                {
-                    "host": env.kubeflow_host,
-                    "http": {
-                        "paths": [
-                            {
-                                "path": "/",
-                                "pathType": "Prefix",
-                                "backend": {"service": {"name": gw_name, "port": {"number": 80}}},
-                            }
-                        ]
-                    },
-                }
-            ],
+            "rules": [{"host": host, "http": backend} for host in ingress_hosts(env)],
         },
     }
 
@@ -154,4 +220,5 @@ def bootstrap_documents(spec, env: Environment) -> list[dict]:
         TrafficState(primary=env.production_version),
         {env.production_version: uri},
         kserve_version=env.kserve_version,
+        domain=env.model_domain,
     )

@@ -9,7 +9,7 @@ renders those, one per workload kind, each allowing only the flows the release n
 
 | to | from | ports, paths |
 | --- | --- | --- |
-| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
+| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the pods of the environment's ``mesh_clients`` namespaces (their own sidecars route and mirror), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
 | log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
 | feedback | the ingress gateway (clients post ground truth) | ``POST /v1/feedback`` on 8080 |
 | all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
@@ -58,8 +58,22 @@ def _scrape() -> dict:
     return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
 
 
-def serving_policies(ns: str, predictor_sa: str, logsink: str, feedback: str) -> list[dict]:
-    """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider."""
+def serving_policies(
+    ns: str, predictor_sa: str, logsink: str, feedback: str, clients: tuple[str, ...] = ()
+) -> list[dict]:
+    """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider. ``clients``
+    are the namespaces whose pods call the models inside the mesh: their sidecars apply the release's
+    VirtualService (gateway ``mesh``), so both their requests and the mirrored copies Envoy sends to the
+    shadow come from their own identity, not the ingress gateway's (Envoy mirrors in the router of the proxy
+    that routes the request: istio/istio ``pilot/pkg/networking/core/route/route.go`` ``mirror``)."""
+    from_clients = []
+    if clients:
+        from_clients = [
+            {
+                "from": [{"source": {"namespaces": sorted(clients)}}],
+                "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
+            }
+        ]
     return [
         _policy(
             "kfrelease-predictors",
@@ -70,6 +84,7 @@ def serving_policies(ns: str, predictor_sa: str, logsink: str, feedback: str) ->
                     "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
                     "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
                 },
+                *from_clients,
                 {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
                 {
                     "from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}],

@@ -272,6 +272,10 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 {"name": "KFRELEASE_TARGET", "value": "cluster"},
                 # the canary's traffic checks query the cluster's Prometheus (kfrelease.release.checks)
                 {"name": "KFRELEASE_PROMETHEUS_URL", "value": CLUSTER_PROMETHEUS_URL},
+                # what the driver renders must be what this cluster runs: its KServe (deployment mode values,
+                # spec.canary) and its model domain (the VirtualService's hosts, as the bootstrap rendered them)
+                {"name": "KFRELEASE_KSERVE_VERSION", "value": env.kserve_version},
+                {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
             ]
         docs.append(
             {
@@ -368,8 +372,14 @@ def cluster_roles() -> list[dict]:
                 },
                 {
                     "apiGroups": ["pipelines.kubeflow.org"],
-                    "resources": ["experiments", "pipelines", "pipelineversions"],
+                    "resources": ["experiments"],
                     "verbs": ["create", "get", "list"],
+                },
+                {
+                    # read only: the CI may not upload a pipeline or a version (only the platform does)
+                    "apiGroups": ["pipelines.kubeflow.org"],
+                    "resources": ["pipelines", "pipelineversions"],
+                    "verbs": ["get", "list"],
                 },
             ],
         }

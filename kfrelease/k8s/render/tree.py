@@ -38,6 +38,7 @@ from kfrelease.k8s.render.eks import cluster_config, prerequisites_template
 from kfrelease.k8s.render.kubeflow import (
     bootstrap_documents,
     default_storage_class,
+    dex_kustomization,
     kubeflow_amendments,
     kubeflow_ingress,
     oauth2_proxy_kustomization,
@@ -278,6 +279,10 @@ def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[
             oauth2_proxy_kustomization(env),
             f"manifests/sources/environments.yaml ({env.name}: kubeflow_version, oidc_issuer)",
         )
+        out[f"eks/{env.name}/kubeflow/dex/kustomization.yaml"] = _dump(
+            dex_kustomization(env),
+            f"manifests/sources/environments.yaml ({env.name}: kubeflow_version); the secret files beside it are yours",
+        )
         out[f"eks/{env.name}/kubeflow/amendments.yaml"] = _dump_docs(
             kubeflow_amendments(env),
             f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease",
@@ -295,13 +300,18 @@ def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[
     return dict(sorted(out.items()))
 
 
+#: Files the platform engineer keeps beside the generated ones (an environment's own Kubeflow secrets,
+#: ``kfrelease.k8s.render.kubeflow``): never generated, never removed, never committed (manifests/.gitignore).
+OWN_FILES = ("*.secret.env", "*.secret.yaml")
+
+
 def _existing(root: Path) -> set[str]:
     return {
         str(p.relative_to(root))
         for d in GENERATED_DIRS
         if (root / d).is_dir()
         for p in (root / d).rglob("*")
-        if p.is_file()
+        if p.is_file() and not any(p.match(pattern) for pattern in OWN_FILES)
     }
 
 

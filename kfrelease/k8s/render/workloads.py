@@ -13,8 +13,12 @@ from importlib import resources
 
 from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
 from kfrelease.k8s.render.inference import (
+    KNATIVE_USER_PORT_NAME,
+    PREDICTOR_PORT_NAME,
     PREDICTOR_SERVICE_ACCOUNT,
+    VERSION_LABEL,
     production_name,
+    render_release_service,
     render_serving_runtime,
 )
 from kfrelease.k8s.render.mesh import serving_policies
@@ -147,7 +151,10 @@ def serving_documents(
         render_serving_runtime(spec, env.project_image),
         service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
-        *serving_policies(ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback"),
+        *[render_release_service(s) for s in models or (spec,)],
+        *serving_policies(
+            ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback", clients=env.mesh_clients
+        ),
         *http_service(
             "kfrelease-logsink",
             ns,
@@ -260,9 +267,18 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                         }
                     ]
                 },
+                # Each series of a predictor pod gets the pod's model version as kfrelease_io_version (KServe's
+                # request_preprocess_seconds carries only model_name), so a canary's requests are told apart
+                # from the stable predictor's (prometheus-operator pkg/prometheus/promcfg.go:
+                # generatePodMonitorConfig, podTargetLabels).
+                "podTargetLabels": [VERSION_LABEL],
                 # Knative names the model server's container port "user-port"; scraping it directly bypasses the
-                # queue-proxy, so scrapes never count as load for the autoscaler (knative/serving#5775).
-                "podMetricsEndpoints": [{"port": "user-port", "path": "/metrics", "interval": "15s"}],
+                # queue-proxy, so scrapes never count as load for the autoscaler (knative/serving#5775). In raw
+                # (Standard) mode the pod keeps the ServingRuntime's port name.
+                "podMetricsEndpoints": [
+                    {"port": KNATIVE_USER_PORT_NAME, "path": "/metrics", "interval": "15s"},
+                    {"port": PREDICTOR_PORT_NAME, "path": "/metrics", "interval": "15s"},
+                ],
             },
         },
     ]

@@ -1,0 +1,139 @@
+"""A model's release lock on the cluster: the ``coordination.k8s.io/v1`` Lease ``kfrelease-release-<model>``.
+
+Times are ``metav1.MicroTime``: the API server writes them as RFC 3339 with microseconds and ``Z``
+(``2026-01-01T10:00:00.123456Z``, k8s.io/apimachinery ``pkg/apis/meta/v1/micro_time.go``
+``RFC3339Micro``), and the ``kubernetes`` Python client deserializes them into ``datetime`` objects that
+``sanitize_for_serialization`` writes back as ``2026-01-01T10:00:00.123456+00:00`` (kubernetes-client/python
+``kubernetes/client/api_client.py``: ``__deserialize_datetime`` uses ``dateutil.parser.parse``,
+``sanitize_for_serialization`` calls ``isoformat()``). ``parse_micro_time`` reads every one of these forms;
+``lease_as_dict`` is the one conversion from the client's typed ``V1Lease``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.rollout.spec import RolloutSpec
+
+if TYPE_CHECKING:
+    from kfrelease.k8s.driver.kserve import ClusterObjects
+
+LEASE_API = "coordination.k8s.io/v1"
+
+
+class LeaseError(KfreleaseError):
+    """The release Lease on the cluster holds something that cannot be read; no traffic was moved."""
+
+
+def parse_micro_time(value, where: str = "Lease") -> dt.datetime:
+    """A ``MicroTime`` as the server or the client gives it (RFC 3339 with ``Z`` or an offset, with or without
+    fractional seconds, or already a ``datetime``), as an aware UTC ``datetime``."""
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise LeaseError(
+                f"{where}: renewTime {value!r} is not an RFC 3339 time; delete the Lease if nothing releases this "
+                "model (kubectl delete lease ...), it is recreated by the next release"
+            ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def lease_as_dict(lease) -> dict:
+    """The client's typed ``V1Lease`` as the dict the lock reads and writes back (the client's own conversion)."""
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(lease)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _micro_time(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
+
+
+class ClusterReleaseLock:
+    """A model's release lock: the Lease ``kfrelease-release-<model>`` in the serving namespace, as client-go's
+    leader election uses one (``holderIdentity``, ``leaseDurationSeconds``, ``renewTime``; a write with a stale
+    ``resourceVersion`` loses). ``holder`` names the release (the candidate version): a re-run of the same
+    release takes the lock back at once; another release waits until the holder releases it or stops renewing
+    it for ``duration_seconds``."""
+
+    def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=now_utc):
+        from kfrelease.k8s.render.inference import production_name
+        from kfrelease.k8s.render.platform import release_lease_name
+
+        self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
+        self.ref = {
+            "apiVersion": LEASE_API,
+            "kind": "Lease",
+            "namespace": spec.serving.namespace,
+            "name": release_lease_name(production_name(spec)),
+        }
+
+    def _expired(self, lease: dict) -> bool:
+        spec = lease.get("spec") or {}
+        if not spec.get("holderIdentity"):
+            return True
+        renewed = parse_micro_time(spec.get("renewTime"), f"Lease {self.ref['namespace']}/{self.ref['name']}")
+        return self.clock() > renewed + dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+
+    def acquire(self) -> None:
+        """Take or renew the lock; ``Conflict`` when another release holds it."""
+        now = _micro_time(self.clock())
+        lease = self.objects.get(self.ref)
+        if lease is None:
+            self.objects.create(
+                {
+                    "apiVersion": LEASE_API,
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.ref["name"],
+                        "namespace": self.ref["namespace"],
+                        "labels": {"app.kubernetes.io/part-of": "kfrelease"},
+                    },
+                    "spec": {
+                        "holderIdentity": self.holder,
+                        "leaseDurationSeconds": self.duration,
+                        "acquireTime": now,
+                        "renewTime": now,
+                        "leaseTransitions": 0,
+                    },
+                }
+            )
+            return
+        spec = lease.setdefault("spec", {})
+        if spec.get("holderIdentity") != self.holder:
+            if not self._expired(lease):
+                raise Conflict(
+                    f"the release of {spec.get('holderIdentity')} holds the lock {self.ref['namespace']}/"
+                    f"{self.ref['name']} (renewed {spec.get('renewTime')}); this release moved no traffic; it "
+                    "can start when that one ends"
+                )
+            spec.update(
+                holderIdentity=self.holder, acquireTime=now, leaseTransitions=int(spec.get("leaseTransitions") or 0) + 1
+            )
+        spec.update(renewTime=now, leaseDurationSeconds=self.duration)
+        self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
+
+    def release(self) -> None:
+        lease = self.objects.get(self.ref)
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
+            return
+        lease["spec"].update(holderIdentity="", renewTime=_micro_time(self.clock()), leaseDurationSeconds=1)
+        self.objects.replace(lease)
+
+
+def lease_duration(spec: RolloutSpec) -> int:
+    """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
+    with a margin: the lock must outlive it or a second release could take it mid-rollout."""
+    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (spec.canary.max_holds + 1))
+    return int(gap) + 300

@@ -1,0 +1,683 @@
+"""A cluster twin: real local processes driven by exactly what the cluster path renders.
+
+No Kubernetes API, KServe controller, Istio or ALB runs on these machines, so this harness stands in for
+the controllers that turn rendered objects into running things, and runs the things themselves for real:
+
+- **Pods** (``predictor_pods``): each predictor of a rendered InferenceService becomes a real
+  ``python -m kfrelease.serving.predictor`` process started with the container KServe would build from the
+  rendered ServingRuntime and InferenceService: the runtime's container with the predictor's model env merged
+  in by name (kserve/kserve ``pkg/controller/v1beta1/inferenceservice/utils/utils.go``
+  ``MergeRuntimeContainers``), ``{{.Name}}``-style placeholders filled from the InferenceService
+  (``ReplacePlaceholders`` there), then ``$(VAR)`` references expanded from the container's env as the
+  kubelet does (kubernetes ``third_party/forked/golang/expansion/expand.go``: a defined ``$(VAR)`` is
+  replaced, an undefined one is left as written, ``$$`` is ``$``). The pod's labels are the union KServe
+  gives it (runtime, InferenceService, predictor labels, then ``serving.kserve.io/inferenceservice`` and
+  ``component: predictor``: ``pkg/controller/v1beta1/inferenceservice/components/predictor.go``). The only
+  substitutions are what a pod has and this machine has not: ``python`` is this interpreter, the model
+  volume ``/mnt/models`` is a local directory, the container port and ``0.0.0.0`` become a free port on
+  127.0.0.1.
+- **Scraping** (``scrape_config``): the real Prometheus (Debian's) gets the scrape configuration the
+  Prometheus operator generates from the rendered PodMonitor (prometheus-operator ``pkg/prometheus/promcfg.go``
+  ``generatePodMonitorConfig``: keep by selector and port name, ``namespace``/``container``/``pod`` labels,
+  ``podTargetLabels``, ``job`` and ``endpoint``), with one static target per pod carrying the
+  ``__meta_kubernetes_pod_*`` labels Kubernetes service discovery would give it. Time is scaled: 1 s
+  scrapes instead of the rendered interval.
+- **Mesh** (``Sidecar``): each pod has an inbound proxy that decides every request with the rendered
+  AuthorizationPolicies and Kubeflow's ``global-deny-all`` (``kfrelease.k8s.policy.istio.decide``) on the
+  peer identity its caller's proxy presents (``x-twin-peer``: mTLS establishes it in the mesh; here only the
+  twin's own proxies set it, a request without it has no identity as plain text has none), and answers 403
+  ``RBAC: access denied`` as Envoy does.
+- **Routing** (``nginx_config``): nginx built from the rendered VirtualService (its prefix matches, weighted
+  destinations, ``mirror`` and ``mirrorPercentage``, request header sets, timeout; Envoy's ``-shadow`` Host of
+  a mirrored copy) in two roles: Istio's ingress gateway (peer identity the gateway's) and an in-mesh client's
+  sidecar (the client's identity; Envoy mirrors from the proxy that routes: istio/istio
+  ``pilot/pkg/networking/core/route/route.go``). In front of the gateway, the ALB accepts only the hosts of
+  the rendered Ingress rules (one-label wildcards as networking.k8s.io/v1 defines them) and answers 404 to
+  any other host.
+
+Not modelled: the KServe agent (no InferenceLogger events; the predictor runs without ``--logger-url`` as
+on the cluster), Knative (Serverless revisions and ``canaryTrafficPercent``: the twin runs Standard/raw
+mode, where the VirtualService carries the canary's weight), oauth2-proxy in front of the gateway, TLS.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import yaml
+
+from kfrelease.k8s.policy.istio import Request, Workload, decide
+from kfrelease.k8s.render.inference import predictor_service
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY
+
+MODEL_VOLUME = "/mnt/models"
+PEER_HEADER = "x-twin-peer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(predicate, timeout: float, what: str, every: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` seconds pass (then fail naming
+    ``what``)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what} did not happen within {timeout:g} s (last: {last!r})")
+
+
+# --- pods: what KServe and the kubelet make of the rendered objects ------------------------------------
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` expansion as the kubelet does it for command and args."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i:]:
+            end = text.index(")", i)
+            name = text[i + 2 : end]
+            out.append(env[name] if name in env else text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def kserve_placeholders(text: str, isvc: dict) -> str:
+    """``{{.Name}}``, ``{{.Namespace}}``, ``{{.Labels.x}}``, ``{{.Annotations.x}}`` of the InferenceService."""
+    meta = isvc["metadata"]
+
+    def fill(m: re.Match) -> str:
+        path = m.group(1).split(".")
+        if path == ["Name"]:
+            return meta["name"]
+        if path == ["Namespace"]:
+            return meta["namespace"]
+        if path[0] in ("Labels", "Annotations") and len(path) == 2:
+            return (meta.get(path[0].lower()) or {}).get(path[1], "")
+        raise ValueError(f"placeholder {m.group(0)} is not one KServe fills")
+
+    return re.sub(r"\{\{\s*\.([A-Za-z.]+)\s*\}\}", fill, text)
+
+
+def merge_container(runtime: dict, model: dict) -> dict:
+    """The runtime's first container with the predictor's model container fields over it (env by name)."""
+    out = copy.deepcopy(runtime)
+    env = {e["name"]: e for e in out.get("env") or []}
+    for e in model.get("env") or []:
+        env[e["name"]] = e
+    out["env"] = list(env.values())
+    for k in ("resources", "args", "command", "image"):
+        if model.get(k):
+            out[k] = copy.deepcopy(model[k])
+    return out
+
+
+@dataclass
+class Pod:
+    """One predictor pod of a rendered InferenceService (see the module docstring)."""
+
+    name: str
+    namespace: str
+    labels: dict
+    container: dict
+    service: str  # the Service that selects it (KServe's PredictorServiceName)
+    logger: bool
+    model_name: str = ""
+    port: int = 0
+    process: subprocess.Popen | None = None
+    sidecar: Sidecar | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {e["name"]: str(e.get("value", "")) for e in self.container.get("env") or []}
+
+    @property
+    def version(self) -> str:
+        return self.env["KFRELEASE_MODEL_VERSION"]
+
+    def argv(self, model_dir: Path, port: int) -> list[str]:
+        """The container's command and args as the pod would run them, on this machine."""
+        env = self.env
+        container_port = str(self.container["ports"][0]["containerPort"])
+        words = [expand(w, env) for w in (self.container.get("command") or []) + (self.container.get("args") or [])]
+        local = {MODEL_VOLUME: str(model_dir), container_port: str(port), "0.0.0.0": "127.0.0.1"}
+        words = [local.get(w, w) for w in words]
+        if words and words[0] == "python":
+            words[0] = sys.executable
+        return words
+
+    @property
+    def inbound_port(self) -> int:
+        """The port Istio sees the request on: the KServe agent's when the logger is on (the raw Service then
+        targets it: kserve ``pkg/webhook/admission/pod/agent_injector.go``), else the model server's."""
+        return 9081 if self.logger else int(self.container["ports"][0]["containerPort"])
+
+
+def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
+    """The pods KServe runs for a rendered InferenceService in Standard (raw) mode: the predictor and each
+    ``spec.canary`` entry."""
+    meta = isvc["metadata"]
+    rt_container = runtime["spec"]["containers"][0]
+    specs = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary") or []]]
+    pods = []
+    for pred in specs:
+        container = merge_container(rt_container, pred["model"])
+        container["args"] = [kserve_placeholders(a, isvc) for a in container.get("args") or []]
+        labels = {
+            **((runtime["spec"].get("labels")) or {}),
+            **(meta.get("labels") or {}),
+            **(pred.get("labels") or {}),
+            "serving.kserve.io/inferenceservice": meta["name"],
+            "component": "predictor",
+        }
+        service = predictor_service(meta["name"], pred.get("name"), kserve_version)
+        pods.append(
+            Pod(
+                name=f"{service}-{labels.get('kfrelease.io/version', 'x')}-0",
+                namespace=meta["namespace"],
+                labels=labels,
+                container=container,
+                service=service,
+                logger=bool(pred.get("logger")),
+            )
+        )
+    return pods
+
+
+# --- Prometheus: the operator's scrape config of the rendered PodMonitor ---------------------------------
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def scrape_config(pod_monitor: dict, pods: list[Pod], interval: str = "1s") -> dict:
+    """Prometheus' config for the rendered PodMonitor over ``pods`` (static targets with the pod's
+    Kubernetes SD meta labels, the operator's relabelling)."""
+    spec = pod_monitor["spec"]
+    namespaces = set((spec.get("namespaceSelector") or {}).get("matchNames") or [])
+    jobs = []
+    for i, ep in enumerate(spec["podMetricsEndpoints"]):
+        relabel: list[dict] = [
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)", "action": "drop"}
+        ]
+        sel = spec.get("selector") or {}
+        for k, v in sorted((sel.get("matchLabels") or {}).items()):
+            relabel.append(
+                {
+                    "source_labels": [
+                        f"__meta_kubernetes_pod_label_{_sanitize(k)}",
+                        f"__meta_kubernetes_pod_labelpresent_{_sanitize(k)}",
+                    ],
+                    "regex": f"({v});true",
+                    "action": "keep",
+                }
+            )
+        for exp in sel.get("matchExpressions") or []:
+            if exp["operator"] != "Exists":
+                raise ValueError(f"selector operator {exp['operator']} is not modelled")
+            relabel.append(
+                {
+                    "source_labels": [f"__meta_kubernetes_pod_labelpresent_{_sanitize(exp['key'])}"],
+                    "regex": "true",
+                    "action": "keep",
+                }
+            )
+        relabel.append(
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": ep["port"], "action": "keep"}
+        )
+        relabel += [
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ]
+        for label in spec.get("podTargetLabels") or []:
+            relabel.append(
+                {
+                    "source_labels": [f"__meta_kubernetes_pod_label_{_sanitize(label)}"],
+                    "regex": "(.+)",
+                    "replacement": "${1}",
+                    "target_label": _sanitize(label),
+                }
+            )
+        meta = pod_monitor["metadata"]
+        relabel.append({"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"})
+        relabel.append({"target_label": "endpoint", "replacement": ep["port"]})
+        targets = []
+        for pod in pods:
+            if namespaces and pod.namespace not in namespaces or not pod.port:
+                continue
+            for port in pod.container.get("ports") or []:
+                labels = {
+                    "__meta_kubernetes_namespace": pod.namespace,
+                    "__meta_kubernetes_pod_name": pod.name,
+                    "__meta_kubernetes_pod_phase": "Running",
+                    "__meta_kubernetes_pod_container_name": pod.container["name"],
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                }
+                for k, v in pod.labels.items():
+                    labels[f"__meta_kubernetes_pod_label_{_sanitize(k)}"] = v
+                    labels[f"__meta_kubernetes_pod_labelpresent_{_sanitize(k)}"] = "true"
+                targets.append({"targets": [f"127.0.0.1:{pod.port}"], "labels": labels})
+        jobs.append(
+            {
+                "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{i}",
+                "scrape_interval": interval,
+                "metrics_path": ep.get("path", "/metrics"),
+                "static_configs": targets,
+                "relabel_configs": relabel,
+            }
+        )
+    return {"global": {"scrape_interval": interval}, "scrape_configs": jobs}
+
+
+class Prometheus:
+    """The real Prometheus server on 127.0.0.1 with a config given as a dict; ``reload`` rewrites it."""
+
+    def __init__(self, workdir: Path):
+        self.dir, self.port, self.process = workdir, free_port(), None
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, config: dict) -> None:
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "prometheus.log", "w"),  # noqa: SIM115 - closed with the process
+        )
+        eventually(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, 60, "Prometheus ready")
+
+    def reload(self, config: dict) -> None:
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        httpx.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
+
+    def active_targets(self) -> list[dict]:
+        return httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+# --- the mesh: an inbound proxy per pod that decides with the rendered policies ---------------------------
+
+
+@dataclass
+class Decision:
+    peer: str | None
+    method: str
+    path: str
+    host: str
+    allowed: bool
+    why: str
+
+
+@dataclass
+class Sidecar:
+    """The inbound side of a pod's Envoy: decides each request, forwards what is allowed to the pod."""
+
+    pod: Pod
+    policies: list[dict]
+    decisions: list[Decision] = field(default_factory=list)
+    port: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        sidecar = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                peer = self.headers.get(PEER_HEADER)
+                req = Request(
+                    Workload(sidecar.pod.namespace, sidecar.pod.labels),
+                    sidecar.pod.inbound_port,
+                    self.path,
+                    self.command,
+                    peer,
+                )
+                ok, why = decide(sidecar.policies, req)
+                sidecar.decisions.append(Decision(peer, self.command, self.path, self.headers.get("host", ""), ok, why))
+                if not ok:
+                    return self._answer(403, b"RBAC: access denied", "text/plain")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in (PEER_HEADER, "connection")}
+                conn = http.client.HTTPConnection("127.0.0.1", sidecar.pod.port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json")
+                finally:
+                    conn.close()
+
+            def _answer(self, status: int, data: bytes, content_type: str):
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True, name=f"sidecar-{self.pod.name}").start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+# --- routing: nginx from the rendered VirtualService and Ingress -----------------------------------------
+
+
+def ingress_server_names(ingress: dict) -> list[str]:
+    """nginx ``server_name`` regexes of the Ingress rules (a wildcard is exactly one DNS label)."""
+    out = []
+    for rule in ingress["spec"]["rules"]:
+        host = rule["host"]
+        if host.startswith("*."):
+            out.append("~^[^.]+" + re.escape(host[1:]).replace("\\-", "-") + "$")
+        else:
+            out.append(host)
+    return out
+
+
+def _service_of(host: str) -> str:
+    """``<svc>.<ns>.svc.cluster.local`` -> ``<svc>``."""
+    if not host.endswith(".svc.cluster.local"):
+        raise ValueError(f"destination {host} is not a Service host; the twin routes only to Services")
+    return host.split(".")[0]
+
+
+def nginx_config(
+    workdir: Path,
+    vs: dict,
+    ingress: dict,
+    upstreams: dict[str, list[int]],
+    ports: dict[str, int],
+    client_principal: str,
+) -> str:
+    """nginx for the ALB (``ports['alb']``), the ingress gateway (``ports['gateway']``) and an in-mesh
+    client's sidecar (``ports['mesh']``) from the rendered objects; ``upstreams`` maps a Service name to the
+    sidecar ports of its pods."""
+    lines = [
+        "worker_processes 1;",
+        "daemon off;",
+        f"pid {workdir}/nginx.pid;",
+        f"error_log {workdir}/error.log warn;",
+        "events { worker_connections 256; }",
+        "http {",
+        "  access_log off;",
+        *[f"  {t}_temp_path {workdir}/tmp_{t};" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
+        "  client_body_buffer_size 1m;",
+        "  server_names_hash_bucket_size 256;",
+    ]
+    if os.geteuid() == 0:
+        lines.insert(0, "user nobody nogroup;")
+    for name, sidecar_ports in sorted(upstreams.items()):
+        lines.append(f"  upstream {name} {{")
+        lines += [f"    server 127.0.0.1:{p};" for p in sidecar_ports] or ["    server 127.0.0.1:9 down;"]
+        lines.append("  }")
+    gateways = vs["spec"].get("gateways") or []
+    routes = []  # (role, principal)
+    if any(g != "mesh" for g in gateways):
+        routes.append(("gateway", INGRESS_GATEWAY))
+    if "mesh" in gateways:
+        routes.append(("mesh", client_principal))
+    hosts = " ".join(vs["spec"]["hosts"])
+    blocks = []
+    for i, route in enumerate(vs["spec"]["http"]):
+        dests = [(_service_of(r["destination"]["host"]), r.get("weight", 100)) for r in route["route"]]
+        if len(dests) > 1:
+            lines.append(f'  split_clients "${{request_id}}" $route_{i} {{')
+            for svc, w in dests[:-1]:
+                lines.append(f"    {w}% {svc};")
+            lines.append(f"    * {dests[-1][0]};")
+            lines.append("  }")
+            target = f"$route_{i}"
+        else:
+            target = dests[0][0]
+        mirror = route.get("mirror")
+        if mirror:
+            pct = float((route.get("mirrorPercentage") or {}).get("value", 100.0))
+            lines.append(f'  split_clients "${{request_id}}" $mirror_{i} {{')
+            if pct < 100:
+                lines.append(f"    {pct:g}% on;")
+                lines.append('    * "";')
+            else:
+                lines.append("    * on;")
+            lines.append("  }")
+        blocks.append((i, route, target, mirror))
+    alb = ingress_server_names(ingress)
+    lines += [
+        f"  server {{ listen 127.0.0.1:{ports['alb']} default_server; return 404; }}",
+        f"  server {{ listen 127.0.0.1:{ports['alb']}; server_name {' '.join(alb)};",
+        f"    location / {{ proxy_pass http://127.0.0.1:{ports['gateway']}; proxy_set_header Host $host; }} }}",
+    ]
+    for role, principal in routes:
+        lines.append(f"  server {{ listen 127.0.0.1:{ports[role]} default_server; return 404; }}")
+        lines.append(f"  server {{ listen 127.0.0.1:{ports[role]}; server_name {hosts};")
+        for i, route, target, mirror in blocks:
+            host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
+            timeout = route.get("timeout", "15s")
+            for m in route["match"]:
+                uri = m["uri"]
+                if set(m) != {"uri"} or set(uri) - {"prefix", "exact"}:
+                    raise ValueError(f"VirtualService match {m} is not modelled (prefix and exact URIs only)")
+                loc = f"^~ {uri['prefix']}" if "prefix" in uri else f"= {uri['exact']}"
+                lines.append(f"    location {loc} {{")
+                if mirror:
+                    lines.append(f"      mirror /_mirror_{role}_{i};")
+                lines.append(f'      proxy_set_header {PEER_HEADER} "{principal}";')
+                lines.append(f"      proxy_set_header Host {host_set.get('Host', '$host')};")
+                lines.append(f"      proxy_read_timeout {timeout};")
+                lines.append(f"      proxy_pass http://{target};")
+                lines.append("    }")
+            if mirror:
+                lines += [
+                    f"    location = /_mirror_{role}_{i} {{",
+                    "      internal;",
+                    f'      if ($mirror_{i} = "") {{ return 204; }}',
+                    f'      proxy_set_header {PEER_HEADER} "{principal}";',
+                    "      proxy_set_header Host $host-shadow;",  # Envoy's Host of a mirrored copy
+                    f"      proxy_pass http://{_service_of(mirror['host'])}$request_uri;",
+                    "    }",
+                ]
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+class Nginx:
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = {"alb": free_port(), "gateway": free_port(), "mesh": free_port()}
+        self.process: subprocess.Popen | None = None
+
+    def run(self, text: str) -> None:
+        """(Re)start nginx on ``text`` (checked with ``nginx -t`` first)."""
+        self.stop()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(text)
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        base = [binary, "-p", f"{self.dir}/", "-c", str(conf), "-e", str(self.dir / "error.log")]
+        check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30, check=False)
+        assert check.returncode == 0, f"nginx refused the twin's config: {check.stderr}"
+        self.process = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def listening() -> bool:
+            for port in self.ports.values():
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) != 0:
+                        return False
+            return True
+
+        eventually(listening, 30, "nginx listening")
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.process = None
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# --- the twin: reconcile the stand-in cluster's objects into processes -----------------------------------
+
+
+class Twin:
+    """Runs what a cluster holds (``objects``: kind -> list of documents, e.g. the stand-in's) for real.
+
+    ``model_dirs`` maps a model version to its model directory (what the ModelCar mounts at
+    ``/mnt/models``). ``reconcile`` starts the pods of new predictors, stops those that went, and rebuilds
+    nginx and Prometheus from the VirtualService, Ingress, AuthorizationPolicies and PodMonitor."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        model_dirs: dict[str, Path],
+        kserve_version: str,
+        client_principal: str,
+        upstream_policies: list[dict],
+    ):
+        self.dir, self.model_dirs, self.kserve_version = workdir, model_dirs, kserve_version
+        self.client_principal, self.upstream_policies = client_principal, upstream_policies
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.nginx = Nginx(workdir / "nginx")
+        self.prometheus = Prometheus(workdir / "prometheus")
+
+    # pods
+    def _start_pod(self, pod: Pod, policies: list[dict]) -> None:
+        pod.port = free_port()
+        home = self.dir / "pods" / pod.name
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **pod.env, "KFRELEASE_HOME": str(home)}
+        argv = pod.argv(self.model_dirs[pod.version], pod.port)
+        pod.model_name = argv[argv.index("--name") + 1]
+        pod.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(home / "log", "w"))  # noqa: SIM115
+        pod.sidecar = Sidecar(pod, policies)
+        pod.sidecar.start()
+
+    def _ready(self, pod: Pod) -> bool:
+        if pod.process.poll() is not None:
+            log = (self.dir / "pods" / pod.name / "log").read_text()[-2000:]
+            raise AssertionError(f"pod {pod.name} exited ({pod.process.returncode}): {log}")
+        url = f"http://127.0.0.1:{pod.port}/v2/models/{pod.model_name}/ready"
+        return httpx.get(url, timeout=2).status_code == 200
+
+    def reconcile(self, objects: dict[str, list[dict]]) -> None:
+        runtime = objects["ServingRuntime"][0]
+        policies = self.upstream_policies + objects.get("AuthorizationPolicy", [])
+        wanted: dict[tuple[str, str], Pod] = {}
+        for isvc in objects.get("InferenceService", []):
+            for pod in predictor_pods(isvc, runtime, self.kserve_version):
+                wanted[(pod.service, pod.version)] = pod
+        for key in [k for k in self.pods if k not in wanted]:
+            gone = self.pods.pop(key)
+            gone.sidecar.stop()
+            _stop(gone.process)
+        started = []
+        for key, pod in wanted.items():
+            if key in self.pods:
+                self.pods[key].sidecar.policies = policies
+                continue
+            self._start_pod(pod, policies)
+            self.pods[key] = pod
+            started.append(pod)
+        for pod in started:
+            eventually(lambda p=pod: self._ready(p), 180, f"model server {pod.name} ready")
+        upstreams: dict[str, list[int]] = {}
+        for pod in self.pods.values():
+            upstreams.setdefault(pod.service, []).append(pod.sidecar.port)
+        vs = objects["VirtualService"][0]
+        for http_route in vs["spec"]["http"]:  # every Service the routes name is an upstream (maybe empty)
+            for r in http_route["route"]:
+                upstreams.setdefault(_service_of(r["destination"]["host"]), [])
+            if http_route.get("mirror"):
+                upstreams.setdefault(_service_of(http_route["mirror"]["host"]), [])
+        self.nginx.run(
+            nginx_config(
+                self.dir / "nginx", vs, objects["Ingress"][0], upstreams, self.nginx.ports, self.client_principal
+            )
+        )
+        config = scrape_config(objects["PodMonitor"][0], list(self.pods.values()))
+        if self.prometheus.process is None:
+            self.prometheus.start(config)
+        else:
+            self.prometheus.reload(config)
+        names = {p.name for p in self.pods.values()}
+        eventually(
+            lambda: (
+                names <= {t["labels"].get("pod") for t in self.prometheus.active_targets() if t.get("health") == "up"}
+            ),
+            60,
+            f"Prometheus scraping {sorted(names)}",
+        )
+
+    def stop(self) -> None:
+        for pod in self.pods.values():
+            pod.sidecar.stop()
+            _stop(pod.process)
+        self.nginx.stop()
+        self.prometheus.stop()
+
+    # clients
+    def via_alb(self, host: str, path: str, body: dict) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers={"host": host})
+
+    def via_mesh(self, host: str, path: str, body: dict) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['mesh']}{path}", json=body, headers={"host": host})

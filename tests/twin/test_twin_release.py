@@ -1,0 +1,151 @@
+"""A non-first release on the cluster twin (``tests/twin``): the release driver moves the rendered objects on
+the cluster stand-in as the release steps' service account, and the twin runs what they say for real (model
+servers from the rendered containers, nginx from the rendered VirtualService and Ingress, the rendered
+AuthorizationPolicies deciding at each pod, Prometheus from the rendered PodMonitor). The candidate is
+shadowed (mirrored copies from the ingress gateway and from an in-mesh client's sidecar both reach it),
+canaried (the controller's own Prometheus queries read non-zero requests of the canary with the labels the
+rendered pod sets), and promoted."""
+
+from __future__ import annotations
+
+import pytest
+
+from kfrelease.k8s.driver.kserve import KServeTrafficDriver
+from kfrelease.k8s.environments import MONITORING_NS, RELEASE_NS
+from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
+from kfrelease.k8s.policy.rbac import service_account
+from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE, version_slug
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, principal
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
+from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
+from kfrelease.release.checks import render_query
+from kfrelease.release.signals import PrometheusMetrics
+from kfrelease.rollout.traffic import TrafficState
+from tests.cluster_standin import Cluster
+from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, make_model_dir
+
+from . import Twin, eventually
+
+pytestmark = pytest.mark.slow
+
+SOURCES = Sources.load()
+ENV = SOURCES.envs.environments["staging"]  # KServe 0.20: Standard mode with spec.canary
+SPEC = SOURCES.spec.with_changes(serving={"deployment_mode": "RawDeployment"})
+V1, V2 = ENV.production_version, "V1.2.0"
+REPO = f"oci://{ENV.registry}/kfrelease/{SPEC.model}"
+URIS = {V1: f"{REPO}:{V1}", V2: f"{REPO}@sha256:" + "b" * 64}
+PATH = f"/v1/models/{SPEC.model}:predict"
+
+
+def cluster_objects(cluster: Cluster) -> dict[str, list[dict]]:
+    """What the twin's controllers read: the serving namespace's objects, the Ingress and the PodMonitor."""
+    ns = SPEC.serving.namespace
+    out: dict[str, list[dict]] = {}
+    for (kind, namespace, _), doc in sorted(cluster.objects.items()):
+        if namespace == ns or kind == "Ingress" or (kind == "PodMonitor" and namespace == MONITORING_NS):
+            out.setdefault(kind, []).append(doc)
+    out["PodMonitor"] = [d for d in out["PodMonitor"] if d["metadata"]["name"] == "kfrelease-predictors"]
+    return out
+
+
+@pytest.fixture
+def twin(tmp_path):
+    rows = curated_frame().head(40)
+    dirs = {
+        V1: make_model_dir(tmp_path / "models", SPEC.model, V1),
+        V2: make_model_dir(tmp_path / "models2", SPEC.model, V2, offset=25.0),
+    }
+    client = principal(ENV.mesh_clients[0], "default")
+    t = Twin(tmp_path / "twin", dirs, ENV.kserve_version, client, upstream_policies())
+    t.rows, t.dirs = rows, dirs
+    yield t
+    t.stop()
+
+
+def answers(twin: Twin, host: str, n: int, via: str = "alb") -> list[float]:
+    send = twin.via_alb if via == "alb" else twin.via_mesh
+    out = []
+    for i in range(n):
+        row = twin.rows[FEATURES].iloc[i % len(twin.rows)].tolist()
+        r = send(host, PATH, {"instances": [row]})
+        assert r.status_code == 200, (via, host, r.status_code, r.text[:300])
+        out.append(r.json()["predictions"][0])
+    return out
+
+
+def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and_promoted(twin):
+    src = Sources(**{**SOURCES.__dict__, "spec": SPEC})
+    cluster = Cluster(environment_documents(src, ENV) + inference_documents(SPEC, ENV), kserve=ENV.kserve_version)
+    driver = KServeTrafficDriver(
+        SPEC,
+        URIS,
+        cluster.client(service_account(RELEASE_NS, RELEASE_DRIVER_SA)),
+        holder=V2,
+        kserve_version=ENV.kserve_version,
+        domain=ENV.model_domain,
+    )
+    v1 = expected_predictions(twin.dirs[V1], twin.rows)
+    v2 = expected_predictions(twin.dirs[V2], twin.rows)
+
+    # production V1 from the bootstrap: the ALB accepts the model's host and answers 404 to others
+    twin.reconcile(cluster_objects(cluster))
+    vs = cluster_objects(cluster)["VirtualService"][0]
+    host = next(h for h in vs["spec"]["hosts"] if h.endswith(ENV.model_domain))  # the public release host
+    mesh_host = next(h for h in vs["spec"]["hosts"] if h.endswith(".svc.cluster.local"))  # in the mesh
+    assert answers(twin, host, 5) == pytest.approx(v1[:5])
+    assert twin.via_alb("model.unknown.example.org", PATH, {"instances": [[0.0] * len(FEATURES)]}).status_code == 404
+
+    # shadow: every mirrored copy reaches the candidate, from the gateway and from a client's own sidecar
+    driver.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    twin.reconcile(cluster_objects(cluster))
+    assert answers(twin, host, 20) == pytest.approx(v1[:20])  # clients see production only
+    assert answers(twin, mesh_host, 20, via="mesh") == pytest.approx(v1[:20])
+    shadow = next(p for p in twin.pods.values() if p.labels["kfrelease.io/stage"] == "staging")
+    copies = eventually(
+        lambda: (
+            [d for d in shadow.sidecar.decisions if d.path == PATH] if len(shadow.sidecar.decisions) >= 40 else None
+        ),
+        30,
+        "40 mirrored copies at the shadow",
+    )
+    assert all(d.allowed for d in copies), [d.why for d in copies if not d.allowed][:3]
+    assert {d.peer for d in copies} == {INGRESS_GATEWAY, twin.client_principal}
+    assert all(d.host.endswith("-shadow") for d in copies)
+    shadow_answered = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage="staging")
+    eventually(lambda: (shadow_answered.health(None, 120).requests or 0) >= 30, 60, "the shadow's answers scraped")
+
+    # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
+    driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))
+    twin.reconcile(cluster_objects(cluster))
+    got = answers(twin, host, 80)
+    v2_values = {round(x, 6) for x in v2}
+    from_v2 = sum(1 for g in got if round(g, 6) in v2_values)
+    assert 15 <= from_v2 <= 65, from_v2  # both versions answer
+    canary = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage=CANARY_SERIES_STAGE)
+    health = eventually(
+        lambda: (h := canary.health(None, 60)).requests >= 0.8 * from_v2 and h, 60, "the canary's requests scraped"
+    )
+    assert health.errors == 0 and health.error_rate == 0 and health.p99_ms is not None
+    # every series of the canary's pod, KServe's own included, carries its version (the PodMonitor's
+    # podTargetLabels); KServe's request_preprocess_seconds is observed only off the predictor's fast lane
+    assert canary.query(f'sum(up{{kfrelease_io_version="{version_slug(V2)}",pod=~".*{version_slug(V2)}.*"}})') == 1
+    declared = render_query(
+        'sum(increase(kfrelease_predictor_requests_total{{model="{model}",version="{version}",stage="{stage}"}}'
+        "[{window}]))",
+        SPEC.model,
+        V2,
+        canary.stage,
+        60,
+    )
+    assert (canary.query(declared) or 0) > 0
+    assert decide(
+        twin.upstream_policies + cluster_objects(cluster)["AuthorizationPolicy"],
+        Request(Workload(SPEC.serving.namespace, shadow.labels), 8080, "/metrics", "GET", None),
+    )[0]  # Prometheus (no sidecar) may scrape the pods
+
+    # promote: V2 serves everything, the Lease is released
+    driver.apply(TrafficState(primary=V2))
+    twin.reconcile(cluster_objects(cluster))
+    assert answers(twin, host, 10) == pytest.approx(v2[:10])
+    lease = cluster.objects[("Lease", SPEC.serving.namespace, driver.lock.ref["name"])]
+    assert lease["spec"]["holderIdentity"] == ""
