@@ -78,7 +78,7 @@ def test_init_never_overwrites_and_names_bad_files(tmp_path):
     assert result.exit_code == 1 and "ragged.csv line 3: 1 fields, expected 2" in result.output
     (tmp_path / "bytes.csv").write_bytes(b"\xff\xfe,b\n1,2\n")
     result = init("--from", str(tmp_path / "bytes.csv"), "--out", str(tmp_path / "x.yaml"))
-    assert result.exit_code == 1 and "not a readable CSV file" in result.output
+    assert result.exit_code == 1 and "bytes.csv line 1: byte 0xff at offset 0 is not UTF-8" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
 
 

@@ -1,16 +1,20 @@
 """The data pipeline run in-process (``kfrelease data publish``): the same core functions the KFP
-components call, in the same order, without KFP."""
+components call, in the same order, without KFP. Nothing is held whole in memory: the sources are streamed
+(twice when the spec has a unique column), the valid rows and the rows to publish go through local Parquet
+files in a temporary folder, which are then uploaded."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import Callable
 
-from kfrelease.data.features import apply_features
-from kfrelease.data.ingest import ingest
-from kfrelease.data.publish import DatasetVersion, publish
+from kfrelease.data.features import features_to_file
+from kfrelease.data.ingest import SourceSet
+from kfrelease.data.publish import DatasetVersion, publish_files
 from kfrelease.data.spec import DatasetSpec
-from kfrelease.data.validate import validate
+from kfrelease.data.validate import validate_to_files
 from kfrelease.storage import ObjectStore
 
 
@@ -24,11 +28,19 @@ def run_data_pipeline(
     """ingest -> validate -> features -> publish. Any failure leaves ``curated`` and ``latest`` untouched;
     with ``on_invalid: quarantine`` the rows validation refused are published beside the version."""
     run_id = run_id or f"inline-{uuid.uuid4().hex[:12]}"
-    on_step("ingest")
-    rows, sources = ingest(spec, store, keys)
-    on_step(f"validate ({len(rows)} rows from {len(sources)} source(s))")
-    checked = validate(rows, spec)
-    on_step("features")
-    feats = apply_features(checked.valid, spec)
-    on_step("publish")
-    return publish(feats, spec, store, sources, run_id, quarantined=checked.invalid)
+    with tempfile.TemporaryDirectory(prefix="kfrelease-data-") as tmp, SourceSet(spec, store, keys) as sources:
+        on_step(f"ingest ({len(sources.objects)} source(s))")
+        columns = sources.columns
+        valid, quarantine, outcome = validate_to_files(
+            spec,
+            sources.batches,
+            columns,
+            os.path.join(tmp, "valid.parquet"),
+            os.path.join(tmp, "quarantine.parquet"),
+            on_pass=lambda what: on_step(f"validate: {what}"),
+        )
+        on_step(f"features ({outcome.valid_rows} valid rows of {outcome.total_rows})")
+        data = features_to_file(spec, valid.path, os.path.join(tmp, "data.parquet"))
+        os.remove(valid.path)
+        on_step("publish")
+        return publish_files(spec, store, data, sources.sources, run_id, quarantine)
