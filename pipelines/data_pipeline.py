@@ -14,10 +14,12 @@ from kfrelease.training.resources import apply_step_policy
     description="Ingest raw sources, validate them against the dataset spec, engineer features and publish an "
     "immutable curated version.",
 )
-def data_pipeline(spec_yaml: str) -> str:
+def data_pipeline(spec_yaml: str, features_dir: str = "") -> str:
     raw = ingest(spec_yaml=spec_yaml).set_display_name("ingest")
     valid = validate_data(spec_yaml=spec_yaml, rows=raw.outputs["rows"]).set_display_name("validate")
-    feats = engineer_features(spec_yaml=spec_yaml, valid_rows=valid.outputs["valid_rows"]).set_display_name("features")
+    feats = engineer_features(
+        spec_yaml=spec_yaml, valid_rows=valid.outputs["valid_rows"], features_dir=features_dir
+    ).set_display_name("features")
     published = publish_dataset(
         spec_yaml=spec_yaml,
         features=feats.outputs["features"],

@@ -328,3 +328,43 @@ def test_validating_a_local_file_needs_no_stack_and_no_credentials(tmp_path):
     assert refused.exit_code == 1 and "column 'age': above the maximum 120" in refused.output, refused.output
     assert "value '500.0'" in refused.output and "packaged" not in refused.output
     assert list(home.iterdir()) == []  # nothing generated, nothing started
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            b"patient_id,bmi,age,bmi\n1,2,3,4\n",
+            (
+                "error: {file}: the header names column 'bmi' 2 times (fields 2 and 4); give every column its own name, "
+                "then upload the file again"
+            ),
+        ),
+        (
+            "patient_id,city\n1,Paris\n2,Montréal\n".encode("latin-1"),
+            (
+                "error: {file} line 3: byte 0xe9 at offset 31 is not UTF-8 (the file looks Latin-1/Windows-1252 encoded, "
+                "where it is 'é' in '2,Montréal'); save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > "
+                "out.csv`) and upload it again"
+            ),
+        ),
+    ],
+    ids=["duplicated-header", "latin-1"],
+)
+def test_a_bad_file_is_one_line_on_the_command_line(tmp_path, content, expected):
+    """The two files that ended in a traceback (issue 26): one line naming the file and what to do, exit 1."""
+    from click.testing import CliRunner
+
+    from kfrelease.cli import cli
+
+    spec = tmp_path / "diabetes.yaml"
+    spec.write_text(SPEC.text)
+    bad = tmp_path / "batch.csv"
+    bad.write_bytes(content)
+    for args in (
+        ["data", "validate", "--file", str(bad), "--dataset", str(spec)],
+        ["data", "init", "--from", str(bad)],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert result.output == expected.format(file=bad) + "\n"

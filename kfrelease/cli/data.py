@@ -135,6 +135,7 @@ def register(cli: click.Group) -> None:
         """
         store = store_for("data-engineer")
         spec = resolve_spec(store, dataset)
+        search = (str(Path(dataset).resolve().parent),) if dataset and is_spec_path(dataset) else ()
         if via_pipeline:
             from kfrelease.kfp_runner import run_local
             from kfrelease.pipelines.data_pipeline import data_pipeline
@@ -144,12 +145,15 @@ def register(cli: click.Group) -> None:
                 Settings.from_env(),
                 data_pipeline,
                 spec_yaml=spec.text,
+                features_dir=search[0] if search else "",
                 on_step=lambda task, status: console.print(f"  step {task}: {status}"),
             ).output
             dv = get_version(store, spec.name, version)
         else:
             with console.status("data pipeline") as status:
-                dv = run_data_pipeline(spec, store, list(sources) or None, on_step=lambda s: status.update(s))
+                dv = run_data_pipeline(
+                    spec, store, list(sources) or None, on_step=lambda s: status.update(s), search=search
+                )
         quarantined = dv.manifest.get("quarantined_count") or 0
         console.print(
             f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows"

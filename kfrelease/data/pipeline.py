@@ -24,9 +24,11 @@ def run_data_pipeline(
     keys: list[str] | None = None,
     run_id: str | None = None,
     on_step: Callable[[str], None] = lambda step: None,
+    search: tuple[str, ...] = (),
 ) -> DatasetVersion:
     """ingest -> validate -> features -> publish. Any failure leaves ``curated`` and ``latest`` untouched;
-    with ``on_invalid: quarantine`` the rows validation refused are published beside the version."""
+    with ``on_invalid: quarantine`` the rows validation refused are published beside the version. ``search``:
+    folders where the feature step's module may be (the dataset spec's, ``features.resolve``)."""
     run_id = run_id or f"inline-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="kfrelease-data-") as tmp, SourceSet(spec, store, keys) as sources:
         on_step(f"ingest ({len(sources.objects)} source(s))")
@@ -40,7 +42,7 @@ def run_data_pipeline(
             on_pass=lambda what: on_step(f"validate: {what}"),
         )
         on_step(f"features ({outcome.valid_rows} valid rows of {outcome.total_rows})")
-        data = features_to_file(spec, valid.path, os.path.join(tmp, "data.parquet"))
+        data = features_to_file(spec, valid.path, os.path.join(tmp, "data.parquet"), search)
         os.remove(valid.path)
         on_step("publish")
         return publish_files(spec, store, data, sources.sources, run_id, quarantine)
