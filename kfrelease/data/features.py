@@ -85,18 +85,41 @@ def apply_features(df: pd.DataFrame, spec: DatasetSpec, search: Iterable[str | P
     return out
 
 
-def features_to_file(spec: DatasetSpec, valid_path: str, out_path: str, search: Iterable[str | Path] = ()) -> Written:
-    """The rows to publish: the valid rows (``validate.validate_to_files``) through the feature step a batch at a
-    time, without the meta columns, written to ``out_path`` and hashed on the way (the version's content).
-    ``search``: folders where the step's module may be (``resolve``)."""
-    what = f"the feature step {spec.features}" if spec.features else "the valid rows"
-    writer = FrameWriter(out_path, what=what)
-    search = tuple(search)
+def features_to_file(
+    spec: DatasetSpec, valid: str | Iterable[pd.DataFrame], out_path: str, search: Iterable[str | Path] = ()
+) -> Written:
+    """The rows to publish: the valid rows (a file of ``validate.validate_to_files``, or batches in their final
+    dtypes) through the feature step a batch at a time, without the meta columns, written to ``out_path`` and
+    hashed on the way (the version's content). ``search``: folders where the step's module may be (``resolve``)."""
+    writer = FeatureWriter(spec, out_path, search)
     try:
-        for batch in read_frames(valid_path):
-            out = apply_features(batch, spec, search)
-            writer.write(out.drop(columns=[c for c in META_COLUMNS if c in out.columns]).reset_index(drop=True))
+        for batch in read_frames(valid) if isinstance(valid, str) else valid:
+            writer.write(batch)
     except BaseException:
         writer.discard()
         raise
     return writer.close()
+
+
+class FeatureWriter:
+    """The feature step and the file to publish: each batch of valid rows (final dtypes) in, its engineered rows
+    (meta columns left out) written and hashed."""
+
+    def __init__(self, spec: DatasetSpec, out_path: str, search: Iterable[str | Path] = ()):
+        self.spec, self.search = spec, tuple(search)
+        what = f"the feature step {spec.features}" if spec.features else "the valid rows"
+        self.writer = FrameWriter(out_path, what=what)
+
+    def write(self, batch: pd.DataFrame) -> None:
+        out = apply_features(batch, self.spec, self.search)
+        self.writer.write(out.drop(columns=[c for c in META_COLUMNS if c in out.columns]).reset_index(drop=True))
+
+    def discard(self) -> None:
+        self.writer.discard()
+
+    def close(self, empty: pd.DataFrame | None = None) -> Written:
+        """The file written; ``empty`` (the valid rows' columns, no row) runs the step once when no batch came, so
+        that a version of no rows has the columns and dtypes of the step's output."""
+        if self.writer.template is None and empty is not None:
+            self.write(empty)
+        return self.writer.close()

@@ -126,14 +126,16 @@ def final_dtypes(path: str) -> dict[str, str]:
     return json.loads(meta[DTYPES_KEY]) if DTYPES_KEY in meta else {}
 
 
-def read_frames(path: str, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pd.DataFrame]:
-    """A Parquet file's rows a batch at a time, in the dtypes ``pandas.read_parquet`` would give them (and the
-    final dtypes recorded under ``DTYPES_KEY``)."""
+def read_frames(
+    path: str, batch_rows: int = READ_BATCH_ROWS, dtypes: dict[str, str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """A Parquet file's rows a batch at a time, in the dtypes ``pandas.read_parquet`` would give them, then in
+    ``dtypes`` (by default the final dtypes recorded under ``DTYPES_KEY``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    final = final_dtypes(path)
+    final = final_dtypes(path) if dtypes is None else dtypes
     empty = True
     for batch in pf.iter_batches(batch_size=batch_rows):
         empty = False

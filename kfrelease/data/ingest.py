@@ -20,7 +20,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Self
 
 import numpy as np
@@ -439,11 +439,21 @@ class SourceSet:
     Use it as a context manager: Parquet objects are downloaded to a temporary folder (random access to
     their footers), which is removed at the end; CSV objects are streamed on every read."""
 
-    def __init__(self, spec: DatasetSpec, store: ObjectStore, keys: list[str] | None = None):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        store: ObjectStore,
+        keys: list[str] | None = None,
+        objects: list[SourceObject] | None = None,
+    ):
+        """The objects under the spec's prefix (or ``keys``), or ``objects`` listed before (e.g. by a Spark driver
+        for its tasks)."""
         self.spec, self.store = spec, store
-        self.objects = [
-            SourceObject(o.key, o.etag.strip('"'), o.size, store.uri("raw", o.key)) for o in self._list(keys)
-        ]
+        if objects is None:
+            objects = [
+                SourceObject(o.key, o.etag.strip('"'), o.size, store.uri("raw", o.key)) for o in self._list(keys)
+            ]
+        self.objects = [replace(o, local=None) for o in objects]
         self._tmp: str | None = None
 
     def _list(self, keys: list[str] | None) -> list[ObjectInfo]:

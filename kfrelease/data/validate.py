@@ -400,6 +400,39 @@ class Validator:
         out["text"] = _meta(df, TEXT_COL).iloc[rows].astype("string").to_numpy()
         return out
 
+    def state(self) -> dict:
+        """What this validator found, to be merged with other validators' (``merged``): one per Spark task."""
+        return {
+            "problems": self.problems,
+            "total": self.total,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "has_na": sorted(self.has_na),
+        }
+
+    @classmethod
+    def merged(
+        cls, spec: DatasetSpec, columns: list[str], states: list[dict], quarantine: bool | None = None
+    ) -> Validator:
+        """One validator holding what several found on parts of the same data (each part's problems added up,
+        their first rows kept in file order): its ``finish`` is the report of the whole."""
+        out = cls(spec, columns, None, quarantine)
+        for state in states:
+            for key, p in state["problems"].items():
+                out._problem(key, p.column, p.rule, p.fatal).add(p.named, p.count)
+            out.total += state["total"]
+            out.valid += state["valid"]
+            out.invalid += state["invalid"]
+            out.has_na |= set(state["has_na"])
+        return out
+
+    def dtypes_known(self) -> dict[str, str] | None:
+        """The valid rows' final dtypes when they do not depend on the data (no nullable integer or bool column:
+        such a column is plain only if every valid row holds a value), else None."""
+        if any(self.spec.column(c).dtype in NULLABLE and self.spec.column(c).nullable for c in self.order):
+            return None
+        return {c: str(self._dtype(c, nullable=False)) for c in self.order}
+
     def finish(self) -> Outcome:
         """Every problem (the dataset's too: fewer valid rows than ``min_rows``) in report order."""
         valid_count = self.valid if self.quarantine else self.total
@@ -458,10 +491,19 @@ def validate_batches(
     finally:
         if duplicates is not None:
             duplicates.close()
-    if outcome.problems and (not quarantine or outcome.fatal):
+    try:
+        raise_for(spec, outcome, quarantine)
+    except DataValidationError:
         sink.discard()
-        raise DataValidationError(_message(spec, outcome, quarantine), [_violation(p) for p in outcome.problems])
+        raise
     return outcome, sink
+
+
+def raise_for(spec: DatasetSpec, outcome: Outcome, quarantine: bool) -> None:
+    """Raise the ``DataValidationError`` naming every problem, unless there is none, or the spec quarantines
+    invalid rows and none of the problems concerns the whole dataset."""
+    if outcome.problems and (not quarantine or outcome.fatal):
+        raise DataValidationError(_message(spec, outcome, quarantine), [_violation(p) for p in outcome.problems])
 
 
 class _Frames(Sink):
