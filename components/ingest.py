@@ -5,11 +5,12 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def ingest(spec_yaml: str, rows: Output[Dataset]) -> str:
-    """Read every source object of a dataset from the ``raw`` bucket (data-engineer identity).
+    """Read every source object of a dataset from the ``raw`` bucket (data-engineer identity), a batch at a time.
 
     Args:
         spec_yaml: the dataset spec (YAML text) naming the source prefix and schema.
-        rows: the unioned source rows as Parquet, with ``__source``/``__line`` columns for error messages.
+        rows: the unioned source rows as Parquet (CSV values as text), with ``__source``/``__line`` columns for
+            error messages.
 
     Returns:
         The sources read, as JSON: ``[{"key", "etag", "rows"}]`` (lineage for the manifest).
@@ -17,13 +18,14 @@ def ingest(spec_yaml: str, rows: Output[Dataset]) -> str:
     import json
     import logging
 
-    from kfrelease.data.ingest import ingest as ingest_sources
+    from kfrelease.data.ingest import SourceSet
     from kfrelease.data.spec import parse_spec
     from kfrelease.storage import store_for
 
     logging.basicConfig(level=logging.INFO)
     spec = parse_spec(spec_yaml)
-    df, sources = ingest_sources(spec, store_for("data-engineer"))
-    df.to_parquet(rows.path, index=False)
-    rows.metadata.update({"dataset": spec.name, "row_count": len(df)})
-    return json.dumps([s.as_dict() for s in sources])
+    with SourceSet(spec, store_for("data-engineer")) as sources:
+        written = sources.write_rows(rows.path)
+        read = sources.sources
+    rows.metadata.update({"dataset": spec.name, "row_count": written.rows})
+    return json.dumps([s.as_dict() for s in read])

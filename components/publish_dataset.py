@@ -25,22 +25,21 @@ def publish_dataset(
     import json
     import logging
 
-    import pandas as pd
-
+    from kfrelease.data.frames import file_digest
     from kfrelease.data.ingest import Source
-    from kfrelease.data.publish import publish
+    from kfrelease.data.publish import publish_files
     from kfrelease.data.spec import parse_spec
     from kfrelease.storage import store_for
 
     logging.basicConfig(level=logging.INFO)
     sources = [Source(**s) for s in json.loads(sources_json)]
-    dv = publish(
-        pd.read_parquet(features.path),
+    dv = publish_files(
         parse_spec(spec_yaml),
         store_for("data-engineer"),
+        file_digest(features.path),
         sources,
         run_id,
-        quarantined=pd.read_parquet(quarantined.path),
+        quarantine=file_digest(quarantined.path),
     )
     logging.getLogger(__name__).info(
         "published %s version %s (%d rows, %d quarantined)",

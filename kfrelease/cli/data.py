@@ -10,12 +10,11 @@ import click
 from kfrelease.cli.output import console, err_console, table
 from kfrelease.config import Settings
 from kfrelease.data.catalog import dataset_name, is_spec_path, resolve_spec
-from kfrelease.data.ingest import ingest as ingest_sources
-from kfrelease.data.ingest import read_source, source_format
+from kfrelease.data.ingest import SourceSet, local_batches, source_format
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version, latest_version_id, list_versions
 from kfrelease.data.spec import load_spec
-from kfrelease.data.validate import validate as validate_rows
+from kfrelease.data.validate import validate_batches
 from kfrelease.errors import ConfigError, DataValidationError, StorageError
 from kfrelease.storage import store_for
 
@@ -86,11 +85,17 @@ def register(cli: click.Group) -> None:
     @click.option("--out", type=click.Path(dir_okay=False), help="Also write the rows to this Parquet file.")
     def ingest(dataset: str, sources: tuple[str, ...], out: str | None) -> None:
         """Read the sources of a dataset from raw and report what was read."""
-        spec = resolve_spec(store_for("data-engineer"), dataset)
-        rows, read = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
-        table(f"ingested {len(rows)} rows", ["source", "rows", "etag"], [(s.key, s.rows, s.etag) for s in read])
+        store = store_for("data-engineer")
+        spec = resolve_spec(store, dataset)
+        with SourceSet(spec, store, list(sources) or None) as read:
+            if out:
+                read.write_rows(out)
+            else:
+                for _ in read.batches():
+                    pass
+            rows = sum(s.rows for s in read.sources)
+            table(f"ingested {rows} rows", ["source", "rows", "etag"], [(s.key, s.rows, s.etag) for s in read.sources])
         if out:
-            rows.to_parquet(out, index=False)
             console.print(f"wrote {out}")
 
     @data.command()
@@ -105,17 +110,19 @@ def register(cli: click.Group) -> None:
             if not Path(local_file).is_file():
                 raise DataValidationError(f"{local_file} does not exist")
             spec = _spec_for_local_file(dataset)
-            rows = read_source(Path(local_file).read_bytes(), local_file)
+            columns, batches = local_batches(local_file)
+            outcome, _ = validate_batches(spec, batches, columns)
         else:
-            spec = resolve_spec(store_for("data-engineer"), dataset)
-            rows, _ = ingest_sources(spec, store_for("data-engineer"), list(sources) or None)
-        checked = validate_rows(rows, spec)
-        if len(checked.invalid):
+            store = store_for("data-engineer")
+            spec = resolve_spec(store, dataset)
+            with SourceSet(spec, store, list(sources) or None) as read:
+                outcome, _ = validate_batches(spec, read.batches, read.columns)
+        if outcome.invalid_rows:
             console.print(
-                f"[yellow]{len(checked.invalid)} of {checked.total_rows} rows would be quarantined[/]: "
-                + " | ".join(f"{p.label()}: {len(p.rows)} row(s)" for p in checked.problems)
+                f"[yellow]{outcome.invalid_rows} of {outcome.total_rows} rows would be quarantined[/]: "
+                + " | ".join(f"{p.label()}: {p.count} row(s)" for p in outcome.problems)
             )
-        console.print(f"[green]valid[/]: {len(checked.valid)} rows match dataset spec {spec.name!r}")
+        console.print(f"[green]valid[/]: {outcome.valid_rows} rows match dataset spec {spec.name!r}")
 
     @data.command()
     @dataset_option
@@ -128,6 +135,7 @@ def register(cli: click.Group) -> None:
         """
         store = store_for("data-engineer")
         spec = resolve_spec(store, dataset)
+        search = (str(Path(dataset).resolve().parent),) if dataset and is_spec_path(dataset) else ()
         if via_pipeline:
             from kfrelease.kfp_runner import run_local
             from kfrelease.pipelines.data_pipeline import data_pipeline
@@ -137,12 +145,15 @@ def register(cli: click.Group) -> None:
                 Settings.from_env(),
                 data_pipeline,
                 spec_yaml=spec.text,
+                features_dir=search[0] if search else "",
                 on_step=lambda task, status: console.print(f"  step {task}: {status}"),
             ).output
             dv = get_version(store, spec.name, version)
         else:
             with console.status("data pipeline") as status:
-                dv = run_data_pipeline(spec, store, list(sources) or None, on_step=lambda s: status.update(s))
+                dv = run_data_pipeline(
+                    spec, store, list(sources) or None, on_step=lambda s: status.update(s), search=search
+                )
         quarantined = dv.manifest.get("quarantined_count") or 0
         console.print(
             f"published [bold]{dv.dataset}[/] version [bold]{dv.version}[/] ({dv.row_count} rows"

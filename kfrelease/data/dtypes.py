@@ -4,6 +4,12 @@ Nothing is coerced silently: a value either converts exactly (``"7"`` or ``7.0``
 to a datetime) or is a problem of its row, named by a rule such as "not a whole number (expected int64)".
 ``2.5`` is never truncated into an integer column, an integer beyond int64 never wraps or turns into a
 float, and a date that does not parse never becomes NaT.
+
+Text is converted by Arrow's compute kernels where a value has the plain form of its dtype (``12``, ``-3.5e2``,
+``true``): that is nearly every value of a real file. The few others (surrounding text, fractions in an integer
+column, overflow, typos) go through the exact rules below (``_convert_exact``), which decide every refusal; the
+fast path only ever accepts what those rules accept, with the same value (``tests/test_data_dtypes.py`` holds
+the two equal on generated text).
 """
 
 from __future__ import annotations
@@ -38,8 +44,30 @@ MISSING_TOKENS = frozenset(
         "null",
     }
 )
+#: Python's ``str.strip()`` whitespace (every code point whose ``isspace()`` is true), for Arrow's trim kernel.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_INTEGER = r"^[+-]?\d+(?:\.0*)?$"
+#: The plain forms the fast path converts with Arrow (RE2 syntax, ASCII digits only).
+_PLAIN_INT = r"^[+-]?[0-9]{1,18}(\.0*)?$"
+_PLAIN_FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+_PLAIN_BOOL = ("true", "false", "1", "0")
+_DATETIME_RULE = "not a date/time (expected datetime64[ns], ISO 8601 such as 2024-03-01T12:00:00)"
+#: Each dtype's conversion rules, in the order ``convert`` reports them.
+RULES = {
+    "int64": (
+        "not a whole number (expected int64)",
+        f"out of the int64 range ({INT64_MIN} to {INT64_MAX})",
+        "wrong type (expected int64)",
+    ),
+    "float64": ("wrong type (expected float64)",),
+    "bool": ("wrong type (expected bool: true/false or 1/0)",),
+    "datetime64[ns]": (_DATETIME_RULE,),
+    "string": (),
+}
+_INTEGER = r"^[+-]?[0-9]+(?:\.0*)?$"  # ASCII digits: pandas cannot parse other scripts
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 
 
@@ -65,6 +93,139 @@ def _missing(s: pd.Series, dtype: str) -> np.ndarray:
 
 def convert(s: pd.Series, dtype: str) -> Converted:
     """Convert one source column to ``dtype`` (one of ``spec.DTYPES``) or report each value that does not fit."""
+    text = _arrow_text(s)
+    if text is None:
+        return _convert_exact(s, dtype)
+    return _convert_text(s, text, dtype)
+
+
+def _arrow_text(s: pd.Series):
+    """The column as an Arrow string array when it is text (CSV values, string columns), else None."""
+    import pyarrow as pa
+
+    if not pd.api.types.is_string_dtype(s) or (s.dtype == object and not _all_str(s)):
+        return None
+    try:
+        arr = pa.array(s.array if isinstance(s.dtype, pd.StringDtype) else s.to_numpy(dtype=object), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
+
+
+def _all_str(s: pd.Series) -> bool:
+    values = s.dropna().to_numpy(dtype=object)
+    return all(isinstance(v, str) for v in values)
+
+
+def _bools(arr) -> np.ndarray:
+    """An Arrow boolean array as numpy, null as False."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _convert_text(s: pd.Series, text, dtype: str) -> Converted:
+    """Arrow's kernels for the values in the plain form of ``dtype``; the exact rules for the rest."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(s)
+    null = text.is_null().to_numpy(zero_copy_only=False)
+    tokens = pa.array([""] if dtype == "string" else sorted(MISSING_TOKENS), text.type)
+    if dtype in ("string", "datetime64[ns]"):
+        stripped = pc.utf8_trim(text, characters=WHITESPACE)
+        missing = _bools(pc.is_in(stripped, value_set=tokens)) | null
+        if dtype == "datetime64[ns]":  # pandas' ISO 8601 parser decides; only the strip is Arrow's
+            return _to_datetime_text(s.index, stripped, ~missing, missing)
+        kept = pc.if_else(pa.array(missing), pa.scalar(None, text.type), text)
+        return Converted(pd.Series(pd.arrays.ArrowStringArray(kept), index=s.index), missing, [])
+    fast, out = _plain(text, dtype, null)
+    missing = null.copy()
+    problems: list[tuple[str, np.ndarray]] = []
+    bad = np.zeros(n, dtype=bool)
+    rest = np.flatnonzero(~fast & ~null)
+    if len(rest):  # the exact rules decide every value not in the plain form
+        stripped = pc.utf8_trim(text.take(pa.array(rest)), characters=WHITESPACE)
+        token = _bools(pc.is_in(stripped, value_set=tokens))
+        missing[rest[token]] = True
+        slow = rest[~token]
+        if len(slow):
+            exact = _convert_exact(s.iloc[slow], dtype)
+            refused = np.zeros(len(slow), dtype=bool)
+            for rule, mask in exact.problems:
+                full = np.zeros(n, dtype=bool)
+                full[slow[mask]] = True
+                problems.append((rule, full))
+                refused |= mask
+            bad[slow[refused]] = True
+            good = np.flatnonzero(~refused)
+            out[slow[good]] = exact.values.iloc[good].to_numpy(dtype=out.dtype)
+    absent = missing | bad
+    if dtype == "float64":
+        values = pd.Series(out, index=s.index, dtype="float64")
+        if absent.any():
+            values = values.mask(absent)
+    elif absent.any():
+        values = pd.Series(out, index=s.index).astype("Int64" if dtype == "int64" else "boolean").mask(absent)
+    else:
+        values = pd.Series(out, index=s.index, dtype=out.dtype)
+    return Converted(values, missing, problems)
+
+
+def _plain(text, dtype: str, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which values are in the plain form of ``dtype`` (never missing), and the column with them converted.
+
+    A whole column that Arrow casts (nearly always) costs one kernel; only the values of a column that it
+    does not are matched one by one against the plain form first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(null)
+    if dtype == "bool":
+        lower = pc.ascii_lower(text)
+        fast = _bools(pc.is_in(lower, value_set=pa.array(_PLAIN_BOOL, text.type)))
+        return fast, _bools(pc.is_in(lower, value_set=pa.array(["true", "1"], text.type))) & fast
+    target = pa.int64() if dtype == "int64" else pa.float64()
+    out = np.zeros(n, dtype="int64") if dtype == "int64" else np.full(n, np.nan)
+    try:
+        whole = pc.cast(text, target)
+        if dtype == "int64" and pc.any(pc.match_substring(text, "x", ignore_case=True)).as_py():
+            whole = None  # Arrow reads 0x10 as hexadecimal; the exact rules do not
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        whole = None
+    if whole is not None:
+        fast = ~null
+        values = whole.to_numpy(zero_copy_only=False)
+        if dtype == "float64":  # nan, inf, 1e999: the exact rules decide (missing, or refused)
+            fast &= np.isfinite(values)
+        out[fast] = values[fast]
+        return fast, out
+    fast = _bools(pc.match_substring_regex(text, _PLAIN_INT if dtype == "int64" else _PLAIN_FLOAT))
+    picked = text.filter(pa.array(fast))
+    if dtype == "int64":
+        parsed = pc.cast(pc.replace_substring_regex(picked, r"^\+|\.0*$", ""), target).to_numpy()
+    else:
+        parsed = pc.cast(picked, target).to_numpy()
+        finite = np.isfinite(parsed)  # an overflow (1e999) is for the exact rules to refuse, never taken as inf
+        if not finite.all():
+            fast[np.flatnonzero(fast)[~finite]] = False
+            parsed = parsed[finite]
+    out[fast] = parsed
+    return fast, out
+
+
+def _to_datetime_text(index: pd.Index, stripped, present: np.ndarray, missing: np.ndarray) -> Converted:
+    text = pd.Series(stripped.to_numpy(zero_copy_only=False), index=index, dtype=object).where(present)
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    parsed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    wrong = present & parsed.isna().to_numpy(dtype=bool)
+    return Converted(parsed.mask(wrong), missing, [(_DATETIME_RULE, wrong)] if wrong.any() else [])
+
+
+def _convert_exact(s: pd.Series, dtype: str) -> Converted:
+    """The rules themselves, value by value through pandas (the reference the fast path is tested against)."""
     missing = _missing(s, dtype)
     present = ~missing
     fn = {
@@ -126,11 +287,7 @@ def _to_int(s: pd.Series, present: np.ndarray):
     values = pd.Series(out, index=s.index, dtype="int64")
     if (~present | bad).any():
         values = values.astype("Int64").mask(~present | bad)
-    return values, [
-        ("not a whole number (expected int64)", fraction),
-        (f"out of the int64 range ({INT64_MIN} to {INT64_MAX})", overflow),
-        ("wrong type (expected int64)", wrong),
-    ]
+    return values, list(zip(RULES["int64"], (fraction, overflow, wrong), strict=True))
 
 
 def _typed_int(values: np.ndarray, s: pd.Series, present: np.ndarray):
@@ -158,7 +315,7 @@ def _to_float(s: pd.Series, present: np.ndarray):
     else:
         parsed = pd.Series(np.nan, index=s.index, dtype="float64")
         wrong = present.copy()
-    return parsed.mask(wrong | ~present), [("wrong type (expected float64)", wrong)]
+    return parsed.mask(wrong | ~present), [(RULES["float64"][0], wrong)]
 
 
 def _exact_floats(text: pd.Series) -> np.ndarray:
@@ -184,7 +341,7 @@ def _to_bool(s: pd.Series, present: np.ndarray):
     values = values.mask(~present | wrong)
     if not (~present | wrong).any():
         values = values.astype("bool")
-    return values, [("wrong type (expected bool: true/false or 1/0)", wrong)]
+    return values, [(RULES["bool"][0], wrong)]
 
 
 def _to_datetime(s: pd.Series, present: np.ndarray):
@@ -200,9 +357,7 @@ def _to_datetime(s: pd.Series, present: np.ndarray):
     else:
         parsed = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
         wrong = present.copy()
-    return parsed.mask(wrong), [
-        ("not a date/time (expected datetime64[ns], ISO 8601 such as 2024-03-01T12:00:00)", wrong)
-    ]
+    return parsed.mask(wrong), [(_DATETIME_RULE, wrong)]
 
 
 def _to_string(s: pd.Series, present: np.ndarray):

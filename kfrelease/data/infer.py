@@ -2,10 +2,16 @@
 
 Each column gets the first dtype every value converts to exactly (``kfrelease.data.dtypes.convert``, the
 conversion publishing applies: int64, float64, bool, datetime64[ns], else string), ``nullable`` when a value
-is missing, and the observed range as ``min``/``max``. The first whole-number or text column whose values
-are all present and distinct (preferring a name like ``id``) becomes ``id_column``. The target is never
-guessed into the spec: a comment names a candidate for the data engineer to confirm. The spec is checked
-(``parse_spec``) and the file validated against it (``kfrelease.data.validate``) before anything is written.
+is missing, and a range: the observed one widened by ``MARGIN`` of its span on each side and rounded outward
+to two significant digits of the span (``widen``; never below 0 for a column with no negative value), so
+that the next batch is not refused for a value just outside what this file holds; each column's comment
+states what was observed. The first whole-number or text column whose values are all present and distinct
+(preferring a name like ``id``) becomes ``id_column``, with a minimum and no maximum (later batches bring new
+ids). The target is never guessed into the spec: a comment proposes one, by name (``target``, ``label``,
+``price``, ``sales``...) and else by role (the last numeric column that is not an id, a coordinate x/y/z or
+one of a numbered series such as ``s1..s6``), and says which, for the data engineer to confirm. The spec is
+checked (``parse_spec``) and the file validated against it (``kfrelease.data.validate``) before anything
+is written.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ from kfrelease.errors import ConfigError, DataValidationError
 
 #: Tried in order: the first dtype every present value converts to exactly.
 INFER_ORDER = ("int64", "float64", "bool", "datetime64[ns]", "string")
+#: How far a range is widened beyond the observed values, as a share of their span, on each side.
+MARGIN = 0.10
+#: Names of the role itself, then words that name what regression models usually predict (a column is
+#: proposed as the target when its name is one, or one of its words is).
+TARGET_NAMES = ("target", "label", "outcome", "response", "dependent", "y")
+TARGET_WORDS = (
+    "price", "sales", "revenue", "demand", "cost", "charges", "income", "wage", "salary", "value", "amount",
+    "progression", "score", "rating", "yield", "consumption", "load", "medv", "quantity", "duration",
+)  # fmt: skip
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*/?$")
 
 
@@ -48,7 +63,10 @@ class InferredColumn:
 
 
 def infer_column(name: str, values: pd.Series) -> InferredColumn:
+    sample = values.iloc[:: max(1, len(values) // 1000)]  # a dtype that fails on these is not tried on all
     for dtype in INFER_ORDER:
+        if dtype != INFER_ORDER[-1] and convert(sample, dtype).problems:
+            continue
         conv = convert(values, dtype)
         if not conv.problems:
             break
@@ -69,29 +87,58 @@ def id_candidate(columns: list[InferredColumn]) -> str | None:
     return chosen[0].name if chosen else None
 
 
-def target_candidate(columns: list[InferredColumn], id_column: str | None) -> str | None:
-    """The last numeric column that is not the id (a guess, only ever written as a comment)."""
+def _words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return [w for w in re.split(r"[^A-Za-z]+", spaced.lower()) if w]
+
+
+def _series(name: str, names: list[str]) -> bool:
+    """One of a numbered series (``x0..x9``, ``s1..s6``): inputs, not what is predicted."""
+    stem = re.fullmatch(r"([A-Za-z_]+?)_?\d+", name)
+    return bool(stem) and sum(1 for n in names if re.fullmatch(rf"{re.escape(stem.group(1))}_?\d+", n)) > 1
+
+
+def target_candidate(columns: list[InferredColumn], id_column: str | None) -> tuple[str, str] | None:
+    """A numeric column models could learn to predict, and why it is proposed (only ever written as a comment):
+    by name first, else by role, never an id, a coordinate (x, y, z together) or one of a numbered series."""
     numeric = [c.name for c in columns if c.dtype in ("int64", "float64") and c.name != id_column]
-    return numeric[-1] if numeric else None
+    names = [c.name for c in columns]
+    lower = {n.lower() for n in names}
+    coordinates = {"x", "y", "z"} if {"x", "z"} <= lower else set()
+    allowed = [n for n in numeric if n.lower() not in coordinates and not _series(n, names)]
+    for role in TARGET_NAMES:
+        for n in allowed:
+            if n.lower().replace("_", "") == role:
+                return n, f"by its name ({role})"
+    for word in TARGET_WORDS:
+        for n in allowed:
+            if word in _words(n):
+                return n, f"by its name ({word})"
+    if allowed:
+        return allowed[-1], "by its role: the last numeric column that is not an id, a coordinate or a numbered series"
+    return None
+
+
+def widen(lo: float, hi: float, integer: bool) -> tuple[float, float]:
+    """The range ``[lo, hi]`` widened by ``MARGIN`` of its span on each side, rounded outward to two significant
+    digits of the span (whole numbers for an integer column), and not below 0 when ``lo`` is not."""
+    span = hi - lo or abs(hi) or 1.0
+    step = 10.0 ** (math.floor(math.log10(span)) - 1)
+    if integer:
+        step = max(1.0, step)
+    low = math.floor((lo - MARGIN * span) / step) * step
+    high = math.ceil((hi + MARGIN * span) / step) * step
+    if lo >= 0 > low:
+        low = 0.0
+    digits = max(0, -math.floor(math.log10(step)))
+    if integer:
+        return int(low), int(high)
+    return round(low, digits), round(high, digits)
 
 
 def _key(text: str) -> str:
     """Text as a YAML scalar: bare when it reads back as itself, else quoted."""
     return text if _PLAIN.match(text) and yaml.safe_load(text) == text else json.dumps(text)
-
-
-def _outward(value: float, up: bool) -> float:
-    """A float bound rounded away from the data to 3 significant digits (readable, still holds every value)."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    exponent = math.floor(math.log10(abs(value))) - 2
-    step = 10.0**exponent
-    rounded = (math.ceil if up else math.floor)(value / step) * step
-    return float(f"{rounded:.{max(0, -exponent)}f}")
-
-
-def _number(value, up: bool) -> str:
-    return json.dumps(value if isinstance(value, int) else _outward(value, up))
 
 
 def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int) -> str:
@@ -101,8 +148,9 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
     width = max(len(_key(c.name)) for c in columns) + 1
     lines = [
         f"# Dataset spec inferred by `kfrelease data init` from {Path(source).name} ({rows} rows): review it.",
-        "# Ranges are the observed ones (rounded outward): widen them to what is valid, or later batches will be refused.",
-        "# Every key is described in docs/spec-reference.md.",
+        f"# Ranges are the observed ones widened by {MARGIN:.0%} of their span on each side, rounded outward to two",
+        "# significant digits of the span (not below 0 where no value is negative); each column says what was observed.",
+        "# Set them to what is valid, or a later batch with a value outside them is refused. Keys: docs/spec-reference.md",
         f"name: {_key(name)}",
         f"description: {json.dumps(f'Inferred from {Path(source).name}; describe the data here.')}",
         "source:",
@@ -111,7 +159,8 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
     lines.append(f"id_column: {_key(id_column)}" if id_column else "# id_column: no column is all present and distinct")
     if target:
         lines.append(
-            f"# target: {_key(target)}   # a guess: confirm the column models learn to predict, then uncomment"
+            f"# target: {_key(target[0])}   # proposed {target[1]}: confirm the column models learn to predict, "
+            "then uncomment"
         )
     else:
         lines.append("# target: name the column models learn to predict")
@@ -122,11 +171,17 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
     ]
     for c in columns:
         body = [f"dtype: {_key(c.dtype)}", f"nullable: {str(c.nullable).lower()}"]
+        note = ""
         if c.name == id_column:
             body.append("unique: true")
-        if c.min is not None:
-            body += [f"min: {_number(c.min, up=False)}", f"max: {_number(c.max, up=True)}"]
-        lines.append(f"  {(_key(c.name) + ':').ljust(width + 1)} {{{', '.join(body)}}}")
+            if c.min is not None:
+                body.append(f"min: {json.dumps(c.min)}")
+                note = f"  # an id: observed {c.min} to {c.max}; no maximum, later batches bring new ids"
+        elif c.min is not None:
+            low, high = widen(c.min, c.max, c.dtype == "int64")
+            body += [f"min: {json.dumps(low)}", f"max: {json.dumps(high)}"]
+            note = f"  # observed {c.min:g} to {c.max:g}"
+        lines.append(f"  {(_key(c.name) + ':').ljust(width + 1)} {{{', '.join(body)}}}{note}")
     return "\n".join(lines) + "\n"
 
 

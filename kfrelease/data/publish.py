@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
 import pandas as pd
 
+from kfrelease.data.frames import FrameWriter, Written, content_hash
 from kfrelease.data.ingest import META_COLUMNS, Source
 from kfrelease.data.spec import DatasetSpec
 from kfrelease.errors import Conflict, NotFound
@@ -33,6 +36,7 @@ from kfrelease.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 BUCKET = "curated"
+PARQUET = "application/vnd.apache.parquet"
 
 
 @dataclass(frozen=True)
@@ -50,21 +54,17 @@ class DatasetVersion:
         return self.manifest["data_key"]
 
 
-def content_hash(df: pd.DataFrame) -> str:
-    """A hash of the rows, column names and dtypes; the same data always gets the same version id."""
-    h = hashlib.sha256()
-    h.update(repr([(c, str(t)) for c, t in df.dtypes.items()]).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
-    return h.hexdigest()
-
-
 def version_digest(df: pd.DataFrame, quarantined: pd.DataFrame | None) -> str:
     """The version's content id: the published rows and, when some were quarantined, those rows too, so that
     sources that differ only in refused rows never share a version (or a manifest with the wrong counts)."""
-    digest = content_hash(df)
-    if quarantined is None or quarantined.empty:
-        return digest
-    return hashlib.sha256((digest + content_hash(quarantined.reset_index(drop=True))).encode()).hexdigest()
+    q = content_hash(quarantined.reset_index(drop=True)) if quarantined is not None and len(quarantined) else None
+    return combined_digest(content_hash(df), q)
+
+
+def combined_digest(data_digest: str, quarantine_digest: str | None) -> str:
+    if quarantine_digest is None:
+        return data_digest
+    return hashlib.sha256((data_digest + quarantine_digest).encode()).hexdigest()
 
 
 def _key(dataset: str, *parts: str) -> str:
@@ -81,42 +81,64 @@ def publish(
     registry: ObjectStore | None = None,
     lineage: dict | None = None,
 ) -> DatasetVersion:
-    """Publish validated rows as a curated version and move ``latest`` to it (idempotent per content).
+    """Publish the rows of a DataFrame as a curated version (``publish_files`` does the work)."""
+    df = df.drop(columns=[c for c in META_COLUMNS if c in df.columns]).reset_index(drop=True)
+    with tempfile.TemporaryDirectory(prefix="kfrelease-publish-") as tmp:
+        writer = FrameWriter(os.path.join(tmp, "data.parquet"))
+        writer.write(df)
+        data = writer.close()
+        quarantine = None
+        if quarantined is not None and len(quarantined):
+            qwriter = FrameWriter(os.path.join(tmp, "quarantine.parquet"))
+            qwriter.write(quarantined.reset_index(drop=True))
+            quarantine = qwriter.close()
+        return publish_files(spec, store, data, sources, run_id, quarantine, registry, lineage)
 
-    ``quarantined`` (rows validation refused, ``validate.Checked.invalid``) is written beside the data and
-    counted in the manifest, and so is ``lineage`` (where derived rows came from). Before anything is written,
-    a schema change that breaks a production model (``evolution.check_compatible``) is refused."""
+
+def publish_files(
+    spec: DatasetSpec,
+    store: ObjectStore,
+    data: Written,
+    sources: list[Source],
+    run_id: str = "",
+    quarantine: Written | None = None,
+    registry: ObjectStore | None = None,
+    lineage: dict | None = None,
+) -> DatasetVersion:
+    """Publish a Parquet file of validated rows (``data``: written and hashed by ``frames.FrameWriter``) as a
+    curated version and move ``latest`` to it (idempotent per content). The files are uploaded as they are,
+    never read into memory.
+
+    ``quarantine`` (rows validation refused) is written beside the data and counted in the manifest, and so is
+    ``lineage`` (where derived rows came from). Before anything is written, a schema change that breaks a
+    production model (``evolution.check_compatible``) is refused."""
     from kfrelease.data.evolution import check_compatible
 
-    df = df.drop(columns=[c for c in META_COLUMNS if c in df.columns]).reset_index(drop=True)
-    check_compatible(store, spec, df, registry)
-    digest = version_digest(df, quarantined)
+    check_compatible(store, spec, data.empty_frame(), registry)
+    quarantined = quarantine.rows if quarantine is not None else 0
+    digest = combined_digest(data.digest, quarantine.digest if quarantined else None)
     version = digest[:16]
     data_key = _key(spec.name, "versions", version, "data.parquet")
     quarantine_key = _key(spec.name, "versions", version, "quarantine.parquet")
     manifest_key = _key(spec.name, "versions", version, "manifest.json")
     existing = store.stat(BUCKET, manifest_key)
     if existing is None:
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        data_etag = store.put_bytes(BUCKET, data_key, buf.getvalue(), content_type="application/vnd.apache.parquet")
-        quarantine = None
-        if quarantined is not None and len(quarantined):
-            qbuf = io.BytesIO()
-            quarantined.reset_index(drop=True).to_parquet(qbuf, index=False)
-            store.put_bytes(BUCKET, quarantine_key, qbuf.getvalue(), content_type="application/vnd.apache.parquet")
-            quarantine = {"key": quarantine_key, "row_count": len(quarantined)}
+        data_etag = store.put_file(BUCKET, data_key, data.path, content_type=PARQUET)
+        described = None
+        if quarantined:
+            store.put_file(BUCKET, quarantine_key, quarantine.path, content_type=PARQUET)
+            described = {"key": quarantine_key, "row_count": quarantined}
         crash_point("publish.after_data")
         previous = latest_version_id(store, spec.name)
         manifest = {
             "dataset": spec.name,
             "version": version,
             "content_sha256": digest,
-            "row_count": len(df),
-            "quarantined_count": len(quarantined) if quarantined is not None else 0,
-            "quarantine": quarantine,
+            "row_count": data.rows,
+            "quarantined_count": quarantined,
+            "quarantine": described,
             "on_invalid": spec.on_invalid,
-            "columns": [{"name": c, "dtype": str(t)} for c, t in df.dtypes.items()],
+            "columns": [{"name": c, "dtype": t} for c, t in data.dtypes],
             "schema": spec.text,
             "id_column": spec.id_column,
             "target": spec.target,

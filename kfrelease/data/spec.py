@@ -20,6 +20,8 @@ DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
 #: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
 #: ``quarantine`` them beside the new version and publish the valid rows.
 ON_INVALID = ("reject", "quarantine")
+#: Where ingest, validation and publish run (``kfrelease.data.pipeline``, ``kfrelease.data.spark``).
+ENGINES = ("embedded", "spark")
 
 
 class ColumnSpec(SpecDocument):
@@ -67,12 +69,21 @@ class DatasetSpec(SpecDocument):
     target: str | None = Field(None, description="The column models learn to predict (a declared column).")
     min_rows: int = Field(1, ge=0, description="Fewer valid rows than this and nothing is published.")
     features: str | None = Field(
-        None, description="An optional feature-engineering step, `module:function` taking and returning a DataFrame."
+        None,
+        description="An optional feature-engineering step, `module:function` taking and returning a DataFrame, "
+        "applied a batch of rows at a time (a row's features from that row); the module is found installed, beside "
+        "the spec file, or in the model project.",
     )
     on_invalid: Literal[ON_INVALID] = Field(
         "reject",
         description="Rows that fail validation: `reject` the whole batch, or `quarantine` them beside the new "
         "version and publish the valid rows.",
+    )
+    engine: Literal[ENGINES] = Field(
+        "embedded",
+        description="Where ingest, validation and publish run: `embedded` (one process, a batch at a time, memory "
+        "flat in the data's size) or `spark` (a SparkApplication on the cluster, one task per source object; "
+        "Spark's local mode on the embedded stack). Both apply the same rules and publish the same version ids.",
     )
 
     @model_validator(mode="after")
