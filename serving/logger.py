@@ -16,9 +16,14 @@ request event's data is the
 checked request as v1 ``{"instances": [[...]]}`` in schema order; the response's is
 ``{"predictions": [...], "model_name", "model_version"}``.
 
-Never failing, never stalling:
-- ``log()`` only appends to a bounded in-memory queue (``max_buffer`` events); a full queue drops the new
-  event and counts it (``kfrelease_predictor_log_events_total{result="dropped"}``).
+Never failing, never stalling, never losing an answered prediction:
+- ``log()`` appends the prediction's two events to the logger's *journal* (``<wal_dir>/journal/<n>.jsonl``,
+  one unbuffered ``write``: the page cache keeps it when the model server is killed, no fsync in the request
+  path) and to a bounded in-memory queue (``max_buffer`` events), before the answer leaves; a full queue
+  drops the new event and counts it (``kfrelease_predictor_log_events_total{result="dropped"}``). A journal
+  segment is deleted once every event in it has been acknowledged by the sink or written to the write-ahead
+  file; the segments a killed server left are moved into the write-ahead file when a logger starts on the
+  same folder, and replayed (the sink drops the events it already has by (id, type)).
 - one background thread posts the events, everything queued at once (one fsync in the sink per batch, not
   per event: a sender that waited for each event's fsync kept up with about 500 events/s), after letting
   a batch gather for ``linger`` seconds (0.1: at most ten POSTs a second per logger at any rate; the
@@ -153,16 +158,30 @@ class InferenceLogger:
         self._wal_pending = 0
         self._retry_at = 0.0
         self._backoff = 0.1
+        # the journal: what log() has queued, on disk before the answer leaves (see the module docstring)
+        self._journal_lock = threading.Lock()
+        self._journal_fd: int | None = None
+        self._journal_seq = 0
+        self._journaled = 0  # predictions queued (and journaled once started) so far
+        self._handled = 0  # of those, how many the sender has delivered or spooled (in order)
+        self._journal_segments: collections.deque = collections.deque()  # (path, journaled when it was closed)
+        self._rotated_at = 0.0
 
     # --- request path ------------------------------------------------------------------------------
     def log(self, request_id: str, rows, predictions) -> None:
-        """Queue the request and response events of one prediction; O(1), never raises."""
+        """Journal and queue the request and response events of one prediction; never raises."""
         try:
             if len(self._queue) >= self.max_buffer:
                 self.dropped += 2
                 self._dropped.inc(2)
                 return
-            self._queue.append((request_id, _now_iso(), rows, predictions))
+            events = self._events(request_id, _now_iso(), rows, predictions)
+            line = b"".join(orjson.dumps(e) + b"\n" for e in events)
+            with self._journal_lock:
+                if self._journal_fd is not None:
+                    os.write(self._journal_fd, line)
+                self._journaled += 1
+                self._queue.append(events)
             self._wake.set()
         except Exception:
             log.exception("could not queue a prediction-log event")
@@ -172,8 +191,13 @@ class InferenceLogger:
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         existing = self._wal_segments()
         self._wal_seq = (int(existing[-1].stem) + 1) if existing else 0
+        for left in self._journal_files():  # a killed server's journal: its events go to the write-ahead file
+            left.rename(self.wal_dir / f"{self._wal_seq}.jsonl")
+            self._wal_seq += 1
+        existing = self._wal_segments()
         self._wal_pending = sum(self._count_lines(p) for p in existing)
         self._wal_bytes = self._disk_bytes()
+        self._open_journal()
         self._client = httpx.Client(timeout=self.timeout)
         self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
         self._thread.start()
@@ -185,6 +209,13 @@ class InferenceLogger:
         if self._thread is not None:
             self._thread.join(timeout + 1)
         self._close_segment()
+        with self._journal_lock:
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
+            if self._handled >= self._journaled:  # everything is sent or in the write-ahead file
+                for path in self._journal_files():
+                    path.unlink(missing_ok=True)
         if self._client is not None:
             self._client.close()
 
@@ -207,20 +238,24 @@ class InferenceLogger:
             if self._queue and len(self._queue) * 2 < self.max_batch and not self._stop.is_set():
                 time.sleep(self.linger)  # let a batch gather: one POST per linger, not per prediction
             try:
+                self._rotate_journal()
                 if self._wal_pending and time.monotonic() >= self._retry_at:
                     self._replay()
                 while self._queue:
-                    events = []
+                    events, taken = [], 0
                     while self._queue and len(events) < self.max_batch:
-                        events += self._events(*self._queue.popleft())
+                        events += self._queue.popleft()
+                        taken += 1
                     if self._wal_pending or time.monotonic() < self._retry_at:
                         done = 0
                     else:
                         done = self._deliver(events)
                     for event in events[done:]:
                         self._spool(event)
+                    self._handled += taken
                     if self._wal_pending and time.monotonic() >= self._retry_at:
                         break  # the sink may be back: replay before sending newer events
+                self._trim_journal()
             except Exception:
                 log.exception("prediction-log sender error")
                 time.sleep(0.1)
@@ -337,6 +372,39 @@ class InferenceLogger:
         self._backoff = min(self._backoff * 2, 5.0)
         return False, answer
 
+    # --- journal ---------------------------------------------------------------------------------------
+    def _journal_dir(self) -> Path:
+        return self.wal_dir / "journal"
+
+    def _journal_files(self) -> list[Path]:
+        return sorted(self._journal_dir().glob("*.jsonl"), key=lambda p: int(p.stem))
+
+    def _open_journal(self) -> None:
+        self._journal_dir().mkdir(parents=True, exist_ok=True)
+        path = self._journal_dir() / f"{self._journal_seq}.jsonl"
+        self._journal_seq += 1
+        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._journal_path = path
+
+    def _rotate_journal(self) -> None:
+        """Start a new journal segment (at most twice a second); the closed one is deleted once the sender
+        has handled every prediction journaled up to now."""
+        if self._journal_fd is None or time.monotonic() - self._rotated_at < 0.5:
+            return
+        with self._journal_lock:
+            if self._journaled == (self._journal_segments[-1][1] if self._journal_segments else 0):
+                return  # nothing journaled since the last rotation
+            os.close(self._journal_fd)
+            self._journal_segments.append((self._journal_path, self._journaled))
+            self._open_journal()
+        self._rotated_at = time.monotonic()
+
+    def _trim_journal(self) -> None:
+        if self._journal_segments and self._wal_fh is not None:
+            self._wal_fh.flush()  # spooled events must be in the write-ahead file before their journal goes
+        while self._journal_segments and self._handled >= self._journal_segments[0][1]:
+            self._journal_segments.popleft()[0].unlink(missing_ok=True)
+
     # --- write-ahead file ------------------------------------------------------------------------------
     def _wal_segments(self) -> list[Path]:
         return sorted(self.wal_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
@@ -365,8 +433,9 @@ class InferenceLogger:
 
     def _spool_queue(self) -> None:
         while self._queue:
-            for event in self._events(*self._queue.popleft()):
+            for event in self._queue.popleft():
                 self._spool(event)
+            self._handled += 1
 
     def _close_segment(self) -> None:
         if self._wal_fh is not None:
