@@ -241,14 +241,17 @@ def render_nginx_config(
     run_as_root: bool | None = None,
     client_keepalive: bool = False,
     hold_port: int | None = None,
-    hold_seconds: float = 30.0,
+    hold_seconds: float | None = None,
 ) -> str:
     """The nginx config for every model's routes (``templates/gateway.nginx.j2``). Pure: same inputs, same
     text; a model with no primary and no canary is not routed (its paths answer 404). ``hold_port``: the
     hold's port (``kfrelease.serving.hold``), the last server of every primary and canary upstream, holding
-    a prediction up to ``hold_seconds``; None: no hold (a prediction no replica answers gets a 503)."""
+    a prediction up to ``hold_seconds`` (default ``KFRELEASE_GATEWAY_HOLD_SECONDS``); no ``hold_port``: no hold
+    (a prediction no replica answers gets a 503)."""
     if run_as_root is None:
         run_as_root = os.geteuid() == 0
+    if hold_seconds is None:
+        hold_seconds = setting("KFRELEASE_GATEWAY_HOLD_SECONDS")
     routes = sorted((r for r in routes if r.state.primary or r.state.canary), key=lambda r: r.name)
     generation = hashlib.sha256(
         json.dumps([[r.name, r.as_record()] for r in routes], sort_keys=True).encode()
@@ -560,7 +563,6 @@ class LocalGatewayDriver:
             prefix=self.prefix,
             client_keepalive=self.client_keepalive,
             hold_port=self.settings.port("gateway-hold"),
-            hold_seconds=setting("KFRELEASE_GATEWAY_HOLD_SECONDS"),
         )
         self.install(text)
 

@@ -5,7 +5,7 @@ reset or 502/503 answer moves it on to the next replica); when every replica fai
 or the only one restarting), the last server of the role's upstream is this service (an nginx ``backup``
 server), with the replicas' ports in the ``x-kfrelease-backends`` header. It holds the request and sends it
 again to those ports, with a back-off from 0.05 s to 0.5 s, until one answers, for at most
-``KFRELEASE_GATEWAY_HOLD_SECONDS`` (default ``HOLD_SECONDS``, 30 s), then answers 503 naming the deadline.
+``KFRELEASE_GATEWAY_HOLD_SECONDS`` (default 30 s, ``kfrelease.config``), then answers 503 naming the deadline.
 A prediction is idempotent (the same request and version give the same answer; the log sink keeps one
 event per request id), so sending it again is safe.
 
@@ -37,8 +37,6 @@ from kfrelease.config import Settings, setting
 
 log = logging.getLogger(__name__)
 
-#: The default of ``KFRELEASE_GATEWAY_HOLD_SECONDS``: the longest a prediction is held.
-HOLD_SECONDS = 30.0
 BACKENDS_HEADER = "x-kfrelease-backends"
 #: Headers of the held request that are the connection's, not the request's (RFC 9110 7.6.1), and ours.
 _NOT_FORWARDED = {"host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "content-length"}

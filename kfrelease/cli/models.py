@@ -104,7 +104,8 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Write the reports into this folder as .html files (default: only list them).",
     )
-    def reports_cmd(model: str, version: str, out: str | None) -> None:
+    @json_option
+    def reports_cmd(model: str, version: str, out: str | None, as_json: bool) -> None:
         """The evaluation, shadow-gate and drift reports of a version (VERSION: V1.2.0, production, staging
         or experiment:V1.1.0); with --out, fetched as .html files to open in a browser."""
         from kfrelease.registry import EXPERIMENTS
@@ -114,6 +115,9 @@ def register(cli: click.Group) -> None:
         mv = resolve_version(store, model, version)
         reg = ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
         found = find_reports(store, reg, model, mv.version)
+        if as_json and out is None:
+            print_json([{"kind": r.kind, "uri": store.uri(r.bucket, r.key), "file": r.file_name} for r in found])
+            return
         if not found:
             console.print(f"{model} {mv.version} has no stored reports yet")
             return
