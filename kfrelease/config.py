@@ -23,6 +23,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "s3": 8333,  # SeaweedFS S3 gateway; its internal master/volume/filer use the next 8 ports
     "registry": 5000,  # OCI registry (Debian docker-registry)
     "gateway": 8080,  # nginx in front of the model servers
+    "gateway-hold": 8081,  # holds a prediction no model server can answer until one is back (kfrelease.serving.hold)
     "logsink": 8090,  # prediction-log sink (KServe logger CloudEvents)
     "feedback": 8091,  # ground-truth endpoint
     "watchdog": 8097,  # restarts stack services that die (kfrelease.stack.watchdog)
@@ -205,6 +206,22 @@ VARIABLES: tuple[Variable, ...] = (
         "release",
     ),
     # serving
+    Variable(
+        "KFRELEASE_PRODUCTION_REPLICAS",
+        "int",
+        2,
+        "model servers holding every production version on the embedded stack (1-4; a rollout spec's "
+        "serving.min_replicas may ask for more): one killed, the other answers",
+        "serving",
+    ),
+    Variable(
+        "KFRELEASE_GATEWAY_HOLD_SECONDS",
+        "float",
+        30.0,
+        "longest the gateway holds a prediction that no model server of its role can answer (all replicas "
+        "down or restarting) before it answers 503",
+        "serving",
+    ),
     Variable("KFRELEASE_CACHE_TTL", "int", 3600, "seconds an inference-cache entry lives in Redis", "serving"),
     Variable("KFRELEASE_MODEL_NAME", "str", None, "the served model (set on the cluster's predictor)", "serving"),
     Variable("KFRELEASE_MODEL_VERSION", "str", None, "the served version (set on the cluster's predictor)", "serving"),

@@ -1,6 +1,7 @@
 """What a data scientist looks at after a run: a version's spec, two versions side by side, a run's result
-line and where its reports are. Plain functions over registry entries and run records, shared by the CLI
-(``kfrelease models show|diff``, ``reports``, ``runs``, ``trigger --wait``) and the web UI.
+line, where its reports are, and what each release decision decided. Plain functions over registry entries,
+stage events and run records, shared by the CLI (``kfrelease models show|diff|history``, ``reports``,
+``runs``, ``trigger --wait``, ``release status``) and the web UI.
 
 Reports live in the object store (each written once, by its producer):
 
@@ -245,3 +246,73 @@ def resolve_version(store, model: str, ref: str):
             raise KfreleaseError(f"model {model!r} has no {version} version; name one: V1.2.0")
         return mv
     return reg.get(model, version)
+
+
+# what a stage event decided ------------------------------------------------------------------------------
+def paired_test(evidence: dict) -> dict | None:
+    """The paired accuracy test behind a shadow or canary event: ``{decision, ratio, low, high, n}`` (the
+    candidate's loss ratio to production's with its confidence sequence), None when the event has none. A
+    canary step's test is its accuracy check; its ``decision`` is that check's status (passed, failed, held,
+    skipped), which is not what the step decided (``decision_label``)."""
+    test = evidence.get("test")
+    if test is None:
+        check = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
+        if check is not None:
+            test = {
+                "decision": check.get("status"),
+                "ratio": check.get("value"),
+                "ratio_interval": check.get("interval"),
+            }
+            test["n"] = check.get("n")
+    if not test or test.get("ratio_interval") is None:
+        return None
+    lo, hi = test["ratio_interval"]
+    return {"decision": test.get("decision"), "ratio": test.get("ratio"), "low": lo, "high": hi, "n": test.get("n")}
+
+
+def decision_label(event: dict) -> str:
+    """What a stage event decided, in the words a person reads in a decisions column: ``promoted``, ``rolled
+    back``, ``rejected by the shadow gate``, ``canary 25%: advance``, ``staged``... (never the status of one
+    check inside it: a rollback whose accuracy check was skipped is ``rolled back``)."""
+    evidence = event.get("evidence") or {}
+    phase, action, stage = evidence.get("phase"), evidence.get("action"), event.get("stage")
+    if phase == "rollback" or action == "rollback":
+        return "rolled back"
+    if phase == "promote" or action == "promote":
+        return "promoted"
+    if phase == "canary":
+        return f"canary {evidence.get('weight', '?')}%: {action or 'measured'}"
+    if phase == "shadow":
+        decision = evidence.get("decision") or (evidence.get("test") or {}).get("decision")
+        if stage == "rejected":
+            return "rejected by the shadow gate"
+        return {
+            "pass": "passed the shadow gate",
+            "fail": "failed the shadow gate",
+        }.get(decision, "stopped by the shadow gate: not enough evidence")
+    if phase == "plan":
+        return "planned"
+    if stage == "rejected":
+        return "rejected by validation" if "verdict" in evidence else "rejected"
+    return {"staging": "staged", "production": "promoted", "archived": "archived"}.get(stage, stage or "")
+
+
+def standing(mv, events: list[dict]) -> dict:
+    """Where a version stands, one statement for a page's header and its verdict cell alike:
+    ``{"stage", "validation", "headline"}``, e.g. stage ``rejected``, validation ``passed``, headline
+    ``passed validation; rejected by the shadow gate``."""
+    validation = "passed" if mv.passed else "rejected"
+    last = events[-1] if events else None
+    if not mv.passed:
+        reasons = (mv.entry.get("verdict") or {}).get("reasons") or []
+        headline = "rejected by validation" + (f": {'; '.join(reasons)}" if reasons else "")
+    elif last is None:
+        headline = "passed validation; not staged"
+    else:
+        label = decision_label(last)
+        headline = (
+            "passed validation" if label in ("staged", "rejected by validation") else f"passed validation; {label}"
+        )
+        if label == "staged":
+            headline += "; in staging"
+    return {"stage": mv.stage or "-", "validation": validation, "headline": headline}

@@ -8,7 +8,11 @@ the installed KServe is not the pinned one):
 
 - ``run_model_server``: KServe's ``RESTServer`` binds 0.0.0.0 and adds ``timing_asgi``'s middleware (it times
   every request only to log it to ``kserve.trace``, about 15 % of a request's CPU); the server here binds the
-  given host and leaves that middleware out, calling ``ModelServer``'s model registration itself.
+  given host and leaves that middleware out, calling ``ModelServer``'s model registration itself. Its HTTP
+  protocol (uvicorn's ``HttpToolsProtocol``, ``whole_responses``) sends a response's head and body in one
+  write: uvicorn writes them in two, and a server killed between the two left nginx a head without a body,
+  which it cannot send to another replica (the client got a cut response); killed before the one write, the
+  request simply failed on this server and nginx sends it on.
 - ``RequestGuard`` (ASGI middleware): bodies over the limit get 413 before anything parses them, and the
   answers KServe gives a body it cannot decode (FastAPI's 422 ``detail``, a plain Python error's 500, vague
   400s) are replaced by a 400 whose ``error`` says what is wrong (``decode.diagnose_v2_body``).
@@ -66,6 +70,50 @@ def check_kserve_version(installed: str | None = None) -> None:
         )
 
 
+class _OneWritePerTurn:
+    """An asyncio transport whose writes of one event-loop turn leave in one ``write``: a response's head and
+    body (uvicorn writes them one after the other, with no wait between) reach the socket together or not at
+    all. Everything else is the wrapped transport's."""
+
+    def __init__(self, transport, loop):
+        self._transport, self._loop, self._parts = transport, loop, []
+
+    def write(self, data) -> None:
+        if not self._parts:
+            self._loop.call_soon(self._flush)
+        self._parts.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._parts.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+def whole_responses():
+    """uvicorn's httptools protocol (uvicorn 0.54 ``protocols/http/httptools_impl.py``) with a transport that
+    sends a response in one write (``_OneWritePerTurn``)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class WholeResponses(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(_OneWritePerTurn(transport, self.loop))
+
+    return WholeResponses
+
+
 def run_model_server(
     models: list,
     http_port: int,
@@ -109,6 +157,7 @@ def run_model_server(
             )
             config = self._rest_server.config
             config.host = host
+            config.http = whole_responses()  # before load(): it picks the protocol class
             if fast_lane is not None:
                 # the lane goes in front of everything (uvicorn's proxy headers, FastAPI's and Starlette's
                 # middleware, the router): a valid prediction pays for none of them. kserve's RESTServer

@@ -6,8 +6,14 @@
   state (``traffic.json``: ``models.<name>``). An unknown model gets a JSON 404 naming the models served;
   ``GET /v1/models`` lists them.
 - a role with several replicas is an upstream with several servers; a prediction that fails on one (refused,
-  reset, 502/503) is retried once on another (``proxy_next_upstream ... non_idempotent``): one replica's
-  crash fails no request.
+  reset, 502/503) is sent on to the next (``proxy_next_upstream ... non_idempotent``: a prediction is
+  idempotent): one replica's crash fails no request. Production runs on ``KFRELEASE_PRODUCTION_REPLICAS``
+  (default 2) model servers, or more when a rollout spec's ``serving.min_replicas`` asks for more.
+- when every replica of the role failed a prediction (all killed, or the only one restarting), the last
+  server of the role's upstream is the **hold** (an nginx ``backup`` server, ``kfrelease.serving.hold``): it
+  sends the prediction again to the role's replicas until one answers, for at most
+  ``KFRELEASE_GATEWAY_HOLD_SECONDS`` (default 30 s), while the watchdog restarts them. Other calls (ready,
+  metadata) are not held: they answer what is true now.
 - **primary** answers clients; **canary** answers ``canary_weight`` percent of them, chosen by hashing the
   request id with ``split_clients`` (nginx ngx_http_split_clients_module, MurmurHash2 of the key).
 - **shadow** gets a copy of each prediction request (nginx ``mirror``, ngx_http_mirror_module); its
@@ -39,6 +45,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,13 +61,13 @@ from tenacity import (
     wait_fixed,
 )
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import StackError
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.hosts import HostCommand, ModelServers
 from kfrelease.serving.model_files import local_model_dir
-from kfrelease.serving.slots import ROLES, predictor_port, slot_named, slots_for
+from kfrelease.serving.slots import ROLES, predictor_port, production_replicas, slot_named, slots_for
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 
@@ -74,11 +81,13 @@ MAX_BODY = "8m"
 RELOAD_TIMEOUT = 20.0
 #: Model names the gateway routes (they become part of nginx location regexes).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-#: A prediction that fails on one replica (refused, reset, 502/503) is sent once more to another replica:
-#: predictions are idempotent, so POST may be retried (``non_idempotent``, ngx_http_upstream_module).
+#: A prediction that fails on one replica (refused, reset, 502/503) is sent on to the next replica, and after
+#: the last one to the hold: predictions are idempotent, so POST may be retried (``non_idempotent``,
+#: ngx_http_upstream_module). ``proxy_next_upstream_tries`` is rendered per location.
 RETRY = """            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-            proxy_next_upstream_tries 2;
             proxy_next_upstream_timeout 10s;"""
+#: The longest a model server may take to answer one prediction (the hold's deadline comes on top of it).
+READ_TIMEOUT = 60
 
 
 class GatewayError(StackError):
@@ -181,7 +190,6 @@ PROXY_COMMON = (
             proxy_set_header x-request-id $kf_request_id;
             proxy_set_header ce-id $kf_request_id;
             proxy_connect_timeout 2s;
-            proxy_read_timeout 60s;
 """
     + RETRY
     + """
@@ -190,7 +198,7 @@ PROXY_COMMON = (
 )
 
 
-def _model_view(i: int, route: ModelRoute) -> dict:
+def _model_view(i: int, route: ModelRoute, held: bool) -> dict:
     state = route.state
     check_model_name(route.name)
     weight = state.canary_weight if state.canary else 0
@@ -215,6 +223,13 @@ def _model_view(i: int, route: ModelRoute) -> dict:
         "mirror_text": _percent(mirror),
         "replicas": len(route.backends.get("primary", [])),
         "upstreams": {role: route.backends[role] for role in state_roles(state)},
+        # the ports the hold tries for each upstream a prediction may be routed to
+        "answering": {
+            role: " ".join(map(str, route.backends[role])) for role in ("primary", "canary") if getattr(state, role)
+        },
+        # every replica of the routed role, then the hold (when there is one)
+        "predict_tries": max(len(route.backends[r]) for r in ("primary", "canary") if getattr(state, r)) + held,
+        "other_tries": len(route.backends["primary" if state.primary else "canary"]),
     }
 
 
@@ -225,11 +240,18 @@ def render_nginx_config(
     prefix: Path,
     run_as_root: bool | None = None,
     client_keepalive: bool = False,
+    hold_port: int | None = None,
+    hold_seconds: float | None = None,
 ) -> str:
     """The nginx config for every model's routes (``templates/gateway.nginx.j2``). Pure: same inputs, same
-    text; a model with no primary and no canary is not routed (its paths answer 404)."""
+    text; a model with no primary and no canary is not routed (its paths answer 404). ``hold_port``: the
+    hold's port (``kfrelease.serving.hold``), the last server of every primary and canary upstream, holding
+    a prediction up to ``hold_seconds`` (default ``KFRELEASE_GATEWAY_HOLD_SECONDS``); no ``hold_port``: no hold
+    (a prediction no replica answers gets a 503)."""
     if run_as_root is None:
         run_as_root = os.geteuid() == 0
+    if hold_seconds is None:
+        hold_seconds = setting("KFRELEASE_GATEWAY_HOLD_SECONDS")
     routes = sorted((r for r in routes if r.state.primary or r.state.canary), key=lambda r: r.name)
     generation = hashlib.sha256(
         json.dumps([[r.name, r.as_record()] for r in routes], sort_keys=True).encode()
@@ -237,7 +259,10 @@ def render_nginx_config(
     served = [r.name for r in routes]
     return _TEMPLATES.get_template("gateway.nginx.j2").render(
         generation=generation,
-        models=[_model_view(i, r) for i, r in enumerate(routes)],
+        models=[_model_view(i, r, hold_port is not None) for i, r in enumerate(routes)],
+        hold_port=hold_port,
+        read_timeout=READ_TIMEOUT,
+        predict_read_timeout=int(READ_TIMEOUT + (hold_seconds if hold_port is not None else 0)),
         run_as_root=run_as_root,
         prefix=str(Path(prefix)),
         max_body=MAX_BODY,
@@ -468,9 +493,14 @@ class LocalGatewayDriver:
         self.client_keepalive = client_keepalive
         self.prefix = gateway_dir(settings)
 
-    @property
-    def replicas(self) -> int:
-        return int(self.spec.serving.min_replicas)
+    def replicas(self, role: str) -> int:
+        """Model servers playing ``role`` for this model: the primary on at least
+        ``KFRELEASE_PRODUCTION_REPLICAS`` (default 2), the canary on the spec's ``serving.min_replicas``, the
+        shadow on one."""
+        if role == "shadow":
+            return 1
+        wanted = int(self.spec.serving.min_replicas)
+        return max(wanted, production_replicas()) if role == "primary" else wanted
 
     # TrafficDriver -----------------------------------------------------------------------------
     def current(self) -> TrafficState | None:
@@ -478,20 +508,20 @@ class LocalGatewayDriver:
 
     def apply(self, state: TrafficState) -> None:
         check_state(self.spec, state)
-        placement = {role: slots_for(role, self.replicas) for role in state_roles(state)}
+        placement = {role: slots_for(role, self.replicas(role)) for role in state_roles(state)}
         with gateway_lock(self.settings):
             rec = read_gateway_record(self.settings) or {}
             models = dict(rec.get("models", {}))
             before = set(models.get(self.model, {}).get("slots", {}))
             wanted = {slot.name: getattr(state, role) for role, slots in placement.items() for slot in slots}
-            # 1. every version where its role needs it (in place: a server's other models are untouched)
-            for name, version in sorted(wanted.items()):
-                self.servers.put(slot_named(name), self.model, version, self.model_dir_for(self.model, version))
+            # 1. every version where its role needs it (in place: a server's other models are untouched); the
+            # servers load at once (a first start of two replicas takes as long as one)
+            self._put_all(wanted)
             # 2. route: every model's routes, this one's new
             route = ModelRoute.of(
                 self.spec, state, {role: [s.port(self.settings) for s in slots] for role, slots in placement.items()}
             )
-            models[self.model] = {**route.as_record(), "slots": wanted, "replicas": self.replicas}
+            models[self.model] = {**route.as_record(), "slots": wanted, "replicas": self.replicas("primary")}
             self._route(models)
             _write_record(self.settings, {**rec, "models": models})
             # 3. versions nothing routes to any more (the old nginx workers have drained by now)
@@ -512,6 +542,19 @@ class LocalGatewayDriver:
                 self.servers.remove(slot_named(name), self.model)
 
     # internals ---------------------------------------------------------------------------------
+    def _put_all(self, wanted: dict[str, str]) -> None:
+        """Put each (slot name -> version) in place, the slots at once; the first failure is raised once every
+        put has ended (each put that failed left its slot as it was)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="model-server") as pool:
+            futures = [
+                pool.submit(
+                    self.servers.put, slot_named(name), self.model, version, self.model_dir_for(self.model, version)
+                )
+                for name, version in sorted(wanted.items())
+            ]
+        for future in futures:
+            future.result()
+
     def _route(self, models: dict[str, dict]) -> None:
         routes = [ModelRoute.from_record(name, m) for name, m in models.items()]
         text = render_nginx_config(
@@ -519,6 +562,7 @@ class LocalGatewayDriver:
             listen_port=self.settings.port("gateway"),
             prefix=self.prefix,
             client_keepalive=self.client_keepalive,
+            hold_port=self.settings.port("gateway-hold"),
         )
         self.install(text)
 
@@ -530,6 +574,9 @@ class LocalGatewayDriver:
         if status.healthy and previous == text:
             return  # already serving exactly this config: applying a state twice changes nothing
         conf = install_config(self.prefix, text)
+        from kfrelease.serving.services import hold_service
+
+        supervisor.start_service(self.settings, hold_service(self.settings))  # "already running" when it is
         try:
             if status.healthy:
                 proc = _nginx(self.prefix, conf, "-s", "reload")
@@ -549,7 +596,7 @@ class LocalGatewayDriver:
     def stop(self) -> list[str]:
         """Stop the gateway and every model server; forget every model's routes."""
         with gateway_lock(self.settings):
-            stopped = supervisor.down(self.settings, ["gateway"])
+            stopped = supervisor.down(self.settings, ["gateway", "gateway-hold"])
             stopped += self.servers.stop_all()
             _state_path(self.settings).unlink(missing_ok=True)
             (self.prefix / "nginx.conf").unlink(missing_ok=True)

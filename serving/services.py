@@ -1,4 +1,4 @@
-"""The serving group of the embedded stack: the log sink, the feedback service and the gateway
+"""The serving group of the embedded stack: the log sink, the feedback service, the gateway and its hold
 (``kfrelease serve`` starts them), plus ``predictor_service``: one model version in a process of its own
 (tests and benchmarks; the stack's model servers host many models, ``kfrelease.serving.hosts``). The port
 table is ``kfrelease.serving.slots``."""
@@ -55,6 +55,13 @@ def feedback_service(settings: Settings, model: str | None = None) -> Service:
     )
 
 
+def hold_service(settings: Settings) -> Service:
+    """The gateway's hold (``kfrelease.serving.hold``): the last server of every primary and canary upstream."""
+    return python_service(
+        settings, "gateway-hold", "kfrelease.serving.hold", group="serving", startup_timeout=60, restart=True
+    )
+
+
 def predictor_service(
     settings: Settings,
     stage: str,
@@ -99,4 +106,4 @@ def services(settings: Settings) -> list[Service]:
         from kfrelease.serving.gateway import gateway_service
     except ImportError:
         return out
-    return out + [gateway_service(settings)]
+    return out + [hold_service(settings), gateway_service(settings)]

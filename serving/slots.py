@@ -4,9 +4,9 @@ How model versions map to processes (measured in ``bench/bench_models.py``, see 
 ``kserve`` process costs ~230 MB of private memory before it holds any model, a small scikit-learn model
 a few MB more. A process per (model, role) would put 10 models in production over 2 GiB, so one
 ``ModelServer`` process per (stage, replica) hosts *many models* (``kfrelease.serving.host``): every model's
-production version lives in ``predictor-production`` (and ``predictor-production-1`` ... when its rollout
-spec asks for more replicas), its staging candidate (shadow) in ``predictor-staging``, its canary in
-``predictor-canary``. Inside a server each model is a separate ``kserve.Model`` under its own name,
+production version lives in ``predictor-production`` and ``predictor-production-1`` (two replicas by
+default, ``KFRELEASE_PRODUCTION_REPLICAS``; more when its rollout spec's ``serving.min_replicas`` asks for
+more), its staging candidate (shadow) in ``predictor-staging``, its canary in ``predictor-canary``. Inside a server each model is a separate ``kserve.Model`` under its own name,
 loaded, replaced and unloaded in place (no restart), so a release of one model never restarts a server
 another model uses.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError
 
 ROLES = ("primary", "shadow", "canary")
@@ -72,6 +72,17 @@ def slot_named(name: str) -> ServerSlot:
         if slot.name == name:
             return slot
     raise ConfigError(f"{name!r} is not a model server of this stack; known: {', '.join(s.name for s in all_slots())}")
+
+
+def production_replicas() -> int:
+    """``KFRELEASE_PRODUCTION_REPLICAS`` (default 2): the fewest model servers holding production versions."""
+    n = setting("KFRELEASE_PRODUCTION_REPLICAS")
+    if not 1 <= n <= MAX_REPLICAS:
+        raise ConfigError(
+            f"KFRELEASE_PRODUCTION_REPLICAS={n} is outside 1..{MAX_REPLICAS}; give the number of production "
+            "model servers (2: one killed, the other answers)"
+        )
+    return n
 
 
 def slots_for(role: str, replicas: int) -> list[ServerSlot]:

@@ -7,6 +7,7 @@ version or run is a 404 page, never a 500."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -279,3 +280,29 @@ def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
     assert st.healthy and st.pid != old, "the watchdog did not restart the killed UI"
     assert restarts() == before + 1
     assert httpx.get(stack.url("ui", "/healthz"), timeout=10).status_code == 200
+
+
+def test_a_rolled_back_version_says_rolled_back_and_its_header_and_verdict_agree(stack, ui, run_cli):
+    """A canary rollback whose accuracy check was skipped: the decision is "rolled back" (not the check's
+    "skipped") in the UI and the CLI, and the version page's header and verdict cell say the same thing."""
+    model = f"ui-rollback-{uuid.uuid4().hex[:6]}"
+    reg = ModelRegistry(store_for("pipeline", stack))
+    version = _register(reg, model, "f1", "estimator:\n  class: sklearn.linear_model.Ridge\n", {}, 1.5, "train-rb")
+    reg.set_stage(model, version, "staging", "training-pipeline", "passed validation in run train-rb")
+    skipped = {"name": "accuracy", "status": "skipped", "value": 1.02, "interval": [0.8, 1.3], "n": 12}
+    evidence = {"phase": "rollback", "action": "rollback", "step": 1, "weight": 25, "checks": [skipped]}
+    why = "canary 25%: error_rate failed; rollback: 1 failed check(s); rolled back: canary 0%, V0 unchanged"
+    reg.set_stage(model, version, "rejected", "release-controller", why, evidence)
+
+    page = ui.get(f"/models/{model}/versions/{version}").text
+    assert '<td class="decision">rolled back</td>' in page
+    assert '<td class="decision">skipped</td>' not in page
+    headline = "passed validation; rolled back"
+    assert f'<p class="standing">{headline}</p>' in page and f'<td class="verdict">{headline}</td>' in page
+    assert '<td class="decision">rolled back</td>' in ui.get("/releases").text
+
+    history = run_cli("models", "history", model, version, check=True).stdout
+    row = next(line for line in history.splitlines() if "release-controller" in line)
+    assert "rolled back" in row and "  skipped  " in row  # the decision, and the accuracy check's own status
+    events = json.loads(run_cli("models", "history", model, version, "--json", check=True).stdout)
+    assert [e["decision"] for e in events] == ["staged", "rolled back"]

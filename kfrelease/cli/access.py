@@ -9,7 +9,7 @@ import click
 
 from kfrelease.access.policy import load_policy
 from kfrelease.access.render import iam_policies, seaweed_identities
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
 from kfrelease.config import Settings
 
 
@@ -20,7 +20,8 @@ def register(cli: click.Group) -> None:
 
     @access.command("show")
     @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (default: the packaged one).")
-    def show(policy: str | None) -> None:
+    @json_option
+    def show(policy: str | None, as_json: bool) -> None:
         """Print the access matrix."""
         p = load_policy(policy)
         rows = [
@@ -28,6 +29,9 @@ def register(cli: click.Group) -> None:
             for role, g in p.roles.items()
             for b, acts in g.items()
         ]
+        if as_json:
+            print_json(rows_as_records(["role", "bucket", "actions"], rows))
+            return
         table("access policy", ["role", "bucket", "actions"], rows)
 
     @access.command("render")

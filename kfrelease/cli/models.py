@@ -6,7 +6,7 @@ import json
 
 import click
 
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, json_option, print_json, table
 from kfrelease.registry import ModelRegistry
 from kfrelease.storage import store_for
 
@@ -27,12 +27,16 @@ def register(cli: click.Group) -> None:
     @models.command("list")
     @click.argument("model", required=False)
     @click.option("--experiments", is_flag=True, help="List experiments (notebook runs) instead of releases.")
-    def list_cmd(model: str | None, experiments: bool) -> None:
+    @json_option
+    def list_cmd(model: str | None, experiments: bool, as_json: bool) -> None:
         """List the versions of MODEL (default: every model)."""
         from kfrelease.registry import EXPERIMENTS
 
         reg = ModelRegistry(store_for("data-scientist"), EXPERIMENTS) if experiments else _registry()
         names = [model] if model else reg.models()
+        if as_json:
+            print_json({name: [_version_record(v) for v in reg.list(name)] for name in names})
+            return
         for name in names:
             rows = [
                 (
@@ -42,13 +46,13 @@ def register(cli: click.Group) -> None:
                     _fmt(v.metrics.get("r2")),
                     (v.commit or "")[:12],
                     v.dataset_version,
-                    "yes" if v.passed else "no",
+                    "passed" if v.passed else "rejected",
                     (v.image or {}).get("digest", "")[:19],
                     v.created_at,
                 )
                 for v in reg.list(name)
             ]
-            table(name, ["version", "stage", "rmse", "r2", "commit", "data", "passed", "image", "created"], rows)
+            table(name, ["version", "stage", "rmse", "r2", "commit", "data", "validation", "image", "created"], rows)
         if not names:
             console.print("no models registered yet")
 
@@ -68,7 +72,7 @@ def register(cli: click.Group) -> None:
     @click.argument("model")
     @click.argument("a")
     @click.argument("b")
-    @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+    @json_option
     def diff(model: str, a: str, b: str, as_json: bool) -> None:
         """Compare two versions of MODEL: definition (estimator, parameters, build code, features), data
         version, lineage and held-out metrics. A and B: V1.2.0, production, staging or experiment:V1.1.0."""
@@ -77,7 +81,7 @@ def register(cli: click.Group) -> None:
         store = store_for("data-scientist")
         d = diff_versions(resolve_version(store, model, a), resolve_version(store, model, b))
         if as_json:
-            click.echo(json.dumps(d.as_dict(), indent=2, default=str))
+            print_json(d.as_dict())
             return
         table(
             f"{d.a} -> {d.b}: metrics",
@@ -100,7 +104,8 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Write the reports into this folder as .html files (default: only list them).",
     )
-    def reports_cmd(model: str, version: str, out: str | None) -> None:
+    @json_option
+    def reports_cmd(model: str, version: str, out: str | None, as_json: bool) -> None:
         """The evaluation, shadow-gate and drift reports of a version (VERSION: V1.2.0, production, staging
         or experiment:V1.1.0); with --out, fetched as .html files to open in a browser."""
         from kfrelease.registry import EXPERIMENTS
@@ -110,6 +115,9 @@ def register(cli: click.Group) -> None:
         mv = resolve_version(store, model, version)
         reg = ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
         found = find_reports(store, reg, model, mv.version)
+        if as_json and out is None:
+            print_json([{"kind": r.kind, "uri": store.uri(r.bucket, r.key), "file": r.file_name} for r in found])
+            return
         if not found:
             console.print(f"{model} {mv.version} has no stored reports yet")
             return
@@ -123,33 +131,50 @@ def register(cli: click.Group) -> None:
     @models.command()
     @click.argument("model")
     @click.argument("version")
-    def history(model: str, version: str) -> None:
-        """A version's stage history (append-only): when, stage, who, why."""
+    @json_option
+    def history(model: str, version: str, as_json: bool) -> None:
+        """A version's stage history (append-only): when, stage, who, what was decided, the accuracy test
+        (loss ratio [interval], n) it was decided on, why."""
+        from kfrelease.results import decision_label
+
         events = _registry().history(model, version)
+        if as_json:
+            print_json([{**e, "decision": decision_label(e)} for e in events])
+            return
         table(
             f"{model} {version}",
-            ["when", "stage", "who", "decision", "interval", "n", "why"],
-            [(e["when"], e["stage"], e["who"], *_decision_columns(e.get("evidence") or {}), e["why"]) for e in events],
+            ["when", "stage", "who", "decision", "accuracy test", "loss ratio [interval]", "n", "why"],
+            [
+                (e["when"], e["stage"], e["who"], decision_label(e), *_test_columns(e.get("evidence") or {}), e["why"])
+                for e in events
+            ],
         )
 
 
-def _decision_columns(evidence: dict) -> tuple[str, str, str]:
-    """(decision, interval, n) of a shadow, canary or plan event: the paired test's loss ratio with its
-    confidence sequence and sample count; blank for events without one."""
-    test = evidence.get("test")
-    if test is None:  # a canary step: its accuracy check
-        test = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
-        if test is not None:
-            test = {
-                "decision": test["status"],
-                "ratio": test["value"],
-                "ratio_interval": test["interval"],
-                "n": test["n"],
-            }
-    if not test or test.get("ratio_interval") is None:
+def _version_record(v) -> dict:
+    """A version as ``models list --json`` prints it."""
+    return {
+        "version": v.version,
+        "stage": v.stage,
+        "metrics": dict(v.metrics),
+        "commit": v.commit,
+        "dataset_version": v.dataset_version,
+        "validation": "passed" if v.passed else "rejected",
+        "image": v.image,
+        "created_at": v.created_at,
+    }
+
+
+def _test_columns(evidence: dict) -> tuple[str, str, str]:
+    """(accuracy test, loss ratio [interval], n) of a shadow, canary or plan event: the paired test's status,
+    the loss ratio with its confidence sequence and the sample count; blank for events without one."""
+    from kfrelease.results import paired_test
+
+    test = paired_test(evidence)
+    if test is None:
         if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:
             return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])
         return "", "", ""
-    lo, hi = test["ratio_interval"]
     fmt = lambda x: "inf" if x == float("inf") else f"{x:.3f}"
-    return (str(test.get("decision", "")), f"{fmt(test['ratio'])} [{fmt(lo)}, {fmt(hi)}]", f"{test['n']:.0f}")
+    n = "" if test.get("n") is None else f"{test['n']:.0f}"
+    return (str(test.get("decision") or ""), f"{fmt(test['ratio'])} [{fmt(test['low'])}, {fmt(test['high'])}]", n)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kfrelease.cli.choose import one_model
-from kfrelease.cli.output import console, err_console, table
+from kfrelease.cli.output import console, err_console, json_option, print_json, table
 from kfrelease.config import Settings
 
 
@@ -134,12 +134,17 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.option("--model", default=None, help="Only this model's retrains.")
-    def alerts(model) -> None:
+    @json_option
+    def alerts(model, as_json: bool) -> None:
         """Alerts the Alertmanager receiver recorded, and the retrains it triggered."""
         from kfrelease.monitoring.receiver import AlertReceiver
 
         receiver = AlertReceiver(Settings.from_env())
         rows = sorted(receiver.alerts(), key=lambda a: a.get("received_at", ""))
+        if as_json:
+            mine = [a for a in rows if model is None or a["labels"].get("model") == model]
+            print_json({"alerts": mine, "retrains": receiver.retrains(model)})
+            return
         table(
             "alerts",
             ["received", "status", "alert", "model", "version", "stage"],
@@ -177,7 +182,8 @@ def register(cli: click.Group) -> None:
         multiple=True,
         help="Only these models (default: every model in production).",
     )
-    def newdata(models) -> None:
+    @json_option
+    def newdata(models, as_json: bool) -> None:
         """Retrain (auto revision) every production model whose curated dataset has a newer version."""
         from kfrelease.monitoring.newdata import check_new_data
         from kfrelease.monitoring.receiver import AlertReceiver
@@ -186,6 +192,9 @@ def register(cli: click.Group) -> None:
         rows = check_new_data(receiver, list(models) or None)
         for t in receiver.threads:
             t.join()
+        if as_json:
+            print_json(rows)
+            return
         table(
             "new data",
             ["model", "production", "trained on", "latest", "action"],

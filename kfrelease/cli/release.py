@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, json_option, print_json, table
 from kfrelease.config import Settings
 
 
@@ -41,10 +41,7 @@ def register(cli: click.Group) -> None:
         settings = Settings.from_env()
         spec = load_rollout_spec(spec_path, model=model)  # a bad spec fails here, before anything moves
         if background:
-            from kfrelease.release.handover import start_release
-
-            record = start_release(settings, model, version, spec_path)
-            console.print(f"release of {model} {version} started (pid {record['pid']}); log {record['log']}")
+            console.print(_start_in_background(settings, model, version, spec_path), soft_wrap=True, markup=False)
             return
         from kfrelease.release.embedded import run_release
 
@@ -85,10 +82,12 @@ def register(cli: click.Group) -> None:
     @release.command("status")
     @click.argument("model_arg", metavar="[MODEL]", required=False)
     @click.option("--model", default=None, help="Show one model in detail (default: every model, one row each).")
-    def status_cmd(model_arg: str | None, model: str | None) -> None:
+    @json_option
+    def status_cmd(model_arg: str | None, model: str | None, as_json: bool) -> None:
         """Where each model's release stands: production and staging versions, traffic, the last decision;
         with --model, that model's versions and its latest version's decisions."""
         from kfrelease.registry import ModelRegistry
+        from kfrelease.results import decision_label
         from kfrelease.serving.gateway import model_states
         from kfrelease.storage import store_for
 
@@ -97,35 +96,122 @@ def register(cli: click.Group) -> None:
         states = model_states(settings)
         model = model or model_arg
         if model is None:
-            rows = []
+            rows, records = [], []
             for name in sorted(set(registry.models()) | set(states)):
                 versions = registry.list(name)
-                prod = next((v.version for v in reversed(versions) if v.stage == "production"), "-")
-                staging = next((v.version for v in reversed(versions) if v.stage == "staging"), "-")
+                prod = next((v.version for v in reversed(versions) if v.stage == "production"), None)
+                staging = next((v.version for v in reversed(versions) if v.stage == "staging"), None)
                 # the candidate in flight, else the newest version
                 latest = next(
                     (v for v in reversed(versions) if v.stage == "staging"), versions[-1] if versions else None
                 )
-                last = registry.history(name, latest.version)[-1:] if latest else []
-                decision = f"{latest.version} {last[0]['stage']}: {last[0]['why'][:60]}" if last else "-"
-                rows.append((name, prod, staging, _traffic(states.get(name)), decision))
+                last = registry.history(name, latest.version)[-1] if latest else None
+                decision = f"{latest.version} {decision_label(last)}: {last['why'][:60]}" if last else "-"
+                rows.append((name, prod or "-", staging or "-", _traffic(states.get(name)), decision))
+                records.append(
+                    {
+                        "model": name,
+                        "production": prod,
+                        "staging": staging,
+                        "traffic": _traffic(states.get(name)),
+                        "last_decision": {"version": latest.version, **last, "decision": decision_label(last)}
+                        if last
+                        else None,
+                    }
+                )
+            if as_json:
+                print_json(records)
+                return
             table("releases by model", ["model", "production", "staging", "traffic", "last decision"], rows)
             return
         versions = registry.list(model)
+        latest = versions[-1] if versions else None
+        events = registry.history(model, latest.version) if latest is not None else []
+        if as_json:
+            print_json(
+                {
+                    "model": model,
+                    "versions": [{"version": v.version, "stage": v.stage, "commit": v.commit} for v in versions],
+                    "traffic": _traffic(states.get(model)),
+                    "decisions": [{**e, "decision": decision_label(e)} for e in events],
+                }
+            )
+            return
         table(
             f"{model}: versions",
             ["version", "stage", "commit"],
             [(v.version, v.stage or "", (v.commit or "")[:12]) for v in versions],
         )
         console.print(f"{model} traffic: " + _traffic(states.get(model)))
-        latest = versions[-1] if versions else None
         if latest is not None:
-            events = registry.history(model, latest.version)
             table(
                 f"{model} {latest.version}: decisions",
-                ["when", "stage", "who", "why"],
-                [(e["when"], e["stage"], e["who"], e["why"]) for e in events],
+                ["when", "stage", "who", "decision", "why"],
+                [(e["when"], e["stage"], e["who"], decision_label(e), e["why"]) for e in events],
             )
+
+
+def _start_in_background(settings: Settings, model: str, version: str, spec_path: str | None) -> str:
+    """Start the release of a staging version detached, and say what actually happened: started, already
+    running, started again after an earlier release of it ended, or (an error) nothing, because the
+    version's release has ended."""
+    import json
+
+    from kfrelease.errors import KfreleaseError
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.release.embedded import lock_path
+    from kfrelease.release.handover import record_path, start_release
+    from kfrelease.results import decision_label
+    from kfrelease.stack.supervisor import pid_alive
+    from kfrelease.storage import store_for
+
+    registry = ModelRegistry(store_for("data-scientist", settings))
+    mv = registry.get(model, version)
+    events = registry.history(model, version)
+    last = f"last decision: {decision_label(events[-1])}: {events[-1]['why']}" if events else "no decision recorded"
+    if mv.stage != "staging":
+        raise KfreleaseError(
+            f"{model} {version} is {mv.stage or 'not staged'}, not in staging: its release has ended or never "
+            f"began ({last}); nothing was started"
+        )
+    path = record_path(settings, model, version)
+    earlier = json.loads(path.read_text() or "{}") if path.exists() else None
+    if earlier and earlier.get("pid") and pid_alive(earlier["pid"]):
+        return (
+            f"the release of {model} {version} is already running (pid {earlier['pid']}, started earlier); nothing "
+            f"new was started; log {earlier.get('log')}; `kfrelease release status {model}` shows where it is"
+        )
+    if earlier is not None:
+        path.unlink(missing_ok=True)  # that release ended and left the version in staging: start it again
+    record = start_release(settings, model, version, spec_path, requested=True)
+    if record.get("kfp_run_id"):
+        return f"release of {model} {version} submitted to {record['kfp_host']} as run {record['kfp_run_id']}"
+    if record.get("existing"):
+        return (
+            f"the release of {model} {version} was started by someone else a moment ago (pid {record.get('pid')}); "
+            f"nothing new was started; log {record.get('log')}"
+        )
+    what = (
+        f"release of {model} {version} started again"
+        if earlier is not None
+        else f"release of {model} {version} started"
+    )
+    what += f" (pid {record['pid']}; log {record['log']})"
+    if earlier is not None:
+        what += f"; the earlier one ended with the version still in staging ({last})"
+    holder = _lock_holder(lock_path(settings, model), pid_alive)
+    if holder and holder != version:
+        what += f"; it waits for the release of {model} {holder} to end first"
+    return what
+
+
+def _lock_holder(path, pid_alive) -> str | None:
+    """The version whose release holds a model's release lock, or None."""
+    try:
+        pid, held = path.read_text().split()[:2]
+        return held if pid_alive(int(pid)) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _traffic(state) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
 from kfrelease.config import Settings
 from kfrelease.errors import NotFound
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
@@ -192,9 +192,25 @@ def register(cli: click.Group) -> None:
             console.print(f"  predict: POST {settings.url('gateway', f'/v1/models/{name}:predict')}")
 
     @serve.command("status")
-    def serve_status() -> None:
+    @json_option
+    def serve_status(as_json: bool) -> None:
         """Show every model's routes (versions by role, the servers playing each) and the serving services."""
         settings = Settings.from_env()
+        if as_json:
+            from kfrelease.serving.gateway import model_states
+
+            print_json(
+                {
+                    "routes": rows_as_records(
+                        ["model", "role", "version", "traffic", "model servers"], model_rows(settings)
+                    ),
+                    "services": rows_as_records(
+                        ["service", "hosts", "url", "healthy", "pid", "note"], status_rows(settings)
+                    ),
+                    "traffic": {m: describe(s) for m, s in model_states(settings).items()},
+                }
+            )
+            return
         table(
             f"kfrelease models served ({settings.home})",
             ["model", "role", "version", "traffic", "model servers"],

@@ -6,7 +6,7 @@ import click
 import yaml
 
 from kfrelease.cli.manifests import manifests_dir
-from kfrelease.cli.output import console, table
+from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
 from kfrelease.errors import Conflict, NotFound
 from kfrelease.k8s.environments import workspaces_dir
 from kfrelease.k8s.render.workspace import Workspace, load_workspaces
@@ -98,11 +98,15 @@ def register(cli: click.Group) -> None:
 
     @workspace.command("list")
     @click.option("--out", "out", type=click.Path(file_okay=False), help="Manifests directory.")
-    def list_cmd(out: str | None) -> None:
+    @json_option
+    def list_cmd(out: str | None, as_json: bool) -> None:
         """List the workspaces."""
         root = manifests_dir(out)
-        table(
-            "workspaces",
-            ["name", "email", "namespace", "cpu", "memory", "storage"],
-            [(w.name, w.email, w.namespace, w.cpu, w.memory, w.storage) for w in load_workspaces(workspaces_dir(root))],
-        )
+        columns = ["name", "email", "namespace", "cpu", "memory", "storage"]
+        rows = [
+            (w.name, w.email, w.namespace, w.cpu, w.memory, w.storage) for w in load_workspaces(workspaces_dir(root))
+        ]
+        if as_json:
+            print_json(rows_as_records(columns, rows))
+            return
+        table("workspaces", columns, rows)

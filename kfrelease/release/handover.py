@@ -47,11 +47,18 @@ def log_path(settings: Settings, model: str, version: str) -> Path:
 
 
 def start_release(
-    settings: Settings, model: str, version: str, spec_path: str | None = None, spec_yaml: str | None = None
+    settings: Settings,
+    model: str,
+    version: str,
+    spec_path: str | None = None,
+    spec_yaml: str | None = None,
+    requested: bool = False,
 ) -> dict | None:
     """Start the release of a staging version in the background; returns its record (None when the
-    hand-over is turned off). The record says pid and log; the outcome lands in the registry history."""
-    if not setting("KFRELEASE_AUTO_RELEASE"):
+    hand-over is turned off and ``requested`` is false: a person's ``kfrelease release run --background``
+    starts it anyway). The record says pid and log; the outcome lands in the registry history. A release of
+    the version that was started before is not started again: its record is returned with ``existing``."""
+    if not requested and not setting("KFRELEASE_AUTO_RELEASE"):
         log.info(
             "KFRELEASE_AUTO_RELEASE=0: the release of %s %s is not started",
             model,
@@ -73,7 +80,7 @@ def start_release(
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        return json.loads(path.read_text() or "{}")
+        return {**json.loads(path.read_text() or "{}"), "existing": True}
     if spec_yaml:  # the merge's rollout.yaml, kept beside the record (``kfrelease up`` resumes with it)
         kept = path.with_suffix(".rollout.yaml")
         kept.write_text(spec_yaml)

@@ -321,15 +321,16 @@ def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while group_alive(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if not _group_alive(pid):
+        if not group_alive(pid):
             break
-    return not _group_alive(pid)
+    return not group_alive(pid)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group ``pgid`` lives (zombies do not count)."""
     if pid_alive(pgid):
         return True
     for proc in psutil.process_iter(["status"]):

@@ -4,7 +4,7 @@ Every ``INTERVAL`` seconds it looks at every recorded service whose declaration 
 gateway, the model servers, the log sink, the feedback service, the web UI) and restarts the ones whose process is
 gone, with the recorded command (``supervisor.restart_if_dead``; a service being stopped is left alone).
 ``kfrelease down`` stops the watchdog first, so nothing is restarted behind it. ``GET /healthz`` answers
-``{"status": "ok", "restarts": {name: count}, "spare": "off" | "starting" | "ready"}``.
+``{"status": "ok", "restarts": {name: count}, "spare": "off" | "starting" | "ready", "runs": {action: count}}``.
 
 A model server (group ``serving-models``) is restarted from a warm spare (``kfrelease.serving.spare``): a
 process that has already imported KServe and the model-server code forks the recorded command, so a killed
@@ -13,6 +13,11 @@ starts with the first model server the stack records, runs in the watchdog's pro
 the watchdog) and is started again if it dies; while it is not ready, a server is restarted the usual way.
 A model server's first start (the gateway driver's, when a release puts a candidate in the staging or the
 canary slot) is forked from the same spare when it is ready (``warm_launcher``).
+
+Every ``RUNS_INTERVAL`` seconds it also looks for training runs of this machine whose runner died
+(``kfrelease.training.execution.recover_runs``: a look at the runners' marker files, the object store only
+when one died): what the runner left is stopped, its slot is free, and the run is started again or failed
+with the cause. ``/healthz`` counts them in ``runs``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from kfrelease.stack.service import Service
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5
+#: How often the watchdog looks for training runs whose runner died.
+RUNS_INTERVAL = 5.0
 
 
 def watchdog_service(settings: Settings) -> Service:
@@ -136,6 +143,19 @@ def sweep(settings: Settings, restarts: dict[str, int], warm: WarmSpare | None =
             log.error("could not restart %s: %s", name, exc)
 
 
+def sweep_runs(settings: Settings, counts: dict[str, int]) -> None:
+    """Start again (or fail) the training runs whose runner died; counts what was done by action."""
+    from kfrelease.training.execution import gone_runners, recover_runs
+
+    if not gone_runners(settings):  # cheap: marker files and pids; nothing imported, the store not touched
+        return
+    try:
+        for recovery in recover_runs(settings, everything=False):
+            counts[recovery.action] = counts.get(recovery.action, 0) + 1
+    except Exception as exc:  # noqa: BLE001 - the object store may be restarting; look again next time
+        log.error("could not recover the training runs whose runner died: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kfrelease.stack.watchdog")
     p.add_argument("--port", type=int, required=True)
@@ -143,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     restarts: dict[str, int] = {}
+    runs: dict[str, int] = {}
     warm = WarmSpare(settings)
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"status": "ok", "restarts": restarts, "spare": warm.state()}).encode()
+            body = json.dumps({"status": "ok", "restarts": restarts, "spare": warm.state(), "runs": runs}).encode()
             self.send_response(200 if self.path == "/healthz" else 404)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -159,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    runs_due = time.monotonic()
     while True:
         sweep(settings, restarts, warm)
+        if time.monotonic() >= runs_due:
+            sweep_runs(settings, runs)
+            runs_due = time.monotonic() + RUNS_INTERVAL
         time.sleep(INTERVAL)
 
 

@@ -11,15 +11,28 @@ by ``trigger``.
    finished ``train`` is reused); a failure of the model code or the data ends the run at once,
    ``failed`` with the reason in one line. ``kfrelease trigger`` on the commit retries an infrastructure
    failure again later.
+5. A runner that is gone (killed with its steps, the out-of-memory killer, ``kfrelease down``, a machine
+   restart) is found by ``recover_runs``: ``kfrelease up`` looks at every run, the stack's watchdog at the
+   runners of this machine (``runs/runners/<run_id>.json``, written by a runner while it lives) every few
+   seconds. What is left of the runner (its step processes) is stopped, so its slot and memory are free,
+   and the run is started again under the same id from its first unfinished step: an attempt its runner
+   died in counts as a failed attempt of an infrastructure cause, as the retries above count them, and a
+   run whose ``MAX_ATTEMPTS`` are used (or whose runner was lost ``MAX_RESUMES`` times) is ``failed`` with
+   that cause instead. An attempt cut short by ``kfrelease down`` (``stop_runners``) is not counted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.lineage import now_iso
@@ -31,6 +44,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
 BACKOFF_SECONDS = (1.0, 10.0)  # tenacity wait_exponential: min, max
+#: Most times a run's runner may be lost (and the run started again) before the run fails.
+MAX_RESUMES = 5
+ACTIVE = ("queued", "running", "retrying")
+#: Who stops runners in order (their attempt is not counted against the run): ``stop_runners``.
+STOPPED_BY_DOWN = "kfrelease down"
 
 
 class AttemptFailed(Exception):
@@ -110,6 +128,39 @@ def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: 
 
 
 def run(run_id: str, settings: Settings | None = None) -> dict:
+    from kfrelease.storage import store_for
+    from kfrelease.training.admission import concurrency_limit
+    from kfrelease.training.resources import memory_bytes
+    from kfrelease.training.spec import ModelSpec
+
+    settings = settings or Settings.from_env()
+    mark_runner(settings, run_id)  # first of all: a runner that dies from here on is found by the watchdog
+    store = None
+    try:
+        store = store_for("pipeline", settings)
+        record = run_records.get_run(store, run_id)
+        spec = ModelSpec.from_json(record.record["spec_json"])
+        limit = concurrency_limit(memory_bytes(spec.resources.memory_limit))
+        first = int(record.state.get("attempt", 0)) + 1  # a re-triggered run goes on counting its attempts
+        # a run started again by ``recover_runs`` goes on with the attempts it has left; a trigger gives new ones
+        failed_before = int(record.state.get("failed_attempts") or 0) if record.state.get("resume") else 0
+        result = _run(settings, store, record, spec, limit, first, failed_before, max(1, MAX_ATTEMPTS - failed_before))
+    except BaseException:
+        if store is not None and _recorded_end(store, run_id):
+            runner_marker(settings, run_id).unlink(missing_ok=True)
+        raise  # the marker stays when the end could not be recorded: the watchdog finds the run
+    runner_marker(settings, run_id).unlink(missing_ok=True)
+    return result
+
+
+def _recorded_end(store, run_id: str) -> bool:
+    try:
+        return run_records.get_run(store, run_id).status in ("succeeded", "failed")
+    except Exception:  # noqa: BLE001 - the store is unreachable: the end is not recorded
+        return False
+
+
+def _run(settings, store, record, spec, limit: int, first: int, failed_before: int, budget: int) -> dict:
     from tenacity import (
         RetryError,
         Retrying,
@@ -118,18 +169,12 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
         wait_exponential,
     )
 
-    from kfrelease.storage import store_for
-    from kfrelease.training.admission import concurrency_limit, slot
-    from kfrelease.training.resources import memory_bytes
-    from kfrelease.training.spec import ModelSpec
+    from kfrelease.training.admission import slot
 
-    settings = settings or Settings.from_env()
-    store = store_for("pipeline", settings)
-    record = run_records.get_run(store, run_id)
-    spec = ModelSpec.from_json(record.record["spec_json"])
-    limit = concurrency_limit(memory_bytes(spec.resources.memory_limit))
-    first = int(record.state.get("attempt", 0)) + 1  # a re-triggered run goes on counting its attempts
-    run_records.set_state(store, run_id, "queued", **process_identity())
+    run_id = record.run_id
+    run_records.set_state(
+        store, run_id, "queued", resume=None, stopped_by=None, failed_attempts=failed_before, **process_identity()
+    )
 
     waited = {}
 
@@ -146,6 +191,7 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
             cause=exc.cause,
             error=one_line(exc.cause, exc.error),
             retry_of_attempt=first + state.attempt_number - 1,
+            failed_attempts=failed_before + state.attempt_number,
         )
         log.warning("run %s attempt %d failed (%s); retrying", run_id, first + state.attempt_number - 1, exc.error)
 
@@ -160,10 +206,10 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
             queued_seconds=round(time.monotonic() - waited["since"], 1) if waited else 0.0,
             **process_identity(),
         )
-        counter = iter(range(first, first + MAX_ATTEMPTS))
+        counter = iter(range(first, first + budget))
         try:
             outcome = Retrying(
-                stop=stop_after_attempt(MAX_ATTEMPTS),
+                stop=stop_after_attempt(budget),
                 wait=wait_exponential(min=BACKOFF_SECONDS[0], max=BACKOFF_SECONDS[1]),
                 retry=retry_if_exception(lambda e: isinstance(e, AttemptFailed) and retryable(e.cause)),
                 before_sleep=before_retry,
@@ -172,15 +218,24 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
         except (AttemptFailed, RetryError) as exc:
             failed = exc.last_attempt.exception() if isinstance(exc, RetryError) else exc
             attempts = run_records.get_run(store, run_id).state.get("attempt", first)
+            failed_attempts = failed_before + attempts - first + 1
             why = one_line(failed.cause, failed.error)
             if retryable(failed.cause):
-                why += f" (gave up after {attempts - first + 1} attempts; `kfrelease trigger` on the commit retries)"
+                why += f" (gave up after {failed_attempts} attempts; `kfrelease trigger` on the commit retries)"
             else:
                 why += " (not retried: it would fail the same way)"
             for step in STEP_NAMES:
                 if run_records.get_step(store, run_id, step).get("state") == "running":
                     run_records.set_step(store, run_id, step, "failed", finished_at=now_iso())
-            run_records.set_state(store, run_id, "failed", finished_at=now_iso(), cause=failed.cause, error=why)
+            run_records.set_state(
+                store,
+                run_id,
+                "failed",
+                finished_at=now_iso(),
+                cause=failed.cause,
+                error=why,
+                failed_attempts=failed_attempts,
+            )
             raise
         from kfrelease.registry import ModelRegistry
         from kfrelease.training.outcome import run_outcome
@@ -209,6 +264,219 @@ def run(run_id: str, settings: Settings | None = None) -> dict:
             peak_rss_mb=peak,
             **result.as_state(),
         )
+
+
+# --- runners that are gone: found, cleaned up, their runs started again or failed -------------------------
+
+
+def runners_dir(settings: Settings) -> Path:
+    return settings.home / "runs" / "runners"
+
+
+def runner_marker(settings: Settings, run_id: str) -> Path:
+    return runners_dir(settings) / f"{run_id}.json"
+
+
+def mark_runner(settings: Settings, run_id: str) -> None:
+    """Record on this machine that this process runs ``run_id`` (removed when the run's end is recorded)."""
+    path = runner_marker(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"run_id": run_id, **process_identity()}))
+    os.replace(tmp, path)
+
+
+def _markers(settings: Settings) -> list[dict]:
+    out = []
+    for path in sorted(runners_dir(settings).glob("*.json")) if runners_dir(settings).exists() else []:
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # being written
+    return out
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``recover_runs`` did with a run whose runner was gone: ``resumed`` or ``failed``, and why."""
+
+    run_id: str
+    action: str
+    why: str
+
+    def line(self) -> str:
+        verb = {"resumed": "started again", "failed": "failed"}.get(self.action, "left as it is")
+        return f"run {self.run_id} {verb}: {self.why}"
+
+
+@contextlib.contextmanager
+def _recovery_lock(settings: Settings):
+    """One recovery at a time on this machine (``kfrelease up`` and the watchdog may look at once)."""
+    path = settings.home / "runs" / "recovery.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def gone_runners(settings: Settings) -> list[str]:
+    """Runs of this machine whose runner process is gone without recording the run's end (cheap: no store)."""
+    return [m["run_id"] for m in _markers(settings) if not runner_alive(m)]
+
+
+def _gone_why(record: run_records.RunRecord, now: float) -> str | None:
+    """Why an active local run has no runner, or None when its runner lives (or may still be starting)."""
+    import datetime as dt
+
+    from kfrelease.training.trigger import STARTING_GRACE_SECONDS
+
+    st = record.state
+    if record.status not in ACTIVE or record.record.get("target", "local") != "local":
+        return None
+    if not st.get("pid"):
+        updated = dt.datetime.fromisoformat(st.get("updated_at") or record.record["created_at"]).timestamp()
+        return None if now - updated < STARTING_GRACE_SECONDS else "the runner never started (a machine restart?)"
+    if runner_alive(st):
+        return None
+    by = f" (stopped by `{st['stopped_by']}`)" if st.get("stopped_by") else ""
+    return f"the runner (pid {st['pid']}) is gone while the run was {record.status}{by}"
+
+
+def recover_runs(settings: Settings, everything: bool = True) -> list[Recovery]:
+    """Find the runs whose runner is gone; stop what is left of each runner, then start the run again or fail
+    it with the cause when its attempts are used (see the module docstring). ``everything``: every run in
+    the store (``kfrelease up``); else only this machine's runners that died (the watchdog)."""
+    from kfrelease.storage import store_for
+
+    gone = gone_runners(settings)
+    if not everything and not gone:
+        return []
+    store = store_for("pipeline", settings)
+    out = []
+    with _recovery_lock(settings):
+        ids = list(dict.fromkeys(gone))
+        if everything:
+            ids += [r.run_id for r in run_records.list_runs(store) if r.run_id not in ids]
+        now = time.time()
+        for run_id in ids:
+            try:
+                record = run_records.get_run(store, run_id)
+                why = _gone_why(record, now)
+                if why is not None:
+                    out.append(_recover(settings, store, record, why))
+                elif run_id in gone:
+                    _drop_dead_marker(settings, run_id)  # its end is recorded, or a newer runner has it
+            except Exception:  # the others are looked at; this one again next time
+                log.exception("could not recover run %s", run_id)
+    for r in out:
+        log.warning("%s", r.line())
+    return out
+
+
+def _drop_dead_marker(settings: Settings, run_id: str) -> None:
+    """Remove ``run_id``'s runner marker if the runner it names is dead (a new runner writes its own)."""
+    path = runner_marker(settings, run_id)
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not runner_alive(marker):
+        path.unlink(missing_ok=True)
+
+
+def _stop_leftovers(pid: int | None) -> None:
+    """Stop the step processes a dead runner left (its process group): they hold memory and a slot's work.
+    A process group lives while any member does, so its id is never another program's."""
+    from kfrelease.stack.supervisor import group_alive, pid_alive, stop_process_group
+
+    if pid and not pid_alive(pid) and group_alive(pid):
+        log.warning("stopping what runner %d left running (its process group)", pid)
+        stop_process_group(pid)
+
+
+def _recover(settings: Settings, store, record: run_records.RunRecord, why: str) -> Recovery:
+    from kfrelease.errors import Conflict
+    from kfrelease.training.trigger import start_local
+
+    run_id, st = record.run_id, record.state
+    _stop_leftovers(st.get("pid"))
+    failed = int(st.get("failed_attempts") or 0)
+    cut_short = (
+        "stopped by `kfrelease down`; `kfrelease up` started the run again"
+        if st.get("stopped_by")
+        else f"killed with its runner (pid {st.get('pid')})"
+    )
+    for step in STEP_NAMES:
+        if record.steps.get(step, {}).get("state") == "running":
+            run_records.set_step(
+                store, run_id, step, "failed", finished_at=now_iso(), error=cut_short, cause=INFRASTRUCTURE
+            )
+    if record.status == "running" and not st.get("stopped_by"):
+        failed += 1  # the attempt it was in failed of an infrastructure cause
+    resumes = int(st.get("resumes") or 0)
+    info = store.stat(run_records.BUCKET, f"runs/{run_id}/state.json")
+    if failed >= MAX_ATTEMPTS or resumes >= MAX_RESUMES:
+        used = (
+            f"gave up after {failed} attempts" if failed >= MAX_ATTEMPTS else f"its runner was lost {resumes + 1} times"
+        )
+        error = one_line(INFRASTRUCTURE, why) + f" ({used}; `kfrelease trigger` on the commit retries)"
+        doc = {**st, "state": "failed", "cause": INFRASTRUCTURE, "error": error, "failed_attempts": failed}
+        doc.update(finished_at=now_iso(), updated_at=now_iso(), waiting=None)
+        action = "failed"
+    else:
+        doc = {**st, "state": "queued", "resume": True, "resumed_because": why, "resumes": resumes + 1}
+        doc.update(failed_attempts=failed, pid=None, pid_started=None, waiting=None, error=None, cause=None)
+        doc.update(stopped_by=None, updated_at=now_iso())
+        action = "resumed"
+    doc.update(recovered=action, recovered_at=now_iso())
+    try:  # `kfrelease up`, the watchdog or a trigger of the commit: the run is started again once
+        store.put_json(run_records.BUCKET, f"runs/{run_id}/state.json", doc, if_match=info.etag if info else None)
+    except Conflict:
+        return Recovery(run_id, "left", "another process started it again meanwhile")
+    _drop_dead_marker(settings, run_id)
+    if action == "resumed":
+        start_local(settings, run_id)
+        return Recovery(run_id, action, why)
+    return Recovery(run_id, action, error)
+
+
+def recovered_since(settings: Settings, since: str) -> list[Recovery]:
+    """What ``recover_runs`` did since ``since`` (ISO time), by whoever ran it (``kfrelease up`` or the
+    watchdog, which starts first and may have started the runs again before ``up`` looks)."""
+    from kfrelease.storage import store_for
+
+    out = []
+    for record in run_records.list_runs(store_for("pipeline", settings)):
+        st = record.state
+        if st.get("recovered") and (st.get("recovered_at") or "") >= since:
+            why = st.get("resumed_because") if st["recovered"] == "resumed" else st.get("error")
+            out.append(Recovery(record.run_id, st["recovered"], why or ""))
+    return out
+
+
+def stop_runners(settings: Settings) -> list[str]:
+    """Stop every runner of this machine (``kfrelease down``) and record it on its run, so ``kfrelease up``
+    starts the run again without counting the attempt it cut short; returns the run ids stopped."""
+    from kfrelease.stack.supervisor import stop_process_group
+    from kfrelease.storage import store_for
+
+    live = [m for m in _markers(settings) if runner_alive(m)]
+    if not live:
+        return []
+    store = store_for("pipeline", settings)
+    stopped = []
+    for marker in live:
+        stop_process_group(marker["pid"])  # the runner and its steps; it records nothing more
+        try:
+            state = run_records.get_run(store, marker["run_id"]).state
+            run_records.set_state(store, marker["run_id"], state.get("state", "queued"), stopped_by=STOPPED_BY_DOWN)
+        except Exception as exc:  # noqa: BLE001 - the store is gone: `kfrelease up` counts the attempt instead
+            log.warning("could not record that run %s was stopped: %s", marker["run_id"], exc)
+        stopped.append(marker["run_id"])
+    return stopped
 
 
 def main() -> None:

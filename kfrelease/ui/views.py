@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kfrelease.errors import KfreleaseError, NotFound
 from kfrelease.registry.registry import EXPERIMENTS, REGISTRY, ModelRegistry
-from kfrelease.results import METRICS, find_reports, run_result, show_version
+from kfrelease.results import METRICS, decision_label, find_reports, paired_test, run_result, show_version, standing
 from kfrelease.storage import ObjectStore
 from kfrelease.training import run_records
 
@@ -92,7 +92,8 @@ def version_page(reader: Reader, model: str, version: str, space: str = REGISTRY
     _versions(reg, model)
     mv = reg.get(model, version)  # NotFound naming the latest known versions
     shown = show_version(mv)
-    events = [event_row(model, version, e) for e in reg.history(model, version)]
+    history = reg.history(model, version)
+    events = [event_row(model, version, e) for e in history]
     reports = find_reports(reader.store, reg, model, version) if space == REGISTRY else []
     return {
         "model": model,
@@ -100,6 +101,7 @@ def version_page(reader: Reader, model: str, version: str, space: str = REGISTRY
         "space": space,
         "entry": shown,
         "row": version_row(mv),
+        "standing": standing(mv, history),
         "events": events,
         "reports": reports,
         "reasons": list((mv.entry.get("verdict") or {}).get("reasons") or []),
@@ -116,24 +118,6 @@ def report(reader: Reader, model: str, version: str, name: str) -> bytes:
 
 
 # decisions (stage events) ------------------------------------------------------------------------------
-def test_summary(evidence: dict) -> dict | None:
-    """The paired test of a shadow or canary decision: decision, loss ratio, its interval, n."""
-    test = evidence.get("test")
-    if test is None:  # a canary step: its accuracy check carries the test
-        check = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
-        if check is not None:
-            test = {
-                "decision": check.get("status"),
-                "ratio": check.get("value"),
-                "ratio_interval": check.get("interval"),
-                "n": check.get("n"),
-            }
-    if not test or test.get("ratio_interval") is None:
-        return None
-    lo, hi = test["ratio_interval"]
-    return {"decision": test.get("decision"), "ratio": test.get("ratio"), "low": lo, "high": hi, "n": test.get("n")}
-
-
 def flatten(value, prefix: str = "") -> list[tuple[str, object]]:
     """Nested evidence as (dotted key, value) rows, lists of dicts numbered (``checks.0.name``)."""
     if isinstance(value, dict):
@@ -157,8 +141,9 @@ def event_row(model: str, version: str, event: dict) -> dict:
         "when": event.get("when"),
         "stage": event.get("stage"),
         "who": event.get("who"),
+        "decision": decision_label(event),
         "why": event.get("why"),
-        "test": test_summary(evidence),
+        "test": paired_test(evidence),
         "evidence": flatten(evidence),
     }
 

@@ -144,13 +144,13 @@ def test_on_the_embedded_stack_auto_reads_the_model_servers(monkeypatch):
 
 
 def test_models_history_shows_each_decisions_interval_and_n():
-    from kfrelease.cli.models import _decision_columns
+    from kfrelease.cli.models import _test_columns
 
     shadow = {
         "phase": "shadow",
         "test": {"decision": "pass", "ratio": 0.968, "ratio_interval": [0.929, 1.014], "n": 346},
     }
-    assert _decision_columns(shadow) == ("pass", "0.968 [0.929, 1.014]", "346")
+    assert _test_columns(shadow) == ("pass", "0.968 [0.929, 1.014]", "346")
     step = {
         "phase": "canary",
         "checks": [
@@ -158,5 +158,5 @@ def test_models_history_shows_each_decisions_interval_and_n():
             {"name": "accuracy", "status": "failed", "value": 4.6, "interval": [3.7, 6.3], "n": 256},
         ],
     }
-    assert _decision_columns(step) == ("failed", "4.600 [3.700, 6.300]", "256")
-    assert _decision_columns({"phase": "promote"}) == ("", "", "")
+    assert _test_columns(step) == ("failed", "4.600 [3.700, 6.300]", "256")
+    assert _test_columns({"phase": "promote"}) == ("", "", "")

@@ -51,8 +51,8 @@ def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_rele
     staged = [e for e in history if e["stage"] == "staging"]
     assert staged and staged[0]["who"] == "training-pipeline", history
     assert history[-1]["stage"] == "production" and history[-1]["who"] != "training-pipeline", history
-    # a second hand-over of the same version starts nothing
-    assert start_release(settings, name, version) == handed
+    # a second hand-over of the same version starts nothing, and says so
+    assert start_release(settings, name, version) == {**handed, "existing": True}
 
 
 def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path, monkeypatch):

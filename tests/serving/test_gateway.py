@@ -227,7 +227,8 @@ def test_switching_the_primary_to_a_version_not_running_fails_no_request(gateway
     assert load.versions.get("V5", 0) >= 100 and driver.current() == TrafficState(primary="V5")
     assert supervisor.service_status(settings, "predictor-production").pid == pid, "the server was restarted"
     rec = json.loads((settings.home / "services" / "gateway" / "traffic.json").read_text())
-    assert rec["models"]["m"]["slots"] == {"predictor-production": "V5"}
+    # production runs on two replicas by default (KFRELEASE_PRODUCTION_REPLICAS)
+    assert rec["models"]["m"]["slots"] == {"predictor-production": "V5", "predictor-production-1": "V5"}
 
 
 def test_a_bad_state_moves_no_traffic(gateway):

@@ -17,7 +17,7 @@ from kfrelease.config import Settings
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 from kfrelease.stack.watchdog import watchdog_service
-from tests.conftest import free_port_offset
+from tests.conftest import eventually, free_port_offset
 from tests.serving.test_gateway import _driver
 from tests.serving.test_gateway_helpers import Load
 
@@ -114,18 +114,70 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
     }
 
 
-def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack):
+def _spare_ready(settings) -> None:
+    health = settings.url("watchdog", "/healthz")  # the spare imports KServe once, in the background
+    eventually(lambda: httpx.get(health, timeout=5).json()["spare"] == "ready", 120, "the warm spare is ready")
+
+
+def test_production_runs_on_two_replicas_by_default(stack):
+    settings, records = stack
+    _driver(settings, records, "m").apply(TrafficState(primary="V1"))  # the spec asks for one replica
+    for port in (settings.port("predictor"), settings.port("predictor") + 3):
+        assert httpx.get(f"http://127.0.0.1:{port}/kfrelease/host").json()["models"] == {"m": "V1"}
+    assert (
+        "server 127.0.0.1:" + str(settings.port("gateway-hold")) + " max_fails=0 backup;"
+        in (settings.home / "services" / "gateway" / "nginx.conf").read_text()
+    )
+
+
+def test_both_production_replicas_killed_under_load_fail_no_request_the_hold_answers_them(stack):
+    """Every replica of production gone at once: the gateway's hold keeps the predictions until the watchdog
+    has restarted a server (from the warm spare), then sends them there."""
+    settings, records = stack
+    supervisor.start_service(settings, watchdog_service(settings))
+    _driver(settings, records, "m").apply(TrafficState(primary="V1"))
+    _spare_ready(settings)
+    hold = settings.url("gateway-hold", "/healthz")
+    with Load(settings.url("gateway", "/v1/models/m:predict"), threads=4) as load:
+        eventually(lambda: load.ok >= 200, 60, "200 answers before the kill")
+        old = {name: _kill(settings, name) for name in ("predictor-production", "predictor-production-1")}
+        served = load.ok
+        eventually(lambda: load.ok - served >= 300, 60, "300 answers after the kill")
+    assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)}: {load.failures[:3]}"
+    assert httpx.get(hold).json()["answered"] > 0, "no prediction was held: the kill was not seen"
+    for name, pid in old.items():
+        st = supervisor.service_status(settings, name)
+        assert st.healthy and st.pid != pid, f"the watchdog did not restart {name}"
+
+
+def test_a_prediction_no_server_answers_gets_a_503_naming_the_hold_deadline(stack, monkeypatch):
+    """No watchdog: a killed server stays down. The hold gives up after its deadline (set to 2 s here) with
+    a 503 that names it; readiness is not held (it says at once what is true)."""
+    settings, records = stack
+    monkeypatch.setenv("KFRELEASE_GATEWAY_HOLD_SECONDS", "2")
+    monkeypatch.setenv("KFRELEASE_PRODUCTION_REPLICAS", "1")
+    _driver(settings, records, "m").apply(TrafficState(primary="V1"))
+    _kill(settings, "predictor-production")
+    started = time.monotonic()
+    r = predict(settings, "m")
+    took = time.monotonic() - started
+    assert r.status_code == 503 and 2 <= took < 8, (r.status_code, took, r.text)
+    assert "within 2 s (KFRELEASE_GATEWAY_HOLD_SECONDS" in r.json()["error"]
+    started = time.monotonic()
+    ready = httpx.get(settings.url("gateway", "/v2/models/m/ready"), timeout=10)
+    assert ready.status_code == 503 and time.monotonic() - started < 1.5, "readiness was held"
+    assert ready.json()["error"].startswith("no model server is available")
+
+
+def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(stack, monkeypatch):
     """The watchdog restarts it from its warm spare (KServe already imported): well under the 10-20 s a fresh
     KServe process takes to start on a busy machine. A new slot's first server is forked from it too."""
     settings, records = stack
+    monkeypatch.setenv("KFRELEASE_PRODUCTION_REPLICAS", "1")
     supervisor.start_service(settings, watchdog_service(settings))
     driver = _driver(settings, records, "m")
     driver.apply(TrafficState(primary="V1"))
-    health = settings.url("watchdog", "/healthz")
-    deadline = time.monotonic() + 120  # the spare imports KServe once, in the background
-    while httpx.get(health, timeout=5).json()["spare"] != "ready":
-        assert time.monotonic() < deadline, f"the warm spare did not get ready: {httpx.get(health).json()}"
-        time.sleep(0.2)
+    _spare_ready(settings)
     old = _kill(settings, "predictor-production")
     killed = time.monotonic()
     answer = None

@@ -7,8 +7,11 @@ themselves on the embedded stack, triggered as CI would (``trigger``), with SIGK
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 
 import pytest
@@ -22,6 +25,7 @@ from kfrelease.errors import (
 )
 from kfrelease.storage import store_for
 from kfrelease.training import admission, failures, run_records
+from kfrelease.training.execution import runner_alive, runners_dir
 from kfrelease.training.trigger import interruption, trigger, wait
 
 RIDGE = "sklearn.linear_model.Ridge"
@@ -211,20 +215,140 @@ def test_an_infrastructure_failure_on_every_attempt_is_retried_by_the_next_trigg
     assert done.steps["train"]["attempt"] == 1 and done.steps["containerize"]["state"] == "succeeded"
 
 
+def _runs(store, run_ids) -> list[run_records.RunRecord]:
+    return [run_records.get_run(store, r) for r in run_ids]
+
+
+def _all_ended(store, run_ids):
+    runs = _runs(store, run_ids)
+    return runs if all(r.status in ("succeeded", "failed") for r in runs) else None
+
+
+@pytest.fixture
+def own_stack(tmp_path, monkeypatch):
+    """A private embedded stack this test may stop and start (``kfrelease down`` / ``up`` as a user runs
+    them), with its own home and ports; the test's own calls use it too (the environment points at it)."""
+    from kfrelease.config import Settings
+    from tests.conftest import free_port_offset
+
+    env = {"KFRELEASE_HOME": str(tmp_path / "home"), "KFRELEASE_PORT_OFFSET": str(free_port_offset())}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    def cli(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "kfrelease.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
+        assert proc.returncode == 0, f"kfrelease {' '.join(args)}: {proc.stderr}{proc.stdout}"
+        return proc.stdout
+
+    cli("up")
+    yield Settings.from_env(), cli
+    cli("down")
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(1500)
-def test_sixteen_merges_at_once_finish_with_sixteen_versions_and_no_run_killed(project, dataset, stack):
-    repo, _, name = project
-    merges = ridge_merges(repo, name, dataset, 16)
-    records = [trigger(stack, sha, repo) for sha in merges]  # all at once, as CI would on 16 merges
-    assert len({r.run_id for r in records}) == 16
-    done = [wait(stack, r.run_id, timeout=1400) for r in records]
+def test_sixteen_merges_with_the_stack_stopped_and_started_in_the_middle_all_finish(own_stack, tmp_path):
+    """16 merges at once, admitted to the machine's run slots; `kfrelease down` while some have finished, some
+    run and the rest are queued; `kfrelease up`: every run finishes, each with its own version, and none is
+    left queued or running. The attempts `down` cut short are not counted against the runs."""
+    from kfrelease.demo.project import create_demo_project
+    from tests.conftest import eventually
+    from tests.training.conftest import PrivateDataset
+
+    settings, cli = own_stack
+    ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
+    ds.add_batch(1)
+    name = f"resume-{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "project"
+    create_demo_project(repo, name=name, dataset=ds.name)
+    merges = ridge_merges(repo, name, ds, 16)
+    records = [trigger(settings, sha, repo) for sha in merges]  # all at once, as CI would on 16 merges
+    run_ids = [r.run_id for r in records]
+    assert len(set(run_ids)) == 16
+    store = store_for("pipeline", settings)
+
+    def middle():
+        runs = _runs(store, run_ids)
+        done = sum(r.status == "succeeded" for r in runs)
+        return done >= 2 and any(r.status == "running" and r.state.get("attempt") for r in runs)
+
+    eventually(middle, 900, "some runs finished and one running", interval=1.0)
+    runners = [json.loads(p.read_text()) for p in runners_dir(settings).glob("*.json")]
+    down = cli("down")
+    assert f"stopped {len(runners)} training run(s)" in down, down
+    assert runners and not any(runner_alive(m) for m in runners), "a runner outlived `kfrelease down`"
+
+    up = cli("up")
+    done = eventually(lambda: _all_ended(store, run_ids), 1200, "all 16 runs ended", interval=2.0)
     assert [d.status for d in done] == ["succeeded"] * 16, [d.state.get("error") for d in done]
-    assert all(d.state["attempt"] == 1 for d in done)  # none was killed and retried
     assert sorted(d.state["version"] for d in done) == sorted(f"V1.{i}.0" for i in range(1, 17))
+    cut = {d.run_id for d in done if d.state.get("resumes")}
+    assert cut == {m["run_id"] for m in runners}  # every run `down` stopped, and only those, started again
+    for d in done:
+        assert d.state.get("failed_attempts") == 0  # an attempt `kfrelease down` cut short is not a failure
+        if d.run_id in cut:
+            assert d.state["resumes"] == 1 and "(stopped by `kfrelease down`)" in d.state["resumed_because"]
+            assert f"run {d.run_id} started again: the runner (pid" in up, up
     limit = done[0].state["slot_limit"]
     assert limit == admission.concurrency_limit(4 * 2**30)
     spans = sorted((d.state["admitted_at"], d.state["finished_at"]) for d in done)
     overlap = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
     assert overlap <= limit  # never more runs at once than the machine's slots
-    assert sum(1 for d in done if d.state["queued_seconds"] > 0) >= 16 - limit  # the rest waited in the queue
+    assert admission.busy_slots(settings, limit) == 0  # no slot held by anything
+    assert not list(runners_dir(settings).glob("*.json")), "a runner marker was left behind"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_the_watchdog_retries_a_run_whose_runner_was_killed_and_fails_it_when_its_attempts_are_used(project, stack):
+    """The runner SIGKILLed mid-attempt (its steps left running): the stack's watchdog stops what it left,
+    counts the attempt as failed and starts the run again; killed again, the run has used its 2 attempts
+    and fails with the cause. No slot stays held, no step process stays behind."""
+    import signal
+
+    from kfrelease.stack.supervisor import group_alive
+    from tests.conftest import eventually
+
+    repo, shas, _ = project
+    store = store_for("pipeline", stack)
+    run_id = trigger(stack, shas[0], repo).run_id
+
+    def running(attempt: int):
+        rec = run_records.get_run(store, run_id)
+        return rec if rec.status == "running" and rec.state.get("attempt") == attempt else None
+
+    first = eventually(lambda: running(1), 300, "attempt 1 running", interval=0.5)
+    os.kill(first.state["pid"], signal.SIGKILL)  # the runner only: its step processes are left behind
+
+    def resumed():
+        rec = run_records.get_run(store, run_id)
+        return rec if rec.state.get("resumes") == 1 else None
+
+    again = eventually(resumed, 60, "the watchdog started the run again")
+    assert (
+        again.state["failed_attempts"] == 1
+        and f"the runner (pid {first.state['pid']}) is gone" in (again.state["resumed_because"])
+    )
+    assert not group_alive(first.state["pid"]), "the killed runner's steps are still running"
+    second = eventually(lambda: running(2), 300, "attempt 2 running", interval=0.5)
+    os.kill(second.state["pid"], signal.SIGKILL)
+
+    def ended():
+        rec = run_records.get_run(store, run_id)
+        return rec if rec.status == "failed" else None
+
+    failed = eventually(ended, 60, "the run failed once its attempts were used")
+    assert failed.state["cause"] == "infrastructure" and failed.state["failed_attempts"] == 2
+    assert failed.state["error"].startswith(f"infrastructure: the runner (pid {second.state['pid']}) is gone")
+    assert "gave up after 2 attempts; `kfrelease trigger` on the commit retries" in failed.state["error"]
+    assert not any(s.get("state") == "running" for s in failed.steps.values()), failed.steps
+    assert not group_alive(second.state["pid"])
+    limit = admission.concurrency_limit(4 * 2**30)
+    assert admission.busy_slots(stack, limit) == 0
