@@ -14,8 +14,8 @@ A retired version's prediction logger keeps running until it has delivered every
 spooled (bounded by ``DRAIN_TIMEOUT``), then closes: no answered request goes missing from the logs. Each
 (model, version) has its own write-ahead folder (``log-wal/<model>/<version>/``, the events there carry no
 version of their own), and a folder left behind by a crash is drained when the server starts
-(``drain_orphans``), with the logger settings recorded beside it (``logger.json``): its write-ahead file and
-the journal of the predictions a killed server had answered (``kfrelease.serving.logger``).
+(``drain_orphans``), with the logger settings recorded beside it (``logger.json``): its write-ahead file
+holds every prediction a killed server had answered (``kfrelease.serving.logger``).
 
 A model that fails to load leaves every other model as it was; the sync answers 422 naming it.
 ``GET /kfrelease/host`` answers ``{"slot", "stage", "models": {name: version}, "failed": {name: error}}``
@@ -130,7 +130,7 @@ class ModelHost:
                 doc = json.loads(meta.read_text())
             except (OSError, ValueError):
                 continue
-            left = any(meta.parent.glob("*.jsonl")) or any(meta.parent.glob("journal/*.jsonl"))
+            left = any(meta.parent.glob("*.jsonl"))
             if (doc["model"], doc["version"]) in serving or not left:
                 continue
             logger = self._logger(doc["model"], doc["version"], list(doc["features"]))

@@ -116,8 +116,8 @@ def test_killing_the_production_model_server_fails_no_request_and_loses_no_log(t
 
 
 def test_a_logger_killed_right_after_an_answer_loses_none_of_its_events(tmp_path):
-    """``log()`` returns once the prediction's events are in the journal: a process killed right after it
-    (SIGKILL, no clean-up) leaves them there, and the next logger on the same folder spools them for the sink."""
+    """``log()`` returns once the prediction's events are in the write-ahead file: a process killed right after
+    it (SIGKILL, no clean-up) leaves them there, and the next logger on the same folder sends them to the sink."""
     import subprocess
     import sys
 
