@@ -135,6 +135,14 @@ VARIABLES: tuple[Variable, ...] = (
         "pipelines",
     ),
     Variable(
+        "KFRELEASE_REFUSE_PICKLE",
+        "bool",
+        False,
+        "refuse to load a pickled model in this process (set by the pipelines on every step that is not "
+        "untrusted: no trusted or release step runs code from a model file)",
+        "pipelines",
+    ),
+    Variable(
         "KFRELEASE_COMMIT", "str", None, "the commit the running kfrelease was built from (set in images)", "pipelines"
     ),
     Variable(

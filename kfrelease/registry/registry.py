@@ -83,6 +83,7 @@ class TrainedModel:
     model_bytes: bytes = field(repr=False)
     extra: dict = field(default_factory=dict)
     flavour: str = DEFAULT_FLAVOUR
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)  # more files beside the model (no code)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,13 @@ class ModelRegistry:
         (dest / ENTRY_FILE).write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
         return dest
 
+    def read_file(self, model: str, version: str, file: str) -> bytes:
+        """A file kept beside a version's model (e.g. its held-out predictions); ``NotFound`` when it has none."""
+        key = self.artifact_prefix(model, version) + file
+        if self.store.stat(BUCKET, key) is None:
+            raise NotFound(f"{model} {version} has no {file} (registered before it was kept)")
+        return self.store.get_bytes(BUCKET, key)
+
     def load_model(self, model: str, version: str):
         """The fitted estimator of a version, read as its flavour says (``kfrelease.registry.artifact``)."""
         flavour = flavour_of(self.get(model, version).entry)
@@ -332,6 +340,8 @@ class ModelRegistry:
         }
         crash_point("register.after_claim")
         self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model.model_bytes)
+        for file, data in model.files.items():
+            self.store.put_bytes(BUCKET, prefix + file, data)
         self.store.put_json(BUCKET, prefix + ENTRY_FILE, entry)
         crash_point("register.after_artifact")
         self.store.put_json(BUCKET, self._vkey(name, version, "entry.json"), entry, if_none_match=True)

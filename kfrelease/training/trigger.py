@@ -107,10 +107,11 @@ def trigger(
     store = _store(settings)
     if not auto:
         from kfrelease.data.publish import get_version
-        from kfrelease.training.steps import check_columns
+        from kfrelease.training.core import check_schema
 
-        # unknown dataset (version), a feature or target it lacks: refuse before any run exists
-        check_columns(spec, get_version(store, spec.dataset, dataset_version))
+        # unknown dataset (version), a feature or target it lacks or cannot train: refuse before any run exists
+        dv = get_version(store, spec.dataset, dataset_version)
+        check_schema(spec, dv.manifest, dv.version)
     record = run_records.create_run(
         store,
         run_id,

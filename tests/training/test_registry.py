@@ -50,7 +50,8 @@ def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
     first, sha1 = load_project_at_commit(repo, shas[0])
     run1 = run_inline(first, sha1, containerize=False)
     assert run1.version == "V1.1.0" and run1.registration["created"] and run1.stage == "staging"
-    assert run1.verdict["champion"] is None  # the first model of a tag has no champion
+    assert run1.verdict["champion"]["comparable"] is False  # the first model of a tag has no champion
+    assert run1.verdict["champion"]["detail"] == "no production model yet: nothing to compare"
 
     second, sha2 = load_project_at_commit(repo, shas[1])  # build: model.py (scaled ridge): a new definition
     assert second.fingerprint != first.fingerprint
