@@ -9,6 +9,7 @@ from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
+from kfrelease.training.resources import refuse_pickle
 
 
 @dsl.pipeline(
@@ -18,15 +19,21 @@ from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
 def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
     pre = release_preflight(model=model, version=version, spec_yaml=spec_yaml).set_display_name("preflight")
     pre.set_caching_options(False)
-    step_label(pre, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
+    # each release step runs as the release driver (Role in serving) and runs no model code: no pickle loads
+    # (production's answers come from production's model server, kfrelease.release.controller)
+    refuse_pickle(pre)
+    step_label(pre, RELEASE_DRIVER_STEP)
     with dsl.If(pre.output == "shadow", name="has-champion"):
         gate = shadow_gate(model=model, version=version, spec_yaml=spec_yaml).set_display_name("shadow-gate")
         gate.set_caching_options(False)
+        refuse_pickle(gate)
         step_label(gate, RELEASE_DRIVER_STEP)
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
             step_label(
-                rollout(model=model, version=version, spec_yaml=spec_yaml)
-                .set_display_name("canary-rollout")
-                .set_caching_options(False),
+                refuse_pickle(
+                    rollout(model=model, version=version, spec_yaml=spec_yaml)
+                    .set_display_name("canary-rollout")
+                    .set_caching_options(False)
+                ),
                 RELEASE_DRIVER_STEP,
             )

@@ -223,3 +223,68 @@ def champion_evidence(
         "test": decision.as_dict(),
         "detail": f"against production {version} on {rows}: {decision.describe()}",
     }
+
+
+@dataclass
+class CommonRows:
+    """Two versions' stored held-out predictions on the rows both held out (neither trained on), with the
+    labels of the later version's data; ``why`` says why there are none (older entries, other keys)."""
+
+    truth: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    dataset_version: str = ""
+    why: str = ""
+
+    def __len__(self) -> int:
+        return int(self.truth.size)
+
+
+def stored_predictions(registry, mv) -> pd.DataFrame | None:
+    """A version's held-out predictions (``_key``, ``prediction``), or None for a version registered without."""
+    import io
+
+    from kfrelease.errors import NotFound
+
+    file = (mv.entry.get("held_out") or {}).get("predictions")
+    if not file:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(registry.read_file(mv.name, mv.version, file)))
+    except NotFound:
+        return None
+
+
+def common_rows(store, registry_a, a, registry_b, b) -> CommonRows:
+    """``a`` and ``b`` (``ModelVersion``) on the same rows: the held-out rows of both, matched by their
+    seed-free key, with the labels ``b``'s dataset version holds for them. Reads curated data; loads no model."""
+    from kfrelease.data.publish import get_version, load_dataset
+
+    empty = np.empty(0)
+    pa, pb = stored_predictions(registry_a, a), stored_predictions(registry_b, b)
+    missing = [mv.version for mv, p in ((a, pa), (b, pb)) if p is None]
+    if missing:
+        return CommonRows(empty, empty, empty, why=f"{', '.join(missing)} kept no held-out predictions")
+    pa, pb = pa.drop_duplicates(KEY, keep=False), pb.drop_duplicates(KEY, keep=False)
+    both = pa.merge(pb, on=KEY, suffixes=("_a", "_b"))
+    if both.empty:
+        return CommonRows(empty, empty, empty, why="their held-out rows differ (no row is held out by both)")
+    rule = replace(champion_rule(b.entry), seed=0, method="hash")
+    manifest = get_version(store, b.entry["dataset"], b.entry["dataset_version"]).manifest
+    known = {c["name"] for c in manifest["columns"]}
+    columns = [c for c in dict.fromkeys([*rule.key_columns(), b.entry["target"]]) if c in known]
+    df, _ = load_dataset(store, b.entry["dataset"], b.entry["dataset_version"], columns=columns)
+    frame = df.copy()
+    for c in rule.columns:
+        if c in frame.columns and c != rule.id_column:
+            frame[c] = frame[c].astype("float64")
+    labels = pd.DataFrame({KEY: rule.row_hashes(frame), "truth": df[b.entry["target"]].to_numpy(dtype="float64")})
+    joined = both.merge(labels.drop_duplicates(KEY, keep=False), on=KEY)
+    if joined.empty:
+        return CommonRows(empty, empty, empty, why=f"none of their common rows is in {b.entry['dataset_version']}")
+    return CommonRows(
+        joined["truth"].to_numpy(),
+        joined[f"{PREDICTION}_a"].to_numpy(dtype="float64"),
+        joined[f"{PREDICTION}_b"].to_numpy(dtype="float64"),
+        b.entry["dataset_version"],
+    )

@@ -87,3 +87,57 @@ print(json.dumps({"rmse": regression_report(frame, "y", "p", ["x"])[0]["rmse"], 
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["rmse"] == 0.1  # forged in the process that loaded it
     assert seen["rows"] == held_out["train_rows"] and "progression" not in seen["columns"]
+
+
+def test_an_auto_revision_on_grown_data_is_compared_on_rows_neither_trained_on(project, dataset, stack):
+    """Production trained on batch 1; the auto revision (same definition) on batch 1 + 2 holds out every row
+    production held out, and is compared with it on its held-out rows, none of which production trained on.
+    A production model that held out fewer rows is compared only on the rows it did not train on, counted."""
+    import numpy as np
+
+    from kfrelease.data.publish import load_dataset
+    from kfrelease.training.evidence import split_frame
+    from kfrelease.training.spec import load_project_at_commit, parse_spec
+    from kfrelease.training.steps import run_inline
+
+    repo, shas, name = project
+    spec, sha = load_project_at_commit(repo, shas[0])
+    registry = ModelRegistry(store_for("pipeline"))
+    v1 = run_inline(spec, sha, containerize=False)
+    registry.set_stage(name, v1.version, "production", "release-pipeline", "promoted for this test")
+    grown = dataset.add_batch(2)
+    auto = run_inline(spec, sha, containerize=False)  # what `trigger --auto` runs: production's definition, new data
+    assert auto.version == "V1.1.1" and auto.dataset_version == grown
+
+    def ids(version, s=spec):
+        df, _ = load_dataset(store_for("pipeline"), dataset.name, version)
+        split = split_frame(s, df, version, "patient_id")
+        return set(split.train["patient_id"]), set(split.held_out["patient_id"])
+
+    old_train, old_held = ids(dataset.first_version)
+    _, new_held = ids(grown)
+    assert old_held < new_held and not (new_held & old_train)  # the old test rows stay test rows
+    champion = auto.evidence["champion"]
+    assert champion["version"] == v1.version and champion["rows"] == len(new_held) and champion["excluded"] == 0
+    assert (
+        f"against production {v1.version} on {len(new_held)} held-out rows neither model trained on:"
+        in (champion["detail"])
+    )
+
+    # production held out 10 % (another rule): the candidate's held-out rows it trained on are left out
+    narrow = parse_spec(spec.text.replace("test_size: 0.2", "test_size: 0.1"), code=spec.code)
+    assert narrow.fingerprint != spec.fingerprint
+    v2 = run_inline(narrow, sha, containerize=False)
+    registry.set_stage(name, v2.version, "production", "release-pipeline", "promoted for this test")
+    wide = parse_spec(spec.text.replace("alpha: 10.0", "alpha: 9.0"), code=spec.code)
+    third = run_inline(wide, sha, containerize=False)
+    narrow_train, _ = ids(grown, narrow)
+    trained_by_production = len(new_held & narrow_train)
+    champion = third.evidence["champion"]
+    assert champion["version"] == v2.version and 0 < champion["excluded"] == trained_by_production
+    assert champion["rows"] == len(new_held) - trained_by_production
+    assert (
+        f"({trained_by_production} of the {len(new_held)} left out: production's split trained on them)"
+        in champion["detail"]
+    )
+    assert np.isfinite(champion["test"]["ratio"])
