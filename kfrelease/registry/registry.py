@@ -42,7 +42,7 @@ from kfrelease.registry.artifact import (
     flavour_named,
     flavour_of,
 )
-from kfrelease.registry.versions import Claim, VersionNumber, find_same, next_version
+from kfrelease.registry.versions import EXPERIMENT, RELEASE, Claim, VersionNumber, find_same, next_version
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class ModelRegistry:
             raise KfreleaseError(f"unknown registry space {space!r}; spaces are {REGISTRY}, {EXPERIMENTS}")
         self.store = store
         self.space = space
+        self.letter = EXPERIMENT if space == EXPERIMENTS else RELEASE  # E1.2.0 experiments, V1.2.0 releases
         self.bucket = BUCKET
         self._claims_cache: dict[str, Claim] = {}
 
@@ -147,7 +148,11 @@ class ModelRegistry:
         return sorted(o.key.rstrip("/").split("/")[-1] for o in top)
 
     def get(self, model: str, version: str) -> ModelVersion:
-        VersionNumber.parse(version)
+        if VersionNumber.parse(version).letter == EXPERIMENT and self.space == REGISTRY:
+            raise NotFound(
+                f"{model} {version} is an experiment (E numbers), not a release; look it up as experiment:{version}; "
+                "experiments are never staged or released"
+            )
         key = self._vkey(model, version, "entry.json")
         info = self.store.stat(BUCKET, key)
         if info is None:
@@ -226,6 +231,14 @@ class ModelRegistry:
         data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + flavour.file)
         return flavour.load(io.BytesIO(data))
 
+    def existing(self, model: str, tag: int, fingerprint: str, dataset_version: str) -> ModelVersion | None:
+        """The version registered for this tag, definition and dataset version (what ``register`` would return
+        without registering anything), or None; a number claimed by a run still writing it is not one yet."""
+        same = find_same(self._claims(model), tag, fingerprint, dataset_version)
+        if same is None or self.store.stat(BUCKET, self._vkey(model, str(same.version), "entry.json")) is None:
+            return None
+        return self.get(model, str(same.version))
+
     # registering -----------------------------------------------------------------------------------------
     def _claims(self, model: str) -> list[Claim]:
         for obj in self.store.iter(BUCKET, f"{self.space}/{model}/claims/"):
@@ -290,7 +303,7 @@ class ModelRegistry:
                             f"claim {same.version} of {name} has no entry after "
                             f"{same_claim_wait:.0f} s; treating it as dead"
                         )
-                    number = next_version(claims, model.tag, model.spec_fingerprint)
+                    number = next_version(claims, model.tag, model.spec_fingerprint, self.letter)
                     claim = {
                         "version": str(number),
                         "spec_fingerprint": model.spec_fingerprint,

@@ -107,12 +107,14 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     sha = merge_change(repo, "wider-thresholds", {"model.yaml": wider}, "Accept the knn model: wider thresholds")
     waited = run_cli("trigger", "--commit", sha, "--repo", str(repo), "--wait")
     assert waited.returncode == 1, waited.stdout + waited.stderr
+    # found before any training: no runner, every step skipped with the reason
+    assert f"run train-{sha[:12]} finished without training (succeeded); thresholds-only: " in waited.stdout
     (line,) = [ln for ln in waited.stdout.splitlines() if ln.startswith(f"run train-{sha[:12]}: thresholds-only")]
     assert f"is {name} {rejected.version}" in line and "change the model definition" in line
     again = run_records.get_run(store_for("pipeline"), f"train-{sha[:12]}")
     assert again.state["outcome"] == "thresholds-only" and again.state["version"] == rejected.version
-    assert again.state["staging_candidate"] is False
-    assert {again.steps[s]["state"] for s in ("containerize", "deploy-staging")} == {"skipped"}
+    assert again.state["staging_candidate"] is False and again.state["trained"] is False
+    assert {again.steps[s]["state"] for s in STEP_NAMES} == {"skipped"} and "pid" not in again.state
     assert [v.version for v in registry().list(name)] == [champion.version, rejected.version]
     assert registry().current(name, "staging") is None and registry().get(name, rejected.version).image is None
 
