@@ -177,3 +177,15 @@ def test_the_mean_model_is_worse_beyond_noise_but_a_dummy_champion_is_beaten(tra
         None, spec, split, entry_of(spec, split), cand, predict(weak, split.held_out, features), ROLLOUT
     )
     assert verdict(spec, evidence_of(spec, split, cand, ev)).passed and ev["test"]["ratio"] < 1
+
+
+def test_the_metrics_do_not_depend_on_evidentlys_picture():
+    """Errors of one constant size make Evidently's histogram fail; the metrics and a plain page remain."""
+    from kfrelease.evaluation import regression_report
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.random(48), "y": rng.random(48)})
+    frame["p"] = frame["y"] + 0.1  # the same error up to rounding: "Too many bins for data range"
+    metrics, page = regression_report(frame, "y", "p", ["x"])
+    assert metrics["rmse"] == pytest.approx(0.1) and metrics["n"] == 48
+    assert "error" in metrics["evidently"] and "could not be made" in page
