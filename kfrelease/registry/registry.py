@@ -226,8 +226,9 @@ class ModelRegistry:
         return self.store.get_bytes(BUCKET, key)
 
     def load_model(self, model: str, version: str):
-        """The fitted estimator of a version, read as its flavour says (``kfrelease.registry.artifact``)."""
-        flavour = flavour_of(self.get(model, version).entry)
+        """The fitted estimator of a version (its ``sklearn`` file, whichever flavour serves it; a pickle: for a
+        data scientist's notebook, never in a pipeline step that runs no model code)."""
+        flavour = flavour_named("sklearn")
         data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + flavour.file)
         return flavour.load(io.BytesIO(data))
 
