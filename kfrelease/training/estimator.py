@@ -3,7 +3,7 @@ read, through scikit-learn's public API only, so that an estimator class a proje
 code is held to the same rules as scikit-learn's own.
 
 - it has ``fit`` and ``predict``;
-- ``sklearn.base.clone`` can copy it (its ``__init__`` stores each argument unchanged under the same name, the
+- when it has ``get_params`` (a scikit-learn estimator), ``sklearn.base.clone`` can copy it (its ``__init__`` stores each argument unchanged under the same name, the
   convention ``get_params``/``set_params`` rely on: scikit-learn's "rolling your own estimator" guide);
 - scikit-learn's own classes (those that declare their parameter constraints) also validate their
   hyper-parameters now, not after the data is read.
@@ -23,10 +23,7 @@ def check_estimator(est, where: str) -> None:
     if not (callable(getattr(est, "fit", None)) and callable(getattr(est, "predict", None))):
         raise ConfigError(f"{where}: {name} has no fit/predict; return a scikit-learn compatible regressor")
     if not callable(getattr(est, "get_params", None)):
-        raise ConfigError(
-            f"{where}: {name} has no get_params(); derive it from sklearn.base.BaseEstimator (and RegressorMixin) "
-            "or wrap it in one"
-        )
+        return  # duck-typed (fit/predict only): nothing more to check before it is fitted
     from sklearn.base import clone
 
     try:

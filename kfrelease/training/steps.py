@@ -92,7 +92,7 @@ def split_step(
     champion, why = _champion_entry(store, spec, dv.manifest)
     champion_features = [c["name"] for c in champion["input_schema"]] if champion else []
     split = read_split(store, spec, dv.version, champion_features)
-    crash_point("train.loaded")
+    crash_point("split.loaded")
     split.train[[*spec.features, spec.target]].to_parquet(train_path, index=False)
     split.features_of_held_out(dict.fromkeys([*spec.features, *champion_features])).to_parquet(
         holdout_path, index=False
@@ -118,11 +118,13 @@ def train_step(spec: ModelSpec, train_path: str, holdout_path: str, model_path: 
     held-out rows' features with the model *as written* (read back the way serving reads it), label-blind."""
     import pandas as pd
 
+    from kfrelease.faults import crash_point
     from kfrelease.training.core import fit, predict
     from kfrelease.training.evidence import write_predictions
 
     spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
     train = pd.read_parquet(train_path)
+    crash_point("train.loaded")
     model, seconds = fit(spec, train)
     flavour = flavour_named(DEFAULT_FLAVOUR)
     flavour.dump(model, model_path)
