@@ -88,6 +88,7 @@ setup(
         "psutil==5.9.8",
         "jsonpatch==1.48",
         "tenacity==9.2.1",
+        "cloudpickle==3.1.3",
         "pydantic==2.14.4",
         # model flavours (kfrelease.registry.artifact): ONNX conversion at registration, ONNX Runtime in serving
         "onnx==1.23.2",

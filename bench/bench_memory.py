@@ -2,8 +2,9 @@
 
 One command (``python -m bench memory``). It starts a private embedded stack (SeaweedFS + registry, own home
 and free ports), publishes synthetic curated datasets (float64, 9 features + target) of ``ROWS`` rows, and
-runs the real train step (``kfrelease.training.steps.train_step``: read the curated version from S3, check,
-seeded split, fit a Ridge, write model and split) in a fresh process per measurement, reading the
+runs the real split and train steps (``kfrelease.training.steps.split_step``: read the curated version from S3,
+check, hash split, write the training rows and the held-out features; ``train_step``: fit a Ridge, write the
+model and the held-out predictions), one after the other, in a fresh process per measurement, reading the
 process's peak resident memory (``VmHWM``, what ``run_records.peak_rss_mb`` records; not ``ru_maxrss``, which
 would include this benchmark's own memory at fork). The slope over the sizes is the memory per 1M rows; the
 intercept is the interpreter and its imports. A second dataset has 10 more columns the model does not use:
@@ -34,14 +35,15 @@ import json, sys, tempfile
 from pathlib import Path
 from kfrelease.training.run_records import peak_rss_mb
 from kfrelease.training.spec import parse_spec
-from kfrelease.training.steps import train_step
+from kfrelease.training.steps import split_step, train_step
 spec = parse_spec(sys.argv[1])
 mode = sys.argv[3]
 base = peak_rss_mb()
 with tempfile.TemporaryDirectory() as tmp:
-    p = [str(Path(tmp) / n) for n in ("m.joblib", "train.parquet", "test.parquet")]
+    p = {n: str(Path(tmp) / n) for n in ("m.joblib", "train.parquet", "holdout.parquet", "pred.parquet", "champion")}
     if mode == "step":
-        out = train_step(spec, sys.argv[2], *p)
+        split_step(spec, sys.argv[2], p["train.parquet"], p["holdout.parquet"], p["champion"])
+        train_step(spec, p["train.parquet"], p["holdout.parquet"], p["m.joblib"], p["pred.parquet"])
     else:  # the step before column pruning: the whole version read
         from kfrelease.data.publish import load_dataset
         from kfrelease.storage import store_for

@@ -1,4 +1,4 @@
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
 from kfrelease.components.base import kfrelease_component
 
@@ -7,23 +7,33 @@ from kfrelease.components.base import kfrelease_component
 def evaluate(
     spec_json: str,
     run_id: str,
-    model: Input[Model],
-    test_data: Input[Dataset],
+    dataset_version: str,
+    champion: str,
+    champion_note: str,
+    predictions: Input[Dataset],
+    champion_predictions: Input[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
+    holdout_predictions: Output[Dataset],
 ) -> str:
-    """Evidently regression report on the held-out split: MSE, RMSE, MAE, R².
+    """Trusted: the evidence. Reads the held-out labels itself (curated data), joins the untrusted steps'
+    predictions by row, computes MSE, RMSE, MAE, R² with intervals (Evidently report) and compares production
+    with the candidate on the rows neither trained on (the release gates' paired test). Loads no model.
 
     Args:
-        spec_json: the model spec (features, target).
-        run_id: the trigger's run id (may be empty).
-        model: the fitted estimator.
-        test_data: the held-out split.
+        spec_json: the model spec (features, target, split).
+        run_id: the trigger's run id (may be empty; its rollout spec gives the paired test's rule).
+        dataset_version: the curated version the split used.
+        champion: the production version the split handed to ``score-champion`` ("" when none).
+        champion_note: why there is no comparable production version ("" when there is one).
+        predictions: the candidate's held-out predictions.
+        champion_predictions: production's held-out predictions.
         metrics: the metrics as a KFP Metrics artifact (shown in the Kubeflow UI).
         report: Evidently's HTML report (a KFP HTML artifact, shown in the Kubeflow UI).
+        holdout_predictions: the candidate's predictions keyed by row across versions (kept with the version).
 
     Returns:
-        The metrics as JSON ``{mse, rmse, mae, r2, n, evidently}``.
+        The evidence as JSON: ``{metrics, champion, drift, split, held_out_rows, ...}`` (what validate decides on).
     """
     import json
     import logging
@@ -35,9 +45,20 @@ def evaluate(
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "evaluate"):
-        values = evaluate_step(spec, model.path, test_data.path, report.path)
+        evidence = evaluate_step(
+            spec,
+            dataset_version,
+            champion,
+            predictions.path,
+            champion_predictions.path,
+            run_id,
+            report.path,
+            holdout_predictions.path,
+            champion_note=champion_note,
+        )
+    values = evidence.get("metrics") or {}
     for name in ("mse", "rmse", "mae", "r2"):
         if values.get(name) is not None:
             metrics.log_metric(name, float(values[name]))
-    metrics.log_metric("test_rows", float(values["n"]))
-    return json.dumps(values, sort_keys=True)
+    metrics.log_metric("test_rows", float(evidence["held_out_rows"]))
+    return json.dumps(evidence, sort_keys=True, default=str)

@@ -1,4 +1,4 @@
-from kfp.dsl import HTML, Artifact, Input, Model
+from kfp.dsl import HTML, Dataset, Input, Model
 
 from kfrelease.components.base import kfrelease_component
 
@@ -10,14 +10,16 @@ def register(
     dataset_version: str,
     run_id: str,
     job_name: str,
-    metrics_json: str,
-    verdict: Input[Artifact],
+    evidence_json: str,
     model: Input[Model],
     report: Input[HTML],
+    holdout_predictions: Input[Dataset],
 ) -> str:
     """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
 
-    A model that failed validation is registered with a ``rejected`` stage event and its reasons.
+    The verdict is decided again here from the trusted evidence (a parameter, which no step can rewrite; the
+    same pure function as validate's), so no artifact a step wrote decides it. A model that failed validation
+    is registered with a ``rejected`` stage event and its reasons.
 
     Args:
         spec_json: the model spec (name, tag, fingerprint, input schema).
@@ -25,27 +27,27 @@ def register(
         dataset_version: the curated dataset version it was trained on.
         run_id: the trigger's run id (recorded as lineage; the KFP job name when empty).
         job_name: the KFP pipeline job name.
-        metrics_json: held-out metrics.
-        verdict: the validation verdict (JSON).
-        model: the fitted estimator.
+        evidence_json: the trusted evidence (from evaluate): metrics, the comparison with production, drift.
+        model: the fitted estimator (stored as bytes; never loaded here).
         report: the evaluation report (stored beside the version's artifacts).
+        holdout_predictions: the held-out predictions evaluate joined (kept beside the model).
 
     Returns:
         The registered version (or the existing one for the same tag, definition and data). A run the merge
         trigger did not start (no run record for ``run_id``: a notebook, a direct ``kfp.local`` or KFP run)
-        registers an experiment, which is never containerized or staged.
+        registers an experiment (``E<tag>.<manual>.<auto>``), which is never containerized or staged.
     """
     import json
     import logging
-    from pathlib import Path
 
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import is_release_run, register_step, step_store
+    from kfrelease.training.steps import is_release_run, register_step, step_store, validate_step
 
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
     release = is_release_run(step_store(), run_id, spec)
+    evidence = json.loads(evidence_json)
     with step_record(run_id, "register"):
         out = register_step(
             spec,
@@ -53,10 +55,11 @@ def register(
             dataset_version,
             run_id or job_name,
             model.path,
-            json.loads(metrics_json),
-            json.loads(Path(verdict.path).read_text()),
+            evidence,
+            validate_step(spec, evidence),
             release=release,
             report_path=report.path,
+            keyed_path=holdout_predictions.path,
         )
     print(
         f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "

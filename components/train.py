@@ -1,4 +1,4 @@
-from kfp.dsl import Dataset, Model, Output
+from kfp.dsl import Dataset, Input, Model, Output
 
 from kfrelease.components.base import kfrelease_component
 
@@ -6,24 +6,25 @@ from kfrelease.components.base import kfrelease_component
 @kfrelease_component
 def train(
     spec_json: str,
-    dataset_version: str,
     run_id: str,
+    train_data: Input[Dataset],
+    holdout_features: Input[Dataset],
     model: Output[Model],
-    train_data: Output[Dataset],
-    test_data: Output[Dataset],
+    predictions: Output[Dataset],
 ) -> str:
-    """Fit the model spec on a curated dataset version with the spec's fixed seed; record the split.
+    """Untrusted (runs the merged model code): fit the model spec on the training rows with the spec's fixed
+    seed, then predict the held-out rows' features, label-blind.
 
     Args:
         spec_json: the model spec (``ModelSpec.to_json()``: model.yaml text and its code at the commit).
-        dataset_version: curated version to train on; ``latest`` resolves to the newest one now.
         run_id: the trigger's run id (step states are recorded under it); empty outside a triggered run.
-        model: the fitted estimator (joblib).
-        train_data: the training split (features + target, Parquet).
-        test_data: the held-out split (features + target, Parquet).
+        train_data: the training rows (from the trusted split).
+        holdout_features: the held-out rows' features, without the target (from the trusted split).
+        model: the fitted estimator (its flavour's file).
+        predictions: one prediction per held-out row (``_row``, ``prediction``; Parquet).
 
     Returns:
-        The dataset version actually used.
+        The fitted estimator's class name.
     """
     import logging
 
@@ -36,16 +37,9 @@ def train(
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
         run_id,
         "train",
-        {"model": model.path, "train_data": train_data.path, "test_data": test_data.path},
-        lambda: train_step(spec, dataset_version, model.path, train_data.path, test_data.path),
+        {"model": model.path, "predictions": predictions.path},
+        lambda: train_step(spec, train_data.path, holdout_features.path, model.path, predictions.path),
     )
-    model.metadata.update(
-        {
-            "framework": "scikit-learn",
-            "spec_fingerprint": out["spec_fingerprint"],
-            "dataset_version": out["dataset_version"],
-        }
-    )
-    train_data.metadata.update({"rows": out["train_rows"]})
-    test_data.metadata.update({"rows": out["test_rows"]})
-    return out["dataset_version"]
+    model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": spec.fingerprint})
+    predictions.metadata.update({"rows": out["holdout_rows"]})
+    return spec.estimator.class_ if spec.estimator else spec.build

@@ -1,26 +1,18 @@
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Output
 
 from kfrelease.components.base import kfrelease_component
 
 
 @kfrelease_component
-def validate_model(
-    spec_json: str,
-    metrics_json: str,
-    run_id: str,
-    train_data: Input[Dataset],
-    test_data: Input[Dataset],
-    verdict: Output[Artifact],
-) -> bool:
-    """The explicit verdict: absolute thresholds, no worse than production on the same test rows, drift.
+def validate_model(spec_json: str, evidence_json: str, run_id: str, verdict: Output[Artifact]) -> bool:
+    """Trusted: the explicit verdict on the evidence ``evaluate`` computed: absolute thresholds, no worse than
+    production beyond noise on the rows neither trained on, TFX's no-threshold-no-champion rule, drift.
 
     Args:
         spec_json: the model spec (thresholds, tolerance).
-        metrics_json: the candidate's held-out metrics (from evaluate).
+        evidence_json: the trusted evidence (from evaluate, a parameter: no step can rewrite it).
         run_id: the trigger's run id (may be empty).
-        train_data: the candidate's training split (drift against production's training data).
-        test_data: the held-out split (production is scored on the same rows).
-        verdict: the verdict as JSON (passed, reasons, every check, champion metrics, drift).
+        verdict: the verdict as JSON (passed, reasons, every check, the paired test, drift).
 
     Returns:
         Whether the model passed: downstream steps (containerize, staging) run only then. (A single
@@ -36,7 +28,7 @@ def validate_model(
     logging.basicConfig(level=logging.INFO)
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "validate"):
-        result = validate_step(spec, json.loads(metrics_json), train_data.path, test_data.path)
+        result = validate_step(spec, json.loads(evidence_json))
     text = json.dumps(result, sort_keys=True, default=str)
     with open(verdict.path, "w") as fh:
         fh.write(text)

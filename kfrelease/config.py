@@ -136,6 +136,14 @@ VARIABLES: tuple[Variable, ...] = (
         "pipelines",
     ),
     Variable(
+        "KFRELEASE_REFUSE_PICKLE",
+        "bool",
+        False,
+        "refuse to load a pickled model in this process (set by the pipelines on every step that is not "
+        "untrusted: no trusted or release step runs code from a model file)",
+        "pipelines",
+    ),
+    Variable(
         "KFRELEASE_COMMIT", "str", None, "the commit the running kfrelease was built from (set in images)", "pipelines"
     ),
     Variable(
@@ -420,8 +428,9 @@ def child_env(settings: Settings) -> dict[str, str]:
 
     Started from inside a KFP component, the environment has ``_KFP_RUNTIME=true``, under which ``kfp.dsl``
     exports only the runtime API (kfp/dsl/__init__.py: ``if os.environ.get('_KFP_RUNTIME') != 'true'``) and
-    a pipeline could not even be defined; the child is an authoring process, not a step, so it is dropped."""
-    env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+    a pipeline could not even be defined; the child is an authoring process, not a step, so it is dropped, and
+    so is the step's ``KFRELEASE_REFUSE_PICKLE`` (each step of the child's pipelines carries its own)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("_KFP_RUNTIME", "KFRELEASE_REFUSE_PICKLE")}
     env.update(KFRELEASE_HOME=str(settings.home), KFRELEASE_PORT_OFFSET=str(settings.port_offset))
     return env
 

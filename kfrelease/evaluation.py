@@ -7,6 +7,9 @@ values are kept beside them under ``evidently`` for the record (Evidently 0.7, `
 
 from __future__ import annotations
 
+import html as markup
+import json
+import logging
 import os
 import tempfile
 import warnings
@@ -14,6 +17,8 @@ import warnings
 import pandas as pd
 
 from kfrelease.metrics import regression_metrics
+
+log = logging.getLogger(__name__)
 
 
 def _evidently_values(snapshot) -> dict:
@@ -39,9 +44,15 @@ def regression_report(frame: pd.DataFrame, target: str, prediction: str, feature
     definition = DataDefinition(
         numerical_columns=list(features), regression=[Regression(target=target, prediction=prediction)]
     )
-    with warnings.catch_warnings():  # Evidently scores single-row slices internally; R² is undefined there
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        snapshot = Report([RegressionPreset()]).run(Dataset.from_pandas(data, data_definition=definition), None)
+    try:
+        with warnings.catch_warnings():  # Evidently scores single-row slices internally; R² is undefined there
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            snapshot = Report([RegressionPreset()]).run(Dataset.from_pandas(data, data_definition=definition), None)
+    except Exception as exc:  # noqa: BLE001 - the report is a picture; the metrics above do not depend on it
+        log.warning("Evidently's regression report failed: %s", exc)
+        metrics["evidently"] = {"error": f"{type(exc).__name__}: {exc}"}
+        page = f"<html><body><p>Evidently's regression report could not be made: {markup.escape(str(exc))}</p>"
+        return metrics, page + f"<pre>{markup.escape(json.dumps(metrics, indent=2, default=str))}</pre></body></html>"
     metrics["evidently"] = _evidently_values(snapshot)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.html")

@@ -233,14 +233,16 @@ def result_lines(result: dict) -> list[str]:
 # naming a version --------------------------------------------------------------------------------------
 def resolve_version(store, model: str, ref: str):
     """The ``ModelVersion`` a person names: ``V1.2.0`` (registry), ``production``/``staging`` (its current
-    version in that stage) or ``experiment:V1.1.0`` (a version in the experiments space)."""
+    version in that stage), ``E1.1.0`` or ``experiment:E1.1.0`` (a version in the experiments space; entries
+    written before experiments had their own numbers are ``experiment:V1.1.0``)."""
     from kfrelease.registry import EXPERIMENTS, ModelRegistry
 
-    space, _, version = ref.rpartition(":")
+    space, _, version = ref.strip().rpartition(":")
     if space not in ("", "experiment", "experiments"):
-        raise KfreleaseError(f"{ref!r} names no version; use V1.2.0, production, staging or experiment:V1.1.0")
-    reg = ModelRegistry(store, EXPERIMENTS if space else "registry")
-    if not space and version in ("production", "staging"):
+        raise KfreleaseError(f"{ref!r} names no version; use V1.2.0, production, staging, E1.1.0 or experiment:E1.1.0")
+    experiment = bool(space) or version.startswith("E")
+    reg = ModelRegistry(store, EXPERIMENTS if experiment else "registry")
+    if not experiment and version in ("production", "staging"):
         mv = reg.current(model, version)
         if mv is None:
             raise KfreleaseError(f"model {model!r} has no {version} version; name one: V1.2.0")

@@ -45,8 +45,14 @@ class ModelServerError(StackError):
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
-    """What a model server needs to find its stack (recorded, so a restart by the watchdog finds it too)."""
-    return {"KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
+    """What a model server needs to find its stack (recorded, so a restart by the watchdog finds it too). A model
+    server is where a model's code runs (as the serving identity): started by a release step, which refuses
+    pickles itself, it must not inherit that refusal (``KFRELEASE_REFUSE_PICKLE``)."""
+    return {
+        "KFRELEASE_HOME": str(settings.home),
+        "KFRELEASE_PORT_OFFSET": str(settings.port_offset),
+        "KFRELEASE_REFUSE_PICKLE": "0",
+    }
 
 
 def manifest_path(settings: Settings, slot: ServerSlot) -> Path:

@@ -132,8 +132,8 @@ def test_the_data_scientist_registers_experiments_and_can_stage_nothing(stack):
     experiments = ModelRegistry(ds, EXPERIMENTS)
     passed = experiments.register(first).version
     rejected = experiments.register(worse).version
-    assert (passed.version, passed.stage, rejected.stage) == ("V1.1.0", None, "rejected")
-    assert ModelRegistry(store_for("pipeline", stack), EXPERIMENTS).get(model, "V1.1.0").entry["commit"] == "experiment"
+    assert (passed.version, passed.stage, rejected.stage) == ("E1.1.0", None, "rejected")
+    assert ModelRegistry(store_for("pipeline", stack), EXPERIMENTS).get(model, "E1.1.0").entry["commit"] == "experiment"
 
     released = ModelRegistry(ds)
     with pytest.raises(AccessDenied, match="data-scientist"):

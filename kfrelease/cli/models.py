@@ -74,17 +74,45 @@ def register(cli: click.Group) -> None:
     @click.argument("b")
     @json_option
     def diff(model: str, a: str, b: str, as_json: bool) -> None:
-        """Compare two versions of MODEL: definition (estimator, parameters, build code, features), data
-        version, lineage and held-out metrics. A and B: V1.2.0, production, staging or experiment:V1.1.0."""
+        """Compare two versions of MODEL: held-out metrics on the rows both held out (or a note that their rows
+        differ), definition (estimator, parameters, build code, features), data version and lineage. A and B:
+        V1.2.0, production, staging or experiment:E1.1.0."""
         from kfrelease.results import diff_versions, resolve_version
 
         store = store_for("data-scientist")
-        d = diff_versions(resolve_version(store, model, a), resolve_version(store, model, b))
+        va, vb = resolve_version(store, model, a), resolve_version(store, model, b)
+        d = diff_versions(va, vb)
+        rows = same_rows(store, va, vb)
         if as_json:
+<<<<<<< HEAD
             print_json(d.as_dict())
+=======
+            click.echo(json.dumps({**d.as_dict(), "same_rows": rows}, indent=2, default=str))
+>>>>>>> evidence
             return
+
+        def say(line: str) -> None:
+            console.print(line, markup=False, soft_wrap=True)
+
+        if rows["n"]:
+            say(
+                f"{d.a} -> {d.b}: on the same {rows['n']} held-out rows (held out by both, labels of "
+                f"{rows['dataset_version']})"
+            )
+            table(
+                "on the same rows",
+                ["metric", d.a, d.b, "change"],
+                [
+                    (m, _fmt(x, 4), _fmt(y, 4), _fmt(y - x if None not in (x, y) else None, 4))
+                    for m, x, y in rows["metrics"]
+                ],
+            )
+            say(f"paired test of {d.b} against {d.a} on these rows: {rows['test']}")
+        else:
+            say(f"not compared on the same rows: {rows['why']}")
+        say(f"metrics as registered, each on its own held-out rows ({rows['rows_a']} and {rows['rows_b']})")
         table(
-            f"{d.a} -> {d.b}: metrics",
+            "as registered",
             ["metric", d.a, d.b, "change"],
             [(m, _fmt(va, 4), _fmt(vb, 4), "" if delta is None else f"{delta:+.4f}") for m, va, vb, delta in d.metrics],
         )
@@ -151,6 +179,7 @@ def register(cli: click.Group) -> None:
         )
 
 
+<<<<<<< HEAD
 def _version_record(v) -> dict:
     """A version as ``models list --json`` prints it."""
     return {
@@ -172,6 +201,54 @@ def _test_columns(evidence: dict) -> tuple[str, str, str]:
 
     test = paired_test(evidence)
     if test is None:
+=======
+def same_rows(store, a, b) -> dict:
+    """``models diff`` on the same rows: both versions' kept held-out predictions on the rows both held out,
+    with the labels of ``b``'s data: each one's metrics and the paired test (the default rollout spec's shadow
+    rule) of ``b`` against ``a``; ``n`` 0 and ``why`` when there are none."""
+    from kfrelease.metrics import METRIC_NAMES, regression_metrics
+    from kfrelease.registry import EXPERIMENTS
+    from kfrelease.release.decision import decide
+    from kfrelease.rollout.spec import load_rollout_spec
+    from kfrelease.training.evidence import common_rows
+
+    def reg(mv):
+        return ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
+
+    def held(mv):
+        return (mv.entry.get("held_out") or {}).get("rows") or (mv.metrics or {}).get("n")
+
+    rows = common_rows(store, reg(a), a, reg(b), b)
+    out = {"n": len(rows), "why": rows.why, "rows_a": held(a), "rows_b": held(b)}
+    if not len(rows):
+        return out
+    ma, mb = regression_metrics(rows.truth, rows.a), regression_metrics(rows.truth, rows.b)
+    rule = load_rollout_spec().shadow.rule()
+    test = decide(rows.truth, rows.b, rows.a, rule, (a.metrics or {}).get("rmse"), at_limit=True)
+    return {
+        **out,
+        "dataset_version": rows.dataset_version,
+        "metrics": [(m, ma[m], mb[m]) for m in METRIC_NAMES],
+        "test": test.describe(),
+        "decision": test.as_dict(),
+    }
+
+
+def _decision_columns(evidence: dict) -> tuple[str, str, str]:
+    """(decision, interval, n) of a shadow, canary or plan event: the paired test's loss ratio with its
+    confidence sequence and sample count; blank for events without one."""
+    test = evidence.get("test")
+    if test is None:  # a canary step: its accuracy check
+        test = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
+        if test is not None:
+            test = {
+                "decision": test["status"],
+                "ratio": test["value"],
+                "ratio_interval": test["interval"],
+                "n": test["n"],
+            }
+    if not test or test.get("ratio_interval") is None:
+>>>>>>> evidence
         if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:
             return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])
         return "", "", ""

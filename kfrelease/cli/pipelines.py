@@ -108,6 +108,8 @@ def register(cli: click.Group) -> None:
             reason=reason or ("automatic retrain" if auto else "merge to main"),
         )
         what = "started" if record.created else "started again" if record.retried else "exists already"
+        if record.created and record.state.get("trained") is False:
+            what = "finished without training"  # the same definition on the same data is registered already
         where = record.state.get("kfp_run_id") or record.state.get("log") or ""
         why = record.state.get("retried_because") if record.retried else record.state.get("error")
         if not why and record.state.get("outcome") not in (None, "staged"):

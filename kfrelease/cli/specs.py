@@ -34,15 +34,17 @@ def register(cli: click.Group) -> None:
         type=click.Choice(list(SCHEMAS)),
         help="The spec's kind (default: model for model.yaml, rollout for rollout.yaml, else dataset).",
     )
-    def check(file: str, kind: str | None) -> None:
-        """Check a spec file as the pipelines will (a model.yaml also builds its estimator); one line either way."""
+    @click.option(
+        "--offline",
+        is_flag=True,
+        help="model.yaml: check the spec and build its estimator only, not against its dataset's latest schema.",
+    )
+    def check(file: str, kind: str | None, offline: bool) -> None:
+        """Check a spec file as the pipelines will, in one line either way. A model.yaml also builds its
+        estimator and is checked against the latest curated version of its dataset (features, dtypes, target)."""
         kind = kind or {"model.yaml": "model", "rollout.yaml": "rollout"}.get(Path(file).name, "dataset")
         if kind == "model":
-            from kfrelease.training.spec import load_project
-
-            model = load_project(file)
-            estimator = model.build_estimator()
-            what = f"model {model.name!r} V{model.tag}, {type(estimator).__name__} on {len(model.features)} features"
+            what = _check_model(file, offline)
         elif kind == "rollout":
             from kfrelease.rollout.spec import load_rollout_spec
 
@@ -60,6 +62,31 @@ def register(cli: click.Group) -> None:
     data = cli.commands.get("data")
     if isinstance(data, click.Group):
         data.add_command(init)
+
+
+def _check_model(file: str, offline: bool) -> str:
+    """What ``spec check`` says of a valid model.yaml; a ``KfreleaseError`` (one line) when it is not."""
+    from kfrelease.errors import KfreleaseError, StoreUnavailable
+    from kfrelease.training.spec import load_project
+
+    model = load_project(file)
+    estimator = model.build_estimator()
+    what = f"model {model.name!r} V{model.tag}, {type(estimator).__name__} on {len(model.features)} features"
+    if offline:
+        return f"{what} (dataset not checked: --offline)"
+    from kfrelease.data.publish import get_version
+    from kfrelease.storage import store_for
+    from kfrelease.training.core import check_schema
+
+    try:
+        dv = get_version(store_for("data-scientist"), model.dataset)
+    except (StoreUnavailable, ConfigError) as exc:
+        raise KfreleaseError(
+            f"{file}: the spec is valid, but dataset {model.dataset!r} could not be read to check it against: {exc}; "
+            "or check the spec alone with --offline"
+        ) from None
+    check_schema(model, dv.manifest, dv.version)
+    return f"{what}, against dataset {model.dataset!r} version {dv.version} (features, dtypes, target)"
 
 
 @click.command()

@@ -181,14 +181,32 @@ def _source(source) -> Any:
 
 
 def _sklearn_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None) -> None:
-    import joblib
+    """Written with ``cloudpickle`` (a pickle ``joblib.load`` reads): classes a model project defines in its
+    ``build:`` code are not importable anywhere else, so they travel with the model by value."""
+    import cloudpickle
 
-    joblib.dump(estimator, path)
+    with open(path, "wb") as fh:
+        cloudpickle.dump(estimator, fh, protocol=5)
+
+
+class PickleRefused(ConfigError):
+    """A process that must run no model code (``KFRELEASE_REFUSE_PICKLE``) was asked to unpickle a model."""
+
+
+def refuse_pickle_here() -> None:
+    """Raise ``PickleRefused`` in a process that runs no model code: a trusted pipeline step or a release step
+    (``KFRELEASE_REFUSE_PICKLE``, set on those tasks by the pipelines): a pickle runs code when it is read."""
+    if setting("KFRELEASE_REFUSE_PICKLE"):
+        raise PickleRefused(
+            "this step runs no model code (KFRELEASE_REFUSE_PICKLE): a pickled model is read only by the "
+            "untrusted steps (train, score-champion) and the model servers"
+        )
 
 
 def _joblib_load(source) -> Any:
     import joblib
 
+    refuse_pickle_here()
     model = joblib.load(_source(source))
     if not hasattr(model, "predict"):
         raise ConfigError(f"it holds a {type(model).__name__}, which has no predict()")
@@ -716,6 +734,8 @@ def load_model_dir(path: str | Path, expected_name: str | None = None, flavour: 
     columns = input_columns(entry["input_schema"], f"{entry_path}: input_schema")
     try:
         model = chosen.runner(chosen.load(model_path), columns)
+    except PickleRefused:
+        raise
     except Exception as exc:  # noqa: BLE001 - any loading failure is a bad model file
         raise ConfigError(
             f"{model_path} could not be loaded as a {chosen.name} model: {type(exc).__name__}: {exc}"

@@ -42,7 +42,7 @@ from kfrelease.registry.artifact import (
     flavour_named,
     flavour_of,
 )
-from kfrelease.registry.versions import Claim, VersionNumber, find_same, next_version
+from kfrelease.registry.versions import EXPERIMENT, RELEASE, Claim, VersionNumber, find_same, next_version
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class TrainedModel:
     model_bytes: bytes = field(repr=False)
     extra: dict = field(default_factory=dict)
     flavour: str = DEFAULT_FLAVOUR
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)  # more files beside the model (no code)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class ModelRegistry:
             raise KfreleaseError(f"unknown registry space {space!r}; spaces are {REGISTRY}, {EXPERIMENTS}")
         self.store = store
         self.space = space
+        self.letter = EXPERIMENT if space == EXPERIMENTS else RELEASE  # E1.2.0 experiments, V1.2.0 releases
         self.bucket = BUCKET
         self._claims_cache: dict[str, Claim] = {}
 
@@ -151,7 +153,11 @@ class ModelRegistry:
         return sorted(o.key.rstrip("/").split("/")[-1] for o in top)
 
     def get(self, model: str, version: str) -> ModelVersion:
-        VersionNumber.parse(version)
+        if VersionNumber.parse(version).letter == EXPERIMENT and self.space == REGISTRY:
+            raise NotFound(
+                f"{model} {version} is an experiment (E numbers), not a release; look it up as experiment:{version}; "
+                "experiments are never staged or released"
+            )
         key = self._vkey(model, version, ENTRY)
         info = self.store.stat(BUCKET, key)
         if info is None:
@@ -234,11 +240,27 @@ class ModelRegistry:
         (dest / ENTRY_FILE).write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
         return dest
 
+    def read_file(self, model: str, version: str, file: str) -> bytes:
+        """A file kept beside a version's model (e.g. its held-out predictions); ``NotFound`` when it has none."""
+        key = self.artifact_prefix(model, version) + file
+        if self.store.stat(BUCKET, key) is None:
+            raise NotFound(f"{model} {version} has no {file} (registered before it was kept)")
+        return self.store.get_bytes(BUCKET, key)
+
     def load_model(self, model: str, version: str):
-        """The fitted estimator of a version, read as its flavour says (``kfrelease.registry.artifact``)."""
-        flavour = flavour_of(self.get(model, version).entry)
+        """The fitted estimator of a version (its ``sklearn`` file, whichever flavour serves it; a pickle: for a
+        data scientist's notebook, never in a pipeline step that runs no model code)."""
+        flavour = flavour_named("sklearn")
         data = self.store.get_bytes(BUCKET, self.artifact_prefix(model, version) + flavour.file)
         return flavour.load(io.BytesIO(data))
+
+    def existing(self, model: str, tag: int, fingerprint: str, dataset_version: str) -> ModelVersion | None:
+        """The version registered for this tag, definition and dataset version (what ``register`` would return
+        without registering anything), or None; a number claimed by a run still writing it is not one yet."""
+        same = find_same(self._claims(model), tag, fingerprint, dataset_version)
+        if same is None or self.store.stat(BUCKET, self._vkey(model, str(same.version), "entry.json")) is None:
+            return None
+        return self.get(model, str(same.version))
 
     # registering -----------------------------------------------------------------------------------------
     def _claims(self, model: str) -> list[Claim]:
@@ -304,7 +326,7 @@ class ModelRegistry:
                             f"claim {same.version} of {name} has no entry after "
                             f"{same_claim_wait:.0f} s; treating it as dead"
                         )
-                    number = next_version(claims, model.tag, model.spec_fingerprint)
+                    number = next_version(claims, model.tag, model.spec_fingerprint, self.letter)
                     claim = {
                         "version": str(number),
                         "spec_fingerprint": model.spec_fingerprint,
@@ -354,6 +376,8 @@ class ModelRegistry:
         }
         crash_point("register.after_claim")
         self.store.put_bytes(BUCKET, prefix + flavour_named(flavour).file, model.model_bytes)
+        for file, data in model.files.items():
+            self.store.put_bytes(BUCKET, prefix + file, data)
         self.store.put_json(BUCKET, prefix + ENTRY_FILE, entry)
         crash_point("register.after_artifact")
         self.store.put_json(BUCKET, self._vkey(name, version, ENTRY), entry, if_none_match=True)

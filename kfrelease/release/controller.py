@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
@@ -137,6 +139,50 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
     return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate)
 
 
+#: instances per request when the canary's logged inputs are replayed to production's model server
+REPLAY_BATCH = 1000
+
+
+def production_predictor_url(settings: Settings, spec: RolloutSpec) -> str:
+    """Production's model server, asked directly (not through the gateway, whose canary split would send some
+    requests to the candidate): the embedded stack's production server, or on a cluster the production
+    InferenceService's predictor Service (``<isvc>-predictor``, kserve/kserve ``pkg/constants/constants.go``
+    ``PredictorServiceName``, via ``kfrelease.k8s.render.inference.predictor_service``)."""
+    if on_cluster():
+        from kfrelease.k8s.render.inference import predictor_service, production_name
+
+        return f"http://{predictor_service(production_name(spec), None)}.{spec.serving.namespace}.svc.cluster.local"
+    from kfrelease.serving.services import predictor_port
+
+    return f"http://127.0.0.1:{predictor_port(settings, 'production')}"
+
+
+class ModelServerScorer:
+    """Asks a model server for its answers (KServe v1 ``:predict``, instances in the input schema's order)."""
+
+    def __init__(self, url: str, model: str, timeout: float = 30.0):
+        self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
+
+    def __call__(self, version: str, instances: list, request_id: str) -> list:
+        import httpx
+
+        try:
+            r = httpx.post(
+                f"{self.url}/v1/models/{self.model}:predict",
+                json={"instances": instances},
+                headers={"x-request-id": request_id},
+                timeout=self.timeout,
+            )
+            r.raise_for_status()
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise MetricSourceError(f"production's model server at {self.url} did not answer ({exc})") from None
+        served = r.headers.get("x-model-version") or body.get("model_version")
+        if served and served != version:
+            raise MetricSourceError(f"production's model server answers as {served}, not {version}")
+        return body["predictions"]
+
+
 def resume_step(current: TrafficState | None, candidate: str, steps: list[int]) -> int:
     """The canary step to start at: where the traffic already is when this release's step is re-run (its pod
     was evicted; the cluster driver reads the state back from the cluster), else the first."""
@@ -154,6 +200,7 @@ class ReleaseController:
         *,
         store=None,
         signals: Callable[[str], object] | None = None,
+        production_scorer: Callable[[str, list, str], list] | None = None,
         preflight_url: str | None = None,
         who: str = WHO,
         poll_seconds: float = 1.0,
@@ -168,6 +215,9 @@ class ReleaseController:
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)
         self.signals = signals or (lambda version: signals_for(settings, spec, version))
+        self.production_scorer = production_scorer or ModelServerScorer(
+            production_predictor_url(settings, spec), spec.model
+        )
         self.preflight_url = preflight_url
         self.poll_seconds = poll_seconds
         self.on_decision = on_decision
@@ -336,16 +386,23 @@ class ReleaseController:
         )
 
     # --- canary -----------------------------------------------------------------------------------
-    def _champion(self, production: str):
-        """The production model itself (from the registry, once): it scores the canary's logged inputs."""
-        if getattr(self, "_champion_cache", (None,))[0] != production:
-            mv = self.registry.get(self.spec.model, production)
-            self._champion_cache = (
-                production,
-                self.registry.load_model(self.spec.model, production),
-                mv.features,
-            )
-        return self._champion_cache[1], self._champion_cache[2]
+    def production_answers(self, production: str, frame) -> np.ndarray:
+        """Production's answers to the canary's logged inputs (``frame``: one row per labelled canary request),
+        asked of production's own model server, where production's model code runs as the serving identity:
+        the release driver never loads a model file (no pickle runs here). Answers are kept per (request,
+        instance), so each logged input is sent once. The requests carry ids of their own (``replay-<id>``):
+        production logs them as its predictions without labels, never as the canary's request."""
+        features = self.registry.get(self.spec.model, production).features
+        cache = self.__dict__.setdefault("_production_answers", {}).setdefault(production, {})
+        keys = list(zip(frame["request_id"].astype(str), frame["instance"].astype(int)))
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        for start in range(0, len(todo), REPLAY_BATCH):
+            rows = todo[start : start + REPLAY_BATCH]
+            instances = frame.iloc[rows][features].astype("float64").to_numpy().tolist()
+            rid = f"replay-{keys[rows[0]][0]}-{len(cache)}"
+            for i, answer in zip(rows, self.production_scorer(production, instances, rid), strict=True):
+                cache[keys[i]] = float(answer)
+        return np.asarray([cache[k] for k in keys], dtype="float64")
 
     def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
         """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
@@ -353,7 +410,6 @@ class ReleaseController:
         them: a paired comparison as in the shadow gate; two disjoint request samples would differ by
         chance far more than the models do). The pairs come only from the canary's share of traffic, so
         they accumulate over the steps (the test is anytime-valid) at about share x labelled rate."""
-        import numpy as np
         import pandas as pd
 
         from kfrelease import lake
@@ -366,11 +422,11 @@ class ReleaseController:
         cand = labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(
             ["request_id", "instance"]
         )
-        model, features = self._champion(production)
+        features = self.registry.get(self.spec.model, production).features
         missing = [f for f in features if f not in cand.columns]
         if cand.empty or missing:
             return pd.DataFrame(columns=["request_id", "instance", "truth", "candidate", "production"])
-        champion = np.asarray(model.predict(cand[features].astype("float64")), dtype="float64").ravel()
+        champion = self.production_answers(production, cand)
         pairs = pd.DataFrame(
             {
                 "request_id": cand["request_id"].to_numpy(),

@@ -110,19 +110,16 @@ def estimate_plan(
 
 
 def holdout_pairs(registry, store, model: str, version: str, production: str):
-    """(truth, candidate, production) on the candidate's held-out split, rebuilt from its registry entry."""
-    from kfrelease.data.publish import load_dataset
-    from kfrelease.training.core import predict, split
-    from kfrelease.training.spec import parse_spec
+    """(truth, candidate, production) on the rows both versions held out (neither trained on), from the
+    predictions each kept at registration (``kfrelease.training.evidence.common_rows``): no model is loaded."""
+    from kfrelease.errors import KfreleaseError
+    from kfrelease.training.evidence import common_rows
 
-    mv = registry.get(model, version)
-    spec = parse_spec(mv.entry["spec"]["text"])
-    df, _ = load_dataset(store, spec.dataset, mv.dataset_version)
-    _, test = split(spec, df)
-    cand = predict(registry.load_model(model, version), test, mv.features)
-    prod_mv = registry.get(model, production)
-    prod = predict(registry.load_model(model, production), test, prod_mv.features)
-    return test[spec.target].to_numpy(dtype="float64"), cand, prod
+    cand, prod = registry.get(model, version), registry.get(model, production)
+    rows = common_rows(store, registry, prod, registry, cand)
+    if not len(rows):
+        raise KfreleaseError(f"{model} {version} and {production} share no held-out rows to plan on: {rows.why}")
+    return rows.truth, rows.b, rows.a
 
 
 def labelled_per_hour(store, model: str, now: dt.datetime | None = None) -> float:

@@ -1,4 +1,4 @@
-"""Train a model spec on a curated dataset version: checks before any fit, a seeded split, the fit."""
+"""Train a model spec on a curated dataset version: checks before any fit, the stable-hash split, the fit."""
 
 from __future__ import annotations
 
@@ -23,6 +23,38 @@ class TrainResult:
     fit_seconds: float
 
 
+def _numeric(dtype: str) -> bool:
+    try:
+        return pd.api.types.is_numeric_dtype(pd.api.types.pandas_dtype(dtype))
+    except TypeError:
+        return False
+
+
+def check_schema(spec: ModelSpec, manifest: dict, version: str) -> None:
+    """Refuse a spec that the curated version's schema cannot train: a feature or the target it lacks, or one
+    that is not numeric (``DataValidationError`` naming them, the columns it has and what to change). What
+    ``spec check``, the trigger and the split step check before any training."""
+    columns = {c["name"]: str(c.get("dtype", "")) for c in manifest["columns"]}
+    where = f"dataset {spec.dataset!r} version {version}"
+    missing = [c for c in (*spec.features, spec.target) if c not in columns]
+    if missing:
+        kind = "target" if missing == [spec.target] else "feature(s)"
+        raise DataValidationError(
+            f"model spec {spec.name!r}: {kind} {missing} not in {where}; its columns are {list(columns)}; "
+            "fix features/target in model.yaml",
+            [{"column": c, "problem": "missing"} for c in missing],
+        )
+    text = {c: columns[c] for c in (*spec.features, spec.target) if not _numeric(columns[c])}
+    if text:
+        listed = ", ".join(f"{c} ({t})" for c, t in text.items())
+        raise DataValidationError(
+            f"model spec {spec.name!r}: column(s) {listed} of {where} are not numeric, and the model's inputs "
+            "and target must be; drop them from features in model.yaml or have the dataset's feature step "
+            "encode them as numbers",
+            [{"column": c, "problem": f"dtype {t}"} for c, t in text.items()],
+        )
+
+
 def check_data(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> None:
     """Every feature and the target exist and are numeric and finite; enough rows to split."""
     where = f"dataset {spec.dataset!r}" + (f" version {dataset_version}" if dataset_version else "")
@@ -43,21 +75,21 @@ def check_data(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> 
         raise DataValidationError(f"model spec {spec.name!r}: {where} has {len(df)} rows; at least 10 are needed")
 
 
-def split(spec: ModelSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The seeded train/test split (same data + same spec -> same split)."""
-    from sklearn.model_selection import train_test_split
+def split(spec: ModelSpec, df: pd.DataFrame, id_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, held-out rows): features and target as float64 (and the id column, when given), split by
+    the stable hash of the id column or of the row (``kfrelease.training.holdout``)."""
+    from kfrelease.training.holdout import rule_for
 
     cols = [*spec.features, spec.target]
     frame = df[cols].astype("float64")
-    train, test = train_test_split(frame, test_size=spec.split.test_size, random_state=spec.split.seed, shuffle=True)
-    return train.reset_index(drop=True), test.reset_index(drop=True)
+    if id_column:
+        frame.insert(0, id_column, df[id_column].to_numpy())
+    return rule_for(spec, id_column).split(frame)
 
 
-def train(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> TrainResult:
-    """Check the spec against the data, split with the spec's seed, fit. Nothing is fitted on bad input."""
+def fit(spec: ModelSpec, train_df: pd.DataFrame):
+    """A fresh estimator of the spec fitted on ``train_df`` (the spec's seed where it takes one); (model, seconds)."""
     estimator = spec.build_estimator()  # ConfigError for unknown estimator / invalid hyper-parameters
-    check_data(spec, df, dataset_version)
-    train_df, test_df = split(spec, df)
     if hasattr(estimator, "random_state") and getattr(estimator, "random_state", None) is None:
         try:
             estimator.set_params(random_state=spec.split.seed)
@@ -67,7 +99,17 @@ def train(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> Train
     estimator.fit(train_df[list(spec.features)], train_df[spec.target])
     seconds = time.perf_counter() - start
     log.info("fitted %s on %d rows in %.3f s", type(estimator).__name__, len(train_df), seconds)
-    return TrainResult(estimator, train_df, test_df, seconds)
+    return estimator, seconds
+
+
+def train(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "", id_column: str | None = None) -> TrainResult:
+    """Check the spec against the data, split, fit: in one process (experiments, tests; the pipeline splits in
+    a trusted step and fits in the untrusted one). Nothing is fitted on bad input."""
+    spec.build_estimator()
+    check_data(spec, df, dataset_version)
+    train_df, test_df = split(spec, df, id_column)
+    model, seconds = fit(spec, train_df)
+    return TrainResult(model, train_df, test_df, seconds)
 
 
 def predict(model, frame: pd.DataFrame, features) -> np.ndarray:

@@ -1,6 +1,7 @@
 """What each pipeline step may use and how a failed step is retried, on the cluster and locally.
 
-The steps that run merged model code (``train``, ``evaluate``) get the resources the model spec asks for::
+The steps whose size grows with the data (``MODEL_STEPS``: ``split`` and ``evaluate`` read the curated version,
+``train`` and ``score-champion`` run model code on it) get the resources the model spec asks for::
 
     resources: {cpu: "2", memory: 8Gi, cpu_limit: "4", memory_limit: 8Gi, node_selector: {pool: training}}
 
@@ -30,8 +31,8 @@ from pydantic import Field, field_validator, model_validator
 from kfrelease.errors import ConfigError
 from kfrelease.specs import Number, SpecDocument
 
-#: Steps whose code is the merged model code.
-MODEL_STEPS = ("train", "evaluate")
+#: Steps that get the model spec's resources (their memory grows with the data).
+MODEL_STEPS = ("split", "train", "score-champion", "evaluate")
 RETRIES = 2
 BACKOFF = {"backoff_duration": "5s", "backoff_factor": 2.0, "backoff_max_duration": "120s"}
 _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
@@ -141,10 +142,23 @@ def step_backoff() -> dict:
     return BACKOFF if seconds is None else {**BACKOFF, "backoff_duration": f"{seconds}s"}
 
 
+def refuse_pickle(task):
+    """Make a task refuse to unpickle a model (``KFRELEASE_REFUSE_PICKLE``): every task that is not untrusted
+    (trusted training steps, release steps) runs no code from a model file; ``kfrelease.registry.artifact``
+    raises if one tries. The compiled IR carries it, so a test can see it on every such task."""
+    return task.set_env_variable("KFRELEASE_REFUSE_PICKLE", "1")
+
+
 def apply_step_policy(task, step: str, model: dict | None = None, caching: bool = False):
-    """Resources, retries and caching of one pipeline task. ``model`` holds the pipeline's ``model_*``
-    parameters (channels) for the model steps; other steps get ``STEP_DEFAULT``."""
+    """Resources, retries and caching of one pipeline task; no pickle loads unless it is an untrusted step
+    (``kfrelease.training.steps.UNTRUSTED_STEPS``). ``model`` holds the pipeline's ``model_*`` parameters
+    (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``."""
     from kfp import kubernetes
+
+    from kfrelease.training.steps import UNTRUSTED_STEPS
+
+    if step not in UNTRUSTED_STEPS:
+        refuse_pickle(task)
 
     if model is not None:
         task.set_cpu_request(model["cpu"]).set_memory_request(model["memory"])

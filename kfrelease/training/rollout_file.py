@@ -46,3 +46,16 @@ def rollout_of_run(store, run_id: str) -> str | None:
     if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         return None
     return run_records.get_run(store, run_id).record.get("rollout_yaml") or None
+
+
+def rollout_spec_of_run(store, run_id: str, model: str):
+    """The rollout spec a training run's version will be released with (``RolloutSpec``): the one recorded with
+    the run, else ``KFRELEASE_ROLLOUT_SPEC`` (a file), else the packaged default, as the hand-over resolves it.
+    Offline validation takes its paired test's rule (margin, error rate, slices) from its ``shadow`` section."""
+    from kfrelease.config import setting
+    from kfrelease.rollout.spec import bind_model, load_rollout_spec, parse_rollout_spec
+
+    text = rollout_of_run(store, run_id)
+    if text:
+        return bind_model(parse_rollout_spec(text, f"the rollout spec of run {run_id}"), model)
+    return load_rollout_spec(setting("KFRELEASE_ROLLOUT_SPEC") or None, model)

@@ -267,14 +267,9 @@ class ModelSpec(SpecDocument):
             est = self._from_build()
         else:
             est = self._from_class()
-        if not (hasattr(est, "fit") and hasattr(est, "predict")):
-            raise ConfigError(f"model spec {self.name!r}: {type(est).__name__} has no fit/predict; use a regressor")
-        validate = getattr(est, "_validate_params", None)  # scikit-learn >= 1.2 parameter constraints
-        if callable(validate):
-            try:
-                validate()
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"model spec {self.name!r}: invalid hyper-parameter: {exc}") from None
+        from kfrelease.training.estimator import check_estimator
+
+        check_estimator(est, f"model spec {self.name!r}")  # public API only: a project's own class passes too
         return est
 
     def _from_class(self):

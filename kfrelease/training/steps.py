@@ -20,7 +20,20 @@ log = logging.getLogger(__name__)
 
 ROLE = "pipeline"
 PREDICTION = "prediction"
-STEP_NAMES = ("train", "evaluate", "validate", "register", "containerize", "deploy-staging")
+STEP_NAMES = (
+    "split",
+    "train",
+    "score-champion",
+    "evaluate",
+    "validate",
+    "register",
+    "containerize",
+    "deploy-staging",
+)
+#: the steps that run model code produced by a merge (the candidate's, or production's): the untrusted identity
+UNTRUSTED_STEPS = ("train", "score-champion")
+#: a version's held-out predictions beside its model file (``kfrelease.training.evidence.keyed_predictions``)
+HOLDOUT_FILE = "holdout.parquet"
 
 
 def step_role() -> str:
@@ -39,87 +52,177 @@ def step_store(settings: Settings | None = None):
     return store_for(step_role(), settings)
 
 
-def check_columns(spec: ModelSpec, dv) -> None:
-    """Refuse a spec whose features or target the curated version does not have (``DataValidationError``
-    naming them and the columns it has): found before training, so the trigger writes no run for it."""
-    from kfrelease.errors import DataValidationError
+def _champion_entry(store, spec: ModelSpec, manifest: dict) -> tuple[dict | None, str]:
+    """Production's registry entry when it can be compared on this data (its inputs are numeric columns of it
+    and it predicts the same target), else None; and why not."""
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training.core import _numeric
 
-    known = [c["name"] for c in dv.manifest["columns"]]
-    missing = [c for c in (*spec.features, spec.target) if c not in known]
+    mv = ModelRegistry(store).current(spec.name, "production")
+    if mv is None:
+        return None, "no production model yet: nothing to compare"
+    dtypes = {c["name"]: str(c.get("dtype", "")) for c in manifest["columns"]}
+    missing = [f for f in mv.features if f not in dtypes or not _numeric(dtypes[f])]
     if missing:
-        kind = "target" if missing == [spec.target] else "feature(s)"
-        raise DataValidationError(
-            f"model spec {spec.name!r}: {kind} {missing} not in dataset {spec.dataset!r} version {dv.version}; "
-            f"its columns are {known}; fix features/target in model.yaml",
-            [{"column": c, "problem": "missing"} for c in missing],
-        )
+        return None, f"production {mv.version} needs inputs {missing} this data lacks: not comparable"
+    if mv.target != spec.target:
+        return None, f"production {mv.version} predicts {mv.target!r}, not {spec.target!r}: not comparable"
+    return mv.entry, ""
 
 
-def train_step(
+def split_step(
     spec: ModelSpec,
     dataset_version: str,
-    model_path: str,
     train_path: str,
-    test_path: str,
+    holdout_path: str,
+    champion_dir: str,
     settings: Settings | None = None,
 ) -> dict:
-    """Load the curated version (``latest`` resolves now), check, split, fit; write model + split."""
-    from kfrelease.data.publish import get_version, load_dataset
+    """Trusted: resolve the curated version (``latest`` resolves now), check the spec against it, split it by the
+    stable hash and hand the untrusted steps what they may see: the training rows (``train_path``), the held-out
+    rows' features without the target (``holdout_path``), and production's model file, copied unread
+    (``champion_dir``, empty when there is no comparable production model). Runs no model code."""
+    from kfrelease.data.publish import get_version
     from kfrelease.faults import crash_point
-    from kfrelease.training.core import train
-    from kfrelease.training.memory import check_fits
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training.evidence import read_split
 
-    spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
     store = step_store(settings)
     dv = get_version(store, spec.dataset, dataset_version or "latest")
-    columns = [*spec.features, spec.target]
-    check_columns(spec, dv)
-    check_fits(spec, dv, columns)  # too large for this step: fail now, with the size and the limit
-    known = {c["name"] for c in dv.manifest["columns"]}
-    df, dv = load_dataset(store, spec.dataset, dv.version, columns=[c for c in columns if c in known])
-    crash_point("train.loaded")
-    result = train(spec, df, dv.version)
-    flavour_named(DEFAULT_FLAVOUR).dump(result.model, model_path)
-    result.train.to_parquet(train_path, index=False)
-    result.test.to_parquet(test_path, index=False)
+    champion, why = _champion_entry(store, spec, dv.manifest)
+    champion_features = [c["name"] for c in champion["input_schema"]] if champion else []
+    split = read_split(store, spec, dv.version, champion_features)
+    crash_point("split.loaded")
+    split.train[[*spec.features, spec.target]].to_parquet(train_path, index=False)
+    split.features_of_held_out(dict.fromkeys([*spec.features, *champion_features])).to_parquet(
+        holdout_path, index=False
+    )
+    Path(champion_dir).mkdir(parents=True, exist_ok=True)
+    if champion:
+        ModelRegistry(store).download(spec.name, champion["version"], champion_dir)  # bytes only: never loaded here
+    log.info(
+        "split %s: %s; champion: %s", split.dataset_version, split.rule.describe(), champion and champion["version"]
+    )
     return {
-        "dataset_version": dv.version,
-        "spec_fingerprint": spec.fingerprint,
-        "train_rows": len(result.train),
-        "test_rows": len(result.test),
-        "fit_seconds": result.fit_seconds,
+        "dataset_version": split.dataset_version,
+        "champion": champion["version"] if champion else "",
+        "champion_note": "" if champion else why,
+        "split": split.rule.as_dict(),
+        "train_rows": len(split.train),
+        "holdout_rows": len(split.held_out),
     }
 
 
-def evaluate_step(spec: ModelSpec, model_path: str, test_path: str, html_path: str | None = None) -> dict:
-    """Evidently regression report on the held-out split; returns metrics, writes the HTML report."""
+def train_step(spec: ModelSpec, train_path: str, holdout_path: str, model_path: str, predictions_path: str) -> dict:
+    """Untrusted (runs the merged model code): fit on the training rows, write the model, then predict the
+    held-out rows' features with the model *as written* (read back the way serving reads it), label-blind."""
     import pandas as pd
 
-    from kfrelease.evaluation import regression_report
-    from kfrelease.training.core import predict
+    from kfrelease.faults import crash_point
+    from kfrelease.training.core import fit, predict
+    from kfrelease.training.evidence import write_predictions
 
-    model = flavour_named(DEFAULT_FLAVOUR).load(model_path)
-    test = pd.read_parquet(test_path)
-    test[PREDICTION] = predict(model, test, spec.features)
-    metrics, html = regression_report(test, spec.target, PREDICTION, list(spec.features))
-    if html_path:
-        Path(html_path).write_text(html, encoding="utf-8")
-    return metrics
+    spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
+    train = pd.read_parquet(train_path)
+    crash_point("train.loaded")
+    model, seconds = fit(spec, train)
+    flavour = flavour_named(DEFAULT_FLAVOUR)
+    flavour.dump(model, model_path)
+    holdout = pd.read_parquet(holdout_path)
+    write_predictions(predictions_path, predict(flavour.load(model_path), holdout, spec.features))
+    return {"train_rows": len(train), "holdout_rows": len(holdout), "fit_seconds": seconds}
 
 
-def validate_step(
-    spec: ModelSpec, metrics: dict, train_path: str, test_path: str, settings: Settings | None = None
+def score_step(champion_dir: str, holdout_path: str, predictions_path: str) -> dict:
+    """Untrusted (runs production's model code, in a step of its own): production's predictions on the held-out
+    rows' features; nothing when there is no comparable production model."""
+    import pandas as pd
+
+    from kfrelease.registry.artifact import ENTRY_FILE, load_model_dir
+    from kfrelease.training.evidence import write_predictions
+
+    if not (Path(champion_dir) / ENTRY_FILE).is_file():
+        write_predictions(predictions_path, [])
+        return {"version": "", "rows": 0}
+    loaded = load_model_dir(champion_dir)
+    holdout = pd.read_parquet(holdout_path)
+    write_predictions(predictions_path, loaded.predict_frame(holdout[list(loaded.features)].to_numpy("float64")))
+    return {"version": loaded.version, "rows": len(holdout)}
+
+
+def evaluate_step(
+    spec: ModelSpec,
+    dataset_version: str,
+    champion: str,
+    predictions_path: str,
+    champion_predictions_path: str,
+    run_id: str = "",
+    html_path: str | None = None,
+    keyed_path: str | None = None,
+    settings: Settings | None = None,
+    champion_note: str = "",
 ) -> dict:
-    """The verdict: thresholds, champion on the same test rows, drift against the champion's data."""
-    import pandas as pd
-
+    """Trusted: the evidence. Re-read the curated version and its split (the held-out labels are read here and
+    nowhere else), join the untrusted steps' predictions by row, compute the candidate's metrics and
+    Evidently's report on every held-out row, and compare production with the candidate on the rows neither
+    trained on with the release gates' paired test. Loads no model."""
+    from kfrelease.evaluation import regression_report
     from kfrelease.registry import ModelRegistry
-    from kfrelease.training.validate import load_champion, validate
+    from kfrelease.training.evidence import (
+        EvidenceError,
+        candidate_evidence,
+        champion_evidence,
+        file_digest,
+        keyed_predictions,
+        read_predictions,
+        read_split,
+    )
+    from kfrelease.training.rollout_file import rollout_spec_of_run
+    from kfrelease.training.validate import champion_training_rows, drift_evidence
 
     store = step_store(settings)
-    champion = load_champion(ModelRegistry(store), store, spec)
-    verdict = validate(spec, metrics, pd.read_parquet(test_path), pd.read_parquet(train_path), champion)
-    return verdict.as_dict()
+    entry = ModelRegistry(store).get(spec.name, champion).entry if champion else None
+    extra = [c["name"] for c in entry["input_schema"]] if entry else []
+    split = read_split(store, spec, dataset_version, extra)
+    evidence: dict = {
+        "dataset_version": split.dataset_version,
+        "split": split.rule.as_dict(),
+        "held_out_rows": len(split.held_out),
+        "train_rows": len(split.train),
+        "predictions_digest": file_digest(predictions_path),
+        "champion": {"version": None, "comparable": False, "detail": champion_note} if champion_note else None,
+    }
+    try:
+        cand = read_predictions(predictions_path, len(split.held_out))
+    except EvidenceError as exc:
+        return {**evidence, "metrics": {}, "invalid": str(exc)}
+    frame = split.held_out[[*spec.features, spec.target]].assign(**{PREDICTION: cand})
+    metrics, html = regression_report(frame, spec.target, PREDICTION, list(spec.features))
+    metrics.update(candidate_evidence(split, spec.target, cand))
+    evidence["metrics"] = metrics
+    if html_path:
+        Path(html_path).write_text(html, encoding="utf-8")
+    if keyed_path:  # kept with the version: ``models diff`` compares two versions on the rows both held out
+        keyed_predictions(split, cand).to_parquet(keyed_path, index=False)
+        evidence["keyed_digest"] = file_digest(keyed_path)
+    if entry is not None:
+        try:
+            champ = read_predictions(champion_predictions_path, len(split.held_out), f"production {champion}")
+        except EvidenceError as exc:
+            evidence["champion"] = {"version": champion, "comparable": False, "detail": f"not comparable: {exc}"}
+        else:
+            rollout = rollout_spec_of_run(store, run_id, spec.name)
+            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout)
+        evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
+    return evidence
+
+
+def validate_step(spec: ModelSpec, evidence: dict) -> dict:
+    """Trusted: the verdict on the evidence ``evaluate`` computed (thresholds, production on the same rows, the
+    TFX rule, drift). Reads nothing else and loads no model."""
+    from kfrelease.training.validate import verdict
+
+    return verdict(spec, evidence).as_dict()
 
 
 def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
@@ -140,24 +243,39 @@ def register_step(
     dataset_version: str,
     run_id: str,
     model_path: str,
-    metrics: dict,
+    evidence: dict,
     verdict: dict,
     settings: Settings | None = None,
     release: bool = True,
     report_path: str | None = None,
+    keyed_path: str | None = None,
 ) -> dict:
     """Register under the next version (or return the existing one); rejected models are recorded as such.
 
-    ``release=False`` (an experiment) registers in the ``experiments`` space of the registry: the same entry,
-    compared with production the same way, but with numbers of its own and never staged. The evaluation
-    report (``report_path``) is stored beside the version's artifacts (``kfrelease.results``)."""
+    The metrics and the verdict are the trusted steps' (``evidence``, ``verdict``). ``keyed_path``: the held-out
+    predictions ``evaluate`` joined (``_key``, ``prediction``), kept beside the model when their digest is the
+    one ``evaluate`` recorded. ``release=False`` (an experiment) registers in the ``experiments`` space of the
+    registry: the same entry, compared with production the same way, but with numbers of its own (``E1.1.0``)
+    and never staged. The evaluation report (``report_path``) is stored beside the version's artifacts
+    (``kfrelease.results``)."""
+    from kfrelease.errors import KfreleaseError
     from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
     from kfrelease.results import evaluation_report_key
+    from kfrelease.training.evidence import file_digest
     from kfrelease.training.rollout_file import rollout_of_run
 
     store = step_store(settings)
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
+    files = {}
+    if keyed_path and Path(keyed_path).is_file() and evidence.get("keyed_digest"):
+        if file_digest(keyed_path) != evidence["keyed_digest"]:
+            raise KfreleaseError(
+                f"the held-out predictions of run {run_id or '(experiment)'} changed after evaluate read them "
+                "(their digest differs); nothing was registered"
+            )
+        files[HOLDOUT_FILE] = Path(keyed_path).read_bytes()
+    metrics = evidence.get("metrics") or {}
     reg = registry.register(
         TrainedModel(
             name=spec.name,
@@ -172,9 +290,16 @@ def register_step(
             input_schema=spec.input_schema,
             target=spec.target,
             model_bytes=Path(model_path).read_bytes(),
+            files=files,
             extra={
                 "spec": {"text": spec.text, "code": spec.code},
-                "split": {"test_size": spec.split.test_size, "seed": spec.split.seed},
+                "split": evidence.get("split") or {"test_size": spec.split.test_size, "seed": spec.split.seed},
+                "held_out": {
+                    "rows": evidence.get("held_out_rows"),
+                    "train_rows": evidence.get("train_rows"),
+                    "predictions": HOLDOUT_FILE if files else None,
+                    "intervals": metrics.get("intervals"),
+                },
                 "experiment": not release,
                 **({"rollout": rollout} if rollout else {}),
             },
@@ -263,6 +388,7 @@ class InlineRun:
     run_id: str
     dataset_version: str = ""
     metrics: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
     verdict: dict = field(default_factory=dict)
     registration: dict = field(default_factory=dict)
     image: dict | None = None
@@ -291,7 +417,8 @@ def run_inline(
     run = InlineRun(run_id or f"inline-{uuid.uuid4().hex[:12]}")
     with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
         model_file = flavour_named(DEFAULT_FLAVOUR).file
-        p = {k: str(Path(tmp) / k) for k in (model_file, "train.parquet", "test.parquet", "report.html")}
+        names = (model_file, "train.parquet", "holdout.parquet", "predictions.parquet", "champion.parquet")
+        p = {k: str(Path(tmp) / k) for k in (*names, "keyed.parquet", "report.html", "champion")}
 
         def timed(name, fn, *args, **kwargs):
             start = time.perf_counter()
@@ -299,14 +426,37 @@ def run_inline(
             run.seconds[name] = time.perf_counter() - start
             return out
 
-        trained = timed(
-            "train", train_step, spec, dataset_version, p[model_file], p["train.parquet"], p["test.parquet"], settings
+        split = timed(
+            "split",
+            split_step,
+            spec,
+            dataset_version,
+            p["train.parquet"],
+            p["holdout.parquet"],
+            p["champion"],
+            settings,
         )
-        run.dataset_version = trained["dataset_version"]
-        run.metrics = timed("evaluate", evaluate_step, spec, p[model_file], p["test.parquet"], p["report.html"])
-        run.verdict = timed(
-            "validate", validate_step, spec, run.metrics, p["train.parquet"], p["test.parquet"], settings
+        run.dataset_version = split["dataset_version"]
+        timed(
+            "train", train_step, spec, p["train.parquet"], p["holdout.parquet"], p[model_file], p["predictions.parquet"]
         )
+        timed("score-champion", score_step, p["champion"], p["holdout.parquet"], p["champion.parquet"])
+        run.evidence = timed(
+            "evaluate",
+            evaluate_step,
+            spec,
+            run.dataset_version,
+            split["champion"],
+            p["predictions.parquet"],
+            p["champion.parquet"],
+            run.run_id,
+            p["report.html"],
+            p["keyed.parquet"],
+            settings,
+            split["champion_note"],
+        )
+        run.metrics = run.evidence.get("metrics") or {}
+        run.verdict = timed("validate", validate_step, spec, run.evidence)
         run.registration = timed(
             "register",
             register_step,
@@ -315,11 +465,12 @@ def run_inline(
             run.dataset_version,
             run.run_id,
             p[model_file],
-            run.metrics,
+            run.evidence,
             run.verdict,
             settings,
             release,
             p["report.html"],
+            p["keyed.parquet"],
         )
         if run.registration["passed"] and release:
             if containerize:

@@ -105,12 +105,16 @@ def trigger(
 
         pinned_project_image()  # a cluster run needs KFRELEASE_IMAGE by digest: refuse before any run exists
     store = _store(settings)
-    if not auto:
-        from kfrelease.data.publish import get_version
-        from kfrelease.training.steps import check_columns
+    from kfrelease.data.publish import get_version
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.training.core import check_schema
 
-        # unknown dataset (version), a feature or target it lacks: refuse before any run exists
-        check_columns(spec, get_version(store, spec.dataset, dataset_version))
+    # unknown dataset (version), a feature or target it lacks or cannot train: refuse before any run exists
+    dv = get_version(store, spec.dataset, dataset_version)
+    if not auto:
+        check_schema(spec, dv.manifest, dv.version)
+    # the same definition already registered on this data (a thresholds-only merge, a re-merge): nothing to train
+    existing = ModelRegistry(store).existing(spec.name, spec.tag, spec.fingerprint, dv.version)
     record = run_records.create_run(
         store,
         run_id,
@@ -134,6 +138,9 @@ def trigger(
             return record
         log.info("run %s exists already (%s); not starting another", run_id, record.status)
         return record
+    if existing is not None:
+        record.state = finish_without_training(store, record, spec, existing)
+        return record
     try:
         if kfp_host:
             kfp_run = submit_to_kfp(kfp_host, spec, commit, dataset_version, run_id)
@@ -146,6 +153,30 @@ def trigger(
         record.state = run_records.set_state(store, run_id, "failed", error=f"could not start: {exc}"[:500])
         raise
     return record
+
+
+def finish_without_training(store, record: run_records.RunRecord, spec: ModelSpec, mv) -> dict:
+    """Record a run that needs no training: the same definition on the same data is ``mv`` already. Its
+    outcome (``thresholds-only`` or ``unchanged``, ``kfrelease.training.outcome``) is known now, before any step
+    runs; every step is ``skipped`` with that line, and no runner is started."""
+    from kfrelease.training.outcome import run_outcome
+    from kfrelease.training.steps import STEP_NAMES
+
+    result = run_outcome(record.run_id, spec.text, mv)
+    for step in STEP_NAMES:
+        run_records.set_step(store, record.run_id, step, "skipped", skipped=result.line)
+    log.info("run %s: %s", record.run_id, result.line)
+    return run_records.set_state(
+        store,
+        record.run_id,
+        "succeeded",
+        finished_at=now_iso(),
+        version=mv.version,
+        verdict="passed" if mv.passed else "rejected",
+        stage=mv.stage,
+        trained=False,
+        **result.as_state(),
+    )
 
 
 def start_auto_revision(settings: Settings, model: str, reason: str) -> run_records.RunRecord:

@@ -1,13 +1,19 @@
-"""The validation verdict (like TFX's Evaluator "blessing"): explicit, recorded, with every reason.
+"""Validation: the explicit, recorded verdict on a candidate model (TFX Evaluator style "blessing").
 
-Checks, in order:
-1. absolute thresholds of the spec (``max_mse``, ``max_rmse``, ``max_mae``, ``min_r2``) on the held-out split;
-2. no worse than the production model (the champion) **on the same test rows**: the champion is loaded
-   from the registry and scored on the new split; the candidate fails when its RMSE exceeds the
-   champion's by more than ``tolerance`` (relative). The first model of a tag has no champion; a champion
-   whose inputs the new data lacks (another tag) is reported as not comparable;
-3. input drift between the new training data and the champion's training data (``kfrelease.drift``),
-   reported; it fails the verdict only when the spec sets ``max_drift_share``.
+The verdict is decided on the evidence the trusted ``evaluate`` step computed (``kfrelease.training.evidence``:
+the untrusted steps only predict, label-blind), never on numbers a step running model code reported:
+
+1. absolute thresholds of the spec (``max_mse``, ``max_rmse``, ``max_mae``, ``min_r2``) on every held-out row,
+   each shown with its confidence interval;
+2. no worse than the production model (the champion) **beyond noise**, on the held-out rows neither model
+   trained on: the release gates' paired test (``kfrelease.release.decision``) with the rollout spec's margin,
+   error rate and slices; the candidate fails only when the test decides ``fail`` (worse beyond noise), and the
+   check shows the interval and how many rows it rests on. The first model of a tag has no champion; a
+   champion whose inputs the data lacks (another tag) is reported as not comparable;
+3. TFX's rule: a spec with no absolute threshold and no comparable champion is **not blessed** (nothing says
+   what good enough is);
+4. input drift between the candidate's training rows and the champion's (``kfrelease.drift``), reported; it
+   fails the verdict only when the spec sets ``max_drift_share``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from kfrelease.metrics import regression_metrics
-from kfrelease.training.core import predict
-from kfrelease.training.spec import ModelSpec
+from kfrelease.training.spec import THRESHOLD_KEYS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +33,16 @@ class Verdict:
     passed: bool
     reasons: list[str] = field(default_factory=list)  # why it failed (empty when it passed)
     checks: list[dict] = field(default_factory=list)  # every check: {name, passed, value, limit, detail}
-    champion: dict | None = None  # {version, metrics} on the same test rows
+    champion: dict | None = None  # {version, rows, excluded, metrics, candidate_metrics, test} on the same rows
     drift: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass
-class Champion:
-    version: str
-    model: object
-    features: list[str]
-    train_frame: pd.DataFrame | None = None  # the champion's training data (for drift), when available
+def _interval(metrics: dict, metric: str) -> str:
+    bounds = ((metrics.get("intervals") or {}).get(metric)) or None
+    return f" [{bounds[0]:.4g}, {bounds[1]:.4g}]" if bounds else ""
 
 
 def threshold_checks(spec: ModelSpec, metrics: dict) -> list[dict]:
@@ -49,112 +50,116 @@ def threshold_checks(spec: ModelSpec, metrics: dict) -> list[dict]:
     for key, limit in spec.thresholds().items():
         metric = key.split("_", 1)[1]
         value = metrics.get(metric)
-        if key.startswith("max_"):
-            ok = value is not None and value <= limit
-            detail = (
-                f"{metric} {value:.4g} {'<=' if ok else '>'} {limit:g}" if value is not None else f"{metric} undefined"
-            )
-        else:
-            ok = value is not None and value >= limit
-            detail = (
-                f"{metric} {value:.4g} {'>=' if ok else '<'} {limit:g}" if value is not None else f"{metric} undefined"
-            )
+        ok = value is not None and (value <= limit if key.startswith("max_") else value >= limit)
+        sign = ("<=" if ok else ">") if key.startswith("max_") else (">=" if ok else "<")
+        detail = (
+            f"{metric} {value:.4g}{_interval(metrics, metric)} {sign} {limit:g} on {metrics.get('n')} held-out rows"
+            if value is not None
+            else f"{metric} undefined"
+        )
         checks.append({"name": f"threshold:{key}", "passed": ok, "value": value, "limit": limit, "detail": detail})
     return checks
 
 
-def champion_check(
-    spec: ModelSpec, metrics: dict, test: pd.DataFrame, champion: Champion | None
-) -> tuple[dict, dict | None]:
+def champion_check(champion: dict | None) -> dict:
     if champion is None:
-        return {"name": "champion", "passed": True, "detail": "no production model yet: nothing to compare"}, None
-    missing = [c for c in champion.features if c not in test.columns]
-    if missing:
-        return {
-            "name": "champion",
-            "passed": True,
-            "detail": f"production {champion.version} needs inputs {missing} the new test data lacks: not comparable",
-        }, None
-    champ = regression_metrics(test[spec.target], predict(champion.model, test, champion.features))
-    limit = champ["rmse"] * (1.0 + spec.tolerance())
-    ok = metrics["rmse"] <= limit
+        return {"name": "champion", "passed": True, "comparable": False, "detail": "no production model yet"}
+    if not champion.get("comparable"):
+        return {"name": "champion", "passed": True, "comparable": False, "detail": champion["detail"]}
+    test = champion["test"]
+    return {
+        "name": "champion",
+        "passed": test["decision"] != "fail",
+        "comparable": True,
+        "decision": test["decision"],
+        "value": test.get("ratio"),
+        "interval": test.get("ratio_interval"),
+        "n": test.get("n"),
+        "detail": champion["detail"],
+    }
+
+
+def blessing_check(spec: ModelSpec, champ: dict) -> dict:
+    """TFX's rule: with no absolute threshold and no comparable champion nothing says what is good enough."""
+    ok = bool(spec.thresholds()) or champ.get("comparable", False)
     detail = (
-        f"rmse {metrics['rmse']:.4g} {'<=' if ok else '>'} production {champion.version} rmse "
-        f"{champ['rmse']:.4g} x {1 + spec.tolerance():g} on the same {len(test)} test rows"
+        "absolute thresholds or a comparable production model to judge against"
+        if ok
+        else "not blessed: the spec sets no absolute threshold and there is no comparable production model "
+        f"({champ['detail']}); set at least one of validation.{', validation.'.join(THRESHOLD_KEYS)} in model.yaml"
     )
-    return (
-        {"name": "champion", "passed": ok, "value": metrics["rmse"], "limit": limit, "detail": detail},
-        {"version": champion.version, "metrics": champ},
-    )
+    return {"name": "blessing", "passed": ok, "detail": detail}
 
 
-def drift_check(spec: ModelSpec, train: pd.DataFrame, champion: Champion | None) -> tuple[dict, dict | None]:
-    if champion is None or champion.train_frame is None:
-        return {"name": "drift", "passed": True, "detail": "no production training data to compare with"}, None
-    columns = [c for c in spec.features if c in champion.train_frame.columns]
-    try:
-        from kfrelease.drift import (
-            data_drift,  # monitoring part; optional at import time
-        )
-    except ImportError:
-        return {"name": "drift", "passed": True, "detail": "drift check unavailable (kfrelease.drift missing)"}, {
-            "available": False
-        }
+def drift_check(spec: ModelSpec, drift: dict | None, champion_version: str | None) -> dict:
+    if not drift or not drift.get("available"):
+        detail = (drift or {}).get("detail") or "no production training data to compare with"
+        return {"name": "drift", "passed": True, "detail": detail}
+    limit = spec.validation.max_drift_share
+    ok = limit is None or drift["share_drifted"] <= float(limit)
+    detail = (
+        f"{len(drift['drifted'])}/{len(drift['columns'])} input columns drifted against production "
+        f"{champion_version}'s training data"
+        + (f" (share {drift['share_drifted']:.2f}, limit {limit})" if limit is not None else " (reported only)")
+    )
+    return {"name": "drift", "passed": ok, "value": drift["share_drifted"], "limit": limit, "detail": detail}
+
+
+def verdict(spec: ModelSpec, evidence: dict) -> Verdict:
+    """The verdict on a candidate from the trusted evidence (``kfrelease.training.steps.evaluate_step``)."""
+    if evidence.get("invalid"):
+        reason = f"the candidate's held-out predictions were refused: {evidence['invalid']}"
+        return Verdict(False, [reason], [{"name": "predictions", "passed": False, "detail": reason}])
+    metrics = evidence.get("metrics") or {}
+    champ = champion_check(evidence.get("champion"))
+    checks = [*threshold_checks(spec, metrics), champ, blessing_check(spec, champ)]
+    champion_version = (evidence.get("champion") or {}).get("version")
+    checks.append(drift_check(spec, evidence.get("drift"), champion_version))
+    reasons = [c["detail"] for c in checks if not c["passed"]]
+    result = Verdict(not reasons, reasons, checks, evidence.get("champion"), evidence.get("drift"))
+    log.info("verdict: %s %s", "PASS" if result.passed else "FAIL", reasons)
+    return result
+
+
+def drift_evidence(
+    spec: ModelSpec, train: pd.DataFrame, champion_train: pd.DataFrame | None, champion_version: str
+) -> dict:
+    """Drift of the candidate's training rows against production's (``available: False`` with why when not)."""
+    if champion_train is None:
+        return {"available": False, "detail": f"production {champion_version}'s training data is unavailable"}
+    columns = [c for c in spec.features if c in champion_train.columns]
     if not columns:
         return {
-            "name": "drift",
-            "passed": True,
-            "detail": f"production {champion.version} shares no input column with this model: no drift check",
-        }, None
+            "available": False,
+            "detail": f"production {champion_version} shares no input column with this model: no drift check",
+        }
     try:
-        result = data_drift(champion.train_frame, train, columns).as_dict()
+        from kfrelease.drift import data_drift  # monitoring part; optional at import time
+    except ImportError:
+        return {"available": False, "detail": "drift check unavailable (kfrelease.drift missing)"}
+    try:
+        result = data_drift(champion_train, train, columns).as_dict()
     except Exception as exc:  # noqa: BLE001 - drift is a report; its failure is recorded, not fatal
         log.warning("drift check failed: %s", exc)
-        return {"name": "drift", "passed": True, "detail": f"drift check failed: {exc}"}, {"available": False}
-    result["available"] = True
-    limit = spec.validation.max_drift_share
-    ok = limit is None or result["share_drifted"] <= float(limit)
-    detail = (
-        f"{len(result['drifted'])}/{len(columns)} input columns drifted against production {champion.version}'s "
-        f"training data"
-        + (f" (share {result['share_drifted']:.2f}, limit {limit})" if limit is not None else " (reported only)")
-    )
-    return {"name": "drift", "passed": ok, "value": result["share_drifted"], "limit": limit, "detail": detail}, result
+        return {"available": False, "detail": f"drift check failed: {exc}"}
+    return {**result, "available": True}
 
 
-def validate(
-    spec: ModelSpec, metrics: dict, test: pd.DataFrame, train: pd.DataFrame, champion: Champion | None
-) -> Verdict:
-    """The verdict on a candidate whose held-out ``metrics`` were computed on ``test``."""
-    checks = threshold_checks(spec, metrics)
-    champ_check, champ_info = champion_check(spec, metrics, test, champion)
-    checks.append(champ_check)
-    drift_chk, drift_info = drift_check(spec, train, champion)
-    checks.append(drift_chk)
-    reasons = [c["detail"] for c in checks if not c["passed"]]
-    verdict = Verdict(not reasons, reasons, checks, champ_info, drift_info)
-    log.info("verdict: %s %s", "PASS" if verdict.passed else "FAIL", reasons)
-    return verdict
+def champion_training_rows(store, entry: dict) -> pd.DataFrame | None:
+    """Production's training rows (its inputs and target), rebuilt from its dataset version and split rule."""
+    from kfrelease.data.publish import get_version, load_dataset
+    from kfrelease.training.evidence import champion_rule
 
-
-def load_champion(registry, store, spec: ModelSpec) -> Champion | None:
-    """The production model of the spec's model name, with its training data when it can be read."""
-    from kfrelease.data.publish import load_dataset
-    from kfrelease.training.core import split
-
-    mv = registry.current(spec.name, "production")
-    if mv is None:
-        return None
-    model = registry.load_model(spec.name, mv.version)
-    train_frame = None
+    rule = champion_rule(entry)
     try:
-        features = mv.features
-        df, _ = load_dataset(store, mv.dataset, mv.dataset_version, columns=[*features, mv.target])
-        if all(c in df.columns for c in (*features, mv.target)):
-            champ_spec = spec.with_changes(
-                tag=mv.tag, dataset=mv.dataset, features=features, target=mv.target, split=mv.entry.get("split", {})
-            )
-            train_frame = split(champ_spec, df)[0]
+        manifest = get_version(store, entry["dataset"], entry["dataset_version"]).manifest
+        id_column = rule.id_column if rule.id_column in {c["name"] for c in manifest["columns"]} else None
+        columns = [*([id_column] if id_column else []), *rule.columns]
+        df, _ = load_dataset(store, entry["dataset"], entry["dataset_version"], columns=columns)
+        frame = df[list(rule.columns)].astype("float64")
+        if id_column:
+            frame.insert(0, id_column, df[id_column].to_numpy())
+        return frame[rule.trained_on(frame, frame)].reset_index(drop=True)
     except Exception as exc:  # noqa: BLE001 - drift is a report; a missing dataset must not block validation
-        log.warning("production %s training data unavailable for the drift report: %s", mv.version, exc)
-    return Champion(mv.version, model, mv.features, train_frame)
+        log.warning("production %s training data unavailable for the drift report: %s", entry.get("version"), exc)
+        return None

@@ -4,6 +4,8 @@ import pytest
 import yaml
 from kfp import components
 
+from kfrelease.training.resources import MODEL_STEPS
+
 
 def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     out = tmp_path / "build"
@@ -11,7 +13,7 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     package = next(yaml.safe_load_all((out / "training_pipeline.yaml").read_text()))  # then the platform spec
     assert package["pipelineInfo"]["name"] == "kfrelease-training"
     tasks = package["root"]["dag"]["tasks"]
-    assert {"train", "evaluate", "validate-model", "register", "condition-1"} <= set(tasks)
+    assert {"split", "train", "score-champion", "evaluate", "validate-model", "register", "condition-1"} <= set(tasks)
     assert "validate-model" in str(tasks["condition-1"]["triggerPolicy"]["condition"])  # the dsl.If gate
     inner = package["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"containerize", "deploy-staging"}
@@ -19,7 +21,9 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
     for name in (
         "ingest",
         "publish_dataset",
+        "split",
         "train",
+        "score_champion",
         "evaluate",
         "validate_model",
         "register",
@@ -29,7 +33,9 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
         path = out / "components" / f"{name}.yaml"
         assert path.is_file() and str(path) in result.stdout
     train = components.load_component_from_file(str(out / "components" / "train.yaml"))
-    assert train.name == "train" and {"spec_json", "dataset_version", "run_id"} <= set(train.component_spec.inputs)
+    assert train.name == "train" and {"spec_json", "run_id", "train_data", "holdout_features"} == set(
+        train.component_spec.inputs
+    )  # the untrusted step gets the training rows and the held-out features, nothing it could read labels from
     evaluate = yaml.safe_load((out / "components" / "evaluate.yaml").read_text())
     outputs = evaluate["root"]["outputDefinitions"]["artifacts"]
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
@@ -58,7 +64,16 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
 
     package, platform = compiled_training(tmp_path)
     tasks = all_tasks(package)
-    assert set(tasks) == {"train", "evaluate", "validate-model", "register", "containerize", "deploy-staging"}
+    assert set(tasks) == {
+        "split",
+        "train",
+        "score-champion",
+        "evaluate",
+        "validate-model",
+        "register",
+        "containerize",
+        "deploy-staging",
+    }
     executors = package["deploymentSpec"]["executors"]
     for name, task in tasks.items():
         assert task["cachingOptions"].get("enableCache", False) is False, name  # outputs never reused across merges
@@ -67,7 +82,7 @@ def test_every_training_step_has_resources_retries_and_no_cache(tmp_path):
             and task["retryPolicy"]["backoffDuration"] == BACKOFF["backoff_duration"]
         )
         resources = executors[task["componentRef"]["name"].replace("comp-", "exec-")]["container"]["resources"]
-        if name in ("train", "evaluate"):  # the model spec's resources, passed as run parameters
+        if name in MODEL_STEPS:  # the model spec's resources (split to evaluate: sized by the data), as run parameters
             assert resources["resourceMemoryLimit"] == "{{$.inputs.parameters['pipelinechannel--model_memory_limit']}}"
             assert resources["resourceMemoryRequest"] == "{{$.inputs.parameters['pipelinechannel--model_memory']}}"
             assert resources["resourceCpuRequest"] == "{{$.inputs.parameters['pipelinechannel--model_cpu']}}"

@@ -5,6 +5,7 @@ registered and comparable, never staged or released.
 Its duration is not asserted (performance is measured by benchmarks, never by timed tests: on the shared
 machine it took 30 s to 120 s depending on the load)."""
 
+import json
 import uuid
 from pathlib import Path
 
@@ -47,16 +48,20 @@ def test_the_notebook_on_the_demo_project_registers_an_experiment_and_leaves_pro
     before = [(v.version, v.stage) for v in ModelRegistry(store_for("data-scientist")).list(model)]
 
     text = run_notebook(tmp_path, project=str(example_dir()), dataset=dataset.name, model_name=model)
-    assert "raw sources are off limits" in text and f"registered experiment {model} V1.1.0" in text
+    assert "raw sources are off limits" in text and f"registered experiment {model} E1.1.0" in text
     assert "executor" not in text.lower() and "non-Python base image" not in text  # quiet by default
     assert "rmse  production" in text and "Ridge predicts" in text  # compared; kfrelease.load_model, one call
     store = store_for("data-scientist")
     assert [(v.version, v.stage) for v in ModelRegistry(store).list(model)] == before == [("V1.1.0", "production")]
-    mv = ModelRegistry(store, EXPERIMENTS).get(model, "V1.1.0")
+    mv = ModelRegistry(store, EXPERIMENTS).get(model, "E1.1.0")  # experiments have numbers of their own
     assert mv.dataset == dataset.name and mv.stage is None and mv.entry["experiment"] is True
     with pytest.raises(KfreleaseError, match="never staged"):
-        ModelRegistry(store_for("pipeline"), EXPERIMENTS).set_stage(model, "V1.1.0", "staging", "someone", "try")
-    fetched = run_cli("reports", model, "experiment:V1.1.0", "--out", str(tmp_path / "reports"), check=True)
+        ModelRegistry(store_for("pipeline"), EXPERIMENTS).set_stage(model, "E1.1.0", "staging", "someone", "try")
+    fetched = run_cli("reports", model, "experiment:E1.1.0", "--out", str(tmp_path / "reports"), check=True)
+    shown = json.loads(run_cli("models", "show", model, "E1.1.0", check=True).stdout)  # the same, without the prefix
+    assert shown["version"] == "E1.1.0" and shown["experiment"] is True
+    refused = run_cli("models", "show", model, "V9.9.9")
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "evaluation:" in fetched.stdout and "<html" in (tmp_path / "reports" / "evaluation.html").read_text()
 
 

@@ -50,7 +50,8 @@ def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
     first, sha1 = load_project_at_commit(repo, shas[0])
     run1 = run_inline(first, sha1, containerize=False)
     assert run1.version == "V1.1.0" and run1.registration["created"] and run1.stage == "staging"
-    assert run1.verdict["champion"] is None  # the first model of a tag has no champion
+    assert run1.verdict["champion"]["comparable"] is False  # the first model of a tag has no champion
+    assert run1.verdict["champion"]["detail"] == "no production model yet: nothing to compare"
 
     second, sha2 = load_project_at_commit(repo, shas[1])  # build: model.py (scaled ridge): a new definition
     assert second.fingerprint != first.fingerprint
@@ -84,6 +85,19 @@ def test_merge_scenario_v1_1_0_to_v2_1_0(project, dataset, stack, run_cli):
     )
     assert changed["dataset_version"] == (dataset.first_version, new_data) and "def build_model" in diff["code_diff"]
     assert {m["metric"] for m in diff["metrics"]} == {"mse", "rmse", "mae", "r2"}
+    # on the same rows: V1.1.0's 48 held-out rows are all held out by V1.2.1 too (the hash split of grown data)
+    same = diff["same_rows"]
+    assert same["n"] == 48 and same["rows_a"] == 48 and same["rows_b"] > 48 and same["dataset_version"] == new_data
+    assert [m[0] for m in same["metrics"]] == ["mse", "rmse", "mae", "r2"] and "confidence sequence" in same["test"]
+    text = run_cli("models", "diff", name, "V1.1.0", "V1.2.1", check=True).stdout
+    assert f"on the same 48 held-out rows (held out by both, labels of {new_data})" in text
+    assert f"metrics as registered, each on its own held-out rows (48 and {same['rows_b']})" in text
+    # a version that kept no held-out predictions (registered before they were kept) is not compared on rows
+    legacy = registry().register(
+        trained(name, tag=3, spec_fingerprint="old", input_schema=v121.input_schema, target="progression")
+    )
+    text = run_cli("models", "diff", name, "V1.1.0", legacy.version.version, check=True).stdout
+    assert f"not compared on the same rows: {legacy.version.version} kept no held-out predictions" in text
 
 
 def test_eight_concurrent_registrations_get_eight_distinct_versions(stack):

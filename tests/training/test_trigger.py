@@ -72,14 +72,26 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     champion = run_inline(first, sha1, containerize=False)
     registry().set_stage(name, champion.version, "production", "release-pipeline", "promoted for this test")
 
-    run_cli("trigger", "--commit", shas[2], "--repo", str(repo), check=True)  # merge 3: 5-nearest-neighbours
-    record = wait(stack, f"train-{shas[2][:12]}", timeout=240)
+    # a model that ignores its inputs (always the 90th percentile of the training target): worse than production
+    # beyond noise on the 48 held-out rows (MSE ratio ~6.5; merge 3's 5-nearest-neighbours, ~1.65, is not)
+    broken = {"class": "sklearn.dummy.DummyRegressor", "params": {"strategy": "quantile", "quantile": 0.9}}
+    worse = spec_variant(1, first.text, estimator=broken)
+    sha_worse = merge_change(repo, "quantile-model", {"model.yaml": worse}, "Predict the 90th percentile")
+    run_cli("trigger", "--commit", sha_worse, "--repo", str(repo), check=True)
+    record = wait(stack, f"train-{sha_worse[:12]}", timeout=240)
     assert record.status == "succeeded" and record.state["verdict"] == "rejected"
     assert record.steps["containerize"]["state"] == "skipped" and record.steps["deploy-staging"]["state"] == "skipped"
 
     rejected = registry().get(name, record.state["version"])
     assert rejected.stage == "rejected" and rejected.image is None
-    assert any(f"production {champion.version}" in r for r in rejected.verdict["reasons"])
+    reasons = rejected.verdict["reasons"]  # it misses the thresholds too (RMSE about 130, R² below 0)
+    assert [r.split(" ")[0] for r in reasons] == ["rmse", "r2", "against"], reasons
+    rmse_reason, r2_reason, reason = reasons
+    assert "> 70 on 48 held-out rows" in rmse_reason and "< 0.2 on 48 held-out rows" in r2_reason
+    assert reason.startswith(
+        f"against production {champion.version} on 48 held-out rows neither model trained on: fail"
+    )
+    assert "confidence sequence" in reason and "margin 0.0404" in reason  # the interval, the rule
     assert registry().history(name, rejected.version)[0]["stage"] == "rejected"
     assert registry().current(name, "staging") is None  # the champion moved on to production; nothing new staged
     assert registry().current(name, "production").version == champion.version
@@ -91,17 +103,19 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     # a thresholds-only merge (wider validation thresholds, same definition, same data): the verdict of the
     # registered version stands; nothing is registered or staged, no step that did nothing is green, and
     # `trigger --wait` exits non-zero saying what to change (docs/training.md, "Thresholds-only merges")
-    knn, _ = load_project_at_commit(repo, shas[2])
-    wider = spec_variant(3, knn.text, validation={"max_rmse": 1000.0, "tolerance": 10.0})
+    broken_model, _ = load_project_at_commit(repo, sha_worse)
+    wider = spec_variant(1, broken_model.text, validation={"max_rmse": 1000.0, "tolerance": 10.0})
     sha = merge_change(repo, "wider-thresholds", {"model.yaml": wider}, "Accept the knn model: wider thresholds")
     waited = run_cli("trigger", "--commit", sha, "--repo", str(repo), "--wait")
     assert waited.returncode == 1, waited.stdout + waited.stderr
+    # found before any training: no runner, every step skipped with the reason
+    assert f"run train-{sha[:12]} finished without training (succeeded); thresholds-only: " in waited.stdout
     (line,) = [ln for ln in waited.stdout.splitlines() if ln.startswith(f"run train-{sha[:12]}: thresholds-only")]
     assert f"is {name} {rejected.version}" in line and "change the model definition" in line
     again = run_records.get_run(store_for("pipeline"), f"train-{sha[:12]}")
     assert again.state["outcome"] == "thresholds-only" and again.state["version"] == rejected.version
-    assert again.state["staging_candidate"] is False
-    assert {again.steps[s]["state"] for s in ("containerize", "deploy-staging")} == {"skipped"}
+    assert again.state["staging_candidate"] is False and again.state["trained"] is False
+    assert {again.steps[s]["state"] for s in STEP_NAMES} == {"skipped"} and "pid" not in again.state
     assert [v.version for v in registry().list(name)] == [champion.version, rejected.version]
     assert registry().current(name, "staging") is None and registry().get(name, rejected.version).image is None
 

@@ -32,3 +32,11 @@ def test_versions_order_numerically_and_bad_text_is_refused():
     assert VersionNumber.parse("V1.10.0") > VersionNumber.parse("V1.9.3")
     with pytest.raises(ConfigError, match="V2.3.1"):
         VersionNumber.parse("1.2")
+
+
+def test_experiments_have_numbers_of_their_own():
+    assert str(next_version([], 1, "a", "E")) == "E1.1.0"
+    e = VersionNumber.parse("E1.2.0")
+    assert e.letter == "E" and str(e) == "E1.2.0" and e < VersionNumber.parse("E1.10.0")
+    with pytest.raises(ConfigError, match="experiments like E2.3.1"):
+        VersionNumber.parse("X1.2.0")

@@ -1,0 +1,290 @@
+"""The evidence a training run's verdict rests on, computed by trusted code only.
+
+The steps that run the merged model code (``train``; ``score-champion`` runs production's) are untrusted: they
+get the training rows and the held-out rows' *features*, and return one prediction per held-out row
+(``_row``, ``prediction``), label-blind. Everything else is done here, by the trusted steps, from the curated
+data they read with their own identity:
+
+- ``read_split``: the dataset version, checked against the spec, split by the stable hash
+  (``kfrelease.training.holdout``); the held-out labels never leave the trusted steps;
+- ``read_predictions``: an untrusted step's answer, refused unless it is exactly one finite prediction per
+  held-out row;
+- ``candidate_evidence``: the candidate's metrics (with intervals) on every held-out row;
+- ``champion_evidence``: production against the candidate on the held-out rows *neither* trained on (rows the
+  champion's own split put on its training side are left out, and counted), with the paired test of the
+  release gates (``kfrelease.release.decision.decide``: the rollout spec's margin, error rate and slices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kfrelease.errors import KfreleaseError
+from kfrelease.metrics import metric_intervals, regression_metrics
+from kfrelease.training.core import check_data, check_schema
+from kfrelease.training.holdout import ROW, SplitRule, rule_for
+from kfrelease.training.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+PREDICTION = "prediction"
+
+
+class EvidenceError(KfreleaseError):
+    """An untrusted step's predictions are not one finite prediction per held-out row (nothing was judged)."""
+
+
+@dataclass
+class Split:
+    """A curated version split by the spec's rule: rows as float64 (plus the id column), in the file's order."""
+
+    dataset_version: str
+    rule: SplitRule
+    train: pd.DataFrame
+    held_out: pd.DataFrame
+    id_column: str | None
+
+    def features_of_held_out(self, columns) -> pd.DataFrame:
+        """What an untrusted step gets of the held-out rows: ``_row`` and the features, never the target."""
+        out = self.held_out[list(columns)].copy()
+        out.insert(0, ROW, np.arange(len(out), dtype="int64"))
+        return out
+
+
+def read_split(store, spec: ModelSpec, dataset_version: str = "latest", extra_columns=()) -> Split:
+    """Resolve, check (schema, memory, values) and split a curated version of the spec's dataset.
+
+    ``extra_columns``: more numeric columns to carry (production's inputs, when it has others)."""
+    from kfrelease.data.publish import get_version, load_dataset
+    from kfrelease.training.memory import check_fits
+
+    dv = get_version(store, spec.dataset, dataset_version or "latest")
+    check_schema(spec, dv.manifest, dv.version)
+    known = {c["name"] for c in dv.manifest["columns"]}
+    id_column = dv.manifest.get("id_column") if dv.manifest.get("id_column") in known else None
+    cols = [*spec.features, spec.target]
+    extra = [c for c in dict.fromkeys(extra_columns) if c in known and c not in cols and c != id_column]
+    read = [*([id_column] if id_column else []), *cols, *extra]
+    check_fits(spec, dv, read)  # too large for this step: fail now, with the size and the limit
+    df, dv = load_dataset(store, spec.dataset, dv.version, columns=read)
+    return split_frame(spec, df, dv.version, id_column, extra)
+
+
+def split_frame(
+    spec: ModelSpec, df: pd.DataFrame, dataset_version: str, id_column: str | None = None, extra=()
+) -> Split:
+    """``read_split`` on rows already read: check the values, split by the spec's hash rule."""
+    from kfrelease.errors import DataValidationError
+
+    check_data(spec, df, dataset_version)
+    cols = [*spec.features, spec.target]
+    frame = df[cols + list(extra)].astype("float64")
+    if id_column:
+        frame.insert(0, id_column, df[id_column].to_numpy())
+    rule = rule_for(spec, id_column)
+    mask = rule.held_out(frame)
+    if mask.all() or not mask.any():
+        raise DataValidationError(
+            f"model spec {spec.name!r}: the split of dataset {spec.dataset!r} version {dataset_version} "
+            f"({rule.describe()}) holds out {int(mask.sum())} of {len(frame)} rows; publish more rows or change "
+            "split.test_size"
+        )
+    return Split(
+        dataset_version, rule, frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True), id_column
+    )
+
+
+def write_predictions(path: str | Path, predictions) -> None:
+    p = np.asarray(predictions, dtype="float64").ravel()
+    pd.DataFrame({ROW: np.arange(p.size, dtype="int64"), PREDICTION: p}).to_parquet(path, index=False)
+
+
+def read_predictions(path: str | Path, rows: int, who: str = "the candidate") -> np.ndarray:
+    """The predictions an untrusted step wrote, in held-out order; ``EvidenceError`` unless they are exactly
+    one finite number for each of the ``rows`` held-out rows."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - whatever the untrusted step wrote, it is refused in one line
+        raise EvidenceError(f"the predictions of {who} are not a readable Parquet file: {exc}") from None
+    if sorted(df.columns) != sorted([ROW, PREDICTION]):
+        raise EvidenceError(f"the predictions of {who} have columns {list(df.columns)}; expected {ROW}, {PREDICTION}")
+    index = pd.to_numeric(df[ROW], errors="coerce").to_numpy()
+    if len(df) != rows or not np.array_equal(np.sort(index), np.arange(rows)):
+        raise EvidenceError(f"{who} answered {len(df)} predictions for {rows} held-out rows, not one for each")
+    values = pd.to_numeric(df[PREDICTION], errors="coerce").to_numpy(dtype="float64")
+    if not np.isfinite(values).all():
+        raise EvidenceError(f"{who} predicted NaN or infinity for {int((~np.isfinite(values)).sum())} held-out rows")
+    out = np.empty(rows, dtype="float64")
+    out[index.astype("int64")] = values
+    return out
+
+
+#: the column of a version's stored held-out predictions that names a row across versions (seed-free hash)
+KEY = "_key"
+
+
+def keyed_predictions(split: Split, predictions: np.ndarray) -> pd.DataFrame:
+    """``(_key, prediction)`` per held-out row: the key is the row's hash without the seed (the id column, or
+    the model's features and target when the data has none), so two versions' held-out rows can be matched."""
+    rule = replace(split.rule, seed=0)
+    return pd.DataFrame({KEY: rule.row_hashes(split.held_out), PREDICTION: np.asarray(predictions, dtype="float64")})
+
+
+def file_digest(path: str | Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def candidate_evidence(split: Split, target: str, predictions: np.ndarray) -> dict:
+    """Metrics ``{mse, rmse, mae, r2, n, intervals}`` of the candidate on every held-out row."""
+    truth = split.held_out[target].to_numpy()
+    return {**regression_metrics(truth, predictions), "intervals": metric_intervals(truth, predictions)}
+
+
+def champion_rule(entry: dict) -> SplitRule:
+    return SplitRule.from_entry(entry.get("split"), [*[c["name"] for c in entry["input_schema"]], entry["target"]])
+
+
+def trained_by_champion(store, split: Split, entry: dict) -> np.ndarray:
+    """Mask of the held-out rows production's own split may have trained it on (see ``SplitRule.trained_on``)."""
+    rule = champion_rule(entry)
+    if rule.method != "hash":  # an entry from before the hash split: rebuild its training rows from its data
+        from kfrelease.data.publish import load_dataset
+
+        columns = list(rule.columns)
+        own, _ = load_dataset(store, entry["dataset"], entry["dataset_version"], columns=columns)
+        return rule.trained_on(split.held_out[columns], own[columns].astype("float64"))
+    return rule.trained_on(split.held_out)
+
+
+def gate_rule(spec: ModelSpec, rollout) -> tuple:
+    """(rule, where it came from) of the offline paired test: the rollout spec's shadow gate (margin, error
+    rate, slices), on a fixed sample (no ``max_samples``); a spec's ``validation.tolerance`` widens the margin
+    (a share of RMSE, so the loss margin is ``(1 + tolerance)^2 - 1``) and then fails only beyond it."""
+    rule = replace(rollout.shadow.rule(), max_samples=None)
+    tolerance = spec.validation.tolerance
+    if tolerance is not None:
+        margin = (1.0 + float(tolerance)) ** 2 - 1.0
+        return replace(rule, margin=margin, fail_above="margin"), f"validation.tolerance {float(tolerance):g}"
+    return rule, "the rollout spec's shadow gate"
+
+
+def _decide(truth, cand, champ, rule, scale, features):
+    import inspect
+
+    from kfrelease.release.decision import decide
+
+    if "features" in inspect.signature(decide).parameters:
+        return decide(truth, cand, champ, rule, scale, features=features, at_limit=True)
+    return decide(truth, cand, champ, rule, scale, at_limit=True)
+
+
+def champion_evidence(
+    store, spec: ModelSpec, split: Split, entry: dict, cand: np.ndarray, champ: np.ndarray, rollout
+) -> dict:
+    """Production (``entry``) against the candidate on the held-out rows neither trained on, with the paired
+    test; ``comparable: False`` with the reason when there are none."""
+    version = entry["version"]
+    trained = trained_by_champion(store, split, entry)
+    keep = ~trained
+    n, excluded = int(keep.sum()), int(trained.sum())
+    base = {
+        "version": version,
+        "rows": n,
+        "excluded": excluded,
+        "held_out": len(split.held_out),
+        "champion_split": champion_rule(entry).describe(),
+    }
+    if n == 0:
+        return {
+            **base,
+            "comparable": False,
+            "detail": f"production {version} trained on all {excluded} held-out rows of this run: no row to compare on",
+        }
+    truth = split.held_out[spec.target].to_numpy()[keep]
+    rule, origin = gate_rule(spec, rollout)
+    reference = (entry.get("metrics") or {}).get("rmse")
+    features = split.held_out.loc[keep, list(spec.features)].reset_index(drop=True)
+    decision = _decide(truth, cand[keep], champ[keep], rule, reference, features)
+    rows = f"{n} held-out rows neither model trained on" + (
+        f" ({excluded} of the {len(split.held_out)} left out: production's split trained on them)" if excluded else ""
+    )
+    return {
+        **base,
+        "comparable": True,
+        "metrics": regression_metrics(truth, champ[keep]),
+        "candidate_metrics": regression_metrics(truth, cand[keep]),
+        "rule": {"origin": origin, "margin": rule.margin, "error_rate": rule.error_rate, "fail_above": rule.fail_above},
+        "test": decision.as_dict(),
+        "detail": f"against production {version} on {rows}: {decision.describe()}",
+    }
+
+
+@dataclass
+class CommonRows:
+    """Two versions' stored held-out predictions on the rows both held out (neither trained on), with the
+    labels of the later version's data; ``why`` says why there are none (older entries, other keys)."""
+
+    truth: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    dataset_version: str = ""
+    why: str = ""
+
+    def __len__(self) -> int:
+        return int(self.truth.size)
+
+
+def stored_predictions(registry, mv) -> pd.DataFrame | None:
+    """A version's held-out predictions (``_key``, ``prediction``), or None for a version registered without."""
+    import io
+
+    from kfrelease.errors import NotFound
+
+    file = (mv.entry.get("held_out") or {}).get("predictions")
+    if not file:
+        return None
+    try:
+        return pd.read_parquet(io.BytesIO(registry.read_file(mv.name, mv.version, file)))
+    except NotFound:
+        return None
+
+
+def common_rows(store, registry_a, a, registry_b, b) -> CommonRows:
+    """``a`` and ``b`` (``ModelVersion``) on the same rows: the held-out rows of both, matched by their
+    seed-free key, with the labels ``b``'s dataset version holds for them. Reads curated data; loads no model."""
+    from kfrelease.data.publish import get_version, load_dataset
+
+    empty = np.empty(0)
+    pa, pb = stored_predictions(registry_a, a), stored_predictions(registry_b, b)
+    missing = [mv.version for mv, p in ((a, pa), (b, pb)) if p is None]
+    if missing:
+        return CommonRows(empty, empty, empty, why=f"{', '.join(missing)} kept no held-out predictions")
+    pa, pb = pa.drop_duplicates(KEY, keep=False), pb.drop_duplicates(KEY, keep=False)
+    both = pa.merge(pb, on=KEY, suffixes=("_a", "_b"))
+    if both.empty:
+        return CommonRows(empty, empty, empty, why="their held-out rows differ (no row is held out by both)")
+    rule = replace(champion_rule(b.entry), seed=0, method="hash")
+    manifest = get_version(store, b.entry["dataset"], b.entry["dataset_version"]).manifest
+    known = {c["name"] for c in manifest["columns"]}
+    columns = [c for c in dict.fromkeys([*rule.key_columns(), b.entry["target"]]) if c in known]
+    df, _ = load_dataset(store, b.entry["dataset"], b.entry["dataset_version"], columns=columns)
+    frame = df.copy()
+    for c in rule.columns:
+        if c in frame.columns and c != rule.id_column:
+            frame[c] = frame[c].astype("float64")
+    labels = pd.DataFrame({KEY: rule.row_hashes(frame), "truth": df[b.entry["target"]].to_numpy(dtype="float64")})
+    joined = both.merge(labels.drop_duplicates(KEY, keep=False), on=KEY)
+    if joined.empty:
+        return CommonRows(empty, empty, empty, why=f"none of their common rows is in {b.entry['dataset_version']}")
+    return CommonRows(
+        joined["truth"].to_numpy(),
+        joined[f"{PREDICTION}_a"].to_numpy(dtype="float64"),
+        joined[f"{PREDICTION}_b"].to_numpy(dtype="float64"),
+        b.entry["dataset_version"],
+    )
