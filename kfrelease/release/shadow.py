@@ -31,7 +31,7 @@ import pandas as pd
 from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
 from kfrelease.metrics import regression_metrics
-from kfrelease.release.decision import PairSequence, decide
+from kfrelease.release.decision import CheckOutcome, PairSequence, decide
 from kfrelease.rollout.spec import GateRule
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,18 @@ class ShadowVerdict:
             return f"shadow gate {self.decision}: {'; '.join(self.reasons)}"
         lo, hi = test["ratio_interval"]
         what = "MSE" if test["loss"] == "squared" else "MAE"
+        by = f" (decided by {test['check']} on {test['slice']})" if test.get("check") else ""
+        others = "".join(
+            f"; {CheckOutcome.from_dict(c).describe()}" for c in test.get("checks") or [] if c["check"] != "accuracy"
+        )
         return (
-            f"shadow gate {self.decision}: candidate {e['candidate_version']} vs production "
+            f"shadow gate {self.decision}{by}: candidate {e['candidate_version']} vs production "
             f"{e['production_version']} on the same n={test['n']} labelled requests: {what} ratio "
             f"{test['ratio']:.3f} [{_bound(lo)}, {_bound(hi)}] ({100 * (1 - 2 * test['error_rate']):g}% "
             f"confidence sequence; pass below {1 + test['margin']:g}, fail above "
             f"{1 + (test['margin'] if e.get('fail_above') == 'margin' else 0):g}); rmse "
             f"{e['candidate']['rmse']:.3f} vs {e['production']['rmse']:.3f} (ratio {e['rmse_ratio']:.3f}, "
-            f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}"
+            f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}{others}"
         )
 
 
@@ -103,12 +107,14 @@ def shadow_verdict(
     """The gate's decision on joined rows in arrival order (see the module docstring). ``scale``:
     production's reference (held-out) RMSE, which fixes the clip before the first pair."""
     n = len(pairs)
+    features = [col for col in pairs.columns if col not in PAIR_COLUMNS]
     test = decide(
         pairs["truth"] if n else [],
         pairs["candidate"] if n else [],
         pairs["production"] if n else [],
         rule,
         scale,
+        features=pairs[features] if n and features else None,
         at_limit=at_limit,
     )
     evidence = {
