@@ -79,7 +79,7 @@ def scenarios() -> list[dict]:
         name = f"category {category} ({CATEGORY_SHARES[category]:.0%}) with {factor:g}x the squared error"
         out.append({"family": "broken slice", "name": name, "category": category, "factor": factor})
     for quantile, factor in ((0.99, 3.0), (0.99, 6.0), (0.95, 3.0)):
-        name = f"|x| beyond its {quantile:.0%} quantile: {factor:g}x the error"
+        name = f"x beyond its central {quantile:.0%} range: {factor:g}x the error"
         out.append({"family": "out of range", "name": name, "quantile": quantile, "factor": factor})
     return out
 

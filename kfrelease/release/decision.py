@@ -784,3 +784,117 @@ class PairSequence:
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+# --- one sample: the candidate against the spec's absolute thresholds ---------------------------------------
+
+#: The model spec's absolute thresholds and the loss each is a limit of (``min_r2`` becomes an MSE limit).
+THRESHOLD_LOSS = {"max_mse": "squared", "max_rmse": "squared", "max_mae": "absolute", "min_r2": "squared"}
+
+
+def threshold_limit(key: str, value: float, target_variance: float | None = None) -> float:
+    """The mean-loss limit of one threshold: MSE for ``max_mse``/``max_rmse``/``min_r2`` (``(1 - min_r2) x``
+    the target's variance, fixed before the first pair), MAE for ``max_mae``."""
+    if key == "max_rmse":
+        return value**2
+    if key == "min_r2":
+        if not target_variance or target_variance <= 0:
+            raise GateError("min_r2 needs the target's variance (from the held-out split) to become an MSE limit")
+        return (1.0 - value) * target_variance
+    if key in ("max_mse", "max_mae"):
+        return value
+    raise GateError(f"threshold {key!r} is unknown; use one of {', '.join(THRESHOLD_LOSS)}")
+
+
+def threshold_decide(truth, prediction, key: str, limit: float, rule: GateRule, *, at_limit: bool = False) -> Decision:
+    """One-sample sequential test of the candidate's own labelled answers against an absolute limit of its
+    mean loss (``threshold_limit``): for a first model of a tag or a tag bump, where production's answers are
+    not comparable. The loss is clipped at ``clip x`` the limit's RMSE (MAE); ``pass`` when the clipped mean
+    loss is shown below the limit and the rate of errors above ``tail x`` that scale is shown below
+    ``min_exposure``; ``fail`` when either is shown above (a clipped mean above the limit means the true
+    mean is above it too). The same betting e-processes and guarantees as the paired checks."""
+    rule.check()
+    t = np.asarray(truth, dtype="float64").ravel()
+    y = np.asarray(prediction, dtype="float64").ravel()
+    if t.size != y.size:
+        raise GateError(f"truth and prediction have {t.size} and {y.size} values; they pair up row by row")
+    if not (np.isfinite(t).all() and np.isfinite(y).all()):
+        raise GateError("pairs contain NaN or infinity; the join must drop unlabelled or failed requests")
+    if not limit > 0:
+        raise GateError(f"threshold {key} gives a loss limit of {limit}; it must be above 0")
+    loss = THRESHOLD_LOSS[key]
+    scale = math.sqrt(limit) if loss == "squared" else limit
+    clip_at = rule.clip * scale
+    top = clip_at**2 if loss == "squared" else clip_at
+    n = int(t.size)
+    base = {"loss": loss, "error_rate": rule.error_rate, "margin": 0.0, "pairs_seen": n, "clip_at": clip_at}
+    limited = at_limit or (rule.max_samples is not None and n >= rule.max_samples)
+    name = f"threshold:{key}"
+    if n < rule.min_samples:
+        reason = f"{n} labelled requests so far; the threshold check looks from {rule.min_samples}"
+        return Decision("insufficient" if limited else "continue", n, reason, **base)
+    e = t - y
+    x = clipped_losses(e, clip_at, loss) / top
+    theta = limit / top
+    start = rule.min_samples - 1
+    weights = {"threshold": 2.0, "tail": 1.0} if rule.min_exposure > 0 else {"threshold": 1.0}
+    a_fail = {k: rule.error_rate * w / sum(weights.values()) for k, w in weights.items()}
+
+    def below(th, alpha):  # E[x] < th shown
+        return _crossed(betting_log_wealth((th - x) / (1 - th)) >= math.log(1 / alpha), start)[-1]
+
+    def above(th, alpha):  # E[x] > th shown
+        return _crossed(betting_log_wealth((x - th) / th) >= math.log(1 / alpha), start)[-1]
+
+    passed = {"threshold": bool(below(theta, rule.error_rate))}
+    failed = {"threshold": bool(above(theta, a_fail["threshold"]))}
+    lo = _smallest(lambda th: not above(th, a_fail["threshold"]), 1e-6, 1 - 1e-6) * top / limit
+    hi = _smallest(lambda th: below(th, rule.error_rate), 1e-6, 1 - 1e-6) * top / limit
+    estimate = float(x.mean()) * top / limit
+    checks = [CheckOutcome(name, ALL, _one(passed["threshold"], failed["threshold"]), n, estimate, (lo, hi))]
+    if rule.min_exposure > 0:
+        d = rule.min_exposure
+        g = (np.abs(e) > rule.tail_at * scale).astype("float64")
+        passed["tail"] = bool(
+            _crossed(betting_log_wealth((d - g) / (1 - d), TAIL_CAP) >= math.log(1 / rule.error_rate), start)[-1]
+        )
+        failed["tail"] = bool(
+            _crossed(betting_log_wealth((g - d) / d, TAIL_CAP) >= math.log(1 / a_fail["tail"]), start)[-1]
+        )
+        checks.append(
+            CheckOutcome(
+                "tail",
+                ALL,
+                _one(passed["tail"], failed["tail"]),
+                n,
+                float(g.mean()),
+                None,
+                detail=f"errors above {rule.tail_at:g} x {scale:.4g}: {float(g.mean()):.4f}; pass below {d:g}",
+            )
+        )
+    numbers = {
+        "candidate_loss": float(x.mean() * top),
+        "production_loss": limit,
+        "ratio": estimate,
+        "ratio_interval": (lo, hi),
+        "clipped_share": float(np.mean(np.abs(e) > clip_at)),
+        "checks": [o.as_dict() for o in checks],
+        "extra": {"threshold": key, "limit": limit},
+    }
+    what = f"{'MSE' if loss == 'squared' else 'MAE'} / limit"
+    head = f"{what} {estimate:.3f} [{_num(lo)}, {_num(hi)}] on n={n} labelled requests ({key})"
+    if any(failed.values()):
+        by = "tail" if failed.get("tail") and not failed["threshold"] else name
+        return Decision("fail", n, f"{by} failed: {head}", **base, **numbers, check=by, slice=ALL)
+    if all(passed.values()):
+        return Decision("pass", n, f"{name} passed: {head}", **base, **numbers, check=name, slice=ALL)
+    reason = f"no decision yet: {head}"
+    if limited:
+        return Decision(
+            "insufficient", n, reason + "; no decision by the limit (insufficient evidence)", **base, **numbers
+        )
+    return Decision("continue", n, reason, **base, **numbers)
+
+
+def _one(passed: bool, failed: bool) -> str:
+    return "fail" if failed else "pass" if passed else "continue"

@@ -46,7 +46,8 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     assert v1.version == "V1.1.0" and v1.stage == "staging"
     first = run_release(settings, name, v1.version, spec)
     assert first.result == "promoted" and registry.current(name, "production").version == "V1.1.0"
-    assert "first model of tag 1" in registry.history(name, "V1.1.0")[-1]["why"]
+    why = registry.history(name, "V1.1.0")[-1]["why"]
+    assert "first model of" in why and "promoted on its offline evidence: rmse" in why  # names its evidence
 
     gen = traffic(settings, name)
     try:
