@@ -175,8 +175,29 @@ class ShadowSpec(SpecDocument):
     )
     clip: Number = Field(4.0, description="Errors clipped at this many times production's held-out RMSE (heavy tails).")
     boundary: Literal[BOUNDARIES] = Field(
-        "asymptotic", description="`asymptotic` or `bernstein` (exact, needs more pairs)."
+        "betting",
+        description="`betting` (exact at every sample count), `asymptotic` (the gate before issue 23: blind to rare "
+        "failures at small n) or `bernstein` (exact, needs more pairs).",
     )
+    min_exposure: Number = Field(
+        0.002,
+        description="Tail check: the candidate's rate of errors above `tail` reference RMSEs must be shown below "
+        "production's plus this (0: no tail check); no pass before about log(1/error_rate) / (0.8 min_exposure) "
+        "labelled pairs.",
+    )
+    tail: Number | None = Field(
+        None, description="Errors above this many reference RMSEs are gross errors (null: `clip`)."
+    )
+    slices: Items[str] = Field(
+        (),
+        description="Declared slices: features whose values (or `slice_bins` quantile bins) are each tested; a slice "
+        "fails the candidate when its loss is surely above (1 + slice_margin) x production's there.",
+    )
+    worst_slice: bool = Field(
+        True, description="Search every feature's slices for the worst one (multiplicity: Bonferroni)."
+    )
+    slice_margin: Number = Field(0.1, description="A slice fails above (1 + slice_margin) x production's.")
+    slice_bins: int = Field(4, description="Quantile bins of a numeric feature's slices (2..20).")
     max_samples: int | None = Field(
         None, description="Undecided at this many pairs: insufficient evidence (null: no limit)."
     )
@@ -206,6 +227,12 @@ class ShadowSpec(SpecDocument):
             min_samples=self.min_labelled_samples,
             max_samples=self.max_samples,
             boundary=self.boundary,
+            min_exposure=self.min_exposure,
+            tail=self.tail,
+            slices=self.slices,
+            worst_slice=self.worst_slice,
+            slice_margin=self.slice_margin,
+            slice_bins=self.slice_bins,
         )
 
 
