@@ -348,7 +348,8 @@ def slice_family(feature: str, values, fixed_on: int, bins: int) -> SliceFamily:
     index = {x: j for j, x in enumerate(seen)}
     other = len(seen)
     codes[fixed_on:] = [index.get(x, other) for x in v[fixed_on:].tolist()]
-    return SliceFamily(feature, [f"{feature}={x}" for x in seen] + [f"{feature} other"], codes)
+    shown = [f"{x:.4g}" if isinstance(x, float) else str(x) for x in seen]
+    return SliceFamily(feature, [f"{feature}={x}" for x in shown] + [f"{feature} other"], codes)
 
 
 def _edge(x: float) -> str:
