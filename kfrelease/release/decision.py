@@ -47,7 +47,7 @@ The boundary (``boundary``), for the accuracy check; the tail and slice checks a
   Shafer, "Testing by betting", JRSS-A 184(2), 2021. Exact at every sample count for bounded losses, no
   asymptotics and no variance estimate: before a rare failure mode has been seen the bet is at most
   ``cap`` of the range, so passing needs at least ``log(1/alpha) / (cap x margin / clip^2)`` pairs even
-  when the two models agree everywhere (about 4,800 at the defaults), and each gross error seen costs a
+  when the two models agree everywhere (about 3,000 at the defaults), and each gross error seen costs a
   share ``cap`` of the wealth. The tail check's bet is at most ``TAIL_CAP``: it cannot pass before
   ``log(1/alpha) / (TAIL_CAP x min_exposure)`` pairs (about 1,900 at ``min_exposure`` 0.002, error rate
   0.05), a little over the ``log(1/alpha) / min_exposure`` that any procedure needs to have seen, with

@@ -146,10 +146,13 @@ def plan_release(
     model = spec.model
     mv = registry.get(model, version)
     prod = registry.current(model, "production")
-    if prod is None or prod.tag != mv.tag:
+    from kfrelease.release.controller import release_path
+
+    if release_path(mv, prod) != "shadow":
         raise KfreleaseError(
-            f"{model} {version}: no production model of tag {mv.tag} to compare against; its release promotes it "
-            "directly (no shadow gate), so there is nothing to plan"
+            f"{model} {version}: no production model with its inputs to compare against (its release is "
+            f"{'promoted on its offline verdict' if prod is None else 'canary steps with its thresholds checked live'}"
+            ", no shadow gate), so there is nothing to plan"
         )
     truth, cand, prodp = holdout_pairs(registry, store_for("data-scientist", settings), model, version, prod.version)
     rule = spec.shadow.rule()

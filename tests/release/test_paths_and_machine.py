@@ -268,3 +268,37 @@ def test_a_spec_without_absolute_thresholds_cannot_be_released(stack):
     assert v.stage != "staging" or ("validation.max_rmse" in message and "validation.min_r2" in message)
     assert len(driver.applied) == 1  # no traffic moved
     assert ModelRegistry(store_for("pipeline", stack)).current(name, "production") is None
+
+
+@pytest.mark.integration
+def test_a_tag_bump_reaches_production_only_through_shadow_and_a_passed_live_threshold_check(release_env):
+    """Tag 2 with production's inputs: shadowed against the tag-1 production, then canary steps whose last
+    one waits for the one-sample test of the spec's thresholds on the canary's own labelled requests."""
+    from kfrelease.demo.flow import create_release_demo_project
+    from kfrelease.release.embedded import run_release
+    from kfrelease.training.spec import load_project_at_commit, parse_spec
+    from kfrelease.training.steps import run_inline
+    from tests.release.conftest import small_spec, traffic
+
+    settings, ds, name, tmp = release_env
+    shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
+    registry = ModelRegistry(store_for("pipeline", settings))
+    first_spec, commit = load_project_at_commit(tmp / "project", shas[0])
+    v1 = run_inline(first_spec, commit, settings=settings, containerize=False)
+    spec = small_spec(name)
+    assert run_release(settings, name, v1.version, spec).result == "promoted"
+    second_spec, commit = load_project_at_commit(tmp / "project", shas[1])
+    bumped = parse_spec(second_spec.text.replace("tag: 1", "tag: 2"), code=second_spec.code)
+    v2 = run_inline(bumped, commit, settings=settings, containerize=False)
+    assert v2.version == "V2.1.0" and v2.stage == "staging", v2.verdict
+    with traffic(settings, name) as gen:
+        out = run_release(settings, name, v2.version, spec)
+        stats = gen.stop()
+    assert out.result == "promoted", out.decisions[-1]["why"]
+    assert stats.failed == 0, stats.errors
+    history = registry.history(name, v2.version)
+    phases = [e["evidence"].get("phase") for e in history]
+    assert "shadow" in phases and phases[-1] == "promote"  # shadowed: its inputs are production's
+    last = next(c for c in history[-1]["evidence"]["checks"] if c["name"] == "thresholds")
+    assert last["status"] == "passed" and last["interval"][1] < 1.0  # its MSE surely below max_rmse^2
+    assert "thresholds" in history[-1]["why"] and history[-1]["evidence"]["tag_bump"] is True
