@@ -3,15 +3,17 @@
 The gateway mirrors production requests to the staging candidate with the same request id; both model
 servers log their answers (``kfrelease.serving.logs``) and ground truth arrives later through the feedback
 service (``kfrelease.serving.feedback``). ``join_shadow`` pairs, per (request id, instance), the
-production answer, the candidate's answer and the truth; ``shadow_verdict`` decides on exactly those rows
-with the paired, anytime-valid sequential test of ``kfrelease.release.decision`` (the spec's ``shadow``
-section: margin, error rate, loss, clip, ``min_labelled_samples``, ``max_samples``):
+production answer, the candidate's answer, the truth and the request's features; ``shadow_verdict`` decides
+on exactly those rows with the checks of ``kfrelease.release.decision`` (the spec's ``shadow`` section:
+margin, error rate, loss, clip, the tail check's ``min_exposure``, declared ``slices`` and the worst-slice
+search, ``min_labelled_samples``, ``max_samples``):
 
 - ``continue``: the evidence does not decide yet (or fewer than ``min_labelled_samples`` pairs: the gate
   does not even look);
-- ``pass``: the upper confidence bound says the candidate's loss is at most ``1 + margin`` times
-  production's;
-- ``fail``: the lower confidence bound says the candidate is worse;
+- ``pass``: the candidate's loss is shown to be at most ``1 + margin`` times production's and its rate of
+  gross errors below production's plus ``min_exposure``, with no check failed first;
+- ``fail``: the candidate is shown to be worse (accuracy), to make more gross errors (tail), or to be worse
+  by more than ``slice_margin`` in a slice; the decision names the check and the slice;
 - ``insufficient``: still undecided at ``max_samples`` or ``max_wait_seconds`` (production unchanged).
 
 MSE, RMSE, MAE and R² of both (``kfrelease.metrics.regression_metrics``) and their RMSE ratio are reported
