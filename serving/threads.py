@@ -52,5 +52,5 @@ def pin_native_threads(threads: int | None = None) -> int:
     for name in VARIABLES:
         os.environ[name] = str(n)
     threadpool_limits(limits=n)
-    log.info("native thread pools (OpenMP, BLAS) limited to %d thread(s)", n)
+    log.debug("native thread pools (OpenMP, BLAS) limited to %d thread(s)", n)  # stderr stays one line on errors
     return n
