@@ -5,7 +5,6 @@ leave a version releasable, and model servers whose native thread pools are pinn
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -17,19 +16,19 @@ import numpy as np
 import pytest
 
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.checks import CheckSpec, Measurement, judge
+from kfrelease.release.checks import Measurement, judge
 from kfrelease.release.controller import ReleaseController, ReleaseError, release_path
-from kfrelease.release.decision import GateRule, threshold_decide, threshold_limit
+from kfrelease.release.decision import threshold_decide, threshold_limit
 from kfrelease.release.signals import StepHealth
-from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.rollout.spec import CheckSpec, GateRule, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.threads import cores_given
 from kfrelease.storage import store_for
 from tests.release.conftest import bad_spec_text
 from tests.training.conftest import PrivateDataset
 
-P99 = CheckSpec("p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=5)
-ERRORS = CheckSpec("error_rate", series="error_rate", max=0.01, min_samples=5)
+P99 = CheckSpec(name="p99_latency_ms", series="p99_latency_ms", max=250.0, min_samples=5)
+ERRORS = CheckSpec(name="error_rate", series="error_rate", max=0.01, min_samples=5)
 
 
 def version(tag: int, features: list[str]):
@@ -173,16 +172,16 @@ def two_versions(stack):
 
 
 def canary_spec(name: str):
-    spec = dataclasses.replace(load_rollout_spec(), model=name)
+    spec = load_rollout_spec(model=name)
     return spec.with_changes(
         canary={
             "steps": (50, 100),
             "interval_seconds": 1,
             "checks": (
-                CheckSpec("requests", series="requests", min_samples=5),
+                CheckSpec(name="requests", series="requests", min_samples=5),
                 ERRORS,
                 P99,
-                CheckSpec("accuracy", source="labels", min_samples=10),
+                CheckSpec(name="accuracy", source="labels", min_samples=10),
             ),
         }
     )
@@ -261,7 +260,7 @@ def test_a_spec_without_absolute_thresholds_cannot_be_released(stack):
     text = text.replace("min_r2: -100.0, ", "")
     v = run_inline(parse_spec(text), "d" * 40, settings=stack, containerize=False)
     driver = RecordingDriver("V0.0.0")
-    spec = dataclasses.replace(load_rollout_spec(), model=name)
+    spec = load_rollout_spec(model=name)
     with pytest.raises(ReleaseError) as err:
         ReleaseController(stack, spec, driver).run(v.version)
     message = str(err.value)
