@@ -1,6 +1,7 @@
-"""The release pipeline: preflight (the first model of a tag goes straight to production) -> shadow the
-staging candidate behind production until enough labelled requests decide (shadow gate) -> canary steps
-with checks -> promote or roll back. Started by the training pipeline's staging step
+"""The release pipeline: preflight (a spec without absolute thresholds is refused; the first model of a model
+goes straight to production on its offline verdict; a tag bump whose inputs differ from production's goes to
+canary steps judged on the spec's thresholds) -> shadow the staging candidate behind production until enough
+labelled requests decide (shadow gate) -> canary steps with checks -> promote or roll back. Started by the training pipeline's staging step
 (``kfrelease.release.handover.start_release``) or by ``kfrelease release run``."""
 
 from kfp import dsl
@@ -65,4 +66,14 @@ def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
                 ),
                 RELEASE_DRIVER_STEP,
             )
+<<<<<<< HEAD
 >>>>>>> evidence
+=======
+    with dsl.If(pre.output == "canary", name="tag-bump"):  # inputs differ from production's: no shadow
+        step_label(
+            rollout(model=model, version=version, spec_yaml=spec_yaml)
+            .set_display_name("canary-rollout-tag-bump")
+            .set_caching_options(False),
+            RELEASE_DRIVER_STEP,
+        )
+>>>>>>> gates

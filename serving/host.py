@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per prediction-log POST
+    from kfrelease.serving.threads import pin_native_threads
+
+    pin_native_threads()  # before a model loads: its OpenMP/BLAS pools get the cores this server is given
     from kfrelease.config import Settings
     from kfrelease.serving.fastlane import run_model_server
 

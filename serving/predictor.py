@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per prediction-log POST
+    from kfrelease.serving.threads import pin_native_threads
+
+    pin_native_threads()  # before a model loads: its OpenMP/BLAS pools get the cores this server is given
     try:
         predictor = build(args)
     except KfreleaseError as exc:

@@ -91,7 +91,7 @@ def seeded(stack):
     pairs = pd.DataFrame(
         {"truth": truth, "production": truth + rng.normal(0, 2.0, 400), "candidate": truth + rng.normal(0, 1.0, 400)}
     )
-    verdict = shadow_verdict(pairs, second, first, GateRule(), scale=2.0)
+    verdict = shadow_verdict(pairs, second, first, GateRule(min_exposure=0.01), scale=2.0)  # tail floor: 375 pairs
     assert verdict.decision == "pass", verdict.reasons
     reg.set_stage(
         model, second, "staging", "release-controller", verdict.summary(), {"phase": "shadow", **verdict.as_dict()}

@@ -14,6 +14,15 @@ and ``max_holds``. The controller only measures, asks, and records; nothing here
 Statuses: ``passed``; ``failed`` (counts toward ``failure_threshold``); ``held`` (too few requests for
 the check to count: the step is measured again, at most ``max_holds`` times in a row); ``skipped`` (the
 check does not count at this step: too few labelled pairs yet, or an inconclusive accuracy test).
+
+Judge the model, not the machine (issue 23): the ``error_rate`` and ``p99_latency_ms`` series are compared
+with production's over the same interval (``Measurement.baseline``, read from production's model server at
+the same moments): an error rate fails only when it is above production's by more than ``max``; a p99 fails
+only when it is above ``max`` *and* above ``LATENCY_TOLERANCE`` times production's p99 (a loaded machine
+slows both). A percentile is judged only on enough requests for it (``MIN_TAIL_REQUESTS / (1 - q)``, 500
+for a p99; the p99 of 60 requests is their maximum): with fewer the check is skipped. A failed traffic check
+rolls back but leaves the candidate releasable (``staging``); only a failed accuracy (``labels``) check
+rejects it for good (``ReleaseController.roll_back``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,11 @@ from dataclasses import asdict, dataclass, field
 from kfrelease.rollout.spec import CheckSpec
 
 ACTIONS = ("advance", "hold", "rollback", "promote")
+#: The quantile each percentile series estimates, and the tail requests a quantile needs to be judged.
+PERCENTILES = {"p99_latency_ms": 0.99}
+MIN_TAIL_REQUESTS = 5
+#: A canary's p99 may be this many times production's over the same interval before it counts as slower.
+LATENCY_TOLERANCE = 1.5
 
 
 @dataclass
@@ -34,6 +48,7 @@ class Measurement:
     samples: float = 0.0  # requests of the step (traffic) or labelled pairs so far (labels)
     decision: dict | None = None  # labels: ``Decision.as_dict()``
     error: str | None = None  # the source could not be read
+    baseline: float | None = None  # traffic: production's value over the same interval (None: not read)
 
 
 @dataclass
@@ -46,6 +61,7 @@ class CheckResult:
     min: float | None = None
     detail: str = ""
     interval: list | None = None  # labels: the confidence sequence on the loss ratio
+    baseline: float | None = None  # traffic: production's value over the same interval
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,9 +77,10 @@ class CheckResult:
         bound = ", ".join(f"{k} {v:g}" for k, v in (("max", self.max), ("min", self.min)) if v is not None)
         return (
             f"{self.name} {_fmt(self.value)}"
+            + (f" vs production {_fmt(self.baseline)}" if self.baseline is not None else "")
             + (f" ({bound})" if bound else "")
             + f" n={self.n:.0f} {self.status}"
-            + (f" ({self.detail})" if self.detail and self.status != "passed" else "")
+            + (f" ({self.detail})" if self.detail else "")
         )
 
 
@@ -77,7 +94,7 @@ def _fmt(x) -> str:
 
 def judge(check: CheckSpec, m: Measurement) -> CheckResult:
     """The status of one check on one measurement (pure)."""
-    r = CheckResult(check.name, "passed", m.value, m.samples, check.max, check.min)
+    r = CheckResult(check.name, "passed", m.value, m.samples, check.max, check.min, baseline=m.baseline)
     if m.error:
         r.status, r.detail = "failed", m.error  # an unreadable source is a failed check, not a missing one
         return r
@@ -98,6 +115,22 @@ def judge(check: CheckSpec, m: Measurement) -> CheckResult:
         return r
     if m.value is None:
         r.status, r.detail = "skipped", "no observations"
+        return r
+    q = PERCENTILES.get(check.series or "")
+    if q is not None and m.samples < (needed := math.ceil(MIN_TAIL_REQUESTS / (1 - q))):
+        r.status = "skipped"
+        r.detail = f"{m.samples:.0f} requests; a p{100 * q:g} needs {needed} (of fewer it is about their maximum)"
+        return r
+    if check.series == "error_rate" and m.baseline is not None:
+        if check.max is not None and m.value - m.baseline > check.max:
+            r.status, r.detail = "failed", f"above production's {m.baseline:.4g} by more than {check.max:g}"
+        return r
+    if q is not None and m.baseline is not None and check.max is not None and m.value > check.max:
+        if m.value > LATENCY_TOLERANCE * m.baseline:
+            r.status = "failed"
+            r.detail = f"above {check.max:g} and above {LATENCY_TOLERANCE:g} x production's {m.baseline:.4g}"
+        else:
+            r.detail = f"above {check.max:g}, as production's {m.baseline:.4g} over the same interval: the machine"
         return r
     if check.max is not None and m.value > check.max:
         r.status, r.detail = "failed", f"above {check.max:g}"

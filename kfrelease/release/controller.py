@@ -2,13 +2,20 @@
 analysis) and moves traffic through a ``TrafficDriver`` (the local gateway, or the InferenceService on a
 cluster).
 
-    preflight -> [first model of its tag: production at once]
-              -> shadow (mirror to the staging candidate until the shadow gate decides)
+    preflight (refuses a model spec without an absolute threshold)
+              -> [no production model at all: production at once, on its offline verdict; there is no
+                  traffic to split or compare]
+              -> shadow (mirror to the staging candidate until the shadow gate decides; a tag bump only
+                 when its inputs are production's, ``release_path``)
               -> canary step 1 .. n (each: wait ``interval_seconds``, measure the declared checks
-                 (requests, error rate, p99 latency, the paired accuracy test on labelled canary traffic),
+                 (requests, error rate and p99 latency against production's over the same interval, the
+                 paired accuracy test on labelled canary traffic; for a tag bump also the one-sample test
+                 of the spec's absolute thresholds, ``thresholds``, which must pass before promotion),
                  ask the judge (``kfrelease.release.checks``): advance, hold or roll back)
               -> promote (registry ``production``, previous production ``archived``, all traffic)
-              or roll back (canary 0 %, candidate ``rejected``, production untouched)
+              or roll back (canary 0 %, production untouched; the candidate ``rejected`` only when an
+                 accuracy check failed, else left in ``staging``, releasable again: latency, errors and
+                 unreadable signals are the machine's, not the model's)
 
 Every decision is appended to the candidate's registry history (``set_stage`` events, with the numbers in
 ``why`` and in ``evidence``), so ``kfrelease models history MODEL VERSION`` shows the whole release.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -34,8 +42,8 @@ import numpy as np
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
-from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
-from kfrelease.release.decision import PairSequence, decide
+from kfrelease.release.checks import CanaryAnalysis, CheckSpec, Measurement, judge, render_query
+from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
 from kfrelease.release.signals import (
     MetricSourceError,
@@ -49,6 +57,9 @@ log = logging.getLogger(__name__)
 
 WHO = "release-controller"
 REPORT_PREFIX = "reports"
+#: The derived canary check of a tag bump: the one-sample test of the model spec's absolute thresholds.
+THRESHOLDS_CHECK = "thresholds"
+THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
 
 
 class ReleaseError(KfreleaseError):
@@ -121,12 +132,16 @@ def prometheus_url(settings: Settings, spec: RolloutSpec) -> str:
     return settings.url("prometheus")
 
 
-def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
-    """The canary's signal source as the spec names it."""
+def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: str = "canary"):
+    """The signal source of ``candidate`` serving as ``stage`` (the canary, or ``production`` for the same
+    interval's baseline), as the spec names it."""
     if metrics_source(spec) == "prometheus":
+<<<<<<< HEAD
         from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE
 
         stage = CANARY_SERIES_STAGE if on_cluster() else "canary"
+=======
+>>>>>>> gates
         return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate, stage=stage)
     if on_cluster():
         raise ReleaseError(
@@ -136,7 +151,33 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str):
         )
     from kfrelease.serving.services import predictor_port
 
-    return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, 'canary')}", spec.model, candidate)
+    return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, stage)}", spec.model, candidate)
+
+
+def spec_thresholds(mv) -> dict[str, float]:
+    """The absolute thresholds of a version's model spec (``validation.max_rmse`` ...), from its registry entry."""
+    text = (mv.entry.get("spec") or {}).get("text")
+    if text:
+        from kfrelease.training.spec import parse_spec
+
+        return parse_spec(text).thresholds()
+    checks = (mv.entry.get("verdict") or {}).get("checks") or []
+    return {
+        c["name"].split(":", 1)[1]: float(c["limit"])
+        for c in checks
+        if str(c.get("name", "")).startswith("threshold:") and c.get("limit") is not None
+    }
+
+
+def release_path(mv, production) -> str:
+    """``first`` (no production model at all), ``shadow`` (a champion whose inputs are the candidate's:
+    the same tag, or a tag bump with the same input schema) or ``canary`` (a tag bump whose inputs differ:
+    canary steps judged on the spec's absolute thresholds)."""
+    if production is None:
+        return "first"
+    if production.tag == mv.tag or sorted(production.features) == sorted(mv.features):
+        return "shadow"
+    return "canary"
 
 
 #: instances per request when the canary's logged inputs are replayed to production's model server
@@ -207,6 +248,7 @@ class ReleaseController:
         on_decision: Callable[[dict], None] | None = None,
         report: bool = True,
         clock: Clock | None = None,
+        baseline_signals: Callable[[str], object] | None = None,
     ):
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
@@ -215,9 +257,15 @@ class ReleaseController:
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)
         self.signals = signals or (lambda version: signals_for(settings, spec, version))
+<<<<<<< HEAD
         self.production_scorer = production_scorer or ModelServerScorer(
             production_predictor_url(settings, spec), spec.model
         )
+=======
+        # production's signals over each canary step (tests pass theirs; None: from the spec, if it can be read)
+        self._baseline_signals = baseline_signals if signals is None or baseline_signals else (lambda _v: None)
+        self._tag_bump, self._comparable, self._threshold_order = False, True, PairSequence()
+>>>>>>> gates
         self.preflight_url = preflight_url
         self.poll_seconds = poll_seconds
         self.on_decision = on_decision
@@ -245,6 +293,12 @@ class ReleaseController:
                 f"{model} {candidate} is {mv.stage or 'not staged'}, not in staging; only a validated staging "
                 "candidate can be released (train it on a merge to main first); no traffic was moved"
             )
+        if not spec_thresholds(mv):
+            raise ReleaseError(
+                f"{model} {candidate}: its model spec sets no absolute threshold, so nothing could say it is good "
+                "enough on its own; set at least one of validation.max_rmse, validation.max_mse, "
+                "validation.max_mae or validation.min_r2 in model.yaml and merge again; no traffic was moved"
+            )
         production = self.registry.current(model, "production")
         if production is not None and production.version == candidate:
             raise ReleaseError(f"{model} {candidate} is already in production; no traffic was moved")
@@ -268,41 +322,45 @@ class ReleaseController:
     # --- the whole release ------------------------------------------------------------------------
     def run(self, candidate: str) -> ReleaseOutcome:
         mv, production = self.preflight(candidate)
-        if production is None or production.tag != mv.tag:
+        path = release_path(mv, production)
+        if path == "first":
             return self.first_of_tag(mv, production)
-        verdict = self.shadow(candidate, production.version)
-        if verdict.decision != "pass":
-            return self.outcome_after_shadow(candidate, production.version, verdict)
+        if path == "shadow":
+            verdict = self.shadow(candidate, production.version)
+            if verdict.decision != "pass":
+                return self.outcome_after_shadow(candidate, production.version, verdict)
         return self.canary(candidate, production.version)
 
     def first_of_tag(self, mv, production) -> ReleaseOutcome:
-        """No champion of the same tag: production at once (there is nothing to compare against)."""
+        """No production model at all: production at once, on its offline evidence (its validation verdict:
+        the spec's absolute thresholds on held-out rows); no client traffic exists to split or compare. A
+        first model of a tag that replaces a production model of another tag goes through ``canary``."""
+        if production is not None:
+            raise ReleaseError(
+                f"{self.spec.model} {mv.version} would replace {production.version}: a tag bump goes through canary "
+                "steps with the spec's thresholds checked live (release_path), not straight to production"
+            )
         current = self.driver.current()
         if current is not None and current.primary and current.primary != mv.version:
             # the model server that answers clients cannot be swapped in place: move all traffic through
             # the canary first, then make it the primary (no request is dropped)
             self.driver.apply(TrafficState(primary=current.primary, canary=mv.version, canary_weight=100))
         self.driver.apply(TrafficState(primary=mv.version))
-        why = f"first model of tag {mv.tag}: no production model to compare against; promoted directly" + (
-            f" (replaces {production.version} of tag {production.tag})" if production else ""
+        checks = [c for c in (mv.entry.get("verdict") or {}).get("checks") or [] if c.get("name") != "champion"]
+        shown = "; ".join(str(c.get("detail") or c.get("name")) for c in checks) or "validation passed"
+        rows = (mv.metrics or {}).get("n")
+        why = (
+            f"first model of {self.spec.model} (tag {mv.tag}): no production model, no traffic to split or compare; "
+            f"promoted on its offline evidence: {shown}" + (f" on {rows} held-out rows" if rows else "")
         )
         self._record(
             mv.version,
             "production",
             "promote",
             why,
-            {
-                "metrics": mv.metrics,
-                "replaces": production.version if production else None,
-            },
+            {"metrics": mv.metrics, "evidence": "offline verdict", "checks": checks, "replaces": None},
         )
-        return ReleaseOutcome(
-            self.spec.model,
-            mv.version,
-            production.version if production else None,
-            "promoted",
-            list(self.decisions),
-        )
+        return ReleaseOutcome(self.spec.model, mv.version, None, "promoted", list(self.decisions))
 
     # --- shadow -----------------------------------------------------------------------------------
     def shadow(self, candidate: str, production: str) -> ShadowVerdict:
@@ -404,6 +462,7 @@ class ReleaseController:
                 cache[keys[i]] = float(answer)
         return np.asarray([cache[k] for k in keys], dtype="float64")
 
+<<<<<<< HEAD
     def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
         """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
         answer, and the production model's answer to the *same* logged inputs (the production model scores
@@ -412,6 +471,11 @@ class ReleaseController:
         they accumulate over the steps (the test is anytime-valid) at about share x labelled rate."""
         import pandas as pd
 
+=======
+    def canary_labelled(self, candidate: str, canary_since):
+        """The canary's own labelled requests since the canary started (``truth``, ``prediction`` and the
+        logged features), one row per (request id, instance)."""
+>>>>>>> gates
         from kfrelease import lake
 
         labelled = lake.join_truth(
@@ -419,10 +483,26 @@ class ReleaseController:
             lake.read_labels(self.store, self.spec.model, since=canary_since),
             how="inner",
         )
-        cand = labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(
+        return labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(
             ["request_id", "instance"]
         )
+<<<<<<< HEAD
         features = self.registry.get(self.spec.model, production).features
+=======
+
+    def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
+        """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
+        answer, and the production model's answer to the *same* logged inputs (the production model scores
+        them: a paired comparison as in the shadow gate; two disjoint request samples would differ by
+        chance far more than the models do), and the logged features (slices). The pairs come only from the
+        canary's share of traffic, so they accumulate over the steps (the test is anytime-valid) at about
+        share x labelled rate."""
+        import numpy as np
+        import pandas as pd
+
+        cand = self.canary_labelled(candidate, canary_since)
+        model, features = self._champion(production)
+>>>>>>> gates
         missing = [f for f in features if f not in cand.columns]
         if cand.empty or missing:
             return pd.DataFrame(columns=["request_id", "instance", "truth", "candidate", "production"])
@@ -434,16 +514,43 @@ class ReleaseController:
                 "truth": cand["truth"].to_numpy(dtype="float64"),
                 "candidate": cand["prediction"].to_numpy(dtype="float64"),
                 "production": champion,
+                **{f: cand[f].to_numpy() for f in features},
             }
         )
         return order.extend(pairs)
 
+    def threshold_measurement(self, candidate: str, canary_since, order: PairSequence, check) -> Measurement:
+        """The one-sample test of each absolute threshold of the candidate's spec on its own labelled canary
+        requests (``decision.threshold_decide``): failed when any fails, passed when all pass."""
+        mv = self.registry.get(self.spec.model, candidate)
+        rows = order.extend(
+            self.canary_labelled(candidate, canary_since)[["request_id", "instance", "truth", "prediction"]]
+        )
+        rule = dataclasses.replace(self.spec.shadow.rule(), min_samples=max(2, check.min_samples), max_samples=None)
+        metrics = mv.metrics or {}
+        variance = metrics["mse"] / (1 - metrics["r2"]) if metrics.get("mse") and metrics.get("r2", 1) < 1 else None
+        decisions = []
+        for key, value in spec_thresholds(mv).items():
+            limit = threshold_limit(key, value, variance) if key != "min_r2" or variance else None
+            if limit is None:
+                continue
+            decisions.append(threshold_decide(rows["truth"], rows["prediction"], key, limit, rule))
+        if not decisions:
+            return Measurement(error="no threshold of the candidate's spec can be checked live")
+        failed = [d for d in decisions if d.decision == "fail"]
+        open_ = [d for d in decisions if d.decision != "pass"]
+        d = failed[0] if failed else (open_[0] if open_ else decisions[-1])
+        out = d.as_dict()
+        out["reason"] = "; ".join(x.reason for x in decisions)
+        return Measurement(d.ratio, len(rows), out)
+
     def measure(
-        self, source, start, seconds: float, candidate: str, production: str, canary_since, order
+        self, source, start, seconds: float, candidate: str, production: str, canary_since, order, baseline=None
     ) -> dict[str, Measurement]:
-        """One measurement per declared check (nothing judged here)."""
+        """One measurement per check (nothing judged here); ``baseline``: production's signal source and its
+        start, read over the same interval for the traffic checks."""
         out: dict[str, Measurement] = {}
-        health, unreadable = None, None
+        health, unreadable, base = None, None, None
         if start is None and not isinstance(source, PrometheusMetrics):
             unreadable = "the canary's metrics could not be read at the start of the step"
         else:
@@ -451,9 +558,16 @@ class ReleaseController:
                 health = source.health(start, seconds)
             except MetricSourceError as exc:
                 unreadable = str(exc)
+        if baseline is not None and baseline[1] is not None:
+            try:
+                base = baseline[0].health(baseline[1], seconds)
+            except MetricSourceError as exc:
+                log.warning("production's metrics over the step could not be read (%s); absolute limits only", exc)
         pairs = None
-        for check in self.spec.canary.checks:
-            if check.source == "labels":
+        for check in self.checks_for(candidate, production):
+            if check.name == THRESHOLDS_CHECK and check.source == "labels" and self._tag_bump:
+                out[check.name] = self.threshold_measurement(candidate, canary_since, self._threshold_order, check)
+            elif check.source == "labels":
                 if pairs is None:
                     pairs = self.canary_pairs(candidate, production, canary_since, order)
                 rule = dataclasses.replace(
@@ -462,8 +576,16 @@ class ReleaseController:
                     max_samples=None,
                     **{k: getattr(check, k) for k in ("margin", "error_rate") if getattr(check, k) is not None},
                 )
+                features = [
+                    c for c in pairs.columns if c not in ("request_id", "instance", "truth", "candidate", "production")
+                ]
                 d = decide(
-                    pairs["truth"], pairs["candidate"], pairs["production"], rule, self.reference_rmse(production)
+                    pairs["truth"],
+                    pairs["candidate"],
+                    pairs["production"],
+                    rule,
+                    self.reference_rmse(production),
+                    features=pairs[features] if features and len(pairs) else None,
                 )
                 out[check.name] = Measurement(d.ratio, len(pairs), d.as_dict())
             elif unreadable:
@@ -476,20 +598,48 @@ class ReleaseController:
                     continue
                 out[check.name] = Measurement(value, health.requests)
             else:
-                value = {"requests": health.requests, "error_rate": health.error_rate, "p99_latency_ms": health.p99_ms}[
-                    check.series
-                ]
-                out[check.name] = Measurement(value, health.requests)
+                series = {"requests": "requests", "error_rate": "error_rate", "p99_latency_ms": "p99_ms"}[check.series]
+                value = getattr(health, series)
+                reference = getattr(base, series) if base is not None and check.series != "requests" else None
+                out[check.name] = Measurement(value, health.requests, baseline=reference)
         return out
 
+    def checks_for(self, candidate: str, production: str, last_step: bool = False):
+        """The declared checks; for a tag bump also ``thresholds`` (the spec's absolute thresholds on the
+        canary's own labelled requests: it holds the last step until it passes), and the paired ``labels``
+        checks only when production's inputs are the candidate's."""
+        checks = list(self.spec.canary.checks)
+        if not self._tag_bump:
+            return checks
+        if not self._comparable:
+            checks = [c for c in checks if c.source != "labels"]
+        labels = next((c for c in self.spec.canary.checks if c.source == "labels"), None)
+        derived = CheckSpec(
+            THRESHOLDS_CHECK,
+            source="labels",
+            min_samples=labels.min_samples if labels else 10,
+            on_short="hold" if last_step else "skip",
+            on_inconclusive="hold" if last_step else "advance",
+        )
+        return [*checks, derived]
+
     def canary(self, candidate: str, production: str) -> ReleaseOutcome:
-        """Walk the canary steps: each interval measure every declared check, ask the judge
+        """Walk the canary steps: each interval measure every check, ask the judge
         (``kfrelease.release.checks``), record; promote after the last step, roll back when it says so."""
         cs = self.spec.canary
-        analysis = CanaryAnalysis(tuple(cs.steps), cs.failure_threshold, cs.max_holds)
+        mv = self.registry.get(self.spec.model, candidate)
+        prod = self.registry.get(self.spec.model, production)
+        self._tag_bump = prod.tag != mv.tag
+        self._comparable = sorted(prod.features) == sorted(mv.features)
+        self._threshold_order = PairSequence()
+        max_holds = cs.max_holds
+        if self._tag_bump:  # the last step waits (up to shadow.max_wait_seconds) for the thresholds' evidence
+            max_holds = max(max_holds, math.ceil(self.spec.shadow.max_wait_seconds / cs.interval_seconds))
+        analysis = CanaryAnalysis(tuple(cs.steps), cs.failure_threshold, max_holds)
         # a re-run of this release's step (its pod was evicted) resumes where the traffic already is
         analysis.index = resume_step(self.driver.current(), candidate, list(cs.steps))
         canary_since, order = _now(), PairSequence()
+        baseline_source = self.signals_baseline(production)
         try:
             while True:
                 weight, step = analysis.weight, analysis.index + 1
@@ -500,9 +650,18 @@ class ReleaseController:
                     start = source.start()
                 except MetricSourceError:
                     start = None
+                baseline = None
+                if baseline_source is not None:
+                    try:
+                        baseline = (baseline_source, baseline_source.start())
+                    except MetricSourceError:
+                        baseline = None
                 self.clock.sleep(cs.interval_seconds)
-                measured = self.measure(source, start, cs.interval_seconds, candidate, production, canary_since, order)
-                results = [judge(check, measured[check.name]) for check in cs.checks]
+                measured = self.measure(
+                    source, start, cs.interval_seconds, candidate, production, canary_since, order, baseline
+                )
+                checks = self.checks_for(candidate, production, last_step=analysis.index == len(cs.steps) - 1)
+                results = [judge(check, measured[check.name]) for check in checks]
                 action, reason = analysis.next(results)
                 why = f"canary {weight}%: " + ", ".join(r.describe() for r in results) + f"; {action}: {reason}"
                 evidence = {
@@ -512,10 +671,14 @@ class ReleaseController:
                     "action": action,
                     "failures": analysis.failures,
                     "holds": analysis.holds,
+                    "tag_bump": self._tag_bump,
                     "window": {"since": step_since.isoformat(), "until": _now().isoformat()},
                 }
                 if action == "rollback":
-                    return self.roll_back(candidate, production, why, evidence)
+                    accuracy = any(
+                        r.status == "failed" and c.source == "labels" for c, r in zip(checks, results, strict=True)
+                    )
+                    return self.roll_back(candidate, production, why, evidence, accuracy=accuracy)
                 if action == "promote":
                     return self.promote(candidate, production, why, evidence)
                 self._record(candidate, "staging", "canary", why, evidence)
@@ -530,6 +693,15 @@ class ReleaseController:
             except Exception:
                 log.exception("could not move traffic back to %s", production)
             raise
+
+    def signals_baseline(self, production: str):
+        """Production's signal source (its model server or series), read over each canary step's interval."""
+        if self._baseline_signals is not None:
+            return self._baseline_signals(production)
+        try:
+            return signals_for(self.settings, self.spec, production, stage="production")
+        except ReleaseError:
+            return None
 
     def promote(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
         self.driver.apply(TrafficState(primary=candidate))
@@ -549,15 +721,22 @@ class ReleaseController:
             getattr(self, "shadow_report_uri", None),
         )
 
-    def roll_back(self, candidate: str, production: str, why: str, evidence: dict) -> ReleaseOutcome:
+    def roll_back(
+        self, candidate: str, production: str, why: str, evidence: dict, *, accuracy: bool = True
+    ) -> ReleaseOutcome:
+        """Canary 0 %. ``accuracy``: an accuracy check failed, the only cause that rejects the candidate for
+        good (``rollback.reject_candidate``); latency, errors and unreadable signals leave it in ``staging``,
+        releasable again."""
         self.driver.apply(TrafficState(primary=production))
-        stage = "rejected" if self.spec.rollback.reject_candidate else "staging"
+        reject = accuracy and self.spec.rollback.reject_candidate
+        stage = "rejected" if reject else "staging"
+        after = "rejected" if reject else "left in staging (releasable again: no accuracy check failed)"
         self._record(
             candidate,
             stage,
             "rollback",
-            f"{why}; rolled back: canary 0%, {production} unchanged",
-            {**evidence, "action": "rollback"},
+            f"{why}; rolled back: canary 0%, {production} unchanged; {candidate} {after}",
+            {**evidence, "action": "rollback", "rejected": reject},
         )
         return ReleaseOutcome(
             self.spec.model,

@@ -11,8 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
+<<<<<<< HEAD
 from kfrelease.errors import KfreleaseError
 from kfrelease.release.controller import ReleaseController
+=======
+from kfrelease.release.controller import ReleaseController, release_path
+>>>>>>> gates
 from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
@@ -92,13 +96,16 @@ def _controller(settings: Settings, spec: RolloutSpec, version: str | None = Non
 
 
 def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
-    """``first`` (promoted at once: no production model of its tag) or ``shadow`` (a champion to beat)."""
+    """``first`` (promoted at once on its offline verdict: no production model at all), ``shadow`` (a
+    champion to beat on the same requests) or ``canary`` (a tag bump whose inputs differ from production's:
+    canary steps with the spec's absolute thresholds checked live). A spec without absolute thresholds is
+    refused here (``ReleaseController.preflight``)."""
     controller = _controller(settings, spec, version)
     mv, production = controller.preflight(version)
-    if production is None or production.tag != mv.tag:
+    path = release_path(mv, production)
+    if path == "first":
         controller.first_of_tag(mv, production)
-        return "first"
-    return "shadow"
+    return path
 
 
 def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
@@ -116,7 +123,8 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
 
 
 def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
-    """The canary steps after a passed shadow gate: ``promoted`` or ``rolled_back``."""
+    """The canary steps after a passed shadow gate (or, for a tag bump whose inputs differ, after the
+    preflight): ``promoted`` or ``rolled_back``."""
     controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
     with terminable(controller.driver, production.version):

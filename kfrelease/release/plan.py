@@ -3,7 +3,8 @@
 Both versions are scored on the candidate's held-out split (the seeded split of its training run,
 rebuilt from the registry entry: its spec, dataset version and split). Those pairs stand in for live
 traffic: ``estimate_plan`` resamples them (bootstrap) into many simulated shadows and runs the shadow
-gate's own test on each (``kfrelease.release.decision.first_decisions``, looking after every label), so the
+gate's own checks on each (``kfrelease.release.decision.simulate_gate``: accuracy and tail, looking after every
+label; slices need the requests' features and are left out), so the
 estimate uses the spec's margin, error rate, clip and boundary exactly as the gate will. It reports the
 probability that the gate passes, fails or stays undecided within ``max_pairs``, and the labelled requests
 by which it has passed with the wanted ``power`` (the power-quantile of the pairs to a pass); at the
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from kfrelease.release.decision import clipped_losses, first_decisions
+from kfrelease.release.decision import simulate_gate
 from kfrelease.rollout.spec import GateRule
 
 
@@ -83,16 +84,13 @@ def estimate_plan(
     c = np.asarray(candidate, dtype="float64")
     p = np.asarray(production, dtype="float64")
     rng = np.random.default_rng(seed)
-    clip_at = rule.clip * reference_rmse
-    lc, lp = clipped_losses(t - c, clip_at, rule.loss), clipped_losses(t - p, clip_at, rule.loss)
-    top = clip_at**2 if rule.loss == "squared" else clip_at
+    ec, ep = t - c, t - p
     outcome = np.empty(simulations, dtype=int)
     pairs = np.empty(simulations, dtype=int)
-    looks = np.arange(1, max_pairs + 1)
     for start in range(0, simulations, 50):  # bounded memory: 50 x max_pairs at a time
         rows = min(50, simulations - start)
         idx = rng.integers(0, len(t), (rows, max_pairs))
-        o, n = first_decisions(lc[idx] / top, lp[idx] / top, 1.0, rule, looks)
+        o, n, _, _ = simulate_gate(ec[idx], ep[idx], np.full(rows, reference_rmse), rule)
         outcome[start : start + rows], pairs[start : start + rows] = o, n
     passed = outcome == 1
     share = float(passed.mean())
@@ -145,10 +143,13 @@ def plan_release(
     model = spec.model
     mv = registry.get(model, version)
     prod = registry.current(model, "production")
-    if prod is None or prod.tag != mv.tag:
+    from kfrelease.release.controller import release_path
+
+    if release_path(mv, prod) != "shadow":
         raise KfreleaseError(
-            f"{model} {version}: no production model of tag {mv.tag} to compare against; its release promotes it "
-            "directly (no shadow gate), so there is nothing to plan"
+            f"{model} {version}: no production model with its inputs to compare against (its release is "
+            f"{'promoted on its offline verdict' if prod is None else 'canary steps with its thresholds checked live'}"
+            ", no shadow gate), so there is nothing to plan"
         )
     truth, cand, prodp = holdout_pairs(registry, store_for("data-scientist", settings), model, version, prod.version)
     rule = spec.shadow.rule()

@@ -3,15 +3,17 @@
 The gateway mirrors production requests to the staging candidate with the same request id; both model
 servers log their answers (read back by ``kfrelease.lake``) and ground truth arrives later through the feedback
 service (``kfrelease.serving.feedback``). ``join_shadow`` pairs, per (request id, instance), the
-production answer, the candidate's answer and the truth; ``shadow_verdict`` decides on exactly those rows
-with the paired, anytime-valid sequential test of ``kfrelease.release.decision`` (the spec's ``shadow``
-section: margin, error rate, loss, clip, ``min_labelled_samples``, ``max_samples``):
+production answer, the candidate's answer, the truth and the request's features; ``shadow_verdict`` decides
+on exactly those rows with the checks of ``kfrelease.release.decision`` (the spec's ``shadow`` section:
+margin, error rate, loss, clip, the tail check's ``min_exposure``, declared ``slices`` and the worst-slice
+search, ``min_labelled_samples``, ``max_samples``):
 
 - ``continue``: the evidence does not decide yet (or fewer than ``min_labelled_samples`` pairs: the gate
   does not even look);
-- ``pass``: the upper confidence bound says the candidate's loss is at most ``1 + margin`` times
-  production's;
-- ``fail``: the lower confidence bound says the candidate is worse;
+- ``pass``: the candidate's loss is shown to be at most ``1 + margin`` times production's and its rate of
+  gross errors below production's plus ``min_exposure``, with no check failed first;
+- ``fail``: the candidate is shown to be worse (accuracy), to make more gross errors (tail), or to be worse
+  by more than ``slice_margin`` in a slice; the decision names the check and the slice;
 - ``insufficient``: still undecided at ``max_samples`` or ``max_wait_seconds`` (production unchanged).
 
 MSE, RMSE, MAE and R² of both (``kfrelease.metrics.regression_metrics``) and their RMSE ratio are reported
@@ -31,7 +33,7 @@ import pandas as pd
 from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
 from kfrelease.metrics import regression_metrics
-from kfrelease.release.decision import PairSequence, decide
+from kfrelease.release.decision import CheckOutcome, PairSequence, decide
 from kfrelease.rollout.spec import GateRule
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,18 @@ class ShadowVerdict:
             return f"shadow gate {self.decision}: {'; '.join(self.reasons)}"
         lo, hi = test["ratio_interval"]
         what = "MSE" if test["loss"] == "squared" else "MAE"
+        by = f" (decided by {test['check']} on {test['slice']})" if test.get("check") else ""
+        others = "".join(
+            f"; {CheckOutcome.from_dict(c).describe()}" for c in test.get("checks") or [] if c["check"] != "accuracy"
+        )
         return (
-            f"shadow gate {self.decision}: candidate {e['candidate_version']} vs production "
+            f"shadow gate {self.decision}{by}: candidate {e['candidate_version']} vs production "
             f"{e['production_version']} on the same n={test['n']} labelled requests: {what} ratio "
             f"{test['ratio']:.3f} [{_bound(lo)}, {_bound(hi)}] ({100 * (1 - 2 * test['error_rate']):g}% "
             f"confidence sequence; pass below {1 + test['margin']:g}, fail above "
             f"{1 + (test['margin'] if e.get('fail_above') == 'margin' else 0):g}); rmse "
             f"{e['candidate']['rmse']:.3f} vs {e['production']['rmse']:.3f} (ratio {e['rmse_ratio']:.3f}, "
-            f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}"
+            f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}{others}"
         )
 
 
@@ -103,12 +109,14 @@ def shadow_verdict(
     """The gate's decision on joined rows in arrival order (see the module docstring). ``scale``:
     production's reference (held-out) RMSE, which fixes the clip before the first pair."""
     n = len(pairs)
+    features = [col for col in pairs.columns if col not in PAIR_COLUMNS]
     test = decide(
         pairs["truth"] if n else [],
         pairs["candidate"] if n else [],
         pairs["production"] if n else [],
         rule,
         scale,
+        features=pairs[features] if n and features else None,
         at_limit=at_limit,
     )
     evidence = {

@@ -28,7 +28,7 @@ METRICS_SOURCES = ("auto", "predictor", "prometheus")
 DEPLOYMENT_MODES = ("Serverless", "RawDeployment")
 AT_LIMIT = ("keep_staging", "reject")
 LOSSES = ("squared", "absolute")
-BOUNDARIES = ("asymptotic", "bernstein")
+BOUNDARIES = ("betting", "asymptotic", "bernstein")
 SOURCES = ("traffic", "labels")
 SERIES = ("requests", "error_rate", "p99_latency_ms")
 ON_SHORT = ("hold", "skip")
@@ -60,7 +60,19 @@ class GateRule:
     min_samples: int = 30  # do not even look before this many pairs
     max_samples: int | None = None  # undecided at this many pairs: insufficient evidence
     burn_in: int = 30  # without a reference RMSE: pairs used to fix the clip (left out of the test)
-    boundary: str = "asymptotic"  # asymptotic | bernstein (see the release's decision module)
+    boundary: str = "betting"  # betting | asymptotic | bernstein (see the release's decision module)
+    # the tail check: errors above ``tail`` x reference RMSE (None: ``clip``) are gross; passes when the
+    # candidate's rate of them is below production's + min_exposure; min_exposure 0 turns the check off
+    min_exposure: float = 0.002
+    tail: float | None = None
+    slices: tuple[str, ...] = ()  # declared slices: features (each value, or slice_bins quantile bins)
+    worst_slice: bool = True  # search every feature's slices for the worst (multiplicity: Bonferroni)
+    slice_margin: float = 0.10  # a slice fails when its loss is surely above (1 + slice_margin) x production's
+    slice_bins: int = 4  # quantile bins of a numeric feature
+
+    @property
+    def tail_at(self) -> float:
+        return self.tail if self.tail is not None else self.clip
 
     def check(self, where: str = "decision rule") -> None:
         def bad(msg: str):
@@ -82,6 +94,14 @@ class GateRule:
             bad("min_samples and burn_in must be at least 2")
         if self.max_samples is not None and self.max_samples < self.min_samples:
             bad(f"max_samples {self.max_samples} is below min_samples {self.min_samples}")
+        if not 0 <= self.min_exposure < 0.5:
+            bad(f"min_exposure {self.min_exposure} must be from 0 (no tail check) to below 0.5 (e.g. 0.002)")
+        if self.tail is not None and not self.tail > 0:
+            bad(f"tail {self.tail} must be above 0 (reference RMSEs, e.g. 4)")
+        if not (self.slice_margin >= 0 and math.isfinite(self.slice_margin)):
+            bad(f"slice_margin {self.slice_margin} must be at least 0 (e.g. 0.1)")
+        if not 2 <= self.slice_bins <= 20:
+            bad(f"slice_bins {self.slice_bins} must be from 2 to 20")
 
 
 class CheckSpec(SpecDocument):
@@ -155,8 +175,29 @@ class ShadowSpec(SpecDocument):
     )
     clip: Number = Field(4.0, description="Errors clipped at this many times production's held-out RMSE (heavy tails).")
     boundary: Literal[BOUNDARIES] = Field(
-        "asymptotic", description="`asymptotic` or `bernstein` (exact, needs more pairs)."
+        "betting",
+        description="`betting` (exact at every sample count), `asymptotic` (the gate before issue 23: blind to rare "
+        "failures at small n) or `bernstein` (exact, needs more pairs).",
     )
+    min_exposure: Number = Field(
+        0.002,
+        description="Tail check: the candidate's rate of errors above `tail` reference RMSEs must be shown below "
+        "production's plus this (0: no tail check); no pass before about log(1/error_rate) / (0.8 min_exposure) "
+        "labelled pairs.",
+    )
+    tail: Number | None = Field(
+        None, description="Errors above this many reference RMSEs are gross errors (null: `clip`)."
+    )
+    slices: Items[str] = Field(
+        (),
+        description="Declared slices: features whose values (or `slice_bins` quantile bins) are each tested; a slice "
+        "fails the candidate when its loss is surely above (1 + slice_margin) x production's there.",
+    )
+    worst_slice: bool = Field(
+        True, description="Search every feature's slices for the worst one (multiplicity: Bonferroni)."
+    )
+    slice_margin: Number = Field(0.1, description="A slice fails above (1 + slice_margin) x production's.")
+    slice_bins: int = Field(4, description="Quantile bins of a numeric feature's slices (2..20).")
     max_samples: int | None = Field(
         None, description="Undecided at this many pairs: insufficient evidence (null: no limit)."
     )
@@ -186,6 +227,12 @@ class ShadowSpec(SpecDocument):
             min_samples=self.min_labelled_samples,
             max_samples=self.max_samples,
             boundary=self.boundary,
+            min_exposure=self.min_exposure,
+            tail=self.tail,
+            slices=self.slices,
+            worst_slice=self.worst_slice,
+            slice_margin=self.slice_margin,
+            slice_bins=self.slice_bins,
         )
 
 

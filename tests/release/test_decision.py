@@ -1,5 +1,6 @@
 """The paired sequential decision (``kfrelease.release.decision``): error rates under continuous monitoring
-by simulation (bounded: a few hundred simulated releases), decisions on clear cases, edge cases."""
+by simulation (bounded: a few hundred simulated releases, the gate looking after every pair), concentrated
+failures (rare gross errors, one broken slice), decisions on clear cases, edge cases."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import pytest
 
 from kfrelease.release.decision import (
     PairSequence,
-    clipped_losses,
+    betting_log_wealth,
     decide,
-    first_decisions,
     lower_bounds,
     mixture_bounds,
+    simulate_gate,
     upper_bounds,
 )
 from kfrelease.rollout.spec import GateError, GateRule
 
-LOOKS = np.arange(30, 1501, 5)  # the gate looks every 5 labels, from 30 to 1,500
+N = 1500
 
 
 def paired_errors(rng, releases: int, n: int, mse_ratio: float, heavy: bool):
@@ -33,28 +34,122 @@ def paired_errors(rng, releases: int, n: int, mse_ratio: float, heavy: bool):
     return candidate, production
 
 
-@pytest.mark.parametrize("boundary", ["asymptotic", "bernstein"])
+BOUND = 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 400)  # 400 releases: 5 % + 2.5 standard errors
+
+
+@pytest.mark.parametrize("boundary", ["betting", "asymptotic", "bernstein"])
 @pytest.mark.parametrize("heavy", [False, True], ids=["gaussian", "student-t3"])
 def test_a_candidate_worse_than_the_margin_passes_at_most_at_the_declared_rate(boundary, heavy):
     rng = np.random.default_rng(7)
-    rule = GateRule(margin=0.02, error_rate=0.05, boundary=boundary)
-    ec, ep = paired_errors(rng, 400, int(LOOKS[-1]), 1.02, heavy)  # exactly at the margin: the hardest worse case
-    outcome, _ = first_decisions(
-        clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS
-    )
-    # 400 releases: 5 % + 2.5 standard errors
-    assert (outcome == 1).mean() <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 400)
+    rule = GateRule(margin=0.02, error_rate=0.05, boundary=boundary, min_exposure=0)
+    ec, ep = paired_errors(rng, 400, N, 1.02, heavy)  # exactly at the margin: the hardest worse case
+    outcome, _, _, _ = simulate_gate(ec, ep, np.ones(400), rule)  # a look after every pair
+    assert (outcome == 1).mean() <= BOUND
 
 
 @pytest.mark.parametrize("heavy", [False, True], ids=["gaussian", "student-t3"])
 def test_an_equal_candidate_is_failed_at_most_at_the_declared_rate(heavy):
     rng = np.random.default_rng(11)
-    rule = GateRule(margin=0.02, error_rate=0.05)
-    ec, ep = paired_errors(rng, 400, int(LOOKS[-1]), 1.0, heavy)
-    outcome, _ = first_decisions(
-        clipped_losses(ec, 4.0, "squared"), clipped_losses(ep, 4.0, "squared"), 16.0, rule, LOOKS
-    )
-    assert (outcome == -1).mean() <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 400)
+    ec, ep = paired_errors(rng, 400, N, 1.0, heavy)
+    outcome, _, _, _ = simulate_gate(ec, ep, np.ones(400), GateRule(margin=0.02, error_rate=0.05))
+    assert (outcome == -1).mean() <= BOUND
+
+
+def rare_gross(rng, releases: int, n: int, share: float, size: float):
+    """A candidate identical to production except on ``share`` of requests, where it is off by ``size``
+    reference RMSEs (a mishandled category, an out-of-range input, a broken branch)."""
+    ep = rng.normal(size=(releases, n))
+    hit = rng.random((releases, n)) < share
+    return np.where(hit, size * rng.choice([-1.0, 1.0], (releases, n)), ep), ep
+
+
+def test_rare_gross_errors_pass_the_old_asymptotic_gate_but_not_the_exact_one():
+    """Issue 23: identical to production except 1 % of requests 6 reference RMSEs off (MSE 35 % worse)."""
+    rng = np.random.default_rng(23)
+    ec, ep = rare_gross(rng, 400, 3000, 0.01, 6.0)
+    old, at, _, _ = simulate_gate(ec, ep, np.ones(400), GateRule(boundary="asymptotic", min_exposure=0))
+    assert (old == 1).mean() > 0.5 and np.median(at[old == 1]) < 100  # the hole: passed within ~40 pairs
+    new, _, _, _ = simulate_gate(ec, ep, np.ones(400), GateRule())
+    assert (new == 1).mean() <= BOUND and (new == -1).mean() > 0.9
+
+
+def test_gross_errors_hidden_by_the_clip_are_caught_by_the_tail_check():
+    """0.3 % of requests 20 reference RMSEs off: with a margin of 10 % the clipped loss is within it (1.045 x),
+    the MSE is 2.2 x; the tail check (rate above 4 reference RMSEs vs production's + min_exposure 0.002)
+    fails it. (At the default margin of 2 % the accuracy check alone fails any gross failure mode on more
+    than margin / (clip^2 - 1) = 0.13 % of requests.)"""
+    rng = np.random.default_rng(5)
+    ec, ep = rare_gross(rng, 200, 6000, 0.003, 20.0)
+    rule = GateRule(margin=0.1, worst_slice=False)
+    no_tail, _, _, _ = simulate_gate(ec, ep, np.ones(200), GateRule(margin=0.1, min_exposure=0, worst_slice=False))
+    outcome, _, names, by = simulate_gate(ec, ep, np.ones(200), rule)
+    assert (no_tail == 1).mean() > 0.2  # the clip alone hides them
+    assert (outcome == 1).mean() <= BOUND and (outcome == -1).mean() > 0.8
+    assert {names[b] for b in by[outcome == -1]} <= {"fail:tail:all requests", "fail:accuracy:all requests"}
+
+
+def test_no_pass_before_a_failure_of_the_declared_frequency_could_have_been_seen():
+    """Identical models: nothing distinguishes them, yet the pass waits for the pairs by which a failure mode
+    on min_exposure of requests would have shown with probability 1 - error_rate."""
+    rng = np.random.default_rng(2)
+    e = rng.normal(size=(50, 4000))
+    rule = GateRule(min_exposure=0.005, worst_slice=False)
+    outcome, at, _, _ = simulate_gate(e, e, np.ones(50), rule)
+    floor = np.log(1 / rule.error_rate) / 0.005  # any procedure needs this many pairs (599)
+    assert (outcome == 1).all() and at.min() >= floor
+
+
+def test_the_betting_wealth_of_a_true_null_rarely_reaches_one_over_alpha():
+    """Ville's inequality, checked: a bounded null with a rare spike (mean exactly 0), every prefix."""
+    rng = np.random.default_rng(9)
+    spike = rng.random((2000, 2000)) < 0.01
+    z = np.where(spike, -1.0, 0.01 / 0.99)  # E[z] = 0; the asymptotic boundary collapses on such data
+    crossed = (betting_log_wealth(z) >= np.log(20)).any(axis=1).mean()
+    assert crossed <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_one_broken_category_is_named_with_its_interval():
+    rng = np.random.default_rng(13)
+    n = 4000
+    sex = rng.choice(["f", "m"], n)
+    t = rng.normal(150, 50, n)
+    p = t + rng.normal(0, 50, n)
+    c = p.copy()
+    broken = sex == "m"
+    c[broken] = t[broken] + rng.normal(0, 62, broken.sum())  # 1.5 x the loss in one slice
+    d = decide(t, c, p, GateRule(slices=("sex",), worst_slice=False), scale=50.0, features={"sex": sex})
+    assert d.decision == "fail" and d.check in ("slice", "accuracy")
+    slices = {o["slice"]: o for o in d.checks if o["check"] == "slice"}
+    assert slices["sex=m"]["status"] == "fail" and slices["sex=m"]["interval"][0] > 1.1
+    assert slices["sex=f"]["status"] == "continue"
+    assert "sex=m: fail" in d.describe()
+
+
+def test_the_worst_slice_search_names_a_broken_range_of_a_numeric_feature():
+    rng = np.random.default_rng(17)
+    n = 4000
+    bmi = rng.normal(size=n)
+    t = rng.normal(150, 50, n)
+    p = t + rng.normal(0, 50, n)
+    c = np.where(bmi > 0.8, t + rng.normal(0, 75, n), p)  # worse only out of the usual range
+    d = decide(t, c, p, GateRule(), scale=50.0, features={"bmi": bmi, "age": rng.uniform(20, 80, n)})
+    worst = next(o for o in d.checks if o["check"] == "worst slice")
+    assert worst["slice"].startswith("bmi in [") and worst["slice"].endswith("inf)") and worst["status"] == "fail"
+    assert d.decision == "fail"
+
+
+def test_slices_of_an_equal_candidate_fail_it_at_most_at_the_declared_rate():
+    """Multiplicity: 3 features of 4-20 slices each, every one searched, a look after every pair."""
+    rng = np.random.default_rng(19)
+    ec, ep = paired_errors(rng, 300, 2000, 1.0, False)
+    features = {
+        "city": rng.integers(0, 20, (300, 2000)),
+        "bmi": rng.normal(size=(300, 2000)),
+        "age": rng.uniform(size=(300, 2000)),
+    }
+    rule = GateRule(margin=0.02, slices=("city",), slice_margin=0.0)
+    outcome, _, _, _ = simulate_gate(ec, ep, np.ones(300), rule, features)
+    assert (outcome == -1).mean() <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 300)
 
 
 @pytest.mark.parametrize("boundary", ["asymptotic", "bernstein"])
@@ -82,12 +177,12 @@ def errors_of(rng, n, cand_sd, prod_sd):
 
 
 def test_a_clearly_better_candidate_passes_with_its_interval_and_sample_count():
-    t, c, p = errors_of(np.random.default_rng(0), 1500, 40.0, 50.0)  # MSE ratio 0.64
+    t, c, p = errors_of(np.random.default_rng(0), 2500, 40.0, 50.0)  # MSE ratio 0.64
     d = decide(t, c, p, GateRule(), scale=50.0)
-    assert d.decision == "pass" and d.n == 1500
+    assert d.decision == "pass" and d.n == 2500 and d.check == "tail"  # the tail check passes last
     lo, hi = d.ratio_interval
     assert lo < d.ratio < hi < 1.02 and 0.5 < d.ratio < 0.8
-    assert "n=1500" in d.describe() and "[" in d.describe()
+    assert "n=2500" in d.describe() and "tail: pass" in d.describe()
 
 
 def test_a_clearly_worse_candidate_fails():
@@ -114,26 +209,34 @@ def test_no_pairs_no_decision():
 
 
 def test_identical_models_never_fail_and_pass_within_the_margin():
-    t, _, p = errors_of(np.random.default_rng(4), 800, 50.0, 50.0)
+    t, _, p = errors_of(np.random.default_rng(4), 2500, 50.0, 50.0)
     d = decide(t, p, p, GateRule(margin=0.05), scale=50.0)  # ties everywhere: d == 0
     assert d.mean_difference == 0 and d.decision == "pass" and d.ratio == 1.0
+    # log(1/0.05) / (0.8 x 0.05 / 4^2) = 1,198 pairs before the pass could be claimed
+    accuracy = next(o for o in d.checks if o["check"] == "accuracy")
+    assert 1198 <= accuracy["at"] <= 1400
+    # and log(1/0.05) / (0.8 x min_exposure 0.002) = 1,872 before the tail check could: it decides last
+    assert 1872 <= d.decided_at <= 2000 and d.check == "tail"
 
 
 def test_constant_losses_decide_without_dividing_by_zero():
-    truth = np.full(100, 10.0)
+    truth = np.full(2500, 10.0)
     d = decide(truth, truth + 1.0, truth + 2.0, GateRule(), scale=2.0)  # candidate always 1 off, production 2
     assert d.decision == "pass" and d.ratio == pytest.approx(0.25)
     perfect = decide(truth, truth, truth, GateRule(), scale=None)
     assert perfect.decision == "continue" and "no scale" in perfect.reason
 
 
-def test_one_huge_error_moves_the_decision_by_a_bounded_amount():
-    """Heavy tails: one request with an error of 1e6 is clipped at clip x scale, not squared."""
-    t, c, p = errors_of(np.random.default_rng(5), 1500, 40.0, 50.0)
+def test_one_huge_error_moves_the_loss_by_a_bounded_amount_and_counts_as_a_gross_error():
+    """Heavy tails: one request with an error of 1e6 is clipped at clip x scale, not squared, and the tail
+    check counts it (one in 5,000 is below min_exposure 0.002: still a pass, with the count shown)."""
+    t, c, p = errors_of(np.random.default_rng(5), 5000, 40.0, 50.0)
     c = c.copy()
     c[100] += 1e6
     d = decide(t, c, p, GateRule(), scale=50.0)
     assert d.decision == "pass" and d.clipped_share > 0 and d.clip_at == 200.0
+    tail = next(o for o in d.checks if o["check"] == "tail")
+    assert tail["status"] == "pass" and tail["estimate"] > 0 and "candidate 0.0002" in tail["detail"]
 
 
 def test_without_a_reference_rmse_the_burn_in_fixes_the_clip_and_is_left_out():
@@ -143,7 +246,7 @@ def test_without_a_reference_rmse_the_burn_in_fixes_the_clip_and_is_left_out():
 
 
 def test_absolute_error_is_a_loss_of_its_own():
-    t, c, p = errors_of(np.random.default_rng(0), 1500, 40.0, 50.0)
+    t, c, p = errors_of(np.random.default_rng(0), 2500, 40.0, 50.0)
     d = decide(t, c, p, GateRule(loss="absolute"), scale=50.0)
     assert d.decision == "pass" and 0.7 < d.ratio < 0.9 and "MAE" in d.describe()
 

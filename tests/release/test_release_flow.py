@@ -46,7 +46,8 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     assert v1.version == "V1.1.0" and v1.stage == "staging"
     first = run_release(settings, name, v1.version, spec)
     assert first.result == "promoted" and registry.current(name, "production").version == "V1.1.0"
-    assert "first model of tag 1" in registry.history(name, "V1.1.0")[-1]["why"]
+    why = registry.history(name, "V1.1.0")[-1]["why"]
+    assert "first model of" in why and "promoted on its offline evidence: rmse" in why  # names its evidence
 
     gen = traffic(settings, name)
     try:
@@ -92,8 +93,12 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     assert all(c["status"] in ("passed", "skipped") for c in accuracy)  # never failed: V1.2.0 is better
     h3 = registry.history(name, v3.version)
     assert h3[-1]["evidence"]["phase"] in ("shadow", "rollback")
-    if third.result == "rejected":  # the lower confidence bound of the MSE ratio is above 1
-        assert h3[-1]["evidence"]["test"]["ratio_interval"][0] > 1.0
+    if third.result == "rejected":  # the deciding check (accuracy, tail or a slice) is named, its bound crossed
+        test3 = h3[-1]["evidence"]["test"]
+        deciding = next(c for c in test3["checks"] if (c["check"], c["slice"]) == (test3["check"], test3["slice"]))
+        assert deciding["status"] == "fail" and test3["check"] in h3[-1]["why"]
+        floor = {"accuracy": 1.0, "tail": 0.0}.get(deciding["check"], 1.1)  # a slice: 1 + slice_margin
+        assert deciding["interval"][0] > floor, deciding
         assert h3[-1]["evidence"]["n"] >= 42
         assert h3[-1]["evidence"]["report"].endswith("shadow-gate.html")
     elif third.result == "stopped":
@@ -129,7 +134,14 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
     # the shadow gate is lenient here (margin 50: up to 51 x production's MSE), the canary's accuracy check is not
     spec = small_spec(
         name,
-        shadow={"margin": 50.0, "fail_above": "margin", "min_labelled_samples": 20},
+        # (no tail or slice checks in the shadow: every answer of the constant model is a gross error)
+        shadow={
+            "margin": 50.0,
+            "fail_above": "margin",
+            "min_labelled_samples": 20,
+            "min_exposure": 0,
+            "worst_slice": False,
+        },
         canary={
             "steps": (20, 50, 100),
             "interval_seconds": 6,

@@ -67,8 +67,9 @@ def test_both_models_are_scored_on_exactly_the_same_labelled_requests():
     preds = preds[~((preds["request_id"] == "r0") & (preds["stage"] == "staging"))]  # shadow missed r0
     pairs = join_shadow(preds, fb, "V1.2.0", "V1.1.0")
     assert len(pairs) == 399 and "r0" not in set(pairs["request_id"])
-    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=20.0)
-    assert v.decision == "pass"
+    v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(min_exposure=0.01), scale=20.0)
+    assert v.decision == "pass" and v.evidence["test"]["check"] == "tail"  # the tail check passes last
+    assert "tail: pass, rate difference" in v.summary() and "worst slice" in v.summary()
     assert v.evidence["candidate"] == regression_metrics(pairs["truth"], pairs["candidate"])
     assert v.evidence["production"] == regression_metrics(pairs["truth"], pairs["production"])
     assert v.evidence["test"]["n"] == 399
