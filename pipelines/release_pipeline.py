@@ -10,7 +10,6 @@ from kfrelease.components.release_preflight import release_preflight
 from kfrelease.components.rollout import rollout
 from kfrelease.components.shadow_gate import shadow_gate
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_STEP, step_label
-<<<<<<< HEAD
 from kfrelease.training.resources import apply_step_policy
 
 #: The cluster autoscaler never evicts a pod with this annotation "false" to scale a node down
@@ -28,10 +27,9 @@ def release_step(task, name: str):
     task.set_display_name(name)
     apply_step_policy(task, name, None, caching=False)
     kubernetes.add_pod_annotation(task, SAFE_TO_EVICT, "false")
-    return step_label(task, RELEASE_DRIVER_STEP)  # each release step runs as the release driver (Role in serving)
-=======
-from kfrelease.training.resources import refuse_pickle
->>>>>>> evidence
+    # each release step runs as the release driver (Role in serving) and runs no model code: apply_step_policy
+    # makes it refuse pickles (production's answers come from production's model server, kfrelease.release.controller)
+    return step_label(task, RELEASE_DRIVER_STEP)
 
 
 @dsl.pipeline(
@@ -39,41 +37,10 @@ from kfrelease.training.resources import refuse_pickle
     description="Shadow accuracy gate in staging, canary rollout with automatic rollback, promotion.",
 )
 def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
-<<<<<<< HEAD
     pre = release_step(release_preflight(model=model, version=version, spec_yaml=spec_yaml), "preflight")
     with dsl.If(pre.output == "shadow", name="has-champion"):
         gate = release_step(shadow_gate(model=model, version=version, spec_yaml=spec_yaml), "shadow-gate")
         with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
             release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "canary-rollout")
-=======
-    pre = release_preflight(model=model, version=version, spec_yaml=spec_yaml).set_display_name("preflight")
-    pre.set_caching_options(False)
-    # each release step runs as the release driver (Role in serving) and runs no model code: no pickle loads
-    # (production's answers come from production's model server, kfrelease.release.controller)
-    refuse_pickle(pre)
-    step_label(pre, RELEASE_DRIVER_STEP)
-    with dsl.If(pre.output == "shadow", name="has-champion"):
-        gate = shadow_gate(model=model, version=version, spec_yaml=spec_yaml).set_display_name("shadow-gate")
-        gate.set_caching_options(False)
-        refuse_pickle(gate)
-        step_label(gate, RELEASE_DRIVER_STEP)
-        with dsl.If(gate.outputs["Output"] == "pass", name="shadow-passed"):
-            step_label(
-                refuse_pickle(
-                    rollout(model=model, version=version, spec_yaml=spec_yaml)
-                    .set_display_name("canary-rollout")
-                    .set_caching_options(False)
-                ),
-                RELEASE_DRIVER_STEP,
-            )
-<<<<<<< HEAD
->>>>>>> evidence
-=======
     with dsl.If(pre.output == "canary", name="tag-bump"):  # inputs differ from production's: no shadow
-        step_label(
-            rollout(model=model, version=version, spec_yaml=spec_yaml)
-            .set_display_name("canary-rollout-tag-bump")
-            .set_caching_options(False),
-            RELEASE_DRIVER_STEP,
-        )
->>>>>>> gates
+        release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "canary-rollout-tag-bump")

@@ -84,11 +84,7 @@ def register(cli: click.Group) -> None:
         d = diff_versions(va, vb)
         rows = same_rows(store, va, vb)
         if as_json:
-<<<<<<< HEAD
-            print_json(d.as_dict())
-=======
-            click.echo(json.dumps({**d.as_dict(), "same_rows": rows}, indent=2, default=str))
->>>>>>> evidence
+            print_json({**d.as_dict(), "same_rows": rows})
             return
 
         def say(line: str) -> None:
@@ -179,7 +175,6 @@ def register(cli: click.Group) -> None:
         )
 
 
-<<<<<<< HEAD
 def _version_record(v) -> dict:
     """A version as ``models list --json`` prints it."""
     return {
@@ -194,14 +189,6 @@ def _version_record(v) -> dict:
     }
 
 
-def _test_columns(evidence: dict) -> tuple[str, str, str]:
-    """(accuracy test, loss ratio [interval], n) of a shadow, canary or plan event: the paired test's status,
-    the loss ratio with its confidence sequence and the sample count; blank for events without one."""
-    from kfrelease.results import paired_test
-
-    test = paired_test(evidence)
-    if test is None:
-=======
 def same_rows(store, a, b) -> dict:
     """``models diff`` on the same rows: both versions' kept held-out predictions on the rows both held out,
     with the labels of ``b``'s data: each one's metrics and the paired test (the default rollout spec's shadow
@@ -234,21 +221,13 @@ def same_rows(store, a, b) -> dict:
     }
 
 
-def _decision_columns(evidence: dict) -> tuple[str, str, str]:
-    """(decision, interval, n) of a shadow, canary or plan event: the paired test's loss ratio with its
-    confidence sequence and sample count; blank for events without one."""
-    test = evidence.get("test")
-    if test is None:  # a canary step: its accuracy check
-        test = next((c for c in evidence.get("checks") or [] if c.get("interval") is not None), None)
-        if test is not None:
-            test = {
-                "decision": test["status"],
-                "ratio": test["value"],
-                "ratio_interval": test["interval"],
-                "n": test["n"],
-            }
-    if not test or test.get("ratio_interval") is None:
->>>>>>> evidence
+def _test_columns(evidence: dict) -> tuple[str, str, str]:
+    """(accuracy test, loss ratio [interval], n) of a shadow, canary or plan event: the paired test's status,
+    the loss ratio with its confidence sequence and the sample count; blank for events without one."""
+    from kfrelease.results import paired_test
+
+    test = paired_test(evidence)
+    if test is None:
         if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:
             return "plan", f"p(pass) {evidence['pass_probability']:.2f}", str(evidence["labelled_needed"])
         return "", "", ""

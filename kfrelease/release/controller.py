@@ -136,12 +136,10 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
     """The signal source of ``candidate`` serving as ``stage`` (the canary, or ``production`` for the same
     interval's baseline), as the spec names it."""
     if metrics_source(spec) == "prometheus":
-<<<<<<< HEAD
-        from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE
+        if on_cluster():  # the canary's and production's pods both say stage="production" there
+            from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE
 
-        stage = CANARY_SERIES_STAGE if on_cluster() else "canary"
-=======
->>>>>>> gates
+            stage = CANARY_SERIES_STAGE
         return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate, stage=stage)
     if on_cluster():
         raise ReleaseError(
@@ -257,15 +255,12 @@ class ReleaseController:
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)
         self.signals = signals or (lambda version: signals_for(settings, spec, version))
-<<<<<<< HEAD
         self.production_scorer = production_scorer or ModelServerScorer(
             production_predictor_url(settings, spec), spec.model
         )
-=======
         # production's signals over each canary step (tests pass theirs; None: from the spec, if it can be read)
         self._baseline_signals = baseline_signals if signals is None or baseline_signals else (lambda _v: None)
         self._tag_bump, self._comparable, self._threshold_order = False, True, PairSequence()
->>>>>>> gates
         self.preflight_url = preflight_url
         self.poll_seconds = poll_seconds
         self.on_decision = on_decision
@@ -462,20 +457,9 @@ class ReleaseController:
                 cache[keys[i]] = float(answer)
         return np.asarray([cache[k] for k in keys], dtype="float64")
 
-<<<<<<< HEAD
-    def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
-        """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
-        answer, and the production model's answer to the *same* logged inputs (the production model scores
-        them: a paired comparison as in the shadow gate; two disjoint request samples would differ by
-        chance far more than the models do). The pairs come only from the canary's share of traffic, so
-        they accumulate over the steps (the test is anytime-valid) at about share x labelled rate."""
-        import pandas as pd
-
-=======
     def canary_labelled(self, candidate: str, canary_since):
         """The canary's own labelled requests since the canary started (``truth``, ``prediction`` and the
         logged features), one row per (request id, instance)."""
->>>>>>> gates
         from kfrelease import lake
 
         labelled = lake.join_truth(
@@ -486,9 +470,6 @@ class ReleaseController:
         return labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(
             ["request_id", "instance"]
         )
-<<<<<<< HEAD
-        features = self.registry.get(self.spec.model, production).features
-=======
 
     def canary_pairs(self, candidate: str, production: str, canary_since, order: PairSequence):
         """The canary's labelled requests since the canary started, in arrival order: truth, the canary's
@@ -497,12 +478,10 @@ class ReleaseController:
         chance far more than the models do), and the logged features (slices). The pairs come only from the
         canary's share of traffic, so they accumulate over the steps (the test is anytime-valid) at about
         share x labelled rate."""
-        import numpy as np
         import pandas as pd
 
         cand = self.canary_labelled(candidate, canary_since)
-        model, features = self._champion(production)
->>>>>>> gates
+        features = self.registry.get(self.spec.model, production).features
         missing = [f for f in features if f not in cand.columns]
         if cand.empty or missing:
             return pd.DataFrame(columns=["request_id", "instance", "truth", "candidate", "production"])

@@ -11,12 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
-<<<<<<< HEAD
 from kfrelease.errors import KfreleaseError
-from kfrelease.release.controller import ReleaseController
-=======
 from kfrelease.release.controller import ReleaseController, release_path
->>>>>>> gates
 from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
