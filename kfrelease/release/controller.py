@@ -594,7 +594,7 @@ class ReleaseController:
             checks = [c for c in checks if c.source != "labels"]
         labels = next((c for c in self.spec.canary.checks if c.source == "labels"), None)
         derived = CheckSpec(
-            THRESHOLDS_CHECK,
+            name=THRESHOLDS_CHECK,
             source="labels",
             min_samples=labels.min_samples if labels else 10,
             on_short="hold" if last_step else "skip",
