@@ -311,16 +311,22 @@ def validate(model: type[BaseModel], doc: Any, origin: str, error: type[ConfigEr
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        errors = _one_per_key([_clean(model, e) for e in exc.errors(include_url=False)])
-        shown = _first(errors)
-        if shown[0]["type"] == "extra_forbidden":  # a misspelt key also leaves its right spelling missing
-            errors = [e for e in errors if not (e["type"] == "missing" and e["loc"][:-1] == shown[0]["loc"][:-1])]
-        if shown[0]["type"] == "missing":
-            text = "missing key(s) " + ", ".join(key_path(e["loc"]) for e in shown)
-        else:
-            text = describe_error(model, shown[0])
-        more = f" (and {len(errors) - len(shown)} more problem(s))" if len(errors) > len(shown) else ""
-        raise error(f"{origin}: {text}{more}{suffix}") from None
+        raise error(f"{origin}: {one_line(model, exc)}{suffix}") from None
+
+
+def one_line(model: type[BaseModel], exc: ValidationError) -> str:
+    """What a ``ValidationError`` of ``model`` says, in one line a person reads (the first problem, and how
+    many more there are)."""
+    errors = _one_per_key([_clean(model, e) for e in exc.errors(include_url=False)])
+    shown = _first(errors)
+    if shown[0]["type"] == "extra_forbidden":  # a misspelt key also leaves its right spelling missing
+        errors = [e for e in errors if not (e["type"] == "missing" and e["loc"][:-1] == shown[0]["loc"][:-1])]
+    if shown[0]["type"] == "missing":
+        text = "missing key(s) " + ", ".join(key_path(e["loc"]) for e in shown)
+    else:
+        text = describe_error(model, shown[0])
+    more = f" (and {len(errors) - len(shown)} more problem(s))" if len(errors) > len(shown) else ""
+    return f"{text}{more}"
 
 
 def yaml_mapping(text: str, origin: str, shape: str, error: type[ConfigError] = ConfigError, empty_ok: bool = False):

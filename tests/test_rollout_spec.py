@@ -3,7 +3,9 @@
 import pytest
 
 from kfrelease.rollout.spec import (
+    GateRule,
     RolloutSpecError,
+    ShadowSpec,
     bind_model,
     load_rollout_spec,
     parse_rollout_spec,
@@ -84,7 +86,7 @@ def test_bad_shadow_and_unknown_sections_are_refused():
         ("loss: huber", "loss 'huber' is unknown"),
         ("boundary: magic", "boundary 'magic' is unknown"),
         ("at_limit: promote", "at_limit 'promote' is unknown"),
-        ("min_labelled_samples: 100, max_samples: 50", "max_samples 50 is below min_samples 100"),
+        ("min_labelled_samples: 100, max_samples: 50", "max_samples 50 is below min_labelled_samples 100"),
     ],
 )
 def test_bad_shadow_gates_are_refused(shadow, message):
@@ -96,7 +98,9 @@ def test_the_shadow_section_is_the_decision_rule():
     rule = parse_rollout_spec(
         BASE + "shadow: {margin: 0.05, error_rate: 0.01, min_labelled_samples: 50}\n"
     ).shadow.rule()
-    assert (rule.margin, rule.error_rate, rule.min_samples, rule.loss) == (0.05, 0.01, 50, "squared")
+    assert (rule.margin, rule.error_rate, rule.min_labelled_samples, rule.loss) == (0.05, 0.01, 50, "squared")
+    assert isinstance(rule, ShadowSpec) and set(ShadowSpec.model_fields) < set(GateRule.model_fields)  # declared once
+    assert set(GateRule.model_fields) - set(ShadowSpec.model_fields) == {"burn_in"}
 
 
 def test_with_changes_rechecks():

@@ -29,7 +29,6 @@ state and its registry writes; the pure parts it relies on live beside it (``pla
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import math
@@ -505,7 +504,7 @@ class ReleaseController:
         rows = order.extend(
             self.canary_labelled(candidate, canary_since)[["request_id", "instance", "truth", "prediction"]]
         )
-        rule = dataclasses.replace(self.spec.shadow.rule(), min_samples=max(2, check.min_samples), max_samples=None)
+        rule = self.spec.shadow.rule().with_changes(min_labelled_samples=max(2, check.min_samples), max_samples=None)
         metrics = mv.metrics or {}
         variance = metrics["mse"] / (1 - metrics["r2"]) if metrics.get("mse") and metrics.get("r2", 1) < 1 else None
         decisions = []
@@ -549,9 +548,8 @@ class ReleaseController:
             elif check.source == "labels":
                 if pairs is None:
                     pairs = self.canary_pairs(candidate, production, canary_since, order)
-                rule = dataclasses.replace(
-                    self.spec.shadow.rule(),
-                    min_samples=max(2, check.min_samples),
+                rule = self.spec.shadow.rule().with_changes(
+                    min_labelled_samples=max(2, check.min_samples),
                     max_samples=None,
                     **{k: getattr(check, k) for k in ("margin", "error_rate") if getattr(check, k) is not None},
                 )

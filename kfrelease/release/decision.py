@@ -393,12 +393,12 @@ def check_traces(ec, ep, scale, rule: GateRule, features: dict | None = None) ->
     clip_at = rule.clip * scale
     lc, lp = clipped_losses(ec, clip_at, rule.loss), clipped_losses(ep, clip_at, rule.loss)
     top = np.broadcast_to(clip_at**2 if rule.loss == "squared" else clip_at, lc.shape)
-    start = rule.min_samples - 1
+    start = rule.min_labelled_samples - 1
     families: dict[str, list[SliceFamily]] = {"slice": [], "worst slice": []}
     features = features or {}
     for name, values in features.items():
         rows = np.atleast_2d(np.asarray(values))
-        fams = [slice_family(name, row, rule.min_samples, rule.slice_bins) for row in rows]
+        fams = [slice_family(name, row, rule.min_labelled_samples, rule.slice_bins) for row in rows]
         if name in rule.slices:
             families["slice"].append(fams)
         if rule.worst_slice:
@@ -434,7 +434,7 @@ def check_traces(ec, ep, scale, rule: GateRule, features: dict | None = None) ->
             for j in range(k):
                 mask = codes == j
                 hit = _loss_hits(lc, lp, top, rs, a, "above", "betting", mask)
-                enough = np.cumsum(mask, axis=-1) >= rule.min_samples
+                enough = np.cumsum(mask, axis=-1) >= rule.min_labelled_samples
                 fails[(check, fams[0].labels[j] if j < len(fams[0].labels) else f"{fams[0].feature} #{j}")] = _crossed(
                     hit & enough
                 )
@@ -554,7 +554,6 @@ def decide(
     first ``rule.burn_in`` pairs. ``features``: the requests' features (a DataFrame or name -> values, row
     by row with the pairs) for the slice checks. ``at_limit``: the caller's deadline (``max_wait_seconds``)
     has passed, so an undecided test ends ``insufficient``."""
-    rule.check()
     t = np.asarray(truth, dtype="float64").ravel()
     c = np.asarray(candidate, dtype="float64").ravel()
     p = np.asarray(production, dtype="float64").ravel()
@@ -587,13 +586,15 @@ def decide(
             return undecided(0, "production's errors on the burn-in pairs are all zero; there is no scale to clip at")
     n = int(t.size)
     clip_at = rule.clip * scale
-    if n < rule.min_samples:
-        return undecided(n, f"{n} labelled pairs so far; the gate looks from {rule.min_samples}", clip_at=clip_at)
+    if n < rule.min_labelled_samples:
+        return undecided(
+            n, f"{n} labelled pairs so far; the gate looks from {rule.min_labelled_samples}", clip_at=clip_at
+        )
     ec, ep = t - c, t - p
     tr = check_traces(ec, ep, scale, rule, usable)
     outcome, at, names, by = first_events(tr)
     lc, lp, top = tr.lc[0], tr.lp[0], tr.top[0]
-    start = rule.min_samples - 1
+    start = rule.min_labelled_samples - 1
     mc, mp = float(lc.mean()), float(lp.mean())
     ratio_interval = _ratio_interval(lc, lp, top, rule.error_rate, tr.alphas["accuracy"], rule.boundary, start)
     d = lc - lp
@@ -709,7 +710,7 @@ def _tail_outcome(tr, rule, ec, ep, scale) -> CheckOutcome:
     status, at = _status(tr, "tail", ("tail", ALL))
     at_err = rule.tail_at * scale
     rc, rp = float(np.mean(np.abs(ec) > at_err)), float(np.mean(np.abs(ep) > at_err))
-    interval = _rate_interval(tr.dt[0], rule.error_rate, tr.alphas["tail"], rule.min_samples - 1)
+    interval = _rate_interval(tr.dt[0], rule.error_rate, tr.alphas["tail"], rule.min_labelled_samples - 1)
     return CheckOutcome(
         "tail",
         ALL,
@@ -814,7 +815,6 @@ def threshold_decide(truth, prediction, key: str, limit: float, rule: GateRule, 
     loss is shown below the limit and the rate of errors above ``tail x`` that scale is shown below
     ``min_exposure``; ``fail`` when either is shown above (a clipped mean above the limit means the true
     mean is above it too). The same betting e-processes and guarantees as the paired checks."""
-    rule.check()
     t = np.asarray(truth, dtype="float64").ravel()
     y = np.asarray(prediction, dtype="float64").ravel()
     if t.size != y.size:
@@ -831,13 +831,13 @@ def threshold_decide(truth, prediction, key: str, limit: float, rule: GateRule, 
     base = {"loss": loss, "error_rate": rule.error_rate, "margin": 0.0, "pairs_seen": n, "clip_at": clip_at}
     limited = at_limit or (rule.max_samples is not None and n >= rule.max_samples)
     name = f"threshold:{key}"
-    if n < rule.min_samples:
-        reason = f"{n} labelled requests so far; the threshold check looks from {rule.min_samples}"
+    if n < rule.min_labelled_samples:
+        reason = f"{n} labelled requests so far; the threshold check looks from {rule.min_labelled_samples}"
         return Decision("insufficient" if limited else "continue", n, reason, **base)
     e = t - y
     x = clipped_losses(e, clip_at, loss) / top
     theta = limit / top
-    start = rule.min_samples - 1
+    start = rule.min_labelled_samples - 1
     weights = {"threshold": 2.0, "tail": 1.0} if rule.min_exposure > 0 else {"threshold": 1.0}
     a_fail = {k: rule.error_rate * w / sum(weights.values()) for k, w in weights.items()}
 

@@ -123,7 +123,7 @@ def shadow_verdict(
         "candidate_version": candidate,
         "production_version": production,
         "n": n,
-        "min_labelled_samples": rule.min_samples,
+        "min_labelled_samples": rule.min_labelled_samples,
         "margin": rule.margin,
         "error_rate": rule.error_rate,
         "fail_above": rule.fail_above,

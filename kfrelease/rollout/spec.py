@@ -4,25 +4,24 @@ One declaration: each class below is at once the YAML a ``rollout.yaml`` holds (
 default named, unknown keys refused) and the frozen value the release uses. Its rules are checked when it
 is built (steps strictly increasing within 1..100 and ending at 100, a positive interval, a well-formed
 decision rule and checks), so a bad spec raises ``RolloutSpecError`` before any traffic moves, and a spec
-changed in code (``with_changes``) is checked again. ``GateRule`` is what the shadow gate and a canary's
-accuracy check declare about one paired decision (the release's sequential test decides with it), and a
-``CheckSpec`` is one declared canary check (the release's pure ``judge`` judges it). The release imports
-this package; this package imports nothing of the release.
+changed in code (``with_changes``) is checked again. ``GateRule`` is the ``shadow`` section as the release's
+sequential tests use it (a subclass: each key declared once), and a ``CheckSpec`` is one declared canary
+check (the release's pure ``judge`` judges it). The release imports this package; this package imports
+nothing of the release.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from kfrelease.errors import ConfigError, KfreleaseError
-from kfrelease.specs import Items, Number, Section, SpecDocument, at_least, at_most, parse, repeated
+from kfrelease.errors import ConfigError
+from kfrelease.specs import Items, Number, Section, SpecDocument, at_least, at_most, one_line, parse, repeated
 
 METRICS_SOURCES = ("auto", "predictor", "prometheus")
 DEPLOYMENT_MODES = ("Serverless", "RawDeployment")
@@ -44,64 +43,8 @@ class RolloutSpecError(ConfigError):
     """The rollout spec is malformed; nothing was changed."""
 
 
-class GateError(KfreleaseError):
+class GateError(ConfigError):
     """The decision rule or its input is malformed (nothing was decided)."""
-
-
-@dataclass(frozen=True)
-class GateRule:
-    """What the spec declares about one paired decision (``shadow`` and ``canary`` accuracy checks)."""
-
-    margin: float = 0.02  # non-inferiority margin: candidate loss <= (1 + margin) x production's
-    error_rate: float = 0.05  # declared error rate of each wrong decision (wrong pass, wrong fail)
-    loss: str = "squared"  # squared | absolute: the loss the decision is taken on
-    fail_above: str = "zero"  # zero: fail when surely worse; margin: only when worse by more than the margin
-    clip: float = 4.0  # absolute errors are clipped at clip x production's reference RMSE
-    min_samples: int = 30  # do not even look before this many pairs
-    max_samples: int | None = None  # undecided at this many pairs: insufficient evidence
-    burn_in: int = 30  # without a reference RMSE: pairs used to fix the clip (left out of the test)
-    boundary: str = "betting"  # betting | asymptotic | bernstein (see the release's decision module)
-    # the tail check: errors above ``tail`` x reference RMSE (None: ``clip``) are gross; passes when the
-    # candidate's rate of them is below production's + min_exposure; min_exposure 0 turns the check off
-    min_exposure: float = 0.002
-    tail: float | None = None
-    slices: tuple[str, ...] = ()  # declared slices: features (each value, or slice_bins quantile bins)
-    worst_slice: bool = True  # search every feature's slices for the worst (multiplicity: Bonferroni)
-    slice_margin: float = 0.10  # a slice fails when its loss is surely above (1 + slice_margin) x production's
-    slice_bins: int = 4  # quantile bins of a numeric feature
-
-    @property
-    def tail_at(self) -> float:
-        return self.tail if self.tail is not None else self.clip
-
-    def check(self, where: str = "decision rule") -> None:
-        def bad(msg: str):
-            raise GateError(f"{where}: {msg}")
-
-        if not 0 < self.error_rate < 0.5:
-            bad(f"error_rate {self.error_rate} must be above 0 and below 0.5 (e.g. 0.05)")
-        if not (0 <= self.margin and math.isfinite(self.margin)):
-            bad(f"margin {self.margin} must be at least 0 (a share of production's loss, e.g. 0.02)")
-        if self.loss not in LOSSES:
-            bad(f"loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
-        if self.boundary not in BOUNDARIES:
-            bad(f"boundary {self.boundary!r} is unknown; use one of {', '.join(BOUNDARIES)}")
-        if self.fail_above not in ("zero", "margin"):
-            bad(f"fail_above {self.fail_above!r} is unknown; use zero or margin")
-        if not self.clip > 0:
-            bad(f"clip {self.clip} must be above 0 (e.g. 4 reference RMSEs)")
-        if self.min_samples < 2 or self.burn_in < 2:
-            bad("min_samples and burn_in must be at least 2")
-        if self.max_samples is not None and self.max_samples < self.min_samples:
-            bad(f"max_samples {self.max_samples} is below min_samples {self.min_samples}")
-        if not 0 <= self.min_exposure < 0.5:
-            bad(f"min_exposure {self.min_exposure} must be from 0 (no tail check) to below 0.5 (e.g. 0.002)")
-        if self.tail is not None and not self.tail > 0:
-            bad(f"tail {self.tail} must be above 0 (reference RMSEs, e.g. 4)")
-        if not (self.slice_margin >= 0 and math.isfinite(self.slice_margin)):
-            bad(f"slice_margin {self.slice_margin} must be at least 0 (e.g. 0.1)")
-        if not 2 <= self.slice_bins <= 20:
-            bad(f"slice_bins {self.slice_bins} must be from 2 to 20")
 
 
 class CheckSpec(SpecDocument):
@@ -164,7 +107,7 @@ class ShadowSpec(SpecDocument):
     mirror_percent: Annotated[Number, at_least(0), at_most(100)] = Field(
         100.0, description="Share of production requests mirrored to the candidate, 0..100."
     )
-    min_labelled_samples: int = Field(30, description="Do not even look before this many labelled pairs (>= 1).")
+    min_labelled_samples: int = Field(30, description="Do not even look before this many labelled pairs (>= 2).")
     margin: Number = Field(
         0.02, description="Pass: candidate loss <= (1 + margin) x production's on the same requests."
     )
@@ -211,29 +154,58 @@ class ShadowSpec(SpecDocument):
 
     @model_validator(mode="after")
     def _rule(self):
-        try:
-            self.rule().check("shadow")
-        except GateError as exc:
-            raise ValueError(str(exc).removeprefix("shadow: ")) from None
+        """The rules between the decision's keys (each key's own type is checked by its declaration)."""
+        if not 0 < self.error_rate < 0.5:
+            raise ValueError(f"error_rate {self.error_rate} must be above 0 and below 0.5 (e.g. 0.05)")
+        if not (0 <= self.margin and math.isfinite(self.margin)):
+            raise ValueError(f"margin {self.margin} must be at least 0 (a share of production's loss, e.g. 0.02)")
+        if not self.clip > 0:
+            raise ValueError(f"clip {self.clip} must be above 0 (e.g. 4 reference RMSEs)")
+        if self.min_labelled_samples < 2:
+            raise ValueError(f"min_labelled_samples {self.min_labelled_samples} must be at least 2")
+        if self.max_samples is not None and self.max_samples < self.min_labelled_samples:
+            raise ValueError(
+                f"max_samples {self.max_samples} is below min_labelled_samples {self.min_labelled_samples}"
+            )
+        if not 0 <= self.min_exposure < 0.5:
+            raise ValueError(
+                f"min_exposure {self.min_exposure} must be from 0 (no tail check) to below 0.5 (e.g. 0.002)"
+            )
+        if self.tail is not None and not self.tail > 0:
+            raise ValueError(f"tail {self.tail} must be above 0 (reference RMSEs, e.g. 4)")
+        if not (self.slice_margin >= 0 and math.isfinite(self.slice_margin)):
+            raise ValueError(f"slice_margin {self.slice_margin} must be at least 0 (e.g. 0.1)")
+        if not 2 <= self.slice_bins <= 20:
+            raise ValueError(f"slice_bins {self.slice_bins} must be from 2 to 20")
         return self
 
     def rule(self) -> GateRule:
-        return GateRule(
-            margin=self.margin,
-            error_rate=self.error_rate,
-            loss=self.loss,
-            fail_above=self.fail_above,
-            clip=self.clip,
-            min_samples=self.min_labelled_samples,
-            max_samples=self.max_samples,
-            boundary=self.boundary,
-            min_exposure=self.min_exposure,
-            tail=self.tail,
-            slices=self.slices,
-            worst_slice=self.worst_slice,
-            slice_margin=self.slice_margin,
-            slice_bins=self.slice_bins,
-        )
+        """The decision rule this section declares (the shadow gate's; a canary's accuracy check changes some
+        keys of it with ``with_changes``)."""
+        return GateRule(**self.model_dump())
+
+
+class GateRule(ShadowSpec):
+    """What the release's sequential tests decide with: the ``shadow`` section's keys (declared once, above)
+    plus ``burn_in``, which only code sets. Built from a spec (``ShadowSpec.rule()``) or in code
+    (``GateRule(margin=0.05, min_exposure=0)``); changed with ``with_changes`` (validated again). A rule that
+    breaks a key's rule raises ``GateError`` in one line."""
+
+    error: ClassVar[type[ConfigError]] = GateError
+    burn_in: Annotated[int, at_least(2)] = Field(
+        30, description="Without a reference RMSE: pairs used to fix the clip (left out of the test)."
+    )
+
+    def __init__(self, /, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise GateError(f"decision rule: {one_line(type(self), exc)}") from None
+
+    @property
+    def tail_at(self) -> float:
+        """Errors above this many reference RMSEs are gross (``tail``, else ``clip``)."""
+        return self.tail if self.tail is not None else self.clip
 
 
 class CanarySpec(SpecDocument):

@@ -166,11 +166,11 @@ def gate_rule(spec: ModelSpec, rollout) -> tuple:
     """(rule, where it came from) of the offline paired test: the rollout spec's shadow gate (margin, error
     rate, slices), on a fixed sample (no ``max_samples``); a spec's ``validation.tolerance`` widens the margin
     (a share of RMSE, so the loss margin is ``(1 + tolerance)^2 - 1``) and then fails only beyond it."""
-    rule = replace(rollout.shadow.rule(), max_samples=None)
+    rule = rollout.shadow.rule().with_changes(max_samples=None)
     tolerance = spec.validation.tolerance
     if tolerance is not None:
         margin = (1.0 + float(tolerance)) ** 2 - 1.0
-        return replace(rule, margin=margin, fail_above="margin"), f"validation.tolerance {float(tolerance):g}"
+        return rule.with_changes(margin=margin, fail_above="margin"), f"validation.tolerance {float(tolerance):g}"
     return rule, "the rollout spec's shadow gate"
 
 

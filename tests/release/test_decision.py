@@ -194,7 +194,7 @@ def test_a_clearly_worse_candidate_fails():
 
 def test_too_few_pairs_continue_and_at_the_limit_are_insufficient():
     t, c, p = errors_of(np.random.default_rng(2), 200, 50.0, 50.0)
-    rule = GateRule(min_samples=30, max_samples=500)
+    rule = GateRule(min_labelled_samples=30, max_samples=500)
     assert decide(t[:29], c[:29], p[:29], rule, scale=50.0).decision == "continue"
     assert decide(t, c, p, rule, scale=50.0).decision == "continue"  # equal: neither bound crosses in 200
     late = decide(t, c, p, rule, scale=50.0, at_limit=True)
@@ -252,10 +252,12 @@ def test_absolute_error_is_a_loss_of_its_own():
 
 
 def test_a_malformed_rule_is_refused():
-    with pytest.raises(GateError, match="error_rate"):
-        GateRule(error_rate=0.7).check()
+    with pytest.raises(GateError, match="error_rate 0.7 must be above 0 and below 0.5"):
+        GateRule(error_rate=0.7)
     with pytest.raises(GateError, match="boundary 'magic' is unknown"):
-        GateRule(boundary="magic").check()
+        GateRule(boundary="magic")
+    with pytest.raises(GateError, match="burn_in must be at least 2, not 1"):
+        GateRule().with_changes(burn_in=1)
     with pytest.raises(GateError, match="pair up"):
         decide([1.0, 2.0], [1.0], [1.0, 2.0], GateRule(), scale=1.0)
 

@@ -86,7 +86,7 @@ def test_a_worse_candidate_fails_and_too_few_labels_continue():
     v = shadow_verdict(pairs, "V1.2.0", "V1.1.0", GateRule(), scale=10.0)
     assert v.decision == "fail" and v.evidence["test"]["ratio_interval"][0] > 1.0
     assert "worse than production" in v.reasons[0]
-    w = shadow_verdict(pairs.iloc[:29], "V1.2.0", "V1.1.0", GateRule(min_samples=30), scale=10.0)
+    w = shadow_verdict(pairs.iloc[:29], "V1.2.0", "V1.1.0", GateRule(min_labelled_samples=30), scale=10.0)
     assert w.decision == "continue" and "29 labelled pairs" in w.reasons[0]
     assert "candidate" not in w.evidence  # no numbers shown on too little evidence
 
