@@ -50,10 +50,11 @@ def test_the_inferred_spec_declares_what_the_data_shows_and_accepts_its_file(tmp
         "row_id": "int64",
         **{f"x{i}": "float64" for i in range(10)},
         "y": "float64",
-        "site": "string",
+        "site": "category",  # two values in 200 rows (data init's rule: MAX_CATEGORIES, at most half the rows)
         "checked": "bool",
         "seen": "datetime64[ns]",
     }
+    assert spec.column("site").categories == ("north", "south")
     # an id gets a floor and no ceiling: the next batch's ids are beyond this file's
     assert spec.column("row_id").unique and (spec.column("row_id").min, spec.column("row_id").max) == (1, None)
     assert spec.column("x2").nullable and not spec.column("x0").nullable

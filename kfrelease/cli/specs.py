@@ -98,7 +98,7 @@ def _check_model(file: str, offline: bool) -> str:
     "--out", type=click.Path(dir_okay=False), help="Where to write the spec (default: NAME.yaml); never overwritten."
 )
 def init(source: str, name: str | None, out: str | None) -> None:
-    """Write a dataset spec inferred from a data file (dtypes, ranges, nullability, an id column) to review."""
+    """Write a dataset spec inferred from a data file (dtypes, categories, ranges, nullability, an id column) to review."""
     from kfrelease.data.infer import infer_spec, write_new
 
     text, spec = infer_spec(source, name)

@@ -49,8 +49,14 @@ def stored_spec(store: ObjectStore, name: str) -> DatasetSpec | None:
         manifest = get_version(store, name).manifest
     except NotFound:
         return None
+    return version_spec(manifest)
+
+
+def version_spec(manifest: dict) -> DatasetSpec | None:
+    """The spec a curated version was published with (its manifest's ``schema``; None before specs were stored)."""
     text = manifest.get("schema")
-    return parse_spec(text, f"the spec stored with {name} version {manifest['version']}") if text else None
+    where = f"the spec stored with {manifest.get('dataset')} version {manifest.get('version')}"
+    return parse_spec(text, where) if text else None
 
 
 def resolve_spec(store: ObjectStore, given: str | None) -> DatasetSpec:

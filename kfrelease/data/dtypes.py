@@ -66,7 +66,10 @@ RULES = {
     "bool": ("wrong type (expected bool: true/false or 1/0)",),
     "datetime64[ns]": (_DATETIME_RULE,),
     "string": (),
+    "category": (),  # text; whether a value is one of the column's categories is the spec's rule (validate)
 }
+#: Declared dtypes converted as another: a category column's values are text.
+AS = {"category": "string"}
 _INTEGER = r"^[+-]?[0-9]+(?:\.0*)?$"  # ASCII digits: pandas cannot parse other scripts
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 
@@ -93,6 +96,7 @@ def _missing(s: pd.Series, dtype: str) -> np.ndarray:
 
 def convert(s: pd.Series, dtype: str) -> Converted:
     """Convert one source column to ``dtype`` (one of ``spec.DTYPES``) or report each value that does not fit."""
+    dtype = AS.get(dtype, dtype)
     text = _arrow_text(s)
     if text is None:
         return _convert_exact(s, dtype)
@@ -226,6 +230,7 @@ def _to_datetime_text(index: pd.Index, stripped, present: np.ndarray, missing: n
 
 def _convert_exact(s: pd.Series, dtype: str) -> Converted:
     """The rules themselves, value by value through pandas (the reference the fast path is tested against)."""
+    dtype = AS.get(dtype, dtype)
     missing = _missing(s, dtype)
     present = ~missing
     fn = {

@@ -5,7 +5,10 @@ conversion publishing applies: int64, float64, bool, datetime64[ns], else string
 is missing, and a range: the observed one widened by ``MARGIN`` of its span on each side and rounded outward
 to two significant digits of the span (``widen``; never below 0 for a column with no negative value), so
 that the next batch is not refused for a value just outside what this file holds; each column's comment
-states what was observed. The first whole-number or text column whose values are all present and distinct
+states what was observed. A text column with few distinct values (at most ``MAX_CATEGORIES``, and at most half
+its present values, so that each is seen twice on average) becomes a ``category`` column with the values it
+holds, sorted, as its ``categories`` (the serving policy ``unknown`` keeps its default, ``refuse``, stated in
+a comment). The first whole-number or text column whose values are all present and distinct
 (preferring a name like ``id``) becomes ``id_column``, with a minimum and no maximum (later batches bring new
 ids). The target is never guessed into the spec: a comment proposes one, by name (``target``, ``label``,
 ``price``, ``sales``...) and else by role (the last numeric column that is not an id, a coordinate x/y/z or
@@ -40,6 +43,9 @@ from kfrelease.errors import ConfigError, DataValidationError
 
 #: Tried in order: the first dtype every present value converts to exactly.
 INFER_ORDER = ("int64", "float64", "bool", "datetime64[ns]", "string")
+#: A text column becomes a ``category`` when it has at most this many distinct values, and at most half as many
+#: as present values (``category_values``); else it stays ``string``.
+MAX_CATEGORIES = 50
 #: How far a range is widened beyond the observed values, as a share of their span, on each side.
 MARGIN = 0.10
 #: Names of the role itself, then words that name what regression models usually predict (a column is
@@ -60,6 +66,16 @@ class InferredColumn:
     unique: bool
     min: float | int | None
     max: float | int | None
+    categories: tuple[str, ...] | None = None
+
+
+def category_values(present: pd.Series) -> tuple[str, ...] | None:
+    """The known values of a text column, sorted, when it looks like a category: at most ``MAX_CATEGORIES``
+    distinct values and at most half as many as its present values; else None."""
+    distinct = present.drop_duplicates()
+    if len(distinct) > MAX_CATEGORIES or len(distinct) * 2 > len(present):
+        return None
+    return tuple(sorted(str(v) for v in distinct))
 
 
 def infer_column(name: str, values: pd.Series) -> InferredColumn:
@@ -76,7 +92,10 @@ def infer_column(name: str, values: pd.Series) -> InferredColumn:
         cast = int if dtype == "int64" else float
         lo, hi = cast(present.min()), cast(present.max())
     unique = bool(len(present) == len(values) and present.is_unique)
-    return InferredColumn(name, dtype, bool(conv.missing.any()), unique, lo, hi)
+    categories = category_values(present) if dtype == "string" else None
+    if categories:
+        dtype = "category"
+    return InferredColumn(name, dtype, bool(conv.missing.any()), unique, lo, hi, categories)
 
 
 def id_candidate(columns: list[InferredColumn]) -> str | None:
@@ -167,8 +186,15 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
     lines += [
         "min_rows: 1                  # fewer valid rows than this and nothing is published",
         "on_invalid: reject           # or quarantine: publish the valid rows, keep the others aside",
-        "columns:",
     ]
+    if any(c.categories for c in columns):
+        lines += [
+            "# category columns: a value outside `categories` fails its row when published; at serving time a request",
+            "# with one is refused (400) by default (`unknown: refuse`); add `unknown: pass` to a column to hand such",
+            f"# values to the model. A text column became a category with at most {MAX_CATEGORIES} distinct values",
+            "# (and at most half as many as rows), its observed values sorted.",
+        ]
+    lines.append("columns:")
     for c in columns:
         body = [f"dtype: {_key(c.dtype)}", f"nullable: {str(c.nullable).lower()}"]
         note = ""
@@ -177,6 +203,9 @@ def render_spec(name: str, source: str, columns: list[InferredColumn], rows: int
             if c.min is not None:
                 body.append(f"min: {json.dumps(c.min)}")
                 note = f"  # an id: observed {c.min} to {c.max}; no maximum, later batches bring new ids"
+        elif c.categories:
+            body.append(f"categories: [{', '.join(_key(v) for v in c.categories)}]")
+            note = f"  # {len(c.categories)} values observed"
         elif c.min is not None:
             low, high = widen(c.min, c.max, c.dtype == "int64")
             body += [f"min: {json.dumps(low)}", f"max: {json.dumps(high)}"]

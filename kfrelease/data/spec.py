@@ -14,9 +14,13 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from kfrelease.errors import ConfigError
-from kfrelease.specs import Number, SpecDocument, did_you_mean, parse
+from kfrelease.registry.artifact import UNKNOWN_POLICIES
+from kfrelease.specs import Items, Number, SpecDocument, did_you_mean, parse, repeated
 
-DTYPES = ("int64", "float64", "string", "bool", "datetime64[ns]")
+#: ``category``: text with known values (``categories``), stored as the values themselves (no codes).
+DTYPES = ("int64", "float64", "string", "category", "bool", "datetime64[ns]")
+#: Known values shown in a message before "... N more".
+SHOWN_CATEGORIES = 30
 #: What publishing does with rows that fail validation: ``reject`` the whole batch (default), or
 #: ``quarantine`` them beside the new version and publish the valid rows.
 ON_INVALID = ("reject", "quarantine")
@@ -27,22 +31,70 @@ ENGINES = ("embedded", "spark")
 class ColumnSpec(SpecDocument):
     """One declared column: its type and the checks every row must pass."""
 
-    dtype: Literal[DTYPES] = Field(description="The column's type; values that do not parse as it are refused.")
+    dtype: Literal[DTYPES] = Field(
+        description="The column's type; values that do not parse as it are refused. `category`: text with known "
+        "values (`categories`), published as the values themselves."
+    )
     nullable: bool = Field(False, description="Whether a row may leave this column empty.")
     unique: bool = Field(False, description="Whether every value must differ from every other (e.g. an id).")
     min: Number | None = Field(None, description="Smallest allowed value (numbers); null: no lower bound.")
     max: Number | None = Field(None, description="Largest allowed value (numbers); null: no upper bound.")
+    categories: Items[str] | None = Field(
+        None,
+        description="A `category` column's known values (required there, for no other dtype); a row with any "
+        "other value fails validation (quarantined or rejected as `on_invalid` says), never coerced. Models "
+        "trained on the column take these values as their input schema's categories.",
+    )
+    unknown: Literal[UNKNOWN_POLICIES] = Field(
+        "refuse",
+        description="A `category` column's serving policy, carried into the input schema of models trained on it: "
+        "`refuse` answers a request with a value outside `categories` with a 400 naming the column and the known "
+        "values; `pass` hands it to the model (e.g. a `OneHotEncoder(handle_unknown='ignore')`).",
+    )
     _name: str = PrivateAttr("")  # its key under `columns` (set by the dataset spec)
 
     @model_validator(mode="after")
     def _range(self):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if self.dtype == "category":
+            if not self.categories:
+                raise ValueError("a category column needs its known values: categories: [...]")
+            twice = repeated(self.categories)
+            if twice:
+                raise ValueError(f"categories repeat {twice[0]!r}; list each known value once")
+            if self.min is not None or self.max is not None:
+                raise ValueError("min and max are for numbers; a category column's values are its categories")
+        elif self.categories is not None:
+            raise ValueError(f"only category columns have categories; declare dtype: category (not {self.dtype})")
+        elif self.unknown != "refuse":
+            raise ValueError(f"unknown is the serving policy of a category column; a {self.dtype} column has none")
         return self
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def known(self) -> str:
+        """The known values for a message: ``'Fair', 'Good', ...`` (at most ``SHOWN_CATEGORIES``)."""
+        values = self.categories or ()
+        shown = ", ".join(repr(v) for v in values[:SHOWN_CATEGORIES])
+        more = len(values) - SHOWN_CATEGORIES
+        return shown + (f", ... {more} more" if more > 0 else "")
+
+    def input_column(self) -> dict:
+        """This column as a feature of a model's input schema (``kfrelease.registry.artifact.input_columns``): a
+        category with its known values and serving policy, text as ``string`` (any value), every other column as
+        the float64 numbers training fits on."""
+        if self.dtype == "category":
+            return {
+                "name": self.name,
+                "dtype": "category",
+                "categories": list(self.categories),
+                "unknown": self.unknown,
+            }
+        return {"name": self.name, "dtype": "string" if self.dtype == "string" else "float64"}
 
 
 class SourceSpec(SpecDocument):
@@ -109,6 +161,24 @@ class DatasetSpec(SpecDocument):
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns[name]
+
+    def input_schema(self, features) -> list[dict]:
+        """The input schema of a model taking ``features`` of this dataset, in that order: each declared column's
+        ``ColumnSpec.input_column`` (a category with its known values and serving policy), and a column the
+        feature step adds as float64 (training takes only numbers from it). ``ConfigError`` for a feature that is
+        neither."""
+        out = []
+        for f in features:
+            if f in self.columns:
+                out.append(self.columns[f].input_column())
+            elif self.features:
+                out.append({"name": f, "dtype": "float64"})
+            else:
+                raise ConfigError(
+                    f"feature {f!r} is not a column of dataset {self.name!r}{did_you_mean(f, self.columns)}; "
+                    f"its columns: {', '.join(self.columns)}"
+                )
+        return out
 
 
 def parse_spec(text: str, origin: str = "<dataset spec>") -> DatasetSpec:

@@ -1,9 +1,9 @@
 """Validate ingested rows against the dataset spec, reporting every problem at once.
 
 Each value is converted to its column's declared dtype by ``kfrelease.data.dtypes`` (nothing is coerced
-silently), then the spec's rules are checked row by row: missing values, ranges, uniqueness. A problem
-names its column, its rule, how many rows it affects and the first of them by file and line (sorted),
-with the value as written in the source. Ragged CSV lines are reported as such.
+silently), then the spec's rules are checked row by row: missing values, ranges, a category column's known
+values, uniqueness. A problem names its column, its rule, how many rows it affects and the first of them by
+file and line (sorted), with the value as written in the source. Ragged CSV lines are reported as such.
 
 Rows come in batches (``kfrelease.data.ingest``) and memory does not grow with the data: a ``Validator``
 checks one batch at a time and keeps, for each problem, its row count and its first rows only. A unique
@@ -50,7 +50,10 @@ _PANDAS = {
     "bool": "bool",
     "datetime64[ns]": "datetime64[ns]",
     "string": _STRING,
+    "category": _STRING,  # the values themselves, no codes
 }
+#: The rule a category column's value outside its ``categories`` breaks (``ColumnSpec.known`` follows).
+UNKNOWN_CATEGORY = "not a known category"
 
 
 @dataclass(frozen=True, order=True)
@@ -325,6 +328,11 @@ class Validator:
                     out[checkable] = op(number, bound)
                     if out.any():
                         found.append(((2, i, 3 + k), c.name, f"{words} {bound}", out))
+            if c.dtype == "category" and checkable.any():
+                unknown = np.zeros(n, dtype=bool)
+                unknown[checkable] = ~values[checkable].isin(c.categories).to_numpy(dtype=bool)
+                if unknown.any():
+                    found.append(((2, i, 6), c.name, f"{UNKNOWN_CATEGORY} (known: {c.known})", unknown))
             if c.unique and checkable.any():
                 dup = np.zeros(n, dtype=bool)
                 if self.duplicates is None:

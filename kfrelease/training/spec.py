@@ -37,7 +37,7 @@ import inspect
 import json
 import types
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -47,6 +47,9 @@ from kfrelease.registry.artifact import AUTO, DEFAULT_TOLERANCE, FLAVOURS
 from kfrelease.specs import Items, Section, SpecDocument, at_least, did_you_mean, parse, repeated
 from kfrelease.training.resources import Resources
 from kfrelease.training.retrain import RetrainPolicy
+
+if TYPE_CHECKING:
+    from kfrelease.data.spec import DatasetSpec
 
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
@@ -248,9 +251,13 @@ class ModelSpec(SpecDocument):
         canonical = json.dumps(self.definition, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    @property
-    def input_schema(self) -> list[dict]:
-        return [{"name": f, "dtype": "float64"} for f in self.features]
+    def input_schema(self, dataset: DatasetSpec | None) -> list[dict]:
+        """The registered model's input schema: its features as the dataset spec declares them
+        (``DatasetSpec.input_schema``: a category column with its known values and serving policy); without the
+        dataset's spec (a version published before specs were stored), every feature as float64."""
+        if dataset is None:
+            return [{"name": f, "dtype": "float64"} for f in self.features]
+        return dataset.input_schema(self.features)
 
     def tolerance(self) -> float:
         return float(self.validation.tolerance or 0.0)

@@ -258,6 +258,8 @@ def register_step(
     registry: the same entry, compared with production the same way, but with numbers of its own (``E1.1.0``)
     and never staged. The evaluation report (``report_path``) is stored beside the version's artifacts
     (``kfrelease.results``)."""
+    from kfrelease.data.catalog import version_spec
+    from kfrelease.data.publish import get_version
     from kfrelease.errors import KfreleaseError
     from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
     from kfrelease.results import evaluation_report_key
@@ -287,7 +289,7 @@ def register_step(
             run_id=run_id,
             metrics=metrics,
             verdict=verdict,
-            input_schema=spec.input_schema,
+            input_schema=spec.input_schema(version_spec(get_version(store, spec.dataset, dataset_version).manifest)),
             target=spec.target,
             model_bytes=Path(model_path).read_bytes(),
             files=files,

@@ -46,7 +46,7 @@ def entry_of(spec, split, version="V1.1.0", **split_changes) -> dict:
     """Production's registry entry as the evidence reads it (its split rule, inputs, reference RMSE)."""
     return {
         "version": version,
-        "input_schema": spec.input_schema,
+        "input_schema": spec.input_schema(None),
         "target": spec.target,
         "split": {**split.rule.as_dict(), **split_changes},
         "metrics": {"rmse": 55.0},
