@@ -126,9 +126,9 @@ def run_model_server(
     """KServe's ModelServer (REST only, one worker) for ``models`` (possibly none yet) on ``host:http_port``.
     ``middleware`` are (class, kwargs) pairs added outside the request guard; ``on_start(server)`` runs
     once the server object exists (the multi-model host keeps it to load and unload models)."""
-    import asyncio
-
     check_kserve_version()
+    # heavy: kserve (FastAPI, uvicorn, grpc) and uvloop load only in a model server's process
+    import uvloop  # kserve requires uvicorn[standard], which installs uvloop
     from kserve import ModelServer
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
     from kserve.protocol.rest.server import RESTServer
@@ -169,12 +169,7 @@ def run_model_server(
             self.register_signal_handler()
             # kserve starts its servers inside asyncio.run, so uvicorn's own loop choice never applies; run
             # them on uvloop (installed with uvicorn[standard]) as uvicorn would: cheaper socket I/O.
-            try:
-                import uvloop
-
-                uvloop.run(self._serve())
-            except ImportError:
-                asyncio.run(self._serve())
+            uvloop.run(self._serve())
 
     app.add_middleware(RequestGuard, max_body=max_body)
     for cls, kwargs in middleware:

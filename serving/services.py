@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
+from kfrelease.serving.gateway import gateway_service
 from kfrelease.serving.slots import STAGES, predictor_port
 from kfrelease.stack.service import Service, python_service
 
@@ -100,10 +101,5 @@ def predictor_service(
 
 def services(settings: Settings) -> list[Service]:
     """The ``serving`` group: log sink and feedback first (model servers log from their first request), then
-    the gateway when that part is present."""
-    out = [logsink_service(settings), feedback_service(settings)]
-    try:
-        from kfrelease.serving.gateway import gateway_service
-    except ImportError:
-        return out
-    return out + [hold_service(settings), gateway_service(settings)]
+    the hold page and the gateway."""
+    return [logsink_service(settings), feedback_service(settings), hold_service(settings), gateway_service(settings)]

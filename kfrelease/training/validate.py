@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+from kfrelease.drift import data_drift
 from kfrelease.training.spec import THRESHOLD_KEYS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,6 @@ def drift_evidence(
             "available": False,
             "detail": f"production {champion_version} shares no input column with this model: no drift check",
         }
-    try:
-        from kfrelease.drift import data_drift  # monitoring part; optional at import time
-    except ImportError:
-        return {"available": False, "detail": "drift check unavailable (kfrelease.drift missing)"}
     try:
         result = data_drift(champion_train, train, columns).as_dict()
     except Exception as exc:  # noqa: BLE001 - drift is a report; its failure is recorded, not fatal

@@ -7,7 +7,6 @@ The InferenceServices and the VirtualService come from ``kfrelease.k8s.render.in
 
 from __future__ import annotations
 
-import inspect
 import json
 from importlib import resources
 
@@ -23,6 +22,7 @@ from kfrelease.k8s.render.inference import (
 )
 from kfrelease.k8s.render.mesh import serving_policies
 from kfrelease.k8s.render.platform import PART_OF, release_driver_rbac, s3_env, service_account
+from kfrelease.monitoring.rules import render_prometheus_rule
 from kfrelease.rollout.spec import RolloutSpec
 
 HTTP_PORT = 8080
@@ -284,35 +284,18 @@ def monitors(spec: RolloutSpec) -> list[dict]:
     ]
 
 
-def prometheus_rule() -> dict | None:
-    """The PrometheusRule rendered by the monitoring part (None until ``kfrelease.monitoring.rules`` exists)."""
-    try:
-        from kfrelease.monitoring.rules import render_prometheus_rule
-    except ImportError:
-        return None
-    params = inspect.signature(render_prometheus_rule).parameters
-    kwargs = {
-        k: v
-        for k, v in {
-            "namespace": MONITORING_NS,
-            "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
-        }.items()
-        if k in params
-    }
-    doc = render_prometheus_rule(**kwargs)
-    meta = doc.setdefault("metadata", {})
-    meta["namespace"] = MONITORING_NS
-    meta["labels"] = {**PART_OF, **PROMETHEUS_SELECTOR, **(meta.get("labels") or {})}
+def prometheus_rule() -> dict:
+    """The PrometheusRule rendered by the monitoring part, in the monitoring namespace."""
+    doc = render_prometheus_rule(namespace=MONITORING_NS, labels={**PART_OF, **PROMETHEUS_SELECTOR})
+    meta = doc["metadata"]
+    meta["labels"] = {**PART_OF, **PROMETHEUS_SELECTOR, **meta["labels"]}
     return doc
 
 
-def dashboard_configmap() -> dict | None:
+def dashboard_configmap() -> dict:
     """The Grafana dashboard (``kfrelease/monitoring/dashboard.json``) for the kube-prometheus-stack Grafana
     sidecar, which loads ConfigMaps labelled ``grafana_dashboard: "1"``."""
-    try:
-        text = (resources.files("kfrelease.monitoring") / "dashboard.json").read_text()
-    except (FileNotFoundError, ModuleNotFoundError):
-        return None
+    text = (resources.files("kfrelease.monitoring") / "dashboard.json").read_text()
     json.loads(text)  # fail here, not in Grafana, on a broken dashboard
     return {
         "apiVersion": "v1",
@@ -355,10 +338,7 @@ def model_monitoring(spec: RolloutSpec, env: Environment, features: list[str]) -
 
 
 def monitoring_documents(spec: RolloutSpec, env: Environment | None = None) -> list[dict]:
-    docs = [*pushgateway(), *monitors(spec)]
-    for doc in (prometheus_rule(), dashboard_configmap()):
-        if doc is not None:
-            docs.append(doc)
+    docs = [*pushgateway(), *monitors(spec), prometheus_rule(), dashboard_configmap()]
     if env is not None:
         docs += spark_monitoring()
     return docs
