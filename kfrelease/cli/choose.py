@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import store_for
 
 
 def pick_model(model: str | None, names: list[str], command: str) -> str:
@@ -22,7 +24,5 @@ def one_model(settings: Settings, model: str | None, command: str) -> str:
     """``pick_model`` over the registered models (the registry is read only when ``--model`` is left out)."""
     if model:
         return model
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
 
     return pick_model(None, ModelRegistry(store_for("data-scientist", settings)).models(), command)

@@ -16,6 +16,7 @@ from kfrelease.data.publish import get_version, latest_version_id, list_versions
 from kfrelease.data.spec import load_spec
 from kfrelease.data.validate import validate_batches
 from kfrelease.errors import ConfigError, DataValidationError, StorageError
+from kfrelease.kfp_runner import run_local
 from kfrelease.storage import store_for
 
 dataset_option = click.option(
@@ -137,8 +138,8 @@ def register(cli: click.Group) -> None:
         spec = resolve_spec(store, dataset)
         search = (str(Path(dataset).resolve().parent),) if dataset and is_spec_path(dataset) else ()
         if via_pipeline:
-            from kfrelease.kfp_runner import run_local
-            from kfrelease.pipelines.data_pipeline import data_pipeline
+            # heavy: the pipeline definition imports kfp's DSL (seconds); only --via-pipeline needs it
+            from kfrelease.pipelines.data_pipeline import data_pipeline  # heavy
 
             console.print(f"running the data pipeline for {spec.name!r} with kfp.local ...")
             version = run_local(

@@ -8,13 +8,16 @@ import click
 
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
-from kfrelease.demo.flow import STEPS, DemoContext
 
 
 def register(cli: click.Group) -> None:
     @cli.command()
     def demo() -> None:
         """Run the end-to-end demo on the embedded stack (safe to run again)."""
+        # cycle: the flow prints with kfrelease.cli.output, whose package imports this module; heavy: the flow
+        # imports the whole library (kfp, pandas, the monitoring passes), which other commands need not load
+        from kfrelease.demo.flow import STEPS, DemoContext
+
         ctx = DemoContext(Settings.from_env())
         started = time.monotonic()
         phases = []

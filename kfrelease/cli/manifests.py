@@ -9,6 +9,8 @@ import click
 from kfrelease.cli.output import console
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file
+from kfrelease.k8s.policy.checks import CHECKS, CheckContext, run_checks
+from kfrelease.k8s.render.tree import check_tree, write_tree
 
 
 def manifests_dir(path: str | None) -> Path:
@@ -38,8 +40,6 @@ def register(cli: click.Group) -> None:
     def render(directory: str | None, check: bool) -> None:
         """Regenerate base/, overlays/<env>/ and eks/<env>/ from the access policy, rollout spec, monitoring
         rules and dashboard, sources/environments.yaml and sources/workspaces/."""
-        from kfrelease.k8s.render.tree import check_tree, write_tree
-
         root = manifests_dir(directory)
         if check:
             stale = check_tree(root)
@@ -74,8 +74,6 @@ def register(cli: click.Group) -> None:
         schemas of the declared KServe version, release-owned objects in the re-applied overlay, no default
         StorageClass, compiled steps not on the image by digest, CI authentication (m2m issuer, ingress), ...
         Exit 1 when anything is found."""
-        from kfrelease.k8s.policy.checks import CHECKS, CheckContext, run_checks
-
         root = manifests_dir(directory)
         ctx = CheckContext(root, Path(compiled) if compiled else None, image)
         findings = run_checks(ctx, list(only) or None)

@@ -7,8 +7,21 @@ import json
 import click
 
 from kfrelease.cli.output import console, json_option, print_json, table
-from kfrelease.registry import ModelRegistry
+from kfrelease.metrics import METRIC_NAMES, regression_metrics
+from kfrelease.registry import EXPERIMENTS, ModelRegistry
+from kfrelease.release.decision import decide
+from kfrelease.results import (
+    decision_label,
+    diff_versions,
+    fetch_reports,
+    find_reports,
+    paired_test,
+    resolve_version,
+    show_version,
+)
+from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.storage import store_for
+from kfrelease.training.evidence import common_rows
 
 
 def _registry() -> ModelRegistry:
@@ -30,8 +43,6 @@ def register(cli: click.Group) -> None:
     @json_option
     def list_cmd(model: str | None, experiments: bool, as_json: bool) -> None:
         """List the versions of MODEL (default: every model)."""
-        from kfrelease.registry import EXPERIMENTS
-
         reg = ModelRegistry(store_for("data-scientist"), EXPERIMENTS) if experiments else _registry()
         names = [model] if model else reg.models()
         if as_json:
@@ -63,8 +74,6 @@ def register(cli: click.Group) -> None:
         """Print a version's registry entry as JSON: lineage, metrics, verdict, image and its spec (estimator
         class and parameters or build function and code). VERSION: V1.2.0, production, staging or
         experiment:V1.1.0."""
-        from kfrelease.results import resolve_version, show_version
-
         mv = resolve_version(store_for("data-scientist"), model, version)
         click.echo(json.dumps(show_version(mv), indent=2, sort_keys=True, default=str))
 
@@ -77,8 +86,6 @@ def register(cli: click.Group) -> None:
         """Compare two versions of MODEL: held-out metrics on the rows both held out (or a note that their rows
         differ), definition (estimator, parameters, build code, features), data version and lineage. A and B:
         V1.2.0, production, staging or experiment:E1.1.0."""
-        from kfrelease.results import diff_versions, resolve_version
-
         store = store_for("data-scientist")
         va, vb = resolve_version(store, model, a), resolve_version(store, model, b)
         d = diff_versions(va, vb)
@@ -132,9 +139,6 @@ def register(cli: click.Group) -> None:
     def reports_cmd(model: str, version: str, out: str | None, as_json: bool) -> None:
         """The evaluation, shadow-gate and drift reports of a version (VERSION: V1.2.0, production, staging
         or experiment:V1.1.0); with --out, fetched as .html files to open in a browser."""
-        from kfrelease.registry import EXPERIMENTS
-        from kfrelease.results import fetch_reports, find_reports, resolve_version
-
         store = store_for("data-scientist")
         mv = resolve_version(store, model, version)
         reg = ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
@@ -159,8 +163,6 @@ def register(cli: click.Group) -> None:
     def history(model: str, version: str, as_json: bool) -> None:
         """A version's stage history (append-only): when, stage, who, what was decided, the accuracy test
         (loss ratio [interval], n) it was decided on, why."""
-        from kfrelease.results import decision_label
-
         events = _registry().history(model, version)
         if as_json:
             print_json([{**e, "decision": decision_label(e)} for e in events])
@@ -193,11 +195,6 @@ def same_rows(store, a, b) -> dict:
     """``models diff`` on the same rows: both versions' kept held-out predictions on the rows both held out,
     with the labels of ``b``'s data: each one's metrics and the paired test (the default rollout spec's shadow
     rule) of ``b`` against ``a``; ``n`` 0 and ``why`` when there are none."""
-    from kfrelease.metrics import METRIC_NAMES, regression_metrics
-    from kfrelease.registry import EXPERIMENTS
-    from kfrelease.release.decision import decide
-    from kfrelease.rollout.spec import load_rollout_spec
-    from kfrelease.training.evidence import common_rows
 
     def reg(mv):
         return ModelRegistry(store, EXPERIMENTS if mv.entry.get("experiment") else "registry")
@@ -224,8 +221,6 @@ def same_rows(store, a, b) -> dict:
 def _test_columns(evidence: dict) -> tuple[str, str, str]:
     """(accuracy test, loss ratio [interval], n) of a shadow, canary or plan event: the paired test's status,
     the loss ratio with its confidence sequence and the sample count; blank for events without one."""
-    from kfrelease.results import paired_test
-
     test = paired_test(evidence)
     if test is None:
         if evidence.get("phase") == "plan" and evidence.get("labelled_needed") is not None:

@@ -10,11 +10,17 @@ import click
 from kfrelease.cli.choose import one_model
 from kfrelease.cli.output import console, err_console, json_option, print_json, table
 from kfrelease.config import Settings
+from kfrelease.monitoring.newdata import check_new_data
+from kfrelease.monitoring.passes import RESULT_BUCKET, current_table, load_history, run_monitoring
+from kfrelease.monitoring.receiver import AlertReceiver
+from kfrelease.monitoring.report import TABLE_COLUMNS, render_page
+from kfrelease.monitoring.report import fmt as cell
+from kfrelease.monitoring.sources import since_for
+from kfrelease.monitoring.window import WindowSpec
+from kfrelease.storage import store_for
 
 
 def _seconds(text: str) -> float:
-    from kfrelease.monitoring.window import WindowSpec
-
     spec = WindowSpec.parse(text)
     if spec.kind != "time":
         raise click.BadParameter(f"{text!r} is not a duration; use e.g. 7d, 12h, 30m", param_hint="--since")
@@ -23,9 +29,6 @@ def _seconds(text: str) -> float:
 
 def _fetch_drift_reports(settings, keys: list[str], folder: Path) -> list[tuple[str, str]]:
     """The run's drift reports written beside the page, as (label, relative link) pairs."""
-    from kfrelease.monitoring.passes import RESULT_BUCKET
-    from kfrelease.storage import store_for
-
     store = store_for("pipeline", settings)
     links = []
     for key in keys:
@@ -92,13 +95,6 @@ def register(cli: click.Group) -> None:
     )
     def monitor(model, window_text, since_text, min_labels, r2_floor, out, push, compute) -> None:
         """Accuracy (MSE, RMSE, MAE, R²) and drift per model version and stage, over windows."""
-        from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
-        from kfrelease.monitoring.report import TABLE_COLUMNS, render_page
-        from kfrelease.monitoring.report import fmt as cell
-        from kfrelease.monitoring.sources import since_for
-        from kfrelease.monitoring.window import WindowSpec
-        from kfrelease.storage import store_for
-
         settings = Settings.from_env()
         model = one_model(settings, model, "monitor")
         spec = WindowSpec.parse(window_text)
@@ -137,8 +133,6 @@ def register(cli: click.Group) -> None:
     @json_option
     def alerts(model, as_json: bool) -> None:
         """Alerts the Alertmanager receiver recorded, and the retrains it triggered."""
-        from kfrelease.monitoring.receiver import AlertReceiver
-
         receiver = AlertReceiver(Settings.from_env())
         rows = sorted(receiver.alerts(), key=lambda a: a.get("received_at", ""))
         if as_json:
@@ -185,9 +179,6 @@ def register(cli: click.Group) -> None:
     @json_option
     def newdata(models, as_json: bool) -> None:
         """Retrain (auto revision) every production model whose curated dataset has a newer version."""
-        from kfrelease.monitoring.newdata import check_new_data
-        from kfrelease.monitoring.receiver import AlertReceiver
-
         receiver = AlertReceiver(Settings.from_env())
         rows = check_new_data(receiver, list(models) or None)
         for t in receiver.threads:

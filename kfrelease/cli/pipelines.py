@@ -3,30 +3,36 @@ and ``kfrelease runs`` (training runs and their steps)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from pathlib import Path
 
 import click
 
+import kfrelease.components as components_package
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
+from kfrelease.images import compile_package
 from kfrelease.kfp_runner import compile_pipelines
+from kfrelease.registry import ModelRegistry
+from kfrelease.results import result_lines, run_result
+from kfrelease.storage import store_for
+from kfrelease.training import run_records
+from kfrelease.training.steps import STEP_NAMES
+from kfrelease.training.trigger import resume_interrupted, trigger, wait
 
 
 def components() -> dict[str, object]:
     """Every KFP component of ``kfrelease.components`` (one module per component), by name."""
-    import importlib
-    import pkgutil
-
-    from kfp.dsl.base_component import BaseComponent
-
-    import kfrelease.components as package
+    # heavy: kfp's DSL (seconds to import); only compiling needs it, not every command of the CLI
+    from kfp.dsl.base_component import BaseComponent  # heavy
 
     found = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+    for info in sorted(pkgutil.iter_modules(components_package.__path__), key=lambda i: i.name):
         if info.name == "base":
             continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        module = importlib.import_module(f"{components_package.__name__}.{info.name}")
         for attr, obj in vars(module).items():
             if isinstance(obj, BaseComponent) and not attr.startswith("_"):
                 found.setdefault(attr, obj)
@@ -35,8 +41,6 @@ def components() -> dict[str, object]:
 
 def compile_components(out_dir: Path) -> list[Path]:
     """Write each component as a KFP component YAML file (load with ``kfp.components.load_component_from_file``)."""
-    from kfrelease.images import compile_package
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, component in components().items():
@@ -88,8 +92,6 @@ def register(cli: click.Group) -> None:
         """Start the training pipeline for a merge to main (what CI runs). The same commit returns the same
         run, or starts it again when an infrastructure cause interrupted it; a run, once started, cannot be
         stopped (a new merge starts a new one)."""
-        from kfrelease.training.trigger import resume_interrupted, trigger, wait
-
         settings = Settings.from_env()
         if resume:
             resumed = resume_interrupted(settings)
@@ -139,11 +141,6 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
     def runs_cmd(run_id: str | None, as_json: bool) -> None:
         """List training runs with their step states (or show one run)."""
-        from kfrelease.registry import ModelRegistry
-        from kfrelease.results import run_result
-        from kfrelease.storage import store_for
-        from kfrelease.training import run_records
-
         store = store_for("data-scientist")
         records = [run_records.get_run(store, run_id)] if run_id else run_records.list_runs(store)
         registry = ModelRegistry(store)
@@ -218,17 +215,10 @@ def _why(record) -> str:
 
 
 def _steps(record) -> str:
-    from kfrelease.training.steps import STEP_NAMES
-
     return "".join(_MARK.get(record.steps.get(s, {}).get("state"), "-") for s in STEP_NAMES)
 
 
 def _print_run(record) -> None:
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.results import result_lines, run_result
-    from kfrelease.storage import store_for
-    from kfrelease.training.steps import STEP_NAMES
-
     st = record.state
     console.print(
         f"run {record.run_id}: {record.status}"

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from kfrelease.cli.output import console, json_option, print_json, table
 from kfrelease.config import Settings
+from kfrelease.errors import KfreleaseError
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.embedded import lock_path, run_release
+from kfrelease.release.handover import record_path, start_release
+from kfrelease.release.plan import plan_release
+from kfrelease.results import decision_label
+from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.serving.gateway import model_states
+from kfrelease.stack.supervisor import pid_alive
+from kfrelease.storage import store_for
 
 
 def _print_event(event: dict) -> None:
@@ -36,14 +48,11 @@ def register(cli: click.Group) -> None:
     )
     def run_cmd(model: str, version: str, spec_path: str | None, background: bool) -> None:
         """Release VERSION of MODEL (it must be in staging) on the embedded stack."""
-        from kfrelease.rollout.spec import load_rollout_spec
-
         settings = Settings.from_env()
         spec = load_rollout_spec(spec_path, model=model)  # a bad spec fails here, before anything moves
         if background:
             console.print(_start_in_background(settings, model, version, spec_path), soft_wrap=True, markup=False)
             return
-        from kfrelease.release.embedded import run_release
 
         console.print(f"[bold]release[/] {model} {version}")
         outcome = run_release(settings, model, version, spec, on_decision=_print_event)
@@ -70,9 +79,6 @@ def register(cli: click.Group) -> None:
     def plan_cmd(model: str, version: str, spec_path: str | None, power: float, max_pairs: int) -> None:
         """Estimate the labelled requests (and time) the shadow gate will need for VERSION of MODEL, from
         the held-out split scored by both versions; recorded in the version's history."""
-        from kfrelease.release.plan import plan_release
-        from kfrelease.rollout.spec import load_rollout_spec
-
         spec = load_rollout_spec(spec_path, model=model)
         plan = plan_release(Settings.from_env(), spec, version, power=power, max_pairs=max_pairs)
         console.print(plan.describe())
@@ -86,11 +92,6 @@ def register(cli: click.Group) -> None:
     def status_cmd(model_arg: str | None, model: str | None, as_json: bool) -> None:
         """Where each model's release stands: production and staging versions, traffic, the last decision;
         with --model, that model's versions and its latest version's decisions."""
-        from kfrelease.registry import ModelRegistry
-        from kfrelease.results import decision_label
-        from kfrelease.serving.gateway import model_states
-        from kfrelease.storage import store_for
-
         settings = Settings.from_env()
         registry = ModelRegistry(store_for("data-scientist", settings))
         states = model_states(settings)
@@ -155,16 +156,6 @@ def _start_in_background(settings: Settings, model: str, version: str, spec_path
     """Start the release of a staging version detached, and say what actually happened: started, already
     running, started again after an earlier release of it ended, or (an error) nothing, because the
     version's release has ended."""
-    import json
-
-    from kfrelease.errors import KfreleaseError
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.release.embedded import lock_path
-    from kfrelease.release.handover import record_path, start_release
-    from kfrelease.results import decision_label
-    from kfrelease.stack.supervisor import pid_alive
-    from kfrelease.storage import store_for
-
     registry = ModelRegistry(store_for("data-scientist", settings))
     mv = registry.get(model, version)
     events = registry.history(model, version)

@@ -9,9 +9,16 @@ import click
 from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
 from kfrelease.config import Settings
 from kfrelease.errors import NotFound
-from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
+from kfrelease.registry import ModelRegistry
+from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec, parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+from kfrelease.serving.gateway import LocalGatewayDriver, model_states, read_gateway_record
+from kfrelease.serving.hosts import hosted
+from kfrelease.serving.slots import all_slots
 from kfrelease.stack import supervisor
+from kfrelease.stack.services import declared_services
+from kfrelease.stack.watchdog import watchdog_service
+from kfrelease.storage import store_for
 
 spec_option = click.option(
     "--spec",
@@ -24,9 +31,6 @@ spec_option = click.option(
 
 def registry_versions(settings: Settings, model: str) -> tuple[str | None, str | None]:
     """(production version, staging version) as the registry marks them."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     registry = ModelRegistry(store_for("serving", settings))
     prod = registry.current(model, "production")
     staging = registry.current(model, "staging")
@@ -66,9 +70,6 @@ def describe(state: TrafficState | None) -> str:
 def served_models(settings: Settings, spec_path: str | None, model: str | None) -> list[RolloutSpec]:
     """The models ``kfrelease serve`` brings up, each with its rollout spec: ``--model``, else the model a
     ``--spec`` names, else every model the registry has a production version of."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     spec = load_rollout_spec(spec_path)  # a bad spec fails here, before anything starts
     registry = ModelRegistry(store_for("serving", settings))
     if model or spec.model:
@@ -89,8 +90,6 @@ def _spec_of(registry, model: str, spec: RolloutSpec, spec_path: str | None) -> 
         prod = registry.current(model, "production")
         recorded = prod.entry.get("rollout") if prod else None
         if recorded:
-            from kfrelease.rollout.spec import parse_rollout_spec
-
             origin = f"the rollout spec recorded with {model} {prod.version}"
             return bind_model(parse_rollout_spec(recorded, origin), model, origin)
     return bind_model(spec, model, spec_path or "default rollout spec")
@@ -99,10 +98,6 @@ def _spec_of(registry, model: str, spec: RolloutSpec, spec_path: str | None) -> 
 def start_serving(settings: Settings, specs: list[RolloutSpec] | RolloutSpec) -> dict[str, TrafficState]:
     """Bring up the serving services and every given model's traffic state (production as primary, staging
     as shadow); models already routed keep their servers (applying the same state changes nothing)."""
-    from kfrelease.serving.gateway import LocalGatewayDriver
-    from kfrelease.stack.services import declared_services
-    from kfrelease.stack.watchdog import watchdog_service
-
     specs = [specs] if isinstance(specs, RolloutSpec) else list(specs)
     wanted = {}
     for spec in specs:  # every model is checked before anything starts
@@ -120,10 +115,6 @@ def start_serving(settings: Settings, specs: list[RolloutSpec] | RolloutSpec) ->
 
 def status_rows(settings: Settings) -> list[tuple]:
     """One row per serving service; a model server's row lists the model versions it hosts."""
-    from kfrelease.serving.hosts import hosted
-    from kfrelease.serving.slots import all_slots
-    from kfrelease.stack.services import declared_services
-
     models = hosted(settings)
     names = ["gateway"] + [s.name for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
     names += [slot.name for slot in all_slots()]
@@ -139,8 +130,6 @@ def status_rows(settings: Settings) -> list[tuple]:
 
 def model_rows(settings: Settings) -> list[tuple]:
     """One row per routed model: its versions by role and the model servers playing each role."""
-    from kfrelease.serving.gateway import read_gateway_record
-
     rows = []
     for name, m in sorted((read_gateway_record(settings) or {}).get("models", {}).items()):
         state = TrafficState(**m["state"])
@@ -163,8 +152,6 @@ def model_rows(settings: Settings) -> list[tuple]:
 
 
 def print_traffic(settings: Settings) -> None:
-    from kfrelease.serving.gateway import model_states
-
     states = model_states(settings)
     if not states:
         console.print("traffic: no traffic state applied (run `kfrelease serve`)")
@@ -197,8 +184,6 @@ def register(cli: click.Group) -> None:
         """Show every model's routes (versions by role, the servers playing each) and the serving services."""
         settings = Settings.from_env()
         if as_json:
-            from kfrelease.serving.gateway import model_states
-
             print_json(
                 {
                     "routes": rows_as_records(
@@ -226,9 +211,6 @@ def register(cli: click.Group) -> None:
     @serve.command("stop")
     def serve_stop() -> None:
         """Stop the gateway, the model servers and the other serving services (data stays)."""
-        from kfrelease.serving.gateway import LocalGatewayDriver
-        from kfrelease.stack.services import declared_services
-
         settings = Settings.from_env()
         stopped = LocalGatewayDriver(settings, load_rollout_spec()).stop()
         stopped += supervisor.down(settings, [s.name for s in declared_services(settings, ("serving",))])

@@ -7,8 +7,15 @@ from pathlib import Path
 import click
 
 from kfrelease.cli.output import console
-from kfrelease.errors import ConfigError
+from kfrelease.data.infer import infer_spec, write_new
+from kfrelease.data.publish import get_version
+from kfrelease.data.spec import load_spec
+from kfrelease.errors import ConfigError, KfreleaseError, StoreUnavailable
+from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.specs import SCHEMAS, reference_markdown, schema_text
+from kfrelease.storage import store_for
+from kfrelease.training.core import check_schema
+from kfrelease.training.spec import load_project
 
 
 def register(cli: click.Group) -> None:
@@ -46,13 +53,9 @@ def register(cli: click.Group) -> None:
         if kind == "model":
             what = _check_model(file, offline)
         elif kind == "rollout":
-            from kfrelease.rollout.spec import load_rollout_spec
-
             rollout = load_rollout_spec(file)
             what = f"rollout spec, canary steps {list(rollout.canary.steps)}"
         else:
-            from kfrelease.data.spec import load_spec
-
             if not Path(file).is_file():
                 raise ConfigError(f"dataset spec {file} does not exist")
             dataset = load_spec(file)
@@ -66,17 +69,11 @@ def register(cli: click.Group) -> None:
 
 def _check_model(file: str, offline: bool) -> str:
     """What ``spec check`` says of a valid model.yaml; a ``KfreleaseError`` (one line) when it is not."""
-    from kfrelease.errors import KfreleaseError, StoreUnavailable
-    from kfrelease.training.spec import load_project
-
     model = load_project(file)
     estimator = model.build_estimator()
     what = f"model {model.name!r} V{model.tag}, {type(estimator).__name__} on {len(model.features)} features"
     if offline:
         return f"{what} (dataset not checked: --offline)"
-    from kfrelease.data.publish import get_version
-    from kfrelease.storage import store_for
-    from kfrelease.training.core import check_schema
 
     try:
         dv = get_version(store_for("data-scientist"), model.dataset)
@@ -99,8 +96,6 @@ def _check_model(file: str, offline: bool) -> str:
 )
 def init(source: str, name: str | None, out: str | None) -> None:
     """Write a dataset spec inferred from a data file (dtypes, categories, ranges, nullability, an id column) to review."""
-    from kfrelease.data.infer import infer_spec, write_new
-
     text, spec = infer_spec(source, name)
     path = write_new(out or f"{spec.name}.yaml", text)
     console.print(

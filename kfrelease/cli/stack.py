@@ -6,8 +6,11 @@ import click
 
 from kfrelease.cli.output import console, json_option, print_json, table
 from kfrelease.config import Settings
+from kfrelease.lineage import now_iso
+from kfrelease.release.lifecycle import resume_releases, stop_releases
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import UP_GROUPS, declared_services
+from kfrelease.training.execution import recover_runs, recovered_since, stop_runners
 
 
 def start_stack(settings: Settings) -> list[supervisor.ServiceStatus]:
@@ -31,10 +34,6 @@ def register(cli: click.Group) -> None:
 
         Safe to run twice: services already running and healthy are left as they are.
         """
-        from kfrelease.lineage import now_iso
-        from kfrelease.release.lifecycle import resume_releases
-        from kfrelease.training.execution import recover_runs, recovered_since
-
         settings = Settings.from_env()
         started = now_iso()
         start_stack(settings)
@@ -66,9 +65,6 @@ def register(cli: click.Group) -> None:
     def down() -> None:
         """Stop every release in flight and every training run, then every process of the embedded stack
         (data stays in KFRELEASE_HOME); nothing restarts until `kfrelease up`, which resumes them."""
-        from kfrelease.release.lifecycle import stop_releases
-        from kfrelease.training.execution import stop_runners
-
         settings = Settings.from_env()
         # the watchdog first: it would start again what is stopped next
         watchdog = [supervisor.WATCHDOG] if supervisor.stop_service(settings, supervisor.WATCHDOG) else []

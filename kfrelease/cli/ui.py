@@ -6,14 +6,13 @@ import click
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
+from kfrelease.stack.supervisor import probe
 
 
 def register(cli: click.Group) -> None:
     @cli.command()
     def ui() -> None:
         """Print the URL of the read-only web UI: models, runs, releases, monitoring, reports."""
-        from kfrelease.stack.supervisor import probe
-
         settings = Settings.from_env()
         url = settings.url("ui")
         if not probe(settings.url("ui", "/healthz")):

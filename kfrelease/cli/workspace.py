@@ -9,6 +9,7 @@ from kfrelease.cli.manifests import manifests_dir
 from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
 from kfrelease.errors import Conflict, NotFound
 from kfrelease.k8s.environments import workspaces_dir
+from kfrelease.k8s.render.tree import write_tree
 from kfrelease.k8s.render.workspace import Workspace, load_workspaces
 
 
@@ -33,8 +34,6 @@ def register(cli: click.Group) -> None:
         """Add workspace NAME: writes sources/workspaces/NAME.yaml and re-renders the manifests (its Profile ds-NAME,
         Notebook, home volume, PodDefault, view-only access to the release namespace, and its IAM role in
         every environment's eksctl ClusterConfig)."""
-        from kfrelease.k8s.render.tree import write_tree
-
         root = manifests_dir(out)
         ws = Workspace(name=name, email=email, cpu=cpu, memory=memory, storage=storage).check("workspace add")
         path = workspaces_dir(root) / f"{name}.yaml"
@@ -78,8 +77,6 @@ def register(cli: click.Group) -> None:
     @click.option("--out", "out", type=click.Path(file_okay=False), help="Manifests directory.")
     def remove(name: str, out: str | None) -> None:
         """Remove workspace NAME from the manifests (delete its Profile on the cluster yourself)."""
-        from kfrelease.k8s.render.tree import write_tree
-
         root = manifests_dir(out)
         path = workspaces_dir(root) / f"{name}.yaml"
         if not path.exists():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -10,7 +13,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import yaml
+
+from kfrelease.cli.output import console
+from kfrelease.cli.stack import start_stack
 from kfrelease.config import Settings
+from kfrelease.data.publish import get_version
+from kfrelease.data.spec import load_spec
+from kfrelease.demo import project
+from kfrelease.demo.project import create_second_project
+from kfrelease.demo.traffic import TrafficGenerator, friedman_rows
+from kfrelease.kfp_runner import run_local
+from kfrelease.lake import read_predictions
+from kfrelease.monitoring.newdata import check_new_data
+from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
+from kfrelease.monitoring.receiver import AlertReceiver
+from kfrelease.monitoring.report import fmt, render_page
+from kfrelease.monitoring.sources import since_for
+from kfrelease.monitoring.window import WindowSpec
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.embedded import ensure_serving_services, lock_path
+from kfrelease.release.handover import start_release, wait_release
+from kfrelease.release.signals import MetricSourceError, prometheus_query
+from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.storage import store_for
+from kfrelease.training import run_records
+from kfrelease.training.trigger import trigger, wait
 
 
 @dataclass
@@ -56,10 +85,9 @@ def _output_to(path: Path):
 
 def run_data_pipeline(ctx: DemoContext, dataset: str = "diabetes") -> str:
     """The data pipeline on kfp.local (its task logs go to ``logs/demo-data-pipeline.log``); the version id."""
-    from kfrelease.cli.output import console
-    from kfrelease.data.spec import load_spec
-    from kfrelease.kfp_runner import run_local
-    from kfrelease.pipelines.data_pipeline import data_pipeline
+    # heavy: the pipeline definition imports kfp's DSL (seconds); importing the flow for its project helpers
+    # (the release tests do) need not
+    from kfrelease.pipelines.data_pipeline import data_pipeline  # heavy
 
     log = ctx.settings.home / "logs" / "demo-data-pipeline.log"
     console.print(f"  {dataset}: data pipeline on kfp.local: ingest -> validate -> features -> publish (log {log})")
@@ -68,16 +96,12 @@ def run_data_pipeline(ctx: DemoContext, dataset: str = "diabetes") -> str:
 
 
 def step_stack(ctx: DemoContext) -> None:
-    from kfrelease.cli.stack import start_stack
-
     statuses = start_stack(ctx.settings)
     ctx.note("embedded stack", f"{sum(s.healthy for s in statuses)}/{len(statuses)} services ready")
 
 
 def step_publish_data(ctx: DemoContext) -> None:
-    from kfrelease.data.publish import get_version
-    from kfrelease.demo.data import upload_batch
-    from kfrelease.storage import store_for
+    from kfrelease.demo.data import upload_batch  # heavy: scikit-learn and scipy (its bundled datasets)
 
     store = store_for("data-engineer", ctx.settings)
     key = upload_batch(store, 1)
@@ -163,12 +187,6 @@ def create_release_demo_project(
     widened the offline tolerance against production to 50 % so that the worse model passes offline
     validation: then only the shadow gate on live traffic stands between it and production. ``rollout``:
     the project's ``rollout.yaml`` (added by merge 1)."""
-    from pathlib import Path
-
-    import yaml
-
-    from kfrelease.demo import project
-
     dest = Path(dest)
     shas = project.create_demo_project(dest, name=name, dataset=dataset, rollout=rollout)[:2]
     base = (project.example_dir() / "model.yaml").read_text()
@@ -188,8 +206,6 @@ def create_release_demo_project(
 
 
 def _spec_file(ctx: DemoContext):
-    from kfrelease.rollout.spec import load_rollout_spec
-
     path = ctx.settings.home / "demo" / "rollout.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(load_rollout_spec().with_changes(**DEMO_SPEC).to_yaml())  # checked by with_changes
@@ -198,27 +214,18 @@ def _spec_file(ctx: DemoContext):
 
 def _without_declared_slices(rollout: str) -> str:
     """The second model's rollout.yaml: its Friedman inputs have no ``sex`` (the worst-slice search stays)."""
-    import yaml
-
     doc = yaml.safe_load(rollout)
     doc["shadow"]["slices"] = []
     return yaml.safe_dump(doc, sort_keys=False)
 
 
 def step_serving(ctx: DemoContext) -> None:
-
-    from kfrelease.release.embedded import ensure_serving_services
-
     ensure_serving_services(ctx.settings)
     spec_path = _spec_file(ctx)
     # the projects' own rollout.yaml is what their releases use; this file is only the fallback of demo
     # repositories created before the projects carried one
     os.environ["KFRELEASE_ROLLOUT_SPEC"] = str(spec_path)
     ctx.state["spec_path"] = str(spec_path)
-    import json
-    import shutil
-
-    from kfrelease.demo.project import create_second_project
 
     repo = ctx.settings.home / "demo" / "model-project"
     merges = repo.parent / "merges.json"
@@ -233,7 +240,6 @@ def step_serving(ctx: DemoContext) -> None:
         second_shas = create_second_project(second, rollout=_without_declared_slices(rollout))
         merges.write_text(json.dumps([shas, second_shas]))
     ctx.state.update(repo=str(repo), shas=shas, second_repo=str(second), second_shas=second_shas)
-    from kfrelease.cli.output import console
 
     console.print(f"  {evidence_line()}")
     ctx.note(
@@ -244,10 +250,6 @@ def step_serving(ctx: DemoContext) -> None:
 
 
 def _progress(ctx: DemoContext):
-    import datetime as dt
-
-    from kfrelease.cli.output import console
-
     def show(event: dict) -> None:
         try:
             at = dt.datetime.fromisoformat(event["when"]).timestamp()
@@ -265,9 +267,6 @@ def _merge(ctx: DemoContext, n: int, after_handover: Callable[[], None] | None =
 
 def _trigger(ctx: DemoContext, n: int, second: bool = False) -> str:
     """Start the training run of merge ``n`` of the first (or the second) model's project; its run id."""
-    from kfrelease.cli.output import console
-    from kfrelease.training.trigger import trigger
-
     sha = ctx.state["second_shas" if second else "shas"][n - 1]
     record = trigger(ctx.settings, sha, ctx.state["second_repo" if second else "repo"])
     model = SECOND_MODEL if second else MODEL
@@ -278,10 +277,6 @@ def _trigger(ctx: DemoContext, n: int, second: bool = False) -> str:
 def _release_started(ctx: DemoContext, model: str, version: str, timeout: float = 60.0) -> None:
     """Wait (bounded) until the release of ``version`` holds its model's release lock (or has ended), so
     that a merge triggered now is released after it (the hand-over's releases queue)."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.release.embedded import lock_path
-    from kfrelease.storage import store_for
-
     registry = ModelRegistry(store_for("pipeline", ctx.settings))
     path = lock_path(ctx.settings, model)
     deadline = time.monotonic() + timeout
@@ -302,10 +297,6 @@ def _trained_and_released(
 ) -> tuple[str, str]:
     """Wait for a training run, then for the release it handed over; (version, final stage).
     ``after_handover`` runs once that release holds the model's release lock."""
-    from kfrelease.cli.output import console
-    from kfrelease.release.handover import start_release, wait_release
-    from kfrelease.training.trigger import wait
-
     record = wait(ctx.settings, run_id, timeout=600)
     version, verdict = record.state.get("version"), record.state.get("verdict")
     console.print(f"  {ctx.clock()} training run {run_id}: {version}, validation {verdict}")
@@ -325,8 +316,6 @@ def _trained_and_released(
 
 
 def _start_traffic(ctx: DemoContext, model: str = "diabetes-progression") -> None:
-    from kfrelease.demo.traffic import TrafficGenerator, friedman_rows
-
     rows = friedman_rows() if model == SECOND_MODEL else None
     gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), model, rows=rows, **TRAFFIC)
     ctx.state.setdefault("traffic", {})[model] = gen.start()
@@ -363,9 +352,6 @@ def step_merge2(ctx: DemoContext) -> None:
 
 
 def step_merge3(ctx: DemoContext) -> None:
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     version, stage = _trained_and_released(ctx, ctx.state.pop("merge3_run", None) or _trigger(ctx, 3))
     prod = ModelRegistry(store_for("pipeline", ctx.settings)).current("diabetes-progression", "production")
     ctx.note(
@@ -375,13 +361,6 @@ def step_merge3(ctx: DemoContext) -> None:
 
 
 def step_traffic_summary(ctx: DemoContext) -> None:
-    import time
-
-    import httpx
-
-    from kfrelease.lake import read_predictions
-    from kfrelease.storage import store_for
-
     gens = ctx.state.get("traffic") or {}
     if not gens:
         ctx.note("client traffic", "not started")
@@ -416,10 +395,6 @@ SECOND_MODEL = "friedman-response"  # kfrelease.demo.project.SECOND_MODEL
 
 def _prometheus_value(ctx: DemoContext, expr: str, timeout: float = 30.0) -> float | None:
     """Wait (bounded) until Prometheus has scraped ``expr`` from the Pushgateway; None if it never does."""
-    import time
-
-    from kfrelease.release.signals import MetricSourceError, prometheus_query
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -435,14 +410,6 @@ def _prometheus_value(ctx: DemoContext, expr: str, timeout: float = 30.0) -> flo
 def step_monitoring(ctx: DemoContext) -> None:
     """One monitoring pass over the demo's traffic: windows of 100 labelled predictions per version and stage,
     pushed to Prometheus (where the alert rules watch them), and the HTML page."""
-    from kfrelease.cli.output import console
-    from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
-    from kfrelease.monitoring.report import fmt, render_page
-    from kfrelease.monitoring.sources import since_for
-    from kfrelease.monitoring.window import WindowSpec
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     run = run_monitoring(ctx.settings, MODEL, window=WindowSpec("count", 100), since=since_for(86400), push=True)
     history = load_history(store_for("pipeline", ctx.settings), MODEL)
     current = current_table(history)
@@ -475,13 +442,6 @@ def step_monitoring(ctx: DemoContext) -> None:
 
 def step_monitoring_second(ctx: DemoContext) -> None:
     """The same monitoring pass for the second model: its own windows, metrics and alerts."""
-    from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
-    from kfrelease.monitoring.report import fmt
-    from kfrelease.monitoring.sources import since_for
-    from kfrelease.monitoring.window import WindowSpec
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     run_monitoring(ctx.settings, SECOND_MODEL, window=WindowSpec("count", 100), since=since_for(86400), push=True)
     current = current_table(load_history(store_for("pipeline", ctx.settings), SECOND_MODEL))
     prod = ModelRegistry(store_for("pipeline", ctx.settings)).current(SECOND_MODEL, "production")
@@ -502,15 +462,7 @@ def step_new_data(ctx: DemoContext) -> None:
     service polls for it; here it is also asked at once) starts an auto revision of production's
     definition on it. It trains while merge 3 is in shadow and is released after it (the releases of a
     model queue), while the monitoring steps run."""
-    import time
-
-    from kfrelease.cli.output import console
-    from kfrelease.demo.data import upload_batch
-    from kfrelease.monitoring.newdata import check_new_data
-    from kfrelease.monitoring.receiver import AlertReceiver
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-    from kfrelease.training import run_records
+    from kfrelease.demo.data import upload_batch  # heavy: scikit-learn and scipy (its bundled datasets)
 
     upload_batch(store_for("data-engineer", ctx.settings), 2)
     version = run_data_pipeline(ctx)
