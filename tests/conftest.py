@@ -107,18 +107,3 @@ def run_cli(stack_env):
         return proc
 
     return run
-
-
-def eventually(check, timeout: float, what: str, interval: float = 0.1):
-    """Poll ``check()`` until it returns something truthy (returned) or ``timeout`` seconds pass (an
-    AssertionError saying ``what`` was awaited and the last value); a readiness wait, never a fixed sleep."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
-        time.sleep(interval)

@@ -32,6 +32,7 @@ from kfrelease.rollout.spec import GateRule
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
 from kfrelease.training.steps import STEP_NAMES
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 FEATURES = ["x1", "x2"]
@@ -262,7 +263,6 @@ def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
     """The UI is a `restart` service: SIGKILL its process group and it answers again, as a new process."""
     import os
     import signal
-    import time
 
     from kfrelease.stack import supervisor
 
@@ -271,13 +271,12 @@ def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
 
     before, old = restarts(), supervisor.service_status(stack, "ui").pid
     os.killpg(old, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the watchdog counts a restart once the new process is ready
-        st = supervisor.service_status(stack, "ui")
-        if st.healthy and st.pid != old and restarts() > before:
-            break
-        time.sleep(0.1)
-    assert st.healthy and st.pid != old, "the watchdog did not restart the killed UI"
+    # the watchdog counts a restart once the new process is ready
+    eventually(
+        lambda: (st := supervisor.service_status(stack, "ui")).healthy and st.pid != old and restarts() > before,
+        30,
+        "the watchdog restarting the killed UI",
+    )
     assert restarts() == before + 1
     assert httpx.get(stack.url("ui", "/healthz"), timeout=10).status_code == 200
 

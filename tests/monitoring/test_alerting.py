@@ -35,20 +35,9 @@ from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -184,16 +173,18 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
     assert healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline  # from the spec and the registry
     sel = f'{{model="{model}"}}'
-    wait_for(
+    eventually(
         lambda: prom(stack, f"kfrelease_model_r2{sel}"),
+        timeout=60,
         what="Prometheus to scrape the pushed R2",
     )
     evaluated = time.time()
-    wait_for(
+    eventually(
         lambda: all(
             pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
             for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
         ),
+        timeout=60,
         what="more rule evaluations",
     )
     assert prom(stack, f"ALERTS{sel}") == []
@@ -223,14 +214,15 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     (bad,) = run.windows
     assert bad.r2 < 0.2 and bad.rmse > 1.5 * baseline and bad.drift_share > 0.5
     expected = {"ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"}
-    firing = wait_for(
+    firing = eventually(
         lambda: (a := am_alerts(stack, model)) and {x["labels"]["alertname"] for x in a} >= expected and a,
+        timeout=60,
         what="the quality and drift alerts in Alertmanager",
     )
     assert {a["labels"]["version"] for a in firing} == {"V1.1.0"}
 
     receiver = AlertReceiver(stack, store=store_for("pipeline", stack))
-    recorded = wait_for(
+    recorded = eventually(
         lambda: (
             {
                 a["labels"]["alertname"]
@@ -239,15 +231,17 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
             }
             >= expected
         ),
+        timeout=60,
         what="the receiver to record the three alerts",
     )
     assert recorded
-    decisions = wait_for(
+    decisions = eventually(
         lambda: (
             (d := [r for r in receiver.retrains(model) if "status" not in r and r["decision"] != "no-new-data"])
             and len(d) >= 3
             and d
         ),
+        timeout=60,
         what="a retrain decision per alert",
     )
     assert [d["decision"] for d in decisions].count("triggered") == 1, decisions
@@ -267,7 +261,7 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     sources = [src["key"] for src in manifest["sources"]]
     assert any("inference-logs" in k and f"model={model}/date=" in k for k in sources), sources
     assert any("feedback" in k and f"model={model}/date=" in k for k in sources), sources
-    result = wait_for(
+    result = eventually(
         lambda: [r for r in receiver.retrains(model) if r.get("status")],
         timeout=60,
         what="the trigger's answer",

@@ -1,7 +1,5 @@
 """kfrelease.drift.data_drift (the shared drift function) and the monitoring services of the stack."""
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +7,7 @@ import pytest
 from kfrelease.drift import data_drift
 from kfrelease.errors import DataValidationError
 from kfrelease.serving.slots import all_slots
+from tests.waiting import eventually
 
 
 def frames(shift=0.0, n=300):
@@ -56,13 +55,16 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     for name in ("prometheus", "pushgateway", "alertmanager", "alert-receiver"):
         st = supervisor.service_status(stack, name)
         assert st.healthy and st.url.startswith("http://127.0.0.1:"), st
-    deadline = time.monotonic() + 30
-    while True:  # target discovery runs shortly after start
-        body = httpx.get(stack.url("prometheus", "/api/v1/targets")).json()
-        targets = body["data"]["activeTargets"]
-        if len(targets) >= 6 + len(all_slots()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # target discovery runs shortly after start
+    targets = eventually(
+        lambda: (
+            len(t := httpx.get(stack.url("prometheus", "/api/v1/targets")).json()["data"]["activeTargets"])
+            >= 6 + len(all_slots())
+            and t
+        ),
+        30,
+        "Prometheus discovering every scrape target",
+    )
     jobs = {t["labels"]["job"] for t in targets}
     assert {
         "prometheus",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from kfrelease.config import Settings
 from kfrelease.release.lifecycle import stop_releases
 from kfrelease.stack.supervisor import pid_alive
+from tests.waiting import eventually
 
 
 def _record(settings, model, version, pid):
@@ -34,9 +34,12 @@ def test_stop_releases_stops_each_runner_and_its_children_and_marks_it_interrupt
     )
     runner = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
-        while not (child_pid_file.exists() and child_pid_file.read_text()):
-            assert runner.poll() is None, "the stand-in runner died"
-            time.sleep(0.05)
+        eventually(
+            lambda: runner.poll() is not None or (child_pid_file.exists() and child_pid_file.read_text()),
+            30,
+            "the stand-in runner writing its child's pid",
+        )
+        assert runner.poll() is None, "the stand-in runner died"
         child = int(child_pid_file.read_text())
         running = _record(settings, "alpha", "V1.2.0", runner.pid)
         finished = _record(settings, "beta", "V2.1.0", 999_999_999)  # a release that ended long ago

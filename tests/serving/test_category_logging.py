@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 
 import httpx
 import pytest
@@ -25,6 +24,7 @@ from tests.serving.serving_helpers import (
     make_diamonds_model_dir,
     start_predictor,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 MODEL = "diamond-price-logged"
@@ -53,17 +53,6 @@ def serving(stack, tmp_path_factory):
         mp.undo()
 
 
-def _wait(check, timeout: float, what: str):
-    deadline, delay = time.monotonic() + timeout, 0.1
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_category_values_are_logged_as_values_and_refused_requests_are_not_logged(serving):
     url, store = serving
     frame = diamonds_frame(50).iloc[10:20][DIAMONDS_FEATURES]
@@ -83,7 +72,7 @@ def test_category_values_are_logged_as_values_and_refused_requests_are_not_logge
         got = {r["request_id"]: r for r in rows}
         return got if set(ids) <= set(got) else None
 
-    got = _wait(logged, 60, "10 request events in the lake")
+    got = eventually(logged, 60, "10 request events in the lake")
     assert "bad" not in got
     positions = [DIAMONDS_FEATURES.index(c) for c in DIAMONDS_CATEGORIES]
     for rid, row in zip(ids, frame.to_dict(orient="records")):

@@ -1,6 +1,6 @@
 """The local gateway (nginx rendered from the rollout spec) in front of real KServe model servers.
 
-The model servers here are a tiny ``kserve.ModelServer`` model of this test (``test_gateway_helpers``)
+The model servers here are a tiny ``kserve.ModelServer`` model of this test (``tests.serving.recording_host``)
 that records the request ids it saw, so the shadow's share and the ids can be checked even though the
 shadow's answers never come back through the gateway.
 """
@@ -31,7 +31,8 @@ from kfrelease.serving.gateway import (
 )
 from kfrelease.stack import supervisor
 from tests.conftest import REPO, free_port_offset
-from tests.serving.test_gateway_helpers import Load, recorded, recording_command
+from tests.serving.recording_host import Load, recorded, recording_command
+from tests.waiting import eventually
 
 PREDICT = "/v1/models/m:predict"
 
@@ -168,7 +169,9 @@ def test_shadow_gets_every_request_and_clients_only_see_the_primary(gateway):
     assert all(x == ce for x, ce in primary), "primary got different x-request-id and ce-id"
     assert sorted(x for x, _ in primary) == sorted(got_ids)
     # mirrored requests are asynchronous: wait (bounded) until the shadow has seen all of them
-    shadow = _wait_for(lambda: recorded(records, "V2")[before_s:], n)
+    shadow = eventually(
+        lambda: len(got := recorded(records, "V2")[before_s:]) >= n and got, 20, f"the shadow to record all {n} ids"
+    )
     assert sorted(x for x, _ in shadow) == sorted(got_ids), "the shadow must see the same ids as the primary"
     assert all(x == ce for x, ce in shadow)
 
@@ -206,7 +209,7 @@ def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gatewa
         driver.apply(TrafficState(primary="V3", canary="V4", canary_weight=50))
         driver.apply(TrafficState(primary="V3", canary="V4", canary_weight=50).rolled_back())  # canary stops
         served_after_promotion = load.ok
-        _wait_for(lambda: [None] * (load.ok - served_after_promotion), 200)
+        eventually(lambda: load.ok - served_after_promotion >= 200, 20, "200 answers after the rollback")
     assert load.failures == [], f"{len(load.failures)} failed of {load.ok + len(load.failures)}: {load.failures[:3]}"
     assert load.ok > 500 and load.versions.get("V3", 0) > 0 and load.versions.get("V4", 0) > 0
     assert driver.current() == TrafficState(primary="V3")
@@ -222,7 +225,7 @@ def test_switching_the_primary_to_a_version_not_running_fails_no_request(gateway
     with Load(settings.url("gateway", PREDICT), threads=4) as load:
         driver.apply(TrafficState(primary="V5"))  # loaded beside V3 in the production server, swapped in place
         served = load.ok
-        _wait_for(lambda: [None] * (load.ok - served), 100)
+        eventually(lambda: load.ok - served >= 100, 20, "100 answers after the switch")
     assert load.failures == [], load.failures[:3]
     assert load.versions.get("V5", 0) >= 100 and driver.current() == TrafficState(primary="V5")
     assert supervisor.service_status(settings, "predictor-production").pid == pid, "the server was restarted"
@@ -273,20 +276,6 @@ def _send(url: str, n: int, threads: int = 4) -> list[str]:
     with ThreadPoolExecutor(threads) as pool:
         parts = pool.map(run, [n // threads + (1 if i < n % threads else 0) for i in range(threads)])
     return [v for part in parts for v in part]
-
-
-def _wait_for(get, n, timeout=20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = get()
-        if len(got) >= n:
-            return got
-        time.sleep(0.05)
-    got = get()
-    assert len(got) >= n, f"only {len(got)} of {n} arrived within {timeout} s"
-    return got
 
 
 def _settle(get, quiet=1.0, timeout=20.0):

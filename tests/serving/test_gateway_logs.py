@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import httpx
 import joblib
@@ -18,6 +17,7 @@ from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.stack import supervisor
 from tests.conftest import free_port_offset
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 MODEL = "gw-logs-test"
@@ -74,14 +74,13 @@ def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, t
                 assert r.json()["model_version"] == "V1.1.0"
                 ids.append(r.headers["x-request-id"])
         store = store_for("monitoring", settings)
-        deadline, logs = time.monotonic() + 60, None
-        while time.monotonic() < deadline:
+
+        def logged():
             logs = read_predictions(store, MODEL)
-            mine = logs[logs["request_id"].isin(ids)] if len(logs) else logs
-            if len(mine) >= 2 * len(ids):
-                break
-            time.sleep(0.5)
-        mine = logs[logs["request_id"].isin(ids)]
+            return logs[logs["request_id"].isin(ids)]
+
+        eventually(lambda: len(logged()) >= 2 * len(ids), 60, "the primary's and the shadow's logs", interval=0.5)
+        mine = logged()
         by_version = mine.groupby("model_version")["request_id"].apply(set).to_dict()
         assert by_version == {"V1.1.0": set(ids), "V1.2.0": set(ids)}, "sent != logged for primary or shadow"
         assert len(mine) == 2 * len(ids), "duplicates in the logs"

@@ -1,7 +1,7 @@
 """Many models behind one gateway: each model's own routes and traffic state, shared model servers that
 host many models, replicas with retries, and the watchdog that restarts a server that dies.
 
-The model servers are the stack's multi-model host with recording models (``test_gateway_helpers``).
+The model servers are the stack's multi-model host with recording models (``tests.serving.recording_host``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from kfrelease.config import Settings
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 from kfrelease.stack.watchdog import watchdog_service
-from tests.conftest import eventually, free_port_offset
+from tests.conftest import free_port_offset
+from tests.serving.recording_host import Load
 from tests.serving.test_gateway import _driver
-from tests.serving.test_gateway_helpers import Load
+from tests.waiting import eventually
 
 
 def predict(settings, model):
@@ -75,8 +76,7 @@ def test_one_models_release_under_load_to_both_fails_nothing_and_restarts_no_ser
         beta.apply(TrafficState(primary="B1", canary="B2", canary_weight=50))
         beta.apply(TrafficState(primary="B2"))  # promoted: swapped inside the production server
         served = load_b.ok
-        while load_b.ok - served < 100:
-            time.sleep(0.05)
+        eventually(lambda: load_b.ok - served >= 100 or load_b.failures, 60, "100 answers of beta after the promotion")
     assert load_a.failures == [] and load_b.failures == [], (load_a.failures[:3], load_b.failures[:3])
     assert set(load_a.models) == {"alpha"} and set(load_a.versions) == {"A1"}
     assert set(load_b.models) == {"beta"} and set(load_b.versions) == {"B1", "B2"}
@@ -97,17 +97,16 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
     driver = _driver(settings, records, "m", replicas=2)
     driver.apply(TrafficState(primary="V1"))
     with Load(settings.url("gateway", "/v1/models/m:predict"), threads=4) as load:
-        while load.ok < 200:
-            time.sleep(0.05)
+        eventually(lambda: load.ok >= 200, 60, "200 answers before the kill")
         old = _kill(settings, "predictor-production-1")
         served = load.ok
-        while load.ok - served < 500:
-            time.sleep(0.05)
+        eventually(lambda: load.ok - served >= 500 or load.failures, 120, "500 answers after the kill")
     assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)}: {load.failures[:3]}"
-    deadline = time.monotonic() + 30
-    while not supervisor.service_status(settings, "predictor-production-1").healthy and time.monotonic() < deadline:
-        time.sleep(0.1)
-    st = supervisor.service_status(settings, "predictor-production-1")
+    st = eventually(
+        lambda: (s := supervisor.service_status(settings, "predictor-production-1")).healthy and s,
+        30,
+        "the watchdog restarting the killed replica",
+    )
     assert st.healthy and st.pid != old, "the watchdog did not restart the killed replica"
     assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {
         "m": "V1"

@@ -31,9 +31,9 @@ from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.conftest import eventually
 from tests.release.conftest import check_loss_free, small_spec, traffic
 from tests.training.conftest import PrivateDataset
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -259,8 +259,8 @@ def test_sixteen_merges_with_the_stack_stopped_and_started_in_the_middle_all_fin
     run and the rest are queued; `kfrelease up`: every run finishes, each with its own version, and none is
     left queued or running. The attempts `down` cut short are not counted against the runs."""
     from kfrelease.demo.project import create_demo_project
-    from tests.conftest import eventually
     from tests.training.conftest import PrivateDataset
+    from tests.waiting import eventually
 
     settings, cli = own_stack
     ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
@@ -314,7 +314,7 @@ def test_the_watchdog_retries_a_run_whose_runner_was_killed_and_fails_it_when_it
     import signal
 
     from kfrelease.stack.supervisor import group_alive
-    from tests.conftest import eventually
+    from tests.waiting import eventually
 
     repo, shas, _ = project
     store = store_for("pipeline", stack)

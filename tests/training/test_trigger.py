@@ -16,6 +16,7 @@ from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import STEP_NAMES, run_inline
 from kfrelease.training.trigger import trigger, wait
 from tests.recording_kfp import recording_kfp_api
+from tests.waiting import eventually
 
 IMAGE = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@sha256:" + "b" * 64  # what CI pushed
 
@@ -251,7 +252,6 @@ def test_new_curated_data_retrains_production_by_default_at_most_once_per_interv
     """Publishing a newer curated version of a production model's dataset starts an auto revision (no
     `retrain` section in model.yaml: on by default, through the receiver's poller and the training trigger);
     a second publish within the rate limit starts nothing, and its record says why."""
-    import time
 
     from kfrelease.data.pipeline import run_data_pipeline
     from kfrelease.demo.data import holdout
@@ -274,12 +274,12 @@ def test_new_curated_data_retrains_production_by_default_at_most_once_per_interv
     try:
         second = dataset.add_batch(2)
         run_id = f"auto-{name}-{champion.version}-{second[:12]}"
-        deadline = time.monotonic() + 60
-        while store.stat("models", f"runs/{run_id}/run.json") is None:
-            assert time.monotonic() < deadline, (
-                f"no auto revision started for {second}: {check_new_data(receiver, [name])}"
-            )
-            time.sleep(0.5)
+        eventually(
+            lambda: store.stat("models", f"runs/{run_id}/run.json") is not None,
+            60,
+            f"an auto revision started for {second}",
+            interval=0.5,
+        )
     finally:
         poller.stop.set()
     record = wait(stack, run_id, timeout=240)

@@ -52,7 +52,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,6 +62,7 @@ import yaml
 from kfrelease.k8s.policy.istio import Request, Workload, decide
 from kfrelease.k8s.render.inference import predictor_service
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY
+from tests.waiting import eventually
 
 MODEL_VOLUME = "/mnt/models"
 PEER_HEADER = "x-twin-peer"
@@ -74,20 +74,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def eventually(predicate, timeout: float, what: str, every: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` seconds pass (then fail naming
-    ``what``)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {timeout:g} s (last: {last!r})")
+#: What a twin part raises while it is still starting: polls count it as "not yet"
+UNREACHABLE = (httpx.HTTPError, OSError)
 
 
 # --- pods: what KServe and the kubelet make of the rendered objects ------------------------------------
@@ -325,7 +313,12 @@ class Prometheus:
             stdout=subprocess.DEVNULL,
             stderr=open(self.dir / "prometheus.log", "w"),  # noqa: SIM115 - closed with the process
         )
-        eventually(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, 60, "Prometheus ready")
+        eventually(
+            lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200,
+            60,
+            "Prometheus ready",
+            ignoring=UNREACHABLE,
+        )
 
     def reload(self, config: dict) -> None:
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -559,7 +552,7 @@ class Nginx:
                         return False
             return True
 
-        eventually(listening, 30, "nginx listening")
+        eventually(listening, 30, "nginx listening", ignoring=UNREACHABLE)
 
     def stop(self) -> None:
         _stop(self.process)
@@ -639,7 +632,7 @@ class Twin:
             self.pods[key] = pod
             started.append(pod)
         for pod in started:
-            eventually(lambda p=pod: self._ready(p), 180, f"model server {pod.name} ready")
+            eventually(lambda p=pod: self._ready(p), 180, f"model server {pod.name} ready", ignoring=UNREACHABLE)
         upstreams: dict[str, list[int]] = {}
         for pod in self.pods.values():
             upstreams.setdefault(pod.service, []).append(pod.sidecar.port)
@@ -666,6 +659,7 @@ class Twin:
             ),
             60,
             f"Prometheus scraping {sorted(names)}",
+            ignoring=UNREACHABLE,
         )
 
     def stop(self) -> None:

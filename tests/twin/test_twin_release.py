@@ -23,8 +23,9 @@ from kfrelease.release.signals import PrometheusMetrics
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
 from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, make_model_dir
+from tests.waiting import eventually
 
-from . import Twin, eventually
+from . import UNREACHABLE, Twin
 
 pytestmark = pytest.mark.slow
 
@@ -107,12 +108,18 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         ),
         30,
         "40 mirrored copies at the shadow",
+        ignoring=UNREACHABLE,
     )
     assert all(d.allowed for d in copies), [d.why for d in copies if not d.allowed][:3]
     assert {d.peer for d in copies} == {INGRESS_GATEWAY, twin.client_principal}
     assert all(d.host.endswith("-shadow") for d in copies)
     shadow_answered = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage="staging")
-    eventually(lambda: (shadow_answered.health(None, 120).requests or 0) >= 30, 60, "the shadow's answers scraped")
+    eventually(
+        lambda: (shadow_answered.health(None, 120).requests or 0) >= 30,
+        60,
+        "the shadow's answers scraped",
+        ignoring=UNREACHABLE,
+    )
 
     # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
     driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))
@@ -123,7 +130,10 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert 15 <= from_v2 <= 65, from_v2  # both versions answer
     canary = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage=CANARY_SERIES_STAGE)
     health = eventually(
-        lambda: (h := canary.health(None, 60)).requests >= 0.8 * from_v2 and h, 60, "the canary's requests scraped"
+        lambda: (h := canary.health(None, 60)).requests >= 0.8 * from_v2 and h,
+        60,
+        "the canary's requests scraped",
+        ignoring=UNREACHABLE,
     )
     assert health.errors == 0 and health.error_rate == 0 and health.p99_ms is not None
     # every series of the canary's pod, KServe's own included, carries its version (the PodMonitor's

@@ -1,6 +1,6 @@
-"""Helpers of the gateway tests (no tests here): a real KServe model server hosting recording models.
+"""What the gateway tests run against: a real KServe model server hosting recording models.
 
-Run as ``python -m tests.serving.test_gateway_helpers --slot S --stage ST --manifest FILE --http-port P
+Run as ``python -m tests.serving.recording_host --slot S --stage ST --manifest FILE --http-port P
 --record-dir DIR``. It is the stack's own multi-model host (``kfrelease.serving.host.ModelHost``: the same
 manifest, sync call and in-place swaps) whose models are tiny ``kserve.Model``s: each prediction appends
 ``<x-request-id> <ce-id> <version>`` to ``DIR/<model>-<version>.log`` and answers
@@ -54,9 +54,7 @@ def recording_command(record_dir: Path):
     from kfrelease.serving.hosts import host_argv
 
     def command(slot, manifest: Path, port: int) -> list[str]:
-        return host_argv(
-            slot, manifest, port, "--record-dir", str(record_dir), module="tests.serving.test_gateway_helpers"
-        )
+        return host_argv(slot, manifest, port, "--record-dir", str(record_dir), module="tests.serving.recording_host")
 
     return command
 
