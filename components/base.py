@@ -1,4 +1,8 @@
-"""The decorator every kfrelease component uses: KFP's lightweight component on the project image."""
+"""The decorator every kfrelease component uses: KFP's lightweight component on the project image.
+
+Only the compiler imports this module: KFP's executor sets ``_KFP_RUNTIME=true``, under which ``kfp.dsl`` has no
+``component``, so a component's body imports nothing from here (its logging set-up is
+``kfrelease.config.log_to_stderr``)."""
 
 import functools
 

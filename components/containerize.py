@@ -17,15 +17,14 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
         The pushed image pinned by digest (``registry/kfrelease/<model>@sha256:...``); empty when the
         version's recorded verdict is a rejection or the run is an experiment (not started by the trigger).
     """
-    import logging
-
+    from kfrelease.config import log_to_stderr
     from kfrelease.oci import ImageRef
     from kfrelease.storage import store_for
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import containerize_step, is_release_run, step_store
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     from kfrelease.registry import ModelRegistry
     from kfrelease.training.steps import not_staged_reason
 

@@ -36,13 +36,13 @@ def evaluate(
         The evidence as JSON: ``{metrics, champion, drift, split, held_out_rows, ...}`` (what validate decides on).
     """
     import json
-    import logging
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import evaluate_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "evaluate"):
         evidence = evaluate_step(

@@ -16,13 +16,13 @@ def ingest(spec_yaml: str, rows: Output[Dataset]) -> str:
         The sources read, as JSON: ``[{"key", "etag", "rows"}]`` (lineage for the manifest).
     """
     import json
-    import logging
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.ingest import SourceSet
     from kfrelease.data.spec import parse_spec
     from kfrelease.storage import store_for
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = parse_spec(spec_yaml)
     with SourceSet(spec, store_for("data-engineer")) as sources:
         written = sources.write_rows(rows.path)

@@ -29,16 +29,14 @@ def monitor_model(
     Returns:
         The object keys of the Evidently reports written (one per reported window).
     """
-    import logging
-
-    from kfrelease.config import Settings
+    from kfrelease.config import Settings, log_to_stderr
     from kfrelease.monitoring.passes import current_table, load_history, run_monitoring
     from kfrelease.monitoring.report import render_page
     from kfrelease.monitoring.sources import since_for
     from kfrelease.monitoring.window import WindowSpec
     from kfrelease.storage import store_for
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     settings = Settings.from_env()
     lookback = WindowSpec.parse(since)
     run = run_monitoring(
@@ -65,20 +63,3 @@ def monitor_model(
     if run.push is not None:
         page.metadata["push"] = run.push.message
     return run.report_keys
-
-
-@kfrelease_component
-def window_report(report_key: str, report: Output[HTML]):
-    """One window's Evidently drift report as a KFP HTML artifact (viewable in the Kubeflow UI).
-
-    Args:
-        report_key: the report's key in the ``pipeline-root`` bucket (from ``monitor_model``).
-        report: the Evidently HTML report.
-    """
-    from kfrelease.config import Settings
-    from kfrelease.storage import store_for
-
-    store = store_for("pipeline", Settings.from_env())
-    with open(report.path, "wb") as fh:
-        fh.write(store.get_bytes("pipeline-root", report_key))
-    report.metadata["source"] = store.uri("pipeline-root", report_key)

@@ -25,13 +25,14 @@ def publish_dataset(
     import json
     import logging
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.frames import file_digest
     from kfrelease.data.ingest import Source
     from kfrelease.data.publish import publish_files
     from kfrelease.data.spec import parse_spec
     from kfrelease.storage import store_for
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     sources = [Source(**s) for s in json.loads(sources_json)]
     dv = publish_files(
         parse_spec(spec_yaml),

@@ -38,13 +38,13 @@ def register(
         registers an experiment (``E<tag>.<manual>.<auto>``), which is never containerized or staged.
     """
     import json
-    import logging
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import is_release_run, register_step, step_store, validate_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     release = is_release_run(step_store(), run_id, spec)
     evidence = json.loads(evidence_json)

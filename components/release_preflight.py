@@ -15,10 +15,8 @@ def release_preflight(model: str, version: str, spec_yaml: str) -> str:
         "first" (promoted: no production model at all), "shadow" (it must beat production on the same
         requests) or "canary" (a tag bump whose inputs differ: canary steps with the spec's thresholds).
     """
-    import logging
-
-    from kfrelease.config import Settings
+    from kfrelease.config import Settings, log_to_stderr
     from kfrelease.release.pipeline_steps import pipeline_spec, preflight_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     return preflight_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

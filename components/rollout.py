@@ -16,10 +16,8 @@ def rollout(model: str, version: str, spec_yaml: str) -> str:
     Returns:
         "promoted" or "rolled_back".
     """
-    import logging
-
-    from kfrelease.config import Settings
+    from kfrelease.config import Settings, log_to_stderr
     from kfrelease.release.pipeline_steps import pipeline_spec, rollout_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     return rollout_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version)

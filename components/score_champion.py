@@ -22,12 +22,11 @@ def score_champion(
     Returns:
         The production version scored ("" when none).
     """
-    import logging
-
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import step_record
     from kfrelease.training.steps import score_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     with step_record(run_id, "score-champion"):
         out = score_step(champion_model.path, holdout_features.path, predictions.path)
     return out["version"]

@@ -22,12 +22,10 @@ def shadow_gate(model: str, version: str, spec_yaml: str, report: Output[HTML]) 
     Returns:
         "pass", "fail" or "insufficient" (no decision within shadow.max_wait_seconds or shadow.max_samples).
     """
-    import logging
-
-    from kfrelease.config import Settings
+    from kfrelease.config import Settings, log_to_stderr
     from kfrelease.release.pipeline_steps import pipeline_spec, shadow_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     decision = shadow_step(Settings.from_env(), pipeline_spec(model, spec_yaml), version, report.path)
     if decision == "insufficient" or not __import__("os").path.exists(report.path):
         with open(report.path, "w") as fh:

@@ -2,21 +2,6 @@ from kfrelease.components.base import kfrelease_component
 
 
 @kfrelease_component
-def data_engine(spec_yaml: str) -> str:
-    """Where this dataset is published: the dataset spec's ``engine`` (``embedded`` or ``spark``).
-
-    Args:
-        spec_yaml: the dataset spec (YAML text).
-
-    Returns:
-        ``embedded`` (the ingest, validate, features and publish steps) or ``spark`` (one SparkApplication).
-    """
-    from kfrelease.data.spec import parse_spec
-
-    return parse_spec(spec_yaml).engine
-
-
-@kfrelease_component
 def publish_on_spark(
     spec_yaml: str,
     run_id: str,
@@ -42,14 +27,14 @@ def publish_on_spark(
     Returns:
         The published version id.
     """
-    import logging
     import os
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.spec import parse_spec
     from kfrelease.errors import ConfigError
     from kfrelease.storage import store_for
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = parse_spec(spec_yaml)
     store = store_for("data-engineer")
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):

@@ -29,14 +29,14 @@ def split(
     Returns:
         The dataset version used, the production version compared with ("" when none) and, when none, why.
     """
-    import logging
     from collections import namedtuple
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import split_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     out = resume_or_run(  # a retried run reuses a finished split of its earlier attempt
         run_id,

@@ -26,13 +26,12 @@ def train(
     Returns:
         The fitted estimator's class name.
     """
-    import logging
-
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import train_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
         run_id,

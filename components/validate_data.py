@@ -17,16 +17,15 @@ def validate_data(spec_yaml: str, rows: Input[Dataset], valid_rows: Output[Datas
         valid_rows: the valid rows with the declared dtypes.
         quarantined: the refused rows with their reason and source line (empty with ``on_invalid: reject``).
     """
-    import logging
-
     import pyarrow.parquet as pq
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.frames import read_frames
     from kfrelease.data.ingest import META_COLUMNS
     from kfrelease.data.spec import parse_spec
     from kfrelease.data.validate import validate_to_files
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     columns = [c for c in pq.read_schema(rows.path).names if c not in META_COLUMNS]
     valid, invalid, _ = validate_to_files(
         parse_spec(spec_yaml), lambda: read_frames(rows.path), columns, valid_rows.path, quarantined.path

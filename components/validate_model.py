@@ -19,13 +19,13 @@ def validate_model(spec_json: str, evidence_json: str, run_id: str, verdict: Out
         ``Output``: kfp.local 2.17 resolves ``dsl.If`` conditions only on a task's single output.)
     """
     import json
-    import logging
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import validate_step
 
-    logging.basicConfig(level=logging.INFO)
+    log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "validate"):
         result = validate_step(spec, json.loads(evidence_json))

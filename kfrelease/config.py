@@ -10,6 +10,7 @@ the variable is unset or empty) and refuses a malformed value with a ``ConfigErr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -439,3 +440,13 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--markdown"]:
         sys.exit("usage: python -m kfrelease.config --markdown")
     sys.stdout.write(markdown_table())
+
+
+#: The log line of a component body and of a stack service.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """The logging set-up of a component body (each calls it first): the library's records from ``level`` on
+    stderr, which KFP keeps as the task's log."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)

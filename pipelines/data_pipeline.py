@@ -3,10 +3,11 @@
 
 from kfp import dsl
 
+from kfrelease.components.data_engine import data_engine
 from kfrelease.components.engineer_features import engineer_features
 from kfrelease.components.ingest import ingest
 from kfrelease.components.publish_dataset import publish_dataset
-from kfrelease.components.spark_data import data_engine, publish_on_spark
+from kfrelease.components.spark_data import publish_on_spark
 from kfrelease.components.validate_data import validate_data
 from kfrelease.training.resources import apply_step_policy
 

@@ -8,11 +8,10 @@ Spark Operator beyond (``monitor_window_on_spark``, the same SQL); ``engine`` fo
 
 from kfp import dsl
 
-from kfrelease.components.monitor import monitor_model, window_report
-from kfrelease.components.spark_monitor import (
-    choose_monitoring_engine,
-    monitor_window_on_spark,
-)
+from kfrelease.components.choose_monitoring_engine import choose_monitoring_engine
+from kfrelease.components.monitor import monitor_model
+from kfrelease.components.spark_monitor import monitor_window_on_spark
+from kfrelease.components.window_report import window_report
 from kfrelease.training.resources import apply_step_policy
 
 

@@ -30,6 +30,11 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings, child_env, setting
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import store_for
+from kfrelease.training.run_records import step_record
+from kfrelease.training.spec import ModelSpec
+from kfrelease.training.steps import deploy_staging_step, is_release_run, step_store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,31 @@ def record_path(settings: Settings, model: str, version: str) -> Path:
 
 def log_path(settings: Settings, model: str, version: str) -> Path:
     return settings.home / "logs" / f"release-{model}-{version}.log"
+
+
+def stage_and_hand_over(
+    settings: Settings, spec: ModelSpec, version: str, image: str, run_id: str, job_name: str
+) -> str:
+    """The training pipeline's last step (``components/deploy_staging.py`` only calls this): put a validated
+    version in staging and hand it over to its release (``start_release``, with the ``rollout.yaml`` of the
+    merge that registered it). Only a run the merge trigger started stages (``is_release_run``); any other
+    run is an experiment and changes nothing. ``image`` is what containerize pushed (for the log).
+
+    Returns the version's stage: ``staging``; ``experiment``; or the stage it already had (``rejected`` for a
+    version that failed validation: its step record says ``skipped``)."""
+    if not is_release_run(step_store(settings), run_id, spec):
+        log.info("%s %s: an experiment (not started by the merge trigger); not staged", spec.name, version)
+        return "experiment"
+    with step_record(run_id, "deploy-staging", store_for("pipeline", settings)) as extra:
+        stage = deploy_staging_step(spec.name, version, run_id or job_name, settings)
+        if stage != "staging":  # nothing staged: skipped, never green
+            extra["skipped"] = f"{spec.name} {version} is {stage}; nothing staged"
+        else:
+            rollout = ModelRegistry(store_for("pipeline", settings)).get(spec.name, version).entry.get("rollout")
+            release = start_release(settings, spec.name, version, spec_yaml=rollout)
+            log.info("%s %s: release handed over: %s", spec.name, version, release or "off (KFRELEASE_AUTO_RELEASE=0)")
+    log.info("%s %s: %s (%s)", spec.name, version, stage, image)
+    return stage
 
 
 def start_release(

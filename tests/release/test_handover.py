@@ -6,17 +6,20 @@ cannot run on this machine)."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.handover import record_path, start_release, wait_release
+from kfrelease.release.handover import record_path, stage_and_hand_over, start_release, wait_release
 from kfrelease.storage import store_for
+from kfrelease.training import run_records
+from kfrelease.training.spec import parse_spec
 from kfrelease.training.trigger import trigger, wait
 from tests.recording_kfp import recording_kfp_api
-from tests.release.conftest import small_spec
+from tests.release.conftest import bad_spec_text, small_spec
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +81,47 @@ def test_on_a_cluster_the_hand_over_submits_the_release_pipeline(stack, tmp_path
     assert api.posted("/apis/v2beta1/experiments")[0]["namespace"] == "kfrelease-release"
     # nothing was started locally
     assert not record_path(stack, "diabetes-progression-cluster", "V1.2.0").exists()
+
+
+def test_stage_and_hand_over_stages_only_a_release_run_and_only_a_validated_version(stack):
+    """The library core of the ``deploy_staging`` component (which only calls it): an experiment (no run
+    record of the merge trigger) changes nothing; a release run stages a validated version and hands it over
+    (off here: KFRELEASE_AUTO_RELEASE=0 on the test stack); a version that failed validation stays rejected
+    and the step is recorded as skipped."""
+    name = f"handover-{uuid.uuid4().hex[:8]}"
+    spec = parse_spec(bad_spec_text(name, "diabetes"))
+    store = store_for("pipeline", stack)
+    registry = ModelRegistry(store)
+    for version, passed in (("V1.1.0", True), ("V1.2.0", False)):
+        registry.put_entry(
+            {
+                "name": name,
+                "version": version,
+                "tag": 1,
+                "input_schema": [{"name": "age", "dtype": "float64"}],
+                "metrics": {"rmse": 50.0},
+                "verdict": {"passed": passed, "reasons": [] if passed else ["rmse 250 above max_rmse 200"]},
+            }
+        )
+    image = "registry.local/kfrelease/model:V1.1.0"
+
+    assert stage_and_hand_over(stack, spec, "V1.1.0", image, "", "job-1") == "experiment"
+    assert registry.get(name, "V1.1.0").stage is None, "an experiment staged a version"
+
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    run_records.create_run(store, run_id, {"model": name, "spec_fingerprint": spec.fingerprint})
+    assert stage_and_hand_over(stack, spec, "V1.1.0", image, run_id, "job-1") == "staging"
+    staged = registry.history(name, "V1.1.0")[-1]
+    assert staged["stage"] == "staging" and staged["who"] == "training-pipeline" and run_id in staged["why"]
+    assert run_records.get_step(store, run_id, "deploy-staging")["state"] == "succeeded"
+    assert not record_path(stack, name, "V1.1.0").exists(), "handed over with KFRELEASE_AUTO_RELEASE=0"
+    # staging it again (KFP retried the step) writes no second event
+    assert stage_and_hand_over(stack, spec, "V1.1.0", image, run_id, "job-1") == "staging"
+    assert len(registry.history(name, "V1.1.0")) == 1
+
+    other = f"run-{uuid.uuid4().hex[:8]}"
+    run_records.create_run(store, other, {"model": name, "spec_fingerprint": spec.fingerprint})
+    assert stage_and_hand_over(stack, spec, "V1.2.0", image, other, "job-2") == "rejected"
+    assert registry.get(name, "V1.2.0").stage is None
+    step = run_records.get_step(store, other, "deploy-staging")
+    assert step["state"] == "skipped" and "nothing staged" in step["skipped"], step

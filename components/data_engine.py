@@ -1,0 +1,16 @@
+from kfrelease.components.base import kfrelease_component
+
+
+@kfrelease_component
+def data_engine(spec_yaml: str) -> str:
+    """Where this dataset is published: the dataset spec's ``engine`` (``embedded`` or ``spark``).
+
+    Args:
+        spec_yaml: the dataset spec (YAML text).
+
+    Returns:
+        ``embedded`` (the ingest, validate, features and publish steps) or ``spark`` (one SparkApplication).
+    """
+    from kfrelease.data.spec import parse_spec
+
+    return parse_spec(spec_yaml).engine
