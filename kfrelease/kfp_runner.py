@@ -38,20 +38,6 @@ def pipeline_function(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def available_pipelines() -> dict[str, object]:
-    """The pipelines whose modules exist (parts not built yet are skipped)."""
-    out = {}
-    for name, target in PIPELINES.items():
-        module = target.partition(":")[0]
-        try:
-            out[name] = pipeline_function(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-    return out
-
-
 def init_local(settings: Settings) -> Path:
     """Point kfp.local at a pipeline root under the data directory and run components in this env."""
     from kfp import local
@@ -144,9 +130,8 @@ def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    pipelines = available_pipelines()
-    for name in names or list(pipelines):
-        func = pipelines.get(name) or pipeline_function(name)
+    for name in names or list(PIPELINES):
+        func = pipeline_function(name)
         path = out_dir / f"{name}_pipeline.yaml"
         compile_package(func, path)  # every step on KFRELEASE_IMAGE as it is now (kfrelease.images)
         written.append(path)

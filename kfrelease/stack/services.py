@@ -18,7 +18,7 @@ from kfrelease.access.render import seaweed_identities
 from kfrelease.config import Settings
 from kfrelease.stack.service import Service
 
-#: Modules that declare services, in start order. A module that does not exist yet is skipped.
+#: Modules that declare services, in start order.
 SERVICE_MODULES = (
     "kfrelease.stack.services",
     "kfrelease.monitoring.services",
@@ -130,11 +130,5 @@ def services(settings: Settings) -> list[Service]:
 def declared_services(settings: Settings, groups: tuple[str, ...] | None = None) -> list[Service]:
     found: list[Service] = []
     for module_name in SERVICE_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that part is not built (yet)
-            raise
-        found.extend(module.services(settings))
+        found.extend(importlib.import_module(module_name).services(settings))
     return [s for s in found if groups is None or s.group in groups]
