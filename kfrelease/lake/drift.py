@@ -10,6 +10,15 @@ Evidently's ``psi`` stattest (``evidently/legacy/calculations/stattests/psi.py``
 - empty bins get ``min(non-zero share) / 1e6`` when that share is <= 1e-4, else 1e-4;
 - ``psi = sum((ref - cur) * ln(ref / cur))``; the column drifts when ``psi >= 0.1`` (Evidently's default).
 
+A category feature (the input schema's ``category`` / ``string``: text values) is binned by value, as
+Evidently's ``psi`` does for a categorical column: its PSI is over the category frequencies, with the same
+threshold (0.1). PSI and not a chi-square test: a window holds up to millions of rows, and a chi-square
+p-value at that size falls below 0.05 for any shift however small, so every category feature would drift
+on every window; PSI measures the size of the shift, whatever the row count, and is the test the numerical
+columns get. A category the reference never holds makes the feature drift (``kfrelease.drift.categorical_verdict``:
+its share in the reference is 0, which PSI only fills with a small number), and each category feature's
+result carries its per-category frequencies, reference against current.
+
 Only the per-bin counts of the current rows come out of the engine (one grouped scan per column); the
 reference (the training data) is small and binned with numpy. Non-finite and missing values are left out,
 as Evidently drops them.
@@ -36,6 +45,8 @@ class DriftStats:
     columns: dict[str, dict] = field(default_factory=dict)
     rows_current: int = 0
     rows_reference: int = 0
+    #: Per category feature: how often each category occurs in the current rows (all of them).
+    current_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _lit(x: float, dialect: Dialect) -> str:
@@ -93,29 +104,57 @@ def psi_drift(
     features: list[str],
     dialect: Dialect = DUCKDB,
     threshold: float = PSI_THRESHOLD,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> DriftStats:
-    """Evidently's PSI of every feature of the rows of ``current`` (a relation) against ``reference``."""
+    """Evidently's PSI of every feature of the rows of ``current`` (a relation) against ``reference``;
+    ``categorical``: the features holding category values (PSI over their categories, with frequencies)."""
+    from kfrelease.drift import categorical_verdict, category_counts
+
     run = (
         (lambda sql: con.execute(sql).fetchall())
         if dialect.name == "duckdb"
         else (lambda sql: [tuple(r) for r in con.sql(sql).collect()])
     )
+    cats = set(categorical)
     qs = {f: _quote(f, dialect) for f in features}
-    ok = {f: f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})" for f in features}
+    ok = {
+        f: f"({qs[f]} IS NOT NULL)" if f in cats else f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})"
+        for f in features
+    }
     aggs = ", ".join(
-        f"min(CASE WHEN {ok[f]} THEN {qs[f]} END), max(CASE WHEN {ok[f]} THEN {qs[f]} END), "
+        f"NULL, NULL, sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
+        if f in cats
+        else f"min(CASE WHEN {ok[f]} THEN {qs[f]} END), max(CASE WHEN {ok[f]} THEN {qs[f]} END), "
         f"sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
         for f in features
     )
     (stats,) = run(f"SELECT count(*), {aggs} FROM {current}")
     rows = int(stats[0])
     columns: dict[str, dict] = {}
+    current_counts: dict[str, dict[str, int]] = {}
     for j, f in enumerate(features):
         cmin, cmax, n_cur = (
             stats[1 + 3 * j],
             stats[2 + 3 * j],
             int(stats[3 + 3 * j] or 0),
         )
+        if f in cats:
+            ref_counts = category_counts(reference[f])
+            if n_cur == 0 or not ref_counts:
+                continue
+            counts = {
+                str(k): int(v) for k, v in run(f"SELECT {qs[f]}, count(*) FROM {current} WHERE {ok[f]} GROUP BY 1")
+            }
+            keys = sorted(set(ref_counts) | set(counts))
+            n_ref = sum(ref_counts.values())
+            value = psi(
+                np.array([ref_counts.get(k, 0) for k in keys]) / n_ref,
+                np.array([counts.get(k, 0) for k in keys]) / n_cur,
+            )
+            column = {"score": value, "method": "PSI", "threshold": threshold, "drifted": bool(value >= threshold)}
+            columns[f] = categorical_verdict(column, ref_counts, counts)
+            current_counts[f] = counts
+            continue
         ref = pd.to_numeric(reference[f], errors="coerce").astype("float64")
         ref = ref[np.isfinite(ref)]
         if n_cur == 0 or len(ref) == 0:
@@ -148,7 +187,7 @@ def psi_drift(
         }
     drifted = [f for f in features if columns.get(f, {}).get("drifted")]
     share = len(drifted) / len(features) if features else 0.0
-    return DriftStats(share, drifted, columns, rows, len(reference))
+    return DriftStats(share, drifted, columns, rows, len(reference), current_counts)
 
 
 def is_finite_number(x) -> bool:

@@ -70,6 +70,8 @@ class WindowData:
     #: What was read, for lineage: ``(s3 URI, ETag, local file)`` of each log and label object.
     log_objects: list[tuple[str, str, str]] = field(default_factory=list)
     label_objects: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The features whose values are categories (strings from ``inputs_text``); the others are numbers.
+    categorical: list[str] = field(default_factory=list)
 
     def frame(self, view: str) -> pd.DataFrame:
         return self.con.execute(f"SELECT * FROM {view}").df()
@@ -85,14 +87,15 @@ def widest_inputs(con) -> int:
     return int(row[0] or 0)
 
 
-def define_views(con, features: list[str], since=None, until=None, dedup: bool | None = None) -> None:
+def define_views(con, features: list[str], since=None, until=None, dedup: bool | None = None, categorical=()) -> None:
     """``predictions``, ``truth`` and ``joined`` over the views ``events`` and ``labels`` (``dedup`` None:
-    count repeated events once only if there are any)."""
+    count repeated events once only if there are any; ``categorical``: the features read as category values)."""
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     if dedup is None:
         dedup = con.execute(J.duplicates_sql("events")).fetchone()[0] > 0
     con.execute(
-        "CREATE OR REPLACE VIEW predictions AS " + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup)
+        "CREATE OR REPLACE VIEW predictions AS "
+        + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup, categorical=frozenset(categorical))
     )
     con.execute("CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo))
     con.execute("CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth"))
@@ -108,11 +111,13 @@ def open_window(
     registry_features=None,
     threads: int | None = None,
     materialize: bool | str = False,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> WindowData:
     """The window ``[since, until)`` of ``model``: its files downloaded and its views defined.
 
     ``features``: the input names in order; when not given, the names the events carry, else
-    ``registry_features(version)`` of the first logged version, else ``f0, f1, ...``. With ``materialize``
+    ``registry_features(version)`` of the first logged version, else ``f0, f1, ...``; ``categorical``: the
+    features whose logged values are categories (the input schema's ``category`` and ``string``). With ``materialize``
     the joined rows a window reads are computed once into a table (several queries on one window;
     ``"with-keys"`` keeps ``request_id`` and ``instance`` too)."""
     warnings = warnings if warnings is not None else []
@@ -130,7 +135,8 @@ def open_window(
         features = registry_features(row[0]) if row else None
     if not features:
         features = [f"f{j}" for j in range(widest_inputs(con))]
-    define_views(con, list(features), since, until)
+    categorical = [f for f in features if f in set(categorical)]
+    define_views(con, list(features), since, until, categorical=categorical)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
     bad = con.execute(
@@ -169,4 +175,5 @@ def open_window(
         warnings,
         read(pred_files),
         read(label_files),
+        categorical,
     )

@@ -72,18 +72,25 @@ def predictions_sql(
     since: str | None = None,
     until: str | None = None,
     dedup: bool = True,
+    categorical: frozenset[str] | set[str] | tuple[str, ...] = (),
 ) -> str:
     """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features>,
     prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width).
+    A feature named in ``categorical`` is its category value as logged (``inputs_text`` at its position, a
+    string); the others are numbers (``inputs``).
     ``dedup=False`` skips counting repeated events once: only for tables known to hold none
     (``duplicates_sql``), where it saves two aggregations of every event."""
     quote = _quote(dialect)
+
+    def element(j: int) -> str:
+        return dialect.element("inputs_text" if features[j] in categorical else "inputs", j)
+
     server = "source, coalesce(inferenceservicename, '') AS isvc, coalesce(endpoint, '') AS ep"
     cols = "".join(f"q.inputs_{j} AS {quote(f)}, " for j, f in enumerate(features))
     width = f"{dialect.size.format('inputs')} = {len(features)}"
     when = _time_filter("time", since, until, dialect)
     if dedup:
-        firsts = "".join(f"first({dialect.element('inputs', j)}) AS inputs_{j}, " for j in range(len(features)))
+        firsts = "".join(f"first({element(j)}) AS inputs_{j}, " for j in range(len(features)))
         req = f"""
       SELECT request_id, {server}, instance, min(time) AS time, {firsts}
              first(model_version) AS model_version, first(stage) AS stage
@@ -97,7 +104,7 @@ def predictions_sql(
       WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL
       GROUP BY request_id, source, isvc, ep, instance"""
     else:
-        elems = "".join(f"{dialect.element('inputs', j)} AS inputs_{j}, " for j in range(len(features)))
+        elems = "".join(f"{element(j)} AS inputs_{j}, " for j in range(len(features)))
         req = f"""
       SELECT request_id, {server}, instance, time, {elems} model_version, stage
       FROM {events}

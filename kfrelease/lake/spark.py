@@ -47,8 +47,10 @@ def define_views(
     features: list[str],
     since=None,
     until=None,
+    categorical=(),
 ):
-    """``events``, ``labels``, ``predictions``, ``truth``, ``joined`` as temporary views (the engine's)."""
+    """``events``, ``labels``, ``predictions``, ``truth``, ``joined`` as temporary views (the engine's);
+    ``categorical``: the features read as category values."""
     from kfrelease.lake import read as R
     from kfrelease.lake import schema as S
 
@@ -62,7 +64,8 @@ def define_views(
     view("events", event_paths, S.PREDICTION_SCHEMA)
     view("labels", label_paths, S.LABEL_SCHEMA)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
-    spark.sql(J.predictions_sql("events", features, J.SPARK, lo, hi)).createOrReplaceTempView("predictions")
+    predictions = J.predictions_sql("events", features, J.SPARK, lo, hi, categorical=frozenset(categorical))
+    spark.sql(predictions).createOrReplaceTempView("predictions")
     spark.sql(J.latest_labels_sql("labels", J.SPARK, lo)).createOrReplaceTempView("truth")
     joined = spark.sql(J.joined_sql("predictions", "truth")).cache()
     joined.createOrReplaceTempView("joined")
@@ -81,6 +84,7 @@ def window_result(
     size: int,
     reference: pd.DataFrame | None,
     min_labels: int = 1,
+    categorical=(),
 ) -> list[dict]:
     """Every window's counts, metrics and (with a reference) PSI drift: what the engine computes."""
     from kfrelease.lake.drift import psi_drift
@@ -116,7 +120,7 @@ def window_result(
                 f"(SELECT * FROM (SELECT *, {LW.window_id_sql(kind, size, J.SPARK)} AS _w FROM joined) x "
                 f"WHERE model_version = '{v}' AND stage = '{s}' AND _w = {int(r.w)})"
             )
-            d = psi_drift(spark, rows, reference, features, dialect=J.SPARK)
+            d = psi_drift(spark, rows, reference, features, dialect=J.SPARK, categorical=categorical)
             row.update(
                 drift_share=d.share_drifted,
                 drifted=d.drifted,

@@ -59,6 +59,7 @@ def run_monitoring(
     until=None,
     min_labels: int = DEFAULT_MIN_LABELS,
     features: list[str] | None = None,
+    categorical: list[str] | None = None,
     reference: pd.DataFrame | None = None,
     baselines: dict[str, dict] | None = None,
     r2_floor: float | None = None,
@@ -69,7 +70,9 @@ def run_monitoring(
     read_store: ObjectStore | None = None,
     write_store: ObjectStore | None = None,
 ) -> MonitorRun:
-    """Compute, record and push the windows of ``model``; problems in the data become warnings."""
+    """Compute, record and push the windows of ``model``; problems in the data become warnings.
+    ``features`` and ``categorical`` (the category features among them) default to the newest registered
+    version's input schema."""
     from kfrelease.storage import store_for
 
     window = window or WindowSpec()
@@ -82,11 +85,15 @@ def run_monitoring(
             f"the input features of model {model!r} are unknown: no registry entry with an input_schema in "
             f"s3://models/registry/{model}/; register a version first or pass features"
         )
+    if categorical is None:
+        categorical = sources.categorical_of(entries)
     if baselines is None:
         baselines = sources.baselines_of(entries, r2_floor)
     if reference is None:
         reference = sources.reference_of(reader, entries)
-    data = sources.open_window(reader, model, features, since=since, until=until, keys=window.kind == "count")
+    data = sources.open_window(
+        reader, model, features, since=since, until=until, keys=window.kind == "count", categorical=categorical
+    )
     outcome = compute_windows_engine(
         data,
         spec=window,

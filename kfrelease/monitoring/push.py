@@ -6,6 +6,14 @@ therefore drops its quality gauges instead of leaving stale ones behind, and
 ``kfrelease_model_window_insufficient`` says so. Prometheus scrapes the Pushgateway with
 ``honor_labels: true`` so these labels are kept (Pushgateway README, "About the job and instance labels").
 
+Per input feature the latest window's drift verdict and score (label ``feature``), and per category feature the
+share of its categories in the reference and in the window (labels ``feature``, ``category``, ``side``). The
+category label's values are bounded: at most ``MAX_EXPORTED_CATEGORIES`` per feature (the most frequent on
+either side, the order of ``kfrelease.drift.category_frequencies``), the others summed as ``(other)``; how many
+window categories the reference never holds is its own gauge. So one (model, version, stage) exports at most
+``2 x (MAX_EXPORTED_CATEGORIES + 1)`` category series per category feature, whatever text clients send; the
+monitoring record keeps up to ``kfrelease.drift.MAX_RECORDED_CATEGORIES`` of them.
+
 A Pushgateway that cannot be reached loses nothing: every payload is first written to a spool
 (``kfrelease.lake.spool.Spool`` in ``$KFRELEASE_HOME/monitoring/pending-push/``), then pushed, oldest
 first; what could not be pushed is pushed first on the next call to ``push_windows``.
@@ -54,6 +62,56 @@ GAUGES = {
         "Labelled predictions in the latest window",
     ),
 }
+
+
+#: gauge name -> (labels besides model/version/stage, help): one series per feature (and category, side)
+LABELLED_GAUGES = {
+    "kfrelease_model_feature_drifted": (
+        ("feature",),
+        "1 when the input feature drifted against the training data in the latest window, else 0",
+    ),
+    "kfrelease_model_feature_drift_score": (
+        ("feature",),
+        "The feature's drift test value in the latest window (PSI, or Evidently's chosen test on small windows)",
+    ),
+    "kfrelease_model_category_share": (
+        ("feature", "category", "side"),
+        "Share of a category feature's values in the reference (training data) or the current window",
+    ),
+    "kfrelease_model_feature_unseen_categories": (
+        ("feature",),
+        "Categories of the latest window that the training data never holds (each counts as drift)",
+    ),
+}
+#: Categories exported per category feature (the rest summed as ``(other)``): bounds the label cardinality.
+MAX_EXPORTED_CATEGORIES = 10
+
+
+def feature_series(feature_drift: dict, most: int = MAX_EXPORTED_CATEGORIES) -> list[list]:
+    """``[gauge name, {labels}, value]`` of every feature's drift and every exported category share."""
+    from kfrelease.drift import OTHER
+
+    out: list[list] = []
+    for feature, col in (feature_drift or {}).items():
+        if col.get("score") is not None:
+            out.append(["kfrelease_model_feature_drift_score", {"feature": feature}, float(col["score"])])
+        out.append(["kfrelease_model_feature_drifted", {"feature": feature}, 1.0 if col.get("drifted") else 0.0])
+        freq = col.get("frequencies")
+        if freq is None:
+            continue
+        out.append(
+            ["kfrelease_model_feature_unseen_categories", {"feature": feature}, float(col.get("unseen_count", 0))]
+        )
+        named = [k for k in freq if k != OTHER]
+        rest = named[most:] + ([OTHER] if OTHER in freq else [])
+        shown = {k: freq[k] for k in named[:most]}
+        if rest:
+            shown[OTHER] = {s: sum(freq[k][s] for k in rest) for s in ("reference", "current")}
+        for category, shares in shown.items():
+            for side in ("reference", "current"):
+                labels = {"feature": feature, "category": category, "side": side}
+                out.append(["kfrelease_model_category_share", labels, float(shares[side])])
+    return out
 
 
 @dataclass
@@ -105,6 +163,7 @@ def payload(window) -> dict:
     return {
         "labels": {"model": w["model"], "version": w["version"], "stage": w["stage"]},
         "values": values,
+        "series": feature_series(w.get("feature_drift") or {}),
     }
 
 
@@ -115,6 +174,12 @@ def _push_one(url: str, item: dict, timeout: float) -> None:
     for name, value in item["values"].items():
         helptext = GAUGES.get(name, (None, name.replace("_", " ")))[1]
         Gauge(name, helptext, registry=registry).set(value)
+    gauges: dict[str, Gauge] = {}
+    for name, labels, value in item.get("series", []):  # a payload spooled before series existed has none
+        if name not in gauges:
+            names, helptext = LABELLED_GAUGES[name]
+            gauges[name] = Gauge(name, helptext, labelnames=names, registry=registry)
+        gauges[name].labels(**labels).set(value)
     push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout)
 
 

@@ -19,12 +19,28 @@ from kfrelease.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 
-def open_window(store: ObjectStore, model: str, features: list[str], since=None, until=None, keys: bool = False):
+def open_window(
+    store: ObjectStore,
+    model: str,
+    features: list[str],
+    since=None,
+    until=None,
+    keys: bool = False,
+    categorical: list[str] | tuple[str, ...] = (),
+):
     """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised
-    (``keys``: with request ids, which count windows order by)."""
+    (``keys``: with request ids, which count windows order by); ``categorical``: the category features."""
     from kfrelease.lake.engine import open_window as _open
 
-    return _open(store, model, since, until, features=features, materialize="with-keys" if keys else True)
+    return _open(
+        store,
+        model,
+        since,
+        until,
+        features=features,
+        materialize="with-keys" if keys else True,
+        categorical=categorical,
+    )
 
 
 def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:
@@ -43,6 +59,17 @@ def features_of(entries: dict[str, dict]) -> list[str] | None:
     for entry in sorted(entries.values(), key=lambda e: e.get("created_at", "")):
         if entry.get("input_schema"):
             found = [c["name"] for c in entry["input_schema"]]
+    return found
+
+
+def categorical_of(entries: dict[str, dict]) -> list[str]:
+    """The category features (input schema dtype ``category`` or ``string``) of the newest registered version."""
+    from kfrelease.registry.artifact import CATEGORY_DTYPES
+
+    found: list[str] = []
+    for entry in sorted(entries.values(), key=lambda e: e.get("created_at", "")):
+        if entry.get("input_schema"):
+            found = [c["name"] for c in entry["input_schema"] if c.get("dtype") in CATEGORY_DTYPES]
     return found
 
 

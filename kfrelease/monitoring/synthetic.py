@@ -49,9 +49,16 @@ def write_traffic(
     """Log one single-instance request per row of ``inputs`` (times ``start + i*step``), and its truth.
 
     Returns the request ids. ``truths=None`` writes no ground truth; ``label_fraction`` < 1 labels only the
-    first fraction of rows. Uses the ``serving`` role's rights (inference-logs write, feedback write)."""
+    first fraction of rows; a text column (category values) is logged as strings, as the predictor logs them.
+    Uses the ``serving`` role's rights (inference-logs write, feedback write)."""
     start = start or datetime.now(UTC)
-    values = inputs.to_numpy(dtype="float64").tolist()
+    text = [c for c in inputs.columns if not pd.api.types.is_numeric_dtype(inputs[c])]
+    if text:
+        values = [
+            [v if isinstance(v, str) else float(v) for v in row] for row in inputs.itertuples(index=False, name=None)
+        ]
+    else:
+        values = inputs.to_numpy(dtype="float64").tolist()
     preds = np.asarray(predictions, dtype="float64").tolist()
     ids = [uuid.uuid4().hex for _ in values]
     times = [start + timedelta(seconds=i * step_seconds) for i in range(len(values))]
@@ -98,8 +105,20 @@ def register_entry(
     dataset_version: str | None = None,
     commit: str = "0" * 40,
     r2_min: float | None = None,
+    categorical: dict[str, list[str]] | None = None,
 ) -> dict:
-    """A registry entry in the CONTRACTS format (``pipeline`` role) for models registered outside training."""
+    """A registry entry in the CONTRACTS format (``pipeline`` role) for models registered outside training;
+    ``categorical`` maps a category feature to its known values (its dtype is then ``category``; a value that
+    is a pair ``(values, shares)`` gives its values)."""
+
+    def column(f: str) -> dict:
+        if f not in (categorical or {}):
+            return {"name": f, "dtype": "float64"}
+        values = categorical[f]
+        if isinstance(values, tuple):
+            values = values[0]
+        return {"name": f, "dtype": "category", "categories": list(values), "unknown": "refuse"}
+
     tag, manual, auto = (int(x) for x in version.lstrip("V").split("."))
     entry = {
         "name": model,
@@ -115,7 +134,7 @@ def register_entry(
         "metrics": {"rmse": rmse},
         "verdict": {"passed": True, "reasons": []},
         "artifact": None,
-        "input_schema": [{"name": f, "dtype": "float64"} for f in features],
+        "input_schema": [column(f) for f in features],
         "target": "progression",
         "image": None,
         "created_at": _iso(datetime.now(UTC)),

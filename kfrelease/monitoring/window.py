@@ -90,6 +90,9 @@ class WindowResult:
     last_truth_time: str | None = None
     message: str = ""
     intervals: dict = field(default_factory=dict)  # 95% intervals of mse/rmse/mae/r2 (kfrelease.metrics)
+    #: Per input feature: the drift test's score, method, threshold and verdict; a category feature also its
+    #: per-category ``frequencies`` (reference vs current shares) and the ``unseen`` categories.
+    feature_drift: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -137,10 +140,10 @@ def _iso(ts) -> str | None:
     return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _drift(reference, frame, features, method=None):
+def _drift(reference, frame, features, method=None, categorical=(), current_counts=None):
     from kfrelease.drift import data_drift
 
-    return data_drift(reference, frame, features, method=method)
+    return data_drift(reference, frame, features, method=method, categorical=categorical, current_counts=current_counts)
 
 
 def _orphan_labels(model: str, orphans: int, features: list[str]) -> str:
@@ -171,6 +174,7 @@ def compute_windows_engine(
     if drift_for not in ("latest", "all", "none"):
         raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
     model, features, con = data.model, data.features, data.con
+    categorical = list(getattr(data, "categorical", ()) or ())
     outcome = MonitorOutcome(model, [], warnings=list(data.warnings))
     sums = con.execute(LW.window_sums_sql("joined", spec.kind, spec.size)).df()
     if len(sums) == 0:
@@ -244,16 +248,18 @@ def compute_windows_engine(
                     reference,
                     features,
                     report_for == "all" or (report_for == "latest" and w == last),
+                    categorical,
                 )
             outcome.windows.append(res)
     return outcome
 
 
-def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: bool) -> None:
+def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: bool, categorical=()) -> None:
     """A window of at most ``MAX_DRIFT_ROWS`` rows: Evidently's DataDriftPreset on all of them (its own
-    choice of test, as in ``compute_windows``). A larger one: Evidently's PSI test computed by the engine on
-    all its rows (``kfrelease.lake.drift``), and, when it gets a report, Evidently's PSI report on a seeded
-    sample of ``MAX_DRIFT_ROWS`` rows."""
+    choice of test, as in ``compute_windows``; category features as categorical columns). A larger one:
+    Evidently's PSI test computed by the engine on all its rows (``kfrelease.lake.drift``; category features
+    by their category frequencies), and, when it gets a report, Evidently's PSI report on a seeded sample of
+    ``MAX_DRIFT_ROWS`` rows (whose category frequencies are those of all rows)."""
     from kfrelease.drift import MAX_DRIFT_ROWS
     from kfrelease.lake import windows as LW
     from kfrelease.lake.drift import psi_drift
@@ -265,14 +271,17 @@ def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: 
     )
     try:
         if res.predictions <= MAX_DRIFT_ROWS:
-            dr = _drift(reference, con.execute(f"SELECT * FROM {rows}").df(), features)
-            res.drift_share, res.drifted = dr.share_drifted, dr.drifted
+            dr = _drift(reference, con.execute(f"SELECT * FROM {rows}").df(), features, categorical=categorical)
+            res.drift_share, res.drifted, res.feature_drift = dr.share_drifted, dr.drifted, dr.columns
             outcome.drift_reports[res.key] = dr
             return
-        stats = psi_drift(con, rows, reference, features)
-        res.drift_share, res.drifted = stats.share_drifted, stats.drifted
+        stats = psi_drift(con, rows, reference, features, categorical=categorical)
+        res.drift_share, res.drifted, res.feature_drift = stats.share_drifted, stats.drifted, stats.columns
         if with_report:
             sample = f"SELECT * FROM {rows} USING SAMPLE reservoir({MAX_DRIFT_ROWS} ROWS) REPEATABLE (0)"
-            outcome.drift_reports[res.key] = _drift(reference, con.execute(sample).df(), features, method="psi")
+            counts = {f: stats.current_counts[f] for f in categorical if f in stats.current_counts}
+            outcome.drift_reports[res.key] = _drift(
+                reference, con.execute(sample).df(), features, "psi", categorical, counts
+            )
     except KfreleaseError as exc:
         res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"

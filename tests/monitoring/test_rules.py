@@ -18,7 +18,7 @@ def test_promtool_checks_the_rules():
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass():

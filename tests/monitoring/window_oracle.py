@@ -104,6 +104,7 @@ def compute_window(
     reference: pd.DataFrame | None = None,
     baseline_rmse: float | None = None,
     r2_floor: float | None = None,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> tuple[WindowResult, object | None]:
     """Quality and drift of one window's rows (predictions joined with truth)."""
     labelled = frame[frame["truth"].notna()]
@@ -147,8 +148,8 @@ def compute_window(
     drift = None
     if reference is not None and len(frame) >= min_labels:
         try:
-            drift = _drift(reference, frame, features)
-            res.drift_share, res.drifted = drift.share_drifted, drift.drifted
+            drift = _drift(reference, frame, features, categorical=categorical)
+            res.drift_share, res.drifted, res.feature_drift = drift.share_drifted, drift.drifted, drift.columns
         except KfreleaseError as exc:
             res.message = (res.message + "; " if res.message else "") + f"drift not computed: {exc}"
     return res, drift
@@ -166,8 +167,10 @@ def compute_windows(
     baselines: dict[str, dict] | None = None,
     latest_only: bool = False,
     drift_for: str = "latest",
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> MonitorOutcome:
-    """Every window of every (version, stage) in ``preds`` (one row per predicted instance).
+    """Every window of every (version, stage) in ``preds`` (one row per predicted instance); the features
+    named in ``categorical`` hold category values (Evidently's categorical columns, with frequencies).
 
     ``baselines`` maps a version to ``{"rmse": ..., "r2_floor": ...}``; ``latest_only`` computes only the
     most recent window of each (version, stage) (what the alerts look at). ``drift_for`` "latest" runs the
@@ -222,6 +225,7 @@ def compute_windows(
                 reference=reference if with_drift else None,
                 baseline_rmse=base.get("rmse"),
                 r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
+                categorical=categorical,
             )
             outcome.windows.append(res)
             if dr is not None:
