@@ -19,8 +19,9 @@ columns get. A category the reference never holds makes the feature drift (``kfr
 its share in the reference is 0, which PSI only fills with a small number), and each category feature's
 result carries its per-category frequencies, reference against current.
 
-Only the per-bin counts of the current rows come out of the engine (one grouped scan per column); the
-reference (the training data) is small and binned with numpy. Non-finite and missing values are left out,
+Only the per-bin counts of the current rows come out of the engine, for every column in one scan (each row's
+bin computed once, ``count_if`` per bin or category; the count, minimum and maximum that fix the bins in one
+scan before, or from the window's own scan); the reference (the training data) is small and binned with numpy. Non-finite and missing values are left out,
 as Evidently drops them.
 """
 
@@ -97,6 +98,119 @@ def psi(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
     return float(np.sum((r - c) * np.log(r / c)))
 
 
+@dataclass
+class ColumnPlan:
+    """How one feature is binned: ``"bins"`` (a numerical reference with more than 20 distinct values: equal-
+    width bins over the combined range) or ``"values"`` (each distinct value its own bin; category features)."""
+
+    feature: str
+    kind: str
+    category: bool
+    reference: np.ndarray  # the reference's values (finite numbers, or category strings)
+    values: list = field(default_factory=list)  # "values": the reference's distinct values, sorted
+
+    def edges(self, cmin: float, cmax: float, n_cur: int) -> np.ndarray:
+        first, last = min(float(self.reference.min()), float(cmin)), max(float(self.reference.max()), float(cmax))
+        return sturges_edges(first, last, len(self.reference) + n_cur)
+
+
+def plan_columns(reference: pd.DataFrame, features: list[str], categorical=()) -> dict[str, ColumnPlan]:
+    """The binning of each feature from the reference (features without reference values are left out)."""
+    out = {}
+    for f in features:
+        if f in set(categorical):
+            ref = reference[f].dropna().astype(str).to_numpy(dtype=object)
+            if len(ref):
+                out[f] = ColumnPlan(f, "values", True, ref, sorted(set(ref.tolist())))
+            continue
+        ref = pd.to_numeric(reference[f], errors="coerce").astype("float64")
+        ref = ref[np.isfinite(ref)].to_numpy()
+        if len(ref) == 0:
+            continue
+        distinct = np.unique(ref)
+        out[f] = (
+            ColumnPlan(f, "bins", False, ref)
+            if len(distinct) > 20
+            else ColumnPlan(f, "values", False, ref, distinct.tolist())
+        )
+    return out
+
+
+def _value_lit(v, category: bool) -> str:
+    return "'" + str(v).replace("'", "''") + "'" if category else _lit(v, DUCKDB)
+
+
+def ok_sql(column: str, category: bool, dialect: Dialect) -> str:
+    """A value the drift counts: present, and a finite number unless a category (Evidently drops the rest)."""
+    return f"({column} IS NOT NULL)" if category else f"({column} IS NOT NULL AND {dialect.finite.format(column)})"
+
+
+def stats_aggregates(features: list[str], categorical, dialect: Dialect = DUCKDB) -> list[str]:
+    """Per feature ``min, max, count`` of the counted values (NULL min/max for a category feature)."""
+    out = []
+    for f in features:
+        q = _quote(f, dialect)
+        ok = ok_sql(q, f in set(categorical), dialect)
+        if f in set(categorical):
+            out += ["NULL", "NULL", f"count({q})"]
+        else:
+            out += [f"min({q}) FILTER (WHERE {ok})", f"max({q}) FILTER (WHERE {ok})", f"count({q}) FILTER (WHERE {ok})"]
+    return out
+
+
+def count_aggregates(
+    plan: ColumnPlan, edges: np.ndarray | None, dialect: Dialect, column: str | None = None
+) -> list[str]:
+    """Aggregates counting the current values of ``plan``'s feature by bin (``edges``) or by the reference's
+    values, the last one counting the values outside them (``"values"`` only). ``column``: an expression that
+    is already the bin index (``"bins"``) or the value, e.g. a column of an inner projection."""
+    q = column or _quote(plan.feature, dialect)
+    count = "count_if({})"
+    if plan.kind == "bins":
+        return [count.format(f"{q} = {i}") for i in range(len(edges) - 1)]
+    lits = [_value_lit(v, plan.category) for v in plan.values]
+    ok = ok_sql(q, plan.category, dialect)
+    return [count.format(f"{q} = {lit}") for lit in lits] + [count.format(f"{ok} AND {q} NOT IN ({', '.join(lits)})")]
+
+
+def bin_column_sql(plan: ColumnPlan, edges: np.ndarray, dialect: Dialect = DUCKDB) -> str:
+    """The projection the ``"bins"`` counts read: the bin index of a counted value, else NULL."""
+    q = _quote(plan.feature, dialect)
+    return f"CASE WHEN {ok_sql(q, False, dialect)} THEN {bin_index_sql(q, edges, dialect)} END"
+
+
+def column_result(
+    plan: ColumnPlan,
+    counts: list,
+    n_cur: int,
+    edges: np.ndarray | None,
+    others: dict | None = None,
+    threshold: float = PSI_THRESHOLD,
+) -> tuple[dict, dict | None]:
+    """PSI of one feature from the current counts (``count_aggregates``' order; ``others``: the counts of
+    values outside the reference's, by value), and the current counts by category of a category feature."""
+    from kfrelease.drift import categorical_verdict
+
+    if plan.kind == "bins":
+        ref_share = np.histogram(plan.reference, edges)[0] / len(plan.reference)
+        cur_share = np.array([int(c or 0) for c in counts]) / n_cur
+        value = psi(ref_share, cur_share)
+        return {"score": value, "method": "PSI", "threshold": threshold, "drifted": bool(value >= threshold)}, None
+    current = {v: int(c or 0) for v, c in zip(plan.values, counts[:-1])}
+    current.update(others or {})
+    current = {k: c for k, c in current.items() if c}
+    keys = sorted(set(plan.values) | set(current))
+    ref_counts = pd.Series(plan.reference).value_counts()
+    value = psi(
+        np.array([ref_counts.get(k, 0) for k in keys]) / len(plan.reference),
+        np.array([current.get(k, 0) for k in keys]) / n_cur,
+    )
+    column = {"score": value, "method": "PSI", "threshold": threshold, "drifted": bool(value >= threshold)}
+    if not plan.category:
+        return column, None
+    return categorical_verdict(column, {str(k): int(v) for k, v in ref_counts.items()}, current), current
+
+
 def psi_drift(
     con,
     current: str,
@@ -105,89 +219,69 @@ def psi_drift(
     dialect: Dialect = DUCKDB,
     threshold: float = PSI_THRESHOLD,
     categorical: list[str] | tuple[str, ...] = (),
+    stats: tuple | None = None,
 ) -> DriftStats:
     """Evidently's PSI of every feature of the rows of ``current`` (a relation) against ``reference``;
-    ``categorical``: the features holding category values (PSI over their categories, with frequencies)."""
-    from kfrelease.drift import categorical_verdict, category_counts
+    ``categorical``: the features holding category values (PSI over their categories, with frequencies).
 
+    Two scans of ``current`` whatever the number of features: the counts, minimum and maximum of every
+    feature (``stats``: already known, e.g. from the window's own scan: then this one is skipped), then every
+    feature's bin counts. A value outside the reference's (an unseen category) costs one more grouped scan
+    of its feature."""
     run = (
         (lambda sql: con.execute(sql).fetchall())
         if dialect.name == "duckdb"
         else (lambda sql: [tuple(r) for r in con.sql(sql).collect()])
     )
-    cats = set(categorical)
-    qs = {f: _quote(f, dialect) for f in features}
-    ok = {
-        f: f"({qs[f]} IS NOT NULL)" if f in cats else f"({qs[f]} IS NOT NULL AND {dialect.finite.format(qs[f])})"
-        for f in features
-    }
-    aggs = ", ".join(
-        f"NULL, NULL, sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
-        if f in cats
-        else f"min(CASE WHEN {ok[f]} THEN {qs[f]} END), max(CASE WHEN {ok[f]} THEN {qs[f]} END), "
-        f"sum(CASE WHEN {ok[f]} THEN 1 ELSE 0 END)"
-        for f in features
-    )
-    (stats,) = run(f"SELECT count(*), {aggs} FROM {current}")
-    rows = int(stats[0])
+    if stats is None:
+        (stats,) = run(f"SELECT count(*), {', '.join(stats_aggregates(features, categorical, dialect))} FROM {current}")
+    plans = plan_columns(reference, features, categorical)
+    edges, aggs, where, columns = {}, [], {}, []
+    for j, f in enumerate(features):
+        n_cur = int(stats[3 + 3 * j] or 0)
+        if f not in plans or n_cur == 0:
+            continue
+        plan = plans[f]
+        if plan.kind == "bins":
+            edges[f] = plan.edges(stats[1 + 3 * j], stats[2 + 3 * j], n_cur)
+            columns.append(f"{bin_column_sql(plan, edges[f], dialect)} AS _bin_{j}")  # computed once per row
+            where[f] = (len(aggs), len(edges[f]) - 1)
+            aggs += count_aggregates(plan, edges[f], dialect, column=f"_bin_{j}")
+        else:
+            columns.append(f"{_quote(f, dialect)} AS _value_{j}")
+            where[f] = (len(aggs), len(plan.values) + 1)
+            aggs += count_aggregates(plan, None, dialect, column=f"_value_{j}")
+    projected = f"(SELECT {', '.join(columns)} FROM {current}) binned"
+    counts = run(f"SELECT {', '.join(aggs)} FROM {projected}")[0] if aggs else ()
+    out = drift_from_counts(run, current, features, plans, stats, edges, where, counts, dialect, threshold)
+    out.rows_reference = len(reference)
+    return out
+
+
+def drift_from_counts(run, current, features, plans, stats, edges, where, counts, dialect, threshold) -> DriftStats:
+    """The drift of every feature from its counts (``where[f]``: their position and number in ``counts``)."""
     columns: dict[str, dict] = {}
     current_counts: dict[str, dict[str, int]] = {}
     for j, f in enumerate(features):
-        cmin, cmax, n_cur = (
-            stats[1 + 3 * j],
-            stats[2 + 3 * j],
-            int(stats[3 + 3 * j] or 0),
-        )
-        if f in cats:
-            ref_counts = category_counts(reference[f])
-            if n_cur == 0 or not ref_counts:
-                continue
-            counts = {
-                str(k): int(v) for k, v in run(f"SELECT {qs[f]}, count(*) FROM {current} WHERE {ok[f]} GROUP BY 1")
-            }
-            keys = sorted(set(ref_counts) | set(counts))
-            n_ref = sum(ref_counts.values())
-            value = psi(
-                np.array([ref_counts.get(k, 0) for k in keys]) / n_ref,
-                np.array([counts.get(k, 0) for k in keys]) / n_cur,
-            )
-            column = {"score": value, "method": "PSI", "threshold": threshold, "drifted": bool(value >= threshold)}
-            columns[f] = categorical_verdict(column, ref_counts, counts)
-            current_counts[f] = counts
+        if f not in where:
             continue
-        ref = pd.to_numeric(reference[f], errors="coerce").astype("float64")
-        ref = ref[np.isfinite(ref)]
-        if n_cur == 0 or len(ref) == 0:
-            continue
-        if ref.nunique() > 20:
-            first, last = (
-                min(float(ref.min()), float(cmin)),
-                max(float(ref.max()), float(cmax)),
+        plan, (at, k) = plans[f], where[f]
+        mine = list(counts[at : at + k])
+        others = None
+        if plan.kind == "values" and int(mine[-1] or 0) > 0:  # values the reference never holds: which ones
+            q = _quote(f, dialect)
+            lits = ", ".join(_value_lit(v, plan.category) for v in plan.values)
+            found = run(
+                f"SELECT {q}, count(*) FROM {current} WHERE {ok_sql(q, plan.category, dialect)} "
+                f"AND {q} NOT IN ({lits}) GROUP BY 1"
             )
-            edges = sturges_edges(first, last, len(ref) + n_cur)
-            ref_share = np.histogram(ref.to_numpy(), edges)[0] / len(ref)
-            counts = dict(
-                run(
-                    f"SELECT {bin_index_sql(qs[f], edges, dialect)} AS b, count(*) FROM {current} WHERE {ok[f]} GROUP BY b"
-                )
-            )
-            cur_share = np.array([counts.get(i, 0) for i in range(len(edges) - 1)]) / n_cur
-        else:
-            counts = dict(run(f"SELECT {qs[f]} AS v, count(*) FROM {current} WHERE {ok[f]} GROUP BY v"))
-            keys = sorted(set(ref.unique().tolist()) | set(counts))
-            ref_counts = ref.value_counts()
-            ref_share = np.array([ref_counts.get(k, 0) for k in keys]) / len(ref)
-            cur_share = np.array([counts.get(k, 0) for k in keys]) / n_cur
-        value = psi(ref_share, cur_share)
-        columns[f] = {
-            "score": value,
-            "method": "PSI",
-            "threshold": threshold,
-            "drifted": bool(value >= threshold),
-        }
+            others = {(str(v) if plan.category else float(v)): int(c) for v, c in found}
+        columns[f], cats = column_result(plan, mine, int(stats[3 + 3 * j]), edges.get(f), others, threshold)
+        if cats is not None:
+            current_counts[f] = cats
     drifted = [f for f in features if columns.get(f, {}).get("drifted")]
     share = len(drifted) / len(features) if features else 0.0
-    return DriftStats(share, drifted, columns, rows, len(reference), current_counts)
+    return DriftStats(share, drifted, columns, int(stats[0]), 0, current_counts)
 
 
 def is_finite_number(x) -> bool:

@@ -136,13 +136,14 @@ def open_window(
     if not features:
         features = [f"f{j}" for j in range(widest_inputs(con))]
     categorical = [f for f in features if f in set(categorical)]
-    define_views(con, list(features), since, until, categorical=categorical)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
-    mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
-    bad = con.execute(
-        mismatch.replace("SELECT count(*)", "SELECT filename, count(*)") + " GROUP BY filename"
-    ).fetchall()
-    if bad:
+    repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi)).fetchone()  # one scan, both checks
+    define_views(con, list(features), since, until, dedup=repeated > 0, categorical=categorical)
+    if wrong:
+        mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
+        bad = con.execute(
+            mismatch.replace("SELECT count(*)", "SELECT filename, count(*)") + " GROUP BY filename"
+        ).fetchall()
         where = ", ".join(sorted(cache.origin.get(f, f) for f, _ in bad)[:5])
         warnings.append(
             f"{sum(n for _, n in bad)} logged request instance(s) of {model!r} in {len(bad)} batch(es) do not "

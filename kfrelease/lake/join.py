@@ -133,6 +133,14 @@ def duplicates_sql(events: str) -> str:
     return f"SELECT count(*) - count(DISTINCT {key}) FROM {events} WHERE instance IS NOT NULL"
 
 
+def checks_sql(events: str, width: int, since=None, until=None) -> str:
+    """One scan of the events for both checks of a window: ``(repeated events, request rows whose inputs do
+    not have the model's width)`` (``duplicates_sql``, ``mismatched_requests_sql``). DuckDB."""
+    key = "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
+    wrong = f"type = 'request' AND len(inputs) <> {int(width)} AND {_time_filter('time', since, until, DUCKDB)}"
+    return f"SELECT count(*) - count(DISTINCT {key}), count(*) FILTER (WHERE {wrong}) FROM {events} WHERE instance IS NOT NULL"
+
+
 def mismatched_requests_sql(events: str, width: int, dialect: Dialect, since=None, until=None) -> str:
     """Request rows whose inputs do not have the model's width (skipped by ``predictions_sql``)."""
     return (

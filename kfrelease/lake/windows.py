@@ -28,31 +28,46 @@ def window_id_sql(kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
     )
 
 
-def window_sums_sql(joined: str, kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
+def window_sums_sql(
+    joined: str,
+    kind: str,
+    size: int,
+    dialect: Dialect = DUCKDB,
+    shift: float = 0.0,
+    aggregates: list[str] | tuple[str, ...] = (),
+) -> str:
     """Per (model_version, stage, w): predictions, labelled, first/last time, last truth time, and the
     sums of squared and absolute errors and of squares about the labelled truth's mean, and the fourth-order
-    sums their intervals need (``intervals_from_sums``)."""
+    sums their intervals need (``intervals_from_sums``), in **one** scan of ``joined``.
+
+    The sums about the window's mean come from the sums of powers of ``d = truth - shift``, expanded about
+    their mean (``shift``: a value near the truth's mean, e.g. the labels' mean: ``sum(d²) - sum(d)²/n``
+    then cancels only as much as ``(mean - shift)²`` exceeds the variance). ``aggregates`` adds outputs
+    (``extra_0``, ``extra_1``, ... in order) computed in the same scan, e.g. the drift's per-feature counts."""
+    k = f"CAST('{float(shift)!r}' AS DOUBLE)"
+    extra_aggs = "".join(f", {a} AS extra_{i}" for i, a in enumerate(aggregates))
+    extra_out = "".join(f", extra_{i}" for i in range(len(aggregates)))
     return f"""
     WITH rows AS (
-      SELECT model_version, stage, time, truth, truth_time, prediction,
-             {window_id_sql(kind, size, dialect)} AS w
-      FROM {joined}
-    ), means AS (
-      SELECT model_version, stage, w, avg(truth) AS mean_truth FROM rows WHERE truth IS NOT NULL
+      SELECT *, truth - prediction AS _err, truth - {k} AS _dev FROM (
+        SELECT *, {window_id_sql(kind, size, dialect)} AS w FROM {joined}
+      ) x
+    ), sums AS (
+      SELECT model_version, stage, w,
+             count(*) AS predictions, count(truth) AS labelled,
+             min(time) AS first_time, max(time) AS last_time, max(truth_time) AS last_truth_time,
+             sum(_err * _err) AS sse, sum(abs(_err)) AS sae, sum(_err * _err * _err * _err) AS se4,
+             sum(_dev) AS s1, sum(_dev * _dev) AS s2, sum(_dev * _dev * _dev) AS s3,
+             sum(_dev * _dev * _dev * _dev) AS s4, sum(_err * _err * _dev) AS sed,
+             sum(_err * _err * _dev * _dev) AS sedd{extra_aggs}
+      FROM rows
       GROUP BY model_version, stage, w
     )
-    SELECT r.model_version, r.stage, r.w,
-           count(*) AS predictions, count(r.truth) AS labelled,
-           min(r.time) AS first_time, max(r.time) AS last_time, max(r.truth_time) AS last_truth_time,
-           sum((r.truth - r.prediction) * (r.truth - r.prediction)) AS sse,
-           sum(abs(r.truth - r.prediction)) AS sae,
-           sum((r.truth - m.mean_truth) * (r.truth - m.mean_truth)) AS sst,
-           sum(power(r.truth - r.prediction, 4)) AS se4,
-           sum(power(r.truth - m.mean_truth, 4)) AS st4,
-           sum(power(r.truth - r.prediction, 2) * power(r.truth - m.mean_truth, 2)) AS sest
-    FROM rows r LEFT JOIN means m ON r.model_version = m.model_version AND r.stage = m.stage AND r.w = m.w
-    GROUP BY r.model_version, r.stage, r.w
-    ORDER BY r.model_version, r.stage, r.w
+    SELECT model_version, stage, w, predictions, labelled, first_time, last_time, last_truth_time, sse, sae,
+           s2 - s1 * m AS sst, se4, s4 - 4 * m * s3 + 6 * m * m * s2 - 3 * labelled * m * m * m * m AS st4,
+           sedd - 2 * m * sed + m * m * sse AS sest{extra_out}
+    FROM (SELECT *, s1 / nullif(labelled, 0) AS m FROM sums) s
+    ORDER BY model_version, stage, w
     """
 
 

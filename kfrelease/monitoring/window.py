@@ -176,7 +176,13 @@ def compute_windows_engine(
     model, features, con = data.model, data.features, data.con
     categorical = list(getattr(data, "categorical", ()) or ())
     outcome = MonitorOutcome(model, [], warnings=list(data.warnings))
-    sums = con.execute(LW.window_sums_sql("joined", spec.kind, spec.size)).df()
+    from kfrelease.lake.drift import stats_aggregates
+
+    # the drift's per-feature count, minimum and maximum come from the window scan itself
+    stats = stats_aggregates(features, categorical) if reference is not None and drift_for != "none" else []
+    sums = con.execute(
+        LW.window_sums_sql("joined", spec.kind, spec.size, shift=_truth_shift(con), aggregates=stats)
+    ).df()
     if len(sums) == 0:
         outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
         return outcome
@@ -249,12 +255,25 @@ def compute_windows_engine(
                     features,
                     report_for == "all" or (report_for == "latest" and w == last),
                     categorical,
+                    r if stats else None,
                 )
             outcome.windows.append(res)
     return outcome
 
 
-def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: bool, categorical=()) -> None:
+def _truth_shift(con) -> float:
+    """A value near the truth's mean for the one-scan sums (``kfrelease.lake.windows.window_sums_sql``): the
+    mean of the window's labels, a plain scan of one column (0 when there are none)."""
+    source = "labels" if _has_view(con, "labels") else "truth"
+    value = con.execute(f"SELECT avg(truth) FROM {source} WHERE isfinite(truth)").fetchone()[0]
+    return float(value) if value is not None and math.isfinite(value) else 0.0
+
+
+def _has_view(con, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0])
+
+
+def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: bool, categorical=(), r=None) -> None:
     """A window of at most ``MAX_DRIFT_ROWS`` rows: Evidently's DataDriftPreset on all of them (its own
     choice of test, as in ``compute_windows``; category features as categorical columns). A larger one:
     Evidently's PSI test computed by the engine on all its rows (``kfrelease.lake.drift``; category features
@@ -275,7 +294,10 @@ def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: 
             res.drift_share, res.drifted, res.feature_drift = dr.share_drifted, dr.drifted, dr.columns
             outcome.drift_reports[res.key] = dr
             return
-        stats = psi_drift(con, rows, reference, features, categorical=categorical)
+        known = None  # the window's count, and per feature min, max, count: from the window scan
+        if r is not None:
+            known = (int(r.predictions), *(getattr(r, f"extra_{i}") for i in range(3 * len(features))))
+        stats = psi_drift(con, rows, reference, features, categorical=categorical, stats=known)
         res.drift_share, res.drifted, res.feature_drift = stats.share_drifted, stats.drifted, stats.columns
         if with_report:
             sample = f"SELECT * FROM {rows} USING SAMPLE reservoir({MAX_DRIFT_ROWS} ROWS) REPEATABLE (0)"
