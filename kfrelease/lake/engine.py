@@ -82,6 +82,16 @@ def features_in_logs(con) -> list[str] | None:
     return row[0].split(",") if row else None
 
 
+def logged_categories(con, features: list[str]) -> list[str]:
+    """The features whose logged request rows carry category values (``inputs_text`` at their position): what
+    a reader that was not told the input schema's category features takes for them."""
+    if "inputs_text" not in {r[0] for r in con.execute("DESCRIBE events").fetchall()}:
+        return []  # only files written before schema version 2: no category values
+    flags = ", ".join(f"bool_or(inputs_text[{j + 1}] IS NOT NULL)" for j in range(len(features)))
+    row = con.execute(f"SELECT {flags} FROM events WHERE type = 'request' AND inputs_text IS NOT NULL").fetchone()
+    return [f for f, hit in zip(features, row) if hit]
+
+
 def widest_inputs(con) -> int:
     row = con.execute("SELECT max(len(inputs)) FROM events WHERE type = 'request'").fetchone()
     return int(row[0] or 0)
@@ -111,13 +121,14 @@ def open_window(
     registry_features=None,
     threads: int | None = None,
     materialize: bool | str = False,
-    categorical: list[str] | tuple[str, ...] = (),
+    categorical: list[str] | tuple[str, ...] | None = None,
 ) -> WindowData:
     """The window ``[since, until)`` of ``model``: its files downloaded and its views defined.
 
     ``features``: the input names in order; when not given, the names the events carry, else
     ``registry_features(version)`` of the first logged version, else ``f0, f1, ...``; ``categorical``: the
-    features whose logged values are categories (the input schema's ``category`` and ``string``). With ``materialize``
+    features whose logged values are categories (the input schema's ``category`` and ``string``; None: those
+    whose logged values are text, ``logged_categories``). With ``materialize``
     the joined rows a window reads are computed once into a table (several queries on one window;
     ``"with-keys"`` keeps ``request_id`` and ``instance`` too)."""
     warnings = warnings if warnings is not None else []
@@ -135,6 +146,8 @@ def open_window(
         features = registry_features(row[0]) if row else None
     if not features:
         features = [f"f{j}" for j in range(widest_inputs(con))]
+    if categorical is None:
+        categorical = logged_categories(con, list(features))
     categorical = [f for f in features if f in set(categorical)]
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi)).fetchone()  # one scan, both checks

@@ -51,3 +51,26 @@ def test_files_of_both_versions_read_together(tmp_path):
     tables = [pq.read_table(tmp_path / f"{n}.parquet").replace_schema_metadata(None) for n in ("old", "new")]
     merged = pa.concat_tables(tables, promote_options="default")
     assert merged.column("inputs_text").to_pylist() == [None, [None, "Ideal", "E"], [None, "Fair", "J"]]
+
+
+def test_a_reader_not_told_the_category_features_reads_their_values_as_text(tmp_path):
+    """``open_window`` without ``categorical`` (the release gates' and the labelled traffic's reader) takes
+    the features whose logged values are text as category features: their values, not nulls."""
+    from kfrelease.lake.engine import define_views, logged_categories
+
+    response = {**MIXED, "type": "response", "predictions": [326.0, 4100.0]}
+    events = S.event_rows(MIXED) + S.event_rows(response)
+    path = tmp_path / "mixed.parquet"
+    path.write_bytes(S.parquet_bytes(S.to_table(events, S.PREDICTION_SCHEMA)))
+    con = connect()
+    _files_view(con, "events", [str(path)], S.PREDICTION_SCHEMA)
+    _files_view(con, "labels", [], S.LABEL_SCHEMA)
+    features = ["carat", "cut", "color"]
+    assert logged_categories(con, features) == ["cut", "color"]
+    define_views(con, features, categorical=logged_categories(con, features))
+    rows = con.execute("SELECT carat, cut, color, prediction FROM predictions ORDER BY instance").fetchall()
+    assert rows == [(0.23, "Ideal", "E", 326.0), (1.5, "Fair", "J", 4100.0)]
+    _version_1_file(tmp_path / "old.parquet")  # numbers only, no inputs_text column: nothing is a category
+    old = connect()
+    _files_view(old, "events", [str(tmp_path / "old.parquet")], S.PREDICTION_SCHEMA)
+    assert logged_categories(old, ["a", "b"]) == []
