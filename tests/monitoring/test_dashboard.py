@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from kfrelease.monitoring.dashboard import load_dashboard, panel_queries
-from kfrelease.monitoring.push import GAUGES, payload
+from kfrelease.monitoring.push import GAUGES, LABELLED_GAUGES, payload
 from kfrelease.monitoring.window import WindowResult
 
 
@@ -33,7 +33,18 @@ def pushed_names():
         last_prediction_time="2026-11-25T00:10:00Z",
         last_truth_time="2026-11-25T00:11:00Z",
     )
-    return set(payload(w)["values"]) | set(GAUGES)
+    w.feature_drift = {
+        "cut": {
+            "score": 0.3,
+            "drifted": True,
+            "frequencies": {"Fair": {"reference": 0.03, "current": 0.3}},
+            "unseen": [],
+            "unseen_count": 0,
+        }
+    }
+    series = {name for name, _labels, _value in payload(w)["series"]}
+    assert series == set(LABELLED_GAUGES)  # a category feature's window pushes every labelled gauge
+    return set(payload(w)["values"]) | set(GAUGES) | series
 
 
 def test_dashboard_uses_only_pushed_gauges():
