@@ -1,4 +1,4 @@
-from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from kfrelease.components.base import kfrelease_component
 
@@ -10,8 +10,10 @@ def evaluate(
     dataset_version: str,
     champion: str,
     champion_note: str,
+    train_claims: str,
     predictions: Input[Dataset],
     champion_predictions: Input[Dataset],
+    onnx_model: Input[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
     holdout_predictions: Output[Dataset],
@@ -26,8 +28,11 @@ def evaluate(
         dataset_version: the curated version the split used.
         champion: the production version the split handed to ``score-champion`` ("" when none).
         champion_note: why there is no comparable production version ("" when there is one).
+        train_claims: the flavours' checks as the train step measured them (its claims).
         predictions: the candidate's held-out predictions.
         champion_predictions: production's held-out predictions.
+        onnx_model: the candidate converted to ONNX (empty: not converted); verified here on the real held-out
+            rows against the judged predictions (ONNX loads without running code).
         metrics: the metrics as a KFP Metrics artifact (shown in the Kubeflow UI).
         report: Evidently's HTML report (a KFP HTML artifact, shown in the Kubeflow UI).
         holdout_predictions: the candidate's predictions keyed by row across versions (kept with the version).
@@ -55,6 +60,8 @@ def evaluate(
             report.path,
             holdout_predictions.path,
             champion_note=champion_note,
+            onnx_path=onnx_model.path,
+            flavour_claims=json.loads(train_claims or "{}"),
         )
     values = evidence.get("metrics") or {}
     for name in ("mse", "rmse", "mae", "r2"):

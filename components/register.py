@@ -14,6 +14,7 @@ def register(
     model: Input[Model],
     report: Input[HTML],
     holdout_predictions: Input[Dataset],
+    onnx_model: Input[Model],
 ) -> str:
     """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
 
@@ -31,6 +32,7 @@ def register(
         model: the fitted estimator (stored as bytes; never loaded here).
         report: the evaluation report (stored beside the version's artifacts).
         holdout_predictions: the held-out predictions evaluate joined (kept beside the model).
+        onnx_model: the ONNX file evaluate verified (served when it is the fastest verified flavour).
 
     Returns:
         The registered version (or the existing one for the same tag, definition and data). A run the merge
@@ -60,6 +62,7 @@ def register(
             release=release,
             report_path=report.path,
             keyed_path=holdout_predictions.path,
+            onnx_path=onnx_model.path,
         )
     print(
         f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "

@@ -10,6 +10,7 @@ def train(
     train_data: Input[Dataset],
     holdout_features: Input[Dataset],
     model: Output[Model],
+    onnx_model: Output[Model],
     predictions: Output[Dataset],
 ) -> str:
     """Untrusted (runs the merged model code): fit the model spec on the training rows with the spec's fixed
@@ -20,12 +21,17 @@ def train(
         run_id: the trigger's run id (step states are recorded under it); empty outside a triggered run.
         train_data: the training rows (from the trusted split).
         holdout_features: the held-out rows' features, without the target (from the trusted split).
-        model: the fitted estimator (its flavour's file).
+        model: the fitted estimator (the ``sklearn`` flavour's file).
+        onnx_model: the same model converted to ONNX when the spec's ``flavour`` asks for it and it converts
+            (empty otherwise); ``evaluate`` verifies it where no model code runs.
         predictions: one prediction per held-out row (``_row``, ``prediction``; Parquet).
 
     Returns:
-        The fitted estimator's class name.
+        The flavours' checks as this step measured them (JSON): the sklearn reference's single-row cost, and
+        why a conversion failed.
     """
+    import json
+
     from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
@@ -36,9 +42,12 @@ def train(
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
         run_id,
         "train",
-        {"model": model.path, "predictions": predictions.path},
-        lambda: train_step(spec, train_data.path, holdout_features.path, model.path, predictions.path),
+        {"model": model.path, "onnx_model": onnx_model.path, "predictions": predictions.path},
+        lambda: train_step(spec, train_data.path, holdout_features.path, model.path, predictions.path, onnx_model.path),
     )
     model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": spec.fingerprint})
+    onnx_model.metadata.update(
+        {"framework": "onnx", "converted": bool(out["flavours"].get("onnx", {}).get("verified"))}
+    )
     predictions.metadata.update({"rows": out["holdout_rows"]})
-    return spec.estimator.class_ if spec.estimator else spec.build
+    return json.dumps(out["flavours"], sort_keys=True)

@@ -73,8 +73,10 @@ def training_pipeline(
         dataset_version=data.outputs["dataset_version"],
         champion=data.outputs["champion"],
         champion_note=data.outputs["champion_note"],
+        train_claims=trained.outputs["Output"],
         predictions=trained.outputs["predictions"],
         champion_predictions=scored.outputs["predictions"],
+        onnx_model=trained.outputs["onnx_model"],
     ).set_display_name("evaluate")
     validated = validate_model(
         spec_json=spec_json, evidence_json=evaluated.outputs["Output"], run_id=run_id
@@ -89,6 +91,7 @@ def training_pipeline(
         model=trained.outputs["model"],
         report=evaluated.outputs["report"],
         holdout_predictions=evaluated.outputs["holdout_predictions"],
+        onnx_model=trained.outputs["onnx_model"],
     ).set_display_name("register")
     # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output" channels.
     with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):

@@ -85,7 +85,8 @@ class TrainedModel:
     model_bytes: bytes = field(repr=False)
     extra: dict = field(default_factory=dict)
     flavour: str = DEFAULT_FLAVOUR
-    files: dict[str, bytes] = field(default_factory=dict, repr=False)  # more files beside the model (no code)
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)  # more files beside the model
+    artifact: dict = field(default_factory=dict)  # more ``artifact`` fields (flavours, fallback, model_format)
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,12 @@ class ModelRegistry:
                 "reasons": list(verdict.get("reasons", [])),
                 **{k: v for k, v in verdict.items() if k not in ("passed", "reasons")},
             },
-            "artifact": {"uri": self.store.uri(BUCKET, prefix), "files": artifact_files(flavour), "flavour": flavour},
+            "artifact": {
+                "files": artifact_files(flavour),
+                **model.artifact,
+                "uri": self.store.uri(BUCKET, prefix),
+                "flavour": flavour,
+            },
             "input_schema": model.input_schema,
             "target": model.target,
             "image": None,

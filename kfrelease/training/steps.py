@@ -113,12 +113,23 @@ def split_step(
     }
 
 
-def train_step(spec: ModelSpec, train_path: str, holdout_path: str, model_path: str, predictions_path: str) -> dict:
-    """Untrusted (runs the merged model code): fit on the training rows, write the model, then predict the
-    held-out rows' features with the model *as written* (read back the way serving reads it), label-blind."""
+def train_step(
+    spec: ModelSpec,
+    train_path: str,
+    holdout_path: str,
+    model_path: str,
+    predictions_path: str,
+    onnx_path: str | None = None,
+) -> dict:
+    """Untrusted (runs the merged model code): fit on the training rows, write the model (``sklearn``, and each
+    other flavour the spec's ``flavour`` asks for that converts: ``onnx_path``, empty when none), then predict
+    the held-out rows' features with the model *as written* (read back the way serving reads it), label-blind.
+    The result carries the flavours' checks as this step measured them (its claims; ``evaluate`` verifies the
+    converted files again on the real held-out rows)."""
     import pandas as pd
 
     from kfrelease.faults import crash_point
+    from kfrelease.registry.artifact import convert_flavours, input_columns
     from kfrelease.training.core import fit, predict
     from kfrelease.training.evidence import write_predictions
 
@@ -126,11 +137,20 @@ def train_step(spec: ModelSpec, train_path: str, holdout_path: str, model_path: 
     train = pd.read_parquet(train_path)
     crash_point("train.loaded")
     model, seconds = fit(spec, train)
-    flavour = flavour_named(DEFAULT_FLAVOUR)
-    flavour.dump(model, model_path)
     holdout = pd.read_parquet(holdout_path)
+    columns = input_columns(spec.input_schema(None))  # the untrusted step reads no dataset spec
+    converted = convert_flavours(model, columns, holdout[list(spec.features)], spec.flavour, spec.flavour_tolerance)
+    Path(model_path).write_bytes(converted.files["sklearn"])
+    if onnx_path is not None:
+        Path(onnx_path).write_bytes(converted.files.get("onnx", b""))
+    flavour = flavour_named(DEFAULT_FLAVOUR)
     write_predictions(predictions_path, predict(flavour.load(model_path), holdout, spec.features))
-    return {"train_rows": len(train), "holdout_rows": len(holdout), "fit_seconds": seconds}
+    return {
+        "train_rows": len(train),
+        "holdout_rows": len(holdout),
+        "fit_seconds": seconds,
+        "flavours": {name: check.as_dict() for name, check in converted.checks.items()},
+    }
 
 
 def score_step(champion_dir: str, holdout_path: str, predictions_path: str) -> dict:
@@ -146,7 +166,7 @@ def score_step(champion_dir: str, holdout_path: str, predictions_path: str) -> d
         return {"version": "", "rows": 0}
     loaded = load_model_dir(champion_dir)
     holdout = pd.read_parquet(holdout_path)
-    write_predictions(predictions_path, loaded.predict_frame(holdout[list(loaded.features)].to_numpy("float64")))
+    write_predictions(predictions_path, loaded.predict(holdout[list(loaded.features)]))  # typed by its schema
     return {"version": loaded.version, "rows": len(holdout)}
 
 
@@ -161,11 +181,15 @@ def evaluate_step(
     keyed_path: str | None = None,
     settings: Settings | None = None,
     champion_note: str = "",
+    onnx_path: str | None = None,
+    flavour_claims: dict | None = None,
 ) -> dict:
     """Trusted: the evidence. Re-read the curated version and its split (the held-out labels are read here and
     nowhere else), join the untrusted steps' predictions by row, compute the candidate's metrics and
     Evidently's report on every held-out row, and compare production with the candidate on the rows neither
     trained on with the release gates' paired test. Loads no model."""
+    from kfrelease.data.catalog import version_spec
+    from kfrelease.data.publish import get_version
     from kfrelease.evaluation import regression_report
     from kfrelease.registry import ModelRegistry
     from kfrelease.training.evidence import (
@@ -202,6 +226,10 @@ def evaluate_step(
     evidence["metrics"] = metrics
     if html_path:
         Path(html_path).write_text(html, encoding="utf-8")
+    schema = spec.input_schema(version_spec(get_version(store, spec.dataset, split.dataset_version).manifest))
+    evidence["flavours"], evidence["onnx_digest"] = verified_flavours(
+        spec, split, cand, onnx_path, flavour_claims, schema
+    )
     if keyed_path:  # kept with the version: ``models diff`` compares two versions on the rows both held out
         keyed_predictions(split, cand).to_parquet(keyed_path, index=False)
         evidence["keyed_digest"] = file_digest(keyed_path)
@@ -215,6 +243,81 @@ def evaluate_step(
             evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout)
         evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
     return evidence
+
+
+def _claimed(claim) -> dict:
+    """What the train step claimed about a flavour, kept only as plain numbers and a short reason (it is
+    untrusted: nothing it says marks a file verified)."""
+    import math
+
+    claim = claim if isinstance(claim, dict) else {}
+    out: dict = {}
+    for key in ("convert_seconds", "predict_us"):
+        value = claim.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            out[key] = float(value)
+    if isinstance(claim.get("reason"), str):
+        out["reason"] = claim["reason"][:500]
+    return out
+
+
+def verified_flavours(
+    spec: ModelSpec, split, cand, onnx_path: str | None, claims: dict | None, schema: list[dict] | None = None
+) -> tuple[dict, str]:
+    """Each flavour's check as the registry records it (``Verification.as_dict``), and the digest of the verified
+    ONNX file ("" when none). ``sklearn`` is the reference: the predictions judged here are its own, and its
+    single-row cost is the train step's claim (a step that loads no pickle cannot measure it). A converted file
+    is verified here, where no model code runs: loaded as ONNX (a protobuf graph, no pickle) and asked for the
+    real held-out rows, its answers must agree with the judged predictions within ``flavour_tolerance``. A
+    flavour the train step tried but did not make (conversion failed, not installed) is recorded with its
+    reason, never verified: nothing the untrusted step says marks a file verified. ``schema``: the input schema
+    the version is registered with (``ModelSpec.input_schema``; None: every feature a number)."""
+    from kfrelease.registry.artifact import AUTO, CONVERTED, Verification, input_columns, row_matrix, verify_flavour
+    from kfrelease.training.evidence import file_digest
+
+    claims = claims if isinstance(claims, dict) else {}
+    reference = _claimed(claims.get("sklearn"))
+    checks = {
+        "sklearn": Verification("sklearn", True, 0.0, 0.0, len(cand), predict_us=reference.get("predict_us")).as_dict()
+    }
+    digest = ""
+    if onnx_path and Path(onnx_path).is_file() and Path(onnx_path).stat().st_size:
+        columns = input_columns(schema or spec.input_schema(None))
+        rows = row_matrix(split.held_out, columns)  # the checked-rows form a model server predicts on
+        check = verify_flavour("onnx", Path(onnx_path).read_bytes(), columns, rows, cand, spec.flavour_tolerance)
+        check.convert_seconds = _claimed(claims.get("onnx")).get("convert_seconds")
+        checks["onnx"] = check.as_dict()
+        digest = file_digest(onnx_path) if check.verified else ""
+    for name in CONVERTED:  # asked for but not made: the train step's reason, never verified
+        if name not in checks and spec.flavour in (AUTO, name):
+            reason = _claimed(claims.get(name)).get("reason") or "the train step wrote no file"
+            checks[name] = Verification(name, False, spec.flavour_tolerance, reason=reason).as_dict()
+    return checks, digest
+
+
+def served_flavour(spec: ModelSpec, evidence: dict) -> tuple[str, dict]:
+    """(the flavour to serve, the entry's ``artifact`` fields: ``artifact.artifact_record``) from the checks
+    ``evaluate`` recorded: the fastest verified flavour (or the one ``model.yaml``'s ``flavour`` names, when
+    verified), else ``sklearn`` with the reason in ``fallback``."""
+    from kfrelease.registry.artifact import FLAVOURS, Verification, artifact_record, choose_flavour
+
+    checks = {
+        name: Verification(
+            name,
+            bool(c.get("verified")),
+            float(c.get("tolerance") or 0.0),
+            c.get("agreement"),
+            int(c.get("rows") or 0),
+            c.get("convert_seconds"),
+            c.get("predict_us"),
+            c.get("reason") or "",
+        )
+        for name, c in (evidence.get("flavours") or {}).items()
+        if name in FLAVOURS
+    }
+    checks.setdefault("sklearn", Verification("sklearn", True, 0.0, 0.0))
+    served, fallback = choose_flavour(checks, spec.flavour)
+    return served, artifact_record(checks, served, fallback)
 
 
 def validate_step(spec: ModelSpec, evidence: dict) -> dict:
@@ -249,6 +352,7 @@ def register_step(
     release: bool = True,
     report_path: str | None = None,
     keyed_path: str | None = None,
+    onnx_path: str | None = None,
 ) -> dict:
     """Register under the next version (or return the existing one); rejected models are recorded as such.
 
@@ -257,7 +361,8 @@ def register_step(
     one ``evaluate`` recorded. ``release=False`` (an experiment) registers in the ``experiments`` space of the
     registry: the same entry, compared with production the same way, but with numbers of its own (``E1.1.0``)
     and never staged. The evaluation report (``report_path``) is stored beside the version's artifacts
-    (``kfrelease.results``)."""
+    (``kfrelease.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``, when its
+    digest is the verified one), else ``sklearn``; the entry's ``artifact`` says which and why."""
     from kfrelease.data.catalog import version_spec
     from kfrelease.data.publish import get_version
     from kfrelease.errors import KfreleaseError
@@ -277,6 +382,19 @@ def register_step(
                 "(their digest differs); nothing was registered"
             )
         files[HOLDOUT_FILE] = Path(keyed_path).read_bytes()
+    served, artifact = served_flavour(spec, evidence)
+    if (artifact["flavours"].get("onnx") or {}).get("verified"):  # kept beside the sklearn file, served or not
+        if not (onnx_path and Path(onnx_path).is_file() and file_digest(onnx_path) == evidence.get("onnx_digest")):
+            raise KfreleaseError(
+                f"the ONNX model of run {run_id or '(experiment)'} is not the file evaluate verified (its digest "
+                "differs); nothing was registered"
+            )
+        files[flavour_named("onnx").file] = Path(onnx_path).read_bytes()
+    model_bytes = files.pop(flavour_named(served).file, None)
+    if model_bytes is None:  # sklearn served: the pickle is the model file
+        model_bytes = Path(model_path).read_bytes()
+    else:
+        files[flavour_named(DEFAULT_FLAVOUR).file] = Path(model_path).read_bytes()  # the estimator, beside it
     metrics = evidence.get("metrics") or {}
     reg = registry.register(
         TrainedModel(
@@ -291,8 +409,10 @@ def register_step(
             verdict=verdict,
             input_schema=spec.input_schema(version_spec(get_version(store, spec.dataset, dataset_version).manifest)),
             target=spec.target,
-            model_bytes=Path(model_path).read_bytes(),
+            model_bytes=model_bytes,
             files=files,
+            flavour=served,
+            artifact=artifact,
             extra={
                 "spec": {"text": spec.text, "code": spec.code},
                 "split": evidence.get("split") or {"test_size": spec.split.test_size, "seed": spec.split.seed},
@@ -420,7 +540,7 @@ def run_inline(
     with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
         model_file = flavour_named(DEFAULT_FLAVOUR).file
         names = (model_file, "train.parquet", "holdout.parquet", "predictions.parquet", "champion.parquet")
-        p = {k: str(Path(tmp) / k) for k in (*names, "keyed.parquet", "report.html", "champion")}
+        p = {k: str(Path(tmp) / k) for k in (*names, "model.onnx", "keyed.parquet", "report.html", "champion")}
 
         def timed(name, fn, *args, **kwargs):
             start = time.perf_counter()
@@ -439,8 +559,15 @@ def run_inline(
             settings,
         )
         run.dataset_version = split["dataset_version"]
-        timed(
-            "train", train_step, spec, p["train.parquet"], p["holdout.parquet"], p[model_file], p["predictions.parquet"]
+        trained = timed(
+            "train",
+            train_step,
+            spec,
+            p["train.parquet"],
+            p["holdout.parquet"],
+            p[model_file],
+            p["predictions.parquet"],
+            p["model.onnx"],
         )
         timed("score-champion", score_step, p["champion"], p["holdout.parquet"], p["champion.parquet"])
         run.evidence = timed(
@@ -456,6 +583,8 @@ def run_inline(
             p["keyed.parquet"],
             settings,
             split["champion_note"],
+            p["model.onnx"],
+            trained["flavours"],
         )
         run.metrics = run.evidence.get("metrics") or {}
         run.verdict = timed("validate", validate_step, spec, run.evidence)
@@ -473,6 +602,7 @@ def run_inline(
             release,
             p["report.html"],
             p["keyed.parquet"],
+            p["model.onnx"],
         )
         if run.registration["passed"] and release:
             if containerize:

@@ -46,8 +46,12 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
     assert mv.stage == "staging" and mv.commit == shas[0] and mv.run_id == run_id
     digest, rootfs = oci.pull(mv.image["ref"], tmp_path / "pulled")  # pull it back from the registry
     assert digest == mv.image["digest"]
-    artifact = store_for("pipeline").get_bytes("models", f"artifacts/{name}/V1.1.0/model.joblib")
-    assert (rootfs / "models" / "model.joblib").read_bytes() == artifact
+    # a ridge converts to ONNX, verified by evaluate on the held-out rows: the served file is model.onnx, and the
+    # sklearn file stays beside it in the registry (kfrelease.training.steps.served_flavour)
+    assert mv.entry["artifact"]["flavour"] == "onnx" and mv.entry["artifact"]["flavours"]["onnx"]["verified"]
+    artifact = store_for("pipeline").get_bytes("models", f"artifacts/{name}/V1.1.0/model.onnx")
+    assert (rootfs / "models" / "model.onnx").read_bytes() == artifact
+    assert store_for("pipeline").stat("models", f"artifacts/{name}/V1.1.0/model.joblib") is not None
     in_image = json.loads((rootfs / "models" / "model.json").read_text())
     assert {k: in_image[k] for k in ("name", "version", "input_schema", "target")} == {
         k: mv.entry[k] for k in ("name", "version", "input_schema", "target")

@@ -27,7 +27,10 @@ DEFAULT_EDITOR = "default-editor"
 #: the service account a label selects (kfrelease.k8s.render.platform.step_identities, kfp_api_access)
 IDENTITY = {UNTRUSTED: UNTRUSTED_SA, RELEASE_DRIVER_STEP: RELEASE_DRIVER_SA, KFP_SUBMITTER_STEP: DEFAULT_EDITOR}
 #: what reads a model file: the registry's flavour table, the serving loader, the untrusted steps' bodies
-PICKLE_READS = re.compile(r"joblib\.load|pickle\.loads?\(|load_model_dir|\.load_model\(|score_step|train_step|flavour")
+PICKLE_READS = re.compile(
+    r"joblib\.load|pickle\.loads?\(|load_model_dir|\.load_model\(|score_step|train_step|flavour_named|flavour_of|"
+    r"FLAVOURS\[|\.load\("
+)
 
 
 def compiled(pipeline, tmp_path) -> tuple[dict, dict]:
@@ -79,6 +82,54 @@ def test_no_trusted_training_step_loads_a_model_file(tmp_path):
     who = identities(package, platform)
     assert {s for s, sa in who.items() if sa == UNTRUSTED_SA} == set(UNTRUSTED_STEPS)
     assert who["evaluate"] == who["validate-model"] == who["register"] == who["split"] == DEFAULT_EDITOR
+
+
+def model_inputs(package: dict) -> set[tuple[str, str, str, str]]:
+    """(consumer task, its input, producer task, the producer's output) for every model artifact a task of the
+    compiled pipeline takes from another (root DAG and the condition branches' DAGs alike)."""
+    dags = [package["root"]["dag"], *(c["dag"] for c in package["components"].values() if "dag" in c)]
+    models = {
+        (name, key)
+        for name, comp in package["components"].items()
+        for key, spec in ((comp.get("inputDefinitions") or {}).get("artifacts") or {}).items()
+        if spec["artifactType"]["schemaTitle"] == "system.Model"
+    }
+    out = set()
+    for dag in dags:
+        for task_name, task in dag.get("tasks", {}).items():
+            component = task["componentRef"]["name"]
+            for key, source in ((task.get("inputs") or {}).get("artifacts") or {}).items():
+                produced = source.get("taskOutputArtifact")
+                if produced and (component, key) in models:
+                    out.add((task_name, key, produced["producerTask"], produced["outputArtifactKey"]))
+    return out
+
+
+def test_the_trusted_steps_take_the_candidate_as_onnx_and_the_pickle_only_as_bytes(tmp_path):
+    """The model files a trusted training step is handed: ``evaluate`` the ONNX file only (a protobuf graph:
+    loading it runs no code; ``verify_flavour`` refuses a flavour whose loading does), ``register`` the ONNX file
+    and the pickle, which it stores as bytes under ``KFRELEASE_REFUSE_PICKLE=1``. Production's model file goes
+    only to the untrusted ``score-champion``."""
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+
+    package, platform = compiled(training_pipeline, tmp_path)
+    who = identities(package, platform)
+    trusted = {
+        (task, key, producer, output)
+        for task, key, producer, output in model_inputs(package)
+        if who[task] != UNTRUSTED_SA  # a task's executor is named after it (exec-<task>)
+    }
+    assert trusted == {
+        ("evaluate", "onnx_model", "train", "onnx_model"),
+        ("register", "onnx_model", "train", "onnx_model"),
+        ("register", "model", "train", "model"),
+    }
+    assert ("score-champion", "champion_model", "split", "champion_model") in model_inputs(package)
+    env = {
+        e["name"]: e.get("value")
+        for e in package["deploymentSpec"]["executors"]["exec-register"]["container"].get("env", [])
+    }
+    assert env["KFRELEASE_REFUSE_PICKLE"] == "1"
 
 
 def test_no_release_step_loads_a_model_file(tmp_path):
