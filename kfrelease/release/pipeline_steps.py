@@ -54,24 +54,35 @@ def terminable(driver, production: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def version_sources(store, model: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What a cluster serves each registered version of ``model`` from: its storage URI (the ModelCar image by
+    digest, else its artifact folder) and its InferenceService ``modelFormat`` (its served flavour's:
+    ``kfrelease.registry.artifact.model_format(entry)``)."""
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.registry.artifact import model_format
+
+    uris, formats = {}, {}
+    for mv in ModelRegistry(store).list(model):
+        formats[mv.version] = model_format(mv.entry)
+        image = mv.entry.get("image")
+        uris[mv.version] = (
+            f"oci://{image['ref'].split('@')[0].split(':')[0]}@{image['digest']}"
+            if image
+            else f"s3://models/artifacts/{model}/{mv.version}/"
+        )
+    return uris, formats
+
+
 def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None):
     """The traffic driver of the target: ``KFRELEASE_TARGET=cluster`` patches the InferenceService (images
     from the registry entries; the release of ``version`` holds the model's Lease; ``KFRELEASE_KSERVE_VERSION``
     names the cluster's KServe, ``KFRELEASE_SERVING_DOMAIN`` its model domain: both set by the release steps'
-    PodDefault from the environment), else the local gateway."""
+    PodDefault from the environment; each version's ``modelFormat`` from its entry), else the local gateway."""
     if setting("KFRELEASE_TARGET") == "cluster":
         from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
-        from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
 
-        uris = {}
-        for mv in ModelRegistry(store_for("pipeline", settings)).list(spec.model):
-            image = mv.entry.get("image")
-            uris[mv.version] = (
-                f"oci://{image['ref'].split('@')[0].split(':')[0]}@{image['digest']}"
-                if image
-                else f"s3://models/artifacts/{spec.model}/{mv.version}/"
-            )
+        uris, formats = version_sources(store_for("pipeline", settings), spec.model)
         return KServeTrafficDriver(
             spec,
             uris,
@@ -80,6 +91,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
             kserve_version=setting("KFRELEASE_KSERVE_VERSION"),
             domain=setting("KFRELEASE_SERVING_DOMAIN"),
             ready_timeout=READY_TIMEOUT_SECONDS,
+            model_formats=formats,
         )
     from kfrelease.serving.gateway import LocalGatewayDriver
 

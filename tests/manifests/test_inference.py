@@ -262,3 +262,32 @@ def test_promotion_removes_canary_traffic_percent_with_a_null_in_the_patch():
     # exactly KServe's promotion: drop the field; nothing else changes, so Knative makes no new revision
     assert isvc_patch["patch"] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
     assert plan["create"] == [] and plan["delete"] == []
+
+
+def test_each_predictor_declares_its_versions_model_format_and_the_runtime_serves_every_flavour():
+    """modelFormat comes from the registry entry (``artifact.model_format(entry)``, passed as ``model_formats``),
+    the ServingRuntime lists every flavour's format, and KServe's matching (``tests.twin.runtime_supports_model``,
+    written from kserve/kserve ``pkg/apis/serving/v1beta1/predictor_model.go``) accepts every predictor."""
+    from kfrelease.registry.artifact import FLAVOURS, model_format, model_formats
+    from tests.twin import runtime_supports_model
+
+    runtime = render_serving_runtime(RAW, "123.dkr.ecr/kfrelease:0.1.0")
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == model_formats()
+    assert set(model_formats()) == {f.model_format for f in FLAVOURS.values()} >= {"sklearn", "onnx"}
+    formats = {V1: "sklearn", V2: "onnx"}
+    for spec in (SERVERLESS, RAW):
+        for state in STATES:
+            for isvc in render_inference_services(spec, state, URIS, model_formats=formats):
+                preds = [isvc["spec"]["predictor"], *(c["predictor"] for c in isvc["spec"].get("canary") or [])]
+                for pred in preds:
+                    version = next(e["value"] for e in pred["model"]["env"] if e["name"] == "KFRELEASE_MODEL_VERSION")
+                    assert pred["model"]["modelFormat"] == {"name": formats[version]}
+                    assert runtime_supports_model(pred["model"], runtime)
+    # an entry that names no flavour (written before flavours) is sklearn, so is a version given no entry
+    entry_less = render_inference_services(RAW, TrafficState(primary=V1), URIS)[0]["spec"]["predictor"]["model"]
+    assert entry_less["modelFormat"] == {"name": model_format({})} == {"name": "sklearn"}
+    # the matching can fail: a format the runtime does not list, or an autoSelect-only match without a runtime
+    assert not runtime_supports_model({**entry_less, "modelFormat": {"name": "tensorflow"}}, runtime)
+    assert not runtime_supports_model({k: v for k, v in entry_less.items() if k != "runtime"}, runtime)
+    with pytest.raises(ConfigError, match="V1.2.0 is declared as format 'tflite', which the ServingRuntime"):
+        render_inference_services(RAW, TrafficState(primary=V2), URIS, model_formats={V2: "tflite"})

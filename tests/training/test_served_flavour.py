@@ -137,8 +137,13 @@ def test_nothing_the_train_step_writes_or_says_marks_a_file_verified_or_runs_in_
 
 @pytest.mark.integration
 def test_a_ridge_registers_as_onnx_and_the_staged_model_server_answers_from_model_onnx(project, stack, tmp_path):
+    from kfrelease.k8s.render.inference import render_inference_services, render_serving_runtime
+    from kfrelease.release.pipeline_steps import version_sources
+    from kfrelease.rollout.spec import load_rollout_spec
+    from kfrelease.rollout.traffic import TrafficState
     from kfrelease.serving.model_files import local_model_dir
     from tests.serving.serving_helpers import start_predictor
+    from tests.twin import runtime_supports_model
 
     repo, shas, name = project
     spec, sha = load_project_at_commit(repo, shas[0])  # the demo's Ridge
@@ -156,6 +161,14 @@ def test_a_ridge_registers_as_onnx_and_the_staged_model_server_answers_from_mode
     prefix = registry.artifact_prefix(name, run.version)
     for file in artifact["files"]:  # the sklearn file stays beside the served one in the registry
         assert store_for("pipeline").stat("models", prefix + file) is not None, file
+
+    # on a cluster its InferenceService declares modelFormat onnx, which the project's ServingRuntime serves
+    uris, formats = version_sources(store_for("pipeline"), name)
+    assert formats == {run.version: "onnx"} and uris[run.version] == f"s3://models/{prefix}"
+    rollout = load_rollout_spec(model=name)
+    (isvc,) = render_inference_services(rollout, TrafficState(primary=run.version), uris, model_formats=formats)
+    assert isvc["spec"]["predictor"]["model"]["modelFormat"] == {"name": "onnx"}
+    assert runtime_supports_model(isvc["spec"]["predictor"]["model"], render_serving_runtime(rollout, "img:1"))
 
     # what a model server of this version gets (the ModelCar's /models): the ONNX file, no pickle at all
     model_dir = local_model_dir(stack, name, run.version)

@@ -116,6 +116,25 @@ def kserve_placeholders(text: str, isvc: dict) -> str:
     return re.sub(r"\{\{\s*\.([A-Za-z.]+)\s*\}\}", fill, text)
 
 
+def runtime_supports_model(model: dict, runtime: dict) -> bool:
+    """Whether KServe runs a predictor's ``model`` (the InferenceService's ``predictor.model``) on ``runtime``
+    (a ServingRuntime): kserve/kserve ``pkg/apis/serving/v1beta1/predictor_model.go`` ``RuntimeSupportsModel``,
+    the model's label ``mt:<name>`` (``mt:<name>:<version>`` when it gives a version) must be among the runtime's
+    ``supportedModelFormats`` labels (each ``mt:<name>`` and ``mt:<name>:<version>``), counting only
+    ``autoSelect`` formats when the predictor names no ``runtime``. The reconciler refuses the predictor
+    otherwise ("specified runtime ... does not support specified framework/version":
+    ``pkg/controller/v1beta1/inferenceservice/components/predictor.go``)."""
+    fmt = model.get("modelFormat") or {}
+    label = f"mt:{fmt.get('name')}" + (f":{fmt['version']}" if fmt.get("version") else "")
+    labels = set()
+    for t in runtime["spec"].get("supportedModelFormats") or []:
+        if model.get("runtime") or t.get("autoSelect"):
+            labels.add(f"mt:{t['name']}")
+            if t.get("version"):
+                labels.add(f"mt:{t['name']}:{t['version']}")
+    return label in labels
+
+
 def merge_container(runtime: dict, model: dict) -> dict:
     """The runtime's first container with the predictor's model container fields over it (env by name)."""
     out = copy.deepcopy(runtime)
@@ -178,6 +197,11 @@ def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
     specs = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary") or []]]
     pods = []
     for pred in specs:
+        if not runtime_supports_model(pred["model"], runtime):
+            raise AssertionError(
+                f"specified runtime {pred['model'].get('runtime')} does not support specified framework/version "
+                f"({pred['model'].get('modelFormat')}, InferenceService {meta['name']})"
+            )
         container = merge_container(rt_container, pred["model"])
         container["args"] = [kserve_placeholders(a, isvc) for a in container.get("args") or []]
         labels = {

@@ -8,6 +8,8 @@ rendered pod sets), and promoted."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
@@ -18,6 +20,7 @@ from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE, version_slug
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, principal
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
+from kfrelease.registry.artifact import model_format
 from kfrelease.release.checks import render_query
 from kfrelease.release.signals import PrometheusMetrics
 from kfrelease.rollout.traffic import TrafficState
@@ -84,6 +87,8 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         holder=V2,
         kserve_version=ENV.kserve_version,
         domain=ENV.model_domain,
+        # each version's modelFormat from its entry, as the release steps read it (pipeline_steps.version_sources)
+        model_formats={v: model_format(json.loads((d / "model.json").read_text())) for v, d in twin.dirs.items()},
     )
     v1 = expected_predictions(twin.dirs[V1], twin.rows)
     v2 = expected_predictions(twin.dirs[V2], twin.rows)

@@ -264,6 +264,7 @@ class KServeTrafficDriver:
         kserve_version: str | None = None,
         domain: str | None = None,
         ready_timeout: float | None = None,
+        model_formats: Mapping[str, str] | None = None,
         clock=now_utc,
         sleep=None,
     ):
@@ -271,6 +272,8 @@ class KServeTrafficDriver:
 
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
+        #: each version's ``modelFormat`` (``kfrelease.registry.artifact.model_format(entry)``)
+        self.model_formats = dict(model_formats or {})
         self.domain = domain
         #: seconds to wait after a move until every InferenceService it wrote is Ready (None: do not wait)
         self.ready_timeout = ready_timeout
@@ -303,6 +306,7 @@ class KServeTrafficDriver:
             logger_url=self.logger_url,
             kserve_version=self.kserve_version,
             domain=self.domain,
+            model_formats=self.model_formats,
         )
 
     def _refused(self, plan: dict[str, list[dict]]) -> list[str]:

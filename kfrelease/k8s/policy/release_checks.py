@@ -108,9 +108,11 @@ def driver_findings(
     rbac = RBACModel(docs + upstream_cluster_roles())
     candidate = "V0.0.0-check"
     uris = {production: "oci://check/production", candidate: "oci://check/candidate"}
-    for d in docs:  # the production version's URI as rendered, so the plan patches only what a release changes
+    formats = {}
+    for d in docs:  # production's URI and format as rendered, so the plan patches only what a release changes
         if d.get("kind") == "InferenceService":
             uris[production] = d["spec"]["predictor"]["model"]["storageUri"]
+            formats[production] = d["spec"]["predictor"]["model"]["modelFormat"]["name"]
     shadow = TrafficState(primary=production, shadow=candidate, mirror_percent=spec.shadow.mirror_percent)
     steps = [TrafficState(primary=production, canary=candidate, canary_weight=w) for w in spec.canary.steps]
     out = []
@@ -120,7 +122,7 @@ def driver_findings(
     ):
         objects = _RBACObjects(docs, rbac, service_account(RELEASE_NS, RELEASE_DRIVER_SA))
         driver = KServeTrafficDriver(
-            spec, uris, objects, holder=candidate, kserve_version=kserve_version, domain=domain
+            spec, uris, objects, holder=candidate, kserve_version=kserve_version, domain=domain, model_formats=formats
         )
         try:
             driver.check_rights(states)

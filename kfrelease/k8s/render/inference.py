@@ -19,6 +19,16 @@ production predictor with ``mirror`` (the staging predictor) and ``mirrorPercent
 discards mirrored responses. The mirrored request keeps the primary's Host (Envoy appends ``-shadow``
 unless Istio disables that: istio/istio#57530, #57708), which a Knative route would not match, so the
 staging InferenceService always runs in Standard mode: a plain Service that ignores the Host.
+
+Model formats: each predictor declares ``modelFormat.name`` as its version's registry entry says
+(``kfrelease.registry.artifact.model_format(entry)``: the served flavour's, ``onnx`` or ``sklearn``), and the
+ServingRuntime lists every format the project's predictor serves (``artifact.model_formats()``). KServe's
+InferenceService reconciler refuses a predictor whose named ``runtime`` does not list its ``modelFormat``
+("specified runtime ... does not support specified framework/version": ``RuntimeSupportsModel`` in
+kserve/kserve ``pkg/apis/serving/v1beta1/predictor_model.go`` matches ``mt:<name>`` and, when the predictor
+gives one, ``mt:<name>:<version>``; with an explicit runtime ``autoSelect`` does not matter;
+``pkg/controller/v1beta1/inferenceservice/components/predictor.go``). The predictor itself loads the flavour
+its ``model.json`` names whatever the declaration says; the declaration is what the cluster shows and checks.
 """
 
 from __future__ import annotations
@@ -119,13 +129,29 @@ def to_dict(obj) -> dict:
     return _api().sanitize_for_serialization(obj)
 
 
-def _model_spec(spec: RolloutSpec, version: str, stage: str, uri: str, canary: bool = False):
+def _model_format(formats: Mapping[str, str] | None, version: str) -> str:
+    """The ``modelFormat.name`` of ``version``: from ``formats`` (each version's
+    ``artifact.model_format(entry)``, as the release steps read the registry); a version not given there (the
+    bootstrap's first production, rendered before any entry is at hand) is declared as an entry that names no
+    flavour is served (``artifact.model_format({})``), and its first release patch declares its own."""
+    from kfrelease.registry.artifact import model_format, model_formats
+
+    name = (formats or {}).get(version) or model_format({})
+    if name not in model_formats():
+        raise ConfigError(
+            f"model version {version} is declared as format {name!r}, which the ServingRuntime does not serve "
+            f"(it serves {', '.join(model_formats())}); register it again or add the flavour to kfrelease.registry.artifact"
+        )
+    return name
+
+
+def _model_spec(spec: RolloutSpec, version: str, stage: str, uri: str, model_format: str):
     from kserve import V1beta1ModelFormat, V1beta1ModelSpec
     from kubernetes.client import V1EnvVar, V1ResourceRequirements
 
     s = spec.serving
     return V1beta1ModelSpec(
-        model_format=V1beta1ModelFormat(name="sklearn"),
+        model_format=V1beta1ModelFormat(name=model_format),
         runtime=RUNTIME,
         storage_uri=uri,
         env=[
@@ -150,6 +176,7 @@ def _predictor(
     name=None,
     canary=False,
     mode: str | None = None,
+    model_formats: Mapping[str, str] | None = None,
 ):
     from kserve import V1beta1LoggerSpec, V1beta1PredictorSpec
 
@@ -157,7 +184,7 @@ def _predictor(
     mode = mode or s.deployment_mode
     kwargs = {
         "name": name,
-        "model": _model_spec(spec, version, stage, uri),
+        "model": _model_spec(spec, version, stage, uri, _model_format(model_formats, version)),
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
         "service_account_name": PREDICTOR_SERVICE_ACCOUNT,
         "labels": {
@@ -232,9 +259,11 @@ def render_inference_services(
     *,
     logger_url: str | None = None,
     kserve_version: str = DEFAULT_KSERVE_VERSION,
+    model_formats: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """The InferenceServices of a traffic state: production (with its canary) and, when a shadow runs, the
-    staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI;
+    staging candidate. ``storage_uris`` maps each model version to its ModelCar ``oci://`` or ``s3://`` URI,
+    ``model_formats`` to its ``modelFormat`` (``artifact.model_format(entry)``; see the module docstring);
     ``kserve_version`` is the cluster's (its deploymentMode annotation values)."""
     if not state.primary and not state.canary:
         raise RolloutSpecError("traffic state has no version to serve; no traffic was moved")
@@ -258,6 +287,7 @@ def render_inference_services(
             "production",
             _storage_uri(storage_uris, newest),
             logger_url,
+            model_formats=model_formats,
         )
         if canary and state.canary_weight < 100:
             pred.canary_traffic_percent = state.canary_weight
@@ -272,6 +302,7 @@ def render_inference_services(
             _storage_uri(storage_uris, primary),
             logger_url,
             name=predictor_name(primary),
+            model_formats=model_formats,
         )
         canaries = None
         if canary:
@@ -283,6 +314,7 @@ def render_inference_services(
                 logger_url,
                 name=predictor_name(canary),
                 canary=True,
+                model_formats=model_formats,
             )
             # stage "production" as on the stable predictor: promotion retargets the stable predictor to
             # this Deployment without a restart only if their specs agree (kserve/kserve#5672)
@@ -293,7 +325,9 @@ def render_inference_services(
         # whatever Host the mirrored request carries (Envoy keeps the primary's Host, + "-shadow" on older
         # Istio), which a Knative route would refuse.
         uri = _storage_uri(storage_uris, state.shadow)
-        pred = _predictor(spec, state.shadow, "staging", uri, logger_url, mode="RawDeployment")
+        pred = _predictor(
+            spec, state.shadow, "staging", uri, logger_url, mode="RawDeployment", model_formats=model_formats
+        )
         out.append(
             _isvc(spec, staging_name(spec), "staging", pred, mode="RawDeployment", kserve_version=kserve_version)
         )
@@ -436,13 +470,17 @@ def render_virtual_service(
 
 def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
     """The ServingRuntime our InferenceServices use: the project image running the kfrelease predictor on
-    the model KServe puts at ``/mnt/models`` (ModelCar or storage initializer)."""
+    the model KServe puts at ``/mnt/models`` (ModelCar or storage initializer). It lists every model format the
+    predictor serves (one per flavour: ``artifact.model_formats()``), each chosen only by name
+    (``autoSelect: false``: our InferenceServices name this runtime; see the module docstring)."""
     from kserve import (
         V1alpha1ServingRuntime,
         V1alpha1ServingRuntimeSpec,
         V1alpha1SupportedModelFormat,
     )
     from kubernetes.client import V1Container, V1ContainerPort, V1ObjectMeta
+
+    from kfrelease.registry.artifact import model_formats
 
     container = V1Container(
         name="kserve-container",
@@ -474,7 +512,9 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
         kind="ServingRuntime",
         metadata=V1ObjectMeta(name=RUNTIME, namespace=spec.serving.namespace),
         spec=V1alpha1ServingRuntimeSpec(
-            supported_model_formats=[V1alpha1SupportedModelFormat(name="sklearn", version="1", auto_select=False)],
+            supported_model_formats=[
+                V1alpha1SupportedModelFormat(name=name, version="1", auto_select=False) for name in model_formats()
+            ],
             protocol_versions=["v1", "v2"],
             containers=[container],
         ),
@@ -485,10 +525,18 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
 def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping[str, str], **kwargs) -> list[dict]:
     """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
     logger_url = kwargs.pop("logger_url", None)
+    model_formats = kwargs.pop("model_formats", None)
     kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
     if kwargs.get("domain") is None:
         kwargs.pop("domain", None)
     return [
-        *render_inference_services(spec, state, storage_uris, logger_url=logger_url, kserve_version=kserve_version),
+        *render_inference_services(
+            spec,
+            state,
+            storage_uris,
+            logger_url=logger_url,
+            kserve_version=kserve_version,
+            model_formats=model_formats,
+        ),
         render_virtual_service(spec, state, **kwargs),
     ]
