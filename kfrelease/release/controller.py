@@ -195,6 +195,18 @@ def production_predictor_url(settings: Settings, spec: RolloutSpec) -> str:
     return f"http://127.0.0.1:{predictor_port(settings, 'production')}"
 
 
+def _instances(frame, features: list[str]) -> list[list]:
+    """Logged inputs as a request's instances, in input-schema order: numbers as floats, category values (text,
+    as logged) as they are."""
+    import pandas as pd
+
+    cols = [
+        frame[f].astype("float64") if pd.api.types.is_numeric_dtype(frame[f]) else frame[f].astype(object)
+        for f in features
+    ]
+    return [[v if isinstance(v, str) else float(v) for v in row] for row in zip(*cols, strict=True)]
+
+
 class ModelServerScorer:
     """Asks a model server for its answers (KServe v1 ``:predict``, instances in the input schema's order)."""
 
@@ -450,7 +462,7 @@ class ReleaseController:
         todo = [i for i, k in enumerate(keys) if k not in cache]
         for start in range(0, len(todo), REPLAY_BATCH):
             rows = todo[start : start + REPLAY_BATCH]
-            instances = frame.iloc[rows][features].astype("float64").to_numpy().tolist()
+            instances = _instances(frame.iloc[rows], features)
             rid = f"replay-{keys[rows[0]][0]}-{len(cache)}"
             for i, answer in zip(rows, self.production_scorer(production, instances, rid), strict=True):
                 cache[keys[i]] = float(answer)

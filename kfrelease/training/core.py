@@ -30,10 +30,37 @@ def _numeric(dtype: str) -> bool:
         return False
 
 
+#: Curated dtypes a feature may have besides numbers: text, served as a category (the model's own encoder, e.g.
+#: a ``OneHotEncoder`` in a ``build`` pipeline, turns it into numbers; ``kfrelease.registry.artifact``).
+TEXT_DTYPES = frozenset({"string", "category"})
+
+
+def _text(dtype: str) -> bool:
+    return dtype in TEXT_DTYPES or dtype == "object"
+
+
+def typed(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """``df[columns]`` as a model takes them: numeric columns as float64, text columns as Python strings."""
+    out = {}
+    for c in columns:
+        values = df[c]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            out[c] = values.astype("float64")
+        else:
+            out[c] = values.astype(object).where(values.notna(), None)
+    return pd.DataFrame(out, index=df.index)
+
+
+def text_features(spec: ModelSpec, df: pd.DataFrame) -> list[str]:
+    """The spec's features whose values in ``df`` are text (category features)."""
+    return [f for f in spec.features if f in df.columns and not pd.api.types.is_numeric_dtype(df[f])]
+
+
 def check_schema(spec: ModelSpec, manifest: dict, version: str) -> None:
-    """Refuse a spec that the curated version's schema cannot train: a feature or the target it lacks, or one
-    that is not numeric (``DataValidationError`` naming them, the columns it has and what to change). What
-    ``spec check``, the trigger and the split step check before any training."""
+    """Refuse a spec that the curated version's schema cannot train: a feature or the target it lacks, a
+    feature that is neither a number nor text (a category), or a target that is not a number
+    (``DataValidationError`` naming them, the columns it has and what to change). What ``spec check``, the
+    trigger and the split step check before any training."""
     columns = {c["name"]: str(c.get("dtype", "")) for c in manifest["columns"]}
     where = f"dataset {spec.dataset!r} version {version}"
     missing = [c for c in (*spec.features, spec.target) if c not in columns]
@@ -44,19 +71,25 @@ def check_schema(spec: ModelSpec, manifest: dict, version: str) -> None:
             "fix features/target in model.yaml",
             [{"column": c, "problem": "missing"} for c in missing],
         )
-    text = {c: columns[c] for c in (*spec.features, spec.target) if not _numeric(columns[c])}
-    if text:
-        listed = ", ".join(f"{c} ({t})" for c, t in text.items())
+    if not _numeric(columns[spec.target]):
         raise DataValidationError(
-            f"model spec {spec.name!r}: column(s) {listed} of {where} are not numeric, and the model's inputs "
-            "and target must be; drop them from features in model.yaml or have the dataset's feature step "
-            "encode them as numbers",
-            [{"column": c, "problem": f"dtype {t}"} for c, t in text.items()],
+            f"model spec {spec.name!r}: target {spec.target!r} of {where} is {columns[spec.target]}, not a number; "
+            "a regression model predicts a numeric column: fix target in model.yaml",
+            [{"column": spec.target, "problem": f"dtype {columns[spec.target]}"}],
+        )
+    bad = {c: columns[c] for c in spec.features if not (_numeric(columns[c]) or _text(columns[c]))}
+    if bad:
+        listed = ", ".join(f"{c} ({t})" for c, t in bad.items())
+        raise DataValidationError(
+            f"model spec {spec.name!r}: column(s) {listed} of {where} are neither numbers nor text (categories); "
+            "drop them from features in model.yaml or have the dataset's feature step turn them into either",
+            [{"column": c, "problem": f"dtype {t}"} for c, t in bad.items()],
         )
 
 
 def check_data(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> None:
-    """Every feature and the target exist and are numeric and finite; enough rows to split."""
+    """Every feature and the target exist; the target and numeric features are finite numbers, text features
+    (categories) have a value in every row; enough rows to split."""
     where = f"dataset {spec.dataset!r}" + (f" version {dataset_version}" if dataset_version else "")
     missing = [c for c in (*spec.features, spec.target) if c not in df.columns]
     if missing:
@@ -65,23 +98,26 @@ def check_data(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> 
             f"model spec {spec.name!r}: {kind} {missing} not in {where}; its columns are {list(df.columns)}",
             [{"column": c, "problem": "missing"} for c in missing],
         )
-    bad = [c for c in (*spec.features, spec.target) if not pd.api.types.is_numeric_dtype(df[c])]
-    if bad:
-        raise DataValidationError(f"model spec {spec.name!r}: column(s) {bad} of {where} are not numeric")
-    cols = [*spec.features, spec.target]
+    if not pd.api.types.is_numeric_dtype(df[spec.target]):
+        raise DataValidationError(f"model spec {spec.name!r}: target {spec.target!r} of {where} is not numeric")
+    text = text_features(spec, df)
+    cols = [c for c in (*spec.features, spec.target) if c not in text]
     if not np.isfinite(df[cols].to_numpy(dtype="float64")).all():
         raise DataValidationError(f"model spec {spec.name!r}: {where} has NaN or infinite values in {cols}")
+    empty = [c for c in text if df[c].isna().any()]
+    if empty:
+        raise DataValidationError(f"model spec {spec.name!r}: {where} has rows without a value in {empty}")
     if len(df) < 10:
         raise DataValidationError(f"model spec {spec.name!r}: {where} has {len(df)} rows; at least 10 are needed")
 
 
 def split(spec: ModelSpec, df: pd.DataFrame, id_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, held-out rows): features and target as float64 (and the id column, when given), split by
-    the stable hash of the id column or of the row (``kfrelease.training.holdout``)."""
+    """(training rows, held-out rows): features and target as float64, text features as strings (and the id
+    column, when given), split by the stable hash of the id column or of the row (``kfrelease.training.holdout``)."""
     from kfrelease.training.holdout import rule_for
 
     cols = [*spec.features, spec.target]
-    frame = df[cols].astype("float64")
+    frame = typed(df, cols)
     if id_column:
         frame.insert(0, id_column, df[id_column].to_numpy())
     return rule_for(spec, id_column).split(frame)
@@ -113,4 +149,4 @@ def train(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "", id_colum
 
 
 def predict(model, frame: pd.DataFrame, features) -> np.ndarray:
-    return np.asarray(model.predict(frame[list(features)].astype("float64")), dtype="float64").ravel()
+    return np.asarray(model.predict(typed(frame, list(features))), dtype="float64").ravel()

@@ -27,7 +27,7 @@ import pandas as pd
 
 from kfrelease.errors import KfreleaseError
 from kfrelease.metrics import metric_intervals, regression_metrics
-from kfrelease.training.core import check_data, check_schema
+from kfrelease.training.core import check_data, check_schema, typed
 from kfrelease.training.holdout import ROW, SplitRule, rule_for
 from kfrelease.training.spec import ModelSpec
 
@@ -42,7 +42,8 @@ class EvidenceError(KfreleaseError):
 
 @dataclass
 class Split:
-    """A curated version split by the spec's rule: rows as float64 (plus the id column), in the file's order."""
+    """A curated version split by the spec's rule: rows as float64, text features as strings (plus the id
+    column), in the file's order."""
 
     dataset_version: str
     rule: SplitRule
@@ -60,7 +61,7 @@ class Split:
 def read_split(store, spec: ModelSpec, dataset_version: str = "latest", extra_columns=()) -> Split:
     """Resolve, check (schema, memory, values) and split a curated version of the spec's dataset.
 
-    ``extra_columns``: more numeric columns to carry (production's inputs, when it has others)."""
+    ``extra_columns``: more columns to carry (production's inputs, when it has others)."""
     from kfrelease.data.publish import get_version, load_dataset
     from kfrelease.training.memory import check_fits
 
@@ -84,7 +85,7 @@ def split_frame(
 
     check_data(spec, df, dataset_version)
     cols = [*spec.features, spec.target]
-    frame = df[cols + list(extra)].astype("float64")
+    frame = typed(df, cols + list(extra))
     if id_column:
         frame.insert(0, id_column, df[id_column].to_numpy())
     rule = rule_for(spec, id_column)
@@ -158,7 +159,7 @@ def trained_by_champion(store, split: Split, entry: dict) -> np.ndarray:
 
         columns = list(rule.columns)
         own, _ = load_dataset(store, entry["dataset"], entry["dataset_version"], columns=columns)
-        return rule.trained_on(split.held_out[columns], own[columns].astype("float64"))
+        return rule.trained_on(split.held_out[columns], typed(own, columns))
     return rule.trained_on(split.held_out)
 
 
@@ -277,7 +278,7 @@ def common_rows(store, registry_a, a, registry_b, b) -> CommonRows:
     frame = df.copy()
     for c in rule.columns:
         if c in frame.columns and c != rule.id_column:
-            frame[c] = frame[c].astype("float64")
+            frame[c] = typed(frame, [c])[c]
     labels = pd.DataFrame({KEY: rule.row_hashes(frame), "truth": df[b.entry["target"]].to_numpy(dtype="float64")})
     joined = both.merge(labels.drop_duplicates(KEY, keep=False), on=KEY)
     if joined.empty:

@@ -56,13 +56,15 @@ def _champion_entry(store, spec: ModelSpec, manifest: dict) -> tuple[dict | None
     """Production's registry entry when it can be compared on this data (its inputs are numeric columns of it
     and it predicts the same target), else None; and why not."""
     from kfrelease.registry import ModelRegistry
+    from kfrelease.registry.artifact import CATEGORY_DTYPES
     from kfrelease.training.core import _numeric
 
     mv = ModelRegistry(store).current(spec.name, "production")
     if mv is None:
         return None, "no production model yet: nothing to compare"
     dtypes = {c["name"]: str(c.get("dtype", "")) for c in manifest["columns"]}
-    missing = [f for f in mv.features if f not in dtypes or not _numeric(dtypes[f])]
+    numbers = {c["name"] for c in mv.entry["input_schema"] if c.get("dtype") not in CATEGORY_DTYPES}
+    missing = [f for f in mv.features if f not in dtypes or (f in numbers and not _numeric(dtypes[f]))]
     if missing:
         return None, f"production {mv.version} needs inputs {missing} this data lacks: not comparable"
     if mv.target != spec.target:

@@ -145,6 +145,7 @@ def drift_evidence(
 def champion_training_rows(store, entry: dict) -> pd.DataFrame | None:
     """Production's training rows (its inputs and target), rebuilt from its dataset version and split rule."""
     from kfrelease.data.publish import get_version, load_dataset
+    from kfrelease.training.core import typed
     from kfrelease.training.evidence import champion_rule
 
     rule = champion_rule(entry)
@@ -153,7 +154,7 @@ def champion_training_rows(store, entry: dict) -> pd.DataFrame | None:
         id_column = rule.id_column if rule.id_column in {c["name"] for c in manifest["columns"]} else None
         columns = [*([id_column] if id_column else []), *rule.columns]
         df, _ = load_dataset(store, entry["dataset"], entry["dataset_version"], columns=columns)
-        frame = df[list(rule.columns)].astype("float64")
+        frame = typed(df, list(rule.columns))
         if id_column:
             frame.insert(0, id_column, df[id_column].to_numpy())
         return frame[rule.trained_on(frame, frame)].reset_index(drop=True)
