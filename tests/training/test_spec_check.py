@@ -101,9 +101,11 @@ def test_spec_check_reads_the_datasets_latest_schema(gems, run_cli, tmp_path):
     assert f"feature(s) ['depth'] not in dataset '{gems}' version " in line
     assert "its columns are ['id', 'carat', 'cut', 'price']; fix features/target in model.yaml" in line
     code, line = check(run_cli, tmp_path, model_yaml(gems, features=["carat", "cut"]))
+    assert code == 0, line  # a text column is a category feature (the model's own encoder takes it)
+    code, line = check(run_cli, tmp_path, model_yaml(gems, target="cut"))
     assert code == 1 and "\n" not in line
-    assert f"column(s) cut (string) of dataset '{gems}' version " in line
-    assert "are not numeric, and the model's inputs and target must be; drop them from features" in line
+    assert f"target 'cut' of dataset '{gems}' version " in line
+    assert "is string, not a number; a regression model predicts a numeric column: fix target in model.yaml" in line
     code, line = check(run_cli, tmp_path, model_yaml(gems, target="value"))
     assert code == 1 and "target ['value'] not in dataset" in line
     code, line = check(run_cli, tmp_path, model_yaml("no-such-data"))
