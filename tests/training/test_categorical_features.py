@@ -77,3 +77,43 @@ def test_logged_inputs_are_replayed_with_their_category_values():
     rows = _instances(frame, ["carat", "cut", "x"])
     assert rows == [[0.3, "Ideal", 4.0], [1.0, "Fair", 6.0]]
     assert all(type(v) in (float, str) for row in rows for v in row)  # JSON-ready, numbers as floats
+
+
+THREADS_PROBE = '''
+from threadpoolctl import threadpool_info
+from sklearn.base import BaseEstimator, RegressorMixin
+
+
+class OpenMPProbe(RegressorMixin, BaseEstimator):
+    """Records the OpenMP pools' thread counts it sees while it fits."""
+
+    def fit(self, X, y):
+        self.seen_ = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"})
+        self.mean_ = float(y.mean())
+        return self
+
+    def predict(self, X):
+        return [self.mean_] * len(X)
+
+
+def build_model():
+    return OpenMPProbe()
+'''
+
+
+@pytest.mark.parametrize("cores", ["1", "2"])
+def test_a_model_fits_with_the_native_threads_of_the_cores_the_step_is_given(spec, data, monkeypatch, cores):
+    from threadpoolctl import threadpool_info
+
+    from kfrelease.training.core import fit
+
+    if not any(p["user_api"] == "openmp" for p in threadpool_info()):
+        import sklearn.ensemble  # noqa: F401 - loads scikit-learn's OpenMP runtime
+
+    monkeypatch.setenv("OMP_NUM_THREADS", cores)  # what a step's CPU limit gives it (else its cgroup quota, else 1)
+    probe = parse_spec(
+        (DIAMONDS_EXAMPLE / "model.yaml").read_text().replace("model.py:build_model", "probe.py:build_model"),
+        code={"probe.py": THREADS_PROBE},
+    )
+    model, _ = fit(probe, data)
+    assert model.seen_ == [int(cores)]  # not one thread per visible core: they only wait for each other when busy
