@@ -132,7 +132,7 @@ def train_step(
 
     from kfrelease.faults import crash_point
     from kfrelease.registry.artifact import convert_flavours, input_columns
-    from kfrelease.training.core import fit, predict
+    from kfrelease.training.core import fit, predict, text_features
     from kfrelease.training.evidence import write_predictions
 
     spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
@@ -140,7 +140,9 @@ def train_step(
     crash_point("train.loaded")
     model, seconds = fit(spec, train)
     holdout = pd.read_parquet(holdout_path)
-    columns = input_columns(spec.input_schema(None))  # the untrusted step reads no dataset spec
+    # the untrusted step reads no dataset spec: the training rows' own types (text features as strings)
+    text = set(text_features(spec, train))
+    columns = input_columns([{"name": f, "dtype": "string" if f in text else "float64"} for f in spec.features])
     converted = convert_flavours(model, columns, holdout[list(spec.features)], spec.flavour, spec.flavour_tolerance)
     Path(model_path).write_bytes(converted.files["sklearn"])
     if onnx_path is not None:

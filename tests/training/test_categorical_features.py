@@ -117,3 +117,22 @@ def test_a_model_fits_with_the_native_threads_of_the_cores_the_step_is_given(spe
     )
     model, _ = fit(probe, data)
     assert model.seen_ == [int(cores)]  # not one thread per visible core: they only wait for each other when busy
+
+
+def test_the_train_step_converts_a_categorical_model_to_onnx_with_text_inputs(spec, data, tmp_path):
+    from kfrelease.training.core import split
+    from kfrelease.training.steps import train_step
+
+    train_rows, held_out = split(spec, data, "diamond_id")
+    train_rows[[*spec.features, spec.target]].to_parquet(tmp_path / "train.parquet")
+    held_out[list(spec.features)].to_parquet(tmp_path / "holdout.parquet")
+    out = train_step(
+        spec,
+        str(tmp_path / "train.parquet"),
+        str(tmp_path / "holdout.parquet"),
+        str(tmp_path / "model.joblib"),
+        str(tmp_path / "predictions.parquet"),
+        str(tmp_path / "model.onnx"),
+    )
+    assert out["flavours"]["onnx"]["verified"], out["flavours"]["onnx"]  # typed as text, not cast to float
+    assert (tmp_path / "model.onnx").stat().st_size > 0
