@@ -3,8 +3,8 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def release_preflight(model: str, version: str, spec_yaml: str) -> str:
-    """Check a release before any traffic moves (a model spec without absolute thresholds is refused); the
-    first model of a model goes to production at once on its offline verdict.
+    """Check a release before any traffic moves (a model spec without absolute thresholds is refused) and say
+    which path it takes.
 
     Args:
         model: the registered model name.
@@ -12,7 +12,7 @@ def release_preflight(model: str, version: str, spec_yaml: str) -> str:
         spec_yaml: the rollout spec (YAML text; empty: the packaged default).
 
     Returns:
-        "first" (promoted: no production model at all), "shadow" (it must beat production on the same
+        "first" (no production model at all: served as provisional until its thresholds pass live), "shadow" (it must beat production on the same
         requests) or "canary" (a tag bump whose inputs differ: canary steps with the spec's thresholds).
     """
     from kfrelease.config import Settings, log_to_stderr

@@ -284,6 +284,8 @@ def decision_label(event: dict) -> str:
         return "promoted"
     if phase == "canary":
         return f"canary {evidence.get('weight', '?')}%: {action or 'measured'}"
+    if phase == "provisional":  # a first model serving all traffic before its live evidence decides
+        return "serving as provisional" if action == "provisional" else f"provisional: {action or 'measured'}"
     if phase == "shadow":
         decision = evidence.get("decision") or (evidence.get("test") or {}).get("decision")
         if stage == "rejected":

@@ -1,7 +1,8 @@
-"""The release pipeline: preflight (a spec without absolute thresholds is refused; the first model of a model
-goes straight to production on its offline verdict; a tag bump whose inputs differ from production's goes to
-canary steps judged on the spec's thresholds) -> shadow the staging candidate behind production until enough
-labelled requests decide (shadow gate) -> canary steps with checks -> promote or roll back. Started by the training pipeline's staging step
+"""The release pipeline: preflight (a spec without absolute thresholds is refused) -> shadow the staging
+candidate behind production until enough labelled requests decide (shadow gate) -> canary steps with checks ->
+promote or roll back. A tag bump whose inputs differ from production's goes to canary steps judged on the
+spec's thresholds; a first model (no production model at all) serves all traffic as provisional until the
+same thresholds pass on its own labelled requests. Started by the training pipeline's staging step
 (``kfrelease.release.handover.start_release``) or by ``kfrelease release run``."""
 
 from kfp import dsl
@@ -44,3 +45,5 @@ def release_pipeline(model: str, version: str, spec_yaml: str = "") -> None:
             release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "canary-rollout")
     with dsl.If(pre.output == "canary", name="tag-bump"):  # inputs differ from production's: no shadow
         release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "canary-rollout-tag-bump")
+    with dsl.If(pre.output == "first", name="first-model"):  # no production model: provisional until it passes
+        release_step(rollout(model=model, version=version, spec_yaml=spec_yaml), "provisional-rollout")

@@ -244,7 +244,8 @@ def render_nginx_config(
     hold_seconds: float | None = None,
 ) -> str:
     """The nginx config for every model's routes (``templates/gateway.nginx.j2``). Pure: same inputs, same
-    text; a model with no primary and no canary is not routed (its paths answer 404). ``hold_port``: the
+    text; a model with no primary and no canary is not routed (its paths answer 404), unless its state says
+    why it is ``unavailable`` (a withdrawn first model): then its paths answer 503 with that reason. ``hold_port``: the
     hold's port (``kfrelease.serving.hold``), the last server of every primary and canary upstream, holding
     a prediction up to ``hold_seconds`` (default ``KFRELEASE_GATEWAY_HOLD_SECONDS``); no ``hold_port``: no hold
     (a prediction no replica answers gets a 503)."""
@@ -252,14 +253,21 @@ def render_nginx_config(
         run_as_root = os.geteuid() == 0
     if hold_seconds is None:
         hold_seconds = setting("KFRELEASE_GATEWAY_HOLD_SECONDS")
+    withdrawn = sorted((r for r in routes if not r.state.versions() and r.state.unavailable), key=lambda r: r.name)
     routes = sorted((r for r in routes if r.state.primary or r.state.canary), key=lambda r: r.name)
     generation = hashlib.sha256(
-        json.dumps([[r.name, r.as_record()] for r in routes], sort_keys=True).encode()
+        json.dumps([[r.name, r.as_record()] for r in [*routes, *withdrawn]], sort_keys=True).encode()
     ).hexdigest()[:16]
     served = [r.name for r in routes]
+    for r in withdrawn:
+        check_model_name(r.name)
     return _TEMPLATES.get_template("gateway.nginx.j2").render(
         generation=generation,
         models=[_model_view(i, r, hold_port is not None) for i, r in enumerate(routes)],
+        unavailable=[
+            {"regex": re.escape(r.name).replace("\\-", "-"), "message": nginx_json_text(r.state.unavailable)}
+            for r in withdrawn
+        ],
         hold_port=hold_port,
         read_timeout=READ_TIMEOUT,
         predict_read_timeout=int(READ_TIMEOUT + (hold_seconds if hold_port is not None else 0)),
@@ -273,6 +281,19 @@ def render_nginx_config(
         served_text=", ".join(served) or "none yet (run `kfrelease serve`)",
         proxy_common=PROXY_COMMON,
     )
+
+
+#: Characters a reason may not carry into an nginx ``return`` text inside a JSON string (quotes end the nginx
+#: or the JSON string, a backslash escapes, ``$`` starts an nginx variable, braces are nginx blocks).
+_NGINX_UNSAFE = str.maketrans({'"': "`", "'": "`", "\\": "/", "$": "USD ", "{": "(", "}": ")"})
+
+
+def nginx_json_text(text: str, limit: int = 600) -> str:
+    """``text`` as it can stand inside ``return 503 '{"error": "..."}'``: one line, no character nginx or JSON
+    would read as syntax, at most ``limit`` characters."""
+    one = " ".join(str(text).split()).translate(_NGINX_UNSAFE)
+    one = "".join(ch for ch in one if ch.isprintable())
+    return one if len(one) <= limit else one[: limit - 3] + "..."
 
 
 def config_generation(config: str) -> str:

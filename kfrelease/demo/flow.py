@@ -315,25 +315,41 @@ def _trained_and_released(
     return version, stage
 
 
-def _start_traffic(ctx: DemoContext, model: str = "diabetes-progression") -> None:
+def _start_traffic(ctx: DemoContext, model: str = "diabetes-progression", wait_served: float | None = None) -> None:
     rows = friedman_rows() if model == SECOND_MODEL else None
     gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), model, rows=rows, **TRAFFIC)
-    ctx.state.setdefault("traffic", {})[model] = gen.start()
+    ctx.state.setdefault("traffic", {})[model] = gen.start(wait_served=wait_served)
 
 
 def step_merge1(ctx: DemoContext) -> None:
     second_run = _trigger(ctx, 1, second=True)  # both models' first merges train at once
+    # no production model yet: each first model serves all traffic as provisional and becomes production only
+    # once its spec's thresholds pass on its own labelled requests, so the clients start as soon as it is served
+    for model in (MODEL, SECOND_MODEL):
+        _start_traffic(ctx, model, wait_served=900)
     version, stage = _merge(ctx, 1)
     second_version, second_stage = _trained_and_released(ctx, second_run)
     ctx.state["v1"] = version
     ctx.note(
         "merge 1 of both models: ridge",
-        f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} -> "
-        f"{second_stage} (first models of tag 1: no champion)",
+        f"{MODEL} {version} -> {stage}; {SECOND_MODEL} {second_version} -> {second_stage} (first models of tag 1: "
+        "provisional, then production on their thresholds' live test)",
     )
-    for model, st in ((MODEL, stage), (SECOND_MODEL, second_stage)):
+    for model, version_, st in ((MODEL, version, stage), (SECOND_MODEL, second_version, second_stage)):
         if st == "production":
-            _start_traffic(ctx, model)
+            _show_first_decision(ctx, model, version_)
+
+
+def _show_first_decision(ctx: DemoContext, model: str, version: str) -> None:
+    """The decision that made a first model production: the thresholds check with its interval."""
+    last = ModelRegistry(store_for("pipeline", ctx.settings)).history(model, version)[-1]
+    test = last["evidence"].get("test") or {}
+    if test.get("ratio_interval"):
+        lo, hi = test["ratio_interval"]
+        console.print(
+            f"  {model} {version} production on its live evidence: {test.get('check')} {test['decision']}, "
+            f"loss / limit {test['ratio']:.3f} [{lo:.3f}, {hi:.3f}] on {test['n']} labelled requests"
+        )
 
 
 def step_merge2(ctx: DemoContext) -> None:

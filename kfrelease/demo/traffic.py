@@ -164,16 +164,46 @@ class TrafficGenerator:
         self._next = 0
 
     # --- control ------------------------------------------------------------------------------------
-    def start(self) -> TrafficGenerator:
+    def start(self, wait_served: float | None = None) -> TrafficGenerator:
+        """Start sending (once; starting again changes nothing). ``wait_served``: first wait, at most that many
+        seconds, until the gateway serves the model (its ``/v1/models/<model>`` answers 200: e.g. a first
+        model its release is about to serve as provisional); the bounds count from then. Not served by then:
+        nothing is sent, and ``stats().errors`` says so."""
+        if self._workers:
+            return self
         self._started = time.monotonic()
+        self._served = threading.Event()
         self._workers = [
             threading.Thread(target=self._send_loop, args=(k,), daemon=True, name=f"traffic-{k}")
             for k in range(self.threads)
         ]
         self._workers.append(threading.Thread(target=self._label_loop, daemon=True, name="traffic-labels"))
+        if wait_served is None:
+            self._served.set()
+        else:
+            threading.Thread(target=self._wait_served, args=(wait_served,), daemon=True, name="traffic-ready").start()
         for w in self._workers:
             w.start()
         return self
+
+    def _wait_served(self, timeout: float) -> None:
+        url = self.predict_url.removesuffix(":predict")
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=5.0) as client:
+            while not self._stop.is_set():
+                try:
+                    if client.get(url).status_code == 200:
+                        self._started = time.monotonic()
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() >= deadline:
+                    with self._lock:
+                        self._stats.errors.append(f"{self.model} was not served within {timeout:g} s; nothing sent")
+                    self._stop.set()
+                    break
+                self._stop.wait(0.2)  # the next readiness poll
+        self._served.set()
 
     def stop(self, flush_labels: bool = True, timeout: float = 30.0) -> TrafficStats:
         """Stop sending; by default wait until every answered request's label has been posted."""
@@ -226,6 +256,7 @@ class TrafficGenerator:
             return n
 
     def _send_loop(self, k: int) -> None:
+        self._served.wait()
         client = _KeepAlive(self.predict_url, timeout=30.0)
         try:
             self._send(client)

@@ -3,8 +3,10 @@ analysis) and moves traffic through a ``TrafficDriver`` (the local gateway, or t
 cluster).
 
     preflight (refuses a model spec without an absolute threshold)
-              -> [no production model at all: production at once, on its offline verdict; there is no
-                  traffic to split or compare]
+              -> [no production model at all (``first_model``): nothing to split against or compare with;
+                  the candidate serves all traffic as provisional until the one-sample test of its spec's
+                  thresholds on its own labelled requests and its traffic checks pass (production), or
+                  fail (withdrawn: no production model, the gateway answers 503 naming why)]
               -> shadow (mirror to the staging candidate until the shadow gate decides; a tag bump only
                  when its inputs are production's, ``release_path``)
               -> canary step 1 .. n (each: wait ``interval_seconds``, measure the declared checks
@@ -41,7 +43,7 @@ import numpy as np
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
-from kfrelease.release.checks import CanaryAnalysis, CheckSpec, Measurement, judge, render_query
+from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
 from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
 from kfrelease.release.signals import (
@@ -49,7 +51,7 @@ from kfrelease.release.signals import (
     PredictorMetrics,
     PrometheusMetrics,
 )
-from kfrelease.rollout.spec import RolloutSpec
+from kfrelease.rollout.spec import CheckSpec, RolloutSpec
 from kfrelease.rollout.traffic import TrafficDriver, TrafficState
 
 log = logging.getLogger(__name__)
@@ -271,7 +273,7 @@ class ReleaseController:
         )
         # production's signals over each canary step (tests pass theirs; None: from the spec, if it can be read)
         self._baseline_signals = baseline_signals if signals is None or baseline_signals else (lambda _v: None)
-        self._tag_bump, self._comparable, self._threshold_order = False, True, PairSequence()
+        self._live_thresholds, self._comparable, self._threshold_order = False, True, PairSequence()
         self.preflight_url = preflight_url
         self.poll_seconds = poll_seconds
         self.on_decision = on_decision
@@ -330,43 +332,136 @@ class ReleaseController:
         mv, production = self.preflight(candidate)
         path = release_path(mv, production)
         if path == "first":
-            return self.first_of_tag(mv, production)
+            return self.first_model(mv)
         if path == "shadow":
             verdict = self.shadow(candidate, production.version)
             if verdict.decision != "pass":
                 return self.outcome_after_shadow(candidate, production.version, verdict)
         return self.canary(candidate, production.version)
 
-    def first_of_tag(self, mv, production) -> ReleaseOutcome:
-        """No production model at all: production at once, on its offline evidence (its validation verdict:
-        the spec's absolute thresholds on held-out rows); no client traffic exists to split or compare. A
-        first model of a tag that replaces a production model of another tag goes through ``canary``."""
-        if production is not None:
-            raise ReleaseError(
-                f"{self.spec.model} {mv.version} would replace {production.version}: a tag bump goes through canary "
-                "steps with the spec's thresholds checked live (release_path), not straight to production"
+    def first_model(self, mv) -> ReleaseOutcome:
+        """No production model at all: there is nothing to split against or compare with, so the candidate
+        serves all traffic as *provisional* (a canary at 100 % with no primary; the registry keeps it in
+        staging, no model is production) and becomes production only once its evidence on its own traffic says
+        so. Each ``canary.interval_seconds`` the declared traffic checks (requests, error rate, p99 against
+        their absolute limits: there is no production to compare with) and the ``thresholds`` check (the
+        one-sample sequential test of the spec's absolute thresholds on its labelled requests,
+        ``decision.threshold_decide``) are judged as at a canary's last step:
+
+        - all pass: production (all traffic to it as the primary; the decision names the thresholds check
+          with its interval);
+        - a threshold fails: withdrawn (no production model again: the gateway answers 503 naming why) and
+          rejected (``rollback.reject_candidate``);
+        - a traffic check fails or the signals cannot be read: withdrawn, left in staging (releasable again:
+          the machine's fault, not shown to be the model's);
+        - still undecided after ``shadow.max_wait_seconds`` (too few labelled requests): withdrawn, left in
+          staging (``shadow.at_limit: reject`` rejects it). The conservative choice: nothing unproven keeps
+          answering clients on its own, as a shadow that does not decide leaves production unchanged.
+
+        Interrupted (SIGTERM, an error), it is withdrawn too: the release is re-run from the start."""
+        cs, candidate, model = self.spec.canary, mv.version, self.spec.model
+        self._live_thresholds, self._comparable, self._threshold_order = True, False, PairSequence()
+        thresholds = ", ".join(f"{k} {v:g}" for k, v in spec_thresholds(mv).items())
+        max_holds = max(cs.max_holds, math.ceil(self.spec.shadow.max_wait_seconds / cs.interval_seconds))
+        analysis = CanaryAnalysis((100,), cs.failure_threshold, max_holds)
+        head = f"first model of {model} (tag {mv.tag})"
+        self.driver.apply(TrafficState(primary=None, canary=candidate, canary_weight=100))
+        self._record(
+            candidate,
+            "staging",
+            "provisional",
+            f"{head}: no production model, nothing to split against or compare with: {candidate} serves all traffic "
+            f"as provisional; production once its spec's thresholds ({thresholds}) pass on its own labelled "
+            "requests (one-sample sequential test) and its traffic checks pass",
+            {"action": "provisional", "weight": 100, "thresholds": spec_thresholds(mv), "replaces": None},
+        )
+        since = _now()
+        try:
+            while True:
+                step_since = _now()
+                source = self.signals(candidate)
+                try:
+                    start = source.start()
+                except MetricSourceError:
+                    start = None
+                self.clock.sleep(cs.interval_seconds)
+                measured = self.measure(source, start, cs.interval_seconds, candidate, None, since, None)
+                checks = self.checks_for(candidate, None, last_step=True)
+                results = [judge(check, measured[check.name]) for check in checks]
+                action, reason = analysis.next(results)
+                why = f"{head}, provisional: " + ", ".join(r.describe() for r in results) + f"; {action}: {reason}"
+                evidence = {
+                    "step": 1,
+                    "weight": 100,
+                    "checks": [r.as_dict() for r in results],
+                    "action": action,
+                    "failures": analysis.failures,
+                    "holds": analysis.holds,
+                    "window": {"since": step_since.isoformat(), "until": _now().isoformat()},
+                    "replaces": None,
+                }
+                shown = (measured[THRESHOLDS_CHECK].decision or {}).get("reason")
+                if shown:  # which threshold decided, with its interval and the tail check
+                    why += f"; {THRESHOLDS_CHECK}: {shown}"
+                    evidence["test"] = measured[THRESHOLDS_CHECK].decision
+                if action == "promote":
+                    self.driver.apply(TrafficState(primary=candidate))
+                    self._record(
+                        candidate,
+                        "production",
+                        "promote",
+                        f"{why}; promoted: {candidate} is production (provisional -> production on its live evidence)",
+                        {**evidence, "action": "promote"},
+                    )
+                    return ReleaseOutcome(model, candidate, None, "promoted", list(self.decisions))
+                if action == "rollback":
+                    failed = [c for c, r in zip(checks, results, strict=True) if r.status == "failed"]
+                    accuracy = any(c.source == "labels" for c in failed)
+                    undecided = not failed
+                    return self.withdraw(mv, why, evidence, accuracy=accuracy, undecided=undecided)
+                self._record(candidate, "staging", "provisional", why, evidence)
+        except BaseException:
+            log.exception("release of %s interrupted; withdrawing it (no production model)", candidate)
+            try:
+                self.driver.apply(
+                    TrafficState(
+                        primary=None,
+                        unavailable=f"{model} has no production model: the release of its first model {candidate} "
+                        "was interrupted; run it again (`kfrelease release run`)",
+                    )
+                )
+            except Exception:
+                log.exception("could not withdraw %s", candidate)
+            raise
+
+    def withdraw(self, mv, why: str, evidence: dict, *, accuracy: bool, undecided: bool) -> ReleaseOutcome:
+        """A provisional first model rolled back: no version serves (the gateway answers 503 naming why), no
+        production model. Rejected only when its accuracy failed (or, undecided, when ``shadow.at_limit:
+        reject``); else left in staging, releasable again."""
+        candidate, model = mv.version, self.spec.model
+        if undecided:
+            reject = self.spec.shadow.at_limit == "reject"
+            cause = "insufficient evidence by shadow.max_wait_seconds (too few labelled requests)"
+        else:
+            reject = accuracy and self.spec.rollback.reject_candidate
+            cause = "its spec's thresholds failed on live requests" if accuracy else "a traffic check failed"
+        after = "rejected" if reject else "left in staging (releasable again: `kfrelease release run`)"
+        self.driver.apply(
+            TrafficState(
+                primary=None,
+                unavailable=f"{model} has no production model: its first model {candidate} was rolled back "
+                f"({cause}); {'it was rejected' if reject else 'release it again'}; see "
+                f"`kfrelease models history {model} {candidate}`",
             )
-        current = self.driver.current()
-        if current is not None and current.primary and current.primary != mv.version:
-            # the model server that answers clients cannot be swapped in place: move all traffic through
-            # the canary first, then make it the primary (no request is dropped)
-            self.driver.apply(TrafficState(primary=current.primary, canary=mv.version, canary_weight=100))
-        self.driver.apply(TrafficState(primary=mv.version))
-        checks = [c for c in (mv.entry.get("verdict") or {}).get("checks") or [] if c.get("name") != "champion"]
-        shown = "; ".join(str(c.get("detail") or c.get("name")) for c in checks) or "validation passed"
-        rows = (mv.metrics or {}).get("n")
-        why = (
-            f"first model of {self.spec.model} (tag {mv.tag}): no production model, no traffic to split or compare; "
-            f"promoted on its offline evidence: {shown}" + (f" on {rows} held-out rows" if rows else "")
         )
         self._record(
-            mv.version,
-            "production",
-            "promote",
-            why,
-            {"metrics": mv.metrics, "evidence": "offline verdict", "checks": checks, "replaces": None},
+            candidate,
+            "rejected" if reject else "staging",
+            "rollback",
+            f"{why}; rolled back: {cause}; no production model (clients get 503 naming why); {candidate} {after}",
+            {**evidence, "action": "rollback", "rejected": reject, "undecided": undecided},
         )
-        return ReleaseOutcome(self.spec.model, mv.version, None, "promoted", list(self.decisions))
+        return ReleaseOutcome(model, candidate, None, "rejected" if reject else "rolled_back", list(self.decisions))
 
     # --- shadow -----------------------------------------------------------------------------------
     def shadow(self, candidate: str, production: str) -> ShadowVerdict:
@@ -555,7 +650,7 @@ class ReleaseController:
                 log.warning("production's metrics over the step could not be read (%s); absolute limits only", exc)
         pairs = None
         for check in self.checks_for(candidate, production):
-            if check.name == THRESHOLDS_CHECK and check.source == "labels" and self._tag_bump:
+            if check.name == THRESHOLDS_CHECK and check.source == "labels" and self._live_thresholds:
                 out[check.name] = self.threshold_measurement(candidate, canary_since, self._threshold_order, check)
             elif check.source == "labels":
                 if pairs is None:
@@ -594,11 +689,11 @@ class ReleaseController:
         return out
 
     def checks_for(self, candidate: str, production: str, last_step: bool = False):
-        """The declared checks; for a tag bump also ``thresholds`` (the spec's absolute thresholds on the
-        canary's own labelled requests: it holds the last step until it passes), and the paired ``labels``
-        checks only when production's inputs are the candidate's."""
+        """The declared checks; for a tag bump and a first model also ``thresholds`` (the spec's absolute
+        thresholds on the candidate's own labelled requests: it holds the last step until it passes), and the
+        paired ``labels`` checks only when production's inputs are the candidate's (a first model: never)."""
         checks = list(self.spec.canary.checks)
-        if not self._tag_bump:
+        if not self._live_thresholds:
             return checks
         if not self._comparable:
             checks = [c for c in checks if c.source != "labels"]
@@ -618,11 +713,11 @@ class ReleaseController:
         cs = self.spec.canary
         mv = self.registry.get(self.spec.model, candidate)
         prod = self.registry.get(self.spec.model, production)
-        self._tag_bump = prod.tag != mv.tag
+        tag_bump = self._live_thresholds = prod.tag != mv.tag
         self._comparable = sorted(prod.features) == sorted(mv.features)
         self._threshold_order = PairSequence()
         max_holds = cs.max_holds
-        if self._tag_bump:  # the last step waits (up to shadow.max_wait_seconds) for the thresholds' evidence
+        if tag_bump:  # the last step waits (up to shadow.max_wait_seconds) for the thresholds' evidence
             max_holds = max(max_holds, math.ceil(self.spec.shadow.max_wait_seconds / cs.interval_seconds))
         analysis = CanaryAnalysis(tuple(cs.steps), cs.failure_threshold, max_holds)
         # a re-run of this release's step (its pod was evicted) resumes where the traffic already is
@@ -660,7 +755,7 @@ class ReleaseController:
                     "action": action,
                     "failures": analysis.failures,
                     "holds": analysis.holds,
-                    "tag_bump": self._tag_bump,
+                    "tag_bump": tag_bump,
                     "window": {"since": step_since.isoformat(), "until": _now().isoformat()},
                 }
                 if action == "rollback":

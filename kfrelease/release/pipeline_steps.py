@@ -28,13 +28,14 @@ class ReleaseTerminated(KfreleaseError):
 
 
 @contextmanager
-def terminable(driver, production: str) -> Iterator[None]:
+def terminable(driver, production: str | None, what: str = "") -> Iterator[None]:
     """Run a release step so that SIGTERM leaves the cluster sane: the signal raises ``ReleaseTerminated``
     in the step's thread, all traffic goes back to ``production`` (the shadow and canary are removed), and the
     driver's move to that one-version state releases the model's Lease, so the next release of the model is
     not blocked until the Lease expires. Kubernetes sends SIGTERM and waits ``terminationGracePeriodSeconds``
     (30 s by default) before SIGKILL: the move back is two writes. Only in the main thread (signals are
-    delivered there); elsewhere it does nothing."""
+    delivered there); elsewhere it does nothing. No ``production`` (a first model's release): nothing serves
+    afterwards, and clients get a 503 saying ``what`` was terminated."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -48,7 +49,10 @@ def terminable(driver, production: str) -> Iterator[None]:
     except ReleaseTerminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the move back
         log.warning("release step terminated; moving all traffic back to %s", production)
-        driver.apply(TrafficState(primary=production))
+        if production is None:
+            driver.apply(TrafficState(primary=None, unavailable=f"{what} was terminated; run it again"))
+        else:
+            driver.apply(TrafficState(primary=production))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -104,16 +108,12 @@ def _controller(settings: Settings, spec: RolloutSpec, version: str | None = Non
 
 
 def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
-    """``first`` (promoted at once on its offline verdict: no production model at all), ``shadow`` (a
-    champion to beat on the same requests) or ``canary`` (a tag bump whose inputs differ from production's:
-    canary steps with the spec's absolute thresholds checked live). A spec without absolute thresholds is
-    refused here (``ReleaseController.preflight``)."""
-    controller = _controller(settings, spec, version)
-    mv, production = controller.preflight(version)
-    path = release_path(mv, production)
-    if path == "first":
-        controller.first_of_tag(mv, production)
-    return path
+    """``first`` (no production model at all: the rollout step serves it as provisional until its spec's
+    thresholds pass live), ``shadow`` (a champion to beat on the same requests) or ``canary`` (a tag bump whose
+    inputs differ from production's: canary steps with the spec's absolute thresholds checked live). A spec
+    without absolute thresholds is refused here (``ReleaseController.preflight``)."""
+    mv, production = _controller(settings, spec, version).preflight(version)
+    return release_path(mv, production)
 
 
 def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
@@ -132,9 +132,12 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
 
 def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """The canary steps after a passed shadow gate (or, for a tag bump whose inputs differ, after the
-    preflight): ``promoted`` or ``rolled_back``."""
+    preflight), or a first model's provisional serving: ``promoted``, ``rolled_back`` or ``rejected``."""
     controller = _controller(settings, spec, version)
-    _, production = controller.preflight(version)
+    mv, production = controller.preflight(version)
+    if production is None:
+        with terminable(controller.driver, None, f"{spec.model} has no production model: the release of {version}"):
+            return controller.first_model(mv).result
     with terminable(controller.driver, production.version):
         return controller.canary(version, production.version).result
 

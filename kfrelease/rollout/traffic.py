@@ -16,15 +16,23 @@ from kfrelease.rollout.spec import RolloutSpecError
 @dataclass(frozen=True)
 class TrafficState:
     """Who serves: ``primary`` answers clients; ``shadow`` gets mirrored copies whose answers are
-    discarded; ``canary`` answers ``canary_weight`` percent of client requests."""
+    discarded; ``canary`` answers ``canary_weight`` percent of client requests (a canary at 100 with no
+    primary serves alone: a first model, provisional). ``unavailable``: no version serves, and why (a first
+    model withdrawn by its release); clients get a 503 that says so."""
 
     primary: str | None  # model version, e.g. "V1.1.0"
     shadow: str | None = None
     canary: str | None = None
     canary_weight: int = 0
     mirror_percent: float = 0.0
+    unavailable: str = ""
 
     def __post_init__(self):
+        if self.unavailable and (self.primary or self.shadow or self.canary):
+            raise RolloutSpecError(
+                f"a traffic state that serves {', '.join(self.versions())} cannot also be unavailable; "
+                "no traffic was moved"
+            )
         if not 0 <= self.canary_weight <= 100:
             raise RolloutSpecError(f"canary weight {self.canary_weight} is outside 0..100; no traffic was moved")
         if self.canary_weight and not self.canary:

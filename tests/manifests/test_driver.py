@@ -400,3 +400,40 @@ def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_prun
         server.shutdown()
     assert [m for m, _ in seen] == ["POST", "PATCH", "POST", "PUT"]
     assert all("fieldValidation=Strict" in path for _, path in seen), seen
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_a_first_model_is_served_provisional_then_promoted_or_withdrawn_with_no_403(spec):
+    """No production model yet (only the platform applied): the first model serves alone as provisional (a
+    canary at 100 with no primary, rendered as production's InferenceService) and is promoted; or it is
+    withdrawn: its VirtualService answers 503 naming why (Istio's directResponse, admitted by the vendored
+    CRD schema) and production's InferenceService is left in place (the driver may not delete it)."""
+    src = Sources(**{**SOURCES.__dict__, "spec": spec})
+    provisional = TrafficState(primary=None, canary=V2, canary_weight=100)
+    why = "diabetes-progression has no production model: its first model V1.2.0 was rolled back"
+    withdrawn = TrafficState(primary=None, unavailable=why)
+    for end in (TrafficState(primary=V2), withdrawn):
+        cluster = cluster_for(spec, environment_documents(src, ENV))
+        d = driver(cluster, spec)
+        d.check_rights([provisional, end])
+        d.apply(provisional)
+        lease_key = ("Lease", spec.serving.namespace, release_lease_name(production_name(spec)))
+        assert cluster.objects[lease_key]["spec"]["holderIdentity"] == V2  # still being released: the lock is held
+        d.apply(end)
+        assert cluster.refused == [] and d.current() == end
+        (prod,) = isvcs(cluster, spec).values()
+        assert env_of(prod)["KFRELEASE_MODEL_VERSION"] == V2
+        vs = next(
+            doc
+            for (kind, ns, name), doc in cluster.objects.items()
+            if kind == "VirtualService" and name == f"{production_name(spec)}-release"
+        )
+        assert recorded_state(vs) == end
+        predict = vs["spec"]["http"][0]
+        if end is withdrawn:
+            assert "route" not in predict and predict["directResponse"]["status"] == 503
+            assert why in predict["directResponse"]["body"]["string"]
+            assert not any(kind == "delete" for kind, _ in d.objects.calls)
+        else:
+            assert "directResponse" not in predict and predict["route"]
+        assert cluster.objects[lease_key]["spec"]["holderIdentity"] == ""  # released once the release ended

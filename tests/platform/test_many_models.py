@@ -25,7 +25,7 @@ from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import check_loss_free, small_spec, traffic
+from tests.release.conftest import check_loss_free, release_first, small_spec, traffic
 from tests.training.conftest import PrivateDataset
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_
     candidates = {}
     for name, repo, shas, _ in models:
         v1 = _train(settings, repo, shas[0])
-        assert run_release(settings, name, v1.version, small_spec(name)).result == "promoted"
+        assert release_first(settings, name, v1.version, small_spec(name))[0].result == "promoted"
         candidates[name] = _train(settings, repo, shas[1]).version  # the better definition, in staging
 
     load = {name: traffic(settings, name) for name, *_ in models}
@@ -78,7 +78,8 @@ def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_
             o.decisions[-1]["why"] for o in outcomes.values()
         ]
 
-        # a third model's release: first of its tag, straight to production, into the shared servers in place
+        # a third model's release: its first model, provisional then production (on its own labelled traffic),
+        # into the shared servers in place
         servers = {n: supervisor.service_status(settings, n).pid for n in ("gateway", "predictor-production")}
         routes = {n: s for n, s in model_states(settings).items() if n in candidates}
         third_ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
@@ -86,7 +87,7 @@ def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_
         third = f"many-2-{uuid.uuid4().hex[:6]}"
         shas = create_release_demo_project(tmp_path / third, name=third, dataset=third_ds.name)
         v = _train(settings, tmp_path / third, shas[0])
-        assert run_release(settings, third, v.version, small_spec(third)).result == "promoted"
+        assert release_first(settings, third, v.version, small_spec(third))[0].result == "promoted"
         assert {n: supervisor.service_status(settings, n).pid for n in servers} == servers, "a server was restarted"
         assert {n: s for n, s in model_states(settings).items() if n in candidates} == routes
     finally:

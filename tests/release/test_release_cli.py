@@ -14,6 +14,7 @@ from kfrelease.release.handover import wait_release
 from kfrelease.stack.supervisor import pid_alive, stop_process_group
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
+from tests.release.conftest import small_spec, traffic
 
 pytestmark = pytest.mark.integration
 
@@ -25,20 +26,23 @@ def _pid(text: str) -> int:
 def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
     settings, ds, name, tmp = release_env
     repo = tmp / "project"
-    shas = create_release_demo_project(repo, name=name, dataset=ds.name)
+    # merge 1's rollout.yaml (the releases use it): small steps, so the first model's live evidence is quick
+    shas = create_release_demo_project(repo, name=name, dataset=ds.name, rollout=small_spec(name).to_yaml())
 
     def staged(sha):
         spec, commit = load_project_at_commit(repo, sha)
         return run_inline(spec, commit, settings=settings, containerize=False).version
 
     first = staged(shas[0])
-    out = run_cli("release", "run", name, first, "--background", check=True).stdout
-    assert f"release of {name} {first} started (pid " in out and "; log " in out, out
-    assert wait_release(settings, name, first, timeout=300) == "production"
+    with traffic(settings, name, wait_served=300, rate=60.0):  # provisional until its thresholds pass live
+        out = run_cli("release", "run", name, first, "--background", check=True).stdout
+        assert f"release of {name} {first} started (pid " in out and "; log " in out, out
+        assert wait_release(settings, name, first, timeout=300) == "production"
     ended = run_cli("release", "run", name, first, "--background")
     assert ended.returncode == 1 and "Traceback" not in ended.stderr
     assert f"error: {name} {first} is production, not in staging: its release has ended" in ended.stderr
-    assert "last decision: promoted: first model of tag 1" in ended.stderr and "nothing was started" in ended.stderr
+    assert f"last decision: promoted: first model of {name} (tag 1), provisional: " in ended.stderr
+    assert "nothing was started" in ended.stderr
 
     second = staged(shas[1])
     started = run_cli("release", "run", name, second, "--background", check=True).stdout

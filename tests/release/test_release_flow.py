@@ -1,7 +1,8 @@
 """The release on the real embedded stack: SeaweedFS, registry, log sink, feedback service, nginx gateway,
 KServe model servers, under continuous bounded client traffic (127.0.0.1) with delayed ground truth.
 
-Scenario (the demo's, with small samples): merge 1 -> first model straight to production; merge 2 (better)
+Scenario (the demo's, with small samples): merge 1 -> first model, provisional, production once its spec's
+thresholds pass on its own labelled requests; merge 2 (better)
 -> shadow -> canary steps -> promoted; merge 3 (worse, offline tolerance widened) -> shadow gate rejects
 it, production unchanged. Then a candidate that passes the shadow gate but fails the canary accuracy check
 is rolled back at the first step. Across all of it: 0 failed client requests, and every answered request
@@ -24,6 +25,7 @@ from kfrelease.training.steps import run_inline
 from tests.release.conftest import (
     bad_spec_text,
     check_loss_free,
+    release_first,
     small_spec,
     traffic,
     wait_logged,
@@ -44,10 +46,11 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
 
     v1 = train(1)
     assert v1.version == "V1.1.0" and v1.stage == "staging"
-    first = run_release(settings, name, v1.version, spec)
+    first, first_traffic = release_first(settings, name, v1.version, spec)
     assert first.result == "promoted" and registry.current(name, "production").version == "V1.1.0"
-    why = registry.history(name, "V1.1.0")[-1]["why"]
-    assert "first model of" in why and "promoted on its offline evidence: rmse" in why  # names its evidence
+    why = registry.history(name, "V1.1.0")[-1]["why"]  # names its evidence: the live thresholds check
+    assert "first model of" in why and "provisional -> production" in why and "thresholds: threshold:" in why
+    assert first_traffic.failed == 0, first_traffic.errors[:3]
 
     gen = traffic(settings, name)
     try:
@@ -151,7 +154,7 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
             ),
         },
     )
-    assert run_release(settings, name, v1.version, spec).result == "promoted"
+    assert release_first(settings, name, v1.version, spec)[0].result == "promoted"
     bad = run_inline(
         parse_spec(bad_spec_text(name, ds.name)),
         "b" * 40,

@@ -1,6 +1,7 @@
 """The release pipeline (KFP) on kfp.local with the real stack: both branches of its conditions. The first
-model skips the shadow (outer condition false); a clearly worse candidate is stopped by the shadow gate
-(outer true, inner false: the canary never starts)."""
+model skips the shadow (outer condition false) and takes the first-model branch (provisional until its
+thresholds pass live); a clearly worse candidate is stopped by the shadow gate (outer true, inner false: the
+canary never starts)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
 
     model_spec, commit = load_project_at_commit(tmp / "project", shas[0])
     v1 = run_inline(model_spec, commit, settings=settings, containerize=False)
-    assert run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
+    with traffic(settings, name, wait_served=300, rate=60.0) as first:  # provisional until its thresholds pass
+        assert run_release_pipeline(settings, name, v1.version, str(spec_file)) == "production"
+        assert first.stop().failed == 0
+    phases = [e["evidence"].get("phase") for e in registry.history(name, v1.version)]
+    assert "provisional" in phases and phases[-1] == "promote" and "shadow" not in phases
 
     bad = run_inline(
         parse_spec(bad_spec_text(name, ds.name)),

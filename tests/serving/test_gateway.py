@@ -68,6 +68,24 @@ def test_every_traffic_state_renders_a_config_nginx_accepts(state, tmp_path):
     assert ("mirror /_kf_shadow_kf_m0;" in text) == bool(state.shadow)
 
 
+def test_a_model_no_version_serves_answers_503_with_the_reason_nginx_can_carry(tmp_path):
+    """A first model withdrawn by its release: its paths say why (the reason's quotes, backslash, ``$`` and
+    braces cannot break out of nginx's string or the JSON); another model still gets its routes."""
+    why = 'm has no production model: its first model V1.1.0 was rolled back ("max_rmse" $x {y} \\ it\'s)'
+    gone = ModelRoute.of(parse_rollout_spec("model: m\n"), TrafficState(primary=None, unavailable=why), {})
+    served = ModelRoute.of(parse_rollout_spec("model: other\n"), TrafficState(primary="V1"), {"primary": [11]})
+    text = render_nginx_config([gone, served], listen_port=1, prefix=tmp_path)
+    check_config(tmp_path, text)
+    block = text.split("location ~ ^/v[12]/models/m(:predict|/infer|/.*)?$ {")[1]
+    body = block.split("return 503 '")[1].split("';", 1)[0]
+    assert json.loads(body) == {
+        "error": "m has no production model: its first model V1.1.0 was rolled back (`max_rmse` USD x (y) / it`s)"
+    }
+    assert '"models": ["other"]' in text and "1 model(s), 1 unavailable" in text
+    with pytest.raises(RolloutSpecError, match="cannot also be unavailable"):
+        TrafficState(primary="V1", unavailable=why)
+
+
 def test_each_model_gets_its_own_routes_and_replicas_are_retried(tmp_path):
     a = ModelRoute.of(
         parse_rollout_spec("model: alpha\n"),

@@ -23,7 +23,6 @@ import pytest
 
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.embedded import run_release
 from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.serving.hosts import hosted
@@ -31,7 +30,7 @@ from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import check_loss_free, small_spec, traffic
+from tests.release.conftest import check_loss_free, release_first, small_spec, traffic
 from tests.training.conftest import PrivateDataset
 from tests.waiting import eventually
 
@@ -51,7 +50,7 @@ def two_in_production(stack, tmp_path):
         shas = create_release_demo_project(tmp_path / name, name=name, dataset=ds.name)
         spec, commit = load_project_at_commit(tmp_path / name, shas[0])
         version = run_inline(spec, commit, settings=stack, containerize=False).version
-        assert run_release(stack, name, version, small_spec(name)).result == "promoted"
+        assert release_first(stack, name, version, small_spec(name))[0].result == "promoted"
         versions[name] = version
     yield stack, versions
     LocalGatewayDriver(stack, load_rollout_spec()).stop()

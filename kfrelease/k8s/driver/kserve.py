@@ -247,7 +247,9 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
 
 
 def _terminal(state: TrafficState) -> bool:
-    return not state.shadow and not (state.canary and state.canary_weight > 0 and state.primary)
+    """A state a release ends in (its Lease is released): no shadow and no canary answering (a first model
+    served alone as provisional, a canary at 100 with no primary, is still being released)."""
+    return not state.shadow and not (state.canary and state.canary_weight > 0)
 
 
 class KServeTrafficDriver:
@@ -397,6 +399,7 @@ class KServeTrafficDriver:
             and before.canary
             and before.canary_weight > 0
             and not state.canary
+            and before.primary
             and state.primary == before.primary
         ):
             # rollback: the canary's share to 0 first (instant), then the spec back to production

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-from kfrelease.k8s.render.inference import _dns, render_release
+from kfrelease.k8s.render.inference import _dns, production_name, render_release
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -72,8 +72,11 @@ def traffic_patches(
     """What the release controller sends to the cluster to move to ``state``: ``{"patch": [...],
     "create": [...], "delete": [...]}``. Each patch is ``{apiVersion, kind, namespace, name, patch}``, a
     JSON merge patch (``kubectl patch --type merge``) of the object's spec and of the annotations rendered
-    here (the recorded traffic state), never of anything else. Raises before anything
-    is computed if the spec or state is bad."""
+    here (the recorded traffic state), never of anything else. A state in which no version serves
+    (``unavailable``: a first model withdrawn) leaves production's InferenceService in place (the release
+    driver may not delete it, ``release_driver_rbac``): its VirtualService answers clients 503 with the reason,
+    so it serves no client; an operator deletes it. Raises before anything is computed if the spec or state is
+    bad."""
     wanted = render_release(spec, state, storage_uris, **kwargs)
     # only this model's objects: other models in the namespace are never patched or deleted
     model = _dns(spec.model)
@@ -97,6 +100,7 @@ def traffic_patches(
         if (
             key not in wanted_keys
             and doc.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/part-of") == "kfrelease"
+            and not (state.unavailable and key[0] == "InferenceService" and key[2] == production_name(spec))
         ):
             out["delete"].append(_ref(doc))
     return out

@@ -375,16 +375,16 @@ def render_release_service(spec: RolloutSpec) -> dict:
 
 
 def traffic_state_annotation(state: TrafficState) -> str:
-    return json.dumps(
-        {
-            "primary": state.primary,
-            "shadow": state.shadow,
-            "canary": state.canary,
-            "canary_weight": state.canary_weight,
-            "mirror_percent": state.mirror_percent,
-        },
-        sort_keys=True,
-    )
+    recorded = {
+        "primary": state.primary,
+        "shadow": state.shadow,
+        "canary": state.canary,
+        "canary_weight": state.canary_weight,
+        "mirror_percent": state.mirror_percent,
+    }
+    if state.unavailable:
+        recorded["unavailable"] = state.unavailable
+    return json.dumps(recorded, sort_keys=True)
 
 
 def recorded_state(doc: dict) -> TrafficState | None:
@@ -410,6 +410,8 @@ def render_virtual_service(
     prod = production_name(spec)
     raw = spec.serving.deployment_mode == "RawDeployment"
     primary = state.primary or state.canary
+    if not primary:
+        return _unavailable_virtual_service(spec, state, host=host, gateways=gateways, domain=domain)
     stable_predictor = predictor_name(primary) if raw and primary else None
     predictor_host = _svc_host(spec, predictor_service(prod, stable_predictor, kserve_version))
     if raw and state.canary and state.primary and state.canary_weight > 0:
@@ -439,12 +441,7 @@ def render_virtual_service(
             "port": {"number": 80},
         }
         http["mirrorPercentage"] = {"value": mirror}
-    feedback = {
-        "name": "feedback",
-        "match": [{"uri": {"prefix": "/v1/feedback"}}],
-        "route": [{"destination": {"host": _svc_host(spec, FEEDBACK_SERVICE), "port": {"number": 80}}}],
-        "timeout": "30s",
-    }
+    feedback = _feedback_route(spec)
     hosts = client_hosts(spec, domain)
     if host and host not in hosts:
         hosts.insert(0, host)
@@ -465,6 +462,53 @@ def render_virtual_service(
             "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
             "http": [http, feedback],
         },
+    }
+
+
+def _unavailable_virtual_service(
+    spec: RolloutSpec, state: TrafficState, *, host: str | None, gateways: list[str] | None, domain: str
+) -> dict:
+    """The VirtualService of a model no version serves (``TrafficState.unavailable``: a first model withdrawn
+    by its release): predictions get a 503 whose JSON body says why, from the sidecar or the ingress gateway
+    itself (Istio's ``HTTPRoute.directResponse``, a status and a ``body.string``: istio/api
+    ``networking/v1alpha3/virtual_service.proto`` ``HTTPDirectResponse``, validated by istio/istio
+    ``pkg/config/validation`` ``validateHTTPDirectResponse``: a status from 200 to 599), instead of a bare
+    404 from a route with no destination. Feedback still reaches the feedback service."""
+    if not state.unavailable:
+        raise RolloutSpecError("traffic state has no version to serve and says not why; no traffic was moved")
+    hosts = client_hosts(spec, domain)
+    if host and host not in hosts:
+        hosts.insert(0, host)
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": {
+            "name": f"{production_name(spec)}-release",
+            "namespace": spec.serving.namespace,
+            "labels": {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": _dns(spec.model)},
+            "annotations": {STATE_ANNOTATION: traffic_state_annotation(state)},
+        },
+        "spec": {
+            "hosts": hosts,
+            "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
+            "http": [
+                {
+                    "name": "predict",
+                    "match": [{"uri": {"prefix": "/v1/models/"}}, {"uri": {"prefix": "/v2/models/"}}],
+                    "directResponse": {"status": 503, "body": {"string": json.dumps({"error": state.unavailable})}},
+                },
+                _feedback_route(spec),
+            ],
+        },
+    }
+
+
+def _feedback_route(spec: RolloutSpec) -> dict:
+    return {
+        "name": "feedback",
+        "match": [{"uri": {"prefix": "/v1/feedback"}}],
+        "route": [{"destination": {"host": _svc_host(spec, FEEDBACK_SERVICE), "port": {"number": 80}}}],
+        "timeout": "30s",
     }
 
 
@@ -529,6 +573,8 @@ def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping
     kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
     if kwargs.get("domain") is None:
         kwargs.pop("domain", None)
+    if state.unavailable:  # no version serves: no InferenceService, the VirtualService says why
+        return [render_virtual_service(spec, state, **kwargs)]
     return [
         *render_inference_services(
             spec,
