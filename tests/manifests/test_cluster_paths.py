@@ -132,7 +132,8 @@ def test_release_steps_have_resources_retries_no_cache_and_are_not_evicted_by_th
     package, platform = _compile(release_pipeline, tmp_path)[:2]
     tasks = _tasks(package)
     release = {k: v for k, v in tasks.items() if not k.startswith("condition")}
-    assert set(release) == {"release-preflight", "shadow-gate", "rollout"}, set(release)
+    # the rollout step of each branch: after a passed shadow gate, a tag bump with other inputs, a first model
+    assert set(release) == {"release-preflight", "shadow-gate", "rollout", "rollout-2", "rollout-3"}, set(release)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     containers = package["deploymentSpec"]["executors"]
     for name, task in release.items():
@@ -158,9 +159,7 @@ def test_kubeflow_manifests_are_fetched_at_the_tags_upstream_has(sources):
 
     assert kubeflow_ref("26.03") == "26.03" and kubeflow_ref("1.11.0") == "v1.11.0"
     assert "26.03" in KUBEFLOW_KSERVE
-    env = dataclasses.replace(
-        sources.envs.environments["staging"], kubeflow_version="26.03", kserve_version="0.16.0"
-    )
+    env = dataclasses.replace(sources.envs.environments["staging"], kubeflow_version="26.03", kserve_version="0.16.0")
     for doc in (oauth2_proxy_kustomization(env), dex_kustomization(env)):
         assert doc["resources"][0].endswith("?ref=26.03"), doc["resources"]
 
@@ -256,13 +255,32 @@ def test_the_public_endpoint_keeps_none_of_kubeflows_published_credentials(tmp_p
     upstream_oauth, upstream_dex = _upstream_stand_in(tmp_path / "upstream")
     built = {}
     for name, doc, upstream, files in (
-        ("oauth2-proxy", oauth2_proxy_kustomization(env), upstream_oauth,
-         {OAUTH2_PROXY_SECRET_FILE: "client-id=kubeflow-oidc-authservice\nclient-secret=ours-0123\ncookie-secret=" + "c" * 32 + "\n"}),
-        ("dex", dex_kustomization(env), upstream_dex,
-         {DEX_CLIENT_SECRET_FILE: "OIDC_CLIENT_ID=kubeflow-oidc-authservice\nOIDC_CLIENT_SECRET=ours-0123\n",
-          DEX_PASSWORDS_FILE: yaml.safe_dump({"apiVersion": "v1", "kind": "Secret",
-                                               "metadata": {"name": "dex-passwords", "namespace": "auth"},
-                                               "stringData": {"DEX_USER_PASSWORD": "$2y$12$ours"}})}),
+        (
+            "oauth2-proxy",
+            oauth2_proxy_kustomization(env),
+            upstream_oauth,
+            {
+                OAUTH2_PROXY_SECRET_FILE: "client-id=kubeflow-oidc-authservice\nclient-secret=ours-0123\ncookie-secret="
+                + "c" * 32
+                + "\n"
+            },
+        ),
+        (
+            "dex",
+            dex_kustomization(env),
+            upstream_dex,
+            {
+                DEX_CLIENT_SECRET_FILE: "OIDC_CLIENT_ID=kubeflow-oidc-authservice\nOIDC_CLIENT_SECRET=ours-0123\n",
+                DEX_PASSWORDS_FILE: yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "dex-passwords", "namespace": "auth"},
+                        "stringData": {"DEX_USER_PASSWORD": "$2y$12$ours"},
+                    }
+                ),
+            },
+        ),
     ):
         d = tmp_path / name
         d.mkdir()
@@ -273,10 +291,21 @@ def test_the_public_endpoint_keeps_none_of_kubeflows_published_credentials(tmp_p
             (d / fname).write_text(text)
         proc = subprocess.run([sh.which("kubectl"), "kustomize", str(d)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
-        built[name] = {(x["kind"], x["metadata"]["name"].rsplit("-", 1)[0] if x["kind"] == "Secret" and name ==
-                        "oauth2-proxy" else x["metadata"]["name"]): x for x in yaml.safe_load_all(proc.stdout)}
+        built[name] = {
+            (
+                x["kind"],
+                x["metadata"]["name"].rsplit("-", 1)[0]
+                if x["kind"] == "Secret" and name == "oauth2-proxy"
+                else x["metadata"]["name"],
+            ): x
+            for x in yaml.safe_load_all(proc.stdout)
+        }
     text = yaml.safe_dump(built)
-    for published in ("pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok", "7d16fee92f8d11b8940b081b3f8b8acb", "4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72"):
+    for published in (
+        "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok",
+        "7d16fee92f8d11b8940b081b3f8b8acb",
+        "4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72",
+    ):
         encoded = base64.b64encode(published.encode()).decode()
         assert published not in text and encoded not in text, published
     ra = built["oauth2-proxy"][("RequestAuthentication", "m2m-token-issuer")]

@@ -277,11 +277,16 @@ def test_the_compiled_pipelines_label_each_step_with_its_identity(tmp_path):
         _, platform = list(yaml.safe_load_all(path.read_text()))
         for executor, cfg in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
             labels[executor] = cfg.get("podMetadata", {}).get("labels", {}).get(STEP_LABEL)
-    assert labels["exec-train"] == labels["exec-evaluate"] == UNTRUSTED
+    # the untrusted steps run the merged code (train, and the champion's label-blind scoring); evaluate is
+    # trusted library code since issue 23 (it joins the untrusted step's predictions with the labels it holds)
+    assert labels["exec-train"] == labels["exec-score-champion"] == UNTRUSTED and labels["exec-evaluate"] is None
     assert labels["exec-deploy-staging"] == KFP_SUBMITTER_STEP
-    assert (
-        labels["exec-release-preflight"] == labels["exec-shadow-gate"] == labels["exec-rollout"] == RELEASE_DRIVER_STEP
-    )
+    release = {k: v for k, v in labels.items() if k.startswith(("exec-release", "exec-shadow", "exec-rollout"))}
+    # preflight, shadow gate, and the rollout of each branch (after the shadow gate, a tag bump, a first model)
+    assert set(release) == {
+        f"exec-{s}" for s in ("release-preflight", "shadow-gate", "rollout", "rollout-2", "rollout-3")
+    }
+    assert set(release.values()) == {RELEASE_DRIVER_STEP}
     assert "exec-register" not in labels and "exec-containerize" not in labels  # trusted library code
 
 

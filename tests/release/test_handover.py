@@ -19,7 +19,7 @@ from kfrelease.training import run_records
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.trigger import trigger, wait
 from tests.recording_kfp import recording_kfp_api
-from tests.release.conftest import bad_spec_text, small_spec
+from tests.release.conftest import bad_spec_text, small_spec, traffic
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,10 @@ def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_rele
     assert ModelRegistry(store_for("pipeline", settings)).get(name, version).entry["rollout"] == rollout
     assert handed["pid"] > 0 and handed["spec"].endswith(f"{version}.rollout.yaml")
     assert Path(handed["spec"]).read_text() == rollout
-    assert wait_release(settings, name, version, timeout=300) == "production"
+    with traffic(settings, name, wait_served=300, rate=60.0):  # a first model: provisional until it passes live
+        assert wait_release(settings, name, version, timeout=300) == "production"
     history = ModelRegistry(store_for("pipeline", settings)).history(name, version)
+    assert any(e["evidence"].get("phase") == "provisional" for e in history), history
     staged = [e for e in history if e["stage"] == "staging"]
     assert staged and staged[0]["who"] == "training-pipeline", history
     assert history[-1]["stage"] == "production" and history[-1]["who"] != "training-pipeline", history

@@ -89,6 +89,8 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     gate = h2[1]["evidence"]["test"]
     assert gate["decision"] == "pass" and gate["ratio_interval"][1] < 1 + gate["margin"]
     assert f"n={gate['n']}" in h2[1]["why"] and "confidence sequence" in h2[1]["why"]
+    # the decision shows the tail check and the worst slice, each with its interval (as the demo prints it)
+    assert "tail: pass, rate difference " in h2[1]["why"] and "worst slice " in h2[1]["why"], h2[1]["why"]
     canary = [e for e in h2 if e["evidence"].get("phase") in ("canary", "promote")]
     assert [e["evidence"]["weight"] for e in canary] == [25, 50, 100]
     assert all("error_rate" in e["why"] and "p99" in e["why"] for e in canary)
