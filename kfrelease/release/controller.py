@@ -416,7 +416,8 @@ class ReleaseController:
                     return ReleaseOutcome(model, candidate, None, "promoted", list(self.decisions))
                 if action == "rollback":
                     failed = [c for c, r in zip(checks, results, strict=True) if r.status == "failed"]
-                    accuracy = any(c.source == "labels" for c in failed)
+                    # an accuracy decision, not a threshold that could not be computed (that is no evidence)
+                    accuracy = any(c.source == "labels" and not measured[c.name].error for c in failed)
                     undecided = not failed
                     return self.withdraw(mv, why, evidence, accuracy=accuracy, undecided=undecided)
                 self._record(candidate, "staging", "provisional", why, evidence)

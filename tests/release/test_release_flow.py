@@ -128,9 +128,7 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     check_loss_free(settings, name, stats)  # every answered request is in the prediction logs
 
 
-def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(
-    release_env,
-):
+def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(release_env, monkeypatch):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
     registry = ModelRegistry(store_for("pipeline", settings))
@@ -157,6 +155,10 @@ def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval
         },
     )
     assert release_first(settings, name, v1.version, spec)[0].result == "promoted"
+    # offline validation takes its paired test from the release's rollout spec (no tail check, margin 50): the
+    # constant model passes it, as it passes the shadow gate, and only the canary's accuracy check stops it
+    (tmp / "rollout.yaml").write_text(spec.to_yaml())
+    monkeypatch.setenv("KFRELEASE_ROLLOUT_SPEC", str(tmp / "rollout.yaml"))
     bad = run_inline(
         parse_spec(bad_spec_text(name, ds.name)),
         "b" * 40,

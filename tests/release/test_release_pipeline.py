@@ -17,9 +17,7 @@ from tests.release.conftest import bad_spec_text, small_spec, traffic
 pytestmark = pytest.mark.integration
 
 
-def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(
-    release_env,
-):
+def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(release_env, monkeypatch):
     from kfrelease.demo.flow import create_release_demo_project
 
     settings, ds, name, tmp = release_env
@@ -37,6 +35,11 @@ def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_w
     phases = [e["evidence"].get("phase") for e in registry.history(name, v1.version)]
     assert "provisional" in phases and phases[-1] == "promote" and "shadow" not in phases
 
+    # its offline validation has no tail or slice check (a training rollout spec without them): the constant
+    # model passes offline on its tolerance, and the shadow gate (tail check on) rejects it
+    offline = tmp / "offline-rollout.yaml"
+    offline.write_text(spec.with_changes(shadow={"min_exposure": 0, "worst_slice": False}).to_yaml())
+    monkeypatch.setenv("KFRELEASE_ROLLOUT_SPEC", str(offline))
     bad = run_inline(
         parse_spec(bad_spec_text(name, ds.name)),
         "c" * 40,
