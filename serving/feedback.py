@@ -5,8 +5,10 @@ instance of that request, in order; optionally ``"model"``, default the service'
 array of such objects. Each record is checked (a non-empty request id, finite numbers), made durable in the
 local write-ahead file (the log sink's ``BatchWriter``), acknowledged, then written in Parquet batches to
 ``feedback/model=<model>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`` (``kfrelease.lake.schema``: one row per
-instance, ``request_id, instance, truth, time``). Data engineers who hold labels in bulk write the same
-batches with ``write_feedback``.
+instance, ``request_id, instance, truth, time``). Labels held in bulk go through the same endpoint (a JSON
+array per POST): ``feedback`` is both release gates' ground truth, so the access policy lets only this
+service's role (``serving``) write it; data engineers read it (``write_feedback`` writes batches with a store of
+that role).
 
 The request id is the one the gateway returns to the client as ``x-request-id`` (and logs as the
 CloudEvent id), so the lake's ``read_labels`` joins ``read_predictions`` on (request_id, instance)

@@ -46,6 +46,17 @@ def test_only_data_engineers_read_raw_and_write_curated():
     assert policy.allows("data-scientist", "curated", "read")
 
 
+def test_only_the_feedback_service_writes_ground_truth():
+    """``feedback`` is both release gates' ground truth (the shadow's and the canary's labelled pairs): only the
+    feedback service's role (``serving``) may write it; a data engineer who could put or delete labels there
+    could pass or fail any candidate (issue 24: data engineers could write it)."""
+    policy = load_policy()
+    assert {r for r in policy.roles if policy.allows(r, "feedback", "write")} == {"serving"}
+    for role, doc in iam_policies(policy, "p-").items():
+        assert allowed(doc, "p-feedback", "write", "model=m/date=2026-12-06/hour=10/x.parquet") == (role == "serving")
+    assert policy.allows("data-engineer", "feedback", "read")  # labelled traffic is still curated from it
+
+
 def test_only_the_pipeline_identity_writes_the_registry_so_only_its_runs_can_stage():
     """A stage is an event object in ``models``: only the pipeline role may write it. On the cluster only runs
     in the release namespace run as that role, and only the CI service account creates them

@@ -11,13 +11,13 @@ import sys
 import pytest
 import yaml
 
-from kfrelease.k8s.render.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
 from kfrelease.k8s.environments import (
     MANIFESTS_DIR,
     PROFILE_SA,
     RELEASE_NS,
     iam_role_name,
 )
+from kfrelease.k8s.render.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
 from kfrelease.k8s.render.platform import IRSA_ANNOTATION, role_placements
 from kfrelease.k8s.render.tree import iam_policies_in_cluster_config
 from tests.iam_eval import allowed
@@ -141,6 +141,20 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
             (root, "delete", "v2/kfrelease-training/run-1/train/model"),
         ] + [(f"{p}{b}", a, "k") for b in ("raw", "inference-logs", "feedback") for a in ("read", "write", "list")]:
             assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
+
+
+def test_no_cluster_identity_but_the_feedback_service_writes_ground_truth(sources):
+    """Every IAM role of the ClusterConfigs (people, workspaces, steps, the Kubeflow UI): only the serving role
+    (the feedback service's IRSA) may put or delete objects of ``feedback``, the gates' ground truth."""
+    for name, env in sources.envs.environments.items():
+        bucket = f"{env.bucket_prefix}feedback"
+        writers = {
+            role
+            for role, doc in iam_policies_in_cluster_config(cluster_config(name)).items()
+            if allowed(doc, bucket, "write", "model=m/date=2026-12-06/hour=10/x.parquet")
+            or allowed(doc, bucket, "delete", "model=m/date=2026-12-06/hour=10/x.parquet")
+        }
+        assert writers == {iam_role_name("serving")}, (name, writers)
 
 
 def test_each_irsa_role_is_trusted_by_exactly_the_service_account_annotated_with_it(sources, built):

@@ -107,7 +107,7 @@ def test_bad_batches_and_missing_labels_are_reported_and_nothing_is_lost(stack):
             + "\n"
         ).encode(),
     )
-    store_for("data-engineer", stack).put_bytes(
+    store_for("serving", stack).put_bytes(  # the feedback service's role: the only writer of ground truth
         "feedback",
         f"{model}/{day}/bad-truth.jsonl",
         json.dumps({"request_id": "bad-1", "truth": 4.0, "time": datetime.now(UTC).isoformat()}).encode() + b"\n",
@@ -147,7 +147,7 @@ def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
     from kfrelease import lake
     from kfrelease.lake.write import convert_legacy
 
-    serving, engineer = store_for("serving", stack), store_for("data-engineer", stack)
+    serving, admin = store_for("serving", stack), store_for("stack-admin", stack)
     model = seed_model(stack, {"V1.1.0": ("production", 1.0)}, n=50, hours=1)
     store = store_for("monitoring", stack)
     parquet = lake.read_predictions(store, model, features=FEATURES)
@@ -169,7 +169,7 @@ def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
     serving.put_bytes(
         "inference-logs", f"{legacy}/{day}/000000-a.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()
     )
-    engineer.put_bytes(
+    serving.put_bytes(
         "feedback",
         f"{legacy}/{day}/000000-a.jsonl",
         "".join(
@@ -187,7 +187,7 @@ def test_json_lines_logs_stay_readable_and_are_converted_once(stack):
     same(lake.read_predictions(store, legacy, features=FEATURES), parquet)
     same(lake.read_labels(store, legacy), labels)
     assert convert_legacy(serving, "inference-logs", legacy)
-    assert convert_legacy(engineer, "feedback", legacy)
+    assert convert_legacy(admin, "feedback", legacy)  # a one-off migration: no role rewrites ground truth
     assert not [o for b in ("inference-logs", "feedback") for o in store.list(b, f"{legacy}/")]
     same(lake.read_predictions(store, legacy, features=FEATURES), parquet)
     same(lake.read_labels(store, legacy), labels)
