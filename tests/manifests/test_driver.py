@@ -9,15 +9,15 @@ import copy
 import datetime as dt
 
 import pytest
-from kfrelease.k8s.render.inference import production_name, recorded_state
 
 from kfrelease.errors import ConfigError, Conflict
-from kfrelease.k8s.policy.rbac import service_account
+from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver, ref_of
 from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.policy.rbac import service_account
+from kfrelease.k8s.render.inference import production_name, recorded_state
 from kfrelease.k8s.render.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
-from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver, ref_of
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
@@ -307,16 +307,17 @@ def test_a_release_step_that_gets_sigterm_leaves_production_serving_and_the_leas
     release = driver(cluster, spec, holder=V2)
     release.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(ReleaseTerminated, match="signal 15"):
-        with terminable(release, V1):
-            os.kill(os.getpid(), signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # the step's work; the signal interrupts it
-                time.sleep(0.01)
-            raise AssertionError("SIGTERM did not reach the step within 10 s")
+    with pytest.raises(ReleaseTerminated, match="signal 15"), terminable(release, V1):
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the step's work; the signal interrupts it
+            time.sleep(0.01)
+        raise AssertionError("SIGTERM did not reach the step within 10 s")
     assert signal.getsignal(signal.SIGTERM) == before
     vs = next(
-        d for (k, _, n), d in cluster.objects.items() if k == "VirtualService" and n == f"{production_name(spec)}-release"
+        d
+        for (k, _, n), d in cluster.objects.items()
+        if k == "VirtualService" and n == f"{production_name(spec)}-release"
     )
     assert recorded_state(vs) == TrafficState(primary=V1)
     assert all(d["metadata"]["name"] != f"{production_name(spec)}-staging" for d in isvcs(cluster, spec).values())
@@ -344,10 +345,33 @@ def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_me
                 "conditions": [{"type": "Ready", "status": "True"}],
             }
     release.wait_ready(
-        [{"kind": "InferenceService", "apiVersion": "serving.kserve.io/v1beta1", "namespace": ns, "name": n}
-         for n in isvcs(cluster, SERVERLESS)],
+        [
+            {"kind": "InferenceService", "apiVersion": "serving.kserve.io/v1beta1", "namespace": ns, "name": n}
+            for n in isvcs(cluster, SERVERLESS)
+        ],
         timeout=0.0,
     )
+
+
+@pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
+def test_a_candidate_not_ready_in_shadow_goes_away_and_frees_the_lease(spec):
+    """Finding: a shadow whose InferenceService never became Ready raised ``NotReady`` out of the move with the
+    mirror still on it and the model's Lease held, so every later candidate of the model was refused
+    (``Conflict``) until the Lease expired. The driver now undoes the move (all traffic on production, the
+    staging InferenceService deleted), releases the Lease, and says so."""
+    from kfrelease.k8s.driver.kserve import NotReady
+
+    cluster = cluster_for(spec)
+    release = driver(cluster, spec, ready_timeout=0.0, sleep=lambda _s: None)
+    with pytest.raises(NotReady, match=rf"staging is not Ready .*all traffic is back on {V1} and the release Lease"):
+        release.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    ns = spec.serving.namespace
+    vs = cluster.objects[("VirtualService", ns, f"{production_name(spec)}-release")]
+    assert recorded_state(vs) == TrafficState(primary=V1) and "mirror" not in vs["spec"]["http"][0]
+    assert set(isvcs(cluster, spec)) == {production_name(spec)}
+    lease = cluster.objects[("Lease", ns, release.lock.ref["name"])]
+    assert lease["spec"]["holderIdentity"] == ""
+    driver(cluster, spec, holder=V3).apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # not blocked
 
 
 def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_pruning_them():

@@ -338,7 +338,7 @@ class KServeTrafficDriver:
                 "service account"
             )
 
-    def _move(self, state: TrafficState) -> None:
+    def _move(self, state: TrafficState, wait: bool = True) -> None:
         plan = self._plan(state)  # raises on a bad state before anything is sent
         refused = self._refused(plan)
         if refused:
@@ -353,7 +353,7 @@ class KServeTrafficDriver:
         for ref in plan["delete"]:
             self.objects.delete(ref)
         written = [ref_of(d) for d in plan["create"]] + plan["patch"]
-        if self.ready_timeout is not None:
+        if wait and self.ready_timeout is not None:
             self.wait_ready([r for r in written if r["kind"] == "InferenceService"], self.ready_timeout)
 
     def wait_ready(self, refs: list[dict], timeout: float) -> None:
@@ -404,7 +404,27 @@ class KServeTrafficDriver:
         ):
             # rollback: the canary's share to 0 first (instant), then the spec back to production
             self._move(before.with_canary(before.canary, 0))
-        self._move(state)
+        try:
+            self._move(state)
+        except NotReady as exc:
+            if _terminal(state):
+                raise
+            self._undo(state, exc)
         self._state = state
         if self.lock and _terminal(state):
             self.lock.release()
+
+    def _undo(self, state: TrafficState, exc: NotReady) -> None:
+        """A shadow or canary whose InferenceService did not become Ready in time: every request back to the
+        primary (the staging shadow and the canary removed, without waiting: production did not change), the
+        model's Lease released, then ``NotReady`` saying so. Left as it was, the mirror or the canary's share
+        would point at a predictor that does not answer, and the Lease would block every later candidate of
+        the model until it expired."""
+        back = TrafficState(primary=state.primary or state.canary)
+        if state.canary and state.primary and state.canary_weight > 0:  # as a rollback: the share to 0 first
+            self._move(state.with_canary(state.canary, 0), wait=False)
+        self._move(back, wait=False)
+        self._state = back
+        if self.lock:
+            self.lock.release()
+        raise NotReady(f"{exc}; all traffic is back on {back.primary} and the release Lease is released") from None
