@@ -4,6 +4,7 @@ is allowed by the rendered ALLOW policies, evaluated as Istio evaluates them (``
 nothing wider: a pod in a data scientist's namespace reaches neither a predictor, the log sink nor feedback."""
 
 import pytest
+
 from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
 from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, KNATIVE_ACTIVATOR, KNATIVE_AUTOSCALER, principal
@@ -15,6 +16,7 @@ SINK = Workload(NS, {"app.kubernetes.io/name": "kfrelease-logsink"})
 FEEDBACK = Workload(NS, {"app.kubernetes.io/name": "kfrelease-feedback"})
 AGENT = principal(NS, PREDICTOR_SERVICE_ACCOUNT)
 DATA_SCIENTIST = principal("ds-ada", "default-editor")
+SHOP = principal("shop", "checkout")  # a pod of a namespace the environments name in mesh_clients
 PREDICT = "/v1/models/diabetes-progression:predict"
 
 NEEDED = {
@@ -28,6 +30,10 @@ NEEDED = {
     "Knative autoscaler scraping the queue-proxy": Request(PREDICTOR, 9090, "/metrics", "GET", KNATIVE_AUTOSCALER),
     "KServe agent to the log sink": Request(SINK, 8080, "/", "POST", AGENT),
     "client via the gateway posting ground truth": Request(FEEDBACK, 8080, "/v1/feedback", "POST", INGRESS_GATEWAY),
+    # an environment's mesh_clients (``shop``): their sidecars route by the release VirtualService, both routes
+    "in-mesh client predicting through its sidecar": Request(PREDICTOR, 9081, PREDICT, "POST", SHOP),
+    "in-mesh client's sidecar mirroring to the shadow": Request(SHADOW, 9081, PREDICT, "POST", SHOP),
+    "in-mesh client posting ground truth through its sidecar": Request(FEEDBACK, 8080, "/v1/feedback", "POST", SHOP),
     "Prometheus scraping a predictor": Request(PREDICTOR, 8080, "/metrics", "GET", None),
     "Prometheus scraping the log sink": Request(SINK, 8080, "/metrics", "GET", None),
     "Prometheus scraping feedback": Request(FEEDBACK, 8080, "/metrics", "GET", None),
@@ -45,6 +51,8 @@ REFUSED = {
         PREDICTOR, 8080, PREDICT, "POST", KNATIVE_ACTIVATOR
     ),
     "a predictor posting ground truth": Request(FEEDBACK, 8080, "/v1/feedback", "POST", AGENT),
+    "an in-mesh client writing prediction logs": Request(SINK, 8080, "/", "POST", SHOP),
+    "an in-mesh client on feedback's other paths": Request(FEEDBACK, 8080, "/admin", "POST", SHOP),
 }
 
 

@@ -11,7 +11,7 @@ renders those, one per workload kind, each allowing only the flows the release n
 | --- | --- | --- |
 | predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the pods of the environment's ``mesh_clients`` namespaces (their own sidecars route and mirror), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
 | log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
-| feedback | the ingress gateway (clients post ground truth) | ``POST /v1/feedback`` on 8080 |
+| feedback | the ingress gateway (clients post ground truth), the pods of the ``mesh_clients`` namespaces (through their own sidecars) | ``POST /v1/feedback`` on 8080 |
 | all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
 
 Ports are the workload's (container) ports, as Istio matches them on the inbound side; principals are
@@ -66,12 +66,20 @@ def serving_policies(
     VirtualService (gateway ``mesh``), so both their requests and the mirrored copies Envoy sends to the
     shadow come from their own identity, not the ingress gateway's (Envoy mirrors in the router of the proxy
     that routes the request: istio/istio ``pilot/pkg/networking/core/route/route.go`` ``mirror``)."""
-    from_clients = []
+    from_clients, labels_from_clients = [], []
     if clients:
         from_clients = [
             {
                 "from": [{"source": {"namespaces": sorted(clients)}}],
                 "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
+            }
+        ]
+        # the same clients label what they were answered: the VirtualService's feedback route is applied by
+        # their sidecars too (gateway ``mesh``), so the request arrives with their identity
+        labels_from_clients = [
+            {
+                "from": [{"source": {"namespaces": sorted(clients)}}],
+                "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
             }
         ]
     return [
@@ -114,6 +122,7 @@ def serving_policies(
                     "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
                     "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
                 },
+                *labels_from_clients,
                 _scrape(),
             ],
         ),
