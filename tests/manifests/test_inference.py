@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.driver.patches import apply_traffic, traffic_patches
+from kfrelease.k8s.policy.schemas import SchemaValidationError, crd_index, validate
 from kfrelease.k8s.render.inference import (
     render_inference_services,
     render_release,
     render_serving_runtime,
     render_virtual_service,
 )
-from kfrelease.k8s.policy.schemas import SchemaValidationError, crd_index, validate
-from kfrelease.k8s.driver.patches import apply_traffic, traffic_patches
 from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -84,7 +84,8 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
         ("diabetes-progression-v1-1-0-predictor", 80),
         ("diabetes-progression-v1-2-0-predictor", 20),
     ]
-    assert "headers" not in vs["spec"]["http"][0]  # plain Services: no Host rewrite (Knative needs one)
+    # plain Services: no Host rewrite (Knative needs one); the KServe agents' CloudEvent id is the request id
+    assert vs["spec"]["http"][0]["headers"] == {"request": {"set": {"ce-id": "%REQ(x-request-id)%"}}}
     promoted = render_virtual_service(RAW, TrafficState(primary=V2))["spec"]["http"][0]["route"]
     assert [r["destination"]["host"].split(".")[0] for r in promoted] == ["diabetes-progression-v1-2-0-predictor"]
 
@@ -110,10 +111,14 @@ def test_the_release_hosts_are_the_releases_own_and_overlap_no_kserve_or_knative
     state = TrafficState(primary=V1, shadow=V2, mirror_percent=100)
     vs = render_virtual_service(spec, state, domain="models.example.org")
     ns, isvc = spec.serving.namespace, "diabetes-progression"
-    assert vs["spec"]["hosts"] == client_hosts(spec, "models.example.org") == [
-        f"{isvc}.models.example.org",
-        f"{isvc}-release.{ns}.svc.cluster.local",
-    ]
+    assert (
+        vs["spec"]["hosts"]
+        == client_hosts(spec, "models.example.org")
+        == [
+            f"{isvc}.models.example.org",
+            f"{isvc}-release.{ns}.svc.cluster.local",
+        ]
+    )
     kserve_and_knative = set()
     for name in (isvc, "diabetes-progression-predictor", "diabetes-progression-v1-1-0-predictor"):
         kserve_and_knative |= {

@@ -35,8 +35,17 @@ the controllers that turn rendered objects into running things, and runs the thi
   the rendered Ingress rules (one-label wildcards as networking.k8s.io/v1 defines them) and answers 404 to
   any other host.
 
-Not modelled: the KServe agent (no InferenceLogger events; the predictor runs without ``--logger-url`` as
-on the cluster), Knative (Serverless revisions and ``canaryTrafficPercent``: the twin runs Standard/raw
+- **KServe agent** (``Agent``): a predictor whose rendered spec has a ``logger`` gets the agent's logger in
+  front of its model server (the Sidecar sends to it, as the Service targets the agent's port 9081): CloudEvents
+  in binary mode with KServe's headers, ids from the request's ``Ce-Id`` else a new UUID, to the rendered
+  logger URL through the mesh as the predictor's service account.
+- **Serving Deployments** (``deployment_pods``): the rendered log sink and feedback service run from their
+  Deployment's container (command, args, env), behind a sidecar deciding with the rendered policies, reached by
+  their Service; IRSA is replaced by the role's keys on the local object store (``store_env``).
+- **Request ids**: Envoy keeps a request's ``x-request-id`` or generates one before routing, and a route's
+  ``headers.request.set`` values may name request headers (``%REQ(x-request-id)%``), mirrored copies included.
+
+Not modelled: Knative (Serverless revisions and ``canaryTrafficPercent``: the twin runs Standard/raw
 mode, where the VirtualService carries the canary's weight), oauth2-proxy in front of the gateway, TLS.
 """
 
@@ -52,6 +61,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -157,11 +168,13 @@ class Pod:
     labels: dict
     container: dict
     service: str  # the Service that selects it (KServe's PredictorServiceName)
-    logger: bool
+    logger: dict | None  # the predictor's ``logger`` spec (None: no KServe agent in the pod)
+    service_account: str = "default"
     model_name: str = ""
     port: int = 0
     process: subprocess.Popen | None = None
     sidecar: Sidecar | None = None
+    agent: Agent | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -219,7 +232,8 @@ def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
                 labels=labels,
                 container=container,
                 service=service,
-                logger=bool(pred.get("logger")),
+                logger=pred.get("logger"),
+                service_account=pred.get("serviceAccountName") or "default",
             )
         )
     return pods
@@ -402,18 +416,22 @@ class Sidecar:
                 if not ok:
                     return self._answer(403, b"RBAC: access denied", "text/plain")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in (PEER_HEADER, "connection")}
-                conn = http.client.HTTPConnection("127.0.0.1", sidecar.pod.port, timeout=30)
+                target = sidecar.pod.agent.port if sidecar.pod.agent else sidecar.pod.port
+                conn = http.client.HTTPConnection("127.0.0.1", target, timeout=30)
                 try:
                     conn.request(self.command, self.path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
-                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json")
+                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
+                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json", extra)
                 finally:
                     conn.close()
 
-            def _answer(self, status: int, data: bytes, content_type: str):
+            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
                 self.send_response(status)
                 self.send_header("content-type", content_type)
+                for k, v in extra:  # the pod's answer headers (x-request-id, x-model-version...)
+                    self.send_header(k, v)
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -430,6 +448,172 @@ class Sidecar:
             self.server.server_close()
 
 
+# --- the KServe agent: the InferenceService's logger in each predictor pod --------------------------------
+
+AGENT_SOURCE = "http://localhost:9081/"
+REQUEST_EVENT = "org.kubeflow.serving.inference.request"
+RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
+
+
+def go_rfc3339_nano(ns: int) -> str:
+    """A time as Go's ``time.RFC3339Nano`` writes it (what the CloudEvents Go SDK puts in ``ce-time``):
+    UTC ``Z``, up to nine fraction digits, trailing zeros dropped."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{text}.{digits}Z" if digits else f"{text}Z"
+
+
+@dataclass
+class Agent:
+    """What the KServe agent does in a pod whose predictor has a ``logger`` (kserve/kserve, read at v0.15-v0.20):
+
+    - it is injected by the pod webhook with ``--log-url`` (the logger's ``url``), ``--source-uri`` (the pod's
+      name as admission sees it: empty for a Deployment's pod, named from ``generateName`` only after
+      admission, so the agent's default ``http://localhost:9081/``: ``cmd/agent/main.go``), ``--log-mode`` (``all``, ``request``, ``response``), ``--inference-service`` (the pod's
+      ``serving.kserve.io/inferenceservice`` label), ``--namespace``, ``--endpoint`` (the pod's ``endpoint``
+      label, none in raw mode) and ``--component`` (its ``component`` label), and listens on 9081, where the
+      Service sends the pod's traffic (``pkg/webhook/admission/pod/agent_injector.go`` ``InjectAgent``);
+    - for each request not a kubelet probe: the CloudEvent id is the request's ``Ce-Id`` header, else a new UUID
+      (``pkg/logger/handler.go`` ``getOrCreateID``); a request event is queued with the body and the request's
+      content type, the request goes to the model server, and on a 200 a response event with the answer and,
+      as KServe does, the *request's* content type;
+    - a worker sends each event in CloudEvents binary mode (``pkg/logger/worker.go`` ``sendHttpCloudEvent``):
+      ``ce-specversion: 1.0``, ``ce-id``, ``ce-type`` (``org.kubeflow.serving.inference.request`` /
+      ``.response``), ``ce-source``, ``ce-time`` (the SDK's ``WithTimeNow``, RFC 3339 with nanoseconds), the
+      extensions ``ce-inferenceservicename``, ``ce-namespace``, ``ce-component``, ``ce-endpoint`` and
+      ``ce-metadata`` (the JSON of the forwarded metadata headers: ``{}``), a failed send is logged and dropped.
+
+    ``send(url, body, headers)`` is the pod's outbound proxy (the mesh, as the pod's service account)."""
+
+    pod: Pod
+    send: object
+    port: int = 0
+    sent: list[tuple[str, str, int]] = field(default_factory=list)  # (type, id, status) of each event
+    server: ThreadingHTTPServer | None = None
+
+    def __post_init__(self):
+        import queue
+
+        self.queue: queue.Queue = queue.Queue()
+
+    def _event(self, kind: str, rid: str, body: bytes, content_type: str) -> None:
+        self.queue.put((kind, rid, body, content_type))
+
+    def _work(self) -> None:
+        spec, labels = self.pod.logger or {}, self.pod.labels
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            kind, rid, body, content_type = item
+            headers = {
+                "ce-specversion": "1.0",
+                "ce-id": rid,
+                "ce-type": kind,
+                "ce-source": AGENT_SOURCE,
+                "ce-time": go_rfc3339_nano(time.time_ns()),
+                "ce-inferenceservicename": labels.get("serving.kserve.io/inferenceservice", ""),
+                "ce-namespace": self.pod.namespace,
+                "ce-component": labels.get("component", ""),
+                "ce-endpoint": labels.get("endpoint", ""),
+                "ce-metadata": "{}",
+                "content-type": content_type,
+            }
+            try:
+                status = self.send(spec["url"], body, headers)
+            except OSError:
+                status = 0
+            self.sent.append((kind, rid, status))
+
+    def start(self) -> None:
+        agent = self
+        mode = (self.pod.logger or {}).get("mode", "all")
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                probe = self.headers.get("user-agent", "").startswith("kube-probe/")
+                rid = self.headers.get("ce-id") or str(uuid.uuid4())
+                content_type = self.headers.get("content-type", "")
+                if not probe and mode in ("all", "request"):
+                    agent._event(REQUEST_EVENT, rid, body, content_type)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn = http.client.HTTPConnection("127.0.0.1", agent.pod.port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    answer_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_HEADERS]
+                finally:
+                    conn.close()
+                if not probe and resp.status == 200 and mode in ("all", "response"):
+                    agent._event(RESPONSE_EVENT, rid, data, content_type)
+                self.send_response(resp.status)
+                for k, v in answer_headers:
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True, name=f"agent-{self.pod.name}").start()
+        threading.Thread(target=self._work, daemon=True, name=f"agent-worker-{self.pod.name}").start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+#: Answer headers a twin proxy writes itself instead of copying them.
+HOP_HEADERS = ("connection", "content-length", "transfer-encoding", "keep-alive", "server", "date")
+
+
+# --- the serving namespace's own Deployments: the log sink and the feedback service ----------------------
+
+#: What a pod's IRSA web identity gives it on the cluster, and this machine gives a process instead: the role's
+#: keys on the local object store (``store_env(role)``: ``KFRELEASE_S3_*``, ``AWS_ACCESS_KEY_ID``...).
+IRSA_ENV = ("KFRELEASE_S3_ENDPOINT", "KFRELEASE_S3_SECURE", "KFRELEASE_S3_REGION", "KFRELEASE_BUCKET_PREFIX")
+
+
+def deployment_pods(deployments: list[dict]) -> list[Pod]:
+    """One pod of each rendered Deployment (its template's labels, first container, service account)."""
+    pods = []
+    for d in deployments:
+        template = d["spec"]["template"]
+        pods.append(
+            Pod(
+                name=f"{d['metadata']['name']}-0",
+                namespace=d["metadata"]["namespace"],
+                labels=dict(template["metadata"].get("labels") or {}),
+                container=copy.deepcopy(template["spec"]["containers"][0]),
+                service="",
+                logger=None,
+                service_account=template["spec"].get("serviceAccountName") or "default",
+            )
+        )
+    return pods
+
+
+def selects(service: dict, pod: Pod) -> bool:
+    selector = service["spec"].get("selector") or {}
+    return (
+        bool(selector)
+        and service["metadata"]["namespace"] == pod.namespace
+        and all(pod.labels.get(k) == v for k, v in selector.items())
+    )
+
+
 # --- routing: nginx from the rendered VirtualService and Ingress -----------------------------------------
 
 
@@ -442,6 +626,21 @@ def ingress_server_names(ingress: dict) -> list[str]:
             out.append("~^[^.]+" + re.escape(host[1:]).replace("\\-", "-") + "$")
         else:
             out.append(host)
+    return out
+
+
+def envoy_header_value(value: str) -> str:
+    """An Envoy custom request header value as nginx writes it: ``%REQ(name)%`` is the request's header
+    (``x-request-id`` the id Envoy kept or generated before routing); other ``%...%`` operators are not
+    modelled."""
+
+    def header(m: re.Match) -> str:
+        name = m.group(1).lower()
+        return "$twin_request_id" if name == "x-request-id" else "$http_" + name.replace("-", "_")
+
+    out = re.sub(r"%REQ\(([A-Za-z0-9-]+)\)%", header, value)
+    if "%" in out:
+        raise ValueError(f"header value {value!r}: only %REQ(...)% of Envoy's operators is modelled")
     return out
 
 
@@ -474,6 +673,9 @@ def nginx_config(
         *[f"  {t}_temp_path {workdir}/tmp_{t};" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
         "  client_body_buffer_size 1m;",
         "  server_names_hash_bucket_size 256;",
+        # Envoy keeps a request's x-request-id (the ALB's requests come from inside the VPC: internal) or
+        # generates one before routing; mirrored copies carry it too
+        '  map $http_x_request_id $twin_request_id { "" $request_id; default $http_x_request_id; }',
     ]
     if os.geteuid() == 0:
         lines.insert(0, "user nobody nogroup;")
@@ -522,6 +724,11 @@ def nginx_config(
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]}; server_name {hosts};")
         for i, route, target, mirror in blocks:
             host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
+            headers_set = ["      proxy_set_header x-request-id $twin_request_id;"] + [
+                f'      proxy_set_header {name} "{envoy_header_value(value)}";'
+                for name, value in host_set.items()
+                if name.lower() != "host"
+            ]
             timeout = route.get("timeout", "15s")
             for m in route["match"]:
                 uri = m["uri"]
@@ -533,6 +740,7 @@ def nginx_config(
                     lines.append(f"      mirror /_mirror_{role}_{i};")
                 lines.append(f'      proxy_set_header {PEER_HEADER} "{principal}";')
                 lines.append(f"      proxy_set_header Host {host_set.get('Host', '$host')};")
+                lines += headers_set
                 lines.append(f"      proxy_read_timeout {timeout};")
                 lines.append(f"      proxy_pass http://{target};")
                 lines.append("    }")
@@ -543,6 +751,7 @@ def nginx_config(
                     f'      if ($mirror_{i} = "") {{ return 204; }}',
                     f'      proxy_set_header {PEER_HEADER} "{principal}";',
                     "      proxy_set_header Host $host-shadow;",  # Envoy's Host of a mirrored copy
+                    *headers_set,  # the copy has the route's headers (finalized before shadowing: envoyproxy/envoy#8138)
                     f"      proxy_pass http://{_service_of(mirror['host'])}$request_uri;",
                     "    }",
                 ]
@@ -600,8 +809,11 @@ class Twin:
     """Runs what a cluster holds (``objects``: kind -> list of documents, e.g. the stand-in's) for real.
 
     ``model_dirs`` maps a model version to its model directory (what the ModelCar mounts at
-    ``/mnt/models``). ``reconcile`` starts the pods of new predictors, stops those that went, and rebuilds
-    nginx and Prometheus from the VirtualService, Ingress, AuthorizationPolicies and PodMonitor."""
+    ``/mnt/models``); ``store_env(role)`` is the environment that gives a process the access-policy role's keys
+    on the local object store (what IRSA gives the pod on EKS). ``reconcile`` starts the pods of new
+    predictors (with the KServe agent when the predictor has a ``logger``), stops those that went, starts the
+    serving namespace's Deployments once (the log sink, the feedback service), and rebuilds nginx and
+    Prometheus from the VirtualService, Ingress, AuthorizationPolicies and PodMonitor."""
 
     def __init__(
         self,
@@ -610,10 +822,14 @@ class Twin:
         kserve_version: str,
         client_principal: str,
         upstream_policies: list[dict],
+        store_env=None,
     ):
         self.dir, self.model_dirs, self.kserve_version = workdir, model_dirs, kserve_version
         self.client_principal, self.upstream_policies = client_principal, upstream_policies
+        self.store_env = store_env
         self.pods: dict[tuple[str, str], Pod] = {}
+        self.services: dict[str, Pod] = {}  # Deployment name -> its pod
+        self.service_docs: list[dict] = []
         self.nginx = Nginx(workdir / "nginx")
         self.prometheus = Prometheus(workdir / "prometheus")
 
@@ -626,8 +842,77 @@ class Twin:
         argv = pod.argv(self.model_dirs[pod.version], pod.port)
         pod.model_name = argv[argv.index("--name") + 1]
         pod.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(home / "log", "w"))  # noqa: SIM115
+        if pod.logger:
+            pod.agent = Agent(pod, lambda url, body, headers, p=pod: self.send_from(p, url, body, headers))
+            pod.agent.start()
         pod.sidecar = Sidecar(pod, policies)
         pod.sidecar.start()
+
+    def _start_service_pod(self, pod: Pod, policies: list[dict]) -> None:
+        """A Deployment's pod: its container's command, args and env, with what this machine substitutes (a
+        free port for the container port, 127.0.0.1 for 0.0.0.0, a local directory for ``KFRELEASE_HOME``,
+        the role's keys on the local object store for IRSA). Only the pod's own env reaches the process."""
+        if self.store_env is None:
+            raise ValueError(f"Deployment {pod.name} needs the object store: give the Twin store_env")
+        pod.port = free_port()
+        home = self.dir / "pods" / pod.name
+        home.mkdir(parents=True, exist_ok=True)
+        env = pod.env
+        role = env.get("KFRELEASE_ROLE")
+        if not role or not set(IRSA_ENV) <= set(env):
+            raise ValueError(f"Deployment {pod.name} sets no object-store role (KFRELEASE_ROLE, {IRSA_ENV})")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("KFRELEASE_", "AWS_"))}
+        env = {**base, **env, **self.store_env(role), "KFRELEASE_HOME": str(home)}
+        container_port = str(pod.container["ports"][0]["containerPort"])
+        local = {container_port: str(pod.port), "0.0.0.0": "127.0.0.1"}
+        words = [expand(w, env) for w in (pod.container.get("command") or []) + (pod.container.get("args") or [])]
+        words = [local.get(w, w) for w in words]
+        if words and words[0] == "python":
+            words[0] = sys.executable
+        pod.process = subprocess.Popen(words, env=env, stdout=subprocess.DEVNULL, stderr=open(home / "log", "w"))  # noqa: SIM115
+        pod.sidecar = Sidecar(pod, policies)
+        pod.sidecar.start()
+
+    def _listening(self, pod: Pod) -> bool:  # the Deployments' tcpSocket readiness probe
+        if pod.process.poll() is not None:
+            log = (self.dir / "pods" / pod.name / "log").read_text()[-2000:]
+            raise AssertionError(f"pod {pod.name} exited ({pod.process.returncode}): {log}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", pod.port)) == 0
+
+    def service_ports(self, name: str) -> list[int]:
+        """The sidecar ports of the pods a Service (by name) selects."""
+        docs = [d for d in self.service_docs if d["metadata"]["name"] == name]
+        return [p.sidecar.port for d in docs for p in self.services.values() if selects(d, p)]
+
+    def send_from(self, pod: Pod, url: str, body: bytes, headers: dict) -> int:
+        """A POST from ``pod`` to a Service URL inside the mesh: through the pod's outbound sidecar, which
+        presents the pod's service-account identity to the destination's sidecar."""
+        from urllib.parse import urlsplit
+
+        from kfrelease.k8s.render.mesh import principal
+
+        u = urlsplit(url)
+        ports = self.service_ports(_service_of(u.hostname or ""))
+        if not ports:
+            return 503  # Envoy: no healthy upstream
+        conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        try:
+            conn.request(
+                "POST",
+                u.path or "/",
+                body=body,
+                headers={
+                    **headers,
+                    "host": u.netloc,
+                    PEER_HEADER: principal(pod.namespace, pod.service_account),
+                },
+            )
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
 
     def _ready(self, pod: Pod) -> bool:
         if pod.process.poll() is not None:
@@ -646,7 +931,17 @@ class Twin:
         for key in [k for k in self.pods if k not in wanted]:
             gone = self.pods.pop(key)
             gone.sidecar.stop()
+            if gone.agent:
+                gone.agent.stop()
             _stop(gone.process)
+        self.service_docs = objects.get("Service", [])
+        for pod in deployment_pods(objects.get("Deployment", [])):
+            if pod.name in self.services:
+                self.services[pod.name].sidecar.policies = policies
+                continue
+            self._start_service_pod(pod, policies)
+            self.services[pod.name] = pod
+            eventually(lambda p=pod: self._listening(p), 120, f"{pod.name} listening")
         started = []
         for key, pod in wanted.items():
             if key in self.pods:
@@ -660,6 +955,9 @@ class Twin:
         upstreams: dict[str, list[int]] = {}
         for pod in self.pods.values():
             upstreams.setdefault(pod.service, []).append(pod.sidecar.port)
+        for doc in self.service_docs:
+            if doc["metadata"]["name"] not in upstreams and self.service_ports(doc["metadata"]["name"]):
+                upstreams[doc["metadata"]["name"]] = self.service_ports(doc["metadata"]["name"])
         vs = objects["VirtualService"][0]
         for http_route in vs["spec"]["http"]:  # every Service the routes name is an upstream (maybe empty)
             for r in http_route["route"]:
@@ -687,15 +985,17 @@ class Twin:
         )
 
     def stop(self) -> None:
-        for pod in self.pods.values():
+        for pod in [*self.pods.values(), *self.services.values()]:
             pod.sidecar.stop()
+            if pod.agent:
+                pod.agent.stop()
             _stop(pod.process)
         self.nginx.stop()
         self.prometheus.stop()
 
     # clients
-    def via_alb(self, host: str, path: str, body: dict) -> httpx.Response:
+    def via_alb(self, host: str, path: str, body) -> httpx.Response:
         return httpx.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers={"host": host})
 
-    def via_mesh(self, host: str, path: str, body: dict) -> httpx.Response:
+    def via_mesh(self, host: str, path: str, body) -> httpx.Response:
         return httpx.post(f"http://127.0.0.1:{self.nginx.ports['mesh']}{path}", json=body, headers={"host": host})

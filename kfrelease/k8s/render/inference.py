@@ -66,6 +66,9 @@ VERSION_LABEL = "kfrelease.io/version"
 #: the canary apart.
 CANARY_SERIES_STAGE = "production"
 FEEDBACK_SERVICE = "kfrelease-feedback"
+#: The header the KServe agent takes a request's CloudEvent id from (kserve/kserve ``pkg/logger/worker.go``
+#: ``CloudEventsIdHeader``); the release VirtualService sets it to the request's ``x-request-id``.
+REQUEST_ID_HEADER = "ce-id"
 
 
 def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
@@ -432,8 +435,16 @@ def render_virtual_service(
         "route": route,
         "timeout": "60s",
     }
+    # Every predictor's KServe agent (the InferenceService's ``logger``) ids its CloudEvents by the request's
+    # ``Ce-Id`` header, else by a new UUID of its own (kserve/kserve ``pkg/logger/handler.go``
+    # ``getOrCreateID``): without ``ce-id`` the production, shadow and canary events of one request had three
+    # ids, none the ``x-request-id`` the client labels with, so no labelled pair ever formed. Envoy fills
+    # ``%REQ(x-request-id)%`` from the id it kept or generated (custom request headers, envoyproxy/envoy#8782;
+    # Istio passes header values through: istio/istio#19761), and a mirrored copy carries the route's headers.
+    request_headers = {REQUEST_ID_HEADER: "%REQ(x-request-id)%"}
     if not raw:  # Knative's ingress routes by Host
-        http["headers"] = {"request": {"set": {"Host": predictor_host}}}
+        request_headers["Host"] = predictor_host
+    http["headers"] = {"request": {"set": request_headers}}
     mirror = float(state.mirror_percent or spec.shadow.mirror_percent) if state.shadow else 0.0
     if state.shadow and mirror > 0:
         http["mirror"] = {
