@@ -195,7 +195,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         raise AssertionError(f"{exc}; last verdict: {last[0].summary() if last else None}; events: {sent}") from None
     assert all(status == 200 for a in agents for _, _, status in a.sent), [a.sent[:3] for a in agents]
     assert verdict.decision == "pass", verdict.summary()
-    assert verdict.evidence["n"] >= rule.min_samples and verdict.evidence["test"]["n"] > 0
+    assert verdict.evidence["n"] >= rule.min_labelled_samples and verdict.evidence["test"]["n"] > 0
     sink = next(p for p in twin.services.values() if p.labels["app.kubernetes.io/name"] == "kfrelease-logsink")
     assert {d.peer for d in sink.sidecar.decisions} == {principal(SPEC.serving.namespace, "kfrelease-predictor")}
     assert all(d.allowed for d in sink.sidecar.decisions)
