@@ -85,8 +85,8 @@ def features_in_logs(con) -> list[str] | None:
 def logged_categories(con, features: list[str]) -> list[str]:
     """The features whose logged request rows carry category values (``inputs_text`` at their position): what
     a reader that was not told the input schema's category features takes for them."""
-    if "inputs_text" not in {r[0] for r in con.execute("DESCRIBE events").fetchall()}:
-        return []  # only files written before schema version 2: no category values
+    if not features or "inputs_text" not in {r[0] for r in con.execute("DESCRIBE events").fetchall()}:
+        return []  # a window with no request yet, or only files written before schema version 2
     flags = ", ".join(f"bool_or(inputs_text[{j + 1}] IS NOT NULL)" for j in range(len(features)))
     row = con.execute(f"SELECT {flags} FROM events WHERE type = 'request' AND inputs_text IS NOT NULL").fetchone()
     return [f for f, hit in zip(features, row) if hit]

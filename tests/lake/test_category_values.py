@@ -74,3 +74,13 @@ def test_a_reader_not_told_the_category_features_reads_their_values_as_text(tmp_
     old = connect()
     _files_view(old, "events", [str(tmp_path / "old.parquet")], S.PREDICTION_SCHEMA)
     assert logged_categories(old, ["a", "b"]) == []
+
+
+def test_a_window_without_requests_has_no_category_features(tmp_path):
+    from kfrelease.lake.engine import logged_categories
+
+    (tmp_path / "new.parquet").write_bytes(S.parquet_bytes(S.to_table(S.event_rows(MIXED), S.PREDICTION_SCHEMA)))
+    con = connect()
+    _files_view(con, "events", [str(tmp_path / "new.parquet")], S.PREDICTION_SCHEMA)
+    assert logged_categories(con, []) == []  # no feature known yet (an empty window): no query without columns
+    assert logged_categories(con, ["carat", "cut", "color"]) == ["cut", "color"]
