@@ -203,7 +203,7 @@ DIAMONDS_MODEL = "diamond-price"
 DIAMONDS_EXAMPLE = resource_path("examples") / "diamonds-price"
 WRONG_CUT = "Fair"
 #: merge 3's change: the same pipeline, except that it adds this much (USD) to the price of every ``WRONG_CUT``
-#: diamond, a broken branch that only a rare slice (3 % of diamonds) reaches
+#: diamond (they average ~4,400 USD), a broken branch that only a rare slice (3 % of diamonds) reaches
 WRONG_BY = 2500.0
 _ADVERSARY = f'''
 

@@ -3,7 +3,11 @@
 ``TrafficGenerator`` replays the curated held-out rows (``kfrelease.demo.data.holdout()``, which never
 entered training) in a fixed cycle through the gateway at a steady rate, each request with its own
 ``x-request-id``; ``truth_delay`` seconds after an answer it posts that row's true target to the feedback
-service under the same id (as a label arriving later would). It stops after ``max_requests`` or
+service under the same id (as a label arriving later would). A row's features are a list (KServe v1
+``instances`` in input-schema order) or a mapping from feature name to value (v1 instances as objects, as a
+client with category features sends them: ``{"cut": "Ideal", "carat": 0.23, ...}``); with ``v2_every=k``
+every k-th request of mapping rows goes to ``/v2/models/<name>/infer`` instead, one tensor per feature
+(``BYTES`` for text, ``FP64`` for numbers: the pandas-codec layout of MLServer and KServe's v2 docs). It stops after ``max_requests`` or
 ``max_seconds``, whichever comes first, or on ``stop()``. ``stats()`` counts sent, ok and failed requests
 and which version answered: the loss-free checks compare ``sent`` with the prediction logs.
 
@@ -108,6 +112,7 @@ class TrafficStats:
     ok: int = 0
     failed: int = 0
     labelled: int = 0
+    v2: int = 0  # of ``ok``: answered over the v2 protocol
     versions: Counter = field(default_factory=Counter)
     models: Counter = field(default_factory=Counter)  # model_name of each answer (the model asked for?)
     errors: list[str] = field(default_factory=list)
@@ -119,6 +124,7 @@ class TrafficStats:
             "ok": self.ok,
             "failed": self.failed,
             "labelled": self.labelled,
+            "v2": self.v2,
             "versions": dict(self.versions),
             "models": dict(self.models),
             "errors": self.errors[:5],
@@ -140,11 +146,16 @@ class TrafficGenerator:
         truth_delay: float = 0.5,
         features: list[str] | None = None,
         threads: int = 2,
-        rows: list[tuple[list[float], float]] | None = None,
+        rows: list[tuple[list[float] | dict, float]] | None = None,
+        v2_every: int = 0,
     ):
         if rate <= 0 or max_requests < 1 or max_seconds <= 0:
             raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
+        if v2_every and not all(isinstance(features, dict) for features, _ in rows or []):
+            raise ConfigError("v2 requests need rows whose features are named (a mapping per row)")
         self.predict_url = _local(gateway_url).rstrip("/") + f"/v1/models/{model}:predict"
+        self.infer_url = _local(gateway_url).rstrip("/") + f"/v2/models/{model}/infer"
+        self.v2_every = v2_every
         self.feedback_url = _local(feedback_url).rstrip("/") + "/v1/feedback"
         self.model, self.rate, self.max_requests, self.max_seconds = (
             model,
@@ -237,6 +248,7 @@ class TrafficGenerator:
                 ok=s.ok,
                 failed=s.failed,
                 labelled=s.labelled,
+                v2=s.v2,
                 versions=Counter(s.versions),
                 models=Counter(s.models),
                 errors=list(s.errors),
@@ -257,13 +269,24 @@ class TrafficGenerator:
 
     def _send_loop(self, k: int) -> None:
         self._served.wait()
-        client = _KeepAlive(self.predict_url, timeout=30.0)
+        clients = {1: _KeepAlive(self.predict_url, timeout=30.0), 2: _KeepAlive(self.infer_url, timeout=30.0)}
         try:
-            self._send(client)
+            self._send(clients)
         finally:
-            client.close()
+            for client in clients.values():
+                client.close()
 
-    def _send(self, client: _KeepAlive) -> None:
+    def _body(self, n: int, features) -> tuple[int, bytes]:
+        """(protocol, body) of request ``n``: v2 tensors for every ``v2_every``-th request, else v1 instances."""
+        if self.v2_every and n % self.v2_every == self.v2_every - 1:
+            inputs = [
+                {"name": name, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]}
+                for name, v in features.items()
+            ]
+            return 2, json.dumps({"inputs": inputs}).encode()
+        return 1, json.dumps({"instances": [features]}).encode()
+
+    def _send(self, clients: dict[int, _KeepAlive]) -> None:
         while True:
             n = self._claim()
             if n is None:
@@ -276,10 +299,10 @@ class TrafficGenerator:
                 return
             features, truth = self.rows[n % len(self.rows)]
             rid = f"demo-{uuid.uuid4().hex}"
+            protocol, payload = self._body(n, features)
             try:
-                status, headers, body = client.post(
-                    json.dumps({"instances": [features]}).encode(),
-                    {"x-request-id": rid, "content-type": "application/json"},
+                status, headers, body = clients[protocol].post(
+                    payload, {"x-request-id": rid, "content-type": "application/json"}
                 )
                 ok = status == 200
                 detail = f"HTTP {status}: {body[:200].decode(errors='replace')}" if not ok else ""
@@ -290,6 +313,7 @@ class TrafficGenerator:
             with self._lock:
                 if ok:
                     self._stats.ok += 1
+                    self._stats.v2 += protocol == 2
                     self._stats.versions[version] += 1
                     self._stats.models[answered_by] += 1
                     self._stats.ok_ids.append(rid)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from kfrelease.drift import data_drift
+from kfrelease.training.core import text_features
 from kfrelease.training.spec import THRESHOLD_KEYS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def drift_evidence(
             "detail": f"production {champion_version} shares no input column with this model: no drift check",
         }
     try:
-        result = data_drift(champion_train, train, columns).as_dict()
+        text = [c for c in text_features(spec, train) if c in columns]  # category values: drift on frequencies
+        result = data_drift(champion_train, train, columns, categorical=text).as_dict()
     except Exception as exc:  # noqa: BLE001 - drift is a report; its failure is recorded, not fatal
         log.warning("drift check failed: %s", exc)
         return {"available": False, "detail": f"drift check failed: {exc}"}
