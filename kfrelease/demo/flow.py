@@ -401,7 +401,10 @@ def step_traffic_summary(ctx: DemoContext) -> None:
             f"client traffic to {model} through the gateway",
             f"{stats.sent} sent, {stats.failed} failed, {logged} of {stats.ok} answered requests in its "
             f"prediction logs; answered by {served}"
-            + (f"; ANSWERED BY OTHER MODELS: {others}" if others else "; every answer from this model"),
+            + (f"; ANSWERED BY OTHER MODELS: {others}" if others else "; every answer from this model")
+            + (
+                f"; what failed (first {len(stats.errors[:3])}): {' | '.join(stats.errors[:3])}" if stats.failed else ""
+            ),
         )
 
 
