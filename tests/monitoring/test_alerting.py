@@ -27,6 +27,7 @@ from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version
 from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import demo_batches
+from kfrelease.demo.project import spec_variant
 from kfrelease.monitoring import services as mon
 from kfrelease.monitoring.newdata import check_new_data
 from kfrelease.monitoring.passes import run_monitoring
@@ -171,7 +172,8 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     (healthy,) = run.windows
     assert healthy.status == "ok" and healthy.rmse < 1.5 * baseline and healthy.r2 > healthy.r2_floor
     assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
-    assert healthy.r2_floor == 0.2 and healthy.baseline_rmse == baseline  # from the spec and the registry
+    declared = yaml.safe_load(spec_variant(1))["validation"]["min_r2"]  # the example's model.yaml
+    assert healthy.r2_floor == declared and healthy.baseline_rmse == baseline  # from the spec and the registry
     sel = f'{{model="{model}"}}'
     eventually(
         lambda: prom(stack, f"kfrelease_model_r2{sel}"),

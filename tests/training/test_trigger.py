@@ -6,6 +6,7 @@ which cannot run on this machine)."""
 import json
 
 import pytest
+import yaml
 
 from kfrelease import oci
 from kfrelease.demo.project import merge_change, spec_variant
@@ -92,7 +93,9 @@ def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project
     reasons = rejected.verdict["reasons"]  # it misses the thresholds too (RMSE about 130, R² below 0)
     assert [r.split(" ")[0] for r in reasons] == ["rmse", "r2", "against"], reasons
     rmse_reason, r2_reason, reason = reasons
-    assert "> 70 on 48 held-out rows" in rmse_reason and "< 0.2 on 48 held-out rows" in r2_reason
+    limits = yaml.safe_load(first.text)["validation"]  # the example's declared thresholds
+    assert f"> {limits['max_rmse']:g} on 48 held-out rows" in rmse_reason
+    assert f"< {limits['min_r2']:g} on 48 held-out rows" in r2_reason
     assert reason.startswith(
         f"against production {champion.version} on 48 held-out rows neither model trained on: fail"
     )
