@@ -81,6 +81,15 @@ class ReleaseOutcome:
         return self.candidate if self.result == "promoted" else self.production_before
 
 
+def _step_start(source):
+    """A metric source's reading at the start of a step, or None when it cannot be read (the step then
+    measures what it can: an unreadable start is judged by the checks, never raised)."""
+    try:
+        return source.start()
+    except MetricSourceError:
+        return None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -380,10 +389,7 @@ class ReleaseController:
             while True:
                 step_since = _now()
                 source = self.signals(candidate)
-                try:
-                    start = source.start()
-                except MetricSourceError:
-                    start = None
+                start = _step_start(source)
                 self.clock.sleep(cs.interval_seconds)
                 measured = self.measure(source, start, cs.interval_seconds, candidate, None, since, None)
                 checks = self.checks_for(candidate, None, last_step=True)
@@ -731,10 +737,7 @@ class ReleaseController:
                 self.driver.apply(TrafficState(primary=production, canary=candidate, canary_weight=weight))
                 step_since = _now()
                 source = self.signals(candidate)
-                try:
-                    start = source.start()
-                except MetricSourceError:
-                    start = None
+                start = _step_start(source)
                 baseline = None
                 if baseline_source is not None:
                     try:

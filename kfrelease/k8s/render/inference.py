@@ -409,7 +409,6 @@ def render_virtual_service(
     canary by weight), mirrors ``mirror_percent`` of the requests to the staging candidate, and routes
     ``/v1/feedback`` to the feedback service. Its hosts are every host clients use (``client_hosts``); it
     records the traffic state in the annotation ``kfrelease.io/traffic-state``."""
-    ns = spec.serving.namespace
     prod = production_name(spec)
     raw = spec.serving.deployment_mode == "RawDeployment"
     primary = state.primary or state.canary
@@ -452,28 +451,7 @@ def render_virtual_service(
             "port": {"number": 80},
         }
         http["mirrorPercentage"] = {"value": mirror}
-    feedback = _feedback_route(spec)
-    hosts = client_hosts(spec, domain)
-    if host and host not in hosts:
-        hosts.insert(0, host)
-    return {
-        "apiVersion": ISTIO_API,
-        "kind": "VirtualService",
-        "metadata": {
-            "name": f"{prod}-release",
-            "namespace": ns,
-            "labels": {
-                "app.kubernetes.io/part-of": "kfrelease",
-                "kfrelease.io/model": _dns(spec.model),
-            },
-            "annotations": {STATE_ANNOTATION: traffic_state_annotation(state)},
-        },
-        "spec": {
-            "hosts": hosts,
-            "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
-            "http": [http, feedback],
-        },
-    }
+    return _release_virtual_service(spec, state, http, host=host, gateways=gateways, domain=domain)
 
 
 def _unavailable_virtual_service(
@@ -487,6 +465,19 @@ def _unavailable_virtual_service(
     404 from a route with no destination. Feedback still reaches the feedback service."""
     if not state.unavailable:
         raise RolloutSpecError("traffic state has no version to serve and says not why; no traffic was moved")
+    predict = {
+        "name": "predict",
+        "match": [{"uri": {"prefix": "/v1/models/"}}, {"uri": {"prefix": "/v2/models/"}}],
+        "directResponse": {"status": 503, "body": {"string": json.dumps({"error": state.unavailable})}},
+    }
+    return _release_virtual_service(spec, state, predict, host=host, gateways=gateways, domain=domain)
+
+
+def _release_virtual_service(
+    spec: RolloutSpec, state: TrafficState, predict: dict, *, host: str | None, gateways: list[str] | None, domain: str
+) -> dict:
+    """The model's release VirtualService around its ``predict`` route: the clients' hosts (and ``host``), the
+    ingress gateway and the mesh, the feedback route, the traffic state it was rendered from."""
     hosts = client_hosts(spec, domain)
     if host and host not in hosts:
         hosts.insert(0, host)
@@ -502,14 +493,7 @@ def _unavailable_virtual_service(
         "spec": {
             "hosts": hosts,
             "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
-            "http": [
-                {
-                    "name": "predict",
-                    "match": [{"uri": {"prefix": "/v1/models/"}}, {"uri": {"prefix": "/v2/models/"}}],
-                    "directResponse": {"status": 503, "body": {"string": json.dumps({"error": state.unavailable})}},
-                },
-                _feedback_route(spec),
-            ],
+            "http": [predict, _feedback_route(spec)],
         },
     }
 
