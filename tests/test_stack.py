@@ -1,6 +1,7 @@
 """The embedded stack's lifecycle: up waits for readiness, up twice changes nothing, down leaves nothing."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 from kfrelease.stack.services import declared_services
 from tests.conftest import free_port_offset
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,41 @@ def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
     with pytest.raises(StackError, match="broken exited with code 3.*config is bad"):
         supervisor.start_service(settings, svc)
     assert supervisor.records(settings) == []
+
+
+def test_a_restart_that_fails_keeps_the_service_and_the_next_one_brings_it_back(tmp_path, monkeypatch):
+    """A server killed again in its first second (before the watchdog saw it ready) used to lose its record: the
+    failed restart's clean-up deleted it, so nothing restarted it ever again (the fault test's kills in a row)."""
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    port = settings.port("gateway")
+    svc = Service(
+        name="flaky",
+        port=port,
+        command=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        startup_timeout=30,
+        restart=True,
+    )
+    first = supervisor.start_service(settings, svc)
+    os.killpg(first.pid, signal.SIGKILL)
+    eventually(lambda: not supervisor.pid_alive(first.pid), 10, "the killed server is gone")
+
+    def dies_while_starting(service, env, cwd, log_path):  # what a second kill during the start looks like
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(9)"], start_new_session=True)
+
+    with pytest.raises(StackError, match=r"restart 1 of flaky failed, next try in 0.5 s: flaky exited with code 9"):
+        supervisor.restart_if_dead(settings, "flaky", dies_while_starting)
+    (rec,) = supervisor.records(settings)
+    assert rec["restart"] and rec["restart_failures"] == 1 and "exited with code 9" in rec["last_error"]
+    assert "restart failed 1 time(s)" in supervisor.service_status(settings, "flaky").note
+
+    monkeypatch.setattr(supervisor.time, "time", lambda: rec["retry_at"] - 0.1)  # not before its back-off
+    assert supervisor.restart_if_dead(settings, "flaky") is False
+    monkeypatch.undo()
+    eventually(lambda: supervisor.restart_if_dead(settings, "flaky"), 10, "the next restart after the back-off")
+    st = supervisor.service_status(settings, "flaky")
+    assert st.healthy and st.pid not in (None, first.pid)
+    assert "restart_failures" not in supervisor.records(settings)[0]  # a good start forgets the failures
+    supervisor.stop_service(settings, "flaky")
 
 
 def test_missing_program_names_its_debian_package(tmp_path):

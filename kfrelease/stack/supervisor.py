@@ -32,6 +32,10 @@ from kfrelease.stack.service import Service
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
+#: The watchdog's back-off after a failed restart: first retry after this many seconds, doubling each time.
+RESTART_BACKOFF = 0.5
+#: ... up to this many seconds between two restart attempts of the same service.
+RESTART_BACKOFF_MAX = 30.0
 #: The service that restarts the others when they die (``kfrelease.stack.watchdog``).
 WATCHDOG = "watchdog"
 
@@ -147,6 +151,11 @@ def service_status(settings: Settings, name: str) -> ServiceStatus:
     alive = pid_alive(rec.get("pid"))
     healthy = alive and probe(rec["health_url"])
     note = "" if healthy else ("process exited; see " + rec.get("log", "its log") if not alive else "not answering")
+    if not alive and rec.get("restart_failures"):
+        note = (
+            f"restart failed {rec['restart_failures']} time(s), next try at "
+            f"{time.strftime('%H:%M:%S', time.localtime(rec.get('retry_at', 0)))}; see {rec.get('log', 'its log')}"
+        )
     return ServiceStatus(name, rec["url"], healthy, rec.get("pid") if alive else None, note)
 
 
@@ -300,14 +309,30 @@ def service_from_record(rec: dict) -> Service:
 
 def restart_if_dead(settings: Settings, name: str, launch: Launcher | None = None) -> bool:
     """Restart a service that should run (``restart``, not being stopped) and whose process is gone; True
-    if it was restarted. Its ``prepare`` is not run again: its config files are already in place."""
+    if it was restarted. Its ``prepare`` is not run again: its config files are already in place.
+
+    A restart that fails (the new process dies while starting, or is not ready in time) keeps the service's
+    record, with ``restart_failures``, ``last_error`` and ``retry_at`` (back-off ``RESTART_BACKOFF`` s doubling
+    to ``RESTART_BACKOFF_MAX`` s): the next call tries again once ``retry_at`` has passed, so a server killed
+    again in its first second is restarted again, and one that cannot start is retried without a hot loop.
+    The error is raised for the caller to log."""
     with service_lock(settings, name):
         rec = _read_record(settings, name)
         if not rec or not rec.get("restart") or rec.get("stopping") or pid_alive(rec.get("pid")):
             return False
+        if time.time() < rec.get("retry_at", 0.0):
+            return False
         log.warning("%s (pid %s) died; restarting it", name, rec.get("pid"))
         _reap(rec.get("pid") or 0)
-        _start_service(settings, service_from_record(rec), launch)
+        try:
+            _start_service(settings, service_from_record(rec), launch)
+        except Exception as exc:
+            failures = int(rec.get("restart_failures", 0)) + 1
+            backoff = min(RESTART_BACKOFF * 2 ** (failures - 1), RESTART_BACKOFF_MAX)
+            rec.update(restart_failures=failures, last_error=str(exc)[:2000], retry_at=time.time() + backoff)
+            rec.pop("stopping", None)
+            _write_record(settings, name, rec)  # kept (with the dead pid): the watchdog tries again
+            raise StackError(f"restart {failures} of {name} failed, next try in {backoff:g} s: {exc}") from exc
         return True
 
 
