@@ -44,9 +44,11 @@ COPY serving ./serving
 COPY schemas ./schemas
 COPY manifests ./manifests
 COPY examples ./examples
+# The `boosters` extra (xgboost-cpu, lightgbm, onnxmltools): the predictor serves the xgboost and lightgbm flavours
+# the ServingRuntime lists (kfrelease.registry.artifact.model_formats()).
 # After the install only constraints.txt stays here (the workspace stage uses it): a source tree in the working
 # directory would shadow the installed package (`python -m` puts the cwd first on sys.path).
-RUN pip install -c constraints.txt . \
+RUN pip install -c constraints.txt ".[boosters]" \
  && find . -mindepth 1 -maxdepth 1 ! -name constraints.txt -exec rm -rf {} + \
  && python -c "from kfrelease.resources import resource_dir; from kfrelease.k8s.environments import load_environments; import kserve, kfp; load_environments(); print('kfrelease image ok', resource_dir('schemas'))"
 # A numeric non-root user (KServe's runAsNonRoot needs a numeric UID to verify); uid 1000 "jovyan" with

@@ -114,6 +114,10 @@ setup(
         ],
         # the monitoring window on Apache Spark (kfrelease.lake.spark; the SparkApplication's image)
         "spark": ["pyspark==4.0.1"],
+        # native XGBoost and LightGBM model flavours and their ONNX conversion (kfrelease.registry.artifact);
+        # installed by `make setup` (tests) and in the project image (the predictor serves them). xgboost-cpu is
+        # XGBoost without its CUDA libraries (5.6 MB against ~300 MB); it installs the same `xgboost` module.
+        "boosters": ["xgboost-cpu==3.2.0", "lightgbm==4.7.0", "onnxmltools==1.16.0"],
     },
     entry_points={"console_scripts": ["kfrelease=kfrelease.cli:main"]},
     cmdclass={"build_py": build_py_with_resources},

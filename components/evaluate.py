@@ -14,6 +14,7 @@ def evaluate(
     predictions: Input[Dataset],
     champion_predictions: Input[Dataset],
     onnx_model: Input[Model],
+    booster_model: Input[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
     holdout_predictions: Output[Dataset],
@@ -33,6 +34,7 @@ def evaluate(
         champion_predictions: production's held-out predictions.
         onnx_model: the candidate converted to ONNX (empty: not converted); verified here on the real held-out
             rows against the judged predictions (ONNX loads without running code).
+        booster_model: the candidate's XGBoost or LightGBM model file (empty: none); verified the same way.
         metrics: the metrics as a KFP Metrics artifact (shown in the Kubeflow UI).
         report: Evidently's HTML report (a KFP HTML artifact, shown in the Kubeflow UI).
         holdout_predictions: the candidate's predictions keyed by row across versions (kept with the version).
@@ -62,6 +64,7 @@ def evaluate(
             champion_note=champion_note,
             onnx_path=onnx_model.path,
             flavour_claims=json.loads(train_claims or "{}"),
+            booster_path=booster_model.path,
         )
     values = evidence.get("metrics") or {}
     for name in ("mse", "rmse", "mae", "r2"):

@@ -15,6 +15,7 @@ def register(
     report: Input[HTML],
     holdout_predictions: Input[Dataset],
     onnx_model: Input[Model],
+    booster_model: Input[Model],
 ) -> str:
     """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
 
@@ -33,6 +34,7 @@ def register(
         report: the evaluation report (stored beside the version's artifacts).
         holdout_predictions: the held-out predictions evaluate joined (kept beside the model).
         onnx_model: the ONNX file evaluate verified (served when it is the fastest verified flavour).
+        booster_model: the XGBoost or LightGBM model file evaluate verified (likewise).
 
     Returns:
         The registered version (or the existing one for the same tag, definition and data). A run the merge
@@ -63,6 +65,7 @@ def register(
             report_path=report.path,
             keyed_path=holdout_predictions.path,
             onnx_path=onnx_model.path,
+            booster_path=booster_model.path,
         )
     print(
         f"{spec.name} {out['version']} ({'new' if out['created'] else 'existing'}, "

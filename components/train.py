@@ -11,6 +11,7 @@ def train(
     holdout_features: Input[Dataset],
     model: Output[Model],
     onnx_model: Output[Model],
+    booster_model: Output[Model],
     predictions: Output[Dataset],
 ) -> str:
     """Untrusted (runs the merged model code): fit the model spec on the training rows with the spec's fixed
@@ -24,6 +25,8 @@ def train(
         model: the fitted estimator (the ``sklearn`` flavour's file).
         onnx_model: the same model converted to ONNX when the spec's ``flavour`` asks for it and it converts
             (empty otherwise); ``evaluate`` verifies it where no model code runs.
+        booster_model: an XGBoost or LightGBM regressor's own model file (UBJSON or LightGBM text: reading it
+            runs no code) when the spec's ``flavour`` allows it (empty otherwise); ``evaluate`` verifies it too.
         predictions: one prediction per held-out row (``_row``, ``prediction``; Parquet).
 
     Returns:
@@ -33,6 +36,7 @@ def train(
     import json
 
     from kfrelease.config import log_to_stderr
+    from kfrelease.registry.artifact import BOOSTERS, FLAVOURS
     from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import train_step
@@ -42,12 +46,32 @@ def train(
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
         run_id,
         "train",
-        {"model": model.path, "onnx_model": onnx_model.path, "predictions": predictions.path},
-        lambda: train_step(spec, train_data.path, holdout_features.path, model.path, predictions.path, onnx_model.path),
+        {
+            "model": model.path,
+            "onnx_model": onnx_model.path,
+            "booster_model": booster_model.path,
+            "predictions": predictions.path,
+        },
+        lambda: train_step(
+            spec,
+            train_data.path,
+            holdout_features.path,
+            model.path,
+            predictions.path,
+            onnx_model.path,
+            booster_model.path,
+        ),
     )
     model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": spec.fingerprint})
     onnx_model.metadata.update(
         {"framework": "onnx", "converted": bool(out["flavours"].get("onnx", {}).get("verified"))}
+    )
+    native = next((FLAVOURS[n] for n in BOOSTERS if n in out["flavours"]), None)
+    booster_model.metadata.update(
+        {
+            "framework": native.framework if native else "",
+            "converted": bool(native and out["flavours"][native.name].get("verified")),
+        }
     )
     predictions.metadata.update({"rows": out["holdout_rows"]})
     return json.dumps(out["flavours"], sort_keys=True)

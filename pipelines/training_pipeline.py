@@ -77,6 +77,7 @@ def training_pipeline(
         predictions=trained.outputs["predictions"],
         champion_predictions=scored.outputs["predictions"],
         onnx_model=trained.outputs["onnx_model"],
+        booster_model=trained.outputs["booster_model"],
     ).set_display_name("evaluate")
     validated = validate_model(
         spec_json=spec_json, evidence_json=evaluated.outputs["Output"], run_id=run_id
@@ -92,6 +93,7 @@ def training_pipeline(
         report=evaluated.outputs["report"],
         holdout_predictions=evaluated.outputs["holdout_predictions"],
         onnx_model=trained.outputs["onnx_model"],
+        booster_model=trained.outputs["booster_model"],
     ).set_display_name("register")
     # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output" channels.
     with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):

@@ -289,37 +289,138 @@ def _onnx_input_types(columns: Sequence[Column], per_column: bool) -> list:
     return [(c.name, FloatTensorType([None, 1]) if c.numeric else StringTensorType([None, 1])) for c in columns]
 
 
-def _onnx_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None, columns=()) -> None:
-    """Convert with skl2onnx: one float32 ``[n, k]`` input when every feature is a number and the model takes a
-    matrix; else one input per feature (``[n, 1]`` float32 or string), as a ColumnTransformer selects by name."""
-    from skl2onnx import convert_sklearn
+def _register_booster_converters() -> None:
+    """Teach skl2onnx the XGBoost and LightGBM regressors (onnxmltools' converters), so a booster converts alone
+    or as the last step of a Pipeline (skl2onnx's documented ``update_registered_converter`` route); a package
+    that is not installed is skipped (its models then do not convert, and say so)."""
+    from importlib.util import find_spec
 
+    if find_spec("onnxmltools") is None:
+        return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
+
+    if find_spec("xgboost") is not None:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from xgboost import XGBRegressor
+
+        update_registered_converter(
+            XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+        )
+    if find_spec("lightgbm") is not None:
+        from lightgbm import LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(
+            LGBMRegressor,
+            "LightGbmLGBMRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_lightgbm,
+            options={"split": None},
+        )
+
+
+def _onnx_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None, columns=()) -> None:
+    """Convert with skl2onnx (XGBoost and LightGBM regressors through onnxmltools' converters): one float32
+    ``[n, k]`` input when every feature is a number and the model takes a matrix; else one input per feature
+    (``[n, 1]`` float32 or string), as a ColumnTransformer selects by name."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx import get_latest_tested_opset_version as latest_opset
+
+    _register_booster_converters()
     numeric = all(c.numeric for c in columns)
+    # onnxmltools' tree converters write ai.onnx.ml opset 3 at most; skl2onnx's default ML opset is newer
+    booster = booster_flavour(estimator)
+    opset = {"": latest_opset(), "ai.onnx.ml": 3} if booster else None
+    if booster == "xgboost":  # onnxmltools reads XGBoost's features as f0, f1, ... (the names a matrix gets)
+        estimator = copy.deepcopy(estimator)
+        final = estimator.steps[-1][1] if getattr(estimator, "steps", None) else estimator
+        final.get_booster().feature_names = None
     errors = []
     for per_column in (False, True) if numeric else (True,):
         try:
-            onx = convert_sklearn(estimator, initial_types=_onnx_input_types(columns, per_column))
+            onx = convert_sklearn(estimator, initial_types=_onnx_input_types(columns, per_column), target_opset=opset)
         except Exception as exc:  # noqa: BLE001 - the converter's own words are the reason
             errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
             continue
         Path(path).write_bytes(onx.SerializeToString())
         return
-    raise ConfigError(f"skl2onnx could not convert {type(estimator).__name__}: {errors[-1][:300]}")
+    raise ConfigError(
+        f"skl2onnx could not convert {type(estimator).__name__}: {'; '.join(dict.fromkeys(errors))[:400]}"
+    )
+
+
+def _bytes_of(source) -> bytes:
+    """A path, bytes or a binary file object -> the file's bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        return source.read()
+    return Path(source).read_bytes()
+
+
+def _onnx_tensors(model) -> list:
+    """Every tensor of an ONNX model: the initializers (dense and sparse) and the tensors in node attributes,
+    of the main graph, of every subgraph (If/Loop/Scan bodies) and of every model-local function."""
+    from onnx import AttributeProto
+
+    tensors, graphs = [], [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            tensors.extend(g.initializer)
+            for sparse in g.sparse_initializer:
+                tensors.extend((sparse.values, sparse.indices))
+            nodes.extend(g.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.type == AttributeProto.TENSOR:
+                tensors.append(attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                tensors.extend(attr.tensors)
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                tensors.extend((attr.sparse_tensor.values, attr.sparse_tensor.indices))
+            elif attr.type == AttributeProto.GRAPH:
+                graphs.append(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                graphs.extend(attr.graphs)
+    return tensors
+
+
+def refuse_external_data(data: bytes) -> None:
+    """ConfigError when an ONNX model's tensors live in files outside it (``data_location: EXTERNAL``, ONNX's
+    ``external_data_helper.uses_external_data``): an artifact is one file, and ONNX Runtime would read whatever
+    path the model names (``../../etc/...``, another version's files) relative to where it was loaded."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load_model_from_string(data)  # parses the protobuf only: external data is never read
+    except Exception as exc:  # noqa: BLE001 - not a protobuf: ONNX Runtime's own error says more
+        log.debug("not parsed as ONNX before loading: %s", exc)
+        return
+    external = [t for t in _onnx_tensors(model) if uses_external_data(t)]
+    if external:
+        where = {e.value for t in external for e in t.external_data if e.key == "location"}
+        raise ConfigError(
+            f"the ONNX model keeps {len(external)} tensor(s) ({', '.join(sorted(t.name for t in external)[:3])}) "
+            f"in external data files ({', '.join(sorted(where)[:3]) or 'unnamed'}); an artifact must hold its "
+            "weights inside model.onnx: convert again without external data (onnx.save_model(..., "
+            "save_as_external_data=False))"
+        )
 
 
 def _onnx_session(source):
-    """An ONNX Runtime session for a model file (path, bytes or binary file object); reading it runs no code."""
+    """An ONNX Runtime session for a model file (path, bytes or binary file object); reading it runs no code.
+    A model whose tensors live in external data files is refused (``refuse_external_data``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    if isinstance(source, bytes):
-        data = source
-    elif hasattr(source, "read"):
-        data = source.read()
-    else:
-        data = Path(source).read_bytes()
+    data = _bytes_of(source)
+    refuse_external_data(data)
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
@@ -354,6 +455,128 @@ class OnnxModel:
             feed = {c.name: rows[:, j : j + 1].astype(t) for j, (c, t) in enumerate(zip(self.columns, self.types))}
         # the C++ session's run: Session.run only re-checks the feed's names, which are the session's own here
         return self._run(self.output, feed, None)[0].astype("float64").ravel()
+
+
+# --- native boosters (XGBoost, LightGBM) ----------------------------------------------------------------
+
+#: The native booster flavours: the regressor class each applies to, by (module, class name).
+BOOSTERS = {"xgboost": ("xgboost", "XGBRegressor"), "lightgbm": ("lightgbm", "LGBMRegressor")}
+
+
+def booster_flavour(estimator) -> str | None:
+    """``xgboost`` or ``lightgbm`` when ``estimator`` (or a Pipeline's last step) is that package's regressor
+    (the package installed), else None."""
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    steps = getattr(estimator, "steps", None)
+    final = steps[-1][1] if steps else estimator
+    for name, (module, cls) in BOOSTERS.items():
+        if find_spec(module) is not None and isinstance(final, getattr(import_module(module), cls)):
+            return name
+    return None
+
+
+def _bare_booster(estimator, name: str, columns: Sequence[Column]):
+    """The fitted regressor whose booster file is written, checked to take the schema's numbers as they come: a
+    booster file holds the trees only, so a Pipeline's other steps (encoders, scalers) have no place in it."""
+    cls = BOOSTERS[name][1]
+    if booster_flavour(estimator) != name:
+        raise ConfigError(f"it is a {type(estimator).__name__}, not a {cls}: the {name} flavour is its booster file")
+    steps = getattr(estimator, "steps", None)
+    if steps and len(steps) > 1:
+        before = ", ".join(n for n, _ in steps[:-1])
+        raise ConfigError(
+            f"the {cls} is the last step of a Pipeline ({before} before it): its booster file holds the trees, not "
+            "those steps, so the onnx or sklearn flavour serves it"
+        )
+    final = steps[-1][1] if steps else estimator
+    text = [c.name for c in columns if not c.numeric]
+    if text:
+        raise ConfigError(f"a booster file takes numbers, and {', '.join(text)} are text: encode them in a Pipeline")
+    fitted = [str(n) for n in getattr(final, "feature_names_in_", [])]
+    if fitted and fitted != [c.name for c in columns]:
+        raise ConfigError(f"it was fitted on columns {fitted}, not the input schema's {[c.name for c in columns]}")
+    return final
+
+
+def _check_booster_features(names: Sequence[str], columns: Sequence[Column], auto: str) -> None:
+    """A booster file read for serving takes the schema's numbers in schema order."""
+    text = [c.name for c in columns if not c.numeric]
+    if text:
+        raise ConfigError(f"a booster file takes numbers, and the input schema's {', '.join(text)} are text")
+    if len(names) != len(columns):
+        raise ConfigError(f"it takes {len(names)} features, the input schema has {len(columns)}")
+    generated = [f"{auto}{i}" for i in range(len(names))]
+    if list(names) not in ([c.name for c in columns], generated):
+        raise ConfigError(f"its features {list(names)} are not the input schema's {[c.name for c in columns]}")
+
+
+def _xgboost_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None, columns=()) -> None:
+    """XGBoost's own UBJSON model file (``Booster.save_raw("ubj")``): trees and parameters, no code."""
+    booster = _bare_booster(estimator, "xgboost", columns).get_booster()
+    Path(path).write_bytes(bytes(booster.save_raw("ubj")))
+
+
+def _xgboost_load(source):
+    """An XGBoost Booster read from its UBJSON (or JSON) model file; reading it runs no code."""
+    import xgboost
+
+    booster = xgboost.Booster(params={"nthread": 1})
+    booster.load_model(bytearray(_bytes_of(source)))
+    return booster
+
+
+class XGBoostModel:
+    """An XGBoost Booster answering a float matrix in schema order, on one thread, with the trees the
+    regressor's own ``predict`` uses (up to ``best_iteration`` when early stopping kept one)."""
+
+    def __init__(self, booster, columns: Sequence[Column]):
+        self.booster = booster
+        self.columns = tuple(columns)
+        _check_booster_features(booster.feature_names or [f"f{i}" for i in range(booster.num_features())], columns, "f")
+        best = booster.attr("best_iteration")
+        self.iterations = (0, int(best) + 1) if best is not None else (0, 0)
+
+    def predict(self, rows) -> np.ndarray:
+        import numpy as np
+
+        if type(rows) is not np.ndarray:
+            rows = row_matrix(rows, self.columns)  # a DataFrame
+        got = self.booster.inplace_predict(
+            rows.astype("float64", copy=False), iteration_range=self.iterations, validate_features=False
+        )
+        return np.asarray(got, dtype="float64").ravel()
+
+
+def _lightgbm_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None, columns=()) -> None:
+    """LightGBM's own text model file (``Booster.model_to_string``, the best iteration when one was kept)."""
+    booster = _bare_booster(estimator, "lightgbm", columns).booster_
+    Path(path).write_text(booster.model_to_string(), encoding="utf-8")
+
+
+def _lightgbm_load(source):
+    """A LightGBM Booster read from its text model file; reading it runs no code."""
+    import lightgbm
+
+    return lightgbm.Booster(model_str=_bytes_of(source).decode("utf-8"))  # predict() is given its one thread
+
+
+class LightGBMModel:
+    """A LightGBM Booster answering a float matrix in schema order, on one thread."""
+
+    def __init__(self, booster, columns: Sequence[Column]):
+        self.booster = booster
+        self.columns = tuple(columns)
+        _check_booster_features(booster.feature_name(), columns, "Column_")
+
+    def predict(self, rows) -> np.ndarray:
+        import numpy as np
+
+        if type(rows) is not np.ndarray:
+            rows = row_matrix(rows, self.columns)  # a DataFrame
+        got = self.booster.predict(rows.astype("float64", copy=False), num_threads=1)
+        return np.asarray(got, dtype="float64").ravel()
 
 
 @dataclass(frozen=True)
@@ -404,10 +627,35 @@ FLAVOURS: dict[str, Flavour] = {
         OnnxModel,
         ("onnxruntime", "skl2onnx"),
     ),
+    # KServe's own runtimes name these formats the same (kserve/kserve config/runtimes/kserve-xgbserver.yaml
+    # and kserve-lgbserver.yaml, supportedModelFormats); the project's ServingRuntime serves them as well.
+    "xgboost": Flavour(
+        "xgboost",
+        "model.ubj",
+        "xgboost",
+        "xgboost",
+        False,
+        _xgboost_dump,
+        _xgboost_load,
+        XGBoostModel,
+        ("xgboost",),
+    ),
+    "lightgbm": Flavour(
+        "lightgbm",
+        "model.txt",
+        "lightgbm",
+        "lightgbm",
+        False,
+        _lightgbm_dump,
+        _lightgbm_load,
+        LightGBMModel,
+        ("lightgbm",),
+    ),
 }
 DEFAULT_FLAVOUR = "sklearn"
-#: Flavours tried at registration besides ``sklearn``, in order of preference on a tie.
-CONVERTED = ("onnx",)
+#: Flavours tried at registration besides ``sklearn``, in order of preference on a tie (a native booster flavour
+#: only for its own regressor: ``booster_flavour``).
+CONVERTED = ("onnx", "xgboost", "lightgbm")
 
 
 def flavour_named(name: str) -> Flavour:
@@ -590,7 +838,9 @@ def convert_flavours(
         out.checks["sklearn"] = Verification(
             "sklearn", True, 0.0, 0.0, len(rows), predict_us=_per_row_microseconds(ref_model, rows)
         )
-        names = [n for n in CONVERTED if wanted in (AUTO, n)]
+        booster = booster_flavour(estimator)
+        # a native booster flavour is tried for its own regressor only (or said to be impossible when asked for)
+        names = [n for n in CONVERTED if wanted == n or (wanted == AUTO and (n not in BOOSTERS or n == booster))]
         for name in names:
             flavour = FLAVOURS[name]
             if not flavour.available():
@@ -616,24 +866,48 @@ def convert_flavours(
     return out
 
 
+def _fastest(verified: dict[str, Verification]) -> str:
+    """The verified flavour with the lowest single-row cost (unmeasured last; ``sklearn`` loses a tie)."""
+    order = {n: i for i, n in enumerate(CONVERTED)}
+    return min(
+        verified,
+        key=lambda n: (verified[n].predict_us or math.inf, n == DEFAULT_FLAVOUR, order.get(n, len(order))),
+        default=DEFAULT_FLAVOUR,
+    )
+
+
 def choose_flavour(checks: dict[str, Verification], wanted: str = AUTO) -> tuple[str, str]:
-    """The flavour to serve and, when it is ``sklearn`` although another was tried, why: the fastest verified
-    flavour (``wanted`` = ``auto``), or the one ``wanted`` names when it is verified."""
+    """The flavour to serve and, when a flavour that was tried is not served because it did not verify, why
+    (``kept <served>: <flavour>: <reason>``): the fastest verified flavour (``wanted`` = ``auto``), or the one
+    ``wanted`` names when it is verified, else ``sklearn``."""
     verified = {n: c for n, c in checks.items() if c.verified}
-    tried = [c for n, c in checks.items() if n != "sklearn" and (wanted in (AUTO, n))]
-    if wanted not in (AUTO, "sklearn") and wanted in verified:
-        return wanted, ""
-    if wanted == "sklearn":
-        return "sklearn", ""
-    if wanted == AUTO:
-        best = min(verified, key=lambda n: (verified[n].predict_us or math.inf, n == "sklearn"), default="sklearn")
-        if best != "sklearn":
-            return best, ""
+    tried = [c for n, c in checks.items() if n != DEFAULT_FLAVOUR and (wanted in (AUTO, n))]
+    if wanted == DEFAULT_FLAVOUR:
+        return DEFAULT_FLAVOUR, ""
+    if wanted != AUTO:
+        served = wanted if wanted in verified else DEFAULT_FLAVOUR
+    else:
+        served = _fastest(verified)
     reasons = "; ".join(c.describe() for c in tried if not c.verified)
-    return "sklearn", (f"kept sklearn: {reasons}" if reasons else "")
+    return served, (f"kept {served}: {reasons}" if reasons else "")
 
 
-def artifact_record(checks: dict[str, Verification], served: str, fallback: str) -> dict:
+def served_because(checks: dict[str, Verification], served: str, wanted: str = AUTO) -> str:
+    """Why ``served`` is the served flavour, in one line (``models show``): the single-row cost of each verified
+    flavour, fastest first, or that ``model.yaml`` named it."""
+    if wanted != AUTO:
+        return f"model.yaml names flavour {wanted}" + ("" if wanted == served else "; it did not verify")
+    costs = sorted(
+        ((c.predict_us, n) for n, c in checks.items() if c.verified and c.predict_us is not None),
+        key=lambda item: item[0],
+    )
+    if not costs:
+        return f"{served}: the only flavour verified"
+    shown = ", ".join(f"{n} {us:g} µs" for us, n in costs)
+    return f"the fastest verified flavour ({shown} per row)"
+
+
+def artifact_record(checks: dict[str, Verification], served: str, fallback: str, wanted: str = AUTO) -> dict:
     """The ``artifact`` fields of a registry entry for these checks (``uri`` is the registry's to add)."""
     kept = {n: c.as_dict() for n, c in checks.items() if c.verified or n != "sklearn"}
     files = sorted({flavour_named(n).file for n, c in checks.items() if c.verified})
@@ -642,6 +916,7 @@ def artifact_record(checks: dict[str, Verification], served: str, fallback: str)
         "flavours": kept,
         "files": [*files, ENTRY_FILE],
         "fallback": fallback or None,
+        "served_because": served_because(checks, served, wanted),
         "model_format": flavour_named(served).model_format,
     }
 

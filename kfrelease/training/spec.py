@@ -19,7 +19,7 @@ Example (``examples/diabetes-model/model.yaml``)::
       max_drift_share: null        # drift is reported; set a share to also fail on it
     resources: {cpu: "2", memory: 8Gi} # optional: what train/evaluate may use (requests; limits and
                                        # node_selector too), see kfrelease.training.resources
-    flavour: auto                  # the model file served: the fastest verified flavour (or onnx, sklearn)
+    flavour: auto                  # the model file served: the fastest verified flavour (or onnx, sklearn, xgboost, lightgbm)
     flavour_tolerance: 0.0001      # how far a converted flavour may be from scikit-learn on held-out rows
 
 The **fingerprint** is a SHA-256 of the model *definition* only: features, target, estimator (class and
@@ -171,8 +171,10 @@ class ModelSpec(SpecDocument):
     flavour: str = Field(
         AUTO,
         description="The model file served: `auto` (the fastest flavour whose predictions on the held-out rows "
-        "agree with scikit-learn's within `flavour_tolerance`), or one flavour by name (`onnx`, `sklearn`); a "
-        "flavour that does not verify is not served: the version keeps `sklearn` and its registry entry says why.",
+        "agree with scikit-learn's within `flavour_tolerance`), or one flavour by name (`onnx`, `sklearn`, and "
+        "`xgboost` or `lightgbm`: an XGBRegressor's or LGBMRegressor's own model file, for a booster that is the "
+        "whole model); a flavour that does not verify is not served: the version keeps a verified one and its "
+        "registry entry says why.",
     )
     flavour_tolerance: Annotated[float, at_least(0, above=True)] = Field(
         DEFAULT_TOLERANCE,

@@ -122,16 +122,18 @@ def train_step(
     model_path: str,
     predictions_path: str,
     onnx_path: str | None = None,
+    booster_path: str | None = None,
 ) -> dict:
     """Untrusted (runs the merged model code): fit on the training rows, write the model (``sklearn``, and each
-    other flavour the spec's ``flavour`` asks for that converts: ``onnx_path``, empty when none), then predict
+    other flavour the spec's ``flavour`` asks for that converts: ``onnx_path``, and ``booster_path`` for an
+    XGBoost or LightGBM regressor's own model file; each empty when none), then predict
     the held-out rows' features with the model *as written* (read back the way serving reads it), label-blind.
     The result carries the flavours' checks as this step measured them (its claims; ``evaluate`` verifies the
     converted files again on the real held-out rows)."""
     import pandas as pd
 
     from kfrelease.faults import crash_point
-    from kfrelease.registry.artifact import convert_flavours, input_columns
+    from kfrelease.registry.artifact import BOOSTERS, convert_flavours, input_columns
     from kfrelease.training.core import fit, predict, text_features
     from kfrelease.training.evidence import write_predictions
 
@@ -147,6 +149,8 @@ def train_step(
     Path(model_path).write_bytes(converted.files["sklearn"])
     if onnx_path is not None:
         Path(onnx_path).write_bytes(converted.files.get("onnx", b""))
+    if booster_path is not None:
+        Path(booster_path).write_bytes(next((converted.files[n] for n in BOOSTERS if n in converted.files), b""))
     flavour = flavour_named(DEFAULT_FLAVOUR)
     write_predictions(predictions_path, predict(flavour.load(model_path), holdout, spec.features))
     return {
@@ -187,6 +191,7 @@ def evaluate_step(
     champion_note: str = "",
     onnx_path: str | None = None,
     flavour_claims: dict | None = None,
+    booster_path: str | None = None,
 ) -> dict:
     """Trusted: the evidence. Re-read the curated version and its split (the held-out labels are read here and
     nowhere else), join the untrusted steps' predictions by row, compute the candidate's metrics and
@@ -196,6 +201,7 @@ def evaluate_step(
     from kfrelease.data.publish import get_version
     from kfrelease.evaluation import regression_report
     from kfrelease.registry import ModelRegistry
+    from kfrelease.registry.artifact import BOOSTERS
     from kfrelease.training.evidence import (
         EvidenceError,
         candidate_evidence,
@@ -232,8 +238,10 @@ def evaluate_step(
         Path(html_path).write_text(html, encoding="utf-8")
     schema = spec.input_schema(version_spec(get_version(store, spec.dataset, split.dataset_version).manifest))
     evidence["flavours"], evidence["onnx_digest"] = verified_flavours(
-        spec, split, cand, onnx_path, flavour_claims, schema
+        spec, split, cand, onnx_path, flavour_claims, schema, booster_path
     )
+    if booster_path and any((evidence["flavours"].get(n) or {}).get("verified") for n in BOOSTERS):
+        evidence["booster_digest"] = file_digest(booster_path)
     if keyed_path:  # kept with the version: ``models diff`` compares two versions on the rows both held out
         keyed_predictions(split, cand).to_parquet(keyed_path, index=False)
         evidence["keyed_digest"] = file_digest(keyed_path)
@@ -266,17 +274,32 @@ def _claimed(claim) -> dict:
 
 
 def verified_flavours(
-    spec: ModelSpec, split, cand, onnx_path: str | None, claims: dict | None, schema: list[dict] | None = None
+    spec: ModelSpec,
+    split,
+    cand,
+    onnx_path: str | None,
+    claims: dict | None,
+    schema: list[dict] | None = None,
+    booster_path: str | None = None,
 ) -> tuple[dict, str]:
     """Each flavour's check as the registry records it (``Verification.as_dict``), and the digest of the verified
     ONNX file ("" when none). ``sklearn`` is the reference: the predictions judged here are its own, and its
     single-row cost is the train step's claim (a step that loads no pickle cannot measure it). A converted file
-    is verified here, where no model code runs: loaded as ONNX (a protobuf graph, no pickle) and asked for the
-    real held-out rows, its answers must agree with the judged predictions within ``flavour_tolerance``. A
-    flavour the train step tried but did not make (conversion failed, not installed) is recorded with its
-    reason, never verified: nothing the untrusted step says marks a file verified. ``schema``: the input schema
-    the version is registered with (``ModelSpec.input_schema``; None: every feature a number)."""
-    from kfrelease.registry.artifact import AUTO, CONVERTED, Verification, input_columns, row_matrix, verify_flavour
+    is verified here, where no model code runs: loaded as ONNX (a protobuf graph, no pickle) or as the booster's
+    own model file (``booster_path``: XGBoost's UBJSON or LightGBM's text, read as the flavour the train step
+    claims it is) and asked for the real held-out rows, its answers must agree with the judged predictions within
+    ``flavour_tolerance``. A flavour the train step tried but did not make (conversion failed, not installed) is
+    recorded with its reason, never verified: nothing the untrusted step says marks a file verified. ``schema``:
+    the input schema the version is registered with (``ModelSpec.input_schema``; None: every feature a number)."""
+    from kfrelease.registry.artifact import (
+        AUTO,
+        BOOSTERS,
+        CONVERTED,
+        Verification,
+        input_columns,
+        row_matrix,
+        verify_flavour,
+    )
     from kfrelease.training.evidence import file_digest
 
     claims = claims if isinstance(claims, dict) else {}
@@ -284,16 +307,25 @@ def verified_flavours(
     checks = {
         "sklearn": Verification("sklearn", True, 0.0, 0.0, len(cand), predict_us=reference.get("predict_us")).as_dict()
     }
+    # the booster file is read as the native flavour the train step names (a wrong name only fails to load)
+    booster = next((n for n in BOOSTERS if spec.flavour == n or (spec.flavour == AUTO and n in claims)), None)
+    files = {"onnx": onnx_path, **({booster: booster_path} if booster else {})}
     digest = ""
-    if onnx_path and Path(onnx_path).is_file() and Path(onnx_path).stat().st_size:
-        columns = input_columns(schema or spec.input_schema(None))
-        rows = row_matrix(split.held_out, columns)  # the checked-rows form a model server predicts on
-        check = verify_flavour("onnx", Path(onnx_path).read_bytes(), columns, rows, cand, spec.flavour_tolerance)
-        check.convert_seconds = _claimed(claims.get("onnx")).get("convert_seconds")
-        checks["onnx"] = check.as_dict()
-        digest = file_digest(onnx_path) if check.verified else ""
+    columns = rows = None
+    for name, path in files.items():
+        if not (path and Path(path).is_file() and Path(path).stat().st_size):
+            continue
+        if columns is None:
+            columns = input_columns(schema or spec.input_schema(None))
+            rows = row_matrix(split.held_out, columns)  # the checked-rows form a model server predicts on
+        check = verify_flavour(name, Path(path).read_bytes(), columns, rows, cand, spec.flavour_tolerance)
+        check.convert_seconds = _claimed(claims.get(name)).get("convert_seconds")
+        checks[name] = check.as_dict()
+        if name == "onnx" and check.verified:
+            digest = file_digest(path)
     for name in CONVERTED:  # asked for but not made: the train step's reason, never verified
-        if name not in checks and spec.flavour in (AUTO, name):
+        asked = spec.flavour == name or (spec.flavour == AUTO and (name not in BOOSTERS or name == booster))
+        if name not in checks and asked:
             reason = _claimed(claims.get(name)).get("reason") or "the train step wrote no file"
             checks[name] = Verification(name, False, spec.flavour_tolerance, reason=reason).as_dict()
     return checks, digest
@@ -321,7 +353,7 @@ def served_flavour(spec: ModelSpec, evidence: dict) -> tuple[str, dict]:
     }
     checks.setdefault("sklearn", Verification("sklearn", True, 0.0, 0.0))
     served, fallback = choose_flavour(checks, spec.flavour)
-    return served, artifact_record(checks, served, fallback)
+    return served, artifact_record(checks, served, fallback, spec.flavour)
 
 
 def validate_step(spec: ModelSpec, evidence: dict) -> dict:
@@ -357,6 +389,7 @@ def register_step(
     report_path: str | None = None,
     keyed_path: str | None = None,
     onnx_path: str | None = None,
+    booster_path: str | None = None,
 ) -> dict:
     """Register under the next version (or return the existing one); rejected models are recorded as such.
 
@@ -365,8 +398,9 @@ def register_step(
     one ``evaluate`` recorded. ``release=False`` (an experiment) registers in the ``experiments`` space of the
     registry: the same entry, compared with production the same way, but with numbers of its own (``E1.1.0``)
     and never staged. The evaluation report (``report_path``) is stored beside the version's artifacts
-    (``kfrelease.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``, when its
-    digest is the verified one), else ``sklearn``; the entry's ``artifact`` says which and why."""
+    (``kfrelease.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``,
+    ``booster_path``: each only when its digest is the verified one), else ``sklearn``; the entry's ``artifact``
+    says which and why. Every verified file is kept beside the sklearn file, served or not."""
     from kfrelease.data.catalog import version_spec
     from kfrelease.data.publish import get_version
     from kfrelease.errors import KfreleaseError
@@ -387,13 +421,16 @@ def register_step(
             )
         files[HOLDOUT_FILE] = Path(keyed_path).read_bytes()
     served, artifact = served_flavour(spec, evidence)
-    if (artifact["flavours"].get("onnx") or {}).get("verified"):  # kept beside the sklearn file, served or not
-        if not (onnx_path and Path(onnx_path).is_file() and file_digest(onnx_path) == evidence.get("onnx_digest")):
+    for name, check in artifact["flavours"].items():  # every verified file is kept beside the sklearn file
+        if name == DEFAULT_FLAVOUR or not check.get("verified"):
+            continue
+        path, digest = (onnx_path, "onnx_digest") if name == "onnx" else (booster_path, "booster_digest")
+        if not (path and Path(path).is_file() and file_digest(path) == evidence.get(digest)):
             raise KfreleaseError(
-                f"the ONNX model of run {run_id or '(experiment)'} is not the file evaluate verified (its digest "
+                f"the {name} model of run {run_id or '(experiment)'} is not the file evaluate verified (its digest "
                 "differs); nothing was registered"
             )
-        files[flavour_named("onnx").file] = Path(onnx_path).read_bytes()
+        files[flavour_named(name).file] = Path(path).read_bytes()
     model_bytes = files.pop(flavour_named(served).file, None)
     if model_bytes is None:  # sklearn served: the pickle is the model file
         model_bytes = Path(model_path).read_bytes()
@@ -544,7 +581,8 @@ def run_inline(
     with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
         model_file = flavour_named(DEFAULT_FLAVOUR).file
         names = (model_file, "train.parquet", "holdout.parquet", "predictions.parquet", "champion.parquet")
-        p = {k: str(Path(tmp) / k) for k in (*names, "model.onnx", "keyed.parquet", "report.html", "champion")}
+        extra = ("model.onnx", "booster.model", "keyed.parquet", "report.html", "champion")
+        p = {k: str(Path(tmp) / k) for k in (*names, *extra)}
 
         def timed(name, fn, *args, **kwargs):
             start = time.perf_counter()
@@ -572,6 +610,7 @@ def run_inline(
             p[model_file],
             p["predictions.parquet"],
             p["model.onnx"],
+            p["booster.model"],
         )
         timed("score-champion", score_step, p["champion"], p["holdout.parquet"], p["champion.parquet"])
         run.evidence = timed(
@@ -589,6 +628,7 @@ def run_inline(
             split["champion_note"],
             p["model.onnx"],
             trained["flavours"],
+            p["booster.model"],
         )
         run.metrics = run.evidence.get("metrics") or {}
         run.verdict = timed("validate", validate_step, spec, run.evidence)
@@ -607,6 +647,7 @@ def run_inline(
             p["report.html"],
             p["keyed.parquet"],
             p["model.onnx"],
+            p["booster.model"],
         )
         if run.registration["passed"] and release:
             if containerize:

@@ -67,7 +67,8 @@ def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
     text = (REPO / "Dockerfile").read_text()
     stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
     assert stages == ["spark-dist", "project", "workspace", "spark"]  # spark-dist: only copied from
-    assert "pip install -c constraints.txt ." in text
+    # the predictor serves every flavour (artifact.model_formats(): xgboost and lightgbm need the boosters extra)
+    assert 'pip install -c constraints.txt ".[boosters]"' in text
     assert "jupyterlab-git==" in text
     assert "USER 1000" in text  # numeric: KServe's runAsNonRoot can verify it
     assert f"EXPOSE {HTTP_PORT}" in text

@@ -210,7 +210,9 @@ def test_model_yaml_names_a_flavour_and_its_tolerance_outside_the_definition():
     chosen = parse_spec(text + "\nflavour: onnx\nflavour_tolerance: 0.001\n")
     assert (chosen.flavour, chosen.flavour_tolerance) == ("onnx", 0.001)
     assert chosen.fingerprint == default.fingerprint  # the served file is no new model definition
-    with pytest.raises(ConfigError, match="flavour: 'tflite' is not a model flavour; use one of auto, sklearn, onnx"):
+    with pytest.raises(
+        ConfigError, match="flavour: 'tflite' is not a model flavour; use one of auto, sklearn, onnx, xgboost, lightgbm"
+    ):
         parse_spec(text + "\nflavour: tflite\n")
     with pytest.raises(ConfigError, match="flavour_tolerance must be above 0"):
         parse_spec(text + "\nflavour_tolerance: 0\n")

@@ -106,9 +106,9 @@ def model_inputs(package: dict) -> set[tuple[str, str, str, str]]:
 
 
 def test_the_trusted_steps_take_the_candidate_as_onnx_and_the_pickle_only_as_bytes(tmp_path):
-    """The model files a trusted training step is handed: ``evaluate`` the ONNX file only (a protobuf graph:
-    loading it runs no code; ``verify_flavour`` refuses a flavour whose loading does), ``register`` the ONNX file
-    and the pickle, which it stores as bytes under ``KFRELEASE_REFUSE_PICKLE=1``. Production's model file goes
+    """The model files a trusted training step is handed: ``evaluate`` the ONNX file and the booster file only (a
+    protobuf graph, XGBoost's UBJSON or LightGBM's text: loading them runs no code; ``verify_flavour`` refuses a
+    flavour whose loading does), ``register`` those files and the pickle, which it stores as bytes under ``KFRELEASE_REFUSE_PICKLE=1``. Production's model file goes
     only to the untrusted ``score-champion``."""
     from kfrelease.pipelines.training_pipeline import training_pipeline
 
@@ -122,6 +122,8 @@ def test_the_trusted_steps_take_the_candidate_as_onnx_and_the_pickle_only_as_byt
     assert trusted == {
         ("evaluate", "onnx_model", "train", "onnx_model"),
         ("register", "onnx_model", "train", "onnx_model"),
+        ("evaluate", "booster_model", "train", "booster_model"),
+        ("register", "booster_model", "train", "booster_model"),
         ("register", "model", "train", "model"),
     }
     assert ("score-champion", "champion_model", "split", "champion_model") in model_inputs(package)

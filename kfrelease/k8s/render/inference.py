@@ -21,8 +21,9 @@ unless Istio disables that: istio/istio#57530, #57708), which a Knative route wo
 staging InferenceService always runs in Standard mode: a plain Service that ignores the Host.
 
 Model formats: each predictor declares ``modelFormat.name`` as its version's registry entry says
-(``kfrelease.registry.artifact.model_format(entry)``: the served flavour's, ``onnx`` or ``sklearn``), and the
-ServingRuntime lists every format the project's predictor serves (``artifact.model_formats()``). KServe's
+(``kfrelease.registry.artifact.model_format(entry)``: the served flavour's, ``onnx``, ``xgboost``, ``lightgbm``
+or ``sklearn``), and the ServingRuntime lists every format the project's predictor serves
+(``artifact.model_formats()``). KServe's
 InferenceService reconciler refuses a predictor whose named ``runtime`` does not list its ``modelFormat``
 ("specified runtime ... does not support specified framework/version": ``RuntimeSupportsModel`` in
 kserve/kserve ``pkg/apis/serving/v1beta1/predictor_model.go`` matches ``mt:<name>`` and, when the predictor
