@@ -35,8 +35,6 @@ transaction per apply; a split is due with the next concern added here.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -461,18 +459,10 @@ def _write_record(settings: Settings, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
 def gateway_lock(settings: Settings):
     """One traffic change at a time on this stack (releases of different models apply in turn; each
     change takes a second or two). An flock: a holder that dies releases it."""
-    path = gateway_dir(settings) / "apply.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return supervisor.exclusive_lock(gateway_dir(settings) / "apply.lock")
 
 
 # --- the traffic driver -----------------------------------------------------------------------------

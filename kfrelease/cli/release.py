@@ -206,11 +206,4 @@ def _lock_holder(path, pid_alive) -> str | None:
 
 
 def _traffic(state) -> str:
-    if state is None:
-        return "not routed (run `kfrelease serve`)"
-    parts = [f"primary {state.primary}"]
-    if state.canary:
-        parts.append(f"canary {state.canary} at {state.canary_weight}%")
-    if state.shadow:
-        parts.append(f"shadow {state.shadow}")
-    return ", ".join(parts)
+    return state.describe() if state is not None else "not routed (run `kfrelease serve`)"

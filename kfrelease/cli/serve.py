@@ -57,14 +57,7 @@ def serving_state(
 
 
 def describe(state: TrafficState | None) -> str:
-    if state is None:
-        return "no traffic state applied"
-    parts = [f"primary {state.primary}"]
-    if state.canary:
-        parts.append(f"canary {state.canary} at {state.canary_weight}%")
-    if state.shadow:
-        parts.append(f"shadow {state.shadow} ({state.mirror_percent:g}% mirrored)")
-    return ", ".join(parts)
+    return state.describe() if state is not None else "no traffic state applied"
 
 
 def served_models(settings: Settings, spec_path: str | None, model: str | None) -> list[RolloutSpec]:

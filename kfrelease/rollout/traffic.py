@@ -54,6 +54,17 @@ class TrafficState:
     def versions(self) -> list[str]:
         return [v for v in (self.primary, self.shadow, self.canary) if v]
 
+    def describe(self) -> str:
+        """One line for people: ``primary V1.1.0, canary V1.2.0 at 25%, shadow V1.3.0 (100% mirrored)``."""
+        if self.unavailable:
+            return f"unavailable: {self.unavailable}"
+        parts = [f"primary {self.primary}"] if self.primary else []
+        if self.canary:
+            parts.append(f"canary {self.canary} at {self.canary_weight}%")
+        if self.shadow:
+            parts.append(f"shadow {self.shadow} ({self.mirror_percent:g}% mirrored)")
+        return ", ".join(parts)
+
 
 class TrafficDriver(Protocol):
     """Applies a traffic state; must be idempotent and must not drop in-flight requests."""

@@ -54,15 +54,22 @@ def _record_path(settings: Settings, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def service_lock(settings: Settings, name: str):
-    """One start or stop of a service at a time (the CLI, a release and the watchdog may race)."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.run_dir / f"{name}.lock", "a+") as fh:
+def exclusive_lock(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing) for the ``with`` block; a
+    holder that dies releases it. The one lock-file pattern of the machine's processes (services, traffic
+    changes, run recovery)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def service_lock(settings: Settings, name: str):
+    """One start or stop of a service at a time (the CLI, a release and the watchdog may race)."""
+    return exclusive_lock(settings.run_dir / f"{name}.lock")
 
 
 def _read_record(settings: Settings, name: str) -> dict | None:

@@ -23,8 +23,6 @@ by ``trigger``.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +34,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.lineage import now_iso
+from kfrelease.stack.supervisor import exclusive_lock, group_alive, pid_alive, stop_process_group
 from kfrelease.training import run_records
 from kfrelease.training.failures import INFRASTRUCTURE, cause_of, one_line, retryable
 from kfrelease.training.steps import STEP_NAMES
@@ -309,17 +308,9 @@ class Recovery:
         return f"run {self.run_id} {verb}: {self.why}"
 
 
-@contextlib.contextmanager
 def _recovery_lock(settings: Settings):
     """One recovery at a time on this machine (``kfrelease up`` and the watchdog may look at once)."""
-    path = settings.home / "runs" / "recovery.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(settings.home / "runs" / "recovery.lock")
 
 
 def gone_runners(settings: Settings) -> list[str]:
@@ -390,7 +381,6 @@ def _drop_dead_marker(settings: Settings, run_id: str) -> None:
 def _stop_leftovers(pid: int | None) -> None:
     """Stop the step processes a dead runner left (its process group): they hold memory and a slot's work.
     A process group lives while any member does, so its id is never another program's."""
-    from kfrelease.stack.supervisor import group_alive, pid_alive, stop_process_group
 
     if pid and not pid_alive(pid) and group_alive(pid):
         log.warning("stopping what runner %d left running (its process group)", pid)
@@ -460,7 +450,6 @@ def recovered_since(settings: Settings, since: str) -> list[Recovery]:
 def stop_runners(settings: Settings) -> list[str]:
     """Stop every runner of this machine (``kfrelease down``) and record it on its run, so ``kfrelease up``
     starts the run again without counting the attempt it cut short; returns the run ids stopped."""
-    from kfrelease.stack.supervisor import stop_process_group
     from kfrelease.storage import store_for
 
     live = [m for m in _markers(settings) if runner_alive(m)]
