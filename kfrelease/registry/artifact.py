@@ -522,8 +522,9 @@ def _xgboost_load(source):
     """An XGBoost Booster read from its UBJSON (or JSON) model file; reading it runs no code."""
     import xgboost
 
-    booster = xgboost.Booster(params={"nthread": 1})
+    booster = xgboost.Booster()
     booster.load_model(bytearray(_bytes_of(source)))
+    booster.set_param({"nthread": 1})  # after loading: the file's own configuration replaces earlier parameters
     return booster
 
 
