@@ -15,6 +15,11 @@ verified on held-out rows, the fastest verified flavour served) and served by:
 - the **floor**: ONNX Runtime in this process, one row per ``run`` call, no HTTP (calls per second on one
   thread): what a server could at most answer on one core if HTTP, decoding and logging cost nothing.
 
+A native booster (``lightgbm``: LightGBM, 150 trees, on the diabetes numbers) is served besides by kfrelease's
+``lightgbm`` flavour (the booster's own text model file) and MLServer's runtime for it (mlserver-lightgbm 1.7.1, the
+same file as ``model.bst``) in place of mlserver-sklearn. ``BENCH_SERVING_MODELS=lightgbm`` measures that model
+alone; the other models' rows are kept from their last run (the table says when each was measured).
+
 One instance per request (v2 JSON; the mixed model as one tensor per column, ``BYTES`` categories, MLServer's
 pandas codec ``content_type`` parameters, which both servers take). Every server is measured for
 ``BENCH_SERVING_SECONDS`` after a warm-up, ``BENCH_SERVING_ROUNDS`` rounds interleaved so that noise from
@@ -55,12 +60,17 @@ SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "4"))
 WARMUP = float(os.environ.get("BENCH_SERVING_WARMUP", "1"))
 ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", "5"))
 CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", "8"))
-MODELS = tuple(os.environ.get("BENCH_SERVING_MODELS", "linear,hist-gradient-boosting,random-forest,mixed").split(","))
+MODELS = tuple(
+    os.environ.get("BENCH_SERVING_MODELS", "linear,hist-gradient-boosting,random-forest,mixed,lightgbm").split(",")
+)
 MLSERVER_VENV = Path(os.environ.get("BENCH_MLSERVER_VENV", Path.home() / ".cache/kfrelease-bench/mlserver-1.7.1"))
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
 DIAMOND_NUMBERS = ["carat", "depth", "table", "x", "y", "z"]
 DIAMOND_CATEGORIES = ["cut", "color", "clarity"]
-GOALS = {"linear": 3.0, "hist-gradient-boosting": 5.0, "random-forest": 5.0, "mixed": 5.0}
+GOALS = {"linear": 3.0, "hist-gradient-boosting": 5.0, "random-forest": 5.0, "mixed": 5.0, "lightgbm": 5.0}
+#: Models with a native booster flavour: served also from the booster's own file, by kfrelease and by MLServer's
+#: runtime for that package (the same file), instead of MLServer's scikit-learn runtime on the pickle.
+NATIVE = {"lightgbm": "lightgbm"}
 SERVER_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -228,6 +238,7 @@ class BenchModel:
     features: list[str]
     categories: list[str]
     checks: dict = field(default_factory=dict)
+    native_dir: Path | None = None  # the artifact folder serving the booster's own file (a native flavour)
 
 
 def _estimator(key: str):
@@ -243,6 +254,10 @@ def _estimator(key: str):
         return HistGradientBoostingRegressor(max_iter=150, random_state=0)
     if key == "random-forest":
         return RandomForestRegressor(n_estimators=100, max_depth=12, random_state=0, n_jobs=1)
+    if key == "lightgbm":
+        from lightgbm import LGBMRegressor
+
+        return LGBMRegressor(n_estimators=150, n_jobs=1, random_state=0, verbose=-1)
     return make_pipeline(
         ColumnTransformer(
             [("n", "passthrough", DIAMOND_NUMBERS), ("c", OneHotEncoder(handle_unknown="ignore"), DIAMOND_CATEGORIES)]
@@ -256,6 +271,7 @@ TITLES = {
     "hist-gradient-boosting": "HistGradientBoosting, 150 iterations (diabetes, 11 numbers)",
     "random-forest": "RandomForest, 100 trees, depth 12 (diabetes, 11 numbers)",
     "mixed": "one-hot categories + HistGradientBoosting, 150 iterations (diamonds: 6 numbers, 3 categories)",
+    "lightgbm": "LightGBM, 150 trees (diabetes, 11 numbers; also served from its own model file)",
 }
 
 
@@ -300,7 +316,7 @@ def build_models(root: Path, keys=MODELS) -> list[BenchModel]:
         served, fallback = choose_flavour(converted.checks)
         name = f"bench-{key}"
         dirs = {}
-        for flavour in ("onnx", "sklearn"):
+        for flavour in ("onnx", "sklearn", *([NATIVE[key]] if key in NATIVE else [])):
             d = root / key / flavour
             d.mkdir(parents=True)
             for f, data in converted.files.items():
@@ -311,8 +327,11 @@ def build_models(root: Path, keys=MODELS) -> list[BenchModel]:
             dirs[flavour] = d
         rows = held_out[features].to_dict(orient="records")
         checks = {n: c.as_dict() for n, c in converted.checks.items()}
+        native = dirs.get(NATIVE.get(key, ""))
         out.append(
-            BenchModel(key, TITLES[key], name, dirs["onnx"], dirs["sklearn"], rows, features, categories, checks)
+            BenchModel(
+                key, TITLES[key], name, dirs["onnx"], dirs["sklearn"], rows, features, categories, checks, native
+            )
         )
     return out
 
@@ -351,9 +370,11 @@ def floor_rps(model: BenchModel, seconds: float = 2.0) -> dict:
 
 def ensure_mlserver() -> Path:
     exe = MLSERVER_VENV / "bin" / "mlserver"
-    if exe.exists():
+    probe = [str(MLSERVER_VENV / "bin" / "python"), "-c", "import mlserver_sklearn, mlserver_lightgbm"]
+    if exe.exists() and subprocess.run(probe, check=False, capture_output=True).returncode == 0:
         return exe
-    subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
     subprocess.run(
         [
             str(MLSERVER_VENV / "bin" / "pip"),
@@ -368,7 +389,7 @@ def ensure_mlserver() -> Path:
 
 
 def start_ours(model: BenchModel, flavour: str, port: int, log: Path) -> subprocess.Popen:
-    model_dir = model.onnx_dir if flavour == "onnx" else model.sklearn_dir
+    model_dir = {"onnx": model.onnx_dir, "sklearn": model.sklearn_dir}.get(flavour, model.native_dir)
     return subprocess.Popen(
         predictor_argv(model_dir, model.name, "production", port),
         stdout=open(log, "wb"),
@@ -378,12 +399,23 @@ def start_ours(model: BenchModel, flavour: str, port: int, log: Path) -> subproc
     )
 
 
+MLSERVER_RUNTIMES = {"lightgbm": "LightGBMModel"}
+
+
 def start_mlserver(model: BenchModel, root: Path, port: int, parallel_workers: int, log: Path) -> subprocess.Popen:
+    from kfrelease.registry.artifact import flavour_named
+
     exe = ensure_mlserver()
     MODEL = model.name
     d = root / model.key / f"mlserver-pw{parallel_workers}"
     (d / MODEL).mkdir(parents=True)
-    shutil.copy(model.sklearn_dir / "model.joblib", d / MODEL / "model.joblib")
+    if model.native_dir is not None:  # MLServer's runtime for the booster, on the same file (its name: model.bst)
+        flavour = NATIVE[model.key]
+        shutil.copy(model.native_dir / flavour_named(flavour).file, d / MODEL / "model.bst")
+        implementation, uri = f"mlserver_{flavour}.{MLSERVER_RUNTIMES[flavour]}", "./model.bst"
+    else:
+        shutil.copy(model.sklearn_dir / "model.joblib", d / MODEL / "model.joblib")
+        implementation, uri = "mlserver_sklearn.SKLearnModel", "./model.joblib"
     (d / "settings.json").write_text(
         json.dumps(
             {
@@ -401,8 +433,8 @@ def start_mlserver(model: BenchModel, root: Path, port: int, parallel_workers: i
         json.dumps(
             {
                 "name": MODEL,
-                "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib", "version": "V1.1.0"},
+                "implementation": implementation,
+                "parameters": {"uri": uri, "version": "V1.1.0"},
             }
         )
     )
@@ -511,12 +543,22 @@ SERVERS = (
 
 def _starters(model: BenchModel, root: Path) -> dict:
     logs = root / model.key
-    return {
+    starters = {
         SERVERS[0]: lambda port: start_ours(model, "onnx", port, logs / "ours-onnx.log"),
         SERVERS[1]: lambda port: start_ours(model, "sklearn", port, logs / "ours-sklearn.log"),
         SERVERS[2]: lambda port: start_mlserver(model, root, port, 1, logs / "mls1.log"),
         SERVERS[3]: lambda port: start_mlserver(model, root, port, 0, logs / "mls0.log"),
     }
+    if model.native_dir is not None:  # the booster's own file: kfrelease's native flavour beside the others
+        flavour = NATIVE[model.key]
+        starters = {
+            **dict(list(starters.items())[:2]),
+            f"kfrelease ({flavour} flavour)": lambda port: start_ours(
+                model, flavour, port, logs / f"ours-{flavour}.log"
+            ),
+            **{f"{n} + mlserver-{flavour}": starters[n] for n in SERVERS[2:]},
+        }
+    return starters
 
 
 def _answers(port: int, model: BenchModel) -> list[float]:
@@ -545,7 +587,7 @@ def measure(model: BenchModel, root: Path) -> list[dict]:
             _wait_ready(f"http://127.0.0.1:{port}/v2/models/{model.name}/ready", proc)
         answers = {name: _answers(port, model) for name, (_, port) in running.items()}
         reference = answers[SERVERS[1]]
-        for name, got in answers.items():  # the same model file: the same answers (onnx: within its tolerance)
+        for name, got in answers.items():  # the same model: the same answers (onnx: within its tolerance)
             limit = model.checks["onnx"]["tolerance"] if "onnx" in name else 1e-12
             assert agreement(got, reference) <= limit, f"{model.key}: {name} disagrees: {got[:3]} vs {reference[:3]}"
         bodies = [_payload(model, [row]) for row in model.rows[:1]]
@@ -567,7 +609,7 @@ def _verdict(model: BenchModel, rows: list[dict], floor: dict) -> dict:
     peers = [r for r in rows if r["server"].startswith("MLServer")]
     best = max(peers, key=lambda r: r["rps"])
     goal = GOALS[model.key]
-    return {
+    verdict = {
         "goal_x": goal,
         "rps_ratio": round(ours["rps"] / best["rps"], 2),
         "p99_ours_ms": ours["p99_ms"],
@@ -575,7 +617,17 @@ def _verdict(model: BenchModel, rows: list[dict], floor: dict) -> dict:
         "peer": best["server"],
         "goal_met": ours["rps"] >= goal * best["rps"] and ours["p99_ms"] < best["p99_ms"],
         "floor_rps": floor["rps"],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": round(os.getloadavg()[0], 2),
     }
+    if model.native_dir is not None:  # the booster file: kfrelease's native flavour against MLServer on that file
+        native = next(r for r in rows if r["server"] == f"kfrelease ({NATIVE[model.key]} flavour)")
+        verdict["native"] = {
+            "flavour": NATIVE[model.key],
+            "rps_ratio": round(native["rps"] / best["rps"], 2),
+            "p99_ms": native["p99_ms"],
+        }
+    return verdict
 
 
 def main() -> dict:
@@ -596,6 +648,24 @@ def main() -> dict:
             conversions[model.key] = model.checks
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    # a run of some models (BENCH_SERVING_MODELS) keeps the other models' rows from the last run (their own
+    # verdict's `when` and `load_average` say which run measured them)
+    previous = RESULTS / "serving.json"
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    old = [k for k in (kept.get("floors") or {}) if k not in MODELS]  # in the kept run's order
+    floors = {**{k: kept["floors"][k] for k in old}, **floors}
+    conversions = {**{k: kept["conversions"][k] for k in old if k in kept.get("conversions", {})}, **conversions}
+    verdicts = {**{k: kept["verdicts"][k] for k in old if k in kept.get("verdicts", {})}, **verdicts}
+    results = [r for r in kept.get("results", []) if r["model"] in old] + results
+    titles = {**{k: v for k, v in (kept.get("method") or {}).get("models", {}).items() if k in old}}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kept_when = (kept.get("method") or {}).get("measured_when") or {}
+    measured_when = {**{k: kept_when.get(k, kept.get("when")) for k in old}, **{m: now for m in MODELS}}
+    loads = {**((kept.get("machine") or {}).get("earlier_runs") or {})}  # when -> [load before, after]
+    if kept.get("when"):
+        m = kept.get("machine") or {}
+        loads[kept["when"]] = [(m.get("load_average_before") or [None])[0], (m.get("load_average_after") or [None])[0]]
+    earlier_runs = {w: loads[w] for w in sorted(set(measured_when.values()) - {now}) if w in loads}
     doc = {
         "benchmark": "serving",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -605,6 +675,7 @@ def main() -> dict:
             "shared": "2 cores shared with other work",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "earlier_runs": earlier_runs,
         },
         "method": {
             "protocol": "v2 (Open Inference Protocol) JSON, one instance per request",
@@ -612,7 +683,9 @@ def main() -> dict:
             "seconds": SECONDS,
             "warmup_seconds": WARMUP,
             "rounds": ROUNDS,
-            "models": {m: TITLES[m] for m in MODELS},
+            "models": {**titles, **{m: TITLES[m] for m in MODELS}},
+            "measured_in_this_run": list(MODELS),
+            "measured_when": measured_when,
             "client": "wrk -t1 (keep-alive), separate process"
             if shutil.which("wrk")
             else "asyncio HTTP/1.1 keep-alive, separate process",
@@ -670,11 +743,27 @@ def _markdown(doc: dict) -> str:
         "p50/p99: the median over the rounds of each run's own percentiles (wrk). Models: "
         + "; ".join(f"{k}: {v}" for k, v in doc["method"]["models"].items())
     )
+    if set(doc["method"]["models"]) != set(doc["method"].get("measured_in_this_run") or doc["method"]["models"]):
+        lines.append(
+            f"- measured in the run above: {', '.join(doc['method']['measured_in_this_run'])}; the other models' rows "
+            "are kept from earlier runs of the same benchmark: "
+            + ", ".join(f"{k} {w}" for k, w in doc["method"]["measured_when"].items())
+            + "".join(
+                f"; the run of {w}: load average {b} before and {a} after"
+                for w, (b, a) in (doc["machine"].get("earlier_runs") or {}).items()
+            )
+        )
     for key, v in doc["verdicts"].items():
         lines.append(
             f"- {key}: onnx flavour {v['rps_ratio']}x the RPS of {v['peer']}, p99 {v['p99_ours_ms']} vs "
             f"{v['p99_peer_ms']} ms: goal (>= {v['goal_x']:g}x at a lower p99) {'met' if v['goal_met'] else 'NOT met'}"
         )
+        if v.get("native"):
+            n = v["native"]
+            lines.append(
+                f"- {key}: {n['flavour']} flavour (the booster's own file) {n['rps_ratio']}x the RPS of {v['peer']}, "
+                f"p99 {n['p99_ms']} vs {v['p99_peer_ms']} ms"
+            )
     return "\n".join(lines) + "\n"
 
 
