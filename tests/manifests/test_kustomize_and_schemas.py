@@ -2,6 +2,7 @@
 environment, and every document validates against the Kubernetes schemas and the vendored CRD schemas."""
 
 import copy
+import json
 import re
 
 import pytest
@@ -109,6 +110,20 @@ def test_eks_has_a_default_storage_class_from_the_ebs_csi_addon(built, sources):
         assert any(a["name"] == "aws-ebs-csi-driver" for a in cfg["addons"]), name
         pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
         assert pvcs and all(not p["spec"].get("storageClassName") for p in pvcs)  # they take the default
+
+
+def test_network_policy_enforcement_is_stated_off_and_the_docs_say_what_the_boundary_is(built):
+    """The review's M3: Kubeflow installs NetworkPolicies (e.g. default-allow-same-namespace in istio-system), but the
+    VPC CNI enforces none unless its add-on sets enableNetworkPolicy "true" (off by default on EKS). The rendered
+    add-on says so explicitly and the runbook names Istio's policies as the boundary and what enabling would cut."""
+    docs = (MANIFESTS_DIR.parent / "docs" / "platform-engineer-eks.md").read_text()
+    for name in built:
+        cfg = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+        (cni,) = [a for a in cfg["addons"] if a["name"] == "vpc-cni"]
+        assert json.loads(cni["configurationValues"]) == {"enableNetworkPolicy": "false"}, name
+    section = docs.split("### Network policies", 1)[1].split("\n### ", 1)[0]
+    for needed in ("enableNetworkPolicy", "global-deny-all", "default-allow-same-namespace", "15021"):
+        assert needed in section, needed
 
 
 def test_validation_catches_a_wrong_field_in_a_custom_resource(built):

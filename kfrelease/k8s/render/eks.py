@@ -9,6 +9,8 @@ Kubeflow profile controller (``AwsIamForServiceAccount`` plugin on each Profile'
 
 from __future__ import annotations
 
+import json
+
 from kfrelease.access.policy import AccessPolicy
 from kfrelease.access.render import bucket_name, iam_policy
 from kfrelease.k8s.environments import (
@@ -252,7 +254,11 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
             ],
         },
         "addons": [
-            {"name": "vpc-cni"},
+            # NetworkPolicy enforcement stays off, as on every EKS cluster by default (the VPC CNI enforces only with
+            # enableNetworkPolicy "true": docs.aws.amazon.com/eks/latest/userguide/cni-network-policy.html), said
+            # here so nobody takes Kubeflow's NetworkPolicies for a boundary: Istio's policies are the boundary, and
+            # turning this on cuts the ALB off (docs/platform-engineer-eks.md, "Network policies").
+            {"name": "vpc-cni", "configurationValues": json.dumps({"enableNetworkPolicy": "false"})},
             {"name": "coredns"},
             {"name": "kube-proxy"},
             # PVCs (notebook workspaces, Kubeflow's MySQL and SeaweedFS) are EBS volumes; EKS >= 1.30 marks no
