@@ -2,7 +2,9 @@
 
 Each ``bench/bench_<area>.py`` has ``main() -> dict`` and writes ``bench/results/<area>.json`` and
 ``bench/results/<area>.md`` (a markdown table). This runner then replaces the README's section between
-``<!-- bench:start -->`` and ``<!-- bench:end -->`` with every results table.
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` with every results table, each followed by its area's
+hand-written notes, ``bench/results/<area>.notes.md`` when there is one (what a run cannot say about itself, e.g.
+why a goal is missed; a bench run never overwrites it).
 """
 
 from __future__ import annotations
@@ -22,17 +24,24 @@ def areas() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
 
 
+def readme_section() -> str:
+    """The README's benchmark section: every area's results table, then its notes."""
+    parts = []
+    for table in sorted(p for p in RESULTS.glob("*.md") if not p.name.endswith(".notes.md")):
+        notes = table.with_suffix(".notes.md")
+        parts.append(table.read_text().strip() + (f"\n\n{notes.read_text().strip()}" if notes.exists() else ""))
+    return "\n\n".join(parts) if parts else "_No benchmark has been run yet: `make bench`._"
+
+
 def refresh_readme() -> None:
     if not README.exists():
         return
     text = README.read_text()
     if START not in text or END not in text:
         return
-    tables = [p.read_text().strip() for p in sorted(RESULTS.glob("*.md"))]
-    body = "\n\n".join(tables) if tables else "_No benchmark has been run yet: `make bench`._"
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    README.write_text(f"{head}{START}\n{readme_section()}\n{END}{tail}")
 
 
 def main(argv: list[str]) -> int:

@@ -97,3 +97,13 @@ def test_anchors_are_githubs(heading, anchor):
 def test_headings_inside_code_blocks_are_not_sections_and_repeated_ones_are_numbered():
     text = "# Title\n\n```bash\n# a comment, not a heading\n```\n\n## Steps\n\n## Steps\n"
     assert [h.anchor for h in readme.headings(text)] == ["title", "steps", "steps-1"]
+
+
+def test_the_readme_benchmark_section_is_the_results_and_their_notes():
+    """`python -m bench <area>` rewrites the section from bench/results: a note written only into the README (the
+    demo's "why the goal is missed") was lost by the next bench run; it lives in <area>.notes.md now."""
+    from bench.__main__ import END, README, START, readme_section
+
+    text = README.read_text()
+    assert text.split(START, 1)[1].split(END, 1)[0].strip() == readme_section().strip()
+    assert "Why the goal is missed" in readme_section()
