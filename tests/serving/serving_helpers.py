@@ -3,7 +3,9 @@ started the way the stack starts them (``predictor_service`` + the supervisor, r
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from kfrelease.data.features import diabetes_features
 from kfrelease.demo.data import diabetes_frame
 from kfrelease.serving.services import predictor_service
 from kfrelease.stack import supervisor
+from kfrelease.stack.service import Service
+from tests.conftest import free_port_offset
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]
 TARGET = "progression"
@@ -161,3 +165,21 @@ def make_diamonds_model_dir(
     }
     (d / ENTRY_FILE).write_text(json.dumps(entry, indent=2))
     return d
+
+
+def private_home_env(stack: Settings, home: Path) -> dict[str, str]:
+    """The environment of a home of its own (``home``, created with the session stack's credentials; ports no other
+    stack claimed) on the session stack's object store and OCI registry: set it before starting any process there."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(stack.credentials_dir, home / "credentials")
+    return {
+        "KFRELEASE_HOME": str(home),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
+        "KFRELEASE_S3_PORT": str(stack.port("s3")),
+        "KFRELEASE_REGISTRY_PORT": str(stack.port("registry")),
+    }
+
+
+def fast_flush(service: Service) -> Service:
+    """``service`` (the log sink, the feedback service) flushing every 0.5 s, so a test reads its rows soon."""
+    return dataclasses.replace(service, command=[*service.command, "--flush-interval", "0.5"])

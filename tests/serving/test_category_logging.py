@@ -4,9 +4,6 @@ lake, and a refused request (an unknown category) is answered 400 and never logg
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-
 import httpx
 import pytest
 
@@ -15,13 +12,14 @@ from kfrelease.lake.read import stored_rows
 from kfrelease.serving.services import logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.storage import store_for
-from tests.conftest import free_port_offset
 from tests.serving.serving_helpers import (
     DIAMONDS_CATEGORIES,
     DIAMONDS_FEATURES,
     DIAMONDS_NUMBERS,
     diamonds_frame,
+    fast_flush,
     make_diamonds_model_dir,
+    private_home_env,
     start_predictor,
 )
 from tests.waiting import eventually
@@ -33,16 +31,11 @@ MODEL = "diamond-price-logged"
 @pytest.fixture(scope="module")
 def serving(stack, tmp_path_factory):
     root = tmp_path_factory.mktemp("category-logging")
-    home = root / "home"
-    home.mkdir()
-    shutil.copytree(stack.credentials_dir, home / "credentials")
     mp = pytest.MonkeyPatch()
-    mp.setenv("KFRELEASE_HOME", str(home))
-    mp.setenv("KFRELEASE_PORT_OFFSET", str(free_port_offset()))
-    mp.setenv("KFRELEASE_S3_PORT", str(stack.port("s3")))
+    for key, value in private_home_env(stack, root / "home").items():
+        mp.setenv(key, value)
     settings = Settings.from_env()
-    sink = logsink_service(settings)
-    sink = dataclasses.replace(sink, command=sink.command + ["--flush-interval", "0.5"])
+    sink = fast_flush(logsink_service(settings))
     try:
         supervisor.up(settings, [sink])
         model_dir = make_diamonds_model_dir(root / "models", MODEL)

@@ -5,7 +5,6 @@ clients only ever got the primary's."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import joblib
@@ -16,7 +15,7 @@ from kfrelease.rollout.spec import parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.stack import supervisor
-from tests.conftest import free_port_offset
+from tests.serving.serving_helpers import private_home_env
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -47,14 +46,9 @@ def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, t
     from kfrelease.stack.services import declared_services
     from kfrelease.storage import store_for
 
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copytree(stack.credentials_dir, home / "credentials")
     # an isolated home and ports (for every process started here) on the session's S3
-    monkeypatch.setenv("KFRELEASE_HOME", str(home))
-    monkeypatch.setenv("KFRELEASE_PORT_OFFSET", str(free_port_offset()))
-    monkeypatch.setenv("KFRELEASE_S3_PORT", str(stack.port("s3")))
-    monkeypatch.setenv("KFRELEASE_REGISTRY_PORT", str(stack.port("registry")))
+    for key, value in private_home_env(stack, tmp_path / "home").items():
+        monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     dirs = {}
     for version, offset in (("V1.1.0", 0.0), ("V1.2.0", 25.0)):

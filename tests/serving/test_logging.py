@@ -5,9 +5,7 @@ or doubled."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import shutil
 import threading
 import uuid
 
@@ -22,12 +20,13 @@ from kfrelease.serving.services import feedback_service, logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
 from kfrelease.storage import store_for
-from tests.conftest import free_port_offset
 from tests.serving.serving_helpers import (
     FEATURES,
     curated_frame,
     expected_predictions,
+    fast_flush,
     make_model_dir,
+    private_home_env,
     start_predictor,
 )
 from tests.waiting import eventually
@@ -40,20 +39,12 @@ MODEL = "logging-test-model"
 def serving(stack, tmp_path_factory):
     """Sink, feedback and a logging predictor in their own home and ports, on the session's object store."""
     root = tmp_path_factory.mktemp("serving-logging")
-    home = root / "home"
-    home.mkdir()
-    shutil.copytree(stack.credentials_dir, home / "credentials")
     mp = pytest.MonkeyPatch()
-    mp.setenv("KFRELEASE_HOME", str(home))
-    mp.setenv("KFRELEASE_PORT_OFFSET", str(free_port_offset()))
-    mp.setenv("KFRELEASE_S3_PORT", str(stack.port("s3")))
+    for key, value in private_home_env(stack, root / "home").items():
+        mp.setenv(key, value)
     settings = Settings.from_env()
-    sink = dataclasses.replace(
-        logsink_service(settings),
-        command=logsink_service(settings).command + ["--flush-interval", "0.5"],
-    )
-    feedback = feedback_service(settings, model=MODEL)
-    feedback = dataclasses.replace(feedback, command=feedback.command + ["--flush-interval", "0.5"])
+    sink = fast_flush(logsink_service(settings))
+    feedback = fast_flush(feedback_service(settings, model=MODEL))
     try:
         supervisor.up(settings, [sink, feedback])
         model_dir = make_model_dir(root / "models", name=MODEL, version="V3.1.0")

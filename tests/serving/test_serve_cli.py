@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 from kfrelease.config import Settings
 from kfrelease.stack import supervisor
-from tests.conftest import free_port_offset
+from tests.serving.serving_helpers import private_home_env
 
 pytestmark = pytest.mark.integration
 MODEL = "gw-serve-test"
@@ -26,16 +25,10 @@ MODEL = "gw-serve-test"
 
 @pytest.fixture(scope="module")
 def serve_env(stack, tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve-home")
-    shutil.copytree(stack.credentials_dir, home / "credentials")
+    home = tmp_path_factory.mktemp("serve-home") / "home"
+    env = private_home_env(stack, home)
     spec = home / "rollout.yaml"
     spec.write_text(f"model: {MODEL}\n")
-    env = {
-        "KFRELEASE_HOME": str(home),
-        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-        "KFRELEASE_S3_PORT": str(stack.port("s3")),
-        "KFRELEASE_REGISTRY_PORT": str(stack.port("registry")),
-    }
     yield env, str(spec)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
