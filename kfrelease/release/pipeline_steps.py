@@ -29,13 +29,24 @@ class ReleaseTerminated(KfreleaseError):
 
 @contextmanager
 def terminable(driver, production: str | None, what: str = "") -> Iterator[None]:
-    """Run a release step so that SIGTERM leaves the cluster sane: the signal raises ``ReleaseTerminated``
-    in the step's thread, all traffic goes back to ``production`` (the shadow and canary are removed), and the
-    driver's move to that one-version state releases the model's Lease, so the next release of the model is
-    not blocked until the Lease expires. Kubernetes sends SIGTERM and waits ``terminationGracePeriodSeconds``
-    (30 s by default) before SIGKILL: the move back is two writes. Only in the main thread (signals are
-    delivered there); elsewhere it does nothing. No ``production`` (a first model's release): nothing serves
-    afterwards, and clients get a 503 saying ``what`` was terminated."""
+    """Run a release step so that SIGTERM takes traffic off its candidate at once: the signal raises
+    ``ReleaseTerminated`` in the step's thread and the driver *retreats* (``KServeTrafficDriver.retreat``:
+    the shadow and the canary's share removed, the VirtualService first, no readiness wait, then the model's
+    Lease released), so the next release of the model is not blocked either.
+
+    The time this has is about one second, not ``terminationGracePeriodSeconds``. Under KFP the main
+    container runs Argo's emissary as PID 1, which starts KFP's launcher in a process group of its own and
+    forwards every signal to that whole group (argoproj/argo-workflows ``cmd/argoexec/commands/emissary.go``
+    signal loop, ``workflow/executor/osspecific/signal_darwin.go`` ``Kill``: ``syscall.Kill(-pgid, s)``, the
+    Linux build's file being the same); the launcher runs this step as a plain child in that group
+    (kubeflow/pipelines 2.16.0 ``backend/src/v2/component/launcher_v2.go`` ``exec.Command(...).Run()``) and
+    installs no signal handler (``backend/src/v2/cmd/launcher-v2/main.go`` imports no ``os/signal``), so it
+    exits on SIGTERM at once; the emissary reaps it within a second (``osspecific.Wait`` polls every second)
+    and exits, and with PID 1 gone every process left in the container is killed. What a killed retreat leaves
+    undone, the next release step of the model finds and undoes first (``KServeTrafficDriver.recover``, from
+    ``driver_for``). Only in the main thread (signals are delivered there); elsewhere it does nothing. No
+    ``production`` (a first model's release): nothing serves afterwards, and clients get a 503 saying ``what``
+    was terminated."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -49,10 +60,16 @@ def terminable(driver, production: str | None, what: str = "") -> Iterator[None]
     except ReleaseTerminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the move back
         log.warning("release step terminated; moving all traffic back to %s", production)
-        if production is None:
-            driver.apply(TrafficState(primary=None, unavailable=f"{what} was terminated; run it again"))
-        else:
-            driver.apply(TrafficState(primary=production))
+        back = (
+            TrafficState(primary=None, unavailable=f"{what} was terminated; run it again")
+            if production is None
+            else TrafficState(primary=production)
+        )
+        retreat = getattr(driver, "retreat", None)
+        if retreat is not None:
+            retreat(back)
+        else:  # the local gateway: one reload, no readiness to wait for
+            driver.apply(back)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -87,7 +104,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
         from kfrelease.storage import store_for
 
         uris, formats = version_sources(store_for("pipeline", settings), spec.model)
-        return KServeTrafficDriver(
+        driver = KServeTrafficDriver(
             spec,
             uris,
             KubernetesObjects(),
@@ -97,6 +114,9 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
             ready_timeout=READY_TIMEOUT_SECONDS,
             model_formats=formats,
         )
+        if version:
+            driver.recover()  # a release killed before its move back: its traffic goes back first
+        return driver
     from kfrelease.serving.gateway import LocalGatewayDriver
 
     ensure_serving_services(settings)

@@ -54,7 +54,7 @@ import uuid as _uuid
 from collections.abc import Callable, Iterable
 
 from kfrelease.errors import Conflict
-from kfrelease.k8s.driver.kserve import DriverForbidden
+from kfrelease.k8s.driver.kserve import DriverForbidden, ObjectMissing
 from kfrelease.k8s.driver.lease import lease_as_dict
 from kfrelease.k8s.driver.patches import apply_merge_patch
 from kfrelease.k8s.policy.rbac import (
@@ -418,7 +418,8 @@ class Cluster:
 
 class StandInObjects:
     """``kfrelease.k8s.driver.kserve.ClusterObjects`` on the stand-in, as one requester (errors mapped as
-    ``KubernetesObjects`` maps the real client's: 403 -> ``DriverForbidden``, 409 -> ``Conflict``)."""
+    ``KubernetesObjects`` maps the real client's: 403 -> ``DriverForbidden``, 409 -> ``Conflict``, 404 ->
+    None on get and delete, ``ObjectMissing`` on patch and replace)."""
 
     def __init__(self, cluster: Cluster, who: Requester, manager: str):
         self.cluster, self.who, self.manager = cluster, who, manager
@@ -432,6 +433,8 @@ class StandInObjects:
                 raise DriverForbidden(str(exc)) from None
             if exc.status == 409:
                 raise Conflict(str(exc)) from None
+            if exc.status == 404 and fn in (self.cluster.patch, self.cluster.replace):
+                raise ObjectMissing(str(exc)) from None
             raise
 
     def list(self, spec) -> list[dict]:
@@ -471,7 +474,11 @@ class StandInObjects:
 
     def delete(self, ref: dict) -> None:
         self.calls.append(("delete", copy.deepcopy(ref)))
-        self._call(self.cluster.delete, self.who, ref["kind"], ref["namespace"], ref["name"])
+        try:
+            self._call(self.cluster.delete, self.who, ref["kind"], ref["namespace"], ref["name"])
+        except ApiError as exc:
+            if exc.status != 404:  # gone already: what the delete was for
+                raise
 
     def can(self, verb: str, ref: dict) -> bool:
         return self.cluster.can(self.who, verb, ref["kind"], ref["namespace"], ref.get("name", ""))

@@ -21,6 +21,7 @@ from kfrelease.release.controller import resume_step
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
+from tests.cluster_standin.kserve import KServeController
 
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]
@@ -319,7 +320,7 @@ def test_a_release_step_that_gets_sigterm_leaves_production_serving_and_the_leas
         for (k, _, n), d in cluster.objects.items()
         if k == "VirtualService" and n == f"{production_name(spec)}-release"
     )
-    assert recorded_state(vs) == TrafficState(primary=V1)
+    assert recorded_state(vs) == retreated(spec)
     assert all(d["metadata"]["name"] != f"{production_name(spec)}-staging" for d in isvcs(cluster, spec).values())
     lease = cluster.objects[("Lease", spec.serving.namespace, release.lock.ref["name"])]
     assert lease["spec"]["holderIdentity"] == ""
@@ -328,22 +329,18 @@ def test_a_release_step_that_gets_sigterm_leaves_production_serving_and_the_leas
 
 def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_measured():
     """Finding: the release steps measured right after a move, while KServe was still starting the
-    candidate. With ``ready_timeout`` the driver waits for ``Ready`` on the generation it wrote, and says
-    which InferenceService is not ready when the time is up."""
+    candidate. With ``ready_timeout`` the driver waits until KServe's controller reports the spec it wrote as
+    served (the stand-in controller writes the status KServe writes: ``tests/cluster_standin/kserve.py``), and
+    says which InferenceService is not ready, and why, when the time is up."""
     from kfrelease.k8s.driver.kserve import NotReady
 
     cluster = cluster_for(SERVERLESS)
     waited = []
     release = driver(cluster, SERVERLESS, ready_timeout=0.0, sleep=waited.append)
-    with pytest.raises(NotReady, match=r"diabetes-progression-staging is not Ready .*none yet"):
+    with pytest.raises(NotReady, match=r"diabetes-progression-staging is not Ready .*no Ready yet"):
         release.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    KServeController(cluster, ENV.kserve_version).reconcile()  # what KServe's controller then writes
     ns = SERVERLESS.serving.namespace
-    for (kind, namespace, _), doc in cluster.objects.items():  # what KServe's controller then writes
-        if kind == "InferenceService" and namespace == ns:
-            doc["status"] = {
-                "observedGeneration": doc["metadata"]["generation"],
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }
     release.wait_ready(
         [
             {"kind": "InferenceService", "apiVersion": "serving.kserve.io/v1beta1", "namespace": ns, "name": n}
@@ -351,6 +348,125 @@ def test_a_move_waits_until_the_inference_service_is_ready_before_anything_is_me
         ],
         timeout=0.0,
     )
+
+
+KSERVE_020 = "0.20.0"
+
+
+def reconciled(spec, kserve=KSERVE_020, available=None):
+    """A cluster whose InferenceServices KServe's (stand-in) controller has reconciled once, its controller,
+    and a driver that waits for readiness, the controller running between two of its polls."""
+    cluster = cluster_for(spec, kserve=kserve)
+    kserve_controller = KServeController(cluster, kserve, available)
+    kserve_controller.reconcile()
+    return cluster, kserve_controller, driver(cluster, spec, ready_timeout=5.0, sleep=kserve_controller)
+
+
+@pytest.mark.parametrize(
+    "spec,kserve",
+    [(RAW, KSERVE_020), (SERVERLESS, KSERVE_020), (SERVERLESS, "0.15.2")],
+    ids=["standard-0.20", "serverless-0.20", "serverless-0.15.2"],
+)
+def test_every_canary_step_is_ready_as_kserve_reports_it_not_by_generation(spec, kserve):
+    """Finding C1 (review-eks): the wait compared ``status.observedGeneration`` with the InferenceService's
+    ``metadata.generation``, but KServe copies observedGeneration from the stable predictor's Deployment
+    (Standard) or the Knative Service (Serverless): kserve/kserve v0.20.0
+    ``pkg/apis/serving/v1beta1/inference_service_status.go`` lines 455-457 and 635. A Standard-mode canary step
+    changes only ``spec.canary``, so it never looked ready: NotReady after the timeout, the canary undone, no
+    candidate promoted. The whole release now completes against a controller that writes what KServe writes."""
+    cluster, _kserve_controller, d = reconciled(spec, kserve)
+    release(d, cluster, spec, spec.canary.steps)
+    assert d.current() == TrafficState(primary=V2) and cluster.refused == []
+    (prod,) = isvcs(cluster, spec).values()
+    if spec is RAW:  # the stable Deployment's counter, not the InferenceService's: the old wait never ended
+        assert prod["status"]["observedGeneration"] < prod["metadata"]["generation"]
+    lease = cluster.objects[("Lease", spec.serving.namespace, release_lease_name(production_name(spec)))]
+    assert lease["spec"]["holderIdentity"] == ""
+
+
+@pytest.mark.parametrize("spec", [RAW, SERVERLESS], ids=["standard-0.20", "serverless"])
+def test_a_status_kserve_has_not_updated_since_the_move_is_not_taken_as_ready(spec):
+    """The status read right after a move is the one of the previous spec (``Ready=True``): the driver must
+    not take it for the new spec's. Each move here is answered only once the controller has run."""
+    _cluster, kserve_controller, d = reconciled(spec)
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    for w in spec.canary.steps[:2]:
+        runs = kserve_controller.reconciles
+        d.apply(TrafficState(primary=V1, canary=V2, canary_weight=w))
+        assert kserve_controller.reconciles > runs, f"the move to {w} % was taken as ready on the old status"
+
+
+def test_a_standard_canary_gets_no_traffic_until_its_own_pods_are_available():
+    """Finding H1 (review-eks): on KServe 0.20 ``Ready`` is ``PredictorReady`` and ``IngressReady`` only
+    (``inference_service_status.go`` lines 295-298); the canary's readiness is ``canaryStatuses[].ready`` and
+    ``CanaryPredictorReady`` (``components/predictor.go`` lines 966-1000). The driver patched the
+    VirtualService's canary weight together with ``spec.canary``, so Envoy sent the canary's share to a
+    Service with no pod (503 ``no healthy upstream``). Now the VirtualService gives the canary weight only
+    once KServe reports the canary's pods available."""
+    canary_deployment = f"{production_name(RAW)}-{V2.lower().replace('.', '-')}-predictor"
+    polls = {"n": 0}
+    routed_while_unavailable = []
+
+    def available(name):
+        return name != canary_deployment or polls["n"] >= 3
+
+    cluster, kserve_controller, d = reconciled(RAW, available=available)
+
+    def controller_then_look(_seconds):
+        polls["n"] += 1
+        kserve_controller.reconcile()
+        vs = cluster.objects[("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")]
+        hosts = [r["destination"]["host"] for r in vs["spec"]["http"][0].get("route") or []]
+        if not available(canary_deployment) and any(h.startswith(canary_deployment) for h in hosts):
+            routed_while_unavailable.append(hosts)
+
+    d._sleep = controller_then_look
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    assert polls["n"] >= 3 and routed_while_unavailable == []
+    vs = cluster.objects[("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")]
+    assert [r["weight"] for r in vs["spec"]["http"][0]["route"]] == [90, 10]
+    (prod,) = isvcs(cluster, RAW).values()
+    assert {s["name"]: s["ready"] for s in prod["status"]["canaryStatuses"]} == {"v1-2-0": True}
+
+
+def test_a_standard_canary_whose_pods_never_come_up_never_gets_traffic_and_frees_the_lease():
+    from kfrelease.k8s.driver.kserve import NotReady
+
+    canary_deployment = f"{production_name(RAW)}-v1-2-0-predictor"
+    cluster, _kserve_controller, d = reconciled(RAW, available=lambda name: name != canary_deployment)
+    d.ready_timeout = 0.2
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    with pytest.raises(NotReady, match=r"canary v1-2-0 has no available pod yet.*all traffic is back on V1"):
+        d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    routed = [ref["patch"] for kind, ref in d.objects.calls if kind == "patch" and ref["kind"] == "VirtualService"]
+    assert not any(canary_deployment in str(r) for r in routed)  # no VirtualService write ever routed to it
+    assert "canary" not in isvcs(cluster, RAW)[production_name(RAW)]["spec"]
+    lease = cluster.objects[("Lease", RAW.serving.namespace, release_lease_name(production_name(RAW)))]
+    assert lease["spec"]["holderIdentity"] == ""
+
+
+@pytest.mark.parametrize("spec", [RAW, SERVERLESS], ids=["standard-0.20", "serverless"])
+def test_a_promotion_or_rollback_kserve_is_slow_to_report_still_frees_the_lease(spec):
+    """Finding M1 (review-eks): a terminal move (promotion, rollback) that timed out as NotReady re-raised
+    before releasing the model's Lease, so the next candidate got Conflict until it expired (1,200 s by
+    default), although every write had been sent. Now the Lease is released and NotReady says so."""
+    from kfrelease.k8s.driver.kserve import NotReady
+
+    for end in (TrafficState(primary=V2), TrafficState(primary=V1)):
+        cluster, _kserve_controller, d = reconciled(spec)
+        d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+        d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+        d._sleep = lambda _s: None  # KServe's controller stops reconciling (restarting, throttled ...)
+        d.ready_timeout = 0.2
+        with pytest.raises(NotReady, match="were all sent and the release Lease is released"):
+            d.apply(end)
+        lease = cluster.objects[("Lease", spec.serving.namespace, release_lease_name(production_name(spec)))]
+        assert lease["spec"]["holderIdentity"] == "", end
+        vs = cluster.objects[("VirtualService", spec.serving.namespace, f"{production_name(spec)}-release")]
+        assert recorded_state(vs) == end
+        assert "canary" not in isvcs(cluster, spec)[production_name(spec)]["spec"]
+        driver(cluster, spec, holder=V3).apply(TrafficState(primary=end.primary, shadow=V3, mirror_percent=100))
 
 
 @pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
@@ -461,3 +577,161 @@ def test_a_first_model_is_served_provisional_then_promoted_or_withdrawn_with_no_
         else:
             assert "directResponse" not in predict and predict["route"]
         assert cluster.objects[lease_key]["spec"]["holderIdentity"] == ""  # released once the release ended
+
+
+def test_a_404_on_patch_is_an_error_naming_the_object_and_on_delete_or_get_an_answer():
+    """Finding L3 (review-eks): ``KubernetesObjects`` returned None on every 404, so a patch of an
+    InferenceService deleted meanwhile (by an operator) was reported as moved and the VirtualService then
+    routed to a Service that no longer exists. Through the real ``kubernetes`` client against a server that
+    answers 404 as the API server does (a ``Status`` with ``code: 404``): a patch raises ``ObjectMissing``
+    naming the object; a get is None (the object is absent); a delete succeeds (its goal, the object gone,
+    holds: the driver deletes only the staging shadow, which a re-run may find deleted already)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from kfrelease.k8s.driver.kserve import KubernetesObjects, ObjectMissing
+
+    class Gone(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.dumps(
+                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+            ).encode()
+            self.send_response(404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PATCH = do_DELETE = do_PUT = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gone)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    previous = client.Configuration.get_default_copy()
+    try:
+        config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        client.Configuration.set_default(config)
+        objects = KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+        isvc = ref_of(next(d for d in applied(RAW) if d["kind"] == "InferenceService"))
+        with pytest.raises(ObjectMissing, match=rf"InferenceService {isvc['namespace']}/{isvc['name']} is not on"):
+            objects.patch({**isvc, "patch": {"spec": {"canary": None}}})
+        assert objects.get(isvc) is None
+        objects.delete({**isvc, "name": f"{isvc['name']}-staging"})
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "namespace": isvc["namespace"], "name": "l"}
+        assert objects.get(lease) is None
+        with pytest.raises(ObjectMissing, match="Lease .*/l is not on the cluster"):
+            objects.replace({**lease, "metadata": {"name": "l", "namespace": isvc["namespace"]}})
+    finally:
+        client.Configuration.set_default(previous)
+        server.shutdown()
+
+
+def retreated(spec) -> TrafficState:
+    """Where a SIGTERM's retreat leaves a canary at 25 %: Serverless, KServe's instant rollback (the canary at 0,
+    no new revision Knative could route to while it starts); Standard, production alone."""
+    if spec.serving.deployment_mode == "Serverless":
+        return TrafficState(primary=V1, canary=V2, canary_weight=0)
+    return TrafficState(primary=V1)
+
+
+def kfp_step(url: str, mode: str, ready, poll: float):
+    """The canary step (``sigterm_step``) in a KFP main container's process tree (``cluster_standin.kfp_pod``:
+    emissary -> launcher -> step), started and seen ready."""
+    import subprocess
+    import sys
+    import time
+
+    pod = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster_standin.kfp_pod", "emissary", str(poll), "--", sys.executable]
+        + ["-m", "tests.cluster_standin.kfp_pod", "launcher", "--", sys.executable]
+        + ["-m", "tests.manifests.sigterm_step", url, mode, str(ready)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert pod.poll() is None, f"the step exited before it was ready: {pod.stderr.read()}"
+        assert time.monotonic() < deadline, "the step was not ready within 120 s"
+        time.sleep(0.05)
+    return pod
+
+
+def terminate(pod, grace: float = 30.0) -> str:
+    """What the kubelet does to a pod KFP terminates: SIGTERM to the container's PID 1, SIGKILL after the
+    grace period. Returns the step's log."""
+    import signal
+    import subprocess
+
+    pod.send_signal(signal.SIGTERM)
+    try:
+        _, err = pod.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pod.kill()
+        _, err = pod.communicate()
+    return err
+
+
+@pytest.mark.parametrize("spec", [RAW, SERVERLESS], ids=["standard", "serverless"])
+def test_a_kfp_terminate_takes_the_canary_off_within_the_second_the_step_has(spec, tmp_path):
+    """Finding H2 (review-eks): under KFP the step has about one second after SIGTERM: Argo's emissary
+    forwards it to the launcher's process group, the launcher (no handler) exits, the emissary reaps it within
+    a second and exits, and everything left in the container dies. The old handler moved back with the
+    600 s readiness wait and released the Lease only afterwards, so it never got there: the canary kept its
+    share and the Lease stayed held. A real process tree (``cluster_standin.kfp_pod``) runs the step against
+    the stand-in API server over HTTP; the retreat (no readiness wait, VirtualService first, then the Lease)
+    finishes within the emissary's one-second window."""
+    from tests.cluster_standin.http import StandInServer
+
+    cluster = cluster_for(spec, kserve=KSERVE_020)
+    KServeController(cluster, KSERVE_020).reconcile()
+    driver(cluster, spec).apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    with StandInServer(cluster, DRIVER) as url:
+        pod = kfp_step(url, "raw" if spec is RAW else "serverless", tmp_path / "ready", poll=1.0)
+        log = terminate(pod)
+    ns = spec.serving.namespace
+    vs = cluster.objects[("VirtualService", ns, f"{production_name(spec)}-release")]
+    assert recorded_state(vs) == retreated(spec), log
+    assert weight(cluster, spec) in (None, 0)
+    lease = cluster.objects[("Lease", ns, release_lease_name(production_name(spec)))]
+    assert lease["spec"]["holderIdentity"] == "", log
+
+
+@pytest.mark.parametrize("spec", [RAW, SERVERLESS], ids=["standard", "serverless"])
+def test_a_step_killed_before_its_retreat_is_recovered_by_the_next_release_step(spec, tmp_path):
+    """Finding H2, the other half: a step killed before its retreat wrote anything (the emissary reaps at once;
+    a node lost) leaves the canary at its share and the Lease held. Once the Lease is expired (nobody renews
+    it), the model's next release step (``pipeline_steps.driver_for`` calls ``recover``) moves the traffic
+    back before anything else; while the Lease is live it leaves the release alone."""
+    import datetime as dt
+    import os
+    import signal
+
+    from tests.cluster_standin.http import StandInServer
+
+    cluster = cluster_for(spec, kserve=KSERVE_020)
+    KServeController(cluster, KSERVE_020).reconcile()
+    driver(cluster, spec).apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    with StandInServer(cluster, DRIVER) as url:
+        pod = kfp_step(url, "raw" if spec is RAW else "serverless", tmp_path / "ready", poll=1.0)
+        os.kill(int((tmp_path / "ready").read_text()), signal.SIGKILL)  # the step dies, no handler runs
+        pod.communicate(timeout=30)  # the launcher returns, the emissary reaps it and exits
+    ns = spec.serving.namespace
+    lease_key = ("Lease", ns, release_lease_name(production_name(spec)))
+    vs_key = ("VirtualService", ns, f"{production_name(spec)}-release")
+    assert cluster.objects[lease_key]["spec"]["holderIdentity"] == V2
+    assert recorded_state(cluster.objects[vs_key]).canary_weight == 25
+    now = dt.datetime.now(dt.UTC)
+    assert driver(cluster, spec, holder=V3, clock=lambda: now).recover() is None  # the Lease is live
+    later = now + dt.timedelta(seconds=driver(cluster, spec).lock.duration + 1)
+    nxt = driver(cluster, spec, holder=V3, clock=lambda: later)
+    assert nxt.recover() == TrafficState(primary=V1, canary=V2, canary_weight=25)
+    assert recorded_state(cluster.objects[vs_key]) == retreated(spec) and weight(cluster, spec) in (None, 0)
+    assert cluster.objects[lease_key]["spec"]["holderIdentity"] == ""
+    nxt.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # the next candidate's release goes on
+    assert cluster.refused == []

@@ -58,6 +58,10 @@ class DriverForbidden(KfreleaseError):
     """The release driver's service account may not do an operation a move needs; nothing was sent."""
 
 
+class ObjectMissing(KfreleaseError):
+    """An object a move patches is not on the cluster (deleted meanwhile, e.g. by an operator)."""
+
+
 class NotReady(KfreleaseError):
     """An InferenceService of the release did not become Ready in time after a move; nothing was measured."""
 
@@ -119,6 +123,8 @@ class InMemoryObjects:
         from kfrelease.k8s.driver.patches import apply_merge_patch
 
         key = (ref["kind"], ref["namespace"], ref["name"])
+        if key not in self.docs:
+            raise ObjectMissing(_missing_message(ref, "not held in memory"))
         self.docs[key] = self._stamp(apply_merge_patch(self.docs[key], ref["patch"]))
         self.calls.append(("patch", copy.deepcopy(ref)))
 
@@ -169,7 +175,9 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         method = getattr(self.api, f"{verb}_namespaced_custom_object")
         return self._call(method, group, version, namespace, PLURALS[kind], *args, **kwargs)
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn, *args, missing=None, **kwargs):
+        """``fn``, the API server's refusals as kfrelease errors. A 404 is an answer only where the caller says
+        so (``missing``: the value to return, ``get`` and ``delete``); elsewhere it is ``ObjectMissing``."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -180,7 +188,9 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             if exc.status == 403:
                 raise DriverForbidden(f"the API server refused: {exc.reason} ({exc.body})") from None
             if exc.status == 404:
-                return None
+                if missing is not None:
+                    return missing()
+                raise ObjectMissing(f"the API server answered 404 Not Found: {exc.reason} ({exc.body})") from None
             raise
 
     def list(self, spec: RolloutSpec) -> list[dict]:
@@ -205,13 +215,18 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
     def get(self, ref: dict) -> dict | None:
         if ref["kind"] == "Lease":
             api = self._client.CoordinationV1Api()
-            lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"])
+            lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"], missing=lambda: None)
             return None if lease is None else lease_as_dict(lease)
-        return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
+        return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], missing=lambda: None)
 
     def patch(self, ref: dict) -> None:
-        # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects
-        self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"], **STRICT)
+        # a dict body is sent as application/merge-patch+json by the kubernetes client for custom objects.
+        # A 404 is an error: the object a move patches is gone, and reporting the move as made would route
+        # traffic to a Service that no longer exists.
+        try:
+            self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"], **STRICT)
+        except ObjectMissing as exc:
+            raise ObjectMissing(_missing_message(ref, exc)) from None
 
     def create(self, doc: dict) -> None:
         if doc["kind"] == "Lease":
@@ -223,12 +238,21 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
 
     def replace(self, doc: dict) -> None:
         meta = doc["metadata"]
-        self._call(
-            self._client.CoordinationV1Api().replace_namespaced_lease, meta["name"], meta["namespace"], doc, **STRICT
-        )
+        try:
+            self._call(
+                self._client.CoordinationV1Api().replace_namespaced_lease,
+                meta["name"],
+                meta["namespace"],
+                doc,
+                **STRICT,
+            )
+        except ObjectMissing as exc:
+            raise ObjectMissing(_missing_message(ref_of(doc), exc)) from None
 
     def delete(self, ref: dict) -> None:
-        self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"])
+        # A 404 on delete is success: the driver deletes only the staging shadow, a move's goal is that it is
+        # gone, and a re-run after an eviction (or an operator's cleanup) may find it gone already.
+        self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], missing=lambda: None)
 
     def can(self, verb: str, ref: dict) -> bool:
         c = self._client
@@ -244,6 +268,14 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             )
         )
         return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
+
+
+def _missing_message(ref: dict, exc: Exception) -> str:
+    return (
+        f"{ref['kind']} {ref['namespace']}/{ref['name']} is not on the cluster ({exc}); it was deleted while "
+        "the release ran. Nothing after this write was sent; re-create it (production's objects: "
+        "`kubectl create -f manifests/bootstrap/<env>/release.yaml`) and run the release again"
+    )
 
 
 def _terminal(state: TrafficState) -> bool:
@@ -338,54 +370,89 @@ class KServeTrafficDriver:
                 "service account"
             )
 
-    def _move(self, state: TrafficState, wait: bool = True) -> None:
-        plan = self._plan(state)  # raises on a bad state before anything is sent
-        refused = self._refused(plan)
+    def _opens(self, state: TrafficState) -> bool:
+        """Whether ``state`` sends requests to a predictor the current state sends none to: a new shadow
+        (mirrored copies) or a canary whose share goes up from 0. Such a predictor must serve before the
+        VirtualService routes to it; a move that only takes traffic away (a rollback, a canary's share to 0) or
+        routes it to a predictor that already serves (a promotion, to the canary's own Deployment) writes the
+        VirtualService first."""
+        before = self.current() or TrafficState(primary=None)
+        new_shadow = bool(state.shadow) and state.shadow != before.shadow
+        new_canary = (
+            bool(state.canary)
+            and state.canary_weight > 0
+            and not (before.canary == state.canary and before.canary_weight > 0)
+        )
+        return new_shadow or new_canary
+
+    def _move(self, state: TrafficState, wait: bool = True, check: bool = True) -> None:
+        """Send the writes that move to ``state`` and (``wait`` and a ``ready_timeout``) wait until each
+        InferenceService written serves its spec (``readiness.unready``). A move that opens a predictor to
+        traffic (``_opens``) writes the InferenceServices, waits for them, then the VirtualService, so no
+        request is routed to a predictor with no pod yet (in Standard mode the VirtualService carries the
+        canary's weight, and KServe's ``Ready`` does not cover the canary: ``readiness``); any other move
+        writes first the object that splits the traffic (Standard: the VirtualService; Serverless: the
+        InferenceService). Deletes go last."""
+        current = self.objects.list(self.spec)
+        plan = self._plan(state, current)  # raises on a bad state before anything is sent
+        refused = self._refused(plan) if check else []
         if refused:
             raise DriverForbidden(
                 f"the release driver may not {'; '.join(refused)}; nothing was sent, traffic is "
                 f"where it was ({self.current()})"
             )
+        before = {(d["kind"], d["metadata"]["name"]): d for d in current}
+        isvc_patches = [r for r in plan["patch"] if r["kind"] == "InferenceService"]
+        other_patches = [r for r in plan["patch"] if r["kind"] != "InferenceService"]
+        written = [ref_of(d) for d in plan["create"] if d["kind"] == "InferenceService"] + isvc_patches
+        waiting = wait and self.ready_timeout is not None
+        opens = self._opens(state)
+        # in Serverless the InferenceService's canaryTrafficPercent splits the traffic (Knative), in Standard
+        # mode the VirtualService's weights: a move that takes traffic away writes that object first
+        serverless = self.spec.serving.deployment_mode == "Serverless"
         for doc in plan["create"]:
             self.objects.create(doc)
-        for ref in plan["patch"]:
+        if not opens:
+            for ref in [] if serverless else other_patches:
+                self.objects.patch(ref)
+        for ref in isvc_patches:
             self.objects.patch(ref)
+        if not opens and serverless:
+            for ref in other_patches:
+                self.objects.patch(ref)
+        if opens:
+            if waiting:
+                self.wait_ready(written, self.ready_timeout, before)
+            for ref in other_patches:
+                self.objects.patch(ref)
         for ref in plan["delete"]:
             self.objects.delete(ref)
-        written = [ref_of(d) for d in plan["create"]] + plan["patch"]
-        if wait and self.ready_timeout is not None:
-            self.wait_ready([r for r in written if r["kind"] == "InferenceService"], self.ready_timeout)
+        if waiting and not opens:
+            self.wait_ready(written, self.ready_timeout, before)
 
-    def wait_ready(self, refs: list[dict], timeout: float) -> None:
-        """Until each InferenceService has observed its latest spec and says ``Ready`` (KServe sets the
-        ``Ready`` condition once every component's is: ``pkg/apis/serving/v1beta1/inference_service_status.go``;
-        ``status.observedGeneration`` catches up with ``metadata.generation``), or ``NotReady`` after
-        ``timeout`` seconds: a step never measures traffic on a predictor that is not serving yet."""
+    def wait_ready(self, refs: list[dict], timeout: float, before: Mapping | None = None) -> None:
+        """Until each InferenceService serves what the move wrote, as KServe's controller reports it
+        (``kfrelease.k8s.driver.readiness.unready``: per mode, the canary's own readiness included; never
+        ``status.observedGeneration``, which KServe copies from the stable predictor's Deployment or Knative
+        Service), or ``NotReady`` after ``timeout`` seconds: a step never routes to, nor measures, a predictor
+        that is not serving yet. ``before``: ``(kind, name) -> object`` as read before the move."""
+        from kfrelease.k8s.driver.readiness import unready
+
         deadline = time.monotonic() + timeout
         pending = list(refs)
         while pending:
             still = []
             for ref in pending:
-                doc = self.objects.get(ref) or {}
-                status = doc.get("status") or {}
-                generation = (doc.get("metadata") or {}).get("generation")
-                ready = any(
-                    c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
-                )
-                if not (ready and (generation is None or status.get("observedGeneration", 0) >= generation)):
-                    still.append((ref, status))
+                why = unready(self.objects.get(ref) or {}, (before or {}).get((ref["kind"], ref["name"])))
+                if why:
+                    still.append((ref, why))
             if not still:
                 return
             if time.monotonic() >= deadline:
-                ref, status = still[0]
-                conditions = [
-                    f"{c.get('type')}={c.get('status')} ({c.get('reason') or c.get('message') or ''})"
-                    for c in status.get("conditions") or []
-                ]
+                ref, why = still[0]
                 raise NotReady(
                     f"InferenceService {ref['namespace']}/{ref['name']} is not Ready after {timeout:g} s "
-                    f"(conditions: {', '.join(conditions) or 'none yet'}); see `kubectl describe inferenceservice "
-                    f"-n {ref['namespace']} {ref['name']}`"
+                    f"({'; '.join(why)}); see `kubectl describe inferenceservice -n {ref['namespace']} {ref['name']}`"
                 )
             pending = [ref for ref, _ in still]
             self._sleep(2.0)
@@ -402,17 +469,83 @@ class KServeTrafficDriver:
             and before.primary
             and state.primary == before.primary
         ):
-            # rollback: the canary's share to 0 first (instant), then the spec back to production
-            self._move(before.with_canary(before.canary, 0))
+            rollback = before.with_canary(before.canary, 0)
+        else:
+            rollback = None
         try:
+            if rollback:  # the canary's share to 0 first (instant), then the spec back to production
+                self._move(rollback)
             self._move(state)
         except NotReady as exc:
-            if _terminal(state):
-                raise
-            self._undo(state, exc)
+            if not _terminal(state):
+                self._undo(state, exc)
+            # A terminal state (promotion, rollback, a first model withdrawn): its writes are sent (those a
+            # timed-out first move held back, now, without waiting), so traffic is where the release wanted
+            # it and only KServe is slow to report it. The Lease goes (the model's next candidate is not
+            # refused until it expires), then NotReady says so.
+            self._move(state, wait=False)
+            self._state = state
+            if self.lock:
+                self.lock.release()
+            raise NotReady(f"{exc}; the writes of {state} were all sent and the release Lease is released") from None
         self._state = state
         if self.lock and _terminal(state):
             self.lock.release()
+
+    def retreat(self, state: TrafficState) -> TrafficState:
+        """Take traffic off the release's candidate at once, within the second a release step has after
+        SIGTERM under KFP (see ``kfrelease.release.pipeline_steps.terminable``): no access reviews (a refusal
+        would come from the server anyway), no readiness wait, the VirtualService written before the
+        InferenceService (``_move``), then the Lease released. In Serverless a canary only goes to 0 %
+        (KServe's instant rollback: Knative routes everything to the last revision rolled out at 100 %, no new
+        revision); rolling the spec back to production creates a new revision, and until it is ready Knative
+        would route that ``latestRevision`` target to the latest *ready* one, the candidate's. The next release
+        of the model rolls the spec forward from there. Returns the state left on the cluster."""
+        before = self.current()
+        target = state
+        if (
+            self.spec.serving.deployment_mode == "Serverless"
+            and before
+            and before.canary
+            and before.canary_weight > 0
+            and before.primary
+            and state.primary == before.primary
+            and not state.canary
+        ):
+            target = before.with_canary(before.canary, 0)
+        self._move(target, wait=False, check=False)
+        self._state = target
+        if self.lock:
+            self.lock.release()
+        return target
+
+    def recover(self) -> TrafficState | None:
+        """A release abandoned mid-way (its step killed before or during its move back: a KFP Terminate, an
+        eviction, a node lost) leaves the VirtualService recording a shadow or a canary with a share while no
+        live release holds the model's Lease (released, or not renewed for its duration). Before anything else
+        a release step moves such traffic back to the recorded production version (``retreat``) and says so;
+        returns the abandoned state, or None when there is nothing to recover (the model serves one version,
+        a live release holds the Lease, or a first model serves alone with nothing to go back to)."""
+        state = self.current()
+        if not self.lock or state is None or _terminal(state) or not state.primary:
+            return None
+        lease = self.objects.get(self.lock.ref)
+        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") and not self.lock._expired(lease):
+            return None  # a live release (this one, resumed after an eviction, or another)
+        self.lock.acquire()  # Conflict when another release took the model meanwhile: it moves traffic itself
+        from kfrelease.k8s.render.inference import release_service_name
+
+        log.warning(
+            "the release recorded on VirtualService %s/%s (%s) was abandoned (its Lease is %s); moving all "
+            "traffic back to %s first",
+            self.spec.serving.namespace,
+            release_service_name(self.spec),
+            state,
+            "free" if lease is None or not (lease.get("spec") or {}).get("holderIdentity") else "expired",
+            state.primary,
+        )
+        self.retreat(TrafficState(primary=state.primary))
+        return state
 
     def _undo(self, state: TrafficState, exc: NotReady) -> None:
         """A shadow or canary whose InferenceService did not become Ready in time: every request back to the
