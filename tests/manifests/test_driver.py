@@ -735,3 +735,42 @@ def test_a_step_killed_before_its_retreat_is_recovered_by_the_next_release_step(
     assert cluster.objects[lease_key]["spec"]["holderIdentity"] == ""
     nxt.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # the next candidate's release goes on
     assert cluster.refused == []
+
+
+def test_a_serverless_rollback_never_gives_the_candidate_traffic_while_production_restarts():
+    """Found while fixing C1: a Serverless rollback set ``canaryTrafficPercent: 0`` and then sent production's
+    spec without it. KServe then asks Knative for 100 % on the latest revision (kserve v0.20.0
+    ``ksvc_reconciler.go`` lines 132-161), and Knative routes a ``latestRevision`` target to the latest *ready*
+    revision: the candidate's, until the revision of production's spec is ready. The rollback now keeps the
+    percent at 0 until that revision is ready, then removes it."""
+    cand_rev = {}
+    polls = {"n": 0, "rollback": None}
+
+    def available(name):  # production's new revision takes three polls to start
+        return name != cand_rev.get("next") or polls["n"] >= (polls["rollback"] or 0) + 3
+
+    cluster, kserve_controller, d = reconciled(SERVERLESS, available=available)
+    candidate_share = []
+
+    def controller_then_look(_seconds):
+        polls["n"] += 1
+        kserve_controller.reconcile()
+        comp = isvcs(cluster, SERVERLESS)[production_name(SERVERLESS)]["status"]["components"]["predictor"]
+        if polls["rollback"] is not None:
+            candidate_share.extend(
+                t["percent"] for t in comp["traffic"] if t["revisionName"] == cand_rev["rev"] and t["percent"]
+            )
+
+    d._sleep = controller_then_look
+    d.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    comp = isvcs(cluster, SERVERLESS)[production_name(SERVERLESS)]["status"]["components"]["predictor"]
+    cand_rev["rev"] = comp["latestReadyRevision"]
+    n = int(cand_rev["rev"].rsplit("-", 1)[1])
+    cand_rev["next"] = f"{cand_rev['rev'].rsplit('-', 1)[0]}-{n + 1:05d}"
+    polls["rollback"] = polls["n"]
+    d.apply(TrafficState(primary=V1))
+    assert candidate_share == [], f"the rolled-back candidate got {candidate_share} % while production restarted"
+    prod = isvcs(cluster, SERVERLESS)[production_name(SERVERLESS)]
+    assert "canaryTrafficPercent" not in prod["spec"]["predictor"] and env_of(prod)["KFRELEASE_MODEL_VERSION"] == V1
+    assert prod["status"]["components"]["predictor"]["latestReadyRevision"] == cand_rev["next"]

@@ -5,8 +5,12 @@ staging shadow) and to delete (it again).
 
 Rollback in Serverless mode first sets ``canaryTrafficPercent: 0`` (KServe's instant rollback: all traffic
 back to the last revision that had 100 %, no new revision; KServe docs, "Canary rollout strategy"), then rolls the
-spec forward to the production version. In RawDeployment (Standard) mode the ``spec.canary`` entry's
-``trafficPercent`` goes to 0 first, then the entry is removed.
+spec forward to the production version *keeping* ``canaryTrafficPercent: 0`` until the revision that creates is
+ready, and only then removes it. Removing it with the spec would give the new revision 100 % at once, and Knative
+routes a ``latestRevision`` target to the latest *ready* revision, the candidate's, until the new one is ready
+(kserve v0.20.0 ``reconcilers/knative/ksvc_reconciler.go`` lines 132-161: no percent, the latest target gets 100).
+In RawDeployment (Standard) mode the ``spec.canary`` entry's ``trafficPercent`` goes to 0 first, then the entry
+is removed.
 
 Nothing is half moved by a refusal: before the first write of a move the driver asks the API server whether
 it may do every operation of it (``SelfSubjectAccessReview``; ``check_rights`` asks for a whole release up
@@ -315,6 +319,10 @@ class KServeTrafficDriver:
         self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
         self._state: TrafficState | None = None
 
+    @property
+    def _serverless(self) -> bool:
+        return self.spec.serving.deployment_mode == "Serverless"
+
     def current(self) -> TrafficState | None:
         """The state this driver moved to, else the one the cluster's VirtualService records."""
         if self._state is None:
@@ -385,16 +393,23 @@ class KServeTrafficDriver:
         )
         return new_shadow or new_canary
 
-    def _move(self, state: TrafficState, wait: bool = True, check: bool = True) -> None:
+    def _move(self, state: TrafficState, wait: bool = True, check: bool = True, hold: bool = False) -> None:
         """Send the writes that move to ``state`` and (``wait`` and a ``ready_timeout``) wait until each
         InferenceService written serves its spec (``readiness.unready``). A move that opens a predictor to
         traffic (``_opens``) writes the InferenceServices, waits for them, then the VirtualService, so no
         request is routed to a predictor with no pod yet (in Standard mode the VirtualService carries the
         canary's weight, and KServe's ``Ready`` does not cover the canary: ``readiness``); any other move
         writes first the object that splits the traffic (Standard: the VirtualService; Serverless: the
-        InferenceService). Deletes go last."""
+        InferenceService). Deletes go last. ``hold`` (Serverless): production's InferenceService keeps
+        ``canaryTrafficPercent: 0``, so the revision its new spec creates gets no traffic (``_roll_back``)."""
         current = self.objects.list(self.spec)
         plan = self._plan(state, current)  # raises on a bad state before anything is sent
+        if hold:
+            from kfrelease.k8s.render.inference import production_name
+
+            for ref in plan["patch"]:
+                if ref["kind"] == "InferenceService" and ref["name"] == production_name(self.spec):
+                    ref["patch"].setdefault("spec", {}).setdefault("predictor", {})["canaryTrafficPercent"] = 0
         refused = self._refused(plan) if check else []
         if refused:
             raise DriverForbidden(
@@ -409,7 +424,7 @@ class KServeTrafficDriver:
         opens = self._opens(state)
         # in Serverless the InferenceService's canaryTrafficPercent splits the traffic (Knative), in Standard
         # mode the VirtualService's weights: a move that takes traffic away writes that object first
-        serverless = self.spec.serving.deployment_mode == "Serverless"
+        serverless = self._serverless
         for doc in plan["create"]:
             self.objects.create(doc)
         if not opens:
@@ -475,6 +490,8 @@ class KServeTrafficDriver:
         try:
             if rollback:  # the canary's share to 0 first (instant), then the spec back to production
                 self._move(rollback)
+                if self._serverless:
+                    self._move(state, hold=True)
             self._move(state)
         except NotReady as exc:
             if not _terminal(state):
@@ -483,7 +500,7 @@ class KServeTrafficDriver:
             # timed-out first move held back, now, without waiting), so traffic is where the release wanted
             # it and only KServe is slow to report it. The Lease goes (the model's next candidate is not
             # refused until it expires), then NotReady says so.
-            self._move(state, wait=False)
+            self._move(state, wait=False, hold=bool(rollback) and self._serverless)
             self._state = state
             if self.lock:
                 self.lock.release()
@@ -554,9 +571,12 @@ class KServeTrafficDriver:
         would point at a predictor that does not answer, and the Lease would block every later candidate of
         the model until it expired."""
         back = TrafficState(primary=state.primary or state.canary)
-        if state.canary and state.primary and state.canary_weight > 0:  # as a rollback: the share to 0 first
+        rollback = bool(state.canary and state.primary and state.canary_weight > 0)
+        if rollback:  # as a rollback: the share to 0 first
             self._move(state.with_canary(state.canary, 0), wait=False)
-        self._move(back, wait=False)
+        # Serverless: the spec goes back with canaryTrafficPercent 0 kept (no wait here), so Knative gives the
+        # new revision nothing; the model's next release removes it
+        self._move(back, wait=False, hold=rollback and self._serverless)
         self._state = back
         if self.lock:
             self.lock.release()
