@@ -83,7 +83,7 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
     from kfrelease.storage import store_for
 
     t0 = time.monotonic()
-    serving, engineer = store_for("serving", settings), store_for("data-engineer", settings)
+    serving = store_for("serving", settings)  # the feedback bucket too: only the serving role writes it
     register_entry(store_for("pipeline", settings), model, "V1.1.0", FEATURES, rmse=55.0, categorical=category_shares())
     shares = category_shares()
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
         hour = datetime.fromtimestamp(t_us[0] / 1e6, UTC)
         for bucket, store, table, schema in (
             ("inference-logs", serving, events, S.PREDICTION_SCHEMA),
-            ("feedback", engineer, labels, S.LABEL_SCHEMA),
+            ("feedback", serving, labels, S.LABEL_SCHEMA),
         ):
             hours = pc.divide(pc.cast(pc.cast(table["time"], pa.int64()), pa.int64()), 3_600_000_000)
             for h in pc.unique(hours).to_pylist():  # one object per hour partition, as the sink writes them
@@ -163,11 +163,11 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
                 rows = table.filter(pc.equal(hours, h)).cast(schema)
                 store.put_bytes(bucket, S.batch_key(part, f"bench-{lo}"), S.parquet_bytes(rows))
         if legacy:
-            _write_jsonl(serving, engineer, f"{model}-jsonl", hour, lo, ids, t_us, x, cats, p, y)
+            _write_jsonl(serving, f"{model}-jsonl", hour, lo, ids, t_us, x, cats, p, y)
     return time.monotonic() - t0
 
 
-def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, cats, p, y) -> None:
+def _write_jsonl(serving, model, hour, lo, ids, t_us, x, cats, p, y) -> None:
     day = hour.strftime("%Y-%m-%d")
     lines, labels = [], []
     for i, rid in enumerate(ids.to_pylist()):
@@ -180,7 +180,7 @@ def _write_jsonl(serving, engineer, model, hour, lo, ids, t_us, x, cats, p, y) -
         lines.append(head + f'"type":"response","predictions":[{p[i]}]}}')
         labels.append(f'{{"request_id":"{rid}","truth":{y[i]},"time":"{t}"}}')
     serving.put_bytes("inference-logs", f"{model}/{day}/{lo:09d}.jsonl", ("\n".join(lines) + "\n").encode())
-    engineer.put_bytes("feedback", f"{model}/{day}/{lo:09d}.jsonl", ("\n".join(labels) + "\n").encode())
+    serving.put_bytes("feedback", f"{model}/{day}/{lo:09d}.jsonl", ("\n".join(labels) + "\n").encode())
 
 
 PRELUDE = r"""

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from kfrelease.errors import DataValidationError
@@ -138,7 +139,9 @@ def data_drift(
     nums = [c for c in columns if c not in set(cats)]
 
     def typed(frame: pd.DataFrame) -> pd.DataFrame:
-        out = frame[nums].astype("float64")
+        # an infinity is a missing value, as the engine's PSI counts it (numpy cannot bin an infinite range:
+        # Evidently raised ValueError on a window holding one)
+        out = frame[nums].astype("float64").replace([np.inf, -np.inf], np.nan)
         for c in cats:  # category values as text, missing ones missing (not the string "nan")
             out[c] = frame[c].astype(object).where(frame[c].notna(), None).map(lambda v: v if v is None else str(v))
         return out[columns]

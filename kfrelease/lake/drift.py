@@ -68,19 +68,36 @@ def sturges_edges(first: float, last: float, n: int) -> np.ndarray:
     return np.linspace(first, last, bins + 1, endpoint=True)
 
 
-def bin_index_sql(column: str, edges: np.ndarray, dialect: Dialect) -> str:
+def bin_index_sql(column: str, edges: np.ndarray, dialect: Dialect, estimate: str | None = None) -> str:
     """The bin of ``column`` for explicit ``edges`` (searchsorted right on the interior edges): an estimate
-    from the uniform width, corrected by one against the edges themselves."""
+    from the uniform width (``estimate``: a column already holding ``estimate_sql``), corrected by one against
+    the edges themselves. The edges are ``numpy.linspace``'s, ``first + i * step`` in doubles, computed so
+    in the SQL when that gives each of them exactly (else read from a literal array)."""
     n = len(edges) - 1
-    first, last = _lit(edges[0], dialect), _lit(edges[-1], dialect)
-    arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(_lit(e, dialect) for e in edges)
-    arr += "]" if dialect.name == "duckdb" else ")"
-    est = f"least(greatest(CAST(floor(({column} - {first}) / ({last} - {first}) * {n}) AS BIGINT), 0), {n - 1})"
-    b = dialect.first_index
-    return (
-        f"(CASE WHEN {column} < ({arr})[{est} + {b}] THEN {est} - 1 "
-        f"WHEN {est} < {n - 1} AND {column} >= ({arr})[{est} + 1 + {b}] THEN {est} + 1 ELSE {est} END)"
-    )
+    est = estimate or estimate_sql(column, edges)
+    first, last = float(edges[0]), float(edges[-1])
+    step = (last - first) / n
+    if np.array_equal(np.arange(n) * step + first, edges[:-1]):  # numpy's own arithmetic: the same doubles
+
+        def edge(i: str) -> str:
+            return f"(CAST({i} AS DOUBLE) * {_lit(step, dialect)} + {_lit(first, dialect)})"
+
+        low, high = edge(est), edge(f"{est} + 1")
+    else:
+        arr = ("[" if dialect.name == "duckdb" else "array(") + ", ".join(_lit(e, dialect) for e in edges)
+        arr += "]" if dialect.name == "duckdb" else ")"
+        b = dialect.first_index
+        low, high = f"({arr})[{est} + {b}]", f"({arr})[{est} + 1 + {b}]"
+    # est - 1 below its low edge, est + 1 at or above its high edge (never both): arithmetic, not a CASE
+    below, above = f"CAST({column} < {low} AS INTEGER)", f"CAST({est} < {n - 1} AND {column} >= {high} AS INTEGER)"
+    return f"({est} - {below} + {above})"
+
+
+def estimate_sql(column: str, edges: np.ndarray) -> str:
+    """The uniform-width estimate of ``column``'s bin among ``edges`` (``bin_index_sql`` corrects it)."""
+    n = len(edges) - 1
+    first, last = _lit(edges[0], DUCKDB), _lit(edges[-1], DUCKDB)
+    return f"least(greatest(CAST(floor(({column} - {first}) / ({last} - {first}) * {n}) AS BIGINT), 0), {n - 1})"
 
 
 def _fill_zeroes(p: np.ndarray) -> np.ndarray:
@@ -146,15 +163,16 @@ def ok_sql(column: str, category: bool, dialect: Dialect) -> str:
 
 
 def stats_aggregates(features: list[str], categorical, dialect: Dialect = DUCKDB) -> list[str]:
-    """Per feature ``min, max, count`` of the counted values (NULL min/max for a category feature)."""
+    """Per feature ``min, max, count`` of the counted values (NULL min/max for a category feature). The values
+    left out are made NULL, which the three ignore: an aggregate ``FILTER`` cost DuckDB 3x the whole scan."""
     out = []
     for f in features:
         q = _quote(f, dialect)
-        ok = ok_sql(q, f in set(categorical), dialect)
         if f in set(categorical):
             out += ["NULL", "NULL", f"count({q})"]
         else:
-            out += [f"min({q}) FILTER (WHERE {ok})", f"max({q}) FILTER (WHERE {ok})", f"count({q}) FILTER (WHERE {ok})"]
+            kept = f"CASE WHEN {ok_sql(q, False, dialect)} THEN {q} END"
+            out += [f"min({kept})", f"max({kept})", f"count({kept})"]
     return out
 
 
@@ -171,12 +189,6 @@ def count_aggregates(
     lits = [_value_lit(v, plan.category) for v in plan.values]
     ok = ok_sql(q, plan.category, dialect)
     return [count.format(f"{q} = {lit}") for lit in lits] + [count.format(f"{ok} AND {q} NOT IN ({', '.join(lits)})")]
-
-
-def bin_column_sql(plan: ColumnPlan, edges: np.ndarray, dialect: Dialect = DUCKDB) -> str:
-    """The projection the ``"bins"`` counts read: the bin index of a counted value, else NULL."""
-    q = _quote(plan.feature, dialect)
-    return f"CASE WHEN {ok_sql(q, False, dialect)} THEN {bin_index_sql(q, edges, dialect)} END"
 
 
 def column_result(
@@ -236,7 +248,7 @@ def psi_drift(
     if stats is None:
         (stats,) = run(f"SELECT count(*), {', '.join(stats_aggregates(features, categorical, dialect))} FROM {current}")
     plans = plan_columns(reference, features, categorical)
-    edges, aggs, where, columns = {}, [], {}, []
+    edges, aggs, where, columns, inner, kept = {}, [], {}, [], [], []
     for j, f in enumerate(features):
         n_cur = int(stats[3 + 3 * j] or 0)
         if f not in plans or n_cur == 0:
@@ -244,14 +256,24 @@ def psi_drift(
         plan = plans[f]
         if plan.kind == "bins":
             edges[f] = plan.edges(stats[1 + 3 * j], stats[2 + 3 * j], n_cur)
-            columns.append(f"{bin_column_sql(plan, edges[f], dialect)} AS _bin_{j}")  # computed once per row
+            q = _quote(f, dialect)
+            # each a projection of its own, computed once per row: the counted value (else NULL), its bin's
+            # estimate, its bin
+            kept.append(f"CASE WHEN {ok_sql(q, False, dialect)} THEN {q} END AS _x_{j}")
+            inner += [f"_x_{j}", f"{estimate_sql(f'_x_{j}', edges[f])} AS _est_{j}"]
+            columns.append(f"{bin_index_sql(f'_x_{j}', edges[f], dialect, f'_est_{j}')} AS _bin_{j}")
             where[f] = (len(aggs), len(edges[f]) - 1)
             aggs += count_aggregates(plan, edges[f], dialect, column=f"_bin_{j}")
         else:
-            columns.append(f"{_quote(f, dialect)} AS _value_{j}")
+            kept.append(f"{_quote(f, dialect)} AS _value_{j}")
+            inner.append(f"_value_{j}")
+            columns.append(f"_value_{j}")
             where[f] = (len(aggs), len(plan.values) + 1)
             aggs += count_aggregates(plan, None, dialect, column=f"_value_{j}")
-    projected = f"(SELECT {', '.join(columns)} FROM {current}) binned"
+    projected = (
+        f"(SELECT {', '.join(columns)} FROM (SELECT {', '.join(inner)} FROM "
+        f"(SELECT {', '.join(kept)} FROM {current}) kept) estimated) binned"
+    )
     counts = run(f"SELECT {', '.join(aggs)} FROM {projected}")[0] if aggs else ()
     out = drift_from_counts(run, current, features, plans, stats, edges, where, counts, dialect, threshold)
     out.rows_reference = len(reference)

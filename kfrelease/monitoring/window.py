@@ -180,19 +180,22 @@ def compute_windows_engine(
 
     # the drift's per-feature count, minimum and maximum come from the window scan itself
     stats = stats_aggregates(features, categorical) if reference is not None and drift_for != "none" else []
-    sums = con.execute(
-        LW.window_sums_sql("joined", spec.kind, spec.size, shift=_truth_shift(con), aggregates=stats)
-    ).df()
+    shift, most_truths = _truth_shift(con)
+    sums = con.execute(LW.window_sums_sql("joined", spec.kind, spec.size, shift=shift, aggregates=stats)).df()
     if len(sums) == 0:
         outcome.warnings.append(f"no predictions of model {model!r} were logged in the period")
         return outcome
-    n_truth = con.execute("SELECT count(*) FROM truth").fetchone()[0]
+    labelled = int(sums["labelled"].sum())
+    if most_truths == 0 or 0 < labelled >= most_truths:  # no label, or none can be an orphan: not counted
+        n_truth = min(most_truths, labelled)
+    else:
+        n_truth = con.execute("SELECT count(*) FROM truth").fetchone()[0]
     if n_truth == 0:
         outcome.warnings.append(
             f"no ground truth for model {model!r} in the period; quality is unknown (status no-ground-truth)"
         )
     else:
-        orphans = n_truth - int(sums["labelled"].sum())
+        orphans = n_truth - labelled
         if orphans > 0:
             outcome.warnings.append(_orphan_labels(model, orphans, features))
     baselines = baselines or {}
@@ -261,12 +264,14 @@ def compute_windows_engine(
     return outcome
 
 
-def _truth_shift(con) -> float:
+def _truth_shift(con) -> tuple[float, int]:
     """A value near the truth's mean for the one-scan sums (``kfrelease.lake.windows.window_sums_sql``): the
-    mean of the window's labels, a plain scan of one column (0 when there are none)."""
+    mean of the window's labels, a plain scan of one column (0 when there are none); and the number of labels
+    read, at least the number of latest labels (``truth``): when the labelled predictions are as many, no
+    label is an orphan, and the grouping that counts the latest labels is not needed."""
     source = "labels" if _has_view(con, "labels") else "truth"
-    value = con.execute(f"SELECT avg(truth) FROM {source} WHERE isfinite(truth)").fetchone()[0]
-    return float(value) if value is not None and math.isfinite(value) else 0.0
+    value, n = con.execute(f"SELECT avg(truth), count(*) FROM {source} WHERE isfinite(truth)").fetchone()
+    return (float(value) if value is not None and math.isfinite(value) else 0.0), int(n)
 
 
 def _has_view(con, name: str) -> bool:
