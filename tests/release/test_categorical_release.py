@@ -36,6 +36,8 @@ from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_
 from kfrelease.demo.project import WRONG_CUT, create_diamonds_project
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.lake import read_predictions
+from kfrelease.monitoring.passes import run_monitoring
+from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import input_columns
 from kfrelease.release.embedded import run_release
@@ -226,3 +228,20 @@ def test_a_categorical_model_goes_from_merge_to_production_and_a_slice_gate_stop
     client = frame[frame["request_id"].isin(set(stats.ok_ids)) & (frame["stage"] != "staging")]
     assert set(client["cut"]) == {r["cut"] for r, _ in client_rows()}
     assert wait_logged(settings, name, stats.ok_ids) == stats.ok
+
+    # monitoring: production's window shows each category feature's drift by its category frequencies,
+    # reference against current, over the values clients sent (one 30-day window: the whole test)
+    run = run_monitoring(
+        settings, name, window=WindowSpec("time", 30 * 86400), latest_only=True, reports="none", push=False
+    )
+    (window,) = [w for w in run.outcome.latest() if (w.version, w.stage) == (v2.version, "production")]
+    served = client[(client["model_version"] == v2.version) & (client["stage"] == "production")]
+    assert window.drift_share is not None and window.predictions >= len(served) > 30, window
+    for c in DIAMONDS_CATEGORIES:
+        drift = window.feature_drift[c]
+        assert {"score", "threshold", "drifted"} <= set(drift), drift
+        frequencies = drift["frequencies"]
+        assert set(served[c]) <= set(frequencies) <= set(columns[c].categories), (c, frequencies)
+        assert sum(f["current"] for f in frequencies.values()) == pytest.approx(1.0)
+        assert sum(f["reference"] for f in frequencies.values()) == pytest.approx(1.0)
+        assert drift["unseen"] == [], drift  # clients sent only the categories the model was trained on
