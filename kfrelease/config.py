@@ -208,6 +208,22 @@ VARIABLES: tuple[Variable, ...] = (
         "release",
     ),
     Variable(
+        "KFRELEASE_INGRESS_GATEWAY_URL",
+        "str",
+        None,
+        "the cluster's Istio ingress gateway, where the release steps ask production's predictor for its answers "
+        "(set on the release steps' pods)",
+        "release",
+    ),
+    Variable(
+        "KFRELEASE_REPLAY_TOKEN_PATH",
+        "path",
+        None,
+        "the release steps' projected service-account token, their identity at the ingress gateway (set on the "
+        "release steps' pods)",
+        "release",
+    ),
+    Variable(
         "KFRELEASE_PROMETHEUS_URL",
         "str",
         None,

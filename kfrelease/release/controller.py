@@ -192,18 +192,41 @@ def release_path(mv, production) -> str:
 REPLAY_BATCH = 1000
 
 
-def production_predictor_url(settings: Settings, spec: RolloutSpec) -> str:
-    """Production's model server, asked directly (not through the gateway, whose canary split would send some
-    requests to the candidate): the embedded stack's production server, or on a cluster the production
-    InferenceService's predictor Service (``<isvc>-predictor``, kserve/kserve ``pkg/constants/constants.go``
-    ``PredictorServiceName``, via ``kfrelease.k8s.render.inference.predictor_service``)."""
-    if on_cluster():
-        from kfrelease.k8s.render.inference import predictor_service, production_name
+def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServerScorer:
+    """Production's model server, asked for its answers so that only production answers (never the gateway's
+    canary split, which would send some requests to the candidate):
 
-        return f"http://{predictor_service(production_name(spec), None)}.{spec.serving.namespace}.svc.cluster.local"
+    - on the embedded stack, production's own server (``predictor_port(settings, 'production')``);
+    - on a cluster, the ingress gateway (``KFRELEASE_INGRESS_GATEWAY_URL``) with the model's public release
+      host, the replay header and the release step's projected token (``KFRELEASE_REPLAY_TOKEN_PATH``): the
+      release VirtualService's ``replay`` route sends it to production's predictor alone
+      (``kfrelease.k8s.render.inference.replay_destination``), and the gateway admits it for the release
+      driver only (``kfrelease.k8s.render.mesh.replay_gateway_policy``). A predictor Service cannot be called
+      directly: KFP runs the step without a sidecar (kubeflow/pipelines#14468), so under Kubeflow's
+      ``global-deny-all`` the predictors' ALLOW policy refuses it, and ``<isvc>-predictor`` is not production's
+      alone (KServe 0.20's named predictors have ``<isvc>-<predictor>-predictor``; in Serverless it splits
+      between the two revisions during the canary)."""
+    if on_cluster():
+        from kfrelease.k8s.render.inference import DEFAULT_DOMAIN, REPLAY_HEADER, REPLAY_VALUE, client_hosts
+        from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
+
+        token = setting("KFRELEASE_REPLAY_TOKEN_PATH")
+        if not token:
+            raise ReleaseError(
+                "KFRELEASE_REPLAY_TOKEN_PATH is not set: the release step has no token to ask production's "
+                "predictor through the ingress gateway; run it with the label kfrelease.io/step-identity="
+                "release-driver (its PodDefault mounts the token); no traffic was moved"
+            )
+        return ModelServerScorer(
+            setting("KFRELEASE_INGRESS_GATEWAY_URL") or INGRESS_GATEWAY_URL,
+            spec.model,
+            host=client_hosts(spec, setting("KFRELEASE_SERVING_DOMAIN") or DEFAULT_DOMAIN)[0],
+            headers={REPLAY_HEADER: REPLAY_VALUE},
+            token_path=str(token),
+        )
     from kfrelease.serving.services import predictor_port
 
-    return f"http://127.0.0.1:{predictor_port(settings, 'production')}"
+    return ModelServerScorer(f"http://127.0.0.1:{predictor_port(settings, 'production')}", spec.model)
 
 
 def _instances(frame, features: list[str]) -> list[list]:
@@ -219,25 +242,55 @@ def _instances(frame, features: list[str]) -> list[list]:
 
 
 class ModelServerScorer:
-    """Asks a model server for its answers (KServe v1 ``:predict``, instances in the input schema's order)."""
+    """Asks a model server for its answers (KServe v1 ``:predict``, instances in the input schema's order);
+    ``host``, ``headers`` and ``token_path`` (a bearer token read on every call: the kubelet renews projected
+    tokens) for a gateway in between."""
 
-    def __init__(self, url: str, model: str, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        timeout: float = 30.0,
+        *,
+        host: str | None = None,
+        headers: dict[str, str] | None = None,
+        token_path: str | None = None,
+    ):
         self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
+        self.host, self.headers, self.token_path = host, dict(headers or {}), token_path
+
+    def _headers(self, request_id: str) -> dict[str, str]:
+        headers = {**self.headers, "x-request-id": request_id}
+        if self.host:
+            headers["host"] = self.host
+        if self.token_path:
+            from pathlib import Path
+
+            try:
+                token = Path(self.token_path).read_text().strip()
+            except OSError as exc:
+                raise MetricSourceError(
+                    f"cannot read the release step's token {self.token_path} ({exc.strerror}); its PodDefault "
+                    "(kfrelease.io/step-identity=release-driver) mounts it"
+                ) from None
+            headers["authorization"] = f"Bearer {token}"
+        return headers
 
     def __call__(self, version: str, instances: list, request_id: str) -> list:
         import httpx
 
+        where = f"{self.url} (host {self.host})" if self.host else self.url
         try:
             r = httpx.post(
                 f"{self.url}/v1/models/{self.model}:predict",
                 json={"instances": instances},
-                headers={"x-request-id": request_id},
+                headers=self._headers(request_id),
                 timeout=self.timeout,
             )
             r.raise_for_status()
             body = r.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise MetricSourceError(f"production's model server at {self.url} did not answer ({exc})") from None
+            raise MetricSourceError(f"production's model server at {where} did not answer ({exc})") from None
         served = r.headers.get("x-model-version") or body.get("model_version")
         if served and served != version:
             raise MetricSourceError(f"production's model server answers as {served}, not {version}")
@@ -277,9 +330,7 @@ class ReleaseController:
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)
         self.signals = signals or (lambda version: signals_for(settings, spec, version))
-        self.production_scorer = production_scorer or ModelServerScorer(
-            production_predictor_url(settings, spec), spec.model
-        )
+        self.production_scorer = production_scorer or production_model_server(settings, spec)
         # production's signals over each canary step (tests pass theirs; None: from the spec, if it can be read)
         self._baseline_signals = baseline_signals if signals is None or baseline_signals else (lambda _v: None)
         self._live_thresholds, self._comparable, self._threshold_order = False, True, PairSequence()

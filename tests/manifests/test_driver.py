@@ -14,7 +14,7 @@ from kfrelease.errors import ConfigError, Conflict
 from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver, ref_of
 from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.policy.rbac import service_account
-from kfrelease.k8s.render.inference import production_name, recorded_state
+from kfrelease.k8s.render.inference import named_route, production_name, recorded_state
 from kfrelease.k8s.render.platform import RELEASE_DRIVER, RELEASE_DRIVER_SA, release_lease_name
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.release.controller import resume_step
@@ -22,6 +22,11 @@ from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
 from tests.cluster_standin.kserve import KServeController
+
+
+def predict_route(vs: dict) -> dict:
+    return named_route(vs, "predict")
+
 
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]
@@ -483,7 +488,7 @@ def test_a_candidate_not_ready_in_shadow_goes_away_and_frees_the_lease(spec):
         release.apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
     ns = spec.serving.namespace
     vs = cluster.objects[("VirtualService", ns, f"{production_name(spec)}-release")]
-    assert recorded_state(vs) == TrafficState(primary=V1) and "mirror" not in vs["spec"]["http"][0]
+    assert recorded_state(vs) == TrafficState(primary=V1) and "mirror" not in predict_route(vs)
     assert set(isvcs(cluster, spec)) == {production_name(spec)}
     lease = cluster.objects[("Lease", ns, release.lock.ref["name"])]
     assert lease["spec"]["holderIdentity"] == ""
@@ -569,7 +574,7 @@ def test_a_first_model_is_served_provisional_then_promoted_or_withdrawn_with_no_
             if kind == "VirtualService" and name == f"{production_name(spec)}-release"
         )
         assert recorded_state(vs) == end
-        predict = vs["spec"]["http"][0]
+        predict = predict_route(vs)
         if end is withdrawn:
             assert "route" not in predict and predict["directResponse"]["status"] == 503
             assert why in predict["directResponse"]["body"]["string"]

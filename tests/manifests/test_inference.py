@@ -9,6 +9,7 @@ from kfrelease.errors import ConfigError
 from kfrelease.k8s.driver.patches import apply_traffic, traffic_patches
 from kfrelease.k8s.policy.schemas import SchemaValidationError, crd_index, validate
 from kfrelease.k8s.render.inference import (
+    named_route,
     render_inference_services,
     render_release,
     render_serving_runtime,
@@ -16,6 +17,11 @@ from kfrelease.k8s.render.inference import (
 )
 from kfrelease.rollout.spec import RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+
+
+def predict_route(vs: dict) -> dict:
+    return named_route(vs, "predict")
+
 
 V1, V2 = "V1.1.0", "V1.2.0"
 URIS = {
@@ -77,7 +83,7 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
     assert canary["trafficPercent"] == 20 and canary["predictor"]["name"] == "v1-2-0"
     assert not {"maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"} & set(canary["predictor"])
     vs = render_virtual_service(RAW, TrafficState(primary=V1, canary=V2, canary_weight=20))
-    weights = [(r["destination"]["host"].split(".")[0], r["weight"]) for r in vs["spec"]["http"][0]["route"]]
+    weights = [(r["destination"]["host"].split(".")[0], r["weight"]) for r in predict_route(vs)["route"]]
     # KServe 0.20 names every named predictor's Service <isvc>-<predictor name>-predictor, the stable one too
     # (kserve/kserve pkg/constants/constants.go PredictorServiceName at v0.20.0)
     assert weights == [
@@ -85,8 +91,8 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
         ("diabetes-progression-v1-2-0-predictor", 20),
     ]
     # plain Services: no Host rewrite (Knative needs one); the KServe agents' CloudEvent id is the request id
-    assert vs["spec"]["http"][0]["headers"] == {"request": {"set": {"ce-id": "%REQ(x-request-id)%"}}}
-    promoted = render_virtual_service(RAW, TrafficState(primary=V2))["spec"]["http"][0]["route"]
+    assert predict_route(vs)["headers"] == {"request": {"set": {"ce-id": "%REQ(x-request-id)%"}}}
+    promoted = predict_route(render_virtual_service(RAW, TrafficState(primary=V2)))["route"]
     assert [r["destination"]["host"].split(".")[0] for r in promoted] == ["diabetes-progression-v1-2-0-predictor"]
 
 
@@ -97,7 +103,7 @@ def test_predictor_service_names_follow_the_kserve_version():
     assert predictor_service("m", "v1-1-0", "0.15.2") == "m-predictor"  # v0.15.2: PredictorServiceName(name)
     assert predictor_service("m", None, "0.20.0") == "m-predictor"
     vs = render_virtual_service(RAW, TrafficState(primary=V1), kserve_version="0.15.2")
-    assert vs["spec"]["http"][0]["route"][0]["destination"]["host"].startswith("diabetes-progression-predictor.")
+    assert predict_route(vs)["route"][0]["destination"]["host"].startswith("diabetes-progression-predictor.")
 
 
 @pytest.mark.parametrize("spec", [SERVERLESS, RAW], ids=["serverless", "raw"])
@@ -145,10 +151,10 @@ def test_shadow_is_a_staging_service_and_an_istio_mirror():
     assert staging["metadata"]["labels"]["kfrelease.io/stage"] == "staging"
     # a plain Service answers the mirrored request whatever its Host; a Knative route would not
     assert staging["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    http = render_virtual_service(SERVERLESS, state)["spec"]["http"][0]
+    http = predict_route(render_virtual_service(SERVERLESS, state))
     assert http["mirror"]["host"] == "diabetes-progression-staging-predictor.kfrelease-serving.svc.cluster.local"
     assert http["mirrorPercentage"] == {"value": 25.0}
-    assert "mirror" not in render_virtual_service(SERVERLESS, TrafficState(primary=V1))["spec"]["http"][0]
+    assert "mirror" not in predict_route(render_virtual_service(SERVERLESS, TrafficState(primary=V1)))
 
 
 def test_bad_storage_uri_state_or_spec_is_refused():
@@ -180,7 +186,7 @@ def test_validation_catches_typos_wrong_types_and_unknown_kinds():
     ):
         validate(wrong_type)
     vs = render_virtual_service(SERVERLESS, TrafficState(primary=V1, shadow=V2))
-    vs["spec"]["http"][0]["mirrorPercentage"] = {"value": "all"}
+    predict_route(vs)["mirrorPercentage"] = {"value": "all"}
     with pytest.raises(SchemaValidationError, match="mirrorPercentage"):
         validate(vs)
     with pytest.raises(SchemaValidationError, match="not a DNS-1123 name"):
@@ -296,3 +302,33 @@ def test_each_predictor_declares_its_versions_model_format_and_the_runtime_serve
     assert not runtime_supports_model({k: v for k, v in entry_less.items() if k != "runtime"}, runtime)
     with pytest.raises(ConfigError, match="V1.2.0 is declared as format 'tflite', which the ServingRuntime"):
         render_inference_services(RAW, TrafficState(primary=V2), URIS, model_formats={V2: "tflite"})
+
+
+def test_the_replay_route_reaches_production_alone_and_only_through_the_ingress_gateway():
+    """The release steps' replay (the canary's labelled check asks production for its answers) is the first
+    route, matched on the replay header at the ingress gateway only (an in-mesh client's sidecar never takes
+    it), never mirrored, and sent to the host that serves production's version alone: the stable predictor's
+    Service in RawDeployment (KServe 0.20 names it ``<isvc>-<predictor>-predictor``), Knative's ``prev`` tag
+    in Serverless while a canary holds part of the traffic (kserve/kserve ``ksvc_reconciler.go``)."""
+    from kfrelease.k8s.render.inference import DEFAULT_INGRESS_GATEWAY, REPLAY_HEADER, REPLAY_VALUE
+
+    ns = "kfrelease-serving.svc.cluster.local"
+    cases = [
+        (RAW, TrafficState(primary=V1, canary=V2, canary_weight=20), f"diabetes-progression-v1-1-0-predictor.{ns}"),
+        (RAW, TrafficState(primary=V1, shadow=V2), f"diabetes-progression-v1-1-0-predictor.{ns}"),
+        (SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=20), f"prev-diabetes-progression-predictor.{ns}"),
+        (SERVERLESS, TrafficState(primary=V1), f"diabetes-progression-predictor.{ns}"),
+    ]
+    for spec, state, host in cases:
+        vs = render_virtual_service(spec, state)
+        validate(vs)
+        first = vs["spec"]["http"][0]
+        assert first["name"] == "replay" and "mirror" not in first, state
+        assert [r["destination"]["host"] for r in first["route"]] == [host], state
+        for match in first["match"]:
+            assert match["headers"] == {REPLAY_HEADER: {"exact": REPLAY_VALUE}}
+            assert match["gateways"] == [DEFAULT_INGRESS_GATEWAY]  # not "mesh"
+        assert first["headers"]["request"]["set"].get("Host") == (host if spec is SERVERLESS else None)
+    # a provisional first model has no production to ask: no replay route
+    provisional = render_virtual_service(RAW, TrafficState(primary=None, canary=V1, canary_weight=100))
+    assert [r["name"] for r in provisional["spec"]["http"]] == ["predict", "feedback"]

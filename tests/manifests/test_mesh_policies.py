@@ -6,8 +6,19 @@ nothing wider: a pod in a data scientist's namespace reaches neither a predictor
 import pytest
 
 from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
-from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT
-from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, KNATIVE_ACTIVATOR, KNATIVE_AUTOSCALER, principal
+from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, REPLAY_HEADER, REPLAY_VALUE
+from kfrelease.k8s.render.mesh import (
+    GATEWAY_SELECTOR,
+    INGRESS_GATEWAY,
+    KNATIVE_ACTIVATOR,
+    KNATIVE_AUTOSCALER,
+    ROOT_NS,
+    principal,
+    replay_gateway_policy,
+    request_principal,
+)
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 
 NS = "kfrelease-serving"
 PREDICTOR = Workload(NS, {"component": "predictor", "serving.kserve.io/inferenceservice": "diabetes-progression"})
@@ -101,5 +112,35 @@ def test_the_evaluator_follows_istio_semantics():
     assert not decide([deny_all, allow_any, deny_get], get)[0] and decide([deny_all, allow_any, deny_get], post)[0]
     other_ns = {**allow_any, "metadata": {"name": "any", "namespace": "elsewhere"}}
     assert not decide([deny_all, other_ns], get)[0]  # a namespace's policy applies only there
-    with pytest.raises(ValueError, match="requestPrincipals"):
-        decide([{**allow_any, "spec": {"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}}], get)
+    with pytest.raises(ValueError, match="ipBlocks"):
+        decide([{**allow_any, "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}}], get)
+    # a request principal comes only from a verified JWT; notRequestPrincipals matches a request without one
+    # (Kubeflow's istio-ingressgateway-require-jwt denies exactly those with notRequestPrincipals: ["*"])
+    need_jwt = {
+        **deny_get,
+        "spec": {"action": "DENY", "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}]}]},
+    }
+    assert not decide([need_jwt], get)[0]
+    assert decide([need_jwt], Request(SINK, 8080, "/x", "GET", None, {}, "https://iss/system:serviceaccount:a:b"))[0]
+
+
+ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE"
+GATEWAY = Workload(ROOT_NS, dict(GATEWAY_SELECTOR))
+
+
+def test_only_the_release_driver_may_take_the_replay_route_at_the_gateway():
+    """The release step (no sidecar: kubeflow/pipelines#14468) asks production through the ingress gateway with
+    its projected token; ``kfrelease-production-replay`` (DENY, evaluated before Kubeflow's gateway ALLOW ``{}``)
+    refuses the replay header from any other request principal, and from a request with none."""
+    policies = [*upstream_policies(), replay_gateway_policy(ISSUER, RELEASE_NS, RELEASE_DRIVER_SA)]
+    driver = request_principal(ISSUER, RELEASE_NS, RELEASE_DRIVER_SA)
+    other = request_principal(ISSUER, "shop", "default")
+    replay = {REPLAY_HEADER: REPLAY_VALUE}
+
+    def at_gateway(headers: dict, who: str | None) -> bool:
+        return decide(policies, Request(GATEWAY, 8080, PREDICT, "POST", None, headers, who))[0]
+
+    assert at_gateway(replay, driver)
+    assert not at_gateway(replay, other) and not at_gateway(replay, None)
+    assert not at_gateway({"X-Kfrelease-Replay": "anything"}, other)  # any value, any case of the name
+    assert at_gateway({}, other) and at_gateway({}, None)  # other requests are Kubeflow's gateway's to decide

@@ -245,8 +245,19 @@ def test_the_pod_defaults_give_each_step_its_identity_and_the_kfp_token_only_to_
     assert train["spec"]["serviceAccountName"] == UNTRUSTED_SA and token_volumes(train) == []
     assert "KF_PIPELINES_SA_TOKEN_PATH" not in {e["name"] for e in train["spec"]["containers"][0]["env"]}
     release = cluster.admit_pod(pipeline_pod({STEP_LABEL: RELEASE_DRIVER_STEP}))
-    assert release["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA and token_volumes(release) == []
+    assert release["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA
     assert {"name": "KFRELEASE_TARGET", "value": "cluster"} in release["spec"]["containers"][0]["env"]
+    # the release steps' identity at the ingress gateway (the replay to production's predictor): a projected
+    # token of the audience the gateway's m2m-token-issuer accepts, which at KFP is the release driver, who may
+    # neither create nor terminate runs
+    (replay,) = token_volumes(release)
+    assert replay["audience"] == TOKEN_AUDIENCE
+    release_env = {e["name"]: e.get("value") for e in release["spec"]["containers"][0]["env"]}
+    (mount,) = [m for m in release["spec"]["containers"][0]["volumeMounts"] if m["name"] == "kfrelease-replay-token"]
+    assert release_env["KFRELEASE_REPLAY_TOKEN_PATH"] == f"{mount['mountPath']}/{replay['path']}"
+    assert release_env["KFRELEASE_INGRESS_GATEWAY_URL"] == "http://istio-ingressgateway.istio-system.svc.cluster.local"
+    for verb in ("create", "terminate", "delete", "get"):
+        assert not cluster.kfp(service_account(RELEASE_NS, RELEASE_DRIVER_SA), verb, "runs", RELEASE_NS), verb
     assert_release_steps_find_prometheus(release)
     trusted = cluster.admit_pod(pipeline_pod({}))
     assert trusted["spec"]["serviceAccountName"] == PROFILE_SA and token_volumes(trusted) == []

@@ -44,9 +44,23 @@ the controllers that turn rendered objects into running things, and runs the thi
   their Service; IRSA is replaced by the role's keys on the local object store (``store_env``).
 - **Request ids**: Envoy keeps a request's ``x-request-id`` or generates one before routing, and a route's
   ``headers.request.set`` values may name request headers (``%REQ(x-request-id)%``), mirrored copies included.
+- **Ingress gateway** (``Gateway``): before nginx routes a request that reaches the gateway (from the ALB, or in
+  plain text from a pod outside the mesh), it validates an ``Authorization: Bearer`` token with the
+  RequestAuthentications that select the gateway (issuer, ``audiences``, expiry; ``outputClaimToHeaders``; a
+  token that fails is answered 401 as Envoy's ``jwt_authn`` does) and decides with the AuthorizationPolicies that
+  apply to the gateway's pod (request principal ``<iss>/<sub>``; no peer identity: the caller has no sidecar).
+  The twin's issuer signs service-account tokens (``Twin.token``) as the API server's TokenRequest does, with
+  ``iss``, ``sub: system:serviceaccount:<ns>:<sa>`` and ``aud``; HS256 with the twin's key stands in for the
+  cluster's RS256 key and its JWKS.
+- **Pod network** (``PodNetwork``): an HTTP proxy a process outside the mesh (a KFP step: KFP sets
+  ``sidecar.istio.io/inject: "false"`` on workflow pods, kubeflow/pipelines#14468) sends its requests through
+  (``HTTP_PROXY``): a Service host reaches the Service's pods' sidecars with no peer identity, the ingress
+  gateway's Service host reaches ``Gateway``, a host no Service has is answered 502.
 
 Not modelled: Knative (Serverless revisions and ``canaryTrafficPercent``: the twin runs Standard/raw
-mode, where the VirtualService carries the canary's weight), oauth2-proxy in front of the gateway, TLS.
+mode, where the VirtualService carries the canary's weight), oauth2-proxy in front of the gateway (Kubeflow's
+CUSTOM policy sends only requests without an ``Authorization`` header there; its ``require-jwt`` DENY is not
+loaded, so clients without a token still pass the twin's gateway), TLS.
 """
 
 from __future__ import annotations
@@ -72,7 +86,7 @@ import yaml
 
 from kfrelease.k8s.policy.istio import Request, Workload, decide
 from kfrelease.k8s.render.inference import predictor_service
-from kfrelease.k8s.render.mesh import INGRESS_GATEWAY
+from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS
 from tests.waiting import eventually
 
 MODEL_VOLUME = "/mnt/models"
@@ -448,6 +462,218 @@ class Sidecar:
             self.server.server_close()
 
 
+# --- the ingress gateway's own filters: JWT authentication and authorization -----------------------------
+
+GATEWAY_SERVICE = f"istio-ingressgateway.{ROOT_NS}.svc.cluster.local"
+GATEWAY_WORKLOAD = Workload(ROOT_NS, dict(GATEWAY_SELECTOR))
+GATEWAY_PORT = 8080  # the gateway pod's HTTP port behind its Service's port 80 (Istio's gateway chart)
+
+
+class JwtRejected(Exception):
+    """A token Envoy's ``jwt_authn`` filter refuses (401)."""
+
+
+def verified_claims(token: str, authentications: list[dict], keys: dict[str, str]) -> tuple[dict, dict]:
+    """(claims, jwtRule) of a bearer token, as Istio's RequestAuthentication checks it at the gateway: a rule of
+    a RequestAuthentication selecting the gateway names the token's issuer, the signature verifies with that
+    issuer's key (``keys``), it has not expired and, when the rule lists ``audiences``, its ``aud`` has one."""
+    import jwt
+
+    try:
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError as exc:
+        raise JwtRejected(f"Jwt is not in the form of Header.Payload.Signature ({exc})") from None
+    rules = [
+        rule
+        for ra in authentications
+        if ra["metadata"]["namespace"] == ROOT_NS
+        and all(
+            GATEWAY_SELECTOR.get(k) == v
+            for k, v in ((ra["spec"].get("selector") or {}).get("matchLabels") or {}).items()
+        )
+        for rule in ra["spec"]["jwtRules"]
+        if rule["issuer"] == issuer
+    ]
+    if not rules or issuer not in keys:
+        raise JwtRejected("Jwt issuer is not configured")
+    rule = rules[0]
+    audiences = rule.get("audiences")
+    try:
+        claims = jwt.decode(
+            token,
+            keys[issuer],
+            algorithms=["HS256"],
+            audience=audiences or None,
+            options={"verify_aud": bool(audiences)},
+        )
+    except jwt.InvalidAudienceError:
+        raise JwtRejected("Audiences in Jwt are not allowed") from None
+    except jwt.ExpiredSignatureError:
+        raise JwtRejected("Jwt is expired") from None
+    except jwt.PyJWTError:
+        raise JwtRejected("Jwt verification fails") from None
+    return claims, rule
+
+
+@dataclass
+class GatewayDecision:
+    request_principal: str | None
+    path: str
+    headers: dict
+    status: int
+    why: str
+
+
+@dataclass
+class Gateway:
+    """The ingress gateway's filters in front of its routing (nginx): JWT authentication, then authorization
+    with the policies that apply to the gateway's pod; what passes goes on to ``upstream_port``."""
+
+    policies: list[dict]
+    authentications: list[dict]
+    keys: dict[str, str]
+    upstream_port: int = 0
+    decisions: list[GatewayDecision] = field(default_factory=list)
+    port: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                # a peer identity is the mesh's to set: a client's own x-twin-peer is dropped here
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in (PEER_HEADER, "connection")}
+                lower = {k.lower(): v for k, v in headers.items()}
+                request_principal = None
+                auth = lower.get("authorization", "")
+                if auth:
+                    if not auth.startswith("Bearer "):
+                        return self._refuse(None, lower, 401, "Jwt is missing")
+                    try:
+                        claims, rule = verified_claims(auth[len("Bearer ") :], gateway.authentications, gateway.keys)
+                    except JwtRejected as exc:
+                        return self._refuse(None, lower, 401, str(exc))
+                    request_principal = f"{claims['iss']}/{claims['sub']}"
+                    for out in rule.get("outputClaimToHeaders") or []:  # a claim the token lacks clears the header
+                        headers = {k: v for k, v in headers.items() if k.lower() != out["header"].lower()}
+                        if isinstance(claims.get(out["claim"]), str):
+                            headers[out["header"]] = claims[out["claim"]]
+                req = Request(GATEWAY_WORKLOAD, GATEWAY_PORT, self.path, self.command, None, lower, request_principal)
+                ok, why = decide(gateway.policies, req)
+                if not ok:
+                    return self._refuse(request_principal, lower, 403, why)
+                gateway.decisions.append(GatewayDecision(request_principal, self.path, lower, 200, why))
+                conn = http.client.HTTPConnection("127.0.0.1", gateway.upstream_port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
+                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json", extra)
+                finally:
+                    conn.close()
+
+            def _refuse(self, request_principal, lower, status, why):
+                gateway.decisions.append(GatewayDecision(request_principal, self.path, lower, status, why))
+                text = b"RBAC: access denied" if status == 403 else why.encode()
+                return self._answer(status, text, "text/plain")
+
+            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="twin-gateway").start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class PodNetwork:
+    """The cluster network as a pod outside the mesh sees it (see the module docstring): an HTTP proxy that
+    resolves ``<svc>.<ns>.svc.cluster.local`` with ``resolve(host)`` (the ports of a Service's pods' sidecars,
+    or the gateway's) and sends the request there in plain text, with no peer identity."""
+
+    resolve: object
+    port: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from urllib.parse import urlsplit
+
+        network = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                u = urlsplit(self.path)
+                ports = network.resolve(u.hostname or "")
+                if not ports:
+                    return self._answer(502, f"no Service answers for {u.hostname}".encode(), "text/plain")
+                path = u.path + (f"?{u.query}" if u.query else "")
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in (PEER_HEADER, "connection", "proxy-connection")
+                }
+                conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=60)
+                try:
+                    conn.request(self.command, path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
+                    self._answer(resp.status, data, resp.getheader("content-type") or "text/plain", extra)
+                finally:
+                    conn.close()
+
+            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="twin-pod-network").start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
 # --- the KServe agent: the InferenceService's logger in each predictor pod --------------------------------
 
 AGENT_SOURCE = "http://localhost:9081/"
@@ -717,34 +943,77 @@ def nginx_config(
     lines += [
         f"  server {{ listen 127.0.0.1:{ports['alb']} default_server; return 404; }}",
         f"  server {{ listen 127.0.0.1:{ports['alb']}; server_name {' '.join(alb)};",
-        f"    location / {{ proxy_pass http://127.0.0.1:{ports['gateway']}; proxy_set_header Host $host; }} }}",
+        # the ALB forwards to the gateway's Service: its filters (``Gateway``) first, then its routing
+        f"    location / {{ proxy_pass http://127.0.0.1:{ports['ingress']}; proxy_set_header Host $host; }} }}",
     ]
     for role, principal in routes:
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]} default_server; return 404; }}")
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]}; server_name {hosts};")
-        for i, route, target, mirror in blocks:
-            host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
-            headers_set = ["      proxy_set_header x-request-id $twin_request_id;"] + [
-                f'      proxy_set_header {name} "{envoy_header_value(value)}";'
-                for name, value in host_set.items()
-                if name.lower() != "host"
-            ]
-            timeout = route.get("timeout", "15s")
+        by_location: dict[str, list[tuple[int, tuple[str, str] | None]]] = {}
+        for i, route, _target, _mirror in blocks:
             for m in route["match"]:
                 uri = m["uri"]
-                if set(m) != {"uri"} or set(uri) - {"prefix", "exact"}:
-                    raise ValueError(f"VirtualService match {m} is not modelled (prefix and exact URIs only)")
+                if set(m) - {"uri", "headers", "gateways"} or set(uri) - {"prefix", "exact"}:
+                    raise ValueError(f"VirtualService match {m} is not modelled (URIs, one exact header, gateways)")
+                named = m.get("gateways")
+                if named is not None and not any((g == "mesh") == (role == "mesh") for g in named):
+                    continue  # the match names only gateways this proxy is not
+                condition = None
+                if "headers" in m:
+                    ((name, value),) = m["headers"].items()
+                    if set(value) != {"exact"}:
+                        raise ValueError(f"VirtualService header match {m['headers']} is not modelled (exact only)")
+                    condition = (name, value["exact"])
                 loc = f"^~ {uri['prefix']}" if "prefix" in uri else f"= {uri['exact']}"
-                lines.append(f"    location {loc} {{")
-                if mirror:
-                    lines.append(f"      mirror /_mirror_{role}_{i};")
-                lines.append(f'      proxy_set_header {PEER_HEADER} "{principal}";')
-                lines.append(f"      proxy_set_header Host {host_set.get('Host', '$host')};")
-                lines += headers_set
-                lines.append(f"      proxy_read_timeout {timeout};")
-                lines.append(f"      proxy_pass http://{target};")
-                lines.append("    }")
+                by_location.setdefault(loc, []).append((i, condition))
+
+        def route_body(i: int, role: str = role, principal: str = principal) -> list[str]:
+            _, route, target, mirror = blocks[i]
+            host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
+            body = [f"      mirror /_mirror_{role}_{i};"] if mirror else []
+            body += [
+                f'      proxy_set_header {PEER_HEADER} "{principal}";',
+                f"      proxy_set_header Host {host_set.get('Host', '$host')};",
+                "      proxy_set_header x-request-id $twin_request_id;",
+                *[
+                    f'      proxy_set_header {name} "{envoy_header_value(value)}";'
+                    for name, value in host_set.items()
+                    if name.lower() != "host"
+                ],
+                f"      proxy_read_timeout {route.get('timeout', '15s')};",
+                f"      proxy_pass http://{target};",
+            ]
+            return body
+
+        conditional: set[int] = set()
+        for loc, entries in by_location.items():
+            # Istio tries the routes in order: a header match before it goes to that route's own location
+            lines.append(f"    location {loc} {{")
+            for i, condition in entries:
+                if condition is None:
+                    break
+                conditional.add(i)
+                var = "$http_" + condition[0].lower().replace("-", "_")
+                lines.append(f'      if ({var} = "{condition[1]}") {{ rewrite ^ /_route_{role}_{i}$uri last; }}')
+            first = next((i for i, condition in entries if condition is None), None)
+            lines += route_body(first) if first is not None else ["      return 404;"]
+            lines.append("    }")
+        for i in sorted(conditional):
+            lines += [
+                f"    location ^~ /_route_{role}_{i}/ {{",
+                "      internal;",
+                f"      rewrite ^/_route_{role}_{i}(/.*)$ $1 break;",
+                *route_body(i),
+                "    }",
+            ]
+        for i, route, _target, mirror in blocks:
             if mirror:
+                host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
+                headers_set = ["      proxy_set_header x-request-id $twin_request_id;"] + [
+                    f'      proxy_set_header {name} "{envoy_header_value(value)}";'
+                    for name, value in host_set.items()
+                    if name.lower() != "host"
+                ]
                 lines += [
                     f"    location = /_mirror_{role}_{i} {{",
                     "      internal;",
@@ -764,7 +1033,7 @@ class Nginx:
     def __init__(self, workdir: Path):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {"alb": free_port(), "gateway": free_port(), "mesh": free_port()}
+        self.ports = {"alb": free_port(), "gateway": free_port(), "mesh": free_port()}  # + "ingress": Gateway's
         self.process: subprocess.Popen | None = None
 
     def run(self, text: str) -> None:
@@ -779,7 +1048,9 @@ class Nginx:
         self.process = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def listening() -> bool:
-            for port in self.ports.values():
+            for role, port in self.ports.items():
+                if role == "ingress":
+                    continue
                 with socket.socket() as s:
                     if s.connect_ex(("127.0.0.1", port)) != 0:
                         return False
@@ -823,15 +1094,51 @@ class Twin:
         client_principal: str,
         upstream_policies: list[dict],
         store_env=None,
+        *,
+        issuer: str = "https://issuer.twin.invalid",
+        authentications: list[dict] = (),
     ):
         self.dir, self.model_dirs, self.kserve_version = workdir, model_dirs, kserve_version
         self.client_principal, self.upstream_policies = client_principal, upstream_policies
         self.store_env = store_env
+        self.issuer, self.issuer_key = issuer, uuid.uuid4().hex + uuid.uuid4().hex
         self.pods: dict[tuple[str, str], Pod] = {}
         self.services: dict[str, Pod] = {}  # Deployment name -> its pod
         self.service_docs: list[dict] = []
         self.nginx = Nginx(workdir / "nginx")
         self.prometheus = Prometheus(workdir / "prometheus")
+        self.gateway = Gateway(list(upstream_policies), list(authentications), {issuer: self.issuer_key})
+        self.gateway.upstream_port = self.nginx.ports["gateway"]
+        self.gateway.start()
+        self.nginx.ports["ingress"] = self.gateway.port
+        self.network = PodNetwork(self.resolve)
+        self.network.start()
+
+    def token(self, namespace: str, service_account: str, audience: str, seconds: int = 3600) -> str:
+        """A projected service-account token of the twin's issuer (the API server's TokenRequest)."""
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "aud": [audience],
+            "iat": now,
+            "nbf": now,
+            "exp": now + seconds,
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account}},
+        }
+        return jwt.encode(claims, self.issuer_key, algorithm="HS256")
+
+    def resolve(self, host: str) -> list[int]:
+        """The ports behind a cluster host name (``PodNetwork``): the gateway's Service, or a Service's pods'
+        sidecars (KServe's predictor Services by name, the Deployments' Services by selector)."""
+        if host == GATEWAY_SERVICE:
+            return [self.gateway.port]
+        if not host.endswith(".svc.cluster.local"):
+            return []
+        name = _service_of(host)
+        return [p.sidecar.port for p in self.pods.values() if p.service == name] or self.service_ports(name)
 
     # pods
     def _start_pod(self, pod: Pod, policies: list[dict]) -> None:
@@ -924,6 +1231,7 @@ class Twin:
     def reconcile(self, objects: dict[str, list[dict]]) -> None:
         runtime = objects["ServingRuntime"][0]
         policies = self.upstream_policies + objects.get("AuthorizationPolicy", [])
+        self.gateway.policies = policies
         wanted: dict[tuple[str, str], Pod] = {}
         for isvc in objects.get("InferenceService", []):
             for pod in predictor_pods(isvc, runtime, self.kserve_version):
@@ -992,6 +1300,8 @@ class Twin:
             _stop(pod.process)
         self.nginx.stop()
         self.prometheus.stop()
+        self.gateway.stop()
+        self.network.stop()
 
     # clients
     def via_alb(self, host: str, path: str, body) -> httpx.Response:

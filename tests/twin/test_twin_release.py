@@ -9,36 +9,59 @@ rendered pod sets), and promoted.
 The shadow's evidence goes the cluster's way too: each predictor pod's KServe agent (the rendered ``logger``)
 sends its CloudEvents to the rendered log sink (``kfrelease-logsink``, started from its rendered Deployment, as
 the serving role), clients label their requests through the rendered VirtualService's feedback route (the
-rendered ``kfrelease-feedback`` Deployment), and the shadow gate decides on the labelled pairs the lake joins."""
+rendered ``kfrelease-feedback`` Deployment), and the shadow gate decides on the labelled pairs the lake joins.
+
+At the canary, the labelled accuracy check's replay (production's answers to the canary's logged inputs) goes the
+cluster's way: the release step runs outside the mesh (KFP: ``sidecar.istio.io/inject: "false"``,
+kubeflow/pipelines#14468) with the env and projected token its rendered PodDefault gives it, through the
+twin's pod network to the ingress gateway, which validates the token with Kubeflow's ``m2m-token-issuer``
+RequestAuthentication (vendored from kubeflow/manifests, patched as ``oauth2_proxy_kustomization`` patches
+it), admits the replay route for the release driver only (the rendered ``kfrelease-production-replay``), and
+routes it by the rendered VirtualService to production's predictor alone."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
+import jsonpatch
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from kfrelease.access.credentials import load_credentials
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
 from kfrelease.k8s.environments import MONITORING_NS, RELEASE_NS
 from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
 from kfrelease.k8s.policy.rbac import service_account
-from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE, version_slug
-from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, principal
-from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
+from kfrelease.k8s.render.inference import (
+    CANARY_SERIES_STAGE,
+    REPLAY_HEADER,
+    REPLAY_VALUE,
+    predictor_name,
+    predictor_service,
+    production_name,
+    version_slug,
+)
+from kfrelease.k8s.render.kubeflow import oauth2_proxy_kustomization
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, ROOT_NS, principal, request_principal
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, RELEASE_DRIVER_STEP, STEP_LABEL
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
+from kfrelease.kfp_submit import TOKEN_AUDIENCE
 from kfrelease.registry.artifact import model_format
 from kfrelease.release.checks import render_query
+from kfrelease.release.controller import ReleaseController
 from kfrelease.release.shadow import evaluate_shadow
-from kfrelease.release.signals import PrometheusMetrics
+from kfrelease.release.signals import MetricSourceError, PrometheusMetrics
+from kfrelease.resources import resource_dir
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.storage import store_for
 from tests.cluster_standin import Cluster
 from tests.serving.serving_helpers import FEATURES, curated_frame, expected_predictions, make_model_dir
 from tests.waiting import eventually
 
-from . import UNREACHABLE, Twin
+from . import GATEWAY_SERVICE, UNREACHABLE, Twin
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +81,12 @@ def cluster_objects(cluster: Cluster) -> dict[str, list[dict]]:
     ns = SPEC.serving.namespace
     out: dict[str, list[dict]] = {}
     for (kind, namespace, _), doc in sorted(cluster.objects.items()):
-        if namespace == ns or kind == "Ingress" or (kind == "PodMonitor" and namespace == MONITORING_NS):
+        if (
+            namespace == ns
+            or kind == "Ingress"
+            or (kind == "PodMonitor" and namespace == MONITORING_NS)
+            or (kind == "AuthorizationPolicy" and namespace == ROOT_NS)  # the gateway's
+        ):
             out.setdefault(kind, []).append(doc)
     out["PodMonitor"] = [d for d in out["PodMonitor"] if d["metadata"]["name"] == "kfrelease-predictors"]
     return out
@@ -81,6 +109,45 @@ def store_env(stack):
     return env
 
 
+def gateway_authentications() -> list[dict]:
+    """Kubeflow's ``m2m-token-issuer`` RequestAuthentication (kubeflow/manifests
+    ``common/oauth2-proxy/components/istio-m2m/requestauthentication.yaml``, vendored) with the patches our
+    oauth2-proxy kustomization applies to it for this environment (the cluster's issuer, ``audiences``)."""
+    upstream = yaml.safe_load(
+        (resource_dir("schemas") / "kubeflow" / "oauth2-proxy" / "requestauthentication.yaml").read_text()
+    )
+    ops = [op for patch in oauth2_proxy_kustomization(ENV)["patches"] for op in yaml.safe_load(patch["patch"])]
+    return [jsonpatch.apply_patch(upstream, ops)]
+
+
+def release_step_env(cluster: Cluster, twin: Twin, home) -> dict[str, str]:
+    """What the release step's pod has, on this machine: the env of the PodDefault its label selects (as the
+    admission webhook applies it), and each projected service-account token it mounts, issued by the twin for
+    the pod's service account and audience, in a local directory instead of the mount path."""
+    pod = cluster.admit_pod(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "release-step", "namespace": RELEASE_NS, "labels": {STEP_LABEL: RELEASE_DRIVER_STEP}},
+            "spec": {"serviceAccountName": "default-editor", "containers": [{"name": "main", "image": "kfrelease"}]},
+        }
+    )
+    defaults = cluster.objects[("PodDefault", RELEASE_NS, f"kfrelease-{RELEASE_DRIVER_STEP}-step")]
+    env = {e["name"]: e["value"] for e in defaults["spec"].get("env") or []}
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        for source in (volumes[mount["name"]].get("projected") or {}).get("sources") or []:
+            token = source.get("serviceAccountToken")
+            if not token:
+                continue
+            local = home / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            issued = twin.token(RELEASE_NS, pod["spec"]["serviceAccountName"], token["audience"])
+            (local / token["path"]).write_text(issued)
+            env = {k: v.replace(mount["mountPath"], str(local)) for k, v in env.items()}
+    return env
+
+
 @pytest.fixture
 def twin(tmp_path, stack):
     rows = curated_frame().head(40)
@@ -89,7 +156,17 @@ def twin(tmp_path, stack):
         V2: make_model_dir(tmp_path / "models2", SPEC.model, V2, offset=25.0),
     }
     client = principal(ENV.mesh_clients[0], "default")
-    t = Twin(tmp_path / "twin", dirs, ENV.kserve_version, client, upstream_policies(), store_env(stack))
+    t = Twin(
+        tmp_path / "twin",
+        dirs,
+        ENV.kserve_version,
+        client,
+        upstream_policies(),
+        store_env(stack),
+        issuer=ENV.oidc_issuer,
+        authentications=gateway_authentications(),
+    )
+    t.home = tmp_path
     t.stack = stack
     t.rows, t.dirs = rows, dirs
     yield t
@@ -110,7 +187,7 @@ def answers(twin: Twin, host: str, n: int, via: str = "alb", ids: list | None = 
     return out
 
 
-def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and_promoted(twin):
+def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and_promoted(twin, monkeypatch):
     src = Sources(**{**SOURCES.__dict__, "spec": SPEC})
     cluster = Cluster(environment_documents(src, ENV) + inference_documents(SPEC, ENV), kserve=ENV.kserve_version)
     driver = KServeTrafficDriver(
@@ -231,6 +308,46 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         twin.upstream_policies + cluster_objects(cluster)["AuthorizationPolicy"],
         Request(Workload(SPEC.serving.namespace, shadow.labels), 8080, "/metrics", "GET", None),
     )[0]  # Prometheus (no sidecar) may scrape the pods
+
+    # the canary's labelled accuracy check: production's answers to the canary's logged inputs, asked as the
+    # release step asks them on the cluster (its PodDefault's env and token, from outside the mesh)
+    instances = twin.rows[FEATURES].values.tolist()
+    with monkeypatch.context() as mp:
+        for name, value in release_step_env(cluster, twin, twin.home / "release-step").items():
+            mp.setenv(name, value)
+        mp.setenv("HTTP_PROXY", twin.network.url)  # the pod's network: cluster DNS names, no sidecar
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        controller = ReleaseController(twin.stack, SPEC, driver, store=store, report=False)
+        try:
+            replayed = controller.production_scorer(V1, instances, "replay-twin-1")
+        except MetricSourceError as exc:
+            raise AssertionError(f"the canary's labelled check cannot get production's answers: {exc}") from None
+    assert replayed == pytest.approx(v1)  # every answer is production's, none the canary's, at 50 %
+    (asked,) = [d for d in twin.gateway.decisions if d.headers.get(REPLAY_HEADER) == REPLAY_VALUE]
+    assert asked.status == 200 and asked.request_principal == request_principal(
+        ENV.oidc_issuer, RELEASE_NS, RELEASE_DRIVER_SA
+    )
+    # why not directly: without a sidecar the predictor's own Service refuses the step (global-deny-all) ...
+    production_svc = predictor_service(production_name(SPEC), predictor_name(V1), ENV.kserve_version)
+    direct = httpx.post(
+        f"http://{production_svc}.{SPEC.serving.namespace}.svc.cluster.local{PATH}",
+        json={"instances": instances[:1]},
+        proxy=twin.network.url,
+    )
+    assert direct.status_code == 403 and direct.text == "RBAC: access denied"
+    # ... and at the gateway the replay route is the release driver's alone
+    gateway = f"http://{GATEWAY_SERVICE}{PATH}"
+
+    def replay_as(token: str | None) -> httpx.Response:
+        headers = {"host": host, REPLAY_HEADER: REPLAY_VALUE}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        return httpx.post(gateway, json={"instances": instances[:1]}, headers=headers, proxy=twin.network.url)
+
+    assert replay_as(None).status_code == 403  # no token: no request principal
+    assert replay_as(twin.token("shop", "default", TOKEN_AUDIENCE)).status_code == 403  # another identity
+    assert replay_as(twin.token(RELEASE_NS, RELEASE_DRIVER_SA, "sts.amazonaws.com")).status_code == 401  # audience
+    assert replay_as(twin.token(RELEASE_NS, RELEASE_DRIVER_SA, TOKEN_AUDIENCE)).status_code == 200
 
     # promote: V2 serves everything, the Lease is released
     driver.apply(TrafficState(primary=V2))

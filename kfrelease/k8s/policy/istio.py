@@ -38,6 +38,8 @@ class Request:
     method: str = "GET"
     principal: str | None = None
     headers: dict = field(default_factory=dict, hash=False)
+    #: ``<iss>/<sub>`` of the request's JWT verified by a RequestAuthentication (None: no verified token)
+    request_principal: str | None = None
 
     @property
     def source_namespace(self) -> str | None:
@@ -60,7 +62,14 @@ def _match(value: str | None, patterns: list[str]) -> bool:
     return False
 
 
-_SOURCE = {"principals", "notPrincipals", "namespaces", "notNamespaces"}
+_SOURCE = {
+    "principals",
+    "notPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "requestPrincipals",
+    "notRequestPrincipals",
+}
 _OPERATION = {"ports", "notPorts", "paths", "notPaths", "methods", "notMethods"}
 
 
@@ -73,6 +82,8 @@ def _source_matches(src: dict, req: Request) -> bool:
         "notPrincipals": lambda v: not _match(req.principal, v),
         "namespaces": lambda v: _match(req.source_namespace, v),
         "notNamespaces": lambda v: not _match(req.source_namespace, v),
+        "requestPrincipals": lambda v: _match(req.request_principal, v),
+        "notRequestPrincipals": lambda v: not _match(req.request_principal, v),
     }
     return all(checks[k](v) for k, v in src.items())
 
@@ -96,11 +107,14 @@ def _operation_matches(op: dict, req: Request) -> bool:
 def _condition_matches(cond: dict, req: Request) -> bool:
     key = cond["key"]
     if key.startswith("request.headers[") and key.endswith("]"):
-        value = req.headers.get(key[len("request.headers[") : -1])
+        name = key[len("request.headers[") : -1].lower()
+        value = next((v for k, v in req.headers.items() if k.lower() == name), None)
     elif key == "source.namespace":
         value = req.source_namespace
     elif key == "source.principal":
         value = req.principal
+    elif key == "request.auth.principal":
+        value = req.request_principal
     elif key == "destination.port":
         value = str(req.port)
     else:

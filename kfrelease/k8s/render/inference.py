@@ -70,6 +70,13 @@ FEEDBACK_SERVICE = "kfrelease-feedback"
 #: The header the KServe agent takes a request's CloudEvent id from (kserve/kserve ``pkg/logger/worker.go``
 #: ``CloudEventsIdHeader``); the release VirtualService sets it to the request's ``x-request-id``.
 REQUEST_ID_HEADER = "ce-id"
+#: The header of the release steps' replay of the canary's logged inputs to production's own predictor (the
+#: canary's labelled accuracy check, ``kfrelease.release.controller.production_scorer``): the release
+#: VirtualService's ``replay`` route sends a request carrying it, through the ingress gateway only, to
+#: production's predictor alone; the gateway's ``kfrelease-production-replay`` policy
+#: (``kfrelease.k8s.render.mesh.replay_gateway_policy``) refuses it from anyone but the release driver.
+REPLAY_HEADER = "x-kfrelease-replay"
+REPLAY_VALUE = "production"
 
 
 def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
@@ -452,7 +459,54 @@ def render_virtual_service(
             "port": {"number": 80},
         }
         http["mirrorPercentage"] = {"value": mirror}
-    return _release_virtual_service(spec, state, http, host=host, gateways=gateways, domain=domain)
+    gateways = gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"]
+    replay = _replay_route(spec, state, [g for g in gateways if g != "mesh"], kserve_version)
+    return _release_virtual_service(
+        spec, state, http, host=host, gateways=gateways, domain=domain, before=[replay] if replay else []
+    )
+
+
+def replay_destination(spec: RolloutSpec, state: TrafficState, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
+    """The host that serves production's version alone, whatever the canary's share:
+
+    - RawDeployment (Standard mode, KServe 0.20): the stable predictor's own Service
+      (``<isvc>-<predictor>-predictor``, ``predictor_service``); the canary has its own.
+    - Serverless during a canary: Knative's ``prev`` tag, which KServe gives the last revision rolled out at
+      100 % when ``canaryTrafficPercent`` is set (kserve/kserve
+      ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go``: traffic targets
+      ``LatestRevision`` with the canary's percent and ``Tag: "prev"`` with the rest); Knative names a tag's
+      cluster-local host ``<tag>-<route>`` (its placeholder Service). Without a canary ``<isvc>-predictor``
+      serves production alone."""
+    prod = production_name(spec)
+    if spec.serving.deployment_mode == "RawDeployment":
+        return _svc_host(spec, predictor_service(prod, predictor_name(state.primary), kserve_version))
+    service = predictor_service(prod, None, kserve_version)
+    if state.canary and 0 < state.canary_weight < 100:
+        service = f"prev-{service}"
+    return _svc_host(spec, service)
+
+
+def _replay_route(spec: RolloutSpec, state: TrafficState, gateways: list[str], kserve_version: str) -> dict | None:
+    """The ``replay`` route (first, so it wins over ``predict``): a model request that carries
+    ``x-kfrelease-replay: production`` and arrives at the ingress gateway (``match.gateways``: an in-mesh
+    client's sidecar never applies it) goes to production's predictor alone (``replay_destination``), never
+    mirrored. Only when a production version serves; a provisional first model has no production to ask."""
+    if not state.primary or not gateways:
+        return None
+    dest = replay_destination(spec, state, kserve_version)
+    headers = {REQUEST_ID_HEADER: "%REQ(x-request-id)%"}
+    if spec.serving.deployment_mode != "RawDeployment":  # Knative's ingress routes by Host
+        headers["Host"] = dest
+    return {
+        "name": "replay",
+        "match": [
+            {"uri": {"prefix": prefix}, "headers": {REPLAY_HEADER: {"exact": REPLAY_VALUE}}, "gateways": gateways}
+            for prefix in ("/v1/models/", "/v2/models/")
+        ],
+        "route": [{"destination": {"host": dest, "port": {"number": 80}}}],
+        "headers": {"request": {"set": headers}},
+        "timeout": "60s",
+    }
 
 
 def _unavailable_virtual_service(
@@ -475,7 +529,14 @@ def _unavailable_virtual_service(
 
 
 def _release_virtual_service(
-    spec: RolloutSpec, state: TrafficState, predict: dict, *, host: str | None, gateways: list[str] | None, domain: str
+    spec: RolloutSpec,
+    state: TrafficState,
+    predict: dict,
+    *,
+    host: str | None,
+    gateways: list[str] | None,
+    domain: str,
+    before: list[dict] = (),
 ) -> dict:
     """The model's release VirtualService around its ``predict`` route: the clients' hosts (and ``host``), the
     ingress gateway and the mesh, the feedback route, the traffic state it was rendered from."""
@@ -494,9 +555,17 @@ def _release_virtual_service(
         "spec": {
             "hosts": hosts,
             "gateways": gateways or [DEFAULT_INGRESS_GATEWAY, "mesh"],
-            "http": [predict, _feedback_route(spec)],
+            "http": [*before, predict, _feedback_route(spec)],
         },
     }
+
+
+def named_route(vs: dict, name: str) -> dict:
+    """The HTTP route of a release VirtualService by its name (``replay``, ``predict``, ``feedback``)."""
+    for route in vs["spec"]["http"]:
+        if route.get("name") == name:
+            return route
+    raise KeyError(f"VirtualService {vs['metadata']['name']} has no route named {name!r}")
 
 
 def _feedback_route(spec: RolloutSpec) -> dict:

@@ -19,6 +19,20 @@ Ports are the workload's (container) ports, as Istio matches them on the inbound
 ``istio-system/istio-ingressgateway-service-account``, which also serves ``knative-local-gateway``;
 activator ``knative-serving/activator``; autoscaler ``knative-serving/controller``: ``serving-core.yaml``).
 
+At the ingress gateway, ``replay_gateway_policy`` (a DENY in ``istio-system``) keeps the release
+VirtualService's ``replay`` route (``x-kfrelease-replay``: production's predictor alone, for the canary's
+labelled accuracy check) to the release driver: KFP runs workflow pods without a sidecar
+(``sidecar.istio.io/inject: "false"``, kubeflow/pipelines#14468), so the release step has no mesh identity
+and reaches production through the gateway in plain text, with its projected service-account token as its
+identity. The gateway validates that token with Kubeflow's ``istio-system/m2m-token-issuer``
+RequestAuthentication (kubeflow/manifests ``common/oauth2-proxy/components/istio-m2m/requestauthentication.yaml``,
+identical at v1.11.0 and 26.03; its issuer and ``audiences`` patched by
+``kfrelease.k8s.render.kubeflow.oauth2_proxy_kustomization``): the request principal is ``<issuer>/<sub>``,
+``sub`` being ``system:serviceaccount:<ns>:<sa>``. A request with an ``Authorization`` header skips
+oauth2-proxy (``authorizationpolicy.istio-ingressgateway-oauth2-proxy.yaml``: CUSTOM only
+``when request.headers[authorization] notValues ["*"]``) and must then carry a verified token
+(``authorizationpolicy.istio-ingressgateway-require-jwt.yaml``: DENY ``notRequestPrincipals: ["*"]``).
+
 They are evaluated as Istio does by ``kfrelease.k8s.policy.istio``.
 """
 
@@ -41,8 +55,45 @@ HTTP_PORT = "8080"
 FEEDBACK_PATH = "/v1/feedback"
 
 
+#: The ingress gateway's pod labels (kubeflow/manifests ``common/istio/istio-install/base``: the selector of
+#: Kubeflow's own gateway policies, ``gateway_authorizationpolicy.yaml``).
+GATEWAY_SELECTOR = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+REPLAY_POLICY = "kfrelease-production-replay"
+
+
 def principal(namespace: str, service_account: str) -> str:
     return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+def request_principal(issuer: str, namespace: str, service_account: str) -> str:
+    """Istio's request principal of a Kubernetes service-account token (``<iss>/<sub>``; a projected token's
+    ``sub`` is ``system:serviceaccount:<ns>:<sa>``)."""
+    return f"{issuer}/system:serviceaccount:{namespace}:{service_account}"
+
+
+def replay_gateway_policy(issuer: str, driver_ns: str, driver_sa: str) -> dict:
+    """DENY at the ingress gateway: a request carrying the replay header
+    (``kfrelease.k8s.render.inference.REPLAY_HEADER``) from anyone whose verified token is not the release
+    driver's (no token at all included: ``notRequestPrincipals`` matches a request without one). Istio
+    evaluates DENY before ALLOW (and before Kubeflow's ``istio-ingressgateway`` ALLOW ``{}``), so no other
+    policy can open it."""
+    from kfrelease.k8s.render.inference import REPLAY_HEADER
+
+    return {
+        "apiVersion": SECURITY_API,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": REPLAY_POLICY, "namespace": ROOT_NS, "labels": dict(PART_OF)},
+        "spec": {
+            "selector": {"matchLabels": dict(GATEWAY_SELECTOR)},
+            "action": "DENY",
+            "rules": [
+                {
+                    "from": [{"source": {"notRequestPrincipals": [request_principal(issuer, driver_ns, driver_sa)]}}],
+                    "when": [{"key": f"request.headers[{REPLAY_HEADER}]", "values": ["*"]}],
+                }
+            ],
+        },
+    }
 
 
 def _policy(name: str, ns: str, selector: dict, rules: list[dict]) -> dict:

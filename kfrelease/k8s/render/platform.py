@@ -276,7 +276,9 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 # spec.canary) and its model domain (the VirtualService's hosts, as the bootstrap rendered them)
                 {"name": "KFRELEASE_KSERVE_VERSION", "value": env.kserve_version},
                 {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
+                *replay_access()["env"],
             ]
+            spec["volumes"], spec["volumeMounts"] = replay_access()["volumes"], replay_access()["volumeMounts"]
         docs.append(
             {
                 "apiVersion": "kubeflow.org/v1alpha1",
@@ -286,6 +288,48 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
             }
         )
     return docs
+
+
+#: Where the release steps find the ingress gateway (Kubeflow's ``istio-system/istio-ingressgateway`` Service,
+#: plain HTTP on port 80: kubeflow/manifests ``common/istio/istio-install/base``) and their projected token.
+INGRESS_GATEWAY_URL = "http://istio-ingressgateway.istio-system.svc.cluster.local"
+REPLAY_TOKEN_DIR = "/var/run/secrets/kfrelease/replay"
+
+
+def replay_access() -> dict:
+    """What the release steps need to ask production's predictor for its answers (the canary's labelled
+    accuracy check): KFP runs them without a sidecar (kubeflow/pipelines#14468), so they go through the
+    ingress gateway in plain text (``KFRELEASE_INGRESS_GATEWAY_URL``) on the release VirtualService's
+    ``replay`` route, presenting a projected token of their own service account (``KFRELEASE_REPLAY_TOKEN_PATH``;
+    the kubelet renews it) for the audience the gateway's ``m2m-token-issuer`` RequestAuthentication accepts
+    (``kfrelease.k8s.render.kubeflow.oauth2_proxy_kustomization``). The gateway's
+    ``kfrelease-production-replay`` policy admits that route for this identity only; the same token at KFP is
+    the release driver, which holds no KFP right (tests/manifests/test_rbac.py)."""
+    from kfrelease.kfp_submit import TOKEN_AUDIENCE
+
+    return {
+        "env": [
+            {"name": "KFRELEASE_INGRESS_GATEWAY_URL", "value": INGRESS_GATEWAY_URL},
+            {"name": "KFRELEASE_REPLAY_TOKEN_PATH", "value": f"{REPLAY_TOKEN_DIR}/token"},
+        ],
+        "volumes": [
+            {
+                "name": "kfrelease-replay-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "path": "token",
+                                "expirationSeconds": 3600,
+                                "audience": TOKEN_AUDIENCE,
+                            }
+                        }
+                    ]
+                },
+            }
+        ],
+        "volumeMounts": [{"name": "kfrelease-replay-token", "mountPath": REPLAY_TOKEN_DIR, "readOnly": True}],
+    }
 
 
 def kfp_api_access(ns: str) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, Environment
+from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, RELEASE_NS, Environment
 from kfrelease.k8s.render.inference import (
     KNATIVE_USER_PORT_NAME,
     PREDICTOR_PORT_NAME,
@@ -20,8 +20,8 @@ from kfrelease.k8s.render.inference import (
     render_release_service,
     render_serving_runtime,
 )
-from kfrelease.k8s.render.mesh import serving_policies
-from kfrelease.k8s.render.platform import PART_OF, release_driver_rbac, s3_env, service_account
+from kfrelease.k8s.render.mesh import replay_gateway_policy, serving_policies
+from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
 from kfrelease.monitoring.rules import render_prometheus_rule
 from kfrelease.rollout.spec import RolloutSpec
 
@@ -155,6 +155,7 @@ def serving_documents(
         *serving_policies(
             ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback", clients=env.mesh_clients
         ),
+        replay_gateway_policy(env.oidc_issuer, RELEASE_NS, RELEASE_DRIVER_SA),
         *http_service(
             "kfrelease-logsink",
             ns,
