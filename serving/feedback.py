@@ -13,6 +13,12 @@ that role).
 The request id is the one the gateway returns to the client as ``x-request-id`` (and logs as the
 CloudEvent id), so the lake's ``read_labels`` joins ``read_predictions`` on (request_id, instance)
 (``kfrelease.lake``).
+
+Label provenance (``LabelSources``): a label is stored only from a declared label source, and carries that source
+(the ``source`` column). On the embedded stack a request names its source by a bearer token declared under the
+data dir (``kfrelease.access.credentials``, ``label-sources.json``, mode 0600); on a cluster by the caller's mesh
+identity, declared as the feedback AuthorizationPolicy declares it (``kfrelease.k8s.render.mesh.label_sources``).
+Anything else gets a 403 JSON message saying how to post as a declared source; nothing is stored.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import datetime as dt
 import logging
 import math
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import orjson
 import pandas as pd
@@ -41,6 +49,77 @@ MAX_TRUTH_VALUES = 10_000
 
 class InvalidFeedback(KfreleaseError):
     """A feedback record that cannot be stored; answered with 400."""
+
+
+class UndeclaredSource(KfreleaseError):
+    """Labels from a source that is not declared; answered with 403."""
+
+
+#: The header Istio's sidecar sets on every request it lets into the pod: its inbound HTTP connection manager
+#: appends the mTLS peer's certificate details, URI SAN included (``forward_client_cert_details: APPEND_FORWARD``,
+#: ``set_current_client_cert_details: {subject, uri, dns}``: istio/istio ``pilot/pkg/networking/core``
+#: ``buildSidecarInboundHTTPOpts``). The last element is the direct peer's, which the sidecar itself wrote.
+XFCC_HEADER = "x-forwarded-client-cert"
+#: What Kubeflow's gateway sets from the verified token (``m2m-token-issuer``: ``sub``; ``dex-jwt``: ``email``):
+#: the user behind a request the ingress gateway forwards.
+USER_HEADER = "kubeflow-userid"
+
+
+def peer_principal(xfcc: str | None) -> str | None:
+    """The direct peer's mesh principal (``<trust domain>/ns/<ns>/sa/<sa>``) from the last element of an
+    ``x-forwarded-client-cert`` header (``By=...;Hash=...;Subject="";URI=spiffe://<principal>``), else None."""
+    if not xfcc:
+        return None
+    last = xfcc.split(",")[-1]
+    for part in last.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "uri" and value.strip('"').startswith("spiffe://"):
+            return value.strip('"')[len("spiffe://") :]
+    return None
+
+
+@dataclass(frozen=True)
+class LabelSources:
+    """Who may label, and how a request says who it is (see the module docstring): ``tokens`` (a callable
+    returning token -> name, read on each request so a newly declared source counts at once) on the embedded
+    stack; ``principals`` and ``namespaces`` (mesh identities) on a cluster."""
+
+    tokens: Callable[[], Mapping[str, str]] | None = None
+    principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    where: str = ""  # where the declared tokens are kept, for the refusal's message
+
+    @property
+    def mesh(self) -> bool:
+        return bool(self.principals or self.namespaces)
+
+    def source_of(self, headers: Mapping[str, str]) -> str:
+        """The declared source a request comes from; raises ``UndeclaredSource`` saying what to do."""
+        if self.mesh:
+            peer = peer_principal(headers.get(XFCC_HEADER))
+            ns = peer.split("/")[2] if peer and peer.count("/") >= 4 else None
+            if peer and (peer in self.principals or ns in self.namespaces):
+                user = headers.get(USER_HEADER)
+                return f"{peer} user={user}" if user and peer in self.principals else peer
+            declared = ", ".join([*self.principals, *(f"namespace {n}" for n in self.namespaces)])
+            raise UndeclaredSource(
+                f"labels from {peer or 'a caller without a mesh identity'} are not accepted: ground truth decides "
+                f"the release gates, so only declared label sources may post it ({declared}); post through the "
+                "model's release host (the ingress gateway) or from a namespace listed in mesh_clients of "
+                "manifests/sources/environments.yaml; nothing was stored"
+            )
+        auth = headers.get("authorization", "")
+        token = auth[len("Bearer ") :].strip() if auth.startswith("Bearer ") else ""
+        name = (self.tokens() if self.tokens else {}).get(token) if token else None
+        if name:
+            return name
+        raise UndeclaredSource(
+            f"labels {'with an unknown token' if token else 'without a label source token'} are not accepted: "
+            "ground truth decides the release gates, so only declared label sources may post it; send "
+            "'Authorization: Bearer <token>' with a declared source's token (kept in "
+            f"{self.where or 'the data dir'}: kfrelease.access.credentials.ensure_label_source(settings, name) "
+            "declares one); nothing was stored"
+        )
 
 
 def _now() -> str:
@@ -95,17 +174,21 @@ def feedback_record(doc, default_model: str | None, where: str = "the record") -
     return {"request_id": rid, "truth": truth, "time": when or _now(), "model": model}
 
 
-def write_feedback(store: ObjectStore, model: str, records: list[dict]) -> str:
-    """Write checked records as Parquet batches (for bulk labels); returns the key of the first."""
+def write_feedback(store: ObjectStore, model: str, records: list[dict], source: str) -> str:
+    """Write checked records as Parquet batches (labels held in bulk, with the store of the ``serving`` role,
+    the only one that may write ``feedback``), each carrying ``source``; returns the key of the first."""
     from kfrelease.lake.write import write_records
 
-    lines = [feedback_record({**r, "model": model}, model, f"record {i}") for i, r in enumerate(records)]
+    lines = [
+        {**feedback_record({**r, "model": model}, model, f"record {i}"), "source": source}
+        for i, r in enumerate(records)
+    ]
     if not lines:
         raise InvalidFeedback("no feedback records to write")
     return write_records(store, BUCKET, model, lines, origin=f"bulk:{uuid.uuid4()}")[0]
 
 
-def create_app(writer: BatchWriter, default_model: str):
+def create_app(writer: BatchWriter, default_model: str, sources: LabelSources):
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response
@@ -113,12 +196,17 @@ def create_app(writer: BatchWriter, default_model: str):
 
     records_total = Counter(
         "kfrelease_feedback_records",
-        "Feedback records, by result (stored, invalid).",
+        "Feedback records, by result (stored, invalid, undeclared source).",
         ["result"],
     )
     max_body = 4 * 1024 * 1024
 
     async def post(request):
+        try:
+            source = sources.source_of(request.headers)
+        except UndeclaredSource as exc:
+            records_total.labels("undeclared").inc()
+            return JSONResponse({"error": str(exc)}, 403)
         body = await request.body()
         if len(body) > max_body:
             return JSONResponse({"error": f"body is {len(body)} bytes; the limit is {max_body}"}, 413)
@@ -131,11 +219,10 @@ def create_app(writer: BatchWriter, default_model: str):
             if not docs:
                 raise InvalidFeedback("the list of feedback records is empty")
             lines = [
-                feedback_record(
-                    d,
-                    default_model,
-                    f"record {i}" if isinstance(doc, list) else "the record",
-                )
+                {
+                    **feedback_record(d, default_model, f"record {i}" if isinstance(doc, list) else "the record"),
+                    "source": source,
+                }
                 for i, d in enumerate(docs)
             ]
         except InvalidFeedback as exc:
@@ -173,9 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model", default=None, help="model of records that name none (default: such records are refused)")
     p.add_argument("--flush-interval", type=float, default=2.0)
+    p.add_argument(
+        "--source-principal",
+        action="append",
+        default=[],
+        help="a declared label source by mesh principal (cluster; repeat); with none, sources are the data dir's tokens",
+    )
+    p.add_argument("--source-namespace", action="append", default=[], help="a declared label source by namespace")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    if args.source_principal or args.source_namespace:
+        sources = LabelSources(principals=tuple(args.source_principal), namespaces=tuple(args.source_namespace))
+    else:
+        from kfrelease.access.credentials import ensure_label_source, label_source_tokens, label_sources_path
+
+        ensure_label_source(settings)  # the stack's own clients' source
+        sources = LabelSources(tokens=lambda: label_source_tokens(settings), where=str(label_sources_path(settings)))
     writer = BatchWriter(
         store_for("serving", settings),
         BUCKET,
@@ -185,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     writer.start()
     try:
         uvicorn.run(
-            create_app(writer, args.model),
+            create_app(writer, args.model, sources),
             host=args.host,
             port=args.port or settings.port("feedback"),
             log_level="warning",

@@ -52,3 +52,50 @@ def load_credentials(settings: Settings, identity: str) -> Credentials:
         ) from None
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"credentials file {path} is unreadable ({exc}); delete it and run `kfrelease up`") from None
+
+
+#: Declared label sources of the embedded stack (name -> bearer token), one file, mode 0600: the feedback
+#: service counts a label only when its request carries one of these tokens (``kfrelease.serving.feedback``).
+LABEL_SOURCES = "label-sources"
+#: The label source of the stack's own clients (the demo's and the tests' traffic).
+DEFAULT_LABEL_SOURCE = "clients"
+
+
+def label_sources_path(settings: Settings) -> Path:
+    return _path(settings, LABEL_SOURCES)
+
+
+def label_source_tokens(settings: Settings) -> dict[str, str]:
+    """Token -> label source name, as declared under the data dir ({} when none is)."""
+    path = label_sources_path(settings)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"label sources file {path} is unreadable ({exc}); delete it and run `kfrelease up`"
+        ) from None
+    return {token: name for name, token in (doc.get("sources") or {}).items()}
+
+
+def ensure_label_source(settings: Settings, name: str = DEFAULT_LABEL_SOURCE) -> str:
+    """The bearer token of label source ``name``, declaring it once (file mode 0600, written whole)."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"label source name {name!r} must be letters, digits, '-' or '_'")
+    existing = {n: t for t, n in label_source_tokens(settings).items()}
+    if name in existing:
+        return existing[name]
+    settings.credentials_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.credentials_dir, 0o700)
+    existing[name] = secrets.token_urlsafe(30)
+    path = label_sources_path(settings)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"sources": existing}, fh)
+    os.replace(tmp, path)
+    declared = {n: t for t, n in label_source_tokens(settings).items()}
+    if name not in declared:  # another process declared a source at the same moment: declare it again
+        return ensure_label_source(settings, name)
+    return declared[name]

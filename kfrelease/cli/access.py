@@ -58,3 +58,16 @@ def register(cli: click.Group) -> None:
                 console.print(f"wrote {path}")
         else:
             click.echo(json.dumps(docs, indent=2))
+
+    @access.command("label-source")
+    @click.argument("name", default="clients")
+    def label_source(name: str) -> None:
+        """Declare label source NAME on the embedded stack (once) and print its bearer token.
+
+        The feedback service stores ground truth only from declared label sources (both release gates decide
+        on it): send `Authorization: Bearer <token>` with every POST /v1/feedback. The tokens are kept under
+        the data dir (credentials/label-sources.json, mode 0600). On a cluster the sources are mesh identities
+        (manifests/sources/environments.yaml: mesh_clients, and the ingress gateway)."""
+        from kfrelease.access.credentials import ensure_label_source
+
+        click.echo(ensure_label_source(Settings.from_env(), name))

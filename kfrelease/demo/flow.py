@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from kfrelease.access.credentials import ensure_label_source
 from kfrelease.cli.output import console
 from kfrelease.cli.stack import start_stack
 from kfrelease.config import Settings
@@ -317,7 +318,14 @@ def _trained_and_released(
 
 def _start_traffic(ctx: DemoContext, model: str = "diabetes-progression", wait_served: float | None = None) -> None:
     rows = friedman_rows() if model == SECOND_MODEL else None
-    gen = TrafficGenerator(ctx.settings.url("gateway"), ctx.settings.url("feedback"), model, rows=rows, **TRAFFIC)
+    gen = TrafficGenerator(
+        ctx.settings.url("gateway"),
+        ctx.settings.url("feedback"),
+        model,
+        rows=rows,
+        label_token=ensure_label_source(ctx.settings),
+        **TRAFFIC,
+    )
     ctx.state.setdefault("traffic", {})[model] = gen.start(wait_served=wait_served)
 
 

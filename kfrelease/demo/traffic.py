@@ -148,6 +148,7 @@ class TrafficGenerator:
         threads: int = 2,
         rows: list[tuple[list[float] | dict, float]] | None = None,
         v2_every: int = 0,
+        label_token: str | None = None,
     ):
         if rate <= 0 or max_requests < 1 or max_seconds <= 0:
             raise ConfigError("demo traffic needs a rate above 0 and positive bounds")
@@ -157,6 +158,8 @@ class TrafficGenerator:
         self.infer_url = _local(gateway_url).rstrip("/") + f"/v2/models/{model}/infer"
         self.v2_every = v2_every
         self.feedback_url = _local(feedback_url).rstrip("/") + "/v1/feedback"
+        # the label source the feedback service counts these labels from (kfrelease.access.credentials)
+        self.label_headers = {"authorization": f"Bearer {label_token}"} if label_token else {}
         self.model, self.rate, self.max_requests, self.max_seconds = (
             model,
             rate,
@@ -337,7 +340,7 @@ class TrafficGenerator:
                     empty = not self._labels
                 if batch:
                     try:
-                        r = client.post(self.feedback_url, json=batch)
+                        r = client.post(self.feedback_url, json=batch, headers=self.label_headers)
                         r.raise_for_status()
                         with self._lock:
                             self._stats.labelled += len(batch)

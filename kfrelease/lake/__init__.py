@@ -68,8 +68,10 @@ def read_predictions(
 
 
 def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
-    """Ground truth of ``model`` (label time in ``[since, until)``): ``request_id, instance, truth, time``,
-    every label (a request labelled twice keeps both rows; ``latest_truth`` picks one)."""
+    """Ground truth of ``model`` (label time in ``[since, until)``): ``request_id, instance, truth, time,
+    source``, every label (a request labelled twice keeps both rows; ``latest_truth`` picks one). ``source`` is
+    the declared label source that posted it (``kfrelease.serving.feedback.LabelSources``; null in files written
+    before labels carried one)."""
     from kfrelease.lake import read as R
     from kfrelease.lake.engine import _files_view, connect
     from kfrelease.lake.schema import LABEL_BUCKET, LABEL_SCHEMA
@@ -81,7 +83,11 @@ def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
     _files_view(con, "labels", files, LABEL_SCHEMA)
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     where = J._time_filter("time", lo, hi, J.DUCKDB)
-    frame = con.execute(f"SELECT request_id, instance, truth, time FROM labels WHERE {where} ORDER BY time").df()
+    has_source = "source" in {row[0] for row in con.execute("DESCRIBE labels").fetchall()}
+    source = "source" if has_source else "CAST(NULL AS VARCHAR) AS source"
+    frame = con.execute(
+        f"SELECT request_id, instance, truth, time, {source} FROM labels WHERE {where} ORDER BY time"
+    ).df()
     return _typed(frame)
 
 

@@ -70,6 +70,10 @@ LABEL_SCHEMA = pa.schema(
         ("instance", pa.int32()),
         ("truth", pa.float64()),
         ("time", TIME),
+        # who posted the label: a declared label source (``kfrelease.serving.feedback.LabelSources``: a token's
+        # name on the embedded stack, the caller's mesh principal on a cluster). Added after schema version 2:
+        # files without it read as null (union by name).
+        ("source", pa.string()),
     ]
 )
 
@@ -152,6 +156,7 @@ def label_rows(record: dict) -> list[dict]:
             "instance": i,
             "truth": _float(v),
             "time": t,
+            "source": record.get("source"),
         }
         for i, v in enumerate(values)
     ]

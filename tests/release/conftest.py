@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from kfrelease.access.credentials import ensure_label_source
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.lake import read_predictions
 from kfrelease.rollout.spec import CheckSpec, load_rollout_spec
@@ -62,6 +63,7 @@ def traffic(settings, model: str, rows=None, wait_served: float | None = None, r
         max_seconds=240,
         truth_delay=0.3,
         rows=rows,
+        label_token=ensure_label_source(settings),
     ).start(wait_served=wait_served)
 
 

@@ -30,6 +30,7 @@ import httpx
 import pytest
 import yaml
 
+from kfrelease.access.credentials import ensure_label_source
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_of, holdout_of
@@ -175,6 +176,7 @@ def test_a_categorical_model_goes_from_merge_to_production_and_a_slice_gate_stop
         truth_delay=0.3,
         rows=client_rows(),
         v2_every=4,
+        label_token=ensure_label_source(settings),
     ).start()
     try:
         # merge 2 (better): shadow gate, canary steps, promoted

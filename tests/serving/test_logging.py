@@ -13,6 +13,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source, label_sources_path
 from kfrelease.config import Settings
 from kfrelease.lake import read_labels, read_predictions
 from kfrelease.lake.read import stored_rows
@@ -88,7 +89,8 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     settings, url, store = serving["settings"], serving["url"], serving["store"]
     rows = curated_frame().iloc[100:130]
     ids = [f"join-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
-    with httpx.Client(timeout=30) as client:
+    label_source = {"authorization": f"Bearer {ensure_label_source(settings)}"}  # the stack's clients' source
+    with httpx.Client(timeout=30, headers=label_source) as client:
         answers = [_predict(client, url, r, rid) for r, rid in zip(rows[FEATURES].values.tolist(), ids)]
         assert all(a.status_code == 200 for a in answers)
         assert [a.headers["x-request-id"] for a in answers] == ids
@@ -120,6 +122,48 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     assert both["prediction"].tolist() == expected_predictions(serving["model_dir"], rows)
     assert set(both["model_version"]) == {"V3.1.0"} and set(both["stage"]) == {"production"}
     assert both[FEATURES].values.tolist() == rows[FEATURES].values.tolist()
+    assert set(both["source"]) == {DEFAULT_LABEL_SOURCE}  # each label carries who posted it
+
+
+def test_only_declared_label_sources_may_post_ground_truth(serving):
+    """Ground truth decides both release gates: a label without a declared source's token (or with a token no
+    source holds) is refused with a 403 JSON message saying how to post, and nothing is stored; a newly declared
+    source counts at once, and its labels say it posted them. The tokens are the data dir's, mode 0600."""
+    settings, store = serving["settings"], serving["store"]
+    url = settings.url("feedback", "/v1/feedback")
+    rid = f"provenance-{uuid.uuid4().hex[:8]}"
+    path = label_sources_path(settings)
+    ensure_label_source(settings)
+    assert path.stat().st_mode & 0o777 == 0o600
+    for headers in ({}, {"authorization": "Bearer not-a-declared-token"}, {"authorization": "Basic eDp5"}):
+        r = httpx.post(url, json={"request_id": rid, "truth": 1.0, "model": MODEL}, headers=headers, timeout=30)
+        assert r.status_code == 403, (headers, r.status_code, r.text)
+        error = r.json()["error"]
+        assert "Authorization: Bearer" in error and str(path) in error and "nothing was stored" in error
+    engineers = ensure_label_source(settings, "data-engineering")
+    assert path.stat().st_mode & 0o777 == 0o600
+    r = httpx.post(
+        url,
+        json=[{"request_id": rid, "truth": 2.0, "model": MODEL}],
+        headers={"authorization": f"Bearer {engineers}"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json() == {"stored": 1}
+
+    def stored():
+        got = read_labels(store, MODEL)
+        got = got[got["request_id"] == rid]
+        return (got,) if len(got) else None  # a 1-tuple: eventually tests its value's truth
+
+    (labels,) = eventually(stored, 30, "the declared source's label stored")
+    assert labels[["truth", "source"]].values.tolist() == [[2.0, "data-engineering"]]  # the refused ones: none
+    with pytest.raises(httpx.HTTPStatusError):  # a client cannot name its own source
+        httpx.post(
+            url,
+            json={"request_id": rid, "truth": 3.0, "model": MODEL, "source": "data-engineering"},
+            headers={"authorization": f"Bearer {ensure_label_source(settings)}"},
+            timeout=30,
+        ).raise_for_status()
 
 
 def test_spooled_events_survive_a_predictor_restart_and_refused_ones_do_not_block(serving, tmp_path):

@@ -26,7 +26,9 @@ the controllers that turn rendered objects into running things, and runs the thi
   AuthorizationPolicies and Kubeflow's ``global-deny-all`` (``kfrelease.k8s.policy.istio.decide``) on the
   peer identity its caller's proxy presents (``x-twin-peer``: mTLS establishes it in the mesh; here only the
   twin's own proxies set it, a request without it has no identity as plain text has none), and answers 403
-  ``RBAC: access denied`` as Envoy does.
+  ``RBAC: access denied`` as Envoy does. What it lets in carries the peer's identity in
+  ``x-forwarded-client-cert`` (Istio's sidecar inbound: ``APPEND_FORWARD`` with the URI SAN, istio/istio
+  ``pilot/pkg/networking/core`` ``buildSidecarInboundHTTPOpts``; without mTLS Envoy forwards none).
 - **Routing** (``nginx_config``): nginx built from the rendered VirtualService (its prefix matches, weighted
   destinations, ``mirror`` and ``mirrorPercentage``, request header sets, timeout; Envoy's ``-shadow`` Host of
   a mirrored copy) in two roles: Istio's ingress gateway (peer identity the gateway's) and an in-mesh client's
@@ -86,11 +88,12 @@ import yaml
 
 from kfrelease.k8s.policy.istio import Request, Workload, decide
 from kfrelease.k8s.render.inference import predictor_service
-from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS
+from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS, principal
 from tests.waiting import eventually
 
 MODEL_VOLUME = "/mnt/models"
 PEER_HEADER = "x-twin-peer"
+XFCC = "x-forwarded-client-cert"
 
 
 def free_port() -> int:
@@ -429,7 +432,11 @@ class Sidecar:
                 sidecar.decisions.append(Decision(peer, self.command, self.path, self.headers.get("host", ""), ok, why))
                 if not ok:
                     return self._answer(403, b"RBAC: access denied", "text/plain")
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in (PEER_HEADER, "connection")}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in (PEER_HEADER, "connection", XFCC)}
+                if peer:  # Envoy's APPEND_FORWARD: the peer's certificate details after any it was sent
+                    own = f"spiffe://{principal(sidecar.pod.namespace, sidecar.pod.service_account)}"
+                    sent = self.headers.get(XFCC)
+                    headers[XFCC] = (f"{sent}," if sent else "") + f'By={own};Hash=0;Subject="";URI=spiffe://{peer}'
                 target = sidecar.pod.agent.port if sidecar.pod.agent else sidecar.pod.port
                 conn = http.client.HTTPConnection("127.0.0.1", target, timeout=30)
                 try:
@@ -946,7 +953,7 @@ def nginx_config(
         # the ALB forwards to the gateway's Service: its filters (``Gateway``) first, then its routing
         f"    location / {{ proxy_pass http://127.0.0.1:{ports['ingress']}; proxy_set_header Host $host; }} }}",
     ]
-    for role, principal in routes:
+    for role, identity in routes:
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]} default_server; return 404; }}")
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]}; server_name {hosts};")
         by_location: dict[str, list[tuple[int, tuple[str, str] | None]]] = {}
@@ -967,12 +974,12 @@ def nginx_config(
                 loc = f"^~ {uri['prefix']}" if "prefix" in uri else f"= {uri['exact']}"
                 by_location.setdefault(loc, []).append((i, condition))
 
-        def route_body(i: int, role: str = role, principal: str = principal) -> list[str]:
+        def route_body(i: int, role: str = role, identity: str = identity) -> list[str]:
             _, route, target, mirror = blocks[i]
             host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
             body = [f"      mirror /_mirror_{role}_{i};"] if mirror else []
             body += [
-                f'      proxy_set_header {PEER_HEADER} "{principal}";',
+                f'      proxy_set_header {PEER_HEADER} "{identity}";',
                 f"      proxy_set_header Host {host_set.get('Host', '$host')};",
                 "      proxy_set_header x-request-id $twin_request_id;",
                 *[
@@ -1018,7 +1025,7 @@ def nginx_config(
                     f"    location = /_mirror_{role}_{i} {{",
                     "      internal;",
                     f'      if ($mirror_{i} = "") {{ return 204; }}',
-                    f'      proxy_set_header {PEER_HEADER} "{principal}";',
+                    f'      proxy_set_header {PEER_HEADER} "{identity}";',
                     "      proxy_set_header Host $host-shadow;",  # Envoy's Host of a mirrored copy
                     *headers_set,  # the copy has the route's headers (finalized before shadowing: envoyproxy/envoy#8138)
                     f"      proxy_pass http://{_service_of(mirror['host'])}$request_uri;",
@@ -1196,8 +1203,6 @@ class Twin:
         """A POST from ``pod`` to a Service URL inside the mesh: through the pod's outbound sidecar, which
         presents the pod's service-account identity to the destination's sidecar."""
         from urllib.parse import urlsplit
-
-        from kfrelease.k8s.render.mesh import principal
 
         u = urlsplit(url)
         ports = self.service_ports(_service_of(u.hostname or ""))

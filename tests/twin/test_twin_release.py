@@ -49,6 +49,7 @@ from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, ROOT_NS, principal, reque
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, RELEASE_DRIVER_STEP, STEP_LABEL
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.kfp_submit import TOKEN_AUDIENCE
+from kfrelease.lake import read_labels
 from kfrelease.registry.artifact import model_format
 from kfrelease.release.checks import render_query
 from kfrelease.release.controller import ReleaseController
@@ -273,6 +274,14 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert all(status == 200 for a in agents for _, _, status in a.sent), [a.sent[:3] for a in agents]
     assert verdict.decision == "pass", verdict.summary()
     assert verdict.evidence["n"] >= rule.min_labelled_samples and verdict.evidence["test"]["n"] > 0
+    # each label carries who posted it: the mesh identity the feedback pod's sidecar passed on (the gateway for
+    # the client outside, the in-mesh client's own), both declared label sources of the rendered Deployment
+    (stored,) = eventually(  # a 1-tuple: eventually tests its value's truth, which a DataFrame refuses
+        lambda: (got,) if len(got := read_labels(store, SPEC.model, since=since)) >= 80 else None,
+        30,
+        "the 80 labels stored",
+    )
+    assert len(stored) == 80 and set(stored["source"]) == {INGRESS_GATEWAY, twin.client_principal}
     sink = next(p for p in twin.services.values() if p.labels["app.kubernetes.io/name"] == "kfrelease-logsink")
     assert {d.peer for d in sink.sidecar.decisions} == {principal(SPEC.serving.namespace, "kfrelease-predictor")}
     assert all(d.allowed for d in sink.sidecar.decisions)

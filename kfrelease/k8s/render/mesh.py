@@ -109,6 +109,23 @@ def _scrape() -> dict:
     return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
 
 
+def label_sources(clients: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """The declared label sources of a cluster, as (principals, namespaces): the ingress gateway (clients
+    outside post through the model's release host) and the ``mesh_clients`` namespaces. The feedback
+    AuthorizationPolicy admits exactly these, and the feedback service records which one posted each label
+    (its ``--source-principal`` / ``--source-namespace`` arguments): one declaration for both."""
+    return [INGRESS_GATEWAY], sorted(clients)
+
+
+def label_source_args(clients: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The feedback service's arguments declaring ``label_sources``."""
+    principals, namespaces = label_sources(clients)
+    return (
+        *[a for p in principals for a in ("--source-principal", p)],
+        *[a for n in namespaces for a in ("--source-namespace", n)],
+    )
+
+
 def serving_policies(
     ns: str, predictor_sa: str, logsink: str, feedback: str, clients: tuple[str, ...] = ()
 ) -> list[dict]:
@@ -118,6 +135,7 @@ def serving_policies(
     shadow come from their own identity, not the ingress gateway's (Envoy mirrors in the router of the proxy
     that routes the request: istio/istio ``pilot/pkg/networking/core/route/route.go`` ``mirror``)."""
     from_clients, labels_from_clients = [], []
+    label_principals, label_namespaces = label_sources(clients)
     if clients:
         from_clients = [
             {
@@ -129,7 +147,7 @@ def serving_policies(
         # their sidecars too (gateway ``mesh``), so the request arrives with their identity
         labels_from_clients = [
             {
-                "from": [{"source": {"namespaces": sorted(clients)}}],
+                "from": [{"source": {"namespaces": label_namespaces}}],
                 "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
             }
         ]
@@ -170,7 +188,7 @@ def serving_policies(
             {"app.kubernetes.io/name": feedback},
             [
                 {
-                    "from": [{"source": {"principals": [INGRESS_GATEWAY]}}],
+                    "from": [{"source": {"principals": label_principals}}],
                     "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
                 },
                 *labels_from_clients,

@@ -276,9 +276,10 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 # spec.canary) and its model domain (the VirtualService's hosts, as the bootstrap rendered them)
                 {"name": "KFRELEASE_KSERVE_VERSION", "value": env.kserve_version},
                 {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
-                *replay_access()["env"],
             ]
-            spec["volumes"], spec["volumeMounts"] = replay_access()["volumes"], replay_access()["volumeMounts"]
+            replay = replay_access()
+            spec["env"] += replay["env"]
+            spec["volumes"], spec["volumeMounts"] = replay["volumes"], replay["volumeMounts"]
         docs.append(
             {
                 "apiVersion": "kubeflow.org/v1alpha1",

@@ -20,7 +20,7 @@ from kfrelease.k8s.render.inference import (
     render_release_service,
     render_serving_runtime,
 )
-from kfrelease.k8s.render.mesh import replay_gateway_policy, serving_policies
+from kfrelease.k8s.render.mesh import label_source_args, replay_gateway_policy, serving_policies
 from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
 from kfrelease.monitoring.rules import render_prometheus_rule
 from kfrelease.rollout.spec import RolloutSpec
@@ -175,6 +175,7 @@ def serving_documents(
             1,
             serving_sa,
             env.project_image,
+            extra_args=label_source_args(env.mesh_clients),
         ),
     ]
 
