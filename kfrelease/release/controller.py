@@ -202,10 +202,10 @@ def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServe
       release VirtualService's ``replay`` route sends it to production's predictor alone
       (``kfrelease.k8s.render.inference.replay_destination``), and the gateway admits it for the release
       driver only (``kfrelease.k8s.render.mesh.replay_gateway_policy``). A predictor Service cannot be called
-      directly: KFP runs the step without a sidecar (kubeflow/pipelines#14468), so under Kubeflow's
-      ``global-deny-all`` the predictors' ALLOW policy refuses it, and ``<isvc>-predictor`` is not production's
-      alone (KServe 0.20's named predictors have ``<isvc>-<predictor>-predictor``; in Serverless it splits
-      between the two revisions during the canary)."""
+      directly: KFP runs the step without a sidecar (kubeflow/pipelines#14468), so in RawDeployment the
+      predictors' ALLOW policy under Kubeflow's ``global-deny-all`` refuses it (and KServe 0.20's named
+      predictors have ``<isvc>-<predictor>-predictor``); in Serverless ``<isvc>-predictor`` passes through
+      Knative's local gateway but splits between the two revisions during the canary, silently."""
     if on_cluster():
         from kfrelease.k8s.render.inference import DEFAULT_DOMAIN, REPLAY_HEADER, REPLAY_VALUE, client_hosts
         from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
