@@ -421,7 +421,7 @@ def test_a_standard_canary_gets_no_traffic_until_its_own_pods_are_available():
         polls["n"] += 1
         kserve_controller.reconcile()
         vs = cluster.objects[("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")]
-        hosts = [r["destination"]["host"] for r in vs["spec"]["http"][0].get("route") or []]
+        hosts = [r["destination"]["host"] for r in predict_route(vs).get("route") or []]
         if not available(canary_deployment) and any(h.startswith(canary_deployment) for h in hosts):
             routed_while_unavailable.append(hosts)
 
@@ -430,7 +430,7 @@ def test_a_standard_canary_gets_no_traffic_until_its_own_pods_are_available():
     d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
     assert polls["n"] >= 3 and routed_while_unavailable == []
     vs = cluster.objects[("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")]
-    assert [r["weight"] for r in vs["spec"]["http"][0]["route"]] == [90, 10]
+    assert [r["weight"] for r in predict_route(vs)["route"]] == [90, 10]
     (prod,) = isvcs(cluster, RAW).values()
     assert {s["name"]: s["ready"] for s in prod["status"]["canaryStatuses"]} == {"v1-2-0": True}
 
