@@ -13,6 +13,7 @@ from kfrelease.k8s.render.mesh import (
     INGRESS_GATEWAY,
     KNATIVE_ACTIVATOR,
     KNATIVE_AUTOSCALER,
+    LOCAL_GATEWAY,
     ROOT_NS,
     principal,
     replay_gateway_policy,
@@ -38,6 +39,8 @@ NEEDED = {
     "client via the gateway to a v2 endpoint": Request(PREDICTOR, 8080, "/v2/models/m/infer", "POST", INGRESS_GATEWAY),
     "Envoy's mirror to the shadow": Request(SHADOW, 9081, PREDICT, "POST", INGRESS_GATEWAY),
     "Knative activator to the queue-proxy": Request(PREDICTOR, 8012, "/", "GET", KNATIVE_ACTIVATOR),
+    # review L2: with the activator out of the path, Serverless requests arrive from Kubeflow's cluster-local-gateway
+    "Knative's local gateway to the queue-proxy": Request(PREDICTOR, 8012, PREDICT, "POST", LOCAL_GATEWAY),
     "Knative autoscaler scraping the queue-proxy": Request(PREDICTOR, 9090, "/metrics", "GET", KNATIVE_AUTOSCALER),
     "KServe agent to the log sink": Request(SINK, 8080, "/", "POST", AGENT),
     "client via the gateway posting ground truth": Request(FEEDBACK, 8080, "/v1/feedback", "POST", INGRESS_GATEWAY),
@@ -62,6 +65,8 @@ REFUSED = {
         PREDICTOR, 8080, PREDICT, "POST", KNATIVE_ACTIVATOR
     ),
     "a predictor posting ground truth": Request(FEEDBACK, 8080, "/v1/feedback", "POST", AGENT),
+    "the local gateway past the queue-proxy": Request(PREDICTOR, 8080, PREDICT, "POST", LOCAL_GATEWAY),
+    "the local gateway to the queue-proxy's metrics": Request(PREDICTOR, 9090, "/metrics", "GET", LOCAL_GATEWAY),
     "an in-mesh client writing prediction logs": Request(SINK, 8080, "/", "POST", SHOP),
     "an in-mesh client on feedback's other paths": Request(FEEDBACK, 8080, "/admin", "POST", SHOP),
 }

@@ -9,14 +9,14 @@ renders those, one per workload kind, each allowing only the flows the release n
 
 | to | from | ports, paths |
 | --- | --- | --- |
-| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the pods of the environment's ``mesh_clients`` namespaces (their own sidecars route and mirror), the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
+| predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the pods of the environment's ``mesh_clients`` namespaces (their own sidecars route and mirror), Knative's local gateway, the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); local gateway: model API paths on the queue-proxy; activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
 | log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
 | feedback | the ingress gateway (clients post ground truth), the pods of the ``mesh_clients`` namespaces (through their own sidecars) | ``POST /v1/feedback`` on 8080 |
 | all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
 
 Ports are the workload's (container) ports, as Istio matches them on the inbound side; principals are
 ``<trust domain>/ns/<ns>/sa/<sa>`` (the workloads of kubeflow/manifests: gateway
-``istio-system/istio-ingressgateway-service-account``, which also serves ``knative-local-gateway``;
+``istio-system/istio-ingressgateway-service-account``; ``knative-local-gateway`` (Serverless): ``LOCAL_GATEWAY``;
 activator ``knative-serving/activator``; autoscaler ``knative-serving/controller``: ``serving-core.yaml``).
 
 At the ingress gateway, ``replay_gateway_policy`` (a DENY in ``istio-system``) keeps the release
@@ -45,6 +45,13 @@ ROOT_NS = "istio-system"
 TRUST_DOMAIN = "cluster.local"
 INGRESS_GATEWAY = f"{TRUST_DOMAIN}/ns/istio-system/sa/istio-ingressgateway-service-account"
 KNATIVE_ACTIVATOR = f"{TRUST_DOMAIN}/ns/knative-serving/sa/activator"
+#: The pods behind ``knative-local-gateway`` in Kubeflow's install: ``example/kustomization.yaml`` (v1.11.0, 26.03)
+#: takes ``common/knative/knative-serving/overlays/gateways``, whose ``gateway-selector-in-istio-system.yaml`` points
+#: that Service at ``app: cluster-local-gateway`` (``common/istio/cluster-local-gateway/base/cluster-local-gateway.yaml``:
+#: ``serviceAccountName: cluster-local-gateway-service-account``). In Serverless a request the ingress gateway (or an
+#: in-mesh client) sends to a predictor's host reaches its queue-proxy from there whenever the activator is not in
+#: the path (spare capacity above ``target-burst-capacity``).
+LOCAL_GATEWAY = f"{TRUST_DOMAIN}/ns/istio-system/sa/cluster-local-gateway-service-account"
 KNATIVE_AUTOSCALER = f"{TRUST_DOMAIN}/ns/knative-serving/sa/controller"
 #: KServe's pod label of every predictor pod (``pkg/constants/constants.go`` ``KServiceComponentLabel``).
 PREDICTOR_SELECTOR = {"component": "predictor"}
@@ -162,6 +169,10 @@ def serving_policies(
                     "to": [{"operation": {"ports": PREDICTOR_PORTS, "paths": MODEL_PATHS}}],
                 },
                 *from_clients,
+                {
+                    "from": [{"source": {"principals": [LOCAL_GATEWAY]}}],
+                    "to": [{"operation": {"ports": ["8012"], "paths": MODEL_PATHS}}],
+                },
                 {"from": [{"source": {"principals": [KNATIVE_ACTIVATOR]}}], "to": [{"operation": {"ports": ["8012"]}}]},
                 {
                     "from": [{"source": {"principals": [KNATIVE_AUTOSCALER]}}],
