@@ -26,6 +26,7 @@ PIECES = [
     "0.0",
     "2.5",
     "1e999",
+    "2569614270",  # after "8e": an exponent pandas' to_numeric crashed the process on (text_to_numbers)
     "1e-400",
     "nan",
     "NA",
@@ -77,3 +78,24 @@ def test_plain_values_take_the_fast_path_with_exact_values():
 
 def test_whitespace_is_pythons():
     assert set(WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+def test_a_long_exponent_is_a_wrong_value_not_a_crash():
+    """pandas' to_numeric kills the process on "8e2569614270" (a signed 32-bit exponent overflow in its C parser): a
+    CSV cell like that took the whole publish down with no message. Run in a child process, so that the crash shows
+    as this test failing rather than as a lost worker."""
+    import subprocess
+    import sys
+
+    script = (
+        "import pandas as pd\n"
+        "from kfrelease.data.dtypes import convert\n"
+        "for storage in ('python', 'pyarrow'):\n"
+        "    s = pd.Series(['8e2569614270', '1e0000000001', '1.5', '1e-99999999999'], dtype=pd.StringDtype(storage))\n"
+        "    c = convert(s, 'float64')\n"
+        "    print(c.values.tolist(), [(rule, mask.tolist()) for rule, mask in c.problems])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
+    wrong = "[('wrong type (expected float64)', [True, False, False, False])]"
+    assert done.stdout.splitlines() == [f"[nan, 10.0, 1.5, 0.0] {wrong}"] * 2, done.stdout

@@ -71,6 +71,12 @@ RULES = {
 #: Declared dtypes converted as another: a category column's values are text.
 AS = {"category": "string"}
 _INTEGER = r"^[+-]?[0-9]+(?:\.0*)?$"  # ASCII digits: pandas cannot parse other scripts
+#: A number with an exponent of ten or more digits. pandas' C parser behind ``to_numeric`` overflows a signed 32-bit
+#: exponent on some of them and kills the process (SIGSEGV, no exception: "8e2569614270" crashes pandas 2.3.3 here;
+#: the same crash in PriorLabs/TabPFN#1202), so a CSV cell like that took the whole publish down. Such text never
+#: reaches it: ``text_to_numbers`` parses it by this pattern with pandas' meaning (out of float64's range: not a number).
+_LONG_EXPONENT = r"[eE][+-]?[0-9]{10,}"
+_PLAIN_FLOAT = r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+\s*$"
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 
 
@@ -249,7 +255,7 @@ def _to_int(s: pd.Series, present: np.ndarray):
     if _is_text(s):
         text = s.astype("string").str.strip().fillna("")
         integral = text.str.match(_INTEGER).fillna(False).to_numpy(dtype=bool) & present
-        number = pd.to_numeric(text.where(present & ~integral), errors="coerce").astype("float64").to_numpy()
+        number = text_to_numbers(text.where(present & ~integral)).to_numpy()
         numeric = np.isfinite(number) & (np.floor(number) != number)
         whole = text.str.replace(r"\.0*$", "", regex=True).str.lstrip("+")
         digits = whole.str.lstrip("-").str.len().fillna(0).to_numpy()
@@ -302,10 +308,27 @@ def _typed_int(values: np.ndarray, s: pd.Series, present: np.ndarray):
     return out, []
 
 
+def text_to_numbers(values: pd.Series) -> pd.Series:
+    """``pd.to_numeric(values, errors="coerce")`` as float64, without the crash on a long exponent (``_LONG_EXPONENT``):
+    those values are parsed with Python's ``float`` when they are a plain ASCII number (a finite result is kept, an
+    overflow is not a number, as pandas has it) and are not a number otherwise."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("float64")
+    text = values.astype("string")
+    long = text.str.contains(_LONG_EXPONENT, regex=True).fillna(False).to_numpy(dtype=bool)
+    if not long.any():
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    out = pd.to_numeric(values.mask(long), errors="coerce").astype("float64")
+    plain = text[long].str.match(_PLAIN_FLOAT).fillna(False).to_numpy(dtype=bool)
+    parsed = [float(t) if ok else np.nan for t, ok in zip(text[long], plain, strict=True)]
+    out[long] = np.where(np.isfinite(parsed), parsed, np.nan)
+    return out
+
+
 def _to_float(s: pd.Series, present: np.ndarray):
     if _is_text(s):
         text = s.astype("string").str.strip()
-        number = pd.to_numeric(text.where(present), errors="coerce").astype("float64")
+        number = text_to_numbers(text.where(present))
         wrong = present & number.isna().to_numpy(dtype=bool)
         parsed = pd.Series(np.nan, index=s.index, dtype="float64")
         ok = present & ~wrong

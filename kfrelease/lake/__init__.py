@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kfrelease.data.dtypes import text_to_numbers
 from kfrelease.lake import join as J
 from kfrelease.lake.join import KEYS, PAIR_COLUMNS
 from kfrelease.registry import ModelRegistry
@@ -115,7 +116,7 @@ def _label_frame(labels: pd.DataFrame) -> pd.DataFrame:
         f["instance"] = 0
     f["instance"] = f["instance"].fillna(0).astype("int64")
     f["request_id"] = f["request_id"].astype(str)
-    f["truth"] = pd.to_numeric(f["truth"], errors="coerce").astype("float64")
+    f["truth"] = text_to_numbers(f["truth"])
     f["time"] = pd.to_datetime(f["time"], utc=True, format="ISO8601") if "time" in f.columns else pd.NaT
     return f[LABEL_COLUMNS]
 

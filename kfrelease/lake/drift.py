@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kfrelease.data.dtypes import text_to_numbers
 from kfrelease.lake.join import DUCKDB, Dialect
 
 PSI_THRESHOLD = 0.1
@@ -140,7 +141,7 @@ def plan_columns(reference: pd.DataFrame, features: list[str], categorical=()) -
             if len(ref):
                 out[f] = ColumnPlan(f, "values", True, ref, sorted(set(ref.tolist())))
             continue
-        ref = pd.to_numeric(reference[f], errors="coerce").astype("float64")
+        ref = text_to_numbers(reference[f])
         ref = ref[np.isfinite(ref)].to_numpy()
         if len(ref) == 0:
             continue
