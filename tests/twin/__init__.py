@@ -399,6 +399,53 @@ class Decision:
     why: str
 
 
+#: Answer headers a twin proxy writes itself instead of copying them.
+HOP_HEADERS = ("connection", "content-length", "transfer-encoding", "keep-alive", "server", "date")
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """What every twin proxy (sidecar, gateway, pod network) does alike: answer, and forward a request to a local
+    port with the answer's own headers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _answer(self, status: int, data: bytes, content_type: str, extra=()):
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        for k, v in extra:  # the upstream's answer headers (x-request-id, x-model-version...)
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _forward(self, port: int, path: str, body: bytes, headers: dict, timeout: float, content_type: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request(self.command, path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
+            self._answer(resp.status, data, resp.getheader("content-type") or content_type, extra)
+        finally:
+            conn.close()
+
+
+def _serve(handler: type[BaseHTTPRequestHandler], name: str) -> ThreadingHTTPServer:
+    """``handler`` on a free port of 127.0.0.1, served by a daemon thread called ``name``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name=name).start()
+    return server
+
+
+def _shut(server: ThreadingHTTPServer | None) -> None:
+    if server:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class Sidecar:
     """The inbound side of a pod's Envoy: decides each request, forwards what is allowed to the pod."""
@@ -412,12 +459,7 @@ class Sidecar:
     def start(self) -> None:
         sidecar = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(_Proxy):
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 peer = self.headers.get(PEER_HEADER)
@@ -438,35 +480,15 @@ class Sidecar:
                     sent = self.headers.get(XFCC)
                     headers[XFCC] = (f"{sent}," if sent else "") + f'By={own};Hash=0;Subject="";URI=spiffe://{peer}'
                 target = sidecar.pod.agent.port if sidecar.pod.agent else sidecar.pod.port
-                conn = http.client.HTTPConnection("127.0.0.1", target, timeout=30)
-                try:
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
-                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json", extra)
-                finally:
-                    conn.close()
-
-            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                for k, v in extra:  # the pod's answer headers (x-request-id, x-model-version...)
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._forward(target, self.path, body, headers, 30, "application/json")
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _serve(Handler, f"sidecar-{self.pod.name}")
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True, name=f"sidecar-{self.pod.name}").start()
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        _shut(self.server)
 
 
 # --- the ingress gateway's own filters: JWT authentication and authorization -----------------------------
@@ -547,12 +569,7 @@ class Gateway:
     def start(self) -> None:
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(_Proxy):
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 # a peer identity is the mesh's to set: a client's own x-twin-peer is dropped here
@@ -577,40 +594,20 @@ class Gateway:
                 if not ok:
                     return self._refuse(request_principal, lower, 403, why)
                 gateway.decisions.append(GatewayDecision(request_principal, self.path, lower, 200, why))
-                conn = http.client.HTTPConnection("127.0.0.1", gateway.upstream_port, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
-                    self._answer(resp.status, data, resp.getheader("content-type") or "application/json", extra)
-                finally:
-                    conn.close()
+                self._forward(gateway.upstream_port, self.path, body, headers, 60, "application/json")
 
             def _refuse(self, request_principal, lower, status, why):
                 gateway.decisions.append(GatewayDecision(request_principal, self.path, lower, status, why))
                 text = b"RBAC: access denied" if status == 403 else why.encode()
                 return self._answer(status, text, "text/plain")
 
-            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                for k, v in extra:
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _serve(Handler, "twin-gateway")
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True, name="twin-gateway").start()
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        _shut(self.server)
 
 
 @dataclass
@@ -632,12 +629,7 @@ class PodNetwork:
 
         network = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(_Proxy):
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 u = urlsplit(self.path)
@@ -650,35 +642,15 @@ class PodNetwork:
                     for k, v in self.headers.items()
                     if k.lower() not in (PEER_HEADER, "connection", "proxy-connection")
                 }
-                conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=60)
-                try:
-                    conn.request(self.command, path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    extra = [(k, v) for k, v in resp.getheaders() if k.lower() not in (*HOP_HEADERS, "content-type")]
-                    self._answer(resp.status, data, resp.getheader("content-type") or "text/plain", extra)
-                finally:
-                    conn.close()
-
-            def _answer(self, status: int, data: bytes, content_type: str, extra=()):
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                for k, v in extra:
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._forward(ports[0], path, body, headers, 60, "text/plain")
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _serve(Handler, "twin-pod-network")
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True, name="twin-pod-network").start()
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        _shut(self.server)
 
 
 # --- the KServe agent: the InferenceService's logger in each predictor pod --------------------------------
@@ -763,12 +735,7 @@ class Agent:
         agent = self
         mode = (self.pod.logger or {}).get("mode", "all")
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(_Proxy):
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 probe = self.headers.get("user-agent", "").startswith("kube-probe/")
@@ -796,20 +763,13 @@ class Agent:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _serve(Handler, f"agent-{self.pod.name}")
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True, name=f"agent-{self.pod.name}").start()
         threading.Thread(target=self._work, daemon=True, name=f"agent-worker-{self.pod.name}").start()
 
     def stop(self) -> None:
         self.queue.put(None)
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-#: Answer headers a twin proxy writes itself instead of copying them.
-HOP_HEADERS = ("connection", "content-length", "transfer-encoding", "keep-alive", "server", "date")
+        _shut(self.server)
 
 
 # --- the serving namespace's own Deployments: the log sink and the feedback service ----------------------
