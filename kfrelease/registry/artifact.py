@@ -879,7 +879,8 @@ def _fastest(verified: dict[str, Verification]) -> str:
 
 def choose_flavour(checks: dict[str, Verification], wanted: str = AUTO) -> tuple[str, str]:
     """The flavour to serve and, when a flavour that was tried is not served because it did not verify, why
-    (``kept <served>: <flavour>: <reason>``): the fastest verified flavour (``wanted`` = ``auto``), or the one
+    (``kept <served>: <flavour>: <reason>``): the fastest verified flavour that loads without running code, else
+    ``sklearn`` (``wanted`` = ``auto``), or the one
     ``wanted`` names when it is verified, else ``sklearn``."""
     verified = {n: c for n, c in checks.items() if c.verified}
     tried = [c for n, c in checks.items() if n != DEFAULT_FLAVOUR and (wanted in (AUTO, n))]
@@ -887,8 +888,8 @@ def choose_flavour(checks: dict[str, Verification], wanted: str = AUTO) -> tuple
         return DEFAULT_FLAVOUR, ""
     if wanted != AUTO:
         served = wanted if wanted in verified else DEFAULT_FLAVOUR
-    else:
-        served = _fastest(verified)
+    else:  # a pickle serves only when nothing that loads without running code verified (issue 25), whatever it costs
+        served = _fastest({n: c for n, c in verified.items() if n != DEFAULT_FLAVOUR} or verified)
     reasons = "; ".join(c.describe() for c in tried if not c.verified)
     return served, (f"kept {served}: {reasons}" if reasons else "")
 
