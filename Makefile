@@ -15,8 +15,11 @@ test: setup
 	$(BIN)/ruff format --check .
 	@# Two workers (pytest-xdist), each with its own session stack (tests/conftest.py: own home, ports no other
 	@# worker claimed), a file at a time. Any pytest failure fails make test, "no tests collected" (exit 5) too;
-	@# .ci/run is where an empty collection is told apart and allowed.
-	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	@# .ci/run is where an empty collection is told apart and allowed. Files go out heaviest first (tests/conftest.py
+	@# orders them by their slow tests' seconds; --no-loadscope-reorder keeps that order instead of xdist's
+	@# most-tests-first), so the two workers end together. --max-worker-restart=0: a worker that crashes (a
+	@# segfault) fails the run at once; a replaced worker once left pytest-xdist 3.8 waiting with both idle.
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

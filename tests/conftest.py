@@ -57,6 +57,32 @@ def free_port_offset(claims: Path | None = None) -> int:
     raise RuntimeError("no free port range found for the test stack")
 
 
+#: The weight of a ``slow`` test that does not say its ``seconds``.
+SLOW_SECONDS = 30
+
+
+def file_weight(items) -> dict[str, float]:
+    """Seconds the ``slow`` tests of each file declare (``@pytest.mark.slow(seconds=N)``), per file."""
+    weight: dict[str, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None:
+            weight[item.nodeid] = float(marker.kwargs.get("seconds", SLOW_SECONDS))
+    out: dict[str, float] = {}
+    for nodeid, seconds in weight.items():
+        out[nodeid.split("::")[0]] = out.get(nodeid.split("::")[0], 0.0) + seconds
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files holding ``slow`` tests first, the slowest first (the rest in collection order): `make test`
+    hands out whole files in this order (``--dist loadfile --no-loadscope-reorder``), so a file of one 5-minute
+    test never starts last while the other worker has nothing left to do (longest first: the two workers end
+    within about the shortest file of each other). Every worker sorts the same collection the same way."""
+    weight = file_weight(items)
+    items.sort(key=lambda item: -weight.get(item.nodeid.split("::")[0], 0.0))
+
+
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory) -> dict[str, str]:
     """Environment of the test stack: its own KFRELEASE_HOME and port offset, exported to os.environ so

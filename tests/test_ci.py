@@ -36,12 +36,14 @@ def tree(tmp_path: Path) -> Path:
     bin_.mkdir(parents=True)
     _executable(bin_ / "python", f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     _executable(bin_ / "ruff", "#!/bin/sh\nexit 0\n")
-    # the Makefile's `-n 2 --dist loadfile` need xdist; the stand-in drops them and runs pytest in-process
+    # the Makefile's `-n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0` need xdist; the stand-in
+    # drops them and runs pytest in-process
     _executable(
         bin_ / "pytest",
         '#!/usr/bin/env bash\nargs=()\nskip=0\nfor a in "$@"; do\n'
         "  if [ $skip -gt 0 ]; then skip=$((skip-1)); continue; fi\n"
-        '  case "$a" in -n|--dist) skip=1;; *) args+=("$a");; esac\ndone\n'
+        '  case "$a" in -n|--dist) skip=1;; --no-loadscope-reorder|--max-worker-restart=*) ;; *) args+=("$a");; esac\n'
+        "done\n"
         # no third-party plugins (they only slow a run of one file down)
         f'PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 exec {sys.executable} -m pytest -p no:cacheprovider -q "${{args[@]}}"\n',
     )

@@ -76,6 +76,7 @@ def test_the_spark_application_matches_the_operators_crd():
     assert doc["spec"]["driver"]["serviceAccount"] == "default-editor" and doc["metadata"]["name"].startswith("data-")
 
 
+@pytest.mark.slow(seconds=53)
 def test_a_spec_naming_engine_spark_publishes_on_spark_from_the_cli_and_the_pipeline(stack, run_cli, tmp_path):
     """`engine: spark` in the spec: `kfrelease data publish` runs Spark (local mode here), and so does the data
     pipeline's Spark branch on kfp.local; both publish the embedded engine's version."""

@@ -126,6 +126,7 @@ def auto_runs(stack, model):
     return [o.key for o in store_for("pipeline", stack).iter("models", f"runs/auto-{model}-")]
 
 
+@pytest.mark.slow(seconds=48)
 def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_newer_data_starts_nothing(
     fast_alerting, production_model
 ):

@@ -30,6 +30,7 @@ def _spec_file(tmp, name):
     return path
 
 
+@pytest.mark.slow(seconds=47)
 def test_a_merge_is_trained_staged_and_released_without_anyone_starting_the_release(release_env, monkeypatch):
     from kfrelease.demo.flow import create_release_demo_project
 

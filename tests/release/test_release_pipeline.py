@@ -17,6 +17,7 @@ from tests.release.conftest import bad_spec_text, small_spec, traffic
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow(seconds=42)
 def test_release_pipeline_promotes_a_first_model_and_its_shadow_gate_rejects_a_worse_one(release_env, monkeypatch):
     from kfrelease.demo.flow import create_release_demo_project
 

@@ -84,6 +84,7 @@ def test_serve_without_a_production_version_says_so_and_starts_nothing(run_cli, 
     assert "traffic: no traffic state applied" in status
 
 
+@pytest.mark.slow(seconds=28)
 def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, serve_env):
     env, spec = serve_env
     registry, v1, model1, rows = _register(stack, 1, 0.0)

@@ -52,6 +52,7 @@ def build_model():
 """
 
 
+@pytest.mark.slow(seconds=27)
 def test_a_model_that_lies_about_its_metrics_is_caught(project, stack, run_cli):
     repo, _, name = project
     text = spec_variant(2, (repo / "model.yaml").read_text())  # build: model.py:build_model

@@ -38,6 +38,7 @@ def run_notebook(tmp_path, **parameters) -> str:
     return "".join(o.get("text", "") for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow(seconds=35)
 def test_the_notebook_on_the_demo_project_registers_an_experiment_and_leaves_production_untouched(
     dataset, tmp_path, run_cli
 ):

@@ -148,6 +148,7 @@ def ridge_merges(repo, name, dataset, n: int) -> list[str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow(seconds=26)
 def test_a_step_killed_with_sigkill_is_retried_and_the_run_finishes(project, stack, monkeypatch, tmp_path):
     repo, shas, _ = project
     monkeypatch.setenv("KFRELEASE_CRASH_AT", "train.loaded")  # the train step kills itself once, mid-step
@@ -167,6 +168,7 @@ def test_a_step_killed_with_sigkill_is_retried_and_the_run_finishes(project, sta
 
 
 @pytest.mark.integration
+@pytest.mark.slow(seconds=30)
 def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, dataset, stack, run_cli):
     repo, _, name = project
     code = (
@@ -197,6 +199,7 @@ def test_a_run_failing_in_its_model_code_is_not_retried_and_says_why(project, da
 
 
 @pytest.mark.integration
+@pytest.mark.slow(seconds=82)
 def test_an_infrastructure_failure_on_every_attempt_is_retried_by_the_next_trigger(project, stack, monkeypatch):
     repo, shas, _ = project
     monkeypatch.setenv("KFRELEASE_CRASH_AT", "containerize.start")  # every attempt of containerize is killed
@@ -254,6 +257,7 @@ def own_stack(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 @pytest.mark.timeout(1500)
+@pytest.mark.slow(seconds=341)
 def test_sixteen_merges_with_the_stack_stopped_and_started_in_the_middle_all_finish(own_stack, tmp_path):
     """16 merges at once, admitted to the machine's run slots; `kfrelease down` while some have finished, some
     run and the rest are queued; `kfrelease up`: every run finishes, each with its own version, and none is

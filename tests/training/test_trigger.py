@@ -28,6 +28,7 @@ def registry() -> ModelRegistry:
     return ModelRegistry(store_for("pipeline"))
 
 
+@pytest.mark.slow(seconds=57)
 def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(project, stack, run_cli, tmp_path):
     repo, shas, name = project
     started = run_cli("trigger", "--commit", shas[0], "--repo", str(repo), check=True)
@@ -72,6 +73,7 @@ def test_merge_runs_the_pipeline_detached_and_the_image_matches_the_entry(projec
     assert "staging" in run_cli("models", "history", name, "V1.1.0", check=True).stdout
 
 
+@pytest.mark.slow(seconds=47)
 def test_a_model_worse_than_production_is_rejected_and_nothing_is_staged(project, stack, run_cli):
     repo, shas, name = project
     first, sha1 = load_project_at_commit(repo, shas[0])
@@ -255,6 +257,7 @@ def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project,
         trigger(stack, None, None, auto=True, model=f"{name}-none")
 
 
+@pytest.mark.slow(seconds=47)
 def test_new_curated_data_retrains_production_by_default_at_most_once_per_interval(project, dataset, stack):
     """Publishing a newer curated version of a production model's dataset starts an auto revision (no
     `retrain` section in model.yaml: on by default, through the receiver's poller and the training trigger);

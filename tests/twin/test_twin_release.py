@@ -64,7 +64,7 @@ from tests.waiting import eventually
 
 from . import GATEWAY_SERVICE, UNREACHABLE, Twin
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=45)
 
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]  # KServe 0.20: Standard mode with spec.canary
