@@ -30,11 +30,14 @@ flavour keys and data versions are not part of it: a new fingerprint within a ta
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
+import logging
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -51,8 +54,16 @@ from kfrelease.training.retrain import RetrainPolicy
 if TYPE_CHECKING:
     from kfrelease.data.spec import DatasetSpec
 
+log = logging.getLogger(__name__)
+
 SPEC_FILE = "model.yaml"
 THRESHOLD_KEYS = ("max_mse", "max_rmse", "max_mae", "min_r2")
+
+
+#: The estimator libraries the project image installs (setup.py: scikit-learn, and the ``boosters`` extra). The
+#: trigger imports an estimator's module only from these (``ModelSpec.check_definition``); any other is imported by
+#: the untrusted train step alone.
+ESTIMATOR_LIBRARIES = ("sklearn", "xgboost", "lightgbm")
 
 
 def _import_estimator(path: str, where: str):
@@ -64,6 +75,12 @@ def _import_estimator(path: str, where: str):
         return getattr(module, cls_name)
     except (ImportError, AttributeError, ValueError):
         pass
+    raise _unknown_estimator(path, where, module)
+
+
+def _unknown_estimator(path: str, where: str, module=None) -> ConfigError:
+    """The error for an estimator path that names no class (``module``: its module, when that imported)."""
+    module_name, _, cls_name = path.rpartition(".")
     names = [n for n in dir(module) if not n.startswith("_")] if module is not None else []
     close = difflib.get_close_matches(cls_name, names, n=1, cutoff=0.6)  # the module is right, the class is not
     hint = f" (did you mean {module_name + '.' + close[0]!r}?)" if close else ""
@@ -72,9 +89,9 @@ def _import_estimator(path: str, where: str):
         by_name = {p.rpartition(".")[2]: p for p in paths}
         close = difflib.get_close_matches(cls_name, by_name, n=1, cutoff=0.6)
         hint = did_you_mean(path, paths) or (f" (did you mean {by_name[close[0]]!r}?)" if close else "")
-    raise ConfigError(
+    return ConfigError(
         f"{where}: unknown estimator {path!r}{hint}; give an import path such as sklearn.linear_model.Ridge"
-    ) from None
+    )
 
 
 def _regressor_paths() -> list[str]:
@@ -281,6 +298,44 @@ class ModelSpec(SpecDocument):
         check_estimator(est, f"model spec {self.name!r}")  # public API only: a project's own class passes too
         return est
 
+    def check_definition(self) -> None:
+        """Check the estimator definition **without running the project's code** (what ``kfrelease trigger``
+        does before it starts a run; the untrusted train step then builds the estimator, ``build_estimator``).
+
+        - ``estimator``: a dotted import path; from one of ``ESTIMATOR_LIBRARIES`` (installed code the platform
+          pins, not the merge's) the class is imported and its hyper-parameters are checked by name and by its
+          constructor, as ``build_estimator`` does; a path into any other installed package is only looked up
+          (``importlib.util.find_spec`` of its top package, which executes nothing) and left to the train step;
+        - ``build``: the file is in the project, parses (``ast``) and binds the named function at module level.
+
+        What only running the code can show (the build function raising, a class without fit/predict) is the
+        train step's failure, recorded in the run's ``train`` step with its cause (``model code``)."""
+        where = f"model spec {self.name!r}"
+        if self.build:
+            file, _, func = self.build.partition(":")
+            source = self.code.get(file)
+            if source is None:
+                raise ConfigError(f"{where}: build code {file!r} is not in the project")
+            try:
+                tree = ast.parse(source, filename=file)
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # what exec's compile would raise
+                raise ConfigError(f"{where}: {file} failed to load: {type(exc).__name__}: {exc}") from None
+            if (func or "build_model") not in _module_names(tree.body):
+                raise ConfigError(f"{where}: {file} defines no function {func or 'build_model'!r}")
+            return
+        path = self.estimator.class_
+        parts = path.split(".")
+        if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+            raise _unknown_estimator(path, where)
+        if parts[0] in ESTIMATOR_LIBRARIES and importlib.util.find_spec(parts[0]) is not None:
+            from kfrelease.training.estimator import check_estimator
+
+            check_estimator(self._from_class(), where)
+        elif importlib.util.find_spec(parts[0]) is None:
+            raise _unknown_estimator(path, where)
+        else:
+            log.info("%s: estimator %s is checked by the train step (not imported here)", where, path)
+
     def _from_class(self):
         path = self.estimator.class_
         cls = _import_estimator(path, f"model spec {self.name!r}")
@@ -315,6 +370,25 @@ class ModelSpec(SpecDocument):
             return fn()
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"model spec {self.name!r}: {self.build} raised {type(exc).__name__}: {exc}") from None
+
+
+def _module_names(body: list[ast.stmt]) -> set[str]:
+    """The names a module's top-level statements bind (defs, classes, assignments, imports), also inside
+    ``if``/``try``/``with``/loop blocks at module level; never inside a function or class body."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        inner = [*getattr(node, "body", []), *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+        inner += [stmt for handler in getattr(node, "handlers", []) for stmt in handler.body]
+        names |= _module_names([stmt for stmt in inner if isinstance(stmt, ast.stmt)])
+    return names
 
 
 def parse_spec(text: str, origin: str = SPEC_FILE, code: dict | None = None) -> ModelSpec:

@@ -15,6 +15,14 @@ under the same run id. A run that failed because of its model code or data is re
 the reason. No command stops a run. Local runs are admitted by ``admission`` and retried by ``execution``.
 ``auto=True`` retrains the production model's definition on the latest curated data (new data or an
 alert); its run id is derived from the production version and the data version.
+
+The trigger never imports or executes the project's code (its ``build:`` file, or a module its estimator path
+names outside the estimator libraries the platform installs): it checks the spec statically
+(``ModelSpec.check_definition``) and leaves building the estimator to the pipeline's untrusted ``train`` step,
+whose failure (a build function that raises) is recorded in the run with its cause. On CI the trigger runs
+with the CI role's AWS credentials and the ``kfrelease-ci`` KFP token (``ci/github/kfrelease-train.yaml``),
+which may start any pipeline: merged code run here could use them. Locally there is no such credential, but the
+local path checks the same way, so a spec is refused (or started) alike on both.
 """
 
 from __future__ import annotations
@@ -95,7 +103,9 @@ def trigger(
         if not commit:
             raise KfreleaseError("give the merged commit: kfrelease trigger --commit SHA [--repo PATH]")
         spec, commit = load_project_at_commit(repo or ".", commit, spec_file)
-        spec.build_estimator()  # unknown estimator / bad hyper-parameter: refuse before any run exists
+        # unknown estimator / bad hyper-parameter / a build file that does not parse: refuse before any run
+        # exists, without running the project's code (see the module docstring)
+        spec.check_definition()
         # the project's rollout.yaml travels with the merge; a bad one is refused before any run exists
         rollout_yaml = rollout_at_commit(repo or ".", commit, spec_file, spec.name)
         run_id = f"train-{commit[:12]}"

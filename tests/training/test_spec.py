@@ -78,6 +78,48 @@ def test_bad_estimators_fail_before_any_fit(estimator, message):
     spec = parse_spec(spec_text(estimator=estimator))
     with pytest.raises(ConfigError, match=message):
         train(spec, pd.DataFrame())  # no data needed: the estimator is checked first
+    with pytest.raises(ConfigError, match=message):
+        spec.check_definition()  # what the trigger checks, without running project code: the same message
+
+
+BUILD_FORMS = {
+    "def": "def build_model():\n    return Ridge()\n",
+    "in an if": "if True:\n    def build_model():\n        return Ridge()\n",
+    "assigned": "build_model = Ridge\n",
+    "imported": "from sklearn.linear_model import Ridge as build_model\n",
+}
+
+
+@pytest.mark.parametrize("form", BUILD_FORMS)
+def test_the_definition_is_checked_without_running_the_projects_code(form, tmp_path, monkeypatch):
+    """``check_definition`` (what ``kfrelease trigger`` runs, on CI beside the CI role's credentials) neither
+    executes the build file nor imports an estimator module outside the estimator libraries."""
+    marker = tmp_path / "ran"
+    side_effect = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    code = side_effect + "from sklearn.linear_model import Ridge\n\n" + BUILD_FORMS[form]
+    spec = parse_spec(spec_variant(2), code={"model.py": code})
+    spec.check_definition()
+    assert not marker.exists()
+    (tmp_path / "side_effect_models.py").write_text(side_effect + "class Model:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # an installed module whose import has an effect
+    parse_spec(spec_text(estimator={"class": "side_effect_models.Model"})).check_definition()
+    assert not marker.exists()
+    assert type(spec.build_estimator()).__name__ == "Ridge" and marker.exists()  # the train step's call runs it
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("def build_model(:\n    pass\n", "model.py failed to load: SyntaxError"),
+        ("def make_model():\n    pass\n", "model.py defines no function 'build_model'"),
+        ("class M:\n    def build_model(self):\n        pass\n", "model.py defines no function 'build_model'"),
+    ],
+)
+def test_a_build_file_that_cannot_define_the_function_is_refused_unrun(code, message):
+    with pytest.raises(ConfigError, match=f"^model spec 'diabetes-progression': {message}"):
+        parse_spec(spec_variant(2), code={"model.py": code}).check_definition()
+    with pytest.raises(ConfigError, match="build code 'model.py' is not in the project"):
+        parse_spec(spec_variant(2)).check_definition()
 
 
 def test_missing_feature_or_target_is_named():

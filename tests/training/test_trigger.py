@@ -10,6 +10,7 @@ import yaml
 
 from kfrelease import oci
 from kfrelease.demo.project import merge_change, spec_variant
+from kfrelease.errors import ConfigError
 from kfrelease.registry import ModelRegistry
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
@@ -231,6 +232,82 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     assert api.posted_headers("/apis/v2beta1/runs")[0]["authorization"] == "Bearer ci-token-123"
     experiments = api.posted("/apis/v2beta1/experiments")
     assert experiments and experiments[0]["namespace"] == "kfrelease-release"
+
+
+def _marking_build(marker, body: str = "    from sklearn.linear_model import Ridge\n\n    return Ridge()\n") -> str:
+    """A build file that writes ``marker`` when it is executed (module level) and when its function runs."""
+    return (
+        "import pathlib\n\n"
+        f"pathlib.Path({str(marker)!r}).write_text('module')\n\n\n"
+        "def build_model():\n"
+        f"    pathlib.Path({str(marker)!r}).write_text('build_model')\n" + body
+    )
+
+
+@pytest.mark.slow(seconds=20)
+def test_a_cluster_trigger_submits_without_running_the_projects_code(project, stack, run_cli, tmp_path, monkeypatch):
+    """Review 2 H1: CI runs `kfrelease trigger --kfp-host` with the CI role's AWS credentials and the kfrelease-ci
+    KFP token (which may start any pipeline); the trigger built the estimator first, executing the merged build
+    file in that process. Now it checks the spec statically and only the untrusted train step runs the code."""
+    repo, shas, _ = project
+    marker = tmp_path / "build-ran"
+    first, _ = load_project_at_commit(repo, shas[0])
+    code = _marking_build(marker)
+    sha = merge_change(
+        repo, "marker", {"model.yaml": spec_variant(2, first.text), "model.py": code}, "A build file with side effects"
+    )
+    token = tmp_path / "kfp-token"
+    token.write_text("ci-token-123")
+    env = {"KFRELEASE_IMAGE": IMAGE, "KF_PIPELINES_SA_TOKEN_PATH": str(token)}
+    with recording_kfp_api() as (host, api):
+        out = run_cli("trigger", "--commit", sha, "--repo", str(repo), "--kfp-host", host, env=env, check=True)
+    assert f"run train-{sha[:12]} started (submitted) kfp-run-1" in out.stdout
+    assert not marker.exists(), f"the trigger executed the project's build file ({marker.read_text()})"
+    (run,) = api.posted("/apis/v2beta1/runs")
+    assert json.loads(run["runtime_config"]["parameters"]["spec_json"])["code"]["model.py"] == code  # the train step's
+
+    # what can be told without running the code is still refused before any run exists
+    typo = {"class": "sklearn.linear_model.Ridge", "params": {"alpah": 1}}
+    refusals = [
+        ({"model.py": code.replace("def build_model():", "def build_model(:")}, "model.py failed to load: SyntaxError"),
+        ({"model.py": code.replace("def build_model", "def make_model")}, "model.py defines no function 'build_model'"),
+        (
+            {"model.yaml": spec_variant(1, first.text, estimator=typo)},
+            "estimator.params.alpah: sklearn.linear_model.Ridge has no such parameter (did you mean 'alpha'?)",
+        ),
+    ]
+    monkeypatch.setenv("KFRELEASE_IMAGE", IMAGE)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    for n, (files, message) in enumerate(refusals):
+        bad = merge_change(repo, f"bad-{n}", files, message)
+        with recording_kfp_api() as (host, api), pytest.raises(ConfigError) as refused:
+            trigger(stack, bad, repo, kfp_host=host)
+        assert message in str(refused.value) and not api.posted("/apis/v2beta1/runs")
+        assert store_for("pipeline").stat("models", f"runs/train-{bad[:12]}/run.json") is None
+    assert not marker.exists()
+
+
+@pytest.mark.slow(seconds=25)
+def test_a_build_function_that_fails_fails_the_train_step_and_says_why(project, stack, run_cli, tmp_path):
+    """What only running the build code shows (here: it raises) is the untrusted train step's failure, in the
+    run's one line and its train step, not retried (the trigger no longer runs the code to find it early)."""
+    repo, shas, name = project
+    marker = tmp_path / "build-ran"
+    first, _ = load_project_at_commit(repo, shas[0])
+    raising = _marking_build(marker, "    raise ValueError('alpha must be positive')\n")
+    sha = merge_change(
+        repo, "raises", {"model.yaml": spec_variant(2, first.text), "model.py": raising}, "A build function that raises"
+    )
+    waited = run_cli("trigger", "--commit", sha, "--repo", str(repo), "--wait")
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    why = "model.py:build_model raised ValueError: alpha must be positive"
+    said = " ".join(waited.stdout.split())  # the console may wrap the run's line
+    assert f"run train-{sha[:12]}: failed, model code: " in said and why in said and "not retried" in said, said
+    record = run_records.get_run(store_for("pipeline"), f"train-{sha[:12]}")
+    assert record.status == "failed" and record.state["cause"] == "model code"
+    assert record.steps["train"]["state"] == "failed" and why in record.steps["train"]["error"]
+    assert marker.read_text() == "build_model"  # the train step ran it (the trigger did not)
+    assert registry().list(name) == []
 
 
 def test_auto_retrain_uses_the_production_definition_on_the_latest_data(project, dataset, stack, monkeypatch):
