@@ -1,6 +1,7 @@
 """The CI workflow template and the Dockerfile agree with the manifests. (Neither GitHub Actions nor a
 container build can run on this machine: these tests check the files themselves.)"""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
     assert set((train[True] if True in train else train["on"])) == {"workflow_call"}
     steps = train["jobs"]["trigger"]["steps"]
     runs = "\n".join(s.get("run", "") for s in steps)
-    assert 'kfrelease trigger --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
+    assert 'kfrelease" trigger --repo model --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
     assert "--audience pipelines.kubeflow.org" in runs  # the only audience the m2m RequestAuthentication accepts
     aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials"))
     assert aws["with"]["role-to-assume"] == "${{ env.AWS_ROLE_ARN }}"
@@ -162,12 +163,97 @@ def test_the_image_workflow_builds_pushes_and_compiles_every_package_by_digest()
 
 def test_the_trigger_resolves_the_image_digest_and_submits_with_it():
     wf = yaml.safe_load(TRAIN_WORKFLOW.read_text())
-    steps = wf["jobs"]["trigger"]["steps"]
-    resolve = next(s for s in steps if "describe-images" in s.get("run", ""))
-    trigger = next(s for s in steps if "kfrelease trigger" in s.get("run", ""))
-    assert steps.index(resolve) < steps.index(trigger)
-    assert "KFRELEASE_IMAGE=$REGISTRY/kfrelease@$digest" in resolve["run"].replace('"', "")
-    assert '>> "$GITHUB_ENV"' in resolve["run"]
+    last = wf["jobs"]["trigger"]["steps"][-1]["run"]
+    resolve, trigger = last.index("describe-images"), last.index(" trigger --repo")
+    assert resolve < trigger
+    assert 'KFRELEASE_IMAGE="$REGISTRY/kfrelease@$digest"' in last[resolve : trigger + 200]  # given to that process
+    assert not any("GITHUB_ENV" in s.get("run", "") for s in wf["jobs"]["trigger"]["steps"])
+
+
+def _commands(run: str) -> list[str]:
+    """The shell commands of a ``run:`` block, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", run)
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_the_ci_job_runs_no_file_of_the_model_repository_and_holds_credentials_only_in_its_last_step():
+    """Review 2 H1: the platform's job assumed the CI role and wrote the kfrelease-ci token (which may start any
+    pipeline) to GITHUB_ENV for every later step, then ran `python -m pip` in the checked-out model repository
+    (the working directory first on sys.path: a `pip.py` there runs instead of pip) and `kfrelease trigger`, which
+    executed the merged build file. Now: install, then check out into a subdirectory, then the credentials,
+    passed to the one last process; `kfrelease trigger` runs no project code
+    (tests/training/test_trigger.py::test_a_cluster_trigger_submits_without_running_the_projects_code)."""
+    from kfrelease.k8s.render.tree import Sources
+
+    text = TRAIN_WORKFLOW.read_text()
+    wf = yaml.safe_load(text)
+    job = wf["jobs"]["trigger"]
+    steps = job["steps"]
+    uses = [s.get("uses", "").partition("@")[0] for s in steps]
+    install = next(i for i, s in enumerate(steps) if "pip install" in s.get("run", ""))
+    checkout = uses.index("actions/checkout")
+    assume = uses.index("aws-actions/configure-aws-credentials")
+    assert install < checkout < assume == len(steps) - 2  # the role last but one, its one user last
+    # the model repository in a subdirectory, read by path; nothing runs in it; no git token left in it
+    path = steps[checkout]["with"]["path"]
+    assert path and path not in (".", "./") and steps[checkout]["with"]["persist-credentials"] is False
+    assert all(s.get("working-directory") in (None, ".") for s in steps) and "working-directory" not in job.get(
+        "defaults", {}
+    ).get("run", {})
+    commands = [(i, c) for i, s in enumerate(steps) for c in _commands(s.get("run", ""))]
+    ((at, trigger),) = [(i, c) for i, c in commands if " trigger " in c]
+    assert at == len(steps) - 1
+    assert f"trigger --repo {path} " in trigger and trigger.split()[2].startswith('"$RUNNER_TEMP/kfrelease/bin/')
+    # every Python process starts without the working directory on sys.path (python -P, 3.11)
+    pythons = [c for i, c in commands if re.search(r"(^|/|\s)python3?\"?\s", c)]
+    assert len(pythons) == 3 and all(re.search(r"python3?\"?\s+-P\s", c) for c in pythons), pythons
+    assert steps[-1]["env"]["PYTHONSAFEPATH"] == "1"  # the kfrelease console script too, should it ever matter
+    # the pinned package and its dependencies at the release's tag, resolved before the checkout
+    env = Sources.load().envs.environments["production"]
+    repo = Sources.load().envs.team.platform_repository
+    assert wf["env"]["KFRELEASE_PACKAGE"] == f"kfrelease[boosters] @ git+https://github.com/{repo}@v{env.image_tag}"
+    assert wf["env"]["KFRELEASE_CONSTRAINTS"] == (
+        f"https://raw.githubusercontent.com/{repo}/v{env.image_tag}/constraints.txt"
+    )
+    assert '-c "$KFRELEASE_CONSTRAINTS" "$KFRELEASE_PACKAGE"' in steps[install]["run"]
+    # no credential before the last step: the role's credentials are outputs (aws-actions/configure-aws-credentials
+    # >= v4.3.1: output-env-credentials false keeps AWS_* out of the job's environment), given to the last step only
+    aws = steps[assume]
+    assert aws["with"]["output-env-credentials"] is False and aws["with"]["output-credentials"] is True
+    assert re.search(r"configure-aws-credentials@[0-9a-f]{40}\s+# v6\.2\.3", text)  # pinned by commit
+    assert "aws-session-token" in steps[-1]["env"]["AWS_SESSION_TOKEN"]
+    for i, step in enumerate(steps[:-1]):
+        assert "steps.aws.outputs" not in str(step), step.get("name")
+        for word in ("kubectl", "aws ", "KF_PIPELINES_SA_TOKEN_PATH", "describe-images"):
+            assert word not in step.get("run", ""), (step.get("name"), word)
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & (
+        set(wf["env"]) | set(job.get("env", {}))
+    )
+    # the token: minted in the last step to a file only its owner reads, given to the one process, removed on exit
+    last = _commands(steps[-1]["run"])
+    mint = next(c for c in last if "create token" in c)
+    assert last.index("umask 077") < last.index(mint) < last.index(trigger)
+    assert mint.endswith('> "$token"') and 'KF_PIPELINES_SA_TOKEN_PATH="$token"' in trigger
+    assert any(c.startswith("trap ") and '"$token"' in c for c in last)
+    assert not any(word in s.get("run", "") for s in steps for word in ("GITHUB_ENV", "GITHUB_OUTPUT"))
+
+
+def test_python_dash_m_runs_a_module_of_the_working_directory_unless_dash_p(tmp_path):
+    """Why the workflow says `python -P -m pip`: with `-m` the working directory comes first on sys.path (Python
+    docs, command line, `-m`), so a `pip.py` of a checked-out repository would run instead of pip; `-P` (3.11)
+    leaves it off."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    (tmp_path / "pip.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pip.py')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    run = {"cwd": tmp_path, "env": env, "capture_output": True, "timeout": 120}
+    assert subprocess.run([sys.executable, "-P", "-m", "pip", "--version"], check=False, **run).returncode == 0
+    assert not marker.exists()
+    subprocess.run([sys.executable, "-m", "pip", "--version"], check=False, **run)
+    assert marker.read_text() == "pip.py"
 
 
 def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_are_imported(tmp_path, monkeypatch):
