@@ -10,9 +10,10 @@ resources of the group ``pipelines.kubeflow.org``; verbs as in kubeflow/pipeline
 - the CI service account ``kfrelease-ci`` gets ``kfrelease-run-submitter``: create and read runs,
   experiments, pipelines and versions; nothing that stops a run. Nobody on the team can stop a run: only a
   new merge starts a new one;
-- the merged model code (train, evaluate) runs as ``kfrelease-untrusted-step``, which holds only what the Argo
-  executor and the KFP launcher need; the release steps run as ``kfrelease-release-driver`` (the driver's
-  Role in the serving namespace); only the hand-over step gets a KFP API token (``step_identities``).
+- the model code (train: the merge's; score-champion: production's) runs as ``kfrelease-untrusted-step``,
+  which holds only what the Argo executor and the KFP launcher need; the release steps run as
+  ``kfrelease-release-driver`` (the driver's Role in the serving namespace); only the hand-over step gets a KFP
+  API token (``step_identities``).
 
 Over 500 lines on purpose: it is the one list of the Kubeflow-side objects and of who may do what, read as a
 whole when reviewing access (each function renders one kind of object; the evaluators are ``authz`` and
@@ -201,8 +202,8 @@ def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None
 # overwrites it: kubeflow/kubeflow ``components/admission-webhook/main.go`` ``applyPodDefaultsOnPod``).
 
 STEP_LABEL = "kfrelease.io/step-identity"
-#: train and evaluate run the merged model code (``estimator.class``, ``build:``): no KFP token, no
-#: kubeflow-edit, no driver rights.
+#: train and score-champion run model code (the merge's ``estimator.class``, ``build:``; production's pickle): no KFP
+#: token, no kubeflow-edit, no driver rights (evaluate is trusted and refuses pickles, KFRELEASE_REFUSE_PICKLE).
 UNTRUSTED = "untrusted"
 #: the release steps (preflight, shadow gate, canary rollout): the release driver's Role in serving.
 RELEASE_DRIVER_STEP = "release-driver"
