@@ -60,8 +60,8 @@ setup(
             "monitoring/*.yaml",
             "monitoring/*.json",
             "ui/templates/*.html",
+            "stack/templates/*.j2",
         ],
-        "kfrelease.serving": ["templates/*.j2"],
     },
     include_package_data=True,
     install_requires=[

@@ -58,7 +58,7 @@ def _model_dir(root: Path, version: str = "V1.1.0") -> tuple[Path, list[float]]:
 
 def _host_command(settings):
     """The stack's multi-model host without its prediction logger (no log sink in this benchmark)."""
-    from kfrelease.serving.hosts import default_host_command
+    from kfrelease.stack.hosts import default_host_command
 
     base = default_host_command(settings)
 
@@ -165,14 +165,14 @@ def main() -> dict:
     from kfrelease.config import Settings
     from kfrelease.rollout.spec import load_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
-    from kfrelease.serving.gateway import (
+    from kfrelease.stack import supervisor
+    from kfrelease.stack.gateway import (
         LocalGatewayDriver,
         ModelRoute,
         gateway_dir,
         predictor_port,
         render_nginx_config,
     )
-    from kfrelease.stack import supervisor
     from kfrelease.stack.service import Service
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))

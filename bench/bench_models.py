@@ -139,7 +139,7 @@ def _load(url: str, row: list[float], rate: float, seconds: float, out: dict) ->
 
 
 def _host_command(settings):
-    from kfrelease.serving.hosts import default_host_command
+    from kfrelease.stack.hosts import default_host_command
 
     base = default_host_command(settings)
 
@@ -177,8 +177,8 @@ def run_count(n: int, root: Path) -> dict:
     from kfrelease.config import Settings
     from kfrelease.rollout.spec import parse_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
-    from kfrelease.serving.gateway import LocalGatewayDriver
     from kfrelease.stack import supervisor
+    from kfrelease.stack.gateway import LocalGatewayDriver
     from tests.conftest import free_port_offset
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-models-{n}-", dir=root))

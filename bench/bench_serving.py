@@ -52,7 +52,7 @@ from pathlib import Path
 
 import httpx
 
-from kfrelease.serving.services import predictor_argv
+from kfrelease.stack.serving import predictor_argv
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -24,7 +24,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "s3": 8333,  # SeaweedFS S3 gateway; its internal master/volume/filer use the next 8 ports
     "registry": 5000,  # OCI registry (Debian docker-registry)
     "gateway": 8080,  # nginx in front of the model servers
-    "gateway-hold": 8081,  # holds a prediction no model server can answer until one is back (kfrelease.serving.hold)
+    "gateway-hold": 8081,  # holds a prediction no model server can answer until one is back (kfrelease.stack.hold)
     "logsink": 8090,  # prediction-log sink (KServe logger CloudEvents)
     "feedback": 8091,  # ground-truth endpoint
     "watchdog": 8097,  # restarts stack services that die (kfrelease.stack.watchdog)

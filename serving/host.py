@@ -258,7 +258,7 @@ class HostControl:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from kfrelease.serving.slots import STAGES
+    from kfrelease.stack.slots import STAGES
 
     p = argparse.ArgumentParser(
         prog="python -m kfrelease.serving.host",

@@ -45,7 +45,7 @@ from kfrelease.serving.fastlane import (
     run_model_server,
 )
 from kfrelease.serving.metrics import ModelMetrics
-from kfrelease.serving.slots import STAGES
+from kfrelease.stack.slots import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def build(args: argparse.Namespace) -> RegressionPredictor:
     """The predictor for parsed arguments (loaded; its logger started). Used by main and tests."""
     from kfrelease.config import Settings
     from kfrelease.serving.cache import cache_from_option
-    from kfrelease.serving.model_files import resolve_model_dir
+    from kfrelease.stack.model_files import resolve_model_dir
 
     settings = Settings.from_env()
     predictor = RegressionPredictor(

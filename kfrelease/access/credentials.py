@@ -55,7 +55,7 @@ def load_credentials(settings: Settings, identity: str) -> Credentials:
 
 
 #: Declared label sources of the embedded stack (name -> bearer token), one file, mode 0600: the feedback
-#: service counts a label only when its request carries one of these tokens (``kfrelease.serving.feedback``).
+#: service counts a label only when its request carries one of these tokens (``kfrelease.collectors.feedback``).
 LABEL_SOURCES = "label-sources"
 #: The label source of the stack's own clients (the demo's and the tests' traffic).
 DEFAULT_LABEL_SOURCE = "clients"

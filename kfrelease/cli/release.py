@@ -15,7 +15,7 @@ from kfrelease.release.handover import record_path, start_release
 from kfrelease.release.plan import plan_release
 from kfrelease.results import decision_label
 from kfrelease.rollout.spec import load_rollout_spec
-from kfrelease.serving.gateway import model_states
+from kfrelease.stack.gateway import model_states
 from kfrelease.stack.supervisor import pid_alive
 from kfrelease.storage import store_for
 

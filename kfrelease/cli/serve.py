@@ -12,11 +12,11 @@ from kfrelease.errors import NotFound
 from kfrelease.registry import ModelRegistry
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec, parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.gateway import LocalGatewayDriver, model_states, read_gateway_record
-from kfrelease.serving.hosts import hosted
-from kfrelease.serving.slots import all_slots
 from kfrelease.stack import supervisor
+from kfrelease.stack.gateway import LocalGatewayDriver, model_states, read_gateway_record
+from kfrelease.stack.hosts import hosted
 from kfrelease.stack.services import declared_services
+from kfrelease.stack.slots import all_slots
 from kfrelease.stack.watchdog import watchdog_service
 from kfrelease.storage import store_for
 

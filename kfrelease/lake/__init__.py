@@ -71,7 +71,7 @@ def read_predictions(
 def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
     """Ground truth of ``model`` (label time in ``[since, until)``): ``request_id, instance, truth, time,
     source``, every label (a request labelled twice keeps both rows; ``latest_truth`` picks one). ``source`` is
-    the declared label source that posted it (``kfrelease.serving.feedback.LabelSources``; null in files written
+    the declared label source that posted it (``kfrelease.collectors.feedback.LabelSources``; null in files written
     before labels carried one)."""
     from kfrelease.lake import read as R
     from kfrelease.lake.engine import _files_view, connect

@@ -70,7 +70,7 @@ LABEL_SCHEMA = pa.schema(
         ("instance", pa.int32()),
         ("truth", pa.float64()),
         ("time", TIME),
-        # who posted the label: a declared label source (``kfrelease.serving.feedback.LabelSources``: a token's
+        # who posted the label: a declared label source (``kfrelease.collectors.feedback.LabelSources``: a token's
         # name on the embedded stack, the caller's mesh principal on a cluster). Added after schema version 2:
         # files without it read as null (union by name).
         ("source", pa.string()),

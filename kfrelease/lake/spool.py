@@ -2,7 +2,7 @@
 
 Everything that must not lose a record on its way to somewhere that may be down goes through a ``Spool``:
 the prediction logger (events on their way to the log sink), the log sink and the feedback service (lines
-on their way to the lake, ``kfrelease.serving.sink.BatchWriter``) and the Pushgateway pusher
+on their way to the lake, ``kfrelease.collectors.sink.BatchWriter``) and the Pushgateway pusher
 (``kfrelease.monitoring.push``).
 
 A spool is a directory of segments ``<seq>-<uuid>.jsonl``, one JSON document a line. ``append`` writes

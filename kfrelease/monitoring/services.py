@@ -2,7 +2,7 @@
 our Alertmanager webhook receiver, each on 127.0.0.1 with its own data directory and rendered config.
 
 Prometheus scrapes itself, the Pushgateway (``honor_labels: true`` keeps the pushed model/version/stage
-labels), every model server of the stack's table (``kfrelease.serving.slots``: each stage and replica, with
+labels), every model server of the stack's table (``kfrelease.stack.slots``: each stage and replica, with
 a ``stage`` label), the log sink, the feedback service, Alertmanager and the receiver. Targets that are
 not running are simply ``up == 0``.
 
@@ -21,8 +21,8 @@ import yaml
 
 from kfrelease.config import Settings, setting
 from kfrelease.monitoring.rules import render_rules
-from kfrelease.serving.slots import all_slots
 from kfrelease.stack.service import Service, python_service
+from kfrelease.stack.slots import all_slots
 
 GROUP = "monitoring"
 

@@ -157,7 +157,7 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
             "cluster use metrics_source: prometheus with canary.prometheus_url (queries on the predictors' or "
             "Istio's series as the canary checks declare them); no traffic was moved"
         )
-    from kfrelease.serving.services import predictor_port
+    from kfrelease.stack.serving import predictor_port
 
     return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, stage)}", spec.model, candidate)
 
@@ -224,7 +224,7 @@ def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServe
             headers={REPLAY_HEADER: REPLAY_VALUE},
             token_path=str(token),
         )
-    from kfrelease.serving.services import predictor_port
+    from kfrelease.stack.serving import predictor_port
 
     return ModelServerScorer(f"http://127.0.0.1:{predictor_port(settings, 'production')}", spec.model)
 

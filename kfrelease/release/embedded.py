@@ -100,7 +100,7 @@ def run_release(
     on_decision: Callable[[dict], None] | None = None,
 ) -> ReleaseOutcome:
     """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
-    from kfrelease.serving.gateway import LocalGatewayDriver, predictor_port
+    from kfrelease.stack.gateway import LocalGatewayDriver, predictor_port
 
     spec = bind_model(spec or load_rollout_spec(), model)
     with ReleaseLock(settings, model, version):

@@ -117,7 +117,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
         if version:
             driver.recover()  # a release killed before its move back: its traffic goes back first
         return driver
-    from kfrelease.serving.gateway import LocalGatewayDriver
+    from kfrelease.stack.gateway import LocalGatewayDriver
 
     ensure_serving_services(settings)
     return LocalGatewayDriver(settings, spec)

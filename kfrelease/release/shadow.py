@@ -2,7 +2,7 @@
 
 The gateway mirrors production requests to the staging candidate with the same request id; both model
 servers log their answers (read back by ``kfrelease.lake``) and ground truth arrives later through the feedback
-service (``kfrelease.serving.feedback``). ``join_shadow`` pairs, per (request id, instance), the
+service (``kfrelease.collectors.feedback``). ``join_shadow`` pairs, per (request id, instance), the
 production answer, the candidate's answer, the truth and the request's features; ``shadow_verdict`` decides
 on exactly those rows with the checks of ``kfrelease.release.decision`` (the spec's ``shadow`` section:
 margin, error rate, loss, clip, the tail check's ``min_exposure``, declared ``slices`` and the worst-slice

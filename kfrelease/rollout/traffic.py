@@ -1,7 +1,7 @@
 """The traffic state a release is in, and the driver protocol that applies it.
 
 The release controller only ever computes ``TrafficState`` values; a driver applies them: locally the
-nginx gateway (``kfrelease.serving``), on a cluster a patch of the InferenceService / VirtualService.
+nginx gateway (``kfrelease.stack.gateway``), on a cluster a patch of the InferenceService / VirtualService.
 Renderers (gateway config, InferenceService, VirtualService) take a ``RolloutSpec`` and a ``TrafficState``.
 """
 

@@ -22,7 +22,7 @@ from kfrelease.stack.service import Service
 SERVICE_MODULES = (
     "kfrelease.stack.services",
     "kfrelease.monitoring.services",
-    "kfrelease.serving.services",
+    "kfrelease.stack.serving",
     "kfrelease.ui.services",
 )
 

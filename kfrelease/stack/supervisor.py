@@ -200,7 +200,7 @@ def start_service(settings: Settings, service: Service, launch: Launcher | None 
 
 
 #: ``(service, env, cwd, log_path) -> process`` (``pid``, ``poll()``, ``returncode``): how a service is launched
-#: when not by ``subprocess.Popen`` (the watchdog's warm spare for model servers, ``kfrelease.serving.spare``).
+#: when not by ``subprocess.Popen`` (the watchdog's warm spare for model servers, ``kfrelease.stack.spare``).
 Launcher = Callable[[Service, dict, Path, Path], object]
 
 

@@ -6,7 +6,7 @@ gone, with the recorded command (``supervisor.restart_if_dead``; a service being
 ``kfrelease down`` stops the watchdog first, so nothing is restarted behind it. ``GET /healthz`` answers
 ``{"status": "ok", "restarts": {name: count}, "spare": "off" | "starting" | "ready", "runs": {action: count}}``.
 
-A model server (group ``serving-models``) is restarted from a warm spare (``kfrelease.serving.spare``): a
+A model server (group ``serving-models``) is restarted from a warm spare (``kfrelease.stack.spare``): a
 process that has already imported KServe and the model-server code forks the recorded command, so a killed
 server answers again in a second or two instead of the 10-20 s a fresh KServe process takes here. The spare
 starts with the first model server the stack records, runs in the watchdog's process group (it stops with
@@ -61,7 +61,7 @@ def warm_launcher(settings: Settings, service: Service) -> supervisor.Launcher |
     """A launcher that forks a model server from the stack's warm spare (a second or two instead of a fresh
     KServe process's 5-20 s), or None when the spare is not ready or ``service`` is not a ``python -m`` model
     server."""
-    from kfrelease.serving import spare
+    from kfrelease.stack import spare
 
     name = spare_socket(settings)
     return _spare_launcher(name, service.group, service.command, lambda: spare.is_ready(name))
@@ -71,7 +71,7 @@ def _spare_launcher(name: str, group: str | None, command, ready) -> supervisor.
     """The supervisor launcher that forks ``command`` from the spare listening on ``name``, or None (not a
     model server, not a ``python -m`` command, or ``ready()`` is false). If the spare cannot fork it, the
     service is started the usual way (``supervisor.spawn``)."""
-    from kfrelease.serving import spare
+    from kfrelease.stack import spare
 
     if group != WarmSpare.GROUP or spare.forkable(list(command)) is None or not ready():
         return None
@@ -87,7 +87,7 @@ def _spare_launcher(name: str, group: str | None, command, ready) -> supervisor.
 
 
 class WarmSpare:
-    """The watchdog's one warm spare for model servers (``kfrelease.serving.spare``)."""
+    """The watchdog's one warm spare for model servers (``kfrelease.stack.spare``)."""
 
     GROUP = "serving-models"
 
@@ -97,7 +97,7 @@ class WarmSpare:
         self.proc: subprocess.Popen | None = None
 
     def state(self) -> str:
-        from kfrelease.serving import spare
+        from kfrelease.stack import spare
 
         if self.proc is None or self.proc.poll() is not None:
             return "off"
@@ -112,7 +112,7 @@ class WarmSpare:
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.log_dir / "watchdog-spare.log", "ab") as log_fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kfrelease.serving.spare", "--socket", self.name],
+                [sys.executable, "-m", "kfrelease.stack.spare", "--socket", self.name],
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

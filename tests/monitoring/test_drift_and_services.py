@@ -6,7 +6,7 @@ import pytest
 
 from kfrelease.drift import data_drift
 from kfrelease.errors import DataValidationError
-from kfrelease.serving.slots import all_slots
+from kfrelease.stack.slots import all_slots
 from tests.waiting import eventually
 
 

@@ -20,8 +20,8 @@ from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.embedded import run_release
 from kfrelease.rollout.spec import load_rollout_spec
-from kfrelease.serving.gateway import LocalGatewayDriver, model_states
 from kfrelease.stack import supervisor
+from kfrelease.stack.gateway import LocalGatewayDriver, model_states
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline

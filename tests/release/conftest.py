@@ -12,7 +12,7 @@ from kfrelease.access.credentials import ensure_label_source
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.lake import read_predictions
 from kfrelease.rollout.spec import CheckSpec, load_rollout_spec
-from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.stack.gateway import LocalGatewayDriver
 from kfrelease.storage import store_for
 from tests.training.conftest import PrivateDataset
 

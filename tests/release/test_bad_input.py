@@ -75,7 +75,7 @@ def test_an_unreadable_metric_source_moves_no_traffic(staged, monkeypatch):
 
 
 def test_a_malformed_rollout_spec_is_refused_before_anything_moves(stack, run_cli, tmp_path):
-    from kfrelease.serving.gateway import read_gateway_record
+    from kfrelease.stack.gateway import read_gateway_record
 
     before = read_gateway_record(stack)
     bad = tmp_path / "rollout.yaml"

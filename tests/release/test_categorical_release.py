@@ -42,8 +42,8 @@ from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import input_columns
 from kfrelease.release.embedded import run_release
-from kfrelease.serving.gateway import LocalGatewayDriver
-from kfrelease.serving.slots import predictor_port, production_replicas
+from kfrelease.stack.gateway import LocalGatewayDriver
+from kfrelease.stack.slots import predictor_port, production_replicas
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline

@@ -22,7 +22,7 @@ from kfrelease.demo.project import second_spec_variant
 from kfrelease.demo.traffic import friedman_rows, holdout_rows
 from kfrelease.registry import ModelRegistry
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.stack.gateway import LocalGatewayDriver
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline

@@ -18,7 +18,7 @@ from kfrelease.lake import read_predictions
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.embedded import run_release
 from kfrelease.rollout.spec import CheckSpec
-from kfrelease.serving.gateway import LocalGatewayDriver
+from kfrelease.stack.gateway import LocalGatewayDriver
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 from kfrelease.training.steps import run_inline

@@ -51,7 +51,7 @@ def recording_model(name: str, version: str, record: Path):
 
 def recording_command(record_dir: Path):
     """A ``host_command`` for ``LocalGatewayDriver`` that starts the recording model host."""
-    from kfrelease.serving.hosts import host_argv
+    from kfrelease.stack.hosts import host_argv
 
     def command(slot, manifest: Path, port: int) -> list[str]:
         return host_argv(slot, manifest, port, "--record-dir", str(record_dir), module="tests.serving.recording_host")

@@ -16,9 +16,9 @@ import pandas as pd
 from kfrelease.config import Settings
 from kfrelease.data.features import diabetes_features
 from kfrelease.demo.data import diabetes_frame
-from kfrelease.serving.services import predictor_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
+from kfrelease.stack.serving import predictor_service
 from tests.conftest import free_port_offset
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "bmi_bp"]

@@ -9,8 +9,8 @@ import pytest
 
 from kfrelease.config import Settings
 from kfrelease.lake.read import stored_rows
-from kfrelease.serving.services import logsink_service
 from kfrelease.stack import supervisor
+from kfrelease.stack.serving import logsink_service
 from kfrelease.storage import store_for
 from tests.serving.serving_helpers import (
     DIAMONDS_CATEGORIES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kfrelease.serving.feedback import InvalidFeedback, feedback_record
+from kfrelease.collectors.feedback import InvalidFeedback, feedback_record
 
 
 def test_a_label_without_a_model_is_refused_when_the_service_serves_several_models():

@@ -21,7 +21,8 @@ from kfrelease.rollout.spec import (
     parse_rollout_spec,
 )
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.gateway import (
+from kfrelease.stack import supervisor
+from kfrelease.stack.gateway import (
     GatewayError,
     LocalGatewayDriver,
     ModelRoute,
@@ -29,7 +30,6 @@ from kfrelease.serving.gateway import (
     install_config,
     render_nginx_config,
 )
-from kfrelease.stack import supervisor
 from tests.conftest import REPO, free_port_offset
 from tests.serving.recording_host import Load, recorded, recording_command
 from tests.waiting import eventually

@@ -13,8 +13,8 @@ import pytest
 from kfrelease.config import Settings
 from kfrelease.rollout.spec import parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.gateway import LocalGatewayDriver
 from kfrelease.stack import supervisor
+from kfrelease.stack.gateway import LocalGatewayDriver
 from tests.serving.serving_helpers import private_home_env
 from tests.waiting import eventually
 

@@ -200,7 +200,7 @@ def test_a_single_replica_killed_answers_again_within_10_s_without_any_command(s
     with open(f"/proc/{pid}/stat") as fh:
         parent = int(fh.read().rsplit(")", 1)[1].split()[1])
     with open(f"/proc/{parent}/cmdline", "rb") as fh:
-        assert b"kfrelease.serving.spare" in fh.read(), "the staging slot's server was not forked from the spare"
+        assert b"kfrelease.stack.spare" in fh.read(), "the staging slot's server was not forked from the spare"
     print(f"the staging slot's first server answered {time.monotonic() - started:.2f} s after the traffic change")
 
 

@@ -17,9 +17,9 @@ from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_sour
 from kfrelease.config import Settings
 from kfrelease.lake import read_labels, read_predictions
 from kfrelease.lake.read import stored_rows
-from kfrelease.serving.services import feedback_service, logsink_service
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import s3_service
+from kfrelease.stack.serving import feedback_service, logsink_service
 from kfrelease.storage import store_for
 from tests.serving.serving_helpers import (
     FEATURES,

@@ -24,9 +24,9 @@ import pytest
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.rollout.spec import load_rollout_spec
-from kfrelease.serving.gateway import LocalGatewayDriver
-from kfrelease.serving.hosts import hosted
 from kfrelease.stack import supervisor
+from kfrelease.stack.gateway import LocalGatewayDriver
+from kfrelease.stack.hosts import hosted
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline

@@ -11,11 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
 
-from kfrelease.lake import count_events, read_predictions
-from kfrelease.lake.read import stored_rows
-from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
-from kfrelease.lake.write import segment_objects
-from kfrelease.serving.sink import (
+from kfrelease.collectors.sink import (
     BUCKET,
     InvalidEvent,
     LogSink,
@@ -23,6 +19,10 @@ from kfrelease.serving.sink import (
     event_key,
     event_line,
 )
+from kfrelease.lake import count_events, read_predictions
+from kfrelease.lake.read import stored_rows
+from kfrelease.lake.schema import SCHEMA_VERSION, schema_version_of
+from kfrelease.lake.write import segment_objects
 
 KSERVE_HEADERS = {  # what KServe's InferenceLogger sends (no kfrelease extensions)
     "ce-specversion": "1.0",
@@ -357,7 +357,7 @@ def test_segments_rotated_while_events_arrive_are_uploaded_whole(stack, tmp_path
     import threading
     import uuid
 
-    from kfrelease.serving.sink import BatchWriter
+    from kfrelease.collectors.sink import BatchWriter
     from kfrelease.storage import store_for
 
     store = store_for("serving", stack)

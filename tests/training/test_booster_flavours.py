@@ -26,8 +26,8 @@ from kfrelease.data.spec import parse_spec as parse_dataset_spec
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, DIAMONDS_NUMBERS, batches_of, holdout_of
 from kfrelease.demo.project import DIAMONDS_EXAMPLE
 from kfrelease.registry import ModelRegistry
-from kfrelease.serving.model_files import local_model_dir
 from kfrelease.stack import supervisor
+from kfrelease.stack.model_files import local_model_dir
 from kfrelease.storage import store_for
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.steps import run_inline

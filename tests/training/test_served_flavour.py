@@ -141,7 +141,7 @@ def test_a_ridge_registers_as_onnx_and_the_staged_model_server_answers_from_mode
     from kfrelease.release.pipeline_steps import version_sources
     from kfrelease.rollout.spec import load_rollout_spec
     from kfrelease.rollout.traffic import TrafficState
-    from kfrelease.serving.model_files import local_model_dir
+    from kfrelease.stack.model_files import local_model_dir
     from tests.serving.serving_helpers import start_predictor
     from tests.twin import runtime_supports_model
 

@@ -159,7 +159,7 @@ def serving_documents(
         *http_service(
             "kfrelease-logsink",
             ns,
-            "kfrelease.serving.sink",
+            "kfrelease.collectors.sink",
             env,
             "serving",
             env.logsink_replicas,
@@ -169,7 +169,7 @@ def serving_documents(
         *http_service(
             "kfrelease-feedback",
             ns,
-            "kfrelease.serving.feedback",
+            "kfrelease.collectors.feedback",
             env,
             "serving",
             1,

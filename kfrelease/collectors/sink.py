@@ -531,7 +531,7 @@ def create_app(sink: LogSink):
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.sink", description="Prediction-log sink.")
+    p = argparse.ArgumentParser(prog="python -m kfrelease.collectors.sink", description="Prediction-log sink.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's logsink port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(

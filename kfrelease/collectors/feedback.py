@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import orjson
 import pandas as pd
 
+from kfrelease.collectors.sink import BatchWriter
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import LABEL_BUCKET
-from kfrelease.serving.sink import BatchWriter
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfrelease.storage import store_for
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.feedback", description="Ground-truth service.")
+    p = argparse.ArgumentParser(prog="python -m kfrelease.collectors.feedback", description="Ground-truth service.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's feedback port")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model", default=None, help="model of records that name none (default: such records are refused)")

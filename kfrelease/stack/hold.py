@@ -15,7 +15,7 @@ ready pod: the stack's watchdog restarts a killed model server from its warm spa
 restart without the spare (a fresh KServe process takes 5-20 s on two busy cores) and stays well under a
 client's usual 60 s timeout.
 
-Run as ``python -m kfrelease.serving.hold --port P``; ``GET /healthz`` answers ``{"status": "ok", "held": N,
+Run as ``python -m kfrelease.stack.hold --port P``; ``GET /healthz`` answers ``{"status": "ok", "held": N,
 "answered": N, "expired": N}``. Only ``/v1/models/...`` and ``/v2/models/...`` calls are held, to 127.0.0.1.
 """
 
@@ -136,7 +136,7 @@ def create_app(deadline_seconds: float | None = None) -> Starlette:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.hold", description="The gateway's hold.")
+    p = argparse.ArgumentParser(prog="python -m kfrelease.stack.hold", description="The gateway's hold.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's gateway-hold port")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

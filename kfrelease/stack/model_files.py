@@ -56,7 +56,7 @@ MODELCAR_DIRS = ("/mnt/models", "/models")
 
 def resolve_model_dir(source: str, settings: Settings | None = None) -> Path:
     """A local directory for ``source``: a directory, a ModelCar path, or ``s3://models/artifacts/<model>/<V>/``
-    (downloaded once into the stack's model cache, ``kfrelease.serving.model_files``)."""
+    (downloaded once into the stack's model cache, ``kfrelease.stack.model_files``)."""
     if source.startswith("s3://"):
         settings = settings or Settings.from_env()
         return local_model_dir(settings, *parse_artifact_uri(source, settings))

@@ -161,7 +161,7 @@ def is_ready(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kfrelease.serving.spare")
+    p = argparse.ArgumentParser(prog="python -m kfrelease.stack.spare")
     p.add_argument("--socket", required=True, help="socket name; @NAME: Linux's abstract namespace")
     args = p.parse_args(argv)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported

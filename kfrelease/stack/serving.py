@@ -1,7 +1,7 @@
 """The serving group of the embedded stack: the log sink, the feedback service, the gateway and its hold
 (``kfrelease serve`` starts them), plus ``predictor_service``: one model version in a process of its own
-(tests and benchmarks; the stack's model servers host many models, ``kfrelease.serving.hosts``). The port
-table is ``kfrelease.serving.slots``."""
+(tests and benchmarks; the stack's model servers host many models, ``kfrelease.stack.hosts``). The port
+table is ``kfrelease.stack.slots``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
-from kfrelease.serving.gateway import gateway_service
-from kfrelease.serving.slots import STAGES, predictor_port
+from kfrelease.stack.gateway import gateway_service
 from kfrelease.stack.service import Service, python_service
+from kfrelease.stack.slots import STAGES, predictor_port
 
 
 def predictor_argv(
@@ -45,21 +45,21 @@ def predictor_argv(
 
 def logsink_service(settings: Settings) -> Service:
     return python_service(
-        settings, "logsink", "kfrelease.serving.sink", group="serving", startup_timeout=60, restart=True
+        settings, "logsink", "kfrelease.collectors.sink", group="serving", startup_timeout=60, restart=True
     )
 
 
 def feedback_service(settings: Settings, model: str | None = None) -> Service:
     args = ("--model", model) if model else ()
     return python_service(
-        settings, "feedback", "kfrelease.serving.feedback", *args, group="serving", startup_timeout=60, restart=True
+        settings, "feedback", "kfrelease.collectors.feedback", *args, group="serving", startup_timeout=60, restart=True
     )
 
 
 def hold_service(settings: Settings) -> Service:
-    """The gateway's hold (``kfrelease.serving.hold``): the last server of every primary and canary upstream."""
+    """The gateway's hold (``kfrelease.stack.hold``): the last server of every primary and canary upstream."""
     return python_service(
-        settings, "gateway-hold", "kfrelease.serving.hold", group="serving", startup_timeout=60, restart=True
+        settings, "gateway-hold", "kfrelease.stack.hold", group="serving", startup_timeout=60, restart=True
     )
 
 

@@ -10,7 +10,7 @@
   idempotent): one replica's crash fails no request. Production runs on ``KFRELEASE_PRODUCTION_REPLICAS``
   (default 2) model servers, or more when a rollout spec's ``serving.min_replicas`` asks for more.
 - when every replica of the role failed a prediction (all killed, or the only one restarting), the last
-  server of the role's upstream is the **hold** (an nginx ``backup`` server, ``kfrelease.serving.hold``): it
+  server of the role's upstream is the **hold** (an nginx ``backup`` server, ``kfrelease.stack.hold``): it
   sends the prediction again to the role's replicas until one answers, for at most
   ``KFRELEASE_GATEWAY_HOLD_SECONDS`` (default 30 s), while the watchdog restarts them. Other calls (ready,
   metadata) are not held: they answer what is true now.
@@ -63,11 +63,11 @@ from kfrelease.config import Settings, setting
 from kfrelease.errors import StackError
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
-from kfrelease.serving.hosts import HostCommand, ModelServers
-from kfrelease.serving.model_files import local_model_dir
-from kfrelease.serving.slots import ROLES, predictor_port, production_replicas, slot_named, slots_for
 from kfrelease.stack import supervisor
+from kfrelease.stack.hosts import HostCommand, ModelServers
+from kfrelease.stack.model_files import local_model_dir
 from kfrelease.stack.service import Service
+from kfrelease.stack.slots import ROLES, predictor_port, production_replicas, slot_named, slots_for
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class ModelRoute:
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("kfrelease.serving", "templates"),
+    loader=jinja2.PackageLoader("kfrelease.stack", "templates"),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
@@ -244,7 +244,7 @@ def render_nginx_config(
     """The nginx config for every model's routes (``templates/gateway.nginx.j2``). Pure: same inputs, same
     text; a model with no primary and no canary is not routed (its paths answer 404), unless its state says
     why it is ``unavailable`` (a withdrawn first model): then its paths answer 503 with that reason. ``hold_port``: the
-    hold's port (``kfrelease.serving.hold``), the last server of every primary and canary upstream, holding
+    hold's port (``kfrelease.stack.hold``), the last server of every primary and canary upstream, holding
     a prediction up to ``hold_seconds`` (default ``KFRELEASE_GATEWAY_HOLD_SECONDS``); no ``hold_port``: no hold
     (a prediction no replica answers gets a 503)."""
     if run_as_root is None:
@@ -474,7 +474,7 @@ class LocalGatewayDriver:
     """Applies one model's ``TrafficState`` to the embedded stack. Implements
     ``kfrelease.rollout.traffic.TrafficDriver``.
 
-    The model's versions go into the shared model servers of their roles (``kfrelease.serving.slots``:
+    The model's versions go into the shared model servers of their roles (``kfrelease.stack.slots``:
     primary -> ``predictor-production`` and its replicas, shadow -> ``predictor-staging``, canary ->
     ``predictor-canary``), loaded in place; nginx is re-rendered with every model's routes and reloaded
     gracefully; versions no longer routed are unloaded once the old nginx workers have drained. Other
@@ -585,7 +585,7 @@ class LocalGatewayDriver:
         if status.healthy and previous == text:
             return  # already serving exactly this config: applying a state twice changes nothing
         conf = install_config(self.prefix, text)
-        from kfrelease.serving.services import hold_service
+        from kfrelease.stack.serving import hold_service
 
         supervisor.start_service(self.settings, hold_service(self.settings))  # "already running" when it is
         try:

@@ -1,4 +1,4 @@
-"""The model servers of the embedded stack as stack services: one per slot (``kfrelease.serving.slots``),
+"""The model servers of the embedded stack as stack services: one per slot (``kfrelease.stack.slots``),
 each hosting the models its manifest lists (``kfrelease.serving.host``).
 
 ``put`` and ``remove`` change one model's entry in one slot: the manifest is rewritten atomically, then a
@@ -25,9 +25,9 @@ from kfrelease.serving.host import (
     read_manifest,
     write_manifest,
 )
-from kfrelease.serving.slots import ServerSlot, all_slots
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
+from kfrelease.stack.slots import ServerSlot, all_slots
 
 log = logging.getLogger(__name__)
 
