@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from kfrelease.config import exit_without_collecting
 from kfrelease.errors import KfreleaseError
 
 #: Modules under kfrelease.cli that define ``register(cli)`` (each must exist: a missing one fails the import).
@@ -66,6 +67,7 @@ _register_all()
 
 
 def main() -> None:
+    exit_without_collecting()  # a CLI call is a short-lived process
     try:
         cli(prog_name="kfrelease")
     except KfreleaseError as exc:  # raised outside a command (e.g. while parsing settings)

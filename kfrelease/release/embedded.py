@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, exit_without_collecting
 from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.release.controller import ReleaseController, ReleaseOutcome
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exit_without_collecting()  # the process ends with its release
     settings = Settings.from_env()
     try:
         if args.inline:

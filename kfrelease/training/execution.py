@@ -32,7 +32,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, exit_without_collecting
 from kfrelease.lineage import now_iso
 from kfrelease.stack.supervisor import exclusive_lock, group_alive, pid_alive, stop_process_group
 from kfrelease.training import run_records
@@ -470,6 +470,7 @@ def stop_runners(settings: Settings) -> list[str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exit_without_collecting()  # the runner ends with its run
     if len(sys.argv) != 2:
         sys.exit("usage: python -m kfrelease.training.execution RUN_ID")
     try:
