@@ -35,6 +35,7 @@ EXPECTED_KINDS = {
     "PrometheusRule",
     "StorageClass",
     "Ingress",
+    "Sidecar",
 }
 
 

@@ -81,7 +81,7 @@ def test_missing_or_too_wide_authorization_policies_are_findings(docs):
         d for d in docs if d["kind"] != "AuthorizationPolicy" or d["metadata"]["namespace"] != SPEC.serving.namespace
     ]
     found = mesh_findings(none, SPEC)
-    assert any("KServe agent -> log sink is denied" in f for f in found) and len(found) == 7, found
+    assert any("KServe agent -> log sink is denied" in f for f in found) and len(found) == 8, found
     allow_all = {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
@@ -90,6 +90,28 @@ def test_missing_or_too_wide_authorization_policies_are_findings(docs):
     }
     found = mesh_findings(docs + [allow_all], SPEC)
     assert found and all("is allowed" in f for f in found), found
+
+
+def test_callers_outside_the_serving_namespaces_egress_scope_are_release_path_findings(docs):
+    """Review eks2 C1/H2: under Kubeflow's mesh-wide egress Sidecar the activator, the autoscaler and an in-mesh
+    client reach the predictors in plain text (no principal) unless a rendered Sidecar lists the serving
+    namespace; with the rendered ones nothing is denied."""
+    from kfrelease.k8s.policy.istio import upstream_sidecars
+    from kfrelease.k8s.render.egress import mesh_client_sidecars
+
+    kubeflow = upstream_sidecars(ENV.kubeflow_version)
+    clients = mesh_client_sidecars(ENV, SPEC.serving.namespace)
+    assert mesh_findings(docs, SPEC, ENV.mesh_clients, kubeflow + clients) == []
+    without = [d for d in docs if d["kind"] != "Sidecar"]
+    found = mesh_findings(without, SPEC, ENV.mesh_clients, kubeflow)
+    flows = {f.split(" is denied")[0].removeprefix("AuthorizationPolicy: ") for f in found}
+    assert flows == {
+        "Knative activator -> predictor",
+        "Knative autoscaler -> queue-proxy metrics",
+        *[f"in-mesh client {c} -> predictor" for c in ENV.mesh_clients],
+        *[f"in-mesh client {c}'s sidecar -> shadow (mirrored copy)" for c in ENV.mesh_clients],
+    }, found
+    assert all("plain text" in f for f in found), found
 
 
 def test_manifests_check_reports_the_release_path_classes_on_broken_files(tmp_path):

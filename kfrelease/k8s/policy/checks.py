@@ -285,6 +285,7 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
     under global-deny-all (``kfrelease.k8s.policy.release_checks``), on what is applied: overlay + bootstrap, with
     the groups the committed eksctl access entries map."""
     from kfrelease.k8s.policy import release_checks as rc
+    from kfrelease.k8s.policy.istio import upstream_sidecars
 
     out = []
     for name, env in ctx.environments.items():
@@ -299,7 +300,13 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
         messages = (
             rc.rbac_findings(docs, spec, groups)
             + rc.driver_findings(docs, spec, env.production_version, env.kserve_version)
-            + rc.mesh_findings(docs, spec)
+            # the cluster's Sidecars beyond the overlay: Kubeflow's mesh-wide default and the client namespaces'
+            + rc.mesh_findings(
+                docs,
+                spec,
+                env.mesh_clients,
+                upstream_sidecars(env.kubeflow_version) + ctx.yaml_docs(f"eks/{name}/mesh-clients.yaml"),
+            )
         )
         out += [Finding("release-path", f"overlays/{name}", m) for m in messages]
     return out

@@ -9,6 +9,15 @@ workload's labels. A policy without rules matches nothing; a rule ``{}`` matches
 ``from``, ``to`` and ``when`` must all match, each list matching when any entry does; within an entry every
 field given must match. Strings match exactly, by prefix (``abc*``), suffix (``*abc``) or presence (``*``).
 A field it does not know raises, so it never allows by ignoring a condition.
+
+Egress scope (``Sidecar``, https://istio.io/latest/docs/reference/config/networking/sidecar/): a sidecar proxy
+loads only the services and VirtualServices its ``Sidecar`` lists in ``egress.hosts`` (``<namespace>/<dnsName>``;
+namespace ``*`` any, ``.`` the workload's own, ``~`` none; dnsName ``*``, ``*.<suffix>`` or a name). Each workload
+has one: a Sidecar of its namespace whose ``workloadSelector`` selects it, else its namespace's selector-less
+one, else the root namespace's selector-less one, else none (every namespace). A request to a host outside that
+scope leaves through Envoy's PassthroughCluster in plain text, so the destination sees no peer identity
+(kubeflow/manifests ``common/istio/README.md``, "Istio Sidecar Egress"); ``peer`` says which principal a call
+arrives with, and ``imports`` whether a VirtualService routes the caller's requests.
 """
 
 from __future__ import annotations
@@ -172,6 +181,98 @@ def decide(policies: list[dict], req: Request) -> tuple[bool, str]:
 
 def allowed(policies: list[dict], req: Request) -> bool:
     return decide(policies, req)[0]
+
+
+_EGRESS = {"hosts"}
+_SIDECAR_SPEC = {"egress", "workloadSelector"}
+
+
+def _selects(sidecar: dict, workload: Workload) -> bool:
+    labels = ((sidecar["spec"].get("workloadSelector") or {}).get("labels")) or {}
+    return all(workload.labels.get(k) == v for k, v in labels.items())
+
+
+def effective_sidecar(sidecars: list[dict], workload: Workload) -> dict | None:
+    """The Sidecar Istio applies to ``workload`` (None: no Sidecar, every namespace is in scope)."""
+    own = [s for s in sidecars if s.get("kind") == "Sidecar" and s["metadata"]["namespace"] == workload.namespace]
+    for s in sidecars:
+        unknown = set(s.get("spec") or {}) - _SIDECAR_SPEC
+        if unknown:
+            raise ValueError(f"Sidecar {s['metadata']['name']} field(s) {sorted(unknown)} are not evaluated here")
+    selected = [s for s in own if s["spec"].get("workloadSelector") and _selects(s, workload)]
+    if len(selected) > 1:  # Istio: "the behavior of the system is undefined"
+        raise ValueError(f"several Sidecars select {workload}: {[s['metadata']['name'] for s in selected]}")
+    if selected:
+        return selected[0]
+    for ns in (workload.namespace, ROOT_NS):
+        default = [
+            s
+            for s in sidecars
+            if s.get("kind") == "Sidecar" and s["metadata"]["namespace"] == ns and not s["spec"].get("workloadSelector")
+        ]
+        if len(default) > 1:
+            raise ValueError(f"namespace {ns} has several Sidecars without workloadSelector (undefined in Istio)")
+        if default:
+            return default[0]
+    return None
+
+
+def _host_matches(pattern: str, host: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+def in_scope(sidecars: list[dict], source: Workload, namespace: str, host: str = "*") -> tuple[bool, str]:
+    """(whether ``source``'s sidecar loads ``host`` of ``namespace``, which Sidecar decided). ``host`` ``*``
+    asks for any service of the namespace (a wildcard dnsName then counts only as ``*``)."""
+    sidecar = effective_sidecar(sidecars, source)
+    if sidecar is None:
+        return True, "no Sidecar applies (Istio's default: every namespace)"
+    name = f"{sidecar['metadata']['namespace']}/{sidecar['metadata']['name']}"
+    for listener in sidecar["spec"].get("egress") or []:
+        unknown = set(listener) - _EGRESS
+        if unknown:
+            raise ValueError(f"Sidecar {name} egress field(s) {sorted(unknown)} are not evaluated here")
+        for entry in listener["hosts"]:
+            ns, _, dns = entry.partition("/")
+            ns = source.namespace if ns == "." else ns
+            if ns in ("*", namespace) and (dns == "*" or (host != "*" and _host_matches(dns, host))):
+                return True, f"Sidecar {name} lists {entry}"
+    return False, f"Sidecar {name} does not list {namespace}/ (plain text through PassthroughCluster)"
+
+
+def peer(
+    sidecars: list[dict], source: Workload, service_account: str, to: Workload, host: str = "*"
+) -> tuple[str | None, str]:
+    """(the principal ``to``'s sidecar sees on a call from a pod of ``source`` with a sidecar, why): its mTLS
+    identity when ``host`` (a Service of ``to``'s namespace; ``*``: any) is in the caller's egress scope, else
+    None (plain text)."""
+    from kfrelease.k8s.render.mesh import principal
+
+    ok, why = in_scope(sidecars, source, to.namespace, host)
+    return (principal(source.namespace, service_account) if ok else None), why
+
+
+def imports(sidecars: list[dict], source: Workload, virtual_service: dict) -> tuple[bool, str]:
+    """Whether ``source``'s sidecar routes by ``virtual_service`` (gateway ``mesh``): a VirtualService is loaded
+    only when one of its hosts is in the caller's egress scope in the VirtualService's namespace."""
+    ns = virtual_service["metadata"]["namespace"]
+    why = ""
+    for host in virtual_service["spec"]["hosts"]:
+        ok, why = in_scope(sidecars, source, ns, host)
+        if ok:
+            return True, why
+    return False, why
+
+
+def upstream_sidecars(kubeflow_version: str) -> list[dict]:
+    """The Sidecars Kubeflow's install applies at that release (vendored in ``schemas/kubeflow/``)."""
+    from kfrelease.k8s.render.egress import kubeflow_sidecars
+
+    return kubeflow_sidecars(kubeflow_version)
 
 
 def upstream_policies() -> list[dict]:

@@ -131,10 +131,14 @@ def driver_findings(
     return out
 
 
-def mesh_findings(docs: list[dict], spec: RolloutSpec, clients: tuple[str, ...] = ()) -> list[str]:
+def mesh_findings(
+    docs: list[dict], spec: RolloutSpec, clients: tuple[str, ...] = (), sidecars: list[dict] = ()
+) -> list[str]:
     """Each flow of the data path is allowed under Kubeflow's global-deny-all (requests and the shadow's
     mirrored copies from the ingress gateway and from each in-mesh client namespace), and a pod of another
-    namespace reaches no serving workload directly."""
+    namespace reaches no serving workload directly. A caller with a sidecar presents its identity only when its
+    egress scope lists the serving namespace: ``sidecars`` are the cluster's Sidecars beyond ``docs``'
+    (Kubeflow's mesh-wide default, the client namespaces'); ``kfrelease.k8s.render.egress``."""
     from kfrelease.k8s.policy import istio
     from kfrelease.k8s.render import mesh
     from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, staging_name
@@ -144,23 +148,45 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec, clients: tuple[str, ...] 
     predictor = istio.Workload(ns, dict(mesh.PREDICTOR_SELECTOR))
     sink = istio.Workload(ns, {"app.kubernetes.io/name": "kfrelease-logsink"})
     feedback = istio.Workload(ns, {"app.kubernetes.io/name": "kfrelease-feedback"})
-    agent = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
     outsider = mesh.principal("kfrelease-science", PROFILE_SA)
     predict = f"/v1/models/{spec.model}:predict"
+    scope = list(sidecars) + [d for d in docs if d.get("kind") == "Sidecar"]
+
+    plain: dict[str, str] = {}  # principal -> why its caller's sidecar sends in plain text
+
+    def sent(namespace: str, labels: dict, sa: str, to: istio.Workload) -> str | None:
+        who, why = istio.peer(scope, istio.Workload(namespace, labels), sa, to)
+        if who is None:
+            plain[mesh.principal(namespace, sa)] = why
+        return who
+
+    # the pod labels and service accounts of Knative's Deployments (kubeflow/manifests
+    # common/knative/knative-serving/base/upstream/serving-core.yaml at v1.11.0 and 26.03)
+    callers = {}  # flow -> the caller's principal, had it kept its identity
+    activator = sent("knative-serving", {"app": "activator", "role": "activator"}, "activator", predictor)
+    autoscaler = sent("knative-serving", {"app": "autoscaler"}, "controller", predictor)
+    callers["Knative activator -> predictor"] = mesh.KNATIVE_ACTIVATOR
+    callers["Knative autoscaler -> queue-proxy metrics"] = mesh.KNATIVE_AUTOSCALER
+    callers["KServe agent -> log sink"] = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
     needed = {
         "ingress gateway -> predictor": istio.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
         "ingress gateway -> raw predictor (KServe agent)": istio.Request(
             predictor, 9081, predict, "POST", mesh.INGRESS_GATEWAY
         ),
-        "Knative activator -> predictor": istio.Request(predictor, 8012, "/", "GET", mesh.KNATIVE_ACTIVATOR),
-        "KServe agent -> log sink": istio.Request(sink, 8080, "/", "POST", agent),
+        "Knative activator -> predictor": istio.Request(predictor, 8012, predict, "POST", activator),
+        "Knative autoscaler -> queue-proxy metrics": istio.Request(predictor, 9090, "/metrics", "GET", autoscaler),
+        "KServe agent -> log sink": istio.Request(
+            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), PREDICTOR_SERVICE_ACCOUNT, sink)
+        ),
         "client -> feedback": istio.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
         "Prometheus -> predictor metrics": istio.Request(predictor, 8080, "/metrics", "GET", None),
         "Prometheus -> log sink metrics": istio.Request(sink, 8080, "/metrics", "GET", None),
     }
     shadow = istio.Workload(ns, {**mesh.PREDICTOR_SELECTOR, "serving.kserve.io/inferenceservice": staging_name(spec)})
     for client in clients:
-        who = mesh.principal(client, "default")
+        who = sent(client, {}, "default", predictor)
+        callers[f"in-mesh client {client} -> predictor"] = mesh.principal(client, "default")
+        callers[f"in-mesh client {client}'s sidecar -> shadow (mirrored copy)"] = mesh.principal(client, "default")
         needed[f"in-mesh client {client} -> predictor"] = istio.Request(predictor, 8080, predict, "POST", who)
         needed[f"in-mesh client {client}'s sidecar -> shadow (mirrored copy)"] = istio.Request(
             shadow, 9081, predict, "POST", who
@@ -172,6 +198,8 @@ def mesh_findings(docs: list[dict], spec: RolloutSpec, clients: tuple[str, ...] 
     out = []
     for flow, req in needed.items():
         ok, why = istio.decide(policies, req)
+        if not ok and callers.get(flow) in plain:
+            why = f"{why}; it arrives without identity: {plain[callers[flow]]}"
         if not ok:
             out.append(f"AuthorizationPolicy: {flow} is denied ({why})")
     for flow, req in refused.items():
@@ -190,13 +218,16 @@ def _access_groups(config: dict) -> set[str]:
 def environment_findings(src, env) -> list[str]:
     """Every finding above for one environment of ``Sources``, on what the renderers produce now (the
     overlay's documents and the one-time bootstrap)."""
+    from kfrelease.k8s.policy.istio import upstream_sidecars
+    from kfrelease.k8s.render.egress import mesh_client_sidecars
     from kfrelease.k8s.render.eks import cluster_config
     from kfrelease.k8s.render.tree import environment_documents, inference_documents
 
     docs = environment_documents(src, env) + inference_documents(src.spec, env)
+    sidecars = upstream_sidecars(env.kubeflow_version) + mesh_client_sidecars(env, src.spec.serving.namespace)
     groups = _access_groups(cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces))
     return [
         *rbac_findings(docs, src.spec, groups),
         *driver_findings(docs, src.spec, env.production_version, env.kserve_version, env.model_domain),
-        *mesh_findings(docs, src.spec, env.mesh_clients),
+        *mesh_findings(docs, src.spec, env.mesh_clients, sidecars),
     ]

@@ -34,6 +34,7 @@ from kfrelease.k8s.environments import (
     load_environments,
     workspaces_dir,
 )
+from kfrelease.k8s.render.egress import knative_sidecars, mesh_client_sidecars
 from kfrelease.k8s.render.eks import cluster_config, prerequisites_template
 from kfrelease.k8s.render.kubeflow import (
     bootstrap_documents,
@@ -151,6 +152,7 @@ def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
         "serving.yaml": serving_documents(src.spec, env, serving_sa, models=src.model_specs),
         "monitoring.yaml": monitoring_documents(src.spec, env),
         "cluster.yaml": [default_storage_class(), kubeflow_ingress(env)],
+        "egress.yaml": knative_sidecars(env, serving_ns),
     }
     for ws in src.workspaces:
         files[f"workspaces/{ws.name}.yaml"] = workspace_documents(ws, env, src.policy)
@@ -286,6 +288,11 @@ def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[
         out[f"eks/{env.name}/kubeflow/amendments.yaml"] = _dump_docs(
             kubeflow_amendments(env),
             f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease",
+        )
+        out[f"eks/{env.name}/mesh-clients.yaml"] = _dump_docs(
+            mesh_client_sidecars(env, src.spec.serving.namespace),
+            f"manifests/sources/environments.yaml ({env.name}: mesh_clients, kubeflow_version); apply once each "
+            "client namespace exists (kfrelease.k8s.render.egress)",
         )
         out[f"bootstrap/{env.name}/release.yaml"] = _dump_docs(
             [d for s in src.model_specs for d in inference_documents(s, env)],
