@@ -33,7 +33,13 @@ the controllers that turn rendered objects into running things, and runs the thi
   destinations, ``mirror`` and ``mirrorPercentage``, request header sets, timeout; Envoy's ``-shadow`` Host of
   a mirrored copy) in two roles: Istio's ingress gateway (peer identity the gateway's) and an in-mesh client's
   sidecar (the client's identity; Envoy mirrors from the proxy that routes: istio/istio
-  ``pilot/pkg/networking/core/route/route.go``). In front of the gateway, the ALB accepts only the hosts of
+  ``pilot/pkg/networking/core/route/route.go``).
+- **Egress scope** (``Twin.egress``): every outbound sidecar (the in-mesh client's, each pod's KServe agent's) is
+  scoped by the ``Sidecar`` objects Istio would apply to it: Kubeflow's mesh-wide ``istio-system/default``
+  (vendored, ``kfrelease.k8s.policy.istio.upstream_sidecars``) and the rendered ones
+  (``kfrelease.k8s.policy.istio.imports``/``peer``). A client whose Sidecar does not list the release
+  VirtualService's namespace does not load it: its requests to the release host (a Service without endpoints)
+  get Envoy's 503; a call to a namespace outside the scope carries no peer identity (plain text). In front of the gateway, the ALB accepts only the hosts of
   the rendered Ingress rules (one-label wildcards as networking.k8s.io/v1 defines them) and answers 404 to
   any other host.
 
@@ -86,7 +92,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from kfrelease.k8s.policy.istio import Request, Workload, decide
+from kfrelease.k8s.policy.istio import Request, Workload, decide, imports, peer
 from kfrelease.k8s.render.inference import predictor_service
 from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS, principal
 from tests.waiting import eventually
@@ -850,11 +856,14 @@ def nginx_config(
     ingress: dict,
     upstreams: dict[str, list[int]],
     ports: dict[str, int],
-    client_principal: str,
+    client_principal: str | None,
+    client_loads_vs: bool = True,
 ) -> str:
     """nginx for the ALB (``ports['alb']``), the ingress gateway (``ports['gateway']``) and an in-mesh
     client's sidecar (``ports['mesh']``) from the rendered objects; ``upstreams`` maps a Service name to the
-    sidecar ports of its pods."""
+    sidecar ports of its pods. ``client_principal`` is the identity the client's sidecar presents to the
+    VirtualService's destinations (None: they are outside its egress scope, plain text); ``client_loads_vs``
+    False: its Sidecar does not import the VirtualService, so it routes nothing by it."""
     lines = [
         "worker_processes 1;",
         "daemon off;",
@@ -880,7 +889,7 @@ def nginx_config(
     routes = []  # (role, principal)
     if any(g != "mesh" for g in gateways):
         routes.append(("gateway", INGRESS_GATEWAY))
-    if "mesh" in gateways:
+    if "mesh" in gateways and client_loads_vs:
         routes.append(("mesh", client_principal))
     hosts = " ".join(vs["spec"]["hosts"])
     blocks = []
@@ -913,6 +922,12 @@ def nginx_config(
         # the ALB forwards to the gateway's Service: its filters (``Gateway``) first, then its routing
         f"    location / {{ proxy_pass http://127.0.0.1:{ports['ingress']}; proxy_set_header Host $host; }} }}",
     ]
+    if "mesh" in gateways and not client_loads_vs:
+        # the release host is a Service without endpoints: Envoy's PassthroughCluster gets connection refused
+        lines.append(
+            f"  server {{ listen 127.0.0.1:{ports['mesh']} default_server; "
+            "return 503 'upstream connect error or disconnect/reset before headers. reset reason: connection failure'; }"
+        )
     for role, identity in routes:
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]} default_server; return 404; }}")
         lines.append(f"  server {{ listen 127.0.0.1:{ports[role]}; server_name {hosts};")
@@ -939,7 +954,7 @@ def nginx_config(
             host_set = ((route.get("headers") or {}).get("request") or {}).get("set") or {}
             body = [f"      mirror /_mirror_{role}_{i};"] if mirror else []
             body += [
-                f'      proxy_set_header {PEER_HEADER} "{identity}";',
+                f'      proxy_set_header {PEER_HEADER} "{identity or ""}";',  # "": not sent (plain text)
                 f"      proxy_set_header Host {host_set.get('Host', '$host')};",
                 "      proxy_set_header x-request-id $twin_request_id;",
                 *[
@@ -985,7 +1000,7 @@ def nginx_config(
                     f"    location = /_mirror_{role}_{i} {{",
                     "      internal;",
                     f'      if ($mirror_{i} = "") {{ return 204; }}',
-                    f'      proxy_set_header {PEER_HEADER} "{identity}";',
+                    f'      proxy_set_header {PEER_HEADER} "{identity or ""}";',
                     "      proxy_set_header Host $host-shadow;",  # Envoy's Host of a mirrored copy
                     *headers_set,  # the copy has the route's headers (finalized before shadowing: envoyproxy/envoy#8138)
                     f"      proxy_pass http://{_service_of(mirror['host'])}$request_uri;",
@@ -1064,10 +1079,15 @@ class Twin:
         *,
         issuer: str = "https://issuer.twin.invalid",
         authentications: list[dict] = (),
+        sidecars: list[dict] = (),
     ):
         self.dir, self.model_dirs, self.kserve_version = workdir, model_dirs, kserve_version
         self.client_principal, self.upstream_policies = client_principal, upstream_policies
         self.store_env = store_env
+        #: Sidecars the cluster has beyond the reconciled objects' (Kubeflow's own, a client namespace's)
+        self.sidecars = list(sidecars)
+        self.egress: list[dict] = list(sidecars)  # + the reconciled objects' Sidecars
+        self.client_decision = ""  # why the client's sidecar loads (or not) the VirtualService
         self.issuer, self.issuer_key = issuer, uuid.uuid4().hex + uuid.uuid4().hex
         self.pods: dict[tuple[str, str], Pod] = {}
         self.services: dict[str, Pod] = {}  # Deployment name -> its pod
@@ -1168,17 +1188,16 @@ class Twin:
         ports = self.service_ports(_service_of(u.hostname or ""))
         if not ports:
             return 503  # Envoy: no healthy upstream
+        identity, _ = peer(
+            self.egress, Workload(pod.namespace, pod.labels), pod.service_account, Workload(u.hostname.split(".")[1])
+        )
         conn = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
         try:
             conn.request(
                 "POST",
                 u.path or "/",
                 body=body,
-                headers={
-                    **headers,
-                    "host": u.netloc,
-                    PEER_HEADER: principal(pod.namespace, pod.service_account),
-                },
+                headers={**headers, "host": u.netloc, **({PEER_HEADER: identity} if identity else {})},
             )
             resp = conn.getresponse()
             resp.read()
@@ -1197,6 +1216,7 @@ class Twin:
         runtime = objects["ServingRuntime"][0]
         policies = self.upstream_policies + objects.get("AuthorizationPolicy", [])
         self.gateway.policies = policies
+        self.egress = self.sidecars + objects.get("Sidecar", [])
         wanted: dict[tuple[str, str], Pod] = {}
         for isvc in objects.get("InferenceService", []):
             for pod in predictor_pods(isvc, runtime, self.kserve_version):
@@ -1232,15 +1252,17 @@ class Twin:
             if doc["metadata"]["name"] not in upstreams and self.service_ports(doc["metadata"]["name"]):
                 upstreams[doc["metadata"]["name"]] = self.service_ports(doc["metadata"]["name"])
         vs = objects["VirtualService"][0]
+        client_ns, client_sa = self.client_principal.split("/")[2], self.client_principal.split("/")[4]
+        client = Workload(client_ns, {})
+        loads, self.client_decision = imports(self.egress, client, vs)
+        identity, _ = peer(self.egress, client, client_sa, Workload(vs["metadata"]["namespace"]))
         for http_route in vs["spec"]["http"]:  # every Service the routes name is an upstream (maybe empty)
             for r in http_route["route"]:
                 upstreams.setdefault(_service_of(r["destination"]["host"]), [])
             if http_route.get("mirror"):
                 upstreams.setdefault(_service_of(http_route["mirror"]["host"]), [])
         self.nginx.run(
-            nginx_config(
-                self.dir / "nginx", vs, objects["Ingress"][0], upstreams, self.nginx.ports, self.client_principal
-            )
+            nginx_config(self.dir / "nginx", vs, objects["Ingress"][0], upstreams, self.nginx.ports, identity, loads)
         )
         config = scrape_config(objects["PodMonitor"][0], list(self.pods.values()))
         if self.prometheus.process is None:

@@ -17,7 +17,11 @@ kubeflow/pipelines#14468) with the env and projected token its rendered PodDefau
 twin's pod network to the ingress gateway, which validates the token with Kubeflow's ``m2m-token-issuer``
 RequestAuthentication (vendored from kubeflow/manifests, patched as ``oauth2_proxy_kustomization`` patches
 it), admits the replay route for the release driver only (the rendered ``kfrelease-production-replay``), and
-routes it by the rendered VirtualService to production's predictor alone."""
+routes it by the rendered VirtualService to production's predictor alone.
+
+Every outbound sidecar is scoped as Istio scopes it (review eks2 H2, M1): Kubeflow's mesh-wide egress ``Sidecar``
+(vendored) and the rendered ones; the in-mesh client reaches the release host only because the rendered
+``mesh-clients`` Sidecar lists the serving namespace."""
 
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ import yaml
 from kfrelease.access.credentials import load_credentials
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
 from kfrelease.k8s.environments import MONITORING_NS, RELEASE_NS
-from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
+from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies, upstream_sidecars
 from kfrelease.k8s.policy.rbac import service_account
+from kfrelease.k8s.render.egress import mesh_client_sidecars
 from kfrelease.k8s.render.inference import (
     CANARY_SERIES_STAGE,
     REPLAY_HEADER,
@@ -87,6 +92,7 @@ def cluster_objects(cluster: Cluster) -> dict[str, list[dict]]:
             or kind == "Ingress"
             or (kind == "PodMonitor" and namespace == MONITORING_NS)
             or (kind == "AuthorizationPolicy" and namespace == ROOT_NS)  # the gateway's
+            or kind == "Sidecar"  # the egress scope of every sidecar (knative-serving's rendered ones)
         ):
             out.setdefault(kind, []).append(doc)
     out["PodMonitor"] = [d for d in out["PodMonitor"] if d["metadata"]["name"] == "kfrelease-predictors"]
@@ -166,6 +172,9 @@ def twin(tmp_path, stack):
         store_env(stack),
         issuer=ENV.oidc_issuer,
         authentications=gateway_authentications(),
+        # what the cluster has beyond the overlay: Kubeflow's own Sidecars and the client namespace's (applied
+        # from manifests/eks/<env>/mesh-clients.yaml)
+        sidecars=upstream_sidecars(ENV.kubeflow_version) + mesh_client_sidecars(ENV, SPEC.serving.namespace),
     )
     t.home = tmp_path
     t.stack = stack
@@ -364,3 +373,29 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert answers(twin, host, 10) == pytest.approx(v2[:10])
     lease = cluster.objects[("Lease", SPEC.serving.namespace, driver.lock.ref["name"])]
     assert lease["spec"]["holderIdentity"] == ""
+
+
+def test_an_in_mesh_client_reaches_the_release_host_only_when_its_sidecar_lists_the_serving_namespace(twin):
+    """Review eks2 H2: under Kubeflow's mesh-wide egress Sidecar alone, the client namespace's sidecar does not load
+    the release VirtualService (namespace ``kfrelease-serving``), so a request to the release host goes to a
+    Service without endpoints (Envoy's 503); the ALB path is unaffected. With the rendered namespace-default
+    Sidecar of ``mesh-clients.yaml`` the client routes by the VirtualService and the predictor admits its identity."""
+    src = Sources(**{**SOURCES.__dict__, "spec": SPEC})
+    cluster = Cluster(environment_documents(src, ENV) + inference_documents(SPEC, ENV), kserve=ENV.kserve_version)
+    v1 = expected_predictions(twin.dirs[V1], twin.rows)
+    twin.sidecars = upstream_sidecars(ENV.kubeflow_version)  # Kubeflow's default only
+    twin.reconcile(cluster_objects(cluster))
+    vs = cluster_objects(cluster)["VirtualService"][0]
+    host = next(h for h in vs["spec"]["hosts"] if h.endswith(ENV.model_domain))
+    mesh_host = next(h for h in vs["spec"]["hosts"] if h.endswith(".svc.cluster.local"))
+    row = twin.rows[FEATURES].iloc[0].tolist()
+    refused = twin.via_mesh(mesh_host, PATH, {"instances": [row]})
+    assert refused.status_code == 503, (refused.status_code, refused.text[:200])
+    assert "does not list kfrelease-serving/" in twin.client_decision
+    assert answers(twin, host, 2) == pytest.approx(v1[:2])
+
+    twin.sidecars = upstream_sidecars(ENV.kubeflow_version) + mesh_client_sidecars(ENV, SPEC.serving.namespace)
+    twin.reconcile(cluster_objects(cluster))
+    assert answers(twin, mesh_host, 3, via="mesh") == pytest.approx(v1[:3])
+    (pod,) = twin.pods.values()
+    assert [d.peer for d in pod.sidecar.decisions if d.path == PATH][-3:] == [twin.client_principal] * 3
