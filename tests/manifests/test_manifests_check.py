@@ -168,3 +168,27 @@ def test_the_cli_prints_each_finding_and_exits_non_zero(broken):
         check=False,
     )
     assert proc.returncode != 0 and "unknown check(s) ['nope']" in proc.stderr
+
+
+def test_a_client_namespace_sidecar_without_the_serving_namespace_is_found(broken):
+    """Review eks2 H2: ``eks/<env>/mesh-clients.yaml`` is what lets a ``mesh_clients`` namespace reach the models
+    with its identity. Dropping ``kfrelease-serving/*`` from it is a release-path finding (the client's requests
+    arrive in plain text), and a field Istio's Sidecar CRD does not have is a schema finding."""
+    path = broken / "eks" / "staging" / "mesh-clients.yaml"
+
+    def drop_serving(docs):
+        for d in docs:
+            d["spec"]["egress"][0]["hosts"].remove("kfrelease-serving/*")
+        return docs
+
+    _edit(path, drop_serving)
+    found = classes(broken, only=["schema", "release-path"])
+    assert "schema" not in found, found
+    release = [f for f in found["release-path"] if "overlays/staging" in f]
+    assert release and all("in-mesh client shop" in f and "without identity" in f for f in release), release
+    assert not any("overlays/production" in f for f in found["release-path"]), found
+
+    _edit(path, lambda docs: [{**docs[0], "spec": {**docs[0]["spec"], "egressHosts": ["kfrelease-serving/*"]}}])
+    found = classes(broken, only=["schema", "release-path"])
+    assert any("eks/staging/mesh-clients.yaml" in f and "egressHosts" in f for f in found["schema"]), found
+    assert any("could not evaluate the mesh" in f and "egressHosts" in f for f in found["release-path"]), found
