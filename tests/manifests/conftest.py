@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kfrelease.k8s.environments import MANIFESTS_DIR
+from kfrelease.k8s.policy.schemas import yaml_loader
 from kfrelease.k8s.render.tree import Sources
 
 
@@ -24,7 +25,7 @@ def kustomize(directory: Path) -> list[dict]:
         timeout=120,
     )
     assert proc.returncode == 0, f"kubectl kustomize {directory} failed: {proc.stderr}"
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.load_all(proc.stdout, Loader=yaml_loader()) if d]
 
 
 def upstream_cluster_roles() -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.policy.schemas import yaml_loader
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class CheckContext:
         path = self.root / rel
         if not path.is_file():
             return []
-        return [d for d in yaml.safe_load_all(path.read_text()) if d]
+        return [d for d in yaml.load_all(path.read_text(), Loader=yaml_loader()) if d]
 
 
 def kustomize(directory: Path) -> list[dict]:
@@ -74,7 +75,7 @@ def kustomize(directory: Path) -> list[dict]:
     )
     if proc.returncode != 0:
         raise ConfigError(f"kubectl kustomize {directory} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.load_all(proc.stdout, Loader=yaml_loader()) if d]
 
 
 Check = Callable[[CheckContext], list[Finding]]

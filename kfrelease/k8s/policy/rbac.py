@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.policy.schemas import yaml_loader
 from kfrelease.resources import resource_path
 
 RBAC = "rbac.authorization.k8s.io"
@@ -42,7 +43,7 @@ SA_PREFIX = "system:serviceaccount:"
 
 def upstream_cluster_roles() -> list[dict]:
     """Kubeflow's ClusterRoles (kubeflow-admin/edit/view and everything aggregated into them), vendored."""
-    return [d for d in yaml.safe_load_all(UPSTREAM_ROLES.read_text()) if d]
+    return [d for d in yaml.load_all(UPSTREAM_ROLES.read_text(), Loader=yaml_loader()) if d]
 
 
 @dataclass(frozen=True)
