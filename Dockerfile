@@ -1,5 +1,5 @@
 # The one kfrelease image (target `project`): the base image of every KFP component (`KFRELEASE_IMAGE`,
-# kfrelease/images.py) and the image of the KServe ServingRuntime `kfrelease-predictor`, the log sink and
+# kfrelease/images/project.py) and the image of the KServe ServingRuntime `kfrelease-predictor`, the log sink and
 # the feedback service on EKS. Target `workspace` adds JupyterLab + jupyterlab-git for the data scientists'
 # Kubeflow Notebooks (same library, same versions).
 #
@@ -56,7 +56,7 @@ RUN pip install -c constraints.txt ".[boosters]" \
 RUN useradd --uid 1000 --gid 100 --create-home --home-dir /home/jovyan jovyan
 USER 1000
 ENV HOME=/home/jovyan
-# The commit the image was built from, recorded with every registered model (kfrelease/lineage.py).
+# The commit the image was built from, recorded with every registered model (kfrelease/registry/lineage.py).
 ARG KFRELEASE_COMMIT=""
 ENV KFRELEASE_COMMIT=${KFRELEASE_COMMIT}
 EXPOSE 8080

@@ -37,7 +37,7 @@ BARE = """
 import sys, time
 t0 = time.perf_counter()
 from kfrelease.data.publish import load_dataset
-from kfrelease.metrics import regression_metrics
+from kfrelease.quality.metrics import regression_metrics
 from kfrelease.storage import store_for
 from kfrelease.training.core import predict, train
 from kfrelease.training.spec import load_project_at_commit
@@ -63,7 +63,7 @@ print(run.version)
 PIPELINE = """
 import sys
 from kfrelease.config import Settings
-from kfrelease.kfp_runner import run_local
+from kfrelease.kfp.runner import run_local
 from kfrelease.pipelines.training_pipeline import training_pipeline
 from kfrelease.training.spec import load_project_at_commit, parse_spec
 spec, sha = load_project_at_commit(sys.argv[1], sys.argv[2])

@@ -8,10 +8,10 @@ import functools
 
 from kfp import dsl
 
-from kfrelease.images import project_image
+from kfrelease.images.project import project_image
 
 # The project image already has kfp and kfrelease installed, so no component runs a per-step
 # `pip install kfp` (it cost ~1.7 s per step locally and needs PyPI from the cluster). The image given
-# here is only what KFP records at import; `kfrelease.images.compile_package` writes the image of the
+# here is only what KFP records at import; `kfrelease.images.project.compile_package` writes the image of the
 # moment (KFRELEASE_IMAGE at compile time) into every executor of a compiled package.
 kfrelease_component = functools.partial(dsl.component, base_image=project_image(), install_kfp_package=False)

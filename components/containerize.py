@@ -18,7 +18,7 @@ def containerize(spec_json: str, version: str, image_registry: str, run_id: str)
         version's recorded verdict is a rejection or the run is an experiment (not started by the trigger).
     """
     from kfrelease.config import log_to_stderr
-    from kfrelease.oci import ImageRef
+    from kfrelease.images.oci import ImageRef
     from kfrelease.storage import store_for
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec

@@ -1,5 +1,5 @@
 """What the CLI prints when nobody is at a terminal (a CI log, a pipe), the ``--json`` of its listings, and
-the words it uses for a release's decisions (``kfrelease.results.decision_label``, ``standing``)."""
+the words it uses for a release's decisions (``kfrelease.training.results.decision_label``, ``standing``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from kfrelease.registry import ModelVersion
-from kfrelease.results import decision_label, standing
+from kfrelease.training.results import decision_label, standing
 
 BOX = set("┃│━─┏┓┗┛┡┩└┘╇╈")
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from kfrelease.errors import KfreleaseError
-from kfrelease.metrics import InsufficientData, metric_intervals, regression_metrics
+from kfrelease.quality.metrics import InsufficientData, metric_intervals, regression_metrics
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -27,10 +27,10 @@ from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry, TrainedModel
 from kfrelease.release.shadow import shadow_verdict
-from kfrelease.results import evaluation_report_key
 from kfrelease.rollout.spec import GateRule
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
+from kfrelease.training.results import evaluation_report_key
 from kfrelease.training.steps import STEP_NAMES
 from tests.waiting import eventually
 

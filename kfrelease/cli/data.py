@@ -16,7 +16,7 @@ from kfrelease.data.publish import get_version, latest_version_id, list_versions
 from kfrelease.data.spec import load_spec
 from kfrelease.data.validate import validate_batches
 from kfrelease.errors import ConfigError, DataValidationError, StorageError
-from kfrelease.kfp_runner import run_local
+from kfrelease.kfp.runner import run_local
 from kfrelease.storage import store_for
 
 dataset_option = click.option(

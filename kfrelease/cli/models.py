@@ -7,10 +7,13 @@ import json
 import click
 
 from kfrelease.cli.output import console, json_option, print_json, table
-from kfrelease.metrics import METRIC_NAMES, regression_metrics
+from kfrelease.quality.metrics import METRIC_NAMES, regression_metrics
 from kfrelease.registry import EXPERIMENTS, ModelRegistry
 from kfrelease.release.decision import decide
-from kfrelease.results import (
+from kfrelease.rollout.spec import load_rollout_spec
+from kfrelease.storage import store_for
+from kfrelease.training.evidence import common_rows
+from kfrelease.training.results import (
     decision_label,
     diff_versions,
     fetch_reports,
@@ -19,9 +22,6 @@ from kfrelease.results import (
     resolve_version,
     show_version,
 )
-from kfrelease.rollout.spec import load_rollout_spec
-from kfrelease.storage import store_for
-from kfrelease.training.evidence import common_rows
 
 
 def _registry() -> ModelRegistry:

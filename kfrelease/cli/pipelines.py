@@ -13,12 +13,12 @@ import click
 import kfrelease.components as components_package
 from kfrelease.cli.output import console, table
 from kfrelease.config import Settings
-from kfrelease.images import compile_package
-from kfrelease.kfp_runner import compile_pipelines
+from kfrelease.images.project import compile_package
+from kfrelease.kfp.runner import compile_pipelines
 from kfrelease.registry import ModelRegistry
-from kfrelease.results import result_lines, run_result
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
+from kfrelease.training.results import result_lines, run_result
 from kfrelease.training.steps import STEP_NAMES
 from kfrelease.training.trigger import resume_interrupted, trigger, wait
 

@@ -13,11 +13,11 @@ from kfrelease.registry import ModelRegistry
 from kfrelease.release.embedded import lock_path, run_release
 from kfrelease.release.handover import record_path, start_release
 from kfrelease.release.plan import plan_release
-from kfrelease.results import decision_label
 from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.stack.gateway import model_states
 from kfrelease.stack.supervisor import pid_alive
 from kfrelease.storage import store_for
+from kfrelease.training.results import decision_label
 
 
 def _print_event(event: dict) -> None:

@@ -6,7 +6,7 @@ import click
 
 from kfrelease.cli.output import console, json_option, print_json, table
 from kfrelease.config import Settings
-from kfrelease.lineage import now_iso
+from kfrelease.registry.lineage import now_iso
 from kfrelease.release.lifecycle import resume_releases, stop_releases
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import UP_GROUPS, declared_services

@@ -30,7 +30,7 @@ from kfrelease.data.ingest import META_COLUMNS, Source
 from kfrelease.data.spec import DatasetSpec
 from kfrelease.errors import Conflict, NotFound
 from kfrelease.faults import crash_point
-from kfrelease.lineage import code_version, now_iso
+from kfrelease.registry.lineage import code_version, now_iso
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)

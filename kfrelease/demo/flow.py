@@ -25,7 +25,7 @@ from kfrelease.data.spec import load_spec
 from kfrelease.demo import project
 from kfrelease.demo.project import create_second_project
 from kfrelease.demo.traffic import TrafficGenerator, friedman_rows
-from kfrelease.kfp_runner import run_local
+from kfrelease.kfp.runner import run_local
 from kfrelease.lake import read_predictions
 from kfrelease.monitoring.newdata import check_new_data
 from kfrelease.monitoring.passes import current_table, load_history, run_monitoring

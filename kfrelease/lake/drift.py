@@ -15,7 +15,7 @@ Evidently's ``psi`` does for a categorical column: its PSI is over the category 
 threshold (0.1). PSI and not a chi-square test: a window holds up to millions of rows, and a chi-square
 p-value at that size falls below 0.05 for any shift however small, so every category feature would drift
 on every window; PSI measures the size of the shift, whatever the row count, and is the test the numerical
-columns get. A category the reference never holds makes the feature drift (``kfrelease.drift.categorical_verdict``:
+columns get. A category the reference never holds makes the feature drift (``kfrelease.quality.drift.categorical_verdict``:
 its share in the reference is 0, which PSI only fills with a small number), and each category feature's
 result carries its per-category frequencies, reference against current.
 
@@ -202,7 +202,7 @@ def column_result(
 ) -> tuple[dict, dict | None]:
     """PSI of one feature from the current counts (``count_aggregates``' order; ``others``: the counts of
     values outside the reference's, by value), and the current counts by category of a category feature."""
-    from kfrelease.drift import categorical_verdict
+    from kfrelease.quality.drift import categorical_verdict
 
     if plan.kind == "bins":
         ref_share = np.histogram(plan.reference, edges)[0] / len(plan.reference)

@@ -88,7 +88,7 @@ def window_result(
 ) -> list[dict]:
     """Every window's counts, metrics and (with a reference) PSI drift: what the engine computes."""
     from kfrelease.lake.drift import psi_drift
-    from kfrelease.metrics import InsufficientData
+    from kfrelease.quality.metrics import InsufficientData
 
     out = []
     for r in window_sums(spark, kind, size).itertuples():

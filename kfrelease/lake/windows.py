@@ -3,7 +3,7 @@ MAE and R² come from, in one SQL that DuckDB (and Spark) run over the ``joined`
 
 Only the sums leave the engine (a few numbers per window), so a window over ten million predictions costs
 one scan, not a frame in memory; ``metrics_from_sums`` turns them into the numbers of
-``kfrelease.metrics.regression_metrics`` (the project's one definition; equal to scikit-learn's). R² uses
+``kfrelease.quality.metrics.regression_metrics`` (the project's one definition; equal to scikit-learn's). R² uses
 the two-pass sum of squares about the window's mean, as numpy does. Drift: ``kfrelease.lake.drift``.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from kfrelease.lake.join import DUCKDB, Dialect
-from kfrelease.metrics import InsufficientData, intervals_from_moments
+from kfrelease.quality.metrics import InsufficientData, intervals_from_moments
 
 
 def window_id_sql(kind: str, size: int, dialect: Dialect = DUCKDB) -> str:
@@ -83,7 +83,7 @@ def metrics_from_sums(n: int, sse: float, sae: float, sst: float, min_samples: i
 def intervals_from_sums(
     n: int, sse: float, sae: float, sst: float, se4: float, st4: float, sest: float, level: float = 0.95
 ) -> dict:
-    """``kfrelease.metrics.metric_intervals`` of a window from its sums (equal to it on the same rows):
+    """``kfrelease.quality.metrics.metric_intervals`` of a window from its sums (equal to it on the same rows):
     ``se4`` = Σe⁴, ``st4`` = Σu², ``sest`` = Σe²u with e the error and u the squared deviation of the truth
     about the window's mean."""
     if n < 2:

@@ -9,10 +9,10 @@ therefore drops its quality gauges instead of leaving stale ones behind, and
 Per input feature the latest window's drift verdict and score (label ``feature``), and per category feature the
 share of its categories in the reference and in the window (labels ``feature``, ``category``, ``side``). The
 category label's values are bounded: at most ``MAX_EXPORTED_CATEGORIES`` per feature (the most frequent on
-either side, the order of ``kfrelease.drift.category_frequencies``), the others summed as ``(other)``; how many
+either side, the order of ``kfrelease.quality.drift.category_frequencies``), the others summed as ``(other)``; how many
 window categories the reference never holds is its own gauge. So one (model, version, stage) exports at most
 ``2 x (MAX_EXPORTED_CATEGORIES + 1)`` category series per category feature, whatever text clients send; the
-monitoring record keeps up to ``kfrelease.drift.MAX_RECORDED_CATEGORIES`` of them.
+monitoring record keeps up to ``kfrelease.quality.drift.MAX_RECORDED_CATEGORIES`` of them.
 
 A Pushgateway that cannot be reached loses nothing: every payload is first written to a spool
 (``kfrelease.lake.spool.Spool`` in ``$KFRELEASE_HOME/monitoring/pending-push/``), then pushed, oldest
@@ -89,7 +89,7 @@ MAX_EXPORTED_CATEGORIES = 10
 
 def feature_series(feature_drift: dict, most: int = MAX_EXPORTED_CATEGORIES) -> list[list]:
     """``[gauge name, {labels}, value]`` of every feature's drift and every exported category share."""
-    from kfrelease.drift import OTHER
+    from kfrelease.quality.drift import OTHER
 
     out: list[list] = []
     for feature, col in (feature_drift or {}).items():

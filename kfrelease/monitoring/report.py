@@ -1,6 +1,6 @@
 """The monitoring page: one self-contained HTML file (plotly.js inlined, no network needed) with the
 metrics of every window over time, one line per model version and stage with its 95% confidence band
-(the window's ``intervals``, ``kfrelease.metrics.metric_intervals``), and the current table."""
+(the window's ``intervals``, ``kfrelease.quality.metrics.metric_intervals``), and the current table."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A window is either a span of time (tumbling, aligned to the epoch: ``WindowSpec("time", 3600)``) or a count
 of labelled predictions (``WindowSpec("count", 500)``: consecutive labelled predictions in time order).
-Each window reports MSE, RMSE, MAE and R² from ``kfrelease.metrics.regression_metrics`` (the one metric
-definition of the project), input drift against the training reference (``kfrelease.drift.data_drift``),
+Each window reports MSE, RMSE, MAE and R² from ``kfrelease.quality.metrics.regression_metrics`` (the one metric
+definition of the project), input drift against the training reference (``kfrelease.quality.drift.data_drift``),
 and counts. A window with fewer than ``min_labels`` labelled predictions is reported with status
 ``insufficient`` and no quality numbers (never NaN); predictions without any ground truth give
 ``no-ground-truth``.
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from kfrelease.errors import ConfigError, KfreleaseError
-from kfrelease.metrics import InsufficientData
+from kfrelease.quality.metrics import InsufficientData
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class WindowResult:
     last_prediction_time: str | None = None
     last_truth_time: str | None = None
     message: str = ""
-    intervals: dict = field(default_factory=dict)  # 95% intervals of mse/rmse/mae/r2 (kfrelease.metrics)
+    intervals: dict = field(default_factory=dict)  # 95% intervals of mse/rmse/mae/r2 (kfrelease.quality.metrics)
     #: Per input feature: the drift test's score, method, threshold and verdict; a category feature also its
     #: per-category ``frequencies`` (reference vs current shares) and the ``unseen`` categories.
     feature_drift: dict = field(default_factory=dict)
@@ -141,7 +141,7 @@ def _iso(ts) -> str | None:
 
 
 def _drift(reference, frame, features, method=None, categorical=(), current_counts=None):
-    from kfrelease.drift import data_drift
+    from kfrelease.quality.drift import data_drift
 
     return data_drift(reference, frame, features, method=method, categorical=categorical, current_counts=current_counts)
 
@@ -284,9 +284,9 @@ def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: 
     Evidently's PSI test computed by the engine on all its rows (``kfrelease.lake.drift``; category features
     by their category frequencies), and, when it gets a report, Evidently's PSI report on a seeded sample of
     ``MAX_DRIFT_ROWS`` rows (whose category frequencies are those of all rows)."""
-    from kfrelease.drift import MAX_DRIFT_ROWS
     from kfrelease.lake import windows as LW
     from kfrelease.lake.drift import psi_drift
+    from kfrelease.quality.drift import MAX_DRIFT_ROWS
 
     v, s = res.version.replace("'", "''"), res.stage.replace("'", "''")
     rows = (

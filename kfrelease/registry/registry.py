@@ -34,7 +34,6 @@ from tenacity import (
 
 from kfrelease.errors import Conflict, KfreleaseError, NotFound
 from kfrelease.faults import crash_point
-from kfrelease.lineage import now_iso
 from kfrelease.registry.artifact import (
     DEFAULT_FLAVOUR,
     ENTRY_FILE,
@@ -42,6 +41,7 @@ from kfrelease.registry.artifact import (
     flavour_named,
     flavour_of,
 )
+from kfrelease.registry.lineage import now_iso
 from kfrelease.registry.versions import EXPERIMENT, RELEASE, Claim, VersionNumber, find_same, next_version
 from kfrelease.storage import ObjectStore
 

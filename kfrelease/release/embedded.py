@@ -119,7 +119,7 @@ def run_release_pipeline(
 ) -> str:
     """The release pipeline on kfp.local (one release per model at a time: waits up to ``wait_for_lock``
     seconds for a running one); returns the version's final stage."""
-    from kfrelease.kfp_runner import run_local
+    from kfrelease.kfp.runner import run_local
     from kfrelease.pipelines.release_pipeline import release_pipeline
     from kfrelease.registry import ModelRegistry
     from kfrelease.storage import store_for

@@ -8,7 +8,7 @@ merge runs the whole path unattended. Two targets, one decision:
   caller; its log is ``$KFRELEASE_HOME/logs/release-<model>-<V>.log``;
 - **cluster**: with ``KFRELEASE_KFP_HOST`` set (the pipeline pods' PodDefault sets it to Kubeflow's
   ``ml-pipeline`` service), it submits the release pipeline to the KFP API server as a new run
-  (``kfrelease.kfp_submit``), authenticated with the pod's projected token.
+  (``kfrelease.kfp.submit``), authenticated with the pod's projected token.
 
 Idempotent per version: a second call while (or after) that version's release runs starts nothing. On
 the embedded stack the releases of one model queue: a version staged while an earlier one is still in
@@ -153,7 +153,7 @@ def submit_release(
 ) -> dict:
     """Submit the release pipeline for ``version`` to a KFP API server; the run name is derived from the
     version (``release-<model>-<V>``), so the Kubeflow UI shows which candidate each run releases."""
-    from kfrelease.kfp_submit import submit_run
+    from kfrelease.kfp.submit import submit_run
     from kfrelease.pipelines.release_pipeline import release_pipeline
 
     spec_yaml = Path(spec_path).read_text() if spec_path else (spec_yaml or "")

@@ -16,10 +16,10 @@ search, ``min_labelled_samples``, ``max_samples``):
   by more than ``slice_margin`` in a slice; the decision names the check and the slice;
 - ``insufficient``: still undecided at ``max_samples`` or ``max_wait_seconds`` (production unchanged).
 
-MSE, RMSE, MAE and R² of both (``kfrelease.metrics.regression_metrics``) and their RMSE ratio are reported
+MSE, RMSE, MAE and R² of both (``kfrelease.quality.metrics.regression_metrics``) and their RMSE ratio are reported
 beside the decision, never decided on. ``evaluate_shadow`` reads the logs and labels of a window from the
 object store and, when asked, renders Evidently's regression report of both models on the joined rows
-(``kfrelease.evaluation.regression_report``).
+(``kfrelease.quality.evaluation.regression_report``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pandas as pd
 
 from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
-from kfrelease.metrics import regression_metrics
+from kfrelease.quality.metrics import regression_metrics
 from kfrelease.release.decision import CheckOutcome, PairSequence, decide
 from kfrelease.rollout.spec import GateRule
 
@@ -142,7 +142,7 @@ def shadow_verdict(
 
 def shadow_report_html(pairs: pd.DataFrame, verdict: ShadowVerdict) -> str:
     """Evidently's regression report of the candidate and of production on the same requests, in one page."""
-    from kfrelease.evaluation import regression_report
+    from kfrelease.quality.evaluation import regression_report
 
     features = [c for c in pairs.columns if c not in PAIR_COLUMNS]
     parts = []

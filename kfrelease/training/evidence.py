@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kfrelease.errors import KfreleaseError
-from kfrelease.metrics import metric_intervals, regression_metrics
+from kfrelease.quality.metrics import metric_intervals, regression_metrics
 from kfrelease.training.core import check_data, check_schema, typed
 from kfrelease.training.holdout import ROW, SplitRule, rule_for
 from kfrelease.training.spec import ModelSpec

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfrelease.config import Settings, exit_without_collecting
-from kfrelease.lineage import now_iso
+from kfrelease.registry.lineage import now_iso
 from kfrelease.stack.supervisor import exclusive_lock, group_alive, pid_alive, stop_process_group
 from kfrelease.training import run_records
 from kfrelease.training.failures import INFRASTRUCTURE, cause_of, one_line, retryable
@@ -101,7 +101,7 @@ def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseExcep
 
 
 def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: int) -> dict:
-    from kfrelease.kfp_runner import run_local
+    from kfrelease.kfp.runner import run_local
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.training.resources import pipeline_arguments
     from kfrelease.training.spec import ModelSpec

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from kfrelease.errors import Conflict, KfreleaseError
-from kfrelease.lineage import now_iso
+from kfrelease.registry.lineage import now_iso
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ HOLDOUT_FILE = "holdout.parquet"
 def step_role() -> str:
     """The access-policy role the training steps run as: ``pipeline``, unless ``KFRELEASE_ROLE`` says
     otherwise. An experiment submitted from a notebook runs as ``data-scientist``
-    (``kfrelease.experiments.submit_experiment``; on the cluster the notebook's own IRSA role), which may
+    (``kfrelease.training.experiments.submit_experiment``; on the cluster the notebook's own IRSA role), which may
     register experiments and write nothing of the released registry: it can stage nothing, by identity."""
     from kfrelease.config import setting
 
@@ -199,7 +199,7 @@ def evaluate_step(
     trained on with the release gates' paired test. Loads no model."""
     from kfrelease.data.catalog import version_spec
     from kfrelease.data.publish import get_version
-    from kfrelease.evaluation import regression_report
+    from kfrelease.quality.evaluation import regression_report
     from kfrelease.registry import ModelRegistry
     from kfrelease.registry.artifact import BOOSTERS
     from kfrelease.training.evidence import (
@@ -398,15 +398,15 @@ def register_step(
     one ``evaluate`` recorded. ``release=False`` (an experiment) registers in the ``experiments`` space of the
     registry: the same entry, compared with production the same way, but with numbers of its own (``E1.1.0``)
     and never staged. The evaluation report (``report_path``) is stored beside the version's artifacts
-    (``kfrelease.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``,
+    (``kfrelease.training.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``,
     ``booster_path``: each only when its digest is the verified one), else ``sklearn``; the entry's ``artifact``
     says which and why. Every verified file is kept beside the sklearn file, served or not."""
     from kfrelease.data.catalog import version_spec
     from kfrelease.data.publish import get_version
     from kfrelease.errors import KfreleaseError
     from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
-    from kfrelease.results import evaluation_report_key
     from kfrelease.training.evidence import file_digest
+    from kfrelease.training.results import evaluation_report_key
     from kfrelease.training.rollout_file import rollout_of_run
 
     store = step_store(settings)
@@ -495,7 +495,7 @@ def not_staged_reason(mv) -> str | None:
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
     """Build and push the version's ModelCar image; record ref and digest in its entry (once)."""
     from kfrelease.faults import crash_point
-    from kfrelease.oci import containerize, image_registry
+    from kfrelease.images.oci import containerize, image_registry
     from kfrelease.registry import ModelRegistry
 
     settings = settings or Settings.from_env()

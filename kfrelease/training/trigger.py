@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings, child_env
 from kfrelease.errors import KfreleaseError
-from kfrelease.lineage import now_iso
+from kfrelease.registry.lineage import now_iso
 from kfrelease.training import run_records
 from kfrelease.training.rollout_file import rollout_at_commit
 from kfrelease.training.spec import (
@@ -111,7 +111,7 @@ def trigger(
         run_id = f"train-{commit[:12]}"
         source = {"repo": str(Path(repo or ".").resolve())}
     if kfp_host:
-        from kfrelease.images import pinned_project_image
+        from kfrelease.images.project import pinned_project_image
 
         pinned_project_image()  # a cluster run needs KFRELEASE_IMAGE by digest: refuse before any run exists
     store = _store(settings)
@@ -287,8 +287,8 @@ def start_local(settings: Settings, run_id: str) -> int:
 
 def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str, run_id: str) -> str:
     """Submit the compiled training pipeline to a KFP API server as the CI service account; returns the KFP
-    run id (``kfrelease.kfp_submit``)."""
-    from kfrelease.kfp_submit import submit_run
+    run id (``kfrelease.kfp.submit``)."""
+    from kfrelease.kfp.submit import submit_run
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.training.resources import pipeline_arguments
 

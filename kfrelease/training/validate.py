@@ -12,7 +12,7 @@ the untrusted steps only predict, label-blind), never on numbers a step running 
    champion whose inputs the data lacks (another tag) is reported as not comparable;
 3. TFX's rule: a spec with no absolute threshold and no comparable champion is **not blessed** (nothing says
    what good enough is);
-4. input drift between the candidate's training rows and the champion's (``kfrelease.drift``), reported; it
+4. input drift between the candidate's training rows and the champion's (``kfrelease.quality.drift``), reported; it
    fails the verdict only when the spec sets ``max_drift_share``.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from kfrelease.drift import data_drift
+from kfrelease.quality.drift import data_drift
 from kfrelease.training.core import text_features
 from kfrelease.training.spec import THRESHOLD_KEYS, ModelSpec
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from kfrelease.monitoring.passes import current_table, load_history
 from kfrelease.monitoring.report import current_table_html, figure
-from kfrelease.results import find_reports
+from kfrelease.training.results import find_reports
 
 
 def monitoring_page(reader, model: str) -> dict:

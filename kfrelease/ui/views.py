@@ -1,5 +1,5 @@
 """What each page of the web UI shows, read through the core functions (registry, run records,
-``kfrelease.results``, the monitoring history) with the read-only data-scientist identity. Plain
+``kfrelease.training.results``, the monitoring history) with the read-only data-scientist identity. Plain
 functions returning dicts for the templates; no HTTP here.
 
 An unknown model or version raises ``NotFound`` (the app answers 404 with a page naming what exists).
@@ -11,9 +11,17 @@ from dataclasses import dataclass
 
 from kfrelease.errors import KfreleaseError, NotFound
 from kfrelease.registry.registry import EXPERIMENTS, REGISTRY, ModelRegistry
-from kfrelease.results import METRICS, decision_label, find_reports, paired_test, run_result, show_version, standing
 from kfrelease.storage import ObjectStore
 from kfrelease.training import run_records
+from kfrelease.training.results import (
+    METRICS,
+    decision_label,
+    find_reports,
+    paired_test,
+    run_result,
+    show_version,
+    standing,
+)
 
 SPACES = (REGISTRY, EXPERIMENTS)
 

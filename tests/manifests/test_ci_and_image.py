@@ -262,7 +262,7 @@ def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_ar
         training_pipeline,  # imported before the env is set
     )
 
-    from kfrelease.images import compile_package, executors
+    from kfrelease.images.project import compile_package, executors
 
     for image in (PINNED, PINNED.replace("d" * 64, "e" * 64)):
         monkeypatch.setenv("KFRELEASE_IMAGE", image)
@@ -278,7 +278,7 @@ def test_a_cluster_submission_refuses_an_image_not_named_by_digest(monkeypatch):
     from kfrelease.pipelines.release_pipeline import release_pipeline
 
     from kfrelease.errors import ConfigError
-    from kfrelease.kfp_submit import submit_run
+    from kfrelease.kfp.submit import submit_run
 
     for image in ("", "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease:0.1.0", "kfrelease@sha256:abc"):
         monkeypatch.setenv("KFRELEASE_IMAGE", image)

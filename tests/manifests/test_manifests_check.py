@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from kfrelease.images import pin_package
+from kfrelease.images.project import pin_package
 from kfrelease.k8s.policy.checks import CHECKS, CheckContext, run_checks
 from kfrelease.k8s.environments import MANIFESTS_DIR
 from kfrelease.k8s.render.platform import RELEASE_DRIVER

@@ -26,7 +26,7 @@ from kfrelease.k8s.render.platform import (
     UNTRUSTED,
     UNTRUSTED_SA,
 )
-from kfrelease.kfp_submit import TOKEN_AUDIENCE
+from kfrelease.kfp.submit import TOKEN_AUDIENCE
 from tests.cluster_standin import ApiError, Cluster
 
 from .conftest import upstream_cluster_roles

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfrelease.drift import MAX_RECORDED_CATEGORIES, OTHER, data_drift
 from kfrelease.lake.drift import psi_drift
 from kfrelease.lake.engine import connect
 from kfrelease.monitoring.push import MAX_EXPORTED_CATEGORIES, feature_series
+from kfrelease.quality.drift import MAX_RECORDED_CATEGORIES, OTHER, data_drift
 
 NUMBERS = ["carat", "depth", "table"]
 CATEGORIES = ["cut", "color", "clarity"]
@@ -157,7 +157,7 @@ def test_a_window_where_one_cut_shifts_is_flagged_and_an_unchanged_one_is_not(st
     from kfrelease.storage import store_for
 
     if path == "engine-psi":
-        monkeypatch.setattr("kfrelease.drift.MAX_DRIFT_ROWS", 500)
+        monkeypatch.setattr("kfrelease.quality.drift.MAX_DRIFT_ROWS", 500)
     reference = diamonds.iloc[:5000]
     known = {c: sorted(diamonds[c].unique()) for c in CATEGORIES}
     start = span_start(2)

@@ -1,11 +1,11 @@
-"""kfrelease.drift.data_drift (the shared drift function) and the monitoring services of the stack."""
+"""kfrelease.quality.drift.data_drift (the shared drift function) and the monitoring services of the stack."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kfrelease.drift import data_drift
 from kfrelease.errors import DataValidationError
+from kfrelease.quality.drift import data_drift
 from kfrelease.stack.slots import all_slots
 from tests.waiting import eventually
 

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfrelease.drift import data_drift
 from kfrelease.lake.drift import psi_drift
 from kfrelease.lake.engine import connect
+from kfrelease.quality.drift import data_drift
 
 FEATURES = ["age", "sex", "bmi", "tiny"]
 

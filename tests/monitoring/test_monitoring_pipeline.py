@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kfrelease.errors import ConfigError
-from kfrelease.kfp_runner import run_local
+from kfrelease.kfp.runner import run_local
 from kfrelease.monitoring.passes import load_history
 from kfrelease.monitoring.spark_app import monitoring_engine
 from kfrelease.monitoring.synthetic import (

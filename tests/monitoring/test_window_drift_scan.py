@@ -1,6 +1,6 @@
 """A large window's drift in one scan of its joined rows (``kfrelease.lake.drift.psi_drift``: every feature's
 bins or categories counted together, the bins from numpy's own edge arithmetic) equals Evidently's PSI on the
-same rows (``kfrelease.drift.data_drift``, every row), category columns, missing values (None), NaN,
+same rows (``kfrelease.quality.drift.data_drift``, every row), category columns, missing values (None), NaN,
 infinities and a category unseen in training included; with two versions answering in the same window, an
 unanswered request and a repeated event too."""
 
@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kfrelease.drift import MAX_DRIFT_ROWS, data_drift
 from kfrelease.lake import join as J
 from kfrelease.lake import schema as S
 from kfrelease.lake.engine import WindowData, _files_view, connect, define_views
 from kfrelease.monitoring.window import WindowSpec, compute_windows_engine
+from kfrelease.quality.drift import MAX_DRIFT_ROWS, data_drift
 
 NUMBERS = ["carat", "depth", "grade"]  # grade: 4 distinct values, binned by value
 CATEGORIES = ["cut", "color"]

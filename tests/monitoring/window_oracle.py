@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from kfrelease.errors import ConfigError, DataValidationError, KfreleaseError
-from kfrelease.metrics import InsufficientData, metric_intervals, regression_metrics
 from kfrelease.monitoring.window import (
     DEFAULT_MIN_LABELS,
     DEFAULT_R2_FLOOR,
@@ -21,6 +20,7 @@ from kfrelease.monitoring.window import (
     _orphan_labels,
     is_complete,
 )
+from kfrelease.quality.metrics import InsufficientData, metric_intervals, regression_metrics
 
 
 def _utc(series: pd.Series) -> pd.Series:

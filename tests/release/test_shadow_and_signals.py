@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from kfrelease.metrics import regression_metrics
+from kfrelease.quality.metrics import regression_metrics
 from kfrelease.release.shadow import join_shadow, shadow_verdict
 from kfrelease.release.signals import health_between, histogram_quantile, parse_snapshot
 from kfrelease.rollout.spec import GateRule

@@ -12,7 +12,7 @@ from kfrelease.data.spec import load_spec
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_of
 from kfrelease.demo.project import DIAMONDS_EXAMPLE, diamonds_code
 from kfrelease.errors import DataValidationError
-from kfrelease.evaluation import regression_report
+from kfrelease.quality.evaluation import regression_report
 from kfrelease.registry.artifact import input_columns
 from kfrelease.release.controller import _instances
 from kfrelease.training.core import check_data, check_schema, predict, train

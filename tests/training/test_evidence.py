@@ -22,8 +22,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 
 def _forge():
-    import kfrelease.evaluation as evaluation
-    import kfrelease.metrics as metrics
+    import kfrelease.quality.evaluation as evaluation
+    import kfrelease.quality.metrics as metrics
 
     perfect = {"mse": 0.01, "rmse": 0.1, "mae": 0.1, "r2": 0.999, "n": 1}
     metrics.regression_metrics = lambda *a, **k: dict(perfect)
@@ -75,7 +75,7 @@ def test_a_model_that_lies_about_its_metrics_is_caught(project, stack, run_cli):
 import json, sys
 import joblib
 import pandas as pd
-from kfrelease.evaluation import regression_report
+from kfrelease.quality.evaluation import regression_report
 model = joblib.load(sys.argv[1])
 frame = pd.DataFrame({"y": [100.0, 200.0], "p": [0.0, 0.0], "x": [1.0, 2.0]})
 print(json.dumps({"rmse": regression_report(frame, "y", "p", ["x"])[0]["rmse"], "rows": model.rows_,

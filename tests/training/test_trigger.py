@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from kfrelease import oci
 from kfrelease.demo.project import merge_change, spec_variant
 from kfrelease.errors import ConfigError
+from kfrelease.images import oci
 from kfrelease.registry import ModelRegistry
 from kfrelease.storage import store_for
 from kfrelease.training import run_records

@@ -178,7 +178,7 @@ def test_a_champion_that_ignores_its_inputs_is_beaten(trained):
 
 def test_the_metrics_do_not_depend_on_evidentlys_picture():
     """Errors of one constant size make Evidently's histogram fail; the metrics and a plain page remain."""
-    from kfrelease.evaluation import regression_report
+    from kfrelease.quality.evaluation import regression_report
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.random(48), "y": rng.random(48)})

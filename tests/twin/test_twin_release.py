@@ -53,7 +53,7 @@ from kfrelease.k8s.render.kubeflow import oauth2_proxy_kustomization
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, ROOT_NS, principal, request_principal
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, RELEASE_DRIVER_STEP, STEP_LABEL
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
-from kfrelease.kfp_submit import TOKEN_AUDIENCE
+from kfrelease.kfp.submit import TOKEN_AUDIENCE
 from kfrelease.lake import read_labels
 from kfrelease.registry.artifact import model_format
 from kfrelease.release.checks import render_query

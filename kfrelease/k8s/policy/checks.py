@@ -199,7 +199,7 @@ def check_storage_class(ctx: CheckContext) -> list[Finding]:
 def check_image_digest(ctx: CheckContext) -> list[Finding]:
     """Every step of every compiled package (``--compiled DIR``) runs the project image by digest (``--image``
     when given) and hands it on in ``KFRELEASE_IMAGE``."""
-    from kfrelease.images import IMAGE_ENV, executors, is_by_digest
+    from kfrelease.images.project import IMAGE_ENV, executors, is_by_digest
 
     if ctx.compiled is None:
         return []

@@ -82,7 +82,7 @@ def oauth2_proxy_kustomization(env: Environment) -> dict:
     - the ``oauth2-proxy`` Secret replaced from this environment's own file: the base generates it with
       Kubeflow's published client secret and cookie secret (``common/oauth2-proxy/base/kustomization.yaml``
       ``secretGenerator``), which an internet-facing ALB must not keep."""
-    from kfrelease.kfp_submit import TOKEN_AUDIENCE
+    from kfrelease.kfp.submit import TOKEN_AUDIENCE
 
     ns, name = M2M_REQUEST_AUTHENTICATION
     target = {

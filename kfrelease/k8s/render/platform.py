@@ -307,7 +307,7 @@ def replay_access() -> dict:
     (``kfrelease.k8s.render.kubeflow.oauth2_proxy_kustomization``). The gateway's
     ``kfrelease-production-replay`` policy admits that route for this identity only; the same token at KFP is
     the release driver, which holds no KFP right (tests/manifests/test_rbac.py)."""
-    from kfrelease.kfp_submit import TOKEN_AUDIENCE
+    from kfrelease.kfp.submit import TOKEN_AUDIENCE
 
     return {
         "env": [
@@ -339,7 +339,7 @@ def kfp_api_access(ns: str) -> dict:
     (deploy-staging, ``kfrelease.release.handover``) gets a projected token with audience
     pipelines.kubeflow.org, read by kfp.Client via ``KF_PIPELINES_SA_TOKEN_PATH`` (Kubeflow's in-cluster
     pattern, as its ``access-ml-pipeline`` PodDefault), as the Profile's default-editor (may create runs)."""
-    from kfrelease.kfp_submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
+    from kfrelease.kfp.submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
 
     return {
         "apiVersion": "kubeflow.org/v1alpha1",

@@ -126,13 +126,13 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
 
 def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Path]:
     """Write each pipeline as a KFP YAML package (uploadable in the Kubeflow UI)."""
-    from kfrelease.images import compile_package
+    from kfrelease.images.project import compile_package
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names or list(PIPELINES):
         func = pipeline_function(name)
         path = out_dir / f"{name}_pipeline.yaml"
-        compile_package(func, path)  # every step on KFRELEASE_IMAGE as it is now (kfrelease.images)
+        compile_package(func, path)  # every step on KFRELEASE_IMAGE as it is now (kfrelease.images.project)
         written.append(path)
     return written

@@ -100,7 +100,7 @@ def with_estimator(spec: ModelSpec, estimator: dict | str) -> ModelSpec:
 def compare(candidates: dict[str, ModelSpec], df, dataset_version: str) -> list[dict]:
     """Train each candidate on the same split of ``df`` and score it on the held-out rows, best RMSE first:
     ``[{label, rmse, mae, r2, fit_seconds, spec}]``."""
-    from kfrelease.metrics import regression_metrics
+    from kfrelease.quality.metrics import regression_metrics
     from kfrelease.training.core import predict, train
 
     rows = []
@@ -124,7 +124,7 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
     record, so register files it under experiments and containerize/deploy-staging do nothing. Its steps
     run as the data-scientist identity (``KFRELEASE_ROLE``, ``kfrelease.training.steps.step_role``), as a
     notebook's run does on the cluster: it may write the experiments space and nothing else of ``models``."""
-    from kfrelease.kfp_runner import run_local
+    from kfrelease.kfp.runner import run_local
     from kfrelease.pipelines.training_pipeline import training_pipeline
     from kfrelease.registry import EXPERIMENTS, ModelRegistry
     from kfrelease.storage import store_for

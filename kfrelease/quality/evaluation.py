@@ -1,7 +1,7 @@
 """The Evidently 0.7 regression report of a model on held-out data: metrics as data, and the HTML picture.
 
 Evidently's ``RegressionPreset`` gives RMSE, MAE, R² and more; it has no MSE metric, so the numbers this
-returns come from ``kfrelease.metrics.regression_metrics`` (equal to scikit-learn), and Evidently's own
+returns come from ``kfrelease.quality.metrics.regression_metrics`` (equal to scikit-learn), and Evidently's own
 values are kept beside them under ``evidently`` for the record (Evidently 0.7, ``evidently.presets.RegressionPreset``).
 """
 
@@ -16,7 +16,7 @@ import warnings
 
 import pandas as pd
 
-from kfrelease.metrics import regression_metrics
+from kfrelease.quality.metrics import regression_metrics
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ ServiceAccountTokenVolumeCredentials``); runs go into ``KFRELEASE_NAMESPACE`` (d
 the only namespace where runs may be created (docs/platform-engineer-eks.md).
 
 Every submitted package runs on the project image named by digest (``KFRELEASE_IMAGE``,
-``kfrelease.images``): a submission without one is refused before anything is sent.
+``kfrelease.images.project``): a submission without one is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def client(host: str):
 def submit_run(host: str, pipeline: Callable, arguments: dict, run_name: str, experiment: str) -> str:
     """Compile ``pipeline`` on the pinned project image and create one run of it (caching off: every run
     really runs); returns the run id."""
-    from kfrelease.images import compile_package, pinned_project_image
+    from kfrelease.images.project import compile_package, pinned_project_image
 
     image = pinned_project_image()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,2 @@
+"""Kubeflow Pipelines plumbing: running compiled pipelines on ``kfp.local`` and compiling them (``runner``), and
+submitting to a KFP API server on a cluster (``submit``)."""
