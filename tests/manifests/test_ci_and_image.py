@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfrelease.k8s.render.eks import CI_ROLE
 from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, RELEASE_NS
+from kfrelease.k8s.render.eks import CI_ROLE
 from kfrelease.k8s.render.workloads import HTTP_PORT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
     assert wf["permissions"]["id-token"] == "write"
     assert set(wf["jobs"]) == {"trigger"} and "steps" not in wf["jobs"]["trigger"]  # only the platform's workflow
     train = yaml.safe_load(TRAIN_WORKFLOW.read_text())
-    assert set((train[True] if True in train else train["on"])) == {"workflow_call"}
+    assert set(train[True] if True in train else train["on"]) == {"workflow_call"}
     steps = train["jobs"]["trigger"]["steps"]
     runs = "\n".join(s.get("run", "") for s in steps)
     assert 'kfrelease" trigger --repo model --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
@@ -52,7 +52,9 @@ def test_the_ci_role_trusts_only_the_platforms_reusable_workflow_at_its_release_
     trust = template["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]
     ref = ci_workflow_ref(src.envs.team, env)
     assert trust["StringEquals"]["token.actions.githubusercontent.com:job_workflow_ref"] == ref
-    assert ref == f"{src.envs.team.platform_repository}/.github/workflows/kfrelease-train.yaml@refs/tags/v{env.image_tag}"
+    assert (
+        ref == f"{src.envs.team.platform_repository}/.github/workflows/kfrelease-train.yaml@refs/tags/v{env.image_tag}"
+    )
     caller = yaml.safe_load(WORKFLOW.read_text())["jobs"]["trigger"]["uses"]
     assert caller.replace("@v", "@refs/tags/v").startswith(src.envs.team.platform_repository)
     assert caller.endswith(f"/.github/workflows/kfrelease-train.yaml@v{env.image_tag}")
@@ -258,11 +260,10 @@ def test_python_dash_m_runs_a_module_of_the_working_directory_unless_dash_p(tmp_
 
 def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_are_imported(tmp_path, monkeypatch):
     """components/base.py fixes KFP's base_image at import; compile_package writes the image of the moment."""
+    from kfrelease.images.project import compile_package, executors
     from kfrelease.pipelines.training_pipeline import (
         training_pipeline,  # imported before the env is set
     )
-
-    from kfrelease.images.project import compile_package, executors
 
     for image in (PINNED, PINNED.replace("d" * 64, "e" * 64)):
         monkeypatch.setenv("KFRELEASE_IMAGE", image)
@@ -275,10 +276,9 @@ def test_the_image_is_resolved_when_a_package_is_compiled_not_when_components_ar
 
 
 def test_a_cluster_submission_refuses_an_image_not_named_by_digest(monkeypatch):
-    from kfrelease.pipelines.release_pipeline import release_pipeline
-
     from kfrelease.errors import ConfigError
     from kfrelease.kfp.submit import submit_run
+    from kfrelease.pipelines.release_pipeline import release_pipeline
 
     for image in ("", "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease:0.1.0", "kfrelease@sha256:abc"):
         monkeypatch.setenv("KFRELEASE_IMAGE", image)

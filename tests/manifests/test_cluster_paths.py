@@ -285,11 +285,15 @@ def test_the_public_endpoint_keeps_none_of_kubeflows_published_credentials(tmp_p
         d = tmp_path / name
         d.mkdir()
         (d / "kustomization.yaml").write_text(yaml.safe_dump({**doc, "resources": [f"../upstream/{upstream.name}"]}))
-        proc = subprocess.run([sh.which("kubectl"), "kustomize", str(d)], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sh.which("kubectl"), "kustomize", str(d)], check=False, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode != 0 and "secret" in proc.stderr.lower(), "a missing secret file must fail the build"
         for fname, text in files.items():
             (d / fname).write_text(text)
-        proc = subprocess.run([sh.which("kubectl"), "kustomize", str(d)], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sh.which("kubectl"), "kustomize", str(d)], check=False, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 0, proc.stderr
         built[name] = {
             (

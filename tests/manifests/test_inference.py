@@ -316,7 +316,11 @@ def test_the_replay_route_reaches_production_alone_and_only_through_the_ingress_
     cases = [
         (RAW, TrafficState(primary=V1, canary=V2, canary_weight=20), f"diabetes-progression-v1-1-0-predictor.{ns}"),
         (RAW, TrafficState(primary=V1, shadow=V2), f"diabetes-progression-v1-1-0-predictor.{ns}"),
-        (SERVERLESS, TrafficState(primary=V1, canary=V2, canary_weight=20), f"prev-diabetes-progression-predictor.{ns}"),
+        (
+            SERVERLESS,
+            TrafficState(primary=V1, canary=V2, canary_weight=20),
+            f"prev-diabetes-progression-predictor.{ns}",
+        ),
         (SERVERLESS, TrafficState(primary=V1), f"diabetes-progression-predictor.{ns}"),
     ]
     for spec, state, host in cases:

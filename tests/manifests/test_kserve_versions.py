@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import yaml
-from kfrelease.k8s.render.inference import render_release
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import MANIFESTS_DIR, environments_file, load_environments, workspaces_dir
@@ -17,6 +16,7 @@ from kfrelease.k8s.policy.schemas import (
     validate,
     vendored_crds,
 )
+from kfrelease.k8s.render.inference import render_release
 from kfrelease.k8s.versions import KSERVE_VERSIONS, KUBEFLOW_KSERVE, kserve_version
 from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState

@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 from kfrelease.k8s.environments import MANIFESTS_DIR
+from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 from kfrelease.k8s.render.tree import doc_key, environment_documents, json_patch
 
 from .conftest import kustomize

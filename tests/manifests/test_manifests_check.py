@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from kfrelease.images.project import pin_package
-from kfrelease.k8s.policy.checks import CHECKS, CheckContext, run_checks
 from kfrelease.k8s.environments import MANIFESTS_DIR
+from kfrelease.k8s.policy.checks import CHECKS, CheckContext, run_checks
 from kfrelease.k8s.render.platform import RELEASE_DRIVER
 
 PINNED = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@sha256:" + "f" * 64

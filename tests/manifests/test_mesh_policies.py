@@ -5,8 +5,8 @@ nothing wider: a pod in a data scientist's namespace reaches neither a predictor
 
 import pytest
 
-from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
 from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
 from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, REPLAY_HEADER, REPLAY_VALUE
 from kfrelease.k8s.render.mesh import (
     GATEWAY_SELECTOR,

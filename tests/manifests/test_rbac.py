@@ -278,6 +278,7 @@ def test_the_pod_defaults_give_each_step_its_identity_and_the_kfp_token_only_to_
 def test_the_compiled_pipelines_label_each_step_with_its_identity(tmp_path):
     """The labels the PodDefaults select (kfp-kubernetes ``add_pod_label`` -> ``podMetadata`` of the executor)."""
     from kfp import compiler
+
     from kfrelease.pipelines.release_pipeline import release_pipeline
     from kfrelease.pipelines.training_pipeline import training_pipeline
 

@@ -5,12 +5,12 @@ a `kubectl create`, which the API server refuses for an object that exists."""
 
 import pytest
 import yaml
-from kfrelease.k8s.render.inference import production_name
 
-from kfrelease.k8s.policy.rbac import Requester, service_account
-from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS
-from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
+from kfrelease.k8s.environments import MANIFESTS_DIR, RELEASE_NS
+from kfrelease.k8s.policy.rbac import Requester, service_account
+from kfrelease.k8s.render.inference import production_name
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import ApiError, Cluster
 

@@ -6,13 +6,13 @@ import copy
 import pytest
 
 from kfrelease.k8s.environments import RELEASE_NS
-from kfrelease.k8s.render.platform import RELEASE_DRIVER, UNTRUSTED_SA
 from kfrelease.k8s.policy.release_checks import (
     driver_findings,
     environment_findings,
     mesh_findings,
     rbac_findings,
 )
+from kfrelease.k8s.render.platform import RELEASE_DRIVER, UNTRUSTED_SA
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 
 SOURCES = Sources.load()
@@ -121,8 +121,8 @@ def test_manifests_check_reports_the_release_path_classes_on_broken_files(tmp_pa
 
     import yaml
 
-    from kfrelease.k8s.policy.checks import CheckContext, run_checks
     from kfrelease.k8s.environments import MANIFESTS_DIR
+    from kfrelease.k8s.policy.checks import CheckContext, run_checks
 
     root = tmp_path / "manifests"
     shutil.copytree(MANIFESTS_DIR, root)
