@@ -91,3 +91,33 @@ def test_a_version_rejected_by_its_release_says_so_in_one_statement():
     )
     staged = ModelVersion({"version": "V1.4.0", "verdict": {"passed": True}}, "staging")
     assert standing(staged, [{"stage": "staging", "evidence": {}}])["headline"] == "passed validation; in staging"
+
+
+def test_each_command_loads_only_its_own_modules_and_the_table_matches_what_they_register():
+    """``kfrelease.cli.COMMANDS`` is the one table of top-level commands: it must name exactly what the modules
+    register (a command missing from it would vanish from the CLI), and a call must import only its modules."""
+    import importlib
+
+    import click
+
+    from kfrelease.cli import COMMANDS
+
+    registered = click.Group()
+    for module in dict.fromkeys(m for modules in COMMANDS.values() for m in modules):
+        importlib.import_module(f"kfrelease.cli.{module}").register(registered)
+    assert set(registered.commands) == set(COMMANDS)
+    modules = {m[len("kfrelease.cli.") :] for m in sys.modules if m.startswith("kfrelease.cli.")}
+    assert {"stack", "data", "specs", "models"} <= modules
+    assert set(registered.commands["data"].commands) >= {"init", "publish"}
+
+    probe = (
+        "import sys, kfrelease.cli as c\n"
+        "c.cli.main(['status', '--help'], standalone_mode=False)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('kfrelease.cli.')), 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['kfrelease.cli.output', 'kfrelease.cli.stack'] False", out.stdout
+    help_text = _cli("--help").stdout
+    assert all(name in help_text for name in COMMANDS), help_text
+    unknown = _cli("deploy")
+    assert unknown.returncode == 2 and "No such command 'deploy'" in unknown.stderr
