@@ -237,8 +237,9 @@ def _measure(spec_text: str, env: dict, pythonpath: str, cwd: Path, disk: DiskGu
         for line in proc.stderr:
             line = line.rstrip()
             if line:
-                last.append(line)
-                del last[:-1]
+                if not line.startswith((" ", "Possible solutions", "* ", "See also")):
+                    last.append(line)  # the exception's own line, not its traceback or its hints
+                    del last[:-1]
                 read = READ.search(line)
                 if read:
                     progress["objects_read"] += 1
@@ -380,6 +381,11 @@ def unmeasured(points: list[dict]) -> list[str]:
     for n in GOAL_SIZES:
         if any(p["objects"] == n and "seconds" in p for p in points):
             continue
+        if any(p["objects"] == n and p.get("objects_read") for p in points):
+            lines.append(
+                f"- {n}x ({n * ROWS_PER_OBJECT:,} rows): no version published (the row above says where it failed)"
+            )
+            continue
         hours = n * (per_object + write) / 3600
         lines.append(
             f"- {n}x ({n * ROWS_PER_OBJECT:,} rows, {n * ref['source_mb'] / ref['objects'] / 1000:,.1f} GB of .csv.gz): "
@@ -413,8 +419,8 @@ def _table(points: list[dict]) -> str:
         if "error" in p and p.get("objects_read"):
             # stopped part way: what it read, how fast, and its peak memory until then; not a point of its size
             lines.append(
-                f"| {p['objects']}x | {p['rows_read']:,} read | {src} | {p['engine']} | stopped after "
-                f"{p['objects_read']} of {p['objects']} objects, {p['read_seconds']:.0f} s: {p['error']} | "
+                f"| {p['objects']}x | {p['rows_read']:,} read | {src} | {p['engine']} | failed after reading "
+                f"{p['objects_read']} of {p['objects']} objects in {p['read_seconds']:.0f} s: {p['error']} | "
                 f"{p['peak_mb_sampled']:.0f} so far | {p['rows_read'] / p['read_seconds']:,.0f} | {load} |"
             )
             continue
