@@ -226,6 +226,14 @@ VARIABLES: tuple[Variable, ...] = (
         "release",
     ),
     Variable(
+        "KFRELEASE_LABEL_SOURCES",
+        "str",
+        None,
+        "who may label on the cluster (JSON: principals, namespaces, users; set on the release steps' pods): the "
+        "gates count only their labels; unset: the data dir's declared label sources",
+        "release",
+    ),
+    Variable(
         "KFRELEASE_PROMETHEUS_URL",
         "str",
         None,

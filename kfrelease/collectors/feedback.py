@@ -17,8 +17,12 @@ CloudEvent id), so the lake's ``read_labels`` joins ``read_predictions`` on (req
 Label provenance (``LabelSources``): a label is stored only from a declared label source, and carries that source
 (the ``source`` column). On the embedded stack a request names its source by a bearer token declared under the
 data dir (``kfrelease.access.credentials``, ``label-sources.json``, mode 0600); on a cluster by the caller's mesh
-identity, declared as the feedback AuthorizationPolicy declares it (``kfrelease.k8s.render.mesh.label_sources``).
-Anything else gets a 403 JSON message saying how to post as a declared source; nothing is stored.
+identity, declared as the feedback AuthorizationPolicy declares it (``kfrelease.k8s.render.mesh.label_sources``),
+and for a request the ingress gateway relays, by the verified user the gateway names (``kubeflow-userid``), one of
+the environment's ``label_sources``. Anything else gets a 403 JSON message saying how to post as a declared
+source; nothing is stored. The release gates count only the labels whose ``source`` a declaration holds
+(``LabelSources.declares``, ``declared_label_sources``): a label stored before its source was declared, or written
+in bulk under another name, decides nothing.
 """
 
 from __future__ import annotations
@@ -85,23 +89,60 @@ class LabelSources:
     stack; ``principals`` and ``namespaces`` (mesh identities) on a cluster."""
 
     tokens: Callable[[], Mapping[str, str]] | None = None
+    #: gateways that relay requests of verified users (the ingress gateway's principal): only ``users``' count
     principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    #: the ``kubeflow-userid`` values a gateway of ``principals`` may relay labels of
+    users: tuple[str, ...] = ()
     where: str = ""  # where the declared tokens are kept, for the refusal's message
 
     @property
     def mesh(self) -> bool:
-        return bool(self.principals or self.namespaces)
+        return bool(self.principals or self.namespaces or self.users)
+
+    @classmethod
+    def from_declaration(cls, doc: Mapping) -> LabelSources:
+        """From ``kfrelease.k8s.render.mesh.label_source_declaration`` (``KFRELEASE_LABEL_SOURCES``)."""
+        return cls(
+            principals=tuple(doc.get("principals") or ()),
+            namespaces=tuple(doc.get("namespaces") or ()),
+            users=tuple(doc.get("users") or ()),
+        )
+
+    def declares(self, source) -> bool:
+        """Whether a stored label's ``source`` is one of these declared sources (the gates count only those)."""
+        if not isinstance(source, str) or not source:
+            return False
+        if not self.mesh:
+            return source in set((self.tokens() if self.tokens else {}).values())
+        peer, relayed, user = source.partition(" user=")
+        if relayed:
+            return peer in self.principals and user in self.users
+        return _namespace_of(peer) in self.namespaces
 
     def source_of(self, headers: Mapping[str, str]) -> str:
         """The declared source a request comes from; raises ``UndeclaredSource`` saying what to do."""
         if self.mesh:
             peer = peer_principal(headers.get(XFCC_HEADER))
-            ns = peer.split("/")[2] if peer and peer.count("/") >= 4 else None
-            if peer and (peer in self.principals or ns in self.namespaces):
-                user = headers.get(USER_HEADER)
-                return f"{peer} user={user}" if user and peer in self.principals else peer
-            declared = ", ".join([*self.principals, *(f"namespace {n}" for n in self.namespaces)])
+            ns = _namespace_of(peer)
+            user = headers.get(USER_HEADER)
+            if peer and peer in self.principals and user and user in self.users:
+                return f"{peer} user={user}"
+            if peer and ns in self.namespaces:
+                return peer
+            if peer and peer in self.principals:
+                raise UndeclaredSource(
+                    f"labels of {user or 'a request without a verified user'} are not accepted: ground truth decides "
+                    f"the release gates, so only declared label sources may post it through the ingress gateway "
+                    f"({', '.join(self.users) or 'none is declared'}); post with the projected token of a service "
+                    "account listed in label_sources of manifests/sources/environments.yaml; nothing was stored"
+                )
+            declared = ", ".join(
+                [
+                    *(f"{p} for {', '.join(self.users)}" for p in self.principals),
+                    *(f"namespace {n}" for n in self.namespaces),
+                ]
+            )
             raise UndeclaredSource(
                 f"labels from {peer or 'a caller without a mesh identity'} are not accepted: ground truth decides "
                 f"the release gates, so only declared label sources may post it ({declared}); post through the "
@@ -120,6 +161,33 @@ class LabelSources:
             f"{self.where or 'the data dir'}: kfrelease.access.credentials.ensure_label_source(settings, name) "
             "declares one); nothing was stored"
         )
+
+
+def _namespace_of(peer: str | None) -> str | None:
+    """``<trust domain>/ns/<ns>/sa/<sa>`` -> ``<ns>``."""
+    parts = (peer or "").split("/")
+    return parts[2] if len(parts) >= 5 and parts[1] == "ns" else None
+
+
+def declared_label_sources(settings: Settings) -> LabelSources:
+    """Who may label, as the release gates read it: on a cluster the release step's ``KFRELEASE_LABEL_SOURCES``
+    (the feedback service's own declaration, rendered into the step's PodDefault); on the embedded stack the
+    data dir's declared tokens (``label-sources.json``)."""
+    from kfrelease.config import setting
+
+    text = setting("KFRELEASE_LABEL_SOURCES")
+    if text:
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise KfreleaseError(
+                f"KFRELEASE_LABEL_SOURCES is not JSON ({exc}); it is rendered by `kfrelease manifests render` "
+                "into the release steps' PodDefault"
+            ) from None
+        return LabelSources.from_declaration(doc)
+    from kfrelease.access.credentials import label_source_tokens, label_sources_path
+
+    return LabelSources(tokens=lambda: label_source_tokens(settings), where=str(label_sources_path(settings)))
 
 
 def _now() -> str:
@@ -267,11 +335,21 @@ def main(argv: list[str] | None = None) -> int:
         help="a declared label source by mesh principal (cluster; repeat); with none, sources are the data dir's tokens",
     )
     p.add_argument("--source-namespace", action="append", default=[], help="a declared label source by namespace")
+    p.add_argument(
+        "--source-user",
+        action="append",
+        default=[],
+        help="a declared label source by the kubeflow-userid a --source-principal gateway relays (repeat)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    if args.source_principal or args.source_namespace:
-        sources = LabelSources(principals=tuple(args.source_principal), namespaces=tuple(args.source_namespace))
+    if args.source_principal or args.source_namespace or args.source_user:
+        sources = LabelSources(
+            principals=tuple(args.source_principal),
+            namespaces=tuple(args.source_namespace),
+            users=tuple(args.source_user),
+        )
     else:
         from kfrelease.access.credentials import ensure_label_source, label_source_tokens, label_sources_path
 

@@ -52,6 +52,7 @@ BASE_ACCOUNT = "ACCOUNT_ID"  # placeholder in the base; every overlay replaces i
 BASE_BUCKET_PREFIX = "BUCKET_PREFIX-"
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_SOURCE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,18 @@ class Environment:
     #: Namespaces whose pods call the models inside the mesh (their sidecars route by the release's
     #: VirtualService and mirror to the shadow themselves, with their own identity).
     mesh_clients: tuple[str, ...] = ()
+    #: Who may post ground truth through the models' release hosts (the ingress gateway), as
+    #: ``<namespace>/<serviceaccount>``: a pod of that service account posts with its projected token
+    #: (audience ``pipelines.kubeflow.org``), verified at the gateway by Kubeflow's ``m2m-token-issuer``. Ground
+    #: truth decides both release gates: no one else may post it from outside the mesh
+    #: (``kfrelease.k8s.render.mesh.feedback_gateway_policy``), and the gates count no other label.
+    label_sources: tuple[str, ...] = ()
+
+    @property
+    def label_source_users(self) -> tuple[str, ...]:
+        """The ``kubeflow-userid`` of each declared label source: the gateway copies a verified token's ``sub``
+        into it (``m2m-token-issuer``'s ``outputClaimToHeaders``), ``system:serviceaccount:<ns>:<sa>``."""
+        return tuple("system:serviceaccount:" + s.replace("/", ":", 1) for s in self.label_sources)
 
     @property
     def model_domain(self) -> str:
@@ -186,6 +199,19 @@ def load_environments(path: str | Path | None = None) -> Environments:
             body["kubeflow_version"] = str(body.get("kubeflow_version", Environment.kubeflow_version))
             body["kserve_version"] = str(body.get("kserve_version", Environment.kserve_version))
             body["mesh_clients"] = tuple(str(n) for n in body.get("mesh_clients") or ())
+            body["label_sources"] = tuple(str(n) for n in body.get("label_sources") or ())
+            for source in body["label_sources"]:
+                if not _LABEL_SOURCE.match(source):
+                    raise ConfigError(
+                        f"{path}: environment {name!r} label_sources entry {source!r} is not "
+                        "<namespace>/<serviceaccount> (the pod identity that posts ground truth)"
+                    )
+            if body["label_sources"] and not body.get("oidc_issuer"):
+                raise ConfigError(
+                    f"{path}: environment {name!r} declares label_sources but no oidc_issuer; the ingress gateway "
+                    "knows a label source by its token's issuer (aws eks describe-cluster --query "
+                    "cluster.identity.oidc.issuer)"
+                )
             env = Environment(name=name, nodes=nodes, **body)
             try:  # an unsupported KServe version is an error here, not at render time
                 env.kserve  # noqa: B018

@@ -68,11 +68,12 @@ def read_predictions(
     return _typed(frame)
 
 
-def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
+def read_labels(store, model: str, since=None, until=None, declared=None) -> pd.DataFrame:
     """Ground truth of ``model`` (label time in ``[since, until)``): ``request_id, instance, truth, time,
     source``, every label (a request labelled twice keeps both rows; ``latest_truth`` picks one). ``source`` is
     the declared label source that posted it (``kfrelease.collectors.feedback.LabelSources``; null in files written
-    before labels carried one)."""
+    before labels carried one). ``declared`` (``LabelSources.declares``): only the labels of sources it
+    declares, what the release gates read."""
     from kfrelease.lake import read as R
     from kfrelease.lake.engine import _files_view, connect
     from kfrelease.lake.schema import LABEL_BUCKET, LABEL_SCHEMA
@@ -89,6 +90,8 @@ def read_labels(store, model: str, since=None, until=None) -> pd.DataFrame:
     frame = con.execute(
         f"SELECT request_id, instance, truth, time, {source} FROM labels WHERE {where} ORDER BY time"
     ).df()
+    if declared is not None and len(frame):
+        frame = frame[[bool(declared(s)) for s in frame["source"]]]
     return _typed(frame)
 
 

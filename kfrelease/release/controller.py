@@ -323,10 +323,13 @@ class ReleaseController:
         clock: Clock | None = None,
         baseline_signals: Callable[[str], object] | None = None,
     ):
+        from kfrelease.collectors.feedback import declared_label_sources
         from kfrelease.registry import ModelRegistry
         from kfrelease.storage import store_for
 
         self.settings, self.spec, self.driver, self.who = settings, spec, driver, who
+        #: whose labels the gates count (``kfrelease.collectors.feedback.declared_label_sources``)
+        self.label_sources = declared_label_sources(settings)
         self.store = store or store_for("pipeline", settings)
         self.registry = ModelRegistry(self.store)
         self.signals = signals or (lambda version: signals_for(settings, spec, version))
@@ -540,6 +543,7 @@ class ReleaseController:
                 production,
                 since,
                 rule=rule,
+                declared=self.label_sources.declares,
                 scale=scale,
                 order=order,
                 at_limit=last,
@@ -623,12 +627,12 @@ class ReleaseController:
 
     def canary_labelled(self, candidate: str, canary_since):
         """The canary's own labelled requests since the canary started (``truth``, ``prediction`` and the
-        logged features), one row per (request id, instance)."""
+        logged features), one row per (request id, instance); only declared label sources' labels count."""
         from kfrelease import lake
 
         labelled = lake.join_truth(
             lake.read_predictions(self.store, self.spec.model, since=canary_since),
-            lake.read_labels(self.store, self.spec.model, since=canary_since),
+            lake.read_labels(self.store, self.spec.model, since=canary_since, declared=self.label_sources.declares),
             how="inner",
         )
         return labelled[(labelled["model_version"] == candidate) & (labelled["stage"] != "staging")].drop_duplicates(

@@ -171,15 +171,17 @@ def evaluate_shadow(
     until=None,
     *,
     rule: GateRule,
+    declared,
     scale: float | None = None,
     order: PairSequence | None = None,
     at_limit: bool = False,
     report: bool = False,
 ) -> ShadowVerdict:
     """Read the prediction logs and ground truth of ``[since, until)`` and decide (see ``shadow_verdict``);
-    ``order`` keeps the pairs' arrival order across the polls of one gate."""
+    ``declared`` (``kfrelease.collectors.feedback.LabelSources.declares``): the label sources whose labels count,
+    no other; ``order`` keeps the pairs' arrival order across the polls of one gate."""
     predictions = lake.read_predictions(store, model, since=since, until=until)
-    feedback = lake.read_labels(store, model, since=since)
+    feedback = lake.read_labels(store, model, since=since, declared=declared)
     pairs = join_shadow(predictions, feedback, candidate, production)
     if order is not None:
         pairs = order.extend(pairs)

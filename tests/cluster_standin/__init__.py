@@ -54,7 +54,7 @@ import uuid as _uuid
 from collections.abc import Callable, Iterable
 
 from kfrelease.errors import Conflict
-from kfrelease.k8s.driver.kserve import DriverForbidden, ObjectMissing
+from kfrelease.k8s.driver.kserve import RELEASE_KINDS, DriverForbidden, ObjectMissing
 from kfrelease.k8s.driver.lease import lease_as_dict
 from kfrelease.k8s.driver.patches import apply_merge_patch
 from kfrelease.k8s.policy.rbac import (
@@ -73,6 +73,7 @@ RESOURCES = {
     "Lease": ("coordination.k8s.io", "leases"),
     "AuthorizationPolicy": ("security.istio.io", "authorizationpolicies"),
     "Pod": ("", "pods"),
+    "Service": ("", "services"),
     "Workflow": ("argoproj.io", "workflows"),
 }
 
@@ -439,14 +440,10 @@ class StandInObjects:
 
     def list(self, spec) -> list[dict]:
         out = []
-        for kind in ("InferenceService", "VirtualService"):
-            out += self._call(
-                self.cluster.list,
-                self.who,
-                kind,
-                spec.serving.namespace,
-                {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": production_name(spec)},
-            )
+        for _, kind, extra in RELEASE_KINDS:  # as KubernetesObjects.list: the same kinds and label selectors
+            labels = {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": production_name(spec)}
+            labels.update(dict([extra.split("=")]) if extra else {})
+            out += self._call(self.cluster.list, self.who, kind, spec.serving.namespace, labels)
         return out
 
     def get(self, ref: dict) -> dict | None:

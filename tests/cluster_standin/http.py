@@ -3,7 +3,8 @@ paths, so a process the test starts talks to it through the real ``kubernetes`` 
 as a release step talks to the API server. Every request is made as one requester (the service account the
 server is started for: authentication is not modelled). Paths served: the namespaced custom objects of the
 kinds the release touches (``/apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>]``: GET, list with an
-equality ``labelSelector``, POST, PUT, merge PATCH, DELETE) and ``selfsubjectaccessreviews``. Errors are a
+equality ``labelSelector``, POST, PUT, merge PATCH, DELETE), the core kinds it touches the same way
+(``/api/v1/namespaces/<ns>/<plural>[/<name>]``: Services) and ``selfsubjectaccessreviews``. Errors are a
 ``Status`` with the stand-in's code (403, 404, 409, 422), as the API server answers.
 """
 
@@ -73,7 +74,9 @@ class StandInServer:
             kind = _KINDS[attrs["resource"]]
             allowed = self.cluster.can(self.who, attrs["verb"], kind, attrs["namespace"], attrs.get("name") or "")
             return 201, {**body, "status": {"allowed": allowed}}
-        # apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>]
+        # apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>], or api/v1/namespaces/<ns>/<plural>[/<name>]
+        if parts[0] == "api":
+            parts = ["api", "", *parts[1:]]
         _apis, _group, _version, _namespaces, ns, plural, *rest = parts
         kind = _KINDS[plural]
         name = rest[0] if rest else None

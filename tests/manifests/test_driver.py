@@ -779,3 +779,30 @@ def test_a_serverless_rollback_never_gives_the_candidate_traffic_while_productio
     prod = isvcs(cluster, SERVERLESS)[production_name(SERVERLESS)]
     assert "canaryTrafficPercent" not in prod["spec"]["predictor"] and env_of(prod)["KFRELEASE_MODEL_VERSION"] == V1
     assert prod["status"]["components"]["predictor"]["latestReadyRevision"] == cand_rev["next"]
+
+
+def test_a_standard_mode_canary_gets_its_logged_service_and_loses_it_when_it_ends():
+    """The release driver creates the Service in front of the canary's KServe agent with the canary (before the
+    VirtualService routes to it) and deletes it when the canary ends, promoted or rolled back, as its own
+    service account (render.inference.logged_canary_service: KServe 0.20's canary Service skips the agent)."""
+    cluster = cluster_for(RAW)
+    d = driver(cluster, RAW)
+    name = f"{production_name(RAW)}-v1-2-0-logged"
+    key = ("Service", RAW.serving.namespace, name)
+    d.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    assert cluster.objects[key]["spec"]["ports"][0]["targetPort"] == 9081
+    calls = [
+        (verb, (doc.get("kind"), doc.get("name") or doc.get("metadata", {}).get("name")))
+        for verb, doc in d.objects.calls
+    ]
+    assert calls.index(("create", ("Service", name))) < calls.index(
+        ("patch", ("VirtualService", f"{production_name(RAW)}-release"))
+    )
+    d.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))  # a step: the Service stays as it is
+    assert key in cluster.objects
+    d.apply(TrafficState(primary=V2))
+    assert key not in cluster.objects and not cluster.refused
+    d2 = driver(cluster, RAW, holder=V3)
+    d2.apply(TrafficState(primary=V2, canary=V3, canary_weight=10))
+    d2.apply(TrafficState(primary=V2))  # rolled back
+    assert not [k for k in cluster.objects if k[0] == "Service" and k[2].endswith("-logged")] and not cluster.refused

@@ -53,8 +53,8 @@ def _by_name(docs):
 )
 def test_every_rendered_object_validates_against_the_crd_schemas(spec, state):
     docs = render_release(spec, state, URIS) + [render_serving_runtime(spec, "123.dkr.ecr/kfrelease:0.1.0")]
-    for doc in docs:
-        assert validate(doc).startswith("CRD schema"), doc["kind"]
+    for doc in docs:  # a canary's logged Service is core v1: the Kubernetes schema
+        assert validate(doc).startswith("Kubernetes" if doc["kind"] == "Service" else "CRD schema"), doc["kind"]
 
 
 def test_serverless_canary_uses_canary_traffic_percent_on_the_newest_revision():
@@ -85,15 +85,46 @@ def test_standard_mode_canary_uses_the_canary_list_with_fixed_replicas():
     vs = render_virtual_service(RAW, TrafficState(primary=V1, canary=V2, canary_weight=20))
     weights = [(r["destination"]["host"].split(".")[0], r["weight"]) for r in predict_route(vs)["route"]]
     # KServe 0.20 names every named predictor's Service <isvc>-<predictor name>-predictor, the stable one too
-    # (kserve/kserve pkg/constants/constants.go PredictorServiceName at v0.20.0)
+    # (kserve/kserve pkg/constants/constants.go PredictorServiceName at v0.20.0); the canary's share goes to the
+    # Service in front of its KServe agent (test_a_standard_mode_canarys_share_reaches_its_kserve_agent)
     assert weights == [
         ("diabetes-progression-v1-1-0-predictor", 80),
-        ("diabetes-progression-v1-2-0-predictor", 20),
+        ("diabetes-progression-v1-2-0-logged", 20),
     ]
     # plain Services: no Host rewrite (Knative needs one); the KServe agents' CloudEvent id is the request id
     assert predict_route(vs)["headers"] == {"request": {"set": {"ce-id": "%REQ(x-request-id)%"}}}
     promoted = predict_route(render_virtual_service(RAW, TrafficState(primary=V2)))["route"]
     assert [r["destination"]["host"].split(".")[0] for r in promoted] == ["diabetes-progression-v1-2-0-predictor"]
+
+
+def test_a_standard_mode_canarys_share_reaches_its_kserve_agent():
+    """KServe 0.20 builds a ``spec.canary`` entry's Service with no logger in its ComponentExtensionSpec
+    (kserve/kserve@v0.20.0 ``components/predictor.go`` ``reconcileCanaryDeployments`` 937-941), so
+    ``createDefaultSvc`` (``reconcilers/service/service_reconciler.go`` 104-175) sends its port 80 to the model
+    server's 8080, past the agent: the canary's requests would never be logged. The release renders a Service of
+    its own selecting the canary Deployment's pods (KServe's ``app: isvc.<service>`` pod label) on the agent's
+    9081, and routes the canary's share there."""
+    from kfrelease.k8s.render.inference import LOGGED_CANARY_LABEL
+
+    state = TrafficState(primary=V1, canary=V2, canary_weight=20)
+    docs = render_release(RAW, state, URIS)
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    assert svc["metadata"]["name"] == "diabetes-progression-v1-2-0-logged"
+    assert svc["spec"]["selector"] == {"app": "isvc.diabetes-progression-v1-2-0-predictor"}
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 9081}]
+    labels = svc["metadata"]["labels"]
+    # KServe's orphan clean-up deletes every Service labelled with both (reconcileCanaryDeployments)
+    assert not {"serving.kserve.io/inferenceservice", "component"} <= set(labels)
+    assert labels[LOGGED_CANARY_LABEL] == "true" and labels["app.kubernetes.io/part-of"] == "kfrelease"
+    (canary_dest,) = [
+        r["destination"]
+        for r in predict_route(docs[-1])["route"]
+        if r["destination"]["host"].startswith(svc["metadata"]["name"])
+    ]
+    assert canary_dest["host"] == f"{svc['metadata']['name']}.{RAW.serving.namespace}.svc.cluster.local"
+    # no canary, or Serverless (a Knative revision of the same Service, logged): no such Service
+    assert not [d for d in render_release(RAW, TrafficState(primary=V2), URIS) if d["kind"] == "Service"]
+    assert not [d for d in render_release(SERVERLESS, state, URIS) if d["kind"] == "Service"]
 
 
 def test_predictor_service_names_follow_the_kserve_version():

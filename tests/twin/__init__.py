@@ -44,7 +44,10 @@ the controllers that turn rendered objects into running things, and runs the thi
   any other host.
 
 - **KServe agent** (``Agent``): a predictor whose rendered spec has a ``logger`` gets the agent's logger in
-  front of its model server (the Sidecar sends to it, as the Service targets the agent's port 9081): CloudEvents
+  front of its model server on 9081, and each of the pod's ports (8080, 9081) its own inbound proxy. KServe's
+  Service of the pod targets what ``createDefaultSvc`` targets (``Pod.service_target``): the agent for the
+  stable predictor and the shadow, the model server for a ``spec.canary`` entry (KServe 0.20 builds the
+  canary's with no logger); a rendered Service reaches the port its ``targetPort`` names. CloudEvents
   in binary mode with KServe's headers, ids from the request's ``Ce-Id`` else a new UUID, to the rendered
   logger URL through the mesh as the predictor's service account.
 - **Serving Deployments** (``deployment_pods``): the rendered log sink and feedback service run from their
@@ -98,6 +101,7 @@ from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS
 from tests.waiting import eventually
 
 MODEL_VOLUME = "/mnt/models"
+AGENT_PORT = 9081  # kserve pkg/constants InferenceServiceDefaultAgentPort
 PEER_HEADER = "x-twin-peer"
 XFCC = "x-forwarded-client-cert"
 
@@ -196,8 +200,10 @@ class Pod:
     model_name: str = ""
     port: int = 0
     process: subprocess.Popen | None = None
-    sidecar: Sidecar | None = None
+    sidecar: Sidecar | None = None  # the one on the port the pod's KServe Service targets (``service_target``)
     agent: Agent | None = None
+    canary: bool = False  # a ``spec.canary`` entry's pod (KServe 0.20 Standard mode)
+    sidecars: dict[int, Sidecar] = field(default_factory=dict)  # pod port Istio sees -> its inbound proxy
 
     @property
     def env(self) -> dict[str, str]:
@@ -219,10 +225,31 @@ class Pod:
         return words
 
     @property
-    def inbound_port(self) -> int:
-        """The port Istio sees the request on: the KServe agent's when the logger is on (the raw Service then
-        targets it: kserve ``pkg/webhook/admission/pod/agent_injector.go``), else the model server's."""
-        return 9081 if self.logger else int(self.container["ports"][0]["containerPort"])
+    def service_target(self) -> int:
+        """The pod port KServe's own Service of the pod sends port 80 to, as ``createDefaultSvc`` builds it
+        (kserve/kserve@v0.20.0 ``pkg/controller/v1beta1/inferenceservice/reconcilers/service/service_reconciler.go``
+        lines 104-175): the first container port, or the KServe agent's 9081 when the ``ComponentExtensionSpec``
+        it is given has a ``logger``. The stable predictor's (and the shadow's) is the InferenceService's own
+        (logger set); a ``spec.canary`` entry's is empty but ``MinReplicas`` (``components/predictor.go``
+        ``reconcileCanaryDeployments``, lines 937-941), so a canary's Service targets the model server although
+        its pod has the agent (``buildPredictorResources`` adds the logger annotations on both paths)."""
+        if self.logger and not self.canary:
+            return AGENT_PORT
+        return int(self.container["ports"][0]["containerPort"])
+
+    @property
+    def ports(self) -> list[int]:
+        """The pod's ports that take requests: the model server's, and the agent's when it is injected."""
+        own = [int(self.container["ports"][0]["containerPort"])]
+        return own + [AGENT_PORT] if self.logger else own
+
+    def set_policies(self, policies: list[dict]) -> None:
+        for sidecar in self.sidecars.values():
+            sidecar.policies = policies
+
+    def stop_sidecars(self) -> None:
+        for sidecar in self.sidecars.values():
+            sidecar.stop()
 
 
 def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
@@ -230,9 +257,9 @@ def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
     ``spec.canary`` entry."""
     meta = isvc["metadata"]
     rt_container = runtime["spec"]["containers"][0]
-    specs = [isvc["spec"]["predictor"], *[c["predictor"] for c in isvc["spec"].get("canary") or []]]
+    specs = [(isvc["spec"]["predictor"], False), *[(c["predictor"], True) for c in isvc["spec"].get("canary") or []]]
     pods = []
-    for pred in specs:
+    for pred, canary in specs:
         if not runtime_supports_model(pred["model"], runtime):
             raise AssertionError(
                 f"specified runtime {pred['model'].get('runtime')} does not support specified framework/version "
@@ -248,6 +275,7 @@ def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
             "component": "predictor",
         }
         service = predictor_service(meta["name"], pred.get("name"), kserve_version)
+        labels["app"] = f"isvc.{service}"  # deployment_reconciler.go createRawDefaultDeployment
         pods.append(
             Pod(
                 name=f"{service}-{labels.get('kfrelease.io/version', 'x')}-0",
@@ -257,6 +285,7 @@ def predictor_pods(isvc: dict, runtime: dict, kserve_version: str) -> list[Pod]:
                 service=service,
                 logger=pred.get("logger"),
                 service_account=pred.get("serviceAccountName") or "default",
+                canary=canary,
             )
         )
     return pods
@@ -458,12 +487,14 @@ class Sidecar:
 
     pod: Pod
     policies: list[dict]
+    inbound: int = 0  # the pod port Istio sees the request on (0: the pod's container port)
     decisions: list[Decision] = field(default_factory=list)
     port: int = 0
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
         sidecar = self
+        self.inbound = self.inbound or int(self.pod.container["ports"][0]["containerPort"])
 
         class Handler(_Proxy):
             def _handle(self):
@@ -471,7 +502,7 @@ class Sidecar:
                 peer = self.headers.get(PEER_HEADER)
                 req = Request(
                     Workload(sidecar.pod.namespace, sidecar.pod.labels),
-                    sidecar.pod.inbound_port,
+                    sidecar.inbound,
                     self.path,
                     self.command,
                     peer,
@@ -485,7 +516,8 @@ class Sidecar:
                     own = f"spiffe://{principal(sidecar.pod.namespace, sidecar.pod.service_account)}"
                     sent = self.headers.get(XFCC)
                     headers[XFCC] = (f"{sent}," if sent else "") + f'By={own};Hash=0;Subject="";URI=spiffe://{peer}'
-                target = sidecar.pod.agent.port if sidecar.pod.agent else sidecar.pod.port
+                to_agent = sidecar.inbound == AGENT_PORT and sidecar.pod.agent
+                target = sidecar.pod.agent.port if to_agent else sidecar.pod.port
                 self._forward(target, self.path, body, headers, 30, "application/json")
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
@@ -1139,8 +1171,10 @@ class Twin:
         if pod.logger:
             pod.agent = Agent(pod, lambda url, body, headers, p=pod: self.send_from(p, url, body, headers))
             pod.agent.start()
-        pod.sidecar = Sidecar(pod, policies)
-        pod.sidecar.start()
+        for port in pod.ports:
+            pod.sidecars[port] = Sidecar(pod, policies, port)
+            pod.sidecars[port].start()
+        pod.sidecar = pod.sidecars[pod.service_target]
 
     def _start_service_pod(self, pod: Pod, policies: list[dict]) -> None:
         """A Deployment's pod: its container's command, args and env, with what this machine substitutes (a
@@ -1166,6 +1200,7 @@ class Twin:
         pod.process = subprocess.Popen(words, env=env, stdout=subprocess.DEVNULL, stderr=open(home / "log", "w"))  # noqa: SIM115
         pod.sidecar = Sidecar(pod, policies)
         pod.sidecar.start()
+        pod.sidecars = {pod.sidecar.inbound: pod.sidecar}
 
     def _listening(self, pod: Pod) -> bool:  # the Deployments' tcpSocket readiness probe
         if pod.process.poll() is not None:
@@ -1175,9 +1210,17 @@ class Twin:
             return s.connect_ex(("127.0.0.1", pod.port)) == 0
 
     def service_ports(self, name: str) -> list[int]:
-        """The sidecar ports of the pods a Service (by name) selects."""
+        """The sidecar ports of the pods a Service (by name) selects: each pod's inbound proxy on the port the
+        Service's first port targets (a number; else the pod's own)."""
         docs = [d for d in self.service_docs if d["metadata"]["name"] == name]
-        return [p.sidecar.port for d in docs for p in self.services.values() if selects(d, p)]
+        out = []
+        for d in docs:
+            target = (d["spec"].get("ports") or [{}])[0].get("targetPort")
+            for p in [*self.services.values(), *self.pods.values()]:
+                if selects(d, p):
+                    sidecar = p.sidecars.get(target) if isinstance(target, int) else None
+                    out.append((sidecar or p.sidecar).port)
+        return out
 
     def send_from(self, pod: Pod, url: str, body: bytes, headers: dict) -> int:
         """A POST from ``pod`` to a Service URL inside the mesh: through the pod's outbound sidecar, which
@@ -1223,14 +1266,14 @@ class Twin:
                 wanted[(pod.service, pod.version)] = pod
         for key in [k for k in self.pods if k not in wanted]:
             gone = self.pods.pop(key)
-            gone.sidecar.stop()
+            gone.stop_sidecars()
             if gone.agent:
                 gone.agent.stop()
             _stop(gone.process)
         self.service_docs = objects.get("Service", [])
         for pod in deployment_pods(objects.get("Deployment", [])):
             if pod.name in self.services:
-                self.services[pod.name].sidecar.policies = policies
+                self.services[pod.name].set_policies(policies)
                 continue
             self._start_service_pod(pod, policies)
             self.services[pod.name] = pod
@@ -1238,7 +1281,7 @@ class Twin:
         started = []
         for key, pod in wanted.items():
             if key in self.pods:
-                self.pods[key].sidecar.policies = policies
+                self.pods[key].set_policies(policies)
                 continue
             self._start_pod(pod, policies)
             self.pods[key] = pod
@@ -1281,7 +1324,7 @@ class Twin:
 
     def stop(self) -> None:
         for pod in [*self.pods.values(), *self.services.values()]:
-            pod.sidecar.stop()
+            pod.stop_sidecars()
             if pod.agent:
                 pod.agent.stop()
             _stop(pod.process)
@@ -1291,8 +1334,9 @@ class Twin:
         self.network.stop()
 
     # clients
-    def via_alb(self, host: str, path: str, body) -> httpx.Response:
-        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers={"host": host})
+    def via_alb(self, host: str, path: str, body, token: str | None = None) -> httpx.Response:
+        headers = {"host": host, **({"authorization": f"Bearer {token}"} if token else {})}
+        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers=headers)
 
     def via_mesh(self, host: str, path: str, body) -> httpx.Response:
         return httpx.post(f"http://127.0.0.1:{self.nginx.ports['mesh']}{path}", json=body, headers={"host": host})

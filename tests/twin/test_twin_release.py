@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from kfrelease.access.credentials import load_credentials
+from kfrelease.collectors.feedback import LabelSources, write_feedback
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
 from kfrelease.k8s.environments import MONITORING_NS, RELEASE_NS
 from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies, upstream_sidecars
@@ -255,7 +256,18 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert len({rid for rid, _ in ids}) == len(ids) == 80
     truth = np.asarray(v2) + np.random.default_rng(0).normal(0.0, 5.0, len(v2))
     labels = [{"request_id": rid, "truth": float(truth[i]), "model": SPEC.model} for rid, i in ids]
-    r = twin.via_alb(host, "/v1/feedback", labels[:40])  # a client outside, through the ALB and the gateway
+    # through the gateway only a declared label source may post (environments.yaml label_sources), with its
+    # pod's projected token: a data scientist's default-editor token, any other verified token, or none, is 403
+    (labeller_ns, labeller_sa) = ENV.label_sources[0].split("/")
+    labeller = twin.token(labeller_ns, labeller_sa, TOKEN_AUDIENCE)
+    for token in (
+        twin.token("ds-ada", "default-editor", TOKEN_AUDIENCE),
+        twin.token("shop", "default", TOKEN_AUDIENCE),
+    ):
+        refused = twin.via_alb(host, "/v1/feedback", labels[:1], token=token)
+        assert refused.status_code == 403 and refused.text == "RBAC: access denied", refused.text[:200]
+    assert twin.via_alb(host, "/v1/feedback", labels[:1]).status_code == 403  # no token
+    r = twin.via_alb(host, "/v1/feedback", labels[:40], token=labeller)  # a client outside: ALB, gateway
     assert r.status_code == 200, r.text[:300]
     r = twin.via_mesh(mesh_host, "/v1/feedback", labels[40:])  # an in-mesh client, through its own sidecar
     assert r.status_code == 200, r.text[:300]
@@ -264,6 +276,15 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         (INGRESS_GATEWAY, True),
         (twin.client_principal, True),
     }
+    # labels of an undeclared source (written in bulk under a data scientist's name, later, so "latest label
+    # wins" would take them: production's own answers as truth) do not count in the gates
+    serving_store = store_for("serving", twin.stack)
+    forged = [{"request_id": rid, "truth": float(v1[i])} for rid, i in ids]
+    write_feedback(
+        serving_store, SPEC.model, forged, f"{INGRESS_GATEWAY} user=system:serviceaccount:ds-ada:default-editor"
+    )
+    step_env = release_step_env(cluster, twin, twin.home / "release-step")
+    declared = LabelSources.from_declaration(json.loads(step_env["KFRELEASE_LABEL_SOURCES"])).declares
     agents = [p.agent for p in twin.pods.values() if p.agent]
     assert len(agents) == 2 and all(p.agent for p in twin.pods.values())  # every predictor logs (rendered logger)
     store = store_for("pipeline", twin.stack)
@@ -272,7 +293,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     last: list = []
 
     def gate():
-        last[:] = [evaluate_shadow(store, SPEC.model, V2, V1, since, rule=rule, scale=scale)]
+        last[:] = [evaluate_shadow(store, SPEC.model, V2, V1, since, rule=rule, declared=declared, scale=scale)]
         return last[0].decided and last[0]
 
     try:
@@ -283,14 +304,17 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert all(status == 200 for a in agents for _, _, status in a.sent), [a.sent[:3] for a in agents]
     assert verdict.decision == "pass", verdict.summary()
     assert verdict.evidence["n"] >= rule.min_labelled_samples and verdict.evidence["test"]["n"] > 0
-    # each label carries who posted it: the mesh identity the feedback pod's sidecar passed on (the gateway for
-    # the client outside, the in-mesh client's own), both declared label sources of the rendered Deployment
+    # each label carries who posted it: the mesh identity the feedback pod's sidecar passed on (the gateway with
+    # the verified user it relayed, the in-mesh client's own), both declared label sources of the rendered
+    # Deployment; the forged ones are not
     (stored,) = eventually(  # a 1-tuple: eventually tests its value's truth, which a DataFrame refuses
-        lambda: (got,) if len(got := read_labels(store, SPEC.model, since=since)) >= 80 else None,
+        lambda: (got,) if len(got := read_labels(store, SPEC.model, since=since, declared=declared)) >= 80 else None,
         30,
         "the 80 labels stored",
     )
-    assert len(stored) == 80 and set(stored["source"]) == {INGRESS_GATEWAY, twin.client_principal}
+    relayed = f"{INGRESS_GATEWAY} user=system:serviceaccount:{labeller_ns}:{labeller_sa}"
+    assert len(stored) == 80 and set(stored["source"]) == {relayed, twin.client_principal}
+    assert len(read_labels(store, SPEC.model, since=since)) == 160  # the forged ones are stored, and ignored
     sink = next(p for p in twin.services.values() if p.labels["app.kubernetes.io/name"] == "kfrelease-logsink")
     assert {d.peer for d in sink.sidecar.decisions} == {principal(SPEC.serving.namespace, "kfrelease-predictor")}
     assert all(d.allowed for d in sink.sidecar.decisions)
@@ -298,7 +322,9 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
     driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))
     twin.reconcile(cluster_objects(cluster))
-    got = answers(twin, host, 80)
+    canary_since = pd.Timestamp.now(tz="UTC")
+    canary_ids: list[tuple[str, int]] = []
+    got = answers(twin, host, 80, ids=canary_ids)
     v2_values = {round(x, 6) for x in v2}
     from_v2 = sum(1 for g in got if round(g, 6) in v2_values)
     assert 15 <= from_v2 <= 65, from_v2  # both versions answer
@@ -327,15 +353,36 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         Request(Workload(SPEC.serving.namespace, shadow.labels), 8080, "/metrics", "GET", None),
     )[0]  # Prometheus (no sidecar) may scrape the pods
 
+    # the canary's requests are logged (KServe 0.20's own canary Service skips the agent; the VirtualService
+    # sends the canary's share to the rendered Service in front of it) and labelled by a declared source
+    canary_pod = next(p for p in twin.pods.values() if p.canary)
+    assert canary_pod.service_target == 8080  # KServe's canary Service: the model server, past the agent
+    r = twin.via_alb(
+        host,
+        "/v1/feedback",
+        [{"request_id": rid, "truth": float(truth[i]), "model": SPEC.model} for rid, i in canary_ids],
+        token=labeller,
+    )
+    assert r.status_code == 200, r.text[:300]
     # the canary's labelled accuracy check: production's answers to the canary's logged inputs, asked as the
     # release step asks them on the cluster (its PodDefault's env and token, from outside the mesh)
     instances = twin.rows[FEATURES].values.tolist()
     with monkeypatch.context() as mp:
-        for name, value in release_step_env(cluster, twin, twin.home / "release-step").items():
+        for name, value in step_env.items():
             mp.setenv(name, value)
         mp.setenv("HTTP_PROXY", twin.network.url)  # the pod's network: cluster DNS names, no sidecar
         mp.setenv("NO_PROXY", "127.0.0.1,localhost")
         controller = ReleaseController(twin.stack, SPEC, driver, store=store, report=False)
+        try:
+            labelled = eventually(
+                lambda: (n := len(controller.canary_labelled(V2, canary_since))) >= 0.8 * from_v2 and n,
+                60,
+                "the canary's labelled requests in the lake",
+            )
+        except AssertionError as exc:
+            sent = [(kind[-8:], status) for kind, _, status in (canary_pod.agent.sent if canary_pod.agent else [])]
+            raise AssertionError(f"{exc}; the canary's agent sent {len(sent)} events") from None
+        assert labelled <= from_v2
         try:
             replayed = controller.production_scorer(V1, instances, "replay-twin-1")
         except MetricSourceError as exc:

@@ -43,12 +43,25 @@ from kfrelease.rollout.traffic import TrafficState
 
 log = logging.getLogger(__name__)
 
-PLURALS = {"InferenceService": "inferenceservices", "VirtualService": "virtualservices", "Lease": "leases"}
+PLURALS = {
+    "InferenceService": "inferenceservices",
+    "VirtualService": "virtualservices",
+    "Lease": "leases",
+    "Service": "services",
+}
 GROUPS = {
     "InferenceService": "serving.kserve.io",
     "VirtualService": "networking.istio.io",
     "Lease": "coordination.k8s.io",
+    "Service": "",
 }
+#: What the driver lists: the release's own objects of each kind (a Service only when it is a canary's
+#: ``render.inference.logged_canary_service``: the model's ``<model>-release`` Service is the platform's).
+RELEASE_KINDS = (
+    ("serving.kserve.io/v1beta1", "InferenceService", ""),
+    ("networking.istio.io/v1", "VirtualService", ""),
+    ("v1", "Service", "kfrelease.io/logged-canary=true"),
+)
 
 
 #: Every write asks the server to refuse unknown or duplicate fields (``fieldValidation=Strict``). A client that
@@ -117,7 +130,14 @@ class InMemoryObjects:
         return doc
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        return [copy.deepcopy(d) for d in self.docs.values() if d["kind"] in ("InferenceService", "VirtualService")]
+        from kfrelease.k8s.render.inference import LOGGED_CANARY_LABEL
+
+        return [
+            copy.deepcopy(d)
+            for d in self.docs.values()
+            if d["kind"] in ("InferenceService", "VirtualService")
+            or (d["kind"] == "Service" and ((d["metadata"].get("labels") or {}).get(LOGGED_CANARY_LABEL)))
+        ]
 
     def get(self, ref: dict) -> dict | None:
         doc = self.docs.get((ref["kind"], ref["namespace"], ref["name"]))
@@ -201,26 +221,36 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         from kfrelease.k8s.render.inference import production_name
 
         out = []
-        for api_version, kind in (
-            ("serving.kserve.io/v1beta1", "InferenceService"),
-            ("networking.istio.io/v1", "VirtualService"),
-        ):
+        for api_version, kind, extra in RELEASE_KINDS:
+            selector = f"app.kubernetes.io/part-of=kfrelease,kfrelease.io/model={production_name(spec)}"
+            selector += f",{extra}" if extra else ""
+            if kind == "Service":
+                core = self._client.CoreV1Api()
+                items = core.list_namespaced_service(spec.serving.namespace, label_selector=selector)
+                out += [self._core_dict(s, "Service") for s in items.items]
+                continue
             group, version = self._gv(api_version)
             items = self.api.list_namespaced_custom_object(
-                group,
-                version,
-                spec.serving.namespace,
-                PLURALS[kind],
-                label_selector=f"app.kubernetes.io/part-of=kfrelease,kfrelease.io/model={production_name(spec)}",
+                group, version, spec.serving.namespace, PLURALS[kind], label_selector=selector
             )
             out += items.get("items", [])
         return out
+
+    def _core_dict(self, obj, kind: str) -> dict:
+        doc = self._client.ApiClient().sanitize_for_serialization(obj)
+        doc.setdefault("apiVersion", "v1")
+        doc.setdefault("kind", kind)
+        return doc
 
     def get(self, ref: dict) -> dict | None:
         if ref["kind"] == "Lease":
             api = self._client.CoordinationV1Api()
             lease = self._call(api.read_namespaced_lease, ref["name"], ref["namespace"], missing=lambda: None)
             return None if lease is None else lease_as_dict(lease)
+        if ref["kind"] == "Service":
+            core = self._client.CoreV1Api()
+            svc = self._call(core.read_namespaced_service, ref["name"], ref["namespace"], missing=lambda: None)
+            return None if svc is None else self._core_dict(svc, "Service")
         return self._custom("get", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], missing=lambda: None)
 
     def patch(self, ref: dict) -> None:
@@ -228,6 +258,10 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         # A 404 is an error: the object a move patches is gone, and reporting the move as made would route
         # traffic to a Service that no longer exists.
         try:
+            if ref["kind"] == "Service":
+                core = self._client.CoreV1Api()
+                self._call(core.patch_namespaced_service, ref["name"], ref["namespace"], ref["patch"], **STRICT)
+                return
             self._custom("patch", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], ref["patch"], **STRICT)
         except ObjectMissing as exc:
             raise ObjectMissing(_missing_message(ref, exc)) from None
@@ -237,6 +271,9 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             self._call(
                 self._client.CoordinationV1Api().create_namespaced_lease, doc["metadata"]["namespace"], doc, **STRICT
             )
+            return
+        if doc["kind"] == "Service":
+            self._call(self._client.CoreV1Api().create_namespaced_service, doc["metadata"]["namespace"], doc, **STRICT)
             return
         self._custom("create", doc["apiVersion"], doc["metadata"]["namespace"], doc["kind"], doc, **STRICT)
 
@@ -254,8 +291,13 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             raise ObjectMissing(_missing_message(ref_of(doc), exc)) from None
 
     def delete(self, ref: dict) -> None:
-        # A 404 on delete is success: the driver deletes only the staging shadow, a move's goal is that it is
-        # gone, and a re-run after an eviction (or an operator's cleanup) may find it gone already.
+        # A 404 on delete is success: the driver deletes only the staging shadow and a canary's logged Service,
+        # a move's goal is that it is gone, and a re-run after an eviction (or an operator's cleanup) may find it
+        # gone already.
+        if ref["kind"] == "Service":
+            core = self._client.CoreV1Api()
+            self._call(core.delete_namespaced_service, ref["name"], ref["namespace"], missing=lambda: None)
+            return
         self._custom("delete", ref["apiVersion"], ref["namespace"], ref["kind"], ref["name"], missing=lambda: None)
 
     def can(self, verb: str, ref: dict) -> bool:

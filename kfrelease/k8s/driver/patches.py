@@ -56,7 +56,11 @@ def _owned(doc: dict, rendered: dict) -> dict:
     """The part of ``doc`` a release owns: its ``spec`` and the annotations the renderer sets."""
     keys = ((rendered.get("metadata") or {}).get("annotations") or {}).keys()
     have = (doc.get("metadata") or {}).get("annotations") or {}
-    out: dict = {"spec": doc.get("spec")}
+    spec = doc.get("spec")
+    if doc.get("kind") == "Service" and isinstance(spec, dict):
+        # only the fields rendered here: the API server fills in clusterIP, ipFamilies... (immutable, not ours)
+        spec = {k: spec.get(k) for k in (rendered.get("spec") or {})}
+    out: dict = {"spec": spec}
     if keys:
         out["metadata"] = {"annotations": {k: have.get(k) for k in keys if k in have}}
     return out

@@ -77,6 +77,13 @@ REQUEST_ID_HEADER = "ce-id"
 #: (``kfrelease.k8s.render.mesh.replay_gateway_policy``) refuses it from anyone but the release driver.
 REPLAY_HEADER = "x-kfrelease-replay"
 REPLAY_VALUE = "production"
+#: The KServe agent's port in a predictor pod whose InferenceService has a ``logger`` (kserve/kserve
+#: ``pkg/constants/constants.go`` ``InferenceServiceDefaultAgentPort``; the injected container's ``agent-port``:
+#: ``pkg/webhook/admission/pod/agent_injector.go``).
+AGENT_PORT = 9081
+#: Label of the Services kfrelease renders in front of a Standard-mode canary's KServe agent
+#: (``logged_canary_service``); the release driver lists, creates and deletes them by it.
+LOGGED_CANARY_LABEL = "kfrelease.io/logged-canary"
 
 
 def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DEFAULT_KSERVE_VERSION) -> str:
@@ -89,6 +96,55 @@ def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DE
     if predictor and capabilities(kserve_version).has_canary_list:
         return f"{isvc}-{predictor}-predictor"
     return f"{isvc}-predictor"
+
+
+def logged_canary_service_name(spec: RolloutSpec, canary: str) -> str:
+    return f"{production_name(spec)}-{predictor_name(canary)}-logged"
+
+
+def logged_canary_service(spec: RolloutSpec, canary: str, kserve_version: str = DEFAULT_KSERVE_VERSION) -> dict:
+    """The Service the release VirtualService sends a Standard-mode canary's share to: port 80 to the canary
+    pods' KServe agent (9081), so the canary's requests are logged as production's are.
+
+    KServe 0.20 builds each ``spec.canary`` entry's Deployment and Service with an empty
+    ``ComponentExtensionSpec`` but ``MinReplicas`` (kserve/kserve@v0.20.0
+    ``pkg/controller/v1beta1/inferenceservice/components/predictor.go`` ``reconcileCanaryDeployments``, lines
+    937-941: ``componentExt := v1beta1.ComponentExtensionSpec{}``), and its Service targets the agent only
+    ``if componentExt.Logger != nil`` (``reconcilers/service/service_reconciler.go`` ``createDefaultSvc``, lines
+    104-175): KServe's canary Service sends port 80 to the model server's 8080, past the agent, although the
+    canary pod has the agent (``buildPredictorResources`` adds the logger annotations on both paths,
+    ``predictor.go:104``; ``InjectAgent`` reads them). The stable predictor's Service is built from the
+    InferenceService's own ``ComponentExtensionSpec`` (logger set) and targets 9081.
+
+    The selector is KServe's own for that Deployment's pods (``app: isvc.<PredictorServiceName>``:
+    ``reconcilers/deployment/deployment_reconciler.go`` ``createRawDefaultDeployment``). Its labels never hold
+    both ``serving.kserve.io/inferenceservice`` and ``component``: KServe deletes every Service of the
+    InferenceService's predictor that is not one of its own (``reconcileCanaryDeployments``' orphan clean-up
+    lists Services by exactly those two labels). Only Standard mode on KServe 0.20 has ``spec.canary``
+    (``versions.KServeVersion.has_canary_list``; RawDeployment needs it: ``render.tree``); a Serverless canary
+    is a revision of the same Knative Service, built from the InferenceService's ``ComponentExtensionSpec``
+    (logger set: ``reconcilers/knative/ksvc_reconciler.go``), whose queue-proxy the agent injector points at
+    9081 (``USER_PORT``), so it logs without this."""
+    kserve_service = predictor_service(production_name(spec), predictor_name(canary), kserve_version)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": logged_canary_service_name(spec, canary),
+            "namespace": spec.serving.namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "kfrelease",
+                "kfrelease.io/model": _dns(spec.model),
+                LOGGED_CANARY_LABEL: "true",
+                VERSION_LABEL: version_slug(canary),
+            },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app": f"isvc.{kserve_service}"},
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": AGENT_PORT}],
+        },
+    }
 
 
 def _dns(text: str) -> str:
@@ -425,7 +481,8 @@ def render_virtual_service(
     stable_predictor = predictor_name(primary) if raw and primary else None
     predictor_host = _svc_host(spec, predictor_service(prod, stable_predictor, kserve_version))
     if raw and state.canary and state.primary and state.canary_weight > 0:
-        canary_host = _svc_host(spec, predictor_service(prod, predictor_name(state.canary), kserve_version))
+        # the canary's own Service skips its KServe agent on 0.20 (``logged_canary_service``)
+        canary_host = _svc_host(spec, logged_canary_service_name(spec, state.canary))
         route = [
             {"destination": {"host": predictor_host, "port": {"number": 80}}, "weight": 100 - state.canary_weight},
             {"destination": {"host": canary_host, "port": {"number": 80}}, "weight": state.canary_weight},
@@ -632,7 +689,8 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
 
 
 def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping[str, str], **kwargs) -> list[dict]:
-    """Every object of a release's traffic state: InferenceService(s) and the VirtualService."""
+    """Every object of a release's traffic state: InferenceService(s), a Standard-mode canary's
+    ``logged_canary_service`` and the VirtualService."""
     logger_url = kwargs.pop("logger_url", None)
     model_formats = kwargs.pop("model_formats", None)
     kserve_version = kwargs.get("kserve_version") or DEFAULT_KSERVE_VERSION
@@ -640,6 +698,7 @@ def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping
         kwargs.pop("domain", None)
     if state.unavailable:  # no version serves: no InferenceService, the VirtualService says why
         return [render_virtual_service(spec, state, **kwargs)]
+    raw_canary = spec.serving.deployment_mode == "RawDeployment" and state.canary and state.primary
     return [
         *render_inference_services(
             spec,
@@ -649,5 +708,6 @@ def render_release(spec: RolloutSpec, state: TrafficState, storage_uris: Mapping
             kserve_version=kserve_version,
             model_formats=model_formats,
         ),
+        *([logged_canary_service(spec, state.canary, kserve_version)] if raw_canary else []),
         render_virtual_service(spec, state, **kwargs),
     ]

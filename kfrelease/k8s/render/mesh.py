@@ -11,7 +11,7 @@ renders those, one per workload kind, each allowing only the flows the release n
 | --- | --- | --- |
 | predictors (``component: predictor``, KServe's pod label) | the ingress gateway (clients, and Envoy's mirror of them to the shadow), the pods of the environment's ``mesh_clients`` namespaces (their own sidecars route and mirror), Knative's local gateway, the Knative activator, the Knative autoscaler | model API paths on the queue-proxy (8012, Serverless), the KServe agent (9081, logger on) or the model server (8080, raw); local gateway: model API paths on the queue-proxy; activator: the queue-proxy (probes); autoscaler: the queue-proxy metrics (9090) |
 | log sink | the predictors' service account (the KServe agent runs in the predictor pod) | ``POST`` on 8080 |
-| feedback | the ingress gateway (clients post ground truth), the pods of the ``mesh_clients`` namespaces (through their own sidecars) | ``POST /v1/feedback`` on 8080 |
+| feedback | the ingress gateway when the environment declares ``label_sources`` (their requests; the gateway admits no one else there: ``feedback_gateway_policy``), the pods of the ``mesh_clients`` namespaces (through their own sidecars) | ``POST /v1/feedback`` on 8080 |
 | all three | anyone: Prometheus (kube-prometheus-stack, no sidecar) scrapes in plain text, so it has no peer identity to name | ``GET /metrics`` on 8080 |
 
 Ports are the workload's (container) ports, as Istio matches them on the inbound side; principals are
@@ -66,6 +66,7 @@ FEEDBACK_PATH = "/v1/feedback"
 #: Kubeflow's own gateway policies, ``gateway_authorizationpolicy.yaml``).
 GATEWAY_SELECTOR = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
 REPLAY_POLICY = "kfrelease-production-replay"
+FEEDBACK_GATEWAY_POLICY = "kfrelease-label-sources"
 
 
 def principal(namespace: str, service_account: str) -> str:
@@ -103,6 +104,29 @@ def replay_gateway_policy(issuer: str, driver_ns: str, driver_sa: str) -> dict:
     }
 
 
+def feedback_gateway_policy(issuer: str, sources: tuple[str, ...] = ()) -> dict:
+    """DENY at the ingress gateway: ground truth (``/v1/feedback``, on every host the gateway serves) from anyone
+    whose verified token is not a declared label source's (``Environment.label_sources``, ``<ns>/<sa>``:
+    request principal ``<issuer>/system:serviceaccount:<ns>:<sa>``), a request without a token included.
+    Kubeflow's own gateway policies let any verified token through (kubeflow/manifests@v1.11.0 and @26.03
+    ``common/oauth2-proxy/components/istio-external-auth/authorizationpolicy.istio-ingressgateway-require-jwt.yaml``:
+    DENY only ``notRequestPrincipals: ["*"]``; ``requestauthentication.dex-jwt.yaml``: every Dex user;
+    ``components/istio-m2m/requestauthentication.yaml``: every token of the cluster's issuer whose audience the
+    pod's author chose; ``common/istio/istio-install/base/gateway_authorizationpolicy.yaml``: ALLOW ``{}``), so
+    without this any Kubeflow user, or any pod with a projected token for ``pipelines.kubeflow.org``, could post
+    both gates' ground truth. With no source declared, no one may post it through the gateway."""
+    rule: dict = {"to": [{"operation": {"paths": [FEEDBACK_PATH, f"{FEEDBACK_PATH}/*"]}}]}
+    if sources:
+        principals = [request_principal(issuer, *s.split("/", 1)) for s in sources]
+        rule = {"from": [{"source": {"notRequestPrincipals": principals}}], **rule}
+    return {
+        "apiVersion": SECURITY_API,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": FEEDBACK_GATEWAY_POLICY, "namespace": ROOT_NS, "labels": dict(PART_OF)},
+        "spec": {"selector": {"matchLabels": dict(GATEWAY_SELECTOR)}, "action": "DENY", "rules": [rule]},
+    }
+
+
 def _policy(name: str, ns: str, selector: dict, rules: list[dict]) -> dict:
     return {
         "apiVersion": SECURITY_API,
@@ -116,25 +140,39 @@ def _scrape() -> dict:
     return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
 
 
-def label_sources(clients: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
-    """The declared label sources of a cluster, as (principals, namespaces): the ingress gateway (clients
-    outside post through the model's release host) and the ``mesh_clients`` namespaces. The feedback
-    AuthorizationPolicy admits exactly these, and the feedback service records which one posted each label
-    (its ``--source-principal`` / ``--source-namespace`` arguments): one declaration for both."""
-    return [INGRESS_GATEWAY], sorted(clients)
+def label_sources(clients: tuple[str, ...] = (), users: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """The declared label sources of a cluster's mesh, as (principals, namespaces): the ingress gateway when
+    the environment declares label sources outside the mesh (``users``: their ``kubeflow-userid``; the gateway
+    relays only theirs, ``feedback_gateway_policy``) and the ``mesh_clients`` namespaces. The feedback
+    AuthorizationPolicy admits exactly these, and the feedback service accepts and records exactly these
+    (``label_source_declaration``): one declaration for both."""
+    return ([INGRESS_GATEWAY] if users else []), sorted(clients)
 
 
-def label_source_args(clients: tuple[str, ...] = ()) -> tuple[str, ...]:
+def label_source_declaration(clients: tuple[str, ...] = (), users: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Who may label (``kfrelease.serving.feedback.LabelSources`` fields): what the feedback service is started
+    with (``label_source_args``) and what the release steps' gates count (``KFRELEASE_LABEL_SOURCES``)."""
+    principals, namespaces = label_sources(clients, users)
+    return {"principals": principals, "namespaces": namespaces, "users": sorted(users)}
+
+
+def label_source_args(clients: tuple[str, ...] = (), users: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The feedback service's arguments declaring ``label_sources``."""
-    principals, namespaces = label_sources(clients)
+    declared = label_source_declaration(clients, users)
     return (
-        *[a for p in principals for a in ("--source-principal", p)],
-        *[a for n in namespaces for a in ("--source-namespace", n)],
+        *[a for p in declared["principals"] for a in ("--source-principal", p)],
+        *[a for n in declared["namespaces"] for a in ("--source-namespace", n)],
+        *[a for u in declared["users"] for a in ("--source-user", u)],
     )
 
 
 def serving_policies(
-    ns: str, predictor_sa: str, logsink: str, feedback: str, clients: tuple[str, ...] = ()
+    ns: str,
+    predictor_sa: str,
+    logsink: str,
+    feedback: str,
+    clients: tuple[str, ...] = (),
+    label_users: tuple[str, ...] = (),
 ) -> list[dict]:
     """The ALLOW policies of the serving namespace (see the module docstring), and nothing wider. ``clients``
     are the namespaces whose pods call the models inside the mesh: their sidecars apply the release's
@@ -142,7 +180,7 @@ def serving_policies(
     shadow come from their own identity, not the ingress gateway's (Envoy mirrors in the router of the proxy
     that routes the request: istio/istio ``pilot/pkg/networking/core/route/route.go`` ``mirror``)."""
     from_clients, labels_from_clients = [], []
-    label_principals, label_namespaces = label_sources(clients)
+    label_principals, label_namespaces = label_sources(clients, label_users)
     if clients:
         from_clients = [
             {
@@ -198,10 +236,13 @@ def serving_policies(
             ns,
             {"app.kubernetes.io/name": feedback},
             [
-                {
-                    "from": [{"source": {"principals": label_principals}}],
-                    "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
-                },
+                *[
+                    {
+                        "from": [{"source": {"principals": label_principals}}],
+                        "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT], "paths": [FEEDBACK_PATH]}}],
+                    }
+                    for _ in label_principals[:1]
+                ],
                 *labels_from_clients,
                 _scrape(),
             ],

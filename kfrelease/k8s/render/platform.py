@@ -277,6 +277,8 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 # spec.canary) and its model domain (the VirtualService's hosts, as the bootstrap rendered them)
                 {"name": "KFRELEASE_KSERVE_VERSION", "value": env.kserve_version},
                 {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
+                # the gates count only the labels of declared sources, the feedback service's own declaration
+                {"name": "KFRELEASE_LABEL_SOURCES", "value": label_sources_value(env)},
             ]
             replay = replay_access()
             spec["env"] += replay["env"]
@@ -290,6 +292,15 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
             }
         )
     return docs
+
+
+def label_sources_value(env: Environment) -> str:
+    """``KFRELEASE_LABEL_SOURCES`` of the release steps: the JSON of ``mesh.label_source_declaration``."""
+    import json
+
+    from kfrelease.k8s.render.mesh import label_source_declaration
+
+    return json.dumps(label_source_declaration(env.mesh_clients, env.label_source_users), sort_keys=True)
 
 
 #: Where the release steps find the ingress gateway (Kubeflow's ``istio-system/istio-ingressgateway`` Service,
@@ -525,6 +536,11 @@ def release_driver_rbac(serving_ns: str, models: list[str]) -> list[dict]:
                     "resources": ["virtualservices"],
                     "verbs": ["get", "list", "watch", "create", "patch"],
                 },
+                # a Standard-mode canary's Service in front of its KServe agent, created and deleted with the
+                # canary (``render.inference.logged_canary_service``; its name carries the version, so RBAC
+                # cannot name it in advance)
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["delete"]},
                 {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
                 {
                     "apiGroups": ["coordination.k8s.io"],

@@ -20,7 +20,12 @@ from kfrelease.k8s.render.inference import (
     render_release_service,
     render_serving_runtime,
 )
-from kfrelease.k8s.render.mesh import label_source_args, replay_gateway_policy, serving_policies
+from kfrelease.k8s.render.mesh import (
+    feedback_gateway_policy,
+    label_source_args,
+    replay_gateway_policy,
+    serving_policies,
+)
 from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
 from kfrelease.monitoring.rules import render_prometheus_rule
 from kfrelease.rollout.spec import RolloutSpec
@@ -153,9 +158,15 @@ def serving_documents(
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
         *[render_release_service(s) for s in models or (spec,)],
         *serving_policies(
-            ns, PREDICTOR_SERVICE_ACCOUNT, "kfrelease-logsink", "kfrelease-feedback", clients=env.mesh_clients
+            ns,
+            PREDICTOR_SERVICE_ACCOUNT,
+            "kfrelease-logsink",
+            "kfrelease-feedback",
+            clients=env.mesh_clients,
+            label_users=env.label_source_users,
         ),
         replay_gateway_policy(env.oidc_issuer, RELEASE_NS, RELEASE_DRIVER_SA),
+        feedback_gateway_policy(env.oidc_issuer, env.label_sources),
         *http_service(
             "kfrelease-logsink",
             ns,
@@ -175,7 +186,7 @@ def serving_documents(
             1,
             serving_sa,
             env.project_image,
-            extra_args=label_source_args(env.mesh_clients),
+            extra_args=label_source_args(env.mesh_clients, env.label_source_users),
         ),
     ]
 

@@ -1,0 +1,125 @@
+"""Only declared label sources decide a release: the shadow gate and the canary's labelled check count the labels
+whose ``source`` is declared (``kfrelease.collectors.feedback.LabelSources.declares``), and on a cluster the feedback
+service accepts a label the ingress gateway relays only from a declared user (environments.yaml
+``label_sources``), whatever other token the gateway verified."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source
+from kfrelease.collectors.feedback import (
+    USER_HEADER,
+    XFCC_HEADER,
+    LabelSources,
+    UndeclaredSource,
+    declared_label_sources,
+    write_feedback,
+)
+from kfrelease.collectors.sink import event_line
+from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, label_source_declaration, principal
+from kfrelease.lake.write import write_records
+from kfrelease.release.controller import ReleaseController
+from kfrelease.release.shadow import evaluate_shadow
+from kfrelease.rollout.spec import GateRule, load_rollout_spec
+from kfrelease.serving.logger import REQUEST_TYPE, RESPONSE_TYPE
+from kfrelease.storage import store_for
+
+V1, V2 = "V1.1.0", "V1.2.0"
+LABELLER = "system:serviceaccount:shop:ground-truth"
+DS_ADA = "system:serviceaccount:ds-ada:default-editor"
+
+
+def _logged(isvc: str, version: str, rid: str, x: float, y: float) -> list[dict]:
+    """The log lines the sink writes for one request answered by ``isvc`` (a KServe agent's events)."""
+    base = {
+        "ce-specversion": "1.0",
+        "ce-id": rid,
+        "ce-source": "http://localhost:9081/",
+        "ce-inferenceservicename": isvc,
+        "ce-namespace": "kfrelease-serving",
+        "ce-component": "predictor",
+        "ce-modelversion": version,
+        "ce-features": "bmi",
+        "content-type": "application/json",
+    }
+    return [
+        event_line({**base, "ce-type": REQUEST_TYPE}, orjson.dumps({"instances": [[x]]})),
+        event_line({**base, "ce-type": RESPONSE_TYPE}, orjson.dumps({"predictions": [y]})),
+    ]
+
+
+@pytest.fixture
+def gate_logs(stack):
+    """500 requests answered by production (V1) and the staging shadow (V2, the better model), labelled by the
+    stack's declared source; then later labels of every request from an undeclared source saying production
+    was exactly right (latest label wins: if they counted, production would win the gate)."""
+    model = f"label-sources-{uuid.uuid4().hex[:6]}"
+    since = pd.Timestamp.now(tz="UTC")
+    rng = np.random.default_rng(1)
+    truth = rng.normal(150, 50, 500)
+    prod, cand = truth + rng.normal(0, 20, 500), truth + rng.normal(0, 10, 500)
+    ids = [f"r-{uuid.uuid4().hex}" for _ in range(500)]
+    lines = []
+    for i, rid in enumerate(ids):
+        lines += _logged(model, V1, rid, float(i), float(prod[i]))
+        lines += _logged(f"{model}-staging", V2, rid, float(i), float(cand[i]))
+    write_records(store_for("serving", stack), "inference-logs", model, lines, origin=f"test:{uuid.uuid4()}")
+    serving = store_for("serving", stack)
+    ensure_label_source(stack)
+    write_feedback(
+        serving, model, [{"request_id": r, "truth": float(t)} for r, t in zip(ids, truth)], DEFAULT_LABEL_SOURCE
+    )
+    forged = [{"request_id": r, "truth": float(p)} for r, p in zip(ids, prod)]
+    write_feedback(serving, model, forged, f"{INGRESS_GATEWAY} user={DS_ADA}")
+    return model, since, ids
+
+
+def test_an_undeclared_sources_labels_do_not_count_in_the_shadow_gate(stack, gate_logs):
+    model, since, _ = gate_logs
+    store = store_for("pipeline", stack)
+    rule = GateRule(min_exposure=0.01)
+    declared = declared_label_sources(stack).declares  # the data dir's sources: "clients"
+    verdict = evaluate_shadow(store, model, V2, V1, since, rule=rule, declared=declared, scale=20.0)
+    assert verdict.decision == "pass", verdict.summary()
+    forged_counted = evaluate_shadow(store, model, V2, V1, since, rule=rule, declared=lambda _s: True, scale=20.0)
+    assert forged_counted.decision == "fail", forged_counted.summary()  # what the forged labels would decide
+
+
+def test_an_undeclared_sources_labels_do_not_count_in_the_canarys_labelled_check(stack, gate_logs):
+    model, since, ids = gate_logs
+    spec = load_rollout_spec().with_changes(model=model)
+    controller = ReleaseController(stack, spec, None, store=store_for("pipeline", stack), report=False)
+    # the production-stage rows of V1 stand for the canary here: its own answers, labelled
+    labelled = controller.canary_labelled(V1, since)
+    assert len(labelled) == len(ids)
+    assert not np.allclose(
+        labelled["truth"].to_numpy(), labelled["prediction"].to_numpy()
+    )  # declared truth, not forged
+
+
+def _gateway(user: str | None) -> dict:
+    headers = {XFCC_HEADER: f'By=spiffe://x;Hash=0;Subject="";URI=spiffe://{INGRESS_GATEWAY}'}
+    return {**headers, USER_HEADER: user} if user else headers
+
+
+def test_on_a_cluster_the_gateway_relays_labels_of_declared_users_only():
+    sources = LabelSources.from_declaration(label_source_declaration(("shop",), (LABELLER,)))
+    assert sources.source_of(_gateway(LABELLER)) == f"{INGRESS_GATEWAY} user={LABELLER}"
+    for user in (DS_ADA, "ada@example.com", None):  # any other verified token's user, or none
+        with pytest.raises(UndeclaredSource, match="label_sources of manifests/sources/environments.yaml"):
+            sources.source_of(_gateway(user))
+    client = principal("shop", "default")
+    assert sources.source_of({XFCC_HEADER: f"URI=spiffe://{client}"}) == client  # an in-mesh client's sidecar
+    assert sources.declares(f"{INGRESS_GATEWAY} user={LABELLER}") and sources.declares(client)
+    for stored in (f"{INGRESS_GATEWAY} user={DS_ADA}", INGRESS_GATEWAY, principal("ds-ada", "default-editor"), None):
+        assert not sources.declares(stored), stored
+    # no label source declared outside the mesh: the gateway is no label source at all
+    closed = LabelSources.from_declaration(label_source_declaration(("shop",)))
+    with pytest.raises(UndeclaredSource):
+        closed.source_of(_gateway(LABELLER))
