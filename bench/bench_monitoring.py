@@ -150,6 +150,7 @@ def _write(settings, model: str, n: int, legacy: bool) -> float:
                 "instance": pa.array(np.zeros(k, "int32")),
                 "truth": pa.array(y),
                 "time": pa.array(t_us + 1_000_000, pa.timestamp("us", tz="UTC")),
+                "source": const("clients"),  # the declared label source that posted them (LABEL_SCHEMA)
             }
         )
         hour = datetime.fromtimestamp(t_us[0] / 1e6, UTC)
