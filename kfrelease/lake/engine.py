@@ -72,9 +72,56 @@ class WindowData:
     label_objects: list[tuple[str, str, str]] = field(default_factory=list)
     #: The features whose values are categories (strings from ``inputs_text``); the others are numbers.
     categorical: list[str] = field(default_factory=list)
+    #: Per prediction-log file read: its request rows' ``kfrelease.lake.schema.request_stats`` (None: not recorded).
+    file_stats: dict[str, dict | None] = field(default_factory=dict)
 
     def frame(self, view: str) -> pd.DataFrame:
         return self.con.execute(f"SELECT * FROM {view}").df()
+
+
+def file_request_stats(files: list[str]) -> dict[str, dict | None]:
+    """Each Parquet file's recorded ``request_stats`` (its footer only; None where not recorded)."""
+    import pyarrow.parquet as pq
+
+    return {f: S.request_stats_of(pq.read_metadata(f).metadata) for f in files}
+
+
+def widths_proven(stats: dict[str, dict | None], width: int) -> bool:
+    """Whether every file's recorded stats show that all its request rows have ``width`` inputs."""
+    return all(st is not None and (st["rows"] == 0 or st["width"] == [width, width]) for st in stats.values())
+
+
+def one_server(files: list[str]) -> bool:
+    """Whether every event of ``files`` names the same server (``source``, InferenceService, endpoint: the
+    join's pairing key besides the request id and instance), from the Parquet column statistics in their
+    footers: each column one value (min = max, no null; the InferenceService and the endpoint may be all
+    null instead, which the join reads as ''). A writer that truncates long values' statistics writes a
+    greater max, so min = max holds only for one exact value. False when a footer has no statistics."""
+    import pyarrow.parquet as pq
+
+    seen: dict[str, set] = {"source": set(), "inferenceservicename": set(), "endpoint": set()}
+    for path in files:
+        meta = pq.read_metadata(path)
+        names = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        if not set(seen) <= set(names):
+            return False
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows == 0:
+                continue
+            for name, values in seen.items():
+                st = group.column(names[name]).statistics
+                if st is None:
+                    return False
+                if name != "source" and st.null_count == group.num_rows:
+                    values.add("")  # coalesce(<all null>, '')
+                elif st.null_count == 0 and st.has_min_max and st.min == st.max:
+                    values.add(st.min)
+                else:
+                    return False
+                if len(values) > 1:
+                    return False
+    return True
 
 
 def features_in_logs(con) -> list[str] | None:
@@ -97,15 +144,20 @@ def widest_inputs(con) -> int:
     return int(row[0] or 0)
 
 
-def define_views(con, features: list[str], since=None, until=None, dedup: bool | None = None, categorical=()) -> None:
+def define_views(
+    con, features: list[str], since=None, until=None, dedup: bool | None = None, categorical=(), one_server=False
+) -> None:
     """``predictions``, ``truth`` and ``joined`` over the views ``events`` and ``labels`` (``dedup`` None:
-    count repeated events once only if there are any; ``categorical``: the features read as category values)."""
+    count repeated events once only if there are any; ``categorical``: the features read as category values;
+    ``one_server``: every event names the same server, ``kfrelease.lake.engine.one_server``)."""
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     if dedup is None:
-        dedup = con.execute(J.duplicates_sql("events")).fetchone()[0] > 0
+        dedup = con.execute(J.duplicates_sql("events", one_server)).fetchone()[0] > 0
     con.execute(
         "CREATE OR REPLACE VIEW predictions AS "
-        + J.predictions_sql("events", features, J.DUCKDB, lo, hi, dedup=dedup, categorical=frozenset(categorical))
+        + J.predictions_sql(
+            "events", features, J.DUCKDB, lo, hi, dedup=dedup, categorical=frozenset(categorical), one_server=one_server
+        )
     )
     con.execute("CREATE OR REPLACE VIEW truth AS " + J.latest_labels_sql("labels", J.DUCKDB, lo))
     con.execute("CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth"))
@@ -150,8 +202,13 @@ def open_window(
         categorical = logged_categories(con, list(features))
     categorical = [f for f in features if f in set(categorical)]
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
-    repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi)).fetchone()  # one scan, both checks
-    define_views(con, list(features), since, until, dedup=repeated > 0, categorical=categorical)
+    file_stats = file_request_stats(pred_files)
+    single = one_server(pred_files)
+    if widths_proven(file_stats, len(features)):  # the writer recorded every request row's width: no list read
+        repeated, wrong = con.execute(J.duplicates_sql("events", single)).fetchone()[0], 0
+    else:  # one scan, both checks
+        repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi, single)).fetchone()
+    define_views(con, list(features), since, until, dedup=repeated > 0, categorical=categorical, one_server=single)
     if wrong:
         mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
         bad = con.execute(
@@ -190,4 +247,5 @@ def open_window(
         read(pred_files),
         read(label_files),
         categorical,
+        file_stats,
     )

@@ -73,44 +73,49 @@ def predictions_sql(
     until: str | None = None,
     dedup: bool = True,
     categorical: frozenset[str] | set[str] | tuple[str, ...] = (),
+    one_server: bool = False,
 ) -> str:
     """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features>,
     prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width).
     A feature named in ``categorical`` is its category value as logged (``inputs_text`` at its position, a
     string); the others are numbers (``inputs``).
     ``dedup=False`` skips counting repeated events once: only for tables known to hold none
-    (``duplicates_sql``), where it saves two aggregations of every event."""
+    (``duplicates_sql``), where it saves two aggregations of every event. ``one_server=True`` pairs by request
+    id and instance alone: only for tables whose every event names the same server (``one_server``), where
+    the server's three columns add nothing to the pairing but its cost."""
     quote = _quote(dialect)
 
     def element(j: int) -> str:
         return dialect.element("inputs_text" if features[j] in categorical else "inputs", j)
 
-    server = "source, coalesce(inferenceservicename, '') AS isvc, coalesce(endpoint, '') AS ep"
+    server = "" if one_server else "source, coalesce(inferenceservicename, '') AS isvc, coalesce(endpoint, '') AS ep, "
+    by = "" if one_server else "source, isvc, ep, "
+    same = "" if one_server else " AND q.source = r.source AND q.isvc = r.isvc AND q.ep = r.ep"
     cols = "".join(f"q.inputs_{j} AS {quote(f)}, " for j, f in enumerate(features))
     width = f"{dialect.size.format('inputs')} = {len(features)}"
     when = _time_filter("time", since, until, dialect)
     if dedup:
         firsts = "".join(f"first({element(j)}) AS inputs_{j}, " for j in range(len(features)))
         req = f"""
-      SELECT request_id, {server}, instance, min(time) AS time, {firsts}
+      SELECT request_id, {server}instance, min(time) AS time, {firsts}
              first(model_version) AS model_version, first(stage) AS stage
       FROM {events}
       WHERE type = 'request' AND instance IS NOT NULL AND {width} AND {when}
-      GROUP BY request_id, source, isvc, ep, instance"""
+      GROUP BY request_id, {by}instance"""
         resp = f"""
-      SELECT request_id, {server}, instance, first(model_version) AS model_version, first(stage) AS stage,
+      SELECT request_id, {server}instance, first(model_version) AS model_version, first(stage) AS stage,
              first(prediction) AS prediction
       FROM {events}
       WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL
-      GROUP BY request_id, source, isvc, ep, instance"""
+      GROUP BY request_id, {by}instance"""
     else:
         elems = "".join(f"{element(j)} AS inputs_{j}, " for j in range(len(features)))
         req = f"""
-      SELECT request_id, {server}, instance, time, {elems} model_version, stage
+      SELECT request_id, {server}instance, time, {elems} model_version, stage
       FROM {events}
       WHERE type = 'request' AND instance IS NOT NULL AND {width} AND {when}"""
         resp = f"""
-      SELECT request_id, {server}, instance, model_version, stage, prediction
+      SELECT request_id, {server}instance, model_version, stage, prediction
       FROM {events}
       WHERE type = 'response' AND instance IS NOT NULL AND prediction IS NOT NULL"""
     return f"""
@@ -121,22 +126,25 @@ def predictions_sql(
            coalesce(r.model_version, q.model_version) AS model_version,
            coalesce(r.stage, q.stage) AS stage, {cols}r.prediction
     FROM req q JOIN resp r
-      ON q.request_id = r.request_id AND q.instance = r.instance AND q.source = r.source
-         AND q.isvc = r.isvc AND q.ep = r.ep
+      ON q.request_id = r.request_id AND q.instance = r.instance{same}
     """
 
 
-def duplicates_sql(events: str) -> str:
-    """How many events repeat an earlier one (same server, id, type, instance); a hash collision can only
-    over-count, which merely selects the deduplicating plan. DuckDB."""
-    key = "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
-    return f"SELECT count(*) - count(DISTINCT {key}) FROM {events} WHERE instance IS NOT NULL"
+def duplicates_sql(events: str, one_server: bool = False) -> str:
+    """How many events repeat an earlier one (same server, id, type, instance; ``one_server``: every event
+    names the same server); a hash collision can only over-count, which merely selects the deduplicating
+    plan. DuckDB."""
+    server = "" if one_server else "source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), "
+    key = f"hash(request_id, {server}type, instance)"
+    # one grouping of the keys (count(*) - count(DISTINCT) plans a second pass over a materialised CTE)
+    return f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {events} WHERE instance IS NOT NULL GROUP BY {key})"
 
 
-def checks_sql(events: str, width: int, since=None, until=None) -> str:
+def checks_sql(events: str, width: int, since=None, until=None, one_server: bool = False) -> str:
     """One scan of the events for both checks of a window: ``(repeated events, request rows whose inputs do
     not have the model's width)`` (``duplicates_sql``, ``mismatched_requests_sql``). DuckDB."""
-    key = "hash(request_id, source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), type, instance)"
+    server = "" if one_server else "source, coalesce(inferenceservicename, ''), coalesce(endpoint, ''), "
+    key = f"hash(request_id, {server}type, instance)"
     wrong = f"type = 'request' AND len(inputs) <> {int(width)} AND {_time_filter('time', since, until, DUCKDB)}"
     return f"SELECT count(*) - count(DISTINCT {key}), count(*) FILTER (WHERE {wrong}) FROM {events} WHERE instance IS NOT NULL"
 

@@ -30,6 +30,8 @@ LOG_BUCKET = "inference-logs"
 LABEL_BUCKET = "feedback"
 NAMESPACE_UUID = uuid.UUID("6f1c1f52-8d7e-4a51-9a47-0c3b2f3f6c11")
 METADATA_KEY = b"kfrelease.schema_version"
+#: Key-value metadata of a prediction-log batch: its request rows' ``request_stats`` (JSON).
+STATS_KEY = b"kfrelease.request_stats"
 
 TIME = pa.timestamp("us", tz="UTC")
 PREDICTION_SCHEMA = pa.schema(
@@ -166,10 +168,42 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def request_stats(table: pa.Table) -> dict | None:
+    """What a reader needs to know of a prediction-log batch's request rows before reading them: their
+    number and the least and greatest width of their ``inputs`` (``{"rows": n, "width": [least, greatest]}``;
+    a null ``inputs`` has width 0). Recorded in the file's key-value metadata by ``parquet_bytes``: a window
+    whose every file shows the model's width needs no read of the inputs to find rows of another width
+    (``kfrelease.lake.engine.widths_proven``). ``None`` for a table of other rows."""
+    import pyarrow.compute as pc
+
+    if not {"type", "instance", "inputs"} <= set(table.column_names):
+        return None
+    req = table.filter(pc.and_(pc.equal(table["type"], "request"), pc.is_valid(table["instance"])))
+    if req.num_rows == 0:
+        return {"rows": 0, "width": None}
+    width = pc.min_max(pc.fill_null(pc.list_value_length(req["inputs"]), 0))
+    return {"rows": req.num_rows, "width": [width["min"].as_py(), width["max"].as_py()]}
+
+
+def request_stats_of(metadata: dict | None) -> dict | None:
+    """``request_stats`` as ``parquet_bytes`` recorded them in a file's key-value metadata (None: not recorded,
+    e.g. a file written before they were)."""
+    import json
+
+    raw = (metadata or {}).get(STATS_KEY)
+    return json.loads(raw) if raw else None
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as one Parquet file (zstd, with the schema version in its metadata)."""
+    """A table as one Parquet file (zstd, with the schema version and, for prediction logs, the
+    ``request_stats`` in its metadata)."""
+    import json
+
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = str(SCHEMA_VERSION).encode()
+    stats = request_stats(table)
+    if stats is not None:
+        meta[STATS_KEY] = json.dumps(stats, allow_nan=False).encode()
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd")
     return buf.getvalue()
