@@ -140,3 +140,26 @@ def test_a_gzip_source_reads_like_the_plain_one():
     assert a.drop(columns="__source").equals(z.drop(columns="__source"))
     with pytest.raises(DataValidationError, match=r"b.csv.gz: not a readable gzip-compressed CSV file"):
         list(read_batches(io.BytesIO(gzip.compress(plain)[:-100]), WHERE + "b.csv.gz"))
+
+
+def test_the_unique_check_finds_repeats_among_more_values_than_its_memory_holds():
+    """The 100x publish benchmark (470M patient ids) stopped at the unique-column check with DuckDB's
+    out-of-memory error: a GROUP BY over a unique column keeps one hash entry per value and does not spill. The
+    same failure at test scale: 60M distinct values under a 64 MB limit (it failed before the sort-based query,
+    which spills); the repeats planted among them are found, each once."""
+    import pandas as pd
+
+    from kfrelease.data.validate import Duplicates
+
+    found = Duplicates(spec_for("demo"))  # the diabetes spec: patient_id is its unique column
+    found.add("patient_id", pd.Series([7, 123], dtype="int64"))
+    found._spill()  # the DuckDB path, as after IN_MEMORY_VALUES
+    found._sql("INSERT INTO u0 SELECT range::BIGINT + 1 FROM range(60000000)")
+    found._sql("SET memory_limit = '64MB'")
+    try:
+        found.finish()
+        assert found.count("patient_id") == 2
+        assert sorted(found.repeated["patient_id"].tolist()) == [7, 123]
+        assert found.mask("patient_id", pd.Series([6, 7, 123, 60000001])).tolist() == [False, True, True, False]
+    finally:
+        found.close()
