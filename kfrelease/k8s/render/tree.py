@@ -34,6 +34,7 @@ from kfrelease.k8s.environments import (
     load_environments,
     workspaces_dir,
 )
+from kfrelease.k8s.render.admission import release_admission, release_step_pod_defaults
 from kfrelease.k8s.render.egress import knative_sidecars, mesh_client_sidecars
 from kfrelease.k8s.render.eks import cluster_config, prerequisites_template
 from kfrelease.k8s.render.kubeflow import (
@@ -147,8 +148,9 @@ def base_files(src: Sources, env: Environment) -> dict[str, list[dict]]:
     """File name under ``base/`` -> documents, rendered for ``env``."""
     serving_ns = src.spec.serving.namespace
     _, serving_sa, _ = role_placements(serving_ns)["serving"]
+    platform = platform_documents(env, src.policy, src.envs.team, serving_ns)
     files = {
-        "platform.yaml": platform_documents(env, src.policy, src.envs.team, serving_ns),
+        "platform.yaml": platform + release_admission(env, release_step_pod_defaults(platform)),
         "serving.yaml": serving_documents(src.spec, env, serving_sa, models=src.model_specs),
         "monitoring.yaml": monitoring_documents(src.spec, env),
         "cluster.yaml": [default_storage_class(), kubeflow_ingress(env)],

@@ -1,0 +1,364 @@
+"""Which code may run as a privileged step identity: bound by what the pod runs, not by a label anyone sets.
+
+The release steps run as ``kfrelease-release-driver`` (the driver's Role over serving traffic). Kubeflow's
+PodDefault gives them that service account when their pod carries the label ``kfrelease.io/step-identity:
+release-driver`` (``platform.step_identities``), and whoever can create a run in the release namespace can set
+any pod label: KFP's ``createRun`` checks only ``runs create`` (kubeflow/pipelines 2.16.0
+``backend/src/apiserver/server/run_server.go``), an inline pipeline spec carries its own ``podMetadata``
+(kfp-kubernetes ``add_pod_label``), a run may name its own service account, and the Profile's
+``default-editor`` (``kubeflow-edit``: pods create/patch, ``pods/exec``, Argo workflows) can even create such a
+pod or Workflow directly. A label, an annotation or a Workflow label says who *asked*, and every one of them
+can be written by the asker; none of them says what runs.
+
+What an author cannot forge is the pod the API server is asked to admit. So a ValidatingAdmissionPolicy
+(``admissionregistration.k8s.io/v1``, GA in Kubernetes 1.30; the environments declare 1.33) in the release
+namespace admits a pod whose ``serviceAccountName`` is a privileged step identity only when it is exactly a
+KFP v2 executor pod of one of the release components, as Argo's workflow controller creates it:
+
+- created by Argo's workflow controller (``system:serviceaccount:kubeflow:argo``: argoproj/argo-workflows
+  ``manifests/base/workflow-controller/workflow-controller-deployment.yaml``, installed by kubeflow/manifests
+  ``applications/pipeline/upstream/third-party/argo`` into ``kubeflow`` at v1.11.0 and 26.03), never directly;
+- containers ``wait`` + ``main`` and init containers ``init`` + ``kfp-launcher``, nothing else (Argo's
+  ``workflow/controller/workflowpod.go``: ``newInitContainer``/``newWaitContainer`` run ``argoexec init|wait``;
+  KFP's ``backend/src/v2/compiler/argocompiler/container.go`` ``addContainerExecutorTemplate``: the
+  ``kfp-launcher`` init container runs ``launcher-v2 --copy /kfp-launcher/launch``), each from its upstream
+  image repository; no lifecycle hooks or probes (they run commands), no ephemeral containers;
+- ``main`` runs the platform's image by digest (``<registry>/kfrelease@sha256:...``: only the image
+  publisher role pushes to that ECR repository, whose tags are immutable), its command is Argo's emissary
+  running KFP's launcher (``/var/run/argo/argoexec emissary ... -- /kfp-launcher/launch ... --``: KFP 2.16.0
+  ``backend/src/v2/driver/driver.go`` ``initPodSpecPatch`` puts the launcher in ``command`` and the
+  component's own command + args in ``args``; Argo prepends the emissary to ``command`` and keeps ``args``),
+  and its ``args`` equal one release component's command + args exactly (the compiled release pipeline's
+  executors labelled ``release-driver``: the function's source is in them, so other code has other args);
+- ``main``'s environment is closed: the exact name=value pairs of the PodDefaults that select a release step
+  and of the component itself, plus the names KFP (``KFP_POD_NAME``, ``KFP_POD_UID``: argocompiler
+  ``common.go`` ``commonEnvs``), Argo (``ARGO_*``: ``createEnvVars``) and EKS's pod identity webhook (IRSA:
+  ``AWS_*`` of aws/amazon-eks-pod-identity-webhook ``pkg/handler``) set; ``envFrom`` only KFP's optional
+  ``metadata-grpc-configmap`` (whose keys another policy here limits to the metadata service's address);
+- its mounts are closed: KFP's scratch and launcher emptyDirs (mounted by no other container except the
+  launcher's own init container), Argo's ``/var/run/argo`` emptyDir, the projected service-account tokens
+  (the API server's, IRSA's, the replay token of ``platform.replay_access``) and the registry-auth ConfigMap;
+  every volume of the pod is an emptyDir, a projected source, a ConfigMap or a Secret (no hostPath, PVC,
+  CSI, image or ephemeral volume that could bring code in).
+
+A second policy refuses ``pods/exec`` and ``pods/attach`` in the release namespace (``kubeflow-edit`` grants
+both; nothing of KFP or Argo's emissary uses them), so no one runs code in an admitted release pod either, and
+``UPDATE`` of a pod (images are mutable) goes through the first policy again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+from google.protobuf import json_format
+
+from kfrelease.k8s.environments import RELEASE_NS, Environment
+from kfrelease.k8s.render.platform import (
+    RELEASE_DRIVER_SA,
+    RELEASE_DRIVER_STEP,
+    STEP_LABEL,
+)
+
+ADMISSION = "admissionregistration.k8s.io"
+STEP_IDENTITY_POLICY = "kfrelease-step-identity"
+NO_EXEC_POLICY = "kfrelease-release-no-exec"
+METADATA_CONFIGMAP_POLICY = "kfrelease-metadata-configmap"
+#: Argo's workflow controller, as Kubeflow installs it (service account ``argo`` in ``kubeflow``).
+ARGO_CONTROLLER = "system:serviceaccount:kubeflow:argo"
+#: Upstream image repositories of the executor's helper containers (Kubeflow pins tags in these: argoexec
+#: ``quay.io/argoproj/argoexec:v3.7.3`` at v1.11.0 and 26.03, ``gcr.io/ml-pipeline/argoexec`` at v1.10.0;
+#: kfp-launcher ``ghcr.io/kubeflow/kfp-launcher:2.15.0`` at v1.11.0, ``:2.16.0`` at 26.03). Only their
+#: maintainers push there.
+ARGOEXEC_IMAGES = r"^(quay\.io/argoproj/argoexec|gcr\.io/ml-pipeline/argoexec)[:@]"
+LAUNCHER_IMAGES = r"^(ghcr\.io/kubeflow/kfp-launcher|gcr\.io/ml-pipeline/kfp-launcher)[:@]"
+#: KFP's executor volumes (argocompiler ``container.go``): the launcher binary and the scratch emptyDirs.
+KFP_LAUNCHER_DIR = "/kfp-launcher"
+KFP_SCRATCH_DIRS = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
+ARGO_DIR = "/var/run/argo"
+#: Projected service-account tokens: the API server's (ServiceAccount admission) and IRSA's.
+TOKEN_DIRS = ("/var/run/secrets/kubernetes.io/serviceaccount", "/var/run/secrets/eks.amazonaws.com/serviceaccount")
+#: Set by KFP (argocompiler ``common.go`` ``commonEnvs``) and by EKS's pod identity webhook.
+KFP_ENV = ("KFP_POD_NAME", "KFP_POD_UID")
+IRSA_ENV = (
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+METADATA_CONFIGMAP = "metadata-grpc-configmap"
+METADATA_KEYS = ("METADATA_GRPC_SERVICE_HOST", "METADATA_GRPC_SERVICE_PORT")
+
+
+def _cel(value) -> str:
+    """A CEL literal of a string or a list of strings (JSON's escapes are CEL's)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return "[" + ", ".join(_cel(v) for v in value) + "]"
+
+
+@functools.lru_cache(maxsize=1)
+def release_step_executors() -> tuple[tuple[list[str], list[dict]], ...]:
+    """(command + args, env) of every executor of the release pipeline that runs as the release driver, as KFP's
+    compiler writes them (the pod's ``args`` are exactly the command + args: KFP 2.16.0 ``initPodSpecPatch``)."""
+    from kfrelease.pipelines.release_pipeline import release_pipeline
+
+    executors = json_format.MessageToDict(release_pipeline.pipeline_spec)["deploymentSpec"]["executors"]
+    platform = json_format.MessageToDict(release_pipeline.platform_spec)["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"
+    ]
+    found: dict[str, tuple[list[str], list[dict]]] = {}
+    for name, executor in executors.items():
+        labels = platform.get(name, {}).get("podMetadata", {}).get("labels", {})
+        if labels.get(STEP_LABEL) != RELEASE_DRIVER_STEP:
+            continue
+        container = executor["container"]
+        argv = list(container.get("command", [])) + list(container.get("args", []))
+        env = [{"name": e["name"], "value": e["value"]} for e in container.get("env", [])]
+        found[json.dumps(argv)] = (argv, env)
+    return tuple(found[k] for k in sorted(found))
+
+
+def _pod_default_env(pod_defaults: list[dict]) -> list[str]:
+    return sorted({f"{e['name']}={e['value']}" for pd in pod_defaults for e in pd["spec"].get("env", [])})
+
+
+def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = RELEASE_NS) -> list[dict]:
+    """The ValidatingAdmissionPolicy and binding that admit a release-driver pod only as a release component's
+    KFP executor pod (module docstring); ``pod_defaults``: the PodDefaults that select a release step's pod."""
+    executors = release_step_executors()
+    exact_env = sorted(
+        set(_pod_default_env(pod_defaults)) | {f"{e['name']}={e['value']}" for _, es in executors for e in es}
+    )
+    image = rf"^{re.escape(env.registry)}/kfrelease@sha256:[0-9a-f]{{64}}$"
+    args_alternatives = " || ".join(f"variables.main.args == {_cel(argv)}" for argv, _ in executors)
+    variables = [
+        {"name": "containers", "expression": "object.spec.containers"},
+        {"name": "inits", "expression": "has(object.spec.initContainers) ? object.spec.initContainers : []"},
+        {"name": "all", "expression": "variables.containers + variables.inits"},
+        {"name": "main", "expression": "variables.containers.filter(c, c.name == 'main')[0]"},
+        {"name": "volumes", "expression": "has(object.spec.volumes) ? object.spec.volumes : []"},
+        {"name": "mainMounts", "expression": "has(variables.main.volumeMounts) ? variables.main.volumeMounts : []"},
+    ]
+
+    def mounted(paths, volume: str) -> str:
+        return f"(m.mountPath in {_cel(list(paths))} && variables.volumes.exists(v, v.name == m.name && {volume}))"
+
+    allowed_mounts = [
+        mounted([KFP_LAUNCHER_DIR, *KFP_SCRATCH_DIRS, ARGO_DIR], "has(v.emptyDir)"),
+        mounted(TOKEN_DIRS, "has(v.projected)"),
+    ]
+    for pd in pod_defaults:  # each PodDefault mount, backed by the very volume the PodDefault adds
+        volumes = {v["name"]: v for v in pd["spec"].get("volumes", [])}
+        for m in pd["spec"].get("volumeMounts", []):
+            vol = volumes[m["name"]]
+            if "configMap" in vol:
+                kind = f"has(v.configMap) && v.configMap.name == {_cel(vol['configMap']['name'])}"
+            else:
+                kind = "has(v.projected) && v.projected.sources.all(s, has(s.serviceAccountToken))"
+            allowed_mounts.append(mounted([m["mountPath"]], kind))
+    mount_rule = "variables.mainMounts.all(m, " + " || ".join(allowed_mounts) + ")"
+    # the volumes main reads code from (KFP's launcher binary, its scratch dirs, Argo's argoexec) are written only
+    # by the containers upstream gives them to: kfp-launcher (/kfp-launcher), Argo's init (/var/run/argo)
+    shared_rule = (
+        "variables.all.all(c, c.name == 'main' || !has(c.volumeMounts) || c.volumeMounts.all(m, "
+        f"!variables.mainMounts.exists(mm, mm.name == m.name && mm.mountPath in {_cel(list(KFP_SCRATCH_DIRS))}) && "
+        f"(c.name == 'kfp-launcher' || !variables.mainMounts.exists(mm, mm.name == m.name && mm.mountPath == {_cel(KFP_LAUNCHER_DIR)})) && "
+        f"(c.name in ['init', 'wait'] || !variables.mainMounts.exists(mm, mm.name == m.name && mm.mountPath == {_cel(ARGO_DIR)}))))"
+    )
+    env_rule = (
+        "(has(variables.main.env) ? variables.main.env : []).all(e, e.name.startsWith('ARGO_') || "
+        f"e.name in {_cel(KFP_ENV + IRSA_ENV)} || "
+        f"(has(e.value) && !has(e.valueFrom) && (e.name + '=' + e.value) in {_cel(exact_env)}))"
+    )
+    validations = [
+        (
+            f"request.operation != 'CREATE' || request.userInfo.username == {_cel(ARGO_CONTROLLER)}",
+            "only Argo's workflow controller may create a pod that runs as a privileged step identity",
+        ),
+        (
+            "variables.containers.map(c, c.name) == ['wait', 'main'] || variables.containers.map(c, c.name) == ['main', 'wait']",
+            "a privileged step's pod has exactly the containers 'main' and 'wait' of a KFP executor pod",
+        ),
+        (
+            "variables.inits.map(c, c.name) == ['init', 'kfp-launcher'] || variables.inits.map(c, c.name) == ['kfp-launcher', 'init']",
+            "a privileged step's pod has exactly the init containers 'init' (Argo) and 'kfp-launcher' (KFP)",
+        ),
+        (
+            "!has(object.spec.ephemeralContainers) || size(object.spec.ephemeralContainers) == 0",
+            "no ephemeral container may join a privileged step's pod",
+        ),
+        (
+            (
+                "variables.all.all(c, !has(c.lifecycle) && !has(c.livenessProbe) && !has(c.readinessProbe) && "
+                "!has(c.startupProbe) && !has(c.workingDir) && !has(c.volumeDevices))"
+            ),
+            "a privileged step's containers have no lifecycle hooks, probes, working directory or devices",
+        ),
+        (
+            (
+                "variables.all.all(c, c.name != 'init' && c.name != 'wait' || "
+                f"(c.image.matches({_cel(ARGOEXEC_IMAGES)}) && size(c.command) >= 2 && c.command[0] == 'argoexec' && "
+                "c.command[1] == c.name && !has(c.args)))"
+            ),
+            "Argo's init and wait containers run argoexec init/wait from Argo's image",
+        ),
+        (
+            (
+                "variables.inits.all(c, c.name != 'kfp-launcher' || "
+                f"(c.image.matches({_cel(LAUNCHER_IMAGES)}) && c.command == ['launcher-v2'] && size(c.args) >= 2 && "
+                f"c.args[0] == '--copy' && c.args[1] == {_cel(KFP_LAUNCHER_DIR + '/launch')}))"
+            ),
+            "KFP's kfp-launcher init container only copies the launcher from KFP's image",
+        ),
+        (f"variables.main.image.matches({_cel(image)})", "the release step runs the platform's image, by digest"),
+        (
+            (
+                "size(variables.main.command) >= 11 && variables.main.command[0] == '/var/run/argo/argoexec' && "
+                "variables.main.command[1] == 'emissary' && variables.main.command[8] == '--' && "
+                f"variables.main.command[9] == {_cel(KFP_LAUNCHER_DIR + '/launch')} && "
+                "variables.main.command[size(variables.main.command) - 1] == '--' && "
+                "variables.main.command.filter(a, a == '--').size() == 2"
+            ),
+            "the release step's command is Argo's emissary running KFP's launcher",
+        ),
+        (args_alternatives, "the release step runs one of the release pipeline's components, unchanged"),
+        (env_rule, "the release step's environment is the release PodDefaults', KFP's, Argo's and IRSA's only"),
+        (
+            (
+                "!has(variables.main.envFrom) || variables.main.envFrom.all(f, has(f.configMapRef) && "
+                f"f.configMapRef.name == {_cel(METADATA_CONFIGMAP)} && !has(f.prefix))"
+            ),
+            f"the release step's envFrom is KFP's {METADATA_CONFIGMAP} only",
+        ),
+        (
+            "variables.volumes.all(v, has(v.emptyDir) || has(v.projected) || has(v.configMap) || has(v.secret))",
+            "a privileged step's volumes are emptyDirs, projected tokens, ConfigMaps or Secrets only",
+        ),
+        (mount_rule, "the release step mounts only KFP's, Argo's, the tokens' and the release PodDefaults' paths"),
+        (shared_rule, "no other container writes the volumes the release step runs code from"),
+    ]
+    policy = {
+        "apiVersion": f"{ADMISSION}/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": STEP_IDENTITY_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["pods", "pods/ephemeralcontainers"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "privileged-step-identity",
+                    "expression": f"object.spec.serviceAccountName in {_cel([RELEASE_DRIVER_SA])}",
+                }
+            ],
+            "variables": variables,
+            "validations": [{"expression": expr, "message": msg} for expr, msg in validations],
+        },
+    }
+    return [policy, _binding(STEP_IDENTITY_POLICY, ns)]
+
+
+def no_exec_policy(ns: str = RELEASE_NS) -> list[dict]:
+    """No ``kubectl exec``/``attach`` into the release namespace's pods: ``kubeflow-edit`` grants both to the
+    Profile's ``default-editor``, and a shell in an admitted release pod would run as its identity."""
+    policy = {
+        "apiVersion": f"{ADMISSION}/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": NO_EXEC_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CONNECT"],
+                        "resources": ["pods/exec", "pods/attach"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "false",
+                    "message": f"no exec or attach in {ns}: its pods run the release with the release driver's rights",
+                }
+            ],
+        },
+    }
+    return [policy, _binding(NO_EXEC_POLICY, ns)]
+
+
+def metadata_configmap_policy(ns: str = RELEASE_NS) -> list[dict]:
+    """KFP's executor pods read ``metadata-grpc-configmap`` into their environment when it exists
+    (argocompiler ``common.go`` ``metadataEnvFrom``, optional); in the release namespace it may hold only the
+    metadata service's address, never a variable that changes what Python runs (``PYTHONPATH`` ...)."""
+    policy = {
+        "apiVersion": f"{ADMISSION}/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": METADATA_CONFIGMAP_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["configmaps"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "metadata-configmap", "expression": f"object.metadata.name == {_cel(METADATA_CONFIGMAP)}"}
+            ],
+            "validations": [
+                {
+                    "expression": "(!has(object.data) || object.data.all(k, k in "
+                    f"{_cel(METADATA_KEYS)})) && !has(object.binaryData)",
+                    "message": f"{METADATA_CONFIGMAP} may hold only {', '.join(METADATA_KEYS)}",
+                }
+            ],
+        },
+    }
+    return [policy, _binding(METADATA_CONFIGMAP_POLICY, ns)]
+
+
+def _binding(policy: str, ns: str) -> dict:
+    return {
+        "apiVersion": f"{ADMISSION}/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy},
+        "spec": {
+            "policyName": policy,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        },
+    }
+
+
+def release_admission(env: Environment, pod_defaults: list[dict], ns: str = RELEASE_NS) -> list[dict]:
+    """Every admission policy of the release namespace (module docstring)."""
+    return step_identity_policy(env, pod_defaults, ns) + no_exec_policy(ns) + metadata_configmap_policy(ns)
+
+
+def release_step_pod_defaults(docs: list[dict], ns: str = RELEASE_NS) -> list[dict]:
+    """The PodDefaults of ``docs`` that a release step's pod gets (``platform.pipeline_pods_env``, every pod of a
+    run; ``platform.step_identities``' release-driver one). Another PodDefault selecting release pods would add
+    env or mounts this policy refuses: fail closed (tests/manifests/test_rbac.py admits every compiled step)."""
+    names = {"pipeline-pods-env", f"kfrelease-{RELEASE_DRIVER_STEP}-step"}
+    return [
+        d
+        for d in docs
+        if d["kind"] == "PodDefault" and d["metadata"]["namespace"] == ns and d["metadata"]["name"] in names
+    ]
