@@ -344,6 +344,16 @@ class ReleaseController:
         self.clock = clock or SystemClock()
         self.decisions: list[dict] = []
 
+    def _wait(self, seconds: float) -> None:
+        """The time between two measurements. A cluster driver renews the model's release Lease meanwhile
+        (``KServeTrafficDriver.wait``), so the Lease can be short and a release killed mid-wait is found
+        abandoned within minutes."""
+        wait = getattr(self.driver, "wait", None)
+        if wait is None:
+            self.clock.sleep(seconds)
+        else:
+            wait(seconds, self.clock.sleep)
+
     # --- recording --------------------------------------------------------------------------------
     def _record(self, version: str, stage: str, phase: str, why: str, evidence: dict) -> dict:
         evidence = {"phase": phase, **evidence}
@@ -444,7 +454,7 @@ class ReleaseController:
                 step_since = _now()
                 source = self.signals(candidate)
                 start = _step_start(source)
-                self.clock.sleep(cs.interval_seconds)
+                self._wait(cs.interval_seconds)
                 measured = self.measure(source, start, cs.interval_seconds, candidate, None, since, None)
                 checks = self.checks_for(candidate, None, last_step=True)
                 results = [judge(check, measured[check.name]) for check in checks]
@@ -551,7 +561,7 @@ class ReleaseController:
             )
             if verdict.decided:
                 break
-            self.clock.sleep(self.poll_seconds)
+            self._wait(self.poll_seconds)
         report_uri = None
         if verdict.html:
             key = f"{REPORT_PREFIX}/{self.spec.model}/{candidate}/shadow-gate.html"
@@ -799,7 +809,7 @@ class ReleaseController:
                         baseline = (baseline_source, baseline_source.start())
                     except MetricSourceError:
                         baseline = None
-                self.clock.sleep(cs.interval_seconds)
+                self._wait(cs.interval_seconds)
                 measured = self.measure(
                     source, start, cs.interval_seconds, candidate, production, canary_since, order, baseline
                 )

@@ -806,3 +806,149 @@ def test_a_standard_mode_canary_gets_its_logged_service_and_loses_it_when_it_end
     d2.apply(TrafficState(primary=V2, canary=V3, canary_weight=10))
     d2.apply(TrafficState(primary=V2))  # rolled back
     assert not [k for k in cluster.objects if k[0] == "Service" and k[2].endswith("-logged")] and not cluster.refused
+
+
+# --- the release Lease renewed while a release waits (issue 24: a short Lease, recovery in minutes) ----------
+
+
+class Clock:
+    """The driver's UTC clock and sleep, moved together (a wait of 15 minutes takes no time here); the Lease's
+    times are written from it as MicroTime and read back through the client's typed V1Lease by the stand-in."""
+
+    def __init__(self):
+        self.now = dt.datetime.now(dt.UTC)
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def lease_of(cluster, spec) -> dict:
+    """The model's Lease as the driver reads it: through the ``kubernetes`` client's typed ``V1Lease``."""
+    from kfrelease.k8s.driver.lease import parse_micro_time
+
+    ref = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "namespace": spec.serving.namespace}
+    lease = cluster.client(DRIVER).get({**ref, "name": release_lease_name(production_name(spec))})
+    return {**lease["spec"], "renewed": parse_micro_time(lease["spec"]["renewTime"])}
+
+
+def test_an_abandoned_release_is_recovered_five_minutes_after_its_last_renewal():
+    """A release step killed without SIGTERM (a node lost) leaves its canary at 25 % and its Lease held. The
+    Lease was max(shadow wait, canary interval x (holds + 1)) + 300 s long (1,200 s and more), so the model's
+    next release could not recover it for 20 minutes or more; now it is 300 s, renewed by the live release."""
+    clock = Clock()
+    cluster = cluster_for(RAW)
+    driver(cluster, RAW, clock=clock).apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    assert lease_of(cluster, RAW)["leaseDurationSeconds"] == 300
+    clock.sleep(299)
+    assert driver(cluster, RAW, holder=V3, clock=clock).recover() is None  # still live
+    clock.sleep(2)
+    nxt = driver(cluster, RAW, holder=V3, clock=clock)
+    assert nxt.recover() == TrafficState(primary=V1, canary=V2, canary_weight=25)
+    vs = cluster.objects[("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")]
+    assert recorded_state(vs) == TrafficState(primary=V1)
+
+
+def test_a_live_release_renews_its_lease_while_it_waits_so_no_other_release_takes_the_model():
+    """A canary interval (or the shadow's wait) three times the Lease's duration: the driver renews every 30 s of
+    the wait, each renewal a read and a write with the resourceVersion read, so at no point of the wait can the
+    model's next candidate recover or take the model."""
+    clock = Clock()
+    cluster = cluster_for(RAW)
+    live = driver(cluster, RAW, clock=clock)
+    live.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    renewals = []
+
+    def sleep_and_look(seconds):
+        clock.sleep(seconds)
+        other = driver(cluster, RAW, holder=V3, clock=clock)
+        assert other.recover() is None, f"the live release's Lease lapsed after {sum(clock.slept):g} s"
+        with pytest.raises(Conflict):
+            other.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
+        renewals.append(lease_of(cluster, RAW)["renewed"])
+
+    live.wait(900, sleep_and_look)
+    assert sum(clock.slept) == 900 and max(clock.slept) <= 30
+    assert (clock.now - lease_of(cluster, RAW)["renewed"]).total_seconds() <= 30
+    assert len(set(renewals)) >= 900 / 30 - 1  # renewed at every slice, with real MicroTime round trips
+    live.apply(TrafficState(primary=V2))  # promotion: the Lease is released
+    assert lease_of(cluster, RAW)["holderIdentity"] == ""
+    assert cluster.refused == []
+
+
+def test_a_renewal_that_lost_the_lease_stops_moving_traffic_and_says_so(caplog):
+    """The live release's pod stalls past the Lease's duration (a paused node, a partition); the next candidate
+    recovers the model and holds it. The stalled release's next renewal finds the Lease taken: it raises
+    ``LeaseLost`` naming the holder, and no later move or retreat of it sends anything."""
+    from kfrelease.k8s.driver.lease import LeaseLost
+
+    clock = Clock()
+    cluster = cluster_for(RAW)
+    stalled = driver(cluster, RAW, clock=clock)
+    stalled.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    clock.sleep(301)
+    nxt = driver(cluster, RAW, holder=V3, clock=clock)
+    nxt.recover()
+    nxt.apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))
+    vs_key = ("VirtualService", RAW.serving.namespace, f"{production_name(RAW)}-release")
+    before = copy.deepcopy(cluster.objects[vs_key])
+    with pytest.raises(LeaseLost) as err:
+        stalled.wait(60, clock.sleep)
+    assert V3 in str(err.value) and "stops moving traffic" in str(err.value)
+    assert "lost the Lease" in caplog.text
+    with pytest.raises(LeaseLost):
+        stalled.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))
+    stalled.retreat(TrafficState(primary=V1))  # the SIGTERM path: nothing either
+    assert cluster.objects[vs_key] == before
+    assert lease_of(cluster, RAW)["holderIdentity"] == V3
+
+
+def test_a_renewal_raced_by_another_writer_rereads_the_lease_and_gives_up_when_it_lost():
+    """Optimistic concurrency: the next candidate takes the (expired) Lease between the live release's read and
+    its write; the write carries the resourceVersion read, so the stand-in answers 409 as the API server does,
+    the driver reads the Lease again and finds it lost."""
+    from kfrelease.k8s.driver.lease import LeaseLost
+
+    clock = Clock()
+    cluster = cluster_for(RAW)
+    objects = cluster.client(DRIVER)
+    live = KServeTrafficDriver(
+        RAW, URIS, objects, holder=V2, kserve_version=cluster.kserve, domain=ENV.model_domain, clock=clock
+    )
+    live.apply(TrafficState(primary=V1, canary=V2, canary_weight=25))
+    later = Clock()
+    later.now = clock.now + dt.timedelta(seconds=400)
+    thief = driver(cluster, RAW, holder=V3, clock=later)
+    write, raced = objects.replace, []
+
+    def racing_replace(doc):
+        if doc["kind"] == "Lease" and not raced:
+            raced.append(doc["metadata"]["resourceVersion"])
+            thief.lock.acquire()  # between our read and our write
+        return write(doc)
+
+    objects.replace = racing_replace
+    clock.sleep(31)
+    with pytest.raises(LeaseLost) as err:
+        live.renew()
+    assert raced and V3 in str(err.value)
+    assert lease_of(cluster, RAW)["holderIdentity"] == V3
+
+
+def test_the_same_release_takes_its_expired_lease_back_between_its_steps_instead_of_recovering_itself():
+    """preflight -> shadow gate -> rollout are separate pods: between two steps (a cold node, an image pull) the
+    Lease can expire. The same candidate's next step resumes its release from the state the cluster records;
+    before, ``recover`` took that state for an abandoned release and moved all traffic back to production."""
+    clock = Clock()
+    cluster = cluster_for(RAW)
+    driver(cluster, RAW, clock=clock).apply(TrafficState(primary=V1, shadow=V2, mirror_percent=100))
+    clock.sleep(1800)
+    resumed = driver(cluster, RAW, clock=clock)
+    assert resumed.recover() is None
+    assert resumed.current() == TrafficState(primary=V1, shadow=V2, mirror_percent=100)
+    resumed.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
+    assert lease_of(cluster, RAW)["holderIdentity"] == V2

@@ -184,3 +184,51 @@ def test_unreadable_signals_fail_the_step_roll_back_and_leave_the_candidate_rele
     assert last["stage"] == "staging" and last["evidence"]["rejected"] is False
     assert registry.current(name, "production").version == PRODUCTION
     assert clock.sleeps == [INTERVAL] * 2
+
+
+class RenewingDriver(RecordingDriver):
+    """A cluster driver's ``wait`` (``KServeTrafficDriver.wait``): sleeps on the controller's clock and renews the
+    model's release Lease; ``lose_at``: the renewal that finds the Lease taken (then nothing moves any more)."""
+
+    def __init__(self, current: TrafficState, lose_at: int | None = None) -> None:
+        super().__init__(current)
+        self.renewals, self.lose_at, self.lost = 0, lose_at, False
+
+    def wait(self, seconds: float, sleep) -> None:
+        from kfrelease.k8s.driver.lease import LeaseLost
+
+        sleep(seconds)
+        self.renewals += 1
+        if self.renewals == self.lose_at:
+            self.lost = True
+            raise LeaseLost("the release of V1.2.0 lost the Lease (now held by V1.3.0): it stops moving traffic")
+
+    def apply(self, state: TrafficState) -> None:
+        from kfrelease.k8s.driver.lease import LeaseLost
+
+        if self.lost:
+            raise LeaseLost("nothing was sent")
+        super().apply(state)
+
+
+def test_each_canary_interval_is_waited_through_the_driver_which_renews_the_release_lease(release):
+    """A cluster release renews its model's Lease while it waits, so the Lease can be short (300 s) however long
+    the canary interval is: the controller waits through the driver's ``wait`` when it has one."""
+    _name, _registry, controller = release
+    c, clock, _ = controller(Steps(FAST, FAST, FAST))
+    c.driver = driver = RenewingDriver(TrafficState(primary=PRODUCTION))
+    assert c.canary(CANDIDATE, PRODUCTION).result == "promoted"
+    assert clock.sleeps == [INTERVAL] * 3 and driver.renewals == 3
+
+
+def test_a_release_that_lost_its_lease_mid_canary_stops_there_and_says_so(release):
+    from kfrelease.k8s.driver.lease import LeaseLost
+
+    name, registry, controller = release
+    c, _clock, _ = controller(Steps(FAST, FAST, FAST))
+    c.driver = driver = RenewingDriver(TrafficState(primary=PRODUCTION), lose_at=2)
+    with pytest.raises(LeaseLost) as err:
+        c.canary(CANDIDATE, PRODUCTION)
+    assert "V1.3.0" in str(err.value)
+    assert weights(driver) == [25, 50]  # nothing after the loss: no promotion, no rollback of the other's traffic
+    assert registry.current(name, "production").version == PRODUCTION

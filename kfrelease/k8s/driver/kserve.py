@@ -19,7 +19,9 @@ clients is never the one missing.
 
 One release per model at a time: the driver holds the model's ``coordination.k8s.io`` Lease
 (``ClusterReleaseLock``) from its first move to the move that leaves one version serving, renewing it on each
-move; a second release of the same model is refused before it sends anything (``Conflict``). The traffic
+move and while the release waits (``wait``, readiness waits: every ``RENEW_INTERVAL_SECONDS`` of a
+``LEASE_DURATION_SECONDS`` Lease); a second release of the same model is refused before it sends anything
+(``Conflict``), and a release whose renewal finds the Lease taken moves nothing more (``LeaseLost``). The traffic
 state is recorded on the VirtualService (``kfrelease.io/traffic-state``), so a re-run after an eviction
 starts from ``current()`` as the cluster holds it, and the same candidate's re-run takes its lock back.
 
@@ -31,13 +33,21 @@ authorization; the tests' cluster stand-in in ``tests/cluster_standin`` enforces
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
 from typing import Protocol
 
 from kfrelease.errors import Conflict, KfreleaseError
-from kfrelease.k8s.driver.lease import ClusterReleaseLock, lease_as_dict, lease_duration, now_utc
+from kfrelease.k8s.driver.lease import (
+    LEASE_DURATION_SECONDS,
+    RENEW_INTERVAL_SECONDS,
+    ClusterReleaseLock,
+    LeaseLost,
+    lease_as_dict,
+    now_utc,
+)
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -347,6 +357,8 @@ class KServeTrafficDriver:
         model_formats: Mapping[str, str] | None = None,
         clock=now_utc,
         sleep=None,
+        lease_seconds: int = LEASE_DURATION_SECONDS,
+        renew_seconds: float = RENEW_INTERVAL_SECONDS,
     ):
         from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
 
@@ -358,8 +370,51 @@ class KServeTrafficDriver:
         #: seconds to wait after a move until every InferenceService it wrote is Ready (None: do not wait)
         self.ready_timeout = ready_timeout
         self._sleep = sleep or time.sleep
-        self.lock = ClusterReleaseLock(objects, spec, holder, lease_duration(spec), clock) if holder else None
+        self.lock = ClusterReleaseLock(objects, spec, holder, lease_seconds, clock) if holder else None
+        self.clock, self.renew_seconds = clock, float(renew_seconds)
+        self._holding = False  # this release holds the model's Lease (acquired, not yet released)
+        self._renewed: dt.datetime | None = None
+        self._lost: str | None = None  # why this release lost its Lease: it moves nothing more
         self._state: TrafficState | None = None
+
+    # --- the model's Lease while the release waits ---------------------------------------------------
+    def _acquire(self) -> None:
+        if self._lost:
+            raise LeaseLost(f"{self._lost}; nothing was sent")
+        self.lock.acquire()
+        self._holding, self._renewed = True, self.clock()
+
+    def _release(self) -> None:
+        self.lock.release()
+        self._holding = False
+
+    def renew(self, force: bool = False) -> None:
+        """Renew the model's Lease if this release holds it and ``renew_seconds`` passed since the last renewal
+        (``force``: now). A renewal that finds the Lease taken raises ``LeaseLost`` and the driver sends
+        nothing more: the release stops moving traffic and says so."""
+        if not self.lock or not self._holding:
+            return
+        now = self.clock()
+        if not force and self._renewed and (now - self._renewed).total_seconds() < self.renew_seconds:
+            return
+        try:
+            self.lock.renew()
+        except LeaseLost as exc:
+            self._lost, self._holding = str(exc), False
+            log.error("%s", exc)
+            raise
+        self._renewed = now
+
+    def wait(self, seconds: float, sleep=None) -> None:
+        """Sleep ``seconds`` (the controller's shadow polls and canary intervals), renewing the model's Lease
+        every ``renew_seconds``, so a short Lease outlives any wait of a live release."""
+        sleep = sleep or self._sleep
+        remaining = float(seconds)
+        while remaining > 0:
+            step = min(remaining, self.renew_seconds)
+            sleep(step)
+            remaining -= step
+            self.renew()
 
     @property
     def _serverless(self) -> bool:
@@ -444,6 +499,8 @@ class KServeTrafficDriver:
         writes first the object that splits the traffic (Standard: the VirtualService; Serverless: the
         InferenceService). Deletes go last. ``hold`` (Serverless): production's InferenceService keeps
         ``canaryTrafficPercent: 0``, so the revision its new spec creates gets no traffic (``_roll_back``)."""
+        if self._lost:
+            raise LeaseLost(f"{self._lost}; nothing was sent, traffic is where the cluster has it")
         current = self.objects.list(self.spec)
         plan = self._plan(state, current)  # raises on a bad state before anything is sent
         if hold:
@@ -513,11 +570,12 @@ class KServeTrafficDriver:
                 )
             pending = [ref for ref, _ in still]
             self._sleep(2.0)
+            self.renew()
 
     def apply(self, state: TrafficState) -> None:
         before = self.current()
         if self.lock:
-            self.lock.acquire()  # Conflict before anything moves when another release holds the model
+            self._acquire()  # Conflict before anything moves when another release holds the model
         if (
             before
             and before.canary
@@ -545,11 +603,11 @@ class KServeTrafficDriver:
             self._move(state, wait=False, hold=bool(rollback) and self._serverless)
             self._state = state
             if self.lock:
-                self.lock.release()
+                self._release()
             raise NotReady(f"{exc}; the writes of {state} were all sent and the release Lease is released") from None
         self._state = state
         if self.lock and _terminal(state):
-            self.lock.release()
+            self._release()
 
     def retreat(self, state: TrafficState) -> TrafficState:
         """Take traffic off the release's candidate at once, within the second a release step has after
@@ -560,6 +618,9 @@ class KServeTrafficDriver:
         revision); rolling the spec back to production creates a new revision, and until it is ready Knative
         would route that ``latestRevision`` target to the latest *ready* one, the candidate's. The next release
         of the model rolls the spec forward from there. Returns the state left on the cluster."""
+        if self._lost:  # another release holds the model now: its traffic is that release's to move
+            log.error("%s; the retreat sends nothing", self._lost)
+            return self.current() or state
         before = self.current()
         target = state
         if (
@@ -575,7 +636,7 @@ class KServeTrafficDriver:
         self._move(target, wait=False, check=False)
         self._state = target
         if self.lock:
-            self.lock.release()
+            self._release()
         return target
 
     def recover(self) -> TrafficState | None:
@@ -589,9 +650,12 @@ class KServeTrafficDriver:
         if not self.lock or state is None or _terminal(state) or not state.primary:
             return None
         lease = self.objects.get(self.lock.ref)
-        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") and not self.lock._expired(lease):
-            return None  # a live release (this one, resumed after an eviction, or another)
-        self.lock.acquire()  # Conflict when another release took the model meanwhile: it moves traffic itself
+        holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
+        if holder and (holder == self.lock.holder or not self.lock._expired(lease)):
+            # a live release, or this very release's next step or re-run (its Lease may have expired between
+            # two steps, or while its pod was rescheduled): it resumes from the state the cluster records
+            return None
+        self._acquire()  # Conflict when another release took the model meanwhile: it moves traffic itself
         from kfrelease.k8s.render.inference import release_service_name
 
         log.warning(
@@ -621,5 +685,5 @@ class KServeTrafficDriver:
         self._move(back, wait=False, hold=rollback and self._serverless)
         self._state = back
         if self.lock:
-            self.lock.release()
+            self._release()
         raise NotReady(f"{exc}; all traffic is back on {back.primary} and the release Lease is released") from None

@@ -23,8 +23,23 @@ if TYPE_CHECKING:
 LEASE_API = "coordination.k8s.io/v1"
 
 
+#: How long a model's release Lease holds without a renewal, and how often a release step renews it while it
+#: waits (the shadow's polls, each canary interval, a readiness wait: ``KServeTrafficDriver.wait``). An
+#: abandoned release (its step killed without SIGTERM: a node lost) is recovered by the model's next release
+#: step once the Lease is ``LEASE_DURATION_SECONDS`` old, not after the whole release's longest gap; a live
+#: release renews ten times per duration, so one slow API call or query does not lose it. The same candidate's
+#: next step (preflight -> shadow -> rollout are separate pods) takes its own Lease back even when it expired.
+LEASE_DURATION_SECONDS = 300
+RENEW_INTERVAL_SECONDS = 30
+
+
 class LeaseError(KfreleaseError):
     """The release Lease on the cluster holds something that cannot be read; no traffic was moved."""
+
+
+class LeaseLost(Conflict):
+    """This release no longer holds its model's Lease (another release took it after it expired, or wrote it
+    meanwhile): the release moves no more traffic."""
 
 
 def parse_micro_time(value, where: str = "Lease") -> dt.datetime:
@@ -124,16 +139,33 @@ class ClusterReleaseLock:
         spec.update(renewTime=now, leaseDurationSeconds=self.duration)
         self.objects.replace(lease)  # Conflict if another driver wrote it since we read it
 
+    def renew(self) -> None:
+        """Renew the Lease this release holds: read it, move ``renewTime``, write it back with the
+        ``resourceVersion`` read (client-go's leader election does the same; a write in between is a 409 and
+        the Lease is read again). ``LeaseLost`` when another release holds it now."""
+        where = f"{self.ref['namespace']}/{self.ref['name']}"
+        for _attempt in range(3):
+            lease = self.objects.get(self.ref)
+            spec = (lease or {}).get("spec") or {}
+            if lease is None or spec.get("holderIdentity") != self.holder:
+                raise LeaseLost(
+                    f"the release of {self.holder} lost the Lease {where} "
+                    f"(now held by {spec.get('holderIdentity') or 'nobody'}, renewed {spec.get('renewTime')}): it "
+                    "stops moving traffic; the release holding the Lease (or the model's next one) decides"
+                )
+            spec.update(renewTime=_micro_time(self.clock()), leaseDurationSeconds=self.duration)
+            try:
+                self.objects.replace(lease)
+                return
+            except LeaseLost:
+                raise
+            except Conflict:
+                continue  # written since we read it: read again
+        raise LeaseLost(f"the release of {self.holder} could not renew the Lease {where}: it is written concurrently")
+
     def release(self) -> None:
         lease = self.objects.get(self.ref)
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
             return
         lease["spec"].update(holderIdentity="", renewTime=_micro_time(self.clock()), leaseDurationSeconds=1)
         self.objects.replace(lease)
-
-
-def lease_duration(spec: RolloutSpec) -> int:
-    """Longest gap between two moves of a release (the shadow's wait, a canary step held several times),
-    with a margin: the lock must outlive it or a second release could take it mid-rollout."""
-    gap = max(spec.shadow.max_wait_seconds, spec.canary.interval_seconds * (spec.canary.max_holds + 1))
-    return int(gap) + 300
