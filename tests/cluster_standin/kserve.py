@@ -19,11 +19,20 @@ What it models, from kserve/kserve at v0.20.0 (the same fields at v0.14.1-v0.16.
   ``traffic`` as ``reconcilers/knative/ksvc_reconciler.go`` (lines 132-161) asks for it and Knative resolves it
   (a ``latestRevision`` target points at the latest *ready* revision).
 
-Pods become available when ``available(deployment_or_revision_name)`` says so (default: at once). The
-controller acts only when ``reconcile()`` is called: tests pass it as the driver's ``sleep`` so it runs between
-two polls, as the real one runs between two reads of the driver. Not modelled: the ingress, transformers and
-explainers, the Deployment's rolling update (a changed stable Deployment is available at once when its pods
-are), autoscaling, orphan clean-up.
+- Standard: the stable Deployment's rolling update as ``PropagateRawStatus`` reports it. A changed stable
+  predictor is a new Deployment generation, observed at once (``status.observedGeneration``); while its new
+  ReplicaSet rolls out, the old pods keep ``Available=True`` (reason ``MinimumReplicasAvailable``) and the
+  Deployment's ``Progressing`` reason is ``ReplicaSetUpdated``; once complete it is ``NewReplicaSetAvailable``
+  (Kubernetes ``pkg/controller/deployment/progress.go``). From v0.16.0 KServe copies that into
+  ``PredictorReady`` (reason ``NewReplicaSetAvailable`` when complete, ``MinimumReplicasAvailable`` from
+  ``Available`` meanwhile: ``inference_service_status.go`` v0.16.0 lines 360-400, v0.20.0 lines 379-427); v0.14
+  and v0.15 copy ``Available`` only.
+
+Pods become available when ``available(deployment_or_revision_name)`` says so (default: at once); a stable
+Deployment's generation ``g`` (from 2 on) has rolled out when ``rolled_out(deployment_name, g)`` says so
+(default: at once). The controller acts only when ``reconcile()`` is called: tests pass it as the driver's
+``sleep`` so it runs between two polls, as the real one runs between two reads of the driver. Not modelled: the
+ingress, transformers and explainers, autoscaling, orphan clean-up.
 """
 
 from __future__ import annotations
@@ -35,9 +44,16 @@ from kfrelease.k8s.render.inference import predictor_service
 
 
 class KServeController:
-    def __init__(self, cluster, kserve_version: str, available: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        cluster,
+        kserve_version: str,
+        available: Callable[[str], bool] | None = None,
+        rolled_out: Callable[[str, int], bool] | None = None,
+    ):
         self.cluster, self.version = cluster, kserve_version
         self.available = available or (lambda _name: True)
+        self.rolled_out = rolled_out or (lambda _name, _generation: True)
         #: Deployment name -> [spec, generation]
         self.deployments: dict[str, list] = {}
         #: InferenceService name -> Knative Service record
@@ -80,9 +96,12 @@ class KServeController:
         stable_name = predictor_service(name, stable.get("name"), self.version)
         generation = self._deployment(stable_name, stable)
         ready = self.available(stable_name)
-        self._set(
-            status, "PredictorReady", ready, "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable"
-        )
+        complete = generation == 1 or self.rolled_out(stable_name, generation)
+        progress_mirrored = tuple(int(p) for p in self.version.split(".")[:2]) >= (0, 16)
+        reason = "MinimumReplicasAvailable" if ready else "MinimumReplicasUnavailable"
+        if ready and complete and progress_mirrored:
+            reason = "NewReplicaSetAvailable"  # Progressing=True, NewReplicaSetAvailable overrides
+        self._set(status, "PredictorReady", ready, reason)
         self._set(status, "IngressReady", True)
         self._set(status, "Ready", ready)  # NewLivingConditionSet(PredictorReady, IngressReady)
         status["observedGeneration"] = generation  # PropagateRawStatus: the stable Deployment's

@@ -952,3 +952,31 @@ def test_the_same_release_takes_its_expired_lease_back_between_its_steps_instead
     assert resumed.current() == TrafficState(primary=V1, shadow=V2, mirror_percent=100)
     resumed.apply(TrafficState(primary=V1, canary=V2, canary_weight=10))
     assert lease_of(cluster, RAW)["holderIdentity"] == V2
+
+
+def test_a_standard_promotion_is_ready_only_once_the_stable_predictor_has_rolled_the_candidate_out():
+    """review-eks: in Standard mode a move that changes only the stable predictor (a promotion puts the candidate's
+    model there) rolls its Deployment while the old pods keep it Available, so ``Ready`` never dropped and the
+    driver called the promotion done (and released the Lease) with production's pods still being replaced. KServe
+    copies the Deployment's observedGeneration and, from v0.16.0, its ``Progressing`` reason into
+    ``PredictorReady`` (kserve/kserve v0.20.0 ``inference_service_status.go`` ``PropagateRawStatus``, lines
+    379-427 and 455-457): the driver now waits for ``NewReplicaSetAvailable`` on a newer generation, without
+    reading Deployments (which its Role does not allow)."""
+    seen: dict = {}
+    holder: dict = {}
+
+    def rolled_out(name, generation):  # the new ReplicaSet takes three reconciles to roll out
+        first = seen.setdefault((name, generation), holder["controller"].reconciles)
+        return holder["controller"].reconciles >= first + 3
+
+    cluster = cluster_for(RAW, kserve=KSERVE_020)
+    holder["controller"] = kserve_controller = KServeController(cluster, KSERVE_020, rolled_out=rolled_out)
+    kserve_controller.reconcile()
+    d = driver(cluster, RAW, ready_timeout=5.0, sleep=kserve_controller)
+    release(d, cluster, RAW, RAW.canary.steps[:-1])  # the canary up to its last step, then the promotion
+    prod = isvcs(cluster, RAW)[production_name(RAW)]
+    predictor_ready = next(c for c in prod["status"]["conditions"] if c["type"] == "PredictorReady")
+    assert prod["spec"]["predictor"]["model"]["storageUri"] == URIS[V2]
+    assert predictor_ready["reason"] == "NewReplicaSetAvailable", "promoted while production's pods still roll out"
+    assert prod["status"]["observedGeneration"] >= 2  # a later template of the stable Deployment: the candidate
+    assert d.current() == TrafficState(primary=V2) and cluster.refused == []

@@ -557,7 +557,9 @@ class KServeTrafficDriver:
         while pending:
             still = []
             for ref in pending:
-                why = unready(self.objects.get(ref) or {}, (before or {}).get((ref["kind"], ref["name"])))
+                why = unready(
+                    self.objects.get(ref) or {}, (before or {}).get((ref["kind"], ref["name"])), self.kserve_version
+                )
                 if why:
                     still.append((ref, why))
             if not still:

@@ -29,11 +29,17 @@ waits forever. What the controller does write, and what this module reads:
   stable predictor it promoted). KServe sizes a canary's Deployment by ``canaryReplicaCount``: the canary's own
   ``minReplicas`` when it sets one (kfrelease renders ``serving.min_replicas`` there), else
   ``ceil(stable minReplicas * trafficPercent / 100)`` (v0.20.0 lines 886-896).
-- **Standard before 0.20 / a predictor without a canary**: ``Ready`` (``PredictorReady`` from the Deployment's
-  ``Available``/``Progressing`` conditions). What the controller writes gives no sign that a changed pod
-  template has rolled out (the Deployment's own counters are not copied); Kubernetes' rolling update keeps the
-  old pods serving meanwhile. Only the bootstrapped production's first release patch does that in this mode
-  (tag -> digest of the same version).
+- **Standard, a move that changes what the stable predictor runs** (a promotion: the candidate's model on the
+  stable predictor; the bootstrapped production's first patch, tag -> digest): its Deployment gets a new pod
+  template and rolls it out while the old pods keep serving (``Available`` stays true, so does ``Ready``).
+  What KServe copies from that Deployment shows the rollout without reading Deployments: ``status.observedGeneration``
+  (``PropagateRawStatus``, every version) passes the value read before the move once the Deployment controller
+  has seen the new template, and from v0.16.0 ``PredictorReady``'s reason is the Deployment's ``Progressing``
+  reason ``NewReplicaSetAvailable`` only when the new ReplicaSet has rolled out (v0.16.0
+  ``inference_service_status.go`` lines 360-400, v0.20.0 lines 379-427; meanwhile it carries ``Available``'s
+  ``MinimumReplicasAvailable``). Ready here: both. On v0.14 and v0.15 KServe copies ``Available`` only, so the
+  wait ends when the new template is observed, not rolled out (Kubernetes' rolling update keeps old pods
+  serving meanwhile).
 """
 
 from __future__ import annotations
@@ -60,9 +66,17 @@ def _raw(doc: dict) -> bool:
     return mode in ("RawDeployment", "Standard")
 
 
-def unready(doc: dict, before: dict | None = None) -> list[str]:
+def _reports_rollout(kserve_version: str | None) -> bool:
+    """KServe copies the Deployment's ``Progressing`` reason into ``PredictorReady`` from v0.16.0 on."""
+    if not kserve_version:
+        return False
+    return tuple(int(p) for p in str(kserve_version).split(".")[:2]) >= (0, 16)
+
+
+def unready(doc: dict, before: dict | None = None, kserve_version: str | None = None) -> list[str]:
     """Why the InferenceService ``doc`` (as read from the server) does not yet serve its spec, empty when it
-    does; ``before``: the same object as read before the move (None: it was created by the move)."""
+    does; ``before``: the same object as read before the move (None: it was created by the move);
+    ``kserve_version``: the cluster's KServe (what its raw-mode status reports)."""
     status = doc.get("status") or {}
     spec = doc.get("spec") or {}
     why = []
@@ -89,6 +103,21 @@ def unready(doc: dict, before: dict | None = None) -> list[str]:
             why.append(f"{_CANARY_READY}={(c or {}).get('status', 'absent')} ({(c or {}).get('reason') or ''})")
         if not canaries and (states or _condition(status, _CANARY_READY)):
             why.append("the canary's removal is not reconciled yet")
+        if before is not None and _runs(before.get("spec", {}).get("predictor") or {}) != _runs(
+            spec.get("predictor") or {}
+        ):
+            was = (before.get("status") or {}).get("observedGeneration")
+            now = status.get("observedGeneration")
+            if was is not None and (now is None or int(now) <= int(was)):
+                why.append(
+                    f"the stable predictor's Deployment has not seen its new pod template yet (generation {now})"
+                )
+            elif _reports_rollout(kserve_version):
+                c = _condition(status, "PredictorReady") or {}
+                if c.get("reason") != "NewReplicaSetAvailable":
+                    why.append(
+                        f"the stable predictor's new pods are still rolling out ({c.get('reason') or 'no reason'})"
+                    )
         return why
     predictor = spec.get("predictor") or {}
     comp = (status.get("components") or {}).get("predictor") or {}
