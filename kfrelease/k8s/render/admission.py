@@ -217,8 +217,12 @@ def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = R
         (
             (
                 "size(variables.main.command) >= 11 && variables.main.command[0] == '/var/run/argo/argoexec' && "
-                "variables.main.command[1] == 'emissary' && variables.main.command[8] == '--' && "
-                f"variables.main.command[9] == {_cel(KFP_LAUNCHER_DIR + '/launch')} && "
+                "variables.main.command[1] == 'emissary' && variables.main.command[2] == '--loglevel' && "
+                "variables.main.command[4] == '--log-format' && "
+                # Argo 3.6+: ... --gloglevel N -- ; Argo 3.5 (Kubeflow 1.10): no --gloglevel
+                f"((variables.main.command[6] == '--gloglevel' && variables.main.command[8] == '--' && "
+                f"variables.main.command[9] == {_cel(KFP_LAUNCHER_DIR + '/launch')}) || "
+                f"(variables.main.command[6] == '--' && variables.main.command[7] == {_cel(KFP_LAUNCHER_DIR + '/launch')})) && "
                 "variables.main.command[size(variables.main.command) - 1] == '--' && "
                 "variables.main.command.filter(a, a == '--').size() == 2"
             ),
