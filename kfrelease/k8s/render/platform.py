@@ -262,7 +262,7 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
         }
     )
     for step, sa, desc in (
-        (UNTRUSTED, UNTRUSTED_SA, "merged model code (train, evaluate): no KFP token, no kubeflow-edit"),
+        (UNTRUSTED, UNTRUSTED_SA, "merged model code (train, score-champion): no KFP token, no kubeflow-edit"),
         (RELEASE_DRIVER_STEP, RELEASE_DRIVER_SA, "release steps: the release driver's rights in the serving namespace"),
     ):
         spec: dict = {
