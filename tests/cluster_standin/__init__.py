@@ -49,6 +49,7 @@ LimitRanges; authentication itself (a requester is given, never derived from a t
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as _dt
 import json
@@ -289,8 +290,24 @@ class Cluster:
             raise ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
         doc = copy.deepcopy(doc)
         self._admit(doc)
+        self.admit(who, "CREATE", doc)  # the bound ValidatingAdmissionPolicies, as for every write
         self.managers[(kind, ns, name)] = {manager: set(_leaves(doc)) - _IDENTITY}
-        return self._store(doc)
+        stored = self._store(doc)
+        self._token_controller(stored)
+        return copy.deepcopy(self.objects[(kind, ns, name)]) if (kind, ns, name) in self.objects else stored
+
+    def _token_controller(self, secret: dict) -> None:
+        """kube-controller-manager's tokens controller (kubernetes ``pkg/controller/serviceaccount/
+        tokens_controller.go`` ``generateTokenIfNeeded``): a ``kubernetes.io/service-account-token`` Secret whose
+        annotation names an existing service account gets ``data.token``, a non-expiring token of it (here a marker
+        naming the identity)."""
+        if secret.get("kind") != "Secret" or secret.get("type") != "kubernetes.io/service-account-token":
+            return
+        meta = secret["metadata"]
+        sa = (meta.get("annotations") or {}).get("kubernetes.io/service-account.name", "")
+        if ("ServiceAccount", meta["namespace"], sa) in self.objects and not (secret.get("data") or {}).get("token"):
+            token = base64.b64encode(f"legacy-token:system:serviceaccount:{meta['namespace']}:{sa}".encode()).decode()
+            secret.setdefault("data", {})["token"] = token
 
     def replace(self, who: Requester, doc: dict, manager: str = "kfrelease") -> dict:
         kind, ns, name = _key(doc)

@@ -510,3 +510,46 @@ def test_the_metadata_configmap_cannot_carry_the_release_steps_environment(built
     with pytest.raises(ApiError) as err:
         cluster.admit(editor, "CREATE", configmap({"PYTHONPATH": "/.local", "METADATA_GRPC_SERVICE_PORT": "8080"}))
     assert "kfrelease-metadata-configmap" in str(err.value)
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_nobody_mints_a_long_lived_token_of_the_release_driver_through_a_secret(env, built):
+    """Review eks3 N3: kubeflow-edit (kubeflow/manifests v1.11.0 and 26.03 common/kubeflow-roles/base/
+    cluster-roles.yaml, kubeflow-kubernetes-edit) creates and reads Secrets; a Secret of type
+    kubernetes.io/service-account-token naming the driver is filled by the control plane's token controller with a
+    non-expiring driver token (Kubernetes docs, "Manually create a long-lived API token for a ServiceAccount"), no
+    pod involved. Before kfrelease-no-token-secrets the default-editor read that token back."""
+    cluster = Cluster(built[env])
+    editor = service_account(RELEASE_NS, PROFILE_SA)
+    assert cluster.can(editor, "create", "Secret", RELEASE_NS) and cluster.can(editor, "get", "Secret", RELEASE_NS)
+    for who in (editor, service_account(RELEASE_NS, "kfrelease-ci")):
+        token_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/service-account-token",
+            "metadata": {
+                "name": f"driver-token-{who.name.rpartition(':')[2]}",
+                "namespace": RELEASE_NS,
+                "annotations": {"kubernetes.io/service-account.name": RELEASE_DRIVER_SA},
+            },
+        }
+        if not cluster.can(who, "create", "Secret", RELEASE_NS):
+            continue  # RBAC refuses already (kfrelease-ci holds no Secret rights)
+        with pytest.raises(ApiError) as err:
+            cluster.create(who, token_secret)
+        assert err.value.status == 422 and "kfrelease-no-token-secrets" in str(err.value), err.value
+        assert ("Secret", RELEASE_NS, token_secret["metadata"]["name"]) not in cluster.objects
+        # an ordinary Secret (a registry credential, say) is still the editor's to create
+        opaque = copy.deepcopy(token_secret)
+        opaque["type"] = "Opaque"
+        opaque["metadata"]["name"] += "-opaque"
+        opaque["data"] = {"k": "dg=="}
+        assert "token" not in cluster.create(who, opaque).get("data", {})
+        # a token Secret made before the policy cannot be re-pointed at the driver either (type is immutable,
+        # the annotation is not)
+        old = {**copy.deepcopy(token_secret), "data": {"token": "b2xk"}}
+        old["metadata"]["annotations"]["kubernetes.io/service-account.name"] = PROFILE_SA
+        new = copy.deepcopy(token_secret)
+        with pytest.raises(ApiError):
+            cluster.admit(who, "UPDATE", new, old=old)
+    assert any("kfrelease-no-token-secrets" in r for r in cluster.refused)

@@ -44,6 +44,14 @@ KFP v2 executor pod of one of the release components, as Argo's workflow control
 A second policy refuses ``pods/exec`` and ``pods/attach`` in the release namespace (``kubeflow-edit`` grants
 both; nothing of KFP or Argo's emissary uses them), so no one runs code in an admitted release pod either, and
 ``UPDATE`` of a pod (images are mutable) goes through the first policy again.
+
+A fourth refuses Secrets of type ``kubernetes.io/service-account-token`` in the release namespace: the control
+plane fills such a Secret with a non-expiring token of the service account its annotation
+``kubernetes.io/service-account.name`` names (Kubernetes docs, "Configure Service Accounts for Pods" ->
+"Manually create a long-lived API token for a ServiceAccount"), and ``kubeflow-edit`` (kubeflow/manifests
+v1.11.0 and 26.03 ``common/kubeflow-roles/base/cluster-roles.yaml`` ``kubeflow-kubernetes-edit``) grants
+``secrets`` create/update/patch and get/list: without it, ``default-editor`` mints and reads a
+``kfrelease-release-driver`` token with no pod involved, and the pod policies above never see it.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ ADMISSION = "admissionregistration.k8s.io"
 STEP_IDENTITY_POLICY = "kfrelease-step-identity"
 NO_EXEC_POLICY = "kfrelease-release-no-exec"
 METADATA_CONFIGMAP_POLICY = "kfrelease-metadata-configmap"
+NO_TOKEN_SECRET_POLICY = "kfrelease-no-token-secrets"
+SA_TOKEN_SECRET = "kubernetes.io/service-account-token"
 #: Argo's workflow controller, as Kubeflow installs it (service account ``argo`` in ``kubeflow``).
 ARGO_CONTROLLER = "system:serviceaccount:kubeflow:argo"
 #: Upstream image repositories of the executor's helper containers (Kubeflow pins tags in these: argoexec
@@ -338,6 +348,44 @@ def metadata_configmap_policy(ns: str = RELEASE_NS) -> list[dict]:
     return [policy, _binding(METADATA_CONFIGMAP_POLICY, ns)]
 
 
+def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
+    """No ``kubernetes.io/service-account-token`` Secret in ``ns``, from anyone (module docstring): nothing of
+    kfrelease, KFP or Argo needs one there (their pods get projected, expiring tokens). CREATE, and UPDATE too:
+    a Secret's ``type`` is immutable (kubernetes ``pkg/apis/core/validation/validation.go``
+    ``ValidateSecretUpdate``), but an UPDATE of a token Secret made before this policy could re-point its
+    ``kubernetes.io/service-account.name`` annotation and clear ``data.token`` for the token controller to
+    refill. DELETE is not matched, so such a Secret can be removed. ``object.type`` is the Secret's v1 field
+    (defaulted to ``Opaque`` before validation: ``SetDefaults_Secret``); there is no exception for an admin
+    identity, since EKS access entries cannot map anyone into ``system:masters`` and kfrelease needs no such
+    Secret: whoever truly needs one removes the binding, knowingly."""
+    policy = {
+        "apiVersion": f"{ADMISSION}/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": NO_TOKEN_SECRET_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["secrets"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": f"!has(object.type) || object.type != {_cel(SA_TOKEN_SECRET)}",
+                    "message": f"no {SA_TOKEN_SECRET} Secret in {ns}: it would hold a non-expiring token of a "
+                    "service account (the release driver's among them); pods get projected tokens",
+                }
+            ],
+        },
+    }
+    return [policy, _binding(NO_TOKEN_SECRET_POLICY, ns)]
+
+
 def _binding(policy: str, ns: str) -> dict:
     return {
         "apiVersion": f"{ADMISSION}/v1",
@@ -353,7 +401,12 @@ def _binding(policy: str, ns: str) -> dict:
 
 def release_admission(env: Environment, pod_defaults: list[dict], ns: str = RELEASE_NS) -> list[dict]:
     """Every admission policy of the release namespace (module docstring)."""
-    return step_identity_policy(env, pod_defaults, ns) + no_exec_policy(ns) + metadata_configmap_policy(ns)
+    return (
+        step_identity_policy(env, pod_defaults, ns)
+        + no_exec_policy(ns)
+        + metadata_configmap_policy(ns)
+        + no_token_secret_policy(ns)
+    )
 
 
 def release_step_pod_defaults(docs: list[dict], ns: str = RELEASE_NS) -> list[dict]:
