@@ -6,7 +6,7 @@ nothing wider: a pod in a data scientist's namespace reaches neither a predictor
 import pytest
 
 from kfrelease.k8s.environments import RELEASE_NS
-from kfrelease.k8s.policy.istio import Request, Workload, decide, upstream_policies
+from kfrelease.k8s.policy.istio import Request, Workload, decide, knative_pod_probe, mtls_mode, upstream_policies
 from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, REPLAY_HEADER, REPLAY_VALUE
 from kfrelease.k8s.render.mesh import (
     GATEWAY_SELECTOR,
@@ -149,3 +149,61 @@ def test_only_the_release_driver_may_take_the_replay_route_at_the_gateway():
     assert not at_gateway(replay, other) and not at_gateway(replay, None)
     assert not at_gateway({"X-Kfrelease-Replay": "anything"}, other)  # any value, any case of the name
     assert at_gateway({}, other) and at_gateway({}, None)  # other requests are Kubeflow's gateway's to decide
+
+
+# --- Serverless: Knative's activator and autoscaler first probe each predictor pod by its IP (review eks3 N1) ---
+#
+# kubeflow/manifests v1.11.0 (serving-core.yaml:8067) and 26.03 (:8010) set config-network
+# mesh-compatibility-mode "auto" (enable-mesh-pod-addressability "false"): the activator probes
+# http://<podIP>:8012/healthz and the autoscaler scrapes <podIP>:9090 before the -private ClusterIP, and falls back
+# only when every failure is a mesh error (knative/serving knative-v1.16.2 and knative-v1.21.1
+# pkg/activator/net/revision_backends.go checkDests "if notMesh { return }"; pkg/autoscaler/metrics/
+# stats_scraper.go scrapePods "0 pods scraped, but did not see a mesh-related error"), i.e. 502/503
+# (knative.dev/networking IsPotentialMeshErrorResponse). A pod-IP request leaves the caller's sidecar in plain text.
+
+
+def test_knative_falls_back_to_the_cluster_ip_instead_of_reading_403_as_no_mesh(built):
+    """Before the PeerAuthentication, both probes reached the predictor's sidecar in plain text (PERMISSIVE) and
+    kfrelease-predictors answered 403: Knative kept direct pod addressing with no healthy pod (no Serverless
+    prediction served, no autoscaling metrics)."""
+    for env in ("staging", "production"):
+        docs = upstream_policies() + [
+            d for d in built[env] if d["kind"] in ("AuthorizationPolicy", "PeerAuthentication")
+        ]
+        for port, who in ((8012, "activator"), (9090, "autoscaler")):
+            outcome, why = knative_pod_probe(docs, PREDICTOR, port)
+            assert outcome == "fallback", f"{env}: Knative's {who} on {port}: {why}"
+        # after the fallback, through the -private ClusterIP with their own identity (their Sidecars: egress.py)
+        assert decide(docs, Request(PREDICTOR, 8012, "/healthz", "GET", KNATIVE_ACTIVATOR))[0]
+        assert decide(docs, Request(PREDICTOR, 9090, "/metrics", "GET", KNATIVE_AUTOSCALER))[0]
+        # Prometheus (no sidecar) still scrapes the model server in plain text: the PodMonitor's ports
+        assert mtls_mode(docs, PREDICTOR, 8080) == "PERMISSIVE"
+        assert decide(docs, Request(PREDICTOR, 8080, "/metrics", "GET", None))[0]
+        monitor = next(
+            d for d in built[env] if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "kfrelease-predictors"
+        )
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"user-port", "http1"}  # both 8080
+    # the evaluator: under PERMISSIVE (Kubeflow's default: no PeerAuthentication in kubeflow/manifests) the same
+    # probe is the 403 that stops Knative
+    permissive = [d for d in docs if d["kind"] != "PeerAuthentication"]
+    assert knative_pod_probe(permissive, PREDICTOR, 8012)[0] == "stuck"
+    assert mtls_mode(permissive, PREDICTOR, 9090) == "PERMISSIVE"
+
+
+def test_the_peer_authentication_follows_istio_precedence():
+    def pa(name, ns, selector=None, mode="STRICT", ports=None):
+        spec = {"mtls": {"mode": mode}}
+        if selector:
+            spec["selector"] = {"matchLabels": selector}
+        if ports:
+            spec["portLevelMtls"] = {str(p): {"mode": m} for p, m in ports.items()}
+        return {"kind": "PeerAuthentication", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+    assert mtls_mode([], PREDICTOR, 8012) == "PERMISSIVE"
+    assert mtls_mode([pa("mesh", ROOT_NS)], PREDICTOR, 8012) == "STRICT"
+    assert mtls_mode([pa("mesh", ROOT_NS), pa("ns", NS, mode="PERMISSIVE")], PREDICTOR, 8012) == "PERMISSIVE"
+    ws = pa("w", NS, {"component": "predictor"}, "UNSET", {8080: "STRICT"})
+    assert mtls_mode([pa("ns", NS, mode="DISABLE"), ws], PREDICTOR, 8080) == "STRICT"
+    assert mtls_mode([pa("ns", NS, mode="DISABLE"), ws], PREDICTOR, 8012) == "DISABLE"  # UNSET inherits
+    other = pa("o", NS, {"component": "transformer"})
+    assert mtls_mode([other], PREDICTOR, 8012) == "PERMISSIVE"

@@ -18,6 +18,12 @@ one, else the root namespace's selector-less one, else none (every namespace). A
 scope leaves through Envoy's PassthroughCluster in plain text, so the destination sees no peer identity
 (kubeflow/manifests ``common/istio/README.md``, "Istio Sidecar Egress"); ``peer`` says which principal a call
 arrives with, and ``imports`` whether a VirtualService routes the caller's requests.
+
+Peer authentication (``PeerAuthentication``, https://istio.io/latest/docs/reference/config/security/peer_authentication/):
+``mtls_mode`` is the mode a workload's port accepts: the oldest policy of the workload's namespace whose selector
+selects it (its ``portLevelMtls`` for that port first), else the namespace's selector-less one, else the root
+namespace's, else ``PERMISSIVE``; ``UNSET`` inherits from the next level. ``knative_pod_probe`` is what Knative's
+activator / autoscaler make of their plain-text pod-IP request (review eks3 N1).
 """
 
 from __future__ import annotations
@@ -266,6 +272,56 @@ def imports(sidecars: list[dict], source: Workload, virtual_service: dict) -> tu
         if ok:
             return True, why
     return False, why
+
+
+def mtls_mode(peer_authentications: list[dict], workload: Workload, port: int) -> str:
+    """``STRICT``, ``PERMISSIVE`` or ``DISABLE``: what ``workload``'s sidecar accepts on ``port`` (module docstring)."""
+    docs = sorted(
+        (d for d in peer_authentications if d.get("kind") == "PeerAuthentication"),
+        key=lambda d: (d["metadata"].get("creationTimestamp", ""), d["metadata"]["name"]),
+    )
+
+    def selects(d: dict) -> bool:
+        labels = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        return bool(labels) and all(workload.labels.get(k) == v for k, v in labels.items())
+
+    def unselected(d: dict, ns: str) -> bool:
+        return d["metadata"]["namespace"] == ns and not (d.get("spec") or {}).get("selector")
+
+    levels = [
+        next((d for d in docs if d["metadata"]["namespace"] == workload.namespace and selects(d)), None),
+        next((d for d in docs if unselected(d, workload.namespace)), None),
+        next((d for d in docs if unselected(d, ROOT_NS)), None),
+    ]
+    for i, d in enumerate(levels):
+        if d is None:
+            continue
+        spec = d.get("spec") or {}
+        port_level = (spec.get("portLevelMtls") or {}).get(str(port)) if i == 0 else None
+        for mode in ((port_level or {}).get("mode"), (spec.get("mtls") or {}).get("mode")):
+            if mode and mode != "UNSET":
+                return mode
+    return "PERMISSIVE"
+
+
+def knative_pod_probe(docs: list[dict], to: Workload, port: int, path: str = "/healthz") -> tuple[str, str]:
+    """What Knative's activator (8012) or autoscaler (9090) does with its first, pod-IP request to ``to``:
+    ``direct`` (answered 2xx: it keeps addressing pods), ``fallback`` (a mesh error: the ClusterIP is tried) or
+    ``stuck`` (another status: Knative concludes there is no mesh, keeps the pod IPs and never falls back).
+
+    The request leaves the caller's sidecar by PassthroughCluster in plain text (no peer identity). Under STRICT
+    the destination refuses it and the caller's sidecar answers 503 (its HTTP listener for the ``-private``
+    Service's port); otherwise the destination's authorization decides (403 when refused). Knative counts only
+    502/503 as mesh errors (knative.dev/networking ``IsPotentialMeshErrorResponse``; knative/serving
+    ``pkg/activator/net/revision_backends.go`` ``probe``/``checkDests``, ``pkg/autoscaler/metrics/
+    http_scrape_client.go`` ``scrapeError.mightBeMesh``, ``stats_scraper.go`` ``scrapePods``)."""
+    mode = mtls_mode(docs, to, port)
+    if mode == "STRICT":
+        return "fallback", f"{mode} on {port}: plain text refused, the caller's sidecar answers 503 (a mesh error)"
+    ok, why = decide(docs, Request(to=to, port=port, path=path, principal=None))
+    if ok:
+        return "direct", f"{mode} on {port}, {why}"
+    return "stuck", f"{mode} on {port}: 403 ({why}), not a mesh error to Knative, so no ClusterIP fallback"
 
 
 def upstream_sidecars(kubeflow_version: str) -> list[dict]:

@@ -136,6 +136,38 @@ def _policy(name: str, ns: str, selector: dict, rules: list[dict]) -> dict:
     }
 
 
+def predictor_peer_authentication(ns: str) -> dict:
+    """STRICT mTLS on the predictor pods, except the model server's port that Prometheus scrapes (review eks3 N1).
+
+    In Serverless, Knative's activator and autoscaler first address each predictor pod by its IP (Kubeflow's
+    ``config-network``: ``mesh-compatibility-mode: "auto"``, ``enable-mesh-pod-addressability: "false"``:
+    kubeflow/manifests v1.11.0 and 26.03 ``common/knative/knative-serving/base/upstream/serving-core.yaml``). A
+    sidecar sends a request addressed to a bare pod IP through Envoy's PassthroughCluster in plain text, so it
+    arrives without a peer identity; under PERMISSIVE ``kfrelease-predictors`` answers 403, which Knative reads as
+    "no mesh" (knative.dev/networking ``IsPotentialMeshErrorResponse``: 502/503 only) and so never falls back to
+    the ``-private`` ClusterIP (knative/serving knative-v1.16.2 and knative-v1.21.1
+    ``pkg/activator/net/revision_backends.go`` ``checkDests``: "if notMesh { return }";
+    ``pkg/autoscaler/metrics/stats_scraper.go`` ``scrapePods``: "0 pods scraped, but did not see a mesh-related
+    error"). Under STRICT the destination refuses the plain-text connection; the caller's sidecar (an HTTP
+    listener: the ``-private`` Service names 8012 ``http-istio`` and 9090 ``http-autometric``, knative/serving
+    ``pkg/reconciler/serverlessservice/resources/services.go``) answers 503, a mesh error to both, and both fall
+    back to the ClusterIP, which their Sidecars (``kfrelease.k8s.render.egress``) send in mTLS with their own
+    principal. 8080 stays PERMISSIVE: the PodMonitor scrapes the model server there from a Prometheus without a
+    sidecar (``_scrape`` admits only ``GET /metrics`` without identity; everything else on 8080 needs a principal
+    already). The kubelet's HTTP probes are rewritten to the sidecar's agent (Istio's default
+    ``rewriteAppHTTPProbe``), so STRICT does not break readiness."""
+    return {
+        "apiVersion": SECURITY_API,
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "kfrelease-predictors", "namespace": ns, "labels": dict(PART_OF)},
+        "spec": {
+            "selector": {"matchLabels": dict(PREDICTOR_SELECTOR)},
+            "mtls": {"mode": "STRICT"},
+            "portLevelMtls": {HTTP_PORT: {"mode": "PERMISSIVE"}},
+        },
+    }
+
+
 def _scrape() -> dict:
     return {"to": [{"operation": {"methods": ["GET"], "ports": [HTTP_PORT], "paths": ["/metrics"]}}]}
 

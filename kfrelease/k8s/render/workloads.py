@@ -23,6 +23,7 @@ from kfrelease.k8s.render.inference import (
 from kfrelease.k8s.render.mesh import (
     feedback_gateway_policy,
     label_source_args,
+    predictor_peer_authentication,
     replay_gateway_policy,
     serving_policies,
 )
@@ -165,6 +166,7 @@ def serving_documents(
             clients=env.mesh_clients,
             label_users=env.label_source_users,
         ),
+        predictor_peer_authentication(ns),
         replay_gateway_policy(env.oidc_issuer, RELEASE_NS, RELEASE_DRIVER_SA),
         feedback_gateway_policy(env.oidc_issuer, env.label_sources),
         *http_service(
