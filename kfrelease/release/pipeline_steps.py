@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
-from kfrelease.release.controller import ReleaseController, release_path
+from kfrelease.release.controller import ReleaseController, ReleaseError, release_path
 from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
@@ -150,11 +150,39 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
     return verdict.decision
 
 
+def shadow_gate_passed(controller: ReleaseController, candidate: str, production: str) -> bool:
+    """Whether the registry records the shadow gate passed for ``candidate`` against ``production`` (the event
+    ``ReleaseController.shadow`` writes: phase ``shadow``, decision ``pass``, the production version compared)."""
+    return any(
+        (e.get("evidence") or {}).get("phase") == "shadow"
+        and e["evidence"].get("decision") == "pass"
+        and e["evidence"].get("production_version") == production
+        for e in controller.registry.history(controller.spec.model, candidate)
+    )
+
+
+def require_shadow_gate(controller: ReleaseController, mv, production) -> None:
+    """A candidate whose path is ``shadow`` (``release_path``) moves traffic only after its shadow gate passed
+    against today's production: the pipeline orders the steps, but the release identity may run the ``rollout``
+    component alone (review eks3 N5), so the step reads the gate's verdict itself. ``first`` and ``canary``
+    (a tag bump whose inputs differ) have no shadow by the spec's rules."""
+    if production is None or release_path(mv, production) != "shadow":
+        return
+    if not shadow_gate_passed(controller, mv.version, production.version):
+        raise ReleaseError(
+            f"{controller.spec.model} {mv.version}: the registry records no passed shadow gate against production "
+            f"{production.version}; run the release pipeline (its shadow-gate step precedes rollout); "
+            "no traffic was moved"
+        )
+
+
 def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """The canary steps after a passed shadow gate (or, for a tag bump whose inputs differ, after the
-    preflight), or a first model's provisional serving: ``promoted``, ``rolled_back`` or ``rejected``."""
+    preflight), or a first model's provisional serving: ``promoted``, ``rolled_back`` or ``rejected``. A
+    candidate on the shadow path without a recorded passed gate is refused (``require_shadow_gate``)."""
     controller = _controller(settings, spec, version)
     mv, production = controller.preflight(version)
+    require_shadow_gate(controller, mv, production)
     if production is None:
         with terminable(controller.driver, None, f"{spec.model} has no production model: the release of {version}"):
             return controller.first_model(mv).result

@@ -86,3 +86,35 @@ def test_a_malformed_rollout_spec_is_refused_before_anything_moves(stack, run_cl
     proc = run_cli("release", "run", "m", "V1.1.0", "--spec", str(bad))
     assert proc.returncode == 1 and "from 1 to 100" in proc.stderr
     assert read_gateway_record(stack) == before
+
+
+def test_the_rollout_step_alone_moves_no_traffic_without_a_passed_shadow_gate(staged, monkeypatch):
+    """Review eks3 N5: the release identity may run the ``rollout`` component alone (an inline pipeline of just
+    that step is admitted as the driver), and it promoted a same-tag candidate whose shadow gate never ran."""
+    from kfrelease.release import pipeline_steps
+    from kfrelease.training.spec import parse_spec
+    from kfrelease.training.steps import run_inline
+
+    settings, name, first = staged
+    registry = ModelRegistry(store_for("pipeline", settings))
+    registry.set_stage(name, first, "production", "test", "first model")
+    spec_text = bad_spec_text(name, registry.get(name, first).entry["dataset"]).replace(
+        "constant: 0.0", "constant: 1.0"
+    )
+    candidate = run_inline(parse_spec(spec_text), "b" * 40, settings=settings, containerize=False).version
+    assert candidate != first
+    driver = RecordingDriver()
+    monkeypatch.setattr(pipeline_steps, "driver_for", lambda *a, **k: driver)
+    spec = load_rollout_spec(model=name)
+    with pytest.raises(ReleaseError, match=f"no passed shadow gate against production {first};.*no traffic was moved"):
+        pipeline_steps.rollout_step(settings, spec, candidate)
+    assert driver.applied == [] and registry.get(name, candidate).stage == "staging"
+    controller = ReleaseController(settings, spec, driver)
+    # a pass against another production, or a failed gate, does not count; the event the shadow step writes does
+    for decision, production in (("pass", "V9.9.9"), ("fail", first)):
+        evidence = {"phase": "shadow", "decision": decision, "production_version": production}
+        registry.set_stage(name, candidate, "staging", "test", f"shadow gate {decision}", evidence)
+        assert not pipeline_steps.shadow_gate_passed(controller, candidate, first)
+    evidence = {"phase": "shadow", "decision": "pass", "production_version": first}
+    registry.set_stage(name, candidate, "staging", "test", "shadow gate pass", evidence)
+    assert pipeline_steps.shadow_gate_passed(controller, candidate, first)
