@@ -254,98 +254,59 @@ def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = R
         (mount_rule, "the release step mounts only KFP's, Argo's, the tokens' and the release PodDefaults' paths"),
         (shared_rule, "no other container writes the volumes the release step runs code from"),
     ]
-    policy = {
-        "apiVersion": f"{ADMISSION}/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": STEP_IDENTITY_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["pods", "pods/ephemeralcontainers"],
-                    }
-                ]
-            },
-            "matchConditions": [
-                {
-                    "name": "privileged-step-identity",
-                    "expression": f"object.spec.serviceAccountName in {_cel([RELEASE_DRIVER_SA])}",
-                }
-            ],
-            "variables": variables,
-            "validations": [{"expression": expr, "message": msg} for expr, msg in validations],
-        },
-    }
-    return [policy, _binding(STEP_IDENTITY_POLICY, ns)]
+    return _policy(
+        STEP_IDENTITY_POLICY,
+        ns,
+        ["CREATE", "UPDATE"],
+        ["pods", "pods/ephemeralcontainers"],
+        [{"expression": expr, "message": msg} for expr, msg in validations],
+        match_conditions=[
+            {
+                "name": "privileged-step-identity",
+                "expression": f"object.spec.serviceAccountName in {_cel([RELEASE_DRIVER_SA])}",
+            }
+        ],
+        variables=variables,
+    )
 
 
 def no_exec_policy(ns: str = RELEASE_NS) -> list[dict]:
     """No ``kubectl exec``/``attach`` into the release namespace's pods: ``kubeflow-edit`` grants both to the
     Profile's ``default-editor``, and a shell in an admitted release pod would run as its identity."""
-    policy = {
-        "apiVersion": f"{ADMISSION}/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": NO_EXEC_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CONNECT"],
-                        "resources": ["pods/exec", "pods/attach"],
-                    }
-                ]
-            },
-            "validations": [
-                {
-                    "expression": "false",
-                    "message": f"no exec or attach in {ns}: its pods run the release with the release driver's rights",
-                }
-            ],
-        },
-    }
-    return [policy, _binding(NO_EXEC_POLICY, ns)]
+    return _policy(
+        NO_EXEC_POLICY,
+        ns,
+        ["CONNECT"],
+        ["pods/exec", "pods/attach"],
+        [
+            {
+                "expression": "false",
+                "message": f"no exec or attach in {ns}: its pods run the release with the release driver's rights",
+            }
+        ],
+    )
 
 
 def metadata_configmap_policy(ns: str = RELEASE_NS) -> list[dict]:
     """KFP's executor pods read ``metadata-grpc-configmap`` into their environment when it exists
     (argocompiler ``common.go`` ``metadataEnvFrom``, optional); in the release namespace it may hold only the
     metadata service's address, never a variable that changes what Python runs (``PYTHONPATH`` ...)."""
-    policy = {
-        "apiVersion": f"{ADMISSION}/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": METADATA_CONFIGMAP_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["configmaps"],
-                    }
-                ]
-            },
-            "matchConditions": [
-                {"name": "metadata-configmap", "expression": f"object.metadata.name == {_cel(METADATA_CONFIGMAP)}"}
-            ],
-            "validations": [
-                {
-                    "expression": "(!has(object.data) || object.data.all(k, k in "
-                    f"{_cel(METADATA_KEYS)})) && !has(object.binaryData)",
-                    "message": f"{METADATA_CONFIGMAP} may hold only {', '.join(METADATA_KEYS)}",
-                }
-            ],
-        },
-    }
-    return [policy, _binding(METADATA_CONFIGMAP_POLICY, ns)]
+    return _policy(
+        METADATA_CONFIGMAP_POLICY,
+        ns,
+        ["CREATE", "UPDATE"],
+        ["configmaps"],
+        [
+            {
+                "expression": "(!has(object.data) || object.data.all(k, k in "
+                f"{_cel(METADATA_KEYS)})) && !has(object.binaryData)",
+                "message": f"{METADATA_CONFIGMAP} may hold only {', '.join(METADATA_KEYS)}",
+            }
+        ],
+        match_conditions=[
+            {"name": "metadata-configmap", "expression": f"object.metadata.name == {_cel(METADATA_CONFIGMAP)}"}
+        ],
+    )
 
 
 def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
@@ -358,32 +319,52 @@ def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
     (defaulted to ``Opaque`` before validation: ``SetDefaults_Secret``); there is no exception for an admin
     identity, since EKS access entries cannot map anyone into ``system:masters`` and kfrelease needs no such
     Secret: whoever truly needs one removes the binding, knowingly."""
+    return _policy(
+        NO_TOKEN_SECRET_POLICY,
+        ns,
+        ["CREATE", "UPDATE"],
+        ["secrets"],
+        [
+            {
+                "expression": f"!has(object.type) || object.type != {_cel(SA_TOKEN_SECRET)}",
+                "message": f"no {SA_TOKEN_SECRET} Secret in {ns}: it would hold a non-expiring token of a "
+                "service account (the release driver's among them); pods get projected tokens",
+            }
+        ],
+    )
+
+
+def _policy(
+    name: str,
+    ns: str,
+    operations: list[str],
+    resources: list[str],
+    validations: list[dict],
+    *,
+    match_conditions: list[dict] | None = None,
+    variables: list[dict] | None = None,
+) -> list[dict]:
+    """A ValidatingAdmissionPolicy on core (``v1``) ``resources`` that fails closed, and its binding to ``ns``."""
+    spec: dict = {
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": resources}
+            ]
+        },
+    }
+    if match_conditions:
+        spec["matchConditions"] = match_conditions
+    if variables:
+        spec["variables"] = variables
+    spec["validations"] = validations
     policy = {
         "apiVersion": f"{ADMISSION}/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": NO_TOKEN_SECRET_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["secrets"],
-                    }
-                ]
-            },
-            "validations": [
-                {
-                    "expression": f"!has(object.type) || object.type != {_cel(SA_TOKEN_SECRET)}",
-                    "message": f"no {SA_TOKEN_SECRET} Secret in {ns}: it would hold a non-expiring token of a "
-                    "service account (the release driver's among them); pods get projected tokens",
-                }
-            ],
-        },
+        "metadata": {"name": name},
+        "spec": spec,
     }
-    return [policy, _binding(NO_TOKEN_SECRET_POLICY, ns)]
+    return [policy, _binding(name, ns)]
 
 
 def _binding(policy: str, ns: str) -> dict:
