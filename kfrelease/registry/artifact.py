@@ -905,7 +905,14 @@ def served_because(checks: dict[str, Verification], served: str, wanted: str = A
     )
     if not costs:
         return f"{served}: the only flavour verified"
-    shown = ", ".join(f"{n} {us:g} µs" for us, n in costs)
+    code_free = [(us, n) for us, n in costs if n != DEFAULT_FLAVOUR]
+    shown = ", ".join(f"{n} {us:g} µs" for us, n in (code_free or costs))
+    if code_free and len(code_free) < len(costs):  # the pickle verified too: it serves only as the fallback
+        pickle_us = next(us for us, n in costs if n == DEFAULT_FLAVOUR)
+        return (
+            f"the fastest verified flavour ({shown} per row; {DEFAULT_FLAVOUR} {pickle_us:g} µs, a pickle, "
+            "serves only when nothing that loads without running code verified)"
+        )
     return f"the fastest verified flavour ({shown} per row)"
 
 
