@@ -30,12 +30,66 @@ def test_workflow_triggers_on_push_to_main_and_never_cancels_a_run():
     assert 'kfrelease" trigger --repo model --commit "$GITHUB_SHA"' in runs and "--kfp-host" in runs
     assert "--audience pipelines.kubeflow.org" in runs  # the only audience the m2m RequestAuthentication accepts
     aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials"))
-    assert aws["with"]["role-to-assume"] == "${{ env.AWS_ROLE_ARN }}"
-    assert wf["jobs"]["trigger"]["with"]["aws-role-arn"].endswith(f":role/{CI_ROLE}")
+    assert aws["with"]["role-to-assume"] == _PER_ENVIRONMENT.format("role_arn")
+    assert wf["jobs"]["trigger"]["with"] == {"environment": "production"}
     assert train["env"]["KFRELEASE_NAMESPACE"] == RELEASE_NS
     assert train["env"]["KFRELEASE_SERVICE_ACCOUNT"] == CI_SERVICE_ACCOUNT
     for path in (WORKFLOW, TRAIN_WORKFLOW):
         assert "secrets." not in path.read_text(), "the workflows must not need stored secrets"
+
+
+_PER_ENVIRONMENT = "${{{{ fromJSON(env.PLATFORM_ENVIRONMENTS)[env.KFRELEASE_ENVIRONMENT].{} }}}}"
+
+
+def test_the_reusable_workflow_takes_no_endpoint_from_its_caller():
+    """Review 4 R1: kfrelease-train.yaml took `kfp-host`, the role ARN, cluster, registry and bucket prefix as
+    `workflow_call` inputs, chosen by the caller workflow that lives in the model repository; the CI role's trust
+    policy pins the workflow file (job_workflow_ref), not the values passed to it. A merge that set
+    `kfp-host: https://collector.example/` received `Authorization: Bearer <kfrelease-ci token>` (valid 1 h) on
+    kfp.Client's first call (kfrelease/kfp/submit.py), and that token creates any run with an inline spec
+    (kubeflow/pipelines 2.16.0 backend/src/apiserver/server/run_server.go createRun: `runs create` alone; the run
+    then executes as default-editor, kubeflow/manifests v1.11.0 applications/pipeline/upstream/base/installs/
+    multi-user/api-service/params.env DEFAULTPIPELINERUNNERSERVICEACCOUNT). Now the caller names only an
+    environment; every endpoint and identity is a constant of the platform's file equal to environments.yaml."""
+    import json
+
+    from kfrelease.k8s.render.tree import Sources
+
+    text = TRAIN_WORKFLOW.read_text()
+    train = yaml.safe_load(text)
+    assert _on(train)["workflow_call"]["inputs"] == {"environment": {"type": "string", "required": True}}
+    # the only use of an input: the environment's name, which selects a row of the file's own table
+    assert re.findall(r"\binputs\.[\w-]+", text) == ["inputs.environment"]
+    assert train["env"]["KFRELEASE_ENVIRONMENT"] == "${{ inputs.environment }}"
+    table = json.loads(train["env"]["PLATFORM_ENVIRONMENTS"])
+    envs = Sources.load().envs.environments
+    assert set(table) == set(envs)
+    for name, env in envs.items():
+        assert table[name] == {
+            "region": env.region,
+            "role_arn": env.role_arn(CI_ROLE),
+            "cluster": env.cluster,
+            "kfp_host": f"https://{env.kubeflow_host}/pipeline",
+            "registry": env.registry,
+            "bucket_prefix": env.bucket_prefix,
+        }, name
+    steps = train["jobs"]["trigger"]["steps"]
+    last = steps[-1]["env"]
+    for var, key in (
+        ("KFP_HOST", "kfp_host"),
+        ("EKS_CLUSTER", "cluster"),
+        ("AWS_REGION", "region"),
+        ("REGISTRY", "registry"),
+        ("KFRELEASE_S3_REGION", "region"),
+        ("KFRELEASE_BUCKET_PREFIX", "bucket_prefix"),
+    ):
+        assert last[var] == _PER_ENVIRONMENT.format(key), var
+        assert var not in train["env"]  # set once, in the step that uses it
+    assert '--kfp-host "$KFP_HOST"' in steps[-1]["run"]
+    # an unknown name stops the job in its first step, before anything is installed or assumed
+    assert "has($name)" in steps[0]["run"] and "exit 1" in steps[0]["run"]
+    caller = yaml.safe_load(WORKFLOW.read_text())["jobs"]["trigger"]["with"]
+    assert set(caller) == {"environment"} and caller["environment"] in envs
 
 
 def test_the_ci_role_trusts_only_the_platforms_reusable_workflow_at_its_release_tag():
