@@ -123,6 +123,40 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
     return LocalGatewayDriver(settings, spec)
 
 
+def recorded_spec(settings: Settings, spec: RolloutSpec, version: str) -> RolloutSpec:
+    """The rollout spec a release step of ``version`` runs with: the one recorded with the candidate in the
+    registry (``entry["rollout"]``: the merge's ``rollout.yaml``, kept by the register step), whatever the step
+    was given. A step's parameters are not evidence: on a cluster they travel through Kubeflow Pipelines'
+    metadata store, which every pod may rewrite (review 4 R3: kubeflow/manifests v1.11.0 and 26.03
+    ``applications/pipeline/upstream/base/metadata/options/istio/istio-authorization-policy.yaml`` allows
+    ``rules: [{}]``; kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/resolve.go`` ``resolveInputs`` reads a task's
+    parameters from the parent DAG execution's MLMD ``inputs``), so merged code or a candidate's pickle could
+    loosen the gate that judges it (``shadow.margin: 1e9``). ``spec`` (the ``spec_yaml`` parameter) is accepted
+    only as the recorded spec itself or as the packaged default (an empty ``spec_yaml``); any other is refused in
+    one line. A version with no recorded spec runs with ``spec`` on the embedded stack (a person's ``kfrelease
+    release run --spec``; no metadata store there) and only with the packaged default on a cluster."""
+    from kfrelease.registry import ModelRegistry
+    from kfrelease.rollout.spec import parse_rollout_spec
+    from kfrelease.storage import store_for
+
+    given, default = spec.model_dump(), load_rollout_spec(model=spec.model)
+    text = ModelRegistry(store_for("pipeline", settings)).get(spec.model, version).entry.get("rollout")
+    if text:
+        recorded = bind_model(parse_rollout_spec(text, f"the rollout spec recorded with {version}"), spec.model)
+        if given in (recorded.model_dump(), default.model_dump()):
+            return recorded
+        trusted = f"the rollout spec recorded with {spec.model} {version} in the registry"
+    elif setting("KFRELEASE_TARGET") != "cluster" or given == default.model_dump():
+        return spec
+    else:
+        trusted = f"the packaged default rollout spec ({spec.model} {version} was registered without a rollout.yaml)"
+    raise ReleaseError(
+        f"{spec.model} {version}: the rollout spec this release step was given (spec_yaml) is not {trusted}; a step's "
+        "parameters can be rewritten in transit, so the release runs only with the spec recorded with the "
+        "candidate (pass it, or an empty spec_yaml); no traffic was moved"
+    )
+
+
 def _controller(settings: Settings, spec: RolloutSpec, version: str | None = None) -> ReleaseController:
     return ReleaseController(settings, spec, driver_for(settings, spec, version))
 
@@ -132,6 +166,7 @@ def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     thresholds pass live), ``shadow`` (a champion to beat on the same requests) or ``canary`` (a tag bump whose
     inputs differ from production's: canary steps with the spec's absolute thresholds checked live). A spec
     without absolute thresholds is refused here (``ReleaseController.preflight``)."""
+    spec = recorded_spec(settings, spec, version)
     mv, production = _controller(settings, spec, version).preflight(version)
     return release_path(mv, production)
 
@@ -139,6 +174,7 @@ def preflight_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
 def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path: str | None = None) -> str:
     """Shadow the candidate until the gate decides: ``pass``, or ``fail``/``insufficient`` (traffic back to
     production)."""
+    spec = recorded_spec(settings, spec, version)
     controller = _controller(settings, spec, version)
     _, production = controller.preflight(version)
     with terminable(controller.driver, production.version):
@@ -180,6 +216,7 @@ def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
     """The canary steps after a passed shadow gate (or, for a tag bump whose inputs differ, after the
     preflight), or a first model's provisional serving: ``promoted``, ``rolled_back`` or ``rejected``. A
     candidate on the shadow path without a recorded passed gate is refused (``require_shadow_gate``)."""
+    spec = recorded_spec(settings, spec, version)
     controller = _controller(settings, spec, version)
     mv, production = controller.preflight(version)
     require_shadow_gate(controller, mv, production)

@@ -118,3 +118,52 @@ def test_the_rollout_step_alone_moves_no_traffic_without_a_passed_shadow_gate(st
     evidence = {"phase": "shadow", "decision": "pass", "production_version": first}
     registry.set_stage(name, candidate, "staging", "test", "shadow gate pass", evidence)
     assert pipeline_steps.shadow_gate_passed(controller, candidate, first)
+
+
+def test_a_release_step_runs_only_with_the_rollout_spec_recorded_with_the_candidate(stack, monkeypatch):
+    """Review 4 R3: a release step's ``spec_yaml`` is a pipeline parameter, which on a cluster lives in Kubeflow
+    Pipelines' metadata store, writable by every pod (kubeflow/manifests v1.11.0 and 26.03
+    applications/pipeline/upstream/base/metadata/options/istio/istio-authorization-policy.yaml: ALLOW
+    ``rules: [{}]``; kubeflow/pipelines 2.16.0 backend/src/v2/driver/resolve.go resolveInputs reads the parameters
+    from the parent DAG execution's MLMD ``inputs``). Merged code or the candidate's pickle rewrote it to
+    ``shadow.margin: 1e9`` and the gate "passed" on the spec it was given. Now every release step runs with the
+    spec recorded with the candidate in the registry and refuses any other, before it builds a driver."""
+    from kfrelease.release import pipeline_steps
+    from kfrelease.training import run_records
+    from kfrelease.training.spec import parse_spec
+    from kfrelease.training.steps import run_inline
+
+    settings = stack
+    ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
+    ds.add_batch(1)
+    name = f"diabetes-progression-{uuid.uuid4().hex[:6]}"
+    spec = parse_spec(bad_spec_text(name, ds.name))
+    recorded = load_rollout_spec(model=name).with_changes(shadow={"margin": 0.03, "min_labelled_samples": 200})
+    store = store_for("pipeline", settings)
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    record = {"model": name, "spec_fingerprint": spec.fingerprint, "rollout_yaml": recorded.to_yaml()}
+    run_records.create_run(store, run_id, record)
+    version = run_inline(spec, "a" * 40, run_id=run_id, settings=settings, containerize=False).version
+    built = []
+    monkeypatch.setattr(pipeline_steps, "driver_for", lambda *a, **k: built.append(a) or RecordingDriver())
+    forged = recorded.with_changes(shadow={"margin": 1e9, "min_labelled_samples": 2})
+    for step in (pipeline_steps.preflight_step, pipeline_steps.shadow_step, pipeline_steps.rollout_step):
+        with pytest.raises(ReleaseError, match=f"not the rollout spec recorded with {name} {version}.*no traffic"):
+            step(settings, forged, version)
+    assert built == []  # refused before any driver existed
+    # the recorded spec itself, or an empty spec_yaml (the packaged default), runs with the recorded spec
+    for given in (recorded, load_rollout_spec(model=name)):
+        assert pipeline_steps.recorded_spec(settings, given, version).model_dump() == recorded.model_dump()
+    # a version registered without a rollout.yaml: a person's spec on the embedded stack, only the default on a cluster
+    bare = run_inline(
+        parse_spec(bad_spec_text(name, ds.name).replace("constant: 0.0", "constant: 1.0")),
+        "b" * 40,
+        settings=settings,
+        containerize=False,
+    ).version
+    assert pipeline_steps.recorded_spec(settings, forged, bare) == forged
+    monkeypatch.setenv("KFRELEASE_TARGET", "cluster")
+    with pytest.raises(ReleaseError, match="not the packaged default rollout spec"):
+        pipeline_steps.recorded_spec(settings, forged, bare)
+    default = load_rollout_spec(model=name)
+    assert pipeline_steps.recorded_spec(settings, default, bare).model_dump() == default.model_dump()
