@@ -11,6 +11,8 @@ def data_engine(spec_yaml: str) -> str:
     Returns:
         ``embedded`` (the ingest, validate, features and publish steps) or ``spark`` (one SparkApplication).
     """
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.spec import parse_spec
 
+    log_to_stderr()
     return parse_spec(spec_yaml).engine

@@ -15,8 +15,10 @@ def engineer_features(spec_yaml: str, valid_rows: Input[Dataset], features: Outp
         features_dir: a local folder where the step's module may be (the dataset spec's, on the embedded stack);
             on the cluster the module is installed in the project image.
     """
+    from kfrelease.config import log_to_stderr
     from kfrelease.data.features import features_to_file
     from kfrelease.data.spec import parse_spec
 
+    log_to_stderr()
     written = features_to_file(parse_spec(spec_yaml), valid_rows.path, features.path, (features_dir,))
     features.metadata["row_count"] = written.rows

@@ -34,8 +34,10 @@ def monitor_window_on_spark(
     """
     from kubernetes import client, config
 
+    from kfrelease.config import log_to_stderr
     from kfrelease.monitoring.spark_app import render_spark_application, submit_and_wait
 
+    log_to_stderr()
     config.load_incluster_config()
     doc = render_spark_application(
         model,
