@@ -115,6 +115,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
             model_formats=formats,
         )
         if version:
+            driver.check_identity()  # nobody else may act as the driver (Kubeflow 1.x: impersonate), else refuse
             driver.recover()  # a release killed before its move back: its traffic goes back first
         return driver
     from kfrelease.stack.gateway import LocalGatewayDriver

@@ -5,11 +5,16 @@ for the operations kfrelease sends, and says so when it cannot:
 
 - **Authentication**: a requester is a user name and groups (``kfrelease.k8s.policy.rbac.Requester``): service
   accounts as the token authenticator presents them, IAM principals only through an EKS access entry.
-- **Authorization**: RBAC from the rendered Roles/ClusterRoles/Bindings, the Kubeflow profile controller's
-  bindings and the vendored upstream Kubeflow ClusterRoles, aggregation settled as the controller manager
-  does (``kfrelease.k8s.policy.rbac.RBACModel``); each verb is checked on the object's name as the request names
-  it (``create`` has no name). ``kfp`` answers KFP's SubjectAccessReview, which carries the user only.
-  Every refusal is a 403 ``Forbidden`` and is recorded in ``refused``.
+- **Authorization**: RBAC from the Roles/ClusterRoles/Bindings it holds: the rendered ones, the Kubeflow profile
+  controller's bindings and Kubeflow's ClusterRoles (``kubeflow_roles``, stored as Kubeflow's install applies them,
+  field manager ``kubectl``; default: the shipped Kubeflow release's roles with kfrelease's backports, as the
+  runbook leaves them), aggregation settled as the controller manager does (``kfrelease.k8s.policy.rbac.RBACModel``),
+  re-read after every write of one of them; each verb is checked on the object's name as the request names it
+  (``create`` has no name). ``kfp`` answers KFP's SubjectAccessReview, which carries the user only;
+  ``access_review`` answers ``authorization.k8s.io/v1`` ``SubjectAccessReview`` and ``LocalSubjectAccessReview``
+  from the same RBAC, as the API server does (kubernetes/api ``authorization/v1/types.go``; the namespace rule of
+  kubernetes ``pkg/registry/authorization/localsubjectaccessreview/rest.go``). Every refusal is a 403
+  ``Forbidden`` and is recorded in ``refused``.
 - **Admission**: every object written is checked against its schema (``kfrelease.k8s.policy.schemas.validate``: the
   vendored CRD schemas, the Kubernetes OpenAPI for built-in kinds), once per validator given (one per
   supported KServe version); a failure is a 422 and nothing is stored. Pods are mutated by the Kubeflow
@@ -64,8 +69,8 @@ from kfrelease.k8s.policy.admission import AdmissionRequest, admit
 from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
+    environment_cluster_roles,
     kfp_requester,
-    upstream_cluster_roles,
 )
 from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
 from kfrelease.k8s.render.admission import ARGO_CONTROLLER, TOKEN_DIRS
@@ -80,6 +85,8 @@ RESOURCES = {
     "Pod": ("", "pods"),
     "Service": ("", "services"),
     "Workflow": ("argoproj.io", "workflows"),
+    "SubjectAccessReview": ("authorization.k8s.io", "subjectaccessreviews"),
+    "LocalSubjectAccessReview": ("authorization.k8s.io", "localsubjectaccessreviews"),
 }
 
 
@@ -98,6 +105,8 @@ INSTALLED_NAMESPACES = {
     "kserve",
     "monitoring",
 }
+#: kinds whose objects decide RBAC (a write of one makes the stand-in re-read its RBAC)
+RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Profile"}
 #: ``metav1.MicroTime`` fields of the kinds the release writes.
 MICRO_TIMES = {"Lease": ("acquireTime", "renewTime")}
 
@@ -189,16 +198,24 @@ _IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "nam
 
 class Cluster:
     """See the module docstring. ``docs``: what the platform engineer applied (as cluster admin); ``kserve``:
-    the KServe version installed (default: ``KFRELEASE_KSERVE_VERSION`` or the newest supported)."""
+    the KServe version installed (default: ``KFRELEASE_KSERVE_VERSION`` or the newest supported);
+    ``kubeflow_roles``: Kubeflow's ClusterRoles as its install left them (default: the shipped environments'
+    Kubeflow release with ``kubeflow/backports.yaml`` applied; ``rbac.upstream_cluster_roles(v)`` for a cluster
+    without the backport)."""
 
     def __init__(
         self,
         docs: Iterable[dict],
         kserve: str | None = None,
         validators: Iterable[Callable[[dict], object]] | None = None,
+        kubeflow_roles: Iterable[dict] | None = None,
     ):
-        docs = [copy.deepcopy(d) for d in docs]
-        self.rbac = RBACModel(docs + upstream_cluster_roles())
+        from kfrelease.k8s.environments import Environment
+
+        if kubeflow_roles is None:
+            kubeflow_roles = environment_cluster_roles(Environment.kubeflow_version)
+        docs = [copy.deepcopy(d) for d in [*kubeflow_roles, *docs]]
+        self._rbac: RBACModel | None = None
         #: the cluster's KServe: its CRD schemas and admission rules (``kfrelease.k8s.versions``)
         self.kserve = kserve
         self.validators = list(validators) if validators is not None else [lambda d: validate(d, kserve=kserve)]
@@ -212,6 +229,13 @@ class Cluster:
             if d.get("kind") not in ("Namespace", "CustomResourceDefinition"):
                 self._store(d)
                 self.managers[_key(d)] = {"kubectl": set(_leaves(d)) - _IDENTITY}
+
+    @property
+    def rbac(self) -> RBACModel:
+        """RBAC as the objects held now define it (re-read after a write of a role, a binding or a Profile)."""
+        if self._rbac is None:
+            self._rbac = RBACModel([d for (k, _, _), d in self.objects.items() if k in RBAC_KINDS])
+        return self._rbac
 
     # --- the API server's checks -------------------------------------------------------------------
     def authorize(self, who: Requester, verb: str, kind: str, namespace: str, name: str = "", api_version: str = ""):
@@ -229,6 +253,40 @@ class Cluster:
         """KFP's SubjectAccessReview (``resource_manager.go`` ``IsAuthorized``): the user name only."""
         return self.rbac.allowed(kfp_requester(who), verb, "pipelines.kubeflow.org", resource, namespace)
 
+    def access_review(self, who: Requester, review: dict) -> dict:
+        """``POST`` of an ``authorization.k8s.io/v1`` ``SubjectAccessReview`` (cluster-scoped: ``who`` needs
+        ``create subjectaccessreviews``) or ``LocalSubjectAccessReview`` (``create localsubjectaccessreviews`` in
+        its namespace, which ``spec.resourceAttributes.namespace`` must equal): the review with ``status.allowed``
+        and ``status.reason`` for ``spec.user`` and ``spec.groups`` (kubernetes/api ``authorization/v1/types.go``
+        ``SubjectAccessReviewSpec``/``SubjectAccessReviewStatus``). Not stored, as on the API server."""
+        kind, spec = review.get("kind"), review.get("spec") or {}
+        ns = (review.get("metadata") or {}).get("namespace", "")
+        attrs = spec.get("resourceAttributes")
+        if kind == "LocalSubjectAccessReview":
+            self.authorize(who, "create", kind, ns, api_version="authorization.k8s.io/v1")
+            if not attrs or attrs.get("namespace") != ns:
+                raise ApiError(400, "BadRequest", f"spec.resourceAttributes.namespace must match namespace: {ns}")
+        elif kind == "SubjectAccessReview":
+            self.authorize(who, "create", kind, "", api_version="authorization.k8s.io/v1")
+        else:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({kind})")
+        if not attrs:
+            raise ApiError(422, "Invalid", "spec.resourceAttributes: Required (non-resource URLs are not modelled)")
+        if not spec.get("user") and not spec.get("groups"):
+            raise ApiError(
+                422, "Invalid", 'spec.user: Invalid value: "": at least one of user or group must be specified'
+            )
+        asked = Requester(spec.get("user", ""), tuple(spec.get("groups") or ()))
+        name = attrs.get("name") or ""
+        resource = attrs.get("resource", "") + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+        why = self.rbac.why(
+            asked, attrs.get("verb", ""), attrs.get("group", ""), resource, attrs.get("namespace", ""), name
+        )
+        status = {"allowed": bool(why)}
+        if why:
+            status["reason"] = "RBAC: allowed by " + "; ".join(why)
+        return {**copy.deepcopy(review), "status": status}
+
     def _admit(self, doc: dict) -> None:
         for check in self.validators:
             try:
@@ -240,6 +298,8 @@ class Cluster:
         kind, ns, name = _key(doc)
         if ns and ns not in self.namespaces:
             raise ApiError(404, "NotFound", f"namespaces {ns!r} not found ({kind} {name})")
+        if kind in RBAC_KINDS:
+            self._rbac = None
         self._rv += 1
         doc = copy.deepcopy(doc)
         meta = doc.setdefault("metadata", {})
@@ -344,6 +404,8 @@ class Cluster:
             return
         del self.objects[(kind, namespace, name)]
         self.managers.pop((kind, namespace, name), None)
+        if kind in RBAC_KINDS:
+            self._rbac = None
 
     def apply(self, who: Requester, doc: dict, manager: str, force: bool = False) -> dict:
         """Server-side apply (``kubectl apply --server-side --field-manager=<manager> [--force-conflicts]``)."""
@@ -576,3 +638,18 @@ class StandInObjects:
 
     def can(self, verb: str, ref: dict) -> bool:
         return self.cluster.can(self.who, verb, ref["kind"], ref["namespace"], ref.get("name", ""))
+
+    def may(self, user: str, groups: tuple[str, ...], verb: str, ref: dict) -> bool:
+        """As ``KubernetesObjects.may``: a LocalSubjectAccessReview in the object's namespace."""
+        from kfrelease.k8s.driver.kserve import GROUPS, PLURALS
+
+        ns = ref["namespace"]
+        attrs = {"verb": verb, "group": GROUPS[ref["kind"]], "resource": PLURALS[ref["kind"]], "namespace": ns}
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "LocalSubjectAccessReview",
+            "metadata": {"namespace": ns},
+            "spec": {"user": user, "groups": list(groups), "resourceAttributes": {**attrs, "name": ref.get("name")}},
+        }
+        answer = self._call(self.cluster.access_review, self.who, review)
+        return bool(answer["status"]["allowed"])

@@ -4,7 +4,8 @@ as a release step talks to the API server. Every request is made as one requeste
 server is started for: authentication is not modelled). Paths served: the namespaced custom objects of the
 kinds the release touches (``/apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>]``: GET, list with an
 equality ``labelSelector``, POST, PUT, merge PATCH, DELETE), the core kinds it touches the same way
-(``/api/v1/namespaces/<ns>/<plural>[/<name>]``: Services) and ``selfsubjectaccessreviews``. Errors are a
+(``/api/v1/namespaces/<ns>/<plural>[/<name>]``: Services), ``selfsubjectaccessreviews`` and
+``[local]subjectaccessreviews`` (``Cluster.access_review``). Errors are a
 ``Status`` with the stand-in's code (403, 404, 409, 422), as the API server answers.
 """
 
@@ -74,6 +75,11 @@ class StandInServer:
             kind = _KINDS[attrs["resource"]]
             allowed = self.cluster.can(self.who, attrs["verb"], kind, attrs["namespace"], attrs.get("name") or "")
             return 201, {**body, "status": {"allowed": allowed}}
+        if parts[-1] in ("subjectaccessreviews", "localsubjectaccessreviews") and verb == "POST":
+            body.setdefault("kind", _KINDS[parts[-1]])
+            if parts[-1] == "localsubjectaccessreviews":  # the namespace of the path is the object's
+                body.setdefault("metadata", {}).setdefault("namespace", parts[-2])
+            return 201, self.cluster.access_review(self.who, body)
         # apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>], or api/v1/namespaces/<ns>/<plural>[/<name>]
         if parts[0] == "api":
             parts = ["api", "", *parts[1:]]

@@ -28,10 +28,12 @@ def kustomize(directory: Path) -> list[dict]:
     return [d for d in yaml.load_all(proc.stdout, Loader=yaml_loader()) if d]
 
 
-def upstream_cluster_roles() -> list[dict]:
-    from kfrelease.k8s.policy.rbac import upstream_cluster_roles as vendored
+def upstream_cluster_roles(env: str = "staging") -> list[dict]:
+    """Kubeflow's ClusterRoles as environment ``env``'s cluster holds them once the runbook ran: its Kubeflow
+    release's, with ``eks/<env>/kubeflow/backports.yaml`` applied over them."""
+    from kfrelease.k8s.policy.rbac import environment_cluster_roles
 
-    return vendored()
+    return environment_cluster_roles(Sources.load(MANIFESTS_DIR).envs.environments[env].kubeflow_version)
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ CI_ROLE_ARN = "arn:aws:iam::{account}:role/kfrelease-ci"
 
 @pytest.fixture(scope="module", params=["staging", "production"])
 def model(request, built):
-    return request.param, RBACModel(built[request.param] + upstream_cluster_roles())
+    return request.param, RBACModel(built[request.param] + upstream_cluster_roles(request.param))
 
 
 def cluster_config(env: str) -> dict:

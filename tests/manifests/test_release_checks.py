@@ -6,6 +6,7 @@ import copy
 import pytest
 
 from kfrelease.k8s.environments import RELEASE_NS
+from kfrelease.k8s.policy.rbac import environment_cluster_roles
 from kfrelease.k8s.policy.release_checks import (
     driver_findings,
     environment_findings,
@@ -19,6 +20,7 @@ SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]
 SPEC = SOURCES.spec
 RBAC = "rbac.authorization.k8s.io"
+ROLES = environment_cluster_roles(ENV.kubeflow_version)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_a_group_binding_and_a_person_who_can_stop_runs_are_rbac_findings(docs):
         ),
         binding("ada-edit", RELEASE_NS, "kubeflow-edit", {"apiGroup": RBAC, "kind": "User", "name": "ada@example.com"}),
     ]
-    found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
+    found = rbac_findings(broken, SPEC, {"kfrelease:ci"}, kubeflow_roles=ROLES)
     assert any("binds group 'data-scientists'" in f for f in found), found
     assert any("User ada@example.com may stop release runs" in f for f in found), found
 
@@ -62,7 +64,7 @@ def test_an_untrusted_step_identity_with_kubeflow_edit_is_an_rbac_finding(docs):
             {"kind": "ServiceAccount", "name": UNTRUSTED_SA, "namespace": RELEASE_NS},
         )
     ]
-    found = rbac_findings(broken, SPEC, {"kfrelease:ci"})
+    found = rbac_findings(broken, SPEC, {"kfrelease:ci"}, kubeflow_roles=ROLES)
     assert any("untrusted steps' service account may terminate runs" in f for f in found), found
     assert any("may delete workflows" in f for f in found) and any("may delete pods" in f for f in found)
 
@@ -72,7 +74,7 @@ def test_a_driver_role_without_the_staging_delete_is_a_driver_finding(docs):
     for d in broken:
         if d["kind"] == "Role" and d["metadata"]["name"] == RELEASE_DRIVER:
             d["rules"] = [r for r in d["rules"] if "delete" not in r["verbs"]]
-    found = driver_findings(broken, SPEC, ENV.production_version, ENV.kserve_version)
+    found = driver_findings(broken, SPEC, ENV.production_version, ENV.kserve_version, kubeflow_roles=ROLES)
     assert len(found) == 2 and all("delete InferenceService" in f and "staging" in f for f in found), found
 
 

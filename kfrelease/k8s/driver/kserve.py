@@ -58,12 +58,14 @@ PLURALS = {
     "VirtualService": "virtualservices",
     "Lease": "leases",
     "Service": "services",
+    "ServiceAccount": "serviceaccounts",
 }
 GROUPS = {
     "InferenceService": "serving.kserve.io",
     "VirtualService": "networking.istio.io",
     "Lease": "coordination.k8s.io",
     "Service": "",
+    "ServiceAccount": "",
 }
 #: What the driver lists: the release's own objects of each kind (a Service only when it is a canary's
 #: ``render.inference.logged_canary_service``: the model's ``<model>-release`` Service is the platform's).
@@ -83,6 +85,10 @@ STRICT = {"field_validation": "Strict"}
 
 class DriverForbidden(KfreleaseError):
     """The release driver's service account may not do an operation a move needs; nothing was sent."""
+
+
+class DriverImpersonable(KfreleaseError):
+    """Another identity may act as the release driver (impersonate its service account); nothing was sent."""
 
 
 class ObjectMissing(KfreleaseError):
@@ -109,6 +115,9 @@ class ClusterObjects(Protocol):
 
     def can(self, verb: str, ref: dict) -> bool:
         """Whether this identity may ``verb`` the object (a SelfSubjectAccessReview)."""
+
+    def may(self, user: str, groups: tuple[str, ...], verb: str, ref: dict) -> bool:
+        """Whether another identity may ``verb`` the object (a LocalSubjectAccessReview in its namespace)."""
 
 
 def _key(doc: dict) -> tuple[str, str, str]:
@@ -181,6 +190,9 @@ class InMemoryObjects:
 
     def can(self, verb: str, ref: dict) -> bool:
         return True
+
+    def may(self, user: str, groups: tuple[str, ...], verb: str, ref: dict) -> bool:
+        return False  # no identities in memory: nobody else acts on these objects
 
 
 class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
@@ -325,6 +337,26 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
         )
         return bool(c.AuthorizationV1Api().create_self_subject_access_review(review).status.allowed)
 
+    def may(self, user: str, groups: tuple[str, ...], verb: str, ref: dict) -> bool:
+        c = self._client
+        review = c.V1LocalSubjectAccessReview(
+            metadata=c.V1ObjectMeta(namespace=ref["namespace"]),
+            spec=c.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=list(groups),
+                resource_attributes=c.V1ResourceAttributes(
+                    verb=verb,
+                    group=GROUPS[ref["kind"]],
+                    resource=PLURALS[ref["kind"]],
+                    namespace=ref["namespace"],
+                    name=ref.get("name"),
+                ),
+            ),
+        )
+        api = c.AuthorizationV1Api()
+        answer = self._call(api.create_namespaced_local_subject_access_review, ref["namespace"], review)
+        return bool(answer.status.allowed)
+
 
 def _missing_message(ref: dict, exc: Exception) -> str:
     return (
@@ -452,6 +484,29 @@ class KServeTrafficDriver:
         ops = [("create", ref_of(d)) for d in plan["create"]]
         ops += [("patch", r) for r in plan["patch"]] + [("delete", r) for r in plan["delete"]]
         return [f"{verb} {r['kind']} {r['namespace']}/{r['name']}" for verb, r in ops if not self.objects.can(verb, r)]
+
+    def check_identity(self) -> None:
+        """Raise ``DriverImpersonable`` (nothing sent) when the identity of every trusted pipeline step, the release
+        namespace's ``default-editor``, may impersonate the release driver's service account: it could then send
+        the driver's writes itself (``kubectl --as=system:serviceaccount:...``), with no pod and no Secret the
+        admission policies see. Kubeflow v1.10.x and v1.11.0 grant it through ``kubeflow-edit``; the install's
+        backport removes it (``kfrelease.k8s.render.kubeflow.kubeflow_backports``), and re-installing Kubeflow puts
+        it back, so every release step asks the API server (a ``LocalSubjectAccessReview`` in the release
+        namespace) before it moves anything."""
+        from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
+        from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
+
+        editor = f"system:serviceaccount:{RELEASE_NS}:{PROFILE_SA}"
+        groups = ("system:serviceaccounts", f"system:serviceaccounts:{RELEASE_NS}", "system:authenticated")
+        driver = {"apiVersion": "v1", "kind": "ServiceAccount", "namespace": RELEASE_NS, "name": RELEASE_DRIVER_SA}
+        if self.objects.may(editor, groups, "impersonate", driver):
+            raise DriverImpersonable(
+                f"{editor} may impersonate the release driver ({RELEASE_NS}/{RELEASE_DRIVER_SA}), so any trusted "
+                "step could move production traffic as it (Kubeflow before 26.03 grants serviceaccounts "
+                "impersonate through kubeflow-edit); apply the backport: kubectl apply --server-side "
+                "--force-conflicts --field-manager=kfrelease -f manifests/eks/<env>/kubeflow/backports.yaml; "
+                "no traffic was moved"
+            )
 
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is

@@ -288,6 +288,7 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
     the groups the committed eksctl access entries map."""
     from kfrelease.k8s.policy import release_checks as rc
     from kfrelease.k8s.policy.istio import upstream_sidecars
+    from kfrelease.k8s.policy.rbac import upstream_cluster_roles
 
     out = []
     for name, env in ctx.environments.items():
@@ -299,8 +300,11 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
             for g in e.get("kubernetesGroups", [])
         }
         spec = ctx.sources.spec
-        messages = rc.rbac_findings(docs, spec, groups) + rc.driver_findings(
-            docs, spec, env.production_version, env.kserve_version
+        # Kubeflow's ClusterRoles of the environment's release, with the committed backports applied over them
+        backports = {d["metadata"]["name"]: d for d in ctx.yaml_docs(f"eks/{name}/kubeflow/backports.yaml")}
+        roles = [backports.get(d["metadata"]["name"], d) for d in upstream_cluster_roles(env.kubeflow_version)]
+        messages = rc.rbac_findings(docs, spec, groups, kubeflow_roles=roles) + rc.driver_findings(
+            docs, spec, env.production_version, env.kserve_version, kubeflow_roles=roles
         )
         # the cluster's Sidecars beyond the overlay: Kubeflow's mesh-wide default and the client namespaces'
         sidecars = upstream_sidecars(env.kubeflow_version) + ctx.yaml_docs(f"eks/{name}/mesh-clients.yaml")

@@ -23,27 +23,38 @@
   ``kubeflow-view`` (kubeflow/dashboard ``components/profile-controller/controllers/profile_controller.go``).
 
 A binding to a role that is neither rendered nor vendored raises, so the evaluator never under-approximates by
-silence. The vendored upstream ClusterRoles are ``schemas/kubeflow/cluster-roles.yaml``.
+silence. The vendored upstream ClusterRoles are ``schemas/kubeflow/cluster-roles/<tag>.yaml``, one file per
+supported Kubeflow release: they differ (kubeflow/manifests v1.10.x and v1.11.0 ``kubeflow-kubernetes-edit``
+grants ``serviceaccounts: [impersonate]``, removed in 26.03 by ce9d368 "block-impersonating-serviceaccounts
+(#3372)"), so an environment is evaluated on the roles of its own ``kubeflow_version``, plus what kfrelease applies
+over them (``kfrelease.k8s.render.kubeflow.kubeflow_backports``: ``environment_cluster_roles``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import yaml
-
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.policy.schemas import yaml_loader
-from kfrelease.resources import resource_path
 
 RBAC = "rbac.authorization.k8s.io"
-UPSTREAM_ROLES = resource_path("schemas") / "kubeflow" / "cluster-roles.yaml"  # vendored, see its SOURCE.md
 SA_PREFIX = "system:serviceaccount:"
 
 
-def upstream_cluster_roles() -> list[dict]:
-    """Kubeflow's ClusterRoles (kubeflow-admin/edit/view and everything aggregated into them), vendored."""
-    return [d for d in yaml.load_all(UPSTREAM_ROLES.read_text(), Loader=yaml_loader()) if d]
+def upstream_cluster_roles(kubeflow_version: str) -> list[dict]:
+    """Kubeflow's ClusterRoles (kubeflow-admin/edit/view and everything aggregated into them) as the manifests of
+    that Kubeflow release install them, vendored; a release without vendored roles is a ``ConfigError``."""
+    from kfrelease.k8s.render.kubeflow import kubeflow_cluster_roles
+
+    return kubeflow_cluster_roles(kubeflow_version)
+
+
+def environment_cluster_roles(kubeflow_version: str) -> list[dict]:
+    """The Kubeflow ClusterRoles a cluster of that release holds once kfrelease's install steps ran: the vendored
+    upstream roles, each one kfrelease replaces (``kubeflow_backports``) replaced."""
+    from kfrelease.k8s.render.kubeflow import kubeflow_backports
+
+    replaced = {d["metadata"]["name"]: d for d in kubeflow_backports(kubeflow_version)}
+    return [replaced.get(d["metadata"]["name"], d) for d in upstream_cluster_roles(kubeflow_version)]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
     kfp_requester,
+    requester_of,
     service_account,
-    upstream_cluster_roles,
 )
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
@@ -21,12 +21,16 @@ KFP = "pipelines.kubeflow.org"
 STOP = ("terminate", "delete", "retry", "archive")
 
 
-def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] | None = None) -> list[str]:
+def rbac_findings(
+    docs: list[dict], spec: RolloutSpec, access_groups: set[str] | None = None, *, kubeflow_roles: list[dict]
+) -> list[str]:
     """Nobody but the platform's own identities can stop a release run; no binding names a group no EKS
-    access entry maps (``access_groups``); the untrusted steps' identity holds no write outside its minimum."""
-    from kfrelease.k8s.render.platform import UNTRUSTED_SA
+    access entry maps (``access_groups``); the untrusted steps' identity holds no write outside its minimum;
+    nobody but the Profile's owner may impersonate the release driver. ``kubeflow_roles``: Kubeflow's ClusterRoles
+    as the cluster holds them (``rbac.environment_cluster_roles(kubeflow_version)``)."""
+    from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, UNTRUSTED_SA
 
-    rbac = RBACModel(docs + upstream_cluster_roles())
+    rbac = RBACModel(docs + kubeflow_roles)
     out = []
     for b in rbac.bindings:
         for s in b.subjects:
@@ -50,6 +54,20 @@ def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] |
     }
     for who in sorted(allowed_to_stop - expected - owners):
         out.append(f"RBAC: {who} may stop release runs in {RELEASE_NS} (terminate/delete/retry/archive)")
+    impersonators = {
+        f"{s['kind']} {s['name']}": requester_of(s, s["bound_in"])
+        for s in rbac.subjects(RELEASE_NS)
+        if s["kind"] in ("User", "ServiceAccount")
+    }
+    for who, requester in sorted(impersonators.items()):
+        why = rbac.why(requester, "impersonate", "", "serviceaccounts", RELEASE_NS, RELEASE_DRIVER_SA)
+        if why and who not in owners:
+            out.append(
+                f"RBAC: {who} may impersonate the release driver ({RELEASE_NS}/{RELEASE_DRIVER_SA}) and use its "
+                f"Role with no pod the admission policies see: {'; '.join(why)}; Kubeflow before 26.03 grants it "
+                "through kubeflow-edit: apply manifests/eks/<env>/kubeflow/backports.yaml (kubectl apply "
+                "--server-side --force-conflicts --field-manager=kfrelease)"
+            )
     untrusted = service_account(RELEASE_NS, UNTRUSTED_SA)
     for verb, group, resource in (
         ("terminate", KFP, "runs"),
@@ -74,8 +92,6 @@ def rbac_findings(docs: list[dict], spec: RolloutSpec, access_groups: set[str] |
 
 
 def _kfp_allowed(rbac: RBACModel, subject: dict, verb: str) -> bool:
-    from kfrelease.k8s.policy.rbac import requester_of
-
     return rbac.allowed(kfp_requester(requester_of(subject, subject["bound_in"])), verb, KFP, "runs", RELEASE_NS)
 
 
@@ -98,14 +114,20 @@ class _RBACObjects:
 
 
 def driver_findings(
-    docs: list[dict], spec: RolloutSpec, production: str, kserve_version: str, domain: str | None = None
+    docs: list[dict],
+    spec: RolloutSpec,
+    production: str,
+    kserve_version: str,
+    domain: str | None = None,
+    *,
+    kubeflow_roles: list[dict],
 ) -> list[str]:
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
     from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
     from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 
-    rbac = RBACModel(docs + upstream_cluster_roles())
+    rbac = RBACModel(docs + kubeflow_roles)
     candidate = "V0.0.0-check"
     uris = {production: "oci://check/production", candidate: "oci://check/candidate"}
     formats = {}
@@ -219,6 +241,7 @@ def environment_findings(src, env) -> list[str]:
     """Every finding above for one environment of ``Sources``, on what the renderers produce now (the
     overlay's documents and the one-time bootstrap)."""
     from kfrelease.k8s.policy.istio import upstream_sidecars
+    from kfrelease.k8s.policy.rbac import environment_cluster_roles
     from kfrelease.k8s.render.egress import mesh_client_sidecars
     from kfrelease.k8s.render.eks import cluster_config
     from kfrelease.k8s.render.tree import environment_documents, inference_documents
@@ -226,8 +249,11 @@ def environment_findings(src, env) -> list[str]:
     docs = environment_documents(src, env) + inference_documents(src.spec, env)
     sidecars = upstream_sidecars(env.kubeflow_version) + mesh_client_sidecars(env, src.spec.serving.namespace)
     groups = _access_groups(cluster_config(env, src.policy, src.spec.serving.namespace, src.workspaces))
+    roles = environment_cluster_roles(env.kubeflow_version)
     return [
-        *rbac_findings(docs, src.spec, groups),
-        *driver_findings(docs, src.spec, env.production_version, env.kserve_version, env.model_domain),
+        *rbac_findings(docs, src.spec, groups, kubeflow_roles=roles),
+        *driver_findings(
+            docs, src.spec, env.production_version, env.kserve_version, env.model_domain, kubeflow_roles=roles
+        ),
         *mesh_findings(docs, src.spec, env.mesh_clients, sidecars),
     ]

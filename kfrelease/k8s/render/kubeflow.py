@@ -16,6 +16,18 @@
 - ``kubeflow_amendments``: fields of Kubeflow-owned objects, applied server-side with field manager
   ``kfrelease`` (so Kubeflow's own apply keeps the rest): ``kubeflow/ml-pipeline-ui`` gets the IRSA role that
   reads the pipeline root (the UI opens the Evidently reports).
+- ``kubeflow_backports``: upstream fixes an older Kubeflow release lacks, as whole objects applied over its own
+  (``kubectl apply --server-side --force-conflicts --field-manager=kfrelease``). One today: kubeflow/manifests
+  v1.10.x and v1.11.0 ``common/kubeflow-roles/base/cluster-roles.yaml`` ``kubeflow-kubernetes-edit`` (aggregated
+  into ``kubeflow-edit``, which the profile controller binds to ``default-editor`` in every Profile namespace) grants
+  ``serviceaccounts: [impersonate]``, so every step running as ``default-editor`` in ``kfrelease-release`` can
+  act as ``kfrelease-release-driver`` (``--as=system:serviceaccount:...``) with no pod and no Secret, where no
+  ValidatingAdmissionPolicy sees it (the request's ``userInfo`` is the impersonated one). 26.03 removed the rule
+  (commit ce9d36841f5ca1bc0788f99c572feaedeced6102, "block-impersonating-serviceaccounts (#3372)", the role
+  otherwise unchanged); the backport is the release's own role without it. ``rules`` is an atomic list, so only a
+  forced apply takes it from Kubeflow's field manager, and re-running Kubeflow's install (``--force-conflicts``
+  too) takes it back: apply the backport after every Kubeflow install; the release driver refuses to move traffic
+  while ``default-editor`` may impersonate it (``KServeTrafficDriver.check_identity``).
 - ``bootstrap_documents``: the production InferenceService and VirtualService at the first version. The
   release driver owns them afterwards, so they are NOT in the re-applied overlay (re-applying it would reset
   a released model to ``production_version``); ``kubectl create`` applies them once and refuses when they exist.
@@ -23,7 +35,15 @@
 
 from __future__ import annotations
 
+import copy
+from functools import cache
+
+import yaml
+
+from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import Environment
+from kfrelease.k8s.versions import kubeflow_ref
+from kfrelease.resources import resource_dir
 
 FIELD_MANAGER = "kfrelease"
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
@@ -34,6 +54,53 @@ OAUTH2_PROXY_EKS_OVERLAY = "common/oauth2-proxy/overlays/m2m-dex-and-eks"
 M2M_REQUEST_AUTHENTICATION = ("istio-system", "m2m-token-issuer")
 INGRESS_GATEWAY = ("istio-system", "istio-ingressgateway")  # common/istio/istio-install/base
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: kubeflow/manifests ce9d368 "block-impersonating-serviceaccounts (#3372)" (in 26.03): the rule it removes from
+#: ``kubeflow-kubernetes-edit``, and the commit, for the backport's annotation
+IMPERSONATE_ROLE = "kubeflow-kubernetes-edit"
+IMPERSONATE_RULE = {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]}
+IMPERSONATE_FIX = "kubeflow/manifests ce9d36841f5ca1bc0788f99c572feaedeced6102 (#3372, in 26.03)"
+BACKPORT_ANNOTATION = "kfrelease.io/backport-of"
+
+
+@cache
+def _vendored_roles(ref: str) -> tuple[dict, ...]:
+    path = resource_dir("schemas") / "kubeflow" / "cluster-roles" / f"{ref}.yaml"
+    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d)
+
+
+def kubeflow_cluster_roles(kubeflow_version: str) -> list[dict]:
+    """Kubeflow's aggregated ClusterRoles as that release's manifests install them (vendored per tag:
+    ``schemas/kubeflow/cluster-roles/<tag>.yaml``); a release without vendored roles is a ``ConfigError``."""
+    ref = kubeflow_ref(kubeflow_version)
+    folder = resource_dir("schemas") / "kubeflow" / "cluster-roles"
+    if not (folder / f"{ref}.yaml").is_file():
+        have = sorted(p.stem.removeprefix("v") for p in folder.glob("*.yaml"))
+        raise ConfigError(
+            f"Kubeflow {kubeflow_version}: no vendored ClusterRoles (schemas/kubeflow/cluster-roles/{ref}.yaml), "
+            f"so its RBAC cannot be evaluated; use one of {', '.join(have)} or vendor that release's roles"
+        )
+    return copy.deepcopy(list(_vendored_roles(ref)))
+
+
+def kubeflow_backports(kubeflow_version: str) -> list[dict]:
+    """The upstream fixes that release lacks, as whole objects to apply over Kubeflow's (see the module
+    docstring): its ``kubeflow-kubernetes-edit`` without ``serviceaccounts: [impersonate]``; none for 26.03."""
+    role = next(d for d in kubeflow_cluster_roles(kubeflow_version) if d["metadata"]["name"] == IMPERSONATE_ROLE)
+    rules = [r for r in role["rules"] if r != IMPERSONATE_RULE]
+    if rules == role["rules"]:
+        return []
+    meta = role["metadata"]
+    return [
+        {
+            "apiVersion": role["apiVersion"],
+            "kind": role["kind"],
+            "metadata": {
+                **meta,
+                "annotations": {**(meta.get("annotations") or {}), BACKPORT_ANNOTATION: IMPERSONATE_FIX},
+            },
+            "rules": rules,
+        }
+    ]
 
 
 def default_storage_class() -> dict:

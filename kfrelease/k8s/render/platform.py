@@ -559,6 +559,23 @@ def release_driver_rbac(serving_ns: str, models: list[str]) -> list[dict]:
             "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": RELEASE_DRIVER},
             "subjects": [{"kind": "ServiceAccount", "name": RELEASE_DRIVER_SA, "namespace": RELEASE_NS}],
         },
+        # the preflight of every release step (``KServeTrafficDriver.check_identity``): may default-editor
+        # impersonate the driver? A LocalSubjectAccessReview answers for this namespace only.
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": _meta(RELEASE_DRIVER, RELEASE_NS),
+            "rules": [
+                {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}
+            ],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(RELEASE_DRIVER, RELEASE_NS),
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": RELEASE_DRIVER},
+            "subjects": [{"kind": "ServiceAccount", "name": RELEASE_DRIVER_SA, "namespace": RELEASE_NS}],
+        },
     ]
 
 

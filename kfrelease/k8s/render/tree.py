@@ -42,6 +42,7 @@ from kfrelease.k8s.render.kubeflow import (
     default_storage_class,
     dex_kustomization,
     kubeflow_amendments,
+    kubeflow_backports,
     kubeflow_ingress,
     oauth2_proxy_kustomization,
 )
@@ -291,6 +292,14 @@ def render_tree(src: Sources | None = None, root: Path = MANIFESTS_DIR) -> dict[
             kubeflow_amendments(env),
             f"manifests/sources/environments.yaml ({env.name}); apply with --server-side --field-manager=kfrelease",
         )
+        backports = kubeflow_backports(env.kubeflow_version)
+        if backports:
+            out[f"eks/{env.name}/kubeflow/backports.yaml"] = _dump_docs(
+                backports,
+                f"manifests/sources/environments.yaml ({env.name}: kubeflow_version) and Kubeflow's vendored "
+                "ClusterRoles (kfrelease.k8s.render.kubeflow.kubeflow_backports); apply after every Kubeflow install "
+                "with --server-side --force-conflicts --field-manager=kfrelease",
+            )
         out[f"eks/{env.name}/mesh-clients.yaml"] = _dump_docs(
             mesh_client_sidecars(env, src.spec.serving.namespace),
             f"manifests/sources/environments.yaml ({env.name}: mesh_clients, kubeflow_version); apply once each "
