@@ -4,7 +4,9 @@
 - ``/v1/models/<name>:predict``, ``/v2/models/<name>/infer`` and the other ``/v[12]/models/<name>...`` paths
   (ready, metadata) go to that model's own primary, canary and shadow; every model has its own traffic
   state (``traffic.json``: ``models.<name>``). An unknown model gets a JSON 404 naming the models served;
-  ``GET /v1/models`` lists them.
+  ``GET /v1/models`` lists them. A call a config does not route goes to the hold, which asks the gateway
+  again until a worker of the installed config answers it (a reload's old workers still accept for a moment:
+  ``kfrelease.stack.hold``).
 - a role with several replicas is an upstream with several servers; a prediction that fails on one (refused,
   reset, 502/503) is sent on to the next (``proxy_next_upstream ... non_idempotent``: a prediction is
   idempotent): one replica's crash fails no request. Production runs on ``KFRELEASE_PRODUCTION_REPLICAS``
@@ -269,6 +271,8 @@ def render_nginx_config(
         hold_port=hold_port,
         read_timeout=READ_TIMEOUT,
         predict_read_timeout=int(READ_TIMEOUT + (hold_seconds if hold_port is not None else 0)),
+        # a call the hold asks the gateway again may be a prediction held in turn
+        resolve_read_timeout=int(READ_TIMEOUT + 2 * hold_seconds),
         run_as_root=run_as_root,
         prefix=str(Path(prefix)),
         max_body=MAX_BODY,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
-from kfrelease.stack.gateway import gateway_service
+from kfrelease.stack.gateway import gateway_dir, gateway_service
 from kfrelease.stack.service import Service, python_service
 from kfrelease.stack.slots import STAGES, predictor_port
 
@@ -59,7 +59,16 @@ def feedback_service(settings: Settings, model: str | None = None) -> Service:
 def hold_service(settings: Settings) -> Service:
     """The gateway's hold (``kfrelease.stack.hold``): the last server of every primary and canary upstream."""
     return python_service(
-        settings, "gateway-hold", "kfrelease.stack.hold", group="serving", startup_timeout=60, restart=True
+        settings,
+        "gateway-hold",
+        "kfrelease.stack.hold",
+        "--gateway-port",
+        str(settings.port("gateway")),
+        "--gateway-config",
+        str(gateway_dir(settings) / "nginx.conf"),
+        group="serving",
+        startup_timeout=60,
+        restart=True,
     )
 
 

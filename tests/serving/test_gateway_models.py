@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -216,3 +218,46 @@ def test_down_stops_the_watchdog_first_and_nothing_restarts(stack):
     assert stopped[0] == "watchdog" and {"gateway", "predictor-production"} <= set(stopped)
     time.sleep(1.5)  # three watchdog intervals: a watchdog still running would have restarted something
     assert supervisor.records(settings) == []
+
+
+def test_a_model_added_by_a_reload_fails_no_request_of_a_client_that_starts_once_it_is_ready(stack):
+    """nginx's reload is not atomic across workers: the master starts the new workers, sleeps 100 ms "to allow
+    them to start", and only then tells the old ones to stop accepting (``ngx_master_process_cycle``,
+    src/os/unix/ngx_process_cycle.c). A client that starts as soon as a new model's readiness answers 200 (from
+    a new worker) may send its next prediction to an old worker, whose config has no route for the model: it
+    must not get the 404 "not served by this gateway". Ten times: the model's routes are removed, then added
+    again while a client polls its readiness and then sends 100 predictions at once."""
+    settings, records = stack
+    _driver(settings, records, "alpha").apply(TrafficState(primary="A1"))
+    beta = _driver(settings, records, "beta")
+    ready, url = settings.url("gateway", "/v1/models/beta"), settings.url("gateway", "/v1/models/beta:predict")
+    failures, answered = [], 0
+
+    def client(stop: threading.Event) -> int:
+        ok = 0
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set() and c.get(ready).status_code != 200:
+                pass
+            for _ in range(100):
+                r = c.post(url, json={"instances": [[1.0, 2.0]]})
+                if r.status_code == 200:
+                    ok += 1
+                else:
+                    failures.append(f"HTTP {r.status_code}: {r.text[:160]}")
+        return ok
+
+    for _ in range(10):
+        beta.forget()
+        gone = predict(settings, "beta")  # a model not served still gets its 404 naming the models served
+        assert gone.status_code == 404 and gone.json()["error"].endswith("it serves: alpha"), gone.text
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            polling = pool.submit(client, stop)
+            try:
+                beta.apply(TrafficState(primary="B1"))
+            except BaseException:
+                stop.set()
+                raise
+            answered += polling.result(timeout=120)
+    assert failures == [], f"{len(failures)} of {answered + len(failures)} failed: {failures[:3]}"
+    assert answered == 1000
