@@ -21,7 +21,9 @@ for the operations kfrelease sends, and says so when it cannot:
   PodDefault webhook as ``components/admission-webhook/main.go`` does (selector and namespace match, env /
   volume conflicts refuse the pod, ``serviceAccountName`` overwritten). ``create_pod``/``update_pod``/``connect``
   then apply the ServiceAccount token and EKS IRSA mutations and the bound ValidatingAdmissionPolicies
-  (``kfrelease.k8s.policy.admission``, on a real CEL interpreter): a denial is a 422 (403 for ``exec``).
+  (``kfrelease.k8s.policy.admission``, on a real CEL interpreter): a denial is a 422 (403 for ``exec``). Every
+  other create, replace, merge patch, server-side apply (``UPDATE``, with ``oldObject``) and delete (``DELETE``:
+  ``object`` null, ``oldObject`` the object) goes through the bound policies too.
 - **Namespaces**: a namespaced object is refused (404 ``NotFound``) unless its namespace exists: a
   ``Namespace`` or Kubeflow ``Profile`` applied, or one of the namespaces an EKS cluster with Kubeflow,
   KServe and kube-prometheus-stack already has (``INSTALLED_NAMESPACES``).
@@ -378,6 +380,7 @@ class Cluster:
         if doc["metadata"].get("resourceVersion") != have["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", f"{kind} {ns}/{name}: the object has been modified")
         self._admit(doc)
+        self.admit(who, "UPDATE", doc, have)
         self._own(manager, (kind, ns, name), have, doc)
         return self._store(doc)
 
@@ -391,6 +394,7 @@ class Cluster:
         new = apply_merge_patch(have, patch)
         new["metadata"].pop("resourceVersion", None)
         self._admit(new)
+        self.admit(who, "UPDATE", new, have)  # the bound ValidatingAdmissionPolicies, as for every write
         self._own(manager, (kind, namespace, name), have, new)
         return self._store(new)
 
@@ -399,6 +403,7 @@ class Cluster:
         have = self.objects.get((kind, namespace, name))
         if have is None:
             raise ApiError(404, "NotFound", f"{kind} {namespace}/{name} not found")
+        self.admit(who, "DELETE", None, have)  # ``object`` is null on DELETE, ``oldObject`` the object
         if have["metadata"].get("finalizers"):  # graceful: the object stays until its finalizers are removed
             have["metadata"].setdefault("deletionTimestamp", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
             return
@@ -434,6 +439,7 @@ class Cluster:
         for p, v in applied.items():
             _set(new, p, v)
         self._admit(new)
+        self.admit(who, "UPDATE", new, have)
         for m, fields in owners.items():
             if m != manager:
                 fields -= set(applied)
@@ -542,12 +548,16 @@ class Cluster:
         self.admit(who, "CREATE", pod)
         return pod
 
-    def admit(self, who: Requester, operation: str, obj: dict, old: dict | None = None, subresource: str = "") -> None:
-        """The bound ValidatingAdmissionPolicies for one request on ``obj`` (raises 422 on a denial)."""
-        kind = obj.get("kind", "Pod")
-        group, resource = resource_of(kind, obj.get("apiVersion", ""))
+    def admit(
+        self, who: Requester, operation: str, obj: dict | None, old: dict | None = None, subresource: str = ""
+    ) -> None:
+        """The bound ValidatingAdmissionPolicies for one request on ``obj`` (``old`` alone on DELETE; raises 422 on
+        a denial)."""
+        ref = obj if obj is not None else old
+        kind = ref.get("kind", "Pod")
+        group, resource = resource_of(kind, ref.get("apiVersion", ""))
         req = AdmissionRequest(
-            operation, resource, obj["metadata"].get("namespace", ""), who.name, obj, old, subresource, group
+            operation, resource, ref["metadata"].get("namespace", ""), who.name, obj, old, subresource, group
         )
         denials = admit(list(self.objects.values()), req)
         if denials:

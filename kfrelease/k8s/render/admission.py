@@ -52,6 +52,17 @@ plane fills such a Secret with a non-expiring token of the service account its a
 v1.11.0 and 26.03 ``common/kubeflow-roles/base/cluster-roles.yaml`` ``kubeflow-kubernetes-edit``) grants
 ``secrets`` create/update/patch and get/list: without it, ``default-editor`` mints and reads a
 ``kfrelease-release-driver`` token with no pod involved, and the pod policies above never see it.
+
+In the serving namespace, ``kfrelease-driver-services`` bounds what the release driver may do with Services. Its
+Role may create, patch and delete Services there (the ``<model>-<version>-logged`` Service of a KServe 0.20
+Standard-mode canary carries the version in its name, so RBAC cannot name it in advance), and whoever may create or
+patch a Service may set ``spec.externalIPs`` (CVE-2020-8554, kubernetes/kubernetes#97076: traffic to those IPs from
+every node and every pod without a sidecar goes to the Service) or ``type: LoadBalancer`` (an AWS load balancer).
+The policy admits the driver's Service writes only in the shape ``inference.logged_canary_service`` renders: a
+ClusterIP Service named ``<model>-<version>-logged`` for a model the platform serves, labelled so, selecting only
+that canary's KServe predictor pods (``app: isvc.<model>-<version>-predictor``), every port to the agent (9081), no
+external IPs; and a delete only of such a Service (``oldObject`` labelled ``kfrelease.io/logged-canary``).
+Requests of any other identity are not matched (review eks3 N2).
 """
 
 from __future__ import annotations
@@ -74,6 +85,7 @@ STEP_IDENTITY_POLICY = "kfrelease-step-identity"
 NO_EXEC_POLICY = "kfrelease-release-no-exec"
 METADATA_CONFIGMAP_POLICY = "kfrelease-metadata-configmap"
 NO_TOKEN_SECRET_POLICY = "kfrelease-no-token-secrets"
+DRIVER_SERVICES_POLICY = "kfrelease-driver-services"
 SA_TOKEN_SECRET = "kubernetes.io/service-account-token"
 #: Argo's workflow controller, as Kubeflow installs it (service account ``argo`` in ``kubeflow``).
 ARGO_CONTROLLER = "system:serviceaccount:kubeflow:argo"
@@ -331,6 +343,53 @@ def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
                 "service account (the release driver's among them); pods get projected tokens",
             }
         ],
+    )
+
+
+def driver_service_policy(serving_ns: str, models: list[str]) -> list[dict]:
+    """The release driver's Service writes in ``serving_ns``, bounded to the logged canary Services of ``models``
+    (DNS slugs, ``inference.production_name``); module docstring."""
+    from kfrelease.k8s.render.inference import AGENT_PORT, LOGGED_CANARY_LABEL, VERSION_LABEL
+
+    driver = f"system:serviceaccount:{RELEASE_NS}:{RELEASE_DRIVER_SA}"
+    labels = "object.metadata.labels"
+    model, version = f"{labels}[{_cel('kfrelease.io/model')}]", f"{labels}[{_cel(VERSION_LABEL)}]"
+    writes = "request.operation == 'DELETE' || "
+    return _policy(
+        DRIVER_SERVICES_POLICY,
+        serving_ns,
+        ["CREATE", "UPDATE", "DELETE"],
+        ["services"],
+        [
+            {
+                "expression": "request.operation != 'DELETE' || (has(oldObject.metadata.labels) && "
+                f"{_cel(LOGGED_CANARY_LABEL)} in oldObject.metadata.labels && "
+                f"oldObject.metadata.labels[{_cel(LOGGED_CANARY_LABEL)}] == 'true')",
+                "message": "the release driver deletes only the logged canary Services it created",
+            },
+            {
+                "expression": writes + f"(has(object.metadata.labels) && {_cel(LOGGED_CANARY_LABEL)} in {labels} && "
+                f"{labels}[{_cel(LOGGED_CANARY_LABEL)}] == 'true' && {_cel('kfrelease.io/model')} in {labels} && "
+                f"{model} in {_cel(models)} && {_cel(VERSION_LABEL)} in {labels} && "
+                f"object.metadata.name == {model} + '-' + {version} + '-logged')",
+                "message": f"the release driver writes only Services named <model>-<version>-logged with labels "
+                f"{LOGGED_CANARY_LABEL}=true, kfrelease.io/model (one of {', '.join(models)}) and {VERSION_LABEL}",
+            },
+            {
+                "expression": writes + "((!has(object.spec.type) || object.spec.type == 'ClusterIP') && "
+                "(!has(object.spec.externalIPs) || size(object.spec.externalIPs) == 0))",
+                "message": "the release driver's Services are ClusterIP with no externalIPs (CVE-2020-8554)",
+            },
+            {
+                "expression": writes + "(has(object.spec.selector) && size(object.spec.selector) == 1 && "
+                "'app' in object.spec.selector && "
+                f"object.spec.selector['app'] == 'isvc.' + {model} + '-' + {version} + '-predictor' && "
+                f"has(object.spec.ports) && object.spec.ports.all(p, has(p.targetPort) && p.targetPort == {AGENT_PORT}))",
+                "message": "a logged canary Service selects only its canary's predictor pods "
+                f"(app: isvc.<model>-<version>-predictor) and sends every port to the KServe agent ({AGENT_PORT})",
+            },
+        ],
+        match_conditions=[{"name": "release-driver", "expression": f"request.userInfo.username == {_cel(driver)}"}],
     )
 
 

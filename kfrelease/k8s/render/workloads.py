@@ -11,6 +11,7 @@ import json
 from importlib import resources
 
 from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, RELEASE_NS, Environment
+from kfrelease.k8s.render.admission import driver_service_policy
 from kfrelease.k8s.render.inference import (
     KNATIVE_USER_PORT_NAME,
     PREDICTOR_PORT_NAME,
@@ -157,6 +158,7 @@ def serving_documents(
         render_serving_runtime(spec, env.project_image),
         service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
+        *driver_service_policy(ns, [production_name(s) for s in models or (spec,)]),
         *[render_release_service(s) for s in models or (spec,)],
         *serving_policies(
             ns,
