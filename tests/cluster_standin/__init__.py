@@ -60,6 +60,7 @@ import base64
 import copy
 import datetime as _dt
 import json
+import threading
 import uuid as _uuid
 from collections.abc import Callable, Iterable
 
@@ -218,6 +219,9 @@ class Cluster:
             kubeflow_roles = environment_cluster_roles(Environment.kubeflow_version)
         docs = [copy.deepcopy(d) for d in [*kubeflow_roles, *docs]]
         self._rbac: RBACModel | None = None
+        #: one request at a time, as ``StandInObjects`` and ``StandInServer`` send them (the release Lease's
+        #: renewal thread writes beside the step's own requests; the stand-in itself is not thread-safe)
+        self.lock = threading.RLock()
         #: the cluster's KServe: its CRD schemas and admission rules (``kfrelease.k8s.versions``)
         self.kserve = kserve
         self.validators = list(validators) if validators is not None else [lambda d: validate(d, kserve=kserve)]
@@ -597,7 +601,8 @@ class StandInObjects:
 
     def _call(self, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with self.cluster.lock:
+                return fn(*args, **kwargs)
         except ApiError as exc:
             if exc.status == 403:
                 raise DriverForbidden(str(exc)) from None
@@ -647,7 +652,8 @@ class StandInObjects:
                 raise
 
     def can(self, verb: str, ref: dict) -> bool:
-        return self.cluster.can(self.who, verb, ref["kind"], ref["namespace"], ref.get("name", ""))
+        with self.cluster.lock:
+            return self.cluster.can(self.who, verb, ref["kind"], ref["namespace"], ref.get("name", ""))
 
     def may(self, user: str, groups: tuple[str, ...], verb: str, ref: dict) -> bool:
         """As ``KubernetesObjects.may``: a LocalSubjectAccessReview in the object's namespace."""

@@ -26,7 +26,7 @@ class StandInServer:
 
     def __init__(self, cluster: Cluster, who):
         self.cluster, self.who = cluster, who
-        self.lock = threading.Lock()  # the stand-in is not thread-safe; the API server serializes per object
+        self.lock = cluster.lock  # the stand-in is not thread-safe; the API server serializes per object
         self.requests: list[tuple[str, str]] = []
         outer = self
 

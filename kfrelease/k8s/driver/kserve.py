@@ -19,8 +19,8 @@ clients is never the one missing.
 
 One release per model at a time: the driver holds the model's ``coordination.k8s.io`` Lease
 (``ClusterReleaseLock``) from its first move to the move that leaves one version serving, renewing it on each
-move and while the release waits (``wait``, readiness waits: every ``RENEW_INTERVAL_SECONDS`` of a
-``LEASE_DURATION_SECONDS`` Lease); a second release of the same model is refused before it sends anything
+move, while the release waits (``wait``, readiness waits) and from the lock's renewal thread whatever the step
+does meanwhile (every ``RENEW_INTERVAL_SECONDS`` of a ``LEASE_DURATION_SECONDS`` Lease); a second release of the same model is refused before it sends anything
 (``Conflict``), and a release whose renewal finds the Lease taken moves nothing more (``LeaseLost``). The traffic
 state is recorded on the VirtualService (``kfrelease.io/traffic-state``), so a re-run after an eviction
 starts from ``current()`` as the cluster holds it, and the same candidate's re-run takes its lock back.
@@ -411,10 +411,13 @@ class KServeTrafficDriver:
 
     # --- the model's Lease while the release waits ---------------------------------------------------
     def _acquire(self) -> None:
+        if self.lock.lost and not self._lost:
+            self._lost = str(self.lock.lost)
         if self._lost:
             raise LeaseLost(f"{self._lost}; nothing was sent")
         self.lock.acquire()
         self._holding, self._renewed = True, self.clock()
+        self.lock.start_renewing(self.renew_seconds)  # renewed whatever the step does until released or lost
 
     def _release(self) -> None:
         self.lock.release()
@@ -426,6 +429,9 @@ class KServeTrafficDriver:
         nothing more: the release stops moving traffic and says so."""
         if not self.lock or not self._holding:
             return
+        if self.lock.lost:  # the renewal thread found the Lease taken: nothing more is sent
+            self._lost, self._holding = str(self.lock.lost), False
+            raise self.lock.lost
         now = self.clock()
         if not force and self._renewed and (now - self._renewed).total_seconds() < self.renew_seconds:
             return

@@ -7,11 +7,20 @@ Times are ``metav1.MicroTime``: the API server writes them as RFC 3339 with micr
 ``kubernetes/client/api_client.py``: ``__deserialize_datetime`` uses ``dateutil.parser.parse``,
 ``sanitize_for_serialization`` calls ``isoformat()``). ``parse_micro_time`` reads every one of these forms;
 ``lease_as_dict`` is the one conversion from the client's typed ``V1Lease``.
+
+While a release holds the Lease, a daemon thread of the lock renews it every ``RENEW_INTERVAL_SECONDS``
+(``ClusterReleaseLock.start_renewing``), whatever the release step is doing meanwhile: a gate evaluation over a
+large window or any other step that does not wait through the driver no longer lets it expire (review eks3 N4;
+client-go's leader election renews from its own goroutine the same way). The thread stops when the lock is
+released or lost; a loss is kept in ``lost`` and raised as ``LeaseLost`` in the owner at its next renewal, before it
+sends anything more. One Lease operation runs at a time (the owner's and the thread's share a mutex).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 from typing import TYPE_CHECKING
 
 from kfrelease.errors import Conflict, KfreleaseError
@@ -21,6 +30,7 @@ if TYPE_CHECKING:
     from kfrelease.k8s.driver.kserve import ClusterObjects
 
 LEASE_API = "coordination.k8s.io/v1"
+log = logging.getLogger(__name__)
 
 
 #: How long a model's release Lease holds without a renewal, and how often a release step renews it while it
@@ -93,6 +103,48 @@ class ClusterReleaseLock:
             "namespace": spec.serving.namespace,
             "name": release_lease_name(production_name(spec)),
         }
+        self._mutex = threading.RLock()  # one Lease operation at a time: the owner's and the renewal thread's
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        #: why the renewal thread stopped renewing: the Lease is another release's now (raised in the owner)
+        self.lost: LeaseLost | None = None
+
+    @property
+    def renewing(self) -> bool:
+        """Whether the renewal thread runs."""
+        return bool(self._renewer and self._renewer.is_alive())
+
+    def start_renewing(self, interval: float) -> None:
+        """Renew the Lease every ``interval`` seconds from a daemon thread until ``release`` or ``stop_renewing``,
+        or until a renewal finds the Lease taken (kept in ``lost``; the thread stops). An API error is logged and
+        retried at the next interval: the Lease lasts ``duration`` seconds, ten intervals by default. Nothing if
+        the thread already runs."""
+        if self.renewing:
+            return
+        stop = self._stop = threading.Event()
+        where = f"{self.ref['namespace']}/{self.ref['name']}"
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    with self._mutex:
+                        if stop.is_set():
+                            return
+                        self.renew()
+                except LeaseLost as exc:
+                    self.lost = exc
+                    log.error("%s", exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the next interval tries again; the Lease still holds
+                    log.warning("renewing the Lease %s failed (%s); trying again in %g s", where, exc, interval)
+
+        self._renewer = threading.Thread(target=run, name=f"lease-renewal-{self.ref['name']}", daemon=True)
+        self._renewer.start()
+
+    def stop_renewing(self) -> None:
+        """Stop the renewal thread (it ends after a renewal under way; never waited for: a release step after
+        SIGTERM has about one second)."""
+        self._stop.set()
 
     def _expired(self, lease: dict) -> bool:
         spec = lease.get("spec") or {}
@@ -103,6 +155,10 @@ class ClusterReleaseLock:
 
     def acquire(self) -> None:
         """Take or renew the lock; ``Conflict`` when another release holds it."""
+        with self._mutex:
+            self._acquire()
+
+    def _acquire(self) -> None:
         now = _micro_time(self.clock())
         lease = self.objects.get(self.ref)
         if lease is None:
@@ -143,6 +199,10 @@ class ClusterReleaseLock:
         """Renew the Lease this release holds: read it, move ``renewTime``, write it back with the
         ``resourceVersion`` read (client-go's leader election does the same; a write in between is a 409 and
         the Lease is read again). ``LeaseLost`` when another release holds it now."""
+        with self._mutex:
+            self._renew()
+
+    def _renew(self) -> None:
         where = f"{self.ref['namespace']}/{self.ref['name']}"
         for _attempt in range(3):
             lease = self.objects.get(self.ref)
@@ -164,6 +224,11 @@ class ClusterReleaseLock:
         raise LeaseLost(f"the release of {self.holder} could not renew the Lease {where}: it is written concurrently")
 
     def release(self) -> None:
+        self.stop_renewing()
+        with self._mutex:
+            self._release()
+
+    def _release(self) -> None:
         lease = self.objects.get(self.ref)
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.holder:
             return
