@@ -143,7 +143,8 @@ VARIABLES: tuple[Variable, ...] = (
         "bool",
         False,
         "refuse to load a pickled model in this process (set by the pipelines on every step that is not "
-        "untrusted: no trusted or release step runs code from a model file)",
+        "untrusted, and by a cluster's ServingRuntime on every model server: no trusted or release step and no "
+        "cluster predictor runs code from a model file)",
         "pipelines",
     ),
     Variable(

@@ -198,9 +198,45 @@ def refuse_pickle_here() -> None:
     (``KFRELEASE_REFUSE_PICKLE``, set on those tasks by the pipelines): a pickle runs code when it is read."""
     if setting("KFRELEASE_REFUSE_PICKLE"):
         raise PickleRefused(
-            "this step runs no model code (KFRELEASE_REFUSE_PICKLE): a pickled model is read only by the "
-            "untrusted steps (train, score-champion) and the model servers"
+            "this process runs no model code (KFRELEASE_REFUSE_PICKLE): a pickled model is read only by the "
+            "untrusted steps (train, score-champion) and the embedded stack's model servers; a cluster serves a "
+            "version's ONNX or booster file"
         )
+
+
+#: Where model servers refuse pickles (``KFRELEASE_TARGET``): DESIGN's "the scikit-learn pickle only where the
+#: model's own code runs anyway", per target. On a cluster a predictor's identity (its pod's service account, the
+#: peer identity Istio gives every container of the pod) is what the log sink trusts: the KServe agent's events
+#: carry nothing but attributes (kserve/kserve@v0.20.0 ``pkg/logger/worker.go``), so code running in a predictor
+#: could post any model's, stage's and version's events, i.e. write the shadow gate's and the canary's evidence.
+#: The model's own code runs there nowhere else (train and score-champion run as the untrusted identity, which
+#: reaches no sink), so its predictors read no pickle and a version served from one is not staged. On the
+#: embedded stack every process runs as the machine's one user, and the merge's ``train`` step already runs the
+#: same code with every credential file readable (docs/platform-engineer-eks.md): a pickle in a local model
+#: server adds nothing that code could not do, so the pickle serves there as the fallback.
+PICKLE_REFUSING_TARGETS = frozenset({"cluster"})
+
+
+def model_servers_refuse_pickles(target: str | None = None) -> bool:
+    """True when the model servers of ``target`` (default: this process's ``KFRELEASE_TARGET``) refuse pickles."""
+    return (target if target is not None else setting("KFRELEASE_TARGET") or "embedded") in PICKLE_REFUSING_TARGETS
+
+
+def refuse_pickle_serving(entry: dict, what: str, outcome: str = "it is not staged", target: str | None = None) -> None:
+    """ConfigError when ``what`` (``<model> <V>``, its registry ``entry``) would be served from a flavour whose
+    loading runs code on a target whose model servers refuse pickles (``model_servers_refuse_pickles``); the
+    message says the ``outcome`` (what the caller does not do) and how to make the model servable."""
+    flavour = flavour_of(entry)
+    if not flavour.runs_code or not model_servers_refuse_pickles(target):
+        return
+    artifact = entry.get("artifact") or {}
+    why = artifact.get("fallback") or artifact.get("served_because") or "no flavour that loads without code verified"
+    raise ConfigError(
+        f"{what} is served from a pickle ({flavour.name}: {why}); a cluster's model servers refuse pickles (it would "
+        f"run the model's code in the identity that writes the gates' evidence), so {outcome}: make the model "
+        "convertible (ONNX through skl2onnx, or a bare XGBRegressor / LGBMRegressor for its booster file; "
+        "docs/training.md, 'Model flavours') and merge again"
+    )
 
 
 def _joblib_load(source) -> Any:

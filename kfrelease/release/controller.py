@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kfrelease.config import Settings, setting
-from kfrelease.errors import KfreleaseError
+from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.registry.artifact import refuse_pickle_serving
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
 from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
@@ -380,6 +381,10 @@ class ReleaseController:
                 "enough on its own; set at least one of validation.max_rmse, validation.max_mse, "
                 "validation.max_mae or validation.min_r2 in model.yaml and merge again; no traffic was moved"
             )
+        try:  # on a cluster no predictor reads a pickle, and the evidence is only as good as that (review eks4 R2)
+            refuse_pickle_serving(mv.entry, f"{model} {candidate}", "no traffic was moved")
+        except ConfigError as exc:
+            raise ReleaseError(str(exc)) from None
         production = self.registry.current(model, "production")
         if production is not None and production.version == candidate:
             raise ReleaseError(f"{model} {candidate} is already in production; no traffic was moved")

@@ -19,6 +19,7 @@ import httpx
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
+from kfrelease.registry.artifact import model_servers_refuse_pickles
 from kfrelease.serving.host import (
     CONTROL_PATH,
     SYNC_PATH,
@@ -45,13 +46,14 @@ class ModelServerError(StackError):
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
-    """What a model server needs to find its stack (recorded, so a restart by the watchdog finds it too). A model
-    server is where a model's code runs (as the serving identity): started by a release step, which refuses
-    pickles itself, it must not inherit that refusal (``KFRELEASE_REFUSE_PICKLE``)."""
+    """What a model server needs to find its stack (recorded, so a restart by the watchdog finds it too). Started
+    by a release step, which refuses pickles itself, a local model server does not inherit that refusal: on one
+    machine a pickle serves as the fallback (``artifact.PICKLE_REFUSING_TARGETS`` says why; a cluster's refuse)."""
+    refuse = model_servers_refuse_pickles("embedded")
     return {
         "KFRELEASE_HOME": str(settings.home),
         "KFRELEASE_PORT_OFFSET": str(settings.port_offset),
-        "KFRELEASE_REFUSE_PICKLE": "0",
+        "KFRELEASE_REFUSE_PICKLE": "1" if refuse else "0",
     }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfrelease.config import Settings
-from kfrelease.registry.artifact import DEFAULT_FLAVOUR, flavour_named
+from kfrelease.registry.artifact import DEFAULT_FLAVOUR, flavour_named, refuse_pickle_serving
 from kfrelease.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,9 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
 
 
 def deploy_staging_step(model: str, version: str, run_id: str, settings: Settings | None = None) -> str:
-    """Mark the version as the staging candidate (idempotent: no second event if it already is)."""
+    """Mark the version as the staging candidate (idempotent: no second event if it already is). On a target whose
+    model servers refuse pickles (a cluster: ``artifact.refuse_pickle_serving``) a version served from one is not
+    staged: ConfigError (not retried) saying how to make it servable."""
     from kfrelease.registry import ModelRegistry
 
     reg = ModelRegistry(step_store(settings))
@@ -535,6 +537,7 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
         return mv.stage or "rejected"
     if mv.stage is not None:  # already staged (or promoted/archived since): a re-run changes nothing
         return mv.stage
+    refuse_pickle_serving(mv.entry, f"{model} {version}")
     reg.set_stage(
         model,
         version,

@@ -16,6 +16,13 @@ import pandas as pd
 from kfrelease.config import Settings
 from kfrelease.data.features import diabetes_features
 from kfrelease.demo.data import diabetes_frame
+from kfrelease.registry.artifact import (
+    artifact_record,
+    convert_flavours,
+    flavour_named,
+    input_columns,
+    load_model_dir,
+)
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 from kfrelease.stack.serving import predictor_service
@@ -35,9 +42,11 @@ def make_model_dir(
     name: str = "diabetes-progression",
     version: str = "V1.1.0",
     offset: float = 0.0,
+    flavour: str = "sklearn",
 ) -> Path:
     """Fit a small non-linear regressor on the curated columns and write model.joblib + model.json
-    (docs/CONTRACTS.md, "Model directory")."""
+    (docs/CONTRACTS.md, "Model directory"); ``flavour`` ``onnx``: also its verified ONNX file, served (what a
+    cluster's model servers need: they refuse pickles)."""
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -58,12 +67,22 @@ def make_model_dir(
         "target": TARGET,
         "metrics": {},
     }
+    if flavour != "sklearn":
+        columns = input_columns(entry["input_schema"])
+        converted = convert_flavours(model, columns, frame[FEATURES].astype("float64"), wanted=flavour)
+        assert converted.checks[flavour].verified, converted.checks[flavour].describe()
+        (d / flavour_named(flavour).file).write_bytes(converted.files[flavour])
+        entry["artifact"] = artifact_record(converted.checks, flavour, "", flavour)
     (d / "model.json").write_text(json.dumps(entry, indent=2))
     return d
 
 
 def expected_predictions(model_dir: Path, rows: pd.DataFrame) -> list[float]:
-    """What the joblib model itself answers (the same call as training's evaluation)."""
+    """What the joblib model itself answers (the same call as training's evaluation); for a directory served from
+    another flavour, what that flavour's file answers (the model server's own call)."""
+    loaded = load_model_dir(model_dir)
+    if not loaded.flavour.runs_code:
+        return loaded.predict(rows[FEATURES].astype("float64")).tolist()
     model = joblib.load(Path(model_dir) / "model.joblib")
     return np.asarray(model.predict(rows[FEATURES].astype("float64")), dtype="float64").ravel().tolist()
 

@@ -220,3 +220,42 @@ def test_register_refuses_an_onnx_file_that_is_not_the_one_evaluate_verified(pro
     with pytest.raises(KfreleaseError, match="is not the file evaluate verified"):
         register_step(spec, sha, "d1", "", paths["m.joblib"], evidence, {"passed": False}, onnx_path=paths["m.onnx"])
     assert ModelRegistry(store_for("pipeline")).list(name) == []  # nothing was registered
+
+
+@pytest.mark.integration
+def test_a_version_served_from_a_pickle_is_staged_on_one_machine_and_never_for_a_cluster(project, stack, monkeypatch):
+    """One rule, both targets (``artifact.model_servers_refuse_pickles``): a pickle serves only where the model's own
+    code runs anyway with every right a model server has. A cluster's predictors refuse pickles (the predictor's
+    identity writes the gates' evidence: review eks4 R2), so deploy-staging stages no version served from one, and
+    a release refuses it before moving traffic; on one machine the merge's ``train`` already runs that code as the
+    one user, so the pickle serves there as the fallback."""
+    from kfrelease.errors import ConfigError
+    from kfrelease.release.controller import ReleaseController, ReleaseError
+    from kfrelease.rollout.spec import load_rollout_spec
+    from kfrelease.training.steps import deploy_staging_step
+
+    repo, shas, name = project
+    first, sha = load_project_at_commit(repo, shas[0])
+    squared = parse_spec(spec_variant(2, first.text), code={"model.py": SQUARED})  # does not convert: sklearn
+    registry = ModelRegistry(store_for("pipeline"))
+
+    monkeypatch.setenv("KFRELEASE_TARGET", "cluster")  # deploy-staging's PodDefault (kfrelease-kfp-api) sets it
+    with pytest.raises(ConfigError) as refused:
+        run_inline(squared, sha, containerize=False)
+    message = str(refused.value)
+    assert "is served from a pickle (sklearn: kept sklearn: onnx: conversion failed" in message, message
+    assert "a cluster's model servers refuse pickles" in message and "it is not staged" in message
+    assert "make the model convertible" in message and "\n" not in message
+    (pickled,) = registry.list(name)
+    assert pickled.passed and pickled.stage is None  # registered, validated, not staged
+    onnx = run_inline(parse_spec(spec_variant(1, first.text, tag=2)), sha, containerize=False)
+    assert onnx.stage == "staging"  # a version served from ONNX is staged for a cluster
+
+    monkeypatch.delenv("KFRELEASE_TARGET")
+    assert deploy_staging_step(name, pickled.version, "r") == "staging"  # one machine: the pickle is the fallback
+    controller = ReleaseController(
+        Settings.from_env(), load_rollout_spec(model=name), None, signals=lambda v: None, production_scorer=None
+    )
+    monkeypatch.setenv("KFRELEASE_TARGET", "cluster")  # a release step on a cluster, of a version staged earlier
+    with pytest.raises(ReleaseError, match=r"served from a pickle .*so no traffic was moved: make the model"):
+        controller.preflight(pickled.version)

@@ -182,7 +182,7 @@ def test_a_process_that_refuses_pickles_cannot_read_a_model_file(tmp_path, monke
     (tmp_path / "model.json").write_text('{"name": "m", "input_schema": [{"name": "x", "dtype": "float64"}]}')
     assert load_model_dir(tmp_path).estimator.predict([[2.0]])[0] == pytest.approx(2.0)
     monkeypatch.setenv("KFRELEASE_REFUSE_PICKLE", "1")
-    with pytest.raises(PickleRefused, match="this step runs no model code"):
+    with pytest.raises(PickleRefused, match="this process runs no model code"):
         flavour.load(path)
     with pytest.raises(PickleRefused):
         load_model_dir(tmp_path)

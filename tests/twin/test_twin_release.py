@@ -160,8 +160,8 @@ def release_step_env(cluster: Cluster, twin: Twin, home) -> dict[str, str]:
 def twin(tmp_path, stack):
     rows = curated_frame().head(40)
     dirs = {
-        V1: make_model_dir(tmp_path / "models", SPEC.model, V1),
-        V2: make_model_dir(tmp_path / "models2", SPEC.model, V2, offset=25.0),
+        V1: make_model_dir(tmp_path / "models", SPEC.model, V1, flavour="onnx"),
+        V2: make_model_dir(tmp_path / "models2", SPEC.model, V2, offset=25.0, flavour="onnx"),
     }
     client = principal(ENV.mesh_clients[0], "default")
     t = Twin(

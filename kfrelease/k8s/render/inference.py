@@ -644,10 +644,13 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
         V1alpha1ServingRuntimeSpec,
         V1alpha1SupportedModelFormat,
     )
-    from kubernetes.client import V1Container, V1ContainerPort, V1ObjectMeta
+    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta
 
-    from kfrelease.registry.artifact import model_formats
+    from kfrelease.registry.artifact import model_formats, model_servers_refuse_pickles
 
+    # no pickle is read in a predictor: its service account is the identity the log sink trusts (review eks4 R2;
+    # ``artifact.PICKLE_REFUSING_TARGETS``); the ModelCar's pickle-served version stops at load with the reason
+    refuse = V1EnvVar(name="KFRELEASE_REFUSE_PICKLE", value="1" if model_servers_refuse_pickles("cluster") else "0")
     container = V1Container(
         name="kserve-container",
         image=image,
@@ -670,6 +673,7 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
             "--stage",
             "$(KFRELEASE_STAGE)",
         ],  # no --logger-url: on a cluster the InferenceService's logger (the KServe agent) sends the events
+        env=[refuse],
         # "http1": Knative accepts only h2c/http1 (and renames it user-port in the pod); raw mode keeps it
         ports=[V1ContainerPort(name=PREDICTOR_PORT_NAME, container_port=8080, protocol="TCP")],
     )
