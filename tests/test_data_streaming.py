@@ -142,20 +142,21 @@ def test_a_gzip_source_reads_like_the_plain_one():
         list(read_batches(io.BytesIO(gzip.compress(plain)[:-100]), WHERE + "b.csv.gz"))
 
 
-def test_the_unique_check_finds_repeats_among_more_values_than_its_memory_holds():
+def test_the_unique_check_finds_repeats_among_more_values_than_its_memory_holds(monkeypatch):
     """The 100x publish benchmark (470M patient ids) stopped at the unique-column check with DuckDB's
     out-of-memory error: a GROUP BY over a unique column keeps one hash entry per value and does not spill. The
     same failure at test scale: 60M distinct values under a 64 MB limit (it failed before the sort-based query,
     which spills); the repeats planted among them are found, each once."""
     import pandas as pd
 
+    from kfrelease.data import validate
     from kfrelease.data.validate import Duplicates
 
+    monkeypatch.setattr(validate, "DUPLICATES_MEMORY", "64MB")
     found = Duplicates(spec_for("demo"))  # the diabetes spec: patient_id is its unique column
     found.add("patient_id", pd.Series([7, 123], dtype="int64"))
-    found._spill()  # the DuckDB path, as after IN_MEMORY_VALUES
-    found._sql("INSERT INTO u0 SELECT range::BIGINT + 1 FROM range(60000000)")
-    found._sql("SET memory_limit = '64MB'")
+    for start in range(0, 60_000_000, 5_000_000):  # beyond IN_MEMORY_VALUES: to the values' file
+        found.add("patient_id", pd.Series(np.arange(start + 1, start + 5_000_001, dtype=np.int64)))
     try:
         found.finish()
         assert found.count("patient_id") == 2
@@ -163,3 +164,43 @@ def test_the_unique_check_finds_repeats_among_more_values_than_its_memory_holds(
         assert found.mask("patient_id", pd.Series([6, 7, 123, 60000001])).tolist() == [False, True, True, False]
     finally:
         found.close()
+    assert found._dir is None
+
+
+_PASS_PEAK = """
+import sys
+import numpy as np, pandas as pd
+from kfrelease.data.spec import load_spec
+from kfrelease.data.validate import Duplicates
+
+def hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+
+found = Duplicates(load_spec("diabetes"))
+found.add("patient_id", pd.Series(np.arange(2_000_000, dtype=np.int64)))  # past IN_MEMORY_VALUES: the spill path
+before = hwm()
+for start in range(2_000_000, int(sys.argv[1]), 127_000):  # a validation batch's ids at a time
+    found.add("patient_id", pd.Series(np.arange(start, start + 127_000, dtype=np.int64)))
+print(hwm() - before)
+found.close()
+"""
+
+
+def _pass_peak(values: int) -> float:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PASS_PEAK, str(values)], capture_output=True, text=True, timeout=300, check=True
+    )
+    return float(done.stdout.split()[-1])
+
+
+def test_the_unique_check_holds_the_same_memory_during_the_pass_at_any_size():
+    """Issue 26: the publish benchmark's peak grew with the file (695 MiB at 1x, 851 at 10x, 1,085 at 100x) because
+    the unique column's values went into a DuckDB table during the validation pass, whose memory grew with the
+    values read (to its limit and beyond: about 90 MB more at 47M values than at 4.7M, 170 MB more at 470M than at
+    47M). Adding 60M values a batch at a time raised the process's peak by 91 MB on main; now the values go
+    to a file and the pass holds the same few MB whatever their number."""
+    assert _pass_peak(60_000_000) < 32
