@@ -49,6 +49,8 @@ WORKSPACE_IMAGE_NAME = "kfrelease-workspace"
 BASE_IMAGE = f"{PROJECT_IMAGE_NAME}:base"
 BASE_WORKSPACE_IMAGE = f"{WORKSPACE_IMAGE_NAME}:base"
 BASE_ACCOUNT = "ACCOUNT_ID"  # placeholder in the base; every overlay replaces it
+BASE_IMAGE_DIGEST = "sha256:" + "0" * 64  # placeholder in the base; every overlay replaces it
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 BASE_BUCKET_PREFIX = "BUCKET_PREFIX-"
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -97,6 +99,16 @@ class Environment:
     #: truth decides both release gates: no one else may post it from outside the mesh
     #: (``kfrelease.k8s.render.mesh.feedback_gateway_policy``), and the gates count no other label.
     label_sources: tuple[str, ...] = ()
+    #: The digest of ``kfrelease:<image_tag>`` in this environment's ECR (what ci/github/kfrelease-image.yaml
+    #: pushed: ``aws ecr describe-images --repository-name kfrelease --image-ids imageTag=<image_tag>``). The release
+    #: steps' admission policy admits the release driver's pods only on this image (review 4 R5: any digest of the
+    #: repository let an older platform release's code run as the driver); empty: no release step is admitted.
+    image_digest: str = ""
+
+    @property
+    def platform_image(self) -> str:
+        """The project image of this platform release by digest (``<registry>/kfrelease@sha256:...``), or ""."""
+        return f"{self.registry}/{PROJECT_IMAGE_NAME}@{self.image_digest}" if self.image_digest else ""
 
     @property
     def label_source_users(self) -> tuple[str, ...]:
@@ -168,6 +180,7 @@ def base_environment() -> Environment:
         kubernetes_version="1.33",
         bucket_prefix=BASE_BUCKET_PREFIX,
         image_tag="base",
+        image_digest=BASE_IMAGE_DIGEST,
         nodes={},
         logsink_replicas=1,
     )
@@ -221,6 +234,11 @@ def load_environments(path: str | Path | None = None) -> Environments:
                 raise ConfigError(
                     f"{path}: environment {name!r} kubeflow_version {env.kubeflow_version!r} is not supported; "
                     f"use one of {', '.join(KUBEFLOW_KSERVE)} (kfrelease/k8s/versions.py)"
+                )
+            if env.image_digest and not _DIGEST.fullmatch(env.image_digest):
+                raise ConfigError(
+                    f"{path}: environment {name!r} image_digest {env.image_digest!r} is not sha256:<64 hex digits> "
+                    f"(aws ecr describe-images --repository-name kfrelease --image-ids imageTag={env.image_tag})"
                 )
             if not re.fullmatch(r"\d{12}", env.account_id):
                 raise ConfigError(f"{path}: environment {name!r} account_id {env.account_id!r} is not 12 digits")

@@ -72,6 +72,7 @@ def test_the_reusable_workflow_takes_no_endpoint_from_its_caller():
             "kfp_host": f"https://{env.kubeflow_host}/pipeline",
             "registry": env.registry,
             "bucket_prefix": env.bucket_prefix,
+            "image_digest": env.image_digest,  # the release steps are admitted on this image only (review 4 R5)
         }, name
     steps = train["jobs"]["trigger"]["steps"]
     last = steps[-1]["env"]
@@ -82,10 +83,12 @@ def test_the_reusable_workflow_takes_no_endpoint_from_its_caller():
         ("REGISTRY", "registry"),
         ("KFRELEASE_S3_REGION", "region"),
         ("KFRELEASE_BUCKET_PREFIX", "bucket_prefix"),
+        ("IMAGE_DIGEST", "image_digest"),
     ):
         assert last[var] == _PER_ENVIRONMENT.format(key), var
         assert var not in train["env"]  # set once, in the step that uses it
     assert '--kfp-host "$KFP_HOST"' in steps[-1]["run"]
+    assert '[ "$digest" = "$IMAGE_DIGEST" ] ||' in steps[-1]["run"]  # ECR's tag resolves to the pinned digest
     # an unknown name stops the job in its first step, before anything is installed or assumed
     assert "has($name)" in steps[0]["run"] and "exit 1" in steps[0]["run"]
     caller = yaml.safe_load(WORKFLOW.read_text())["jobs"]["trigger"]["with"]

@@ -331,7 +331,8 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def platform_image(env_name: str, sources) -> str:
-    return f"{sources.envs.environments[env_name].registry}/kfrelease@{DIGEST}"
+    """The image the manifests are rendered for: ``<registry>/kfrelease@<image_digest>`` of environments.yaml."""
+    return sources.envs.environments[env_name].platform_image
 
 
 def release_pod(env_name, sources, executor="exec-rollout", pipeline=None, **kw):
@@ -389,6 +390,7 @@ def test_each_compiled_step_runs_as_the_identity_its_code_is_allowed(env, built,
         "release-component-with-changed-source",
         "release-component-from-another-image",
         "release-component-by-tag",
+        "release-component-from-an-older-platform-image",
         "run-service-account-set-to-the-release-driver",
         "python-path-in-env",
         "pickles-allowed-again",
@@ -422,7 +424,13 @@ def test_a_pipeline_that_sets_the_release_identity_but_runs_other_code_is_refuse
             main["image"] = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/kfrelease@{DIGEST}"
             why = "the platform's image"
         elif forgery == "release-component-by-tag":
-            main["image"] = main["image"].replace(f"@{DIGEST}", ":latest")
+            main["image"] = main["image"].split("@")[0] + ":latest"
+            why = "the platform's image"
+        elif forgery == "release-component-from-an-older-platform-image":
+            # review 4 R5: the same ECR repository keeps every earlier release's image (tags immutable, no lifecycle
+            # policy), and the policy admitted any digest of it: an image from before require_shadow_gate (c6b6649)
+            # ran today's compiled rollout args as the driver, with none of the later gates
+            main["image"] = main["image"].split("@")[0] + f"@{DIGEST}"
             why = "the platform's image"
         elif forgery == "python-path-in-env":
             main["env"].append({"name": "PYTHONPATH", "value": "/.local"})

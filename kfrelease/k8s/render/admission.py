@@ -23,8 +23,9 @@ KFP v2 executor pod of one of the release components, as Argo's workflow control
   KFP's ``backend/src/v2/compiler/argocompiler/container.go`` ``addContainerExecutorTemplate``: the
   ``kfp-launcher`` init container runs ``launcher-v2 --copy /kfp-launcher/launch``), each from its upstream
   image repository; no lifecycle hooks or probes (they run commands), no ephemeral containers;
-- ``main`` runs the platform's image by digest (``<registry>/kfrelease@sha256:...``: only the image
-  publisher role pushes to that ECR repository, whose tags are immutable), its command is Argo's emissary
+- ``main`` runs this platform release's image by its digest (``<registry>/kfrelease@<image_digest>`` of
+  ``environments.yaml``: only the image publisher role pushes to that ECR repository, whose tags are immutable,
+  and an earlier release's image, still in it, is refused: its code would run with today's args), its command is Argo's emissary
   running KFP's launcher (``/var/run/argo/argoexec emissary ... -- /kfp-launcher/launch ... --``: KFP 2.16.0
   ``backend/src/v2/driver/driver.go`` ``initPodSpecPatch`` puts the launcher in ``command`` and the
   component's own command + args in ``args``; Argo prepends the emissary to ``command`` and keeps ``args``),
@@ -69,7 +70,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 
 from google.protobuf import json_format
 
@@ -154,7 +154,19 @@ def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = R
     exact_env = sorted(
         set(_pod_default_env(pod_defaults)) | {f"{e['name']}={e['value']}" for _, es in executors for e in es}
     )
-    image = rf"^{re.escape(env.registry)}/kfrelease@sha256:[0-9a-f]{{64}}$"
+    # this platform release's image, by digest (environments.yaml image_digest): not any digest of the repository,
+    # since ECR keeps every earlier release's image and its code would run with today's component args (review 4 R5)
+    image_rule = (
+        (
+            f"variables.main.image == {_cel(env.platform_image)}",
+            f"the release step runs the platform's image, {env.platform_image}",
+        )
+        if env.image_digest
+        else (
+            "false",
+            f"the platform's image has no digest in environments.yaml ({env.name}): no release step is admitted",
+        )
+    )
     args_alternatives = " || ".join(f"variables.main.args == {_cel(argv)}" for argv, _ in executors)
     variables = [
         {"name": "containers", "expression": "object.spec.containers"},
@@ -235,7 +247,7 @@ def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = R
             ),
             "KFP's kfp-launcher init container only copies the launcher from KFP's image",
         ),
-        (f"variables.main.image.matches({_cel(image)})", "the release step runs the platform's image, by digest"),
+        image_rule,
         (
             (
                 "size(variables.main.command) >= 11 && variables.main.command[0] == '/var/run/argo/argoexec' && "
