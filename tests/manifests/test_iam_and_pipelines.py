@@ -315,9 +315,12 @@ def test_the_kubeflow_ui_reads_the_pipeline_root_and_nothing_else(sources):
 
 def test_the_trigger_workflow_points_at_the_right_cluster_and_buckets(sources):
     wf = yaml.safe_load((MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-trigger.yaml").read_text())
-    given = wf["jobs"]["trigger"]["with"]  # the inputs of the platform's reusable workflow
+    given = wf["jobs"]["trigger"]["with"]  # the only input of the platform's reusable workflow (review 4 R1)
+    assert given == {"environment": "production"}
+    train = yaml.safe_load((MANIFESTS_DIR.parent / "ci" / "github" / "kfrelease-train.yaml").read_text())
+    table = json.loads(train["env"]["PLATFORM_ENVIRONMENTS"])[given["environment"]]
     prod = sources.envs.environments["production"]
-    assert given["bucket-prefix"] == prod.bucket_prefix
-    assert given["aws-region"] == prod.region and given["registry"] == prod.registry
-    assert given["eks-cluster"] == prod.cluster and given["aws-role-arn"] == prod.role_arn("kfrelease-ci")
-    assert given["kfp-host"] == f"https://{prod.kubeflow_host}/pipeline"
+    assert table["bucket_prefix"] == prod.bucket_prefix
+    assert table["region"] == prod.region and table["registry"] == prod.registry
+    assert table["cluster"] == prod.cluster and table["role_arn"] == prod.role_arn("kfrelease-ci")
+    assert table["kfp_host"] == f"https://{prod.kubeflow_host}/pipeline"
