@@ -19,8 +19,9 @@ def register(
 ) -> str:
     """Register the model as ``V<tag>.<manual>.<auto>`` (atomic; idempotent for the same definition and data).
 
-    The verdict is decided again here from the trusted evidence (a parameter, which no step can rewrite; the
-    same pure function as validate's), so no artifact a step wrote decides it. A model that failed validation
+    The verdict is decided again here from the trusted evidence (for a release run the evidence evaluate kept
+    where no untrusted step writes, which the parameter must equal; the same pure function as validate's), so no
+    artifact or parameter a step could rewrite decides it. A model that failed validation
     is registered with a ``rejected`` stage event and its reasons.
 
     Args:

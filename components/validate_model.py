@@ -10,7 +10,8 @@ def validate_model(spec_json: str, evidence_json: str, run_id: str, verdict: Out
 
     Args:
         spec_json: the model spec (thresholds, tolerance).
-        evidence_json: the trusted evidence (from evaluate, a parameter: no step can rewrite it).
+        evidence_json: evaluate's evidence as its output parameter: for a release run only a cross-check of the
+            evidence evaluate kept where no untrusted step writes (a parameter can be rewritten in transit).
         run_id: the trigger's run id (may be empty).
         verdict: the verdict as JSON (passed, reasons, every check, the paired test, drift).
 
@@ -23,12 +24,12 @@ def validate_model(spec_json: str, evidence_json: str, run_id: str, verdict: Out
     from kfrelease.config import log_to_stderr
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import validate_step
+    from kfrelease.training.steps import trusted_evidence, validate_step
 
     log_to_stderr()
     spec = ModelSpec.from_json(spec_json)
     with step_record(run_id, "validate"):
-        result = validate_step(spec, json.loads(evidence_json))
+        result = validate_step(spec, trusted_evidence(spec, run_id, json.loads(evidence_json)))
     text = json.dumps(result, sort_keys=True, default=str)
     with open(verdict.path, "w") as fh:
         fh.write(text)

@@ -12,12 +12,15 @@ data they read with their own identity:
 - ``candidate_evidence``: the candidate's metrics (with intervals) on every held-out row;
 - ``champion_evidence``: production against the candidate on the held-out rows *neither* trained on (rows the
   champion's own split put on its training side are left out, and counted), with the paired test of the
-  release gates (``kfrelease.release.decision.decide``: the rollout spec's margin, error rate and slices).
+  release gates (``kfrelease.release.decision.decide``: the rollout spec's margin, error rate and slices);
+- ``keep_evidence`` / ``kept_evidence``: the evidence of a release run, kept by ``evaluate`` where only trusted
+  steps write (``runs/<run>/evidence/evaluate.json``) and read there by ``validate`` and ``register``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,6 +142,56 @@ def keyed_predictions(split: Split, predictions: np.ndarray) -> pd.DataFrame:
 
 def file_digest(path: str | Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def evidence_key(run_id: str) -> str:
+    """Where ``evaluate`` keeps a release run's evidence: the ``models`` bucket beside the run record, outside
+    ``runs/*/steps/*``, the only keys of that bucket the untrusted steps' role may write
+    (``kfrelease.k8s.render.eks.untrusted_step_policy``)."""
+    from kfrelease.training.run_records import run_key
+
+    return run_key(run_id, "evidence", "evaluate.json")
+
+
+def _canonical(evidence: dict) -> dict:
+    return json.loads(json.dumps(evidence, sort_keys=True, default=str))
+
+
+def keep_evidence(store, run_id: str, evidence: dict) -> dict:
+    """Keep ``evidence`` of release run ``run_id`` for ``validate`` and ``register`` (``kept_evidence``); returns it.
+
+    Why not only the step's output parameter: on a cluster a parameter travels through Kubeflow Pipelines'
+    metadata store, which every pod may rewrite (review 4 R3: kubeflow/manifests v1.11.0 and 26.03
+    ``applications/pipeline/upstream/base/metadata/options/istio/istio-authorization-policy.yaml`` ALLOW
+    ``rules: [{}]``; kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/resolve.go`` ``resolveUpstreamParameters``
+    reads an upstream output from the producer's MLMD execution, ``backend/src/v2/metadata/client.go``
+    ``PublishExecution`` updates it by id): the merged code of a concurrent ``train`` could rewrite a verdict's
+    metrics between evaluate and validate. Its KFP artifacts live under the pipeline root, which that role writes."""
+    from kfrelease.training.run_records import BUCKET
+
+    text = json.dumps(evidence, sort_keys=True, default=str)
+    store.put_bytes(BUCKET, evidence_key(run_id), text.encode(), content_type="application/json")
+    return evidence
+
+
+def kept_evidence(store, run_id: str, given: dict | None = None) -> dict:
+    """The evidence ``evaluate`` kept for release run ``run_id``; ``given`` (the parameter the step received) is
+    only a cross-check: one that differs is refused (``EvidenceError``), as is a run with no kept evidence."""
+    from kfrelease.training.run_records import BUCKET
+
+    key = evidence_key(run_id)
+    if store.stat(BUCKET, key) is None:
+        raise EvidenceError(
+            f"evaluate kept no evidence for run {run_id} ({store.uri(BUCKET, key)}); run the training pipeline "
+            "again: nothing was validated or registered"
+        )
+    kept = json.loads(store.get_bytes(BUCKET, key))
+    if given is not None and _canonical(given) != kept:
+        raise EvidenceError(
+            f"the evidence run {run_id}'s step was given differs from what evaluate kept ({store.uri(BUCKET, key)}): "
+            "a step's parameters can be rewritten in transit; nothing was validated or registered"
+        )
+    return kept
 
 
 def candidate_evidence(split: Split, target: str, predictions: np.ndarray) -> dict:

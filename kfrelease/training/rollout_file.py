@@ -43,7 +43,7 @@ def rollout_of_run(store, run_id: str) -> str | None:
     """The rollout spec text recorded with training run ``run_id`` (None: none, or no such run)."""
     from kfrelease.training import run_records
 
-    if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
+    if not run_id or store.stat(run_records.BUCKET, run_records.run_key(run_id, "run.json")) is None:
         return None
     return run_records.get_run(store, run_id).record.get("rollout_yaml") or None
 

@@ -5,6 +5,7 @@ Layout::
     runs/<run_id>/run.json             immutable: commit, model, spec, trigger (If-None-Match: one per run id)
     runs/<run_id>/state.json           the run's state: running, succeeded, failed (written by the runner)
     runs/<run_id>/steps/<step>.json    each step's state, written by the step itself
+    runs/<run_id>/evidence/evaluate.json   the evaluate step's evidence (kfrelease.training.evidence.keep_evidence)
 
 A run id is derived from what is trained (``train-<commit[:12]>`` for a merge), so a second trigger of
 the same commit finds the existing record and returns that run instead of starting another.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass, field
 
 from kfrelease.errors import Conflict, KfreleaseError
@@ -44,6 +46,19 @@ class RunRecord:
 
 def _key(run_id: str, *parts: str) -> str:
     return "/".join(("runs", run_id, *parts))
+
+
+#: what a run id looks like (``train-<sha12>``, ``auto-<model>-<V>-<data12>``, a KFP job name): one key segment
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+
+
+def run_key(run_id: str, *parts: str) -> str:
+    """The key of ``parts`` of run ``run_id``, for a trusted step that got ``run_id`` as a parameter: a run id is
+    one key segment, never ``a/steps/b`` (which would land under ``runs/*/steps/*``, the one prefix of ``models``
+    the untrusted steps' role may write: ``kfrelease.k8s.render.eks.untrusted_step_policy``)."""
+    if not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise KfreleaseError(f"{run_id!r} is not a run id (letters, digits, '.', '_', '-'); nothing was read")
+    return _key(run_id, *parts)
 
 
 def create_run(store: ObjectStore, run_id: str, record: dict) -> RunRecord:

@@ -229,7 +229,7 @@ def evaluate_step(
     try:
         cand = read_predictions(predictions_path, len(split.held_out))
     except EvidenceError as exc:
-        return {**evidence, "metrics": {}, "invalid": str(exc)}
+        return _keep(store, spec, run_id, {**evidence, "metrics": {}, "invalid": str(exc)})
     frame = split.held_out[[*spec.features, spec.target]].assign(**{PREDICTION: cand})
     metrics, html = regression_report(frame, spec.target, PREDICTION, list(spec.features))
     metrics.update(candidate_evidence(split, spec.target, cand))
@@ -254,7 +254,24 @@ def evaluate_step(
             rollout = rollout_spec_of_run(store, run_id, spec.name)
             evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout)
         evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
-    return evidence
+    return _keep(store, spec, run_id, evidence)
+
+
+def _keep(store, spec: ModelSpec, run_id: str, evidence: dict) -> dict:
+    """A release run's evidence kept where validate and register read it (``evidence.keep_evidence``)."""
+    from kfrelease.training.evidence import keep_evidence
+
+    return keep_evidence(store, run_id, evidence) if is_release_run(store, run_id, spec) else evidence
+
+
+def trusted_evidence(spec: ModelSpec, run_id: str, given: dict, settings: Settings | None = None) -> dict:
+    """The evidence ``validate`` and ``register`` decide on: for a release run, what ``evaluate`` kept
+    (``evidence.kept_evidence``; ``given``, the step's parameter, must equal it); for an experiment (never
+    staged), ``given``."""
+    from kfrelease.training.evidence import kept_evidence
+
+    store = step_store(settings)
+    return kept_evidence(store, run_id, given) if is_release_run(store, run_id, spec) else given
 
 
 def _claimed(claim) -> dict:
@@ -370,9 +387,9 @@ def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
     identity) for this model and definition. A notebook or any other direct run is an experiment."""
     from kfrelease.training import run_records
 
-    if not run_id or store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
+    if not run_id or store.stat(run_records.BUCKET, run_records.run_key(run_id, "run.json")) is None:
         return False
-    record = store.get_json(run_records.BUCKET, f"runs/{run_id}/run.json")
+    record = store.get_json(run_records.BUCKET, run_records.run_key(run_id, "run.json"))
     return record.get("model") == spec.name and record.get("spec_fingerprint") == spec.fingerprint
 
 
@@ -410,6 +427,8 @@ def register_step(
     from kfrelease.training.rollout_file import rollout_of_run
 
     store = step_store(settings)
+    if release:  # the evidence evaluate kept, not only the parameter this step was given (review 4 R3)
+        evidence = trusted_evidence(spec, run_id, evidence, settings)
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     files = {}

@@ -134,6 +134,8 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
             (models, "write", f"experiments/{model}/versions/V1.1.0/entry.json"),
             (models, "write", "runs/train-abc/run.json"),
             (models, "write", "runs/train-abc/state.json"),
+            # evaluate's evidence, which validate and register decide on (review 4 R3: not the MLMD parameter)
+            (models, "write", "runs/train-abc/evidence/evaluate.json"),
             (models, "read", f"registry/{model}/versions/V1.1.0/entry.json"),
             (models, "delete", "runs/train-abc/steps/train.json"),
             (curated, "write", "diabetes/latest"),

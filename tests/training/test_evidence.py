@@ -142,3 +142,42 @@ def test_an_auto_revision_on_grown_data_is_compared_on_rows_neither_trained_on(p
         in champion["detail"]
     )
     assert np.isfinite(champion["test"]["ratio"])
+
+
+def test_validate_and_register_decide_on_the_evidence_evaluate_kept_not_on_their_parameter(dataset, stack):
+    """Review 4 R3: validate and register decided on ``evidence_json``, evaluate's output parameter, which on a
+    cluster lives in Kubeflow Pipelines' metadata store where every pod may rewrite it (kubeflow/manifests v1.11.0
+    and 26.03 applications/pipeline/upstream/base/metadata/options/istio/istio-authorization-policy.yaml: ALLOW
+    ``rules: [{}]``; kubeflow/pipelines 2.16.0 backend/src/v2/driver/resolve.go resolveUpstreamParameters reads it
+    from evaluate's MLMD execution): a concurrent run's merged ``train`` could forge a failed model's metrics and
+    verdict. Now evaluate keeps a release run's evidence under ``runs/<run>/evidence/`` (a prefix the untrusted
+    steps' role cannot write: tests/manifests/test_iam_and_pipelines.py), and both steps refuse a parameter that
+    differs from it."""
+    from kfrelease.errors import KfreleaseError
+    from kfrelease.training import run_records
+    from kfrelease.training.evidence import EvidenceError, evidence_key
+    from kfrelease.training.spec import parse_spec
+    from kfrelease.training.steps import run_inline, trusted_evidence, validate_step
+    from tests.release.conftest import bad_spec_text
+
+    spec = parse_spec(bad_spec_text("forged-evidence", dataset.name))  # a constant model: RMSE ~160
+    store = store_for("pipeline", stack)
+    run_id = f"train-{'f' * 12}"
+    run_records.create_run(store, run_id, {"model": spec.name, "spec_fingerprint": spec.fingerprint})
+    run = run_inline(spec, "f" * 40, run_id=run_id, settings=stack, containerize=False)
+    kept = json.loads(store.get_bytes("models", evidence_key(run_id)))
+    assert kept["metrics"]["rmse"] > 100 and trusted_evidence(spec, run_id, kept, stack) == kept
+    # the forged parameter would change the verdict (here: fail a model that passed; the other way is the same)
+    forged = {**kept, "metrics": {**kept["metrics"], "rmse": 1000.0, "mse": 1e6}}
+    assert validate_step(spec, kept)["passed"] and not validate_step(spec, forged)["passed"]
+    with pytest.raises(EvidenceError, match=f"given differs from what evaluate kept.*{run_id}/evidence/evaluate"):
+        trusted_evidence(spec, run_id, forged, stack)
+    # register refuses it too (nothing new registered), and a run id that would point under runs/*/steps/*
+    from kfrelease.training.steps import register_step
+
+    before = ModelRegistry(store).list(spec.name)
+    with pytest.raises(EvidenceError, match="differs from what evaluate kept"):
+        register_step(spec, "f" * 40, "latest", run_id, __file__, forged, validate_step(spec, forged), stack)
+    assert ModelRegistry(store).list(spec.name) == before and run.version
+    with pytest.raises(KfreleaseError, match="is not a run id"):
+        evidence_key(f"{run_id}/steps/train")
