@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import orjson
 import pandas as pd
 
+from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
 from kfrelease.collectors.sink import BatchWriter
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
@@ -59,27 +60,9 @@ class UndeclaredSource(KfreleaseError):
     """Labels from a source that is not declared; answered with 403."""
 
 
-#: The header Istio's sidecar sets on every request it lets into the pod: its inbound HTTP connection manager
-#: appends the mTLS peer's certificate details, URI SAN included (``forward_client_cert_details: APPEND_FORWARD``,
-#: ``set_current_client_cert_details: {subject, uri, dns}``: istio/istio ``pilot/pkg/networking/core``
-#: ``buildSidecarInboundHTTPOpts``). The last element is the direct peer's, which the sidecar itself wrote.
-XFCC_HEADER = "x-forwarded-client-cert"
 #: What Kubeflow's gateway sets from the verified token (``m2m-token-issuer``: ``sub``; ``dex-jwt``: ``email``):
 #: the user behind a request the ingress gateway forwards.
 USER_HEADER = "kubeflow-userid"
-
-
-def peer_principal(xfcc: str | None) -> str | None:
-    """The direct peer's mesh principal (``<trust domain>/ns/<ns>/sa/<sa>``) from the last element of an
-    ``x-forwarded-client-cert`` header (``By=...;Hash=...;Subject="";URI=spiffe://<principal>``), else None."""
-    if not xfcc:
-        return None
-    last = xfcc.split(",")[-1]
-    for part in last.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "uri" and value.strip('"').startswith("spiffe://"):
-            return value.strip('"')[len("spiffe://") :]
-    return None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,16 @@ doubles a batch) and deletes the segment only once every object of it is stored.
 down, segments pile up locally and are flushed, oldest first, when it is back (the spool's back-off).
 Closed hours with many small batches are compacted into one (``kfrelease.lake.write.compact_partition``).
 
+Who may log what (a cluster): the sink is started with ``--writer <principal>=<stage>,...`` per predictor identity
+(``kfrelease.k8s.render.mesh.logsink_writer_args``: production's service account logs ``production`` and
+``canary``, the shadow's ``staging``). An event is only its attributes (kserve/kserve@v0.20.0 ``pkg/logger/worker.go``
+sets id, source and the extensions ``inferenceservicename``, ``namespace``, ``component``, ``endpoint``; nothing
+signs them), so who sent it is the caller's mesh identity, read from the ``x-forwarded-client-cert`` header the
+sink's own sidecar sets (``kfrelease.collectors.peer.peer_principal``). A request whose peer is not a declared
+writer, or that holds an event of a stage its peer does not log, is answered 403 with a JSON error naming it, and
+none of it is written: the shadow cannot log "production's" answers to the mirrored request ids. With no writer
+declared (the embedded stack: no mesh, one user) every event is taken.
+
 Duplicates: an event is identified by its server (CloudEvents ``source``, InferenceService, endpoint), its
 ``id`` and its type (``event_key``: the primary, the shadow and the canary answer the same request id, and
 every KServe agent sends the same default source); a repeated event is acknowledged and dropped. The sink remembers the last ``dedup_window`` keys (and every key still in its
@@ -45,6 +55,7 @@ from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_dict, from_http
 from prometheus_client import Counter, Gauge
 
+from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import parse_time
@@ -61,7 +72,7 @@ TYPES = {
 
 EVENTS = Counter(
     "kfrelease_logsink_events",
-    "CloudEvents received, by result (written, duplicate, invalid).",
+    "CloudEvents received, by result (written, duplicate, invalid, refused: not the sender's stage).",
     ["result"],
 )
 UPLOADED = Counter("kfrelease_logsink_uploaded_events", "Events written to the object store.")
@@ -77,6 +88,39 @@ STORE_UP = Gauge(
 
 class InvalidEvent(KfreleaseError):
     """A request that is not an inference CloudEvent; answered with 400."""
+
+
+class ForeignEvent(KfreleaseError):
+    """An event its sender's mesh identity may not log (another stage's); answered with 403."""
+
+
+def parse_writer(text: str) -> tuple[str, frozenset[str]]:
+    """``<principal>=<stage>,<stage>`` (``--writer``) -> (principal, stages)."""
+    who, _, stages = text.partition("=")
+    wanted = frozenset(s.strip() for s in stages.split(",") if s.strip())
+    if not who or not wanted or not wanted <= {"production", "canary", "staging"}:
+        raise ValueError(f"--writer {text!r}: expected <principal>=<stage>[,<stage>] of production, canary, staging")
+    return who, wanted
+
+
+def check_writer(writers: dict[str, frozenset[str]], peer: str | None, lines: list[dict]) -> None:
+    """ForeignEvent unless ``peer`` (the caller's mesh principal) is a declared writer of every line's stage; no
+    ``writers`` (the embedded stack) takes every line."""
+    if not writers:
+        return
+    stages = writers.get(peer or "")
+    if stages is None:
+        raise ForeignEvent(
+            f"{peer or 'a caller without a mesh identity'} may not log predictions here: only the predictors' "
+            f"service accounts may ({', '.join(sorted(writers))}); nothing was written"
+        )
+    for i, line in enumerate(lines):
+        if line["stage"] not in stages:
+            raise ForeignEvent(
+                f"event {i} ({line.get('inferenceservicename') or line['model']} {line.get('model_version') or ''}, "
+                f"stage {line['stage']}) is not {peer}'s to log: that identity logs {', '.join(sorted(stages))} "
+                "only; nothing of this request was written"
+            )
 
 
 # --- event -> JSON line ----------------------------------------------------------------------------
@@ -434,10 +478,13 @@ class LogSink:
         dedup_window: int = 500_000,
         max_segment_events: int = 20_000,
         compact_interval: float = 300.0,
+        writers: dict[str, frozenset[str]] | None = None,
     ):
         from kfrelease.storage import store_for
 
         self.settings = settings
+        #: mesh principal -> the stages it may log (``check_writer``); empty: every event is taken
+        self.writers = dict(writers or {})
         self.writer = BatchWriter(
             store or store_for("serving", settings),
             BUCKET,
@@ -507,6 +554,12 @@ def create_app(sink: LogSink):
             EVENTS.labels("invalid").inc()
             return JSONResponse({"error": str(exc)}, 400)
         try:
+            check_writer(sink.writers, peer_principal(headers.get(XFCC_HEADER)), lines)
+        except ForeignEvent as exc:
+            EVENTS.labels("refused").inc(len(lines))
+            log.warning("refused: %s", exc)
+            return JSONResponse({"error": str(exc)}, 403)
+        try:
             result = await sink.accept(lines)
         except OSError as exc:
             log.error("write-ahead file not writable: %s", exc)
@@ -540,10 +593,21 @@ def main(argv: list[str] | None = None) -> int:
         default=2.0,
         help="seconds between uploads of the WAL",
     )
+    p.add_argument(
+        "--writer",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL=STAGES",
+        help="a mesh principal that may log these stages (repeat; none: every event is taken)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    sink = LogSink(settings, flush_interval=args.flush_interval)
+    try:
+        writers = dict(parse_writer(w) for w in args.writer)
+    except ValueError as exc:
+        p.error(str(exc))
+    sink = LogSink(settings, flush_interval=args.flush_interval, writers=writers)
     sink.writer.start()
     try:
         uvicorn.run(

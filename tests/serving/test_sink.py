@@ -18,6 +18,7 @@ from kfrelease.collectors.sink import (
     create_app,
     event_key,
     event_line,
+    parse_writer,
 )
 from kfrelease.lake import count_events, read_predictions
 from kfrelease.lake.read import stored_rows
@@ -421,3 +422,59 @@ def test_small_batches_of_a_closed_hour_are_compacted_into_one_with_every_row_on
     assert [o.key for o in store.list("inference-logs", path + "/")] == [target]
     assert sorted(stored_rows(store, "inference-logs", model).column("request_id").to_pylist()) == before
     assert len(before) == 20 and compact_partition(store, "inference-logs", path) is None  # nothing left to merge
+
+
+def test_on_a_cluster_each_predictor_identity_logs_its_own_stage_only(tmp_path):
+    """Review eks4 R2, beside the refused pickle: a logged event is only its attributes (kserve/kserve@v0.20.0
+    ``pkg/logger/worker.go``), so the sink, started with the rendered Deployment's ``--writer`` arguments, asks who
+    posted (the ``x-forwarded-client-cert`` its sidecar sets). The shadow's identity posting a response that names
+    production's InferenceService for a mirrored request id is a 403 JSON error and nothing is written; each
+    identity's own events, production's canary included, are taken; a caller with no mesh identity is refused."""
+    from kfrelease.config import Settings
+    from kfrelease.k8s.render.inference import (
+        PREDICTOR_SERVICE_ACCOUNT,
+        STAGING_PREDICTOR_SERVICE_ACCOUNT,
+        production_name,
+        staging_name,
+    )
+    from kfrelease.k8s.render.mesh import principal
+    from kfrelease.k8s.render.tree import Sources, environment_documents
+
+    sources = Sources.load()
+    env = sources.envs.environments["production"]
+    (deployment,) = [
+        d
+        for d in environment_documents(sources, env)
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kfrelease-logsink"
+    ]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    writers = dict(parse_writer(args[i + 1]) for i, a in enumerate(args) if a == "--writer")
+    ns = deployment["metadata"]["namespace"]
+    production, shadow = principal(ns, PREDICTOR_SERVICE_ACCOUNT), principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)
+    assert writers == {production: {"production", "canary"}, shadow: {"staging"}}
+
+    def sent_by(who: str) -> dict:  # what the sink's sidecar appends for an mTLS peer (APPEND_FORWARD, URI SAN)
+        return {
+            "x-forwarded-client-cert": f"By=spiffe://{principal(ns, 'kfrelease-serving')};Hash=0;URI=spiffe://{who}"
+        }
+
+    spec = sources.spec
+    answer = {**KSERVE_HEADERS, "ce-type": "org.kubeflow.serving.inference.response", "ce-endpoint": ""}
+    prod_answer = {**answer, "ce-id": "mirrored-1", "ce-inferenceservicename": production_name(spec)}
+    shadow_answer = {**prod_answer, "ce-inferenceservicename": staging_name(spec)}
+    canary = {**prod_answer, "ce-id": "canary-1", "ce-endpoint": "canary"}
+    body = b'{"predictions": [99999.0], "model_version": "V1.1.0"}'
+    sink = LogSink(Settings(home=tmp_path), wal_dir=tmp_path / "wal", store=object(), writers=writers)
+    with TestClient(create_app(sink)) as client:
+        forged = client.post("/", content=body, headers={**prod_answer, **sent_by(shadow)})
+        assert forged.status_code == 403, forged.text
+        error = forged.json()["error"]
+        assert f"stage production) is not {shadow}'s to log: that identity logs staging only" in error, error
+        assert _wal_ids(tmp_path / "wal") == []
+        nobody = client.post("/", content=body, headers=shadow_answer)  # plain text: no sidecar, no identity
+        assert nobody.status_code == 403 and "a caller without a mesh identity may not log" in nobody.json()["error"]
+        assert client.post("/", content=body, headers={**shadow_answer, **sent_by(shadow)}).status_code == 200
+        assert client.post("/", content=body, headers={**prod_answer, **sent_by(production)}).status_code == 200
+        assert client.post("/", content=body, headers={**canary, **sent_by(production)}).status_code == 200
+        assert client.post("/", content=body, headers={**canary, **sent_by(shadow)}).status_code == 403
+    assert sorted(_wal_ids(tmp_path / "wal")) == ["canary-1", "mirrored-1", "mirrored-1"]

@@ -43,8 +43,10 @@ from kfrelease.k8s.policy.rbac import service_account
 from kfrelease.k8s.render.egress import mesh_client_sidecars
 from kfrelease.k8s.render.inference import (
     CANARY_SERIES_STAGE,
+    PREDICTOR_SERVICE_ACCOUNT,
     REPLAY_HEADER,
     REPLAY_VALUE,
+    STAGING_PREDICTOR_SERVICE_ACCOUNT,
     predictor_name,
     predictor_service,
     production_name,
@@ -55,7 +57,7 @@ from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, ROOT_NS, principal, reque
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, RELEASE_DRIVER_STEP, STEP_LABEL
 from kfrelease.k8s.render.tree import Sources, environment_documents, inference_documents
 from kfrelease.kfp.submit import TOKEN_AUDIENCE
-from kfrelease.lake import read_labels
+from kfrelease.lake import read_labels, read_predictions, shadow_pairs
 from kfrelease.registry.artifact import model_format
 from kfrelease.release.checks import render_query
 from kfrelease.release.controller import ReleaseController
@@ -316,8 +318,41 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert len(stored) == 80 and set(stored["source"]) == {relayed, twin.client_principal}
     assert len(read_labels(store, SPEC.model, since=since)) == 160  # the forged ones are stored, and ignored
     sink = next(p for p in twin.services.values() if p.labels["app.kubernetes.io/name"] == "kfrelease-logsink")
-    assert {d.peer for d in sink.sidecar.decisions} == {principal(SPEC.serving.namespace, "kfrelease-predictor")}
+    ns = SPEC.serving.namespace
+    own = {principal(ns, PREDICTOR_SERVICE_ACCOUNT), principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)}
+    assert {d.peer for d in sink.sidecar.decisions} == own  # production's agent and the shadow's, each its own SA
     assert all(d.allowed for d in sink.sidecar.decisions)
+
+    # the shadow's identity logs the shadow only (review eks4 R2; its pickle is refused anyway): "production's"
+    # answer to a mirrored, labelled request, posted from the shadow's pod to the rendered logger URL as code in it
+    # would post it (KServe's headers, an earlier ce-time, another ce-source, an x-forwarded-client-cert of its
+    # own naming production), is refused by the rendered sink and changes no pair the shadow gate reads
+    def pairs():
+        labels = read_labels(store, SPEC.model, since=since, declared=declared)
+        return shadow_pairs(read_predictions(store, SPEC.model, since=since), labels, V2, V1)
+
+    before = pairs()
+    forged = {
+        "ce-specversion": "1.0",
+        "ce-id": ids[0][0],
+        "ce-type": "org.kubeflow.serving.inference.response",
+        "ce-source": "http://forger/",
+        "ce-time": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "ce-inferenceservicename": production_name(SPEC),
+        "ce-namespace": ns,
+        "ce-component": "predictor",
+        "ce-endpoint": "",
+        "content-type": "application/json",
+        "x-forwarded-client-cert": f"URI=spiffe://{principal(ns, PREDICTOR_SERVICE_ACCOUNT)}",
+    }
+    body = json.dumps({"predictions": [1e6], "model_version": V1}).encode()
+    assert twin.send_from(shadow, shadow.logger["url"], body, forged) == 403
+    sink_url = f"http://127.0.0.1:{sink.port}/healthz"
+    eventually(lambda: httpx.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten")
+    after = pairs()
+    assert len(after) == len(before) and ids[0][0] in set(after["request_id"])
+    answered = after[after["request_id"] == ids[0][0]]["production"]
+    assert answered.tolist() == pytest.approx([v1[ids[0][1]]])  # production's own answer, not the forged 1e6
 
     # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
     driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))

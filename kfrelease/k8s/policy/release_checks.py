@@ -163,7 +163,11 @@ def mesh_findings(
     (Kubeflow's mesh-wide default, the client namespaces'); ``kfrelease.k8s.render.egress``."""
     from kfrelease.k8s.policy import istio
     from kfrelease.k8s.render import mesh
-    from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, staging_name
+    from kfrelease.k8s.render.inference import (
+        PREDICTOR_SERVICE_ACCOUNT,
+        STAGING_PREDICTOR_SERVICE_ACCOUNT,
+        staging_name,
+    )
 
     ns = spec.serving.namespace
     policies = istio.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
@@ -190,6 +194,7 @@ def mesh_findings(
     callers["Knative activator -> predictor"] = mesh.KNATIVE_ACTIVATOR
     callers["Knative autoscaler -> queue-proxy metrics"] = mesh.KNATIVE_AUTOSCALER
     callers["KServe agent -> log sink"] = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
+    callers["the shadow's KServe agent -> log sink"] = mesh.principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)
     needed = {
         "ingress gateway -> predictor": istio.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
         "ingress gateway -> raw predictor (KServe agent)": istio.Request(
@@ -199,6 +204,9 @@ def mesh_findings(
         "Knative autoscaler -> queue-proxy metrics": istio.Request(predictor, 9090, "/metrics", "GET", autoscaler),
         "KServe agent -> log sink": istio.Request(
             sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), PREDICTOR_SERVICE_ACCOUNT, sink)
+        ),
+        "the shadow's KServe agent -> log sink": istio.Request(
+            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), STAGING_PREDICTOR_SERVICE_ACCOUNT, sink)
         ),
         "client -> feedback": istio.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
         "Prometheus -> predictor metrics": istio.Request(predictor, 8080, "/metrics", "GET", None),

@@ -49,8 +49,17 @@ DEFAULT_INGRESS_GATEWAY = "kubeflow/kubeflow-gateway"
 DEFAULT_DOMAIN = "example.com"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 STORAGE_SCHEMES = ("oci://", "s3://")
-#: The predictors' own service account: the log sink's ALLOW policy names it (``kfrelease.k8s.render.mesh``).
+#: The predictors' own service accounts, one per role: production's InferenceService (its stable predictor and its
+#: canaries: a Serverless canary is a revision of the same predictor spec) and the staging one (the shadow). Istio's
+#: peer identity is the pod's service account, so the log sink tells the shadow's events from production's by it
+#: (``kfrelease.collectors.sink`` ``--writer``; the ALLOW policy names both: ``kfrelease.k8s.render.mesh``).
 PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
+STAGING_PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor-staging"
+#: The stages each predictor identity may log (``ce-stage`` / the InferenceService's suffix, ``sink._stage``).
+PREDICTOR_WRITERS = {
+    PREDICTOR_SERVICE_ACCOUNT: ("production", "canary"),
+    STAGING_PREDICTOR_SERVICE_ACCOUNT: ("staging",),
+}
 #: KServe version the cluster runs when the caller names none (``kfrelease.k8s.versions``: the newest).
 DEFAULT_KSERVE_VERSION = "0.20.0"
 #: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
@@ -253,7 +262,7 @@ def _predictor(
         "name": name,
         "model": _model_spec(spec, version, stage, uri, _model_format(model_formats, version)),
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
-        "service_account_name": PREDICTOR_SERVICE_ACCOUNT,
+        "service_account_name": STAGING_PREDICTOR_SERVICE_ACCOUNT if stage == "staging" else PREDICTOR_SERVICE_ACCOUNT,
         "labels": {
             VERSION_LABEL: version_slug(version),
             "kfrelease.io/stage": stage,

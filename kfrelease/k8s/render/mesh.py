@@ -38,6 +38,8 @@ They are evaluated as Istio does by ``kfrelease.k8s.policy.istio``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from kfrelease.k8s.render.platform import PART_OF
 
 SECURITY_API = "security.istio.io/v1"
@@ -198,9 +200,15 @@ def label_source_args(clients: tuple[str, ...] = (), users: tuple[str, ...] = ()
     )
 
 
+def logsink_writer_args(ns: str, writers: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The log sink's arguments declaring which predictor identity may log which stages (``--writer
+    <principal>=<stage>,...``; ``writers`` maps a predictor service account of ``ns`` to its stages)."""
+    return tuple(a for sa, stages in writers.items() for a in ("--writer", f"{principal(ns, sa)}={','.join(stages)}"))
+
+
 def serving_policies(
     ns: str,
-    predictor_sa: str,
+    predictor_sas: tuple[str, ...],
     logsink: str,
     feedback: str,
     clients: tuple[str, ...] = (),
@@ -257,7 +265,7 @@ def serving_policies(
             {"app.kubernetes.io/name": logsink},
             [
                 {
-                    "from": [{"source": {"principals": [principal(ns, predictor_sa)]}}],
+                    "from": [{"source": {"principals": [principal(ns, sa) for sa in predictor_sas]}}],
                     "to": [{"operation": {"methods": ["POST"], "ports": [HTTP_PORT]}}],
                 },
                 _scrape(),

@@ -15,7 +15,7 @@ from kfrelease.k8s.render.admission import driver_service_policy
 from kfrelease.k8s.render.inference import (
     KNATIVE_USER_PORT_NAME,
     PREDICTOR_PORT_NAME,
-    PREDICTOR_SERVICE_ACCOUNT,
+    PREDICTOR_WRITERS,
     VERSION_LABEL,
     production_name,
     render_release_service,
@@ -24,6 +24,7 @@ from kfrelease.k8s.render.inference import (
 from kfrelease.k8s.render.mesh import (
     feedback_gateway_policy,
     label_source_args,
+    logsink_writer_args,
     predictor_peer_authentication,
     replay_gateway_policy,
     serving_policies,
@@ -150,19 +151,19 @@ def http_service(
 def serving_documents(
     spec: RolloutSpec, env: Environment, serving_sa: str, models: tuple[RolloutSpec, ...] = ()
 ) -> list[dict]:
-    """The serving namespace: runtime, log sink, feedback, the predictors' own service account (no IRSA, no
-    RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
+    """The serving namespace: runtime, log sink, feedback, the predictors' own service accounts (production's and
+    the shadow's; no IRSA, no RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
     policies (``kfrelease.k8s.render.mesh``)."""
     ns = spec.serving.namespace
     return [
         render_serving_runtime(spec, env.project_image),
-        service_account(PREDICTOR_SERVICE_ACCOUNT, ns),
+        *[service_account(sa, ns) for sa in PREDICTOR_WRITERS],
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
         *driver_service_policy(ns, [production_name(s) for s in models or (spec,)]),
         *[render_release_service(s) for s in models or (spec,)],
         *serving_policies(
             ns,
-            PREDICTOR_SERVICE_ACCOUNT,
+            tuple(PREDICTOR_WRITERS),
             "kfrelease-logsink",
             "kfrelease-feedback",
             clients=env.mesh_clients,
@@ -180,6 +181,7 @@ def serving_documents(
             env.logsink_replicas,
             serving_sa,
             env.project_image,
+            extra_args=logsink_writer_args(ns, PREDICTOR_WRITERS),  # which predictor identity logs which stage
         ),
         *http_service(
             "kfrelease-feedback",
