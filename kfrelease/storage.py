@@ -30,7 +30,7 @@ from kfrelease.errors import AccessDenied, Conflict, NotFound, StorageError, Sto
 
 log = logging.getLogger(__name__)
 
-BUCKETS = ("raw", "curated", "models", "pipeline-root", "inference-logs", "feedback")
+BUCKETS = ("raw", "curated", "models", "pipeline-root", "inference-logs", "feedback", "releases")
 
 
 @dataclass(frozen=True)

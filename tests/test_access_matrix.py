@@ -40,7 +40,7 @@ def test_access_matrix_is_enforced_by_the_object_store(stack):
         checked += 1
         if got != expected:
             mismatches.append((role, bucket, action, expected, got))
-    assert checked == 5 * 6 * 3
+    assert checked == 6 * 7 * 3
     assert mismatches == []
 
 

@@ -33,8 +33,25 @@ RELEASE_KEYS = [
 
 def test_every_role_and_bucket_of_the_design_is_declared():
     policy = load_policy()
-    assert set(policy.buckets) == {"raw", "curated", "models", "pipeline-root", "inference-logs", "feedback"}
-    assert set(policy.roles) == {"data-engineer", "data-scientist", "pipeline", "serving", "monitoring"}
+    assert set(policy.buckets) == {
+        "raw",
+        "curated",
+        "models",
+        "pipeline-root",
+        "inference-logs",
+        "feedback",
+        "releases",
+    }
+    assert set(policy.roles) == {"data-engineer", "data-scientist", "pipeline", "serving", "monitoring", "release"}
+
+
+def test_only_the_release_steps_write_release_decisions():
+    """Review 4 R4: the shadow gate's verdict, which the rollout step trusts, was a registry event the pipeline role
+    (default-editor on a cluster) could write; now it lives in ``releases``, which only the release role writes."""
+    policy = load_policy()
+    assert {r for r in policy.roles if policy.allows(r, "releases", "write")} == {"release"}
+    for role, doc in iam_policies(policy, "p-").items():
+        assert allowed(doc, "p-releases", "write", "m/V1.2.0/shadow.json") == (role == "release"), role
 
 
 def test_only_data_engineers_read_raw_and_write_curated():

@@ -180,6 +180,7 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
     _, production = controller.preflight(version)
     with terminable(controller.driver, production.version):
         verdict = controller.shadow(version, production.version)
+    record_shadow_verdict(settings, spec.model, version, production.version, verdict.decision)
     if report_path and verdict.html:
         Path(report_path).write_text(verdict.html)
     if verdict.decision != "pass":
@@ -187,15 +188,41 @@ def shadow_step(settings: Settings, spec: RolloutSpec, version: str, report_path
     return verdict.decision
 
 
+#: Where the shadow step records its verdict: the bucket only the release role writes (``kfrelease/access/policy.yaml``
+#: role ``release``; on EKS the release driver's IAM role alone: ``kfrelease.k8s.render.eks.release_driver_policy``).
+RELEASES = "releases"
+
+
+def shadow_verdict_key(model: str, candidate: str) -> str:
+    return f"{model}/{candidate}/shadow.json"
+
+
+def record_shadow_verdict(settings: Settings, model: str, candidate: str, production: str, decision: str) -> None:
+    """Record the shadow gate's ``decision`` for ``candidate`` against ``production`` where ``require_shadow_gate``
+    reads it. Not the registry history (which keeps the event with its numbers too): the pipeline role writes the
+    registry, and that is ``default-editor``'s on a cluster, the identity of every trusted training step and of any
+    run a run creator starts; a pass event it wrote let the ``rollout`` component alone promote (review 4 R4:
+    kubeflow/manifests v1.11.0 and 26.03 ``applications/pipeline/upstream/base/installs/multi-user/api-service/
+    params.env`` runs a run without a service account as ``default-editor``)."""
+    from kfrelease.k8s.render.platform import RELEASE_ROLE
+    from kfrelease.registry.lineage import now_iso
+    from kfrelease.storage import store_for
+
+    doc = {"model": model, "candidate": candidate, "production_version": production, "decision": decision}
+    store_for(RELEASE_ROLE, settings).put_json(RELEASES, shadow_verdict_key(model, candidate), {**doc, "at": now_iso()})
+
+
 def shadow_gate_passed(controller: ReleaseController, candidate: str, production: str) -> bool:
-    """Whether the registry records the shadow gate passed for ``candidate`` against ``production`` (the event
-    ``ReleaseController.shadow`` writes: phase ``shadow``, decision ``pass``, the production version compared)."""
-    return any(
-        (e.get("evidence") or {}).get("phase") == "shadow"
-        and e["evidence"].get("decision") == "pass"
-        and e["evidence"].get("production_version") == production
-        for e in controller.registry.history(controller.spec.model, candidate)
-    )
+    """Whether the shadow step's last verdict for ``candidate`` (``record_shadow_verdict``) is a pass against
+    ``production``."""
+    from kfrelease.k8s.render.platform import RELEASE_ROLE
+    from kfrelease.storage import store_for
+
+    store, key = store_for(RELEASE_ROLE, controller.settings), shadow_verdict_key(controller.spec.model, candidate)
+    if store.stat(RELEASES, key) is None:
+        return False
+    verdict = store.get_json(RELEASES, key)
+    return verdict.get("decision") == "pass" and verdict.get("production_version") == production
 
 
 def require_shadow_gate(controller: ReleaseController, mv, production) -> None:
@@ -207,7 +234,7 @@ def require_shadow_gate(controller: ReleaseController, mv, production) -> None:
         return
     if not shadow_gate_passed(controller, mv.version, production.version):
         raise ReleaseError(
-            f"{controller.spec.model} {mv.version}: the registry records no passed shadow gate against production "
+            f"{controller.spec.model} {mv.version}: the release steps recorded no passed shadow gate against production "
             f"{production.version}; run the release pipeline (its shadow-gate step precedes rollout); "
             "no traffic was moved"
         )

@@ -18,7 +18,13 @@ from kfrelease.k8s.environments import (
     iam_role_name,
 )
 from kfrelease.k8s.render.eks import PIPELINE_UI_ROLE, pipeline_ui_policy
-from kfrelease.k8s.render.platform import IRSA_ANNOTATION, role_placements
+from kfrelease.k8s.render.platform import (
+    IRSA_ANNOTATION,
+    RELEASE_DRIVER_SA,
+    RELEASE_ROLE,
+    STEP_IAM_ROLES,
+    role_placements,
+)
 from kfrelease.k8s.render.tree import iam_policies_in_cluster_config
 from tests.iam_eval import allowed
 
@@ -54,6 +60,8 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
         )
         in_cluster = iam_policies_in_cluster_config(cluster_config(name))
         for role, doc in rendered.items():
+            if role == RELEASE_ROLE:  # no service account of its own: the release driver's role holds it
+                continue
             assert in_cluster[iam_role_name(role)] == doc, f"{name}: IAM policy of {role} differs"
         for ws in sources.workspaces:
             assert in_cluster[iam_role_name("data-scientist", ws.name)] == rendered["data-scientist"]
@@ -62,9 +70,10 @@ def test_cluster_iam_policies_equal_the_access_render_output(sources):
         from kfrelease.k8s.render.eks import untrusted_step_policy
         from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, STEP_IAM_ROLES, UNTRUSTED_SA
 
-        assert in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]] == rendered["pipeline"]  # the release steps
+        driver = in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]]  # the release steps: pipeline's + release's
+        assert driver["Statement"] == rendered["pipeline"]["Statement"] + rendered[RELEASE_ROLE]["Statement"]
         assert in_cluster[STEP_IAM_ROLES[UNTRUSTED_SA]] == untrusted_step_policy(env)  # the merged model code
-        assert len(in_cluster) == len(rendered) + len(sources.workspaces) + 1 + len(STEP_IAM_ROLES)
+        assert len(in_cluster) == len(rendered) - 1 + len(sources.workspaces) + 1 + len(STEP_IAM_ROLES)
 
 
 def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
@@ -72,7 +81,11 @@ def test_cluster_iam_policies_allow_exactly_the_access_matrix(sources):
         in_cluster = iam_policies_in_cluster_config(cluster_config(name))
         mismatches, checked = [], 0
         for (role, bucket, action), expected in sources.policy.matrix().items():
-            got = allowed(in_cluster[iam_role_name(role)], f"{env.bucket_prefix}{bucket}", action)
+            if role == RELEASE_ROLE:  # the release driver's IAM role: the pipeline role's grants and its own
+                expected = expected or sources.policy.allows("pipeline", bucket, action)
+                got = allowed(in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]], f"{env.bucket_prefix}{bucket}", action)
+            else:
+                got = allowed(in_cluster[iam_role_name(role)], f"{env.bucket_prefix}{bucket}", action)
             checked += 1
             if got != expected:
                 mismatches.append((role, bucket, action, expected, got))
@@ -102,6 +115,26 @@ def test_on_the_cluster_a_data_scientist_registers_experiments_and_stages_nothin
             assert all(allowed(doc, models, "write", key) for key in EXPERIMENT_KEYS), (name, role)
             refused = [k for k in RELEASE_KEYS if allowed(doc, models, "write", k) or allowed(doc, models, "delete", k)]
             assert refused == [], (name, role)
+
+
+def test_only_the_release_driver_writes_the_shadow_verdict_the_rollout_step_trusts(sources):
+    """Review 4 R4: ``require_shadow_gate`` trusted a registry event, and the release driver's IAM role was the
+    pipeline role's S3 policy: default-editor (IRSA role ``kfrelease-pipeline``: every trusted training step and any
+    run a run creator starts, kubeflow/manifests v1.11.0 api-service/params.env DEFAULTPIPELINERUNNERSERVICEACCOUNT)
+    wrote a pass into the candidate's history and ran the rollout component alone. Now the verdict lives in
+    ``releases``, which only the release driver's role may write."""
+    from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, STEP_IAM_ROLES, UNTRUSTED_SA
+    from kfrelease.release.pipeline_steps import RELEASES, shadow_verdict_key
+
+    key = shadow_verdict_key(sources.spec.model, "V1.2.0")
+    for name, env in sources.envs.environments.items():
+        in_cluster = iam_policies_in_cluster_config(cluster_config(name))
+        bucket = f"{env.bucket_prefix}{RELEASES}"
+        writers = {role for role, doc in in_cluster.items() if allowed(doc, bucket, "write", key)}
+        assert writers == {STEP_IAM_ROLES[RELEASE_DRIVER_SA]}, (name, writers)
+        assert not allowed(in_cluster[iam_role_name("pipeline")], bucket, "write", key)
+        assert not allowed(in_cluster[STEP_IAM_ROLES[UNTRUSTED_SA]], bucket, "write", key)
+        assert allowed(in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]], bucket, "read", key)
 
 
 def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_records_and_artifacts(sources):

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from kfrelease.errors import AccessDenied
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.controller import ReleaseController, ReleaseError
 from kfrelease.rollout.spec import load_rollout_spec
@@ -110,13 +111,20 @@ def test_the_rollout_step_alone_moves_no_traffic_without_a_passed_shadow_gate(st
         pipeline_steps.rollout_step(settings, spec, candidate)
     assert driver.applied == [] and registry.get(name, candidate).stage == "staging"
     controller = ReleaseController(settings, spec, driver)
-    # a pass against another production, or a failed gate, does not count; the event the shadow step writes does
-    for decision, production in (("pass", "V9.9.9"), ("fail", first)):
-        evidence = {"phase": "shadow", "decision": decision, "production_version": production}
-        registry.set_stage(name, candidate, "staging", "test", f"shadow gate {decision}", evidence)
-        assert not pipeline_steps.shadow_gate_passed(controller, candidate, first)
+    # review 4 R4: a pass event in the registry history does not count: the pipeline role writes the registry, and
+    # on a cluster that is default-editor's (every trusted training step, any run a run creator starts)
     evidence = {"phase": "shadow", "decision": "pass", "production_version": first}
     registry.set_stage(name, candidate, "staging", "test", "shadow gate pass", evidence)
+    assert not pipeline_steps.shadow_gate_passed(controller, candidate, first)
+    # nor can the pipeline role write the verdict the rollout step reads (the object store refuses it)
+    key = pipeline_steps.shadow_verdict_key(name, candidate)
+    with pytest.raises(AccessDenied, match="role 'pipeline' may not"):
+        store_for("pipeline", settings).put_json(pipeline_steps.RELEASES, key, {**evidence, "candidate": candidate})
+    # a pass against another production, or a failed gate, does not count; the verdict the shadow step records does
+    for decision, production in (("pass", "V9.9.9"), ("fail", first)):
+        pipeline_steps.record_shadow_verdict(settings, name, candidate, production, decision)
+        assert not pipeline_steps.shadow_gate_passed(controller, candidate, first)
+    pipeline_steps.record_shadow_verdict(settings, name, candidate, first, "pass")
     assert pipeline_steps.shadow_gate_passed(controller, candidate, first)
 
 

@@ -22,7 +22,14 @@ from kfrelease.k8s.environments import (
     Team,
     iam_role_name,
 )
-from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA, role_placements
+from kfrelease.k8s.render.platform import (
+    RELEASE_DRIVER_SA,
+    RELEASE_ROLE,
+    STEP_IAM_ROLES,
+    UNTRUSTED_SA,
+    placed_roles,
+    role_placements,
+)
 from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME  # the Dockerfile's target spark
 
 CI_ROLE = "kfrelease-ci"
@@ -116,6 +123,17 @@ def untrusted_step_policy(env: Environment) -> dict:
     }
 
 
+def release_driver_policy(policy: AccessPolicy, env: Environment) -> dict:
+    """The release driver's S3 policy: the pipeline role's (registry history, model sources, labels) and the release
+    role's (``releases``: the shadow gate's verdicts, which ``pipeline_steps.require_shadow_gate`` reads). The
+    pipeline role, ``default-editor``'s, cannot write ``releases``: a run as default-editor could otherwise record a
+    passed gate and run the rollout component alone (review 4 R4)."""
+    statements = [
+        s for role in ("pipeline", RELEASE_ROLE) for s in iam_policy(policy, role, env.bucket_prefix)["Statement"]
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
 def pipeline_ui_policy(env: Environment) -> dict:
     """Read-only access to the KFP pipeline root for ``ml-pipeline-ui`` (IRSA), so the Kubeflow UI opens the
     Evidently HTML reports and other artifacts. The UI server reads ``s3://`` artifacts with the AWS SDK's
@@ -155,7 +173,7 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
     """The eksctl ``ClusterConfig`` (eksctl.io/v1alpha5) of one environment."""
     placements = role_placements(serving_ns)
     accounts = []
-    for role in policy.roles:
+    for role in placed_roles(policy):
         ns, sa, _ = placements[role]
         entry = {
             "metadata": {"name": sa, "namespace": ns},
@@ -165,17 +183,20 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
         }
         if role == "pipeline":  # the training pipeline pushes ModelCar images to ECR
             entry["attachPolicyARNs"] = [f"arn:aws:iam::{env.account_id}:policy/{image_push_policy_name(env)}"]
-            # the release steps' own service account: the same S3 policy, no image push; the untrusted steps'
-            # (the merged model code): only what train and evaluate do (untrusted_step_policy)
+            # the release steps' own service account: the same S3 policy and the release role's (the only writer
+            # of release decisions: review 4 R4), no image push; the untrusted steps' (the merged model code): only
+            # what train and evaluate do (untrusted_step_policy)
+            steps = {
+                UNTRUSTED_SA: untrusted_step_policy(env),
+                RELEASE_DRIVER_SA: release_driver_policy(policy, env),
+            }
             for step_sa, step_role in STEP_IAM_ROLES.items():
                 accounts.append(
                     {
                         "metadata": {"name": step_sa, "namespace": ns},
                         "roleName": step_role,
                         "roleOnly": True,
-                        "attachPolicy": untrusted_step_policy(env)
-                        if step_sa == UNTRUSTED_SA
-                        else entry["attachPolicy"],
+                        "attachPolicy": steps[step_sa],
                     }
                 )
         accounts.append(entry)

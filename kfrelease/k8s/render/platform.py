@@ -58,6 +58,11 @@ def role_placements(serving_ns: str) -> dict[str, tuple[str, str, bool]]:
     }
 
 
+def placed_roles(policy: AccessPolicy) -> list[str]:
+    """The access-policy roles with a service account (or Profile) of their own: all but ``RELEASE_ROLE``."""
+    return [role for role in policy.roles if role != RELEASE_ROLE]
+
+
 def _meta(
     name: str,
     namespace: str | None = None,
@@ -215,13 +220,18 @@ UNTRUSTED_SA = "kfrelease-untrusted-step"
 RELEASE_DRIVER_SA = "kfrelease-release-driver"
 PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
 #: Their IAM roles (IRSA; eksctl trusts one service account per role), no ECR push (only containerize pushes,
-#: as default-editor): the release driver's has the pipeline role's S3 policy; the untrusted steps' only
+#: as default-editor): the release driver's has the pipeline role's S3 policy and the release role's (``RELEASE_ROLE``,
+#: the only writer of the ``releases`` bucket); the untrusted steps' only
 #: curated reads, their own step records and the KFP artifacts (``kfrelease.k8s.render.eks.untrusted_step_policy``):
 #: no registry write, so the merged model code cannot register, stage or promote anything itself.
 STEP_IAM_ROLES = {
     UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step",
     RELEASE_DRIVER_SA: "kfrelease-pipeline-release-driver",
 }
+#: The access-policy role of the release steps alone (bucket ``releases``: the shadow gate's verdicts); it has no
+#: service account of its own: the release driver's IAM role holds it with the pipeline role's grants
+#: (``kfrelease.k8s.render.eks.cluster_config``), so ``default-editor`` cannot write what the rollout step trusts.
+RELEASE_ROLE = "release"
 
 
 def pipeline_step_role(ns: str) -> dict:
@@ -636,7 +646,7 @@ def platform_documents(env: Environment, policy: AccessPolicy, team: Team, servi
     }
     docs: list[dict] = []
     placements = role_placements(serving_ns)
-    for role in policy.roles:
+    for role in placed_roles(policy):
         ns, sa, via_profile = placements[role]
         if via_profile:
             docs.append(profile(ns, owners[role], env, role))
@@ -651,7 +661,7 @@ def platform_documents(env: Environment, policy: AccessPolicy, team: Team, servi
     # One PodDefault per role that works in a Profile namespace: Kubeflow's PodDefault webhook acts only in
     # namespaces labelled app.kubernetes.io/part-of=kubeflow-profile (kubeflow/manifests admission-webhook
     # mutating-webhook-configuration.yaml). The serving workloads set the same variables themselves.
-    for role in policy.roles:
+    for role in placed_roles(policy):
         ns, sa, via_profile = placements[role]
         if via_profile:
             docs.append(pod_default(role, ns, env, sa))
