@@ -20,8 +20,9 @@ its share in the reference is 0, which PSI only fills with a small number), and 
 result carries its per-category frequencies, reference against current.
 
 Only the per-bin counts of the current rows come out of the engine, for every column in one scan (each row's
-bin computed once, ``count_if`` per bin or category; the count, minimum and maximum that fix the bins in one
-scan before, or from the window's own scan); the reference (the training data) is small and binned with numpy. Non-finite and missing values are left out,
+bin computed once and grouped in its feature's grouping set, with the category values; the count, minimum
+and maximum that fix the bins in one scan before, or from the window's own scan); the reference (the
+training data) is small and binned with numpy. Non-finite and missing values are left out,
 as Evidently drops them.
 """
 
@@ -154,10 +155,6 @@ def plan_columns(reference: pd.DataFrame, features: list[str], categorical=()) -
     return out
 
 
-def _value_lit(v, category: bool) -> str:
-    return "'" + str(v).replace("'", "''") + "'" if category else _lit(v, DUCKDB)
-
-
 def ok_sql(column: str, category: bool, dialect: Dialect) -> str:
     """A value the drift counts: present, and a finite number unless a category (Evidently drops the rest)."""
     return f"({column} IS NOT NULL)" if category else f"({column} IS NOT NULL AND {dialect.finite.format(column)})"
@@ -177,21 +174,6 @@ def stats_aggregates(features: list[str], categorical, dialect: Dialect = DUCKDB
     return out
 
 
-def count_aggregates(
-    plan: ColumnPlan, edges: np.ndarray | None, dialect: Dialect, column: str | None = None
-) -> list[str]:
-    """Aggregates counting the current values of ``plan``'s feature by bin (``edges``) or by the reference's
-    values, the last one counting the values outside them (``"values"`` only). ``column``: an expression that
-    is already the bin index (``"bins"``) or the value, e.g. a column of an inner projection."""
-    q = column or _quote(plan.feature, dialect)
-    count = "count_if({})"
-    if plan.kind == "bins":
-        return [count.format(f"{q} = {i}") for i in range(len(edges) - 1)]
-    lits = [_value_lit(v, plan.category) for v in plan.values]
-    ok = ok_sql(q, plan.category, dialect)
-    return [count.format(f"{q} = {lit}") for lit in lits] + [count.format(f"{ok} AND {q} NOT IN ({', '.join(lits)})")]
-
-
 def column_result(
     plan: ColumnPlan,
     counts: list,
@@ -200,8 +182,8 @@ def column_result(
     others: dict | None = None,
     threshold: float = PSI_THRESHOLD,
 ) -> tuple[dict, dict | None]:
-    """PSI of one feature from the current counts (``count_aggregates``' order; ``others``: the counts of
-    values outside the reference's, by value), and the current counts by category of a category feature."""
+    """PSI of one feature from the current counts (by bin; or by the reference's values, then the number of
+    values outside them, ``others``: those by value), and the current counts by category of a category feature."""
     from kfrelease.quality.drift import categorical_verdict
 
     if plan.kind == "bins":
@@ -239,8 +221,8 @@ def psi_drift(
 
     Two scans of ``current`` whatever the number of features: the counts, minimum and maximum of every
     feature (``stats``: already known, e.g. from the window's own scan: then this one is skipped), then every
-    feature's bin counts. A value outside the reference's (an unseen category) costs one more grouped scan
-    of its feature."""
+    feature's counts by bin or value, one grouping set per feature (values outside the reference's, e.g. an
+    unseen category, come out of the same grouping)."""
     run = (
         (lambda sql: con.execute(sql).fetchall())
         if dialect.name == "duckdb"
@@ -249,57 +231,61 @@ def psi_drift(
     if stats is None:
         (stats,) = run(f"SELECT count(*), {', '.join(stats_aggregates(features, categorical, dialect))} FROM {current}")
     plans = plan_columns(reference, features, categorical)
-    edges, aggs, where, columns, inner, kept = {}, [], {}, [], [], []
+    edges, counted, columns, inner, kept = {}, [], [], [], []
     for j, f in enumerate(features):
         n_cur = int(stats[3 + 3 * j] or 0)
         if f not in plans or n_cur == 0:
             continue
-        plan = plans[f]
+        plan, q = plans[f], _quote(f, dialect)
+        counted.append(j)
         if plan.kind == "bins":
             edges[f] = plan.edges(stats[1 + 3 * j], stats[2 + 3 * j], n_cur)
-            q = _quote(f, dialect)
             # each a projection of its own, computed once per row: the counted value (else NULL), its bin's
-            # estimate, its bin
+            # estimate, its bin (NULL for a value not counted)
             kept.append(f"CASE WHEN {ok_sql(q, False, dialect)} THEN {q} END AS _x_{j}")
             inner += [f"_x_{j}", f"{estimate_sql(f'_x_{j}', edges[f])} AS _est_{j}"]
-            columns.append(f"{bin_index_sql(f'_x_{j}', edges[f], dialect, f'_est_{j}')} AS _bin_{j}")
-            where[f] = (len(aggs), len(edges[f]) - 1)
-            aggs += count_aggregates(plan, edges[f], dialect, column=f"_bin_{j}")
+            columns.append(f"{bin_index_sql(f'_x_{j}', edges[f], dialect, f'_est_{j}')} AS _g_{j}")
         else:
-            kept.append(f"{_quote(f, dialect)} AS _value_{j}")
-            inner.append(f"_value_{j}")
-            columns.append(f"_value_{j}")
-            where[f] = (len(aggs), len(plan.values) + 1)
-            aggs += count_aggregates(plan, None, dialect, column=f"_value_{j}")
-    projected = (
-        f"(SELECT {', '.join(columns)} FROM (SELECT {', '.join(inner)} FROM "
-        f"(SELECT {', '.join(kept)} FROM {current}) kept) estimated) binned"
-    )
-    counts = run(f"SELECT {', '.join(aggs)} FROM {projected}")[0] if aggs else ()
-    out = drift_from_counts(run, current, features, plans, stats, edges, where, counts, dialect, threshold)
+            kept.append(f"CASE WHEN {ok_sql(q, plan.category, dialect)} THEN {q} END AS _g_{j}")
+            inner.append(f"_g_{j}")
+            columns.append(f"_g_{j}")
+    found: dict[int, dict] = {j: {} for j in counted}
+    if counted:
+        # one grouping set per feature (a few dozen groups each): each row's bin or value is grouped once
+        # per feature, where a count_if per bin and category evaluated every one of them on every row
+        groups = ", ".join(f"_g_{j}" for j in counted)
+        flags = ", ".join(f"grouping(_g_{j})" for j in counted)
+        sets = ", ".join(f"(_g_{j})" for j in counted)
+        projected = (
+            f"(SELECT {', '.join(columns)} FROM (SELECT {', '.join(inner)} FROM "
+            f"(SELECT {', '.join(kept)} FROM {current}) kept) estimated) binned"
+        )
+        for row in run(f"SELECT {groups}, {flags}, count(*) FROM {projected} GROUP BY GROUPING SETS ({sets})"):
+            at = row[len(counted) :].index(0)  # the grouping set of this row: its feature's flag is 0
+            if row[at] is not None:  # NULL: the values not counted
+                found[counted[at]][row[at]] = int(row[-1])
+    out = drift_from_counts(features, plans, stats, edges, found, threshold)
     out.rows_reference = len(reference)
     return out
 
 
-def drift_from_counts(run, current, features, plans, stats, edges, where, counts, dialect, threshold) -> DriftStats:
-    """The drift of every feature from its counts (``where[f]``: their position and number in ``counts``)."""
+def drift_from_counts(features, plans, stats, edges, found, threshold) -> DriftStats:
+    """The drift of every feature from its current counts (``found[j]``: feature ``j``'s count by bin index
+    or by value)."""
     columns: dict[str, dict] = {}
     current_counts: dict[str, dict[str, int]] = {}
     for j, f in enumerate(features):
-        if f not in where:
+        if j not in found:
             continue
-        plan, (at, k) = plans[f], where[f]
-        mine = list(counts[at : at + k])
-        others = None
-        if plan.kind == "values" and int(mine[-1] or 0) > 0:  # values the reference never holds: which ones
-            q = _quote(f, dialect)
-            lits = ", ".join(_value_lit(v, plan.category) for v in plan.values)
-            found = run(
-                f"SELECT {q}, count(*) FROM {current} WHERE {ok_sql(q, plan.category, dialect)} "
-                f"AND {q} NOT IN ({lits}) GROUP BY 1"
-            )
-            others = {(str(v) if plan.category else float(v)): int(c) for v, c in found}
-        columns[f], cats = column_result(plan, mine, int(stats[3 + 3 * j]), edges.get(f), others, threshold)
+        plan, mine = plans[f], found[j]
+        if plan.kind == "bins":
+            counts, others = [mine.get(i, 0) for i in range(len(edges[f]) - 1)], None
+        else:
+            key = str if plan.category else float
+            known = set(plan.values)
+            others = {key(v): c for v, c in mine.items() if v not in known}
+            counts = [mine.get(v, 0) for v in plan.values] + [sum(others.values())]
+        columns[f], cats = column_result(plan, counts, int(stats[3 + 3 * j]), edges.get(f), others, threshold)
         if cats is not None:
             current_counts[f] = cats
     drifted = [f for f in features if columns.get(f, {}).get("drifted")]

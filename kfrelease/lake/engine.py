@@ -163,6 +163,36 @@ def define_views(
     con.execute("CREATE OR REPLACE VIEW joined AS " + J.joined_sql("predictions", "truth"))
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def materialise_joined(con, features, keep, categorical, one_server, since=None, until=None) -> bool:
+    """The joined rows' columns ``keep`` into the table ``joined_rows``, in one pass that pairs each request
+    with its response and its label without grouping either: the join's own rows when no event repeats and
+    no instance has two labels, which one grouping of the joined rows' pairing keys proves (a repeated event
+    or a second label gives a pair twice; a hash collision only fails the proof). False, and no table, when
+    a pair occurs twice: the caller then joins with the repeat check and the latest-label rule."""
+    preds = J.predictions_sql(
+        "events",
+        features,
+        J.DUCKDB,
+        since,
+        until,
+        dedup=False,
+        categorical=frozenset(categorical),
+        one_server=one_server,
+        pair_key=True,
+    )
+    joined = J.joined_sql(f"({preds})", f"({J.labels_sql('labels', J.DUCKDB, since)})")
+    cols = ", ".join(_quoted(c) for c in keep)
+    con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols}, _pair FROM ({joined}) j")
+    if con.execute("SELECT count(*) - count(DISTINCT _pair) FROM joined_rows").fetchone()[0] == 0:
+        return True
+    con.execute("DROP TABLE joined_rows")
+    return False
+
+
 def open_window(
     store,
     model: str,
@@ -182,7 +212,8 @@ def open_window(
     features whose logged values are categories (the input schema's ``category`` and ``string``; None: those
     whose logged values are text, ``logged_categories``). With ``materialize``
     the joined rows a window reads are computed once into a table (several queries on one window;
-    ``"with-keys"`` keeps ``request_id`` and ``instance`` too)."""
+    ``"with-keys"`` keeps ``request_id`` and ``instance`` too), in one pass with no repeat check and no
+    latest-label grouping when no pair occurs twice (``materialise_joined``)."""
     warnings = warnings if warnings is not None else []
     cache = R.LakeCache.for_store(store)
     pred_files, label_files, logs, labels = R.window_files(store, model, since, until, cache, warnings)
@@ -204,28 +235,44 @@ def open_window(
     lo, hi = R.sql_time(R.as_utc(since)), R.sql_time(R.as_utc(until))
     file_stats = file_request_stats(pred_files)
     single = one_server(pred_files)
-    if widths_proven(file_stats, len(features)):  # the writer recorded every request row's width: no list read
-        repeated, wrong = con.execute(J.duplicates_sql("events", single)).fetchone()[0], 0
-    else:  # one scan, both checks
-        repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi, single)).fetchone()
-    define_views(con, list(features), since, until, dedup=repeated > 0, categorical=categorical, one_server=single)
-    if wrong:
-        mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
-        bad = con.execute(
-            mismatch.replace("SELECT count(*)", "SELECT filename, count(*)") + " GROUP BY filename"
-        ).fetchall()
-        where = ", ".join(sorted(cache.origin.get(f, f) for f, _ in bad)[:5])
-        warnings.append(
-            f"{sum(n for _, n in bad)} logged request instance(s) of {model!r} in {len(bad)} batch(es) do not "
-            f"match the model's {len(features)} input features and were skipped (left in place): {where}"
-        )
+    proven = widths_proven(file_stats, len(features))  # the writer recorded every request row's width
     if materialize:  # only what the windows read: no ids unless the window orders by them (count windows)
         keep = ["model_version", "stage", "time", *features, "prediction", "truth", "truth_time"]
         if materialize == "with-keys":
             keep += ["request_id", "instance"]
-        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in keep)
-        con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
-        con.execute("CREATE OR REPLACE VIEW joined AS SELECT * FROM joined_rows")
+        wrong = not proven  # counted by batch below, if any
+        unique = materialise_joined(con, list(features), keep, categorical, single, lo, hi)
+        # no pair twice: no repeated event among the pairs, so the plain pairing is the deduplicated one
+        define_views(
+            con,
+            list(features),
+            since,
+            until,
+            dedup=False if unique else None,
+            categorical=categorical,
+            one_server=single,
+        )
+        cols = ", ".join(_quoted(c) for c in keep)
+        if not unique:
+            con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
+        con.execute(f"CREATE OR REPLACE VIEW joined AS SELECT {cols} FROM joined_rows")
+    else:
+        if proven:  # no list read
+            repeated, wrong = con.execute(J.duplicates_sql("events", single)).fetchone()[0], 0
+        else:  # one scan, both checks
+            repeated, wrong = con.execute(J.checks_sql("events", len(features), lo, hi, single)).fetchone()
+        define_views(con, list(features), since, until, dedup=repeated > 0, categorical=categorical, one_server=single)
+    if wrong:  # counted, or (materialised) not proven absent: which batches
+        mismatch = J.mismatched_requests_sql("events", len(features), J.DUCKDB, lo, hi)
+        bad = con.execute(
+            mismatch.replace("SELECT count(*)", "SELECT filename, count(*)") + " GROUP BY filename"
+        ).fetchall()
+        if bad:
+            where = ", ".join(sorted(cache.origin.get(f, f) for f, _ in bad)[:5])
+            warnings.append(
+                f"{sum(n for _, n in bad)} logged request instance(s) of {model!r} in {len(bad)} batch(es) do "
+                f"not match the model's {len(features)} input features and were skipped (left in place): {where}"
+            )
     etags = {
         store.uri(bucket, o.key): o.etag
         for bucket, b in ((S.LOG_BUCKET, logs), (S.LABEL_BUCKET, labels))

@@ -74,6 +74,7 @@ def predictions_sql(
     dedup: bool = True,
     categorical: frozenset[str] | set[str] | tuple[str, ...] = (),
     one_server: bool = False,
+    pair_key: bool = False,
 ) -> str:
     """One row per predicted instance: ``request_id, instance, time, model_version, stage, <features>,
     prediction`` from the event table ``events`` (requests in ``[since, until)``, inputs of the right width).
@@ -82,7 +83,8 @@ def predictions_sql(
     ``dedup=False`` skips counting repeated events once: only for tables known to hold none
     (``duplicates_sql``), where it saves two aggregations of every event. ``one_server=True`` pairs by request
     id and instance alone: only for tables whose every event names the same server (``one_server``), where
-    the server's three columns add nothing to the pairing but its cost."""
+    the server's three columns add nothing to the pairing but its cost. ``pair_key=True`` adds ``_pair``, a
+    hash of the pairing key (request id, instance and server), equal on the rows of one pair. DuckDB."""
     quote = _quote(dialect)
 
     def element(j: int) -> str:
@@ -92,6 +94,8 @@ def predictions_sql(
     by = "" if one_server else "source, isvc, ep, "
     same = "" if one_server else " AND q.source = r.source AND q.isvc = r.isvc AND q.ep = r.ep"
     cols = "".join(f"q.inputs_{j} AS {quote(f)}, " for j, f in enumerate(features))
+    if pair_key:
+        cols += f"hash(q.request_id, q.instance{'' if one_server else ', q.source, q.isvc, q.ep'}) AS _pair, "
     width = f"{dialect.size.format('inputs')} = {len(features)}"
     when = _time_filter("time", since, until, dialect)
     if dedup:
@@ -157,14 +161,26 @@ def mismatched_requests_sql(events: str, width: int, dialect: Dialect, since=Non
     )
 
 
+def _counted_labels(dialect: Dialect, since: str | None) -> str:
+    return f"truth IS NOT NULL AND {dialect.finite.format('truth')} AND {_time_filter('time', since, None, dialect)}"
+
+
 def latest_labels_sql(labels: str, dialect: Dialect, since: str | None = None) -> str:
     """The one "latest label wins" rule: ``request_id, instance, truth, truth_time``."""
     return f"""
     SELECT request_id, instance, max_by(truth, time) AS truth, max(time) AS truth_time
     FROM {labels}
-    WHERE truth IS NOT NULL AND {dialect.finite.format("truth")} AND {_time_filter("time", since, None, dialect)}
+    WHERE {_counted_labels(dialect, since)}
     GROUP BY request_id, instance
     """
+
+
+def labels_sql(labels: str, dialect: Dialect, since: str | None = None) -> str:
+    """Every label the rule weighs (``request_id, instance, truth, truth_time``), ungrouped: the latest labels
+    themselves when no instance has two (``kfrelease.lake.engine.materialise_joined`` checks it)."""
+    return (
+        f"SELECT request_id, instance, truth, time AS truth_time FROM {labels} WHERE {_counted_labels(dialect, since)}"
+    )
 
 
 def joined_sql(predictions: str, truth: str) -> str:
