@@ -1,5 +1,6 @@
 """The embedded stack's lifecycle: up waits for readiness, up twice changes nothing, down leaves nothing."""
 
+import json
 import os
 import signal
 import subprocess
@@ -117,6 +118,49 @@ def test_a_restart_that_fails_keeps_the_service_and_the_next_one_brings_it_back(
     assert st.healthy and st.pid not in (None, first.pid)
     assert "restart_failures" not in supervisor.records(settings)[0]  # a good start forgets the failures
     supervisor.stop_service(settings, "flaky")
+
+
+def test_a_recorded_pid_the_kernel_gave_to_another_program_is_not_the_service(tmp_path):
+    """pids wrap (32768 here): once a service died, its pid may be another program's. Its record must not make
+    that program the service: status says the service exited, the watchdog's restart brings it back, and a
+    stop signals nothing (it used to SIGTERM the other program's group, or fail with "did not stop after
+    SIGKILL" when that program led no group). The record here is made as a reuse leaves it: the service's pid
+    and start time, the pid now a live program's."""
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    port = settings.port("gateway")
+    svc = Service(
+        name="reused",
+        port=port,
+        command=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        startup_timeout=30,
+        restart=True,
+    )
+    first = supervisor.start_service(settings, svc)
+    (rec,) = supervisor.records(settings)
+    assert rec["pid_started"] == supervisor.process_started(first.pid)
+    os.killpg(first.pid, signal.SIGKILL)
+    eventually(lambda: not supervisor.pid_alive(first.pid), 10, "the killed server is gone")
+    for leads_a_group in (True, False):
+        other = subprocess.Popen(["sleep", "300"], start_new_session=leads_a_group)
+        try:
+            eventually(lambda pid=other.pid: supervisor.process_started(pid), 10, "the other program started")
+            path = settings.run_dir / "reused.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "pid": other.pid}))
+            st = supervisor.service_status(settings, "reused")
+            assert not st.healthy and st.pid is None and st.note.startswith("process exited"), st
+            if leads_a_group:
+                assert supervisor.restart_if_dead(settings, "reused"), "the watchdog took the other program for it"
+                again = supervisor.service_status(settings, "reused")
+                assert again.healthy and again.pid not in (first.pid, other.pid)
+                os.killpg(again.pid, signal.SIGKILL)
+                eventually(lambda pid=again.pid: not supervisor.pid_alive(pid), 10, "the restarted one is gone")
+            else:
+                assert supervisor.stop_service(settings, "reused") is False
+                assert supervisor.records(settings) == []
+            assert other.poll() is None, "the other program was signalled"
+        finally:
+            other.kill()
+            other.wait()
 
 
 def test_missing_program_names_its_debian_package(tmp_path):

@@ -94,7 +94,28 @@ def records(settings: Settings) -> list[dict]:
     return out
 
 
-def pid_alive(pid: int | None) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, process group, start time)`` of ``pid`` from ``/proc/<pid>/stat`` (fields 3, 5 and 22; the start
+    time in clock ticks after boot, exact, unlike a wall-clock time derived from it), None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after "pid (comm)": a comm may hold ") "
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def process_started(pid: int | None) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), None if there is none: recorded with a pid, it tells
+    that process from another one the kernel gives the same pid once it is gone (pids wrap: 32768 here)."""
+    stat = _proc_stat(pid) if pid else None
+    return stat[2] if stat else None
+
+
+def pid_alive(pid: int | None, started: int | None = None) -> bool:
+    """True while process ``pid`` runs: a zombie (exited, not yet reaped by its parent: ``kill(pid, 0)`` still
+    succeeds) does not, nor, given ``started`` (its ``process_started`` when it was recorded), another process
+    that has the same pid since."""
     if not pid:
         return False
     try:
@@ -102,12 +123,12 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False  # gone (and reaped) since the kill
+    state, _, start = stat
+    return state != "Z" and (started is None or start == started)
 
 
 def probe(url: str, timeout: float = 1.0) -> bool:
@@ -155,7 +176,7 @@ def service_status(settings: Settings, name: str) -> ServiceStatus:
     rec = _read_record(settings, name)
     if rec is None:
         return ServiceStatus(name, "", False, None, "not started")
-    alive = pid_alive(rec.get("pid"))
+    alive = record_alive(rec)
     healthy = alive and probe(rec["health_url"])
     note = "" if healthy else ("process exited; see " + rec.get("log", "its log") if not alive else "not answering")
     if not alive and rec.get("restart_failures"):
@@ -224,7 +245,7 @@ def _start_service(settings: Settings, service: Service, launch: Launcher | None
     if current.healthy:
         return ServiceStatus(service.name, current.url, True, current.pid, "already running")
     rec = _read_record(settings, service.name)
-    if rec and pid_alive(rec.get("pid")):
+    if rec and record_alive(rec):
         _stop_service(settings, service.name)  # running but unhealthy: restart it cleanly
     if port_in_use(service.port):  # checked before the record goes: a restart that fails here is retried
         raise StackError(
@@ -247,6 +268,7 @@ def _start_service(settings: Settings, service: Service, launch: Launcher | None
     record = {
         "name": service.name,
         "pid": proc.pid,
+        "pid_started": process_started(proc.pid),
         "port": service.port,
         "url": service.url,
         "health_url": service.health_url,
@@ -286,11 +308,19 @@ def _stop_service(settings: Settings, name: str) -> bool:
         rec["stopping"] = True
         _write_record(settings, name, rec)
     pid = rec.get("pid")
-    was_running = pid_alive(pid)
-    if was_running and not stop_process_group(pid):
-        raise StackError(f"{name} (pid {pid}) did not stop after SIGKILL; check it with `ps -p {pid}`")
+    was_running = record_alive(rec)
+    if was_running and not stop_process_group(pid, started=rec.get("pid_started")):
+        raise StackError(
+            f"{name} (pid {pid}) did not stop after SIGKILL: {group_members(pid) or 'its group is gone now'}; "
+            f"check it with `ps -p {pid}`"
+        )
     _record_path(settings, name).unlink(missing_ok=True)
     return was_running
+
+
+def record_alive(rec: dict) -> bool:
+    """True while the process a pid record names runs (the same process: see ``pid_alive``)."""
+    return pid_alive(rec.get("pid"), rec.get("pid_started"))
 
 
 def _write_record(settings: Settings, name: str, record: dict) -> None:
@@ -325,7 +355,7 @@ def restart_if_dead(settings: Settings, name: str, launch: Launcher | None = Non
     The error is raised for the caller to log."""
     with service_lock(settings, name):
         rec = _read_record(settings, name)
-        if not rec or not rec.get("restart") or rec.get("stopping") or pid_alive(rec.get("pid")):
+        if not rec or not rec.get("restart") or rec.get("stopping") or record_alive(rec):
             return False
         if time.time() < rec.get("retry_at", 0.0):
             return False
@@ -343,35 +373,47 @@ def restart_if_dead(settings: Settings, name: str, launch: Launcher | None = Non
         return True
 
 
-def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
+def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT, started: int | None = None) -> bool:
     """SIGTERM the process group led by ``pid``, SIGKILL it if any of it is still there after ``timeout`` s;
     True once the leader and every other member of the group are gone (a child can outlive its leader
-    by a moment; zombies count as gone)."""
+    by a moment; zombies count as gone). ``started``: the leader's ``process_started``; once ``pid`` is another
+    process, the group is gone (its id cannot be reused while any member lives) and nothing is signalled."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not group_alive(pid, started):
+            break
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while group_alive(pid) and time.monotonic() < deadline:
+        while group_alive(pid, started) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if not group_alive(pid):
-            break
-    return not group_alive(pid)
+    return not group_alive(pid, started)
 
 
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group ``pgid`` lives (zombies do not count)."""
-    if pid_alive(pgid):
+def group_alive(pgid: int, started: int | None = None) -> bool:
+    """True while any process of the group ``pgid`` lives (zombies do not count). ``started``: the leader's
+    ``process_started``; when ``pgid`` is now another process's pid, the group is gone: the kernel gives a
+    group's id to a new process only once no member is left."""
+    leader = _proc_stat(pgid)
+    if leader is not None and started is not None and leader[2] != started:
+        return False
+    if pid_alive(pgid, started):
         return True
+    return bool(group_members(pgid))
+
+
+def group_members(pgid: int) -> str:
+    """The live (not zombie) processes of group ``pgid``, as ``pid N (state S, command)``, for a message."""
+    out = []
     for proc in psutil.process_iter(["status"]):
         try:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                return True
+                out.append(f"pid {proc.pid} ({proc.info['status']}, {' '.join(proc.cmdline())[:120]})")
         except (ProcessLookupError, psutil.Error):
             continue
-    return False
+    return ", ".join(out)
 
 
 def _reap(pid: int) -> None:

@@ -133,7 +133,7 @@ def sweep(settings: Settings, restarts: dict[str, int], warm: WarmSpare | None =
         name = rec["name"]
         if name == supervisor.WATCHDOG or not rec.get("restart") or rec.get("stopping"):
             continue
-        if supervisor.pid_alive(rec.get("pid")):
+        if supervisor.record_alive(rec):
             continue
         launch = warm.launcher(rec) if warm is not None else None
         try:
