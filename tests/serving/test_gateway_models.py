@@ -133,19 +133,31 @@ def test_production_runs_on_two_replicas_by_default(stack):
 
 def test_both_production_replicas_killed_under_load_fail_no_request_the_hold_answers_them(stack):
     """Every replica of production gone at once: the gateway's hold keeps the predictions until the watchdog
-    has restarted a server (from the warm spare), then sends them there."""
+    has restarted a server (from the warm spare), then sends them there. The watchdog is paused (SIGSTOP) from
+    the kill until a prediction is seen waiting in the hold, then resumed: on a busy machine it could restart
+    both replicas before any client sent a request, and the test would not test the hold (it failed so once)."""
     settings, records = stack
-    supervisor.start_service(settings, watchdog_service(settings))
+    watchdog = supervisor.start_service(settings, watchdog_service(settings)).pid
     _driver(settings, records, "m").apply(TrafficState(primary="V1"))
     _spare_ready(settings)
     hold = settings.url("gateway-hold", "/healthz")
+
+    def waiting():
+        counts = httpx.get(hold).json()
+        return counts["held"] - counts["answered"] - counts["expired"]
+
     with Load(settings.url("gateway", "/v1/models/m:predict"), threads=4) as load:
         eventually(lambda: load.ok >= 200, 60, "200 answers before the kill")
-        old = {name: _kill(settings, name) for name in ("predictor-production", "predictor-production-1")}
+        os.kill(watchdog, signal.SIGSTOP)
+        try:
+            old = {name: _kill(settings, name) for name in ("predictor-production", "predictor-production-1")}
+            eventually(lambda: waiting() > 0, 20, "a prediction waiting in the hold")
+        finally:
+            os.kill(watchdog, signal.SIGCONT)
         served = load.ok
         eventually(lambda: load.ok - served >= 300, 60, "300 answers after the kill")
     assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)}: {load.failures[:3]}"
-    assert httpx.get(hold).json()["answered"] > 0, "no prediction was held: the kill was not seen"
+    assert httpx.get(hold).json()["answered"] > 0, "no prediction was held"
     for name, pid in old.items():  # the watchdog restarts them one sweep after another: 300 answers can come first
         st = eventually(
             lambda name=name: (s := supervisor.service_status(settings, name)).healthy and s,
