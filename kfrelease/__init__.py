@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 def load_model(name: str, stage: str | None = "production", version: str | None = None, **kwargs):
     """The fitted estimator of a registered model (``kfrelease.load_model("name", stage="production")``, or
     ``version="V1.2.0"``; ``experiment=True`` for the experiments space); see ``kfrelease.training.experiments``."""
+    # cycle: every kfrelease module imports this package first
     from kfrelease.training.experiments import load_model as _load
 
     return _load(name, stage, version, **kwargs)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from kfrelease.access.credentials import ensure_label_source
 from kfrelease.access.policy import load_policy
 from kfrelease.access.render import iam_policies, seaweed_identities
 from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
@@ -68,6 +69,4 @@ def register(cli: click.Group) -> None:
         on it): send `Authorization: Bearer <token>` with every POST /v1/feedback. The tokens are kept under
         the data dir (credentials/label-sources.json, mode 0600). On a cluster the sources are mesh identities
         (manifests/sources/environments.yaml: mesh_clients, and the ingress gateway)."""
-        from kfrelease.access.credentials import ensure_label_source
-
         click.echo(ensure_label_source(Settings.from_env(), name))

@@ -139,7 +139,7 @@ def register(cli: click.Group) -> None:
         search = (str(Path(dataset).resolve().parent),) if dataset and is_spec_path(dataset) else ()
         if via_pipeline:
             # heavy: the pipeline definition imports kfp's DSL (seconds); only --via-pipeline needs it
-            from kfrelease.pipelines.data_pipeline import data_pipeline  # heavy
+            from kfrelease.pipelines.data_pipeline import data_pipeline
 
             console.print(f"running the data pipeline for {spec.name!r} with kfp.local ...")
             version = run_local(

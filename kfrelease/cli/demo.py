@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
         """Run the end-to-end demo on the embedded stack (safe to run again)."""
         # cycle: the flow prints with kfrelease.cli.output, whose package imports this module; heavy: the flow
         # imports the whole library (kfp, pandas, the monitoring passes), which other commands need not load
-        from kfrelease.demo.flow import STEPS, DemoContext
+        from kfrelease.demo.flow import STEPS, DemoContext  # heavy: pandas
 
         ctx = DemoContext(Settings.from_env())
         started = time.monotonic()

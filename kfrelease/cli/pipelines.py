@@ -26,7 +26,7 @@ from kfrelease.training.trigger import resume_interrupted, trigger, wait
 def components() -> dict[str, object]:
     """Every KFP component of ``kfrelease.components`` (one module per component), by name."""
     # heavy: kfp's DSL (seconds to import); only compiling needs it, not every command of the CLI
-    from kfp.dsl.base_component import BaseComponent  # heavy
+    from kfp.dsl.base_component import BaseComponent
 
     found = {}
     for info in sorted(pkgutil.iter_modules(components_package.__path__), key=lambda i: i.name):

@@ -37,13 +37,16 @@ from dataclasses import dataclass
 
 import orjson
 import pandas as pd
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from kfrelease.access.credentials import ensure_label_source, label_source_tokens, label_sources_path
 from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
 from kfrelease.collectors.sink import BatchWriter
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import LABEL_BUCKET
-from kfrelease.storage import ObjectStore
+from kfrelease.lake.write import write_records
+from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,6 @@ def declared_label_sources(settings: Settings) -> LabelSources:
     """Who may label, as the release gates read it: on a cluster the release step's ``KFRELEASE_LABEL_SOURCES``
     (the feedback service's own declaration, rendered into the step's PodDefault); on the embedded stack the
     data dir's declared tokens (``label-sources.json``)."""
-    from kfrelease.config import setting
-
     text = setting("KFRELEASE_LABEL_SOURCES")
     if text:
         try:
@@ -168,7 +169,6 @@ def declared_label_sources(settings: Settings) -> LabelSources:
                 "into the release steps' PodDefault"
             ) from None
         return LabelSources.from_declaration(doc)
-    from kfrelease.access.credentials import label_source_tokens, label_sources_path
 
     return LabelSources(tokens=lambda: label_source_tokens(settings), where=str(label_sources_path(settings)))
 
@@ -228,8 +228,6 @@ def feedback_record(doc, default_model: str | None, where: str = "the record") -
 def write_feedback(store: ObjectStore, model: str, records: list[dict], source: str) -> str:
     """Write checked records as Parquet batches (labels held in bulk, with the store of the ``serving`` role,
     the only one that may write ``feedback``), each carrying ``source``; returns the key of the first."""
-    from kfrelease.lake.write import write_records
-
     lines = [
         {**feedback_record({**r, "model": model}, model, f"record {i}"), "source": source}
         for i, r in enumerate(records)
@@ -240,10 +238,9 @@ def write_feedback(store: ObjectStore, model: str, records: list[dict], source: 
 
 
 def create_app(writer: BatchWriter, default_model: str, sources: LabelSources):
-    from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.applications import Starlette  # heavy: starlette
+    from starlette.responses import JSONResponse, Response  # heavy: starlette
+    from starlette.routing import Route  # heavy: starlette
 
     records_total = Counter(
         "kfrelease_feedback_records",
@@ -302,9 +299,7 @@ def create_app(writer: BatchWriter, default_model: str, sources: LabelSources):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from kfrelease.storage import store_for
+    import uvicorn  # heavy: uvicorn
 
     p = argparse.ArgumentParser(prog="python -m kfrelease.collectors.feedback", description="Ground-truth service.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's feedback port")
@@ -334,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
             users=tuple(args.source_user),
         )
     else:
-        from kfrelease.access.credentials import ensure_label_source, label_source_tokens, label_sources_path
-
         ensure_label_source(settings)  # the stack's own clients' source
         sources = LabelSources(tokens=lambda: label_source_tokens(settings), where=str(label_sources_path(settings)))
     writer = BatchWriter(

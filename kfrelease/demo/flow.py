@@ -88,7 +88,7 @@ def run_data_pipeline(ctx: DemoContext, dataset: str = "diabetes") -> str:
     """The data pipeline on kfp.local (its task logs go to ``logs/demo-data-pipeline.log``); the version id."""
     # heavy: the pipeline definition imports kfp's DSL (seconds); importing the flow for its project helpers
     # (the release tests do) need not
-    from kfrelease.pipelines.data_pipeline import data_pipeline  # heavy
+    from kfrelease.pipelines.data_pipeline import data_pipeline
 
     log = ctx.settings.home / "logs" / "demo-data-pipeline.log"
     console.print(f"  {dataset}: data pipeline on kfp.local: ingest -> validate -> features -> publish (log {log})")

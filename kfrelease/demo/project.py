@@ -18,6 +18,7 @@ import yaml
 from kfrelease.errors import ConfigError
 from kfrelease.git import git
 from kfrelease.resources import resource_path
+from kfrelease.training.trigger import trigger, wait
 
 EXAMPLE = resource_path("examples") / "diabetes-model"
 HEADER = "# Model spec of the demo project (see examples/diabetes-model/model.yaml for the commented original).\n"
@@ -174,8 +175,6 @@ def demo_project(dest: str | Path) -> list[str]:
 
 def _merge_step(n: int, what: str):
     def step(ctx) -> None:
-        from kfrelease.training.trigger import trigger, wait
-
         repo = ctx.settings.home / "demo-model-project"
         shas = ctx.state.setdefault("merges", demo_project(repo))
         record = trigger(ctx.settings, shas[n - 1], repo, reason=f"demo merge {n}")

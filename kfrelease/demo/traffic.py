@@ -47,7 +47,7 @@ def _local(url: str) -> str:
 
 def friedman_rows() -> list[tuple[list[float], float]]:
     """(x0..x9, y) of every held-out row of the demo's second dataset."""
-    from kfrelease.demo.data import FRIEDMAN_FEATURES, holdout_of
+    from kfrelease.demo.data import FRIEDMAN_FEATURES, holdout_of  # heavy: sklearn
 
     frame = holdout_of("friedman")
     return [([float(v) for v in row[FRIEDMAN_FEATURES]], float(row["y"])) for _, row in frame.iterrows()]
@@ -55,8 +55,8 @@ def friedman_rows() -> list[tuple[list[float], float]]:
 
 def holdout_rows(features: list[str] | None = None) -> list[tuple[list[float], float]]:
     """(feature values in input-schema order, truth) of every held-out row, curated as the data pipeline does."""
-    from kfrelease.data.features import diabetes_features
-    from kfrelease.demo.data import holdout
+    from kfrelease.data.features import diabetes_features  # heavy: pandas
+    from kfrelease.demo.data import holdout  # heavy: sklearn
 
     frame = diabetes_features(holdout())
     cols = features or FEATURES

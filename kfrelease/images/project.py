@@ -71,7 +71,7 @@ def compile_package(pipeline, path: str | Path, image: str | None = None) -> Pat
     """Compile a pipeline or component to ``path`` with every step on ``image`` (default: ``project_image()``
     at this moment). The first YAML document is the pipeline spec; kfp-kubernetes' platform spec, if any,
     follows unchanged."""
-    from kfp import compiler
+    from kfp import compiler  # heavy: kfp
 
     path = Path(path)
     compiler.Compiler().compile(pipeline, str(path))

@@ -14,10 +14,12 @@ import logging
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.images.project import compile_package
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def pipeline_function(name: str):
 
 def init_local(settings: Settings) -> Path:
     """Point kfp.local at a pipeline root under the data directory and run components in this env."""
-    from kfp import local
+    from kfp import local  # heavy: kfp
 
     root = settings.home / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
@@ -101,8 +103,6 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
     Quiet unless ``verbose`` (default: ``KFRELEASE_VERBOSE=1``, which ``kfrelease -v`` sets for itself and the
     runs it starts): kfp.local's executor JSON, streamed step logs and its "non-Python base image" warnings
     are kept out of the output; each task's status is given to ``on_step(task, status)`` or printed."""
-    import warnings
-
     init_local(settings)
     name = getattr(pipeline_func, "name", pipeline_func)
     if verbose is None:
@@ -126,8 +126,6 @@ def run_local(settings: Settings, pipeline_func, verbose: bool | None = None, on
 
 def compile_pipelines(out_dir: Path, names: list[str] | None = None) -> list[Path]:
     """Write each pipeline as a KFP YAML package (uploadable in the Kubeflow UI)."""
-    from kfrelease.images.project import compile_package
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names or list(PIPELINES):

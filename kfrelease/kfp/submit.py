@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kfrelease.config import setting
 from kfrelease.errors import ConfigError
+from kfrelease.images.project import compile_package, pinned_project_image
 
 #: Where runs are created on the cluster, unless ``KFRELEASE_NAMESPACE`` says otherwise.
 DEFAULT_NAMESPACE = "kfrelease-release"
@@ -37,7 +38,7 @@ def namespace() -> str:
 
 def client(host: str):
     """A ``kfp.Client`` for ``host`` in the release namespace, with the service-account token when one is set."""
-    from kfp import Client
+    from kfp import Client  # heavy: kfp
 
     credentials = None
     token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
@@ -48,7 +49,7 @@ def client(host: str):
                 "(kubectl create token kfrelease-ci, or the PodDefault's projected token in a pipeline pod) "
                 "or unset it for an unauthenticated KFP"
             )
-        from kfp.client import ServiceAccountTokenVolumeCredentials
+        from kfp.client import ServiceAccountTokenVolumeCredentials  # heavy: kfp
 
         credentials = ServiceAccountTokenVolumeCredentials(path=token_path)
     return Client(host=host, namespace=namespace(), credentials=credentials)
@@ -57,8 +58,6 @@ def client(host: str):
 def submit_run(host: str, pipeline: Callable, arguments: dict, run_name: str, experiment: str) -> str:
     """Compile ``pipeline`` on the pinned project image and create one run of it (caching off: every run
     really runs); returns the run id."""
-    from kfrelease.images.project import compile_package, pinned_project_image
-
     image = pinned_project_image()
     with tempfile.TemporaryDirectory() as tmp:
         package = str(compile_package(pipeline, Path(tmp) / "pipeline.yaml", image))

@@ -16,6 +16,8 @@ columns on this machine (docs/monitoring.md).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -88,8 +90,6 @@ class DriftResult:
         """The Evidently data-drift report as a self-contained HTML page."""
         if self._snapshot is None:
             return "<html><body><p>No drift report (no snapshot).</p></body></html>"
-        import os
-        import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "drift.html")
@@ -118,9 +118,9 @@ def data_drift(
     whose ``current`` is a sample), else from ``current``.
 
     Raises DataValidationError when a column is missing from either side or a side is empty."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import DataDriftPreset
+    from evidently import DataDefinition, Dataset, Report  # heavy: evidently
+    from evidently.metrics import ValueDrift  # heavy: evidently
+    from evidently.presets import DataDriftPreset  # heavy: evidently
 
     columns = list(columns)
     if not columns:

@@ -34,9 +34,9 @@ def _evidently_values(snapshot) -> dict:
 
 def regression_report(frame: pd.DataFrame, target: str, prediction: str, features: list[str]) -> tuple[dict, str]:
     """Metrics ``{mse, rmse, mae, r2, n, evidently: {...}}`` and Evidently's regression report as HTML."""
-    from evidently import DataDefinition, Dataset, Regression, Report
-    from evidently.presets import RegressionPreset
-    from sklearn.exceptions import UndefinedMetricWarning
+    from evidently import DataDefinition, Dataset, Regression, Report  # heavy: evidently
+    from evidently.presets import RegressionPreset  # heavy: evidently
+    from sklearn.exceptions import UndefinedMetricWarning  # heavy: sklearn
 
     metrics = regression_metrics(frame[target], frame[prediction])
     text = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]  # category features, as text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -95,8 +96,6 @@ def intervals_from_moments(
     deviations of the truth about its mean ``u`` (means, sample variances and the covariance of sq and u):
     what an engine that only returns per-window sums (``kfrelease.lake.windows``) can give. The variance of
     R²'s influence ``-(sq - a)/v + a (u - v)/v²`` is ``Var(sq)/v² + a² Var(u)/v⁴ - 2 a Cov(sq, u)/v³``."""
-    from statistics import NormalDist
-
     out: dict = {"level": level, "mse": None, "rmse": None, "mae": None, "r2": None}
     if n < 2:
         return out

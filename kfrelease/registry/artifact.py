@@ -37,13 +37,19 @@ import io
 import json
 import logging
 import math
+import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from threadpoolctl import threadpool_limits
 
 from kfrelease.config import setting
 from kfrelease.errors import ConfigError
@@ -144,8 +150,8 @@ def input_columns(schema, where: str = "input_schema") -> tuple[Column, ...]:
 def frame(rows, columns: Sequence[Column]) -> pd.DataFrame:
     """Checked rows (schema order) -> the typed DataFrame a model is fitted on: numbers as float64, categories
     as Python strings (object); a DataFrame is taken in schema order and typed the same way."""
-    import numpy as np
-    import pandas as pd
+    import numpy as np  # heavy: numpy
+    import pandas as pd  # heavy: pandas
 
     names = [c.name for c in columns]
     if isinstance(rows, pd.DataFrame):
@@ -161,7 +167,7 @@ def frame(rows, columns: Sequence[Column]) -> pd.DataFrame:
 
 def row_matrix(data: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:
     """A typed frame -> checked-rows form (float64 matrix, or object matrix when any feature is a category)."""
-    import numpy as np
+    import numpy as np  # heavy: numpy
 
     if all(c.numeric for c in columns):
         return data[[c.name for c in columns]].to_numpy("float64")
@@ -183,7 +189,7 @@ def _source(source) -> Any:
 def _sklearn_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = None) -> None:
     """Written with ``cloudpickle`` (a pickle ``joblib.load`` reads): classes a model project defines in its
     ``build:`` code are not importable anywhere else, so they travel with the model by value."""
-    import cloudpickle
+    import cloudpickle  # heavy: cloudpickle
 
     with open(path, "wb") as fh:
         cloudpickle.dump(estimator, fh, protocol=5)
@@ -240,7 +246,7 @@ def refuse_pickle_serving(entry: dict, what: str, outcome: str = "it is not stag
 
 
 def _joblib_load(source) -> Any:
-    import joblib
+    import joblib  # heavy: joblib
 
     refuse_pickle_here()
     model = joblib.load(_source(source))
@@ -274,10 +280,10 @@ class SklearnModel:
         self.fast = fast_estimator(estimator, tuple(c.name for c in self.columns)) if numeric else None
 
     def predict(self, rows) -> np.ndarray:
-        import numpy as np
+        import numpy as np  # heavy: numpy
 
         if self.fast is not None and isinstance(rows, np.ndarray) and rows.dtype == np.float64:
-            import sklearn
+            import sklearn  # heavy: sklearn
 
             # callers check every value finite first, so scikit-learn's own scan is skipped for this call only
             with sklearn.config_context(assume_finite=True):
@@ -294,8 +300,8 @@ def fast_estimator(estimator, features: tuple[str, ...]):
     order, the copy without ``feature_names_in_`` gets the same numbers. A probe at load time must give
     bit-identical answers on both paths (batches of 1 and 64, no warning), else the DataFrame path is kept.
     """
-    import numpy as np
-    import pandas as pd
+    import numpy as np  # heavy: numpy
+    import pandas as pd  # heavy: pandas
 
     names = getattr(estimator, "feature_names_in_", None)
     if names is None or [str(n) for n in names] != list(features):
@@ -318,7 +324,7 @@ def fast_estimator(estimator, features: tuple[str, ...]):
 
 
 def _onnx_input_types(columns: Sequence[Column], per_column: bool) -> list:
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType  # heavy: skl2onnx
 
     if not per_column:
         return [("X", FloatTensorType([None, len(columns)]))]
@@ -329,22 +335,23 @@ def _register_booster_converters() -> None:
     """Teach skl2onnx the XGBoost and LightGBM regressors (onnxmltools' converters), so a booster converts alone
     or as the last step of a Pipeline (skl2onnx's documented ``update_registered_converter`` route); a package
     that is not installed is skipped (its models then do not convert, and say so)."""
-    from importlib.util import find_spec
-
     if find_spec("onnxmltools") is None:
         return
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
+    from skl2onnx import update_registered_converter  # heavy: skl2onnx
+    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes  # heavy: skl2onnx
 
     if find_spec("xgboost") is not None:
+        # optional: onnxmltools (the boosters extra)
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-        from xgboost import XGBRegressor
+        from xgboost import XGBRegressor  # optional: xgboost (the boosters extra)
 
         update_registered_converter(
             XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
         )
     if find_spec("lightgbm") is not None:
-        from lightgbm import LGBMRegressor
+        from lightgbm import LGBMRegressor  # optional: lightgbm (the boosters extra)
+
+        # optional: onnxmltools (the boosters extra)
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
 
         update_registered_converter(
@@ -360,8 +367,8 @@ def _onnx_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None = N
     """Convert with skl2onnx (XGBoost and LightGBM regressors through onnxmltools' converters): one float32
     ``[n, k]`` input when every feature is a number and the model takes a matrix; else one input per feature
     (``[n, 1]`` float32 or string), as a ColumnTransformer selects by name."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx import get_latest_tested_opset_version as latest_opset
+    from skl2onnx import convert_sklearn  # heavy: skl2onnx
+    from skl2onnx import get_latest_tested_opset_version as latest_opset  # heavy: skl2onnx
 
     _register_booster_converters()
     numeric = all(c.numeric for c in columns)
@@ -398,7 +405,7 @@ def _bytes_of(source) -> bytes:
 def _onnx_tensors(model) -> list:
     """Every tensor of an ONNX model: the initializers (dense and sparse) and the tensors in node attributes,
     of the main graph, of every subgraph (If/Loop/Scan bodies) and of every model-local function."""
-    from onnx import AttributeProto
+    from onnx import AttributeProto  # heavy: onnx
 
     tensors, graphs = [], [model.graph]
     nodes = [n for f in model.functions for n in f.node]
@@ -428,8 +435,8 @@ def refuse_external_data(data: bytes) -> None:
     """ConfigError when an ONNX model's tensors live in files outside it (``data_location: EXTERNAL``, ONNX's
     ``external_data_helper.uses_external_data``): an artifact is one file, and ONNX Runtime would read whatever
     path the model names (``../../etc/...``, another version's files) relative to where it was loaded."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+    import onnx  # heavy: onnx
+    from onnx.external_data_helper import uses_external_data  # heavy: onnx
 
     try:
         model = onnx.load_model_from_string(data)  # parses the protobuf only: external data is never read
@@ -450,7 +457,7 @@ def refuse_external_data(data: bytes) -> None:
 def _onnx_session(source):
     """An ONNX Runtime session for a model file (path, bytes or binary file object); reading it runs no code.
     A model whose tensors live in external data files is refused (``refuse_external_data``)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: onnxruntime
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -465,7 +472,7 @@ class OnnxModel:
     one row per request, and more threads only contend on a shared machine)."""
 
     def __init__(self, session, columns: Sequence[Column]):
-        import numpy as np
+        import numpy as np  # heavy: numpy
 
         self.session = session
         self._run = session._sess.run
@@ -481,7 +488,7 @@ class OnnxModel:
         self.types = [types.get(i.type, object) for i in inputs]
 
     def predict(self, rows) -> np.ndarray:
-        import numpy as np
+        import numpy as np  # heavy: numpy
 
         if type(rows) is not np.ndarray:
             rows = row_matrix(rows, self.columns)  # a DataFrame
@@ -502,9 +509,6 @@ BOOSTERS = {"xgboost": ("xgboost", "XGBRegressor"), "lightgbm": ("lightgbm", "LG
 def booster_flavour(estimator) -> str | None:
     """``xgboost`` or ``lightgbm`` when ``estimator`` (or a Pipeline's last step) is that package's regressor
     (the package installed), else None."""
-    from importlib import import_module
-    from importlib.util import find_spec
-
     steps = getattr(estimator, "steps", None)
     final = steps[-1][1] if steps else estimator
     for name, (module, cls) in BOOSTERS.items():
@@ -556,7 +560,7 @@ def _xgboost_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None 
 
 def _xgboost_load(source):
     """An XGBoost Booster read from its UBJSON (or JSON) model file; reading it runs no code."""
-    import xgboost
+    import xgboost  # optional: xgboost (the boosters extra)
 
     booster = xgboost.Booster()
     booster.load_model(bytearray(_bytes_of(source)))
@@ -576,7 +580,7 @@ class XGBoostModel:
         self.iterations = (0, int(best) + 1) if best is not None else (0, 0)
 
     def predict(self, rows) -> np.ndarray:
-        import numpy as np
+        import numpy as np  # heavy: numpy
 
         if type(rows) is not np.ndarray:
             rows = row_matrix(rows, self.columns)  # a DataFrame
@@ -594,7 +598,7 @@ def _lightgbm_dump(estimator: Any, path: str | Path, sample: pd.DataFrame | None
 
 def _lightgbm_load(source):
     """A LightGBM Booster read from its text model file; reading it runs no code."""
-    import lightgbm
+    import lightgbm  # optional: lightgbm (the boosters extra)
 
     return lightgbm.Booster(model_str=_bytes_of(source).decode("utf-8"))  # predict() is given its one thread
 
@@ -608,7 +612,7 @@ class LightGBMModel:
         _check_booster_features(booster.feature_name(), columns, "Column_")
 
     def predict(self, rows) -> np.ndarray:
-        import numpy as np
+        import numpy as np  # heavy: numpy
 
         if type(rows) is not np.ndarray:
             rows = row_matrix(rows, self.columns)  # a DataFrame
@@ -636,8 +640,6 @@ class Flavour:
         return self.runner(model, columns).predict(data)
 
     def available(self) -> bool:
-        from importlib.util import find_spec
-
         return all(find_spec(p) is not None for p in self.packages)
 
 
@@ -738,7 +740,7 @@ def agreement(got, reference) -> float:
     """How far a flavour's predictions are from the reference's: the largest ``|got - ref| / (|ref| + s)``
     over the rows, ``s`` the spread (standard deviation) of the reference predictions, or 1 when they are all
     equal. 0 is exact; a tolerance of 1e-4 allows 0.01 % of a prediction's size or of the spread."""
-    import numpy as np
+    import numpy as np  # heavy: numpy
 
     got, ref = np.asarray(got, dtype="float64").ravel(), np.asarray(reference, dtype="float64").ravel()
     if got.shape != ref.shape:
@@ -752,10 +754,6 @@ def agreement(got, reference) -> float:
 def _per_row_microseconds(model, rows, calls: int = 200, budget: float = 1.0) -> float:
     """The median cost of one single-row ``predict`` (what a model server pays per request), over at most
     ``calls`` calls or ``budget`` seconds, on one thread (as model servers run: OpenMP pools pinned to 1)."""
-    import statistics
-
-    from threadpoolctl import threadpool_limits
-
     times: list[float] = []
     n = len(rows)
     stop = time.perf_counter() + budget
@@ -860,9 +858,7 @@ def convert_flavours(
     the fitted ``estimator`` and verify it on ``data`` (the held-out features) against the estimator's own
     predictions. Runs the estimator: call it where the model's code already runs (the untrusted train step).
     The ``sklearn`` file and its single-row cost are always in the result."""
-    import tempfile
-
-    import numpy as np
+    import numpy as np  # heavy: numpy
 
     out = Converted()
     rows = row_matrix(data, columns)

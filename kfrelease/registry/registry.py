@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -236,7 +237,6 @@ class ModelRegistry:
         prefix = self.artifact_prefix(model, version)
         model_file = flavour_of(mv.entry).file
         self.store.get_file(BUCKET, prefix + model_file, str(dest / model_file))
-        import json
 
         (dest / ENTRY_FILE).write_text(json.dumps(mv.entry, indent=2, sort_keys=True, default=str))
         return dest

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from kfrelease.errors import ConfigError
 from kfrelease.rollout.spec import CheckSpec
 
 ACTIONS = ("advance", "hold", "rollback", "promote")
@@ -201,8 +202,6 @@ def render_query(query: str, model: str, version: str, stage: str, window_second
     try:
         return query.format(model=model, version=version, stage=stage, window=window)
     except (KeyError, IndexError, ValueError) as exc:
-        from kfrelease.errors import ConfigError
-
         raise ConfigError(
             f"canary check query {query!r}: {exc}; the placeholders are {{model}}, {{version}}, {{stage}}, "
             "{window} (write literal braces of PromQL selectors as {{ and }})"

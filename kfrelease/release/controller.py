@@ -38,11 +38,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import numpy as np
+import pandas as pd
 
+from kfrelease import lake
 from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.k8s.render.inference import (
+    CANARY_SERIES_STAGE,
+    DEFAULT_DOMAIN,
+    REPLAY_HEADER,
+    REPLAY_VALUE,
+    client_hosts,
+)
+from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
+from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import refuse_pickle_serving
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
 from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
@@ -54,6 +67,8 @@ from kfrelease.release.signals import (
 )
 from kfrelease.rollout.spec import CheckSpec, RolloutSpec
 from kfrelease.rollout.traffic import TrafficDriver, TrafficState
+from kfrelease.storage import store_for
+from kfrelease.training.spec import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +125,8 @@ Clock = SystemClock
 
 def _import_report_library() -> None:
     try:
-        import evidently.presets  # noqa: F401 - the shadow gate's report renders with it
+        # heavy: evidently (seconds): loaded here, ahead of the shadow gate's report that renders with it
+        import evidently.presets  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - the report, rendered later, says what failed
         log.debug("Evidently could not be imported ahead of the shadow report: %s", exc)
 
@@ -148,8 +164,6 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
     interval's baseline), as the spec names it."""
     if metrics_source(spec) == "prometheus":
         if on_cluster():  # the canary's and production's pods both say stage="production" there
-            from kfrelease.k8s.render.inference import CANARY_SERIES_STAGE
-
             stage = CANARY_SERIES_STAGE
         return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate, stage=stage)
     if on_cluster():
@@ -158,7 +172,7 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
             "cluster use metrics_source: prometheus with canary.prometheus_url (queries on the predictors' or "
             "Istio's series as the canary checks declare them); no traffic was moved"
         )
-    from kfrelease.stack.serving import predictor_port
+    from kfrelease.stack.serving import predictor_port  # heavy: jinja2
 
     return PredictorMetrics(f"http://127.0.0.1:{predictor_port(settings, stage)}", spec.model, candidate)
 
@@ -167,8 +181,6 @@ def spec_thresholds(mv) -> dict[str, float]:
     """The absolute thresholds of a version's model spec (``validation.max_rmse`` ...), from its registry entry."""
     text = (mv.entry.get("spec") or {}).get("text")
     if text:
-        from kfrelease.training.spec import parse_spec
-
         return parse_spec(text).thresholds()
     checks = (mv.entry.get("verdict") or {}).get("checks") or []
     return {
@@ -208,9 +220,6 @@ def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServe
       predictors have ``<isvc>-<predictor>-predictor``); in Serverless ``<isvc>-predictor`` passes through
       Knative's local gateway but splits between the two revisions during the canary, silently."""
     if on_cluster():
-        from kfrelease.k8s.render.inference import DEFAULT_DOMAIN, REPLAY_HEADER, REPLAY_VALUE, client_hosts
-        from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
-
         token = setting("KFRELEASE_REPLAY_TOKEN_PATH")
         if not token:
             raise ReleaseError(
@@ -225,7 +234,7 @@ def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServe
             headers={REPLAY_HEADER: REPLAY_VALUE},
             token_path=str(token),
         )
-    from kfrelease.stack.serving import predictor_port
+    from kfrelease.stack.serving import predictor_port  # heavy: jinja2
 
     return ModelServerScorer(f"http://127.0.0.1:{predictor_port(settings, 'production')}", spec.model)
 
@@ -233,8 +242,6 @@ def production_model_server(settings: Settings, spec: RolloutSpec) -> ModelServe
 def _instances(frame, features: list[str]) -> list[list]:
     """Logged inputs as a request's instances, in input-schema order: numbers as floats, category values (text,
     as logged) as they are."""
-    import pandas as pd
-
     cols = [
         frame[f].astype("float64") if pd.api.types.is_numeric_dtype(frame[f]) else frame[f].astype(object)
         for f in features
@@ -265,8 +272,6 @@ class ModelServerScorer:
         if self.host:
             headers["host"] = self.host
         if self.token_path:
-            from pathlib import Path
-
             try:
                 token = Path(self.token_path).read_text().strip()
             except OSError as exc:
@@ -278,8 +283,6 @@ class ModelServerScorer:
         return headers
 
     def __call__(self, version: str, instances: list, request_id: str) -> list:
-        import httpx
-
         where = f"{self.url} (host {self.host})" if self.host else self.url
         try:
             r = httpx.post(
@@ -324,9 +327,7 @@ class ReleaseController:
         clock: Clock | None = None,
         baseline_signals: Callable[[str], object] | None = None,
     ):
-        from kfrelease.collectors.feedback import declared_label_sources
-        from kfrelease.registry import ModelRegistry
-        from kfrelease.storage import store_for
+        from kfrelease.collectors.feedback import declared_label_sources  # heavy: prometheus_client
 
         self.settings, self.spec, self.driver, self.who = settings, spec, driver, who
         #: whose labels the gates count (``kfrelease.collectors.feedback.declared_label_sources``)
@@ -643,8 +644,6 @@ class ReleaseController:
     def canary_labelled(self, candidate: str, canary_since):
         """The canary's own labelled requests since the canary started (``truth``, ``prediction`` and the
         logged features), one row per (request id, instance); only declared label sources' labels count."""
-        from kfrelease import lake
-
         labelled = lake.join_truth(
             lake.read_predictions(self.store, self.spec.model, since=canary_since),
             lake.read_labels(self.store, self.spec.model, since=canary_since, declared=self.label_sources.declares),
@@ -661,8 +660,6 @@ class ReleaseController:
         chance far more than the models do), and the logged features (slices). The pairs come only from the
         canary's share of traffic, so they accumulate over the steps (the test is anytime-valid) at about
         share x labelled rate."""
-        import pandas as pd
-
         cand = self.canary_labelled(candidate, canary_since)
         features = self.registry.get(self.spec.model, production).features
         missing = [f for f in features if f not in cand.columns]

@@ -773,7 +773,7 @@ class PairSequence:
         self._order: dict[tuple, int] = {}
 
     def extend(self, pairs):
-        import pandas as pd
+        import pandas as pd  # heavy: pandas
 
         if pairs is None or len(pairs) == 0:
             return pairs

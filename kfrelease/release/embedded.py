@@ -14,22 +14,26 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from kfrelease.config import Settings, exit_without_collecting
 from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.kfp.runner import run_local
+from kfrelease.registry import ModelRegistry
 from kfrelease.release.controller import ReleaseController, ReleaseOutcome
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
+from kfrelease.stack import supervisor
+from kfrelease.stack.services import declared_services
+from kfrelease.stack.supervisor import pid_alive
+from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
 
 
 def ensure_serving_services(settings: Settings) -> None:
     """The log sink and the feedback service (the gateway starts on the first traffic change)."""
-    from kfrelease.stack import supervisor
-    from kfrelease.stack.services import declared_services
-
     others = [s for s in declared_services(settings, ("serving",)) if s.name != "gateway"]
     supervisor.up(settings, others)
 
@@ -48,8 +52,6 @@ class ReleaseLock:
         self.path, self.version, self.wait, self.poll = lock_path(settings, model), version, wait, poll
 
     def __enter__(self):
-        import time
-
         deadline = time.monotonic() + self.wait
         waited = None
         while True:
@@ -67,8 +69,6 @@ class ReleaseLock:
 
     def _try_take(self) -> str | None:
         """Take the lock; None when taken, else the version whose release holds it."""
-        from kfrelease.stack.supervisor import pid_alive
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -100,7 +100,7 @@ def run_release(
     on_decision: Callable[[dict], None] | None = None,
 ) -> ReleaseOutcome:
     """Release ``version`` of ``model`` on the embedded stack (see ``kfrelease.release.controller``)."""
-    from kfrelease.stack.gateway import LocalGatewayDriver, predictor_port
+    from kfrelease.stack.gateway import LocalGatewayDriver, predictor_port  # heavy: jinja2
 
     spec = bind_model(spec or load_rollout_spec(), model)
     with ReleaseLock(settings, model, version):
@@ -119,10 +119,7 @@ def run_release_pipeline(
 ) -> str:
     """The release pipeline on kfp.local (one release per model at a time: waits up to ``wait_for_lock``
     seconds for a running one); returns the version's final stage."""
-    from kfrelease.kfp.runner import run_local
-    from kfrelease.pipelines.release_pipeline import release_pipeline
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
+    from kfrelease.pipelines.release_pipeline import release_pipeline  # heavy: kfp
 
     spec_yaml = Path(spec_path).read_text() if spec_path else ""
     load_rollout_spec(spec_path)  # a bad spec fails before the pipeline starts

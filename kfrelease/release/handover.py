@@ -27,11 +27,18 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from kfrelease.config import Settings, child_env, setting
+from kfrelease.errors import KfreleaseError
+from kfrelease.kfp.submit import submit_run
 from kfrelease.registry import ModelRegistry
+from kfrelease.stack.supervisor import pid_alive
 from kfrelease.storage import store_for
+from kfrelease.training.rollout_file import checked
 from kfrelease.training.run_records import step_record
 from kfrelease.training.spec import ModelSpec
 from kfrelease.training.steps import deploy_staging_step, is_release_run, step_store
@@ -95,7 +102,6 @@ def start_release(
             version,
         )
         return None
-    from kfrelease.training.rollout_file import checked
 
     if spec_yaml and not spec_path:
         checked(spec_yaml, model, f"the rollout spec recorded with {model} {version}")
@@ -153,8 +159,7 @@ def submit_release(
 ) -> dict:
     """Submit the release pipeline for ``version`` to a KFP API server; the run name is derived from the
     version (``release-<model>-<V>``), so the Kubeflow UI shows which candidate each run releases."""
-    from kfrelease.kfp.submit import submit_run
-    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from kfrelease.pipelines.release_pipeline import release_pipeline  # heavy: kfp
 
     spec_yaml = Path(spec_path).read_text() if spec_path else (spec_yaml or "")
     run_name = f"release-{model}-{version}"
@@ -179,15 +184,6 @@ def wait_release(
 ) -> str:
     """Wait until the release of ``version`` ends; returns its final stage (production, rejected, or staging
     when the release stopped without a verdict). ``on_event(event)`` sees each new history event."""
-    import time
-
-    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-
-    from kfrelease.errors import KfreleaseError
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.stack.supervisor import pid_alive
-    from kfrelease.storage import store_for
-
     registry = ModelRegistry(store_for("pipeline", settings))
     seen = 0
     record: dict = {}

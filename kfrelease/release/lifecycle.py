@@ -18,6 +18,10 @@ import os
 from pathlib import Path
 
 from kfrelease.config import Settings
+from kfrelease.registry import ModelRegistry
+from kfrelease.release.handover import start_release
+from kfrelease.stack.supervisor import pid_alive, stop_process_group
+from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,6 @@ def _write(path: Path, record: dict) -> None:
 
 def stop_releases(settings: Settings) -> list[str]:
     """Stop every running release runner; returns ``model version`` of each one stopped."""
-    from kfrelease.stack.supervisor import pid_alive, stop_process_group
-
     stopped = []
     for path, record in release_records(settings):
         pid = record.get("pid")
@@ -59,10 +61,6 @@ def stop_releases(settings: Settings) -> list[str]:
 
 def resume_releases(settings: Settings) -> list[str]:
     """Start again each interrupted release whose candidate is still in staging; returns what was resumed."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.release.handover import start_release
-    from kfrelease.storage import store_for
-
     interrupted = [(p, r) for p, r in release_records(settings) if r.get("interrupted")]
     if not interrupted:
         return []

@@ -12,10 +12,14 @@ from pathlib import Path
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
+from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
+from kfrelease.registry import ModelRegistry
+from kfrelease.registry.artifact import model_format
 from kfrelease.release.controller import ReleaseController, ReleaseError, release_path
 from kfrelease.release.embedded import ensure_serving_services
-from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
+from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec, parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
+from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
 #: How long a release step waits for the InferenceServices a move wrote to be Ready before it measures.
@@ -79,9 +83,6 @@ def version_sources(store, model: str) -> tuple[dict[str, str], dict[str, str]]:
     """What a cluster serves each registered version of ``model`` from: its storage URI (the ModelCar image by
     digest, else its artifact folder) and its InferenceService ``modelFormat`` (its served flavour's:
     ``kfrelease.registry.artifact.model_format(entry)``)."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.registry.artifact import model_format
-
     uris, formats = {}, {}
     for mv in ModelRegistry(store).list(model):
         formats[mv.version] = model_format(mv.entry)
@@ -100,9 +101,6 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
     names the cluster's KServe, ``KFRELEASE_SERVING_DOMAIN`` its model domain: both set by the release steps'
     PodDefault from the environment; each version's ``modelFormat`` from its entry), else the local gateway."""
     if setting("KFRELEASE_TARGET") == "cluster":
-        from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
-        from kfrelease.storage import store_for
-
         uris, formats = version_sources(store_for("pipeline", settings), spec.model)
         driver = KServeTrafficDriver(
             spec,
@@ -118,7 +116,7 @@ def driver_for(settings: Settings, spec: RolloutSpec, version: str | None = None
             driver.check_identity()  # nobody else may act as the driver (Kubeflow 1.x: impersonate), else refuse
             driver.recover()  # a release killed before its move back: its traffic goes back first
         return driver
-    from kfrelease.stack.gateway import LocalGatewayDriver
+    from kfrelease.stack.gateway import LocalGatewayDriver  # heavy: jinja2
 
     ensure_serving_services(settings)
     return LocalGatewayDriver(settings, spec)
@@ -136,10 +134,6 @@ def recorded_spec(settings: Settings, spec: RolloutSpec, version: str) -> Rollou
     only as the recorded spec itself or as the packaged default (an empty ``spec_yaml``); any other is refused in
     one line. A version with no recorded spec runs with ``spec`` on the embedded stack (a person's ``kfrelease
     release run --spec``; no metadata store there) and only with the packaged default on a cluster."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.rollout.spec import parse_rollout_spec
-    from kfrelease.storage import store_for
-
     given, default = spec.model_dump(), load_rollout_spec(model=spec.model)
     text = ModelRegistry(store_for("pipeline", settings)).get(spec.model, version).entry.get("rollout")
     if text:
@@ -257,7 +251,5 @@ def rollout_step(settings: Settings, spec: RolloutSpec, version: str) -> str:
 
 def pipeline_spec(model: str, spec_yaml: str = "") -> RolloutSpec:
     """The rollout spec a pipeline step was given (YAML text; empty: the packaged default) for ``model``."""
-    from kfrelease.rollout.spec import parse_rollout_spec
-
     spec = parse_rollout_spec(spec_yaml, "release pipeline spec_yaml") if spec_yaml.strip() else load_rollout_spec()
     return bind_model(spec, model, "release pipeline spec_yaml")

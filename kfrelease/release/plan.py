@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from kfrelease.errors import KfreleaseError
+from kfrelease.registry import ModelRegistry
 from kfrelease.release.decision import simulate_gate
 from kfrelease.rollout.spec import GateRule
+from kfrelease.storage import store_for
 
 
 @dataclass
@@ -110,8 +113,7 @@ def estimate_plan(
 def holdout_pairs(registry, store, model: str, version: str, production: str):
     """(truth, candidate, production) on the rows both versions held out (neither trained on), from the
     predictions each kept at registration (``kfrelease.training.evidence.common_rows``): no model is loaded."""
-    from kfrelease.errors import KfreleaseError
-    from kfrelease.training.evidence import common_rows
+    from kfrelease.training.evidence import common_rows  # heavy: pandas
 
     cand, prod = registry.get(model, version), registry.get(model, production)
     rows = common_rows(store, registry, prod, registry, cand)
@@ -122,7 +124,7 @@ def holdout_pairs(registry, store, model: str, version: str, production: str):
 
 def labelled_per_hour(store, model: str, now: dt.datetime | None = None) -> float:
     """Labels received in the last hour (the feedback service's records)."""
-    from kfrelease.lake import read_labels
+    from kfrelease.lake import read_labels  # heavy: pandas
 
     now = now or dt.datetime.now(dt.UTC)
     fb = read_labels(store, model, since=now - dt.timedelta(hours=1))
@@ -134,16 +136,12 @@ def plan_release(
 ) -> ReleasePlan:
     """The plan of releasing ``version`` of ``spec.model`` against its production model; recorded in the
     candidate's registry history (``phase: plan``) when ``record``."""
-    from kfrelease.errors import KfreleaseError
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
-
     store = store_for("pipeline", settings)
     registry = ModelRegistry(store)
     model = spec.model
     mv = registry.get(model, version)
     prod = registry.current(model, "production")
-    from kfrelease.release.controller import release_path
+    from kfrelease.release.controller import release_path  # heavy: pandas
 
     if release_path(mv, prod) != "shadow":
         raise KfreleaseError(

@@ -32,6 +32,7 @@ import pandas as pd
 
 from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
+from kfrelease.quality.evaluation import regression_report
 from kfrelease.quality.metrics import regression_metrics
 from kfrelease.release.decision import CheckOutcome, PairSequence, decide
 from kfrelease.rollout.spec import GateRule
@@ -142,8 +143,6 @@ def shadow_verdict(
 
 def shadow_report_html(pairs: pd.DataFrame, verdict: ShadowVerdict) -> str:
     """Evidently's regression report of the candidate and of production on the same requests, in one page."""
-    from kfrelease.quality.evaluation import regression_report
-
     features = [c for c in pairs.columns if c not in PAIR_COLUMNS]
     parts = []
     for who in ("candidate", "production"):

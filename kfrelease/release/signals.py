@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from kfrelease.errors import KfreleaseError
+from kfrelease.k8s.render.inference import version_slug
 
 
 class MetricSourceError(KfreleaseError):
@@ -72,7 +73,7 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def parse_snapshot(text: str, model: str, version: str | None = None) -> Snapshot:
-    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.parser import text_string_to_metric_families  # heavy: prometheus_client
 
     snap = Snapshot()
     for family in text_string_to_metric_families(text):
@@ -169,8 +170,6 @@ def series_selectors(model: str, version: str) -> dict[str, str]:
     - KServe's ``request_preprocess_seconds`` carries only ``model_name``; the PodMonitor copies the pod's
       ``kfrelease.io/version`` label onto it as ``kfrelease_io_version`` (``podTargetLabels``).
     """
-    from kfrelease.k8s.render.inference import version_slug
-
     return {
         "predictor": f'model="{model}",version="{version}"',
         "kserve": f'model_name="{model}",kfrelease_io_version="{version_slug(version)}"',

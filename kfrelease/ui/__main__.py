@@ -6,6 +6,8 @@ import argparse
 import logging
 
 from kfrelease.config import Settings
+from kfrelease.storage import store_for
+from kfrelease.ui.views import Reader
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,11 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
+    import uvicorn  # heavy: uvicorn
 
-    from kfrelease.storage import store_for
-    from kfrelease.ui.app import create_app
-    from kfrelease.ui.views import Reader
+    from kfrelease.ui.app import create_app  # heavy: pandas, starlette
 
     settings = Settings.from_env()
     app = create_app(Reader(store_for("data-scientist", settings)))  # the read-only identity

@@ -22,6 +22,7 @@ from kfrelease.training.results import (
     show_version,
     standing,
 )
+from kfrelease.training.steps import STEP_NAMES
 
 SPACES = (REGISTRY, EXPERIMENTS)
 
@@ -195,8 +196,6 @@ def run_rows(reader: Reader) -> list[dict]:
 
 def run_page(reader: Reader, run_id: str) -> dict:
     """One run: its record, state, each step (state, attempt, times, peak memory, error) and its result."""
-    from kfrelease.training.steps import STEP_NAMES
-
     if reader.store.stat(run_records.BUCKET, f"runs/{run_id}/run.json") is None:
         raise NotFound(f"no training run {run_id!r}; the runs page lists them")
     record = run_records.get_run(reader.store, run_id)

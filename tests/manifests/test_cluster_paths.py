@@ -91,12 +91,12 @@ def test_release_steps_are_told_the_clusters_kserve_version_and_model_domain(bui
     assert values["KFRELEASE_SERVING_DOMAIN"] == env.model_domain
     for k, v in values.items():  # the step's pod, as the PodDefault webhook leaves it
         monkeypatch.setenv(k, v)
-    import kfrelease.k8s.driver.kserve as kserve_driver
     import kfrelease.registry
+    from kfrelease.release import pipeline_steps
 
-    monkeypatch.setattr(kserve_driver, "KubernetesObjects", lambda: InMemoryObjects(bootstrap(env_name)))
+    monkeypatch.setattr(pipeline_steps, "KubernetesObjects", lambda: InMemoryObjects(bootstrap(env_name)))
     monkeypatch.setattr(kfrelease.registry.ModelRegistry, "list", lambda self, model: [])
-    monkeypatch.setattr("kfrelease.storage.store_for", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_steps, "store_for", lambda *a, **k: None)
     driver = driver_for(None, sources.spec, "V9.9.9")
     assert driver.kserve_version == env.kserve_version and driver.domain == env.model_domain
     isvc = next(d for d in bootstrap(env_name) if d["kind"] == "InferenceService")
