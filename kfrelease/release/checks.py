@@ -4,7 +4,7 @@ pure function: argoproj/argo-rollouts ``analysis/analysis.go``).
 
 A check (``kfrelease.rollout.spec.CheckSpec``, a list under ``canary.checks`` of the rollout spec) names its ``source`` and what it
 reads: ``traffic`` checks read the canary's metric source (``canary.metrics_source``) through a built-in
-``series`` (``requests``, ``error_rate``, ``p99_latency_ms``) or, with Prometheus, a declared PromQL
+``series`` (declared in ``kfrelease.rollout.series``: ``requests``, ``error_rate``, ``p99_latency_ms``) or, with Prometheus, a declared PromQL
 ``query`` (placeholders ``{model}``, ``{version}``, ``{stage}``, ``{window}``); ``labels`` checks run the
 paired sequential accuracy test (``kfrelease.release.decision``) on the canary's labelled requests against
 production's answers on the same requests. ``judge`` turns one measurement into a status; ``CanaryAnalysis``
@@ -31,11 +31,11 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from kfrelease.errors import ConfigError
+from kfrelease.rollout.series import SERIES
 from kfrelease.rollout.spec import CheckSpec
 
 ACTIONS = ("advance", "hold", "rollback", "promote")
-#: The quantile each percentile series estimates, and the tail requests a quantile needs to be judged.
-PERCENTILES = {"p99_latency_ms": 0.99}
+#: The tail requests a latency quantile needs to be judged (``MIN_TAIL_REQUESTS / (1 - q)`` requests in all).
 MIN_TAIL_REQUESTS = 5
 #: A canary's p99 may be this many times production's over the same interval before it counts as slower.
 LATENCY_TOLERANCE = 1.5
@@ -93,6 +93,15 @@ def _fmt(x) -> str:
     return f"{x:.4g}"
 
 
+def traffic_measurement(check: CheckSpec, health, baseline=None) -> Measurement:
+    """The measurement of a check on a built-in series: its value in the canary's step health (``StepHealth`` of
+    ``kfrelease.release.signals``) and, but for ``requests``, production's over the same interval (``baseline``,
+    None when not read)."""
+    series = SERIES[check.series]
+    reference = baseline.value(series) if baseline is not None and series.measures != "requests" else None
+    return Measurement(health.value(series), health.requests, baseline=reference)
+
+
 def judge(check: CheckSpec, m: Measurement) -> CheckResult:
     """The status of one check on one measurement (pure)."""
     r = CheckResult(check.name, "passed", m.value, m.samples, check.max, check.min, baseline=m.baseline)
@@ -117,12 +126,13 @@ def judge(check: CheckSpec, m: Measurement) -> CheckResult:
     if m.value is None:
         r.status, r.detail = "skipped", "no observations"
         return r
-    q = PERCENTILES.get(check.series or "")
+    series = SERIES[check.series] if check.series else None
+    q = series.quantile if series else None
     if q is not None and m.samples < (needed := math.ceil(MIN_TAIL_REQUESTS / (1 - q))):
         r.status = "skipped"
         r.detail = f"{m.samples:.0f} requests; a p{100 * q:g} needs {needed} (of fewer it is about their maximum)"
         return r
-    if check.series == "error_rate" and m.baseline is not None:
+    if series and series.measures == "error_rate" and m.baseline is not None:
         if check.max is not None and m.value - m.baseline > check.max:
             r.status, r.detail = "failed", f"above production's {m.baseline:.4g} by more than {check.max:g}"
         return r

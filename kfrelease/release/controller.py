@@ -57,7 +57,7 @@ from kfrelease.k8s.render.inference import (
 from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import refuse_pickle_serving
-from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query
+from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query, traffic_measurement
 from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
 from kfrelease.release.signals import (
@@ -756,10 +756,7 @@ class ReleaseController:
                     continue
                 out[check.name] = Measurement(value, health.requests)
             else:
-                series = {"requests": "requests", "error_rate": "error_rate", "p99_latency_ms": "p99_ms"}[check.series]
-                value = getattr(health, series)
-                reference = getattr(base, series) if base is not None and check.series != "requests" else None
-                out[check.name] = Measurement(value, health.requests, baseline=reference)
+                out[check.name] = traffic_measurement(check, health, base)
         return out
 
     def checks_for(self, candidate: str, production: str, last_step: bool = False):

@@ -1,4 +1,4 @@
-"""Canary health signals: request count, error rate and p99 latency of one model server over a step.
+"""Canary health signals: request count, error rate and latency quantiles of one model server over a step.
 
 Two sources (``canary.metrics_source`` of the rollout spec):
 
@@ -6,8 +6,9 @@ Two sources (``canary.metrics_source`` of the rollout spec):
   step. Attempts are KServe's ``request_preprocess_seconds_count`` (every request the server decoded,
   kserve/metrics.py), answers ``kfrelease_predictor_requests_total{outcome="ok"}``, client errors
   ``{outcome="invalid"}`` (4xx, not counted as errors); errors = attempts - ok - invalid (5xx).
-  Latency: the ``kfrelease_predictor_request_seconds`` histogram, p99 interpolated within the bucket as
-  PromQL's ``histogram_quantile`` does.
+  Latency: the ``kfrelease_predictor_request_seconds`` histogram, each quantile a declared series reads
+  (``kfrelease.rollout.series.latency_quantiles``) interpolated within the bucket as PromQL's ``histogram_quantile``
+  does.
 - ``prometheus``: the same series queried from Prometheus over the step (``increase(...[Ns])``), selected by
   the labels the rendered predictor pod sets (``series_selectors``): model and version, never the stage.
 
@@ -23,6 +24,7 @@ import httpx
 
 from kfrelease.errors import KfreleaseError
 from kfrelease.k8s.render.inference import version_slug
+from kfrelease.rollout.series import Series, latency_quantiles
 
 
 class MetricSourceError(KfreleaseError):
@@ -42,15 +44,25 @@ class StepHealth:
     requests: float
     errors: float
     error_rate: float | None
-    p99_ms: float | None
+    latency_ms: dict[float, float | None] = field(default_factory=dict)  # quantile -> latency (None: no answers)
+
+    def value(self, series: Series) -> float | None:
+        """What a built-in series (``kfrelease.rollout.series``) measured over the step."""
+        if series.measures == "latency":
+            return self.latency_ms.get(series.quantile)
+        return getattr(self, series.measures)
 
     def as_dict(self) -> dict:
         return {
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": self.error_rate,
-            "p99_ms": self.p99_ms,
+            **{f"p{100 * q:g}_ms": ms for q, ms in self.latency_ms.items()},
         }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -110,13 +122,8 @@ def health_between(before: Snapshot, after: Snapshot) -> StepHealth:
     errors = max(0.0, attempts - ok - invalid)
     requests = max(attempts, ok + invalid)
     buckets = {le: c - b.buckets.get(le, 0.0) for le, c in after.buckets.items()}
-    p99 = histogram_quantile(0.99, buckets)
-    return StepHealth(
-        requests,
-        errors,
-        errors / requests if requests else None,
-        None if p99 is None else p99 * 1000.0,
-    )
+    latency = {q: _ms(histogram_quantile(q, buckets)) for q in latency_quantiles()}
+    return StepHealth(requests, errors, errors / requests if requests else None, latency)
 
 
 class PredictorMetrics:
@@ -205,7 +212,8 @@ class PrometheusMetrics:
         self.query("vector(1)")  # reachable?
 
     def queries(self, seconds: float) -> dict[str, str]:
-        """The PromQL the step sends (``attempts``, ``ok``, ``invalid``, ``error``, ``p99``) for a window."""
+        """The PromQL the step sends (``attempts``, ``ok``, ``invalid``, ``error``, and ``p99`` for the quantile 0.99
+        and so on for each latency quantile of ``kfrelease.rollout.series``) for a window."""
         w = f"{max(1, math.ceil(seconds))}s"
         sel = series_selectors(self.model, self.version)
         mine = sel["predictor"]
@@ -215,7 +223,11 @@ class PrometheusMetrics:
                 outcome: f'sum(increase(kfrelease_predictor_requests_total{{{mine},outcome="{outcome}"}}[{w}]))'
                 for outcome in ("ok", "invalid", "error")
             },
-            "p99": f"histogram_quantile(0.99, sum by (le) (increase(kfrelease_predictor_request_seconds_bucket{{{mine}}}[{w}])))",
+            **{
+                f"p{100 * q:g}": f"histogram_quantile({q:g}, sum by (le) "
+                f"(increase(kfrelease_predictor_request_seconds_bucket{{{mine}}}[{w}])))"
+                for q in latency_quantiles()
+            },
         }
 
     def health(self, _start, seconds: float) -> StepHealth:
@@ -224,13 +236,8 @@ class PrometheusMetrics:
         invalid = self.query(q["invalid"]) or 0.0
         failed = self.query(q["error"]) or 0.0
         attempts = self.query(q["attempts"]) or 0.0
-        p99 = self.query(q["p99"])
+        latency = {quantile: _ms(self.query(q[f"p{100 * quantile:g}"])) for quantile in latency_quantiles()}
         # 5xx: what KServe decoded but the predictor never answered, or what it answered with an error
         errors = max(0.0, attempts - ok - invalid, failed)
         requests = max(attempts, ok + invalid + failed)
-        return StepHealth(
-            requests,
-            errors,
-            errors / requests if requests else None,
-            None if p99 is None else p99 * 1000.0,
-        )
+        return StepHealth(requests, errors, errors / requests if requests else None, latency)

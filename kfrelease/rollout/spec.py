@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
+from kfrelease.rollout.series import SERIES
 from kfrelease.specs import Items, Number, Section, SpecDocument, at_least, at_most, one_line, parse, repeated
 
 METRICS_SOURCES = ("auto", "predictor", "prometheus")
@@ -29,7 +30,6 @@ AT_LIMIT = ("keep_staging", "reject")
 LOSSES = ("squared", "absolute")
 BOUNDARIES = ("betting", "asymptotic", "bernstein")
 SOURCES = ("traffic", "labels")
-SERIES = ("requests", "error_rate", "p99_latency_ms")
 ON_SHORT = ("hold", "skip")
 ON_INCONCLUSIVE = ("advance", "hold")
 #: Keys of older specs and what replaced them (a spec that still has one gets an error saying so).
@@ -54,7 +54,9 @@ class CheckSpec(SpecDocument):
     source: Literal[SOURCES] = Field(
         "traffic", description="`traffic`: the canary's metric source; `labels`: the paired accuracy test."
     )
-    series: Literal[SERIES] | None = Field(None, description="traffic: the built-in series read (or give `query`).")
+    series: Literal[tuple(SERIES)] | None = Field(
+        None, description="traffic: the built-in series read (`kfrelease/rollout/series.py`; or give `query`)."
+    )
     query: str | None = Field(
         None,
         description="traffic, `metrics_source: prometheus`: a PromQL expression returning one number "

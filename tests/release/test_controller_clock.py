@@ -19,8 +19,8 @@ from kfrelease.storage import store_for
 
 PRODUCTION, CANDIDATE = "V1.1.0", "V1.2.0"
 INTERVAL = 60
-FAST = StepHealth(requests=600, errors=0, error_rate=0.0, p99_ms=20.0)
-QUIET = StepHealth(requests=2, errors=0, error_rate=0.0, p99_ms=None)  # below every check's min_samples
+FAST = StepHealth(requests=600, errors=0, error_rate=0.0, latency_ms={0.99: 20.0})
+QUIET = StepHealth(requests=2, errors=0, error_rate=0.0, latency_ms={0.99: None})  # below every check's min_samples
 
 
 class FakeClock:

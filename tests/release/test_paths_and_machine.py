@@ -143,7 +143,7 @@ class Series:
 
     def health(self, start, seconds: float) -> StepHealth:
         p99 = self.p99s.pop(0) if len(self.p99s) > 1 else self.p99s[0]
-        return StepHealth(600, 600 * self.error_rate, self.error_rate, p99)
+        return StepHealth(600, 600 * self.error_rate, self.error_rate, {0.99: p99})
 
 
 def spec_text(name: str, dataset: str, estimator: str, thresholds: str = "max_rmse: 200.0, ") -> str:

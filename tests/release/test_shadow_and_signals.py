@@ -3,17 +3,28 @@ format, as plain functions."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import Field
 
 from kfrelease.quality.metrics import regression_metrics
+from kfrelease.release.checks import judge, traffic_measurement
 from kfrelease.release.shadow import join_shadow, shadow_verdict
-from kfrelease.release.signals import health_between, histogram_quantile, parse_snapshot
-from kfrelease.rollout.spec import GateRule
+from kfrelease.release.signals import PrometheusMetrics, health_between, histogram_quantile, parse_snapshot
+from kfrelease.rollout import series as series_module
+from kfrelease.rollout.series import SERIES
+from kfrelease.rollout.spec import CanarySpec, CheckSpec, GateRule, RolloutSpec, RolloutSpecError
+from kfrelease.specs import Items, Section, parse
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def logs(n: int, cand_noise: float, prod_noise: float, seed: int = 0):
@@ -148,6 +159,60 @@ def test_error_rate_and_p99_come_from_the_deltas_of_two_scrapes():
     h = health_between(before, after)
     assert h.requests == 110 and h.errors == 10  # 110 attempts: 95 ok, 5 invalid (4xx, not errors), 10 failed
     assert h.error_rate == pytest.approx(10 / 110)
-    assert 10 < h.p99_ms <= 100
+    assert 10 < h.latency_ms[0.99] <= 100
     restarted = health_between(after, parse_snapshot(metrics_text(3, 0, 3, [0.0005] * 3), "m", "V1.2.0"))
     assert restarted.requests == 3 and restarted.errors == 0  # counters went down: the server restarted
+
+
+def test_the_readme_example_of_a_new_canary_series_is_one_declaration(monkeypatch):
+    """README, "Adding a canary series is one declaration plus its use": the entry it shows, added to ``SERIES``, is a
+    name the rollout spec accepts (and its JSON Schema lists), a latency quantile both metric sources measure, and a
+    value the judge holds against production's, with no other edit; a series nobody declared is refused in one line."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Adding a canary series is one declaration plus its use", 1)[1].split("\n### ", 1)[0]
+    entry = section.split("```python\n", 1)[1].split("```", 1)[0]
+    use = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    refused = " ".join(re.search(r"\(`(rollout\.yaml: canary\.checks[^`]+)`\)", section, re.DOTALL).group(1).split())
+    ((name, declared),) = eval("{" + entry + "}", vars(series_module)).items()
+    monkeypatch.setitem(SERIES, name, declared)
+
+    # the rollout spec as declared, its names taken from SERIES again (a Literal is fixed when its class is built)
+    class Check(CheckSpec):
+        series: Literal[tuple(SERIES)] | None = Field(None, description="traffic: the built-in series read.")
+
+    class Canary(CanarySpec):
+        checks: Items[Check] = Field((), description="The checks judged at every step.")
+
+    class Rollout(RolloutSpec):
+        canary: Section[Canary] = Field(None, description="The canary steps and their checks.")
+
+    def load(text: str):
+        return parse(Rollout, text, "rollout.yaml", "a mapping", empty_ok=True)
+
+    check = load(use).canary.check_named(name)
+    assert check.series == name and check.max == 150
+    assert name in json.dumps(Rollout.model_json_schema())
+    with pytest.raises(RolloutSpecError) as err:
+        load(use.replace(f"series: {name}", "series: p95"))
+    assert str(err.value) == refused
+
+    # both sources measure it: the model server's histogram, and the query Prometheus is asked
+    query = PrometheusMetrics("http://prometheus:9090", "m", "V1.2.0").queries(30)["p95"]
+    assert query.startswith(
+        "histogram_quantile(0.95, sum by (le) (increase(kfrelease_predictor_request_seconds_bucket{"
+    )
+    empty = parse_snapshot(metrics_text(0, 0, 0, []), "m", "V1.2.0")
+
+    def step(latencies):
+        return health_between(
+            empty, parse_snapshot(metrics_text(len(latencies), 0, len(latencies), latencies), "m", "V1.2.0")
+        )
+
+    slow_canary = step([0.005] * 180 + [0.5] * 20)  # 10 % of its answers take 0.5 s
+    assert slow_canary.latency_ms[0.95] == pytest.approx(550.0)  # within the (0.1, 1] s bucket, as PromQL has it
+    fast, slow = step([0.005] * 200), step([0.5] * 200)
+    assert judge(check, traffic_measurement(check, slow_canary, fast)).status == "failed"
+    judged = judge(check, traffic_measurement(check, slow_canary, slow))  # production as slow: the machine
+    assert judged.status == "passed" and "the machine" in judged.detail
+    few = step([0.5] * 99)
+    assert judge(check, traffic_measurement(check, few, fast)).detail.startswith("99 requests; a p95 needs 100")

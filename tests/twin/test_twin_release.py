@@ -370,7 +370,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         "the canary's requests scraped",
         ignoring=UNREACHABLE,
     )
-    assert health.errors == 0 and health.error_rate == 0 and health.p99_ms is not None
+    assert health.errors == 0 and health.error_rate == 0 and health.latency_ms[0.99] is not None
     # every series of the canary's pod, KServe's own included, carries its version (the PodMonitor's
     # podTargetLabels); KServe's request_preprocess_seconds is observed only off the predictor's fast lane
     assert canary.query(f'sum(up{{kfrelease_io_version="{version_slug(V2)}",pod=~".*{version_slug(V2)}.*"}})') == 1
