@@ -2,17 +2,23 @@
 
 import io
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from pydantic import Field
 
+from kfrelease.data import spec as data_spec
+from kfrelease.data import validate as validation
 from kfrelease.data.ingest import read_source
-from kfrelease.data.spec import load_spec, parse_spec
+from kfrelease.data.spec import DatasetSpec, load_spec, parse_spec
 from kfrelease.data.validate import validate
 from kfrelease.demo.data import demo_batches
 from kfrelease.errors import ConfigError, DataValidationError
+from kfrelease.specs import parse
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec("diabetes")
 WHERE = "s3://raw/diabetes/batch-9.csv"
 
@@ -368,3 +374,37 @@ def test_a_bad_file_is_one_line_on_the_command_line(tmp_path, content, expected)
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, result.output
         assert result.output == expected.format(file=bad) + "\n"
+
+
+def test_the_readme_example_of_a_new_data_rule_is_one_declaration(monkeypatch):
+    """README, "Adding a data rule is one declaration plus its use": the key it shows, added to ``ColumnSpec``, and
+    the rule, added to ``VALUE_RULES``, make a dataset spec accept ``max_length``, refuse a bad one in one line, and
+    refuse (or quarantine) the rows that break it, named like every other problem, with no other edit."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Adding a data rule is one declaration plus its use", 1)[1].split("\n### ", 1)[0]
+    key, rule = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
+    spec_text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    problem, refused = re.findall(r"`(column 'name': [^`]+|people\.yaml: [^`]+)`", section.replace("\n", " "))
+    namespace = vars(data_spec).copy()
+    exec(f"class Column(ColumnSpec):\n{key}", namespace)  # noqa: S102 - the README's own example
+    column = namespace["Column"]
+
+    class Dataset(DatasetSpec):
+        columns: dict[str, column] = Field(min_length=1, description="Each column name mapped to its declaration.")
+
+    monkeypatch.setattr(
+        validation, "VALUE_RULES", (*validation.VALUE_RULES, eval(rule.strip().rstrip(","), vars(validation)))
+    )
+
+    spec = parse(Dataset, spec_text, "people.yaml", "a mapping")
+    assert spec.column("name").max_length == 8
+    with pytest.raises(ConfigError) as err:
+        parse(Dataset, spec_text.replace("max_length: 8", "max_length: 0"), "people.yaml", "a mapping")
+    assert str(err.value) == " ".join(refused.split())
+    rows = read_source(b"id,name\n1,Ada\n2,Christopher\n3,Grace\n", "s3://raw/people/batch-1.csv")
+    with pytest.raises(DataValidationError) as err:
+        validate(rows, spec)
+    assert " ".join(problem.split()) in str(err.value)
+    checked = validate(rows, spec.with_changes(on_invalid="quarantine"))
+    assert list(checked.valid["name"]) == ["Ada", "Grace"]
+    assert list(checked.invalid["reason"]) == ["column 'name': longer than 8 characters (value 'Christopher')"]

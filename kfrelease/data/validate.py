@@ -1,9 +1,10 @@
 """Validate ingested rows against the dataset spec, reporting every problem at once.
 
 Each value is converted to its column's declared dtype by ``kfrelease.data.dtypes`` (nothing is coerced
-silently), then the spec's rules are checked row by row: missing values, ranges, a category column's known
-values, uniqueness. A problem names its column, its rule, how many rows it affects and the first of them by
-file and line (sorted), with the value as written in the source. Ragged CSV lines are reported as such.
+silently), then the spec's rules are checked row by row: missing values, the value rules (``VALUE_RULES``:
+ranges, a category column's known values), uniqueness. A problem names its column, its rule, how many rows it
+affects and the first of them by file and line (sorted), with the value as written in the source. Ragged CSV
+lines are reported as such.
 
 Rows come in batches (``kfrelease.data.ingest``) and memory does not grow with the data: a ``Validator``
 checks one batch at a time and keeps, for each problem, its row count and its first rows only. A unique
@@ -25,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,7 @@ import pandas as pd
 from kfrelease.data.dtypes import RULES, convert
 from kfrelease.data.frames import FrameWriter, Written
 from kfrelease.data.ingest import LINE_COL, META_COLUMNS, RAGGED_COL, SOURCE_COL, TEXT_COL
-from kfrelease.data.spec import DatasetSpec
+from kfrelease.data.spec import ColumnSpec, DatasetSpec
 from kfrelease.errors import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,34 @@ _PANDAS = {
 }
 #: The rule a category column's value outside its ``categories`` breaks (``ColumnSpec.known`` follows).
 UNKNOWN_CATEGORY = "not a known category"
+NUMBERS = ("int64", "float64")
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """A rule on a column's values, turned on by the ``ColumnSpec`` key ``key`` (null: off) for the
+    dtypes ``dtypes``. ``breaks(values, setting)`` gets the present, well-typed values (in the declared dtype) and
+    the key's setting, and says which values break the rule (one bool each); ``says(column)`` is the rule as a
+    problem names it."""
+
+    key: str
+    dtypes: tuple[str, ...]
+    breaks: Callable[[pd.Series, Any], np.ndarray]
+    says: Callable[[ColumnSpec], str]
+
+
+#: The value rules of the dataset spec, in the order a column's problems are reported (then uniqueness, which
+#: ``Duplicates`` checks across batches). The embedded and the Spark engine both check them (``Validator``).
+VALUE_RULES: tuple[ValueRule, ...] = (
+    ValueRule("min", NUMBERS, lambda values, least: values.to_numpy() < least, lambda c: f"below the minimum {c.min}"),
+    ValueRule("max", NUMBERS, lambda values, most: values.to_numpy() > most, lambda c: f"above the maximum {c.max}"),
+    ValueRule(
+        "categories",
+        ("category",),
+        lambda values, known: ~values.isin(known).to_numpy(dtype=bool),
+        lambda c: f"{UNKNOWN_CATEGORY} (known: {c.known})",
+    ),
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -354,22 +384,14 @@ class Validator:
                 if missing.any():
                     found.append(((2, i, 2), c.name, "missing value (NaN/empty) where none is allowed", missing))
             values = conv.values
-            if c.dtype in ("int64", "float64") and checkable.any():
-                number = values[checkable].to_numpy()
-                for k, (bound, op, words) in enumerate(
-                    ((c.min, np.less, "below the minimum"), (c.max, np.greater, "above the maximum"))
-                ):
-                    if bound is None:
-                        continue
-                    out = np.zeros(n, dtype=bool)
-                    out[checkable] = op(number, bound)
-                    if out.any():
-                        found.append(((2, i, 3 + k), c.name, f"{words} {bound}", out))
-            if c.dtype == "category" and checkable.any():
-                unknown = np.zeros(n, dtype=bool)
-                unknown[checkable] = ~values[checkable].isin(c.categories).to_numpy(dtype=bool)
-                if unknown.any():
-                    found.append(((2, i, 6), c.name, f"{UNKNOWN_CATEGORY} (known: {c.known})", unknown))
+            for k, rule in enumerate(VALUE_RULES):
+                setting = getattr(c, rule.key)
+                if setting is None or c.dtype not in rule.dtypes or not checkable.any():
+                    continue
+                broken = np.zeros(n, dtype=bool)
+                broken[checkable] = rule.breaks(values[checkable], setting)
+                if broken.any():
+                    found.append(((2, i, 3 + k), c.name, rule.says(c), broken))
             if c.unique and checkable.any():
                 dup = np.zeros(n, dtype=bool)
                 if self.duplicates is None:
@@ -379,7 +401,7 @@ class Validator:
                 else:
                     self.duplicates.add(c.name, values[checkable])
                 if dup.any():
-                    found.append(((2, i, 5), c.name, "duplicate value in a unique column", dup))
+                    found.append(((2, i, 3 + len(VALUE_RULES)), c.name, "duplicate value in a unique column", dup))
             typed[c.name] = values
         found.sort(key=lambda f: f[0])
         for key, column, rule, mask in found:
