@@ -8,7 +8,8 @@ README, "Contributing": a function-local import in the library carries its reaso
 - ``# optional: xgboost (the boosters extra)``: a package of an extra, absent from a plain install;
 - ``# cycle: kfrelease.x imports this module``: at the top it would close an import cycle.
 
-Everything else is imported at the top of its module. The reason is written on the import's line (or on any line
+Everything else is imported at the top of its module. The modules in ``PENDING`` (being changed by other work
+when the rule came in) are not held to it yet. The reason is written on the import's line (or on any line
 of a parenthesised import), or in the comment lines right above it.
 """
 
@@ -20,15 +21,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = re.compile(r"#\s*(heavy|optional|cycle):\s*\S")
-#: Packages whose function-local imports are not yet held to the rule (issue 27: they were being changed by
-#: other work when the rule was introduced); empty this as each one is done.
+#: Modules whose function-local imports are not yet held to the rule: they were being changed by other work when
+#: the rule came in (issue 27); empty this as each one is done.
 PENDING = (
-    "kfrelease/data/",
-    "kfrelease/k8s/",
-    "kfrelease/lake/",
-    "kfrelease/monitoring/",
-    "kfrelease/stack/",
-    "kfrelease/training/",
+    "kfrelease/data/validate.py",
+    "kfrelease/k8s/driver/kserve.py",
+    "kfrelease/k8s/driver/lease.py",
+    "kfrelease/k8s/policy/checks.py",
+    "kfrelease/k8s/policy/rbac.py",
+    "kfrelease/k8s/policy/release_checks.py",
+    "kfrelease/k8s/render/admission.py",
+    "kfrelease/k8s/render/kubeflow.py",
+    "kfrelease/k8s/render/platform.py",
+    "kfrelease/k8s/render/tree.py",
+    "kfrelease/k8s/render/workloads.py",
+    "kfrelease/lake/drift.py",
+    "kfrelease/lake/engine.py",
+    "kfrelease/stack/gateway.py",
+    "kfrelease/stack/hold.py",
+    "kfrelease/stack/serving.py",
+    "kfrelease/stack/watchdog.py",
+    "kfrelease/training/evidence.py",
+    "kfrelease/training/execution.py",
+    "kfrelease/training/experiments.py",
+    "kfrelease/training/spec.py",
+    "kfrelease/training/steps.py",
+    "kfrelease/training/trigger.py",
 )
 
 
@@ -37,7 +55,7 @@ def unexplained_local_imports(root: Path) -> list[str]:
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
-        if rel.startswith(PENDING):
+        if rel in PENDING:
             continue
         text = path.read_text()
         lines = text.splitlines()

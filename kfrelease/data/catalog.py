@@ -43,7 +43,7 @@ def dataset_name(store: ObjectStore, given: str | None) -> str:
 
 def stored_spec(store: ObjectStore, name: str) -> DatasetSpec | None:
     """The spec the latest curated version of ``name`` was published with (None if never published)."""
-    from kfrelease.data.publish import get_version
+    from kfrelease.data.publish import get_version  # heavy: pandas
 
     try:
         manifest = get_version(store, name).manifest

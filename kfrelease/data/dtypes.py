@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Text that means "no value" in a CSV source (pandas' default NA tokens); a ``string`` column treats
 #: only the empty field as missing, since "NA" may be a real value there.
@@ -111,8 +113,6 @@ def convert(s: pd.Series, dtype: str) -> Converted:
 
 def _arrow_text(s: pd.Series):
     """The column as an Arrow string array when it is text (CSV values, string columns), else None."""
-    import pyarrow as pa
-
     if not pd.api.types.is_string_dtype(s) or (s.dtype == object and not _all_str(s)):
         return None
     try:
@@ -131,16 +131,11 @@ def _all_str(s: pd.Series) -> bool:
 
 def _bools(arr) -> np.ndarray:
     """An Arrow boolean array as numpy, null as False."""
-    import pyarrow.compute as pc
-
     return pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
 def _convert_text(s: pd.Series, text, dtype: str) -> Converted:
     """Arrow's kernels for the values in the plain form of ``dtype``; the exact rules for the rest."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = len(s)
     null = text.is_null().to_numpy(zero_copy_only=False)
     tokens = pa.array([""] if dtype == "string" else sorted(MISSING_TOKENS), text.type)
@@ -189,9 +184,6 @@ def _plain(text, dtype: str, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     A whole column that Arrow casts (nearly always) costs one kernel; only the values of a column that it
     does not are matched one by one against the plain form first."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = len(null)
     if dtype == "bool":
         lower = pc.ascii_lower(text)
@@ -348,9 +340,6 @@ def _to_float(s: pd.Series, present: np.ndarray):
 
 def _exact_floats(text: pd.Series) -> np.ndarray:
     """Correctly rounded text -> float64 (pandas' own parser is off by one ulp for some values; Arrow's is not)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     try:
         return pc.cast(pa.array(text.to_numpy(dtype=object), type=pa.string()), pa.float64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

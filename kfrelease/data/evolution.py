@@ -15,9 +15,11 @@ import logging
 
 import pandas as pd
 
+from kfrelease.data.publish import get_version
 from kfrelease.data.spec import DatasetSpec
 from kfrelease.errors import DataValidationError, NotFound
-from kfrelease.storage import ObjectStore
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,11 @@ def registry_reader(settings=None) -> ObjectStore:
     """The identity publish reads the registry with: the data engineers' own role, which may read and list
     ``models`` (and nothing more there) in kfrelease/access/policy.yaml, so the same check runs in the data
     pipeline's pod on EKS (its IRSA role is rendered from the same policy)."""
-    from kfrelease.storage import store_for
-
     return store_for("data-engineer", settings)
 
 
 def production_consumers(registry: ObjectStore, dataset: str) -> list[dict]:
     """``[{model, version, dataset_version, columns}]`` of every production model trained on ``dataset``."""
-    from kfrelease.registry import ModelRegistry
-
     reg = ModelRegistry(registry)
     out = []
     for model in reg.models():
@@ -80,8 +78,6 @@ def check_compatible(
     curated: ObjectStore, spec: DatasetSpec, df: pd.DataFrame, registry: ObjectStore | None = None
 ) -> None:
     """Raise ``DataValidationError`` when publishing ``df`` would remove or retype a production model's column."""
-    from kfrelease.data.publish import get_version
-
     consumers = production_consumers(registry or registry_reader(), spec.name)
     if not consumers:
         return

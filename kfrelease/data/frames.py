@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 #: File metadata key (JSON) under which a step records the dtypes its columns take once the whole file is
 #: known, e.g. ``{"age": "int64"}`` for a nullable column that turned out to have a value in every row.
@@ -70,9 +72,6 @@ class FrameWriter:
             self._open(template)
 
     def _open(self, template: pd.DataFrame) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.template = template.iloc[:0]
         schema = pa.Schema.from_pandas(self.template, preserve_index=False)
         for i, f in enumerate(schema):  # an object column with no rows yet is text
@@ -83,8 +82,6 @@ class FrameWriter:
         self._hash = _start_hash(dtypes_of(self.template))
 
     def write(self, df: pd.DataFrame) -> None:
-        import pyarrow as pa
-
         if self._writer is None:
             self._open(df)
         elif dtypes_of(df) != dtypes_of(self.template):
@@ -120,8 +117,6 @@ class FrameWriter:
 
 
 def final_dtypes(path: str) -> dict[str, str]:
-    import pyarrow.parquet as pq
-
     meta = pq.ParquetFile(path).metadata.metadata or {}
     return json.loads(meta[DTYPES_KEY]) if DTYPES_KEY in meta else {}
 
@@ -131,9 +126,6 @@ def read_frames(
 ) -> Iterator[pd.DataFrame]:
     """A Parquet file's rows a batch at a time, in the dtypes ``pandas.read_parquet`` would give them, then in
     ``dtypes`` (by default the final dtypes recorded under ``DTYPES_KEY``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(path)
     final = final_dtypes(path) if dtypes is None else dtypes
     empty = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import csv as _csv
+import gzip
 import io
 import logging
 import os
@@ -25,6 +26,9 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import csv
 
 from kfrelease.data.frames import FrameWriter, Written
 from kfrelease.data.spec import DatasetSpec
@@ -270,9 +274,6 @@ class _Numbering:
 def _csv_batches(raw, where: str) -> Iterator[pd.DataFrame]:
     """A CSV stream's rows, every value as text (conversion to the declared dtypes is validation's job, never a
     guess of the reader's); lines with a wrong number of fields become rows marked ``__ragged``."""
-    import pyarrow as pa
-    from pyarrow import csv
-
     scan = _LineScan(raw, where)
     names = scan.header()
     seen: dict[str, list[int]] = {}
@@ -318,14 +319,10 @@ def _and(numbers: list[int]) -> str:
 
 
 def _empty(schema):
-    import pyarrow as pa
-
     return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def _frame(batch, numbering: _Numbering, where: str, final: bool) -> pd.DataFrame:
-    import pyarrow as pa
-
     df = pa.Table.from_batches([batch]).to_pandas(types_mapper={pa.string(): _STRING}.get)
     _, ragged, lines, first = numbering.batch(len(df), final)
     offsets = np.ones(len(lines), dtype=bool)
@@ -353,9 +350,6 @@ def _frame(batch, numbering: _Numbering, where: str, final: bool) -> pd.DataFram
 
 
 def _parquet_batches(path_or_file, where: str) -> Iterator[pd.DataFrame]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path_or_file)
         schema = pf.schema_arrow
@@ -383,8 +377,6 @@ def read_batches(file, where: str) -> Iterator[pd.DataFrame]:
     if fmt is None:
         raise DataValidationError(f"{where}: unknown file type; sources must end in .csv, .csv.gz or .parquet")
     if fmt == "csv" and _compression(where):
-        import gzip
-
         file = gzip.GzipFile(fileobj=file, mode="rb")
     rows = 0
     try:
@@ -544,9 +536,6 @@ class SourceSet:
 
     def _header(self, obj: SourceObject) -> dict[str, object]:
         if source_format(obj.key) == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             try:
                 empty = pq.ParquetFile(self._local(obj)).schema_arrow.empty_table().to_pandas()
             except (ValueError, OSError, pa.ArrowException) as exc:
@@ -556,8 +545,6 @@ class SourceSet:
         try:
             raw = resp
             if _compression(obj.key):
-                import gzip
-
                 raw = gzip.GzipFile(fileobj=resp, mode="rb")
             try:
                 return dict.fromkeys(_LineScan(raw, obj.where).header(), _STRING)

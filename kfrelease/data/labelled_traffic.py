@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from kfrelease.config import setting
 from kfrelease.data.features import apply_features
@@ -35,7 +36,9 @@ from kfrelease.data.publish import DatasetVersion, load_dataset, publish
 from kfrelease.data.spec import DatasetSpec, parse_spec
 from kfrelease.data.validate import validate
 from kfrelease.errors import ConfigError, KfreleaseError
-from kfrelease.storage import ObjectStore
+from kfrelease.lake.engine import open_window
+from kfrelease.registry import ModelRegistry
+from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +128,6 @@ def _base_rows(base: pd.DataFrame, spec: DatasetSpec, dv: DatasetVersion) -> pd.
 
 
 def _read_sources(objects: list[tuple[str, str, str]]) -> list[Source]:
-    import pyarrow.parquet as pq
-
     return [Source(uri, etag.strip('"'), pq.read_metadata(path).num_rows) for uri, etag, path in objects]
 
 
@@ -139,9 +140,6 @@ def curate_labelled_traffic(
 ) -> Curation:
     """Build (or find) the curated version of ``model``'s dataset that adds the labelled traffic of
     ``[since, until)`` to its latest version, as the data engineers' ``store``. See the module docstring."""
-    from kfrelease.lake.engine import open_window
-    from kfrelease.registry import ModelRegistry
-
     prod = ModelRegistry(store).current(model, "production")
     if prod is None:
         raise KfreleaseError(f"model {model!r} has no production version; labelled traffic is curated for one")
@@ -222,7 +220,5 @@ def curate_labelled_traffic(
 def curate_for_alert(settings, model: str, now: dt.datetime | None = None) -> Curation:
     """The labelled traffic of the last ``KFRELEASE_LABELLED_TRAFFIC_DAYS`` (default 7), as the data
     engineers' role: what an accuracy alert retrains on."""
-    from kfrelease.storage import store_for
-
     until = now or dt.datetime.now(dt.UTC)
     return curate_labelled_traffic(store_for(ROLE, settings), model, until - lookback(), until)

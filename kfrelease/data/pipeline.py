@@ -25,6 +25,7 @@ from kfrelease.data.features import FeatureWriter, features_to_file
 from kfrelease.data.frames import FrameWriter
 from kfrelease.data.ingest import SourceSet
 from kfrelease.data.publish import DatasetVersion, publish_files
+from kfrelease.data.spark import local_session, run_on_spark
 from kfrelease.data.spec import DatasetSpec
 from kfrelease.data.validate import Sink, Validator, validate_batches, validate_to_files
 from kfrelease.storage import ObjectStore
@@ -62,8 +63,6 @@ def run_data_pipeline(
     folders where the feature step's module may be (the dataset spec's, ``features.resolve``)."""
     run_id = run_id or f"inline-{uuid.uuid4().hex[:12]}"
     if spec.engine == "spark":
-        from kfrelease.data.spark import local_session, run_on_spark
-
         return run_on_spark(spec, store, local_session(), keys=keys, run_id=run_id, search=search, on_step=on_step)
     with tempfile.TemporaryDirectory(prefix="kfrelease-data-") as tmp, SourceSet(spec, store, keys) as sources:
         on_step(f"ingest ({len(sources.objects)} source(s))")

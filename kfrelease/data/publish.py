@@ -112,7 +112,7 @@ def publish_files(
     ``quarantine`` (rows validation refused) is written beside the data and counted in the manifest, and so is
     ``lineage`` (where derived rows came from). Before anything is written, a schema change that breaks a
     production model (``evolution.check_compatible``) is refused."""
-    from kfrelease.data.evolution import check_compatible
+    from kfrelease.data.evolution import check_compatible  # cycle: kfrelease.data.evolution imports this module
 
     check_compatible(store, spec, data.empty_frame(), registry)
     quarantined = quarantine.rows if quarantine is not None else 0
@@ -203,8 +203,6 @@ def load_dataset(
 
     The object is streamed to a temporary file, not held in memory, so that only the column chunks read
     (and not the whole object) count in the reader's memory."""
-    import tempfile
-
     dv = get_version(store, dataset, version)
     with tempfile.TemporaryDirectory(prefix="kfrelease-dataset-") as tmp:
         path = f"{tmp}/data.parquet"

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from kfrelease.data.dtypes import convert
 from kfrelease.data.features import features_to_file
@@ -46,7 +47,8 @@ from kfrelease.data.publish import BUCKET, DatasetVersion, publish_files
 from kfrelease.data.spec import DatasetSpec, parse_spec
 from kfrelease.data.validate import Duplicates, Validator, raise_for
 from kfrelease.errors import ConfigError, DataValidationError
-from kfrelease.storage import ObjectStore
+from kfrelease.monitoring.spark_app import API_VERSION, SPARK_VERSION
+from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,6 @@ class Staging:
     prefix: str = ""
 
     def _store(self) -> ObjectStore:
-        from kfrelease.storage import store_for
-
         return store_for(ROLE)
 
     def put(self, local: str, name: str) -> None:
@@ -110,8 +110,6 @@ class _Emit(Duplicates):
         self.batch.append((column, values))
 
     def drain(self) -> Iterator[pd.DataFrame]:
-        import pyarrow as pa
-
         for column, values in self.batch:
             text = pa.array(values).cast(pa.string()).to_numpy(zero_copy_only=False)  # exact: floats round trip
             yield pd.DataFrame({"kind": "unique", "item": column, "value": text})
@@ -124,8 +122,6 @@ def _check_task(
     """The function each Spark task runs (``mapInPandas``) on the indexes of its source objects."""
 
     def check(indexes: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from kfrelease.storage import store_for
-
         spec = parse_spec(spec_text)
         store = store_for(ROLE)
         for frame in indexes:
@@ -168,7 +164,7 @@ def _typed(spec: DatasetSpec, repeated: dict[str, list[str]]) -> dict[str, pd.Se
 def local_session(threads: int = 2, memory: str = "1g"):
     """A small local-mode session whose Python workers run this interpreter (and so this kfrelease): PySpark
     starts its workers with ``PYSPARK_PYTHON``, read when the session's context starts."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
@@ -266,8 +262,6 @@ def render_data_application(
     """The ``SparkApplication`` that publishes ``spec``'s dataset on the cluster (validated by the tests against
     the vendored CRD). Its driver runs as the data engineers' service account (their IRSA role reads ``raw``
     and writes ``curated``); the spec travels in the arguments, base64 encoded."""
-    from kfrelease.monitoring.spark_app import API_VERSION, SPARK_VERSION
-
     name = re.sub(r"[^a-z0-9-]+", "-", f"data-{spec.name}-{run_id}".lower()).strip("-")[:63].rstrip("-")
     args = ["--spec-b64", base64.b64encode(spec.text.encode()).decode(), "--run-id", run_id]
     part_of = {"app.kubernetes.io/part-of": "kfrelease"}
@@ -325,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec-b64", required=True, help="the dataset spec's YAML, base64 encoded")
     p.add_argument("--run-id", required=True, help="the pipeline run (names the staging prefix)")
     args = p.parse_args(argv)
-    from pyspark.sql import SparkSession
-
-    from kfrelease.storage import store_for
+    from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
 
     logging.basicConfig(level=logging.INFO)
     spec = parse_spec(base64.b64decode(args.spec_b64).decode(), "the dataset spec of the SparkApplication")

@@ -60,7 +60,7 @@ def read_predictions(
 ) -> pd.DataFrame:
     """One row per predicted instance of ``[since, until)`` (request time; UTC when naive):
     ``request_id, instance, time, model_version, stage, <features...>, prediction`` (docs/CONTRACTS.md)."""
-    from kfrelease.lake.engine import open_window
+    from kfrelease.lake.engine import open_window  # cycle: kfrelease.lake.engine imports this module
 
     w = open_window(store, model, since, until, features, warnings, _registry_features(store, model))
     cols = ", ".join(f'"{c}"' for c in [*BASE_COLUMNS, *w.features, "prediction"])
@@ -74,9 +74,9 @@ def read_labels(store, model: str, since=None, until=None, declared=None) -> pd.
     the declared label source that posted it (``kfrelease.collectors.feedback.LabelSources``; null in files written
     before labels carried one). ``declared`` (``LabelSources.declares``): only the labels of sources it
     declares, what the release gates read."""
-    from kfrelease.lake import read as R
-    from kfrelease.lake.engine import _files_view, connect
-    from kfrelease.lake.schema import LABEL_BUCKET, LABEL_SCHEMA
+    from kfrelease.lake import read as R  # cycle: kfrelease.lake.read imports this module
+    from kfrelease.lake.engine import _files_view, connect  # cycle: kfrelease.lake.engine imports this module
+    from kfrelease.lake.schema import LABEL_BUCKET, LABEL_SCHEMA  # cycle: kfrelease.lake.schema imports this module
 
     warnings: list[str] = []
     batches = R.list_batches(store, LABEL_BUCKET, model, since, until)
@@ -105,7 +105,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _frames_con(**frames):
-    from kfrelease.lake.engine import connect
+    from kfrelease.lake.engine import connect  # cycle: kfrelease.lake.engine imports this module
 
     con = connect()
     for name, frame in frames.items():
@@ -169,7 +169,7 @@ def shadow_pairs(predictions: pd.DataFrame, labels: pd.DataFrame, candidate: str
 
 def count_events(store, model: str, since=None, until=None) -> dict[str, int]:
     """Distinct logged events by type (dedup by source, id, type): what the loss-free checks count."""
-    from kfrelease.lake.engine import open_window
+    from kfrelease.lake.engine import open_window  # cycle: kfrelease.lake.engine imports this module
 
     w = open_window(store, model, since, until, features=["_"])
     rows = w.con.execute(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -243,8 +244,6 @@ def window_files(
 def stored_rows(store: ObjectStore, bucket: str, model: str) -> pa.Table:
     """Every row of every batch of ``model`` as stored, duplicates included (what "exactly once in the
     store" is checked against); legacy batches converted."""
-    import io
-
     warnings: list[str] = []
     batches = list_batches(store, bucket, model)
     tables = [pq.read_table(io.BytesIO(store.get_bytes(bucket, o.key))) for o in batches.parquet]

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 2
@@ -124,8 +127,6 @@ def event_rows(line: dict) -> list[dict]:
     }
     values = line.get("instances") if line.get("type") == "request" else line.get("predictions")
     if not isinstance(values, list) or not values:
-        import orjson
-
         return [
             {
                 **common,
@@ -174,8 +175,6 @@ def request_stats(table: pa.Table) -> dict | None:
     a null ``inputs`` has width 0). Recorded in the file's key-value metadata by ``parquet_bytes``: a window
     whose every file shows the model's width needs no read of the inputs to find rows of another width
     (``kfrelease.lake.engine.widths_proven``). ``None`` for a table of other rows."""
-    import pyarrow.compute as pc
-
     if not {"type", "instance", "inputs"} <= set(table.column_names):
         return None
     req = table.filter(pc.and_(pc.equal(table["type"], "request"), pc.is_valid(table["instance"])))
@@ -188,8 +187,6 @@ def request_stats(table: pa.Table) -> dict | None:
 def request_stats_of(metadata: dict | None) -> dict | None:
     """``request_stats`` as ``parquet_bytes`` recorded them in a file's key-value metadata (None: not recorded,
     e.g. a file written before they were)."""
-    import json
-
     raw = (metadata or {}).get(STATS_KEY)
     return json.loads(raw) if raw else None
 
@@ -197,8 +194,6 @@ def request_stats_of(metadata: dict | None) -> dict | None:
 def parquet_bytes(table: pa.Table) -> bytes:
     """A table as one Parquet file (zstd, with the schema version and, for prediction logs, the
     ``request_stats`` in its metadata)."""
-    import json
-
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = str(SCHEMA_VERSION).encode()
     stats = request_stats(table)

@@ -18,14 +18,18 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from kfrelease.lake import join as J
+from kfrelease.lake import read as R
+from kfrelease.lake import schema as S
 from kfrelease.lake import windows as LW
+from kfrelease.lake.drift import psi_drift
+from kfrelease.quality.metrics import InsufficientData
 
 log = logging.getLogger(__name__)
 
 
 def local_session(threads: int = 2, memory: str = "1g"):
     """A small local-mode session (no UI), for tests and the benchmark."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
 
     return (
         SparkSession.builder.master(f"local[{threads}]")
@@ -51,8 +55,6 @@ def define_views(
 ):
     """``events``, ``labels``, ``predictions``, ``truth``, ``joined`` as temporary views (the engine's);
     ``categorical``: the features read as category values."""
-    from kfrelease.lake import read as R
-    from kfrelease.lake import schema as S
 
     def view(name, paths, schema):
         if paths:
@@ -87,9 +89,6 @@ def window_result(
     categorical=(),
 ) -> list[dict]:
     """Every window's counts, metrics and (with a reference) PSI drift: what the engine computes."""
-    from kfrelease.lake.drift import psi_drift
-    from kfrelease.quality.metrics import InsufficientData
-
     out = []
     for r in window_sums(spark, kind, size).itertuples():
         row = {
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "application writes each run to its own path); default stdout",
     )
     args = p.parse_args(argv)
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
 
     spark = SparkSession.builder.appName("kfrelease-monitoring").getOrCreate()
     kind, size = args.window.split(":")

@@ -13,6 +13,7 @@ inputs' keys), then deletes the inputs; a reader that meets both copies in betwe
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from kfrelease.errors import Conflict, NotFound
 from kfrelease.lake import schema as S
+from kfrelease.lake.read import list_batches, parse_legacy
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,6 @@ def write_records(store, bucket: str, model: str, records: list[dict], origin: s
 
 def compact_partition(store, bucket: str, partition_path: str, min_batches: int = COMPACT_MIN_BATCHES) -> str | None:
     """Merge the batches of one partition into one object; returns its key (None: nothing to do)."""
-    import io
-
     objects = [o for o in store.list(bucket, partition_path + "/") if o.key.endswith(".parquet")]
     if len(objects) < max(2, min_batches):
         return None
@@ -153,8 +153,6 @@ def closed_partitions(
 def convert_legacy(store, bucket: str, model: str) -> list[str]:
     """Convert ``model``'s JSON Lines batches (``<model>/<day>/*.jsonl``) into lake batches, once: each
     becomes Parquet at a key derived from its own, then is deleted. Returns the keys written."""
-    from kfrelease.lake.read import list_batches, parse_legacy
-
     written = []
     for obj in list_batches(store, bucket, model).legacy:
         records, bad = [], 0

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from kfrelease.config import setting
 from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.monitoring.keys import key as monitoring_key
+from kfrelease.registry import ModelRegistry
+from kfrelease.training.retrain import policy_of_spec
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,7 @@ def check_new_data(receiver, models: list[str] | None = None) -> list[dict]:
     Returns one entry per model looked at: ``{model, dataset, production_version, trained_on, latest,
     action}`` with action ``disabled``, ``up-to-date``, ``already-handled``, ``rate-limited`` (``detail``
     says why) or the receiver's retrain decision."""
-    from kfrelease.data.publish import latest_version_id
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.training.retrain import policy_of_spec
+    from kfrelease.data.publish import latest_version_id  # heavy: pandas
 
     store = receiver.store
     registry = ModelRegistry(store)

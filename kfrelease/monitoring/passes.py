@@ -24,13 +24,15 @@ from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.monitoring import sources
 from kfrelease.monitoring.keys import key as monitoring_key
+from kfrelease.monitoring.push import push_windows
 from kfrelease.monitoring.window import (
     DEFAULT_MIN_LABELS,
     MonitorOutcome,
     WindowSpec,
     compute_windows_engine,
+    latest_rank,
 )
-from kfrelease.storage import ObjectStore
+from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,6 @@ def run_monitoring(
     """Compute, record and push the windows of ``model``; problems in the data become warnings.
     ``features`` and ``categorical`` (the category features among them) default to the newest registered
     version's input schema."""
-    from kfrelease.storage import store_for
-
     window = window or WindowSpec()
     reader = read_store or store_for("monitoring", settings)
     writer = write_store or store_for("pipeline", settings)
@@ -135,8 +135,6 @@ def run_monitoring(
     run.record_key = monitoring_key(model, "runs", f"{run_id}.json")
     writer.put_json(RESULT_BUCKET, run.record_key, doc, if_none_match=True)
     if push:
-        from kfrelease.monitoring.push import push_windows
-
         run.push = push_windows(settings, outcome.latest())
     return run
 
@@ -172,7 +170,6 @@ def current_table(history: pd.DataFrame) -> pd.DataFrame:
     (``kfrelease.monitoring.window.is_complete``)."""
     if len(history) == 0:
         return history
-    from kfrelease.monitoring.window import latest_rank
 
     rank = [latest_rank(w, n, s) for w, n, s in zip(history["window"], history["labelled"], history["start"])]
     order = sorted(range(len(history)), key=rank.__getitem__)

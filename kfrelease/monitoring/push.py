@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pandas as pd
 
 from kfrelease.config import Settings
 from kfrelease.lake.spool import Spool
+from kfrelease.quality.drift import OTHER
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,6 @@ MAX_EXPORTED_CATEGORIES = 10
 
 def feature_series(feature_drift: dict, most: int = MAX_EXPORTED_CATEGORIES) -> list[list]:
     """``[gauge name, {labels}, value]`` of every feature's drift and every exported category share."""
-    from kfrelease.quality.drift import OTHER
-
     out: list[list] = []
     for feature, col in (feature_drift or {}).items():
         if col.get("score") is not None:
@@ -133,7 +133,6 @@ def spool_dir(settings: Settings) -> Path:
 def _ts(iso: str | None) -> float | None:
     if not iso:
         return None
-    import pandas as pd
 
     return pd.Timestamp(iso).timestamp()
 
@@ -168,7 +167,7 @@ def payload(window) -> dict:
 
 
 def _push_one(url: str, item: dict, timeout: float) -> None:
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway  # heavy: prometheus_client
 
     registry = CollectorRegistry()
     for name, value in item["values"].items():

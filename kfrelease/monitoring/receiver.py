@@ -37,12 +37,15 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError, StoreUnavailable
 from kfrelease.monitoring.keys import key as monitoring_key
 from kfrelease.monitoring.keys import safe
+from kfrelease.monitoring.newdata import start_poller
+from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,6 @@ class AlertReceiver:
         trigger_path: str | None = None,
         curate_path: str | None = None,
     ):
-        from kfrelease.storage import store_for
-
         self.settings = settings
         self.store = store or store_for("pipeline", settings)
         self.min_interval = float(
@@ -271,8 +272,6 @@ def _jsonable(obj):
             except Exception:  # noqa: BLE001 - fall back to the next representation
                 log.debug("%s.%s() failed; trying the next form", type(obj).__name__, attr)
     if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         return json.loads(json.dumps(asdict(obj), default=str))
     return str(obj)
 
@@ -281,10 +280,10 @@ def create_app(receiver: AlertReceiver):
     """The receiver's HTTP API (Starlette, served by uvicorn like the sink and the feedback service):
     ``POST /alerts``, ``GET /healthz``, ``GET /metrics``. The handling (object store, curation) blocks, so
     it runs in the thread pool."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.applications import Starlette  # heavy: starlette
+    from starlette.concurrency import run_in_threadpool  # heavy: starlette
+    from starlette.responses import JSONResponse, Response  # heavy: starlette
+    from starlette.routing import Route  # heavy: starlette
 
     def answer(code: int, doc: dict) -> JSONResponse:
         return JSONResponse(json.loads(json.dumps(doc, default=str)), code)
@@ -322,9 +321,7 @@ def create_app(receiver: AlertReceiver):
 
 
 def serve(settings: Settings, port: int) -> None:
-    import uvicorn
-
-    from kfrelease.monitoring.newdata import start_poller
+    import uvicorn  # heavy: uvicorn
 
     receiver = AlertReceiver(settings)
     start_poller(receiver)

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from kfrelease.monitoring.passes import current_table
+
 PANELS = (
     ("rmse", "RMSE"),
     ("mae", "MAE"),
@@ -73,8 +75,8 @@ def _band(g: pd.DataFrame, col: str):
 
 
 def figure(history: pd.DataFrame, model: str):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # heavy: plotly
+    from plotly.subplots import make_subplots  # heavy: plotly
 
     fig = make_subplots(
         rows=len(PANELS),
@@ -84,7 +86,7 @@ def figure(history: pd.DataFrame, model: str):
         subplot_titles=[title for _, title in PANELS],
     )
     if len(history):
-        from plotly.colors import qualitative
+        from plotly.colors import qualitative  # heavy: plotly
 
         h = history.assign(start=pd.to_datetime(history["start"], utc=True))
         keys = sorted({(v, s) for v, s in zip(h["version"], h["stage"])})
@@ -139,7 +141,6 @@ def _sections(history: pd.DataFrame, current: pd.DataFrame) -> list[tuple[str | 
     kinds = sorted(history["window"].dropna().unique()) if len(history) and "window" in history.columns else []
     if len(kinds) <= 1:
         return [(kinds[0] if kinds else None, history, current)]
-    from kfrelease.monitoring.passes import current_table
 
     out = []
     for kind in kinds:

@@ -12,8 +12,13 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import yaml
 
+from kfrelease.data.publish import load_dataset
 from kfrelease.errors import NotFound
+from kfrelease.lake.engine import open_window as _open
+from kfrelease.registry import ModelRegistry
+from kfrelease.registry.artifact import CATEGORY_DTYPES
 from kfrelease.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -30,8 +35,6 @@ def open_window(
 ):
     """The window in the embedded engine (``kfrelease.lake.engine.open_window``), joined rows materialised
     (``keys``: with request ids, which count windows order by); ``categorical``: the category features."""
-    from kfrelease.lake.engine import open_window as _open
-
     return _open(
         store,
         model,
@@ -45,8 +48,6 @@ def open_window(
 
 def model_versions(store: ObjectStore, model: str) -> dict[str, dict]:
     """Registry entries by version (empty when the registry is not there or lists nothing)."""
-    from kfrelease.registry import ModelRegistry
-
     try:
         return ModelRegistry(store).entries(model)
     except NotFound:
@@ -64,8 +65,6 @@ def features_of(entries: dict[str, dict]) -> list[str] | None:
 
 def categorical_of(entries: dict[str, dict]) -> list[str]:
     """The category features (input schema dtype ``category`` or ``string``) of the newest registered version."""
-    from kfrelease.registry.artifact import CATEGORY_DTYPES
-
     found: list[str] = []
     for entry in sorted(entries.values(), key=lambda e: e.get("created_at", "")):
         if entry.get("input_schema"):
@@ -96,7 +95,6 @@ def _spec_min_r2(entry: dict) -> float | None:
     text = spec.get("text") if isinstance(spec, dict) else None
     if not text:
         return None
-    import yaml
 
     try:
         value = ((yaml.safe_load(text) or {}).get("validation") or {}).get("min_r2")
@@ -113,7 +111,6 @@ def reference_of(store: ObjectStore, entries: dict[str, dict]) -> pd.DataFrame |
     dataset, version = entry.get("dataset"), entry.get("dataset_version")
     if not dataset:
         return None
-    from kfrelease.data.publish import load_dataset
 
     try:
         df, _ = load_dataset(store, dataset, version or "latest")

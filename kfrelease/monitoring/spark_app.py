@@ -22,10 +22,14 @@ object.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
+import time as _time
 from dataclasses import dataclass
 
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +71,8 @@ def monitoring_engine(
     ``auto`` by ``choose_engine`` on the logged predictions of the lookback ``since`` (e.g. ``1d``), counted
     from the Parquet footers of its batches (ranged reads, no row is read; a request and its response are
     two logged rows). Spark needs ``spark_image``: refused with a clear error before anything runs."""
-    import datetime as dt
-
-    from kfrelease.lake.read import count_logged_rows
-    from kfrelease.monitoring.window import WindowSpec
-    from kfrelease.registry import ModelRegistry
+    from kfrelease.lake.read import count_logged_rows  # heavy: pandas
+    from kfrelease.monitoring.window import WindowSpec  # heavy: pandas
 
     if engine not in ("auto", "duckdb", "spark"):
         raise ConfigError(f"engine is {engine!r}; use auto, duckdb or spark")
@@ -104,8 +105,6 @@ def monitoring_engine(
 
 
 def _name(model: str, run_id: str) -> str:
-    import re
-
     base = re.sub(r"[^a-z0-9-]+", "-", f"monitor-{model}-{run_id}".lower()).strip("-")
     return base[:63].rstrip("-")
 
@@ -192,8 +191,6 @@ def submit_and_wait(api, doc: dict, *, timeout: float = 3600.0, poll: float = 10
     """Create ``doc`` with ``api`` (a ``kubernetes.client.CustomObjectsApi``) and wait until the operator
     reports COMPLETED (returns the object) or a failure (raises ``SparkApplicationFailed``). An object of
     the same name that already exists is waited on, not duplicated (a retried pipeline step)."""
-    import time as _time
-
     clock = clock or _time.monotonic
     sleep = sleep or _time.sleep
     group, version = API_VERSION.split("/")

@@ -13,6 +13,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from kfrelease.data.publish import publish
+from kfrelease.data.spec import load_spec
+from kfrelease.lake.write import write_records
 from kfrelease.registry import ModelRegistry
 from kfrelease.storage import ObjectStore
 
@@ -63,7 +66,6 @@ def write_traffic(
     ids = [uuid.uuid4().hex for _ in values]
     times = [start + timedelta(seconds=i * step_seconds) for i in range(len(values))]
     n_label = round(len(values) * label_fraction) if truths is not None else 0
-    from kfrelease.lake.write import write_records
 
     t = np.asarray(truths, dtype="float64").tolist() if truths is not None else []
     for lo in range(0, len(values), batch_size):
@@ -148,8 +150,5 @@ def register_entry(
 def publish_reference(store: ObjectStore, dataset: str, frame: pd.DataFrame) -> str:
     """Publish ``frame`` as a curated dataset version named ``dataset`` (``data-engineer`` role) to serve as a
     model's training reference; returns the version id."""
-    from kfrelease.data.publish import publish
-    from kfrelease.data.spec import load_spec
-
     spec = load_spec("diabetes").with_changes(name=dataset)
     return publish(frame.reset_index(drop=True), spec, store, sources=[], run_id="synthetic").version

@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.lake import windows as LW
+from kfrelease.lake.drift import psi_drift, stats_aggregates
+from kfrelease.quality.drift import MAX_DRIFT_ROWS, data_drift
 from kfrelease.quality.metrics import InsufficientData
 
 log = logging.getLogger(__name__)
@@ -141,8 +144,6 @@ def _iso(ts) -> str | None:
 
 
 def _drift(reference, frame, features, method=None, categorical=(), current_counts=None):
-    from kfrelease.quality.drift import data_drift
-
     return data_drift(reference, frame, features, method=method, categorical=categorical, current_counts=current_counts)
 
 
@@ -169,14 +170,11 @@ def compute_windows_engine(
     from one SQL scan (``kfrelease.lake.windows``), the drift of a window is Evidently's PSI on all its rows
     (``kfrelease.lake.drift``); Evidently itself runs only for the windows that get a report
     (``report_for``: latest | all | none), on a seeded sample of their rows, with the same PSI test."""
-    from kfrelease.lake import windows as LW
-
     if drift_for not in ("latest", "all", "none"):
         raise ConfigError(f"drift_for={drift_for!r}; use latest, all or none")
     model, features, con = data.model, data.features, data.con
     categorical = list(getattr(data, "categorical", ()) or ())
     outcome = MonitorOutcome(model, [], warnings=list(data.warnings))
-    from kfrelease.lake.drift import stats_aggregates
 
     # the drift's per-feature count, minimum and maximum come from the window scan itself
     stats = stats_aggregates(features, categorical) if reference is not None and drift_for != "none" else []
@@ -284,10 +282,6 @@ def _engine_drift(con, res, outcome, spec, w, reference, features, with_report: 
     Evidently's PSI test computed by the engine on all its rows (``kfrelease.lake.drift``; category features
     by their category frequencies), and, when it gets a report, Evidently's PSI report on a seeded sample of
     ``MAX_DRIFT_ROWS`` rows (whose category frequencies are those of all rows)."""
-    from kfrelease.lake import windows as LW
-    from kfrelease.lake.drift import psi_drift
-    from kfrelease.quality.drift import MAX_DRIFT_ROWS
-
     v, s = res.version.replace("'", "''"), res.stage.replace("'", "''")
     rows = (
         f"(SELECT * FROM (SELECT *, {LW.window_id_sql(spec.kind, spec.size)} AS _w FROM joined) "

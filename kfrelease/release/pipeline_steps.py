@@ -13,8 +13,10 @@ from pathlib import Path
 from kfrelease.config import Settings, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver, KubernetesObjects
+from kfrelease.k8s.render.platform import RELEASE_ROLE
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import model_format
+from kfrelease.registry.lineage import now_iso
 from kfrelease.release.controller import ReleaseController, ReleaseError, release_path
 from kfrelease.release.embedded import ensure_serving_services
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec, parse_rollout_spec
@@ -198,10 +200,6 @@ def record_shadow_verdict(settings: Settings, model: str, candidate: str, produc
     run a run creator starts; a pass event it wrote let the ``rollout`` component alone promote (review 4 R4:
     kubeflow/manifests v1.11.0 and 26.03 ``applications/pipeline/upstream/base/installs/multi-user/api-service/
     params.env`` runs a run without a service account as ``default-editor``)."""
-    from kfrelease.k8s.render.platform import RELEASE_ROLE
-    from kfrelease.registry.lineage import now_iso
-    from kfrelease.storage import store_for
-
     doc = {"model": model, "candidate": candidate, "production_version": production, "decision": decision}
     store_for(RELEASE_ROLE, settings).put_json(RELEASES, shadow_verdict_key(model, candidate), {**doc, "at": now_iso()})
 
@@ -209,9 +207,6 @@ def record_shadow_verdict(settings: Settings, model: str, candidate: str, produc
 def shadow_gate_passed(controller: ReleaseController, candidate: str, production: str) -> bool:
     """Whether the shadow step's last verdict for ``candidate`` (``record_shadow_verdict``) is a pass against
     ``production``."""
-    from kfrelease.k8s.render.platform import RELEASE_ROLE
-    from kfrelease.storage import store_for
-
     store, key = store_for(RELEASE_ROLE, controller.settings), shadow_verdict_key(controller.spec.model, candidate)
     if store.stat(RELEASES, key) is None:
         return False

@@ -29,6 +29,7 @@ from kfrelease.serving.host import (
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
 from kfrelease.stack.slots import ServerSlot, all_slots
+from kfrelease.stack.watchdog import warm_launcher
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ class ModelServers:
     def _sync(self, slot: ServerSlot, check: bool = True) -> None:
         service = host_service(self.settings, slot, self.command, self.env)
         if not supervisor.service_status(self.settings, slot.name).healthy:
-            from kfrelease.stack.watchdog import warm_launcher
-
             # a new server loads its manifest on start; forked from the warm spare when it is ready
             supervisor.start_service(self.settings, service, warm_launcher(self.settings, service))
             return

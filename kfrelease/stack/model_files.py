@@ -15,7 +15,9 @@ from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError
+from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import is_complete
+from kfrelease.storage import store_for
 
 
 def cache_dir(settings: Settings, model: str, version: str) -> Path:
@@ -27,8 +29,6 @@ def local_model_dir(settings: Settings, model: str, version: str) -> Path:
     dest = cache_dir(settings, model, version)
     if is_complete(dest):
         return dest
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.storage import store_for
 
     tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:8]}")
     try:

@@ -17,6 +17,8 @@ from kfrelease.access.policy import load_policy
 from kfrelease.access.render import seaweed_identities
 from kfrelease.config import Settings
 from kfrelease.stack.service import Service
+from kfrelease.stack.watchdog import watchdog_service
+from kfrelease.storage import ensure_buckets, store_for
 
 #: Modules that declare services, in start order.
 SERVICE_MODULES = (
@@ -55,7 +57,6 @@ def _prepare_s3(settings: Settings) -> None:
 
 def _s3_ready(settings: Settings) -> bool:
     # The S3 port answers before the volume server takes writes; ready means an authenticated round trip.
-    from kfrelease.storage import ensure_buckets, store_for
 
     try:
         ensure_buckets(settings)
@@ -122,8 +123,6 @@ def registry_service(settings: Settings) -> Service:
 def services(settings: Settings) -> list[Service]:
     """The core services: the object store, the model-image registry and the watchdog (restarts services
     that die)."""
-    from kfrelease.stack.watchdog import watchdog_service
-
     return [s3_service(settings), registry_service(settings), watchdog_service(settings)]
 
 

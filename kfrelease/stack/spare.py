@@ -21,7 +21,10 @@ import runpy
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
+
+from kfrelease.stack.supervisor import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,6 @@ def _run_child(order: dict, listener: socket.socket) -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 - report in the service's log, then exit non-zero
-        import traceback
-
         traceback.print_exc()
     finally:
         sys.stdout.flush()
@@ -100,8 +101,6 @@ class ForkedProcess:
         self.pid, self.returncode = pid, None
 
     def poll(self) -> int | None:
-        from kfrelease.stack.supervisor import pid_alive
-
         if self.returncode is None and not pid_alive(self.pid):
             self.returncode = 1  # its exit status went to the spare; the log says why
         return self.returncode

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from kfrelease.errors import DataValidationError
+from kfrelease.serving.threads import cores_given
+from kfrelease.training.holdout import rule_for
 from kfrelease.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -114,8 +117,6 @@ def check_data(spec: ModelSpec, df: pd.DataFrame, dataset_version: str = "") -> 
 def split(spec: ModelSpec, df: pd.DataFrame, id_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, held-out rows): features and target as float64, text features as strings (and the id
     column, when given), split by the stable hash of the id column or of the row (``kfrelease.training.holdout``)."""
-    from kfrelease.training.holdout import rule_for
-
     cols = [*spec.features, spec.target]
     frame = typed(df, cols)
     if id_column:
@@ -159,8 +160,4 @@ def native_threads():
     ``OMP_NUM_THREADS``, else the cgroup's CPU quota, else 1) while a model fits or predicts. With a thread per
     visible core on a busy machine, HistGradientBoosting's threads mostly wait for each other: fitting 1,600
     diamonds took 35-345 s at load 17-20 with the default threads, against 0.3 s with one."""
-    from threadpoolctl import threadpool_limits
-
-    from kfrelease.serving.threads import cores_given
-
     return threadpool_limits(limits=cores_given())

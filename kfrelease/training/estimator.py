@@ -24,7 +24,7 @@ def check_estimator(est, where: str) -> None:
         raise ConfigError(f"{where}: {name} has no fit/predict; return a scikit-learn compatible regressor")
     if not callable(getattr(est, "get_params", None)):
         return  # duck-typed (fit/predict only): nothing more to check before it is fitted
-    from sklearn.base import clone
+    from sklearn.base import clone  # heavy: sklearn
 
     try:
         clone(est)

@@ -129,7 +129,7 @@ class SplitRule:
             return ~self.held_out(frame)
         if own_data is None:
             raise DataValidationError("a seeded-shuffle split needs its own dataset version to say what it trained on")
-        from sklearn.model_selection import train_test_split
+        from sklearn.model_selection import train_test_split  # heavy: sklearn
 
         train, _ = train_test_split(own_data, test_size=self.test_size, random_state=self.seed, shuffle=True)
         keyed = SplitRule(self.test_size, self.seed, HASH, self.id_column, self.columns)

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from kfrelease.config import setting
 from kfrelease.errors import ConfigError
 from kfrelease.specs import Number, SpecDocument
 
@@ -136,8 +137,6 @@ def pipeline_arguments(resources: Resources) -> dict:
 def step_backoff() -> dict:
     """``BACKOFF``, or with ``KFRELEASE_STEP_BACKOFF_SECONDS`` (the fault tests' local runs) that first backoff
     (whole seconds: kfp.local reads the seconds of the compiled duration), the same factor and maximum."""
-    from kfrelease.config import setting
-
     seconds = setting("KFRELEASE_STEP_BACKOFF_SECONDS")
     return BACKOFF if seconds is None else {**BACKOFF, "backoff_duration": f"{seconds}s"}
 
@@ -153,8 +152,9 @@ def apply_step_policy(task, step: str, model: dict | None = None, caching: bool 
     """Resources, retries and caching of one pipeline task; no pickle loads unless it is an untrusted step
     (``kfrelease.training.steps.UNTRUSTED_STEPS``). ``model`` holds the pipeline's ``model_*`` parameters
     (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``."""
-    from kfp import kubernetes
+    from kfp import kubernetes  # heavy: kfp
 
+    # cycle: kfrelease.training.steps imports this module (via kfrelease.training.spec)
     from kfrelease.training.steps import UNTRUSTED_STEPS
 
     if step not in UNTRUSTED_STEPS:

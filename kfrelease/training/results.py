@@ -24,6 +24,7 @@ import yaml
 from kfrelease.errors import KfreleaseError
 from kfrelease.monitoring.keys import key as monitoring_key
 from kfrelease.monitoring.keys import safe
+from kfrelease.registry import EXPERIMENTS, ModelRegistry
 
 METRICS = ("mse", "rmse", "mae", "r2")
 EVALUATION_REPORT = "evaluation.html"
@@ -235,8 +236,6 @@ def resolve_version(store, model: str, ref: str):
     """The ``ModelVersion`` a person names: ``V1.2.0`` (registry), ``production``/``staging`` (its current
     version in that stage), ``E1.1.0`` or ``experiment:E1.1.0`` (a version in the experiments space; entries
     written before experiments had their own numbers are ``experiment:V1.1.0``)."""
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry
-
     space, _, version = ref.strip().rpartition(":")
     if space not in ("", "experiment", "experiments"):
         raise KfreleaseError(f"{ref!r} names no version; use V1.2.0, production, staging, E1.1.0 or experiment:E1.1.0")

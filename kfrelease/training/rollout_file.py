@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kfrelease.config import setting
 from kfrelease.git import git
+from kfrelease.rollout.spec import bind_model, load_rollout_spec, parse_rollout_spec
+from kfrelease.training import run_records
 
 ROLLOUT_FILE = "rollout.yaml"
 
@@ -25,8 +28,6 @@ def rollout_path(spec_file: str) -> str:
 
 def checked(text: str, model: str, origin: str) -> str:
     """``text`` if it is a valid rollout spec for ``model`` (else a ``RolloutSpecError`` saying why)."""
-    from kfrelease.rollout.spec import bind_model, parse_rollout_spec
-
     bind_model(parse_rollout_spec(text, origin), model, origin)
     return text
 
@@ -41,8 +42,6 @@ def rollout_at_commit(repo: str | Path, sha: str, spec_file: str, model: str) ->
 
 def rollout_of_run(store, run_id: str) -> str | None:
     """The rollout spec text recorded with training run ``run_id`` (None: none, or no such run)."""
-    from kfrelease.training import run_records
-
     if not run_id or store.stat(run_records.BUCKET, run_records.run_key(run_id, "run.json")) is None:
         return None
     return run_records.get_run(store, run_id).record.get("rollout_yaml") or None
@@ -52,9 +51,6 @@ def rollout_spec_of_run(store, run_id: str, model: str):
     """The rollout spec a training run's version will be released with (``RolloutSpec``): the one recorded with
     the run, else ``KFRELEASE_ROLLOUT_SPEC`` (a file), else the packaged default, as the hand-over resolves it.
     Offline validation takes its paired test's rule (margin, error rate, slices) from its ``shadow`` section."""
-    from kfrelease.config import setting
-    from kfrelease.rollout.spec import bind_model, load_rollout_spec, parse_rollout_spec
-
     text = rollout_of_run(store, run_id)
     if text:
         return bind_model(parse_rollout_spec(text, f"the rollout spec of run {run_id}"), model)

@@ -16,11 +16,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import resource
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.registry.lineage import now_iso
-from kfrelease.storage import ObjectStore
+from kfrelease.storage import ObjectStore, store_for
+from kfrelease.training.failures import cause_of, one_line, retryable
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +120,6 @@ def peak_rss_mb() -> float:
     """The peak resident memory of this process so far, in MB: ``VmHWM`` of /proc/self/status (the peak of
     this program's own memory; ``ru_maxrss`` would also count the parent's resident memory at fork, which
     Linux carries over exec), else ``ru_maxrss`` (KiB on Linux)."""
-    import resource
-
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -137,14 +139,10 @@ def step_record(run_id: str, step: str, store: ObjectStore | None = None):
     KFP retries a failed step whatever the cause (see ``kfrelease.training.resources``): when the previous
     attempt of this step failed because of the model code or the data, this attempt fails at once with
     that reason instead of running the model code again."""
-    from kfrelease.training.failures import cause_of, one_line, retryable
-
     if not run_id:
         yield {}
         return
     if store is None:
-        from kfrelease.storage import store_for
-
         store = store_for("pipeline")
     key = _key(run_id, "steps", f"{step}.json")
     previous = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}
@@ -189,13 +187,8 @@ def resume_or_run(run_id: str, step: str, outputs: dict[str, str], run, store: O
     """Run an idempotent step, or, when an earlier attempt of the same run finished it and its output files
     are still there (a local run retried after an infrastructure failure), reuse them: copy the files to
     ``outputs`` and return the recorded result. ``run()`` returns a JSON-able result dict."""
-    import shutil
-    from pathlib import Path
-
     if run_id:
         if store is None:
-            from kfrelease.storage import store_for
-
             store = store_for("pipeline")
         key = _key(run_id, "steps", f"{step}.json")
         done = store.get_json(BUCKET, key) if store.stat(BUCKET, key) else {}

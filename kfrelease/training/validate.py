@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+from kfrelease.data.publish import get_version, load_dataset
 from kfrelease.quality.drift import data_drift
-from kfrelease.training.core import text_features
+from kfrelease.training.core import text_features, typed
+from kfrelease.training.evidence import champion_rule
 from kfrelease.training.spec import THRESHOLD_KEYS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -146,10 +148,6 @@ def drift_evidence(
 
 def champion_training_rows(store, entry: dict) -> pd.DataFrame | None:
     """Production's training rows (its inputs and target), rebuilt from its dataset version and split rule."""
-    from kfrelease.data.publish import get_version, load_dataset
-    from kfrelease.training.core import typed
-    from kfrelease.training.evidence import champion_rule
-
     rule = champion_rule(entry)
     try:
         manifest = get_version(store, entry["dataset"], entry["dataset_version"]).manifest

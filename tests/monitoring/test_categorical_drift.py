@@ -158,6 +158,7 @@ def test_a_window_where_one_cut_shifts_is_flagged_and_an_unchanged_one_is_not(st
 
     if path == "engine-psi":
         monkeypatch.setattr("kfrelease.quality.drift.MAX_DRIFT_ROWS", 500)
+        monkeypatch.setattr("kfrelease.monitoring.window.MAX_DRIFT_ROWS", 500)  # where the window reads it
     reference = diamonds.iloc[:5000]
     known = {c: sorted(diamonds[c].unique()) for c in CATEGORIES}
     start = span_start(2)

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from kfrelease.k8s.render.mesh import ROOT_NS
+from kfrelease.k8s.render.egress import kubeflow_sidecars
+from kfrelease.k8s.render.mesh import ROOT_NS, principal
 from kfrelease.resources import resource_dir
 
 
@@ -256,8 +257,6 @@ def peer(
     """(the principal ``to``'s sidecar sees on a call from a pod of ``source`` with a sidecar, why): its mTLS
     identity when ``host`` (a Service of ``to``'s namespace; ``*``: any) is in the caller's egress scope, else
     None (plain text)."""
-    from kfrelease.k8s.render.mesh import principal
-
     ok, why = in_scope(sidecars, source, to.namespace, host)
     return (principal(source.namespace, service_account) if ok else None), why
 
@@ -326,8 +325,6 @@ def knative_pod_probe(docs: list[dict], to: Workload, port: int, path: str = "/h
 
 def upstream_sidecars(kubeflow_version: str) -> list[dict]:
     """The Sidecars Kubeflow's install applies at that release (vendored in ``schemas/kubeflow/``)."""
-    from kfrelease.k8s.render.egress import kubeflow_sidecars
-
     return kubeflow_sidecars(kubeflow_version)
 
 

@@ -129,21 +129,21 @@ def _file_index(path: str) -> dict[tuple[str, str, str], dict]:
 
 @functools.lru_cache(maxsize=64)
 def _crd_validator(group: str, version: str, kind: str, crd_dir: str | None, kserve: str | None):
-    import jsonschema
+    import jsonschema  # optional: jsonschema (the dev extra)
 
     schema = crd_index(crd_dir, kserve)[(group, version, kind)]
     return jsonschema.Draft7Validator(_strict(schema))
 
 
 def kube_version() -> str:
-    import kubernetes_validate
+    import kubernetes_validate  # optional: kubernetes_validate (the dev extra)
 
     return setting("KFRELEASE_KUBE_VERSION") or kubernetes_validate.latest_version()
 
 
 @functools.cache
 def _kube_schema_file(filename: str, version: str):
-    from kubernetes_validate import utils
+    from kubernetes_validate import utils  # optional: kubernetes_validate (the dev extra)
 
     return utils.schema_contents(filename, version)
 
@@ -155,9 +155,9 @@ def _kube_validator(version: str, api_version: str, kind: str, strict: bool):
     (most of the time of a manifests check: ~90 % of 1,264 validations). The same choice of schema version, files,
     registry and validator as kubernetes-validate 1.37.0 (kubernetes_validate/utils.py, ``validate``); a
     schema is never changed by validating with it."""
-    import jsonschema
-    from kubernetes_validate import utils
-    from referencing import Registry, Resource
+    import jsonschema  # optional: jsonschema (the dev extra)
+    from kubernetes_validate import utils  # optional: kubernetes_validate (the dev extra)
+    from referencing import Registry, Resource  # optional: referencing (the dev extra)
 
     desired = version.removeprefix("v")
     if utils.major_minor(desired) > utils.latest_version():
@@ -179,8 +179,8 @@ def _kube_validator(version: str, api_version: str, kind: str, strict: bool):
 def kube_validate(doc: dict, version: str, strict: bool = True) -> str:
     """``kubernetes_validate.validate(doc, version, strict)`` with its schemas read once per process: the same
     errors (``kubernetes_validate.ValidationError``, ``SchemaNotFoundError``); returns the schema version used."""
-    import jsonschema
-    from kubernetes_validate import utils
+    import jsonschema  # optional: jsonschema (the dev extra)
+    from kubernetes_validate import utils  # optional: kubernetes_validate (the dev extra)
 
     validator, chosen = _kube_validator(version, doc["apiVersion"], doc["kind"], strict)
     try:
@@ -204,7 +204,7 @@ _LABEL_NAME = re.compile(
 def _check_object_meta(doc: dict, where: str) -> None:
     """A custom resource's metadata against the Kubernetes ObjectMeta schema (via a ConfigMap carrying it,
     strict) and the API server's label syntax (keys: optional DNS prefix + name <= 63; values <= 63)."""
-    import kubernetes_validate
+    import kubernetes_validate  # optional: kubernetes_validate (the dev extra)
 
     kv = kube_version()
     try:
@@ -259,7 +259,7 @@ def validate(doc: dict, crd_dir: str | Path | None = None, kserve: str | KServeV
         if target and group == "serving.kserve.io":
             return f"CRD schema {group}/{version} {doc['kind']} (KServe {target.version}) + Kubernetes ObjectMeta"
         return f"CRD schema {group}/{version} {doc['kind']} + Kubernetes ObjectMeta"
-    import kubernetes_validate
+    import kubernetes_validate  # optional: kubernetes_validate (the dev extra)
 
     kv = kube_version()
     try:

@@ -37,6 +37,7 @@ rendered Sidecars then keep ``*/*`` and change nothing.
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 
 import yaml
@@ -67,8 +68,6 @@ def _vendored(ref: str) -> tuple[dict, ...]:
 
 def kubeflow_sidecars(kubeflow_version: str) -> list[dict]:
     """The Sidecars Kubeflow's own install applies at that release (none before v1.11.0)."""
-    import copy
-
     return copy.deepcopy(list(_vendored(kubeflow_ref(kubeflow_version))))
 
 

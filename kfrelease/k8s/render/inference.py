@@ -39,6 +39,8 @@ import re
 from collections.abc import Mapping
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.versions import kserve_version as capabilities
+from kfrelease.registry.artifact import model_format, model_formats, model_servers_refuse_pickles
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 
@@ -100,8 +102,6 @@ def predictor_service(isvc: str, predictor: str | None, kserve_version: str = DE
     (kserve/kserve ``pkg/constants/constants.go`` ``PredictorServiceName(name, predictorName...)`` at v0.20.0);
     before, always ``<isvc>-predictor`` (the same function at v0.15.2 takes no predictor name). Named
     predictors' Services came with the ``spec.canary`` list (kserve/kserve#5672)."""
-    from kfrelease.k8s.versions import kserve_version as capabilities
-
     if predictor and capabilities(kserve_version).has_canary_list:
         return f"{isvc}-{predictor}-predictor"
     return f"{isvc}-predictor"
@@ -195,7 +195,7 @@ def _storage_uri(storage_uris: Mapping[str, str], version: str) -> str:
 
 
 def _api():
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient  # heavy: kubernetes
 
     return ApiClient()
 
@@ -210,8 +210,6 @@ def _model_format(formats: Mapping[str, str] | None, version: str) -> str:
     ``artifact.model_format(entry)``, as the release steps read the registry); a version not given there (the
     bootstrap's first production, rendered before any entry is at hand) is declared as an entry that names no
     flavour is served (``artifact.model_format({})``), and its first release patch declares its own."""
-    from kfrelease.registry.artifact import model_format, model_formats
-
     name = (formats or {}).get(version) or model_format({})
     if name not in model_formats():
         raise ConfigError(
@@ -222,8 +220,8 @@ def _model_format(formats: Mapping[str, str] | None, version: str) -> str:
 
 
 def _model_spec(spec: RolloutSpec, version: str, stage: str, uri: str, model_format: str):
-    from kserve import V1beta1ModelFormat, V1beta1ModelSpec
-    from kubernetes.client import V1EnvVar, V1ResourceRequirements
+    from kserve import V1beta1ModelFormat, V1beta1ModelSpec  # heavy: kserve
+    from kubernetes.client import V1EnvVar, V1ResourceRequirements  # heavy: kubernetes
 
     s = spec.serving
     return V1beta1ModelSpec(
@@ -254,7 +252,7 @@ def _predictor(
     mode: str | None = None,
     model_formats: Mapping[str, str] | None = None,
 ):
-    from kserve import V1beta1LoggerSpec, V1beta1PredictorSpec
+    from kserve import V1beta1LoggerSpec, V1beta1PredictorSpec  # heavy: kserve
 
     s = spec.serving
     mode = mode or s.deployment_mode
@@ -290,8 +288,6 @@ def _predictor(
 def _mode_value(mode: str, kserve_version: str) -> str:
     """The deploymentMode annotation of ``mode`` on that KServe (``Standard`` from 0.16, ``RawDeployment``
     before: ``kfrelease.k8s.versions``)."""
-    from kfrelease.k8s.versions import kserve_version as capabilities
-
     return capabilities(kserve_version).mode_annotation(mode)
 
 
@@ -304,8 +300,8 @@ def _isvc(
     mode: str | None = None,
     kserve_version: str = DEFAULT_KSERVE_VERSION,
 ) -> dict:
-    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec
-    from kubernetes.client import V1ObjectMeta
+    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec  # heavy: kserve
+    from kubernetes.client import V1ObjectMeta  # heavy: kubernetes
 
     obj = V1beta1InferenceService(
         api_version=KSERVE_API,
@@ -369,7 +365,7 @@ def render_inference_services(
             pred.canary_traffic_percent = state.canary_weight
         out.append(_isvc(spec, production_name(spec), "production", pred, kserve_version=kserve_version))
     else:
-        from kserve import V1beta1CanarySpec
+        from kserve import V1beta1CanarySpec  # heavy: kserve
 
         pred = _predictor(
             spec,
@@ -648,14 +644,13 @@ def render_serving_runtime(spec: RolloutSpec, image: str) -> dict:
     the model KServe puts at ``/mnt/models`` (ModelCar or storage initializer). It lists every model format the
     predictor serves (one per flavour: ``artifact.model_formats()``), each chosen only by name
     (``autoSelect: false``: our InferenceServices name this runtime; see the module docstring)."""
+    # heavy: kserve
     from kserve import (
         V1alpha1ServingRuntime,
         V1alpha1ServingRuntimeSpec,
         V1alpha1SupportedModelFormat,
     )
-    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta
-
-    from kfrelease.registry.artifact import model_formats, model_servers_refuse_pickles
+    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta  # heavy: kubernetes
 
     # no pickle is read in a predictor: its service account is the identity the log sink trusts (review eks4 R2;
     # ``artifact.PICKLE_REFUSING_TARGETS``); the ModelCar's pickle-served version stops at load with the reason

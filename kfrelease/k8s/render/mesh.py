@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kfrelease.k8s.render.inference import REPLAY_HEADER
 from kfrelease.k8s.render.platform import PART_OF
 
 SECURITY_API = "security.istio.io/v1"
@@ -87,8 +88,6 @@ def replay_gateway_policy(issuer: str, driver_ns: str, driver_sa: str) -> dict:
     driver's (no token at all included: ``notRequestPrincipals`` matches a request without one). Istio
     evaluates DENY before ALLOW (and before Kubeflow's ``istio-ingressgateway`` ALLOW ``{}``), so no other
     policy can open it."""
-    from kfrelease.k8s.render.inference import REPLAY_HEADER
-
     return {
         "apiVersion": SECURITY_API,
         "kind": "AuthorizationPolicy",
