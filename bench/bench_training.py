@@ -73,7 +73,7 @@ spec = parse_spec(spec.text.replace(spec.name, sys.argv[3]), code=spec.code)
 run_id = f"bench-{sys.argv[3]}"  # a trigger's run record: the run stages (without one it is an experiment)
 run_records.create_run(store_for("pipeline"), run_id, {"model": spec.name, "spec_fingerprint": spec.fingerprint,
                                                 "commit": sha, "spec_json": spec.to_json()})
-print(run_local(Settings.from_env(), training_pipeline, spec_json=spec.to_json(), commit=sha, run_id=run_id).output)
+print(run_local(Settings.from_env(), training_pipeline, spec=spec.to_dict(), commit=sha, run_id=run_id).output)
 """
 
 

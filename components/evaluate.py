@@ -5,12 +5,12 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def evaluate(
-    spec_json: str,
+    spec: dict,
     run_id: str,
     dataset_version: str,
     champion: str,
     champion_note: str,
-    train_claims: str,
+    train_claims: dict,
     predictions: Input[Dataset],
     champion_predictions: Input[Dataset],
     onnx_model: Input[Model],
@@ -24,36 +24,39 @@ def evaluate(
     with the candidate on the rows neither trained on (the release gates' paired test). Loads no model.
 
     Args:
-        spec_json: the model spec (features, target, split).
+        spec: the model spec (``ModelSpec.to_dict()``: features, target, split).
         run_id: the trigger's run id (may be empty; its rollout spec gives the paired test's rule).
         dataset_version: the curated version the split used.
         champion: the production version the split handed to ``score-champion`` ("" when none).
         champion_note: why there is no comparable production version ("" when there is one).
-        train_claims: the flavours' checks as the train step measured them (its claims).
+        train_claims: the flavours' checks as the train step measured them (its claims; only their numbers and
+            reasons are read).
         predictions: the candidate's held-out predictions.
         champion_predictions: production's held-out predictions.
         onnx_model: the candidate converted to ONNX (empty: not converted); verified here on the real held-out
             rows against the judged predictions (ONNX loads without running code).
         booster_model: the candidate's XGBoost or LightGBM model file (empty: none); verified the same way.
-        metrics: the metrics as a KFP Metrics artifact (shown in the Kubeflow UI).
+        metrics: the evidence: MSE, RMSE, MAE, R² and the held-out row count logged as metrics (shown in the
+            Kubeflow UI), the whole evidence as the artifact's JSON file (``{metrics, champion, drift, split,
+            held_out_rows, ...}``: what validate and register decide on).
         report: Evidently's HTML report (a KFP HTML artifact, shown in the Kubeflow UI).
         holdout_predictions: the candidate's predictions keyed by row across versions (kept with the version).
 
     Returns:
-        The evidence as JSON: ``{metrics, champion, drift, split, held_out_rows, ...}`` (what validate decides on).
+        The digest of the evidence file (validate and register read the file only when it still has this
+        digest; for a release run they decide on the copy ``evaluate_step`` kept where no untrusted step writes).
     """
-    import json
-
     from kfrelease.config import log_to_stderr
+    from kfrelease.training.evidence import write_evidence
     from kfrelease.training.run_records import step_record
     from kfrelease.training.spec import ModelSpec
     from kfrelease.training.steps import evaluate_step
 
     log_to_stderr()
-    spec = ModelSpec.from_json(spec_json)
+    model_spec = ModelSpec.from_dict(spec)
     with step_record(run_id, "evaluate"):
         evidence = evaluate_step(
-            spec,
+            model_spec,
             dataset_version,
             champion,
             predictions.path,
@@ -63,7 +66,7 @@ def evaluate(
             holdout_predictions.path,
             champion_note=champion_note,
             onnx_path=onnx_model.path,
-            flavour_claims=json.loads(train_claims or "{}"),
+            flavour_claims=train_claims,
             booster_path=booster_model.path,
         )
     values = evidence.get("metrics") or {}
@@ -71,4 +74,4 @@ def evaluate(
         if values.get(name) is not None:
             metrics.log_metric(name, float(values[name]))
     metrics.log_metric("test_rows", float(evidence["held_out_rows"]))
-    return json.dumps(evidence, sort_keys=True, default=str)
+    return write_evidence(metrics.path, evidence)

@@ -7,7 +7,7 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def split(
-    spec_json: str,
+    spec: dict,
     dataset_version: str,
     run_id: str,
     train_data: Output[Dataset],
@@ -18,7 +18,7 @@ def split(
     hand the untrusted steps what they may see. Runs no model code and keeps the held-out labels to itself.
 
     Args:
-        spec_json: the model spec (``ModelSpec.to_json()``: model.yaml text and its code at the commit).
+        spec: the model spec (``ModelSpec.to_dict()``: model.yaml text and its code at the commit).
         dataset_version: curated version to train on; ``latest`` resolves to the newest one now.
         run_id: the trigger's run id (step states are recorded under it); empty outside a triggered run.
         train_data: the training rows (features + target, Parquet).
@@ -37,7 +37,7 @@ def split(
     from kfrelease.training.steps import split_step
 
     log_to_stderr()
-    spec = ModelSpec.from_json(spec_json)
+    spec = ModelSpec.from_dict(spec)
     out = resume_or_run(  # a retried run reuses a finished split of its earlier attempt
         run_id,
         "split",

@@ -5,7 +5,7 @@ from kfrelease.components.base import kfrelease_component
 
 @kfrelease_component
 def train(
-    spec_json: str,
+    spec: dict,
     run_id: str,
     train_data: Input[Dataset],
     holdout_features: Input[Dataset],
@@ -13,12 +13,12 @@ def train(
     onnx_model: Output[Model],
     booster_model: Output[Model],
     predictions: Output[Dataset],
-) -> str:
+) -> dict:
     """Untrusted (runs the merged model code): fit the model spec on the training rows with the spec's fixed
     seed, then predict the held-out rows' features, label-blind.
 
     Args:
-        spec_json: the model spec (``ModelSpec.to_json()``: model.yaml text and its code at the commit).
+        spec: the model spec (``ModelSpec.to_dict()``: model.yaml text and its code at the commit).
         run_id: the trigger's run id (step states are recorded under it); empty outside a triggered run.
         train_data: the training rows (from the trusted split).
         holdout_features: the held-out rows' features, without the target (from the trusted split).
@@ -30,19 +30,17 @@ def train(
         predictions: one prediction per held-out row (``_row``, ``prediction``; Parquet).
 
     Returns:
-        The flavours' checks as this step measured them (JSON): the sklearn reference's single-row cost, and
-        why a conversion failed.
+        The flavours' checks as this step measured them (its claims, ``train_claims``: a typed ``dict``
+        parameter): the sklearn reference's single-row cost, and why a conversion failed.
     """
-    import json
-
     from kfrelease.config import log_to_stderr
     from kfrelease.registry.artifact import BOOSTERS, FLAVOURS
     from kfrelease.training.run_records import resume_or_run
     from kfrelease.training.spec import ModelSpec
-    from kfrelease.training.steps import train_step
+    from kfrelease.training.steps import train_claims, train_step
 
     log_to_stderr()
-    spec = ModelSpec.from_json(spec_json)
+    model_spec = ModelSpec.from_dict(spec)
     out = resume_or_run(  # a retried run reuses a finished train step of its earlier attempt
         run_id,
         "train",
@@ -53,7 +51,7 @@ def train(
             "predictions": predictions.path,
         },
         lambda: train_step(
-            spec,
+            model_spec,
             train_data.path,
             holdout_features.path,
             model.path,
@@ -62,7 +60,7 @@ def train(
             booster_model.path,
         ),
     )
-    model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": spec.fingerprint})
+    model.metadata.update({"framework": "scikit-learn", "spec_fingerprint": model_spec.fingerprint})
     onnx_model.metadata.update(
         {"framework": "onnx", "converted": bool(out["flavours"].get("onnx", {}).get("verified"))}
     )
@@ -74,4 +72,4 @@ def train(
         }
     )
     predictions.metadata.update({"rows": out["holdout_rows"]})
-    return json.dumps(out["flavours"], sort_keys=True)
+    return train_claims(out["flavours"])

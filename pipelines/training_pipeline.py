@@ -1,25 +1,33 @@
 """The training pipeline, run on every merge to main: split (trusted) -> train and score-champion (untrusted:
 they run model code, see only the training rows and the held-out features) -> evaluate -> validate -> register
 (trusted: labels, metrics, verdict), then, only when the model passed validation (``dsl.If``), containerize ->
-deploy to staging.
+deploy to staging. The steps, their inputs, identities and conditions are declared once, in
+``kfrelease.training.steps.TRAINING_STEPS`` (``run_inline`` runs the same list in one process); this module
+builds the KFP pipeline from it.
+
+The model spec travels as a typed ``dict`` parameter (KFP's STRUCT), the evidence as evaluate's ``Metrics``
+artifact (the metrics shown in the Kubeflow UI, the whole evidence in its file) with the file's digest as a
+parameter, which validate and register check.
 
 A rejected model is still registered (with a ``rejected`` stage event and its reasons) so that the
 verdict is on record; it gets no image and is never staged. A run the merge trigger did not start (a notebook,
 a direct ``kfp.local`` or KFP run: no run record for ``run_id``) registers an experiment, never staged.
 """
 
+import contextlib
+import importlib
+
 from kfp import dsl
 
-from kfrelease.components.containerize import containerize
-from kfrelease.components.deploy_staging import deploy_staging
-from kfrelease.components.evaluate import evaluate
-from kfrelease.components.register import register
-from kfrelease.components.score_champion import score_champion
-from kfrelease.components.split import split
-from kfrelease.components.train import train
-from kfrelease.components.validate_model import validate_model
 from kfrelease.k8s.render.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
 from kfrelease.training.resources import MODEL_DEFAULT, MODEL_STEPS, apply_step_policy
+from kfrelease.training.steps import GATE, TRAINING_STEPS
+
+
+def component(step):
+    """The KFP component a step of ``TRAINING_STEPS`` names (``<module>:<function>`` of ``kfrelease.components``)."""
+    module, _, name = step.component.partition(":")
+    return getattr(importlib.import_module(f"kfrelease.components.{module}"), name)
 
 
 @dsl.pipeline(
@@ -29,7 +37,7 @@ from kfrelease.training.resources import MODEL_DEFAULT, MODEL_STEPS, apply_step_
     "test), validate, register V<tag>.<manual>.<auto>, containerize (ModelCar) and stage.",
 )
 def training_pipeline(
-    spec_json: str,
+    spec: dict,
     commit: str,
     dataset_version: str = "latest",
     run_id: str = "",
@@ -47,78 +55,36 @@ def training_pipeline(
         "memory_limit": model_memory_limit,
         "node_selector": model_node_selector,
     }
-    data = split(spec_json=spec_json, dataset_version=dataset_version, run_id=run_id).set_display_name("split")
-    trained = train(
-        spec_json=spec_json,
-        run_id=run_id,
-        train_data=data.outputs["train_data"],
-        holdout_features=data.outputs["holdout_features"],
-    ).set_display_name("train")
-    # production's model runs in a pod of its own, after the candidate's has ended (it cannot touch its outputs)
-    scored = (
-        score_champion(
-            run_id=run_id,
-            champion_model=data.outputs["champion_model"],
-            holdout_features=data.outputs["holdout_features"],
-        )
-        .set_display_name("score-champion")
-        .after(trained)
-    )
-    # the merged model code runs as an identity that can stop nothing (kfrelease.k8s.render.platform.step_identities)
-    step_label(trained, UNTRUSTED)
-    step_label(scored, UNTRUSTED)
-    evaluated = evaluate(
-        spec_json=spec_json,
-        run_id=run_id,
-        dataset_version=data.outputs["dataset_version"],
-        champion=data.outputs["champion"],
-        champion_note=data.outputs["champion_note"],
-        train_claims=trained.outputs["Output"],
-        predictions=trained.outputs["predictions"],
-        champion_predictions=scored.outputs["predictions"],
-        onnx_model=trained.outputs["onnx_model"],
-        booster_model=trained.outputs["booster_model"],
-    ).set_display_name("evaluate")
-    validated = validate_model(
-        spec_json=spec_json, evidence_json=evaluated.outputs["Output"], run_id=run_id
-    ).set_display_name("validate")
-    registered = register(
-        spec_json=spec_json,
-        commit=commit,
-        dataset_version=data.outputs["dataset_version"],
-        run_id=run_id,
-        job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        evidence_json=evaluated.outputs["Output"],
-        model=trained.outputs["model"],
-        report=evaluated.outputs["report"],
-        holdout_predictions=evaluated.outputs["holdout_predictions"],
-        onnx_model=trained.outputs["onnx_model"],
-        booster_model=trained.outputs["booster_model"],
-    ).set_display_name("register")
-    # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output" channels.
-    with dsl.If(validated.outputs["Output"] == True, name="passed-validation"):
-        image = containerize(
-            spec_json=spec_json, version=registered.output, image_registry=image_registry, run_id=run_id
-        ).set_display_name("containerize")
-        staged = deploy_staging(
-            spec_json=spec_json,
-            version=registered.output,
-            image=image.output,
-            run_id=run_id,
-            job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ).set_display_name("deploy-staging")
-        step_label(staged, KFP_SUBMITTER_STEP)  # the only step with a KFP API token: it hands over
-    # Resources, retries (infrastructure causes only: see kfrelease.training.resources), no caching, and no
-    # pickle loads outside the untrusted steps.
-    for task, step in (
-        (data, "split"),
-        (trained, "train"),
-        (scored, "score-champion"),
-        (evaluated, "evaluate"),
-        (validated, "validate"),
-        (registered, "register"),
-        (image, "containerize"),
-        (staged, "deploy-staging"),
-    ):
-        apply_step_policy(task, step, model if step in MODEL_STEPS else None)
-    return registered.output
+    parameters = {
+        "spec": spec,
+        "commit": commit,
+        "dataset_version": dataset_version,
+        "run_id": run_id,
+        "image_registry": image_registry,
+        "job_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    }
+    tasks = {}
+    gated = False
+    with contextlib.ExitStack() as branch:  # one dsl.If around each run of consecutive if_passed steps
+        for step in TRAINING_STEPS:
+            arguments = {name: parameters[source] for name, source in step.inputs.items() if source in parameters}
+            arguments |= {name: tasks[producer].outputs[output] for name, producer, output in step.sources()}
+            if step.if_passed != gated:
+                branch.close()
+                if step.if_passed:
+                    # The condition is on validate's single output: kfp.local 2.17 resolves only "<task>-Output"
+                    # channels.
+                    branch.enter_context(dsl.If(tasks[GATE].outputs["Output"] == True, name="passed-validation"))
+                gated = step.if_passed
+            task = component(step)(**arguments).set_display_name(step.name)
+            for earlier in step.after:
+                task.after(tasks[earlier])
+            if step.untrusted:  # the merged model code runs as an identity that can stop nothing
+                step_label(task, UNTRUSTED)  # (kfrelease.k8s.render.platform.step_identities)
+            if step.submits_runs:
+                step_label(task, KFP_SUBMITTER_STEP)
+            # Resources, retries (infrastructure causes only: see kfrelease.training.resources), no caching, and no
+            # pickle loads outside the untrusted steps.
+            apply_step_policy(task, step.name, model if step.name in MODEL_STEPS else None)
+            tasks[step.name] = task
+    return tasks["register"].output

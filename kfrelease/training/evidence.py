@@ -194,6 +194,25 @@ def kept_evidence(store, run_id: str, given: dict | None = None) -> dict:
     return kept
 
 
+def write_evidence(path: str | Path, evidence: dict) -> str:
+    """Write the evidence as JSON to ``path`` (``evaluate``'s ``Metrics`` artifact file); returns its digest, which
+    travels as a parameter so that ``read_evidence`` refuses a file changed since (for a release run the authority
+    is the copy ``keep_evidence`` kept; the file and its digest are the typed transport and a cross-check)."""
+    Path(path).write_text(json.dumps(evidence, sort_keys=True, default=str), encoding="utf-8")
+    return file_digest(path)
+
+
+def read_evidence(path: str | Path, digest: str, run_id: str = "") -> dict:
+    """The evidence ``write_evidence`` wrote, when the file's digest is still ``digest``; ``EvidenceError``
+    otherwise (nothing is validated or registered on evidence that changed after ``evaluate`` wrote it)."""
+    if not Path(path).is_file() or file_digest(path) != digest:
+        raise EvidenceError(
+            f"the evidence of run {run_id or '(experiment)'} is not the file evaluate wrote (its digest differs or "
+            "it is missing); nothing was validated or registered"
+        )
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def candidate_evidence(split: Split, target: str, predictions: np.ndarray) -> dict:
     """Metrics ``{mse, rmse, mae, r2, n, intervals}`` of the candidate on every held-out row."""
     truth = split.held_out[target].to_numpy()

@@ -114,7 +114,7 @@ def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: 
         task = run_local(
             settings,
             training_pipeline,
-            spec_json=record.record["spec_json"],
+            spec=spec.to_dict(),
             commit=record.record["commit"],
             dataset_version=record.record.get("dataset_version", "latest"),
             run_id=run_id,

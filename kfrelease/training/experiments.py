@@ -135,7 +135,7 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
         version = run_local(
             settings,
             training_pipeline,
-            spec_json=spec.to_json(),
+            spec=spec.to_dict(),
             commit="experiment",
             dataset_version=dataset_version,
             run_id="",

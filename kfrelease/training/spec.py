@@ -233,14 +233,21 @@ class ModelSpec(SpecDocument):
             raise ValueError("give exactly one of estimator {class, params} or build: file.py:function")
         return self
 
-    # serialisation: components receive the spec as JSON (text + code) ---------------------------------
+    # serialisation: components receive the spec as a typed ``dict`` parameter (KFP's STRUCT: model.yaml's text
+    # and its code, strings only, so nothing is lost on the way); run records keep it as JSON --------------------
+    def to_dict(self) -> dict:
+        return {"text": self.text, "code": dict(self.code)}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> ModelSpec:
+        return parse_spec(doc["text"], code=doc.get("code") or {})
+
     def to_json(self) -> str:
-        return json.dumps({"text": self.text, "code": self.code}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, doc: str) -> ModelSpec:
-        data = json.loads(doc)
-        return parse_spec(data["text"], code=data.get("code") or {})
+        return cls.from_dict(json.loads(doc))
 
     @property
     def code(self) -> dict:

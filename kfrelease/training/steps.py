@@ -1,14 +1,18 @@
-"""The training pipeline's steps as plain functions over files and values.
+"""The training pipeline's steps as plain functions over files and values, and the training DAG, declared once.
 
-The KFP components (``kfrelease.components.train`` ...) call exactly these, with their artifact paths;
-``run_inline`` calls them in one process in the same order (tests, benchmark, quick local runs).
+The KFP components (``kfrelease.components.train`` ...) call exactly these functions, with their artifact paths.
+``TRAINING_STEPS`` declares the DAG: each step's component, where each of its inputs comes from, its identity
+and its condition. ``kfrelease.pipelines.training_pipeline`` builds the KFP pipeline from it, and ``run_inline``
+runs the same list in one process (tests, benchmark, quick local runs), so adding a step is one entry here.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,18 +24,6 @@ log = logging.getLogger(__name__)
 
 ROLE = "pipeline"
 PREDICTION = "prediction"
-STEP_NAMES = (
-    "split",
-    "train",
-    "score-champion",
-    "evaluate",
-    "validate",
-    "register",
-    "containerize",
-    "deploy-staging",
-)
-#: the steps that run model code produced by a merge (the candidate's, or production's): the untrusted identity
-UNTRUSTED_STEPS = ("train", "score-champion")
 #: a version's held-out predictions beside its model file (``kfrelease.training.evidence.keyed_predictions``)
 HOLDOUT_FILE = "holdout.parquet"
 
@@ -568,6 +560,258 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
     return "staging"
 
 
+def train_claims(flavours: dict) -> dict:
+    """The train step's flavour checks as it hands them on (a typed ``dict`` parameter, KFP's STRUCT): each
+    check without its unset fields: kfp.local cannot hand a JSON null to the next task (kfp 2.17
+    ``local/executor_input_utils.py`` builds its inputs with ``compiler/pipeline_spec_builder.to_protobuf_value``,
+    which refuses None), and ``evaluate`` reads only the numbers and the reason (``_claimed``)."""
+    return {name: {k: v for k, v in check.items() if v is not None} for name, check in flavours.items()}
+
+
+# The training DAG ------------------------------------------------------------------------------------------------
+#: an input's source: a pipeline parameter (``PARAMETERS``) or ``"<step>.<output>"`` (``Output``: its return value)
+PARAMETERS = ("spec", "commit", "dataset_version", "run_id", "image_registry", "job_name")
+
+
+@dataclass(frozen=True)
+class StepIO:
+    """What ``run_inline`` hands a step: its inputs by the component's names (a parameter's value, an artifact's
+    path) and ``out(name)``, the path of its output artifact ``name``."""
+
+    inputs: dict
+    out: Callable[[str], str]
+    settings: Settings
+    release: bool
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["inputs"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the training DAG.
+
+    ``component``: its KFP component (``kfrelease.components.<module>:<function>``, imported by the pipeline
+    only); ``inputs``: each component input's source; ``inline``: the same step in this process, on a
+    ``StepIO``, returning the component's parameter outputs (``Output``: its return value) and, for
+    ``InlineRun``, what the step function returned (``result``); ``untrusted``: it runs model code a merge
+    produced (the untrusted identity); ``after``: steps it must follow without taking their outputs;
+    ``if_passed``: only when validate passed (``dsl.If``; inline also only for a release); ``submits_runs``: it
+    runs as the identity that may create KFP runs (``kfrelease.k8s.render.platform.KFP_SUBMITTER_STEP``)."""
+
+    name: str
+    component: str
+    inputs: dict[str, str]
+    inline: Callable[[StepIO], dict]
+    untrusted: bool = False
+    after: tuple[str, ...] = ()
+    if_passed: bool = False
+    submits_runs: bool = False
+
+    def sources(self):
+        """(input, step, output) of each input that another step produces."""
+        for name, source in self.inputs.items():
+            if source not in PARAMETERS:
+                step, _, output = source.partition(".")
+                yield name, step, output
+
+
+def _split(a: StepIO) -> dict:
+    out = split_step(
+        a.spec, a.dataset_version, a.out("train_data"), a.out("holdout_features"), a.out("champion_model"), a.settings
+    )
+    return {k: out[k] for k in ("dataset_version", "champion", "champion_note")} | {"result": out}
+
+
+def _train(a: StepIO) -> dict:
+    out = train_step(
+        a.spec,
+        a.train_data,
+        a.holdout_features,
+        a.out("model"),
+        a.out("predictions"),
+        a.out("onnx_model"),
+        a.out("booster_model"),
+    )
+    return {"Output": train_claims(out["flavours"]), "result": out}
+
+
+def _score_champion(a: StepIO) -> dict:
+    out = score_step(a.champion_model, a.holdout_features, a.out("predictions"))
+    return {"Output": out["version"], "result": out}
+
+
+def _evaluate(a: StepIO) -> dict:
+    from kfrelease.training.evidence import write_evidence
+
+    evidence = evaluate_step(
+        a.spec,
+        a.dataset_version,
+        a.champion,
+        a.predictions,
+        a.champion_predictions,
+        a.run_id,
+        a.out("report"),
+        a.out("holdout_predictions"),
+        a.settings,
+        a.champion_note,
+        a.onnx_model,
+        a.train_claims,
+        a.booster_model,
+    )
+    return {"Output": write_evidence(a.out("metrics"), evidence), "result": evidence}
+
+
+def _validate(a: StepIO) -> dict:
+    from kfrelease.training.evidence import read_evidence
+
+    given = read_evidence(a.metrics, a.evidence_digest, a.run_id)
+    verdict = validate_step(a.spec, trusted_evidence(a.spec, a.run_id, given, a.settings))
+    return {"Output": bool(verdict["passed"]), "result": verdict}
+
+
+def _register(a: StepIO) -> dict:
+    from kfrelease.training.evidence import read_evidence
+
+    evidence = read_evidence(a.metrics, a.evidence_digest, a.run_id)
+    out = register_step(
+        a.spec,
+        a.commit,
+        a.dataset_version,
+        a.run_id or a.job_name,
+        a.model,
+        evidence,
+        validate_step(a.spec, evidence),
+        a.settings,
+        a.release,
+        a.report,
+        a.holdout_predictions,
+        a.onnx_model,
+        a.booster_model,
+    )
+    return {"Output": out["version"], "result": out}
+
+
+def _containerize(a: StepIO) -> dict:
+    from kfrelease.images.oci import ImageRef
+
+    image = containerize_step(a.spec.name, a.version, a.settings, a.image_registry)
+    return {"Output": ImageRef(image["ref"], image["digest"]).pinned if image else "", "result": image}
+
+
+def _deploy_staging(a: StepIO) -> dict:
+    stage = deploy_staging_step(a.spec.name, a.version, a.run_id, a.settings)
+    return {"Output": stage, "result": stage}
+
+
+#: The training DAG, in the order its steps run. The pipeline (``kfrelease.pipelines.training_pipeline``) and
+#: ``run_inline`` are both built from it; ``STEP_NAMES`` and ``UNTRUSTED_STEPS`` are read off it.
+TRAINING_STEPS: tuple[Step, ...] = (
+    Step(
+        "split",
+        "split:split",
+        {"spec": "spec", "dataset_version": "dataset_version", "run_id": "run_id"},
+        _split,
+    ),
+    Step(
+        "train",
+        "train:train",
+        {
+            "spec": "spec",
+            "run_id": "run_id",
+            "train_data": "split.train_data",
+            "holdout_features": "split.holdout_features",
+        },
+        _train,
+        untrusted=True,
+    ),
+    # production's model runs in a pod of its own, after the candidate's has ended (it cannot touch its outputs)
+    Step(
+        "score-champion",
+        "score_champion:score_champion",
+        {
+            "run_id": "run_id",
+            "champion_model": "split.champion_model",
+            "holdout_features": "split.holdout_features",
+        },
+        _score_champion,
+        untrusted=True,
+        after=("train",),
+    ),
+    Step(
+        "evaluate",
+        "evaluate:evaluate",
+        {
+            "spec": "spec",
+            "run_id": "run_id",
+            "dataset_version": "split.dataset_version",
+            "champion": "split.champion",
+            "champion_note": "split.champion_note",
+            "train_claims": "train.Output",
+            "predictions": "train.predictions",
+            "champion_predictions": "score-champion.predictions",
+            "onnx_model": "train.onnx_model",
+            "booster_model": "train.booster_model",
+        },
+        _evaluate,
+    ),
+    Step(
+        "validate",
+        "validate_model:validate_model",
+        {"spec": "spec", "metrics": "evaluate.metrics", "evidence_digest": "evaluate.Output", "run_id": "run_id"},
+        _validate,
+    ),
+    Step(
+        "register",
+        "register:register",
+        {
+            "spec": "spec",
+            "commit": "commit",
+            "dataset_version": "split.dataset_version",
+            "run_id": "run_id",
+            "job_name": "job_name",
+            "metrics": "evaluate.metrics",
+            "evidence_digest": "evaluate.Output",
+            "model": "train.model",
+            "report": "evaluate.report",
+            "holdout_predictions": "evaluate.holdout_predictions",
+            "onnx_model": "train.onnx_model",
+            "booster_model": "train.booster_model",
+        },
+        _register,
+    ),
+    Step(
+        "containerize",
+        "containerize:containerize",
+        {"spec": "spec", "version": "register.Output", "image_registry": "image_registry", "run_id": "run_id"},
+        _containerize,
+        if_passed=True,
+    ),
+    Step(
+        "deploy-staging",
+        "deploy_staging:deploy_staging",
+        {
+            "spec": "spec",
+            "version": "register.Output",
+            "image": "containerize.Output",
+            "run_id": "run_id",
+            "job_name": "job_name",
+        },
+        _deploy_staging,
+        if_passed=True,
+        submits_runs=True,  # the only step with a KFP API token: it hands over to the release pipeline
+    ),
+)
+#: the step whose single output (passed) decides the ``if_passed`` steps
+GATE = "validate"
+STEP_NAMES = tuple(step.name for step in TRAINING_STEPS)
+#: the steps that run model code produced by a merge (the candidate's, or production's): the untrusted identity
+UNTRUSTED_STEPS = tuple(step.name for step in TRAINING_STEPS if step.untrusted)
+
+
 @dataclass
 class InlineRun:
     run_id: str
@@ -594,85 +838,52 @@ def run_inline(
     containerize: bool = True,
     release: bool = True,
 ) -> InlineRun:
-    """The training pipeline's steps in this process (same functions, same order, same conditions), as the
-    trigger's run does them (``release=True``: staged when it passed) or as an experiment (never staged)."""
+    """The training DAG (``TRAINING_STEPS``) in this process: the same step functions, inputs, order and
+    conditions as the pipeline, as the trigger's run does them (``release=True``: staged when it passed) or as an
+    experiment (never staged); ``containerize=False`` leaves the image out (deploy-staging gets none)."""
     import time
 
     settings = settings or Settings.from_env()
     run = InlineRun(run_id or f"inline-{uuid.uuid4().hex[:12]}")
+    values = {
+        "spec": spec,
+        "commit": commit,
+        "dataset_version": dataset_version,
+        "run_id": run.run_id,
+        "image_registry": "",
+        "job_name": run.run_id,
+    }
+    outputs: dict[str, dict] = {}
+    results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="kfrelease-train-") as tmp:
-        model_file = flavour_named(DEFAULT_FLAVOUR).file
-        names = (model_file, "train.parquet", "holdout.parquet", "predictions.parquet", "champion.parquet")
-        extra = ("model.onnx", "booster.model", "keyed.parquet", "report.html", "champion")
-        p = {k: str(Path(tmp) / k) for k in (*names, *extra)}
 
-        def timed(name, fn, *args, **kwargs):
+        def artifact(step: str, name: str) -> str:  # an artifact's file: <tmp>/<step>/<name>
+            (Path(tmp) / step).mkdir(exist_ok=True)
+            return str(Path(tmp) / step / name)
+
+        for step in TRAINING_STEPS:
+            passed = outputs.get(GATE, {}).get("Output")
+            if step.if_passed and not (passed and release):
+                continue
+            if step.name == "containerize" and not containerize:
+                continue
+            inputs = {name: values[source] for name, source in step.inputs.items() if source in PARAMETERS}
+            for name, producer, output in step.sources():
+                if producer in outputs:
+                    made = outputs[producer]
+                    inputs[name] = made[output] if output in made else artifact(producer, output)
+                else:  # a step left out (containerize=False): its outputs are empty
+                    inputs[name] = ""
             start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            run.seconds[name] = time.perf_counter() - start
-            return out
-
-        split = timed(
-            "split",
-            split_step,
-            spec,
-            dataset_version,
-            p["train.parquet"],
-            p["holdout.parquet"],
-            p["champion"],
-            settings,
-        )
-        run.dataset_version = split["dataset_version"]
-        trained = timed(
-            "train",
-            train_step,
-            spec,
-            p["train.parquet"],
-            p["holdout.parquet"],
-            p[model_file],
-            p["predictions.parquet"],
-            p["model.onnx"],
-            p["booster.model"],
-        )
-        timed("score-champion", score_step, p["champion"], p["holdout.parquet"], p["champion.parquet"])
-        run.evidence = timed(
-            "evaluate",
-            evaluate_step,
-            spec,
-            run.dataset_version,
-            split["champion"],
-            p["predictions.parquet"],
-            p["champion.parquet"],
-            run.run_id,
-            p["report.html"],
-            p["keyed.parquet"],
-            settings,
-            split["champion_note"],
-            p["model.onnx"],
-            trained["flavours"],
-            p["booster.model"],
-        )
-        run.metrics = run.evidence.get("metrics") or {}
-        run.verdict = timed("validate", validate_step, spec, run.evidence)
-        run.registration = timed(
-            "register",
-            register_step,
-            spec,
-            commit,
-            run.dataset_version,
-            run.run_id,
-            p[model_file],
-            run.evidence,
-            run.verdict,
-            settings,
-            release,
-            p["report.html"],
-            p["keyed.parquet"],
-            p["model.onnx"],
-            p["booster.model"],
-        )
-        if run.registration["passed"] and release:
-            if containerize:
-                run.image = timed("containerize", containerize_step, spec.name, run.version, settings)
-            run.stage = timed("deploy-staging", deploy_staging_step, spec.name, run.version, run.run_id, settings)
+            made = step.inline(StepIO(inputs, functools.partial(artifact, step.name), settings, release))
+            run.seconds[step.name] = time.perf_counter() - start
+            results[step.name] = made.pop("result")
+            outputs[step.name] = made
+    run.dataset_version = outputs["split"]["dataset_version"]
+    run.evidence = results["evaluate"]
+    run.metrics = run.evidence.get("metrics") or {}
+    run.verdict = results["validate"]
+    run.registration = results["register"]
+    run.image = results.get("containerize")
+    run.stage = results.get("deploy-staging")
     return run

@@ -293,7 +293,7 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
     from kfrelease.training.resources import pipeline_arguments
 
     arguments = {
-        "spec_json": spec.to_json(),
+        "spec": spec.to_dict(),
         "commit": commit,
         "dataset_version": dataset_version,
         "run_id": run_id,

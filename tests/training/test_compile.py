@@ -33,7 +33,7 @@ def test_compile_writes_pipelines_and_component_files(run_cli, tmp_path):
         path = out / "components" / f"{name}.yaml"
         assert path.is_file() and str(path) in result.stdout
     train = components.load_component_from_file(str(out / "components" / "train.yaml"))
-    assert train.name == "train" and {"spec_json", "run_id", "train_data", "holdout_features"} == set(
+    assert train.name == "train" and {"spec", "run_id", "train_data", "holdout_features"} == set(
         train.component_spec.inputs
     )  # the untrusted step gets the training rows and the held-out features, nothing it could read labels from
     evaluate = yaml.safe_load((out / "components" / "evaluate.yaml").read_text())

@@ -226,7 +226,9 @@ def test_with_a_kfp_host_the_compiled_pipeline_is_submitted_once(project, stack,
     params = run["runtime_config"]["parameters"]
     assert params["commit"] == shas[1] and params["run_id"] == record.run_id
     assert params["model_memory"] == "2Gi" and params["model_memory_limit"] == "4Gi"  # the spec's (default) resources
-    assert json.loads(params["spec_json"])["code"]["model.py"].startswith('"""Optional model code')
+    # the model spec is a typed parameter (STRUCT), sent as a JSON object (kfp.Client: RuntimeConfig.parameters)
+    assert pipeline_spec["root"]["inputDefinitions"]["parameters"]["spec"]["parameterType"] == "STRUCT"
+    assert params["spec"]["code"]["model.py"].startswith('"""Optional model code')
     assert registry().list(name) == []  # nothing ran locally
     # multi-user KFP: the CI service account's token and the release namespace
     assert api.posted_headers("/apis/v2beta1/runs")[0]["authorization"] == "Bearer ci-token-123"
@@ -264,7 +266,7 @@ def test_a_cluster_trigger_submits_without_running_the_projects_code(project, st
     assert f"run train-{sha[:12]} started (submitted) kfp-run-1" in out.stdout
     assert not marker.exists(), f"the trigger executed the project's build file ({marker.read_text()})"
     (run,) = api.posted("/apis/v2beta1/runs")
-    assert json.loads(run["runtime_config"]["parameters"]["spec_json"])["code"]["model.py"] == code  # the train step's
+    assert run["runtime_config"]["parameters"]["spec"]["code"]["model.py"] == code  # the train step's
 
     # what can be told without running the code is still refused before any run exists
     typo = {"class": "sklearn.linear_model.Ridge", "params": {"alpah": 1}}
