@@ -76,6 +76,17 @@ def test_plain_values_take_the_fast_path_with_exact_values():
     assert ints.values[:4].tolist() == [12, -3, 4, 7]
 
 
+def test_a_number_with_an_exponent_and_spaces_around_it_is_read_not_a_crash():
+    """ " 1e5" and "1e999 " are in the float form the fast path matches by pattern (spaces allowed), but Arrow's cast
+    refuses spaces: the publish stopped with pyarrow's ArrowInvalid and a traceback (found by the property above)."""
+    for storage in ("pyarrow", "python"):
+        s = pd.Series([" 1e5", "2.5E-3\t", "1e999 ", "3"], dtype=pd.StringDtype(storage))
+        floats = convert(s, "float64")
+        same(floats, _convert_exact(s, "float64"))
+        assert floats.values.tolist()[:2] == [100000.0, 0.0025] and floats.values.isna().tolist()[2]
+        assert [r for r, _ in floats.problems] == ["wrong type (expected float64)"]
+
+
 def test_whitespace_is_pythons():
     assert set(WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
 

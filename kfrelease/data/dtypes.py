@@ -209,7 +209,7 @@ def _plain(text, dtype: str, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if dtype == "int64":
         parsed = pc.cast(pc.replace_substring_regex(picked, r"^\+|\.0*$", ""), target).to_numpy()
     else:
-        parsed = pc.cast(picked, target).to_numpy()
+        parsed = pc.cast(pc.utf8_trim(picked, characters=WHITESPACE), target).to_numpy()  # the form allows spaces
         finite = np.isfinite(parsed)  # an overflow (1e999) is for the exact rules to refuse, never taken as inf
         if not finite.all():
             fast[np.flatnonzero(fast)[~finite]] = False
