@@ -8,9 +8,8 @@ README, "Contributing": a function-local import in the library carries its reaso
 - ``# optional: xgboost (the boosters extra)``: a package of an extra, absent from a plain install;
 - ``# cycle: kfrelease.x imports this module``: at the top it would close an import cycle.
 
-Everything else is imported at the top of its module. The modules in ``PENDING`` (being changed by other work
-when the rule came in) are not held to it yet. The reason is written on the import's line (or on any line
-of a parenthesised import), or in the comment lines right above it.
+Everything else is imported at the top of its module. The reason is written on the import's line (or on any
+line of a parenthesised import), or in the comment lines right above it.
 """
 
 from __future__ import annotations
@@ -21,33 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = re.compile(r"#\s*(heavy|optional|cycle):\s*\S")
-#: Modules whose function-local imports are not yet held to the rule: they were being changed by other work when
-#: the rule came in (issue 27); empty this as each one is done.
-PENDING = (
-    "kfrelease/data/validate.py",
-    "kfrelease/k8s/driver/kserve.py",
-    "kfrelease/k8s/driver/lease.py",
-    "kfrelease/k8s/policy/checks.py",
-    "kfrelease/k8s/policy/rbac.py",
-    "kfrelease/k8s/policy/release_checks.py",
-    "kfrelease/k8s/render/admission.py",
-    "kfrelease/k8s/render/kubeflow.py",
-    "kfrelease/k8s/render/platform.py",
-    "kfrelease/k8s/render/tree.py",
-    "kfrelease/k8s/render/workloads.py",
-    "kfrelease/lake/drift.py",
-    "kfrelease/lake/engine.py",
-    "kfrelease/stack/gateway.py",
-    "kfrelease/stack/hold.py",
-    "kfrelease/stack/serving.py",
-    "kfrelease/stack/watchdog.py",
-    "kfrelease/training/evidence.py",
-    "kfrelease/training/execution.py",
-    "kfrelease/training/experiments.py",
-    "kfrelease/training/spec.py",
-    "kfrelease/training/steps.py",
-    "kfrelease/training/trigger.py",
-)
 
 
 def unexplained_local_imports(root: Path) -> list[str]:
@@ -55,8 +27,6 @@ def unexplained_local_imports(root: Path) -> list[str]:
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
-        if rel in PENDING:
-            continue
         text = path.read_text()
         lines = text.splitlines()
         for node in _local_imports(ast.parse(text)):

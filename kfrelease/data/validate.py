@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kfrelease.data.dtypes import RULES, convert
 from kfrelease.data.frames import FrameWriter, Written
@@ -222,9 +224,6 @@ class Duplicates:
 
     def _spill(self) -> None:
         """The values held so far appended to their columns' files (one row group each)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="kfrelease-unique-")
         for column in self.columns:
@@ -240,7 +239,7 @@ class Duplicates:
         self.held = 0
 
     def _connect(self) -> None:
-        import duckdb
+        import duckdb  # heavy: duckdb
 
         self.con = duckdb.connect(
             os.path.join(self._dir, "values.duckdb"),
@@ -278,8 +277,6 @@ class Duplicates:
 
     def mask(self, column: str, values: pd.Series) -> np.ndarray:
         """Which of ``values`` (present, converted) occur more than once in the whole data."""
-        import pyarrow as pa
-
         rep = self.repeated.get(column)
         if rep is None or not self.count(column):
             return np.zeros(len(values), dtype=bool)

@@ -36,6 +36,7 @@ import pandas as pd
 
 from kfrelease.data.dtypes import text_to_numbers
 from kfrelease.lake.join import DUCKDB, Dialect
+from kfrelease.quality.drift import categorical_verdict
 
 PSI_THRESHOLD = 0.1
 DRIFT_SHARE = 0.5  # Evidently's DataDriftPreset drift_share: the dataset drifts when this share of columns does
@@ -184,8 +185,6 @@ def column_result(
 ) -> tuple[dict, dict | None]:
     """PSI of one feature from the current counts (by bin; or by the reference's values, then the number of
     values outside them, ``others``: those by value), and the current counts by category of a category feature."""
-    from kfrelease.quality.drift import categorical_verdict
-
     if plan.kind == "bins":
         ref_share = np.histogram(plan.reference, edges)[0] / len(plan.reference)
         cur_share = np.array([int(c or 0) for c in counts]) / n_cur

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kfrelease.lake import join as J
 from kfrelease.lake import read as R
@@ -25,9 +28,7 @@ MEMORY_LIMIT = "1500MB"
 
 
 def connect(threads: int | None = None):
-    import tempfile
-
-    import duckdb
+    import duckdb  # heavy: duckdb
 
     spill = os.path.join(tempfile.gettempdir(), "kfrelease-duckdb")  # not ./.tmp in the caller's directory
     con = duckdb.connect(
@@ -46,8 +47,6 @@ def _files_view(con, name: str, files: list[str], schema, filename: bool = False
         extra = ", union_by_name = true" + (", filename = true" if filename else "")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}]{extra})")
     else:
-        import pyarrow as pa
-
         empty = schema.empty_table()
         if filename:
             empty = empty.append_column("filename", pa.array([], pa.string()))
@@ -81,8 +80,6 @@ class WindowData:
 
 def file_request_stats(files: list[str]) -> dict[str, dict | None]:
     """Each Parquet file's recorded ``request_stats`` (its footer only; None where not recorded)."""
-    import pyarrow.parquet as pq
-
     return {f: S.request_stats_of(pq.read_metadata(f).metadata) for f in files}
 
 
@@ -97,8 +94,6 @@ def one_server(files: list[str]) -> bool:
     footers: each column one value (min = max, no null; the InferenceService and the endpoint may be all
     null instead, which the join reads as ''). A writer that truncates long values' statistics writes a
     greater max, so min = max holds only for one exact value. False when a footer has no statistics."""
-    import pyarrow.parquet as pq
-
     seen: dict[str, set] = {"source": set(), "inferenceservicename": set(), "endpoint": set()}
     for path in files:
         meta = pq.read_metadata(path)

@@ -589,7 +589,7 @@ class LocalGatewayDriver:
         if status.healthy and previous == text:
             return  # already serving exactly this config: applying a state twice changes nothing
         conf = install_config(self.prefix, text)
-        from kfrelease.stack.serving import hold_service
+        from kfrelease.stack.serving import hold_service  # cycle: kfrelease.stack.serving imports this module
 
         supervisor.start_service(self.settings, hold_service(self.settings))  # "already running" when it is
         try:

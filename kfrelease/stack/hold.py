@@ -220,7 +220,7 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
+    import uvicorn  # heavy: uvicorn
 
     p = argparse.ArgumentParser(prog="python -m kfrelease.stack.hold", description="The gateway's hold.")
     p.add_argument("--port", type=int, default=None, help="default: the stack's gateway-hold port")

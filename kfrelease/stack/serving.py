@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kfrelease.config import Settings
+from kfrelease.errors import ConfigError
 from kfrelease.stack.gateway import gateway_dir, gateway_service
 from kfrelease.stack.service import Service, python_service
 from kfrelease.stack.slots import STAGES, predictor_port
@@ -85,8 +86,6 @@ def predictor_service(
     """A model server for one version as a stack service ``predictor-<stage>`` (start it with
     ``supervisor.start_service``). ``logger_url="default"`` logs to the stack's sink; ``None`` disables logging."""
     if stage not in STAGES:
-        from kfrelease.errors import ConfigError
-
         raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     port = port or predictor_port(settings, stage)
     command = predictor_argv(

@@ -33,8 +33,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kfrelease.config import Settings
-from kfrelease.stack import supervisor
-from kfrelease.stack.service import Service
+from kfrelease.stack import spare, supervisor
+from kfrelease.stack.service import Service, python_service
+from kfrelease.training.execution import gone_runners, recover_runs
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ RUNS_INTERVAL = 5.0
 
 
 def watchdog_service(settings: Settings) -> Service:
-    from kfrelease.stack.service import python_service
-
     env = {"KFRELEASE_HOME": str(settings.home), "KFRELEASE_PORT_OFFSET": str(settings.port_offset)}
     return python_service(
         settings, supervisor.WATCHDOG, "kfrelease.stack.watchdog", group="core", startup_timeout=30, env=env
@@ -61,8 +60,6 @@ def warm_launcher(settings: Settings, service: Service) -> supervisor.Launcher |
     """A launcher that forks a model server from the stack's warm spare (a second or two instead of a fresh
     KServe process's 5-20 s), or None when the spare is not ready or ``service`` is not a ``python -m`` model
     server."""
-    from kfrelease.stack import spare
-
     name = spare_socket(settings)
     return _spare_launcher(name, service.group, service.command, lambda: spare.is_ready(name))
 
@@ -71,8 +68,6 @@ def _spare_launcher(name: str, group: str | None, command, ready) -> supervisor.
     """The supervisor launcher that forks ``command`` from the spare listening on ``name``, or None (not a
     model server, not a ``python -m`` command, or ``ready()`` is false). If the spare cannot fork it, the
     service is started the usual way (``supervisor.spawn``)."""
-    from kfrelease.stack import spare
-
     if group != WarmSpare.GROUP or spare.forkable(list(command)) is None or not ready():
         return None
 
@@ -97,8 +92,6 @@ class WarmSpare:
         self.proc: subprocess.Popen | None = None
 
     def state(self) -> str:
-        from kfrelease.stack import spare
-
         if self.proc is None or self.proc.poll() is not None:
             return "off"
         return "ready" if spare.is_ready(self.name) else "starting"
@@ -145,8 +138,6 @@ def sweep(settings: Settings, restarts: dict[str, int], warm: WarmSpare | None =
 
 def sweep_runs(settings: Settings, counts: dict[str, int]) -> None:
     """Start again (or fail) the training runs whose runner died; counts what was done by action."""
-    from kfrelease.training.execution import gone_runners, recover_runs
-
     if not gone_runners(settings):  # cheap: marker files and pids; nothing imported, the store not touched
         return
     try:

@@ -20,6 +20,8 @@ data they read with their own identity:
 from __future__ import annotations
 
 import hashlib
+import inspect
+import io
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -28,10 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfrelease.errors import KfreleaseError
+from kfrelease.data.publish import get_version, load_dataset
+from kfrelease.errors import DataValidationError, KfreleaseError, NotFound
 from kfrelease.quality.metrics import metric_intervals, regression_metrics
+from kfrelease.release.decision import decide
 from kfrelease.training.core import check_data, check_schema, typed
 from kfrelease.training.holdout import ROW, SplitRule, rule_for
+from kfrelease.training.memory import check_fits
+from kfrelease.training.run_records import BUCKET, run_key
 from kfrelease.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -65,9 +71,6 @@ def read_split(store, spec: ModelSpec, dataset_version: str = "latest", extra_co
     """Resolve, check (schema, memory, values) and split a curated version of the spec's dataset.
 
     ``extra_columns``: more columns to carry (production's inputs, when it has others)."""
-    from kfrelease.data.publish import get_version, load_dataset
-    from kfrelease.training.memory import check_fits
-
     dv = get_version(store, spec.dataset, dataset_version or "latest")
     check_schema(spec, dv.manifest, dv.version)
     known = {c["name"] for c in dv.manifest["columns"]}
@@ -84,8 +87,6 @@ def split_frame(
     spec: ModelSpec, df: pd.DataFrame, dataset_version: str, id_column: str | None = None, extra=()
 ) -> Split:
     """``read_split`` on rows already read: check the values, split by the spec's hash rule."""
-    from kfrelease.errors import DataValidationError
-
     check_data(spec, df, dataset_version)
     cols = [*spec.features, spec.target]
     frame = typed(df, cols + list(extra))
@@ -148,8 +149,6 @@ def evidence_key(run_id: str) -> str:
     """Where ``evaluate`` keeps a release run's evidence: the ``models`` bucket beside the run record, outside
     ``runs/*/steps/*``, the only keys of that bucket the untrusted steps' role may write
     (``kfrelease.k8s.render.eks.untrusted_step_policy``)."""
-    from kfrelease.training.run_records import run_key
-
     return run_key(run_id, "evidence", "evaluate.json")
 
 
@@ -167,8 +166,6 @@ def keep_evidence(store, run_id: str, evidence: dict) -> dict:
     reads an upstream output from the producer's MLMD execution, ``backend/src/v2/metadata/client.go``
     ``PublishExecution`` updates it by id): the merged code of a concurrent ``train`` could rewrite a verdict's
     metrics between evaluate and validate. Its KFP artifacts live under the pipeline root, which that role writes."""
-    from kfrelease.training.run_records import BUCKET
-
     text = json.dumps(evidence, sort_keys=True, default=str)
     store.put_bytes(BUCKET, evidence_key(run_id), text.encode(), content_type="application/json")
     return evidence
@@ -177,8 +174,6 @@ def keep_evidence(store, run_id: str, evidence: dict) -> dict:
 def kept_evidence(store, run_id: str, given: dict | None = None) -> dict:
     """The evidence ``evaluate`` kept for release run ``run_id``; ``given`` (the parameter the step received) is
     only a cross-check: one that differs is refused (``EvidenceError``), as is a run with no kept evidence."""
-    from kfrelease.training.run_records import BUCKET
-
     key = evidence_key(run_id)
     if store.stat(BUCKET, key) is None:
         raise EvidenceError(
@@ -227,8 +222,6 @@ def trained_by_champion(store, split: Split, entry: dict) -> np.ndarray:
     """Mask of the held-out rows production's own split may have trained it on (see ``SplitRule.trained_on``)."""
     rule = champion_rule(entry)
     if rule.method != "hash":  # an entry from before the hash split: rebuild its training rows from its data
-        from kfrelease.data.publish import load_dataset
-
         columns = list(rule.columns)
         own, _ = load_dataset(store, entry["dataset"], entry["dataset_version"], columns=columns)
         return rule.trained_on(split.held_out[columns], typed(own, columns))
@@ -248,10 +241,6 @@ def gate_rule(spec: ModelSpec, rollout) -> tuple:
 
 
 def _decide(truth, cand, champ, rule, scale, features):
-    import inspect
-
-    from kfrelease.release.decision import decide
-
     if "features" in inspect.signature(decide).parameters:
         return decide(truth, cand, champ, rule, scale, features=features, at_limit=True)
     return decide(truth, cand, champ, rule, scale, at_limit=True)
@@ -315,10 +304,6 @@ class CommonRows:
 
 def stored_predictions(registry, mv) -> pd.DataFrame | None:
     """A version's held-out predictions (``_key``, ``prediction``), or None for a version registered without."""
-    import io
-
-    from kfrelease.errors import NotFound
-
     file = (mv.entry.get("held_out") or {}).get("predictions")
     if not file:
         return None
@@ -331,8 +316,6 @@ def stored_predictions(registry, mv) -> pd.DataFrame | None:
 def common_rows(store, registry_a, a, registry_b, b) -> CommonRows:
     """``a`` and ``b`` (``ModelVersion``) on the same rows: the held-out rows of both, matched by their
     seed-free key, with the labels ``b``'s dataset version holds for them. Reads curated data; loads no model."""
-    from kfrelease.data.publish import get_version, load_dataset
-
     empty = np.empty(0)
     pa, pb = stored_predictions(registry_a, a), stored_predictions(registry_b, b)
     missing = [mv.version for mv, p in ((a, pa), (b, pb)) if p is None]

@@ -23,6 +23,7 @@ by ``trigger``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -32,12 +33,24 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from kfrelease.config import Settings, exit_without_collecting
+from kfrelease.errors import Conflict
+from kfrelease.kfp.runner import run_local
+from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
 from kfrelease.stack.supervisor import exclusive_lock, group_alive, pid_alive, stop_process_group
+from kfrelease.storage import store_for
 from kfrelease.training import run_records
+from kfrelease.training.admission import concurrency_limit, slot
 from kfrelease.training.failures import INFRASTRUCTURE, cause_of, one_line, retryable
-from kfrelease.training.steps import STEP_NAMES
+from kfrelease.training.outcome import run_outcome
+from kfrelease.training.resources import memory_bytes, pipeline_arguments
+from kfrelease.training.spec import ModelSpec
+from kfrelease.training.steps import STEP_NAMES, not_staged_reason
+from kfrelease.training.trigger import STARTING_GRACE_SECONDS, start_local
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +71,11 @@ class AttemptFailed(Exception):
 
 def process_identity(pid: int | None = None) -> dict:
     """pid and its start time: a pid reused after a restart is not mistaken for the runner."""
-    import psutil
-
     pid = pid or os.getpid()
     return {"pid": pid, "pid_started": psutil.Process(pid).create_time()}
 
 
 def runner_alive(state: dict) -> bool:
-    import psutil
-
     pid = state.get("pid")
     if not pid:
         return False
@@ -101,10 +110,7 @@ def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseExcep
 
 
 def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: int) -> dict:
-    from kfrelease.kfp.runner import run_local
-    from kfrelease.pipelines.training_pipeline import training_pipeline
-    from kfrelease.training.resources import pipeline_arguments
-    from kfrelease.training.spec import ModelSpec
+    from kfrelease.pipelines.training_pipeline import training_pipeline  # heavy: kfp
 
     run_id = record.run_id
     started = now_iso()
@@ -127,11 +133,6 @@ def _attempt(settings: Settings, store, record: run_records.RunRecord, attempt: 
 
 
 def run(run_id: str, settings: Settings | None = None) -> dict:
-    from kfrelease.storage import store_for
-    from kfrelease.training.admission import concurrency_limit
-    from kfrelease.training.resources import memory_bytes
-    from kfrelease.training.spec import ModelSpec
-
     settings = settings or Settings.from_env()
     mark_runner(settings, run_id)  # first of all: a runner that dies from here on is found by the watchdog
     store = None
@@ -160,16 +161,6 @@ def _recorded_end(store, run_id: str) -> bool:
 
 
 def _run(settings, store, record, spec, limit: int, first: int, failed_before: int, budget: int) -> dict:
-    from tenacity import (
-        RetryError,
-        Retrying,
-        retry_if_exception,
-        stop_after_attempt,
-        wait_exponential,
-    )
-
-    from kfrelease.training.admission import slot
-
     run_id = record.run_id
     run_records.set_state(
         store, run_id, "queued", resume=None, stopped_by=None, failed_attempts=failed_before, **process_identity()
@@ -236,9 +227,6 @@ def _run(settings, store, record, spec, limit: int, first: int, failed_before: i
                 failed_attempts=failed_attempts,
             )
             raise
-        from kfrelease.registry import ModelRegistry
-        from kfrelease.training.outcome import run_outcome
-        from kfrelease.training.steps import not_staged_reason
 
         mv = ModelRegistry(store).get(record.record["model"], outcome["version"])
         result = run_outcome(run_id, spec.text, mv)
@@ -320,10 +308,6 @@ def gone_runners(settings: Settings) -> list[str]:
 
 def _gone_why(record: run_records.RunRecord, now: float) -> str | None:
     """Why an active local run has no runner, or None when its runner lives (or may still be starting)."""
-    import datetime as dt
-
-    from kfrelease.training.trigger import STARTING_GRACE_SECONDS
-
     st = record.state
     if record.status not in ACTIVE or record.record.get("target", "local") != "local":
         return None
@@ -340,8 +324,6 @@ def recover_runs(settings: Settings, everything: bool = True) -> list[Recovery]:
     """Find the runs whose runner is gone; stop what is left of each runner, then start the run again or fail
     it with the cause when its attempts are used (see the module docstring). ``everything``: every run in
     the store (``kfrelease up``); else only this machine's runners that died (the watchdog)."""
-    from kfrelease.storage import store_for
-
     gone = gone_runners(settings)
     if not everything and not gone:
         return []
@@ -388,9 +370,6 @@ def _stop_leftovers(pid: int | None) -> None:
 
 
 def _recover(settings: Settings, store, record: run_records.RunRecord, why: str) -> Recovery:
-    from kfrelease.errors import Conflict
-    from kfrelease.training.trigger import start_local
-
     run_id, st = record.run_id, record.state
     _stop_leftovers(st.get("pid"))
     failed = int(st.get("failed_attempts") or 0)
@@ -436,8 +415,6 @@ def _recover(settings: Settings, store, record: run_records.RunRecord, why: str)
 def recovered_since(settings: Settings, since: str) -> list[Recovery]:
     """What ``recover_runs`` did since ``since`` (ISO time), by whoever ran it (``kfrelease up`` or the
     watchdog, which starts first and may have started the runs again before ``up`` looks)."""
-    from kfrelease.storage import store_for
-
     out = []
     for record in run_records.list_runs(store_for("pipeline", settings)):
         st = record.state
@@ -450,8 +427,6 @@ def recovered_since(settings: Settings, since: str) -> list[Recovery]:
 def stop_runners(settings: Settings) -> list[str]:
     """Stop every runner of this machine (``kfrelease down``) and record it on its run, so ``kfrelease up``
     starts the run again without counting the attempt it cut short; returns the run ids stopped."""
-    from kfrelease.storage import store_for
-
     live = [m for m in _markers(settings) if runner_alive(m)]
     if not live:
         return []

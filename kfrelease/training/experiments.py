@@ -18,6 +18,9 @@ import yaml
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.kfp.runner import run_local
+from kfrelease.registry import EXPERIMENTS, ModelRegistry
+from kfrelease.storage import store_for
 from kfrelease.training.spec import ModelSpec, load_project, parse_spec
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ def project_spec(
     if (features is None or target is None) and (project is None or dataset):
         if store is None:
             raise ConfigError("reading the dataset's declared features needs the object store (store=)")
-        from kfrelease.data.publish import get_version
+        from kfrelease.data.publish import get_version  # heavy: pandas
 
         declared_features, declared_target = dataset_columns(get_version(store, doc["dataset"]).manifest)
         features = features if features is not None else declared_features
@@ -100,8 +103,8 @@ def with_estimator(spec: ModelSpec, estimator: dict | str) -> ModelSpec:
 def compare(candidates: dict[str, ModelSpec], df, dataset_version: str) -> list[dict]:
     """Train each candidate on the same split of ``df`` and score it on the held-out rows, best RMSE first:
     ``[{label, rmse, mae, r2, fit_seconds, spec}]``."""
-    from kfrelease.quality.metrics import regression_metrics
-    from kfrelease.training.core import predict, train
+    from kfrelease.quality.metrics import regression_metrics  # heavy: numpy
+    from kfrelease.training.core import predict, train  # heavy: pandas
 
     rows = []
     for label, spec in candidates.items():
@@ -124,10 +127,7 @@ def submit_experiment(spec: ModelSpec, settings: Settings | None = None, dataset
     record, so register files it under experiments and containerize/deploy-staging do nothing. Its steps
     run as the data-scientist identity (``KFRELEASE_ROLE``, ``kfrelease.training.steps.step_role``), as a
     notebook's run does on the cluster: it may write the experiments space and nothing else of ``models``."""
-    from kfrelease.kfp.runner import run_local
-    from kfrelease.pipelines.training_pipeline import training_pipeline
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry
-    from kfrelease.storage import store_for
+    from kfrelease.pipelines.training_pipeline import training_pipeline  # heavy: kfp
 
     settings = settings or Settings.from_env()
     spec.build_estimator()  # a bad estimator or parameter: refused before the pipeline starts
@@ -168,9 +168,6 @@ def load_model(
     """The fitted estimator of a registered model, as the data-scientist identity reads it:
     ``load_model("diabetes-progression")`` (its production version), ``stage="staging"``, or
     ``version="V1.2.0"`` (``experiment=True`` for a version in the experiments space)."""
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry
-    from kfrelease.storage import store_for
-
     reg = ModelRegistry(store_for(ROLE, settings), EXPERIMENTS if experiment else "registry")
     if version is None:
         if experiment:

@@ -46,8 +46,10 @@ import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from kfrelease.errors import ConfigError
+from kfrelease.git import git
 from kfrelease.registry.artifact import AUTO, DEFAULT_TOLERANCE, FLAVOURS
 from kfrelease.specs import Items, Section, SpecDocument, at_least, did_you_mean, parse, repeated
+from kfrelease.training.estimator import check_estimator
 from kfrelease.training.resources import Resources
 from kfrelease.training.retrain import RetrainPolicy
 
@@ -97,7 +99,7 @@ def _unknown_estimator(path: str, where: str, module=None) -> ConfigError:
 def _regressor_paths() -> list[str]:
     """Import paths of scikit-learn's public regressors (only read to suggest a name)."""
     try:
-        from sklearn.utils import all_estimators
+        from sklearn.utils import all_estimators  # heavy: sklearn
 
         return [f"{c.__module__.rsplit('._', 1)[0]}.{n}" for n, c in all_estimators(type_filter="regressor")]
     except Exception:  # noqa: BLE001 - a suggestion is optional
@@ -300,7 +302,6 @@ class ModelSpec(SpecDocument):
             est = self._from_build()
         else:
             est = self._from_class()
-        from kfrelease.training.estimator import check_estimator
 
         check_estimator(est, f"model spec {self.name!r}")  # public API only: a project's own class passes too
         return est
@@ -335,8 +336,6 @@ class ModelSpec(SpecDocument):
         if len(parts) < 2 or not all(p.isidentifier() for p in parts):
             raise _unknown_estimator(path, where)
         if parts[0] in ESTIMATOR_LIBRARIES and importlib.util.find_spec(parts[0]) is not None:
-            from kfrelease.training.estimator import check_estimator
-
             check_estimator(self._from_class(), where)
         elif importlib.util.find_spec(parts[0]) is None:
             raise _unknown_estimator(path, where)
@@ -435,8 +434,6 @@ def load_project_at_commit(repo: str | Path, commit: str, spec_file: str = SPEC_
     """The model spec (and its code) as committed at ``commit`` in the git repository ``repo``.
 
     Returns the spec and the full commit SHA."""
-    from kfrelease.git import git
-
     if not Path(repo).is_dir():
         raise ConfigError(f"repository {repo} does not exist")
     try:

@@ -10,14 +10,43 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kfrelease.config import Settings
-from kfrelease.registry.artifact import DEFAULT_FLAVOUR, flavour_named, refuse_pickle_serving
+from kfrelease.config import Settings, setting
+from kfrelease.data.catalog import version_spec
+from kfrelease.errors import KfreleaseError
+from kfrelease.faults import crash_point
+from kfrelease.images.oci import ImageRef, containerize, image_registry
+from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
+from kfrelease.registry.artifact import (
+    AUTO,
+    BOOSTERS,
+    CATEGORY_DTYPES,
+    CONVERTED,
+    DEFAULT_FLAVOUR,
+    ENTRY_FILE,
+    FLAVOURS,
+    Verification,
+    artifact_record,
+    choose_flavour,
+    convert_flavours,
+    flavour_named,
+    input_columns,
+    load_model_dir,
+    refuse_pickle_serving,
+    row_matrix,
+    verify_flavour,
+)
+from kfrelease.storage import store_for
+from kfrelease.training import run_records
+from kfrelease.training.results import evaluation_report_key
+from kfrelease.training.rollout_file import rollout_of_run, rollout_spec_of_run
 from kfrelease.training.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -33,23 +62,17 @@ def step_role() -> str:
     otherwise. An experiment submitted from a notebook runs as ``data-scientist``
     (``kfrelease.training.experiments.submit_experiment``; on the cluster the notebook's own IRSA role), which may
     register experiments and write nothing of the released registry: it can stage nothing, by identity."""
-    from kfrelease.config import setting
-
     return setting("KFRELEASE_ROLE") or ROLE
 
 
 def step_store(settings: Settings | None = None):
-    from kfrelease.storage import store_for
-
     return store_for(step_role(), settings)
 
 
 def _champion_entry(store, spec: ModelSpec, manifest: dict) -> tuple[dict | None, str]:
     """Production's registry entry when it can be compared on this data (its inputs are numeric columns of it
     and it predicts the same target), else None; and why not."""
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.registry.artifact import CATEGORY_DTYPES
-    from kfrelease.training.core import _numeric
+    from kfrelease.training.core import _numeric  # heavy: pandas
 
     mv = ModelRegistry(store).current(spec.name, "production")
     if mv is None:
@@ -76,10 +99,8 @@ def split_step(
     stable hash and hand the untrusted steps what they may see: the training rows (``train_path``), the held-out
     rows' features without the target (``holdout_path``), and production's model file, copied unread
     (``champion_dir``, empty when there is no comparable production model). Runs no model code."""
-    from kfrelease.data.publish import get_version
-    from kfrelease.faults import crash_point
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.training.evidence import read_split
+    from kfrelease.data.publish import get_version  # heavy: pandas
+    from kfrelease.training.evidence import read_split  # heavy: pandas
 
     store = step_store(settings)
     dv = get_version(store, spec.dataset, dataset_version or "latest")
@@ -122,12 +143,10 @@ def train_step(
     the held-out rows' features with the model *as written* (read back the way serving reads it), label-blind.
     The result carries the flavours' checks as this step measured them (its claims; ``evaluate`` verifies the
     converted files again on the real held-out rows)."""
-    import pandas as pd
+    import pandas as pd  # heavy: pandas
 
-    from kfrelease.faults import crash_point
-    from kfrelease.registry.artifact import BOOSTERS, convert_flavours, input_columns
-    from kfrelease.training.core import fit, predict, text_features
-    from kfrelease.training.evidence import write_predictions
+    from kfrelease.training.core import fit, predict, text_features  # heavy: pandas
+    from kfrelease.training.evidence import write_predictions  # heavy: pandas
 
     spec.build_estimator()  # unknown estimator / bad hyper-parameter: fail before reading any data
     train = pd.read_parquet(train_path)
@@ -156,10 +175,9 @@ def train_step(
 def score_step(champion_dir: str, holdout_path: str, predictions_path: str) -> dict:
     """Untrusted (runs production's model code, in a step of its own): production's predictions on the held-out
     rows' features; nothing when there is no comparable production model."""
-    import pandas as pd
+    import pandas as pd  # heavy: pandas
 
-    from kfrelease.registry.artifact import ENTRY_FILE, load_model_dir
-    from kfrelease.training.evidence import write_predictions
+    from kfrelease.training.evidence import write_predictions  # heavy: pandas
 
     if not (Path(champion_dir) / ENTRY_FILE).is_file():
         write_predictions(predictions_path, [])
@@ -189,11 +207,10 @@ def evaluate_step(
     nowhere else), join the untrusted steps' predictions by row, compute the candidate's metrics and
     Evidently's report on every held-out row, and compare production with the candidate on the rows neither
     trained on with the release gates' paired test. Loads no model."""
-    from kfrelease.data.catalog import version_spec
-    from kfrelease.data.publish import get_version
-    from kfrelease.quality.evaluation import regression_report
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.registry.artifact import BOOSTERS
+    from kfrelease.data.publish import get_version  # heavy: pandas
+    from kfrelease.quality.evaluation import regression_report  # heavy: pandas
+
+    # heavy: pandas
     from kfrelease.training.evidence import (
         EvidenceError,
         candidate_evidence,
@@ -203,8 +220,7 @@ def evaluate_step(
         read_predictions,
         read_split,
     )
-    from kfrelease.training.rollout_file import rollout_spec_of_run
-    from kfrelease.training.validate import champion_training_rows, drift_evidence
+    from kfrelease.training.validate import champion_training_rows, drift_evidence  # heavy: pandas
 
     store = step_store(settings)
     entry = ModelRegistry(store).get(spec.name, champion).entry if champion else None
@@ -251,7 +267,7 @@ def evaluate_step(
 
 def _keep(store, spec: ModelSpec, run_id: str, evidence: dict) -> dict:
     """A release run's evidence kept where validate and register read it (``evidence.keep_evidence``)."""
-    from kfrelease.training.evidence import keep_evidence
+    from kfrelease.training.evidence import keep_evidence  # heavy: pandas
 
     return keep_evidence(store, run_id, evidence) if is_release_run(store, run_id, spec) else evidence
 
@@ -260,7 +276,7 @@ def trusted_evidence(spec: ModelSpec, run_id: str, given: dict, settings: Settin
     """The evidence ``validate`` and ``register`` decide on: for a release run, what ``evaluate`` kept
     (``evidence.kept_evidence``; ``given``, the step's parameter, must equal it); for an experiment (never
     staged), ``given``."""
-    from kfrelease.training.evidence import kept_evidence
+    from kfrelease.training.evidence import kept_evidence  # heavy: pandas
 
     store = step_store(settings)
     return kept_evidence(store, run_id, given) if is_release_run(store, run_id, spec) else given
@@ -269,8 +285,6 @@ def trusted_evidence(spec: ModelSpec, run_id: str, given: dict, settings: Settin
 def _claimed(claim) -> dict:
     """What the train step claimed about a flavour, kept only as plain numbers and a short reason (it is
     untrusted: nothing it says marks a file verified)."""
-    import math
-
     claim = claim if isinstance(claim, dict) else {}
     out: dict = {}
     for key in ("convert_seconds", "predict_us"):
@@ -300,16 +314,7 @@ def verified_flavours(
     ``flavour_tolerance``. A flavour the train step tried but did not make (conversion failed, not installed) is
     recorded with its reason, never verified: nothing the untrusted step says marks a file verified. ``schema``:
     the input schema the version is registered with (``ModelSpec.input_schema``; None: every feature a number)."""
-    from kfrelease.registry.artifact import (
-        AUTO,
-        BOOSTERS,
-        CONVERTED,
-        Verification,
-        input_columns,
-        row_matrix,
-        verify_flavour,
-    )
-    from kfrelease.training.evidence import file_digest
+    from kfrelease.training.evidence import file_digest  # heavy: pandas
 
     claims = claims if isinstance(claims, dict) else {}
     reference = _claimed(claims.get("sklearn"))
@@ -344,8 +349,6 @@ def served_flavour(spec: ModelSpec, evidence: dict) -> tuple[str, dict]:
     """(the flavour to serve, the entry's ``artifact`` fields: ``artifact.artifact_record``) from the checks
     ``evaluate`` recorded: the fastest verified flavour (or the one ``model.yaml``'s ``flavour`` names, when
     verified), else ``sklearn`` with the reason in ``fallback``."""
-    from kfrelease.registry.artifact import FLAVOURS, Verification, artifact_record, choose_flavour
-
     checks = {
         name: Verification(
             name,
@@ -368,7 +371,7 @@ def served_flavour(spec: ModelSpec, evidence: dict) -> tuple[str, dict]:
 def validate_step(spec: ModelSpec, evidence: dict) -> dict:
     """Trusted: the verdict on the evidence ``evaluate`` computed (thresholds, production on the same rows, the
     TFX rule, drift). Reads nothing else and loads no model."""
-    from kfrelease.training.validate import verdict
+    from kfrelease.training.validate import verdict  # heavy: pandas
 
     return verdict(spec, evidence).as_dict()
 
@@ -377,8 +380,6 @@ def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
     """Whether a pipeline run may release: only a run the merge trigger (or the automatic retrain) started,
     i.e. one with a run record (``kfrelease.training.run_records``, written by the trigger as the ``pipeline``
     identity) for this model and definition. A notebook or any other direct run is an experiment."""
-    from kfrelease.training import run_records
-
     if not run_id or store.stat(run_records.BUCKET, run_records.run_key(run_id, "run.json")) is None:
         return False
     record = store.get_json(run_records.BUCKET, run_records.run_key(run_id, "run.json"))
@@ -410,13 +411,8 @@ def register_step(
     (``kfrelease.training.results``). The served flavour is the fastest one ``evaluate`` verified (``onnx_path``,
     ``booster_path``: each only when its digest is the verified one), else ``sklearn``; the entry's ``artifact``
     says which and why. Every verified file is kept beside the sklearn file, served or not."""
-    from kfrelease.data.catalog import version_spec
-    from kfrelease.data.publish import get_version
-    from kfrelease.errors import KfreleaseError
-    from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
-    from kfrelease.training.evidence import file_digest
-    from kfrelease.training.results import evaluation_report_key
-    from kfrelease.training.rollout_file import rollout_of_run
+    from kfrelease.data.publish import get_version  # heavy: pandas
+    from kfrelease.training.evidence import file_digest  # heavy: pandas
 
     store = step_store(settings)
     if release:  # the evidence evaluate kept, not only the parameter this step was given (review 4 R3)
@@ -505,10 +501,6 @@ def not_staged_reason(mv) -> str | None:
 
 def containerize_step(model: str, version: str, settings: Settings | None = None, registry: str = "") -> dict:
     """Build and push the version's ModelCar image; record ref and digest in its entry (once)."""
-    from kfrelease.faults import crash_point
-    from kfrelease.images.oci import containerize, image_registry
-    from kfrelease.registry import ModelRegistry
-
     settings = settings or Settings.from_env()
     crash_point("containerize.start")
     reg = ModelRegistry(step_store(settings))
@@ -540,8 +532,6 @@ def deploy_staging_step(model: str, version: str, run_id: str, settings: Setting
     """Mark the version as the staging candidate (idempotent: no second event if it already is). On a target whose
     model servers refuse pickles (a cluster: ``artifact.refuse_pickle_serving``) a version served from one is not
     staged: ConfigError (not retried) saying how to make it servable."""
-    from kfrelease.registry import ModelRegistry
-
     reg = ModelRegistry(step_store(settings))
     mv = reg.get(model, version)
     if not mv.passed:
@@ -645,7 +635,7 @@ def _score_champion(a: StepIO) -> dict:
 
 
 def _evaluate(a: StepIO) -> dict:
-    from kfrelease.training.evidence import write_evidence
+    from kfrelease.training.evidence import write_evidence  # heavy: pandas
 
     evidence = evaluate_step(
         a.spec,
@@ -666,7 +656,7 @@ def _evaluate(a: StepIO) -> dict:
 
 
 def _validate(a: StepIO) -> dict:
-    from kfrelease.training.evidence import read_evidence
+    from kfrelease.training.evidence import read_evidence  # heavy: pandas
 
     given = read_evidence(a.metrics, a.evidence_digest, a.run_id)
     verdict = validate_step(a.spec, trusted_evidence(a.spec, a.run_id, given, a.settings))
@@ -674,7 +664,7 @@ def _validate(a: StepIO) -> dict:
 
 
 def _register(a: StepIO) -> dict:
-    from kfrelease.training.evidence import read_evidence
+    from kfrelease.training.evidence import read_evidence  # heavy: pandas
 
     evidence = read_evidence(a.metrics, a.evidence_digest, a.run_id)
     out = register_step(
@@ -696,8 +686,6 @@ def _register(a: StepIO) -> dict:
 
 
 def _containerize(a: StepIO) -> dict:
-    from kfrelease.images.oci import ImageRef
-
     image = containerize_step(a.spec.name, a.version, a.settings, a.image_registry)
     return {"Output": ImageRef(image["ref"], image["digest"]).pinned if image else "", "result": image}
 
@@ -841,8 +829,6 @@ def run_inline(
     """The training DAG (``TRAINING_STEPS``) in this process: the same step functions, inputs, order and
     conditions as the pipeline, as the trigger's run does them (``release=True``: staged when it passed) or as an
     experiment (never staged); ``containerize=False`` leaves the image out (deploy-staging gets none)."""
-    import time
-
     settings = settings or Settings.from_env()
     run = InlineRun(run_id or f"inline-{uuid.uuid4().hex[:12]}")
     values = {

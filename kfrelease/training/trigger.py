@@ -27,15 +27,25 @@ local path checks the same way, so a spec is refused (or started) alike on both.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from kfrelease.config import Settings, child_env
-from kfrelease.errors import KfreleaseError
+from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.images.project import pinned_project_image
+from kfrelease.kfp.submit import submit_run
+from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
+from kfrelease.storage import store_for
 from kfrelease.training import run_records
+from kfrelease.training.failures import retryable
+from kfrelease.training.outcome import run_outcome
+from kfrelease.training.resources import pipeline_arguments
 from kfrelease.training.rollout_file import rollout_at_commit
 from kfrelease.training.spec import (
     SPEC_FILE,
@@ -43,6 +53,7 @@ from kfrelease.training.spec import (
     load_project_at_commit,
     parse_spec,
 )
+from kfrelease.training.steps import STEP_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +66,12 @@ def log_path(settings: Settings, run_id: str) -> Path:
 
 
 def _store(settings: Settings):
-    from kfrelease.storage import store_for
-
     return store_for(ROLE, settings)
 
 
 def _auto_target(settings: Settings, model: str | None) -> tuple[ModelSpec, str, str, str, str | None]:
     """(spec, commit, dataset version, production version, its rollout spec text) of an automatic retrain."""
-    from kfrelease.data.publish import get_version
-    from kfrelease.registry import ModelRegistry
+    from kfrelease.data.publish import get_version  # heavy: pandas
 
     store = _store(settings)
     reg = ModelRegistry(store)
@@ -111,13 +119,10 @@ def trigger(
         run_id = f"train-{commit[:12]}"
         source = {"repo": str(Path(repo or ".").resolve())}
     if kfp_host:
-        from kfrelease.images.project import pinned_project_image
-
         pinned_project_image()  # a cluster run needs KFRELEASE_IMAGE by digest: refuse before any run exists
     store = _store(settings)
-    from kfrelease.data.publish import get_version
-    from kfrelease.registry import ModelRegistry
-    from kfrelease.training.core import check_schema
+    from kfrelease.data.publish import get_version  # heavy: pandas
+    from kfrelease.training.core import check_schema  # heavy: pandas
 
     # unknown dataset (version), a feature or target it lacks or cannot train: refuse before any run exists
     dv = get_version(store, spec.dataset, dataset_version)
@@ -169,9 +174,6 @@ def finish_without_training(store, record: run_records.RunRecord, spec: ModelSpe
     """Record a run that needs no training: the same definition on the same data is ``mv`` already. Its
     outcome (``thresholds-only`` or ``unchanged``, ``kfrelease.training.outcome``) is known now, before any step
     runs; every step is ``skipped`` with that line, and no runner is started."""
-    from kfrelease.training.outcome import run_outcome
-    from kfrelease.training.steps import STEP_NAMES
-
     result = run_outcome(record.run_id, spec.text, mv)
     for step in STEP_NAMES:
         run_records.set_step(store, record.run_id, step, "skipped", skipped=result.line)
@@ -207,10 +209,7 @@ STARTING_GRACE_SECONDS = 60.0
 def interruption(record: run_records.RunRecord) -> str | None:
     """Why a local run should be started again, or None: it failed of an infrastructure cause, or it is
     recorded as active while its runner process is gone (killed, or the machine restarted)."""
-    import datetime as dt
-
-    from kfrelease.training.execution import runner_alive
-    from kfrelease.training.failures import retryable
+    from kfrelease.training.execution import runner_alive  # cycle: kfrelease.training.execution imports this module
 
     st = record.state
     if record.status == "failed" and retryable(st.get("cause")):
@@ -228,8 +227,6 @@ def interruption(record: run_records.RunRecord) -> str | None:
 
 def retry_interrupted(settings: Settings, store, record: run_records.RunRecord) -> bool:
     """Start an interrupted run again (same run id, its attempts go on counting); False if it was not."""
-    from kfrelease.errors import Conflict
-
     why = interruption(record)
     if why is None:
         return False
@@ -288,9 +285,7 @@ def start_local(settings: Settings, run_id: str) -> int:
 def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str, run_id: str) -> str:
     """Submit the compiled training pipeline to a KFP API server as the CI service account; returns the KFP
     run id (``kfrelease.kfp.submit``)."""
-    from kfrelease.kfp.submit import submit_run
-    from kfrelease.pipelines.training_pipeline import training_pipeline
-    from kfrelease.training.resources import pipeline_arguments
+    from kfrelease.pipelines.training_pipeline import training_pipeline  # heavy: kfp
 
     arguments = {
         "spec": spec.to_dict(),
@@ -304,8 +299,6 @@ def submit_to_kfp(host: str, spec: ModelSpec, commit: str, dataset_version: str,
 
 def wait(settings: Settings, run_id: str, timeout: float = 600, poll: float = 1.0) -> run_records.RunRecord:
     """Wait until a local run has finished (succeeded or failed), polling every ``poll`` s; raises on timeout."""
-    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-
     store = _store(settings)
 
     def ended() -> tuple[run_records.RunRecord, bool]:

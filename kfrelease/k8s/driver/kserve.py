@@ -48,6 +48,17 @@ from kfrelease.k8s.driver.lease import (
     lease_as_dict,
     now_utc,
 )
+from kfrelease.k8s.driver.patches import apply_merge_patch, apply_plan, traffic_patches
+from kfrelease.k8s.driver.readiness import unready
+from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
+from kfrelease.k8s.render.inference import (
+    DEFAULT_KSERVE_VERSION,
+    LOGGED_CANARY_LABEL,
+    production_name,
+    recorded_state,
+    release_service_name,
+)
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -149,8 +160,6 @@ class InMemoryObjects:
         return doc
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        from kfrelease.k8s.render.inference import LOGGED_CANARY_LABEL
-
         return [
             copy.deepcopy(d)
             for d in self.docs.values()
@@ -163,8 +172,6 @@ class InMemoryObjects:
         return copy.deepcopy(doc) if doc else None
 
     def patch(self, ref: dict) -> None:
-        from kfrelease.k8s.driver.patches import apply_merge_patch
-
         key = (ref["kind"], ref["namespace"], ref["name"])
         if key not in self.docs:
             raise ObjectMissing(_missing_message(ref, "not held in memory"))
@@ -200,7 +207,7 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
     client (``CustomObjectsApi``, ``CoordinationV1Api``, ``AuthorizationV1Api``)."""
 
     def __init__(self, api=None):
-        from kubernetes import client, config
+        from kubernetes import client, config  # heavy: kubernetes
 
         if api is None:
             try:
@@ -224,7 +231,7 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
     def _call(self, fn, *args, missing=None, **kwargs):
         """``fn``, the API server's refusals as kfrelease errors. A 404 is an answer only where the caller says
         so (``missing``: the value to return, ``get`` and ``delete``); elsewhere it is ``ObjectMissing``."""
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # heavy: kubernetes
 
         try:
             return fn(*args, **kwargs)
@@ -240,8 +247,6 @@ class KubernetesObjects:  # pragma: no cover - needs a Kubernetes API server
             raise
 
     def list(self, spec: RolloutSpec) -> list[dict]:
-        from kfrelease.k8s.render.inference import production_name
-
         out = []
         for api_version, kind, extra in RELEASE_KINDS:
             selector = f"app.kubernetes.io/part-of=kfrelease,kfrelease.io/model={production_name(spec)}"
@@ -392,8 +397,6 @@ class KServeTrafficDriver:
         lease_seconds: int = LEASE_DURATION_SECONDS,
         renew_seconds: float = RENEW_INTERVAL_SECONDS,
     ):
-        from kfrelease.k8s.render.inference import DEFAULT_KSERVE_VERSION
-
         self.spec, self.storage_uris, self.objects, self.logger_url = spec, dict(storage_uris), objects, logger_url
         self.kserve_version = kserve_version or DEFAULT_KSERVE_VERSION
         #: each version's ``modelFormat`` (``kfrelease.registry.artifact.model_format(entry)``)
@@ -461,8 +464,6 @@ class KServeTrafficDriver:
     def current(self) -> TrafficState | None:
         """The state this driver moved to, else the one the cluster's VirtualService records."""
         if self._state is None:
-            from kfrelease.k8s.render.inference import production_name, recorded_state
-
             for doc in self.objects.list(self.spec):
                 if (
                     doc["kind"] == "VirtualService"
@@ -473,8 +474,6 @@ class KServeTrafficDriver:
 
     def _plan(self, state: TrafficState, current: list[dict] | None = None) -> dict[str, list[dict]]:
         """The moves to ``state`` from ``current`` (default: what the cluster holds now)."""
-        from kfrelease.k8s.driver.patches import traffic_patches
-
         return traffic_patches(
             self.objects.list(self.spec) if current is None else current,
             self.spec,
@@ -499,9 +498,6 @@ class KServeTrafficDriver:
         backport removes it (``kfrelease.k8s.render.kubeflow.kubeflow_backports``), and re-installing Kubeflow puts
         it back, so every release step asks the API server (a ``LocalSubjectAccessReview`` in the release
         namespace) before it moves anything."""
-        from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
-        from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
-
         editor = f"system:serviceaccount:{RELEASE_NS}:{PROFILE_SA}"
         groups = ("system:serviceaccounts", f"system:serviceaccounts:{RELEASE_NS}", "system:authenticated")
         driver = {"apiVersion": "v1", "kind": "ServiceAccount", "namespace": RELEASE_NS, "name": RELEASE_DRIVER_SA}
@@ -517,8 +513,6 @@ class KServeTrafficDriver:
     def check_rights(self, states: list[TrafficState]) -> None:
         """Raise ``DriverForbidden`` (nothing sent) unless every move of a release is allowed: each state is
         planned against the objects it would leave behind."""
-        from kfrelease.k8s.driver.patches import apply_plan
-
         docs = self.objects.list(self.spec)
         refused: list[str] = []
         for state in states:
@@ -565,8 +559,6 @@ class KServeTrafficDriver:
         current = self.objects.list(self.spec)
         plan = self._plan(state, current)  # raises on a bad state before anything is sent
         if hold:
-            from kfrelease.k8s.render.inference import production_name
-
             for ref in plan["patch"]:
                 if ref["kind"] == "InferenceService" and ref["name"] == production_name(self.spec):
                     ref["patch"].setdefault("spec", {}).setdefault("predictor", {})["canaryTrafficPercent"] = 0
@@ -611,8 +603,6 @@ class KServeTrafficDriver:
         ``status.observedGeneration``, which KServe copies from the stable predictor's Deployment or Knative
         Service), or ``NotReady`` after ``timeout`` seconds: a step never routes to, nor measures, a predictor
         that is not serving yet. ``before``: ``(kind, name) -> object`` as read before the move."""
-        from kfrelease.k8s.driver.readiness import unready
-
         deadline = time.monotonic() + timeout
         pending = list(refs)
         while pending:
@@ -719,7 +709,6 @@ class KServeTrafficDriver:
             # two steps, or while its pod was rescheduled): it resumes from the state the cluster records
             return None
         self._acquire()  # Conflict when another release took the model meanwhile: it moves traffic itself
-        from kfrelease.k8s.render.inference import release_service_name
 
         log.warning(
             "the release recorded on VirtualService %s/%s (%s) was abandoned (its Lease is %s); moving all "

@@ -24,6 +24,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from kfrelease.errors import Conflict, KfreleaseError
+from kfrelease.k8s.render.inference import production_name
+from kfrelease.k8s.render.platform import release_lease_name
 from kfrelease.rollout.spec import RolloutSpec
 
 if TYPE_CHECKING:
@@ -72,7 +74,7 @@ def parse_micro_time(value, where: str = "Lease") -> dt.datetime:
 
 def lease_as_dict(lease) -> dict:
     """The client's typed ``V1Lease`` as the dict the lock reads and writes back (the client's own conversion)."""
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient  # heavy: kubernetes
 
     return ApiClient().sanitize_for_serialization(lease)
 
@@ -93,9 +95,6 @@ class ClusterReleaseLock:
     it for ``duration_seconds``."""
 
     def __init__(self, objects: ClusterObjects, spec: RolloutSpec, holder: str, duration_seconds: int, clock=now_utc):
-        from kfrelease.k8s.render.inference import production_name
-        from kfrelease.k8s.render.platform import release_lease_name
-
         self.objects, self.holder, self.duration, self.clock = objects, holder, int(duration_seconds), clock
         self.ref = {
             "apiVersion": LEASE_API,

@@ -18,7 +18,12 @@ from pathlib import Path
 import yaml
 
 from kfrelease.errors import ConfigError
-from kfrelease.k8s.policy.schemas import yaml_loader
+from kfrelease.images.project import IMAGE_ENV, executors, is_by_digest
+from kfrelease.k8s.policy import release_checks as rc
+from kfrelease.k8s.policy.istio import upstream_sidecars
+from kfrelease.k8s.policy.rbac import upstream_cluster_roles
+from kfrelease.k8s.policy.schemas import SchemaValidationError, validate, yaml_loader
+from kfrelease.k8s.render.kubeflow import DEFAULT_CLASS_ANNOTATION, EBS_CSI, OAUTH2_PROXY_EKS_OVERLAY
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class CheckContext:
 
     @functools.cached_property
     def sources(self):
-        from kfrelease.k8s.render.tree import Sources
+        from kfrelease.k8s.render.tree import Sources  # heavy: protobuf
 
         return Sources.load(self.root)
 
@@ -100,7 +105,7 @@ def _where(doc: dict) -> str:
 @register_check("stale")
 def check_stale(ctx: CheckContext) -> list[Finding]:
     """Generated files that differ from their sources (edited by hand, or sources changed without a render)."""
-    from kfrelease.k8s.render.tree import check_tree
+    from kfrelease.k8s.render.tree import check_tree  # heavy: protobuf
 
     return [
         Finding("stale", str(ctx.root / rel), "differs from what `kfrelease manifests render` generates; re-render")
@@ -112,8 +117,6 @@ def check_stale(ctx: CheckContext) -> list[Finding]:
 def check_schema(ctx: CheckContext) -> list[Finding]:
     """Every document of each overlay, bootstrap and client-namespace Sidecar file against the Kubernetes and CRD schemas, KServe kinds
     against the environment's declared KServe version and its admission rules."""
-    from kfrelease.k8s.policy.schemas import SchemaValidationError, validate
-
     out = []
     for name, env in ctx.environments.items():
         for where, docs in (
@@ -155,8 +158,6 @@ def check_release_owned(ctx: CheckContext) -> list[Finding]:
 def check_storage_class(ctx: CheckContext) -> list[Finding]:
     """EKS >= 1.30 marks no StorageClass default: PVCs without a class stay Pending unless the overlay has one
     (from the aws-ebs-csi-driver add-on of the eksctl config)."""
-    from kfrelease.k8s.render.kubeflow import DEFAULT_CLASS_ANNOTATION, EBS_CSI
-
     out = []
     for name in ctx.environments:
         docs = ctx.overlay(name)
@@ -199,8 +200,6 @@ def check_storage_class(ctx: CheckContext) -> list[Finding]:
 def check_image_digest(ctx: CheckContext) -> list[Finding]:
     """Every step of every compiled package (``--compiled DIR``) runs the project image by digest (``--image``
     when given) and hands it on in ``KFRELEASE_IMAGE``."""
-    from kfrelease.images.project import IMAGE_ENV, executors, is_by_digest
-
     if ctx.compiled is None:
         return []
     out = []
@@ -233,8 +232,6 @@ def check_image_digest(ctx: CheckContext) -> list[Finding]:
 def check_m2m_auth(ctx: CheckContext) -> list[Finding]:
     """CI's EKS-issued token is accepted only by oauth2-proxy's m2m-dex-and-eks overlay trusting this
     cluster's OIDC issuer; KFP must be reachable from the internet for GitHub-hosted runners."""
-    from kfrelease.k8s.render.kubeflow import OAUTH2_PROXY_EKS_OVERLAY
-
     out = []
     for name, env in ctx.environments.items():
         rel = f"eks/{name}/kubeflow/oauth2-proxy/kustomization.yaml"
@@ -286,10 +283,6 @@ def check_release_path(ctx: CheckContext) -> list[Finding]:
     """RBAC, the release driver's rights over a whole release and a rollback, and the AuthorizationPolicies
     under global-deny-all (``kfrelease.k8s.policy.release_checks``), on what is applied: overlay + bootstrap, with
     the groups the committed eksctl access entries map."""
-    from kfrelease.k8s.policy import release_checks as rc
-    from kfrelease.k8s.policy.istio import upstream_sidecars
-    from kfrelease.k8s.policy.rbac import upstream_cluster_roles
-
     out = []
     for name, env in ctx.environments.items():
         docs = ctx.overlay(name) + ctx.yaml_docs(f"bootstrap/{name}/release.yaml")

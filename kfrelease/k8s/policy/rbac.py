@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kfrelease.errors import ConfigError
+from kfrelease.k8s.render.kubeflow import kubeflow_backports, kubeflow_cluster_roles
 
 RBAC = "rbac.authorization.k8s.io"
 SA_PREFIX = "system:serviceaccount:"
@@ -43,16 +44,12 @@ SA_PREFIX = "system:serviceaccount:"
 def upstream_cluster_roles(kubeflow_version: str) -> list[dict]:
     """Kubeflow's ClusterRoles (kubeflow-admin/edit/view and everything aggregated into them) as the manifests of
     that Kubeflow release install them, vendored; a release without vendored roles is a ``ConfigError``."""
-    from kfrelease.k8s.render.kubeflow import kubeflow_cluster_roles
-
     return kubeflow_cluster_roles(kubeflow_version)
 
 
 def environment_cluster_roles(kubeflow_version: str) -> list[dict]:
     """The Kubeflow ClusterRoles a cluster of that release holds once kfrelease's install steps ran: the vendored
     upstream roles, each one kfrelease replaces (``kubeflow_backports``) replaced."""
-    from kfrelease.k8s.render.kubeflow import kubeflow_backports
-
     replaced = {d["metadata"]["name"]: d for d in kubeflow_backports(kubeflow_version)}
     return [replaced.get(d["metadata"]["name"], d) for d in upstream_cluster_roles(kubeflow_version)]
 

@@ -6,14 +6,23 @@ as its ``release-path`` check (``kfrelease.k8s.policy.checks``)."""
 
 from __future__ import annotations
 
+from kfrelease.k8s.driver.kserve import GROUPS, PLURALS, DriverForbidden, InMemoryObjects, KServeTrafficDriver
 from kfrelease.k8s.environments import CI_SERVICE_ACCOUNT, PROFILE_SA, RELEASE_NS
+from kfrelease.k8s.policy import istio
+from kfrelease.k8s.policy.istio import upstream_sidecars
 from kfrelease.k8s.policy.rbac import (
     RBACModel,
     Requester,
+    environment_cluster_roles,
     kfp_requester,
     requester_of,
     service_account,
 )
+from kfrelease.k8s.render import mesh
+from kfrelease.k8s.render.egress import mesh_client_sidecars
+from kfrelease.k8s.render.eks import cluster_config
+from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, STAGING_PREDICTOR_SERVICE_ACCOUNT, staging_name
+from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, UNTRUSTED_SA
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
 
@@ -28,8 +37,6 @@ def rbac_findings(
     access entry maps (``access_groups``); the untrusted steps' identity holds no write outside its minimum;
     nobody but the Profile's owner may impersonate the release driver. ``kubeflow_roles``: Kubeflow's ClusterRoles
     as the cluster holds them (``rbac.environment_cluster_roles(kubeflow_version)``)."""
-    from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, UNTRUSTED_SA
-
     rbac = RBACModel(docs + kubeflow_roles)
     out = []
     for b in rbac.bindings:
@@ -99,16 +106,12 @@ class _RBACObjects:
     """The rendered objects in memory, answering ``can`` from RBAC for one requester."""
 
     def __init__(self, docs: list[dict], rbac: RBACModel, who: Requester):
-        from kfrelease.k8s.driver.kserve import InMemoryObjects
-
         self.objects, self.rbac, self.who = InMemoryObjects(docs), rbac, who
 
     def __getattr__(self, name):
         return getattr(self.objects, name)
 
     def can(self, verb: str, ref: dict) -> bool:
-        from kfrelease.k8s.driver.kserve import GROUPS, PLURALS
-
         name = "" if verb == "create" else ref.get("name", "")
         return self.rbac.allowed(self.who, verb, GROUPS[ref["kind"]], PLURALS[ref["kind"]], ref["namespace"], name)
 
@@ -124,9 +127,6 @@ def driver_findings(
 ) -> list[str]:
     """Every operation of a whole release (shadow, each canary step, promotion) and of a rollback, planned
     against the rendered objects, is allowed to the release steps' service account."""
-    from kfrelease.k8s.driver.kserve import DriverForbidden, KServeTrafficDriver
-    from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA
-
     rbac = RBACModel(docs + kubeflow_roles)
     candidate = "V0.0.0-check"
     uris = {production: "oci://check/production", candidate: "oci://check/candidate"}
@@ -161,14 +161,6 @@ def mesh_findings(
     namespace reaches no serving workload directly. A caller with a sidecar presents its identity only when its
     egress scope lists the serving namespace: ``sidecars`` are the cluster's Sidecars beyond ``docs``'
     (Kubeflow's mesh-wide default, the client namespaces'); ``kfrelease.k8s.render.egress``."""
-    from kfrelease.k8s.policy import istio
-    from kfrelease.k8s.render import mesh
-    from kfrelease.k8s.render.inference import (
-        PREDICTOR_SERVICE_ACCOUNT,
-        STAGING_PREDICTOR_SERVICE_ACCOUNT,
-        staging_name,
-    )
-
     ns = spec.serving.namespace
     policies = istio.upstream_policies() + [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
     predictor = istio.Workload(ns, dict(mesh.PREDICTOR_SELECTOR))
@@ -248,11 +240,7 @@ def _access_groups(config: dict) -> set[str]:
 def environment_findings(src, env) -> list[str]:
     """Every finding above for one environment of ``Sources``, on what the renderers produce now (the
     overlay's documents and the one-time bootstrap)."""
-    from kfrelease.k8s.policy.istio import upstream_sidecars
-    from kfrelease.k8s.policy.rbac import environment_cluster_roles
-    from kfrelease.k8s.render.egress import mesh_client_sidecars
-    from kfrelease.k8s.render.eks import cluster_config
-    from kfrelease.k8s.render.tree import environment_documents, inference_documents
+    from kfrelease.k8s.render.tree import environment_documents, inference_documents  # heavy: protobuf
 
     docs = environment_documents(src, env) + inference_documents(src.spec, env)
     sidecars = upstream_sidecars(env.kubeflow_version) + mesh_client_sidecars(env, src.spec.serving.namespace)

@@ -74,6 +74,7 @@ import json
 from google.protobuf import json_format
 
 from kfrelease.k8s.environments import RELEASE_NS, Environment
+from kfrelease.k8s.render.inference import AGENT_PORT, LOGGED_CANARY_LABEL, VERSION_LABEL
 from kfrelease.k8s.render.platform import (
     RELEASE_DRIVER_SA,
     RELEASE_DRIVER_STEP,
@@ -125,7 +126,7 @@ def _cel(value) -> str:
 def release_step_executors() -> tuple[tuple[list[str], list[dict]], ...]:
     """(command + args, env) of every executor of the release pipeline that runs as the release driver, as KFP's
     compiler writes them (the pod's ``args`` are exactly the command + args: KFP 2.16.0 ``initPodSpecPatch``)."""
-    from kfrelease.pipelines.release_pipeline import release_pipeline
+    from kfrelease.pipelines.release_pipeline import release_pipeline  # heavy: kfp
 
     executors = json_format.MessageToDict(release_pipeline.pipeline_spec)["deploymentSpec"]["executors"]
     platform = json_format.MessageToDict(release_pipeline.platform_spec)["platforms"]["kubernetes"]["deploymentSpec"][
@@ -361,8 +362,6 @@ def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
 def driver_service_policy(serving_ns: str, models: list[str]) -> list[dict]:
     """The release driver's Service writes in ``serving_ns``, bounded to the logged canary Services of ``models``
     (DNS slugs, ``inference.production_name``); module docstring."""
-    from kfrelease.k8s.render.inference import AGENT_PORT, LOGGED_CANARY_LABEL, VERSION_LABEL
-
     driver = f"system:serviceaccount:{RELEASE_NS}:{RELEASE_DRIVER_SA}"
     labels = "object.metadata.labels"
     model, version = f"{labels}[{_cel('kfrelease.io/model')}]", f"{labels}[{_cel(VERSION_LABEL)}]"

@@ -42,8 +42,12 @@ import yaml
 
 from kfrelease.errors import ConfigError
 from kfrelease.k8s.environments import Environment
+from kfrelease.k8s.render.eks import PIPELINE_UI, PIPELINE_UI_ROLE, model_repository
+from kfrelease.k8s.render.inference import render_release
 from kfrelease.k8s.versions import kubeflow_ref
+from kfrelease.kfp.submit import TOKEN_AUDIENCE
 from kfrelease.resources import resource_dir
+from kfrelease.rollout.traffic import TrafficState
 
 FIELD_MANAGER = "kfrelease"
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
@@ -130,8 +134,6 @@ DEX_OVERLAY = "common/dex/overlays/oauth2-proxy"
 
 
 def _kubeflow_resource(path: str, env: Environment) -> str:
-    from kfrelease.k8s.versions import kubeflow_ref
-
     return f"https://github.com/kubeflow/manifests//{path}?ref={kubeflow_ref(env.kubeflow_version)}"
 
 
@@ -149,8 +151,6 @@ def oauth2_proxy_kustomization(env: Environment) -> dict:
     - the ``oauth2-proxy`` Secret replaced from this environment's own file: the base generates it with
       Kubeflow's published client secret and cookie secret (``common/oauth2-proxy/base/kustomization.yaml``
       ``secretGenerator``), which an internet-facing ALB must not keep."""
-    from kfrelease.kfp.submit import TOKEN_AUDIENCE
-
     ns, name = M2M_REQUEST_AUTHENTICATION
     target = {
         "group": "security.istio.io",
@@ -259,8 +259,6 @@ def kubeflow_ingress(env: Environment) -> dict:
 def kubeflow_amendments(env: Environment) -> list[dict]:
     """Partial objects for ``kubectl apply --server-side --field-manager=kfrelease``: only these fields of
     objects Kubeflow's manifests own (its own apply keeps the rest)."""
-    from kfrelease.k8s.render.eks import PIPELINE_UI, PIPELINE_UI_ROLE
-
     ui_ns, ui_name = PIPELINE_UI
     return [
         {
@@ -277,10 +275,6 @@ def kubeflow_amendments(env: Environment) -> list[dict]:
 
 def bootstrap_documents(spec, env: Environment) -> list[dict]:
     """The production InferenceService and VirtualService serving ``env.production_version`` (created once)."""
-    from kfrelease.k8s.render.eks import model_repository
-    from kfrelease.k8s.render.inference import render_release
-    from kfrelease.rollout.traffic import TrafficState
-
     uri = f"oci://{env.registry}/{model_repository(spec.model)}:{env.production_version}"
     return render_release(
         spec,

@@ -38,6 +38,7 @@ from kfrelease.k8s.environments import (
     Team,
     iam_role_name,
 )
+from kfrelease.kfp.submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
 
 RBAC = "rbac.authorization.k8s.io"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
@@ -308,8 +309,7 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
 
 def label_sources_value(env: Environment) -> str:
     """``KFRELEASE_LABEL_SOURCES`` of the release steps: the JSON of ``mesh.label_source_declaration``."""
-    import json
-
+    # cycle: kfrelease.k8s.render.mesh imports this module
     from kfrelease.k8s.render.mesh import label_source_declaration
 
     return json.dumps(label_source_declaration(env.mesh_clients, env.label_source_users), sort_keys=True)
@@ -330,8 +330,6 @@ def replay_access() -> dict:
     (``kfrelease.k8s.render.kubeflow.oauth2_proxy_kustomization``). The gateway's
     ``kfrelease-production-replay`` policy admits that route for this identity only; the same token at KFP is
     the release driver, which holds no KFP right (tests/manifests/test_rbac.py)."""
-    from kfrelease.kfp.submit import TOKEN_AUDIENCE
-
     return {
         "env": [
             {"name": "KFRELEASE_INGRESS_GATEWAY_URL", "value": INGRESS_GATEWAY_URL},
@@ -362,8 +360,6 @@ def kfp_api_access(ns: str) -> dict:
     (deploy-staging, ``kfrelease.release.handover``) gets a projected token with audience
     pipelines.kubeflow.org, read by kfp.Client via ``KF_PIPELINES_SA_TOKEN_PATH`` (Kubeflow's in-cluster
     pattern, as its ``access-ml-pipeline`` PodDefault), as the Profile's default-editor (may create runs)."""
-    from kfrelease.kfp.submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
-
     return {
         "apiVersion": "kubeflow.org/v1alpha1",
         "kind": "PodDefault",
@@ -400,7 +396,7 @@ def kfp_api_access(ns: str) -> dict:
 
 def step_label(task, identity: str):
     """Label a pipeline task's pod with the identity it runs as (see ``step_identities``); returns the task."""
-    from kfp import kubernetes
+    from kfp import kubernetes  # heavy: kfp
 
     return kubernetes.add_pod_label(task, STEP_LABEL, identity)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, RELEASE_NS, Environment
+from kfrelease.k8s.environments import BASE_IMAGE, MONITORING_NS, PROFILE_SA, RELEASE_NS, Environment
 from kfrelease.k8s.render.admission import driver_service_policy
 from kfrelease.k8s.render.inference import (
     KNATIVE_USER_PORT_NAME,
@@ -31,6 +31,7 @@ from kfrelease.k8s.render.mesh import (
 )
 from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
 from kfrelease.monitoring.rules import render_prometheus_rule
+from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring, spark_rbac
 from kfrelease.rollout.spec import RolloutSpec
 
 HTTP_PORT = 8080
@@ -332,17 +333,12 @@ def spark_monitoring() -> list[dict]:
     """The platform's part of monitoring on the Kubeflow Spark Operator (``kfrelease.monitoring.spark_app``):
     the driver's and the pipeline step's RBAC in the monitoring namespace (the driver runs as its IRSA
     service account). Each model's scheduled window is its own (``model_monitoring``)."""
-    from kfrelease.k8s.environments import PROFILE_SA, RELEASE_NS
-    from kfrelease.monitoring.spark_app import spark_rbac
-
     return spark_rbac(MONITORING_NS, MONITORING_SA, RELEASE_NS, PROFILE_SA)
 
 
 def model_monitoring(spec: RolloutSpec, env: Environment, features: list[str]) -> list[dict]:
     """One model's nightly monitoring window (over its ``features``) as a suspended
     ``ScheduledSparkApplication``: it belongs to the model, not to the platform's overlay."""
-    from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring
-
     image = f"{SPARK_IMAGE_NAME}:base" if env.name == "base" else f"{env.registry}/{SPARK_IMAGE_NAME}:{env.image_tag}"
     return [
         render_scheduled_monitoring(
