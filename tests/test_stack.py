@@ -85,18 +85,18 @@ def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
     assert supervisor.records(settings) == []
 
 
+def http_server_service(tmp_path, name: str) -> tuple[Settings, Service]:
+    """A restartable service of the supervisor (Python's http.server on the gateway's port) in its own home."""
+    settings = Settings(home=tmp_path, port_offset=free_port_offset())
+    port = settings.port("gateway")
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    return settings, Service(name=name, port=port, command=command, startup_timeout=30, restart=True)
+
+
 def test_a_restart_that_fails_keeps_the_service_and_the_next_one_brings_it_back(tmp_path, monkeypatch):
     """A server killed again in its first second (before the watchdog saw it ready) used to lose its record: the
     failed restart's clean-up deleted it, so nothing restarted it ever again (the fault test's kills in a row)."""
-    settings = Settings(home=tmp_path, port_offset=free_port_offset())
-    port = settings.port("gateway")
-    svc = Service(
-        name="flaky",
-        port=port,
-        command=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        startup_timeout=30,
-        restart=True,
-    )
+    settings, svc = http_server_service(tmp_path, "flaky")
     first = supervisor.start_service(settings, svc)
     os.killpg(first.pid, signal.SIGKILL)
     eventually(lambda: not supervisor.pid_alive(first.pid), 10, "the killed server is gone")
@@ -126,15 +126,7 @@ def test_a_recorded_pid_the_kernel_gave_to_another_program_is_not_the_service(tm
     stop signals nothing (it used to SIGTERM the other program's group, or fail with "did not stop after
     SIGKILL" when that program led no group). The record here is made as a reuse leaves it: the service's pid
     and start time, the pid now a live program's."""
-    settings = Settings(home=tmp_path, port_offset=free_port_offset())
-    port = settings.port("gateway")
-    svc = Service(
-        name="reused",
-        port=port,
-        command=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        startup_timeout=30,
-        restart=True,
-    )
+    settings, svc = http_server_service(tmp_path, "reused")
     first = supervisor.start_service(settings, svc)
     (rec,) = supervisor.records(settings)
     assert rec["pid_started"] == supervisor.process_started(first.pid)
