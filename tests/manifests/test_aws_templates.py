@@ -54,3 +54,19 @@ def test_cloudformation_templates_pass_cfn_lint(sources, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(tpl))
     assert cfn_lint(bad).returncode != 0
+
+
+def test_no_pod_reaches_the_instance_metadata_service(sources):
+    """Review eks4 R7: with eksctl's default launch template (PUT response hop limit 2: eksctl v0.230.0+5
+    pkg/cfn/builder/nodegroup.go makeMetadataOptions) a pod reaches IMDS and takes the node role (ECR read of every
+    repository of the account); ``disablePodIMDS`` sets the hop limit to 1 and requires IMDSv2. Every group, since
+    no kfrelease pod is kept off any (the KFP task pods and the predictors have no nodeSelector); and nothing eksctl
+    refuses beside it (``validation.go``: iam.withAddonPolicies, a launchTemplate)."""
+    for name in sources.envs.environments:
+        doc = yaml.safe_load((MANIFESTS_DIR / "eks" / name / "cluster.yaml").read_text())
+        groups = doc["managedNodeGroups"]
+        assert {g["name"] for g in groups} == {"system", "pipelines", "serving"}
+        assert [g["name"] for g in groups if g.get("disablePodIMDS") is not True] == [], name
+        assert [
+            g["name"] for g in groups if "launchTemplate" in g or (g.get("iam") or {}).get("withAddonPolicies")
+        ] == []

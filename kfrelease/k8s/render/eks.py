@@ -252,6 +252,15 @@ def cluster_config(env: Environment, policy: AccessPolicy, serving_ns: str, work
             },
             # No add-on policies on the node role: the cluster-autoscaler has its own IRSA role below and
             # image pushes use the pipeline's IRSA role; nodes only pull (eksctl's default node role).
+            # No pod reaches the instance metadata service, so none holds the node role (review eks4 R7): eksctl
+            # otherwise gives the launch template a PUT response hop limit of 2, one more than the host, which a
+            # pod's own network namespace needs; this sets it to 1 and requires IMDSv2 tokens (eksctl-io/eksctl
+            # v0.230.0+5 99984adb pkg/cfn/builder/nodegroup.go makeMetadataOptions, used for managed node groups
+            # by managed_launch_template.go). Every group: no kfrelease pod is kept off `system` (KFP task pods
+            # and predictors have no nodeSelector), so merged model code may run on any node. eksctl refuses it
+            # beside iam.withAddonPolicies or a launchTemplate (pkg/apis/eksctl.io/v1alpha5/validation.go): none
+            # here. What on these nodes read IMDS and what replaces it: docs/platform-engineer-eks.md step 4.
+            "disablePodIMDS": True,
         }
 
     return {
