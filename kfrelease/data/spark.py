@@ -29,9 +29,7 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -47,12 +45,14 @@ from kfrelease.data.publish import BUCKET, DatasetVersion, publish_files
 from kfrelease.data.spec import DatasetSpec, parse_spec
 from kfrelease.data.validate import Duplicates, Validator, raise_for
 from kfrelease.errors import ConfigError, DataValidationError
-from kfrelease.monitoring.spark_app import API_VERSION, SPARK_VERSION
+from kfrelease.k8s.render.spark import application_name, spark_application
+from kfrelease.lake.spark import local_session as spark_local_session
 from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
 
 ENTRYPOINT = "local:///opt/kfrelease/kfrelease/data/spark.py"
+SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true"}
 ROLE = "data-engineer"
 _OUT = "kind string, item string, value string"
 
@@ -162,21 +162,8 @@ def _typed(spec: DatasetSpec, repeated: dict[str, list[str]]) -> dict[str, pd.Se
 
 
 def local_session(threads: int = 2, memory: str = "1g"):
-    """A small local-mode session whose Python workers run this interpreter (and so this kfrelease): PySpark
-    starts its workers with ``PYSPARK_PYTHON``, read when the session's context starts."""
-    from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-    return (
-        SparkSession.builder.master(f"local[{threads}]")
-        .appName("kfrelease-data")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", memory)
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
+    """A small local-mode session with the data job's settings (those of ``render_data_application``)."""
+    return spark_local_session(threads, memory, app="kfrelease-data", conf=SESSION_CONF)
 
 
 def _run_tasks(spark, spec: DatasetSpec, objects: list[SourceObject], columns, staging, run, repeated):
@@ -262,41 +249,18 @@ def render_data_application(
     """The ``SparkApplication`` that publishes ``spec``'s dataset on the cluster (validated by the tests against
     the vendored CRD). Its driver runs as the data engineers' service account (their IRSA role reads ``raw``
     and writes ``curated``); the spec travels in the arguments, base64 encoded."""
-    name = re.sub(r"[^a-z0-9-]+", "-", f"data-{spec.name}-{run_id}".lower()).strip("-")[:63].rstrip("-")
-    args = ["--spec-b64", base64.b64encode(spec.text.encode()).decode(), "--run-id", run_id]
-    part_of = {"app.kubernetes.io/part-of": "kfrelease"}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "SparkApplication",
-        "metadata": {"name": name, "namespace": namespace, "labels": {**part_of, "kfrelease.io/dataset": spec.name}},
-        "spec": {
-            "type": "Python",
-            "pythonVersion": "3",
-            "mode": "cluster",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "mainApplicationFile": ENTRYPOINT,
-            "arguments": args,
-            "sparkVersion": SPARK_VERSION,
-            "sparkConf": {"spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true"},
-            "restartPolicy": {  # an infrastructure failure is retried; a validation error is a result, exit 0
-                "type": "OnFailure",
-                "onFailureRetries": 2,
-                "onFailureRetryInterval": 30,
-                "onSubmissionFailureRetries": 2,
-                "onSubmissionFailureRetryInterval": 30,
-            },
-            "timeToLiveSeconds": 86400,
-            "driver": {"cores": 1, "memory": "2g", "serviceAccount": service_account, "labels": dict(part_of)},
-            "executor": {
-                "cores": 2,
-                "instances": int(executors),
-                "memory": executor_memory,
-                "serviceAccount": service_account,
-                "labels": dict(part_of),
-            },
-        },
-    }
+    return spark_application(
+        name=application_name("data", spec.name, run_id),
+        namespace=namespace,
+        labels={"kfrelease.io/dataset": spec.name},
+        image=image,
+        entrypoint=ENTRYPOINT,
+        arguments=["--spec-b64", base64.b64encode(spec.text.encode()).decode(), "--run-id", run_id],
+        spark_conf=SESSION_CONF,
+        service_account=service_account,
+        executors=executors,
+        executor_memory=executor_memory,
+    )
 
 
 def staging_for(spec: DatasetSpec, run_id: str) -> Staging:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -27,21 +28,32 @@ from kfrelease.quality.metrics import InsufficientData
 log = logging.getLogger(__name__)
 
 
-def local_session(threads: int = 2, memory: str = "1g"):
-    """A small local-mode session (no UI), for tests and the benchmark."""
+def local_session(
+    threads: int = 2, memory: str = "1g", *, app: str = "kfrelease-monitoring", conf: dict[str, str] | None = None
+):
+    """A small local-mode Spark session (no UI, no progress bar) for tests, the benchmark and the data pipeline's
+    local ``engine: spark``. Its Python workers run this interpreter (PySpark starts them with ``PYSPARK_PYTHON``,
+    read when the session's context starts). ``conf``: the job's own settings; by default the monitoring
+    window's (UTC session time, ``threads`` shuffle partitions, non-ANSI casts as in ``kfrelease.monitoring.spark_app``)."""
     from pyspark.sql import SparkSession  # optional: pyspark (the spark extra)
 
-    return (
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if conf is None:
+        conf = {
+            "spark.sql.shuffle.partitions": str(threads),
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.ansi.enabled": "false",
+        }
+    builder = (
         SparkSession.builder.master(f"local[{threads}]")
-        .appName("kfrelease-monitoring")
+        .appName(app)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", memory)
-        .config("spark.sql.shuffle.partitions", str(threads))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.ansi.enabled", "false")
-        .getOrCreate()
     )
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def define_views(

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import time as _time
 from dataclasses import dataclass
 
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.k8s.render.spark import API_VERSION, application_name, spark_application
 from kfrelease.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "sparkoperator.k8s.io/v1beta2"
-SPARK_VERSION = "4.0.1"
 SPARK_THRESHOLD = 50_000_000
 SPARK_DAYS = 31
 DONE = {"COMPLETED"}
@@ -105,8 +103,7 @@ def monitoring_engine(
 
 
 def _name(model: str, run_id: str) -> str:
-    base = re.sub(r"[^a-z0-9-]+", "-", f"monitor-{model}-{run_id}".lower()).strip("-")
-    return base[:63].rstrip("-")
+    return application_name("monitor", model, run_id)
 
 
 def render_spark_application(
@@ -133,53 +130,25 @@ def render_spark_application(
         args += ["--since", since]
     if until:
         args += ["--until", until]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "SparkApplication",
-        "metadata": {
-            "name": _name(model, run_id),
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "kfrelease", "kfrelease.io/model": _name(model, "")[8:]},
+    return spark_application(
+        name=_name(model, run_id),
+        namespace=namespace,
+        labels={"kfrelease.io/model": _name(model, "")[len("monitor-") :]},
+        image=image,
+        entrypoint=ENTRYPOINT,
+        arguments=args,
+        spark_conf={
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.ansi.enabled": "false",
+            "spark.hadoop.fs.s3a.aws.credentials.provider": (
+                "software.amazon.awssdk.auth.credentials.WebIdentityTokenFileCredentialsProvider"
+            ),
+            "spark.hadoop.mapreduce.input.fileinputformat.input.dir.recursive": "true",
         },
-        "spec": {
-            "type": "Python",
-            "pythonVersion": "3",
-            "mode": "cluster",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "mainApplicationFile": ENTRYPOINT,
-            "arguments": args,
-            "sparkVersion": SPARK_VERSION,
-            "sparkConf": {
-                "spark.sql.session.timeZone": "UTC",
-                "spark.sql.ansi.enabled": "false",
-                "spark.hadoop.fs.s3a.aws.credentials.provider": (
-                    "software.amazon.awssdk.auth.credentials.WebIdentityTokenFileCredentialsProvider"
-                ),
-                "spark.hadoop.mapreduce.input.fileinputformat.input.dir.recursive": "true",
-            },
-            "restartPolicy": {
-                "type": "OnFailure",
-                "onFailureRetries": 2,
-                "onFailureRetryInterval": 30,
-                "onSubmissionFailureRetries": 2,
-                "onSubmissionFailureRetryInterval": 30,
-            },
-            "timeToLiveSeconds": 86400,
-            "driver": {
-                "cores": 1,
-                "memory": "2g",
-                "serviceAccount": service_account,
-                "labels": {"app.kubernetes.io/part-of": "kfrelease"},
-            },
-            "executor": {
-                "cores": 2,
-                "instances": int(executors),
-                "memory": executor_memory,
-                "labels": {"app.kubernetes.io/part-of": "kfrelease"},
-            },
-        },
-    }
+        service_account=service_account,
+        executors=executors,
+        executor_memory=executor_memory,
+    )
 
 
 def application_state(obj: dict) -> str:

@@ -140,8 +140,9 @@ def test_dockerfile_builds_the_project_and_workspace_images_without_secrets():
 
 
 def test_the_spark_image_runs_the_application_file_the_spark_application_names():
+    from kfrelease.k8s.render.spark import SPARK_VERSION
     from kfrelease.lake.spark import __file__ as spark_module
-    from kfrelease.monitoring.spark_app import ENTRYPOINT, SPARK_VERSION
+    from kfrelease.monitoring.spark_app import ENTRYPOINT
 
     text = (REPO / "Dockerfile").read_text()
     spark = text[text.index("FROM project AS spark") :]
