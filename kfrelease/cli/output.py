@@ -31,6 +31,14 @@ err_console = Console(stderr=True)
 
 #: ``--json`` for a listing command: the command's rows as one JSON document instead of its tables.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON (no table).")
+#: ``--spec`` of every command that reads a rollout spec (``release run``, ``release plan``, ``serve``).
+spec_option = click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
+)
 
 
 def print_json(doc) -> None:

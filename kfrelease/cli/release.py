@@ -6,7 +6,7 @@ import json
 
 import click
 
-from kfrelease.cli.output import console, json_option, print_json, table
+from kfrelease.cli.output import console, json_option, print_json, spec_option, table
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.registry import ModelRegistry
@@ -28,14 +28,6 @@ def register(cli: click.Group) -> None:
     @cli.group()
     def release() -> None:
         """Release a staging candidate: shadow accuracy gate, canary steps, automatic rollback."""
-
-    spec_option = click.option(
-        "--spec",
-        "spec_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
-    )
 
     @release.command("run")
     @click.argument("model")

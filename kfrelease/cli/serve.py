@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from kfrelease.cli.output import console, json_option, print_json, rows_as_records, table
+from kfrelease.cli.output import console, json_option, print_json, rows_as_records, spec_option, table
 from kfrelease.config import Settings
 from kfrelease.errors import NotFound
 from kfrelease.registry import ModelRegistry
@@ -19,14 +19,6 @@ from kfrelease.stack.services import declared_services
 from kfrelease.stack.slots import all_slots
 from kfrelease.stack.watchdog import watchdog_service
 from kfrelease.storage import store_for
-
-spec_option = click.option(
-    "--spec",
-    "spec_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Rollout spec YAML (default: the packaged kfrelease/rollout/default.yaml).",
-)
 
 
 def registry_versions(settings: Settings, model: str) -> tuple[str | None, str | None]:
