@@ -21,15 +21,16 @@ doubles a batch) and deletes the segment only once every object of it is stored.
 down, segments pile up locally and are flushed, oldest first, when it is back (the spool's back-off).
 Closed hours with many small batches are compacted into one (``kfrelease.lake.write.compact_partition``).
 
-Who may log what (a cluster): the sink is started with ``--writer <principal>=<stage>,...`` per predictor identity
-(``kfrelease.k8s.render.mesh.logsink_writer_args``: production's service account logs ``production`` and
-``canary``, the shadow's ``staging``). An event is only its attributes (kserve/kserve@v0.20.0 ``pkg/logger/worker.go``
-sets id, source and the extensions ``inferenceservicename``, ``namespace``, ``component``, ``endpoint``; nothing
-signs them), so who sent it is the caller's mesh identity, read from the ``x-forwarded-client-cert`` header the
-sink's own sidecar sets (``kfrelease.collectors.peer.peer_principal``). A request whose peer is not a declared
-writer, or that holds an event of a stage its peer does not log, is answered 403 with a JSON error naming it, and
-none of it is written: the shadow cannot log "production's" answers to the mirrored request ids. With no writer
-declared (the embedded stack: no mesh, one user) every event is taken.
+Who may log what (a cluster): the sink is started with ``--writer <principal>=<model>:<stage>,...`` per predictor
+identity (``kfrelease.k8s.render.mesh.logsink_writer_args``: one service account per InferenceService, so per model
+and stage: a model's production identity logs that model's ``production`` and ``canary``, its shadow's that model's
+``staging``). An event is only its attributes (kserve/kserve@v0.20.0 ``pkg/logger/worker.go`` sets id, source and the
+extensions ``inferenceservicename``, ``namespace``, ``component``, ``endpoint``; nothing signs them), so who sent it
+is the caller's mesh identity, read from the ``x-forwarded-client-cert`` header the sink's own sidecar sets
+(``kfrelease.collectors.peer.peer_principal``). A request whose peer is not a declared writer, or that holds an event
+of another model or of a stage its peer does not log, is answered 403 with a JSON error naming it, and none of it is
+written: a shadow cannot log "production's" answers to the mirrored request ids, nor any event of another model.
+With no writer declared (the embedded stack: no mesh, one user) every event is taken.
 
 Duplicates: an event is identified by its server (CloudEvents ``source``, InferenceService, endpoint), its
 ``id`` and its type (``event_key``: the primary, the shadow and the canary answer the same request id, and
@@ -95,32 +96,52 @@ class ForeignEvent(KfreleaseError):
     """An event its sender's mesh identity may not log (another stage's); answered with 403."""
 
 
-def parse_writer(text: str) -> tuple[str, frozenset[str]]:
-    """``<principal>=<stage>,<stage>`` (``--writer``) -> (principal, stages)."""
-    who, _, stages = text.partition("=")
+#: What a declared writer may log: the model its events must name and the stages of it.
+WriterScope = tuple[str, frozenset[str]]
+
+
+def parse_writer(text: str) -> tuple[str, WriterScope]:
+    """``<principal>=<model>:<stage>[,<stage>]`` (``--writer``) -> (principal, (model, stages))."""
+    who, _, what = text.partition("=")
+    model, _, stages = what.rpartition(":")
     wanted = frozenset(s.strip() for s in stages.split(",") if s.strip())
-    if not who or not wanted or not wanted <= {"production", "canary", "staging"}:
-        raise ValueError(f"--writer {text!r}: expected <principal>=<stage>[,<stage>] of production, canary, staging")
-    return who, wanted
+    if not who or not model or not wanted or not wanted <= {"production", "canary", "staging"}:
+        raise ValueError(
+            f"--writer {text!r}: expected <principal>=<model>:<stage>[,<stage>] with stages of production, canary, "
+            "staging"
+        )
+    return who, (model, wanted)
 
 
-def check_writer(writers: dict[str, frozenset[str]], peer: str | None, lines: list[dict]) -> None:
-    """ForeignEvent unless ``peer`` (the caller's mesh principal) is a declared writer of every line's stage; no
-    ``writers`` (the embedded stack) takes every line."""
+def parse_writers(texts: list[str]) -> dict[str, WriterScope]:
+    """Every ``--writer``; a principal declared twice is a ValueError (one identity logs one model)."""
+    out: dict[str, WriterScope] = {}
+    for text in texts:
+        who, writer = parse_writer(text)
+        if who in out:
+            raise ValueError(f"--writer {who} is declared twice: one predictor identity logs one model")
+        out[who] = writer
+    return out
+
+
+def check_writer(writers: dict[str, WriterScope], peer: str | None, lines: list[dict]) -> None:
+    """ForeignEvent unless ``peer`` (the caller's mesh principal) is a declared writer of every line's model and
+    stage; no ``writers`` (the embedded stack) takes every line."""
     if not writers:
         return
-    stages = writers.get(peer or "")
-    if stages is None:
+    writer = writers.get(peer or "")
+    if writer is None:
         raise ForeignEvent(
             f"{peer or 'a caller without a mesh identity'} may not log predictions here: only the predictors' "
             f"service accounts may ({', '.join(sorted(writers))}); nothing was written"
         )
+    model, stages = writer
     for i, line in enumerate(lines):
-        if line["stage"] not in stages:
+        if line["model"] != model or line["stage"] not in stages:
             raise ForeignEvent(
-                f"event {i} ({line.get('inferenceservicename') or line['model']} {line.get('model_version') or ''}, "
-                f"stage {line['stage']}) is not {peer}'s to log: that identity logs {', '.join(sorted(stages))} "
-                "only; nothing of this request was written"
+                f"event {i} (model {line['model']}, {line.get('inferenceservicename') or line['model']} "
+                f"{line.get('model_version') or ''}, stage {line['stage']}) is not {peer}'s to log: that identity "
+                f"logs {', '.join(sorted(stages))} of model {model} only; nothing of this request was written"
             )
 
 
@@ -477,10 +498,10 @@ class LogSink:
         dedup_window: int = 500_000,
         max_segment_events: int = 20_000,
         compact_interval: float = 300.0,
-        writers: dict[str, frozenset[str]] | None = None,
+        writers: dict[str, WriterScope] | None = None,
     ):
         self.settings = settings
-        #: mesh principal -> the stages it may log (``check_writer``); empty: every event is taken
+        #: mesh principal -> the model and stages it may log (``check_writer``); empty: every event is taken
         self.writers = dict(writers or {})
         self.writer = BatchWriter(
             store or store_for("serving", settings),
@@ -593,14 +614,14 @@ def main(argv: list[str] | None = None) -> int:
         "--writer",
         action="append",
         default=[],
-        metavar="PRINCIPAL=STAGES",
-        help="a mesh principal that may log these stages (repeat; none: every event is taken)",
+        metavar="PRINCIPAL=MODEL:STAGES",
+        help="a mesh principal that may log these stages of this model (repeat; none: every event is taken)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     try:
-        writers = dict(parse_writer(w) for w in args.writer)
+        writers = parse_writers(args.writer)
     except ValueError as exc:
         p.error(str(exc))
     sink = LogSink(settings, flush_interval=args.flush_interval, writers=writers)

@@ -7,7 +7,7 @@ import pytest
 
 from kfrelease.k8s.environments import RELEASE_NS
 from kfrelease.k8s.policy.istio import Request, Workload, decide, knative_pod_probe, mtls_mode, upstream_policies
-from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, REPLAY_HEADER, REPLAY_VALUE
+from kfrelease.k8s.render.inference import REPLAY_HEADER, REPLAY_VALUE, predictor_service_account
 from kfrelease.k8s.render.mesh import (
     GATEWAY_SELECTOR,
     INGRESS_GATEWAY,
@@ -26,7 +26,7 @@ PREDICTOR = Workload(NS, {"component": "predictor", "serving.kserve.io/inference
 SHADOW = Workload(NS, {"component": "predictor", "serving.kserve.io/inferenceservice": "diabetes-progression-staging"})
 SINK = Workload(NS, {"app.kubernetes.io/name": "kfrelease-logsink"})
 FEEDBACK = Workload(NS, {"app.kubernetes.io/name": "kfrelease-feedback"})
-AGENT = principal(NS, PREDICTOR_SERVICE_ACCOUNT)
+AGENT = principal(NS, predictor_service_account("diabetes-progression"))
 DATA_SCIENTIST = principal("ds-ada", "default-editor")
 SHOP = principal("shop", "checkout")  # a pod of a namespace the environments name in mesh_clients
 PREDICT = "/v1/models/diabetes-progression:predict"

@@ -19,6 +19,7 @@ from kfrelease.collectors.sink import (
     event_key,
     event_line,
     parse_writer,
+    parse_writers,
 )
 from kfrelease.lake import count_events, read_predictions
 from kfrelease.lake.read import stored_rows
@@ -424,57 +425,102 @@ def test_small_batches_of_a_closed_hour_are_compacted_into_one_with_every_row_on
     assert len(before) == 20 and compact_partition(store, "inference-logs", path) is None  # nothing left to merge
 
 
-def test_on_a_cluster_each_predictor_identity_logs_its_own_stage_only(tmp_path):
+def test_on_a_cluster_each_predictor_identity_logs_its_own_model_and_stage_only(tmp_path):
     """Review eks4 R2, beside the refused pickle: a logged event is only its attributes (kserve/kserve@v0.20.0
     ``pkg/logger/worker.go``), so the sink, started with the rendered Deployment's ``--writer`` arguments, asks who
-    posted (the ``x-forwarded-client-cert`` its sidecar sets). The shadow's identity posting a response that names
-    production's InferenceService for a mirrored request id is a 403 JSON error and nothing is written; each
+    posted (the ``x-forwarded-client-cert`` its sidecar sets). Each InferenceService has its own service account
+    (per model and stage), and the rendered service accounts, the sink's ALLOW policy, its ``--writer`` arguments
+    and the InferenceServices' ``serviceAccountName`` name the same identities. The shadow's identity posting a
+    response that names production's InferenceService for a mirrored request id is a 403 JSON error and nothing is
+    written; so is a predictor of one model posting another model's events (its shadow logging the other's staging,
+    its production the other's production: both were taken while one service account served every model); each
     identity's own events, production's canary included, are taken; a caller with no mesh identity is refused."""
+    import dataclasses
+
     from kfrelease.config import Settings
-    from kfrelease.k8s.render.inference import (
-        PREDICTOR_SERVICE_ACCOUNT,
-        STAGING_PREDICTOR_SERVICE_ACCOUNT,
-        production_name,
-        staging_name,
-    )
+    from kfrelease.k8s.render.inference import production_name, render_inference_services, staging_name
     from kfrelease.k8s.render.mesh import principal
     from kfrelease.k8s.render.tree import Sources, environment_documents
+    from kfrelease.rollout.traffic import TrafficState
 
     sources = Sources.load()
+    spec = sources.spec
+    other = spec.with_changes(model="friedman-response")
+    sources = dataclasses.replace(sources, models=(spec, other))
     env = sources.envs.environments["production"]
-    (deployment,) = [
-        d
-        for d in environment_documents(sources, env)
-        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kfrelease-logsink"
-    ]
+    docs = environment_documents(sources, env)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kfrelease-logsink"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    writers = dict(parse_writer(args[i + 1]) for i, a in enumerate(args) if a == "--writer")
+    writers = parse_writers([args[i + 1] for i, a in enumerate(args) if a == "--writer"])
     ns = deployment["metadata"]["namespace"]
-    production, shadow = principal(ns, PREDICTOR_SERVICE_ACCOUNT), principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)
-    assert writers == {production: {"production", "canary"}, shadow: {"staging"}}
+
+    def identities(s) -> tuple[str, str]:  # (production's, the shadow's) as the InferenceServices run them
+        state = TrafficState(primary="V1.1.0", shadow="V1.2.0")
+        isvcs = render_inference_services(s, state, {"V1.1.0": "oci://r/m:1", "V1.2.0": "oci://r/m:2"})
+        sa = {d["metadata"]["name"]: d["spec"]["predictor"]["serviceAccountName"] for d in isvcs}
+        return principal(ns, sa[production_name(s)]), principal(ns, sa[staging_name(s)])
+
+    (production, shadow), (other_production, other_shadow) = identities(spec), identities(other)
+    a, b = production_name(spec), production_name(other)
+    assert writers == {
+        production: (a, {"production", "canary"}),
+        shadow: (a, {"staging"}),
+        other_production: (b, {"production", "canary"}),
+        other_shadow: (b, {"staging"}),
+    }
+    accounts = {principal(ns, d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
+    (policy,) = [d for d in docs if d["kind"] == "AuthorizationPolicy" and d["metadata"]["name"] == "kfrelease-logsink"]
+    allowed = {p for r in policy["spec"]["rules"] for f in r.get("from", []) for p in f["source"].get("principals", [])}
+    assert set(writers) <= accounts and allowed == set(writers)
 
     def sent_by(who: str) -> dict:  # what the sink's sidecar appends for an mTLS peer (APPEND_FORWARD, URI SAN)
         return {
             "x-forwarded-client-cert": f"By=spiffe://{principal(ns, 'kfrelease-serving')};Hash=0;URI=spiffe://{who}"
         }
 
-    spec = sources.spec
     answer = {**KSERVE_HEADERS, "ce-type": "org.kubeflow.serving.inference.response", "ce-endpoint": ""}
     prod_answer = {**answer, "ce-id": "mirrored-1", "ce-inferenceservicename": production_name(spec)}
     shadow_answer = {**prod_answer, "ce-inferenceservicename": staging_name(spec)}
     canary = {**prod_answer, "ce-id": "canary-1", "ce-endpoint": "canary"}
+    other_answer = {**prod_answer, "ce-id": "other-1", "ce-inferenceservicename": production_name(other)}
+    other_shadow_answer = {**other_answer, "ce-inferenceservicename": staging_name(other)}
     body = b'{"predictions": [99999.0], "model_version": "V1.1.0"}'
     sink = LogSink(Settings(home=tmp_path), wal_dir=tmp_path / "wal", store=object(), writers=writers)
     with TestClient(create_app(sink)) as client:
         forged = client.post("/", content=body, headers={**prod_answer, **sent_by(shadow)})
         assert forged.status_code == 403, forged.text
         error = forged.json()["error"]
-        assert f"stage production) is not {shadow}'s to log: that identity logs staging only" in error, error
+        assert f"stage production) is not {shadow}'s to log: that identity logs staging of model {a} only" in error
         assert _wal_ids(tmp_path / "wal") == []
         nobody = client.post("/", content=body, headers=shadow_answer)  # plain text: no sidecar, no identity
         assert nobody.status_code == 403 and "a caller without a mesh identity may not log" in nobody.json()["error"]
+        # one model's predictors log nothing of another's: its shadow not the other's staging, its production
+        # not the other's production (the same stage, so only the model tells them apart)
+        for who, headers in ((shadow, other_shadow_answer), (production, other_answer)):
+            refused = client.post("/", content=body, headers={**headers, **sent_by(who)})
+            assert refused.status_code == 403, refused.text
+            assert f"(model {b}, " in refused.json()["error"] and f"of model {a} only" in refused.json()["error"]
+        assert _wal_ids(tmp_path / "wal") == []
         assert client.post("/", content=body, headers={**shadow_answer, **sent_by(shadow)}).status_code == 200
         assert client.post("/", content=body, headers={**prod_answer, **sent_by(production)}).status_code == 200
         assert client.post("/", content=body, headers={**canary, **sent_by(production)}).status_code == 200
         assert client.post("/", content=body, headers={**canary, **sent_by(shadow)}).status_code == 403
-    assert sorted(_wal_ids(tmp_path / "wal")) == ["canary-1", "mirrored-1", "mirrored-1"]
+        assert client.post("/", content=body, headers={**other_answer, **sent_by(other_production)}).status_code == 200
+        assert client.post("/", content=body, headers={**canary, **sent_by(other_production)}).status_code == 403
+    assert sorted(_wal_ids(tmp_path / "wal")) == ["canary-1", "mirrored-1", "mirrored-1", "other-1"]
+
+
+def test_a_writer_names_one_model_and_its_stages(capsys):
+    """``--writer <principal>=<model>:<stages>``: the stage-only form of before names no model and is refused, as
+    is a principal declared twice (one predictor identity logs one model); the sink says so in one line."""
+    from kfrelease.collectors.sink import main
+
+    p = "cluster.local/ns/kfrelease-serving/sa/kfrelease-predictor-m"
+    assert parse_writer(f"{p}=m:production,canary") == (p, ("m", {"production", "canary"}))
+    for bad in ([f"{p}=staging"], [f"{p}=m:shadow"], [f"{p}=m:staging", f"{p}=n:staging"]):
+        with pytest.raises(ValueError, match="--writer"):
+            parse_writers(bad)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--writer", f"{p}=staging"])
+    assert exit_.value.code == 2
+    assert "expected <principal>=<model>:<stage>" in capsys.readouterr().err.strip().splitlines()[-1]

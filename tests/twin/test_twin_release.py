@@ -43,13 +43,13 @@ from kfrelease.k8s.policy.rbac import service_account
 from kfrelease.k8s.render.egress import mesh_client_sidecars
 from kfrelease.k8s.render.inference import (
     CANARY_SERIES_STAGE,
-    PREDICTOR_SERVICE_ACCOUNT,
     REPLAY_HEADER,
     REPLAY_VALUE,
-    STAGING_PREDICTOR_SERVICE_ACCOUNT,
+    predictor_identity,
     predictor_name,
     predictor_service,
     production_name,
+    staging_name,
     version_slug,
 )
 from kfrelease.k8s.render.kubeflow import oauth2_proxy_kustomization
@@ -79,6 +79,8 @@ ENV = SOURCES.envs.environments["staging"]  # KServe 0.20: Standard mode with sp
 # min_exposure 0: the gate's tail check needs about 1,900 labelled pairs before it can pass (GateRule); the
 # accuracy check decides on this test's ~60
 SPEC = SOURCES.spec.with_changes(serving={"deployment_mode": "RawDeployment"}, shadow={"min_exposure": 0})
+#: a second model the platform serves (rendered beside SPEC: its own predictor identities and sink writers)
+OTHER = SPEC.with_changes(model="friedman-response")
 V1, V2 = ENV.production_version, "V1.2.0"
 REPO = f"oci://{ENV.registry}/kfrelease/{SPEC.model}"
 URIS = {V1: f"{REPO}:{V1}", V2: f"{REPO}@sha256:" + "b" * 64}
@@ -201,7 +203,7 @@ def answers(twin: Twin, host: str, n: int, via: str = "alb", ids: list | None = 
 
 
 def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and_promoted(twin, monkeypatch):
-    src = Sources(**{**SOURCES.__dict__, "spec": SPEC})
+    src = Sources(**{**SOURCES.__dict__, "spec": SPEC, "models": (SPEC, OTHER)})
     cluster = Cluster(environment_documents(src, ENV) + inference_documents(SPEC, ENV), kserve=ENV.kserve_version)
     driver = KServeTrafficDriver(
         SPEC,
@@ -319,7 +321,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert len(read_labels(store, SPEC.model, since=since)) == 160  # the forged ones are stored, and ignored
     sink = next(p for p in twin.services.values() if p.labels["app.kubernetes.io/name"] == "kfrelease-logsink")
     ns = SPEC.serving.namespace
-    own = {principal(ns, PREDICTOR_SERVICE_ACCOUNT), principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)}
+    own = {principal(ns, predictor_identity(SPEC, "production")), principal(ns, predictor_identity(SPEC, "staging"))}
     assert {d.peer for d in sink.sidecar.decisions} == own  # production's agent and the shadow's, each its own SA
     assert all(d.allowed for d in sink.sidecar.decisions)
 
@@ -343,7 +345,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         "ce-component": "predictor",
         "ce-endpoint": "",
         "content-type": "application/json",
-        "x-forwarded-client-cert": f"URI=spiffe://{principal(ns, PREDICTOR_SERVICE_ACCOUNT)}",
+        "x-forwarded-client-cert": f"URI=spiffe://{principal(ns, predictor_identity(SPEC, 'production'))}",
     }
     body = json.dumps({"predictions": [1e6], "model_version": V1}).encode()
     assert twin.send_from(shadow, shadow.logger["url"], body, forged) == 403
@@ -353,6 +355,18 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert len(after) == len(before) and ids[0][0] in set(after["request_id"])
     answered = after[after["request_id"] == ids[0][0]]["production"]
     assert answered.tolist() == pytest.approx([v1[ids[0][1]]])  # production's own answer, not the forged 1e6
+    # nor does it log anything of another model: the other's staging events (the stage it logs, another model's
+    # shadow gate) are refused too, since each InferenceService has its own identity; one service account for
+    # every model's shadow took them
+    other = {
+        **forged,
+        "ce-id": "other-model-1",
+        "ce-inferenceservicename": staging_name(OTHER),
+        "x-forwarded-client-cert": f"URI=spiffe://{principal(ns, predictor_identity(OTHER, 'staging'))}",
+    }
+    assert twin.send_from(shadow, shadow.logger["url"], body, other) == 403
+    eventually(lambda: httpx.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten")
+    assert len(read_predictions(store, OTHER.model, since=since)) == 0
 
     # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
     driver.apply(TrafficState(primary=V1, canary=V2, canary_weight=50))

@@ -21,7 +21,7 @@ from kfrelease.k8s.policy.rbac import (
 from kfrelease.k8s.render import mesh
 from kfrelease.k8s.render.egress import mesh_client_sidecars
 from kfrelease.k8s.render.eks import cluster_config
-from kfrelease.k8s.render.inference import PREDICTOR_SERVICE_ACCOUNT, STAGING_PREDICTOR_SERVICE_ACCOUNT, staging_name
+from kfrelease.k8s.render.inference import predictor_identity, staging_name
 from kfrelease.k8s.render.platform import RELEASE_DRIVER_SA, UNTRUSTED_SA
 from kfrelease.rollout.spec import RolloutSpec
 from kfrelease.rollout.traffic import TrafficState
@@ -185,8 +185,9 @@ def mesh_findings(
     autoscaler = sent("knative-serving", {"app": "autoscaler"}, "controller", predictor)
     callers["Knative activator -> predictor"] = mesh.KNATIVE_ACTIVATOR
     callers["Knative autoscaler -> queue-proxy metrics"] = mesh.KNATIVE_AUTOSCALER
-    callers["KServe agent -> log sink"] = mesh.principal(ns, PREDICTOR_SERVICE_ACCOUNT)
-    callers["the shadow's KServe agent -> log sink"] = mesh.principal(ns, STAGING_PREDICTOR_SERVICE_ACCOUNT)
+    production_sa, shadow_sa = predictor_identity(spec, "production"), predictor_identity(spec, "staging")
+    callers["KServe agent -> log sink"] = mesh.principal(ns, production_sa)
+    callers["the shadow's KServe agent -> log sink"] = mesh.principal(ns, shadow_sa)
     needed = {
         "ingress gateway -> predictor": istio.Request(predictor, 8012, predict, "POST", mesh.INGRESS_GATEWAY),
         "ingress gateway -> raw predictor (KServe agent)": istio.Request(
@@ -195,10 +196,10 @@ def mesh_findings(
         "Knative activator -> predictor": istio.Request(predictor, 8012, predict, "POST", activator),
         "Knative autoscaler -> queue-proxy metrics": istio.Request(predictor, 9090, "/metrics", "GET", autoscaler),
         "KServe agent -> log sink": istio.Request(
-            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), PREDICTOR_SERVICE_ACCOUNT, sink)
+            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), production_sa, sink)
         ),
         "the shadow's KServe agent -> log sink": istio.Request(
-            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), STAGING_PREDICTOR_SERVICE_ACCOUNT, sink)
+            sink, 8080, "/", "POST", sent(ns, dict(mesh.PREDICTOR_SELECTOR), shadow_sa, sink)
         ),
         "client -> feedback": istio.Request(feedback, 8080, mesh.FEEDBACK_PATH, "POST", mesh.INGRESS_GATEWAY),
         "Prometheus -> predictor metrics": istio.Request(predictor, 8080, "/metrics", "GET", None),

@@ -51,17 +51,16 @@ DEFAULT_INGRESS_GATEWAY = "kubeflow/kubeflow-gateway"
 DEFAULT_DOMAIN = "example.com"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 STORAGE_SCHEMES = ("oci://", "s3://")
-#: The predictors' own service accounts, one per role: production's InferenceService (its stable predictor and its
-#: canaries: a Serverless canary is a revision of the same predictor spec) and the staging one (the shadow). Istio's
-#: peer identity is the pod's service account, so the log sink tells the shadow's events from production's by it
-#: (``kfrelease.collectors.sink`` ``--writer``; the ALLOW policy names both: ``kfrelease.k8s.render.mesh``).
-PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor"
-STAGING_PREDICTOR_SERVICE_ACCOUNT = "kfrelease-predictor-staging"
-#: The stages each predictor identity may log (``ce-stage`` / the InferenceService's suffix, ``sink._stage``).
-PREDICTOR_WRITERS = {
-    PREDICTOR_SERVICE_ACCOUNT: ("production", "canary"),
-    STAGING_PREDICTOR_SERVICE_ACCOUNT: ("staging",),
-}
+#: Prefix of the predictors' own service accounts: one per InferenceService, so one per model and stage
+#: (``predictor_service_account``): production's InferenceService (its stable predictor and its canaries: a Serverless
+#: canary is a revision of the same predictor spec, a Standard-mode one an entry of its ``spec.canary``) and the
+#: staging one (the shadow). Istio's peer identity is the pod's service account, so the log sink tells each model's
+#: shadow from its production, and one model's predictors from another's, by it (``kfrelease.collectors.sink``
+#: ``--writer``; the ALLOW policy names them all: ``kfrelease.k8s.render.mesh``).
+PREDICTOR_SERVICE_ACCOUNT_PREFIX = "kfrelease-predictor-"
+#: The stages each of a model's predictor identities may log (``ce-stage`` / the InferenceService's suffix,
+#: ``sink._stage``), by the stage its InferenceService serves.
+PREDICTOR_STAGES = {"production": ("production", "canary"), "staging": ("staging",)}
 #: KServe version the cluster runs when the caller names none (``kfrelease.k8s.versions``: the newest).
 DEFAULT_KSERVE_VERSION = "0.20.0"
 #: Annotation on the VirtualService recording the traffic state the release moved to (resume after eviction).
@@ -173,6 +172,34 @@ def staging_name(spec: RolloutSpec) -> str:
     return f"{production_name(spec)}-staging"
 
 
+def predictor_service_account(isvc: str) -> str:
+    """The service account of the predictor pods of InferenceService ``isvc`` (``kfrelease-predictor-<isvc>``)."""
+    return f"{PREDICTOR_SERVICE_ACCOUNT_PREFIX}{isvc}"
+
+
+def predictor_identity(spec: RolloutSpec, stage: str) -> str:
+    """The service account a predictor of ``spec``'s model serving ``stage`` runs as: the staging InferenceService's
+    for ``staging``, production's for production and its canaries."""
+    return predictor_service_account(staging_name(spec) if stage == "staging" else production_name(spec))
+
+
+def predictor_writers(specs) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each predictor service account of these models -> (the model its events must name, the stages it logs):
+    what the log sink is started with (``kfrelease.k8s.render.mesh.logsink_writer_args``). A model whose
+    InferenceService name is another's (``a-staging``'s production is ``a``'s staging) is a ConfigError."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for spec in specs:
+        for stage, stages in PREDICTOR_STAGES.items():
+            sa = predictor_identity(spec, stage)
+            if sa in out and out[sa] != (production_name(spec), stages):
+                raise ConfigError(
+                    f"model {spec.model}'s {stage} InferenceService has the name of model {out[sa][0]}'s "
+                    f"({sa.removeprefix(PREDICTOR_SERVICE_ACCOUNT_PREFIX)}): rename one of them in its model.yaml"
+                )
+            out[sa] = (production_name(spec), stages)
+    return out
+
+
 def predictor_name(version: str) -> str:
     """Standard-mode predictor name of a version. Stable and canary use the same name, so promotion
     retargets the stable predictor to the canary's Deployment without a restart (kserve/kserve#5672)."""
@@ -260,7 +287,7 @@ def _predictor(
         "name": name,
         "model": _model_spec(spec, version, stage, uri, _model_format(model_formats, version)),
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url),
-        "service_account_name": STAGING_PREDICTOR_SERVICE_ACCOUNT if stage == "staging" else PREDICTOR_SERVICE_ACCOUNT,
+        "service_account_name": predictor_identity(spec, stage),
         "labels": {
             VERSION_LABEL: version_slug(version),
             "kfrelease.io/stage": stage,

@@ -199,10 +199,15 @@ def label_source_args(clients: tuple[str, ...] = (), users: tuple[str, ...] = ()
     )
 
 
-def logsink_writer_args(ns: str, writers: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """The log sink's arguments declaring which predictor identity may log which stages (``--writer
-    <principal>=<stage>,...``; ``writers`` maps a predictor service account of ``ns`` to its stages)."""
-    return tuple(a for sa, stages in writers.items() for a in ("--writer", f"{principal(ns, sa)}={','.join(stages)}"))
+def logsink_writer_args(ns: str, writers: Mapping[str, tuple[str, tuple[str, ...]]]) -> tuple[str, ...]:
+    """The log sink's arguments declaring which predictor identity may log which model's stages (``--writer
+    <principal>=<model>:<stage>,...``; ``writers`` maps a predictor service account of ``ns`` to its model and
+    stages: ``kfrelease.k8s.render.inference.predictor_writers``)."""
+    return tuple(
+        a
+        for sa, (model, stages) in writers.items()
+        for a in ("--writer", f"{principal(ns, sa)}={model}:{','.join(stages)}")
+    )
 
 
 def serving_policies(

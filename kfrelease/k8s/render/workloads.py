@@ -15,8 +15,8 @@ from kfrelease.k8s.render.admission import driver_service_policy
 from kfrelease.k8s.render.inference import (
     KNATIVE_USER_PORT_NAME,
     PREDICTOR_PORT_NAME,
-    PREDICTOR_WRITERS,
     VERSION_LABEL,
+    predictor_writers,
     production_name,
     render_release_service,
     render_serving_runtime,
@@ -152,19 +152,20 @@ def http_service(
 def serving_documents(
     spec: RolloutSpec, env: Environment, serving_sa: str, models: tuple[RolloutSpec, ...] = ()
 ) -> list[dict]:
-    """The serving namespace: runtime, log sink, feedback, the predictors' own service accounts (production's and
-    the shadow's; no IRSA, no RBAC: the ModelCar image is pulled by the kubelet), the release driver's Role and the mesh's ALLOW
-    policies (``kfrelease.k8s.render.mesh``)."""
+    """The serving namespace: runtime, log sink, feedback, the predictors' own service accounts (each model's
+    production's and shadow's: ``inference.predictor_writers``; no IRSA, no RBAC: the ModelCar image is pulled by the
+    kubelet), the release driver's Role and the mesh's ALLOW policies (``kfrelease.k8s.render.mesh``)."""
     ns = spec.serving.namespace
+    writers = predictor_writers(models or (spec,))  # one identity per InferenceService: per model and stage
     return [
         render_serving_runtime(spec, env.project_image),
-        *[service_account(sa, ns) for sa in PREDICTOR_WRITERS],
+        *[service_account(sa, ns) for sa in writers],
         *release_driver_rbac(ns, [production_name(s) for s in models or (spec,)]),
         *driver_service_policy(ns, [production_name(s) for s in models or (spec,)]),
         *[render_release_service(s) for s in models or (spec,)],
         *serving_policies(
             ns,
-            tuple(PREDICTOR_WRITERS),
+            tuple(writers),
             "kfrelease-logsink",
             "kfrelease-feedback",
             clients=env.mesh_clients,
@@ -182,7 +183,7 @@ def serving_documents(
             env.logsink_replicas,
             serving_sa,
             env.project_image,
-            extra_args=logsink_writer_args(ns, PREDICTOR_WRITERS),  # which predictor identity logs which stage
+            extra_args=logsink_writer_args(ns, writers),  # which predictor identity logs which model's stages
         ),
         *http_service(
             "kfrelease-feedback",
