@@ -195,6 +195,13 @@ def test_cloudformation_creates_the_policy_buckets_and_ecr_repositories(sources)
             f"kfrelease/{sources.spec.model}",
         } <= repos
         ci = tpl["Resources"]["CIRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+        # The runbook counts and names what step 2 creates (review eks5 L1: it said six after `releases` made seven).
+        docs = (MANIFESTS_DIR.parent / "docs" / "platform-engineer-eks.md").read_text()
+        creates = docs[docs.index("2. **Buckets, ECR, CI and image roles**") :]
+        creates = " ".join(creates[creates.index("*Creates*:") : creates.index("*Check*")].split())
+        count = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+        assert f"*Creates*: {count[len(buckets)]} S3 buckets" in creates
+        assert all(f"`{b}`" in creates for b in sources.policy.buckets), creates
         assert ci["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"] == (
             f"repo:{sources.envs.team.model_repository}:ref:refs/heads/main"
         )
