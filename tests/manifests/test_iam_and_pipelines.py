@@ -137,10 +137,11 @@ def test_only_the_release_driver_writes_the_shadow_verdict_the_rollout_step_trus
         assert allowed(in_cluster[STEP_IAM_ROLES[RELEASE_DRIVER_SA]], bucket, "read", key)
 
 
-def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_records_and_artifacts(sources):
-    """train and evaluate (the data scientist's build: code) run as the untrusted steps' IAM role: what they do
+def test_the_merged_model_code_reads_no_curated_data_and_writes_only_its_step_records_and_artifacts(sources):
+    """train and score-champion (the data scientist's build: code) run as the untrusted steps' IAM role: what they do
     (kfrelease.training.steps.train_step, run_records.step_record, the KFP launcher's artifact I/O) is allowed, and
-    no write of the registry, run records, datasets or monitoring results: only register registers."""
+    no write of the registry, run records, datasets or monitoring results: only register registers. No read of
+    curated data either (review eks5 S3): the held-out labels evaluate judges with are there."""
     from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA
 
     model = sources.spec.model
@@ -149,9 +150,6 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
         p = env.bucket_prefix
         models, curated, root = f"{p}models", f"{p}curated", f"{p}pipeline-root"
         for bucket, action, key in [
-            (curated, "read", "diabetes/latest"),
-            (curated, "read", "diabetes/versions/abc/data.parquet"),
-            (curated, "list", None),
             (models, "list", None),  # stat() of a missing step record answers 404, not 403
             (models, "read", "runs/train-abc/steps/train.json"),
             (models, "write", "runs/train-abc/steps/train.json"),
@@ -172,6 +170,9 @@ def test_the_merged_model_code_reads_curated_data_and_writes_only_its_step_recor
             (models, "read", f"registry/{model}/versions/V1.1.0/entry.json"),
             (models, "delete", "runs/train-abc/steps/train.json"),
             (curated, "write", "diabetes/latest"),
+            (curated, "read", "diabetes/latest"),
+            (curated, "read", "diabetes/versions/abc/data.parquet"),
+            (curated, "list", ""),
             (root, "write", f"monitoring/{model}/spark/part-0.parquet"),
             (root, "delete", "v2/kfrelease-training/run-1/train/model"),
         ] + [(f"{p}{b}", a, "k") for b in ("raw", "inference-logs", "feedback") for a in ("read", "write", "list")]:

@@ -83,29 +83,25 @@ def ci_trigger_policy(env: Environment) -> dict:
 
 
 def untrusted_step_policy(env: Environment) -> dict:
-    """What the steps that run the merged model code (train, evaluate: ``kfrelease-untrusted-step``) do with S3,
-    and nothing else: read the curated data (``kfrelease.training.steps.train_step``); read and write their own
-    step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``); read and write KFP
+    """What the steps that run the merged model code (train, score-champion: ``kfrelease-untrusted-step``) do with
+    S3, and nothing else. No read of ``curated``: those steps see only what split hands them as KFP artifacts (the
+    training rows and the held-out features, ``kfrelease.training.steps.split_step``), never the held-out labels that
+    evaluate judges them with (review eks5 S3: a ``build:`` function could read the dataset version and fit on its
+    test rows). They read and write their own step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``); read and write KFP
     artifacts under the pipeline root (the KFP launcher in the same pod downloads inputs and uploads outputs
     with the pod's IRSA credentials). No write of registry entries, stage events, model artifacts, run records or
     run state, datasets, monitoring results: registration is the register step's, as the pipeline role."""
-    models, curated = bucket_name("models", env.bucket_prefix), bucket_name("curated", env.bucket_prefix)
+    models = bucket_name("models", env.bucket_prefix)
     root = env.pipeline_root().removeprefix("s3://")  # <prefix>pipeline-root/v2
     return {
         "Version": "2012-10-17",
         "Statement": [
             # HeadObject of a missing key answers 404 only with ListBucket (else 403): stat() needs it unconditioned
             {
-                "Sid": "ListModelsCuratedPipelineRoot",
+                "Sid": "ListModelsPipelineRoot",
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket"],
-                "Resource": [f"arn:aws:s3:::{b}" for b in (models, curated, root.split("/")[0])],
-            },
-            {
-                "Sid": "ReadCurated",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": [f"arn:aws:s3:::{curated}/*"],
+                "Resource": [f"arn:aws:s3:::{b}" for b in (models, root.split("/")[0])],
             },
             {
                 "Sid": "StepRecords",

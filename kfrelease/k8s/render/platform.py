@@ -223,7 +223,7 @@ PIPELINE_STEP_ROLE = "kfrelease-pipeline-step"
 #: Their IAM roles (IRSA; eksctl trusts one service account per role), no ECR push (only containerize pushes,
 #: as default-editor): the release driver's has the pipeline role's S3 policy and the release role's (``RELEASE_ROLE``,
 #: the only writer of the ``releases`` bucket); the untrusted steps' only
-#: curated reads, their own step records and the KFP artifacts (``kfrelease.k8s.render.eks.untrusted_step_policy``):
+#: their own step records and the KFP artifacts, no curated data (``kfrelease.k8s.render.eks.untrusted_step_policy``):
 #: no registry write, so the merged model code cannot register, stage or promote anything itself.
 STEP_IAM_ROLES = {
     UNTRUSTED_SA: "kfrelease-pipeline-untrusted-step",
