@@ -28,8 +28,9 @@ def register(
 
     Args:
         spec: the model spec (``ModelSpec.to_dict()``: name, tag, fingerprint, input schema).
-        commit: the git commit the spec was read from.
-        dataset_version: the curated dataset version it was trained on.
+        commit: the git commit the spec was read from; for a release run it must be the run record's.
+        dataset_version: the curated dataset version it was trained on; for a release run it must be the one the
+            kept evidence was computed on (``steps.trusted_lineage``: else nothing is registered).
         run_id: the trigger's run id (recorded as lineage; the KFP job name when empty).
         job_name: the KFP pipeline job name.
         metrics: evaluate's ``Metrics`` artifact; its file holds the evidence (metrics, the comparison with

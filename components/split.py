@@ -20,7 +20,8 @@ def split(
     Args:
         spec: the model spec (``ModelSpec.to_dict()``: model.yaml text and its code at the commit).
         dataset_version: curated version to train on; ``latest`` resolves to the newest one now.
-        run_id: the trigger's run id (step states are recorded under it); empty outside a triggered run.
+        run_id: the trigger's run id (step states are recorded under it, and for a release run the decision the
+            steps after it act on: ``steps.split_decision``); empty outside a triggered run.
         train_data: the training rows (features + target, Parquet).
         holdout_features: the held-out rows' ``_row`` and features, without the target (Parquet).
         champion_model: production's artifact folder (model file + entry), copied unread; empty when there is
@@ -42,7 +43,9 @@ def split(
         run_id,
         "split",
         {"train_data": train_data.path, "holdout_features": holdout_features.path},
-        lambda: split_step(spec, dataset_version, train_data.path, holdout_features.path, champion_model.path),
+        lambda: split_step(
+            spec, dataset_version, train_data.path, holdout_features.path, champion_model.path, run_id=run_id
+        ),
     )
     train_data.metadata.update({"rows": out["train_rows"], "split": out["split"]})
     holdout_features.metadata.update({"rows": out["holdout_rows"]})

@@ -145,19 +145,20 @@ def file_digest(path: str | Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def evidence_key(run_id: str) -> str:
-    """Where ``evaluate`` keeps a release run's evidence: the ``models`` bucket beside the run record, outside
-    ``runs/*/steps/*``, the only keys of that bucket the untrusted steps' role may write
+def evidence_key(run_id: str, step: str = "evaluate") -> str:
+    """Where a trusted step keeps what it decided for a release run (``evaluate``: the evidence; ``split``: the
+    dataset version and the production version compared with): the ``models`` bucket beside the run record,
+    outside ``runs/*/steps/*``, the only keys of that bucket the untrusted steps' role may write
     (``kfrelease.k8s.render.eks.untrusted_step_policy``)."""
-    return run_key(run_id, "evidence", "evaluate.json")
+    return run_key(run_id, "evidence", f"{step}.json")
 
 
 def _canonical(evidence: dict) -> dict:
     return json.loads(json.dumps(evidence, sort_keys=True, default=str))
 
 
-def keep_evidence(store, run_id: str, evidence: dict) -> dict:
-    """Keep ``evidence`` of release run ``run_id`` for ``validate`` and ``register`` (``kept_evidence``); returns it.
+def keep_evidence(store, run_id: str, evidence: dict, step: str = "evaluate") -> dict:
+    """Keep what ``step`` decided for release run ``run_id`` for the steps after it (``kept_evidence``); returns it.
 
     Why not only the step's output parameter: on a cluster a parameter travels through Kubeflow Pipelines'
     metadata store, which every pod may rewrite (review 4 R3: kubeflow/manifests v1.11.0 and 26.03
@@ -165,26 +166,29 @@ def keep_evidence(store, run_id: str, evidence: dict) -> dict:
     ``rules: [{}]``; kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/resolve.go`` ``resolveUpstreamParameters``
     reads an upstream output from the producer's MLMD execution, ``backend/src/v2/metadata/client.go``
     ``PublishExecution`` updates it by id): the merged code of a concurrent ``train`` could rewrite a verdict's
-    metrics between evaluate and validate. Its KFP artifacts live under the pipeline root, which that role writes."""
+    metrics between evaluate and validate, or split's champion between split and evaluate. Its KFP artifacts live
+    under the pipeline root, which that role writes."""
     text = json.dumps(evidence, sort_keys=True, default=str)
-    store.put_bytes(BUCKET, evidence_key(run_id), text.encode(), content_type="application/json")
+    store.put_bytes(BUCKET, evidence_key(run_id, step), text.encode(), content_type="application/json")
     return evidence
 
 
-def kept_evidence(store, run_id: str, given: dict | None = None) -> dict:
-    """The evidence ``evaluate`` kept for release run ``run_id``; ``given`` (the parameter the step received) is
-    only a cross-check: one that differs is refused (``EvidenceError``), as is a run with no kept evidence."""
-    key = evidence_key(run_id)
+def kept_evidence(store, run_id: str, given: dict | None = None, step: str = "evaluate") -> dict:
+    """What ``step`` kept for release run ``run_id``; ``given`` (what the asking step received as parameters) is
+    only a cross-check: one that differs is refused (``EvidenceError``), as is a run with nothing kept."""
+    key = evidence_key(run_id, step)
     if store.stat(BUCKET, key) is None:
         raise EvidenceError(
-            f"evaluate kept no evidence for run {run_id} ({store.uri(BUCKET, key)}); run the training pipeline "
+            f"{step} kept no evidence for run {run_id} ({store.uri(BUCKET, key)}); run the training pipeline "
             "again: nothing was validated or registered"
         )
     kept = json.loads(store.get_bytes(BUCKET, key))
     if given is not None and _canonical(given) != kept:
+        differ = sorted(k for k in set(kept) | set(_canonical(given)) if kept.get(k) != _canonical(given).get(k))
         raise EvidenceError(
-            f"the evidence run {run_id}'s step was given differs from what evaluate kept ({store.uri(BUCKET, key)}): "
-            "a step's parameters can be rewritten in transit; nothing was validated or registered"
+            f"the evidence run {run_id}'s step was given differs from what {step} kept ({store.uri(BUCKET, key)}; "
+            f"{', '.join(differ[:5])}): a step's parameters can be rewritten in transit; nothing was validated or "
+            "registered"
         )
     return kept
 

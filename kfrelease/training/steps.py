@@ -94,11 +94,15 @@ def split_step(
     holdout_path: str,
     champion_dir: str,
     settings: Settings | None = None,
+    run_id: str = "",
 ) -> dict:
     """Trusted: resolve the curated version (``latest`` resolves now), check the spec against it, split it by the
     stable hash and hand the untrusted steps what they may see: the training rows (``train_path``), the held-out
     rows' features without the target (``holdout_path``), and production's model file, copied unread
-    (``champion_dir``, empty when there is no comparable production model). Runs no model code."""
+    (``champion_dir``, empty when there is no comparable production model). Runs no model code. For a release run
+    what it decided (``SPLIT_DECISION``: the dataset version, the production version compared with and why none) is
+    kept where ``evaluate`` and ``register`` read it (``split_decision``), since its output parameters travel
+    through KFP's metadata store."""
     from kfrelease.data.publish import get_version  # heavy: pandas
     from kfrelease.training.evidence import read_split  # heavy: pandas
 
@@ -118,7 +122,7 @@ def split_step(
     log.info(
         "split %s: %s; champion: %s", split.dataset_version, split.rule.describe(), champion and champion["version"]
     )
-    return {
+    out = {
         "dataset_version": split.dataset_version,
         "champion": champion["version"] if champion else "",
         "champion_note": "" if champion else why,
@@ -126,6 +130,45 @@ def split_step(
         "train_rows": len(split.train),
         "holdout_rows": len(split.held_out),
     }
+    _keep(store, spec, run_id, {k: out[k] for k in SPLIT_DECISION}, "split")
+    return out
+
+
+#: What ``split`` decides that the trusted steps after it act on (its output parameters).
+SPLIT_DECISION = ("dataset_version", "champion", "champion_note")
+
+
+def split_decision(store, spec: ModelSpec, run_id: str, given: dict) -> dict:
+    """Split's decision as the trusted steps after it may use it: for a release run what ``split`` kept, which
+    ``given`` (the parameters the asking step received) must equal (``EvidenceError`` otherwise); for an experiment
+    (never staged), ``given``."""
+    from kfrelease.training.evidence import kept_evidence  # heavy: pandas
+
+    return kept_evidence(store, run_id, given, "split") if is_release_run(store, run_id, spec) else given
+
+
+def trusted_lineage(store, spec: ModelSpec, run_id: str, commit: str, dataset_version: str, evidence: dict) -> None:
+    """Refuse (``EvidenceError``) a release run's ``commit`` or ``dataset_version`` parameter that is not the run's:
+    the commit of its run record (written by the trigger before the pipeline started, where no step of it writes)
+    and the dataset version of the evidence ``evaluate`` kept (split's, as split kept it). Both arrive at register
+    through KFP's metadata store (``keep_evidence``), and register records them as the version's lineage. A run
+    without a run record (an experiment, never staged) records what it was given."""
+    from kfrelease.training.evidence import EvidenceError  # heavy: pandas
+
+    if not is_release_run(store, run_id, spec):
+        return
+    record = run_records.get_run(store, run_id).record
+    uri = store.uri(run_records.BUCKET, run_records.run_key(run_id, "run.json"))
+    for name, given, kept, where in (
+        ("commit", commit, record.get("commit"), f"its run record {uri}"),
+        ("dataset version", dataset_version, evidence.get("dataset_version"), "the evidence evaluate kept"),
+    ):
+        if (given or "") != (kept or ""):  # an automatic retrain of a version with no commit has none
+            raise EvidenceError(
+                f"the {name} run {run_id}'s register step was given ({given or 'none'}) is not the run's "
+                f"({kept or 'none recorded'}, {where}): a step's parameters can be rewritten in transit; nothing "
+                "was registered"
+            )
 
 
 def train_step(
@@ -223,6 +266,11 @@ def evaluate_step(
     from kfrelease.training.validate import champion_training_rows, drift_evidence  # heavy: pandas
 
     store = step_store(settings)
+    # the dataset version and the production version to compare with are split's, as split kept them for a release
+    # run: given a forged champion ("" and a note) the candidate would be judged without production
+    split_decision(
+        store, spec, run_id, {"dataset_version": dataset_version, "champion": champion, "champion_note": champion_note}
+    )
     entry = ModelRegistry(store).get(spec.name, champion).entry if champion else None
     extra = [c["name"] for c in entry["input_schema"]] if entry else []
     split = read_split(store, spec, dataset_version, extra)
@@ -265,11 +313,11 @@ def evaluate_step(
     return _keep(store, spec, run_id, evidence)
 
 
-def _keep(store, spec: ModelSpec, run_id: str, evidence: dict) -> dict:
-    """A release run's evidence kept where validate and register read it (``evidence.keep_evidence``)."""
+def _keep(store, spec: ModelSpec, run_id: str, evidence: dict, step: str = "evaluate") -> dict:
+    """What ``step`` decided for a release run, kept where the steps after it read it (``evidence.keep_evidence``)."""
     from kfrelease.training.evidence import keep_evidence  # heavy: pandas
 
-    return keep_evidence(store, run_id, evidence) if is_release_run(store, run_id, spec) else evidence
+    return keep_evidence(store, run_id, evidence, step) if is_release_run(store, run_id, spec) else evidence
 
 
 def trusted_evidence(spec: ModelSpec, run_id: str, given: dict, settings: Settings | None = None) -> dict:
@@ -417,6 +465,7 @@ def register_step(
     store = step_store(settings)
     if release:  # the evidence evaluate kept, not only the parameter this step was given (review 4 R3)
         evidence = trusted_evidence(spec, run_id, evidence, settings)
+        trusted_lineage(store, spec, run_id, commit, dataset_version, evidence)  # and the run's commit and data
     rollout = rollout_of_run(store, run_id) if release else None  # the merge's rollout.yaml, for its release
     registry = ModelRegistry(store, "registry" if release else EXPERIMENTS)
     files = {}
@@ -611,7 +660,13 @@ class Step:
 
 def _split(a: StepIO) -> dict:
     out = split_step(
-        a.spec, a.dataset_version, a.out("train_data"), a.out("holdout_features"), a.out("champion_model"), a.settings
+        a.spec,
+        a.dataset_version,
+        a.out("train_data"),
+        a.out("holdout_features"),
+        a.out("champion_model"),
+        a.settings,
+        a.run_id,
     )
     return {k: out[k] for k in ("dataset_version", "champion", "champion_note")} | {"result": out}
 

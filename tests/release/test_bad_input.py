@@ -149,7 +149,12 @@ def test_a_release_step_runs_only_with_the_rollout_spec_recorded_with_the_candid
     recorded = load_rollout_spec(model=name).with_changes(shadow={"margin": 0.03, "min_labelled_samples": 200})
     store = store_for("pipeline", settings)
     run_id = f"run-{uuid.uuid4().hex[:8]}"
-    record = {"model": name, "spec_fingerprint": spec.fingerprint, "rollout_yaml": recorded.to_yaml()}
+    record = {
+        "model": name,
+        "spec_fingerprint": spec.fingerprint,
+        "rollout_yaml": recorded.to_yaml(),
+        "commit": "a" * 40,
+    }
     run_records.create_run(store, run_id, record)
     version = run_inline(spec, "a" * 40, run_id=run_id, settings=settings, containerize=False).version
     built = []
