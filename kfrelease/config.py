@@ -227,6 +227,15 @@ VARIABLES: tuple[Variable, ...] = (
         "release",
     ),
     Variable(
+        "KFRELEASE_SERVING_LIMITS",
+        "str",
+        None,
+        "the platform's ceiling on one model's predictors on the cluster (JSON: max_replicas, cpu, memory; set on "
+        "the release steps' pods from environments.yaml serving_limits): a recorded rollout spec above it is refused "
+        "before traffic moves; unset on a cluster: the defaults of kfrelease.k8s.environments.ServingLimits",
+        "release",
+    ),
+    Variable(
         "KFRELEASE_LABEL_SOURCES",
         "str",
         None,

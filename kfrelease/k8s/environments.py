@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,23 @@ class NodeGroup:
 
 
 @dataclass(frozen=True)
+class ServingLimits:
+    """The platform's ceiling on what one model's rollout.yaml may ask of the serving node group (review eks5 S4:
+    every model shares it, and nothing in KServe or Kubernetes bounds one InferenceService's ``minReplicas`` or its
+    requests). Each of a model's predictors (production, canary, staging shadow) may have at most ``max_replicas``
+    replicas of at most ``cpu`` and ``memory`` each; the release steps refuse a recorded spec above them before any
+    traffic moves (``kfrelease.release.controller.serving_limit_problems``). Defaults: 8 replicas of 2 CPUs and
+    4Gi, a quarter of a 10-node c6i.xlarge group at most."""
+
+    max_replicas: int = 8
+    cpu: str = "2"
+    memory: str = "4Gi"
+
+    def as_json(self) -> str:
+        return json.dumps({"max_replicas": self.max_replicas, "cpu": self.cpu, "memory": self.memory}, sort_keys=True)
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     account_id: str
@@ -104,6 +122,9 @@ class Environment:
     #: steps' admission policy admits the release driver's pods only on this image (review 4 R5: any digest of the
     #: repository let an older platform release's code run as the driver); empty: no release step is admitted.
     image_digest: str = ""
+    #: What one model's predictors may ask of the serving node group (``ServingLimits``; environments.yaml
+    #: ``serving_limits: {max_replicas, cpu, memory}``, each optional).
+    serving_limits: ServingLimits = ServingLimits()
 
     @property
     def platform_image(self) -> str:
@@ -213,6 +234,9 @@ def load_environments(path: str | Path | None = None) -> Environments:
             body["kserve_version"] = str(body.get("kserve_version", Environment.kserve_version))
             body["mesh_clients"] = tuple(str(n) for n in body.get("mesh_clients") or ())
             body["label_sources"] = tuple(str(n) for n in body.get("label_sources") or ())
+            body["serving_limits"] = ServingLimits(**(body.get("serving_limits") or {}))
+            if body["serving_limits"].max_replicas < 1:
+                raise ConfigError(f"{path}: environment {name!r} serving_limits.max_replicas must be at least 1")
             for source in body["label_sources"]:
                 if not _LABEL_SOURCE.match(source):
                     raise ConfigError(

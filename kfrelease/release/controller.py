@@ -32,6 +32,7 @@ state and its registry writes; the pure parts it relies on live beside it (``pla
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import threading
@@ -47,6 +48,7 @@ import pandas as pd
 from kfrelease import lake
 from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.k8s.environments import ServingLimits
 from kfrelease.k8s.render.inference import (
     CANARY_SERIES_STAGE,
     DEFAULT_DOMAIN,
@@ -65,9 +67,10 @@ from kfrelease.release.signals import (
     PredictorMetrics,
     PrometheusMetrics,
 )
-from kfrelease.rollout.spec import CheckSpec, RolloutSpec
+from kfrelease.rollout.spec import CheckSpec, RolloutSpec, ServingSpec
 from kfrelease.rollout.traffic import TrafficDriver, TrafficState
 from kfrelease.storage import store_for
+from kfrelease.training.resources import cpu_cores, memory_bytes
 from kfrelease.training.spec import parse_spec
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,33 @@ def _import_report_library() -> None:
 
 def on_cluster() -> bool:
     return setting("KFRELEASE_TARGET") == "cluster"
+
+
+def serving_limit_problems(serving: ServingSpec, limits: ServingLimits) -> list[str]:
+    """What of a rollout spec's ``serving`` goes beyond the platform's ``limits`` (empty: within them)."""
+    problems = []
+    for key in ("min_replicas", "max_replicas"):
+        if getattr(serving, key) > limits.max_replicas:
+            problems.append(f"serving.{key} {getattr(serving, key)} > {limits.max_replicas}")
+    if cpu_cores(serving.cpu) > cpu_cores(limits.cpu):
+        problems.append(f"serving.cpu {serving.cpu} > {limits.cpu}")
+    if memory_bytes(serving.memory) > memory_bytes(limits.memory):
+        problems.append(f"serving.memory {serving.memory} > {limits.memory}")
+    return problems
+
+
+def serving_limits() -> ServingLimits:
+    """The platform's ceiling the release steps were given (``KFRELEASE_SERVING_LIMITS``), else the defaults."""
+    text = setting("KFRELEASE_SERVING_LIMITS")
+    if not text:
+        return ServingLimits()
+    try:
+        return ServingLimits(**json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ReleaseError(
+            f"KFRELEASE_SERVING_LIMITS {text!r} is not the JSON of max_replicas, cpu and memory ({exc}); "
+            "re-render and re-apply the release PodDefault (kfrelease manifests render); no traffic was moved"
+        ) from None
 
 
 def metrics_source(spec: RolloutSpec) -> str:
@@ -370,6 +400,17 @@ class ReleaseController:
     def preflight(self, candidate: str):
         """Check everything that can be checked before traffic moves; returns (candidate, production)."""
         model = self.spec.model
+        if on_cluster():  # one model's predictors must leave the shared serving nodes to the others (eks5 S4)
+            try:
+                problems = serving_limit_problems(self.spec.serving, serving_limits())
+            except (ConfigError, ValueError) as exc:  # a quantity that is not one (float('2x'))
+                raise ReleaseError(f"{model} {candidate}: {exc}; no traffic was moved") from None
+            if problems:
+                raise ReleaseError(
+                    f"{model} {candidate}: its rollout spec asks more of the serving nodes than the platform allows "
+                    f"one model ({'; '.join(problems)}); lower serving: in rollout.yaml and merge again, or ask the "
+                    "platform team to raise serving_limits in environments.yaml; no traffic was moved"
+                )
         mv = self.registry.get(model, candidate)
         if mv.stage != "staging":
             raise ReleaseError(

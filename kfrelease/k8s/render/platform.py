@@ -292,6 +292,8 @@ def step_identities(env: Environment, ns: str) -> list[dict]:
                 {"name": "KFRELEASE_SERVING_DOMAIN", "value": env.model_domain},
                 # the gates count only the labels of declared sources, the feedback service's own declaration
                 {"name": "KFRELEASE_LABEL_SOURCES", "value": label_sources_value(env)},
+                # what one model's predictors may ask of the serving nodes (review eks5 S4; preflight checks it)
+                {"name": "KFRELEASE_SERVING_LIMITS", "value": env.serving_limits.as_json()},
             ]
             replay = replay_access()
             spec["env"] += replay["env"]
