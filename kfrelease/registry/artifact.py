@@ -147,6 +147,12 @@ def input_columns(schema, where: str = "input_schema") -> tuple[Column, ...]:
     return tuple(columns)
 
 
+def declared_categories(schema) -> dict[str, tuple[str, ...]]:
+    """Feature name -> known values of each categorical feature of an ``input_schema`` that declares them:
+    the slices of that feature in the release gates (``kfrelease.release.decision.slice_family``)."""
+    return {c.name: c.categories for c in input_columns(schema) if not c.numeric and c.categories}
+
+
 def frame(rows, columns: Sequence[Column]) -> pd.DataFrame:
     """Checked rows (schema order) -> the typed DataFrame a model is fitted on: numbers as float64, categories
     as Python strings (object); a DataFrame is taken in schema order and typed the same way."""

@@ -58,7 +58,7 @@ from kfrelease.k8s.render.inference import (
 )
 from kfrelease.k8s.render.platform import INGRESS_GATEWAY_URL
 from kfrelease.registry import ModelRegistry
-from kfrelease.registry.artifact import refuse_pickle_serving
+from kfrelease.registry.artifact import declared_categories, refuse_pickle_serving
 from kfrelease.release.checks import CanaryAnalysis, Measurement, judge, render_query, traffic_measurement
 from kfrelease.release.decision import PairSequence, decide, threshold_decide, threshold_limit
 from kfrelease.release.shadow import ShadowVerdict, evaluate_shadow
@@ -590,6 +590,7 @@ class ReleaseController:
         self.driver.apply(TrafficState(primary=production, shadow=candidate, mirror_percent=s.mirror_percent))
         since = _now()
         rule, scale, order = s.rule(), self.reference_rmse(production), PairSequence()
+        categories = declared_categories(self.registry.get(self.spec.model, candidate).input_schema)
         deadline = self.clock.monotonic() + s.max_wait_seconds
         while True:
             last = self.clock.monotonic() >= deadline
@@ -603,6 +604,7 @@ class ReleaseController:
                 declared=self.label_sources.declares,
                 scale=scale,
                 order=order,
+                categories=categories,
                 at_limit=last,
                 report=self.report,
             )
@@ -785,6 +787,7 @@ class ReleaseController:
                     rule,
                     self.reference_rmse(production),
                     features=pairs[features] if features and len(pairs) else None,
+                    categories=declared_categories(self.registry.get(self.spec.model, candidate).input_schema),
                 )
                 out[check.name] = Measurement(d.ratio, len(pairs), d.as_dict())
             elif unreadable:

@@ -20,12 +20,15 @@ The checks (each a one-sided test on the stream of pairs):
   what the clip hides). It *passes* when the candidate's rate of gross errors is shown to be below
   production's plus ``min_exposure`` (``E[T_c - T_p] < min_exposure``) and *fails* when it is shown to be
   above production's (``E[T_c - T_p] > 0``).
-- ``slice`` (declared ``slices``: each value of a categorical feature, or ``slice_bins`` quantile bins of a
-  numeric one, edges fixed on the first ``min_samples`` pairs, which are then left out of the slice
-  tests) and ``worst slice`` (``worst_slice``: the same over every feature's slices, the automatic search;
-  the decision names the slice with the most evidence of harm): the accuracy test within the slice's
-  pairs, failing when the candidate's loss in the slice is shown to exceed ``1 + slice_margin`` times
-  production's there (like TFMA's ``PerSliceMetricThreshold``). A slice only ever fails a candidate.
+- ``slice`` (declared ``slices``: each declared category of a categorical feature, from the model's input
+  schema, known before the first pair, so every pair is tested and a value outside them goes to
+  ``<feature> other``; or ``slice_bins`` quantile bins of a numeric one, edges fixed on the first
+  ``min_samples`` pairs, which are then left out of the slice tests; a categorical feature without declared
+  values takes its first values in arrival order, fixed the same way) and ``worst slice``
+  (``worst_slice``: the same over every feature's slices, the automatic search; the decision names the
+  slice with the most evidence of harm): the accuracy test within the slice's pairs, failing when the
+  candidate's loss in the slice is shown to exceed ``1 + slice_margin`` times production's there (like
+  TFMA's ``PerSliceMetricThreshold``). A slice only ever fails a candidate.
 
 How they combine. ``pass`` needs ``accuracy`` and ``tail`` to have passed and no check to have failed
 first; ``fail`` comes from the first check that fails. A pass is an intersection-union test (Berger,
@@ -83,6 +86,7 @@ declares that frequency, and the pairs a pass needs grow as ``1 / min_exposure``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -100,7 +104,8 @@ TAIL_CAP = 0.8
 PRIOR_SECOND_MOMENT = 0.25
 #: Bonferroni weights of the fail side (see the module docstring).
 FAIL_WEIGHTS = {"accuracy": 2.0, "tail": 1.0, "slice": 1.0, "worst slice": 1.0}
-#: A categorical feature's slices: its first values in arrival order; later values share the last slice.
+#: A categorical feature without declared values: its first values in arrival order are its slices (at most
+#: this many, the last one shared by every later value).
 MAX_VALUES = 20
 ALL = "all requests"
 
@@ -321,17 +326,26 @@ def decision_bounds(lc, lp, top, rule: GateRule) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class SliceFamily:
-    """The slices of one feature, fixed on the first ``fixed_on`` pairs: codes per pair (-1: left out)."""
+    """The slices of one feature: codes per pair (-1: left out, the pairs that fixed the slices)."""
 
     feature: str
     labels: list[str]
     codes: np.ndarray
 
 
-def slice_family(feature: str, values, fixed_on: int, bins: int) -> SliceFamily:
-    """Quantile bins of a numeric feature or the values of a categorical one, fixed on the first
-    ``fixed_on`` values (those pairs are left out of the slice tests: code -1)."""
+def slice_family(
+    feature: str, values, fixed_on: int, bins: int, categories: Sequence[str] | None = None
+) -> SliceFamily:
+    """The slices of one feature. ``categories``: its declared values (the model's input schema), known before
+    any pair: each is a slice, in their declared order, and ``<feature> other`` holds any other value (a
+    feature whose unknown values are passed to the model); every pair is tested. Otherwise quantile bins of
+    a numeric feature or the first values of a categorical one, fixed on the first ``fixed_on`` values
+    (those pairs are left out of the slice tests: code -1)."""
     v = np.asarray(values)
+    if categories is not None:
+        index = {x: j for j, x in enumerate(categories)}
+        codes = np.fromiter((index.get(x, len(index)) for x in v.tolist()), dtype=int, count=v.size)
+        return SliceFamily(feature, [f"{feature}={x}" for x in categories] + [f"{feature} other"], codes)
     head = v[:fixed_on]
     codes = np.full(v.shape, -1, dtype=int)
     if v.dtype.kind in "iuf" and len(np.unique(head)) > bins:
@@ -385,9 +399,12 @@ class Traces:
     alphas: dict[str, float]
 
 
-def check_traces(ec, ep, scale, rule: GateRule, features: dict | None = None) -> Traces:
+def check_traces(
+    ec, ep, scale, rule: GateRule, features: dict | None = None, categories: Mapping[str, Sequence[str]] | None = None
+) -> Traces:
     """Every check of ``rule`` on the errors ``ec``, ``ep`` (rows: releases, columns: pairs in arrival order),
-    ``scale`` the reference RMSE (per row), ``features`` name -> values (rows x pairs) for the slices."""
+    ``scale`` the reference RMSE (per row), ``features`` name -> values (rows x pairs) for the slices,
+    ``categories`` name -> declared values of the categorical ones (their slices, see ``slice_family``)."""
     ec, ep = np.atleast_2d(np.asarray(ec, "float64")), np.atleast_2d(np.asarray(ep, "float64"))
     scale = np.asarray(scale, "float64").reshape(-1, 1)
     clip_at = rule.clip * scale
@@ -398,7 +415,8 @@ def check_traces(ec, ep, scale, rule: GateRule, features: dict | None = None) ->
     features = features or {}
     for name, values in features.items():
         rows = np.atleast_2d(np.asarray(values))
-        fams = [slice_family(name, row, rule.min_labelled_samples, rule.slice_bins) for row in rows]
+        declared = (categories or {}).get(name)
+        fams = [slice_family(name, row, rule.min_labelled_samples, rule.slice_bins, declared) for row in rows]
         if name in rule.slices:
             families["slice"].append(fams)
         if rule.worst_slice:
@@ -466,13 +484,15 @@ def first_events(tr: Traces) -> tuple[np.ndarray, np.ndarray, list[str], np.ndar
     return outcome, at, names, by
 
 
-def simulate_gate(ec, ep, scale, rule: GateRule, features: dict | None = None, looks=None):
+def simulate_gate(
+    ec, ep, scale, rule: GateRule, features: dict | None = None, looks=None, categories: Mapping | None = None
+):
     """For many releases at once (rows of ``ec``/``ep``: both models' errors on the same requests), the
     gate looking at ``looks`` (pair counts, increasing; None: after every pair): (decision per row: +1 pass,
     -1 fail, 0 none by the last pair; pairs at the look that saw it, or all pairs; the deciding check per
     row as an index into the returned names). What the benchmark and the release plan use; ``decide`` is
-    the same test on one release."""
-    tr = check_traces(ec, ep, scale, rule, features)
+    the same test on one release; ``categories`` as there."""
+    tr = check_traces(ec, ep, scale, rule, features, categories)
     outcome, at, names, by = first_events(tr)
     n = tr.lc.shape[-1]
     if looks is None:
@@ -546,14 +566,17 @@ def decide(
     scale: float | None = None,
     *,
     features=None,
+    categories: Mapping[str, Sequence[str]] | None = None,
     at_limit: bool = False,
 ) -> Decision:
     """The decision on pairs in arrival order (see the module docstring).
 
     ``scale``: production's reference RMSE fixed before the first pair (its held-out RMSE); None uses the
     first ``rule.burn_in`` pairs. ``features``: the requests' features (a DataFrame or name -> values, row
-    by row with the pairs) for the slice checks. ``at_limit``: the caller's deadline (``max_wait_seconds``)
-    has passed, so an undecided test ends ``insufficient``."""
+    by row with the pairs) for the slice checks. ``categories``: the declared values of the categorical
+    features (``kfrelease.registry.artifact.declared_categories`` of the candidate's input schema): each one
+    is a slice of its feature from the first pair. ``at_limit``: the caller's deadline
+    (``max_wait_seconds``) has passed, so an undecided test ends ``insufficient``."""
     t = np.asarray(truth, dtype="float64").ravel()
     c = np.asarray(candidate, dtype="float64").ravel()
     p = np.asarray(production, dtype="float64").ravel()
@@ -591,7 +614,7 @@ def decide(
             n, f"{n} labelled pairs so far; the gate looks from {rule.min_labelled_samples}", clip_at=clip_at
         )
     ec, ep = t - c, t - p
-    tr = check_traces(ec, ep, scale, rule, usable)
+    tr = check_traces(ec, ep, scale, rule, usable, categories)
     outcome, at, names, by = first_events(tr)
     lc, lp, top = tr.lc[0], tr.lp[0], tr.top[0]
     start = rule.min_labelled_samples - 1

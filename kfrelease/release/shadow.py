@@ -105,10 +105,12 @@ def shadow_verdict(
     scale: float | None = None,
     window: dict | None = None,
     *,
+    categories: dict[str, tuple[str, ...]] | None = None,
     at_limit: bool = False,
 ) -> ShadowVerdict:
     """The gate's decision on joined rows in arrival order (see the module docstring). ``scale``:
-    production's reference (held-out) RMSE, which fixes the clip before the first pair."""
+    production's reference (held-out) RMSE, which fixes the clip before the first pair; ``categories``: the
+    declared values of the candidate's categorical features, each a slice (``decision.decide``)."""
     n = len(pairs)
     features = [col for col in pairs.columns if col not in PAIR_COLUMNS]
     test = decide(
@@ -118,6 +120,7 @@ def shadow_verdict(
         rule,
         scale,
         features=pairs[features] if n and features else None,
+        categories=categories,
         at_limit=at_limit,
     )
     evidence = {
@@ -173,6 +176,7 @@ def evaluate_shadow(
     declared,
     scale: float | None = None,
     order: PairSequence | None = None,
+    categories: dict[str, tuple[str, ...]] | None = None,
     at_limit: bool = False,
     report: bool = False,
 ) -> ShadowVerdict:
@@ -188,7 +192,9 @@ def evaluate_shadow(
         "since": pd.Timestamp(since).isoformat(),
         "until": pd.Timestamp(until).isoformat() if until else None,
     }
-    verdict = shadow_verdict(pairs, candidate, production, rule, scale, window, at_limit=at_limit)
+    verdict = shadow_verdict(
+        pairs, candidate, production, rule, scale, window, categories=categories, at_limit=at_limit
+    )
     if report and verdict.decided and "candidate" in verdict.evidence:
         try:
             verdict.html = shadow_report_html(pairs, verdict)

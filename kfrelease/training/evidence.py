@@ -20,7 +20,6 @@ data they read with their own identity:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -33,6 +32,7 @@ import pandas as pd
 from kfrelease.data.publish import get_version, load_dataset
 from kfrelease.errors import DataValidationError, KfreleaseError, NotFound
 from kfrelease.quality.metrics import metric_intervals, regression_metrics
+from kfrelease.registry.artifact import declared_categories
 from kfrelease.release.decision import decide
 from kfrelease.training.core import check_data, check_schema, typed
 from kfrelease.training.holdout import ROW, SplitRule, rule_for
@@ -244,17 +244,19 @@ def gate_rule(spec: ModelSpec, rollout) -> tuple:
     return rule, "the rollout spec's shadow gate"
 
 
-def _decide(truth, cand, champ, rule, scale, features):
-    if "features" in inspect.signature(decide).parameters:
-        return decide(truth, cand, champ, rule, scale, features=features, at_limit=True)
-    return decide(truth, cand, champ, rule, scale, at_limit=True)
-
-
 def champion_evidence(
-    store, spec: ModelSpec, split: Split, entry: dict, cand: np.ndarray, champ: np.ndarray, rollout
+    store,
+    spec: ModelSpec,
+    split: Split,
+    entry: dict,
+    cand: np.ndarray,
+    champ: np.ndarray,
+    rollout,
+    schema: list[dict] | None = None,
 ) -> dict:
     """Production (``entry``) against the candidate on the held-out rows neither trained on, with the paired
-    test; ``comparable: False`` with the reason when there are none."""
+    test; ``comparable: False`` with the reason when there are none. ``schema``: the candidate's input schema
+    (its declared categories are the slices of its categorical features, as in the release gates)."""
     version = entry["version"]
     trained = trained_by_champion(store, split, entry)
     keep = ~trained
@@ -276,7 +278,10 @@ def champion_evidence(
     rule, origin = gate_rule(spec, rollout)
     reference = (entry.get("metrics") or {}).get("rmse")
     features = split.held_out.loc[keep, list(spec.features)].reset_index(drop=True)
-    decision = _decide(truth, cand[keep], champ[keep], rule, reference, features)
+    categories = declared_categories(schema) if schema else None
+    decision = decide(
+        truth, cand[keep], champ[keep], rule, reference, features=features, categories=categories, at_limit=True
+    )
     rows = f"{n} held-out rows neither model trained on" + (
         f" ({excluded} of the {len(split.held_out)} left out: production's split trained on them)" if excluded else ""
     )

@@ -308,7 +308,7 @@ def evaluate_step(
             evidence["champion"] = {"version": champion, "comparable": False, "detail": f"not comparable: {exc}"}
         else:
             rollout = rollout_spec_of_run(store, run_id, spec.name)
-            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout)
+            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout, schema)
         evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
     return _keep(store, spec, run_id, evidence)
 

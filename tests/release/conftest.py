@@ -6,15 +6,38 @@ from __future__ import annotations
 import time
 import uuid
 
+import orjson
 import pytest
 
 from kfrelease.access.credentials import ensure_label_source
+from kfrelease.collectors.sink import event_line
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.lake import read_predictions
 from kfrelease.rollout.spec import CheckSpec, load_rollout_spec
+from kfrelease.serving.logger import REQUEST_TYPE, RESPONSE_TYPE
 from kfrelease.stack.gateway import LocalGatewayDriver
 from kfrelease.storage import store_for
 from tests.training.conftest import PrivateDataset
+
+
+def logged_lines(isvc: str, version: str, rid: str, features: dict, y: float) -> list[dict]:
+    """The log lines the sink writes for one request (one instance: ``features``, name -> value, numbers or
+    category text) answered ``y`` by ``isvc`` (a KServe agent's events, with kfrelease's logger's extras)."""
+    base = {
+        "ce-specversion": "1.0",
+        "ce-id": rid,
+        "ce-source": "http://localhost:9081/",
+        "ce-inferenceservicename": isvc,
+        "ce-namespace": "kfrelease-serving",
+        "ce-component": "predictor",
+        "ce-modelversion": version,
+        "ce-features": ",".join(features),
+        "content-type": "application/json",
+    }
+    return [
+        event_line({**base, "ce-type": REQUEST_TYPE}, orjson.dumps({"instances": [list(features.values())]})),
+        event_line({**base, "ce-type": RESPONSE_TYPE}, orjson.dumps({"predictions": [y]})),
+    ]
 
 
 def small_spec(model: str, **sections):

@@ -14,9 +14,8 @@ bounded client traffic to 127.0.0.1 with delayed ground truth (issue 25's first 
   400 naming the column; the model predicts nothing and nothing is logged as a prediction.
 
 Bounded time: 3,000 diamonds (2,000 published: each fit takes 1-5 s at load), 50 requests/s for at most
-240 s, and the small rollout spec below: the shadow gate looks from 120 labelled pairs (so that the slices,
-fixed on the first pairs, have seen every cut: a cut first seen later would be counted as "cut other"),
-passes a candidate only after a failure mode on 1 % of requests could have shown (``min_exposure`` 0.01: ~375
+240 s, and the small rollout spec below: the shadow gate looks from 120 labelled pairs (each declared cut is
+a slice from the first pair: ``test_a_cut_first_seen_late_...`` below shows a late one named), passes a candidate only after a failure mode on 1 % of requests could have shown (``min_exposure`` 0.01: ~375
 pairs, ~10 s) and stops undecided after 60 s (90 s for merge 3, whose evidence is in its Fair pairs: about
 one a second); canary steps 50 and 100 % of 3 s. Measured at load 20-22 on 2 cores: 300-330 s for the whole
 test, of which ~50 s is the first Evidently import and ~45 s the first model servers' start.
@@ -27,27 +26,33 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
-from kfrelease.access.credentials import ensure_label_source
+from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source
+from kfrelease.collectors.feedback import write_feedback
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_of, holdout_of
 from kfrelease.demo.project import WRONG_CUT, create_diamonds_project
 from kfrelease.demo.traffic import TrafficGenerator
 from kfrelease.lake import read_predictions
+from kfrelease.lake.write import write_records
 from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.window import WindowSpec
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.artifact import input_columns
+from kfrelease.release.controller import ReleaseController
 from kfrelease.release.embedded import run_release
+from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.stack.gateway import LocalGatewayDriver
 from kfrelease.stack.slots import predictor_port, production_replicas
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import check_loss_free, release_first, small_spec, wait_logged
+from tests.release.conftest import check_loss_free, logged_lines, release_first, small_spec, wait_logged
+from tests.release.test_controller_clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +253,67 @@ def test_a_categorical_model_goes_from_merge_to_production_and_a_slice_gate_stop
         assert sum(f["current"] for f in frequencies.values()) == pytest.approx(1.0)
         assert sum(f["reference"] for f in frequencies.values()) == pytest.approx(1.0)
         assert drift["unseen"] == [], drift  # clients sent only the categories the model was trained on
+
+
+class MirroredMeanwhile:
+    """The traffic driver's contract (``apply``, ``current``, ``wait``): the mirrored requests and their labels
+    (``arrive``) come in while the gate waits for its second look, after it started."""
+
+    def __init__(self, arrive) -> None:
+        self.applied, self.arrive = [], arrive
+
+    def apply(self, state) -> None:
+        self.applied.append(state)
+
+    def current(self):
+        return self.applied[-1] if self.applied else None
+
+    def wait(self, seconds: float, sleep) -> None:
+        if self.arrive is not None:
+            self.arrive, arrive = None, self.arrive
+            arrive()
+        sleep(seconds)
+
+
+def test_a_cut_first_seen_late_is_its_own_slice_and_the_gate_names_it(stack):
+    """The shadow gate's slices of ``cut`` are the categories the candidate's input schema declares, from the
+    first pair: the first 400 pairs hold no "Fair" (the gate used to fix a categorical feature's slices on its
+    first ``min_labelled_samples`` pairs, and then tested the Fair pairs inside "cut other"). The candidate is
+    production's better on every other cut and wrong on Fair; the order is fixed (one look sees every pair,
+    ordered by request id), so is the verdict."""
+    name = f"late-cut-{uuid.uuid4().hex[:8]}"
+    store = store_for("pipeline", stack)
+    registry = ModelRegistry(store)
+    cuts = ["Fair", "Good", "Very Good", "Premium", "Ideal"]
+    schema = [{"name": "carat", "dtype": "float64"}, {"name": "cut", "dtype": "category", "categories": cuts}]
+    for version, stage in (("V1.1.0", "production"), ("V1.2.0", "staging")):
+        entry = {"name": name, "version": version, "tag": 1, "input_schema": schema, "verdict": {"passed": True}}
+        registry.put_entry({**entry, "metrics": {"rmse": 20.0}})
+        registry.set_stage(name, version, stage, "test", f"{stage} for this test")
+    rng = np.random.default_rng(0)
+    cut = np.concatenate([rng.choice(cuts[1:], 400), rng.choice(cuts, 200, p=[0.4, 0.15, 0.15, 0.15, 0.15])])
+    truth = rng.normal(4000, 50, cut.size)
+    prod = truth + rng.normal(0, 20, cut.size)
+    cand = np.where(cut == "Fair", truth + rng.normal(0, 45, cut.size), truth + (prod - truth) * 0.85)
+    ids = [f"r{i:04d}-{uuid.uuid4().hex[:6]}" for i in range(cut.size)]  # arrival order: by request id
+
+    def arrive() -> None:
+        lines = []
+        for i, rid in enumerate(ids):
+            features = {"carat": float(i % 7) / 4, "cut": str(cut[i])}
+            lines += logged_lines(name, "V1.1.0", rid, features, float(prod[i]))
+            lines += logged_lines(f"{name}-staging", "V1.2.0", rid, features, float(cand[i]))
+        serving = store_for("serving", stack)
+        write_records(serving, "inference-logs", name, lines, origin=f"test:{uuid.uuid4()}")
+        labels = [{"request_id": r, "truth": float(t)} for r, t in zip(ids, truth, strict=True)]
+        write_feedback(serving, name, labels, DEFAULT_LABEL_SOURCE)
+
+    ensure_label_source(stack)
+    spec = load_rollout_spec(model=name).with_changes(shadow={"slices": ["cut"], "max_wait_seconds": 600})
+    controller = ReleaseController(stack, spec, MirroredMeanwhile(arrive), store=store, clock=FakeClock(), report=False)
+    verdict = controller.shadow("V1.2.0", "V1.1.0")
+    test = verdict.evidence["test"]
+    assert verdict.decision == "fail" and test["slice"] == "cut=Fair", verdict.summary()
+    slices = {c["slice"]: c for c in test["checks"] if c["check"] == "slice"}
+    assert slices["cut=Fair"]["status"] == "fail" and slices["cut=Fair"]["n"] == int((cut == "Fair").sum())
+    assert "cut other" not in slices and "slice cut=Fair: fail" in verdict.summary()

@@ -14,6 +14,7 @@ from kfrelease.release.decision import (
     lower_bounds,
     mixture_bounds,
     simulate_gate,
+    slice_family,
     upper_bounds,
 )
 from kfrelease.rollout.spec import GateError, GateRule
@@ -123,6 +124,34 @@ def test_one_broken_category_is_named_with_its_interval():
     assert slices["sex=m"]["status"] == "fail" and slices["sex=m"]["interval"][0] > 1.1
     assert slices["sex=f"]["status"] == "continue"
     assert "sex=m: fail" in d.describe()
+
+
+CUTS = ("Fair", "Good", "Very Good", "Premium", "Ideal")
+
+
+def test_a_rare_category_first_seen_after_the_first_pairs_is_tested_and_named_as_itself():
+    """The declared categories are the slices from the first pair: "Fair" first arrives after the
+    ``min_labelled_samples`` pairs that fixed the slices before (then it was tested inside "cut other")."""
+    rng = np.random.default_rng(0)
+    cut = np.concatenate([rng.choice(CUTS[1:], 400), rng.choice(CUTS, 200, p=[0.4, 0.15, 0.15, 0.15, 0.15])])
+    t = rng.normal(150, 50, cut.size)
+    p = t + rng.normal(0, 20, cut.size)
+    c = np.where(cut == "Fair", t + rng.normal(0, 45, cut.size), t + (p - t) * 0.85)  # worse on Fair only
+    rule = GateRule(slices=("cut",))
+    assert (cut[: rule.min_labelled_samples] != "Fair").all()
+    d = decide(t, c, p, rule, scale=20.0, features={"cut": cut}, categories={"cut": CUTS})
+    assert d.decision == "fail" and d.slice == "cut=Fair", d.describe()
+    slices = {o["slice"]: o for o in d.checks if o["check"] == "slice"}
+    assert slices["cut=Fair"]["status"] == "fail" and slices["cut=Fair"]["interval"][0] > 1.1
+    assert slices["cut=Fair"]["n"] == (cut == "Fair").sum()  # every pair is tested: none held out to fix slices
+    assert slices["cut=Ideal"]["n"] == (cut == "Ideal").sum() and "cut other" not in slices
+    assert "slice cut=Fair: fail" in d.describe()
+
+
+def test_a_value_outside_the_declared_categories_is_tested_in_the_other_slice():
+    fam = slice_family("cut", np.array(["Ideal", "Fair", "Excellent", "Ideal"]), 30, 4, CUTS)
+    assert fam.labels == [f"cut={x}" for x in CUTS] + ["cut other"]
+    assert fam.codes.tolist() == [4, 0, 5, 4]  # from the first value on: nothing is left out
 
 
 def test_the_worst_slice_search_names_a_broken_range_of_a_numeric_feature():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 
@@ -21,37 +20,17 @@ from kfrelease.collectors.feedback import (
     declared_label_sources,
     write_feedback,
 )
-from kfrelease.collectors.sink import event_line
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, label_source_declaration, principal
 from kfrelease.lake.write import write_records
 from kfrelease.release.controller import ReleaseController
 from kfrelease.release.shadow import evaluate_shadow
 from kfrelease.rollout.spec import GateRule, load_rollout_spec
-from kfrelease.serving.logger import REQUEST_TYPE, RESPONSE_TYPE
 from kfrelease.storage import store_for
+from tests.release.conftest import logged_lines
 
 V1, V2 = "V1.1.0", "V1.2.0"
 LABELLER = "system:serviceaccount:shop:ground-truth"
 DS_ADA = "system:serviceaccount:ds-ada:default-editor"
-
-
-def _logged(isvc: str, version: str, rid: str, x: float, y: float) -> list[dict]:
-    """The log lines the sink writes for one request answered by ``isvc`` (a KServe agent's events)."""
-    base = {
-        "ce-specversion": "1.0",
-        "ce-id": rid,
-        "ce-source": "http://localhost:9081/",
-        "ce-inferenceservicename": isvc,
-        "ce-namespace": "kfrelease-serving",
-        "ce-component": "predictor",
-        "ce-modelversion": version,
-        "ce-features": "bmi",
-        "content-type": "application/json",
-    }
-    return [
-        event_line({**base, "ce-type": REQUEST_TYPE}, orjson.dumps({"instances": [[x]]})),
-        event_line({**base, "ce-type": RESPONSE_TYPE}, orjson.dumps({"predictions": [y]})),
-    ]
 
 
 @pytest.fixture
@@ -67,8 +46,8 @@ def gate_logs(stack):
     ids = [f"r-{uuid.uuid4().hex}" for _ in range(500)]
     lines = []
     for i, rid in enumerate(ids):
-        lines += _logged(model, V1, rid, float(i), float(prod[i]))
-        lines += _logged(f"{model}-staging", V2, rid, float(i), float(cand[i]))
+        lines += logged_lines(model, V1, rid, {"bmi": float(i)}, float(prod[i]))
+        lines += logged_lines(f"{model}-staging", V2, rid, {"bmi": float(i)}, float(cand[i]))
     write_records(store_for("serving", stack), "inference-logs", model, lines, origin=f"test:{uuid.uuid4()}")
     serving = store_for("serving", stack)
     ensure_label_source(stack)
