@@ -10,12 +10,12 @@ from kfrelease.cli.output import console, json_option, print_json, spec_option, 
 from kfrelease.config import Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.registry import ModelRegistry
-from kfrelease.release.embedded import lock_path, run_release
+from kfrelease.release.embedded import lock_holder, lock_path, run_release
 from kfrelease.release.handover import record_path, start_release
 from kfrelease.release.plan import plan_release
 from kfrelease.rollout.spec import load_rollout_spec
 from kfrelease.stack.gateway import model_states
-from kfrelease.stack.supervisor import pid_alive
+from kfrelease.stack.supervisor import record_alive
 from kfrelease.storage import store_for
 from kfrelease.training.results import decision_label
 
@@ -159,7 +159,7 @@ def _start_in_background(settings: Settings, model: str, version: str, spec_path
         )
     path = record_path(settings, model, version)
     earlier = json.loads(path.read_text() or "{}") if path.exists() else None
-    if earlier and earlier.get("pid") and pid_alive(earlier["pid"]):
+    if earlier and record_alive(earlier):
         return (
             f"the release of {model} {version} is already running (pid {earlier['pid']}, started earlier); nothing "
             f"new was started; log {earlier.get('log')}; `kfrelease release status {model}` shows where it is"
@@ -182,19 +182,10 @@ def _start_in_background(settings: Settings, model: str, version: str, spec_path
     what += f" (pid {record['pid']}; log {record['log']})"
     if earlier is not None:
         what += f"; the earlier one ended with the version still in staging ({last})"
-    holder = _lock_holder(lock_path(settings, model), pid_alive)
+    holder = lock_holder(lock_path(settings, model))
     if holder and holder != version:
         what += f"; it waits for the release of {model} {holder} to end first"
     return what
-
-
-def _lock_holder(path, pid_alive) -> str | None:
-    """The version whose release holds a model's release lock, or None."""
-    try:
-        pid, held = path.read_text().split()[:2]
-        return held if pid_alive(int(pid)) else None
-    except (OSError, ValueError):
-        return None
 
 
 def _traffic(state) -> str:

@@ -26,7 +26,6 @@ from kfrelease.release.controller import ReleaseController, ReleaseOutcome
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
 from kfrelease.stack import supervisor
 from kfrelease.stack.services import declared_services
-from kfrelease.stack.supervisor import pid_alive
 from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
@@ -42,11 +41,23 @@ def lock_path(settings: Settings, model: str) -> Path:
     return settings.home / "releases" / f"{model}.lock"
 
 
+def lock_holder(path: Path) -> str | None:
+    """The version whose release holds a model's release lock (``lock_path``: ``<pid> <version> <start
+    time>``, the holder's ``process_identity``), None when no live process holds it: the holder ended, or its
+    pid is another program's now."""
+    try:
+        pid, version, *started = path.read_text().split()
+        holder = {"pid": int(pid), "pid_started": int(started[0]) if started else None}
+    except (OSError, ValueError):
+        return None
+    return version if supervisor.record_alive(holder) else None
+
+
 class ReleaseLock:
     """One release per model at a time on this stack (a pid file created exclusively; a dead holder's is
-    taken over). ``wait``: seconds to wait for a running release of the model to end (the hand-over's
-    releases queue: a merge that trains while the previous candidate is still in shadow or canary is
-    released after it, against the production it leaves); 0 raises ``Conflict`` at once."""
+    taken over, see ``lock_holder``). ``wait``: seconds to wait for a running release of the model to end
+    (the hand-over's releases queue: a merge that trains while the previous candidate is still in shadow or
+    canary is released after it, against the production it leaves); 0 raises ``Conflict`` at once."""
 
     def __init__(self, settings: Settings, model: str, version: str, wait: float = 0.0, poll: float = 0.5):
         self.path, self.version, self.wait, self.poll = lock_path(settings, model), version, wait, poll
@@ -74,17 +85,14 @@ class ReleaseLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             except FileExistsError:
-                try:
-                    pid, version = self.path.read_text().split()[:2]
-                    alive = pid_alive(int(pid))
-                except (OSError, ValueError):
-                    alive, version = False, "?"
-                if alive:
-                    return version
+                holder = lock_holder(self.path)
+                if holder is not None:
+                    return holder
                 self.path.unlink(missing_ok=True)
                 continue
+            me = supervisor.process_identity()
             with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {self.version}\n")
+                fh.write(f"{me['pid']} {self.version} {me['pid_started']}\n")
             return None
         raise Conflict(f"could not take the release lock {self.path}")
 

@@ -36,7 +36,7 @@ from kfrelease.config import Settings, child_env, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.kfp.submit import submit_run
 from kfrelease.registry import ModelRegistry
-from kfrelease.stack.supervisor import pid_alive
+from kfrelease.stack.supervisor import process_identity, record_alive
 from kfrelease.storage import store_for
 from kfrelease.training.rollout_file import checked
 from kfrelease.training.run_records import step_record
@@ -141,7 +141,7 @@ def start_release(
     record = {
         "model": model,
         "version": version,
-        "pid": proc.pid,
+        **process_identity(proc.pid),
         "log": str(out),
         "spec": spec_path,
     }
@@ -205,7 +205,7 @@ def wait_release(
             return stage
         path = record_path(settings, model, version)
         record = json.loads(path.read_text()) if path.exists() else {}
-        if record.get("pid") and not _alive(record["pid"], pid_alive):
+        if record.get("pid") and not _alive(record):
             time.sleep(poll)  # the last event may be written just before the process ends
             events = new_events()
             return events[-1]["stage"] if events else "unknown"
@@ -224,11 +224,11 @@ def wait_release(
     return stage
 
 
-def _alive(pid: int, pid_alive) -> bool:
+def _alive(record: dict) -> bool:
     try:  # reap the runner when this process started it (else it stays a zombie that looks alive)
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, _ = os.waitpid(record["pid"], os.WNOHANG)
         if done:
             return False
     except ChildProcessError:
         pass
-    return pid_alive(pid)
+    return record_alive(record)

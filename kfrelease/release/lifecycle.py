@@ -1,8 +1,9 @@
 """Releases across ``kfrelease down`` and ``kfrelease up`` on the embedded stack.
 
-- ``stop_releases``: every release runner still running (``releases/<model>/<V>.json`` holds its pid; it runs
-  in a process group of its own, with its kfp.local tasks) is stopped, and its record says
-  ``interrupted``: nothing it would have done later (start the gateway again, move a stage) happens.
+- ``stop_releases``: every release runner still running (``releases/<model>/<V>.json`` holds its pid and its
+  start time: a pid the kernel gave to another program since is not the runner; it runs in a process group
+  of its own, with its kfp.local tasks) is stopped, and its record says ``interrupted``: nothing it would
+  have done later (start the gateway again, move a stage) happens.
 - ``resume_releases``: each interrupted release whose candidate is still in ``staging`` is started again.
   Its traffic goes back to what the registry says (production answers, the candidate is a shadow again:
   the safe state), and the release runs from its last recorded decision's phase, i.e. from the shadow
@@ -20,7 +21,7 @@ from pathlib import Path
 from kfrelease.config import Settings
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.handover import start_release
-from kfrelease.stack.supervisor import pid_alive, stop_process_group
+from kfrelease.stack.supervisor import record_alive, stop_process_group
 from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,11 @@ def stop_releases(settings: Settings) -> list[str]:
     """Stop every running release runner; returns ``model version`` of each one stopped."""
     stopped = []
     for path, record in release_records(settings):
-        pid = record.get("pid")
-        if not pid or not pid_alive(pid):
+        if not record_alive(record):  # ended, or its pid is another program's now
             continue
         record["interrupted"] = True
         _write(path, record)
-        stop_process_group(pid, STOP_TIMEOUT)
+        stop_process_group(record["pid"], STOP_TIMEOUT, started=record.get("pid_started"))
         stopped.append(f"{record.get('model')} {record.get('version')}")
     return stopped
 

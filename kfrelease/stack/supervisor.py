@@ -267,8 +267,7 @@ def _start_service(settings: Settings, service: Service, launch: Launcher | None
     proc = (launch or spawn)(service, env, settings.service_dir(service.name), log_path)
     record = {
         "name": service.name,
-        "pid": proc.pid,
-        "pid_started": process_started(proc.pid),
+        **process_identity(proc.pid),
         "port": service.port,
         "url": service.url,
         "health_url": service.health_url,
@@ -318,8 +317,17 @@ def _stop_service(settings: Settings, name: str) -> bool:
     return was_running
 
 
+def process_identity(pid: int | None = None) -> dict:
+    """``{"pid", "pid_started"}`` of process ``pid`` (default: this one): what every record of a process holds
+    (a service's, a training runner's, a release runner's and its model's release lock), so that
+    ``record_alive`` never takes another program the kernel later gives the pid for that process."""
+    pid = pid or os.getpid()
+    return {"pid": pid, "pid_started": process_started(pid)}
+
+
 def record_alive(rec: dict) -> bool:
-    """True while the process a pid record names runs (the same process: see ``pid_alive``)."""
+    """True while the process a record names (``process_identity``) runs: the same process, see ``pid_alive``
+    (a record without a start time is judged by its pid alone)."""
     return pid_alive(rec.get("pid"), rec.get("pid_started"))
 
 

@@ -33,7 +33,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from kfrelease.config import Settings, exit_without_collecting
@@ -41,7 +40,14 @@ from kfrelease.errors import Conflict
 from kfrelease.kfp.runner import run_local
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
-from kfrelease.stack.supervisor import exclusive_lock, group_alive, pid_alive, stop_process_group
+from kfrelease.stack.supervisor import (
+    exclusive_lock,
+    group_alive,
+    pid_alive,
+    process_identity,
+    record_alive,
+    stop_process_group,
+)
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
 from kfrelease.training.admission import concurrency_limit, slot
@@ -67,26 +73,6 @@ class AttemptFailed(Exception):
     def __init__(self, cause: str, error: str):
         super().__init__(error)
         self.cause, self.error = cause, error
-
-
-def process_identity(pid: int | None = None) -> dict:
-    """pid and its start time: a pid reused after a restart is not mistaken for the runner."""
-    pid = pid or os.getpid()
-    return {"pid": pid, "pid_started": psutil.Process(pid).create_time()}
-
-
-def runner_alive(state: dict) -> bool:
-    pid = state.get("pid")
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = state.get("pid_started")
-        return started is None or abs(proc.create_time() - float(started)) < 1.0
-    except psutil.Error:
-        return False
 
 
 def _failure_of_attempt(store, run_id: str, attempt_started: str, exc: BaseException) -> tuple[str, str]:
@@ -303,7 +289,7 @@ def _recovery_lock(settings: Settings):
 
 def gone_runners(settings: Settings) -> list[str]:
     """Runs of this machine whose runner process is gone without recording the run's end (cheap: no store)."""
-    return [m["run_id"] for m in _markers(settings) if not runner_alive(m)]
+    return [m["run_id"] for m in _markers(settings) if not record_alive(m)]
 
 
 def _gone_why(record: run_records.RunRecord, now: float) -> str | None:
@@ -314,7 +300,7 @@ def _gone_why(record: run_records.RunRecord, now: float) -> str | None:
     if not st.get("pid"):
         updated = dt.datetime.fromisoformat(st.get("updated_at") or record.record["created_at"]).timestamp()
         return None if now - updated < STARTING_GRACE_SECONDS else "the runner never started (a machine restart?)"
-    if runner_alive(st):
+    if record_alive(st):
         return None
     by = f" (stopped by `{st['stopped_by']}`)" if st.get("stopped_by") else ""
     return f"the runner (pid {st['pid']}) is gone while the run was {record.status}{by}"
@@ -356,22 +342,23 @@ def _drop_dead_marker(settings: Settings, run_id: str) -> None:
         marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    if not runner_alive(marker):
+    if not record_alive(marker):
         path.unlink(missing_ok=True)
 
 
-def _stop_leftovers(pid: int | None) -> None:
-    """Stop the step processes a dead runner left (its process group): they hold memory and a slot's work.
-    A process group lives while any member does, so its id is never another program's."""
-
-    if pid and not pid_alive(pid) and group_alive(pid):
+def _stop_leftovers(state: dict) -> None:
+    """Stop the step processes a dead runner (``state``: its ``process_identity``) left (its process group):
+    they hold memory and a slot's work. A process group lives while any member does, so its id is never
+    another program's; a pid the kernel gave to another program since is not the runner's group."""
+    pid, started = state.get("pid"), state.get("pid_started")
+    if pid and not pid_alive(pid, started) and group_alive(pid, started):
         log.warning("stopping what runner %d left running (its process group)", pid)
-        stop_process_group(pid)
+        stop_process_group(pid, started=started)
 
 
 def _recover(settings: Settings, store, record: run_records.RunRecord, why: str) -> Recovery:
     run_id, st = record.run_id, record.state
-    _stop_leftovers(st.get("pid"))
+    _stop_leftovers(st)
     failed = int(st.get("failed_attempts") or 0)
     cut_short = (
         "stopped by `kfrelease down`; `kfrelease up` started the run again"
@@ -427,13 +414,13 @@ def recovered_since(settings: Settings, since: str) -> list[Recovery]:
 def stop_runners(settings: Settings) -> list[str]:
     """Stop every runner of this machine (``kfrelease down``) and record it on its run, so ``kfrelease up``
     starts the run again without counting the attempt it cut short; returns the run ids stopped."""
-    live = [m for m in _markers(settings) if runner_alive(m)]
+    live = [m for m in _markers(settings) if record_alive(m)]
     if not live:
         return []
     store = store_for("pipeline", settings)
     stopped = []
     for marker in live:
-        stop_process_group(marker["pid"])  # the runner and its steps; it records nothing more
+        stop_process_group(marker["pid"], started=marker.get("pid_started"))  # the runner and its steps
         try:
             state = run_records.get_run(store, marker["run_id"]).state
             run_records.set_state(store, marker["run_id"], state.get("state", "queued"), stopped_by=STOPPED_BY_DOWN)

@@ -41,6 +41,7 @@ from kfrelease.images.project import pinned_project_image
 from kfrelease.kfp.submit import submit_run
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
+from kfrelease.stack.supervisor import record_alive
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
 from kfrelease.training.failures import retryable
@@ -209,8 +210,6 @@ STARTING_GRACE_SECONDS = 60.0
 def interruption(record: run_records.RunRecord) -> str | None:
     """Why a local run should be started again, or None: it failed of an infrastructure cause, or it is
     recorded as active while its runner process is gone (killed, or the machine restarted)."""
-    from kfrelease.training.execution import runner_alive  # cycle: kfrelease.training.execution imports this module
-
     st = record.state
     if record.status == "failed" and retryable(st.get("cause")):
         return st.get("error") or "infrastructure failure"
@@ -220,7 +219,7 @@ def interruption(record: run_records.RunRecord) -> str | None:
             if (dt.datetime.now(dt.UTC) - updated).total_seconds() < STARTING_GRACE_SECONDS:
                 return None
             return "infrastructure: the runner never started (machine restart?)"
-        if not runner_alive(st):
+        if not record_alive(st):
             return f"infrastructure: the runner (pid {st['pid']}) is gone while the run was {record.status}"
     return None
 

@@ -7,19 +7,25 @@ of its own with a child (as kfp.local's task processes are), recorded in ``relea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 from kfrelease.config import Settings
+from kfrelease.errors import Conflict
+from kfrelease.release.embedded import ReleaseLock, lock_path
 from kfrelease.release.lifecycle import stop_releases
-from kfrelease.stack.supervisor import pid_alive
+from kfrelease.stack.supervisor import pid_alive, process_started
 from tests.waiting import eventually
 
 
-def _record(settings, model, version, pid):
+def _record(settings, model, version, pid, started=None):
     path = settings.home / "releases" / model / f"{version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": model, "version": version, "pid": pid, "log": "-", "spec": None}))
+    record = {"model": model, "version": version, "pid": pid, "pid_started": started, "log": "-", "spec": None}
+    path.write_text(json.dumps(record))
     return path
 
 
@@ -53,3 +59,33 @@ def test_stop_releases_stops_each_runner_and_its_children_and_marks_it_interrupt
     finally:
         if runner.poll() is None:
             runner.kill()
+
+
+def test_a_release_record_or_lock_whose_pid_is_another_programs_now_names_no_runner(tmp_path):
+    """pids wrap (32768 here): once a release runner ended, its pid may be another program's. Its record and its
+    model's release lock name the runner by pid and start time (``supervisor.process_identity``), so that
+    program is not taken for it: ``kfrelease down`` neither marks the release interrupted nor signals the
+    program (it SIGTERMed its group), and the model's next release takes the lock at once (it waited for the
+    program, up to the hand-over's hour). Named by its own start time, the same program is the runner."""
+    settings = Settings(home=tmp_path)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        started = eventually(lambda: process_started(other.pid), 10, "the other program started")
+        record = _record(settings, "alpha", "V1.2.0", other.pid, started - 1)  # the runner that had the pid
+        lock = lock_path(settings, "alpha")
+        lock.write_text(f"{other.pid} V1.2.0 {started - 1}\n")
+        assert stop_releases(settings) == []
+        assert "interrupted" not in json.loads(record.read_text())
+        with ReleaseLock(settings, "alpha", "V1.3.0"):  # no wait: a live holder would raise Conflict
+            assert lock.read_text().split()[:2] == [str(os.getpid()), "V1.3.0"]
+        assert other.poll() is None, "the other program was signalled"
+
+        _record(settings, "alpha", "V1.2.0", other.pid, started)
+        lock.write_text(f"{other.pid} V1.2.0 {started}\n")
+        with pytest.raises(Conflict, match="a release of V1.2.0 is running"):
+            ReleaseLock(settings, "alpha", "V1.3.0").__enter__()
+        assert stop_releases(settings) == ["alpha V1.2.0"]
+        assert other.wait(timeout=20) is not None and not pid_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()

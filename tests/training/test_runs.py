@@ -23,9 +23,10 @@ from kfrelease.errors import (
     NotFound,
     StoreUnavailable,
 )
+from kfrelease.stack.supervisor import record_alive
 from kfrelease.storage import store_for
 from kfrelease.training import admission, failures, run_records
-from kfrelease.training.execution import runner_alive, runners_dir
+from kfrelease.training.execution import runners_dir
 from kfrelease.training.trigger import interruption, trigger, wait
 
 RIDGE = "sklearn.linear_model.Ridge"
@@ -106,6 +107,38 @@ def test_a_run_whose_runner_is_gone_counts_as_interrupted():
     assert interruption(record) is None  # the model code's failure is returned, not retried
     record.state = {"state": "failed", "cause": failures.INFRASTRUCTURE, "error": "infrastructure: killed"}
     assert interruption(record) == "infrastructure: killed"
+
+
+def test_a_runner_record_whose_pid_is_another_programs_now_is_a_gone_runner(tmp_path):
+    """A runner's marker and its run's state name it by pid and start time as every process record of the
+    machine does (``supervisor.process_identity``: one definition), so a pid the kernel gave to another program
+    after the runner died is a gone runner: the watchdog finds its run, ``kfrelease down`` signals nothing."""
+    from kfrelease.config import Settings
+    from kfrelease.stack.supervisor import process_started
+    from kfrelease.training.execution import gone_runners, runner_marker, stop_runners
+    from tests.waiting import eventually
+
+    settings = Settings(home=tmp_path)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        started = eventually(lambda: process_started(other.pid), 10, "the other program started")
+        me = {"pid": other.pid, "pid_started": started}
+        marker = runner_marker(settings, "train-x")
+        marker.parent.mkdir(parents=True)
+        marker.write_text(json.dumps({"run_id": "train-x", **me, "pid_started": started - 1}))
+        assert gone_runners(settings) == ["train-x"]
+        assert stop_runners(settings) == [] and other.poll() is None, "the other program was taken for the runner"
+        now = datetime.now().astimezone().isoformat()
+        state = {"state": "running", **me, "updated_at": now}
+        dead = run_records.RunRecord("train-x", {"created_at": now}, {**state, "pid_started": started - 1})
+        assert "is gone while the run was running" in interruption(dead)
+
+        marker.write_text(json.dumps({"run_id": "train-x", **me}))  # named by its own start time: the runner
+        assert gone_runners(settings) == []
+        assert interruption(run_records.RunRecord("train-x", {"created_at": now}, state)) is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_dataset_too_large_for_the_step_fails_early_with_its_size_and_the_limit():
@@ -287,7 +320,7 @@ def test_sixteen_merges_with_the_stack_stopped_and_started_in_the_middle_all_fin
     runners = [json.loads(p.read_text()) for p in runners_dir(settings).glob("*.json")]
     down = cli("down")
     assert f"stopped {len(runners)} training run(s)" in down, down
-    assert runners and not any(runner_alive(m) for m in runners), "a runner outlived `kfrelease down`"
+    assert runners and not any(record_alive(m) for m in runners), "a runner outlived `kfrelease down`"
 
     up = cli("up")
     done = eventually(lambda: _all_ended(store, run_ids), 1200, "all 16 runs ended", interval=2.0)
