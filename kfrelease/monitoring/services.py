@@ -2,9 +2,11 @@
 our Alertmanager webhook receiver, each on 127.0.0.1 with its own data directory and rendered config.
 
 Prometheus scrapes itself, the Pushgateway (``honor_labels: true`` keeps the pushed model/version/stage
-labels), every model server of the stack's table (``kfrelease.stack.slots``: each stage and replica, with
-a ``stage`` label), the log sink, the feedback service, Alertmanager and the receiver. Targets that are
-not running are simply ``up == 0``.
+labels; only what the monitoring steps push is kept), every model server of the stack's table
+(``kfrelease.stack.slots``: each stage and replica, with a ``stage`` label; job ``kfrelease-monitoring/
+kfrelease-predictors`` as the cluster's PodMonitor gives it), the log sink, the feedback service, Alertmanager and
+the receiver, as the cluster's ServiceMonitors and PodMonitor do (``kfrelease.monitoring.scrape``). Targets that
+are not running are simply ``up == 0``.
 
 Tunables (environment, read when a service is (re)started):
 ``KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL`` (default 10s), ``KFRELEASE_PROMETHEUS_EVAL_INTERVAL`` (10s),
@@ -21,6 +23,7 @@ import yaml
 
 from kfrelease.config import Settings, setting
 from kfrelease.monitoring.rules import render_rules
+from kfrelease.monitoring.scrape import PREDICTORS_JOB, pushgateway_scrape
 from kfrelease.stack.service import Service, python_service
 from kfrelease.stack.slots import all_slots
 
@@ -46,9 +49,9 @@ def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: s
         },
         "scrape_configs": [
             job("prometheus", [settings.port("prometheus")]),
-            job("pushgateway", [settings.port("pushgateway")], honor_labels=True),
+            job("pushgateway", [settings.port("pushgateway")], **pushgateway_scrape()),
             {
-                "job_name": "predictors",
+                "job_name": PREDICTORS_JOB,  # the cluster's PodMonitor job: what the canary's queries match
                 "static_configs": [
                     {"targets": [f"127.0.0.1:{slot.port(settings)}"], "labels": {"stage": slot.stage}}
                     for slot in all_slots()

@@ -193,9 +193,12 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
     """The signal source of ``candidate`` serving as ``stage`` (the canary, or ``production`` for the same
     interval's baseline), as the spec names it."""
     if metrics_source(spec) == "prometheus":
+        namespace = None  # the embedded stack's model servers are in no namespace
         if on_cluster():  # the canary's and production's pods both say stage="production" there
-            stage = CANARY_SERIES_STAGE
-        return PrometheusMetrics(prometheus_url(settings, spec), spec.model, candidate, stage=stage)
+            stage, namespace = CANARY_SERIES_STAGE, spec.serving.namespace
+        return PrometheusMetrics(
+            prometheus_url(settings, spec), spec.model, candidate, stage=stage, namespace=namespace
+        )
     if on_cluster():
         raise ReleaseError(
             "canary.metrics_source predictor reads the model servers on 127.0.0.1 (the embedded stack); on a "

@@ -10,7 +10,8 @@ Two sources (``canary.metrics_source`` of the rollout spec):
   (``kfrelease.rollout.series.latency_quantiles``) interpolated within the bucket as PromQL's ``histogram_quantile``
   does.
 - ``prometheus``: the same series queried from Prometheus over the step (``increase(...[Ns])``), selected by
-  the labels the rendered predictor pod sets (``series_selectors``): model and version, never the stage.
+  the labels the rendered predictor pod sets (``series_selectors``): model and version, never the stage, and only
+  from the predictors' own scrape job (``kfrelease.monitoring.scrape``): nothing pushed to the Pushgateway counts.
 
 A server that does not answer its metrics endpoint is a failed check, not a missing one.
 """
@@ -24,6 +25,7 @@ import httpx
 
 from kfrelease.errors import KfreleaseError
 from kfrelease.k8s.render.inference import version_slug
+from kfrelease.monitoring.scrape import PREDICTORS_JOB
 from kfrelease.rollout.series import Series, latency_quantiles
 
 
@@ -167,7 +169,7 @@ def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> float | None:
     return None if math.isnan(value) else value
 
 
-def series_selectors(model: str, version: str) -> dict[str, str]:
+def series_selectors(model: str, version: str, namespace: str | None = None) -> dict[str, str]:
     """PromQL label matchers of one model version's series, exactly as the rendered predictor pod sets them:
 
     - the predictor's own series (``kfrelease_predictor_*``) carry ``model`` (its ``--name``, the model's name
@@ -175,11 +177,16 @@ def series_selectors(model: str, version: str) -> dict[str, str]:
       loaded model's); their ``stage`` is the pod's ``--stage``, which is ``production`` for a cluster canary
       (it is rendered with the production spec), so the stage never selects the canary: the version does;
     - KServe's ``request_preprocess_seconds`` carries only ``model_name``; the PodMonitor copies the pod's
-      ``kfrelease.io/version`` label onto it as ``kfrelease_io_version`` (``podTargetLabels``).
+      ``kfrelease.io/version`` label onto it as ``kfrelease_io_version`` (``podTargetLabels``);
+    - both come from the predictors' scrape only: ``job`` is the PodMonitor's (``kfrelease.monitoring.scrape.
+      PREDICTORS_JOB``, set by Prometheus, never by what a target exposes or a push carries) and, when given,
+      ``namespace`` the serving namespace the PodMonitor's targets are in (a cluster's; the embedded stack's model
+      servers are in none). A series pushed to the Pushgateway with the same model and version adds nothing.
     """
+    target = f'job="{PREDICTORS_JOB}"' + (f',namespace="{namespace}"' if namespace else "")
     return {
-        "predictor": f'model="{model}",version="{version}"',
-        "kserve": f'model_name="{model}",kfrelease_io_version="{version_slug(version)}"',
+        "predictor": f'{target},model="{model}",version="{version}"',
+        "kserve": f'{target},model_name="{model}",kfrelease_io_version="{version_slug(version)}"',
     }
 
 
@@ -187,7 +194,8 @@ class PrometheusMetrics:
     """Queries Prometheus (``canary.metrics_source: prometheus``) for the candidate's series over a step.
 
     ``stage`` is the ``stage`` label the candidate's series carry on this target (``{stage}`` of declared
-    queries): ``production`` on a cluster (``CANARY_SERIES_STAGE``), ``canary`` on the embedded stack."""
+    queries): ``production`` on a cluster (``CANARY_SERIES_STAGE``), ``canary`` on the embedded stack.
+    ``namespace``: the serving namespace the predictors' series must come from (a cluster's; ``series_selectors``)."""
 
     def __init__(
         self,
@@ -196,6 +204,7 @@ class PrometheusMetrics:
         version: str,
         stage: str = "canary",
         timeout: float = 5.0,
+        namespace: str | None = None,
     ):
         self.url, self.model, self.version, self.stage, self.timeout = (
             url.rstrip("/"),
@@ -204,6 +213,7 @@ class PrometheusMetrics:
             stage,
             timeout,
         )
+        self.namespace = namespace
 
     def query(self, expr: str) -> float | None:
         return prometheus_query(self.url, expr, self.timeout)
@@ -215,7 +225,7 @@ class PrometheusMetrics:
         """The PromQL the step sends (``attempts``, ``ok``, ``invalid``, ``error``, and ``p99`` for the quantile 0.99
         and so on for each latency quantile of ``kfrelease.rollout.series``) for a window."""
         w = f"{max(1, math.ceil(seconds))}s"
-        sel = series_selectors(self.model, self.version)
+        sel = series_selectors(self.model, self.version, self.namespace)
         mine = sel["predictor"]
         return {
             "attempts": f"sum(increase(request_preprocess_seconds_count{{{sel['kserve']}}}[{w}]))",

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from kfrelease.errors import DataValidationError
+from kfrelease.monitoring.scrape import PREDICTORS_JOB
 from kfrelease.quality.drift import data_drift
 from kfrelease.stack.slots import all_slots
 from tests.waiting import eventually
@@ -69,14 +70,14 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     assert {
         "prometheus",
         "pushgateway",
-        "predictors",
+        PREDICTORS_JOB,
         "logsink",
         "feedback",
         "alertmanager",
         "alert-receiver",
     } <= jobs
     predictor_ports = {
-        t["scrapeUrl"].split(":")[2].split("/")[0] for t in targets if t["labels"]["job"] == "predictors"
+        t["scrapeUrl"].split(":")[2].split("/")[0] for t in targets if t["labels"]["job"] == PREDICTORS_JOB
     }
     assert predictor_ports == {str(slot.port(stack)) for slot in all_slots()}  # every stage and replica
     rules = httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]

@@ -245,7 +245,9 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     assert all(d.allowed for d in copies), [d.why for d in copies if not d.allowed][:3]
     assert {d.peer for d in copies} == {INGRESS_GATEWAY, twin.client_principal}
     assert all(d.host.endswith("-shadow") for d in copies)
-    shadow_answered = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage="staging")
+    shadow_answered = PrometheusMetrics(
+        twin.prometheus.url, SPEC.model, V2, stage="staging", namespace=SPEC.serving.namespace
+    )
     eventually(
         lambda: (shadow_answered.health(None, 120).requests or 0) >= 30,
         60,
@@ -377,7 +379,10 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     v2_values = {round(x, 6) for x in v2}
     from_v2 = sum(1 for g in got if round(g, 6) in v2_values)
     assert 15 <= from_v2 <= 65, from_v2  # both versions answer
-    canary = PrometheusMetrics(twin.prometheus.url, SPEC.model, V2, stage=CANARY_SERIES_STAGE)
+    # as the controller builds it on a cluster (release.controller.signals_for): the PodMonitor job and namespace
+    canary = PrometheusMetrics(
+        twin.prometheus.url, SPEC.model, V2, stage=CANARY_SERIES_STAGE, namespace=SPEC.serving.namespace
+    )
     health = eventually(
         lambda: (h := canary.health(None, 60)).requests >= 0.8 * from_v2 and h,
         60,

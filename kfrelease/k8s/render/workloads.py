@@ -31,6 +31,7 @@ from kfrelease.k8s.render.mesh import (
 )
 from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
 from kfrelease.monitoring.rules import render_prometheus_rule
+from kfrelease.monitoring.scrape import PREDICTORS_MONITOR, PUSHGATEWAY_METRIC_RELABELINGS, PUSHGATEWAY_MONITOR
 from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring, spark_rbac
 from kfrelease.rollout.spec import RolloutSpec
 
@@ -199,9 +200,14 @@ def serving_documents(
     ]
 
 
+#: The Pushgateway's Service labels that its own ServiceMonitor selects (not ``METRICS_LABEL``: the log sink's and
+#: feedback's ServiceMonitor scrapes without ``honorLabels``)
+PUSHGATEWAY_LABELS = {"app.kubernetes.io/name": PUSHGATEWAY_MONITOR}
+
+
 def pushgateway() -> list[dict]:
-    name = "kfrelease-pushgateway"
-    labels = {"app.kubernetes.io/name": name, **PART_OF}
+    name = PUSHGATEWAY_MONITOR
+    labels = {**PUSHGATEWAY_LABELS, **PART_OF}
     return [
         {
             "apiVersion": "apps/v1",
@@ -235,7 +241,7 @@ def pushgateway() -> list[dict]:
             "metadata": {
                 "name": name,
                 "namespace": MONITORING_NS,
-                "labels": {**labels, **METRICS_LABEL},
+                "labels": labels,
             },
             "spec": {
                 "selector": {"app.kubernetes.io/name": name},
@@ -246,7 +252,8 @@ def pushgateway() -> list[dict]:
 
 
 def monitors(spec: RolloutSpec) -> list[dict]:
-    """ServiceMonitor (log sink, feedback, Pushgateway with honorLabels) and PodMonitor (model servers)."""
+    """ServiceMonitors (log sink and feedback; the Pushgateway on its own, with ``honorLabels`` and only what the
+    monitoring steps push) and the PodMonitor of the model servers (``kfrelease.monitoring.scrape``)."""
     return [
         {
             "apiVersion": "monitoring.coreos.com/v1",
@@ -257,15 +264,32 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                 "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
             },
             "spec": {
-                "namespaceSelector": {"matchNames": [spec.serving.namespace, MONITORING_NS]},
+                "namespaceSelector": {"matchNames": [spec.serving.namespace]},
                 "selector": {"matchLabels": METRICS_LABEL},
-                # honorLabels keeps the model/version/stage labels pushed to the Pushgateway.
+                # no honorLabels: a series these services expose never replaces a label the target sets
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            },
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {
+                "name": PUSHGATEWAY_MONITOR,
+                "namespace": MONITORING_NS,
+                "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
+            },
+            "spec": {
+                "namespaceSelector": {"matchNames": [MONITORING_NS]},
+                "selector": {"matchLabels": PUSHGATEWAY_LABELS},
                 "endpoints": [
                     {
                         "port": "http",
                         "path": "/metrics",
                         "interval": "30s",
+                        # keeps the model/version/stage labels pushed to the Pushgateway ...
                         "honorLabels": True,
+                        # ... of what the monitoring steps push, and of nothing else (kfrelease.monitoring.scrape)
+                        "metricRelabelings": [dict(r) for r in PUSHGATEWAY_METRIC_RELABELINGS],
                     }
                 ],
             },
@@ -274,7 +298,7 @@ def monitors(spec: RolloutSpec) -> list[dict]:
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PodMonitor",
             "metadata": {
-                "name": "kfrelease-predictors",
+                "name": PREDICTORS_MONITOR,  # its targets' job: PREDICTORS_JOB, which the canary's queries match
                 "namespace": MONITORING_NS,
                 "labels": {**PART_OF, **PROMETHEUS_SELECTOR},
             },
