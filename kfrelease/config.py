@@ -247,7 +247,8 @@ VARIABLES: tuple[Variable, ...] = (
         "KFRELEASE_PROMETHEUS_URL",
         "str",
         None,
-        "the canary's Prometheus when the rollout spec names none; unset: the embedded one",
+        "the canary's Prometheus (on a cluster the only one: a rollout spec naming another is refused); unset: "
+        "the spec's, else the embedded one",
         "release",
     ),
     # serving

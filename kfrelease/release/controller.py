@@ -175,18 +175,27 @@ def metrics_source(spec: RolloutSpec) -> str:
 
 
 def prometheus_url(settings: Settings, spec: RolloutSpec) -> str:
-    """The canary's Prometheus: ``canary.prometheus_url``, else ``KFRELEASE_PROMETHEUS_URL``, else (embedded
-    stack only) the stack's own. A pipeline pod on a cluster has no Prometheus on 127.0.0.1."""
-    url = spec.canary.prometheus_url or (setting("KFRELEASE_PROMETHEUS_URL") or "")
-    if url:
-        return url
-    if on_cluster():
+    """The canary's Prometheus. On a cluster the platform's, ``KFRELEASE_PROMETHEUS_URL`` (the release steps'
+    PodDefault pins it): the merge's rollout.yaml does not choose where its canary's traffic evidence is read from,
+    so a ``canary.prometheus_url`` naming another server is refused (review eks5 L2). On the embedded stack
+    ``canary.prometheus_url``, else ``KFRELEASE_PROMETHEUS_URL``, else the stack's own."""
+    platform = setting("KFRELEASE_PROMETHEUS_URL") or ""
+    asked = spec.canary.prometheus_url
+    if not on_cluster():
+        return asked or platform or settings.url("prometheus")
+    if not platform:
         raise ReleaseError(
             "canary.metrics_source is prometheus but no Prometheus URL is configured for the cluster; set "
-            "canary.prometheus_url in the rollout spec (or KFRELEASE_PROMETHEUS_URL), e.g. "
-            "http://prometheus-operated.monitoring:9090; no traffic was moved"
+            "KFRELEASE_PROMETHEUS_URL in the release steps' environment (the PodDefault kfrelease-release-driver-step "
+            "sets it), e.g. http://prometheus-operated.monitoring.svc:9090; no traffic was moved"
         )
-    return settings.url("prometheus")
+    if asked and asked.rstrip("/") != platform.rstrip("/"):
+        raise ReleaseError(
+            f"canary.prometheus_url {asked} is not the platform's Prometheus ({platform}, KFRELEASE_PROMETHEUS_URL): "
+            "on a cluster the canary's traffic evidence is read from the platform's only; remove "
+            "canary.prometheus_url from rollout.yaml; no traffic was moved"
+        )
+    return platform
 
 
 def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: str = "canary"):
@@ -202,7 +211,7 @@ def signals_for(settings: Settings, spec: RolloutSpec, candidate: str, stage: st
     if on_cluster():
         raise ReleaseError(
             "canary.metrics_source predictor reads the model servers on 127.0.0.1 (the embedded stack); on a "
-            "cluster use metrics_source: prometheus with canary.prometheus_url (queries on the predictors' or "
+            "cluster use metrics_source: prometheus, the platform's Prometheus (queries on the predictors' or "
             "Istio's series as the canary checks declare them); no traffic was moved"
         )
     from kfrelease.stack.serving import predictor_port  # heavy: jinja2

@@ -230,7 +230,9 @@ class CanarySpec(SpecDocument):
         "auto", description="`predictor` (the model servers' /metrics, embedded stack), `prometheus`, or `auto`."
     )
     prometheus_url: str = Field(
-        "", description="metrics_source prometheus: empty takes KFRELEASE_PROMETHEUS_URL, else the embedded stack's."
+        "",
+        description="metrics_source prometheus on the embedded stack: empty takes KFRELEASE_PROMETHEUS_URL, else the "
+        "stack's own. On a cluster the platform's KFRELEASE_PROMETHEUS_URL only (another URL is refused).",
     )
 
     @field_validator("steps")

@@ -113,15 +113,29 @@ canary:
 
 
 def test_the_cluster_prometheus_url_and_queries_are_configuration(monkeypatch):
-    """Issue 14 item 3: in a pipeline pod the canary's metrics come from the Prometheus the spec names,
-    not from http://127.0.0.1:... of the embedded stack."""
+    """Issue 14 item 3: in a pipeline pod the canary's metrics come from the cluster's Prometheus, not from
+    http://127.0.0.1:... of the embedded stack; a spec may name it, as the platform does."""
     monkeypatch.setenv("KFRELEASE_TARGET", "cluster")
-    monkeypatch.delenv("KFRELEASE_PROMETHEUS_URL", raising=False)
+    monkeypatch.setenv("KFRELEASE_PROMETHEUS_URL", "http://prometheus-operated.monitoring:9090/")
     spec = parse_rollout_spec(CLUSTER_SPEC)
     source = signals_for(Settings.from_env(), spec, "V1.2.0")
     assert isinstance(source, PrometheusMetrics)
     assert source.url == "http://prometheus-operated.monitoring:9090"
+    assert source.namespace == spec.serving.namespace  # the predictors' PodMonitor targets' namespace
     assert spec.canary.check_named("istio_5xx").query.startswith("sum(rate(istio_requests_total")
+
+
+def test_on_a_cluster_the_merge_does_not_choose_the_canarys_prometheus(monkeypatch):
+    """Review eks5 L2: the merged rollout.yaml's canary.prometheus_url replaced the platform's pinned
+    KFRELEASE_PROMETHEUS_URL, so the merge chose the server its canary's traffic evidence was read from."""
+    monkeypatch.setenv("KFRELEASE_TARGET", "cluster")
+    monkeypatch.setenv("KFRELEASE_PROMETHEUS_URL", "http://prometheus-operated.monitoring.svc:9090")
+    elsewhere = parse_rollout_spec(CLUSTER_SPEC.replace("prometheus-operated.monitoring", "metrics.attacker.example"))
+    with pytest.raises(ReleaseError, match=r"^canary.prometheus_url http://metrics.attacker.example:9090 is not the "):
+        signals_for(Settings.from_env(), elsewhere, "V1.2.0")  # what preflight asks first: nothing moved yet
+    # the embedded stack still reads what the spec names
+    monkeypatch.delenv("KFRELEASE_TARGET")
+    assert prometheus_url(Settings.from_env(), elsewhere) == "http://metrics.attacker.example:9090"
 
 
 def test_on_a_cluster_auto_means_prometheus_and_a_missing_url_is_refused(monkeypatch):
@@ -129,8 +143,10 @@ def test_on_a_cluster_auto_means_prometheus_and_a_missing_url_is_refused(monkeyp
     monkeypatch.delenv("KFRELEASE_PROMETHEUS_URL", raising=False)
     spec = parse_rollout_spec("model: m\n")
     assert metrics_source(spec) == "prometheus"
-    with pytest.raises(ReleaseError, match="canary.prometheus_url.*no traffic was moved"):
+    with pytest.raises(ReleaseError, match="KFRELEASE_PROMETHEUS_URL.*no traffic was moved"):
         signals_for(Settings.from_env(), spec, "V1.2.0")
+    with pytest.raises(ReleaseError, match="KFRELEASE_PROMETHEUS_URL.*no traffic was moved"):
+        signals_for(Settings.from_env(), parse_rollout_spec(CLUSTER_SPEC), "V1.2.0")  # not the spec's instead
     monkeypatch.setenv("KFRELEASE_PROMETHEUS_URL", "http://prom.monitoring:9090")
     assert prometheus_url(Settings.from_env(), spec) == "http://prom.monitoring:9090"
     predictor = parse_rollout_spec("model: m\ncanary: {metrics_source: predictor}\n")
