@@ -88,6 +88,7 @@ RESOURCES = {
     "Pod": ("", "pods"),
     "Service": ("", "services"),
     "Workflow": ("argoproj.io", "workflows"),
+    "WorkflowTaskResult": ("argoproj.io", "workflowtaskresults"),
     "SubjectAccessReview": ("authorization.k8s.io", "subjectaccessreviews"),
     "LocalSubjectAccessReview": ("authorization.k8s.io", "localsubjectaccessreviews"),
 }
@@ -561,7 +562,15 @@ class Cluster:
         kind = ref.get("kind", "Pod")
         group, resource = resource_of(kind, ref.get("apiVersion", ""))
         req = AdmissionRequest(
-            operation, resource, ref["metadata"].get("namespace", ""), who.name, obj, old, subresource, group
+            operation,
+            resource,
+            ref["metadata"].get("namespace", ""),
+            who.name,
+            obj,
+            old,
+            subresource,
+            group,
+            extra=dict(who.extra),
         )
         denials = admit(list(self.objects.values()), req)
         if denials:

@@ -561,3 +561,75 @@ def test_nobody_mints_a_long_lived_token_of_the_release_driver_through_a_secret(
         with pytest.raises(ApiError):
             cluster.admit(who, "UPDATE", new, old=old)
     assert any("kfrelease-no-token-secrets" in r for r in cluster.refused)
+
+
+def argo_node_id(workflow: str, node_name: str) -> str:
+    """Argo's node ID (argoproj/argo-workflows v3.7.3 ``pkg/apis/workflow/v1alpha1/workflow_types.go``
+    ``Workflow.NodeID``): ``<workflow>-<fnv32a(node name)>``."""
+    h = 0x811C9DC5
+    for byte in node_name.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f"{workflow}-{h}"
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_a_step_pod_writes_only_its_own_argo_task_result(env, built):
+    """Review eks5 S0 (Critical): the step Role lets the untrusted steps' token create and patch any
+    ``workflowtaskresults`` (RBAC cannot name one before it exists), Argo's controller copies a result's outputs into
+    the node its name and workflow label point at, whoever wrote it (argo-workflows v3.7.3
+    ``workflow/controller/taskresult.go`` ``taskResultReconciliation``), and a KFP driver's ``pod-spec-patch`` output
+    is its executor pod's image and command (kubeflow/pipelines 2.16.0 ``argocompiler/container.go``): ``train``'s
+    merged code could patch another run's register driver's result and run its own code as ``default-editor``.
+    ``kfrelease-task-results`` admits a step identity's write only from the pod of that node: its token's
+    ``authentication.kubernetes.io/pod-name`` is ``<wf>-<template>-<hash>`` (``workflow/util/pod_name.go``) for the
+    result ``<wf>-<hash>`` labelled ``<wf>``. On main every write below was admitted."""
+    import dataclasses
+
+    from kfrelease.k8s.render.admission import ARGO_WORKFLOW_LABEL, POD_NAME_EXTRA, TASK_RESULTS_POLICY
+
+    cluster = Cluster(built[env])
+    run, other = "kfrelease-training-x7k2p", "kfrelease-training-q9w4z"
+
+    def result(workflow: str, node: str, outputs: dict | None = None) -> dict:
+        return {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "WorkflowTaskResult",
+            "metadata": {
+                "name": argo_node_id(workflow, node),
+                "namespace": RELEASE_NS,
+                "labels": {ARGO_WORKFLOW_LABEL: workflow, "workflows.argoproj.io/report-outputs-completed": "false"},
+            },
+            "outputs": outputs or {"parameters": [{"name": "executor-output", "value": "{}"}]},
+        }
+
+    def pod_token(sa: str, workflow: str, node: str, template: str = "system-container-impl"):
+        """The pod's own token as the API server authenticates it (a token bound to the pod names it)."""
+        pod = f"{workflow}-{template}-{argo_node_id(workflow, node).rpartition('-')[2]}"
+        return dataclasses.replace(service_account(RELEASE_NS, sa), extra={POD_NAME_EXTRA: [pod]})
+
+    train = f"{run}.root.train.executor"
+    untrusted = pod_token(UNTRUSTED_SA, run, train)
+    assert cluster.can(untrusted, "create", "WorkflowTaskResult", RELEASE_NS)  # the step Role: any name
+    own = cluster.create(untrusted, result(run, train))  # its own node: Argo's wait container reporting outputs
+    assert own["metadata"]["name"] == argo_node_id(run, train)
+    # POD_NAMES v1 (the pod is named the node ID) and an inline node (no template in the pod name) are its own too
+    v1_pod = dataclasses.replace(untrusted, extra={POD_NAME_EXTRA: [argo_node_id(run, f"{run}.root.x")]})
+    cluster.create(v1_pod, result(run, f"{run}.root.x"))
+
+    forged_patch = {"parameters": [{"name": "pod-spec-patch", "value": '{"containers":[{"name":"main","image":"x"}]}'}]}
+    for who, target in (
+        (untrusted, result(other, f"{other}.root.condition-1.register-driver", forged_patch)),  # another run
+        (untrusted, result(run, f"{run}.root.condition-1.register-driver", forged_patch)),  # its own run's driver
+        (pod_token(RELEASE_DRIVER_SA, other, f"{other}.root.preflight"), result(run, f"{run}.root.z")),
+        (service_account(RELEASE_NS, UNTRUSTED_SA), result(run, f"{run}.root.y")),  # a token bound to no pod
+    ):
+        with pytest.raises(ApiError) as err:
+            cluster.create(who, target)
+        assert err.value.status == 422 and TASK_RESULTS_POLICY in str(err.value), err.value
+    # nor may it re-label its own result into another workflow, where a node of that name would take it
+    relabelled = copy.deepcopy(own)
+    relabelled["metadata"]["labels"][ARGO_WORKFLOW_LABEL] = other
+    with pytest.raises(ApiError) as err:
+        cluster.admit(untrusted, "UPDATE", relabelled, old=own)
+    assert TASK_RESULTS_POLICY in str(err.value)
+    cluster.admit(untrusted, "UPDATE", {**own, "outputs": {"parameters": []}}, old=own)  # its own: the wait's patch

@@ -38,6 +38,8 @@ class AdmissionRequest:
     group: str = ""
     version: str = "v1"
     namespace_labels: dict = field(default_factory=dict)
+    #: the user's extra attributes (a token bound to a pod: ``authentication.kubernetes.io/pod-name`` ...)
+    extra: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -57,9 +59,29 @@ class Denial:
 _ENV = celpy.Environment()
 
 
+def _substring(text, start, end=None):
+    """cel-go's strings extension ``<string>.substring(start[, end])`` (code points; out of range is an error)."""
+    text, start = str(text), int(start)
+    end = len(text) if end is None else int(end)
+    if not 0 <= start <= end <= len(text):
+        raise IndexError(f"substring({start}, {end}) of a string of length {len(text)}")
+    return celpy.celtypes.StringType(text[start:end])
+
+
+def _last_index_of(text, sub):
+    """cel-go's strings extension ``<string>.lastIndexOf(sub)`` (-1 when absent)."""
+    return celpy.celtypes.IntType(str(text).rfind(str(sub)))
+
+
+#: The functions of cel-go's strings extension the policies use: Kubernetes' CEL base environment has the library
+#: from 1.29 (kubernetes ``staging/src/k8s.io/apiserver/pkg/cel/environment/base.go``: ``ext.Strings(ext.StringsVersion(2))``);
+#: cel-python has only the standard functions.
+KUBERNETES_FUNCTIONS = {"substring": _substring, "lastIndexOf": _last_index_of}
+
+
 @functools.lru_cache(maxsize=512)
 def _program(expression: str):
-    return _ENV.program(_ENV.compile(expression))
+    return _ENV.program(_ENV.compile(expression), functions=KUBERNETES_FUNCTIONS)
 
 
 def _rule_matches(rule: dict, req: AdmissionRequest) -> bool:
@@ -81,7 +103,7 @@ def _activation(req: AdmissionRequest) -> dict:
         "name": req.name,
         "resource": {"group": req.group, "version": req.version, "resource": req.resource},
         "subResource": req.subresource,
-        "userInfo": {"username": req.username},
+        "userInfo": {"username": req.username, **({"extra": req.extra} if req.extra else {})},
     }
     return {
         "object": celpy.json_to_cel(req.object),

@@ -56,10 +56,12 @@ def environment_cluster_roles(kubeflow_version: str) -> list[dict]:
 
 @dataclass(frozen=True)
 class Requester:
-    """A user name and the groups its authenticator gave it (``user.Info``)."""
+    """A user name and the groups its authenticator gave it (``user.Info``), and the extra attributes it set (a
+    token bound to a pod: ``authentication.kubernetes.io/pod-name`` ...), which admission policies read."""
 
     name: str
     groups: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def service_account(self) -> tuple[str, str] | None:

@@ -54,6 +54,26 @@ v1.11.0 and 26.03 ``common/kubeflow-roles/base/cluster-roles.yaml`` ``kubeflow-k
 ``secrets`` create/update/patch and get/list: without it, ``default-editor`` mints and reads a
 ``kfrelease-release-driver`` token with no pod involved, and the pod policies above never see it.
 
+A fifth binds Argo's task results to the pod that writes them. A step pod's own token must create and patch
+``argoproj.io`` ``workflowtaskresults`` (Argo's ``wait`` container reports the node's outputs as one, named the
+node's ID: argoproj/argo-workflows v3.7.3 ``workflow/executor/taskresult.go`` ``createTaskResult``/``patchTaskResult``),
+and RBAC cannot name a result before it exists, so the Role lets such a pod write any result of the namespace. The
+workflow controller copies every result labelled ``workflows.argoproj.io/workflow: <wf>`` whose name is a node of
+``<wf>`` into that node's outputs, whoever wrote it (``workflow/controller/taskresult.go``
+``taskResultReconciliation``), and a KFP driver's output ``pod-spec-patch`` is the image, command and args of its
+executor pod (kubeflow/pipelines 2.16.0 ``backend/src/v2/compiler/argocompiler/container.go``): the merged model
+code in ``train`` could patch the result of another run's register driver and run code of its choice as
+``default-editor`` (review eks5 S0). So a write of a task result by ``kfrelease-untrusted-step`` or
+``kfrelease-release-driver`` is admitted only from the pod whose node it is: the request's bound token names its pod
+(``request.userInfo.extra["authentication.kubernetes.io/pod-name"]``, set for every token bound to a pod:
+kubernetes ``staging/src/k8s.io/apiserver/pkg/authentication/serviceaccount/util.go`` ``ServiceAccountInfo.UserInfo``),
+the result is named ``<wf>-<fnv32a(node name)>`` (``Workflow.NodeID``, ``pkg/apis/workflow/v1alpha1/workflow_types.go``)
+and labelled ``<wf>``, and Argo names that node's pod ``<wf>-<template>-<the same hash>`` (``POD_NAMES`` v2) or the
+node ID itself (v1) (``workflow/util/pod_name.go`` ``GeneratePodName``; the same at v3.4.17 and v3.5.14): the pod must
+start with ``<wf>-`` and end with ``-<hash>``. A token bound to no pod is refused (fail closed). The expressions use
+``substring``/``lastIndexOf`` of cel-go's strings extension, which Kubernetes' CEL base environment includes from 1.29
+(``staging/src/k8s.io/apiserver/pkg/cel/environment/base.go``: ``ext.Strings(ext.StringsVersion(2))``).
+
 In the serving namespace, ``kfrelease-driver-services`` bounds what the release driver may do with Services. Its
 Role may create, patch and delete Services there (the ``<model>-<version>-logged`` Service of a KServe 0.20
 Standard-mode canary carries the version in its name, so RBAC cannot name it in advance), and whoever may create or
@@ -79,6 +99,7 @@ from kfrelease.k8s.render.platform import (
     RELEASE_DRIVER_SA,
     RELEASE_DRIVER_STEP,
     STEP_LABEL,
+    UNTRUSTED_SA,
 )
 
 ADMISSION = "admissionregistration.k8s.io"
@@ -87,6 +108,11 @@ NO_EXEC_POLICY = "kfrelease-release-no-exec"
 METADATA_CONFIGMAP_POLICY = "kfrelease-metadata-configmap"
 NO_TOKEN_SECRET_POLICY = "kfrelease-no-token-secrets"
 DRIVER_SERVICES_POLICY = "kfrelease-driver-services"
+TASK_RESULTS_POLICY = "kfrelease-task-results"
+#: Argo's label on a task result naming its workflow (the controller indexes results by it) and the user extra the
+#: API server sets from a token bound to a pod (module docstring).
+ARGO_WORKFLOW_LABEL = "workflows.argoproj.io/workflow"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 SA_TOKEN_SECRET = "kubernetes.io/service-account-token"
 #: Argo's workflow controller, as Kubeflow installs it (service account ``argo`` in ``kubeflow``).
 ARGO_CONTROLLER = "system:serviceaccount:kubeflow:argo"
@@ -359,6 +385,54 @@ def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
     )
 
 
+def task_result_policy(ns: str = RELEASE_NS) -> list[dict]:
+    """The step identities (``kfrelease-untrusted-step``, ``kfrelease-release-driver``) write only their own pod's
+    Argo task result (module docstring; review eks5 S0). Other identities are not matched: the run's own
+    ``default-editor`` (KFP's driver pods, trusted steps) holds ``kubeflow-edit`` over the Workflows anyway."""
+    users = [f"system:serviceaccount:{ns}:{sa}" for sa in (UNTRUSTED_SA, RELEASE_DRIVER_SA)]
+    extra = f"request.userInfo.extra[{_cel(POD_NAME_EXTRA)}]"
+    return _policy(
+        TASK_RESULTS_POLICY,
+        ns,
+        ["CREATE", "UPDATE"],
+        ["workflowtaskresults"],
+        [
+            {
+                "expression": "variables.pod != ''",
+                "message": "a step writes a task result only with its pod's own token (a token bound to a pod)",
+            },
+            {
+                "expression": "variables.workflow != '' && variables.hash.matches('^[0-9]+$') && "
+                "object.metadata.name == variables.workflow + '-' + variables.hash",
+                "message": f"a task result is named <workflow>-<node hash> and labelled {ARGO_WORKFLOW_LABEL}: <workflow>",
+            },
+            {
+                "expression": "variables.pod.startsWith(variables.workflow + '-') && "
+                "variables.pod.endsWith('-' + variables.hash)",
+                "message": "a step's pod writes only its own node's task result, never another step's or run's",
+            },
+        ],
+        match_conditions=[{"name": "step-identity", "expression": f"request.userInfo.username in {_cel(users)}"}],
+        variables=[
+            {
+                "name": "pod",
+                "expression": f"has(request.userInfo.extra) && {_cel(POD_NAME_EXTRA)} in request.userInfo.extra && "
+                f"size({extra}) == 1 ? {extra}[0] : ''",
+            },
+            {
+                "name": "workflow",
+                "expression": f"has(object.metadata.labels) && {_cel(ARGO_WORKFLOW_LABEL)} in object.metadata.labels "
+                f"? object.metadata.labels[{_cel(ARGO_WORKFLOW_LABEL)}] : ''",
+            },
+            {
+                "name": "hash",
+                "expression": "object.metadata.name.substring(object.metadata.name.lastIndexOf('-') + 1)",
+            },
+        ],
+        api_group="argoproj.io",
+    )
+
+
 def driver_service_policy(serving_ns: str, models: list[str]) -> list[dict]:
     """The release driver's Service writes in ``serving_ns``, bounded to the logged canary Services of ``models``
     (DNS slugs, ``inference.production_name``); module docstring."""
@@ -413,13 +487,20 @@ def _policy(
     *,
     match_conditions: list[dict] | None = None,
     variables: list[dict] | None = None,
+    api_group: str = "",
 ) -> list[dict]:
-    """A ValidatingAdmissionPolicy on core (``v1``) ``resources`` that fails closed, and its binding to ``ns``."""
+    """A ValidatingAdmissionPolicy on ``resources`` of ``api_group`` (core ``v1`` by default; any version of another
+    group) that fails closed, and its binding to ``ns``."""
     spec: dict = {
         "failurePolicy": "Fail",
         "matchConstraints": {
             "resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": resources}
+                {
+                    "apiGroups": [api_group],
+                    "apiVersions": ["*" if api_group else "v1"],
+                    "operations": operations,
+                    "resources": resources,
+                }
             ]
         },
     }
@@ -457,6 +538,7 @@ def release_admission(env: Environment, pod_defaults: list[dict], ns: str = RELE
         + no_exec_policy(ns)
         + metadata_configmap_policy(ns)
         + no_token_secret_policy(ns)
+        + task_result_policy(ns)
     )
 
 
