@@ -32,6 +32,8 @@ from kfrelease.k8s.environments import PROFILE_SA
 
 ARGOEXEC = "quay.io/argoproj/argoexec:v3.7.3"
 LAUNCHER = "ghcr.io/kubeflow/kfp-launcher:2.16.0"
+#: KFP 2.4.1's default launcher image (argocompiler ``container.go`` ``DefaultLauncherImage``), Kubeflow v1.10.0's
+LAUNCHER_241 = "ghcr.io/kubeflow/kfp-launcher:2.4.1"
 #: argoexec's log flags (``getExecutorLogOpts``): Argo v3.7 (Kubeflow 1.11, 26.03); v3.5 (Kubeflow 1.10) has no
 #: ``--gloglevel``
 ARGO_LOG = ["--loglevel", "info", "--log-format", "text", "--gloglevel", "0"]
@@ -63,9 +65,12 @@ def executor_pod(
     service_account: str = PROFILE_SA,
     workflow: str = "release-run-abcde",
     argo_log: tuple[str, ...] = tuple(ARGO_LOG),
+    kfp: str = "2.16.0",
 ) -> dict:
     """The pod of ``executor`` (e.g. ``exec-rollout``) in a run of ``pipeline`` whose component image is
-    ``image``, before any admission plugin or webhook changed it."""
+    ``image``, before any admission plugin or webhook changed it. ``kfp``: the KFP release whose compiler writes the
+    ``kfp-launcher`` init container (2.4.1, Kubeflow v1.10.0: ``--copy`` and the path in its ``command``, no
+    ``args``: kubeflow/pipelines 2.4.1 ``argocompiler/container.go``; 2.5.0 on: in ``args``)."""
     executors, platform = compiled_executors(pipeline)
     container = executors[executor]["container"]
     meta = platform.get(executor, {}).get("podMetadata", {})
@@ -142,9 +147,12 @@ def executor_pod(
                 },
                 {
                     "name": "kfp-launcher",
-                    "image": LAUNCHER,
-                    "command": ["launcher-v2"],
-                    "args": ["--copy", "/kfp-launcher/launch"],
+                    "image": LAUNCHER if kfp != "2.4.1" else LAUNCHER_241,
+                    **(
+                        {"command": ["launcher-v2", "--copy", "/kfp-launcher/launch"]}
+                        if kfp == "2.4.1"
+                        else {"command": ["launcher-v2"], "args": ["--copy", "/kfp-launcher/launch"]}
+                    ),
                     "volumeMounts": [{"name": "kfp-launcher", "mountPath": "/kfp-launcher"}],
                 },
             ],

@@ -465,6 +465,40 @@ def test_the_release_pod_of_argo_3_5_kubeflow_1_10_is_admitted_too(built, source
     assert Cluster(built["staging"]).create_pod(ARGO_CONTROLLER, pod)["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA
 
 
+def test_the_release_pod_of_kfp_2_4_1_kubeflow_1_10_0_is_admitted_and_its_launcher_copies_only_the_launcher(
+    built, sources
+):
+    """Review eks5 S5: kubeflow/manifests v1.10.0 runs KFP 2.4.1 (``apps/pipeline/upstream/base/pipeline/
+    kustomization.yaml`` newTag 2.4.1) and Argo v3.4.17, whose ``kfp-launcher`` init container has
+    ``command: [launcher-v2, --copy, /kfp-launcher/launch]`` and no args (kubeflow/pipelines 2.4.1
+    ``backend/src/v2/compiler/argocompiler/container.go``; 2.5.0 moved the last two into ``args``): the policy
+    admitted only the 2.5+ shape, so on a v1.10.0 cluster every release step was refused. Both shapes are admitted
+    now, and only them."""
+    from tests.cluster_standin.executor_pod import ARGO_LOG_35
+
+    cluster = Cluster(built["staging"])
+    pod = release_pod("staging", sources, argo_log=tuple(ARGO_LOG_35), kfp="2.4.1")
+    (init,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "kfp-launcher"]
+    assert init["command"] == ["launcher-v2", "--copy", "/kfp-launcher/launch"] and "args" not in init
+    assert cluster.create_pod(ARGO_CONTROLLER, pod)["spec"]["serviceAccountName"] == RELEASE_DRIVER_SA
+    for i, (command, args) in enumerate(
+        (
+            (["launcher-v2", "--copy", "/kfp-launcher/other"], None),  # another file where main runs the launcher
+            (["launcher-v2", "--copy", "/kfp-launcher/launch"], ["--copy", "/kfp-launcher/launch2"]),
+            (["launcher-v2", "--copy", "/kfp-launcher/launch", "--extra"], None),
+            (["sh", "-c", "cp /x /kfp-launcher/launch"], None),
+        )
+    ):
+        bad = copy.deepcopy(pod)
+        bad["metadata"]["name"] += f"-{i}"
+        (c,) = [c for c in bad["spec"]["initContainers"] if c["name"] == "kfp-launcher"]
+        c["command"] = command
+        if args is not None:
+            c["args"] = args
+        message = refused(cluster, bad)
+        assert "kfp-launcher init container only copies the launcher" in message, message
+
+
 def test_the_release_pod_as_argo_creates_it_is_admitted_and_nobody_else_may_create_or_change_it(built, sources):
     cluster = Cluster(built["production"])
     pod = cluster.create_pod(ARGO_CONTROLLER, release_pod("production", sources, executor="exec-shadow-gate"))

@@ -21,7 +21,8 @@ KFP v2 executor pod of one of the release components, as Argo's workflow control
 - containers ``wait`` + ``main`` and init containers ``init`` + ``kfp-launcher``, nothing else (Argo's
   ``workflow/controller/workflowpod.go``: ``newInitContainer``/``newWaitContainer`` run ``argoexec init|wait``;
   KFP's ``backend/src/v2/compiler/argocompiler/container.go`` ``addContainerExecutorTemplate``: the
-  ``kfp-launcher`` init container runs ``launcher-v2 --copy /kfp-launcher/launch``), each from its upstream
+  ``kfp-launcher`` init container runs ``launcher-v2 --copy /kfp-launcher/launch``: from KFP 2.5 ``--copy`` and the
+  path are its ``args``, in 2.4.1 (Kubeflow v1.10.0) part of its ``command``), each from its upstream
   image repository; no lifecycle hooks or probes (they run commands), no ephemeral containers;
 - ``main`` runs this platform release's image by its digest (``<registry>/kfrelease@<image_digest>`` of
   ``environments.yaml``: only the image publisher role pushes to that ECR repository, whose tags are immutable,
@@ -268,9 +269,14 @@ def step_identity_policy(env: Environment, pod_defaults: list[dict], ns: str = R
         ),
         (
             (
+                # KFP 2.5+ (Kubeflow 1.10.1 on): command launcher-v2, args --copy <path> [--log_level L]; KFP 2.4.1
+                # (Kubeflow 1.10.0): the three in command, no args (argocompiler container.go at each tag)
                 "variables.inits.all(c, c.name != 'kfp-launcher' || "
-                f"(c.image.matches({_cel(LAUNCHER_IMAGES)}) && c.command == ['launcher-v2'] && size(c.args) >= 2 && "
-                f"c.args[0] == '--copy' && c.args[1] == {_cel(KFP_LAUNCHER_DIR + '/launch')}))"
+                f"(c.image.matches({_cel(LAUNCHER_IMAGES)}) && ("
+                "(c.command == ['launcher-v2'] && has(c.args) && size(c.args) >= 2 && "
+                f"c.args[0] == '--copy' && c.args[1] == {_cel(KFP_LAUNCHER_DIR + '/launch')}) || "
+                f"(c.command == ['launcher-v2', '--copy', {_cel(KFP_LAUNCHER_DIR + '/launch')}] && "
+                "(!has(c.args) || size(c.args) == 0)))))"
             ),
             "KFP's kfp-launcher init container only copies the launcher from KFP's image",
         ),
