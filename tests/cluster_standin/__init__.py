@@ -89,6 +89,7 @@ RESOURCES = {
     "Service": ("", "services"),
     "Workflow": ("argoproj.io", "workflows"),
     "WorkflowTaskResult": ("argoproj.io", "workflowtaskresults"),
+    "PodDefault": ("kubeflow.org", "poddefaults"),
     "SubjectAccessReview": ("authorization.k8s.io", "subjectaccessreviews"),
     "LocalSubjectAccessReview": ("authorization.k8s.io", "localsubjectaccessreviews"),
 }

@@ -499,6 +499,29 @@ def test_the_release_pod_of_kfp_2_4_1_kubeflow_1_10_0_is_admitted_and_its_launch
         assert "kfp-launcher init container only copies the launcher" in message, message
 
 
+@pytest.mark.parametrize("executor", ["exec-train", "exec-score-champion"])
+def test_the_merged_model_code_runs_as_the_untrusted_identity_or_not_at_all(executor, built, sources):
+    """Review eks5 L3: the untrusted steps' identity is the PodDefault ``kfrelease-untrusted-step``'s doing, which
+    ``kubeflow-edit`` (the Profile's ``default-editor``) may delete; without it train ran as ``default-editor``
+    (the registry's write). ``kfrelease-untrusted-identity`` refuses such a pod instead (fail closed)."""
+    from kfrelease.k8s.render.admission import UNTRUSTED_IDENTITY_POLICY
+
+    cluster = Cluster(built["staging"])
+    pod = training_pod("staging", sources, executor=executor)
+    assert cluster.create_pod(ARGO_CONTROLLER, pod)["spec"]["serviceAccountName"] == UNTRUSTED_SA
+    editor = service_account(RELEASE_NS, PROFILE_SA)
+    assert cluster.can(editor, "delete", "PodDefault", RELEASE_NS, f"kfrelease-{UNTRUSTED}-step")
+    del cluster.objects[("PodDefault", RELEASE_NS, f"kfrelease-{UNTRUSTED}-step")]
+    again = copy.deepcopy(pod)
+    again["metadata"]["name"] += "-again"
+    message = refused(cluster, again)
+    assert UNTRUSTED_IDENTITY_POLICY in message and f"must run as {UNTRUSTED_SA}" in message, message
+    # the same pod named to run as default-editor from the start is refused too, PodDefault or not
+    assert UNTRUSTED_IDENTITY_POLICY in refused(
+        cluster, {**again, "spec": {**again["spec"], "serviceAccountName": PROFILE_SA}}
+    )
+
+
 def test_the_release_pod_as_argo_creates_it_is_admitted_and_nobody_else_may_create_or_change_it(built, sources):
     cluster = Cluster(built["production"])
     pod = cluster.create_pod(ARGO_CONTROLLER, release_pod("production", sources, executor="exec-shadow-gate"))

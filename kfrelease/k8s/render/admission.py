@@ -75,6 +75,9 @@ start with ``<wf>-`` and end with ``-<hash>``. A token bound to no pod is refuse
 ``substring``/``lastIndexOf`` of cel-go's strings extension, which Kubernetes' CEL base environment includes from 1.29
 (``staging/src/k8s.io/apiserver/pkg/cel/environment/base.go``: ``ext.Strings(ext.StringsVersion(2))``).
 
+A sixth refuses a pod labelled ``kfrelease.io/step-identity: untrusted`` that does not run as
+``kfrelease-untrusted-step`` (the PodDefault that sets it can be deleted by ``default-editor``: fail closed).
+
 In the serving namespace, ``kfrelease-driver-services`` bounds what the release driver may do with Services. Its
 Role may create, patch and delete Services there (the ``<model>-<version>-logged`` Service of a KServe 0.20
 Standard-mode canary carries the version in its name, so RBAC cannot name it in advance), and whoever may create or
@@ -100,6 +103,7 @@ from kfrelease.k8s.render.platform import (
     RELEASE_DRIVER_SA,
     RELEASE_DRIVER_STEP,
     STEP_LABEL,
+    UNTRUSTED,
     UNTRUSTED_SA,
 )
 
@@ -110,6 +114,7 @@ METADATA_CONFIGMAP_POLICY = "kfrelease-metadata-configmap"
 NO_TOKEN_SECRET_POLICY = "kfrelease-no-token-secrets"
 DRIVER_SERVICES_POLICY = "kfrelease-driver-services"
 TASK_RESULTS_POLICY = "kfrelease-task-results"
+UNTRUSTED_IDENTITY_POLICY = "kfrelease-untrusted-identity"
 #: Argo's label on a task result naming its workflow (the controller indexes results by it) and the user extra the
 #: API server sets from a token bound to a pod (module docstring).
 ARGO_WORKFLOW_LABEL = "workflows.argoproj.io/workflow"
@@ -391,6 +396,35 @@ def no_token_secret_policy(ns: str = RELEASE_NS) -> list[dict]:
     )
 
 
+def untrusted_identity_policy(ns: str = RELEASE_NS) -> list[dict]:
+    """A pod labelled ``kfrelease.io/step-identity: untrusted`` (train, score-champion: the merged model code) is
+    created only as ``kfrelease-untrusted-step`` (review eks5 L3). Its identity is the PodDefault's doing
+    (``platform.step_identities``; Kubeflow's admission webhook, a mutating one, runs before validation), and
+    ``kubeflow-edit`` may delete PodDefaults (kubeflow/manifests v1.11.0 and 26.03 ``common/kubeflow-roles``): without
+    this policy a missing PodDefault silently ran the merged code as the run's ``default-editor``, with the registry's
+    write; now such a pod is refused and the run fails."""
+    return _policy(
+        UNTRUSTED_IDENTITY_POLICY,
+        ns,
+        ["CREATE"],
+        ["pods"],
+        [
+            {
+                "expression": f"has(object.spec.serviceAccountName) && object.spec.serviceAccountName == {_cel(UNTRUSTED_SA)}",
+                "message": f"a pod labelled {STEP_LABEL}: {UNTRUSTED} runs merged model code and must run as "
+                f"{UNTRUSTED_SA} (is the PodDefault kfrelease-{UNTRUSTED}-step missing? kubectl apply -k the overlay)",
+            }
+        ],
+        match_conditions=[
+            {
+                "name": "untrusted-step",
+                "expression": f"has(object.metadata.labels) && {_cel(STEP_LABEL)} in object.metadata.labels && "
+                f"object.metadata.labels[{_cel(STEP_LABEL)}] == {_cel(UNTRUSTED)}",
+            }
+        ],
+    )
+
+
 def task_result_policy(ns: str = RELEASE_NS) -> list[dict]:
     """The step identities (``kfrelease-untrusted-step``, ``kfrelease-release-driver``) write only their own pod's
     Argo task result (module docstring; review eks5 S0). Other identities are not matched: the run's own
@@ -545,6 +579,7 @@ def release_admission(env: Environment, pod_defaults: list[dict], ns: str = RELE
         + metadata_configmap_policy(ns)
         + no_token_secret_policy(ns)
         + task_result_policy(ns)
+        + untrusted_identity_policy(ns)
     )
 
 
