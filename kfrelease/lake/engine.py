@@ -88,35 +88,53 @@ def widths_proven(stats: dict[str, dict | None], width: int) -> bool:
     return all(st is not None and (st["rows"] == 0 or st["width"] == [width, width]) for st in stats.values())
 
 
-def one_server(files: list[str]) -> bool:
-    """Whether every event of ``files`` names the same server (``source``, InferenceService, endpoint: the
-    join's pairing key besides the request id and instance), from the Parquet column statistics in their
-    footers: each column one value (min = max, no null; the InferenceService and the endpoint may be all
-    null instead, which the join reads as ''). A writer that truncates long values' statistics writes a
-    greater max, so min = max holds only for one exact value. False when a footer has no statistics."""
-    seen: dict[str, set] = {"source": set(), "inferenceservicename": set(), "endpoint": set()}
+def footer_values(files: list[str], names: tuple[str, ...]) -> dict[str, set | None]:
+    """Per column of ``names``, the values of ``files`` as their footers' column statistics prove them: each
+    row group one value (min = max, no null) or only nulls (None); the column's entry is None (not proven)
+    when a row group holds several values, or nulls and values, or has no statistics, or a file lacks the
+    column. A writer that truncates long values' statistics writes a greater max, so min = max holds only
+    for one exact value."""
+    seen: dict[str, set | None] = {name: set() for name in names}
     for path in files:
         meta = pq.read_metadata(path)
-        names = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
-        if not set(seen) <= set(names):
-            return False
+        index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        for name in names:
+            if name not in index:
+                seen[name] = None
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
             if group.num_rows == 0:
                 continue
             for name, values in seen.items():
-                st = group.column(names[name]).statistics
-                if st is None:
-                    return False
-                if name != "source" and st.null_count == group.num_rows:
-                    values.add("")  # coalesce(<all null>, '')
-                elif st.null_count == 0 and st.has_min_max and st.min == st.max:
+                if values is None:
+                    continue
+                st = group.column(index[name]).statistics
+                if st is not None and st.null_count == group.num_rows:
+                    values.add(None)
+                elif st is not None and st.null_count == 0 and st.has_min_max and st.min == st.max:
                     values.add(st.min)
                 else:
-                    return False
-                if len(values) > 1:
-                    return False
-    return True
+                    seen[name] = None
+    return seen
+
+
+def one_server(files: list[str]) -> bool:
+    """Whether every event of ``files`` names the same server (``source``, InferenceService, endpoint: the
+    join's pairing key besides the request id and instance), from the Parquet column statistics in their
+    footers (``footer_values``): each column one value; the InferenceService and the endpoint may be all
+    null instead, which the join reads as ''. False when a footer has no statistics."""
+    seen = footer_values(files, ("source", "inferenceservicename", "endpoint"))
+    if any(values is None for values in seen.values()) or None in seen["source"]:
+        return False
+    return all(len({"" if v is None else v for v in values}) <= 1 for values in seen.values())
+
+
+def constant_columns(files: list[str], names: tuple[str, ...] = ("model_version", "stage")) -> dict[str, str]:
+    """The columns of ``names`` that hold one and the same value in every event of ``files`` (no null), with
+    that value, from their footers (``footer_values``): every joined row then has it (``coalesce`` of the
+    response's and the request's), so the window's table of joined rows need not store it."""
+    seen = footer_values(files, names)
+    return {n: v.pop() for n, v in seen.items() if v is not None and len(v) == 1 and isinstance(next(iter(v)), str)}
 
 
 def features_in_logs(con) -> list[str] | None:
@@ -162,12 +180,17 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def materialise_joined(con, features, keep, categorical, one_server, since=None, until=None) -> bool:
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def materialise_joined(con, features, keep, categorical, one_server, since=None, until=None, fixed=None) -> bool:
     """The joined rows' columns ``keep`` into the table ``joined_rows``, in one pass that pairs each request
     with its response and its label without grouping either: the join's own rows when no event repeats and
     no instance has two labels, which one grouping of the joined rows' pairing keys proves (a repeated event
     or a second label gives a pair twice; a hash collision only fails the proof). False, and no table, when
-    a pair occurs twice: the caller then joins with the repeat check and the latest-label rule."""
+    a pair occurs twice: the caller then joins with the repeat check and the latest-label rule. ``fixed``:
+    columns whose one value every row has (``constant_columns``), not stored (``joined_rows_view``)."""
     preds = J.predictions_sql(
         "events",
         features,
@@ -180,12 +203,20 @@ def materialise_joined(con, features, keep, categorical, one_server, since=None,
         pair_key=True,
     )
     joined = J.joined_sql(f"({preds})", f"({J.labels_sql('labels', J.DUCKDB, since)})")
-    cols = ", ".join(_quoted(c) for c in keep)
+    cols = ", ".join(_quoted(c) for c in keep if c not in (fixed or {}))
     con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols}, _pair FROM ({joined}) j")
     if con.execute("SELECT count(*) - count(DISTINCT _pair) FROM joined_rows").fetchone()[0] == 0:
         return True
     con.execute("DROP TABLE joined_rows")
     return False
+
+
+def joined_rows_view(con, keep, fixed=None) -> None:
+    """The view ``joined`` over the table ``joined_rows``: its columns ``keep``, those of ``fixed`` (not stored)
+    as their one value."""
+    fixed = fixed or {}
+    cols = ", ".join(f"{_literal(fixed[c])} AS {_quoted(c)}" if c in fixed else _quoted(c) for c in keep)
+    con.execute(f"CREATE OR REPLACE VIEW joined AS SELECT {cols} FROM joined_rows")
 
 
 def open_window(
@@ -208,7 +239,8 @@ def open_window(
     whose logged values are text, ``logged_categories``). With ``materialize``
     the joined rows a window reads are computed once into a table (several queries on one window;
     ``"with-keys"`` keeps ``request_id`` and ``instance`` too), in one pass with no repeat check and no
-    latest-label grouping when no pair occurs twice (``materialise_joined``)."""
+    latest-label grouping when no pair occurs twice (``materialise_joined``); a version and a stage that every
+    event names (``constant_columns``) are not stored per row."""
     warnings = warnings if warnings is not None else []
     cache = R.LakeCache.for_store(store)
     pred_files, label_files, logs, labels = R.window_files(store, model, since, until, cache, warnings)
@@ -236,7 +268,8 @@ def open_window(
         if materialize == "with-keys":
             keep += ["request_id", "instance"]
         wrong = not proven  # counted by batch below, if any
-        unique = materialise_joined(con, list(features), keep, categorical, single, lo, hi)
+        fixed = constant_columns(pred_files)  # one version and stage named by every event: not stored per row
+        unique = materialise_joined(con, list(features), keep, categorical, single, lo, hi, fixed)
         # no pair twice: no repeated event among the pairs, so the plain pairing is the deduplicated one
         define_views(
             con,
@@ -247,10 +280,10 @@ def open_window(
             categorical=categorical,
             one_server=single,
         )
-        cols = ", ".join(_quoted(c) for c in keep)
         if not unique:
+            cols = ", ".join(_quoted(c) for c in keep)
             con.execute(f"CREATE TEMP TABLE joined_rows AS SELECT {cols} FROM joined")
-        con.execute(f"CREATE OR REPLACE VIEW joined AS SELECT {cols} FROM joined_rows")
+        joined_rows_view(con, keep, fixed if unique else None)
     else:
         if proven:  # no list read
             repeated, wrong = con.execute(J.duplicates_sql("events", single)).fetchone()[0], 0

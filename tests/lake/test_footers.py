@@ -13,7 +13,14 @@ import pytest
 
 from kfrelease.lake import join as J
 from kfrelease.lake import schema as S
-from kfrelease.lake.engine import _files_view, connect, file_request_stats, one_server, widths_proven
+from kfrelease.lake.engine import (
+    _files_view,
+    connect,
+    constant_columns,
+    file_request_stats,
+    one_server,
+    widths_proven,
+)
 
 FEATURES = ["carat", "cut"]
 
@@ -86,6 +93,20 @@ def test_an_inferenceservice_never_named_counts_as_one_server(tmp_path):
     unnamed = [_file(tmp_path, "a", _events(isvc=None)), _file(tmp_path, "b", _events(isvc=None, first=6))]
     assert one_server(unnamed)  # the join reads a missing name as ''
     assert not one_server([*unnamed, _file(tmp_path, "c", _events(first=12))])
+
+
+def test_a_version_and_stage_are_constant_only_when_every_event_names_the_same(tmp_path):
+    table = _events()
+    assert constant_columns([_file(tmp_path, "a", table)]) == {"model_version": "V1", "stage": "production"}
+    requests = pa.compute.equal(table["type"], "request")
+    at = table.schema.get_field_index("model_version")
+    unnamed = table.set_column(
+        at, "model_version", pa.compute.if_else(requests, pa.scalar(None, pa.string()), table["model_version"])
+    )  # requests that name no version (the KServe agent's): the joined rows take the responses'; not proven
+    assert constant_columns([_file(tmp_path, "b", unnamed)]) == {"stage": "production"}
+    old = _file(tmp_path, "old", _events(first=10), recorded=False)  # any writer's statistics will do
+    assert constant_columns([_file(tmp_path, "a", table), old]) == {"model_version": "V1", "stage": "production"}
+    assert constant_columns([]) == {}
 
 
 @pytest.mark.parametrize("dedup", [False, True])

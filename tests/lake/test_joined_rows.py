@@ -1,24 +1,33 @@
 """A monitoring window's joined rows in one pass (``kfrelease.lake.engine.materialise_joined``): each request
 paired with its response and its label without grouping either, kept only when no pair occurs twice, which is
 when they are the very rows of the full plan (repeated events counted once, the latest label of each
-instance); a repeated event or a corrected label sends the window to the full plan."""
+instance); a repeated event or a corrected label sends the window to the full plan. A version and a stage
+that every event names are not stored per row, and the window's rows are still the full plan's."""
 
 from __future__ import annotations
 
 import pytest
 
 from kfrelease.lake import schema as S
-from kfrelease.lake.engine import _files_view, connect, define_views, materialise_joined, one_server
+from kfrelease.lake.engine import (
+    _files_view,
+    connect,
+    constant_columns,
+    define_views,
+    joined_rows_view,
+    materialise_joined,
+    one_server,
+)
 
 FEATURES = ["carat", "cut"]
 KEEP = ["model_version", "stage", "time", *FEATURES, "prediction", "truth", "truth_time", "request_id", "instance"]
 
 
-def _events(first=0, n=8, isvc="m", again=()):
+def _events(first=0, n=8, isvc="m", again=(), version="V1"):
     rows = []
     for i in [*range(first, first + n), *again]:
         ev = {"id": f"r{i}", "time": f"2026-12-05T10:{i:02d}:00Z", "source": "agent", "inferenceservicename": isvc}
-        ev.update(model_version="V1", stage="production", endpoint="default")
+        ev.update(model_version=version, stage="production", endpoint="default")
         rows += S.event_rows({**ev, "type": "request", "instances": [[0.5 + i, "Ideal"]]})
         if i % 5 != 4:  # every fifth request is never answered
             rows += S.event_rows({**ev, "type": "response", "predictions": [float(i) + (isvc != "m")]})
@@ -99,3 +108,23 @@ def test_one_pass_rows_are_the_full_plans_or_it_steps_aside(tmp_path, case):
     mine = con.execute(f"SELECT {cols} FROM joined_rows ORDER BY ALL").fetchall()
     assert mine == _full(con, single)
     assert len(mine) == (14 if case == "the shadow answers the same ids" else 7)  # r4 is never answered
+
+
+@pytest.mark.parametrize(
+    ("events", "fixed"),
+    [
+        ([_events(), _events(first=8)], {"model_version": "V1", "stage": "production"}),
+        ([_events(), _events(first=8, version="V2")], {"stage": "production"}),  # a new version on the same server
+    ],
+)
+def test_a_version_and_stage_every_event_names_are_not_stored_and_the_rows_are_the_full_plans(tmp_path, events, fixed):
+    con, single = _window(tmp_path, events, [_labels(range(16))])
+    assert constant_columns(sorted(str(p) for p in tmp_path.glob("e*.parquet"))) == fixed
+    assert materialise_joined(con, FEATURES, KEEP, ["cut"], single, fixed=fixed)
+    stored = {r[0] for r in con.execute("DESCRIBE joined_rows").fetchall()}
+    assert stored.isdisjoint(fixed) and "time" in stored
+    cols = ", ".join(f'"{c}"' for c in KEEP)
+    joined_rows_view(con, KEEP, fixed)
+    mine = con.execute(f"SELECT {cols} FROM joined ORDER BY ALL").fetchall()
+    assert mine == _full(con, single)
+    assert {r[0] for r in mine} == ({"V1"} if "model_version" in fixed else {"V1", "V2"})
