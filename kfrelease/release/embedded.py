@@ -54,13 +54,19 @@ def lock_holder(path: Path) -> str | None:
 
 
 class ReleaseLock:
-    """One release per model at a time on this stack (a pid file created exclusively; a dead holder's is
-    taken over, see ``lock_holder``). ``wait``: seconds to wait for a running release of the model to end
-    (the hand-over's releases queue: a merge that trains while the previous candidate is still in shadow or
-    canary is released after it, against the production it leaves); 0 raises ``Conflict`` at once."""
+    """One release per model at a time on this stack: a record ``<pid> <version> <start time>`` at
+    ``lock_path``; a dead holder's is taken over (see ``lock_holder``). Every taker checks and takes it in turn,
+    holding the record's guard (``supervisor.exclusive_lock`` on ``<lock>.guard``, released by the kernel if the
+    taker dies), and the record is written whole (a temporary file renamed over it): no reader sees it half
+    written, and two takers that both found a dead holder cannot both take it over. ``wait``: seconds to wait for
+    a running release of the model to end (the hand-over's releases queue: a merge that trains while the previous
+    candidate is still in shadow or canary is released after it, against the production it leaves); 0 raises
+    ``Conflict`` at once."""
 
     def __init__(self, settings: Settings, model: str, version: str, wait: float = 0.0, poll: float = 0.5):
         self.path, self.version, self.wait, self.poll = lock_path(settings, model), version, wait, poll
+        self.guard = self.path.with_name(self.path.name + ".guard")
+        self.record = ""
 
     def __enter__(self):
         deadline = time.monotonic() + self.wait
@@ -80,24 +86,26 @@ class ReleaseLock:
 
     def _try_take(self) -> str | None:
         """Take the lock; None when taken, else the version whose release holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                holder = lock_holder(self.path)
-                if holder is not None:
-                    return holder
-                self.path.unlink(missing_ok=True)
-                continue
+        with supervisor.exclusive_lock(self.guard):
+            holder = lock_holder(self.path)
+            if holder is not None:
+                return holder
             me = supervisor.process_identity()
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{me['pid']} {self.version} {me['pid_started']}\n")
+            self.record = f"{me['pid']} {self.version} {me['pid_started']}\n"
+            tmp = self.path.with_name(f"{self.path.name}.tmp-{me['pid']}")
+            tmp.write_text(self.record)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
             return None
-        raise Conflict(f"could not take the release lock {self.path}")
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        with supervisor.exclusive_lock(self.guard):
+            try:
+                ours = self.path.read_text() == self.record
+            except OSError:
+                ours = False
+            if ours:  # never another taker's record
+                self.path.unlink(missing_ok=True)
 
 
 def run_release(

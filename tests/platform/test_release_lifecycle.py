@@ -89,3 +89,49 @@ def test_a_release_record_or_lock_whose_pid_is_another_programs_now_names_no_run
     finally:
         other.kill()
         other.wait()
+
+
+def test_takers_racing_for_a_dead_holders_lock_never_hold_it_together(tmp_path):
+    """The release lock is taken over from a dead holder (its pid ended). Takers that race for it (the hand-over
+    queues a model's releases, each polling the lock) must not both hold it: each checks and takes under the
+    lock's guard, and the record is written whole, so no taker reads a half-written record as a dead holder's and
+    none removes a record another taker has just written. 40 rounds of 6 threads released at once on a dead
+    holder's record (threads: one pid, so a taken record reads as a live holder to the others)."""
+    import threading
+    import time
+
+    settings = Settings(home=tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock = lock_path(settings, "alpha")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holding, most, problems = [0], [0], []
+    guard = threading.Lock()
+
+    def take(barrier):
+        barrier.wait()
+        try:
+            with ReleaseLock(settings, "alpha", "V1.3.0"):
+                with guard:
+                    holding[0] += 1
+                    most[0] = max(most[0], holding[0])
+                time.sleep(0.005)
+                with guard:
+                    holding[0] -= 1
+        except Conflict:
+            pass
+        except Exception as exc:  # noqa: BLE001 - any other failure is the test's finding
+            problems.append(repr(exc))
+
+    for _ in range(40):
+        lock.write_text(f"{gone.pid} V1.2.0\n")  # a dead holder's record (written before start times)
+        barrier = threading.Barrier(6)
+        threads = [threading.Thread(target=take, args=(barrier,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+    assert problems == []
+    assert most[0] == 1, f"{most[0]} takers held the release lock at once"
+    assert not lock.exists()  # the last holder removed its own record
