@@ -275,6 +275,21 @@ VARIABLES: tuple[Variable, ...] = (
         "KFRELEASE_STAGE", "str", None, "production, staging or canary (set on the cluster's predictor)", "serving"
     ),
     # monitoring and retraining
+    Variable(
+        "KFRELEASE_PUSHGATEWAY_URL",
+        "str",
+        None,
+        "the Pushgateway the monitoring steps push to (a cluster's Service); unset: the embedded one",
+        "monitoring",
+    ),
+    Variable(
+        "KFRELEASE_PUSHGATEWAY_CREDENTIALS",
+        "str",
+        None,
+        "directory with the username and password files of the monitoring steps' pushes (a mounted Secret); "
+        "unset: the embedded stack's own",
+        "monitoring",
+    ),
     Variable("KFRELEASE_PROMETHEUS_SCRAPE_INTERVAL", "str", "10s", "Prometheus scrape interval", "monitoring"),
     Variable("KFRELEASE_PROMETHEUS_EVAL_INTERVAL", "str", "10s", "Prometheus rule evaluation interval", "monitoring"),
     Variable(

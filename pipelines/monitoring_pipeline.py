@@ -12,6 +12,7 @@ from kfrelease.components.choose_monitoring_engine import choose_monitoring_engi
 from kfrelease.components.monitor import monitor_model
 from kfrelease.components.spark_monitor import monitor_window_on_spark
 from kfrelease.components.window_report import window_report
+from kfrelease.k8s.render.platform import MONITORING_STEP, step_label
 from kfrelease.training.resources import apply_step_policy
 
 
@@ -42,6 +43,9 @@ def monitoring_pipeline(
             model=model, window=window, since=since, min_labels=min_labels, reports=reports
         ).set_display_name("monitor")
         apply_step_policy(monitored, "monitor", None, caching=False)
+        step_label(
+            monitored, MONITORING_STEP
+        )  # pushes to the Pushgateway: its credentials (platform.monitoring_push_access)
         with dsl.ParallelFor(monitored.outputs["Output"]) as key:
             apply_step_policy(window_report(report_key=key).set_display_name("window report"), "report", None)
     with dsl.Else(name="spark"):

@@ -4,7 +4,10 @@ One Pushgateway group per (model, version, stage) (grouping key; job ``kfrelease
 whole on every push (HTTP PUT, ``prometheus_client.push_to_gateway``): a window that became insufficient
 therefore drops its quality gauges instead of leaving stale ones behind, and
 ``kfrelease_model_window_insufficient`` says so. Prometheus scrapes the Pushgateway with
-``honor_labels: true`` so these labels are kept (Pushgateway README, "About the job and instance labels").
+``honor_labels: true`` so these labels are kept (Pushgateway README, "About the job and instance labels"), and
+keeps only these gauges (``kfrelease.monitoring.scrape``). Every push carries the monitoring steps' basic-auth
+credentials (``kfrelease.monitoring.pushauth``); the Pushgateway answers any other 401. Where to:
+``KFRELEASE_PUSHGATEWAY_URL`` (a cluster's Service), else the embedded stack's.
 
 Per input feature the latest window's drift verdict and score (label ``feature``), and per category feature the
 share of its categories in the reference and in the window (labels ``feature``, ``category``, ``side``). The
@@ -29,8 +32,10 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from kfrelease.config import Settings
+from kfrelease.config import Settings, setting
+from kfrelease.errors import ConfigError
 from kfrelease.lake.spool import Spool
+from kfrelease.monitoring.pushauth import push_credentials
 from kfrelease.quality.drift import OTHER
 
 log = logging.getLogger(__name__)
@@ -166,8 +171,12 @@ def payload(window) -> dict:
     }
 
 
-def _push_one(url: str, item: dict, timeout: float) -> None:
+def _push_one(url: str, item: dict, timeout: float, credentials: tuple[str, str]) -> None:
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway  # heavy: prometheus_client
+    from prometheus_client.exposition import basic_auth_handler  # heavy: prometheus_client
+
+    def handler(url, method, timeout, headers, data):
+        return basic_auth_handler(url, method, timeout, headers, data, *credentials)
 
     registry = CollectorRegistry()
     for name, value in item["values"].items():
@@ -179,13 +188,17 @@ def _push_one(url: str, item: dict, timeout: float) -> None:
             names, helptext = LABELLED_GAUGES[name]
             gauges[name] = Gauge(name, helptext, labelnames=names, registry=registry)
         gauges[name].labels(**labels).set(value)
-    push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout)
+    push_to_gateway(url, job=JOB, registry=registry, grouping_key=item["labels"], timeout=timeout, handler=handler)
 
 
 def push_windows(settings: Settings, windows, url: str | None = None, timeout: float = 3.0) -> PushOutcome:
     """Push the latest window of each (version, stage), after what an earlier call could not push; what
     cannot be pushed stays spooled."""
-    url = url or settings.url("pushgateway")
+    url = url or setting("KFRELEASE_PUSHGATEWAY_URL") or settings.url("pushgateway")
+    try:
+        credentials, refused = push_credentials(settings), ""
+    except ConfigError as exc:  # kept like an unreachable gateway's: the stack's are written when it first starts
+        credentials, refused = None, str(exc)
     spool = Spool(spool_dir(settings))
     if windows:  # spooled first: a crash mid-push loses nothing
         spool.append([orjson.dumps(payload(w)) + b"\n" for w in windows])
@@ -193,9 +206,12 @@ def push_windows(settings: Settings, windows, url: str | None = None, timeout: f
     out = PushOutcome()
 
     def push(segment: Path, lines: list[bytes]) -> int:
+        if credentials is None:
+            out.errors.append(refused)
+            return 0
         for i, line in enumerate(lines):
             try:
-                _push_one(url, orjson.loads(line), timeout)
+                _push_one(url, orjson.loads(line), timeout, credentials)
             except orjson.JSONDecodeError as exc:
                 log.error("%s: skipping an unreadable result (%s)", segment, exc)
                 continue
@@ -208,7 +224,12 @@ def push_windows(settings: Settings, windows, url: str | None = None, timeout: f
     spool.drain(push)
     out.pending = len(spool.lines())
     if out.pending:
-        reason = f"is not reachable ({out.errors[-1]})" if out.errors else "was busy with another run's push"
+        if refused:
+            reason = f"cannot be pushed to: {refused}"
+        elif out.errors:
+            reason = f"is not reachable ({out.errors[-1]})"
+        else:
+            reason = "was busy with another run's push"
         out.message = (
             f"Pushgateway at {url} {reason}; {out.pending} result(s) kept in {spool.dir} and pushed on the next "
             "run (`kfrelease up` starts it)"

@@ -22,6 +22,7 @@ import json
 import yaml
 
 from kfrelease.config import Settings, setting
+from kfrelease.monitoring.pushauth import SCRAPE_USER, WEB_CONFIG_KEY, embedded_dir, ensure_embedded
 from kfrelease.monitoring.rules import render_rules
 from kfrelease.monitoring.scrape import PREDICTORS_JOB, pushgateway_scrape
 from kfrelease.stack.service import Service, python_service
@@ -49,7 +50,15 @@ def prometheus_config(settings: Settings, scrape_interval: str, eval_interval: s
         },
         "scrape_configs": [
             job("prometheus", [settings.port("prometheus")]),
-            job("pushgateway", [settings.port("pushgateway")], **pushgateway_scrape()),
+            job(
+                "pushgateway",
+                [settings.port("pushgateway")],
+                **pushgateway_scrape(),
+                basic_auth={
+                    "username": SCRAPE_USER,
+                    "password_file": str(embedded_dir(settings) / SCRAPE_USER / "password"),
+                },
+            ),
             {
                 "job_name": PREDICTORS_JOB,  # the cluster's PodMonitor job: what the canary's queries match
                 "static_configs": [
@@ -102,6 +111,7 @@ def prometheus_service(
 
     def prepare(s: Settings) -> None:
         (d / "data").mkdir(parents=True, exist_ok=True)
+        ensure_embedded(s)  # the Pushgateway's scrape password file
         (d / "rules.yaml").write_text(yaml.safe_dump(render_rules(for_override), sort_keys=False))
         (d / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(s, scrape, evaluation), sort_keys=False))
 
@@ -124,6 +134,8 @@ def prometheus_service(
 
 
 def pushgateway_service(settings: Settings) -> Service:
+    """The Pushgateway, as on the cluster with basic auth for pushes and scrapes (``kfrelease.monitoring.pushauth``;
+    its ``/-/ready`` answers 401 without them, which the supervisor counts as ready: below 500)."""
     d = settings.service_dir("pushgateway")
     return Service(
         name="pushgateway",
@@ -131,9 +143,11 @@ def pushgateway_service(settings: Settings) -> Service:
         command=[
             "prometheus-pushgateway",
             f"--web.listen-address=127.0.0.1:{settings.port('pushgateway')}",
+            f"--web.config.file={embedded_dir(settings) / WEB_CONFIG_KEY}",
             f"--persistence.file={d / 'metrics.db'}",
             "--persistence.interval=30s",
         ],
+        prepare=ensure_embedded,
         health_path="/-/ready",
         group=GROUP,
         executables={"prometheus-pushgateway": "prometheus-pushgateway"},

@@ -690,3 +690,30 @@ def test_a_step_pod_writes_only_its_own_argo_task_result(env, built):
         cluster.admit(untrusted, "UPDATE", relabelled, old=own)
     assert TASK_RESULTS_POLICY in str(err.value)
     cluster.admit(untrusted, "UPDATE", {**own, "outputs": {"parameters": []}}, old=own)  # its own: the wait's patch
+
+
+def test_only_the_monitoring_step_gets_the_pushgateway_credentials(built, sources):
+    """Review eks5 S2 part 3: the Pushgateway took pushes from any pod. Now it asks for basic auth, and of the
+    pipeline pods only the monitoring pipeline's monitor step gets the push credentials (PodDefault
+    kfrelease-monitoring-push by its step-identity label), never the merged model code's steps."""
+    from google.protobuf import json_format
+
+    from kfrelease.k8s.render.platform import CLUSTER_PUSHGATEWAY_URL
+    from kfrelease.monitoring.pushauth import PUSH_SECRET
+    from kfrelease.pipelines.monitoring_pipeline import monitoring_pipeline
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+    from tests.cluster_standin.executor_pod import executor_pod
+
+    cluster = Cluster(built["staging"])
+    mounted = {}
+    for pipeline in (monitoring_pipeline, training_pipeline):
+        for executor in json_format.MessageToDict(pipeline.pipeline_spec)["deploymentSpec"]["executors"]:
+            pod = cluster.create_pod(
+                ARGO_CONTROLLER, executor_pod(pipeline, executor, platform_image("staging", sources), RELEASE_NS)
+            )
+            secrets = {v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v}
+            env = {e["name"]: e.get("value") for c in pod["spec"]["containers"] for e in c.get("env", [])}
+            mounted[executor] = (PUSH_SECRET in secrets, env.get("KFRELEASE_PUSHGATEWAY_URL"))
+    assert mounted.pop("exec-monitor-model") == (True, CLUSTER_PUSHGATEWAY_URL)
+    assert not any(has for has, _ in mounted.values()), [k for k, (has, _) in mounted.items() if has]
+    assert "exec-train" in mounted and "exec-score-champion" in mounted

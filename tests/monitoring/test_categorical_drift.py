@@ -15,6 +15,7 @@ import pytest
 from kfrelease.lake.drift import psi_drift
 from kfrelease.lake.engine import connect
 from kfrelease.monitoring.push import MAX_EXPORTED_CATEGORIES, feature_series
+from kfrelease.monitoring.pushauth import SCRAPE_USER, embedded_credentials
 from kfrelease.quality.drift import MAX_RECORDED_CATEGORIES, OTHER, data_drift
 
 NUMBERS = ["carat", "depth", "table"]
@@ -184,7 +185,9 @@ def test_a_window_where_one_cut_shifts_is_flagged_and_an_unchanged_one_is_not(st
         recorded = load_history(store_for("pipeline", stack), model).iloc[-1]
         assert recorded["feature_drift"]["cut"]["frequencies"] == w.feature_drift["cut"]["frequencies"]
         assert run.push is not None and run.push.ok, run.push
-        metrics = httpx.get(stack.url("pushgateway", "/metrics"), timeout=10).text
+        metrics = httpx.get(
+            stack.url("pushgateway", "/metrics"), timeout=10, auth=embedded_credentials(stack, SCRAPE_USER)
+        ).text
         fair = w.feature_drift["cut"]["frequencies"]["Fair"]["current"]
         line = (
             f'kfrelease_model_category_share{{category="Fair",feature="cut",instance="",job="kfrelease-monitor",'

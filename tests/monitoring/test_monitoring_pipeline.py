@@ -97,8 +97,15 @@ def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(t
 
     path = tmp_path / "monitoring.yaml"
     compiler.Compiler().compile(monitoring_pipeline, str(path))
-    doc = yaml.safe_load(path.read_text())
+    doc, platform = yaml.safe_load_all(path.read_text())
     assert list(doc["root"]["dag"]["tasks"]) == ["choose-monitoring-engine", "condition-branches-1"]
+    # the monitor step pushes to the Pushgateway: it alone carries the step identity that mounts the credentials
+    labelled = {
+        name: e["podMetadata"]["labels"]
+        for name, e in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
+        if "podMetadata" in e
+    }
+    assert labelled == {"exec-monitor-model": {"kfrelease.io/step-identity": "monitoring"}}
     dags = {name: c["dag"]["tasks"] for name, c in doc["components"].items() if "dag" in c}
     branches = dags["comp-condition-branches-1"]
     conditions = {t["componentRef"]["name"]: t["triggerPolicy"]["condition"] for t in branches.values()}

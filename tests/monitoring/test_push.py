@@ -8,6 +8,7 @@ import pytest
 from kfrelease.config import Settings
 from kfrelease.lake.spool import Spool
 from kfrelease.monitoring.push import payload, push_windows, spool_dir
+from kfrelease.monitoring.pushauth import PUSH_USER, SCRAPE_USER, embedded_credentials, embedded_dir
 from kfrelease.monitoring.window import WindowResult
 
 
@@ -45,7 +46,16 @@ def test_insufficient_windows_push_no_quality_gauges():
     assert payload(window())["values"]["kfrelease_model_r2"] == 0.5
 
 
-def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
+def credentials(directory, user="monitoring", password="not-the-one"):
+    """A credentials directory as the mounted Secret has it (username, password files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "username").write_text(user)
+    (directory / "password").write_text(password)
+    return directory
+
+
+def test_down_pushgateway_keeps_results_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_CREDENTIALS", str(credentials(tmp_path / "push")))
     settings = Settings(home=tmp_path)
     url = f"http://127.0.0.1:{free_port()}"
     out = push_windows(settings, [window(), window(version="V1.2.0")], url=url, timeout=1)
@@ -54,8 +64,17 @@ def test_down_pushgateway_keeps_results_and_says_so(tmp_path):
     assert len(Spool(spool_dir(settings)).lines()) == 2  # kept, one line each
 
 
+def test_results_without_push_credentials_are_kept_and_the_message_says_which(tmp_path, monkeypatch):
+    monkeypatch.delenv("KFRELEASE_PUSHGATEWAY_CREDENTIALS", raising=False)
+    settings = Settings(home=tmp_path)
+    out = push_windows(settings, [window()], url=f"http://127.0.0.1:{free_port()}", timeout=1)
+    assert out.pending == 1 and out.pushed == 0
+    assert "Pushgateway credentials in" in out.message and "kept in" in out.message, out.message
+
+
 @pytest.mark.integration
-def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path):
+def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_CREDENTIALS", str(embedded_dir(stack) / PUSH_USER))
     settings = Settings(home=tmp_path, port_offset=stack.port_offset)
     down = push_windows(
         settings,
@@ -66,7 +85,7 @@ def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path
     assert down.pending == 1
     up = push_windows(settings, [window(version="V9.9.2")], url=stack.url("pushgateway"))
     assert up.ok and up.pushed == 2
-    text = httpx.get(stack.url("pushgateway", "/metrics")).text
+    text = httpx.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
     for v in ("V9.9.1", "V9.9.2"):
         assert (
             f'kfrelease_model_r2{{instance="",job="kfrelease-monitor",model="m",stage="production",version="{v}"}} 0.5'

@@ -18,6 +18,7 @@ from kfrelease.config import Settings
 from kfrelease.k8s.render.inference import version_slug
 from kfrelease.k8s.render.workloads import monitors, pushgateway
 from kfrelease.monitoring.push import push_windows
+from kfrelease.monitoring.pushauth import PUSH_USER, SCRAPE_USER, embedded_credentials
 from kfrelease.monitoring.scrape import PREDICTORS_JOB, prometheus_relabel, pushgateway_scrape
 from kfrelease.monitoring.services import prometheus_config, prometheus_service, pushgateway_service
 from kfrelease.release.signals import PrometheusMetrics, prometheus_query
@@ -124,12 +125,14 @@ def test_a_series_pushed_with_the_canarys_labels_does_not_change_its_health(moni
     before = [m.health(None, 120) for m in (embedded, cluster)]
     assert all(h.requests == 0 for h in before)
 
+    # even with the monitoring steps' own credentials (the Pushgateway takes any name and label from them)
+    pusher, scraper = embedded_credentials(monitoring, PUSH_USER), embedded_credentials(monitoring, SCRAPE_USER)
     for n in (1000, 5000):  # a rising counter, each push scraped (its push_time_seconds reaches Prometheus)
-        httpx.put(group, content=_forged(n)).raise_for_status()
+        httpx.put(group, content=_forged(n), auth=pusher).raise_for_status()
         pushed_at = float(
             re.search(
                 rf'push_time_seconds\{{[^}}]*job="{re.escape(PREDICTORS_JOB)}"[^}}]*\}} (\S+)',
-                httpx.get(f"{gateway}/metrics").text,
+                httpx.get(f"{gateway}/metrics", auth=scraper).text,
             ).group(1)
         )
         eventually(
@@ -138,7 +141,7 @@ def test_a_series_pushed_with_the_canarys_labels_does_not_change_its_health(moni
             "Prometheus scraping the forged push",
         )
     # a genuine monitoring push still arrives, with its labels
-    push_windows(Settings(home=monitoring.home / "monitor", port_offset=monitoring.port_offset), [window()])
+    assert push_windows(monitoring, [window()]).ok
     eventually(
         lambda: prometheus_query(prom, 'kfrelease_model_r2{model="m",version="V1.1.0",stage="production"}') == 0.5,
         30,
@@ -147,3 +150,27 @@ def test_a_series_pushed_with_the_canarys_labels_does_not_change_its_health(moni
     after = [m.health(None, 120) for m in (embedded, cluster)]
     assert after == before, after  # main: requests 5000, error rate 0, p99 5 ms
     assert prometheus_query(prom, 'count({__name__=~"kfrelease_predictor_.*|request_.*"})') is None
+
+
+@pytest.mark.integration
+def test_the_pushgateway_takes_pushes_only_with_the_monitoring_steps_credentials(monitoring, tmp_path, monkeypatch):
+    """Review eks5 S2 part 3: the Pushgateway took pushes from anybody who reached it (no --web.config.file)."""
+    gateway = monitoring.url("pushgateway")
+    group = f"{gateway}/metrics/job/kfrelease-monitor/model/m/version/V6.6.6/stage/production"
+    body = "# TYPE kfrelease_model_r2 gauge\nkfrelease_model_r2 0.99\n"
+    user, _ = embedded_credentials(monitoring, PUSH_USER)
+    for auth in (None, (user, "guessed"), ("admin", "admin")):
+        assert httpx.put(group, content=body, auth=auth).status_code == 401, auth  # main: 200, stored
+    scraper = embedded_credentials(monitoring, SCRAPE_USER)
+    assert httpx.get(f"{gateway}/metrics").status_code == 401
+    assert 'version="V6.6.6"' not in httpx.get(f"{gateway}/metrics", auth=scraper).text
+    # a monitoring step with its mounted credentials (KFRELEASE_PUSHGATEWAY_CREDENTIALS) pushes
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for name, value in zip(("username", "password"), embedded_credentials(monitoring, PUSH_USER), strict=True):
+        (mounted / name).write_text(value + "\n")
+    monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_CREDENTIALS", str(mounted))
+    monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_URL", gateway)
+    out = push_windows(Settings(home=tmp_path), [window(version="V6.6.7")])
+    assert out.ok, out.message
+    assert 'version="V6.6.7"' in httpx.get(f"{gateway}/metrics", auth=scraper).text

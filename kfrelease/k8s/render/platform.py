@@ -39,6 +39,7 @@ from kfrelease.k8s.environments import (
     iam_role_name,
 )
 from kfrelease.kfp.submit import IN_CLUSTER_HOST, TOKEN_AUDIENCE, TOKEN_DIR
+from kfrelease.monitoring.pushauth import PUSH_SECRET
 
 RBAC = "rbac.authorization.k8s.io"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
@@ -396,6 +397,38 @@ def kfp_api_access(ns: str) -> dict:
     }
 
 
+#: The monitoring steps (the monitoring pipeline's ``monitor``): the Pushgateway's push credentials.
+MONITORING_STEP = "monitoring"
+#: The Pushgateway's Service, as the monitoring steps reach it (no sidecar on either side: plain HTTP)
+CLUSTER_PUSHGATEWAY_URL = "http://kfrelease-pushgateway.kfrelease-monitoring.svc:9091"
+PUSH_CREDENTIALS_DIR = "/var/run/secrets/kfrelease/pushgateway"
+
+
+def monitoring_push_access(ns: str) -> dict:
+    """PodDefault ``kfrelease-monitoring-push``: only pods labelled ``kfrelease.io/step-identity: monitoring``
+    (``step_label``; the monitoring pipeline's ``monitor`` step) get the Pushgateway's URL and the push credentials
+    (the Secret ``kfrelease.monitoring.pushauth.PUSH_SECRET``, which the platform engineer creates). A pod has one
+    value of that label, so the merged model code's steps (``untrusted``) never get them; no pod outside the
+    pipelines' namespace can mount them."""
+    return {
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": _meta("kfrelease-monitoring-push", ns),
+        "spec": {
+            "desc": "The monitoring steps: the Pushgateway and its push credentials",
+            "selector": {"matchLabels": {STEP_LABEL: MONITORING_STEP}},
+            "env": [
+                {"name": "KFRELEASE_PUSHGATEWAY_URL", "value": CLUSTER_PUSHGATEWAY_URL},
+                {"name": "KFRELEASE_PUSHGATEWAY_CREDENTIALS", "value": PUSH_CREDENTIALS_DIR},
+            ],
+            "volumes": [{"name": "kfrelease-pushgateway-push", "secret": {"secretName": PUSH_SECRET}}],
+            "volumeMounts": [
+                {"name": "kfrelease-pushgateway-push", "mountPath": PUSH_CREDENTIALS_DIR, "readOnly": True}
+            ],
+        },
+    }
+
+
 def step_label(task, identity: str):
     """Label a pipeline task's pod with the identity it runs as (see ``step_identities``); returns the task."""
     from kfp import kubernetes  # heavy: kfp
@@ -666,6 +699,7 @@ def platform_documents(env: Environment, policy: AccessPolicy, team: Team, servi
     docs.append(registry_auth(env, RELEASE_NS))
     docs.append(pipeline_pods_env("pipeline", RELEASE_NS, env, registry=env.registry))
     docs.append(kfp_api_access(RELEASE_NS))
+    docs.append(monitoring_push_access(RELEASE_NS))
     docs.append(pipeline_pods_env("data-engineer", DATA_NS, env))
     return docs
 

@@ -30,6 +30,7 @@ from kfrelease.k8s.render.mesh import (
     serving_policies,
 )
 from kfrelease.k8s.render.platform import PART_OF, RELEASE_DRIVER_SA, release_driver_rbac, s3_env, service_account
+from kfrelease.monitoring.pushauth import SCRAPE_SECRET, WEB_CONFIG_KEY, WEB_CONFIG_SECRET
 from kfrelease.monitoring.rules import render_prometheus_rule
 from kfrelease.monitoring.scrape import PREDICTORS_MONITOR, PUSHGATEWAY_METRIC_RELABELINGS, PUSHGATEWAY_MONITOR
 from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME, render_scheduled_monitoring, spark_rbac
@@ -39,6 +40,7 @@ HTTP_PORT = 8080
 STATE_DIR = "/var/lib/kfrelease"
 MONITORING_SA = "kfrelease-monitoring"
 PUSHGATEWAY_IMAGE = "quay.io/prometheus/pushgateway:v1.11.1"
+PUSHGATEWAY_WEB_DIR = "/etc/pushgateway"
 METRICS_LABEL = {"kfrelease.io/metrics": "true"}
 #: kube-prometheus-stack's Prometheus selects monitors and rules by its Helm release label (default
 #: ``release: <release name>``); our docs install it as ``kube-prometheus-stack``.
@@ -223,14 +225,22 @@ def pushgateway() -> list[dict]:
                             {
                                 "name": "pushgateway",
                                 "image": PUSHGATEWAY_IMAGE,
+                                # basic auth for pushes and scrapes (kfrelease.monitoring.pushauth)
+                                "args": [f"--web.config.file={PUSHGATEWAY_WEB_DIR}/{WEB_CONFIG_KEY}"],
                                 "ports": [{"name": "http", "containerPort": 9091}],
-                                "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}},
+                                # every HTTP endpoint asks for the credentials, /-/ready too (prometheus/pushgateway
+                                # v1.11.1 README, "TLS and basic authentication"): the port answering is readiness
+                                "readinessProbe": {"tcpSocket": {"port": "http"}},
+                                "volumeMounts": [
+                                    {"name": "web-config", "mountPath": PUSHGATEWAY_WEB_DIR, "readOnly": True}
+                                ],
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
                                     "limits": {"memory": "256Mi"},
                                 },
                             }
-                        ]
+                        ],
+                        "volumes": [{"name": "web-config", "secret": {"secretName": WEB_CONFIG_SECRET}}],
                     },
                 },
             },
@@ -290,6 +300,12 @@ def monitors(spec: RolloutSpec) -> list[dict]:
                         "honorLabels": True,
                         # ... of what the monitoring steps push, and of nothing else (kfrelease.monitoring.scrape)
                         "metricRelabelings": [dict(r) for r in PUSHGATEWAY_METRIC_RELABELINGS],
+                        # the Pushgateway asks every client for credentials; Prometheus's (prometheus-operator
+                        # v0.93.0 pkg/apis/monitoring/v1/types.go BasicAuth: keys of a Secret in this namespace)
+                        "basicAuth": {
+                            "username": {"name": SCRAPE_SECRET, "key": "username"},
+                            "password": {"name": SCRAPE_SECRET, "key": "password"},
+                        },
                     }
                 ],
             },
