@@ -136,7 +136,7 @@ class CheckOutcome:
         what = "rate difference" if self.check == "tail" else "loss ratio"
         num = f"{what} {_num(self.estimate)}"
         if self.interval is not None:
-            num += f" [{_num(self.interval[0])}, {_num(self.interval[1])}]"
+            num += f" {interval_text(*self.interval)}"
         where = "" if self.slice == ALL else f" {self.slice}"
         return f"{self.check}{where}: {self.status}, {num}, n={self.n}" + (f" ({self.detail})" if self.detail else "")
 
@@ -183,11 +183,23 @@ class Decision:
         by = f" (decided by {self.check}" + (f" on {self.slice}" if self.slice and self.slice != ALL else "") + ")"
         head = (
             f"{self.decision}{by if self.check else ''}: candidate/production {what} {_num(self.ratio)} "
-            f"[{_num(lo)}, {_num(hi)}] ({conf:g}% confidence sequence) on n={self.n} paired requests; "
+            f"{interval_text(lo, hi)} ({conf:g}% confidence sequence) on n={self.n} paired requests; "
             f"margin {self.margin:g}, error rate {self.error_rate:g}"
         )
         rest = "; ".join(CheckOutcome.from_dict(c).describe() for c in self.checks if c["check"] != "accuracy")
         return head + (f"; {rest}" if rest else "")
+
+
+def interval_text(lo: float, hi: float) -> str:
+    """A confidence sequence's interval as a person reads it. The sequence keeps only the values no look has
+    excluded (the running intersection), so it is empty (lo > hi) when the looks disagree with each other: the
+    requests' mix changed while the pairs came (they were not exchangeable, which the sequence assumes), and no
+    single value fits all of them. Said so, rather than printed as an interval whose ends are swapped."""
+    if lo > hi:
+        return (
+            f"[empty: no single value fits every look ({_num(hi)} < {_num(lo)}); the requests' mix changed over time]"
+        )
+    return f"[{_num(lo)}, {_num(hi)}]"
 
 
 def _num(x: float | None) -> str:

@@ -34,7 +34,7 @@ from kfrelease import lake
 from kfrelease.lake import PAIR_COLUMNS
 from kfrelease.quality.evaluation import regression_report
 from kfrelease.quality.metrics import regression_metrics
-from kfrelease.release.decision import CheckOutcome, PairSequence, decide
+from kfrelease.release.decision import CheckOutcome, PairSequence, decide, interval_text
 from kfrelease.rollout.spec import GateRule
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,12 @@ class ShadowVerdict:
         return (
             f"shadow gate {self.decision}{by}: candidate {e['candidate_version']} vs production "
             f"{e['production_version']} on the same n={test['n']} labelled requests: {what} ratio "
-            f"{test['ratio']:.3f} [{_bound(lo)}, {_bound(hi)}] ({100 * (1 - 2 * test['error_rate']):g}% "
+            f"{test['ratio']:.3f} {interval_text(lo, hi)} ({100 * (1 - 2 * test['error_rate']):g}% "
             f"confidence sequence; pass below {1 + test['margin']:g}, fail above "
             f"{1 + (test['margin'] if e.get('fail_above') == 'margin' else 0):g}); rmse "
             f"{e['candidate']['rmse']:.3f} vs {e['production']['rmse']:.3f} (ratio {e['rmse_ratio']:.3f}, "
             f"reported only), mae {e['candidate']['mae']:.3f} vs {e['production']['mae']:.3f}{others}"
         )
-
-
-def _bound(x: float) -> str:
-    return "inf" if x == float("inf") else f"{x:.3f}"
 
 
 def latest_truth(feedback: pd.DataFrame) -> pd.DataFrame:
