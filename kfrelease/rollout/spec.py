@@ -135,8 +135,9 @@ class ShadowSpec(SpecDocument):
     )
     slices: Items[str] = Field(
         (),
-        description="Declared slices: features whose values (or `slice_bins` quantile bins) are each tested; a slice "
-        "fails the candidate when its loss is surely above (1 + slice_margin) x production's there.",
+        description="Declared slices: features whose slices are each tested (a categorical feature: its declared "
+        "categories; a numeric one: `slice_bins` quantile bins); a slice fails the candidate when its loss is surely "
+        "above (1 + slice_margin) x production's there.",
     )
     worst_slice: bool = Field(
         True, description="Search every feature's slices for the worst one (multiplicity: Bonferroni)."
