@@ -21,7 +21,7 @@ from kfp import dsl
 
 from kfrelease.k8s.render.platform import KFP_SUBMITTER_STEP, UNTRUSTED, step_label
 from kfrelease.training.resources import MODEL_DEFAULT, MODEL_STEPS, apply_step_policy
-from kfrelease.training.steps import GATE, TRAINING_STEPS
+from kfrelease.training.steps import GATE, TRAINING_PIPELINE, TRAINING_STEPS
 
 
 def component(step):
@@ -31,7 +31,7 @@ def component(step):
 
 
 @dsl.pipeline(
-    name="kfrelease-training",
+    name=TRAINING_PIPELINE,
     description="Split the latest curated data (trusted), train the model spec of a commit and predict the held-out "
     "rows (untrusted), score production on them (untrusted), evaluate (trusted: labels, metrics, Evidently, paired "
     "test), validate, register V<tag>.<manual>.<auto>, containerize (ModelCar) and stage.",

@@ -853,6 +853,32 @@ GATE = "validate"
 STEP_NAMES = tuple(step.name for step in TRAINING_STEPS)
 #: the steps that run model code produced by a merge (the candidate's, or production's): the untrusted identity
 UNTRUSTED_STEPS = tuple(step.name for step in TRAINING_STEPS if step.untrusted)
+#: The training pipeline's name (``pipelineInfo.name``). On a cluster KFP writes a run's artifacts under
+#: ``<pipeline root>/<pipeline name>/<run id>/<task>/<uuid>/<output>`` (kubeflow/pipelines 2.16.0
+#: ``backend/src/v2/metadata/client.go`` ``GetPipeline``: the run's root; ``backend/src/v2/driver/driver.go``
+#: ``provisionOutputs``: ``<task>/<uuid>/<output>`` under it), which the untrusted steps' IAM role is scoped by.
+TRAINING_PIPELINE = "kfrelease-training"
+
+
+def task_name(step: Step) -> str:
+    """A step's KFP task name: its component function's name, ``_`` as ``-`` (the compiler's: ``validate-model``)."""
+    return step.component.partition(":")[2].replace("_", "-")
+
+
+#: The KFP tasks of the untrusted steps, and the tasks whose outputs they read (split's).
+UNTRUSTED_TASKS = tuple(task_name(step) for step in TRAINING_STEPS if step.untrusted)
+UNTRUSTED_INPUT_TASKS = tuple(
+    sorted(
+        {
+            task_name(producer)
+            for step in TRAINING_STEPS
+            if step.untrusted
+            for _, name, _ in step.sources()
+            for producer in TRAINING_STEPS
+            if producer.name == name
+        }
+    )
+)
 
 
 @dataclass

@@ -153,8 +153,12 @@ def test_the_merged_model_code_reads_no_curated_data_and_writes_only_its_step_re
             (models, "list", None),  # stat() of a missing step record answers 404, not 403
             (models, "read", "runs/train-abc/steps/train.json"),
             (models, "write", "runs/train-abc/steps/train.json"),
-            (root, "read", "v2/kfrelease-training/run-1/train/model"),
-            (root, "write", "v2/kfrelease-training/run-1/evaluate/report"),
+            # the KFP launcher's artifact I/O: split's outputs in, its own task's out
+            (root, "read", "v2/kfrelease-training/run-1/split/0f1e/train_data"),
+            (root, "read", "v2/kfrelease-training/run-1/split/0f1e/champion_model/model.onnx"),
+            (root, "write", "v2/kfrelease-training/run-1/train/9a8b/model"),
+            (root, "write", "v2/kfrelease-training/run-1/score-champion/7c6d/predictions"),
+            (root, "write", "v2/kfrelease-training/run-1/train/9a8b/executor-logs"),
         ]:
             assert allowed(s3, bucket, action, key or ""), (name, bucket, action, key)
         for bucket, action, key in [
@@ -175,8 +179,43 @@ def test_the_merged_model_code_reads_no_curated_data_and_writes_only_its_step_re
             (curated, "list", ""),
             (root, "write", f"monitoring/{model}/spark/part-0.parquet"),
             (root, "delete", "v2/kfrelease-training/run-1/train/model"),
+            # review eks4 R6: no other task's artifacts (evaluate's report and held-out predictions, which the UI
+            # shows and register keeps; split's outputs the untrusted steps read), no other pipeline's
+            (root, "write", "v2/kfrelease-training/run-1/evaluate/5e4f/report"),
+            (root, "write", "v2/kfrelease-training/run-1/evaluate/5e4f/holdout_predictions"),
+            (root, "write", "v2/kfrelease-training/run-1/split/0f1e/holdout_features"),
+            (root, "read", "v2/kfrelease-training/run-1/evaluate/5e4f/report"),
+            (root, "read", "v2/kfrelease-training/run-1/train/9a8b/model"),
+            (root, "write", "v2/kfrelease-release/run-2/rollout/3b2a/Output"),
+            (root, "read", "v2/kfrelease-monitoring/run-3/window/1a2b/report"),
         ] + [(f"{p}{b}", a, "k") for b in ("raw", "inference-logs", "feedback") for a in ("read", "write", "list")]:
             assert not allowed(s3, bucket, action, key), (name, bucket, action, key)
+
+
+def test_the_untrusted_artifact_paths_are_the_compiled_training_pipelines(sources):
+    """The untrusted role's artifact grants name the training pipeline and task names KFP writes paths with
+    (``<root>/<pipelineInfo.name>/<run id>/<task>/<uuid>/<output>``: kubeflow/pipelines 2.16.0 driver.go
+    ``provisionOutputs``): the compiled pipeline's own, so a renamed step or pipeline cannot silently break the
+    untrusted steps' uploads (or widen them); and the untrusted tasks read artifacts of split's only."""
+    from google.protobuf import json_format
+
+    from kfrelease.k8s.render.platform import STEP_IAM_ROLES, UNTRUSTED_SA
+    from kfrelease.pipelines.training_pipeline import training_pipeline
+    from kfrelease.training.steps import TRAINING_PIPELINE, UNTRUSTED_INPUT_TASKS, UNTRUSTED_TASKS
+
+    spec = json_format.MessageToDict(training_pipeline.pipeline_spec)
+    assert spec["pipelineInfo"]["name"] == TRAINING_PIPELINE
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(UNTRUSTED_TASKS) == {"train", "score-champion"} <= set(tasks)
+    for task in UNTRUSTED_TASKS:
+        producers = {
+            a["taskOutputArtifact"]["producerTask"] for a in tasks[task]["inputs"].get("artifacts", {}).values()
+        }
+        assert producers and producers <= set(UNTRUSTED_INPUT_TASKS), (task, producers)
+    for name in sources.envs.environments:
+        s3 = iam_policies_in_cluster_config(cluster_config(name))[STEP_IAM_ROLES[UNTRUSTED_SA]]
+        resources = {r for st in s3["Statement"] if st["Sid"].startswith("Pipeline") for r in st["Resource"]}
+        assert all(f"/v2/{TRAINING_PIPELINE}/*/" in r for r in resources), resources
 
 
 def test_no_cluster_identity_but_the_feedback_service_writes_ground_truth(sources):

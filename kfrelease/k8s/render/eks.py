@@ -31,6 +31,7 @@ from kfrelease.k8s.render.platform import (
     role_placements,
 )
 from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME  # the Dockerfile's target spark
+from kfrelease.training.steps import TRAINING_PIPELINE, UNTRUSTED_INPUT_TASKS, UNTRUSTED_TASKS
 
 CI_ROLE = "kfrelease-ci"
 #: The platform's reusable workflow that alone may assume the CI role (ci/github/kfrelease-train.yaml).
@@ -87,10 +88,17 @@ def untrusted_step_policy(env: Environment) -> dict:
     S3, and nothing else. No read of ``curated``: those steps see only what split hands them as KFP artifacts (the
     training rows and the held-out features, ``kfrelease.training.steps.split_step``), never the held-out labels that
     evaluate judges them with (review eks5 S3: a ``build:`` function could read the dataset version and fit on its
-    test rows). They read and write their own step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``); read and write KFP
-    artifacts under the pipeline root (the KFP launcher in the same pod downloads inputs and uploads outputs
-    with the pod's IRSA credentials). No write of registry entries, stage events, model artifacts, run records or
-    run state, datasets, monitoring results: registration is the register step's, as the pipeline role."""
+    test rows). They read and write their own step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``). The KFP
+    launcher in the same pod downloads their inputs and uploads their outputs with the pod's IRSA credentials, under
+    ``<pipeline root>/kfrelease-training/<run id>/<task>/<uuid>/<output>`` (kubeflow/pipelines 2.16.0
+    ``backend/src/v2/metadata/client.go`` ``GetPipeline``, ``backend/src/v2/driver/driver.go`` ``provisionOutputs``):
+    so they read only split's outputs (``steps.UNTRUSTED_INPUT_TASKS``) and write only under their own tasks
+    (``steps.UNTRUSTED_TASKS``) of training runs (review eks4 R6): no other task's artifacts (evaluate's report and
+    held-out predictions, register's inputs), no other pipeline's. Not narrower: the run id is KFP's, known only
+    at run time, and an IRSA role is one per service account (no session tag per run), so one run's untrusted step
+    can still write another training run's train/score-champion outputs (what the steps after it verify by digest,
+    or judge as untrusted anyway). No write of registry entries, stage events, model artifacts, run records or run
+    state, datasets, monitoring results: registration is the register step's, as the pipeline role."""
     models = bucket_name("models", env.bucket_prefix)
     root = env.pipeline_root().removeprefix("s3://")  # <prefix>pipeline-root/v2
     return {
@@ -110,10 +118,16 @@ def untrusted_step_policy(env: Environment) -> dict:
                 "Resource": [f"arn:aws:s3:::{models}/runs/*/steps/*"],
             },
             {
-                "Sid": "PipelineArtifacts",
+                "Sid": "PipelineInputs",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": [f"arn:aws:s3:::{root}/*"],
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{root}/{TRAINING_PIPELINE}/*/{task}/*" for task in UNTRUSTED_INPUT_TASKS],
+            },
+            {
+                "Sid": "PipelineOutputs",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"arn:aws:s3:::{root}/{TRAINING_PIPELINE}/*/{task}/*" for task in UNTRUSTED_TASKS],
             },
         ],
     }
