@@ -27,12 +27,15 @@ def evaluate(
         spec: the model spec (``ModelSpec.to_dict()``: features, target, split).
         run_id: the trigger's run id (may be empty; its rollout spec gives the paired test's rule).
         dataset_version: the curated version the split used.
-        champion: the production version the split handed to ``score-champion`` ("" when none).
+        champion: the production version the split handed to ``score-champion`` ("" when none); for a release run
+            it must be the one split kept (``steps.split_decision``), as must ``dataset_version`` and the note.
         champion_note: why there is no comparable production version ("" when there is one).
         train_claims: the flavours' checks as the train step measured them (its claims; only their numbers and
             reasons are read).
         predictions: the candidate's held-out predictions.
-        champion_predictions: production's held-out predictions.
+        champion_predictions: production's held-out predictions, counted only where they are checked to be
+            production's (``evidence.checked_champion``: its code-free file's answers, or the ones it was
+            registered with); others are refused and nothing is judged.
         onnx_model: the candidate converted to ONNX (empty: not converted); verified here on the real held-out
             rows against the judged predictions (ONNX loads without running code).
         booster_model: the candidate's XGBoost or LightGBM model file (empty: none); verified the same way.

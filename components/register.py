@@ -27,7 +27,8 @@ def register(
     reasons.
 
     Args:
-        spec: the model spec (``ModelSpec.to_dict()``: name, tag, fingerprint, input schema).
+        spec: the model spec (``ModelSpec.to_dict()``: name, tag, fingerprint, input schema); for a release run it
+            must be the one its run record holds (``steps.check_run_spec``: else nothing is registered).
         commit: the git commit the spec was read from; for a release run it must be the run record's.
         dataset_version: the curated dataset version it was trained on; for a release run it must be the one the
             kept evidence was computed on (``steps.trusted_lineage``: else nothing is registered).
@@ -56,9 +57,10 @@ def register(
 
     log_to_stderr()
     model_spec = ModelSpec.from_dict(spec)
-    release = is_release_run(step_store(), run_id, model_spec)
-    evidence = read_evidence(metrics.path, evidence_digest, run_id)
     with step_record(run_id, "register"):
+        # a release run's spec must be its run record's (steps.check_run_spec: the parameter travels through MLMD)
+        release = is_release_run(step_store(), run_id, model_spec)
+        evidence = read_evidence(metrics.path, evidence_digest, run_id)
         out = register_step(
             model_spec,
             commit,

@@ -11,7 +11,8 @@ def validate_model(
     production beyond noise on the rows neither trained on, TFX's no-threshold-no-champion rule, drift.
 
     Args:
-        spec: the model spec (``ModelSpec.to_dict()``: thresholds, tolerance).
+        spec: the model spec (``ModelSpec.to_dict()``: thresholds, tolerance); for a release run it must be the one
+            its run record holds (``steps.check_run_spec``: the parameter travels through KFP's metadata store).
         metrics: evaluate's ``Metrics`` artifact: its file holds the whole evidence; for a release run only a
             cross-check of the evidence evaluate kept where no untrusted step writes (``steps.trusted_evidence``).
         evidence_digest: the evidence file's digest as evaluate returned it; a file with another digest is

@@ -32,7 +32,16 @@ import pandas as pd
 from kfrelease.data.publish import get_version, load_dataset
 from kfrelease.errors import DataValidationError, KfreleaseError, NotFound
 from kfrelease.quality.metrics import metric_intervals, regression_metrics
-from kfrelease.registry.artifact import declared_categories
+from kfrelease.registry import ModelVersion
+from kfrelease.registry.artifact import (
+    DEFAULT_TOLERANCE,
+    agreement,
+    declared_categories,
+    flavour_of,
+    input_columns,
+    row_matrix,
+    verify_flavour,
+)
 from kfrelease.release.decision import decide
 from kfrelease.training.core import check_data, check_schema, typed
 from kfrelease.training.holdout import ROW, SplitRule, rule_for
@@ -173,24 +182,27 @@ def keep_evidence(store, run_id: str, evidence: dict, step: str = "evaluate") ->
     return evidence
 
 
-def kept_evidence(store, run_id: str, given: dict | None = None, step: str = "evaluate") -> dict:
-    """What ``step`` kept for release run ``run_id``; ``given`` (what the asking step received as parameters) is
-    only a cross-check: one that differs is refused (``EvidenceError``), as is a run with nothing kept."""
+def kept_evidence(store, run_id: str, given: dict | None = None, step: str = "evaluate", fields=()) -> dict:
+    """What ``step`` kept for release run ``run_id``; ``given`` (what the asking step received as parameters;
+    ``fields``: only those of what was kept, when given) is only a cross-check: one that differs is refused
+    (``EvidenceError``), as is a run with nothing kept."""
     key = evidence_key(run_id, step)
     if store.stat(BUCKET, key) is None:
         raise EvidenceError(
             f"{step} kept no evidence for run {run_id} ({store.uri(BUCKET, key)}); run the training pipeline "
             "again: nothing was validated or registered"
         )
-    kept = json.loads(store.get_bytes(BUCKET, key))
+    everything = json.loads(store.get_bytes(BUCKET, key))
+    kept = {k: everything.get(k) for k in fields} if fields else everything
     if given is not None and _canonical(given) != kept:
         differ = sorted(k for k in set(kept) | set(_canonical(given)) if kept.get(k) != _canonical(given).get(k))
         raise EvidenceError(
-            f"the evidence run {run_id}'s step was given differs from what {step} kept ({store.uri(BUCKET, key)}; "
+            f"the {'evidence' if step == 'evaluate' else 'decision'} run {run_id}'s step was given differs from what "
+            f"{step} kept ({store.uri(BUCKET, key)}; "
             f"{', '.join(differ[:5])}): a step's parameters can be rewritten in transit; nothing was validated or "
             "registered"
         )
-    return kept
+    return everything
 
 
 def write_evidence(path: str | Path, evidence: dict) -> str:
@@ -216,6 +228,68 @@ def candidate_evidence(split: Split, target: str, predictions: np.ndarray) -> di
     """Metrics ``{mse, rmse, mae, r2, n, intervals}`` of the candidate on every held-out row."""
     truth = split.held_out[target].to_numpy()
     return {**regression_metrics(truth, predictions), "intervals": metric_intervals(truth, predictions)}
+
+
+def folder_digests(folder: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the files in ``folder`` (what ``split`` handed ``score-champion``)."""
+    return (
+        {p.name: file_digest(p) for p in sorted(Path(folder).iterdir()) if p.is_file()} if Path(folder).is_dir() else {}
+    )
+
+
+def checked_champion(registry, split: Split, entry: dict, champ: np.ndarray, files: dict | None) -> tuple:
+    """(mask of the held-out rows on which ``champ``, ``score-champion``'s answers, are production's, how checked).
+
+    ``score-champion`` is untrusted, and so is what it reads: the files ``split`` copied go through the pipeline
+    root, which the untrusted role writes (``kfrelease.k8s.render.eks.untrusted_step_policy``: ``<root>/*``), and
+    their artifact's URI through KFP's metadata store (kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/
+    resolve.go`` ``resolveUpstreamArtifacts``: an input artifact is whatever the producer's MLMD output event
+    names). A ``train`` that rewrites them has a bad "production" judged against it (review eks5 S1 (b)). So:
+
+    - production served from a code-free file (ONNX, XGBoost's UBJSON, LightGBM's text: what a cluster serves,
+      ``artifact.refuse_pickle_serving``): that file, read here from the registry (it must be the bytes ``split``
+      copied: ``files``), answers every held-out row, and ``champ`` must agree within its recorded tolerance;
+    - production served from a pickle (the embedded stack only): ``champ`` must equal the held-out predictions
+      it was registered with (``HOLDOUT_FILE``) on the rows both held out; the other rows are not compared.
+
+    ``EvidenceError`` (one line, naming the file and how far) when they are not production's. ``files``: None for
+    an experiment (never staged: split kept nothing), whose production file is not checked by digest."""
+    version, served = entry["version"], flavour_of(entry)
+    where = f"production {version}'s held-out predictions from score-champion"
+    if not served.runs_code:
+        data = registry.read_file(entry["name"], version, served.file)
+        handed = None if files is None else files.get(served.file)
+        if files is not None and handed != "sha256:" + hashlib.sha256(data).hexdigest():
+            raise EvidenceError(
+                f"the {served.file} split handed score-champion ({handed or 'none'}) is not production {version}'s "
+                "in the registry: nothing was judged"
+            )
+        tolerance = float(
+            ((entry.get("artifact") or {}).get("flavours") or {}).get(served.name, {}).get("tolerance")
+            or DEFAULT_TOLERANCE
+        )
+        columns = input_columns(entry["input_schema"])
+        check = verify_flavour(served.name, data, columns, row_matrix(split.held_out, columns), champ, tolerance)
+        if not check.verified:
+            far = f"by up to {check.agreement:.3g}" if check.agreement is not None else f"({check.reason})"
+            raise EvidenceError(
+                f"{where} differ from its {served.file}'s answers {far} on the {len(champ)} held-out rows "
+                f"(tolerance {tolerance:g}): nothing was judged"
+            )
+        return np.ones(len(champ), dtype=bool), f"all {len(champ)} rows checked against its {served.file}"
+    kept = stored_predictions(registry, ModelVersion(entry))
+    if kept is None:
+        return np.zeros(len(champ), dtype=bool), f"production {version} kept no held-out predictions to check them by"
+    given = keyed_predictions(split, champ)
+    mine = given[KEY].map(kept.drop_duplicates(KEY, keep=False).set_index(KEY)[PREDICTION])
+    checked = mine.notna().to_numpy() & ~given[KEY].duplicated(keep=False).to_numpy()
+    found = agreement(champ[checked], mine.to_numpy(dtype="float64")[checked]) if checked.any() else 0.0
+    if found > DEFAULT_TOLERANCE:
+        raise EvidenceError(
+            f"{where} differ from the ones it was registered with by up to {found:.3g} on the {int(checked.sum())} "
+            f"rows both held out (tolerance {DEFAULT_TOLERANCE:g}): nothing was judged"
+        )
+    return checked, f"{int(checked.sum())} of {len(champ)} rows checked against its kept held-out predictions"
 
 
 def champion_rule(entry: dict) -> SplitRule:
@@ -253,27 +327,34 @@ def champion_evidence(
     champ: np.ndarray,
     rollout,
     schema: list[dict] | None = None,
+    checked: tuple | None = None,
 ) -> dict:
     """Production (``entry``) against the candidate on the held-out rows neither trained on, with the paired
     test; ``comparable: False`` with the reason when there are none. ``schema``: the candidate's input schema
-    (its declared categories are the slices of its categorical features, as in the release gates)."""
+    (its declared categories are the slices of its categorical features, as in the release gates). ``checked``:
+    ``checked_champion``'s (mask of the rows on which ``champ`` is known to be production's, how); the other rows
+    are left out, and counted."""
     version = entry["version"]
     trained = trained_by_champion(store, split, entry)
-    keep = ~trained
-    n, excluded = int(keep.sum()), int(trained.sum())
+    mask, how = checked if checked is not None else (np.ones(len(champ), dtype=bool), "")
+    keep = ~trained & mask
+    n, excluded, unchecked = int(keep.sum()), int(trained.sum()), int((~trained & ~mask).sum())
     base = {
         "version": version,
         "rows": n,
         "excluded": excluded,
         "held_out": len(split.held_out),
         "champion_split": champion_rule(entry).describe(),
+        **({"checked": how, "unchecked": unchecked} if how else {}),
     }
     if n == 0:
-        return {
-            **base,
-            "comparable": False,
-            "detail": f"production {version} trained on all {excluded} held-out rows of this run: no row to compare on",
-        }
+        why = (
+            f"production {version} trained on all {excluded} held-out rows of this run"
+            if not unchecked
+            else f"production {version}'s answers could be checked on none of the {unchecked} held-out rows it did "
+            f"not train on ({how})"
+        )
+        return {**base, "comparable": False, "detail": f"{why}: no row to compare on"}
     truth = split.held_out[spec.target].to_numpy()[keep]
     rule, origin = gate_rule(spec, rollout)
     reference = (entry.get("metrics") or {}).get("rmse")
@@ -282,8 +363,14 @@ def champion_evidence(
     decision = decide(
         truth, cand[keep], champ[keep], rule, reference, features=features, categories=categories, at_limit=True
     )
-    rows = f"{n} held-out rows neither model trained on" + (
-        f" ({excluded} of the {len(split.held_out)} left out: production's split trained on them)" if excluded else ""
+    rows = (
+        f"{n} held-out rows neither model trained on"
+        + (
+            f" ({excluded} of the {len(split.held_out)} left out: production's split trained on them)"
+            if excluded
+            else ""
+        )
+        + (f" ({unchecked} left out: production's answers not checked there; {how})" if unchecked else "")
     )
     return {
         **base,

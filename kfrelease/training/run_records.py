@@ -6,7 +6,11 @@ Layout::
     runs/<run_id>/state.json           the run's state: running, succeeded, failed (written by the runner)
     runs/<run_id>/steps/<step>.json    each step's state, written by the step itself
     runs/<run_id>/evidence/evaluate.json   the evaluate step's evidence (kfrelease.training.evidence.keep_evidence)
-    runs/<run_id>/evidence/split.json      the split step's decision (dataset version, champion): the same
+    runs/<run_id>/evidence/split.json      the split step's decision (dataset version, champion, the champion
+                                           files' sha256): the same
+
+Every trusted step of a run with a record must be given the spec its ``run.json`` holds (``spec_json``:
+``kfrelease.training.steps.check_run_spec``).
 
 A run id is derived from what is trained (``train-<commit[:12]>`` for a merge), so a second trigger of
 the same commit finds the existing record and returns that run instead of starting another.

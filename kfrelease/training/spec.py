@@ -251,6 +251,28 @@ class ModelSpec(SpecDocument):
     def from_json(cls, doc: str) -> ModelSpec:
         return cls.from_dict(json.loads(doc))
 
+    def differences(self, other: ModelSpec) -> list[str]:
+        """Where ``other`` differs from this spec: the dotted ``model.yaml`` keys whose values differ
+        (``validation.max_rmse``), ``code:<file>`` for a code file, or ``model.yaml text`` when only its text does
+        (comments, layout); empty when ``to_json()`` is equal."""
+
+        def keys(a, b, at: str) -> list[str]:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return [
+                    k
+                    for name in sorted(set(a) | set(b), key=str)
+                    for k in keys(a.get(name), b.get(name), f"{at}.{name}")
+                ]
+            return [] if a == b else [at]
+
+        if self.to_json() == other.to_json():
+            return []
+        found = [k.removeprefix(".") for k in keys(yaml.safe_load(self.text), yaml.safe_load(other.text), "")]
+        found += [
+            f"code:{f}" for f in sorted(set(self.code) | set(other.code)) if self.code.get(f) != other.code.get(f)
+        ]
+        return found or ["model.yaml text"]
+
     @property
     def code(self) -> dict:
         """The project's code the spec names (file name -> source text), for ``build``."""

@@ -104,7 +104,7 @@ def split_step(
     kept where ``evaluate`` and ``register`` read it (``split_decision``), since its output parameters travel
     through KFP's metadata store."""
     from kfrelease.data.publish import get_version  # heavy: pandas
-    from kfrelease.training.evidence import read_split  # heavy: pandas
+    from kfrelease.training.evidence import folder_digests, read_split  # heavy: pandas
 
     store = step_store(settings)
     dv = get_version(store, spec.dataset, dataset_version or "latest")
@@ -130,21 +130,28 @@ def split_step(
         "train_rows": len(split.train),
         "holdout_rows": len(split.held_out),
     }
-    _keep(store, spec, run_id, {k: out[k] for k in SPLIT_DECISION}, "split")
+    # what score-champion was handed, by digest: evaluate checks its answers with production's file of these bytes
+    files = folder_digests(champion_dir) if champion else {}
+    _keep(store, spec, run_id, {**{k: out[k] for k in SPLIT_DECISION}, CHAMPION_FILES: files}, "split")
     return out
 
 
 #: What ``split`` decides that the trusted steps after it act on (its output parameters).
 SPLIT_DECISION = ("dataset_version", "champion", "champion_note")
+#: ... and what it keeps beside them: ``{file: sha256}`` of production's files it copied for ``score-champion``
+CHAMPION_FILES = "champion_files"
 
 
 def split_decision(store, spec: ModelSpec, run_id: str, given: dict) -> dict:
-    """Split's decision as the trusted steps after it may use it: for a release run what ``split`` kept, which
-    ``given`` (the parameters the asking step received) must equal (``EvidenceError`` otherwise); for an experiment
+    """Split's decision as the trusted steps after it may use it: for a release run what ``split`` kept
+    (``runs/<run>/evidence/split.json``, with ``CHAMPION_FILES``), whose ``SPLIT_DECISION`` ``given`` (the
+    parameters the asking step received) must equal (``EvidenceError`` naming the keys otherwise); for an experiment
     (never staged), ``given``."""
     from kfrelease.training.evidence import kept_evidence  # heavy: pandas
 
-    return kept_evidence(store, run_id, given, "split") if is_release_run(store, run_id, spec) else given
+    if not is_release_run(store, run_id, spec):
+        return given
+    return kept_evidence(store, run_id, given, "split", SPLIT_DECISION)
 
 
 def trusted_lineage(store, spec: ModelSpec, run_id: str, commit: str, dataset_version: str, evidence: dict) -> None:
@@ -258,6 +265,7 @@ def evaluate_step(
         EvidenceError,
         candidate_evidence,
         champion_evidence,
+        checked_champion,
         file_digest,
         keyed_predictions,
         read_predictions,
@@ -268,10 +276,11 @@ def evaluate_step(
     store = step_store(settings)
     # the dataset version and the production version to compare with are split's, as split kept them for a release
     # run: given a forged champion ("" and a note) the candidate would be judged without production
-    split_decision(
+    decided = split_decision(
         store, spec, run_id, {"dataset_version": dataset_version, "champion": champion, "champion_note": champion_note}
     )
-    entry = ModelRegistry(store).get(spec.name, champion).entry if champion else None
+    registry = ModelRegistry(store)
+    entry = registry.get(spec.name, champion).entry if champion else None
     extra = [c["name"] for c in entry["input_schema"]] if entry else []
     split = read_split(store, spec, dataset_version, extra)
     evidence: dict = {
@@ -307,8 +316,10 @@ def evaluate_step(
         except EvidenceError as exc:
             evidence["champion"] = {"version": champion, "comparable": False, "detail": f"not comparable: {exc}"}
         else:
+            # production's answers as score-champion gave them, checked to be production's (review eks5 S1 (b))
+            checked = checked_champion(registry, split, entry, champ, decided.get(CHAMPION_FILES))
             rollout = rollout_spec_of_run(store, run_id, spec.name)
-            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout, schema)
+            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout, schema, checked)
         evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
     return _keep(store, spec, run_id, evidence)
 
@@ -427,11 +438,42 @@ def validate_step(spec: ModelSpec, evidence: dict) -> dict:
 def is_release_run(store, run_id: str, spec: ModelSpec) -> bool:
     """Whether a pipeline run may release: only a run the merge trigger (or the automatic retrain) started,
     i.e. one with a run record (``kfrelease.training.run_records``, written by the trigger as the ``pipeline``
-    identity) for this model and definition. A notebook or any other direct run is an experiment."""
+    identity) for this model and definition. A notebook or any other direct run is an experiment. A release
+    run's step must have been given the spec the run record holds (``check_run_spec``)."""
     if not run_id or store.stat(run_records.BUCKET, run_records.run_key(run_id, "run.json")) is None:
         return False
     record = store.get_json(run_records.BUCKET, run_records.run_key(run_id, "run.json"))
-    return record.get("model") == spec.name and record.get("spec_fingerprint") == spec.fingerprint
+    if record.get("model") != spec.name or record.get("spec_fingerprint") != spec.fingerprint:
+        return False
+    check_run_spec(store, run_id, record, spec)
+    return True
+
+
+def check_run_spec(store, run_id: str, record: dict, spec: ModelSpec) -> None:
+    """Refuse (``EvidenceError``, naming the keys that differ) a release run's step given a spec other than the one
+    its run record holds (``spec_json``: written by the trigger before the run started, where no step of it
+    writes). On a cluster the ``spec`` parameter is the root DAG's input in KFP's metadata store, which every pod
+    may rewrite (kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/resolve.go`` ``resolveInputs``: a task's
+    parameter from its parent DAG execution's MLMD ``inputs``; kubeflow/manifests v1.11.0 and 26.03
+    ``applications/pipeline/upstream/base/metadata/options/istio/istio-authorization-policy.yaml``: ``rules:
+    [{}]``), and the fingerprint that makes a run a release run leaves out what decides the verdict and the
+    lineage (thresholds, tolerance, dataset, tag: ``kfrelease.training.spec``): validate and register would judge
+    with forged thresholds (review eks5 S1 (c))."""
+    from kfrelease.training.evidence import EvidenceError  # heavy: pandas
+
+    uri = store.uri(run_records.BUCKET, run_records.run_key(run_id, "run.json"))
+    if not record.get("spec_json"):
+        raise EvidenceError(
+            f"run {run_id}'s record ({uri}) holds no spec (spec_json) to check its steps' spec against; trigger "
+            "the run again: nothing was judged, registered or staged"
+        )
+    differ = ModelSpec.from_json(record["spec_json"]).differences(spec)
+    if differ:
+        raise EvidenceError(
+            f"the spec a step of run {run_id} was given differs from its run record's ({uri}) in "
+            f"{', '.join(differ[:5])}: a pipeline parameter can be rewritten in transit; nothing was judged, "
+            "registered or staged"
+        )
 
 
 def register_step(

@@ -152,6 +152,7 @@ def test_a_release_step_runs_only_with_the_rollout_spec_recorded_with_the_candid
     record = {
         "model": name,
         "spec_fingerprint": spec.fingerprint,
+        "spec_json": spec.to_json(),
         "rollout_yaml": recorded.to_yaml(),
         "commit": "a" * 40,
     }

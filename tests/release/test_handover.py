@@ -112,7 +112,9 @@ def test_stage_and_hand_over_stages_only_a_release_run_and_only_a_validated_vers
     assert registry.get(name, "V1.1.0").stage is None, "an experiment staged a version"
 
     run_id = f"run-{uuid.uuid4().hex[:8]}"
-    run_records.create_run(store, run_id, {"model": name, "spec_fingerprint": spec.fingerprint})
+    run_records.create_run(
+        store, run_id, {"model": name, "spec_fingerprint": spec.fingerprint, "spec_json": spec.to_json()}
+    )
     assert stage_and_hand_over(stack, spec, "V1.1.0", image, run_id, "job-1") == "staging"
     staged = registry.history(name, "V1.1.0")[-1]
     assert staged["stage"] == "staging" and staged["who"] == "training-pipeline" and run_id in staged["why"]
@@ -123,7 +125,9 @@ def test_stage_and_hand_over_stages_only_a_release_run_and_only_a_validated_vers
     assert len(registry.history(name, "V1.1.0")) == 1
 
     other = f"run-{uuid.uuid4().hex[:8]}"
-    run_records.create_run(store, other, {"model": name, "spec_fingerprint": spec.fingerprint})
+    run_records.create_run(
+        store, other, {"model": name, "spec_fingerprint": spec.fingerprint, "spec_json": spec.to_json()}
+    )
     assert stage_and_hand_over(stack, spec, "V1.2.0", image, other, "job-2") == "rejected"
     assert registry.get(name, "V1.2.0").stage is None
     step = run_records.get_step(store, other, "deploy-staging")
