@@ -240,11 +240,13 @@ def folder_digests(folder: str | Path) -> dict[str, str]:
 def checked_champion(registry, split: Split, entry: dict, champ: np.ndarray, files: dict | None) -> tuple:
     """(mask of the held-out rows on which ``champ``, ``score-champion``'s answers, are production's, how checked).
 
-    ``score-champion`` is untrusted, and so is what it reads: the files ``split`` copied go through the pipeline
-    root, which the untrusted role writes (``kfrelease.k8s.render.eks.untrusted_step_policy``: ``<root>/*``), and
-    their artifact's URI through KFP's metadata store (kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/
-    resolve.go`` ``resolveUpstreamArtifacts``: an input artifact is whatever the producer's MLMD output event
-    names). A ``train`` that rewrites them has a bad "production" judged against it (review eks5 S1 (b)). So:
+    ``score-champion`` runs production's code as the untrusted identity, and its answers are an artifact under the
+    pipeline root that this identity writes for every training run (``kfrelease.k8s.render.eks.untrusted_step_policy``:
+    train and score-champion outputs of any run; the run id is KFP's, known only at run time), whose URI the next
+    task takes from KFP's metadata store (kubeflow/pipelines 2.16.0 ``backend/src/v2/driver/resolve.go``
+    ``resolveUpstreamArtifacts``: the producer's MLMD output artifact). A merged ``train`` of this or a concurrent run
+    that rewrites them, or repoints them, has a bad "production" judged against the candidate (review eks5 S1 (b)).
+    So:
 
     - production served from a code-free file (ONNX, XGBoost's UBJSON, LightGBM's text: what a cluster serves,
       ``artifact.refuse_pickle_serving``): that file, read here from the registry (it must be the bytes ``split``
