@@ -82,7 +82,7 @@ def traffic(settings, model: str, rows=None, wait_served: float | None = None, r
         settings.url("feedback"),
         model,
         rate=rate,
-        max_requests=6000,
+        max_requests=int(rate * 240),  # the bound is the 240 s, at any rate
         max_seconds=240,
         truth_delay=0.3,
         rows=rows,
