@@ -27,8 +27,12 @@ def _pid(text: str) -> int:
 def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
     settings, ds, name, tmp = release_env
     repo = tmp / "project"
-    # merge 1's rollout.yaml (the releases use it): small steps, so the first model's live evidence is quick
-    shas = create_release_demo_project(repo, name=name, dataset=ds.name, rollout=small_spec(name).to_yaml())
+    shas = create_release_demo_project(repo, name=name, dataset=ds.name)
+    # small steps, so the first model's live evidence is quick: an inline run records no rollout.yaml with the
+    # version (a merge-trigger run does), so the spec is passed as a person would; without it the packaged
+    # default's 30 s steps held the first model for ~80 s
+    rollout = tmp / "rollout.yaml"
+    rollout.write_text(small_spec(name).to_yaml())
 
     def staged(sha):
         spec, commit = load_project_at_commit(repo, sha)
@@ -36,7 +40,7 @@ def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
 
     first = staged(shas[0])
     with traffic(settings, name, wait_served=300, rate=60.0):  # provisional until its thresholds pass live
-        out = run_cli("release", "run", name, first, "--background", check=True).stdout
+        out = run_cli("release", "run", name, first, "--background", "--spec", str(rollout), check=True).stdout
         assert f"release of {name} {first} started (pid " in out and "; log " in out, out
         assert wait_release(settings, name, first, timeout=300) == "production"
     ended = run_cli("release", "run", name, first, "--background")
@@ -46,7 +50,7 @@ def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
     assert "nothing was started" in ended.stderr
 
     second = staged(shas[1])
-    started = run_cli("release", "run", name, second, "--background", check=True).stdout
+    started = run_cli("release", "run", name, second, "--background", "--spec", str(rollout), check=True).stdout
     assert f"release of {name} {second} started (pid " in started, started
     pid = _pid(started)
     try:
@@ -55,7 +59,7 @@ def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
         assert "nothing new was started" in again
     finally:
         stop_process_group(pid)  # the release ends without a verdict: the version stays in staging
-    restarted = run_cli("release", "run", name, second, "--background", check=True).stdout
+    restarted = run_cli("release", "run", name, second, "--background", "--spec", str(rollout), check=True).stdout
     try:
         assert f"release of {name} {second} started again (pid " in restarted, restarted
         assert "the earlier one ended with the version still in staging (last decision: " in restarted
