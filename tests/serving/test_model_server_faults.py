@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -41,7 +42,8 @@ PRODUCTION = ("predictor-production", "predictor-production-1")
 
 @pytest.fixture
 def two_in_production(stack, tmp_path):
-    """Two models (each its own dataset and project), each with one version in production."""
+    """Two models (each its own dataset and project), each with one version in production (both first models
+    released at once: each provisional on its own labelled traffic, then production)."""
     versions = {}
     for k in range(2):
         ds = PrivateDataset(f"diabetes-{uuid.uuid4().hex[:8]}")
@@ -49,9 +51,10 @@ def two_in_production(stack, tmp_path):
         name = f"faults-{k}-{uuid.uuid4().hex[:6]}"
         shas = create_release_demo_project(tmp_path / name, name=name, dataset=ds.name)
         spec, commit = load_project_at_commit(tmp_path / name, shas[0])
-        version = run_inline(spec, commit, settings=stack, containerize=False).version
-        assert release_first(stack, name, version, small_spec(name))[0].result == "promoted"
-        versions[name] = version
+        versions[name] = run_inline(spec, commit, settings=stack, containerize=False).version
+    with ThreadPoolExecutor(len(versions)) as pool:
+        released = {n: pool.submit(release_first, stack, n, v, small_spec(n)) for n, v in versions.items()}
+        assert {n: f.result()[0].result for n, f in released.items()} == dict.fromkeys(versions, "promoted")
     yield stack, versions
     LocalGatewayDriver(stack, load_rollout_spec()).stop()
 
