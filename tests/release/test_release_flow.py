@@ -34,7 +34,7 @@ from tests.release.conftest import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.slow(seconds=127)
+@pytest.mark.slow(seconds=95)
 def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(release_env, run_cli):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
