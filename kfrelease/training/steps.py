@@ -311,15 +311,21 @@ def evaluate_step(
         keyed_predictions(split, cand).to_parquet(keyed_path, index=False)
         evidence["keyed_digest"] = file_digest(keyed_path)
     if entry is not None:
+        # split kept a production to compare with: its answers are obtained and checked, or nothing is judged. An
+        # unreadable, short, NaN or repointed answers file is refused like a wrong one, never taken for "not
+        # comparable", which would turn the comparison off (review eks6 N1: score-champion's output is an untrusted
+        # step's, under the pipeline root, its URI from KFP's metadata store)
         try:
             champ = read_predictions(champion_predictions_path, len(split.held_out), f"production {champion}")
         except EvidenceError as exc:
-            evidence["champion"] = {"version": champion, "comparable": False, "detail": f"not comparable: {exc}"}
-        else:
-            # production's answers as score-champion gave them, checked to be production's (review eks5 S1 (b))
-            checked = checked_champion(registry, split, entry, champ, decided.get(CHAMPION_FILES))
-            rollout = rollout_spec_of_run(store, run_id, spec.name)
-            evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout, schema, checked)
+            raise EvidenceError(
+                f"{exc}; split kept production {champion} to compare with, so nothing was judged (if production "
+                "itself answers so, replace it before judging candidates against it)"
+            ) from None
+        # production's answers as score-champion gave them, checked to be production's (review eks5 S1 (b))
+        checked = checked_champion(registry, split, entry, champ, decided.get(CHAMPION_FILES))
+        rollout = rollout_spec_of_run(store, run_id, spec.name)
+        evidence["champion"] = champion_evidence(store, spec, split, entry, cand, champ, rollout, schema, checked)
         evidence["drift"] = drift_evidence(spec, split.train, champion_training_rows(store, entry), champion)
     return _keep(store, spec, run_id, evidence)
 

@@ -181,6 +181,33 @@ def test_production_s_answers_are_checked_to_be_production_s_before_they_count(
     assert champion["unchecked"] == 0 and how in champion["checked"], champion
 
 
+@pytest.mark.parametrize("malformed", ["a row missing", "one NaN", "not Parquet"])
+def test_production_s_answers_that_cannot_be_read_are_refused_not_taken_for_no_comparison(
+    malformed, production, dataset, stack, monkeypatch, tmp_path
+):
+    """Review eks6 N1: a score-champion answers file that evaluate cannot read (one row short, a NaN, another
+    file the metadata store was repointed at) made production "not comparable", and ``champion_check`` passes a
+    candidate that is not comparable: the comparison with production was off, for a file any concurrent run's
+    merged code can overwrite. When split kept a production, such a file now stops the run, nothing registered."""
+    name, version, _ = production
+    spec = parse_spec(spec_text(name, dataset.name, CONSTANT, "{max_rmse: 200.0, tolerance: 0.02}"))
+
+    def unreadable(a: steps.StepIO) -> str:
+        path = tmp_path / f"forged-{uuid.uuid4().hex[:6]}.parquet"
+        rows = len(pd.read_parquet(a.predictions))
+        if malformed == "not Parquet":
+            path.write_bytes(b"PAR1 this is a pickle, not predictions")
+        else:
+            values = [100.0] * rows
+            if malformed == "one NaN":
+                values[3] = float("nan")
+            write_predictions(path, values[:-1] if malformed == "a row missing" else values)
+        return str(path)
+
+    forged = release_run(stack, monkeypatch, spec, evaluate={"champion_predictions": unreadable})
+    refused(forged, f"production {version}", f"split kept production {version} to compare with", "nothing was judged")
+
+
 def test_a_champion_file_split_did_not_hand_over_is_refused(production, dataset, stack):
     """The ONNX file evaluate checks production's answers with must be the bytes split copied for score-champion
     (split kept their digests beside its decision), else nothing is judged."""
