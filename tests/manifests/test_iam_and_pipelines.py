@@ -153,6 +153,7 @@ def test_the_merged_model_code_reads_no_curated_data_and_writes_only_its_step_re
             (models, "list", None),  # stat() of a missing step record answers 404, not 403
             (models, "read", "runs/train-abc/steps/train.json"),
             (models, "write", "runs/train-abc/steps/train.json"),
+            (models, "write", "runs/train-abc/steps/score-champion.json"),
             # the KFP launcher's artifact I/O: split's outputs in, its own task's out
             (root, "read", "v2/kfrelease-training/run-1/split/0f1e/train_data"),
             (root, "read", "v2/kfrelease-training/run-1/split/0f1e/champion_model/model.onnx"),
@@ -173,6 +174,13 @@ def test_the_merged_model_code_reads_no_curated_data_and_writes_only_its_step_re
             (models, "write", "runs/train-abc/evidence/evaluate.json"),
             (models, "read", f"registry/{model}/versions/V1.1.0/entry.json"),
             (models, "delete", "runs/train-abc/steps/train.json"),
+            # a trusted step's record: split resumes from its own, so a faked "succeeded" one would fail the run
+            # of any model whose run id is known (review eks6 M2); register's, evaluate's are what the UI shows
+            *[
+                (models, a, f"runs/auto-b-V1-abc/steps/{s}.json")
+                for s in ("split", "evaluate", "register")
+                for a in ("read", "write")
+            ],
             (curated, "write", "diabetes/latest"),
             (curated, "read", "diabetes/latest"),
             (curated, "read", "diabetes/versions/abc/data.parquet"),

@@ -31,7 +31,7 @@ from kfrelease.k8s.render.platform import (
     role_placements,
 )
 from kfrelease.monitoring.spark_app import SPARK_IMAGE_NAME  # the Dockerfile's target spark
-from kfrelease.training.steps import TRAINING_PIPELINE, UNTRUSTED_INPUT_TASKS, UNTRUSTED_TASKS
+from kfrelease.training.steps import TRAINING_PIPELINE, UNTRUSTED_INPUT_TASKS, UNTRUSTED_STEPS, UNTRUSTED_TASKS
 
 CI_ROLE = "kfrelease-ci"
 #: The platform's reusable workflow that alone may assume the CI role (ci/github/kfrelease-train.yaml).
@@ -88,7 +88,8 @@ def untrusted_step_policy(env: Environment) -> dict:
     S3, and nothing else. No read of ``curated``: those steps see only what split hands them as KFP artifacts (the
     training rows and the held-out features, ``kfrelease.training.steps.split_step``), never the held-out labels that
     evaluate judges them with (review eks5 S3: a ``build:`` function could read the dataset version and fit on its
-    test rows). They read and write their own step records under ``models/runs/<run>/steps/`` (``kfrelease.training.run_records.step_record``). The KFP
+    test rows). They read and write their own steps' records, ``models/runs/<run>/steps/{train,score-champion}.json``
+    (``kfrelease.training.run_records.step_record``), never a trusted step's (review eks6 M2). The KFP
     launcher in the same pod downloads their inputs and uploads their outputs with the pod's IRSA credentials, under
     ``<pipeline root>/kfrelease-training/<run id>/<task>/<uuid>/<output>`` (kubeflow/pipelines 2.16.0
     ``backend/src/v2/metadata/client.go`` ``GetPipeline``, ``backend/src/v2/driver/driver.go`` ``provisionOutputs``):
@@ -111,11 +112,12 @@ def untrusted_step_policy(env: Environment) -> dict:
                 "Action": ["s3:ListBucket"],
                 "Resource": [f"arn:aws:s3:::{b}" for b in (models, root.split("/")[0])],
             },
-            {
+            {  # their own steps' records only: a trusted step's record (split resumes from its own) is the
+                # pipeline role's, so merged code cannot fake a finished split or a failed one (review eks6 M2)
                 "Sid": "StepRecords",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject"],
-                "Resource": [f"arn:aws:s3:::{models}/runs/*/steps/*"],
+                "Resource": [f"arn:aws:s3:::{models}/runs/*/steps/{step}.json" for step in UNTRUSTED_STEPS],
             },
             {
                 "Sid": "PipelineInputs",
