@@ -4,12 +4,14 @@ cluster, e.g. hourly) or run it with ``kfrelease run monitoring`` / ``kfrelease 
 
 Its first step chooses the engine (``kfrelease.monitoring.spark_app.monitoring_engine``): the embedded
 engine (DuckDB, ``monitor_model``) up to 50M logged predictions in the lookback and 31 days, the Kubeflow
-Spark Operator beyond (``monitor_window_on_spark``, the same SQL); ``engine`` forces one."""
+Spark Operator beyond (``monitor_window_on_spark``, the same SQL, then ``push_spark_window`` records and
+pushes its result as ``monitor`` does); ``engine`` forces one."""
 
 from kfp import dsl
 
 from kfrelease.components.choose_monitoring_engine import choose_monitoring_engine
 from kfrelease.components.monitor import monitor_model
+from kfrelease.components.push_spark_window import push_spark_window
 from kfrelease.components.spark_monitor import monitor_window_on_spark
 from kfrelease.components.window_report import window_report
 from kfrelease.k8s.render.platform import MONITORING_STEP, step_label
@@ -60,3 +62,8 @@ def monitoring_pipeline(
             since=chosen.outputs["since"],
         ).set_display_name("monitor on Spark")
         apply_step_policy(spark, "monitor on Spark", None, caching=False)
+        pushed = push_spark_window(
+            model=model, result=spark.output, window=chosen.outputs["spark_window"], min_labels=min_labels
+        ).set_display_name("push Spark window")
+        apply_step_policy(pushed, "push Spark window", None, caching=False)
+        step_label(pushed, MONITORING_STEP)  # the Spark window's gauges: same push credentials as "monitor"

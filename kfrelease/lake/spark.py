@@ -91,6 +91,14 @@ def window_sums(spark, kind: str, size: int) -> pd.DataFrame:
     return spark.sql(LW.window_sums_sql("joined", kind, size, J.SPARK)).toPandas()
 
 
+def _iso(ts) -> str | None:
+    """A window's time as the embedded engine records it (UTC ISO, ``kfrelease.monitoring.window``)."""
+    if ts is None or pd.isna(ts):
+        return None
+    ts = pd.Timestamp(ts)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def window_result(
     spark,
     features: list[str],
@@ -100,7 +108,9 @@ def window_result(
     min_labels: int = 1,
     categorical=(),
 ) -> list[dict]:
-    """Every window's counts, metrics and (with a reference) PSI drift: what the engine computes."""
+    """Every window's counts, first/last prediction and last truth times, metrics with their 95% intervals and
+    (with a reference) PSI drift: what the engine computes. The SparkApplication writes this list as JSON
+    (``main``); the monitoring pipeline's next step pushes it (``kfrelease.monitoring.spark_result``)."""
     out = []
     for r in window_sums(spark, kind, size).itertuples():
         row = {
@@ -109,17 +119,14 @@ def window_result(
             "w": int(r.w),
             "predictions": int(r.predictions),
             "labelled": int(r.labelled),
+            "first_time": _iso(r.first_time),
+            "last_time": _iso(r.last_time),
+            "last_truth_time": _iso(r.last_truth_time) if int(r.labelled) else None,
         }
         try:
-            row.update(
-                LW.metrics_from_sums(
-                    int(r.labelled),
-                    float(r.sse),
-                    float(r.sae),
-                    float(r.sst),
-                    min_labels,
-                )
-            )
+            sums = (int(r.labelled), float(r.sse), float(r.sae), float(r.sst))
+            row.update(LW.metrics_from_sums(*sums, min_labels))
+            row["intervals"] = LW.intervals_from_sums(*sums, float(r.se4), float(r.st4), float(r.sest))
         except (InsufficientData, TypeError):
             pass
         if reference is not None:

@@ -106,9 +106,8 @@ def run_monitoring(
     )
     if reference is None:
         outcome.warnings.append(f"no training reference data for {model!r}; drift was not computed")
-    now = datetime.now(UTC)
-    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
-    run = MonitorRun(run_id, outcome)
+    run = MonitorRun(new_run_id(), outcome)
+    run_id = run.run_id
     latest_keys = {w.key for w in outcome.latest()}
     report_windows = (
         {}
@@ -122,21 +121,36 @@ def run_monitoring(
         key = monitoring_key(model, "reports", run_id, f"{w.version}-{w.stage}-{w.start}.html")
         writer.put_bytes(RESULT_BUCKET, key, dr.html().encode(), content_type="text/html")
         run.report_keys.append(key)
+    record_and_push(settings, writer, run, window, min_labels, push=push)
+    return run
+
+
+def new_run_id() -> str:
+    """A monitoring pass's id: its UTC time (records sort by it) and a random suffix."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def record_and_push(
+    settings: Settings, writer: ObjectStore, run: MonitorRun, window: WindowSpec, min_labels: int, push: bool = True
+) -> None:
+    """Record every window of ``run`` under ``monitoring/<model>/runs/`` (immutable) and push the latest
+    window of each (version, stage) to the Pushgateway: the end of every monitoring pass, whichever engine
+    computed it."""
+    model = run.outcome.model
     doc = {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "model": model,
-        "computed_at": now.isoformat(),
+        "computed_at": datetime.now(UTC).isoformat(),
         "window": {"kind": window.kind, "size": window.size},
         "min_labels": min_labels,
-        "windows": [w.as_dict() for w in outcome.windows],
-        "warnings": outcome.warnings,
+        "windows": [w.as_dict() for w in run.outcome.windows],
+        "warnings": run.outcome.warnings,
         "reports": run.report_keys,
     }
-    run.record_key = monitoring_key(model, "runs", f"{run_id}.json")
+    run.record_key = monitoring_key(model, "runs", f"{run.run_id}.json")
     writer.put_json(RESULT_BUCKET, run.record_key, doc, if_none_match=True)
     if push:
-        run.push = push_windows(settings, outcome.latest())
-    return run
+        run.push = push_windows(settings, run.outcome.latest())
 
 
 def load_history(store: ObjectStore, model: str, last_runs: int = 500) -> pd.DataFrame:

@@ -96,6 +96,8 @@ def test_spark_local_mode_gives_the_engines_numbers(tmp_path):
             "predictions": int(r.predictions),
             "labelled": int(r.labelled),
             **LW.metrics_from_sums(int(r.labelled), r.sse, r.sae, r.sst),
+            "intervals": LW.intervals_from_sums(int(r.labelled), r.sse, r.sae, r.sst, r.se4, r.st4, r.sest),
+            "last_time": r.last_time,
         }
         rows = (
             f"(SELECT * FROM (SELECT *, {LW.window_id_sql('time', 86400)} AS _w FROM joined) "
@@ -128,4 +130,8 @@ def test_spark_local_mode_gives_the_engines_numbers(tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
         for f in FEATURES:
             assert a["psi"][f] == pytest.approx(b["psi"][f], rel=1e-9, abs=1e-12), f
+        # what the pushed window's alerts need: the metrics' 95% bounds and the freshness times
+        for k in ("mse", "rmse", "mae", "r2"):
+            assert a["intervals"][k] == pytest.approx(b["intervals"][k], rel=1e-9, abs=1e-12), k
+        assert pd.Timestamp(b["last_time"]) == pd.Timestamp(a["last_time"]).tz_convert("UTC")
     assert J.SPARK.name == "spark"

@@ -694,8 +694,9 @@ def test_a_step_pod_writes_only_its_own_argo_task_result(env, built):
 
 def test_only_the_monitoring_step_gets_the_pushgateway_credentials(built, sources):
     """Review eks5 S2 part 3: the Pushgateway took pushes from any pod. Now it asks for basic auth, and of the
-    pipeline pods only the monitoring pipeline's monitor step gets the push credentials (PodDefault
-    kfrelease-monitoring-push by its step-identity label), never the merged model code's steps."""
+    pipeline pods only the monitoring pipeline's monitor step and its Spark branch's push step get the push
+    credentials (PodDefault kfrelease-monitoring-push by its step-identity label), never the merged model
+    code's steps."""
     from google.protobuf import json_format
 
     from kfrelease.k8s.render.platform import CLUSTER_PUSHGATEWAY_URL
@@ -715,5 +716,7 @@ def test_only_the_monitoring_step_gets_the_pushgateway_credentials(built, source
             env = {e["name"]: e.get("value") for c in pod["spec"]["containers"] for e in c.get("env", [])}
             mounted[executor] = (PUSH_SECRET in secrets, env.get("KFRELEASE_PUSHGATEWAY_URL"))
     assert mounted.pop("exec-monitor-model") == (True, CLUSTER_PUSHGATEWAY_URL)
+    # review eks6 M1: the Spark branch's push of the application's window (it pushed nothing before)
+    assert mounted.pop("exec-push-spark-window") == (True, CLUSTER_PUSHGATEWAY_URL)
     assert not any(has for has, _ in mounted.values()), [k for k, (has, _) in mounted.items() if has]
     assert "exec-train" in mounted and "exec-score-champion" in mounted

@@ -99,19 +99,24 @@ def test_pipeline_compiles_with_the_engine_switch_and_a_report_task_per_window(t
     compiler.Compiler().compile(monitoring_pipeline, str(path))
     doc, platform = yaml.safe_load_all(path.read_text())
     assert list(doc["root"]["dag"]["tasks"]) == ["choose-monitoring-engine", "condition-branches-1"]
-    # the monitor step pushes to the Pushgateway: it alone carries the step identity that mounts the credentials
+    # the steps that push to the Pushgateway (the embedded engine's monitor, the Spark branch's push; review
+    # eks6 M1: the Spark branch pushed nothing) alone carry the step identity that mounts the credentials
     labelled = {
         name: e["podMetadata"]["labels"]
         for name, e in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
         if "podMetadata" in e
     }
-    assert labelled == {"exec-monitor-model": {"kfrelease.io/step-identity": "monitoring"}}
+    monitoring = {"kfrelease.io/step-identity": "monitoring"}
+    assert labelled == {"exec-monitor-model": monitoring, "exec-push-spark-window": monitoring}
     dags = {name: c["dag"]["tasks"] for name, c in doc["components"].items() if "dag" in c}
     branches = dags["comp-condition-branches-1"]
     conditions = {t["componentRef"]["name"]: t["triggerPolicy"]["condition"] for t in branches.values()}
     embedded = next(c for c, cond in conditions.items() if cond.endswith("== 'duckdb'"))
     spark = next(c for c, cond in conditions.items() if cond.startswith("!("))
-    assert "monitor-model" in dags[embedded] and list(dags[spark]) == ["monitor-window-on-spark"]
+    assert "monitor-model" in dags[embedded] and list(dags[spark]) == ["monitor-window-on-spark", "push-spark-window"]
+    push = dags[spark]["push-spark-window"]  # after the application, on its result
+    assert push["dependentTasks"] == ["monitor-window-on-spark"]
+    assert push["inputs"]["parameters"]["result"]["taskOutputParameter"]["producerTask"] == "monitor-window-on-spark"
     loop = next(t for name, t in dags[embedded].items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("Output")
     assert doc["root"]["inputDefinitions"]["parameters"]["window"]["defaultValue"] == "1h"
