@@ -72,7 +72,7 @@ def stage_and_hand_over(
         log.info("%s %s: an experiment (not started by the merge trigger); not staged", spec.name, version)
         return "experiment"
     with step_record(run_id, "deploy-staging", store_for("pipeline", settings)) as extra:
-        stage = deploy_staging_step(spec.name, version, run_id or job_name, settings)
+        stage = deploy_staging_step(spec.name, version, run_id, settings, release=True)
         if stage != "staging":  # nothing staged: skipped, never green
             extra["skipped"] = f"{spec.name} {version} is {stage}; nothing staged"
         else:

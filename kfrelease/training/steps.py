@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings, setting
 from kfrelease.data.catalog import version_spec
-from kfrelease.errors import KfreleaseError
+from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.faults import crash_point
 from kfrelease.images.oci import ImageRef, containerize, image_registry
 from kfrelease.registry import EXPERIMENTS, ModelRegistry, TrainedModel
@@ -573,6 +573,8 @@ def register_step(
         )
     )
     mv = reg.version
+    if release:  # deploy-staging stages this version only (its parameter travels through KFP's metadata store)
+        _keep(store, spec, run_id, {"version": mv.version}, "register")
     key = evaluation_report_key(registry.artifact_prefix(spec.name, mv.version))
     if report_path and Path(report_path).is_file() and store.stat(registry.bucket, key) is None:
         store.put_bytes(registry.bucket, key, Path(report_path).read_bytes(), content_type="text/html")
@@ -625,11 +627,25 @@ def containerize_step(model: str, version: str, settings: Settings | None = None
     return image.as_dict()
 
 
-def deploy_staging_step(model: str, version: str, run_id: str, settings: Settings | None = None) -> str:
+def deploy_staging_step(
+    model: str, version: str, run_id: str, settings: Settings | None = None, *, release: bool = False
+) -> str:
     """Mark the version as the staging candidate (idempotent: no second event if it already is). On a target whose
     model servers refuse pickles (a cluster: ``artifact.refuse_pickle_serving``) a version served from one is not
-    staged: ConfigError (not retried) saying how to make it servable."""
-    reg = ModelRegistry(step_store(settings))
+    staged: ConfigError (not retried) saying how to make it servable. ``release``: a release run, which stages only
+    the version its own register step kept (``version`` comes as register's output through KFP's metadata store,
+    which any pod may rewrite: review eks6 L1)."""
+    from kfrelease.training.evidence import EvidenceError, kept_evidence  # heavy: pandas
+
+    store = step_store(settings)
+    if release:
+        try:
+            kept_evidence(store, run_id, {"version": version}, "register", fields=("version",))
+        except EvidenceError as exc:
+            raise ConfigError(
+                f"{model} {version} is not the version run {run_id} registered ({exc}); nothing was staged"
+            ) from None
+    reg = ModelRegistry(store)
     mv = reg.get(model, version)
     if not mv.passed:
         return mv.stage or "rejected"
@@ -794,7 +810,8 @@ def _containerize(a: StepIO) -> dict:
 
 
 def _deploy_staging(a: StepIO) -> dict:
-    stage = deploy_staging_step(a.spec.name, a.version, a.run_id, a.settings)
+    release = is_release_run(step_store(a.settings), a.run_id, a.spec)  # what register kept its version for
+    stage = deploy_staging_step(a.spec.name, a.version, a.run_id, a.settings, release=release)
     return {"Output": stage, "result": stage}
 
 

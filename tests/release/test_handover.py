@@ -16,6 +16,7 @@ from kfrelease.registry import ModelRegistry
 from kfrelease.release.handover import record_path, stage_and_hand_over, start_release, wait_release
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
+from kfrelease.training.evidence import keep_evidence
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.trigger import trigger, wait
 from tests.recording_kfp import recording_kfp_api
@@ -115,6 +116,7 @@ def test_stage_and_hand_over_stages_only_a_release_run_and_only_a_validated_vers
     run_records.create_run(
         store, run_id, {"model": name, "spec_fingerprint": spec.fingerprint, "spec_json": spec.to_json()}
     )
+    keep_evidence(store, run_id, {"version": "V1.1.0"}, "register")  # what this run's register step keeps
     assert stage_and_hand_over(stack, spec, "V1.1.0", image, run_id, "job-1") == "staging"
     staged = registry.history(name, "V1.1.0")[-1]
     assert staged["stage"] == "staging" and staged["who"] == "training-pipeline" and run_id in staged["why"]
@@ -128,6 +130,7 @@ def test_stage_and_hand_over_stages_only_a_release_run_and_only_a_validated_vers
     run_records.create_run(
         store, other, {"model": name, "spec_fingerprint": spec.fingerprint, "spec_json": spec.to_json()}
     )
+    keep_evidence(store, other, {"version": "V1.2.0"}, "register")
     assert stage_and_hand_over(stack, spec, "V1.2.0", image, other, "job-2") == "rejected"
     assert registry.get(name, "V1.2.0").stage is None
     step = run_records.get_step(store, other, "deploy-staging")

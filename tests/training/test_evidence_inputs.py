@@ -247,3 +247,28 @@ def test_validate_and_register_judge_with_the_spec_the_run_record_holds(dataset,
     refused(
         release_run(stack, monkeypatch, spec, register={"spec": other_tag}), "differs from its run record's", "in tag"
     )
+
+
+def test_deploy_staging_stages_only_the_version_its_own_run_registered(dataset, stack, monkeypatch):
+    """Review eks6 L1: deploy-staging takes the version as register's output, a parameter that travels through
+    KFP's metadata store, and staged any passed, never-staged version of the model it was named. A release run's
+    register now keeps the version it registered (``runs/<run>/evidence/register.json``, outside what the untrusted
+    steps write), and deploy-staging stages only that one. The passed version here was left unstaged by a run
+    whose deploy-staging was handed a version that does not exist."""
+    from kfrelease.errors import ConfigError
+
+    name = f"forged-stage-{uuid.uuid4().hex[:6]}"
+    registry = ModelRegistry(store_for("pipeline", stack))
+    first = parse_spec(spec_text(name, dataset.name, RIDGE, "{max_rmse: 200.0}"))
+    with pytest.raises(Exception):  # noqa: B017 - on main NotFound, now the refusal below: either way nothing staged
+        release_run(stack, monkeypatch, first, **{"deploy-staging": {"version": "V9.9.9"}})
+    (left,) = registry.list(name)
+    assert left.passed and left.stage is None
+    second = parse_spec(spec_text(name, dataset.name, RIDGE, "{max_rmse: 200.0}").replace("tag: 1", "tag: 2"))
+    with pytest.raises(
+        ConfigError, match=f"{name} {left.version} is not the version run .* registered.*nothing was staged"
+    ):
+        release_run(stack, monkeypatch, second, **{"deploy-staging": {"version": left.version}})
+    assert registry.get(name, left.version).stage is None
+    staged = release_run(stack, monkeypatch, second)  # the honest run stages its own version
+    assert staged.stage == "staging" and staged.version != left.version
