@@ -407,3 +407,19 @@ def test_the_trigger_workflow_points_at_the_right_cluster_and_buckets(sources):
     assert table["region"] == prod.region and table["registry"] == prod.registry
     assert table["cluster"] == prod.cluster and table["role_arn"] == prod.role_arn("kfrelease-ci")
     assert table["kfp_host"] == f"https://{prod.kubeflow_host}/pipeline"
+
+
+def test_the_monitoring_spark_identity_may_list_read_and_write_its_window_results(sources):
+    """Review eks7 P1: the monitoring SparkApplication writes its window with Hadoop's S3A (``saveAsTextFile`` to
+    ``s3a://<prefix>pipeline-root/monitoring/<model>/spark/<run>``), whose output committer lists and reads what it
+    writes (hadoop-aws ``assumed_roles.md``, "Write Access Permissions": ``s3:Get*``, ``s3:Put*``,
+    ``s3:Delete*``, ``s3:ListBucket``); the role could only put and delete there, so every Spark window failed and
+    the push step after it found no result."""
+    from kfrelease.k8s.environments import iam_role_name
+
+    for name, env in sources.envs.environments.items():
+        s3 = iam_policies_in_cluster_config(cluster_config(name))[iam_role_name("monitoring")]
+        root = f"{env.bucket_prefix}pipeline-root"
+        key = f"monitoring/{sources.spec.model}/spark/run-1/_temporary/0/part-00000"
+        for action, k in (("list", ""), ("read", key), ("write", key), ("delete", key)):
+            assert allowed(s3, root, action, k), (name, action, k)
