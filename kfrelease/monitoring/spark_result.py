@@ -24,21 +24,34 @@ from kfrelease.storage import ObjectStore, store_for
 log = logging.getLogger(__name__)
 
 
-def result_prefix(store: ObjectStore, out: str) -> str:
-    """The key prefix (ending in ``/``) in ``pipeline-root`` of the application's ``--out`` URI."""
+def result_prefix(store: ObjectStore, out: str, model: str) -> str:
+    """The key prefix (ending in ``/``) in ``pipeline-root`` of the application's ``--out`` URI, which must be
+    ``monitoring/<model>/spark/<run>``: the URI reaches the push step as the Spark step's output, through KFP's
+    metadata store, and only the monitoring identity writes under ``monitoring/`` (the untrusted steps write
+    their own training tasks' outputs: ``kfrelease.k8s.render.eks.untrusted_step_policy``), so no other file of
+    the bucket is pushed as this model's window (review eks7 P3)."""
     scheme, _, rest = out.partition("://")
     bucket, _, key = rest.partition("/")
-    if scheme not in ("s3a", "s3") or bucket != store.bucket(RESULT_BUCKET) or not key.strip("/"):
+    own = f"monitoring/{model}/spark/"
+    run = key.strip("/").removeprefix(own)
+    if (
+        scheme not in ("s3a", "s3")
+        or bucket != store.bucket(RESULT_BUCKET)
+        or not key.startswith(own)
+        or not run
+        or "/" in run
+        or ".." in run
+    ):
         raise ConfigError(
-            f"the Spark result {out!r} is not under s3a://{store.bucket(RESULT_BUCKET)}/ "
-            "(where the monitoring SparkApplication writes, kfrelease.monitoring.spark_app)"
+            f"the Spark result {out!r} is not s3a://{store.bucket(RESULT_BUCKET)}/{own}<run> "
+            "(where the monitoring SparkApplication writes this model's window, kfrelease.monitoring.spark_app)"
         )
     return key.strip("/") + "/"
 
 
-def read_spark_result(store: ObjectStore, out: str) -> list[dict]:
+def read_spark_result(store: ObjectStore, out: str, model: str) -> list[dict]:
     """The windows the application wrote at ``out`` (every ``part-*`` file, one JSON list per line)."""
-    prefix = result_prefix(store, out)
+    prefix = result_prefix(store, out, model)
     parts = sorted(o.key for o in store.iter(RESULT_BUCKET, prefix) if o.key.rsplit("/", 1)[-1].startswith("part-"))
     if not parts:
         raise KfreleaseError(
@@ -114,7 +127,7 @@ def push_spark_result(
     """Read the Spark application's result at ``out``, record its windows and push the latest ones."""
     reader = read_store or store_for("monitoring", settings)
     writer = write_store or store_for("pipeline", settings)
-    rows = read_spark_result(writer, out)  # pipeline-root: the pipeline role's bucket
+    rows = read_spark_result(writer, out, model)  # pipeline-root: the pipeline role's bucket
     outcome = spark_windows(
         model, rows, window, min_labels, sources.baselines_of(sources.model_versions(reader, model))
     )

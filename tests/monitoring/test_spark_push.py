@@ -91,8 +91,18 @@ def test_the_spark_applications_window_is_recorded_and_pushed(stack, tmp_path, m
 def test_a_spark_result_elsewhere_or_missing_is_refused_in_one_line(stack):
     pipeline = store_for("pipeline", stack)
     settings = Settings(port_offset=stack.port_offset, home=stack.home)
-    with pytest.raises(ConfigError, match="not under s3a://.*pipeline-root/"):
+    with pytest.raises(ConfigError, match="is not s3a://.*pipeline-root/monitoring/m/spark/<run>"):
         push_spark_result(settings, "m", "s3a://elsewhere/x", window=WindowSpec(), min_labels=1, push=False)
+    # review eks7 P3: any other key of pipeline-root (a training task's output the untrusted steps write, another
+    # model's window) is not pushed as this model's window
+    root = pipeline.bucket("pipeline-root")
+    for other in (
+        f"s3a://{root}/v2/kfrelease-training/run-1/train/abc/predictions",
+        f"s3a://{root}/monitoring/other/spark/run-1",
+        f"s3a://{root}/monitoring/m/spark/run-1/../../other/spark/run-1",
+    ):
+        with pytest.raises(ConfigError, match="is not s3a://"):
+            push_spark_result(settings, "m", other, window=WindowSpec(), min_labels=1, push=False, write_store=pipeline)
     missing = f"s3a://{pipeline.bucket('pipeline-root')}/monitoring/m/spark/no-such-run"
     with pytest.raises(KfreleaseError, match="no result at .*no-such-run/part-"):
         push_spark_result(settings, "m", missing, window=WindowSpec(), min_labels=1, push=False, write_store=pipeline)
