@@ -22,8 +22,9 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from bench import fresh_home
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -101,16 +102,8 @@ def main() -> dict:
     from kfrelease.stack.services import declared_services
     from kfrelease.storage import store_for
     from kfrelease.training.memory import estimate_bytes
-    from tests.conftest import free_port_offset
 
-    home = Path(tempfile.mkdtemp(prefix="kfrelease-bench-memory-"))
-    env = {
-        **os.environ,
-        "KFRELEASE_HOME": str(home),
-        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-        "PYTHONPATH": str(HERE.parent),
-    }
-    os.environ.update({k: env[k] for k in ("KFRELEASE_HOME", "KFRELEASE_PORT_OFFSET")})
+    _home, env = fresh_home("memory")
     settings = Settings.from_env()
     load_before = os.getloadavg()[0]
     supervisor.up(settings, declared_services(settings, ("core",)))

@@ -23,10 +23,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench import fresh_home
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -97,16 +98,8 @@ def main() -> dict:
     from kfrelease.stack import supervisor
     from kfrelease.stack.services import declared_services
     from kfrelease.storage import store_for
-    from tests.conftest import free_port_offset
 
-    home = Path(tempfile.mkdtemp(prefix="kfrelease-bench-training-"))
-    env = {
-        **os.environ,
-        "KFRELEASE_HOME": str(home),
-        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
-        "PYTHONPATH": str(HERE.parent),
-    }
-    os.environ.update({k: env[k] for k in ("KFRELEASE_HOME", "KFRELEASE_PORT_OFFSET")})
+    home, env = fresh_home("training")
     settings = Settings.from_env()
     supervisor.up(settings, declared_services(settings, ("core",)))
     try:
