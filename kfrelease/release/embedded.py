@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -92,10 +91,7 @@ class ReleaseLock:
                 return holder
             me = supervisor.process_identity()
             self.record = f"{me['pid']} {self.version} {me['pid_started']}\n"
-            tmp = self.path.with_name(f"{self.path.name}.tmp-{me['pid']}")
-            tmp.write_text(self.record)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
+            supervisor.write_whole(self.path, self.record, 0o600)
             return None
 
     def __exit__(self, *exc):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.handover import start_release
-from kfrelease.stack.supervisor import record_alive, stop_process_group
+from kfrelease.stack.supervisor import record_alive, stop_process_group, write_whole
 from kfrelease.storage import store_for
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,7 @@ def release_records(settings: Settings) -> list[tuple[Path, dict]]:
 
 
 def _write(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(record))
 
 
 def stop_releases(settings: Settings) -> list[str]:

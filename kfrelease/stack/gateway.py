@@ -458,9 +458,7 @@ def model_states(settings: Settings) -> dict[str, TrafficState]:
 def _write_record(settings: Settings, doc: dict) -> None:
     path = _state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    supervisor.write_whole(path, json.dumps(doc, indent=2, sort_keys=True))
 
 
 def gateway_lock(settings: Settings):

@@ -331,11 +331,19 @@ def record_alive(rec: dict) -> bool:
     return pid_alive(rec.get("pid"), rec.get("pid_started"))
 
 
-def _write_record(settings: Settings, name: str, record: dict) -> None:
-    path = _record_path(settings, name)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
+def write_whole(path: Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` so that no reader sees it half written: a temporary file of this process beside
+    it, renamed over it (``mode``: its permissions, before the rename). The one way this machine's processes
+    write the records others read (services, runners, releases, the release lock, the gateway's state)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _write_record(settings: Settings, name: str, record: dict) -> None:
+    write_whole(_record_path(settings, name), json.dumps(record, indent=2))
 
 
 def service_from_record(rec: dict) -> Service:

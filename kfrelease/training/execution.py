@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -47,6 +46,7 @@ from kfrelease.stack.supervisor import (
     process_identity,
     record_alive,
     stop_process_group,
+    write_whole,
 )
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
@@ -254,9 +254,7 @@ def mark_runner(settings: Settings, run_id: str) -> None:
     """Record on this machine that this process runs ``run_id`` (removed when the run's end is recorded)."""
     path = runner_marker(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": run_id, **process_identity()}))
-    os.replace(tmp, path)
+    write_whole(path, json.dumps({"run_id": run_id, **process_identity()}))
 
 
 def _markers(settings: Settings) -> list[dict]:
