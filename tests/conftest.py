@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,19 @@ def _free(port: int) -> bool:
             return False
 
 
-def free_port_offset(claims: Path | None = None) -> int:
-    """An offset at which every default port (and SeaweedFS's neighbours and gRPC ports) is free, and (with
-    ``claims``, a file the pytest-xdist workers share) claimed by no other worker: a worker's model servers
-    bind their ports long after it chose them."""
+def _claims_file() -> Path | None:
+    """The file the pytest-xdist workers of one run share to claim port ranges (none outside xdist)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in every worker of one run (xdist remote.py)
+    return Path(tempfile.gettempdir()) / f"kfrelease-claimed-ports-{run}" if run else None
+
+
+def free_port_offset() -> int:
+    """An offset at which every default port (and SeaweedFS's neighbours and gRPC ports) is free and, under
+    pytest-xdist, claimed by no other stack of this run, the session stacks' and the tests' private ones alike:
+    a stack's model servers bind their ports long after it chose them, and a private stack's restart binds its
+    port again after a kill (a private stack once chose a range a worker's session stack had claimed, and its
+    restart found the port taken)."""
+    claims = _claims_file()
     with contextlib.ExitStack() as held:
         claimed: set[int] = set()
         if claims is not None:
@@ -93,11 +103,9 @@ def stack_env(tmp_path_factory) -> dict[str, str]:
     ``KFRELEASE_NEWDATA_POLL_SECONDS=0``: the receiver service does not poll for new curated data (on by
     default on the stack), so publishing data never starts a retrain behind a test's back."""
     home = tmp_path_factory.mktemp("kfrelease-home")
-    # under pytest-xdist each worker's base temp is in the session's own folder: the workers' shared claims file
-    claims = tmp_path_factory.getbasetemp().parent / "claimed-ports" if os.environ.get("PYTEST_XDIST_WORKER") else None
     env = {
         "KFRELEASE_HOME": str(home),
-        "KFRELEASE_PORT_OFFSET": str(free_port_offset(claims)),
+        "KFRELEASE_PORT_OFFSET": str(free_port_offset()),
         "KFRELEASE_AUTO_RELEASE": "0",
         "KFRELEASE_NEWDATA_POLL_SECONDS": "0",
     }

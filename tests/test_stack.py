@@ -2,14 +2,16 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from kfrelease.config import Settings
+from kfrelease.config import DEFAULT_PORTS, Settings
 from kfrelease.errors import StackError
 from kfrelease.stack import supervisor
 from kfrelease.stack.service import Service
@@ -83,6 +85,24 @@ def test_a_service_that_exits_during_start_reports_its_log(tmp_path):
     with pytest.raises(StackError, match="broken exited with code 3.*config is bad"):
         supervisor.start_service(settings, svc)
     assert supervisor.records(settings) == []
+
+
+def test_a_private_stack_never_takes_a_port_range_another_stack_of_the_run_claimed(tmp_path, monkeypatch):
+    """A test's private stack chose its ports by what was free at that moment, so it could take a range a
+    worker's session stack had claimed but not bound yet; its restart then found its port taken by the other
+    worker's server (CI, test_a_restart_that_fails_keeps_the_service_and_the_next_one_brings_it_back)."""
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "claims-test")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's own claims file
+    first = free_port_offset()
+    real = random.randrange
+    offered = iter([first, first])  # the search first offers the claimed offset again, twice
+    monkeypatch.setattr(random, "randrange", lambda *a: next(offered, None) or real(*a))
+    second = free_port_offset()
+
+    def ports(offset: int) -> set[int]:
+        return {p + offset for p in DEFAULT_PORTS.values()}
+
+    assert second != first and not ports(first) & ports(second)
 
 
 def http_server_service(tmp_path, name: str) -> tuple[Settings, Service]:
