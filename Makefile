@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
 # Python writes each module's .pyc the first time any process imports it, and every later process reuses it. These
 # machines set PYTHONDONTWRITEBYTECODE=1, under which every process (each pipeline step, CLI call, service, test
 # worker) would compile all its imports again, every time: ~1 s of CPU for a step that imports pandas and sklearn.
@@ -17,13 +18,14 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@# Two workers (pytest-xdist), each with its own session stack (tests/conftest.py: own home, ports no other
-	@# worker claimed), a file at a time. Any pytest failure fails make test, "no tests collected" (exit 5) too;
-	@# .ci/run is where an empty collection is told apart and allowed. Files go out heaviest first (tests/conftest.py
-	@# orders them by their slow tests' seconds; --no-loadscope-reorder keeps that order instead of xdist's
-	@# most-tests-first), so the two workers end together. --max-worker-restart=0: a worker that crashes (a
-	@# segfault) fails the run at once; a replaced worker once left pytest-xdist 3.8 waiting with both idle.
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 $(PYTEST_ARGS)
+	@# TEST_WORKERS (default 2, one per core) pytest-xdist workers, each with its own session stack (tests/conftest.py:
+	@# own home, ports no other stack of the run claimed), a file at a time. A third worker on 2 cores took the idle
+	@# CPU (86 % -> 97 % busy) but stretched every timed test and saved only 30 s of 950. Any pytest failure fails make
+	@# test, "no tests collected" (exit 5) too; .ci/run is where an empty collection is told apart and allowed. Files go
+	@# out heaviest first (tests/conftest.py orders them by their slow tests' seconds; --no-loadscope-reorder keeps that
+	@# order instead of xdist's most-tests-first), so the workers end together. --max-worker-restart=0: a worker that
+	@# crashes (a segfault) fails the run at once; a replaced worker once left pytest-xdist 3.8 waiting with both idle.
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
