@@ -91,14 +91,6 @@ def window_sums(spark, kind: str, size: int) -> pd.DataFrame:
     return spark.sql(LW.window_sums_sql("joined", kind, size, J.SPARK)).toPandas()
 
 
-def _iso(ts) -> str | None:
-    """A window's time as the embedded engine records it (UTC ISO, ``kfrelease.monitoring.window``)."""
-    if ts is None or pd.isna(ts):
-        return None
-    ts = pd.Timestamp(ts)
-    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def window_result(
     spark,
     features: list[str],
@@ -119,15 +111,14 @@ def window_result(
             "w": int(r.w),
             "predictions": int(r.predictions),
             "labelled": int(r.labelled),
-            "first_time": _iso(r.first_time),
-            "last_time": _iso(r.last_time),
-            "last_truth_time": _iso(r.last_truth_time) if int(r.labelled) else None,
+            "first_time": LW.iso_utc(r.first_time),
+            "last_time": LW.iso_utc(r.last_time),
+            "last_truth_time": LW.iso_utc(r.last_truth_time) if int(r.labelled) else None,
         }
         try:
-            sums = (int(r.labelled), float(r.sse), float(r.sae), float(r.sst))
-            row.update(LW.metrics_from_sums(*sums, min_labels))
-            row["intervals"] = LW.intervals_from_sums(*sums, float(r.se4), float(r.st4), float(r.sest))
-        except (InsufficientData, TypeError):
+            sums = [float(v) for v in (r.sse, r.sae, r.sst, r.se4, r.st4, r.sest)]
+            row.update(LW.window_metrics(int(r.labelled), *sums, min_labels))
+        except (InsufficientData, TypeError):  # too few labels; no sums (float(None)) where none are labelled
             pass
         if reference is not None:
             v, s = (

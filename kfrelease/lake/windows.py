@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from kfrelease.lake.join import DUCKDB, Dialect
 from kfrelease.quality.metrics import InsufficientData, intervals_from_moments
 
@@ -71,10 +73,33 @@ def window_sums_sql(
     """
 
 
-def metrics_from_sums(n: int, sse: float, sae: float, sst: float, min_samples: int = 1) -> dict:
-    """``regression_metrics``' numbers from the sums (same edge cases: InsufficientData, R² None)."""
+def iso_utc(ts) -> str | None:
+    """A window's time as the monitoring records hold it, whichever engine read it: UTC ISO with microseconds and
+    ``Z`` (a time without a zone is UTC, as Spark's ``toPandas`` gives it); None for a missing time."""
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
+        return None
+    ts = pd.Timestamp(ts)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def require_labels(n: int, min_samples: int = 1) -> None:
+    """InsufficientData when ``n`` labelled rows are fewer than a verdict needs (``min_samples``, at least 1)."""
     if n < max(1, min_samples):
         raise InsufficientData(f"{n} labelled rows; at least {max(1, min_samples)} are needed for a verdict")
+
+
+def window_metrics(
+    n: int, sse: float, sae: float, sst: float, se4: float, st4: float, sest: float, min_samples: int = 1
+) -> dict:
+    """A window's quality numbers from its sums (``metrics_from_sums``) with their 95% intervals
+    (``intervals_from_sums``, under ``intervals``): what every engine reports for a window."""
+    metrics = metrics_from_sums(n, sse, sae, sst, min_samples)
+    return {**metrics, "intervals": intervals_from_sums(n, sse, sae, sst, se4, st4, sest)}
+
+
+def metrics_from_sums(n: int, sse: float, sae: float, sst: float, min_samples: int = 1) -> dict:
+    """``regression_metrics``' numbers from the sums (same edge cases: InsufficientData, R² None)."""
+    require_labels(n, min_samples)
     mse = sse / n
     r2 = None if n < 2 or sst == 0.0 else 1.0 - sse / sst
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / n, "r2": r2, "n": n}

@@ -9,16 +9,25 @@ the same gauges, so the same alerts and the same automatic retrain as a model mo
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import orjson
-import pandas as pd
 
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError, KfreleaseError
+from kfrelease.lake import windows as LW
 from kfrelease.monitoring import sources
 from kfrelease.monitoring.passes import RESULT_BUCKET, MonitorRun, new_run_id, record_and_push
-from kfrelease.monitoring.window import DEFAULT_R2_FLOOR, MonitorOutcome, WindowResult, WindowSpec
+from kfrelease.monitoring.window import (
+    DEFAULT_R2_FLOOR,
+    MonitorOutcome,
+    WindowResult,
+    WindowSpec,
+    settle,
+    window_bounds,
+)
+from kfrelease.quality.metrics import InsufficientData
 from kfrelease.storage import ObjectStore, store_for
 
 log = logging.getLogger(__name__)
@@ -65,8 +74,12 @@ def read_spark_result(store: ObjectStore, out: str, model: str) -> list[dict]:
     return rows
 
 
-def _iso(seconds: int) -> str:
-    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _computed(row: dict, min_labels: int) -> dict:
+    """The numbers the application computed for a window, held to this step's ``min_labels`` too."""
+    LW.require_labels(int(row["labelled"]), min_labels)
+    if row.get("mse") is None:  # the application's own ``--min-labels`` was higher
+        raise InsufficientData(f"{row['labelled']} labelled rows; the Spark application gave no verdict on them")
+    return row
 
 
 def spark_windows(
@@ -77,11 +90,8 @@ def spark_windows(
     if not rows:
         outcome.warnings.append(f"no predictions of model {model!r} were logged in the period (Spark)")
     for r in sorted(rows, key=lambda r: (str(r["version"]), str(r["stage"]), int(r["w"]))):
-        w, base = int(r["w"]), baselines.get(str(r["version"]), {})
-        if spec.kind == "time":
-            start, end = _iso(w * spec.size), _iso((w + 1) * spec.size)
-        else:
-            start, end = r.get("first_time"), r.get("last_time")
+        base = baselines.get(str(r["version"]), {})
+        start, end = window_bounds(spec, int(r["w"]), r.get("first_time"), r.get("last_time"))
         res = WindowResult(
             model=model,
             version=str(r["version"]),
@@ -97,14 +107,7 @@ def spark_windows(
             last_prediction_time=r.get("last_time"),
             last_truth_time=r.get("last_truth_time"),
         )
-        if res.labelled == 0:
-            res.status, res.message = "no-ground-truth", f"{res.predictions} predictions have no ground truth yet"
-        elif res.labelled < max(1, min_labels) or r.get("mse") is None:
-            res.status = "insufficient"
-            res.message = f"{res.labelled} labelled rows; at least {max(1, min_labels)} are needed for a verdict"
-        else:
-            res.mse, res.rmse, res.mae, res.r2 = r["mse"], r["rmse"], r["mae"], r.get("r2")
-            res.intervals = r.get("intervals") or {}
+        settle(res, functools.partial(_computed, r, min_labels))
         if r.get("psi") is not None:
             drifted = list(r.get("drifted") or [])
             res.drift_share, res.drifted = r.get("drift_share"), drifted

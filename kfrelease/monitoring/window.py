@@ -14,6 +14,7 @@ and ``until``; the join and the "latest label wins" rule are the lake's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -137,10 +138,29 @@ def latest_rank(window: str, labelled: int, start: str) -> tuple[bool, str]:
     return is_complete(window, labelled), str(start)
 
 
-def _iso(ts) -> str | None:
-    if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
-        return None
-    return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def window_bounds(spec: WindowSpec, w: int, first_time, last_time) -> tuple[str | None, str | None]:
+    """Where window ``w`` starts and ends (UTC ISO): a time window's aligned bounds, a count window's first and
+    last prediction."""
+    if spec.kind == "time":
+        first_time, last_time = (pd.Timestamp(t * spec.size, unit="s", tz="UTC") for t in (w, w + 1))
+    return LW.iso_utc(first_time), LW.iso_utc(last_time)
+
+
+def settle(res: WindowResult, metrics) -> None:
+    """A window's status, one rule for every engine: without a label ``no-ground-truth``; with fewer labels than a
+    verdict needs (``metrics()`` raises InsufficientData) ``insufficient``, saying why; else ``ok`` with the numbers
+    and intervals ``metrics()`` returns."""
+    if res.labelled == 0:
+        res.status, res.message = "no-ground-truth", f"{res.predictions} predictions have no ground truth yet"
+        return
+    try:
+        m = metrics()
+    except InsufficientData as exc:
+        res.status, res.message = "insufficient", str(exc)
+        return
+    res.status = "ok"
+    res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m.get("r2")
+    res.intervals = m.get("intervals") or {}
 
 
 def _drift(reference, frame, features, method=None, categorical=(), current_counts=None):
@@ -205,45 +225,24 @@ def compute_windows_engine(
         base = baselines.get(version, {})
         for r in group.itertuples():
             w = int(r.w)
-            if spec.kind == "time":
-                start = pd.Timestamp(w * spec.size, unit="s", tz="UTC")
-                end = pd.Timestamp((w + 1) * spec.size, unit="s", tz="UTC")
-            else:
-                start, end = r.first_time, r.last_time
+            start, end = window_bounds(spec, w, r.first_time, r.last_time)
             res = WindowResult(
                 model=model,
                 version=str(version),
                 stage=str(stage),
                 window=spec.label,
-                start=_iso(start),
-                end=_iso(end),
+                start=start,
+                end=end,
                 predictions=int(r.predictions),
                 labelled=int(r.labelled),
                 status="ok",
                 baseline_rmse=base.get("rmse"),
                 r2_floor=base.get("r2_floor", DEFAULT_R2_FLOOR),
-                last_prediction_time=_iso(r.last_time),
-                last_truth_time=_iso(r.last_truth_time) if int(r.labelled) else None,
+                last_prediction_time=LW.iso_utc(r.last_time),
+                last_truth_time=LW.iso_utc(r.last_truth_time) if int(r.labelled) else None,
             )
-            if int(r.labelled) == 0:
-                res.status = "no-ground-truth"
-                res.message = f"{int(r.predictions)} predictions have no ground truth yet"
-            else:
-                try:
-                    m = LW.metrics_from_sums(int(r.labelled), float(r.sse), float(r.sae), float(r.sst), min_labels)
-                    res.mse, res.rmse, res.mae, res.r2 = m["mse"], m["rmse"], m["mae"], m["r2"]
-                    res.intervals = LW.intervals_from_sums(
-                        int(r.labelled),
-                        float(r.sse),
-                        float(r.sae),
-                        float(r.sst),
-                        float(r.se4),
-                        float(r.st4),
-                        float(r.sest),
-                    )
-                except InsufficientData as exc:
-                    res.status = "insufficient"
-                    res.message = str(exc)
+            sums = [float(v) for v in (r.sse, r.sae, r.sst, r.se4, r.st4, r.sest)] if int(r.labelled) else []
+            settle(res, functools.partial(LW.window_metrics, int(r.labelled), *sums, min_labels))
             with_drift = drift_for == "all" or (drift_for == "latest" and w == last)
             if with_drift and reference is not None and int(r.predictions) >= min_labels:
                 _engine_drift(

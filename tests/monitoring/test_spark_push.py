@@ -2,6 +2,7 @@
 eks6 M1): its result JSON, as ``kfrelease.lake.spark.main`` writes it, is recorded and pushed by
 ``kfrelease.monitoring.spark_result`` (the monitoring pipeline's ``push Spark window`` step)."""
 
+import functools
 import uuid
 
 import httpx
@@ -46,15 +47,16 @@ def test_the_spark_applications_window_is_recorded_and_pushed(stack, tmp_path, m
         pipeline.put_bytes("pipeline-root", f"monitoring/{model}/spark/run-1/{p.name}", p.read_bytes())
     monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_CREDENTIALS", str(embedded_dir(stack) / PUSH_USER))
     settings = Settings(home=tmp_path / "home", port_offset=stack.port_offset)
-    run = push_spark_result(
+    push_window = functools.partial(
+        push_spark_result,
         settings,
         model,
         out,
         window=WindowSpec("time", 86400),
-        min_labels=30,
         read_store=store_for("monitoring", stack),
         write_store=pipeline,
     )
+    run = push_window(min_labels=30)
     assert run.push.ok and run.push.pushed == 2, run.push.message  # one (version, stage) each
 
     gauges = _gauges(stack, model)
@@ -75,16 +77,7 @@ def test_the_spark_applications_window_is_recorded_and_pushed(stack, tmp_path, m
     assert sorted(zip(history["version"], history["stage"])) == [("V1.1.0", "production"), ("V1.2.0", "staging")]
 
     # too few labels for the verdict: insufficient, no quality gauges (as on the embedded engine)
-    strict = push_spark_result(
-        settings,
-        model,
-        out,
-        window=WindowSpec("time", 86400),
-        min_labels=5000,
-        read_store=store_for("monitoring", stack),
-        write_store=pipeline,
-        push=False,
-    )
+    strict = push_window(min_labels=5000, push=False)
     assert {w.status for w in strict.windows} == {"insufficient"} and all(w.rmse is None for w in strict.windows)
 
 

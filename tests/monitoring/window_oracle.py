@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kfrelease.errors import ConfigError, DataValidationError, KfreleaseError
+from kfrelease.lake.windows import iso_utc
 from kfrelease.monitoring.window import (
     DEFAULT_MIN_LABELS,
     DEFAULT_R2_FLOOR,
@@ -16,7 +17,6 @@ from kfrelease.monitoring.window import (
     WindowResult,
     WindowSpec,
     _drift,
-    _iso,
     _orphan_labels,
     is_complete,
 )
@@ -121,15 +121,15 @@ def compute_window(
         version=version,
         stage=stage,
         window=spec.label,
-        start=_iso(start),
-        end=_iso(end),
+        start=iso_utc(start),
+        end=iso_utc(end),
         predictions=len(frame),
         labelled=len(labelled),
         status="ok",
         baseline_rmse=baseline_rmse,
         r2_floor=r2_floor,
-        last_prediction_time=_iso(frame["time"].max()),
-        last_truth_time=_iso(labelled["truth_time"].max()) if len(labelled) else None,
+        last_prediction_time=iso_utc(frame["time"].max()),
+        last_truth_time=iso_utc(labelled["truth_time"].max()) if len(labelled) else None,
     )
     if len(labelled) == 0:
         res.status = "no-ground-truth"
