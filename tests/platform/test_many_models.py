@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -26,7 +25,7 @@ from kfrelease.stack.gateway import LocalGatewayDriver, model_states
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import check_loss_free, release_first, small_spec, traffic
+from tests.release.conftest import check_loss_free, release_first, release_firsts, small_spec, traffic
 from tests.training.conftest import PrivateDataset
 
 pytestmark = pytest.mark.integration
@@ -56,9 +55,7 @@ def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_
     registry = ModelRegistry(store_for("pipeline", settings))
     firsts = {name: _train(settings, repo, shas[0]).version for name, repo, shas, _ in models}
     # both first models released at once too (each provisional on its own labelled traffic, then production)
-    with ThreadPoolExecutor(len(firsts)) as pool:
-        released = {n: pool.submit(release_first, settings, n, v, small_spec(n)) for n, v in firsts.items()}
-        assert {n: f.result()[0].result for n, f in released.items()} == dict.fromkeys(firsts, "promoted")
+    release_firsts(settings, firsts)
     # the better definitions, in staging
     candidates = {name: _train(settings, repo, shas[1]).version for name, repo, shas, _ in models}
 

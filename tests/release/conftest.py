@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -103,6 +104,14 @@ def release_first(settings, model: str, version: str, spec, rows=None):
     finally:
         stats = gen.stop()
     return outcome, stats
+
+
+def release_firsts(settings, versions: dict[str, str]) -> None:
+    """Release the first models ``versions`` names ({model: version}) at once, each as ``release_first`` does;
+    every one must be promoted."""
+    with ThreadPoolExecutor(len(versions)) as pool:
+        released = {n: pool.submit(release_first, settings, n, v, small_spec(n)) for n, v in versions.items()}
+        assert {n: f.result()[0].result for n, f in released.items()} == dict.fromkeys(versions, "promoted")
 
 
 def wait_logged(settings, model: str, ids: list[str], timeout: float = 30.0) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -31,7 +30,7 @@ from kfrelease.stack.hosts import hosted
 from kfrelease.storage import store_for
 from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
-from tests.release.conftest import check_loss_free, release_first, small_spec, traffic
+from tests.release.conftest import check_loss_free, release_firsts, traffic
 from tests.training.conftest import PrivateDataset
 from tests.waiting import eventually
 
@@ -52,9 +51,7 @@ def two_in_production(stack, tmp_path):
         shas = create_release_demo_project(tmp_path / name, name=name, dataset=ds.name)
         spec, commit = load_project_at_commit(tmp_path / name, shas[0])
         versions[name] = run_inline(spec, commit, settings=stack, containerize=False).version
-    with ThreadPoolExecutor(len(versions)) as pool:
-        released = {n: pool.submit(release_first, stack, n, v, small_spec(n)) for n, v in versions.items()}
-        assert {n: f.result()[0].result for n, f in released.items()} == dict.fromkeys(versions, "promoted")
+    release_firsts(stack, versions)
     yield stack, versions
     LocalGatewayDriver(stack, load_rollout_spec()).stop()
 
