@@ -44,13 +44,13 @@ def data_pipeline(
         ).set_display_name("publish on Spark")
     # Ingest reads the raw bucket and publish moves `latest`: never cached; validate and features are pure
     # functions of their inputs and may be.
-    for task, step, caching in (
-        (engine, "ingest", True),
-        (raw, "ingest", False),
-        (valid, "validate", True),
-        (feats, "features", True),
-        (published, "publish", False),
-        (on_spark, "publish", False),
+    for task, caching in (
+        (engine, True),
+        (raw, False),
+        (valid, True),
+        (feats, True),
+        (published, False),
+        (on_spark, False),
     ):
-        apply_step_policy(task, step, None, caching=caching)
+        apply_step_policy(task, caching=caching)
     return dsl.OneOf(published.output, on_spark.output)

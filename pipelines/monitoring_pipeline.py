@@ -39,17 +39,17 @@ def monitoring_pipeline(
     chosen = choose_monitoring_engine(
         model=model, window=window, since=since, engine=engine, spark_image=spark_image
     ).set_display_name("choose engine")
-    apply_step_policy(chosen, "choose engine", None, caching=False)
+    apply_step_policy(chosen)
     with dsl.If(chosen.outputs["engine"] == "duckdb", name="embedded-engine"):
         monitored = monitor_model(
             model=model, window=window, since=since, min_labels=min_labels, reports=reports
         ).set_display_name("monitor")
-        apply_step_policy(monitored, "monitor", None, caching=False)
+        apply_step_policy(monitored)
         step_label(
             monitored, MONITORING_STEP
         )  # pushes to the Pushgateway: its credentials (platform.monitoring_push_access)
         with dsl.ParallelFor(monitored.outputs["Output"]) as key:
-            apply_step_policy(window_report(report_key=key).set_display_name("window report"), "report", None)
+            apply_step_policy(window_report(report_key=key).set_display_name("window report"))
     with dsl.Else(name="spark"):
         spark = monitor_window_on_spark(
             model=model,
@@ -61,9 +61,9 @@ def monitoring_pipeline(
             window=chosen.outputs["spark_window"],
             since=chosen.outputs["since"],
         ).set_display_name("monitor on Spark")
-        apply_step_policy(spark, "monitor on Spark", None, caching=False)
+        apply_step_policy(spark)
         pushed = push_spark_window(
             model=model, result=spark.output, window=chosen.outputs["spark_window"], min_labels=min_labels
         ).set_display_name("push Spark window")
-        apply_step_policy(pushed, "push Spark window", None, caching=False)
+        apply_step_policy(pushed)
         step_label(pushed, MONITORING_STEP)  # the Spark window's gauges: same push credentials as "monitor"

@@ -26,7 +26,7 @@ def release_step(task, name: str):
     from kfp import kubernetes
 
     task.set_display_name(name)
-    apply_step_policy(task, name, None, caching=False)
+    apply_step_policy(task)
     kubernetes.add_pod_annotation(task, SAFE_TO_EVICT, "false")
     # each release step runs as the release driver (Role in serving) and runs no model code: apply_step_policy
     # makes it refuse pickles (production's answers come from production's model server, kfrelease.release.controller)

@@ -85,6 +85,6 @@ def training_pipeline(
                 step_label(task, KFP_SUBMITTER_STEP)
             # Resources, retries (infrastructure causes only: see kfrelease.training.resources), no caching, and no
             # pickle loads outside the untrusted steps.
-            apply_step_policy(task, step.name, model if step.name in MODEL_STEPS else None)
+            apply_step_policy(task, model if step.name in MODEL_STEPS else None, untrusted=step.untrusted)
             tasks[step.name] = task
     return tasks["register"].output

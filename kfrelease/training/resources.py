@@ -148,16 +148,13 @@ def refuse_pickle(task):
     return task.set_env_variable("KFRELEASE_REFUSE_PICKLE", "1")
 
 
-def apply_step_policy(task, step: str, model: dict | None = None, caching: bool = False):
-    """Resources, retries and caching of one pipeline task; no pickle loads unless it is an untrusted step
-    (``kfrelease.training.steps.UNTRUSTED_STEPS``). ``model`` holds the pipeline's ``model_*`` parameters
-    (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``."""
+def apply_step_policy(task, model: dict | None = None, caching: bool = False, untrusted: bool = False):
+    """Resources, retries and caching of one pipeline task; no pickle loads unless the task is ``untrusted`` (runs
+    the merged model code: ``kfrelease.training.steps.Step.untrusted``). ``model`` holds the pipeline's ``model_*``
+    parameters (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``."""
     from kfp import kubernetes  # heavy: kfp
 
-    # cycle: kfrelease.training.steps imports this module (via kfrelease.training.spec)
-    from kfrelease.training.steps import UNTRUSTED_STEPS
-
-    if step not in UNTRUSTED_STEPS:
+    if not untrusted:
         refuse_pickle(task)
 
     if model is not None:
