@@ -22,9 +22,11 @@ test: setup
 	@# own home, ports no other stack of the run claimed), a file at a time. A third worker on 2 cores took the idle
 	@# CPU (86 % -> 97 % busy) but stretched every timed test and saved only 30 s of 950. Any pytest failure fails make
 	@# test, "no tests collected" (exit 5) too; .ci/run is where an empty collection is told apart and allowed. Files go
-	@# out heaviest first (tests/conftest.py orders them by their slow tests' seconds; --no-loadscope-reorder keeps that
-	@# order instead of xdist's most-tests-first), so the workers end together. --max-worker-restart=0: a worker that
-	@# crashes (a segfault) fails the run at once; a replaced worker once left pytest-xdist 3.8 waiting with both idle.
+	@# out heaviest first, those that mostly compute and those that mostly wait in turn (tests/conftest.py file_order, from
+	@# the slow tests' marks; --no-loadscope-reorder keeps that order instead of xdist's most-tests-first), so the
+	@# workers end together and a worker waiting on traffic runs beside one that computes. --max-worker-restart=0: a
+	@# worker that crashes (a segfault) fails the run at once; a replaced worker once left pytest-xdist 3.8 waiting with
+	@# both idle.
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0 $(PYTEST_ARGS)
 
 test-fast: setup

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import random
 import socket
@@ -71,26 +72,37 @@ def free_port_offset() -> int:
 SLOW_SECONDS = 30
 
 
-def file_weight(items) -> dict[str, float]:
-    """Seconds the ``slow`` tests of each file declare (``@pytest.mark.slow(seconds=N)``), per file."""
-    weight: dict[str, float] = {}
+def file_weights(items) -> dict[str, tuple[float, float]]:
+    """Per file, the seconds its ``slow`` tests declare (``@pytest.mark.slow(seconds=N)``) and how many of them are
+    spent waiting (``waits=True``: traffic at a fixed rate, release steps of a fixed length, back-offs)."""
+    out: dict[str, tuple[float, float]] = {}
     for item in items:
         marker = item.get_closest_marker("slow")
         if marker is not None:
-            weight[item.nodeid] = float(marker.kwargs.get("seconds", SLOW_SECONDS))
-    out: dict[str, float] = {}
-    for nodeid, seconds in weight.items():
-        out[nodeid.split("::")[0]] = out.get(nodeid.split("::")[0], 0.0) + seconds
+            seconds = float(marker.kwargs.get("seconds", SLOW_SECONDS))
+            total, waiting = out.get(item.nodeid.split("::")[0], (0.0, 0.0))
+            out[item.nodeid.split("::")[0]] = (total + seconds, waiting + seconds * bool(marker.kwargs.get("waits")))
     return out
 
 
+def file_order(weights: dict[str, tuple[float, float]]) -> list[str]:
+    """The heavy files in the order `make test` hands them out: those that mostly compute and those that mostly
+    wait, each heaviest first, taken in turn. Longest first, so the two workers end within about the shortest
+    file of each other; in turn, so a worker waiting on traffic runs beside one that needs the CPU (two waiting
+    files at once left a third of both cores idle for minutes)."""
+    by_weight = sorted(weights, key=lambda f: -weights[f][0])
+    waits = [f for f in by_weight if weights[f][1] * 2 > weights[f][0]]
+    computes = [f for f in by_weight if f not in waits]
+    return [f for pair in itertools.zip_longest(computes, waits) for f in pair if f is not None]
+
+
 def pytest_collection_modifyitems(config, items):
-    """The files holding ``slow`` tests first, the slowest first (the rest in collection order): `make test`
-    hands out whole files in this order (``--dist loadfile --no-loadscope-reorder``), so a file of one 5-minute
-    test never starts last while the other worker has nothing left to do (longest first: the two workers end
-    within about the shortest file of each other). Every worker sorts the same collection the same way."""
-    weight = file_weight(items)
-    items.sort(key=lambda item: -weight.get(item.nodeid.split("::")[0], 0.0))
+    """The files holding ``slow`` tests first, in ``file_order`` (the rest after them, in collection order): `make
+    test` hands out whole files in this order (``--dist loadfile --no-loadscope-reorder``), so a file of one
+    5-minute test never starts last while the other worker has nothing left to do. Every worker sorts the same
+    collection the same way."""
+    rank = {f: i for i, f in enumerate(file_order(file_weights(items)))}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")

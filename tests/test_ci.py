@@ -89,3 +89,21 @@ def test_a_lint_failure_with_no_test_fails_ci(tree):
     _executable(tree / ".venv" / "bin" / "ruff", "#!/bin/sh\nexit 1\n")
     ci = _run(tree, ".ci/run")
     assert ci.returncode != 0, ci.stdout + ci.stderr
+
+
+def test_heavy_files_go_out_heaviest_first_computing_and_waiting_in_turn():
+    """`make test` hands files out in ``file_order``: two files that mostly wait never go out one after the
+    other while a computing one is left, and each kind keeps its heaviest first (one worker never starts the
+    longest file last)."""
+    from tests.conftest import file_order
+
+    weights = {
+        "a.py": (250.0, 0.0),
+        "b.py": (120.0, 120.0),
+        "c.py": (190.0, 20.0),
+        "d.py": (80.0, 80.0),
+        "e.py": (60.0, 50.0),
+        "f.py": (40.0, 0.0),
+    }
+    assert file_order(weights) == ["a.py", "b.py", "c.py", "d.py", "f.py", "e.py"]
+    assert file_order({"w1.py": (10.0, 10.0), "w2.py": (30.0, 30.0)}) == ["w2.py", "w1.py"]

@@ -49,7 +49,7 @@ def _train(settings, repo, sha):
     return run_inline(spec, commit, settings=settings, containerize=False)
 
 
-@pytest.mark.slow(seconds=85)
+@pytest.mark.slow(seconds=85, waits=True)
 def test_two_models_released_at_once_under_load_fail_nothing_and_stay_apart(two_models, tmp_path):
     settings, models = two_models
     registry = ModelRegistry(store_for("pipeline", settings))

@@ -136,7 +136,7 @@ def _bad_requests(settings, model: str, row: dict) -> list[tuple[str, httpx.Resp
     return sent
 
 
-@pytest.mark.slow(seconds=63)
+@pytest.mark.slow(seconds=63, waits=True)
 def test_a_categorical_model_goes_from_merge_to_production_and_a_slice_gate_stops_a_model_wrong_on_one_cut(
     diamonds_env,
 ):

@@ -270,7 +270,7 @@ def test_a_spec_without_absolute_thresholds_cannot_be_released(stack):
 
 
 @pytest.mark.integration
-@pytest.mark.slow(seconds=55)
+@pytest.mark.slow(seconds=55, waits=True)
 def test_a_tag_bump_reaches_production_only_through_shadow_and_a_passed_live_threshold_check(release_env):
     """Tag 2 with production's inputs: shadowed against the tag-1 production, then canary steps whose last
     one waits for the one-sample test of the spec's thresholds on the canary's own labelled requests."""

@@ -23,7 +23,7 @@ def _pid(text: str) -> int:
     return int(re.search(r"pid (\d+)", text).group(1))
 
 
-@pytest.mark.slow(seconds=50)
+@pytest.mark.slow(seconds=50, waits=True)
 def test_release_run_in_the_background_says_what_happened(release_env, run_cli):
     settings, ds, name, tmp = release_env
     repo = tmp / "project"

@@ -34,7 +34,7 @@ from tests.release.conftest import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.slow(seconds=95)
+@pytest.mark.slow(seconds=95, waits=True)
 def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_worse(release_env, run_cli):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)
@@ -131,7 +131,7 @@ def test_demo_scenario_under_load_promotes_the_better_model_and_rejects_the_wors
     check_loss_free(settings, name, stats)  # every answered request is in the prediction logs
 
 
-@pytest.mark.slow(seconds=31)
+@pytest.mark.slow(seconds=31, waits=True)
 def test_a_candidate_failing_the_canary_check_is_rolled_back_within_one_interval(release_env, monkeypatch):
     settings, ds, name, tmp = release_env
     shas = create_release_demo_project(tmp / "project", name=name, dataset=ds.name)

@@ -41,7 +41,7 @@ def _model_dir(root, version, offset):
     return d, frame[features]
 
 
-@pytest.mark.slow(seconds=27)
+@pytest.mark.slow(seconds=27, waits=True)
 def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, tmp_path, monkeypatch):
     from kfrelease.lake import read_predictions
     from kfrelease.stack.services import declared_services

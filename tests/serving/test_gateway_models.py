@@ -62,6 +62,7 @@ def test_two_models_route_by_name_and_an_unknown_model_is_a_json_404(stack):
     }
 
 
+@pytest.mark.slow(seconds=19, waits=True)
 def test_one_models_release_under_load_to_both_fails_nothing_and_restarts_no_server(stack):
     settings, records = stack
     alpha, beta = _driver(settings, records, "alpha"), _driver(settings, records, "beta")
@@ -93,6 +94,7 @@ def _kill(settings, name) -> int:
     return pid
 
 
+@pytest.mark.slow(seconds=11, waits=True)
 def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes_back(stack):
     settings, records = stack
     supervisor.start_service(settings, watchdog_service(settings))
@@ -232,6 +234,7 @@ def test_down_stops_the_watchdog_first_and_nothing_restarts(stack):
     assert supervisor.records(settings) == []
 
 
+@pytest.mark.slow(seconds=10, waits=True)
 def test_a_model_added_by_a_reload_fails_no_request_of_a_client_that_starts_once_it_is_ready(stack):
     """nginx's reload is not atomic across workers: the master starts the new workers, sleeps 100 ms "to allow
     them to start", and only then tells the old ones to stop accepting (``ngx_master_process_cycle``,

@@ -77,7 +77,7 @@ def _more(load: dict, n: int, what: str) -> None:
     eventually(lambda: all(gen.stats().ok - start[name] >= n for name, gen in load.items()), 60, what)
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow(seconds=40, waits=True)
 def test_killing_the_production_model_server_fails_no_request_and_loses_no_log(two_in_production):
     settings, versions = two_in_production
     both = set(versions)

@@ -72,8 +72,6 @@ from tests.waiting import eventually
 
 from . import GATEWAY_SERVICE, UNREACHABLE, Twin
 
-pytestmark = pytest.mark.slow(seconds=45)
-
 SOURCES = Sources.load()
 ENV = SOURCES.envs.environments["staging"]  # KServe 0.20: Standard mode with spec.canary
 # min_exposure 0: the gate's tail check needs about 1,900 labelled pairs before it can pass (GateRule); the
@@ -202,6 +200,7 @@ def answers(twin: Twin, host: str, n: int, via: str = "alb", ids: list | None = 
     return out
 
 
+@pytest.mark.slow(seconds=45, waits=True)
 def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and_promoted(twin, monkeypatch):
     src = Sources(**{**SOURCES.__dict__, "spec": SPEC, "models": (SPEC, OTHER)})
     cluster = Cluster(environment_documents(src, ENV) + inference_documents(SPEC, ENV), kserve=ENV.kserve_version)
