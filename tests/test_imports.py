@@ -1,4 +1,5 @@
-"""Imports of the library: a function-local import says why it is not at the top of its module.
+"""Imports of the library: a function-local import says why it is not at the top of its module, and the few
+arrows the layout forbids are absent (``LAYERS``).
 
 README, "Contributing": a function-local import in the library carries its reason. The reasons are
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,4 +80,98 @@ def test_the_check_finds_an_unexplained_import_and_accepts_each_kind_of_reason(t
     assert unexplained_local_imports(tmp_path) == [
         f"{module.as_posix()}:11: import os",
         f"{module.as_posix()}:12: import re  # noqa: F401",
+    ]
+
+
+#: Checkout folders installed as packages of their own name (setup.py ``package_dir``).
+MAPPED = {"components": "kfrelease.components", "pipelines": "kfrelease.pipelines", "serving": "kfrelease.serving"}
+
+#: (importer, imported, why): no module under the first package imports the second, at the top or in a function.
+LAYERS = (
+    (
+        "kfrelease.rollout",
+        "kfrelease.release",
+        "the rollout spec is data the release reads; its types live in rollout/, so release/ depends on rollout/",
+    ),
+    (
+        "kfrelease",
+        "kfrelease.demo",
+        (
+            "the demo is a tenant of the platform (its models, data, traffic): only demo/ itself and the "
+            "`kfrelease demo` command (cli/) use it; platform manifests and components know no model"
+        ),
+    ),
+)
+#: Packages a LAYERS rule with importer ``kfrelease`` does not cover (the demo, and the CLI that starts it).
+DEMO_USERS = ("kfrelease.demo", "kfrelease.cli")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[0] in MAPPED:
+        parts[:1] = MAPPED[parts[0]].split(".")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every import in a file, function-local ones included, relative ones resolved."""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package.pop()
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            out += [(node.lineno, f"{module}.{alias.name}" if not node.module else module) for alias in node.names]
+    return out
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def forbidden_imports(paths) -> list[str]:
+    found = []
+    for path in paths:
+        importer = module_name(path)
+        for line, module in imported_modules(path):
+            for source, target, why in LAYERS:
+                exempt = target == "kfrelease.demo" and any(_within(importer, p) for p in DEMO_USERS)
+                if _within(importer, source) and _within(module, target) and not exempt:
+                    found.append(f"{path.relative_to(ROOT)}:{line}: imports {module} ({why})")
+    return found
+
+
+def library_files() -> list[Path]:
+    return [p for folder in ("kfrelease", *MAPPED) for p in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def test_no_import_runs_against_the_layout():
+    found = forbidden_imports(library_files())
+    assert not found, "imports the layout forbids:\n" + "\n".join(found)
+
+
+def test_the_layout_check_sees_top_level_local_and_relative_imports(tmp_path, monkeypatch):
+    """The check can fail: each way of writing a forbidden import is named, an allowed one is not."""
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "kfrelease" / "rollout").mkdir(parents=True)
+    (tmp_path / "kfrelease" / "cli").mkdir()
+    (tmp_path / "components").mkdir()
+    spec = tmp_path / "kfrelease" / "rollout" / "spec.py"
+    spec.write_text("from ..release import decision\n\n\ndef f():\n    import kfrelease.release.checks\n")
+    component = tmp_path / "components" / "train.py"
+    component.write_text("from kfrelease.demo.data import diabetes_frame\n")
+    command = tmp_path / "kfrelease" / "cli" / "demo.py"
+    command.write_text("from kfrelease.demo import flow\nfrom kfrelease.rollout import spec\n")
+    found = forbidden_imports([spec, component, command])
+    assert [f.split(" (")[0] for f in found] == [
+        "kfrelease/rollout/spec.py:1: imports kfrelease.release",
+        "kfrelease/rollout/spec.py:5: imports kfrelease.release.checks",
+        "components/train.py:1: imports kfrelease.demo.data",
     ]
