@@ -52,16 +52,14 @@ def frames(
     return pd.DataFrame(rows), pd.DataFrame(truth)
 
 
+def windows_of(preds, truth, **options):
+    """The oracle's windows of this file's model ``m`` over ``FEATURES`` (``options``: what a test sets)."""
+    return compute_windows(preds, truth, model="m", features=FEATURES, **options)
+
+
 def test_metrics_equal_sklearn_on_the_joined_rows_per_time_window():
     preds, truth = frames(n=1000, label_every=3)
-    out = compute_windows(
-        preds,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("time", 3600),
-        min_labels=10,
-    )
+    out = windows_of(preds, truth, spec=WindowSpec("time", 3600), min_labels=10)
     assert len(out.windows) == 3  # 10 000 s of traffic in 1 h windows
     joined = preds.merge(truth, on="request_id")
     joined["w"] = pd.to_datetime(joined["time_x"], utc=True).astype("int64") // 10**9 // 3600
@@ -77,28 +75,14 @@ def test_metrics_equal_sklearn_on_the_joined_rows_per_time_window():
 
 def test_count_windows_hold_that_many_labelled_predictions_per_version():
     preds, truth = frames(n=250, versions=("V1.1.0", "V1.2.0"))
-    out = compute_windows(
-        preds,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("count", 100),
-        min_labels=30,
-    )
+    out = windows_of(preds, truth, spec=WindowSpec("count", 100), min_labels=30)
     by_version = {}
     for w in out.windows:
         by_version.setdefault(w.version, []).append(w)
     assert [w.labelled for w in by_version["V1.1.0"]] == [100, 100, 50]
     first = preds[preds.model_version == "V1.2.0"].head(100).merge(truth, on="request_id")
     assert abs(by_version["V1.2.0"][0].r2 - skm.r2_score(first["truth"], first["prediction"])) < 1e-9
-    latest = compute_windows(
-        preds,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("count", 100),
-        latest_only=True,
-    ).windows
+    latest = windows_of(preds, truth, spec=WindowSpec("count", 100), latest_only=True).windows
     # the trailing window (50 labels) is still filling: the latest is the last complete one (labels 100..199)
     assert [(w.version, w.labelled) for w in latest] == [("V1.1.0", 100), ("V1.2.0", 100)]
     assert [(w.version, w.start) for w in out.latest()] == [(w.version, w.start) for w in latest]
@@ -106,20 +90,13 @@ def test_count_windows_hold_that_many_labelled_predictions_per_version():
     assert latest[0].start == second.start and latest[0].rmse == second.rmse
     # with no complete window yet, the latest is the filling one, reported as such
     preds, truth = frames(n=20)
-    only = compute_windows(preds, truth, model="m", features=FEATURES, spec=WindowSpec("count", 100))
+    only = windows_of(preds, truth, spec=WindowSpec("count", 100))
     assert [(w.labelled, w.status) for w in only.latest()] == [(20, "insufficient")]
 
 
 def test_too_few_labels_is_insufficient_not_nan():
     preds, truth = frames(n=100, label_every=10)  # 10 labels
-    out = compute_windows(
-        preds,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("time", 86400),
-        min_labels=30,
-    )
+    out = windows_of(preds, truth, spec=WindowSpec("time", 86400), min_labels=30)
     (w,) = out.windows
     assert w.status == "insufficient" and w.labelled == 10 and w.predictions == 100
     assert w.r2 is None and w.rmse is None and "at least 30" in w.message
@@ -127,20 +104,14 @@ def test_too_few_labels_is_insufficient_not_nan():
 
 def test_logs_without_ground_truth_are_reported_not_crashed():
     preds, _ = frames(n=50)
-    out = compute_windows(
-        preds,
-        pd.DataFrame(),
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("time", 86400),
-    )
+    out = windows_of(preds, pd.DataFrame(), spec=WindowSpec("time", 86400))
     (w,) = out.windows
     assert w.status == "no-ground-truth" and w.r2 is None and w.last_truth_time is None
     assert any("no ground truth" in m for m in out.warnings)
 
 
 def test_no_predictions_is_a_warning():
-    out = compute_windows(pd.DataFrame(), pd.DataFrame(), model="m", features=FEATURES)
+    out = windows_of(pd.DataFrame(), pd.DataFrame())
     assert out.windows == [] and "no predictions" in out.warnings[0]
 
 
@@ -162,23 +133,9 @@ def test_drift_of_shifted_inputs_is_detected_and_healthy_inputs_are_not():
     preds, truth = frames(n=400)
     rng = np.random.default_rng(1)
     reference = pd.DataFrame(rng.normal(size=(400, 2)), columns=FEATURES)
-    healthy = compute_windows(
-        preds,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("time", 86400),
-        reference=reference,
-    ).windows[0]
+    healthy = windows_of(preds, truth, spec=WindowSpec("time", 86400), reference=reference).windows[0]
     shifted = preds.assign(a=preds["a"] + 3, b=preds["b"] - 3)
-    drifted = compute_windows(
-        shifted,
-        truth,
-        model="m",
-        features=FEATURES,
-        spec=WindowSpec("time", 86400),
-        reference=reference,
-    ).windows[0]
+    drifted = windows_of(shifted, truth, spec=WindowSpec("time", 86400), reference=reference).windows[0]
     assert healthy.drift_share == 0.0 and drifted.drift_share == 1.0 and drifted.drifted == FEATURES
 
 
@@ -203,7 +160,7 @@ def test_the_engine_gives_the_numbers_of_the_frame_windows_and_of_sklearn(spec):
     preds, truth = frames(n=1000, label_every=3, versions=("V1.1.0", "V1.2.0"))
     truth = pd.concat([truth, truth.head(5).assign(truth=0.0, time="2026-11-26T00:00:00Z")])  # corrections
     mine = compute_windows_engine(_engine_window(preds, truth), spec=spec, min_labels=10, drift_for="none")
-    theirs = compute_windows(preds, truth, model="m", features=FEATURES, spec=spec, min_labels=10, drift_for="none")
+    theirs = windows_of(preds, truth, spec=spec, min_labels=10, drift_for="none")
     assert len(mine.windows) == len(theirs.windows) > 2
     for a, b in zip(mine.windows, theirs.windows):
         assert (a.version, a.stage, a.start, a.predictions, a.labelled, a.status) == (
