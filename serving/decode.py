@@ -148,31 +148,38 @@ def rows_from_v1(body, model: LoadedModel, max_instances: int = DEFAULT_MAX_INST
         return fast
     # the element-by-element check below finds and names the first bad value
     rows = np.empty((n, k), dtype="float64")
-    features = model.features
+    features = list(model.features)
     for i, inst in enumerate(instances):
+        _check_instance(inst, i, features, "numbers")
         if type(inst) is list:
-            if len(inst) != k:
-                raise InvalidRequest(
-                    f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {list(features)}"
-                )
             for j in range(k):
                 rows[i, j] = _number(inst[j], f"instances[{i}][{j}]", features[j], integral[j])
-        elif type(inst) is dict:
-            if len(inst) != k or any(f not in inst for f in features):
-                missing = [f for f in features if f not in inst]
-                unknown = sorted(set(inst) - set(features))
-                raise InvalidRequest(
-                    f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
-                    f"expected exactly {list(features)}"
-                )
+        else:
             for j, f in enumerate(features):
                 rows[i, j] = _number(inst[f], f"instances[{i}].{f}", f, integral[j])
-        else:
-            raise InvalidRequest(
-                f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} numbers or an "
-                f"object with keys {list(features)}"
-            )
     return rows
+
+
+def _check_instance(inst, i: int, names: list[str], holding: str) -> None:
+    """``instances[i]`` is a list of one value per feature, in order, or an object with exactly the features as
+    keys; else the error says what is off (``holding``: what an instance's values are, for the message)."""
+    k = len(names)
+    if type(inst) is list:
+        if len(inst) != k:
+            raise InvalidRequest(f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {names}")
+    elif type(inst) is dict:
+        if len(inst) != k or any(f not in inst for f in names):
+            missing = [f for f in names if f not in inst]
+            unknown = sorted(set(inst) - set(names))
+            raise InvalidRequest(
+                f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
+                f"expected exactly {names}"
+            )
+    else:
+        raise InvalidRequest(
+            f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} {holding} or an "
+            f"object with keys {names}"
+        )
 
 
 def _mixed_rows(instances: list, columns: tuple[Column, ...]) -> np.ndarray:
@@ -195,28 +202,13 @@ def _mixed_rows(instances: list, columns: tuple[Column, ...]) -> np.ndarray:
         except KeyError:  # an object without one of the names: the check below says which
             pass
     for i, inst in enumerate(instances):
+        _check_instance(inst, i, names, "values")
         if type(inst) is list:
-            if len(inst) != k:
-                raise InvalidRequest(
-                    f"instances[{i}] has {len(inst)} values; the model takes {k}, in this order: {names}"
-                )
             for j, c in enumerate(columns):
                 rows[i, j] = _value(inst[j], f"instances[{i}][{j}]", c)
-        elif type(inst) is dict:
-            if len(inst) != k or any(f not in inst for f in names):
-                missing = [f for f in names if f not in inst]
-                unknown = sorted(set(inst) - set(names))
-                raise InvalidRequest(
-                    f"instances[{i}] does not match the input schema: missing {missing}, unknown {unknown}; "
-                    f"expected exactly {names}"
-                )
+        else:
             for j, c in enumerate(columns):
                 rows[i, j] = _value(inst[c.name], f"instances[{i}].{c.name}", c)
-        else:
-            raise InvalidRequest(
-                f"instances[{i}] is a JSON {_json_kind(inst)}; each instance is a list of {k} values or an "
-                f"object with keys {names}"
-            )
     return rows
 
 
