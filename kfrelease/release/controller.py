@@ -408,6 +408,17 @@ class ReleaseController:
             self.on_decision(event)
         return event
 
+    def _outcome(self, candidate: str, production: str, result: str) -> ReleaseOutcome:
+        """How a release past its shadow ended: the decisions recorded so far and the shadow's report (if any)."""
+        return ReleaseOutcome(
+            self.spec.model,
+            candidate,
+            production,
+            result,
+            list(self.decisions),
+            getattr(self, "shadow_report_uri", None),
+        )
+
     # --- preflight --------------------------------------------------------------------------------
     def preflight(self, candidate: str):
         """Check everything that can be checked before traffic moves; returns (candidate, production)."""
@@ -668,14 +679,7 @@ class ReleaseController:
                 evidence,
             )
             result = "stopped"
-        return ReleaseOutcome(
-            self.spec.model,
-            candidate,
-            production,
-            result,
-            list(self.decisions),
-            getattr(self, "shadow_report_uri", None),
-        )
+        return self._outcome(candidate, production, result)
 
     # --- canary -----------------------------------------------------------------------------------
     def production_answers(self, production: str, frame) -> np.ndarray:
@@ -920,14 +924,7 @@ class ReleaseController:
             f"{why}; promoted: all traffic to {candidate}, {production} archived",
             {**evidence, "action": "promote", "replaces": production},
         )
-        return ReleaseOutcome(
-            self.spec.model,
-            candidate,
-            production,
-            "promoted",
-            list(self.decisions),
-            getattr(self, "shadow_report_uri", None),
-        )
+        return self._outcome(candidate, production, "promoted")
 
     def roll_back(
         self, candidate: str, production: str, why: str, evidence: dict, *, accuracy: bool = True
@@ -946,11 +943,4 @@ class ReleaseController:
             f"{why}; rolled back: canary 0%, {production} unchanged; {candidate} {after}",
             {**evidence, "action": "rollback", "rejected": reject},
         )
-        return ReleaseOutcome(
-            self.spec.model,
-            candidate,
-            production,
-            "rolled_back",
-            list(self.decisions),
-            getattr(self, "shadow_report_uri", None),
-        )
+        return self._outcome(candidate, production, "rolled_back")
