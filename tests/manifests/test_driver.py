@@ -5,8 +5,12 @@ CRD schema, the Role's rights checked on each request, the model's Lease as the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -495,44 +499,50 @@ def test_a_candidate_not_ready_in_shadow_goes_away_and_frees_the_lease(spec):
     driver(cluster, spec, holder=V3).apply(TrafficState(primary=V1, shadow=V3, mirror_percent=100))  # not blocked
 
 
-def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_pruning_them():
-    """Finding: the client sent no ``fieldValidation``, so the server's default ``Warn`` pruned fields an
-    older KServe's CRD does not know and answered 200. Every write of ``KubernetesObjects`` now carries
-    ``fieldValidation=Strict``; checked on the HTTP requests the real ``kubernetes`` client sends to a
-    recording server (a stand-in for the API server: it only records and answers 200)."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+@contextlib.contextmanager
+def objects_answered(status: int, body: dict, seen: list | None = None):
+    """``KubernetesObjects`` through the real ``kubernetes`` client against a stand-in for the API server that
+    answers every request ``status`` with the JSON ``body`` (and records its (method, path) in ``seen``)."""
     from kubernetes import client
 
     from kfrelease.k8s.driver.kserve import KubernetesObjects
 
-    seen = []
-
-    class Recorder(BaseHTTPRequestHandler):
+    class Answer(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def _answer(self):
             self.rfile.read(int(self.headers.get("content-length") or 0))
-            seen.append((self.command, self.path))
-            body = json.dumps({"apiVersion": "v1", "kind": "Status", "metadata": {}}).encode()
-            self.send_response(200)
+            if seen is not None:
+                seen.append((self.command, self.path))
+            data = json.dumps(body).encode()
+            self.send_response(status)
             self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
+            self.send_header("content-length", str(len(data)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(data)
 
-        do_POST = do_PATCH = do_PUT = _answer
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     previous = client.Configuration.get_default_copy()
     try:
         config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
         client.Configuration.set_default(config)
-        objects = KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+        yield KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+    finally:
+        client.Configuration.set_default(previous)
+        server.shutdown()
+
+
+def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_pruning_them():
+    """Finding: the client sent no ``fieldValidation``, so the server's default ``Warn`` pruned fields an
+    older KServe's CRD does not know and answered 200. Every write of ``KubernetesObjects`` now carries
+    ``fieldValidation=Strict``; checked on the HTTP requests the real ``kubernetes`` client sends to a
+    recording server (a stand-in for the API server: it only records and answers 200)."""
+    seen = []
+    with objects_answered(200, {"apiVersion": "v1", "kind": "Status", "metadata": {}}, seen) as objects:
         ns = SERVERLESS.serving.namespace
         isvc = next(d for d in applied(SERVERLESS) if d["kind"] == "InferenceService")
         objects.create(isvc)
@@ -540,9 +550,6 @@ def test_the_driver_asks_the_api_server_to_refuse_unknown_fields_instead_of_prun
         lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": ns}}
         objects.create(lease)
         objects.replace(lease)
-    finally:
-        client.Configuration.set_default(previous)
-        server.shutdown()
     assert [m for m, _ in seen] == ["POST", "PATCH", "POST", "PUT"]
     assert all("fieldValidation=Strict" in path for _, path in seen), seen
 
@@ -591,38 +598,10 @@ def test_a_404_on_patch_is_an_error_naming_the_object_and_on_delete_or_get_an_an
     answers 404 as the API server does (a ``Status`` with ``code: 404``): a patch raises ``ObjectMissing``
     naming the object; a get is None (the object is absent); a delete succeeds (its goal, the object gone,
     holds: the driver deletes only the staging shadow, which a re-run may find deleted already)."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from kfrelease.k8s.driver.kserve import ObjectMissing
 
-    from kubernetes import client
-
-    from kfrelease.k8s.driver.kserve import KubernetesObjects, ObjectMissing
-
-    class Gone(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _answer(self):
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            body = json.dumps(
-                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
-            ).encode()
-            self.send_response(404)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_PATCH = do_DELETE = do_PUT = _answer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Gone)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    previous = client.Configuration.get_default_copy()
-    try:
-        config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-        client.Configuration.set_default(config)
-        objects = KubernetesObjects(api=client.CustomObjectsApi(client.ApiClient(config)))
+    not_found = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+    with objects_answered(404, not_found) as objects:
         isvc = ref_of(next(d for d in applied(RAW) if d["kind"] == "InferenceService"))
         with pytest.raises(ObjectMissing, match=rf"InferenceService {isvc['namespace']}/{isvc['name']} is not on"):
             objects.patch({**isvc, "patch": {"spec": {"canary": None}}})
@@ -632,9 +611,6 @@ def test_a_404_on_patch_is_an_error_naming_the_object_and_on_delete_or_get_an_an
         assert objects.get(lease) is None
         with pytest.raises(ObjectMissing, match="Lease .*/l is not on the cluster"):
             objects.replace({**lease, "metadata": {"name": "l", "namespace": isvc["namespace"]}})
-    finally:
-        client.Configuration.set_default(previous)
-        server.shutdown()
 
 
 def retreated(spec) -> TrafficState:
