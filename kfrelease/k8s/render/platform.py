@@ -338,23 +338,17 @@ def replay_access() -> dict:
             {"name": "KFRELEASE_INGRESS_GATEWAY_URL", "value": INGRESS_GATEWAY_URL},
             {"name": "KFRELEASE_REPLAY_TOKEN_PATH", "value": f"{REPLAY_TOKEN_DIR}/token"},
         ],
-        "volumes": [
-            {
-                "name": "kfrelease-replay-token",
-                "projected": {
-                    "sources": [
-                        {
-                            "serviceAccountToken": {
-                                "path": "token",
-                                "expirationSeconds": 3600,
-                                "audience": TOKEN_AUDIENCE,
-                            }
-                        }
-                    ]
-                },
-            }
-        ],
-        "volumeMounts": [{"name": "kfrelease-replay-token", "mountPath": REPLAY_TOKEN_DIR, "readOnly": True}],
+        **projected_token("kfrelease-replay-token", REPLAY_TOKEN_DIR, expiration_seconds=3600),
+    }
+
+
+def projected_token(volume: str, mount_path: str, expiration_seconds: int) -> dict:
+    """A PodDefault's ``volumes`` and ``volumeMounts`` for a projected token of the pod's own service account,
+    audience ``TOKEN_AUDIENCE``, read-only at ``mount_path``/token (the kubelet renews it)."""
+    token = {"path": "token", "expirationSeconds": expiration_seconds, "audience": TOKEN_AUDIENCE}
+    return {
+        "volumes": [{"name": volume, "projected": {"sources": [{"serviceAccountToken": token}]}}],
+        "volumeMounts": [{"name": volume, "mountPath": mount_path, "readOnly": True}],
     }
 
 
@@ -376,23 +370,7 @@ def kfp_api_access(ns: str) -> dict:
                 {"name": "KFRELEASE_NAMESPACE", "value": ns},
                 {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": f"{TOKEN_DIR}/token"},
             ],
-            "volumes": [
-                {
-                    "name": "kfp-api-token",
-                    "projected": {
-                        "sources": [
-                            {
-                                "serviceAccountToken": {
-                                    "path": "token",
-                                    "expirationSeconds": 7200,
-                                    "audience": TOKEN_AUDIENCE,
-                                }
-                            }
-                        ]
-                    },
-                }
-            ],
-            "volumeMounts": [{"name": "kfp-api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+            **projected_token("kfp-api-token", TOKEN_DIR, expiration_seconds=7200),
         },
     }
 
