@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kfrelease.config import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per prediction-log POST
     from kfrelease.serving.threads import pin_native_threads
 

@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kfrelease.config import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per prediction-log POST
     from kfrelease.serving.threads import pin_native_threads
 

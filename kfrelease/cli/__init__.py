@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from kfrelease.config import exit_without_collecting
+from kfrelease.config import LOG_FORMAT, exit_without_collecting
 from kfrelease.errors import KfreleaseError
 
 #: Each top-level command and the modules under kfrelease.cli that define it, in registration order (``specs``
@@ -87,7 +87,7 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     if verbose:  # pipeline runs (and the runs this command starts) show kfp.local's full output
         os.environ["KFRELEASE_VERBOSE"] = "1"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
     for noisy in ("urllib3", "httpx", "httpcore", "kfp", "evidently"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from kfrelease.access.credentials import ensure_label_source, label_source_tokens, label_sources_path
 from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
 from kfrelease.collectors.sink import BatchWriter
-from kfrelease.config import Settings, setting
+from kfrelease.config import LOG_FORMAT, Settings, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import LABEL_BUCKET
 from kfrelease.lake.write import write_records
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a declared label source by the kubeflow-userid a --source-principal gateway relays (repeat)",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     if args.source_principal or args.source_namespace or args.source_user:
         sources = LabelSources(

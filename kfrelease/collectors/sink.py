@@ -57,7 +57,7 @@ from cloudevents.http import CloudEvent, from_dict, from_http
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from kfrelease.collectors.peer import XFCC_HEADER, peer_principal
-from kfrelease.config import Settings
+from kfrelease.config import LOG_FORMAT, Settings
 from kfrelease.errors import KfreleaseError
 from kfrelease.lake.schema import parse_time
 from kfrelease.lake.spool import Spool
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a mesh principal that may log these stages of this model (repeat; none: every event is taken)",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     try:
         writers = parse_writers(args.writer)

@@ -40,7 +40,7 @@ import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from kfrelease.config import Settings, setting
+from kfrelease.config import LOG_FORMAT, Settings, setting
 from kfrelease.errors import KfreleaseError, StoreUnavailable
 from kfrelease.monitoring.keys import key as monitoring_key
 from kfrelease.monitoring.keys import safe
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="kfrelease Alertmanager webhook receiver")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     serve(settings, args.port or settings.port("alert-receiver"))
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kfrelease.config import Settings, exit_without_collecting
+from kfrelease.config import LOG_FORMAT, Settings, exit_without_collecting
 from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.kfp.runner import run_local
 from kfrelease.registry import ModelRegistry
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the controller in this process, not the pipeline",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     exit_without_collecting()  # the process ends with its release
     settings = Settings.from_env()
     try:

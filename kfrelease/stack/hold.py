@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_exponential
 
-from kfrelease.config import Settings, setting
+from kfrelease.config import LOG_FORMAT, Settings, setting
 from kfrelease.stack.gateway import READ_TIMEOUT, GatewayError, config_generation, gateway_dir
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-port", type=int, default=None, help="default: the stack's gateway port")
     p.add_argument("--gateway-config", type=Path, default=None, help="default: the stack's gateway nginx.conf")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.from_env()
     uvicorn.run(

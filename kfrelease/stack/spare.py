@@ -24,6 +24,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from kfrelease.config import LOG_FORMAT
 from kfrelease.stack.supervisor import pid_alive
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", required=True, help="socket name; @NAME: Linux's abstract namespace")
     args = p.parse_args(argv)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     serve(args.socket)
     return 0
 

@@ -32,7 +32,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from kfrelease.config import Settings
+from kfrelease.config import LOG_FORMAT, Settings
 from kfrelease.stack import spare, supervisor
 from kfrelease.stack.service import Service, python_service
 from kfrelease.training.execution import gone_runners, recover_runs
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kfrelease.stack.watchdog")
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     restarts: dict[str, int] = {}
     runs: dict[str, int] = {}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from kfrelease.config import Settings, exit_without_collecting
+from kfrelease.config import LOG_FORMAT, Settings, exit_without_collecting
 from kfrelease.errors import Conflict
 from kfrelease.kfp.runner import run_local
 from kfrelease.registry import ModelRegistry
@@ -429,7 +429,7 @@ def stop_runners(settings: Settings) -> list[str]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     exit_without_collecting()  # the runner ends with its run
     if len(sys.argv) != 2:
         sys.exit("usage: python -m kfrelease.training.execution RUN_ID")

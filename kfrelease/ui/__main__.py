@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kfrelease.config import Settings
+from kfrelease.config import LOG_FORMAT, Settings
 from kfrelease.storage import store_for
 from kfrelease.ui.views import Reader
 
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="kfrelease web UI (read-only)")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     import uvicorn  # heavy: uvicorn
 
     from kfrelease.ui.app import create_app  # heavy: pandas, starlette
