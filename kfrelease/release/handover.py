@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from kfrelease.config import Settings, child_env, setting
 from kfrelease.errors import KfreleaseError
 from kfrelease.kfp.submit import submit_run
 from kfrelease.registry import ModelRegistry
-from kfrelease.stack.supervisor import process_identity, record_alive
+from kfrelease.stack.supervisor import process_identity, record_alive, start_detached
 from kfrelease.storage import store_for
 from kfrelease.training.rollout_file import checked
 from kfrelease.training.run_records import step_record
@@ -128,16 +127,7 @@ def start_release(
     # released after it ends (against the production it leaves)
     argv = [sys.executable, "-m", "kfrelease.release.embedded", model, version, "--wait-for-lock", str(QUEUE_SECONDS)]
     argv += ["--spec", spec_path] if spec_path else []
-    with open(out, "ab") as fh:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            close_fds=True,
-        )
+    proc = start_detached(argv, out, env)
     record = {
         "model": model,
         "version": version,

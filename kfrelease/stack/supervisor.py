@@ -228,9 +228,16 @@ Launcher = Callable[[Service, dict, Path, Path], object]
 def spawn(service: Service, env: dict, cwd: Path, log_path: Path) -> subprocess.Popen:
     """The default launcher: ``service``'s command in its own process group (``down`` stops it and its
     children), output appended to ``log_path``."""
+    return start_detached(service.command, log_path, env, cwd)
+
+
+def start_detached(argv: list[str], log_path: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """``argv`` in a session of its own (it outlives the caller and ignores its Ctrl-C; its process group can be
+    stopped as one), no stdin, stdout and stderr appended to ``log_path``: a stack service, a local training run's
+    runner, a background release."""
     with open(log_path, "ab") as log_fh:
         return subprocess.Popen(
-            service.command,
+            argv,
             stdout=log_fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

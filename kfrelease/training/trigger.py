@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from kfrelease.images.project import pinned_project_image
 from kfrelease.kfp.submit import submit_run
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
-from kfrelease.stack.supervisor import record_alive
+from kfrelease.stack.supervisor import record_alive, start_detached
 from kfrelease.storage import store_for
 from kfrelease.training import run_records
 from kfrelease.training.failures import retryable
@@ -267,16 +266,7 @@ def start_local(settings: Settings, run_id: str) -> int:
     path = log_path(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(settings)
-    with open(path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kfrelease.training.execution", run_id],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            close_fds=True,
-        )
+    proc = start_detached([sys.executable, "-m", "kfrelease.training.execution", run_id], path, env)
     log.info("run %s started locally (pid %d, log %s)", run_id, proc.pid, path)
     return proc.pid
 
