@@ -28,12 +28,9 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source
 from kfrelease.collectors.feedback import write_feedback
-from kfrelease.data.pipeline import run_data_pipeline
-from kfrelease.data.spec import load_spec, parse_spec
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_of, holdout_of
 from kfrelease.demo.project import WRONG_CUT, create_diamonds_project
 from kfrelease.demo.traffic import TrafficGenerator
@@ -53,24 +50,9 @@ from kfrelease.training.spec import load_project_at_commit
 from kfrelease.training.steps import run_inline
 from tests.release.conftest import check_loss_free, logged_lines, release_first, small_spec, wait_logged
 from tests.release.test_controller_clock import FakeClock
+from tests.training.conftest import PrivateDataset
 
 pytestmark = pytest.mark.integration
-
-
-class DiamondsDataset:
-    """The diamonds dataset spec under a private name and raw prefix (other tests on the stack never see it)."""
-
-    def __init__(self, name: str):
-        doc = yaml.safe_load(load_spec("diamonds").text)
-        doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
-        self.spec = parse_spec(yaml.safe_dump(doc), name)
-        self.name = name
-
-    def add_batch(self, n: int) -> str:
-        store = store_for("data-engineer")
-        batch = batches_of("diamonds")[n - 1]
-        store.put_bytes("raw", f"{self.spec.source_prefix}batch-{n}.csv", batch.to_csv(index=False).encode())
-        return run_data_pipeline(self.spec, store).version
 
 
 def client_rows() -> list[tuple[dict, float]]:
@@ -103,7 +85,7 @@ def diamonds_spec(name: str, **shadow):
 
 @pytest.fixture
 def diamonds_env(stack, tmp_path):
-    ds = DiamondsDataset(f"diamonds-{uuid.uuid4().hex[:8]}")
+    ds = PrivateDataset(f"diamonds-{uuid.uuid4().hex[:8]}", "diamonds")
     ds.add_batch(1)
     name = f"diamond-price-{uuid.uuid4().hex[:6]}"
     yield stack, ds, name, tmp_path

@@ -10,26 +10,27 @@ import yaml
 
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.spec import load_spec, parse_spec
-from kfrelease.demo.data import demo_batches
+from kfrelease.demo.data import batches_of
 from kfrelease.demo.project import create_demo_project
 from kfrelease.storage import store_for
 
 
 class PrivateDataset:
-    """The demo diabetes dataset under a private name; ``add_batch(n)`` is ``demo.data.upload_batch``
-    for this dataset's raw prefix, then the data pipeline publishes a new curated version."""
+    """A shipped demo dataset (``shipped``: diabetes, diamonds or friedman; its spec and batches) under a private
+    name; ``add_batch(n)`` is ``demo.data.upload_batch`` for this dataset's raw prefix, then the data pipeline
+    publishes a new curated version."""
 
-    def __init__(self, name: str):
-        doc = yaml.safe_load(load_spec("diabetes").text)
+    def __init__(self, name: str, shipped: str = "diabetes"):
+        doc = yaml.safe_load(load_spec(shipped).text)
         doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
         self.spec = parse_spec(yaml.safe_dump(doc), name)
         self.name = name
+        self.shipped = shipped
 
     def add_batch(self, n: int) -> str:
         store = store_for("data-engineer")
-        store.put_bytes(
-            "raw", f"{self.spec.source_prefix}batch-{n}.csv", demo_batches()[n - 1].to_csv(index=False).encode()
-        )
+        batch = batches_of(self.shipped)[n - 1]
+        store.put_bytes("raw", f"{self.spec.source_prefix}batch-{n}.csv", batch.to_csv(index=False).encode())
         return run_data_pipeline(self.spec, store).version
 
 

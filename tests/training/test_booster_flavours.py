@@ -20,10 +20,7 @@ import pytest
 import yaml
 
 from kfrelease.config import Settings
-from kfrelease.data.pipeline import run_data_pipeline
-from kfrelease.data.spec import load_spec
-from kfrelease.data.spec import parse_spec as parse_dataset_spec
-from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, DIAMONDS_NUMBERS, batches_of, holdout_of
+from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, DIAMONDS_NUMBERS, holdout_of
 from kfrelease.demo.project import DIAMONDS_EXAMPLE
 from kfrelease.registry import ModelRegistry
 from kfrelease.stack import supervisor
@@ -32,6 +29,7 @@ from kfrelease.storage import store_for
 from kfrelease.training.spec import parse_spec
 from kfrelease.training.steps import run_inline
 from tests.serving.serving_helpers import start_predictor
+from tests.training.conftest import PrivateDataset
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +69,7 @@ def build_model():
 def diamonds(stack) -> str:
     """ggplot2's diamonds published under a private name (the dataset spec's category columns)."""
     name = f"diamonds-{uuid.uuid4().hex[:8]}"
-    doc = yaml.safe_load(load_spec("diamonds").text)
-    doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
-    spec = parse_dataset_spec(yaml.safe_dump(doc), name)
-    store = store_for("data-engineer")
-    store.put_bytes("raw", f"{spec.source_prefix}batch-1.csv", batches_of("diamonds")[0].to_csv(index=False).encode())
-    run_data_pipeline(spec, store)
+    PrivateDataset(name, "diamonds").add_batch(1)
     return name
 
 

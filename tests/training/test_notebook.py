@@ -11,17 +11,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
-from kfrelease.data.pipeline import run_data_pipeline
-from kfrelease.data.spec import load_spec, parse_spec
-from kfrelease.demo.data import batches_of
 from kfrelease.demo.project import example_dir, spec_variant
 from kfrelease.errors import KfreleaseError
 from kfrelease.registry import EXPERIMENTS, ModelRegistry
 from kfrelease.storage import store_for
 from kfrelease.training.spec import parse_spec as parse_model_spec
 from kfrelease.training.steps import run_inline
+from tests.training.conftest import PrivateDataset
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +65,7 @@ def test_the_notebook_on_the_demo_project_registers_an_experiment_and_leaves_pro
 
 def test_the_notebook_on_a_second_dataset_uses_its_declared_features_and_target(stack, tmp_path):
     name = f"friedman-{uuid.uuid4().hex[:8]}"
-    doc = yaml.safe_load(load_spec("friedman").text)
-    doc["name"], doc["source"] = name, {"prefix": f"{name}/"}
-    spec = parse_spec(yaml.safe_dump(doc), name)
-    engineer = store_for("data-engineer")
-    engineer.put_bytes("raw", f"{name}/batch-1.csv", batches_of("friedman")[0].to_csv(index=False).encode())
-    run_data_pipeline(spec, engineer)
+    PrivateDataset(name, "friedman").add_batch(1)
 
     model = f"{name}-model"
     text = run_notebook(tmp_path, dataset=name, model_name=model, submit=False)  # submitting: the test above
