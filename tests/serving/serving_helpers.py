@@ -12,6 +12,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+import pytest
 
 from kfrelease.config import Settings
 from kfrelease.data.features import diabetes_features
@@ -197,6 +198,13 @@ def private_home_env(stack: Settings, home: Path) -> dict[str, str]:
         "KFRELEASE_S3_PORT": str(stack.port("s3")),
         "KFRELEASE_REGISTRY_PORT": str(stack.port("registry")),
     }
+
+
+def enter_private_home(stack: Settings, home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """This process in a home of its own (``private_home_env``, set through ``monkeypatch``): its settings."""
+    for key, value in private_home_env(stack, home).items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
 
 
 def fast_flush(service: Service) -> Service:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from kfrelease.config import Settings
 from kfrelease.lake.read import stored_rows
 from kfrelease.stack import supervisor
 from kfrelease.stack.serving import logsink_service
@@ -17,9 +16,9 @@ from tests.serving.serving_helpers import (
     DIAMONDS_FEATURES,
     DIAMONDS_NUMBERS,
     diamonds_frame,
+    enter_private_home,
     fast_flush,
     make_diamonds_model_dir,
-    private_home_env,
     start_predictor,
 )
 from tests.waiting import eventually
@@ -32,9 +31,7 @@ MODEL = "diamond-price-logged"
 def serving(stack, tmp_path_factory):
     root = tmp_path_factory.mktemp("category-logging")
     mp = pytest.MonkeyPatch()
-    for key, value in private_home_env(stack, root / "home").items():
-        mp.setenv(key, value)
-    settings = Settings.from_env()
+    settings = enter_private_home(stack, root / "home", mp)
     sink = fast_flush(logsink_service(settings))
     try:
         supervisor.up(settings, [sink])

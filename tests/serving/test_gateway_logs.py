@@ -10,12 +10,11 @@ import httpx
 import joblib
 import pytest
 
-from kfrelease.config import Settings
 from kfrelease.rollout.spec import parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
 from kfrelease.stack.gateway import LocalGatewayDriver
-from tests.serving.serving_helpers import private_home_env
+from tests.serving.serving_helpers import enter_private_home
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -48,9 +47,7 @@ def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, t
     from kfrelease.storage import store_for
 
     # an isolated home and ports (for every process started here) on the session's S3
-    for key, value in private_home_env(stack, tmp_path / "home").items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env()
+    settings = enter_private_home(stack, tmp_path / "home", monkeypatch)
     dirs = {}
     for version, offset in (("V1.1.0", 0.0), ("V1.2.0", 25.0)):
         dirs[version], frame = _model_dir(tmp_path / "models", version, offset)

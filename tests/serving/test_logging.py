@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source, label_sources_path
-from kfrelease.config import Settings
 from kfrelease.lake import read_labels, read_predictions
 from kfrelease.lake.read import stored_rows
 from kfrelease.stack import supervisor
@@ -24,10 +23,10 @@ from kfrelease.storage import store_for
 from tests.serving.serving_helpers import (
     FEATURES,
     curated_frame,
+    enter_private_home,
     expected_predictions,
     fast_flush,
     make_model_dir,
-    private_home_env,
     start_predictor,
 )
 from tests.waiting import eventually
@@ -41,9 +40,7 @@ def serving(stack, tmp_path_factory):
     """Sink, feedback and a logging predictor in their own home and ports, on the session's object store."""
     root = tmp_path_factory.mktemp("serving-logging")
     mp = pytest.MonkeyPatch()
-    for key, value in private_home_env(stack, root / "home").items():
-        mp.setenv(key, value)
-    settings = Settings.from_env()
+    settings = enter_private_home(stack, root / "home", mp)
     sink = fast_flush(logsink_service(settings))
     feedback = fast_flush(feedback_service(settings, model=MODEL))
     try:
