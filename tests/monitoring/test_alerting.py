@@ -151,25 +151,14 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     rng = np.random.default_rng(7)
     now = datetime.now(UTC)
 
+    def monitored(inputs, predictions, minutes_ago: int):
+        """Production's labelled traffic of these inputs and predictions, then a monitoring pass over it."""
+        start = now - timedelta(minutes=minutes_ago)
+        write_traffic(serving, model, "V1.1.0", "production", inputs, predictions, truth, start=start, step_seconds=1)
+        return run_monitoring(stack, model, window=WindowSpec("count", len(x)), min_labels=50, latest_only=True)
+
     # healthy: inputs from the training population, predictions within the model's own error
-    write_traffic(
-        serving,
-        model,
-        "V1.1.0",
-        "production",
-        x,
-        truth + rng.normal(scale=0.5 * baseline, size=len(x)),
-        truth,
-        start=now - timedelta(minutes=30),
-        step_seconds=1,
-    )
-    run = run_monitoring(
-        stack,
-        model,
-        window=WindowSpec("count", len(x)),
-        min_labels=50,
-        latest_only=True,
-    )
+    run = monitored(x, truth + rng.normal(scale=0.5 * baseline, size=len(x)), minutes_ago=30)
     (healthy,) = run.windows
     assert healthy.status == "ok" and healthy.rmse < 1.5 * baseline and healthy.r2 > healthy.r2_floor
     assert healthy.drift_share is not None and healthy.drift_share <= 0.5 and run.push.ok
@@ -196,24 +185,7 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     # degraded: shifted inputs and noisy predictions -> R2, RMSE and drift alerts
     shifted = x.assign(bmi=x["bmi"] + 12, bp=x["bp"] + 25, s5=x["s5"] + 1.0, bmi_bp=x["bmi_bp"] * 1.8)
     shifted = shifted.assign(**{c: shifted[c] * 1.5 for c in ("s1", "s2", "s3", "s4", "s6", "age")})
-    write_traffic(
-        serving,
-        model,
-        "V1.1.0",
-        "production",
-        shifted,
-        truth + rng.normal(scale=4 * baseline, size=len(x)),
-        truth,
-        start=now - timedelta(minutes=5),
-        step_seconds=1,
-    )
-    run = run_monitoring(
-        stack,
-        model,
-        window=WindowSpec("count", len(x)),
-        min_labels=50,
-        latest_only=True,
-    )
+    run = monitored(shifted, truth + rng.normal(scale=4 * baseline, size=len(x)), minutes_ago=5)
     (bad,) = run.windows
     assert bad.r2 < 0.2 and bad.rmse > 1.5 * baseline and bad.drift_share > 0.5
     expected = {"ModelR2BelowFloor", "ModelRMSEAboveBaseline", "ModelInputDrift"}
