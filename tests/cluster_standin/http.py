@@ -21,6 +21,16 @@ from tests.cluster_standin import RESOURCES, ApiError, Cluster
 _KINDS = {resource: kind for kind, (_group, resource) in RESOURCES.items()}
 
 
+def send_json(handler: BaseHTTPRequestHandler, code: int, doc: dict) -> None:
+    """Answer ``doc`` as JSON with status ``code``, as the API server does."""
+    body = json.dumps(doc).encode()
+    handler.send_response(code)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class StandInServer:
     """``with StandInServer(cluster, who) as url:`` the stand-in at ``url`` until the block ends."""
 
@@ -33,14 +43,6 @@ class StandInServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
-
-            def _send(self, code: int, doc: dict) -> None:
-                body = json.dumps(doc).encode()
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def _handle(self):
                 length = int(self.headers.get("content-length") or 0)
@@ -62,7 +64,7 @@ class StandInServer:
                             "code": exc.status,
                         },
                     )
-                self._send(code, doc)
+                send_json(self, code, doc)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,6 +24,7 @@ from kfrelease.release.controller import resume_step
 from kfrelease.rollout.spec import RolloutSpecError
 from kfrelease.rollout.traffic import TrafficState
 from tests.cluster_standin import Cluster
+from tests.cluster_standin.http import send_json
 from tests.cluster_standin.kserve import KServeController
 
 
@@ -515,12 +515,7 @@ def objects_answered(status: int, body: dict, seen: list | None = None):
             self.rfile.read(int(self.headers.get("content-length") or 0))
             if seen is not None:
                 seen.append((self.command, self.path))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
 
