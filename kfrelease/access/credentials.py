@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError
+from kfrelease.locks import exclusive_lock
 
 #: The stack's own identity, used only to create buckets; not a team role.
 ADMIN = "stack-admin"
@@ -80,7 +81,9 @@ def label_source_tokens(settings: Settings) -> dict[str, str]:
 
 
 def ensure_label_source(settings: Settings, name: str = DEFAULT_LABEL_SOURCE) -> str:
-    """The bearer token of label source ``name``, declaring it once (file mode 0600, written whole)."""
+    """The bearer token of label source ``name``, declaring it once (file mode 0600, written whole). Declarations
+    take turns (``exclusive_lock``): two clients declaring the same source at once get the same token, where each
+    would otherwise write its own and the one replaced would be refused (403) from then on."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"label source name {name!r} must be letters, digits, '-' or '_'")
     existing = {n: t for t, n in label_source_tokens(settings).items()}
@@ -88,14 +91,14 @@ def ensure_label_source(settings: Settings, name: str = DEFAULT_LABEL_SOURCE) ->
         return existing[name]
     settings.credentials_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.credentials_dir, 0o700)
-    existing[name] = secrets.token_urlsafe(30)
     path = label_sources_path(settings)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"sources": existing}, fh)
-    os.replace(tmp, path)
-    declared = {n: t for t, n in label_source_tokens(settings).items()}
-    if name not in declared:  # another process declared a source at the same moment: declare it again
-        return ensure_label_source(settings, name)
-    return declared[name]
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
+        existing = {n: t for t, n in label_source_tokens(settings).items()}  # as the last declaration left it
+        if name not in existing:
+            existing[name] = secrets.token_urlsafe(30)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"sources": existing}, fh)
+            os.replace(tmp, path)
+    return existing[name]

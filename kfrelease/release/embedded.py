@@ -20,6 +20,7 @@ from pathlib import Path
 from kfrelease.config import LOG_FORMAT, Settings, exit_without_collecting
 from kfrelease.errors import Conflict, KfreleaseError
 from kfrelease.kfp.runner import run_local
+from kfrelease.locks import exclusive_lock
 from kfrelease.registry import ModelRegistry
 from kfrelease.release.controller import ReleaseController, ReleaseOutcome
 from kfrelease.rollout.spec import RolloutSpec, bind_model, load_rollout_spec
@@ -55,7 +56,7 @@ def lock_holder(path: Path) -> str | None:
 class ReleaseLock:
     """One release per model at a time on this stack: a record ``<pid> <version> <start time>`` at
     ``lock_path``; a dead holder's is taken over (see ``lock_holder``). Every taker checks and takes it in turn,
-    holding the record's guard (``supervisor.exclusive_lock`` on ``<lock>.guard``, released by the kernel if the
+    holding the record's guard (``kfrelease.locks.exclusive_lock`` on ``<lock>.guard``, released by the kernel if the
     taker dies), and the record is written whole (a temporary file renamed over it): no reader sees it half
     written, and two takers that both found a dead holder cannot both take it over. ``wait``: seconds to wait for
     a running release of the model to end (the hand-over's releases queue: a merge that trains while the previous
@@ -85,7 +86,7 @@ class ReleaseLock:
 
     def _try_take(self) -> str | None:
         """Take the lock; None when taken, else the version whose release holds it."""
-        with supervisor.exclusive_lock(self.guard):
+        with exclusive_lock(self.guard):
             holder = lock_holder(self.path)
             if holder is not None:
                 return holder
@@ -95,7 +96,7 @@ class ReleaseLock:
             return None
 
     def __exit__(self, *exc):
-        with supervisor.exclusive_lock(self.guard):
+        with exclusive_lock(self.guard):
             try:
                 ours = self.path.read_text() == self.record
             except OSError:

@@ -63,6 +63,7 @@ from tenacity import (
 
 from kfrelease.config import Settings, setting
 from kfrelease.errors import StackError
+from kfrelease.locks import exclusive_lock
 from kfrelease.rollout.spec import RolloutSpec, RolloutSpecError, load_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
@@ -464,7 +465,7 @@ def _write_record(settings: Settings, doc: dict) -> None:
 def gateway_lock(settings: Settings):
     """One traffic change at a time on this stack (releases of different models apply in turn; each
     change takes a second or two). An flock: a holder that dies releases it."""
-    return supervisor.exclusive_lock(gateway_dir(settings) / "apply.lock")
+    return exclusive_lock(gateway_dir(settings) / "apply.lock")
 
 
 # --- the traffic driver -----------------------------------------------------------------------------

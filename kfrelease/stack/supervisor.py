@@ -7,8 +7,6 @@ every recorded process group and waits until it is gone.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,6 +25,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponenti
 
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
+from kfrelease.locks import exclusive_lock
 from kfrelease.stack.service import Service
 
 log = logging.getLogger(__name__)
@@ -51,20 +50,6 @@ class ServiceStatus:
 
 def _record_path(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.json"
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path):
-    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing) for the ``with`` block; a
-    holder that dies releases it. The one lock-file pattern of the machine's processes (services, traffic
-    changes, run recovery)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def service_lock(settings: Settings, name: str):

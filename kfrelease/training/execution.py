@@ -37,10 +37,10 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from kfrelease.config import LOG_FORMAT, Settings, exit_without_collecting
 from kfrelease.errors import Conflict
 from kfrelease.kfp.runner import run_local
+from kfrelease.locks import exclusive_lock
 from kfrelease.registry import ModelRegistry
 from kfrelease.registry.lineage import now_iso
 from kfrelease.stack.supervisor import (
-    exclusive_lock,
     group_alive,
     pid_alive,
     process_identity,

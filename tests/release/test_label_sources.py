@@ -5,13 +5,15 @@ service accepts a label the ingress gateway relays only from a declared user (en
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source
+from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source, label_source_tokens
 from kfrelease.collectors.feedback import (
     USER_HEADER,
     XFCC_HEADER,
@@ -20,6 +22,7 @@ from kfrelease.collectors.feedback import (
     declared_label_sources,
     write_feedback,
 )
+from kfrelease.config import Settings
 from kfrelease.k8s.render.mesh import INGRESS_GATEWAY, label_source_declaration, principal
 from kfrelease.lake.write import write_records
 from kfrelease.release.controller import ReleaseController
@@ -102,3 +105,21 @@ def test_on_a_cluster_the_gateway_relays_labels_of_declared_users_only():
     closed = LabelSources.from_declaration(label_source_declaration(("shop",)))
     with pytest.raises(UndeclaredSource):
         closed.source_of(_gateway(LABELLER))
+
+
+def test_clients_declaring_one_label_source_at_once_all_get_the_token_that_stays_declared(tmp_path):
+    """Two models' traffic declared the stack's label source at the same moment: each wrote its own token and the
+    one replaced had every label refused with 403 from then on (a first release rolled back for want of labels,
+    tests/platform/test_many_models.py). Declarations take turns: every caller gets the one declared token."""
+    for round_ in range(20):
+        settings = Settings(home=tmp_path / f"home{round_}")
+        start = threading.Barrier(8)
+
+        def declare(_, settings=settings, start=start):
+            start.wait()
+            return ensure_label_source(settings)
+
+        with ThreadPoolExecutor(8) as pool:
+            tokens = set(pool.map(declare, range(8)))
+        assert len(tokens) == 1, f"round {round_}: {len(tokens)} different tokens handed out"
+        assert label_source_tokens(settings) == {tokens.pop(): DEFAULT_LABEL_SOURCE}
