@@ -174,6 +174,7 @@ def main() -> dict:
         render_nginx_config,
     )
     from kfrelease.stack.service import Service
+    from kfrelease.stack.slots import all_slots
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     settings = Settings(home=tmp, port_offset=_free_offset())
@@ -196,24 +197,9 @@ def main() -> dict:
     # the gateway only, in many short interleaved rounds, so that load from other processes on this shared
     # machine spreads evenly over the modes.
     driver.apply(mirrored)
-    idle_port = predictor_port(settings, "production") + 3
-    supervisor.start_service(
-        settings,
-        Service(
-            name="bench-idle-shadow",
-            port=idle_port,
-            command=[
-                sys.executable,
-                "-m",
-                "bench.bench_gateway",
-                "serve-idle",
-                str(idle_port),
-                str(IDLE_SHADOW_SECONDS),
-            ],
-            health_path="/v2/health/ready",
-            env={"PYTHONPATH": str(HERE.parent)},
-        ),
-    )
+    # past every model server's port (kfrelease.stack.slots: production runs two replicas by default, and the
+    # port right after the canary's is the second production replica's)
+    idle_port = settings.port("predictor") + len(all_slots())
     ports = {"primary": predictor_port(settings, "production"), "shadow": predictor_port(settings, "staging")}
 
     def config(state, backends, keepalive):
@@ -240,7 +226,24 @@ def main() -> dict:
     samples: dict[str, list[float]] = {m: [] for m in modes}
     walls: dict[str, float] = dict.fromkeys(modes, 0.0)
     failures: dict[str, int] = dict.fromkeys(modes, 0)
-    try:
+    try:  # from the idle shadow's start: a failure stops what was started
+        supervisor.start_service(
+            settings,
+            Service(
+                name="bench-idle-shadow",
+                port=idle_port,
+                command=[
+                    sys.executable,
+                    "-m",
+                    "bench.bench_gateway",
+                    "serve-idle",
+                    str(idle_port),
+                    str(IDLE_SHADOW_SECONDS),
+                ],
+                health_path="/v2/health/ready",
+                env={"PYTHONPATH": str(HERE.parent)},
+            ),
+        )
         for _ in range(ROUNDS):
             for mode, url in modes.items():
                 if mode in configs:

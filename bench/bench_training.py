@@ -11,7 +11,8 @@ processes so that each includes interpreter start and imports, interleaved over 
 - **training pipeline (kfp.local)**: the compiled pipeline functions run by kfp.local's SubprocessRunner
   (one process per step, as on a cluster one pod per step).
 
-Each round uses a new model name so every run really registers, containerizes and stages.
+Each round uses a new model name so every run really registers, containerizes and stages (``KFRELEASE_AUTO_RELEASE=0``:
+the staged version is not handed over to a release, which would outlive the round).
 Goal (issue 4): pipeline <= 3x bare training.
 """
 
@@ -100,6 +101,9 @@ def main() -> dict:
     from kfrelease.storage import store_for
 
     home, env = fresh_home("training")
+    # What is timed ends with the version staged: no hand-over to a background release, which would outlive its
+    # round (and the benchmark) and take CPU from the next round's measurements (as the tests' stacks do)
+    os.environ["KFRELEASE_AUTO_RELEASE"] = env["KFRELEASE_AUTO_RELEASE"] = "0"
     settings = Settings.from_env()
     supervisor.up(settings, declared_services(settings, ("core",)))
     try:
