@@ -76,7 +76,7 @@ def window_sums_sql(
 def iso_utc(ts) -> str | None:
     """A window's time as the monitoring records hold it, whichever engine read it: UTC ISO with microseconds and
     ``Z`` (a time without a zone is UTC, as Spark's ``toPandas`` gives it); None for a missing time."""
-    if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
+    if ts is None or pd.isna(ts):  # None, NaN and NaT alike
         return None
     ts = pd.Timestamp(ts)
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
