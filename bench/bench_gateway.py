@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+from kfrelease import httpcalls
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -113,7 +113,7 @@ def _load(url: str, payload: dict, n: int, concurrency: int) -> tuple[list[float
 
     def client(count: int) -> None:
         mine = []
-        with httpx.Client(timeout=30) as c:
+        with httpcalls.client(timeout=30) as c:
             for _ in range(count):
                 t0 = time.perf_counter()
                 r = c.post(url, json=payload)

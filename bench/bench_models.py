@@ -40,6 +40,8 @@ import httpx
 import numpy as np
 import psutil
 
+from kfrelease import httpcalls
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 COUNTS = tuple(int(x) for x in os.environ.get("BENCH_MODELS_COUNTS", "1,5,10").split(","))
@@ -122,7 +124,7 @@ def _pct(values: list[float], q: float) -> float:
 def _load(url: str, row: list[float], rate: float, seconds: float, out: dict) -> None:
     """Open loop: one request every 1/rate s (a late one is sent at once, never skipped)."""
     latencies, failed = [], 0
-    with httpx.Client(timeout=10.0) as client:
+    with httpcalls.client(timeout=10.0) as client:
         start = time.perf_counter()
         for i in range(int(rate * seconds)):
             wait = start + i / rate - time.perf_counter()
@@ -165,7 +167,7 @@ def _restart_seconds(settings, model: str, row: list[float]) -> float:
     url = settings.url("gateway", f"/v1/models/{model}:predict")
     while time.monotonic() - killed < 120:
         try:
-            if httpx.post(url, json={"instances": [row]}, timeout=5).status_code == 200:
+            if httpcalls.post(url, json={"instances": [row]}, timeout=5).status_code == 200:
                 return round(time.monotonic() - killed, 2)
         except httpx.HTTPError:
             pass
@@ -198,7 +200,9 @@ def run_count(n: int, root: Path) -> dict:
         for driver in drivers.values():
             driver.apply(TrafficState(primary="V1.1.0"))
         for name, (_, row) in models.items():
-            r = httpx.post(settings.url("gateway", f"/v1/models/{name}:predict"), json={"instances": [row]}, timeout=30)
+            r = httpcalls.post(
+                settings.url("gateway", f"/v1/models/{name}:predict"), json={"instances": [row]}, timeout=30
+            )
             assert r.status_code == 200 and r.json()["model_name"] == name, r.text
         up_seconds = time.monotonic() - t0
         results: dict[str, dict] = {name: {} for name in models}

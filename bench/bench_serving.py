@@ -52,6 +52,7 @@ from pathlib import Path
 
 import httpx
 
+from kfrelease import httpcalls
 from kfrelease.stack.serving import predictor_argv
 
 HERE = Path(__file__).resolve().parent
@@ -216,7 +217,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} while starting ({url})")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpcalls.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -562,7 +563,7 @@ def _starters(model: BenchModel, root: Path) -> dict:
 
 
 def _answers(port: int, model: BenchModel) -> list[float]:
-    r = httpx.post(
+    r = httpcalls.post(
         f"http://127.0.0.1:{port}/v2/models/{model.name}/infer",
         content=_payload(model, model.rows[:20]),
         headers={"content-type": "application/json"},

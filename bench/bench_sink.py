@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from kfrelease import httpcalls
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 LOGGERS = int(os.environ.get("BENCH_SINK_LOGGERS", "4"))
@@ -124,7 +126,6 @@ def _rates(settings, model: str, events: int, acked: float) -> dict:
 
 
 async def _single_clients(url: str, model: str, seconds: float) -> int:
-    import httpx
 
     headers = {
         "ce-specversion": "1.0",
@@ -143,7 +144,7 @@ async def _single_clients(url: str, model: str, seconds: float) -> int:
 
     async def client(k: int) -> None:
         nonlocal done
-        async with httpx.AsyncClient(timeout=30) as c:
+        async with httpcalls.async_client(timeout=30) as c:
             i = 0
             while time.monotonic() < deadline:
                 r = await c.post(url, content=body, headers={**headers, "ce-id": f"single-{k}-{i}"})

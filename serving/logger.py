@@ -44,6 +44,7 @@ import httpx
 import orjson
 from prometheus_client import Counter, Gauge
 
+from kfrelease import httpcalls
 from kfrelease.lake.spool import Backoff, Spool
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class InferenceLogger:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._client = httpx.Client(timeout=self.timeout)
+        self._client = httpcalls.client(timeout=self.timeout)
         self._thread = threading.Thread(target=self._run, name="inference-logger", daemon=True)
         self._thread.start()
 

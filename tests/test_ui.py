@@ -14,7 +14,6 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import joblib
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image, ImageStat
 from sklearn.linear_model import LinearRegression
 
+from kfrelease import httpcalls
 from kfrelease.monitoring.passes import run_monitoring
 from kfrelease.monitoring.synthetic import write_traffic
 from kfrelease.monitoring.window import WindowSpec
@@ -135,7 +135,7 @@ def seeded(stack):
 
 @pytest.fixture(scope="module")
 def ui(stack):
-    return httpx.Client(base_url=stack.url("ui"), timeout=30)
+    return httpcalls.client(base_url=stack.url("ui"), timeout=30)
 
 
 def _num(x: float) -> str:  # the UI's number format: 4 significant digits
@@ -267,7 +267,7 @@ def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
     from kfrelease.stack import supervisor
 
     def restarts() -> int:
-        return httpx.get(stack.url("watchdog", "/healthz"), timeout=10).json()["restarts"].get("ui", 0)
+        return httpcalls.get(stack.url("watchdog", "/healthz"), timeout=10).json()["restarts"].get("ui", 0)
 
     before, old = restarts(), supervisor.service_status(stack, "ui").pid
     os.killpg(old, signal.SIGKILL)
@@ -278,7 +278,7 @@ def test_the_watchdog_restarts_the_ui_when_it_dies(stack):
         "the watchdog restarting the killed UI",
     )
     assert restarts() == before + 1
-    assert httpx.get(stack.url("ui", "/healthz"), timeout=10).status_code == 200
+    assert httpcalls.get(stack.url("ui", "/healthz"), timeout=10).status_code == 200
 
 
 def test_a_rolled_back_version_says_rolled_back_and_its_header_and_verdict_agree(stack, ui, run_cli):

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.access.credentials import ensure_label_source
 from kfrelease.cli.output import console
 from kfrelease.cli.stack import start_stack
@@ -396,7 +397,7 @@ def step_traffic_summary(ctx: DemoContext) -> None:
     while time.monotonic() < deadline:
         time.sleep(1)  # the model servers post their last events right after answering
         try:
-            if httpx.get(ctx.settings.url("logsink", "/healthz"), timeout=5).json().get("pending") == 0:
+            if httpcalls.get(ctx.settings.url("logsink", "/healthz"), timeout=5).json().get("pending") == 0:
                 break
         except (httpx.HTTPError, ValueError):
             pass

@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from kfrelease import httpcalls
 from kfrelease.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class TrafficGenerator:
     def _wait_served(self, timeout: float) -> None:
         url = self.predict_url.removesuffix(":predict")
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=5.0) as client:
+        with httpcalls.client(timeout=5.0) as client:
             while not self._stop.is_set():
                 try:
                     if client.get(url).status_code == 200:
@@ -329,7 +330,7 @@ class TrafficGenerator:
                     self._stats.errors.append(detail)
 
     def _label_loop(self) -> None:
-        with httpx.Client(timeout=10.0) as client:
+        with httpcalls.client(timeout=10.0) as client:
             while True:
                 batch = []
                 now = time.monotonic()

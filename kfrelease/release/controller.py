@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from kfrelease import lake
+from kfrelease import httpcalls, lake
 from kfrelease.config import Settings, setting
 from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.k8s.environments import ServingLimits
@@ -327,7 +327,7 @@ class ModelServerScorer:
     def __call__(self, version: str, instances: list, request_id: str) -> list:
         where = f"{self.url} (host {self.host})" if self.host else self.url
         try:
-            r = httpx.post(
+            r = httpcalls.post(
                 f"{self.url}/v1/models/{self.model}:predict",
                 json={"instances": instances},
                 headers=self._headers(request_id),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from kfrelease import httpcalls
 from kfrelease.errors import KfreleaseError
 from kfrelease.k8s.render.inference import version_slug
 from kfrelease.monitoring.scrape import PREDICTORS_JOB
@@ -141,7 +142,7 @@ class PredictorMetrics:
 
     def snapshot(self) -> Snapshot:
         try:
-            r = httpx.get(f"{self.url}/metrics", timeout=self.timeout)
+            r = httpcalls.get(f"{self.url}/metrics", timeout=self.timeout)
             r.raise_for_status()
         except httpx.HTTPError as exc:
             raise MetricSourceError(f"metrics of {self.url} cannot be read ({exc})") from None
@@ -158,7 +159,7 @@ def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> float | None:
     """The first sample of an instant query (None when the result is empty or NaN); raises
     ``MetricSourceError`` when Prometheus at ``url`` cannot be queried."""
     try:
-        r = httpx.get(f"{url.rstrip('/')}/api/v1/query", params={"query": expr}, timeout=timeout)
+        r = httpcalls.get(f"{url.rstrip('/')}/api/v1/query", params={"query": expr}, timeout=timeout)
         r.raise_for_status()
         result = r.json()["data"]["result"]
     except (httpx.HTTPError, KeyError, ValueError) as exc:

@@ -61,6 +61,7 @@ from tenacity import (
     wait_fixed,
 )
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings, setting
 from kfrelease.errors import StackError
 from kfrelease.locks import exclusive_lock
@@ -391,7 +392,7 @@ def gateway_service(settings: Settings) -> Service:
 
 def _served_generation(url: str) -> str | None:
     try:
-        return httpx.get(url, timeout=1.0).json().get("generation")
+        return httpcalls.get(url, timeout=1.0).json().get("generation")
     except (httpx.HTTPError, ValueError):
         return None
 

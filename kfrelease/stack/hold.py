@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_exponential
 
+from kfrelease import httpcalls
 from kfrelease.config import LOG_FORMAT, Settings, setting
 from kfrelease.stack.gateway import READ_TIMEOUT, GatewayError, config_generation, gateway_dir
 
@@ -92,7 +93,9 @@ def create_app(
     """``gateway_port``, ``gateway_config``: where to ask a call the gateway did not route again (none: such a
     call gets a 400)."""
     counts = {"held": 0, "answered": 0, "expired": 0, "asked_again": 0}
-    client = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=256, max_keepalive_connections=32))
+    client = httpcalls.async_client(
+        timeout=None, limits=httpx.Limits(max_connections=256, max_keepalive_connections=32)
+    )
 
     async def forward(port: int, request: Request, body: bytes, headers: dict, left: float):
         url = f"http://127.0.0.1:{port}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
 from kfrelease.registry.artifact import model_servers_refuse_pickles
@@ -114,7 +115,7 @@ class ModelServers:
 
     def status(self, slot: ServerSlot) -> dict | None:
         try:
-            r = httpx.get(f"http://127.0.0.1:{slot.port(self.settings)}{CONTROL_PATH}", timeout=5.0)
+            r = httpcalls.get(f"http://127.0.0.1:{slot.port(self.settings)}{CONTROL_PATH}", timeout=5.0)
             return r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -172,7 +173,7 @@ class ModelServers:
             supervisor.start_service(self.settings, service, warm_launcher(self.settings, service))
             return
         try:
-            r = httpx.post(f"http://127.0.0.1:{slot.port(self.settings)}{SYNC_PATH}", timeout=SYNC_TIMEOUT)
+            r = httpcalls.post(f"http://127.0.0.1:{slot.port(self.settings)}{SYNC_PATH}", timeout=SYNC_TIMEOUT)
         except httpx.HTTPError as exc:
             raise ModelServerError(f"{slot.name} did not answer its sync call: {exc}") from None
         if check and r.status_code != 200:

@@ -23,6 +23,7 @@ import httpx
 import psutil
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.errors import StackError
 from kfrelease.locks import exclusive_lock
@@ -118,7 +119,7 @@ def pid_alive(pid: int | None, started: int | None = None) -> bool:
 
 def probe(url: str, timeout: float = 1.0) -> bool:
     try:
-        return httpx.get(url, timeout=timeout).status_code < 500
+        return httpcalls.get(url, timeout=timeout).status_code < 500
     except httpx.HTTPError:
         return False
 

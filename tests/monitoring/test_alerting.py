@@ -16,12 +16,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.data.features import diabetes_features
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.publish import get_version
@@ -96,13 +96,13 @@ def production_model(fast_alerting):
 
 
 def prom(stack, query):
-    r = httpx.get(stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5)
+    r = httpcalls.get(stack.url("prometheus", "/api/v1/query"), params={"query": query}, timeout=5)
     r.raise_for_status()
     return r.json()["data"]["result"]
 
 
 def am_alerts(stack, model):
-    r = httpx.get(
+    r = httpcalls.get(
         stack.url("alertmanager", "/api/v2/alerts"),
         params={"filter": f'model="{model}"'},
         timeout=5,
@@ -174,7 +174,7 @@ def test_degraded_labelled_traffic_alerts_and_retrains_on_it_an_alert_without_ne
     eventually(
         lambda: all(
             pd.Timestamp(g["lastEvaluation"]).timestamp() > evaluated + 2
-            for g in httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
+            for g in httpcalls.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
         ),
         timeout=60,
         what="more rule evaluations",

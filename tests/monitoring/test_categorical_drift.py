@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.lake.drift import psi_drift
 from kfrelease.lake.engine import connect
 from kfrelease.monitoring.push import MAX_EXPORTED_CATEGORIES, feature_series
@@ -185,7 +185,7 @@ def test_a_window_where_one_cut_shifts_is_flagged_and_an_unchanged_one_is_not(st
         recorded = load_history(store_for("pipeline", stack), model).iloc[-1]
         assert recorded["feature_drift"]["cut"]["frequencies"] == w.feature_drift["cut"]["frequencies"]
         assert run.push is not None and run.push.ok, run.push
-        metrics = httpx.get(
+        metrics = httpcalls.get(
             stack.url("pushgateway", "/metrics"), timeout=10, auth=embedded_credentials(stack, SCRAPE_USER)
         ).text
         fair = w.feature_drift["cut"]["frequencies"]["Fair"]["current"]

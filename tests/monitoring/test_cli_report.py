@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageStat
 
+from kfrelease import httpcalls
 from kfrelease.monitoring.passes import load_history, run_monitoring
 from kfrelease.monitoring.pushauth import SCRAPE_USER, embedded_credentials
 from kfrelease.monitoring.synthetic import register_entry, span_start, write_traffic
@@ -134,9 +135,8 @@ def test_too_few_labels_is_insufficient_in_the_record_and_in_the_gauges(stack):
     run = run_monitoring(stack, model, window=WindowSpec("time", 86400), min_labels=30)
     (w,) = run.windows
     assert w.status == "insufficient" and w.r2 is None and "10 labelled rows" in w.message
-    import httpx
 
-    metrics = httpx.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
+    metrics = httpcalls.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
     mine = [line for line in metrics.splitlines() if f'model="{model}"' in line]
     assert any(line.startswith("kfrelease_model_window_insufficient{") and line.endswith(" 1") for line in mine)
     assert not any(line.startswith(("kfrelease_model_r2{", "kfrelease_model_rmse{")) for line in mine)

@@ -4,9 +4,9 @@ gauges that the monitoring pushes."""
 import re
 import uuid
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.monitoring.dashboard import load_dashboard, panel_queries
 from kfrelease.monitoring.push import GAUGES, LABELLED_GAUGES, payload
 from kfrelease.monitoring.window import WindowResult
@@ -68,5 +68,5 @@ def test_every_dashboard_query_is_valid_promql_on_the_local_prometheus(stack):
     model = f"dash-{uuid.uuid4().hex[:6]}"
     for expr in panel_queries():
         q = expr.replace("$model", model).replace("$version", ".*").replace("$stage", ".*")
-        r = httpx.get(stack.url("prometheus", "/api/v1/query"), params={"query": q}, timeout=10)
+        r = httpcalls.get(stack.url("prometheus", "/api/v1/query"), params={"query": q}, timeout=10)
         assert r.status_code == 200 and r.json()["status"] == "success", (q, r.text)

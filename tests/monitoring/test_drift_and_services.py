@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.errors import DataValidationError
 from kfrelease.monitoring.scrape import PREDICTORS_JOB
 from kfrelease.quality.drift import data_drift
@@ -49,7 +50,6 @@ def test_missing_columns_or_empty_sides_are_clear_errors(side):
 
 @pytest.mark.integration
 def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
-    import httpx
 
     from kfrelease.stack import supervisor
 
@@ -59,7 +59,7 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
     # target discovery runs shortly after start
     targets = eventually(
         lambda: (
-            len(t := httpx.get(stack.url("prometheus", "/api/v1/targets")).json()["data"]["activeTargets"])
+            len(t := httpcalls.get(stack.url("prometheus", "/api/v1/targets")).json()["data"]["activeTargets"])
             >= 6 + len(all_slots())
             and t
         ),
@@ -80,10 +80,10 @@ def test_prometheus_scrapes_the_monitoring_services_and_loads_the_rules(stack):
         t["scrapeUrl"].split(":")[2].split("/")[0] for t in targets if t["labels"]["job"] == PREDICTORS_JOB
     }
     assert predictor_ports == {str(slot.port(stack)) for slot in all_slots()}  # every stage and replica
-    rules = httpx.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
+    rules = httpcalls.get(stack.url("prometheus", "/api/v1/rules")).json()["data"]["groups"]
     assert {g["name"] for g in rules} == {
         "kfrelease-model-quality",
         "kfrelease-model-freshness",
     }
-    status = httpx.get(stack.url("alertmanager", "/api/v2/status")).json()
+    status = httpcalls.get(stack.url("alertmanager", "/api/v2/status")).json()
     assert f"127.0.0.1:{stack.port('alert-receiver')}/alerts" in status["config"]["original"]

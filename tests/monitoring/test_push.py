@@ -2,9 +2,9 @@
 
 import socket
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.lake.spool import Spool
 from kfrelease.monitoring.push import payload, push_windows, spool_dir
@@ -85,7 +85,7 @@ def test_spooled_results_are_pushed_when_the_pushgateway_is_back(stack, tmp_path
     assert down.pending == 1
     up = push_windows(settings, [window(version="V9.9.2")], url=stack.url("pushgateway"))
     assert up.ok and up.pushed == 2
-    text = httpx.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
+    text = httpcalls.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
     for v in ("V9.9.1", "V9.9.2"):
         assert (
             f'kfrelease_model_r2{{instance="",job="kfrelease-monitor",model="m",stage="production",version="{v}"}} 0.5'

@@ -5,10 +5,10 @@ import json
 import time
 import uuid
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.monitoring.receiver import AlertReceiver, create_app
 from kfrelease.storage import store_for
@@ -117,5 +117,5 @@ def test_down_object_store_is_503_so_alertmanager_retries(stack):
 
 
 def test_the_stack_receiver_answers_and_is_scraped(stack):
-    assert httpx.get(stack.url("alert-receiver", "/healthz")).status_code == 200
-    assert "kfrelease_alert_receiver_up 1" in httpx.get(stack.url("alert-receiver", "/metrics")).text
+    assert httpcalls.get(stack.url("alert-receiver", "/healthz")).status_code == 200
+    assert "kfrelease_alert_receiver_up 1" in httpcalls.get(stack.url("alert-receiver", "/metrics")).text

@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import re
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.k8s.render.inference import version_slug
 from kfrelease.k8s.render.workloads import monitors, pushgateway
@@ -128,11 +128,11 @@ def test_a_series_pushed_with_the_canarys_labels_does_not_change_its_health(moni
     # even with the monitoring steps' own credentials (the Pushgateway takes any name and label from them)
     pusher, scraper = embedded_credentials(monitoring, PUSH_USER), embedded_credentials(monitoring, SCRAPE_USER)
     for n in (1000, 5000):  # a rising counter, each push scraped (its push_time_seconds reaches Prometheus)
-        httpx.put(group, content=_forged(n), auth=pusher).raise_for_status()
+        httpcalls.put(group, content=_forged(n), auth=pusher).raise_for_status()
         pushed_at = float(
             re.search(
                 rf'push_time_seconds\{{[^}}]*job="{re.escape(PREDICTORS_JOB)}"[^}}]*\}} (\S+)',
-                httpx.get(f"{gateway}/metrics", auth=scraper).text,
+                httpcalls.get(f"{gateway}/metrics", auth=scraper).text,
             ).group(1)
         )
         eventually(
@@ -160,10 +160,10 @@ def test_the_pushgateway_takes_pushes_only_with_the_monitoring_steps_credentials
     body = "# TYPE kfrelease_model_r2 gauge\nkfrelease_model_r2 0.99\n"
     user, _ = embedded_credentials(monitoring, PUSH_USER)
     for auth in (None, (user, "guessed"), ("admin", "admin")):
-        assert httpx.put(group, content=body, auth=auth).status_code == 401, auth  # main: 200, stored
+        assert httpcalls.put(group, content=body, auth=auth).status_code == 401, auth  # main: 200, stored
     scraper = embedded_credentials(monitoring, SCRAPE_USER)
-    assert httpx.get(f"{gateway}/metrics").status_code == 401
-    assert 'version="V6.6.6"' not in httpx.get(f"{gateway}/metrics", auth=scraper).text
+    assert httpcalls.get(f"{gateway}/metrics").status_code == 401
+    assert 'version="V6.6.6"' not in httpcalls.get(f"{gateway}/metrics", auth=scraper).text
     # a monitoring step with its mounted credentials (KFRELEASE_PUSHGATEWAY_CREDENTIALS) pushes
     mounted = tmp_path / "mounted"
     mounted.mkdir()
@@ -173,4 +173,4 @@ def test_the_pushgateway_takes_pushes_only_with_the_monitoring_steps_credentials
     monkeypatch.setenv("KFRELEASE_PUSHGATEWAY_URL", gateway)
     out = push_windows(Settings(home=tmp_path), [window(version="V6.6.7")])
     assert out.ok, out.message
-    assert 'version="V6.6.7"' in httpx.get(f"{gateway}/metrics", auth=scraper).text
+    assert 'version="V6.6.7"' in httpcalls.get(f"{gateway}/metrics", auth=scraper).text

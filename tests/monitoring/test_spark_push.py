@@ -5,10 +5,10 @@ eks6 M1): its result JSON, as ``kfrelease.lake.spark.main`` writes it, is record
 import functools
 import uuid
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.errors import ConfigError, KfreleaseError
 from kfrelease.monitoring.passes import load_history
@@ -20,7 +20,7 @@ from tests.lake.test_spark_equals_engine import FEATURES, _write
 
 
 def _gauges(stack, model: str) -> dict[tuple, float]:
-    text = httpx.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
+    text = httpcalls.get(stack.url("pushgateway", "/metrics"), auth=embedded_credentials(stack, SCRAPE_USER)).text
     return {
         (s.name, s.labels["version"], s.labels["stage"]): s.value
         for family in text_string_to_metric_families(text)

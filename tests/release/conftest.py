@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.access.credentials import ensure_label_source
 from kfrelease.collectors.sink import event_line
 from kfrelease.demo.traffic import TrafficGenerator
@@ -141,9 +142,8 @@ validation: {{max_rmse: 200.0, min_r2: -100.0, tolerance: 10.0}}
 
 def sink_pending(settings) -> float:
     """Events the log sink acknowledged but has not uploaded (its ``kfrelease_logsink_pending_events``)."""
-    import httpx
 
-    text = httpx.get(settings.url("logsink", "/metrics"), timeout=5).text
+    text = httpcalls.get(settings.url("logsink", "/metrics"), timeout=5).text
     for line in text.splitlines():
         if line.startswith("kfrelease_logsink_pending_events "):
             return float(line.split()[1])

@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source
 from kfrelease.collectors.feedback import write_feedback
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, batches_of, holdout_of
@@ -69,7 +70,7 @@ def instances_predicted(settings, model: str) -> float:
     total = 0.0
     for replica in range(production_replicas()):
         url = f"http://127.0.0.1:{predictor_port(settings, 'production', replica)}/metrics"
-        for line in httpx.get(url, timeout=10).text.splitlines():
+        for line in httpcalls.get(url, timeout=10).text.splitlines():
             if line.startswith("kfrelease_predictor_instances_total{") and f'model="{model}"' in line:
                 total += float(line.rsplit(" ", 1)[1])
     return total
@@ -98,7 +99,7 @@ def _bad_requests(settings, model: str, row: dict) -> list[tuple[str, httpx.Resp
     sent = []
     for column, value in (("cut", "Excellent"), ("color", 3), ("carat", "Ideal")):
         bad = {**row, column: value}
-        v1 = httpx.post(
+        v1 = httpcalls.post(
             f"{gateway}/v1/models/{model}:predict",
             json={"instances": [row, bad]},
             headers={"x-request-id": f"bad-v1-{column}-{uuid.uuid4().hex[:8]}"},
@@ -108,7 +109,7 @@ def _bad_requests(settings, model: str, row: dict) -> list[tuple[str, httpx.Resp
             {"name": f, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]}
             for f, v in bad.items()
         ]
-        v2 = httpx.post(
+        v2 = httpcalls.post(
             f"{gateway}/v2/models/{model}/infer",
             json={"inputs": inputs},
             headers={"x-request-id": f"bad-v2-{column}-{uuid.uuid4().hex[:8]}"},

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.data.pipeline import run_data_pipeline
 from kfrelease.data.spec import load_spec
 from kfrelease.data.spec import parse_spec as parse_dataset_spec
@@ -104,10 +104,12 @@ def test_a_first_model_wrong_on_live_requests_is_rolled_back_and_rejected_never_
     # no production model again: the gateway says why, in a 503 (not a 404 that names no reason)
     state = LocalGatewayDriver(settings, small_spec(name)).current()
     assert state.versions() == [] and "rolled back" in state.unavailable
-    r = httpx.post(settings.url("gateway", f"/v1/models/{name}:predict"), json={"instances": [[0.0] * 11]}, timeout=10)
+    r = httpcalls.post(
+        settings.url("gateway", f"/v1/models/{name}:predict"), json={"instances": [[0.0] * 11]}, timeout=10
+    )
     assert r.status_code == 503, r.text
     error = r.json()["error"]
     assert f"{name} has no production model" in error and v1.version in error and "rolled back" in error
     assert "thresholds failed" in error and "rejected" in error
-    listed = httpx.get(settings.url("gateway", "/v1/models"), timeout=10).json()["models"]
+    listed = httpcalls.get(settings.url("gateway", "/v1/models"), timeout=10).json()["models"]
     assert name not in listed

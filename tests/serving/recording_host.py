@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from kfrelease import httpcalls
+
 
 def recording_model(name: str, version: str, record: Path):
     import kserve
@@ -83,7 +85,7 @@ class Load:
         self.futures = []
 
     def _client(self):
-        with httpx.Client(timeout=10.0) as client:
+        with httpcalls.client(timeout=10.0) as client:
             while not self.stop_event.is_set():
                 with self.lock:
                     if self.ok + len(self.failures) >= self.max_requests:

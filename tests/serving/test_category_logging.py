@@ -4,9 +4,9 @@ lake, and a refused request (an unknown category) is answered 400 and never logg
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.lake.read import stored_rows
 from kfrelease.stack import supervisor
 from kfrelease.stack.serving import logsink_service
@@ -47,7 +47,7 @@ def test_category_values_are_logged_as_values_and_refused_requests_are_not_logge
     url, store = serving
     frame = diamonds_frame(50).iloc[10:20][DIAMONDS_FEATURES]
     ids = [f"cat-log-{i}" for i in range(len(frame))]
-    with httpx.Client(timeout=30) as client:
+    with httpcalls.client(timeout=30) as client:
         for rid, row in zip(ids, frame.to_dict(orient="records")):
             r = client.post(
                 f"{url}/v1/models/{MODEL}:predict", json={"instances": [row]}, headers={"x-request-id": rid}

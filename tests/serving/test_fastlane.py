@@ -18,6 +18,7 @@ from importlib import metadata
 import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.serving.fastlane import (
     KSERVE_VERSION,
@@ -67,7 +68,7 @@ def servers(tmp_path_factory):
             ("production", "canary"),
             (limit, (*limit, "--no-fast-lane")),
         )
-    with httpx.Client(base_url=fast, timeout=30) as a, httpx.Client(base_url=plain, timeout=30) as b:
+    with httpcalls.client(base_url=fast, timeout=30) as a, httpcalls.client(base_url=plain, timeout=30) as b:
         yield a, b
     supervisor.down(settings)
 
@@ -238,7 +239,7 @@ def category_servers(tmp_path_factory):
             ("production", "canary"),
             (limit, (*limit, "--no-fast-lane")),
         )
-    with httpx.Client(base_url=fast, timeout=30) as a, httpx.Client(base_url=plain, timeout=30) as b:
+    with httpcalls.client(base_url=fast, timeout=30) as a, httpcalls.client(base_url=plain, timeout=30) as b:
         yield a, b
     supervisor.down(settings)
 

@@ -12,9 +12,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.rollout.spec import (
     RolloutSpecError,
@@ -172,7 +172,7 @@ def test_shadow_gets_every_request_and_clients_only_see_the_primary(gateway):
     url = settings.url("gateway", PREDICT)
     before_p, before_s = len(recorded(records, "V1")), len(recorded(records, "V2"))
     n, sent_ids, got_ids = 200, [], []
-    with httpx.Client(timeout=10) as client:
+    with httpcalls.client(timeout=10) as client:
         for i in range(n):
             rid = f"client-{uuid.uuid4()}" if i % 2 else None  # half bring their own id
             r = _predict(client, url, rid)
@@ -232,7 +232,7 @@ def test_weight_changes_promotion_and_rollback_under_load_fail_no_request(gatewa
     assert load.ok > 500 and load.versions.get("V3", 0) > 0 and load.versions.get("V4", 0) > 0
     assert driver.current() == TrafficState(primary="V3")
     assert supervisor.service_status(settings, "predictor-canary").pid is None
-    r = _predict(httpx, settings.url("gateway", PREDICT))
+    r = _predict(httpcalls, settings.url("gateway", PREDICT))
     assert r.json()["model_version"] == "V3"
 
 
@@ -274,7 +274,7 @@ def test_applying_the_same_state_twice_changes_nothing(gateway):
 
 def test_oversized_body_gets_a_json_413(gateway):
     settings, _, _ = gateway
-    r = httpx.post(settings.url("gateway", PREDICT), content=b"x" * (9 * 1024 * 1024), timeout=30)
+    r = httpcalls.post(settings.url("gateway", PREDICT), content=b"x" * (9 * 1024 * 1024), timeout=30)
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
 
@@ -284,7 +284,7 @@ def test_oversized_body_gets_a_json_413(gateway):
 def _send(url: str, n: int, threads: int = 4) -> list[str]:
     def run(count):
         out = []
-        with httpx.Client(timeout=10) as client:
+        with httpcalls.client(timeout=10) as client:
             for _ in range(count):
                 r = _predict(client, url)
                 assert r.status_code == 200, r.text

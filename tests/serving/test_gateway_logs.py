@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import joblib
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.rollout.spec import parse_rollout_spec
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
@@ -59,7 +59,7 @@ def test_logs_hold_primary_and_shadow_answers_under_the_same_request_id(stack, t
         driver.apply(TrafficState(primary="V1.1.0", shadow="V1.2.0", mirror_percent=100))
         url = settings.url("gateway", f"/v1/models/{MODEL}:predict")
         ids = []
-        with httpx.Client(timeout=30) as client:
+        with httpcalls.client(timeout=30) as client:
             for i in range(40):
                 r = client.post(url, json={"instances": [frame.iloc[i].tolist()]})
                 assert r.status_code == 200, r.text

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.rollout.traffic import TrafficState
 from kfrelease.stack import supervisor
@@ -26,7 +27,7 @@ from tests.waiting import eventually
 
 
 def predict(settings, model):
-    return httpx.post(
+    return httpcalls.post(
         settings.url("gateway", f"/v1/models/{model}:predict"), json={"instances": [[1.0, 2.0]]}, timeout=10
     )
 
@@ -49,14 +50,14 @@ def test_two_models_route_by_name_and_an_unknown_model_is_a_json_404(stack):
     for model, version in (("alpha", "V1.1.0"), ("beta", "V3.1.0")):
         r = predict(settings, model)
         assert r.status_code == 200 and r.json()["model_name"] == model and r.json()["model_version"] == version
-    assert httpx.get(settings.url("gateway", "/v2/models/beta/ready")).status_code == 200
+    assert httpcalls.get(settings.url("gateway", "/v2/models/beta/ready")).status_code == 200
     r = predict(settings, "gamma")
     assert r.status_code == 404 and r.json()["error"].startswith("model gamma is not served")
     assert "alpha, beta" in r.json()["error"]
-    assert httpx.get(settings.url("gateway", "/v1/models")).json() == {"models": ["alpha", "beta"]}
+    assert httpcalls.get(settings.url("gateway", "/v1/models")).json() == {"models": ["alpha", "beta"]}
     assert alpha.current() == TrafficState(primary="V1.1.0") and beta.current() == TrafficState(primary="V3.1.0")
     # one production server hosts both models
-    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor')}/kfrelease/host").json()["models"] == {
+    assert httpcalls.get(f"http://127.0.0.1:{settings.port('predictor')}/kfrelease/host").json()["models"] == {
         "alpha": "V1.1.0",
         "beta": "V3.1.0",
     }
@@ -112,21 +113,21 @@ def test_sigkill_of_one_of_two_replicas_under_load_fails_no_request_and_it_comes
         "the watchdog restarting the killed replica",
     )
     assert st.healthy and st.pid != old, "the watchdog did not restart the killed replica"
-    assert httpx.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {
+    assert httpcalls.get(f"http://127.0.0.1:{settings.port('predictor') + 3}/kfrelease/host").json()["models"] == {
         "m": "V1"
     }
 
 
 def _spare_ready(settings) -> None:
     health = settings.url("watchdog", "/healthz")  # the spare imports KServe once, in the background
-    eventually(lambda: httpx.get(health, timeout=5).json()["spare"] == "ready", 120, "the warm spare is ready")
+    eventually(lambda: httpcalls.get(health, timeout=5).json()["spare"] == "ready", 120, "the warm spare is ready")
 
 
 def test_production_runs_on_two_replicas_by_default(stack):
     settings, records = stack
     _driver(settings, records, "m").apply(TrafficState(primary="V1"))  # the spec asks for one replica
     for port in (settings.port("predictor"), settings.port("predictor") + 3):
-        assert httpx.get(f"http://127.0.0.1:{port}/kfrelease/host").json()["models"] == {"m": "V1"}
+        assert httpcalls.get(f"http://127.0.0.1:{port}/kfrelease/host").json()["models"] == {"m": "V1"}
     assert (
         "server 127.0.0.1:" + str(settings.port("gateway-hold")) + " max_fails=0 backup;"
         in (settings.home / "services" / "gateway" / "nginx.conf").read_text()
@@ -145,7 +146,7 @@ def test_both_production_replicas_killed_under_load_fail_no_request_the_hold_ans
     hold = settings.url("gateway-hold", "/healthz")
 
     def waiting():
-        counts = httpx.get(hold).json()
+        counts = httpcalls.get(hold).json()
         return counts["held"] - counts["answered"] - counts["expired"]
 
     with Load(settings.url("gateway", "/v1/models/m:predict"), threads=4) as load:
@@ -159,7 +160,7 @@ def test_both_production_replicas_killed_under_load_fail_no_request_the_hold_ans
         served = load.ok
         eventually(lambda: load.ok - served >= 300, 60, "300 answers after the kill")
     assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)}: {load.failures[:3]}"
-    assert httpx.get(hold).json()["answered"] > 0, "no prediction was held"
+    assert httpcalls.get(hold).json()["answered"] > 0, "no prediction was held"
     for name, pid in old.items():  # the watchdog restarts them one sweep after another: 300 answers can come first
         st = eventually(
             lambda name=name: (s := supervisor.service_status(settings, name)).healthy and s,
@@ -183,7 +184,7 @@ def test_a_prediction_no_server_answers_gets_a_503_naming_the_hold_deadline(stac
     assert r.status_code == 503 and 2 <= took < 8, (r.status_code, took, r.text)
     assert "within 2 s (KFRELEASE_GATEWAY_HOLD_SECONDS" in r.json()["error"]
     started = time.monotonic()
-    ready = httpx.get(settings.url("gateway", "/v2/models/m/ready"), timeout=10)
+    ready = httpcalls.get(settings.url("gateway", "/v2/models/m/ready"), timeout=10)
     assert ready.status_code == 503 and time.monotonic() - started < 1.5, "readiness was held"
     assert ready.json()["error"].startswith("no model server is available")
 
@@ -250,7 +251,7 @@ def test_a_model_added_by_a_reload_fails_no_request_of_a_client_that_starts_once
 
     def client(stop: threading.Event) -> int:
         ok = 0
-        with httpx.Client(timeout=30) as c:
+        with httpcalls.client(timeout=30) as c:
             while not stop.is_set() and c.get(ready).status_code != 200:
                 pass
             for _ in range(100):

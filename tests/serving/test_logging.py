@@ -13,6 +13,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.access.credentials import DEFAULT_LABEL_SOURCE, ensure_label_source, label_sources_path
 from kfrelease.lake import read_labels, read_predictions
 from kfrelease.lake.read import stored_rows
@@ -87,7 +88,7 @@ def test_feedback_joins_logged_predictions_by_request_id(serving):
     rows = curated_frame().iloc[100:130]
     ids = [f"join-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
     label_source = {"authorization": f"Bearer {ensure_label_source(settings)}"}  # the stack's clients' source
-    with httpx.Client(timeout=30, headers=label_source) as client:
+    with httpcalls.client(timeout=30, headers=label_source) as client:
         answers = [_predict(client, url, r, rid) for r, rid in zip(rows[FEATURES].values.tolist(), ids)]
         assert all(a.status_code == 200 for a in answers)
         assert [a.headers["x-request-id"] for a in answers] == ids
@@ -133,13 +134,13 @@ def test_only_declared_label_sources_may_post_ground_truth(serving):
     ensure_label_source(settings)
     assert path.stat().st_mode & 0o777 == 0o600
     for headers in ({}, {"authorization": "Bearer not-a-declared-token"}, {"authorization": "Basic eDp5"}):
-        r = httpx.post(url, json={"request_id": rid, "truth": 1.0, "model": MODEL}, headers=headers, timeout=30)
+        r = httpcalls.post(url, json={"request_id": rid, "truth": 1.0, "model": MODEL}, headers=headers, timeout=30)
         assert r.status_code == 403, (headers, r.status_code, r.text)
         error = r.json()["error"]
         assert "Authorization: Bearer" in error and str(path) in error and "nothing was stored" in error
     engineers = ensure_label_source(settings, "data-engineering")
     assert path.stat().st_mode & 0o777 == 0o600
-    r = httpx.post(
+    r = httpcalls.post(
         url,
         json=[{"request_id": rid, "truth": 2.0, "model": MODEL}],
         headers={"authorization": f"Bearer {engineers}"},
@@ -155,7 +156,7 @@ def test_only_declared_label_sources_may_post_ground_truth(serving):
     (labels,) = eventually(stored, 30, "the declared source's label stored")
     assert labels[["truth", "source"]].values.tolist() == [[2.0, "data-engineering"]]  # the refused ones: none
     with pytest.raises(httpx.HTTPStatusError):  # a client cannot name its own source
-        httpx.post(
+        httpcalls.post(
             url,
             json={"request_id": rid, "truth": 3.0, "model": MODEL, "source": "data-engineering"},
             headers={"authorization": f"Bearer {ensure_label_source(settings)}"},
@@ -233,7 +234,7 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
     stop = threading.Event()
 
     def load():
-        with httpx.Client(timeout=10) as client:
+        with httpcalls.client(timeout=10) as client:
             i = 0
             while not stop.is_set():
                 rid = f"outage-{i}-{uuid.uuid4().hex[:6]}"
@@ -248,13 +249,13 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
                 stop.wait(0.04)
 
     def logger(name: str, **labels) -> float:
-        return _metric(httpx.get(f"{url}/metrics", timeout=10).text, name, **labels)
+        return _metric(httpcalls.get(f"{url}/metrics", timeout=10).text, name, **labels)
 
     def spooled() -> float:
         return logger("kfrelease_predictor_log_events_total", result="spooled")
 
     def sink_pending() -> int:
-        return httpx.get(settings.url("logsink", "/healthz"), timeout=10).json()["pending"]
+        return httpcalls.get(settings.url("logsink", "/healthz"), timeout=10).json()["pending"]
 
     def answered(more: int, what: str) -> None:
         start = len(sent)
@@ -300,7 +301,7 @@ def test_sink_and_store_outages_lose_no_prediction_and_no_log_event(serving, sta
         f"outage: {len(ids)} predictions sent, {counts} distinct events logged, {raw} lines, {pending} held by the sink"
     )
     assert raw == 2 * len(ids), f"{raw - 2 * len(ids)} duplicate lines were written"
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpcalls.get(f"{url}/metrics").text
     assert _metric(metrics, "kfrelease_predictor_log_events_total", result="dropped") == 0
     assert _metric(metrics, "kfrelease_predictor_log_events_total", result="spooled") > 0, (
         "the sink outage was not seen"

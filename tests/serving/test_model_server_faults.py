@@ -18,9 +18,9 @@ import os
 import signal
 import uuid
 
-import httpx
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.demo.flow import create_release_demo_project
 from kfrelease.registry import ModelRegistry
 from kfrelease.rollout.spec import load_rollout_spec
@@ -85,8 +85,8 @@ def test_killing_the_production_model_server_fails_no_request_and_loses_no_log(t
         "production does not run on two replicas holding both models"
     )
     health = settings.url("watchdog", "/healthz")
-    eventually(lambda: httpx.get(health, timeout=5).json()["spare"] == "ready", 120, "the warm spare is ready")
-    held_before = httpx.get(settings.url("gateway-hold", "/healthz"), timeout=5).json()["answered"]
+    eventually(lambda: httpcalls.get(health, timeout=5).json()["spare"] == "ready", 120, "the warm spare is ready")
+    held_before = httpcalls.get(settings.url("gateway-hold", "/healthz"), timeout=5).json()["answered"]
 
     load = {name: traffic(settings, name) for name in versions}
     try:
@@ -103,7 +103,7 @@ def test_killing_the_production_model_server_fails_no_request_and_loses_no_log(t
     finally:
         stats = {name: gen.stop() for name, gen in load.items()}
 
-    assert httpx.get(settings.url("gateway-hold", "/healthz"), timeout=5).json()["answered"] > held_before, (
+    assert httpcalls.get(settings.url("gateway-hold", "/healthz"), timeout=5).json()["answered"] > held_before, (
         "no prediction was held while both replicas were down"
     )
     registry = ModelRegistry(store_for("pipeline", settings))

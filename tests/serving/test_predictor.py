@@ -8,12 +8,12 @@ import math
 import subprocess
 import sys
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.stack import supervisor
 from tests.serving.serving_helpers import (
@@ -37,7 +37,7 @@ def predictor(tmp_path_factory):
     settings = Settings(home=root / "home")
     model_dir = make_model_dir(root / "models")
     url = start_predictor(settings, model_dir, extra_args=("--max-body-bytes", "200000"))
-    client = httpx.Client(base_url=url, timeout=30)
+    client = httpcalls.client(base_url=url, timeout=30)
     yield client, model_dir
     client.close()
     supervisor.down(settings)
@@ -306,7 +306,7 @@ def diamonds(tmp_path_factory):
     settings = Settings(home=root / "home")
     model_dir = make_diamonds_model_dir(root / "models", DIAMONDS)
     url = start_predictor(settings, model_dir, name=DIAMONDS)
-    client = httpx.Client(base_url=url, timeout=30)
+    client = httpcalls.client(base_url=url, timeout=30)
     yield client, load_model_dir(model_dir), load_model_dir(model_dir, flavour="sklearn")
     client.close()
     supervisor.down(settings)

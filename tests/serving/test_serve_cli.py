@@ -11,10 +11,10 @@ import io
 import os
 from pathlib import Path
 
-import httpx
 import joblib
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.stack import supervisor
 from tests.serving.serving_helpers import private_home_env
@@ -100,7 +100,7 @@ def test_serve_runs_production_as_primary_and_staging_as_shadow(stack, run_cli, 
 
     settings = Settings(home=Path(env["KFRELEASE_HOME"]), port_offset=int(env["KFRELEASE_PORT_OFFSET"]))
     url = settings.url("gateway", f"/v1/models/{MODEL}:predict")
-    r = httpx.post(url, json={"instances": rows.values.tolist()}, timeout=30)
+    r = httpcalls.post(url, json={"instances": rows.values.tolist()}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model_version"] == v1

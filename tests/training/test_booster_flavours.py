@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import uuid
 
-import httpx
 import numpy as np
 import pytest
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.demo.data import DIAMONDS_CATEGORIES, DIAMONDS_FEATURES, DIAMONDS_NUMBERS, holdout_of
 from kfrelease.demo.project import DIAMONDS_EXAMPLE
@@ -85,7 +85,7 @@ def served(stack, tmp_path, spec, version, rows: list) -> list[float]:
     home = Settings(home=tmp_path / "predictor-home")
     url = start_predictor(home, model_dir, name=spec.name, stage="staging")
     try:
-        answered = httpx.post(f"{url}/v1/models/{spec.name}:predict", json={"instances": rows}, timeout=30)
+        answered = httpcalls.post(f"{url}/v1/models/{spec.name}:predict", json={"instances": rows}, timeout=30)
         assert answered.status_code == 200, answered.text
         return answered.json()["predictions"]
     finally:

@@ -7,10 +7,10 @@ answers from the served file."""
 import json
 import pickle
 
-import httpx
 import numpy as np
 import pytest
 
+from kfrelease import httpcalls
 from kfrelease.config import Settings
 from kfrelease.data.features import diabetes_features
 from kfrelease.demo.data import diabetes_frame
@@ -177,7 +177,7 @@ def test_a_ridge_registers_as_onnx_and_the_staged_model_server_answers_from_mode
     url = start_predictor(home, model_dir, name=name, stage="staging")
     try:
         rows = diabetes_features(diabetes_frame()).iloc[:40]
-        answered = httpx.post(
+        answered = httpcalls.post(
             f"{url}/v1/models/{name}:predict",
             json={"instances": rows[list(spec.features)].to_numpy().tolist()},
             timeout=30,

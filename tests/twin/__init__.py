@@ -95,6 +95,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.k8s.policy.istio import Request, Workload, decide, imports, peer
 from kfrelease.k8s.render.inference import predictor_service
 from kfrelease.k8s.render.mesh import GATEWAY_SELECTOR, INGRESS_GATEWAY, ROOT_NS, principal
@@ -404,7 +405,7 @@ class Prometheus:
             stderr=open(self.dir / "prometheus.log", "w"),  # noqa: SIM115 - closed with the process
         )
         eventually(
-            lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200,
+            lambda: httpcalls.get(f"{self.url}/-/ready", timeout=2).status_code == 200,
             60,
             "Prometheus ready",
             ignoring=UNREACHABLE,
@@ -412,10 +413,10 @@ class Prometheus:
 
     def reload(self, config: dict) -> None:
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        httpx.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
+        httpcalls.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
 
     def active_targets(self) -> list[dict]:
-        return httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        return httpcalls.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
 
     def stop(self) -> None:
         _stop(self.process)
@@ -1253,7 +1254,7 @@ class Twin:
             log = (self.dir / "pods" / pod.name / "log").read_text()[-2000:]
             raise AssertionError(f"pod {pod.name} exited ({pod.process.returncode}): {log}")
         url = f"http://127.0.0.1:{pod.port}/v2/models/{pod.model_name}/ready"
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpcalls.get(url, timeout=2).status_code == 200
 
     def reconcile(self, objects: dict[str, list[dict]]) -> None:
         runtime = objects["ServingRuntime"][0]
@@ -1336,7 +1337,7 @@ class Twin:
     # clients
     def via_alb(self, host: str, path: str, body, token: str | None = None) -> httpx.Response:
         headers = {"host": host, **({"authorization": f"Bearer {token}"} if token else {})}
-        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers=headers)
+        return httpcalls.post(f"http://127.0.0.1:{self.nginx.ports['alb']}{path}", json=body, headers=headers)
 
     def via_mesh(self, host: str, path: str, body) -> httpx.Response:
-        return httpx.post(f"http://127.0.0.1:{self.nginx.ports['mesh']}{path}", json=body, headers={"host": host})
+        return httpcalls.post(f"http://127.0.0.1:{self.nginx.ports['mesh']}{path}", json=body, headers={"host": host})

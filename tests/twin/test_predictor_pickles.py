@@ -22,6 +22,7 @@ import subprocess
 
 import httpx
 
+from kfrelease import httpcalls
 from kfrelease.k8s.render.inference import render_inference_services, staging_name
 from kfrelease.k8s.render.tree import Sources, environment_documents
 from kfrelease.rollout.traffic import TrafficState
@@ -91,7 +92,7 @@ def test_a_predictor_run_from_the_rendered_serving_runtime_never_unpickles_its_v
     try:
         ready = f"http://127.0.0.1:{port}/v2/models/{SPEC.model}/ready"
         eventually(
-            lambda: httpx.get(ready, timeout=2).status_code == 200,
+            lambda: httpcalls.get(ready, timeout=2).status_code == 200,
             120,
             "ONNX model server ready",
             ignoring=(httpx.HTTPError,),

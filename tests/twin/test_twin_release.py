@@ -34,6 +34,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from kfrelease import httpcalls
 from kfrelease.access.credentials import load_credentials
 from kfrelease.collectors.feedback import LabelSources, write_feedback
 from kfrelease.k8s.driver.kserve import KServeTrafficDriver
@@ -351,7 +352,9 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     body = json.dumps({"predictions": [1e6], "model_version": V1}).encode()
     assert twin.send_from(shadow, shadow.logger["url"], body, forged) == 403
     sink_url = f"http://127.0.0.1:{sink.port}/healthz"
-    eventually(lambda: httpx.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten")
+    eventually(
+        lambda: httpcalls.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten"
+    )
     after = pairs()
     assert len(after) == len(before) and ids[0][0] in set(after["request_id"])
     answered = after[after["request_id"] == ids[0][0]]["production"]
@@ -366,7 +369,9 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         "x-forwarded-client-cert": f"URI=spiffe://{principal(ns, predictor_identity(OTHER, 'staging'))}",
     }
     assert twin.send_from(shadow, shadow.logger["url"], body, other) == 403
-    eventually(lambda: httpx.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten")
+    eventually(
+        lambda: httpcalls.get(sink_url, timeout=5).json()["pending"] == 0, 30, "the sink holds nothing unwritten"
+    )
     assert len(read_predictions(store, OTHER.model, since=since)) == 0
 
     # canary at 50 %: the controller's own queries read the canary's requests with the cluster's labels
@@ -447,7 +452,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
     )
     # why not directly: without a sidecar the predictor's own Service refuses the step (global-deny-all) ...
     production_svc = predictor_service(production_name(SPEC), predictor_name(V1), ENV.kserve_version)
-    direct = httpx.post(
+    direct = httpcalls.post(
         f"http://{production_svc}.{SPEC.serving.namespace}.svc.cluster.local{PATH}",
         json={"instances": instances[:1]},
         proxy=twin.network.url,
@@ -460,7 +465,7 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         headers = {"host": host, REPLAY_HEADER: REPLAY_VALUE}
         if token:
             headers["authorization"] = f"Bearer {token}"
-        return httpx.post(gateway, json={"instances": instances[:1]}, headers=headers, proxy=twin.network.url)
+        return httpcalls.post(gateway, json={"instances": instances[:1]}, headers=headers, proxy=twin.network.url)
 
     assert replay_as(None).status_code == 403  # no token: no request principal
     assert replay_as(twin.token("shop", "default", TOKEN_AUDIENCE)).status_code == 403  # another identity
