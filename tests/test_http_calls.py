@@ -7,6 +7,7 @@ the context to httpx's verification, and the tree to the helpers."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import http.server
 import ssl
 import threading
@@ -83,8 +84,6 @@ async def _async_get(url: str) -> int:
 
 
 def test_the_async_client_shares_it_too(local_url, contexts_built):
-    import asyncio
-
     assert [asyncio.run(_async_get(local_url)) for _ in range(3)] == [200] * 3
     assert len(contexts_built) == 1
 

@@ -303,7 +303,7 @@ def test_merges_at_once_with_the_stack_stopped_and_started_in_the_middle_all_fin
 
     The issue's report had 16 merges (14 left queued, 1 left running); what broke was per run (a queued or
     running run whose runner `down` stopped was never started again), so six, which `down` still finds
-    finished (2), running (2) and queued (2), fail on it the same way at a third of the CPU (each run is ~13 s)."""
+    finished (2), running (2) and queued (2), fail on it the same way with six runs of ~13 s of CPU instead of 16."""
     from kfrelease.demo.project import create_demo_project
     from tests.training.conftest import PrivateDataset
     from tests.waiting import eventually

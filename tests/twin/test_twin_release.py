@@ -405,8 +405,8 @@ def test_a_non_first_candidate_is_shadowed_canaried_with_the_clusters_labels_and
         canary.stage,
         60,
     )
-    # the same requests through the declared series: ``increase`` needs two scrapes of it inside the window, and the
-    # health above may have counted them from KServe's series a scrape earlier
+    # the same requests through the declared series, read until Prometheus has it: ``increase`` needs two scrapes of
+    # a series inside its window, and one fresh-clone run read None right after the health above had passed
     eventually(
         lambda: (canary.query(declared) or 0) > 0, 30, "the declared series' canary requests", ignoring=UNREACHABLE
     )
