@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from kfrelease.errors import AccessDenied, Conflict
-from kfrelease.storage import store_for
+from kfrelease.access.policy import load_policy
+from kfrelease.errors import AccessDenied, Conflict, StorageError
+from kfrelease.storage import policy_roles, store_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +37,9 @@ def test_create_only_and_replace_if_unchanged_are_enforced_by_the_store(stack):
 def test_a_conditional_write_the_role_may_not_do_is_access_denied(stack):
     with pytest.raises(AccessDenied, match="data-scientist"):
         store_for("data-scientist", stack).put_bytes("raw", f"t/{uuid.uuid4().hex}", b"x", if_none_match=True)
+
+
+def test_a_role_the_access_policy_does_not_name_is_refused_with_the_roles_it_names(stack):
+    with pytest.raises(StorageError, match=r"unknown role 'data-scienist'; roles are .*data-scientist"):
+        store_for("data-scienist", stack)
+    assert set(policy_roles()) == set(load_policy().roles) and "pipeline" in policy_roles()

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kfrelease.config import setting
 from kfrelease.errors import ConfigError
+from kfrelease.kfp.tasks import on_shallow_stack
 from kfrelease.specs import Number, SpecDocument
 
 #: Steps that get the model spec's resources (their memory grows with the data).
@@ -151,7 +152,12 @@ def refuse_pickle(task):
 def apply_step_policy(task, model: dict | None = None, caching: bool = False, untrusted: bool = False):
     """Resources, retries and caching of one pipeline task; no pickle loads unless the task is ``untrusted`` (runs
     the merged model code: ``kfrelease.training.steps.Step.untrusted``). ``model`` holds the pipeline's ``model_*``
-    parameters (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``."""
+    parameters (channels) for the steps whose size grows with the data; other steps get ``STEP_DEFAULT``. Applied
+    on a shallow stack: kfp's setters walk the caller's stack (``kfrelease.kfp.tasks``)."""
+    return on_shallow_stack(_apply_step_policy, task, model, caching, untrusted)
+
+
+def _apply_step_policy(task, model: dict | None, caching: bool, untrusted: bool):
     from kfp import kubernetes  # heavy: kfp
 
     if not untrusted:
