@@ -20,7 +20,8 @@ test: setup
 	$(BIN)/ruff format --check .
 	@# TEST_WORKERS (default 2, one per core) pytest-xdist workers, each with its own session stack (tests/conftest.py:
 	@# own home, ports no other stack of the run claimed), a file at a time. A third worker on 2 cores took the idle
-	@# CPU (86 % -> 97 % busy) but stretched every timed test and saved only 30 s of 950. Any pytest failure fails make
+	@# CPU (70-75 % -> 88 % busy) but stretched every timed test: 783 s of pytest against 804-849 s with two, 858 s
+	@# in all against 845-898 (a third stack to start), within the spread of two workers' runs. Any pytest failure fails make
 	@# test, "no tests collected" (exit 5) too; .ci/run is where an empty collection is told apart and allowed. Files go
 	@# out heaviest first, those that mostly compute and those that mostly wait in turn (tests/conftest.py file_order, from
 	@# the slow tests' marks; --no-loadscope-reorder keeps that order instead of xdist's most-tests-first), so the
