@@ -2,7 +2,8 @@
 
 Each of kfp's container setters (``set_cpu_request``, ``set_cpu_limit``, ``set_memory_request``,
 ``set_memory_limit``, ``set_env_variable``, ...) first calls ``PipelineTask._ensure_container_spec_exists``, which
-calls ``inspect.stack()`` to name the setter in an error message (kfp 2.x ``kfp/dsl/pipeline_task.py``).
+calls ``inspect.stack()`` to name the setter in an error message (``kfp/dsl/pipeline_task.py`` of kfp 2.17.3, the
+version ``constraints.txt`` pins).
 ``inspect.stack()`` reads the source of every frame of the caller's stack, and for each frame whose file is no
 module's (``<frozen importlib._bootstrap>`` while a pipeline module is imported, ``<string>`` in a pytest-xdist
 worker) ``inspect.getmodule`` scans all of ``sys.modules``. Called where a pipeline is defined (inside an import,
