@@ -12,7 +12,6 @@ so does Amazon S3 (conditional writes, 2024).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ from minio.credentials import ChainedProvider, EnvAWSProvider, IamAwsProvider
 from minio.error import S3Error
 
 from kfrelease.access.credentials import ADMIN, load_credentials
-from kfrelease.access.policy import load_policy
+from kfrelease.access.policy import packaged_roles
 from kfrelease.config import Settings
 from kfrelease.errors import AccessDenied, Conflict, NotFound, StorageError, StoreUnavailable
 
@@ -235,18 +234,11 @@ def _client(settings: Settings, role: str) -> Minio:
     )
 
 
-@functools.cache
-def policy_roles() -> tuple[str, ...]:
-    """The roles of the packaged access policy, read once per process: ``store_for`` is called for most store
-    work, and parsing the policy on each call (4 ms of CPU) was 5 CPU-s of the test workers in one suite run."""
-    return tuple(load_policy().roles)
-
-
 def store_for(role: str, settings: Settings | None = None) -> ObjectStore:
     """The object store as seen by a role of the access policy (``data-engineer``, ``pipeline``, ...)."""
     settings = settings or Settings.from_env()
-    if role != ADMIN and role not in policy_roles():
-        raise StorageError(f"unknown role {role!r}; roles are {', '.join(policy_roles())}")
+    if role != ADMIN and role not in packaged_roles():
+        raise StorageError(f"unknown role {role!r}; roles are {', '.join(packaged_roles())}")
     return ObjectStore(_client(settings, role), role, settings)
 
 

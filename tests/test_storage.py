@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from kfrelease.access.policy import load_policy
+from kfrelease.access.policy import load_policy, packaged_roles
 from kfrelease.errors import AccessDenied, Conflict, StorageError
-from kfrelease.storage import policy_roles, store_for
+from kfrelease.storage import store_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,4 +42,4 @@ def test_a_conditional_write_the_role_may_not_do_is_access_denied(stack):
 def test_a_role_the_access_policy_does_not_name_is_refused_with_the_roles_it_names(stack):
     with pytest.raises(StorageError, match=r"unknown role 'data-scienist'; roles are .*data-scientist"):
         store_for("data-scienist", stack)
-    assert set(policy_roles()) == set(load_policy().roles) and "pipeline" in policy_roles()
+    assert set(packaged_roles()) == set(load_policy().roles) and "pipeline" in packaged_roles()
